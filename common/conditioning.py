@@ -1,0 +1,91 @@
+"""Conditional vectors: which categorical column is fixed to which value.
+
+As in CTGAN, each row's condition fixes one categorical column to one value. For real rows
+the value is read from the row itself (inside the DP-SGD per-record computation). For
+generated rows it is drawn from the *noisy* marginals, never from private frequencies, so
+conditioning costs no privacy beyond what the ledger already holds.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from fedsyn.common.encoder import TableEncoder
+
+
+class ConditionSampler:
+    def __init__(self, encoder: TableEncoder, device: torch.device):
+        self.device = device
+        self.columns: list[str] = []
+        self.values: list[list[str]] = []
+        encoded_index: list[int] = []
+        block_of_dim: list[int] = []
+        starts: list[int] = []
+        probs: list[torch.Tensor] = []
+        offset = 0
+        for block, (column, span) in enumerate(encoder.categorical_spans()):
+            width = span.end - span.start
+            self.columns.append(column.name)
+            self.values.append(encoder.categories_with_missing(column))
+            encoded_index += list(range(span.start, span.end))
+            block_of_dim += [block] * width
+            starts.append(offset)
+            probs.append(torch.as_tensor(encoder.marginals.probabilities(column.name), dtype=torch.float32))
+            offset += width
+        self.dim = offset
+        self.encoded_index = torch.as_tensor(encoded_index, dtype=torch.long, device=device)
+        self.block_of_dim = torch.as_tensor(block_of_dim, dtype=torch.long, device=device)
+        self.block_start = torch.as_tensor(starts, dtype=torch.long, device=device)
+        self.block_probs = [p.to(device) for p in probs]
+
+    def from_real(self, rows: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+        """Condition each real row on one of its own categorical values, column chosen uniformly."""
+        if self.dim == 0:
+            return rows.new_zeros((rows.shape[0], 0))
+        chosen = torch.randint(len(self.columns), (rows.shape[0],), generator=generator, device=self.device)
+        mask = self.block_of_dim.unsqueeze(0) == chosen.unsqueeze(1)
+        return rows[:, self.encoded_index] * mask
+
+    def sample(self, n: int, generator: torch.Generator) -> torch.Tensor:
+        """Conditions for generated rows: column uniform, value from its noisy marginal."""
+        cond = torch.zeros((n, self.dim), device=self.device)
+        if self.dim == 0:
+            return cond
+        chosen = torch.randint(len(self.columns), (n,), generator=generator, device=self.device)
+        for block, probs in enumerate(self.block_probs):
+            rows = (chosen == block).nonzero(as_tuple=True)[0]
+            if len(rows):
+                values = torch.multinomial(probs, len(rows), replacement=True, generator=generator)
+                cond[rows, self.block_start[block] + values] = 1.0
+        return cond
+
+    def fixed(self, n: int, column: str, value: object) -> torch.Tensor:
+        """Conditions that fix ``column`` to ``value`` for all ``n`` rows."""
+        if column not in self.columns:
+            raise ValueError(f"can only condition on categorical columns {self.columns}, not '{column}'")
+        block = self.columns.index(column)
+        text = str(value)
+        if text not in self.values[block]:
+            raise ValueError(f"'{value}' is not a category of '{column}': choose one of {self.values[block]}")
+        cond = torch.zeros((n, self.dim), device=self.device)
+        cond[:, int(self.block_start[block]) + self.values[block].index(text)] = 1.0
+        return cond
+
+    def impose(self, rows: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
+        """Overwrite each row's conditioned categorical block with its condition's one-hot."""
+        active = self.block_of_dim[cond.argmax(dim=1)]
+        mask = self.block_of_dim.unsqueeze(0) == active.unsqueeze(1)
+        rows = rows.clone()
+        rows[:, self.encoded_index] = torch.where(mask, cond, rows[:, self.encoded_index])
+        return rows
+
+    def cross_entropy(self, raw: torch.Tensor, cond: torch.Tensor, encoder_spans: list[tuple[int, int]]) -> torch.Tensor:
+        """How far the generator's raw logits are from the values its conditions ask for."""
+        if self.dim == 0:
+            return raw.new_zeros(())
+        total = raw.new_zeros(raw.shape[0])
+        for block, (start, end) in enumerate(encoder_spans):
+            target = cond[:, int(self.block_start[block]):int(self.block_start[block]) + (end - start)]
+            total = total - (target * torch.log_softmax(raw[:, start:end], dim=1)).sum(dim=1)
+        return total.mean()
+

@@ -1,0 +1,178 @@
+"""``DPTabularGAN``: a record-level differentially private tabular GAN for one site.
+
+Follows scikit-learn's conventions: parameters in ``__init__``, state learned in ``fit``,
+then ``sample`` / ``save`` / ``load``. The whole privacy budget ``epsilon`` covers both
+mechanisms that read private rows: the noisy marginals (a share ``marginals_share``)
+and DP-SGD on the discriminator (the rest, composed with an accountant, not added).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+
+from fedsyn.common.accounting import (
+    AccountantName,
+    PrivacyEvent,
+    PrivacyLedger,
+    calibrate_noise_multiplier,
+    gaussian_noise_for_epsilon,
+)
+from fedsyn.common.encoder import TableEncoder
+from fedsyn.common.marginals import Marginals, exact_counts, noisy_marginals
+from fedsyn.common.schema import Schema
+from fedsyn.common.training import GANConfig, GANTrainer, StepLosses
+from fedsyn.common.validation import require_valid
+
+FORMAT = "fedsyn-gan/1"
+
+
+class NotFittedError(RuntimeError):
+    pass
+
+
+def check_delta(delta: float, n_rows: int) -> None:
+    if not 0 < delta < 1.0 / n_rows:
+        raise ValueError(
+            f"delta={delta:g} must be below 1/n = {1.0 / n_rows:.2e} for {n_rows} rows; a larger delta "
+            "allows leaking whole records with that probability. Use a smaller delta (e.g. 1e-6)."
+        )
+
+
+class DPTabularGAN:
+    """Conditional GAN whose discriminator is trained with DP-SGD on the private rows.
+
+    Parameters
+    ----------
+    schema: the public data contract.
+    epsilon: total privacy budget for this fit; ``None`` trains without DP (baselines only).
+    delta: target delta; must be below 1/n.
+    epochs: planned passes over the data (in expectation); training stops earlier if the
+        budget would otherwise be exceeded.
+    marginals_share: fraction of epsilon spent, on its own, on the noisy marginals that
+        define the numeric quantile maps and the conditional sampling frequencies.
+    noise_multiplier: fix DP-SGD's noise instead of calibrating it to ``epochs``; training
+        then stops at the last step the budget affords (or after ``epochs``).
+    """
+
+    def __init__(
+        self,
+        schema: Schema,
+        epsilon: float | None = 1.0,
+        delta: float = 1e-5,
+        *,
+        epochs: float = 50.0,
+        config: GANConfig | None = None,
+        marginals_share: float = 0.1,
+        noise_multiplier: float | None = None,
+        accountant: AccountantName = "rdp",
+        device: str = "cpu",
+        seed: int | None = None,
+        allow_unreviewed_schema: bool = False,
+    ):
+        self.schema = schema
+        self.epsilon = epsilon
+        self.delta = delta
+        self.epochs = epochs
+        self.config = config or GANConfig()
+        self.marginals_share = marginals_share
+        self.noise_multiplier = noise_multiplier
+        self.accountant = accountant
+        self.device = device
+        self.seed = seed
+        self.allow_unreviewed_schema = allow_unreviewed_schema
+        self.trainer_: GANTrainer | None = None
+        self.ledger_: PrivacyLedger | None = None
+        self.noise_multiplier_: float | None = None
+        self.history_: list[StepLosses] = []
+
+    # -- fitting ----------------------------------------------------------------------------
+
+    def fit(self, frame: pd.DataFrame, on_step=None) -> "DPTabularGAN":
+        self.schema.require_reviewed(self.allow_unreviewed_schema)
+        require_valid(frame, self.schema, source="training data")
+        n_rows = len(frame)
+        check_delta(self.delta, n_rows)
+        rng = np.random.default_rng(self.seed)
+        ledger = PrivacyLedger(self.delta, self.accountant)
+        if self.epsilon is None:
+            marginals = exact_counts(frame, self.schema)  # non-private baseline: exact statistics
+        else:
+            sigma = gaussian_noise_for_epsilon(self.marginals_share * self.epsilon, self.delta, self.accountant)
+            marginals, event = noisy_marginals(frame, self.schema, sigma, rng)
+            ledger.charge(event, self.epsilon)
+        encoder = TableEncoder(self.schema, marginals)
+        trainer = GANTrainer(encoder, self.config, self.device, self.seed)
+        data = torch.as_tensor(encoder.encode(frame), device=trainer.device)
+        sample_rate = min(1.0, self.config.batch_size / n_rows)
+        planned = max(1, math.ceil(self.epochs / sample_rate))
+        if self.epsilon is None:
+            self.noise_multiplier_, steps = None, planned
+        else:
+            self.noise_multiplier_ = self.noise_multiplier or calibrate_noise_multiplier(
+                self.epsilon, self.delta, sample_rate, planned, ledger.events, self.accountant)
+            steps = ledger.affordable_steps(self.epsilon, self.noise_multiplier_, sample_rate, planned)
+        self.history_ = trainer.train(data, steps, sample_rate, self.noise_multiplier_, on_step)
+        if self.noise_multiplier_ is not None:
+            ledger.charge(PrivacyEvent("dp-sgd", self.noise_multiplier_, sample_rate, len(self.history_)),
+                          self.epsilon)
+        self.trainer_, self.ledger_ = trainer, ledger
+        return self
+
+    # -- using a fitted model ---------------------------------------------------------------
+
+    def _fitted(self) -> GANTrainer:
+        if self.trainer_ is None:
+            raise NotFittedError("call fit() or load() before sample()")
+        return self.trainer_
+
+    def sample(self, n: int, condition: dict[str, object] | None = None) -> pd.DataFrame:
+        """``n`` synthetic rows; ``condition={'col': value}`` fixes one categorical column."""
+        trainer = self._fitted()
+        return trainer.encoder.decode(trainer.generate(n, condition))
+
+    def privacy_spent(self) -> tuple[float, float]:
+        """(epsilon, delta) spent by ``fit``; epsilon is infinite for a non-private model."""
+        if self.epsilon is None:
+            return math.inf, 0.0
+        if self.ledger_ is None:
+            raise NotFittedError("nothing spent yet: the model is not fitted")
+        return self.ledger_.epsilon(), self.delta
+
+    def save(self, path: str | Path) -> None:
+        trainer = self._fitted()
+        torch.save({
+            "format": FORMAT,
+            "schema": self.schema.model_dump(mode="json"),
+            "marginals": trainer.encoder.marginals.to_dict(),
+            "config": asdict(self.config),
+            "params": {"epsilon": self.epsilon, "delta": self.delta, "epochs": self.epochs,
+                       "marginals_share": self.marginals_share, "noise_multiplier": self.noise_multiplier,
+                       "accountant": self.accountant},
+            "ledger": self.ledger_.to_dict() if self.ledger_ else None,
+            "generator": trainer.generator.state_dict(),
+            "discriminator": trainer.discriminator.state_dict(),
+        }, Path(path))
+
+    @classmethod
+    def load(cls, path: str | Path, device: str = "cpu") -> "DPTabularGAN":
+        """Load a saved model; only tensors and plain data are unpickled (weights_only)."""
+        raw = torch.load(Path(path), map_location=device, weights_only=True)
+        if raw.get("format") != FORMAT:
+            raise ValueError(f"{path} is not a fedsyn model file (format {raw.get('format')!r})")
+        schema = Schema.model_validate(raw["schema"])
+        config = GANConfig.from_dict(raw["config"])
+        model = cls(schema, config=config, device=device, **raw["params"])
+        trainer = GANTrainer(TableEncoder(schema, Marginals.from_dict(raw["marginals"])), config, device)
+        trainer.generator.load_state_dict(raw["generator"])
+        trainer.discriminator.load_state_dict(raw["discriminator"])
+        model.trainer_ = trainer
+        if raw["ledger"] is not None:
+            model.ledger_ = PrivacyLedger.from_dict(raw["ledger"])
+        return model
+

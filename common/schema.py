@@ -1,0 +1,185 @@
+"""The schema: the public data contract shared by every hospital and the coordinator.
+
+Everything the model needs to know about the *shape* of the data (column kinds, category
+lists, numeric bounds) comes from here, so that none of it has to be learned from private
+rows. A schema drafted from a local file is marked ``needs_review`` until a person replaces
+the data-derived bounds and categories with public knowledge.
+"""
+
+from __future__ import annotations
+
+import json
+from enum import Enum
+from pathlib import Path
+from typing import Literal
+
+import pandas as pd
+from pydantic import BaseModel, Field, ValidationError, model_validator
+
+
+class SchemaError(ValueError):
+    """A schema file is missing, malformed or inconsistent."""
+
+
+class ColumnKind(str, Enum):
+    CATEGORICAL = "categorical"
+    CONTINUOUS = "continuous"
+    INTEGER = "integer"
+
+
+class Column(BaseModel):
+    """One column of the contract.
+
+    ``transform`` is public modelling knowledge (lab values are often log-normal); it only
+    changes how values are spread before encoding and never depends on private data.
+    """
+
+    name: str = Field(min_length=1)
+    kind: ColumnKind
+    categories: list[str] | None = None
+    lower: float | None = None
+    upper: float | None = None
+    unit: str | None = None
+    nullable: bool = False
+    transform: Literal["linear", "log"] = "linear"
+    needs_review: bool = False
+    description: str | None = None
+
+    @model_validator(mode="after")
+    def _check_kind_fields(self) -> "Column":
+        if self.kind is ColumnKind.CATEGORICAL:
+            if not self.categories:
+                raise ValueError(f"categorical column '{self.name}' needs a non-empty 'categories' list")
+            if len(set(self.categories)) != len(self.categories):
+                raise ValueError(f"categorical column '{self.name}' lists a category twice")
+            if self.lower is not None or self.upper is not None:
+                raise ValueError(f"categorical column '{self.name}' must not have 'lower'/'upper' bounds")
+        else:
+            if self.lower is None or self.upper is None:
+                raise ValueError(
+                    f"numeric column '{self.name}' needs public 'lower' and 'upper' bounds "
+                    "(from clinical knowledge or assay ranges, not from the data)"
+                )
+            if not self.lower < self.upper:
+                raise ValueError(f"column '{self.name}': lower ({self.lower}) must be below upper ({self.upper})")
+            if self.categories is not None:
+                raise ValueError(f"numeric column '{self.name}' must not list 'categories'")
+            if self.transform == "log" and self.lower <= 0:
+                raise ValueError(f"column '{self.name}': a 'log' transform needs lower > 0, got {self.lower}")
+        return self
+
+    @property
+    def is_categorical(self) -> bool:
+        return self.kind is ColumnKind.CATEGORICAL
+
+
+class Schema(BaseModel):
+    """A table's public contract: its columns and which one is the outcome."""
+
+    name: str = "table"
+    columns: list[Column] = Field(min_length=1)
+    outcome: str | None = None
+    source: str | None = None
+
+    @model_validator(mode="after")
+    def _check_columns(self) -> "Schema":
+        names = [c.name for c in self.columns]
+        duplicated = sorted({n for n in names if names.count(n) > 1})
+        if duplicated:
+            raise ValueError(f"column names appear more than once: {duplicated}")
+        if self.outcome is not None:
+            if self.outcome not in names:
+                raise ValueError(f"outcome '{self.outcome}' is not one of the columns {names}")
+            if not self.column(self.outcome).is_categorical:
+                raise ValueError(f"outcome '{self.outcome}' must be a categorical column")
+        return self
+
+    def column(self, name: str) -> Column:
+        for column in self.columns:
+            if column.name == name:
+                return column
+        raise KeyError(f"no column '{name}' in schema '{self.name}'")
+
+    @property
+    def column_names(self) -> list[str]:
+        return [c.name for c in self.columns]
+
+    @property
+    def categorical_columns(self) -> list[Column]:
+        return [c for c in self.columns if c.is_categorical]
+
+    @property
+    def unreviewed_columns(self) -> list[str]:
+        return [c.name for c in self.columns if c.needs_review]
+
+    def require_reviewed(self, allow_unreviewed: bool) -> None:
+        """Refuse to train on bounds/categories that were read off private data."""
+        if self.unreviewed_columns and not allow_unreviewed:
+            raise SchemaError(
+                f"schema '{self.name}' still marks columns as needs_review: {self.unreviewed_columns}. "
+                "Their bounds or categories were read from the data, which leaks private information. "
+                "Replace them with public knowledge and set needs_review to false, or pass "
+                "--allow-unreviewed-schema (this is then written into the privacy report)."
+            )
+
+    def save(self, path: str | Path) -> None:
+        Path(path).write_text(self.model_dump_json(indent=2, exclude_none=True) + "\n")
+
+    @classmethod
+    def load(cls, path: str | Path) -> "Schema":
+        path = Path(path)
+        try:
+            raw = json.loads(path.read_text())
+        except FileNotFoundError:
+            raise SchemaError(f"schema file not found: {path}") from None
+        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+            raise SchemaError(f"schema file {path} is not valid JSON: {exc}") from None
+        try:
+            return cls.model_validate(raw)
+        except ValidationError as exc:
+            problems = "; ".join(
+                f"{'.'.join(str(p) for p in err['loc']) or '(top level)'}: {err['msg']}" for err in exc.errors()
+            )
+            raise SchemaError(f"schema file {path} is invalid: {problems}") from None
+
+
+_MAX_DRAFT_CATEGORIES = 50
+
+
+def draft_schema(frame: pd.DataFrame, name: str = "table", outcome: str | None = None) -> Schema:
+    """Guess a schema from a local extract; every guessed bound or category list needs review.
+
+    The draft reads min/max and category sets off the private rows, so it is a starting
+    point for a person, never something to train on as it is.
+    """
+    columns: list[Column] = []
+    for col in frame.columns:
+        series = frame[col]
+        nullable = bool(series.isna().any())
+        values = series.dropna()
+        numeric = pd.to_numeric(values, errors="coerce")
+        is_numeric = len(values) > 0 and numeric.notna().all() and values.nunique() > 10
+        if is_numeric:
+            integral = bool((numeric == numeric.round()).all())
+            lower, upper = float(numeric.min()), float(numeric.max())
+            if lower == upper:
+                upper = lower + 1.0
+            columns.append(
+                Column(
+                    name=str(col),
+                    kind=ColumnKind.INTEGER if integral else ColumnKind.CONTINUOUS,
+                    lower=lower,
+                    upper=upper,
+                    nullable=nullable,
+                    needs_review=True,
+                )
+            )
+        else:
+            categories = sorted(values.astype(str).unique().tolist())[:_MAX_DRAFT_CATEGORIES] or ["(none)"]
+            columns.append(
+                Column(
+                    name=str(col), kind=ColumnKind.CATEGORICAL, categories=categories,
+                    nullable=nullable, needs_review=True,
+                )
+            )
+    return Schema(name=name, columns=columns, outcome=outcome)

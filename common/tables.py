@@ -1,0 +1,59 @@
+"""Reading and writing hospital extracts (CSV or Parquet) with errors a person can act on."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pandas as pd
+
+from fedsyn.common.schema import Schema
+
+
+class DataFileError(ValueError):
+    """A data file cannot be read as a table."""
+
+
+def read_table(path: str | Path, schema: Schema | None = None) -> pd.DataFrame:
+    """Read a CSV or Parquet file.
+
+    Categorical columns of ``schema`` are read as text so that codes such as ``"01"`` keep
+    their spelling; everything is otherwise left for :func:`validate_frame` to judge.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise DataFileError(f"data file not found: {path}")
+    suffix = path.suffix.lower()
+    try:
+        if suffix in {".parquet", ".pq"}:
+            frame = pd.read_parquet(path)
+            if schema is not None:
+                for column in schema.categorical_columns:
+                    if column.name in frame.columns:
+                        frame[column.name] = _as_text(frame[column.name])
+            return frame
+        if suffix in {".csv", ".txt", ".tsv"}:
+            dtype = {c.name: str for c in schema.categorical_columns} if schema else None
+            return pd.read_csv(path, sep="\t" if suffix == ".tsv" else ",", dtype=dtype, keep_default_na=True)
+    except Exception as exc:  # pandas/pyarrow raise many types; all mean "unreadable file"
+        raise DataFileError(f"cannot read {path} as a {suffix.lstrip('.')} table: {exc}") from None
+    raise DataFileError(f"unsupported data file type '{suffix}' for {path}: use .csv, .tsv or .parquet")
+
+
+def write_table(frame: pd.DataFrame, path: str | Path) -> None:
+    path = Path(path)
+    if path.suffix.lower() in {".parquet", ".pq"}:
+        frame.to_parquet(path, index=False)
+    else:
+        frame.to_csv(path, index=False)
+
+
+def _as_text(series: pd.Series) -> pd.Series:
+    """Categorical codes as strings; integral floats (1.0) read back as '1'."""
+    def spell(value: object) -> object:
+        if value is None or (isinstance(value, float) and pd.isna(value)):
+            return None
+        if isinstance(value, float) and value.is_integer():
+            return str(int(value))
+        return str(value)
+
+    return series.map(spell).astype(object)

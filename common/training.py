@@ -1,0 +1,180 @@
+"""The GAN's training steps: DP-SGD for the discriminator, post-processing for the generator.
+
+Only the discriminator's real-data loss touches patient records, and it is computed per
+record, clipped and noised (:func:`fedsyn.common.dp_sgd.private_gradient`). The fake-data
+term and the whole generator update depend only on already-private parameters, so they
+are plain autograd. The same :class:`GANTrainer` runs a single-site fit and a federated
+client's local steps.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from fedsyn.common.conditioning import ConditionSampler
+from fedsyn.common.dp_sgd import poisson_sample, private_gradient
+from fedsyn.common.encoder import TableEncoder
+from fedsyn.common.models import Discriminator, Generator
+
+
+@dataclass(frozen=True)
+class GANConfig:
+    """Network and optimiser settings shared by all sites of a run (public)."""
+
+    latent_dim: int = 64
+    generator_hidden: tuple[int, ...] = (256, 256)
+    discriminator_hidden: tuple[int, ...] = (256, 256)
+    generator_lr: float = 2e-3
+    discriminator_lr: float = 2e-3
+    batch_size: int = 512
+    max_grad_norm: float = 1.0
+    gumbel_tau: float = 0.2
+    betas: tuple[float, float] = field(default=(0.5, 0.9))
+
+    @classmethod
+    def from_dict(cls, raw: dict) -> "GANConfig":
+        return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in raw.items()})
+
+
+@dataclass
+class StepLosses:
+    discriminator: float
+    generator: float
+
+
+class GANTrainer:
+    """Owns G, D and their optimisers for one encoder; data lives on ``device`` once."""
+
+    def __init__(self, encoder: TableEncoder, config: GANConfig, device: str | torch.device = "cpu",
+                 seed: int | None = None):
+        self.encoder = encoder
+        self.config = config
+        self.device = torch.device(device)
+        self.rng = torch.Generator(device=self.device)
+        self.rng.manual_seed(seed if seed is not None else int(torch.randint(2**62, (1,)).item()))
+        if seed is not None:
+            torch.manual_seed(seed)  # Gumbel noise inside F.gumbel_softmax uses the global generator
+        self.conditions = ConditionSampler(encoder, self.device)
+        self.generator = Generator(config.latent_dim, self.conditions.dim, config.generator_hidden,
+                                   encoder.spans).to(self.device)
+        self.discriminator = Discriminator(encoder.dim, self.conditions.dim,
+                                           config.discriminator_hidden).to(self.device)
+        self.generator_optimizer = torch.optim.Adam(self.generator.parameters(), lr=config.generator_lr,
+                                                    betas=config.betas)
+        self.discriminator_optimizer = torch.optim.Adam(self.discriminator.parameters(),
+                                                        lr=config.discriminator_lr, betas=config.betas)
+        self._categorical_ranges = [(s.start, s.end) for _, s in encoder.categorical_spans()]
+
+    # -- training -------------------------------------------------------------------------
+
+    def _fake(self, n: int, cond: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        noise = torch.randn((n, self.config.latent_dim), generator=self.rng, device=self.device)
+        raw = self.generator(noise, cond)
+        return raw, self.generator.activate(raw, self.config.gumbel_tau)
+
+    def discriminator_step(self, data: torch.Tensor, sample_rate: float, noise_multiplier: float | None) -> float:
+        """One discriminator update on a Poisson sample of ``data``.
+
+        ``noise_multiplier=None`` trains without DP (baselines only): no clipping, no noise.
+        """
+        expected = sample_rate * data.shape[0]
+        real = data[poisson_sample(data.shape[0], sample_rate, self.rng, self.device)]
+        real_cond = self.conditions.from_real(real, self.rng)
+        fake_cond = self.conditions.sample(max(1, round(expected)), self.rng)
+        with torch.no_grad():
+            _, fake = self._fake(fake_cond.shape[0], fake_cond)
+        params = OrderedDict(self.discriminator.named_parameters())
+        fake_loss = F.softplus(self.discriminator(fake, fake_cond)).mean()
+        fake_grads = torch.autograd.grad(fake_loss, list(params.values()))
+        if noise_multiplier is None:
+            real_loss = F.softplus(-self.discriminator(real, real_cond)).sum() / expected
+            real_grads = dict(zip(params, torch.autograd.grad(real_loss, list(params.values()))))
+        else:
+            real_grads = private_gradient(
+                self.discriminator, lambda score: F.softplus(-score).sum(), (real, real_cond),
+                noise_multiplier=noise_multiplier, max_grad_norm=self.config.max_grad_norm,
+                expected_batch_size=expected, generator=self.rng,
+            )
+        for (name, param), fake_grad in zip(params.items(), fake_grads):
+            param.grad = real_grads[name] + fake_grad
+        self.discriminator_optimizer.step()
+        # Only the fake-data term is reported: the real-data loss is a private statistic.
+        return float(fake_loss.detach())
+
+    def generator_step(self) -> float:
+        cond = self.conditions.sample(self.config.batch_size, self.rng)
+        raw, fake = self._fake(cond.shape[0], cond)
+        loss = F.softplus(-self.discriminator(fake, cond)).mean()
+        loss = loss + self.conditions.cross_entropy(raw, cond, self._categorical_ranges)
+        self.generator_optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        self.generator_optimizer.step()
+        self.discriminator.zero_grad(set_to_none=True)
+        return float(loss)
+
+    def train(
+        self,
+        data: torch.Tensor,
+        steps: int,
+        sample_rate: float,
+        noise_multiplier: float | None,
+        on_step: Callable[[int, StepLosses], None] | None = None,
+    ) -> list[StepLosses]:
+        """Run ``steps`` paired D/G updates. The caller has already checked the budget."""
+        history = []
+        self.generator.train()
+        self.discriminator.train()
+        for step in range(steps):
+            losses = StepLosses(self.discriminator_step(data, sample_rate, noise_multiplier), self.generator_step())
+            history.append(losses)
+            if on_step is not None:
+                on_step(step, losses)
+        return history
+
+    # -- sampling -------------------------------------------------------------------------
+
+    @torch.no_grad()
+    def generate(self, n: int, condition: dict[str, object] | None = None, chunk: int = 65536) -> np.ndarray:
+        """Encoded synthetic rows; categorical blocks are hard one-hots."""
+        self.generator.eval()
+        if condition is not None and len(condition) != 1:
+            raise ValueError("condition must fix exactly one categorical column, e.g. {'death': 'dead'}")
+        parts = []
+        for start in range(0, n, chunk):
+            size = min(chunk, n - start)
+            if condition:
+                (column, value), = condition.items()
+                cond = self.conditions.fixed(size, column, value)
+            else:
+                cond = self.conditions.sample(size, self.rng)
+            noise = torch.randn((size, self.config.latent_dim), generator=self.rng, device=self.device)
+            rows = self.generator.activate(self.generator(noise, cond), self.config.gumbel_tau, hard=True)
+            if condition:
+                # The rest of the row was generated given the condition; the conditioned
+                # column itself holds exactly the requested value.
+                rows = self.conditions.impose(rows, cond)
+            parts.append(rows)
+        self.generator.train()
+        return torch.cat(parts).cpu().numpy() if parts else np.zeros((0, self.encoder.dim), dtype=np.float32)
+
+    # -- weights as arrays (the federation's wire format) ---------------------------------
+
+    def state_arrays(self) -> OrderedDict[str, np.ndarray]:
+        """G and D parameters as named numpy arrays, generator first."""
+        arrays: OrderedDict[str, np.ndarray] = OrderedDict()
+        for prefix, module in (("generator", self.generator), ("discriminator", self.discriminator)):
+            for name, tensor in module.state_dict().items():
+                arrays[f"{prefix}.{name}"] = tensor.detach().cpu().numpy()
+        return arrays
+
+    def load_state_arrays(self, arrays: dict[str, np.ndarray]) -> None:
+        for prefix, module in (("generator", self.generator), ("discriminator", self.discriminator)):
+            state = {name[len(prefix) + 1:]: torch.as_tensor(np.asarray(value))
+                     for name, value in arrays.items() if name.startswith(prefix + ".")}
+            module.load_state_dict(state, strict=True)

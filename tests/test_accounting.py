@@ -1,0 +1,70 @@
+"""The ledger's epsilon against an independent implementation, and budget enforcement."""
+
+import dp_accounting
+import pytest
+from dp_accounting import pld, rdp
+
+from fedsyn.common.accounting import (
+    RDP_ORDERS,
+    BudgetExceededError,
+    PrivacyEvent,
+    PrivacyLedger,
+    calibrate_noise_multiplier,
+)
+
+EVENTS = [PrivacyEvent("gaussian-marginals", 25.0, 1.0, 1), PrivacyEvent("dp-sgd", 3.0, 0.05, 400),
+          PrivacyEvent("dp-sgd", 3.0, 0.05, 200, round=2), PrivacyEvent("dp-sgd", 1.5, 0.2, 30, round=3)]
+
+
+def independent_epsilon(events, delta, accountant):
+    """Google's dp-accounting, a second implementation sharing no code with Opacus."""
+    engine = rdp.RdpAccountant(RDP_ORDERS) if accountant == "rdp" else pld.PLDAccountant()
+    engine.compose(dp_accounting.ComposedDpEvent([
+        dp_accounting.SelfComposedDpEvent(
+            dp_accounting.PoissonSampledDpEvent(e.sample_rate, dp_accounting.GaussianDpEvent(e.noise_multiplier)),
+            e.steps)
+        for e in events]))
+    return engine.get_epsilon(delta)
+
+
+@pytest.mark.parametrize(("accountant", "tolerance"), [("rdp", 1e-3), ("prv", 0.02)])
+def test_ledger_epsilon_matches_independent_accountant(accountant, tolerance):
+    ledger = PrivacyLedger(1e-5, accountant, EVENTS)
+    assert ledger.epsilon() == pytest.approx(independent_epsilon(EVENTS, 1e-5, accountant), rel=tolerance)
+
+
+def test_a_wrong_epsilon_would_be_caught():
+    """Dropping one round from the history must change epsilon beyond the tolerance above."""
+    assert PrivacyLedger(1e-5, "rdp", EVENTS[:-1]).epsilon() < independent_epsilon(EVENTS, 1e-5, "rdp") * 0.99
+
+
+def test_affordable_steps_is_the_exact_cut_off():
+    ledger = PrivacyLedger(1e-5, "rdp", EVENTS[:1])
+    steps = ledger.affordable_steps(1.0, 2.0, 0.05, limit=100_000)
+    assert 0 < steps < 100_000
+    assert ledger.epsilon([PrivacyEvent("dp-sgd", 2.0, 0.05, steps)]) <= 1.0
+    assert ledger.epsilon([PrivacyEvent("dp-sgd", 2.0, 0.05, steps + 1)]) > 1.0
+
+
+def test_charge_refuses_and_leaves_ledger_unchanged(tmp_path):
+    ledger = PrivacyLedger.open(tmp_path / "ledger.json", delta=1e-5)
+    ledger.charge(EVENTS[1], budget=5.0)
+    spent = ledger.epsilon()
+    with pytest.raises(BudgetExceededError, match="above the budget"):
+        ledger.charge(PrivacyEvent("dp-sgd", 0.5, 0.5, 1000), budget=5.0)
+    reloaded = PrivacyLedger.open(tmp_path / "ledger.json", delta=1e-5)
+    assert reloaded.events == [EVENTS[1]]
+    assert reloaded.epsilon() == spent
+
+
+def test_ledger_refuses_to_restate_delta(tmp_path):
+    PrivacyLedger.open(tmp_path / "l.json", delta=1e-5).record(EVENTS[0])
+    with pytest.raises(ValueError, match="cannot be re-stated"):
+        PrivacyLedger.open(tmp_path / "l.json", delta=1e-3)
+
+
+def test_calibrated_noise_meets_budget_tightly():
+    sigma = calibrate_noise_multiplier(1.0, 1e-5, 0.05, 500, prior=EVENTS[:1])
+    ledger = PrivacyLedger(1e-5, "rdp", EVENTS[:1])
+    assert ledger.epsilon([PrivacyEvent("dp-sgd", sigma, 0.05, 500)]) <= 1.0
+    assert ledger.epsilon([PrivacyEvent("dp-sgd", sigma * 0.98, 0.05, 500)]) > 1.0

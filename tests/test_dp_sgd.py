@@ -1,0 +1,81 @@
+"""Per-record sensitivity and noise of the DP-SGD step: these fail without clipping or noise."""
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from fedsyn.common.dp_sgd import clip_and_sum, per_sample_gradients, poisson_sample, private_gradient
+from fedsyn.common.models import Discriminator
+
+C = 0.5
+
+
+def _model_and_batch(seed: int = 0):
+    torch.manual_seed(seed)
+    model = Discriminator(6, 2, (16, 16))
+    rows, cond = torch.randn(32, 6), torch.randn(32, 2)
+    return model, rows, cond
+
+
+def _loss(score):
+    return F.softplus(-score).sum()
+
+
+def test_per_sample_gradients_match_one_row_at_a_time():
+    model, rows, cond = _model_and_batch()
+    batched = per_sample_gradients(model, _loss, (rows, cond))
+    for i in (0, 7):
+        model.zero_grad()
+        _loss(model(rows[i:i + 1], cond[i:i + 1])).backward()
+        for name, param in model.named_parameters():
+            torch.testing.assert_close(batched[name][i], param.grad, rtol=1e-4, atol=1e-6)
+
+
+def _influence_of_one_record(max_grad_norm: float) -> float:
+    """Largest L2 change of the summed gradient from replacing or removing one record."""
+    model, rows, cond = _model_and_batch()
+    base = clip_and_sum(per_sample_gradients(model, _loss, (rows, cond)), max_grad_norm)
+    worst = 0.0
+    for i in range(rows.shape[0]):
+        outlier = rows.clone()
+        outlier[i] = 1e3  # an extreme patient record
+        for candidate in (
+            (outlier, cond),  # replace record i by an outlier
+            (torch.cat([rows[:i], rows[i + 1:]]), torch.cat([cond[:i], cond[i + 1:]])),  # remove record i
+        ):
+            other = clip_and_sum(per_sample_gradients(model, _loss, candidate), max_grad_norm)
+            delta = torch.cat([(base[k] - other[k]).flatten() for k in base]).norm().item()
+            worst = max(worst, delta)
+    return worst
+
+
+def test_one_record_moves_the_noiseless_clipped_sum_by_at_most_the_clip_norm():
+    # replace-one adjacency bounds the change by 2C, add/remove by C; the outlier row is a removal + addition
+    assert _influence_of_one_record(C) <= 2 * C + 1e-5
+
+
+def test_without_clipping_the_same_check_fails():
+    assert _influence_of_one_record(1e9) > 2 * C
+
+
+def test_noise_has_the_accountants_standard_deviation():
+    """An empty batch releases pure noise: its std must be sigma*C/B, as the accountant assumes."""
+    model, rows, cond = _model_and_batch()
+    sigma, batch = 2.0, 64.0
+    draws = [
+        torch.cat([g.flatten() for g in private_gradient(
+            model, _loss, (rows[:0], cond[:0]), noise_multiplier=sigma, max_grad_norm=C,
+            expected_batch_size=batch, generator=None).values()])
+        for _ in range(20)
+    ]
+    std = torch.stack(draws).std().item()
+    assert std == pytest.approx(sigma * C / batch, rel=0.05)
+
+
+def test_poisson_sampling_draws_each_row_independently():
+    generator = torch.Generator().manual_seed(0)
+    sizes = [len(poisson_sample(1000, 0.1, generator, torch.device("cpu"))) for _ in range(300)]
+    mean = sum(sizes) / len(sizes)
+    variance = sum((s - mean) ** 2 for s in sizes) / len(sizes)
+    assert mean == pytest.approx(100, rel=0.05)
+    assert variance == pytest.approx(1000 * 0.1 * 0.9, rel=0.3)  # binomial, not a fixed batch size

@@ -1,0 +1,83 @@
+"""The single-site DP-GAN: budget never exceeded, epsilon as recomputed, valid samples."""
+
+import math
+
+import numpy as np
+import pytest
+
+from fedsyn.common.accounting import PrivacyEvent, PrivacyLedger
+from fedsyn.common.gan import DPTabularGAN
+from fedsyn.common.schema import SchemaError, draft_schema
+from fedsyn.common.training import GANConfig
+from fedsyn.common.validation import DataValidationError, validate_frame
+
+from .test_accounting import independent_epsilon
+
+TINY = GANConfig(latent_dim=16, generator_hidden=(32,), discriminator_hidden=(32,), batch_size=64)
+
+
+@pytest.fixture(scope="module")
+def fitted(demo_frame, demo_schema):
+    frame = demo_frame.sample(n=600, random_state=1).reset_index(drop=True)
+    return DPTabularGAN(demo_schema, epsilon=1.0, delta=1e-4, epochs=2, config=TINY, seed=0).fit(frame)
+
+
+def test_spent_epsilon_is_within_budget_and_matches_independent_recomputation(fitted):
+    epsilon, delta = fitted.privacy_spent()
+    assert 0 < epsilon <= 1.0
+    mechanisms = [e.mechanism for e in fitted.ledger_.events]
+    assert mechanisms == ["gaussian-marginals", "dp-sgd"]
+    sgd = fitted.ledger_.events[1]
+    assert sgd.steps == len(fitted.history_) and sgd.sample_rate == pytest.approx(64 / 600)
+    assert epsilon == pytest.approx(independent_epsilon(fitted.ledger_.events, delta, "rdp"), rel=1e-3)
+
+
+def test_training_stops_before_the_step_that_would_exceed_the_budget(demo_frame, demo_schema):
+    frame = demo_frame.head(400)
+    model = DPTabularGAN(demo_schema, epsilon=1.0, delta=1e-4, epochs=1e6, noise_multiplier=2.0,
+                         config=TINY, seed=0).fit(frame)
+    steps = len(model.history_)
+    one_more = PrivacyEvent("dp-sgd", 2.0, 64 / 400, steps + 1)
+    assert 0 < steps < 1e6
+    assert model.privacy_spent()[0] <= 1.0
+    assert PrivacyLedger(1e-4, "rdp", model.ledger_.events[:1]).epsilon([one_more]) > 1.0
+
+
+def test_samples_always_fit_the_schema(fitted, demo_schema):
+    synthetic = fitted.sample(2000)
+    assert len(synthetic) == 2000
+    assert validate_frame(synthetic, demo_schema).ok
+
+
+def test_conditional_sampling_fixes_the_column(fitted):
+    rare = fitted.sample(300, condition={"mgus": "yes"})
+    assert (rare["mgus"] == "yes").all()
+    with pytest.raises(ValueError, match="not a category"):
+        fitted.sample(5, condition={"mgus": "maybe"})
+    with pytest.raises(ValueError, match="categorical columns"):
+        fitted.sample(5, condition={"age": 60})
+
+
+def test_save_and_load_round_trip(fitted, tmp_path):
+    fitted.save(tmp_path / "model.pt")
+    loaded = DPTabularGAN.load(tmp_path / "model.pt")
+    assert loaded.privacy_spent() == fitted.privacy_spent()
+    for name, tensor in fitted.trainer_.generator.state_dict().items():
+        assert np.array_equal(tensor.numpy(), loaded.trainer_.generator.state_dict()[name].numpy())
+    assert len(loaded.sample(10)) == 10
+
+
+def test_refuses_unreviewed_schema_invalid_data_and_large_delta(demo_frame, demo_schema):
+    with pytest.raises(SchemaError):
+        DPTabularGAN(draft_schema(demo_frame), config=TINY).fit(demo_frame.head(100))
+    bad = demo_frame.head(100).copy()
+    bad.loc[3, "age"] = 300
+    with pytest.raises(DataValidationError, match="age"):
+        DPTabularGAN(demo_schema, config=TINY).fit(bad)
+    with pytest.raises(ValueError, match="below 1/n"):
+        DPTabularGAN(demo_schema, delta=0.1, config=TINY).fit(demo_frame.head(100))
+
+
+def test_non_private_baseline_reports_infinite_epsilon(demo_frame, demo_schema):
+    model = DPTabularGAN(demo_schema, epsilon=None, epochs=1, config=TINY, seed=0).fit(demo_frame.head(300))
+    assert math.isinf(model.privacy_spent()[0])

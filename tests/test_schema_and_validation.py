@@ -1,0 +1,97 @@
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from fedsyn.common.schema import Schema, SchemaError, draft_schema
+from fedsyn.common.tables import DataFileError, read_table
+from fedsyn.common.validation import validate_frame
+
+
+def test_demo_data_fits_its_schema(demo_frame, demo_schema):
+    report = validate_frame(demo_frame, demo_schema)
+    assert report.ok, report.describe()
+    assert len(demo_frame) > 5000
+    assert demo_schema.outcome == "death"
+    assert not demo_schema.unreviewed_columns
+
+
+@pytest.mark.parametrize(
+    ("column", "mutation", "expected"),
+    [
+        ("age", lambda s: s.where(s.index >= 3, 200), "outside the public bounds"),
+        ("age", lambda s: s.astype(object).where(s.index >= 2, "old"), "not a number"),
+        ("age", lambda s: s.astype(float).where(s.index >= 4, 60.5), "not a whole number"),
+        ("sex", lambda s: s.where(s.index >= 5, "X"), "category not in the schema"),
+        ("kappa", lambda s: s.where(s.index >= 6, np.nan), "missing value"),
+        ("kappa", lambda s: s.where(s.index >= 1, np.inf), "infinite"),
+    ],
+)
+def test_validation_names_column_count_and_rows(demo_frame, demo_schema, column, mutation, expected):
+    frame = demo_frame.head(50).copy()
+    frame[column] = mutation(frame[column])
+    report = validate_frame(frame, demo_schema)
+    problems = [p for p in report.problems if p.column == column and expected in p.kind]
+    assert len(problems) == 1, report.describe()
+    bad_rows = int((mutation(demo_frame.head(50)[column]) != demo_frame.head(50)[column]).sum())
+    assert problems[0].rows == bad_rows
+    assert problems[0].examples and problems[0].examples[0].startswith("line 2:")
+
+
+def test_validation_reports_missing_and_extra_columns(demo_frame, demo_schema):
+    frame = demo_frame.head(10).drop(columns=["mgus"]).assign(patient_id=1)
+    kinds = {(p.column, p.kind.split(" (")[0]) for p in validate_frame(frame, demo_schema).problems}
+    assert ("mgus", "column missing from the file") in kinds
+    assert ("patient_id", "column not in the schema") in kinds
+
+
+def test_nullable_column_accepts_missing(demo_frame, demo_schema):
+    frame = demo_frame.head(20).copy()
+    frame["creatinine"] = np.nan
+    assert validate_frame(frame, demo_schema).ok
+
+
+def test_schema_errors_speak_plainly(tmp_path):
+    path = tmp_path / "schema.json"
+    path.write_text(json.dumps({"columns": [{"name": "age", "kind": "integer", "lower": 5}]}))
+    with pytest.raises(SchemaError, match="public 'lower' and 'upper' bounds"):
+        Schema.load(path)
+    path.write_text("{not json")
+    with pytest.raises(SchemaError, match="not valid JSON"):
+        Schema.load(path)
+    with pytest.raises(SchemaError, match="not found"):
+        Schema.load(tmp_path / "nope.json")
+
+
+def test_draft_schema_marks_everything_for_review_and_training_refuses_it(demo_frame):
+    draft = draft_schema(demo_frame, outcome="death")
+    assert set(draft.unreviewed_columns) == set(demo_frame.columns)
+    assert draft.column("kappa").lower == demo_frame["kappa"].min()  # read off the data: hence the mark
+    with pytest.raises(SchemaError, match="needs_review"):
+        draft.require_reviewed(allow_unreviewed=False)
+    draft.require_reviewed(allow_unreviewed=True)
+
+
+def test_schema_round_trips_through_json(demo_schema, tmp_path):
+    demo_schema.save(tmp_path / "s.json")
+    assert Schema.load(tmp_path / "s.json") == demo_schema
+
+
+def test_read_table_parquet_keeps_category_spelling(demo_frame, demo_schema, tmp_path):
+    path = tmp_path / "site.parquet"
+    frame = demo_frame.head(30).copy()
+    frame["flc_grp"] = frame["flc_grp"].astype(int)  # a site's export stored codes as integers
+    frame.to_parquet(path)
+    assert validate_frame(read_table(path, demo_schema), demo_schema).ok
+
+
+def test_read_table_errors(tmp_path):
+    with pytest.raises(DataFileError, match="not found"):
+        read_table(tmp_path / "missing.csv")
+    (tmp_path / "x.xlsx").write_text("")
+    with pytest.raises(DataFileError, match="unsupported"):
+        read_table(tmp_path / "x.xlsx")
+    (tmp_path / "bad.parquet").write_bytes(b"PAR1 truncated")
+    with pytest.raises(DataFileError, match="cannot read"):
+        read_table(tmp_path / "bad.parquet")
