@@ -116,7 +116,7 @@ class GANTrainer:
         loss.backward()
         self.generator_optimizer.step()
         self.discriminator.zero_grad(set_to_none=True)
-        return float(loss)
+        return float(loss.detach())
 
     def train(
         self,

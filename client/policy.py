@@ -1,0 +1,53 @@
+"""A hospital's own privacy policy: what the site allows, whatever the coordinator asks.
+
+One file (TOML or JSON) next to the private extract. Paths in it are relative to the file.
+"""
+
+from __future__ import annotations
+
+import json
+import tomllib
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, Field, ValidationError
+
+
+class PolicyError(ValueError):
+    """The site policy file is missing or invalid."""
+
+
+class SitePolicy(BaseModel):
+    site_id: str = Field(min_length=1, description="name shown in the coordinator's reports")
+    data: Path = Field(description="the private extract (CSV or Parquet)")
+    schema_path: Path = Field(alias="schema", description="the shared public schema (JSON)")
+    ledger: Path = Field(description="where this site keeps its spent-privacy ledger")
+    max_epsilon: float = Field(gt=0, description="total epsilon this site will ever spend on this data")
+    delta: float = Field(gt=0, lt=1e-3)
+    min_noise_multiplier: float = Field(default=0.5, gt=0, description="refuse any DP-SGD step with less noise")
+    accountant: Literal["rdp", "prv"] = "rdp"
+    allow_unreviewed_schema: bool = False
+
+    model_config = {"populate_by_name": True}
+
+    @classmethod
+    def load(cls, path: str | Path) -> "SitePolicy":
+        path = Path(path)
+        try:
+            text = path.read_text()
+            raw = tomllib.loads(text) if path.suffix == ".toml" else json.loads(text)
+        except FileNotFoundError:
+            raise PolicyError(f"site policy file not found: {path}") from None
+        except (tomllib.TOMLDecodeError, json.JSONDecodeError) as exc:
+            raise PolicyError(f"site policy {path} cannot be parsed: {exc}") from None
+        try:
+            policy = cls.model_validate(raw)
+        except ValidationError as exc:
+            problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
+            raise PolicyError(f"site policy {path} is invalid: {problems}") from None
+        base = path.parent
+        return policy.model_copy(update={
+            "data": base / policy.data, "schema_path": base / policy.schema_path, "ledger": base / policy.ledger})
+
+    def save(self, path: str | Path) -> None:
+        Path(path).write_text(self.model_dump_json(by_alias=True, indent=2) + "\n")

@@ -1,0 +1,228 @@
+"""The coordinator's run: one noisy-marginals round, then federated DP-GAN training rounds.
+
+Talks to sites only through a Flower :class:`~flwr.serverapp.Grid` (simulation, deployment
+or the in-process grid used in tests). Every reply is decoded defensively; a bad reply is
+dropped for that round with the reason in the report, never aborting the run. Sites are
+averaged with equal weights, so no site's row count is needed or used.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import asdict, dataclass, field
+
+import numpy as np
+from flwr.app import ConfigRecord, Message, MessageType, RecordDict
+from flwr.serverapp import Grid
+
+from fedsyn.common import protocol
+from fedsyn.common.accounting import AccountantName, PrivacyEvent, compute_epsilon, gaussian_noise_for_epsilon
+from fedsyn.common.encoder import TableEncoder
+from fedsyn.common.marginals import Marginals, bin_labels
+from fedsyn.common.schema import Schema
+from fedsyn.common.training import GANConfig, GANTrainer
+
+log = logging.getLogger("fedsyn.server")
+
+
+class FederationError(RuntimeError):
+    """The run cannot continue (e.g. fewer sites than the configured minimum)."""
+
+
+@dataclass(frozen=True)
+class FederationSettings:
+    """Everything the coordinator decides; all of it is public and goes into the release."""
+
+    rounds: int = 10
+    local_steps: int = 20
+    sample_rate: float = 0.1
+    epsilon: float = 1.0
+    delta: float = 1e-5
+    marginals_share: float = 0.1
+    noise_multiplier: float | None = None
+    min_sites: int = 1
+    accountant: AccountantName = "rdp"
+    gan_config: GANConfig = field(default_factory=GANConfig)
+    seed: int | None = None
+    timeout: float = 3600.0
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+@dataclass
+class SiteStatus:
+    """The coordinator's view of one site: what it spent (recomputed here) and what happened."""
+
+    node_id: int
+    events: list[PrivacyEvent] = field(default_factory=list)
+    claimed_epsilon: float = 0.0
+    rounds_accepted: list[int] = field(default_factory=list)
+    dropped: list[dict] = field(default_factory=list)
+    active: bool = True
+
+    @property
+    def name(self) -> str:
+        return f"node-{self.node_id}"
+
+
+@dataclass
+class RoundSummary:
+    round: int
+    accepted: int
+    dropped: int
+    generator_loss: float
+    seconds: float
+
+
+RoundCallback = Callable[[RoundSummary, dict[int, SiteStatus]], None]
+
+
+class Coordinator:
+    def __init__(self, schema: Schema, settings: FederationSettings):
+        self.schema = schema
+        self.settings = settings
+        self.sites: dict[int, SiteStatus] = {}
+        self.rounds: list[RoundSummary] = []
+        self.marginals: Marginals | None = None
+        self.trainer: GANTrainer | None = None
+
+    # -- helpers --------------------------------------------------------------------------
+
+    def _wait_for_sites(self, grid: Grid) -> list[int]:
+        deadline = time.monotonic() + self.settings.timeout
+        while True:
+            nodes = sorted(grid.get_node_ids())
+            if len(nodes) >= self.settings.min_sites:
+                for node in nodes:
+                    self.sites.setdefault(node, SiteStatus(node))
+                return nodes
+            if time.monotonic() > deadline:
+                raise FederationError(f"only {len(nodes)} site(s) connected; at least {self.settings.min_sites} needed")
+            time.sleep(1.0)
+
+    def _send(self, grid: Grid, nodes: Iterable[int], content: RecordDict, message_type: str, group: int
+              ) -> list[Message]:
+        messages = [grid.create_message(content, message_type, node, str(group)) for node in nodes]
+        return list(grid.send_and_receive(messages, timeout=self.settings.timeout))
+
+    def _drop(self, site: SiteStatus, round_: int, reason: str, refused: bool = False) -> None:
+        log.warning("round %d: dropped %s: %s", round_, site.name, reason)
+        site.dropped.append({"round": round_, "reason": reason})
+        if refused:  # a policy refusal is final for this run: do not ask again
+            site.active = False
+
+    def _accept_event(self, site: SiteStatus, content: RecordDict, expected: PrivacyEvent) -> None:
+        """Record the site's privacy event if it is the mechanism that was asked for.
+
+        ``expected.noise_multiplier`` is the least noise acceptable (sites may add more).
+        """
+        event, claimed = protocol.decode_event(content.config_records[protocol.PRIVACY])
+        if (event.mechanism, event.sample_rate, event.steps) != (expected.mechanism, expected.sample_rate,
+                                                                 expected.steps):
+            raise protocol.ReplyError(f"privacy event {event} does not match the request {expected}")
+        if event.noise_multiplier < expected.noise_multiplier:
+            raise protocol.ReplyError(f"site used less noise ({event.noise_multiplier}) than asked")
+        site.events.append(event)
+        site.claimed_epsilon = claimed
+
+    def _replies(self, replies: list[Message], round_: int, payload: str, expected: PrivacyEvent,
+                 shapes: dict[str, tuple[tuple[int, ...], np.dtype]]) -> list[tuple[SiteStatus, RecordDict]]:
+        """Decode replies; return the valid ones, recording why each invalid one was dropped."""
+        valid = []
+        for reply in replies:
+            site = self.sites[reply.metadata.src_node_id]
+            if reply.has_error():
+                reason = reply.error.reason or f"error code {reply.error.code}"
+                self._drop(site, round_, reason, refused=reason.startswith("refused"))
+                continue
+            try:
+                protocol.check_reply_records(reply.content, payload)
+                arrays = protocol.from_array_record(reply.content.array_records[payload], shapes)
+                self._accept_event(site, reply.content, expected)
+            except protocol.ReplyError as exc:
+                self._drop(site, round_, f"invalid reply: {exc}")
+                continue
+            site.rounds_accepted.append(round_)
+            valid.append((site, RecordDict({payload: protocol.to_array_record(arrays), **(
+                {protocol.METRICS: reply.content.metric_records[protocol.METRICS]} if payload == protocol.ARRAYS
+                else {})})))
+        return valid
+
+    def _require_quorum(self, accepted: int, round_: int) -> None:
+        if accepted < self.settings.min_sites:
+            reasons = "; ".join(f"{s.name}: {s.dropped[-1]['reason']}" for s in self.sites.values()
+                                if s.dropped and s.dropped[-1]["round"] == round_)
+            raise FederationError(
+                f"round {round_}: only {accepted} valid site update(s), fewer than the minimum "
+                f"{self.settings.min_sites}. {reasons}")
+
+    # -- the run --------------------------------------------------------------------------
+
+    def collect_marginals(self, grid: Grid) -> Marginals:
+        settings = self.settings
+        nodes = self._wait_for_sites(grid)
+        sigma = gaussian_noise_for_epsilon(settings.marginals_share * settings.epsilon, settings.delta,
+                                           settings.accountant)
+        content = RecordDict({protocol.CONFIG: ConfigRecord({"noise_multiplier": sigma, "epsilon": settings.epsilon})})
+        replies = self._send(grid, nodes, content, protocol.QUERY_MARGINALS, 0)
+        shapes = {c.name: ((bin_labels(c),), np.dtype(np.float64)) for c in self.schema.columns}
+        expected = PrivacyEvent("gaussian-marginals", sigma, 1.0, 1)
+        valid = self._replies(replies, 0, protocol.MARGINALS, expected, shapes)
+        self._require_quorum(len(valid), 0)
+        parts = [Marginals(dict(protocol.from_array_record(c.array_records[protocol.MARGINALS])))
+                 for _, c in valid]
+        total = parts[0]
+        for part in parts[1:]:
+            total = total + part
+        self.marginals = total
+        return total
+
+    def train(self, grid: Grid, on_round: RoundCallback | None = None) -> GANTrainer:
+        settings = self.settings
+        assert self.marginals is not None, "collect_marginals() first"
+        trainer = GANTrainer(TableEncoder(self.schema, self.marginals), settings.gan_config, seed=settings.seed)
+        shapes = {k: (v.shape, v.dtype) for k, v in trainer.state_arrays().items()}
+        marginals_record = protocol.to_array_record(self.marginals.counts)
+        for round_ in range(1, settings.rounds + 1):
+            started = time.monotonic()
+            nodes = [s.node_id for s in self.sites.values() if s.active]
+            if not nodes:
+                log.info("every site has spent its budget or refused: stopping after round %d", round_ - 1)
+                break
+            config = {
+                "round": round_, "total_rounds": settings.rounds, "local_steps": settings.local_steps,
+                "sample_rate": settings.sample_rate, "epsilon": settings.epsilon,
+                "gan_config": json.dumps(asdict(settings.gan_config)),
+            }
+            if settings.noise_multiplier is not None:
+                config["noise_multiplier"] = settings.noise_multiplier
+            content = RecordDict({
+                protocol.ARRAYS: protocol.to_array_record(trainer.state_arrays()),
+                protocol.MARGINALS: marginals_record,
+                protocol.CONFIG: ConfigRecord(config),
+            })
+            replies = self._send(grid, nodes, content, MessageType.TRAIN, round_)
+            least_noise = settings.noise_multiplier or np.finfo(float).tiny  # sites calibrate their own
+            expected = PrivacyEvent("dp-sgd", least_noise, settings.sample_rate, settings.local_steps)
+            valid = self._replies(replies, round_, protocol.ARRAYS, expected, shapes)
+            self._require_quorum(len(valid), round_)
+            updates = [protocol.from_array_record(c.array_records[protocol.ARRAYS]) for _, c in valid]
+            trainer.load_state_arrays({k: np.mean([u[k] for u in updates], axis=0).astype(shapes[k][1])
+                                       for k in shapes})
+            losses = [c.metric_records[protocol.METRICS]["generator_loss"] for _, c in valid]
+            summary = RoundSummary(round_, len(valid), len(replies) - len(valid) + (len(nodes) - len(replies)),
+                                   float(np.mean(losses)), time.monotonic() - started)
+            self.rounds.append(summary)
+            if on_round is not None:
+                on_round(summary, self.sites)
+        self.trainer = trainer
+        return trainer
+
+    def site_epsilons(self) -> dict[str, float]:
+        """Epsilon per site, recomputed by the coordinator from the events it received."""
+        return {s.name: compute_epsilon(s.events, self.settings.delta, self.settings.accountant)
+                for s in self.sites.values()}

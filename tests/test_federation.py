@@ -1,0 +1,112 @@
+"""Federation end to end on the in-process grid: release, ledger, message contents, bad sites."""
+
+import json
+
+import numpy as np
+import pytest
+from flwr.app import Message
+
+from fedsyn.client.policy import SitePolicy
+from fedsyn.common import protocol
+from fedsyn.common.accounting import PrivacyLedger
+from fedsyn.common.data import demo_schema_path
+from fedsyn.common.tables import read_table
+from fedsyn.common.validation import validate_frame
+from fedsyn.server.app import run_federation
+from fedsyn.server.coordinator import FederationError, FederationSettings
+from fedsyn.client.app import make_client_app
+from fedsyn.simulations.inprocess import InProcessGrid
+from fedsyn.simulations.run import prepare_sites
+from fedsyn.simulations.split import split_table
+
+from .test_accounting import independent_epsilon
+from .test_gan import TINY
+
+SETTINGS = FederationSettings(rounds=3, local_steps=4, sample_rate=0.2, epsilon=1.0, delta=1e-5,
+                              gan_config=TINY, seed=0, min_sites=2)
+
+
+@pytest.fixture()
+def plan(demo_frame, tmp_path):
+    tables = split_table(demo_frame.sample(900, random_state=0), 3, np.random.default_rng(0))
+    return prepare_sites(tables, demo_schema_path(), tmp_path / "sites", epsilon=1.0, delta=1e-5)
+
+
+def _run(plan, demo_schema, tmp_path, settings=SETTINGS, reply_filter=None):
+    grid = InProcessGrid(make_client_app(plan.site_policy), len(plan.policies), reply_filter)
+    coordinator = run_federation(grid, demo_schema, settings, tmp_path / "release", rows=500)
+    return grid, coordinator
+
+
+def test_release_is_valid_and_ledger_matches_independent_recomputation(plan, demo_schema, tmp_path):
+    _, coordinator = _run(plan, demo_schema, tmp_path)
+    release = tmp_path / "release"
+    for name in ("synthetic.csv", "synthetic.parquet", "privacy_report.json", "generator.pt",
+                 "run_config.json", "schema.json", "README.md"):
+        assert (release / name).is_file(), name
+    synthetic = read_table(release / "synthetic.csv", demo_schema)
+    assert len(synthetic) == 500 and validate_frame(synthetic, demo_schema).ok
+    report = json.loads((release / "privacy_report.json").read_text())
+    assert len(report["sites"]) == 3
+    for site, policy_path in zip(report["sites"], plan.policies):
+        assert site["epsilon"] <= 1.0 and site["within_budget"]
+        assert len(site["rounds_accepted"]) == 4  # marginals round + 3 training rounds
+        local = PrivacyLedger.load(SitePolicy.load(policy_path).ledger)
+        assert local.events == [e for e in coordinator.sites[int(site["site"].split("-")[1])].events]
+        assert site["epsilon"] == pytest.approx(independent_epsilon(local.events, 1e-5, "rdp"), rel=1e-3)
+        assert site["epsilon"] == pytest.approx(site["epsilon_claimed_by_site"], rel=1e-9)
+
+
+def test_sites_send_only_model_arrays_declared_metrics_and_privacy_events(plan, demo_schema, tmp_path):
+    grid, coordinator = _run(plan, demo_schema, tmp_path)
+    model_keys = set(coordinator.trainer.state_arrays())
+    assert grid.replies
+    for reply in grid.replies:
+        assert not reply.has_error()
+        content = reply.content
+        if protocol.MARGINALS in content:
+            assert set(content.keys()) == {protocol.MARGINALS, protocol.PRIVACY}
+            assert set(content.array_records[protocol.MARGINALS].keys()) == set(demo_schema.column_names)
+            counts = protocol.from_array_record(content.array_records[protocol.MARGINALS])
+            assert any(not np.allclose(v, np.round(v)) for v in counts.values())  # noisy, not exact counts
+        else:
+            assert set(content.keys()) == {protocol.ARRAYS, protocol.METRICS, protocol.PRIVACY}
+            assert set(content.array_records[protocol.ARRAYS].keys()) == model_keys
+            assert set(content.metric_records[protocol.METRICS].keys()) <= protocol.DECLARED_METRICS
+        assert set(content.config_records[protocol.PRIVACY].keys()) <= protocol.PRIVACY_FIELDS
+
+
+def _corrupt_first_site(reply: Message) -> Message:
+    if reply.metadata.src_node_id == 1001 and protocol.ARRAYS in reply.content:
+        arrays = reply.content.array_records[protocol.ARRAYS]
+        name = next(iter(arrays.keys()))
+        broken = protocol.from_array_record(arrays)
+        broken[name] = np.full_like(broken[name], np.nan)
+        reply.content[protocol.ARRAYS] = protocol.to_array_record(broken)
+    return reply
+
+
+def test_malformed_update_is_dropped_and_named(plan, demo_schema, tmp_path):
+    _, coordinator = _run(plan, demo_schema, tmp_path, reply_filter=_corrupt_first_site)
+    report = json.loads((tmp_path / "release" / "privacy_report.json").read_text())
+    bad = next(s for s in report["sites"] if s["site"] == "node-1001")
+    assert [d["round"] for d in bad["dropped"]] == [1, 2, 3]
+    assert "NaN" in bad["dropped"][0]["reason"]
+    assert all(r.accepted == 2 for r in coordinator.rounds)
+
+
+def test_site_refuses_more_than_its_budget_and_ledger_is_unchanged(plan, demo_schema, tmp_path):
+    greedy = FederationSettings(**{**SETTINGS.__dict__, "epsilon": 5.0})
+    with pytest.raises(FederationError, match="refused by site policy.*at most epsilon=1.0"):
+        _run(plan, demo_schema, tmp_path, settings=greedy)
+    for policy in plan.policies:
+        assert not SitePolicy.load(policy).ledger.exists()
+
+
+def test_site_refuses_less_noise_than_its_minimum(plan, demo_schema, tmp_path):
+    weak = FederationSettings(**{**SETTINGS.__dict__, "noise_multiplier": 0.1})
+    with pytest.raises(FederationError, match="below this site's minimum"):
+        _run(plan, demo_schema, tmp_path, settings=weak)
+    for policy in plan.policies:
+        ledger = PrivacyLedger.load(SitePolicy.load(policy).ledger)
+        assert [e.mechanism for e in ledger.events] == ["gaussian-marginals"]
