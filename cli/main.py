@@ -68,7 +68,7 @@ def validate(data: Path, schema: Annotated[Path, typer.Option("--schema", "-s")]
 
 @app.command()
 def fit(data: Path, schema: Annotated[Path, typer.Option("--schema", "-s")],
-        epsilon: float = 1.0, delta: float = 1e-5, epochs: float = 50.0, rows: int = 0,
+        epsilon: float = 1.0, delta: float = 1e-5, epochs: float = 30.0, rows: int = 0,
         out: Path = Path("fedsyn-model"), device: str = "cpu", seed: Optional[int] = None) -> None:
     """Fit a DP tabular GAN on one site's extract; write the model and synthetic rows."""
     from fedsyn.common.gan import DPTabularGAN

@@ -4,6 +4,11 @@ As in CTGAN, each row's condition fixes one categorical column to one value. For
 the value is read from the row itself (inside the DP-SGD per-record computation). For
 generated rows it is drawn from the *noisy* marginals, never from private frequencies, so
 conditioning costs no privacy beyond what the ledger already holds.
+
+The outcome column (if the schema names one) is chosen more often than the others
+(``outcome_weight``), because synthetic data is mostly used to model the outcome given the
+rest; real and generated rows use the same column-choice distribution, so the
+discriminator cannot tell them apart by which column is conditioned.
 """
 
 from __future__ import annotations
@@ -14,7 +19,7 @@ from fedsyn.common.encoder import TableEncoder
 
 
 class ConditionSampler:
-    def __init__(self, encoder: TableEncoder, device: torch.device):
+    def __init__(self, encoder: TableEncoder, device: torch.device, outcome_weight: float = 0.5):
         self.device = device
         self.columns: list[str] = []
         self.values: list[list[str]] = []
@@ -37,21 +42,35 @@ class ConditionSampler:
         self.block_of_dim = torch.as_tensor(block_of_dim, dtype=torch.long, device=device)
         self.block_start = torch.as_tensor(starts, dtype=torch.long, device=device)
         self.block_probs = [p.to(device) for p in probs]
+        self.outcome = encoder.schema.outcome if encoder.schema.outcome in self.columns else None
+        weights = torch.ones(len(self.columns))
+        if self.outcome is not None and len(self.columns) > 1:
+            others = len(self.columns) - 1
+            weights[:] = (1.0 - outcome_weight) / others
+            weights[self.columns.index(self.outcome)] = outcome_weight
+        self.column_weights = (weights / weights.sum()).to(device)
+
+    def _choose_columns(self, n: int, generator: torch.Generator) -> torch.Tensor:
+        return torch.multinomial(self.column_weights, n, replacement=True, generator=generator)
 
     def from_real(self, rows: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
         """Condition each real row on one of its own categorical values, column chosen uniformly."""
         if self.dim == 0:
             return rows.new_zeros((rows.shape[0], 0))
-        chosen = torch.randint(len(self.columns), (rows.shape[0],), generator=generator, device=self.device)
+        chosen = self._choose_columns(rows.shape[0], generator)
         mask = self.block_of_dim.unsqueeze(0) == chosen.unsqueeze(1)
         return rows[:, self.encoded_index] * mask
 
-    def sample(self, n: int, generator: torch.Generator) -> torch.Tensor:
-        """Conditions for generated rows: column uniform, value from its noisy marginal."""
+    def sample(self, n: int, generator: torch.Generator, column: str | None = None) -> torch.Tensor:
+        """Conditions for generated rows: the column as in training (or ``column``), the value
+        drawn from that column's noisy marginal."""
         cond = torch.zeros((n, self.dim), device=self.device)
         if self.dim == 0:
             return cond
-        chosen = torch.randint(len(self.columns), (n,), generator=generator, device=self.device)
+        if column is None:
+            chosen = self._choose_columns(n, generator)
+        else:
+            chosen = torch.full((n,), self.columns.index(column), device=self.device)
         for block, probs in enumerate(self.block_probs):
             rows = (chosen == block).nonzero(as_tuple=True)[0]
             if len(rows):

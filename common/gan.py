@@ -66,7 +66,7 @@ class DPTabularGAN:
         epsilon: float | None = 1.0,
         delta: float = 1e-5,
         *,
-        epochs: float = 50.0,
+        epochs: float = 30.0,
         config: GANConfig | None = None,
         marginals_share: float = 0.1,
         noise_multiplier: float | None = None,
@@ -155,7 +155,7 @@ class DPTabularGAN:
                        "marginals_share": self.marginals_share, "noise_multiplier": self.noise_multiplier,
                        "accountant": self.accountant},
             "ledger": self.ledger_.to_dict() if self.ledger_ else None,
-            "generator": trainer.generator.state_dict(),
+            "generator": trainer.sampler.state_dict(),
             "discriminator": trainer.discriminator.state_dict(),
         }, Path(path))
 
@@ -170,6 +170,7 @@ class DPTabularGAN:
         model = cls(schema, config=config, device=device, **raw["params"])
         trainer = GANTrainer(TableEncoder(schema, Marginals.from_dict(raw["marginals"])), config, device)
         trainer.generator.load_state_dict(raw["generator"])
+        trainer.sampler.load_state_dict(raw["generator"])
         trainer.discriminator.load_state_dict(raw["discriminator"])
         model.trainer_ = trainer
         if raw["ledger"] is not None:

@@ -9,6 +9,7 @@ client's local steps.
 
 from __future__ import annotations
 
+import copy
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -35,6 +36,7 @@ class GANConfig:
     batch_size: int = 512
     max_grad_norm: float = 1.0
     gumbel_tau: float = 0.2
+    generator_ema: float = 0.995
     betas: tuple[float, float] = field(default=(0.5, 0.9))
 
     @classmethod
@@ -65,6 +67,9 @@ class GANTrainer:
                                    encoder.spans).to(self.device)
         self.discriminator = Discriminator(encoder.dim, self.conditions.dim,
                                            config.discriminator_hidden).to(self.device)
+        # Sampling uses an exponential moving average of the generator's weights: free
+        # post-processing of DP outputs that damps the oscillation of GAN training.
+        self.sampler = copy.deepcopy(self.generator).requires_grad_(False)
         self.generator_optimizer = torch.optim.Adam(self.generator.parameters(), lr=config.generator_lr,
                                                     betas=config.betas)
         self.discriminator_optimizer = torch.optim.Adam(self.discriminator.parameters(),
@@ -116,6 +121,9 @@ class GANTrainer:
         loss.backward()
         self.generator_optimizer.step()
         self.discriminator.zero_grad(set_to_none=True)
+        with torch.no_grad():
+            for average, current in zip(self.sampler.parameters(), self.generator.parameters()):
+                average.lerp_(current, 1.0 - self.config.generator_ema)
         return float(loss.detach())
 
     def train(
@@ -142,7 +150,6 @@ class GANTrainer:
     @torch.no_grad()
     def generate(self, n: int, condition: dict[str, object] | None = None, chunk: int = 65536) -> np.ndarray:
         """Encoded synthetic rows; categorical blocks are hard one-hots."""
-        self.generator.eval()
         if condition is not None and len(condition) != 1:
             raise ValueError("condition must fix exactly one categorical column, e.g. {'death': 'dead'}")
         parts = []
@@ -152,15 +159,14 @@ class GANTrainer:
                 (column, value), = condition.items()
                 cond = self.conditions.fixed(size, column, value)
             else:
-                cond = self.conditions.sample(size, self.rng)
+                # Outcome drawn from its noisy marginal, the rest generated given it.
+                cond = self.conditions.sample(size, self.rng, column=self.conditions.outcome)
             noise = torch.randn((size, self.config.latent_dim), generator=self.rng, device=self.device)
-            rows = self.generator.activate(self.generator(noise, cond), self.config.gumbel_tau, hard=True)
-            if condition:
-                # The rest of the row was generated given the condition; the conditioned
-                # column itself holds exactly the requested value.
-                rows = self.conditions.impose(rows, cond)
+            rows = self.sampler.activate(self.sampler(noise, cond), self.config.gumbel_tau, hard=True)
+            # The rest of the row was generated given the condition; the conditioned column
+            # itself holds exactly the conditioned value.
+            rows = self.conditions.impose(rows, cond)
             parts.append(rows)
-        self.generator.train()
         return torch.cat(parts).cpu().numpy() if parts else np.zeros((0, self.encoder.dim), dtype=np.float32)
 
     # -- weights as arrays (the federation's wire format) ---------------------------------
@@ -178,3 +184,4 @@ class GANTrainer:
             state = {name[len(prefix) + 1:]: torch.as_tensor(np.asarray(value))
                      for name, value in arrays.items() if name.startswith(prefix + ".")}
             module.load_state_dict(state, strict=True)
+        self.sampler.load_state_dict(self.generator.state_dict())

@@ -88,7 +88,7 @@ def write_release(coordinator: Coordinator, out: Path, rows: int, extra_config: 
     (out / "run_config.json").write_text(json.dumps(config, indent=2, default=str) + "\n")
     torch.save({"format": "fedsyn-generator/1", "schema": coordinator.schema.model_dump(mode="json"),
                 "marginals": trainer.encoder.marginals.to_dict(), "config": asdict(trainer.config),
-                "generator": trainer.generator.state_dict()}, out / "generator.pt")
+                "generator": trainer.sampler.state_dict()}, out / "generator.pt")
     (out / "README.md").write_text(_readme(coordinator, report, synthetic, rows))
     return out
 

@@ -4,7 +4,14 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from fedsyn.common.dp_sgd import clip_and_sum, per_sample_gradients, poisson_sample, private_gradient
+from fedsyn.common.dp_sgd import (
+    clip_and_sum,
+    linear_clipped_sum,
+    per_sample_gradients,
+    poisson_sample,
+    private_gradient,
+    supports_linear_clipping,
+)
 from fedsyn.common.models import Discriminator
 
 C = 0.5
@@ -31,10 +38,26 @@ def test_per_sample_gradients_match_one_row_at_a_time():
             torch.testing.assert_close(batched[name][i], param.grad, rtol=1e-4, atol=1e-6)
 
 
-def _influence_of_one_record(max_grad_norm: float) -> float:
+def _vmap_clipped_sum(model, loss, inputs, max_grad_norm):
+    return clip_and_sum(per_sample_gradients(model, loss, inputs), max_grad_norm)
+
+
+CLIPPED_SUMS = [_vmap_clipped_sum, linear_clipped_sum]
+
+
+def test_both_clipping_methods_agree():
+    model, rows, cond = _model_and_batch()
+    rows = rows * 5  # large gradients, so clipping is active for most records
+    assert supports_linear_clipping(model)
+    fast, reference = linear_clipped_sum(model, _loss, (rows, cond), C), _vmap_clipped_sum(model, _loss, (rows, cond), C)
+    for name in reference:
+        torch.testing.assert_close(fast[name], reference[name], rtol=1e-4, atol=1e-6)
+
+
+def _influence_of_one_record(max_grad_norm: float, clipped_sum) -> float:
     """Largest L2 change of the summed gradient from replacing or removing one record."""
     model, rows, cond = _model_and_batch()
-    base = clip_and_sum(per_sample_gradients(model, _loss, (rows, cond)), max_grad_norm)
+    base = clipped_sum(model, _loss, (rows, cond), max_grad_norm)
     worst = 0.0
     for i in range(rows.shape[0]):
         outlier = rows.clone()
@@ -43,19 +66,21 @@ def _influence_of_one_record(max_grad_norm: float) -> float:
             (outlier, cond),  # replace record i by an outlier
             (torch.cat([rows[:i], rows[i + 1:]]), torch.cat([cond[:i], cond[i + 1:]])),  # remove record i
         ):
-            other = clip_and_sum(per_sample_gradients(model, _loss, candidate), max_grad_norm)
+            other = clipped_sum(model, _loss, candidate, max_grad_norm)
             delta = torch.cat([(base[k] - other[k]).flatten() for k in base]).norm().item()
             worst = max(worst, delta)
     return worst
 
 
-def test_one_record_moves_the_noiseless_clipped_sum_by_at_most_the_clip_norm():
+@pytest.mark.parametrize("clipped_sum", CLIPPED_SUMS)
+def test_one_record_moves_the_noiseless_clipped_sum_by_at_most_the_clip_norm(clipped_sum):
     # replace-one adjacency bounds the change by 2C, add/remove by C; the outlier row is a removal + addition
-    assert _influence_of_one_record(C) <= 2 * C + 1e-5
+    assert _influence_of_one_record(C, clipped_sum) <= 2 * C + 1e-5
 
 
-def test_without_clipping_the_same_check_fails():
-    assert _influence_of_one_record(1e9) > 2 * C
+@pytest.mark.parametrize("clipped_sum", CLIPPED_SUMS)
+def test_without_clipping_the_same_check_fails(clipped_sum):
+    assert _influence_of_one_record(1e9, clipped_sum) > 2 * C
 
 
 def test_noise_has_the_accountants_standard_deviation():

@@ -62,8 +62,8 @@ def test_save_and_load_round_trip(fitted, tmp_path):
     fitted.save(tmp_path / "model.pt")
     loaded = DPTabularGAN.load(tmp_path / "model.pt")
     assert loaded.privacy_spent() == fitted.privacy_spent()
-    for name, tensor in fitted.trainer_.generator.state_dict().items():
-        assert np.array_equal(tensor.numpy(), loaded.trainer_.generator.state_dict()[name].numpy())
+    for name, tensor in fitted.trainer_.sampler.state_dict().items():
+        assert np.array_equal(tensor.numpy(), loaded.trainer_.sampler.state_dict()[name].numpy())
     assert len(loaded.sample(10)) == 10
 
 
