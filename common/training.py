@@ -179,9 +179,13 @@ class GANTrainer:
                 arrays[f"{prefix}.{name}"] = tensor.detach().cpu().numpy()
         return arrays
 
-    def load_state_arrays(self, arrays: dict[str, np.ndarray]) -> None:
+    def load_state_arrays(self, arrays: dict[str, np.ndarray], sampler_decay: float = 0.0) -> None:
+        """Load G and D; the sampling copy becomes G (``sampler_decay=0``) or moves towards it
+        as an exponential moving average (the coordinator's average over rounds)."""
         for prefix, module in (("generator", self.generator), ("discriminator", self.discriminator)):
             state = {name[len(prefix) + 1:]: torch.as_tensor(np.asarray(value))
                      for name, value in arrays.items() if name.startswith(prefix + ".")}
             module.load_state_dict(state, strict=True)
-        self.sampler.load_state_dict(self.generator.state_dict())
+        with torch.no_grad():
+            for average, current in zip(self.sampler.parameters(), self.generator.parameters()):
+                average.lerp_(current, 1.0 - sampler_decay)

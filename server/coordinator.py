@@ -211,8 +211,11 @@ class Coordinator:
             valid = self._replies(replies, round_, protocol.ARRAYS, expected, shapes)
             self._require_quorum(len(valid), round_)
             updates = [protocol.from_array_record(c.array_records[protocol.ARRAYS]) for _, c in valid]
+            # The release samples from a moving average of the global generator over rounds,
+            # on the same time scale (in local steps) as a single-site fit's average.
+            decay = settings.gan_config.generator_ema ** settings.local_steps if round_ > 1 else 0.0
             trainer.load_state_arrays({k: np.mean([u[k] for u in updates], axis=0).astype(shapes[k][1])
-                                       for k in shapes})
+                                       for k in shapes}, sampler_decay=decay)
             losses = [c.metric_records[protocol.METRICS]["generator_loss"] for _, c in valid]
             summary = RoundSummary(round_, len(valid), len(replies) - len(valid) + (len(nodes) - len(replies)),
                                    float(np.mean(losses)), time.monotonic() - started)

@@ -5,11 +5,11 @@ import pytest
 from dp_accounting import pld, rdp
 
 from fedsyn.common.accounting import (
-    RDP_ORDERS,
     BudgetExceededError,
     PrivacyEvent,
     PrivacyLedger,
     calibrate_noise_multiplier,
+    rdp_orders,
 )
 
 EVENTS = [PrivacyEvent("gaussian-marginals", 25.0, 1.0, 1), PrivacyEvent("dp-sgd", 3.0, 0.05, 400),
@@ -18,7 +18,7 @@ EVENTS = [PrivacyEvent("gaussian-marginals", 25.0, 1.0, 1), PrivacyEvent("dp-sgd
 
 def independent_epsilon(events, delta, accountant):
     """Google's dp-accounting, a second implementation sharing no code with Opacus."""
-    engine = rdp.RdpAccountant(RDP_ORDERS) if accountant == "rdp" else pld.PLDAccountant()
+    engine = rdp.RdpAccountant(rdp_orders(events)) if accountant == "rdp" else pld.PLDAccountant()
     engine.compose(dp_accounting.ComposedDpEvent([
         dp_accounting.SelfComposedDpEvent(
             dp_accounting.PoissonSampledDpEvent(e.sample_rate, dp_accounting.GaussianDpEvent(e.noise_multiplier)),
