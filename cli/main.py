@@ -104,6 +104,11 @@ def simulate(
     rows: int = 0,
     out: Path = Path("fedsyn-simulation"),
     seed: int = 0,
+    device: Annotated[str, typer.Option(help="torch device for the sites' training, e.g. cuda")] = "cpu",
+    release_every: Annotated[int, typer.Option(help="also write an interim release every K rounds")] = 0,
+    site_noise_multiplier: Annotated[Optional[float], typer.Option(
+        help="add site-level DP (Flower's server-side fixed clipping) with this noise multiplier")] = None,
+    site_clipping_norm: float = 10.0,
     engine: Annotated[str, typer.Option(help="inprocess (fast) or flower (Ray simulation engine)")] = "inprocess",
     compare: Annotated[bool, typer.Option(help="also run local-only and pooled arms, report TSTR")] = True,
     verbose: bool = False,
@@ -135,8 +140,9 @@ def simulate(
     config = GANConfig(batch_size=batch_size)
     settings = FederationSettings(rounds=rounds, local_steps=local_steps, epsilon=epsilon, delta=delta,
                                   sample_rate=default_sample_rate(tables, batch_size), gan_config=config,
-                                  seed=seed, min_sites=max(1, len(tables) // 2 + 1))
-    plan: SimulationPlan = prepare_sites(tables, schema_path, out / "sites", epsilon, delta)
+                                  seed=seed, min_sites=max(1, len(tables) // 2 + 1),
+                                  site_noise_multiplier=site_noise_multiplier, site_clipping_norm=site_clipping_norm)
+    plan: SimulationPlan = prepare_sites(tables, schema_path, out / "sites", epsilon, delta, device=device)
     release = out / "release"
     rows = rows or sum(len(t) for t in tables)
     console.print(f"[bold]fedsyn simulate[/]: {len(tables)} sites ({', '.join(str(len(t)) for t in tables)} rows), "
@@ -150,7 +156,7 @@ def simulate(
                       f"{summary.seconds:.1f} s")
 
     try:
-        run_sites(plan, contract, settings, release, rows, engine, on_round)
+        run_sites(plan, contract, settings, release, rows, engine, on_round, release_every)
     except FederationError as exc:
         _fail(str(exc))
     federated_seconds = time.monotonic() - started
@@ -162,11 +168,14 @@ def simulate(
         table.add_row(site["site"], f"{site['epsilon']:.3f}", f"{site['delta']:g}",
                       str(len(site["rounds_accepted"])), str(len(site["dropped"])))
     console.print(table)
+    if report["site_level_dp"]:
+        console.print(f"site-level DP (Flower): epsilon {report['site_level_dp']['epsilon']:.3f} at delta "
+                      f"{report['site_level_dp']['delta']:g}")
     if compare and test is not None and contract.outcome:
-        _compare_arms(contract, tables, test, release, epsilon, delta, config, seed)
+        _compare_arms(contract, tables, test, release, epsilon, delta, config, seed, device)
 
 
-def _compare_arms(contract, tables, test, release, epsilon, delta, config, seed) -> None:
+def _compare_arms(contract, tables, test, release, epsilon, delta, config, seed, device) -> None:
     """TSTR of the federated release vs each site alone vs pooled (centralized DP), and TRTR."""
     import pandas as pd
 
@@ -177,11 +186,12 @@ def _compare_arms(contract, tables, test, release, epsilon, delta, config, seed)
     with console.status("comparison arms: local-only and pooled...") as status:
         for index, table in enumerate(tables):
             status.update(f"local-only arm, site {index}")
-            model = DPTabularGAN(contract, epsilon, delta, config=config, seed=seed).fit(table)
+            model = DPTabularGAN(contract, epsilon, delta, config=config, seed=seed, device=device).fit(table)
             results[f"local-only site-{index}"] = tstr_auc(model.sample(len(table)), test, contract, seed)
         pooled_rows = pd.concat(tables, ignore_index=True)
         status.update("pooled (centralized DP) arm")
-        pooled = DPTabularGAN(contract, epsilon, delta, config=config, seed=seed).fit(pooled_rows)
+        pooled = DPTabularGAN(contract, epsilon, delta, config=config, seed=seed,
+                              device=device).fit(pooled_rows)
         results["pooled (centralized DP)"] = tstr_auc(pooled.sample(len(pooled_rows)), test, contract, seed)
         results["real (TRTR)"] = tstr_auc(pooled_rows, test, contract, seed)
     table = Table(title="Utility: ROC-AUC on the real held-out split")

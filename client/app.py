@@ -79,7 +79,7 @@ def make_client_app(resolve_policy: PolicyResolver = policy_from_node_config) ->
         released, event = site.release_marginals(float(config["noise_multiplier"]), float(config["epsilon"]))
         return RecordDict({
             protocol.MARGINALS: protocol.to_array_record(released.counts),
-            protocol.PRIVACY: protocol.event_record(event, site.ledger.epsilon(), site.ledger.delta),
+            protocol.PRIVACY: protocol.event_record(event, site.ledger.epsilon(), site.ledger.delta, site.policy.site_id),
         })
 
     def train(message: Message, site: Site) -> RecordDict:
@@ -90,7 +90,7 @@ def make_client_app(resolve_policy: PolicyResolver = policy_from_node_config) ->
         return RecordDict({
             protocol.ARRAYS: protocol.to_array_record(updated),
             protocol.METRICS: protocol.metrics_record(metrics),
-            protocol.PRIVACY: protocol.event_record(event, site.ledger.epsilon(), site.ledger.delta),
+            protocol.PRIVACY: protocol.event_record(event, site.ledger.epsilon(), site.ledger.delta, site.policy.site_id),
         })
 
     app.query("marginals")(guarded(marginals))

@@ -27,6 +27,7 @@ class SitePolicy(BaseModel):
     min_noise_multiplier: float = Field(default=0.5, gt=0, description="refuse any DP-SGD step with less noise")
     accountant: Literal["rdp", "prv"] = "rdp"
     allow_unreviewed_schema: bool = False
+    device: str = Field(default="cpu", description="torch device for local training, e.g. 'cuda'")
 
     model_config = {"populate_by_name": True}
 

@@ -113,9 +113,9 @@ class Site:
             raise PolicyRefusal(f"site '{self.policy.site_id}': {exc}") from None
         frame = self.load_data()
         encoder = TableEncoder(self.schema, marginals)
-        trainer = GANTrainer(encoder, request.gan_config, seed=self.seed)
+        trainer = GANTrainer(encoder, request.gan_config, device=self.policy.device, seed=self.seed)
         trainer.load_state_arrays(arrays)
-        data = torch.as_tensor(encoder.encode(frame))
+        data = torch.as_tensor(encoder.encode(frame), device=trainer.device)
         history = trainer.train(data, request.local_steps, request.sample_rate, sigma)
         metrics = {
             "discriminator_fake_loss": float(np.mean([h.discriminator for h in history])),

@@ -28,7 +28,7 @@ QUERY_MARGINALS = "query.marginals"
 # on generated rows and the generator's loss depend on DP parameters alone.
 DECLARED_METRICS = frozenset({"discriminator_fake_loss", "generator_loss", "steps"})
 PRIVACY_FIELDS = frozenset({"mechanism", "noise_multiplier", "sample_rate", "steps", "round", "epsilon_spent",
-                            "delta"})
+                            "delta", "site"})
 MAX_ARRAY_ELEMENTS = 50_000_000
 
 
@@ -67,13 +67,14 @@ def from_array_record(
     return out
 
 
-def event_record(event: PrivacyEvent, epsilon_spent: float, delta: float) -> ConfigRecord:
+def event_record(event: PrivacyEvent, epsilon_spent: float, delta: float, site: str) -> ConfigRecord:
+    """The privacy event, the site's own epsilon claim and the name the site publishes."""
     fields = {k: v for k, v in asdict(event).items() if v is not None}
-    return ConfigRecord({**fields, "epsilon_spent": float(epsilon_spent), "delta": float(delta)})
+    return ConfigRecord({**fields, "epsilon_spent": float(epsilon_spent), "delta": float(delta), "site": site})
 
 
-def decode_event(record: ConfigRecord) -> tuple[PrivacyEvent, float]:
-    """The privacy event and the site's own epsilon claim, after checking the fields."""
+def decode_event(record: ConfigRecord) -> tuple[PrivacyEvent, float, str]:
+    """The privacy event, the site's epsilon claim and its name, after checking the fields."""
     fields = dict(record)
     unknown = set(fields) - PRIVACY_FIELDS
     if unknown:
@@ -86,7 +87,7 @@ def decode_event(record: ConfigRecord) -> tuple[PrivacyEvent, float]:
             steps=int(fields["steps"]),
             round=int(fields["round"]) if "round" in fields else None,
         )
-        return event, float(fields["epsilon_spent"])
+        return event, float(fields["epsilon_spent"]), str(fields.get("site", ""))[:64]
     except (KeyError, TypeError, ValueError) as exc:
         raise ReplyError(f"privacy record is malformed: {exc}") from None
 

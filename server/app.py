@@ -9,29 +9,40 @@ from flwr.app import Context
 from flwr.serverapp import Grid, ServerApp
 
 from fedsyn.common.schema import Schema
-from fedsyn.server.coordinator import Coordinator, FederationSettings, RoundCallback
+from fedsyn.server.coordinator import Coordinator, FederationSettings, RoundCallback, RoundSummary
 from fedsyn.server.release import write_release
 
 log = logging.getLogger("fedsyn.server")
 
 
 def run_federation(grid: Grid, schema: Schema, settings: FederationSettings, out: Path, rows: int,
-                   on_round: RoundCallback | None = None) -> Coordinator:
-    """The whole coordinator job on any Grid; returns the coordinator with its records."""
+                   on_round: RoundCallback | None = None, release_every: int = 0) -> Coordinator:
+    """The whole coordinator job on any Grid; returns the coordinator with its records.
+
+    With ``release_every=K`` an interim bundle is also written every K rounds to
+    ``out/round-NNN`` (the generator so far, the ledger so far).
+    """
     coordinator = Coordinator(schema, settings)
+
+    def after_round(summary: RoundSummary, sites: dict) -> None:
+        if release_every and summary.round % release_every == 0 and summary.round < settings.rounds:
+            write_release(coordinator, out / f"round-{summary.round:03d}", rows)
+        if on_round is not None:
+            on_round(summary, sites)
+
     coordinator.collect_marginals(grid)
-    coordinator.train(grid, on_round)
+    coordinator.train(grid, after_round)
     write_release(coordinator, out, rows)
     log.info("release written to %s", out)
     return coordinator
 
 
 def make_server_app(schema: Schema, settings: FederationSettings, out: Path, rows: int,
-                    on_round: RoundCallback | None = None) -> ServerApp:
+                    on_round: RoundCallback | None = None, release_every: int = 0) -> ServerApp:
     app = ServerApp()
 
     @app.main()
     def main(grid: Grid, context: Context) -> None:
-        run_federation(grid, schema, settings, out, rows, on_round)
+        run_federation(grid, schema, settings, out, rows, on_round, release_every)
 
     return app

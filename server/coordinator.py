@@ -15,8 +15,9 @@ from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, field
 
 import numpy as np
-from flwr.app import ConfigRecord, Message, MessageType, RecordDict
+from flwr.app import ConfigRecord, Message, RecordDict
 from flwr.serverapp import Grid
+from flwr.serverapp.strategy import Strategy
 
 from fedsyn.common import protocol
 from fedsyn.common.accounting import AccountantName, PrivacyEvent, compute_epsilon, gaussian_noise_for_epsilon
@@ -24,6 +25,7 @@ from fedsyn.common.encoder import TableEncoder
 from fedsyn.common.marginals import Marginals, bin_labels
 from fedsyn.common.schema import Schema
 from fedsyn.common.training import GANConfig, GANTrainer
+from fedsyn.server.strategy import build_strategy
 
 log = logging.getLogger("fedsyn.server")
 
@@ -44,6 +46,8 @@ class FederationSettings:
     marginals_share: float = 0.1
     noise_multiplier: float | None = None
     min_sites: int = 1
+    site_noise_multiplier: float | None = None
+    site_clipping_norm: float = 10.0
     accountant: AccountantName = "rdp"
     gan_config: GANConfig = field(default_factory=GANConfig)
     seed: int | None = None
@@ -58,6 +62,7 @@ class SiteStatus:
     """The coordinator's view of one site: what it spent (recomputed here) and what happened."""
 
     node_id: int
+    label: str = ""
     events: list[PrivacyEvent] = field(default_factory=list)
     claimed_epsilon: float = 0.0
     rounds_accepted: list[int] = field(default_factory=list)
@@ -66,7 +71,8 @@ class SiteStatus:
 
     @property
     def name(self) -> str:
-        return f"node-{self.node_id}"
+        """The name the site publishes in its replies, else its Flower node id."""
+        return self.label or f"node-{self.node_id}"
 
 
 @dataclass
@@ -89,6 +95,7 @@ class Coordinator:
         self.rounds: list[RoundSummary] = []
         self.marginals: Marginals | None = None
         self.trainer: GANTrainer | None = None
+        self.strategy: Strategy | None = None
 
     # -- helpers --------------------------------------------------------------------------
 
@@ -120,7 +127,7 @@ class Coordinator:
 
         ``expected.noise_multiplier`` is the least noise acceptable (sites may add more).
         """
-        event, claimed = protocol.decode_event(content.config_records[protocol.PRIVACY])
+        event, claimed, label = protocol.decode_event(content.config_records[protocol.PRIVACY])
         if (event.mechanism, event.sample_rate, event.steps) != (expected.mechanism, expected.sample_rate,
                                                                  expected.steps):
             raise protocol.ReplyError(f"privacy event {event} does not match the request {expected}")
@@ -128,9 +135,10 @@ class Coordinator:
             raise protocol.ReplyError(f"site used less noise ({event.noise_multiplier}) than asked")
         site.events.append(event)
         site.claimed_epsilon = claimed
+        site.label = label or site.label
 
     def _replies(self, replies: list[Message], round_: int, payload: str, expected: PrivacyEvent,
-                 shapes: dict[str, tuple[tuple[int, ...], np.dtype]]) -> list[tuple[SiteStatus, RecordDict]]:
+                 shapes: dict[str, tuple[tuple[int, ...], np.dtype]]) -> list[Message]:
         """Decode replies; return the valid ones, recording why each invalid one was dropped."""
         valid = []
         for reply in replies:
@@ -141,15 +149,16 @@ class Coordinator:
                 continue
             try:
                 protocol.check_reply_records(reply.content, payload)
-                arrays = protocol.from_array_record(reply.content.array_records[payload], shapes)
+                protocol.from_array_record(reply.content.array_records[payload], shapes)
+                if payload == protocol.ARRAYS and reply.content.metric_records[protocol.METRICS].get("steps") != \
+                        float(expected.steps):
+                    raise protocol.ReplyError("reported steps differ from the requested local steps")
                 self._accept_event(site, reply.content, expected)
             except protocol.ReplyError as exc:
                 self._drop(site, round_, f"invalid reply: {exc}")
                 continue
             site.rounds_accepted.append(round_)
-            valid.append((site, RecordDict({payload: protocol.to_array_record(arrays), **(
-                {protocol.METRICS: reply.content.metric_records[protocol.METRICS]} if payload == protocol.ARRAYS
-                else {})})))
+            valid.append(reply)
         return valid
 
     def _require_quorum(self, accepted: int, round_: int) -> None:
@@ -173,8 +182,8 @@ class Coordinator:
         expected = PrivacyEvent("gaussian-marginals", sigma, 1.0, 1)
         valid = self._replies(replies, 0, protocol.MARGINALS, expected, shapes)
         self._require_quorum(len(valid), 0)
-        parts = [Marginals(dict(protocol.from_array_record(c.array_records[protocol.MARGINALS])))
-                 for _, c in valid]
+        parts = [Marginals(dict(protocol.from_array_record(r.content.array_records[protocol.MARGINALS])))
+                 for r in valid]
         total = parts[0]
         for part in parts[1:]:
             total = total + part
@@ -185,45 +194,57 @@ class Coordinator:
         settings = self.settings
         assert self.marginals is not None, "collect_marginals() first"
         trainer = GANTrainer(TableEncoder(self.schema, self.marginals), settings.gan_config, seed=settings.seed)
+        self.trainer = trainer
         shapes = {k: (v.shape, v.dtype) for k, v in trainer.state_arrays().items()}
-        marginals_record = protocol.to_array_record(self.marginals.counts)
+        self.strategy = build_strategy(
+            protocol.to_array_record(self.marginals.counts),
+            lambda: [s.node_id for s in self.sites.values() if s.active], len(self.sites), settings.delta,
+            settings.site_noise_multiplier, settings.site_clipping_norm)
+        config = {
+            "total_rounds": settings.rounds, "local_steps": settings.local_steps,
+            "sample_rate": settings.sample_rate, "epsilon": settings.epsilon,
+            "gan_config": json.dumps(asdict(settings.gan_config)),
+        }
+        if settings.noise_multiplier is not None:
+            config["noise_multiplier"] = settings.noise_multiplier
+        # Sites may add noise but never less than asked; with none asked they calibrate their own.
+        least_noise = settings.noise_multiplier or np.finfo(float).tiny
+        expected = PrivacyEvent("dp-sgd", least_noise, settings.sample_rate, settings.local_steps)
         for round_ in range(1, settings.rounds + 1):
             started = time.monotonic()
-            nodes = [s.node_id for s in self.sites.values() if s.active]
-            if not nodes:
+            if not any(s.active for s in self.sites.values()):
                 log.info("every site has spent its budget or refused: stopping after round %d", round_ - 1)
                 break
-            config = {
-                "round": round_, "total_rounds": settings.rounds, "local_steps": settings.local_steps,
-                "sample_rate": settings.sample_rate, "epsilon": settings.epsilon,
-                "gan_config": json.dumps(asdict(settings.gan_config)),
-            }
-            if settings.noise_multiplier is not None:
-                config["noise_multiplier"] = settings.noise_multiplier
-            content = RecordDict({
-                protocol.ARRAYS: protocol.to_array_record(trainer.state_arrays()),
-                protocol.MARGINALS: marginals_record,
-                protocol.CONFIG: ConfigRecord(config),
-            })
-            replies = self._send(grid, nodes, content, MessageType.TRAIN, round_)
-            least_noise = settings.noise_multiplier or np.finfo(float).tiny  # sites calibrate their own
-            expected = PrivacyEvent("dp-sgd", least_noise, settings.sample_rate, settings.local_steps)
+            messages = list(self.strategy.configure_train(
+                round_, protocol.to_array_record(trainer.state_arrays()), ConfigRecord({**config, "round": round_}),
+                grid))
+            replies = list(grid.send_and_receive(messages, timeout=settings.timeout))
             valid = self._replies(replies, round_, protocol.ARRAYS, expected, shapes)
             self._require_quorum(len(valid), round_)
-            updates = [protocol.from_array_record(c.array_records[protocol.ARRAYS]) for _, c in valid]
+            aggregated, _ = self.strategy.aggregate_train(round_, valid)
+            if aggregated is None:
+                raise FederationError(f"round {round_}: the strategy produced no aggregate from {len(valid)} "
+                                      "update(s); with site-level DP every sampled site must reply validly")
             # The release samples from a moving average of the global generator over rounds,
             # on the same time scale (in local steps) as a single-site fit's average.
             decay = settings.gan_config.generator_ema ** settings.local_steps if round_ > 1 else 0.0
-            trainer.load_state_arrays({k: np.mean([u[k] for u in updates], axis=0).astype(shapes[k][1])
-                                       for k in shapes}, sampler_decay=decay)
-            losses = [c.metric_records[protocol.METRICS]["generator_loss"] for _, c in valid]
-            summary = RoundSummary(round_, len(valid), len(replies) - len(valid) + (len(nodes) - len(replies)),
-                                   float(np.mean(losses)), time.monotonic() - started)
+            trainer.load_state_arrays(protocol.from_array_record(aggregated, shapes), sampler_decay=decay)
+            losses = [r.content.metric_records[protocol.METRICS]["generator_loss"] for r in valid]
+            summary = RoundSummary(round_, len(valid), len(messages) - len(valid), float(np.mean(losses)),
+                                   time.monotonic() - started)
             self.rounds.append(summary)
             if on_round is not None:
                 on_round(summary, self.sites)
-        self.trainer = trainer
         return trainer
+
+    def site_level_privacy(self) -> dict | None:
+        """Flower's accountant's (epsilon, delta) for site-level DP, if it was switched on."""
+        spent = getattr(self.strategy, "privacy_spent", lambda: None)()
+        if spent is None:
+            return None
+        return {"epsilon": spent.epsilon, "delta": spent.delta, "releases": spent.num_releases,
+                "noise_multiplier": self.settings.site_noise_multiplier,
+                "clipping_norm": self.settings.site_clipping_norm}
 
     def site_epsilons(self) -> dict[str, float]:
         """Epsilon per site, recomputed by the coordinator from the events it received."""

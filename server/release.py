@@ -22,6 +22,7 @@ from fedsyn.server.coordinator import Coordinator
 # What leaves a site without DP noise, and why that is acceptable; repeated in every report.
 DECLARED_PUBLIC = [
     "participation: that the site took part, and in which rounds (its replies or refusals)",
+    "the site's name as set in its own policy (site_id)",
     "privacy event parameters (noise multiplier, sample rate, steps), fixed by public settings "
     "and the site's public policy",
     "the site's own claim of epsilon spent, computed from those parameters",
@@ -44,6 +45,7 @@ def privacy_report(coordinator: Coordinator) -> dict:
             rounds.append({**asdict(event), "epsilon_after": _epsilon(coordinator, so_far)})
         sites.append({
             "site": site.name,
+            "node_id": site.node_id,
             "epsilon": epsilons[site.name],
             "epsilon_claimed_by_site": site.claimed_epsilon,
             "delta": settings.delta,
@@ -63,7 +65,7 @@ def privacy_report(coordinator: Coordinator) -> dict:
         "declared_public": DECLARED_PUBLIC,
         "never_sent": NOT_SENT,
         "aggregation": "unweighted mean of site updates (no site row counts used)",
-        "site_level_dp": False,
+        "site_level_dp": coordinator.site_level_privacy(),
     }
 
 

@@ -34,7 +34,7 @@ class SimulationPlan:
 
 
 def prepare_sites(tables: list[pd.DataFrame], schema_path: Path, root: Path, epsilon: float, delta: float,
-                  min_noise_multiplier: float = 0.3) -> SimulationPlan:
+                  min_noise_multiplier: float = 0.3, device: str = "cpu") -> SimulationPlan:
     """Write one folder per hospital: its private extract, a policy and (later) its ledger."""
     plan = SimulationPlan(root)
     for index, table in enumerate(tables):
@@ -43,14 +43,15 @@ def prepare_sites(tables: list[pd.DataFrame], schema_path: Path, root: Path, eps
         write_table(table, folder / "data.parquet")
         policy = SitePolicy(site_id=f"site-{index}", data=Path("data.parquet"), schema=schema_path.resolve(),
                             ledger=Path("ledger.json"), max_epsilon=epsilon, delta=delta,
-                            min_noise_multiplier=min_noise_multiplier)
+                            min_noise_multiplier=min_noise_multiplier, device=device)
         policy.save(folder / "policy.json")
         plan.policies.append(folder / "policy.json")
     return plan
 
 
 def run_sites(plan: SimulationPlan, schema: Schema, settings: FederationSettings, out: Path, rows: int,
-              engine: str = "inprocess", on_round: RoundCallback | None = None) -> Coordinator | None:
+              engine: str = "inprocess", on_round: RoundCallback | None = None, release_every: int = 0
+              ) -> Coordinator | None:
     """Run the federation on the chosen engine; the release lands in ``out``.
 
     ``inprocess`` returns the coordinator; ``flower`` (Ray simulation engine) runs the same
@@ -59,10 +60,10 @@ def run_sites(plan: SimulationPlan, schema: Schema, settings: FederationSettings
     client_app = make_client_app(plan.site_policy)
     if engine == "inprocess":
         grid = InProcessGrid(client_app, len(plan.policies))
-        return run_federation(grid, schema, settings, out, rows, on_round)
+        return run_federation(grid, schema, settings, out, rows, on_round, release_every)
     from flwr.simulation import run_simulation
 
-    server_app = make_server_app(schema, settings, out, rows, on_round)
+    server_app = make_server_app(schema, settings, out, rows, on_round, release_every)
     run_simulation(server_app=server_app, client_app=client_app, num_supernodes=len(plan.policies),
                    backend_config={"client_resources": {"num_cpus": 1, "num_gpus": 0.0}})
     if not (out / "synthetic.csv").exists():

@@ -8,7 +8,7 @@ from flwr.app import Message
 
 from fedsyn.client.policy import SitePolicy
 from fedsyn.common import protocol
-from fedsyn.common.accounting import PrivacyLedger
+from fedsyn.common.accounting import PrivacyEvent, PrivacyLedger
 from fedsyn.common.data import demo_schema_path
 from fedsyn.common.tables import read_table
 from fedsyn.common.validation import validate_frame
@@ -52,7 +52,8 @@ def test_release_is_valid_and_ledger_matches_independent_recomputation(plan, dem
         assert site["epsilon"] <= 1.0 and site["within_budget"]
         assert len(site["rounds_accepted"]) == 4  # marginals round + 3 training rounds
         local = PrivacyLedger.load(SitePolicy.load(policy_path).ledger)
-        assert local.events == [e for e in coordinator.sites[int(site["site"].split("-")[1])].events]
+        assert site["site"] == SitePolicy.load(policy_path).site_id
+        assert local.events == coordinator.sites[site["node_id"]].events
         assert site["epsilon"] == pytest.approx(independent_epsilon(local.events, 1e-5, "rdp"), rel=1e-3)
         assert site["epsilon"] == pytest.approx(site["epsilon_claimed_by_site"], rel=1e-9)
 
@@ -89,7 +90,7 @@ def _corrupt_first_site(reply: Message) -> Message:
 def test_malformed_update_is_dropped_and_named(plan, demo_schema, tmp_path):
     _, coordinator = _run(plan, demo_schema, tmp_path, reply_filter=_corrupt_first_site)
     report = json.loads((tmp_path / "release" / "privacy_report.json").read_text())
-    bad = next(s for s in report["sites"] if s["site"] == "node-1001")
+    bad = next(s for s in report["sites"] if s["node_id"] == 1001)
     assert [d["round"] for d in bad["dropped"]] == [1, 2, 3]
     assert "NaN" in bad["dropped"][0]["reason"]
     assert all(r.accepted == 2 for r in coordinator.rounds)
@@ -110,3 +111,14 @@ def test_site_refuses_less_noise_than_its_minimum(plan, demo_schema, tmp_path):
     for policy in plan.policies:
         ledger = PrivacyLedger.load(SitePolicy.load(policy).ledger)
         assert [e.mechanism for e in ledger.events] == ["gaussian-marginals"]
+
+
+def test_site_level_dp_uses_flowers_wrapper_and_accountant(plan, demo_schema, tmp_path):
+    site_dp = FederationSettings(**{**SETTINGS.__dict__, "site_noise_multiplier": 2.0, "site_clipping_norm": 5.0})
+    _, coordinator = _run(plan, demo_schema, tmp_path, settings=site_dp)
+    report = json.loads((tmp_path / "release" / "privacy_report.json").read_text())
+    site_level = report["site_level_dp"]
+    assert site_level["releases"] == SETTINGS.rounds
+    independent = independent_epsilon([PrivacyEvent("site-level", 2.0, 1.0, SETTINGS.rounds)], 1e-5, "rdp")
+    assert site_level["epsilon"] == pytest.approx(independent, rel=0.02)
+    assert json.loads((tmp_path / "release" / "privacy_report.json").read_text())["sites"][0]["within_budget"]
