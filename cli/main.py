@@ -27,8 +27,11 @@ console = Console(stderr=True)
 
 
 def _setup_logging(verbose: bool) -> None:
-    logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, format="%(name)s %(message)s",
+    """Structured logs through rich; Flower's per-round INFO lines only with --verbose."""
+    level = logging.INFO if verbose else logging.WARNING
+    logging.basicConfig(level=level, format="%(name)s %(message)s",
                         handlers=[RichHandler(console=console, show_path=False)])
+    logging.getLogger("flwr").setLevel(level)
 
 
 def _fail(message: str, code: int = 2) -> None:
@@ -111,6 +114,11 @@ def simulate(
     site_clipping_norm: float = 10.0,
     engine: Annotated[str, typer.Option(help="inprocess (fast) or flower (Ray simulation engine)")] = "inprocess",
     compare: Annotated[bool, typer.Option(help="also run local-only and pooled arms, report TSTR")] = True,
+    sweep_epsilon: Annotated[Optional[str], typer.Option(
+        help="comma-separated budgets, e.g. 0.5,1,3,10: rerun the federation at each and plot the "
+             "privacy-utility curve in the report")] = None,
+    drop_rule_violations: Annotated[bool, typer.Option(
+        help="drop synthetic rows that break the schema's rules (count reported)")] = False,
     verbose: bool = False,
 ) -> None:
     """Simulate K hospitals on this machine. With no arguments: the embedded demo as 3 hospitals."""
@@ -138,25 +146,37 @@ def simulate(
         _fail(str(exc))
     out.mkdir(parents=True, exist_ok=True)
     config = GANConfig(batch_size=batch_size)
-    settings = FederationSettings(rounds=rounds, local_steps=local_steps, epsilon=epsilon, delta=delta,
-                                  sample_rate=default_sample_rate(tables, batch_size), gan_config=config,
-                                  seed=seed, min_sites=max(1, len(tables) // 2 + 1),
-                                  site_noise_multiplier=site_noise_multiplier, site_clipping_norm=site_clipping_norm)
-    plan: SimulationPlan = prepare_sites(tables, schema_path, out / "sites", epsilon, delta, device=device)
-    release = out / "release"
     rows = rows or sum(len(t) for t in tables)
     console.print(f"[bold]fedsyn simulate[/]: {len(tables)} sites ({', '.join(str(len(t)) for t in tables)} rows), "
                   f"epsilon={epsilon} per site, delta={delta:g}, {rounds} rounds x {local_steps} local steps, "
                   f"engine={engine}")
-    started = time.monotonic()
+
+    def federate(budget: float, folder: Path, on_round=None) -> Path:
+        """One federation at ``budget`` per site, with fresh simulated hospitals under ``folder``."""
+        settings = FederationSettings(
+            rounds=rounds, local_steps=local_steps, epsilon=budget, delta=delta,
+            sample_rate=default_sample_rate(tables, batch_size), gan_config=config, seed=seed,
+            min_sites=max(1, len(tables) // 2 + 1), site_noise_multiplier=site_noise_multiplier,
+            site_clipping_norm=site_clipping_norm)
+        plan: SimulationPlan = prepare_sites(tables, schema_path, folder / "sites", budget, delta, device=device)
+        run_sites(plan, contract, settings, folder / "release", rows, engine, on_round, release_every,
+                  drop_rule_violations)
+        return folder / "release"
 
     def on_round(summary, statuses) -> None:
         console.print(f"round {summary.round}/{rounds}: {summary.accepted} site(s) accepted, "
                       f"{summary.dropped} dropped, generator loss {summary.generator_loss:.3f}, "
                       f"{summary.seconds:.1f} s")
 
+    started = time.monotonic()
     try:
-        run_sites(plan, contract, settings, release, rows, engine, on_round, release_every)
+        release = federate(epsilon, out, on_round)
+        curve = []
+        for budget in [float(e) for e in sweep_epsilon.split(",")] if sweep_epsilon else []:
+            with console.status(f"privacy-utility sweep: epsilon={budget:g}"):
+                swept = federate(budget, out / "sweep" / f"epsilon-{budget:g}")
+            if test is not None:
+                curve.append(_curve_point(budget, swept, train, test, contract, seed))
     except FederationError as exc:
         _fail(str(exc))
     federated_seconds = time.monotonic() - started
@@ -171,8 +191,73 @@ def simulate(
     if report["site_level_dp"]:
         console.print(f"site-level DP (Flower): epsilon {report['site_level_dp']['epsilon']:.3f} at delta "
                       f"{report['site_level_dp']['delta']:g}")
+    if test is not None:
+        with console.status("validation report (fidelity, utility, privacy)..."):
+            _write_report(read_table(release / "synthetic.csv", contract), train, test, contract, release,
+                          report, seed, curve)
+        console.print(f"validation report: {release / 'report.html'}")
     if compare and test is not None and contract.outcome:
         _compare_arms(contract, tables, test, release, epsilon, delta, config, seed, device)
+
+
+def _curve_point(epsilon: float, release: Path, train, test, contract: Schema, seed: int) -> dict:
+    from fedsyn.common.evaluation import privacy, tstr_auc
+
+    synthetic = read_table(release / "synthetic.csv", contract)
+    auc = tstr_auc(synthetic, test, contract, seed)
+    return {"epsilon": epsilon, "tstr_gradient_boosting": auc["gradient_boosting"],
+            "tstr_logistic_regression": auc["logistic_regression"],
+            "membership_attack_auc": privacy(synthetic, train, test, contract, seed)["membership_attack_auc"]}
+
+
+def _write_report(synthetic, train, test, contract: Schema, out: Path, ledger: dict | None, seed: int,
+                  curve: list[dict] | None = None) -> dict:
+    from fedsyn.common.evaluation import evaluate
+    from fedsyn.common.report_html import render_html
+
+    evaluation = evaluate(synthetic, train, test, contract, ledger=ledger, seed=seed)
+    result = {**evaluation.to_dict(), "privacy_utility_curve": curve or []}
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "report.json").write_text(json.dumps(result, indent=2) + "\n")
+    render_html(evaluation, train, synthetic, contract, out / "report.html", curve)
+    return result
+
+
+@app.command()
+def evaluate(
+    schema: Annotated[Path, typer.Option("--schema", "-s")],
+    synthetic: Annotated[Path, typer.Option(help="the synthetic table")],
+    real_train: Annotated[Path, typer.Option(help="real rows the generator was trained on")],
+    real_test: Annotated[Path, typer.Option(help="real rows the generator never saw")],
+    out: Path = Path("fedsyn-report"),
+    privacy_report: Annotated[Optional[Path], typer.Option(help="the release's privacy_report.json")] = None,
+    seed: int = 0,
+) -> None:
+    """Fidelity, utility and privacy of a synthetic table: writes report.json and report.html.
+
+    Run at a hospital against its own rows, only the aggregate numbers in the report leave;
+    they are not DP-protected, so treat sharing the report as a release of information.
+    """
+    try:
+        contract = Schema.load(schema)
+        tables = [read_table(p, contract) for p in (synthetic, real_train, real_test)]
+        ledger = json.loads(privacy_report.read_text()) if privacy_report else None
+    except (SchemaError, DataFileError, OSError, json.JSONDecodeError) as exc:
+        _fail(str(exc))
+    with console.status("evaluating..."):
+        result = _write_report(*tables, contract, out, ledger, seed)
+    fidelity, privacy_checks = result["fidelity"], result["privacy"]
+    table = Table(title=f"Report: {out / 'report.html'}")
+    table.add_column("measure")
+    table.add_column("value")
+    table.add_row("fidelity score (1 = perfect)", f"{fidelity['overall_score']:.3f}")
+    table.add_row("detection AUC (0.5 = ideal)", f"{fidelity['detection_auc']:.3f}")
+    for name, scores in result["utility"].items():
+        table.add_row(f"{name} TSTR / TRTR AUC", f"{scores['tstr']['roc_auc']:.3f} / {scores['trtr']['roc_auc']:.3f}")
+    table.add_row("exact copies", str(privacy_checks["exact_copies"]))
+    table.add_row("DCR ratio (< 1 warns)", f"{privacy_checks['dcr_ratio']:.3f}")
+    table.add_row("membership attack AUC", f"{privacy_checks['membership_attack_auc']:.3f}")
+    console.print(table)
 
 
 def _compare_arms(contract, tables, test, release, epsilon, delta, config, seed, device) -> None:
@@ -180,7 +265,7 @@ def _compare_arms(contract, tables, test, release, epsilon, delta, config, seed,
     import pandas as pd
 
     from fedsyn.common.gan import DPTabularGAN
-    from fedsyn.simulations.utility import tstr_auc
+    from fedsyn.common.evaluation import tstr_auc
 
     results = {"federated": tstr_auc(read_table(release / "synthetic.csv", contract), test, contract, seed)}
     with console.status("comparison arms: local-only and pooled...") as status:

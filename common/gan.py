@@ -131,10 +131,18 @@ class DPTabularGAN:
             raise NotFittedError("call fit() or load() before sample()")
         return self.trainer_
 
-    def sample(self, n: int, condition: dict[str, object] | None = None) -> pd.DataFrame:
-        """``n`` synthetic rows; ``condition={'col': value}`` fixes one categorical column."""
+    def sample(self, n: int, condition: dict[str, object] | None = None,
+               drop_rule_violations: bool = False) -> pd.DataFrame:
+        """``n`` synthetic rows; ``condition={'col': value}`` fixes one categorical column.
+
+        With ``drop_rule_violations`` rows breaking the schema's rules are replaced; how many
+        were dropped is in ``frame.attrs['dropped_rule_violations']``.
+        """
         trainer = self._fitted()
-        return trainer.encoder.decode(trainer.generate(n, condition))
+        rules = self.schema.rules if drop_rule_violations else None
+        frame, dropped = trainer.sample_frame(n, condition, rules)
+        frame.attrs["dropped_rule_violations"] = dropped
+        return frame
 
     def privacy_spent(self) -> tuple[float, float]:
         """(epsilon, delta) spent by ``fit``; epsilon is infinite for a non-private model."""

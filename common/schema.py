@@ -16,6 +16,8 @@ from typing import Literal
 import pandas as pd
 from pydantic import BaseModel, Field, ValidationError, model_validator
 
+from fedsyn.common.rules import Rule
+
 
 class SchemaError(ValueError):
     """A schema file is missing, malformed or inconsistent."""
@@ -80,6 +82,7 @@ class Schema(BaseModel):
     columns: list[Column] = Field(min_length=1)
     outcome: str | None = None
     source: str | None = None
+    rules: list[Rule] = Field(default_factory=list)
 
     @model_validator(mode="after")
     def _check_columns(self) -> "Schema":
@@ -92,6 +95,10 @@ class Schema(BaseModel):
                 raise ValueError(f"outcome '{self.outcome}' is not one of the columns {names}")
             if not self.column(self.outcome).is_categorical:
                 raise ValueError(f"outcome '{self.outcome}' must be a categorical column")
+        for rule in self.rules:
+            for condition in (rule.when, rule.require):
+                if condition is not None and condition.column not in names:
+                    raise ValueError(f"rule '{rule.name}' names unknown column '{condition.column}'")
         return self
 
     def column(self, name: str) -> Column:

@@ -15,6 +15,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
+import pandas as pd
 import torch
 import torch.nn.functional as F
 
@@ -22,6 +23,7 @@ from fedsyn.common.conditioning import ConditionSampler
 from fedsyn.common.dp_sgd import poisson_sample, private_gradient
 from fedsyn.common.encoder import TableEncoder
 from fedsyn.common.models import Discriminator, Generator
+from fedsyn.common.rules import Rule, violation_mask
 
 
 @dataclass(frozen=True)
@@ -168,6 +170,26 @@ class GANTrainer:
             rows = self.conditions.impose(rows, cond)
             parts.append(rows)
         return torch.cat(parts).cpu().numpy() if parts else np.zeros((0, self.encoder.dim), dtype=np.float32)
+
+    def sample_frame(self, n: int, condition: dict[str, object] | None = None,
+                     rules: list[Rule] | None = None, max_rounds: int = 20) -> tuple[pd.DataFrame, int]:
+        """``n`` decoded rows; with ``rules``, rows breaking any rule are dropped and replaced.
+
+        Returns the rows and how many were dropped (reported, never hidden).
+        """
+        kept: list[pd.DataFrame] = []
+        have = dropped = 0
+        for _ in range(max_rounds):
+            frame = self.encoder.decode(self.generate(n - have, condition))
+            if rules:
+                bad = violation_mask(frame, rules)
+                dropped += int(bad.sum())
+                frame = frame[~bad]
+            kept.append(frame)
+            have += len(frame)
+            if have >= n:
+                return pd.concat(kept, ignore_index=True).head(n), dropped
+        raise RuntimeError(f"after {max_rounds} attempts only {have} of {n} rows satisfy the schema rules")
 
     # -- weights as arrays (the federation's wire format) ---------------------------------
 

@@ -16,7 +16,8 @@ log = logging.getLogger("fedsyn.server")
 
 
 def run_federation(grid: Grid, schema: Schema, settings: FederationSettings, out: Path, rows: int,
-                   on_round: RoundCallback | None = None, release_every: int = 0) -> Coordinator:
+                   on_round: RoundCallback | None = None, release_every: int = 0,
+                   drop_rule_violations: bool = False) -> Coordinator:
     """The whole coordinator job on any Grid; returns the coordinator with its records.
 
     With ``release_every=K`` an interim bundle is also written every K rounds to
@@ -26,23 +27,24 @@ def run_federation(grid: Grid, schema: Schema, settings: FederationSettings, out
 
     def after_round(summary: RoundSummary, sites: dict) -> None:
         if release_every and summary.round % release_every == 0 and summary.round < settings.rounds:
-            write_release(coordinator, out / f"round-{summary.round:03d}", rows)
+            write_release(coordinator, out / f"round-{summary.round:03d}", rows, drop_rule_violations)
         if on_round is not None:
             on_round(summary, sites)
 
     coordinator.collect_marginals(grid)
     coordinator.train(grid, after_round)
-    write_release(coordinator, out, rows)
+    write_release(coordinator, out, rows, drop_rule_violations)
     log.info("release written to %s", out)
     return coordinator
 
 
 def make_server_app(schema: Schema, settings: FederationSettings, out: Path, rows: int,
-                    on_round: RoundCallback | None = None, release_every: int = 0) -> ServerApp:
+                    on_round: RoundCallback | None = None, release_every: int = 0,
+                    drop_rule_violations: bool = False) -> ServerApp:
     app = ServerApp()
 
     @app.main()
     def main(grid: Grid, context: Context) -> None:
-        run_federation(grid, schema, settings, out, rows, on_round, release_every)
+        run_federation(grid, schema, settings, out, rows, on_round, release_every, drop_rule_violations)
 
     return app

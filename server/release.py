@@ -73,19 +73,21 @@ def _epsilon(coordinator: Coordinator, events) -> float:
     return compute_epsilon(events, coordinator.settings.delta, coordinator.settings.accountant)
 
 
-def write_release(coordinator: Coordinator, out: Path, rows: int, extra_config: dict | None = None) -> Path:
+def write_release(coordinator: Coordinator, out: Path, rows: int, drop_rule_violations: bool = False) -> Path:
     """Sample ``rows`` synthetic rows from the global generator and write the bundle to ``out``."""
     trainer = coordinator.trainer
     assert trainer is not None, "train() first"
     out.mkdir(parents=True, exist_ok=True)
-    synthetic = trainer.encoder.decode(trainer.generate(rows))
+    rules = coordinator.schema.rules if drop_rule_violations else None
+    synthetic, dropped = trainer.sample_frame(rows, rules=rules)
     require_valid(synthetic, coordinator.schema, source="synthetic release")
     write_table(synthetic, out / "synthetic.csv")
     write_table(synthetic, out / "synthetic.parquet")
     report = privacy_report(coordinator)
     (out / "privacy_report.json").write_text(json.dumps(report, indent=2) + "\n")
     coordinator.schema.save(out / "schema.json")
-    config = {"settings": coordinator.settings.to_dict(), "rows": rows, **(extra_config or {}),
+    config = {"settings": coordinator.settings.to_dict(), "rows": rows,
+              "dropped_rule_violations": dropped if drop_rule_violations else None,
               "rounds": [asdict(r) for r in coordinator.rounds]}
     (out / "run_config.json").write_text(json.dumps(config, indent=2, default=str) + "\n")
     torch.save({"format": "fedsyn-generator/1", "schema": coordinator.schema.model_dump(mode="json"),

@@ -21,7 +21,7 @@ from fedsyn.common.data import demo_data_path, demo_schema_path
 from fedsyn.common.gan import DPTabularGAN
 from fedsyn.common.schema import Schema
 from fedsyn.common.tables import read_table
-from fedsyn.simulations.utility import tstr_auc
+from fedsyn.common.evaluation import tstr_auc
 
 
 def main() -> None:

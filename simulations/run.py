@@ -50,8 +50,8 @@ def prepare_sites(tables: list[pd.DataFrame], schema_path: Path, root: Path, eps
 
 
 def run_sites(plan: SimulationPlan, schema: Schema, settings: FederationSettings, out: Path, rows: int,
-              engine: str = "inprocess", on_round: RoundCallback | None = None, release_every: int = 0
-              ) -> Coordinator | None:
+              engine: str = "inprocess", on_round: RoundCallback | None = None, release_every: int = 0,
+              drop_rule_violations: bool = False) -> Coordinator | None:
     """Run the federation on the chosen engine; the release lands in ``out``.
 
     ``inprocess`` returns the coordinator; ``flower`` (Ray simulation engine) runs the same
@@ -60,10 +60,10 @@ def run_sites(plan: SimulationPlan, schema: Schema, settings: FederationSettings
     client_app = make_client_app(plan.site_policy)
     if engine == "inprocess":
         grid = InProcessGrid(client_app, len(plan.policies))
-        return run_federation(grid, schema, settings, out, rows, on_round, release_every)
+        return run_federation(grid, schema, settings, out, rows, on_round, release_every, drop_rule_violations)
     from flwr.simulation import run_simulation
 
-    server_app = make_server_app(schema, settings, out, rows, on_round, release_every)
+    server_app = make_server_app(schema, settings, out, rows, on_round, release_every, drop_rule_violations)
     run_simulation(server_app=server_app, client_app=client_app, num_supernodes=len(plan.policies),
                    backend_config={"client_resources": {"num_cpus": 1, "num_gpus": 0.0}})
     if not (out / "synthetic.csv").exists():

@@ -1,0 +1,169 @@
+"""A self-contained HTML validation report: plots embedded as PNG, opens offline, no scripts."""
+
+from __future__ import annotations
+
+import base64
+import html
+import io
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")  # headless: no display on hospital servers or CI
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+
+from fedsyn.common.evaluation import EMPIRICAL_CAVEAT, Evaluation, pca_projection  # noqa: E402
+from fedsyn.common.schema import Schema  # noqa: E402
+
+REAL, SYNTHETIC = "#1f77b4", "#ff7f0e"
+
+
+def _png(figure: plt.Figure) -> str:
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png", dpi=90, bbox_inches="tight")
+    plt.close(figure)
+    return base64.b64encode(buffer.getvalue()).decode("ascii")
+
+
+def _img(data: str, alt: str) -> str:
+    return f'<img class="plot" alt="{html.escape(alt)}" src="data:image/png;base64,{data}">'
+
+
+def marginals_plot(real: pd.DataFrame, synthetic: pd.DataFrame, schema: Schema) -> str:
+    columns = schema.columns
+    width = 3
+    rows = (len(columns) + width - 1) // width
+    figure, axes = plt.subplots(rows, width, figsize=(4 * width, 3 * rows), squeeze=False)
+    for axis, column in zip(axes.flat, columns):
+        if column.is_categorical:
+            levels = column.categories
+            real_share = real[column.name].astype(str).value_counts(normalize=True).reindex(levels, fill_value=0)
+            syn_share = synthetic[column.name].astype(str).value_counts(normalize=True).reindex(levels, fill_value=0)
+            position = np.arange(len(levels))
+            axis.bar(position - 0.2, real_share, 0.4, color=REAL, label="real")
+            axis.bar(position + 0.2, syn_share, 0.4, color=SYNTHETIC, label="synthetic")
+            axis.set_xticks(position, levels, rotation=45, fontsize=7)
+        else:
+            edges = (np.geomspace(column.lower, column.upper, 40) if column.transform == "log"
+                     else np.linspace(column.lower, column.upper, 40))
+            for frame, color, label in ((real, REAL, "real"), (synthetic, SYNTHETIC, "synthetic")):
+                values = pd.to_numeric(frame[column.name], errors="coerce").dropna()
+                axis.hist(values, bins=edges, density=True, alpha=0.5, color=color, label=label)
+            if column.transform == "log":
+                axis.set_xscale("log")
+        axis.set_title(column.name, fontsize=9)
+    for axis in list(axes.flat)[len(columns):]:
+        axis.axis("off")
+    axes.flat[0].legend(fontsize=7)
+    figure.tight_layout()
+    return _png(figure)
+
+
+def association_plot(evaluation: Evaluation) -> str:
+    real = pd.DataFrame(evaluation.fidelity["association_real"])
+    synthetic = pd.DataFrame(evaluation.fidelity["association_synthetic"]).loc[real.index, real.columns]
+    figure, axes = plt.subplots(1, 3, figsize=(15, 4.5))
+    for axis, matrix, title in ((axes[0], real, "real"), (axes[1], synthetic, "synthetic"),
+                                (axes[2], (real - synthetic).abs(), "|difference|")):
+        image = axis.imshow(matrix.to_numpy(dtype=float), vmin=0, vmax=1, cmap="viridis")
+        axis.set_xticks(range(len(matrix)), matrix.columns, rotation=90, fontsize=7)
+        axis.set_yticks(range(len(matrix)), matrix.index, fontsize=7)
+        axis.set_title(title)
+    figure.colorbar(image, ax=axes, shrink=0.8)
+    return _png(figure)
+
+
+def pca_plot(real: pd.DataFrame, synthetic: pd.DataFrame, schema: Schema) -> str:
+    real_points, syn_points = pca_projection(real, synthetic, schema)
+    figure, axis = plt.subplots(figsize=(6, 5))
+    axis.scatter(*real_points.T, s=4, alpha=0.4, color=REAL, label="real")
+    axis.scatter(*syn_points.T, s=4, alpha=0.4, color=SYNTHETIC, label="synthetic")
+    axis.set_xlabel("PC 1 (fitted on real)")
+    axis.set_ylabel("PC 2")
+    axis.legend()
+    return _png(figure)
+
+
+def curve_plot(curve: list[dict]) -> str:
+    """Utility (TSTR ROC-AUC) and membership-attack AUC against epsilon."""
+    epsilons = [point["epsilon"] for point in curve]
+    figure, axis = plt.subplots(figsize=(6, 4))
+    for key, label in (("tstr_gradient_boosting", "TSTR AUC, gradient boosting"),
+                       ("tstr_logistic_regression", "TSTR AUC, logistic regression"),
+                       ("membership_attack_auc", "membership attack AUC")):
+        axis.plot(epsilons, [point[key] for point in curve], marker="o", label=label)
+    axis.set_xscale("log")
+    axis.set_xlabel("epsilon per site")
+    axis.set_ylabel("ROC-AUC")
+    axis.axhline(0.5, color="grey", linewidth=0.8, linestyle=":")
+    axis.legend(fontsize=8)
+    return _png(figure)
+
+
+def _table(rows: list[list[object]], header: list[str]) -> str:
+    head = "".join(f"<th>{html.escape(h)}</th>" for h in header)
+    body = "".join("<tr>" + "".join(f"<td>{html.escape(_fmt(c))}</td>" for c in row) + "</tr>" for row in rows)
+    return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+
+
+def _fmt(value: object) -> str:
+    if isinstance(value, float):
+        return f"{value:.3f}" if value == 0 or abs(value) >= 1e-3 else f"{value:.1e}"
+    return str(value)
+
+
+def render_html(evaluation: Evaluation, real: pd.DataFrame, synthetic: pd.DataFrame, schema: Schema,
+                path: Path, curve: list[dict] | None = None) -> Path:
+    fidelity, privacy, plausibility = evaluation.fidelity, evaluation.privacy, evaluation.plausibility
+    sections = [
+        f"<h1>Validation report: {html.escape(schema.name)}</h1>",
+        f"<p>{evaluation.rows.get('synthetic')} synthetic rows compared with {evaluation.rows.get('real_train')} "
+        f"training rows and {evaluation.rows.get('real_test')} held-out rows.</p>",
+    ]
+    if evaluation.ledger:
+        sites = evaluation.ledger.get("sites", [])
+        sections += ["<h2>Formal privacy guarantee</h2>",
+                     _table([[s["site"], s["epsilon"], s["delta"]] for s in sites], ["site", "epsilon", "delta"])]
+    sections += [
+        "<h2>Fidelity</h2>",
+        _table([["overall score (1 is perfect)", fidelity["overall_score"]],
+                ["mean marginal distance", fidelity["marginal_error"]],
+                ["mean association difference", fidelity["association_error"]],
+                ["detection ROC-AUC (0.5 is ideal)", fidelity["detection_auc"]]], ["measure", "value"]),
+        _table([[name, c["metric"], c["value"]] for name, c in fidelity["columns"].items()],
+               ["column", "distance", "value"]),
+        "<h3>Marginals</h3>", _img(marginals_plot(real, synthetic, schema), "marginal distributions"),
+        "<h3>Associations</h3>", _img(association_plot(evaluation), "association matrices"),
+        "<h3>PCA projection</h3>", _img(pca_plot(real, synthetic, schema), "PCA projection"),
+    ]
+    if evaluation.utility:
+        sections += ["<h2>Utility (tested on real held-out rows only)</h2>", _table(
+            [[name, u["tstr"]["roc_auc"], u["trtr"]["roc_auc"], u["auc_ratio"], u["tstr"]["f1"], u["trtr"]["f1"],
+              u["tstr"]["accuracy"], u["trtr"]["accuracy"]] for name, u in evaluation.utility.items()],
+            ["model", "TSTR AUC", "TRTR AUC", "ratio", "TSTR F1", "TRTR F1", "TSTR acc.", "TRTR acc."])]
+    sections += [
+        "<h2>Empirical privacy checks</h2>",
+        f'<p class="caveat">{html.escape(EMPIRICAL_CAVEAT)}</p>',
+        _table([["exact copies of training rows", privacy["exact_copies"]],
+                ["DCR ratio synthetic / held-out (below 1 warns of memorisation)", privacy["dcr_ratio"]],
+                ["membership-inference attack ROC-AUC (0.5 is ideal)", privacy["membership_attack_auc"]]],
+               ["check", "value"]),
+        "<h2>Clinical plausibility</h2>",
+        _table([[r["rule"], r["violating_share"]] for r in plausibility["rules"]] or [["(no rules in schema)", ""]],
+               ["rule", "share of synthetic rows violating"]),
+        f"<p>Schema problems in synthetic rows: {len(plausibility['schema_problems'])}</p>",
+    ]
+    if curve:
+        sections += ["<h2>Privacy-utility curve</h2>", _img(curve_plot(curve), "privacy-utility curve"),
+                     _table([[p["epsilon"], p["tstr_gradient_boosting"], p["tstr_logistic_regression"],
+                              p["membership_attack_auc"]] for p in curve],
+                            ["epsilon", "TSTR AUC GB", "TSTR AUC LR", "attack AUC"])]
+    style = ("body{font-family:sans-serif;max-width:1100px;margin:2em auto;color:#222}"
+             "table{border-collapse:collapse;margin:1em 0}td,th{border:1px solid #ccc;padding:4px 8px}"
+             ".plot{max-width:100%}.caveat{background:#fff3cd;padding:8px}")
+    page = (f"<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'><title>fedsyn report: "
+            f"{html.escape(schema.name)}</title><style>{style}</style></head><body>{''.join(sections)}</body></html>")
+    path.write_text(page)
+    return path

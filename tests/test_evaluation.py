@@ -1,0 +1,107 @@
+"""Each metric moves the right way on constructed cases, and the HTML report renders."""
+
+import json
+import shutil
+import subprocess
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from fedsyn.common.evaluation import evaluate, fidelity, plausibility, privacy, utility
+from fedsyn.common.report_html import render_html
+
+
+@pytest.fixture(scope="module")
+def split(demo_frame):
+    shuffled = demo_frame.sample(frac=1.0, random_state=0).reset_index(drop=True)
+    return shuffled.iloc[:1500].reset_index(drop=True), shuffled.iloc[1500:2500].reset_index(drop=True)
+
+
+def _random_rows(schema, n, seed=0):
+    """Independent uniform values inside the schema: no relation to any patient."""
+    rng = np.random.default_rng(seed)
+    columns = {}
+    for column in schema.columns:
+        if column.is_categorical:
+            columns[column.name] = rng.choice(column.categories, n)
+        else:
+            values = rng.uniform(column.lower, column.upper, n)
+            columns[column.name] = np.round(values) if column.kind.value == "integer" else values
+    return pd.DataFrame(columns)
+
+
+def test_copy_of_training_set_has_perfect_fidelity_and_fails_privacy(split, demo_schema):
+    train, test = split
+    result = evaluate(train.copy(), train, test, demo_schema)
+    assert result.fidelity["marginal_error"] == pytest.approx(0.0, abs=1e-9)
+    assert result.fidelity["association_error"] == pytest.approx(0.0, abs=1e-9)
+    assert result.fidelity["overall_score"] == pytest.approx(1.0)
+    assert result.fidelity["detection_auc"] < 0.6
+    assert result.privacy["exact_copy_share"] == pytest.approx(1.0)
+    assert result.privacy["dcr_ratio"] < 0.05 and result.privacy["dcr_warning"]
+    assert result.privacy["membership_attack_auc"] > 0.95
+
+
+def test_independent_random_rows_score_poor_fidelity_and_utility(split, demo_schema):
+    train, test = split
+    noise = _random_rows(demo_schema, len(train))
+    result = fidelity(train, noise, demo_schema)
+    assert result["overall_score"] < 0.8 and result["detection_auc"] > 0.9
+    scores = utility(noise, train, test, demo_schema, models=("logistic_regression", "gradient_boosting"))
+    for model in scores.values():
+        assert model["tstr"]["roc_auc"] < 0.65  # no real signal: far below TRTR (either side of 0.5)
+        assert model["trtr"]["roc_auc"] > 0.75
+    checks = privacy(noise, train, test, demo_schema)
+    assert checks["exact_copies"] == 0 and checks["dcr_ratio"] > 1.0
+    assert abs(checks["membership_attack_auc"] - 0.5) < 0.05
+
+
+def test_shuffled_columns_keep_marginals_but_break_associations(split, demo_schema):
+    train, _ = split
+    rng = np.random.default_rng(1)
+    shuffled = train.apply(lambda column: column.to_numpy()[rng.permutation(len(column))])
+    result = fidelity(train, shuffled, demo_schema)
+    assert result["marginal_error"] == pytest.approx(0.0, abs=1e-9)
+    assert result["association_error"] > 0.1
+
+
+def test_rule_violations_are_counted_and_can_be_dropped(split, demo_schema):
+    train, _ = split
+    broken = train.copy()
+    low = broken["flc_grp"] == "1"
+    broken.loc[low, "kappa"] = 10.0
+    result = plausibility(broken, demo_schema)
+    assert result["rows_violating_any_rule"] == int(low.sum())
+    assert result["rules"][0]["violating_share"] == pytest.approx(low.mean())
+
+
+def test_html_report_renders_in_headless_chromium(split, demo_schema, tmp_path):
+    train, test = split
+    synthetic = _random_rows(demo_schema, 800)
+    result = evaluate(synthetic, train, test, demo_schema, ledger={"sites": [{"site": "a", "epsilon": 1.0,
+                                                                             "delta": 1e-5}]})
+    curve = [{"epsilon": e, "tstr_gradient_boosting": 0.6, "tstr_logistic_regression": 0.7,
+              "membership_attack_auc": 0.5} for e in (0.5, 1.0)]
+    page = render_html(result, train, synthetic, demo_schema, tmp_path / "report.html", curve)
+    json.dumps(result.to_dict())  # report.json must serialise
+    text = page.read_text()
+    assert text.count("data:image/png;base64,") == 4 and "<script" not in text
+    chromium = shutil.which("chromium") or shutil.which("chromium-browser")
+    if chromium is None:
+        pytest.skip("chromium is not installed (.ci/run installs it)")
+    from playwright.sync_api import sync_playwright
+
+    errors: list[str] = []
+    with sync_playwright() as driver:
+        browser = driver.chromium.launch(executable_path=chromium, args=["--no-sandbox", "--disable-gpu"])
+        tab = browser.new_page()
+        tab.on("console", lambda message: errors.append(message.text) if message.type == "error" else None)
+        tab.on("pageerror", lambda error: errors.append(str(error)))
+        tab.goto(page.as_uri())
+        loaded = tab.eval_on_selector_all("img.plot", "images => images.map(i => i.complete && i.naturalWidth > 0)")
+        tab.screenshot(path=str(tmp_path / "report.png"), full_page=True)
+        browser.close()
+    assert loaded == [True] * 4
+    assert errors == []
+    assert (tmp_path / "report.png").stat().st_size > 10_000
