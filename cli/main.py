@@ -112,6 +112,7 @@ def simulate(
     site_noise_multiplier: Annotated[Optional[float], typer.Option(
         help="add site-level DP (Flower's server-side fixed clipping) with this noise multiplier")] = None,
     site_clipping_norm: float = 10.0,
+    transport_dtype: Annotated[str, typer.Option(help="float32, or float16 to halve the bytes sent")] = "float32",
     engine: Annotated[str, typer.Option(help="inprocess (fast) or flower (Ray simulation engine)")] = "inprocess",
     compare: Annotated[bool, typer.Option(help="also run local-only and pooled arms, report TSTR")] = True,
     sweep_epsilon: Annotated[Optional[str], typer.Option(
@@ -157,7 +158,7 @@ def simulate(
             rounds=rounds, local_steps=local_steps, epsilon=budget, delta=delta,
             sample_rate=default_sample_rate(tables, batch_size), gan_config=config, seed=seed,
             min_sites=max(1, len(tables) // 2 + 1), site_noise_multiplier=site_noise_multiplier,
-            site_clipping_norm=site_clipping_norm)
+            site_clipping_norm=site_clipping_norm, transport_dtype=transport_dtype)
         plan: SimulationPlan = prepare_sites(tables, schema_path, folder / "sites", budget, delta, device=device)
         run_sites(plan, contract, settings, folder / "release", rows, engine, on_round, release_every,
                   drop_rule_violations)

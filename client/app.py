@@ -52,6 +52,7 @@ def _decode_request(config: ConfigRecord) -> TrainRequest:
             epsilon=float(config["epsilon"]),
             noise_multiplier=float(config["noise_multiplier"]) if "noise_multiplier" in config else None,
             gan_config=GANConfig.from_dict(json.loads(str(config["gan_config"]))),
+            transport_dtype=str(config.get("transport_dtype", "float32")),
         )
     except (KeyError, TypeError, ValueError) as exc:
         raise PolicyRefusal(f"the coordinator's instructions are malformed: {exc}") from None

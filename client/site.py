@@ -39,8 +39,11 @@ class TrainRequest:
     epsilon: float
     noise_multiplier: float | None
     gan_config: GANConfig
+    transport_dtype: str = "float32"
 
     def __post_init__(self) -> None:
+        if self.transport_dtype not in ("float32", "float16"):
+            raise PolicyRefusal(f"transport dtype '{self.transport_dtype}' is not float32 or float16")
         if not 1 <= self.round <= self.total_rounds <= 100_000:
             raise PolicyRefusal(f"round {self.round} of {self.total_rounds} is not a valid plan")
         if not 1 <= self.local_steps <= 100_000:
@@ -122,4 +125,5 @@ class Site:
             "generator_loss": float(np.mean([h.generator for h in history])),
             "steps": float(len(history)),
         }
-        return trainer.state_arrays(), metrics, event
+        updated = {k: v.astype(request.transport_dtype) for k, v in trainer.state_arrays().items()}
+        return updated, metrics, event

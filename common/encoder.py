@@ -106,10 +106,9 @@ class TableEncoder:
             column = self.schema.column(span.column)
             block = encoded[:, span.start:span.end]
             if column.is_categorical:
-                labels = np.asarray(self.categories_with_missing(column), dtype=object)[block.argmax(axis=1)]
-                if column.nullable:
-                    labels = np.where(labels == MISSING, None, labels)
-                columns[column.name] = labels
+                codes = block.argmax(axis=1)
+                codes[codes == len(column.categories)] = -1  # the 'missing' slot of a nullable column
+                columns[column.name] = pd.Categorical.from_codes(codes, categories=column.categories)
             elif span.activation == "softmax":
                 missing_numeric[column.name] = block.argmax(axis=1) == 1
             else:

@@ -33,16 +33,25 @@ class Generator(nn.Module):
     def forward(self, noise: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
         return self.head(self.body(torch.cat([noise, cond], dim=1)))
 
-    def activate(self, raw: torch.Tensor, tau: float, hard: bool = False) -> torch.Tensor:
+    def activate(self, raw: torch.Tensor, tau: float) -> torch.Tensor:
         """Gumbel-softmax for categorical blocks (differentiable samples), tanh for numerics."""
         parts = []
         for span in self.spans:
             block = raw[:, span.start:span.end]
-            if span.activation == "tanh":
-                parts.append(torch.tanh(block))
-            else:
-                parts.append(F.gumbel_softmax(block, tau=tau, hard=hard))
+            parts.append(torch.tanh(block) if span.activation == "tanh" else F.gumbel_softmax(block, tau=tau))
         return torch.cat(parts, dim=1)
+
+    def sample(self, raw: torch.Tensor) -> torch.Tensor:
+        """Discrete samples for release: one-hot by the Gumbel-max trick (a draw from each
+        block's softmax, without computing it), tanh for numerics."""
+        out = torch.tanh(raw)
+        for span in self.spans:
+            if span.activation == "softmax":
+                block = raw[:, span.start:span.end]
+                gumbel = -torch.empty_like(block).exponential_().log()
+                choice = (block + gumbel).argmax(dim=1, keepdim=True)
+                out[:, span.start:span.end] = torch.zeros_like(block).scatter_(1, choice, 1.0)
+        return out
 
 
 class Discriminator(nn.Module):

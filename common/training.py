@@ -149,7 +149,7 @@ class GANTrainer:
 
     # -- sampling -------------------------------------------------------------------------
 
-    @torch.no_grad()
+    @torch.inference_mode()
     def generate(self, n: int, condition: dict[str, object] | None = None, chunk: int = 65536) -> np.ndarray:
         """Encoded synthetic rows; categorical blocks are hard one-hots."""
         if condition is not None and len(condition) != 1:
@@ -164,7 +164,7 @@ class GANTrainer:
                 # Outcome drawn from its noisy marginal, the rest generated given it.
                 cond = self.conditions.sample(size, self.rng, column=self.conditions.outcome)
             noise = torch.randn((size, self.config.latent_dim), generator=self.rng, device=self.device)
-            rows = self.sampler.activate(self.sampler(noise, cond), self.config.gumbel_tau, hard=True)
+            rows = self.sampler.sample(self.sampler(noise, cond))
             # The rest of the row was generated given the condition; the conditioned column
             # itself holds exactly the conditioned value.
             rows = self.conditions.impose(rows, cond)

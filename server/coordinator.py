@@ -48,6 +48,7 @@ class FederationSettings:
     min_sites: int = 1
     site_noise_multiplier: float | None = None
     site_clipping_norm: float = 10.0
+    transport_dtype: str = "float32"
     accountant: AccountantName = "rdp"
     gan_config: GANConfig = field(default_factory=GANConfig)
     seed: int | None = None
@@ -149,7 +150,7 @@ class Coordinator:
                 continue
             try:
                 protocol.check_reply_records(reply.content, payload)
-                protocol.from_array_record(reply.content.array_records[payload], shapes)
+                arrays = protocol.from_array_record(reply.content.array_records[payload], shapes)
                 if payload == protocol.ARRAYS and reply.content.metric_records[protocol.METRICS].get("steps") != \
                         float(expected.steps):
                     raise protocol.ReplyError("reported steps differ from the requested local steps")
@@ -158,6 +159,8 @@ class Coordinator:
                 self._drop(site, round_, f"invalid reply: {exc}")
                 continue
             site.rounds_accepted.append(round_)
+            if payload == protocol.ARRAYS:  # aggregate in float32 whatever the transport precision
+                reply.content[payload] = protocol.to_array_record({k: v.astype(np.float32) for k, v in arrays.items()})
             valid.append(reply)
         return valid
 
@@ -196,6 +199,7 @@ class Coordinator:
         trainer = GANTrainer(TableEncoder(self.schema, self.marginals), settings.gan_config, seed=settings.seed)
         self.trainer = trainer
         shapes = {k: (v.shape, v.dtype) for k, v in trainer.state_arrays().items()}
+        wire_shapes = {k: (shape, np.dtype(settings.transport_dtype)) for k, (shape, _) in shapes.items()}
         self.strategy = build_strategy(
             protocol.to_array_record(self.marginals.counts),
             lambda: [s.node_id for s in self.sites.values() if s.active], len(self.sites), settings.delta,
@@ -203,7 +207,7 @@ class Coordinator:
         config = {
             "total_rounds": settings.rounds, "local_steps": settings.local_steps,
             "sample_rate": settings.sample_rate, "epsilon": settings.epsilon,
-            "gan_config": json.dumps(asdict(settings.gan_config)),
+            "gan_config": json.dumps(asdict(settings.gan_config)), "transport_dtype": settings.transport_dtype,
         }
         if settings.noise_multiplier is not None:
             config["noise_multiplier"] = settings.noise_multiplier
@@ -219,7 +223,7 @@ class Coordinator:
                 round_, protocol.to_array_record(trainer.state_arrays()), ConfigRecord({**config, "round": round_}),
                 grid))
             replies = list(grid.send_and_receive(messages, timeout=settings.timeout))
-            valid = self._replies(replies, round_, protocol.ARRAYS, expected, shapes)
+            valid = self._replies(replies, round_, protocol.ARRAYS, expected, wire_shapes)
             self._require_quorum(len(valid), round_)
             aggregated, _ = self.strategy.aggregate_train(round_, valid)
             if aggregated is None:

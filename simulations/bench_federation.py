@@ -41,12 +41,14 @@ def main() -> None:
     parser.add_argument("--sites", default="3,5")
     parser.add_argument("--epsilon", type=float, default=1.0)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--transport-dtype", default="float32", choices=("float32", "float16"))
     args = parser.parse_args()
     schema = Schema.load(demo_schema_path())
     frame = read_table(demo_data_path(), schema)
     train, test = train_test_split(frame, test_size=0.3, random_state=args.seed, stratify=frame[schema.outcome])
     config = GANConfig()
-    print(f"TRTR (GB / LR): {_cell(tstr_auc(train, test, schema))}; epsilon={args.epsilon} per site, delta=1e-5")
+    print(f"TRTR (GB / LR): {_cell(tstr_auc(train, test, schema))}; epsilon={args.epsilon} per site, delta=1e-5, "
+          f"updates sent as {args.transport_dtype}")
     print(f"{'sites':>5} {'split':>6} | {'federated':>13} | {'local worst':>13} | {'local best':>13} | "
           f"{'pooled':>13} | {'fed s':>6}")
     for count in (int(k) for k in args.sites.split(",")):
@@ -57,7 +59,8 @@ def main() -> None:
                 plan = prepare_sites(tables, demo_schema_path(), root / "sites", args.epsilon, 1e-5)
                 settings = FederationSettings(rounds=10, local_steps=30, epsilon=args.epsilon, delta=1e-5,
                                               sample_rate=default_sample_rate(tables, config.batch_size),
-                                              gan_config=config, seed=args.seed, min_sites=1)
+                                              gan_config=config, seed=args.seed, min_sites=1,
+                                              transport_dtype=args.transport_dtype)
                 started = time.perf_counter()
                 run_sites(plan, schema, settings, root / "release", len(train))
                 seconds = time.perf_counter() - started

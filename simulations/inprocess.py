@@ -7,6 +7,7 @@ and deployment engines, without Ray's start-up time. Every message and reply is 
 
 from __future__ import annotations
 
+import copy
 import time
 from collections.abc import Callable, Iterable
 from uuid import uuid4
@@ -57,11 +58,13 @@ class InProcessGrid(Grid):
         ids = []
         for message in messages:
             message.metadata.__dict__["_message_id"] = str(uuid4())
-            self.sent.append(message)
-            reply = self.client_app(message, self.contexts[message.metadata.dst_node_id])
+            # Deep copies stand in for the wire: neither side can touch the other's objects,
+            # and the logs keep exactly what crossed.
+            self.sent.append(copy.deepcopy(message))
+            reply = self.client_app(copy.deepcopy(message), self.contexts[message.metadata.dst_node_id])
             if self.reply_filter is not None:
                 reply = self.reply_filter(reply)
-            self.replies.append(reply)
+            self.replies.append(copy.deepcopy(reply))
             self._pending[message.metadata.message_id] = reply
             ids.append(message.metadata.message_id)
         return ids

@@ -122,3 +122,12 @@ def test_site_level_dp_uses_flowers_wrapper_and_accountant(plan, demo_schema, tm
     independent = independent_epsilon([PrivacyEvent("site-level", 2.0, 1.0, SETTINGS.rounds)], 1e-5, "rdp")
     assert site_level["epsilon"] == pytest.approx(independent, rel=0.02)
     assert json.loads((tmp_path / "release" / "privacy_report.json").read_text())["sites"][0]["within_budget"]
+
+
+def test_float16_transport_halves_the_update_and_still_validates(plan, demo_schema, tmp_path):
+    half = FederationSettings(**{**SETTINGS.__dict__, "transport_dtype": "float16"})
+    grid, coordinator = _run(plan, demo_schema, tmp_path, settings=half)
+    updates = [r for r in grid.replies if protocol.ARRAYS in r.content]
+    assert updates and all(a.dtype == "float16" for r in updates for a in r.content.array_records[protocol.ARRAYS].values())
+    assert all(r.accepted == 3 for r in coordinator.rounds)
+    assert all(v.dtype == np.float32 for v in coordinator.trainer.state_arrays().values())

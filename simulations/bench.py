@@ -1,0 +1,145 @@
+"""Speed and size benchmark of the demo model on the demo data (prints, never asserts).
+
+    python -m fedsyn.simulations.bench [--device cpu|cuda] [--threads 2]
+
+Prints: discriminator steps/s and rows/s with DP and without (same network, batch 256)
+and their ratio; a whole D+G step likewise; decoded sampling rows/s; bytes one site sends
+per round; seconds per in-process round with 3 and 10 sites; peak memory of a site
+process training one round.
+"""
+
+from __future__ import annotations
+
+import argparse
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from sklearn.model_selection import train_test_split
+
+from fedsyn.common import protocol
+from fedsyn.common.data import demo_data_path, demo_schema_path
+from fedsyn.common.encoder import TableEncoder
+from fedsyn.common.marginals import exact_counts
+from fedsyn.common.schema import Schema
+from fedsyn.common.tables import read_table
+from fedsyn.common.training import GANConfig, GANTrainer
+from fedsyn.server.coordinator import FederationSettings
+from fedsyn.simulations.run import prepare_sites, run_sites
+from fedsyn.simulations.split import split_table
+
+BATCH = 256
+
+
+def _rate(step, repeats: int) -> float:
+    """Calls per second of ``step`` after a warm-up (device synchronised)."""
+    for _ in range(5):
+        step()
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+    started = time.perf_counter()
+    for _ in range(repeats):
+        step()
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+    return repeats / (time.perf_counter() - started)
+
+
+def training_speed(trainer: GANTrainer, data: torch.Tensor, repeats: int) -> None:
+    rate = BATCH / data.shape[0]
+    dp_d = _rate(lambda: trainer.discriminator_step(data, rate, 1.0), repeats)
+    plain_d = _rate(lambda: trainer.discriminator_step(data, rate, None), repeats)
+    dp_full = _rate(lambda: (trainer.discriminator_step(data, rate, 1.0), trainer.generator_step()), repeats)
+    plain_full = _rate(lambda: (trainer.discriminator_step(data, rate, None), trainer.generator_step()), repeats)
+    print(f"discriminator step, batch {BATCH}:  DP {dp_d:8.1f} steps/s ({dp_d * BATCH:9.0f} rows/s)   "
+          f"no DP {plain_d:8.1f} steps/s   DP time / no-DP time = {plain_d / dp_d:.2f}x")
+    print(f"D+G step, batch {BATCH}:            DP {dp_full:8.1f} steps/s ({dp_full * BATCH:9.0f} rows/s)   "
+          f"no DP {plain_full:8.1f} steps/s   DP time / no-DP time = {plain_full / dp_full:.2f}x")
+
+
+def sampling_speed(trainer: GANTrainer, rows: int) -> None:
+    trainer.sample_frame(1000)
+    started = time.perf_counter()
+    frame, _ = trainer.sample_frame(rows)
+    seconds = time.perf_counter() - started
+    print(f"sampling, decoded to a DataFrame:   {len(frame) / seconds:12.0f} rows/s ({rows} rows in {seconds:.2f} s)")
+
+
+def bytes_per_round(trainer: GANTrainer) -> None:
+    record = protocol.to_array_record(trainer.state_arrays())
+    sent = sum(len(array.data) for array in record.values())
+    print(f"bytes a site sends per round:       {sent:12d} (G and D, float32, before transport framing)")
+
+
+def round_time(train, schema: Schema, sites: int, rounds: int, local_steps: int) -> None:
+    tables = split_table(train, sites, np.random.default_rng(0))
+    with tempfile.TemporaryDirectory() as folder:
+        plan = prepare_sites(tables, demo_schema_path(), Path(folder) / "sites", 1.0, 1e-5)
+        settings = FederationSettings(rounds=rounds, local_steps=local_steps, sample_rate=0.2, epsilon=1.0,
+                                      seed=0, min_sites=1)
+        started = time.perf_counter()
+        coordinator = run_sites(plan, schema, settings, Path(folder) / "release", 1000)
+        total = time.perf_counter() - started
+    per_round = np.mean([r.seconds for r in coordinator.rounds])
+    print(f"in-process simulation, {sites:2d} sites:    {per_round:6.2f} s per round ({local_steps} local steps), "
+          f"{total:6.1f} s for {rounds} rounds incl. marginals round and release")
+
+
+SITE_PROBE = """
+import sys
+from pathlib import Path
+from fedsyn.client.policy import SitePolicy
+from fedsyn.client.site import Site, TrainRequest
+from fedsyn.common.encoder import TableEncoder
+from fedsyn.common.marginals import Marginals
+from fedsyn.common.training import GANConfig, GANTrainer
+site = Site(SitePolicy.load(sys.argv[1]))
+marginals = Marginals.uniform(site.schema)
+arrays = GANTrainer(TableEncoder(site.schema, marginals), GANConfig()).state_arrays()
+site.train(TrainRequest(1, 10, 30, 0.2, 1.0, None, GANConfig()), arrays, marginals)
+# VmHWM is this process's own high-water mark; ru_maxrss would carry over the parent's.
+print(next(line.split()[1] for line in open("/proc/self/status") if line.startswith("VmHWM")))
+"""
+
+
+def site_memory(train) -> None:
+    with tempfile.TemporaryDirectory() as folder:
+        plan = prepare_sites([train], demo_schema_path(), Path(folder), 1.0, 1e-5)
+        output = subprocess.run([sys.executable, "-c", SITE_PROBE, str(plan.policies[0])], check=True,
+                                capture_output=True, text=True).stdout
+    print(f"peak memory of a site process:      {int(output.split()[-1]) / 1024:8.0f} MiB (one round, 30 steps)")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--repeats", type=int, default=200)
+    parser.add_argument("--sample-rows", type=int, default=1_000_000)
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    schema = Schema.load(demo_schema_path())
+    frame = read_table(demo_data_path(), schema)
+    train, _ = train_test_split(frame, test_size=0.3, random_state=0)
+    encoder = TableEncoder(schema, exact_counts(train, schema))
+    trainer = GANTrainer(encoder, GANConfig(batch_size=BATCH), device=args.device, seed=0)
+    data = torch.as_tensor(encoder.encode(train), device=trainer.device)
+    print(f"device {args.device}, {args.threads} threads, torch {torch.__version__}, demo train split "
+          f"{len(train)} rows, D {GANConfig().discriminator_hidden}, G {GANConfig().generator_hidden}")
+    training_speed(trainer, data, args.repeats)
+    sampling_speed(trainer, args.sample_rows)
+    bytes_per_round(trainer)
+    if args.device == "cpu":
+        round_time(train, schema, 3, 4, 30)
+        round_time(train, schema, 10, 4, 30)
+        site_memory(train)
+    print(f"peak memory of this process:        {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:8.0f} MiB")
+
+
+if __name__ == "__main__":
+    main()
