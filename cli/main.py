@@ -125,6 +125,9 @@ def simulate(
     """Simulate K hospitals on this machine. With no arguments: the embedded demo as 3 hospitals."""
     from sklearn.model_selection import train_test_split
 
+    from fedsyn.common.audit import AuditLog
+    from fedsyn.common.signing import generate_keypair, load_private_key, sign_release
+    from fedsyn.server.app import ReleasePlan
     from fedsyn.simulations.run import SimulationPlan, default_sample_rate, prepare_sites, run_sites, seed_everything
     from fedsyn.simulations.split import split_table
     from fedsyn.server.coordinator import FederationError, FederationSettings
@@ -152,6 +155,10 @@ def simulate(
                   f"epsilon={epsilon} per site, delta={delta:g}, {rounds} rounds x {local_steps} local steps, "
                   f"engine={engine}")
 
+    keys = out / "keys"
+    if not (keys / "coordinator.key").exists():
+        generate_keypair(keys)
+
     def federate(budget: float, folder: Path, on_round=None) -> Path:
         """One federation at ``budget`` per site, with fresh simulated hospitals under ``folder``."""
         settings = FederationSettings(
@@ -159,10 +166,12 @@ def simulate(
             sample_rate=default_sample_rate(tables, batch_size), gan_config=config, seed=seed,
             min_sites=max(1, len(tables) // 2 + 1), site_noise_multiplier=site_noise_multiplier,
             site_clipping_norm=site_clipping_norm, transport_dtype=transport_dtype)
-        plan: SimulationPlan = prepare_sites(tables, schema_path, folder / "sites", budget, delta, device=device)
-        run_sites(plan, contract, settings, folder / "release", rows, engine, on_round, release_every,
-                  drop_rule_violations)
-        return folder / "release"
+        plan: SimulationPlan = prepare_sites(tables, schema_path, folder / "sites", budget, delta, device=device,
+                                             seed=seed)
+        release = ReleasePlan(folder / "release", rows, release_every, drop_rule_violations,
+                              signing_key=keys / "coordinator.key", audit_log=folder / "audit.jsonl")
+        run_sites(plan, contract, settings, release, engine, on_round)
+        return release.out
 
     def on_round(summary, statuses) -> None:
         console.print(f"round {summary.round}/{rounds}: {summary.accepted} site(s) accepted, "
@@ -196,7 +205,12 @@ def simulate(
         with console.status("validation report (fidelity, utility, privacy)..."):
             _write_report(read_table(release / "synthetic.csv", contract), train, test, contract, release,
                           report, seed, curve)
-        console.print(f"validation report: {release / 'report.html'}")
+        # The quality report is part of the release: sign the bundle again with it inside.
+        key = load_private_key(keys / "coordinator.key")
+        sign_release(release, key)
+        AuditLog(out / "audit.jsonl", key).append("quality_report_added", path=str(release / "report.html"))
+        console.print(f"validation report: {release / 'report.html'}; release signed "
+                      f"(check: fedsyn verify {release} --key {keys / 'coordinator.pub'})")
     if compare and test is not None and contract.outcome:
         _compare_arms(contract, tables, test, release, epsilon, delta, config, seed, device)
 
@@ -287,6 +301,49 @@ def _compare_arms(contract, tables, test, release, epsilon, delta, config, seed,
         table.add_row(arm, f"{aucs['gradient_boosting']:.3f}", f"{aucs['logistic_regression']:.3f}")
     console.print(table)
     (release / "utility.json").write_text(json.dumps(results, indent=2) + "\n")
+
+
+keys_app = typer.Typer(help="Signing keys of the coordinator.")
+audit_app = typer.Typer(help="Tamper-evident audit trails.")
+app.add_typer(keys_app, name="keys")
+app.add_typer(audit_app, name="audit")
+
+
+@keys_app.command("generate")
+def keys_generate(out: Path = Path("keys"), name: str = "coordinator") -> None:
+    """Create an Ed25519 key pair: NAME.key (private, mode 0600) and NAME.pub (share it)."""
+    from fedsyn.common.signing import generate_keypair
+
+    private, public = generate_keypair(out, name)
+    console.print(f"private key {private} (keep it on the coordinator only), public key {public}")
+
+
+@audit_app.command("verify")
+def audit_verify(log: Path, key: Annotated[Optional[Path], typer.Option(help="coordinator.pub")] = None) -> None:
+    """Check an audit log's hash chain (and its signed head with --key); exit 1 naming the
+    first broken entry."""
+    from fedsyn.common.audit import verify_log
+    from fedsyn.common.signing import VerificationError, load_public_key
+
+    try:
+        entries = verify_log(log, load_public_key(key) if key else None)
+    except (VerificationError, OSError, ValueError) as exc:
+        console.print(f"[red]FAILED[/] {exc}")
+        raise typer.Exit(1)
+    console.print(f"[green]OK[/] {log}: {entries} entries, chain intact" + (", head signature valid" if key else ""))
+
+
+@app.command()
+def verify(release: Path, key: Annotated[Path, typer.Option(help="the coordinator's public key")]) -> None:
+    """Check a release bundle against its signed manifest; exit 1 naming the first bad file."""
+    from fedsyn.common.signing import VerificationError, load_public_key, verify_release
+
+    try:
+        checked = verify_release(release, load_public_key(key))
+    except (VerificationError, OSError, ValueError) as exc:
+        console.print(f"[red]FAILED[/] {exc}")
+        raise typer.Exit(1)
+    console.print(f"[green]OK[/] {release}: signature valid, {checked.files} files match the manifest")
 
 
 def main() -> None:  # pragma: no cover - console entry point

@@ -24,14 +24,14 @@ log = logging.getLogger("fedsyn.client")
 REFUSED = 403
 FAILED = 500
 
-PolicyResolver = Callable[[Context], tuple[SitePolicy, int | None]]
+PolicyResolver = Callable[[Context], SitePolicy]
 
 
-def policy_from_node_config(context: Context) -> tuple[SitePolicy, int | None]:
+def policy_from_node_config(context: Context) -> SitePolicy:
     """Deployment: the SuperNode is started with ``--node-config 'policy="/etc/fedsyn/site.toml"'``."""
     if "policy" not in context.node_config:
         raise PolicyRefusal("this node was started without node-config 'policy' (path to the site policy file)")
-    return SitePolicy.load(str(context.node_config["policy"])), None
+    return SitePolicy.load(str(context.node_config["policy"]))
 
 
 def _error_reply(message: Message, code: int, reason: str) -> Message:
@@ -54,7 +54,7 @@ def _decode_request(config: ConfigRecord) -> TrainRequest:
             gan_config=GANConfig.from_dict(json.loads(str(config["gan_config"]))),
             transport_dtype=str(config.get("transport_dtype", "float32")),
         )
-    except (KeyError, TypeError, ValueError) as exc:
+    except (KeyError, TypeError, ValueError, OverflowError) as exc:
         raise PolicyRefusal(f"the coordinator's instructions are malformed: {exc}") from None
 
 
@@ -63,12 +63,14 @@ def make_client_app(resolve_policy: PolicyResolver = policy_from_node_config) ->
 
     def guarded(handler: Callable[[Message, Site], RecordDict]) -> Callable[[Message, Context], Message]:
         def run(message: Message, context: Context) -> Message:
+            site: Site | None = None
             try:
-                policy, seed = resolve_policy(context)
-                site = Site(policy, seed)
+                site = Site(resolve_policy(context))
                 return Message(content=handler(message, site), reply_to=message)
             except PolicyRefusal as exc:
                 log.warning("refused: %s", exc)
+                if site is not None:
+                    site.trail.append("request_refused", message_type=message.metadata.message_type, reason=str(exc))
                 return _error_reply(message, REFUSED, f"refused by site policy: {exc}")
             except (ValueError, OSError, protocol.ReplyError) as exc:
                 log.error("failed: %s", exc)
@@ -77,7 +79,11 @@ def make_client_app(resolve_policy: PolicyResolver = policy_from_node_config) ->
 
     def marginals(message: Message, site: Site) -> RecordDict:
         config = message.content.config_records[protocol.CONFIG]
-        released, event = site.release_marginals(float(config["noise_multiplier"]), float(config["epsilon"]))
+        try:
+            sigma, epsilon = float(config["noise_multiplier"]), float(config["epsilon"])
+        except (KeyError, TypeError, ValueError) as exc:
+            raise PolicyRefusal(f"the coordinator's instructions are malformed: {exc}") from None
+        released, event = site.release_marginals(sigma, epsilon)
         return RecordDict({
             protocol.MARGINALS: protocol.to_array_record(released.counts),
             protocol.PRIVACY: protocol.event_record(event, site.ledger.epsilon(), site.ledger.delta, site.policy.site_id),

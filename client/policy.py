@@ -28,6 +28,8 @@ class SitePolicy(BaseModel):
     accountant: Literal["rdp", "prv"] = "rdp"
     allow_unreviewed_schema: bool = False
     device: str = Field(default="cpu", description="torch device for local training, e.g. 'cuda'")
+    seed: int | None = Field(default=None, description="fix this site's noise for reproducible simulations; "
+                             "leave unset in production (operating-system randomness)")
 
     model_config = {"populate_by_name": True}
 

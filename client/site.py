@@ -8,13 +8,15 @@ the seed could subtract the noise.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import math
+from dataclasses import asdict, dataclass
 
 import numpy as np
 import pandas as pd
 import torch
 
 from fedsyn.client.policy import SitePolicy
+from fedsyn.common.audit import AuditLog
 from fedsyn.common.accounting import BudgetExceededError, PrivacyEvent, PrivacyLedger, calibrate_noise_multiplier
 from fedsyn.common.encoder import TableEncoder
 from fedsyn.common.marginals import Marginals, noisy_marginals
@@ -42,6 +44,12 @@ class TrainRequest:
     transport_dtype: str = "float32"
 
     def __post_init__(self) -> None:
+        # NaN compares False with everything: without this a NaN budget would pass every check.
+        if not (math.isfinite(self.epsilon) and self.epsilon > 0):
+            raise PolicyRefusal(f"epsilon={self.epsilon} is not a positive finite budget")
+        if self.noise_multiplier is not None and not (math.isfinite(self.noise_multiplier)
+                                                      and self.noise_multiplier > 0):
+            raise PolicyRefusal(f"noise_multiplier={self.noise_multiplier} is not a positive finite value")
         if self.transport_dtype not in ("float32", "float16"):
             raise PolicyRefusal(f"transport dtype '{self.transport_dtype}' is not float32 or float16")
         if not 1 <= self.round <= self.total_rounds <= 100_000:
@@ -58,12 +66,14 @@ class TrainRequest:
 class Site:
     """One hospital's side of the federation, bound to its policy and ledger."""
 
-    def __init__(self, policy: SitePolicy, seed: int | None = None):
+    def __init__(self, policy: SitePolicy):
         self.policy = policy
-        self.seed = seed
+        self.seed = policy.seed
         self.schema = Schema.load(policy.schema_path)
         self.schema.require_reviewed(policy.allow_unreviewed_schema)
         self.ledger = PrivacyLedger.open(policy.ledger, policy.delta, policy.accountant)
+        # The site's own tamper-evident trail of what it sent, spent and refused.
+        self.trail = AuditLog(policy.ledger.with_name("audit.jsonl"))
 
     def load_data(self) -> pd.DataFrame:
         frame = read_table(self.policy.data, self.schema)
@@ -78,6 +88,8 @@ class Site:
         return requested
 
     def release_marginals(self, noise_multiplier: float, epsilon: float) -> tuple[Marginals, PrivacyEvent]:
+        if not all(math.isfinite(v) and v > 0 for v in (noise_multiplier, epsilon)):
+            raise PolicyRefusal(f"noise multiplier {noise_multiplier} and epsilon {epsilon} must be positive and finite")
         budget = self._check_epsilon(epsilon)
         event = PrivacyEvent("gaussian-marginals", noise_multiplier, 1.0, 1, round=0)
         try:
@@ -85,6 +97,7 @@ class Site:
         except BudgetExceededError as exc:
             raise PolicyRefusal(str(exc)) from None
         marginals, _ = noisy_marginals(self.load_data(), self.schema, noise_multiplier, np.random.default_rng(self.seed))
+        self.trail.append("marginals_sent", privacy=asdict(event), epsilon_spent=self.ledger.epsilon())
         return marginals, event
 
     def plan_noise(self, request: TrainRequest) -> float:
@@ -126,4 +139,5 @@ class Site:
             "steps": float(len(history)),
         }
         updated = {k: v.astype(request.transport_dtype) for k, v in trainer.state_arrays().items()}
+        self.trail.append("update_sent", privacy=asdict(event), epsilon_spent=self.ledger.epsilon(), metrics=metrics)
         return updated, metrics, event

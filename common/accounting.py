@@ -11,6 +11,7 @@ adding epsilons. Budgets are enforced *before* a mechanism runs: see
 from __future__ import annotations
 
 import json
+import math
 import os
 import tempfile
 import warnings
@@ -51,6 +52,8 @@ class PrivacyEvent:
     round: int | None = None
 
     def __post_init__(self) -> None:
+        if not all(math.isfinite(v) for v in (self.noise_multiplier, self.sample_rate)):
+            raise ValueError(f"privacy event parameters must be finite: {self}")
         if self.noise_multiplier <= 0:
             raise ValueError(f"noise multiplier must be positive, got {self.noise_multiplier}")
         if not 0 < self.sample_rate <= 1:
@@ -143,6 +146,8 @@ class PrivacyLedger:
 
     def charge(self, event: PrivacyEvent, budget: float) -> None:
         """Record ``event`` only if the total stays within ``budget``; otherwise raise."""
+        if not (math.isfinite(budget) and budget > 0):  # NaN would make every comparison pass
+            raise BudgetExceededError(f"the budget {budget} is not a positive finite epsilon")
         after = self.epsilon([event])
         if after > budget:
             raise BudgetExceededError(

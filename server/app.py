@@ -3,48 +3,66 @@
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
 from pathlib import Path
 
 from flwr.app import Context
 from flwr.serverapp import Grid, ServerApp
 
+from fedsyn.common.audit import AuditLog
 from fedsyn.common.schema import Schema
+from fedsyn.common.signing import load_private_key
 from fedsyn.server.coordinator import Coordinator, FederationSettings, RoundCallback, RoundSummary
 from fedsyn.server.release import write_release
 
 log = logging.getLogger("fedsyn.server")
 
 
-def run_federation(grid: Grid, schema: Schema, settings: FederationSettings, out: Path, rows: int,
-                   on_round: RoundCallback | None = None, release_every: int = 0,
-                   drop_rule_violations: bool = False) -> Coordinator:
-    """The whole coordinator job on any Grid; returns the coordinator with its records.
+@dataclass(frozen=True)
+class ReleasePlan:
+    """Where and how the coordinator publishes.
 
-    With ``release_every=K`` an interim bundle is also written every K rounds to
-    ``out/round-NNN`` (the generator so far, the ledger so far).
+    ``every=K`` also writes an interim bundle every K rounds to ``out/round-NNN``.
+    ``signing_key`` (Ed25519, PEM) signs each bundle's manifest and the audit log's head.
     """
-    coordinator = Coordinator(schema, settings)
+
+    out: Path
+    rows: int
+    every: int = 0
+    drop_rule_violations: bool = False
+    signing_key: Path | None = None
+    audit_log: Path | None = None
+
+
+def run_federation(grid: Grid, schema: Schema, settings: FederationSettings, plan: ReleasePlan,
+                   on_round: RoundCallback | None = None) -> Coordinator:
+    """The whole coordinator job on any Grid; returns the coordinator with its records."""
+    key = load_private_key(plan.signing_key) if plan.signing_key else None
+    audit = AuditLog(plan.audit_log, key) if plan.audit_log else None
+    coordinator = Coordinator(schema, settings, audit)
+
+    def publish(out: Path) -> None:
+        write_release(coordinator, out, plan.rows, plan.drop_rule_violations, key)
 
     def after_round(summary: RoundSummary, sites: dict) -> None:
-        if release_every and summary.round % release_every == 0 and summary.round < settings.rounds:
-            write_release(coordinator, out / f"round-{summary.round:03d}", rows, drop_rule_violations)
+        if plan.every and summary.round % plan.every == 0 and summary.round < settings.rounds:
+            publish(plan.out / f"round-{summary.round:03d}")
         if on_round is not None:
             on_round(summary, sites)
 
     coordinator.collect_marginals(grid)
     coordinator.train(grid, after_round)
-    write_release(coordinator, out, rows, drop_rule_violations)
-    log.info("release written to %s", out)
+    publish(plan.out)
+    log.info("release written to %s", plan.out)
     return coordinator
 
 
-def make_server_app(schema: Schema, settings: FederationSettings, out: Path, rows: int,
-                    on_round: RoundCallback | None = None, release_every: int = 0,
-                    drop_rule_violations: bool = False) -> ServerApp:
+def make_server_app(schema: Schema, settings: FederationSettings, plan: ReleasePlan,
+                    on_round: RoundCallback | None = None) -> ServerApp:
     app = ServerApp()
 
     @app.main()
     def main(grid: Grid, context: Context) -> None:
-        run_federation(grid, schema, settings, out, rows, on_round, release_every, drop_rule_violations)
+        run_federation(grid, schema, settings, plan, on_round)
 
     return app

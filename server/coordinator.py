@@ -20,6 +20,7 @@ from flwr.serverapp import Grid
 from flwr.serverapp.strategy import Strategy
 
 from fedsyn.common import protocol
+from fedsyn.common.audit import AuditLog
 from fedsyn.common.accounting import AccountantName, PrivacyEvent, compute_epsilon, gaussian_noise_for_epsilon
 from fedsyn.common.encoder import TableEncoder
 from fedsyn.common.marginals import Marginals, bin_labels
@@ -49,6 +50,8 @@ class FederationSettings:
     site_noise_multiplier: float | None = None
     site_clipping_norm: float = 10.0
     transport_dtype: str = "float32"
+    max_update_norm: float | None = None
+    aggregation: str = "mean"
     accountant: AccountantName = "rdp"
     gan_config: GANConfig = field(default_factory=GANConfig)
     seed: int | None = None
@@ -89,9 +92,10 @@ RoundCallback = Callable[[RoundSummary, dict[int, SiteStatus]], None]
 
 
 class Coordinator:
-    def __init__(self, schema: Schema, settings: FederationSettings):
+    def __init__(self, schema: Schema, settings: FederationSettings, audit: AuditLog | None = None):
         self.schema = schema
         self.settings = settings
+        self.audit = audit
         self.sites: dict[int, SiteStatus] = {}
         self.rounds: list[RoundSummary] = []
         self.marginals: Marginals | None = None
@@ -117,9 +121,17 @@ class Coordinator:
         messages = [grid.create_message(content, message_type, node, str(group)) for node in nodes]
         return list(grid.send_and_receive(messages, timeout=self.settings.timeout))
 
+    def record(self, event: str, **fields: object) -> None:
+        """Structured log line and, when configured, a signed audit-trail entry."""
+        log.info("%s %s", event, fields)
+        if self.audit is not None:
+            self.audit.append(event, **fields)
+
     def _drop(self, site: SiteStatus, round_: int, reason: str, refused: bool = False) -> None:
         log.warning("round %d: dropped %s: %s", round_, site.name, reason)
         site.dropped.append({"round": round_, "reason": reason})
+        self.record("site_refused" if refused else "update_rejected", round=round_, node=site.node_id,
+                    site=site.name, reason=reason)
         if refused:  # a policy refusal is final for this run: do not ask again
             site.active = False
 
@@ -139,8 +151,11 @@ class Coordinator:
         site.label = label or site.label
 
     def _replies(self, replies: list[Message], round_: int, payload: str, expected: PrivacyEvent,
-                 shapes: dict[str, tuple[tuple[int, ...], np.dtype]]) -> list[Message]:
-        """Decode replies; return the valid ones, recording why each invalid one was dropped."""
+                 shapes: dict[str, tuple[tuple[int, ...], np.dtype]],
+                 current: dict[str, np.ndarray] | None = None) -> list[Message]:
+        """Decode replies; return the valid ones, recording why each invalid one was dropped
+        (quarantined for this round). With ``current`` and ``max_update_norm`` set, an update
+        that moves the model further than the bound is rejected too."""
         valid = []
         for reply in replies:
             site = self.sites[reply.metadata.src_node_id]
@@ -154,11 +169,19 @@ class Coordinator:
                 if payload == protocol.ARRAYS and reply.content.metric_records[protocol.METRICS].get("steps") != \
                         float(expected.steps):
                     raise protocol.ReplyError("reported steps differ from the requested local steps")
+                if current is not None and self.settings.max_update_norm is not None:
+                    norm = float(np.sqrt(sum(np.sum((arrays[k].astype(np.float64) - current[k]) ** 2)
+                                             for k in current)))
+                    if norm > self.settings.max_update_norm:
+                        raise protocol.ReplyError(f"update norm {norm:.3g} exceeds the bound "
+                                                  f"{self.settings.max_update_norm:g}")
                 self._accept_event(site, reply.content, expected)
             except protocol.ReplyError as exc:
                 self._drop(site, round_, f"invalid reply: {exc}")
                 continue
             site.rounds_accepted.append(round_)
+            self.record("site_joined" if round_ == 0 else "update_accepted", round=round_, node=site.node_id,
+                        site=site.name, epsilon_claimed=site.claimed_epsilon)
             if payload == protocol.ARRAYS:  # aggregate in float32 whatever the transport precision
                 reply.content[payload] = protocol.to_array_record({k: v.astype(np.float32) for k, v in arrays.items()})
             valid.append(reply)
@@ -176,6 +199,8 @@ class Coordinator:
 
     def collect_marginals(self, grid: Grid) -> Marginals:
         settings = self.settings
+        self.record("run_configured", settings=json.loads(json.dumps(settings.to_dict(), default=str)),
+                    schema=self.schema.name)
         nodes = self._wait_for_sites(grid)
         sigma = gaussian_noise_for_epsilon(settings.marginals_share * settings.epsilon, settings.delta,
                                            settings.accountant)
@@ -203,7 +228,7 @@ class Coordinator:
         self.strategy = build_strategy(
             protocol.to_array_record(self.marginals.counts),
             lambda: [s.node_id for s in self.sites.values() if s.active], len(self.sites), settings.delta,
-            settings.site_noise_multiplier, settings.site_clipping_norm)
+            settings.site_noise_multiplier, settings.site_clipping_norm, settings.aggregation)
         config = {
             "total_rounds": settings.rounds, "local_steps": settings.local_steps,
             "sample_rate": settings.sample_rate, "epsilon": settings.epsilon,
@@ -219,11 +244,12 @@ class Coordinator:
             if not any(s.active for s in self.sites.values()):
                 log.info("every site has spent its budget or refused: stopping after round %d", round_ - 1)
                 break
+            current = trainer.state_arrays()
             messages = list(self.strategy.configure_train(
-                round_, protocol.to_array_record(trainer.state_arrays()), ConfigRecord({**config, "round": round_}),
-                grid))
+                round_, protocol.to_array_record(current), ConfigRecord({**config, "round": round_}), grid))
+            self.record("round_started", round=round_, sites=len(messages))
             replies = list(grid.send_and_receive(messages, timeout=settings.timeout))
-            valid = self._replies(replies, round_, protocol.ARRAYS, expected, wire_shapes)
+            valid = self._replies(replies, round_, protocol.ARRAYS, expected, wire_shapes, current)
             self._require_quorum(len(valid), round_)
             aggregated, _ = self.strategy.aggregate_train(round_, valid)
             if aggregated is None:
@@ -237,6 +263,7 @@ class Coordinator:
             summary = RoundSummary(round_, len(valid), len(messages) - len(valid), float(np.mean(losses)),
                                    time.monotonic() - started)
             self.rounds.append(summary)
+            self.record("round_finished", round=round_, accepted=summary.accepted, dropped=summary.dropped)
             if on_round is not None:
                 on_round(summary, self.sites)
         return trainer

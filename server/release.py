@@ -14,7 +14,10 @@ from pathlib import Path
 import pandas as pd
 import torch
 
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
 from fedsyn.common.accounting import compute_epsilon
+from fedsyn.common.signing import sign_release
 from fedsyn.common.tables import write_table
 from fedsyn.common.validation import require_valid
 from fedsyn.server.coordinator import Coordinator
@@ -73,8 +76,10 @@ def _epsilon(coordinator: Coordinator, events) -> float:
     return compute_epsilon(events, coordinator.settings.delta, coordinator.settings.accountant)
 
 
-def write_release(coordinator: Coordinator, out: Path, rows: int, drop_rule_violations: bool = False) -> Path:
-    """Sample ``rows`` synthetic rows from the global generator and write the bundle to ``out``."""
+def write_release(coordinator: Coordinator, out: Path, rows: int, drop_rule_violations: bool = False,
+                  signing_key: Ed25519PrivateKey | None = None) -> Path:
+    """Sample ``rows`` synthetic rows from the global generator and write the bundle to ``out``;
+    with ``signing_key`` also the signed manifest of every file in it."""
     trainer = coordinator.trainer
     assert trainer is not None, "train() first"
     out.mkdir(parents=True, exist_ok=True)
@@ -94,6 +99,10 @@ def write_release(coordinator: Coordinator, out: Path, rows: int, drop_rule_viol
                 "marginals": trainer.encoder.marginals.to_dict(), "config": asdict(trainer.config),
                 "generator": trainer.sampler.state_dict()}, out / "generator.pt")
     (out / "README.md").write_text(_readme(coordinator, report, synthetic, rows))
+    if signing_key is not None:
+        sign_release(out, signing_key)
+    coordinator.record("release_written", path=str(out), rows=rows, signed=signing_key is not None,
+                       max_epsilon=report["max_epsilon_any_site"])
     return out
 
 

@@ -1,5 +1,6 @@
-"""Flower strategies for fedsyn: FedAvg over the sites still in the run, optionally wrapped
-in Flower's server-side fixed-clipping DP for site-level privacy on top of record-level DP."""
+"""Flower strategies for fedsyn: FedAvg (or Flower's robust FedMedian / FedTrimmedAvg) over
+the sites still in the run, optionally wrapped in Flower's server-side fixed-clipping DP for
+site-level privacy on top of record-level DP."""
 
 from __future__ import annotations
 
@@ -7,22 +8,28 @@ from collections.abc import Callable, Iterable
 
 from flwr.app import ArrayRecord, ConfigRecord, Message, MessageType, RecordDict
 from flwr.serverapp import Grid, NeighboringRelation, PrivacyConfig, RdpAccountant, SamplingMethod
-from flwr.serverapp.strategy import DifferentialPrivacyServerSideFixedClipping, FedAvg, Strategy
+from flwr.serverapp.strategy import (
+    DifferentialPrivacyServerSideFixedClipping,
+    FedAvg,
+    FedMedian,
+    FedTrimmedAvg,
+    Strategy,
+)
 
 from fedsyn.common import protocol
 
 
-class SiteFedAvg(FedAvg):
-    """FedAvg whose train messages also carry the public (noisy) marginals and go only to
-    sites that have not refused or spent their budget.
+class SiteMessages:
+    """Mixin for Flower's FedAvg family: train messages also carry the public (noisy)
+    marginals and go only to sites that have not refused or spent their budget.
 
     Updates are weighted by the ``steps`` metric, which the coordinator checks equals the
     requested local steps for every site: an unweighted mean, no row counts involved.
     """
 
-    def __init__(self, marginals: ArrayRecord, active_nodes: Callable[[], list[int]]):
+    def __init__(self, marginals: ArrayRecord, active_nodes: Callable[[], list[int]], **options: float):
         super().__init__(fraction_evaluate=0.0, weighted_by_key="steps", arrayrecord_key=protocol.ARRAYS,
-                         configrecord_key=protocol.CONFIG)
+                         configrecord_key=protocol.CONFIG, **options)
         self.marginals = marginals
         self.active_nodes = active_nodes
 
@@ -32,11 +39,29 @@ class SiteFedAvg(FedAvg):
         return self._construct_messages(record, self.active_nodes(), MessageType.TRAIN)
 
 
+class SiteFedAvg(SiteMessages, FedAvg):
+    """Unweighted mean of site updates."""
+
+
+class SiteFedMedian(SiteMessages, FedMedian):
+    """Coordinate-wise median: one faulty or hostile site cannot drag the model far."""
+
+
+class SiteFedTrimmedAvg(SiteMessages, FedTrimmedAvg):
+    """Coordinate-wise mean after dropping the top and bottom ``beta`` share of sites."""
+
+
+AGGREGATIONS = {"mean": SiteFedAvg, "median": SiteFedMedian, "trimmed-mean": SiteFedTrimmedAvg}
+
+
 def build_strategy(marginals: ArrayRecord, active_nodes: Callable[[], list[int]], sites: int, delta: float,
-                   site_noise_multiplier: float | None, site_clipping_norm: float) -> Strategy:
-    """Plain site FedAvg, or with ``site_noise_multiplier`` Flower's server-side fixed-clipping
-    DP wrapper and its RDP accountant (site-level, no sampling amplification)."""
-    strategy = SiteFedAvg(marginals, active_nodes)
+                   site_noise_multiplier: float | None, site_clipping_norm: float, aggregation: str = "mean"
+                   ) -> Strategy:
+    """The ``aggregation`` rule over sites, with ``site_noise_multiplier`` wrapped in Flower's
+    server-side fixed-clipping DP and its RDP accountant (site-level, no amplification)."""
+    if aggregation not in AGGREGATIONS:
+        raise ValueError(f"aggregation '{aggregation}' is not one of {sorted(AGGREGATIONS)}")
+    strategy = AGGREGATIONS[aggregation](marginals, active_nodes)
     if site_noise_multiplier is None:
         return strategy
     accountant = RdpAccountant(PrivacyConfig(

@@ -29,6 +29,7 @@ from fedsyn.common.marginals import exact_counts
 from fedsyn.common.schema import Schema
 from fedsyn.common.tables import read_table
 from fedsyn.common.training import GANConfig, GANTrainer
+from fedsyn.server.app import ReleasePlan
 from fedsyn.server.coordinator import FederationSettings
 from fedsyn.simulations.run import prepare_sites, run_sites
 from fedsyn.simulations.split import split_table
@@ -83,7 +84,7 @@ def round_time(train, schema: Schema, sites: int, rounds: int, local_steps: int)
         settings = FederationSettings(rounds=rounds, local_steps=local_steps, sample_rate=0.2, epsilon=1.0,
                                       seed=0, min_sites=1)
         started = time.perf_counter()
-        coordinator = run_sites(plan, schema, settings, Path(folder) / "release", 1000)
+        coordinator = run_sites(plan, schema, settings, ReleasePlan(Path(folder) / "release", 1000))
         total = time.perf_counter() - started
     per_round = np.mean([r.seconds for r in coordinator.rounds])
     print(f"in-process simulation, {sites:2d} sites:    {per_round:6.2f} s per round ({local_steps} local steps), "

@@ -1,11 +1,12 @@
 """Federated vs local-only vs pooled utility on the demo data (prints, never asserts).
 
-    python -m fedsyn.simulations.bench_federation [--sites 3,5] [--epsilon 1]
+    python -m fedsyn.simulations.bench_federation [--sites 3,5] [--epsilon 1] [--seeds 3]
 
 For each site count and split (IID, skewed by age): TSTR ROC-AUC (gradient boosting,
 logistic regression) of the federated release, of each site's own DP-GAN with the same
 budget (worst and best), of one DP-GAN on the pooled rows (centralized DP, research only)
-and of the real rows (TRTR); and the wall time of the federation.
+and of the real rows (TRTR); and the wall time of the federation. Means over ``--seeds``
+runs: single GAN runs vary by a few hundredths of AUC.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from fedsyn.common.gan import DPTabularGAN
 from fedsyn.common.schema import Schema
 from fedsyn.common.tables import read_table
 from fedsyn.common.training import GANConfig
+from fedsyn.server.app import ReleasePlan
 from fedsyn.server.coordinator import FederationSettings
 from fedsyn.simulations.run import default_sample_rate, prepare_sites, run_sites
 from fedsyn.simulations.split import split_table
@@ -40,40 +42,47 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--sites", default="3,5")
     parser.add_argument("--epsilon", type=float, default=1.0)
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seeds", type=int, default=3)
     parser.add_argument("--transport-dtype", default="float32", choices=("float32", "float16"))
     args = parser.parse_args()
     schema = Schema.load(demo_schema_path())
     frame = read_table(demo_data_path(), schema)
-    train, test = train_test_split(frame, test_size=0.3, random_state=args.seed, stratify=frame[schema.outcome])
+    train, test = train_test_split(frame, test_size=0.3, random_state=0, stratify=frame[schema.outcome])
     config = GANConfig()
     print(f"TRTR (GB / LR): {_cell(tstr_auc(train, test, schema))}; epsilon={args.epsilon} per site, delta=1e-5, "
-          f"updates sent as {args.transport_dtype}")
+          f"updates sent as {args.transport_dtype}, mean of {args.seeds} seeds")
     print(f"{'sites':>5} {'split':>6} | {'federated':>13} | {'local worst':>13} | {'local best':>13} | "
           f"{'pooled':>13} | {'fed s':>6}")
     for count in (int(k) for k in args.sites.split(",")):
         for split in ("iid", "age"):
-            tables = split_table(train, count, np.random.default_rng(args.seed), skew=None if split == "iid" else "age")
-            with tempfile.TemporaryDirectory() as folder:
-                root = Path(folder)
-                plan = prepare_sites(tables, demo_schema_path(), root / "sites", args.epsilon, 1e-5)
-                settings = FederationSettings(rounds=10, local_steps=30, epsilon=args.epsilon, delta=1e-5,
-                                              sample_rate=default_sample_rate(tables, config.batch_size),
-                                              gan_config=config, seed=args.seed, min_sites=1,
-                                              transport_dtype=args.transport_dtype)
-                started = time.perf_counter()
-                run_sites(plan, schema, settings, root / "release", len(train))
-                seconds = time.perf_counter() - started
-                federated = tstr_auc(read_table(root / "release" / "synthetic.csv", schema), test, schema)
-            local = [tstr_auc(DPTabularGAN(schema, args.epsilon, 1e-5, seed=args.seed).fit(t).sample(len(t)),
-                              test, schema) for t in tables]
-            pooled_rows = pd.concat(tables, ignore_index=True)
-            pooled = tstr_auc(DPTabularGAN(schema, args.epsilon, 1e-5, seed=args.seed).fit(pooled_rows)
-                              .sample(len(pooled_rows)), test, schema)
-            worst = {m: min(a[m] for a in local) for m in MODELS}
-            best = {m: max(a[m] for a in local) for m in MODELS}
-            print(f"{count:>5} {split:>6} | {_cell(federated)} | {_cell(worst)} | {_cell(best)} | "
-                  f"{_cell(pooled)} | {seconds:6.1f}", flush=True)
+            tables = split_table(train, count, np.random.default_rng(0), skew=None if split == "iid" else "age")
+            runs = [_one_seed(tables, schema, test, config, args, seed) for seed in range(args.seeds)]
+            mean = {arm: {m: float(np.mean([r[arm][m] for r in runs])) for m in MODELS}
+                    for arm in ("federated", "worst", "best", "pooled")}
+            seconds = float(np.mean([r["seconds"] for r in runs]))
+            print(f"{count:>5} {split:>6} | {_cell(mean['federated'])} | {_cell(mean['worst'])} | "
+                  f"{_cell(mean['best'])} | {_cell(mean['pooled'])} | {seconds:6.1f}", flush=True)
+
+
+def _one_seed(tables, schema, test, config, args, seed: int) -> dict:
+    with tempfile.TemporaryDirectory() as folder:
+        root = Path(folder)
+        plan = prepare_sites(tables, demo_schema_path(), root / "sites", args.epsilon, 1e-5, seed=seed)
+        settings = FederationSettings(rounds=10, local_steps=30, epsilon=args.epsilon, delta=1e-5,
+                                      sample_rate=default_sample_rate(tables, config.batch_size),
+                                      gan_config=config, seed=seed, min_sites=1, transport_dtype=args.transport_dtype)
+        started = time.perf_counter()
+        run_sites(plan, schema, settings, ReleasePlan(root / "release", sum(len(t) for t in tables)))
+        seconds = time.perf_counter() - started
+        federated = tstr_auc(read_table(root / "release" / "synthetic.csv", schema), test, schema)
+    local = [tstr_auc(DPTabularGAN(schema, args.epsilon, 1e-5, seed=seed).fit(t).sample(len(t)), test, schema)
+             for t in tables]
+    pooled_rows = pd.concat(tables, ignore_index=True)
+    pooled = tstr_auc(DPTabularGAN(schema, args.epsilon, 1e-5, seed=seed).fit(pooled_rows).sample(len(pooled_rows)),
+                      test, schema)
+    return {"federated": federated, "pooled": pooled, "seconds": seconds,
+            "worst": {m: min(a[m] for a in local) for m in MODELS},
+            "best": {m: max(a[m] for a in local) for m in MODELS}}
 
 
 if __name__ == "__main__":

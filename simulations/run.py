@@ -14,7 +14,7 @@ from fedsyn.client.app import make_client_app
 from fedsyn.client.policy import SitePolicy
 from fedsyn.common.schema import Schema
 from fedsyn.common.tables import write_table
-from fedsyn.server.app import make_server_app, run_federation
+from fedsyn.server.app import ReleasePlan, make_server_app, run_federation
 from fedsyn.server.coordinator import Coordinator, FederationSettings, RoundCallback
 from fedsyn.simulations.inprocess import InProcessGrid
 
@@ -28,14 +28,15 @@ class SimulationPlan:
     root: Path
     policies: list[Path] = field(default_factory=list)
 
-    def site_policy(self, context: Context) -> tuple[SitePolicy, int | None]:
-        index = int(context.node_config["partition-id"])
-        return SitePolicy.load(self.policies[index]), None
+    def site_policy(self, context: Context) -> SitePolicy:
+        return SitePolicy.load(self.policies[int(context.node_config["partition-id"])])
 
 
 def prepare_sites(tables: list[pd.DataFrame], schema_path: Path, root: Path, epsilon: float, delta: float,
-                  min_noise_multiplier: float = 0.3, device: str = "cpu") -> SimulationPlan:
-    """Write one folder per hospital: its private extract, a policy and (later) its ledger."""
+                  min_noise_multiplier: float = 0.3, device: str = "cpu", seed: int | None = None
+                  ) -> SimulationPlan:
+    """Write one folder per hospital: its private extract, a policy and (later) its ledger.
+    With ``seed`` each simulated hospital gets its own fixed seed (reproducible runs)."""
     plan = SimulationPlan(root)
     for index, table in enumerate(tables):
         folder = root / f"site-{index}"
@@ -43,16 +44,16 @@ def prepare_sites(tables: list[pd.DataFrame], schema_path: Path, root: Path, eps
         write_table(table, folder / "data.parquet")
         policy = SitePolicy(site_id=f"site-{index}", data=Path("data.parquet"), schema=schema_path.resolve(),
                             ledger=Path("ledger.json"), max_epsilon=epsilon, delta=delta,
-                            min_noise_multiplier=min_noise_multiplier, device=device)
+                            min_noise_multiplier=min_noise_multiplier, device=device,
+                            seed=None if seed is None else seed * 1000 + index)
         policy.save(folder / "policy.json")
         plan.policies.append(folder / "policy.json")
     return plan
 
 
-def run_sites(plan: SimulationPlan, schema: Schema, settings: FederationSettings, out: Path, rows: int,
-              engine: str = "inprocess", on_round: RoundCallback | None = None, release_every: int = 0,
-              drop_rule_violations: bool = False) -> Coordinator | None:
-    """Run the federation on the chosen engine; the release lands in ``out``.
+def run_sites(plan: SimulationPlan, schema: Schema, settings: FederationSettings, release: ReleasePlan,
+              engine: str = "inprocess", on_round: RoundCallback | None = None) -> Coordinator | None:
+    """Run the federation on the chosen engine; the release lands in ``release.out``.
 
     ``inprocess`` returns the coordinator; ``flower`` (Ray simulation engine) runs the same
     ServerApp/ClientApp objects in separate workers and the release files are the result.
@@ -60,14 +61,14 @@ def run_sites(plan: SimulationPlan, schema: Schema, settings: FederationSettings
     client_app = make_client_app(plan.site_policy)
     if engine == "inprocess":
         grid = InProcessGrid(client_app, len(plan.policies))
-        return run_federation(grid, schema, settings, out, rows, on_round, release_every, drop_rule_violations)
+        return run_federation(grid, schema, settings, release, on_round)
     from flwr.simulation import run_simulation
 
-    server_app = make_server_app(schema, settings, out, rows, on_round, release_every, drop_rule_violations)
+    server_app = make_server_app(schema, settings, release, on_round)
     run_simulation(server_app=server_app, client_app=client_app, num_supernodes=len(plan.policies),
                    backend_config={"client_resources": {"num_cpus": 1, "num_gpus": 0.0}})
-    if not (out / "synthetic.csv").exists():
-        raise RuntimeError(f"the Flower simulation ended without writing a release to {out}; see its log above")
+    if not (release.out / "synthetic.csv").exists():
+        raise RuntimeError(f"the Flower simulation ended without writing a release to {release.out}; see its log")
     return None
 
 

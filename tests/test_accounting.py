@@ -68,3 +68,12 @@ def test_calibrated_noise_meets_budget_tightly():
     ledger = PrivacyLedger(1e-5, "rdp", EVENTS[:1])
     assert ledger.epsilon([PrivacyEvent("dp-sgd", sigma, 0.05, 500)]) <= 1.0
     assert ledger.epsilon([PrivacyEvent("dp-sgd", sigma * 0.98, 0.05, 500)]) > 1.0
+
+
+def test_nan_budget_or_parameters_are_refused_not_silently_passed():
+    ledger = PrivacyLedger(1e-5)
+    with pytest.raises(BudgetExceededError, match="not a positive finite"):
+        ledger.charge(EVENTS[1], budget=float("nan"))
+    with pytest.raises(ValueError, match="finite"):
+        PrivacyEvent("dp-sgd", float("nan"), 0.1, 1)
+    assert ledger.events == []

@@ -12,7 +12,7 @@ from fedsyn.common.accounting import PrivacyEvent, PrivacyLedger
 from fedsyn.common.data import demo_schema_path
 from fedsyn.common.tables import read_table
 from fedsyn.common.validation import validate_frame
-from fedsyn.server.app import run_federation
+from fedsyn.server.app import ReleasePlan, run_federation
 from fedsyn.server.coordinator import FederationError, FederationSettings
 from fedsyn.client.app import make_client_app
 from fedsyn.simulations.inprocess import InProcessGrid
@@ -34,7 +34,7 @@ def plan(demo_frame, tmp_path):
 
 def _run(plan, demo_schema, tmp_path, settings=SETTINGS, reply_filter=None):
     grid = InProcessGrid(make_client_app(plan.site_policy), len(plan.policies), reply_filter)
-    coordinator = run_federation(grid, demo_schema, settings, tmp_path / "release", rows=500)
+    coordinator = run_federation(grid, demo_schema, settings, ReleasePlan(tmp_path / "release", rows=500))
     return grid, coordinator
 
 
@@ -131,3 +131,40 @@ def test_float16_transport_halves_the_update_and_still_validates(plan, demo_sche
     assert updates and all(a.dtype == "float16" for r in updates for a in r.content.array_records[protocol.ARRAYS].values())
     assert all(r.accepted == 3 for r in coordinator.rounds)
     assert all(v.dtype == np.float32 for v in coordinator.trainer.state_arrays().values())
+
+
+def _poison_first_site(scale: float):
+    """Site node-1001 sends its update scaled far away from the global model."""
+    def poison(reply: Message) -> Message:
+        if reply.metadata.src_node_id == 1001 and not reply.has_error() and protocol.ARRAYS in reply.content:
+            arrays = protocol.from_array_record(reply.content.array_records[protocol.ARRAYS])
+            reply.content[protocol.ARRAYS] = protocol.to_array_record({k: v * scale for k, v in arrays.items()})
+        return reply
+    return poison
+
+
+def _generator_shift(coordinator, reference) -> float:
+    weights = coordinator.trainer.state_arrays()
+    return float(np.sqrt(sum(np.sum((weights[k] - reference[k]) ** 2) for k in weights if k.startswith("generator"))))
+
+
+def test_median_aggregation_resists_a_poisoning_site(demo_frame, demo_schema, tmp_path):
+    tables = split_table(demo_frame.sample(1500, random_state=0), 5, np.random.default_rng(0))
+    runs = {}
+    for name, aggregation, scale in (("clean", "mean", 1.0), ("poisoned mean", "mean", 50.0),
+                                     ("poisoned median", "median", 50.0)):
+        plan = prepare_sites(tables, demo_schema_path(), tmp_path / name / "sites", epsilon=1.0, delta=1e-5)
+        settings = FederationSettings(**{**SETTINGS.__dict__, "rounds": 2, "aggregation": aggregation})
+        grid = InProcessGrid(make_client_app(plan.site_policy), 5, _poison_first_site(scale))
+        runs[name] = run_federation(grid, demo_schema, settings, ReleasePlan(tmp_path / name / "release", 100))
+    clean = runs["clean"].trainer.state_arrays()
+    assert _generator_shift(runs["poisoned mean"], clean) > 10 * _generator_shift(runs["poisoned median"], clean)
+
+
+def test_update_norm_bound_quarantines_the_poisoning_site(plan, demo_schema, tmp_path):
+    bounded = FederationSettings(**{**SETTINGS.__dict__, "max_update_norm": 50.0})
+    _, coordinator = _run(plan, demo_schema, tmp_path, settings=bounded, reply_filter=_poison_first_site(50.0))
+    poisoned = coordinator.sites[1001]
+    assert [d["round"] for d in poisoned.dropped] == [1, 2, 3]
+    assert "exceeds the bound" in poisoned.dropped[0]["reason"]
+    assert all(r.accepted == 2 for r in coordinator.rounds)

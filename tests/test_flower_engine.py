@@ -8,6 +8,7 @@ from fedsyn.common.data import demo_schema_path
 from fedsyn.common.tables import read_table
 from fedsyn.common.validation import validate_frame
 from fedsyn.server.coordinator import FederationSettings
+from fedsyn.server.app import ReleasePlan
 from fedsyn.simulations.run import prepare_sites, run_sites
 from fedsyn.simulations.split import split_table
 
@@ -19,7 +20,7 @@ def test_flower_simulation_engine_writes_a_valid_release(demo_frame, demo_schema
     plan = prepare_sites(tables, demo_schema_path(), tmp_path / "sites", epsilon=1.0, delta=1e-5)
     settings = FederationSettings(rounds=2, local_steps=3, sample_rate=0.2, epsilon=1.0, gan_config=TINY,
                                   seed=0, min_sites=2)
-    run_sites(plan, demo_schema, settings, tmp_path / "release", rows=200, engine="flower")
+    run_sites(plan, demo_schema, settings, ReleasePlan(tmp_path / "release", rows=200), engine="flower")
     synthetic = read_table(tmp_path / "release" / "synthetic.csv", demo_schema)
     assert validate_frame(synthetic, demo_schema).ok
     report = json.loads((tmp_path / "release" / "privacy_report.json").read_text())

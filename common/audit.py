@@ -1,0 +1,84 @@
+"""Tamper-evident audit trail: JSON lines chained by SHA-256, head signed with Ed25519.
+
+Each entry carries the hash of the previous one, so changing, removing or reordering any
+entry breaks every later link; the signature over the newest entry's hash (``LOG.sig``)
+stops someone from rewriting the whole tail. The coordinator signs its trail; a hospital
+keeps its own chained trail of what it sent and spent.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from datetime import datetime, timezone
+from pathlib import Path
+
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+
+from fedsyn.common.signing import VerificationError, check_signature, sign
+
+GENESIS = "0" * 64
+
+
+def _digest(entry: dict) -> str:
+    body = {k: v for k, v in entry.items() if k != "hash"}
+    return hashlib.sha256(json.dumps(body, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
+
+
+class AuditLog:
+    """Append-only log at ``path``; with ``key`` the head is re-signed after every append."""
+
+    def __init__(self, path: str | Path, key: Ed25519PrivateKey | None = None):
+        self.path = Path(path)
+        self.key = key
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._head, self._seq = GENESIS, 0
+        if self.path.exists():
+            lines = self.path.read_text().splitlines()
+            if lines:
+                last = json.loads(lines[-1])
+                self._head, self._seq = last["hash"], last["seq"] + 1
+
+    @property
+    def signature_path(self) -> Path:
+        return self.path.with_name(self.path.name + ".sig")
+
+    def append(self, event: str, /, **fields: object) -> dict:
+        entry = {"seq": self._seq, "time": datetime.now(timezone.utc).isoformat(timespec="milliseconds"),
+                 "event": event, **fields, "prev": self._head}
+        entry["hash"] = _digest(entry)
+        with open(self.path, "a") as out:
+            out.write(json.dumps(entry, sort_keys=True, default=str) + "\n")
+            out.flush()
+            os.fsync(out.fileno())
+        self._head, self._seq = entry["hash"], self._seq + 1
+        if self.key is not None:
+            self.signature_path.write_text(sign(self.key, self._head.encode()) + "\n")
+        return entry
+
+
+def verify_log(path: str | Path, key: Ed25519PublicKey | None = None) -> int:
+    """Check every link (and the signed head with ``key``); return the number of entries.
+
+    Raises :class:`VerificationError` naming the first entry (line) that does not check out.
+    """
+    path = Path(path)
+    previous = GENESIS
+    lines = path.read_text().splitlines()
+    for number, line in enumerate(lines, start=1):
+        try:
+            entry = json.loads(line)
+        except json.JSONDecodeError:
+            raise VerificationError(f"{path}:{number}: entry is not valid JSON") from None
+        if entry.get("prev") != previous:
+            raise VerificationError(f"{path}:{number}: entry does not follow the previous one (chain broken)")
+        if entry.get("hash") != _digest(entry):
+            raise VerificationError(f"{path}:{number}: entry content does not match its hash (altered)")
+        previous = entry["hash"]
+    if key is not None:
+        signature = path.with_name(path.name + ".sig")
+        if not signature.is_file():
+            raise VerificationError(f"{signature} is missing: the log head is not signed")
+        check_signature(key, previous.encode(), signature.read_text().strip(), f"{path} head (entry {len(lines)})")
+    return len(lines)
