@@ -346,5 +346,106 @@ def verify(release: Path, key: Annotated[Path, typer.Option(help="the coordinato
     console.print(f"[green]OK[/] {release}: signature valid, {checked.files} files match the manifest")
 
 
+certs_app = typer.Typer(help="TLS certificates (coordinator) and SuperNode keys (hospital).")
+server_app = typer.Typer(help="Coordinator: SuperLink, registered hospitals, training runs.")
+sites_app = typer.Typer(help="Hospitals allowed to join (their SuperNode public keys).")
+client_app = typer.Typer(help="Hospital: the SuperNode daemon next to the private extract.")
+app.add_typer(certs_app, name="certs")
+app.add_typer(server_app, name="server")
+server_app.add_typer(sites_app, name="sites")
+app.add_typer(client_app, name="client")
+
+
+@certs_app.command("init")
+def certs_init(out: Path = Path("certs"),
+               host: Annotated[list[str], typer.Option(help="name or IP hospitals dial (repeat)")] = ["localhost"]
+               ) -> None:
+    """Coordinator: create a CA and the SuperLink's server certificate for HOSTs."""
+    from fedsyn.common.certs import create_ca, create_server_certificate
+
+    create_ca(out)
+    create_server_certificate(out, list(host))
+    console.print(f"{out}/ca.crt (give to hospitals), {out}/server.crt, private keys ca.key and server.key "
+                  "(mode 0600, never leave this machine)")
+
+
+@certs_app.command("site-key")
+def certs_site_key(out: Path = Path(".")) -> None:
+    """Hospital: create this site's SuperNode key pair; send only auth.pub to the coordinator."""
+    from fedsyn.common.certs import create_site_keypair
+
+    private, public = create_site_keypair(out)
+    console.print(f"{private} stays here (mode 0600); send {public} to the coordinator")
+
+
+def _run_flower(command: list[str], env: dict[str, str] | None = None) -> None:
+    import os
+    import subprocess
+
+    console.print(f"[dim]$ {' '.join(command)}[/]")
+    result = subprocess.run(command, env={**os.environ, **(env or {})})
+    if result.returncode:
+        raise typer.Exit(result.returncode)
+
+
+def _coordinator(config: Path):
+    from fedsyn.server.deploy import CoordinatorConfig
+
+    try:
+        return CoordinatorConfig.load(config)
+    except (OSError, ValueError) as exc:
+        _fail(f"cannot use {config}: {exc}")
+
+
+@server_app.command("start")
+def server_start(config: Annotated[Path, typer.Option("--config", "-c")] = Path("server.toml")) -> None:
+    """Start the SuperLink: TLS, only registered hospitals may join, state kept in a database."""
+    coordinator = _coordinator(config)
+    _run_flower(coordinator.superlink_command())
+
+
+@server_app.command("run")
+def server_run(config: Annotated[Path, typer.Option("--config", "-c")] = Path("server.toml")) -> None:
+    """Submit a training run to the SuperLink; the release lands where the run config says."""
+    coordinator = _coordinator(config)
+    _run_flower(coordinator.run_command() + ["--stream"], coordinator.flwr_environment())
+
+
+@sites_app.command("add")
+def sites_add(public_key: Path, config: Annotated[Path, typer.Option("--config", "-c")] = Path("server.toml")) -> None:
+    """Register a hospital's auth.pub so its SuperNode may join."""
+    coordinator = _coordinator(config)
+    _run_flower(coordinator.flwr_command("supernode", "register", str(public_key), "fedsyn"),
+                coordinator.flwr_environment())
+
+
+@sites_app.command("list")
+def sites_list(config: Annotated[Path, typer.Option("--config", "-c")] = Path("server.toml")) -> None:
+    """Registered hospitals and whether they are online."""
+    coordinator = _coordinator(config)
+    _run_flower(coordinator.flwr_command("supernode", "list", "fedsyn"), coordinator.flwr_environment())
+
+
+@sites_app.command("remove")
+def sites_remove(node_id: str, config: Annotated[Path, typer.Option("--config", "-c")] = Path("server.toml")) -> None:
+    """Unregister a hospital's SuperNode by its node id (see `sites list`)."""
+    coordinator = _coordinator(config)
+    _run_flower(coordinator.flwr_command("supernode", "unregister", node_id, "fedsyn"),
+                coordinator.flwr_environment())
+
+
+@client_app.command("start")
+def client_start(config: Annotated[Path, typer.Option("--config", "-c")] = Path("site.toml")) -> None:
+    """Validate the local extract, then run this hospital's SuperNode (outbound TLS only)."""
+    from fedsyn.client.deploy import supernode_command
+    from fedsyn.client.policy import PolicyError
+
+    try:
+        command = supernode_command(config)
+    except (PolicyError, SchemaError, DataFileError, DataValidationError) as exc:
+        _fail(f"not joining: {exc}")
+    _run_flower(command)
+
+
 def main() -> None:  # pragma: no cover - console entry point
     sys.exit(app())

@@ -17,6 +17,16 @@ class PolicyError(ValueError):
     """The site policy file is missing or invalid."""
 
 
+class CoordinatorConnection(BaseModel):
+    """How this hospital's SuperNode reaches the coordinator: outbound TLS only."""
+
+    superlink: str = Field(description="host:port of the coordinator's SuperLink")
+    root_certificates: Path = Field(description="the coordinator's CA certificate (ca.crt)")
+    auth_private_key: Path = Field(description="this site's SuperNode authentication key (auth.key)")
+    local_port: int = Field(default=9094, ge=1024, le=65535,
+                            description="loopback port of the SuperNode's own API (distinct per node on one host)")
+
+
 class SitePolicy(BaseModel):
     site_id: str = Field(min_length=1, description="name shown in the coordinator's reports")
     data: Path = Field(description="the private extract (CSV or Parquet)")
@@ -30,6 +40,7 @@ class SitePolicy(BaseModel):
     device: str = Field(default="cpu", description="torch device for local training, e.g. 'cuda'")
     seed: int | None = Field(default=None, description="fix this site's noise for reproducible simulations; "
                              "leave unset in production (operating-system randomness)")
+    coordinator: CoordinatorConnection | None = None
 
     model_config = {"populate_by_name": True}
 
@@ -49,8 +60,13 @@ class SitePolicy(BaseModel):
             problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
             raise PolicyError(f"site policy {path} is invalid: {problems}") from None
         base = path.parent
-        return policy.model_copy(update={
-            "data": base / policy.data, "schema_path": base / policy.schema_path, "ledger": base / policy.ledger})
+        update: dict = {"data": base / policy.data, "schema_path": base / policy.schema_path,
+                        "ledger": base / policy.ledger}
+        if policy.coordinator is not None:
+            update["coordinator"] = policy.coordinator.model_copy(update={
+                "root_certificates": base / policy.coordinator.root_certificates,
+                "auth_private_key": base / policy.coordinator.auth_private_key})
+        return policy.model_copy(update=update)
 
     def save(self, path: str | Path) -> None:
         Path(path).write_text(self.model_dump_json(by_alias=True, indent=2) + "\n")

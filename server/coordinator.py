@@ -118,7 +118,8 @@ class Coordinator:
 
     def _send(self, grid: Grid, nodes: Iterable[int], content: RecordDict, message_type: str, group: int
               ) -> list[Message]:
-        messages = [grid.create_message(content, message_type, node, str(group)) for node in nodes]
+        messages = [Message(content, dst_node_id=node, message_type=message_type, group_id=str(group))
+                    for node in nodes]
         return list(grid.send_and_receive(messages, timeout=self.settings.timeout))
 
     def record(self, event: str, **fields: object) -> None:

@@ -1,0 +1,88 @@
+"""Coordinator deployment: the ServerApp Flower runs, and the SuperLink / flwr commands.
+
+The run's settings come from the Flower run config (``[tool.flwr.app.config]`` of the
+Flower App in ``deploy/app``, overridden by ``fedsyn server run``); paths in it are on the
+coordinator's machine.
+"""
+
+from __future__ import annotations
+
+import shutil
+import tomllib
+from pathlib import Path
+
+from flwr.app import Context
+from flwr.serverapp import Grid, ServerApp
+from pydantic import BaseModel, Field
+
+from fedsyn.common.schema import Schema
+from fedsyn.server.app import ReleasePlan, run_federation
+from fedsyn.server.coordinator import FederationSettings
+
+CONNECTION = "fedsyn"
+APP_DIR = Path(__file__).resolve().parent / "flower_app"
+
+app = ServerApp()
+
+
+@app.main()
+def main(grid: Grid, context: Context) -> None:
+    config = dict(context.run_config)
+    settings = FederationSettings(
+        rounds=int(config["rounds"]), local_steps=int(config["local-steps"]),
+        sample_rate=float(config["sample-rate"]), epsilon=float(config["epsilon"]), delta=float(config["delta"]),
+        min_sites=int(config["min-sites"]), aggregation=str(config["aggregation"]),
+        timeout=float(config["round-timeout"]),
+    )
+    plan = ReleasePlan(out=Path(str(config["out"])), rows=int(config["rows"]),
+                       signing_key=Path(str(config["signing-key"])) if config.get("signing-key") else None,
+                       audit_log=Path(str(config["audit-log"])) if config.get("audit-log") else None)
+    run_federation(grid, Schema.load(str(config["schema"])), settings, plan)
+
+
+class CoordinatorConfig(BaseModel):
+    """``server.toml``: the SuperLink's address, TLS files and state; paths relative to the file."""
+
+    host: str = "127.0.0.1"
+    port: int = Field(default=8000, ge=1, le=65535)
+    database: Path = Path("state/superlink.db")
+    certificate: Path = Path("certs/server.crt")
+    private_key: Path = Path("certs/server.key")
+    ca_certificate: Path = Path("certs/ca.crt")
+    flwr_home: Path = Path("state/flwr-home")
+    run: dict[str, str | int | float] = Field(default_factory=dict, description="run config overrides")
+
+    @classmethod
+    def load(cls, path: Path) -> "CoordinatorConfig":
+        config = cls.model_validate(tomllib.loads(Path(path).read_text()))
+        base = Path(path).parent
+        return config.model_copy(update={name: base / getattr(config, name) for name in
+                                         ("database", "certificate", "private_key", "ca_certificate", "flwr_home")})
+
+    def superlink_command(self) -> list[str]:
+        self.database.parent.mkdir(parents=True, exist_ok=True)
+        return [shutil.which("flower-superlink") or "flower-superlink",
+                "--ssl-certfile", str(self.certificate), "--ssl-keyfile", str(self.private_key),
+                "--ssl-ca-certfile", str(self.ca_certificate), "--enable-supernode-auth",
+                "--database", str(self.database), "--host", self.host, "--port", str(self.port),
+                "--disable-runtime-dependency-installation"]
+
+    def flwr_environment(self) -> dict[str, str]:
+        """FLWR_HOME with a connection named 'fedsyn' to this SuperLink over TLS."""
+        self.flwr_home.mkdir(parents=True, exist_ok=True)
+        address = f"{'127.0.0.1' if self.host in ('0.0.0.0', '::') else self.host}:{self.port}"
+        (self.flwr_home / "config.toml").write_text(
+            f'[superlink]\ndefault = "{CONNECTION}"\n\n[superlink.{CONNECTION}]\naddress = "{address}"\n'
+            f'root-certificates = "{self.ca_certificate}"\n')
+        return {"FLWR_HOME": str(self.flwr_home)}
+
+    def flwr_command(self, *arguments: str) -> list[str]:
+        return [shutil.which("flwr") or "flwr", *arguments]
+
+    def run_command(self) -> list[str]:
+        overrides = " ".join(f"{key}={_toml_value(value)}" for key, value in self.run.items())
+        return self.flwr_command("run", str(APP_DIR), CONNECTION, *(["--run-config", overrides] if overrides else []))
+
+
+def _toml_value(value: str | int | float) -> str:
+    return f'"{value}"' if isinstance(value, str) else repr(value)
