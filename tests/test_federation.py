@@ -168,3 +168,31 @@ def test_update_norm_bound_quarantines_the_poisoning_site(plan, demo_schema, tmp
     assert [d["round"] for d in poisoned.dropped] == [1, 2, 3]
     assert "exceeds the bound" in poisoned.dropped[0]["reason"]
     assert all(r.accepted == 2 for r in coordinator.rounds)
+
+
+class CoordinatorCrash(RuntimeError):
+    pass
+
+
+def test_coordinator_crash_mid_run_loses_no_spent_privacy_and_a_new_run_respects_it(plan, demo_schema, tmp_path):
+    """The coordinator dies during round 2 (fail loudly); a fresh run then starts cleanly. Every
+    site's on-disk ledger still holds what the first run spent, so the new run's sites only
+    spend what is left of their budgets."""
+    replies = {"count": 0}
+
+    def crash_in_round_two(reply: Message) -> Message:
+        replies["count"] += 1
+        if replies["count"] > 3 + 3 + 1:  # marginals, round 1, first reply of round 2
+            raise CoordinatorCrash("coordinator stopped")
+        return reply
+
+    with pytest.raises(CoordinatorCrash):
+        _run(plan, demo_schema, tmp_path / "first", reply_filter=crash_in_round_two)
+    spent_before = [PrivacyLedger.load(SitePolicy.load(p).ledger).epsilon() for p in plan.policies]
+    assert all(0 < e < 1.0 for e in spent_before)
+    _, coordinator = _run(plan, demo_schema, tmp_path / "second")
+    for policy, before in zip(plan.policies, spent_before):
+        ledger = PrivacyLedger.load(SitePolicy.load(policy).ledger)
+        assert ledger.epsilon() <= 1.0 + 1e-9
+        assert ledger.epsilon() > before
+        assert [e.mechanism for e in ledger.events].count("gaussian-marginals") == 2

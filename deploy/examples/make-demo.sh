@@ -1,0 +1,36 @@
+#!/usr/bin/env bash
+# Writes ./demo-deploy/ for deploy/compose.yaml: CA and server certificate for the
+# 'coordinator' service, three hospitals' keys, policies and data (the embedded demo table).
+set -euo pipefail
+out=${1:-demo-deploy}
+python3 - "$out" <<'PY'
+import json, sys
+from pathlib import Path
+import numpy as np
+from fedsyn.common.certs import create_ca, create_server_certificate, create_site_keypair
+from fedsyn.common.signing import generate_keypair
+from fedsyn.common.data import demo_data_path, demo_schema_path
+from fedsyn.common.schema import Schema
+from fedsyn.common.tables import read_table, write_table
+from fedsyn.simulations.split import split_table
+out = Path(sys.argv[1]); coordinator = out / "coordinator"
+create_ca(coordinator / "certs")
+create_server_certificate(coordinator / "certs", ["coordinator", "localhost", "127.0.0.1"])
+generate_keypair(coordinator / "keys")
+schema = Schema.load(demo_schema_path()); schema.save(coordinator / "schema.json")
+(coordinator / "server.toml").write_text(Path("deploy/examples/server.toml").read_text())
+for index, table in enumerate(split_table(read_table(demo_data_path(), schema), 3, np.random.default_rng(0))):
+    site = out / f"site-{index}"; (site / "state").mkdir(parents=True, exist_ok=True)
+    write_table(table, site / "data.parquet"); schema.save(site / "schema.json")
+    (site / "ca.crt").write_bytes((coordinator / "certs" / "ca.crt").read_bytes())
+    create_site_keypair(site)
+    (coordinator / "sites").mkdir(exist_ok=True)
+    (coordinator / "sites" / f"site-{index}.pub").write_bytes((site / "auth.pub").read_bytes())
+    policy = json.loads(Path("deploy/examples/site.json").read_text())
+    policy.update(site_id=f"site-{index}", data="/etc/fedsyn/data.parquet", schema="/etc/fedsyn/schema.json")
+    policy["coordinator"].update(superlink="coordinator:8000")
+    (site / "site.json").write_text(json.dumps(policy, indent=2))
+print(f"written {out}. After `docker compose -f deploy/compose.yaml up -d`, register the hospitals:\n"
+      "  for n in 0 1 2; do docker compose -f deploy/compose.yaml exec coordinator "
+      "fedsyn server sites add /etc/fedsyn/sites/site-$n.pub -c /etc/fedsyn/server.toml; done")
+PY
