@@ -7,9 +7,8 @@ import logging
 import sys
 import time
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated
 
-import numpy as np
 import typer
 from rich.console import Console
 from rich.logging import RichHandler
@@ -41,7 +40,7 @@ def _fail(message: str, code: int = 2) -> None:
 
 @schema_app.command("draft")
 def schema_draft(data: Path, out: Annotated[Path, typer.Option("--out", "-o")] = Path("schema.draft.json"),
-                 outcome: Optional[str] = None) -> None:
+                 outcome: str | None = None) -> None:
     """Draft a schema from a local extract. Every bound and category list is marked needs_review."""
     try:
         draft = draft_schema(read_table(data), name=data.stem, outcome=outcome)
@@ -72,7 +71,7 @@ def validate(data: Path, schema: Annotated[Path, typer.Option("--schema", "-s")]
 @app.command()
 def fit(data: Path, schema: Annotated[Path, typer.Option("--schema", "-s")],
         epsilon: float = 1.0, delta: float = 1e-5, epochs: float = 30.0, rows: int = 0,
-        out: Path = Path("fedsyn-model"), device: str = "cpu", seed: Optional[int] = None) -> None:
+        out: Path = Path("fedsyn-model"), device: str = "cpu", seed: int | None = None) -> None:
     """Fit a DP tabular GAN on one site's extract; write the model and synthetic rows."""
     from fedsyn.common.gan import DPTabularGAN
 
@@ -93,12 +92,12 @@ def fit(data: Path, schema: Annotated[Path, typer.Option("--schema", "-s")],
 
 @app.command()
 def simulate(
-    sites: Annotated[Optional[list[Path]], typer.Option("--sites", help="one extract per hospital")] = None,
-    data: Annotated[Optional[Path], typer.Option(help="one table to split into --split hospitals")] = None,
+    sites: Annotated[list[Path] | None, typer.Option("--sites", help="one extract per hospital")] = None,
+    data: Annotated[Path | None, typer.Option(help="one table to split into --split hospitals")] = None,
     split: int = 3,
-    skew: Annotated[Optional[str], typer.Option(help="non-IID split sorted by this column")] = None,
-    dirichlet: Annotated[Optional[float], typer.Option(help="label skew with Dirichlet(alpha)")] = None,
-    schema: Optional[Path] = None,
+    skew: Annotated[str | None, typer.Option(help="non-IID split sorted by this column")] = None,
+    dirichlet: Annotated[float | None, typer.Option(help="label skew with Dirichlet(alpha)")] = None,
+    schema: Path | None = None,
     epsilon: Annotated[float, typer.Option(help="budget per site")] = 1.0,
     delta: float = 1e-5,
     rounds: int = 10,
@@ -109,13 +108,13 @@ def simulate(
     seed: int = 0,
     device: Annotated[str, typer.Option(help="torch device for the sites' training, e.g. cuda")] = "cpu",
     release_every: Annotated[int, typer.Option(help="also write an interim release every K rounds")] = 0,
-    site_noise_multiplier: Annotated[Optional[float], typer.Option(
+    site_noise_multiplier: Annotated[float | None, typer.Option(
         help="add site-level DP (Flower's server-side fixed clipping) with this noise multiplier")] = None,
     site_clipping_norm: float = 10.0,
     transport_dtype: Annotated[str, typer.Option(help="float32, or float16 to halve the bytes sent")] = "float32",
     engine: Annotated[str, typer.Option(help="inprocess (fast) or flower (Ray simulation engine)")] = "inprocess",
     compare: Annotated[bool, typer.Option(help="also run local-only and pooled arms, report TSTR")] = True,
-    sweep_epsilon: Annotated[Optional[str], typer.Option(
+    sweep_epsilon: Annotated[str | None, typer.Option(
         help="comma-separated budgets, e.g. 0.5,1,3,10: rerun the federation at each and plot the "
              "privacy-utility curve in the report")] = None,
     drop_rule_violations: Annotated[bool, typer.Option(
@@ -127,11 +126,11 @@ def simulate(
 
     from fedsyn.common.audit import AuditLog
     from fedsyn.common.signing import generate_keypair, load_private_key, sign_release
+    from fedsyn.common.training import GANConfig
     from fedsyn.server.app import ReleasePlan
+    from fedsyn.server.coordinator import FederationError, FederationSettings
     from fedsyn.simulations.run import SimulationPlan, default_sample_rate, prepare_sites, run_sites, seed_everything
     from fedsyn.simulations.split import split_table
-    from fedsyn.server.coordinator import FederationError, FederationSettings
-    from fedsyn.common.training import GANConfig
 
     _setup_logging(verbose)
     rng = seed_everything(seed)
@@ -245,7 +244,7 @@ def evaluate(
     real_train: Annotated[Path, typer.Option(help="real rows the generator was trained on")],
     real_test: Annotated[Path, typer.Option(help="real rows the generator never saw")],
     out: Path = Path("fedsyn-report"),
-    privacy_report: Annotated[Optional[Path], typer.Option(help="the release's privacy_report.json")] = None,
+    privacy_report: Annotated[Path | None, typer.Option(help="the release's privacy_report.json")] = None,
     seed: int = 0,
 ) -> None:
     """Fidelity, utility and privacy of a synthetic table: writes report.json and report.html.
@@ -279,8 +278,8 @@ def _compare_arms(contract, tables, test, release, epsilon, delta, config, seed,
     """TSTR of the federated release vs each site alone vs pooled (centralized DP), and TRTR."""
     import pandas as pd
 
-    from fedsyn.common.gan import DPTabularGAN
     from fedsyn.common.evaluation import tstr_auc
+    from fedsyn.common.gan import DPTabularGAN
 
     results = {"federated": tstr_auc(read_table(release / "synthetic.csv", contract), test, contract, seed)}
     with console.status("comparison arms: local-only and pooled...") as status:
@@ -319,7 +318,7 @@ def keys_generate(out: Path = Path("keys"), name: str = "coordinator") -> None:
 
 
 @audit_app.command("verify")
-def audit_verify(log: Path, key: Annotated[Optional[Path], typer.Option(help="coordinator.pub")] = None) -> None:
+def audit_verify(log: Path, key: Annotated[Path | None, typer.Option(help="coordinator.pub")] = None) -> None:
     """Check an audit log's hash chain (and its signed head with --key); exit 1 naming the
     first broken entry."""
     from fedsyn.common.audit import verify_log
@@ -329,7 +328,7 @@ def audit_verify(log: Path, key: Annotated[Optional[Path], typer.Option(help="co
         entries = verify_log(log, load_public_key(key) if key else None)
     except (VerificationError, OSError, ValueError) as exc:
         console.print(f"[red]FAILED[/] {exc}")
-        raise typer.Exit(1)
+        raise typer.Exit(1) from None
     console.print(f"[green]OK[/] {log}: {entries} entries, chain intact" + (", head signature valid" if key else ""))
 
 
@@ -342,7 +341,7 @@ def verify(release: Path, key: Annotated[Path, typer.Option(help="the coordinato
         checked = verify_release(release, load_public_key(key))
     except (VerificationError, OSError, ValueError) as exc:
         console.print(f"[red]FAILED[/] {exc}")
-        raise typer.Exit(1)
+        raise typer.Exit(1) from None
     console.print(f"[green]OK[/] {release}: signature valid, {checked.files} files match the manifest")
 
 
@@ -358,13 +357,13 @@ app.add_typer(client_app, name="client")
 
 @certs_app.command("init")
 def certs_init(out: Path = Path("certs"),
-               host: Annotated[list[str], typer.Option(help="name or IP hospitals dial (repeat)")] = ["localhost"]
+               host: Annotated[list[str] | None, typer.Option(help="name or IP hospitals dial (repeat)")] = None
                ) -> None:
-    """Coordinator: create a CA and the SuperLink's server certificate for HOSTs."""
+    """Coordinator: create a CA and the SuperLink's server certificate for HOSTs (default localhost)."""
     from fedsyn.common.certs import create_ca, create_server_certificate
 
     create_ca(out)
-    create_server_certificate(out, list(host))
+    create_server_certificate(out, list(host or ["localhost", "127.0.0.1"]))
     console.print(f"{out}/ca.crt (give to hospitals), {out}/server.crt, private keys ca.key and server.key "
                   "(mode 0600, never leave this machine)")
 

@@ -16,6 +16,7 @@ from flwr.clientapp import ClientApp
 from fedsyn.client.policy import SitePolicy
 from fedsyn.client.site import PolicyRefusal, Site, TrainRequest
 from fedsyn.common import protocol
+from fedsyn.common.accounting import PrivacyEvent
 from fedsyn.common.marginals import Marginals
 from fedsyn.common.training import GANConfig
 
@@ -58,6 +59,10 @@ def _decode_request(config: ConfigRecord) -> TrainRequest:
         raise PolicyRefusal(f"the coordinator's instructions are malformed: {exc}") from None
 
 
+def _privacy_record(site: Site, event: PrivacyEvent) -> ConfigRecord:
+    return protocol.event_record(event, site.ledger.epsilon(), site.ledger.delta, site.policy.site_id)
+
+
 def make_client_app(resolve_policy: PolicyResolver = policy_from_node_config) -> ClientApp:
     app = ClientApp()
 
@@ -86,7 +91,7 @@ def make_client_app(resolve_policy: PolicyResolver = policy_from_node_config) ->
         released, event = site.release_marginals(sigma, epsilon)
         return RecordDict({
             protocol.MARGINALS: protocol.to_array_record(released.counts),
-            protocol.PRIVACY: protocol.event_record(event, site.ledger.epsilon(), site.ledger.delta, site.policy.site_id),
+            protocol.PRIVACY: _privacy_record(site, event),
         })
 
     def train(message: Message, site: Site) -> RecordDict:
@@ -97,7 +102,7 @@ def make_client_app(resolve_policy: PolicyResolver = policy_from_node_config) ->
         return RecordDict({
             protocol.ARRAYS: protocol.to_array_record(updated),
             protocol.METRICS: protocol.metrics_record(metrics),
-            protocol.PRIVACY: protocol.event_record(event, site.ledger.epsilon(), site.ledger.delta, site.policy.site_id),
+            protocol.PRIVACY: _privacy_record(site, event),
         })
 
     app.query("marginals")(guarded(marginals))

@@ -6,10 +6,10 @@ One file (TOML or JSON) next to the private extract. Paths in it are relative to
 from __future__ import annotations
 
 import json
-import tomllib
 from pathlib import Path
 from typing import Literal
 
+import tomllib
 from pydantic import BaseModel, Field, ValidationError
 
 
@@ -45,7 +45,7 @@ class SitePolicy(BaseModel):
     model_config = {"populate_by_name": True}
 
     @classmethod
-    def load(cls, path: str | Path) -> "SitePolicy":
+    def load(cls, path: str | Path) -> SitePolicy:
         path = Path(path)
         try:
             text = path.read_text()

@@ -16,8 +16,8 @@ import pandas as pd
 import torch
 
 from fedsyn.client.policy import SitePolicy
-from fedsyn.common.audit import AuditLog
 from fedsyn.common.accounting import BudgetExceededError, PrivacyEvent, PrivacyLedger, calibrate_noise_multiplier
+from fedsyn.common.audit import AuditLog
 from fedsyn.common.encoder import TableEncoder
 from fedsyn.common.marginals import Marginals, noisy_marginals
 from fedsyn.common.schema import Schema
@@ -89,14 +89,16 @@ class Site:
 
     def release_marginals(self, noise_multiplier: float, epsilon: float) -> tuple[Marginals, PrivacyEvent]:
         if not all(math.isfinite(v) and v > 0 for v in (noise_multiplier, epsilon)):
-            raise PolicyRefusal(f"noise multiplier {noise_multiplier} and epsilon {epsilon} must be positive and finite")
+            raise PolicyRefusal(f"noise multiplier {noise_multiplier} and epsilon {epsilon} must be positive "
+                                "and finite")
         budget = self._check_epsilon(epsilon)
         event = PrivacyEvent("gaussian-marginals", noise_multiplier, 1.0, 1, round=0)
         try:
             self.ledger.charge(event, budget)  # before the release is computed
         except BudgetExceededError as exc:
             raise PolicyRefusal(str(exc)) from None
-        marginals, _ = noisy_marginals(self.load_data(), self.schema, noise_multiplier, np.random.default_rng(self.seed))
+        rng = np.random.default_rng(self.seed)
+        marginals, _ = noisy_marginals(self.load_data(), self.schema, noise_multiplier, rng)
         self.trail.append("marginals_sent", privacy=asdict(event), epsilon_spent=self.ledger.epsilon())
         return marginals, event
 

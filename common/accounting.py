@@ -182,16 +182,16 @@ class PrivacyLedger:
         os.replace(temp, path)
 
     @classmethod
-    def from_dict(cls, raw: dict, path: str | Path | None = None) -> "PrivacyLedger":
+    def from_dict(cls, raw: dict, path: str | Path | None = None) -> PrivacyLedger:
         events = [PrivacyEvent(**e) for e in raw["events"]]
         return cls(delta=raw["delta"], accountant=raw["accountant"], events=events, path=path)
 
     @classmethod
-    def load(cls, path: str | Path) -> "PrivacyLedger":
+    def load(cls, path: str | Path) -> PrivacyLedger:
         return cls.from_dict(json.loads(Path(path).read_text()), path=path)
 
     @classmethod
-    def open(cls, path: str | Path, delta: float, accountant: AccountantName = "rdp") -> "PrivacyLedger":
+    def open(cls, path: str | Path, delta: float, accountant: AccountantName = "rdp") -> PrivacyLedger:
         """Load the ledger at ``path`` or start an empty one there; refuse a changed delta."""
         path = Path(path)
         if not path.exists():

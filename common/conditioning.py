@@ -98,7 +98,8 @@ class ConditionSampler:
         rows[:, self.encoded_index] = torch.where(mask, cond, rows[:, self.encoded_index])
         return rows
 
-    def cross_entropy(self, raw: torch.Tensor, cond: torch.Tensor, encoder_spans: list[tuple[int, int]]) -> torch.Tensor:
+    def cross_entropy(self, raw: torch.Tensor, cond: torch.Tensor,
+                      encoder_spans: list[tuple[int, int]]) -> torch.Tensor:
         """How far the generator's raw logits are from the values its conditions ask for."""
         if self.dim == 0:
             return raw.new_zeros(())

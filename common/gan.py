@@ -93,7 +93,7 @@ class DPTabularGAN:
 
     # -- fitting ----------------------------------------------------------------------------
 
-    def fit(self, frame: pd.DataFrame, on_step=None) -> "DPTabularGAN":
+    def fit(self, frame: pd.DataFrame, on_step=None) -> DPTabularGAN:
         self.schema.require_reviewed(self.allow_unreviewed_schema)
         require_valid(frame, self.schema, source="training data")
         n_rows = len(frame)
@@ -168,7 +168,7 @@ class DPTabularGAN:
         }, Path(path))
 
     @classmethod
-    def load(cls, path: str | Path, device: str = "cpu") -> "DPTabularGAN":
+    def load(cls, path: str | Path, device: str = "cpu") -> DPTabularGAN:
         """Load a saved model; only tensors and plain data are unpickled (weights_only)."""
         raw = torch.load(Path(path), map_location=device, weights_only=True)
         if raw.get("format") != FORMAT:

@@ -59,7 +59,7 @@ class Marginals:
 
     counts: dict[str, np.ndarray]
 
-    def __add__(self, other: "Marginals") -> "Marginals":
+    def __add__(self, other: Marginals) -> Marginals:
         return Marginals({name: self.counts[name] + other.counts[name] for name in self.counts})
 
     def probabilities(self, name: str, floor: float = 1e-3) -> np.ndarray:
@@ -74,11 +74,11 @@ class Marginals:
         return {name: values.tolist() for name, values in self.counts.items()}
 
     @classmethod
-    def from_dict(cls, raw: dict[str, list[float]]) -> "Marginals":
+    def from_dict(cls, raw: dict[str, list[float]]) -> Marginals:
         return cls({name: np.asarray(values, dtype=float) for name, values in raw.items()})
 
     @classmethod
-    def uniform(cls, schema: Schema) -> "Marginals":
+    def uniform(cls, schema: Schema) -> Marginals:
         """The no-information marginals: used when no statistics are released at all."""
         return cls({c.name: np.ones(bin_labels(c)) for c in schema.columns})
 

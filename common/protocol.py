@@ -36,13 +36,13 @@ class ReplyError(ValueError):
     """A message does not have the agreed form; the reason says which part."""
 
 
-def to_array_record(arrays: "OrderedDict[str, np.ndarray] | dict[str, np.ndarray]") -> ArrayRecord:
+def to_array_record(arrays: OrderedDict[str, np.ndarray] | dict[str, np.ndarray]) -> ArrayRecord:
     return ArrayRecord({name: Array(np.ascontiguousarray(value)) for name, value in arrays.items()})
 
 
 def from_array_record(
     record: ArrayRecord, expected: dict[str, tuple[tuple[int, ...], np.dtype]] | None = None
-) -> "OrderedDict[str, np.ndarray]":
+) -> OrderedDict[str, np.ndarray]:
     """Decode arrays; with ``expected`` the names, shapes and dtypes must match exactly and
     every value must be finite."""
     if expected is not None and set(record.keys()) != set(expected):

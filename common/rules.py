@@ -20,7 +20,7 @@ class Condition(BaseModel):
     between: tuple[float, float] | None = None
 
     @model_validator(mode="after")
-    def _one_test(self) -> "Condition":
+    def _one_test(self) -> Condition:
         given = [t for t in (self.equals, self.one_of, self.between) if t is not None]
         if len(given) != 1:
             raise ValueError(f"condition on '{self.column}' needs exactly one of equals, one_of, between")

@@ -48,7 +48,7 @@ class Column(BaseModel):
     description: str | None = None
 
     @model_validator(mode="after")
-    def _check_kind_fields(self) -> "Column":
+    def _check_kind_fields(self) -> Column:
         if self.kind is ColumnKind.CATEGORICAL:
             if not self.categories:
                 raise ValueError(f"categorical column '{self.name}' needs a non-empty 'categories' list")
@@ -85,7 +85,7 @@ class Schema(BaseModel):
     rules: list[Rule] = Field(default_factory=list)
 
     @model_validator(mode="after")
-    def _check_columns(self) -> "Schema":
+    def _check_columns(self) -> Schema:
         names = [c.name for c in self.columns]
         duplicated = sorted({n for n in names if names.count(n) > 1})
         if duplicated:
@@ -133,7 +133,7 @@ class Schema(BaseModel):
         Path(path).write_text(self.model_dump_json(indent=2, exclude_none=True) + "\n")
 
     @classmethod
-    def load(cls, path: str | Path) -> "Schema":
+    def load(cls, path: str | Path) -> Schema:
         path = Path(path)
         try:
             raw = json.loads(path.read_text())

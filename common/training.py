@@ -56,14 +56,15 @@ class GANConfig:
             "learning rates": real(self.generator_lr, 0, 1) and real(self.discriminator_lr, 0, 1),
             "max_grad_norm": real(self.max_grad_norm, 0, 1e6), "gumbel_tau": real(self.gumbel_tau, 0, 100),
             "generator_ema": real(self.generator_ema, -1e-12, 1) and self.generator_ema < 1,
-            "betas": isinstance(self.betas, tuple) and len(self.betas) == 2 and all(real(b, -1e-12, 1) for b in self.betas),
+            "betas": isinstance(self.betas, tuple) and len(self.betas) == 2
+            and all(real(b, -1e-12, 1) for b in self.betas),
         }
         bad = [name for name, ok in checks.items() if not ok]
         if bad:
             raise ValueError(f"GAN settings out of range or of the wrong type: {bad}")
 
     @classmethod
-    def from_dict(cls, raw: object) -> "GANConfig":
+    def from_dict(cls, raw: object) -> GANConfig:
         if not isinstance(raw, dict):
             raise ValueError(f"GAN settings must be a mapping, got {type(raw).__name__}")
         return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in raw.items()})

@@ -20,8 +20,8 @@ from flwr.serverapp import Grid
 from flwr.serverapp.strategy import Strategy
 
 from fedsyn.common import protocol
-from fedsyn.common.audit import AuditLog
 from fedsyn.common.accounting import AccountantName, PrivacyEvent, compute_epsilon, gaussian_noise_for_epsilon
+from fedsyn.common.audit import AuditLog
 from fedsyn.common.encoder import TableEncoder
 from fedsyn.common.marginals import Marginals, bin_labels
 from fedsyn.common.schema import Schema

@@ -8,9 +8,9 @@ coordinator's machine.
 from __future__ import annotations
 
 import shutil
-import tomllib
 from pathlib import Path
 
+import tomllib
 from flwr.app import Context
 from flwr.serverapp import Grid, ServerApp
 from pydantic import BaseModel, Field
@@ -53,7 +53,7 @@ class CoordinatorConfig(BaseModel):
     run: dict[str, str | int | float] = Field(default_factory=dict, description="run config overrides")
 
     @classmethod
-    def load(cls, path: Path) -> "CoordinatorConfig":
+    def load(cls, path: Path) -> CoordinatorConfig:
         config = cls.model_validate(tomllib.loads(Path(path).read_text()))
         base = Path(path).parent
         return config.model_copy(update={name: base / getattr(config, name) for name in

@@ -13,7 +13,6 @@ from pathlib import Path
 
 import pandas as pd
 import torch
-
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from fedsyn.common.accounting import compute_epsilon

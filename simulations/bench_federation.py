@@ -21,6 +21,7 @@ import pandas as pd
 from sklearn.model_selection import train_test_split
 
 from fedsyn.common.data import demo_data_path, demo_schema_path
+from fedsyn.common.evaluation import tstr_auc
 from fedsyn.common.gan import DPTabularGAN
 from fedsyn.common.schema import Schema
 from fedsyn.common.tables import read_table
@@ -29,7 +30,6 @@ from fedsyn.server.app import ReleasePlan
 from fedsyn.server.coordinator import FederationSettings
 from fedsyn.simulations.run import default_sample_rate, prepare_sites, run_sites
 from fedsyn.simulations.split import split_table
-from fedsyn.common.evaluation import tstr_auc
 
 MODELS = ("gradient_boosting", "logistic_regression")
 

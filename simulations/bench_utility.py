@@ -14,14 +14,13 @@ import argparse
 import time
 
 import numpy as np
-
 from sklearn.model_selection import train_test_split
 
 from fedsyn.common.data import demo_data_path, demo_schema_path
+from fedsyn.common.evaluation import tstr_auc
 from fedsyn.common.gan import DPTabularGAN
 from fedsyn.common.schema import Schema
 from fedsyn.common.tables import read_table
-from fedsyn.common.evaluation import tstr_auc
 
 
 def main() -> None:

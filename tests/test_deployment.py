@@ -79,8 +79,8 @@ def test_tls_superlink_with_node_auth_runs_registered_sites_only(demo_frame, dem
                                       stderr=subprocess.STDOUT))
     for policy in plan.policies[:3] + plan.policies[4:]:
         for _ in range(30):  # the SuperLink needs a few seconds before it answers
-            registered = subprocess.run(coordinator.flwr_command("supernode", "register", str(policy.parent / "auth.pub"),
-                                                                 "fedsyn"), env=env, capture_output=True, text=True)
+            command = coordinator.flwr_command("supernode", "register", str(policy.parent / "auth.pub"), "fedsyn")
+            registered = subprocess.run(command, env=env, capture_output=True, text=True)
             if registered.returncode == 0:
                 break
             time.sleep(1)

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 from flwr.app import Message
 
+from fedsyn.client.app import make_client_app
 from fedsyn.client.policy import SitePolicy
 from fedsyn.common import protocol
 from fedsyn.common.accounting import PrivacyEvent, PrivacyLedger
@@ -14,7 +15,6 @@ from fedsyn.common.tables import read_table
 from fedsyn.common.validation import validate_frame
 from fedsyn.server.app import ReleasePlan, run_federation
 from fedsyn.server.coordinator import FederationError, FederationSettings
-from fedsyn.client.app import make_client_app
 from fedsyn.simulations.inprocess import InProcessGrid
 from fedsyn.simulations.run import prepare_sites
 from fedsyn.simulations.split import split_table
@@ -128,7 +128,8 @@ def test_float16_transport_halves_the_update_and_still_validates(plan, demo_sche
     half = FederationSettings(**{**SETTINGS.__dict__, "transport_dtype": "float16"})
     grid, coordinator = _run(plan, demo_schema, tmp_path, settings=half)
     updates = [r for r in grid.replies if protocol.ARRAYS in r.content]
-    assert updates and all(a.dtype == "float16" for r in updates for a in r.content.array_records[protocol.ARRAYS].values())
+    sent = [a for r in updates for a in r.content.array_records[protocol.ARRAYS].values()]
+    assert sent and all(a.dtype == "float16" for a in sent)
     assert all(r.accepted == 3 for r in coordinator.rounds)
     assert all(v.dtype == np.float32 for v in coordinator.trainer.state_arrays().values())
 

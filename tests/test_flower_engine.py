@@ -7,8 +7,8 @@ import numpy as np
 from fedsyn.common.data import demo_schema_path
 from fedsyn.common.tables import read_table
 from fedsyn.common.validation import validate_frame
-from fedsyn.server.coordinator import FederationSettings
 from fedsyn.server.app import ReleasePlan
+from fedsyn.server.coordinator import FederationSettings
 from fedsyn.simulations.run import prepare_sites, run_sites
 from fedsyn.simulations.split import split_table
 

@@ -1,7 +1,6 @@
 import json
 
 import numpy as np
-import pandas as pd
 import pytest
 
 from fedsyn.common.schema import Schema, SchemaError, draft_schema
