@@ -18,6 +18,7 @@ from fedsyn.common.data import demo_data_path, demo_schema_path
 from fedsyn.common.schema import Schema, SchemaError, draft_schema
 from fedsyn.common.tables import DataFileError, read_table, write_table
 from fedsyn.common.validation import DataValidationError, validate_frame
+from fedsyn.simulations.run import FEDERATED_GAN, FEDERATED_LOCAL_STEPS, FEDERATED_ROUNDS
 
 app = typer.Typer(help="Federated, differentially private synthetic health records.", no_args_is_help=True)
 schema_app = typer.Typer(help="Work with the public schema (the data contract).")
@@ -100,9 +101,10 @@ def simulate(
     schema: Path | None = None,
     epsilon: Annotated[float, typer.Option(help="budget per site")] = 1.0,
     delta: float = 1e-5,
-    rounds: int = 10,
-    local_steps: int = 30,
-    batch_size: int = 512,
+    rounds: int = FEDERATED_ROUNDS,
+    local_steps: int = FEDERATED_LOCAL_STEPS,
+    batch_size: int = FEDERATED_GAN.batch_size,
+    learning_rate: float = FEDERATED_GAN.generator_lr,
     rows: int = 0,
     out: Path = Path("fedsyn-simulation"),
     seed: int = 0,
@@ -112,6 +114,9 @@ def simulate(
         help="add site-level DP (Flower's server-side fixed clipping) with this noise multiplier")] = None,
     site_clipping_norm: float = 10.0,
     transport_dtype: Annotated[str, typer.Option(help="float32, or float16 to halve the bytes sent")] = "float32",
+    aggregation: Annotated[str, typer.Option(help="mean, or the robust median / trimmed-mean")] = "mean",
+    max_update_norm: Annotated[float | None, typer.Option(
+        help="quarantine a site's update that moves the model further than this")] = None,
     engine: Annotated[str, typer.Option(help="inprocess (fast) or flower (Ray simulation engine)")] = "inprocess",
     compare: Annotated[bool, typer.Option(help="also run local-only and pooled arms, report TSTR")] = True,
     sweep_epsilon: Annotated[str | None, typer.Option(
@@ -148,7 +153,7 @@ def simulate(
     except (SchemaError, DataFileError, ValueError) as exc:
         _fail(str(exc))
     out.mkdir(parents=True, exist_ok=True)
-    config = GANConfig(batch_size=batch_size)
+    config = GANConfig(batch_size=batch_size, generator_lr=learning_rate, discriminator_lr=learning_rate)
     rows = rows or sum(len(t) for t in tables)
     console.print(f"[bold]fedsyn simulate[/]: {len(tables)} sites ({', '.join(str(len(t)) for t in tables)} rows), "
                   f"epsilon={epsilon} per site, delta={delta:g}, {rounds} rounds x {local_steps} local steps, "
@@ -164,7 +169,8 @@ def simulate(
             rounds=rounds, local_steps=local_steps, epsilon=budget, delta=delta,
             sample_rate=default_sample_rate(tables, batch_size), gan_config=config, seed=seed,
             min_sites=max(1, len(tables) // 2 + 1), site_noise_multiplier=site_noise_multiplier,
-            site_clipping_norm=site_clipping_norm, transport_dtype=transport_dtype)
+            site_clipping_norm=site_clipping_norm, transport_dtype=transport_dtype, aggregation=aggregation,
+            max_update_norm=max_update_norm)
         plan: SimulationPlan = prepare_sites(tables, schema_path, folder / "sites", budget, delta, device=device,
                                              seed=seed)
         release = ReleasePlan(folder / "release", rows, release_every, drop_rule_violations,
@@ -211,7 +217,7 @@ def simulate(
         console.print(f"validation report: {release / 'report.html'}; release signed "
                       f"(check: fedsyn verify {release} --key {keys / 'coordinator.pub'})")
     if compare and test is not None and contract.outcome:
-        _compare_arms(contract, tables, test, release, epsilon, delta, config, seed, device)
+        _compare_arms(contract, tables, test, release, epsilon, delta, seed, device)
 
 
 def _curve_point(epsilon: float, release: Path, train, test, contract: Schema, seed: int) -> dict:
@@ -274,8 +280,9 @@ def evaluate(
     console.print(table)
 
 
-def _compare_arms(contract, tables, test, release, epsilon, delta, config, seed, device) -> None:
-    """TSTR of the federated release vs each site alone vs pooled (centralized DP), and TRTR."""
+def _compare_arms(contract, tables, test, release, epsilon, delta, seed, device) -> None:
+    """TSTR of the federated release vs each site alone vs pooled (centralized DP), and TRTR.
+    The single-site arms use the single-site defaults, each arm with its own best settings."""
     import pandas as pd
 
     from fedsyn.common.evaluation import tstr_auc
@@ -285,12 +292,11 @@ def _compare_arms(contract, tables, test, release, epsilon, delta, config, seed,
     with console.status("comparison arms: local-only and pooled...") as status:
         for index, table in enumerate(tables):
             status.update(f"local-only arm, site {index}")
-            model = DPTabularGAN(contract, epsilon, delta, config=config, seed=seed, device=device).fit(table)
+            model = DPTabularGAN(contract, epsilon, delta, seed=seed, device=device).fit(table)
             results[f"local-only site-{index}"] = tstr_auc(model.sample(len(table)), test, contract, seed)
         pooled_rows = pd.concat(tables, ignore_index=True)
         status.update("pooled (centralized DP) arm")
-        pooled = DPTabularGAN(contract, epsilon, delta, config=config, seed=seed,
-                              device=device).fit(pooled_rows)
+        pooled = DPTabularGAN(contract, epsilon, delta, seed=seed, device=device).fit(pooled_rows)
         results["pooled (centralized DP)"] = tstr_auc(pooled.sample(len(pooled_rows)), test, contract, seed)
         results["real (TRTR)"] = tstr_auc(pooled_rows, test, contract, seed)
     table = Table(title="Utility: ROC-AUC on the real held-out split")

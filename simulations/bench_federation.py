@@ -25,10 +25,16 @@ from fedsyn.common.evaluation import tstr_auc
 from fedsyn.common.gan import DPTabularGAN
 from fedsyn.common.schema import Schema
 from fedsyn.common.tables import read_table
-from fedsyn.common.training import GANConfig
 from fedsyn.server.app import ReleasePlan
 from fedsyn.server.coordinator import FederationSettings
-from fedsyn.simulations.run import default_sample_rate, prepare_sites, run_sites
+from fedsyn.simulations.run import (
+    FEDERATED_GAN,
+    FEDERATED_LOCAL_STEPS,
+    FEDERATED_ROUNDS,
+    default_sample_rate,
+    prepare_sites,
+    run_sites,
+)
 from fedsyn.simulations.split import split_table
 
 MODELS = ("gradient_boosting", "logistic_regression")
@@ -48,7 +54,7 @@ def main() -> None:
     schema = Schema.load(demo_schema_path())
     frame = read_table(demo_data_path(), schema)
     train, test = train_test_split(frame, test_size=0.3, random_state=0, stratify=frame[schema.outcome])
-    config = GANConfig()
+    config = FEDERATED_GAN
     print(f"TRTR (GB / LR): {_cell(tstr_auc(train, test, schema))}; epsilon={args.epsilon} per site, delta=1e-5, "
           f"updates sent as {args.transport_dtype}, mean of {args.seeds} seeds")
     print(f"{'sites':>5} {'split':>6} | {'federated':>13} | {'local worst':>13} | {'local best':>13} | "
@@ -68,7 +74,8 @@ def _one_seed(tables, schema, test, config, args, seed: int) -> dict:
     with tempfile.TemporaryDirectory() as folder:
         root = Path(folder)
         plan = prepare_sites(tables, demo_schema_path(), root / "sites", args.epsilon, 1e-5, seed=seed)
-        settings = FederationSettings(rounds=10, local_steps=30, epsilon=args.epsilon, delta=1e-5,
+        settings = FederationSettings(rounds=FEDERATED_ROUNDS, local_steps=FEDERATED_LOCAL_STEPS,
+                                      epsilon=args.epsilon, delta=1e-5,
                                       sample_rate=default_sample_rate(tables, config.batch_size),
                                       gan_config=config, seed=seed, min_sites=1, transport_dtype=args.transport_dtype)
         started = time.perf_counter()

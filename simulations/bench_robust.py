@@ -26,7 +26,13 @@ from fedsyn.common.tables import read_table
 from fedsyn.server.app import ReleasePlan, run_federation
 from fedsyn.server.coordinator import FederationSettings
 from fedsyn.simulations.inprocess import FIRST_NODE_ID, InProcessGrid
-from fedsyn.simulations.run import default_sample_rate, prepare_sites
+from fedsyn.simulations.run import (
+    FEDERATED_GAN,
+    FEDERATED_LOCAL_STEPS,
+    FEDERATED_ROUNDS,
+    default_sample_rate,
+    prepare_sites,
+)
 from fedsyn.simulations.split import split_table
 
 
@@ -57,8 +63,9 @@ def main() -> None:
         for aggregation in ("mean", "median", "trimmed-mean"):
             with tempfile.TemporaryDirectory() as folder:
                 plan = prepare_sites(tables, demo_schema_path(), Path(folder) / "sites", 1.0, 1e-5)
-                settings = FederationSettings(rounds=10, local_steps=30, epsilon=1.0, delta=1e-5, seed=0,
-                                              sample_rate=default_sample_rate(tables, 512), aggregation=aggregation)
+                settings = FederationSettings(rounds=FEDERATED_ROUNDS, local_steps=FEDERATED_LOCAL_STEPS, epsilon=1.0,
+                                              delta=1e-5, seed=0, gan_config=FEDERATED_GAN, aggregation=aggregation,
+                                              sample_rate=default_sample_rate(tables, FEDERATED_GAN.batch_size))
                 tamper = None if attack_kind == "none" else attack(attack_kind, args.scale, np.random.default_rng(1))
                 grid = InProcessGrid(make_client_app(plan.site_policy), args.sites, tamper)
                 run_federation(grid, schema, settings, ReleasePlan(Path(folder) / "release", len(train)))

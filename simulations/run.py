@@ -14,11 +14,18 @@ from fedsyn.client.app import make_client_app
 from fedsyn.client.policy import SitePolicy
 from fedsyn.common.schema import Schema
 from fedsyn.common.tables import write_table
+from fedsyn.common.training import GANConfig
 from fedsyn.server.app import ReleasePlan, make_server_app, run_federation
 from fedsyn.server.coordinator import Coordinator, FederationSettings, RoundCallback
 from fedsyn.simulations.inprocess import InProcessGrid
 
 log = logging.getLogger("fedsyn.simulate")
+
+# Federated training settles best with smaller local batches, a lower learning rate and
+# shorter rounds than a single-site fit (measured: bench_federation, 3 seeds).
+FEDERATED_GAN = GANConfig(batch_size=256, generator_lr=1e-3, discriminator_lr=1e-3)
+FEDERATED_ROUNDS = 20
+FEDERATED_LOCAL_STEPS = 15
 
 
 @dataclass
