@@ -72,14 +72,17 @@ def validate(data: Path, schema: Annotated[Path, typer.Option("--schema", "-s")]
 @app.command()
 def fit(data: Path, schema: Annotated[Path, typer.Option("--schema", "-s")],
         epsilon: float = 1.0, delta: float = 1e-5, epochs: float = 30.0, rows: int = 0,
-        out: Path = Path("fedsyn-model"), device: str = "cpu", seed: int | None = None) -> None:
+        out: Path = Path("fedsyn-model"), device: str = "cpu", seed: int | None = None,
+        allow_unreviewed_schema: Annotated[bool, typer.Option(
+            help="train even though the schema has needs_review columns (recorded as a leak)")] = False) -> None:
     """Fit a DP tabular GAN on one site's extract; write the model and synthetic rows."""
     from fedsyn.common.gan import DPTabularGAN
 
     try:
         contract = Schema.load(schema)
         frame = read_table(data, contract)
-        model = DPTabularGAN(contract, epsilon=epsilon, delta=delta, epochs=epochs, device=device, seed=seed)
+        model = DPTabularGAN(contract, epsilon=epsilon, delta=delta, epochs=epochs, device=device, seed=seed,
+                             allow_unreviewed_schema=allow_unreviewed_schema)
         with console.status("training (DP-SGD)...") as status:
             model.fit(frame, on_step=lambda step, _: status.update(f"training step {step + 1}"))
     except (SchemaError, DataFileError, DataValidationError, ValueError) as exc:
@@ -88,7 +91,14 @@ def fit(data: Path, schema: Annotated[Path, typer.Option("--schema", "-s")],
     model.save(out / "model.pt")
     write_table(model.sample(rows or len(frame)), out / "synthetic.csv")
     spent, spent_delta = model.privacy_spent()
-    console.print(f"model and synthetic.csv in {out}; epsilon spent {spent:.3f} at delta {spent_delta:g}")
+    report = {"epsilon": spent, "delta": spent_delta, "ledger": model.ledger_.to_dict() if model.ledger_ else None,
+              "schema_unreviewed_columns": contract.unreviewed_columns}
+    (out / "privacy_report.json").write_text(json.dumps(report, indent=2) + "\n")
+    if contract.unreviewed_columns:
+        console.print(f"[yellow]bounds/categories of {contract.unreviewed_columns} were read off the data without DP; "
+                      "recorded in privacy_report.json[/]")
+    console.print(f"model, synthetic.csv and privacy_report.json in {out}; epsilon spent {spent:.3f} "
+                  f"at delta {spent_delta:g}")
 
 
 @app.command()
@@ -124,6 +134,8 @@ def simulate(
              "privacy-utility curve in the report")] = None,
     drop_rule_violations: Annotated[bool, typer.Option(
         help="drop synthetic rows that break the schema's rules (count reported)")] = False,
+    allow_unreviewed_schema: Annotated[bool, typer.Option(
+        help="train even though the schema has needs_review columns (recorded in the privacy report)")] = False,
     verbose: bool = False,
 ) -> None:
     """Simulate K hospitals on this machine. With no arguments: the embedded demo as 3 hospitals."""
@@ -170,9 +182,9 @@ def simulate(
             sample_rate=default_sample_rate(tables, batch_size), gan_config=config, seed=seed,
             min_sites=max(1, len(tables) // 2 + 1), site_noise_multiplier=site_noise_multiplier,
             site_clipping_norm=site_clipping_norm, transport_dtype=transport_dtype, aggregation=aggregation,
-            max_update_norm=max_update_norm)
+            max_update_norm=max_update_norm, allow_unreviewed_schema=allow_unreviewed_schema)
         plan: SimulationPlan = prepare_sites(tables, schema_path, folder / "sites", budget, delta, device=device,
-                                             seed=seed)
+                                             seed=seed, allow_unreviewed_schema=allow_unreviewed_schema)
         release = ReleasePlan(folder / "release", rows, release_every, drop_rule_violations,
                               signing_key=keys / "coordinator.key", audit_log=folder / "audit.jsonl")
         run_sites(plan, contract, settings, release, engine, on_round)
@@ -192,7 +204,7 @@ def simulate(
                 swept = federate(budget, out / "sweep" / f"epsilon-{budget:g}")
             if test is not None:
                 curve.append(_curve_point(budget, swept, train, test, contract, seed))
-    except FederationError as exc:
+    except (FederationError, SchemaError) as exc:
         _fail(str(exc))
     federated_seconds = time.monotonic() - started
     report = json.loads((release / "privacy_report.json").read_text())

@@ -52,6 +52,7 @@ class FederationSettings:
     transport_dtype: str = "float32"
     max_update_norm: float | None = None
     aggregation: str = "mean"
+    allow_unreviewed_schema: bool = False
     accountant: AccountantName = "rdp"
     gan_config: GANConfig = field(default_factory=GANConfig)
     seed: int | None = None
@@ -200,6 +201,7 @@ class Coordinator:
 
     def collect_marginals(self, grid: Grid) -> Marginals:
         settings = self.settings
+        self.schema.require_reviewed(settings.allow_unreviewed_schema)
         self.record("run_configured", settings=json.loads(json.dumps(settings.to_dict(), default=str)),
                     schema=self.schema.name)
         nodes = self._wait_for_sites(grid)

@@ -66,7 +66,9 @@ def privacy_report(coordinator: Coordinator) -> dict:
         "sites": sites,
         "declared_public": DECLARED_PUBLIC,
         "never_sent": NOT_SENT,
-        "aggregation": "unweighted mean of site updates (no site row counts used)",
+        "aggregation": f"{settings.aggregation} of site updates (no site row counts used)",
+        # Bounds/categories read off private data without DP: a leak the user accepted explicitly.
+        "schema_unreviewed_columns": coordinator.schema.unreviewed_columns,
         "site_level_dp": coordinator.site_level_privacy(),
     }
 

@@ -24,7 +24,7 @@ from fedsyn.common.evaluation import tstr_auc
 from fedsyn.common.schema import Schema
 from fedsyn.common.tables import read_table
 from fedsyn.server.app import ReleasePlan, run_federation
-from fedsyn.server.coordinator import FederationSettings
+from fedsyn.server.coordinator import FederationError, FederationSettings
 from fedsyn.simulations.inprocess import FIRST_NODE_ID, InProcessGrid
 from fedsyn.simulations.run import (
     FEDERATED_GAN,
@@ -40,7 +40,7 @@ def attack(kind: str, scale: float, rng: np.random.Generator):
     def tamper(reply: Message) -> Message:
         if reply.metadata.src_node_id != FIRST_NODE_ID or reply.has_error() or protocol.ARRAYS not in reply.content:
             return reply
-        arrays = protocol.from_array_record(reply.content.array_records[protocol.ARRAYS])
+        arrays = {k: a.numpy() for k, a in reply.content.array_records[protocol.ARRAYS].items()}
         bad = {k: (v * scale if kind == "scaled" else rng.normal(0, scale, v.shape)).astype(v.dtype)
                for k, v in arrays.items()}
         reply.content[protocol.ARRAYS] = protocol.to_array_record(bad)
@@ -52,6 +52,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--sites", type=int, default=5)
     parser.add_argument("--scale", type=float, default=50.0)
+    parser.add_argument("--attacks", default="none,scaled,random")
     args = parser.parse_args()
     schema = Schema.load(demo_schema_path())
     frame = read_table(demo_data_path(), schema)
@@ -59,7 +60,7 @@ def main() -> None:
     tables = split_table(train, args.sites, np.random.default_rng(0))
     print(f"{args.sites} IID sites, epsilon 1 each; site 0 attacks (scale {args.scale:g}). TSTR AUC GB / LR; "
           f"TRTR {' / '.join(f'{v:.3f}' for v in tstr_auc(train, test, schema).values())}")
-    for attack_kind in ("none", "scaled", "random"):
+    for attack_kind in args.attacks.split(","):
         for aggregation in ("mean", "median", "trimmed-mean"):
             with tempfile.TemporaryDirectory() as folder:
                 plan = prepare_sites(tables, demo_schema_path(), Path(folder) / "sites", 1.0, 1e-5)
@@ -68,7 +69,11 @@ def main() -> None:
                                               sample_rate=default_sample_rate(tables, FEDERATED_GAN.batch_size))
                 tamper = None if attack_kind == "none" else attack(attack_kind, args.scale, np.random.default_rng(1))
                 grid = InProcessGrid(make_client_app(plan.site_policy), args.sites, tamper)
-                run_federation(grid, schema, settings, ReleasePlan(Path(folder) / "release", len(train)))
+                try:
+                    run_federation(grid, schema, settings, ReleasePlan(Path(folder) / "release", len(train)))
+                except FederationError as exc:
+                    print(f"attack {attack_kind:>6}  aggregation {aggregation:>12}:  run failed ({exc})"[:160])
+                    continue
                 auc = tstr_auc(read_table(Path(folder) / "release" / "synthetic.csv", schema), test, schema)
             print(f"attack {attack_kind:>6}  aggregation {aggregation:>12}:  "
                   f"{auc['gradient_boosting']:.3f} / {auc['logistic_regression']:.3f}", flush=True)

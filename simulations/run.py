@@ -40,8 +40,8 @@ class SimulationPlan:
 
 
 def prepare_sites(tables: list[pd.DataFrame], schema_path: Path, root: Path, epsilon: float, delta: float,
-                  min_noise_multiplier: float = 0.3, device: str = "cpu", seed: int | None = None
-                  ) -> SimulationPlan:
+                  min_noise_multiplier: float = 0.3, device: str = "cpu", seed: int | None = None,
+                  allow_unreviewed_schema: bool = False) -> SimulationPlan:
     """Write one folder per hospital: its private extract, a policy and (later) its ledger.
     With ``seed`` each simulated hospital gets its own fixed seed (reproducible runs)."""
     plan = SimulationPlan(root)
@@ -52,6 +52,7 @@ def prepare_sites(tables: list[pd.DataFrame], schema_path: Path, root: Path, eps
         policy = SitePolicy(site_id=f"site-{index}", data=Path("data.parquet"), schema=schema_path.resolve(),
                             ledger=Path("ledger.json"), max_epsilon=epsilon, delta=delta,
                             min_noise_multiplier=min_noise_multiplier, device=device,
+                            allow_unreviewed_schema=allow_unreviewed_schema,
                             seed=None if seed is None else seed * 1000 + index)
         policy.save(folder / "policy.json")
         plan.policies.append(folder / "policy.json")

@@ -11,10 +11,11 @@ from fedsyn.client.policy import SitePolicy
 from fedsyn.common import protocol
 from fedsyn.common.accounting import PrivacyEvent, PrivacyLedger
 from fedsyn.common.data import demo_schema_path
+from fedsyn.common.schema import SchemaError, draft_schema
 from fedsyn.common.tables import read_table
 from fedsyn.common.validation import validate_frame
 from fedsyn.server.app import ReleasePlan, run_federation
-from fedsyn.server.coordinator import FederationError, FederationSettings
+from fedsyn.server.coordinator import Coordinator, FederationError, FederationSettings
 from fedsyn.simulations.inprocess import InProcessGrid
 from fedsyn.simulations.run import prepare_sites
 from fedsyn.simulations.split import split_table
@@ -47,7 +48,7 @@ def test_release_is_valid_and_ledger_matches_independent_recomputation(plan, dem
     synthetic = read_table(release / "synthetic.csv", demo_schema)
     assert len(synthetic) == 500 and validate_frame(synthetic, demo_schema).ok
     report = json.loads((release / "privacy_report.json").read_text())
-    assert len(report["sites"]) == 3
+    assert len(report["sites"]) == 3 and report["schema_unreviewed_columns"] == []
     for site, policy_path in zip(report["sites"], plan.policies):
         assert site["epsilon"] <= 1.0 and site["within_budget"]
         assert len(site["rounds_accepted"]) == 4  # marginals round + 3 training rounds
@@ -197,3 +198,10 @@ def test_coordinator_crash_mid_run_loses_no_spent_privacy_and_a_new_run_respects
         assert ledger.epsilon() <= 1.0 + 1e-9
         assert ledger.epsilon() > before
         assert [e.mechanism for e in ledger.events].count("gaussian-marginals") == 2
+
+
+def test_coordinator_refuses_an_unreviewed_schema_before_contacting_any_site(plan, demo_frame):
+    grid = InProcessGrid(make_client_app(plan.site_policy), len(plan.policies))
+    with pytest.raises(SchemaError, match="needs_review"):
+        Coordinator(draft_schema(demo_frame, outcome="death"), SETTINGS).collect_marginals(grid)
+    assert grid.sent == []
