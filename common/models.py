@@ -23,7 +23,7 @@ class Generator(nn.Module):
         layers: list[nn.Module] = []
         width = latent_dim + cond_dim
         for size in hidden:
-            layers += [nn.Linear(width, size), nn.LayerNorm(size), nn.ReLU()]
+            layers += [nn.Linear(width, size), nn.LayerNorm(size), nn.ReLU(inplace=True)]
             width = size
         self.body = nn.Sequential(*layers)
         self.head = nn.Linear(width, spans[-1].end)
