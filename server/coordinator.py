@@ -189,6 +189,14 @@ class Coordinator:
             valid.append(reply)
         return valid
 
+    def _drop_silent(self, asked: list[int], replies: list[Message], round_: int) -> None:
+        """Record sites that were asked but did not answer within the round's timeout."""
+        answered = {reply.metadata.src_node_id for reply in replies}
+        for node in asked:
+            if node not in answered:
+                self._drop(self.sites[node], round_,
+                           f"no reply within {self.settings.timeout:g} s (site stopped or unreachable)")
+
     def _require_quorum(self, accepted: int, round_: int) -> None:
         if accepted < self.settings.min_sites:
             reasons = "; ".join(f"{s.name}: {s.dropped[-1]['reason']}" for s in self.sites.values()
@@ -212,6 +220,7 @@ class Coordinator:
         shapes = {c.name: ((bin_labels(c),), np.dtype(np.float64)) for c in self.schema.columns}
         expected = PrivacyEvent("gaussian-marginals", sigma, 1.0, 1)
         valid = self._replies(replies, 0, protocol.MARGINALS, expected, shapes)
+        self._drop_silent(nodes, replies, 0)
         self._require_quorum(len(valid), 0)
         parts = [Marginals(dict(protocol.from_array_record(r.content.array_records[protocol.MARGINALS])))
                  for r in valid]
@@ -253,6 +262,7 @@ class Coordinator:
             self.record("round_started", round=round_, sites=len(messages))
             replies = list(grid.send_and_receive(messages, timeout=settings.timeout))
             valid = self._replies(replies, round_, protocol.ARRAYS, expected, wire_shapes, current)
+            self._drop_silent([m.metadata.dst_node_id for m in messages], replies, round_)
             self._require_quorum(len(valid), round_)
             aggregated, _ = self.strategy.aggregate_train(round_, valid)
             if aggregated is None:

@@ -205,3 +205,33 @@ def test_coordinator_refuses_an_unreviewed_schema_before_contacting_any_site(pla
     with pytest.raises(SchemaError, match="needs_review"):
         Coordinator(draft_schema(demo_frame, outcome="death"), SETTINGS).collect_marginals(grid)
     assert grid.sent == []
+
+
+def _without_site_in_round_two(grid: InProcessGrid, stopped: int) -> None:
+    """The stopped site never receives round 2's message (as if its SuperNode were down)."""
+    answer = grid.push_messages
+
+    def in_round_two(message):
+        config = message.content.config_records.get(protocol.CONFIG, {})
+        return message.metadata.message_type == "train" and config.get("round") == 2
+
+    grid.push_messages = lambda messages: answer(
+        [m for m in messages if not (m.metadata.dst_node_id == stopped and in_round_two(m))])
+
+
+def test_a_site_that_stops_is_named_and_the_round_goes_on_above_the_minimum(demo_frame, demo_schema, tmp_path):
+    tables = split_table(demo_frame.sample(900, random_state=0), 3, np.random.default_rng(0))
+    for name, min_sites in (("enough", 2), ("too-few", 3)):
+        plan = prepare_sites(tables, demo_schema_path(), tmp_path / name / "sites", epsilon=1.0, delta=1e-5)
+        grid = InProcessGrid(make_client_app(plan.site_policy), len(plan.policies))
+        _without_site_in_round_two(grid, 1002)
+        settings = FederationSettings(**{**SETTINGS.__dict__, "min_sites": min_sites})
+        release = ReleasePlan(tmp_path / name / "release", rows=100)
+        if min_sites == 2:
+            coordinator = run_federation(grid, demo_schema, settings, release)
+            assert [r.accepted for r in coordinator.rounds] == [3, 2, 3]
+            assert coordinator.sites[1002].dropped[0]["round"] == 2
+            assert "no reply" in coordinator.sites[1002].dropped[0]["reason"]
+        else:
+            with pytest.raises(FederationError, match=r"round 2: only 2 valid .* minimum 3.*no reply"):
+                run_federation(grid, demo_schema, settings, release)
