@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import logging
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 
 import numpy as np
@@ -117,11 +117,32 @@ class Coordinator:
                 raise FederationError(f"only {len(nodes)} site(s) connected; at least {self.settings.min_sites} needed")
             time.sleep(1.0)
 
-    def _send(self, grid: Grid, nodes: Iterable[int], content: RecordDict, message_type: str, group: int
-              ) -> list[Message]:
-        messages = [Message(content, dst_node_id=node, message_type=message_type, group_id=str(group))
-                    for node in nodes]
-        return list(grid.send_and_receive(messages, timeout=self.settings.timeout))
+    def _exchange(self, grid: Grid, messages: list[Message]) -> list[tuple[SiteStatus, Message]]:
+        """Send and wait; pair every reply with the site it answers for.
+
+        A reply is matched through the message it answers, not its sender: when a node has
+        gone away, the SuperLink itself answers with an error in the node's place.
+        """
+        replies = list(grid.send_and_receive(messages, timeout=self.settings.timeout))
+        asked = {m.metadata.message_id: m.metadata.dst_node_id for m in messages}
+        paired = []
+        for reply in replies:
+            node = asked.get(reply.metadata.reply_to_message_id, reply.metadata.src_node_id)
+            if node in self.sites:
+                paired.append((self.sites[node], reply))
+            else:
+                log.warning("ignored a reply from unknown node %s", node)
+        answered = {site.node_id for site, _ in paired}
+        for node in asked.values():
+            if node not in answered:
+                self._drop(self.sites[node], self._round_of(messages),
+                           f"no reply within {self.settings.timeout:g} s (site stopped or unreachable)")
+        return paired
+
+    @staticmethod
+    def _round_of(messages: list[Message]) -> int:
+        config = messages[0].content.config_records.get(protocol.CONFIG, {}) if messages else {}
+        return int(config.get("round", 0))
 
     def record(self, event: str, **fields: object) -> None:
         """Structured log line and, when configured, a signed audit-trail entry."""
@@ -152,15 +173,14 @@ class Coordinator:
         site.claimed_epsilon = claimed
         site.label = label or site.label
 
-    def _replies(self, replies: list[Message], round_: int, payload: str, expected: PrivacyEvent,
+    def _replies(self, replies: list[tuple[SiteStatus, Message]], round_: int, payload: str, expected: PrivacyEvent,
                  shapes: dict[str, tuple[tuple[int, ...], np.dtype]],
                  current: dict[str, np.ndarray] | None = None) -> list[Message]:
         """Decode replies; return the valid ones, recording why each invalid one was dropped
         (quarantined for this round). With ``current`` and ``max_update_norm`` set, an update
         that moves the model further than the bound is rejected too."""
         valid = []
-        for reply in replies:
-            site = self.sites[reply.metadata.src_node_id]
+        for site, reply in replies:
             if reply.has_error():
                 reason = reply.error.reason or f"error code {reply.error.code}"
                 self._drop(site, round_, reason, refused=reason.startswith("refused"))
@@ -189,14 +209,6 @@ class Coordinator:
             valid.append(reply)
         return valid
 
-    def _drop_silent(self, asked: list[int], replies: list[Message], round_: int) -> None:
-        """Record sites that were asked but did not answer within the round's timeout."""
-        answered = {reply.metadata.src_node_id for reply in replies}
-        for node in asked:
-            if node not in answered:
-                self._drop(self.sites[node], round_,
-                           f"no reply within {self.settings.timeout:g} s (site stopped or unreachable)")
-
     def _require_quorum(self, accepted: int, round_: int) -> None:
         if accepted < self.settings.min_sites:
             reasons = "; ".join(f"{s.name}: {s.dropped[-1]['reason']}" for s in self.sites.values()
@@ -216,11 +228,11 @@ class Coordinator:
         sigma = gaussian_noise_for_epsilon(settings.marginals_share * settings.epsilon, settings.delta,
                                            settings.accountant)
         content = RecordDict({protocol.CONFIG: ConfigRecord({"noise_multiplier": sigma, "epsilon": settings.epsilon})})
-        replies = self._send(grid, nodes, content, protocol.QUERY_MARGINALS, 0)
+        replies = self._exchange(grid, [Message(content, dst_node_id=node, message_type=protocol.QUERY_MARGINALS,
+                                                group_id="0") for node in nodes])
         shapes = {c.name: ((bin_labels(c),), np.dtype(np.float64)) for c in self.schema.columns}
         expected = PrivacyEvent("gaussian-marginals", sigma, 1.0, 1)
         valid = self._replies(replies, 0, protocol.MARGINALS, expected, shapes)
-        self._drop_silent(nodes, replies, 0)
         self._require_quorum(len(valid), 0)
         parts = [Marginals(dict(protocol.from_array_record(r.content.array_records[protocol.MARGINALS])))
                  for r in valid]
@@ -260,9 +272,8 @@ class Coordinator:
             messages = list(self.strategy.configure_train(
                 round_, protocol.to_array_record(current), ConfigRecord({**config, "round": round_}), grid))
             self.record("round_started", round=round_, sites=len(messages))
-            replies = list(grid.send_and_receive(messages, timeout=settings.timeout))
+            replies = self._exchange(grid, messages)
             valid = self._replies(replies, round_, protocol.ARRAYS, expected, wire_shapes, current)
-            self._drop_silent([m.metadata.dst_node_id for m in messages], replies, round_)
             self._require_quorum(len(valid), round_)
             aggregated, _ = self.strategy.aggregate_train(round_, valid)
             if aggregated is None:

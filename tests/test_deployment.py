@@ -16,10 +16,11 @@ import pytest
 
 from fedsyn.client.deploy import supernode_command
 from fedsyn.client.policy import SitePolicy
+from fedsyn.common.accounting import PrivacyLedger
 from fedsyn.common.certs import create_ca, create_server_certificate, create_site_keypair
 from fedsyn.common.data import demo_schema_path
 from fedsyn.common.tables import read_table
-from fedsyn.common.validation import DataValidationError, validate_frame
+from fedsyn.common.validation import validate_frame
 from fedsyn.server.deploy import CoordinatorConfig
 from fedsyn.simulations.run import prepare_sites
 from fedsyn.simulations.split import split_table
@@ -42,71 +43,168 @@ def _connect(policy_path: Path, superlink: str, ca: Path, index: int) -> None:
     policy_path.write_text(json.dumps(raw))
 
 
-@pytest.fixture()
-def processes():
-    started: list[subprocess.Popen] = []
-    yield started
-    for process in started:
-        process.terminate()
-    for process in started:
-        try:
-            process.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            process.kill()
+class Deployment:
+    """A coordinator and hospitals as real processes on loopback; everything is stopped at the end."""
 
+    def __init__(self, root: Path, frame, sites: int, rounds: int, min_sites: int, timeout: float = 120.0,
+                 epsilon: float = 1.0):
+        self.root = root
+        self.processes: list[subprocess.Popen] = []
+        self.nodes: dict[int, subprocess.Popen] = {}
+        self.env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
+        self.certs, self.rogue_ca = root / "certs", root / "rogue-ca"
+        create_ca(self.certs)
+        create_server_certificate(self.certs, ["localhost", "127.0.0.1"])
+        create_ca(self.rogue_ca)
+        port = free_port()
+        tables = split_table(frame, sites, np.random.default_rng(0))
+        self.plan = prepare_sites(tables, demo_schema_path(), root / "sites", 1.0, 1e-5)
+        for index, policy in enumerate(self.plan.policies):
+            create_site_keypair(policy.parent)
+            _connect(policy, f"127.0.0.1:{port}", self.certs / "ca.crt", index)
+        (root / "server.toml").write_text(
+            f'port = {port}\ndatabase = "state/superlink.db"\nflwr_home = "state/flwr-home"\n'
+            f'[run]\nschema = "{demo_schema_path()}"\nout = "{root / "release"}"\nrows = 200\nrounds = {rounds}\n'
+            f'local-steps = 3\nsample-rate = 0.2\nmin-sites = {min_sites}\nround-timeout = {timeout}\n'
+            f'epsilon = {epsilon}\n'
+            f'audit-log = "{root / "audit.jsonl"}"\n')
+        self.coordinator = CoordinatorConfig.load(root / "server.toml")
+        self.env.update(self.coordinator.flwr_environment())
 
-def test_tls_superlink_with_node_auth_runs_registered_sites_only(demo_frame, demo_schema, tmp_path, processes):
-    started = time.monotonic()
-    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
-    certs, rogue_ca = tmp_path / "certs", tmp_path / "rogue-ca"
-    create_ca(certs)
-    create_server_certificate(certs, ["localhost", "127.0.0.1"])
-    create_ca(rogue_ca)
-    port = free_port()
-    superlink = f"127.0.0.1:{port}"
-    tables = split_table(demo_frame.sample(1000, random_state=0), 5, np.random.default_rng(0))
-    plan = prepare_sites(tables, demo_schema_path(), tmp_path / "sites", 1.0, 1e-5)
-    for index, policy in enumerate(plan.policies):  # 0-2 registered, 3 unregistered, 4 trusts another CA
-        create_site_keypair(policy.parent)
-        _connect(policy, superlink, (rogue_ca if index == 4 else certs) / "ca.crt", index)
-    (tmp_path / "server.toml").write_text(
-        f'port = {port}\ndatabase = "state/superlink.db"\nflwr_home = "state/flwr-home"\n'
-        f'[run]\nschema = "{demo_schema_path()}"\nout = "{tmp_path / "release"}"\nrows = 200\nrounds = 2\n'
-        f'local-steps = 3\nsample-rate = 0.2\nmin-sites = 3\naudit-log = "{tmp_path / "audit.jsonl"}"\n')
-    coordinator = CoordinatorConfig.load(tmp_path / "server.toml")
-    env.update(coordinator.flwr_environment())
-    processes.append(subprocess.Popen(coordinator.superlink_command(), env=env, stdout=open(tmp_path / "link.log", "w"),
-                                      stderr=subprocess.STDOUT))
-    for policy in plan.policies[:3] + plan.policies[4:]:
+    def _start(self, command: list[str], log: Path) -> subprocess.Popen:
+        process = subprocess.Popen(command, env=self.env, stdout=open(log, "a"), stderr=subprocess.STDOUT)
+        self.processes.append(process)
+        return process
+
+    def start_superlink(self) -> subprocess.Popen:
+        self.superlink = self._start(self.coordinator.superlink_command(), self.root / "link.log")
+        return self.superlink
+
+    def register(self, index: int) -> None:
+        command = self.coordinator.flwr_command("supernode", "register",
+                                                str(self.plan.policies[index].parent / "auth.pub"), "fedsyn")
         for _ in range(30):  # the SuperLink needs a few seconds before it answers
-            command = coordinator.flwr_command("supernode", "register", str(policy.parent / "auth.pub"), "fedsyn")
-            registered = subprocess.run(command, env=env, capture_output=True, text=True)
+            registered = subprocess.run(command, env=self.env, capture_output=True, text=True)
             if registered.returncode == 0:
-                break
+                return
             time.sleep(1)
-        assert registered.returncode == 0, registered.stdout + registered.stderr
-    logs = [policy.parent / "node.log" for policy in plan.policies]
-    for policy, log in zip(plan.policies, logs):
-        processes.append(subprocess.Popen(supernode_command(policy), env=env, stdout=open(log, "w"),
-                                          stderr=subprocess.STDOUT))
-    run = subprocess.run(coordinator.run_command() + ["--stream"], env=env, capture_output=True, text=True,
-                         timeout=DEADLINE_S)
-    assert run.returncode == 0, run.stdout[-2000:] + run.stderr[-2000:]
-    while not (tmp_path / "release" / "privacy_report.json").exists():
-        assert time.monotonic() - started < DEADLINE_S, "no release within the deadline"
-        time.sleep(1)
-    report = json.loads((tmp_path / "release" / "privacy_report.json").read_text())
+        raise AssertionError(registered.stdout + registered.stderr)
+
+    def start_node(self, index: int) -> None:
+        policy = self.plan.policies[index]
+        self.nodes[index] = self._start(supernode_command(policy), policy.parent / "node.log")
+
+    def submit(self) -> subprocess.Popen:
+        return self._start(self.coordinator.run_command() + ["--stream"], self.root / "run.log")
+
+    def audit_events(self) -> list[dict]:
+        path = self.root / "audit.jsonl"
+        return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
+
+    def wait_for(self, condition, what: str, deadline: float) -> None:
+        while not condition():
+            assert time.monotonic() < deadline, f"timed out waiting for {what}"
+            time.sleep(1)
+
+    def stop(self) -> None:
+        for process in self.processes:
+            process.terminate()
+        for process in self.processes:
+            try:
+                process.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                process.kill()
+
+
+@pytest.fixture()
+def deployment_factory(tmp_path):
+    made: list[Deployment] = []
+
+    def make(**kwargs) -> Deployment:
+        made.append(Deployment(tmp_path / f"deployment-{len(made)}", **kwargs))
+        return made[-1]
+
+    yield make
+    for deployment in made:
+        deployment.stop()
+
+
+def test_tls_superlink_with_node_auth_runs_registered_sites_only(demo_frame, demo_schema, deployment_factory):
+    deadline = time.monotonic() + DEADLINE_S
+    deployment = deployment_factory(frame=demo_frame.sample(1000, random_state=0), sites=5, rounds=2, min_sites=3)
+    plan, root = deployment.plan, deployment.root
+    _connect(plan.policies[4], f"127.0.0.1:{deployment.coordinator.port}", deployment.rogue_ca / "ca.crt", 4)
+    deployment.start_superlink()
+    for index in (0, 1, 2, 4):  # site 3 is never registered; site 4 trusts another CA
+        deployment.register(index)
+    for index in range(5):
+        deployment.start_node(index)
+    run = deployment.submit()
+    deployment.wait_for(lambda: run.poll() is not None, "the run", deadline)
+    assert run.returncode == 0, (root / "run.log").read_text()[-2000:]
+    deployment.wait_for((root / "release" / "privacy_report.json").exists, "the release", deadline)
+    report = json.loads((root / "release" / "privacy_report.json").read_text())
     assert sorted(site["site"] for site in report["sites"]) == ["site-0", "site-1", "site-2"]
     assert all(site["within_budget"] and len(site["rounds_accepted"]) == 3 for site in report["sites"])
-    assert validate_frame(read_table(tmp_path / "release" / "synthetic.csv", demo_schema), demo_schema).ok
+    assert validate_frame(read_table(root / "release" / "synthetic.csv", demo_schema), demo_schema).ok
     for index in (3, 4):  # never took part: no ledger, nothing spent
         assert not SitePolicy.load(plan.policies[index]).ledger.exists()
-    assert "SSL" in logs[4].read_text() or "certificate" in logs[4].read_text().lower()
+    node_log = (plan.policies[4].parent / "node.log").read_text()
+    assert "SSL" in node_log or "certificate" in node_log.lower()
 
 
-def test_site_daemon_refuses_to_start_with_data_that_does_not_fit(demo_frame, tmp_path):
-    plan = prepare_sites([demo_frame.head(50).assign(age=300)], demo_schema_path(), tmp_path, 1.0, 1e-5)
-    create_site_keypair(plan.policies[0].parent)
-    _connect(plan.policies[0], "127.0.0.1:1", tmp_path / "ca.crt", 0)
-    with pytest.raises(DataValidationError, match="age"):
-        supernode_command(plan.policies[0])
+@pytest.mark.slow
+def test_site_stop_and_coordinator_restart_with_real_processes(demo_frame, demo_schema, deployment_factory):
+    """A hospital's SuperNode is killed after round 1: later rounds go on with the other two
+    and the report names it. Then the SuperLink is killed in the middle of a second run: that
+    run fails loudly, no ledger forgets what it spent, and after a restart on the same
+    database the registered hospitals reconnect by themselves."""
+    deadline = time.monotonic() + 2 * DEADLINE_S
+    deployment = deployment_factory(frame=demo_frame.sample(900, random_state=0), sites=3, rounds=3, min_sites=2,
+                                    timeout=40.0, epsilon=0.5)
+    root = deployment.root
+    deployment.start_superlink()
+    for index in range(3):
+        deployment.register(index)
+        deployment.start_node(index)
+
+    def finished(round_: int) -> bool:
+        return any(e["event"] == "round_finished" and e["round"] >= round_ for e in deployment.audit_events())
+
+    run = deployment.submit()
+    deployment.wait_for(lambda: finished(1), "round 1", deadline)
+    deployment.nodes[2].terminate()
+    deployment.wait_for(lambda: run.poll() is not None, "the run with one site stopped", deadline)
+    report = json.loads((root / "release" / "privacy_report.json").read_text())
+    stopped = next(site for site in report["sites"] if site["site"] == "site-2")
+    assert stopped["dropped"] and stopped["dropped"][0]["round"] >= 2
+    assert all(len(site["rounds_accepted"]) == 4 for site in report["sites"] if site["site"] != "site-2")
+    spent = {i: PrivacyLedger.load(SitePolicy.load(p).ledger).epsilon() for i, p in enumerate(deployment.plan.policies)}
+
+    # The coordinator asks for more (cumulative) budget, then dies in the middle of the run.
+    server_toml = root / "server.toml"
+    server_toml.write_text(server_toml.read_text().replace("epsilon = 0.5", "epsilon = 1.0"))
+    deployment.coordinator = CoordinatorConfig.load(server_toml)
+    deployment.start_node(2)
+    (root / "audit.jsonl").unlink()
+    interrupted = deployment.submit()
+    deployment.wait_for(lambda: finished(1), "round 1 of the second run", deadline)
+    deployment.superlink.kill()
+    deployment.wait_for(lambda: interrupted.poll() is not None, "the interrupted run to end", deadline)
+    assert not finished(3), "the interrupted run must not complete"
+    after_crash = {i: PrivacyLedger.load(SitePolicy.load(p).ledger) for i, p in enumerate(deployment.plan.policies)}
+    assert all(after_crash[i].epsilon() > spent[i] for i in (0, 1))  # the part spent before the crash is kept
+    assert all(ledger.epsilon() <= 1.0 + 1e-9 for ledger in after_crash.values())
+
+    # Restart on the same database: registrations survive and the hospitals reconnect by themselves.
+    deployment.start_superlink()
+
+    def online() -> int:
+        listed = subprocess.run(deployment.coordinator.flwr_command("supernode", "list", "fedsyn", "--format", "json"),
+                                env=deployment.env, capture_output=True, text=True)
+        try:
+            return sum(node["status"] == "online" for node in json.loads(listed.stdout)["nodes"])
+        except (json.JSONDecodeError, KeyError):
+            return 0
+
+    deployment.wait_for(lambda: online() == 3, "the three registered hospitals to reconnect", deadline)
