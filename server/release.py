@@ -60,6 +60,8 @@ def privacy_report(coordinator: Coordinator) -> dict:
     return {
         "guarantee": "record-level (epsilon, delta)-DP per site, add/remove-one-record adjacency, "
                      "composed over all rounds with the accountant below",
+        "scope": "epsilon per site is recomputed from the privacy events the coordinator received; a site's "
+                 "own ledger is authoritative and also counts work whose reply never arrived",
         "accountant": settings.accountant,
         "delta": settings.delta,
         "max_epsilon_any_site": max(epsilons.values(), default=0.0),

@@ -81,9 +81,12 @@ def run_sites(plan: SimulationPlan, schema: Schema, settings: FederationSettings
 
 
 def default_sample_rate(tables: list[pd.DataFrame], batch_size: int) -> float:
-    """A public sample rate for all sites. It is set from the schema-level plan, not counts:
-    the caller passes it explicitly in deployments; the simulation uses the smallest site's
-    size as the researcher knows their own split."""
+    """The sample rate every site uses: ``batch_size`` rows in expectation at the smallest site.
+
+    In a simulation the researcher holds every split, so using their sizes reveals nothing.
+    In a deployment the coordinator sets ``sample-rate`` as a public setting and sites never
+    report their row counts.
+    """
     return float(min(1.0, batch_size / max(1, min(len(t) for t in tables))))
 
 
