@@ -55,10 +55,15 @@ def per_sample_gradients(
     return vmap(grad(loss), in_dims=(None, *([0] * len(inputs))))(params, *inputs)
 
 
+def clip_factors(norms: torch.Tensor, max_grad_norm: float) -> torch.Tensor:
+    """Per-record scale that brings each whole-gradient norm to at most C (Opacus's rule)."""
+    return (max_grad_norm / (norms + 1e-6)).clamp(max=1.0)
+
+
 def clip_and_sum(per_sample: dict[str, torch.Tensor], max_grad_norm: float) -> dict[str, torch.Tensor]:
     """Scale every record's whole gradient (all parameters together) to norm <= C, then sum."""
     norms = torch.stack([g.flatten(start_dim=1).norm(dim=1) for g in per_sample.values()]).norm(dim=0)
-    factors = (max_grad_norm / (norms + 1e-6)).clamp(max=1.0)
+    factors = clip_factors(norms, max_grad_norm)
     return {name: torch.einsum("b,b...->...", factors, g) for name, g in per_sample.items()}
 
 
@@ -101,7 +106,7 @@ def linear_clipped_sum(
         activations = captured[name][0]
         g2 = grad_out.pow(2).sum(dim=1)
         squared = squared + g2 * activations.pow(2).sum(dim=1) + (g2 if layer.bias is not None else 0.0)
-    factors = (max_grad_norm / (squared.sqrt() + 1e-6)).clamp(max=1.0)
+    factors = clip_factors(squared.sqrt(), max_grad_norm)
     summed: dict[str, torch.Tensor] = {}
     for (name, layer), grad_out in zip(layers, output_grads):
         weighted = grad_out * factors.unsqueeze(1)
