@@ -301,7 +301,6 @@ class Coordinator:
                 "noise_multiplier": self.settings.site_noise_multiplier,
                 "clipping_norm": self.settings.site_clipping_norm}
 
-    def site_epsilons(self) -> dict[str, float]:
-        """Epsilon per site, recomputed by the coordinator from the events it received."""
-        return {s.name: compute_epsilon(s.events, self.settings.delta, self.settings.accountant)
-                for s in self.sites.values()}
+    def epsilon_of(self, events: list[PrivacyEvent]) -> float:
+        """Epsilon of ``events`` with this run's delta and accountant (the coordinator's own view)."""
+        return compute_epsilon(events, self.settings.delta, self.settings.accountant)

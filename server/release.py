@@ -15,7 +15,6 @@ import pandas as pd
 import torch
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from fedsyn.common.accounting import compute_epsilon
 from fedsyn.common.signing import sign_release
 from fedsyn.common.tables import write_table
 from fedsyn.common.validation import require_valid
@@ -38,21 +37,21 @@ NOT_SENT = [
 
 def privacy_report(coordinator: Coordinator) -> dict:
     settings = coordinator.settings
-    epsilons = coordinator.site_epsilons()
     sites = []
     for site in coordinator.sites.values():
         rounds = []
         for event in site.events:
             so_far = [e for e in site.events if (e.round or 0) <= (event.round or 0)]
-            rounds.append({**asdict(event), "epsilon_after": _epsilon(coordinator, so_far)})
+            rounds.append({**asdict(event), "epsilon_after": coordinator.epsilon_of(so_far)})
+        epsilon = coordinator.epsilon_of(site.events)
         sites.append({
             "site": site.name,
             "node_id": site.node_id,
-            "epsilon": epsilons[site.name],
+            "epsilon": epsilon,
             "epsilon_claimed_by_site": site.claimed_epsilon,
             "delta": settings.delta,
             "budget_epsilon": settings.epsilon,
-            "within_budget": epsilons[site.name] <= settings.epsilon + 1e-9,
+            "within_budget": epsilon <= settings.epsilon + 1e-9,
             "rounds_accepted": site.rounds_accepted,
             "dropped": site.dropped,
             "ledger": rounds,
@@ -64,7 +63,7 @@ def privacy_report(coordinator: Coordinator) -> dict:
                  "own ledger is authoritative and also counts work whose reply never arrived",
         "accountant": settings.accountant,
         "delta": settings.delta,
-        "max_epsilon_any_site": max(epsilons.values(), default=0.0),
+        "max_epsilon_any_site": max((site["epsilon"] for site in sites), default=0.0),
         "sites": sites,
         "declared_public": DECLARED_PUBLIC,
         "never_sent": NOT_SENT,
@@ -73,10 +72,6 @@ def privacy_report(coordinator: Coordinator) -> dict:
         "schema_unreviewed_columns": coordinator.schema.unreviewed_columns,
         "site_level_dp": coordinator.site_level_privacy(),
     }
-
-
-def _epsilon(coordinator: Coordinator, events) -> float:
-    return compute_epsilon(events, coordinator.settings.delta, coordinator.settings.accountant)
 
 
 def write_release(coordinator: Coordinator, out: Path, rows: int, drop_rule_violations: bool = False,
