@@ -293,24 +293,13 @@ def evaluate(
 
 
 def _compare_arms(contract, tables, test, release, epsilon, delta, seed, device) -> None:
-    """TSTR of the federated release vs each site alone vs pooled (centralized DP), and TRTR.
-    The single-site arms use the single-site defaults, each arm with its own best settings."""
-    import pandas as pd
-
+    """TSTR of the federated release beside the baseline arms; also written to utility.json."""
     from fedsyn.common.evaluation import tstr_auc
-    from fedsyn.common.gan import DPTabularGAN
+    from fedsyn.simulations.run import baseline_arms
 
     results = {"federated": tstr_auc(read_table(release / "synthetic.csv", contract), test, contract, seed)}
     with console.status("comparison arms: local-only and pooled...") as status:
-        for index, table in enumerate(tables):
-            status.update(f"local-only arm, site {index}")
-            model = DPTabularGAN(contract, epsilon, delta, seed=seed, device=device).fit(table)
-            results[f"local-only site-{index}"] = tstr_auc(model.sample(len(table)), test, contract, seed)
-        pooled_rows = pd.concat(tables, ignore_index=True)
-        status.update("pooled (centralized DP) arm")
-        pooled = DPTabularGAN(contract, epsilon, delta, seed=seed, device=device).fit(pooled_rows)
-        results["pooled (centralized DP)"] = tstr_auc(pooled.sample(len(pooled_rows)), test, contract, seed)
-        results["real (TRTR)"] = tstr_auc(pooled_rows, test, contract, seed)
+        results.update(baseline_arms(tables, test, contract, epsilon, delta, seed, device, status.update))
     table = Table(title="Utility: ROC-AUC on the real held-out split")
     for column in ("arm", "gradient boosting", "logistic regression"):
         table.add_column(column)

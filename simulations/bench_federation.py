@@ -17,12 +17,10 @@ import time
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
 from sklearn.model_selection import train_test_split
 
 from fedsyn.common.data import demo_data_path, demo_schema_path
 from fedsyn.common.evaluation import tstr_auc
-from fedsyn.common.gan import DPTabularGAN
 from fedsyn.common.schema import Schema
 from fedsyn.common.tables import read_table
 from fedsyn.server.app import ReleasePlan
@@ -31,6 +29,7 @@ from fedsyn.simulations.run import (
     FEDERATED_GAN,
     FEDERATED_LOCAL_STEPS,
     FEDERATED_ROUNDS,
+    baseline_arms,
     default_sample_rate,
     prepare_sites,
     run_sites,
@@ -82,15 +81,11 @@ def _one_seed(tables, schema, test, config, args, seed: int) -> dict:
         run_sites(plan, schema, settings, ReleasePlan(root / "release", sum(len(t) for t in tables)))
         seconds = time.perf_counter() - started
         federated = tstr_auc(read_table(root / "release" / "synthetic.csv", schema), test, schema)
-    local = [tstr_auc(DPTabularGAN(schema, args.epsilon, 1e-5, seed=seed).fit(t).sample(len(t)), test, schema)
-             for t in tables]
-    pooled_rows = pd.concat(tables, ignore_index=True)
-    pooled = tstr_auc(DPTabularGAN(schema, args.epsilon, 1e-5, seed=seed).fit(pooled_rows).sample(len(pooled_rows)),
-                      test, schema)
-    return {"federated": federated, "pooled": pooled, "seconds": seconds,
+    arms = baseline_arms(tables, test, schema, args.epsilon, 1e-5, seed)
+    local = [aucs for arm, aucs in arms.items() if arm.startswith("local-only")]
+    return {"federated": federated, "pooled": arms["pooled (centralized DP)"], "seconds": seconds,
             "worst": {m: min(a[m] for a in local) for m in MODELS},
             "best": {m: max(a[m] for a in local) for m in MODELS}}
-
 
 if __name__ == "__main__":
     main()

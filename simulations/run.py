@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -12,6 +13,8 @@ from flwr.app import Context
 
 from fedsyn.client.app import make_client_app
 from fedsyn.client.policy import SitePolicy
+from fedsyn.common.evaluation import tstr_auc
+from fedsyn.common.gan import DPTabularGAN
 from fedsyn.common.schema import Schema
 from fedsyn.common.tables import write_table
 from fedsyn.common.training import GANConfig
@@ -88,6 +91,28 @@ def default_sample_rate(tables: list[pd.DataFrame], batch_size: int) -> float:
     report their row counts.
     """
     return float(min(1.0, batch_size / max(1, min(len(t) for t in tables))))
+
+
+def baseline_arms(tables: list[pd.DataFrame], test: pd.DataFrame, schema: Schema, epsilon: float, delta: float,
+                  seed: int = 0, device: str = "cpu", on_arm: Callable[[str], None] | None = None
+                  ) -> dict[str, dict[str, float]]:
+    """TSTR ROC-AUC of the arms a federated release is compared with: each site's own DP-GAN
+    with the same budget ("local-only site-K"), one DP-GAN on all rows pooled (centralized
+    DP, research only) and the real rows themselves ("real (TRTR)"). Single-site arms use
+    the single-site defaults, so each arm runs with its own best settings."""
+    results: dict[str, dict[str, float]] = {}
+    for index, table in enumerate(tables):
+        if on_arm is not None:
+            on_arm(f"local-only arm, site {index}")
+        model = DPTabularGAN(schema, epsilon, delta, seed=seed, device=device).fit(table)
+        results[f"local-only site-{index}"] = tstr_auc(model.sample(len(table)), test, schema, seed)
+    pooled_rows = pd.concat(tables, ignore_index=True)
+    if on_arm is not None:
+        on_arm("pooled (centralized DP) arm")
+    pooled = DPTabularGAN(schema, epsilon, delta, seed=seed, device=device).fit(pooled_rows)
+    results["pooled (centralized DP)"] = tstr_auc(pooled.sample(len(pooled_rows)), test, schema, seed)
+    results["real (TRTR)"] = tstr_auc(pooled_rows, test, schema, seed)
+    return results
 
 
 def seed_everything(seed: int | None) -> np.random.Generator:
