@@ -147,10 +147,14 @@ class GANTrainer:
         loss.backward()
         self.generator_optimizer.step()
         self.discriminator.zero_grad(set_to_none=True)
-        with torch.no_grad():
-            for average, current in zip(self.sampler.parameters(), self.generator.parameters()):
-                average.lerp_(current, 1.0 - self.config.generator_ema)
+        self._update_sampler(self.config.generator_ema)
         return float(loss.detach())
+
+    @torch.no_grad()
+    def _update_sampler(self, decay: float) -> None:
+        """Move the sampling copy towards the generator: an exponential moving average."""
+        for average, current in zip(self.sampler.parameters(), self.generator.parameters()):
+            average.lerp_(current, 1.0 - decay)
 
     def train(
         self,
@@ -232,6 +236,4 @@ class GANTrainer:
             state = {name[len(prefix) + 1:]: torch.as_tensor(np.asarray(value))
                      for name, value in arrays.items() if name.startswith(prefix + ".")}
             module.load_state_dict(state, strict=True)
-        with torch.no_grad():
-            for average, current in zip(self.sampler.parameters(), self.generator.parameters()):
-                average.lerp_(current, 1.0 - sampler_decay)
+        self._update_sampler(sampler_decay)
