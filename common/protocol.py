@@ -88,7 +88,7 @@ def decode_event(record: ConfigRecord) -> tuple[PrivacyEvent, float, str]:
             round=int(fields["round"]) if "round" in fields else None,
         )
         return event, float(fields["epsilon_spent"]), str(fields.get("site", ""))[:64]
-    except (KeyError, TypeError, ValueError) as exc:
+    except (KeyError, TypeError, ValueError, OverflowError) as exc:  # int(inf) overflows
         raise ReplyError(f"privacy record is malformed: {exc}") from None
 
 

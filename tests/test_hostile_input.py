@@ -129,3 +129,10 @@ def test_fuzzed_and_truncated_files_give_clear_errors(tmp_path, demo_frame, demo
         validate_frame(frame, demo_schema)  # must judge it, whatever came out
         outcomes["table"] += 1
     assert sum(outcomes.values()) == FUZZ_CASES and outcomes["error"] > 0 and outcomes["table"] > 0
+
+
+def test_infinite_step_count_in_a_privacy_event_is_a_reply_error():
+    """Found by hypothesis: int(inf) raised OverflowError past the decoder."""
+    with pytest.raises(protocol.ReplyError, match="malformed"):
+        protocol.decode_event(ConfigRecord({"mechanism": "dp-sgd", "noise_multiplier": 1.0, "sample_rate": 0.1,
+                                            "steps": float("inf"), "epsilon_spent": 0.0, "delta": 1e-5}))
