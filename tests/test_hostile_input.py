@@ -10,6 +10,7 @@ import json
 
 import numpy as np
 import pandas as pd
+import pytest
 from flwr.app import Array, ArrayRecord, ConfigRecord
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
