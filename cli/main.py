@@ -417,6 +417,14 @@ def server_run(config: Annotated[Path, typer.Option("--config", "-c")] = Path("s
     _run_flower(coordinator.run_command() + ["--stream"], coordinator.flwr_environment())
 
 
+@server_app.command("app-hash")
+def server_app_hash() -> None:
+    """Print the SHA-256 of the App `server run` submits; hospitals may list it in approved_apps."""
+    from fedsyn.server.deploy import app_bundle_hash
+
+    print(app_bundle_hash())
+
+
 @sites_app.command("add")
 def sites_add(public_key: Path, config: Annotated[Path, typer.Option("--config", "-c")] = Path("server.toml")) -> None:
     """Register a hospital's auth.pub so its SuperNode may join."""
@@ -443,14 +451,14 @@ def sites_remove(node_id: str, config: Annotated[Path, typer.Option("--config", 
 @client_app.command("start")
 def client_start(config: Annotated[Path, typer.Option("--config", "-c")] = Path("site.toml")) -> None:
     """Validate the local extract, then run this hospital's SuperNode (outbound TLS only)."""
-    from fedsyn.client.deploy import supernode_command
+    from fedsyn.client.deploy import supernode_launch
     from fedsyn.client.policy import PolicyError
 
     try:
-        command = supernode_command(config)
+        launch = supernode_launch(config)
     except (PolicyError, SchemaError, DataFileError, DataValidationError) as exc:
         _fail(f"not joining: {exc}")
-    _run_flower(command)
+    _run_flower(launch.command, launch.environment)
 
 
 def main() -> None:  # pragma: no cover - console entry point

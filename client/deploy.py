@@ -1,24 +1,38 @@
-"""Deployment entry points of a hospital: the ClientApp Flower loads, and the SuperNode command.
+"""Deployment entry points of a hospital: the ClientApp Flower loads, and the SuperNode launch.
 
 The Flower App names ``fedsyn.client.deploy:app`` as its ClientApp, so the SuperNode runs
-the privacy guard from the fedsyn package the hospital installed. The site policy path
-comes from the SuperNode's own ``--node-config``, never from the coordinator.
+the privacy guard from the fedsyn package the hospital installed; the launch puts the site's
+own ``flwr-clientapp`` first on the SuperNode's ``PATH`` so that no other App bundle is
+installed or imported (:mod:`fedsyn.client.trusted_app`). The site policy path comes from
+the SuperNode's own ``--node-config``, never from the coordinator.
 """
 
 from __future__ import annotations
 
+import os
 import shutil
+import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 from fedsyn.client.app import make_client_app, policy_from_node_config
+from fedsyn.client.clientapp_process import install_launcher
 from fedsyn.client.policy import PolicyError, SitePolicy
 from fedsyn.client.site import Site
 
 app = make_client_app(policy_from_node_config)
 
 
-def supernode_command(policy_path: Path) -> list[str]:
-    """Check the site's data against the schema, then the ``flower-supernode`` command line.
+@dataclass(frozen=True)
+class SupernodeLaunch:
+    """The ``flower-supernode`` command line and the environment variables it must run with."""
+
+    command: list[str]
+    environment: dict[str, str]
+
+
+def supernode_launch(policy_path: Path) -> SupernodeLaunch:
+    """Check the site's data against the schema, then say how to start its SuperNode.
 
     Refuses (raising with a report) when the extract does not fit: a site never joins with
     data it cannot train on.
@@ -29,11 +43,16 @@ def supernode_command(policy_path: Path) -> list[str]:
                           "auth_private_key): add it to join a federation")
     Site(policy).load_data()  # raises DataValidationError naming columns and rows
     connection = policy.coordinator
-    return [
-        shutil.which("flower-supernode") or "flower-supernode",
+    # Flower's programs sit next to this interpreter: found even when a service manager starts
+    # fedsyn without the virtual environment on PATH.
+    launchers = install_launcher(policy.ledger.parent / "flower-bin", Path(policy_path))
+    search_path = os.pathsep.join([str(launchers), str(Path(sys.executable).parent), os.environ.get("PATH", "")])
+    command = [
+        shutil.which("flower-supernode", path=search_path) or "flower-supernode",
         "--superlink", connection.superlink,
         "--root-certificates", str(connection.root_certificates),
         "--auth-supernode-private-key", str(connection.auth_private_key),
         "--node-config", f'policy="{Path(policy_path).resolve()}"',
         "--port", str(connection.local_port),
     ]
+    return SupernodeLaunch(command, {"PATH": search_path})

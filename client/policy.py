@@ -6,11 +6,11 @@ One file (TOML or JSON) next to the private extract. Paths in it are relative to
 from __future__ import annotations
 
 import json
-from pathlib import Path
-from typing import Literal
-
 import tomllib
-from pydantic import BaseModel, Field, ValidationError
+from pathlib import Path
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, Field, StringConstraints, ValidationError
 
 
 class PolicyError(ValueError):
@@ -28,6 +28,8 @@ class CoordinatorConnection(BaseModel):
 
 
 class SitePolicy(BaseModel):
+    """What this hospital allows; checked by the site on every request, whatever the coordinator asks."""
+
     site_id: str = Field(min_length=1, description="name shown in the coordinator's reports")
     data: Path = Field(description="the private extract (CSV or Parquet)")
     schema_path: Path = Field(alias="schema", description="the shared public schema (JSON)")
@@ -41,6 +43,9 @@ class SitePolicy(BaseModel):
     seed: int | None = Field(default=None, description="fix this site's noise for reproducible simulations; "
                              "leave unset in production (operating-system randomness)")
     coordinator: CoordinatorConnection | None = None
+    approved_apps: list[Annotated[str, StringConstraints(pattern=r"^[0-9a-f]{64}$")]] = Field(
+        default_factory=list, description="SHA-256 of the only coordinator App bundles this site runs "
+        "(`fedsyn server app-hash`); empty: any code-free fedsyn App")
 
     model_config = {"populate_by_name": True}
 
@@ -67,6 +72,11 @@ class SitePolicy(BaseModel):
                 "root_certificates": base / policy.coordinator.root_certificates,
                 "auth_private_key": base / policy.coordinator.auth_private_key})
         return policy.model_copy(update=update)
+
+    @property
+    def audit_trail(self) -> Path:
+        """The site's own tamper-evident trail of what it sent, spent and refused."""
+        return self.ledger.with_name("audit.jsonl")
 
     def save(self, path: str | Path) -> None:
         Path(path).write_text(self.model_dump_json(by_alias=True, indent=2) + "\n")

@@ -72,8 +72,7 @@ class Site:
         self.schema = Schema.load(policy.schema_path)
         self.schema.require_reviewed(policy.allow_unreviewed_schema)
         self.ledger = PrivacyLedger.open(policy.ledger, policy.delta, policy.accountant)
-        # The site's own tamper-evident trail of what it sent, spent and refused.
-        self.trail = AuditLog(policy.ledger.with_name("audit.jsonl"))
+        self.trail = AuditLog(policy.audit_trail)
 
     def load_data(self) -> pd.DataFrame:
         frame = read_table(self.policy.data, self.schema)

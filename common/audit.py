@@ -11,7 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
@@ -45,7 +45,7 @@ class AuditLog:
         return self.path.with_name(self.path.name + ".sig")
 
     def append(self, event: str, /, **fields: object) -> dict:
-        entry = {"seq": self._seq, "time": datetime.now(timezone.utc).isoformat(timespec="milliseconds"),
+        entry = {"seq": self._seq, "time": datetime.now(UTC).isoformat(timespec="milliseconds"),
                  "event": event, **fields, "prev": self._head}
         entry["hash"] = _digest(entry)
         with open(self.path, "a") as out:

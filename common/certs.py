@@ -42,7 +42,7 @@ def _name(common_name: str) -> x509.Name:
 def create_ca(folder: Path, name: str = "fedsyn coordinator CA") -> tuple[Path, Path]:
     """``ca.crt`` (give to every hospital) and ``ca.key`` (keep on the coordinator, offline if possible)."""
     key = ec.generate_private_key(ec.SECP384R1())
-    now = dt.datetime.now(dt.timezone.utc)
+    now = dt.datetime.now(dt.UTC)
     certificate = (
         x509.CertificateBuilder().subject_name(_name(name)).issuer_name(_name(name))
         .public_key(key.public_key()).serial_number(x509.random_serial_number())
@@ -71,7 +71,7 @@ def create_server_certificate(folder: Path, hosts: list[str], ca_folder: Path | 
             alternative_names.append(x509.IPAddress(ipaddress.ip_address(host)))
         except ValueError:
             alternative_names.append(x509.DNSName(host))
-    now = dt.datetime.now(dt.timezone.utc)
+    now = dt.datetime.now(dt.UTC)
     certificate = (
         x509.CertificateBuilder().subject_name(_name(hosts[0])).issuer_name(ca_certificate.subject)
         .public_key(key.public_key()).serial_number(x509.random_serial_number())

@@ -23,7 +23,7 @@ class SchemaError(ValueError):
     """A schema file is missing, malformed or inconsistent."""
 
 
-class ColumnKind(str, Enum):
+class ColumnKind(str, Enum):  # noqa: UP042 - StrEnum would change str(kind) in messages
     CATEGORICAL = "categorical"
     CONTINUOUS = "continuous"
     INTEGER = "integer"

@@ -8,13 +8,15 @@ coordinator's machine.
 from __future__ import annotations
 
 import shutil
+import tomllib
 from pathlib import Path
 
-import tomllib
 from flwr.app import Context
+from flwr.cli.build import build_fab_from_disk
 from flwr.serverapp import Grid, ServerApp
 from pydantic import BaseModel, Field
 
+from fedsyn.client.trusted_app import bundle_hash
 from fedsyn.common.schema import Schema
 from fedsyn.server.app import ReleasePlan, run_federation
 from fedsyn.server.coordinator import FederationSettings
@@ -38,6 +40,14 @@ def main(grid: Grid, context: Context) -> None:
                        signing_key=Path(str(config["signing-key"])) if config.get("signing-key") else None,
                        audit_log=Path(str(config["audit-log"])) if config.get("audit-log") else None)
     run_federation(grid, Schema.load(str(config["schema"])), settings, plan)
+
+
+def app_bundle_hash() -> str:
+    """SHA-256 of the App bundle ``fedsyn server run`` submits; hospitals may pin it (``approved_apps``).
+
+    Flower builds bundles deterministically, so the hash depends only on the installed fedsyn version.
+    """
+    return bundle_hash(build_fab_from_disk(APP_DIR))
 
 
 class CoordinatorConfig(BaseModel):

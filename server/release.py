@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import asdict
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pandas as pd
@@ -108,7 +108,7 @@ def _readme(coordinator: Coordinator, report: dict, synthetic: pd.DataFrame, row
     lines = [
         f"# Synthetic release: {coordinator.schema.name}",
         "",
-        f"Written {datetime.now(timezone.utc).isoformat(timespec='seconds')} by fedsyn.",
+        f"Written {datetime.now(UTC).isoformat(timespec='seconds')} by fedsyn.",
         "",
         "## What this is",
         f"{rows} synthetic rows (`synthetic.csv`, `synthetic.parquet`) sampled from a generator trained by "

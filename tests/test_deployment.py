@@ -14,14 +14,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from fedsyn.client.deploy import supernode_command
+from fedsyn.client.deploy import supernode_launch
 from fedsyn.client.policy import SitePolicy
 from fedsyn.common.accounting import PrivacyLedger
 from fedsyn.common.certs import create_ca, create_server_certificate, create_site_keypair
 from fedsyn.common.data import demo_schema_path
 from fedsyn.common.tables import read_table
 from fedsyn.common.validation import validate_frame
-from fedsyn.server.deploy import CoordinatorConfig
+from fedsyn.server.deploy import APP_DIR, CoordinatorConfig, app_bundle_hash
 from fedsyn.simulations.run import prepare_sites
 from fedsyn.simulations.split import split_table
 
@@ -41,6 +41,11 @@ def _connect(policy_path: Path, superlink: str, ca: Path, index: int) -> None:
     raw["coordinator"] = {"superlink": superlink, "root_certificates": str(ca), "auth_private_key": "auth.key",
                           "local_port": free_port()}
     policy_path.write_text(json.dumps(raw))
+
+
+def _approve(policy_path: Path, app_hash: str) -> None:
+    raw = json.loads(policy_path.read_text())
+    policy_path.write_text(json.dumps({**raw, "approved_apps": [app_hash]}))
 
 
 class Deployment:
@@ -71,8 +76,9 @@ class Deployment:
         self.coordinator = CoordinatorConfig.load(root / "server.toml")
         self.env.update(self.coordinator.flwr_environment())
 
-    def _start(self, command: list[str], log: Path) -> subprocess.Popen:
-        process = subprocess.Popen(command, env=self.env, stdout=open(log, "a"), stderr=subprocess.STDOUT)
+    def _start(self, command: list[str], log: Path, env: dict[str, str] | None = None) -> subprocess.Popen:
+        process = subprocess.Popen(command, env={**self.env, **(env or {})}, stdout=open(log, "a"),
+                                   stderr=subprocess.STDOUT)
         self.processes.append(process)
         return process
 
@@ -92,7 +98,8 @@ class Deployment:
 
     def start_node(self, index: int) -> None:
         policy = self.plan.policies[index]
-        self.nodes[index] = self._start(supernode_command(policy), policy.parent / "node.log")
+        launch = supernode_launch(policy)
+        self.nodes[index] = self._start(launch.command, policy.parent / "node.log", launch.environment)
 
     def submit(self) -> subprocess.Popen:
         return self._start(self.coordinator.run_command() + ["--stream"], self.root / "run.log")
@@ -134,6 +141,7 @@ def test_tls_superlink_with_node_auth_runs_registered_sites_only(demo_frame, dem
     deployment = deployment_factory(frame=demo_frame.sample(1000, random_state=0), sites=5, rounds=2, min_sites=3)
     plan, root = deployment.plan, deployment.root
     _connect(plan.policies[4], f"127.0.0.1:{deployment.coordinator.port}", deployment.rogue_ca / "ca.crt", 4)
+    _approve(plan.policies[0], app_bundle_hash())  # one site pins the App the coordinator published
     deployment.start_superlink()
     for index in (0, 1, 2, 4):  # site 3 is never registered; site 4 trusts another CA
         deployment.register(index)
@@ -151,6 +159,33 @@ def test_tls_superlink_with_node_auth_runs_registered_sites_only(demo_frame, dem
         assert not SitePolicy.load(plan.policies[index]).ledger.exists()
     node_log = (plan.policies[4].parent / "node.log").read_text()
     assert "SSL" in node_log or "certificate" in node_log.lower()
+
+    # The coordinator now pushes its own ClientApp code: no site installs or runs it, nothing is spent.
+    spent = {index: PrivacyLedger.load(SitePolicy.load(plan.policies[index]).ledger).epsilon() for index in (0, 1, 2)}
+    marker = root / "coordinator-code-ran-at-a-site"
+    hostile = _hostile_app(root / "hostile-app", marker)
+    command = deployment.coordinator.run_command()
+    command[command.index(str(APP_DIR))] = str(hostile)
+    refused = deployment._start(command + ["--stream"], root / "hostile-run.log")
+    deployment.wait_for(lambda: refused.poll() is not None, "the hostile run", deadline)
+    assert not marker.exists()
+    for index, why in ((0, "not in this site's approved_apps"), (1, "hostile_client.py"), (2, "hostile_client.py")):
+        policy = SitePolicy.load(plan.policies[index])
+        refusal = json.loads(policy.audit_trail.read_text().splitlines()[-1])
+        assert refusal["event"] == "app-refused" and why in refusal["reason"]
+        assert PrivacyLedger.load(policy.ledger).epsilon() == spent[index]
+    assert "UntrustedAppError" in (root / "hostile-run.log").read_text()  # the coordinator is told why
+
+
+def _hostile_app(folder: Path, marker: Path) -> Path:
+    """fedsyn's own App, but with a ClientApp of the coordinator's that would leave ``marker`` if it ran."""
+    folder.mkdir()
+    project = (APP_DIR / "pyproject.toml").read_text()
+    (folder / "pyproject.toml").write_text(project.replace("fedsyn.client.deploy:app", "hostile_client:app"))
+    (folder / "hostile_client.py").write_text(
+        "from pathlib import Path\nfrom flwr.clientapp import ClientApp\n"
+        f"Path({str(marker)!r}).write_text('ran')\napp = ClientApp()\n")
+    return folder
 
 
 @pytest.mark.slow

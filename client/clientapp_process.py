@@ -1,0 +1,75 @@
+"""A hospital's ``flwr-clientapp``: Flower's own ClientApp process, with the bundle check in front.
+
+The SuperNode starts Flower's SuperExec, which starts one ``flwr-clientapp`` process per task and
+finds it on ``PATH``. ``fedsyn client start`` puts a launcher for this module first on the
+SuperNode's ``PATH`` (:func:`install_launcher`), so the process that would install and import
+the coordinator's App bundle first runs :func:`~fedsyn.client.trusted_app.check_app_bundle`.
+A refused bundle is never unpacked: the coordinator gets Flower's error reply naming the reason,
+and the refusal goes into the site's audit trail.
+
+The check wraps ``install_from_fab`` inside Flower's runtime (pinned ``flwr==1.41``): it is the
+one step that every bundle passes before its code could be imported, and it runs after the task
+message is pulled, so Flower still answers the coordinator with an error reply.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shlex
+import stat
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+from flwr.supernode.cli.flwr_clientapp import flwr_clientapp
+from flwr.supernode.runtime import run_clientapp as flower_runtime
+
+from fedsyn.client.policy import SitePolicy
+from fedsyn.client.trusted_app import UntrustedAppError, bundle_hash, check_app_bundle
+from fedsyn.common.audit import AuditLog
+
+log = logging.getLogger("fedsyn.client")
+
+POLICY_VARIABLE = "FEDSYN_SITE_POLICY"
+FLOWER_COMMAND = "flwr-clientapp"
+
+
+def checked_install(policy: SitePolicy, install: Callable[..., Path]) -> Callable[..., Path]:
+    """``install`` (Flower's ``install_from_fab``) that first refuses bundles the site does not trust."""
+
+    def install_if_trusted(fab_file: bytes, *args: object, **kwargs: object) -> Path:
+        try:
+            check_app_bundle(fab_file, frozenset(policy.approved_apps))
+        except UntrustedAppError as refusal:
+            AuditLog(policy.audit_trail).append("app-refused", fab_hash=bundle_hash(fab_file), reason=str(refusal))
+            log.error("site %s refused the coordinator's App: %s", policy.site_id, refusal)
+            raise
+        return install(fab_file, *args, **kwargs)
+
+    return install_if_trusted
+
+
+def main() -> None:
+    """Entry point of the launcher: the site policy path comes from the launcher, not the coordinator."""
+    policy = SitePolicy.load(os.environ[POLICY_VARIABLE])
+    flower_runtime.install_from_fab = checked_install(policy, flower_runtime.install_from_fab)
+    flwr_clientapp()
+
+
+def install_launcher(directory: Path, policy_path: Path) -> Path:
+    """Write ``directory/flwr-clientapp`` running :func:`main` for ``policy_path``; return ``directory``.
+
+    Put ``directory`` first on the SuperNode's ``PATH``.
+    """
+    directory.mkdir(parents=True, exist_ok=True)
+    launcher = directory / FLOWER_COMMAND
+    launcher.write_text("#!/bin/sh\n"
+                        f"{POLICY_VARIABLE}={shlex.quote(str(Path(policy_path).resolve()))} "
+                        f'exec {shlex.quote(sys.executable)} -m fedsyn.client.clientapp_process "$@"\n')
+    launcher.chmod(launcher.stat().st_mode | stat.S_IXUSR | stat.S_IXGRP)
+    return directory
+
+
+if __name__ == "__main__":
+    main()

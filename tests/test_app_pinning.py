@@ -1,0 +1,88 @@
+"""The hospital's check of the coordinator's App bundle, on bundles Flower itself builds."""
+
+import json
+import tomllib
+from pathlib import Path
+
+import pytest
+import tomli_w
+from flwr.cli.build import build_fab_from_disk, build_fab_from_files
+
+from fedsyn.client.clientapp_process import checked_install
+from fedsyn.client.policy import SitePolicy
+from fedsyn.client.trusted_app import UntrustedAppError, bundle_hash, check_app_bundle
+from fedsyn.server.deploy import APP_DIR, app_bundle_hash
+
+FEDSYN_APP = (APP_DIR / "pyproject.toml").read_bytes()
+
+
+def _bundle(pyproject: dict | None = None, **files: bytes) -> bytes:
+    text = FEDSYN_APP if pyproject is None else tomli_w.dumps(pyproject).encode()
+    return build_fab_from_files({"pyproject.toml": text, **files})[0]
+
+
+def _fedsyn_project() -> dict:
+    return tomllib.loads(FEDSYN_APP.decode())
+
+
+def test_the_app_fedsyn_submits_passes_and_its_published_hash_is_what_sites_receive():
+    shipped = build_fab_from_disk(APP_DIR)
+    assert check_app_bundle(shipped) == app_bundle_hash() == bundle_hash(shipped)
+    assert check_app_bundle(shipped, frozenset({app_bundle_hash()})) == app_bundle_hash()
+
+
+def test_a_bundle_carrying_code_is_refused_even_with_the_fedsyn_component():
+    shadow = _bundle(**{"fedsyn/client/deploy.py": b"app = None  # would shadow the installed guard\n"})
+    with pytest.raises(UntrustedAppError, match="fedsyn/client/deploy.py"):
+        check_app_bundle(shadow)
+
+
+def test_a_bundle_naming_another_clientapp_is_refused():
+    project = _fedsyn_project()
+    project["tool"]["flwr"]["app"]["components"]["clientapp"] = "fedsyn.simulations.run:app"
+    with pytest.raises(UntrustedAppError, match="names ClientApp 'fedsyn.simulations.run:app'"):
+        check_app_bundle(_bundle(project))
+
+
+def test_a_bundle_asking_for_dependencies_is_refused():
+    project = _fedsyn_project()
+    project["project"]["dependencies"] = ["fedsyn-patched==9.9"]
+    with pytest.raises(UntrustedAppError, match="fedsyn-patched"):
+        check_app_bundle(_bundle(project))
+
+
+def test_only_approved_hashes_run_when_the_site_lists_some():
+    project = _fedsyn_project()
+    project["tool"]["flwr"]["app"]["config"]["rounds"] = 10_000  # code-free, but not what the site approved
+    with pytest.raises(UntrustedAppError, match="not in this site's approved_apps"):
+        check_app_bundle(_bundle(project), frozenset({app_bundle_hash()}))
+
+
+def test_unreadable_bundles_are_refused():
+    with pytest.raises(UntrustedAppError, match="not a readable Flower App"):
+        check_app_bundle(b"PK\x03\x04 not really a zip")
+
+
+def test_a_refused_bundle_is_never_installed_and_the_site_trail_records_it(tmp_path):
+    policy = SitePolicy(site_id="st-mary", data=tmp_path / "d.csv", schema=tmp_path / "s.json",
+                        ledger=tmp_path / "ledger.json", max_epsilon=1.0, delta=1e-5)
+    installed: list[bytes] = []
+
+    def flower_install(content: bytes, **_: object) -> Path:
+        installed.append(content)
+        return tmp_path / "app"
+
+    install = checked_install(policy, flower_install)
+    with pytest.raises(UntrustedAppError):
+        install(_bundle(**{"evil.py": b"import os\n"}), skip_prompt=True)
+    assert installed == []
+    refusal = json.loads(policy.audit_trail.read_text().splitlines()[-1])
+    assert refusal["event"] == "app-refused" and "evil.py" in refusal["reason"]
+    shipped = build_fab_from_disk(APP_DIR)
+    assert install(shipped, skip_prompt=True) == tmp_path / "app" and installed == [shipped]
+
+
+def test_site_policies_only_take_full_sha256_hashes(tmp_path):
+    with pytest.raises(ValueError, match="approved_apps"):
+        SitePolicy(site_id="x", data=tmp_path / "d.csv", schema=tmp_path / "s.json", ledger=tmp_path / "l.json",
+                   max_epsilon=1.0, delta=1e-5, approved_apps=["2636ddae"])
