@@ -394,6 +394,20 @@ def _run_flower(command: list[str], env: dict[str, str] | None = None) -> None:
         raise typer.Exit(result.returncode)
 
 
+def _become_flower(command: list[str], env: dict[str, str] | None = None) -> None:
+    """Replace this process with a long-running Flower daemon.
+
+    A service manager's or container runtime's stop signal then reaches the SuperLink or
+    SuperNode itself (which shuts down cleanly), instead of a parent that would die and
+    leave the daemon running.
+    """
+    import os
+
+    console.print(f"[dim]$ {' '.join(command)}[/]")
+    sys.stdout.flush()
+    os.execvpe(command[0], command, {**os.environ, **(env or {})})
+
+
 def _coordinator(config: Path):
     from fedsyn.server.deploy import CoordinatorConfig
 
@@ -407,7 +421,7 @@ def _coordinator(config: Path):
 def server_start(config: Annotated[Path, typer.Option("--config", "-c")] = Path("server.toml")) -> None:
     """Start the SuperLink: TLS, only registered hospitals may join, state kept in a database."""
     coordinator = _coordinator(config)
-    _run_flower(coordinator.superlink_command())
+    _become_flower(coordinator.superlink_command(), coordinator.superlink_environment())
 
 
 @server_app.command("run")
@@ -458,7 +472,7 @@ def client_start(config: Annotated[Path, typer.Option("--config", "-c")] = Path(
         launch = supernode_launch(config)
     except (PolicyError, SchemaError, DataFileError, DataValidationError) as exc:
         _fail(f"not joining: {exc}")
-    _run_flower(launch.command, launch.environment)
+    _become_flower(launch.command, launch.environment)
 
 
 def main() -> None:  # pragma: no cover - console entry point

@@ -9,9 +9,6 @@ the SuperNode's own ``--node-config``, never from the coordinator.
 
 from __future__ import annotations
 
-import os
-import shutil
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -19,6 +16,7 @@ from fedsyn.client.app import make_client_app, policy_from_node_config
 from fedsyn.client.clientapp_process import install_launcher
 from fedsyn.client.policy import PolicyError, SitePolicy
 from fedsyn.client.site import Site
+from fedsyn.common.flower_programs import flower_program, search_path
 
 app = make_client_app(policy_from_node_config)
 
@@ -43,16 +41,14 @@ def supernode_launch(policy_path: Path) -> SupernodeLaunch:
                           "auth_private_key): add it to join a federation")
     Site(policy).load_data()  # raises DataValidationError naming columns and rows
     connection = policy.coordinator
-    # Flower's programs sit next to this interpreter: found even when a service manager starts
-    # fedsyn without the virtual environment on PATH.
     launchers = install_launcher(policy.ledger.parent / "flower-bin", Path(policy_path))
-    search_path = os.pathsep.join([str(launchers), str(Path(sys.executable).parent), os.environ.get("PATH", "")])
+    path = search_path(launchers)
     command = [
-        shutil.which("flower-supernode", path=search_path) or "flower-supernode",
+        flower_program("flower-supernode", path),
         "--superlink", connection.superlink,
         "--root-certificates", str(connection.root_certificates),
         "--auth-supernode-private-key", str(connection.auth_private_key),
         "--node-config", f'policy="{Path(policy_path).resolve()}"',
         "--port", str(connection.local_port),
     ]
-    return SupernodeLaunch(command, {"PATH": search_path})
+    return SupernodeLaunch(command, {"PATH": path})

@@ -7,7 +7,6 @@ coordinator's machine.
 
 from __future__ import annotations
 
-import shutil
 import tomllib
 from pathlib import Path
 
@@ -17,6 +16,7 @@ from flwr.serverapp import Grid, ServerApp
 from pydantic import BaseModel, Field
 
 from fedsyn.client.trusted_app import bundle_hash
+from fedsyn.common.flower_programs import flower_program, search_path
 from fedsyn.common.schema import Schema
 from fedsyn.server.app import ReleasePlan, run_federation
 from fedsyn.server.coordinator import FederationSettings
@@ -71,11 +71,15 @@ class CoordinatorConfig(BaseModel):
 
     def superlink_command(self) -> list[str]:
         self.database.parent.mkdir(parents=True, exist_ok=True)
-        return [shutil.which("flower-superlink") or "flower-superlink",
+        return [flower_program("flower-superlink"),
                 "--ssl-certfile", str(self.certificate), "--ssl-keyfile", str(self.private_key),
                 "--ssl-ca-certfile", str(self.ca_certificate), "--enable-supernode-auth",
                 "--database", str(self.database), "--host", self.host, "--port", str(self.port),
                 "--disable-runtime-dependency-installation"]
+
+    def superlink_environment(self) -> dict[str, str]:
+        """The SuperLink starts SuperExec and ``flwr-serverapp`` by name: it needs Flower's programs on PATH."""
+        return {"PATH": search_path()}
 
     def flwr_environment(self) -> dict[str, str]:
         """FLWR_HOME with a connection named 'fedsyn' to this SuperLink over TLS."""
@@ -87,7 +91,7 @@ class CoordinatorConfig(BaseModel):
         return {"FLWR_HOME": str(self.flwr_home)}
 
     def flwr_command(self, *arguments: str) -> list[str]:
-        return [shutil.which("flwr") or "flwr", *arguments]
+        return [flower_program("flwr"), *arguments]
 
     def run_command(self) -> list[str]:
         overrides = " ".join(f"{key}={_toml_value(value)}" for key, value in self.run.items())

@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # Writes ./demo-deploy/ for deploy/compose.yaml: CA and server certificate for the
-# 'coordinator' service, three hospitals' keys, policies and data (the embedded demo table).
+# 'coordinator' service, three hospitals' keys, policies and data (the embedded demo table),
+# and .env with the ids of the user running this, whom the containers run as.
 set -euo pipefail
 out=${1:-demo-deploy}
-python3 - "$out" <<'PY'
+"${PYTHON:-python3}" - "$out" <<'PY'  # PYTHON: the interpreter fedsyn is installed in
 import json, sys
 from pathlib import Path
 import numpy as np
@@ -30,7 +31,8 @@ for index, table in enumerate(split_table(read_table(demo_data_path(), schema), 
     policy.update(site_id=f"site-{index}", data="/etc/fedsyn/data.parquet", schema="/etc/fedsyn/schema.json")
     policy["coordinator"].update(superlink="coordinator:8000")
     (site / "site.json").write_text(json.dumps(policy, indent=2))
-print(f"written {out}. After `docker compose -f deploy/compose.yaml up -d`, register the hospitals:\n"
-      "  for n in 0 1 2; do docker compose -f deploy/compose.yaml exec coordinator "
-      "fedsyn server sites add /etc/fedsyn/sites/site-$n.pub -c /etc/fedsyn/server.toml; done")
+(coordinator / "state").mkdir(exist_ok=True)
 PY
+printf 'FEDSYN_UID=%s\nFEDSYN_GID=%s\n' "$(id -u)" "$(id -g)" > "$out/.env"
+echo "written $out; next steps are at the top of deploy/compose.yaml"
+
