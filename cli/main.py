@@ -115,6 +115,10 @@ def simulate(
     local_steps: int = FEDERATED_LOCAL_STEPS,
     batch_size: int = FEDERATED_GAN.batch_size,
     learning_rate: float = FEDERATED_GAN.generator_lr,
+    generator_ema: Annotated[float, typer.Option(help=(
+        "per-step decay of the averaged generator that samples the release: 0.99 fits numeric columns "
+        "better (KS of age 0.24 vs 0.37); the default keeps 5-site logistic-regression utility higher"))
+    ] = FEDERATED_GAN.generator_ema,
     rows: int = 0,
     out: Path = Path("fedsyn-simulation"),
     seed: int = 0,
@@ -165,7 +169,8 @@ def simulate(
     except (SchemaError, DataFileError, ValueError) as exc:
         _fail(str(exc))
     out.mkdir(parents=True, exist_ok=True)
-    config = GANConfig(batch_size=batch_size, generator_lr=learning_rate, discriminator_lr=learning_rate)
+    config = GANConfig(batch_size=batch_size, generator_lr=learning_rate, discriminator_lr=learning_rate,
+                       generator_ema=generator_ema)
     rows = rows or sum(len(t) for t in tables)
     console.print(f"[bold]fedsyn simulate[/]: {len(tables)} sites ({', '.join(str(len(t)) for t in tables)} rows), "
                   f"epsilon={epsilon} per site, delta={delta:g}, {rounds} rounds x {local_steps} local steps, "
