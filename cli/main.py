@@ -448,23 +448,21 @@ def server_app_hash() -> None:
 def sites_add(public_key: Path, config: Annotated[Path, typer.Option("--config", "-c")] = Path("server.toml")) -> None:
     """Register a hospital's auth.pub so its SuperNode may join."""
     coordinator = _coordinator(config)
-    _run_flower(coordinator.flwr_command("supernode", "register", str(public_key), "fedsyn"),
-                coordinator.flwr_environment())
+    _run_flower(coordinator.supernode_command("register", str(public_key)), coordinator.flwr_environment())
 
 
 @sites_app.command("list")
 def sites_list(config: Annotated[Path, typer.Option("--config", "-c")] = Path("server.toml")) -> None:
     """Registered hospitals and whether they are online."""
     coordinator = _coordinator(config)
-    _run_flower(coordinator.flwr_command("supernode", "list", "fedsyn"), coordinator.flwr_environment())
+    _run_flower(coordinator.supernode_command("list"), coordinator.flwr_environment())
 
 
 @sites_app.command("remove")
 def sites_remove(node_id: str, config: Annotated[Path, typer.Option("--config", "-c")] = Path("server.toml")) -> None:
     """Unregister a hospital's SuperNode by its node id (see `sites list`)."""
     coordinator = _coordinator(config)
-    _run_flower(coordinator.flwr_command("supernode", "unregister", node_id, "fedsyn"),
-                coordinator.flwr_environment())
+    _run_flower(coordinator.supernode_command("unregister", node_id), coordinator.flwr_environment())
 
 
 @client_app.command("start")

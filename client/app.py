@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 
 from flwr.app import ConfigRecord, Context, Error, Message, RecordDict
 from flwr.clientapp import ClientApp
@@ -43,8 +44,17 @@ def _decode_marginals(content: RecordDict) -> Marginals:
     return Marginals(dict(protocol.from_array_record(content.array_records[protocol.MARGINALS])))
 
 
-def _decode_request(config: ConfigRecord) -> TrainRequest:
+@contextmanager
+def _coordinator_instructions() -> Iterator[None]:
+    """Decode the coordinator's instructions: a malformed field is a refusal, never a crash."""
     try:
+        yield
+    except (KeyError, TypeError, ValueError, OverflowError) as exc:
+        raise PolicyRefusal(f"the coordinator's instructions are malformed: {exc}") from None
+
+
+def _decode_request(config: ConfigRecord) -> TrainRequest:
+    with _coordinator_instructions():
         return TrainRequest(
             round=int(config["round"]),
             total_rounds=int(config["total_rounds"]),
@@ -55,8 +65,6 @@ def _decode_request(config: ConfigRecord) -> TrainRequest:
             gan_config=GANConfig.from_dict(json.loads(str(config["gan_config"]))),
             transport_dtype=str(config.get("transport_dtype", "float32")),
         )
-    except (KeyError, TypeError, ValueError, OverflowError) as exc:
-        raise PolicyRefusal(f"the coordinator's instructions are malformed: {exc}") from None
 
 
 def _privacy_record(site: Site, event: PrivacyEvent) -> ConfigRecord:
@@ -84,10 +92,8 @@ def make_client_app(resolve_policy: PolicyResolver = policy_from_node_config) ->
 
     def marginals(message: Message, site: Site) -> RecordDict:
         config = message.content.config_records[protocol.CONFIG]
-        try:
+        with _coordinator_instructions():
             sigma, epsilon = float(config["noise_multiplier"]), float(config["epsilon"])
-        except (KeyError, TypeError, ValueError) as exc:
-            raise PolicyRefusal(f"the coordinator's instructions are malformed: {exc}") from None
         released, event = site.release_marginals(sigma, epsilon)
         return RecordDict({
             protocol.MARGINALS: protocol.to_array_record(released.counts),

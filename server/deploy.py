@@ -93,6 +93,10 @@ class CoordinatorConfig(BaseModel):
     def flwr_command(self, *arguments: str) -> list[str]:
         return [flower_program("flwr"), *arguments]
 
+    def supernode_command(self, action: str, *arguments: str) -> list[str]:
+        """``flwr supernode ACTION ARGUMENTS`` against this SuperLink (register, list, unregister)."""
+        return self.flwr_command("supernode", action, *arguments, CONNECTION)
+
     def run_command(self) -> list[str]:
         overrides = " ".join(f"{key}={_toml_value(value)}" for key, value in self.run.items())
         return self.flwr_command("run", str(APP_DIR), CONNECTION, *(["--run-config", overrides] if overrides else []))

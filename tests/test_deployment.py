@@ -36,16 +36,14 @@ def free_port() -> int:
         return probe.getsockname()[1]
 
 
-def _connect(policy_path: Path, superlink: str, ca: Path, index: int) -> None:
-    raw = json.loads(policy_path.read_text())
-    raw["coordinator"] = {"superlink": superlink, "root_certificates": str(ca), "auth_private_key": "auth.key",
-                          "local_port": free_port()}
-    policy_path.write_text(json.dumps(raw))
+def _update_policy(policy_path: Path, **fields: object) -> None:
+    policy_path.write_text(json.dumps({**json.loads(policy_path.read_text()), **fields}))
 
 
-def _approve(policy_path: Path, app_hash: str) -> None:
-    raw = json.loads(policy_path.read_text())
-    policy_path.write_text(json.dumps({**raw, "approved_apps": [app_hash]}))
+def _connection(superlink: str, ca: Path) -> dict:
+    """A site policy's [coordinator] section; each node on this host gets its own loopback port."""
+    return {"superlink": superlink, "root_certificates": str(ca), "auth_private_key": "auth.key",
+            "local_port": free_port()}
 
 
 class Deployment:
@@ -64,9 +62,9 @@ class Deployment:
         port = free_port()
         tables = split_table(frame, sites, np.random.default_rng(0))
         self.plan = prepare_sites(tables, demo_schema_path(), root / "sites", 1.0, 1e-5)
-        for index, policy in enumerate(self.plan.policies):
+        for policy in self.plan.policies:
             create_site_keypair(policy.parent)
-            _connect(policy, f"127.0.0.1:{port}", self.certs / "ca.crt", index)
+            _update_policy(policy, coordinator=_connection(f"127.0.0.1:{port}", self.certs / "ca.crt"))
         (root / "server.toml").write_text(
             f'port = {port}\ndatabase = "state/superlink.db"\nflwr_home = "state/flwr-home"\n'
             f'[run]\nschema = "{demo_schema_path()}"\nout = "{root / "release"}"\nrows = 200\nrounds = {rounds}\n'
@@ -87,8 +85,7 @@ class Deployment:
         return self.superlink
 
     def register(self, index: int) -> None:
-        command = self.coordinator.flwr_command("supernode", "register",
-                                                str(self.plan.policies[index].parent / "auth.pub"), "fedsyn")
+        command = self.coordinator.supernode_command("register", str(self.plan.policies[index].parent / "auth.pub"))
         for _ in range(30):  # the SuperLink needs a few seconds before it answers
             registered = subprocess.run(command, env=self.env, capture_output=True, text=True)
             if registered.returncode == 0:
@@ -140,8 +137,9 @@ def test_tls_superlink_with_node_auth_runs_registered_sites_only(demo_frame, dem
     deadline = time.monotonic() + DEADLINE_S
     deployment = deployment_factory(frame=demo_frame.sample(1000, random_state=0), sites=5, rounds=2, min_sites=3)
     plan, root = deployment.plan, deployment.root
-    _connect(plan.policies[4], f"127.0.0.1:{deployment.coordinator.port}", deployment.rogue_ca / "ca.crt", 4)
-    _approve(plan.policies[0], app_bundle_hash())  # one site pins the App the coordinator published
+    _update_policy(plan.policies[4], coordinator=_connection(f"127.0.0.1:{deployment.coordinator.port}",
+                                                             deployment.rogue_ca / "ca.crt"))
+    _update_policy(plan.policies[0], approved_apps=[app_bundle_hash()])  # pins the App the coordinator published
     deployment.start_superlink()
     for index in (0, 1, 2, 4):  # site 3 is never registered; site 4 trusts another CA
         deployment.register(index)
@@ -235,7 +233,7 @@ def test_site_stop_and_coordinator_restart_with_real_processes(demo_frame, demo_
     deployment.start_superlink()
 
     def online() -> int:
-        listed = subprocess.run(deployment.coordinator.flwr_command("supernode", "list", "fedsyn", "--format", "json"),
+        listed = subprocess.run(deployment.coordinator.supernode_command("list") + ["--format", "json"],
                                 env=deployment.env, capture_output=True, text=True)
         try:
             return sum(node["status"] == "online" for node in json.loads(listed.stdout)["nodes"])
