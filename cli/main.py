@@ -9,6 +9,7 @@ import time
 from pathlib import Path
 from typing import Annotated
 
+import numpy as np
 import typer
 from rich.console import Console
 from rich.logging import RichHandler
@@ -17,10 +18,12 @@ from rich.table import Table
 from fedsyn.common.data import demo_data_path, demo_schema_path
 from fedsyn.common.schema import Schema, SchemaError, draft_schema
 from fedsyn.common.tables import DataFileError, read_table, write_table
-from fedsyn.common.validation import DataValidationError, validate_frame
+from fedsyn.common.validation import DataValidationError, require_valid, validate_frame
 from fedsyn.simulations.run import FEDERATED_GAN, FEDERATED_LOCAL_STEPS, FEDERATED_ROUNDS
 
-app = typer.Typer(help="Federated, differentially private synthetic health records.", no_args_is_help=True)
+# Tracebacks are off: rich's would print local variables (patient rows); see main().
+app = typer.Typer(help="Federated, differentially private synthetic health records.", no_args_is_help=True,
+                  pretty_exceptions_enable=False)
 schema_app = typer.Typer(help="Work with the public schema (the data contract).")
 app.add_typer(schema_app, name="schema")
 console = Console(stderr=True)
@@ -92,7 +95,9 @@ def fit(data: Path, schema: Annotated[Path, typer.Option("--schema", "-s")],
     write_table(model.sample(rows or len(frame)), out / "synthetic.csv")
     spent, spent_delta = model.privacy_spent()
     report = {"epsilon": spent, "delta": spent_delta, "ledger": model.ledger_.to_dict() if model.ledger_ else None,
-              "schema_unreviewed_columns": contract.unreviewed_columns}
+              "schema_unreviewed_columns": contract.unreviewed_columns,
+              "public_facts": {"rows": len(frame), "why_public": "the published DP-SGD sample rate is batch size / "
+                               "rows (ledger and model.pt), so the row count is disclosed"}}
     (out / "privacy_report.json").write_text(json.dumps(report, indent=2) + "\n")
     if contract.unreviewed_columns:
         console.print(f"[yellow]bounds/categories of {contract.unreviewed_columns} were read off the data without DP; "
@@ -145,32 +150,51 @@ def simulate(
     """Simulate K hospitals on this machine. With no arguments: the embedded demo as 3 hospitals."""
     from sklearn.model_selection import train_test_split
 
-    from fedsyn.common.audit import AuditLog
-    from fedsyn.common.signing import generate_keypair, load_private_key, sign_release
+    from fedsyn.common.signing import generate_keypair
     from fedsyn.common.training import GANConfig
     from fedsyn.server.app import ReleasePlan
     from fedsyn.server.coordinator import FederationError, FederationSettings
-    from fedsyn.simulations.run import SimulationPlan, default_sample_rate, prepare_sites, run_sites, seed_everything
+    from fedsyn.simulations.run import SimulationPlan, default_sample_rate, prepare_sites, run_sites
     from fedsyn.simulations.split import split_table
 
     _setup_logging(verbose)
-    rng = seed_everything(seed)
+    rng = np.random.default_rng(seed)  # the split and the held-out rows only
     schema_path = schema or demo_schema_path()
     try:
         contract = Schema.load(schema_path)
+        # Checked in the user's own files, before any split or simulated site exists.
         if sites:
             tables = [read_table(p, contract) for p in sites]
+            for path, table in zip(sites, tables):
+                require_valid(table, contract, source=str(path))
             test = None
         else:
             whole = read_table(data or demo_data_path(), contract)
+            require_valid(whole, contract, source=str(data or demo_data_path()))
             stratify = whole[contract.outcome] if contract.outcome else None
             train, test = train_test_split(whole, test_size=0.3, random_state=seed, stratify=stratify)
             tables = split_table(train, split, rng, skew=skew, dirichlet=dirichlet, label=contract.outcome)
     except (SchemaError, DataFileError, ValueError) as exc:
         _fail(str(exc))
-    out.mkdir(parents=True, exist_ok=True)
     config = GANConfig(batch_size=batch_size, generator_lr=learning_rate, discriminator_lr=learning_rate,
                        generator_ema=generator_ema)
+    sample_rate, public_facts = default_sample_rate(tables, batch_size)
+
+    def settings_for(budget: float) -> FederationSettings:
+        return FederationSettings(
+            rounds=rounds, local_steps=local_steps, epsilon=budget, delta=delta, sample_rate=sample_rate,
+            gan_config=config, seed=seed, min_sites=max(1, len(tables) // 2 + 1),
+            site_noise_multiplier=site_noise_multiplier, site_clipping_norm=site_clipping_norm,
+            transport_dtype=transport_dtype, aggregation=aggregation, max_update_norm=max_update_norm,
+            allow_unreviewed_schema=allow_unreviewed_schema)
+
+    try:  # every setting is checked before any simulated site spends anything
+        budgets = [float(e) for e in sweep_epsilon.split(",")] if sweep_epsilon else []
+        for budget in [epsilon, *budgets]:
+            settings_for(budget)
+    except ValueError as exc:
+        _fail(str(exc))
+    out.mkdir(parents=True, exist_ok=True)
     rows = rows or sum(len(t) for t in tables)
     console.print(f"[bold]fedsyn simulate[/]: {len(tables)} sites ({', '.join(str(len(t)) for t in tables)} rows), "
                   f"epsilon={epsilon} per site, delta={delta:g}, {rounds} rounds x {local_steps} local steps, "
@@ -182,16 +206,12 @@ def simulate(
 
     def federate(budget: float, folder: Path, on_round=None) -> Path:
         """One federation at ``budget`` per site, with fresh simulated hospitals under ``folder``."""
-        settings = FederationSettings(
-            rounds=rounds, local_steps=local_steps, epsilon=budget, delta=delta,
-            sample_rate=default_sample_rate(tables, batch_size), gan_config=config, seed=seed,
-            min_sites=max(1, len(tables) // 2 + 1), site_noise_multiplier=site_noise_multiplier,
-            site_clipping_norm=site_clipping_norm, transport_dtype=transport_dtype, aggregation=aggregation,
-            max_update_norm=max_update_norm, allow_unreviewed_schema=allow_unreviewed_schema)
+        settings = settings_for(budget)
         plan: SimulationPlan = prepare_sites(tables, schema_path, folder / "sites", budget, delta, device=device,
                                              seed=seed, allow_unreviewed_schema=allow_unreviewed_schema)
         release = ReleasePlan(folder / "release", rows, release_every, drop_rule_violations,
-                              signing_key=keys / "coordinator.key", audit_log=folder / "audit.jsonl")
+                              signing_key=keys / "coordinator.key", audit_log=folder / "audit.jsonl",
+                              public_facts=public_facts)
         run_sites(plan, contract, settings, release, engine, on_round)
         return release.out
 
@@ -204,7 +224,7 @@ def simulate(
     try:
         release = federate(epsilon, out, on_round)
         curve = []
-        for budget in [float(e) for e in sweep_epsilon.split(",")] if sweep_epsilon else []:
+        for budget in budgets:
             with console.status(f"privacy-utility sweep: epsilon={budget:g}"):
                 swept = federate(budget, out / "sweep" / f"epsilon-{budget:g}")
             if test is not None:
@@ -217,24 +237,24 @@ def simulate(
     for column in ("site", "epsilon spent", "delta", "rounds accepted", "dropped"):
         table.add_column(column)
     for site in report["sites"]:
-        table.add_row(site["site"], f"{site['epsilon']:.3f}", f"{site['delta']:g}",
+        table.add_row(site["site"], f"{site['epsilon_cumulative']:.3f}", f"{site['delta']:g}",
                       str(len(site["rounds_accepted"])), str(len(site["dropped"])))
     console.print(table)
     if report["site_level_dp"]:
         console.print(f"site-level DP (Flower): epsilon {report['site_level_dp']['epsilon']:.3f} at delta "
                       f"{report['site_level_dp']['delta']:g}")
+    # The validation report compares with real rows: a local artefact for the researcher,
+    # never part of the signed release.
+    local = out / "local-report"
     if test is not None:
         with console.status("validation report (fidelity, utility, privacy)..."):
-            _write_report(read_table(release / "synthetic.csv", contract), train, test, contract, release,
+            _write_report(read_table(release / "synthetic.csv", contract), train, test, contract, local,
                           report, seed, curve)
-        # The quality report is part of the release: sign the bundle again with it inside.
-        key = load_private_key(keys / "coordinator.key")
-        sign_release(release, key)
-        AuditLog(out / "audit.jsonl", key).append("quality_report_added", path=str(release / "report.html"))
-        console.print(f"validation report: {release / 'report.html'}; release signed "
-                      f"(check: fedsyn verify {release} --key {keys / 'coordinator.pub'})")
+        write_table(test, local / "held_out.parquet")
+        console.print(f"validation report (LOCAL: computed from real rows, not for release): {local / 'report.html'}")
+    console.print(f"release signed (check: fedsyn verify {release} --key {keys / 'coordinator.pub'})")
     if compare and test is not None and contract.outcome:
-        _compare_arms(contract, tables, test, release, epsilon, delta, seed, device)
+        _compare_arms(contract, tables, test, local, epsilon, delta, seed, device)
 
 
 def _curve_point(epsilon: float, release: Path, train, test, contract: Schema, seed: int) -> dict:
@@ -297,12 +317,13 @@ def evaluate(
     console.print(table)
 
 
-def _compare_arms(contract, tables, test, release, epsilon, delta, seed, device) -> None:
-    """TSTR of the federated release beside the baseline arms; also written to utility.json."""
+def _compare_arms(contract, tables, test, local, epsilon, delta, seed, device) -> None:
+    """TSTR of the federated release beside the baseline arms; also written to the local utility.json."""
     from fedsyn.common.evaluation import tstr_auc
     from fedsyn.simulations.run import baseline_arms
 
-    results = {"federated": tstr_auc(read_table(release / "synthetic.csv", contract), test, contract, seed)}
+    results = {"federated": tstr_auc(read_table(local.parent / "release" / "synthetic.csv", contract), test,
+                                     contract, seed)}
     with console.status("comparison arms: local-only and pooled...") as status:
         results.update(baseline_arms(tables, test, contract, epsilon, delta, seed, device, status.update))
     table = Table(title="Utility: ROC-AUC on the real held-out split")
@@ -311,7 +332,7 @@ def _compare_arms(contract, tables, test, release, epsilon, delta, seed, device)
     for arm, aucs in results.items():
         table.add_row(arm, f"{aucs['gradient_boosting']:.3f}", f"{aucs['logistic_regression']:.3f}")
     console.print(table)
-    (release / "utility.json").write_text(json.dumps(results, indent=2) + "\n")
+    (local / "utility.json").write_text(json.dumps(results, indent=2) + "\n")
 
 
 keys_app = typer.Typer(help="Signing keys of the coordinator.")
@@ -470,13 +491,55 @@ def client_start(config: Annotated[Path, typer.Option("--config", "-c")] = Path(
     """Validate the local extract, then run this hospital's SuperNode (outbound TLS only)."""
     from fedsyn.client.deploy import supernode_launch
     from fedsyn.client.policy import PolicyError
+    from fedsyn.common.accounting import LedgerError
 
     try:
         launch = supernode_launch(config)
-    except (PolicyError, SchemaError, DataFileError, DataValidationError) as exc:
+    except (PolicyError, SchemaError, DataFileError, DataValidationError, LedgerError) as exc:
         _fail(f"not joining: {exc}")
     _become_flower(launch.command, launch.environment)
 
 
-def main() -> None:  # pragma: no cover - console entry point
-    sys.exit(app())
+ledger_app = typer.Typer(help="Hospital: the site's privacy ledger (what it has spent, for ever).")
+client_app.add_typer(ledger_app, name="ledger")
+
+
+@ledger_app.command("init")
+def ledger_init(
+    config: Annotated[Path, typer.Option("--config", "-c", help="the site policy file")] = Path("site.toml"),
+    reset_reason: Annotated[str | None, typer.Option(
+        help="start again at epsilon 0 although the site's audit trail records charges (e.g. the extract now "
+             "holds other patients); the reason is kept in the trail")] = None,
+) -> None:
+    """Create the site's empty ledger: once per extract, before the first run.
+
+    The site refuses every request while its ledger is missing, so a lost or deleted ledger
+    never silently restarts at epsilon 0.
+    """
+    from fedsyn.client.policy import PolicyError, SitePolicy
+    from fedsyn.client.site import initialise_ledger
+    from fedsyn.common.accounting import LedgerError
+
+    try:
+        policy = SitePolicy.load(config)
+        ledger = initialise_ledger(policy, reset_reason)
+    except (PolicyError, LedgerError) as exc:
+        _fail(str(exc))
+    console.print(f"ledger {ledger.path} created for {ledger.protects} (delta {ledger.delta:g}, "
+                  f"{ledger.accountant}); recorded in {policy.audit_trail}")
+
+
+def main() -> None:
+    """Console entry point. An unexpected error prints its type, never its text or a traceback
+    with local variables, since either may quote patient rows; FEDSYN_DEBUG=1 re-raises."""
+    import os
+
+    try:
+        app()
+    except Exception as exc:  # noqa: BLE001 - the last line of defence for private values
+        if os.environ.get("FEDSYN_DEBUG") == "1":
+            raise
+        console.print(f"[bold red]error:[/] fedsyn stopped on an unexpected {type(exc).__name__}. Its details are "
+                      "withheld because they may quote private data; rerun with FEDSYN_DEBUG=1 in a private "
+                      "terminal to see them.")
+        sys.exit(70)

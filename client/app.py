@@ -1,7 +1,9 @@
 """The Flower ClientApp: decodes the coordinator's message, runs :class:`Site`, replies.
 
-Refusals (policy, budget, bad data) become Flower error replies with a readable reason;
-the coordinator logs them and carries on with the other sites.
+Refusals (policy, budget, schema, bad data, ledger) become Flower error replies with a
+fixed :class:`~fedsyn.common.protocol.ErrorCode` and a reason built from public values
+only; anything unexpected is ``SITE_FAILURE`` with no detail. Exception texts, which may
+quote private cells or paths, never leave the site: they go to its local log by type only.
 """
 
 from __future__ import annotations
@@ -14,17 +16,16 @@ from contextlib import contextmanager
 from flwr.app import ConfigRecord, Context, Error, Message, RecordDict
 from flwr.clientapp import ClientApp
 
-from fedsyn.client.policy import SitePolicy
-from fedsyn.client.site import PolicyRefusal, Site, TrainRequest
+from fedsyn.client.policy import PolicyError, SitePolicy
+from fedsyn.client.site import PolicyRefusal, Site, SiteRefusal, TrainRequest
 from fedsyn.common import protocol
-from fedsyn.common.accounting import PrivacyEvent
+from fedsyn.common.accounting import LedgerError, PrivacyEvent
 from fedsyn.common.marginals import Marginals
+from fedsyn.common.schema import SchemaError
 from fedsyn.common.training import GANConfig
 
 log = logging.getLogger("fedsyn.client")
-
-REFUSED = 403
-FAILED = 500
+ErrorCode = protocol.ErrorCode
 
 PolicyResolver = Callable[[Context], SitePolicy]
 
@@ -32,12 +33,13 @@ PolicyResolver = Callable[[Context], SitePolicy]
 def policy_from_node_config(context: Context) -> SitePolicy:
     """Deployment: the SuperNode is started with ``--node-config 'policy="/etc/fedsyn/site.toml"'``."""
     if "policy" not in context.node_config:
-        raise PolicyRefusal("this node was started without node-config 'policy' (path to the site policy file)")
+        raise PolicyRefusal("this node was started without node-config 'policy' (path to the site policy file)",
+                            ErrorCode.SITE_FAILURE)
     return SitePolicy.load(str(context.node_config["policy"]))
 
 
-def _error_reply(message: Message, code: int, reason: str) -> Message:
-    return Message(error=Error(code=code, reason=reason), reply_to=message)
+def _error_reply(message: Message, code: ErrorCode, public_text: str) -> Message:
+    return Message(error=Error(code=int(code), reason=protocol.error_reason(code, public_text)), reply_to=message)
 
 
 def _decode_marginals(content: RecordDict) -> Marginals:
@@ -49,8 +51,9 @@ def _coordinator_instructions() -> Iterator[None]:
     """Decode the coordinator's instructions: a malformed field is a refusal, never a crash."""
     try:
         yield
-    except (KeyError, TypeError, ValueError, OverflowError) as exc:
-        raise PolicyRefusal(f"the coordinator's instructions are malformed: {exc}") from None
+    except (KeyError, TypeError, ValueError, OverflowError, json.JSONDecodeError) as exc:
+        raise PolicyRefusal(f"the coordinator's instructions are malformed ({type(exc).__name__})",
+                            ErrorCode.MALFORMED_REQUEST) from None
 
 
 def _decode_request(config: ConfigRecord) -> TrainRequest:
@@ -64,6 +67,7 @@ def _decode_request(config: ConfigRecord) -> TrainRequest:
             noise_multiplier=float(config["noise_multiplier"]) if "noise_multiplier" in config else None,
             gan_config=GANConfig.from_dict(json.loads(str(config["gan_config"]))),
             transport_dtype=str(config.get("transport_dtype", "float32")),
+            schema_sha256=str(config[protocol.SCHEMA_HASH]),
         )
 
 
@@ -80,21 +84,33 @@ def make_client_app(resolve_policy: PolicyResolver = policy_from_node_config) ->
             try:
                 site = Site(resolve_policy(context))
                 return Message(content=handler(message, site), reply_to=message)
-            except PolicyRefusal as exc:
-                log.warning("refused: %s", exc)
+            except SiteRefusal as exc:
+                log.warning("refused (%s): %s", exc.code.name, exc.public_reason)
                 if site is not None:
-                    site.trail.append("request_refused", message_type=message.metadata.message_type, reason=str(exc))
-                return _error_reply(message, REFUSED, f"refused by site policy: {exc}")
-            except (ValueError, OSError, protocol.ReplyError) as exc:
-                log.error("failed: %s", exc)
-                return _error_reply(message, FAILED, f"site error: {exc}")
+                    site.trail.append("request_refused", message_type=message.metadata.message_type,
+                                      code=exc.code.name, reason=exc.public_reason)
+                return _error_reply(message, exc.code, exc.public_reason)
+            except LedgerError as exc:
+                log.error("ledger unavailable: %s", exc)  # local log: names the site's own files
+                return _error_reply(message, ErrorCode.LEDGER_UNAVAILABLE, "the site's privacy ledger is missing, "
+                                    "corrupt or inconsistent with its audit trail; the site spends nothing until "
+                                    "its operator restores it")
+            except (PolicyError, SchemaError) as exc:
+                log.error("site configuration unusable: %s", type(exc).__name__)
+                return _error_reply(message, ErrorCode.POLICY_REFUSED, "the site's policy or schema file is invalid; "
+                                    "its operator sees the details locally")
+            except Exception as exc:  # noqa: BLE001 - whatever it was, its text may hold private values
+                log.error("request failed with %s (details withheld: they may quote private data)",
+                          type(exc).__name__)
+                return _error_reply(message, ErrorCode.SITE_FAILURE, "unexpected failure at the site")
         return run
 
     def marginals(message: Message, site: Site) -> RecordDict:
         config = message.content.config_records[protocol.CONFIG]
         with _coordinator_instructions():
             sigma, epsilon = float(config["noise_multiplier"]), float(config["epsilon"])
-        released, event = site.release_marginals(sigma, epsilon)
+            fingerprint = str(config[protocol.SCHEMA_HASH])
+        released, event = site.release_marginals(sigma, epsilon, fingerprint)
         return RecordDict({
             protocol.MARGINALS: protocol.to_array_record(released.counts),
             protocol.PRIVACY: _privacy_record(site, event),
@@ -103,8 +119,10 @@ def make_client_app(resolve_policy: PolicyResolver = policy_from_node_config) ->
     def train(message: Message, site: Site) -> RecordDict:
         content = message.content
         request = _decode_request(content.config_records[protocol.CONFIG])
-        arrays = protocol.from_array_record(content.array_records[protocol.ARRAYS])
-        updated, metrics, event = site.train(request, arrays, _decode_marginals(content))
+        with _coordinator_instructions():
+            arrays = protocol.from_array_record(content.array_records[protocol.ARRAYS])
+            marginals = _decode_marginals(content)
+        updated, metrics, event = site.train(request, arrays, marginals)
         return RecordDict({
             protocol.ARRAYS: protocol.to_array_record(updated),
             protocol.METRICS: protocol.metrics_record(metrics),

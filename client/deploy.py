@@ -39,7 +39,7 @@ def supernode_launch(policy_path: Path) -> SupernodeLaunch:
     if policy.coordinator is None:
         raise PolicyError(f"{policy_path} has no [coordinator] section (superlink, root_certificates, "
                           "auth_private_key): add it to join a federation")
-    Site(policy).load_data()  # raises DataValidationError naming columns and rows
+    Site(policy).load_data()  # raises LedgerError without a ledger, DataValidationError naming rows
     connection = policy.coordinator
     launchers = install_launcher(policy.ledger.parent / "flower-bin", Path(policy_path))
     path = search_path(launchers)

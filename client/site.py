@@ -1,33 +1,70 @@
 """What a hospital does when the coordinator asks: the privacy guard and local DP training.
 
-Every request is checked against the site's own :class:`SitePolicy` first; the cost of a
-request is charged to the on-disk ledger *before* the mechanism runs, so a crash can only
-over-count, never forget. Noise seeds come from this site alone: a coordinator that chose
-the seed could subtract the noise.
+Every request is checked in full before anything is spent: the site policy, the schema
+the coordinator uses, the site's own extract and the global model's shapes. Only then is
+the cost charged to the on-disk ledger, under its lock, and only then does the mechanism
+run, so a refusal costs nothing and a crash can only over-count, never forget.
+
+Randomness: each mechanism run draws from its own stream, keyed by the position its charge
+took in the ledger (unique for the ledger's whole life). A seeded site is reproducible yet
+never reuses noise or a Poisson batch across rounds, requests or runs; an unseeded site
+uses operating-system entropy. The coordinator never chooses a site's randomness.
+
+Refusals carry an :class:`~fedsyn.common.protocol.ErrorCode` and a text built from public
+values only (policy limits, the request's parameters, the site's epsilon claim). Details
+that might describe private rows stay in the site's local log and tools.
 """
 
 from __future__ import annotations
 
+import json
+import logging
 import math
 from dataclasses import asdict, dataclass
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import torch
 
 from fedsyn.client.policy import SitePolicy
-from fedsyn.common.accounting import BudgetExceededError, PrivacyEvent, PrivacyLedger, calibrate_noise_multiplier
+from fedsyn.common.accounting import (
+    BudgetExceededError,
+    LedgerError,
+    PrivacyEvent,
+    PrivacyLedger,
+    calibrate_noise_multiplier,
+)
 from fedsyn.common.audit import AuditLog
 from fedsyn.common.encoder import TableEncoder
-from fedsyn.common.marginals import Marginals, noisy_marginals
+from fedsyn.common.marginals import Marginals, marginals_event, noisy_marginals
+from fedsyn.common.protocol import ErrorCode, schema_fingerprint
+from fedsyn.common.randomness import numpy_generator, torch_generator
 from fedsyn.common.schema import Schema
-from fedsyn.common.tables import read_table
+from fedsyn.common.tables import DataFileError, read_table
 from fedsyn.common.training import GANConfig, GANTrainer
-from fedsyn.common.validation import require_valid
+from fedsyn.common.validation import DataValidationError, require_valid
+
+log = logging.getLogger("fedsyn.client")
+
+CHARGED = "privacy_charged"
+LEDGER_STARTS = ("ledger_created", "ledger_reset")
 
 
-class PolicyRefusal(RuntimeError):
+class SiteRefusal(RuntimeError):
+    """The site will not run the request; ``public_reason`` is safe to send to the coordinator."""
+
+    def __init__(self, code: ErrorCode, public_reason: str):
+        super().__init__(public_reason)
+        self.code = code
+        self.public_reason = public_reason
+
+
+class PolicyRefusal(SiteRefusal):
     """The coordinator asked for something this site's policy does not allow."""
+
+    def __init__(self, public_reason: str, code: ErrorCode = ErrorCode.POLICY_REFUSED):
+        super().__init__(code, public_reason)
 
 
 @dataclass(frozen=True)
@@ -41,26 +78,67 @@ class TrainRequest:
     epsilon: float
     noise_multiplier: float | None
     gan_config: GANConfig
+    schema_sha256: str
     transport_dtype: str = "float32"
 
     def __post_init__(self) -> None:
+        malformed = ErrorCode.MALFORMED_REQUEST
         # NaN compares False with everything: without this a NaN budget would pass every check.
         if not (math.isfinite(self.epsilon) and self.epsilon > 0):
-            raise PolicyRefusal(f"epsilon={self.epsilon} is not a positive finite budget")
+            raise PolicyRefusal(f"epsilon={self.epsilon} is not a positive finite budget", malformed)
         if self.noise_multiplier is not None and not (math.isfinite(self.noise_multiplier)
                                                       and self.noise_multiplier > 0):
-            raise PolicyRefusal(f"noise_multiplier={self.noise_multiplier} is not a positive finite value")
+            raise PolicyRefusal(f"noise_multiplier={self.noise_multiplier} is not a positive finite value", malformed)
         if self.transport_dtype not in ("float32", "float16"):
-            raise PolicyRefusal(f"transport dtype '{self.transport_dtype}' is not float32 or float16")
+            raise PolicyRefusal(f"transport dtype '{self.transport_dtype}' is not float32 or float16", malformed)
         if not 1 <= self.round <= self.total_rounds <= 100_000:
-            raise PolicyRefusal(f"round {self.round} of {self.total_rounds} is not a valid plan")
+            raise PolicyRefusal(f"round {self.round} of {self.total_rounds} is not a valid plan", malformed)
         if not 1 <= self.local_steps <= 100_000:
-            raise PolicyRefusal(f"local_steps={self.local_steps} is outside 1..100000")
+            raise PolicyRefusal(f"local_steps={self.local_steps} is outside 1..100000", malformed)
         if not 0 < self.sample_rate <= 1:
-            raise PolicyRefusal(f"sample_rate={self.sample_rate} is outside (0, 1]")
+            raise PolicyRefusal(f"sample_rate={self.sample_rate} is outside (0, 1]", malformed)
         widths = (*self.gan_config.generator_hidden, *self.gan_config.discriminator_hidden, self.gan_config.latent_dim)
         if max(widths) > 4096 or len(widths) > 12:
             raise PolicyRefusal(f"network size {widths} exceeds what this site accepts (4096 wide, 12 layers)")
+
+
+def initialise_ledger(policy: SitePolicy, reset_reason: str | None = None) -> PrivacyLedger:
+    """Create the site's empty ledger: the operator's explicit, audited act.
+
+    Refuses when the site's audit trail shows privacy already charged since the last
+    (re)start of the ledger, unless ``reset_reason`` says why starting again at epsilon 0
+    is right (e.g. a new extract of other patients); the reason is kept in the trail.
+    """
+    trail = AuditLog(policy.audit_trail)
+    charged = charges_in_trail(policy.audit_trail)
+    if charged and reset_reason is None:
+        raise LedgerError(
+            f"the audit trail {policy.audit_trail} records {charged} privacy charge(s) for this site: a new, empty "
+            "ledger would forget them. Restore the ledger from backup, or give a reset reason if the extract now "
+            "holds other patients")
+    if reset_reason is not None and policy.ledger.exists():
+        policy.ledger.rename(policy.ledger.with_name(policy.ledger.name + ".replaced"))
+    ledger = PrivacyLedger.create(policy.ledger, policy.delta, policy.accountant, protects=str(policy.data.resolve()))
+    if reset_reason is None:
+        trail.append("ledger_created", ledger=str(policy.ledger), protects=ledger.protects)
+    else:
+        trail.append("ledger_reset", ledger=str(policy.ledger), protects=ledger.protects, reason=reset_reason,
+                     charges_forgotten=charged)
+    return ledger
+
+
+def charges_in_trail(trail_path: Path) -> int:
+    """The highest ledger size the site's trail recorded since the ledger last (re)started."""
+    if not trail_path.exists():
+        return 0
+    highest = 0
+    for line in trail_path.read_text().splitlines():
+        entry = json.loads(line)
+        if entry.get("event") in LEDGER_STARTS:
+            highest = 0
+        elif entry.get("event") == CHARGED:
+            highest = max(highest, int(entry.get("ledger_events", 0)))
+    return highest
 
 
 class Site:
@@ -71,33 +149,77 @@ class Site:
         self.seed = policy.seed
         self.schema = Schema.load(policy.schema_path)
         self.schema.require_reviewed(policy.allow_unreviewed_schema)
-        self.ledger = PrivacyLedger.open(policy.ledger, policy.delta, policy.accountant)
         self.trail = AuditLog(policy.audit_trail)
+        try:
+            self.ledger = PrivacyLedger.open(policy.ledger, policy.delta, policy.accountant,
+                                              protects=str(policy.data.resolve()))
+            recorded = charges_in_trail(policy.audit_trail)
+        except (json.JSONDecodeError, ValueError) as exc:
+            raise LedgerError(f"the audit trail {policy.audit_trail} cannot be read ({type(exc).__name__})") from None
+        if len(self.ledger.events) < recorded:
+            raise LedgerError(
+                f"ledger {policy.ledger} holds {len(self.ledger.events)} event(s) but the audit trail "
+                f"{policy.audit_trail} records {recorded} charges: the ledger was reset or replaced. Restore it "
+                "from backup; the site refuses to spend until the two agree")
+
+    # -- checks that run before anything is charged ----------------------------------------
 
     def load_data(self) -> pd.DataFrame:
+        """The extract, validated against the schema (raises with a report naming rows)."""
         frame = read_table(self.policy.data, self.schema)
         require_valid(frame, self.schema, source=str(self.policy.data))
+        return frame
+
+    def _private_rows(self) -> pd.DataFrame:
+        """The extract for a mechanism; a bad extract is a refusal whose text holds no value."""
+        try:
+            frame = self.load_data()
+        except (DataFileError, DataValidationError) as exc:
+            log.error("the extract %s cannot be used (%s): run `fedsyn validate` here for the details",
+                      self.policy.data, type(exc).__name__)
+            raise SiteRefusal(ErrorCode.DATA_INVALID, "the site's extract does not pass validation against the "
+                              "shared schema; the site operator sees the details locally") from None
+        if not 0 < self.policy.delta * len(frame) < 1:
+            raise PolicyRefusal("the site's delta is not below 1/n for its extract; the site operator must lower "
+                                "delta in its policy")
         return frame
 
     def _check_epsilon(self, requested: float) -> float:
         if requested > self.policy.max_epsilon:
             raise PolicyRefusal(
                 f"site '{self.policy.site_id}' allows at most epsilon={self.policy.max_epsilon} in total; "
-                f"the coordinator asked for {requested}")
+                f"the coordinator asked for {requested}", ErrorCode.BUDGET_EXHAUSTED)
         return requested
 
-    def release_marginals(self, noise_multiplier: float, epsilon: float) -> tuple[Marginals, PrivacyEvent]:
+    def _check_schema(self, fingerprint: str) -> None:
+        if fingerprint != schema_fingerprint(self.schema):
+            raise SiteRefusal(ErrorCode.SCHEMA_MISMATCH, "the coordinator's schema differs from this site's "
+                              "(SHA-256 mismatch); agree on one schema file before training")
+
+    def _charge(self, event: PrivacyEvent, budget: float) -> int:
+        """Charge ``event`` under the ledger's lock; return its ledger position (its stream key)."""
+        try:
+            position = self.ledger.charge(event, budget)
+        except BudgetExceededError as exc:
+            raise PolicyRefusal(f"site '{self.policy.site_id}': {exc}", ErrorCode.BUDGET_EXHAUSTED) from None
+        self.trail.append(CHARGED, privacy=asdict(event), ledger_events=position + 1,
+                          epsilon_spent=self.ledger.epsilon())
+        return position
+
+    # -- mechanisms ------------------------------------------------------------------------
+
+    def release_marginals(self, noise_multiplier: float, epsilon: float, schema_sha256: str
+                          ) -> tuple[Marginals, PrivacyEvent]:
         if not all(math.isfinite(v) and v > 0 for v in (noise_multiplier, epsilon)):
             raise PolicyRefusal(f"noise multiplier {noise_multiplier} and epsilon {epsilon} must be positive "
-                                "and finite")
+                                "and finite", ErrorCode.MALFORMED_REQUEST)
+        self._check_schema(schema_sha256)
         budget = self._check_epsilon(epsilon)
-        event = PrivacyEvent("gaussian-marginals", noise_multiplier, 1.0, 1, round=0)
-        try:
-            self.ledger.charge(event, budget)  # before the release is computed
-        except BudgetExceededError as exc:
-            raise PolicyRefusal(str(exc)) from None
-        rng = np.random.default_rng(self.seed)
-        marginals, _ = noisy_marginals(self.load_data(), self.schema, noise_multiplier, rng)
+        frame = self._private_rows()
+        event = marginals_event(noise_multiplier, round_=0)
+        position = self._charge(event, budget)  # before the release is computed
+        marginals = noisy_marginals(frame, self.schema, noise_multiplier,
+                                    numpy_generator(self.seed, event.mechanism, position))
         self.trail.append("marginals_sent", privacy=asdict(event), epsilon_spent=self.ledger.epsilon())
         return marginals, event
 
@@ -117,22 +239,19 @@ class Site:
             sigma = calibrate_noise_multiplier(budget, self.policy.delta, request.sample_rate, remaining,
                                                self.ledger.events, self.policy.accountant)
         except BudgetExceededError as exc:
-            raise PolicyRefusal(f"site '{self.policy.site_id}': {exc}") from None
+            raise PolicyRefusal(f"site '{self.policy.site_id}': {exc}", ErrorCode.BUDGET_EXHAUSTED) from None
         return max(sigma, self.policy.min_noise_multiplier)
 
     def train(self, request: TrainRequest, arrays: dict[str, np.ndarray], marginals: Marginals
               ) -> tuple[dict[str, np.ndarray], dict[str, float], PrivacyEvent]:
+        self._check_schema(request.schema_sha256)
         sigma = self.plan_noise(request)
+        frame = self._private_rows()
+        trainer = self._trainer(request.gan_config, arrays, marginals)
         event = PrivacyEvent("dp-sgd", sigma, request.sample_rate, request.local_steps, round=request.round)
-        try:
-            self.ledger.charge(event, request.epsilon)  # before any step runs
-        except BudgetExceededError as exc:
-            raise PolicyRefusal(f"site '{self.policy.site_id}': {exc}") from None
-        frame = self.load_data()
-        encoder = TableEncoder(self.schema, marginals)
-        trainer = GANTrainer(encoder, request.gan_config, device=self.policy.device, seed=self.seed)
-        trainer.load_state_arrays(arrays)
-        data = torch.as_tensor(encoder.encode(frame), device=trainer.device)
+        position = self._charge(event, request.epsilon)  # before any step runs
+        trainer.rng = torch_generator(self.seed, event.mechanism, position, device=trainer.device)
+        data = torch.as_tensor(trainer.encoder.encode(frame), device=trainer.device)
         history = trainer.train(data, request.local_steps, request.sample_rate, sigma)
         metrics = {
             "discriminator_fake_loss": float(np.mean([h.discriminator for h in history])),
@@ -142,3 +261,14 @@ class Site:
         updated = {k: v.astype(request.transport_dtype) for k, v in trainer.state_arrays().items()}
         self.trail.append("update_sent", privacy=asdict(event), epsilon_spent=self.ledger.epsilon(), metrics=metrics)
         return updated, metrics, event
+
+    def _trainer(self, config: GANConfig, arrays: dict[str, np.ndarray], marginals: Marginals) -> GANTrainer:
+        """The global model as sent, checked against this site's schema before anything is spent."""
+        try:
+            trainer = GANTrainer(TableEncoder(self.schema, marginals), config, device=self.policy.device)
+            trainer.load_state_arrays(arrays)
+        except (KeyError, RuntimeError, ValueError) as exc:
+            log.warning("the global model does not fit this site's schema: %s", type(exc).__name__)
+            raise SiteRefusal(ErrorCode.MALFORMED_REQUEST, "the global model or marginals do not fit this site's "
+                              "schema (array names or shapes differ)") from None
+        return trainer

@@ -10,12 +10,14 @@ adding epsilons. Budgets are enforced *before* a mechanism runs: see
 
 from __future__ import annotations
 
+import fcntl
 import json
 import math
 import os
 import tempfile
 import warnings
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -26,6 +28,7 @@ from opacus.accountants import PRVAccountant
 from opacus.accountants.analysis.rdp import compute_rdp, get_privacy_spent
 
 AccountantName = Literal["rdp", "prv"]
+LEDGER_FORMAT = "fedsyn-ledger/2"
 
 # Opacus's default RDP orders stop at 63; small budgets (a full-data Gaussian release at
 # epsilon 0.1, say) are tightest at orders in the hundreds, so the grid is extended.
@@ -100,11 +103,18 @@ def compute_epsilon(events: Iterable[PrivacyEvent], delta: float, accountant: Ac
     return float(prv.get_epsilon(delta))
 
 
+class LedgerError(RuntimeError):
+    """The on-disk ledger is missing, corrupt, locked by a foreign format or bound elsewhere."""
+
+
 class PrivacyLedger:
     """The cumulative record of a site's spent privacy, optionally persisted to disk.
 
-    With a ``path`` every :meth:`record` is written atomically before it returns, so a
-    restarted site never forgets what it spent.
+    With a ``path`` the file is the truth: :meth:`charge` takes an exclusive lock, re-reads
+    the file, checks the budget against everything recorded there (by any process) and
+    writes the new event atomically before it returns. Two runs at once therefore compose
+    in the file instead of each spending the whole budget. ``protects`` names the extract
+    the ledger belongs to, so a ledger cannot silently be reused for another data file.
     """
 
     def __init__(
@@ -113,6 +123,7 @@ class PrivacyLedger:
         accountant: AccountantName = "rdp",
         events: Sequence[PrivacyEvent] = (),
         path: str | Path | None = None,
+        protects: str | None = None,
     ):
         if not 0 < delta < 1:
             raise ValueError(f"delta must be in (0, 1), got {delta}")
@@ -120,6 +131,7 @@ class PrivacyLedger:
         self.accountant: AccountantName = accountant
         self.events: list[PrivacyEvent] = list(events)
         self.path = Path(path) if path is not None else None
+        self.protects = protects
 
     def epsilon(self, extra: Sequence[PrivacyEvent] = ()) -> float:
         """Epsilon spent so far, or that would be spent after also running ``extra``."""
@@ -144,28 +156,52 @@ class PrivacyLedger:
             low, high = (middle, high) if fits(middle) else (low, middle)
         return low
 
-    def charge(self, event: PrivacyEvent, budget: float) -> None:
-        """Record ``event`` only if the total stays within ``budget``; otherwise raise."""
+    def charge(self, event: PrivacyEvent, budget: float) -> int:
+        """Record ``event`` only if the total stays within ``budget``; otherwise raise.
+
+        Returns the event's position in the ledger (0 for the first event ever charged): a
+        number no other charge of this ledger ever gets, which keys the mechanism's
+        random stream.
+        """
         if not (math.isfinite(budget) and budget > 0):  # NaN would make every comparison pass
             raise BudgetExceededError(f"the budget {budget} is not a positive finite epsilon")
-        after = self.epsilon([event])
-        if after > budget:
-            raise BudgetExceededError(
-                f"{event.mechanism} ({event.steps} step(s), noise multiplier {event.noise_multiplier:.3f}, "
-                f"sample rate {event.sample_rate:.4f}) would raise epsilon from {self.epsilon():.4f} to "
-                f"{after:.4f}, above the budget {budget:.4f} at delta={self.delta:g}"
-            )
-        self.record(event)
+        with self._locked():
+            after = self.epsilon([event])
+            if after > budget:
+                raise BudgetExceededError(
+                    f"{event.mechanism} ({event.steps} step(s), noise multiplier {event.noise_multiplier:.3f}, "
+                    f"sample rate {event.sample_rate:.4f}) would raise epsilon from {self.epsilon():.4f} to "
+                    f"{after:.4f}, above the budget {budget:.4f} at delta={self.delta:g}"
+                )
+            self.events.append(event)
+            if self.path is not None:
+                self.save(self.path)
+            return len(self.events) - 1
 
-    def record(self, event: PrivacyEvent) -> None:
-        self.events.append(event)
-        if self.path is not None:
-            self.save(self.path)
+    @contextmanager
+    def _locked(self) -> Iterator[None]:
+        """Hold the ledger's exclusive lock and bring :attr:`events` up to date from disk."""
+        if self.path is None:
+            yield
+            return
+        lock_path = self.path.with_name(self.path.name + ".lock")
+        with open(lock_path, "a") as lock:
+            fcntl.flock(lock.fileno(), fcntl.LOCK_EX)
+            try:
+                current = self.load(self.path)
+                if (current.delta, current.accountant) != (self.delta, self.accountant):
+                    raise LedgerError(f"ledger {self.path} changed its delta or accountant while in use")
+                self.events = current.events
+                yield
+            finally:
+                fcntl.flock(lock.fileno(), fcntl.LOCK_UN)
 
     def to_dict(self) -> dict:
         return {
+            "format": LEDGER_FORMAT,
             "delta": self.delta,
             "accountant": self.accountant,
+            "protects": self.protects,
             "epsilon": self.epsilon(),
             "events": [asdict(e) for e in self.events],
         }
@@ -175,34 +211,67 @@ class PrivacyLedger:
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
         handle, temp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
-        with os.fdopen(handle, "w") as out:
-            json.dump(self.to_dict(), out, indent=2)
-            out.flush()
-            os.fsync(out.fileno())
-        os.replace(temp, path)
+        try:
+            with os.fdopen(handle, "w") as out:
+                json.dump(self.to_dict(), out, indent=2)
+                out.flush()
+                os.fsync(out.fileno())
+            os.replace(temp, path)
+        except BaseException:
+            Path(temp).unlink(missing_ok=True)
+            raise
 
     @classmethod
     def from_dict(cls, raw: dict, path: str | Path | None = None) -> PrivacyLedger:
         events = [PrivacyEvent(**e) for e in raw["events"]]
-        return cls(delta=raw["delta"], accountant=raw["accountant"], events=events, path=path)
+        return cls(delta=raw["delta"], accountant=raw["accountant"], events=events, path=path,
+                   protects=raw.get("protects"))
 
     @classmethod
     def load(cls, path: str | Path) -> PrivacyLedger:
-        return cls.from_dict(json.loads(Path(path).read_text()), path=path)
+        """The ledger stored at ``path``; a missing or unreadable file is a :class:`LedgerError`."""
+        path = Path(path)
+        try:
+            return cls.from_dict(json.loads(path.read_text()), path=path)
+        except FileNotFoundError:
+            raise LedgerError(f"ledger {path} does not exist") from None
+        except (OSError, json.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
+            raise LedgerError(f"ledger {path} is corrupt or unreadable ({type(exc).__name__}); restore it from "
+                              "backup: spent privacy must never be re-stated") from None
+
 
     @classmethod
-    def open(cls, path: str | Path, delta: float, accountant: AccountantName = "rdp") -> PrivacyLedger:
-        """Load the ledger at ``path`` or start an empty one there; refuse a changed delta."""
+    def create(cls, path: str | Path, delta: float, accountant: AccountantName = "rdp",
+               protects: str | None = None) -> PrivacyLedger:
+        """Start an empty ledger at ``path``; refuses to overwrite one that exists."""
+        path = Path(path)
+        if path.exists():
+            raise LedgerError(f"ledger {path} already exists; it holds spent privacy and is never overwritten")
+        ledger = cls(delta=delta, accountant=accountant, path=path, protects=protects)
+        ledger.save(path)
+        return ledger
+
+    @classmethod
+    def open(cls, path: str | Path, delta: float, accountant: AccountantName = "rdp",
+             protects: str | None = None) -> PrivacyLedger:
+        """The existing ledger at ``path``, checked against the policy's delta, accountant and
+        extract. A missing ledger is refused: starting again at epsilon 0 must be an
+        explicit, audited act of the operator (``fedsyn client ledger init``)."""
         path = Path(path)
         if not path.exists():
-            return cls(delta=delta, accountant=accountant, path=path)
+            raise LedgerError(
+                f"no privacy ledger at {path}. If this site has never spent privacy on this extract, create it "
+                "with `fedsyn client ledger init --config SITE_POLICY`; if it existed, restore it from backup")
         ledger = cls.load(path)
         if ledger.delta != delta or ledger.accountant != accountant:
-            raise ValueError(
+            raise LedgerError(
                 f"ledger {path} was kept at delta={ledger.delta:g} with the {ledger.accountant} accountant; "
                 f"the policy now asks for delta={delta:g} with {accountant}. Spent privacy cannot be re-stated: "
                 "keep the original delta/accountant in the site policy."
             )
+        if protects is not None and ledger.protects not in (None, protects):
+            raise LedgerError(f"ledger {path} protects the extract {ledger.protects}, not {protects}: each "
+                              "extract keeps its own ledger")
         return ledger
 
 

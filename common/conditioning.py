@@ -55,8 +55,8 @@ class ConditionSampler:
 
     def from_real(self, rows: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
         """Condition each real row on one of its own categorical values, column chosen uniformly."""
-        if self.dim == 0:
-            return rows.new_zeros((rows.shape[0], 0))
+        if self.dim == 0 or rows.shape[0] == 0:  # a Poisson batch may be empty
+            return rows.new_zeros((rows.shape[0], self.dim))
         chosen = self._choose_columns(rows.shape[0], generator)
         mask = self.block_of_dim.unsqueeze(0) == chosen.unsqueeze(1)
         return rows[:, self.encoded_index] * mask

@@ -12,7 +12,6 @@ import math
 from dataclasses import asdict
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 import torch
 
@@ -24,7 +23,8 @@ from fedsyn.common.accounting import (
     gaussian_noise_for_epsilon,
 )
 from fedsyn.common.encoder import TableEncoder
-from fedsyn.common.marginals import Marginals, exact_counts, noisy_marginals
+from fedsyn.common.marginals import Marginals, exact_counts, marginals_event, noisy_marginals
+from fedsyn.common.randomness import numpy_generator, torch_generator
 from fedsyn.common.schema import Schema
 from fedsyn.common.training import GANConfig, GANTrainer, StepLosses
 from fedsyn.common.validation import require_valid
@@ -87,6 +87,7 @@ class DPTabularGAN:
         self.seed = seed
         self.allow_unreviewed_schema = allow_unreviewed_schema
         self.trainer_: GANTrainer | None = None
+        self.n_rows_: int | None = None
         self.ledger_: PrivacyLedger | None = None
         self.noise_multiplier_: float | None = None
         self.history_: list[StepLosses] = []
@@ -94,20 +95,23 @@ class DPTabularGAN:
     # -- fitting ----------------------------------------------------------------------------
 
     def fit(self, frame: pd.DataFrame, on_step=None) -> DPTabularGAN:
+        if self.epsilon is not None and not (math.isfinite(self.epsilon) and self.epsilon > 0):
+            raise ValueError(f"epsilon={self.epsilon} must be a positive number (or None for a non-private baseline)")
         self.schema.require_reviewed(self.allow_unreviewed_schema)
         require_valid(frame, self.schema, source="training data")
         n_rows = len(frame)
         check_delta(self.delta, n_rows)
-        rng = np.random.default_rng(self.seed)
         ledger = PrivacyLedger(self.delta, self.accountant)
+        self.ledger_ = ledger
         if self.epsilon is None:
             marginals = exact_counts(frame, self.schema)  # non-private baseline: exact statistics
         else:
             sigma = gaussian_noise_for_epsilon(self.marginals_share * self.epsilon, self.delta, self.accountant)
-            marginals, event = noisy_marginals(frame, self.schema, sigma, rng)
-            ledger.charge(event, self.epsilon)
+            ledger.charge(marginals_event(sigma), self.epsilon)  # before the histograms are computed
+            marginals = noisy_marginals(frame, self.schema, sigma, numpy_generator(self.seed, "fit", "marginals"))
         encoder = TableEncoder(self.schema, marginals)
-        trainer = GANTrainer(encoder, self.config, self.device, self.seed)
+        trainer = GANTrainer(encoder, self.config, self.device,
+                             torch_generator(self.seed, "fit", "dp-sgd", device=self.device))
         data = torch.as_tensor(encoder.encode(frame), device=trainer.device)
         sample_rate = min(1.0, self.config.batch_size / n_rows)
         planned = max(1, math.ceil(self.epochs / sample_rate))
@@ -117,10 +121,10 @@ class DPTabularGAN:
             self.noise_multiplier_ = self.noise_multiplier or calibrate_noise_multiplier(
                 self.epsilon, self.delta, sample_rate, planned, ledger.events, self.accountant)
             steps = ledger.affordable_steps(self.epsilon, self.noise_multiplier_, sample_rate, planned)
+            # Charged in full before the first step runs: a crash mid-training over-counts, never forgets.
+            ledger.charge(PrivacyEvent("dp-sgd", self.noise_multiplier_, sample_rate, steps), self.epsilon)
         self.history_ = trainer.train(data, steps, sample_rate, self.noise_multiplier_, on_step)
-        if self.noise_multiplier_ is not None:
-            ledger.charge(PrivacyEvent("dp-sgd", self.noise_multiplier_, sample_rate, len(self.history_)),
-                          self.epsilon)
+        self.n_rows_ = n_rows
         self.trainer_, self.ledger_ = trainer, ledger
         return self
 

@@ -103,16 +103,19 @@ def exact_counts(frame: pd.DataFrame, schema: Schema) -> Marginals:
     return Marginals(counts)
 
 
-def noisy_marginals(
-    frame: pd.DataFrame, schema: Schema, noise_multiplier: float, rng: np.random.Generator
-) -> tuple[Marginals, PrivacyEvent]:
-    """Release every column's histogram with Gaussian noise; returns the release and its cost.
+def noisy_marginals(frame: pd.DataFrame, schema: Schema, noise_multiplier: float,
+                    rng: np.random.Generator) -> Marginals:
+    """Every column's histogram with Gaussian noise: the event :func:`marginals_event` describes.
 
-    ``noise_multiplier`` is relative to the release's L2 sensitivity sqrt(#columns), so the
-    returned event is a plain Gaussian mechanism with that multiplier.
+    ``noise_multiplier`` is relative to the release's L2 sensitivity sqrt(#columns): one
+    record adds one count to one bin of every column. Charge the event before calling this.
     """
     std = noise_multiplier * math.sqrt(len(schema.columns))
     exact = exact_counts(frame, schema)
-    noisy = {name: hist + rng.normal(0.0, std, size=hist.shape) for name, hist in exact.counts.items()}
-    event = PrivacyEvent("gaussian-marginals", noise_multiplier=noise_multiplier, sample_rate=1.0, steps=1)
-    return Marginals(noisy), event
+    return Marginals({name: hist + rng.normal(0.0, std, size=hist.shape) for name, hist in exact.counts.items()})
+
+
+def marginals_event(noise_multiplier: float, round_: int | None = None) -> PrivacyEvent:
+    """The privacy cost of :func:`noisy_marginals`: one full-data Gaussian mechanism."""
+    return PrivacyEvent("gaussian-marginals", noise_multiplier=noise_multiplier, sample_rate=1.0, steps=1,
+                        round=round_)

@@ -6,10 +6,10 @@ the discriminator uses none and the generator uses LayerNorm, which is per-row.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from fedsyn.common.encoder import Span
@@ -33,25 +33,48 @@ class Generator(nn.Module):
     def forward(self, noise: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
         return self.head(self.body(torch.cat([noise, cond], dim=1)))
 
-    def activate(self, raw: torch.Tensor, tau: float) -> torch.Tensor:
-        """Gumbel-softmax for categorical blocks (differentiable samples), tanh for numerics."""
+    def activate(self, raw: torch.Tensor, tau: float, generator: torch.Generator) -> torch.Tensor:
+        """Gumbel-softmax for categorical blocks (differentiable samples), tanh for numerics.
+
+        The Gumbel noise comes from ``generator``: ``F.gumbel_softmax`` would draw it from
+        PyTorch's global generator, which no component owns."""
         parts = []
         for span in self.spans:
             block = raw[:, span.start:span.end]
-            parts.append(torch.tanh(block) if span.activation == "tanh" else F.gumbel_softmax(block, tau=tau))
+            if span.activation == "tanh":
+                parts.append(torch.tanh(block))
+            else:
+                parts.append(torch.softmax((block + _gumbel(block, generator)) / tau, dim=1))
         return torch.cat(parts, dim=1)
 
-    def sample(self, raw: torch.Tensor) -> torch.Tensor:
+    def sample(self, raw: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
         """Discrete samples for release: one-hot by the Gumbel-max trick (a draw from each
         block's softmax, without computing it), tanh for numerics."""
         out = torch.tanh(raw)
         for span in self.spans:
             if span.activation == "softmax":
                 block = raw[:, span.start:span.end]
-                gumbel = -torch.empty_like(block).exponential_().log()
+                gumbel = _gumbel(block, generator)
                 choice = (block + gumbel).argmax(dim=1, keepdim=True)
                 out[:, span.start:span.end] = torch.zeros_like(block).scatter_(1, choice, 1.0)
         return out
+
+
+def _gumbel(like: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    """Standard Gumbel noise shaped like ``like``, drawn from ``generator``."""
+    return -torch.empty_like(like).exponential_(generator=generator).log()
+
+
+def reset_parameters(module: nn.Module, generator: torch.Generator) -> None:
+    """PyTorch's default ``nn.Linear`` initialisation, drawn from ``generator`` instead of the
+    global generator (LayerNorm's initialisation is constant)."""
+    for layer in module.modules():
+        if isinstance(layer, nn.Linear):
+            with torch.no_grad():
+                nn.init.kaiming_uniform_(layer.weight, a=math.sqrt(5), generator=generator)
+                if layer.bias is not None:
+                    bound = 1 / math.sqrt(layer.in_features) if layer.in_features > 0 else 0.0
+                    layer.bias.uniform_(-bound, bound, generator=generator)
 
 
 class Discriminator(nn.Module):

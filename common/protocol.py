@@ -8,13 +8,17 @@ privacy event. Anything else is rejected.
 
 from __future__ import annotations
 
+import hashlib
+import json
 from collections import OrderedDict
 from dataclasses import asdict
+from enum import IntEnum
 
 import numpy as np
 from flwr.app import Array, ArrayRecord, ConfigRecord, MetricRecord, RecordDict
 
 from fedsyn.common.accounting import PrivacyEvent
+from fedsyn.common.schema import Schema
 
 ARRAYS = "arrays"
 MARGINALS = "marginals"
@@ -23,6 +27,39 @@ METRICS = "metrics"
 PRIVACY = "privacy"
 
 QUERY_MARGINALS = "query.marginals"
+SCHEMA_HASH = "schema_sha256"  # config key: the coordinator's schema, which each site must share
+
+
+class ErrorCode(IntEnum):
+    """Why a site did not do what it was asked. Sent with a fixed, public reason text only.
+
+    Every code but :attr:`SITE_FAILURE` is final for the run: asking again cannot succeed,
+    so the coordinator stops asking. Nothing was charged for any of them except where the
+    mechanism itself failed after the charge (:attr:`SITE_FAILURE`, over-counted, never
+    under-counted).
+    """
+
+    MALFORMED_REQUEST = 400  # the instructions or the global model do not have the agreed form
+    BUDGET_EXHAUSTED = 402  # the request would exceed the site's max_epsilon
+    POLICY_REFUSED = 403  # the request breaks another rule of the site's policy
+    SCHEMA_MISMATCH = 409  # the coordinator's schema differs from the site's
+    DATA_INVALID = 422  # the site's extract does not pass validation against the schema
+    LEDGER_UNAVAILABLE = 423  # the site's ledger is missing, corrupt or inconsistent: nothing can be charged
+    SITE_FAILURE = 500  # an unexpected failure at the site (details only in its local log)
+
+
+FINAL_CODES = frozenset(code for code in ErrorCode if code is not ErrorCode.SITE_FAILURE)
+
+
+def error_reason(code: ErrorCode, public_text: str) -> str:
+    """The reason string of an error reply: the code's name and a text of public values only."""
+    return f"{code.name.lower()}: {public_text}"
+
+
+def schema_fingerprint(schema: Schema) -> str:
+    """SHA-256 of the schema's canonical JSON: sites and coordinator must agree on it."""
+    canonical = json.dumps(schema.model_dump(mode="json"), sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(canonical.encode()).hexdigest()
 
 # The only metrics a site reports. None is computed on real rows: the discriminator's loss
 # on generated rows and the generator's loss depend on DP parameters alone.
@@ -73,8 +110,8 @@ def event_record(event: PrivacyEvent, epsilon_spent: float, delta: float, site: 
     return ConfigRecord({**fields, "epsilon_spent": float(epsilon_spent), "delta": float(delta), "site": site})
 
 
-def decode_event(record: ConfigRecord) -> tuple[PrivacyEvent, float, str]:
-    """The privacy event, the site's epsilon claim and its name, after checking the fields."""
+def decode_event(record: ConfigRecord) -> tuple[PrivacyEvent, float, float, str]:
+    """The privacy event, the site's cumulative epsilon claim, its delta and its name."""
     fields = dict(record)
     unknown = set(fields) - PRIVACY_FIELDS
     if unknown:
@@ -87,7 +124,10 @@ def decode_event(record: ConfigRecord) -> tuple[PrivacyEvent, float, str]:
             steps=int(fields["steps"]),
             round=int(fields["round"]) if "round" in fields else None,
         )
-        return event, float(fields["epsilon_spent"]), str(fields.get("site", ""))[:64]
+        delta = float(fields["delta"])
+        if not 0 < delta < 1:
+            raise ReplyError(f"privacy record has delta {delta}, outside (0, 1)")
+        return event, float(fields["epsilon_spent"]), delta, str(fields.get("site", ""))[:64]
     except (KeyError, TypeError, ValueError, OverflowError) as exc:  # int(inf) overflows
         raise ReplyError(f"privacy record is malformed: {exc}") from None
 

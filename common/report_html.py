@@ -125,7 +125,8 @@ def render_html(evaluation: Evaluation, real: pd.DataFrame, synthetic: pd.DataFr
     if evaluation.ledger:
         sites = evaluation.ledger.get("sites", [])
         sections += ["<h2>Formal privacy guarantee</h2>",
-                     _table([[s["site"], s["epsilon"], s["delta"]] for s in sites], ["site", "epsilon", "delta"])]
+                     _table([[s["site"], s["epsilon_cumulative"], s["delta"]] for s in sites],
+                            ["site", "epsilon (cumulative)", "delta"])]
     sections += [
         "<h2>Fidelity</h2>",
         _table([["overall score (1 is perfect)", fidelity["overall_score"]],

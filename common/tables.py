@@ -35,7 +35,11 @@ def read_table(path: str | Path, schema: Schema | None = None) -> pd.DataFrame:
             dtype = {c.name: str for c in schema.categorical_columns} if schema else None
             return pd.read_csv(path, sep="\t" if suffix == ".tsv" else ",", dtype=dtype, keep_default_na=True)
     except Exception as exc:  # pandas/pyarrow raise many types; all mean "unreadable file"
-        raise DataFileError(f"cannot read {path} as a {suffix.lstrip('.')} table: {exc}") from None
+        # A tokenizer error states structure only ("expected 9 fields in line 5"); other readers'
+        # texts can quote cells, which are patient data, so only their type is named.
+        structural = isinstance(exc, pd.errors.ParserError)
+        detail = str(exc) if structural else f"{type(exc).__name__}; check the file's format"
+        raise DataFileError(f"cannot read {path} as a {suffix.lstrip('.')} table: {detail}") from None
     raise DataFileError(f"unsupported data file type '{suffix}' for {path}: use .csv, .tsv or .parquet")
 
 

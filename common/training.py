@@ -22,7 +22,8 @@ import torch.nn.functional as F
 from fedsyn.common.conditioning import ConditionSampler
 from fedsyn.common.dp_sgd import poisson_sample, private_gradient
 from fedsyn.common.encoder import TableEncoder
-from fedsyn.common.models import Discriminator, Generator
+from fedsyn.common.models import Discriminator, Generator, reset_parameters
+from fedsyn.common.randomness import torch_generator
 from fedsyn.common.rules import Rule, violation_mask
 
 
@@ -77,22 +78,29 @@ class StepLosses:
 
 
 class GANTrainer:
-    """Owns G, D and their optimisers for one encoder; data lives on ``device`` once."""
+    """Owns G, D and their optimisers for one encoder; data lives on ``device`` once.
+
+    ``rng`` is this trainer's own generator: network initialisation, Poisson sampling,
+    DP noise, conditions, latent and Gumbel noise all draw from it, never from PyTorch's
+    global generator. Its owner hands a fresh stream per use (see
+    :mod:`fedsyn.common.randomness`); ``None`` draws one from operating-system entropy.
+    """
 
     def __init__(self, encoder: TableEncoder, config: GANConfig, device: str | torch.device = "cpu",
-                 seed: int | None = None):
+                 rng: torch.Generator | None = None):
         self.encoder = encoder
         self.config = config
         self.device = torch.device(device)
-        self.rng = torch.Generator(device=self.device)
-        self.rng.manual_seed(seed if seed is not None else int(torch.randint(2**62, (1,)).item()))
-        if seed is not None:
-            torch.manual_seed(seed)  # Gumbel noise inside F.gumbel_softmax uses the global generator
+        self.rng = rng if rng is not None else torch_generator(None, device=self.device)
+        if self.rng.device != self.device:
+            raise ValueError(f"the trainer's generator is on {self.rng.device}, its networks on {self.device}")
         self.conditions = ConditionSampler(encoder, self.device)
         self.generator = Generator(config.latent_dim, self.conditions.dim, config.generator_hidden,
                                    encoder.spans).to(self.device)
         self.discriminator = Discriminator(encoder.dim, self.conditions.dim,
                                            config.discriminator_hidden).to(self.device)
+        reset_parameters(self.generator, self.rng)
+        reset_parameters(self.discriminator, self.rng)
         # Sampling uses an exponential moving average of the generator's weights: free
         # post-processing of DP outputs that damps the oscillation of GAN training.
         self.sampler = copy.deepcopy(self.generator).requires_grad_(False)
@@ -107,31 +115,41 @@ class GANTrainer:
     def _fake(self, n: int, cond: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         noise = torch.randn((n, self.config.latent_dim), generator=self.rng, device=self.device)
         raw = self.generator(noise, cond)
-        return raw, self.generator.activate(raw, self.config.gumbel_tau)
+        return raw, self.generator.activate(raw, self.config.gumbel_tau, self.rng)
 
-    def discriminator_step(self, data: torch.Tensor, sample_rate: float, noise_multiplier: float | None) -> float:
-        """One discriminator update on a Poisson sample of ``data``.
+    def real_gradient(self, data: torch.Tensor, sample_rate: float, noise_multiplier: float | None
+                      ) -> dict[str, torch.Tensor]:
+        """The discriminator's gradient of the real-data loss: the only term that reads records.
 
-        ``noise_multiplier=None`` trains without DP (baselines only): no clipping, no noise.
+        A Poisson sample of ``data``; with ``noise_multiplier`` every record's whole gradient is
+        clipped and Gaussian noise added (DP-SGD), ``None`` trains without DP (baselines
+        only). The sum is divided by the public nominal batch size ``config.batch_size``,
+        never by anything computed from ``data``: the row count is private, and dividing by
+        it would leak it outside the Gaussian mechanism.
         """
-        expected = sample_rate * data.shape[0]
+        normaliser = float(self.config.batch_size)
         real = data[poisson_sample(data.shape[0], sample_rate, self.rng, self.device)]
         real_cond = self.conditions.from_real(real, self.rng)
-        fake_cond = self.conditions.sample(max(1, round(expected)), self.rng)
+        if noise_multiplier is None:
+            params = OrderedDict(self.discriminator.named_parameters())
+            real_loss = F.softplus(-self.discriminator(real, real_cond)).sum() / normaliser
+            return dict(zip(params, torch.autograd.grad(real_loss, list(params.values()))))
+        return private_gradient(
+            self.discriminator, lambda score: F.softplus(-score).sum(), (real, real_cond),
+            noise_multiplier=noise_multiplier, max_grad_norm=self.config.max_grad_norm,
+            expected_batch_size=normaliser, generator=self.rng,
+        )
+
+    def discriminator_step(self, data: torch.Tensor, sample_rate: float, noise_multiplier: float | None) -> float:
+        """One discriminator update: the private real-data gradient plus the fake-data term,
+        which reads no record (``config.batch_size`` generated rows, a public number)."""
+        real_grads = self.real_gradient(data, sample_rate, noise_multiplier)
+        fake_cond = self.conditions.sample(self.config.batch_size, self.rng)
         with torch.no_grad():
             _, fake = self._fake(fake_cond.shape[0], fake_cond)
         params = OrderedDict(self.discriminator.named_parameters())
         fake_loss = F.softplus(self.discriminator(fake, fake_cond)).mean()
         fake_grads = torch.autograd.grad(fake_loss, list(params.values()))
-        if noise_multiplier is None:
-            real_loss = F.softplus(-self.discriminator(real, real_cond)).sum() / expected
-            real_grads = dict(zip(params, torch.autograd.grad(real_loss, list(params.values()))))
-        else:
-            real_grads = private_gradient(
-                self.discriminator, lambda score: F.softplus(-score).sum(), (real, real_cond),
-                noise_multiplier=noise_multiplier, max_grad_norm=self.config.max_grad_norm,
-                expected_batch_size=expected, generator=self.rng,
-            )
         for (name, param), fake_grad in zip(params.items(), fake_grads):
             param.grad = real_grads[name] + fake_grad
         self.discriminator_optimizer.step()
@@ -192,7 +210,7 @@ class GANTrainer:
                 # Outcome drawn from its noisy marginal, the rest generated given it.
                 cond = self.conditions.sample(size, self.rng, column=self.conditions.outcome)
             noise = torch.randn((size, self.config.latent_dim), generator=self.rng, device=self.device)
-            rows = self.sampler.sample(self.sampler(noise, cond))
+            rows = self.sampler.sample(self.sampler(noise, cond), self.rng)
             # The rest of the row was generated given the condition; the conditioned column
             # itself holds exactly the conditioned value.
             rows = self.conditions.impose(rows, cond)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from flwr.app import Context
@@ -24,6 +24,8 @@ class ReleasePlan:
 
     ``every=K`` also writes an interim bundle every K rounds to ``out/round-NNN``.
     ``signing_key`` (Ed25519, PEM) signs each bundle's manifest and the audit log's head.
+    ``public_facts`` names anything published that was derived from private data and
+    declared public by whoever set up the run (e.g. a simulation's smallest site size).
     """
 
     out: Path
@@ -32,6 +34,7 @@ class ReleasePlan:
     drop_rule_violations: bool = False
     signing_key: Path | None = None
     audit_log: Path | None = None
+    public_facts: dict[str, object] = field(default_factory=dict)
 
 
 def run_federation(grid: Grid, schema: Schema, settings: FederationSettings, plan: ReleasePlan,
@@ -42,7 +45,7 @@ def run_federation(grid: Grid, schema: Schema, settings: FederationSettings, pla
     coordinator = Coordinator(schema, settings, audit)
 
     def publish(out: Path) -> None:
-        write_release(coordinator, out, plan.rows, plan.drop_rule_violations, key)
+        write_release(coordinator, out, plan.rows, plan.drop_rule_violations, key, plan.public_facts)
 
     def after_round(summary: RoundSummary, sites: dict) -> None:
         if plan.every and summary.round % plan.every == 0 and summary.round < settings.rounds:

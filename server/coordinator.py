@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -24,9 +25,12 @@ from fedsyn.common.accounting import AccountantName, PrivacyEvent, compute_epsil
 from fedsyn.common.audit import AuditLog
 from fedsyn.common.encoder import TableEncoder
 from fedsyn.common.marginals import Marginals, bin_labels
+from fedsyn.common.randomness import torch_generator
 from fedsyn.common.schema import Schema
 from fedsyn.common.training import GANConfig, GANTrainer
-from fedsyn.server.strategy import build_strategy
+from fedsyn.server.strategy import AGGREGATIONS, build_strategy
+
+TRANSPORT_DTYPES = ("float32", "float16")
 
 log = logging.getLogger("fedsyn.server")
 
@@ -58,6 +62,42 @@ class FederationSettings:
     seed: int | None = None
     timeout: float = 3600.0
 
+    def __post_init__(self) -> None:
+        """Refuse impossible or unsafe settings before any site is contacted or spends anything."""
+        problems = []
+        if not (math.isfinite(self.epsilon) and self.epsilon > 0):
+            problems.append(f"epsilon={self.epsilon} must be a positive number")
+        if not 0 < self.delta < 1:
+            problems.append(f"delta={self.delta} must be in (0, 1)")
+        if not 0 < self.marginals_share < 1:
+            problems.append(f"marginals_share={self.marginals_share} must be in (0, 1)")
+        if not 0 < self.sample_rate <= 1:
+            problems.append(f"sample_rate={self.sample_rate} must be in (0, 1]")
+        if self.rounds < 1 or self.local_steps < 1 or self.min_sites < 1:
+            problems.append("rounds, local_steps and min_sites must each be at least 1")
+        if self.noise_multiplier is not None and not self.noise_multiplier > 0:
+            problems.append(f"noise_multiplier={self.noise_multiplier} must be positive")
+        if self.aggregation not in AGGREGATIONS:
+            problems.append(f"aggregation '{self.aggregation}' is not one of {', '.join(AGGREGATIONS)}")
+        if self.transport_dtype not in TRANSPORT_DTYPES:
+            problems.append(f"transport_dtype '{self.transport_dtype}' is not one of {', '.join(TRANSPORT_DTYPES)}")
+        if self.accountant not in ("rdp", "prv"):
+            problems.append(f"accountant '{self.accountant}' is not rdp or prv")
+        if self.site_noise_multiplier is not None:
+            if not self.site_noise_multiplier > 0 or not self.site_clipping_norm > 0:
+                problems.append("site_noise_multiplier and site_clipping_norm must be positive")
+            if self.aggregation != "mean":
+                # Flower's noise (sigma*C/K) is calibrated to a mean's sensitivity C/K; a coordinate-wise
+                # median or trimmed mean can move by C when one site changes, so its epsilon would be understated.
+                problems.append(f"site-level DP is calibrated for mean aggregation; with '{self.aggregation}' "
+                                "its epsilon would be understated. Use --aggregation mean with site-level DP")
+        if self.max_update_norm is not None and not self.max_update_norm > 0:
+            problems.append(f"max_update_norm={self.max_update_norm} must be positive")
+        if not self.timeout > 0:
+            problems.append(f"timeout={self.timeout} must be positive")
+        if problems:
+            raise ValueError("invalid federation settings: " + "; ".join(problems))
+
     def to_dict(self) -> dict:
         return asdict(self)
 
@@ -70,6 +110,7 @@ class SiteStatus:
     label: str = ""
     events: list[PrivacyEvent] = field(default_factory=list)
     claimed_epsilon: float = 0.0
+    delta: float | None = None
     rounds_accepted: list[int] = field(default_factory=list)
     dropped: list[dict] = field(default_factory=list)
     active: bool = True
@@ -117,7 +158,7 @@ class Coordinator:
                 raise FederationError(f"only {len(nodes)} site(s) connected; at least {self.settings.min_sites} needed")
             time.sleep(1.0)
 
-    def _exchange(self, grid: Grid, messages: list[Message]) -> list[tuple[SiteStatus, Message]]:
+    def _exchange(self, grid: Grid, messages: list[Message], round_: int) -> list[tuple[SiteStatus, Message]]:
         """Send and wait; pair every reply with the site it answers for.
 
         A reply is matched through the message it answers, not its sender: when a node has
@@ -135,14 +176,9 @@ class Coordinator:
         answered = {site.node_id for site, _ in paired}
         for node in asked.values():
             if node not in answered:
-                self._drop(self.sites[node], self._round_of(messages),
+                self._drop(self.sites[node], round_,
                            f"no reply within {self.settings.timeout:g} s (site stopped or unreachable)")
         return paired
-
-    @staticmethod
-    def _round_of(messages: list[Message]) -> int:
-        config = messages[0].content.config_records.get(protocol.CONFIG, {}) if messages else {}
-        return int(config.get("round", 0))
 
     def record(self, event: str, **fields: object) -> None:
         """Structured log line and, when configured, a signed audit-trail entry."""
@@ -163,14 +199,17 @@ class Coordinator:
 
         ``expected.noise_multiplier`` is the least noise acceptable (sites may add more).
         """
-        event, claimed, label = protocol.decode_event(content.config_records[protocol.PRIVACY])
+        event, claimed, delta, label = protocol.decode_event(content.config_records[protocol.PRIVACY])
         if (event.mechanism, event.sample_rate, event.steps) != (expected.mechanism, expected.sample_rate,
                                                                  expected.steps):
             raise protocol.ReplyError(f"privacy event {event} does not match the request {expected}")
         if event.noise_multiplier < expected.noise_multiplier:
             raise protocol.ReplyError(f"site used less noise ({event.noise_multiplier}) than asked")
+        if site.delta is not None and delta != site.delta:
+            raise protocol.ReplyError(f"site changed its delta from {site.delta:g} to {delta:g} within the run")
         site.events.append(event)
         site.claimed_epsilon = claimed
+        site.delta = delta
         site.label = label or site.label
 
     def _replies(self, replies: list[tuple[SiteStatus, Message]], round_: int, payload: str, expected: PrivacyEvent,
@@ -183,7 +222,7 @@ class Coordinator:
         for site, reply in replies:
             if reply.has_error():
                 reason = reply.error.reason or f"error code {reply.error.code}"
-                self._drop(site, round_, reason, refused=reason.startswith("refused"))
+                self._drop(site, round_, reason, refused=reply.error.code in protocol.FINAL_CODES)
                 continue
             try:
                 protocol.check_reply_records(reply.content, payload)
@@ -227,9 +266,11 @@ class Coordinator:
         nodes = self._wait_for_sites(grid)
         sigma = gaussian_noise_for_epsilon(settings.marginals_share * settings.epsilon, settings.delta,
                                            settings.accountant)
-        content = RecordDict({protocol.CONFIG: ConfigRecord({"noise_multiplier": sigma, "epsilon": settings.epsilon})})
+        content = RecordDict({protocol.CONFIG: ConfigRecord({
+            "noise_multiplier": sigma, "epsilon": settings.epsilon,
+            protocol.SCHEMA_HASH: protocol.schema_fingerprint(self.schema)})})
         replies = self._exchange(grid, [Message(content, dst_node_id=node, message_type=protocol.QUERY_MARGINALS,
-                                                group_id="0") for node in nodes])
+                                                group_id="0") for node in nodes], 0)
         shapes = {c.name: ((bin_labels(c),), np.dtype(np.float64)) for c in self.schema.columns}
         expected = PrivacyEvent("gaussian-marginals", sigma, 1.0, 1)
         valid = self._replies(replies, 0, protocol.MARGINALS, expected, shapes)
@@ -245,7 +286,9 @@ class Coordinator:
     def train(self, grid: Grid, on_round: RoundCallback | None = None) -> GANTrainer:
         settings = self.settings
         assert self.marginals is not None, "collect_marginals() first"
-        trainer = GANTrainer(TableEncoder(self.schema, self.marginals), settings.gan_config, seed=settings.seed)
+        # The global model's initialisation and the release's sampling: public randomness of its own.
+        trainer = GANTrainer(TableEncoder(self.schema, self.marginals), settings.gan_config,
+                             rng=torch_generator(settings.seed, "coordinator"))
         self.trainer = trainer
         shapes = {k: (v.shape, v.dtype) for k, v in trainer.state_arrays().items()}
         wire_shapes = {k: (shape, np.dtype(settings.transport_dtype)) for k, (shape, _) in shapes.items()}
@@ -257,6 +300,7 @@ class Coordinator:
             "total_rounds": settings.rounds, "local_steps": settings.local_steps,
             "sample_rate": settings.sample_rate, "epsilon": settings.epsilon,
             "gan_config": json.dumps(asdict(settings.gan_config)), "transport_dtype": settings.transport_dtype,
+            protocol.SCHEMA_HASH: protocol.schema_fingerprint(self.schema),
         }
         if settings.noise_multiplier is not None:
             config["noise_multiplier"] = settings.noise_multiplier
@@ -272,7 +316,7 @@ class Coordinator:
             messages = list(self.strategy.configure_train(
                 round_, protocol.to_array_record(current), ConfigRecord({**config, "round": round_}), grid))
             self.record("round_started", round=round_, sites=len(messages))
-            replies = self._exchange(grid, messages)
+            replies = self._exchange(grid, messages, round_)
             valid = self._replies(replies, round_, protocol.ARRAYS, expected, wire_shapes, current)
             self._require_quorum(len(valid), round_)
             aggregated, _ = self.strategy.aggregate_train(round_, valid)
@@ -301,6 +345,7 @@ class Coordinator:
                 "noise_multiplier": self.settings.site_noise_multiplier,
                 "clipping_norm": self.settings.site_clipping_norm}
 
-    def epsilon_of(self, events: list[PrivacyEvent]) -> float:
-        """Epsilon of ``events`` with this run's delta and accountant (the coordinator's own view)."""
-        return compute_epsilon(events, self.settings.delta, self.settings.accountant)
+    def epsilon_of(self, site: SiteStatus, events: list[PrivacyEvent] | None = None) -> float:
+        """Epsilon of the site's events in this run (or of ``events``), at the delta the site keeps."""
+        delta = site.delta if site.delta is not None else self.settings.delta
+        return compute_epsilon(site.events if events is None else events, delta, self.settings.accountant)

@@ -11,10 +11,12 @@ from dataclasses import asdict
 from datetime import UTC, datetime
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import torch
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
+from fedsyn.common.marginals import Marginals, exact_counts
 from fedsyn.common.signing import sign_release
 from fedsyn.common.tables import write_table
 from fedsyn.common.validation import require_valid
@@ -22,36 +24,49 @@ from fedsyn.server.coordinator import Coordinator
 
 # What leaves a site without DP noise, and why that is acceptable; repeated in every report.
 DECLARED_PUBLIC = [
-    "participation: that the site took part, and in which rounds (its replies or refusals)",
+    "participation: that the site took part, and in which rounds (its replies or refusals, with their fixed "
+    "error code and public reason text)",
     "the site's name as set in its own policy (site_id)",
     "privacy event parameters (noise multiplier, sample rate, steps), fixed by public settings "
     "and the site's public policy",
-    "the site's own claim of epsilon spent, computed from those parameters",
+    "the site's delta and its own claim of cumulative epsilon spent, computed from those parameters",
     "metrics: discriminator loss on generated rows and generator loss, functions of DP parameters only",
+    "the sample rate (a public setting; see public_facts for anything it was derived from)",
 ]
 NOT_SENT = [
     "rows, row counts, exact histograms, bounds or category sets of private data",
-    "losses on real rows",
+    "losses on real rows; any exception text (it may quote private cells)",
 ]
+RELEASE_CONTENTS = {
+    "synthetic.csv / synthetic.parquet": "post-processing of DP outputs (sampled from the averaged generator)",
+    "generator.pt": "post-processing of DP outputs (generator weights and the summed noisy marginals)",
+    "privacy_report.json": "the declared-public facts above and the ledger recomputed from them",
+    "quality_report.json": "synthetic rows against the summed noisy marginals: post-processing of DP outputs",
+    "run_config.json, schema.json, README.md": "public settings and the public schema",
+}
 
 
-def privacy_report(coordinator: Coordinator) -> dict:
+def privacy_report(coordinator: Coordinator, public_facts: dict[str, object] | None = None) -> dict:
+    """Per site: every mechanism it ran in this run, epsilon recomputed at the site's own delta,
+    and the site's own cumulative claim (its ledger, all runs), which is what its budget caps."""
     settings = coordinator.settings
     sites = []
     for site in coordinator.sites.values():
         rounds = []
         for event in site.events:
             so_far = [e for e in site.events if (e.round or 0) <= (event.round or 0)]
-            rounds.append({**asdict(event), "epsilon_after": coordinator.epsilon_of(so_far)})
-        epsilon = coordinator.epsilon_of(site.events)
+            rounds.append({**asdict(event), "epsilon_after": coordinator.epsilon_of(site, so_far)})
+        this_run = coordinator.epsilon_of(site)
+        cumulative = max(site.claimed_epsilon, this_run)
         sites.append({
             "site": site.name,
             "node_id": site.node_id,
-            "epsilon": epsilon,
+            "epsilon_this_run": this_run,
+            "epsilon_cumulative": cumulative,
             "epsilon_claimed_by_site": site.claimed_epsilon,
-            "delta": settings.delta,
-            "budget_epsilon": settings.epsilon,
-            "within_budget": epsilon <= settings.epsilon + 1e-9,
+            "delta": site.delta if site.delta is not None else settings.delta,
+            "budget_epsilon_asked": settings.epsilon,
+            "within_budget": cumulative <= settings.epsilon + 1e-9,
             "rounds_accepted": site.rounds_accepted,
             "dropped": site.dropped,
             "ledger": rounds,
@@ -59,14 +74,16 @@ def privacy_report(coordinator: Coordinator) -> dict:
     return {
         "guarantee": "record-level (epsilon, delta)-DP per site, add/remove-one-record adjacency, "
                      "composed over all rounds with the accountant below",
-        "scope": "epsilon per site is recomputed from the privacy events the coordinator received; a site's "
-                 "own ledger is authoritative and also counts work whose reply never arrived",
+        "scope": "epsilon_this_run is recomputed from the privacy events the coordinator received, at each site's "
+                 "own delta; epsilon_cumulative is the site's own ledger over all runs (authoritative: it also "
+                 "counts work whose reply never arrived)",
         "accountant": settings.accountant,
-        "delta": settings.delta,
-        "max_epsilon_any_site": max((site["epsilon"] for site in sites), default=0.0),
+        "max_epsilon_any_site": max((site["epsilon_cumulative"] for site in sites), default=0.0),
         "sites": sites,
         "declared_public": DECLARED_PUBLIC,
+        "public_facts": public_facts or {},
         "never_sent": NOT_SENT,
+        "release_contents": RELEASE_CONTENTS,
         "aggregation": f"{settings.aggregation} of site updates (no site row counts used)",
         # Bounds/categories read off private data without DP: a leak the user accepted explicitly.
         "schema_unreviewed_columns": coordinator.schema.unreviewed_columns,
@@ -74,8 +91,29 @@ def privacy_report(coordinator: Coordinator) -> dict:
     }
 
 
+def quality_report(synthetic: pd.DataFrame, coordinator: Coordinator) -> dict:
+    """How far each synthetic column is from the summed noisy marginals (total variation).
+
+    Computed from DP outputs only, so it may be published with the release; the full
+    validation against real rows is a local artefact that never enters a release.
+    """
+    assert coordinator.marginals is not None
+    synthetic_counts = Marginals(exact_counts(synthetic, coordinator.schema).counts)
+    distances = {}
+    for column in coordinator.schema.columns:
+        target = coordinator.marginals.probabilities(column.name, floor=0.0)
+        produced = synthetic_counts.probabilities(column.name, floor=0.0)
+        distances[column.name] = round(float(0.5 * np.abs(target - produced).sum()), 4)
+    return {
+        "basis": "synthetic rows against the sum of the sites' noisy one-way marginals (DP); no real row is used",
+        "total_variation_per_column": distances,
+        "mean_total_variation": round(float(np.mean(list(distances.values()))), 4) if distances else 0.0,
+    }
+
+
 def write_release(coordinator: Coordinator, out: Path, rows: int, drop_rule_violations: bool = False,
-                  signing_key: Ed25519PrivateKey | None = None) -> Path:
+                  signing_key: Ed25519PrivateKey | None = None, public_facts: dict[str, object] | None = None
+                  ) -> Path:
     """Sample ``rows`` synthetic rows from the global generator and write the bundle to ``out``;
     with ``signing_key`` also the signed manifest of every file in it."""
     trainer = coordinator.trainer
@@ -86,8 +124,9 @@ def write_release(coordinator: Coordinator, out: Path, rows: int, drop_rule_viol
     require_valid(synthetic, coordinator.schema, source="synthetic release")
     write_table(synthetic, out / "synthetic.csv")
     write_table(synthetic, out / "synthetic.parquet")
-    report = privacy_report(coordinator)
+    report = privacy_report(coordinator, public_facts)
     (out / "privacy_report.json").write_text(json.dumps(report, indent=2) + "\n")
+    (out / "quality_report.json").write_text(json.dumps(quality_report(synthetic, coordinator), indent=2) + "\n")
     coordinator.schema.save(out / "schema.json")
     config = {"settings": coordinator.settings.to_dict(), "rows": rows,
               "dropped_rule_violations": dropped if drop_rule_violations else None,
@@ -116,13 +155,13 @@ def _readme(coordinator: Coordinator, report: dict, synthetic: pd.DataFrame, row
         "No row of any site left that site; sites sent only DP-noised marginal counts and DP-SGD model updates.",
         "",
         "## Privacy per site",
-        f"Accountant: {report['accountant']}, delta = {report['delta']:g}.",
+        f"Accountant: {report['accountant']}; each site's epsilon is at its own delta (`privacy_report.json`).",
         "",
         "| site | epsilon spent | budget | rounds accepted | dropped |",
         "|---|---|---|---|---|",
     ]
     for site in report["sites"]:
-        lines.append(f"| {site['site']} | {site['epsilon']:.3f} | {site['budget_epsilon']} | "
+        lines.append(f"| {site['site']} | {site['epsilon_cumulative']:.3f} | {site['budget_epsilon_asked']} | "
                      f"{len(site['rounds_accepted'])} | {len(site['dropped'])} |")
     lines += [
         "",

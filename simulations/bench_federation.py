@@ -100,7 +100,7 @@ def _federate(tables, schema, test, config, rounds: int, steps: int, args, seed:
         root = Path(folder)
         plan = prepare_sites(tables, demo_schema_path(), root / "sites", args.epsilon, 1e-5, seed=seed)
         settings = FederationSettings(rounds=rounds, local_steps=steps, epsilon=args.epsilon, delta=1e-5,
-                                      sample_rate=default_sample_rate(tables, config.batch_size),
+                                      sample_rate=default_sample_rate(tables, config.batch_size)[0],
                                       gan_config=config, seed=seed, min_sites=1, transport_dtype=args.transport_dtype)
         started = time.perf_counter()
         run_sites(plan, schema, settings, ReleasePlan(root / "release", sum(len(t) for t in tables)))

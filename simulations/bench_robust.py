@@ -66,7 +66,7 @@ def main() -> None:
                 plan = prepare_sites(tables, demo_schema_path(), Path(folder) / "sites", 1.0, 1e-5)
                 settings = FederationSettings(rounds=FEDERATED_ROUNDS, local_steps=FEDERATED_LOCAL_STEPS, epsilon=1.0,
                                               delta=1e-5, seed=0, gan_config=FEDERATED_GAN, aggregation=aggregation,
-                                              sample_rate=default_sample_rate(tables, FEDERATED_GAN.batch_size))
+                                              sample_rate=default_sample_rate(tables, FEDERATED_GAN.batch_size)[0])
                 tamper = None if attack_kind == "none" else attack(attack_kind, args.scale, np.random.default_rng(1))
                 grid = InProcessGrid(make_client_app(plan.site_policy), args.sites, tamper)
                 try:

@@ -7,12 +7,12 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 from flwr.app import Context
 
 from fedsyn.client.app import make_client_app
 from fedsyn.client.policy import SitePolicy
+from fedsyn.client.site import initialise_ledger
 from fedsyn.common.evaluation import tstr_auc
 from fedsyn.common.gan import DPTabularGAN
 from fedsyn.common.schema import Schema
@@ -46,8 +46,9 @@ class SimulationPlan:
 def prepare_sites(tables: list[pd.DataFrame], schema_path: Path, root: Path, epsilon: float, delta: float,
                   min_noise_multiplier: float = 0.3, device: str = "cpu", seed: int | None = None,
                   allow_unreviewed_schema: bool = False) -> SimulationPlan:
-    """Write one folder per hospital: its private extract, a policy and (later) its ledger.
-    With ``seed`` each simulated hospital gets its own fixed seed (reproducible runs)."""
+    """Write one folder per hospital: its private extract, a policy and its new, empty ledger.
+    With ``seed`` each simulated hospital gets its own fixed seed (reproducible runs; each
+    mechanism run still draws a fresh stream, keyed by its position in the site's ledger)."""
     plan = SimulationPlan(root)
     for index, table in enumerate(tables):
         folder = root / f"site-{index}"
@@ -59,6 +60,7 @@ def prepare_sites(tables: list[pd.DataFrame], schema_path: Path, root: Path, eps
                             allow_unreviewed_schema=allow_unreviewed_schema,
                             seed=None if seed is None else seed * 1000 + index)
         policy.save(folder / "policy.json")
+        initialise_ledger(SitePolicy.load(folder / "policy.json"))
         plan.policies.append(folder / "policy.json")
     return plan
 
@@ -84,14 +86,18 @@ def run_sites(plan: SimulationPlan, schema: Schema, settings: FederationSettings
     return None
 
 
-def default_sample_rate(tables: list[pd.DataFrame], batch_size: int) -> float:
-    """The sample rate every site uses: ``batch_size`` rows in expectation at the smallest site.
+def default_sample_rate(tables: list[pd.DataFrame], batch_size: int) -> tuple[float, dict[str, object]]:
+    """The sample rate every site uses: ``batch_size`` rows in expectation at the smallest site,
+    and the fact it discloses.
 
-    In a simulation the researcher holds every split, so using their sizes reveals nothing.
-    In a deployment the coordinator sets ``sample-rate`` as a public setting and sites never
-    report their row counts.
+    The rate is published, so the smallest site's row count (``batch_size / rate``) is too:
+    it is returned as a declared public fact for the privacy report. In a deployment the
+    coordinator sets ``sample-rate`` as a public setting and sites never report row counts.
     """
-    return float(min(1.0, batch_size / max(1, min(len(t) for t in tables))))
+    smallest = max(1, min(len(t) for t in tables))
+    rate = float(min(1.0, batch_size / smallest))
+    return rate, {"smallest_site_rows": smallest if rate < 1.0 else f"at most {batch_size}",
+                  "why_public": "the simulation derives the public sample rate from it (batch size / rows)"}
 
 
 def baseline_arms(tables: list[pd.DataFrame], test: pd.DataFrame, schema: Schema, epsilon: float, delta: float,
@@ -115,10 +121,3 @@ def baseline_arms(tables: list[pd.DataFrame], test: pd.DataFrame, schema: Schema
     results["real (TRTR)"] = tstr_auc(pooled_rows, test, schema, seed)
     return results
 
-
-def seed_everything(seed: int | None) -> np.random.Generator:
-    import torch
-
-    if seed is not None:
-        torch.manual_seed(seed)
-    return np.random.default_rng(seed)

@@ -6,6 +6,7 @@ from dp_accounting import pld, rdp
 
 from fedsyn.common.accounting import (
     BudgetExceededError,
+    LedgerError,
     PrivacyEvent,
     PrivacyLedger,
     calibrate_noise_multiplier,
@@ -47,7 +48,7 @@ def test_affordable_steps_is_the_exact_cut_off():
 
 
 def test_charge_refuses_and_leaves_ledger_unchanged(tmp_path):
-    ledger = PrivacyLedger.open(tmp_path / "ledger.json", delta=1e-5)
+    ledger = PrivacyLedger.create(tmp_path / "ledger.json", delta=1e-5)
     ledger.charge(EVENTS[1], budget=5.0)
     spent = ledger.epsilon()
     with pytest.raises(BudgetExceededError, match="above the budget"):
@@ -58,9 +59,63 @@ def test_charge_refuses_and_leaves_ledger_unchanged(tmp_path):
 
 
 def test_ledger_refuses_to_restate_delta(tmp_path):
-    PrivacyLedger.open(tmp_path / "l.json", delta=1e-5).record(EVENTS[0])
-    with pytest.raises(ValueError, match="cannot be re-stated"):
+    PrivacyLedger.create(tmp_path / "l.json", delta=1e-5).charge(EVENTS[0], budget=10.0)
+    with pytest.raises(LedgerError, match="cannot be re-stated"):
         PrivacyLedger.open(tmp_path / "l.json", delta=1e-3)
+
+
+def test_missing_or_corrupt_ledger_is_refused_never_restarted_at_zero(tmp_path):
+    with pytest.raises(LedgerError, match="no privacy ledger.*ledger init"):
+        PrivacyLedger.open(tmp_path / "missing.json", delta=1e-5)
+    assert not (tmp_path / "missing.json").exists()
+    PrivacyLedger.create(tmp_path / "l.json", delta=1e-5).charge(EVENTS[0], budget=10.0)
+    with pytest.raises(LedgerError, match="already exists"):
+        PrivacyLedger.create(tmp_path / "l.json", delta=1e-5)
+    (tmp_path / "l.json").write_text((tmp_path / "l.json").read_text()[:40])  # truncated by a full disk
+    with pytest.raises(LedgerError, match="corrupt"):
+        PrivacyLedger.open(tmp_path / "l.json", delta=1e-5)
+
+
+def test_two_ledger_handles_compose_in_the_file_and_cannot_exceed_the_budget(tmp_path):
+    """Two runs at once each hold a ledger loaded before the other charged: the lock and the
+    re-read under it make the second charge see the first."""
+    path = tmp_path / "ledger.json"
+    PrivacyLedger.create(path, delta=1e-5)
+    first, second = PrivacyLedger.open(path, 1e-5), PrivacyLedger.open(path, 1e-5)
+    event = PrivacyEvent("dp-sgd", 1.0, 0.1, 400)
+    alone = PrivacyLedger(1e-5).epsilon([event])
+    budget = alone * 1.01  # room for one such event, not two
+    assert first.charge(event, budget) == 0
+    with pytest.raises(BudgetExceededError):
+        second.charge(event, budget)
+    assert len(PrivacyLedger.load(path).events) == 1
+    assert PrivacyLedger.load(path).epsilon() <= budget
+
+
+def _charge_in_process(path: str, budget: float, results) -> None:
+    try:
+        PrivacyLedger.open(path, 1e-5).charge(PrivacyEvent("dp-sgd", 1.0, 0.1, 400), budget)
+        results.put("charged")
+    except BudgetExceededError:
+        results.put("refused")
+
+
+def test_concurrent_processes_cannot_overspend_one_ledger(tmp_path):
+    import multiprocessing
+
+    path = tmp_path / "ledger.json"
+    PrivacyLedger.create(path, delta=1e-5)
+    budget = PrivacyLedger(1e-5).epsilon([PrivacyEvent("dp-sgd", 1.0, 0.1, 400)] * 2) * 1.01  # room for two
+    context = multiprocessing.get_context("spawn")
+    results = context.Queue()
+    workers = [context.Process(target=_charge_in_process, args=(str(path), budget, results)) for _ in range(4)]
+    for worker in workers:
+        worker.start()
+    for worker in workers:
+        worker.join(60)
+    outcomes = sorted(results.get(timeout=5) for _ in workers)
+    assert outcomes == ["charged", "charged", "refused", "refused"]
+    assert PrivacyLedger.load(path).epsilon() <= budget
 
 
 def test_calibrated_noise_meets_budget_tightly():

@@ -19,12 +19,18 @@ def test_simulate_writes_a_signed_release_with_report_and_passes_gan_options(tmp
         "--generator-ema", "0.99", "--no-compare", "--out", str(out)])
     assert result.exit_code == 0, result.output
     release = out / "release"
-    verify_release(release, load_public_key(out / "keys" / "coordinator.pub"))  # report included in what is signed
+    verify_release(release, load_public_key(out / "keys" / "coordinator.pub"))
     assert json.loads((release / "run_config.json").read_text())["settings"]["gan_config"]["generator_ema"] == 0.99
-    report = json.loads((release / "report.json").read_text())
+    # Nothing computed from real rows without DP is in the release: the validation report is local only.
+    assert {p.name for p in release.iterdir()} == {
+        "synthetic.csv", "synthetic.parquet", "privacy_report.json", "quality_report.json", "generator.pt",
+        "run_config.json", "schema.json", "README.md", "manifest.json", "manifest.sig"}
+    report = json.loads((out / "local-report" / "report.json").read_text())
     assert report["rows"]["synthetic"] == 300
+    assert (out / "local-report" / "held_out.parquet").is_file()
     privacy = json.loads((release / "privacy_report.json").read_text())
-    assert len(privacy["sites"]) == 3 and all(site["epsilon"] <= 1.0 + 1e-9 for site in privacy["sites"])
+    assert len(privacy["sites"]) == 3 and all(site["epsilon_cumulative"] <= 1.0 + 1e-9 for site in privacy["sites"])
+    assert privacy["public_facts"]["smallest_site_rows"] == "at most 256"  # what the published rate discloses
 
 
 def test_simulate_names_the_problem_when_the_data_does_not_fit_the_schema(tmp_path, demo_frame):

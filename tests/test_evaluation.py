@@ -78,7 +78,7 @@ def test_rule_violations_are_counted_and_can_be_dropped(split, demo_schema):
 def test_html_report_renders_in_headless_chromium(split, demo_schema, tmp_path):
     train, test = split
     synthetic = _random_rows(demo_schema, 800)
-    result = evaluate(synthetic, train, test, demo_schema, ledger={"sites": [{"site": "a", "epsilon": 1.0,
+    result = evaluate(synthetic, train, test, demo_schema, ledger={"sites": [{"site": "a", "epsilon_cumulative": 1.0,
                                                                              "delta": 1e-5}]})
     curve = [{"epsilon": e, "tstr_gradient_boosting": 0.6, "tstr_logistic_regression": 0.7,
               "membership_attack_auc": 0.5} for e in (0.5, 1.0)]

@@ -50,13 +50,14 @@ def test_release_is_valid_and_ledger_matches_independent_recomputation(plan, dem
     report = json.loads((release / "privacy_report.json").read_text())
     assert len(report["sites"]) == 3 and report["schema_unreviewed_columns"] == []
     for site, policy_path in zip(report["sites"], plan.policies):
-        assert site["epsilon"] <= 1.0 and site["within_budget"]
+        assert site["epsilon_this_run"] <= 1.0 and site["within_budget"]
         assert len(site["rounds_accepted"]) == 4  # marginals round + 3 training rounds
         local = PrivacyLedger.load(SitePolicy.load(policy_path).ledger)
         assert site["site"] == SitePolicy.load(policy_path).site_id
         assert local.events == coordinator.sites[site["node_id"]].events
-        assert site["epsilon"] == pytest.approx(independent_epsilon(local.events, 1e-5, "rdp"), rel=1e-3)
-        assert site["epsilon"] == pytest.approx(site["epsilon_claimed_by_site"], rel=1e-9)
+        assert site["epsilon_this_run"] == pytest.approx(independent_epsilon(local.events, 1e-5, "rdp"), rel=1e-3)
+        assert site["epsilon_cumulative"] == pytest.approx(site["epsilon_claimed_by_site"], rel=1e-9)
+        assert site["epsilon_cumulative"] == pytest.approx(site["epsilon_this_run"], rel=1e-9)  # first run
 
 
 def test_sites_send_only_model_arrays_declared_metrics_and_privacy_events(plan, demo_schema, tmp_path):
@@ -99,15 +100,15 @@ def test_malformed_update_is_dropped_and_named(plan, demo_schema, tmp_path):
 
 def test_site_refuses_more_than_its_budget_and_ledger_is_unchanged(plan, demo_schema, tmp_path):
     greedy = FederationSettings(**{**SETTINGS.__dict__, "epsilon": 5.0})
-    with pytest.raises(FederationError, match="refused by site policy.*at most epsilon=1.0"):
+    with pytest.raises(FederationError, match="budget_exhausted: site 'site-.' allows at most epsilon=1.0"):
         _run(plan, demo_schema, tmp_path, settings=greedy)
     for policy in plan.policies:
-        assert not SitePolicy.load(policy).ledger.exists()
+        assert PrivacyLedger.load(SitePolicy.load(policy).ledger).events == []
 
 
 def test_site_refuses_less_noise_than_its_minimum(plan, demo_schema, tmp_path):
     weak = FederationSettings(**{**SETTINGS.__dict__, "noise_multiplier": 0.1})
-    with pytest.raises(FederationError, match="below this site's minimum"):
+    with pytest.raises(FederationError, match="policy_refused: noise multiplier 0.1 is below this site's minimum"):
         _run(plan, demo_schema, tmp_path, settings=weak)
     for policy in plan.policies:
         ledger = PrivacyLedger.load(SitePolicy.load(policy).ledger)

@@ -7,6 +7,7 @@ truncated files.
 
 import io
 import json
+import math
 
 import numpy as np
 import pandas as pd
@@ -74,29 +75,49 @@ def test_coordinator_decoding_of_site_arrays_only_raises_reply_errors(named):
     assert all(np.isfinite(v).all() and v.dtype == np.float32 for v in decoded.values())
 
 
+VALID_EVENT = {"mechanism": "dp-sgd", "noise_multiplier": 1.0, "sample_rate": 0.1, "steps": 8, "round": 1,
+               "epsilon_spent": 0.5, "delta": 1e-5, "site": "a"}
+VALID_CONFIG = {"round": 1, "total_rounds": 3, "local_steps": 4, "sample_rate": 0.1, "epsilon": 1.0,
+                "gan_config": json.dumps({"latent_dim": 8, "generator_hidden": [8]}), "transport_dtype": "float32",
+                protocol.SCHEMA_HASH: "0" * 64}
+any_value = st.one_of(st.floats(allow_nan=True), st.integers(-10, 10**9), st.text(max_size=12))
+
+
 @settings(max_examples=200, deadline=None)
-@given(fields=st.dictionaries(st.sampled_from(sorted(protocol.PRIVACY_FIELDS) + ["rows", "data"]),
-                              st.one_of(st.floats(allow_nan=True), st.integers(), st.text(max_size=6)), max_size=9))
-def test_coordinator_decoding_of_privacy_events_only_raises_reply_errors(fields):
+@given(changed=st.dictionaries(st.sampled_from(sorted(protocol.PRIVACY_FIELDS) + ["rows", "data"]), any_value,
+                               max_size=3),
+       removed=st.sets(st.sampled_from(sorted(VALID_EVENT)), max_size=2))
+def test_coordinator_decoding_of_privacy_events_only_raises_reply_errors(changed, removed):
+    """A valid event with some fields changed, added or removed: decoded and sane, or a ReplyError."""
+    fields = {k: v for k, v in {**VALID_EVENT, **changed}.items() if k not in removed}
     try:
-        event, claimed, _ = protocol.decode_event(ConfigRecord(fields))
+        event, claimed, delta, _ = protocol.decode_event(ConfigRecord(fields))
     except protocol.ReplyError:
+        assert changed or removed  # the untouched valid event must decode
         return
-    assert event.noise_multiplier > 0 and 0 < event.sample_rate <= 1 and event.steps >= 0
+    assert set(fields) <= protocol.PRIVACY_FIELDS
+    assert event.noise_multiplier > 0 and 0 < event.sample_rate <= 1 and event.steps >= 0 and 0 < delta < 1
+
+
+def test_privacy_event_with_an_undeclared_field_is_rejected():
+    with pytest.raises(protocol.ReplyError, match="undeclared"):
+        protocol.decode_event(ConfigRecord({**VALID_EVENT, "rows": 300}))
 
 
 @settings(max_examples=200, deadline=None)
-@given(config=st.dictionaries(
-    st.sampled_from(["round", "total_rounds", "local_steps", "sample_rate", "epsilon", "noise_multiplier",
-                     "gan_config", "transport_dtype"]),
-    st.one_of(st.integers(-10, 10**9), st.floats(allow_nan=True), st.text(max_size=12),
-              st.just(json.dumps({"latent_dim": 10**6, "generator_hidden": [8]}))), max_size=8))
-def test_site_decoding_of_coordinator_instructions_refuses_cleanly(config):
+@given(changed=st.dictionaries(st.sampled_from(sorted(VALID_CONFIG) + ["noise_multiplier"]), st.one_of(
+    any_value, st.just(json.dumps({"latent_dim": 10**6, "generator_hidden": [8]}))), max_size=3),
+       removed=st.sets(st.sampled_from(sorted(VALID_CONFIG)), max_size=2))
+def test_site_decoding_of_coordinator_instructions_refuses_cleanly(changed, removed):
+    """A valid instruction with some fields changed or removed: a sane request, or a refusal."""
+    config = {k: v for k, v in {**VALID_CONFIG, **changed}.items() if k not in removed}
     try:
         request = _decode_request(ConfigRecord(config))
     except PolicyRefusal:
+        assert changed or removed  # the untouched valid instruction must decode
         return
-    assert request.local_steps >= 1 and 0 < request.sample_rate <= 1
+    assert request.local_steps >= 1 and 0 < request.sample_rate <= 1 and math.isfinite(request.epsilon)
+    assert request.epsilon > 0 and (request.noise_multiplier is None or request.noise_multiplier > 0)
 
 
 def test_fuzzed_and_truncated_files_give_clear_errors(tmp_path, demo_frame, demo_schema):

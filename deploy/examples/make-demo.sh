@@ -8,6 +8,8 @@ out=${1:-demo-deploy}
 import json, sys
 from pathlib import Path
 import numpy as np
+from fedsyn.common.accounting import PrivacyLedger
+from fedsyn.common.audit import AuditLog
 from fedsyn.common.certs import create_ca, create_server_certificate, create_site_keypair
 from fedsyn.common.signing import generate_keypair
 from fedsyn.common.data import demo_data_path, demo_schema_path
@@ -31,6 +33,9 @@ for index, table in enumerate(split_table(read_table(demo_data_path(), schema), 
     policy.update(site_id=f"site-{index}", data="/etc/fedsyn/data.parquet", schema="/etc/fedsyn/schema.json")
     policy["coordinator"].update(superlink="coordinator:8000")
     (site / "site.json").write_text(json.dumps(policy, indent=2))
+    # What `fedsyn client ledger init` does inside the container, at the paths the container sees.
+    ledger = PrivacyLedger.create(site / "state" / "ledger.json", policy["delta"], protects=policy["data"])
+    AuditLog(site / "state" / "audit.jsonl").append("ledger_created", ledger=policy["ledger"], protects=ledger.protects)
 (coordinator / "state").mkdir(exist_ok=True)
 PY
 printf 'FEDSYN_UID=%s\nFEDSYN_GID=%s\n' "$(id -u)" "$(id -g)" > "$out/.env"

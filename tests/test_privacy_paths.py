@@ -1,0 +1,308 @@
+"""Privacy properties checked through the production path: the site, its trainer and ledger.
+
+Each test here is aimed at one way the guarantee can break (noise, clipping, sampling,
+normalisation, randomness reuse, charge order, refusals, error texts); `pytest -m mutation`
+(tests/test_mutations.py) proves each fails when that part is broken.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pytest
+import torch
+from flwr.app import ConfigRecord, Context, Message, RecordDict
+from flwr.common.constant import SUPERLINK_NODE_ID
+from flwr.supercore.task_identity import TaskIdentity
+
+from fedsyn.client.app import make_client_app
+from fedsyn.client.policy import SitePolicy
+from fedsyn.client.site import Site, SiteRefusal, TrainRequest
+from fedsyn.common import protocol
+from fedsyn.common.accounting import LedgerError, PrivacyLedger, gaussian_noise_for_epsilon
+from fedsyn.common.data import demo_schema_path
+from fedsyn.common.encoder import TableEncoder
+from fedsyn.common.gan import DPTabularGAN
+from fedsyn.common.marginals import Marginals, exact_counts
+from fedsyn.common.randomness import torch_generator
+from fedsyn.common.training import GANConfig, GANTrainer
+from fedsyn.server.coordinator import FederationSettings
+from fedsyn.simulations.run import prepare_sites
+
+TINY = GANConfig(latent_dim=8, generator_hidden=(16,), discriminator_hidden=(16,), batch_size=32, max_grad_norm=0.5)
+
+
+def _site(tmp_path, frame, seed: int | None = 0, max_epsilon: float = 50.0) -> Site:
+    plan = prepare_sites([frame], demo_schema_path(), tmp_path / "sites", epsilon=max_epsilon, delta=1e-5, seed=seed)
+    return Site(SitePolicy.load(plan.policies[0]))
+
+
+def _request(site: Site, round_: int = 1, **changes) -> TrainRequest:
+    fields = dict(round=round_, total_rounds=5, local_steps=3, sample_rate=0.2, epsilon=50.0, noise_multiplier=1.0,
+                  gan_config=TINY, schema_sha256=protocol.schema_fingerprint(site.schema))
+    return TrainRequest(**{**fields, **changes})
+
+
+def _global_model(site: Site) -> tuple[dict[str, np.ndarray], Marginals]:
+    marginals = Marginals.uniform(site.schema)
+    trainer = GANTrainer(TableEncoder(site.schema, marginals), TINY, rng=torch_generator(7, "global"))
+    return dict(trainer.state_arrays()), marginals
+
+
+def _trainer(demo_schema, seed: int = 0) -> GANTrainer:
+    return GANTrainer(TableEncoder(demo_schema, Marginals.uniform(demo_schema)), TINY, rng=torch_generator(seed, "t"))
+
+
+def _encoded(demo_schema, frame) -> torch.Tensor:
+    return torch.as_tensor(TableEncoder(demo_schema, Marginals.uniform(demo_schema)).encode(frame))
+
+
+# -- the DP-SGD step inside the trainer ------------------------------------------------------
+
+def test_training_step_noise_has_the_accountants_std(demo_schema, demo_frame):
+    """With no record in the batch the released gradient is pure noise: std sigma*C/B, B the
+    public nominal batch size."""
+    trainer, sigma = _trainer(demo_schema), 3.0
+    empty = _encoded(demo_schema, demo_frame.head(0))
+    draws = torch.cat([torch.cat([g.flatten() for g in trainer.real_gradient(empty, 0.5, sigma).values()])
+                       for _ in range(10)])
+    assert draws.std().item() == pytest.approx(sigma * TINY.max_grad_norm / TINY.batch_size, rel=0.05)
+
+
+def test_one_record_moves_the_training_step_by_at_most_the_clip_norm(demo_schema, demo_frame):
+    """Same stream, same noise: replacing one record by an extreme one moves the step by at
+    most 2C/B. Fails when per-record clipping is off."""
+    rows = _encoded(demo_schema, demo_frame.head(40))
+    outlier = rows.clone()
+    outlier[5] = 1e4
+    steps = []
+    for data in (rows, outlier):
+        trainer = _trainer(demo_schema, seed=3)
+        steps.append(trainer.real_gradient(data, 1.0, 0.7))
+    moved = torch.cat([(steps[0][k] - steps[1][k]).flatten() for k in steps[0]]).norm().item()
+    assert moved <= 2 * TINY.max_grad_norm / TINY.batch_size + 1e-6
+    assert moved > 0  # the record did take part
+
+
+def test_training_step_uses_poisson_batches(demo_schema, demo_frame):
+    """The batch the discriminator sees varies binomially, as the accountant assumes."""
+    trainer = _trainer(demo_schema)
+    data = _encoded(demo_schema, demo_frame.head(1000))
+    sizes: list[int] = []
+    handle = trainer.discriminator.register_forward_pre_hook(lambda _, args: sizes.append(args[0].shape[0]))
+    try:
+        for _ in range(200):
+            trainer.real_gradient(data, 0.1, 1.0)
+    finally:
+        handle.remove()
+    sizes_array = np.asarray(sizes, dtype=float)
+    assert sizes_array.mean() == pytest.approx(100, rel=0.05)
+    assert sizes_array.var() == pytest.approx(1000 * 0.1 * 0.9, rel=0.35)
+
+
+def test_nothing_in_the_step_depends_on_the_row_count(demo_schema, demo_frame, monkeypatch):
+    """The normaliser and the fake batch are public constants: 300 and 301 rows give the same."""
+    import fedsyn.common.training as training
+
+    seen: list[tuple[float, int]] = []
+    real_private_gradient = training.private_gradient
+
+    def spy(*args, **kwargs):
+        seen.append((kwargs["expected_batch_size"], 0))
+        return real_private_gradient(*args, **kwargs)
+
+    monkeypatch.setattr(training, "private_gradient", spy)
+    fake_sizes: list[int] = []
+    for n in (300, 301):
+        trainer = _trainer(demo_schema)
+        original = trainer.conditions.sample
+        trainer.conditions.sample = lambda k, g, column=None, _o=original: (fake_sizes.append(k), _o(k, g, column))[1]
+        trainer.discriminator_step(_encoded(demo_schema, demo_frame.head(n)), 0.1, 1.0)
+    assert [normaliser for normaliser, _ in seen] == [float(TINY.batch_size)] * 2
+    assert fake_sizes == [TINY.batch_size] * 2
+
+
+# -- the site: randomness, charge order, refusals ------------------------------------------
+
+def test_a_seeded_site_never_reuses_noise_or_batches(tmp_path, small_frame):
+    """Same seed, same model, same data: two rounds and two marginals requests still differ."""
+    site = _site(tmp_path, small_frame, seed=0)
+    arrays, marginals = _global_model(site)
+    first, _, _ = site.train(_request(site, 1), arrays, marginals)
+    second, _, _ = site.train(_request(site, 2), arrays, marginals)
+    assert any(not np.array_equal(first[k], second[k]) for k in first)
+    sigma = 30.0
+    one, _ = site.release_marginals(sigma, 50.0, protocol.schema_fingerprint(site.schema))
+    two, _ = site.release_marginals(sigma, 50.0, protocol.schema_fingerprint(site.schema))
+    assert all(not np.allclose(one.counts[c], two.counts[c]) for c in one.counts)
+
+
+def test_the_ledger_is_charged_before_any_mechanism_runs(tmp_path, small_frame, monkeypatch):
+    import fedsyn.client.site as site_module
+
+    site = _site(tmp_path, small_frame)
+    seen: dict[str, list[str]] = {}
+    real_train, real_marginals = GANTrainer.train, site_module.noisy_marginals
+
+    def train_spy(self, *args, **kwargs):
+        seen["train"] = [e.mechanism for e in PrivacyLedger.load(site.policy.ledger).events]
+        return real_train(self, *args, **kwargs)
+
+    def marginals_spy(*args, **kwargs):
+        seen["marginals"] = [e.mechanism for e in PrivacyLedger.load(site.policy.ledger).events]
+        return real_marginals(*args, **kwargs)
+
+    monkeypatch.setattr(GANTrainer, "train", train_spy)
+    monkeypatch.setattr(site_module, "noisy_marginals", marginals_spy)
+    site.release_marginals(30.0, 50.0, protocol.schema_fingerprint(site.schema))
+    arrays, marginals = _global_model(site)
+    site.train(_request(site), arrays, marginals)
+    assert seen == {"marginals": ["gaussian-marginals"], "train": ["gaussian-marginals", "dp-sgd"]}
+
+
+def test_single_site_fit_charges_before_its_first_step(demo_schema, small_frame):
+    model = DPTabularGAN(demo_schema, epsilon=1.0, delta=1e-5, epochs=1, config=TINY, seed=0)
+    charged: list[list[str]] = []
+    model.fit(small_frame, on_step=lambda step, _: charged.append([e.mechanism for e in model.ledger_.events])
+              if step == 0 else None)
+    assert charged == [["gaussian-marginals", "dp-sgd"]]
+
+
+def test_marginals_noise_through_the_site_has_std_sigma_sqrt_d(tmp_path, small_frame):
+    site = _site(tmp_path, small_frame)
+    sigma = 2.0
+    released, _ = site.release_marginals(sigma, 50.0, protocol.schema_fingerprint(site.schema))
+    exact = exact_counts(small_frame, site.schema)
+    residuals = np.concatenate([released.counts[c] - exact.counts[c] for c in exact.counts])
+    assert residuals.std() == pytest.approx(sigma * math.sqrt(len(site.schema.columns)), rel=0.12)
+
+
+def _refusal(site: Site, call) -> SiteRefusal:
+    with pytest.raises(SiteRefusal) as caught:
+        call()
+    assert PrivacyLedger.load(site.policy.ledger).events == []  # a refusal costs nothing
+    return caught.value
+
+
+def test_refusals_charge_nothing_and_say_nothing_private(tmp_path, small_frame):
+    bad = small_frame.copy()
+    bad.loc[7, "kappa"] = 31337.25  # outside the public bounds
+    site = _site(tmp_path, bad)
+    arrays, marginals = _global_model(site)
+    refusal = _refusal(site, lambda: site.train(_request(site), arrays, marginals))
+    assert refusal.code is protocol.ErrorCode.DATA_INVALID
+    for secret in ("31337", "line", str(len(bad)), str(site.policy.data)):
+        assert secret not in refusal.public_reason
+
+    site = _site(tmp_path / "ok", small_frame)
+    arrays, marginals = _global_model(site)
+    assert _refusal(site, lambda: site.train(_request(site, schema_sha256="f" * 64), arrays, marginals)).code \
+        is protocol.ErrorCode.SCHEMA_MISMATCH
+    wrong_shape = {**arrays, "generator.head.bias": np.zeros(3, dtype=np.float32)}
+    assert _refusal(site, lambda: site.train(_request(site), wrong_shape, marginals)).code \
+        is protocol.ErrorCode.MALFORMED_REQUEST
+    assert _refusal(site, lambda: site.train(_request(site, epsilon=60.0), arrays, marginals)).code \
+        is protocol.ErrorCode.BUDGET_EXHAUSTED
+
+
+def test_site_refuses_a_delta_not_below_one_over_n(tmp_path, small_frame):
+    site = _site(tmp_path, small_frame.head(50))
+    site.policy = site.policy.model_copy(update={"delta": 0.05})
+    site.ledger.delta = 0.05
+    assert _refusal(site, lambda: site.release_marginals(30.0, 50.0, protocol.schema_fingerprint(site.schema))).code \
+        is protocol.ErrorCode.POLICY_REFUSED
+
+
+def _reply(policy_path, content: RecordDict, message_type: str) -> Message:
+    app = make_client_app(lambda _: SitePolicy.load(policy_path))
+    TaskIdentity.run_id, TaskIdentity.node_id, TaskIdentity.task_id = 1, SUPERLINK_NODE_ID, 1  # as a ServerApp
+    context = Context(run_id=1, node_id=5, state=RecordDict(), run_config={}, node_config={})
+    message = Message(content, dst_node_id=5, message_type=message_type, group_id="1")
+    message.metadata.__dict__["_message_id"] = "m1"
+    return app(message, context)
+
+
+def test_error_replies_carry_a_code_and_public_text_only(tmp_path, small_frame):
+    bad = small_frame.copy()
+    bad.loc[3, "creatinine"] = 27182.5
+    plan = prepare_sites([bad], demo_schema_path(), tmp_path / "sites", epsilon=1.0, delta=1e-5)
+    config = ConfigRecord({"noise_multiplier": 5.0, "epsilon": 1.0,
+                           protocol.SCHEMA_HASH: protocol.schema_fingerprint(Site(SitePolicy.load(
+                               plan.policies[0])).schema)})
+    reply = _reply(plan.policies[0], RecordDict({protocol.CONFIG: config}), protocol.QUERY_MARGINALS)
+    assert reply.has_error() and reply.error.code == protocol.ErrorCode.DATA_INVALID
+    assert reply.error.reason.startswith("data_invalid: ")
+    for secret in ("27182", str(len(bad)), "sites/site-0", "line"):
+        assert secret not in reply.error.reason
+    assert PrivacyLedger.load(SitePolicy.load(plan.policies[0]).ledger).events == []
+
+
+# -- the ledger at the site ----------------------------------------------------------------
+
+def test_a_deleted_or_reset_ledger_is_refused(tmp_path, small_frame):
+    site = _site(tmp_path, small_frame)
+    site.release_marginals(30.0, 50.0, protocol.schema_fingerprint(site.schema))
+    ledger_path = site.policy.ledger
+    saved = ledger_path.read_text()
+    ledger_path.unlink()
+    with pytest.raises(LedgerError, match="no privacy ledger"):
+        Site(site.policy)
+    PrivacyLedger.create(ledger_path, site.policy.delta, protects=str(site.policy.data.resolve()))  # behind our back
+    with pytest.raises(LedgerError, match="audit trail .* records 1 charges"):
+        Site(site.policy)
+    ledger_path.write_text(saved)
+    Site(site.policy)  # restored from backup: accepted again
+
+
+def test_two_sites_on_one_policy_share_one_budget(tmp_path, small_frame):
+    """Two runs at once against one policy (Flower starts one process per run)."""
+    first = _site(tmp_path, small_frame, max_epsilon=1.0)
+    second = Site(first.policy)
+    fingerprint = protocol.schema_fingerprint(first.schema)
+    sigma = gaussian_noise_for_epsilon(0.8, 1e-5)  # room for one such release, not two
+    first.release_marginals(sigma, 1.0, fingerprint)
+    with pytest.raises(SiteRefusal) as refused:
+        second.release_marginals(sigma, 1.0, fingerprint)
+    assert refused.value.code is protocol.ErrorCode.BUDGET_EXHAUSTED
+    assert PrivacyLedger.load(first.policy.ledger).epsilon() <= 1.0
+
+
+# -- settings refused before anything is spent ----------------------------------------------
+
+@pytest.mark.parametrize("change, message", [
+    ({"aggregation": "foo"}, "aggregation 'foo'"),
+    ({"transport_dtype": "float8"}, "transport_dtype"),
+    ({"epsilon": float("nan")}, "epsilon"),
+    ({"delta": 1.5}, "delta"),
+    ({"site_noise_multiplier": 1.0, "aggregation": "median"}, "calibrated for mean"),
+])
+def test_invalid_federation_settings_are_refused_at_construction(change, message):
+    with pytest.raises(ValueError, match=message):
+        FederationSettings(**change)
+
+
+def test_privacy_report_states_each_sites_own_delta(tmp_path, demo_frame, demo_schema):
+    from fedsyn.client.site import initialise_ledger
+    from fedsyn.server.app import ReleasePlan, run_federation
+    from fedsyn.simulations.inprocess import InProcessGrid
+
+    tables = [demo_frame.iloc[:300], demo_frame.iloc[300:600]]
+    plan = prepare_sites(tables, demo_schema_path(), tmp_path / "sites", epsilon=1.0, delta=1e-5)
+    stricter = SitePolicy.load(plan.policies[1])
+    stricter.ledger.unlink()
+    stricter.audit_trail.unlink()
+    stricter = stricter.model_copy(update={"delta": 1e-7})
+    stricter.save(plan.policies[1])
+    initialise_ledger(SitePolicy.load(plan.policies[1]))
+    settings = FederationSettings(rounds=1, local_steps=2, sample_rate=0.2, epsilon=1.0, delta=1e-5,
+                                  gan_config=TINY, seed=0, min_sites=2)
+    grid = InProcessGrid(make_client_app(plan.site_policy), 2)
+    run_federation(grid, demo_schema, settings, ReleasePlan(tmp_path / "release", rows=50))
+    report = json.loads((tmp_path / "release" / "privacy_report.json").read_text())
+    deltas = sorted(site["delta"] for site in report["sites"])
+    assert deltas == [1e-7, 1e-5]
+    for site, policy in zip(sorted(report["sites"], key=lambda s: s["site"]), plan.policies):
+        ledger = PrivacyLedger.load(SitePolicy.load(policy).ledger)
+        assert site["epsilon_this_run"] == pytest.approx(ledger.epsilon(), rel=1e-6)
