@@ -1,0 +1,177 @@
+"""Mutation tests: break one privacy-relevant line of production code, the targeted tests must fail.
+
+Opt-in (``python -m pytest -m mutation``, a few minutes). Each case copies the project into a
+scratch folder, applies one textual mutation there, and runs the tests aimed at it against
+the mutated copy (a ``fedsyn`` package assembled from the copy's folders, first on the path).
+A control run first checks that every targeted test passes on the unmutated copy, so a red
+mutation run means the tests caught the mutation, not that they were broken already.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.mutation
+
+ROOT = Path(__file__).resolve().parents[1]
+PACKAGES = ("common", "client", "server", "simulations", "cli")
+PRIVACY = "tests/test_privacy_paths.py::"
+
+
+@dataclass(frozen=True)
+class Mutation:
+    name: str
+    path: str
+    original: str
+    mutated: str
+    tests: tuple[str, ...]
+
+
+MUTATIONS = [
+    Mutation("noise halved inside the training step", "common/training.py",
+             "noise_multiplier=noise_multiplier, max_grad_norm=self.config.max_grad_norm,",
+             "noise_multiplier=noise_multiplier / 2, max_grad_norm=self.config.max_grad_norm,",
+             (PRIVACY + "test_training_step_noise_has_the_accountants_std",)),
+    Mutation("clipping disabled inside private_gradient", "common/dp_sgd.py",
+             "summed = clipped_sum(module, loss_of_one, inputs, max_grad_norm)",
+             "summed = clipped_sum(module, loss_of_one, inputs, 1e12)",
+             (PRIVACY + "test_one_record_moves_the_training_step_by_at_most_the_clip_norm",)),
+    Mutation("fixed-size shuffled batches instead of Poisson sampling", "common/training.py",
+             "real = data[poisson_sample(data.shape[0], sample_rate, self.rng, self.device)]",
+             "real = data[torch.randperm(data.shape[0], generator=self.rng)[:round(sample_rate * data.shape[0])]]",
+             (PRIVACY + "test_training_step_uses_poisson_batches",)),
+    Mutation("gradient normalised by the private expected batch q*n", "common/training.py",
+             "normaliser = float(self.config.batch_size)", "normaliser = sample_rate * data.shape[0]",
+             (PRIVACY + "test_nothing_in_the_step_depends_on_the_row_count",)),
+    Mutation("site ledger charged after training instead of before", "client/site.py",
+             "        position = self._charge(event, request.epsilon)  # before any step runs\n"
+             "        trainer.rng = torch_generator(self.seed, event.mechanism, position, device=trainer.device)\n"
+             "        data = torch.as_tensor(trainer.encoder.encode(frame), device=trainer.device)\n"
+             "        history = trainer.train(data, request.local_steps, request.sample_rate, sigma)\n",
+             "        data = torch.as_tensor(trainer.encoder.encode(frame), device=trainer.device)\n"
+             "        history = trainer.train(data, request.local_steps, request.sample_rate, sigma)\n"
+             "        position = self._charge(event, request.epsilon)\n",
+             (PRIVACY + "test_the_ledger_is_charged_before_any_mechanism_runs",)),
+    Mutation("single-site fit charged after training", "common/gan.py",
+             "            ledger.charge(PrivacyEvent(\"dp-sgd\", self.noise_multiplier_, sample_rate, steps), "
+             "self.epsilon)\n"
+             "        self.history_ = trainer.train(data, steps, sample_rate, self.noise_multiplier_, on_step)\n",
+             "        self.history_ = trainer.train(data, steps, sample_rate, self.noise_multiplier_, on_step)\n"
+             "        if self.noise_multiplier_ is not None:\n"
+             "            ledger.charge(PrivacyEvent(\"dp-sgd\", self.noise_multiplier_, sample_rate, steps), "
+             "self.epsilon)\n",
+             (PRIVACY + "test_single_site_fit_charges_before_its_first_step",)),
+    Mutation("marginals noise cut to a quarter", "common/marginals.py",
+             "std = noise_multiplier * math.sqrt(len(schema.columns))",
+             "std = noise_multiplier * math.sqrt(len(schema.columns)) / 4",
+             (PRIVACY + "test_marginals_noise_through_the_site_has_std_sigma_sqrt_d",)),
+    Mutation("marginals sensitivity 1 instead of sqrt(d)", "common/marginals.py",
+             "std = noise_multiplier * math.sqrt(len(schema.columns))", "std = noise_multiplier * 1.0",
+             (PRIVACY + "test_marginals_noise_through_the_site_has_std_sigma_sqrt_d",)),
+    Mutation("privacy-event decoding accepts undeclared fields", "common/protocol.py",
+             "    if unknown:\n        raise ReplyError", "    if False:\n        raise ReplyError",
+             ("tests/test_hostile_input.py::test_privacy_event_with_an_undeclared_field_is_rejected",
+              "tests/test_hostile_input.py::test_coordinator_decoding_of_privacy_events_only_raises_reply_errors")),
+    Mutation("ledger's NaN-budget check removed", "common/accounting.py",
+             "if not (math.isfinite(budget) and budget > 0):  # NaN", "if False:  # NaN",
+             ("tests/test_accounting.py::test_nan_budget_or_parameters_are_refused_not_silently_passed",)),
+    Mutation("site's NaN-epsilon check removed", "client/site.py",
+             "if not (math.isfinite(self.epsilon) and self.epsilon > 0):", "if False:",
+             ("tests/test_hostile_input.py::test_site_decoding_of_coordinator_instructions_refuses_cleanly",)),
+    Mutation("seeded site reuses one training stream every round", "client/site.py",
+             "torch_generator(self.seed, event.mechanism, position, device=trainer.device)",
+             "torch_generator(self.seed, event.mechanism, 0, device=trainer.device)",
+             (PRIVACY + "test_a_seeded_site_never_reuses_noise_or_batches",)),
+    Mutation("seeded site reuses one marginals stream", "client/site.py",
+             "numpy_generator(self.seed, event.mechanism, position)", "numpy_generator(self.seed, event.mechanism, 0)",
+             (PRIVACY + "test_a_seeded_site_never_reuses_noise_or_batches",)),
+    Mutation("ledger not re-read under its lock", "common/accounting.py",
+             "                self.events = current.events\n", "                pass\n",
+             ("tests/test_accounting.py::test_two_ledger_handles_compose_in_the_file_and_cannot_exceed_the_budget",
+              PRIVACY + "test_two_sites_on_one_policy_share_one_budget")),
+    Mutation("missing ledger silently restarts at epsilon 0", "common/accounting.py",
+             "        if not path.exists():\n            raise LedgerError(\n",
+             "        if not path.exists():\n            return cls(delta, accountant, path=path)\n"
+             "            raise LedgerError(\n",
+             ("tests/test_accounting.py::test_missing_or_corrupt_ledger_is_refused_never_restarted_at_zero",
+              PRIVACY + "test_a_deleted_or_reset_ledger_is_refused")),
+    Mutation("ledger not cross-checked against the audit trail", "client/site.py",
+             "if len(self.ledger.events) < recorded:", "if False:",
+             (PRIVACY + "test_a_deleted_or_reset_ledger_is_refused",)),
+    Mutation("extract validated only after the charge", "client/site.py",
+             "        frame = self._private_rows()\n        trainer = self._trainer(",
+             "        self._charge(PrivacyEvent('dp-sgd', sigma, request.sample_rate, 1), request.epsilon)\n"
+             "        frame = self._private_rows()\n        trainer = self._trainer(",
+             (PRIVACY + "test_refusals_charge_nothing_and_say_nothing_private",)),
+    Mutation("refusal text quotes the exception", "client/site.py",
+             "raise SiteRefusal(ErrorCode.DATA_INVALID, \"the site's extract does not pass validation against the \"",
+             "raise SiteRefusal(ErrorCode.DATA_INVALID, str(exc) + \"\"",
+             (PRIVACY + "test_error_replies_carry_a_code_and_public_text_only",)),
+    Mutation("validation messages quote cell values", "common/validation.py",
+             'return [f"line {int(i) + 2}" for i in np.flatnonzero(mask)[:_EXAMPLES]]',
+             'return [f"line {int(i) + 2}: {v!r}" for i, v in zip(np.flatnonzero(mask)[:_EXAMPLES], series[mask])]',
+             ("tests/test_private_output.py",)),
+    Mutation("real-data validation report signed into the release", "cli/main.py",
+             'local = out / "local-report"', 'local = out / "release"',
+             ("tests/test_cli.py::test_simulate_writes_a_signed_release_with_report_and_passes_gan_options",)),
+    Mutation("site-level DP allowed with median aggregation", "server/coordinator.py",
+             'if self.aggregation != "mean":', "if False:",
+             (PRIVACY + "test_invalid_federation_settings_are_refused_at_construction",)),
+    Mutation("coordinator reports epsilon at its own delta", "server/coordinator.py",
+             "delta = site.delta if site.delta is not None else self.settings.delta",
+             "delta = self.settings.delta",
+             (PRIVACY + "test_privacy_report_states_each_sites_own_delta",)),
+]
+
+
+def _copy_project(destination: Path) -> Path:
+    """A scratch copy of the code and tests, and an import root where ``fedsyn`` is that copy."""
+    for name in (*PACKAGES, "tests"):
+        shutil.copytree(ROOT / name, destination / name, ignore=shutil.ignore_patterns("__pycache__"))
+    shutil.copy(ROOT / "pyproject.toml", destination / "pyproject.toml")
+    package = destination / "import-root" / "fedsyn"
+    package.mkdir(parents=True)
+    (package / "__init__.py").write_text('"""fedsyn assembled from a mutated scratch copy."""\n')
+    for name in PACKAGES:
+        (package / name).symlink_to(destination / name, target_is_directory=True)
+    return destination
+
+
+def _run_tests(project: Path, tests: tuple[str, ...]) -> subprocess.CompletedProcess:
+    environment = {**os.environ, "PYTHONPATH": str(project / "import-root"), "OMP_NUM_THREADS": "1"}
+    return subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-x", "-p", "no:cacheprovider", "-o", "addopts=--import-mode=importlib",
+         *tests], cwd=project, env=environment, capture_output=True, text=True, timeout=900)
+
+
+@pytest.fixture(scope="module")
+def control(tmp_path_factory) -> None:
+    """Every targeted test passes on the unmutated copy, run the same way."""
+    project = _copy_project(tmp_path_factory.mktemp("control"))
+    targets = tuple(sorted({test for mutation in MUTATIONS for test in mutation.tests}))
+    result = _run_tests(project, targets)
+    assert result.returncode == 0, result.stdout[-3000:]
+    probe = subprocess.run([sys.executable, "-c", "import fedsyn.common.training as t; print(t.__file__)"],
+                           env={**os.environ, "PYTHONPATH": str(project / "import-root")}, capture_output=True,
+                           text=True)
+    assert str(project / "import-root") in probe.stdout, "the scratch copy is not the fedsyn under test"
+
+
+@pytest.mark.parametrize("mutation", MUTATIONS, ids=[m.name for m in MUTATIONS])
+def test_mutation_is_caught(mutation: Mutation, control: None, tmp_path: Path) -> None:
+    project = _copy_project(tmp_path)
+    target = project / mutation.path
+    source = target.read_text()
+    assert source.count(mutation.original) == 1, f"the mutation's anchor is not unique in {mutation.path}"
+    target.write_text(source.replace(mutation.original, mutation.mutated))
+    result = _run_tests(project, mutation.tests)
+    summary = result.stdout.strip().splitlines()[-1] if result.stdout.strip() else result.stderr[-500:]
+    assert result.returncode == 1 and " failed" in summary, (
+        f"'{mutation.name}' survived (or broke collection): {summary}")
