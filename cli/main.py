@@ -110,28 +110,35 @@ def fit(data: Path, schema: Annotated[Path, typer.Option("--schema", "-s")],
 def simulate(
     sites: Annotated[list[Path] | None, typer.Option("--sites", help="one extract per hospital")] = None,
     data: Annotated[Path | None, typer.Option(help="one table to split into --split hospitals")] = None,
-    split: int = 3,
+    split: Annotated[int, typer.Option(help="how many hospitals to split --data into", min=1)] = 3,
     skew: Annotated[str | None, typer.Option(help="non-IID split sorted by this column")] = None,
     dirichlet: Annotated[float | None, typer.Option(help="label skew with Dirichlet(alpha)")] = None,
-    schema: Path | None = None,
-    epsilon: Annotated[float, typer.Option(help="budget per site")] = 1.0,
-    delta: float = 1e-5,
-    rounds: int = FEDERATED_ROUNDS,
-    local_steps: int = FEDERATED_LOCAL_STEPS,
-    batch_size: int = FEDERATED_GAN.batch_size,
-    learning_rate: float = FEDERATED_GAN.generator_lr,
+    schema: Annotated[Path | None, typer.Option(
+        help="the public schema (JSON) of your data; required with --data or --sites")] = None,
+    epsilon: Annotated[float, typer.Option(help="privacy budget (epsilon) each site spends in total")] = 1.0,
+    delta: Annotated[float, typer.Option(help="DP delta per site; must be below 1/rows of every site")] = 1e-5,
+    rounds: Annotated[int, typer.Option(help="federated training rounds after the marginals round")
+                      ] = FEDERATED_ROUNDS,
+    local_steps: Annotated[int, typer.Option(help="DP-SGD steps each site runs per round")] = FEDERATED_LOCAL_STEPS,
+    batch_size: Annotated[int, typer.Option(help="expected records per DP-SGD step at the smallest site")
+                          ] = FEDERATED_GAN.batch_size,
+    learning_rate: Annotated[float, typer.Option(help="Adam learning rate of generator and discriminator")
+                             ] = FEDERATED_GAN.generator_lr,
     generator_ema: Annotated[float, typer.Option(help=(
         "per-step decay of the averaged generator that samples the release: 0.99 fits numeric columns "
         "better (KS of age 0.24 vs 0.37); the default keeps 5-site logistic-regression utility higher"))
     ] = FEDERATED_GAN.generator_ema,
-    rows: int = 0,
-    out: Path = Path("fedsyn-simulation"),
-    seed: int = 0,
+    rows: Annotated[int, typer.Option(help="synthetic rows to release; 0: as many as all sites' training rows")
+                    ] = 0,
+    out: Annotated[Path, typer.Option(help="output folder: release/, local-report/, sites/, keys/")
+                   ] = Path("fedsyn-simulation"),
+    seed: Annotated[int, typer.Option(help="seed of the split and of every simulated site (reproducible runs; "
+                                           "each mechanism still draws a fresh stream)")] = 0,
     device: Annotated[str, typer.Option(help="torch device for the sites' training, e.g. cuda")] = "cpu",
     release_every: Annotated[int, typer.Option(help="also write an interim release every K rounds")] = 0,
     site_noise_multiplier: Annotated[float | None, typer.Option(
         help="add site-level DP (Flower's server-side fixed clipping) with this noise multiplier")] = None,
-    site_clipping_norm: float = 10.0,
+    site_clipping_norm: Annotated[float, typer.Option(help="clipping norm of site-level DP")] = 10.0,
     transport_dtype: Annotated[str, typer.Option(help="float32, or float16 to halve the bytes sent")] = "float32",
     aggregation: Annotated[str, typer.Option(help="mean, or the robust median / trimmed-mean")] = "mean",
     max_update_norm: Annotated[float | None, typer.Option(
@@ -145,9 +152,20 @@ def simulate(
         help="drop synthetic rows that break the schema's rules (count reported)")] = False,
     allow_unreviewed_schema: Annotated[bool, typer.Option(
         help="train even though the schema has needs_review columns (recorded in the privacy report)")] = False,
-    verbose: bool = False,
+    verbose: Annotated[bool, typer.Option(help="also show Flower's and fedsyn's log lines")] = False,
 ) -> None:
     """Simulate K hospitals on this machine. With no arguments: the embedded demo as 3 hospitals."""
+    if (data or sites) and schema is None:
+        _fail("--data and --sites need --schema: the schema of your own table (the demo's schema fits only the "
+              "demo). Draft one with `fedsyn schema draft DATA.csv` and review it.")
+    if data and sites:
+        _fail("give either --data (one table to split) or --sites (one file per hospital), not both")
+    if skew and dirichlet is not None:
+        _fail("--skew and --dirichlet are two ways to split; choose one")
+    if dirichlet is not None and not dirichlet > 0:
+        _fail(f"--dirichlet {dirichlet}: the concentration must be positive (0.1 very skewed, 10 nearly IID)")
+    if engine not in ("inprocess", "flower"):
+        _fail(f"--engine {engine}: choose inprocess or flower")
     from sklearn.model_selection import train_test_split
 
     from fedsyn.common.signing import generate_keypair
@@ -194,6 +212,9 @@ def simulate(
             settings_for(budget)
     except ValueError as exc:
         _fail(str(exc))
+    if max([epsilon, *budgets]) > 10:
+        console.print(f"[yellow bold]warning:[/] epsilon up to {max([epsilon, *budgets]):g} per site gives little "
+                      "protection: a formal guarantee this weak is rarely acceptable for patient data")
     out.mkdir(parents=True, exist_ok=True)
     rows = rows or sum(len(t) for t in tables)
     console.print(f"[bold]fedsyn simulate[/]: {len(tables)} sites ({', '.join(str(len(t)) for t in tables)} rows), "

@@ -38,3 +38,22 @@ def test_simulate_names_the_problem_when_the_data_does_not_fit_the_schema(tmp_pa
     demo_frame.drop(columns=["age"]).head(50).to_csv(data, index=False)
     result = CliRunner().invoke(app, ["simulate", "--data", str(data), "--out", str(tmp_path / "run")])
     assert result.exit_code != 0 and "age" in result.output
+
+
+def test_simulate_refuses_inconsistent_options_before_writing_anything(tmp_path, demo_frame):
+    data = tmp_path / "cohort.csv"
+    demo_frame.head(100).to_csv(data, index=False)
+    schema = str(demo_schema_path())
+    out = tmp_path / "run"
+    for args, message in (
+        (["--data", str(data)], "need --schema"),
+        (["--data", str(data), "--schema", schema, "--skew", "age", "--dirichlet", "0.5"], "choose one"),
+        (["--data", str(data), "--schema", schema, "--dirichlet", "0"], "must be positive"),
+        (["--data", str(data), "--schema", schema, "--engine", "foo"], "inprocess or flower"),
+        (["--data", str(data), "--schema", schema, "--epsilon", "-1"], "epsilon=-1.0 must be a positive"),
+        (["--data", str(data), "--schema", schema, "--delta", "1.5"], "delta=1.5 must be in"),
+        (["--data", str(data), "--schema", schema, "--transport-dtype", "float8"], "transport_dtype"),
+    ):
+        result = CliRunner().invoke(app, ["simulate", *args, "--out", str(out)])
+        assert result.exit_code == 2 and message in result.output, (args, result.output)
+        assert not out.exists()
