@@ -58,7 +58,9 @@ def error_reason(code: ErrorCode, public_text: str) -> str:
 
 def schema_fingerprint(schema: Schema) -> str:
     """SHA-256 of the schema's canonical JSON: sites and coordinator must agree on it."""
-    canonical = json.dumps(schema.model_dump(mode="json"), sort_keys=True, separators=(",", ":"))
+    # Fields left at their defaults are omitted, so fedsyn versions that add a field still agree.
+    dumped = schema.model_dump(mode="json", exclude_defaults=True)
+    canonical = json.dumps(dumped, sort_keys=True, separators=(",", ":"))
     return hashlib.sha256(canonical.encode()).hexdigest()
 
 # The only metrics a site reports. None is computed on real rows: the discriminator's loss
