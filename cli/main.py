@@ -15,10 +15,10 @@ from rich.console import Console
 from rich.logging import RichHandler
 from rich.table import Table
 
-from fedsyn.common.data import demo_data_path, demo_schema_path
-from fedsyn.common.schema import Schema, SchemaError, draft_schema
-from fedsyn.common.tables import DataFileError, read_table, write_table
-from fedsyn.common.validation import DataValidationError, require_valid, validate_frame
+from fedsyn.data.demo import demo_data_path, demo_schema_path
+from fedsyn.data.schema import Schema, SchemaError, draft_schema
+from fedsyn.data.tables import DataFileError, read_table, write_table
+from fedsyn.data.validation import DataValidationError, require_valid, validate_frame
 from fedsyn.simulations.run import FEDERATED_GAN, FEDERATED_LOCAL_STEPS, FEDERATED_ROUNDS
 
 # Tracebacks are off: rich's would print local variables (patient rows); see main().
@@ -79,7 +79,7 @@ def fit(data: Path, schema: Annotated[Path, typer.Option("--schema", "-s")],
         allow_unreviewed_schema: Annotated[bool, typer.Option(
             help="train even though the schema has needs_review columns (recorded as a leak)")] = False) -> None:
     """Fit a DP tabular GAN on one site's extract; write the model and synthetic rows."""
-    from fedsyn.common.gan import DPTabularGAN
+    from fedsyn.model.gan import DPTabularGAN
 
     try:
         contract = Schema.load(schema)
@@ -168,12 +168,12 @@ def simulate(
         _fail(f"--engine {engine}: choose inprocess or flower")
     from sklearn.model_selection import train_test_split
 
-    from fedsyn.common.signing import generate_keypair
-    from fedsyn.common.training import GANConfig
+    from fedsyn.model.training import GANConfig
     from fedsyn.server.app import ReleasePlan
     from fedsyn.server.coordinator import FederationError, FederationSettings
     from fedsyn.simulations.run import SimulationPlan, default_sample_rate, prepare_sites, run_sites
     from fedsyn.simulations.split import split_table
+    from fedsyn.trust.signing import generate_keypair
 
     _setup_logging(verbose)
     rng = np.random.default_rng(seed)  # the split and the held-out rows only
@@ -279,7 +279,7 @@ def simulate(
 
 
 def _curve_point(epsilon: float, release: Path, train, test, contract: Schema, seed: int) -> dict:
-    from fedsyn.common.evaluation import privacy, tstr_auc
+    from fedsyn.evaluation.metrics import privacy, tstr_auc
 
     synthetic = read_table(release / "synthetic.csv", contract)
     auc = tstr_auc(synthetic, test, contract, seed)
@@ -290,8 +290,8 @@ def _curve_point(epsilon: float, release: Path, train, test, contract: Schema, s
 
 def _write_report(synthetic, train, test, contract: Schema, out: Path, ledger: dict | None, seed: int,
                   curve: list[dict] | None = None) -> dict:
-    from fedsyn.common.evaluation import evaluate
-    from fedsyn.common.report_html import render_html
+    from fedsyn.evaluation.metrics import evaluate
+    from fedsyn.evaluation.report import render_html
 
     evaluation = evaluate(synthetic, train, test, contract, ledger=ledger, seed=seed)
     result = {**evaluation.to_dict(), "privacy_utility_curve": curve or []}
@@ -340,7 +340,7 @@ def evaluate(
 
 def _compare_arms(contract, tables, test, local, epsilon, delta, seed, device) -> None:
     """TSTR of the federated release beside the baseline arms; also written to the local utility.json."""
-    from fedsyn.common.evaluation import tstr_auc
+    from fedsyn.evaluation.metrics import tstr_auc
     from fedsyn.simulations.run import baseline_arms
 
     results = {"federated": tstr_auc(read_table(local.parent / "release" / "synthetic.csv", contract), test,
@@ -365,7 +365,7 @@ app.add_typer(audit_app, name="audit")
 @keys_app.command("generate")
 def keys_generate(out: Path = Path("keys"), name: str = "coordinator") -> None:
     """Create an Ed25519 key pair: NAME.key (private, mode 0600) and NAME.pub (share it)."""
-    from fedsyn.common.signing import generate_keypair
+    from fedsyn.trust.signing import generate_keypair
 
     private, public = generate_keypair(out, name)
     console.print(f"private key {private} (keep it on the coordinator only), public key {public}")
@@ -375,8 +375,8 @@ def keys_generate(out: Path = Path("keys"), name: str = "coordinator") -> None:
 def audit_verify(log: Path, key: Annotated[Path | None, typer.Option(help="coordinator.pub")] = None) -> None:
     """Check an audit log's hash chain (and its signed head with --key); exit 1 naming the
     first broken entry."""
-    from fedsyn.common.audit import verify_log
-    from fedsyn.common.signing import VerificationError, load_public_key
+    from fedsyn.trust.audit import verify_log
+    from fedsyn.trust.signing import VerificationError, load_public_key
 
     try:
         entries = verify_log(log, load_public_key(key) if key else None)
@@ -389,7 +389,7 @@ def audit_verify(log: Path, key: Annotated[Path | None, typer.Option(help="coord
 @app.command()
 def verify(release: Path, key: Annotated[Path, typer.Option(help="the coordinator's public key")]) -> None:
     """Check a release bundle against its signed manifest; exit 1 naming the first bad file."""
-    from fedsyn.common.signing import VerificationError, load_public_key, verify_release
+    from fedsyn.trust.signing import VerificationError, load_public_key, verify_release
 
     try:
         checked = verify_release(release, load_public_key(key))
@@ -414,7 +414,7 @@ def certs_init(out: Path = Path("certs"),
                host: Annotated[list[str] | None, typer.Option(help="name or IP hospitals dial (repeat)")] = None
                ) -> None:
     """Coordinator: create a CA and the SuperLink's server certificate for HOSTs (default localhost)."""
-    from fedsyn.common.certs import create_ca, create_server_certificate
+    from fedsyn.trust.certs import create_ca, create_server_certificate
 
     create_ca(out)
     create_server_certificate(out, list(host or ["localhost", "127.0.0.1"]))
@@ -425,7 +425,7 @@ def certs_init(out: Path = Path("certs"),
 @certs_app.command("site-key")
 def certs_site_key(out: Path = Path(".")) -> None:
     """Hospital: create this site's SuperNode key pair; send only auth.pub to the coordinator."""
-    from fedsyn.common.certs import create_site_keypair
+    from fedsyn.trust.certs import create_site_keypair
 
     private, public = create_site_keypair(out)
     console.print(f"{private} stays here (mode 0600); send {public} to the coordinator")
@@ -512,7 +512,7 @@ def client_start(config: Annotated[Path, typer.Option("--config", "-c")] = Path(
     """Validate the local extract, then run this hospital's SuperNode (outbound TLS only)."""
     from fedsyn.client.deploy import supernode_launch
     from fedsyn.client.policy import PolicyError
-    from fedsyn.common.accounting import LedgerError
+    from fedsyn.privacy.accounting import LedgerError
 
     try:
         launch = supernode_launch(config)
@@ -539,7 +539,7 @@ def ledger_init(
     """
     from fedsyn.client.policy import PolicyError, SitePolicy
     from fedsyn.client.site import initialise_ledger
-    from fedsyn.common.accounting import LedgerError
+    from fedsyn.privacy.accounting import LedgerError
 
     try:
         policy = SitePolicy.load(config)

@@ -1,7 +1,7 @@
 """The Flower ClientApp: decodes the coordinator's message, runs :class:`Site`, replies.
 
 Refusals (policy, budget, schema, bad data, ledger) become Flower error replies with a
-fixed :class:`~fedsyn.common.protocol.ErrorCode` and a reason built from public values
+fixed :class:`~fedsyn.federation.protocol.ErrorCode` and a reason built from public values
 only; anything unexpected is ``SITE_FAILURE`` with no detail. Exception texts, which may
 quote private cells or paths, never leave the site: they go to its local log by type only.
 """
@@ -18,11 +18,11 @@ from flwr.clientapp import ClientApp
 
 from fedsyn.client.policy import PolicyError, SitePolicy
 from fedsyn.client.site import PolicyRefusal, Site, SiteRefusal, TrainRequest
-from fedsyn.common import protocol
-from fedsyn.common.accounting import LedgerError, PrivacyEvent
-from fedsyn.common.marginals import Marginals
-from fedsyn.common.schema import SchemaError
-from fedsyn.common.training import GANConfig
+from fedsyn.data.schema import SchemaError
+from fedsyn.federation import protocol
+from fedsyn.model.training import GANConfig
+from fedsyn.privacy.accounting import LedgerError, PrivacyEvent
+from fedsyn.privacy.marginals import Marginals
 
 log = logging.getLogger("fedsyn.client")
 ErrorCode = protocol.ErrorCode

@@ -27,7 +27,7 @@ from flwr.supernode.runtime import run_clientapp as flower_runtime
 
 from fedsyn.client.policy import SitePolicy
 from fedsyn.client.trusted_app import UntrustedAppError, bundle_hash, check_app_bundle
-from fedsyn.common.audit import AuditLog
+from fedsyn.trust.audit import AuditLog
 
 log = logging.getLogger("fedsyn.client")
 

@@ -16,7 +16,7 @@ from fedsyn.client.app import make_client_app, policy_from_node_config
 from fedsyn.client.clientapp_process import install_launcher
 from fedsyn.client.policy import PolicyError, SitePolicy
 from fedsyn.client.site import Site
-from fedsyn.common.flower_programs import flower_program, search_path
+from fedsyn.federation.flower_programs import flower_program, search_path
 
 app = make_client_app(policy_from_node_config)
 

@@ -10,7 +10,7 @@ took in the ledger (unique for the ledger's whole life). A seeded site is reprod
 never reuses noise or a Poisson batch across rounds, requests or runs; an unseeded site
 uses operating-system entropy. The coordinator never chooses a site's randomness.
 
-Refusals carry an :class:`~fedsyn.common.protocol.ErrorCode` and a text built from public
+Refusals carry an :class:`~fedsyn.federation.protocol.ErrorCode` and a text built from public
 values only (policy limits, the request's parameters, the site's epsilon claim). Details
 that might describe private rows stay in the site's local log and tools.
 """
@@ -28,22 +28,22 @@ import pandas as pd
 import torch
 
 from fedsyn.client.policy import SitePolicy
-from fedsyn.common.accounting import (
+from fedsyn.data.schema import Schema
+from fedsyn.data.tables import DataFileError, read_table
+from fedsyn.data.validation import DataValidationError, require_valid
+from fedsyn.federation.protocol import ErrorCode, schema_fingerprint
+from fedsyn.model.encoder import TableEncoder
+from fedsyn.model.training import GANConfig, GANTrainer
+from fedsyn.privacy.accounting import (
     BudgetExceededError,
     LedgerError,
     PrivacyEvent,
     PrivacyLedger,
     calibrate_noise_multiplier,
 )
-from fedsyn.common.audit import AuditLog
-from fedsyn.common.encoder import TableEncoder
-from fedsyn.common.marginals import Marginals, marginals_event, noisy_marginals
-from fedsyn.common.protocol import ErrorCode, schema_fingerprint
-from fedsyn.common.randomness import numpy_generator, torch_generator
-from fedsyn.common.schema import Schema
-from fedsyn.common.tables import DataFileError, read_table
-from fedsyn.common.training import GANConfig, GANTrainer
-from fedsyn.common.validation import DataValidationError, require_valid
+from fedsyn.privacy.marginals import Marginals, marginals_event, noisy_marginals
+from fedsyn.privacy.randomness import numpy_generator, torch_generator
+from fedsyn.trust.audit import AuditLog
 
 log = logging.getLogger("fedsyn.client")
 

@@ -9,11 +9,11 @@ from pathlib import Path
 from flwr.app import Context
 from flwr.serverapp import Grid, ServerApp
 
-from fedsyn.common.audit import AuditLog
-from fedsyn.common.schema import Schema
-from fedsyn.common.signing import load_private_key
+from fedsyn.data.schema import Schema
 from fedsyn.server.coordinator import Coordinator, FederationSettings, RoundCallback, RoundSummary
 from fedsyn.server.release import write_release
+from fedsyn.trust.audit import AuditLog
+from fedsyn.trust.signing import load_private_key
 
 log = logging.getLogger("fedsyn.server")
 

@@ -20,15 +20,15 @@ from flwr.app import ConfigRecord, Message, RecordDict
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import Strategy
 
-from fedsyn.common import protocol
-from fedsyn.common.accounting import AccountantName, PrivacyEvent, compute_epsilon, gaussian_noise_for_epsilon
-from fedsyn.common.audit import AuditLog
-from fedsyn.common.encoder import TableEncoder
-from fedsyn.common.marginals import Marginals, bin_labels
-from fedsyn.common.randomness import torch_generator
-from fedsyn.common.schema import Schema
-from fedsyn.common.training import GANConfig, GANTrainer
+from fedsyn.data.schema import Schema
+from fedsyn.federation import protocol
+from fedsyn.model.encoder import TableEncoder
+from fedsyn.model.training import GANConfig, GANTrainer
+from fedsyn.privacy.accounting import AccountantName, PrivacyEvent, compute_epsilon, gaussian_noise_for_epsilon
+from fedsyn.privacy.marginals import Marginals, bin_labels
+from fedsyn.privacy.randomness import torch_generator
 from fedsyn.server.strategy import AGGREGATIONS, build_strategy
+from fedsyn.trust.audit import AuditLog
 
 TRANSPORT_DTYPES = ("float32", "float16")
 

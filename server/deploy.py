@@ -16,8 +16,8 @@ from flwr.serverapp import Grid, ServerApp
 from pydantic import BaseModel, Field
 
 from fedsyn.client.trusted_app import bundle_hash
-from fedsyn.common.flower_programs import flower_program, search_path
-from fedsyn.common.schema import Schema
+from fedsyn.data.schema import Schema
+from fedsyn.federation.flower_programs import flower_program, search_path
 from fedsyn.server.app import ReleasePlan, run_federation
 from fedsyn.server.coordinator import FederationSettings
 

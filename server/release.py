@@ -16,11 +16,11 @@ import pandas as pd
 import torch
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from fedsyn.common.marginals import Marginals, exact_counts
-from fedsyn.common.signing import sign_release
-from fedsyn.common.tables import write_table
-from fedsyn.common.validation import require_valid
+from fedsyn.data.tables import write_table
+from fedsyn.data.validation import require_valid
+from fedsyn.privacy.marginals import Marginals, exact_counts
 from fedsyn.server.coordinator import Coordinator
+from fedsyn.trust.signing import sign_release
 
 # What leaves a site without DP noise, and why that is acceptable; repeated in every report.
 DECLARED_PUBLIC = [

@@ -16,7 +16,7 @@ from flwr.serverapp.strategy import (
     Strategy,
 )
 
-from fedsyn.common import protocol
+from fedsyn.federation import protocol
 
 
 class SiteMessages:

@@ -22,13 +22,13 @@ import numpy as np
 import torch
 from sklearn.model_selection import train_test_split
 
-from fedsyn.common import protocol
-from fedsyn.common.data import demo_data_path, demo_schema_path
-from fedsyn.common.encoder import TableEncoder
-from fedsyn.common.marginals import exact_counts
-from fedsyn.common.schema import Schema
-from fedsyn.common.tables import read_table
-from fedsyn.common.training import GANConfig, GANTrainer
+from fedsyn.data.demo import demo_data_path, demo_schema_path
+from fedsyn.data.schema import Schema
+from fedsyn.data.tables import read_table
+from fedsyn.federation import protocol
+from fedsyn.model.encoder import TableEncoder
+from fedsyn.model.training import GANConfig, GANTrainer
+from fedsyn.privacy.marginals import exact_counts
 from fedsyn.server.app import ReleasePlan
 from fedsyn.server.coordinator import FederationSettings
 from fedsyn.simulations.run import prepare_sites, run_sites
@@ -96,9 +96,9 @@ import sys
 from pathlib import Path
 from fedsyn.client.policy import SitePolicy
 from fedsyn.client.site import Site, TrainRequest
-from fedsyn.common.encoder import TableEncoder
-from fedsyn.common.marginals import Marginals
-from fedsyn.common.training import GANConfig, GANTrainer
+from fedsyn.model.encoder import TableEncoder
+from fedsyn.privacy.marginals import Marginals
+from fedsyn.model.training import GANConfig, GANTrainer
 site = Site(SitePolicy.load(sys.argv[1]))
 marginals = Marginals.uniform(site.schema)
 arrays = GANTrainer(TableEncoder(site.schema, marginals), GANConfig()).state_arrays()

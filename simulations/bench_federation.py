@@ -24,10 +24,10 @@ from pathlib import Path
 import numpy as np
 from sklearn.model_selection import train_test_split
 
-from fedsyn.common.data import demo_data_path, demo_schema_path
-from fedsyn.common.evaluation import tstr_auc
-from fedsyn.common.schema import Schema
-from fedsyn.common.tables import read_table
+from fedsyn.data.demo import demo_data_path, demo_schema_path
+from fedsyn.data.schema import Schema
+from fedsyn.data.tables import read_table
+from fedsyn.evaluation.metrics import tstr_auc
 from fedsyn.server.app import ReleasePlan
 from fedsyn.server.coordinator import FederationSettings
 from fedsyn.simulations.run import (

@@ -18,11 +18,11 @@ from flwr.app import Message
 from sklearn.model_selection import train_test_split
 
 from fedsyn.client.app import make_client_app
-from fedsyn.common import protocol
-from fedsyn.common.data import demo_data_path, demo_schema_path
-from fedsyn.common.evaluation import tstr_auc
-from fedsyn.common.schema import Schema
-from fedsyn.common.tables import read_table
+from fedsyn.data.demo import demo_data_path, demo_schema_path
+from fedsyn.data.schema import Schema
+from fedsyn.data.tables import read_table
+from fedsyn.evaluation.metrics import tstr_auc
+from fedsyn.federation import protocol
 from fedsyn.server.app import ReleasePlan, run_federation
 from fedsyn.server.coordinator import FederationError, FederationSettings
 from fedsyn.simulations.inprocess import FIRST_NODE_ID, InProcessGrid

@@ -13,10 +13,10 @@ from flwr.app import Context
 from fedsyn.client.app import make_client_app
 from fedsyn.client.policy import SitePolicy
 from fedsyn.client.site import initialise_ledger
-from fedsyn.common.evaluation import tstr_auc
-from fedsyn.common.gan import DPTabularGAN
-from fedsyn.common.schema import Schema
-from fedsyn.common.tables import write_table
+from fedsyn.data.schema import Schema
+from fedsyn.data.tables import write_table
+from fedsyn.evaluation.metrics import tstr_auc
+from fedsyn.model.gan import DPTabularGAN
 from fedsyn.server.app import ReleasePlan, make_server_app, run_federation
 from fedsyn.server.coordinator import (  # noqa: F401 - the tuned defaults, re-exported for benches and the CLI
     FEDERATED_GAN,

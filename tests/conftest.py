@@ -6,9 +6,9 @@ import pandas as pd
 import pytest
 import torch
 
-from fedsyn.common.data import demo_data_path, demo_schema_path
-from fedsyn.common.schema import Schema
-from fedsyn.common.tables import read_table
+from fedsyn.data.demo import demo_data_path, demo_schema_path
+from fedsyn.data.schema import Schema
+from fedsyn.data.tables import read_table
 
 torch.set_num_threads(1)
 

@@ -1,31 +1,19 @@
 """The ledger's epsilon against an independent implementation, and budget enforcement."""
 
-import dp_accounting
 import pytest
-from dp_accounting import pld, rdp
 
-from fedsyn.common.accounting import (
+from fedsyn.privacy.accounting import (
     BudgetExceededError,
     LedgerError,
     PrivacyEvent,
     PrivacyLedger,
     calibrate_noise_multiplier,
-    rdp_orders,
 )
+
+from .helpers import independent_epsilon
 
 EVENTS = [PrivacyEvent("gaussian-marginals", 25.0, 1.0, 1), PrivacyEvent("dp-sgd", 3.0, 0.05, 400),
           PrivacyEvent("dp-sgd", 3.0, 0.05, 200, round=2), PrivacyEvent("dp-sgd", 1.5, 0.2, 30, round=3)]
-
-
-def independent_epsilon(events, delta, accountant):
-    """Google's dp-accounting, a second implementation sharing no code with Opacus."""
-    engine = rdp.RdpAccountant(rdp_orders(events)) if accountant == "rdp" else pld.PLDAccountant()
-    engine.compose(dp_accounting.ComposedDpEvent([
-        dp_accounting.SelfComposedDpEvent(
-            dp_accounting.PoissonSampledDpEvent(e.sample_rate, dp_accounting.GaussianDpEvent(e.noise_multiplier)),
-            e.steps)
-        for e in events]))
-    return engine.get_epsilon(delta)
 
 
 @pytest.mark.parametrize(("accountant", "tolerance"), [("rdp", 1e-3), ("prv", 0.02)])

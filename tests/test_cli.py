@@ -5,8 +5,8 @@ import json
 from typer.testing import CliRunner
 
 from fedsyn.cli.main import app
-from fedsyn.common.data import demo_schema_path
-from fedsyn.common.signing import load_public_key, verify_release
+from fedsyn.data.demo import demo_schema_path
+from fedsyn.trust.signing import load_public_key, verify_release
 
 
 def test_simulate_writes_a_signed_release_with_report_and_passes_gan_options(tmp_path, demo_frame):
@@ -36,7 +36,8 @@ def test_simulate_writes_a_signed_release_with_report_and_passes_gan_options(tmp
 def test_simulate_names_the_problem_when_the_data_does_not_fit_the_schema(tmp_path, demo_frame):
     data = tmp_path / "cohort.csv"
     demo_frame.drop(columns=["age"]).head(50).to_csv(data, index=False)
-    result = CliRunner().invoke(app, ["simulate", "--data", str(data), "--out", str(tmp_path / "run")])
+    result = CliRunner().invoke(app, ["simulate", "--data", str(data), "--schema", str(demo_schema_path()),
+                                      "--out", str(tmp_path / "run")])
     assert result.exit_code != 0 and "age" in result.output
 
 

@@ -29,7 +29,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from fedsyn.common.signing import load_public_key, verify_release
+from fedsyn.trust.signing import load_public_key, verify_release
 
 REPO = Path(__file__).resolve().parents[1]
 DEPLOY = REPO / "deploy"

@@ -16,14 +16,14 @@ import pytest
 
 from fedsyn.client.deploy import supernode_launch
 from fedsyn.client.policy import SitePolicy
-from fedsyn.common.accounting import PrivacyLedger
-from fedsyn.common.certs import create_ca, create_server_certificate, create_site_keypair
-from fedsyn.common.data import demo_schema_path
-from fedsyn.common.tables import read_table
-from fedsyn.common.validation import validate_frame
+from fedsyn.data.demo import demo_schema_path
+from fedsyn.data.tables import read_table
+from fedsyn.data.validation import validate_frame
+from fedsyn.privacy.accounting import PrivacyLedger
 from fedsyn.server.deploy import APP_DIR, CoordinatorConfig, app_bundle_hash
 from fedsyn.simulations.run import prepare_sites
 from fedsyn.simulations.split import split_table
+from fedsyn.trust.certs import create_ca, create_server_certificate, create_site_keypair
 
 pytestmark = pytest.mark.skipif(shutil.which("flower-superlink", path=str(Path(sys.executable).parent)) is None,
                                 reason="Flower's deployment binaries are not installed")

@@ -4,7 +4,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from fedsyn.common.dp_sgd import (
+from fedsyn.model.networks import Discriminator
+from fedsyn.privacy.dp_sgd import (
     clip_and_sum,
     linear_clipped_sum,
     per_sample_gradients,
@@ -12,7 +13,6 @@ from fedsyn.common.dp_sgd import (
     private_gradient,
     supports_linear_clipping,
 )
-from fedsyn.common.models import Discriminator
 
 C = 0.5
 

@@ -4,9 +4,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 
-from fedsyn.common.encoder import TableEncoder
-from fedsyn.common.marginals import exact_counts, noisy_marginals
-from fedsyn.common.validation import validate_frame
+from fedsyn.data.validation import validate_frame
+from fedsyn.model.encoder import TableEncoder
+from fedsyn.privacy.marginals import exact_counts, noisy_marginals
 
 
 def test_round_trip_is_exact_up_to_float32(demo_frame, demo_schema):

@@ -7,8 +7,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from fedsyn.common.evaluation import evaluate, fidelity, plausibility, privacy, utility
-from fedsyn.common.report_html import render_html
+from fedsyn.evaluation.metrics import evaluate, fidelity, plausibility, privacy, utility
+from fedsyn.evaluation.report import render_html
 
 
 @pytest.fixture(scope="module")

@@ -8,20 +8,19 @@ from flwr.app import Message
 
 from fedsyn.client.app import make_client_app
 from fedsyn.client.policy import SitePolicy
-from fedsyn.common import protocol
-from fedsyn.common.accounting import PrivacyEvent, PrivacyLedger
-from fedsyn.common.data import demo_schema_path
-from fedsyn.common.schema import SchemaError, draft_schema
-from fedsyn.common.tables import read_table
-from fedsyn.common.validation import validate_frame
+from fedsyn.data.demo import demo_schema_path
+from fedsyn.data.schema import SchemaError, draft_schema
+from fedsyn.data.tables import read_table
+from fedsyn.data.validation import validate_frame
+from fedsyn.federation import protocol
+from fedsyn.privacy.accounting import PrivacyEvent, PrivacyLedger
 from fedsyn.server.app import ReleasePlan, run_federation
 from fedsyn.server.coordinator import Coordinator, FederationError, FederationSettings
 from fedsyn.simulations.inprocess import InProcessGrid
 from fedsyn.simulations.run import prepare_sites
 from fedsyn.simulations.split import split_table
 
-from .test_accounting import independent_epsilon
-from .test_gan import TINY
+from .helpers import TINY, independent_epsilon
 
 SETTINGS = FederationSettings(rounds=3, local_steps=4, sample_rate=0.2, epsilon=1.0, delta=1e-5,
                               gan_config=TINY, seed=0, min_sites=2)

@@ -4,15 +4,15 @@ import json
 
 import numpy as np
 
-from fedsyn.common.data import demo_schema_path
-from fedsyn.common.tables import read_table
-from fedsyn.common.validation import validate_frame
+from fedsyn.data.demo import demo_schema_path
+from fedsyn.data.tables import read_table
+from fedsyn.data.validation import validate_frame
 from fedsyn.server.app import ReleasePlan
 from fedsyn.server.coordinator import FederationSettings
 from fedsyn.simulations.run import prepare_sites, run_sites
 from fedsyn.simulations.split import split_table
 
-from .test_gan import TINY
+from .helpers import TINY
 
 
 def test_flower_simulation_engine_writes_a_valid_release(demo_frame, demo_schema, tmp_path):

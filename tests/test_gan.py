@@ -5,15 +5,12 @@ import math
 import numpy as np
 import pytest
 
-from fedsyn.common.accounting import PrivacyEvent, PrivacyLedger
-from fedsyn.common.gan import DPTabularGAN
-from fedsyn.common.schema import SchemaError, draft_schema
-from fedsyn.common.training import GANConfig
-from fedsyn.common.validation import DataValidationError, validate_frame
+from fedsyn.data.schema import SchemaError, draft_schema
+from fedsyn.data.validation import DataValidationError, validate_frame
+from fedsyn.model.gan import DPTabularGAN
+from fedsyn.privacy.accounting import PrivacyEvent, PrivacyLedger
 
-from .test_accounting import independent_epsilon
-
-TINY = GANConfig(latent_dim=16, generator_hidden=(32,), discriminator_hidden=(32,), batch_size=64)
+from .helpers import TINY, independent_epsilon
 
 
 @pytest.fixture(scope="module")

@@ -19,10 +19,10 @@ from hypothesis.extra.numpy import array_shapes, arrays
 
 from fedsyn.client.app import _decode_request
 from fedsyn.client.site import PolicyRefusal
-from fedsyn.common import protocol
-from fedsyn.common.schema import Schema, SchemaError
-from fedsyn.common.tables import DataFileError, read_table
-from fedsyn.common.validation import validate_frame
+from fedsyn.data.schema import Schema, SchemaError
+from fedsyn.data.tables import DataFileError, read_table
+from fedsyn.data.validation import validate_frame
+from fedsyn.federation import protocol
 
 FUZZ_CASES = 300
 json_values = st.recursive(st.none() | st.booleans() | st.floats(allow_nan=True) | st.integers() | st.text(max_size=8),

@@ -21,7 +21,8 @@ import pytest
 pytestmark = pytest.mark.mutation
 
 ROOT = Path(__file__).resolve().parents[1]
-PACKAGES = ("common", "client", "server", "simulations", "cli")
+MAPPED = ("client", "server", "simulations", "cli")  # folders pyproject maps into the fedsyn package
+PACKAGES = ("common", *MAPPED)
 PRIVACY = "tests/test_privacy_paths.py::"
 
 
@@ -35,19 +36,19 @@ class Mutation:
 
 
 MUTATIONS = [
-    Mutation("noise halved inside the training step", "common/training.py",
+    Mutation("noise halved inside the training step", "common/model/training.py",
              "noise_multiplier=noise_multiplier, max_grad_norm=self.config.max_grad_norm,",
              "noise_multiplier=noise_multiplier / 2, max_grad_norm=self.config.max_grad_norm,",
              (PRIVACY + "test_training_step_noise_has_the_accountants_std",)),
-    Mutation("clipping disabled inside private_gradient", "common/dp_sgd.py",
+    Mutation("clipping disabled inside private_gradient", "common/privacy/dp_sgd.py",
              "summed = clipped_sum(module, loss_of_one, inputs, max_grad_norm)",
              "summed = clipped_sum(module, loss_of_one, inputs, 1e12)",
              (PRIVACY + "test_one_record_moves_the_training_step_by_at_most_the_clip_norm",)),
-    Mutation("fixed-size shuffled batches instead of Poisson sampling", "common/training.py",
+    Mutation("fixed-size shuffled batches instead of Poisson sampling", "common/model/training.py",
              "real = data[poisson_sample(data.shape[0], sample_rate, self.rng, self.device)]",
              "real = data[torch.randperm(data.shape[0], generator=self.rng)[:round(sample_rate * data.shape[0])]]",
              (PRIVACY + "test_training_step_uses_poisson_batches",)),
-    Mutation("gradient normalised by the private expected batch q*n", "common/training.py",
+    Mutation("gradient normalised by the private expected batch q*n", "common/model/training.py",
              "normaliser = float(self.config.batch_size)", "normaliser = sample_rate * data.shape[0]",
              (PRIVACY + "test_nothing_in_the_step_depends_on_the_row_count",)),
     Mutation("site ledger charged after training instead of before", "client/site.py",
@@ -59,7 +60,7 @@ MUTATIONS = [
              "        history = trainer.train(data, request.local_steps, request.sample_rate, sigma)\n"
              "        position = self._charge(event, request.epsilon)\n",
              (PRIVACY + "test_the_ledger_is_charged_before_any_mechanism_runs",)),
-    Mutation("single-site fit charged after training", "common/gan.py",
+    Mutation("single-site fit charged after training", "common/model/gan.py",
              "            ledger.charge(PrivacyEvent(\"dp-sgd\", self.noise_multiplier_, sample_rate, steps), "
              "self.epsilon)\n"
              "        self.history_ = trainer.train(data, steps, sample_rate, self.noise_multiplier_, on_step)\n",
@@ -68,18 +69,18 @@ MUTATIONS = [
              "            ledger.charge(PrivacyEvent(\"dp-sgd\", self.noise_multiplier_, sample_rate, steps), "
              "self.epsilon)\n",
              (PRIVACY + "test_single_site_fit_charges_before_its_first_step",)),
-    Mutation("marginals noise cut to a quarter", "common/marginals.py",
+    Mutation("marginals noise cut to a quarter", "common/privacy/marginals.py",
              "std = noise_multiplier * math.sqrt(len(schema.columns))",
              "std = noise_multiplier * math.sqrt(len(schema.columns)) / 4",
              (PRIVACY + "test_marginals_noise_through_the_site_has_std_sigma_sqrt_d",)),
-    Mutation("marginals sensitivity 1 instead of sqrt(d)", "common/marginals.py",
+    Mutation("marginals sensitivity 1 instead of sqrt(d)", "common/privacy/marginals.py",
              "std = noise_multiplier * math.sqrt(len(schema.columns))", "std = noise_multiplier * 1.0",
              (PRIVACY + "test_marginals_noise_through_the_site_has_std_sigma_sqrt_d",)),
-    Mutation("privacy-event decoding accepts undeclared fields", "common/protocol.py",
+    Mutation("privacy-event decoding accepts undeclared fields", "common/federation/protocol.py",
              "    if unknown:\n        raise ReplyError", "    if False:\n        raise ReplyError",
              ("tests/test_hostile_input.py::test_privacy_event_with_an_undeclared_field_is_rejected",
               "tests/test_hostile_input.py::test_coordinator_decoding_of_privacy_events_only_raises_reply_errors")),
-    Mutation("ledger's NaN-budget check removed", "common/accounting.py",
+    Mutation("ledger's NaN-budget check removed", "common/privacy/accounting.py",
              "if not (math.isfinite(budget) and budget > 0):  # NaN", "if False:  # NaN",
              ("tests/test_accounting.py::test_nan_budget_or_parameters_are_refused_not_silently_passed",)),
     Mutation("site's NaN-epsilon check removed", "client/site.py",
@@ -92,11 +93,11 @@ MUTATIONS = [
     Mutation("seeded site reuses one marginals stream", "client/site.py",
              "numpy_generator(self.seed, event.mechanism, position)", "numpy_generator(self.seed, event.mechanism, 0)",
              (PRIVACY + "test_a_seeded_site_never_reuses_noise_or_batches",)),
-    Mutation("ledger not re-read under its lock", "common/accounting.py",
+    Mutation("ledger not re-read under its lock", "common/privacy/accounting.py",
              "                self.events = current.events\n", "                pass\n",
              ("tests/test_accounting.py::test_two_ledger_handles_compose_in_the_file_and_cannot_exceed_the_budget",
               PRIVACY + "test_two_sites_on_one_policy_share_one_budget")),
-    Mutation("missing ledger silently restarts at epsilon 0", "common/accounting.py",
+    Mutation("missing ledger silently restarts at epsilon 0", "common/privacy/accounting.py",
              "        if not path.exists():\n            raise LedgerError(\n",
              "        if not path.exists():\n            return cls(delta, accountant, path=path)\n"
              "            raise LedgerError(\n",
@@ -114,7 +115,7 @@ MUTATIONS = [
              "raise SiteRefusal(ErrorCode.DATA_INVALID, \"the site's extract does not pass validation against the \"",
              "raise SiteRefusal(ErrorCode.DATA_INVALID, str(exc) + \"\"",
              (PRIVACY + "test_error_replies_carry_a_code_and_public_text_only",)),
-    Mutation("validation messages quote cell values", "common/validation.py",
+    Mutation("validation messages quote cell values", "common/data/validation.py",
              'return [f"line {int(i) + 2}" for i in np.flatnonzero(mask)[:_EXAMPLES]]',
              'return [f"line {int(i) + 2}: {v!r}" for i, v in zip(np.flatnonzero(mask)[:_EXAMPLES], series[mask])]',
              ("tests/test_private_output.py",)),
@@ -132,15 +133,15 @@ MUTATIONS = [
 
 
 def _copy_project(destination: Path) -> Path:
-    """A scratch copy of the code and tests, and an import root where ``fedsyn`` is that copy."""
+    """A scratch copy of the code and tests, and an import root where ``fedsyn`` is that copy
+    (``common/`` is the ``fedsyn`` package; the other folders are mapped into it, as in pyproject)."""
     for name in (*PACKAGES, "tests"):
         shutil.copytree(ROOT / name, destination / name, ignore=shutil.ignore_patterns("__pycache__"))
     shutil.copy(ROOT / "pyproject.toml", destination / "pyproject.toml")
-    package = destination / "import-root" / "fedsyn"
-    package.mkdir(parents=True)
-    (package / "__init__.py").write_text('"""fedsyn assembled from a mutated scratch copy."""\n')
-    for name in PACKAGES:
-        (package / name).symlink_to(destination / name, target_is_directory=True)
+    for name in MAPPED:
+        (destination / "common" / name).symlink_to(destination / name, target_is_directory=True)
+    (destination / "import-root").mkdir()
+    (destination / "import-root" / "fedsyn").symlink_to(destination / "common", target_is_directory=True)
     return destination
 
 
@@ -158,7 +159,7 @@ def control(tmp_path_factory) -> None:
     targets = tuple(sorted({test for mutation in MUTATIONS for test in mutation.tests}))
     result = _run_tests(project, targets)
     assert result.returncode == 0, result.stdout[-3000:]
-    probe = subprocess.run([sys.executable, "-c", "import fedsyn.common.training as t; print(t.__file__)"],
+    probe = subprocess.run([sys.executable, "-c", "import fedsyn.model.training as t; print(t.__file__)"],
                            env={**os.environ, "PYTHONPATH": str(project / "import-root")}, capture_output=True,
                            text=True)
     assert str(project / "import-root") in probe.stdout, "the scratch copy is not the fedsyn under test"

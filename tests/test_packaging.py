@@ -20,9 +20,9 @@ def test_wheel_installs_only_the_fedsyn_package(tmp_path):
     probe = (
         "import sys; sys.path.insert(0, sys.argv[1]);"
         "import importlib.util as u;"
-        "import fedsyn.common.gan, fedsyn.client.app, fedsyn.server.app, fedsyn.simulations.run, fedsyn.cli.main;"
-        "from fedsyn.common.data import demo_data_path;"
-        "assert fedsyn.common.gan.__file__.startswith(sys.argv[1]), fedsyn.common.gan.__file__;"
+        "import fedsyn.model.gan, fedsyn.client.app, fedsyn.server.app, fedsyn.simulations.run, fedsyn.cli.main;"
+        "from fedsyn.data.demo import demo_data_path;"
+        "assert fedsyn.model.gan.__file__.startswith(sys.argv[1]), fedsyn.model.gan.__file__;"
         "assert demo_data_path().is_file();"
         "assert all(u.find_spec(n) is None for n in ('common', 'server', 'client'))"
     )

@@ -20,14 +20,14 @@ from flwr.supercore.task_identity import TaskIdentity
 from fedsyn.client.app import make_client_app
 from fedsyn.client.policy import SitePolicy
 from fedsyn.client.site import Site, SiteRefusal, TrainRequest
-from fedsyn.common import protocol
-from fedsyn.common.accounting import LedgerError, PrivacyLedger, gaussian_noise_for_epsilon
-from fedsyn.common.data import demo_schema_path
-from fedsyn.common.encoder import TableEncoder
-from fedsyn.common.gan import DPTabularGAN
-from fedsyn.common.marginals import Marginals, exact_counts
-from fedsyn.common.randomness import torch_generator
-from fedsyn.common.training import GANConfig, GANTrainer
+from fedsyn.data.demo import demo_schema_path
+from fedsyn.federation import protocol
+from fedsyn.model.encoder import TableEncoder
+from fedsyn.model.gan import DPTabularGAN
+from fedsyn.model.training import GANConfig, GANTrainer
+from fedsyn.privacy.accounting import LedgerError, PrivacyLedger, gaussian_noise_for_epsilon
+from fedsyn.privacy.marginals import Marginals, exact_counts
+from fedsyn.privacy.randomness import torch_generator
 from fedsyn.server.coordinator import FederationSettings
 from fedsyn.simulations.run import prepare_sites
 
@@ -113,7 +113,7 @@ def test_training_step_uses_poisson_batches(demo_schema, demo_frame):
 
 def test_nothing_in_the_step_depends_on_the_row_count(demo_schema, demo_frame, monkeypatch):
     """The normaliser and the fake batch are public constants: 300 and 301 rows give the same."""
-    import fedsyn.common.training as training
+    import fedsyn.model.training as training
 
     seen: list[tuple[float, int]] = []
     real_private_gradient = training.private_gradient

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from fedsyn.common.data import demo_schema_path
+from fedsyn.data.demo import demo_schema_path
 
 # Distinctive values: two valid cells that must never be echoed, two invalid ones that are
 # the cause of the failure and must be located by line and column, never quoted.

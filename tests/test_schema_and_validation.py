@@ -3,9 +3,9 @@ import json
 import numpy as np
 import pytest
 
-from fedsyn.common.schema import Schema, SchemaError, draft_schema
-from fedsyn.common.tables import DataFileError, read_table
-from fedsyn.common.validation import validate_frame
+from fedsyn.data.schema import Schema, SchemaError, draft_schema
+from fedsyn.data.tables import DataFileError, read_table
+from fedsyn.data.validation import validate_frame
 
 
 def test_demo_data_fits_its_schema(demo_frame, demo_schema):

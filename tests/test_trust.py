@@ -4,8 +4,8 @@ import json
 
 import pytest
 
-from fedsyn.common.audit import AuditLog, verify_log
-from fedsyn.common.signing import (
+from fedsyn.trust.audit import AuditLog, verify_log
+from fedsyn.trust.signing import (
     VerificationError,
     generate_keypair,
     load_private_key,

@@ -8,13 +8,13 @@ out=${1:-demo-deploy}
 import json, sys
 from pathlib import Path
 import numpy as np
-from fedsyn.common.accounting import PrivacyLedger
-from fedsyn.common.audit import AuditLog
-from fedsyn.common.certs import create_ca, create_server_certificate, create_site_keypair
-from fedsyn.common.signing import generate_keypair
-from fedsyn.common.data import demo_data_path, demo_schema_path
-from fedsyn.common.schema import Schema
-from fedsyn.common.tables import read_table, write_table
+from fedsyn.privacy.accounting import PrivacyLedger
+from fedsyn.trust.audit import AuditLog
+from fedsyn.trust.certs import create_ca, create_server_certificate, create_site_keypair
+from fedsyn.trust.signing import generate_keypair
+from fedsyn.data.demo import demo_data_path, demo_schema_path
+from fedsyn.data.schema import Schema
+from fedsyn.data.tables import read_table, write_table
 from fedsyn.simulations.split import split_table
 out = Path(sys.argv[1]); coordinator = out / "coordinator"
 create_ca(coordinator / "certs")

@@ -16,14 +16,14 @@ from typing import Literal
 import numpy as np
 import pandas as pd
 
-from fedsyn.common.marginals import (
+from fedsyn.data.schema import Column, ColumnKind, Schema
+from fedsyn.privacy.marginals import (
     MISSING,
     Marginals,
     forward_transform,
     inverse_transform,
     numeric_edges,
 )
-from fedsyn.common.schema import Column, ColumnKind, Schema
 
 
 @dataclass(frozen=True)

@@ -15,8 +15,8 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from fedsyn.common.accounting import PrivacyEvent
-from fedsyn.common.schema import Column, Schema
+from fedsyn.data.schema import Column, Schema
+from fedsyn.privacy.accounting import PrivacyEvent
 
 NUMERIC_BINS = 64
 MISSING = "(missing)"

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from fedsyn.common.schema import Schema
+from fedsyn.data.schema import Schema
 
 
 class DataFileError(ValueError):

@@ -1,7 +1,7 @@
 """The GAN's training steps: DP-SGD for the discriminator, post-processing for the generator.
 
 Only the discriminator's real-data loss touches patient records, and it is computed per
-record, clipped and noised (:func:`fedsyn.common.dp_sgd.private_gradient`). The fake-data
+record, clipped and noised (:func:`fedsyn.privacy.dp_sgd.private_gradient`). The fake-data
 term and the whole generator update depend only on already-private parameters, so they
 are plain autograd. The same :class:`GANTrainer` runs a single-site fit and a federated
 client's local steps.
@@ -19,12 +19,12 @@ import pandas as pd
 import torch
 import torch.nn.functional as F
 
-from fedsyn.common.conditioning import ConditionSampler
-from fedsyn.common.dp_sgd import poisson_sample, private_gradient
-from fedsyn.common.encoder import TableEncoder
-from fedsyn.common.models import Discriminator, Generator, reset_parameters
-from fedsyn.common.randomness import torch_generator
-from fedsyn.common.rules import Rule, violation_mask
+from fedsyn.data.rules import Rule, violation_mask
+from fedsyn.model.conditioning import ConditionSampler
+from fedsyn.model.encoder import TableEncoder
+from fedsyn.model.networks import Discriminator, Generator, reset_parameters
+from fedsyn.privacy.dp_sgd import poisson_sample, private_gradient
+from fedsyn.privacy.randomness import torch_generator
 
 
 @dataclass(frozen=True)
@@ -83,7 +83,7 @@ class GANTrainer:
     ``rng`` is this trainer's own generator: network initialisation, Poisson sampling,
     DP noise, conditions, latent and Gumbel noise all draw from it, never from PyTorch's
     global generator. Its owner hands a fresh stream per use (see
-    :mod:`fedsyn.common.randomness`); ``None`` draws one from operating-system entropy.
+    :mod:`fedsyn.privacy.randomness`); ``None`` draws one from operating-system entropy.
     """
 
     def __init__(self, encoder: TableEncoder, config: GANConfig, device: str | torch.device = "cpu",

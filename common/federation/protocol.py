@@ -17,8 +17,8 @@ from enum import IntEnum
 import numpy as np
 from flwr.app import Array, ArrayRecord, ConfigRecord, MetricRecord, RecordDict
 
-from fedsyn.common.accounting import PrivacyEvent
-from fedsyn.common.schema import Schema
+from fedsyn.data.schema import Schema
+from fedsyn.privacy.accounting import PrivacyEvent
 
 ARRAYS = "arrays"
 MARGINALS = "marginals"

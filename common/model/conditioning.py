@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import torch
 
-from fedsyn.common.encoder import TableEncoder
+from fedsyn.model.encoder import TableEncoder
 
 
 class ConditionSampler:

@@ -15,19 +15,19 @@ from pathlib import Path
 import pandas as pd
 import torch
 
-from fedsyn.common.accounting import (
+from fedsyn.data.schema import Schema
+from fedsyn.data.validation import require_valid
+from fedsyn.model.encoder import TableEncoder
+from fedsyn.model.training import GANConfig, GANTrainer, StepLosses
+from fedsyn.privacy.accounting import (
     AccountantName,
     PrivacyEvent,
     PrivacyLedger,
     calibrate_noise_multiplier,
     gaussian_noise_for_epsilon,
 )
-from fedsyn.common.encoder import TableEncoder
-from fedsyn.common.marginals import Marginals, exact_counts, marginals_event, noisy_marginals
-from fedsyn.common.randomness import numpy_generator, torch_generator
-from fedsyn.common.schema import Schema
-from fedsyn.common.training import GANConfig, GANTrainer, StepLosses
-from fedsyn.common.validation import require_valid
+from fedsyn.privacy.marginals import Marginals, exact_counts, marginals_event, noisy_marginals
+from fedsyn.privacy.randomness import numpy_generator, torch_generator
 
 FORMAT = "fedsyn-gan/1"
 

@@ -16,7 +16,7 @@ from typing import Literal
 import pandas as pd
 from pydantic import BaseModel, Field, ValidationError, model_validator
 
-from fedsyn.common.rules import Rule
+from fedsyn.data.rules import Rule
 
 
 class SchemaError(ValueError):

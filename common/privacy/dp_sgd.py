@@ -11,7 +11,7 @@ Two interchangeable ways compute the sum of per-record clipped gradients:
   matrix product. No per-record gradient is ever built; cost is close to plain backprop.
 
 Noise is drawn with Opacus's own generator and the cost is accounted with Opacus
-accountants (:mod:`fedsyn.common.accounting`): the mechanism is exactly the one the
+accountants (:mod:`fedsyn.privacy.accounting`): the mechanism is exactly the one the
 accountant models.
 """
 

@@ -16,7 +16,7 @@ from pathlib import Path
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
-from fedsyn.common.signing import VerificationError, check_signature, sign
+from fedsyn.trust.signing import VerificationError, check_signature, sign
 
 GENESIS = "0" * 64
 

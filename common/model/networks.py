@@ -12,7 +12,7 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-from fedsyn.common.encoder import Span
+from fedsyn.model.encoder import Span
 
 
 class Generator(nn.Module):

@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
 
-from fedsyn.common.schema import Column, ColumnKind, Schema
+from fedsyn.data.schema import Column, ColumnKind, Schema
 
 _EXAMPLES = 3
 

@@ -14,8 +14,8 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
-from fedsyn.common.evaluation import EMPIRICAL_CAVEAT, Evaluation, pca_projection  # noqa: E402
-from fedsyn.common.schema import Schema  # noqa: E402
+from fedsyn.data.schema import Schema  # noqa: E402
+from fedsyn.evaluation.metrics import EMPIRICAL_CAVEAT, Evaluation, pca_projection  # noqa: E402
 
 REAL, SYNTHETIC = "#1f77b4", "#ff7f0e"
 

@@ -31,10 +31,10 @@ from sklearn.model_selection import cross_val_predict
 from sklearn.neighbors import NearestNeighbors
 from sklearn.neural_network import MLPClassifier
 
-from fedsyn.common.marginals import forward_transform, transform_bounds
-from fedsyn.common.rules import violation_mask
-from fedsyn.common.schema import Schema
-from fedsyn.common.validation import validate_frame
+from fedsyn.data.rules import violation_mask
+from fedsyn.data.schema import Schema
+from fedsyn.data.validation import validate_frame
+from fedsyn.privacy.marginals import forward_transform, transform_bounds
 
 EMPIRICAL_CAVEAT = ("Empirical privacy checks only test particular attacks on particular rows; they cannot show "
                     "that no record is exposed. The formal guarantee is the (epsilon, delta) in the privacy ledger.")

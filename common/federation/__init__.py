@@ -1,0 +1,1 @@
+"""The wire contract between coordinator and sites, and how Flower programs are found."""

@@ -1,0 +1,1 @@
+"""The generative model: encoder, networks, conditioning, trainer and the single-site estimator."""

@@ -1,0 +1,1 @@
+"""Differential privacy: DP-SGD, noisy marginals, accounting and the ledger, random streams."""
