@@ -20,7 +20,7 @@ from fedsyn.client.policy import PolicyError, SitePolicy
 from fedsyn.client.site import PolicyRefusal, Site, SiteRefusal, TrainRequest
 from fedsyn.data.schema import SchemaError
 from fedsyn.federation import protocol
-from fedsyn.model.training import GANConfig
+from fedsyn.model.config import GANConfig
 from fedsyn.privacy.accounting import LedgerError, PrivacyEvent
 from fedsyn.privacy.marginals import Marginals
 

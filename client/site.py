@@ -32,8 +32,9 @@ from fedsyn.data.schema import Schema
 from fedsyn.data.tables import DataFileError, read_table
 from fedsyn.data.validation import DataValidationError, require_valid
 from fedsyn.federation.protocol import ErrorCode, schema_fingerprint
+from fedsyn.model.config import GANConfig
 from fedsyn.model.encoder import TableEncoder
-from fedsyn.model.training import GANConfig, GANTrainer
+from fedsyn.model.training import GANTrainer
 from fedsyn.privacy.accounting import (
     BudgetExceededError,
     LedgerError,

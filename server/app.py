@@ -10,8 +10,9 @@ from flwr.app import Context
 from flwr.serverapp import Grid, ServerApp
 
 from fedsyn.data.schema import Schema
-from fedsyn.server.coordinator import Coordinator, FederationSettings, RoundCallback, RoundSummary
+from fedsyn.server.coordinator import Coordinator, RoundCallback, RoundSummary
 from fedsyn.server.release import write_release
+from fedsyn.server.settings import FederationSettings
 from fedsyn.trust.audit import AuditLog
 from fedsyn.trust.signing import load_private_key
 

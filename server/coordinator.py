@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -23,90 +22,19 @@ from flwr.serverapp.strategy import Strategy
 from fedsyn.data.schema import Schema
 from fedsyn.federation import protocol
 from fedsyn.model.encoder import TableEncoder
-from fedsyn.model.training import GANConfig, GANTrainer
-from fedsyn.privacy.accounting import AccountantName, PrivacyEvent, compute_epsilon, gaussian_noise_for_epsilon
+from fedsyn.model.training import GANTrainer
+from fedsyn.privacy.accounting import PrivacyEvent, compute_epsilon, gaussian_noise_for_epsilon
 from fedsyn.privacy.marginals import Marginals, bin_labels
 from fedsyn.privacy.randomness import torch_generator
-from fedsyn.server.strategy import AGGREGATIONS, build_strategy
+from fedsyn.server.settings import FederationSettings
+from fedsyn.server.strategy import build_strategy
 from fedsyn.trust.audit import AuditLog
-
-TRANSPORT_DTYPES = ("float32", "float16")
-
-# The tuned federated defaults, used by simulate, the deployed ServerApp and the benches alike
-# (measured: bench_federation and its --sweep, 3 seeds; 25 x 8 steps beat 20 x 15 at 5 sites,
-# LR TSTR 0.794 vs 0.760, and stay above pooled GB at 3 sites).
-FEDERATED_GAN = GANConfig(batch_size=256, generator_lr=1e-3, discriminator_lr=1e-3)
-FEDERATED_ROUNDS = 25
-FEDERATED_LOCAL_STEPS = 8
 
 log = logging.getLogger("fedsyn.server")
 
 
 class FederationError(RuntimeError):
     """The run cannot continue (e.g. fewer sites than the configured minimum)."""
-
-
-@dataclass(frozen=True)
-class FederationSettings:
-    """Everything the coordinator decides; all of it is public and goes into the release."""
-
-    rounds: int = FEDERATED_ROUNDS
-    local_steps: int = FEDERATED_LOCAL_STEPS
-    sample_rate: float = 0.1
-    epsilon: float = 1.0
-    delta: float = 1e-5
-    marginals_share: float = 0.1
-    noise_multiplier: float | None = None
-    min_sites: int = 1
-    site_noise_multiplier: float | None = None
-    site_clipping_norm: float = 10.0
-    transport_dtype: str = "float32"
-    max_update_norm: float | None = None
-    aggregation: str = "mean"
-    allow_unreviewed_schema: bool = False
-    accountant: AccountantName = "rdp"
-    gan_config: GANConfig = FEDERATED_GAN
-    seed: int | None = None
-    timeout: float = 3600.0
-
-    def __post_init__(self) -> None:
-        """Refuse impossible or unsafe settings before any site is contacted or spends anything."""
-        problems = []
-        if not (math.isfinite(self.epsilon) and self.epsilon > 0):
-            problems.append(f"epsilon={self.epsilon} must be a positive number")
-        if not 0 < self.delta < 1:
-            problems.append(f"delta={self.delta} must be in (0, 1)")
-        if not 0 < self.marginals_share < 1:
-            problems.append(f"marginals_share={self.marginals_share} must be in (0, 1)")
-        if not 0 < self.sample_rate <= 1:
-            problems.append(f"sample_rate={self.sample_rate} must be in (0, 1]")
-        if self.rounds < 1 or self.local_steps < 1 or self.min_sites < 1:
-            problems.append("rounds, local_steps and min_sites must each be at least 1")
-        if self.noise_multiplier is not None and not self.noise_multiplier > 0:
-            problems.append(f"noise_multiplier={self.noise_multiplier} must be positive")
-        if self.aggregation not in AGGREGATIONS:
-            problems.append(f"aggregation '{self.aggregation}' is not one of {', '.join(AGGREGATIONS)}")
-        if self.transport_dtype not in TRANSPORT_DTYPES:
-            problems.append(f"transport_dtype '{self.transport_dtype}' is not one of {', '.join(TRANSPORT_DTYPES)}")
-        if self.accountant not in ("rdp", "prv"):
-            problems.append(f"accountant '{self.accountant}' is not rdp or prv")
-        if self.site_noise_multiplier is not None:
-            if not self.site_noise_multiplier > 0 or not self.site_clipping_norm > 0:
-                problems.append("site_noise_multiplier and site_clipping_norm must be positive")
-            if self.aggregation != "mean":
-                # Flower's noise (sigma*C/K) is calibrated to a mean's sensitivity C/K; a coordinate-wise
-                # median or trimmed mean can move by C when one site changes, so its epsilon would be understated.
-                problems.append(f"site-level DP is calibrated for mean aggregation; with '{self.aggregation}' "
-                                "its epsilon would be understated. Use --aggregation mean with site-level DP")
-        if self.max_update_norm is not None and not self.max_update_norm > 0:
-            problems.append(f"max_update_norm={self.max_update_norm} must be positive")
-        if not self.timeout > 0:
-            problems.append(f"timeout={self.timeout} must be positive")
-        if problems:
-            raise ValueError("invalid federation settings: " + "; ".join(problems))
-
-    def to_dict(self) -> dict:
-        return asdict(self)
 
 
 @dataclass

@@ -19,7 +19,7 @@ from fedsyn.client.trusted_app import bundle_hash
 from fedsyn.data.schema import Schema
 from fedsyn.federation.flower_programs import flower_program, search_path
 from fedsyn.server.app import ReleasePlan, run_federation
-from fedsyn.server.coordinator import FederationSettings
+from fedsyn.server.settings import FederationSettings
 
 CONNECTION = "fedsyn"
 APP_DIR = Path(__file__).resolve().parent / "flower_app"
@@ -30,12 +30,7 @@ app = ServerApp()
 @app.main()
 def main(grid: Grid, context: Context) -> None:
     config = dict(context.run_config)
-    settings = FederationSettings(
-        rounds=int(config["rounds"]), local_steps=int(config["local-steps"]),
-        sample_rate=float(config["sample-rate"]), epsilon=float(config["epsilon"]), delta=float(config["delta"]),
-        min_sites=int(config["min-sites"]), aggregation=str(config["aggregation"]),
-        timeout=float(config["round-timeout"]),
-    )
+    settings = FederationSettings.from_run_config(config)  # unset keys keep the tuned defaults
     plan = ReleasePlan(out=Path(str(config["out"])), rows=int(config["rows"]),
                        signing_key=Path(str(config["signing-key"])) if config.get("signing-key") else None,
                        audit_log=Path(str(config["audit-log"])) if config.get("audit-log") else None)

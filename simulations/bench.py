@@ -26,11 +26,12 @@ from fedsyn.data.demo import demo_data_path, demo_schema_path
 from fedsyn.data.schema import Schema
 from fedsyn.data.tables import read_table
 from fedsyn.federation import protocol
+from fedsyn.model.config import GANConfig
 from fedsyn.model.encoder import TableEncoder
-from fedsyn.model.training import GANConfig, GANTrainer
+from fedsyn.model.training import GANTrainer
 from fedsyn.privacy.marginals import exact_counts
 from fedsyn.server.app import ReleasePlan
-from fedsyn.server.coordinator import FederationSettings
+from fedsyn.server.settings import FederationSettings
 from fedsyn.simulations.run import prepare_sites, run_sites
 from fedsyn.simulations.split import split_table
 
@@ -98,7 +99,8 @@ from fedsyn.client.policy import SitePolicy
 from fedsyn.client.site import Site, TrainRequest
 from fedsyn.model.encoder import TableEncoder
 from fedsyn.privacy.marginals import Marginals
-from fedsyn.model.training import GANConfig, GANTrainer
+from fedsyn.model.config import GANConfig
+from fedsyn.model.training import GANTrainer
 site = Site(SitePolicy.load(sys.argv[1]))
 marginals = Marginals.uniform(site.schema)
 arrays = GANTrainer(TableEncoder(site.schema, marginals), GANConfig()).state_arrays()

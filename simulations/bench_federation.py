@@ -29,16 +29,8 @@ from fedsyn.data.schema import Schema
 from fedsyn.data.tables import read_table
 from fedsyn.evaluation.metrics import tstr_auc
 from fedsyn.server.app import ReleasePlan
-from fedsyn.server.coordinator import FederationSettings
-from fedsyn.simulations.run import (
-    FEDERATED_GAN,
-    FEDERATED_LOCAL_STEPS,
-    FEDERATED_ROUNDS,
-    baseline_arms,
-    default_sample_rate,
-    prepare_sites,
-    run_sites,
-)
+from fedsyn.server.settings import FEDERATED_GAN, FEDERATED_LOCAL_STEPS, FEDERATED_ROUNDS, FederationSettings
+from fedsyn.simulations.run import baseline_arms, default_sample_rate, prepare_sites, run_sites
 from fedsyn.simulations.split import split_table
 
 MODELS = ("gradient_boosting", "logistic_regression")

@@ -18,14 +18,8 @@ from fedsyn.data.tables import write_table
 from fedsyn.evaluation.metrics import tstr_auc
 from fedsyn.model.gan import DPTabularGAN
 from fedsyn.server.app import ReleasePlan, make_server_app, run_federation
-from fedsyn.server.coordinator import (  # noqa: F401 - the tuned defaults, re-exported for benches and the CLI
-    FEDERATED_GAN,
-    FEDERATED_LOCAL_STEPS,
-    FEDERATED_ROUNDS,
-    Coordinator,
-    FederationSettings,
-    RoundCallback,
-)
+from fedsyn.server.coordinator import Coordinator, RoundCallback
+from fedsyn.server.settings import FederationSettings
 from fedsyn.simulations.inprocess import InProcessGrid
 
 log = logging.getLogger("fedsyn.simulate")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import dp_accounting
 from dp_accounting import pld, rdp
 
-from fedsyn.model.training import GANConfig
+from fedsyn.model.config import GANConfig
 from fedsyn.privacy.accounting import rdp_orders
 
 # A small network: the tests check behaviour, not utility.

@@ -15,7 +15,8 @@ from fedsyn.data.validation import validate_frame
 from fedsyn.federation import protocol
 from fedsyn.privacy.accounting import PrivacyEvent, PrivacyLedger
 from fedsyn.server.app import ReleasePlan, run_federation
-from fedsyn.server.coordinator import Coordinator, FederationError, FederationSettings
+from fedsyn.server.coordinator import Coordinator, FederationError
+from fedsyn.server.settings import FederationSettings
 from fedsyn.simulations.inprocess import InProcessGrid
 from fedsyn.simulations.run import prepare_sites
 from fedsyn.simulations.split import split_table

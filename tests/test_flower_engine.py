@@ -8,7 +8,7 @@ from fedsyn.data.demo import demo_schema_path
 from fedsyn.data.tables import read_table
 from fedsyn.data.validation import validate_frame
 from fedsyn.server.app import ReleasePlan
-from fedsyn.server.coordinator import FederationSettings
+from fedsyn.server.settings import FederationSettings
 from fedsyn.simulations.run import prepare_sites, run_sites
 from fedsyn.simulations.split import split_table
 

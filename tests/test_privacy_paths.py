@@ -22,13 +22,14 @@ from fedsyn.client.policy import SitePolicy
 from fedsyn.client.site import Site, SiteRefusal, TrainRequest
 from fedsyn.data.demo import demo_schema_path
 from fedsyn.federation import protocol
+from fedsyn.model.config import GANConfig
 from fedsyn.model.encoder import TableEncoder
 from fedsyn.model.gan import DPTabularGAN
-from fedsyn.model.training import GANConfig, GANTrainer
+from fedsyn.model.training import GANTrainer
 from fedsyn.privacy.accounting import LedgerError, PrivacyLedger, gaussian_noise_for_epsilon
 from fedsyn.privacy.marginals import Marginals, exact_counts
 from fedsyn.privacy.randomness import torch_generator
-from fedsyn.server.coordinator import FederationSettings
+from fedsyn.server.settings import FederationSettings
 from fedsyn.simulations.run import prepare_sites
 
 TINY = GANConfig(latent_dim=8, generator_hidden=(16,), discriminator_hidden=(16,), batch_size=32, max_grad_norm=0.5)

@@ -17,8 +17,9 @@ import torch
 
 from fedsyn.data.schema import Schema
 from fedsyn.data.validation import require_valid
+from fedsyn.model.config import GANConfig
 from fedsyn.model.encoder import TableEncoder
-from fedsyn.model.training import GANConfig, GANTrainer, StepLosses
+from fedsyn.model.training import GANTrainer, StepLosses
 from fedsyn.privacy.accounting import (
     AccountantName,
     PrivacyEvent,

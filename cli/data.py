@@ -1,0 +1,50 @@
+"""``fedsyn schema draft`` and ``fedsyn validate``: the data contract and a site's extract."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from fedsyn.cli.output import console, fail
+
+schema_app = typer.Typer(help="Work with the public schema (the data contract).")
+
+
+@schema_app.command("draft")
+def schema_draft(data: Path, out: Annotated[Path, typer.Option("--out", "-o")] = Path("schema.draft.json"),
+                 outcome: str | None = None) -> None:
+    """Draft a schema from a local extract. Every bound and category list is marked needs_review."""
+    from fedsyn.data.schema import draft_schema
+    from fedsyn.data.tables import DataFileError, read_table
+
+    try:
+        draft = draft_schema(read_table(data), name=data.stem, outcome=outcome)
+    except (DataFileError, ValueError) as exc:
+        fail(str(exc))
+    draft.save(out)
+    console.print(f"[yellow bold]Draft written to {out}. Its bounds and categories were read off {data}: "
+                  "that is private information.[/] Replace each with public knowledge (clinical ranges, code "
+                  "lists), set needs_review to false, then train. Training refuses needs_review columns "
+                  "unless --allow-unreviewed-schema is given, which is then written into the privacy report.")
+
+
+def validate(data: Path, schema: Annotated[Path, typer.Option("--schema", "-s")]) -> None:
+    """Check a hospital extract against the schema; exit code 1 if it does not fit. Writes nothing."""
+    from fedsyn.data.schema import Schema, SchemaError
+    from fedsyn.data.tables import DataFileError, read_table
+    from fedsyn.data.validation import validate_frame
+
+    try:
+        contract = Schema.load(schema)
+        report = validate_frame(read_table(data, contract), contract)
+    except (SchemaError, DataFileError) as exc:
+        fail(str(exc))
+    if report.ok:
+        console.print(f"[green]{data}: {report.describe()}[/]")
+        return
+    console.print(f"[red]{data}: {report.describe()}[/]")
+    raise typer.Exit(1)
+
+

@@ -1,0 +1,136 @@
+"""Every ``fedsyn`` command through the real command line (in-process), with small inputs.
+
+``simulate`` has its own module (tests/test_cli.py); the Flower daemons (`server start`,
+`client start`) are run for real in tests/test_deployment.py.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import stat
+
+import click
+import pytest
+import typer
+from typer.testing import CliRunner
+
+from fedsyn import __version__
+from fedsyn.cli.main import app
+from fedsyn.data.demo import demo_schema_path
+from fedsyn.privacy.accounting import PrivacyLedger
+from fedsyn.simulations.run import prepare_sites
+from fedsyn.trust.audit import AuditLog
+from fedsyn.trust.signing import generate_keypair, load_private_key, sign_release
+
+runner = CliRunner()
+
+
+def _invoke(*args: str) -> click.testing.Result:
+    return runner.invoke(app, [str(a) for a in args])
+
+
+def _command_paths(group: click.Group, prefix: tuple[str, ...] = ()) -> list[tuple[str, ...]]:
+    paths = []
+    for name, command in group.commands.items():
+        paths.append((*prefix, name))
+        if isinstance(command, click.Group):
+            paths += _command_paths(command, (*prefix, name))
+    return paths
+
+
+ALL_COMMANDS = _command_paths(typer.main.get_command(app))
+
+
+def test_version():
+    result = _invoke("--version")
+    assert result.exit_code == 0 and result.output.strip() == f"fedsyn {__version__}"
+
+
+@pytest.mark.parametrize("path", ALL_COMMANDS, ids=[" ".join(p) for p in ALL_COMMANDS])
+def test_every_command_answers_help_and_simulate_documents_every_option(path):
+    result = _invoke(*path, "--help")
+    assert result.exit_code == 0, result.output
+    command = typer.main.get_command(app)
+    for name in path:
+        command = command.commands[name]
+    undocumented = [p.name for p in command.params if isinstance(p, click.Option) and not p.help
+                    and p.name not in {"help"}]
+    if path == ("simulate",):
+        assert undocumented == []
+
+
+def test_schema_draft_and_validate(tmp_path, demo_frame):
+    data = tmp_path / "cohort.csv"
+    demo_frame.head(200).to_csv(data, index=False)
+    draft = tmp_path / "draft.json"
+    assert _invoke("schema", "draft", data, "--out", draft, "--outcome", "death").exit_code == 0
+    assert all(column["needs_review"] for column in json.loads(draft.read_text())["columns"])
+    assert _invoke("validate", data, "--schema", demo_schema_path()).exit_code == 0
+    bad = demo_frame.head(20).copy()
+    bad.loc[2, "age"] = 500
+    bad.to_csv(tmp_path / "bad.csv", index=False)
+    result = _invoke("validate", tmp_path / "bad.csv", "--schema", demo_schema_path())
+    assert result.exit_code == 1 and "age" in result.output and "line 4" in result.output
+
+
+def test_fit_writes_model_rows_and_a_privacy_report_declaring_the_row_count(tmp_path, demo_frame):
+    data = tmp_path / "cohort.csv"
+    demo_frame.head(300).to_csv(data, index=False)
+    out = tmp_path / "model"
+    result = _invoke("fit", data, "--schema", demo_schema_path(), "--epochs", "1", "--rows", "50", "--out", out)
+    assert result.exit_code == 0, result.output
+    report = json.loads((out / "privacy_report.json").read_text())
+    assert 0 < report["epsilon"] <= 1.0 and report["public_facts"]["rows"] == 300
+    assert (out / "model.pt").is_file() and len((out / "synthetic.csv").read_text().splitlines()) == 51
+
+
+def test_keys_verify_and_audit(tmp_path):
+    assert _invoke("keys", "generate", "--out", tmp_path / "keys").exit_code == 0
+    assert stat.S_IMODE((tmp_path / "keys" / "coordinator.key").stat().st_mode) == 0o600
+    key = load_private_key(tmp_path / "keys" / "coordinator.key")
+    release = tmp_path / "release"
+    release.mkdir()
+    (release / "synthetic.csv").write_text("a\n1\n")
+    sign_release(release, key)
+    public = tmp_path / "keys" / "coordinator.pub"
+    assert _invoke("verify", release, "--key", public).exit_code == 0
+    (release / "synthetic.csv").write_text("a\n2\n")
+    result = _invoke("verify", release, "--key", public)
+    assert result.exit_code == 1 and "synthetic.csv" in result.output
+    log = AuditLog(tmp_path / "audit.jsonl", key)
+    log.append("run_started", round=0)
+    assert _invoke("audit", "verify", tmp_path / "audit.jsonl", "--key", public).exit_code == 0
+    other, _ = generate_keypair(tmp_path / "other")
+    assert _invoke("audit", "verify", tmp_path / "audit.jsonl", "--key", tmp_path / "other" / "coordinator.pub"
+                   ).exit_code == 1
+
+
+def test_certs(tmp_path):
+    assert _invoke("certs", "init", "--out", tmp_path / "certs", "--host", "127.0.0.1").exit_code == 0
+    assert (tmp_path / "certs" / "ca.crt").is_file() and (tmp_path / "certs" / "server.crt").is_file()
+    assert _invoke("certs", "site-key", "--out", tmp_path / "site").exit_code == 0
+    assert stat.S_IMODE((tmp_path / "site" / "auth.key").stat().st_mode) == 0o600
+
+
+def test_client_ledger_init_once_and_never_over_a_trail_with_charges(tmp_path, demo_frame):
+    plan = prepare_sites([demo_frame.head(100)], demo_schema_path(), tmp_path / "sites", 1.0, 1e-5)
+    policy = plan.policies[0]
+    ledger = policy.parent / "ledger.json"
+    assert ledger.is_file()  # prepare_sites initialised it
+    result = _invoke("client", "ledger", "init", "--config", policy)
+    assert result.exit_code == 2 and "already exists" in result.output
+    AuditLog(policy.parent / "audit.jsonl").append("privacy_charged", ledger_events=1)
+    ledger.unlink()
+    result = _invoke("client", "ledger", "init", "--config", policy)
+    assert result.exit_code == 2 and "records 1 privacy charge" in result.output and not ledger.exists()
+    result = _invoke("client", "ledger", "init", "--config", policy, "--reset-reason", "new extract, other patients")
+    assert result.exit_code == 0 and PrivacyLedger.load(ledger).events == []
+    assert json.loads((policy.parent / "audit.jsonl").read_text().splitlines()[-1])["event"] == "ledger_reset"
+
+
+def test_server_app_hash_and_config_errors(tmp_path):
+    result = _invoke("server", "app-hash")
+    assert result.exit_code == 0 and re.fullmatch(r"[0-9a-f]{64}", result.output.strip())
+    result = _invoke("server", "sites", "list", "--config", tmp_path / "missing.toml")
+    assert result.exit_code == 2 and "missing.toml" in result.output
