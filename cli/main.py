@@ -47,10 +47,16 @@ app.add_typer(client.client_app, name="client")
 
 
 def main() -> None:
-    """Console entry point. An unexpected error prints its type, never its text or a traceback
-    with local variables, since either may quote patient rows; FEDSYN_DEBUG=1 re-raises."""
+    """Console entry point. fedsyn's own errors print their message and exit with their code;
+    any other error prints its type, never its text or a traceback with local variables,
+    since either may quote patient rows (FEDSYN_DEBUG=1 re-raises it)."""
+    from fedsyn.errors import FedsynError
+
     try:
         app()
+    except FedsynError as exc:  # fedsyn's own errors speak to the user and quote no patient value
+        console.print(f"[bold red]error:[/] {exc}")
+        sys.exit(exc.exit_code)
     except Exception as exc:  # noqa: BLE001 - the last line of defence for private values
         if os.environ.get("FEDSYN_DEBUG") == "1":
             raise

@@ -12,8 +12,10 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, Field, StringConstraints, ValidationError
 
+from fedsyn.errors import ConfigurationError
 
-class PolicyError(ValueError):
+
+class PolicyError(ConfigurationError, ValueError):
     """The site policy file is missing or invalid."""
 
 

@@ -31,6 +31,7 @@ from fedsyn.client.policy import SitePolicy
 from fedsyn.data.schema import Schema
 from fedsyn.data.tables import DataFileError, read_table
 from fedsyn.data.validation import DataValidationError, require_valid
+from fedsyn.errors import PrivacyRefusal
 from fedsyn.federation.protocol import ErrorCode, schema_fingerprint
 from fedsyn.model.config import GANConfig
 from fedsyn.model.encoder import TableEncoder
@@ -52,7 +53,7 @@ CHARGED = "privacy_charged"
 LEDGER_STARTS = ("ledger_created", "ledger_reset")
 
 
-class SiteRefusal(RuntimeError):
+class SiteRefusal(PrivacyRefusal, RuntimeError):
     """The site will not run the request; ``public_reason`` is safe to send to the coordinator."""
 
     def __init__(self, code: ErrorCode, public_reason: str):

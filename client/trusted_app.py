@@ -20,11 +20,13 @@ import io
 import tomllib
 import zipfile
 
+from fedsyn.errors import PrivacyRefusal
+
 GUARD_COMPONENT = "fedsyn.client.deploy:app"
 ALLOWED_FILES = frozenset({"pyproject.toml", ".info/CONTENT"})
 
 
-class UntrustedAppError(RuntimeError):
+class UntrustedAppError(PrivacyRefusal, RuntimeError):
     """The coordinator's App bundle could run code other than the site's installed guard."""
 
 

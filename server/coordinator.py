@@ -20,6 +20,7 @@ from flwr.serverapp import Grid
 from flwr.serverapp.strategy import Strategy
 
 from fedsyn.data.schema import Schema
+from fedsyn.errors import ConfigurationError, FedsynError
 from fedsyn.federation import protocol
 from fedsyn.model.encoder import TableEncoder
 from fedsyn.model.training import GANTrainer
@@ -33,7 +34,7 @@ from fedsyn.trust.audit import AuditLog
 log = logging.getLogger("fedsyn.server")
 
 
-class FederationError(RuntimeError):
+class FederationError(FedsynError, RuntimeError):
     """The run cannot continue (e.g. fewer sites than the configured minimum)."""
 
 
@@ -220,7 +221,8 @@ class Coordinator:
 
     def train(self, grid: Grid, on_round: RoundCallback | None = None) -> GANTrainer:
         settings = self.settings
-        assert self.marginals is not None, "collect_marginals() first"
+        if self.marginals is None:
+            raise ConfigurationError("no marginals yet: run collect_marginals() before train()")
         # The global model's initialisation and the release's sampling: public randomness of its own.
         trainer = GANTrainer(TableEncoder(self.schema, self.marginals), settings.gan_config,
                              rng=torch_generator(settings.seed, "coordinator"))

@@ -18,6 +18,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from fedsyn.data.tables import write_table
 from fedsyn.data.validation import require_valid
+from fedsyn.errors import ConfigurationError
 from fedsyn.privacy.marginals import Marginals, exact_counts
 from fedsyn.server.coordinator import Coordinator
 from fedsyn.trust.signing import sign_release
@@ -97,7 +98,8 @@ def quality_report(synthetic: pd.DataFrame, coordinator: Coordinator) -> dict:
     Computed from DP outputs only, so it may be published with the release; the full
     validation against real rows is a local artefact that never enters a release.
     """
-    assert coordinator.marginals is not None
+    if coordinator.marginals is None:
+        raise ConfigurationError("no marginals yet: run collect_marginals() before writing a release")
     synthetic_counts = Marginals(exact_counts(synthetic, coordinator.schema).counts)
     distances = {}
     for column in coordinator.schema.columns:
@@ -117,7 +119,8 @@ def write_release(coordinator: Coordinator, out: Path, rows: int, drop_rule_viol
     """Sample ``rows`` synthetic rows from the global generator and write the bundle to ``out``;
     with ``signing_key`` also the signed manifest of every file in it."""
     trainer = coordinator.trainer
-    assert trainer is not None, "train() first"
+    if trainer is None:
+        raise ConfigurationError("no trained generator yet: run train() before writing a release")
     out.mkdir(parents=True, exist_ok=True)
     rules = coordinator.schema.rules if drop_rule_violations else None
     synthetic, dropped = trainer.sample_frame(rows, rules=rules)

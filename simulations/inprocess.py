@@ -44,7 +44,8 @@ class InProcessGrid(Grid):
 
     @property
     def run(self) -> Run:
-        assert self._run is not None
+        if self._run is None:
+            raise RuntimeError("set_run() was not called on this in-process grid")
         return self._run
 
     def create_message(self, content: RecordDict, message_type: str, dst_node_id: int, group_id: str,

@@ -17,9 +17,10 @@ import pandas as pd
 from pydantic import BaseModel, Field, ValidationError, model_validator
 
 from fedsyn.data.rules import Rule
+from fedsyn.errors import ConfigurationError
 
 
-class SchemaError(ValueError):
+class SchemaError(ConfigurationError, ValueError):
     """A schema file is missing, malformed or inconsistent."""
 
 

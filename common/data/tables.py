@@ -7,9 +7,10 @@ from pathlib import Path
 import pandas as pd
 
 from fedsyn.data.schema import Schema
+from fedsyn.errors import InputDataError
 
 
-class DataFileError(ValueError):
+class DataFileError(InputDataError, ValueError):
     """A data file cannot be read as a table."""
 
 

@@ -12,6 +12,7 @@ import numpy as np
 import pandas as pd
 
 from fedsyn.data.schema import Column, ColumnKind, Schema
+from fedsyn.errors import InputDataError
 
 _EXAMPLES = 3
 
@@ -47,7 +48,7 @@ class ValidationReport:
         return "\n".join(lines)
 
 
-class DataValidationError(ValueError):
+class DataValidationError(InputDataError, ValueError):
     """The data does not fit the schema; ``report`` says where."""
 
     def __init__(self, report: ValidationReport, source: str = "data"):

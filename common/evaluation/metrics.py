@@ -34,6 +34,7 @@ from sklearn.neural_network import MLPClassifier
 from fedsyn.data.rules import violation_mask
 from fedsyn.data.schema import Schema
 from fedsyn.data.validation import validate_frame
+from fedsyn.errors import ConfigurationError
 from fedsyn.privacy.marginals import forward_transform, transform_bounds
 
 EMPIRICAL_CAVEAT = ("Empirical privacy checks only test particular attacks on particular rows; they cannot show "
@@ -69,7 +70,9 @@ def feature_matrix(frame: pd.DataFrame, schema: Schema, exclude: str | None = No
 
 def outcome_vector(frame: pd.DataFrame, schema: Schema) -> np.ndarray:
     """1 for the outcome's last listed category (e.g. 'dead', 'yes'), else 0."""
-    assert schema.outcome is not None, "utility needs an outcome column in the schema"
+    if schema.outcome is None:
+        raise ConfigurationError(f"schema '{schema.name}' names no outcome column: utility (TSTR) needs one; "
+                                 "set 'outcome' in the schema")
     positive = schema.column(schema.outcome).categories[-1]
     return (frame[schema.outcome].astype(str) == positive).to_numpy(dtype=int)
 

@@ -18,6 +18,7 @@ import numpy as np
 from flwr.app import Array, ArrayRecord, ConfigRecord, MetricRecord, RecordDict
 
 from fedsyn.data.schema import Schema
+from fedsyn.errors import FedsynError
 from fedsyn.privacy.accounting import PrivacyEvent
 
 ARRAYS = "arrays"
@@ -71,7 +72,7 @@ PRIVACY_FIELDS = frozenset({"mechanism", "noise_multiplier", "sample_rate", "ste
 MAX_ARRAY_ELEMENTS = 50_000_000
 
 
-class ReplyError(ValueError):
+class ReplyError(FedsynError, ValueError):
     """A message does not have the agreed form; the reason says which part."""
 
 

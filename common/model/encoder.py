@@ -17,6 +17,7 @@ import numpy as np
 import pandas as pd
 
 from fedsyn.data.schema import Column, ColumnKind, Schema
+from fedsyn.errors import ConfigurationError
 from fedsyn.privacy.marginals import (
     MISSING,
     Marginals,
@@ -61,7 +62,8 @@ class TableEncoder:
 
     @staticmethod
     def categories_with_missing(column: Column) -> list[str]:
-        assert column.categories is not None
+        if column.categories is None:  # the schema refuses this; kept for the type checker
+            raise ConfigurationError(f"categorical column '{column.name}' has no categories")
         return [*column.categories, MISSING] if column.nullable else list(column.categories)
 
     def _numeric_cdf(self, column: Column) -> tuple[np.ndarray, np.ndarray]:

@@ -17,9 +17,10 @@ import torch
 
 from fedsyn.data.schema import Schema
 from fedsyn.data.validation import require_valid
+from fedsyn.errors import ConfigurationError
 from fedsyn.model.config import GANConfig
 from fedsyn.model.encoder import TableEncoder
-from fedsyn.model.training import GANTrainer, StepLosses
+from fedsyn.model.training import GANTrainer
 from fedsyn.privacy.accounting import (
     AccountantName,
     PrivacyEvent,
@@ -33,7 +34,7 @@ from fedsyn.privacy.randomness import numpy_generator, torch_generator
 FORMAT = "fedsyn-gan/1"
 
 
-class NotFittedError(RuntimeError):
+class NotFittedError(ConfigurationError, RuntimeError):
     pass
 
 
@@ -59,6 +60,12 @@ class DPTabularGAN:
         define the numeric quantile maps and the conditional sampling frequencies.
     noise_multiplier: fix DP-SGD's noise instead of calibrating it to ``epochs``; training
         then stops at the last step the budget affords (or after ``epochs``).
+
+    Attributes (set by ``fit`` or ``load``, as in scikit-learn)
+    ----------
+    trainer_: the trained networks; ledger_: what the fit spent, charged before each
+    mechanism ran; noise_multiplier_: DP-SGD's noise; history_: losses per step; n_rows_:
+    the training rows (public: the published sample rate discloses it).
     """
 
     def __init__(
@@ -87,11 +94,6 @@ class DPTabularGAN:
         self.device = device
         self.seed = seed
         self.allow_unreviewed_schema = allow_unreviewed_schema
-        self.trainer_: GANTrainer | None = None
-        self.n_rows_: int | None = None
-        self.ledger_: PrivacyLedger | None = None
-        self.noise_multiplier_: float | None = None
-        self.history_: list[StepLosses] = []
 
     # -- fitting ----------------------------------------------------------------------------
 
@@ -132,7 +134,7 @@ class DPTabularGAN:
     # -- using a fitted model ---------------------------------------------------------------
 
     def _fitted(self) -> GANTrainer:
-        if self.trainer_ is None:
+        if getattr(self, "trainer_", None) is None:
             raise NotFittedError("call fit() or load() before sample()")
         return self.trainer_
 
@@ -153,7 +155,7 @@ class DPTabularGAN:
         """(epsilon, delta) spent by ``fit``; epsilon is infinite for a non-private model."""
         if self.epsilon is None:
             return math.inf, 0.0
-        if self.ledger_ is None:
+        if getattr(self, "ledger_", None) is None:
             raise NotFittedError("nothing spent yet: the model is not fitted")
         return self.ledger_.epsilon(), self.delta
 
@@ -167,7 +169,7 @@ class DPTabularGAN:
             "params": {"epsilon": self.epsilon, "delta": self.delta, "epochs": self.epochs,
                        "marginals_share": self.marginals_share, "noise_multiplier": self.noise_multiplier,
                        "accountant": self.accountant},
-            "ledger": self.ledger_.to_dict() if self.ledger_ else None,
+            "ledger": self.ledger_.to_dict() if getattr(self, "ledger_", None) else None,
             "generator": trainer.sampler.state_dict(),
             "discriminator": trainer.discriminator.state_dict(),
         }, Path(path))

@@ -27,6 +27,8 @@ import numpy as np
 from opacus.accountants import PRVAccountant
 from opacus.accountants.analysis.rdp import compute_rdp, get_privacy_spent
 
+from fedsyn.errors import PrivacyRefusal
+
 AccountantName = Literal["rdp", "prv"]
 LEDGER_FORMAT = "fedsyn-ledger/2"
 
@@ -36,7 +38,7 @@ RDP_ORDERS = [1 + x / 10.0 for x in range(1, 100)] + list(range(12, 64)) + [
     64, 80, 96, 128, 160, 192, 256, 320, 384, 512, 768, 1024, 2048, 4096]
 
 
-class BudgetExceededError(RuntimeError):
+class BudgetExceededError(PrivacyRefusal, RuntimeError):
     """Running the requested mechanism would spend more privacy than the budget allows."""
 
 
@@ -103,7 +105,7 @@ def compute_epsilon(events: Iterable[PrivacyEvent], delta: float, accountant: Ac
     return float(prv.get_epsilon(delta))
 
 
-class LedgerError(RuntimeError):
+class LedgerError(PrivacyRefusal, RuntimeError):
     """The on-disk ledger is missing, corrupt, locked by a foreign format or bound elsewhere."""
 
 

@@ -16,6 +16,7 @@ import numpy as np
 import pandas as pd
 
 from fedsyn.data.schema import Column, Schema
+from fedsyn.errors import ConfigurationError
 from fedsyn.privacy.accounting import PrivacyEvent
 
 NUMERIC_BINS = 64
@@ -29,7 +30,8 @@ def numeric_edges(column: Column, n_bins: int = NUMERIC_BINS) -> np.ndarray:
 
 
 def transform_bounds(column: Column) -> tuple[float, float]:
-    assert column.lower is not None and column.upper is not None
+    if column.lower is None or column.upper is None:  # the schema refuses this; kept for the type checker
+        raise ConfigurationError(f"numeric column '{column.name}' has no public bounds")
     if column.transform == "log":
         return math.log(column.lower), math.log(column.upper)
     return column.lower, column.upper

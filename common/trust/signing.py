@@ -17,11 +17,13 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
+from fedsyn.errors import FedsynError
+
 MANIFEST = "manifest.json"
 SIGNATURE = "manifest.sig"
 
 
-class VerificationError(ValueError):
+class VerificationError(FedsynError, ValueError):
     """A signature or hash does not match; the message names the place."""
 
 
