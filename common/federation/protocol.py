@@ -113,6 +113,20 @@ def event_record(event: PrivacyEvent, epsilon_spent: float, delta: float, site: 
     return ConfigRecord({**fields, "epsilon_spent": float(epsilon_spent), "delta": float(delta), "site": site})
 
 
+def number(value: object) -> float:
+    """A scalar record value as a float; a list or bytes is a TypeError (malformed)."""
+    if isinstance(value, (int, float, str)):
+        return float(value)
+    raise TypeError(f"expected a number, got {type(value).__name__}")
+
+
+def whole(value: object) -> int:
+    """A scalar record value as an int (``int(inf)`` raises OverflowError)."""
+    if isinstance(value, (int, float, str)):
+        return int(value)
+    raise TypeError(f"expected a whole number, got {type(value).__name__}")
+
+
 def decode_event(record: ConfigRecord) -> tuple[PrivacyEvent, float, float, str]:
     """The privacy event, the site's cumulative epsilon claim, its delta and its name."""
     fields = dict(record)
@@ -122,15 +136,15 @@ def decode_event(record: ConfigRecord) -> tuple[PrivacyEvent, float, float, str]
     try:
         event = PrivacyEvent(
             mechanism=str(fields["mechanism"]),
-            noise_multiplier=float(fields["noise_multiplier"]),
-            sample_rate=float(fields["sample_rate"]),
-            steps=int(fields["steps"]),
-            round=int(fields["round"]) if "round" in fields else None,
+            noise_multiplier=number(fields["noise_multiplier"]),
+            sample_rate=number(fields["sample_rate"]),
+            steps=whole(fields["steps"]),
+            round=whole(fields["round"]) if "round" in fields else None,
         )
-        delta = float(fields["delta"])
+        delta = number(fields["delta"])
         if not 0 < delta < 1:
             raise ReplyError(f"privacy record has delta {delta}, outside (0, 1)")
-        return event, float(fields["epsilon_spent"]), delta, str(fields.get("site", ""))[:64]
+        return event, number(fields["epsilon_spent"]), delta, str(fields.get("site", ""))[:64]
     except (KeyError, TypeError, ValueError, OverflowError) as exc:  # int(inf) overflows
         raise ReplyError(f"privacy record is malformed: {exc}") from None
 

@@ -21,7 +21,7 @@ from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from functools import lru_cache
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 from opacus.accountants import PRVAccountant
@@ -198,7 +198,7 @@ class PrivacyLedger:
             finally:
                 fcntl.flock(lock.fileno(), fcntl.LOCK_UN)
 
-    def to_dict(self) -> dict:
+    def to_dict(self) -> dict[str, Any]:
         return {
             "format": LEDGER_FORMAT,
             "delta": self.delta,
@@ -224,7 +224,7 @@ class PrivacyLedger:
             raise
 
     @classmethod
-    def from_dict(cls, raw: dict, path: str | Path | None = None) -> PrivacyLedger:
+    def from_dict(cls, raw: dict[str, Any], path: str | Path | None = None) -> PrivacyLedger:
         events = [PrivacyEvent(**e) for e in raw["events"]]
         return cls(delta=raw["delta"], accountant=raw["accountant"], events=events, path=path,
                    protects=raw.get("protects"))

@@ -52,7 +52,8 @@ def per_sample_gradients(
         output = functional_call(module, (p, buffers), tuple(x.unsqueeze(0) for x in row))
         return loss_of_one(output)
 
-    return vmap(grad(loss), in_dims=(None, *([0] * len(inputs))))(params, *inputs)
+    gradients: dict[str, torch.Tensor] = vmap(grad(loss), in_dims=(None, *([0] * len(inputs))))(params, *inputs)
+    return gradients
 
 
 def clip_factors(norms: torch.Tensor, max_grad_norm: float) -> torch.Tensor:
@@ -88,7 +89,7 @@ def linear_clipped_sum(
     layers = [(name, m) for name, m in module.named_modules() if isinstance(m, nn.Linear)]
     captured: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
 
-    def keep(name: str):
+    def keep(name: str) -> Callable[[nn.Module, tuple[torch.Tensor, ...], torch.Tensor], None]:
         def hook(_: nn.Module, args: tuple[torch.Tensor, ...], output: torch.Tensor) -> None:
             captured[name] = (args[0].detach(), output)
         return hook

@@ -39,13 +39,13 @@ def transform_bounds(column: Column) -> tuple[float, float]:
 
 def forward_transform(column: Column, values: np.ndarray) -> np.ndarray:
     if column.transform == "log":
-        return np.log(np.clip(values, column.lower, None))
+        return np.asarray(np.log(np.clip(values, column.lower, None)), dtype=float)
     return values
 
 
 def inverse_transform(column: Column, values: np.ndarray) -> np.ndarray:
     if column.transform == "log":
-        return np.exp(values)
+        return np.asarray(np.exp(values), dtype=float)
     return values
 
 
@@ -70,7 +70,7 @@ class Marginals:
         total = counts.sum()
         probs = counts / total if total > 0 else np.full_like(counts, 1.0 / len(counts))
         probs = probs + floor / len(probs)
-        return probs / probs.sum()
+        return np.asarray(probs / probs.sum(), dtype=float)
 
     def to_dict(self) -> dict[str, list[float]]:
         return {name: values.tolist() for name, values in self.counts.items()}
@@ -93,7 +93,7 @@ def exact_counts(frame: pd.DataFrame, schema: Schema) -> Marginals:
         missing = series.isna().to_numpy()
         if column.is_categorical:
             codes = pd.Categorical(series.astype(str).where(~missing), categories=column.categories).codes
-            hist = np.bincount(codes[codes >= 0], minlength=len(column.categories)).astype(float)
+            hist = np.bincount(codes[codes >= 0], minlength=len(column.categories or [])).astype(float)
         else:
             values = forward_transform(column, series.to_numpy(dtype=float)[~missing])
             edges = numeric_edges(column)
