@@ -11,7 +11,7 @@ import numpy as np
 import typer
 from rich.table import Table
 
-from fedsyn.cli.output import console, fail, setup_logging
+from fedsyn.cli.output import console, fail, print_verdict, results, setup_logging
 from fedsyn.data.demo import demo_data_path, demo_schema_path
 from fedsyn.data.schema import Schema, SchemaError
 from fedsyn.data.tables import DataFileError, read_table, write_table
@@ -89,7 +89,10 @@ def simulate(
     max_update_norm: Annotated[float | None, typer.Option(
         help="quarantine a site's update that moves the model further than this")] = None,
     engine: Annotated[str, typer.Option(help="inprocess (fast) or flower (Ray simulation engine)")] = "inprocess",
-    compare: Annotated[bool, typer.Option(help="also run local-only and pooled arms, report TSTR")] = True,
+    compare: Annotated[bool, typer.Option(
+        help="also train each site alone and all rows pooled (centralised DP), and compare their TSTR")] = False,
+    fail_below: Annotated[float | None, typer.Option(
+        help="exit with code 3 when the local report's verdict score (0-1) is below this, for pipelines")] = None,
     sweep_epsilon: Annotated[str | None, typer.Option(
         help="comma-separated budgets, e.g. 0.5,1,3,10: rerun the federation at each and plot the "
              "privacy-utility curve in the report")] = None,
@@ -201,12 +204,13 @@ def simulate(
     federated_seconds = time.monotonic() - started
     report = json.loads((release / "privacy_report.json").read_text())
     table = Table(title=f"Release: {release}  ({federated_seconds:.0f} s)")
-    for column in ("site", "epsilon spent", "delta", "rounds accepted", "dropped"):
+    for column in ("site", "epsilon spent", "delta", f"training rounds accepted (of {rounds})", "dropped"):
         table.add_column(column)
-    for site in report["sites"]:
+    for site in report["sites"]:  # round 0 is the marginals release, not a training round
+        trained = [r for r in site["rounds_accepted"] if r > 0]
         table.add_row(site["site"], f"{site['epsilon_cumulative']:.3f}", f"{site['delta']:g}",
-                      str(len(site["rounds_accepted"])), str(len(site["dropped"])))
-    console.print(table)
+                      str(len(trained)), str(len(site["dropped"])))
+    results.print(table)
     if report["site_level_dp"]:
         console.print(f"site-level DP (Flower): epsilon {report['site_level_dp']['epsilon']:.3f} at delta "
                       f"{report['site_level_dp']['delta']:g}")
@@ -215,13 +219,15 @@ def simulate(
     local = out / "local-report"
     if test is not None:
         with console.status("validation report (fidelity, utility, privacy)..."):
-            _write_report(read_table(release / "synthetic.csv", contract), train, test, contract, local,
-                          report, seed, curve)
+            local_report = _write_report(read_table(release / "synthetic.csv", contract), train, test, contract,
+                                         local, report, seed, curve)
         write_table(test, local / "held_out.parquet")
         console.print(f"validation report (LOCAL: computed from real rows, not for release): {local / 'report.html'}")
     console.print(f"release signed (check: fedsyn verify {release} --key {keys / 'coordinator.pub'})")
     if compare and test is not None and contract.outcome:
         _compare_arms(contract, tables, test, local, epsilon, delta, seed, device)
+    if test is not None:
+        print_verdict(local_report["verdict"], fail_below)
 
 
 def _curve_point(epsilon: float, release: Path, train, test, contract: Schema, seed: int) -> dict:
@@ -252,9 +258,11 @@ def evaluate(
     synthetic: Annotated[Path, typer.Option(help="the synthetic table")],
     real_train: Annotated[Path, typer.Option(help="real rows the generator was trained on")],
     real_test: Annotated[Path, typer.Option(help="real rows the generator never saw")],
-    out: Path = Path("fedsyn-report"),
+    out: Annotated[Path, typer.Option(help="where report.json and report.html go")] = Path("fedsyn-report"),
     privacy_report: Annotated[Path | None, typer.Option(help="the release's privacy_report.json")] = None,
-    seed: int = 0,
+    seed: Annotated[int, typer.Option(help="seed of the evaluation's models and samples")] = 0,
+    fail_below: Annotated[float | None, typer.Option(
+        help="exit with code 3 when the verdict score (0-1) is below this, for pipelines")] = None,
 ) -> None:
     """Fidelity, utility and privacy of a synthetic table: writes report.json and report.html.
 
@@ -280,7 +288,8 @@ def evaluate(
     table.add_row("exact copies", str(privacy_checks["exact_copies"]))
     table.add_row("DCR ratio (< 1 warns)", f"{privacy_checks['dcr_ratio']:.3f}")
     table.add_row("membership attack AUC", f"{privacy_checks['membership_attack_auc']:.3f}")
-    console.print(table)
+    results.print(table)
+    print_verdict(result["verdict"], fail_below)
 
 
 def _compare_arms(contract, tables, test, local, epsilon, delta, seed, device) -> None:
@@ -297,7 +306,7 @@ def _compare_arms(contract, tables, test, local, epsilon, delta, seed, device) -
         table.add_column(column)
     for arm, aucs in results.items():
         table.add_row(arm, f"{aucs['gradient_boosting']:.3f}", f"{aucs['logistic_regression']:.3f}")
-    console.print(table)
+    results.print(table)
     (local / "utility.json").write_text(json.dumps(results, indent=2) + "\n")
 
 

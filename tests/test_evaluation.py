@@ -104,3 +104,27 @@ def test_html_report_renders_in_headless_chromium(split, demo_schema, tmp_path):
     assert loaded == [True] * 4
     assert errors == []
     assert (tmp_path / "report.png").stat().st_size > 10_000
+
+
+def test_verdict_calls_out_copies_chance_and_reversed_relationships(split, demo_schema):
+    from fedsyn.evaluation.verdict import judge
+
+    train, test = split
+    copied = evaluate(train.copy(), train, test, demo_schema).verdict
+    assert copied.level == "red" and any(f.area == "privacy" and f.level == "red" for f in copied.flags)
+    noise = _random_rows(demo_schema, len(train))
+    random_verdict = evaluate(noise, train, test, demo_schema).verdict
+    assert random_verdict.level == "red" and random_verdict.score < copied.score
+    assert any(f.area == "utility" and "chance" in f.message or "reversed" in f.message for f in random_verdict.flags)
+    # A synthetic table with the outcome flipped teaches the opposite relationship.
+    flipped = train.copy()
+    outcome = demo_schema.column(demo_schema.outcome).categories
+    flipped[demo_schema.outcome] = flipped[demo_schema.outcome].map({outcome[0]: outcome[1], outcome[1]: outcome[0]})
+    reversed_verdict = evaluate(flipped, train, test, demo_schema).verdict
+    assert any("reversed relationship" in f.message for f in reversed_verdict.flags)
+    assert any("below always predicting" in f.message for f in reversed_verdict.flags)
+    good = judge({"overall_score": 0.9, "detection_auc": 0.6, "columns": {"a": {"value": 0.1}}},
+                 {"lr": {"tstr": {"roc_auc": 0.8, "accuracy": 0.8}, "trtr": {"roc_auc": 0.82, "accuracy": 0.8}}},
+                 {"membership_attack_auc": 0.51, "exact_copy_share": 0.0, "dcr_ratio": 1.3}, majority_rate=0.7,
+                 epsilon=1.0)
+    assert good.level == "green" and good.flags == [] and good.score > 0.85

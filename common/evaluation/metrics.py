@@ -35,6 +35,7 @@ from fedsyn.data.rules import violation_mask
 from fedsyn.data.schema import Schema
 from fedsyn.data.validation import validate_frame
 from fedsyn.errors import ConfigurationError
+from fedsyn.evaluation.verdict import Verdict, judge
 from fedsyn.privacy.marginals import forward_transform, transform_bounds
 
 EMPIRICAL_CAVEAT = ("Empirical privacy checks only test particular attacks on particular rows; they cannot show "
@@ -271,21 +272,29 @@ class Evaluation:
     utility: dict
     privacy: dict
     plausibility: dict
+    verdict: Verdict
     ledger: dict | None = None
     rows: dict = field(default_factory=dict)
 
     def to_dict(self) -> dict:
-        return {"rows": self.rows, "fidelity": self.fidelity, "utility": self.utility, "privacy": self.privacy,
-                "plausibility": self.plausibility, "ledger": self.ledger}
+        return {"verdict": self.verdict.to_dict(), "rows": self.rows, "fidelity": self.fidelity,
+                "utility": self.utility, "privacy": self.privacy, "plausibility": self.plausibility,
+                "ledger": self.ledger}
 
 
 def evaluate(synthetic: pd.DataFrame, real_train: pd.DataFrame, real_test: pd.DataFrame, schema: Schema,
              ledger: dict | None = None, seed: int = 0) -> Evaluation:
+    """Every metric, and the verdict drawn from them (see :mod:`fedsyn.evaluation.verdict`)."""
+    fidelity_ = fidelity(real_train, synthetic, schema, seed)
+    utility_ = utility(synthetic, real_train, real_test, schema, seed) if schema.outcome else {}
+    privacy_ = privacy(synthetic, real_train, real_test, schema, seed)
+    majority = None
+    if schema.outcome and len(real_test):
+        positive = float(outcome_vector(real_test, schema).mean())
+        majority = max(positive, 1.0 - positive)
+    epsilon = ledger.get("max_epsilon_any_site") if ledger else None
     return Evaluation(
-        fidelity=fidelity(real_train, synthetic, schema, seed),
-        utility=utility(synthetic, real_train, real_test, schema, seed) if schema.outcome else {},
-        privacy=privacy(synthetic, real_train, real_test, schema, seed),
-        plausibility=plausibility(synthetic, schema),
-        ledger=ledger,
+        fidelity=fidelity_, utility=utility_, privacy=privacy_, plausibility=plausibility(synthetic, schema),
+        verdict=judge(fidelity_, utility_, privacy_, majority, epsilon), ledger=ledger,
         rows={"synthetic": len(synthetic), "real_train": len(real_train), "real_test": len(real_test)},
     )

@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import html
 import io
+from datetime import UTC, datetime
 from pathlib import Path
 
 import matplotlib
@@ -14,8 +15,10 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
+from fedsyn import __version__
 from fedsyn.data.schema import Schema  # noqa: E402
 from fedsyn.evaluation.metrics import EMPIRICAL_CAVEAT, Evaluation, pca_projection  # noqa: E402
+from fedsyn.evaluation.verdict import Verdict
 
 REAL, SYNTHETIC = "#1f77b4", "#ff7f0e"
 
@@ -114,13 +117,25 @@ def _fmt(value: object) -> str:
     return str(value)
 
 
+def _verdict_section(verdict: Verdict) -> str:
+    """The headline first: score, level and every flag, coloured."""
+    flags = "".join(f"<li class='{flag.level}'><b>{flag.level}</b> ({flag.area}): {html.escape(flag.message)}</li>"
+                    for flag in verdict.flags) or "<li class='green'>no flag raised</li>"
+    return (f"<section id='verdict' class='{verdict.level}'><h2>Verdict: {verdict.level.upper()} "
+            f"(score {verdict.score:.2f} of 1)</h2><p>{html.escape(verdict.summary)}</p><ul>{flags}</ul></section>")
+
+
 def render_html(evaluation: Evaluation, real: pd.DataFrame, synthetic: pd.DataFrame, schema: Schema,
                 path: Path, curve: list[dict] | None = None) -> Path:
     fidelity, privacy, plausibility = evaluation.fidelity, evaluation.privacy, evaluation.plausibility
     sections = [
         f"<h1>Validation report: {html.escape(schema.name)}</h1>",
+        "<p class='caveat'>LOCAL REPORT: computed from real rows. Keep it with the data; it is not part of any "
+        "release.</p>",
+        _verdict_section(evaluation.verdict),
         f"<p>{evaluation.rows.get('synthetic')} synthetic rows compared with {evaluation.rows.get('real_train')} "
-        f"training rows and {evaluation.rows.get('real_test')} held-out rows.</p>",
+        f"training rows and {evaluation.rows.get('real_test')} held-out rows. fedsyn {html.escape(__version__)}, "
+        f"written {datetime.now(UTC).isoformat(timespec='seconds')}.</p>",
     ]
     if evaluation.ledger:
         sites = evaluation.ledger.get("sites", [])
@@ -163,7 +178,10 @@ def render_html(evaluation: Evaluation, real: pd.DataFrame, synthetic: pd.DataFr
                             ["epsilon", "TSTR AUC GB", "TSTR AUC LR", "attack AUC"])]
     style = ("body{font-family:sans-serif;max-width:1100px;margin:2em auto;color:#222}"
              "table{border-collapse:collapse;margin:1em 0}td,th{border:1px solid #ccc;padding:4px 8px}"
-             ".plot{max-width:100%}.caveat{background:#fff3cd;padding:8px}")
+             ".plot{max-width:100%}.caveat{background:#fff3cd;padding:8px}"
+             "#verdict{padding:4px 16px;border-left:8px solid}#verdict.green{border-color:#2e7d32}"
+             "#verdict.amber{border-color:#f9a825}#verdict.red{border-color:#c62828}"
+             "li.red b{color:#c62828}li.amber b{color:#b28704}li.green b{color:#2e7d32}")
     page = (f"<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'><title>fedsyn report: "
             f"{html.escape(schema.name)}</title><style>{style}</style></head><body>{''.join(sections)}</body></html>")
     path.write_text(page)
