@@ -164,6 +164,7 @@ def simulate(
     if max([epsilon, *budgets]) > 10:
         console.print(f"[yellow bold]warning:[/] epsilon up to {max([epsilon, *budgets]):g} per site gives little "
                       "protection: a formal guarantee this weak is rarely acceptable for patient data")
+    _show_plan(tables, len(contract.columns), settings_for(epsilon))
     out.mkdir(parents=True, exist_ok=True)
     rows = rows or sum(len(t) for t in tables)
     console.print(f"[bold]fedsyn simulate[/]: {len(tables)} sites ({', '.join(str(len(t)) for t in tables)} rows), "
@@ -228,6 +229,26 @@ def simulate(
         _compare_arms(contract, tables, test, local, epsilon, delta, seed, device)
     if test is not None:
         print_verdict(local_report["verdict"], fail_below)
+
+
+def _show_plan(tables, columns: int, settings) -> None:
+    """Before training: what each site's budget buys, with a warning where it is too little."""
+    from fedsyn.simulations.plan import plan_site
+
+    plans = [plan_site(f"site-{index}", len(table), columns, settings) for index, table in enumerate(tables)]
+    table = Table(title=f"Plan: epsilon {settings.epsilon:g} per site, {settings.rounds} rounds x "
+                        f"{settings.local_steps} steps, sample rate {settings.sample_rate:.3g}")
+    for column in ("site", "rows", "records per step", "noise multiplier", "records per unit of noise", "outlook"):
+        table.add_column(column)
+    colour = {"green": "green", "amber": "yellow", "red": "red"}
+    for plan in plans:
+        sigma = f"{plan.noise_multiplier:.2f}" if plan.noise_multiplier else "budget too small"
+        table.add_row(plan.site, str(plan.rows), f"{plan.expected_batch:.0f}", sigma, f"{plan.records_per_noise:.1f}",
+                      f"[{colour[plan.level]}]{plan.level}[/]")
+    console.print(table)
+    for plan in plans:
+        if plan.level != "green":
+            console.print(f"[{colour[plan.level]} bold]{plan.level}:[/] {plan.site}: {plan.advice}")
 
 
 def _curve_point(epsilon: float, release: Path, train, test, contract: Schema, seed: int) -> dict:
