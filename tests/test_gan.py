@@ -78,3 +78,18 @@ def test_refuses_unreviewed_schema_invalid_data_and_large_delta(demo_frame, demo
 def test_non_private_baseline_reports_infinite_epsilon(demo_frame, demo_schema):
     model = DPTabularGAN(demo_schema, epsilon=None, epochs=1, config=TINY, seed=0).fit(demo_frame.head(300))
     assert math.isinf(model.privacy_spent()[0])
+
+
+def test_api_refuses_careless_calls_clearly(fitted, tmp_path):
+    from fedsyn.errors import ConfigurationError
+
+    for bad in (-5, 2.5, True):
+        with pytest.raises(ValueError, match="whole number of rows"):
+            fitted.sample(bad)
+    not_a_model = tmp_path / "x.csv"
+    not_a_model.write_text("a,b\n1,2\n")
+    with pytest.raises(ConfigurationError, match="not a fedsyn model file") as caught:
+        DPTabularGAN.load(not_a_model)
+    assert "weights_only" not in str(caught.value)
+    assert fitted.sample(20, seed=3).equals(fitted.sample(20, seed=3))
+    assert "fitted" in repr(fitted) and "epsilon=1.0" in repr(fitted)

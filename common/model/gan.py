@@ -95,6 +95,11 @@ class DPTabularGAN:
         self.seed = seed
         self.allow_unreviewed_schema = allow_unreviewed_schema
 
+    def __repr__(self) -> str:
+        fitted = "fitted" if getattr(self, "trainer_", None) is not None else "not fitted"
+        return (f"DPTabularGAN(schema={self.schema.name!r}, epsilon={self.epsilon}, delta={self.delta:g}, "
+                f"epochs={self.epochs}, {fitted})")
+
     # -- fitting ----------------------------------------------------------------------------
 
     def fit(self, frame: pd.DataFrame, on_step=None) -> DPTabularGAN:
@@ -139,13 +144,18 @@ class DPTabularGAN:
         return self.trainer_
 
     def sample(self, n: int, condition: dict[str, object] | None = None,
-               drop_rule_violations: bool = False) -> pd.DataFrame:
+               drop_rule_violations: bool = False, seed: int | None = None) -> pd.DataFrame:
         """``n`` synthetic rows; ``condition={'col': value}`` fixes one categorical column.
 
         With ``drop_rule_violations`` rows breaking the schema's rules are replaced; how many
-        were dropped is in ``frame.attrs['dropped_rule_violations']``.
+        were dropped is in ``frame.attrs['dropped_rule_violations']``. ``seed`` makes this
+        draw reproducible (sampling is post-processing: it spends no privacy).
         """
+        if isinstance(n, bool) or not isinstance(n, int) or n < 0:
+            raise ValueError(f"n={n!r}: ask for a whole number of rows, 0 or more")
         trainer = self._fitted()
+        if seed is not None:
+            trainer.rng = torch_generator(seed, "sample", device=trainer.device)
         rules = self.schema.rules if drop_rule_violations else None
         frame, dropped = trainer.sample_frame(n, condition, rules)
         frame.attrs["dropped_rule_violations"] = dropped
@@ -177,9 +187,15 @@ class DPTabularGAN:
     @classmethod
     def load(cls, path: str | Path, device: str = "cpu") -> DPTabularGAN:
         """Load a saved model; only tensors and plain data are unpickled (weights_only)."""
-        raw = torch.load(Path(path), map_location=device, weights_only=True)
-        if raw.get("format") != FORMAT:
-            raise ValueError(f"{path} is not a fedsyn model file (format {raw.get('format')!r})")
+        try:
+            raw = torch.load(Path(path), map_location=device, weights_only=True)
+        except FileNotFoundError:
+            raise ConfigurationError(f"model file not found: {path}") from None
+        except Exception:  # noqa: BLE001 - torch's text would advise unsafe unpickling
+            raise ConfigurationError(f"{path} is not a fedsyn model file; save one with DPTabularGAN.save") from None
+        if not isinstance(raw, dict) or raw.get("format") != FORMAT:
+            raise ConfigurationError(f"{path} is not a fedsyn model file (format "
+                                     f"{raw.get('format') if isinstance(raw, dict) else None!r})")
         schema = Schema.model_validate(raw["schema"])
         config = GANConfig.from_dict(raw["config"])
         model = cls(schema, config=config, device=device, **raw["params"])
