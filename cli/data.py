@@ -13,8 +13,11 @@ schema_app = typer.Typer(help="Work with the public schema (the data contract)."
 
 
 @schema_app.command("draft")
-def schema_draft(data: Path, out: Annotated[Path, typer.Option("--out", "-o")] = Path("schema.draft.json"),
-                 outcome: str | None = None) -> None:
+def schema_draft(
+    data: Annotated[Path, typer.Argument(help="a local extract (CSV or Parquet) to draft from")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="where the draft goes")] = Path("schema.draft.json"),
+    outcome: Annotated[str | None, typer.Option(help="the categorical column to predict, e.g. death")] = None,
+) -> None:
     """Draft a schema from a local extract. Every bound and category list is marked needs_review."""
     from fedsyn.data.schema import draft_schema
     from fedsyn.data.tables import DataFileError, read_table
@@ -24,6 +27,15 @@ def schema_draft(data: Path, out: Annotated[Path, typer.Option("--out", "-o")] =
     except (DataFileError, ValueError) as exc:
         fail(str(exc))
     draft.save(out)
+    from fedsyn.data.schema import MANY_CATEGORIES
+
+    for column in draft.categorical_columns:
+        if len(column.categories or []) > MANY_CATEGORIES:
+            console.print(f"[yellow]column '{column.name}' has {len(column.categories or [])} categories: if it is an "
+                          "identifier, drop it from the extract; otherwise group rare values before training[/]")
+    if outcome is None:
+        console.print("[yellow]no --outcome given: name the column you will predict (e.g. --outcome death) so that "
+                      "utility can be measured and generation conditions on it[/]")
     console.print(f"[yellow bold]Draft written to {out}. Its bounds and categories were read off {data}: "
                   "that is private information.[/] Replace each with public knowledge (clinical ranges, code "
                   "lists), set needs_review to false, then train. Training refuses needs_review columns "

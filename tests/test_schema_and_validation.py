@@ -94,3 +94,18 @@ def test_read_table_errors(tmp_path):
     (tmp_path / "bad.parquet").write_bytes(b"PAR1 truncated")
     with pytest.raises(DataFileError, match="cannot read"):
         read_table(tmp_path / "bad.parquet")
+
+
+def test_a_draft_from_parquet_float_codes_validates_its_own_source(tmp_path):
+    import pandas as pd
+
+    from fedsyn.data.schema import draft_schema
+    from fedsyn.data.tables import read_table, write_table
+
+    frame = pd.DataFrame({"grade": [1.0, 2.0, 3.0, 1.0] * 5})  # a category stored as float by the exporter
+    write_table(frame, tmp_path / "x.parquet")
+    draft = draft_schema(read_table(tmp_path / "x.parquet"), outcome=None)
+    assert draft.column("grade").categories == ["1", "2", "3"]
+    reviewed = draft.model_copy(update={"columns": [c.model_copy(update={"needs_review": False})
+                                                    for c in draft.columns]})
+    assert validate_frame(read_table(tmp_path / "x.parquet", reviewed), reviewed).ok

@@ -151,7 +151,16 @@ class Schema(BaseModel):
             raise SchemaError(f"schema file {path} is invalid: {problems}") from None
 
 
-_MAX_DRAFT_CATEGORIES = 50
+MANY_CATEGORIES = 50  # above this a drafted categorical column is probably an identifier
+
+
+def spell_category(value: object) -> object:
+    """A category as text, the same from CSV and Parquet: integral floats (1.0) are '1'."""
+    if value is None or (isinstance(value, float) and pd.isna(value)):
+        return None
+    if isinstance(value, float) and value.is_integer():
+        return str(int(value))
+    return str(value)
 
 
 def draft_schema(frame: pd.DataFrame, name: str = "table", outcome: str | None = None) -> Schema:
@@ -183,7 +192,7 @@ def draft_schema(frame: pd.DataFrame, name: str = "table", outcome: str | None =
                 )
             )
         else:
-            categories = sorted(values.astype(str).unique().tolist())[:_MAX_DRAFT_CATEGORIES] or ["(none)"]
+            categories = sorted({str(spell_category(v)) for v in values}) or ["(none)"]
             columns.append(
                 Column(
                     name=str(col), kind=ColumnKind.CATEGORICAL, categories=categories,

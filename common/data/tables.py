@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from fedsyn.data.schema import Schema
+from fedsyn.data.schema import Schema, spell_category
 from fedsyn.errors import InputDataError
 
 
@@ -53,12 +53,5 @@ def write_table(frame: pd.DataFrame, path: str | Path) -> None:
 
 
 def _as_text(series: pd.Series) -> pd.Series:
-    """Categorical codes as strings; integral floats (1.0) read back as '1'."""
-    def spell(value: object) -> object:
-        if value is None or (isinstance(value, float) and pd.isna(value)):
-            return None
-        if isinstance(value, float) and value.is_integer():
-            return str(int(value))
-        return str(value)
-
-    return series.map(spell).astype(object)
+    """Categorical codes as strings, spelled as the schema spells them (see :func:`spell_category`)."""
+    return series.map(spell_category).astype(object)
