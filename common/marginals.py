@@ -70,6 +70,12 @@ class Marginals:
         probs = probs + floor / len(probs)
         return probs / probs.sum()
 
+    def total(self) -> float:
+        """The noisy row count: each column's noisy histogram sums to it, so their mean is the
+        least noisy estimate (post-processing of the DP release), at least 1."""
+        sums = [float(np.sum(values)) for values in self.counts.values()]
+        return max(1.0, float(np.mean(sums))) if sums else 1.0
+
     def to_dict(self) -> dict[str, list[float]]:
         return {name: values.tolist() for name, values in self.counts.items()}
 

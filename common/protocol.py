@@ -22,6 +22,8 @@ from fedsyn.common.schema import Schema
 
 ARRAYS = "arrays"
 MARGINALS = "marginals"
+LOCAL_MARGINALS = "local_marginals"  # train message: the receiving site's own round-0 noisy marginals, echoed
+SITE_SLOT = "site_slot"  # train config: the receiving site's public slot in the generator's input
 CONFIG = "config"
 METRICS = "metrics"
 PRIVACY = "privacy"
