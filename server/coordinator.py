@@ -67,6 +67,7 @@ class FederationSettings:
     accountant: AccountantName = "rdp"
     gan_config: GANConfig = FEDERATED_GAN
     site_conditional: bool = True
+    marginals_noise_floor: float = 2.0  # numeric bins below this many noise std are zeroed (0: off)
     seed: int | None = None
     timeout: float = 3600.0
 
@@ -295,6 +296,10 @@ class Coordinator:
         total = parts[0]
         for part in parts[1:]:
             total = total + part
+        if settings.marginals_noise_floor:
+            # Each site's counts carry noise of std sigma*sqrt(#columns); the sum over sites sqrt(#sites) more.
+            std = sigma * math.sqrt(len(self.schema.columns)) * math.sqrt(len(parts))
+            total = total.without_noise_floor(self.schema, std, settings.marginals_noise_floor)
         self.marginals = total
         return total
 
