@@ -68,6 +68,7 @@ def _decode_request(config: ConfigRecord) -> TrainRequest:
             gan_config=GANConfig.from_dict(json.loads(str(config["gan_config"]))),
             transport_dtype=str(config.get("transport_dtype", "float32")),
             schema_sha256=str(config[protocol.SCHEMA_HASH]),
+            site_slot=int(config[protocol.SITE_SLOT]) if protocol.SITE_SLOT in config else None,
         )
 
 
@@ -122,7 +123,9 @@ def make_client_app(resolve_policy: PolicyResolver = policy_from_node_config) ->
         with _coordinator_instructions():
             arrays = protocol.from_array_record(content.array_records[protocol.ARRAYS])
             marginals = _decode_marginals(content)
-        updated, metrics, event = site.train(request, arrays, marginals)
+            local = (Marginals(dict(protocol.from_array_record(content.array_records[protocol.LOCAL_MARGINALS])))
+                     if protocol.LOCAL_MARGINALS in content.array_records else None)
+        updated, metrics, event = site.train(request, arrays, marginals, local)
         return RecordDict({
             protocol.ARRAYS: protocol.to_array_record(updated),
             protocol.METRICS: protocol.metrics_record(metrics),

@@ -82,6 +82,7 @@ class TrainRequest:
     gan_config: GANConfig
     schema_sha256: str
     transport_dtype: str = "float32"
+    site_slot: int | None = None  # this site's public slot when gan_config.site_slots > 0
 
     def __post_init__(self) -> None:
         malformed = ErrorCode.MALFORMED_REQUEST
@@ -99,6 +100,11 @@ class TrainRequest:
             raise PolicyRefusal(f"local_steps={self.local_steps} is outside 1..100000", malformed)
         if not 0 < self.sample_rate <= 1:
             raise PolicyRefusal(f"sample_rate={self.sample_rate} is outside (0, 1]", malformed)
+        slots = self.gan_config.site_slots
+        if slots and not (isinstance(self.site_slot, int) and 0 <= self.site_slot < slots):
+            raise PolicyRefusal(f"site slot {self.site_slot} is not one of the {slots} slots", malformed)
+        if not slots and self.site_slot is not None:
+            raise PolicyRefusal(f"site slot {self.site_slot} sent for a model without site slots", malformed)
         widths = (*self.gan_config.generator_hidden, *self.gan_config.discriminator_hidden, self.gan_config.latent_dim)
         if max(widths) > 4096 or len(widths) > 12:
             raise PolicyRefusal(f"network size {widths} exceeds what this site accepts (4096 wide, 12 layers)")
@@ -244,17 +250,22 @@ class Site:
             raise PolicyRefusal(f"site '{self.policy.site_id}': {exc}", ErrorCode.BUDGET_EXHAUSTED) from None
         return max(sigma, self.policy.min_noise_multiplier)
 
-    def train(self, request: TrainRequest, arrays: dict[str, np.ndarray], marginals: Marginals
-              ) -> tuple[dict[str, np.ndarray], dict[str, float], PrivacyEvent]:
+    def train(self, request: TrainRequest, arrays: dict[str, np.ndarray], marginals: Marginals,
+              local_marginals: Marginals | None = None) -> tuple[dict[str, np.ndarray], dict[str, float], PrivacyEvent]:
+        """One round of local training. ``marginals`` (the sum over sites) define the shared
+        encoding; ``local_marginals`` (this site's own round-0 release, echoed back) are what
+        generated rows' conditions follow here, so they look like this site's rows."""
         self._check_schema(request.schema_sha256)
         sigma = self.plan_noise(request)
         frame = self._private_rows()
-        trainer = self._trainer(request.gan_config, arrays, marginals)
+        trainer = self._trainer(request.gan_config, arrays, marginals, local_marginals)
         event = PrivacyEvent("dp-sgd", sigma, request.sample_rate, request.local_steps, round=request.round)
+        if local_marginals is not None:  # expected batch from the site's own noisy count: post-processing
+            trainer.real_normaliser = max(1.0, request.sample_rate * local_marginals.total())
+        data = torch.as_tensor(trainer.encoder.encode(frame), device=trainer.device)
         position = self._charge(event, request.epsilon)  # before any step runs
         trainer.rng = torch_generator(self.seed, event.mechanism, position, device=trainer.device)
-        data = torch.as_tensor(trainer.encoder.encode(frame), device=trainer.device)
-        history = trainer.train(data, request.local_steps, request.sample_rate, sigma)
+        history = trainer.train(data, request.local_steps, request.sample_rate, sigma, slot=request.site_slot)
         metrics = {
             "discriminator_fake_loss": float(np.mean([h.discriminator for h in history])),
             "generator_loss": float(np.mean([h.generator for h in history])),
@@ -264,10 +275,15 @@ class Site:
         self.trail.append("update_sent", privacy=asdict(event), epsilon_spent=self.ledger.epsilon(), metrics=metrics)
         return updated, metrics, event
 
-    def _trainer(self, config: GANConfig, arrays: dict[str, np.ndarray], marginals: Marginals) -> GANTrainer:
+    def _trainer(self, config: GANConfig, arrays: dict[str, np.ndarray], marginals: Marginals,
+                 local_marginals: Marginals | None = None) -> GANTrainer:
         """The global model as sent, checked against this site's schema before anything is spent."""
         try:
-            trainer = GANTrainer(TableEncoder(self.schema, marginals), config, device=self.policy.device)
+            if local_marginals is not None and {k: v.shape for k, v in local_marginals.counts.items()} != \
+                    {k: v.shape for k, v in marginals.counts.items()}:
+                raise ValueError("local marginals differ in shape from the global marginals")
+            trainer = GANTrainer(TableEncoder(self.schema, marginals), config, device=self.policy.device,
+                                 condition_marginals=local_marginals)
             trainer.load_state_arrays(arrays)
         except (KeyError, RuntimeError, ValueError) as exc:
             log.warning("the global model does not fit this site's schema: %s", type(exc).__name__)

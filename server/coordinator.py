@@ -10,18 +10,20 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 
 import numpy as np
-from flwr.app import ConfigRecord, Message, RecordDict
+from flwr.app import ArrayRecord, ConfigRecord, Message, RecordDict
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import Strategy
 
 from fedsyn.data.schema import Schema
 from fedsyn.errors import ConfigurationError, FedsynError
 from fedsyn.federation import protocol
+from fedsyn.model.config import GANConfig
 from fedsyn.model.encoder import TableEncoder
 from fedsyn.model.training import GANTrainer
 from fedsyn.privacy.accounting import PrivacyEvent, compute_epsilon, gaussian_noise_for_epsilon
@@ -77,6 +79,9 @@ class Coordinator:
         self.sites: dict[int, SiteStatus] = {}
         self.rounds: list[RoundSummary] = []
         self.marginals: Marginals | None = None
+        # Each valid round-0 site's own noisy marginals (DP outputs), and its generator slot.
+        self.site_marginals: dict[int, Marginals] = {}
+        self.slots: dict[int, int] = {}
         self.trainer: GANTrainer | None = None
         self.strategy: Strategy | None = None
 
@@ -213,9 +218,17 @@ class Coordinator:
         self._require_quorum(len(valid), 0)
         parts = [Marginals(dict(protocol.from_array_record(r.content.array_records[protocol.MARGINALS])))
                  for r in valid]
+        answered = {id(reply): site.node_id for site, reply in replies}
+        self.site_marginals = {answered[id(r)]: part for r, part in zip(valid, parts)}
+        # Public slots for the sites that answered validly, in node-id order.
+        self.slots = {node: slot for slot, node in enumerate(sorted(self.site_marginals))}
         total = parts[0]
         for part in parts[1:]:
             total = total + part
+        if settings.marginals_noise_floor:
+            # Each site's counts carry noise of std sigma*sqrt(#columns); the sum over sites sqrt(#sites) more.
+            std = sigma * math.sqrt(len(self.schema.columns)) * math.sqrt(len(parts))
+            total = total.without_noise_floor(self.schema, std, settings.marginals_noise_floor)
         self.marginals = total
         return total
 
@@ -224,19 +237,32 @@ class Coordinator:
         if self.marginals is None:
             raise ConfigurationError("no marginals yet: run collect_marginals() before train()")
         # The global model's initialisation and the release's sampling: public randomness of its own.
-        trainer = GANTrainer(TableEncoder(self.schema, self.marginals), settings.gan_config,
+        gan_config = settings.gan_config
+        if settings.site_conditional:
+            gan_config = replace(gan_config, site_slots=len(self.slots))
+        trainer = GANTrainer(TableEncoder(self.schema, self.marginals), gan_config,
                              rng=torch_generator(settings.seed, "coordinator"))
+        if gan_config.site_slots:
+            ordered = sorted(self.slots, key=self.slots.__getitem__)
+            trainer.set_release_slots([self.site_marginals[node].total() for node in ordered],
+                                      [self.site_marginals[node] for node in ordered])
         self.trainer = trainer
         shapes = {k: (v.shape, v.dtype) for k, v in trainer.state_arrays().items()}
         wire_shapes = {k: (shape, np.dtype(settings.transport_dtype)) for k, (shape, _) in shapes.items()}
+        echoed = {node: protocol.to_array_record(m.counts) for node, m in self.site_marginals.items()}
+
+        def per_node(node: int) -> tuple[int, ArrayRecord] | None:
+            return (self.slots[node], echoed[node]) if gan_config.site_slots and node in self.slots else None
+
         self.strategy = build_strategy(
             protocol.to_array_record(self.marginals.counts),
-            lambda: [s.node_id for s in self.sites.values() if s.active], len(self.sites), settings.delta,
-            settings.site_noise_multiplier, settings.site_clipping_norm, settings.aggregation)
+            lambda: [s.node_id for s in self.sites.values() if s.active and self._trainable(s.node_id, gan_config)],
+            len(self.sites), settings.delta, settings.site_noise_multiplier, settings.site_clipping_norm,
+            settings.aggregation, per_node)
         config = {
             "total_rounds": settings.rounds, "local_steps": settings.local_steps,
             "sample_rate": settings.sample_rate, "epsilon": settings.epsilon,
-            "gan_config": json.dumps(asdict(settings.gan_config)), "transport_dtype": settings.transport_dtype,
+            "gan_config": json.dumps(asdict(gan_config)), "transport_dtype": settings.transport_dtype,
             protocol.SCHEMA_HASH: protocol.schema_fingerprint(self.schema),
         }
         if settings.noise_multiplier is not None:
@@ -272,6 +298,10 @@ class Coordinator:
             if on_round is not None:
                 on_round(summary, self.sites)
         return trainer
+
+    def _trainable(self, node: int, gan_config: GANConfig) -> bool:
+        """With site slots, only the sites that released valid round-0 marginals (they hold a slot)."""
+        return not gan_config.site_slots or node in self.slots
 
     def site_level_privacy(self) -> dict | None:
         """Flower's accountant's (epsilon, delta) for site-level DP, if it was switched on."""

@@ -173,7 +173,10 @@ def _readme(coordinator: Coordinator, report: dict, synthetic: pd.DataFrame, row
         "(charged to its budget); their sum defines the numeric quantile maps and conditional sampling "
         "frequencies. Rounds 1..R: each site trained the discriminator with DP-SGD (Poisson sampling, "
         "per-record clipping, Gaussian noise) and the generator through it; the coordinator averaged the "
-        "updates with equal weights. Settings: `run_config.json`; schema: `schema.json`; "
+        "updates with equal weights. Generator and discriminator are told which site (a public slot) a row is "
+        "for, and at each site generated rows follow that site's own noisy marginals; the release picks a "
+        "site slot per row in proportion to the sites' noisy row counts from round 0 (post-processing). "
+        "Settings: `run_config.json`; schema: `schema.json`; "
         "generator weights: `generator.pt`.",
         "",
         "## Known limits",

@@ -47,6 +47,9 @@ class FederationSettings(BaseModel):
     allow_unreviewed_schema: bool = False
     accountant: Literal["rdp", "prv"] = "rdp"
     gan_config: GANConfig = FEDERATED_GAN
+    # One public slot per site: the generator learns the union of the sites, not their average.
+    site_conditional: bool = True
+    marginals_noise_floor: float = 2.0  # numeric bins below this many noise std are zeroed (0: off)
     seed: int | None = None
     timeout: float = 3600.0
 
@@ -79,6 +82,8 @@ class FederationSettings(BaseModel):
                                 "its epsilon would be understated. Use --aggregation mean with site-level DP")
         if self.max_update_norm is not None and not self.max_update_norm > 0:
             problems.append(f"max_update_norm={self.max_update_norm} must be positive")
+        if not (math.isfinite(self.marginals_noise_floor) and self.marginals_noise_floor >= 0):
+            problems.append(f"marginals_noise_floor={self.marginals_noise_floor} must be 0 or more")
         if not self.timeout > 0:
             problems.append(f"timeout={self.timeout} must be positive")
         if problems:

@@ -26,3 +26,15 @@ def demo_frame(demo_schema: Schema) -> pd.DataFrame:
 @pytest.fixture()
 def small_frame(demo_frame: pd.DataFrame) -> pd.DataFrame:
     return demo_frame.sample(n=600, random_state=0).reset_index(drop=True)
+
+
+@pytest.fixture()
+def plan(demo_frame: pd.DataFrame, tmp_path):
+    """Three simulated hospitals with 300 demo rows each, epsilon 1 per site."""
+    import numpy as np
+
+    from fedsyn.simulations.run import prepare_sites
+    from fedsyn.simulations.split import split_table
+
+    tables = split_table(demo_frame.sample(900, random_state=0), 3, np.random.default_rng(0))
+    return prepare_sites(tables, demo_schema_path(), tmp_path / "sites", epsilon=1.0, delta=1e-5)

@@ -5,8 +5,12 @@ from __future__ import annotations
 import dp_accounting
 from dp_accounting import pld, rdp
 
+from fedsyn.client.app import make_client_app
 from fedsyn.model.config import GANConfig
 from fedsyn.privacy.accounting import rdp_orders
+from fedsyn.server.app import ReleasePlan, run_federation
+from fedsyn.server.settings import FederationSettings
+from fedsyn.simulations.inprocess import InProcessGrid
 
 # A small network: the tests check behaviour, not utility.
 TINY = GANConfig(latent_dim=16, generator_hidden=(32,), discriminator_hidden=(32,), batch_size=64)
@@ -21,3 +25,16 @@ def independent_epsilon(events, delta, accountant):
             e.steps)
         for e in events]))
     return engine.get_epsilon(delta)
+
+
+# A short federation of three demo sites (see the ``plan`` fixture in conftest.py).
+SETTINGS = FederationSettings(rounds=3, local_steps=4, sample_rate=0.2, epsilon=1.0, delta=1e-5,
+                              gan_config=TINY, seed=0, min_sites=2)
+
+
+def run_in_process(plan, schema, folder, settings=SETTINGS, reply_filter=None):
+    """Run ``settings`` over the simulated sites of ``plan`` on the in-process grid; the release
+    goes to ``folder/release``. Returns the grid (it keeps every message) and the coordinator."""
+    grid = InProcessGrid(make_client_app(plan.site_policy), len(plan.policies), reply_filter)
+    coordinator = run_federation(grid, schema, settings, ReleasePlan(folder / "release", rows=500))
+    return grid, coordinator

@@ -21,26 +21,11 @@ from fedsyn.simulations.inprocess import InProcessGrid
 from fedsyn.simulations.run import prepare_sites
 from fedsyn.simulations.split import split_table
 
-from .helpers import TINY, independent_epsilon
-
-SETTINGS = FederationSettings(rounds=3, local_steps=4, sample_rate=0.2, epsilon=1.0, delta=1e-5,
-                              gan_config=TINY, seed=0, min_sites=2)
-
-
-@pytest.fixture()
-def plan(demo_frame, tmp_path):
-    tables = split_table(demo_frame.sample(900, random_state=0), 3, np.random.default_rng(0))
-    return prepare_sites(tables, demo_schema_path(), tmp_path / "sites", epsilon=1.0, delta=1e-5)
-
-
-def _run(plan, demo_schema, tmp_path, settings=SETTINGS, reply_filter=None):
-    grid = InProcessGrid(make_client_app(plan.site_policy), len(plan.policies), reply_filter)
-    coordinator = run_federation(grid, demo_schema, settings, ReleasePlan(tmp_path / "release", rows=500))
-    return grid, coordinator
+from .helpers import SETTINGS, independent_epsilon, run_in_process
 
 
 def test_release_is_valid_and_ledger_matches_independent_recomputation(plan, demo_schema, tmp_path):
-    _, coordinator = _run(plan, demo_schema, tmp_path)
+    _, coordinator = run_in_process(plan, demo_schema, tmp_path)
     release = tmp_path / "release"
     for name in ("synthetic.csv", "synthetic.parquet", "privacy_report.json", "generator.pt",
                  "run_config.json", "schema.json", "README.md"):
@@ -61,7 +46,7 @@ def test_release_is_valid_and_ledger_matches_independent_recomputation(plan, dem
 
 
 def test_sites_send_only_model_arrays_declared_metrics_and_privacy_events(plan, demo_schema, tmp_path):
-    grid, coordinator = _run(plan, demo_schema, tmp_path)
+    grid, coordinator = run_in_process(plan, demo_schema, tmp_path)
     model_keys = set(coordinator.trainer.state_arrays())
     assert grid.replies
     for reply in grid.replies:
@@ -90,7 +75,7 @@ def _corrupt_first_site(reply: Message) -> Message:
 
 
 def test_malformed_update_is_dropped_and_named(plan, demo_schema, tmp_path):
-    _, coordinator = _run(plan, demo_schema, tmp_path, reply_filter=_corrupt_first_site)
+    _, coordinator = run_in_process(plan, demo_schema, tmp_path, reply_filter=_corrupt_first_site)
     report = json.loads((tmp_path / "release" / "privacy_report.json").read_text())
     bad = next(s for s in report["sites"] if s["node_id"] == 1001)
     assert [d["round"] for d in bad["dropped"]] == [1, 2, 3]
@@ -101,7 +86,7 @@ def test_malformed_update_is_dropped_and_named(plan, demo_schema, tmp_path):
 def test_site_refuses_more_than_its_budget_and_ledger_is_unchanged(plan, demo_schema, tmp_path):
     greedy = FederationSettings(**{**SETTINGS.__dict__, "epsilon": 5.0})
     with pytest.raises(FederationError, match="budget_exhausted: site 'site-.' allows at most epsilon=1.0"):
-        _run(plan, demo_schema, tmp_path, settings=greedy)
+        run_in_process(plan, demo_schema, tmp_path, settings=greedy)
     for policy in plan.policies:
         assert PrivacyLedger.load(SitePolicy.load(policy).ledger).events == []
 
@@ -109,7 +94,7 @@ def test_site_refuses_more_than_its_budget_and_ledger_is_unchanged(plan, demo_sc
 def test_site_refuses_less_noise_than_its_minimum(plan, demo_schema, tmp_path):
     weak = FederationSettings(**{**SETTINGS.__dict__, "noise_multiplier": 0.1})
     with pytest.raises(FederationError, match="policy_refused: noise multiplier 0.1 is below this site's minimum"):
-        _run(plan, demo_schema, tmp_path, settings=weak)
+        run_in_process(plan, demo_schema, tmp_path, settings=weak)
     for policy in plan.policies:
         ledger = PrivacyLedger.load(SitePolicy.load(policy).ledger)
         assert [e.mechanism for e in ledger.events] == ["gaussian-marginals"]
@@ -117,7 +102,7 @@ def test_site_refuses_less_noise_than_its_minimum(plan, demo_schema, tmp_path):
 
 def test_site_level_dp_uses_flowers_wrapper_and_accountant(plan, demo_schema, tmp_path):
     site_dp = FederationSettings(**{**SETTINGS.__dict__, "site_noise_multiplier": 2.0, "site_clipping_norm": 5.0})
-    _, coordinator = _run(plan, demo_schema, tmp_path, settings=site_dp)
+    _, coordinator = run_in_process(plan, demo_schema, tmp_path, settings=site_dp)
     report = json.loads((tmp_path / "release" / "privacy_report.json").read_text())
     site_level = report["site_level_dp"]
     assert site_level["releases"] == SETTINGS.rounds
@@ -128,7 +113,7 @@ def test_site_level_dp_uses_flowers_wrapper_and_accountant(plan, demo_schema, tm
 
 def test_float16_transport_halves_the_update_and_still_validates(plan, demo_schema, tmp_path):
     half = FederationSettings(**{**SETTINGS.__dict__, "transport_dtype": "float16"})
-    grid, coordinator = _run(plan, demo_schema, tmp_path, settings=half)
+    grid, coordinator = run_in_process(plan, demo_schema, tmp_path, settings=half)
     updates = [r for r in grid.replies if protocol.ARRAYS in r.content]
     sent = [a for r in updates for a in r.content.array_records[protocol.ARRAYS].values()]
     assert sent and all(a.dtype == "float16" for a in sent)
@@ -166,7 +151,8 @@ def test_median_aggregation_resists_a_poisoning_site(demo_frame, demo_schema, tm
 
 def test_update_norm_bound_quarantines_the_poisoning_site(plan, demo_schema, tmp_path):
     bounded = FederationSettings(**{**SETTINGS.__dict__, "max_update_norm": 50.0})
-    _, coordinator = _run(plan, demo_schema, tmp_path, settings=bounded, reply_filter=_poison_first_site(50.0))
+    _, coordinator = run_in_process(plan, demo_schema, tmp_path, settings=bounded,
+                                    reply_filter=_poison_first_site(50.0))
     poisoned = coordinator.sites[1001]
     assert [d["round"] for d in poisoned.dropped] == [1, 2, 3]
     assert "exceeds the bound" in poisoned.dropped[0]["reason"]
@@ -190,10 +176,10 @@ def test_coordinator_crash_mid_run_loses_no_spent_privacy_and_a_new_run_respects
         return reply
 
     with pytest.raises(CoordinatorCrash):
-        _run(plan, demo_schema, tmp_path / "first", reply_filter=crash_in_round_two)
+        run_in_process(plan, demo_schema, tmp_path / "first", reply_filter=crash_in_round_two)
     spent_before = [PrivacyLedger.load(SitePolicy.load(p).ledger).epsilon() for p in plan.policies]
     assert all(0 < e < 1.0 for e in spent_before)
-    _, coordinator = _run(plan, demo_schema, tmp_path / "second")
+    _, coordinator = run_in_process(plan, demo_schema, tmp_path / "second")
     for policy, before in zip(plan.policies, spent_before):
         ledger = PrivacyLedger.load(SitePolicy.load(policy).ledger)
         assert ledger.epsilon() <= 1.0 + 1e-9

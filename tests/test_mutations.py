@@ -49,15 +49,20 @@ MUTATIONS = [
              "real = data[torch.randperm(data.shape[0], generator=self.rng)[:round(sample_rate * data.shape[0])]]",
              (PRIVACY + "test_training_step_uses_poisson_batches",)),
     Mutation("gradient normalised by the private expected batch q*n", "common/model/training.py",
-             "normaliser = float(self.config.batch_size)", "normaliser = sample_rate * data.shape[0]",
+             "normaliser = float(self.real_normaliser or self.config.batch_size)",
+             "normaliser = sample_rate * data.shape[0]",
              (PRIVACY + "test_nothing_in_the_step_depends_on_the_row_count",)),
+    Mutation("site normalises by its exact row count", "client/site.py",
+             "request.sample_rate * local_marginals.total()", "request.sample_rate * len(frame)",
+             (PRIVACY + "test_a_site_normalises_by_its_noisy_count_never_its_row_count",)),
     Mutation("site ledger charged after training instead of before", "client/site.py",
              "        position = self._charge(event, request.epsilon)  # before any step runs\n"
              "        trainer.rng = torch_generator(self.seed, event.mechanism, position, device=trainer.device)\n"
-             "        data = torch.as_tensor(trainer.encoder.encode(frame), device=trainer.device)\n"
-             "        history = trainer.train(data, request.local_steps, request.sample_rate, sigma)\n",
-             "        data = torch.as_tensor(trainer.encoder.encode(frame), device=trainer.device)\n"
-             "        history = trainer.train(data, request.local_steps, request.sample_rate, sigma)\n"
+             "        history = trainer.train(data, request.local_steps, request.sample_rate, sigma, "
+             "slot=request.site_slot)\n",
+             "        trainer.rng = torch_generator(self.seed, event.mechanism, 'late', device=trainer.device)\n"
+             "        history = trainer.train(data, request.local_steps, request.sample_rate, sigma, "
+             "slot=request.site_slot)\n"
              "        position = self._charge(event, request.epsilon)\n",
              (PRIVACY + "test_the_ledger_is_charged_before_any_mechanism_runs",)),
     Mutation("single-site fit charged after training", "common/model/gan.py",

@@ -316,3 +316,21 @@ def test_privacy_report_states_each_sites_own_delta(tmp_path, demo_frame, demo_s
     for site, policy in zip(sorted(report["sites"], key=lambda s: s["site"]), plan.policies):
         ledger = PrivacyLedger.load(SitePolicy.load(policy).ledger)
         assert site["epsilon_this_run"] == pytest.approx(ledger.epsilon(), rel=1e-6)
+
+
+def test_a_site_normalises_by_its_noisy_count_never_its_row_count(tmp_path, small_frame, monkeypatch):
+    """With its own noisy marginals echoed back, the site's expected batch comes from that DP
+    release (post-processing), not from ``len(extract)``."""
+    site = _site(tmp_path, small_frame)
+    arrays, marginals = _global_model(site)
+    echoed = Marginals({name: counts * 0 + 1000.0 / len(counts) for name, counts in marginals.counts.items()})
+    seen: list[float | None] = []
+    real_train = GANTrainer.train
+
+    def spy(self, *args, **kwargs):
+        seen.append(self.real_normaliser)
+        return real_train(self, *args, **kwargs)
+
+    monkeypatch.setattr(GANTrainer, "train", spy)
+    site.train(_request(site), arrays, marginals, echoed)
+    assert seen == [pytest.approx(0.2 * 1000.0)] and len(small_frame) != 1000

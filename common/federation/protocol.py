@@ -23,6 +23,8 @@ from fedsyn.privacy.accounting import PrivacyEvent
 
 ARRAYS = "arrays"
 MARGINALS = "marginals"
+LOCAL_MARGINALS = "local_marginals"  # train message: the receiving site's own round-0 noisy marginals, echoed
+SITE_SLOT = "site_slot"  # train config: the receiving site's public slot in the generator's input
 CONFIG = "config"
 METRICS = "metrics"
 PRIVACY = "privacy"

@@ -16,11 +16,16 @@ from __future__ import annotations
 import torch
 
 from fedsyn.model.encoder import TableEncoder
+from fedsyn.privacy.marginals import Marginals
 
 
 class ConditionSampler:
-    def __init__(self, encoder: TableEncoder, device: torch.device, outcome_weight: float = 0.5):
+    def __init__(self, encoder: TableEncoder, device: torch.device, outcome_weight: float = 0.5,
+                 marginals: Marginals | None = None):
+        """``marginals`` (default: the encoder's) are the noisy counts generated rows'
+        condition values are drawn from; a federated site passes its own."""
         self.device = device
+        source = marginals if marginals is not None else encoder.marginals
         self.columns: list[str] = []
         self.values: list[list[str]] = []
         encoded_index: list[int] = []
@@ -35,7 +40,7 @@ class ConditionSampler:
             encoded_index += list(range(span.start, span.end))
             block_of_dim += [block] * width
             starts.append(offset)
-            probs.append(torch.as_tensor(encoder.marginals.probabilities(column.name), dtype=torch.float32))
+            probs.append(torch.as_tensor(source.probabilities(column.name), dtype=torch.float32))
             offset += width
         self.dim = offset
         self.encoded_index = torch.as_tensor(encoded_index, dtype=torch.long, device=device)

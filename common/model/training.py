@@ -25,6 +25,7 @@ from fedsyn.model.config import GANConfig
 from fedsyn.model.encoder import TableEncoder
 from fedsyn.model.networks import Discriminator, Generator, reset_parameters
 from fedsyn.privacy.dp_sgd import poisson_sample, private_gradient
+from fedsyn.privacy.marginals import Marginals
 from fedsyn.privacy.randomness import torch_generator
 
 
@@ -44,17 +45,29 @@ class GANTrainer:
     """
 
     def __init__(self, encoder: TableEncoder, config: GANConfig, device: str | torch.device = "cpu",
-                 rng: torch.Generator | None = None):
+                 rng: torch.Generator | None = None, condition_marginals: Marginals | None = None):
         self.encoder = encoder
         self.config = config
         self.device = torch.device(device)
         self.rng = rng if rng is not None else torch_generator(None, device=self.device)
         if self.rng.device != self.device:
             raise ValueError(f"the trainer's generator is on {self.rng.device}, its networks on {self.device}")
-        self.conditions = ConditionSampler(encoder, self.device)
-        self.generator = Generator(config.latent_dim, self.conditions.dim, config.generator_hidden,
-                                   encoder.spans).to(self.device)
-        self.discriminator = Discriminator(encoder.dim, self.conditions.dim,
+        # Generated rows' conditions follow ``condition_marginals`` (a site's own noisy marginals
+        # during its local training) while the encoding always uses the encoder's (global) ones.
+        self.conditions = ConditionSampler(encoder, self.device, marginals=condition_marginals)
+        self.generator = Generator(config.latent_dim, self.conditions.dim + config.site_slots,
+                                   config.generator_hidden, encoder.spans).to(self.device)
+        self.slot: int | None = None  # the site slot that local training generates for
+        # The real-data loss's divisor: public. None: ``config.batch_size``; a federated site sets
+        # its expected Poisson batch from its own noisy row count (a DP output), so the real and
+        # generated terms of the discriminator's loss keep equal weight.
+        self.real_normaliser: float | None = None
+        # Release: per-slot draw weights and condition samplers (see :meth:`set_release_slots`).
+        self.slot_weights: torch.Tensor | None = None
+        self.slot_conditions: list[ConditionSampler] | None = None
+        # The discriminator is told the slot too: at site k it compares site k's rows with rows
+        # generated for site k, so "from another site" is never its cue for "generated".
+        self.discriminator = Discriminator(encoder.dim, self.conditions.dim + config.site_slots,
                                            config.discriminator_hidden).to(self.device)
         reset_parameters(self.generator, self.rng)
         reset_parameters(self.discriminator, self.rng)
@@ -69,9 +82,22 @@ class GANTrainer:
 
     # -- training -------------------------------------------------------------------------
 
+    def _slot_input(self, cond: torch.Tensor, slots: torch.Tensor | int | None) -> torch.Tensor:
+        """The generator's condition input: ``cond``, then the one-hot site slot (if any)."""
+        if self.config.site_slots == 0:
+            return cond
+        onehot = cond.new_zeros((cond.shape[0], self.config.site_slots))
+        if slots is None:  # no site named (e.g. a single-site caller): the slots' average
+            onehot[:] = 1.0 / self.config.site_slots
+        elif isinstance(slots, int):
+            onehot[:, slots] = 1.0
+        else:
+            onehot[torch.arange(cond.shape[0], device=cond.device), slots] = 1.0
+        return torch.cat([cond, onehot], dim=1)
+
     def _fake(self, n: int, cond: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         noise = torch.randn((n, self.config.latent_dim), generator=self.rng, device=self.device)
-        raw = self.generator(noise, cond)
+        raw = self.generator(noise, self._slot_input(cond, self.slot))
         return raw, self.generator.activate(raw, self.config.gumbel_tau, self.rng)
 
     def real_gradient(self, data: torch.Tensor, sample_rate: float, noise_multiplier: float | None
@@ -84,9 +110,9 @@ class GANTrainer:
         never by anything computed from ``data``: the row count is private, and dividing by
         it would leak it outside the Gaussian mechanism.
         """
-        normaliser = float(self.config.batch_size)
+        normaliser = float(self.real_normaliser or self.config.batch_size)
         real = data[poisson_sample(data.shape[0], sample_rate, self.rng, self.device)]
-        real_cond = self.conditions.from_real(real, self.rng)
+        real_cond = self._slot_input(self.conditions.from_real(real, self.rng), self.slot)
         if noise_multiplier is None:
             params = OrderedDict(self.discriminator.named_parameters())
             real_loss = F.softplus(-self.discriminator(real, real_cond)).sum() / normaliser
@@ -105,7 +131,7 @@ class GANTrainer:
         with torch.no_grad():
             _, fake = self._fake(fake_cond.shape[0], fake_cond)
         params = OrderedDict(self.discriminator.named_parameters())
-        fake_loss = F.softplus(self.discriminator(fake, fake_cond)).mean()
+        fake_loss = F.softplus(self.discriminator(fake, self._slot_input(fake_cond, self.slot))).mean()
         fake_grads = torch.autograd.grad(fake_loss, list(params.values()))
         for (name, param), fake_grad in zip(params.items(), fake_grads):
             param.grad = real_grads[name] + fake_grad
@@ -116,7 +142,7 @@ class GANTrainer:
     def generator_step(self) -> float:
         cond = self.conditions.sample(self.config.batch_size, self.rng)
         raw, fake = self._fake(cond.shape[0], cond)
-        loss = F.softplus(-self.discriminator(fake, cond)).mean()
+        loss = F.softplus(-self.discriminator(fake, self._slot_input(cond, self.slot))).mean()
         loss = loss + self.conditions.cross_entropy(raw, cond, self._categorical_ranges)
         self.generator_optimizer.zero_grad(set_to_none=True)
         loss.backward()
@@ -138,8 +164,14 @@ class GANTrainer:
         sample_rate: float,
         noise_multiplier: float | None,
         on_step: Callable[[int, StepLosses], None] | None = None,
+        slot: int | None = None,
     ) -> list[StepLosses]:
-        """Run ``steps`` paired D/G updates. The caller has already checked the budget."""
+        """Run ``steps`` paired D/G updates. The caller has already checked the budget.
+
+        With ``config.site_slots`` every generated row is generated for site ``slot``."""
+        if self.config.site_slots and not (isinstance(slot, int) and 0 <= slot < self.config.site_slots):
+            raise ValueError(f"site slot {slot!r} is not one of the {self.config.site_slots} slots")
+        self.slot = slot if self.config.site_slots else None
         history = []
         self.generator.train()
         self.discriminator.train()
@@ -160,19 +192,55 @@ class GANTrainer:
         parts = []
         for start in range(0, n, chunk):
             size = min(chunk, n - start)
-            if condition:
-                (column, value), = condition.items()
-                cond = self.conditions.fixed(size, column, value)
-            else:
-                # Outcome drawn from its noisy marginal, the rest generated given it.
-                cond = self.conditions.sample(size, self.rng, column=self.conditions.outcome)
+            cond, slots = self._release_conditions(size, condition)
             noise = torch.randn((size, self.config.latent_dim), generator=self.rng, device=self.device)
-            rows = self.sampler.sample(self.sampler(noise, cond), self.rng)
+            rows = self.sampler.sample(self.sampler(noise, self._slot_input(cond, slots)), self.rng)
             # The rest of the row was generated given the condition; the conditioned column
             # itself holds exactly the conditioned value.
             rows = self.conditions.impose(rows, cond)
             parts.append(rows)
         return torch.cat(parts).cpu().numpy() if parts else np.zeros((0, self.encoder.dim), dtype=np.float32)
+
+    def set_release_slots(self, totals: list[float], marginals: list[Marginals]) -> None:
+        """How the release picks a site slot per row: with probability proportional to the
+        site's noisy total (``totals``, DP outputs), its outcome condition then drawn from that
+        site's own noisy marginals (``marginals``): free post-processing of round 0."""
+        if len(totals) != self.config.site_slots or len(marginals) != self.config.site_slots:
+            raise ValueError(f"{len(totals)} totals and {len(marginals)} marginals for "
+                             f"{self.config.site_slots} site slots")
+        weights = torch.as_tensor(np.clip(np.asarray(totals, dtype=float), 1.0, None), dtype=torch.float32)
+        self.slot_weights = (weights / weights.sum()).to(self.device)
+        self.slot_conditions = [ConditionSampler(self.encoder, self.device, marginals=m) for m in marginals]
+
+    def _release_conditions(self, n: int, condition: dict[str, object] | None
+                            ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Conditions and site slots of ``n`` released rows: the slot first (by the sites'
+        noisy totals), then the outcome from that slot's noisy marginal (or ``condition``)."""
+        column, value = next(iter(condition.items())) if condition else (None, None)
+        if self.config.site_slots == 0 or self.slot_weights is None or self.slot_conditions is None:
+            slots = None
+            if self.config.site_slots:  # no release slots set: uniform slots, global conditions
+                slots = torch.multinomial(torch.ones(self.config.site_slots, device=self.device), n,
+                                          replacement=True, generator=self.rng)
+            if column is not None:
+                return self.conditions.fixed(n, column, value), slots
+            # Outcome drawn from its noisy marginal, the rest generated given it.
+            return self.conditions.sample(n, self.rng, column=self.conditions.outcome), slots
+        weights = self.slot_weights
+        if column is not None:  # P(slot | value) from each slot's noisy share of that value
+            cond = self.conditions.fixed(n, column, value)
+            block = self.conditions.columns.index(column)
+            index = self.conditions.values[block].index(str(value))
+            weights = weights * torch.stack([s.block_probs[block][index] for s in self.slot_conditions])
+            slots = torch.multinomial(weights, n, replacement=True, generator=self.rng)
+            return cond, slots
+        slots = torch.multinomial(weights, n, replacement=True, generator=self.rng)
+        cond = torch.zeros((n, self.conditions.dim), device=self.device)
+        for k, sampler in enumerate(self.slot_conditions):
+            rows = (slots == k).nonzero(as_tuple=True)[0]
+            if len(rows):
+                cond[rows] = sampler.sample(len(rows), self.rng, column=sampler.outcome)
+        return cond, slots
 
     def sample_frame(self, n: int, condition: dict[str, object] | None = None,
                      rules: list[Rule] | None = None, max_rounds: int = 20) -> tuple[pd.DataFrame, int]:

@@ -72,6 +72,32 @@ class Marginals:
         probs = probs + floor / len(probs)
         return np.asarray(probs / probs.sum(), dtype=float)
 
+    def without_noise_floor(self, schema: Schema, noise_std: float, threshold: float = 2.0) -> Marginals:
+        """Numeric histograms with every bin below ``threshold`` noise standard deviations set to 0.
+
+        Post-processing with public numbers only (``noise_std`` follows from the public noise
+        multiplier, column and site counts): summed noise otherwise fills the many empty bins
+        between wide public bounds with much of the mass, and the quantile map then has little
+        resolution where the data are. A column whose bins all fall below is left as it was.
+        """
+        counts = dict(self.counts)
+        for column in schema.columns:
+            if column.is_categorical or column.name not in counts:
+                continue
+            hist = counts[column.name].copy()
+            body = hist[:-1] if column.nullable else hist
+            keep = body >= threshold * noise_std
+            if keep.any():
+                body[~keep] = 0.0
+                counts[column.name] = hist
+        return Marginals(counts)
+
+    def total(self) -> float:
+        """The noisy row count: each column's noisy histogram sums to it, so their mean is the
+        least noisy estimate (post-processing of the DP release), at least 1."""
+        sums = [float(np.sum(values)) for values in self.counts.values()]
+        return max(1.0, float(np.mean(sums))) if sums else 1.0
+
     def to_dict(self) -> dict[str, list[float]]:
         return {name: values.tolist() for name, values in self.counts.items()}
 

@@ -1,0 +1,147 @@
+"""Site slots: the federated generator is a union of the sites' distributions, not their average.
+
+The reversal this guards against: a site's discriminator compared its own rows with rows
+generated for no site in particular, under conditions drawn from the *global* marginals,
+so "another site's value in a per-site-constant column" meant "generated" and the averaged
+generator was pulled in as many directions as there are sites.
+"""
+
+import numpy as np
+import pytest
+import torch
+from flwr.app import ArrayRecord, ConfigRecord
+from flwr.serverapp.strategy import DifferentialPrivacyServerSideFixedClipping
+
+from fedsyn.client.site import PolicyRefusal, TrainRequest
+from fedsyn.federation import protocol
+from fedsyn.model.encoder import TableEncoder
+from fedsyn.model.training import GANTrainer
+from fedsyn.privacy.marginals import exact_counts
+from fedsyn.server.strategy import build_strategy
+
+from .helpers import SETTINGS, TINY, run_in_process
+
+SLOTTED = type(TINY)(**{**TINY.__dict__, "site_slots": 2})
+
+
+def _two_sites(demo_frame, demo_schema):
+    """Two sites whose 'sex' column is constant within each (like a table's site column)."""
+    frame = demo_frame.head(600)
+    sites = [frame[frame["sex"] == "F"], frame[frame["sex"] == "M"]]
+    local = [exact_counts(site, demo_schema) for site in sites]
+    return sites, local, local[0] + local[1]
+
+
+def _capture(module: torch.nn.Module, seen: list[torch.Tensor]) -> None:
+    module.register_forward_hook(lambda _m, inputs, _out: seen.append(inputs[-1].detach().clone()))
+
+
+@pytest.mark.parametrize("slot", [0, 1])
+def test_a_site_trains_for_its_own_slot_under_its_own_conditions(demo_frame, demo_schema, slot):
+    sites, local, total = _two_sites(demo_frame, demo_schema)
+    encoder = TableEncoder(demo_schema, total)
+    trainer = GANTrainer(encoder, SLOTTED, rng=torch.Generator().manual_seed(0), condition_marginals=local[slot])
+    generator_inputs: list[torch.Tensor] = []
+    discriminator_inputs: list[torch.Tensor] = []
+    _capture(trainer.generator, generator_inputs)
+    _capture(trainer.discriminator, discriminator_inputs)
+    data = torch.as_tensor(encoder.encode(sites[slot]))
+    trainer.train(data, steps=3, sample_rate=0.5, noise_multiplier=1.0, slot=slot)
+
+    sex = trainer.conditions.columns.index("sex")
+    start = int(trainer.conditions.block_start[sex])
+    value = trainer.conditions.values[sex].index("F" if slot == 0 else "M")
+    cond_dim = trainer.conditions.dim
+    for inputs in [*generator_inputs, *discriminator_inputs]:
+        slots = inputs[:, cond_dim:]
+        assert slots.shape[1] == 2 and torch.all(slots[:, slot] == 1) and torch.all(slots.sum(1) == 1)
+    for cond in generator_inputs:  # every generated row's condition on 'sex' is the site's own value
+        block = cond[:, start:start + 2]
+        on_sex = block.sum(1) == 1
+        assert on_sex.any() and torch.all(block[on_sex].argmax(1) == value)
+    # The encoding is the global one: the same at every site.
+    assert trainer.encoder.marginals is total
+
+
+def test_training_refuses_a_slot_outside_the_model(demo_frame, demo_schema):
+    _, _, total = _two_sites(demo_frame, demo_schema)
+    trainer = GANTrainer(TableEncoder(demo_schema, total), SLOTTED, rng=torch.Generator().manual_seed(0))
+    data = torch.as_tensor(trainer.encoder.encode(demo_frame.head(50)))
+    for slot in (None, 2, -1):
+        with pytest.raises(ValueError):
+            trainer.train(data, 1, 0.5, 1.0, slot=slot)
+
+
+def test_release_draws_slots_by_the_sites_noisy_totals(demo_frame, demo_schema):
+    _, local, total = _two_sites(demo_frame, demo_schema)
+    trainer = GANTrainer(TableEncoder(demo_schema, total), SLOTTED, rng=torch.Generator().manual_seed(0))
+    trainer.set_release_slots([300.0, 100.0], local)
+    seen: list[torch.Tensor] = []
+    _capture(trainer.sampler, seen)
+    trainer.generate(8000)
+    slots = torch.cat(seen)[:, trainer.conditions.dim:]
+    assert torch.all(slots.sum(1) == 1)
+    assert slots[:, 0].mean().item() == pytest.approx(0.75, abs=0.02)
+    # Negative noisy totals are clipped at 1, never a negative probability.
+    trainer.set_release_slots([-50.0, 99.0], local)
+    assert trainer.slot_weights.tolist() == pytest.approx([0.01, 0.99])
+    assert local[0].total() == pytest.approx(float(np.sum(local[0].counts["death"])))
+
+
+def test_train_request_checks_the_slot():
+    common = dict(round=1, total_rounds=2, local_steps=1, sample_rate=0.1, epsilon=1.0, noise_multiplier=None,
+                  schema_sha256="x")
+    assert TrainRequest(**common, gan_config=SLOTTED, site_slot=1).site_slot == 1
+    for config, slot in ((SLOTTED, None), (SLOTTED, 2), (SLOTTED, -1), (TINY, 0)):
+        with pytest.raises(PolicyRefusal):
+            TrainRequest(**common, gan_config=config, site_slot=slot)
+
+
+def test_train_messages_carry_each_sites_slot_and_own_marginals(plan, demo_schema, tmp_path):  # noqa: F811
+    grid, coordinator = run_in_process(plan, demo_schema, tmp_path)
+    released = {reply.metadata.src_node_id: protocol.from_array_record(reply.content.array_records[protocol.MARGINALS])
+                for reply in grid.replies if protocol.MARGINALS in reply.content}
+    assert sorted(coordinator.slots) == sorted(released) and sorted(coordinator.slots.values()) == [0, 1, 2]
+    assert coordinator.trainer.config.site_slots == 3
+    train = [m for m in grid.sent if m.metadata.message_type == "train"]
+    assert len(train) == 3 * SETTINGS.rounds
+    for message in train:
+        node = message.metadata.dst_node_id
+        config = message.content.config_records[protocol.CONFIG]
+        assert config[protocol.SITE_SLOT] == coordinator.slots[node]
+        echoed = protocol.from_array_record(message.content.array_records[protocol.LOCAL_MARGINALS])
+        assert set(echoed) == set(released[node])
+        assert all(np.array_equal(echoed[k], released[node][k]) for k in echoed)
+    # Release: slot weights follow the sites' noisy totals.
+    ordered = sorted(coordinator.slots, key=coordinator.slots.__getitem__)
+    totals = np.array([coordinator.site_marginals[n].total() for n in ordered])
+    assert coordinator.trainer.slot_weights.numpy() == pytest.approx(totals / totals.sum(), rel=1e-5)
+
+
+def test_per_node_messages_survive_flowers_site_level_dp_wrapper():
+    marginals = ArrayRecord({})
+    own = {7: (0, protocol.to_array_record({"a": np.ones(2)})), 9: (1, protocol.to_array_record({"a": np.zeros(2)}))}
+    strategy = build_strategy(marginals, lambda: [7, 9], 2, 1e-5, 1.0, 10.0, "mean", own.get)
+    assert isinstance(strategy, DifferentialPrivacyServerSideFixedClipping)
+    messages = list(strategy.configure_train(1, ArrayRecord({}), ConfigRecord({"round": 1}), None))
+    assert [m.metadata.dst_node_id for m in messages] == [7, 9]
+    for message in messages:
+        slot, local = own[message.metadata.dst_node_id]
+        config = message.content.config_records[protocol.CONFIG]
+        assert config[protocol.SITE_SLOT] == slot
+        assert message.content.array_records[protocol.LOCAL_MARGINALS] is local
+
+
+def test_numeric_bins_under_the_noise_floor_are_zeroed_categoricals_untouched(demo_frame, demo_schema):
+    counts = exact_counts(demo_frame.head(300), demo_schema)
+    noisy = type(counts)({k: v + np.where(v == 0, 3.0, 0.0) for k, v in counts.counts.items()})
+    cleaned = noisy.without_noise_floor(demo_schema, noise_std=2.0)
+    for column in demo_schema.columns:
+        before, after = noisy.counts[column.name], cleaned.counts[column.name]
+        if column.is_categorical:
+            assert np.array_equal(before, after)
+        else:
+            body = slice(None, -1) if column.nullable else slice(None)
+            assert np.all((after[body] == 0) | (after[body] >= 4.0))
+    flat = noisy.without_noise_floor(demo_schema, noise_std=1e9)  # nothing significant: left as it was
+    assert all(np.array_equal(flat.counts[k], noisy.counts[k]) for k in noisy.counts)
