@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 import time
 from pathlib import Path
 from typing import Annotated
@@ -77,6 +78,8 @@ def simulate(
                     ] = 0,
     out: Annotated[Path, typer.Option(help="output folder: release/, local-report/, sites/, keys/")
                    ] = Path("fedsyn-simulation"),
+    overwrite: Annotated[bool, typer.Option(
+        help="replace what an earlier simulation left in --out (its simulated sites, ledgers and release)")] = False,
     seed: Annotated[int, typer.Option(help="seed of the split and of every simulated site (reproducible runs; "
                                            "each mechanism still draws a fresh stream)")] = 0,
     device: Annotated[str, typer.Option(help="torch device for the sites' training, e.g. cuda")] = "cpu",
@@ -164,6 +167,11 @@ def simulate(
     if max([epsilon, *budgets]) > 10:
         console.print(f"[yellow bold]warning:[/] epsilon up to {max([epsilon, *budgets]):g} per site gives little "
                       "protection: a formal guarantee this weak is rarely acceptable for patient data")
+    if out.exists() and any(out.iterdir()):
+        if not overwrite:
+            fail(f"{out} already holds a simulation (its simulated hospitals keep ledgers that are never reset): "
+                 "choose another --out, or pass --overwrite to replace it")
+        shutil.rmtree(out)
     _show_plan(tables, len(contract.columns), settings_for(epsilon))
     out.mkdir(parents=True, exist_ok=True)
     rows = rows or sum(len(t) for t in tables)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
+from uuid import uuid4
 
 from flwr.app import Context
 from flwr.serverapp import Grid, ServerApp
@@ -39,10 +40,13 @@ class ReleasePlan:
 
 
 def run_federation(grid: Grid, schema: Schema, settings: FederationSettings, plan: ReleasePlan,
-                   on_round: RoundCallback | None = None) -> Coordinator:
-    """The whole coordinator job on any Grid; returns the coordinator with its records."""
+                   on_round: RoundCallback | None = None, run_id: str | None = None) -> Coordinator:
+    """The whole coordinator job on any Grid; returns the coordinator with its records.
+
+    ``run_id`` (Flower's, in a deployment; else a fresh one) tags every audit entry, so the
+    entries of runs sharing one audit log stay apart."""
     key = load_private_key(plan.signing_key) if plan.signing_key else None
-    audit = AuditLog(plan.audit_log, key) if plan.audit_log else None
+    audit = AuditLog(plan.audit_log, key, run_id=run_id or uuid4().hex[:16]) if plan.audit_log else None
     coordinator = Coordinator(schema, settings, audit)
 
     def publish(out: Path) -> None:
@@ -67,6 +71,6 @@ def make_server_app(schema: Schema, settings: FederationSettings, plan: ReleaseP
 
     @app.main()
     def main(grid: Grid, context: Context) -> None:
-        run_federation(grid, schema, settings, plan, on_round)
+        run_federation(grid, schema, settings, plan, on_round, run_id=str(context.run_id))
 
     return app

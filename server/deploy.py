@@ -22,6 +22,7 @@ from fedsyn.server.app import ReleasePlan, run_federation
 from fedsyn.server.settings import FederationSettings
 
 CONNECTION = "fedsyn"
+RUN_PATHS = ("schema", "out", "signing-key", "audit-log")  # [run] settings that name files
 APP_DIR = Path(__file__).resolve().parent / "flower_app"
 
 app = ServerApp()
@@ -34,7 +35,7 @@ def main(grid: Grid, context: Context) -> None:
     plan = ReleasePlan(out=Path(str(config["out"])), rows=int(config["rows"]),
                        signing_key=Path(str(config["signing-key"])) if config.get("signing-key") else None,
                        audit_log=Path(str(config["audit-log"])) if config.get("audit-log") else None)
-    run_federation(grid, Schema.load(str(config["schema"])), settings, plan)
+    run_federation(grid, Schema.load(str(config["schema"])), settings, plan, run_id=str(context.run_id))
 
 
 def app_bundle_hash() -> str:
@@ -59,10 +60,15 @@ class CoordinatorConfig(BaseModel):
 
     @classmethod
     def load(cls, path: Path) -> CoordinatorConfig:
+        """Read ``server.toml``; every relative path in it, the ``[run]`` ones included, is
+        relative to the file (the ServerApp runs elsewhere and needs absolute paths)."""
         config = cls.model_validate(tomllib.loads(Path(path).read_text()))
-        base = Path(path).parent
-        return config.model_copy(update={name: base / getattr(config, name) for name in
-                                         ("database", "certificate", "private_key", "ca_certificate", "flwr_home")})
+        base = Path(path).resolve().parent
+        run = {key: str(base / value) if key in RUN_PATHS and value and not Path(str(value)).is_absolute() else value
+               for key, value in config.run.items()}
+        return config.model_copy(update={**{name: base / getattr(config, name) for name in
+                                            ("database", "certificate", "private_key", "ca_certificate", "flwr_home")},
+                                         "run": run})
 
     def superlink_command(self) -> list[str]:
         self.database.parent.mkdir(parents=True, exist_ok=True)

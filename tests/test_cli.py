@@ -60,3 +60,11 @@ def test_simulate_refuses_inconsistent_options_before_writing_anything(tmp_path,
         result = CliRunner().invoke(app, ["simulate", *args, "--out", str(out)])
         assert result.exit_code == 2 and message in result.output, (args, result.output)
         assert not out.exists()
+
+
+def test_simulate_refuses_to_reuse_an_output_folder_unless_told(tmp_path, demo_frame):
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / "sites").mkdir()
+    result = CliRunner().invoke(app, ["simulate", "--out", str(out), "--rounds", "1", "--local-steps", "1"])
+    assert result.exit_code == 2 and "--overwrite" in result.output and (out / "sites").exists()

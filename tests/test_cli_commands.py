@@ -134,3 +134,15 @@ def test_server_app_hash_and_config_errors(tmp_path):
     assert result.exit_code == 0 and re.fullmatch(r"[0-9a-f]{64}", result.output.strip())
     result = _invoke("server", "sites", "list", "--config", tmp_path / "missing.toml")
     assert result.exit_code == 2 and "missing.toml" in result.output
+
+
+def test_server_toml_run_paths_are_relative_to_the_file(tmp_path):
+    from fedsyn.server.deploy import CoordinatorConfig
+
+    (tmp_path / "server.toml").write_text('[run]\nschema = "schema.json"\nout = "releases/latest"\n'
+                                          'signing-key = ""\naudit-log = "/var/lib/fedsyn/audit.jsonl"\nrounds = 3\n')
+    config = CoordinatorConfig.load(tmp_path / "server.toml")
+    assert config.run["schema"] == str(tmp_path / "schema.json")
+    assert config.run["out"] == str(tmp_path / "releases" / "latest")
+    assert config.run["signing-key"] == "" and config.run["audit-log"] == "/var/lib/fedsyn/audit.jsonl"
+    assert config.run["rounds"] == 3 and config.database == tmp_path / "state" / "superlink.db"

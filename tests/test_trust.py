@@ -101,3 +101,26 @@ def test_added_file_and_other_key_are_refused(release, keys, tmp_path):
     _, other = generate_keypair(tmp_path / "other")
     with pytest.raises(VerificationError, match="signature does not match"):
         verify_release(release, load_public_key(other))
+
+
+def _append_many(path: str, run: str, count: int) -> None:
+    log = AuditLog(path, run_id=run)
+    for index in range(count):
+        log.append("round_finished", round=index)
+
+
+def test_two_runs_writing_one_audit_log_keep_one_chain(tmp_path):
+    """Concurrent coordinators (two runs at once) append under a lock: one chain, no forked seq."""
+    import multiprocessing
+
+    path = tmp_path / "audit.jsonl"
+    context = multiprocessing.get_context("spawn")
+    writers = [context.Process(target=_append_many, args=(str(path), run, 25)) for run in ("run-a", "run-b")]
+    for writer in writers:
+        writer.start()
+    for writer in writers:
+        writer.join(60)
+    assert verify_log(path) == 50
+    entries = [json.loads(line) for line in path.read_text().splitlines()]
+    assert [e["seq"] for e in entries] == list(range(50))
+    assert {e["run"] for e in entries} == {"run-a", "run-b"}

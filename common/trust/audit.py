@@ -8,6 +8,7 @@ keeps its own chained trail of what it sent and spent.
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import json
 import os
@@ -27,34 +28,51 @@ def _digest(entry: dict) -> str:
 
 
 class AuditLog:
-    """Append-only log at ``path``; with ``key`` the head is re-signed after every append."""
+    """Append-only log at ``path``; with ``key`` the head is re-signed after every append.
 
-    def __init__(self, path: str | Path, key: Ed25519PrivateKey | None = None):
+    Appends hold an exclusive lock and re-read the newest entry under it, so two processes
+    writing one log (two runs at once) extend one chain instead of forking it. With
+    ``run_id`` every entry names the run that wrote it.
+    """
+
+    def __init__(self, path: str | Path, key: Ed25519PrivateKey | None = None, run_id: str | None = None):
         self.path = Path(path)
         self.key = key
+        self.run_id = run_id
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._head, self._seq = GENESIS, 0
-        if self.path.exists():
-            lines = self.path.read_text().splitlines()
-            if lines:
-                last = json.loads(lines[-1])
-                self._head, self._seq = last["hash"], last["seq"] + 1
 
     @property
     def signature_path(self) -> Path:
         return self.path.with_name(self.path.name + ".sig")
 
+    def _head(self) -> tuple[str, int]:
+        """Hash and next sequence number after the newest entry on disk."""
+        if not self.path.exists():
+            return GENESIS, 0
+        with open(self.path, "rb") as log:
+            lines = log.read().splitlines()
+        if not lines:
+            return GENESIS, 0
+        last = json.loads(lines[-1])
+        return last["hash"], last["seq"] + 1
+
     def append(self, event: str, /, **fields: object) -> dict:
-        entry = {"seq": self._seq, "time": datetime.now(UTC).isoformat(timespec="milliseconds"),
-                 "event": event, **fields, "prev": self._head}
-        entry["hash"] = _digest(entry)
-        with open(self.path, "a") as out:
-            out.write(json.dumps(entry, sort_keys=True, default=str) + "\n")
-            out.flush()
-            os.fsync(out.fileno())
-        self._head, self._seq = entry["hash"], self._seq + 1
-        if self.key is not None:
-            self.signature_path.write_text(sign(self.key, self._head.encode()) + "\n")
+        with open(self.path.with_name(self.path.name + ".lock"), "a") as lock:
+            fcntl.flock(lock.fileno(), fcntl.LOCK_EX)
+            try:
+                head, seq = self._head()
+                run = {"run": self.run_id} if self.run_id is not None else {}
+                entry = {"seq": seq, "time": datetime.now(UTC).isoformat(timespec="milliseconds"),
+                         "event": event, **run, **fields, "prev": head}
+                entry["hash"] = _digest(entry)
+                with open(self.path, "a") as out:
+                    out.write(json.dumps(entry, sort_keys=True, default=str) + "\n")
+                    out.flush()
+                    os.fsync(out.fileno())
+                if self.key is not None:
+                    self.signature_path.write_text(sign(self.key, entry["hash"].encode()) + "\n")
+            finally:
+                fcntl.flock(lock.fileno(), fcntl.LOCK_UN)
         return entry
 
 
