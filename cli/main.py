@@ -11,7 +11,7 @@ import sys
 
 import typer
 
-from fedsyn.cli import client, data, research, server, trust
+from fedsyn.cli import client, data, output, research, server, trust
 from fedsyn.cli.output import console
 
 # Tracebacks are off: rich's would print local variables (patient rows); see main().
@@ -28,9 +28,16 @@ def _version(show: bool) -> None:
 
 
 @app.callback()
-def _options(version: bool = typer.Option(False, "--version", callback=_version, is_eager=True,
-                                          help="print the installed fedsyn version and exit")) -> None:
+def _options(
+    version: bool = typer.Option(False, "--version", callback=_version, is_eager=True,
+                                 help="print the installed fedsyn version and exit"),
+    log_format: str = typer.Option("text", "--log-format", help="logs on stderr as readable text or as json lines "
+                                   "(time with zone, level, event, run, round, site)"),
+) -> None:
     """Federated, differentially private synthetic health records."""
+    if log_format not in output.LOG_FORMATS:
+        output.fail(f"--log-format {log_format}: choose text or json")
+    output.log_format = log_format
 
 
 app.add_typer(data.schema_app, name="schema")

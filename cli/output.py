@@ -6,7 +6,10 @@ wrong and how to fix it, then exits with code 2.
 
 from __future__ import annotations
 
+import json
 import logging
+import sys
+from datetime import UTC, datetime
 from typing import NoReturn
 
 import typer
@@ -36,13 +39,37 @@ class _WithoutFlowerNoise(logging.Filter):
         return "fraction_evaluate is set to 0.0" not in record.getMessage()
 
 
+class JsonLines(logging.Formatter):
+    """One JSON object per line: time with zone, level, logger, message, and the structured
+    fields fedsyn attaches (event, run, round, site, ...). No colour codes, ever."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        entry = {"time": datetime.fromtimestamp(record.created, UTC).isoformat(timespec="milliseconds"),
+                 "level": record.levelname.lower(), "logger": record.name, "message": record.getMessage()}
+        entry.update(getattr(record, "fedsyn", {}))
+        return json.dumps(entry, default=str)
+
+
+LOG_FORMATS = ("text", "json")
+log_format = "text"  # set by the root --log-format option
+
+
 def setup_logging(verbose: bool) -> None:
-    """Structured logs through rich; Flower's per-round INFO lines only with --verbose."""
+    """Logs on stderr: readable text (rich, no colour when redirected) or JSON lines
+    (``--log-format json``). Flower's lines go through the same handler, once; its per-round
+    INFO lines only with --verbose."""
     level = logging.INFO if verbose else logging.WARNING
-    logging.basicConfig(level=level, format="%(name)s %(message)s",
-                        handlers=[RichHandler(console=console, show_path=False)])
+    if log_format == "json":
+        handler: logging.Handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(JsonLines())
+    else:
+        handler = RichHandler(console=console, show_path=False, log_time_format="%Y-%m-%dT%H:%M:%S%z")
+    logging.basicConfig(level=level, format="%(name)s %(message)s", handlers=[handler], force=True)
     flower = logging.getLogger("flwr")
+    for own in list(flower.handlers):  # Flower prints through its own handler too: every line twice
+        flower.removeHandler(own)
     flower.setLevel(level)
+    flower.propagate = True
     flower.addFilter(_WithoutFlowerNoise())
 
 

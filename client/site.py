@@ -210,8 +210,11 @@ class Site:
             position = self.ledger.charge(event, budget)
         except BudgetExceededError as exc:
             raise PolicyRefusal(f"site '{self.policy.site_id}': {exc}", ErrorCode.BUDGET_EXHAUSTED) from None
-        self.trail.append(CHARGED, privacy=asdict(event), ledger_events=position + 1,
-                          epsilon_spent=self.ledger.epsilon())
+        spent = self.ledger.epsilon()
+        self.trail.append(CHARGED, privacy=asdict(event), ledger_events=position + 1, epsilon_spent=spent)
+        log.info("privacy charged: %s round %s, epsilon now %.4f", event.mechanism, event.round, spent,
+                 extra={"fedsyn": {"event": CHARGED, "site": self.policy.site_id, "round": event.round,
+                                   "mechanism": event.mechanism, "epsilon_spent": spent}})
         return position
 
     # -- mechanisms ------------------------------------------------------------------------

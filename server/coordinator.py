@@ -123,7 +123,7 @@ class Coordinator:
 
     def record(self, event: str, **fields: object) -> None:
         """Structured log line and, when configured, a signed audit-trail entry."""
-        log.info("%s %s", event, fields)
+        log.info("%s %s", event, fields, extra={"fedsyn": {"event": event, **fields}})
         if self.audit is not None:
             self.audit.append(event, **fields)
 

@@ -68,3 +68,17 @@ def test_simulate_refuses_to_reuse_an_output_folder_unless_told(tmp_path, demo_f
     (out / "sites").mkdir()
     result = CliRunner().invoke(app, ["simulate", "--out", str(out), "--rounds", "1", "--local-steps", "1"])
     assert result.exit_code == 2 and "--overwrite" in result.output and (out / "sites").exists()
+
+
+def test_json_logs_carry_time_with_zone_and_fedsyn_events(tmp_path, demo_frame):
+    data = tmp_path / "cohort.csv"
+    demo_frame.sample(600, random_state=1).to_csv(data, index=False)
+    result = CliRunner().invoke(app, [
+        "--log-format", "json", "simulate", "--data", str(data), "--schema", str(demo_schema_path()),
+        "--rounds", "1", "--local-steps", "1", "--rows", "50", "--verbose", "--out", str(tmp_path / "run")])
+    assert result.exit_code == 0, result.output
+    lines = [json.loads(line) for line in result.stderr.splitlines() if line.startswith("{")]
+    events = {line.get("event") for line in lines}
+    assert {"run_configured", "round_finished", "release_written", "privacy_charged"} <= events
+    assert all(line["time"].endswith("+00:00") for line in lines)
+    assert "\x1b[" not in result.stderr

@@ -1,0 +1,243 @@
+"""What the coordinator's live view shows, read from public artefacts only.
+
+Sources: the coordinator's hash-chained audit log (public facts by design), the latest
+release's reports (published anyway) and, when it can be read, the SuperLink's node table
+(which registered hospitals are online). No site data and no private key is ever opened.
+Every reader tolerates a file that is missing or half-written, because the run writes them
+while the view polls.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from fedsyn.trust.audit import verify_log
+from fedsyn.trust.signing import MANIFEST, VerificationError, load_public_key, verify_release
+
+# Flower keeps its unsigned 64-bit node ids as signed SQLite integers; the audit log has the unsigned ones.
+_UINT64 = 2**64
+
+
+@dataclass(frozen=True)
+class Sources:
+    """Where the view reads from; ``database`` is the SuperLink's SQLite state, if known."""
+
+    audit_log: Path
+    release_dir: Path
+    public_key: Path | None = None
+    database: Path | None = None
+
+
+def read_entries(path: Path) -> list[dict]:
+    """Parsed audit entries; a line being written right now (not yet valid JSON) is skipped."""
+    if not path.is_file():
+        return []
+    entries = []
+    for line in path.read_text().splitlines():
+        try:
+            entries.append(json.loads(line))
+        except json.JSONDecodeError:
+            continue
+    return entries
+
+
+def latest_run(entries: list[dict]) -> list[dict]:
+    """The entries of the newest run: one log holds every run, each opening with ``run_configured``."""
+    starts = [i for i, entry in enumerate(entries) if entry.get("event") == "run_configured"]
+    return entries[starts[-1]:] if starts else entries
+
+
+def _is_quarantined(reason: str) -> bool:
+    """The coordinator words every decoded-but-rejected update as 'invalid reply: ...'."""
+    return reason.startswith("invalid reply")
+
+
+def site_views(entries: list[dict]) -> list[dict]:
+    """Per site (by node id): accepted rounds, drops with reasons, refusals, last claim and last entry time."""
+    sites: dict[int, dict] = {}
+    for entry in entries:
+        if "node" not in entry:
+            continue
+        site = sites.setdefault(entry["node"], {"node_id": entry["node"], "name": entry.get("site", ""),
+                                                "rounds_accepted": [], "dropped": [], "refused": [],
+                                                "epsilon_claimed": None, "last_seen": None})
+        site["name"] = entry.get("site") or site["name"]
+        site["last_seen"] = entry.get("time")
+        event = entry.get("event")
+        if event in ("site_joined", "update_accepted"):
+            site["rounds_accepted"].append(entry.get("round"))
+            site["epsilon_claimed"] = entry.get("epsilon_claimed")
+        elif event == "update_rejected":
+            reason = str(entry.get("reason", ""))
+            site["dropped"].append({"round": entry.get("round"), "reason": reason,
+                                    "quarantined": _is_quarantined(reason)})
+        elif event == "site_refused":
+            site["refused"].append({"round": entry.get("round"), "reason": str(entry.get("reason", ""))})
+    return sorted(sites.values(), key=lambda s: s["name"] or str(s["node_id"]))
+
+
+def round_views(entries: list[dict]) -> list[dict]:
+    """Round 0 (marginals) and every training round: when it started and finished, and who made it."""
+    rounds: dict[int, dict] = {}
+
+    def of(number: int) -> dict:
+        return rounds.setdefault(number, {"round": number, "started": None, "finished": None, "sites_asked": None,
+                                          "accepted": 0, "dropped": 0, "quarantined": [], "refused": 0})
+
+    for entry in entries:
+        event, number = entry.get("event"), entry.get("round")
+        if number is None:
+            continue
+        current = of(number)
+        if event == "round_started":
+            current.update(started=entry.get("time"), sites_asked=entry.get("sites"))
+        elif event == "round_finished":
+            current.update(finished=entry.get("time"), accepted=entry.get("accepted"), dropped=entry.get("dropped"))
+        elif event in ("site_joined", "update_accepted") and number == 0:
+            current["accepted"] += 1
+        elif event in ("update_rejected", "site_refused"):
+            if number == 0:
+                current["dropped"] += 1
+            if event == "site_refused":
+                current["refused"] += 1
+            elif _is_quarantined(str(entry.get("reason", ""))):
+                current["quarantined"].append({"site": entry.get("site"), "reason": entry.get("reason")})
+    return [rounds[number] for number in sorted(rounds)]
+
+
+def run_summary(entries: list[dict]) -> dict | None:
+    """The newest run's public settings that frame the page: rounds, budget asked, minimum sites."""
+    configured = next((e for e in entries if e.get("event") == "run_configured"), None)
+    if configured is None:
+        return None
+    settings = configured.get("settings", {})
+    return {"started": configured.get("time"), "run": configured.get("run"), "schema": configured.get("schema"),
+            "rounds": settings.get("rounds"), "epsilon": settings.get("epsilon"), "delta": settings.get("delta"),
+            "min_sites": settings.get("min_sites"), "aggregation": settings.get("aggregation"),
+            "finished": any(e.get("event") == "release_written" for e in entries)}
+
+
+class _StatCache:
+    """Recompute an expensive check only when the files it reads have changed (size, mtime)."""
+
+    def __init__(self, check: Callable[[], dict]):
+        self._check = check
+        self._key: tuple | None = None
+        self._value: dict = {}
+
+    def get(self, paths: list[Path]) -> dict:
+        key = tuple((str(p), p.stat().st_size, p.stat().st_mtime_ns) if p.exists() else (str(p),) for p in paths)
+        if key != self._key:
+            self._value, self._key = self._check(), key
+        return self._value
+
+
+def audit_status(sources: Sources) -> dict:
+    """verify_log over the whole file; with the public key also the signed head.
+
+    The head signature is rewritten just after each append, so a check that races an append
+    is retried once before the chain is reported broken.
+    """
+    log = sources.audit_log
+    if not log.is_file():
+        return {"ok": None, "entries": 0, "signed_head_checked": False, "message": f"{log} does not exist yet"}
+    key = load_public_key(sources.public_key) if sources.public_key else None
+    for attempt in range(2):
+        try:
+            count = verify_log(log, key)
+            return {"ok": True, "entries": count, "signed_head_checked": key is not None,
+                    "message": "chain intact" + (", head signature valid" if key else " (no public key: head "
+                                                 "signature not checked)")}
+        except VerificationError as exc:
+            error = str(exc)
+            if attempt == 0:
+                time.sleep(0.2)
+    return {"ok": False, "entries": None, "signed_head_checked": key is not None, "message": error}
+
+
+def _read_json(path: Path) -> dict | None:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError):
+        return None
+
+
+def release_view(sources: Sources) -> dict | None:
+    """The release folder's public reports; its signature is checked only with the public key."""
+    folder = sources.release_dir
+    privacy = _read_json(folder / "privacy_report.json")
+    if privacy is None:
+        return None
+    quality = _read_json(folder / "quality_report.json") or {}
+    config = _read_json(folder / "run_config.json") or {}
+    signed = (folder / MANIFEST).is_file()
+    signature = "not signed"
+    if signed and sources.public_key:
+        try:
+            verify_release(folder, load_public_key(sources.public_key))
+            signature = "verified"
+        except VerificationError as exc:
+            signature = f"does not verify: {exc}"
+    elif signed:
+        signature = "manifest present (no public key: not verified)"
+    return {"path": str(folder), "rows": config.get("rows"), "signed": signed, "signature": signature,
+            "mean_total_variation": quality.get("mean_total_variation"),
+            "max_epsilon_any_site": privacy.get("max_epsilon_any_site"),
+            "sites": [{key: site.get(key) for key in ("site", "node_id", "epsilon_cumulative", "epsilon_this_run",
+                                                       "delta", "budget_epsilon_asked", "within_budget")}
+                      | {"rounds_accepted": len(site.get("rounds_accepted", [])),
+                         "dropped": len(site.get("dropped", []))}
+                      for site in privacy.get("sites", [])]}
+
+
+def registry_view(database: Path | None) -> dict:
+    """Registered hospitals and whether they are online, from the SuperLink's ``node`` table.
+
+    Read-only (``mode=ro``) and only public columns. The table is Flower's internal schema
+    (checked on Flower 1.41), so any surprise is reported as 'unavailable' instead of guessed at.
+    ``online`` also needs ``online_until`` in the future: Flower updates ``status`` lazily.
+    """
+    if database is None:
+        return {"available": False, "message": "no SuperLink database configured"}
+    if not database.is_file():
+        return {"available": False, "message": f"{database} does not exist"}
+    try:
+        with sqlite3.connect(f"file:{database}?mode=ro", uri=True, timeout=1.0) as connection:
+            rows = connection.execute("SELECT node_id, status, registered_at, last_activated_at, online_until "
+                                      "FROM node").fetchall()
+    except sqlite3.Error as exc:
+        return {"available": False, "message": f"cannot read the SuperLink's node table: {exc}"}
+    now = time.time()
+    nodes = [{"node_id": node_id % _UINT64, "status": status, "registered_at": registered,
+              "last_activated_at": activated,
+              "online": status == "online" and online_until is not None and online_until > now}
+             for node_id, status, registered, activated, online_until in rows]
+    return {"available": True, "message": f"read from {database}", "nodes": nodes}
+
+
+class StateReader:
+    """Builds the JSON the page polls; the expensive checks are cached on the files' stat."""
+
+    def __init__(self, sources: Sources):
+        self.sources = sources
+        self._audit = _StatCache(lambda: audit_status(sources))
+        self._release = _StatCache(lambda: {"release": release_view(sources)})
+
+    def _release_files(self) -> list[Path]:
+        folder = self.sources.release_dir
+        return sorted(folder.iterdir()) if folder.is_dir() else [folder]
+
+    def state(self) -> dict:
+        log = self.sources.audit_log
+        entries = latest_run(read_entries(log))
+        audit = self._audit.get([log, log.with_name(log.name + ".sig")])
+        return {"generated": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+                "audit_log": str(log), "run": run_summary(entries), "audit": audit,
+                "sites": site_views(entries), "rounds": round_views(entries),
+                "registry": registry_view(self.sources.database),
+                "release": self._release.get(self._release_files())["release"]}
