@@ -13,12 +13,12 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-import torch
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from fedsyn.data.tables import write_table
 from fedsyn.data.validation import require_valid
 from fedsyn.errors import ConfigurationError
+from fedsyn.model.checkpoint import save_checkpoint
 from fedsyn.privacy.marginals import Marginals, exact_counts
 from fedsyn.server.coordinator import Coordinator
 from fedsyn.trust.signing import sign_release
@@ -40,7 +40,8 @@ NOT_SENT = [
 ]
 RELEASE_CONTENTS = {
     "synthetic.csv / synthetic.parquet": "post-processing of DP outputs (sampled from the averaged generator)",
-    "generator.pt": "post-processing of DP outputs (generator weights and the summed noisy marginals)",
+    "generator.pt": "post-processing of DP outputs (generator weights, the summed noisy marginals and, per site "
+                    "slot, that site's noisy round-0 marginals: DP outputs the sites released)",
     "privacy_report.json": "the declared-public facts above and the ledger recomputed from them",
     "quality_report.json": "synthetic rows against the summed noisy marginals: post-processing of DP outputs",
     "run_config.json, schema.json, README.md": "public settings and the public schema",
@@ -135,9 +136,10 @@ def write_release(coordinator: Coordinator, out: Path, rows: int, drop_rule_viol
               "dropped_rule_violations": dropped if drop_rule_violations else None,
               "rounds": [asdict(r) for r in coordinator.rounds]}
     (out / "run_config.json").write_text(json.dumps(config, indent=2, default=str) + "\n")
-    torch.save({"format": "fedsyn-generator/1", "schema": coordinator.schema.model_dump(mode="json"),
-                "marginals": trainer.encoder.marginals.to_dict(), "config": asdict(trainer.config),
-                "generator": trainer.sampler.state_dict()}, out / "generator.pt")
+    save_checkpoint(out / "generator.pt", coordinator.schema, trainer, privacy={
+        "max_epsilon_any_site": report["max_epsilon_any_site"],
+        "delta": max((site["delta"] for site in report["sites"]), default=coordinator.settings.delta),
+        "scope": "per site, each at its own delta: see privacy_report.json"})
     (out / "README.md").write_text(_readme(coordinator, report, synthetic, rows))
     if signing_key is not None:
         sign_release(out, signing_key)

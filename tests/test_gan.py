@@ -93,3 +93,15 @@ def test_api_refuses_careless_calls_clearly(fitted, tmp_path):
     assert "weights_only" not in str(caught.value)
     assert fitted.sample(20, seed=3).equals(fitted.sample(20, seed=3))
     assert "fitted" in repr(fitted) and "epsilon=1.0" in repr(fitted)
+
+
+def test_a_federated_release_opens_with_the_single_site_api(plan, demo_schema, tmp_path):
+    from .helpers import run_in_process
+
+    _, coordinator = run_in_process(plan, demo_schema, tmp_path)
+    model = DPTabularGAN.load(tmp_path / "release" / "generator.pt")
+    rows = model.sample(300, seed=1)
+    assert validate_frame(rows, demo_schema).ok
+    epsilon, _ = model.privacy_spent()
+    assert epsilon == pytest.approx(max(coordinator.epsilon_of(site) for site in coordinator.sites.values()))
+    assert model.trainer_.config.site_slots == 3 and model.trainer_.release_slots is not None

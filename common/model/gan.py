@@ -9,7 +9,6 @@ and DP-SGD on the discriminator (the rest, composed with an accountant, not adde
 from __future__ import annotations
 
 import math
-from dataclasses import asdict
 from pathlib import Path
 
 import pandas as pd
@@ -18,6 +17,7 @@ import torch
 from fedsyn.data.schema import Schema
 from fedsyn.data.validation import require_valid
 from fedsyn.errors import ConfigurationError
+from fedsyn.model.checkpoint import load_checkpoint, save_checkpoint
 from fedsyn.model.config import GANConfig
 from fedsyn.model.encoder import TableEncoder
 from fedsyn.model.training import GANTrainer
@@ -28,10 +28,8 @@ from fedsyn.privacy.accounting import (
     calibrate_noise_multiplier,
     gaussian_noise_for_epsilon,
 )
-from fedsyn.privacy.marginals import Marginals, exact_counts, marginals_event, noisy_marginals
+from fedsyn.privacy.marginals import exact_counts, marginals_event, noisy_marginals
 from fedsyn.privacy.randomness import numpy_generator, torch_generator
-
-FORMAT = "fedsyn-gan/1"
 
 
 class NotFittedError(ConfigurationError, RuntimeError):
@@ -162,49 +160,38 @@ class DPTabularGAN:
         return frame
 
     def privacy_spent(self) -> tuple[float, float]:
-        """(epsilon, delta) spent by ``fit``; epsilon is infinite for a non-private model."""
+        """(epsilon, delta) spent by ``fit``; epsilon is infinite for a non-private model. For a
+        loaded federated release: the largest per-site epsilon (each site at its own delta;
+        ``privacy_report.json`` has them all)."""
         if self.epsilon is None:
             return math.inf, 0.0
-        if getattr(self, "ledger_", None) is None:
-            raise NotFittedError("nothing spent yet: the model is not fitted")
-        return self.ledger_.epsilon(), self.delta
+        if getattr(self, "ledger_", None) is not None:
+            return self.ledger_.epsilon(), self.delta
+        if getattr(self, "trainer_", None) is not None:  # a federated release
+            return float(self.epsilon), self.delta
+        raise NotFittedError("nothing spent yet: the model is not fitted")
 
     def save(self, path: str | Path) -> None:
+        """Write the fitted model in fedsyn's one checkpoint format (see :mod:`fedsyn.model.checkpoint`)."""
         trainer = self._fitted()
-        torch.save({
-            "format": FORMAT,
-            "schema": self.schema.model_dump(mode="json"),
-            "marginals": trainer.encoder.marginals.to_dict(),
-            "config": asdict(self.config),
-            "params": {"epsilon": self.epsilon, "delta": self.delta, "epochs": self.epochs,
-                       "marginals_share": self.marginals_share, "noise_multiplier": self.noise_multiplier,
-                       "accountant": self.accountant},
-            "ledger": self.ledger_.to_dict() if getattr(self, "ledger_", None) else None,
-            "generator": trainer.sampler.state_dict(),
-            "discriminator": trainer.discriminator.state_dict(),
-        }, Path(path))
+        save_checkpoint(path, self.schema, trainer, privacy={"ledger": self.ledger_.to_dict() if getattr(
+            self, "ledger_", None) else None}, params={
+            "epsilon": self.epsilon, "delta": self.delta, "epochs": self.epochs,
+            "marginals_share": self.marginals_share, "noise_multiplier": self.noise_multiplier,
+            "accountant": self.accountant}, with_discriminator=True)
 
     @classmethod
     def load(cls, path: str | Path, device: str = "cpu") -> DPTabularGAN:
-        """Load a saved model; only tensors and plain data are unpickled (weights_only)."""
-        try:
-            raw = torch.load(Path(path), map_location=device, weights_only=True)
-        except FileNotFoundError:
-            raise ConfigurationError(f"model file not found: {path}") from None
-        except Exception:  # noqa: BLE001 - torch's text would advise unsafe unpickling
-            raise ConfigurationError(f"{path} is not a fedsyn model file; save one with DPTabularGAN.save") from None
-        if not isinstance(raw, dict) or raw.get("format") != FORMAT:
-            raise ConfigurationError(f"{path} is not a fedsyn model file (format "
-                                     f"{raw.get('format') if isinstance(raw, dict) else None!r})")
-        schema = Schema.model_validate(raw["schema"])
-        config = GANConfig.from_dict(raw["config"])
-        model = cls(schema, config=config, device=device, **raw["params"])
-        trainer = GANTrainer(TableEncoder(schema, Marginals.from_dict(raw["marginals"])), config, device)
-        trainer.generator.load_state_dict(raw["generator"])
-        trainer.sampler.load_state_dict(raw["generator"])
-        trainer.discriminator.load_state_dict(raw["discriminator"])
-        model.trainer_ = trainer
-        if raw["ledger"] is not None:
-            model.ledger_ = PrivacyLedger.from_dict(raw["ledger"])
+        """Load a saved model or a federated release's ``generator.pt``, ready to sample."""
+        checkpoint = load_checkpoint(path, device)
+        config = checkpoint.trainer.config
+        if checkpoint.params is not None:
+            model = cls(checkpoint.schema, config=config, device=device, **checkpoint.params)
+        else:  # a federated release: its privacy is per site, summarised in the checkpoint
+            model = cls(checkpoint.schema, epsilon=checkpoint.privacy["max_epsilon_any_site"],
+                        delta=checkpoint.privacy["delta"], config=config, device=device)
+        model.trainer_ = checkpoint.trainer
+        if checkpoint.privacy.get("ledger") is not None:
+            model.ledger_ = PrivacyLedger.from_dict(checkpoint.privacy["ledger"])
         return model
 

@@ -63,6 +63,7 @@ class GANTrainer:
         # generated terms of the discriminator's loss keep equal weight.
         self.real_normaliser: float | None = None
         # Release: per-slot draw weights and condition samplers (see :meth:`set_release_slots`).
+        self.release_slots: tuple[list[float], list[Marginals]] | None = None
         self.slot_weights: torch.Tensor | None = None
         self.slot_conditions: list[ConditionSampler] | None = None
         # The discriminator is told the slot too: at site k it compares site k's rows with rows
@@ -208,6 +209,7 @@ class GANTrainer:
         if len(totals) != self.config.site_slots or len(marginals) != self.config.site_slots:
             raise ValueError(f"{len(totals)} totals and {len(marginals)} marginals for "
                              f"{self.config.site_slots} site slots")
+        self.release_slots = (list(totals), list(marginals))  # kept so a checkpoint can store them
         weights = torch.as_tensor(np.clip(np.asarray(totals, dtype=float), 1.0, None), dtype=torch.float32)
         self.slot_weights = (weights / weights.sum()).to(self.device)
         self.slot_conditions = [ConditionSampler(self.encoder, self.device, marginals=m) for m in marginals]
