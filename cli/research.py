@@ -208,6 +208,8 @@ def simulate(
                 swept = federate(budget, out / "sweep" / f"epsilon-{budget:g}")
             if test is not None:
                 curve.append(_curve_point(budget, swept, train, test, contract, seed))
+        if curve and epsilon not in budgets:  # the main release is a point of the curve too
+            curve.append(_curve_point(epsilon, release, train, test, contract, seed))
     except (FederationError, SchemaError) as exc:
         fail(str(exc))
     federated_seconds = time.monotonic() - started

@@ -75,17 +75,29 @@ def test_rule_violations_are_counted_and_can_be_dropped(split, demo_schema):
     assert result["rules"][0]["violating_share"] == pytest.approx(low.mean())
 
 
-def test_html_report_renders_in_headless_chromium(split, demo_schema, tmp_path):
-    train, test = split
-    synthetic = _random_rows(demo_schema, 800)
-    result = evaluate(synthetic, train, test, demo_schema, ledger={"sites": [{"site": "a", "epsilon_cumulative": 1.0,
-                                                                             "delta": 1e-5}]})
+def _widened(schema, frame, columns: int):
+    """The demo schema and rows with extra numeric columns (copies of kappa), ``columns`` in all."""
+    extra = [f"marker_{i:02d}" for i in range(columns - len(schema.columns))]
+    kappa = schema.column("kappa")
+    wide = schema.model_copy(update={"columns": [*schema.columns,
+                                                 *(kappa.model_copy(update={"name": name}) for name in extra)]})
+    return wide, frame.assign(**{name: frame["kappa"].to_numpy() for name in extra})
+
+
+@pytest.mark.parametrize("columns", [10, 40])
+def test_html_report_renders_in_headless_chromium(split, demo_schema, tmp_path, columns):
+    schema, train = _widened(demo_schema, split[0], columns)
+    test = _widened(demo_schema, split[1], columns)[1]
+    synthetic = _widened(demo_schema, _random_rows(demo_schema, 800), columns)[1]
+    result = evaluate(synthetic, train, test, schema, ledger={"sites": [{"site": "a", "epsilon_cumulative": 1.0,
+                                                                        "delta": 1e-5}]})
     curve = [{"epsilon": e, "tstr_gradient_boosting": 0.6, "tstr_logistic_regression": 0.7,
               "membership_attack_auc": 0.5} for e in (0.5, 1.0)]
-    page = render_html(result, train, synthetic, demo_schema, tmp_path / "report.html", curve)
+    page = render_html(result, train, synthetic, schema, tmp_path / "report.html", curve)
     json.dumps(result.to_dict())  # report.json must serialise
     text = page.read_text()
     assert text.count("data:image/png;base64,") == 4 and "<script" not in text
+    assert "id='verdict'" in text and "LOCAL REPORT" in text
     chromium = shutil.which("chromium") or shutil.which("chromium-browser")
     if chromium is None:
         pytest.skip("chromium is not installed (.ci/run installs it)")

@@ -48,6 +48,7 @@ def marginals_plot(real: pd.DataFrame, synthetic: pd.DataFrame, schema: Schema) 
             axis.bar(position - 0.2, real_share, 0.4, color=REAL, label="real")
             axis.bar(position + 0.2, syn_share, 0.4, color=SYNTHETIC, label="synthetic")
             axis.set_xticks(position, levels, rotation=45, fontsize=7)
+            axis.set_ylabel("share of rows", fontsize=7)
         else:
             edges = (np.geomspace(column.lower, column.upper, 40) if column.transform == "log"
                      else np.linspace(column.lower, column.upper, 40))
@@ -56,25 +57,33 @@ def marginals_plot(real: pd.DataFrame, synthetic: pd.DataFrame, schema: Schema) 
                 axis.hist(values, bins=edges, density=True, alpha=0.5, color=color, label=label)
             if column.transform == "log":
                 axis.set_xscale("log")
+            axis.set_xlabel(column.unit or "value", fontsize=7)
+            axis.set_ylabel("density", fontsize=7)
         axis.set_title(column.name, fontsize=9)
+        axis.legend(fontsize=6)
     for axis in list(axes.flat)[len(columns):]:
         axis.axis("off")
-    axes.flat[0].legend(fontsize=7)
     figure.tight_layout()
     return _png(figure)
 
 
 def association_plot(evaluation: Evaluation) -> str:
+    """Pairwise association (Cramer's V between categoricals, correlation ratio between a
+    categorical and a numeric, |Pearson r| between numerics), real vs synthetic. One panel per
+    row and a size that grows with the columns, so 40 column names stay readable."""
     real = pd.DataFrame(evaluation.fidelity["association_real"])
     synthetic = pd.DataFrame(evaluation.fidelity["association_synthetic"]).loc[real.index, real.columns]
-    figure, axes = plt.subplots(1, 3, figsize=(15, 4.5))
-    for axis, matrix, title in ((axes[0], real, "real"), (axes[1], synthetic, "synthetic"),
-                                (axes[2], (real - synthetic).abs(), "|difference|")):
+    size = max(5.0, 0.28 * len(real) + 2.5)
+    font = 8 if len(real) <= 15 else 6
+    figure, axes = plt.subplots(3, 1, figsize=(size + 1.5, 3 * size))
+    for axis, matrix, title in ((axes[0], real, "real rows"), (axes[1], synthetic, "synthetic rows"),
+                                (axes[2], (real - synthetic).abs(), "|real - synthetic|")):
         image = axis.imshow(matrix.to_numpy(dtype=float), vmin=0, vmax=1, cmap="viridis")
-        axis.set_xticks(range(len(matrix)), matrix.columns, rotation=90, fontsize=7)
-        axis.set_yticks(range(len(matrix)), matrix.index, fontsize=7)
-        axis.set_title(title)
-    figure.colorbar(image, ax=axes, shrink=0.8)
+        axis.set_xticks(range(len(matrix)), matrix.columns, rotation=90, fontsize=font)
+        axis.set_yticks(range(len(matrix)), matrix.index, fontsize=font)
+        axis.set_title(f"association, {title}")
+        figure.colorbar(image, ax=axis, shrink=0.8, label="association (0 none, 1 perfect)")
+    figure.tight_layout()
     return _png(figure)
 
 
@@ -89,14 +98,19 @@ def pca_plot(real: pd.DataFrame, synthetic: pd.DataFrame, schema: Schema) -> str
     return _png(figure)
 
 
-def curve_plot(curve: list[dict]) -> str:
-    """Utility (TSTR ROC-AUC) and membership-attack AUC against epsilon."""
+def curve_plot(curve: list[dict], real: dict[str, float] | None = None) -> str:
+    """Utility (TSTR ROC-AUC) and membership-attack AUC against epsilon, with the real rows'
+    own utility (TRTR) as dashed lines: the ceiling the curve approaches."""
+    curve = sorted(curve, key=lambda point: point["epsilon"])
     epsilons = [point["epsilon"] for point in curve]
     figure, axis = plt.subplots(figsize=(6, 4))
     for key, label in (("tstr_gradient_boosting", "TSTR AUC, gradient boosting"),
                        ("tstr_logistic_regression", "TSTR AUC, logistic regression"),
                        ("membership_attack_auc", "membership attack AUC")):
         axis.plot(epsilons, [point[key] for point in curve], marker="o", label=label)
+    for (model, value), style in zip((real or {}).items(), ("--", "-.")):
+        axis.axhline(value, color="black", linewidth=0.8, linestyle=style,
+                     label=f"real rows (TRTR), {model.replace('_', ' ')}")
     axis.set_xscale("log")
     axis.set_xlabel("epsilon per site")
     axis.set_ylabel("ROC-AUC")
@@ -172,7 +186,9 @@ def render_html(evaluation: Evaluation, real: pd.DataFrame, synthetic: pd.DataFr
         f"<p>Schema problems in synthetic rows: {len(plausibility['schema_problems'])}</p>",
     ]
     if curve:
-        sections += ["<h2>Privacy-utility curve</h2>", _img(curve_plot(curve), "privacy-utility curve"),
+        trtr = {name: scores["trtr"]["roc_auc"] for name, scores in evaluation.utility.items()
+                if name in ("gradient_boosting", "logistic_regression")}
+        sections += ["<h2>Privacy-utility curve</h2>", _img(curve_plot(curve, trtr), "privacy-utility curve"),
                      _table([[p["epsilon"], p["tstr_gradient_boosting"], p["tstr_logistic_regression"],
                               p["membership_attack_auc"]] for p in curve],
                             ["epsilon", "TSTR AUC GB", "TSTR AUC LR", "attack AUC"])]
