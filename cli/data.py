@@ -46,11 +46,11 @@ def validate(data: Path, schema: Annotated[Path, typer.Option("--schema", "-s")]
     """Check a hospital extract against the schema; exit code 1 if it does not fit. Writes nothing."""
     from fedsyn.data.schema import Schema, SchemaError
     from fedsyn.data.tables import DataFileError, read_table
-    from fedsyn.data.validation import validate_frame
+    from fedsyn.data.validation import numbering_for, validate_frame
 
     try:
         contract = Schema.load(schema)
-        report = validate_frame(read_table(data, contract), contract)
+        report = validate_frame(read_table(data, contract), contract, numbering_for(data))
     except (SchemaError, DataFileError) as exc:
         fail(str(exc))
     if report.ok:

@@ -109,3 +109,15 @@ def test_a_draft_from_parquet_float_codes_validates_its_own_source(tmp_path):
     reviewed = draft.model_copy(update={"columns": [c.model_copy(update={"needs_review": False})
                                                     for c in draft.columns]})
     assert validate_frame(read_table(tmp_path / "x.parquet", reviewed), reviewed).ok
+
+
+def test_parquet_problems_are_located_by_row_and_csv_problems_by_line(tmp_path, demo_frame, demo_schema):
+    from fedsyn.data.tables import read_table, write_table
+    from fedsyn.data.validation import numbering_for
+
+    bad = demo_frame.head(20).copy()
+    bad.loc[4, "age"] = 500
+    for name, expected in (("x.parquet", "row 5"), ("x.csv", "line 6")):
+        write_table(bad, tmp_path / name)
+        report = validate_frame(read_table(tmp_path / name, demo_schema), demo_schema, numbering_for(name))
+        assert report.problems[0].examples == [expected]

@@ -7,6 +7,8 @@ row numbers (never the values: they are patient data); nothing is dropped or rep
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
 
 import numpy as np
 import pandas as pd
@@ -15,6 +17,7 @@ from fedsyn.data.schema import Column, ColumnKind, Schema
 from fedsyn.errors import InputDataError
 
 _EXAMPLES = 3
+RowNumbering = Literal["line", "row"]
 
 
 @dataclass(frozen=True)
@@ -56,7 +59,13 @@ class DataValidationError(InputDataError, ValueError):
         super().__init__(f"{source} does not fit the schema.\n{report.describe()}")
 
 
-def validate_frame(frame: pd.DataFrame, schema: Schema) -> ValidationReport:
+def numbering_for(path: str | Path) -> RowNumbering:
+    """How a person finds a row of this file: CSV lines (header is line 1) or Parquet rows."""
+    return "row" if Path(str(path)).suffix.lower() in {".parquet", ".pq"} else "line"
+
+
+def validate_frame(frame: pd.DataFrame, schema: Schema, numbering: RowNumbering = "line") -> ValidationReport:
+    """Every problem of ``frame`` against ``schema``; examples name CSV ``line``s or ``row``s."""
     problems: list[Problem] = []
     expected = schema.column_names
     missing = [c for c in expected if c not in frame.columns]
@@ -67,55 +76,55 @@ def validate_frame(frame: pd.DataFrame, schema: Schema) -> ValidationReport:
         problems.append(Problem(name, "column not in the schema (remove it or add it to the schema)", len(frame)))
     for column in schema.columns:
         if column.name in frame.columns:
-            problems.extend(_check_column(frame[column.name], column))
+            problems.extend(_check_column(frame[column.name], column, numbering))
     return ValidationReport(problems=problems, n_rows=len(frame))
 
 
 def require_valid(frame: pd.DataFrame, schema: Schema, source: str = "data") -> None:
-    report = validate_frame(frame, schema)
+    report = validate_frame(frame, schema, numbering_for(source))
     if not report.ok:
         raise DataValidationError(report, source)
 
 
-def _examples(series: pd.Series, mask: np.ndarray) -> list[str]:
+def _examples(mask: np.ndarray, numbering: RowNumbering) -> list[str]:
     """Where to look, never what is there: a cell's value is patient data and error text
-    travels (terminals, logs, tickets). Row numbers as a person sees them in a CSV file:
-    the header is line 1, the first record line 2."""
-    return [f"line {int(i) + 2}" for i in np.flatnonzero(mask)[:_EXAMPLES]]
+    travels (terminals, logs, tickets). CSV lines count the header as line 1; rows count from 1."""
+    first = 2 if numbering == "line" else 1
+    return [f"{numbering} {int(i) + first}" for i in np.flatnonzero(mask)[:_EXAMPLES]]
 
 
-def _check_column(series: pd.Series, column: Column) -> list[Problem]:
+def _check_column(series: pd.Series, column: Column, numbering: RowNumbering) -> list[Problem]:
     problems: list[Problem] = []
     series = series.reset_index(drop=True)
     is_null = series.isna().to_numpy()
     if is_null.any() and not column.nullable:
         problems.append(Problem(column.name, "missing value where the schema does not allow one",
-                                int(is_null.sum()), _examples(series, is_null)))
+                                int(is_null.sum()), _examples(is_null, numbering)))
     present = ~is_null
     if column.kind is ColumnKind.CATEGORICAL:
         as_text = series.map(lambda v: str(int(v)) if isinstance(v, float) and v.is_integer() else str(v))
         unknown = present & ~as_text.isin(column.categories).to_numpy()
         if unknown.any():
             problems.append(Problem(column.name, f"category not in the schema's list {column.categories}",
-                                    int(unknown.sum()), _examples(series, unknown)))
+                                    int(unknown.sum()), _examples(unknown, numbering)))
         return problems
     numeric = pd.to_numeric(series, errors="coerce").to_numpy(dtype=float)
     non_numeric = present & np.isnan(numeric)
     if non_numeric.any():
         problems.append(Problem(column.name, "value is not a number", int(non_numeric.sum()),
-                                _examples(series, non_numeric)))
+                                _examples(non_numeric, numbering)))
     checkable = present & ~np.isnan(numeric)
     infinite = checkable & ~np.isfinite(numeric)
     if infinite.any():
-        problems.append(Problem(column.name, "value is infinite", int(infinite.sum()), _examples(series, infinite)))
+        problems.append(Problem(column.name, "value is infinite", int(infinite.sum()), _examples(infinite, numbering)))
     finite = checkable & np.isfinite(numeric)
     out = finite & ((numeric < column.lower) | (numeric > column.upper))
     if out.any():
         problems.append(Problem(column.name, f"value outside the public bounds [{column.lower}, {column.upper}]",
-                                int(out.sum()), _examples(series, out)))
+                                int(out.sum()), _examples(out, numbering)))
     if column.kind is ColumnKind.INTEGER:
         fractional = finite & (numeric != np.round(numeric))
         if fractional.any():
             problems.append(Problem(column.name, "value is not a whole number", int(fractional.sum()),
-                                    _examples(series, fractional)))
+                                    _examples(fractional, numbering)))
     return problems
