@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Annotated
 
 import numpy as np
+import pandas as pd
 import typer
 from rich.table import Table
 
@@ -55,6 +56,8 @@ def fit(data: Path, schema: Annotated[Path, typer.Option("--schema", "-s")],
 
 def simulate(
     sites: Annotated[list[Path] | None, typer.Option("--sites", help="one extract per hospital")] = None,
+    held_out: Annotated[Path | None, typer.Option(
+        help="with --sites: real rows no site trains on, for the local validation report and verdict")] = None,
     data: Annotated[Path | None, typer.Option(help="one table to split into --split hospitals")] = None,
     split: Annotated[int, typer.Option(help="how many hospitals to split --data into", min=1)] = 3,
     skew: Annotated[str | None, typer.Option(help="non-IID split sorted by this column")] = None,
@@ -109,6 +112,8 @@ def simulate(
     if (data or sites) and schema is None:
         fail("--data and --sites need --schema: the schema of your own table (the demo's schema fits only the "
               "demo). Draft one with `fedsyn schema draft DATA.csv` and review it.")
+    if held_out is not None and not sites:
+        fail("--held-out goes with --sites; with --data the held-out split is made for you")
     if data and sites:
         fail("give either --data (one table to split) or --sites (one file per hospital), not both")
     if skew and dirichlet is not None:
@@ -137,7 +142,10 @@ def simulate(
             tables = [read_table(p, contract) for p in sites]
             for path, table in zip(sites, tables):
                 require_valid(table, contract, source=str(path))
-            test = None
+            test = read_table(held_out, contract) if held_out else None
+            if held_out is not None:
+                require_valid(test, contract, source=str(held_out))
+            train = pd.concat(tables, ignore_index=True)
         else:
             whole = read_table(data or demo_data_path(), contract)
             require_valid(whole, contract, source=str(data or demo_data_path()))

@@ -82,3 +82,18 @@ def test_json_logs_carry_time_with_zone_and_fedsyn_events(tmp_path, demo_frame):
     assert {"run_configured", "round_finished", "release_written", "privacy_charged"} <= events
     assert all(line["time"].endswith("+00:00") for line in lines)
     assert "\x1b[" not in result.stderr
+
+
+def test_simulate_with_site_files_and_a_held_out_file_writes_the_local_report(tmp_path, demo_frame):
+    rows = demo_frame.sample(900, random_state=2)
+    files = []
+    for index in range(2):
+        files += ["--sites", str(tmp_path / f"site{index}.csv")]
+        rows.iloc[index * 300:(index + 1) * 300].to_csv(tmp_path / f"site{index}.csv", index=False)
+    rows.iloc[600:].to_csv(tmp_path / "held_out.csv", index=False)
+    out = tmp_path / "run"
+    result = CliRunner().invoke(app, ["simulate", *files, "--held-out", str(tmp_path / "held_out.csv"),
+                                      "--schema", str(demo_schema_path()), "--rounds", "1", "--local-steps", "1",
+                                      "--rows", "100", "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    assert json.loads((out / "local-report" / "report.json").read_text())["rows"]["real_test"] == 300
