@@ -1,0 +1,167 @@
+"""The coordinator's live view over a real audit log and release (one small in-process run)."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import socket
+import sqlite3
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from fastapi.testclient import TestClient
+
+from fedsyn.client.app import make_client_app
+from fedsyn.data.demo import demo_schema_path
+from fedsyn.federation import protocol
+from fedsyn.server.app import ReleasePlan, run_federation
+from fedsyn.server.dashboard import create_app, needs_token
+from fedsyn.simulations.inprocess import InProcessGrid
+from fedsyn.simulations.run import prepare_sites
+from fedsyn.simulations.split import split_table
+from fedsyn.trust.signing import generate_keypair
+from tests.helpers import SETTINGS
+
+STOPPED = 1002  # the second simulated site misses round 2
+
+
+def _without_site_in_round_two(grid: InProcessGrid, stopped: int) -> None:
+    """The stopped site never receives round 2's message (as if its SuperNode were down)."""
+    answer = grid.push_messages
+
+    def in_round_two(message) -> bool:
+        config = message.content.config_records.get(protocol.CONFIG, {})
+        return message.metadata.message_type == "train" and config.get("round") == 2
+
+    grid.push_messages = lambda messages: answer(
+        [m for m in messages if not (m.metadata.dst_node_id == stopped and in_round_two(m))])
+
+
+def _superlink_database(path: Path, online: list[int], offline: list[int]) -> Path:
+    """The columns of Flower 1.41's ``node`` table that the view reads (the real table has more)."""
+    with sqlite3.connect(path) as db:
+        db.execute("CREATE TABLE node (node_id BIGINT, status VARCHAR, registered_at VARCHAR, "
+                   "last_activated_at VARCHAR, online_until FLOAT, public_key BLOB)")
+        for node in online:
+            db.execute("INSERT INTO node VALUES (?, 'online', '2026-01-01', '2026-01-01', ?, x'00')",
+                       (node, time.time() + 3600))
+        for node in offline:
+            db.execute("INSERT INTO node VALUES (?, 'offline', '2026-01-01', NULL, NULL, x'01')", (node,))
+    return path
+
+
+@pytest.fixture(scope="module")
+def coordinator_files(demo_frame, demo_schema, tmp_path_factory) -> dict[str, Path]:
+    """Audit log, signed release, public key and a SuperLink node table from one run with a drop-out."""
+    root = tmp_path_factory.mktemp("dashboard")
+    tables = split_table(demo_frame.sample(900, random_state=0), 3, np.random.default_rng(0))
+    plan = prepare_sites(tables, demo_schema_path(), root / "sites", epsilon=1.0, delta=1e-5)
+    private, public = generate_keypair(root / "keys")
+    grid = InProcessGrid(make_client_app(plan.site_policy), len(plan.policies))
+    _without_site_in_round_two(grid, STOPPED)
+    release = ReleasePlan(root / "release", rows=200, signing_key=private, audit_log=root / "audit.jsonl")
+    run_federation(grid, demo_schema, SETTINGS, release)
+    database = _superlink_database(root / "superlink.db", online=[1001, 1003], offline=[STOPPED])
+    return {"audit_log": root / "audit.jsonl", "release_dir": root / "release", "public_key": public,
+            "database": database}
+
+
+def _state(files: dict[str, Path], **overrides) -> dict:
+    arguments = {**files, "token": None, **overrides}
+    response = TestClient(create_app(**arguments)).get("/api/state")
+    assert response.status_code == 200
+    return response.json()
+
+
+def test_state_reports_sites_rounds_the_dropped_site_epsilon_and_a_sound_chain(coordinator_files):
+    state = _state(coordinator_files)
+    assert state["audit"]["ok"] is True and state["audit"]["signed_head_checked"] is True
+    sites = {s["node_id"]: s for s in state["sites"]}
+    assert sorted(sites) == [1001, 1002, 1003]
+    assert sites[STOPPED]["rounds_accepted"] == [0, 1, 3]
+    assert [d["round"] for d in sites[STOPPED]["dropped"]] == [2]
+    assert "no reply" in sites[STOPPED]["dropped"][0]["reason"]
+    assert sites[1001]["rounds_accepted"] == [0, 1, 2, 3] and sites[1001]["last_seen"]
+    assert all(0 < s["epsilon_claimed"] <= 1.0 for s in sites.values())
+    rounds = {r["round"]: r for r in state["rounds"]}
+    assert [(rounds[n]["accepted"], rounds[n]["dropped"]) for n in (0, 1, 2, 3)] == [(3, 0), (3, 0), (2, 1), (3, 0)]
+    assert all(rounds[n]["finished"] for n in (1, 2, 3)) and state["run"]["finished"]
+    release = state["release"]
+    assert release["signed"] and release["signature"] == "verified" and release["rows"] == 200
+    assert 0 <= release["mean_total_variation"] <= 1
+    released = {s["node_id"]: s for s in release["sites"]}
+    assert released[STOPPED]["dropped"] == 1
+    for node, site in sites.items():  # the live claim and the release's ledger agree at the end of the run
+        assert released[node]["epsilon_cumulative"] == pytest.approx(site["epsilon_claimed"], rel=1e-6)
+    registry = {n["node_id"]: n for n in state["registry"]["nodes"]}
+    assert registry[1001]["online"] and not registry[STOPPED]["online"]
+
+
+def test_a_tampered_audit_log_shows_broken(coordinator_files, tmp_path):
+    log = tmp_path / "audit.jsonl"
+    lines = coordinator_files["audit_log"].read_text().splitlines()
+    entry = json.loads(lines[3])
+    entry["epsilon_claimed"] = 0.001  # someone makes a site look cheaper
+    lines[3] = json.dumps(entry, sort_keys=True)
+    log.write_text("\n".join(lines) + "\n")
+    state = _state({**coordinator_files, "audit_log": log, "public_key": None})
+    assert state["audit"]["ok"] is False and "altered" in state["audit"]["message"]
+    no_database = _state({**coordinator_files, "database": None})
+    assert no_database["registry"]["available"] is False
+
+
+def test_token_is_required_when_configured(coordinator_files):
+    client = TestClient(create_app(**coordinator_files, token="s3cret"))
+    assert client.get("/api/state").status_code == 401
+    assert client.get("/").status_code == 401
+    assert client.get("/api/state", headers={"Authorization": "Bearer wrong"}).status_code == 401
+    assert client.get("/api/state", headers={"Authorization": "Bearer s3cret"}).status_code == 200
+    page = client.get("/?token=s3cret")
+    assert page.status_code == 200 and "frame-ancestors 'none'" in page.headers["content-security-policy"]
+    assert client.post("/api/state?token=s3cret").status_code == 405  # read-only
+    assert needs_token("0.0.0.0") and not needs_token("127.0.0.1")
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def test_page_shows_the_live_data_in_headless_chromium(coordinator_files):
+    chromium = shutil.which("chromium") or shutil.which("chromium-browser")
+    if chromium is None:
+        pytest.skip("chromium is not installed (.ci/run installs it)")
+    import uvicorn
+    from playwright.sync_api import sync_playwright
+
+    port = _free_port()
+    server = uvicorn.Server(uvicorn.Config(create_app(**coordinator_files, token="s3cret"), host="127.0.0.1",
+                                           port=port, log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    errors: list[str] = []
+    try:
+        while not server.started:
+            time.sleep(0.05)
+        with sync_playwright() as driver:
+            browser = driver.chromium.launch(executable_path=chromium, args=["--no-sandbox", "--disable-gpu"])
+            tab = browser.new_page(viewport={"width": 1280, "height": 900})
+            tab.on("console", lambda message: errors.append(message.text) if message.type == "error" else None)
+            tab.on("pageerror", lambda error: errors.append(str(error)))
+            tab.goto(f"http://127.0.0.1:{port}/?token=s3cret")
+            tab.wait_for_selector("#sites table")
+            dropped = tab.inner_text("#sites")
+            audit = tab.inner_text("#audit")
+            bars = tab.eval_on_selector_all("#epsilon rect", "bars => bars.length")
+            tab.screenshot(path="/tmp/dashboard.png", full_page=True)
+            browser.close()
+    finally:
+        server.should_exit = True
+        thread.join(timeout=10)
+    assert errors == []
+    assert "round 2: no reply" in dropped and audit == "OK"
+    assert bars == 6  # three sites: the live claim and the release's figure each
