@@ -67,3 +67,36 @@ def sites_remove(node_id: str, config: Annotated[Path, typer.Option("--config", 
     run_flower(coordinator.supernode_command("unregister", node_id), coordinator.flwr_environment())
 
 
+@server_app.command("dashboard")
+def server_dashboard(
+    config: Annotated[Path, typer.Option("--config", "-c")] = Path("server.toml"),
+    host: Annotated[str, typer.Option(help="address to listen on; anything but loopback needs a token")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(min=1, max=65535)] = 8050,
+    token: Annotated[str | None, typer.Option(help="required from every request (generated when bound "
+                                                   "beyond loopback)")] = None,
+    key: Annotated[Path | None, typer.Option(help="coordinator.pub, to check the audit log's signed head and the "
+                                                  "release (default: the .pub beside the run's signing-key)")] = None,
+) -> None:
+    """Live, read-only web view of the run: sites, epsilon vs budget, rounds, audit chain, latest release."""
+    import secrets
+
+    import uvicorn
+
+    from fedsyn.server.dashboard import create_app, needs_token
+
+    coordinator = _coordinator(config)
+    run = coordinator.run
+    if "audit-log" not in run or "out" not in run:
+        fail(f"{config}: [run] needs audit-log and out for the dashboard to read")
+    base = config.parent
+    signing_key = run.get("signing-key")
+    if key is None and signing_key:
+        beside = (base / str(signing_key)).with_suffix(".pub")
+        key = beside if beside.is_file() else None
+    if token is None and needs_token(host):
+        token = secrets.token_urlsafe(24)
+        print(f"Bound to {host}: every request needs this token (Authorization: Bearer, or ?token=): {token}")
+    address = f"http://{'[' + host + ']' if ':' in host else host}:{port}/" + (f"?token={token}" if token else "")
+    print(f"fedsyn dashboard on {address}")
+    app = create_app(base / str(run["audit-log"]), base / str(run["out"]), key, token, coordinator.database)
+    uvicorn.run(app, host=host, port=port, log_level="warning")
