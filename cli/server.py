@@ -7,8 +7,8 @@ from typing import Annotated
 
 import typer
 
-from fedsyn.cli.flower import become_flower, run_flower
-from fedsyn.cli.output import fail
+from fedsyn.cli.flower import become_flower, follow_run, run_flower, run_status
+from fedsyn.cli.output import console, fail
 
 server_app = typer.Typer(help="Coordinator: SuperLink, registered hospitals, training runs.")
 sites_app = typer.Typer(help="Hospitals allowed to join (their SuperNode public keys).")
@@ -33,9 +33,21 @@ def server_start(config: Annotated[Path, typer.Option("--config", "-c")] = Path(
 
 @server_app.command("run")
 def server_run(config: Annotated[Path, typer.Option("--config", "-c")] = Path("server.toml")) -> None:
-    """Submit a training run to the SuperLink; the release lands where the run config says."""
+    """Submit a training run to the SuperLink and follow it; exits 1 unless the run completed.
+    The release lands where the run config says."""
+    from fedsyn.server.deploy import CONNECTION
+
     coordinator = _coordinator(config)
-    run_flower(coordinator.run_command() + ["--stream"], coordinator.flwr_environment())
+    environment = coordinator.flwr_environment()
+    run_id = follow_run(coordinator.run_command() + ["--stream"], environment)
+    if run_id is None:
+        fail("Flower started no run: see its message above", code=1)
+    status = run_status(coordinator.flwr_command("ls", CONNECTION, "--run-id", run_id, "--format", "json"),
+                        environment)
+    if status != "finished:completed":
+        fail(f"run {run_id} ended as {status}: no release was written by it. Each hospital's ledger holds what "
+             "it spent; the log above says why the run stopped", code=1)
+    console.print(f"[green]run {run_id} completed[/]")
 
 
 @server_app.command("app-hash")

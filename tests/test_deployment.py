@@ -99,7 +99,9 @@ class Deployment:
         self.nodes[index] = self._start(launch.command, policy.parent / "node.log", launch.environment)
 
     def submit(self) -> subprocess.Popen:
-        return self._start(self.coordinator.run_command() + ["--stream"], self.root / "run.log")
+        """``fedsyn server run``, as the coordinator's operator types it."""
+        fedsyn = str(Path(sys.executable).with_name("fedsyn"))
+        return self._start([fedsyn, "server", "run", "-c", str(self.root / "server.toml")], self.root / "run.log")
 
     def audit_events(self) -> list[dict]:
         path = self.root / "audit.jsonl"
@@ -157,6 +159,12 @@ def test_tls_superlink_with_node_auth_runs_registered_sites_only(demo_frame, dem
         assert PrivacyLedger.load(SitePolicy.load(plan.policies[index]).ledger).events == []
     node_log = (plan.policies[4].parent / "node.log").read_text()
     assert "SSL" in node_log or "certificate" in node_log.lower()
+    # A run every site refuses (more epsilon than any policy allows) fails, and says so with its exit code.
+    toml = root / "server.toml"
+    toml.write_text(toml.read_text().replace("epsilon = 1.0", "epsilon = 50.0"))
+    refused = deployment.submit()
+    deployment.wait_for(lambda: refused.poll() is not None, "the refused run", time.monotonic() + DEADLINE_S)
+    assert refused.returncode == 1 and "finished:failed" in (root / "run.log").read_text()
 
     # The coordinator now pushes its own ClientApp code: no site installs or runs it, nothing is spent.
     spent = {index: PrivacyLedger.load(SitePolicy.load(plan.policies[index]).ledger).epsilon() for index in (0, 1, 2)}
