@@ -42,7 +42,10 @@ def schema_draft(
                   "unless --allow-unreviewed-schema is given, which is then written into the privacy report.")
 
 
-def validate(data: Path, schema: Annotated[Path, typer.Option("--schema", "-s")]) -> None:
+def validate(
+    data: Annotated[Path, typer.Argument(help="the extract to check (CSV or Parquet)")],
+    schema: Annotated[Path, typer.Option("--schema", "-s", help="the public schema (JSON)")],
+) -> None:
     """Check a hospital extract against the schema; exit code 1 if it does not fit. Writes nothing."""
     from fedsyn.data.schema import Schema, SchemaError
     from fedsyn.data.tables import DataFileError, read_table

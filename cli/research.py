@@ -21,11 +21,21 @@ from fedsyn.data.validation import DataValidationError, require_valid
 from fedsyn.server.settings import FEDERATED_GAN, FEDERATED_LOCAL_STEPS, FEDERATED_ROUNDS
 
 
-def fit(data: Path, schema: Annotated[Path, typer.Option("--schema", "-s")],
-        epsilon: float = 1.0, delta: float = 1e-5, epochs: float = 30.0, rows: int = 0,
-        out: Path = Path("fedsyn-model"), device: str = "cpu", seed: int | None = None,
-        allow_unreviewed_schema: Annotated[bool, typer.Option(
-            help="train even though the schema has needs_review columns (recorded as a leak)")] = False) -> None:
+def fit(
+    data: Annotated[Path, typer.Argument(help="the extract to train on (CSV or Parquet)")],
+    schema: Annotated[Path, typer.Option("--schema", "-s", help="its public schema (JSON)")],
+    epsilon: Annotated[float, typer.Option(help="privacy budget of the whole fit")] = 1.0,
+    delta: Annotated[float, typer.Option(help="DP delta; must be below 1/rows")] = 1e-5,
+    epochs: Annotated[float, typer.Option(help="planned passes over the data (stops earlier at the budget)")] = 30.0,
+    rows: Annotated[int, typer.Option(help="synthetic rows to write; 0: as many as the extract")] = 0,
+    out: Annotated[Path, typer.Option(help="folder for model.pt, synthetic.csv, privacy_report.json")
+                   ] = Path("fedsyn-model"),
+    device: Annotated[str, typer.Option(help="torch device, e.g. cuda")] = "cpu",
+    seed: Annotated[int | None, typer.Option(help="reproducible fit (each mechanism still gets its own stream)")
+                    ] = None,
+    allow_unreviewed_schema: Annotated[bool, typer.Option(
+        help="train even though the schema has needs_review columns (recorded as a leak)")] = False,
+) -> None:
     """Fit a DP tabular GAN on one site's extract; write the model and synthetic rows."""
     from fedsyn.model.gan import DPTabularGAN
 
@@ -293,7 +303,7 @@ def _write_report(synthetic, train, test, contract: Schema, out: Path, ledger: d
 
 
 def evaluate(
-    schema: Annotated[Path, typer.Option("--schema", "-s")],
+    schema: Annotated[Path, typer.Option("--schema", "-s", help="the public schema (JSON)")],
     synthetic: Annotated[Path, typer.Option(help="the synthetic table")],
     real_train: Annotated[Path, typer.Option(help="real rows the generator was trained on")],
     real_test: Annotated[Path, typer.Option(help="real rows the generator never saw")],

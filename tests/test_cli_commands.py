@@ -56,7 +56,7 @@ def test_every_command_answers_help_and_simulate_documents_every_option(path):
         command = command.commands[name]
     undocumented = [p.name for p in command.params if isinstance(p, click.Option) and not p.help
                     and p.name not in {"help"}]
-    if path == ("simulate",):
+    if path in {("simulate",), ("fit",), ("evaluate",), ("validate",), ("schema", "draft")}:
         assert undocumented == []
 
 
