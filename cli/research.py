@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import shutil
-import time
 from pathlib import Path
 from typing import Annotated
 
@@ -135,12 +134,12 @@ def simulate(
     from sklearn.model_selection import train_test_split
 
     from fedsyn.model.config import GANConfig
-    from fedsyn.server.app import ReleasePlan
     from fedsyn.server.coordinator import FederationError
     from fedsyn.server.settings import FederationSettings
-    from fedsyn.simulations.run import SimulationPlan, default_sample_rate, prepare_sites, run_sites
+    from fedsyn.simulations.run import default_sample_rate
     from fedsyn.simulations.split import split_table
-    from fedsyn.trust.signing import generate_keypair
+    from fedsyn.simulations.workflow import Simulation
+    from fedsyn.simulations.workflow import simulate as simulate_federation
 
     setup_logging(verbose)
     rng = np.random.default_rng(seed)  # the split and the held-out rows only
@@ -192,47 +191,44 @@ def simulate(
         shutil.rmtree(out)
     _show_plan(tables, len(contract.columns), settings_for(epsilon))
     out.mkdir(parents=True, exist_ok=True)
-    rows = rows or sum(len(t) for t in tables)
     console.print(f"[bold]fedsyn simulate[/]: {len(tables)} sites ({', '.join(str(len(t)) for t in tables)} rows), "
                   f"epsilon={epsilon} per site, delta={delta:g}, {rounds} rounds x {local_steps} local steps, "
                   f"engine={engine}")
-
-    keys = out / "keys"
-    if not (keys / "coordinator.key").exists():
-        generate_keypair(keys)
-
-    def federate(budget: float, folder: Path, on_round=None) -> Path:
-        """One federation at ``budget`` per site, with fresh simulated hospitals under ``folder``."""
-        settings = settings_for(budget)
-        plan: SimulationPlan = prepare_sites(tables, schema_path, folder / "sites", budget, delta, device=device,
-                                             seed=seed, allow_unreviewed_schema=allow_unreviewed_schema)
-        release = ReleasePlan(folder / "release", rows, release_every, drop_rule_violations,
-                              signing_key=keys / "coordinator.key", audit_log=folder / "audit.jsonl",
-                              public_facts=public_facts)
-        run_sites(plan, contract, settings, release, engine, on_round)
-        return release.out
 
     def on_round(summary, statuses) -> None:
         console.print(f"round {summary.round}/{rounds}: {summary.accepted} site(s) accepted, "
                       f"{summary.dropped} dropped, generator loss {summary.generator_loss:.3f}, "
                       f"{summary.seconds:.1f} s")
 
-    started = time.monotonic()
-    try:
-        release = federate(epsilon, out, on_round)
-        curve = []
-        for budget in budgets:
-            with console.status(f"privacy-utility sweep: epsilon={budget:g}"):
-                swept = federate(budget, out / "sweep" / f"epsilon-{budget:g}")
-            if test is not None:
-                curve.append(_curve_point(budget, swept, train, test, contract, seed))
-        if curve and epsilon not in budgets:  # the main release is a point of the curve too
-            curve.append(_curve_point(epsilon, release, train, test, contract, seed))
-    except (FederationError, SchemaError) as exc:
-        fail(str(exc))
-    federated_seconds = time.monotonic() - started
-    report = json.loads((release / "privacy_report.json").read_text())
-    table = Table(title=f"Release: {release}  ({federated_seconds:.0f} s)")
+    simulation = Simulation(
+        tables=tables, schema=contract, schema_path=schema_path, settings=settings_for(epsilon), out=out,
+        rows=rows or sum(len(t) for t in tables), train=train, test=test, sweep=tuple(budgets),
+        release_every=release_every, drop_rule_violations=drop_rule_violations, engine=engine, device=device,
+        compare=compare, public_facts=public_facts)
+    with console.status("starting...") as status:
+        try:
+            result = simulate_federation(simulation, on_round, status.update)
+        except (FederationError, SchemaError) as exc:
+            fail(str(exc))
+    _print_release(result, rounds)
+    if result.local_report is not None:
+        console.print("validation report (LOCAL: computed from real rows, not for release): "
+                      f"{out / 'local-report' / 'report.html'}")
+    console.print(f"release signed (check: fedsyn verify {result.release} --key {result.keys / 'coordinator.pub'})")
+    if result.comparison is not None:
+        table = Table(title="Utility: ROC-AUC on the real held-out split")
+        for column in ("arm", "gradient boosting", "logistic regression"):
+            table.add_column(column)
+        for arm, aucs in result.comparison.items():
+            table.add_row(arm, f"{aucs['gradient_boosting']:.3f}", f"{aucs['logistic_regression']:.3f}")
+        results.print(table)
+    if result.local_report is not None:
+        print_verdict(result.local_report["verdict"], fail_below)
+
+
+def _print_release(result, rounds: int) -> None:
+    report = result.privacy_report
+    table = Table(title=f"Release: {result.release}  ({result.seconds:.0f} s)")
     for column in ("site", "epsilon spent", "delta", f"training rounds accepted (of {rounds})", "dropped"):
         table.add_column(column)
     for site in report["sites"]:  # round 0 is the marginals release, not a training round
@@ -243,20 +239,6 @@ def simulate(
     if report["site_level_dp"]:
         console.print(f"site-level DP (Flower): epsilon {report['site_level_dp']['epsilon']:.3f} at delta "
                       f"{report['site_level_dp']['delta']:g}")
-    # The validation report compares with real rows: a local artefact for the researcher,
-    # never part of the signed release.
-    local = out / "local-report"
-    if test is not None:
-        with console.status("validation report (fidelity, utility, privacy)..."):
-            local_report = _write_report(read_table(release / "synthetic.csv", contract), train, test, contract,
-                                         local, report, seed, curve)
-        write_table(test, local / "held_out.parquet")
-        console.print(f"validation report (LOCAL: computed from real rows, not for release): {local / 'report.html'}")
-    console.print(f"release signed (check: fedsyn verify {release} --key {keys / 'coordinator.pub'})")
-    if compare and test is not None and contract.outcome:
-        _compare_arms(contract, tables, test, local, epsilon, delta, seed, device)
-    if test is not None:
-        print_verdict(local_report["verdict"], fail_below)
 
 
 def _show_plan(tables, columns: int, settings) -> None:
@@ -277,29 +259,6 @@ def _show_plan(tables, columns: int, settings) -> None:
     for plan in plans:
         if plan.level != "green":
             console.print(f"[{colour[plan.level]} bold]{plan.level}:[/] {plan.site}: {plan.advice}")
-
-
-def _curve_point(epsilon: float, release: Path, train, test, contract: Schema, seed: int) -> dict:
-    from fedsyn.evaluation.metrics import privacy, tstr_auc
-
-    synthetic = read_table(release / "synthetic.csv", contract)
-    auc = tstr_auc(synthetic, test, contract, seed)
-    return {"epsilon": epsilon, "tstr_gradient_boosting": auc["gradient_boosting"],
-            "tstr_logistic_regression": auc["logistic_regression"],
-            "membership_attack_auc": privacy(synthetic, train, test, contract, seed)["membership_attack_auc"]}
-
-
-def _write_report(synthetic, train, test, contract: Schema, out: Path, ledger: dict | None, seed: int,
-                  curve: list[dict] | None = None) -> dict:
-    from fedsyn.evaluation.metrics import evaluate
-    from fedsyn.evaluation.report import render_html
-
-    evaluation = evaluate(synthetic, train, test, contract, ledger=ledger, seed=seed)
-    result = {**evaluation.to_dict(), "privacy_utility_curve": curve or []}
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "report.json").write_text(json.dumps(result, indent=2) + "\n")
-    render_html(evaluation, train, synthetic, contract, out / "report.html", curve)
-    return result
 
 
 def evaluate(
@@ -324,8 +283,10 @@ def evaluate(
         ledger = json.loads(privacy_report.read_text()) if privacy_report else None
     except (SchemaError, DataFileError, OSError, json.JSONDecodeError) as exc:
         fail(str(exc))
+    from fedsyn.simulations.workflow import write_local_report
+
     with console.status("evaluating..."):
-        result = _write_report(*tables, contract, out, ledger, seed)
+        result = write_local_report(*tables, contract, out, ledger, seed)
     fidelity, privacy_checks = result["fidelity"], result["privacy"]
     table = Table(title=f"Report: {out / 'report.html'}")
     table.add_column("measure")
@@ -339,23 +300,3 @@ def evaluate(
     table.add_row("membership attack AUC", f"{privacy_checks['membership_attack_auc']:.3f}")
     results.print(table)
     print_verdict(result["verdict"], fail_below)
-
-
-def _compare_arms(contract, tables, test, local, epsilon, delta, seed, device) -> None:
-    """TSTR of the federated release beside the baseline arms; also written to the local utility.json."""
-    from fedsyn.evaluation.metrics import tstr_auc
-    from fedsyn.simulations.run import baseline_arms
-
-    results = {"federated": tstr_auc(read_table(local.parent / "release" / "synthetic.csv", contract), test,
-                                     contract, seed)}
-    with console.status("comparison arms: local-only and pooled...") as status:
-        results.update(baseline_arms(tables, test, contract, epsilon, delta, seed, device, status.update))
-    table = Table(title="Utility: ROC-AUC on the real held-out split")
-    for column in ("arm", "gradient boosting", "logistic regression"):
-        table.add_column(column)
-    for arm, aucs in results.items():
-        table.add_row(arm, f"{aucs['gradient_boosting']:.3f}", f"{aucs['logistic_regression']:.3f}")
-    results.print(table)
-    (local / "utility.json").write_text(json.dumps(results, indent=2) + "\n")
-
-

@@ -124,7 +124,7 @@ MUTATIONS = [
              "int(out.sum()), _examples(out, numbering)))",
              "int(out.sum()), [repr(v) for v in series[out].head(3)]))",
              ("tests/test_private_output.py",)),
-    Mutation("real-data validation report signed into the release", "cli/research.py",
+    Mutation("real-data validation report signed into the release", "simulations/workflow.py",
              'local = out / "local-report"', 'local = out / "release"',
              ("tests/test_cli.py::test_simulate_writes_a_signed_release_with_report_and_passes_gan_options",)),
     Mutation("site-level DP allowed with median aggregation", "server/settings.py",

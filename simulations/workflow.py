@@ -1,0 +1,157 @@
+"""A whole simulated federation as one library call: ``simulate(Simulation(...))``.
+
+The command line (``fedsyn simulate``) only parses options, builds a :class:`Simulation`
+and prints the :class:`SimulationResult`; notebooks and benches call the same function.
+What it writes under ``out``:
+
+- ``release/``: the signed release (DP outputs and declared public facts only);
+- ``local-report/``: the validation report, its verdict, the held-out rows and, with
+  ``compare``, the comparison arms: computed from real rows, never part of a release;
+- ``sites/``: each simulated hospital's extract, policy, ledger and trail; ``keys/``,
+  ``audit.jsonl``: the coordinator's signing keys and signed audit trail;
+- ``sweep/epsilon-E/``: one more federation per budget of ``sweep``.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pandas as pd
+
+from fedsyn.data.schema import Schema
+from fedsyn.data.tables import read_table, write_table
+from fedsyn.server.app import ReleasePlan
+from fedsyn.server.coordinator import RoundCallback
+from fedsyn.server.settings import FederationSettings
+from fedsyn.simulations.run import baseline_arms, prepare_sites, run_sites
+from fedsyn.trust.signing import generate_keypair
+
+StageCallback = Callable[[str], None]
+
+
+@dataclass(frozen=True)
+class Simulation:
+    """One simulated federation as a researcher sets it up."""
+
+    tables: list[pd.DataFrame]  # one per hospital
+    schema: Schema
+    schema_path: Path  # the file every simulated site loads (the coordinator checks its fingerprint)
+    settings: FederationSettings  # at the main epsilon
+    out: Path
+    rows: int  # synthetic rows to release
+    train: pd.DataFrame | None = None  # every site's rows together, for the local report
+    test: pd.DataFrame | None = None  # held-out real rows: the local report and its verdict need them
+    sweep: tuple[float, ...] = ()  # more budgets: one more federation each, for the privacy-utility curve
+    release_every: int = 0
+    drop_rule_violations: bool = False
+    engine: str = "inprocess"
+    device: str = "cpu"
+    compare: bool = False  # also each site alone and all rows pooled (centralised DP)
+    public_facts: dict[str, object] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class SimulationResult:
+    release: Path
+    keys: Path
+    privacy_report: dict
+    seconds: float  # the federation(s), without the local report
+    local_report: dict | None = None  # report.json (with its verdict), when there were held-out rows
+    comparison: dict[str, dict[str, float]] | None = None  # TSTR ROC-AUC per arm, with ``compare``
+
+
+def simulate(simulation: Simulation, on_round: RoundCallback | None = None,
+             on_stage: StageCallback | None = None) -> SimulationResult:
+    """Run the federation (and the sweep), write the release and the local report."""
+    stage = on_stage or (lambda _: None)
+    out = simulation.out
+    out.mkdir(parents=True, exist_ok=True)
+    keys = out / "keys"
+    if not (keys / "coordinator.key").exists():
+        generate_keypair(keys)
+    started = time.monotonic()
+    release = _federate(simulation, simulation.settings, out, keys, on_round)
+    curve = []
+    for budget in simulation.sweep:
+        stage(f"privacy-utility sweep: epsilon={budget:g}")
+        settings = simulation.settings.model_copy(update={"epsilon": budget})
+        swept = _federate(simulation, settings, out / "sweep" / f"epsilon-{budget:g}", keys)
+        if simulation.train is not None and simulation.test is not None:
+            curve.append(_curve_point(budget, swept, simulation.schema, simulation.train, simulation.test,
+                                      simulation.settings.seed or 0))
+    if curve and simulation.train is not None and simulation.test is not None \
+            and simulation.settings.epsilon not in simulation.sweep:  # the main release is on the curve too
+        curve.append(_curve_point(simulation.settings.epsilon, release, simulation.schema, simulation.train,
+                                  simulation.test, simulation.settings.seed or 0))
+    seconds = time.monotonic() - started
+    privacy_report = json.loads((release / "privacy_report.json").read_text())
+    result = SimulationResult(release, keys, privacy_report, seconds)
+    if simulation.test is None or simulation.train is None:
+        return result
+    local = out / "local-report"
+    stage("validation report (fidelity, utility, privacy)...")
+    report = write_local_report(read_table(release / "synthetic.csv", simulation.schema), simulation.train,
+                                simulation.test, simulation.schema, local, privacy_report,
+                                simulation.settings.seed or 0, curve)
+    write_table(simulation.test, local / "held_out.parquet")
+    comparison = None
+    if simulation.compare and simulation.schema.outcome:
+        comparison = _compare(simulation, simulation.test, release, local, stage)
+    return SimulationResult(release, keys, privacy_report, seconds, report, comparison)
+
+
+def _federate(simulation: Simulation, settings: FederationSettings, folder: Path, keys: Path,
+              on_round: RoundCallback | None = None) -> Path:
+    """One federation with fresh simulated hospitals under ``folder``; returns its release."""
+    plan = prepare_sites(simulation.tables, simulation.schema_path, folder / "sites", settings.epsilon, settings.delta,
+                         device=simulation.device, seed=settings.seed,
+                         allow_unreviewed_schema=settings.allow_unreviewed_schema)
+    release = ReleasePlan(folder / "release", simulation.rows, simulation.release_every,
+                          simulation.drop_rule_violations, signing_key=keys / "coordinator.key",
+                          audit_log=folder / "audit.jsonl", public_facts=simulation.public_facts)
+    run_sites(plan, simulation.schema, settings, release, simulation.engine, on_round)
+    return release.out
+
+
+def _curve_point(epsilon: float, release: Path, schema: Schema, train: pd.DataFrame, test: pd.DataFrame,
+                 seed: int) -> dict:
+    """One point of the privacy-utility curve: TSTR ROC-AUC and the attack's AUC at ``epsilon``."""
+    from fedsyn.evaluation.metrics import privacy, tstr_auc
+
+    synthetic = read_table(release / "synthetic.csv", schema)
+    auc = tstr_auc(synthetic, test, schema, seed)
+    attack = privacy(synthetic, train, test, schema, seed)["membership_attack_auc"]
+    return {"epsilon": epsilon, "tstr_gradient_boosting": auc["gradient_boosting"],
+            "tstr_logistic_regression": auc["logistic_regression"], "membership_attack_auc": attack}
+
+
+def write_local_report(synthetic: pd.DataFrame, train: pd.DataFrame, test: pd.DataFrame, schema: Schema, out: Path,
+                       ledger: dict | None, seed: int, curve: list[dict] | None = None) -> dict:
+    """The validation report against real rows (report.json with its verdict, report.html)."""
+    from fedsyn.evaluation.metrics import evaluate
+    from fedsyn.evaluation.report import render_html
+
+    evaluation = evaluate(synthetic, train, test, schema, ledger=ledger, seed=seed)
+    result = {**evaluation.to_dict(), "privacy_utility_curve": curve or []}
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "report.json").write_text(json.dumps(result, indent=2) + "\n")
+    render_html(evaluation, train, synthetic, schema, out / "report.html", curve)
+    return result
+
+
+def _compare(simulation: Simulation, test: pd.DataFrame, release: Path, local: Path, stage: StageCallback
+             ) -> dict[str, dict[str, float]]:
+    """TSTR of the federated release beside each site alone, all rows pooled and the real rows."""
+    from fedsyn.evaluation.metrics import tstr_auc
+
+    seed = simulation.settings.seed or 0
+    results = {"federated": tstr_auc(read_table(release / "synthetic.csv", simulation.schema), test,
+                                     simulation.schema, seed)}
+    results.update(baseline_arms(simulation.tables, test, simulation.schema, simulation.settings.epsilon,
+                                 simulation.settings.delta, seed, simulation.device, stage))
+    (local / "utility.json").write_text(json.dumps(results, indent=2) + "\n")
+    return results
