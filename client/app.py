@@ -17,10 +17,9 @@ from flwr.app import ConfigRecord, Context, Error, Message, RecordDict
 from flwr.clientapp import ClientApp
 
 from fedsyn.client.policy import PolicyError, SitePolicy
-from fedsyn.client.site import PolicyRefusal, Site, SiteRefusal, TrainRequest
+from fedsyn.client.site import PolicyRefusal, Site, SiteRefusal
 from fedsyn.data.schema import SchemaError
 from fedsyn.federation import protocol
-from fedsyn.model.config import GANConfig
 from fedsyn.privacy.accounting import LedgerError, PrivacyEvent
 from fedsyn.privacy.marginals import Marginals
 
@@ -56,20 +55,12 @@ def _coordinator_instructions() -> Iterator[None]:
                             ErrorCode.MALFORMED_REQUEST) from None
 
 
-def _decode_request(config: ConfigRecord) -> TrainRequest:
-    with _coordinator_instructions():
-        return TrainRequest(
-            round=int(config["round"]),
-            total_rounds=int(config["total_rounds"]),
-            local_steps=int(config["local_steps"]),
-            sample_rate=float(config["sample_rate"]),
-            epsilon=float(config["epsilon"]),
-            noise_multiplier=float(config["noise_multiplier"]) if "noise_multiplier" in config else None,
-            gan_config=GANConfig.from_dict(json.loads(str(config["gan_config"]))),
-            transport_dtype=str(config.get("transport_dtype", "float32")),
-            schema_sha256=str(config[protocol.SCHEMA_HASH]),
-            site_slot=int(config[protocol.SITE_SLOT]) if protocol.SITE_SLOT in config else None,
-        )
+def _decode_request(config: ConfigRecord) -> protocol.TrainInstructions:
+    """The coordinator's training instructions; malformed ones are refused, saying which value."""
+    try:
+        return protocol.TrainInstructions.from_record(config)
+    except protocol.ReplyError as exc:  # its text names instruction values only: public
+        raise PolicyRefusal(str(exc), ErrorCode.MALFORMED_REQUEST) from None
 
 
 def _privacy_record(site: Site, event: PrivacyEvent) -> ConfigRecord:
@@ -107,11 +98,11 @@ def make_client_app(resolve_policy: PolicyResolver = policy_from_node_config) ->
         return run
 
     def marginals(message: Message, site: Site) -> RecordDict:
-        config = message.content.config_records[protocol.CONFIG]
-        with _coordinator_instructions():
-            sigma, epsilon = float(config["noise_multiplier"]), float(config["epsilon"])
-            fingerprint = str(config[protocol.SCHEMA_HASH])
-        released, event = site.release_marginals(sigma, epsilon, fingerprint)
+        try:
+            query = protocol.MarginalsQuery.from_record(message.content.config_records[protocol.CONFIG])
+        except protocol.ReplyError as exc:
+            raise PolicyRefusal(str(exc), ErrorCode.MALFORMED_REQUEST) from None
+        released, event = site.release_marginals(query.noise_multiplier, query.epsilon, query.schema_sha256)
         return RecordDict({
             protocol.MARGINALS: protocol.to_array_record(released.counts),
             protocol.PRIVACY: _privacy_record(site, event),

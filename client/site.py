@@ -20,7 +20,7 @@ from __future__ import annotations
 import json
 import logging
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
@@ -32,7 +32,7 @@ from fedsyn.data.schema import Schema
 from fedsyn.data.tables import DataFileError, read_table
 from fedsyn.data.validation import DataValidationError, require_valid
 from fedsyn.errors import PrivacyRefusal
-from fedsyn.federation.protocol import ErrorCode, schema_fingerprint
+from fedsyn.federation.protocol import ErrorCode, TrainInstructions, schema_fingerprint
 from fedsyn.model.config import GANConfig
 from fedsyn.model.encoder import TableEncoder
 from fedsyn.model.training import GANTrainer
@@ -67,47 +67,6 @@ class PolicyRefusal(SiteRefusal):
 
     def __init__(self, public_reason: str, code: ErrorCode = ErrorCode.POLICY_REFUSED):
         super().__init__(code, public_reason)
-
-
-@dataclass(frozen=True)
-class TrainRequest:
-    """The coordinator's instructions for one round (public values only)."""
-
-    round: int
-    total_rounds: int
-    local_steps: int
-    sample_rate: float
-    epsilon: float
-    noise_multiplier: float | None
-    gan_config: GANConfig
-    schema_sha256: str
-    transport_dtype: str = "float32"
-    site_slot: int | None = None  # this site's public slot when gan_config.site_slots > 0
-
-    def __post_init__(self) -> None:
-        malformed = ErrorCode.MALFORMED_REQUEST
-        # NaN compares False with everything: without this a NaN budget would pass every check.
-        if not (math.isfinite(self.epsilon) and self.epsilon > 0):
-            raise PolicyRefusal(f"epsilon={self.epsilon} is not a positive finite budget", malformed)
-        if self.noise_multiplier is not None and not (math.isfinite(self.noise_multiplier)
-                                                      and self.noise_multiplier > 0):
-            raise PolicyRefusal(f"noise_multiplier={self.noise_multiplier} is not a positive finite value", malformed)
-        if self.transport_dtype not in ("float32", "float16"):
-            raise PolicyRefusal(f"transport dtype '{self.transport_dtype}' is not float32 or float16", malformed)
-        if not 1 <= self.round <= self.total_rounds <= 100_000:
-            raise PolicyRefusal(f"round {self.round} of {self.total_rounds} is not a valid plan", malformed)
-        if not 1 <= self.local_steps <= 100_000:
-            raise PolicyRefusal(f"local_steps={self.local_steps} is outside 1..100000", malformed)
-        if not 0 < self.sample_rate <= 1:
-            raise PolicyRefusal(f"sample_rate={self.sample_rate} is outside (0, 1]", malformed)
-        slots = self.gan_config.site_slots
-        if slots and not (isinstance(self.site_slot, int) and 0 <= self.site_slot < slots):
-            raise PolicyRefusal(f"site slot {self.site_slot} is not one of the {slots} slots", malformed)
-        if not slots and self.site_slot is not None:
-            raise PolicyRefusal(f"site slot {self.site_slot} sent for a model without site slots", malformed)
-        widths = (*self.gan_config.generator_hidden, *self.gan_config.discriminator_hidden, self.gan_config.latent_dim)
-        if max(widths) > 4096 or len(widths) > 12:
-            raise PolicyRefusal(f"network size {widths} exceeds what this site accepts (4096 wide, 12 layers)")
 
 
 def initialise_ledger(policy: SitePolicy, reset_reason: str | None = None) -> PrivacyLedger:
@@ -199,6 +158,18 @@ class Site:
                 f"the coordinator asked for {requested}", ErrorCode.BUDGET_EXHAUSTED)
         return requested
 
+    @staticmethod
+    def _check_slot(request: TrainInstructions) -> None:
+        if request.gan_config.site_slots and request.site_slot is None:
+            raise PolicyRefusal("the model has site slots but the instructions name none for this site",
+                                ErrorCode.MALFORMED_REQUEST)
+
+    @staticmethod
+    def _check_network(config: GANConfig) -> None:
+        widths = (*config.generator_hidden, *config.discriminator_hidden, config.latent_dim)
+        if max(widths) > 4096 or len(widths) > 12:
+            raise PolicyRefusal(f"network size {widths} exceeds what this site accepts (4096 wide, 12 layers)")
+
     def _check_schema(self, fingerprint: str) -> None:
         if fingerprint != schema_fingerprint(self.schema):
             raise SiteRefusal(ErrorCode.SCHEMA_MISMATCH, "the coordinator's schema differs from this site's "
@@ -234,7 +205,7 @@ class Site:
         self.trail.append("marginals_sent", privacy=asdict(event), epsilon_spent=self.ledger.epsilon())
         return marginals, event
 
-    def plan_noise(self, request: TrainRequest) -> float:
+    def plan_noise(self, request: TrainInstructions) -> float:
         """Noise for this round: the coordinator's value if the policy allows it, else calibrated
         so that what is spent plus the rest of the plan fits the budget (stateless, so a
         restarted site recomputes the same value)."""
@@ -253,12 +224,14 @@ class Site:
             raise PolicyRefusal(f"site '{self.policy.site_id}': {exc}", ErrorCode.BUDGET_EXHAUSTED) from None
         return max(sigma, self.policy.min_noise_multiplier)
 
-    def train(self, request: TrainRequest, arrays: dict[str, np.ndarray], marginals: Marginals,
+    def train(self, request: TrainInstructions, arrays: dict[str, np.ndarray], marginals: Marginals,
               local_marginals: Marginals | None = None) -> tuple[dict[str, np.ndarray], dict[str, float], PrivacyEvent]:
         """One round of local training. ``marginals`` (the sum over sites) define the shared
         encoding; ``local_marginals`` (this site's own round-0 release, echoed back) are what
         generated rows' conditions follow here, so they look like this site's rows."""
         self._check_schema(request.schema_sha256)
+        self._check_network(request.gan_config)
+        self._check_slot(request)
         sigma = self.plan_noise(request)
         frame = self._private_rows()
         trainer = self._trainer(request.gan_config, arrays, marginals, local_marginals)

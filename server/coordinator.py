@@ -13,10 +13,10 @@ import logging
 import math
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import dataclass, field, replace
 
 import numpy as np
-from flwr.app import ArrayRecord, ConfigRecord, Message, RecordDict
+from flwr.app import ArrayRecord, Message, RecordDict
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import Strategy
 
@@ -207,9 +207,8 @@ class Coordinator:
         nodes = self._wait_for_sites(grid)
         sigma = gaussian_noise_for_epsilon(settings.marginals_share * settings.epsilon, settings.delta,
                                            settings.accountant)
-        content = RecordDict({protocol.CONFIG: ConfigRecord({
-            "noise_multiplier": sigma, "epsilon": settings.epsilon,
-            protocol.SCHEMA_HASH: protocol.schema_fingerprint(self.schema)})})
+        query = protocol.MarginalsQuery(sigma, settings.epsilon, protocol.schema_fingerprint(self.schema))
+        content = RecordDict({protocol.CONFIG: query.to_record()})
         replies = self._exchange(grid, [Message(content, dst_node_id=node, message_type=protocol.QUERY_MARGINALS,
                                                 group_id="0") for node in nodes], 0)
         shapes = {c.name: ((bin_labels(c),), np.dtype(np.float64)) for c in self.schema.columns}
@@ -259,14 +258,11 @@ class Coordinator:
             lambda: [s.node_id for s in self.sites.values() if s.active and self._trainable(s.node_id, gan_config)],
             len(self.sites), settings.delta, settings.site_noise_multiplier, settings.site_clipping_norm,
             settings.aggregation, per_node)
-        config = {
-            "total_rounds": settings.rounds, "local_steps": settings.local_steps,
-            "sample_rate": settings.sample_rate, "epsilon": settings.epsilon,
-            "gan_config": json.dumps(asdict(gan_config)), "transport_dtype": settings.transport_dtype,
-            protocol.SCHEMA_HASH: protocol.schema_fingerprint(self.schema),
-        }
-        if settings.noise_multiplier is not None:
-            config["noise_multiplier"] = settings.noise_multiplier
+        instructions = protocol.TrainInstructions(
+            round=1, total_rounds=settings.rounds, local_steps=settings.local_steps,
+            sample_rate=settings.sample_rate, epsilon=settings.epsilon, noise_multiplier=settings.noise_multiplier,
+            gan_config=gan_config, schema_sha256=protocol.schema_fingerprint(self.schema),
+            transport_dtype=settings.transport_dtype)
         # Sites may add noise but never less than asked; with none asked they calibrate their own.
         least_noise = settings.noise_multiplier or np.finfo(float).tiny
         expected = PrivacyEvent("dp-sgd", least_noise, settings.sample_rate, settings.local_steps)
@@ -277,7 +273,7 @@ class Coordinator:
                 break
             current = trainer.state_arrays()
             messages = list(self.strategy.configure_train(
-                round_, protocol.to_array_record(current), ConfigRecord({**config, "round": round_}), grid))
+                round_, protocol.to_array_record(current), replace(instructions, round=round_).to_record(), grid))
             self.record("round_started", round=round_, sites=len(messages))
             replies = self._exchange(grid, messages, round_)
             valid = self._replies(replies, round_, protocol.ARRAYS, expected, wire_shapes, current)

@@ -14,7 +14,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, model_validator
 
-from fedsyn.model.config import GANConfig
+from fedsyn.model.config import TRANSPORT_DTYPES, GANConfig
 
 # Tuned on the demo with bench_federation and its --sweep (3 seeds): 25 rounds x 8 local steps
 # beat 20 x 15 at 5 sites (LR TSTR 0.794 vs 0.760) and stay above pooled GB at 3 sites.
@@ -23,7 +23,6 @@ FEDERATED_ROUNDS = 25
 FEDERATED_LOCAL_STEPS = 8
 
 AGGREGATION_RULES = ("mean", "median", "trimmed-mean")
-TRANSPORT_DTYPES = ("float32", "float16")
 
 
 class FederationSettings(BaseModel):

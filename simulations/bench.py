@@ -96,7 +96,8 @@ SITE_PROBE = """
 import sys
 from pathlib import Path
 from fedsyn.client.policy import SitePolicy
-from fedsyn.client.site import Site, TrainRequest
+from fedsyn.client.site import Site
+from fedsyn.federation import protocol
 from fedsyn.model.encoder import TableEncoder
 from fedsyn.privacy.marginals import Marginals
 from fedsyn.model.config import GANConfig
@@ -104,7 +105,8 @@ from fedsyn.model.training import GANTrainer
 site = Site(SitePolicy.load(sys.argv[1]))
 marginals = Marginals.uniform(site.schema)
 arrays = GANTrainer(TableEncoder(site.schema, marginals), GANConfig()).state_arrays()
-site.train(TrainRequest(1, 10, 30, 0.2, 1.0, None, GANConfig()), arrays, marginals)
+site.train(protocol.TrainInstructions(1, 10, 30, 0.2, 1.0, None, GANConfig(), protocol.schema_fingerprint(site.schema)),
+           arrays, marginals)
 # VmHWM is this process's own high-water mark; ru_maxrss would carry over the parent's.
 print(next(line.split()[1] for line in open("/proc/self/status") if line.startswith("VmHWM")))
 """

@@ -16,7 +16,7 @@ ALLOWED = {
     "model": {"privacy", "data"},
     "evaluation": {"privacy", "data"},
     "trust": set(),
-    "federation": {"privacy", "data"},
+    "federation": {"model", "privacy", "data"},
     "client": {"federation", "model", "privacy", "data", "trust"},
     "server": {"federation", "model", "privacy", "data", "trust", "client"},
     "simulations": {"server", "client", "federation", "model", "evaluation", "privacy", "data", "trust"},

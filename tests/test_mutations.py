@@ -88,7 +88,7 @@ MUTATIONS = [
     Mutation("ledger's NaN-budget check removed", "common/privacy/accounting.py",
              "if not (math.isfinite(budget) and budget > 0):  # NaN", "if False:  # NaN",
              ("tests/test_accounting.py::test_nan_budget_or_parameters_are_refused_not_silently_passed",)),
-    Mutation("site's NaN-epsilon check removed", "client/site.py",
+    Mutation("site's NaN-epsilon check removed", "common/federation/protocol.py",
              "if not (math.isfinite(self.epsilon) and self.epsilon > 0):", "if False:",
              ("tests/test_hostile_input.py::test_site_decoding_of_coordinator_instructions_refuses_cleanly",)),
     Mutation("seeded site reuses one training stream every round", "client/site.py",

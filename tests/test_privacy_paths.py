@@ -19,7 +19,7 @@ from flwr.supercore.task_identity import TaskIdentity
 
 from fedsyn.client.app import make_client_app
 from fedsyn.client.policy import SitePolicy
-from fedsyn.client.site import Site, SiteRefusal, TrainRequest
+from fedsyn.client.site import Site, SiteRefusal
 from fedsyn.data.demo import demo_schema_path
 from fedsyn.federation import protocol
 from fedsyn.model.config import GANConfig
@@ -40,10 +40,10 @@ def _site(tmp_path, frame, seed: int | None = 0, max_epsilon: float = 50.0) -> S
     return Site(SitePolicy.load(plan.policies[0]))
 
 
-def _request(site: Site, round_: int = 1, **changes) -> TrainRequest:
+def _request(site: Site, round_: int = 1, **changes) -> protocol.TrainInstructions:
     fields = dict(round=round_, total_rounds=5, local_steps=3, sample_rate=0.2, epsilon=50.0, noise_multiplier=1.0,
                   gan_config=TINY, schema_sha256=protocol.schema_fingerprint(site.schema))
-    return TrainRequest(**{**fields, **changes})
+    return protocol.TrainInstructions(**{**fields, **changes})
 
 
 def _global_model(site: Site) -> tuple[dict[str, np.ndarray], Marginals]:

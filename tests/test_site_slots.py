@@ -12,7 +12,7 @@ import torch
 from flwr.app import ArrayRecord, ConfigRecord
 from flwr.serverapp.strategy import DifferentialPrivacyServerSideFixedClipping
 
-from fedsyn.client.site import PolicyRefusal, TrainRequest
+from fedsyn.client.site import Site, SiteRefusal
 from fedsyn.federation import protocol
 from fedsyn.model.encoder import TableEncoder
 from fedsyn.model.training import GANTrainer
@@ -91,10 +91,13 @@ def test_release_draws_slots_by_the_sites_noisy_totals(demo_frame, demo_schema):
 def test_train_request_checks_the_slot():
     common = dict(round=1, total_rounds=2, local_steps=1, sample_rate=0.1, epsilon=1.0, noise_multiplier=None,
                   schema_sha256="x")
-    assert TrainRequest(**common, gan_config=SLOTTED, site_slot=1).site_slot == 1
-    for config, slot in ((SLOTTED, None), (SLOTTED, 2), (SLOTTED, -1), (TINY, 0)):
-        with pytest.raises(PolicyRefusal):
-            TrainRequest(**common, gan_config=config, site_slot=slot)
+    assert protocol.TrainInstructions(**common, gan_config=SLOTTED, site_slot=1).site_slot == 1
+    for config, slot in ((SLOTTED, 2), (SLOTTED, -1), (TINY, 0)):
+        with pytest.raises(protocol.ReplyError, match="slot"):
+            protocol.TrainInstructions(**common, gan_config=config, site_slot=slot)
+    template = protocol.TrainInstructions(**common, gan_config=SLOTTED)  # the coordinator's, before per-site slots
+    with pytest.raises(SiteRefusal, match="name none for this site"):  # a site never trains without its slot
+        Site._check_slot(template)
 
 
 def test_train_messages_carry_each_sites_slot_and_own_marginals(plan, demo_schema, tmp_path):  # noqa: F811

@@ -10,15 +10,20 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 from collections import OrderedDict
-from dataclasses import asdict
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass
 from enum import IntEnum
+from typing import Any
 
 import numpy as np
 from flwr.app import Array, ArrayRecord, ConfigRecord, MetricRecord, RecordDict
 
 from fedsyn.data.schema import Schema
 from fedsyn.errors import FedsynError
+from fedsyn.model.config import TRANSPORT_DTYPES, GANConfig
 from fedsyn.privacy.accounting import PrivacyEvent
 
 ARRAYS = "arrays"
@@ -149,6 +154,104 @@ def decode_event(record: ConfigRecord) -> tuple[PrivacyEvent, float, float, str]
         return event, number(fields["epsilon_spent"]), delta, str(fields.get("site", ""))[:64]
     except (KeyError, TypeError, ValueError, OverflowError) as exc:  # int(inf) overflows
         raise ReplyError(f"privacy record is malformed: {exc}") from None
+
+
+@dataclass(frozen=True)
+class MarginalsQuery:
+    """Round 0: release noisy one-way marginals with this noise multiplier, within this budget,
+    for the schema with this fingerprint."""
+
+    noise_multiplier: float
+    epsilon: float
+    schema_sha256: str
+
+    def __post_init__(self) -> None:
+        # NaN compares False with everything: without this a NaN budget would pass every check.
+        if not all(math.isfinite(v) and v > 0 for v in (self.noise_multiplier, self.epsilon)):
+            raise ReplyError(f"noise multiplier {self.noise_multiplier} and epsilon {self.epsilon} must be "
+                             "positive and finite")
+
+    def to_record(self) -> ConfigRecord:
+        return ConfigRecord({"noise_multiplier": self.noise_multiplier, "epsilon": self.epsilon,
+                             SCHEMA_HASH: self.schema_sha256})
+
+    @classmethod
+    def from_record(cls, record: ConfigRecord) -> MarginalsQuery:
+        with _decoding("marginals query"):
+            return cls(number(record["noise_multiplier"]), number(record["epsilon"]), str(record[SCHEMA_HASH]))
+
+
+@dataclass(frozen=True)
+class TrainInstructions:
+    """One training round as the coordinator asks it of a site (public values only)."""
+
+    round: int
+    total_rounds: int
+    local_steps: int
+    sample_rate: float
+    epsilon: float
+    noise_multiplier: float | None  # None: the site calibrates its own noise for its budget
+    gan_config: GANConfig
+    schema_sha256: str
+    transport_dtype: str = "float32"
+    site_slot: int | None = None  # the receiving site's public slot when gan_config.site_slots > 0
+
+    def __post_init__(self) -> None:
+        # NaN compares False with everything: without this a NaN budget would pass every check.
+        if not (math.isfinite(self.epsilon) and self.epsilon > 0):
+            raise ReplyError(f"epsilon={self.epsilon} is not a positive finite budget")
+        if self.noise_multiplier is not None and not (math.isfinite(self.noise_multiplier)
+                                                      and self.noise_multiplier > 0):
+            raise ReplyError(f"noise_multiplier={self.noise_multiplier} is not a positive finite value")
+        if self.transport_dtype not in TRANSPORT_DTYPES:
+            raise ReplyError(f"transport dtype '{self.transport_dtype}' is not one of {', '.join(TRANSPORT_DTYPES)}")
+        if not 1 <= self.round <= self.total_rounds <= 100_000:
+            raise ReplyError(f"round {self.round} of {self.total_rounds} is not a valid plan")
+        if not 1 <= self.local_steps <= 100_000:
+            raise ReplyError(f"local_steps={self.local_steps} is outside 1..100000")
+        if not 0 < self.sample_rate <= 1:
+            raise ReplyError(f"sample_rate={self.sample_rate} is outside (0, 1]")
+        slots = self.gan_config.site_slots  # a template for all sites leaves the slot out; each site gets its own
+        if slots and self.site_slot is not None and not 0 <= self.site_slot < slots:
+            raise ReplyError(f"site slot {self.site_slot} is not one of the {slots} slots")
+        if not slots and self.site_slot is not None:
+            raise ReplyError(f"site slot {self.site_slot} sent for a model without site slots")
+
+    def to_record(self) -> ConfigRecord:
+        fields: dict[str, Any] = {
+            "round": self.round, "total_rounds": self.total_rounds, "local_steps": self.local_steps,
+            "sample_rate": self.sample_rate, "epsilon": self.epsilon, "gan_config": json.dumps(asdict(self.gan_config)),
+            "transport_dtype": self.transport_dtype, SCHEMA_HASH: self.schema_sha256}
+        if self.noise_multiplier is not None:
+            fields["noise_multiplier"] = self.noise_multiplier
+        if self.site_slot is not None:
+            fields[SITE_SLOT] = self.site_slot
+        return ConfigRecord(fields)
+
+    @classmethod
+    def from_record(cls, record: ConfigRecord) -> TrainInstructions:
+        with _decoding("training instructions"):
+            return cls(
+                round=whole(record["round"]), total_rounds=whole(record["total_rounds"]),
+                local_steps=whole(record["local_steps"]), sample_rate=number(record["sample_rate"]),
+                epsilon=number(record["epsilon"]),
+                noise_multiplier=number(record["noise_multiplier"]) if "noise_multiplier" in record else None,
+                gan_config=GANConfig.from_dict(json.loads(str(record["gan_config"]))),
+                schema_sha256=str(record[SCHEMA_HASH]),
+                transport_dtype=str(record.get("transport_dtype", "float32")),
+                site_slot=whole(record[SITE_SLOT]) if SITE_SLOT in record else None,
+            )
+
+
+@contextmanager
+def _decoding(what: str) -> Iterator[None]:
+    """A missing or mistyped field is a ReplyError naming the message, never a crash."""
+    try:
+        yield
+    except ReplyError:
+        raise
+    except (KeyError, TypeError, ValueError, OverflowError) as exc:  # JSONDecodeError is a ValueError
+        raise ReplyError(f"{what} are malformed ({type(exc).__name__}: {exc})") from None
 
 
 def check_reply_records(content: RecordDict, payload_key: str) -> None:

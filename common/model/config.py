@@ -5,6 +5,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+# How model weights may travel between sites and coordinator (float16 halves the bytes).
+TRANSPORT_DTYPES = ("float32", "float16")
+
 
 @dataclass(frozen=True)
 class GANConfig:
