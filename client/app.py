@@ -12,6 +12,7 @@ import json
 import logging
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from typing import TypeVar
 
 from flwr.app import ConfigRecord, Context, Error, Message, RecordDict
 from flwr.clientapp import ClientApp
@@ -27,6 +28,7 @@ log = logging.getLogger("fedsyn.client")
 ErrorCode = protocol.ErrorCode
 
 PolicyResolver = Callable[[Context], SitePolicy]
+Instructions = TypeVar("Instructions", protocol.MarginalsQuery, protocol.TrainInstructions)
 
 
 def policy_from_node_config(context: Context) -> SitePolicy:
@@ -55,12 +57,16 @@ def _coordinator_instructions() -> Iterator[None]:
                             ErrorCode.MALFORMED_REQUEST) from None
 
 
-def _decode_request(config: ConfigRecord) -> protocol.TrainInstructions:
-    """The coordinator's training instructions; malformed ones are refused, saying which value."""
+def _instructions(kind: type[Instructions], config: ConfigRecord) -> Instructions:
+    """The coordinator's instructions of ``kind``; malformed ones are refused, saying which value."""
     try:
-        return protocol.TrainInstructions.from_record(config)
+        return kind.from_record(config)
     except protocol.ReplyError as exc:  # its text names instruction values only: public
         raise PolicyRefusal(str(exc), ErrorCode.MALFORMED_REQUEST) from None
+
+
+def _decode_request(config: ConfigRecord) -> protocol.TrainInstructions:
+    return _instructions(protocol.TrainInstructions, config)
 
 
 def _privacy_record(site: Site, event: PrivacyEvent) -> ConfigRecord:
@@ -98,10 +104,7 @@ def make_client_app(resolve_policy: PolicyResolver = policy_from_node_config) ->
         return run
 
     def marginals(message: Message, site: Site) -> RecordDict:
-        try:
-            query = protocol.MarginalsQuery.from_record(message.content.config_records[protocol.CONFIG])
-        except protocol.ReplyError as exc:
-            raise PolicyRefusal(str(exc), ErrorCode.MALFORMED_REQUEST) from None
+        query = _instructions(protocol.MarginalsQuery, message.content.config_records[protocol.CONFIG])
         released, event = site.release_marginals(query.noise_multiplier, query.epsilon, query.schema_sha256)
         return RecordDict({
             protocol.MARGINALS: protocol.to_array_record(released.counts),
