@@ -146,3 +146,17 @@ def test_server_toml_run_paths_are_relative_to_the_file(tmp_path):
     assert config.run["out"] == str(tmp_path / "releases" / "latest")
     assert config.run["signing-key"] == "" and config.run["audit-log"] == "/var/lib/fedsyn/audit.jsonl"
     assert config.run["rounds"] == 3 and config.database == tmp_path / "state" / "superlink.db"
+
+
+def test_fit_on_a_header_only_file_says_so(tmp_path, demo_frame, monkeypatch):
+    """Through the console entry point, which turns fedsyn's errors into their exit codes."""
+    import sys
+
+    from fedsyn.cli.main import main
+
+    demo_frame.head(0).to_csv(tmp_path / "empty.csv", index=False)
+    monkeypatch.setattr(sys, "argv", ["fedsyn", "fit", str(tmp_path / "empty.csv"), "--schema",
+                                      str(demo_schema_path()), "--out", str(tmp_path / "out")])
+    with pytest.raises(SystemExit) as exited:
+        main()
+    assert exited.value.code == 65
