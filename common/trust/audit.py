@@ -57,22 +57,21 @@ class AuditLog:
         return last["hash"], last["seq"] + 1
 
     def append(self, event: str, /, **fields: object) -> dict:
-        with open(self.path.with_name(self.path.name + ".lock"), "a") as lock:
-            fcntl.flock(lock.fileno(), fcntl.LOCK_EX)
+        with open(self.path, "a") as out:  # the log is only ever appended to: it can be its own lock
+            fcntl.flock(out.fileno(), fcntl.LOCK_EX)
             try:
                 head, seq = self._head()
                 run = {"run": self.run_id} if self.run_id is not None else {}
                 entry = {"seq": seq, "time": datetime.now(UTC).isoformat(timespec="milliseconds"),
                          "event": event, **run, **fields, "prev": head}
                 entry["hash"] = _digest(entry)
-                with open(self.path, "a") as out:
-                    out.write(json.dumps(entry, sort_keys=True, default=str) + "\n")
-                    out.flush()
-                    os.fsync(out.fileno())
+                out.write(json.dumps(entry, sort_keys=True, default=str) + "\n")
+                out.flush()
+                os.fsync(out.fileno())
                 if self.key is not None:
                     self.signature_path.write_text(sign(self.key, entry["hash"].encode()) + "\n")
             finally:
-                fcntl.flock(lock.fileno(), fcntl.LOCK_UN)
+                fcntl.flock(out.fileno(), fcntl.LOCK_UN)
         return entry
 
 
