@@ -25,9 +25,10 @@ def print_verdict(verdict: dict, fail_below: float | None = None) -> None:
     colour = {"green": "green", "amber": "yellow", "red": "red"}
     level = verdict["level"]
     results.print(f"[bold {colour[level]}]verdict: {level.upper()}[/] (score {verdict['score']:.2f} of 1): "
-                  f"{verdict['summary']}")
+                  f"{verdict['summary']}", soft_wrap=True)
     for flag in verdict["flags"]:
-        results.print(f"  [{colour[flag['level']]}]{flag['level']}[/] {flag['area']}: {flag['message']}")
+        results.print(f"  [{colour[flag['level']]}]{flag['level']}[/] {flag['area']}: {flag['message']}",
+                      soft_wrap=True)
     if fail_below is not None and verdict["score"] < fail_below:
         fail(f"verdict score {verdict['score']:.2f} is below --fail-below {fail_below:g}", code=3)
 

@@ -17,6 +17,7 @@ from fedsyn.data.demo import demo_data_path, demo_schema_path
 from fedsyn.data.schema import Schema, SchemaError
 from fedsyn.data.tables import DataFileError, read_table, write_table
 from fedsyn.data.validation import DataValidationError, require_valid
+from fedsyn.errors import ConfigurationError
 from fedsyn.server.settings import FEDERATED_GAN, FEDERATED_LOCAL_STEPS, FEDERATED_ROUNDS
 
 
@@ -166,9 +167,12 @@ def simulate(
     config = GANConfig(batch_size=batch_size, generator_lr=learning_rate, discriminator_lr=learning_rate,
                        generator_ema=generator_ema)
     sample_rate, public_facts = default_sample_rate(tables, batch_size)
+    if not rows:  # the default release size is every site's rows together: that total is published
+        public_facts["total_site_rows"] = {"value": sum(len(t) for t in tables),
+                                           "why_public": "--rows 0 releases as many synthetic rows as the sites hold"}
 
     def settings_for(budget: float) -> FederationSettings:
-        return FederationSettings(
+        return FederationSettings.checked(
             rounds=rounds, local_steps=local_steps, epsilon=budget, delta=delta, sample_rate=sample_rate,
             gan_config=config, seed=seed, min_sites=max(1, len(tables) // 2 + 1),
             site_noise_multiplier=site_noise_multiplier, site_clipping_norm=site_clipping_norm,
@@ -179,7 +183,7 @@ def simulate(
         budgets = [float(e) for e in sweep_epsilon.split(",")] if sweep_epsilon else []
         for budget in [epsilon, *budgets]:
             settings_for(budget)
-    except ValueError as exc:
+    except (ValueError, ConfigurationError) as exc:
         fail(str(exc))
     if max([epsilon, *budgets]) > 10:
         console.print(f"[yellow bold]warning:[/] epsilon up to {max([epsilon, *budgets]):g} per site gives little "
@@ -213,8 +217,12 @@ def simulate(
     _print_release(result, rounds)
     if result.local_report is not None:
         console.print("validation report (LOCAL: computed from real rows, not for release): "
-                      f"{out / 'local-report' / 'report.html'}")
-    console.print(f"release signed (check: fedsyn verify {result.release} --key {result.keys / 'coordinator.pub'})")
+                      f"{out / 'local-report' / 'report.html'}", soft_wrap=True)
+    else:
+        console.print("no held-out real rows, so no local validation report or verdict: give --held-out FILE "
+                      "with --sites")
+    console.print(f"release signed (check: fedsyn verify {result.release} --key {result.keys / 'coordinator.pub'})",
+                  soft_wrap=True)
     if result.comparison is not None:
         table = Table(title="Utility: ROC-AUC on the real held-out split")
         for column in ("arm", "gradient boosting", "logistic regression"):

@@ -146,8 +146,6 @@ class Site:
                       self.policy.data, type(exc).__name__)
             raise SiteRefusal(ErrorCode.DATA_INVALID, "the site's extract does not pass validation against the "
                               "shared schema; the site operator sees the details locally") from None
-        if frame.empty:
-            raise SiteRefusal(ErrorCode.DATA_INVALID, "the site's extract has no rows")
         if not 0 < self.policy.delta * len(frame) < 1:
             raise PolicyRefusal("the site's delta is not below 1/n for its extract; the site operator must lower "
                                 "delta in its policy")

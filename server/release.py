@@ -162,12 +162,12 @@ def _readme(coordinator: Coordinator, report: dict, synthetic: pd.DataFrame, row
         "## Privacy per site",
         f"Accountant: {report['accountant']}; each site's epsilon is at its own delta (`privacy_report.json`).",
         "",
-        "| site | epsilon spent | budget | rounds accepted | dropped |",
+        "| site | epsilon spent | budget | training rounds accepted | dropped |",
         "|---|---|---|---|---|",
     ]
     for site in report["sites"]:
         lines.append(f"| {site['site']} | {site['epsilon_cumulative']:.3f} | {site['budget_epsilon_asked']} | "
-                     f"{len(site['rounds_accepted'])} | {len(site['dropped'])} |")
+                     f"{sum(1 for r in site['rounds_accepted'] if r > 0)} | {len(site['dropped'])} |")
     lines += [
         "",
         "## How it was made",

@@ -12,8 +12,9 @@ import math
 from collections.abc import Mapping
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, model_validator
+from pydantic import BaseModel, ConfigDict, ValidationError, model_validator
 
+from fedsyn.errors import ConfigurationError
 from fedsyn.model.config import TRANSPORT_DTYPES, GANConfig
 
 # Tuned on the demo with bench_federation and its --sweep (3 seeds): 25 rounds x 8 local steps
@@ -93,10 +94,21 @@ class FederationSettings(BaseModel):
         return self.model_dump(mode="json")
 
     @classmethod
+    def checked(cls, **values: object) -> FederationSettings:
+        """Build the settings; what is wrong comes back as one plain message (a
+        ConfigurationError), not pydantic's report format."""
+        try:
+            return cls(**values)  # type: ignore[arg-type]
+        except ValidationError as exc:
+            problems = [str(error["msg"]).removeprefix("Value error, ") if not error["loc"]
+                        else f"{'.'.join(map(str, error['loc']))}: {error['msg']}" for error in exc.errors()]
+            raise ConfigurationError("; ".join(problems)) from None
+
+    @classmethod
     def from_run_config(cls, config: Mapping[str, object]) -> FederationSettings:
         """Settings from a Flower run config (``[tool.flwr.app.config]``, kebab-case keys);
         keys it does not set keep the tuned defaults. ``round-timeout`` is ``timeout``."""
         names = {name.replace("_", "-"): name for name in cls.model_fields if name != "gan_config"}
         names["round-timeout"] = "timeout"
         values = {names[key]: value for key, value in config.items() if key in names}
-        return cls(**values)
+        return cls.checked(**values)

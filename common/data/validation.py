@@ -70,6 +70,8 @@ def validate_frame(frame: pd.DataFrame, schema: Schema, numbering: RowNumbering 
     expected = schema.column_names
     missing = [c for c in expected if c not in frame.columns]
     extra = [str(c) for c in frame.columns if c not in expected]
+    if frame.empty:
+        problems.append(Problem("(every column)", "the file has no rows: nothing to train on", 0))
     for name in missing:
         problems.append(Problem(name, "column missing from the file", len(frame)))
     for name in extra:

@@ -16,7 +16,7 @@ import torch
 
 from fedsyn.data.schema import Schema
 from fedsyn.data.validation import require_valid
-from fedsyn.errors import ConfigurationError, InputDataError
+from fedsyn.errors import ConfigurationError
 from fedsyn.model.checkpoint import load_checkpoint, save_checkpoint
 from fedsyn.model.config import GANConfig
 from fedsyn.model.encoder import TableEncoder
@@ -102,12 +102,10 @@ class DPTabularGAN:
 
     def fit(self, frame: pd.DataFrame, on_step=None) -> DPTabularGAN:
         if self.epsilon is not None and not (math.isfinite(self.epsilon) and self.epsilon > 0):
-            raise ValueError(f"epsilon={self.epsilon} must be a positive number (or None for a non-private baseline)")
+            raise ValueError(f"epsilon={self.epsilon} must be a positive number")
         self.schema.require_reviewed(self.allow_unreviewed_schema)
         require_valid(frame, self.schema, source="training data")
         n_rows = len(frame)
-        if n_rows == 0:
-            raise InputDataError("the training data has no rows: give a table with at least one record")
         check_delta(self.delta, n_rows)
         ledger = PrivacyLedger(self.delta, self.accountant)
         self.ledger_ = ledger
