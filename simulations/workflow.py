@@ -93,14 +93,15 @@ def simulate(simulation: Simulation, on_round: RoundCallback | None = None,
     if simulation.test is None or simulation.train is None:
         return result
     local = out / "local-report"
-    stage("validation report (fidelity, utility, privacy)...")
-    report = write_local_report(read_table(release / "synthetic.csv", simulation.schema), simulation.train,
-                                simulation.test, simulation.schema, local, privacy_report,
-                                simulation.settings.seed or 0, curve)
-    write_table(simulation.test, local / "held_out.parquet")
+    local.mkdir(parents=True, exist_ok=True)
     comparison = None
     if simulation.compare and simulation.schema.outcome:
         comparison = _compare(simulation, simulation.test, release, local, stage)
+    stage("validation report (fidelity, utility, privacy)...")
+    report = write_local_report(read_table(release / "synthetic.csv", simulation.schema), simulation.train,
+                                simulation.test, simulation.schema, local, privacy_report,
+                                simulation.settings.seed or 0, curve, comparison, simulation.settings.to_dict())
+    write_table(simulation.test, local / "held_out.parquet")
     return SimulationResult(release, keys, privacy_report, seconds, report, comparison)
 
 
@@ -130,16 +131,18 @@ def _curve_point(epsilon: float, release: Path, schema: Schema, train: pd.DataFr
 
 
 def write_local_report(synthetic: pd.DataFrame, train: pd.DataFrame, test: pd.DataFrame, schema: Schema, out: Path,
-                       ledger: dict | None, seed: int, curve: list[dict] | None = None) -> dict:
+                       ledger: dict | None, seed: int, curve: list[dict] | None = None,
+                       comparison: dict[str, dict[str, float]] | None = None, settings: dict | None = None) -> dict:
     """The validation report against real rows (report.json with its verdict, report.html)."""
     from fedsyn.evaluation.metrics import evaluate
     from fedsyn.evaluation.report import render_html
 
     evaluation = evaluate(synthetic, train, test, schema, ledger=ledger, seed=seed)
-    result = {**evaluation.to_dict(), "privacy_utility_curve": curve or []}
+    result = {**evaluation.to_dict(), "privacy_utility_curve": curve or [], "comparison": comparison,
+              "settings": settings}
     out.mkdir(parents=True, exist_ok=True)
-    (out / "report.json").write_text(json.dumps(result, indent=2) + "\n")
-    render_html(evaluation, train, synthetic, schema, out / "report.html", curve)
+    (out / "report.json").write_text(json.dumps(result, indent=2, default=str) + "\n")
+    render_html(evaluation, train, synthetic, schema, out / "report.html", curve, comparison, settings)
     return result
 
 

@@ -93,11 +93,15 @@ def test_html_report_renders_in_headless_chromium(split, demo_schema, tmp_path, 
                                                                         "delta": 1e-5}]})
     curve = [{"epsilon": e, "tstr_gradient_boosting": 0.6, "tstr_logistic_regression": 0.7,
               "membership_attack_auc": 0.5} for e in (0.5, 1.0)]
-    page = render_html(result, train, synthetic, schema, tmp_path / "report.html", curve)
+    comparison = {"federated": {"gradient_boosting": 0.7, "logistic_regression": 0.75},
+                  "real (TRTR)": {"gradient_boosting": 0.83, "logistic_regression": 0.84}}
+    page = render_html(result, train, synthetic, schema, tmp_path / "report.html", curve, comparison,
+                       {"rounds": 25, "epsilon": 1.0})
     json.dumps(result.to_dict())  # report.json must serialise
     text = page.read_text()
     assert text.count("data:image/png;base64,") == 4 and "<script" not in text
     assert "id='verdict'" in text and "LOCAL REPORT" in text
+    assert "against the other arms" in text and "real (TRTR)" in text and "Run settings" in text
     chromium = shutil.which("chromium") or shutil.which("chromium-browser")
     if chromium is None:
         pytest.skip("chromium is not installed (.ci/run installs it)")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import html
 import io
+import json
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -140,7 +141,10 @@ def _verdict_section(verdict: Verdict) -> str:
 
 
 def render_html(evaluation: Evaluation, real: pd.DataFrame, synthetic: pd.DataFrame, schema: Schema,
-                path: Path, curve: list[dict] | None = None) -> Path:
+                path: Path, curve: list[dict] | None = None, comparison: dict[str, dict[str, float]] | None = None,
+                settings: dict | None = None) -> Path:
+    """The local report page. ``comparison``: TSTR ROC-AUC per arm (federated, each site alone,
+    pooled, real rows); ``settings``: the run's public settings, shown at the end."""
     fidelity, privacy, plausibility = evaluation.fidelity, evaluation.privacy, evaluation.plausibility
     sections = [
         f"<h1>Validation report: {html.escape(schema.name)}</h1>",
@@ -185,6 +189,14 @@ def render_html(evaluation: Evaluation, real: pd.DataFrame, synthetic: pd.DataFr
                ["rule", "share of synthetic rows violating"]),
         f"<p>Schema problems in synthetic rows: {len(plausibility['schema_problems'])}</p>",
     ]
+    if comparison:
+        sections += ["<h2>Federated release against the other arms</h2>",
+                     "<p>ROC-AUC on the real held-out rows of models trained on each arm's rows: the federated "
+                     "release, each site's own DP generator with the same budget, one DP generator on all rows "
+                     "pooled (centralised: research only) and the real rows themselves.</p>",
+                     _table([[arm, scores["gradient_boosting"], scores["logistic_regression"]]
+                             for arm, scores in comparison.items()], ["arm", "gradient boosting",
+                                                                       "logistic regression"])]
     if curve:
         trtr = {name: scores["trtr"]["roc_auc"] for name, scores in evaluation.utility.items()
                 if name in ("gradient_boosting", "logistic_regression")}
@@ -192,6 +204,9 @@ def render_html(evaluation: Evaluation, real: pd.DataFrame, synthetic: pd.DataFr
                      _table([[p["epsilon"], p["tstr_gradient_boosting"], p["tstr_logistic_regression"],
                               p["membership_attack_auc"]] for p in curve],
                             ["epsilon", "TSTR AUC GB", "TSTR AUC LR", "attack AUC"])]
+    if settings:
+        sections += ["<h2>Run settings</h2>", _table([[key, json.dumps(value, default=str)]
+                                                      for key, value in settings.items()], ["setting", "value"])]
     style = ("body{font-family:sans-serif;max-width:1100px;margin:2em auto;color:#222}"
              "table{border-collapse:collapse;margin:1em 0}td,th{border:1px solid #ccc;padding:4px 8px}"
              ".plot{max-width:100%}.caveat{background:#fff3cd;padding:8px}"
