@@ -8,7 +8,6 @@ averaged with equal weights, so no site's row count is needed or used.
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import time
@@ -202,7 +201,7 @@ class Coordinator:
     def collect_marginals(self, grid: Grid) -> Marginals:
         settings = self.settings
         self.schema.require_reviewed(settings.allow_unreviewed_schema)
-        self.record("run_configured", settings=json.loads(json.dumps(settings.to_dict(), default=str)),
+        self.record("run_configured", settings=settings.to_dict(),
                     schema=self.schema.name)
         nodes = self._wait_for_sites(grid)
         sigma = gaussian_noise_for_epsilon(settings.marginals_share * settings.epsilon, settings.delta,

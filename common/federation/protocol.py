@@ -140,20 +140,18 @@ def decode_event(record: ConfigRecord) -> tuple[PrivacyEvent, float, float, str]
     unknown = set(fields) - PRIVACY_FIELDS
     if unknown:
         raise ReplyError(f"privacy record has undeclared fields {sorted(unknown)}")
-    try:
+    with _decoding("privacy record"):
         event = PrivacyEvent(
             mechanism=str(fields["mechanism"]),
             noise_multiplier=number(fields["noise_multiplier"]),
             sample_rate=number(fields["sample_rate"]),
-            steps=whole(fields["steps"]),
+            steps=whole(fields["steps"]),  # int(inf) overflows: malformed too
             round=whole(fields["round"]) if "round" in fields else None,
         )
         delta = number(fields["delta"])
         if not 0 < delta < 1:
             raise ReplyError(f"privacy record has delta {delta}, outside (0, 1)")
         return event, number(fields["epsilon_spent"]), delta, str(fields.get("site", ""))[:64]
-    except (KeyError, TypeError, ValueError, OverflowError) as exc:  # int(inf) overflows
-        raise ReplyError(f"privacy record is malformed: {exc}") from None
 
 
 @dataclass(frozen=True)
@@ -251,7 +249,7 @@ def _decoding(what: str) -> Iterator[None]:
     except ReplyError:
         raise
     except (KeyError, TypeError, ValueError, OverflowError) as exc:  # JSONDecodeError is a ValueError
-        raise ReplyError(f"{what} are malformed ({type(exc).__name__}: {exc})") from None
+        raise ReplyError(f"malformed {what} ({type(exc).__name__}: {exc})") from None
 
 
 def check_reply_records(content: RecordDict, payload_key: str) -> None:
