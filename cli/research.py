@@ -18,7 +18,7 @@ from fedsyn.data.schema import Schema, SchemaError
 from fedsyn.data.tables import DataFileError, read_table, write_table
 from fedsyn.data.validation import DataValidationError, require_valid
 from fedsyn.errors import ConfigurationError
-from fedsyn.server.settings import FEDERATED_GAN, FEDERATED_LOCAL_STEPS, FEDERATED_ROUNDS
+from fedsyn.server.settings import FEDERATED_GAN, FEDERATED_LOCAL_STEPS, FEDERATED_ROUNDS, FederationSettings
 
 
 def fit(
@@ -87,6 +87,12 @@ def simulate(
         "per-step decay of the averaged generator that samples the release: 0.99 fits numeric columns "
         "better (KS of age 0.24 vs 0.37); the default keeps 5-site logistic-regression utility higher"))
     ] = FEDERATED_GAN.generator_ema,
+    marginals_share: Annotated[float, typer.Option(help=(
+        "share of each site's epsilon spent on the round-0 noisy outcome tables (the rest on DP-SGD)"))
+    ] = FederationSettings.model_fields["marginals_share"].default,
+    matching_weight: Annotated[float, typer.Option(help=(
+        "weight of the generator's term that matches the noisy outcome tables (free post-processing); 0: off"))
+    ] = FEDERATED_GAN.matching_weight,
     rows: Annotated[int, typer.Option(help="synthetic rows to release; 0: as many as all sites' training rows")
                     ] = 0,
     out: Annotated[Path, typer.Option(help="output folder: release/, local-report/, sites/, keys/")
@@ -136,7 +142,6 @@ def simulate(
 
     from fedsyn.model.config import GANConfig
     from fedsyn.server.coordinator import FederationError
-    from fedsyn.server.settings import FederationSettings
     from fedsyn.simulations.run import default_sample_rate
     from fedsyn.simulations.split import split_table
     from fedsyn.simulations.workflow import Simulation
@@ -164,8 +169,11 @@ def simulate(
             tables = split_table(train, split, rng, skew=skew, dirichlet=dirichlet, label=contract.outcome)
     except (SchemaError, DataFileError, ValueError) as exc:
         fail(str(exc))
-    config = GANConfig(batch_size=batch_size, generator_lr=learning_rate, discriminator_lr=learning_rate,
-                       generator_ema=generator_ema)
+    try:
+        config = GANConfig(batch_size=batch_size, generator_lr=learning_rate, discriminator_lr=learning_rate,
+                           generator_ema=generator_ema, matching_weight=matching_weight)
+    except ValueError as exc:
+        fail(str(exc))
     sample_rate, public_facts = default_sample_rate(tables, batch_size)
     if not rows:  # the default release size is every site's rows together: that total is published
         public_facts["total_site_rows"] = {"value": sum(len(t) for t in tables),
@@ -174,7 +182,7 @@ def simulate(
     def settings_for(budget: float) -> FederationSettings:
         return FederationSettings.checked(
             rounds=rounds, local_steps=local_steps, epsilon=budget, delta=delta, sample_rate=sample_rate,
-            gan_config=config, seed=seed, min_sites=max(1, len(tables) // 2 + 1),
+            marginals_share=marginals_share, gan_config=config, seed=seed, min_sites=max(1, len(tables) // 2 + 1),
             site_noise_multiplier=site_noise_multiplier, site_clipping_norm=site_clipping_norm,
             transport_dtype=transport_dtype, aggregation=aggregation, max_update_norm=max_update_norm,
             allow_unreviewed_schema=allow_unreviewed_schema)
@@ -193,7 +201,7 @@ def simulate(
             fail(f"{out} already holds a simulation (its simulated hospitals keep ledgers that are never reset): "
                  "choose another --out, or pass --overwrite to replace it")
         shutil.rmtree(out)
-    _show_plan(tables, len(contract.columns), settings_for(epsilon))
+    _show_plan(tables, contract, settings_for(epsilon))
     out.mkdir(parents=True, exist_ok=True)
     console.print(f"[bold]fedsyn simulate[/]: {len(tables)} sites ({', '.join(str(len(t)) for t in tables)} rows), "
                   f"epsilon={epsilon} per site, delta={delta:g}, {rounds} rounds x {local_steps} local steps, "
@@ -249,11 +257,13 @@ def _print_release(result, rounds: int) -> None:
                       f"{report['site_level_dp']['delta']:g}")
 
 
-def _show_plan(tables, columns: int, settings) -> None:
+def _show_plan(tables, schema, settings) -> None:
     """Before training: what each site's budget buys, with a warning where it is too little."""
+    from fedsyn.privacy.marginals import measured_columns
     from fedsyn.simulations.plan import plan_site
 
-    plans = [plan_site(f"site-{index}", len(table), columns, settings) for index, table in enumerate(tables)]
+    measured = len(measured_columns(schema))
+    plans = [plan_site(f"site-{index}", len(table), measured, settings) for index, table in enumerate(tables)]
     table = Table(title=f"Plan: epsilon {settings.epsilon:g} per site, {settings.rounds} rounds x "
                         f"{settings.local_steps} steps, sample rate {settings.sample_rate:.3g}")
     for column in ("site", "rows", "records per step", "noise multiplier", "records per unit of noise", "outlook"):

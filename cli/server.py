@@ -32,14 +32,22 @@ def server_start(config: Annotated[Path, typer.Option("--config", "-c")] = Path(
 
 
 @server_app.command("run")
-def server_run(config: Annotated[Path, typer.Option("--config", "-c")] = Path("server.toml")) -> None:
+def server_run(config: Annotated[Path, typer.Option("--config", "-c")] = Path("server.toml"),
+               resume: Annotated[bool, typer.Option(help=(
+                   "continue the run saved in the run config's 'state' folder after its last completed round, "
+                   "instead of starting a new one; hospitals answer a round they already ran without paying again"
+               ))] = False) -> None:
     """Submit a training run to the SuperLink and follow it; exits 1 unless the run completed.
     The release lands where the run config says."""
     from fedsyn.server.deploy import CONNECTION
 
     coordinator = _coordinator(config)
+    if resume and not coordinator.run.get("state"):
+        fail(f"--resume needs a 'state' folder in the [run] section of {config}, where the run saved its state")
     environment = coordinator.flwr_environment()
-    run_id = follow_run(coordinator.run_command() + ["--stream"], environment)
+    if resume:
+        _stop_orphaned_coordinator(coordinator, environment)
+    run_id = follow_run(coordinator.run_command(resume=resume) + ["--stream"], environment)
     if run_id is None:
         fail("Flower started no run: see its message above", code=1)
     status = run_status(coordinator.flwr_command("ls", CONNECTION, "--run-id", run_id, "--format", "json"),
@@ -48,6 +56,26 @@ def server_run(config: Annotated[Path, typer.Option("--config", "-c")] = Path("s
         fail(f"run {run_id} ended as {status}: no release was written by it. Each hospital's ledger holds what "
              "it spent; the log above says why the run stopped", code=1)
     console.print(f"[green]run {run_id} completed[/]")
+
+
+def _stop_orphaned_coordinator(coordinator, environment: dict[str, str]) -> None:
+    """A ServerApp cut off by a SuperLink crash comes back when the SuperLink restarts and
+    would train beside the resumed run: ask Flower to stop its run (the resumed ServerApp
+    waits for the run's lock until it has)."""
+    from fedsyn.server.deploy import CONNECTION
+    from fedsyn.server.resume import lock_holder
+
+    holder = lock_holder(Path(str(coordinator.run["state"])))
+    if holder is None:
+        return
+    flower_run = holder.get("flower_run")
+    console.print(f"[yellow]a coordinator process of this run is still alive (pid {holder.get('pid')}, Flower run "
+                  f"{flower_run}): stopping that run before resuming[/]")
+    if flower_run:
+        try:
+            run_flower(coordinator.flwr_command("stop", str(flower_run), CONNECTION), environment)
+        except typer.Exit:
+            console.print(f"[yellow]Flower could not stop run {flower_run}; the resumed run waits for its lock[/]")
 
 
 @server_app.command("app-hash")

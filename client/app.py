@@ -105,9 +105,10 @@ def make_client_app(resolve_policy: PolicyResolver = policy_from_node_config) ->
 
     def marginals(message: Message, site: Site) -> RecordDict:
         query = _instructions(protocol.MarginalsQuery, message.content.config_records[protocol.CONFIG])
-        released, event = site.release_marginals(query.noise_multiplier, query.epsilon, query.schema_sha256)
+        released, event = site.release_marginals(query.noise_multiplier, query.epsilon, query.schema_sha256,
+                                                 query.run_id)
         return RecordDict({
-            protocol.MARGINALS: protocol.to_array_record(released.counts),
+            protocol.MARGINALS: protocol.to_array_record(released.tables),
             protocol.PRIVACY: _privacy_record(site, event),
         })
 
@@ -117,9 +118,10 @@ def make_client_app(resolve_policy: PolicyResolver = policy_from_node_config) ->
         with _coordinator_instructions():
             arrays = protocol.from_array_record(content.array_records[protocol.ARRAYS])
             marginals = _decode_marginals(content)
-            local = (Marginals(dict(protocol.from_array_record(content.array_records[protocol.LOCAL_MARGINALS])))
-                     if protocol.LOCAL_MARGINALS in content.array_records else None)
-        updated, metrics, event = site.train(request, arrays, marginals, local)
+            per_slot = ([Marginals(dict(tables)) for tables in
+                         protocol.slot_marginals_from_record(content.array_records[protocol.SLOT_MARGINALS])]
+                        if protocol.SLOT_MARGINALS in content.array_records else None)
+        updated, metrics, event = site.train(request, arrays, marginals, per_slot)
         return RecordDict({
             protocol.ARRAYS: protocol.to_array_record(updated),
             protocol.METRICS: protocol.metrics_record(metrics),

@@ -28,6 +28,7 @@ import pandas as pd
 import torch
 
 from fedsyn.client.policy import SitePolicy
+from fedsyn.client.replies import ReplyStore, request_digest
 from fedsyn.data.schema import Schema
 from fedsyn.data.tables import DataFileError, read_table
 from fedsyn.data.validation import DataValidationError, require_valid
@@ -117,6 +118,7 @@ class Site:
         self.schema = Schema.load(policy.schema_path)
         self.schema.require_reviewed(policy.allow_unreviewed_schema)
         self.trail = AuditLog(policy.audit_trail)
+        self.replies = ReplyStore(policy.ledger.with_name(policy.ledger.stem + "-replies"))
         try:
             self.ledger = PrivacyLedger.open(policy.ledger, policy.delta, policy.accountant,
                                               protects=str(policy.data.resolve()))
@@ -190,20 +192,39 @@ class Site:
 
     # -- mechanisms ------------------------------------------------------------------------
 
-    def release_marginals(self, noise_multiplier: float, epsilon: float, schema_sha256: str
+    def release_marginals(self, noise_multiplier: float, epsilon: float, schema_sha256: str, run_id: str = ""
                           ) -> tuple[Marginals, PrivacyEvent]:
         if not all(math.isfinite(v) and v > 0 for v in (noise_multiplier, epsilon)):
             raise PolicyRefusal(f"noise multiplier {noise_multiplier} and epsilon {epsilon} must be positive "
                                 "and finite", ErrorCode.MALFORMED_REQUEST)
         self._check_schema(schema_sha256)
+        digest = request_digest({"noise_multiplier": noise_multiplier, "epsilon": epsilon, "schema": schema_sha256})
+        replayed = self._replayed(run_id, 0, digest)
+        if replayed is not None:
+            return Marginals(replayed[0]), replayed[2]
         budget = self._check_epsilon(epsilon)
         frame = self._private_rows()
         event = marginals_event(noise_multiplier, round_=0)
         position = self._charge(event, budget)  # before the release is computed
         marginals = noisy_marginals(frame, self.schema, noise_multiplier,
                                     numpy_generator(self.seed, event.mechanism, position))
+        if run_id:
+            self.replies.put(run_id, 0, digest, marginals.tables, {}, event)
         self.trail.append("marginals_sent", privacy=asdict(event), epsilon_spent=self.ledger.epsilon())
         return marginals, event
+
+    def _replayed(self, run_id: str, round_: int, digest: str
+                  ) -> tuple[dict[str, np.ndarray], dict[str, float], PrivacyEvent] | None:
+        """This site's stored answer to exactly this request of this run, sent again at no cost."""
+        if not run_id:
+            return None
+        stored = self.replies.get(run_id, round_, digest)
+        if stored is not None:
+            self.trail.append("reply_replayed", run=run_id, round=round_, privacy=asdict(stored[2]),
+                              epsilon_spent=self.ledger.epsilon())
+            log.info("round %d of run %s asked again: the stored answer is sent, nothing is charged", round_, run_id,
+                     extra={"fedsyn": {"event": "reply_replayed", "site": self.policy.site_id, "round": round_}})
+        return stored
 
     def plan_noise(self, request: TrainInstructions) -> float:
         """Noise for this round: the coordinator's value if the policy allows it, else calibrated
@@ -225,18 +246,25 @@ class Site:
         return max(sigma, self.policy.min_noise_multiplier)
 
     def train(self, request: TrainInstructions, arrays: dict[str, np.ndarray], marginals: Marginals,
-              local_marginals: Marginals | None = None) -> tuple[dict[str, np.ndarray], dict[str, float], PrivacyEvent]:
+              slot_marginals: list[Marginals] | None = None
+              ) -> tuple[dict[str, np.ndarray], dict[str, float], PrivacyEvent]:
         """One round of local training. ``marginals`` (the sum over sites) define the shared
-        encoding; ``local_marginals`` (this site's own round-0 release, echoed back) are what
-        generated rows' conditions follow here, so they look like this site's rows."""
+        encoding; ``slot_marginals`` (every site slot's round-0 release, DP outputs) say how
+        the release draws its rows, and this site's own entry is what generated rows'
+        conditions follow here, so they look like this site's rows."""
         self._check_schema(request.schema_sha256)
         self._check_network(request.gan_config)
         self._check_slot(request)
+        digest = request_digest(dict(request.to_record()), arrays)
+        replayed = self._replayed(request.run_id, request.round, digest)
+        if replayed is not None:
+            return replayed
         sigma = self.plan_noise(request)
         frame = self._private_rows()
-        trainer = self._trainer(request.gan_config, arrays, marginals, local_marginals)
+        trainer = self._trainer(request, arrays, marginals, slot_marginals)
+        local_marginals = trainer.conditions.source
         event = PrivacyEvent("dp-sgd", sigma, request.sample_rate, request.local_steps, round=request.round)
-        if local_marginals is not None:  # expected batch from the site's own noisy count: post-processing
+        if slot_marginals:  # expected batch from the site's own noisy count: post-processing
             trainer.real_normaliser = max(1.0, request.sample_rate * local_marginals.total())
         data = torch.as_tensor(trainer.encoder.encode(frame), device=trainer.device)
         position = self._charge(event, request.epsilon)  # before any step runs
@@ -248,18 +276,26 @@ class Site:
             "steps": float(len(history)),
         }
         updated = {k: v.astype(request.transport_dtype) for k, v in trainer.state_arrays().items()}
+        if request.run_id:
+            self.replies.put(request.run_id, request.round, digest, updated, metrics, event)
         self.trail.append("update_sent", privacy=asdict(event), epsilon_spent=self.ledger.epsilon(), metrics=metrics)
         return updated, metrics, event
 
-    def _trainer(self, config: GANConfig, arrays: dict[str, np.ndarray], marginals: Marginals,
-                 local_marginals: Marginals | None = None) -> GANTrainer:
+    def _trainer(self, request: TrainInstructions, arrays: dict[str, np.ndarray], marginals: Marginals,
+                 slot_marginals: list[Marginals] | None = None) -> GANTrainer:
         """The global model as sent, checked against this site's schema before anything is spent."""
+        config = request.gan_config
         try:
-            if local_marginals is not None and {k: v.shape for k, v in local_marginals.counts.items()} != \
-                    {k: v.shape for k, v in marginals.counts.items()}:
-                raise ValueError("local marginals differ in shape from the global marginals")
+            shapes = {k: v.shape for k, v in marginals.tables.items()}
+            if slot_marginals is not None and (
+                    len(slot_marginals) != config.site_slots
+                    or any({k: v.shape for k, v in m.tables.items()} != shapes for m in slot_marginals)):
+                raise ValueError("slot marginals differ in number or shape from the global marginals")
+            local = slot_marginals[request.site_slot] if slot_marginals and request.site_slot is not None else None
             trainer = GANTrainer(TableEncoder(self.schema, marginals), config, device=self.policy.device,
-                                 condition_marginals=local_marginals)
+                                 condition_marginals=local)
+            if slot_marginals:
+                trainer.set_release_slots([m.total() for m in slot_marginals], slot_marginals)
             trainer.load_state_arrays(arrays)
         except (KeyError, RuntimeError, ValueError) as exc:
             log.warning("the global model does not fit this site's schema: %s", type(exc).__name__)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
 from uuid import uuid4
@@ -11,8 +12,10 @@ from flwr.app import Context
 from flwr.serverapp import Grid, ServerApp
 
 from fedsyn.data.schema import Schema
+from fedsyn.errors import ConfigurationError
 from fedsyn.server.coordinator import Coordinator, RoundCallback, RoundSummary
 from fedsyn.server.release import write_release
+from fedsyn.server.resume import holding_run, load_state
 from fedsyn.server.settings import FederationSettings
 from fedsyn.trust.audit import AuditLog
 from fedsyn.trust.signing import load_private_key
@@ -28,6 +31,8 @@ class ReleasePlan:
     ``signing_key`` (Ed25519, PEM) signs each bundle's manifest and the audit log's head.
     ``public_facts`` names anything published that was derived from private data and
     declared public by whoever set up the run (e.g. a simulation's smallest site size).
+    ``state_dir`` keeps the run's state after every completed round (see
+    :mod:`fedsyn.server.resume`).
     """
 
     out: Path
@@ -37,17 +42,37 @@ class ReleasePlan:
     signing_key: Path | None = None
     audit_log: Path | None = None
     public_facts: dict[str, object] = field(default_factory=dict)
+    state_dir: Path | None = None  # the run's state after every round, for ``--resume``
 
 
 def run_federation(grid: Grid, schema: Schema, settings: FederationSettings, plan: ReleasePlan,
-                   on_round: RoundCallback | None = None, run_id: str | None = None) -> Coordinator:
+                   on_round: RoundCallback | None = None, run_id: str | None = None,
+                   resume: bool = False) -> Coordinator:
     """The whole coordinator job on any Grid; returns the coordinator with its records.
 
-    ``run_id`` (Flower's, in a deployment; else a fresh one) tags every audit entry, so the
-    entries of runs sharing one audit log stay apart."""
+    Every audit entry names fedsyn's own run id (fresh, or the saved run's when resuming),
+    so the entries of runs sharing one audit log stay apart; ``run_id`` (Flower's, in a
+    deployment) is recorded when the run starts or resumes. With ``resume`` the run saved
+    in ``plan.state_dir`` goes on after its last completed round. With a state folder, only
+    one coordinator process drives the run at a time (:func:`holding_run`)."""
+    with ExitStack() as stack:
+        if plan.state_dir is not None:
+            stack.enter_context(holding_run(plan.state_dir, run_id))
+        return _run(grid, schema, settings, plan, on_round, run_id, resume)
+
+
+def _run(grid: Grid, schema: Schema, settings: FederationSettings, plan: ReleasePlan,
+         on_round: RoundCallback | None, run_id: str | None, resume: bool) -> Coordinator:
+    """:func:`run_federation`'s body, run while the run's lock is held."""
     key = load_private_key(plan.signing_key) if plan.signing_key else None
-    audit = AuditLog(plan.audit_log, key, run_id=run_id or uuid4().hex[:16]) if plan.audit_log else None
-    coordinator = Coordinator(schema, settings, audit)
+    state = None
+    if resume:
+        if plan.state_dir is None:
+            raise ConfigurationError("--resume needs the run's state folder (run config 'state')")
+        state = load_state(plan.state_dir, plan.audit_log)
+    fedsyn_run = state.run_id if state is not None else uuid4().hex[:16]
+    audit = AuditLog(plan.audit_log, key, run_id=fedsyn_run) if plan.audit_log else None
+    coordinator = Coordinator(schema, settings, audit, run_id=fedsyn_run, state_dir=plan.state_dir)
 
     def publish(out: Path) -> None:
         write_release(coordinator, out, plan.rows, plan.drop_rule_violations, key, plan.public_facts)
@@ -58,7 +83,13 @@ def run_federation(grid: Grid, schema: Schema, settings: FederationSettings, pla
         if on_round is not None:
             on_round(summary, sites)
 
-    coordinator.collect_marginals(grid)
+    if state is None:
+        coordinator.record("run_started", flower_run=run_id)
+        coordinator.collect_marginals(grid)
+    else:
+        coordinator.restore(state)
+        coordinator.record("run_resumed", flower_run=run_id, after_round=state.round)
+        coordinator.wait_for_sites(grid)
     coordinator.train(grid, after_round)
     publish(plan.out)
     log.info("release written to %s", plan.out)
@@ -71,6 +102,7 @@ def make_server_app(schema: Schema, settings: FederationSettings, plan: ReleaseP
 
     @app.main()
     def main(grid: Grid, context: Context) -> None:
-        run_federation(grid, schema, settings, plan, on_round, run_id=str(context.run_id))
+        run_federation(grid, schema, settings, plan, on_round, run_id=str(context.run_id),
+                       resume=bool(context.run_config.get("resume", False)))
 
     return app

@@ -12,10 +12,12 @@ import logging
 import math
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field, replace
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
 
 import numpy as np
-from flwr.app import ArrayRecord, Message, RecordDict
+import torch
+from flwr.app import Message, RecordDict
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import Strategy
 
@@ -26,8 +28,9 @@ from fedsyn.model.config import GANConfig
 from fedsyn.model.encoder import TableEncoder
 from fedsyn.model.training import GANTrainer
 from fedsyn.privacy.accounting import PrivacyEvent, compute_epsilon, gaussian_noise_for_epsilon
-from fedsyn.privacy.marginals import Marginals, bin_labels
+from fedsyn.privacy.marginals import Marginals, marginals_sensitivity, split_column, table_shape
 from fedsyn.privacy.randomness import torch_generator
+from fedsyn.server.resume import SAVED, RunState, save_state
 from fedsyn.server.settings import FederationSettings
 from fedsyn.server.strategy import build_strategy
 from fedsyn.trust.audit import AuditLog
@@ -71,10 +74,19 @@ RoundCallback = Callable[[RoundSummary, dict[int, SiteStatus]], None]
 
 
 class Coordinator:
-    def __init__(self, schema: Schema, settings: FederationSettings, audit: AuditLog | None = None):
+    """The run, round by round. With ``state_dir`` its state is saved after every completed
+    round (:mod:`fedsyn.server.resume`), and :meth:`restore` continues a saved run; ``run_id``
+    goes to the sites with every request, so they answer a repeated round from their store."""
+
+    def __init__(self, schema: Schema, settings: FederationSettings, audit: AuditLog | None = None,
+                 run_id: str = "", state_dir: Path | None = None):
         self.schema = schema
         self.settings = settings
         self.audit = audit
+        self.run_id = run_id
+        self.state_dir = state_dir
+        self.completed_round: int | None = None  # None: not even the marginals round
+        self._restored_model: tuple[dict[str, np.ndarray], dict[str, np.ndarray]] | None = None
         self.sites: dict[int, SiteStatus] = {}
         self.rounds: list[RoundSummary] = []
         self.marginals: Marginals | None = None
@@ -86,7 +98,7 @@ class Coordinator:
 
     # -- helpers --------------------------------------------------------------------------
 
-    def _wait_for_sites(self, grid: Grid) -> list[int]:
+    def wait_for_sites(self, grid: Grid) -> list[int]:
         deadline = time.monotonic() + self.settings.timeout
         while True:
             nodes = sorted(grid.get_node_ids())
@@ -203,14 +215,15 @@ class Coordinator:
         self.schema.require_reviewed(settings.allow_unreviewed_schema)
         self.record("run_configured", settings=settings.to_dict(),
                     schema=self.schema.name)
-        nodes = self._wait_for_sites(grid)
+        nodes = self.wait_for_sites(grid)
         sigma = gaussian_noise_for_epsilon(settings.marginals_share * settings.epsilon, settings.delta,
                                            settings.accountant)
-        query = protocol.MarginalsQuery(sigma, settings.epsilon, protocol.schema_fingerprint(self.schema))
+        query = protocol.MarginalsQuery(sigma, settings.epsilon, protocol.schema_fingerprint(self.schema),
+                                        self.run_id)
         content = RecordDict({protocol.CONFIG: query.to_record()})
         replies = self._exchange(grid, [Message(content, dst_node_id=node, message_type=protocol.QUERY_MARGINALS,
                                                 group_id="0") for node in nodes], 0)
-        shapes = {c.name: ((bin_labels(c),), np.dtype(np.float64)) for c in self.schema.columns}
+        shapes = {c.name: (table_shape(self.schema, c), np.dtype(np.float64)) for c in self.schema.columns}
         expected = PrivacyEvent("gaussian-marginals", sigma, 1.0, 1)
         valid = self._replies(replies, 0, protocol.MARGINALS, expected, shapes)
         self._require_quorum(len(valid), 0)
@@ -224,10 +237,14 @@ class Coordinator:
         for part in parts[1:]:
             total = total + part
         if settings.marginals_noise_floor:
-            # Each site's counts carry noise of std sigma*sqrt(#columns); the sum over sites sqrt(#sites) more.
-            std = sigma * math.sqrt(len(self.schema.columns)) * math.sqrt(len(parts))
+            # A site's table cell carries noise of std sigma*sensitivity; a one-way count sums a row of
+            # cells (one per outcome class), and the sum over sites sqrt(#sites) more.
+            split = split_column(self.schema)
+            classes = table_shape(self.schema, split)[0] if split is not None else 1
+            std = sigma * marginals_sensitivity(self.schema) * math.sqrt(classes * len(parts))
             total = total.without_noise_floor(self.schema, std, settings.marginals_noise_floor)
         self.marginals = total
+        self._save(0)
         return total
 
     def train(self, grid: Grid, on_round: RoundCallback | None = None) -> GANTrainer:
@@ -239,7 +256,11 @@ class Coordinator:
         if settings.site_conditional:
             gan_config = replace(gan_config, site_slots=len(self.slots))
         trainer = GANTrainer(TableEncoder(self.schema, self.marginals), gan_config,
-                             rng=torch_generator(settings.seed, "coordinator"))
+                             rng=torch_generator(settings.seed, "coordinator", self.completed_round or 0))
+        if self._restored_model is not None:
+            model, sampler = self._restored_model
+            trainer.load_state_arrays(model)
+            trainer.sampler.load_state_dict({name: torch.as_tensor(value) for name, value in sampler.items()})
         if gan_config.site_slots:
             ordered = sorted(self.slots, key=self.slots.__getitem__)
             trainer.set_release_slots([self.site_marginals[node].total() for node in ordered],
@@ -247,25 +268,26 @@ class Coordinator:
         self.trainer = trainer
         shapes = {k: (v.shape, v.dtype) for k, v in trainer.state_arrays().items()}
         wire_shapes = {k: (shape, np.dtype(settings.transport_dtype)) for k, (shape, _) in shapes.items()}
-        echoed = {node: protocol.to_array_record(m.counts) for node, m in self.site_marginals.items()}
+        ordered_nodes = sorted(self.slots, key=self.slots.__getitem__)
+        slot_marginals = protocol.slot_marginals_record([self.site_marginals[node].tables for node in ordered_nodes])
 
-        def per_node(node: int) -> tuple[int, ArrayRecord] | None:
-            return (self.slots[node], echoed[node]) if gan_config.site_slots and node in self.slots else None
+        def slot_of(node: int) -> int | None:
+            return self.slots[node] if gan_config.site_slots and node in self.slots else None
 
         self.strategy = build_strategy(
-            protocol.to_array_record(self.marginals.counts),
+            protocol.to_array_record(self.marginals.tables),
             lambda: [s.node_id for s in self.sites.values() if s.active and self._trainable(s.node_id, gan_config)],
             len(self.sites), settings.delta, settings.site_noise_multiplier, settings.site_clipping_norm,
-            settings.aggregation, per_node)
+            settings.aggregation, slot_of, slot_marginals)
         instructions = protocol.TrainInstructions(
             round=1, total_rounds=settings.rounds, local_steps=settings.local_steps,
             sample_rate=settings.sample_rate, epsilon=settings.epsilon, noise_multiplier=settings.noise_multiplier,
             gan_config=gan_config, schema_sha256=protocol.schema_fingerprint(self.schema),
-            transport_dtype=settings.transport_dtype)
+            transport_dtype=settings.transport_dtype, run_id=self.run_id)
         # Sites may add noise but never less than asked; with none asked they calibrate their own.
         least_noise = settings.noise_multiplier or np.finfo(float).tiny
         expected = PrivacyEvent("dp-sgd", least_noise, settings.sample_rate, settings.local_steps)
-        for round_ in range(1, settings.rounds + 1):
+        for round_ in range((self.completed_round or 0) + 1, settings.rounds + 1):
             started = time.monotonic()
             if not any(s.active for s in self.sites.values()):
                 log.info("every site has spent its budget or refused: stopping after round %d", round_ - 1)
@@ -290,9 +312,49 @@ class Coordinator:
                                    time.monotonic() - started)
             self.rounds.append(summary)
             self.record("round_finished", round=round_, accepted=summary.accepted, dropped=summary.dropped)
+            self._save(round_)
             if on_round is not None:
                 on_round(summary, self.sites)
         return trainer
+
+    # -- saving and resuming ----------------------------------------------------------------
+
+    def _save(self, round_: int) -> None:
+        """Persist the run after ``round_`` (atomically), vouched for in the audit log."""
+        self.completed_round = round_
+        if self.state_dir is None or self.marginals is None:
+            return
+        model = sampler = None
+        if self.trainer is not None:
+            model = dict(self.trainer.state_arrays())
+            sampler = {k: v.detach().cpu().numpy() for k, v in self.trainer.sampler.state_dict().items()}
+        state = RunState(
+            run_id=self.run_id, round=round_, settings=self.settings.to_dict(),
+            schema_sha256=protocol.schema_fingerprint(self.schema), marginals=self.marginals.tables,
+            site_marginals={node: m.tables for node, m in self.site_marginals.items()}, slots=dict(self.slots),
+            sites=[asdict(site) for site in self.sites.values()], rounds=[asdict(r) for r in self.rounds],
+            model=model, sampler=sampler)
+        digest = save_state(self.state_dir, state)
+        self.record(SAVED, round=round_, path=str((self.state_dir / "state.pt").resolve()), sha256=digest)
+
+    def restore(self, state: RunState) -> None:
+        """Continue a saved run: same settings and schema, or nothing is resumed."""
+        if state.settings != self.settings.to_dict():
+            changed = sorted(k for k in state.settings if state.settings[k] != self.settings.to_dict().get(k))
+            raise ConfigurationError(f"the run's settings changed since its state was saved ({', '.join(changed)}); "
+                                     "resume with the settings it started with")
+        if state.schema_sha256 != protocol.schema_fingerprint(self.schema):
+            raise ConfigurationError("the schema changed since the run's state was saved; resume with the same schema")
+        self.run_id = state.run_id
+        self.marginals = Marginals(state.marginals)
+        self.site_marginals = {int(node): Marginals(tables) for node, tables in state.site_marginals.items()}
+        self.slots = {int(node): slot for node, slot in state.slots.items()}
+        self.sites = {int(raw["node_id"]): SiteStatus(**{**raw, "events": [PrivacyEvent(**e) for e in raw["events"]]})
+                      for raw in state.sites}
+        self.rounds = [RoundSummary(**raw) for raw in state.rounds]
+        self.completed_round = state.round
+        if state.model is not None and state.sampler is not None:
+            self._restored_model = (state.model, state.sampler)
 
     def _trainable(self, node: int, gan_config: GANConfig) -> bool:
         """With site slots, only the sites that released valid round-0 marginals (they hold a slot)."""

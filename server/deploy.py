@@ -22,7 +22,7 @@ from fedsyn.server.app import ReleasePlan, run_federation
 from fedsyn.server.settings import FederationSettings
 
 CONNECTION = "fedsyn"
-RUN_PATHS = ("schema", "out", "signing-key", "audit-log")  # [run] settings that name files
+RUN_PATHS = ("schema", "out", "signing-key", "audit-log", "state")  # [run] settings that name files
 APP_DIR = Path(__file__).resolve().parent / "flower_app"
 
 app = ServerApp()
@@ -34,8 +34,10 @@ def main(grid: Grid, context: Context) -> None:
     settings = FederationSettings.from_run_config(config)  # unset keys keep the tuned defaults
     plan = ReleasePlan(out=Path(str(config["out"])), rows=int(config["rows"]),
                        signing_key=Path(str(config["signing-key"])) if config.get("signing-key") else None,
-                       audit_log=Path(str(config["audit-log"])) if config.get("audit-log") else None)
-    run_federation(grid, Schema.load(str(config["schema"])), settings, plan, run_id=str(context.run_id))
+                       audit_log=Path(str(config["audit-log"])) if config.get("audit-log") else None,
+                       state_dir=Path(str(config["state"])) if config.get("state") else None)
+    run_federation(grid, Schema.load(str(config["schema"])), settings, plan, run_id=str(context.run_id),
+                   resume=bool(config.get("resume", False)))
 
 
 def app_bundle_hash() -> str:
@@ -98,10 +100,12 @@ class CoordinatorConfig(BaseModel):
         """``flwr supernode ACTION ARGUMENTS`` against this SuperLink (register, list, unregister)."""
         return self.flwr_command("supernode", action, *arguments, CONNECTION)
 
-    def run_command(self) -> list[str]:
-        overrides = " ".join(f"{key}={_toml_value(value)}" for key, value in self.run.items())
+    def run_command(self, resume: bool = False) -> list[str]:
+        overrides = " ".join(f"{key}={_toml_value(value)}" for key, value in {**self.run, "resume": resume}.items())
         return self.flwr_command("run", str(APP_DIR), CONNECTION, *(["--run-config", overrides] if overrides else []))
 
 
-def _toml_value(value: str | int | float) -> str:
+def _toml_value(value: str | int | float | bool) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
     return f'"{value}"' if isinstance(value, str) else repr(value)

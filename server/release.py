@@ -40,10 +40,11 @@ NOT_SENT = [
 ]
 RELEASE_CONTENTS = {
     "synthetic.csv / synthetic.parquet": "post-processing of DP outputs (sampled from the averaged generator)",
-    "generator.pt": "post-processing of DP outputs (generator weights, the summed noisy marginals and, per site "
-                    "slot, that site's noisy round-0 marginals: DP outputs the sites released)",
+    "generator.pt": "post-processing of DP outputs (generator weights, the summed noisy outcome tables and, per "
+                    "site slot, that site's noisy round-0 tables: DP outputs the sites released)",
     "privacy_report.json": "the declared-public facts above and the ledger recomputed from them",
-    "quality_report.json": "synthetic rows against the summed noisy marginals: post-processing of DP outputs",
+    "quality_report.json": "synthetic rows against the summed noisy tables' one-way sums: post-processing of DP "
+                           "outputs",
     "run_config.json, schema.json, README.md": "public settings and the public schema",
 }
 
@@ -108,7 +109,8 @@ def quality_report(synthetic: pd.DataFrame, coordinator: Coordinator) -> dict:
         produced = synthetic_counts.probabilities(column.name, floor=0.0)
         distances[column.name] = round(float(0.5 * np.abs(target - produced).sum()), 4)
     return {
-        "basis": "synthetic rows against the sum of the sites' noisy one-way marginals (DP); no real row is used",
+        "basis": "synthetic rows against the one-way sums of the sites' noisy outcome tables (DP); no real row "
+                 "is used",
         "total_variation_per_column": distances,
         "mean_total_variation": round(float(np.mean(list(distances.values()))), 4) if distances else 0.0,
     }
@@ -171,11 +173,12 @@ def _readme(coordinator: Coordinator, report: dict, synthetic: pd.DataFrame, row
     lines += [
         "",
         "## How it was made",
-        "Round 0: each site released Gaussian-noised one-way histograms over the schema's public bins "
-        "(charged to its budget); their sum defines the numeric quantile maps and conditional sampling "
-        "frequencies. Rounds 1..R: each site trained the discriminator with DP-SGD (Poisson sampling, "
-        "per-record clipping, Gaussian noise) and the generator through it; the coordinator averaged the "
-        "updates with equal weights. Generator and discriminator are told which site (a public slot) a row is "
+        "Round 0: each site released Gaussian-noised tables of every column's public bins by the outcome's "
+        "classes (charged to its budget); their sum defines the numeric quantile maps and conditional "
+        "sampling frequencies. Rounds 1..R: each site trained the discriminator with DP-SGD (Poisson "
+        "sampling, per-record clipping, Gaussian noise) and the generator through it and towards the summed "
+        "tables (marginal matching, post-processing); the coordinator averaged the updates with equal "
+        "weights. Generator and discriminator are told which site (a public slot) a row is "
         "for, and at each site generated rows follow that site's own noisy marginals; the release picks a "
         "site slot per row in proportion to the sites' noisy row counts from round 0 (post-processing). "
         "Settings: `run_config.json`; schema: `schema.json`; "

@@ -28,19 +28,21 @@ class SiteMessages:
     """
 
     def __init__(self, marginals: ArrayRecord, active_nodes: Callable[[], list[int]],
-                 per_node: Callable[[int], tuple[int, ArrayRecord] | None] | None = None, **options: float):
+                 slot_of: Callable[[int], int | None] | None = None, slot_marginals: ArrayRecord | None = None,
+                 **options: float):
         super().__init__(fraction_evaluate=0.0, weighted_by_key="steps", arrayrecord_key=protocol.ARRAYS,
                          configrecord_key=protocol.CONFIG, **options)
         self.marginals = marginals
         self.active_nodes = active_nodes
-        self.per_node = per_node
+        self.slot_of = slot_of
+        self.slot_marginals = slot_marginals
 
     def configure_train(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
                         ) -> Iterable[Message]:
-        """One message per site; with ``per_node``, each also names the site's slot and echoes its
-        own noisy marginals back to it (public slot index, DP output: nothing new is revealed)."""
+        """One message per site; with ``slot_of``, each also names the site's slot and carries every
+        slot's round-0 tables (public slot indices and DP outputs: nothing new is revealed)."""
         nodes = self.active_nodes()
-        if self.per_node is None:
+        if self.slot_of is None:
             record = RecordDict({protocol.ARRAYS: arrays, protocol.MARGINALS: self.marginals,
                                  protocol.CONFIG: config})
             return self._construct_messages(record, nodes, MessageType.TRAIN)
@@ -48,11 +50,11 @@ class SiteMessages:
         for node in nodes:
             record = RecordDict({protocol.ARRAYS: arrays, protocol.MARGINALS: self.marginals,
                                  protocol.CONFIG: ConfigRecord(dict(config))})
-            own = self.per_node(node)
-            if own is not None:
-                slot, local = own
+            slot = self.slot_of(node)
+            if slot is not None:
                 record.config_records[protocol.CONFIG][protocol.SITE_SLOT] = slot
-                record.array_records[protocol.LOCAL_MARGINALS] = local
+                if self.slot_marginals is not None:
+                    record.array_records[protocol.SLOT_MARGINALS] = self.slot_marginals
             messages.extend(self._construct_messages(record, [node], MessageType.TRAIN))
         return messages
 
@@ -74,12 +76,13 @@ AGGREGATIONS = {"mean": SiteFedAvg, "median": SiteFedMedian, "trimmed-mean": Sit
 
 def build_strategy(marginals: ArrayRecord, active_nodes: Callable[[], list[int]], sites: int, delta: float,
                    site_noise_multiplier: float | None, site_clipping_norm: float, aggregation: str = "mean",
-                   per_node: Callable[[int], tuple[int, ArrayRecord] | None] | None = None) -> Strategy:
+                   slot_of: Callable[[int], int | None] | None = None,
+                   slot_marginals: ArrayRecord | None = None) -> Strategy:
     """The ``aggregation`` rule over sites, with ``site_noise_multiplier`` wrapped in Flower's
     server-side fixed-clipping DP and its RDP accountant (site-level, no amplification)."""
     if aggregation not in AGGREGATIONS:
         raise ValueError(f"aggregation '{aggregation}' is not one of {sorted(AGGREGATIONS)}")
-    strategy = AGGREGATIONS[aggregation](marginals, active_nodes, per_node)
+    strategy = AGGREGATIONS[aggregation](marginals, active_nodes, slot_of, slot_marginals)
     if site_noise_multiplier is None:
         return strategy
     accountant = RdpAccountant(PrivacyConfig(

@@ -24,6 +24,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shlex
 import subprocess
 import sys
 import tempfile
@@ -69,11 +70,11 @@ def split_by_site(bench: Path, table: str, folder: Path) -> list[Path]:
 
 
 def run_fedsyn(fedsyn: str, sites: list[Path], schema: Path, epsilon: float, rows: int, seed: int,
-               out: Path) -> float:
+               out: Path, extra: Iterable[str] = ()) -> float:
     """``fedsyn simulate`` as a reviewer runs it; returns its wall-clock seconds."""
     command = [fedsyn, "simulate", *[arg for path in sites for arg in ("--sites", str(path))],
                "--schema", str(schema), "--epsilon", f"{epsilon:g}", "--rows", str(rows),
-               "--seed", str(seed), "--out", str(out), "--no-compare"]
+               "--seed", str(seed), "--out", str(out), "--no-compare", *extra]
     env = {**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1"),
            "MKL_NUM_THREADS": os.environ.get("MKL_NUM_THREADS", "1")}
     started = time.monotonic()
@@ -144,6 +145,8 @@ def main(argv: list[str] | None = None) -> None:
                         help="the fedsyn command (default: the one beside this Python)")
     parser.add_argument("--judge-python", default=sys.executable,
                         help="a Python with sdmetrics and scikit-learn to run the bench's judge.py")
+    parser.add_argument("--simulate-args", default="",
+                        help="more `fedsyn simulate` options for every run, e.g. '--marginals-share 0.3'")
     args = parser.parse_args(argv)
     bench = args.bench.resolve()
     names = args.tables.split(",") if args.tables else list(json.loads((bench / "tables.json").read_text()))
@@ -158,7 +161,7 @@ def main(argv: list[str] | None = None) -> None:
         for seed in range(args.seeds):
             out = work / table / f"seed-{seed}"
             seconds = run_fedsyn(args.fedsyn, sites, bench / table / "schema.json", args.epsilon,
-                                 train_rows, seed, out)
+                                 train_rows, seed, out, shlex.split(args.simulate_args))
             scores = judge_release(args.judge_python, bench, table, out / "release" / "synthetic.csv")
             row = {"table": table, "arm": f"fedsyn federated ({len(sites)} sites)", "seed": seed,
                    "method": "fedsyn", "scope": f"federated:{len(sites)}", "eps": args.epsilon,

@@ -43,11 +43,12 @@ class SitePlan:
     advice: str
 
 
-def plan_site(name: str, rows: int, columns: int, settings: FederationSettings) -> SitePlan:
-    """What ``settings`` mean for a site with ``rows`` records (known to the researcher only)."""
+def plan_site(name: str, rows: int, tables: int, settings: FederationSettings) -> SitePlan:
+    """What ``settings`` mean for a site with ``rows`` records (known to the researcher only)
+    and ``tables`` noisy tables in its marginals release (:func:`measured_columns`)."""
     marginals_sigma = gaussian_noise_for_epsilon(settings.marginals_share * settings.epsilon, settings.delta,
                                                  settings.accountant)
-    histogram_noise = marginals_sigma * math.sqrt(columns)
+    histogram_noise = marginals_sigma * math.sqrt(tables)
     steps = settings.rounds * settings.local_steps
     batch = settings.sample_rate * rows
     try:

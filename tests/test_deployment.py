@@ -70,7 +70,7 @@ class Deployment:
             f'[run]\nschema = "{demo_schema_path()}"\nout = "{root / "release"}"\nrows = 200\nrounds = {rounds}\n'
             f'local-steps = 3\nsample-rate = 0.2\nmin-sites = {min_sites}\nround-timeout = {timeout}\n'
             f'epsilon = {epsilon}\n'
-            f'audit-log = "{root / "audit.jsonl"}"\n')
+            f'audit-log = "{root / "audit.jsonl"}"\nstate = "state/run"\n')
         self.coordinator = CoordinatorConfig.load(root / "server.toml")
         self.env.update(self.coordinator.flwr_environment())
 
@@ -98,10 +98,11 @@ class Deployment:
         launch = supernode_launch(policy)
         self.nodes[index] = self._start(launch.command, policy.parent / "node.log", launch.environment)
 
-    def submit(self) -> subprocess.Popen:
+    def submit(self, *options: str) -> subprocess.Popen:
         """``fedsyn server run``, as the coordinator's operator types it."""
         fedsyn = str(Path(sys.executable).with_name("fedsyn"))
-        return self._start([fedsyn, "server", "run", "-c", str(self.root / "server.toml")], self.root / "run.log")
+        return self._start([fedsyn, "server", "run", "-c", str(self.root / "server.toml"), *options],
+                           self.root / "run.log")
 
     def audit_events(self) -> list[dict]:
         path = self.root / "audit.jsonl"
@@ -198,8 +199,9 @@ def _hostile_app(folder: Path, marker: Path) -> Path:
 def test_site_stop_and_coordinator_restart_with_real_processes(demo_frame, demo_schema, deployment_factory):
     """A hospital's SuperNode is killed after round 1: later rounds go on with the other two
     and the report names it. Then the SuperLink is killed in the middle of a second run: that
-    run fails loudly, no ledger forgets what it spent, and after a restart on the same
-    database the registered hospitals reconnect by themselves."""
+    run fails loudly, no ledger forgets what it spent, after a restart on the same database
+    the registered hospitals reconnect by themselves, and ``fedsyn server run --resume``
+    finishes the run without any hospital paying twice for a round."""
     deadline = time.monotonic() + 2 * DEADLINE_S
     deployment = deployment_factory(frame=demo_frame.sample(900, random_state=0), sites=3, rounds=3, min_sites=2,
                                     timeout=40.0, epsilon=0.5)
@@ -221,6 +223,8 @@ def test_site_stop_and_coordinator_restart_with_real_processes(demo_frame, demo_
     assert stopped["dropped"] and stopped["dropped"][0]["round"] >= 2
     assert all(len(site["rounds_accepted"]) == 4 for site in report["sites"] if site["site"] != "site-2")
     spent = {i: PrivacyLedger.load(SitePolicy.load(p).ledger).epsilon() for i, p in enumerate(deployment.plan.policies)}
+    first_run = {i: len(PrivacyLedger.load(SitePolicy.load(p).ledger).events)
+                 for i, p in enumerate(deployment.plan.policies)}
 
     # The coordinator asks for more (cumulative) budget, then dies in the middle of the run.
     server_toml = root / "server.toml"
@@ -249,3 +253,18 @@ def test_site_stop_and_coordinator_restart_with_real_processes(demo_frame, demo_
             return 0
 
     deployment.wait_for(lambda: online() == 3, "the three registered hospitals to reconnect", deadline)
+
+    # Resume: the run goes on after its last completed round and finishes.
+    resumed = deployment.submit("--resume")
+    deployment.wait_for(lambda: resumed.poll() is not None, "the resumed run", deadline)
+    assert resumed.returncode == 0, (root / "run.log").read_text()[-3000:]
+    events = deployment.audit_events()
+    assert len({e["run"] for e in events}) == 1  # one run, before and after the restart
+    assert [e["round"] for e in events if e["event"] == "round_finished"] == [1, 2, 3]
+    report = json.loads((root / "release" / "privacy_report.json").read_text())
+    for site in report["sites"]:
+        index = int(site["site"].removeprefix("site-"))
+        ledger = PrivacyLedger.load(SitePolicy.load(deployment.plan.policies[index]).ledger)
+        assert site["epsilon_cumulative"] == pytest.approx(ledger.epsilon(), rel=1e-9)
+        this_run = ledger.events[first_run[index]:]
+        assert [e.round for e in this_run] == [0, 1, 2, 3]  # every round charged once, none twice

@@ -25,7 +25,7 @@ def test_encoder_uses_public_parameters_only(demo_frame, demo_schema):
     a = TableEncoder(demo_schema).encode(demo_frame.head(5))
     b = TableEncoder(demo_schema).encode(demo_frame.head(5))
     np.testing.assert_array_equal(a, b)
-    assert TableEncoder(demo_schema).marginals.counts["age"].tolist() == [1.0] * 64
+    assert np.unique(TableEncoder(demo_schema).marginals.counts["age"]).size == 1  # flat: no statistics
 
 
 def test_quantile_map_spreads_skewed_values(demo_frame, demo_schema):

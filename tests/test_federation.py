@@ -175,10 +175,11 @@ def test_coordinator_crash_mid_run_loses_no_spent_privacy_and_a_new_run_respects
             raise CoordinatorCrash("coordinator stopped")
         return reply
 
-    with pytest.raises(CoordinatorCrash):
-        run_in_process(plan, demo_schema, tmp_path / "first", reply_filter=crash_in_round_two)
+    with pytest.raises(CoordinatorCrash):  # the first run asks for half the budget the second asks for
+        run_in_process(plan, demo_schema, tmp_path / "first", SETTINGS.model_copy(update={"epsilon": 0.5}),
+                       reply_filter=crash_in_round_two)
     spent_before = [PrivacyLedger.load(SitePolicy.load(p).ledger).epsilon() for p in plan.policies]
-    assert all(0 < e < 1.0 for e in spent_before)
+    assert all(0 < e < 0.5 for e in spent_before)
     _, coordinator = run_in_process(plan, demo_schema, tmp_path / "second")
     for policy, before in zip(plan.policies, spent_before):
         ledger = PrivacyLedger.load(SitePolicy.load(policy).ledger)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import math
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -27,7 +28,7 @@ from fedsyn.model.encoder import TableEncoder
 from fedsyn.model.gan import DPTabularGAN
 from fedsyn.model.training import GANTrainer
 from fedsyn.privacy.accounting import LedgerError, PrivacyLedger, gaussian_noise_for_epsilon
-from fedsyn.privacy.marginals import Marginals, exact_counts
+from fedsyn.privacy.marginals import Marginals, exact_counts, marginals_sensitivity, measured_columns
 from fedsyn.privacy.randomness import torch_generator
 from fedsyn.server.settings import FederationSettings
 from fedsyn.simulations.run import prepare_sites
@@ -180,13 +181,24 @@ def test_single_site_fit_charges_before_its_first_step(demo_schema, small_frame)
     assert charged == [["gaussian-marginals", "dp-sgd"]]
 
 
-def test_marginals_noise_through_the_site_has_std_sigma_sqrt_d(tmp_path, small_frame):
+def test_marginals_noise_through_the_site_has_std_sigma_times_sensitivity(tmp_path, small_frame):
     site = _site(tmp_path, small_frame)
     sigma = 2.0
     released, _ = site.release_marginals(sigma, 50.0, protocol.schema_fingerprint(site.schema))
     exact = exact_counts(small_frame, site.schema)
-    residuals = np.concatenate([released.counts[c] - exact.counts[c] for c in exact.counts])
-    assert residuals.std() == pytest.approx(sigma * math.sqrt(len(site.schema.columns)), rel=0.12)
+    measured = [c.name for c in measured_columns(site.schema)]
+    assert site.schema.outcome not in measured  # its counts are sums of the noisy tables
+    residuals = np.concatenate([(released.tables[c] - exact.tables[c]).ravel() for c in measured])
+    assert residuals.std() == pytest.approx(sigma * math.sqrt(len(measured)), rel=0.12)
+
+
+def test_the_marginals_sensitivity_is_what_one_record_moves(small_frame, demo_schema):
+    """Removing one record moves the measured tables by exactly the claimed L2 sensitivity,
+    and the outcome's own counts are not measured on their own (else it would be more)."""
+    full, fewer = exact_counts(small_frame, demo_schema), exact_counts(small_frame.iloc[1:], demo_schema)
+    moved = [full.tables[c.name] - fewer.tables[c.name] for c in measured_columns(demo_schema)]
+    assert math.sqrt(sum(float(np.sum(m ** 2)) for m in moved)) == pytest.approx(marginals_sensitivity(demo_schema))
+    assert {c.name for c in measured_columns(demo_schema)} | {demo_schema.outcome} == set(demo_schema.column_names)
 
 
 def _refusal(site: Site, call) -> SiteRefusal:
@@ -319,11 +331,14 @@ def test_privacy_report_states_each_sites_own_delta(tmp_path, demo_frame, demo_s
 
 
 def test_a_site_normalises_by_its_noisy_count_never_its_row_count(tmp_path, small_frame, monkeypatch):
-    """With its own noisy marginals echoed back, the site's expected batch comes from that DP
-    release (post-processing), not from ``len(extract)``."""
+    """With its own noisy marginals among the slots' tables, the site's expected batch comes
+    from that DP release (post-processing), not from ``len(extract)``."""
     site = _site(tmp_path, small_frame)
-    arrays, marginals = _global_model(site)
-    echoed = Marginals({name: counts * 0 + 1000.0 / len(counts) for name, counts in marginals.counts.items()})
+    one_slot = replace(TINY, site_slots=1)
+    marginals = Marginals.uniform(site.schema)
+    arrays = dict(GANTrainer(TableEncoder(site.schema, marginals), one_slot,
+                             rng=torch_generator(7, "global")).state_arrays())
+    own = Marginals({name: table * 0 + 1000.0 / table.size for name, table in marginals.tables.items()})
     seen: list[float | None] = []
     real_train = GANTrainer.train
 
@@ -332,5 +347,5 @@ def test_a_site_normalises_by_its_noisy_count_never_its_row_count(tmp_path, smal
         return real_train(self, *args, **kwargs)
 
     monkeypatch.setattr(GANTrainer, "train", spy)
-    site.train(_request(site), arrays, marginals, echoed)
+    site.train(_request(site, gan_config=one_slot, site_slot=0), arrays, marginals, [own])
     assert seen == [pytest.approx(0.2 * 1000.0)] and len(small_frame) != 1000

@@ -6,6 +6,8 @@ so "another site's value in a per-site-constant column" meant "generated" and th
 generator was pulled in as many directions as there are sites.
 """
 
+from dataclasses import replace
+
 import numpy as np
 import pytest
 import torch
@@ -40,7 +42,9 @@ def _capture(module: torch.nn.Module, seen: list[torch.Tensor]) -> None:
 def test_a_site_trains_for_its_own_slot_under_its_own_conditions(demo_frame, demo_schema, slot):
     sites, local, total = _two_sites(demo_frame, demo_schema)
     encoder = TableEncoder(demo_schema, total)
-    trainer = GANTrainer(encoder, SLOTTED, rng=torch.Generator().manual_seed(0), condition_marginals=local[slot])
+    # Without the matching term: its batch is drawn as the release draws, across all slots.
+    trainer = GANTrainer(encoder, replace(SLOTTED, matching_weight=0.0), rng=torch.Generator().manual_seed(0),
+                         condition_marginals=local[slot])
     generator_inputs: list[torch.Tensor] = []
     discriminator_inputs: list[torch.Tensor] = []
     _capture(trainer.generator, generator_inputs)
@@ -100,7 +104,7 @@ def test_train_request_checks_the_slot():
         Site._check_slot(template)
 
 
-def test_train_messages_carry_each_sites_slot_and_own_marginals(plan, demo_schema, tmp_path):  # noqa: F811
+def test_train_messages_carry_each_sites_slot_and_every_slots_marginals(plan, demo_schema, tmp_path):  # noqa: F811
     grid, coordinator = run_in_process(plan, demo_schema, tmp_path)
     released = {reply.metadata.src_node_id: protocol.from_array_record(reply.content.array_records[protocol.MARGINALS])
                 for reply in grid.replies if protocol.MARGINALS in reply.content}
@@ -112,9 +116,10 @@ def test_train_messages_carry_each_sites_slot_and_own_marginals(plan, demo_schem
         node = message.metadata.dst_node_id
         config = message.content.config_records[protocol.CONFIG]
         assert config[protocol.SITE_SLOT] == coordinator.slots[node]
-        echoed = protocol.from_array_record(message.content.array_records[protocol.LOCAL_MARGINALS])
-        assert set(echoed) == set(released[node])
-        assert all(np.array_equal(echoed[k], released[node][k]) for k in echoed)
+        per_slot = protocol.slot_marginals_from_record(message.content.array_records[protocol.SLOT_MARGINALS])
+        for other, slot in coordinator.slots.items():  # every slot's tables: exactly what its site released
+            assert set(per_slot[slot]) == set(released[other])
+            assert all(np.array_equal(per_slot[slot][k], released[other][k]) for k in released[other])
     # Release: slot weights follow the sites' noisy totals.
     ordered = sorted(coordinator.slots, key=coordinator.slots.__getitem__)
     totals = np.array([coordinator.site_marginals[n].total() for n in ordered])
@@ -123,28 +128,31 @@ def test_train_messages_carry_each_sites_slot_and_own_marginals(plan, demo_schem
 
 def test_per_node_messages_survive_flowers_site_level_dp_wrapper():
     marginals = ArrayRecord({})
-    own = {7: (0, protocol.to_array_record({"a": np.ones(2)})), 9: (1, protocol.to_array_record({"a": np.zeros(2)}))}
-    strategy = build_strategy(marginals, lambda: [7, 9], 2, 1e-5, 1.0, 10.0, "mean", own.get)
+    slots = {7: 0, 9: 1}
+    per_slot = protocol.slot_marginals_record([{"a": np.ones((2, 1))}, {"a": np.zeros((2, 1))}])
+    strategy = build_strategy(marginals, lambda: [7, 9], 2, 1e-5, 1.0, 10.0, "mean", slots.get, per_slot)
     assert isinstance(strategy, DifferentialPrivacyServerSideFixedClipping)
     messages = list(strategy.configure_train(1, ArrayRecord({}), ConfigRecord({"round": 1}), None))
     assert [m.metadata.dst_node_id for m in messages] == [7, 9]
     for message in messages:
-        slot, local = own[message.metadata.dst_node_id]
         config = message.content.config_records[protocol.CONFIG]
-        assert config[protocol.SITE_SLOT] == slot
-        assert message.content.array_records[protocol.LOCAL_MARGINALS] is local
+        assert config[protocol.SITE_SLOT] == slots[message.metadata.dst_node_id]
+        assert message.content.array_records[protocol.SLOT_MARGINALS] is per_slot
 
 
-def test_numeric_bins_under_the_noise_floor_are_zeroed_categoricals_untouched(demo_frame, demo_schema):
+def test_numeric_bins_under_the_noise_floor_are_merged_or_zeroed_categoricals_untouched(demo_frame, demo_schema):
     counts = exact_counts(demo_frame.head(300), demo_schema)
-    noisy = type(counts)({k: v + np.where(v == 0, 3.0, 0.0) for k, v in counts.counts.items()})
+    age = np.zeros((64, 2))
+    age[0] = [60.0, 40.0]  # one sharp bin, then a spread-out stretch, then an empty tail with noise
+    age[1:5] = [[4.0, 0.0], [0.0, 0.0], [1.0, 0.0], [3.0, 4.0]]  # one-way 4, 4, 5, 12 cumulated
+    age[20:] = [[0.5, -0.5]] * 44
+    noisy = type(counts)({**counts.tables, "age": age})
     cleaned = noisy.without_noise_floor(demo_schema, noise_std=2.0)
-    for column in demo_schema.columns:
-        before, after = noisy.counts[column.name], cleaned.counts[column.name]
-        if column.is_categorical:
-            assert np.array_equal(before, after)
-        else:
-            body = slice(None, -1) if column.nullable else slice(None)
-            assert np.all((after[body] == 0) | (after[body] >= 4.0))
+    merged = cleaned.tables["age"]
+    assert np.array_equal(merged[0], age[0])  # 100 >= 3 x 2: kept as it is
+    assert np.allclose(merged[1:5], [[2.0, 1.0]] * 4)  # 12 >= 3 x 2 x sqrt(4) only as a group of 4
+    assert np.all(merged[5:] == 0)  # never beats its noise: set to 0
+    assert all(np.array_equal(cleaned.tables[c.name], noisy.tables[c.name]) for c in demo_schema.columns
+               if c.is_categorical)
     flat = noisy.without_noise_floor(demo_schema, noise_std=1e9)  # nothing significant: left as it was
-    assert all(np.array_equal(flat.counts[k], noisy.counts[k]) for k in noisy.counts)
+    assert all(np.array_equal(flat.tables[k], noisy.tables[k]) for k in noisy.tables)

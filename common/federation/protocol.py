@@ -28,7 +28,7 @@ from fedsyn.privacy.accounting import PrivacyEvent
 
 ARRAYS = "arrays"
 MARGINALS = "marginals"
-LOCAL_MARGINALS = "local_marginals"  # train message: the receiving site's own round-0 noisy marginals, echoed
+SLOT_MARGINALS = "slot_marginals"  # train message: every slot's site's round-0 noisy tables ("slot/column")
 SITE_SLOT = "site_slot"  # train config: the receiving site's public slot in the generator's input
 CONFIG = "config"
 METRICS = "metrics"
@@ -36,6 +36,7 @@ PRIVACY = "privacy"
 
 QUERY_MARGINALS = "query.marginals"
 SCHEMA_HASH = "schema_sha256"  # config key: the coordinator's schema, which each site must share
+RUN_ID = "run_id"  # config key: the coordinator's run; a site answers a repeated (run, round) from its store
 
 
 class ErrorCode(IntEnum):
@@ -85,6 +86,25 @@ class ReplyError(FedsynError, ValueError):
 
 def to_array_record(arrays: OrderedDict[str, np.ndarray] | dict[str, np.ndarray]) -> ArrayRecord:
     return ArrayRecord({name: Array(np.ascontiguousarray(value)) for name, value in arrays.items()})
+
+
+def slot_marginals_record(per_slot: list[dict[str, np.ndarray]]) -> ArrayRecord:
+    """Every site slot's round-0 tables (DP outputs) in one record, keyed ``"slot/column"``."""
+    return to_array_record({f"{slot}/{name}": table for slot, tables in enumerate(per_slot)
+                            for name, table in tables.items()})
+
+
+def slot_marginals_from_record(record: ArrayRecord) -> list[dict[str, np.ndarray]]:
+    """The inverse of :func:`slot_marginals_record`; slots must be numbered 0..K-1."""
+    per_slot: dict[int, dict[str, np.ndarray]] = {}
+    for key, value in from_array_record(record).items():
+        slot, _, name = key.partition("/")
+        if not slot.isdigit() or not name:
+            raise ReplyError(f"slot marginals key '{key[:40]}' is not 'slot/column'")
+        per_slot.setdefault(int(slot), {})[name] = value
+    if sorted(per_slot) != list(range(len(per_slot))):
+        raise ReplyError("slot marginals do not number their slots 0..K-1")
+    return [per_slot[slot] for slot in range(len(per_slot))]
 
 
 def from_array_record(
@@ -156,27 +176,31 @@ def decode_event(record: ConfigRecord) -> tuple[PrivacyEvent, float, float, str]
 
 @dataclass(frozen=True)
 class MarginalsQuery:
-    """Round 0: release noisy one-way marginals with this noise multiplier, within this budget,
-    for the schema with this fingerprint."""
+    """Round 0: release noisy outcome tables (every column by the outcome's classes) with this
+    noise multiplier, within this budget, for the schema with this fingerprint; ``run_id``
+    lets the site answer the same query of the same run again from its store."""
 
     noise_multiplier: float
     epsilon: float
     schema_sha256: str
+    run_id: str = ""
 
     def __post_init__(self) -> None:
         # NaN compares False with everything: without this a NaN budget would pass every check.
         if not all(math.isfinite(v) and v > 0 for v in (self.noise_multiplier, self.epsilon)):
             raise ReplyError(f"noise multiplier {self.noise_multiplier} and epsilon {self.epsilon} must be "
                              "positive and finite")
+        _check_run_id(self.run_id)
 
     def to_record(self) -> ConfigRecord:
         return ConfigRecord({"noise_multiplier": self.noise_multiplier, "epsilon": self.epsilon,
-                             SCHEMA_HASH: self.schema_sha256})
+                             SCHEMA_HASH: self.schema_sha256, RUN_ID: self.run_id})
 
     @classmethod
     def from_record(cls, record: ConfigRecord) -> MarginalsQuery:
         with _decoding("marginals query"):
-            return cls(number(record["noise_multiplier"]), number(record["epsilon"]), str(record[SCHEMA_HASH]))
+            return cls(number(record["noise_multiplier"]), number(record["epsilon"]), str(record[SCHEMA_HASH]),
+                       str(record.get(RUN_ID, "")))
 
 
 @dataclass(frozen=True)
@@ -193,6 +217,7 @@ class TrainInstructions:
     schema_sha256: str
     transport_dtype: str = "float32"
     site_slot: int | None = None  # the receiving site's public slot when gan_config.site_slots > 0
+    run_id: str = ""  # the coordinator's run ("": none named, nothing is replayed)
 
     def __post_init__(self) -> None:
         # NaN compares False with everything: without this a NaN budget would pass every check.
@@ -214,12 +239,13 @@ class TrainInstructions:
             raise ReplyError(f"site slot {self.site_slot} is not one of the {slots} slots")
         if not slots and self.site_slot is not None:
             raise ReplyError(f"site slot {self.site_slot} sent for a model without site slots")
+        _check_run_id(self.run_id)
 
     def to_record(self) -> ConfigRecord:
         fields: dict[str, Any] = {
             "round": self.round, "total_rounds": self.total_rounds, "local_steps": self.local_steps,
             "sample_rate": self.sample_rate, "epsilon": self.epsilon, "gan_config": json.dumps(asdict(self.gan_config)),
-            "transport_dtype": self.transport_dtype, SCHEMA_HASH: self.schema_sha256}
+            "transport_dtype": self.transport_dtype, SCHEMA_HASH: self.schema_sha256, RUN_ID: self.run_id}
         if self.noise_multiplier is not None:
             fields["noise_multiplier"] = self.noise_multiplier
         if self.site_slot is not None:
@@ -238,7 +264,13 @@ class TrainInstructions:
                 schema_sha256=str(record[SCHEMA_HASH]),
                 transport_dtype=str(record.get("transport_dtype", "float32")),
                 site_slot=whole(record[SITE_SLOT]) if SITE_SLOT in record else None,
+                run_id=str(record.get(RUN_ID, "")),
             )
+
+
+def _check_run_id(run_id: str) -> None:
+    if len(run_id) > 64 or not all(c.isalnum() or c in "-_" for c in run_id):
+        raise ReplyError("run id must be at most 64 letters, digits, '-' or '_'")
 
 
 @contextmanager

@@ -23,7 +23,7 @@ from fedsyn.model.encoder import TableEncoder
 from fedsyn.model.training import GANTrainer
 from fedsyn.privacy.marginals import Marginals
 
-FORMAT = "fedsyn-model/2"
+FORMAT = "fedsyn-model/3"
 
 
 @dataclass

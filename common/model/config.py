@@ -23,6 +23,9 @@ class GANConfig:
     gumbel_tau: float = 0.2
     generator_ema: float = 0.995
     betas: tuple[float, float] = field(default=(0.5, 0.9))
+    # Weight of the generator's marginal-matching term against the noisy outcome tables
+    # (fedsyn.model.matching): free post-processing of the round-0 release; 0 switches it off.
+    matching_weight: float = 3.0
     # Federated runs: one public slot per site. The generator is told which site it generates
     # for, so the global model is a union of the sites' distributions, not their average.
     site_slots: int = 0
@@ -40,7 +43,8 @@ class GANConfig:
             "latent_dim": whole(self.latent_dim, 1, 4096), "hidden layers": layers_ok,
             "batch_size": whole(self.batch_size, 1, 1_000_000), "site_slots": whole(self.site_slots, 0, 4096),
             "learning rates": real(self.generator_lr, 0, 1) and real(self.discriminator_lr, 0, 1),
-            "max_grad_norm": real(self.max_grad_norm, 0, 1e6), "gumbel_tau": real(self.gumbel_tau, 0, 100),
+            "max_grad_norm": real(self.max_grad_norm, 0, 1e6),
+            "matching_weight": real(self.matching_weight, -1e-12, 1e6), "gumbel_tau": real(self.gumbel_tau, 0, 100),
             "generator_ema": real(self.generator_ema, -1e-12, 1) and self.generator_ema < 1,
             "betas": isinstance(self.betas, tuple) and len(self.betas) == 2
             and all(real(b, -1e-12, 1) for b in self.betas),

@@ -74,6 +74,10 @@ class TableEncoder:
         cdf[-1] = 1.0
         return numeric_edges(column), cdf
 
+    def numeric_map(self, name: str) -> tuple[np.ndarray, np.ndarray]:
+        """A numeric column's encoding: bin edges (transformed space) and the CDF at each edge."""
+        return self._cdfs[name]
+
     def categorical_spans(self) -> list[tuple[Column, Span]]:
         """The one-hot blocks of categorical columns, used for conditioning."""
         return [(self.schema.column(s.column), s) for s in self.spans

@@ -23,6 +23,7 @@ from fedsyn.data.rules import Rule, violation_mask
 from fedsyn.model.conditioning import ConditionSampler
 from fedsyn.model.config import GANConfig
 from fedsyn.model.encoder import TableEncoder
+from fedsyn.model.matching import TableMatcher
 from fedsyn.model.networks import Discriminator, Generator, reset_parameters
 from fedsyn.privacy.dp_sgd import poisson_sample, private_gradient
 from fedsyn.privacy.marginals import Marginals
@@ -80,6 +81,7 @@ class GANTrainer:
         self.discriminator_optimizer = torch.optim.Adam(self.discriminator.parameters(),
                                                         lr=config.discriminator_lr, betas=config.betas)
         self._categorical_ranges = [(s.start, s.end) for _, s in encoder.categorical_spans()]
+        self.matcher = TableMatcher(encoder, self.conditions, self.device) if config.matching_weight else None
 
     # -- training -------------------------------------------------------------------------
 
@@ -145,12 +147,33 @@ class GANTrainer:
         raw, fake = self._fake(cond.shape[0], cond)
         loss = F.softplus(-self.discriminator(fake, self._slot_input(cond, self.slot))).mean()
         loss = loss + self.conditions.cross_entropy(raw, cond, self._categorical_ranges)
+        if self.matcher is not None:
+            loss = loss + self.config.matching_weight * self._matching_loss()
         self.generator_optimizer.zero_grad(set_to_none=True)
         loss.backward()
         self.generator_optimizer.step()
         self.discriminator.zero_grad(set_to_none=True)
         self._update_sampler(self.config.generator_ema)
         return float(loss.detach())
+
+    def _matching_loss(self) -> torch.Tensor:
+        """The matching term on a batch drawn as the release draws its rows of each outcome
+        class (site slot by the sites' noisy shares of the class): the release, not one
+        site's rows, is what must reproduce the summed tables. Classes get equal parts of
+        the batch, so a rare class is matched on as many rows as a common one."""
+        if self.matcher is None:
+            raise RuntimeError("no matcher: matching_weight is 0")
+        outcome = self.conditions.outcome
+        if outcome is None:
+            cond, slots = self._release_conditions(self.config.batch_size, None)
+        else:
+            values = self.conditions.values[self.conditions.columns.index(outcome)]
+            size = max(2, self.config.batch_size // len(values))
+            parts = [self._release_conditions(size, {outcome: value}) for value in values]
+            cond = torch.cat([c for c, _ in parts])
+            slots = torch.cat([s for _, s in parts]) if parts[0][1] is not None else None
+        noise = torch.randn((cond.shape[0], self.config.latent_dim), generator=self.rng, device=self.device)
+        return self.matcher.loss(self.generator(noise, self._slot_input(cond, slots)), cond)
 
     @torch.no_grad()
     def _update_sampler(self, decay: float) -> None:

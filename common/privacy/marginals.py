@@ -1,10 +1,14 @@
-"""Noisy one-way marginals: the only statistics read off private rows outside DP-SGD.
+"""Noisy outcome tables: the only statistics read off private rows outside DP-SGD.
 
-The bins are public (the schema's categories, or a fixed grid between the schema's public
-bounds), every record adds one count to one bin of every column, so the L2 sensitivity of
-the whole release is sqrt(number of columns). Gaussian noise makes it a Gaussian mechanism
-that is charged to the privacy ledger. Sites' noisy marginals add up, which is how the
-federation builds one global encoder without any site revealing exact counts.
+For every column but the outcome, a two-way table of counts: the column's public bins (the
+schema's categories, or a fixed grid between the schema's public bounds) by the outcome's
+classes. Every record adds one count to one cell of every table, so the L2 sensitivity of
+the whole release is sqrt(number of tables). Gaussian noise makes it one Gaussian mechanism,
+charged to the privacy ledger. The one-way marginals (including the outcome's) are sums of
+the tables, so the outcome's relation to every column comes at the price the one-way
+histograms used to cost alone. Sites' noisy tables add up, which is how the federation
+builds one global encoder without any site revealing exact counts. A schema without an
+outcome gets one-way histograms (tables with one class).
 """
 
 from __future__ import annotations
@@ -55,42 +59,111 @@ def bin_labels(column: Column) -> int:
     return base + int(column.nullable)
 
 
+def split_column(schema: Schema) -> Column | None:
+    """The column whose classes split every other column's table: the outcome, if the schema
+    names one and has other columns."""
+    if schema.outcome is None or len(schema.columns) < 2:
+        return None
+    return schema.column(schema.outcome)
+
+
+def measured_columns(schema: Schema) -> list[Column]:
+    """The columns whose tables carry noise; the split column's counts are sums of them."""
+    split = split_column(schema)
+    return [column for column in schema.columns if split is None or column.name != split.name]
+
+
+def table_shape(schema: Schema, column: Column) -> tuple[int, int]:
+    """(bins, classes) of a column's table; the split column's own is its class counts, (classes, 1)."""
+    split = split_column(schema)
+    if split is None or column.name == split.name:
+        return bin_labels(column), 1
+    return bin_labels(column), bin_labels(split)
+
+
+def marginals_sensitivity(schema: Schema) -> float:
+    """L2 sensitivity of the release: one record moves one cell of every measured table by 1."""
+    return math.sqrt(len(measured_columns(schema)))
+
+
 @dataclass
 class Marginals:
-    """Per-column (noisy) counts over public bins; last bin is 'missing' for nullable columns."""
+    """Per-column (noisy) tables over public bins by the outcome's classes, bins × classes.
 
-    counts: dict[str, np.ndarray]
+    The last bin is 'missing' for nullable columns. One-dimensional arrays are one-way
+    histograms (one class). ``counts`` are the one-way marginals, summed over classes.
+    """
+
+    tables: dict[str, np.ndarray]
+
+    def __post_init__(self) -> None:
+        self.tables = {name: np.asarray(values, dtype=float).reshape(len(values), -1)
+                       for name, values in self.tables.items()}
+
+    @property
+    def counts(self) -> dict[str, np.ndarray]:
+        return {name: table.sum(axis=1) for name, table in self.tables.items()}
 
     def __add__(self, other: Marginals) -> Marginals:
-        return Marginals({name: self.counts[name] + other.counts[name] for name in self.counts})
+        return Marginals({name: self.tables[name] + other.tables[name] for name in self.tables})
+
+    def class_totals(self) -> np.ndarray:
+        """Noisy row count per outcome class: the mean of every table's class sums, the least
+        noisy estimate (one class when there is no outcome)."""
+        split = [t.sum(axis=0) for t in self.tables.values() if t.shape[1] > 1]
+        if not split:
+            return np.array([self.total()])
+        return np.asarray(np.clip(np.mean(split, axis=0), 1.0, None), dtype=float)
+
+    def conditional(self, name: str) -> np.ndarray:
+        """P(bin | class) of a column's table, bins × classes: each class's noisy counts
+        projected onto the counts that are non-negative and sum to that class's noisy total.
+
+        Clipping negatives instead would leave half the noise in every empty bin and spread a
+        wide-bounded numeric over its whole range; the projection subtracts one threshold per
+        class, so most empty bins return to zero (post-processing, no privacy cost)."""
+        table = self.tables[name]
+        totals = self.class_totals() if table.shape[1] > 1 else np.array([self.total()])
+        projected = np.stack([_onto_simplex(table[:, k], totals[k]) for k in range(table.shape[1])], axis=1)
+        return np.asarray(projected / projected.sum(axis=0, keepdims=True), dtype=float)
 
     def probabilities(self, name: str, floor: float = 1e-3) -> np.ndarray:
-        """Noisy counts made a distribution: negatives clipped, every bin kept possible."""
-        counts = np.clip(self.counts[name], 0.0, None)
-        total = counts.sum()
-        probs = counts / total if total > 0 else np.full_like(counts, 1.0 / len(counts))
+        """Noisy counts made a distribution (projected as in :meth:`conditional`), every bin kept possible."""
+        counts = _onto_simplex(self.counts[name], self.total())
+        probs = counts / counts.sum()
         probs = probs + floor / len(probs)
         return np.asarray(probs / probs.sum(), dtype=float)
 
-    def without_noise_floor(self, schema: Schema, noise_std: float, threshold: float = 2.0) -> Marginals:
-        """Numeric histograms with every bin below ``threshold`` noise standard deviations set to 0.
+    def without_noise_floor(self, schema: Schema, noise_std: float, threshold: float = 3.0) -> Marginals:
+        """Numeric tables coarsened where the noise would drown the counts (post-processing).
 
-        Post-processing with public numbers only (``noise_std`` follows from the public noise
-        multiplier, column and site counts): summed noise otherwise fills the many empty bins
-        between wide public bounds with much of the mass, and the quantile map then has little
-        resolution where the data are. A column whose bins all fall below is left as it was.
+        Adjacent bins are merged from the lower bound up until the merged one-way count
+        exceeds ``threshold`` times its noise (``noise_std``, that of one bin's one-way count,
+        grows with the square root of the bins merged); each merged group spreads its counts
+        evenly over its bins. Bins left over at the top that never reach the threshold are
+        set to 0. So a column concentrated in a few bins keeps them sharp, a spread-out one
+        becomes a coarser histogram instead of noise, and the empty reaches of wide public
+        bounds stay empty. ``noise_std`` follows from public numbers only (the noise
+        multiplier, the numbers of tables, classes and sites).
         """
-        counts = dict(self.counts)
+        tables = dict(self.tables)
         for column in schema.columns:
-            if column.is_categorical or column.name not in counts:
+            if column.is_categorical or column.name not in tables:
                 continue
-            hist = counts[column.name].copy()
-            body = hist[:-1] if column.nullable else hist
-            keep = body >= threshold * noise_std
-            if keep.any():
-                body[~keep] = 0.0
-                counts[column.name] = hist
-        return Marginals(counts)
+            table = tables[column.name].copy()
+            body = table[:-1] if column.nullable else table
+            counts = body.sum(axis=1)
+            start, total = 0, 0.0
+            for index, count in enumerate(counts):
+                total += count
+                if total >= threshold * noise_std * math.sqrt(index - start + 1):
+                    body[start:index + 1] = body[start:index + 1].sum(axis=0) / (index - start + 1)
+                    start, total = index + 1, 0.0
+            if start == 0:
+                continue  # no group reached the threshold: left as it was
+            body[start:] = 0.0
+            tables[column.name] = table
+        return Marginals(tables)
 
     def total(self) -> float:
         """The noisy row count: each column's noisy histogram sums to it, so their mean is the
@@ -98,49 +171,76 @@ class Marginals:
         sums = [float(np.sum(values)) for values in self.counts.values()]
         return max(1.0, float(np.mean(sums))) if sums else 1.0
 
-    def to_dict(self) -> dict[str, list[float]]:
-        return {name: values.tolist() for name, values in self.counts.items()}
+    def to_dict(self) -> dict[str, list[list[float]]]:
+        return {name: values.tolist() for name, values in self.tables.items()}
 
     @classmethod
-    def from_dict(cls, raw: dict[str, list[float]]) -> Marginals:
+    def from_dict(cls, raw: dict[str, list[list[float]]]) -> Marginals:
         return cls({name: np.asarray(values, dtype=float) for name, values in raw.items()})
 
     @classmethod
     def uniform(cls, schema: Schema) -> Marginals:
         """The no-information marginals: used when no statistics are released at all."""
-        return cls({c.name: np.ones(bin_labels(c)) for c in schema.columns})
+        return cls({c.name: np.ones(table_shape(schema, c)) for c in schema.columns})
+
+
+def _onto_simplex(values: np.ndarray, total: float) -> np.ndarray:
+    """The closest point (Euclidean) to ``values`` that is non-negative and sums to ``total``:
+    ``max(values - theta, 0)`` for the one ``theta`` that gives that sum."""
+    total = max(float(total), 1e-9)
+    ordered = np.sort(values)[::-1]
+    excess = np.cumsum(ordered) - total
+    ranks = np.arange(1, len(values) + 1)
+    rho = int(np.nonzero(ordered - excess / ranks > 0)[0][-1])
+    return np.asarray(np.clip(values - excess[rho] / (rho + 1), 0.0, None), dtype=float)
+
+
+def _bin_index(column: Column, series: pd.Series) -> np.ndarray:
+    """Each row's bin of ``column`` (the last one for a missing value of a nullable column)."""
+    missing = series.isna().to_numpy()
+    if column.is_categorical:
+        index = pd.Categorical(series.astype(str).where(~missing), categories=column.categories).codes.astype(int)
+    else:
+        values = forward_transform(column, series.to_numpy(dtype=float, na_value=np.nan))
+        edges = numeric_edges(column)
+        index = np.clip(np.searchsorted(edges, np.where(missing, edges[0], values), side="right") - 1,
+                        0, NUMERIC_BINS - 1)
+    if column.nullable:
+        index = np.where(missing, bin_labels(column) - 1, index)
+    return np.asarray(index)
 
 
 def exact_counts(frame: pd.DataFrame, schema: Schema) -> Marginals:
-    """Exact per-column counts. Private: only ever released through :func:`noisy_marginals`."""
-    counts: dict[str, np.ndarray] = {}
+    """Exact tables. Private: only ever released through :func:`noisy_marginals`."""
+    split = split_column(schema)
+    classes = _bin_index(split, frame[split.name]) if split is not None else np.zeros(len(frame), dtype=int)
+    tables: dict[str, np.ndarray] = {}
     for column in schema.columns:
-        series = frame[column.name]
-        missing = series.isna().to_numpy()
-        if column.is_categorical:
-            codes = pd.Categorical(series.astype(str).where(~missing), categories=column.categories).codes
-            hist = np.bincount(codes[codes >= 0], minlength=len(column.categories or [])).astype(float)
-        else:
-            values = forward_transform(column, series.to_numpy(dtype=float)[~missing])
-            edges = numeric_edges(column)
-            index = np.clip(np.searchsorted(edges, values, side="right") - 1, 0, NUMERIC_BINS - 1)
-            hist = np.bincount(index, minlength=NUMERIC_BINS).astype(float)
-        if column.nullable:
-            hist = np.append(hist, float(missing.sum()))
-        counts[column.name] = hist
-    return Marginals(counts)
+        bins, width = table_shape(schema, column)
+        if split is not None and column.name == split.name:
+            tables[column.name] = np.bincount(classes, minlength=bins).astype(float).reshape(bins, 1)
+            continue
+        index = _bin_index(column, frame[column.name]) * width + classes
+        tables[column.name] = np.bincount(index, minlength=bins * width).astype(float).reshape(bins, width)
+    return Marginals(tables)
 
 
 def noisy_marginals(frame: pd.DataFrame, schema: Schema, noise_multiplier: float,
                     rng: np.random.Generator) -> Marginals:
-    """Every column's histogram with Gaussian noise: the event :func:`marginals_event` describes.
+    """Every measured table with Gaussian noise: the event :func:`marginals_event` describes.
 
-    ``noise_multiplier`` is relative to the release's L2 sensitivity sqrt(#columns): one
-    record adds one count to one bin of every column. Charge the event before calling this.
+    ``noise_multiplier`` is relative to the release's L2 sensitivity :func:`marginals_sensitivity`.
+    The outcome's own counts are the mean of the noisy tables' class sums (post-processing).
+    Charge the event before calling this.
     """
-    std = noise_multiplier * math.sqrt(len(schema.columns))
+    std = noise_multiplier * marginals_sensitivity(schema)
     exact = exact_counts(frame, schema)
-    return Marginals({name: hist + rng.normal(0.0, std, size=hist.shape) for name, hist in exact.counts.items()})
+    measured = measured_columns(schema)
+    tables = {c.name: exact.tables[c.name] + rng.normal(0.0, std, size=exact.tables[c.name].shape) for c in measured}
+    split = split_column(schema)
+    if split is not None:
+        tables[split.name] = np.mean([table.sum(axis=0) for table in tables.values()], axis=0).reshape(-1, 1)
+    return Marginals({c.name: tables[c.name] for c in schema.columns})
 
 
 def marginals_event(noise_multiplier: float, round_: int | None = None) -> PrivacyEvent:

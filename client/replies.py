@@ -1,0 +1,72 @@
+"""What a site sent for each (run, round), kept so that asking again costs nothing.
+
+A coordinator that restarts resumes its run at the round it had not finished, and asks the
+sites for that round again. A site that already ran it, charged for it and sent its answer
+returns the stored answer: a DP output sent twice is post-processing, so no budget is spent
+twice. The answer is replayed only for the identical request (same run, round and
+request digest: settings and global model); anything else is a new request, checked and
+charged as usual. Stored next to the site's ledger; holds DP outputs and public values only.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+from collections.abc import Mapping
+from dataclasses import asdict
+from pathlib import Path
+
+import numpy as np
+
+from fedsyn.privacy.accounting import PrivacyEvent
+
+_SAFE = re.compile(r"[^A-Za-z0-9_.-]")
+
+
+def request_digest(config: Mapping[str, object], arrays: Mapping[str, np.ndarray] | None = None) -> str:
+    """SHA-256 over a request's settings and (for training) the global model it carries."""
+    digest = hashlib.sha256(json.dumps(dict(config), sort_keys=True, default=str).encode())
+    for name in sorted(arrays or {}):
+        value = np.ascontiguousarray((arrays or {})[name])
+        digest.update(name.encode() + str(value.dtype).encode() + str(value.shape).encode() + value.tobytes())
+    return digest.hexdigest()
+
+
+class ReplyStore:
+    """One file per (run, round) under ``directory``, written atomically after the answer is made."""
+
+    def __init__(self, directory: Path):
+        self.directory = directory
+
+    def _path(self, run_id: str, round_: int) -> Path:
+        return self.directory / f"{_SAFE.sub('_', run_id)}-round-{round_:05d}.npz"
+
+    def get(self, run_id: str, round_: int, digest: str
+            ) -> tuple[dict[str, np.ndarray], dict[str, float], PrivacyEvent] | None:
+        """The stored answer to exactly this request, or None."""
+        path = self._path(run_id, round_)
+        if not path.is_file():
+            return None
+        with np.load(path, allow_pickle=False) as stored:
+            meta = json.loads(str(stored["__meta__"]))
+            if meta["digest"] != digest:
+                return None
+            arrays = {name: stored[name] for name in stored.files if name != "__meta__"}
+        return arrays, meta["metrics"], PrivacyEvent(**meta["event"])
+
+    def put(self, run_id: str, round_: int, digest: str, arrays: Mapping[str, np.ndarray],
+            metrics: Mapping[str, float], event: PrivacyEvent) -> None:
+        self.directory.mkdir(parents=True, exist_ok=True)
+        path = self._path(run_id, round_)
+        temporary = path.with_name(path.name + ".tmp.npz")
+        meta = json.dumps({"digest": digest, "metrics": dict(metrics), "event": asdict(event)})
+        try:
+            with open(temporary, "wb") as out:
+                np.savez(out, __meta__=np.array(meta), **dict(arrays))
+                out.flush()
+                os.fsync(out.fileno())
+            os.replace(temporary, path)
+        finally:
+            temporary.unlink(missing_ok=True)

@@ -1,0 +1,189 @@
+"""The coordinator's run state, saved after every completed round so a restart continues the run.
+
+After round 0 and after every training round the coordinator writes ``state.pt`` in its
+state folder: atomically (temporary file, fsync, rename), so a crash leaves the previous
+state whole. The file's SHA-256 goes into the coordinator's audit log (``state_saved``), so
+``fedsyn server run --resume`` continues only from a state the chained, signed log vouches
+for, and refuses one that was replaced or edited. Everything in it is public or a DP
+output: the settings, the schema's fingerprint, the sites' noisy round-0 tables and privacy
+events, the global model and its average.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import hashlib
+import json
+import os
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from fedsyn.errors import ConfigurationError
+
+FORMAT = "fedsyn-coordinator-state/1"
+STATE_FILE = "state.pt"
+LOCK_FILE = "coordinator.lock"
+SAVED = "state_saved"  # the audit event that vouches for a state file
+
+
+@dataclass
+class RunState:
+    """What a restarted coordinator needs to go on where the run stopped."""
+
+    run_id: str
+    round: int  # the last completed round (0: marginals only)
+    settings: dict[str, Any]
+    schema_sha256: str
+    marginals: dict[str, np.ndarray]
+    site_marginals: dict[int, dict[str, np.ndarray]]
+    slots: dict[int, int]
+    sites: list[dict[str, Any]]
+    rounds: list[dict[str, Any]]
+    model: dict[str, np.ndarray] | None = None  # generator and discriminator after the round
+    sampler: dict[str, np.ndarray] | None = None  # the release's moving average of the generator
+
+
+def save_state(directory: Path, state: RunState) -> str:
+    """Write ``state`` atomically; return its SHA-256 (for the audit log)."""
+    directory.mkdir(parents=True, exist_ok=True)
+    target = directory / STATE_FILE
+    temporary = target.with_name(target.name + ".tmp")
+    payload = {"format": FORMAT, **{name: getattr(state, name) for name in state.__dataclass_fields__}}
+    payload = _tensors(payload)
+    try:
+        with open(temporary, "wb") as out:
+            torch.save(payload, out)
+            out.flush()
+            os.fsync(out.fileno())
+        os.replace(temporary, target)
+    finally:
+        temporary.unlink(missing_ok=True)
+    return file_sha256(target)
+
+
+def load_state(directory: Path, audit_path: Path | None) -> RunState:
+    """The saved state, if the audit log's newest ``state_saved`` entry names its exact hash."""
+    target = directory / STATE_FILE
+    if not target.is_file():
+        raise ConfigurationError(f"no saved run state in {directory}: nothing to resume (a run saves its state "
+                                 "there after round 0)")
+    digest = file_sha256(target)
+    if audit_path is not None:
+        vouched = _last_saved(audit_path, target)
+        if vouched is None:
+            raise ConfigurationError(f"the audit log {audit_path} records no saved state: cannot vouch for {target}")
+        if vouched != digest:
+            raise ConfigurationError(f"{target} is not the state the audit log {audit_path} last recorded "
+                                     "(replaced or edited): refusing to resume from it")
+    try:
+        raw = torch.load(target, weights_only=True)
+    except Exception:  # noqa: BLE001 - torch's text would advise unsafe unpickling
+        raise ConfigurationError(f"{target} is not a readable coordinator state") from None
+    if not isinstance(raw, dict) or raw.get("format") != FORMAT:
+        raise ConfigurationError(f"{target} is not a coordinator state of this version (expected {FORMAT})")
+    raw = _arrays(raw)
+    return RunState(**{name: raw[name] for name in RunState.__dataclass_fields__})
+
+
+@contextmanager
+def holding_run(directory: Path, flower_run: str | None, wait: float = 120.0) -> Iterator[None]:
+    """Only one coordinator process drives a run: an exclusive lock on the state folder, held
+    for the whole run, naming the process and its Flower run.
+
+    A ServerApp cut off by a SuperLink crash keeps retrying and comes back when the SuperLink
+    restarts; a resumed run would then train beside it. So a new holder waits up to ``wait``
+    seconds for the old one to stop (``fedsyn server run --resume`` asks Flower to stop it),
+    and refuses to run beside it."""
+    directory.mkdir(parents=True, exist_ok=True)
+    with open(directory / LOCK_FILE, "a+") as handle:
+        deadline = time.monotonic() + wait
+        while True:
+            try:
+                fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() > deadline:
+                    raise ConfigurationError(
+                        f"another coordinator process still drives the run in {directory} ({_holder_text(handle)}); "
+                        "stop it (`flwr stop RUN_ID`) before resuming") from None
+                time.sleep(1.0)
+        try:
+            handle.seek(0)
+            handle.truncate()
+            handle.write(json.dumps({"pid": os.getpid(), "flower_run": flower_run}))
+            handle.flush()
+            yield
+        finally:
+            fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
+
+
+def lock_holder(directory: Path) -> dict[str, Any] | None:
+    """Who holds the run's lock (pid, Flower run), or None when no live process does."""
+    path = directory / LOCK_FILE
+    if not path.is_file():
+        return None
+    with open(path, "a+") as handle:
+        try:
+            fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            handle.seek(0)
+            try:
+                holder = json.loads(handle.read() or "{}")
+            except json.JSONDecodeError:
+                holder = {}
+            return holder if isinstance(holder, dict) else {}
+        fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
+        return None
+
+
+def _holder_text(handle: Any) -> str:
+    handle.seek(0)
+    try:
+        holder = json.loads(handle.read() or "{}")
+    except json.JSONDecodeError:
+        return "unknown process"
+    return f"pid {holder.get('pid')}, Flower run {holder.get('flower_run')}"
+
+
+def file_sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def _last_saved(audit_path: Path, target: Path) -> str | None:
+    """The hash of the newest ``state_saved`` entry for ``target``."""
+    if not audit_path.is_file():
+        return None
+    digest = None
+    for line in audit_path.read_text().splitlines():
+        entry = json.loads(line)
+        if entry.get("event") == SAVED and entry.get("path") == str(target.resolve()):
+            digest = entry.get("sha256")
+    return digest
+
+
+def _tensors(value: Any) -> Any:
+    """numpy arrays as tensors (``torch.load(weights_only=True)`` reads tensors, not arrays)."""
+    if isinstance(value, np.ndarray):
+        return torch.from_numpy(np.ascontiguousarray(value))
+    if isinstance(value, dict):
+        return {key: _tensors(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [_tensors(item) for item in value]
+    return value
+
+
+def _arrays(value: Any) -> Any:
+    if isinstance(value, torch.Tensor):
+        return value.numpy()
+    if isinstance(value, dict):
+        return {key: _arrays(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [_arrays(item) for item in value]
+    return value

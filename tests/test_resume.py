@@ -1,0 +1,111 @@
+"""A coordinator that dies mid-run resumes from its saved state, and no site pays twice.
+
+The crash is made where it hurts most: the sites have trained and charged for round 2 and
+sent their updates, but the coordinator dies before aggregating them. On resume it asks
+for round 2 again; each site answers from its store at no cost.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+
+import pytest
+
+from fedsyn.client.app import make_client_app
+from fedsyn.client.policy import SitePolicy
+from fedsyn.errors import ConfigurationError
+from fedsyn.privacy.accounting import PrivacyLedger
+from fedsyn.server.app import ReleasePlan, run_federation
+from fedsyn.server.resume import STATE_FILE, holding_run, lock_holder
+from fedsyn.simulations.inprocess import InProcessGrid
+from fedsyn.trust.audit import verify_log
+
+from .helpers import SETTINGS
+
+
+class CoordinatorCrash(Exception):
+    """Stands for the coordinator's process dying."""
+
+
+class CrashingGrid(InProcessGrid):
+    """Delivers every message; dies right after the sites answered the ``crash_at``-th training round."""
+
+    def __init__(self, *args, crash_at: int | None = None, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.crash_at = crash_at
+        self.train_rounds = 0
+
+    def send_and_receive(self, messages, *, timeout=None):
+        messages = list(messages)
+        replies = super().send_and_receive(messages, timeout=timeout)
+        if messages and messages[0].metadata.message_type == "train":
+            self.train_rounds += 1
+            if self.train_rounds == self.crash_at:
+                raise CoordinatorCrash
+        return replies
+
+
+def _crash_in_round_two(plan, demo_schema, tmp_path):
+    """A run with saved state whose coordinator dies once the sites answered round 2."""
+    release = ReleasePlan(tmp_path / "release", rows=300, audit_log=tmp_path / "audit.jsonl",
+                          state_dir=tmp_path / "state")
+    app = make_client_app(plan.site_policy)
+    with pytest.raises(CoordinatorCrash):
+        run_federation(CrashingGrid(app, len(plan.policies), crash_at=2), demo_schema, SETTINGS, release)
+    return release, app
+
+
+def _ledgers(plan) -> list[PrivacyLedger]:
+    return [PrivacyLedger.load(SitePolicy.load(p).ledger) for p in plan.policies]
+
+
+def test_a_resumed_run_finishes_and_no_site_pays_twice(plan, demo_schema, tmp_path):
+    release, app = _crash_in_round_two(plan, demo_schema, tmp_path)
+    assert not (tmp_path / "release").exists()
+    charged_at_crash = [len(ledger.events) for ledger in _ledgers(plan)]
+    assert charged_at_crash == [3, 3, 3]  # marginals, round 1, and round 2 (answered, never aggregated)
+
+    coordinator = run_federation(InProcessGrid(app, len(plan.policies)), demo_schema, SETTINGS, release,
+                                 resume=True)
+    ledgers = _ledgers(plan)
+    assert [len(ledger.events) for ledger in ledgers] == [1 + SETTINGS.rounds] * 3  # round 2 was not charged again
+    assert [[e.round for e in ledger.events] for ledger in ledgers] == [[0, 1, 2, 3]] * 3
+    report = json.loads((tmp_path / "release" / "privacy_report.json").read_text())
+    for site, ledger in zip(sorted(report["sites"], key=lambda s: s["site"]), ledgers):
+        assert site["epsilon_cumulative"] == pytest.approx(ledger.epsilon(), rel=1e-9)
+        assert site["epsilon_this_run"] == pytest.approx(ledger.epsilon(), rel=1e-6)
+        assert site["rounds_accepted"] == [0, 1, 2, 3]
+    trails = [[json.loads(line) for line in SitePolicy.load(p).audit_trail.read_text().splitlines()]
+              for p in plan.policies]
+    assert all([e["round"] for e in trail if e["event"] == "reply_replayed"] == [2] for trail in trails)
+    entries = [json.loads(line) for line in (tmp_path / "audit.jsonl").read_text().splitlines()]
+    assert len({e["run"] for e in entries}) == 1 and coordinator.run_id == entries[0]["run"]
+    resumed = next(e for e in entries if e["event"] == "run_resumed")
+    assert resumed["after_round"] == 1
+    assert [e["round"] for e in entries if e["event"] == "round_finished"] == [1, 2, 3]
+    verify_log(tmp_path / "audit.jsonl")
+
+
+def test_a_state_the_audit_log_does_not_vouch_for_is_refused(plan, demo_schema, tmp_path):
+    release, app = _crash_in_round_two(plan, demo_schema, tmp_path)
+    state = tmp_path / "state" / STATE_FILE
+    state.write_bytes(state.read_bytes() + b"\0")
+    with pytest.raises(ConfigurationError, match="not the state the audit log"):
+        run_federation(InProcessGrid(app, len(plan.policies)), demo_schema, SETTINGS, release, resume=True)
+    with pytest.raises(ConfigurationError, match="settings changed"):
+        state.write_bytes(state.read_bytes()[:-1])
+        run_federation(InProcessGrid(app, len(plan.policies)), demo_schema, SETTINGS.model_copy(update={"rounds": 5}),
+                       release, resume=True)
+    assert [len(ledger.events) for ledger in _ledgers(plan)] == [3, 3, 3]  # refusing to resume costs nothing
+
+
+def test_only_one_coordinator_process_drives_a_run(tmp_path):
+    """A ServerApp orphaned by a SuperLink crash holds the run's lock: a resumed run waits for
+    it and refuses to train beside it; the lock names the holder so the CLI can stop it."""
+    with holding_run(tmp_path, "4242"):
+        assert lock_holder(tmp_path) == {"pid": os.getpid(), "flower_run": "4242"}
+        with pytest.raises(ConfigurationError, match="Flower run 4242"):
+            with holding_run(tmp_path, "5151", wait=0.5):
+                pass
+    assert lock_holder(tmp_path) is None
