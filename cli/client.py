@@ -7,7 +7,6 @@ from typing import Annotated
 
 import typer
 
-from fedsyn.cli.flower import become_flower
 from fedsyn.cli.output import console, fail
 
 client_app = typer.Typer(help="Hospital: the SuperNode daemon next to the private extract.")
@@ -17,9 +16,13 @@ client_app.add_typer(ledger_app, name="ledger")
 
 @client_app.command("start")
 def client_start(config: Annotated[Path, typer.Option("--config", "-c")] = Path("site.toml")) -> None:
-    """Validate the local extract, then run this hospital's SuperNode (outbound TLS only)."""
+    """Validate the local extract, then run this hospital's SuperNode (outbound TLS only).
+
+    Exits non-zero when the SuperNode loses the coordinator (75 when it gave up reconnecting,
+    e.g. over a TLS certificate it cannot verify), so the service manager restarts it."""
     from fedsyn.client.deploy import supernode_launch
     from fedsyn.client.policy import PolicyError
+    from fedsyn.client.supervise import supervise
     from fedsyn.data.schema import SchemaError
     from fedsyn.data.tables import DataFileError
     from fedsyn.data.validation import DataValidationError
@@ -29,7 +32,8 @@ def client_start(config: Annotated[Path, typer.Option("--config", "-c")] = Path(
         launch = supernode_launch(config)
     except (PolicyError, SchemaError, DataFileError, DataValidationError, LedgerError) as exc:
         fail(f"not joining: {exc}")
-    become_flower(launch.command, launch.environment)
+    console.print(f"[dim]$ {' '.join(launch.command)}[/]")
+    raise typer.Exit(supervise(launch.command, launch.environment))
 
 
 @ledger_app.command("init")

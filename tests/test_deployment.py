@@ -98,6 +98,13 @@ class Deployment:
         launch = supernode_launch(policy)
         self.nodes[index] = self._start(launch.command, policy.parent / "node.log", launch.environment)
 
+    def start_client(self, index: int) -> subprocess.Popen:
+        """``fedsyn client start``, as the hospital's service manager runs it."""
+        policy = self.plan.policies[index]
+        fedsyn = str(Path(sys.executable).with_name("fedsyn"))
+        self.nodes[index] = self._start([fedsyn, "client", "start", "-c", str(policy)], policy.parent / "node.log")
+        return self.nodes[index]
+
     def submit(self, *options: str) -> subprocess.Popen:
         """``fedsyn server run``, as the coordinator's operator types it."""
         fedsyn = str(Path(sys.executable).with_name("fedsyn"))
@@ -146,8 +153,9 @@ def test_tls_superlink_with_node_auth_runs_registered_sites_only(demo_frame, dem
     deployment.start_superlink()
     for index in (0, 1, 2, 4):  # site 3 is never registered; site 4 trusts another CA
         deployment.register(index)
-    for index in range(5):
+    for index in range(3):
         deployment.start_node(index)
+    unregistered, distrusting = deployment.start_client(3), deployment.start_client(4)  # as systemd runs them
     run = deployment.submit()
     deployment.wait_for(lambda: run.poll() is not None, "the run", deadline)
     assert run.returncode == 0, (root / "run.log").read_text()[-2000:]
@@ -160,6 +168,13 @@ def test_tls_superlink_with_node_auth_runs_registered_sites_only(demo_frame, dem
         assert PrivacyLedger.load(SitePolicy.load(plan.policies[index]).ledger).events == []
     node_log = (plan.policies[4].parent / "node.log").read_text()
     assert "SSL" in node_log or "certificate" in node_log.lower()
+    # Its SuperNode failed the handshake and exited, leaving its SuperExec retrying: the supervisor stopped
+    # both and exited non-zero, so the service manager restarts the node (once the certificate is fixed, it joins).
+    deployment.wait_for(lambda: distrusting.poll() is not None, "the distrusting node to exit", deadline)
+    assert distrusting.returncode != 0
+    deployment.wait_for(lambda: unregistered.poll() is not None, "the unregistered node to exit", deadline)
+    assert unregistered.returncode != 0
+    assert "fedsyn server sites add auth.pub" in (plan.policies[3].parent / "node.log").read_text()
     # A run every site refuses (more epsilon than any policy allows) fails, and says so with its exit code.
     toml = root / "server.toml"
     toml.write_text(toml.read_text().replace("epsilon = 1.0", "epsilon = 50.0"))

@@ -1,0 +1,51 @@
+"""``fedsyn client start`` ends when Flower's SuperNode gives up on the coordinator or exits
+leaving its helpers behind, so a service manager restarts it instead of keeping a silent,
+disconnected node alive."""
+
+import io
+import os
+import sys
+import time
+
+from fedsyn.client.supervise import EXIT_LOST_COORDINATOR, supervise
+
+HANGS_AFTER_GIVING_UP = ("import time\n"
+                         "print('WARNING : Giving up reconnection after 3.02 seconds and 2 tries.', flush=True)\n"
+                         "time.sleep(600)\n")
+# Like a SuperNode whose first handshake failed: it exits, its SuperExec keeps retrying.
+EXITS_LEAVING_A_HELPER = ("import subprocess, sys\n"
+                          "helper = subprocess.Popen([sys.executable, '-c', 'import time, os; "
+                          "print(os.getpid(), flush=True); time.sleep(600)'])\n"
+                          "import time; time.sleep(1)\n"
+                          "raise SystemExit(49)\n")
+
+
+def test_a_node_that_gave_up_is_stopped_and_reported_as_a_failure():
+    out = io.StringIO()
+    started = time.monotonic()
+    assert supervise([sys.executable, "-c", HANGS_AFTER_GIVING_UP], {}, out) == EXIT_LOST_COORDINATOR
+    assert time.monotonic() - started < 30  # it did not wait for the hanging child
+    assert "Giving up reconnection" in out.getvalue() and "restarts it" in out.getvalue()
+
+
+def test_a_node_that_exits_takes_its_helpers_with_it():
+    out = io.StringIO()
+    started = time.monotonic()
+    assert supervise([sys.executable, "-c", EXITS_LEAVING_A_HELPER], {}, out) == 49
+    assert time.monotonic() - started < 30
+    helper = int(out.getvalue().split()[0])
+    time.sleep(0.5)
+    assert not os.path.exists(f"/proc/{helper}") or "Z" in open(f"/proc/{helper}/stat").read().split()[2]
+
+
+def test_the_nodes_own_exit_code_and_output_pass_through():
+    out = io.StringIO()
+    assert supervise([sys.executable, "-c", "print('node log line'); raise SystemExit(3)"], {}, out) == 3
+    assert out.getvalue().startswith("node log line")
+
+
+def test_known_failures_are_explained_once_to_the_operator():
+    out = io.StringIO()
+    script = "for _ in range(3): print('[code: 2004] Failed to activate SuperNode.')\nraise SystemExit(49)"
+    assert supervise([sys.executable, "-c", script], {}, out) == 49
+    assert out.getvalue().count("fedsyn server sites add auth.pub") == 1
