@@ -14,12 +14,14 @@ group. When Flower logs that it gave up, or the SuperNode itself exits, the whol
 stopped and ``fedsyn client start`` exits non-zero (:data:`EXIT_LOST_COORDINATOR` for a
 give-up), which systemd's ``Restart=on-failure`` or a container's restart policy turns into
 a fresh start. Flower's messages for an unregistered key or an unverifiable certificate are
-followed by one line saying what the operator should do.
+followed by one line saying what the operator should do. Written to a file or a journal
+rather than a terminal, the output loses Flower's colour codes.
 """
 
 from __future__ import annotations
 
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -29,6 +31,7 @@ from typing import TextIO
 GAVE_UP = "Giving up reconnection"
 EXIT_LOST_COORDINATOR = 75  # EX_TEMPFAIL: try again later
 FORWARDED = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
+ANSI = re.compile(r"\x1b\[[0-9;]*m")  # Flower colours its log lines; a log file should not hold the codes
 # Flower's words for the usual set-up mistakes, and what the hospital's operator should do.
 HINTS = {
     "Failed to activate SuperNode": "the coordinator does not know this site's key: send the public key "
@@ -69,8 +72,9 @@ def supervise(command: list[str], environment: dict[str, str], out: TextIO = sys
 def _pass_through(process: subprocess.Popen, out: TextIO, gave_up: threading.Event) -> None:
     """Echo the node's output; flag a give-up, and say once what a known failure means."""
     hinted: set[str] = set()
+    plain = not out.isatty()
     for line in process.stdout or ():
-        out.write(line)
+        out.write(ANSI.sub("", line) if plain else line)
         for pattern, hint in HINTS.items():
             if pattern in line and pattern not in hinted:
                 hinted.add(pattern)

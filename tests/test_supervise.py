@@ -38,10 +38,11 @@ def test_a_node_that_exits_takes_its_helpers_with_it():
     assert not os.path.exists(f"/proc/{helper}") or "Z" in open(f"/proc/{helper}/stat").read().split()[2]
 
 
-def test_the_nodes_own_exit_code_and_output_pass_through():
+def test_the_nodes_own_exit_code_and_output_pass_through_without_colour_codes():
     out = io.StringIO()
-    assert supervise([sys.executable, "-c", "print('node log line'); raise SystemExit(3)"], {}, out) == 3
-    assert out.getvalue().startswith("node log line")
+    script = "print('\\x1b[92mINFO \\x1b[0m: node log line'); raise SystemExit(3)"
+    assert supervise([sys.executable, "-c", script], {}, out) == 3
+    assert out.getvalue().startswith("INFO : node log line")
 
 
 def test_known_failures_are_explained_once_to_the_operator():
