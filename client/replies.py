@@ -50,10 +50,10 @@ class ReplyStore:
         if not path.is_file():
             return None
         with np.load(path, allow_pickle=False) as stored:
-            meta = json.loads(str(stored["__meta__"]))
+            meta = json.loads(str(stored["meta"]))
             if meta["digest"] != digest:
                 return None
-            arrays = {name: stored[name] for name in stored.files if name != "__meta__"}
+            arrays = {name: stored[f"a{index}"] for index, name in enumerate(meta["names"])}
         return arrays, meta["metrics"], PrivacyEvent(**meta["event"])
 
     def put(self, run_id: str, round_: int, digest: str, arrays: Mapping[str, np.ndarray],
@@ -61,10 +61,11 @@ class ReplyStore:
         self.directory.mkdir(parents=True, exist_ok=True)
         path = self._path(run_id, round_)
         temporary = path.with_name(path.name + ".tmp.npz")
-        meta = json.dumps({"digest": digest, "metrics": dict(metrics), "event": asdict(event)})
+        names = list(arrays)  # column names may be anything: stored by position, named in the meta
+        meta = json.dumps({"digest": digest, "names": names, "metrics": dict(metrics), "event": asdict(event)})
         try:
             with open(temporary, "wb") as out:
-                np.savez(out, __meta__=np.array(meta), **dict(arrays))
+                np.savez(out, meta=np.array(meta), **{f"a{index}": arrays[name] for index, name in enumerate(names)})
                 out.flush()
                 os.fsync(out.fileno())
             os.replace(temporary, path)

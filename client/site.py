@@ -255,7 +255,10 @@ class Site:
         self._check_schema(request.schema_sha256)
         self._check_network(request.gan_config)
         self._check_slot(request)
-        digest = request_digest(dict(request.to_record()), arrays)
+        tables = {f"marginals/{k}": v for k, v in marginals.tables.items()}
+        for slot, slot_tables in enumerate(slot_marginals or []):
+            tables.update({f"slot{slot}/{k}": v for k, v in slot_tables.tables.items()})
+        digest = request_digest(dict(request.to_record()), {**arrays, **tables})
         replayed = self._replayed(request.run_id, request.round, digest)
         if replayed is not None:
             return replayed

@@ -69,7 +69,7 @@ def _run(grid: Grid, schema: Schema, settings: FederationSettings, plan: Release
     if resume:
         if plan.state_dir is None:
             raise ConfigurationError("--resume needs the run's state folder (run config 'state')")
-        state = load_state(plan.state_dir, plan.audit_log)
+        state = load_state(plan.state_dir, plan.audit_log, key.public_key() if key is not None else None)
     fedsyn_run = state.run_id if state is not None else uuid4().hex[:16]
     audit = AuditLog(plan.audit_log, key, run_id=fedsyn_run) if plan.audit_log else None
     coordinator = Coordinator(schema, settings, audit, run_id=fedsyn_run, state_dir=plan.state_dir)

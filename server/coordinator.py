@@ -345,6 +345,9 @@ class Coordinator:
                                      "resume with the settings it started with")
         if state.schema_sha256 != protocol.schema_fingerprint(self.schema):
             raise ConfigurationError("the schema changed since the run's state was saved; resume with the same schema")
+        if self.settings.site_noise_multiplier is not None:
+            raise ConfigurationError("a run with site-level DP cannot be resumed: Flower's site-level accountant is "
+                                     "not saved, so the report would understate it. Start a new run")
         self.run_id = state.run_id
         self.marginals = Marginals(state.marginals)
         self.site_marginals = {int(node): Marginals(tables) for node, tables in state.site_marginals.items()}

@@ -24,8 +24,11 @@ from typing import Any
 
 import numpy as np
 import torch
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from fedsyn.errors import ConfigurationError
+from fedsyn.trust.audit import verify_log
+from fedsyn.trust.signing import VerificationError
 
 FORMAT = "fedsyn-coordinator-state/1"
 STATE_FILE = "state.pt"
@@ -68,20 +71,26 @@ def save_state(directory: Path, state: RunState) -> str:
     return file_sha256(target)
 
 
-def load_state(directory: Path, audit_path: Path | None) -> RunState:
-    """The saved state, if the audit log's newest ``state_saved`` entry names its exact hash."""
+def load_state(directory: Path, audit_path: Path | None, public_key: Ed25519PublicKey | None = None) -> RunState:
+    """The saved state, if the intact audit log (its chain, and its signed head with
+    ``public_key``) names the state's exact hash in its newest ``state_saved`` entry."""
     target = directory / STATE_FILE
     if not target.is_file():
         raise ConfigurationError(f"no saved run state in {directory}: nothing to resume (a run saves its state "
                                  "there after round 0)")
-    digest = file_sha256(target)
-    if audit_path is not None:
-        vouched = _last_saved(audit_path, target)
-        if vouched is None:
-            raise ConfigurationError(f"the audit log {audit_path} records no saved state: cannot vouch for {target}")
-        if vouched != digest:
-            raise ConfigurationError(f"{target} is not the state the audit log {audit_path} last recorded "
-                                     "(replaced or edited): refusing to resume from it")
+    if audit_path is None or not audit_path.is_file():
+        raise ConfigurationError("resuming needs the run's audit log (run config 'audit-log'): it is what vouches "
+                                 "for the saved state")
+    try:
+        verify_log(audit_path, public_key)
+    except VerificationError as exc:
+        raise ConfigurationError(f"the audit log does not verify, so it cannot vouch for {target}: {exc}") from None
+    vouched = _last_saved(audit_path, target)
+    if vouched is None:
+        raise ConfigurationError(f"the audit log {audit_path} records no saved state: cannot vouch for {target}")
+    if vouched != file_sha256(target):
+        raise ConfigurationError(f"{target} is not the state the audit log {audit_path} last recorded "
+                                 "(replaced or edited): refusing to resume from it")
     try:
         raw = torch.load(target, weights_only=True)
     except Exception:  # noqa: BLE001 - torch's text would advise unsafe unpickling

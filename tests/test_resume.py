@@ -10,12 +10,14 @@ from __future__ import annotations
 import json
 import os
 
+import numpy as np
 import pytest
 
 from fedsyn.client.app import make_client_app
 from fedsyn.client.policy import SitePolicy
+from fedsyn.client.replies import ReplyStore
 from fedsyn.errors import ConfigurationError
-from fedsyn.privacy.accounting import PrivacyLedger
+from fedsyn.privacy.accounting import PrivacyEvent, PrivacyLedger
 from fedsyn.server.app import ReleasePlan, run_federation
 from fedsyn.server.resume import STATE_FILE, holding_run, lock_holder
 from fedsyn.simulations.inprocess import InProcessGrid
@@ -109,3 +111,39 @@ def test_only_one_coordinator_process_drives_a_run(tmp_path):
             with holding_run(tmp_path, "5151", wait=0.5):
                 pass
     assert lock_holder(tmp_path) is None
+
+
+def test_a_tampered_audit_log_cannot_vouch_for_a_state(plan, demo_schema, tmp_path):
+    release, app = _crash_in_round_two(plan, demo_schema, tmp_path)
+    audit = tmp_path / "audit.jsonl"
+    lines = audit.read_text().splitlines()
+    altered = json.loads(lines[1])
+    altered["time"] = "2020-01-01T00:00:00+00:00"  # an earlier entry altered: its hash no longer matches
+    lines[1] = json.dumps(altered, sort_keys=True)
+    audit.write_text("\n".join(lines) + "\n")
+    with pytest.raises(ConfigurationError, match="does not verify"):
+        run_federation(InProcessGrid(app, len(plan.policies)), demo_schema, SETTINGS, release, resume=True)
+
+
+def test_a_run_with_site_level_dp_is_not_resumed(plan, demo_schema, tmp_path):
+    """Flower's site-level accountant is not part of the saved state: resuming would understate it."""
+    settings = SETTINGS.model_copy(update={"site_noise_multiplier": 0.5})
+    release = ReleasePlan(tmp_path / "release", rows=300, audit_log=tmp_path / "audit.jsonl",
+                          state_dir=tmp_path / "state")
+    app = make_client_app(plan.site_policy)
+    with pytest.raises(CoordinatorCrash):
+        run_federation(CrashingGrid(app, len(plan.policies), crash_at=2), demo_schema, settings, release)
+    with pytest.raises(ConfigurationError, match="site-level DP cannot be resumed"):
+        run_federation(InProcessGrid(app, len(plan.policies)), demo_schema, settings, release, resume=True)
+
+
+def test_the_reply_store_keeps_any_column_name(tmp_path):
+    """Names are schema column names: numpy's own keywords must not break a store written after a charge."""
+    store = ReplyStore(tmp_path)
+    arrays = {"file": np.ones(2), "allow_pickle": np.zeros(3), "meta": np.arange(4.0), "a0": np.full(1, 7.0)}
+    event = PrivacyEvent("gaussian-marginals", 3.0, 1.0, 1, round=0)
+    store.put("run-1", 0, "abc", arrays, {}, event)
+    got, metrics, replayed = store.get("run-1", 0, "abc")
+    assert {k: v.tolist() for k, v in got.items()} == {k: v.tolist() for k, v in arrays.items()}
+    assert replayed == event and metrics == {}
+    assert store.get("run-1", 0, "another request") is None and store.get("run-2", 0, "abc") is None

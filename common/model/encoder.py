@@ -16,7 +16,7 @@ from typing import Literal
 import numpy as np
 import pandas as pd
 
-from fedsyn.data.schema import Column, ColumnKind, Schema
+from fedsyn.data.schema import Column, ColumnKind, Schema, spell_category
 from fedsyn.errors import ConfigurationError
 from fedsyn.privacy.marginals import (
     MISSING,
@@ -91,7 +91,7 @@ class TableEncoder:
             series = frame[column.name]
             missing = series.isna().to_numpy()
             if column.is_categorical:
-                labels = series.astype(str).where(~missing, MISSING)
+                labels = series.map(spell_category).where(~missing, MISSING)  # as validation spells it
                 codes = pd.Categorical(labels, categories=self.categories_with_missing(column)).codes
                 if (codes < 0).any():
                     raise ValueError(f"column '{column.name}' holds values outside the schema: validate the data first")

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from fedsyn.data.schema import Column, Schema
+from fedsyn.data.schema import Column, Schema, spell_category
 from fedsyn.errors import ConfigurationError
 from fedsyn.privacy.accounting import PrivacyEvent
 
@@ -199,7 +199,8 @@ def _bin_index(column: Column, series: pd.Series) -> np.ndarray:
     """Each row's bin of ``column`` (the last one for a missing value of a nullable column)."""
     missing = series.isna().to_numpy()
     if column.is_categorical:
-        index = pd.Categorical(series.astype(str).where(~missing), categories=column.categories).codes.astype(int)
+        spelled = series.map(spell_category).where(~missing)  # as validation spells it: 1.0 is '1'
+        index = pd.Categorical(spelled, categories=column.categories).codes.astype(int)
     else:
         values = forward_transform(column, series.to_numpy(dtype=float, na_value=np.nan))
         edges = numeric_edges(column)
