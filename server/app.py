@@ -14,7 +14,7 @@ from flwr.serverapp import Grid, ServerApp
 from fedsyn.data.schema import Schema
 from fedsyn.errors import ConfigurationError
 from fedsyn.server.coordinator import Coordinator, RoundCallback, RoundSummary
-from fedsyn.server.release import write_release
+from fedsyn.server.release import archive_earlier_release, write_release
 from fedsyn.server.resume import holding_run, load_state
 from fedsyn.server.settings import FederationSettings
 from fedsyn.trust.audit import AuditLog
@@ -83,6 +83,9 @@ def _run(grid: Grid, schema: Schema, settings: FederationSettings, plan: Release
         if on_round is not None:
             on_round(summary, sites)
 
+    earlier = archive_earlier_release(plan.out)
+    if earlier is not None:
+        coordinator.record("release_archived", path=str(earlier), replaced_by_run=fedsyn_run)
     if state is None:
         coordinator.record("run_started", flower_run=run_id)
         coordinator.collect_marginals(grid)

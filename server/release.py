@@ -116,6 +116,17 @@ def quality_report(synthetic: pd.DataFrame, coordinator: Coordinator) -> dict:
     }
 
 
+def archive_earlier_release(out: Path) -> Path | None:
+    """Move a release already in ``out`` aside (``OUT.replaced-<UTC time>``) before a new run
+    writes there, so a later run never silently overwrites an earlier one. Returns where it went."""
+    if not (out / "privacy_report.json").exists():
+        return None
+    stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%S.%fZ")
+    earlier = out.with_name(f"{out.name}.replaced-{stamp}")
+    out.rename(earlier)
+    return earlier
+
+
 def write_release(coordinator: Coordinator, out: Path, rows: int, drop_rule_violations: bool = False,
                   signing_key: Ed25519PrivateKey | None = None, public_facts: dict[str, object] | None = None
                   ) -> Path:

@@ -147,3 +147,17 @@ def test_the_reply_store_keeps_any_column_name(tmp_path):
     assert {k: v.tolist() for k, v in got.items()} == {k: v.tolist() for k, v in arrays.items()}
     assert replayed == event and metrics == {}
     assert store.get("run-1", 0, "another request") is None and store.get("run-2", 0, "abc") is None
+
+
+def test_a_later_run_moves_the_earlier_release_aside_instead_of_overwriting_it(plan, demo_schema, tmp_path):
+    release = ReleasePlan(tmp_path / "release", rows=100, audit_log=tmp_path / "audit.jsonl")
+    app = make_client_app(plan.site_policy)
+    short = SETTINGS.model_copy(update={"rounds": 1, "epsilon": 0.4})
+    run_federation(InProcessGrid(app, len(plan.policies)), demo_schema, short, release)
+    first = (tmp_path / "release" / "privacy_report.json").read_text()
+    run_federation(InProcessGrid(app, len(plan.policies)), demo_schema, short.model_copy(update={"epsilon": 0.8}),
+                   release)
+    archived = [p for p in tmp_path.iterdir() if p.name.startswith("release.replaced-")]
+    assert len(archived) == 1 and (archived[0] / "privacy_report.json").read_text() == first
+    entries = [json.loads(line) for line in (tmp_path / "audit.jsonl").read_text().splitlines()]
+    assert [e["path"] for e in entries if e["event"] == "release_archived"] == [str(archived[0])]

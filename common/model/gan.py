@@ -74,7 +74,7 @@ class DPTabularGAN:
         *,
         epochs: float = 30.0,
         config: GANConfig | None = None,
-        marginals_share: float = 0.5,
+        marginals_share: float = 0.7,
         noise_multiplier: float | None = None,
         accountant: AccountantName = "rdp",
         device: str = "cpu",
