@@ -74,6 +74,19 @@ def setup_logging(verbose: bool) -> None:
     flower.addFilter(_WithoutFlowerNoise())
 
 
+def program() -> str:
+    """How to type this command again: ``fedsyn`` when that is what the shell finds, else the path
+    it was run by (e.g. ``.venv/bin/fedsyn`` from an environment that is not activated)."""
+    import shutil
+    from pathlib import Path
+
+    invoked = Path(sys.argv[0])
+    found = shutil.which("fedsyn")
+    if found is not None and Path(found).resolve() == invoked.resolve():
+        return "fedsyn"
+    return str(invoked) if invoked.name == "fedsyn" else "fedsyn"
+
+
 def fail(message: str, code: int = 2) -> NoReturn:
     console.print(f"[bold red]error:[/] {message}")
     raise typer.Exit(code)

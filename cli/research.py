@@ -12,7 +12,7 @@ import pandas as pd
 import typer
 from rich.table import Table
 
-from fedsyn.cli.output import console, fail, print_verdict, results, setup_logging
+from fedsyn.cli.output import console, fail, print_verdict, program, results, setup_logging
 from fedsyn.data.demo import demo_data_path, demo_schema_path
 from fedsyn.data.schema import Schema, SchemaError
 from fedsyn.data.tables import DataFileError, read_table, write_table
@@ -216,7 +216,7 @@ def simulate(
         tables=tables, schema=contract, schema_path=schema_path, settings=settings_for(epsilon), out=out,
         rows=rows or sum(len(t) for t in tables), train=train, test=test, sweep=tuple(budgets),
         release_every=release_every, drop_rule_violations=drop_rule_violations, engine=engine, device=device,
-        compare=compare, public_facts=public_facts)
+        compare=compare, public_facts=public_facts, site_names=_site_names(sites))
     with console.status("starting...") as status:
         try:
             result = simulate_federation(simulation, on_round, status.update)
@@ -229,8 +229,8 @@ def simulate(
     else:
         console.print("no held-out real rows, so no local validation report or verdict: give --held-out FILE "
                       "with --sites")
-    console.print(f"release signed (check: fedsyn verify {result.release} --key {result.keys / 'coordinator.pub'})",
-                  soft_wrap=True)
+    key = result.keys / "coordinator.pub"
+    console.print(f"release signed (check: {program()} verify {result.release} --key {key})", soft_wrap=True)
     if result.comparison is not None:
         table = Table(title="Utility: ROC-AUC on the real held-out split")
         for column in ("arm", "gradient boosting", "logistic regression"):
@@ -255,6 +255,12 @@ def _print_release(result, rounds: int) -> None:
     if report["site_level_dp"]:
         console.print(f"site-level DP (Flower): epsilon {report['site_level_dp']['epsilon']:.3f} at delta "
                       f"{report['site_level_dp']['delta']:g}")
+
+
+def _site_names(sites: list[Path] | None) -> tuple[str, ...]:
+    """Each hospital named after its extract's file name (H0.csv: H0), when those are distinct."""
+    names = tuple(path.stem for path in sites or [])
+    return names if len(set(names)) == len(names) else ()
 
 
 def _show_plan(tables, schema, settings) -> None:

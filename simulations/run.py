@@ -39,8 +39,9 @@ class SimulationPlan:
 
 def prepare_sites(tables: list[pd.DataFrame], schema_path: Path, root: Path, epsilon: float, delta: float,
                   min_noise_multiplier: float = 0.3, device: str = "cpu", seed: int | None = None,
-                  allow_unreviewed_schema: bool = False) -> SimulationPlan:
+                  allow_unreviewed_schema: bool = False, names: list[str] | None = None) -> SimulationPlan:
     """Write one folder per hospital: its private extract, a policy and its new, empty ledger.
+    ``names`` are the hospitals' names in reports (default ``site-0``, ``site-1``, ...).
     With ``seed`` each simulated hospital gets its own fixed seed (reproducible runs; each
     mechanism run still draws a fresh stream, keyed by its position in the site's ledger)."""
     plan = SimulationPlan(root)
@@ -48,7 +49,8 @@ def prepare_sites(tables: list[pd.DataFrame], schema_path: Path, root: Path, eps
         folder = root / f"site-{index}"
         folder.mkdir(parents=True, exist_ok=True)
         write_table(table, folder / "data.parquet")
-        policy = SitePolicy(site_id=f"site-{index}", data=Path("data.parquet"), schema=schema_path.resolve(),
+        policy = SitePolicy(site_id=names[index] if names else f"site-{index}", data=Path("data.parquet"),
+                            schema=schema_path.resolve(),
                             ledger=Path("ledger.json"), max_epsilon=epsilon, delta=delta,
                             min_noise_multiplier=min_noise_multiplier, device=device,
                             allow_unreviewed_schema=allow_unreviewed_schema,

@@ -51,6 +51,7 @@ class Simulation:
     engine: str = "inprocess"
     device: str = "cpu"
     compare: bool = False  # also each site alone and all rows pooled (centralised DP)
+    site_names: tuple[str, ...] = ()  # the hospitals' names in reports (default site-0, site-1, ...)
     public_facts: dict[str, object] = field(default_factory=dict)
 
 
@@ -110,7 +111,8 @@ def _federate(simulation: Simulation, settings: FederationSettings, folder: Path
     """One federation with fresh simulated hospitals under ``folder``; returns its release."""
     plan = prepare_sites(simulation.tables, simulation.schema_path, folder / "sites", settings.epsilon, settings.delta,
                          device=simulation.device, seed=settings.seed,
-                         allow_unreviewed_schema=settings.allow_unreviewed_schema)
+                         allow_unreviewed_schema=settings.allow_unreviewed_schema,
+                         names=list(simulation.site_names) or None)
     release = ReleasePlan(folder / "release", simulation.rows, simulation.release_every,
                           simulation.drop_rule_violations, signing_key=keys / "coordinator.key",
                           audit_log=folder / "audit.jsonl", public_facts=simulation.public_facts)

@@ -97,3 +97,5 @@ def test_simulate_with_site_files_and_a_held_out_file_writes_the_local_report(tm
                                       "--rows", "100", "--out", str(out)])
     assert result.exit_code == 0, result.output
     assert json.loads((out / "local-report" / "report.json").read_text())["rows"]["real_test"] == 300
+    report = json.loads((out / "release" / "privacy_report.json").read_text())
+    assert sorted(site["site"] for site in report["sites"]) == ["site0", "site1"]  # named after their files

@@ -38,6 +38,7 @@ def test_copy_of_training_set_has_perfect_fidelity_and_fails_privacy(split, demo
     assert result.fidelity["overall_score"] == pytest.approx(1.0)
     assert result.fidelity["detection_auc"] < 0.6
     assert result.privacy["exact_copy_share"] == pytest.approx(1.0)
+    assert result.privacy["excess_copy_share"] > 0.9
     assert result.privacy["dcr_ratio"] < 0.05 and result.privacy["dcr_warning"]
     assert result.privacy["membership_attack_auc"] > 0.95
 
@@ -141,6 +142,18 @@ def test_verdict_calls_out_copies_chance_and_reversed_relationships(split, demo_
     assert any("below always predicting" in f.message for f in reversed_verdict.flags)
     good = judge({"overall_score": 0.9, "detection_auc": 0.6, "columns": {"a": {"value": 0.1}}},
                  {"lr": {"tstr": {"roc_auc": 0.8, "accuracy": 0.8}, "trtr": {"roc_auc": 0.82, "accuracy": 0.8}}},
-                 {"membership_attack_auc": 0.51, "exact_copy_share": 0.0, "dcr_ratio": 1.3}, majority_rate=0.7,
+                 {"membership_attack_auc": 0.51, "exact_copy_share": 0.0, "holdout_copy_share": 0.0,
+                  "excess_copy_share": 0.0, "dcr_ratio": 1.3}, majority_rate=0.7,
                  epsilon=1.0)
     assert good.level == "green" and good.flags == [] and good.score > 0.85
+
+
+def test_new_real_patients_raise_no_copy_or_distance_alarm(split, demo_schema):
+    """Rows like the held-out ones are what 'not memorised' looks like: both checks are
+    relative to new patients, so a low-cardinality table's natural duplicates do not warn."""
+    train, test = split
+    fresh = test.sample(frac=1.0, replace=True, random_state=3)  # new patients, as a generator at its best
+    checks = privacy(fresh, train, test, demo_schema)
+    assert abs(checks["excess_copy_share"]) < 0.01 and checks["dcr_ratio"] == pytest.approx(1.0, abs=0.15)
+    duplicated = pd.concat([train.head(1)] * len(test), ignore_index=True)  # the same patient over and over
+    assert privacy(duplicated, train, test, demo_schema)["excess_copy_share"] > 0.9

@@ -212,20 +212,27 @@ def tstr_auc(train: pd.DataFrame, test: pd.DataFrame, schema: Schema, seed: int 
 
 def privacy(synthetic: pd.DataFrame, real_train: pd.DataFrame, real_test: pd.DataFrame, schema: Schema,
             seed: int = 0) -> dict:
-    """Exact copies, DCR ratio and a distance-based membership-inference attack."""
+    """Exact copies, DCR ratio and a distance-based membership-inference attack.
+
+    Both copy and distance checks are relative to new patients (the held-out rows): on a
+    table with few distinct rows, real held-out patients also match training rows exactly
+    and lie at distance 0, which is no sign of memorisation. So the copy figure that warns is
+    the *excess* share (synthetic minus held-out), and the DCR ratio is a ratio of means,
+    which stays defined when most nearest distances are 0 (as the bench's judge does)."""
     rng = np.random.default_rng(seed)
     train_x = feature_matrix(real_train, schema)
     test_x = feature_matrix(real_test, schema)
     syn_x = feature_matrix(synthetic, schema)
     train_keys = set(map(bytes, np.round(train_x, 6).astype(np.float32)))
     copies = sum(bytes(row) in train_keys for row in np.round(syn_x, 6).astype(np.float32))
+    holdout_copies = sum(bytes(row) in train_keys for row in np.round(test_x, 6).astype(np.float32))
     to_train = NearestNeighbors(n_neighbors=1).fit(train_x)
     n = min(len(test_x), len(syn_x), 5000)
     syn_sample = syn_x[rng.choice(len(syn_x), n, replace=False)]
     holdout_sample = test_x[rng.choice(len(test_x), n, replace=False)]
     dcr_synthetic = to_train.kneighbors(syn_sample)[0][:, 0]
     dcr_holdout = to_train.kneighbors(holdout_sample)[0][:, 0]
-    ratio = float(np.median(dcr_synthetic) / max(np.median(dcr_holdout), 1e-12))
+    ratio = float(np.mean(dcr_synthetic) / max(np.mean(dcr_holdout), 1e-12))
     # Attack: a record is called a member when a synthetic row lies unusually close to it.
     to_synthetic = NearestNeighbors(n_neighbors=1).fit(syn_x)
     members = train_x[rng.choice(len(train_x), min(len(train_x), len(test_x), 5000), replace=False)]
@@ -235,6 +242,8 @@ def privacy(synthetic: pd.DataFrame, real_train: pd.DataFrame, real_test: pd.Dat
     return {
         "exact_copies": int(copies),
         "exact_copy_share": float(copies / max(1, len(synthetic))),
+        "holdout_copy_share": float(holdout_copies / max(1, len(real_test))),
+        "excess_copy_share": float(copies / max(1, len(synthetic)) - holdout_copies / max(1, len(real_test))),
         "dcr_synthetic_median": float(np.median(dcr_synthetic)),
         "dcr_holdout_median": float(np.median(dcr_holdout)),
         "dcr_ratio": ratio,

@@ -181,6 +181,8 @@ def render_html(evaluation: Evaluation, real: pd.DataFrame, synthetic: pd.DataFr
         "<h2>Empirical privacy checks</h2>",
         f'<p class="caveat">{html.escape(EMPIRICAL_CAVEAT)}</p>',
         _table([["exact copies of training rows", privacy["exact_copies"]],
+                ["share copying a training row: synthetic / held-out (excess warns)",
+                 f"{privacy['exact_copy_share']:.1%} / {privacy['holdout_copy_share']:.1%}"],
                 ["DCR ratio synthetic / held-out (below 1 warns of memorisation)", privacy["dcr_ratio"]],
                 ["membership-inference attack ROC-AUC (0.5 is ideal)", privacy["membership_attack_auc"]]],
                ["check", "value"]),

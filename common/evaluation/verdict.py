@@ -83,9 +83,10 @@ def _privacy_flags(privacy: dict, epsilon: float | None) -> tuple[list[Flag], fl
         flags.append(Flag("privacy", "red", f"membership attack AUC {attack:.2f}: synthetic rows reveal who trained"))
     elif attack >= 0.6:
         flags.append(Flag("privacy", "amber", f"membership attack AUC {attack:.2f} (0.5 reveals nothing)"))
-    if privacy["exact_copy_share"] > 0.01:
+    if privacy["excess_copy_share"] > 0.01:
         flags.append(Flag("privacy", "amber", f"{privacy['exact_copy_share']:.1%} of synthetic rows copy a "
-                                              "training row exactly"))
+                                              f"training row exactly, against {privacy['holdout_copy_share']:.1%} "
+                                              "of new patients"))
     if privacy["dcr_ratio"] < 1.0:
         flags.append(Flag("privacy", "amber", f"synthetic rows lie closer to training rows than new patients do "
                                               f"(DCR ratio {privacy['dcr_ratio']:.2f})"))

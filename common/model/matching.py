@@ -113,7 +113,7 @@ class TableMatcher:
 
 
 def _tensor(values: np.ndarray, device: torch.device) -> torch.Tensor:
-    return torch.as_tensor(np.asarray(values, dtype=np.float32), device=device)
+    return torch.as_tensor(np.ascontiguousarray(values, dtype=np.float32), device=device)
 
 
 def _interpolate(x: torch.Tensor, xp: torch.Tensor, fp: torch.Tensor) -> torch.Tensor:
