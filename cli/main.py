@@ -59,6 +59,8 @@ def main() -> None:
     since either may quote patient rows (FEDSYN_DEBUG=1 re-raises it)."""
     from fedsyn.errors import FedsynError
 
+    if not sys.stdout.isatty():  # help piped or captured: keep option names whole (Typer's default is 80 columns)
+        os.environ.setdefault("TERMINAL_WIDTH", "120")
     try:
         app()
     except FedsynError as exc:  # fedsyn's own errors speak to the user and quote no patient value
