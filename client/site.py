@@ -264,10 +264,10 @@ class Site:
             return replayed
         sigma = self.plan_noise(request)
         frame = self._private_rows()
-        trainer = self._trainer(request, arrays, marginals, slot_marginals)
-        local_marginals = trainer.conditions.source
+        local_marginals = self._own_marginals(request, marginals, slot_marginals)
+        trainer = self._trainer(request.gan_config, arrays, marginals, local_marginals, slot_marginals)
         event = PrivacyEvent("dp-sgd", sigma, request.sample_rate, request.local_steps, round=request.round)
-        if slot_marginals:  # expected batch from the site's own noisy count: post-processing
+        if local_marginals is not None:  # expected batch from the site's own noisy count: post-processing
             trainer.real_normaliser = max(1.0, request.sample_rate * local_marginals.total())
         data = torch.as_tensor(trainer.encoder.encode(frame), device=trainer.device)
         position = self._charge(event, request.epsilon)  # before any step runs
@@ -284,17 +284,23 @@ class Site:
         self.trail.append("update_sent", privacy=asdict(event), epsilon_spent=self.ledger.epsilon(), metrics=metrics)
         return updated, metrics, event
 
-    def _trainer(self, request: TrainInstructions, arrays: dict[str, np.ndarray], marginals: Marginals,
-                 slot_marginals: list[Marginals] | None = None) -> GANTrainer:
+    @staticmethod
+    def _own_marginals(request: TrainInstructions, marginals: Marginals,
+                       slot_marginals: list[Marginals] | None) -> Marginals | None:
+        """This site's round-0 tables among every slot's, once they are checked to be one per
+        slot and shaped like the global ones (before anything is spent)."""
+        if slot_marginals is None:
+            return None
+        shapes = {k: v.shape for k, v in marginals.tables.items()}
+        if len(slot_marginals) != request.gan_config.site_slots \
+                or any({k: v.shape for k, v in m.tables.items()} != shapes for m in slot_marginals):
+            raise _model_misfit()
+        return slot_marginals[request.site_slot] if slot_marginals and request.site_slot is not None else None
+
+    def _trainer(self, config: GANConfig, arrays: dict[str, np.ndarray], marginals: Marginals,
+                 local: Marginals | None, slot_marginals: list[Marginals] | None) -> GANTrainer:
         """The global model as sent, checked against this site's schema before anything is spent."""
-        config = request.gan_config
         try:
-            shapes = {k: v.shape for k, v in marginals.tables.items()}
-            if slot_marginals is not None and (
-                    len(slot_marginals) != config.site_slots
-                    or any({k: v.shape for k, v in m.tables.items()} != shapes for m in slot_marginals)):
-                raise ValueError("slot marginals differ in number or shape from the global marginals")
-            local = slot_marginals[request.site_slot] if slot_marginals and request.site_slot is not None else None
             trainer = GANTrainer(TableEncoder(self.schema, marginals), config, device=self.policy.device,
                                  condition_marginals=local)
             if slot_marginals:
@@ -302,6 +308,11 @@ class Site:
             trainer.load_state_arrays(arrays)
         except (KeyError, RuntimeError, ValueError) as exc:
             log.warning("the global model does not fit this site's schema: %s", type(exc).__name__)
-            raise SiteRefusal(ErrorCode.MALFORMED_REQUEST, "the global model or marginals do not fit this site's "
-                              "schema (array names or shapes differ)") from None
+            raise _model_misfit() from None
         return trainer
+
+
+def _model_misfit() -> SiteRefusal:
+    """The refusal for a global model or marginals that do not have this site's schema's shapes."""
+    return SiteRefusal(ErrorCode.MALFORMED_REQUEST, "the global model or marginals do not fit this site's schema "
+                       "(array names or shapes differ)")

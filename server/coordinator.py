@@ -261,15 +261,13 @@ class Coordinator:
             model, sampler = self._restored_model
             trainer.load_state_arrays(model)
             trainer.sampler.load_state_dict({name: torch.as_tensor(value) for name, value in sampler.items()})
+        per_slot = [self.site_marginals[node] for node in sorted(self.slots, key=self.slots.__getitem__)]
         if gan_config.site_slots:
-            ordered = sorted(self.slots, key=self.slots.__getitem__)
-            trainer.set_release_slots([self.site_marginals[node].total() for node in ordered],
-                                      [self.site_marginals[node] for node in ordered])
+            trainer.set_release_slots([m.total() for m in per_slot], per_slot)
         self.trainer = trainer
         shapes = {k: (v.shape, v.dtype) for k, v in trainer.state_arrays().items()}
         wire_shapes = {k: (shape, np.dtype(settings.transport_dtype)) for k, (shape, _) in shapes.items()}
-        ordered_nodes = sorted(self.slots, key=self.slots.__getitem__)
-        slot_marginals = protocol.slot_marginals_record([self.site_marginals[node].tables for node in ordered_nodes])
+        slot_marginals = protocol.slot_marginals_record([m.tables for m in per_slot])
 
         def slot_of(node: int) -> int | None:
             return self.slots[node] if gan_config.site_slots and node in self.slots else None

@@ -119,9 +119,11 @@ def holding_run(directory: Path, flower_run: str | None, wait: float = 120.0) ->
                 break
             except BlockingIOError:
                 if time.monotonic() > deadline:
+                    holder = _read_holder(handle)
                     raise ConfigurationError(
-                        f"another coordinator process still drives the run in {directory} ({_holder_text(handle)}); "
-                        "stop it (`flwr stop RUN_ID`) before resuming") from None
+                        f"another coordinator process still drives the run in {directory} (pid {holder.get('pid')}, "
+                        f"Flower run {holder.get('flower_run')}); stop it (`flwr stop RUN_ID`) before resuming"
+                    ) from None
                 time.sleep(1.0)
         try:
             handle.seek(0)
@@ -142,23 +144,19 @@ def lock_holder(directory: Path) -> dict[str, Any] | None:
         try:
             fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
-            handle.seek(0)
-            try:
-                holder = json.loads(handle.read() or "{}")
-            except json.JSONDecodeError:
-                holder = {}
-            return holder if isinstance(holder, dict) else {}
+            return _read_holder(handle)
         fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
         return None
 
 
-def _holder_text(handle: Any) -> str:
+def _read_holder(handle: Any) -> dict[str, Any]:
+    """What the lock's holder wrote about itself (empty when unreadable)."""
     handle.seek(0)
     try:
         holder = json.loads(handle.read() or "{}")
     except json.JSONDecodeError:
-        return "unknown process"
-    return f"pid {holder.get('pid')}, Flower run {holder.get('flower_run')}"
+        return {}
+    return holder if isinstance(holder, dict) else {}
 
 
 def file_sha256(path: Path) -> str:

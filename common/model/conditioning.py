@@ -26,7 +26,6 @@ class ConditionSampler:
         condition values are drawn from; a federated site passes its own."""
         self.device = device
         source = marginals if marginals is not None else encoder.marginals
-        self.source = source
         self.columns: list[str] = []
         self.values: list[list[str]] = []
         encoded_index: list[int] = []

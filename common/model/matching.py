@@ -75,7 +75,7 @@ class TableMatcher:
                 body = body / np.clip(body.sum(axis=0, keepdims=True), _EPS, None)
                 cdf = np.concatenate([np.zeros((1, body.shape[1])), np.cumsum(body, axis=0)]).T
                 cdf[:, -1] = 1.0
-                edges, global_cdf = encoder.numeric_map(column.name)
+                _, global_cdf = encoder.numeric_map(column.name)
                 self.numeric.append(_Numeric(span.start, _tensor(2.0 * global_cdf - 1.0, device),
                                              _tensor(np.maximum.accumulate(cdf, axis=1), device)))
         self.terms = len(self.softmax) + len(self.numeric)

@@ -110,10 +110,10 @@ class Marginals:
     def class_totals(self) -> np.ndarray:
         """Noisy row count per outcome class: the mean of every table's class sums, the least
         noisy estimate (one class when there is no outcome)."""
-        split = [t.sum(axis=0) for t in self.tables.values() if t.shape[1] > 1]
+        split = [t for t in self.tables.values() if t.shape[1] > 1]
         if not split:
             return np.array([self.total()])
-        return np.asarray(np.clip(np.mean(split, axis=0), 1.0, None), dtype=float)
+        return np.asarray(np.clip(_mean_class_sums(split), 1.0, None), dtype=float)
 
     def conditional(self, name: str) -> np.ndarray:
         """P(bin | class) of a column's table, bins × classes: each class's noisy counts
@@ -184,6 +184,12 @@ class Marginals:
         return cls({c.name: np.ones(table_shape(schema, c)) for c in schema.columns})
 
 
+def _mean_class_sums(tables: list[np.ndarray]) -> np.ndarray:
+    """Per outcome class, the mean over ``tables`` of the class's total: every table counts each
+    record once, so the mean is the least noisy estimate of the class sizes."""
+    return np.asarray(np.mean([table.sum(axis=0) for table in tables], axis=0), dtype=float)
+
+
 def _onto_simplex(values: np.ndarray, total: float) -> np.ndarray:
     """The closest point (Euclidean) to ``values`` that is non-negative and sums to ``total``:
     ``max(values - theta, 0)`` for the one ``theta`` that gives that sum."""
@@ -240,7 +246,7 @@ def noisy_marginals(frame: pd.DataFrame, schema: Schema, noise_multiplier: float
     tables = {c.name: exact.tables[c.name] + rng.normal(0.0, std, size=exact.tables[c.name].shape) for c in measured}
     split = split_column(schema)
     if split is not None:
-        tables[split.name] = np.mean([table.sum(axis=0) for table in tables.values()], axis=0).reshape(-1, 1)
+        tables[split.name] = _mean_class_sums(list(tables.values())).reshape(-1, 1)
     return Marginals({c.name: tables[c.name] for c in schema.columns})
 
 
