@@ -116,9 +116,9 @@ MUTATIONS = [
              "if len(self.ledger.events) < recorded:", "if False:",
              (PRIVACY + "test_a_deleted_or_reset_ledger_is_refused",)),
     Mutation("extract validated only after the charge", "client/site.py",
-             "        frame = self._private_rows()\n        trainer = self._trainer(",
+             "        frame = self._private_rows()\n        local_marginals = self._own_marginals(",
              "        self._charge(PrivacyEvent('dp-sgd', sigma, request.sample_rate, 1), request.epsilon)\n"
-             "        frame = self._private_rows()\n        trainer = self._trainer(",
+             "        frame = self._private_rows()\n        local_marginals = self._own_marginals(",
              (PRIVACY + "test_refusals_charge_nothing_and_say_nothing_private",)),
     Mutation("refusal text quotes the exception", "client/site.py",
              "raise SiteRefusal(ErrorCode.DATA_INVALID, \"the site's extract does not pass validation against the \"",
