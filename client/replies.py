@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import re
 from collections.abc import Mapping
 from dataclasses import asdict
@@ -20,6 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
+from fedsyn.files import write_atomically
 from fedsyn.privacy.accounting import PrivacyEvent
 
 _SAFE = re.compile(r"[^A-Za-z0-9_.-]")
@@ -58,16 +58,7 @@ class ReplyStore:
 
     def put(self, run_id: str, round_: int, digest: str, arrays: Mapping[str, np.ndarray],
             metrics: Mapping[str, float], event: PrivacyEvent) -> None:
-        self.directory.mkdir(parents=True, exist_ok=True)
-        path = self._path(run_id, round_)
-        temporary = path.with_name(path.name + ".tmp.npz")
         names = list(arrays)  # column names may be anything: stored by position, named in the meta
         meta = json.dumps({"digest": digest, "names": names, "metrics": dict(metrics), "event": asdict(event)})
-        try:
-            with open(temporary, "wb") as out:
-                np.savez(out, meta=np.array(meta), **{f"a{index}": arrays[name] for index, name in enumerate(names)})
-                out.flush()
-                os.fsync(out.fileno())
-            os.replace(temporary, path)
-        finally:
-            temporary.unlink(missing_ok=True)
+        stored = {f"a{index}": arrays[name] for index, name in enumerate(names)}
+        write_atomically(self._path(run_id, round_), lambda out: np.savez(out, meta=np.array(meta), **stored))

@@ -27,6 +27,7 @@ import torch
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from fedsyn.errors import ConfigurationError
+from fedsyn.files import write_atomically
 from fedsyn.trust.audit import verify_log
 from fedsyn.trust.signing import VerificationError
 
@@ -55,19 +56,9 @@ class RunState:
 
 def save_state(directory: Path, state: RunState) -> str:
     """Write ``state`` atomically; return its SHA-256 (for the audit log)."""
-    directory.mkdir(parents=True, exist_ok=True)
     target = directory / STATE_FILE
-    temporary = target.with_name(target.name + ".tmp")
-    payload = {"format": FORMAT, **{name: getattr(state, name) for name in state.__dataclass_fields__}}
-    payload = _tensors(payload)
-    try:
-        with open(temporary, "wb") as out:
-            torch.save(payload, out)
-            out.flush()
-            os.fsync(out.fileno())
-        os.replace(temporary, target)
-    finally:
-        temporary.unlink(missing_ok=True)
+    payload = _tensors({"format": FORMAT, **{name: getattr(state, name) for name in state.__dataclass_fields__}})
+    write_atomically(target, lambda out: torch.save(payload, out))
     return file_sha256(target)
 
 

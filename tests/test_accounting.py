@@ -120,3 +120,19 @@ def test_nan_budget_or_parameters_are_refused_not_silently_passed():
     with pytest.raises(ValueError, match="finite"):
         PrivacyEvent("dp-sgd", float("nan"), 0.1, 1)
     assert ledger.events == []
+
+
+def test_a_failed_save_keeps_the_old_file_whole_and_leaves_no_temporary(tmp_path):
+    """The ledger, a site's stored replies and the coordinator's state are all written this way."""
+    from fedsyn.files import write_atomically
+
+    path = tmp_path / "ledger.json"
+    write_atomically(path, lambda out: out.write(b"old"))
+
+    def fails_half_way(out):
+        out.write(b"ne")
+        raise OSError("disk full")
+
+    with pytest.raises(OSError, match="disk full"):
+        write_atomically(path, fails_half_way)
+    assert path.read_bytes() == b"old" and [p.name for p in tmp_path.iterdir()] == ["ledger.json"]

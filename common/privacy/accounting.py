@@ -13,8 +13,6 @@ from __future__ import annotations
 import fcntl
 import json
 import math
-import os
-import tempfile
 import warnings
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
@@ -28,6 +26,7 @@ from opacus.accountants import PRVAccountant
 from opacus.accountants.analysis.rdp import compute_rdp, get_privacy_spent
 
 from fedsyn.errors import PrivacyRefusal
+from fedsyn.files import write_atomically
 
 AccountantName = Literal["rdp", "prv"]
 LEDGER_FORMAT = "fedsyn-ledger/2"
@@ -210,18 +209,8 @@ class PrivacyLedger:
 
     def save(self, path: str | Path) -> None:
         """Write atomically (temp file + rename) so a crash never leaves half a ledger."""
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        handle, temp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
-        try:
-            with os.fdopen(handle, "w") as out:
-                json.dump(self.to_dict(), out, indent=2)
-                out.flush()
-                os.fsync(out.fileno())
-            os.replace(temp, path)
-        except BaseException:
-            Path(temp).unlink(missing_ok=True)
-            raise
+        text = json.dumps(self.to_dict(), indent=2).encode()
+        write_atomically(Path(path), lambda out: out.write(text))
 
     @classmethod
     def from_dict(cls, raw: dict[str, Any], path: str | Path | None = None) -> PrivacyLedger:
