@@ -28,7 +28,7 @@ from fedsyn.model.config import GANConfig
 from fedsyn.model.encoder import TableEncoder
 from fedsyn.model.training import GANTrainer
 from fedsyn.privacy.accounting import PrivacyEvent, compute_epsilon, gaussian_noise_for_epsilon
-from fedsyn.privacy.marginals import Marginals, marginals_sensitivity, split_column, table_shape
+from fedsyn.privacy.marginals import Marginals, marginals_sensitivity, table_shape
 from fedsyn.privacy.randomness import torch_generator
 from fedsyn.server.resume import SAVED, RunState, save_state
 from fedsyn.server.settings import FederationSettings
@@ -237,12 +237,9 @@ class Coordinator:
         for part in parts[1:]:
             total = total + part
         if settings.marginals_noise_floor:
-            # A site's table cell carries noise of std sigma*sensitivity; a one-way count sums a row of
-            # cells (one per outcome class), and the sum over sites sqrt(#sites) more.
-            split = split_column(self.schema)
-            classes = table_shape(self.schema, split)[0] if split is not None else 1
-            std = sigma * marginals_sensitivity(self.schema) * math.sqrt(classes * len(parts))
-            total = total.without_noise_floor(self.schema, std, settings.marginals_noise_floor)
+            # A site's table cell carries noise of std sigma*sensitivity; the sum over sites sqrt(#sites) more.
+            cell_std = sigma * marginals_sensitivity(self.schema) * math.sqrt(len(parts))
+            total = total.without_noise_floor(self.schema, cell_std, settings.marginals_noise_floor)
         self.marginals = total
         self._save(0)
         return total

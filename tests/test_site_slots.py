@@ -138,21 +138,3 @@ def test_per_node_messages_survive_flowers_site_level_dp_wrapper():
         config = message.content.config_records[protocol.CONFIG]
         assert config[protocol.SITE_SLOT] == slots[message.metadata.dst_node_id]
         assert message.content.array_records[protocol.SLOT_MARGINALS] is per_slot
-
-
-def test_numeric_bins_under_the_noise_floor_are_merged_or_zeroed_categoricals_untouched(demo_frame, demo_schema):
-    counts = exact_counts(demo_frame.head(300), demo_schema)
-    age = np.zeros((64, 2))
-    age[0] = [60.0, 40.0]  # one sharp bin, then a spread-out stretch, then an empty tail with noise
-    age[1:5] = [[4.0, 0.0], [0.0, 0.0], [1.0, 0.0], [3.0, 4.0]]  # one-way 4, 4, 5, 12 cumulated
-    age[20:] = [[0.5, -0.5]] * 44
-    noisy = type(counts)({**counts.tables, "age": age})
-    cleaned = noisy.without_noise_floor(demo_schema, noise_std=2.0)
-    merged = cleaned.tables["age"]
-    assert np.array_equal(merged[0], age[0])  # 100 >= 3 x 2: kept as it is
-    assert np.allclose(merged[1:5], [[2.0, 1.0]] * 4)  # 12 >= 3 x 2 x sqrt(4) only as a group of 4
-    assert np.all(merged[5:] == 0)  # never beats its noise: set to 0
-    assert all(np.array_equal(cleaned.tables[c.name], noisy.tables[c.name]) for c in demo_schema.columns
-               if c.is_categorical)
-    flat = noisy.without_noise_floor(demo_schema, noise_std=1e9)  # nothing significant: left as it was
-    assert all(np.array_equal(flat.tables[k], noisy.tables[k]) for k in noisy.tables)

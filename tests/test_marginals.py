@@ -1,0 +1,92 @@
+"""The public grid of numeric columns and the coarsening of noisy counts under their noise.
+
+Both are post-processing of the DP release or functions of the schema alone; what these
+tests pin is that they keep what the data says and invent nothing where it is silent.
+"""
+
+import numpy as np
+import pytest
+
+from fedsyn.data.schema import Column, Schema
+from fedsyn.privacy.marginals import Marginals, numeric_bins, numeric_edges
+
+VISITS = Column(name="visits", kind="integer", lower=0, upper=365)
+
+
+def _schema() -> Schema:
+    """A visit count with honest public bounds far wider than the data, and an outcome."""
+    return Schema(name="visits", outcome="admitted", columns=[
+        VISITS, Column(name="admitted", kind="categorical", categories=["no", "yes"])])
+
+
+def _coarsen(body: np.ndarray, cell_std: float = 10.0) -> np.ndarray:
+    """``body`` (bins x 2 classes) coarsened as the coordinator does, the class totals being
+    the table's own class sums."""
+    tables = {"visits": body, "admitted": body.sum(axis=0).reshape(-1, 1)}
+    return Marginals(tables).without_noise_floor(_schema(), cell_std=cell_std, threshold=1.5).tables["visits"]
+
+
+def test_public_grid_is_fine_near_zero_and_whole_for_integers():
+    """Non-negative measures get bins that widen from 0; integer bins hold whole values only."""
+    edges = numeric_edges(VISITS)
+    assert edges[0] == -0.5 and edges[-1] == 365.5
+    assert np.all(np.diff(edges) >= 1) and np.all((edges + 0.5) == np.round(edges + 0.5))
+    assert np.diff(edges)[0] == 1 and np.diff(edges)[-1] > 8
+    shifted = Column(name="age", kind="continuous", lower=18, upper=100)  # not anchored at 0: equal widths
+    np.testing.assert_allclose(np.diff(numeric_edges(shifted)), 82 / 64)
+
+
+def test_groups_spread_their_counts_by_width():
+    """A group of unequal bins is spread evenly over its width (a density), not per bin: per
+    bin would pile the group's mass into its narrow bins near 0."""
+    body = np.zeros((numeric_bins(VISITS), 2))
+    body[:, 0] = 4.0  # every bin 4 counts against a floor of 15: groups of several bins
+    widths = np.diff(numeric_edges(VISITS))
+    density = _coarsen(body)[:, 0] / widths
+    last = 40  # well inside, where bins are several values wide and unequal
+    group = np.flatnonzero(np.isclose(density, density[last]))
+    assert len(group) > 2 and len(set(widths[group])) > 1
+
+
+def test_a_sharp_peak_keeps_its_bin_and_an_empty_reach_stays_empty():
+    body = np.zeros((numeric_bins(VISITS), 2))
+    body[0, 0], body[1:6, 0] = 700.0, 60.0  # mostly 0 visits, then a few
+    body[6:60:2, 0], body[7:60:2, 0] = 9.0, -9.0  # noise that never beats the floor and sums to 0
+    coarse = _coarsen(body)[:, 0]
+    assert coarse[0] == 700.0 and np.allclose(coarse[1:6], 60.0)
+    assert coarse[6:].sum() == pytest.approx(0.0)  # nothing missing of the total: no tail invented
+
+
+def test_the_classes_are_coarsened_on_their_own():
+    """A rare class's cells are pure noise where the common class has its rows: one grouping
+    for both (by the one-way counts) turned that noise into rows of the rare class."""
+    body = np.zeros((numeric_bins(VISITS), 2))
+    body[10:20, 0] = 500.0  # the common class
+    body[0:4, 1] = 50.0  # the rare class: 200 rows near 0
+    body[10:20:2, 1], body[11:20:2, 1] = 12.0, -12.0  # and noise among the common class's rows
+    rare = _coarsen(body)[:, 1]
+    assert rare[10:20].sum() < 0.02 * rare.sum()
+    np.testing.assert_allclose(_coarsen(body)[10:20, 0], 500.0)
+
+
+def test_an_empty_stretch_below_the_data_is_not_merged_into_it():
+    """Groups grow from where the data first beats the noise, both ways: a class whose rows
+    start at 12 keeps (almost) nothing below it."""
+    body = np.zeros((numeric_bins(VISITS), 2))
+    body[12:20, 1] = 40.0
+    body[0:12:2, 1], body[1:12:2, 1] = 5.0, -5.0
+    rare = _coarsen(body)[:, 1]
+    assert rare[:12].sum() < 0.05 * rare.sum()
+
+
+def test_a_sparse_tail_is_kept_not_cut_off():
+    """Rows spread thinly beyond the last group (the many lymph nodes of patients who died):
+    what the groups miss of the class's noisy total comes back as a decaying tail above them,
+    where the leftover counts are."""
+    body = np.zeros((numeric_bins(VISITS), 2))
+    body[0:5, 0] = 200.0
+    body[5:40, 0] = 3.0  # 105 rows, never above the floor of 15 sqrt(bins)
+    coarse = _coarsen(body)[:, 0]
+    assert coarse.sum() == pytest.approx(body[:, 0].sum(), rel=1e-3)  # the tail is cut at the upper bound
+    assert coarse[5:].sum() == pytest.approx(105.0, rel=0.01)
+    assert np.all(np.diff(coarse[5:40] / np.diff(numeric_edges(VISITS))[5:40]) <= 1e-12)  # decaying density
