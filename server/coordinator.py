@@ -26,6 +26,7 @@ from fedsyn.errors import ConfigurationError, FedsynError
 from fedsyn.federation import protocol
 from fedsyn.model.config import GANConfig
 from fedsyn.model.encoder import TableEncoder
+from fedsyn.model.matching import release_misfit
 from fedsyn.model.training import GANTrainer
 from fedsyn.privacy.accounting import PrivacyEvent, compute_epsilon, gaussian_noise_for_epsilon
 from fedsyn.privacy.marginals import Marginals, marginals_sensitivity, table_shape
@@ -73,6 +74,18 @@ class RoundSummary:
 RoundCallback = Callable[[RoundSummary, dict[int, SiteStatus]], None]
 
 
+@dataclass
+class ReleaseChoice:
+    """The averaged generator the release samples from: of the rounds in the run's second half,
+    the one whose rows sit closest to the noisy tables (:func:`release_misfit`). The last round
+    is not always the best one (GAN training oscillates), and a seed's luck should not decide
+    what a hospital gets for its budget; choosing by DP outputs only is post-processing."""
+
+    round: int
+    misfit: float
+    sampler: dict[str, np.ndarray]
+
+
 class Coordinator:
     """The run, round by round. With ``state_dir`` its state is saved after every completed
     round (:mod:`fedsyn.server.resume`), and :meth:`restore` continues a saved run; ``run_id``
@@ -95,6 +108,7 @@ class Coordinator:
         self.slots: dict[int, int] = {}
         self.trainer: GANTrainer | None = None
         self.strategy: Strategy | None = None
+        self.release_choice: ReleaseChoice | None = None
 
     # -- helpers --------------------------------------------------------------------------
 
@@ -302,15 +316,33 @@ class Coordinator:
             # on the same time scale (in local steps) as a single-site fit's average.
             decay = settings.gan_config.generator_ema ** settings.local_steps if round_ > 1 else 0.0
             trainer.load_state_arrays(protocol.from_array_record(aggregated, shapes), sampler_decay=decay)
+            misfit = self._consider_for_release(trainer, round_)
             losses = [r.content.metric_records[protocol.METRICS]["generator_loss"] for r in valid]
             summary = RoundSummary(round_, len(valid), len(messages) - len(valid), float(np.mean(losses)),
                                    time.monotonic() - started)
             self.rounds.append(summary)
-            self.record("round_finished", round=round_, accepted=summary.accepted, dropped=summary.dropped)
+            self.record("round_finished", round=round_, accepted=summary.accepted, dropped=summary.dropped,
+                        **({} if misfit is None else {"misfit": round(misfit, 4)}))
             self._save(round_)
             if on_round is not None:
                 on_round(summary, self.sites)
+        if self.release_choice is not None:
+            choice = self.release_choice
+            trainer.sampler.load_state_dict({name: torch.as_tensor(value) for name, value in choice.sampler.items()})
+            self.record("release_model_chosen", round=choice.round, misfit=round(choice.misfit, 4))
         return trainer
+
+    def _consider_for_release(self, trainer: GANTrainer, round_: int) -> float | None:
+        """From the second half of the rounds on, the averaged generator's misfit; the best so far
+        becomes the :class:`ReleaseChoice`. None for a round too early to be considered."""
+        if round_ <= self.settings.rounds // 2:
+            return None
+        misfit = release_misfit(trainer)
+        if self.release_choice is None or misfit < self.release_choice.misfit:
+            weights = trainer.sampler.state_dict().items()
+            sampler = {name: value.detach().cpu().numpy().copy() for name, value in weights}
+            self.release_choice = ReleaseChoice(round_, misfit, sampler)
+        return misfit
 
     # -- saving and resuming ----------------------------------------------------------------
 
@@ -328,7 +360,8 @@ class Coordinator:
             schema_sha256=protocol.schema_fingerprint(self.schema), marginals=self.marginals.tables,
             site_marginals={node: m.tables for node, m in self.site_marginals.items()}, slots=dict(self.slots),
             sites=[asdict(site) for site in self.sites.values()], rounds=[asdict(r) for r in self.rounds],
-            model=model, sampler=sampler)
+            model=model, sampler=sampler,
+            release_choice=None if self.release_choice is None else asdict(self.release_choice))
         digest = save_state(self.state_dir, state)
         self.record(SAVED, round=round_, path=str((self.state_dir / "state.pt").resolve()), sha256=digest)
 
@@ -353,6 +386,8 @@ class Coordinator:
         self.completed_round = state.round
         if state.model is not None and state.sampler is not None:
             self._restored_model = (state.model, state.sampler)
+        if state.release_choice is not None:
+            self.release_choice = ReleaseChoice(**state.release_choice)
 
     def _trainable(self, node: int, gan_config: GANConfig) -> bool:
         """With site slots, only the sites that released valid round-0 marginals (they hold a slot)."""

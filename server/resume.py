@@ -31,7 +31,7 @@ from fedsyn.files import write_atomically
 from fedsyn.trust.audit import verify_log
 from fedsyn.trust.signing import VerificationError
 
-FORMAT = "fedsyn-coordinator-state/1"
+FORMAT = "fedsyn-coordinator-state/2"  # 2: the release choice
 STATE_FILE = "state.pt"
 LOCK_FILE = "coordinator.lock"
 SAVED = "state_saved"  # the audit event that vouches for a state file
@@ -52,6 +52,7 @@ class RunState:
     rounds: list[dict[str, Any]]
     model: dict[str, np.ndarray] | None = None  # generator and discriminator after the round
     sampler: dict[str, np.ndarray] | None = None  # the release's moving average of the generator
+    release_choice: dict[str, Any] | None = None  # the coordinator's ReleaseChoice so far (round, misfit, sampler)
 
 
 def save_state(directory: Path, state: RunState) -> str:

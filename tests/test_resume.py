@@ -18,6 +18,7 @@ from fedsyn.client.policy import SitePolicy
 from fedsyn.client.replies import ReplyStore
 from fedsyn.errors import ConfigurationError
 from fedsyn.privacy.accounting import PrivacyEvent, PrivacyLedger
+from fedsyn.server import coordinator as coordinator_module
 from fedsyn.server.app import ReleasePlan, run_federation
 from fedsyn.server.resume import STATE_FILE, holding_run, lock_holder
 from fedsyn.simulations.inprocess import InProcessGrid
@@ -161,3 +162,25 @@ def test_a_later_run_moves_the_earlier_release_aside_instead_of_overwriting_it(p
     assert len(archived) == 1 and (archived[0] / "privacy_report.json").read_text() == first
     entries = [json.loads(line) for line in (tmp_path / "audit.jsonl").read_text().splitlines()]
     assert [e["path"] for e in entries if e["event"] == "release_archived"] == [str(archived[0])]
+
+
+def test_the_release_samples_from_the_closest_round_also_across_a_restart(plan, demo_schema, tmp_path, monkeypatch):
+    """The release's generator is the second-half round whose rows sit closest to the noisy
+    tables; a round chosen before a restart stays a candidate after it (it is saved). The
+    misfits are scripted so that the round before the restart is the closest."""
+    scripted = iter([0.1, 0.2])  # rounds 3 and 4 (rounds 1 and 2 are too early to be candidates)
+    monkeypatch.setattr(coordinator_module, "release_misfit", lambda trainer: next(scripted))
+    release = ReleasePlan(tmp_path / "release", rows=300, audit_log=tmp_path / "audit.jsonl",
+                          state_dir=tmp_path / "state")
+    app = make_client_app(plan.site_policy)
+    settings = SETTINGS.model_copy(update={"rounds": 4})
+    with pytest.raises(CoordinatorCrash):  # dies once round 4 was answered, after round 3 was saved
+        run_federation(CrashingGrid(app, len(plan.policies), crash_at=4), demo_schema, settings, release)
+    coordinator = run_federation(InProcessGrid(app, len(plan.policies)), demo_schema, settings, release, resume=True)
+    entries = [json.loads(line) for line in (tmp_path / "audit.jsonl").read_text().splitlines()]
+    assert {e["round"]: e["misfit"] for e in entries if e["event"] == "round_finished" and "misfit" in e} == \
+        {3: 0.1, 4: 0.2}
+    assert [e["round"] for e in entries if e["event"] == "release_model_chosen"] == [3]
+    assert coordinator.release_choice.round == 3
+    for name, value in coordinator.trainer.sampler.state_dict().items():
+        np.testing.assert_array_equal(value.numpy(), coordinator.release_choice.sampler[name])

@@ -20,13 +20,17 @@ the classes apart, and a rare class is where the GAN alone loses its relations f
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 
 from fedsyn.model.conditioning import ConditionSampler
 from fedsyn.model.encoder import TableEncoder
-from fedsyn.privacy.marginals import split_column
+from fedsyn.privacy.marginals import Marginals, exact_counts, split_column
+
+if TYPE_CHECKING:
+    from fedsyn.model.training import GANTrainer
 
 _EPS = 1e-6
 
@@ -123,3 +127,27 @@ def _interpolate(x: torch.Tensor, xp: torch.Tensor, fp: torch.Tensor) -> torch.T
     left, right = xp[index - 1], xp[index]
     weight = ((x - left) / (right - left).clamp_min(_EPS)).clamp(0.0, 1.0)
     return fp[index - 1] + weight * (fp[index] - fp[index - 1])
+
+
+def release_misfit(trainer: GANTrainer, rows: int = 2000) -> float:
+    """How far ``rows`` drawn as the release draws them are from the encoder's noisy tables:
+    per outcome class and column, the total variation between the rows' distribution over the
+    public bins and the table's P(bin | class), averaged with equal weight per class and per
+    column. Reads DP outputs only (the tables and the model), so choosing among models by it
+    is post-processing."""
+    encoder = trainer.encoder
+    produced = Marginals(exact_counts(trainer.encoder.decode(trainer.generate(rows)), encoder.schema).tables)
+    split = split_column(encoder.schema)
+    distances = []
+    for column in encoder.schema.columns:
+        if split is not None and column.name == split.name:
+            continue
+        target, made = encoder.marginals.conditional(column.name), _per_class(produced.tables[column.name])
+        distances.append(float(np.mean(0.5 * np.abs(target - made).sum(axis=0))))
+    return float(np.mean(distances)) if distances else 0.0
+
+
+def _per_class(table: np.ndarray) -> np.ndarray:
+    """Exact counts (bins x classes) as P(bin | class); a class with no rows is uniform."""
+    sums = table.sum(axis=0, keepdims=True)
+    return np.where(sums > 0, table / np.clip(sums, 1e-12, None), 1.0 / table.shape[0])
