@@ -9,6 +9,7 @@ from fedsyn.data.schema import SchemaError, draft_schema
 from fedsyn.data.validation import DataValidationError, validate_frame
 from fedsyn.model.gan import DPTabularGAN
 from fedsyn.privacy.accounting import PrivacyEvent, PrivacyLedger
+from fedsyn.privacy.marginals import numeric_edges
 
 from .helpers import TINY, independent_epsilon
 
@@ -105,3 +106,20 @@ def test_a_federated_release_opens_with_the_single_site_api(plan, demo_schema, t
     epsilon, _ = model.privacy_spent()
     assert epsilon == pytest.approx(max(coordinator.epsilon_of(site) for site in coordinator.sites.values()))
     assert model.trainer_.config.site_slots == 3 and model.trainer_.release_slots is not None
+
+
+def test_a_single_site_fit_coarsens_its_noisy_counts_as_the_coordinator_does(demo_frame, demo_schema):
+    """The fit's numeric tables are coarsened under their noise (post-processing): no cell is
+    left negative, the empty upper reach of kappa's public bounds holds (almost) nothing;
+    with the floor off they are the raw noisy counts."""
+    frame = demo_frame.sample(n=1500, random_state=0)
+
+    def kappa(floor: float) -> np.ndarray:
+        model = DPTabularGAN(demo_schema, epsilon=1.0, delta=1e-4, epochs=1, config=TINY, seed=0,
+                             marginals_noise_floor=floor).fit(frame)
+        return model.trainer_.encoder.marginals.tables["kappa"]
+
+    raw, coarse = kappa(0.0), kappa(1.5)
+    assert (raw < 0).any() and not (coarse < 0).any()
+    upper_reach = numeric_edges(demo_schema.column("kappa"))[:-1] > np.log(15.0)  # kappa above 15 mg/dL: none
+    assert coarse[upper_reach].sum() < 0.01 * coarse.sum() < abs(raw[upper_reach]).sum()

@@ -28,7 +28,7 @@ from fedsyn.privacy.accounting import (
     calibrate_noise_multiplier,
     gaussian_noise_for_epsilon,
 )
-from fedsyn.privacy.marginals import exact_counts, marginals_event, noisy_marginals
+from fedsyn.privacy.marginals import exact_counts, marginals_event, marginals_sensitivity, noisy_marginals
 from fedsyn.privacy.randomness import numpy_generator, torch_generator
 
 
@@ -58,6 +58,9 @@ class DPTabularGAN:
         define the numeric quantile maps and the conditional sampling frequencies.
     noise_multiplier: fix DP-SGD's noise instead of calibrating it to ``epochs``; training
         then stops at the last step the budget affords (or after ``epochs``).
+    marginals_noise_floor: numeric counts are coarsened, per outcome class, until they beat
+        this many noise std (:meth:`Marginals.without_noise_floor`, post-processing; 0: off),
+        as the federated coordinator does.
 
     Attributes (set by ``fit`` or ``load``, as in scikit-learn)
     ----------
@@ -76,6 +79,7 @@ class DPTabularGAN:
         config: GANConfig | None = None,
         marginals_share: float = 0.7,
         noise_multiplier: float | None = None,
+        marginals_noise_floor: float = 1.5,
         accountant: AccountantName = "rdp",
         device: str = "cpu",
         seed: int | None = None,
@@ -88,6 +92,7 @@ class DPTabularGAN:
         self.config = config or GANConfig()
         self.marginals_share = marginals_share
         self.noise_multiplier = noise_multiplier
+        self.marginals_noise_floor = marginals_noise_floor
         self.accountant = accountant
         self.device = device
         self.seed = seed
@@ -115,6 +120,9 @@ class DPTabularGAN:
             sigma = gaussian_noise_for_epsilon(self.marginals_share * self.epsilon, self.delta, self.accountant)
             ledger.charge(marginals_event(sigma), self.epsilon)  # before the histograms are computed
             marginals = noisy_marginals(frame, self.schema, sigma, numpy_generator(self.seed, "fit", "marginals"))
+            if self.marginals_noise_floor:
+                marginals = marginals.without_noise_floor(self.schema, sigma * marginals_sensitivity(self.schema),
+                                                          self.marginals_noise_floor)
         encoder = TableEncoder(self.schema, marginals)
         trainer = GANTrainer(encoder, self.config, self.device,
                              torch_generator(self.seed, "fit", "dp-sgd", device=self.device))
@@ -178,6 +186,7 @@ class DPTabularGAN:
             self, "ledger_", None) else None}, params={
             "epsilon": self.epsilon, "delta": self.delta, "epochs": self.epochs,
             "marginals_share": self.marginals_share, "noise_multiplier": self.noise_multiplier,
+            "marginals_noise_floor": self.marginals_noise_floor,
             "accountant": self.accountant}, with_discriminator=True)
 
     @classmethod
