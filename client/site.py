@@ -175,7 +175,8 @@ class Site:
     def _check_schema(self, fingerprint: str) -> None:
         if fingerprint != schema_fingerprint(self.schema):
             raise SiteRefusal(ErrorCode.SCHEMA_MISMATCH, "the coordinator's schema differs from this site's "
-                              "(SHA-256 mismatch); agree on one schema file before training")
+                              "(SHA-256 mismatch); agree on one schema file before training, and run the same "
+                              "fedsyn version (the fingerprint covers how numeric columns are binned)")
 
     def _charge(self, event: PrivacyEvent, budget: float) -> int:
         """Charge ``event`` under the ledger's lock; return its ledger position (its stream key)."""

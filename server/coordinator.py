@@ -109,6 +109,8 @@ class Coordinator:
         self.trainer: GANTrainer | None = None
         self.strategy: Strategy | None = None
         self.release_choice: ReleaseChoice | None = None
+        # Seeds the stream that rows for comparing rounds are drawn from (see _consider_for_release).
+        self.misfit_seed = settings.seed if settings.seed is not None else int(np.random.SeedSequence().entropy % 2**63)
 
     # -- helpers --------------------------------------------------------------------------
 
@@ -337,7 +339,10 @@ class Coordinator:
         becomes the :class:`ReleaseChoice`. None for a round too early to be considered."""
         if round_ <= self.settings.rounds // 2:
             return None
-        misfit = release_misfit(trainer)
+        # The same public stream for every candidate round (post-processing randomness only).
+        misfit = release_misfit(trainer, torch_generator(self.misfit_seed, "release-misfit"))
+        if not math.isfinite(misfit):
+            return None
         if self.release_choice is None or misfit < self.release_choice.misfit:
             weights = trainer.sampler.state_dict().items()
             sampler = {name: value.detach().cpu().numpy().copy() for name, value in weights}

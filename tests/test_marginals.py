@@ -90,3 +90,23 @@ def test_a_sparse_tail_is_kept_not_cut_off():
     assert coarse.sum() == pytest.approx(body[:, 0].sum(), rel=1e-3)  # the tail is cut at the upper bound
     assert coarse[5:].sum() == pytest.approx(105.0, rel=0.01)
     assert np.all(np.diff(coarse[5:40] / np.diff(numeric_edges(VISITS))[5:40]) <= 1e-12)  # decaying density
+
+
+def test_categorical_tables_and_a_nullable_numeric_s_missing_bin_are_left_as_they_were():
+    schema = Schema(name="labs", outcome="admitted", columns=[
+        Column(name="creatinine", kind="continuous", lower=0.2, upper=15, nullable=True),
+        Column(name="sex", kind="categorical", categories=["F", "M"]),
+        Column(name="admitted", kind="categorical", categories=["no", "yes"])])
+    rng = np.random.default_rng(0)
+    creatinine = np.abs(rng.normal(0, 3, (65, 2)))
+    creatinine[-1] = [40.0, -3.0]  # the missing bin: noisy counts, kept as released
+    tables = {"creatinine": creatinine, "sex": np.array([[300.0, 20.0], [-4.0, 35.0]]),
+              "admitted": np.array([[300.0], [55.0]])}
+    coarse = Marginals(tables).without_noise_floor(schema, cell_std=5.0).tables
+    np.testing.assert_array_equal(coarse["sex"], tables["sex"])
+    np.testing.assert_array_equal(coarse["creatinine"][-1], creatinine[-1])
+
+
+def test_an_integer_column_without_a_whole_number_between_its_bounds_is_refused():
+    with pytest.raises(ValueError, match="no whole number"):
+        Column(name="dose", kind="integer", lower=0.2, upper=0.8)

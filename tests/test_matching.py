@@ -83,14 +83,19 @@ def test_release_misfit_is_near_zero_for_the_tables_own_rows_and_grows_when_the_
         demo_frame, demo_schema, monkeypatch):
     """The measure the coordinator picks the release's round by: rows that are the tables'
     own score about 0; the same rows with the outcome shuffled (each column's relation to
-    the outcome lost, every one-way marginal kept) score clearly worse."""
+    the outcome lost, every one-way marginal kept) score clearly worse. Its rows come from
+    the stream it is handed, not from the trainer's own."""
     rows = demo_frame.head(2000).reset_index(drop=True)
     trainer = GANTrainer(TableEncoder(demo_schema, exact_counts(rows, demo_schema)), TINY,
                          rng=torch_generator(5, "misfit-test"))
     outcome = demo_schema.outcome
     shuffled = rows.assign(**{outcome: rows[outcome].sample(frac=1.0, random_state=0).to_numpy()})
+    own_stream = trainer.rng.get_state()
+    first = release_misfit(trainer, torch_generator(1, "misfit"))
+    assert first == release_misfit(trainer, torch_generator(1, "misfit"))  # same stream, same model: same score
+    assert torch.equal(trainer.rng.get_state(), own_stream)  # the release's own stream is left alone
     scores = []
     for frame in (rows, shuffled):
         monkeypatch.setattr(trainer, "generate", lambda n, frame=frame: trainer.encoder.encode(frame))
-        scores.append(release_misfit(trainer))
+        scores.append(release_misfit(trainer, torch_generator(1, "misfit")))
     assert scores[0] < 0.005 and scores[1] > 0.05

@@ -349,3 +349,15 @@ def test_a_site_normalises_by_its_noisy_count_never_its_row_count(tmp_path, smal
     monkeypatch.setattr(GANTrainer, "train", spy)
     site.train(_request(site, gan_config=one_slot, site_slot=0), arrays, marginals, [own])
     assert seen == [pytest.approx(0.2 * 1000.0)] and len(small_frame) != 1000
+
+
+def test_a_coordinator_binning_numbers_differently_is_refused_before_any_charge(tmp_path, small_frame, monkeypatch):
+    """The numeric grid's version is part of the schema fingerprint: a coordinator on another
+    fedsyn grid (its tables would have other shapes) is refused at round 0 before the site pays."""
+    site = _site(tmp_path, small_frame)
+    monkeypatch.setattr(protocol, "NUMERIC_GRID", "fedsyn-grid/1")
+    other_grid = protocol.schema_fingerprint(site.schema)
+    monkeypatch.undo()
+    assert other_grid != protocol.schema_fingerprint(site.schema)
+    assert _refusal(site, lambda: site.release_marginals(30.0, 50.0, other_grid)).code \
+        is protocol.ErrorCode.SCHEMA_MISMATCH

@@ -169,7 +169,7 @@ def test_the_release_samples_from_the_closest_round_also_across_a_restart(plan, 
     tables; a round chosen before a restart stays a candidate after it (it is saved). The
     misfits are scripted so that the round before the restart is the closest."""
     scripted = iter([0.1, 0.2])  # rounds 3 and 4 (rounds 1 and 2 are too early to be candidates)
-    monkeypatch.setattr(coordinator_module, "release_misfit", lambda trainer: next(scripted))
+    monkeypatch.setattr(coordinator_module, "release_misfit", lambda trainer, rng: next(scripted))
     release = ReleasePlan(tmp_path / "release", rows=300, audit_log=tmp_path / "audit.jsonl",
                           state_dir=tmp_path / "state")
     app = make_client_app(plan.site_policy)

@@ -9,6 +9,7 @@ the data-derived bounds and categories with public knowledge.
 from __future__ import annotations
 
 import json
+import math
 from enum import Enum
 from pathlib import Path
 from typing import Literal
@@ -67,6 +68,9 @@ class Column(BaseModel):
                 raise ValueError(f"column '{self.name}': lower ({self.lower}) must be below upper ({self.upper})")
             if self.categories is not None:
                 raise ValueError(f"numeric column '{self.name}' must not list 'categories'")
+            if self.kind is ColumnKind.INTEGER and math.ceil(self.lower) > math.floor(self.upper):
+                raise ValueError(f"integer column '{self.name}': no whole number lies between lower ({self.lower}) "
+                                 f"and upper ({self.upper})")
             if self.transform == "log" and self.lower <= 0:
                 raise ValueError(f"column '{self.name}': a 'log' transform needs lower > 0, got {self.lower}")
         return self

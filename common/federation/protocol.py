@@ -65,12 +65,19 @@ def error_reason(code: ErrorCode, public_text: str) -> str:
     return f"{code.name.lower()}: {public_text}"
 
 
+# How numeric columns are binned (fedsyn.privacy.marginals.numeric_edges). It is part of the
+# schema's fingerprint: a site whose fedsyn bins differently refuses before it charges anything,
+# instead of paying for tables the coordinator must then reject for their shape.
+NUMERIC_GRID = "fedsyn-grid/2"
+
+
 def schema_fingerprint(schema: Schema) -> str:
-    """SHA-256 of the schema's canonical JSON: sites and coordinator must agree on it."""
+    """SHA-256 of the schema's canonical JSON and the numeric grid's version: sites and
+    coordinator must agree on it."""
     # Fields left at their defaults are omitted, so fedsyn versions that add a field still agree.
     dumped = schema.model_dump(mode="json", exclude_defaults=True)
     canonical = json.dumps(dumped, sort_keys=True, separators=(",", ":"))
-    return hashlib.sha256(canonical.encode()).hexdigest()
+    return hashlib.sha256(f"{NUMERIC_GRID}\n{canonical}".encode()).hexdigest()
 
 # The only metrics a site reports. None is computed on real rows: the discriminator's loss
 # on generated rows and the generator's loss depend on DP parameters alone.

@@ -108,6 +108,8 @@ class DPTabularGAN:
     def fit(self, frame: pd.DataFrame, on_step=None) -> DPTabularGAN:
         if self.epsilon is not None and not (math.isfinite(self.epsilon) and self.epsilon > 0):
             raise ValueError(f"epsilon={self.epsilon} must be a positive number")
+        if not (math.isfinite(self.marginals_noise_floor) and self.marginals_noise_floor >= 0):
+            raise ValueError(f"marginals_noise_floor={self.marginals_noise_floor} must be 0 (off) or more")
         self.schema.require_reviewed(self.allow_unreviewed_schema)
         require_valid(frame, self.schema, source="training data")
         n_rows = len(frame)

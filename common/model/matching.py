@@ -27,7 +27,7 @@ import torch
 
 from fedsyn.model.conditioning import ConditionSampler
 from fedsyn.model.encoder import TableEncoder
-from fedsyn.privacy.marginals import Marginals, exact_counts, split_column
+from fedsyn.privacy.marginals import exact_counts, split_column
 
 if TYPE_CHECKING:
     from fedsyn.model.training import GANTrainer
@@ -129,14 +129,21 @@ def _interpolate(x: torch.Tensor, xp: torch.Tensor, fp: torch.Tensor) -> torch.T
     return fp[index - 1] + weight * (fp[index] - fp[index - 1])
 
 
-def release_misfit(trainer: GANTrainer, rows: int = 2000) -> float:
+def release_misfit(trainer: GANTrainer, rng: torch.Generator, rows: int = 2000) -> float:
     """How far ``rows`` drawn as the release draws them are from the encoder's noisy tables:
     per outcome class and column, the total variation between the rows' distribution over the
     public bins and the table's P(bin | class), averaged with equal weight per class and per
     column. Reads DP outputs only (the tables and the model), so choosing among models by it
-    is post-processing."""
+    is post-processing.
+
+    The rows are drawn from ``rng``, not the trainer's own stream (which stays as it was):
+    handing every candidate model the same stream compares models, not luck."""
     encoder = trainer.encoder
-    produced = Marginals(exact_counts(trainer.encoder.decode(trainer.generate(rows)), encoder.schema).tables)
+    own, trainer.rng = trainer.rng, rng
+    try:
+        produced = exact_counts(encoder.decode(trainer.generate(rows)), encoder.schema)
+    finally:
+        trainer.rng = own
     split = split_column(encoder.schema)
     distances = []
     for column in encoder.schema.columns:

@@ -27,7 +27,7 @@ NUMERIC_BINS = 64
 MISSING = "(missing)"
 
 
-def numeric_edges(column: Column, n_bins: int = NUMERIC_BINS) -> np.ndarray:
+def numeric_edges(column: Column) -> np.ndarray:
     """Public bin edges between the schema's bounds, in the column's transformed space.
 
     Only the schema decides them (the rows never do), and two public facts shape them:
@@ -41,10 +41,12 @@ def numeric_edges(column: Column, n_bins: int = NUMERIC_BINS) -> np.ndarray:
       lab values 0.72 -> 0.79, length of stay 0.88 -> 0.90; survival times 0.83 -> 0.78.
     - An integer column's edges fall halfway between integers, so a bin holds whole values
       and decoding (which rounds) gives them back: a column that is mostly 0 keeps its 0s
-      instead of spreading them over [0, 1) and rounding half of them up.
+      instead of spreading them over [0, 1) and rounding half of them up. A narrow range
+      gets fewer bins than ``NUMERIC_BINS`` (one per value). Integer columns on a log scale
+      keep the plain grid: some of their low bins hold no integer.
     """
     low, high = transform_bounds(column)
-    steps = np.linspace(0.0, 1.0, n_bins + 1)
+    steps = np.linspace(0.0, 1.0, NUMERIC_BINS + 1)
     if column.transform == "linear" and low == 0:
         steps = steps ** 2
     edges = low + (high - low) * steps
@@ -215,10 +217,11 @@ def _coarsened(counts: np.ndarray, widths: np.ndarray, floor: float, total: floa
     Adjacent bins are merged until a group's count exceeds ``floor`` times the square root of
     its number of bins (its noise grows so), and each group is spread evenly over its width
     (bins may differ in width, see :func:`numeric_edges`). So a sharp peak keeps its bins and
-    a spread-out stretch becomes a coarser histogram instead of noise. Groups grow from where
-    the data first beats the noise (the top bin of the first group from the lower bound)
-    both ways, so an empty stretch below the data (short stays of a procedure that needs a
-    week in hospital) is not merged into the data's first group.
+    a spread-out stretch becomes a coarser histogram instead of noise. Groups grow both ways
+    from an anchor inside the data: the largest bin if it beats the noise by far (3 floors;
+    a noise spike rarely does), else the top bin of the first group from the lower bound. So
+    an empty stretch below the data (short stays of a procedure that needs a week in
+    hospital) is not merged into the data's first group.
 
     The bins left over at either end never beat the noise: a sparse tail, or the empty
     reaches of wide public bounds. Their cells are dropped; what the groups miss of the
@@ -226,17 +229,19 @@ def _coarsened(counts: np.ndarray, widths: np.ndarray, floor: float, total: floa
     end's share becomes a tail that continues the outermost group's density and decays
     (:func:`_decaying_tail`). So a long sparse tail (the lymph nodes of the patients who
     died) is kept instead of cut off, and an empty reach stays empty. Counts in which no
-    group beats the noise are returned as they were."""
-    _, first_end = _merged_upwards(counts, widths, floor, groups=1)
+    group beats the noise are returned as they were; where only the first group as a whole
+    does, that group."""
+    first, first_end = _merged_upwards(counts, widths, floor, groups=1)
     if first_end == 0:
         return counts.copy()
-    anchor = first_end - 1
+    peak = int(np.argmax(counts))
+    anchor = peak if counts[peak] >= 3 * floor else first_end - 1
     upper, upper_end = _merged_upwards(counts[anchor:], widths[anchor:], floor)
     lower, lower_end = _merged_upwards(counts[:anchor][::-1], widths[:anchor][::-1], floor)
     merged = np.concatenate([lower[::-1], upper])
     low, high = anchor - lower_end, anchor + upper_end  # the groups cover bins [low, high)
-    if low == high:
-        return counts.copy()
+    if low == high:  # only the first group as a whole beats the noise
+        return first
     missing = max(total - merged[low:high].sum(), 0.0)
     left_over = np.clip([counts[:low].sum(), counts[high:].sum()], 0.0, None)
     below, above = missing * left_over / left_over.sum() if left_over.sum() > 0 else (0.0, 0.0)
@@ -301,7 +306,8 @@ def _bin_index(column: Column, series: pd.Series) -> np.ndarray:
 
 
 def exact_counts(frame: pd.DataFrame, schema: Schema) -> Marginals:
-    """Exact tables. Private: only ever released through :func:`noisy_marginals`."""
+    """Exact tables. Of private rows: only ever released through :func:`noisy_marginals` (on
+    synthetic rows they measure a release, see :func:`fedsyn.model.matching.release_misfit`)."""
     split = split_column(schema)
     classes = _bin_index(split, frame[split.name]) if split is not None else np.zeros(len(frame), dtype=int)
     tables: dict[str, np.ndarray] = {}
