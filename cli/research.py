@@ -265,11 +265,11 @@ def _site_names(sites: list[Path] | None) -> tuple[str, ...]:
 
 def _show_plan(tables, schema, settings) -> None:
     """Before training: what each site's budget buys, with a warning where it is too little."""
-    from fedsyn.privacy.marginals import measured_columns
+    from fedsyn.privacy.marginals import marginals_sensitivity
     from fedsyn.simulations.plan import plan_site
 
-    measured = len(measured_columns(schema))
-    plans = [plan_site(f"site-{index}", len(table), measured, settings) for index, table in enumerate(tables)]
+    sensitivity = marginals_sensitivity(schema)
+    plans = [plan_site(f"site-{index}", len(table), sensitivity, settings) for index, table in enumerate(tables)]
     table = Table(title=f"Plan: epsilon {settings.epsilon:g} per site, {settings.rounds} rounds x "
                         f"{settings.local_steps} steps, sample rate {settings.sample_rate:.3g}")
     for column in ("site", "rows", "records per step", "noise multiplier", "records per unit of noise", "outlook"):

@@ -16,7 +16,6 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
-import torch
 from flwr.app import Message, RecordDict
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import Strategy
@@ -273,7 +272,7 @@ class Coordinator:
         if self._restored_model is not None:
             model, sampler = self._restored_model
             trainer.load_state_arrays(model)
-            trainer.sampler.load_state_dict({name: torch.as_tensor(value) for name, value in sampler.items()})
+            trainer.load_sampler_arrays(sampler)
         per_slot = [self.site_marginals[node] for node in sorted(self.slots, key=self.slots.__getitem__)]
         if gan_config.site_slots:
             trainer.set_release_slots([m.total() for m in per_slot], per_slot)
@@ -330,7 +329,7 @@ class Coordinator:
                 on_round(summary, self.sites)
         if self.release_choice is not None:
             choice = self.release_choice
-            trainer.sampler.load_state_dict({name: torch.as_tensor(value) for name, value in choice.sampler.items()})
+            trainer.load_sampler_arrays(choice.sampler)
             self.record("release_model_chosen", round=choice.round, misfit=round(choice.misfit, 4))
         return trainer
 
@@ -344,9 +343,7 @@ class Coordinator:
         if not math.isfinite(misfit):
             return None
         if self.release_choice is None or misfit < self.release_choice.misfit:
-            weights = trainer.sampler.state_dict().items()
-            sampler = {name: value.detach().cpu().numpy().copy() for name, value in weights}
-            self.release_choice = ReleaseChoice(round_, misfit, sampler)
+            self.release_choice = ReleaseChoice(round_, misfit, trainer.sampler_arrays())
         return misfit
 
     # -- saving and resuming ----------------------------------------------------------------
@@ -359,7 +356,7 @@ class Coordinator:
         model = sampler = None
         if self.trainer is not None:
             model = dict(self.trainer.state_arrays())
-            sampler = {k: v.detach().cpu().numpy() for k, v in self.trainer.sampler.state_dict().items()}
+            sampler = self.trainer.sampler_arrays()
         state = RunState(
             run_id=self.run_id, round=round_, settings=self.settings.to_dict(),
             schema_sha256=protocol.schema_fingerprint(self.schema), marginals=self.marginals.tables,
@@ -372,8 +369,9 @@ class Coordinator:
 
     def restore(self, state: RunState) -> None:
         """Continue a saved run: same settings and schema, or nothing is resumed."""
-        if state.settings != self.settings.to_dict():
-            changed = sorted(k for k in state.settings if state.settings[k] != self.settings.to_dict().get(k))
+        settings = self.settings.to_dict()
+        if state.settings != settings:
+            changed = sorted(k for k in state.settings if state.settings[k] != settings.get(k))
             raise ConfigurationError(f"the run's settings changed since its state was saved ({', '.join(changed)}); "
                                      "resume with the settings it started with")
         if state.schema_sha256 != protocol.schema_fingerprint(self.schema):

@@ -12,7 +12,6 @@ events, the global model and its average.
 from __future__ import annotations
 
 import fcntl
-import hashlib
 import json
 import os
 import time
@@ -29,7 +28,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from fedsyn.errors import ConfigurationError
 from fedsyn.files import write_atomically
 from fedsyn.trust.audit import verify_log
-from fedsyn.trust.signing import VerificationError
+from fedsyn.trust.signing import VerificationError, sha256_file
 
 FORMAT = "fedsyn-coordinator-state/2"  # 2: the release choice
 STATE_FILE = "state.pt"
@@ -60,7 +59,7 @@ def save_state(directory: Path, state: RunState) -> str:
     target = directory / STATE_FILE
     payload = _tensors({"format": FORMAT, **{name: getattr(state, name) for name in state.__dataclass_fields__}})
     write_atomically(target, lambda out: torch.save(payload, out))
-    return file_sha256(target)
+    return sha256_file(target)
 
 
 def load_state(directory: Path, audit_path: Path | None, public_key: Ed25519PublicKey | None = None) -> RunState:
@@ -80,7 +79,7 @@ def load_state(directory: Path, audit_path: Path | None, public_key: Ed25519Publ
     vouched = _last_saved(audit_path, target)
     if vouched is None:
         raise ConfigurationError(f"the audit log {audit_path} records no saved state: cannot vouch for {target}")
-    if vouched != file_sha256(target):
+    if vouched != sha256_file(target):
         raise ConfigurationError(f"{target} is not the state the audit log {audit_path} last recorded "
                                  "(replaced or edited): refusing to resume from it")
     try:
@@ -149,10 +148,6 @@ def _read_holder(handle: Any) -> dict[str, Any]:
     except json.JSONDecodeError:
         return {}
     return holder if isinstance(holder, dict) else {}
-
-
-def file_sha256(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
 def _last_saved(audit_path: Path, target: Path) -> str | None:

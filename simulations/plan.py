@@ -14,7 +14,6 @@ the whole plan of rounds and steps. Two ratios summarise it:
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from typing import Literal
 
@@ -43,12 +42,12 @@ class SitePlan:
     advice: str
 
 
-def plan_site(name: str, rows: int, tables: int, settings: FederationSettings) -> SitePlan:
+def plan_site(name: str, rows: int, sensitivity: float, settings: FederationSettings) -> SitePlan:
     """What ``settings`` mean for a site with ``rows`` records (known to the researcher only)
-    and ``tables`` noisy tables in its marginals release (:func:`measured_columns`)."""
+    whose marginals release has L2 ``sensitivity`` (:func:`marginals_sensitivity` of the schema)."""
     marginals_sigma = gaussian_noise_for_epsilon(settings.marginals_share * settings.epsilon, settings.delta,
                                                  settings.accountant)
-    histogram_noise = marginals_sigma * math.sqrt(tables)
+    histogram_noise = marginals_sigma * sensitivity
     steps = settings.rounds * settings.local_steps
     batch = settings.sample_rate * rows
     try:

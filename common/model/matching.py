@@ -149,12 +149,6 @@ def release_misfit(trainer: GANTrainer, rng: torch.Generator, rows: int = 2000) 
     for column in encoder.schema.columns:
         if split is not None and column.name == split.name:
             continue
-        target, made = encoder.marginals.conditional(column.name), _per_class(produced.tables[column.name])
+        target, made = encoder.marginals.conditional(column.name), produced.conditional(column.name)
         distances.append(float(np.mean(0.5 * np.abs(target - made).sum(axis=0))))
     return float(np.mean(distances)) if distances else 0.0
-
-
-def _per_class(table: np.ndarray) -> np.ndarray:
-    """Exact counts (bins x classes) as P(bin | class); a class with no rows is uniform."""
-    sums = table.sum(axis=0, keepdims=True)
-    return np.where(sums > 0, table / np.clip(sums, 1e-12, None), 1.0 / table.shape[0])

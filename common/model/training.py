@@ -297,6 +297,14 @@ class GANTrainer:
                 arrays[f"{prefix}.{name}"] = tensor.detach().cpu().numpy()
         return arrays
 
+    def sampler_arrays(self) -> dict[str, np.ndarray]:
+        """The sampling copy's weights as numpy arrays of their own (the copy keeps moving)."""
+        return {name: tensor.detach().cpu().numpy().copy() for name, tensor in self.sampler.state_dict().items()}
+
+    def load_sampler_arrays(self, arrays: dict[str, np.ndarray]) -> None:
+        """Set the sampling copy's weights (as :meth:`sampler_arrays` gave them)."""
+        self.sampler.load_state_dict({name: torch.as_tensor(value) for name, value in arrays.items()})
+
     def load_state_arrays(self, arrays: dict[str, np.ndarray], sampler_decay: float = 0.0) -> None:
         """Load G and D; the sampling copy becomes G (``sampler_decay=0``) or moves towards it
         as an exponential moving average (the coordinator's average over rounds)."""
