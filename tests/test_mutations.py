@@ -138,6 +138,9 @@ MUTATIONS = [
              "delta = site.delta if site.delta is not None else self.settings.delta",
              "delta = self.settings.delta",
              (PRIVACY + "test_privacy_report_states_each_sites_own_delta",)),
+    Mutation("numeric grid left out of the schema fingerprint", "common/federation/protocol.py",
+             'hashlib.sha256(f"{NUMERIC_GRID}\\n{canonical}".encode())', "hashlib.sha256(canonical.encode())",
+             (PRIVACY + "test_a_coordinator_binning_numbers_differently_is_refused_before_any_charge",)),
 ]
 
 
