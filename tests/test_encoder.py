@@ -4,7 +4,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 
-from fedsyn.data.schema import Column, Schema
+from fedsyn.data.schema import Column, ColumnKind, Schema
 from fedsyn.data.validation import validate_frame
 from fedsyn.model.encoder import TableEncoder
 from fedsyn.privacy.marginals import exact_counts, noisy_marginals
@@ -79,3 +79,90 @@ def test_count_columns_keep_their_zeros_when_sampled():
     drawn[:, next(s for s in encoder.spans if s.column == "visits").start] = rng.uniform(-1, 1, 20000)
     zeros = float((encoder.decode(drawn)["visits"] == 0).mean())
     assert abs(zeros - 0.7) < 0.02, zeros
+
+
+def _categorical(name: str, levels: int, nullable: bool = False) -> Column:
+    """A categorical column of ``levels`` categories (plus 'missing' if nullable): that many positions."""
+    return Column(name=name, kind="categorical", categories=[f"{name}_{i}" for i in range(levels)], nullable=nullable)
+
+
+def _wide_schema() -> Schema:
+    """305 encoded positions, laid out so that categorical blocks run across 127/128 and
+    255/256, the int8 boundaries of pandas' category codes, and one starts past 128."""
+    return Schema(name="wide", outcome="after_128", columns=[
+        _categorical("wide_a", 100),                                                # 0-99
+        Column(name="lab_a", kind="continuous", lower=0.1, upper=100.0, transform="log", nullable=True),  # 100-102
+        Column(name="age_a", kind="integer", lower=0, upper=120),                   # 103
+        _categorical("wide_b", 20),                                                 # 104-123
+        Column(name="pad_a", kind="continuous", lower=-5.0, upper=5.0),             # 124
+        _categorical("across_128", 4, nullable=True),                               # 125-129, 'missing' at 129
+        _categorical("after_128", 3),                                               # 130-132
+        _categorical("wide_c", 120),                                                # 133-252
+        Column(name="pad_b", kind="integer", lower=0, upper=10),                    # 253
+        _categorical("across_256", 4),                                              # 254-257
+        _categorical("wide_d", 40),                                                 # 258-297
+        Column(name="lab_b", kind="continuous", lower=0.0, upper=50.0, nullable=True),  # 298-300
+        _categorical("tail", 3, nullable=True),                                     # 301-304
+    ])
+
+
+def _frame_for(schema: Schema, n: int, rng: np.random.Generator) -> pd.DataFrame:
+    """Every category of every column (and 'missing' where allowed) appears, so every slot
+    of every block is written at least once; numerics are spread over their bounds."""
+    data: dict[str, object] = {}
+    for column in schema.columns:
+        missing = np.arange(n) % 7 == 3 if column.nullable else np.zeros(n, dtype=bool)
+        if column.is_categorical:
+            values = np.resize(np.array(column.categories, dtype=object), n)
+            rng.shuffle(values)
+            data[column.name] = pd.Series(np.where(missing, None, values), dtype=object)
+        else:
+            values = rng.uniform(column.lower, column.upper, n)
+            values = np.round(values) if column.kind is ColumnKind.INTEGER else values
+            data[column.name] = np.where(missing, np.nan, values)
+    return pd.DataFrame(data)
+
+
+def _assert_encodes_one_hot_and_round_trips(schema: Schema, frame: pd.DataFrame) -> None:
+    """Every softmax block holds exactly one 1.0 per row, a categorical's at its own value's
+    slot (the last one for a missing value), and decoding gives back the rows."""
+    encoder = TableEncoder(schema, exact_counts(frame, schema))
+    encoded = encoder.encode(frame)
+    for span in encoder.spans:
+        if span.activation == "softmax":
+            np.testing.assert_array_equal(encoded[:, span.start:span.end].sum(axis=1), 1.0, err_msg=span.column)
+    for column, span in encoder.categorical_spans():
+        slots = encoder.categories_with_missing(column)
+        expected = frame[column.name].fillna(slots[-1]).map(slots.index).to_numpy()
+        np.testing.assert_array_equal(encoded[:, span.start:span.end].argmax(axis=1), expected, err_msg=column.name)
+    decoded = encoder.decode(encoded)
+    for column in schema.columns:
+        original, back = frame[column.name], decoded[column.name]
+        if column.is_categorical:
+            assert (back.isna() == original.isna()).all(), column.name
+            assert (back.astype(object)[original.notna()] == original[original.notna()]).all(), column.name
+        else:
+            np.testing.assert_allclose(back.astype(float), original.astype(float), rtol=1e-3,
+                                       atol=1e-3 * (column.upper - column.lower), equal_nan=True,
+                                       err_msg=column.name)
+
+
+def test_blocks_across_the_int8_code_boundaries_encode_in_their_own_columns():
+    """pandas keeps category codes as int8; ``span.start + codes`` overflowed past position
+    127, so a block starting beyond it raised OverflowError and one running across it wrote
+    its 1.0 into another column. Blocks across 127/128 and 255/256 now land where they belong."""
+    schema = _wide_schema()
+    layout = TableEncoder(schema)
+    starts = {span.column: span.start for _, span in layout.categorical_spans()}
+    assert (starts["across_128"], starts["after_128"], starts["across_256"], layout.dim) == (125, 130, 254, 305)
+    _assert_encodes_one_hot_and_round_trips(schema, _frame_for(schema, 600, np.random.default_rng(1)))
+
+
+def test_fifty_column_table_of_small_categoricals_and_numerics_encodes_and_decodes():
+    """The reported table: 25 five-level categoricals interleaved with 25 numerics (150
+    positions) crashed in encode."""
+    columns: list[Column] = []
+    for i in range(25):
+        columns += [_categorical(f"cat_{i}", 5), Column(name=f"num_{i}", kind="continuous", lower=0.0, upper=1.0)]
+    schema = Schema(name="fifty", columns=columns)
+    _assert_encodes_one_hot_and_round_trips(schema, _frame_for(schema, 300, np.random.default_rng(2)))

@@ -53,7 +53,7 @@ def feature_matrix(frame: pd.DataFrame, schema: Schema, exclude: str | None = No
             continue
         series = frame[column.name]
         if column.is_categorical:
-            codes = pd.Categorical(series.astype(str), categories=column.categories).codes
+            codes = pd.Categorical(series.astype(str), categories=column.categories).codes.astype(np.int64)  # not int8
             one_hot = np.zeros((len(frame), len(column.categories)))
             valid = codes >= 0
             one_hot[np.flatnonzero(valid), codes[valid]] = 1.0

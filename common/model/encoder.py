@@ -92,7 +92,9 @@ class TableEncoder:
             missing = series.isna().to_numpy()
             if column.is_categorical:
                 labels = series.map(spell_category).where(~missing, MISSING)  # as validation spells it
-                codes = pd.Categorical(labels, categories=self.categories_with_missing(column)).codes
+                # pandas keeps codes as int8 for small category lists: widen them before adding the
+                # block's offset, which overflows (or wraps into another column) past position 127
+                codes = pd.Categorical(labels, categories=self.categories_with_missing(column)).codes.astype(np.int64)
                 if (codes < 0).any():
                     raise ValueError(f"column '{column.name}' holds values outside the schema: validate the data first")
                 out[rows, span.start + codes] = 1.0
