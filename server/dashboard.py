@@ -4,19 +4,29 @@ Read-only by construction: only GET routes, no API docs, and the state comes fro
 :mod:`fedsyn.server.dashboard_state`, which reads public artefacts only. The page is
 self-contained (inline CSS, JS and SVG) because a coordinator's machine may have no
 internet, and a page that loads code from a CDN would hand that CDN the view.
+
+Only requests whose ``Host`` names the view are answered. Otherwise a web page on any site
+could rebind its own name to 127.0.0.1 (DNS rebinding) and, being same-origin with the view
+as far as the browser knows, read a loopback view that has no token.
 """
 
 from __future__ import annotations
 
+import re
 import secrets
+from collections.abc import Iterable
 from pathlib import Path
 
 from fastapi import Depends, FastAPI, HTTPException, Request
-from fastapi.responses import HTMLResponse, JSONResponse
+from fastapi.responses import HTMLResponse, JSONResponse, PlainTextResponse
 
 from fedsyn.server.dashboard_state import Sources, StateReader
 
 LOOPBACK = ("127.0.0.1", "localhost", "::1")
+# Binding these listens on loopback too, so the loopback names reach the view as well.
+WILDCARD = ("0.0.0.0", "::")
+# A Host header: a name or IPv4 address, or a bracketed IPv6 address, then an optional port.
+_HOST_HEADER = re.compile(r"(?P<name>\[[0-9a-f:.]+\]|[^:\[\]]+)(?::\d+)?")
 POLL_SECONDS = 3
 
 # Inline script and style only; no frames (clickjacking) and no referrer (a ?token= URL must not leak).
@@ -35,6 +45,28 @@ def needs_token(host: str) -> bool:
     return host not in LOOPBACK
 
 
+def _host_form(name: str) -> str:
+    """``name`` as it appears in a Host header: lower case, an IPv6 address in brackets."""
+    name = name.strip().lower()
+    return f"[{name}]" if ":" in name and not name.startswith("[") else name
+
+
+def allowed_hosts(host: str, extra: Iterable[str] = ()) -> frozenset[str]:
+    """The names a request may give in its Host header: the bind address, the loopback names
+    when bound to loopback (or to every address, which includes loopback), and ``extra``."""
+    names = {host, *extra}
+    if host in LOOPBACK or host in WILDCARD:
+        names.update(LOOPBACK)
+    return frozenset(_host_form(name) for name in names)
+
+
+def host_allowed(header: str, allowed: frozenset[str]) -> bool:
+    """Whether a Host header names the view. Starlette's TrustedHostMiddleware cuts the header
+    at the first colon, which leaves ``[`` of ``[::1]:8050``, so the header is parsed here."""
+    match = _HOST_HEADER.fullmatch(header.strip().lower())
+    return match is not None and match["name"] in allowed
+
+
 def _token_check(token: str | None):
     """A dependency that accepts ``Authorization: Bearer TOKEN`` or ``?token=TOKEN`` when a token is set."""
 
@@ -51,15 +83,25 @@ def _token_check(token: str | None):
 
 
 def create_app(audit_log: Path, release_dir: Path, public_key: Path | None, token: str | None,
-               database: Path | None = None) -> FastAPI:
-    """The view over one coordinator's audit log, release folder and (optionally) SuperLink database."""
+               database: Path | None = None, *, host: str = "127.0.0.1", extra_hosts: Iterable[str] = ()
+               ) -> FastAPI:
+    """The view over one coordinator's audit log, release folder and (optionally) SuperLink database.
+
+    ``host`` is the address the server binds (its Host header is accepted, see :func:`allowed_hosts`);
+    ``extra_hosts`` are further names browsers reach it by, e.g. the machine's DNS name.
+    """
     reader = StateReader(Sources(Path(audit_log), Path(release_dir), public_key, database))
+    hosts = allowed_hosts(host, extra_hosts)
     app = FastAPI(title="fedsyn coordinator", docs_url=None, redoc_url=None, openapi_url=None,
                   dependencies=[Depends(_token_check(token))])
 
     @app.middleware("http")
     async def harden(request: Request, call_next):
-        response = await call_next(request)
+        if host_allowed(request.headers.get("host", ""), hosts):
+            response = await call_next(request)
+        else:
+            response = PlainTextResponse("this view answers only requests addressed to its own host name",
+                                         status_code=400)
         response.headers.update(SECURITY_HEADERS)
         return response
 

@@ -20,7 +20,8 @@ from fedsyn.data.validation import require_valid
 from fedsyn.errors import ConfigurationError
 from fedsyn.model.checkpoint import save_checkpoint
 from fedsyn.privacy.marginals import Marginals, exact_counts
-from fedsyn.server.coordinator import Coordinator
+from fedsyn.server.coordinator import Coordinator, RoundSummary
+from fedsyn.server.settings import FederationSettings
 from fedsyn.trust.signing import sign_release
 
 # What leaves a site without DP noise, and why that is acceptable; repeated in every report.
@@ -46,8 +47,27 @@ RELEASE_CONTENTS = {
     "privacy_report.json": "the declared-public facts above and the ledger recomputed from them",
     "quality_report.json": "synthetic rows against the summed noisy tables' one-way sums: post-processing of DP "
                            "outputs",
-    "run_config.json, schema.json, README.md": "public settings and the public schema",
+    "run_config.json, schema.json, README.md": "public settings (not the seed: only whether the run was seeded), "
+                                               "each round's reply counts and mean generator loss, and the public "
+                                               "schema",
 }
+# The one setting no release file holds: ``fedsyn simulate`` seeds the simulated sites from it
+# too, so whoever holds it could replay their DP noise and subtract it. A release says only
+# whether the run was seeded.
+UNPUBLISHED_SETTINGS = frozenset({"seed"})
+# What a release says about each training round. Not its wall-clock seconds: a round lasts
+# longer the more rows the sites train on, and row counts are never published.
+PUBLIC_ROUND_FIELDS = ("round", "accepted", "dropped", "generator_loss")
+
+
+def public_settings(settings: FederationSettings) -> dict:
+    """The settings as a release publishes them: all of them but :data:`UNPUBLISHED_SETTINGS`."""
+    return {key: value for key, value in settings.to_dict().items() if key not in UNPUBLISHED_SETTINGS}
+
+
+def public_rounds(rounds: list[RoundSummary]) -> list[dict]:
+    """Each round's :data:`PUBLIC_ROUND_FIELDS`; a field added to RoundSummary stays out until listed."""
+    return [{name: getattr(summary, name) for name in PUBLIC_ROUND_FIELDS} for summary in rounds]
 
 
 def privacy_report(coordinator: Coordinator, public_facts: dict[str, object] | None = None) -> dict:
@@ -82,6 +102,8 @@ def privacy_report(coordinator: Coordinator, public_facts: dict[str, object] | N
                  "own delta; epsilon_cumulative is the site's own ledger over all runs (authoritative: it also "
                  "counts work whose reply never arrived)",
         "accountant": settings.accountant,
+        # Reproducible by whoever holds the seed; the seed itself is in no release file.
+        "seeded": settings.seed is not None,
         "max_epsilon_any_site": max((site["epsilon_cumulative"] for site in sites), default=0.0),
         "sites": sites,
         "declared_public": DECLARED_PUBLIC,
@@ -146,9 +168,9 @@ def write_release(coordinator: Coordinator, out: Path, rows: int, drop_rule_viol
     (out / "privacy_report.json").write_text(json.dumps(report, indent=2) + "\n")
     (out / "quality_report.json").write_text(json.dumps(quality_report(synthetic, coordinator), indent=2) + "\n")
     coordinator.schema.save(out / "schema.json")
-    config = {"settings": coordinator.settings.to_dict(), "rows": rows,
+    config = {"settings": public_settings(coordinator.settings), "seeded": report["seeded"], "rows": rows,
               "dropped_rule_violations": dropped if drop_rule_violations else None,
-              "rounds": [asdict(r) for r in coordinator.rounds]}
+              "rounds": public_rounds(coordinator.rounds)}
     (out / "run_config.json").write_text(json.dumps(config, indent=2, default=str) + "\n")
     save_checkpoint(out / "generator.pt", coordinator.schema, trainer, privacy={
         "max_epsilon_any_site": report["max_epsilon_any_site"],
@@ -195,6 +217,10 @@ def _readme(coordinator: Coordinator, report: dict, synthetic: pd.DataFrame, row
         "site slot per row in proportion to the sites' noisy row counts from round 0 (post-processing). "
         "Settings: `run_config.json`; schema: `schema.json`; "
         "generator weights: `generator.pt`.",
+        "",
+        "This run was seeded: whoever holds the seed can reproduce it. The seed is in no file of this release."
+        if report["seeded"] else
+        "This run was not seeded: the coordinator drew its randomness from the operating system.",
         "",
         "## Known limits",
         "- DP bounds what any one record can change; it does not make the synthetic table accurate. "

@@ -26,6 +26,7 @@ from fedsyn.trust.signing import generate_keypair
 from tests.helpers import SETTINGS
 
 STOPPED = 1002  # the second simulated site misses round 2
+PORT = 8050
 
 
 def _without_site_in_round_two(grid: InProcessGrid, stopped: int) -> None:
@@ -69,9 +70,14 @@ def coordinator_files(demo_frame, demo_schema, tmp_path_factory) -> dict[str, Pa
             "database": database}
 
 
+def _client(app) -> TestClient:
+    """A browser on the coordinator's machine: it sends ``Host: 127.0.0.1:PORT``."""
+    return TestClient(app, base_url=f"http://127.0.0.1:{PORT}")
+
+
 def _state(files: dict[str, Path], **overrides) -> dict:
     arguments = {**files, "token": None, **overrides}
-    response = TestClient(create_app(**arguments)).get("/api/state")
+    response = _client(create_app(**arguments)).get("/api/state")
     assert response.status_code == 200
     return response.json()
 
@@ -114,7 +120,7 @@ def test_a_tampered_audit_log_shows_broken(coordinator_files, tmp_path):
 
 
 def test_token_is_required_when_configured(coordinator_files):
-    client = TestClient(create_app(**coordinator_files, token="s3cret"))
+    client = _client(create_app(**coordinator_files, token="s3cret"))
     assert client.get("/api/state").status_code == 401
     assert client.get("/").status_code == 401
     assert client.get("/api/state", headers={"Authorization": "Bearer wrong"}).status_code == 401
@@ -123,6 +129,30 @@ def test_token_is_required_when_configured(coordinator_files):
     assert page.status_code == 200 and "frame-ancestors 'none'" in page.headers["content-security-policy"]
     assert client.post("/api/state?token=s3cret").status_code == 405  # read-only
     assert needs_token("0.0.0.0") and not needs_token("127.0.0.1")
+
+
+def test_only_requests_addressed_to_the_view_are_answered(coordinator_files):
+    """DNS rebinding: a page on evil.example that rebinds its name to 127.0.0.1 sends ``Host: evil.example``."""
+    loopback = _client(create_app(**coordinator_files, token=None))
+    for host in ("evil.example", f"evil.example:{PORT}", "127.0.0.1.evil.example", "localhost.", "[::2]:8050", ""):
+        refused = loopback.get("/api/state", headers={"Host": host})
+        assert refused.status_code == 400, host
+        assert refused.headers["x-frame-options"] == "DENY"
+    assert loopback.get("/", headers={"Host": "evil.example"}).status_code == 400
+    for host in (f"127.0.0.1:{PORT}", "127.0.0.1", "localhost", f"LocalHost:{PORT}", f"[::1]:{PORT}"):
+        assert loopback.get("/api/state", headers={"Host": host}).status_code == 200, host
+    # Bound beyond loopback: its own address and the names the operator adds; still the token.
+    wide = _client(create_app(**coordinator_files, token="s3cret", host="10.1.2.3",
+                              extra_hosts=["coordinator.hospital.example"]))
+    bearer = {"Authorization": "Bearer s3cret"}
+    for host in ("10.1.2.3:8050", "coordinator.hospital.example"):
+        assert wide.get("/api/state", headers={"Host": host, **bearer}).status_code == 200, host
+    for host in ("localhost", "127.0.0.1", "evil.example"):
+        assert wide.get("/api/state", headers={"Host": host, **bearer}).status_code == 400, host
+    assert wide.get("/api/state", headers={"Host": "10.1.2.3"}).status_code == 401
+    every = _client(create_app(**coordinator_files, token="s3cret", host="::"))
+    assert every.get("/api/state", headers={"Host": f"[::1]:{PORT}", **bearer}).status_code == 200
+    assert every.get("/api/state", headers={"Host": "evil.example", **bearer}).status_code == 400
 
 
 def _free_port() -> int:
@@ -139,8 +169,8 @@ def test_page_shows_the_live_data_in_headless_chromium(coordinator_files):
     from playwright.sync_api import sync_playwright
 
     port = _free_port()
-    server = uvicorn.Server(uvicorn.Config(create_app(**coordinator_files, token="s3cret"), host="127.0.0.1",
-                                           port=port, log_level="warning"))
+    server = uvicorn.Server(uvicorn.Config(create_app(**coordinator_files, token="s3cret", host="127.0.0.1"),
+                                           host="127.0.0.1", port=port, log_level="warning"))
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
     errors: list[str] = []

@@ -1,0 +1,54 @@
+"""What a release must not hold, checked on the bytes of every file a short in-process run writes.
+
+The coordinator's seed is never published: in a simulation it also seeds the sites' noise, so
+whoever holds it can replay that noise. A release says only whether the run was seeded. Per-round
+wall-clock seconds are not published either: they grow with the sites' row counts.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+
+from tests.helpers import SETTINGS, run_in_process
+
+SEED = 987654321  # digits that appear nowhere in a release by chance
+
+
+def _keys(value: object) -> Iterator[str]:
+    """Every key of every mapping in ``value``, at any depth."""
+    if isinstance(value, dict):
+        for key, inner in value.items():
+            yield key
+            yield from _keys(inner)
+    elif isinstance(value, list):
+        for inner in value:
+            yield from _keys(inner)
+
+
+def test_a_seeded_release_holds_no_seed_and_no_round_seconds(plan, demo_schema, tmp_path):
+    run_in_process(plan, demo_schema, tmp_path, SETTINGS.model_copy(update={"seed": SEED}))
+    release = tmp_path / "release"
+    files = sorted(p for p in release.rglob("*") if p.is_file())
+    assert {p.name for p in files} >= {"synthetic.csv", "synthetic.parquet", "privacy_report.json",
+                                       "quality_report.json", "generator.pt", "run_config.json", "schema.json",
+                                       "README.md"}
+    for path in files:
+        assert str(SEED).encode() not in path.read_bytes(), path.name
+    config = json.loads((release / "run_config.json").read_text())
+    assert config["seeded"] is True
+    assert not {"seed", "seconds"} & set(_keys(config))
+    assert [r["round"] for r in config["rounds"]] == [1, 2, 3] and all(r["accepted"] == 3 for r in config["rounds"])
+    privacy = json.loads((release / "privacy_report.json").read_text())
+    assert privacy["seeded"] is True and not {"seed", "seconds"} & set(_keys(privacy))
+    assert "This run was seeded" in (release / "README.md").read_text()
+
+
+def test_an_unseeded_release_says_so(plan, demo_schema, tmp_path):
+    run_in_process(plan, demo_schema, tmp_path, SETTINGS.model_copy(update={"seed": None}))
+    release = tmp_path / "release"
+    config = json.loads((release / "run_config.json").read_text())
+    privacy = json.loads((release / "privacy_report.json").read_text())
+    assert config["seeded"] is False and privacy["seeded"] is False
+    assert not {"seed", "seconds"} & set(_keys(config))
+    assert "This run was not seeded" in (release / "README.md").read_text()
