@@ -10,9 +10,18 @@ Two interchangeable ways compute the sum of per-record clipped gradients:
   its output-gradient and input, so its norm is ``|g|*|a|`` and the clipped sum is one
   matrix product. No per-record gradient is ever built; cost is close to plain backprop.
 
-Noise is drawn with Opacus's own generator and the cost is accounted with Opacus
-accountants (:mod:`fedsyn.privacy.accounting`): the mechanism is exactly the one the
-accountant models.
+Clipping is total: whatever the (coordinator-chosen) network and clipping norm, one
+record's clipped contribution has norm at most C and is finite. Norms, clip factors and
+the clipped sum are computed in float64, so a float32 gradient can neither overflow its
+norm nor push its clip factor into the subnormal range, where rounding let one record
+exceed C; a record whose forward or backward pass is not finite contributes exactly 0 (an
+``inf * 0`` in the sum would otherwise make the whole update NaN only when that record is
+in the batch: a membership oracle). Such a record is treated as if it were absent, which
+the add/remove-one-record guarantee already covers.
+
+Noise is Gaussian with standard deviation sigma*C, drawn from the caller's generator, and
+the cost is accounted with Opacus accountants (:mod:`fedsyn.privacy.accounting`): the
+mechanism is exactly the one the accountant models.
 """
 
 from __future__ import annotations
@@ -20,7 +29,6 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import torch
-from opacus.optimizers.optimizer import _generate_noise
 from torch import nn
 from torch.func import functional_call, grad, vmap
 
@@ -57,15 +65,39 @@ def per_sample_gradients(
 
 
 def clip_factors(norms: torch.Tensor, max_grad_norm: float) -> torch.Tensor:
-    """Per-record scale that brings each whole-gradient norm to at most C (Opacus's rule)."""
-    return (max_grad_norm / (norms + 1e-6)).clamp(max=1.0)
+    """Per-record scale (float64) that brings each whole-gradient norm to at most C
+    (Opacus's rule); a record whose norm is not finite gets 0, never NaN."""
+    norms = norms.double()
+    finite = torch.isfinite(norms)
+    scale = (max_grad_norm / (torch.where(finite, norms, 0.0) + 1e-6)).clamp(max=1.0)
+    return torch.where(finite, scale, 0.0)
+
+
+def _finite_rows(tensors: list[torch.Tensor], batch: int) -> torch.Tensor:
+    """True for each record whose values in every one of ``tensors`` ([batch, ...]) are finite."""
+    finite = torch.ones(batch, dtype=torch.bool, device=tensors[0].device)
+    for tensor in tensors:
+        finite &= torch.isfinite(tensor.reshape(batch, -1)).all(dim=1)
+    return finite
+
+
+def _zero_rows(tensor: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
+    """``tensor`` in float64 with the records outside ``keep`` set to exactly 0 (not ``x * 0``,
+    which is NaN for an infinite ``x``)."""
+    shape = (tensor.shape[0],) + (1,) * (tensor.dim() - 1)
+    return torch.where(keep.reshape(shape), tensor.double(), 0.0)
 
 
 def clip_and_sum(per_sample: dict[str, torch.Tensor], max_grad_norm: float) -> dict[str, torch.Tensor]:
-    """Scale every record's whole gradient (all parameters together) to norm <= C, then sum."""
-    norms = torch.stack([g.flatten(start_dim=1).norm(dim=1) for g in per_sample.values()]).norm(dim=0)
-    factors = clip_factors(norms, max_grad_norm)
-    return {name: torch.einsum("b,b...->...", factors, g) for name, g in per_sample.items()}
+    """Scale every record's whole gradient (all parameters together) to norm <= C, then sum.
+
+    A record with any non-finite gradient entry contributes 0; the arithmetic is float64."""
+    batch = next(iter(per_sample.values())).shape[0]
+    finite = _finite_rows(list(per_sample.values()), batch)
+    clean = {name: _zero_rows(g, finite) for name, g in per_sample.items()}
+    norms = torch.stack([g.flatten(start_dim=1).norm(dim=1) for g in clean.values()]).norm(dim=0)
+    factors = torch.where(finite, clip_factors(norms, max_grad_norm), 0.0)
+    return {name: torch.einsum("b,b...->...", factors, g).to(per_sample[name].dtype) for name, g in clean.items()}
 
 
 def supports_linear_clipping(module: nn.Module) -> bool:
@@ -101,20 +133,24 @@ def linear_clipped_sum(
         for handle in handles:
             handle.remove()
     outputs = [captured[name][1] for name, _ in layers]
-    output_grads = torch.autograd.grad(loss, outputs)
-    squared = torch.zeros(inputs[0].shape[0], device=inputs[0].device)
-    for (name, layer), grad_out in zip(layers, output_grads):
-        activations = captured[name][0]
+    output_grads = torch.autograd.grad(loss, outputs, allow_unused=False)
+    batch = inputs[0].shape[0]
+    activations = [captured[name][0] for name, _ in layers]
+    finite = _finite_rows([*activations, *output_grads], batch)
+    clean_grads = [_zero_rows(g, finite) for g in output_grads]
+    clean_activations = [_zero_rows(a, finite) for a in activations]
+    squared = torch.zeros(batch, dtype=torch.float64, device=inputs[0].device)
+    for (_, layer), grad_out, activation in zip(layers, clean_grads, clean_activations):
         g2 = grad_out.pow(2).sum(dim=1)
-        squared = squared + g2 * activations.pow(2).sum(dim=1) + (g2 if layer.bias is not None else 0.0)
-    factors = clip_factors(squared.sqrt(), max_grad_norm)
+        squared = squared + g2 * activation.pow(2).sum(dim=1) + (g2 if layer.bias is not None else 0.0)
+    factors = torch.where(finite, clip_factors(squared.sqrt(), max_grad_norm), 0.0)
     summed: dict[str, torch.Tensor] = {}
-    for (name, layer), grad_out in zip(layers, output_grads):
+    for (name, layer), grad_out, activation in zip(layers, clean_grads, clean_activations):
         weighted = grad_out * factors.unsqueeze(1)
         prefix = f"{name}." if name else ""
-        summed[prefix + "weight"] = weighted.T @ captured[name][0]
+        summed[prefix + "weight"] = (weighted.T @ activation).to(layer.weight.dtype)
         if layer.bias is not None:
-            summed[prefix + "bias"] = weighted.sum(dim=0)
+            summed[prefix + "bias"] = weighted.sum(dim=0).to(layer.bias.dtype)
     return summed
 
 
@@ -142,11 +178,9 @@ def privatize(
     Dividing by the expected (public) size rather than the realised (private) one keeps
     the batch size itself out of the released gradient.
     """
-    return {
-        name: (g + _generate_noise(std=noise_multiplier * max_grad_norm, reference=g, generator=generator))
-        / expected_batch_size
-        for name, g in summed.items()
-    }
+    std = noise_multiplier * max_grad_norm
+    return {name: (g + torch.normal(0.0, std, g.shape, generator=generator, device=g.device, dtype=g.dtype))
+            / expected_batch_size for name, g in summed.items()}
 
 
 def private_gradient(
