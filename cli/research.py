@@ -31,8 +31,10 @@ def fit(
     out: Annotated[Path, typer.Option(help="folder for model.pt, synthetic.csv, privacy_report.json")
                    ] = Path("fedsyn-model"),
     device: Annotated[str, typer.Option(help="torch device, e.g. cuda")] = "cpu",
-    seed: Annotated[int | None, typer.Option(help="reproducible fit (each mechanism still gets its own stream)")
-                    ] = None,
+    seed: Annotated[int | None, typer.Option(help="secret seed: with the stream nonce the fit prints, repeats it "
+                                             "exactly (never saved in the output; default: OS entropy)")] = None,
+    stream_nonce: Annotated[str | None, typer.Option(help="repeat an earlier seeded fit: the nonce it printed")
+                            ] = None,
     allow_unreviewed_schema: Annotated[bool, typer.Option(
         help="train even though the schema has needs_review columns (recorded as a leak)")] = False,
 ) -> None:
@@ -43,7 +45,7 @@ def fit(
         contract = Schema.load(schema)
         frame = read_table(data, contract)
         model = DPTabularGAN(contract, epsilon=epsilon, delta=delta, epochs=epochs, device=device, seed=seed,
-                             allow_unreviewed_schema=allow_unreviewed_schema)
+                             stream_nonce=stream_nonce, allow_unreviewed_schema=allow_unreviewed_schema)
         with console.status("training (DP-SGD)...") as status:
             model.fit(frame, on_step=lambda step, _: status.update(f"training step {step + 1}"))
     except (SchemaError, DataFileError, DataValidationError, ValueError) as exc:
@@ -52,7 +54,8 @@ def fit(
     model.save(out / "model.pt")
     write_table(model.sample(rows or len(frame)), out / "synthetic.csv")
     spent, spent_delta = model.privacy_spent()
-    report = {"epsilon": spent, "delta": spent_delta, "ledger": model.ledger_.to_dict() if model.ledger_ else None,
+    report = {"epsilon": spent, "delta": spent_delta, "seeded": seed is not None,
+              "ledger": model.ledger_.to_dict() if model.ledger_ else None,
               "schema_unreviewed_columns": contract.unreviewed_columns,
               "public_facts": {"rows": len(frame), "why_public": "the published DP-SGD sample rate is batch size / "
                                "rows (ledger and model.pt), so the row count is disclosed"}}
@@ -62,6 +65,9 @@ def fit(
                       "recorded in privacy_report.json[/]")
     console.print(f"model, synthetic.csv and privacy_report.json in {out}; epsilon spent {spent:.3f} "
                   f"at delta {spent_delta:g}")
+    if seed is not None:  # the terminal only: neither value is in any file written above
+        console.print(f"seeded fit: `--seed {seed} --stream-nonce {model.stream_nonce_}` repeats it exactly. Keep both "
+                      "private: with them anyone can regenerate this fit's noise")
 
 
 def simulate(
@@ -99,8 +105,10 @@ def simulate(
                    ] = Path("fedsyn-simulation"),
     overwrite: Annotated[bool, typer.Option(
         help="replace what an earlier simulation left in --out (its simulated sites, ledgers and release)")] = False,
-    seed: Annotated[int, typer.Option(help="seed of the split and of every simulated site (reproducible runs; "
-                                           "each mechanism still draws a fresh stream)")] = 0,
+    seed: Annotated[int | None, typer.Option(help="secret seed of the split and of every simulated site: whoever "
+                                                  "holds it can repeat the run, and regenerate its noise. Never "
+                                                  "written into the release (which says it was seeded); default: "
+                                                  "operating-system entropy")] = None,
     device: Annotated[str, typer.Option(help="torch device for the sites' training, e.g. cuda")] = "cpu",
     release_every: Annotated[int, typer.Option(help="also write an interim release every K rounds")] = 0,
     site_noise_multiplier: Annotated[float | None, typer.Option(

@@ -13,6 +13,7 @@ from typing import Annotated, Literal
 from pydantic import BaseModel, Field, StringConstraints, ValidationError
 
 from fedsyn.errors import ConfigurationError
+from fedsyn.model.config import GANConfig
 
 
 class PolicyError(ConfigurationError, ValueError):
@@ -29,6 +30,50 @@ class CoordinatorConnection(BaseModel):
                             description="loopback port of the SuperNode's own API (distinct per node on one host)")
 
 
+class RequestLimits(BaseModel):
+    """The most a coordinator may ask of this site in one training request.
+
+    The coordinator chooses the model and its settings; each is also a lever for an attack
+    (an overflow trap needs width and depth, a tiny clipping norm pushes arithmetic to its
+    edges, q = 1 puts every record in every batch). Clipping is total whatever these are
+    (:mod:`fedsyn.privacy.dp_sgd`); these limits keep the request inside what the site has
+    been tested with. The defaults admit fedsyn's own settings with room to tune.
+    """
+
+    model_config = {"extra": "forbid"}
+
+    min_clip_norm: float = Field(default=1e-3, gt=0, description="smallest per-record clipping norm C")
+    max_clip_norm: float = Field(default=100.0, gt=0, description="largest per-record clipping norm C")
+    max_sample_rate: float = Field(default=0.5, gt=0, le=1, description="largest Poisson sampling rate q")
+    max_learning_rate: float = Field(default=0.1, gt=0, le=1, description="largest generator/discriminator lr")
+    max_width: int = Field(default=1024, ge=1, description="widest hidden layer or latent size")
+    max_layers: int = Field(default=4, ge=1, description="most hidden layers in either network")
+    max_local_steps: int = Field(default=200, ge=1, description="most DP-SGD steps in one round")
+    max_batch_size: int = Field(default=8192, ge=1, description="largest nominal batch (generated rows per step)")
+
+    def problems(self, config: GANConfig, sample_rate: float, local_steps: int) -> list[str]:
+        """What in a request exceeds these limits, in the request's own (public) values."""
+        found = []
+        if not self.min_clip_norm <= config.max_grad_norm <= self.max_clip_norm:
+            found.append(f"clipping norm {config.max_grad_norm:g} outside [{self.min_clip_norm:g}, "
+                         f"{self.max_clip_norm:g}]")
+        if sample_rate > self.max_sample_rate:
+            found.append(f"sample rate {sample_rate:g} above {self.max_sample_rate:g}")
+        if max(config.generator_lr, config.discriminator_lr) > self.max_learning_rate:
+            found.append(f"learning rates ({config.generator_lr:g}, {config.discriminator_lr:g}) above "
+                         f"{self.max_learning_rate:g}")
+        widths = (*config.generator_hidden, *config.discriminator_hidden, config.latent_dim)
+        if max(widths) > self.max_width:
+            found.append(f"width {max(widths)} above {self.max_width}")
+        if max(len(config.generator_hidden), len(config.discriminator_hidden)) > self.max_layers:
+            found.append(f"more than {self.max_layers} hidden layers")
+        if local_steps > self.max_local_steps:
+            found.append(f"{local_steps} local steps above {self.max_local_steps}")
+        if config.batch_size > self.max_batch_size:
+            found.append(f"batch size {config.batch_size} above {self.max_batch_size}")
+        return found
+
+
 class SitePolicy(BaseModel):
     """What this hospital allows; checked by the site on every request, whatever the coordinator asks."""
 
@@ -40,6 +85,8 @@ class SitePolicy(BaseModel):
     delta: float = Field(gt=0, lt=1e-3)
     min_noise_multiplier: float = Field(default=0.5, gt=0, description="refuse any DP-SGD step with less noise")
     accountant: Literal["rdp", "prv"] = "rdp"
+    limits: RequestLimits = Field(default_factory=RequestLimits,
+                                  description="the most a coordinator may ask in one training request")
     allow_unreviewed_schema: bool = False
     device: str = Field(default="cpu", description="torch device for local training, e.g. 'cuda'")
     seed: int | None = Field(default=None, description="fix this site's noise for reproducible simulations; "

@@ -5,10 +5,12 @@ the coordinator uses, the site's own extract and the global model's shapes. Only
 the cost charged to the on-disk ledger, under its lock, and only then does the mechanism
 run, so a refusal costs nothing and a crash can only over-count, never forget.
 
-Randomness: each mechanism run draws from its own stream, keyed by the position its charge
-took in the ledger (unique for the ledger's whole life). A seeded site is reproducible yet
-never reuses noise or a Poisson batch across rounds, requests or runs; an unseeded site
-uses operating-system entropy. The coordinator never chooses a site's randomness.
+Randomness: an unseeded site (the default) draws every mechanism's noise and Poisson batches
+from operating-system entropy. A seeded site keys each mechanism run's stream by the seed,
+its ledger's random nonce (new with every ledger and every reset) and the position the
+charge took in the ledger, so it is reproducible for whoever holds the seed and the ledger,
+yet never reuses noise or a batch across rounds, requests, runs or ledgers. The coordinator
+never chooses, and no message carries, a site's randomness.
 
 Refusals carry an :class:`~fedsyn.federation.protocol.ErrorCode` and a text built from public
 values only (policy limits, the request's parameters, the site's epsilon claim). Details
@@ -70,12 +72,14 @@ class PolicyRefusal(SiteRefusal):
         super().__init__(code, public_reason)
 
 
-def initialise_ledger(policy: SitePolicy, reset_reason: str | None = None) -> PrivacyLedger:
+def initialise_ledger(policy: SitePolicy, reset_reason: str | None = None,
+                      stream_nonce: str | None = None) -> PrivacyLedger:
     """Create the site's empty ledger: the operator's explicit, audited act.
 
     Refuses when the site's audit trail shows privacy already charged since the last
     (re)start of the ledger, unless ``reset_reason`` says why starting again at epsilon 0
-    is right (e.g. a new extract of other patients); the reason is kept in the trail.
+    is right (e.g. a new extract of other patients); the reason is kept in the trail. The
+    new ledger gets a fresh random stream nonce unless a seeded simulation passes one.
     """
     trail = AuditLog(policy.audit_trail)
     charged = charges_in_trail(policy.audit_trail)
@@ -86,7 +90,8 @@ def initialise_ledger(policy: SitePolicy, reset_reason: str | None = None) -> Pr
             "holds other patients")
     if reset_reason is not None and policy.ledger.exists():
         policy.ledger.rename(policy.ledger.with_name(policy.ledger.name + ".replaced"))
-    ledger = PrivacyLedger.create(policy.ledger, policy.delta, policy.accountant, protects=str(policy.data.resolve()))
+    ledger = PrivacyLedger.create(policy.ledger, policy.delta, policy.accountant, protects=str(policy.data.resolve()),
+                                  stream_nonce=stream_nonce)
     if reset_reason is None:
         trail.append("ledger_created", ledger=str(policy.ledger), protects=ledger.protects)
     else:
@@ -114,7 +119,6 @@ class Site:
 
     def __init__(self, policy: SitePolicy):
         self.policy = policy
-        self.seed = policy.seed
         self.schema = Schema.load(policy.schema_path)
         self.schema.require_reviewed(policy.allow_unreviewed_schema)
         self.trail = AuditLog(policy.audit_trail)
@@ -125,6 +129,9 @@ class Site:
             recorded = charges_in_trail(policy.audit_trail)
         except (json.JSONDecodeError, ValueError) as exc:
             raise LedgerError(f"the audit trail {policy.audit_trail} cannot be read ({type(exc).__name__})") from None
+        # A seed only counts together with the ledger's nonce: a ledger from before nonces
+        # gets operating-system entropy rather than streams another ledger may have used.
+        self.seed = policy.seed if self.ledger.stream_nonce is not None else None
         if len(self.ledger.events) < recorded:
             raise LedgerError(
                 f"ledger {policy.ledger} holds {len(self.ledger.events)} event(s) but the audit trail "
@@ -166,11 +173,11 @@ class Site:
             raise PolicyRefusal("the model has site slots but the instructions name none for this site",
                                 ErrorCode.MALFORMED_REQUEST)
 
-    @staticmethod
-    def _check_network(config: GANConfig) -> None:
-        widths = (*config.generator_hidden, *config.discriminator_hidden, config.latent_dim)
-        if max(widths) > 4096 or len(widths) > 12:
-            raise PolicyRefusal(f"network size {widths} exceeds what this site accepts (4096 wide, 12 layers)")
+    def _check_limits(self, request: TrainInstructions) -> None:
+        """The request's model and settings against the site's own limits (before any charge)."""
+        problems = self.policy.limits.problems(request.gan_config, request.sample_rate, request.local_steps)
+        if problems:
+            raise PolicyRefusal(f"the request exceeds this site's limits: {'; '.join(problems)}")
 
     def _check_schema(self, fingerprint: str) -> None:
         if fingerprint != schema_fingerprint(self.schema):
@@ -208,7 +215,7 @@ class Site:
         event = marginals_event(noise_multiplier, round_=0)
         position = self._charge(event, budget)  # before the release is computed
         marginals = noisy_marginals(frame, self.schema, noise_multiplier,
-                                    numpy_generator(self.seed, event.mechanism, position))
+                                    numpy_generator(self.seed, self.ledger.stream_nonce, event.mechanism, position))
         if run_id:
             self.replies.put(run_id, 0, digest, marginals.tables, {}, event)
         self.trail.append("marginals_sent", privacy=asdict(event), epsilon_spent=self.ledger.epsilon())
@@ -254,7 +261,7 @@ class Site:
         the release draws its rows, and this site's own entry is what generated rows'
         conditions follow here, so they look like this site's rows."""
         self._check_schema(request.schema_sha256)
-        self._check_network(request.gan_config)
+        self._check_limits(request)
         self._check_slot(request)
         tables = {f"marginals/{k}": v for k, v in marginals.tables.items()}
         for slot, slot_tables in enumerate(slot_marginals or []):
@@ -272,7 +279,8 @@ class Site:
             trainer.real_normaliser = max(1.0, request.sample_rate * local_marginals.total())
         data = torch.as_tensor(trainer.encoder.encode(frame), device=trainer.device)
         position = self._charge(event, request.epsilon)  # before any step runs
-        trainer.rng = torch_generator(self.seed, event.mechanism, position, device=trainer.device)
+        trainer.rng = torch_generator(self.seed, self.ledger.stream_nonce, event.mechanism, position,
+                                      device=trainer.device)
         history = trainer.train(data, request.local_steps, request.sample_rate, sigma, slot=request.site_slot)
         metrics = {
             "discriminator_fake_loss": float(np.mean([h.discriminator for h in history])),

@@ -11,12 +11,13 @@ import pandas as pd
 from flwr.app import Context
 
 from fedsyn.client.app import make_client_app
-from fedsyn.client.policy import SitePolicy
+from fedsyn.client.policy import RequestLimits, SitePolicy
 from fedsyn.client.site import initialise_ledger
 from fedsyn.data.schema import Schema
 from fedsyn.data.tables import write_table
 from fedsyn.evaluation.metrics import tstr_auc
 from fedsyn.model.gan import DPTabularGAN
+from fedsyn.privacy.randomness import derived_nonce, derived_seed
 from fedsyn.server.app import ReleasePlan, make_server_app, run_federation
 from fedsyn.server.coordinator import Coordinator, RoundCallback
 from fedsyn.server.settings import FederationSettings
@@ -39,13 +40,19 @@ class SimulationPlan:
 
 def prepare_sites(tables: list[pd.DataFrame], schema_path: Path, root: Path, epsilon: float, delta: float,
                   min_noise_multiplier: float = 0.3, device: str = "cpu", seed: int | None = None,
-                  allow_unreviewed_schema: bool = False, names: list[str] | None = None) -> SimulationPlan:
+                  allow_unreviewed_schema: bool = False, names: list[str] | None = None,
+                  run_label: str = "main") -> SimulationPlan:
     """Write one folder per hospital: its private extract, a policy and its new, empty ledger.
     ``names`` are the hospitals' names in reports (default ``site-0``, ``site-1``, ...).
-    With ``seed`` each simulated hospital gets its own fixed seed (reproducible runs; each
-    mechanism run still draws a fresh stream, keyed by its position in the site's ledger)."""
+
+    Without ``seed`` (the default) every site draws from operating-system entropy. With it,
+    each hospital's seed and its ledger's stream nonce are derived from the seed, the
+    ``run_label`` and the site's index: the run is reproducible for whoever holds the seed,
+    and federations of one simulation (the main run, each sweep arm) given distinct labels
+    never share a stream."""
     plan = SimulationPlan(root)
     for index, table in enumerate(tables):
+        stream = (run_label, index)  # apart from every other site and federation of this simulation
         folder = root / f"site-{index}"
         folder.mkdir(parents=True, exist_ok=True)
         write_table(table, folder / "data.parquet")
@@ -54,9 +61,12 @@ def prepare_sites(tables: list[pd.DataFrame], schema_path: Path, root: Path, eps
                             ledger=Path("ledger.json"), max_epsilon=epsilon, delta=delta,
                             min_noise_multiplier=min_noise_multiplier, device=device,
                             allow_unreviewed_schema=allow_unreviewed_schema,
-                            seed=None if seed is None else seed * 1000 + index)
+                            # The researcher's own simulated sites: small ones may train on every row each step.
+                            limits=RequestLimits(max_sample_rate=1.0),
+                            seed=None if seed is None else derived_seed(seed, "simulated-site", *stream))
         policy.save(folder / "policy.json")
-        initialise_ledger(SitePolicy.load(folder / "policy.json"))
+        initialise_ledger(SitePolicy.load(folder / "policy.json"),
+                          stream_nonce=None if seed is None else derived_nonce(seed, "ledger", *stream))
         plan.policies.append(folder / "policy.json")
     return plan
 

@@ -75,12 +75,12 @@ def simulate(simulation: Simulation, on_round: RoundCallback | None = None,
     if not (keys / "coordinator.key").exists():
         generate_keypair(keys)
     started = time.monotonic()
-    release = _federate(simulation, simulation.settings, out, keys, on_round)
+    release = _federate(simulation, simulation.settings, out, keys, "main", on_round)
     curve = []
-    for budget in simulation.sweep:
+    for arm, budget in enumerate(simulation.sweep):
         stage(f"privacy-utility sweep: epsilon={budget:g}")
         settings = simulation.settings.model_copy(update={"epsilon": budget})
-        swept = _federate(simulation, settings, out / "sweep" / f"epsilon-{budget:g}", keys)
+        swept = _federate(simulation, settings, out / "sweep" / f"epsilon-{budget:g}", keys, f"sweep-{arm}")
         if simulation.train is not None and simulation.test is not None:
             curve.append(_curve_point(budget, swept, simulation.schema, simulation.train, simulation.test,
                                       simulation.settings.seed or 0))
@@ -106,13 +106,14 @@ def simulate(simulation: Simulation, on_round: RoundCallback | None = None,
     return SimulationResult(release, keys, privacy_report, seconds, report, comparison)
 
 
-def _federate(simulation: Simulation, settings: FederationSettings, folder: Path, keys: Path,
+def _federate(simulation: Simulation, settings: FederationSettings, folder: Path, keys: Path, run_label: str,
               on_round: RoundCallback | None = None) -> Path:
-    """One federation with fresh simulated hospitals under ``folder``; returns its release."""
+    """One federation with fresh simulated hospitals under ``folder``; returns its release.
+    ``run_label`` keeps its sites' streams apart from the simulation's other federations."""
     plan = prepare_sites(simulation.tables, simulation.schema_path, folder / "sites", settings.epsilon, settings.delta,
                          device=simulation.device, seed=settings.seed,
                          allow_unreviewed_schema=settings.allow_unreviewed_schema,
-                         names=list(simulation.site_names) or None)
+                         names=list(simulation.site_names) or None, run_label=run_label)
     release = ReleasePlan(folder / "release", simulation.rows, simulation.release_every,
                           simulation.drop_rule_violations, signing_key=keys / "coordinator.key",
                           audit_log=folder / "audit.jsonl", public_facts=simulation.public_facts)

@@ -9,6 +9,7 @@ and DP-SGD on the discriminator (the rest, composed with an accountant, not adde
 from __future__ import annotations
 
 import math
+import secrets
 from pathlib import Path
 
 import pandas as pd
@@ -61,12 +62,18 @@ class DPTabularGAN:
     marginals_noise_floor: numeric counts are coarsened, per outcome class, until they beat
         this many noise std (:meth:`Marginals.without_noise_floor`, post-processing; 0: off),
         as the federated coordinator does.
+    seed: ``None`` (the default): every random draw comes from operating-system entropy. A
+        seed makes a fit reproducible only together with its ``stream_nonce``: each fit draws
+        a fresh random nonce (``stream_nonce_``) unless one is given, so two fits with one
+        seed never share noise. Neither is ever saved with the model; keep both private.
+    stream_nonce: repeat an earlier seeded fit exactly (its ``stream_nonce_``).
 
     Attributes (set by ``fit`` or ``load``, as in scikit-learn)
     ----------
     trainer_: the trained networks; ledger_: what the fit spent, charged before each
     mechanism ran; noise_multiplier_: DP-SGD's noise; history_: losses per step; n_rows_:
-    the training rows (public: the published sample rate discloses it).
+    the training rows (public: the published sample rate discloses it); stream_nonce_: the
+    nonce this fit's streams were keyed by (with ``seed``; private).
     """
 
     def __init__(
@@ -83,6 +90,7 @@ class DPTabularGAN:
         accountant: AccountantName = "rdp",
         device: str = "cpu",
         seed: int | None = None,
+        stream_nonce: str | None = None,
         allow_unreviewed_schema: bool = False,
     ):
         self.schema = schema
@@ -96,6 +104,7 @@ class DPTabularGAN:
         self.accountant = accountant
         self.device = device
         self.seed = seed
+        self.stream_nonce = stream_nonce
         self.allow_unreviewed_schema = allow_unreviewed_schema
 
     def __repr__(self) -> str:
@@ -116,18 +125,20 @@ class DPTabularGAN:
         check_delta(self.delta, n_rows)
         ledger = PrivacyLedger(self.delta, self.accountant)
         self.ledger_ = ledger
+        nonce = self.stream_nonce or secrets.token_hex(16)  # a fresh stream per fit, even with a seed
         if self.epsilon is None:
             marginals = exact_counts(frame, self.schema)  # non-private baseline: exact statistics
         else:
             sigma = gaussian_noise_for_epsilon(self.marginals_share * self.epsilon, self.delta, self.accountant)
             ledger.charge(marginals_event(sigma), self.epsilon)  # before the histograms are computed
-            marginals = noisy_marginals(frame, self.schema, sigma, numpy_generator(self.seed, "fit", "marginals"))
+            marginals = noisy_marginals(frame, self.schema, sigma,
+                                        numpy_generator(self.seed, "fit", nonce, "marginals"))
             if self.marginals_noise_floor:
                 marginals = marginals.without_noise_floor(self.schema, sigma * marginals_sensitivity(self.schema),
                                                           self.marginals_noise_floor)
         encoder = TableEncoder(self.schema, marginals)
         trainer = GANTrainer(encoder, self.config, self.device,
-                             torch_generator(self.seed, "fit", "dp-sgd", device=self.device))
+                             torch_generator(self.seed, "fit", nonce, "dp-sgd", device=self.device))
         data = torch.as_tensor(encoder.encode(frame), device=trainer.device)
         sample_rate = min(1.0, self.config.batch_size / n_rows)
         planned = max(1, math.ceil(self.epochs / sample_rate))
@@ -141,6 +152,7 @@ class DPTabularGAN:
             ledger.charge(PrivacyEvent("dp-sgd", self.noise_multiplier_, sample_rate, steps), self.epsilon)
         self.history_ = trainer.train(data, steps, sample_rate, self.noise_multiplier_, on_step)
         self.n_rows_ = n_rows
+        self.stream_nonce_ = nonce
         self.trainer_, self.ledger_ = trainer, ledger
         return self
 

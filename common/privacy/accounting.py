@@ -13,6 +13,7 @@ from __future__ import annotations
 import fcntl
 import json
 import math
+import secrets
 import warnings
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
@@ -116,6 +117,11 @@ class PrivacyLedger:
     writes the new event atomically before it returns. Two runs at once therefore compose
     in the file instead of each spending the whole budget. ``protects`` names the extract
     the ledger belongs to, so a ledger cannot silently be reused for another data file.
+
+    ``stream_nonce`` is created with the ledger (128 random bits) and keys a seeded site's
+    random streams together with the seed and the event's position: a new or reset ledger
+    never replays an earlier ledger's noise or Poisson batches. It is the site's private
+    state, never sent or published.
     """
 
     def __init__(
@@ -125,6 +131,7 @@ class PrivacyLedger:
         events: Sequence[PrivacyEvent] = (),
         path: str | Path | None = None,
         protects: str | None = None,
+        stream_nonce: str | None = None,
     ):
         if not 0 < delta < 1:
             raise ValueError(f"delta must be in (0, 1), got {delta}")
@@ -133,6 +140,7 @@ class PrivacyLedger:
         self.events: list[PrivacyEvent] = list(events)
         self.path = Path(path) if path is not None else None
         self.protects = protects
+        self.stream_nonce = stream_nonce
 
     def epsilon(self, extra: Sequence[PrivacyEvent] = ()) -> float:
         """Epsilon spent so far, or that would be spent after also running ``extra``."""
@@ -203,6 +211,7 @@ class PrivacyLedger:
             "delta": self.delta,
             "accountant": self.accountant,
             "protects": self.protects,
+            "stream_nonce": self.stream_nonce,
             "epsilon": self.epsilon(),
             "events": [asdict(e) for e in self.events],
         }
@@ -216,7 +225,7 @@ class PrivacyLedger:
     def from_dict(cls, raw: dict[str, Any], path: str | Path | None = None) -> PrivacyLedger:
         events = [PrivacyEvent(**e) for e in raw["events"]]
         return cls(delta=raw["delta"], accountant=raw["accountant"], events=events, path=path,
-                   protects=raw.get("protects"))
+                   protects=raw.get("protects"), stream_nonce=raw.get("stream_nonce"))
 
     @classmethod
     def load(cls, path: str | Path) -> PrivacyLedger:
@@ -233,12 +242,16 @@ class PrivacyLedger:
 
     @classmethod
     def create(cls, path: str | Path, delta: float, accountant: AccountantName = "rdp",
-               protects: str | None = None) -> PrivacyLedger:
-        """Start an empty ledger at ``path``; refuses to overwrite one that exists."""
+               protects: str | None = None, stream_nonce: str | None = None) -> PrivacyLedger:
+        """Start an empty ledger at ``path``; refuses to overwrite one that exists.
+
+        ``stream_nonce`` defaults to fresh randomness; only a seeded simulation, which must be
+        reproducible from its seed, passes one derived from that seed."""
         path = Path(path)
         if path.exists():
             raise LedgerError(f"ledger {path} already exists; it holds spent privacy and is never overwritten")
-        ledger = cls(delta=delta, accountant=accountant, path=path, protects=protects)
+        ledger = cls(delta=delta, accountant=accountant, path=path, protects=protects,
+                     stream_nonce=stream_nonce or secrets.token_hex(16))
         ledger.save(path)
         return ledger
 

@@ -1,10 +1,13 @@
 """Explicit random streams: one generator per component, a fresh stream per use.
 
-DP noise is only noise if it is never reused. A seeded component therefore never hands
-the same stream to two mechanisms: every stream is derived from the seed *and* a key that
-names the use (mechanism, run, round, the site's ledger position), through NumPy's
-``SeedSequence``, whose children are statistically independent. Without a seed the
-operating system's entropy is used and the key only labels the stream.
+DP noise is only noise if it is never reused and never reproducible from anything
+published. Without a seed (the default everywhere, simulations included) every stream
+comes from the operating system's entropy and the key only labels it. A seed makes runs
+reproducible for whoever holds it; it is never written into a release or a message. A
+seeded component still never hands the same stream to two mechanisms: every stream is
+derived from the seed *and* a key that names the use (a nonce created with each ledger or
+fit, the mechanism, the ledger position), through NumPy's ``SeedSequence``, whose children
+are statistically independent.
 
 Nothing here touches PyTorch's or NumPy's global generators.
 """
@@ -16,14 +19,16 @@ import hashlib
 import numpy as np
 import torch
 
-StreamKey = int | str
+StreamKey = int | str | None
 
 
 def _key_word(part: StreamKey) -> int:
-    """A stable 32-bit word for one key part (Python's ``hash`` is salted per process)."""
+    """A stable key word for one key part (Python's ``hash`` is salted per process): small
+    integers as they are, anything else as 128 bits of its SHA-256, so a random nonce keeps
+    its entropy."""
     if isinstance(part, int) and not isinstance(part, bool) and 0 <= part < 2**32:
         return part
-    return int.from_bytes(hashlib.sha256(repr(part).encode()).digest()[:4], "little")
+    return int.from_bytes(hashlib.sha256(repr(part).encode()).digest()[:16], "little")
 
 
 def seed_sequence(seed: int | None, *key: StreamKey) -> np.random.SeedSequence:
@@ -33,7 +38,18 @@ def seed_sequence(seed: int | None, *key: StreamKey) -> np.random.SeedSequence:
     return np.random.SeedSequence(entropy=seed, spawn_key=tuple(_key_word(part) for part in key))
 
 
+def derived_seed(seed: int, *key: StreamKey) -> int:
+    """A seed for a component of a seeded run (e.g. one simulated site), from the run's seed."""
+    return int(seed_sequence(seed, "derived-seed", *key).generate_state(1, dtype=np.uint64)[0] >> np.uint64(1))
+
+
+def derived_nonce(seed: int, *key: StreamKey) -> str:
+    """A 128-bit stream nonce for a seeded run's ledger, reproducible from the run's seed."""
+    return seed_sequence(seed, "derived-nonce", *key).generate_state(4).tobytes().hex()
+
+
 def numpy_generator(seed: int | None, *key: StreamKey) -> np.random.Generator:
+    """A NumPy generator on the stream for ``key``."""
     return np.random.default_rng(seed_sequence(seed, *key))
 
 

@@ -1,0 +1,71 @@
+"""A site's policy bounds what a coordinator may ask: clipping norm, sample rate, learning
+rates, width, depth, steps and batch. Each request outside the limits is refused before
+anything is charged; the defaults admit fedsyn's own settings."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import replace
+
+import pytest
+
+from fedsyn.client.policy import RequestLimits, SitePolicy
+from fedsyn.client.site import Site, SiteRefusal
+from fedsyn.data.demo import demo_schema_path
+from fedsyn.federation import protocol
+from fedsyn.privacy.accounting import PrivacyLedger
+from fedsyn.privacy.marginals import Marginals
+from fedsyn.server.settings import FEDERATED_GAN, FEDERATED_LOCAL_STEPS, FederationSettings
+from fedsyn.simulations.run import prepare_sites
+
+from .helpers import TINY
+
+DEFAULTS = RequestLimits()
+
+
+def test_the_documented_defaults():
+    assert DEFAULTS.model_dump() == {
+        "min_clip_norm": 1e-3, "max_clip_norm": 100.0, "max_sample_rate": 0.5, "max_learning_rate": 0.1,
+        "max_width": 1024, "max_layers": 4, "max_local_steps": 200, "max_batch_size": 8192}
+
+
+def test_the_defaults_admit_fedsyns_own_settings():
+    settings = FederationSettings()
+    assert DEFAULTS.problems(FEDERATED_GAN, settings.sample_rate, FEDERATED_LOCAL_STEPS) == []
+
+
+HOSTILE = {
+    "clipping norm far below the floor": (replace(TINY, max_grad_norm=1e-28), 0.2, 3),
+    "clipping norm far above the ceiling": (replace(TINY, max_grad_norm=1e5), 0.2, 3),
+    "every record in every batch": (TINY, 1.0, 3),
+    "huge learning rate": (replace(TINY, discriminator_lr=1.0), 0.2, 3),
+    "too wide": (replace(TINY, discriminator_hidden=(4096,)), 0.2, 3),
+    "too deep": (replace(TINY, discriminator_hidden=(8,) * 8), 0.2, 3),
+    "too many steps": (TINY, 0.2, 10_000),
+    "huge batch": (replace(TINY, batch_size=100_000), 0.2, 3),
+}
+
+
+@pytest.mark.parametrize("config, sample_rate, steps", HOSTILE.values(), ids=HOSTILE.keys())
+def test_a_request_beyond_the_sites_limits_is_refused_before_any_charge(tmp_path, small_frame, config, sample_rate,
+                                                                        steps):
+    plan = prepare_sites([small_frame], demo_schema_path(), tmp_path / "sites", epsilon=50.0, delta=1e-5)
+    policy = SitePolicy.load(plan.policies[0])
+    site = Site(policy.model_copy(update={"limits": RequestLimits()}))  # a deployment's defaults
+    request = protocol.TrainInstructions(round=1, total_rounds=1, local_steps=steps, sample_rate=sample_rate,
+                                         epsilon=50.0, noise_multiplier=1.0, gan_config=config,
+                                         schema_sha256=protocol.schema_fingerprint(site.schema))
+    with pytest.raises(SiteRefusal) as refused:
+        site.train(request, {}, Marginals.uniform(site.schema))
+    assert refused.value.code == protocol.ErrorCode.POLICY_REFUSED
+    assert "limits" in refused.value.public_reason
+    assert PrivacyLedger.load(policy.ledger).events == []
+
+
+def test_limits_are_read_from_the_policy_file(tmp_path):
+    raw = {"site_id": "a", "data": "d.csv", "schema": "s.json", "ledger": "l.json", "max_epsilon": 1.0,
+           "delta": 1e-6, "limits": {"max_sample_rate": 0.2, "max_width": 256}}
+    path = tmp_path / "site.json"
+    path.write_text(json.dumps(raw))
+    limits = SitePolicy.load(path).limits
+    assert (limits.max_sample_rate, limits.max_width, limits.min_clip_norm) == (0.2, 256, 1e-3)
