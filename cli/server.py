@@ -116,6 +116,10 @@ def server_dashboard(
                                                    "beyond loopback)")] = None,
     key: Annotated[Path | None, typer.Option(help="coordinator.pub, to check the audit log's signed head and the "
                                                   "release (default: the .pub beside the run's signing-key)")] = None,
+    allowed_host: Annotated[list[str] | None, typer.Option(
+        "--allowed-host", help="another name browsers reach the view by (its Host header), e.g. the machine's DNS "
+                               "name; the bind address, and localhost/127.0.0.1/[::1] on loopback, always work")
+    ] = None,
 ) -> None:
     """Live, read-only web view of the run: sites, epsilon vs budget, rounds, audit chain, latest release."""
     import secrets
@@ -138,5 +142,6 @@ def server_dashboard(
         print(f"Bound to {host}: every request needs this token (Authorization: Bearer, or ?token=): {token}")
     address = f"http://{'[' + host + ']' if ':' in host else host}:{port}/" + (f"?token={token}" if token else "")
     print(f"fedsyn dashboard on {address}")
-    app = create_app(base / str(run["audit-log"]), base / str(run["out"]), key, token, coordinator.database)
+    app = create_app(base / str(run["audit-log"]), base / str(run["out"]), key, token, coordinator.database,
+                     host=host, extra_hosts=allowed_host or ())
     uvicorn.run(app, host=host, port=port, log_level="warning")

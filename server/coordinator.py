@@ -228,7 +228,7 @@ class Coordinator:
     def collect_marginals(self, grid: Grid) -> Marginals:
         settings = self.settings
         self.schema.require_reviewed(settings.allow_unreviewed_schema)
-        self.record("run_configured", settings=settings.to_dict(),
+        self.record("run_configured", settings=settings.public_dict(),
                     schema=self.schema.name)
         nodes = self.wait_for_sites(grid)
         sigma = gaussian_noise_for_epsilon(settings.marginals_share * settings.epsilon, settings.delta,

@@ -21,7 +21,6 @@ from fedsyn.errors import ConfigurationError
 from fedsyn.model.checkpoint import save_checkpoint
 from fedsyn.privacy.marginals import Marginals, exact_counts
 from fedsyn.server.coordinator import Coordinator, RoundSummary
-from fedsyn.server.settings import FederationSettings
 from fedsyn.trust.signing import sign_release
 
 # What leaves a site without DP noise, and why that is acceptable; repeated in every report.
@@ -51,18 +50,9 @@ RELEASE_CONTENTS = {
                                                "each round's reply counts and mean generator loss, and the public "
                                                "schema",
 }
-# The one setting no release file holds: ``fedsyn simulate`` seeds the simulated sites from it
-# too, so whoever holds it could replay their DP noise and subtract it. A release says only
-# whether the run was seeded.
-UNPUBLISHED_SETTINGS = frozenset({"seed"})
 # What a release says about each training round. Not its wall-clock seconds: a round lasts
 # longer the more rows the sites train on, and row counts are never published.
 PUBLIC_ROUND_FIELDS = ("round", "accepted", "dropped", "generator_loss")
-
-
-def public_settings(settings: FederationSettings) -> dict:
-    """The settings as a release publishes them: all of them but :data:`UNPUBLISHED_SETTINGS`."""
-    return {key: value for key, value in settings.to_dict().items() if key not in UNPUBLISHED_SETTINGS}
 
 
 def public_rounds(rounds: list[RoundSummary]) -> list[dict]:
@@ -168,7 +158,7 @@ def write_release(coordinator: Coordinator, out: Path, rows: int, drop_rule_viol
     (out / "privacy_report.json").write_text(json.dumps(report, indent=2) + "\n")
     (out / "quality_report.json").write_text(json.dumps(quality_report(synthetic, coordinator), indent=2) + "\n")
     coordinator.schema.save(out / "schema.json")
-    config = {"settings": public_settings(coordinator.settings), "seeded": report["seeded"], "rows": rows,
+    config = {"settings": coordinator.settings.public_dict(), "seeded": report["seeded"], "rows": rows,
               "dropped_rule_violations": dropped if drop_rule_violations else None,
               "rounds": public_rounds(coordinator.rounds)}
     (out / "run_config.json").write_text(json.dumps(config, indent=2, default=str) + "\n")

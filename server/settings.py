@@ -3,7 +3,8 @@
 ``fedsyn simulate``, the deployed ServerApp (from the Flower App's run config), the benches
 and tests all build a :class:`FederationSettings`; its defaults are the measured ones. It
 loads no deep-learning library, so the command line can show the defaults at once.
-Everything in it is public and goes into the release.
+Everything in it but the seed is public (:meth:`FederationSettings.public_dict`) and goes
+into the release and the audit log, which say only whether the run was seeded.
 """
 
 from __future__ import annotations
@@ -95,7 +96,13 @@ class FederationSettings(BaseModel):
         return self
 
     def to_dict(self) -> dict:
+        """Every setting, the seed included: for the coordinator's own saved run state only."""
         return self.model_dump(mode="json")
+
+    def public_dict(self) -> dict:
+        """The settings as releases and audit logs publish them: not the seed (whoever holds it
+        can regenerate a simulation's noise), only whether there was one."""
+        return {**self.model_dump(mode="json", exclude={"seed"}), "seeded": self.seed is not None}
 
     @classmethod
     def checked(cls, **values: object) -> FederationSettings:
