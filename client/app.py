@@ -20,6 +20,7 @@ from flwr.clientapp import ClientApp
 from fedsyn.client.policy import PolicyError, SitePolicy
 from fedsyn.client.site import PolicyRefusal, Site, SiteRefusal
 from fedsyn.data.schema import SchemaError
+from fedsyn.errors import where_it_failed
 from fedsyn.federation import protocol
 from fedsyn.privacy.accounting import LedgerError, PrivacyEvent
 from fedsyn.privacy.marginals import Marginals
@@ -98,8 +99,8 @@ def make_client_app(resolve_policy: PolicyResolver = policy_from_node_config) ->
                 return _error_reply(message, ErrorCode.POLICY_REFUSED, "the site's policy or schema file is invalid; "
                                     "its operator sees the details locally")
             except Exception as exc:  # noqa: BLE001 - whatever it was, its text may hold private values
-                log.error("request failed with %s (details withheld: they may quote private data)",
-                          type(exc).__name__)
+                # The site's own log gets where it failed; the reply gets a fixed text.
+                log.error("request failed with %s\n%s", type(exc).__name__, where_it_failed(exc))
                 return _error_reply(message, ErrorCode.SITE_FAILURE, "unexpected failure at the site")
         return run
 

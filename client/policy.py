@@ -85,6 +85,10 @@ class SitePolicy(BaseModel):
     delta: float = Field(gt=0, lt=1e-3)
     min_noise_multiplier: float = Field(default=0.5, gt=0, description="refuse any DP-SGD step with less noise")
     accountant: Literal["rdp", "prv"] = "rdp"
+    out_of_domain: Literal["drop", "clamp", "refuse"] = Field(
+        default="drop", description="records with a value the schema does not allow (unknown category, outside the "
+        "public bounds, missing where not allowed): drop them, clamp numbers to the bounds (dropping what cannot be "
+        "clamped), or refuse every request until the extract is fixed. Counts stay in the site's log")
     limits: RequestLimits = Field(default_factory=RequestLimits,
                                   description="the most a coordinator may ask in one training request")
     allow_unreviewed_schema: bool = False

@@ -33,7 +33,7 @@ from fedsyn.client.policy import SitePolicy
 from fedsyn.client.replies import ReplyStore, request_digest
 from fedsyn.data.schema import Schema
 from fedsyn.data.tables import DataFileError, read_table
-from fedsyn.data.validation import DataValidationError, require_valid
+from fedsyn.data.validation import DataValidationError, screen_records
 from fedsyn.errors import PrivacyRefusal
 from fedsyn.federation.protocol import ErrorCode, TrainInstructions, schema_fingerprint
 from fedsyn.model.config import GANConfig
@@ -141,10 +141,18 @@ class Site:
     # -- checks that run before anything is charged ----------------------------------------
 
     def load_data(self) -> pd.DataFrame:
-        """The extract, validated against the schema (raises with a report naming rows)."""
-        frame = read_table(self.policy.data, self.schema)
-        require_valid(frame, self.schema, source=str(self.policy.data))
-        return frame
+        """The extract as the mechanisms read it, its out-of-domain records handled as the
+        policy's ``out_of_domain`` says (raises with a report naming rows for a file-level
+        problem, or for any problem under ``refuse``). What screening changed is logged here,
+        by column and count, and never sent."""
+        screening = screen_records(read_table(self.policy.data, self.schema), self.schema, self.policy.out_of_domain,
+                                   source=str(self.policy.data))
+        if screening.dropped or screening.clamped:
+            log.warning("extract %s: %d record(s) dropped and %d value(s) clamped as out of domain "
+                        "(policy out_of_domain=%s): %s. `fedsyn validate` names the rows",
+                        self.policy.data, screening.dropped, screening.clamped, self.policy.out_of_domain,
+                        "; ".join(f"{p.column}: {p.kind} ({p.rows})" for p in screening.problems))
+        return screening.frame
 
     def _private_rows(self) -> pd.DataFrame:
         """The extract for a mechanism; a bad extract is a refusal whose text holds no value."""

@@ -7,6 +7,9 @@ other exception is a bug and is reported by type only (see :func:`fedsyn.cli.mai
 
 from __future__ import annotations
 
+import os
+import traceback
+
 
 class FedsynError(Exception):
     """Base of fedsyn's own errors. ``exit_code`` follows sysexits: 65 bad input data,
@@ -31,3 +34,12 @@ class PrivacyRefusal(FedsynError):
     """Running this would break the privacy guarantee or budget; nothing was spent."""
 
     exit_code = 77
+
+
+def where_it_failed(exc: BaseException) -> str:
+    """An unexpected error for a local log: its type and the code path (file, line, function,
+    source line) that raised it, without its message or any variable, which may quote patient
+    values. ``FEDSYN_DEBUG=1`` (a private terminal) adds the message."""
+    frames = "".join(traceback.format_tb(exc.__traceback__))
+    message = f": {exc}" if os.environ.get("FEDSYN_DEBUG") == "1" else " (message withheld: FEDSYN_DEBUG=1 shows it)"
+    return f"Traceback (most recent call last):\n{frames}{type(exc).__name__}{message}"

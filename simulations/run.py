@@ -15,6 +15,7 @@ from fedsyn.client.policy import RequestLimits, SitePolicy
 from fedsyn.client.site import initialise_ledger
 from fedsyn.data.schema import Schema
 from fedsyn.data.tables import write_table
+from fedsyn.data.validation import RecordHandling
 from fedsyn.evaluation.metrics import tstr_auc
 from fedsyn.model.gan import DPTabularGAN
 from fedsyn.privacy.randomness import derived_nonce, derived_seed
@@ -41,9 +42,10 @@ class SimulationPlan:
 def prepare_sites(tables: list[pd.DataFrame], schema_path: Path, root: Path, epsilon: float, delta: float,
                   min_noise_multiplier: float = 0.3, device: str = "cpu", seed: int | None = None,
                   allow_unreviewed_schema: bool = False, names: list[str] | None = None,
-                  run_label: str = "main") -> SimulationPlan:
+                  run_label: str = "main", out_of_domain: RecordHandling = "drop") -> SimulationPlan:
     """Write one folder per hospital: its private extract, a policy and its new, empty ledger.
-    ``names`` are the hospitals' names in reports (default ``site-0``, ``site-1``, ...).
+    ``names`` are the hospitals' names in reports (default ``site-0``, ``site-1``, ...);
+    ``out_of_domain`` is each site's handling of records the schema does not allow.
 
     Without ``seed`` (the default) every site draws from operating-system entropy. With it,
     each hospital's seed and its ledger's stream nonce are derived from the seed, the
@@ -62,7 +64,7 @@ def prepare_sites(tables: list[pd.DataFrame], schema_path: Path, root: Path, eps
                             min_noise_multiplier=min_noise_multiplier, device=device,
                             allow_unreviewed_schema=allow_unreviewed_schema,
                             # The researcher's own simulated sites: small ones may train on every row each step.
-                            limits=RequestLimits(max_sample_rate=1.0),
+                            limits=RequestLimits(max_sample_rate=1.0), out_of_domain=out_of_domain,
                             seed=None if seed is None else derived_seed(seed, "simulated-site", *stream))
         policy.save(folder / "policy.json")
         initialise_ledger(SitePolicy.load(folder / "policy.json"),

@@ -24,6 +24,8 @@ ROOT = Path(__file__).resolve().parents[1]
 MAPPED = ("client", "server", "simulations", "cli")  # folders pyproject maps into the fedsyn package
 PACKAGES = ("common", *MAPPED)
 PRIVACY = "tests/test_privacy_paths.py::"
+TOTAL = "tests/test_clipping_totality.py::"
+RANDOM = "tests/test_randomness.py::"
 
 
 @dataclass(frozen=True)
@@ -57,7 +59,8 @@ MUTATIONS = [
              (PRIVACY + "test_a_site_normalises_by_its_noisy_count_never_its_row_count",)),
     Mutation("site ledger charged after training instead of before", "client/site.py",
              "        position = self._charge(event, request.epsilon)  # before any step runs\n"
-             "        trainer.rng = torch_generator(self.seed, event.mechanism, position, device=trainer.device)\n"
+             "        trainer.rng = torch_generator(self.seed, self.ledger.stream_nonce, event.mechanism, position,\n"
+        "                                      device=trainer.device)\n"
              "        history = trainer.train(data, request.local_steps, request.sample_rate, sigma, "
              "slot=request.site_slot)\n",
              "        trainer.rng = torch_generator(self.seed, event.mechanism, 'late', device=trainer.device)\n"
@@ -96,11 +99,12 @@ MUTATIONS = [
              "if not (math.isfinite(self.epsilon) and self.epsilon > 0):", "if False:",
              ("tests/test_hostile_input.py::test_site_decoding_of_coordinator_instructions_refuses_cleanly",)),
     Mutation("seeded site reuses one training stream every round", "client/site.py",
-             "torch_generator(self.seed, event.mechanism, position, device=trainer.device)",
-             "torch_generator(self.seed, event.mechanism, 0, device=trainer.device)",
+             "torch_generator(self.seed, self.ledger.stream_nonce, event.mechanism, position,",
+             "torch_generator(self.seed, self.ledger.stream_nonce, event.mechanism, 0,",
              (PRIVACY + "test_a_seeded_site_never_reuses_noise_or_batches",)),
     Mutation("seeded site reuses one marginals stream", "client/site.py",
-             "numpy_generator(self.seed, event.mechanism, position)", "numpy_generator(self.seed, event.mechanism, 0)",
+             "numpy_generator(self.seed, self.ledger.stream_nonce, event.mechanism, position)",
+             "numpy_generator(self.seed, self.ledger.stream_nonce, event.mechanism, 0)",
              (PRIVACY + "test_a_seeded_site_never_reuses_noise_or_batches",)),
     Mutation("ledger not re-read under its lock", "common/privacy/accounting.py",
              "                self.events = current.events\n", "                pass\n",
@@ -125,8 +129,8 @@ MUTATIONS = [
              "raise SiteRefusal(ErrorCode.DATA_INVALID, str(exc) + \"\"",
              (PRIVACY + "test_error_replies_carry_a_code_and_public_text_only",)),
     Mutation("validation messages quote cell values", "common/data/validation.py",
-             "int(out.sum()), _examples(out, numbering)))",
-             "int(out.sum()), [repr(v) for v in series[out].head(3)]))",
+             "int(mask.sum()), _examples(mask, numbering))",
+             "int(mask.sum()), [repr(v) for v in series[mask].head(3)])",
              ("tests/test_private_output.py",)),
     Mutation("real-data validation report signed into the release", "simulations/workflow.py",
              'local = out / "local-report"', 'local = out / "release"',
@@ -141,6 +145,48 @@ MUTATIONS = [
     Mutation("numeric grid left out of the schema fingerprint", "common/federation/protocol.py",
              'hashlib.sha256(f"{NUMERIC_GRID}\\n{canonical}".encode())', "hashlib.sha256(canonical.encode())",
              (PRIVACY + "test_a_coordinator_binning_numbers_differently_is_refused_before_any_charge",)),
+    # The second audit (issue 19): clipping totality, randomness, limits, what a release holds.
+    Mutation("ghost clipping lets a non-finite record through", "common/privacy/dp_sgd.py",
+             "finite = _finite_rows([*activations, *output_grads], batch)",
+             "finite = torch.ones(batch, dtype=torch.bool, device=inputs[0].device)",
+             (TOTAL + "test_a_record_whose_pass_overflows_contributes_exactly_nothing",
+              TOTAL + "test_an_overflow_trap_on_one_patient_gives_a_finite_reply_with_or_without_them")),
+    Mutation("per-sample clipping lets a non-finite record through", "common/privacy/dp_sgd.py",
+             "finite = _finite_rows(list(per_sample.values()), batch)",
+             "finite = torch.ones(batch, dtype=torch.bool, device=next(iter(per_sample.values())).device)",
+             (TOTAL + "test_a_record_whose_pass_overflows_contributes_exactly_nothing",)),
+    Mutation("clip factors computed in float32 (subnormal)", "common/privacy/dp_sgd.py",
+             "    norms = norms.double()\n", "    norms = norms.float()\n",
+             (TOTAL + "test_one_records_clipped_gradient_never_exceeds_c",)),
+    Mutation("site ignores its request limits", "client/site.py",
+             "        if problems:\n            raise PolicyRefusal(f\"the request exceeds",
+             "        if False:\n            raise PolicyRefusal(f\"the request exceeds",
+             ("tests/test_site_limits.py",)),
+    Mutation("simulate defaults to a seed", "cli/research.py",
+             "\"operating-system entropy\")] = None,", "\"operating-system entropy\")] = 0,",
+             (RANDOM + "test_simulations_are_unseeded_unless_asked",)),
+    Mutation("sweep arms of a seeded simulation share streams", "simulations/run.py",
+             "stream = (run_label, index)", 'stream = ("main", index)',
+             (RANDOM + "test_sweep_arms_of_one_seeded_simulation_draw_independent_noise",)),
+    Mutation("a new ledger's nonce is not random", "common/privacy/accounting.py",
+             "stream_nonce=stream_nonce or secrets.token_hex(16))", "stream_nonce=stream_nonce or 'fixed')",
+             (RANDOM + "test_a_reset_ledger_never_replays_the_old_ledgers_noise",)),
+    Mutation("a seeded fit reuses one stream", "common/model/gan.py",
+             "nonce = self.stream_nonce or secrets.token_hex(16)", "nonce = self.stream_nonce or 'fit'",
+             (RANDOM + "test_two_seeded_fits_never_share_noise_unless_repeated_with_the_nonce",)),
+    Mutation("the release publishes the seed", "server/settings.py",
+             'self.model_dump(mode="json", exclude={"seed"})', 'self.model_dump(mode="json")',
+             ("tests/test_release_contents.py",)),
+    Mutation("the release publishes round seconds", "server/release.py",
+             'PUBLIC_ROUND_FIELDS = ("round", "accepted", "dropped", "generator_loss")',
+             'PUBLIC_ROUND_FIELDS = ("round", "accepted", "dropped", "generator_loss", "seconds")',
+             ("tests/test_release_contents.py",)),
+    Mutation("one out-of-domain record makes the site refuse", "client/policy.py",
+             'default="drop", description="records with a value', 'default="refuse", description="records with a value',
+             ("tests/test_out_of_domain.py::test_by_default_a_dirty_record_is_as_if_absent",)),
+    Mutation("the dashboard answers any Host", "server/dashboard.py",
+             "if host_allowed(request.headers.get(\"host\", \"\"), hosts):", "if True:",
+             ("tests/test_dashboard.py::test_only_requests_addressed_to_the_view_are_answered",)),
 ]
 
 

@@ -62,11 +62,13 @@ def test_a_seeded_simulation_repeats_for_whoever_holds_the_seed(tmp_path, small_
 
 
 def test_a_reset_ledger_never_replays_the_old_ledgers_noise(tmp_path, small_frame):
-    """A seeded deployment site whose operator starts a new ledger (a refreshed extract)."""
-    site = _site(tmp_path, small_frame, seed=3)
-    before = _standard_noise(site, small_frame, 20.0)
-    initialise_ledger(site.policy, reset_reason="refreshed extract")
-    after = _standard_noise(Site(site.policy), small_frame, 20.0)
+    """A seeded deployment site (its ledgers made by `ledger init`) whose operator starts a new
+    ledger for a refreshed extract: the seed and ledger positions repeat, the noise must not."""
+    plan = prepare_sites([small_frame], demo_schema_path(), tmp_path, epsilon=50.0, delta=1e-5)
+    policy = SitePolicy.load(plan.policies[0]).model_copy(update={"seed": 3})
+    before = _standard_noise(Site(policy), small_frame, 20.0)
+    initialise_ledger(policy, reset_reason="refreshed extract")
+    after = _standard_noise(Site(policy), small_frame, 20.0)
     assert abs(np.corrcoef(before, after)[0, 1]) < 0.3
 
 

@@ -66,20 +66,24 @@ def numbering_for(path: str | Path) -> RowNumbering:
 
 def validate_frame(frame: pd.DataFrame, schema: Schema, numbering: RowNumbering = "line") -> ValidationReport:
     """Every problem of ``frame`` against ``schema``; examples name CSV ``line``s or ``row``s."""
-    problems: list[Problem] = []
-    expected = schema.column_names
-    missing = [c for c in expected if c not in frame.columns]
-    extra = [str(c) for c in frame.columns if c not in expected]
-    if frame.empty:
-        problems.append(Problem("(every column)", "the file has no rows: nothing to train on", 0))
-    for name in missing:
-        problems.append(Problem(name, "column missing from the file", len(frame)))
-    for name in extra:
-        problems.append(Problem(name, "column not in the schema (remove it or add it to the schema)", len(frame)))
+    problems = _file_problems(frame, schema)
     for column in schema.columns:
         if column.name in frame.columns:
             problems.extend(_check_column(frame[column.name], column, numbering))
     return ValidationReport(problems=problems, n_rows=len(frame))
+
+
+def _file_problems(frame: pd.DataFrame, schema: Schema) -> list[Problem]:
+    """Problems of the file as a whole (its columns, its having rows), not of any one record."""
+    problems: list[Problem] = []
+    expected = schema.column_names
+    if frame.empty:
+        problems.append(Problem("(every column)", "the file has no rows: nothing to train on", 0))
+    for name in [c for c in expected if c not in frame.columns]:
+        problems.append(Problem(name, "column missing from the file", len(frame)))
+    for name in [str(c) for c in frame.columns if c not in expected]:
+        problems.append(Problem(name, "column not in the schema (remove it or add it to the schema)", len(frame)))
+    return problems
 
 
 def require_valid(frame: pd.DataFrame, schema: Schema, source: str = "data") -> None:
@@ -96,37 +100,102 @@ def _examples(mask: np.ndarray, numbering: RowNumbering) -> list[str]:
 
 
 def _check_column(series: pd.Series, column: Column, numbering: RowNumbering) -> list[Problem]:
-    problems: list[Problem] = []
-    series = series.reset_index(drop=True)
+    return [Problem(column.name, kind, int(mask.sum()), _examples(mask, numbering))
+            for kind, mask in _column_masks(series.reset_index(drop=True), column)]
+
+
+def _as_category_text(series: pd.Series) -> pd.Series:
+    """Categories spelled as the schema spells them (a code read as 1.0 is '1')."""
+    return series.map(lambda v: str(int(v)) if isinstance(v, float) and v.is_integer() else str(v))
+
+
+def _column_masks(series: pd.Series, column: Column) -> list[tuple[str, np.ndarray]]:
+    """Each kind of record-level problem in one column, with the rows that have it."""
+    found: list[tuple[str, np.ndarray]] = []
     is_null = series.isna().to_numpy()
     if is_null.any() and not column.nullable:
-        problems.append(Problem(column.name, "missing value where the schema does not allow one",
-                                int(is_null.sum()), _examples(is_null, numbering)))
+        found.append(("missing value where the schema does not allow one", is_null))
     present = ~is_null
     if column.kind is ColumnKind.CATEGORICAL:
-        as_text = series.map(lambda v: str(int(v)) if isinstance(v, float) and v.is_integer() else str(v))
-        unknown = present & ~as_text.isin(column.categories).to_numpy()
+        unknown = present & ~_as_category_text(series).isin(column.categories).to_numpy()
         if unknown.any():
-            problems.append(Problem(column.name, f"category not in the schema's list {column.categories}",
-                                    int(unknown.sum()), _examples(unknown, numbering)))
-        return problems
+            found.append((f"category not in the schema's list {column.categories}", unknown))
+        return found
     numeric = pd.to_numeric(series, errors="coerce").to_numpy(dtype=float)
     non_numeric = present & np.isnan(numeric)
     if non_numeric.any():
-        problems.append(Problem(column.name, "value is not a number", int(non_numeric.sum()),
-                                _examples(non_numeric, numbering)))
+        found.append(("value is not a number", non_numeric))
     checkable = present & ~np.isnan(numeric)
     infinite = checkable & ~np.isfinite(numeric)
     if infinite.any():
-        problems.append(Problem(column.name, "value is infinite", int(infinite.sum()), _examples(infinite, numbering)))
+        found.append(("value is infinite", infinite))
     finite = checkable & np.isfinite(numeric)
     out = finite & ((numeric < column.lower) | (numeric > column.upper))
     if out.any():
-        problems.append(Problem(column.name, f"value outside the public bounds [{column.lower}, {column.upper}]",
-                                int(out.sum()), _examples(out, numbering)))
+        found.append((f"value outside the public bounds [{column.lower}, {column.upper}]", out))
     if column.kind is ColumnKind.INTEGER:
         fractional = finite & (numeric != np.round(numeric))
         if fractional.any():
-            problems.append(Problem(column.name, "value is not a whole number", int(fractional.sum()),
-                                    _examples(fractional, numbering)))
-    return problems
+            found.append(("value is not a whole number", fractional))
+    return found
+
+
+# -- a site's handling of out-of-domain records -------------------------------------------------
+
+RecordHandling = Literal["drop", "clamp", "refuse"]
+
+
+@dataclass(frozen=True)
+class Screening:
+    """The extract a mechanism may read, and what screening changed (counts: local only)."""
+
+    frame: pd.DataFrame
+    dropped: int
+    clamped: int
+    problems: list[Problem]  # the record-level problems found, by column, before handling
+
+
+def screen_records(frame: pd.DataFrame, schema: Schema, handling: RecordHandling, source: str = "data") -> Screening:
+    """The extract with its out-of-domain records handled as the site's policy says.
+
+    A file-level problem (missing or extra columns, no rows) always raises
+    :class:`DataValidationError`. Record-level problems (unknown category, a value outside
+    the public bounds, not a number, not whole, missing where not allowed) are handled per
+    record: ``drop`` removes the record, ``clamp`` moves a finite out-of-bounds number to
+    the nearest bound and rounds a fractional value of an integer column (a record with any
+    other problem is dropped), ``refuse`` raises. Dropping or repairing each record on its
+    own keeps neighbouring extracts neighbours, so the guarantee is unchanged; a refusal, by
+    contrast, is decided by whatever records are out of domain.
+    """
+    file_level = _file_problems(frame, schema)
+    if file_level:
+        raise DataValidationError(ValidationReport(file_level, len(frame)), source)
+    report = validate_frame(frame, schema, numbering_for(source))
+    if report.ok:
+        return Screening(frame, 0, 0, [])
+    if handling == "refuse":
+        raise DataValidationError(report, source)
+    frame = frame.reset_index(drop=True)
+    clamped = 0
+    if handling == "clamp":
+        frame = frame.copy()
+        for column in schema.columns:
+            if column.kind is ColumnKind.CATEGORICAL:
+                continue
+            numeric = pd.to_numeric(frame[column.name], errors="coerce")
+            repaired = numeric.clip(column.lower, column.upper)
+            if column.kind is ColumnKind.INTEGER:
+                repaired = repaired.round()
+            changed = numeric.notna() & np.isfinite(numeric) & (repaired != numeric)
+            clamped += int(changed.sum())
+            frame[column.name] = numeric.where(~changed, repaired) if changed.any() else frame[column.name]
+    bad = np.zeros(len(frame), dtype=bool)
+    for column in schema.columns:
+        for _, mask in _column_masks(frame[column.name], column):
+            bad |= mask
+    kept = frame.loc[~bad].reset_index(drop=True)
+    if kept.empty:
+        raise DataValidationError(ValidationReport([Problem("(every column)", "no record fits the schema once "
+                                                            "out-of-domain records are dropped", len(frame))],
+                                                   len(frame)), source)
+    return Screening(kept, int(bad.sum()), clamped, report.problems)

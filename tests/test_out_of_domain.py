@@ -1,0 +1,94 @@
+"""Out-of-domain records follow the site's policy (drop by default, clamp, or refuse).
+
+One impossible value (a BMI of 9.2 typed for 92) used to make a whole hospital refuse: a
+signal decided by one record, outside any mechanism. Dropping or repairing each record on
+its own keeps neighbouring extracts neighbours; the counts stay in the site's own log.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+import pytest
+
+from fedsyn.client.policy import SitePolicy
+from fedsyn.client.site import Site
+from fedsyn.data.demo import demo_schema_path
+from fedsyn.data.validation import DataValidationError, screen_records
+from fedsyn.federation import protocol
+from fedsyn.simulations.run import prepare_sites
+
+
+def _dirty(frame):
+    bad = frame.copy()
+    bad.loc[3, "kappa"] = 31337.25  # outside [0.01, 30]
+    bad.loc[5, "sex"] = "X"  # not a category
+    bad.loc[8, "age"] = 49.0  # below the study's lower bound 50
+    return bad
+
+
+def test_drop_removes_exactly_the_out_of_domain_records(small_frame, demo_schema):
+    screening = screen_records(_dirty(small_frame), demo_schema, "drop")
+    assert (screening.dropped, screening.clamped, len(screening.frame)) == (3, 0, len(small_frame) - 3)
+    assert {p.column for p in screening.problems} == {"kappa", "sex", "age"}
+
+
+def test_clamp_moves_numbers_to_the_bounds_and_drops_what_cannot_be_clamped(small_frame, demo_schema):
+    screening = screen_records(_dirty(small_frame), demo_schema, "clamp")
+    assert (screening.dropped, screening.clamped) == (1, 2)  # the unknown sex is dropped
+    assert screening.frame["kappa"].max() == 30.0 and screening.frame["age"].min() >= 50
+
+
+def test_refuse_and_file_level_problems_raise(small_frame, demo_schema):
+    with pytest.raises(DataValidationError):
+        screen_records(_dirty(small_frame), demo_schema, "refuse")
+    for handling in ("drop", "clamp", "refuse"):
+        with pytest.raises(DataValidationError):
+            screen_records(small_frame.drop(columns=["kappa"]), demo_schema, handling)
+
+
+def _site(folder, frame) -> Site:
+    """A seeded simulated site: two of them differing only in their extract share every stream."""
+    return Site(SitePolicy.load(prepare_sites([frame], demo_schema_path(), folder, epsilon=50.0, delta=1e-5,
+                                              seed=4).policies[0]))
+
+
+def test_by_default_a_dirty_record_is_as_if_absent(tmp_path, small_frame, demo_schema, caplog):
+    """The default policy answers with exactly what the clean extract would give (same seed):
+    the bad records change nothing but the site's own log."""
+    dirty, clean = _dirty(small_frame), small_frame.drop(index=[3, 5, 8]).reset_index(drop=True)
+    fingerprint = protocol.schema_fingerprint(demo_schema)
+    with caplog.at_level(logging.WARNING, logger="fedsyn.client"):
+        released, _ = _site(tmp_path / "dirty", dirty).release_marginals(20.0, 50.0, fingerprint)
+    expected, _ = _site(tmp_path / "clean", clean).release_marginals(20.0, 50.0, fingerprint)
+    for name in expected.tables:
+        np.testing.assert_array_equal(released.tables[name], expected.tables[name])
+    assert "3 record(s) dropped" in caplog.text and "31337" not in caplog.text
+
+
+def test_an_unexpected_site_failure_is_located_in_the_sites_log_and_never_in_the_reply(tmp_path, small_frame,
+                                                                                     monkeypatch, caplog):
+    """A crash inside a mechanism: the operator's log shows where (file, line, function); the
+    exception's text, which may quote a cell, appears nowhere; the coordinator gets a fixed text."""
+    from flwr.app import ConfigRecord, RecordDict
+
+    from fedsyn.data.schema import Schema
+
+    from .helpers import client_reply
+
+    quoted = "cell value 31337.25 in row 8"  # what a library's message might quote
+
+    def crash(*_args, **_kwargs):
+        raise RuntimeError(quoted)
+
+    monkeypatch.setattr("fedsyn.client.site.noisy_marginals", crash)
+    monkeypatch.delenv("FEDSYN_DEBUG", raising=False)
+    plan = prepare_sites([small_frame], demo_schema_path(), tmp_path, epsilon=50.0, delta=1e-5)
+    config = ConfigRecord({"noise_multiplier": 5.0, "epsilon": 1.0,
+                           protocol.SCHEMA_HASH: protocol.schema_fingerprint(Schema.load(demo_schema_path()))})
+    with caplog.at_level(logging.ERROR, logger="fedsyn.client"):
+        reply = client_reply(plan.policies[0], RecordDict({protocol.CONFIG: config}), protocol.QUERY_MARGINALS)
+    assert reply.has_error() and reply.error.code == protocol.ErrorCode.SITE_FAILURE
+    assert "31337" not in reply.error.reason and "31337" not in caplog.text
+    assert "in release_marginals" in caplog.text and "RuntimeError (message withheld" in caplog.text
