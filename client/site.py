@@ -34,7 +34,7 @@ from fedsyn.client.replies import ReplyStore, request_digest
 from fedsyn.data.schema import Schema
 from fedsyn.data.tables import DataFileError, read_table
 from fedsyn.data.validation import DataValidationError, screen_records
-from fedsyn.errors import PrivacyRefusal
+from fedsyn.errors import PrivacyRefusal, where_it_failed
 from fedsyn.federation.protocol import ErrorCode, TrainInstructions, schema_fingerprint
 from fedsyn.model.config import GANConfig
 from fedsyn.model.encoder import TableEncoder
@@ -168,6 +168,16 @@ class Site:
                                 "delta in its policy")
         return frame
 
+    def _check_encodable(self, frame: pd.DataFrame) -> None:
+        """Encode the extract once as training will (the encoding's shape depends on the schema
+        only), so a failure costs nothing and is located in the site's own log."""
+        try:
+            TableEncoder(self.schema).encode(frame)
+        except Exception as exc:  # noqa: BLE001 - whatever failed, its text may quote a cell
+            log.error("the extract cannot be encoded with the schema\n%s", where_it_failed(exc))
+            raise SiteRefusal(ErrorCode.SITE_FAILURE, "the site cannot encode its extract with the shared schema; "
+                              "its operator sees where locally") from None
+
     def _check_epsilon(self, requested: float) -> float:
         if requested > self.policy.max_epsilon:
             raise PolicyRefusal(
@@ -220,6 +230,7 @@ class Site:
             return Marginals(replayed[0]), replayed[2]
         budget = self._check_epsilon(epsilon)
         frame = self._private_rows()
+        self._check_encodable(frame)  # training encodes every round: prove it works before round 0 is paid
         event = marginals_event(noise_multiplier, round_=0)
         position = self._charge(event, budget)  # before the release is computed
         marginals = noisy_marginals(frame, self.schema, noise_multiplier,

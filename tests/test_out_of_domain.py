@@ -92,3 +92,21 @@ def test_an_unexpected_site_failure_is_located_in_the_sites_log_and_never_in_the
     assert reply.has_error() and reply.error.code == protocol.ErrorCode.SITE_FAILURE
     assert "31337" not in reply.error.reason and "31337" not in caplog.text
     assert "in release_marginals" in caplog.text and "RuntimeError (message withheld" in caplog.text
+
+
+def test_an_extract_the_site_cannot_encode_is_refused_before_round_zero_is_charged(tmp_path, small_frame,
+                                                                                   monkeypatch, demo_schema):
+    """A 50-column table crashed every site in round 1, after round 0 had charged 0.7 epsilon."""
+    from fedsyn.client.site import SiteRefusal
+    from fedsyn.model.encoder import TableEncoder
+    from fedsyn.privacy.accounting import PrivacyLedger
+
+    def overflow(*_args, **_kwargs):
+        raise OverflowError("Python integer 130 out of bounds for int8")
+
+    monkeypatch.setattr(TableEncoder, "encode", overflow)
+    site = _site(tmp_path, small_frame)
+    with pytest.raises(SiteRefusal) as refused:
+        site.release_marginals(20.0, 50.0, protocol.schema_fingerprint(demo_schema))
+    assert refused.value.code == protocol.ErrorCode.SITE_FAILURE
+    assert PrivacyLedger.load(site.policy.ledger).events == []
