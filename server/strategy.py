@@ -45,7 +45,7 @@ class SiteMessages:
         if self.slot_of is None:
             record = RecordDict({protocol.ARRAYS: arrays, protocol.MARGINALS: self.marginals,
                                  protocol.CONFIG: config})
-            return self._construct_messages(record, nodes, MessageType.TRAIN)
+            return [Message(content=record, message_type=MessageType.TRAIN, dst_node_id=node) for node in nodes]
         messages = []
         for node in nodes:
             record = RecordDict({protocol.ARRAYS: arrays, protocol.MARGINALS: self.marginals,
@@ -55,7 +55,7 @@ class SiteMessages:
                 record.config_records[protocol.CONFIG][protocol.SITE_SLOT] = slot
                 if self.slot_marginals is not None:
                     record.array_records[protocol.SLOT_MARGINALS] = self.slot_marginals
-            messages.extend(self._construct_messages(record, [node], MessageType.TRAIN))
+            messages.append(Message(content=record, message_type=MessageType.TRAIN, dst_node_id=node))
         return messages
 
 

@@ -30,6 +30,7 @@ from fedsyn.model.config import GANConfig
 from fedsyn.model.encoder import TableEncoder
 from fedsyn.model.training import GANTrainer
 from fedsyn.privacy.marginals import exact_counts
+from fedsyn.privacy.randomness import torch_generator
 from fedsyn.server.app import ReleasePlan
 from fedsyn.server.settings import FederationSettings
 from fedsyn.simulations.run import prepare_sites, run_sites
@@ -132,7 +133,8 @@ def main() -> None:
     frame = read_table(demo_data_path(), schema)
     train, _ = train_test_split(frame, test_size=0.3, random_state=0)
     encoder = TableEncoder(schema, exact_counts(train, schema))
-    trainer = GANTrainer(encoder, GANConfig(batch_size=BATCH), device=args.device, seed=0)
+    trainer = GANTrainer(encoder, GANConfig(batch_size=BATCH), device=args.device,
+                         rng=torch_generator(0, "bench", device=args.device))
     data = torch.as_tensor(encoder.encode(train), device=trainer.device)
     print(f"device {args.device}, {args.threads} threads, torch {torch.__version__}, demo train split "
           f"{len(train)} rows, D {GANConfig().discriminator_hidden}, G {GANConfig().generator_hidden}")

@@ -101,7 +101,9 @@ def compute_epsilon(events: Iterable[PrivacyEvent], delta: float, accountant: Ac
             epsilon, _ = get_privacy_spent(orders=list(orders), rdp=rdp, delta=delta)
         return float(epsilon)
     prv = PRVAccountant()
-    prv.history = history
+    for sigma, rate, steps in history:  # Opacus's public interface: one call per step (it merges repeats)
+        for _ in range(steps):
+            prv.step(noise_multiplier=sigma, sample_rate=rate)
     return float(prv.get_epsilon(delta))
 
 
