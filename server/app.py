@@ -75,6 +75,11 @@ def _run(grid: Grid, schema: Schema, settings: FederationSettings, plan: Release
     coordinator = Coordinator(schema, settings, audit, run_id=fedsyn_run, state_dir=plan.state_dir)
 
     def publish(out: Path) -> None:
+        # The earlier release stays where pipelines and the dashboard find it until this run has
+        # one of its own to put there: a refused or failed run leaves it in place.
+        earlier = archive_earlier_release(plan.out)
+        if earlier is not None:
+            coordinator.record("release_archived", path=str(earlier), replaced_by_run=fedsyn_run)
         write_release(coordinator, out, plan.rows, plan.drop_rule_violations, key, plan.public_facts)
 
     def after_round(summary: RoundSummary, sites: dict) -> None:
@@ -83,9 +88,6 @@ def _run(grid: Grid, schema: Schema, settings: FederationSettings, plan: Release
         if on_round is not None:
             on_round(summary, sites)
 
-    earlier = archive_earlier_release(plan.out)
-    if earlier is not None:
-        coordinator.record("release_archived", path=str(earlier), replaced_by_run=fedsyn_run)
     if state is None:
         coordinator.record("run_started", flower_run=run_id)
         coordinator.collect_marginals(grid)

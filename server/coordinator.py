@@ -54,6 +54,14 @@ class SiteStatus:
     rounds_accepted: list[int] = field(default_factory=list)
     dropped: list[dict] = field(default_factory=list)
     active: bool = True
+    # Rounds whose request may have been charged at the site with no claim reaching us: no
+    # reply, a site failure (possibly after the charge) or an error from Flower in its place.
+    unconfirmed: list[int] = field(default_factory=list)
+
+    @property
+    def claim_outdated(self) -> bool:
+        """True when the site may have spent more than its last claim says."""
+        return any(r > max(self.rounds_accepted, default=-1) for r in self.unconfirmed)
 
     @property
     def name(self) -> str:
@@ -143,6 +151,7 @@ class Coordinator:
         answered = {site.node_id for site, _ in paired}
         for node in asked.values():
             if node not in answered:
+                self.sites[node].unconfirmed.append(round_)
                 self._drop(self.sites[node], round_,
                            f"no reply within {self.settings.timeout:g} s (site stopped or unreachable)")
         return paired
@@ -189,6 +198,8 @@ class Coordinator:
         for site, reply in replies:
             if reply.has_error():
                 reason = reply.error.reason or f"error code {reply.error.code}"
+                if reply.error.code not in protocol.FINAL_CODES:  # the site may have been charged first
+                    site.unconfirmed.append(round_)
                 self._drop(site, round_, reason, refused=reply.error.code in protocol.FINAL_CODES)
                 continue
             try:

@@ -72,11 +72,20 @@ def privacy_report(coordinator: Coordinator, public_facts: dict[str, object] | N
             rounds.append({**asdict(event), "epsilon_after": coordinator.epsilon_of(site, so_far)})
         this_run = coordinator.epsilon_of(site)
         cumulative = max(site.claimed_epsilon, this_run)
+        bound = None
+        if site.claim_outdated:  # every charge of this run is checked against the run's epsilon
+            cumulative = max(cumulative, settings.epsilon)
+            bound = (f"round(s) {', '.join(map(str, site.unconfirmed))} may have been charged at the site without its "
+                     "claim reaching the coordinator (no reply, or a failure after the charge); each charge of this "
+                     f"run was capped at epsilon {settings.epsilon:g}, so the site's ledger is at most that. The "
+                     "site's own ledger has the exact figure")
         sites.append({
             "site": site.name,
             "node_id": site.node_id,
             "epsilon_this_run": this_run,
             "epsilon_cumulative": cumulative,
+            "epsilon_cumulative_is_upper_bound": bound is not None,
+            **({"upper_bound_reason": bound} if bound else {}),
             "epsilon_claimed_by_site": site.claimed_epsilon,
             "delta": site.delta if site.delta is not None else settings.delta,
             "budget_epsilon_asked": settings.epsilon,
@@ -89,7 +98,9 @@ def privacy_report(coordinator: Coordinator, public_facts: dict[str, object] | N
         "guarantee": "record-level (epsilon, delta)-DP per site, add/remove-one-record adjacency, "
                      "composed over all rounds with the accountant below",
         "scope": "epsilon_this_run is recomputed from the privacy events the coordinator received, at each site's "
-                 "own delta; epsilon_cumulative is the site's own ledger over all runs (authoritative: it also "
+                 "own delta; epsilon_cumulative is the site's own ledger over all runs as last claimed, or an upper "
+                 "bound with its reason when a request may have been charged without a claim reaching the "
+                 "coordinator (the site's ledger is authoritative: it also "
                  "counts work whose reply never arrived)",
         "accountant": settings.accountant,
         # Reproducible by whoever holds the seed; the seed itself is in no release file.

@@ -24,7 +24,7 @@ FIRST_NODE_ID = 1001
 
 class InProcessGrid(Grid):
     def __init__(self, client_app: ClientApp, num_sites: int,
-                 reply_filter: Callable[[Message], Message] | None = None):
+                 reply_filter: Callable[[Message], Message | None] | None = None):
         self.client_app = client_app
         # Flower stamps new messages with the running task's identity; this process is the server.
         TaskIdentity.run_id, TaskIdentity.node_id, TaskIdentity.task_id = 1, SUPERLINK_NODE_ID, 1
@@ -65,6 +65,8 @@ class InProcessGrid(Grid):
             reply = self.client_app(copy.deepcopy(message), self.contexts[message.metadata.dst_node_id])
             if self.reply_filter is not None:
                 reply = self.reply_filter(reply)
+            if reply is None:  # lost on the way: the site ran, the coordinator never hears
+                continue
             self.replies.append(copy.deepcopy(reply))
             self._pending[message.metadata.message_id] = reply
             ids.append(message.metadata.message_id)

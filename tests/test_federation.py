@@ -223,3 +223,27 @@ def test_a_site_that_stops_is_named_and_the_round_goes_on_above_the_minimum(demo
         else:
             with pytest.raises(FederationError, match=r"round 2: only 2 valid .* minimum 3.*no reply"):
                 run_federation(grid, demo_schema, settings, release)
+
+
+def test_a_site_charged_whose_reply_is_lost_is_reported_at_least_at_its_ledger(plan, demo_schema, tmp_path):
+    """Issue 23 item 1: a site charged for rounds 2 and 3 whose replies never arrive. The release's
+    cumulative epsilon for it must not be below what its own ledger holds; it is a stated bound."""
+
+    answered = []
+
+    def lose_first_site_from_round_two(reply):
+        if reply.metadata.src_node_id != 1001:
+            return reply
+        answered.append(reply)  # round 0's marginals, then rounds 1, 2, 3
+        return None if len(answered) >= 3 else reply
+
+    run_in_process(plan, demo_schema, tmp_path, reply_filter=lose_first_site_from_round_two)
+    report = json.loads((tmp_path / "release" / "privacy_report.json").read_text())
+    lost = next(s for s in report["sites"] if s["node_id"] == 1001)
+    ledger = PrivacyLedger.load(SitePolicy.load(plan.policies[0]).ledger)
+    assert len(ledger.events) == 4  # round 0 and rounds 1-3 were all charged at the site
+    assert lost["epsilon_cumulative"] >= ledger.epsilon() - 1e-9
+    assert lost["epsilon_cumulative_is_upper_bound"] and "2, 3" in lost["upper_bound_reason"]
+    assert report["max_epsilon_any_site"] >= ledger.epsilon() - 1e-9
+    others = [s for s in report["sites"] if s["node_id"] != 1001]
+    assert not any(s["epsilon_cumulative_is_upper_bound"] for s in others)

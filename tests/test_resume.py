@@ -20,6 +20,7 @@ from fedsyn.errors import ConfigurationError
 from fedsyn.privacy.accounting import PrivacyEvent, PrivacyLedger
 from fedsyn.server import coordinator as coordinator_module
 from fedsyn.server.app import ReleasePlan, run_federation
+from fedsyn.server.coordinator import FederationError
 from fedsyn.server.resume import STATE_FILE, holding_run, lock_holder
 from fedsyn.simulations.inprocess import InProcessGrid
 from fedsyn.trust.audit import verify_log
@@ -162,6 +163,21 @@ def test_a_later_run_moves_the_earlier_release_aside_instead_of_overwriting_it(p
     assert len(archived) == 1 and (archived[0] / "privacy_report.json").read_text() == first
     entries = [json.loads(line) for line in (tmp_path / "audit.jsonl").read_text().splitlines()]
     assert [e["path"] for e in entries if e["event"] == "release_archived"] == [str(archived[0])]
+
+
+def test_a_refused_run_leaves_the_current_release_in_place(plan, demo_schema, tmp_path):
+    """Issue 23 item 3: a run the sites refuse (more than their budget) publishes nothing, and
+    the release already there stays where pipelines and the dashboard look for it."""
+    release = ReleasePlan(tmp_path / "release", rows=100, audit_log=tmp_path / "audit.jsonl")
+    app = make_client_app(plan.site_policy)
+    run_federation(InProcessGrid(app, len(plan.policies)), demo_schema,
+                   SETTINGS.model_copy(update={"rounds": 1, "epsilon": 0.4}), release)
+    first = (tmp_path / "release" / "privacy_report.json").read_text()
+    with pytest.raises(FederationError):
+        run_federation(InProcessGrid(app, len(plan.policies)), demo_schema,
+                       SETTINGS.model_copy(update={"epsilon": 5.0}), release)
+    assert (tmp_path / "release" / "privacy_report.json").read_text() == first
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith("release.replaced-")]
 
 
 def test_the_release_samples_from_the_closest_round_also_across_a_restart(plan, demo_schema, tmp_path, monkeypatch):
