@@ -10,16 +10,21 @@ the whole plan of rounds and steps. Two ratios summarise it:
   clipped sum of a step has at most that many units of signal per unit of noise.
 * ``rows_per_histogram_noise``: the site's rows over the noise standard deviation of one
   histogram bin of its marginals release.
+
+:func:`plan_width` says what the width costs: every measured column adds to the round-0
+noise of every cell, so a wide table at a small site can resolve none of its columns.
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Literal
 
+from fedsyn.data.schema import Column, Schema
 from fedsyn.errors import PrivacyRefusal
 from fedsyn.privacy.accounting import calibrate_noise_multiplier, gaussian_noise_for_epsilon
-from fedsyn.privacy.marginals import marginals_event
+from fedsyn.privacy.marginals import bin_labels, marginals_event, measured_columns, table_shape
 from fedsyn.server.settings import FederationSettings
 
 # Below these, the run is likely to give unusable data (measured: the bench's 303-row site at
@@ -67,3 +72,90 @@ def plan_site(name: str, rows: int, sensitivity: float, settings: FederationSett
     else:
         level, advice = "green", "enough records per unit of noise"
     return SitePlan(name, rows, batch, sigma, steps, records_per_noise, rows_per_noise, level, advice)
+
+
+# -- width: what the round-0 tables can resolve ------------------------------------------------
+
+# A numeric column's class distribution needs about this many groups above the noise to keep
+# its shape (coarsening merges bins until each beats the noise; fewer groups collapse it).
+NUMERIC_GROUPS = 4
+# Expected rows per cell over the cell's noise std: below RED an effect of a few tens of percent
+# is invisible under the noise (a 52-column table at 380 rows per site reversed its sex effect at
+# epsilon 1 with about 1.6 here); below AMBER only strong effects survive.
+RED_CELL_SNR = 2.0
+AMBER_CELL_SNR = 5.0
+EPSILON_LADDER = (1.0, 2.0, 3.0, 5.0, 8.0, 10.0, 15.0, 20.0)
+
+
+@dataclass(frozen=True)
+class ColumnCost:
+    column: str
+    cells: int  # the cells its class distributions need resolved: categories (x classes), or NUMERIC_GROUPS
+    cell_snr: float  # expected rows per cell over the cell's noise std
+    level: Literal["green", "amber", "red"]
+
+
+@dataclass(frozen=True)
+class WidthPlan:
+    """What one site's round-0 tables can resolve at this width, and what would fix it."""
+
+    site: str
+    rows: int
+    measured_columns: int
+    cell_noise: float  # noise std of every cell: sigma * sqrt(measured columns)
+    columns: list[ColumnCost]
+    level: Literal["green", "amber", "red"]
+    epsilon_needed: float | None  # the smallest epsilon of EPSILON_LADDER at which the site is not red
+    columns_to_keep: int | None  # at this epsilon: keep at most this many measured columns (the cheapest)
+
+    @property
+    def costliest(self) -> list[str]:
+        """The columns with the thinnest cells: first to drop or merge."""
+        return [c.column for c in sorted(self.columns, key=lambda c: c.cell_snr)[:5]]
+
+
+def _grade(snr: float) -> Literal["green", "amber", "red"]:
+    return "red" if snr < RED_CELL_SNR else "amber" if snr < AMBER_CELL_SNR else "green"
+
+
+def _column_costs(rows: int, schema: Schema, cell_noise: float, columns: list[Column]) -> list[ColumnCost]:
+    classes = table_shape(schema, columns[0])[1] if columns else 1
+    costs = []
+    for column in columns:
+        cells = bin_labels(column) if column.is_categorical else NUMERIC_GROUPS + int(column.nullable)
+        snr = rows / (classes * cells * cell_noise)
+        costs.append(ColumnCost(column.name, cells * classes, snr, _grade(snr)))
+    return costs
+
+
+def _width_level(costs: list[ColumnCost]) -> Literal["green", "amber", "red"]:
+    """Red when most columns cannot be resolved; amber when any column is weak."""
+    red = sum(c.level == "red" for c in costs)
+    if red * 2 > len(costs):
+        return "red"
+    return "amber" if red or any(c.level == "amber" for c in costs) else "green"
+
+
+def plan_width(name: str, rows: int, schema: Schema, settings: FederationSettings) -> WidthPlan:
+    """The round-0 cost of a site's width: one record adds a count to every measured table, so
+    the noise of every cell grows with the square root of the number of columns."""
+    columns = measured_columns(schema)
+
+    def cell_noise(epsilon: float, width: int) -> float:
+        sigma = gaussian_noise_for_epsilon(settings.marginals_share * epsilon, settings.delta, settings.accountant)
+        return sigma * math.sqrt(max(width, 1))
+
+    noise = cell_noise(settings.epsilon, len(columns))
+    costs = _column_costs(rows, schema, noise, columns)
+    level = _width_level(costs)
+    needed = next((e for e in EPSILON_LADDER if e >= settings.epsilon
+                   and _width_level(_column_costs(rows, schema, cell_noise(e, len(columns)), columns)) != "red"),
+                  None)
+    keep = None
+    if level == "red":
+        cheapest = sorted(columns, key=lambda c: next(x.cell_snr for x in costs if x.column == c.name),
+                          reverse=True)
+        keep = next((k for k in range(len(columns), 0, -1)
+                     if _width_level(_column_costs(rows, schema, cell_noise(settings.epsilon, k), cheapest[:k]))
+                     != "red"), None)
+    return WidthPlan(name, rows, len(columns), noise, costs, level, needed, keep)

@@ -2,10 +2,11 @@
 
 import math
 
+from fedsyn.data.schema import Schema
 from fedsyn.privacy.accounting import PrivacyEvent, PrivacyLedger, gaussian_noise_for_epsilon
 from fedsyn.privacy.marginals import marginals_event
 from fedsyn.server.settings import FederationSettings
-from fedsyn.simulations.plan import plan_site
+from fedsyn.simulations.plan import plan_site, plan_width
 
 
 def test_plan_matches_the_sites_calibration_and_grades_small_sites():
@@ -17,3 +18,29 @@ def test_plan_matches_the_sites_calibration_and_grades_small_sites():
     assert 0.99 < spent.epsilon() <= 1.0  # the noise a site calibrates for the whole plan
     tiny = plan_site("tiny", 100, math.sqrt(31), FederationSettings(epsilon=1.0, delta=1e-5, sample_rate=1.0))
     assert tiny.level in ("amber", "red") and tiny.records_per_noise < 5
+
+
+def _wide_schema(columns: int) -> Schema:
+    """A 52-column cohort as in the extracts issue: binary and 3-level codes and lab values."""
+    spec = [{"name": "death", "kind": "categorical", "categories": ["0", "1"]}]
+    for index in range(columns - 1):
+        if index % 3 == 2:
+            spec.append({"name": f"lab{index}", "kind": "continuous", "lower": 0.0, "upper": 500.0})
+        else:
+            spec.append({"name": f"code{index}", "kind": "categorical", "categories": ["0", "1", "2"][:2 + index % 3]})
+    return Schema.model_validate({"name": "wide", "outcome": "death", "columns": spec})
+
+
+def test_the_width_plan_says_a_wide_table_at_a_small_site_cannot_be_resolved_and_what_would_fix_it():
+    plan = plan_width("site-0", 380, _wide_schema(52), FederationSettings(epsilon=1.0, delta=1e-5))
+    assert plan.level == "red" and plan.measured_columns == 51
+    assert plan.cell_noise > 30  # sigma * sqrt(51): the noise that swamped counts of about 3
+    assert plan.epsilon_needed is not None and plan.epsilon_needed > 1.0
+    assert plan.columns_to_keep is not None and plan.columns_to_keep < 51
+    assert len(plan.costliest) == 5 and all(name.startswith(("code", "lab")) for name in plan.costliest)
+    narrow = plan_width("site-0", 380, _wide_schema(8), FederationSettings(epsilon=1.0, delta=1e-5))
+    assert narrow.level != "red" and narrow.cell_noise < plan.cell_noise / 2
+
+
+def test_the_width_plan_is_green_for_the_demo_at_its_default_split(demo_schema):
+    assert plan_width("site-0", 1837, demo_schema, FederationSettings()).level == "green"
