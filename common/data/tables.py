@@ -24,6 +24,8 @@ def read_table(path: str | Path, schema: Schema | None = None) -> pd.DataFrame:
     if not path.is_file():
         raise DataFileError(f"data file not found: {path}")
     suffix = path.suffix.lower()
+    if suffix in _TEXT_SEPARATORS:
+        _check_text_layout(path, _TEXT_SEPARATORS[suffix])
     try:
         if suffix in {".parquet", ".pq"}:
             frame = pd.read_parquet(path)
@@ -34,7 +36,9 @@ def read_table(path: str | Path, schema: Schema | None = None) -> pd.DataFrame:
             return frame
         if suffix in {".csv", ".txt", ".tsv"}:
             dtype = {c.name: str for c in schema.categorical_columns} if schema else None
-            return pd.read_csv(path, sep="\t" if suffix == ".tsv" else ",", dtype=dtype, keep_default_na=True)
+            return pd.read_csv(path, sep=_TEXT_SEPARATORS[suffix], dtype=dtype, keep_default_na=True)
+    except pd.errors.EmptyDataError:
+        raise DataFileError(f"cannot read {path}: the file is empty (no header line, no rows)") from None
     except Exception as exc:  # pandas/pyarrow raise many types; all mean "unreadable file"
         # A tokenizer error states structure only ("expected 9 fields in line 5"); other readers'
         # texts can quote cells, which are patient data, so only their type is named.
@@ -42,6 +46,35 @@ def read_table(path: str | Path, schema: Schema | None = None) -> pd.DataFrame:
         detail = str(exc) if structural else f"{type(exc).__name__}; check the file's format"
         raise DataFileError(f"cannot read {path} as a {suffix.lstrip('.')} table: {detail}") from None
     raise DataFileError(f"unsupported data file type '{suffix}' for {path}: use .csv, .tsv or .parquet")
+
+
+_TEXT_SEPARATORS = {".csv": ",", ".txt": ",", ".tsv": "\t"}
+_SEPARATOR_NAMES = {",": "comma", ";": "';'", "\t": "tab", "|": "'|'"}
+
+
+def _check_text_layout(path: Path, separator: str) -> None:
+    """Refuse, in one sentence, a text file that is empty or split by another separator than
+    its suffix says (a ';'-separated .csv otherwise reads as one column, every other missing).
+    Only the header line is read, and it is never quoted: it names columns, yet it is the file's."""
+    with path.open(encoding="utf-8-sig", errors="replace") as handle:
+        header = next((line for line in handle if line.strip()), None)
+    if header is None:
+        raise DataFileError(f"cannot read {path}: the file is empty (no header line, no rows)")
+    if separator in header:
+        return
+    found = next((s for s in (",", ";", "\t", "|") if s != separator and s in header), None)
+    if found is None:
+        return  # one column: validation names what is missing
+    said = _SEPARATOR_NAMES[found]
+    expected = _SEPARATOR_NAMES[separator]
+    if found == "\t":
+        fix = f"rename it to {path.stem}.tsv, or save it comma-separated"
+    elif found == ",":
+        fix = f"rename it to {path.stem}.csv, or save it tab-separated"
+    else:
+        fix = "save it comma-separated (.csv) or tab-separated (.tsv)"
+    raise DataFileError(f"cannot read {path}: the file looks {said}-separated, while a {path.suffix} file is read "
+                        f"as {expected}-separated: {fix}")
 
 
 def write_table(frame: pd.DataFrame, path: str | Path) -> None:

@@ -6,6 +6,8 @@ row numbers (never the values: they are patient data); nothing is dropped or rep
 
 from __future__ import annotations
 
+import difflib
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
@@ -79,11 +81,25 @@ def _file_problems(frame: pd.DataFrame, schema: Schema) -> list[Problem]:
     expected = schema.column_names
     if frame.empty:
         problems.append(Problem("(every column)", "the file has no rows: nothing to train on", 0))
-    for name in [c for c in expected if c not in frame.columns]:
-        problems.append(Problem(name, "column missing from the file", len(frame)))
-    for name in [str(c) for c in frame.columns if c not in expected]:
-        problems.append(Problem(name, "column not in the schema (remove it or add it to the schema)", len(frame)))
+    missing = [c for c in expected if c not in frame.columns]
+    extra = [str(c) for c in frame.columns if c not in expected]
+    for name in missing:
+        guess = _close_name(name, extra)
+        hint = f" (the file has '{guess}': misspelt?)" if guess else ""
+        problems.append(Problem(name, f"column missing from the file{hint}", len(frame)))
+    for name in extra:
+        guess = _close_name(name, missing)
+        kind = (f"column not in the schema (did you mean '{guess}'? rename it)" if guess
+                else "column not in the schema (remove it or add it to the schema)")
+        problems.append(Problem(name, kind, len(frame)))
     return problems
+
+
+def _close_name(name: str, candidates: list[str]) -> str | None:
+    """The candidate column name ``name`` is most likely a misspelling of, if any (case ignored)."""
+    lowered = {candidate.lower(): candidate for candidate in candidates}
+    close = difflib.get_close_matches(name.lower(), list(lowered), n=1, cutoff=0.8)
+    return lowered[close[0]] if close else None
 
 
 def require_valid(frame: pd.DataFrame, schema: Schema, source: str = "data") -> None:
@@ -109,6 +125,20 @@ def _as_category_text(series: pd.Series) -> pd.Series:
     return series.map(lambda v: str(int(v)) if isinstance(v, float) and v.is_integer() else str(v))
 
 
+def _decimal_code_hint(unknown: pd.Series, categories: list[str]) -> str:
+    """A hint when unknown codes are the schema's whole-number codes written with a decimal point
+    (19.0 for '19': pandas writes a numeric column with gaps so). Its example comes from the
+    schema, never from the rows."""
+    written = unknown.str.fullmatch(r"[+-]?\d+\.0+")
+    whole = written & unknown.str.replace(r"\.0+$", "", regex=True).isin(categories)
+    example = next((c for c in categories if re.fullmatch(r"[+-]?\d+", c)), None)
+    if example is None or not whole.any():
+        return ""
+    share = "" if whole.all() else f" ({int(whole.sum())} of them)"
+    return (f"; values look like numbers written with a decimal point{share}: {example}.0 for '{example}'. "
+            "Write the codes as the schema does (e.g. save the column as text, or as whole numbers)")
+
+
 def _column_masks(series: pd.Series, column: Column) -> list[tuple[str, np.ndarray]]:
     """Each kind of record-level problem in one column, with the rows that have it."""
     found: list[tuple[str, np.ndarray]] = []
@@ -117,9 +147,11 @@ def _column_masks(series: pd.Series, column: Column) -> list[tuple[str, np.ndarr
         found.append(("missing value where the schema does not allow one", is_null))
     present = ~is_null
     if column.kind is ColumnKind.CATEGORICAL:
-        unknown = present & ~_as_category_text(series).isin(column.categories).to_numpy()
+        text = _as_category_text(series)
+        unknown = present & ~text.isin(column.categories).to_numpy()
         if unknown.any():
-            found.append((f"category not in the schema's list {column.categories}", unknown))
+            found.append((f"category not in the schema's list {column.categories}"
+                          + _decimal_code_hint(text[unknown], column.categories), unknown))
         return found
     numeric = pd.to_numeric(series, errors="coerce").to_numpy(dtype=float)
     non_numeric = present & np.isnan(numeric)
