@@ -102,8 +102,14 @@ class Schema(BaseModel):
                 raise ValueError(f"outcome '{self.outcome}' must be a categorical column")
         for rule in self.rules:
             for condition in (rule.when, rule.require):
-                if condition is not None and condition.column not in names:
-                    raise ValueError(f"rule '{rule.name}' names unknown column '{condition.column}'")
+                if condition is None:
+                    continue
+                for named in (condition.column, condition.other_column):
+                    if named is not None and named not in names:
+                        raise ValueError(f"rule '{rule.name}' names unknown column '{named}'")
+            if rule.require.is_missing and not self.column(rule.require.column).nullable:
+                raise ValueError(f"rule '{rule.name}' requires '{rule.require.column}' to be missing: mark that "
+                                 "column nullable")
         return self
 
     def column(self, name: str) -> Column:

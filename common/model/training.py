@@ -19,7 +19,7 @@ import pandas as pd
 import torch
 import torch.nn.functional as F
 
-from fedsyn.data.rules import Rule, violation_mask
+from fedsyn.data.rules import Rule, impose_missing_by_design, violation_mask
 from fedsyn.model.conditioning import ConditionSampler
 from fedsyn.model.config import GANConfig
 from fedsyn.model.encoder import TableEncoder
@@ -270,13 +270,15 @@ class GANTrainer:
     def sample_frame(self, n: int, condition: dict[str, object] | None = None,
                      rules: list[Rule] | None = None, max_rounds: int = 20) -> tuple[pd.DataFrame, int]:
         """``n`` decoded rows; with ``rules``, rows breaking any rule are dropped and replaced.
+        The schema's missing-by-design rules are always imposed (:func:`impose_missing_by_design`).
 
         Returns the rows and how many were dropped (reported, never hidden).
         """
         kept: list[pd.DataFrame] = []
         have = dropped = 0
         for _ in range(max_rounds):
-            frame = self.encoder.decode(self.generate(n - have, condition))
+            frame = impose_missing_by_design(self.encoder.decode(self.generate(n - have, condition)),
+                                             self.encoder.schema.rules)
             if rules:
                 bad = violation_mask(frame, rules)
                 dropped += int(bad.sum())
