@@ -64,3 +64,11 @@ def test_sampled_rows_keep_a_missing_by_design_pattern(demo_schema, small_frame)
     men = rows["sex"] == "M"
     assert men.any() and rows.loc[men, "creatinine"].isna().all()
     assert rows.loc[~men, "creatinine"].notna().any()
+
+
+def test_sampling_conditioned_on_a_numeric_range_and_a_category(demo_schema, small_frame):
+    model = DPTabularGAN(demo_schema, epsilon=1.0, delta=1e-5, epochs=0.2, config=TINY).fit(small_frame)
+    rows = model.sample(200, condition={"age": (60, 70), "sex": "F"})
+    assert len(rows) == 200 and rows["age"].between(60, 70).all() and (rows["sex"] == "F").all()
+    with pytest.raises(ValueError, match="must be a range"):
+        model.sample(10, condition={"age": 60})

@@ -15,6 +15,7 @@ from pathlib import Path
 import pandas as pd
 import torch
 
+from fedsyn.data.rules import Condition
 from fedsyn.data.schema import Schema
 from fedsyn.data.validation import require_valid
 from fedsyn.errors import ConfigurationError
@@ -165,7 +166,9 @@ class DPTabularGAN:
 
     def sample(self, n: int, condition: dict[str, object] | None = None,
                drop_rule_violations: bool = False, seed: int | None = None) -> pd.DataFrame:
-        """``n`` synthetic rows; ``condition={'col': value}`` fixes one categorical column.
+        """``n`` synthetic rows; ``condition`` fixes at most one categorical column
+        (``{'death': 'dead'}``, generated given it) and any numeric ranges (``{'age': (60, 80)}``,
+        rows drawn until enough fall inside).
 
         With ``drop_rule_violations`` rows breaking the schema's rules are replaced; how many
         were dropped is in ``frame.attrs['dropped_rule_violations']``. ``seed`` makes this
@@ -176,10 +179,28 @@ class DPTabularGAN:
         trainer = self._fitted()
         if seed is not None:
             trainer.rng = torch_generator(seed, "sample", device=trainer.device)
+        categorical, ranges = self._split_condition(condition or {})
         rules = self.schema.rules if drop_rule_violations else None
-        frame, dropped = trainer.sample_frame(n, condition, rules)
+        frame, dropped = trainer.sample_frame(n, categorical or None, rules, ranges)
         frame.attrs["dropped_rule_violations"] = dropped
         return frame
+
+    def _split_condition(self, condition: dict[str, object]) -> tuple[dict[str, object], list[Condition]]:
+        """The categorical value the generator is conditioned on, and the numeric ranges kept."""
+        categorical: dict[str, object] = {}
+        ranges: list[Condition] = []
+        for name, wanted in condition.items():
+            column = self.schema.column(name)  # KeyError names an unknown column
+            if column.is_categorical:
+                categorical[name] = wanted
+            elif isinstance(wanted, (tuple, list)) and len(wanted) == 2:
+                ranges.append(Condition(column=name, between=(float(wanted[0]), float(wanted[1]))))
+            else:
+                raise ValueError(f"condition on numeric column '{name}' must be a range (low, high), e.g. (60, 80)")
+        if len(categorical) > 1:
+            raise ValueError(f"condition fixes {sorted(categorical)}: the generator is conditioned on one categorical "
+                             "column at a time (numeric ranges may be added)")
+        return categorical, ranges
 
     def privacy_spent(self) -> tuple[float, float]:
         """(epsilon, delta) spent by ``fit``; epsilon is infinite for a non-private model. For a

@@ -10,6 +10,7 @@ client's local steps.
 from __future__ import annotations
 
 import copy
+import math
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -19,7 +20,7 @@ import pandas as pd
 import torch
 import torch.nn.functional as F
 
-from fedsyn.data.rules import Rule, impose_missing_by_design, violation_mask
+from fedsyn.data.rules import Condition, Rule, impose_missing_by_design, violation_mask
 from fedsyn.model.conditioning import ConditionSampler
 from fedsyn.model.config import GANConfig
 from fedsyn.model.encoder import TableEncoder
@@ -268,26 +269,36 @@ class GANTrainer:
         return cond, slots
 
     def sample_frame(self, n: int, condition: dict[str, object] | None = None,
-                     rules: list[Rule] | None = None, max_rounds: int = 20) -> tuple[pd.DataFrame, int]:
-        """``n`` decoded rows; with ``rules``, rows breaking any rule are dropped and replaced.
-        The schema's missing-by-design rules are always imposed (:func:`impose_missing_by_design`).
+                     rules: list[Rule] | None = None, within: list[Condition] | None = None,
+                     max_rounds: int = 20) -> tuple[pd.DataFrame, int]:
+        """``n`` decoded rows; with ``rules``, rows breaking any rule are dropped and replaced
+        (counted); with ``within``, only rows meeting every condition are kept (e.g. a numeric
+        range asked for: not a violation, so not counted). The schema's missing-by-design rules
+        are always imposed (:func:`impose_missing_by_design`).
 
-        Returns the rows and how many were dropped (reported, never hidden).
+        Returns the rows and how many were dropped for breaking a rule (reported, never hidden).
         """
         kept: list[pd.DataFrame] = []
-        have = dropped = 0
+        have = dropped = drawn = 0
         for _ in range(max_rounds):
-            frame = impose_missing_by_design(self.encoder.decode(self.generate(n - have, condition)),
+            # Draw for the share of rows kept so far, so a narrow range does not need many rounds.
+            share = have / drawn if drawn and have else 1.0
+            size = min(max(n - have, math.ceil((n - have) / max(share, 1e-3))), 1_000_000)
+            frame = impose_missing_by_design(self.encoder.decode(self.generate(size, condition)),
                                              self.encoder.schema.rules)
+            drawn += size
             if rules:
                 bad = violation_mask(frame, rules)
                 dropped += int(bad.sum())
                 frame = frame[~bad]
+            for test in within or []:
+                frame = frame[test.holds(frame)]
             kept.append(frame)
             have += len(frame)
             if have >= n:
                 return pd.concat(kept, ignore_index=True).head(n), dropped
-        raise RuntimeError(f"after {max_rounds} attempts only {have} of {n} rows satisfy the schema rules")
+        raise RuntimeError(f"after {max_rounds} attempts only {have} of {n} rows satisfy the schema rules and the "
+                           "conditions asked for; widen the range or ask for fewer rows")
 
     # -- weights as arrays (the federation's wire format) ---------------------------------
 
