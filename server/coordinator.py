@@ -239,6 +239,11 @@ class Coordinator:
     def collect_marginals(self, grid: Grid) -> Marginals:
         settings = self.settings
         self.schema.require_reviewed(settings.allow_unreviewed_schema)
+        if settings.site_column is not None and (settings.site_column not in self.schema.column_names
+                                                 or not self.schema.column(settings.site_column).is_categorical
+                                                 or settings.site_column == self.schema.outcome):
+            raise ConfigurationError(f"site_column '{settings.site_column}' must be a categorical column of the "
+                                     "schema other than the outcome")
         self.record("run_configured", settings=settings.public_dict(),
                     schema=self.schema.name)
         nodes = self.wait_for_sites(grid)
@@ -286,7 +291,7 @@ class Coordinator:
             trainer.load_sampler_arrays(sampler)
         per_slot = [self.site_marginals[node] for node in sorted(self.slots, key=self.slots.__getitem__)]
         if gan_config.site_slots:
-            trainer.set_release_slots([m.total() for m in per_slot], per_slot)
+            trainer.set_release_slots([m.total() for m in per_slot], per_slot, settings.site_column)
         self.trainer = trainer
         shapes = {k: (v.shape, v.dtype) for k, v in trainer.state_arrays().items()}
         wire_shapes = {k: (shape, np.dtype(settings.transport_dtype)) for k, (shape, _) in shapes.items()}

@@ -55,6 +55,9 @@ class FederationSettings(BaseModel):
     # Numeric bins merged, per outcome class, until their counts beat this many noise std (0: off).
     # Measured with bench_tables' tables (per-class distributions against the rows, 20 noise draws): 1.5 >= 2 > 2.5 > 3.
     marginals_noise_floor: float = 1.5
+    # The table's own column naming each row's hospital (categorical, not the outcome): a released
+    # row's value there follows the site slot that generated it. Needs site_conditional.
+    site_column: str | None = None
     seed: int | None = None
     timeout: float = 3600.0
 
@@ -89,6 +92,8 @@ class FederationSettings(BaseModel):
             problems.append(f"max_update_norm={self.max_update_norm} must be positive")
         if not (math.isfinite(self.marginals_noise_floor) and self.marginals_noise_floor >= 0):
             problems.append(f"marginals_noise_floor={self.marginals_noise_floor} must be 0 or more")
+        if self.site_column is not None and not self.site_conditional:
+            problems.append(f"site_column '{self.site_column}' needs site_conditional: the row's site is its slot")
         if not self.timeout > 0:
             problems.append(f"timeout={self.timeout} must be positive")
         if problems:

@@ -18,7 +18,8 @@ from fedsyn.client.site import Site, SiteRefusal
 from fedsyn.federation import protocol
 from fedsyn.model.encoder import TableEncoder
 from fedsyn.model.training import GANTrainer
-from fedsyn.privacy.marginals import exact_counts
+from fedsyn.privacy.marginals import Marginals, exact_counts
+from fedsyn.privacy.randomness import torch_generator
 from fedsyn.server.strategy import build_strategy
 
 from .helpers import SETTINGS, TINY, run_in_process
@@ -138,3 +139,23 @@ def test_per_node_messages_survive_flowers_site_level_dp_wrapper():
         config = message.content.config_records[protocol.CONFIG]
         assert config[protocol.SITE_SLOT] == slots[message.metadata.dst_node_id]
         assert message.content.array_records[protocol.SLOT_MARGINALS] is per_slot
+
+
+def test_a_released_rows_site_column_is_the_slot_that_generated_it(demo_schema):
+    """Issue 22 item 2: the table's own site column (here sample_yr stands in for it) follows
+    the slot of each released row, drawn from that slot's noisy distribution of the column."""
+    marginals = Marginals.uniform(demo_schema)
+    trainer = GANTrainer(TableEncoder(demo_schema, marginals), replace(TINY, site_slots=2),
+                         rng=torch_generator(0, "t"))
+    own = []
+    for year in ("1995", "2001"):
+        tables = {name: table.copy() for name, table in marginals.tables.items()}
+        tables["sample_yr"][:] = 0.0
+        tables["sample_yr"][["1995", "1996", "1997", "1998", "1999", "2000", "2001", "2002", "2003"].index(year)] = 50
+        own.append(Marginals(tables))
+    trainer.set_release_slots([300.0, 100.0], own, site_column="sample_yr")
+    rows = trainer.encoder.decode(trainer.generate(4000))
+    assert set(rows["sample_yr"]) == {"1995", "2001"}
+    assert (rows["sample_yr"] == "1995").mean() == pytest.approx(0.75, abs=0.04)
+    fixed = trainer.encoder.decode(trainer.generate(500, {"sample_yr": "2001"}))
+    assert (fixed["sample_yr"] == "2001").all()

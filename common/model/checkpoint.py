@@ -49,7 +49,8 @@ def save_checkpoint(path: str | Path, schema: Schema, trainer: GANTrainer, priva
         "generator": trainer.sampler.state_dict(),
         "discriminator": trainer.discriminator.state_dict() if with_discriminator else None,
         "site_slots": None if slots is None else {"totals": list(slots[0]),
-                                                  "marginals": [m.to_dict() for m in slots[1]]},
+                                                  "marginals": [m.to_dict() for m in slots[1]],
+                                                  "site_column": trainer.site_column},
         "privacy": privacy,
         "params": params,
     }, Path(path))
@@ -76,5 +77,6 @@ def load_checkpoint(path: str | Path, device: str = "cpu") -> Checkpoint:
         trainer.discriminator.load_state_dict(raw["discriminator"])
     if raw["site_slots"] is not None:
         trainer.set_release_slots(raw["site_slots"]["totals"],
-                                  [Marginals.from_dict(m) for m in raw["site_slots"]["marginals"]])
+                                  [Marginals.from_dict(m) for m in raw["site_slots"]["marginals"]],
+                                  raw["site_slots"].get("site_column"))
     return Checkpoint(schema, trainer, raw["privacy"], raw["params"])

@@ -68,6 +68,10 @@ class GANTrainer:
         self.release_slots: tuple[list[float], list[Marginals]] | None = None
         self.slot_weights: torch.Tensor | None = None
         self.slot_conditions: list[ConditionSampler] | None = None
+        # The table's own site column, if any: a released row's value is drawn from its slot's
+        # noisy distribution of that column (see :meth:`set_release_slots`).
+        self.site_column: str | None = None
+        self.slot_site_values: list[torch.Tensor] | None = None
         # The discriminator is told the slot too: at site k it compares site k's rows with rows
         # generated for site k, so "from another site" is never its cue for "generated".
         self.discriminator = Discriminator(encoder.dim, self.conditions.dim + config.site_slots,
@@ -223,13 +227,20 @@ class GANTrainer:
             # The rest of the row was generated given the condition; the conditioned column
             # itself holds exactly the conditioned value.
             rows = self.conditions.impose(rows, cond)
+            if slots is not None and self.site_column is not None and self.site_column not in (condition or {}):
+                rows = self._impose_site_values(rows, slots)
             parts.append(rows)
         return torch.cat(parts).cpu().numpy() if parts else np.zeros((0, self.encoder.dim), dtype=np.float32)
 
-    def set_release_slots(self, totals: list[float], marginals: list[Marginals]) -> None:
+    def set_release_slots(self, totals: list[float], marginals: list[Marginals], site_column: str | None = None
+                          ) -> None:
         """How the release picks a site slot per row: with probability proportional to the
         site's noisy total (``totals``, DP outputs), its outcome condition then drawn from that
-        site's own noisy marginals (``marginals``): free post-processing of round 0."""
+        site's own noisy marginals (``marginals``): free post-processing of round 0.
+
+        ``site_column`` names the table's own column saying which hospital a row comes from: a
+        released row's value there is drawn from its slot's noisy distribution of that column, so
+        the column keeps which site generated the row instead of being generated apart from it."""
         if len(totals) != self.config.site_slots or len(marginals) != self.config.site_slots:
             raise ValueError(f"{len(totals)} totals and {len(marginals)} marginals for "
                              f"{self.config.site_slots} site slots")
@@ -237,6 +248,32 @@ class GANTrainer:
         weights = torch.as_tensor(np.clip(np.asarray(totals, dtype=float), 1.0, None), dtype=torch.float32)
         self.slot_weights = (weights / weights.sum()).to(self.device)
         self.slot_conditions = [ConditionSampler(self.encoder, self.device, marginals=m) for m in marginals]
+        self.site_column = site_column
+        self.slot_site_values = None
+        if site_column is not None:
+            if site_column not in self.conditions.columns:
+                raise ValueError(f"site column '{site_column}' is not a categorical column of the schema")
+            self.slot_site_values = [torch.as_tensor(m.probabilities(site_column, floor=0.0), dtype=torch.float32,
+                                                     device=self.device) for m in marginals]
+
+    def _impose_site_values(self, rows: torch.Tensor, slots: torch.Tensor) -> torch.Tensor:
+        """Each row's site-column one-hot drawn from its slot's noisy distribution of that column."""
+        if self.site_column is None or self.slot_site_values is None:
+            return rows
+        span = next(s for s in self.encoder.spans if s.column == self.site_column)
+        rows = rows.clone()
+        rows[:, span.start:span.end] = 0.0
+        for k, probs in enumerate(self.slot_site_values):
+            members = (slots == k).nonzero(as_tuple=True)[0]
+            if len(members) and probs.sum() > 0:
+                values = torch.multinomial(probs, len(members), replacement=True, generator=self.rng)
+                rows[members, span.start + values] = 1.0
+            elif len(members):  # nothing left of this slot's noise: the column's global distribution
+                block = self.conditions.columns.index(self.site_column)
+                values = torch.multinomial(self.conditions.block_probs[block], len(members), replacement=True,
+                                           generator=self.rng)
+                rows[members, span.start + values] = 1.0
+        return rows
 
     def _release_conditions(self, n: int, condition: dict[str, object] | None
                             ) -> tuple[torch.Tensor, torch.Tensor | None]:
