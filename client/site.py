@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 from dataclasses import asdict
 from pathlib import Path
 
@@ -46,6 +45,7 @@ from fedsyn.privacy.accounting import (
     PrivacyLedger,
     calibrate_noise_multiplier,
 )
+from fedsyn.privacy.budget import DP_SGD, is_budget
 from fedsyn.privacy.marginals import Marginals, marginals_event, noisy_marginals
 from fedsyn.privacy.randomness import numpy_generator, torch_generator
 from fedsyn.trust.audit import AuditLog
@@ -220,7 +220,7 @@ class Site:
 
     def release_marginals(self, noise_multiplier: float, epsilon: float, schema_sha256: str, run_id: str = ""
                           ) -> tuple[Marginals, PrivacyEvent]:
-        if not all(math.isfinite(v) and v > 0 for v in (noise_multiplier, epsilon)):
+        if not (is_budget(noise_multiplier) and is_budget(epsilon)):
             raise PolicyRefusal(f"noise multiplier {noise_multiplier} and epsilon {epsilon} must be positive "
                                 "and finite", ErrorCode.MALFORMED_REQUEST)
         self._check_schema(schema_sha256)
@@ -293,7 +293,7 @@ class Site:
         frame = self._private_rows()
         local_marginals = self._own_marginals(request, marginals, slot_marginals)
         trainer = self._trainer(request.gan_config, arrays, marginals, local_marginals, slot_marginals)
-        event = PrivacyEvent("dp-sgd", sigma, request.sample_rate, request.local_steps, round=request.round)
+        event = PrivacyEvent(DP_SGD, sigma, request.sample_rate, request.local_steps, round=request.round)
         if local_marginals is not None:  # expected batch from the site's own noisy count: post-processing
             trainer.real_normaliser = max(1.0, request.sample_rate * local_marginals.total())
         data = torch.as_tensor(trainer.encoder.encode(frame), device=trainer.device)

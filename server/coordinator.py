@@ -27,8 +27,9 @@ from fedsyn.model.config import GANConfig
 from fedsyn.model.encoder import TableEncoder
 from fedsyn.model.matching import release_misfit
 from fedsyn.model.training import GANTrainer
-from fedsyn.privacy.accounting import PrivacyEvent, compute_epsilon, gaussian_noise_for_epsilon
-from fedsyn.privacy.marginals import Marginals, marginals_sensitivity, table_shape
+from fedsyn.privacy.accounting import PrivacyEvent, compute_epsilon
+from fedsyn.privacy.budget import DP_SGD, marginals_noise
+from fedsyn.privacy.marginals import Marginals, marginals_event, marginals_sensitivity, table_shape
 from fedsyn.privacy.randomness import torch_generator
 from fedsyn.server.resume import SAVED, RunState, save_state
 from fedsyn.server.settings import FederationSettings
@@ -247,15 +248,14 @@ class Coordinator:
         self.record("run_configured", settings=settings.public_dict(),
                     schema=self.schema.name)
         nodes = self.wait_for_sites(grid)
-        sigma = gaussian_noise_for_epsilon(settings.marginals_share * settings.epsilon, settings.delta,
-                                           settings.accountant)
+        sigma = marginals_noise(settings.epsilon, settings.marginals_share, settings.delta, settings.accountant)
         query = protocol.MarginalsQuery(sigma, settings.epsilon, protocol.schema_fingerprint(self.schema),
                                         self.run_id)
         content = RecordDict({protocol.CONFIG: query.to_record()})
         replies = self._exchange(grid, [Message(content, dst_node_id=node, message_type=protocol.QUERY_MARGINALS,
                                                 group_id="0") for node in nodes], 0)
         shapes = {c.name: (table_shape(self.schema, c), np.dtype(np.float64)) for c in self.schema.columns}
-        expected = PrivacyEvent("gaussian-marginals", sigma, 1.0, 1)
+        expected = marginals_event(sigma)
         valid = self._replies(replies, 0, protocol.MARGINALS, expected, shapes)
         self._require_quorum(len(valid), 0)
         parts = [Marginals(dict(protocol.from_array_record(r.content.array_records[protocol.MARGINALS])))
@@ -312,7 +312,7 @@ class Coordinator:
             transport_dtype=settings.transport_dtype, run_id=self.run_id)
         # Sites may add noise but never less than asked; with none asked they calibrate their own.
         least_noise = settings.noise_multiplier or np.finfo(float).tiny
-        expected = PrivacyEvent("dp-sgd", least_noise, settings.sample_rate, settings.local_steps)
+        expected = PrivacyEvent(DP_SGD, least_noise, settings.sample_rate, settings.local_steps)
         for round_ in range((self.completed_round or 0) + 1, settings.rounds + 1):
             started = time.monotonic()
             if not any(s.active for s in self.sites.values()):

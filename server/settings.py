@@ -17,6 +17,7 @@ from pydantic import BaseModel, ConfigDict, ValidationError, model_validator
 
 from fedsyn.errors import ConfigurationError
 from fedsyn.model.config import TRANSPORT_DTYPES, GANConfig
+from fedsyn.privacy.budget import is_budget
 
 # Tuned on the demo with bench_federation and its --sweep (3 seeds): 25 rounds x 8 local steps
 # beat 20 x 15 at 5 sites (LR TSTR 0.794 vs 0.760) and stay above pooled GB at 3 sites.
@@ -64,7 +65,7 @@ class FederationSettings(BaseModel):
     @model_validator(mode="after")
     def _refuse_unsafe(self) -> FederationSettings:
         problems = []
-        if not (math.isfinite(self.epsilon) and self.epsilon > 0):
+        if not is_budget(self.epsilon):
             problems.append(f"epsilon={self.epsilon} must be a positive number")
         if not 0 < self.delta < 1:
             problems.append(f"delta={self.delta} must be in (0, 1)")

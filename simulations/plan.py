@@ -23,7 +23,8 @@ from typing import Literal
 
 from fedsyn.data.schema import Column, Schema
 from fedsyn.errors import PrivacyRefusal
-from fedsyn.privacy.accounting import calibrate_noise_multiplier, gaussian_noise_for_epsilon
+from fedsyn.privacy.accounting import calibrate_noise_multiplier
+from fedsyn.privacy.budget import marginals_noise
 from fedsyn.privacy.marginals import bin_labels, marginals_event, measured_columns, table_shape
 from fedsyn.server.settings import FederationSettings
 
@@ -50,8 +51,7 @@ class SitePlan:
 def plan_site(name: str, rows: int, sensitivity: float, settings: FederationSettings) -> SitePlan:
     """What ``settings`` mean for a site with ``rows`` records (known to the researcher only)
     whose marginals release has L2 ``sensitivity`` (:func:`marginals_sensitivity` of the schema)."""
-    marginals_sigma = gaussian_noise_for_epsilon(settings.marginals_share * settings.epsilon, settings.delta,
-                                                 settings.accountant)
+    marginals_sigma = marginals_noise(settings.epsilon, settings.marginals_share, settings.delta, settings.accountant)
     histogram_noise = marginals_sigma * sensitivity
     steps = settings.rounds * settings.local_steps
     batch = settings.sample_rate * rows
@@ -142,7 +142,7 @@ def plan_width(name: str, rows: int, schema: Schema, settings: FederationSetting
     columns = measured_columns(schema)
 
     def cell_noise(epsilon: float, width: int) -> float:
-        sigma = gaussian_noise_for_epsilon(settings.marginals_share * epsilon, settings.delta, settings.accountant)
+        sigma = marginals_noise(epsilon, settings.marginals_share, settings.delta, settings.accountant)
         return sigma * math.sqrt(max(width, 1))
 
     noise = cell_noise(settings.epsilon, len(columns))

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import math
 from collections import OrderedDict
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -25,6 +24,7 @@ from fedsyn.data.schema import Schema
 from fedsyn.errors import FedsynError
 from fedsyn.model.config import TRANSPORT_DTYPES, GANConfig
 from fedsyn.privacy.accounting import PrivacyEvent
+from fedsyn.privacy.budget import is_budget
 
 ARRAYS = "arrays"
 MARGINALS = "marginals"
@@ -194,7 +194,7 @@ class MarginalsQuery:
 
     def __post_init__(self) -> None:
         # NaN compares False with everything: without this a NaN budget would pass every check.
-        if not all(math.isfinite(v) and v > 0 for v in (self.noise_multiplier, self.epsilon)):
+        if not (is_budget(self.noise_multiplier) and is_budget(self.epsilon)):
             raise ReplyError(f"noise multiplier {self.noise_multiplier} and epsilon {self.epsilon} must be "
                              "positive and finite")
         _check_run_id(self.run_id)
@@ -228,10 +228,9 @@ class TrainInstructions:
 
     def __post_init__(self) -> None:
         # NaN compares False with everything: without this a NaN budget would pass every check.
-        if not (math.isfinite(self.epsilon) and self.epsilon > 0):
+        if not is_budget(self.epsilon):
             raise ReplyError(f"epsilon={self.epsilon} is not a positive finite budget")
-        if self.noise_multiplier is not None and not (math.isfinite(self.noise_multiplier)
-                                                      and self.noise_multiplier > 0):
+        if self.noise_multiplier is not None and not is_budget(self.noise_multiplier):
             raise ReplyError(f"noise_multiplier={self.noise_multiplier} is not a positive finite value")
         if self.transport_dtype not in TRANSPORT_DTYPES:
             raise ReplyError(f"transport dtype '{self.transport_dtype}' is not one of {', '.join(TRANSPORT_DTYPES)}")

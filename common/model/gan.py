@@ -28,8 +28,8 @@ from fedsyn.privacy.accounting import (
     PrivacyEvent,
     PrivacyLedger,
     calibrate_noise_multiplier,
-    gaussian_noise_for_epsilon,
 )
+from fedsyn.privacy.budget import DP_SGD, is_budget, marginals_noise
 from fedsyn.privacy.marginals import exact_counts, marginals_event, marginals_sensitivity, noisy_marginals
 from fedsyn.privacy.randomness import numpy_generator, torch_generator
 
@@ -116,7 +116,7 @@ class DPTabularGAN:
     # -- fitting ----------------------------------------------------------------------------
 
     def fit(self, frame: pd.DataFrame, on_step=None) -> DPTabularGAN:
-        if self.epsilon is not None and not (math.isfinite(self.epsilon) and self.epsilon > 0):
+        if self.epsilon is not None and not is_budget(self.epsilon):
             raise ValueError(f"epsilon={self.epsilon} must be a positive number")
         if not (math.isfinite(self.marginals_noise_floor) and self.marginals_noise_floor >= 0):
             raise ValueError(f"marginals_noise_floor={self.marginals_noise_floor} must be 0 (off) or more")
@@ -130,7 +130,7 @@ class DPTabularGAN:
         if self.epsilon is None:
             marginals = exact_counts(frame, self.schema)  # non-private baseline: exact statistics
         else:
-            sigma = gaussian_noise_for_epsilon(self.marginals_share * self.epsilon, self.delta, self.accountant)
+            sigma = marginals_noise(self.epsilon, self.marginals_share, self.delta, self.accountant)
             ledger.charge(marginals_event(sigma), self.epsilon)  # before the histograms are computed
             marginals = noisy_marginals(frame, self.schema, sigma,
                                         numpy_generator(self.seed, "fit", nonce, "marginals"))
@@ -139,7 +139,7 @@ class DPTabularGAN:
                                                           self.marginals_noise_floor)
         encoder = TableEncoder(self.schema, marginals)
         trainer = GANTrainer(encoder, self.config, self.device,
-                             torch_generator(self.seed, "fit", nonce, "dp-sgd", device=self.device))
+                             torch_generator(self.seed, "fit", nonce, DP_SGD, device=self.device))
         data = torch.as_tensor(encoder.encode(frame), device=trainer.device)
         sample_rate = min(1.0, self.config.batch_size / n_rows)
         planned = max(1, math.ceil(self.epochs / sample_rate))
@@ -150,7 +150,7 @@ class DPTabularGAN:
                 self.epsilon, self.delta, sample_rate, planned, ledger.events, self.accountant)
             steps = ledger.affordable_steps(self.epsilon, self.noise_multiplier_, sample_rate, planned)
             # Charged in full before the first step runs: a crash mid-training over-counts, never forgets.
-            ledger.charge(PrivacyEvent("dp-sgd", self.noise_multiplier_, sample_rate, steps), self.epsilon)
+            ledger.charge(PrivacyEvent(DP_SGD, self.noise_multiplier_, sample_rate, steps), self.epsilon)
         self.history_ = trainer.train(data, steps, sample_rate, self.noise_multiplier_, on_step)
         self.n_rows_ = n_rows
         self.stream_nonce_ = nonce

@@ -28,6 +28,7 @@ from opacus.accountants.analysis.rdp import compute_rdp, get_privacy_spent
 
 from fedsyn.errors import PrivacyRefusal
 from fedsyn.files import write_atomically
+from fedsyn.privacy.budget import is_budget
 
 AccountantName = Literal["rdp", "prv"]
 LEDGER_FORMAT = "fedsyn-ledger/2"
@@ -174,7 +175,7 @@ class PrivacyLedger:
         number no other charge of this ledger ever gets, which keys the mechanism's
         random stream.
         """
-        if not (math.isfinite(budget) and budget > 0):  # NaN would make every comparison pass
+        if not is_budget(budget):  # NaN would make every comparison pass
             raise BudgetExceededError(f"the budget {budget} is not a positive finite epsilon")
         with self._locked():
             after = self.epsilon([event])

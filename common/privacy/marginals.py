@@ -22,6 +22,7 @@ import pandas as pd
 from fedsyn.data.schema import Column, ColumnKind, Schema, spell_category
 from fedsyn.errors import ConfigurationError
 from fedsyn.privacy.accounting import PrivacyEvent
+from fedsyn.privacy.budget import MARGINALS
 
 NUMERIC_BINS = 64
 MISSING = "(missing)"
@@ -341,5 +342,5 @@ def noisy_marginals(frame: pd.DataFrame, schema: Schema, noise_multiplier: float
 
 def marginals_event(noise_multiplier: float, round_: int | None = None) -> PrivacyEvent:
     """The privacy cost of :func:`noisy_marginals`: one full-data Gaussian mechanism."""
-    return PrivacyEvent("gaussian-marginals", noise_multiplier=noise_multiplier, sample_rate=1.0, steps=1,
+    return PrivacyEvent(MARGINALS, noise_multiplier=noise_multiplier, sample_rate=1.0, steps=1,
                         round=round_)
