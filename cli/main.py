@@ -6,8 +6,12 @@ Heavy libraries (torch, Flower, Opacus) load inside the commands that need them,
 
 from __future__ import annotations
 
+import functools
 import os
 import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
 
 import typer
 
@@ -40,9 +44,26 @@ def _options(
     output.log_format = log_format
 
 
+def _inputs_first(command: Callable[..., Any], files: dict[str, str], out: str | None = None) -> Callable[..., Any]:
+    """``command`` with its input files (parameter: what to call it) and its output folder checked
+    first, so that a mistyped path is answered at once, not after torch and Flower have loaded."""
+
+    @functools.wraps(command)  # Typer reads the options off the wrapped command's signature
+    def checked(**params: Any) -> Any:
+        for name, label in files.items():
+            path = params.get(name)
+            if path is not None and not Path(path).is_file():
+                output.fail(f"{label} file not found: {path}")
+        if out is not None and params.get(out) is not None:
+            output.check_out_folder(Path(params[out]))
+        return command(**params)
+
+    return checked
+
+
 app.add_typer(data.schema_app, name="schema")
 app.command()(data.validate)
-app.command()(research.fit)
+app.command()(_inputs_first(research.fit, {"data": "data", "schema": "schema", "held_out": "held-out"}, out="out"))
 app.command()(research.simulate)
 app.command()(research.evaluate)
 app.command()(trust.verify)
@@ -55,8 +76,9 @@ app.add_typer(client.client_app, name="client")
 
 def main() -> None:
     """Console entry point. fedsyn's own errors print their message and exit with their code;
-    any other error prints its type, never its text or a traceback with local variables,
-    since either may quote patient rows (FEDSYN_DEBUG=1 re-raises it)."""
+    an operating-system error prints its own words and path (exit 74); any other error prints
+    its type, never its text or a traceback with local variables, since either may quote
+    patient rows (FEDSYN_DEBUG=1 re-raises it)."""
     from fedsyn.errors import FedsynError
 
     if not sys.stdout.isatty():  # help piped or captured: keep option names whole (Typer's default is 80 columns)
@@ -69,6 +91,12 @@ def main() -> None:
     except Exception as exc:  # noqa: BLE001 - the last line of defence for private values
         if os.environ.get("FEDSYN_DEBUG") == "1":
             raise
+        if isinstance(exc, OSError) and exc.errno is not None and exc.strerror:
+            # The operating system's own words and the path it names (a disk full, a folder one may
+            # not write in): no cell of any table, so they are shown.
+            where = f": {exc.filename}" if exc.filename else ""
+            console.print(f"[bold red]error:[/] {exc.strerror}{where}", soft_wrap=True)
+            sys.exit(74)  # EX_IOERR
         console.print(f"[bold red]error:[/] fedsyn stopped on an unexpected {type(exc).__name__}. Its details are "
                       "withheld because they may quote private data; rerun with FEDSYN_DEBUG=1 in a private "
                       "terminal to see them.")

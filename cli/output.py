@@ -10,6 +10,7 @@ import json
 import logging
 import sys
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import NoReturn
 
 import typer
@@ -78,7 +79,6 @@ def program() -> str:
     """How to type this command again: ``fedsyn`` when that is what the shell finds, else the path
     it was run by (e.g. ``.venv/bin/fedsyn`` from an environment that is not activated)."""
     import shutil
-    from pathlib import Path
 
     invoked = Path(sys.argv[0])
     found = shutil.which("fedsyn")
@@ -90,3 +90,20 @@ def program() -> str:
 def fail(message: str, code: int = 2) -> NoReturn:
     console.print(f"[bold red]error:[/] {message}")
     raise typer.Exit(code)
+
+
+def check_out_folder(out: Path) -> None:
+    """Refuse, before anything is read or written, an output folder that cannot be made: a file,
+    a path under a file, or a folder this user may not write in. A path on one's own disk is no
+    patient data, so the refusal names it."""
+    import os
+
+    if out.exists() and not out.is_dir():
+        fail(f"--out {out} is a file, not a folder: name a folder for the output")
+    existing = out
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        fail(f"--out {out}: {existing} is a file, not a folder, so no folder can be made under it")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        fail(f"--out {out}: this user may not write in {existing}")

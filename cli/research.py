@@ -146,21 +146,14 @@ def simulate(
         fail(f"--dirichlet {dirichlet}: the concentration must be positive (0.1 very skewed, 10 nearly IID)")
     if engine not in ("inprocess", "flower"):
         fail(f"--engine {engine}: choose inprocess or flower")
-    from sklearn.model_selection import train_test_split
+    from fedsyn.cli.output import check_out_folder
 
-    from fedsyn.model.config import GANConfig
-    from fedsyn.server.coordinator import FederationError
-    from fedsyn.simulations.run import default_sample_rate
-    from fedsyn.simulations.split import split_table
-    from fedsyn.simulations.workflow import Simulation
-    from fedsyn.simulations.workflow import simulate as simulate_federation
-
+    check_out_folder(out)
     setup_logging(verbose)
     rng = np.random.default_rng(seed)  # the split and the held-out rows only
     schema_path = schema or demo_schema_path()
-    try:
+    try:  # the user's own files, checked before torch and Flower load and before any simulated site exists
         contract = Schema.load(schema_path)
-        # Checked in the user's own files, before any split or simulated site exists.
         if sites:
             tables = [read_table(p, contract) for p in sites]
             for path, table in zip(sites, tables):
@@ -168,14 +161,29 @@ def simulate(
             test = read_table(held_out, contract) if held_out else None
             if held_out is not None:
                 require_valid(test, contract, source=str(held_out))
-            train = pd.concat(tables, ignore_index=True)
         else:
             whole = read_table(data or demo_data_path(), contract)
             require_valid(whole, contract, source=str(data or demo_data_path()))
+    except (SchemaError, DataFileError, ValueError) as exc:
+        fail(str(exc))
+    from sklearn.model_selection import train_test_split
+
+    from fedsyn.client.policy import SitePolicy
+    from fedsyn.model.config import GANConfig
+    from fedsyn.server.coordinator import FederationError
+    from fedsyn.simulations.run import default_sample_rate
+    from fedsyn.simulations.split import split_table
+    from fedsyn.simulations.workflow import Simulation
+    from fedsyn.simulations.workflow import simulate as simulate_federation
+
+    try:
+        if sites:
+            train = pd.concat(tables, ignore_index=True)
+        else:
             stratify = whole[contract.outcome] if contract.outcome else None
             train, test = train_test_split(whole, test_size=0.3, random_state=seed, stratify=stratify)
             tables = split_table(train, split, rng, skew=skew, dirichlet=dirichlet, label=contract.outcome)
-    except (SchemaError, DataFileError, ValueError) as exc:
+    except ValueError as exc:
         fail(str(exc))
     try:
         config = GANConfig(batch_size=batch_size, generator_lr=learning_rate, discriminator_lr=learning_rate,
@@ -201,6 +209,8 @@ def simulate(
             settings_for(budget)
     except (ValueError, ConfigurationError) as exc:
         fail(str(exc))
+    names = _site_names(sites) or tuple(f"site-{index}" for index in range(len(tables)))
+    _check_site_delta(delta, tables, names, SitePolicy)
     if max([epsilon, *budgets]) > 10:
         console.print(f"[yellow bold]warning:[/] epsilon up to {max([epsilon, *budgets]):g} per site gives little "
                       "protection: a formal guarantee this weak is rarely acceptable for patient data")
@@ -210,10 +220,6 @@ def simulate(
                  "choose another --out, or pass --overwrite to replace it")
         shutil.rmtree(out)
     _show_plan(tables, contract, settings_for(epsilon))
-    out.mkdir(parents=True, exist_ok=True)
-    console.print(f"[bold]fedsyn simulate[/]: {len(tables)} sites ({', '.join(str(len(t)) for t in tables)} rows), "
-                  f"epsilon={epsilon} per site, delta={delta:g}, {rounds} rounds x {local_steps} local steps, "
-                  f"engine={engine}")
 
     def on_round(summary, statuses) -> None:
         console.print(f"round {summary.round}/{rounds}: {summary.accepted} site(s) accepted, "
@@ -225,6 +231,10 @@ def simulate(
         rows=rows or sum(len(t) for t in tables), train=train, test=test, sweep=tuple(budgets),
         release_every=release_every, drop_rule_violations=drop_rule_violations, engine=engine, device=device,
         compare=compare, public_facts=public_facts, site_names=_site_names(sites))
+    out.mkdir(parents=True, exist_ok=True)
+    console.print(f"[bold]fedsyn simulate[/]: {len(tables)} sites ({', '.join(str(len(t)) for t in tables)} rows), "
+                  f"epsilon={epsilon} per site, delta={delta:g}, {rounds} rounds x {local_steps} local steps, "
+                  f"engine={engine}")
     with console.status("starting...") as status:
         try:
             result = simulate_federation(simulation, on_round, status.update)
@@ -248,6 +258,20 @@ def simulate(
         results.print(table)
     if result.local_report is not None:
         print_verdict(result.local_report["verdict"], fail_below)
+
+
+def _check_site_delta(delta: float, tables, names: tuple[str, ...], site_policy) -> None:
+    """Refuse a delta the simulated sites would refuse, before any of them is set up."""
+    import math
+
+    limit = next(rule.lt for rule in site_policy.model_fields["delta"].metadata if getattr(rule, "lt", None))
+    if not delta < limit:
+        fail(f"--delta {delta:g}: a site accepts a delta below {limit:g} (delta is the chance that the guarantee "
+             "fails outright; 1e-5 or less is usual)")
+    rows, name = min((len(table), name) for table, name in zip(tables, names))
+    if delta * rows >= 1:
+        fail(f"--delta {delta:g} is not below 1/rows of every site: {name} has {rows} rows (1/rows = "
+             f"{1 / rows:.2g}). Choose a smaller delta, e.g. {10 ** math.floor(math.log10(0.1 / rows)):g}")
 
 
 def _print_release(result, rounds: int) -> None:
