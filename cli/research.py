@@ -173,7 +173,7 @@ def simulate(
     from fedsyn.server.coordinator import FederationError
     from fedsyn.simulations.run import default_sample_rate
     from fedsyn.simulations.split import split_table
-    from fedsyn.simulations.workflow import Simulation
+    from fedsyn.simulations.workflow import Simulation, make_run_folder, privacy_spent_in
     from fedsyn.simulations.workflow import simulate as simulate_federation
 
     try:
@@ -231,15 +231,26 @@ def simulate(
         rows=rows or sum(len(t) for t in tables), train=train, test=test, sweep=tuple(budgets),
         release_every=release_every, drop_rule_violations=drop_rule_violations, engine=engine, device=device,
         compare=compare, public_facts=public_facts, site_names=_site_names(sites))
-    out.mkdir(parents=True, exist_ok=True)
+    try:
+        created = make_run_folder(out)
+    except OSError as exc:
+        fail(f"--out {out}: cannot make the run folder ({exc.strerror or type(exc).__name__})")
     console.print(f"[bold]fedsyn simulate[/]: {len(tables)} sites ({', '.join(str(len(t)) for t in tables)} rows), "
                   f"epsilon={epsilon} per site, delta={delta:g}, {rounds} rounds x {local_steps} local steps, "
                   f"engine={engine}")
-    with console.status("starting...") as status:
-        try:
-            result = simulate_federation(simulation, on_round, status.update)
-        except (FederationError, SchemaError) as exc:
-            fail(str(exc))
+    try:
+        with console.status("starting...") as status:
+            try:
+                result = simulate_federation(simulation, on_round, status.update)
+            except (FederationError, SchemaError) as exc:
+                fail(str(exc))
+    except KeyboardInterrupt:
+        _stopped_by_user(out, created, privacy_spent_in(out))
+    except BaseException:
+        if not privacy_spent_in(out):  # a failed start: nothing spent, so nothing worth keeping
+            _remove_run(out, created)
+            console.print(f"[yellow]no simulated site spent any budget: removed what this run wrote in {out}[/]")
+        raise
     _print_release(result, rounds)
     if result.local_report is not None:
         console.print("validation report (LOCAL: computed from real rows, not for release): "
@@ -272,6 +283,37 @@ def _check_site_delta(delta: float, tables, names: tuple[str, ...], site_policy)
     if delta * rows >= 1:
         fail(f"--delta {delta:g} is not below 1/rows of every site: {name} has {rows} rows (1/rows = "
              f"{1 / rows:.2g}). Choose a smaller delta, e.g. {10 ** math.floor(math.log10(0.1 / rows)):g}")
+
+
+def _remove_run(out: Path, created: bool) -> None:
+    """Remove what this run wrote in ``out``: the folder if this run made it, else its contents
+    (it was empty: --out of a fresh folder, or emptied by --overwrite)."""
+    if created:
+        shutil.rmtree(out, ignore_errors=True)
+        return
+    for entry in out.iterdir():
+        if entry.is_dir() and not entry.is_symlink():
+            shutil.rmtree(entry, ignore_errors=True)
+        else:
+            entry.unlink(missing_ok=True)
+
+
+def _stopped_by_user(out: Path, created: bool, spent: bool) -> None:
+    """Ctrl-C: say what is left in ``out`` and how to remove it; always exits 130."""
+    import shlex
+
+    if not spent:
+        _remove_run(out, created)
+        console.print(f"[yellow]interrupted before any simulated site spent budget: removed what this run wrote in "
+                      f"{out}[/]", soft_wrap=True)
+        raise typer.Exit(130)
+    left = ["sites/ (copies of your real rows and each simulated site's privacy ledger, with the budget it spent)",
+            "keys/ (the coordinator's private signing key)"]
+    if (out / "local-report").exists():
+        left.append("local-report/ (computed from real rows, with the held-out rows)")
+    console.print(f"[yellow bold]interrupted:[/] {out} is left as it is: {'; '.join(left)}. If this was a throwaway "
+                  f"simulation, remove it with: rm -rf {shlex.quote(str(out))}", soft_wrap=True)
+    raise typer.Exit(130)
 
 
 def _print_release(result, rounds: int) -> None:

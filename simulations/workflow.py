@@ -9,7 +9,8 @@ What it writes under ``out``:
   ``compare``, the comparison arms: computed from real rows, never part of a release;
 - ``sites/``: each simulated hospital's extract, policy, ledger and trail; ``keys/``,
   ``audit.jsonl``: the coordinator's signing keys and signed audit trail;
-- ``sweep/epsilon-E/``: one more federation per budget of ``sweep``.
+- ``sweep/epsilon-E/``: one more federation per budget of ``sweep``;
+- ``.gitignore`` (``*``), when it made the folder: no git checkout picks up real rows or keys.
 """
 
 from __future__ import annotations
@@ -70,7 +71,7 @@ def simulate(simulation: Simulation, on_round: RoundCallback | None = None,
     """Run the federation (and the sweep), write the release and the local report."""
     stage = on_stage or (lambda _: None)
     out = simulation.out
-    out.mkdir(parents=True, exist_ok=True)
+    make_run_folder(out)
     keys = out / "keys"
     if not (keys / "coordinator.key").exists():
         generate_keypair(keys)
@@ -104,6 +105,35 @@ def simulate(simulation: Simulation, on_round: RoundCallback | None = None,
                                 simulation.settings.seed or 0, curve, comparison, simulation.settings.to_dict())
     write_table(simulation.test, local / "held_out.parquet")
     return SimulationResult(release, keys, privacy_report, seconds, report, comparison)
+
+
+RUN_FOLDER_GITIGNORE = ("# Written by fedsyn simulate: this run folder holds copies of real rows (sites/,\n"
+                        "# local-report/) and the coordinator's private signing key (keys/). Keep it out of git.\n*\n")
+
+
+def make_run_folder(out: Path) -> bool:
+    """Create ``out`` (and its parents) for a simulation; return whether this call created it.
+
+    A run folder holds copies of real rows and a private key, so a new or empty one gets a
+    ``.gitignore`` of ``*``: any git checkout it lies in ignores it. A folder that already
+    holds something is left as it is (it may be a folder of the user's own)."""
+    created = not out.exists()
+    out.mkdir(parents=True, exist_ok=True)
+    if created or not any(out.iterdir()):
+        (out / ".gitignore").write_text(RUN_FOLDER_GITIGNORE)
+    return created
+
+
+def privacy_spent_in(out: Path) -> bool:
+    """Whether any simulated site under ``out`` (the main run or a sweep) has a ledger that records
+    a charge; a ledger that cannot be read counts as charged, so that it is never deleted unseen."""
+    for ledger in out.rglob("ledger.json"):
+        try:
+            if json.loads(ledger.read_text()).get("events"):
+                return True
+        except (OSError, ValueError, AttributeError):
+            return True
+    return False
 
 
 def _federate(simulation: Simulation, settings: FederationSettings, folder: Path, keys: Path, run_label: str,

@@ -9,6 +9,7 @@ tiny run beside the run folder's .gitignore.
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -144,3 +145,114 @@ def test_a_missing_file_is_reported_before_heavy_libraries_load(tmp_path, comman
     done = subprocess.run([sys.executable, "-c", probe], cwd=tmp_path, capture_output=True, text=True, timeout=120)
     assert done.stdout.startswith("2 [] "), done.stdout + done.stderr
     assert "file not found: missing.csv" in done.stdout
+
+
+# -- simulate with its federation stubbed out -------------------------------------------------
+
+@pytest.fixture()
+def no_federation(monkeypatch):
+    """simulate's federation replaced by a stub: it sets up one site as the real one does (a copy
+    of real rows, a ledger), charges it if told, then raises what it is told to."""
+    import fedsyn.simulations.workflow as workflow
+
+    told: dict[str, object] = {}
+
+    def stub(simulation, on_round=None, on_stage=None):
+        workflow.make_run_folder(simulation.out)
+        site = simulation.out / "sites" / "site-0"
+        site.mkdir(parents=True)
+        (site / "data.parquet").write_bytes(b"real rows")
+        events = [{"mechanism": "marginals"}] if told.get("charged") else []
+        (site / "ledger.json").write_text(json.dumps({"delta": 1e-5, "events": events}))
+        (simulation.out / "keys").mkdir()
+        (simulation.out / "keys" / "coordinator.key").write_text("private")
+        raise told.get("raising", RuntimeError("stub federation"))
+
+    monkeypatch.setattr(workflow, "simulate", stub)
+    return told
+
+
+# -- 4. Ctrl-C says what is left and how to clean it ---------------------------------------------
+
+def test_ctrl_c_after_a_charge_names_what_is_left_and_how_to_remove_it(tmp_path, cohort, no_federation):
+    no_federation.update(charged=True, raising=KeyboardInterrupt())
+    out = tmp_path / "run"
+    result = _invoke("simulate", "--data", cohort, "--schema", SCHEMA, "--out", out)
+    text = _said(result)
+    assert result.exit_code == 130, result.output
+    assert "interrupted" in text and "sites/" in text and "keys/" in text and f"rm -rf {out}" in text
+    assert (out / "sites" / "site-0" / "ledger.json").is_file()  # a spent budget is never forgotten silently
+
+
+def test_ctrl_c_before_any_charge_removes_what_the_start_wrote(tmp_path, cohort, no_federation):
+    no_federation["raising"] = KeyboardInterrupt()
+    out = tmp_path / "run"
+    result = _invoke("simulate", "--data", cohort, "--schema", SCHEMA, "--out", out)
+    assert result.exit_code == 130 and "interrupted" in result.output and not out.exists(), result.output
+
+
+# -- 5. a failed start leaves nothing behind ------------------------------------------------------
+
+def test_a_failed_start_removes_the_out_folder_it_created(tmp_path, cohort, no_federation):
+    from fedsyn.server.coordinator import FederationError
+
+    no_federation["raising"] = FederationError("a site refused before round 0")
+    out = tmp_path / "new" / "run"
+    result = _invoke("simulate", "--data", cohort, "--schema", SCHEMA, "--out", out)
+    assert result.exit_code == 2 and "a site refused before round 0" in _said(result)
+    assert not out.exists() and (tmp_path / "new").exists()
+    out.mkdir()  # a folder the researcher made: kept, and emptied of what the start wrote
+    result = _invoke("simulate", "--data", cohort, "--schema", SCHEMA, "--out", out)
+    assert result.exit_code == 2 and out.is_dir() and list(out.iterdir()) == []
+
+
+def test_an_unexpected_failure_before_any_charge_also_removes_the_start(tmp_path, cohort, no_federation):
+    out = tmp_path / "run"
+    result = _invoke("simulate", "--data", cohort, "--schema", SCHEMA, "--out", out)
+    assert isinstance(result.exception, RuntimeError) and not out.exists()
+
+
+def test_a_failure_after_a_charge_keeps_the_ledgers(tmp_path, cohort, no_federation):
+    from fedsyn.server.coordinator import FederationError
+
+    no_federation.update(charged=True, raising=FederationError("lost every site in round 2"))
+    out = tmp_path / "run"
+    result = _invoke("simulate", "--data", cohort, "--schema", SCHEMA, "--out", out)
+    assert result.exit_code == 2 and (out / "sites" / "site-0" / "ledger.json").is_file()
+
+
+# -- 6. run folders hold real rows and keys: git ignores them --------------------------------------
+
+def test_the_checkout_ignores_the_default_and_demo_run_folders():
+    if not (REPO / ".git").exists():
+        pytest.skip("not a git checkout")
+    for folder in ("demo-run", "fedsyn-simulation", "fedsyn-model"):
+        assert subprocess.run(["git", "check-ignore", "-q", f"{folder}/keys/coordinator.key"], cwd=REPO).returncode == 0
+
+
+def test_a_run_folder_is_ignored_by_any_git_checkout_it_is_made_in(tmp_path):
+    from fedsyn.simulations.workflow import make_run_folder
+
+    subprocess.run(["git", "init", "-q", str(tmp_path)], check=True)
+    assert make_run_folder(tmp_path / "runs" / "today") is True
+    (tmp_path / "runs" / "today" / "sites").mkdir()
+    (tmp_path / "runs" / "today" / "sites" / "data.parquet").write_text("real rows")
+    status = subprocess.run(["git", "status", "--porcelain", "--untracked-files=all"], cwd=tmp_path,
+                            capture_output=True, text=True, check=True)
+    assert status.stdout == ""
+    mine = tmp_path / "mine"
+    (mine / "notes").mkdir(parents=True)
+    assert make_run_folder(mine) is False and not (mine / ".gitignore").exists()  # never in a folder it did not make
+
+
+def test_a_tiny_run_ignores_itself_and_its_release_still_verifies(tmp_path, demo_frame):
+    data = tmp_path / "cohort.csv"
+    demo_frame.sample(600, random_state=3).to_csv(data, index=False)
+    out = tmp_path / "run"
+    result = _invoke("simulate", "--data", data, "--schema", SCHEMA, "--split", "2", "--rounds", "1",
+                     "--local-steps", "1", "--rows", "50", "--no-compare", "--out", out)
+    assert result.exit_code == 0, result.output
+    assert (out / ".gitignore").read_text().splitlines()[-1] == "*"
+    assert not (out / "release" / ".gitignore").exists()
+    verified = _invoke("verify", out / "release", "--key", out / "keys" / "coordinator.pub")
+    assert verified.exit_code == 0 and "OK" in verified.output, verified.output
