@@ -214,6 +214,7 @@ def simulate(
     if max([epsilon, *budgets]) > 10:
         console.print(f"[yellow bold]warning:[/] epsilon up to {max([epsilon, *budgets]):g} per site gives little "
                       "protection: a formal guarantee this weak is rarely acceptable for patient data")
+    _warn_rare_outcome_classes(tables, contract, names)
     if out.exists() and any(out.iterdir()):
         if not overwrite:
             fail(f"{out} already holds a simulation (its simulated hospitals keep ledgers that are never reset): "
@@ -271,6 +272,9 @@ def simulate(
         print_verdict(result.local_report["verdict"], fail_below)
 
 
+RARE_CLASS_ROWS = 20  # fewer rows of an outcome class at one site: its noisy tables there are mostly noise
+
+
 def _check_site_delta(delta: float, tables, names: tuple[str, ...], site_policy) -> None:
     """Refuse a delta the simulated sites would refuse, before any of them is set up."""
     import math
@@ -283,6 +287,21 @@ def _check_site_delta(delta: float, tables, names: tuple[str, ...], site_policy)
     if delta * rows >= 1:
         fail(f"--delta {delta:g} is not below 1/rows of every site: {name} has {rows} rows (1/rows = "
              f"{1 / rows:.2g}). Choose a smaller delta, e.g. {10 ** math.floor(math.log10(0.1 / rows)):g}")
+
+
+def _warn_rare_outcome_classes(tables, schema: Schema, names: tuple[str, ...]) -> None:
+    """Before training: an outcome class with few rows at a site is mostly noise in that site's
+    tables. The counts are the researcher's own rows on this machine, shown only here."""
+    if schema.outcome is None:
+        return
+    for category in schema.column(schema.outcome).categories or []:
+        few = [(name, int((table[schema.outcome] == category).sum())) for table, name in zip(tables, names)]
+        few = [(name, count) for name, count in few if count < RARE_CLASS_ROWS]
+        if few:
+            where = ", ".join(f"{count} rows at {name}" for name, count in few)
+            console.print(f"[yellow bold]warning:[/] outcome class '{category}' has only {where}: its tables there "
+                          f"will be mostly noise (below {RARE_CLASS_ROWS} rows per site). Use fewer --split sites, "
+                          "more rows, or merge rare classes in the schema", soft_wrap=True)
 
 
 def _remove_run(out: Path, created: bool) -> None:

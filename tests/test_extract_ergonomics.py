@@ -14,6 +14,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pandas as pd
 import pytest
 from typer.testing import CliRunner
 
@@ -84,6 +85,21 @@ def test_a_misspelt_column_gets_a_did_you_mean(demo_frame, demo_schema):
     assert "did you mean 'creatinine'" in problems["creatinin"]
     unrelated = demo_frame.head(10).assign(ward="x")
     assert "did you mean" not in {p.column: p.kind for p in validate_frame(unrelated, demo_schema).problems}["ward"]
+
+
+def test_simulate_warns_about_an_outcome_class_with_few_rows_at_a_site(tmp_path, demo_frame, no_federation):
+    from fedsyn.server.coordinator import FederationError
+
+    no_federation["raising"] = FederationError("stopped by the test")
+    dead = demo_frame[demo_frame["death"] == "dead"].head(9)
+    alive = demo_frame[demo_frame["death"] == "alive"]
+    (tmp_path / "a.csv").write_text(pd.concat([alive.head(300), dead]).to_csv(index=False))
+    (tmp_path / "b.csv").write_text(pd.concat([alive.iloc[300:600], demo_frame[demo_frame["death"] == "dead"]
+                                               .iloc[9:109]]).to_csv(index=False))
+    result = _invoke("simulate", "--sites", tmp_path / "a.csv", "--sites", tmp_path / "b.csv", "--schema", SCHEMA,
+                     "--out", tmp_path / "run")
+    assert "outcome class 'dead' has only 9 rows at a" in _said(result), result.output
+    assert "at b" not in result.output and "'alive'" not in result.output
 
 
 # -- 2. clear errors for a delta or an --out that cannot work, before anything is written -------
