@@ -53,7 +53,7 @@ def checked_install(policy: SitePolicy, install: Callable[..., Path]) -> Callabl
 def main() -> None:
     """Entry point of the launcher: the site policy path comes from the launcher, not the coordinator."""
     policy = SitePolicy.load(os.environ[POLICY_VARIABLE])
-    flower_runtime.install_from_fab = checked_install(policy, flower_runtime.install_from_fab)
+    flower_runtime.install_from_fab = checked_install(policy, flower_runtime.install_from_fab)  # type: ignore[attr-defined]
     flwr_clientapp()
 
 

@@ -118,7 +118,7 @@ class SitePolicy(BaseModel):
             problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
             raise PolicyError(f"site policy {path} is invalid: {problems}") from None
         base = path.parent
-        update: dict = {"data": base / policy.data, "schema_path": base / policy.schema_path,
+        update: dict[str, object] = {"data": base / policy.data, "schema_path": base / policy.schema_path,
                         "ledger": base / policy.ledger}
         if policy.coordinator is not None:
             update["coordinator"] = policy.coordinator.model_copy(update={

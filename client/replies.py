@@ -61,4 +61,5 @@ class ReplyStore:
         names = list(arrays)  # column names may be anything: stored by position, named in the meta
         meta = json.dumps({"digest": digest, "names": names, "metrics": dict(metrics), "event": asdict(event)})
         stored = {f"a{index}": arrays[name] for index, name in enumerate(names)}
-        write_atomically(self._path(run_id, round_), lambda out: np.savez(out, meta=np.array(meta), **stored))
+        write_atomically(self._path(run_id, round_),
+                         lambda out: np.savez(out, meta=np.array(meta), **stored))  # type: ignore[arg-type]

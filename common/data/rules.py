@@ -40,6 +40,10 @@ class Condition(BaseModel):
         return self.at_most_column or self.at_least_column
 
     def holds(self, frame: pd.DataFrame) -> np.ndarray:
+        """True for each row of ``frame`` where the test passes."""
+        return np.asarray(self._holds(frame), dtype=bool)
+
+    def _holds(self, frame: pd.DataFrame) -> object:
         series = frame[self.column]
         if self.is_missing is not None:
             return (series.isna() == self.is_missing).to_numpy(dtype=bool)
@@ -65,7 +69,7 @@ class Rule(BaseModel):
 
     def violations(self, frame: pd.DataFrame) -> np.ndarray:
         applies = self.when.holds(frame) if self.when is not None else np.ones(len(frame), dtype=bool)
-        return applies & ~self.require.holds(frame)
+        return np.asarray(applies & ~self.require.holds(frame), dtype=bool)
 
 
 def impose_missing_by_design(frame: pd.DataFrame, rules: list[Rule]) -> pd.DataFrame:

@@ -79,6 +79,20 @@ class Column(BaseModel):
     def is_categorical(self) -> bool:
         return self.kind is ColumnKind.CATEGORICAL
 
+    @property
+    def levels(self) -> list[str]:
+        """A categorical column's categories (the validator guarantees them for that kind)."""
+        if self.categories is None:
+            raise TypeError(f"column '{self.name}' is {self.kind.value}: it has no categories")
+        return self.categories
+
+    @property
+    def bounds(self) -> tuple[float, float]:
+        """A numeric column's public (lower, upper) (the validator guarantees them for that kind)."""
+        if self.lower is None or self.upper is None:
+            raise TypeError(f"column '{self.name}' is {self.kind.value}: it has no bounds")
+        return self.lower, self.upper
+
 
 class Schema(BaseModel):
     """A table's public contract: its columns and which one is the outcome."""

@@ -151,7 +151,7 @@ def _column_masks(series: pd.Series, column: Column) -> list[tuple[str, np.ndarr
         unknown = present & ~text.isin(column.categories).to_numpy()
         if unknown.any():
             found.append((f"category not in the schema's list {column.categories}"
-                          + _decimal_code_hint(text[unknown], column.categories), unknown))
+                          + _decimal_code_hint(text[unknown], column.levels), unknown))
         return found
     numeric = pd.to_numeric(series, errors="coerce").to_numpy(dtype=float)
     non_numeric = present & np.isnan(numeric)

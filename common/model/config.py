@@ -4,6 +4,7 @@ command line's defaults, a run's configuration) loads no deep-learning library."
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 # How model weights may travel between sites and coordinator (float16 halves the bytes).
 TRANSPORT_DTYPES = ("float32", "float16")
@@ -57,4 +58,5 @@ class GANConfig:
     def from_dict(cls, raw: object) -> GANConfig:
         if not isinstance(raw, dict):
             raise ValueError(f"GAN settings must be a mapping, got {type(raw).__name__}")
-        return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in raw.items()})
+        values: dict[str, Any] = {k: tuple(v) if isinstance(v, list) else v for k, v in raw.items()}
+        return cls(**values)

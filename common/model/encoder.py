@@ -101,7 +101,7 @@ class TableEncoder:
             elif span.activation == "softmax":  # present/missing block of a nullable numeric
                 out[rows, span.start + missing.astype(int)] = 1.0
             else:
-                values = np.where(missing, column.lower, series.to_numpy(dtype=float, na_value=np.nan))
+                values = np.asarray(np.where(missing, column.bounds[0], series.to_numpy(dtype=float, na_value=np.nan)))
                 edges, cdf = self._cdfs[column.name]
                 u = np.interp(forward_transform(column, values), edges, cdf)
                 out[:, span.start] = np.where(missing, 0.0, 2.0 * u - 1.0)
@@ -115,16 +115,17 @@ class TableEncoder:
             block = encoded[:, span.start:span.end]
             if column.is_categorical:
                 codes = block.argmax(axis=1)
-                codes[codes == len(column.categories)] = -1  # the 'missing' slot of a nullable column
+                codes[codes == len(column.levels)] = -1  # the 'missing' slot of a nullable column
                 columns[column.name] = pd.Categorical.from_codes(codes, categories=column.categories)
             elif span.activation == "softmax":
                 missing_numeric[column.name] = block.argmax(axis=1) == 1
             else:
                 edges, cdf = self._cdfs[column.name]
                 u = (np.clip(block[:, 0], -1.0, 1.0) + 1.0) / 2.0
-                values = np.clip(inverse_transform(column, np.interp(u, cdf, edges)), column.lower, column.upper)
+                low, high = column.bounds
+                values = np.clip(inverse_transform(column, np.interp(u, cdf, edges)), low, high)
                 if column.kind is ColumnKind.INTEGER:
-                    values = np.clip(np.round(values), np.ceil(column.lower), np.floor(column.upper))
+                    values = np.clip(np.round(values), np.ceil(low), np.floor(high))
                 columns[column.name] = values
         frame = pd.DataFrame(columns, columns=self.schema.column_names)
         for name, missing in missing_numeric.items():

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 import secrets
+from collections.abc import Callable
 from pathlib import Path
 
 import pandas as pd
@@ -22,7 +23,7 @@ from fedsyn.errors import ConfigurationError
 from fedsyn.model.checkpoint import load_checkpoint, save_checkpoint
 from fedsyn.model.config import GANConfig
 from fedsyn.model.encoder import TableEncoder
-from fedsyn.model.training import GANTrainer
+from fedsyn.model.training import GANTrainer, StepLosses
 from fedsyn.privacy.accounting import (
     AccountantName,
     PrivacyEvent,
@@ -115,7 +116,7 @@ class DPTabularGAN:
 
     # -- fitting ----------------------------------------------------------------------------
 
-    def fit(self, frame: pd.DataFrame, on_step=None) -> DPTabularGAN:
+    def fit(self, frame: pd.DataFrame, on_step: Callable[[int, StepLosses], None] | None = None) -> DPTabularGAN:
         if self.epsilon is not None and not is_budget(self.epsilon):
             raise ValueError(f"epsilon={self.epsilon} must be a positive number")
         if not (math.isfinite(self.marginals_noise_floor) and self.marginals_noise_floor >= 0):

@@ -31,7 +31,8 @@ class Generator(nn.Module):
         self.latent_dim = latent_dim
 
     def forward(self, noise: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
-        return self.head(self.body(torch.cat([noise, cond], dim=1)))
+        raw: torch.Tensor = self.head(self.body(torch.cat([noise, cond], dim=1)))
+        return raw
 
     def activate(self, raw: torch.Tensor, tau: float, generator: torch.Generator) -> torch.Tensor:
         """Gumbel-softmax for categorical blocks (differentiable samples), tanh for numerics.
@@ -91,4 +92,5 @@ class Discriminator(nn.Module):
         self.net = nn.Sequential(*layers)
 
     def forward(self, rows: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
-        return self.net(torch.cat([rows, cond], dim=1)).squeeze(-1)
+        score: torch.Tensor = self.net(torch.cat([rows, cond], dim=1))
+        return score.squeeze(-1)

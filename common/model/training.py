@@ -155,7 +155,7 @@ class GANTrainer:
         if self.matcher is not None:
             loss = loss + self.config.matching_weight * self._matching_loss()
         self.generator_optimizer.zero_grad(set_to_none=True)
-        loss.backward()
+        loss.backward()  # type: ignore[no-untyped-call]
         self.generator_optimizer.step()
         self.discriminator.zero_grad(set_to_none=True)
         self._update_sampler(self.config.generator_ema)
@@ -176,7 +176,7 @@ class GANTrainer:
             size = max(2, self.config.batch_size // len(values))
             parts = [self._release_conditions(size, {outcome: value}) for value in values]
             cond = torch.cat([c for c, _ in parts])
-            slots = torch.cat([s for _, s in parts]) if parts[0][1] is not None else None
+            slots = torch.cat([s for _, s in parts if s is not None]) if parts[0][1] is not None else None
         noise = torch.randn((cond.shape[0], self.config.latent_dim), generator=self.rng, device=self.device)
         return self.matcher.loss(self.generator(noise, self._slot_input(cond, slots)), cond)
 

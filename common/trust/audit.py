@@ -22,7 +22,7 @@ from fedsyn.trust.signing import VerificationError, check_signature, sign
 GENESIS = "0" * 64
 
 
-def _digest(entry: dict) -> str:
+def _digest(entry: dict[str, object]) -> str:
     body = {k: v for k, v in entry.items() if k != "hash"}
     return hashlib.sha256(json.dumps(body, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
 
@@ -56,7 +56,7 @@ class AuditLog:
         last = json.loads(lines[-1])
         return last["hash"], last["seq"] + 1
 
-    def append(self, event: str, /, **fields: object) -> dict:
+    def append(self, event: str, /, **fields: object) -> dict[str, object]:
         with open(self.path, "a") as out:  # the log is only ever appended to: it can be its own lock
             fcntl.flock(out.fileno(), fcntl.LOCK_EX)
             try:
@@ -64,12 +64,13 @@ class AuditLog:
                 run = {"run": self.run_id} if self.run_id is not None else {}
                 entry = {"seq": seq, "time": datetime.now(UTC).isoformat(timespec="milliseconds"),
                          "event": event, **run, **fields, "prev": head}
-                entry["hash"] = _digest(entry)
+                digest = _digest(entry)
+                entry["hash"] = digest
                 out.write(json.dumps(entry, sort_keys=True, default=str) + "\n")
                 out.flush()
                 os.fsync(out.fileno())
                 if self.key is not None:
-                    self.signature_path.write_text(sign(self.key, entry["hash"].encode()) + "\n")
+                    self.signature_path.write_text(sign(self.key, digest.encode()) + "\n")
             finally:
                 fcntl.flock(out.fileno(), fcntl.LOCK_UN)
         return entry

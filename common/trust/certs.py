@@ -63,6 +63,8 @@ def create_server_certificate(folder: Path, hosts: list[str], ca_folder: Path | 
     """``server.crt`` / ``server.key`` for the SuperLink, valid for every name or IP in ``hosts``."""
     ca_folder = ca_folder or folder
     ca_key = serialization.load_pem_private_key((ca_folder / "ca.key").read_bytes(), password=None)
+    if not isinstance(ca_key, ec.EllipticCurvePrivateKey):
+        raise ValueError(f"{ca_folder / 'ca.key'} is not the elliptic-curve CA key fedsyn creates")
     ca_certificate = x509.load_pem_x509_certificate((ca_folder / "ca.crt").read_bytes())
     key = ec.generate_private_key(ec.SECP384R1())
     alternative_names: list[x509.GeneralName] = []
