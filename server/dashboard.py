@@ -192,15 +192,30 @@ function siteStatus(site, registry) {
   return node.online ? badge("online", "ok") : badge(node.status, node.status === "registered" ? "" : "warn");
 }
 
+// One line per distinct reason, with the rounds it hit: a site that is down for 20 rounds
+// gets one line, not 20.
+function reasons(lines) {
+  if (!lines || !lines.length) return "\\u2013";
+  return el("div", {}, ...lines.map(d => el("div", {class: "reason"},
+    (d.count > 1 ? "rounds " + d.rounds_text + " (" + d.count + "\\u00d7)" : "round " + d.rounds_text) +
+    ": " + d.reason)));
+}
+
+// Shorten an SVG label until it fits in ``room`` (user units), ending it with an ellipsis; the
+// full text stays in the tooltip (<title>) and the sites table.
+function fitLabel(text, room) {
+  const full = text.textContent;
+  if (text.getComputedTextLength() <= room) return;
+  let keep = full.length;
+  while (keep > 1 && text.getComputedTextLength() > room) text.textContent = full.slice(0, --keep) + "\\u2026";
+}
+
 function renderSites(state) {
   if (!state.sites.length) return;
   const rows = state.sites.map(s => [
     td(s.name), td(el("code", {}, s.node_id)), td(siteStatus(s, state.registry)),
     td(s.rounds_accepted.join(", ") || "\\u2013"),
-    td(s.dropped.length ? el("div", {}, ...s.dropped.map(d => el("div", {class: "reason"},
-       "round " + d.round + ": " + d.reason))) : "\\u2013"),
-    td(s.refused.length ? el("div", {}, ...s.refused.map(d => el("div", {class: "reason"},
-       "round " + d.round + ": " + d.reason))) : "\\u2013"),
+    td(reasons(s.dropped_reasons)), td(reasons(s.refused_reasons)),
     td(fmt(s.epsilon_claimed), "num"), td(when(s.last_seen))]);
   swap("sites", table(["site", "node id", "SuperLink", "accepted rounds", "dropped (reason)", "refused",
                        {label: "\\u03b5 claimed", num: true}, "last seen"], rows));
@@ -224,9 +239,15 @@ function renderEpsilon(state) {
   const chart = svg("svg", {viewBox: `0 0 ${left + width + 60} ${height}`, width: "100%", role: "img",
                             "aria-label": "epsilon per site"});
   const x = v => left + width * v / top;
+  const labels = [];
   sites.forEach((s, i) => {
     const y = 6 + i * band;
-    chart.append(svg("text", {x: left - 8, y: y + 17, "text-anchor": "end", "font-size": 12}, s.name));
+    const label = svg("text", {x: left - 8, y: y + 17, "text-anchor": "end", "font-size": 12, class: "label"},
+                      s.name);
+    const group = svg("g", {});
+    group.append(svg("title", {}, s.name + " (node " + s.node_id + ")"), label);
+    chart.append(group);
+    labels.push(label);
     const bars = [[s.epsilon_claimed, "var(--claim)", 0], [(released[s.node_id] || {}).epsilon_cumulative,
                   "var(--rel)", 13]];
     for (const [v, colour, dy] of bars) {
@@ -243,6 +264,7 @@ function renderEpsilon(state) {
                               fill: "var(--bad)"}, "budget " + budget));
   }
   swap("epsilon", chart);
+  for (const label of labels) fitLabel(label, left - 12);  // measured once laid out
 }
 
 function renderRounds(state) {
@@ -277,7 +299,8 @@ function renderRelease(state) {
   const r = state.release;
   if (!r) return;
   const facts = table(["", ""], [
-    [td("path"), td(el("code", {}, r.path))], [td("rows"), td(r.rows)],
+    [td("path"), td(el("code", {}, r.path))], [td("written by run"), td(r.run || "\\u2013")],
+    [td("rows"), td(r.rows)],
     [td("signed"), td(r.signed ? badge(r.signature, r.signature === "verified" ? "ok" :
                      (r.signature.startsWith("does not") ? "bad" : "")) : badge("not signed", "warn"))],
     [td("mean total variation"), td(fmt(r.mean_total_variation, 4))],
@@ -288,7 +311,11 @@ function renderRelease(state) {
     r.sites.map(s => [td(s.site), td(fmt(s.epsilon_cumulative), "num"), td(fmt(s.epsilon_this_run), "num"),
                       td(s.delta, "num"), td(s.budget_epsilon_asked, "num"), td(s.rounds_accepted, "num"),
                       td(s.dropped, "num")]));
-  swap("release", el("div", {}, facts, el("p", {}), sites));
+  const notes = [];
+  if (r.note) notes.push(el("p", {}, badge("earlier release", "warn"), " " + r.note + "."));
+  for (const p of r.passed_over || [])
+    notes.push(el("p", {class: "reason"}, "passed over ", el("code", {}, p.path), ": " + p.why));
+  swap("release", el("div", {}, ...notes, facts, el("p", {}), sites));
 }
 
 function render(state) {

@@ -10,6 +10,7 @@ while the view polls.
 from __future__ import annotations
 
 import json
+import re
 import sqlite3
 import time
 from collections.abc import Callable
@@ -21,6 +22,7 @@ from fedsyn.trust.signing import MANIFEST, VerificationError, load_public_key, v
 
 # Flower keeps its unsigned 64-bit node ids as signed SQLite integers; the audit log has the unsigned ones.
 _UINT64 = 2**64
+_INTERIM = re.compile(r"round-\d+")
 
 
 @dataclass(frozen=True)
@@ -57,16 +59,81 @@ def _is_quarantined(reason: str) -> bool:
     return reason.startswith("invalid reply")
 
 
-def site_views(entries: list[dict]) -> list[dict]:
-    """Per site (by node id): accepted rounds, drops with reasons, refusals, last claim and last entry time."""
-    sites: dict[int, dict] = {}
+_FALLBACK_LABEL = re.compile(r"node-\d+")  # the coordinator's label for a site that never named itself
+# A site's refusal names the site in its own words: "site 'hospital-b' allows at most ...".
+_NAMED_IN_REASON = re.compile(r"\bsite '([^']{1,200})'")
+
+
+def _given_name(entry: dict) -> str:
+    """The name a site gave in this entry ('' for none, or for the coordinator's ``node-ID`` stand-in)."""
+    name = str(entry.get("site") or "")
+    return "" if _FALLBACK_LABEL.fullmatch(name) else name
+
+
+def known_names(entries: list[dict]) -> dict[str, str]:
+    """Node id (as text) -> the newest name that node gave in any entry of any run of the log.
+
+    A site that refuses at round 0 never sends a privacy record, so the coordinator labels it
+    ``node-ID``; the name it gave in an earlier round or run still identifies it. Failing
+    that, a refusal that quotes the site's own name (``site 'NAME' allows ...``) does.
+    """
+    names: dict[str, str] = {}
+    quoted: dict[str, str] = {}
     for entry in entries:
         if "node" not in entry:
             continue
-        site = sites.setdefault(entry["node"], {"node_id": entry["node"], "name": entry.get("site", ""),
-                                                "rounds_accepted": [], "dropped": [], "refused": [],
-                                                "epsilon_claimed": None, "last_seen": None})
-        site["name"] = entry.get("site") or site["name"]
+        node = str(entry["node"])
+        if _given_name(entry):
+            names[node] = _given_name(entry)
+        elif entry.get("event") in ("site_refused", "update_rejected"):
+            found = _NAMED_IN_REASON.search(str(entry.get("reason", "")))
+            if found:
+                quoted[node] = found.group(1)
+    return {**quoted, **names}
+
+
+def _rounds_text(rounds: list) -> str:
+    """2, 3, 4, 7 -> '2-4, 7' (rounds of one repeated reason, compact however many)."""
+    numbers = sorted({r for r in rounds if isinstance(r, int)})
+    spans: list[list[int]] = []
+    for number in numbers:
+        if spans and number == spans[-1][1] + 1:
+            spans[-1][1] = number
+        else:
+            spans.append([number, number])
+    parts = [str(a) if a == b else f"{a}\u2013{b}" for a, b in spans]
+    if len(numbers) < len(rounds) and any(not isinstance(r, int) for r in rounds):
+        parts.append("?")  # an entry without a round number
+    return ", ".join(parts)
+
+
+def collapse(items: list[dict]) -> list[dict]:
+    """Identical reasons as one line each (first-seen order) with the rounds they hit and a count."""
+    grouped: dict[str, dict] = {}
+    for item in items:
+        line = grouped.setdefault(item["reason"], {**item, "rounds": [], "count": 0})
+        line["rounds"].append(item.get("round"))
+        line["count"] += 1
+    for line in grouped.values():
+        line.pop("round", None)
+        line["rounds_text"] = _rounds_text(line["rounds"])
+    return list(grouped.values())
+
+
+def site_views(entries: list[dict], names: dict[str, str] | None = None) -> list[dict]:
+    """Per site (by node id): accepted rounds, drops with reasons (identical ones collapsed),
+    refusals, last claim and last entry time. ``names`` (see :func:`known_names`) name a site
+    whose entries in this run do not. Node ids are text: JavaScript's numbers would round
+    Flower's 64-bit ids, and the id shown must be the one ``fedsyn server sites remove`` takes."""
+    names = names or {}
+    sites: dict[str, dict] = {}
+    for entry in entries:
+        if "node" not in entry:
+            continue
+        node = str(entry["node"])
+        site = sites.setdefault(node, {"node_id": node, "name": "", "rounds_accepted": [], "dropped": [],
+                                       "refused": [], "epsilon_claimed": None, "last_seen": None})
+        site["name"] = _given_name(entry) or site["name"]
         site["last_seen"] = entry.get("time")
         event = entry.get("event")
         if event in ("site_joined", "update_accepted"):
@@ -78,7 +145,11 @@ def site_views(entries: list[dict]) -> list[dict]:
                                     "quarantined": _is_quarantined(reason)})
         elif event == "site_refused":
             site["refused"].append({"round": entry.get("round"), "reason": str(entry.get("reason", ""))})
-    return sorted(sites.values(), key=lambda s: s["name"] or str(s["node_id"]))
+    for node, site in sites.items():
+        site["name"] = site["name"] or names.get(node) or f"node-{node}"
+        site["dropped_reasons"] = collapse(site["dropped"])
+        site["refused_reasons"] = collapse(site["refused"])
+    return sorted(sites.values(), key=lambda s: (s["name"], s["node_id"]))
 
 
 def round_views(entries: list[dict]) -> list[dict]:
@@ -119,7 +190,19 @@ def run_summary(entries: list[dict]) -> dict | None:
     return {"started": configured.get("time"), "run": configured.get("run"), "schema": configured.get("schema"),
             "rounds": settings.get("rounds"), "epsilon": settings.get("epsilon"), "delta": settings.get("delta"),
             "min_sites": settings.get("min_sites"), "aggregation": settings.get("aggregation"),
-            "finished": any(e.get("event") == "release_written" for e in entries)}
+            "finished": any(e.get("event") == "release_written" and not _interim(e.get("path")) for e in entries)}
+
+
+def _interim(path: object) -> bool:
+    """A per-round snapshot (``OUT/round-NNN``, ``--every``) rather than the run's release."""
+    return _INTERIM.fullmatch(Path(str(path or "")).name) is not None
+
+
+def _same_place(recorded: object, folder: Path) -> bool:
+    """Whether a path the coordinator recorded is ``folder``. The coordinator may have written it
+    relative to another directory, so the folder's name and its parent's name decide."""
+    path = Path(str(recorded or ""))
+    return path == folder or (path.name == folder.name and path.parent.name == folder.parent.name)
 
 
 class _StatCache:
@@ -167,9 +250,16 @@ def _read_json(path: Path) -> dict | None:
         return None
 
 
-def release_view(sources: Sources) -> dict | None:
-    """The release folder's public reports; its signature is checked only with the public key."""
-    folder = sources.release_dir
+def release_candidates(out: Path) -> list[Path]:
+    """The run's release folder, then the releases moved aside from it (``OUT.replaced-<UTC
+    time>``, see :func:`fedsyn.server.release.archive_earlier_release`), newest first."""
+    archived = sorted((p for p in out.parent.glob(out.name + ".replaced-*") if p.is_dir()),
+                      key=lambda p: p.name, reverse=True) if out.parent.is_dir() else []
+    return [out, *archived]
+
+
+def _one_release(folder: Path, public_key: Path | None) -> dict | None:
+    """One release folder's public reports and signature status; None without a readable privacy report."""
     privacy = _read_json(folder / "privacy_report.json")
     if privacy is None:
         return None
@@ -177,9 +267,9 @@ def release_view(sources: Sources) -> dict | None:
     config = _read_json(folder / "run_config.json") or {}
     signed = (folder / MANIFEST).is_file()
     signature = "not signed"
-    if signed and sources.public_key:
+    if signed and public_key:
         try:
-            verify_release(folder, load_public_key(sources.public_key))
+            verify_release(folder, load_public_key(public_key))
             signature = "verified"
         except VerificationError as exc:
             signature = f"does not verify: {exc}"
@@ -188,11 +278,50 @@ def release_view(sources: Sources) -> dict | None:
     return {"path": str(folder), "rows": config.get("rows"), "signed": signed, "signature": signature,
             "mean_total_variation": quality.get("mean_total_variation"),
             "max_epsilon_any_site": privacy.get("max_epsilon_any_site"),
-            "sites": [{key: site.get(key) for key in ("site", "node_id", "epsilon_cumulative", "epsilon_this_run",
+            "sites": [{key: site.get(key) for key in ("site", "epsilon_cumulative", "epsilon_this_run",
                                                        "delta", "budget_epsilon_asked", "within_budget")}
-                      | {"rounds_accepted": len(site.get("rounds_accepted", [])),
+                      | {"node_id": str(site.get("node_id")),
+                         "rounds_accepted": len(site.get("rounds_accepted", [])),
                          "dropped": len(site.get("dropped", []))}
                       for site in privacy.get("sites", [])]}
+
+
+def release_view(sources: Sources) -> dict | None:
+    """The newest good release: the release folder's public reports if they are complete (and,
+    with the public key, verify), else the newest release moved aside from it that is.
+
+    A run that failed after publishing a per-round snapshot, or while writing its release, has
+    already moved the earlier release aside (``OUT.replaced-...``) and left ``OUT`` without a
+    complete one; the view then shows that earlier release and says why, rather than none.
+    ``passed_over`` lists each newer folder skipped, with the reason.
+    """
+    passed_over: list[dict] = []
+    fallback: dict | None = None
+    for folder in release_candidates(sources.release_dir):
+        if not folder.is_dir():
+            passed_over.append({"path": str(folder), "why": "does not exist"})
+            continue
+        view = _one_release(folder, sources.public_key)
+        if view is None:
+            passed_over.append({"path": str(folder), "why": "no complete release (no readable privacy_report.json)"})
+            continue
+        if sources.public_key is None or view["signature"] == "verified":
+            return {**view, "passed_over": passed_over}
+        fallback = fallback or {**view, "passed_over": list(passed_over)}
+        passed_over.append({"path": str(folder), "why": view["signature"]})
+    return fallback
+
+
+def release_origin(entries: list[dict], path: str, out: Path) -> str | None:
+    """The run that wrote the release now at ``path``: the last run to write ``out`` before
+    the release there was moved to ``path`` (or, for ``out`` itself, the last run to write it)."""
+    writer = None
+    for entry in entries:
+        if entry.get("event") == "release_written" and _same_place(entry.get("path"), out):
+            writer = entry.get("run")
+        elif entry.get("event") == "release_archived" and _same_place(entry.get("path"), Path(path)):
+            return writer
+    return writer if Path(path) == out else None
 
 
 def registry_view(database: Path | None) -> dict:
@@ -213,7 +342,7 @@ def registry_view(database: Path | None) -> dict:
     except sqlite3.Error as exc:
         return {"available": False, "message": f"cannot read the SuperLink's node table: {exc}"}
     now = time.time()
-    nodes = [{"node_id": node_id % _UINT64, "status": status, "registered_at": registered,
+    nodes = [{"node_id": str(node_id % _UINT64), "status": status, "registered_at": registered,
               "last_activated_at": activated,
               "online": status == "online" and online_until is not None and online_until > now}
              for node_id, status, registered, activated, online_until in rows]
@@ -229,15 +358,25 @@ class StateReader:
         self._release = _StatCache(lambda: {"release": release_view(sources)})
 
     def _release_files(self) -> list[Path]:
-        folder = self.sources.release_dir
-        return sorted(folder.iterdir()) if folder.is_dir() else [folder]
+        """The release folder's files and the folders moved aside from it (which never change)."""
+        out, *archived = release_candidates(self.sources.release_dir)
+        return (sorted(out.iterdir()) if out.is_dir() else [out]) + archived
 
     def state(self) -> dict:
         log = self.sources.audit_log
-        entries = latest_run(read_entries(log))
+        every_run = read_entries(log)
+        entries = latest_run(every_run)
         audit = self._audit.get([log, log.with_name(log.name + ".sig")])
+        release = self._release.get(self._release_files())["release"]
+        if release is not None:
+            out = self.sources.release_dir
+            run = run_summary(entries)
+            release = {**release, "run": release_origin(every_run, release["path"], out),
+                       "current": release["path"] == str(out)}
+            if run is not None and not run["finished"]:
+                release["note"] = ("the newest run has written no release (still running, or it failed or was "
+                                   "refused): this is the latest release before it")
         return {"generated": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
                 "audit_log": str(log), "run": run_summary(entries), "audit": audit,
-                "sites": site_views(entries), "rounds": round_views(entries),
-                "registry": registry_view(self.sources.database),
-                "release": self._release.get(self._release_files())["release"]}
+                "sites": site_views(entries, known_names(every_run)), "rounds": round_views(entries),
+                "registry": registry_view(self.sources.database), "release": release}

@@ -13,12 +13,15 @@ from pathlib import Path
 import numpy as np
 import pytest
 from fastapi.testclient import TestClient
+from flwr.app import Context, RecordDict
 
 from fedsyn.client.app import make_client_app
 from fedsyn.data.demo import demo_schema_path
 from fedsyn.federation import protocol
 from fedsyn.server.app import ReleasePlan, run_federation
+from fedsyn.server.coordinator import FederationError
 from fedsyn.server.dashboard import create_app, needs_token
+from fedsyn.server.dashboard_state import known_names, latest_run, read_entries, site_views
 from fedsyn.simulations.inprocess import InProcessGrid
 from fedsyn.simulations.run import prepare_sites
 from fedsyn.simulations.split import split_table
@@ -85,7 +88,7 @@ def _state(files: dict[str, Path], **overrides) -> dict:
 def test_state_reports_sites_rounds_the_dropped_site_epsilon_and_a_sound_chain(coordinator_files):
     state = _state(coordinator_files)
     assert state["audit"]["ok"] is True and state["audit"]["signed_head_checked"] is True
-    sites = {s["node_id"]: s for s in state["sites"]}
+    sites = {int(s["node_id"]): s for s in state["sites"]}
     assert sorted(sites) == [1001, 1002, 1003]
     assert sites[STOPPED]["rounds_accepted"] == [0, 1, 3]
     assert [d["round"] for d in sites[STOPPED]["dropped"]] == [2]
@@ -98,11 +101,11 @@ def test_state_reports_sites_rounds_the_dropped_site_epsilon_and_a_sound_chain(c
     release = state["release"]
     assert release["signed"] and release["signature"] == "verified" and release["rows"] == 200
     assert 0 <= release["mean_total_variation"] <= 1
-    released = {s["node_id"]: s for s in release["sites"]}
+    released = {int(s["node_id"]): s for s in release["sites"]}
     assert released[STOPPED]["dropped"] == 1
     for node, site in sites.items():  # the live claim and the release's ledger agree at the end of the run
         assert released[node]["epsilon_cumulative"] == pytest.approx(site["epsilon_claimed"], rel=1e-6)
-    registry = {n["node_id"]: n for n in state["registry"]["nodes"]}
+    registry = {int(n["node_id"]): n for n in state["registry"]["nodes"]}
     assert registry[1001]["online"] and not registry[STOPPED]["online"]
 
 
@@ -195,3 +198,150 @@ def test_page_shows_the_live_data_in_headless_chromium(coordinator_files):
     assert errors == []
     assert "round 2: no reply" in dropped and audit == "OK"
     assert bars == 6  # three sites: the live claim and the release's figure each
+
+
+# -- the operator's second day: a refused site, a site that keeps dropping out, a failed run --------
+
+BIG = 2234876404430693805  # a real Flower node id: above 2**53, so a JavaScript number rounds it (…694000)
+LONG_NAME = "St Elsewhere University Teaching Hospital, Paediatric ICU"  # sites' names stop at 64
+NAMES = [LONG_NAME, "hospital-b", "hospital-c", "hospital-d", "hospital-e"]
+REFUSING, DROPPING, FAILING = BIG + 1, BIG + 2, BIG + 4
+
+
+def _grid_with_big_ids(plan, down: dict[int, set[int]]) -> InProcessGrid:
+    """Five sites with 64-bit node ids; ``down[node]`` are the training rounds that node misses."""
+    grid = InProcessGrid(make_client_app(plan.site_policy), len(plan.policies))
+    grid.contexts = {BIG + i: Context(run_id=1, node_id=BIG + i, state=RecordDict(), run_config={},
+                                      node_config={"partition-id": i, "num-partitions": len(plan.policies)})
+                     for i in range(len(plan.policies))}
+    answer = grid.push_messages
+
+    def missed(message) -> bool:
+        config = message.content.config_records.get(protocol.CONFIG, {})
+        return message.metadata.message_type == "train" and \
+            config.get("round") in down.get(message.metadata.dst_node_id, set())
+
+    grid.push_messages = lambda messages: answer([m for m in messages if not missed(m)])
+    return grid
+
+
+@pytest.fixture(scope="module")
+def second_day(demo_frame, demo_schema, tmp_path_factory) -> dict[str, Path]:
+    """Day one: five sites join a short run and name themselves; its release is signed.
+    Day two: hospital-b now allows less than is asked and refuses at round 0; hospital-c is
+    down from round 2 on; in round 4 hospital-e is down too, which leaves too few sites, so the
+    run fails after its interim releases (``--every 1``) had moved day one's release aside."""
+    root = tmp_path_factory.mktemp("second-day")
+    tables = split_table(demo_frame.sample(1500, random_state=1), 5, np.random.default_rng(1))
+    plan = prepare_sites(tables, demo_schema_path(), root / "sites", epsilon=3.0, delta=1e-5, names=NAMES)
+    private, public = generate_keypair(root / "keys")
+    out, log = root / "releases" / "latest", root / "audit.jsonl"
+    run_federation(_grid_with_big_ids(plan, {}), demo_schema, SETTINGS.model_copy(update={"rounds": 1, "epsilon": 0.5}),
+                   ReleasePlan(out, rows=200, signing_key=private, audit_log=log))
+    refusing = plan.policies[1]
+    refusing.write_text(json.dumps({**json.loads(refusing.read_text()), "max_epsilon": 1.0}))
+    with pytest.raises(FederationError, match="round 4"):
+        run_federation(_grid_with_big_ids(plan, {DROPPING: {2, 3, 4}, FAILING: {4}}), demo_schema,
+                       SETTINGS.model_copy(update={"rounds": 4, "epsilon": 2.0, "min_sites": 3}),
+                       ReleasePlan(out, rows=200, every=1, signing_key=private, audit_log=log))
+    database = _superlink_database(root / "superlink.db", online=[BIG, BIG + 3], offline=[DROPPING, FAILING])
+    return {"audit_log": log, "release_dir": out, "public_key": public, "database": database}
+
+
+def test_node_ids_are_served_as_text_so_no_digit_is_lost(second_day):
+    state = _state(second_day)
+    ids = [s["node_id"] for s in state["sites"]]
+    assert all(isinstance(i, str) for i in ids) and str(BIG) in ids and str(DROPPING) in ids
+    assert {n["node_id"] for n in state["registry"]["nodes"]} >= {str(BIG), str(DROPPING)}
+    assert all(isinstance(s["node_id"], str) for s in state["release"]["sites"])
+
+
+def test_a_refused_site_is_named_from_its_earlier_entries_not_node_id(second_day):
+    sites = {s["node_id"]: s for s in _state(second_day)["sites"]}
+    refused = sites[str(REFUSING)]
+    assert refused["refused"] and refused["name"] == "hospital-b"
+    assert not any(s["name"].startswith("node-") for s in sites.values())
+    # Without earlier runs, the refusal's own words name it ("site 'hospital-b' allows at most ...").
+    entries = latest_run(read_entries(second_day["audit_log"]))
+    assert {s["node_id"]: s["name"] for s in site_views(entries, known_names(entries))}[str(REFUSING)] == \
+        "hospital-b"
+
+
+def test_a_reason_repeated_over_rounds_is_one_line_with_its_rounds(second_day):
+    dropping = {s["node_id"]: s for s in _state(second_day)["sites"]}[str(DROPPING)]
+    rounds = [d["round"] for d in dropping["dropped"]]
+    assert rounds == [2, 3]  # down from round 2; the failing round 4 did not ask it again
+    [line] = dropping["dropped_reasons"]
+    assert line["rounds"] == rounds and line["count"] == 2 and line["rounds_text"] == "2\u20133"
+    assert "no reply" in line["reason"]
+
+
+def test_after_a_failed_run_the_latest_good_release_is_shown(second_day):
+    out = second_day["release_dir"]
+    assert not (out / "privacy_report.json").exists()  # the failed run left only interim snapshots there
+    [archived] = [p for p in out.parent.iterdir() if p.name.startswith("latest.replaced-")]
+    release = _state(second_day)["release"]
+    assert release is not None and release["path"] == str(archived) and release["signature"] == "verified"
+    assert release["note"].startswith("the newest run has written no release")
+    assert release["passed_over"][0]["path"] == str(out) and release["run"]
+    assert {s["site"] for s in release["sites"]} == set(NAMES)
+
+
+def _serve(files: dict[str, Path]):
+    """The view on a free loopback port, in a thread; returns (server, thread, port)."""
+    import uvicorn
+
+    port = _free_port()
+    server = uvicorn.Server(uvicorn.Config(create_app(**files, token="s3cret", host="127.0.0.1"),
+                                           host="127.0.0.1", port=port, log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    while not server.started:
+        time.sleep(0.05)
+    return server, thread, port
+
+
+# Every label of the epsilon chart: its full name (tooltip), whether its box lies inside the chart's.
+LABELS = """svg => [...svg.querySelectorAll('text.label')].map(t => {
+  const box = t.getBoundingClientRect(), chart = svg.getBoundingClientRect();
+  return {title: t.parentNode.querySelector('title').textContent, text: t.textContent,
+          inside: box.left >= chart.left - 0.5 && box.right <= chart.right + 0.5};
+})"""
+
+
+def test_second_day_page_in_headless_chromium(second_day):
+    """One site refused, one dropping out for three rounds, a failed run: ids whole, names, one
+    line per reason, labels inside the chart, and day one's release."""
+    chromium = shutil.which("chromium") or shutil.which("chromium-browser")
+    if chromium is None:
+        pytest.skip("chromium is not installed (.ci/run installs it)")
+    from playwright.sync_api import sync_playwright
+
+    server, thread, port = _serve(second_day)
+    errors: list[str] = []
+    try:
+        with sync_playwright() as driver:
+            browser = driver.chromium.launch(executable_path=chromium, args=["--no-sandbox", "--disable-gpu"])
+            tab = browser.new_page(viewport={"width": 1280, "height": 900})
+            tab.on("console", lambda message: errors.append(message.text) if message.type == "error" else None)
+            tab.on("pageerror", lambda error: errors.append(str(error)))
+            tab.goto(f"http://127.0.0.1:{port}/?token=s3cret")
+            tab.wait_for_selector("#sites table")
+            tab.wait_for_selector("#release table")
+            sites, release = tab.inner_text("#sites"), tab.inner_text("#release")
+            dropping = tab.inner_text(f"#sites tr:has-text('{DROPPING}')")
+            labels = tab.eval_on_selector("#epsilon svg", LABELS)
+            tab.screenshot(path="/tmp/dashboard-second-day.png", full_page=True)
+            browser.close()
+    finally:
+        server.should_exit = True
+        thread.join(timeout=10)
+    assert errors == []
+    assert str(BIG) in sites and str(DROPPING) in sites and "2234876404430694000" not in sites
+    assert "hospital-b" in sites and f"node-{REFUSING}" not in sites
+    assert dropping.count("no reply") == 1 and "rounds 2\u20133 (2\u00d7): no reply" in dropping
+    assert {label["title"].split(" (node")[0] for label in labels} == set(NAMES)
+    assert all(label["inside"] for label in labels), labels
+    long = next(label for label in labels if label["title"].startswith(LONG_NAME))
+    assert long["text"].endswith("\u2026") and len(long["text"]) < len(LONG_NAME)
+    assert "latest.replaced-" in release and "earlier release" in release and "verified" in release
