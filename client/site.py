@@ -77,10 +77,26 @@ def initialise_ledger(policy: SitePolicy, reset_reason: str | None = None,
     """Create the site's empty ledger: the operator's explicit, audited act.
 
     Refuses when the site's audit trail shows privacy already charged since the last
-    (re)start of the ledger, unless ``reset_reason`` says why starting again at epsilon 0
-    is right (e.g. a new extract of other patients); the reason is kept in the trail. The
-    new ledger gets a fresh random stream nonce unless a seeded simulation passes one.
+    (re)start of the ledger, or when anything beside the ledger shows that it was spent from
+    (:func:`spending_traces`: stored replies, a replaced ledger, the ledger's lock file), unless
+    ``reset_reason`` says why starting again at epsilon 0 is right (e.g. a new extract of other
+    patients); the reason is kept in the trail. Deleting the ledger and its trail together is
+    therefore no silent way back to epsilon 0. The new ledger gets a fresh random stream nonce
+    unless a seeded simulation passes one. A file the site cannot write is named with the
+    operating system's reason (a path on the site's own disk, never sent anywhere).
     """
+    try:
+        return _initialise_ledger(policy, reset_reason, stream_nonce)
+    except OSError as exc:
+        if exc.errno is None or not exc.strerror:
+            raise
+        where = exc.filename or policy.ledger
+        raise LedgerError(f"cannot write {where}: {exc.strerror}. The user running fedsyn needs write access to "
+                          f"{policy.ledger.parent} (the ledger, its lock and stored replies) and to "
+                          f"{policy.audit_trail}") from None
+
+
+def _initialise_ledger(policy: SitePolicy, reset_reason: str | None, stream_nonce: str | None) -> PrivacyLedger:
     trail = AuditLog(policy.audit_trail)
     charged = charges_in_trail(policy.audit_trail)
     if charged and reset_reason is None:
@@ -88,16 +104,53 @@ def initialise_ledger(policy: SitePolicy, reset_reason: str | None = None,
             f"the audit trail {policy.audit_trail} records {charged} privacy charge(s) for this site: a new, empty "
             "ledger would forget them. Restore the ledger from backup, or give a reset reason if the extract now "
             "holds other patients")
+    traces = spending_traces(policy.ledger) if not policy.ledger.exists() else []
+    if traces and reset_reason is None:
+        raise LedgerError(
+            f"no ledger at {policy.ledger}, but this site has spent privacy before: {'; '.join(traces)}. A new, "
+            "empty ledger would start again at epsilon 0 and forget it. Restore the ledger and its audit trail "
+            f"{policy.audit_trail} from backup, or give --reset-reason if the extract now holds other patients")
     if reset_reason is not None and policy.ledger.exists():
-        policy.ledger.rename(policy.ledger.with_name(policy.ledger.name + ".replaced"))
+        policy.ledger.rename(_free_name(policy.ledger.with_name(policy.ledger.name + ".replaced")))
     ledger = PrivacyLedger.create(policy.ledger, policy.delta, policy.accountant, protects=str(policy.data.resolve()),
                                   stream_nonce=stream_nonce)
     if reset_reason is None:
         trail.append("ledger_created", ledger=str(policy.ledger), protects=ledger.protects)
     else:
         trail.append("ledger_reset", ledger=str(policy.ledger), protects=ledger.protects, reason=reset_reason,
-                     charges_forgotten=charged)
+                     charges_forgotten=charged, traces=traces)
     return ledger
+
+
+def replies_folder(ledger: Path) -> Path:
+    """Where a site keeps its stored replies (:class:`ReplyStore`): ``<ledger stem>-replies`` beside it."""
+    return ledger.with_name(ledger.stem + "-replies")
+
+
+def spending_traces(ledger: Path) -> list[str]:
+    """What beside ``ledger`` shows that privacy was spent from a ledger there: replies stored
+    after a charge, a ledger set aside by an earlier reset, the lock only a charge takes."""
+    traces = []
+    stored = sorted(replies_folder(ledger).glob("*-round-*.npz")) if replies_folder(ledger).is_dir() else []
+    if stored:
+        runs = sorted({path.name.rsplit("-round-", 1)[0] for path in stored})
+        traces.append(f"{len(stored)} stored repl{'y' if len(stored) == 1 else 'ies'} of {len(runs)} run(s) in "
+                      f"{replies_folder(ledger)}, each sent after a charge")
+    replaced = sorted(ledger.parent.glob(ledger.name + ".replaced*")) if ledger.parent.is_dir() else []
+    traces += [f"an earlier ledger {path}" for path in replaced]
+    lock = ledger.with_name(ledger.name + ".lock")
+    if lock.exists():
+        traces.append(f"its lock file {lock}, which only a charge creates")
+    return traces
+
+
+def _free_name(path: Path) -> Path:
+    """``path``, or ``path-<UTC time>`` when an earlier reset already left a file there."""
+    if not path.exists():
+        return path
+    from datetime import UTC, datetime
+
+    return path.with_name(f"{path.name}-{datetime.now(UTC).strftime('%Y%m%dT%H%M%S.%fZ')}")
 
 
 def charges_in_trail(trail_path: Path) -> int:
