@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+import shlex
 import shutil
+import sys
 from pathlib import Path
 from typing import Annotated
 
@@ -130,6 +132,11 @@ def simulate(
         help="drop synthetic rows that break the schema's rules (count reported)")] = False,
     allow_unreviewed_schema: Annotated[bool, typer.Option(
         help="train even though the schema has needs_review columns (recorded in the privacy report)")] = False,
+    site_column: Annotated[str | None, typer.Option(
+        help="your table's column naming each row's hospital: released rows keep the site that generated them")
+    ] = None,
+    yes: Annotated[bool, typer.Option("--yes", help="run even where the plan says the release cannot be usable")
+                   ] = False,
     verbose: Annotated[bool, typer.Option(help="also show Flower's and fedsyn's log lines")] = False,
 ) -> None:
     """Simulate K hospitals on this machine. With no arguments: the embedded demo as 3 hospitals."""
@@ -199,6 +206,7 @@ def simulate(
         return FederationSettings.checked(
             rounds=rounds, local_steps=local_steps, epsilon=budget, delta=delta, sample_rate=sample_rate,
             marginals_share=marginals_share, gan_config=config, seed=seed, min_sites=max(1, len(tables) // 2 + 1),
+            site_column=site_column,
             site_noise_multiplier=site_noise_multiplier, site_clipping_norm=site_clipping_norm,
             transport_dtype=transport_dtype, aggregation=aggregation, max_update_norm=max_update_norm,
             allow_unreviewed_schema=allow_unreviewed_schema)
@@ -220,7 +228,9 @@ def simulate(
             fail(f"{out} already holds a simulation (its simulated hospitals keep ledgers that are never reset): "
                  "choose another --out, or pass --overwrite to replace it")
         shutil.rmtree(out)
-    _show_plan(tables, contract, settings_for(epsilon))
+    if not _show_plan(tables, contract, settings_for(epsilon), names) and not yes:
+        fail("the plan above says this release cannot be usable (red): follow its suggestion, or pass --yes to "
+             "run anyway")
 
     def on_round(summary, statuses) -> None:
         console.print(f"round {summary.round}/{rounds}: {summary.accepted} site(s) accepted, "
@@ -356,8 +366,10 @@ def _site_names(sites: list[Path] | None) -> tuple[str, ...]:
     return names if len(set(names)) == len(names) else ()
 
 
-def _show_plan(tables, schema, settings) -> None:
-    """Before training: what each site's budget buys, with a warning where it is too little."""
+def _show_plan(tables: list[pd.DataFrame], schema: Schema, settings: FederationSettings,
+               names: tuple[str, ...]) -> bool:
+    """Before training: what each site's budget buys, with a warning where it is too little, and
+    what the table's width costs. False when the round-0 tables cannot resolve the columns."""
     from fedsyn.privacy.marginals import marginals_sensitivity
     from fedsyn.simulations.plan import plan_site
 
@@ -376,6 +388,52 @@ def _show_plan(tables, schema, settings) -> None:
     for plan in plans:
         if plan.level != "green":
             console.print(f"[{colour[plan.level]} bold]{plan.level}:[/] {plan.site}: {plan.advice}")
+    return _show_width(tables, schema, settings, names)
+
+
+def _show_width(tables: list[pd.DataFrame], schema: Schema, settings: FederationSettings,
+                names: tuple[str, ...]) -> bool:
+    """Round 0 measures every column by the outcome at once: its noise grows with the square root
+    of the number of columns. Shows each site's noise per cell against its rows, the columns that
+    cost most, and what would make the tables usable. False when a site cannot resolve them."""
+    from fedsyn.simulations.plan import plan_width
+
+    widths = [plan_width(name, len(table), schema, settings) for name, table in zip(names, tables)]
+    table = Table(title=f"Width: {widths[0].measured_columns} columns measured by the outcome in round 0")
+    for column in ("site", "rows", "noise per cell", "columns resolved (green/amber/red)", "outlook"):
+        table.add_column(column)
+    colour = {"green": "green", "amber": "yellow", "red": "red"}
+    for width in widths:
+        counts = [sum(c.level == level for c in width.columns) for level in ("green", "amber", "red")]
+        table.add_row(width.site, str(width.rows), f"{width.cell_noise:.1f}", "/".join(map(str, counts)),
+                      f"[{colour[width.level]}]{width.level}[/]")
+    console.print(table)
+    worst = min(widths, key=lambda w: w.rows)
+    if worst.level == "green":
+        return True
+    console.print(f"[{colour[worst.level]} bold]{worst.level}:[/] at {worst.site}, each round-0 cell carries noise "
+                  f"of {worst.cell_noise:.0f} rows (it grows with the square root of the {worst.measured_columns} "
+                  f"columns); the thinnest cells are in {', '.join(worst.costliest)}: drop or merge them first")
+    if worst.epsilon_needed is not None and worst.epsilon_needed > settings.epsilon:
+        console.print(f"  epsilon {worst.epsilon_needed:g} per site would resolve them: "
+                      f"{_command_with('--epsilon', f'{worst.epsilon_needed:g}')}")
+    if worst.columns_to_keep is not None:
+        console.print(f"  at epsilon {settings.epsilon:g}, keep at most {worst.columns_to_keep} of the "
+                      f"{worst.measured_columns} columns (a schema without the others), or pool small sites")
+    return all(width.level != "red" for width in widths)
+
+
+def _command_with(option: str, value: str) -> str:
+    """This very command line with ``option`` set to ``value``, ready to paste."""
+    words, skip = [], False
+    for word in sys.argv[1:]:
+        if skip:
+            skip = False
+        elif word == option:
+            skip = True
+        elif not word.startswith(f"{option}="):
+            words.append(word)
+    return shlex.join(["fedsyn", *words, option, value])
 
 
 def evaluate(

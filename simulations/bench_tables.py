@@ -74,7 +74,7 @@ def run_fedsyn(fedsyn: str, sites: list[Path], schema: Path, epsilon: float, row
     """``fedsyn simulate`` as a reviewer runs it; returns its wall-clock seconds."""
     command = [fedsyn, "simulate", *[arg for path in sites for arg in ("--sites", str(path))],
                "--schema", str(schema), "--epsilon", f"{epsilon:g}", "--rows", str(rows),
-               "--seed", str(seed), "--out", str(out), "--no-compare", *extra]
+               "--seed", str(seed), "--out", str(out), "--no-compare", "--yes", *extra]
     env = {**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1"),
            "MKL_NUM_THREADS": os.environ.get("MKL_NUM_THREADS", "1")}
     started = time.monotonic()
@@ -160,8 +160,9 @@ def main(argv: list[str] | None = None) -> None:
         runs = []
         for seed in range(args.seeds):
             out = work / table / f"seed-{seed}"
+            site_column = ["--site-column", table_spec(bench, table)["site"]]  # the table's own hospital column
             seconds = run_fedsyn(args.fedsyn, sites, bench / table / "schema.json", args.epsilon,
-                                 train_rows, seed, out, shlex.split(args.simulate_args))
+                                 train_rows, seed, out, [*site_column, *shlex.split(args.simulate_args)])
             scores = judge_release(args.judge_python, bench, table, out / "release" / "synthetic.csv")
             row = {"table": table, "arm": f"fedsyn federated ({len(sites)} sites)", "seed": seed,
                    "method": "fedsyn", "scope": f"federated:{len(sites)}", "eps": args.epsilon,

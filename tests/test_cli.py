@@ -16,7 +16,7 @@ def test_simulate_writes_a_signed_release_with_report_and_passes_gan_options(tmp
     result = CliRunner().invoke(app, [
         "simulate", "--data", str(data), "--schema", str(demo_schema_path()), "--split", "3",
         "--rounds", "2", "--local-steps", "2", "--rows", "300", "--epsilon", "1.0",
-        "--generator-ema", "0.99", "--no-compare", "--out", str(out)])
+        "--generator-ema", "0.99", "--no-compare", "--yes", "--out", str(out)])
     assert result.exit_code == 0, result.output
     release = out / "release"
     verify_release(release, load_public_key(out / "keys" / "coordinator.pub"))
@@ -33,6 +33,19 @@ def test_simulate_writes_a_signed_release_with_report_and_passes_gan_options(tmp
     privacy = json.loads((release / "privacy_report.json").read_text())
     assert len(privacy["sites"]) == 3 and all(site["epsilon_cumulative"] <= 1.0 + 1e-9 for site in privacy["sites"])
     assert privacy["public_facts"]["smallest_site_rows"] == "at most 256"  # what the published rate discloses
+
+
+def test_simulate_refuses_a_plan_whose_tables_cannot_resolve_the_columns_unless_told(tmp_path, demo_frame):
+    """Three sites of about 100 rows at epsilon 1: every round-0 cell is mostly noise. The plan
+    says so, names the costliest columns and gives the command that would work."""
+    data = tmp_path / "cohort.csv"
+    demo_frame.sample(430, random_state=0).to_csv(data, index=False)
+    out = tmp_path / "run"
+    result = CliRunner().invoke(app, ["simulate", "--data", str(data), "--schema", str(demo_schema_path()),
+                                      "--out", str(out)])
+    assert result.exit_code == 2 and "--yes" in result.output and not out.exists()
+    assert "noise per cell" in result.output and "drop or merge them first" in result.output
+    assert "--epsilon" in result.output.split("would resolve them:")[1]
 
 
 def test_simulate_names_the_problem_when_the_data_does_not_fit_the_schema(tmp_path, demo_frame):
@@ -75,7 +88,7 @@ def test_json_logs_carry_time_with_zone_and_fedsyn_events(tmp_path, demo_frame):
     demo_frame.sample(600, random_state=1).to_csv(data, index=False)
     result = CliRunner().invoke(app, [
         "--log-format", "json", "simulate", "--data", str(data), "--schema", str(demo_schema_path()),
-        "--rounds", "1", "--local-steps", "1", "--rows", "50", "--verbose", "--out", str(tmp_path / "run")])
+        "--rounds", "1", "--local-steps", "1", "--rows", "50", "--verbose", "--yes", "--out", str(tmp_path / "run")])
     assert result.exit_code == 0, result.output
     lines = [json.loads(line) for line in result.stderr.splitlines() if line.startswith("{")]
     events = {line.get("event") for line in lines}

@@ -193,7 +193,7 @@ def no_federation(monkeypatch):
 def test_ctrl_c_after_a_charge_names_what_is_left_and_how_to_remove_it(tmp_path, cohort, no_federation):
     no_federation.update(charged=True, raising=KeyboardInterrupt())
     out = tmp_path / "run"
-    result = _invoke("simulate", "--data", cohort, "--schema", SCHEMA, "--out", out)
+    result = _invoke("simulate", "--data", cohort, "--schema", SCHEMA, "--yes", "--out", out)
     text = _said(result)
     assert result.exit_code == 130, result.output
     assert "interrupted" in text and "sites/" in text and "keys/" in text and f"rm -rf {out}" in text
@@ -203,7 +203,7 @@ def test_ctrl_c_after_a_charge_names_what_is_left_and_how_to_remove_it(tmp_path,
 def test_ctrl_c_before_any_charge_removes_what_the_start_wrote(tmp_path, cohort, no_federation):
     no_federation["raising"] = KeyboardInterrupt()
     out = tmp_path / "run"
-    result = _invoke("simulate", "--data", cohort, "--schema", SCHEMA, "--out", out)
+    result = _invoke("simulate", "--data", cohort, "--schema", SCHEMA, "--yes", "--out", out)
     assert result.exit_code == 130 and "interrupted" in result.output and not out.exists(), result.output
 
 
@@ -214,17 +214,17 @@ def test_a_failed_start_removes_the_out_folder_it_created(tmp_path, cohort, no_f
 
     no_federation["raising"] = FederationError("a site refused before round 0")
     out = tmp_path / "new" / "run"
-    result = _invoke("simulate", "--data", cohort, "--schema", SCHEMA, "--out", out)
+    result = _invoke("simulate", "--data", cohort, "--schema", SCHEMA, "--yes", "--out", out)
     assert result.exit_code == 2 and "a site refused before round 0" in _said(result)
     assert not out.exists() and (tmp_path / "new").exists()
     out.mkdir()  # a folder the researcher made: kept, and emptied of what the start wrote
-    result = _invoke("simulate", "--data", cohort, "--schema", SCHEMA, "--out", out)
+    result = _invoke("simulate", "--data", cohort, "--schema", SCHEMA, "--yes", "--out", out)
     assert result.exit_code == 2 and out.is_dir() and list(out.iterdir()) == []
 
 
 def test_an_unexpected_failure_before_any_charge_also_removes_the_start(tmp_path, cohort, no_federation):
     out = tmp_path / "run"
-    result = _invoke("simulate", "--data", cohort, "--schema", SCHEMA, "--out", out)
+    result = _invoke("simulate", "--data", cohort, "--schema", SCHEMA, "--yes", "--out", out)
     assert isinstance(result.exception, RuntimeError) and not out.exists()
 
 
@@ -233,7 +233,7 @@ def test_a_failure_after_a_charge_keeps_the_ledgers(tmp_path, cohort, no_federat
 
     no_federation.update(charged=True, raising=FederationError("lost every site in round 2"))
     out = tmp_path / "run"
-    result = _invoke("simulate", "--data", cohort, "--schema", SCHEMA, "--out", out)
+    result = _invoke("simulate", "--data", cohort, "--schema", SCHEMA, "--yes", "--out", out)
     assert result.exit_code == 2 and (out / "sites" / "site-0" / "ledger.json").is_file()
 
 
@@ -266,7 +266,7 @@ def test_a_tiny_run_ignores_itself_and_its_release_still_verifies(tmp_path, demo
     demo_frame.sample(600, random_state=3).to_csv(data, index=False)
     out = tmp_path / "run"
     result = _invoke("simulate", "--data", data, "--schema", SCHEMA, "--split", "2", "--rounds", "1",
-                     "--local-steps", "1", "--rows", "50", "--no-compare", "--out", out)
+                     "--local-steps", "1", "--rows", "50", "--no-compare", "--yes", "--out", out)
     assert result.exit_code == 0, result.output
     assert (out / ".gitignore").read_text().splitlines()[-1] == "*"
     assert not (out / "release" / ".gitignore").exists()
