@@ -2,10 +2,16 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import dp_accounting
 from dp_accounting import pld, rdp
+from flwr.app import Context, Message, RecordDict
+from flwr.common.constant import SUPERLINK_NODE_ID
+from flwr.supercore.task_identity import TaskIdentity
 
 from fedsyn.client.app import make_client_app
+from fedsyn.client.policy import SitePolicy
 from fedsyn.model.config import GANConfig
 from fedsyn.privacy.accounting import rdp_orders
 from fedsyn.server.app import ReleasePlan, run_federation
@@ -38,3 +44,15 @@ def run_in_process(plan, schema, folder, settings=SETTINGS, reply_filter=None):
     grid = InProcessGrid(make_client_app(plan.site_policy), len(plan.policies), reply_filter)
     coordinator = run_federation(grid, schema, settings, ReleasePlan(folder / "release", rows=500))
     return grid, coordinator
+
+
+def client_reply(policy_path: Path | str, content: RecordDict, message_type: str) -> Message:
+    """What a site's real Flower ClientApp answers to one coordinator message: a Flower
+    Message in, a Message out, through the same decoding, guard and refusal handling as a
+    deployment (the site is built afresh from its policy file, as for every message)."""
+    app = make_client_app(lambda _: SitePolicy.load(policy_path))
+    TaskIdentity.run_id, TaskIdentity.node_id, TaskIdentity.task_id = 1, SUPERLINK_NODE_ID, 1  # as a ServerApp
+    context = Context(run_id=1, node_id=5, state=RecordDict(), run_config={}, node_config={})
+    message = Message(content, dst_node_id=5, message_type=message_type, group_id="1")
+    message.metadata.__dict__["_message_id"] = "m1"
+    return app(message, context)

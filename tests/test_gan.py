@@ -123,3 +123,21 @@ def test_a_single_site_fit_coarsens_its_noisy_counts_as_the_coordinator_does(dem
     assert (raw < 0).any() and not (coarse < 0).any()
     upper_reach = numeric_edges(demo_schema.column("kappa"))[:-1] > np.log(15.0)  # kappa above 15 mg/dL: none
     assert coarse[upper_reach].sum() < 0.01 * coarse.sum() < abs(raw[upper_reach]).sum()
+
+
+def test_the_estimator_clones_and_a_failed_fit_leaves_it_as_it_was(demo_schema, small_frame):
+    """scikit-learn's conventions: get_params / clone, and no half-fitted state after a failure."""
+    from sklearn.base import clone
+
+    model = DPTabularGAN(demo_schema, epsilon=2.0, delta=1e-6, epochs=0.2, config=TINY, seed=3)
+    copy = clone(model)
+    assert copy.get_params()["epsilon"] == 2.0 and copy.get_params()["seed"] == 3 and copy is not model
+    bad = small_frame.drop(columns=["age"])
+    with pytest.raises(ValueError):
+        model.fit(bad)
+    assert not any(name.endswith("_") and not name.startswith("_") for name in vars(model))
+    model.fit(small_frame)
+    fitted = (model.trainer_, model.ledger_)
+    with pytest.raises(ValueError):
+        model.fit(bad)
+    assert (model.trainer_, model.ledger_) == fitted  # the earlier fit is kept whole

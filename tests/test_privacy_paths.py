@@ -14,9 +14,7 @@ from dataclasses import replace
 import numpy as np
 import pytest
 import torch
-from flwr.app import ConfigRecord, Context, Message, RecordDict
-from flwr.common.constant import SUPERLINK_NODE_ID
-from flwr.supercore.task_identity import TaskIdentity
+from flwr.app import ConfigRecord, RecordDict
 
 from fedsyn.client.app import make_client_app
 from fedsyn.client.policy import SitePolicy
@@ -33,11 +31,14 @@ from fedsyn.privacy.randomness import torch_generator
 from fedsyn.server.settings import FederationSettings
 from fedsyn.simulations.run import prepare_sites
 
+from .helpers import client_reply
+
 TINY = GANConfig(latent_dim=8, generator_hidden=(16,), discriminator_hidden=(16,), batch_size=32, max_grad_norm=0.5)
 
 
-def _site(tmp_path, frame, seed: int | None = 0, max_epsilon: float = 50.0) -> Site:
-    plan = prepare_sites([frame], demo_schema_path(), tmp_path / "sites", epsilon=max_epsilon, delta=1e-5, seed=seed)
+def _site(tmp_path, frame, seed: int | None = 0, max_epsilon: float = 50.0, out_of_domain: str = "drop") -> Site:
+    plan = prepare_sites([frame], demo_schema_path(), tmp_path / "sites", epsilon=max_epsilon, delta=1e-5, seed=seed,
+                         out_of_domain=out_of_domain)
     return Site(SitePolicy.load(plan.policies[0]))
 
 
@@ -173,12 +174,23 @@ def test_the_ledger_is_charged_before_any_mechanism_runs(tmp_path, small_frame, 
     assert seen == {"marginals": ["gaussian-marginals"], "train": ["gaussian-marginals", "dp-sgd"]}
 
 
-def test_single_site_fit_charges_before_its_first_step(demo_schema, small_frame):
-    model = DPTabularGAN(demo_schema, epsilon=1.0, delta=1e-5, epochs=1, config=TINY, seed=0)
-    charged: list[list[str]] = []
-    model.fit(small_frame, on_step=lambda step, _: charged.append([e.mechanism for e in model.ledger_.events])
-              if step == 0 else None)
-    assert charged == [["gaussian-marginals", "dp-sgd"]]
+def test_single_site_fit_charges_before_its_first_step(demo_schema, small_frame, monkeypatch):
+    charged: list[str] = []
+    seen_by_training: list[list[str]] = []
+    real_charge, real_train = PrivacyLedger.charge, GANTrainer.train
+
+    def charge_spy(self, event, budget):
+        charged.append(event.mechanism)
+        return real_charge(self, event, budget)
+
+    def train_spy(self, *args, **kwargs):
+        seen_by_training.append(list(charged))
+        return real_train(self, *args, **kwargs)
+
+    monkeypatch.setattr(PrivacyLedger, "charge", charge_spy)
+    monkeypatch.setattr(GANTrainer, "train", train_spy)
+    DPTabularGAN(demo_schema, epsilon=1.0, delta=1e-5, epochs=1, config=TINY, seed=0).fit(small_frame)
+    assert seen_by_training == [["gaussian-marginals", "dp-sgd"]]
 
 
 def test_marginals_noise_through_the_site_has_std_sigma_times_sensitivity(tmp_path, small_frame):
@@ -211,7 +223,7 @@ def _refusal(site: Site, call) -> SiteRefusal:
 def test_refusals_charge_nothing_and_say_nothing_private(tmp_path, small_frame):
     bad = small_frame.copy()
     bad.loc[7, "kappa"] = 31337.25  # outside the public bounds
-    site = _site(tmp_path, bad)
+    site = _site(tmp_path, bad, out_of_domain="refuse")
     arrays, marginals = _global_model(site)
     refusal = _refusal(site, lambda: site.train(_request(site), arrays, marginals))
     assert refusal.code is protocol.ErrorCode.DATA_INVALID
@@ -237,23 +249,15 @@ def test_site_refuses_a_delta_not_below_one_over_n(tmp_path, small_frame):
         is protocol.ErrorCode.POLICY_REFUSED
 
 
-def _reply(policy_path, content: RecordDict, message_type: str) -> Message:
-    app = make_client_app(lambda _: SitePolicy.load(policy_path))
-    TaskIdentity.run_id, TaskIdentity.node_id, TaskIdentity.task_id = 1, SUPERLINK_NODE_ID, 1  # as a ServerApp
-    context = Context(run_id=1, node_id=5, state=RecordDict(), run_config={}, node_config={})
-    message = Message(content, dst_node_id=5, message_type=message_type, group_id="1")
-    message.metadata.__dict__["_message_id"] = "m1"
-    return app(message, context)
-
-
 def test_error_replies_carry_a_code_and_public_text_only(tmp_path, small_frame):
     bad = small_frame.copy()
     bad.loc[3, "creatinine"] = 27182.5
-    plan = prepare_sites([bad], demo_schema_path(), tmp_path / "sites", epsilon=1.0, delta=1e-5)
+    plan = prepare_sites([bad], demo_schema_path(), tmp_path / "sites", epsilon=1.0, delta=1e-5,
+                         out_of_domain="refuse")
     config = ConfigRecord({"noise_multiplier": 5.0, "epsilon": 1.0,
                            protocol.SCHEMA_HASH: protocol.schema_fingerprint(Site(SitePolicy.load(
                                plan.policies[0])).schema)})
-    reply = _reply(plan.policies[0], RecordDict({protocol.CONFIG: config}), protocol.QUERY_MARGINALS)
+    reply = client_reply(plan.policies[0], RecordDict({protocol.CONFIG: config}), protocol.QUERY_MARGINALS)
     assert reply.has_error() and reply.error.code == protocol.ErrorCode.DATA_INVALID
     assert reply.error.reason.startswith("data_invalid: ")
     for secret in ("27182", str(len(bad)), "sites/site-0", "line"):

@@ -1,7 +1,8 @@
 """``DPTabularGAN``: a record-level differentially private tabular GAN for one site.
 
-Follows scikit-learn's conventions: parameters in ``__init__``, state learned in ``fit``,
-then ``sample`` / ``save`` / ``load``. The whole privacy budget ``epsilon`` covers both
+Follows scikit-learn's conventions (a ``BaseEstimator``: ``get_params``, ``set_params``,
+``sklearn.clone``): parameters in ``__init__``, state learned in ``fit`` and set only when it
+succeeds, then ``sample`` / ``save`` / ``load``. The whole privacy budget ``epsilon`` covers both
 mechanisms that read private rows: the noisy marginals (a share ``marginals_share``)
 and DP-SGD on the discriminator (the rest, composed with an accountant, not added).
 """
@@ -15,6 +16,7 @@ from pathlib import Path
 
 import pandas as pd
 import torch
+from sklearn.base import BaseEstimator
 
 from fedsyn.data.rules import Condition
 from fedsyn.data.schema import Schema
@@ -47,7 +49,7 @@ def check_delta(delta: float, n_rows: int) -> None:
         )
 
 
-class DPTabularGAN:
+class DPTabularGAN(BaseEstimator):  # type: ignore[misc]
     """Conditional GAN whose discriminator is trained with DP-SGD on the private rows.
 
     Parameters
@@ -126,7 +128,6 @@ class DPTabularGAN:
         n_rows = len(frame)
         check_delta(self.delta, n_rows)
         ledger = PrivacyLedger(self.delta, self.accountant)
-        self.ledger_ = ledger
         nonce = self.stream_nonce or secrets.token_hex(16)  # a fresh stream per fit, even with a seed
         if self.epsilon is None:
             marginals = exact_counts(frame, self.schema)  # non-private baseline: exact statistics
@@ -144,18 +145,18 @@ class DPTabularGAN:
         data = torch.as_tensor(encoder.encode(frame), device=trainer.device)
         sample_rate = min(1.0, self.config.batch_size / n_rows)
         planned = max(1, math.ceil(self.epochs / sample_rate))
-        if self.epsilon is None:
-            self.noise_multiplier_, steps = None, planned
-        else:
-            self.noise_multiplier_ = self.noise_multiplier or calibrate_noise_multiplier(
+        noise_multiplier: float | None = None
+        steps = planned
+        if self.epsilon is not None:
+            noise_multiplier = self.noise_multiplier or calibrate_noise_multiplier(
                 self.epsilon, self.delta, sample_rate, planned, ledger.events, self.accountant)
-            steps = ledger.affordable_steps(self.epsilon, self.noise_multiplier_, sample_rate, planned)
+            steps = ledger.affordable_steps(self.epsilon, noise_multiplier, sample_rate, planned)
             # Charged in full before the first step runs: a crash mid-training over-counts, never forgets.
-            ledger.charge(PrivacyEvent(DP_SGD, self.noise_multiplier_, sample_rate, steps), self.epsilon)
-        self.history_ = trainer.train(data, steps, sample_rate, self.noise_multiplier_, on_step)
-        self.n_rows_ = n_rows
-        self.stream_nonce_ = nonce
-        self.trainer_, self.ledger_ = trainer, ledger
+            ledger.charge(PrivacyEvent(DP_SGD, noise_multiplier, sample_rate, steps), self.epsilon)
+        history = trainer.train(data, steps, sample_rate, noise_multiplier, on_step)
+        # Fitted state only once the fit has succeeded: a failed fit leaves the estimator as it was.
+        self.noise_multiplier_, self.history_, self.n_rows_ = noise_multiplier, history, n_rows
+        self.stream_nonce_, self.trainer_, self.ledger_ = nonce, trainer, ledger
         return self
 
     # -- using a fitted model ---------------------------------------------------------------

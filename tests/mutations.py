@@ -1,0 +1,224 @@
+"""The mutation catalogue: each privacy-relevant line of production code, how to break it, and
+the tests that must then fail (run by ``pytest -m mutation``, tests/test_mutations.py).
+
+This list is also the project's list of privacy-critical lines: ``python -m tests.mutations``
+prints it as the table in tests/PRIVACY_CRITICAL.md (file, line, what breaking it means, the
+tests that guard it), and tests/test_mutation_anchors.py, in the default suite, fails when an
+anchor no longer occurs exactly once in the tree or the table is stale, so a refactor cannot
+silently disarm a mutation.
+"""
+
+from __future__ import annotations
+
+import ast
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+TABLE = ROOT / "tests" / "PRIVACY_CRITICAL.md"
+
+
+@dataclass(frozen=True)
+class Mutation:
+    name: str
+    path: str
+    original: str
+    mutated: str
+    tests: tuple[str, ...]
+
+    def where(self) -> str:
+        """The function (or class, or module) holding the anchor in the current tree: stable
+        across edits elsewhere in the file, unlike a line number."""
+        source = (ROOT / self.path).read_text()
+        line = source[:source.index(self.original)].count("\n") + 1
+        found = "(module)"
+
+        def visit(node: ast.AST, prefix: str) -> None:
+            nonlocal found
+            for child in ast.iter_child_nodes(node):
+                if isinstance(child, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+                    name = f"{prefix}{child.name}"
+                    if child.lineno <= line <= (child.end_lineno or child.lineno):
+                        found = name
+                    visit(child, f"{name}.")
+
+        visit(ast.parse(source), "")
+        return found
+
+
+PRIVACY = "tests/test_privacy_paths.py::"
+TOTAL = "tests/test_clipping_totality.py::"
+RANDOM = "tests/test_randomness.py::"
+
+
+MUTATIONS = [
+    Mutation("noise halved inside the training step", "common/model/training.py",
+             "noise_multiplier=noise_multiplier, max_grad_norm=self.config.max_grad_norm,",
+             "noise_multiplier=noise_multiplier / 2, max_grad_norm=self.config.max_grad_norm,",
+             (PRIVACY + "test_training_step_noise_has_the_accountants_std",)),
+    Mutation("clipping disabled inside private_gradient", "common/privacy/dp_sgd.py",
+             "summed = clipped_sum(module, loss_of_one, inputs, max_grad_norm)",
+             "summed = clipped_sum(module, loss_of_one, inputs, 1e12)",
+             (PRIVACY + "test_one_record_moves_the_training_step_by_at_most_the_clip_norm",)),
+    Mutation("fixed-size shuffled batches instead of Poisson sampling", "common/model/training.py",
+             "real = data[poisson_sample(data.shape[0], sample_rate, self.rng, self.device)]",
+             "real = data[torch.randperm(data.shape[0], generator=self.rng)[:round(sample_rate * data.shape[0])]]",
+             (PRIVACY + "test_training_step_uses_poisson_batches",)),
+    Mutation("gradient normalised by the private expected batch q*n", "common/model/training.py",
+             "normaliser = float(self.real_normaliser or self.config.batch_size)",
+             "normaliser = sample_rate * data.shape[0]",
+             (PRIVACY + "test_nothing_in_the_step_depends_on_the_row_count",)),
+    Mutation("site normalises by its exact row count", "client/site.py",
+             "request.sample_rate * local_marginals.total()", "request.sample_rate * len(frame)",
+             (PRIVACY + "test_a_site_normalises_by_its_noisy_count_never_its_row_count",)),
+    Mutation("site ledger charged after training instead of before", "client/site.py",
+             "        position = self._charge(event, request.epsilon)  # before any step runs\n"
+             "        trainer.rng = torch_generator(self.seed, self.ledger.stream_nonce, event.mechanism, position,\n"
+        "                                      device=trainer.device)\n"
+             "        history = trainer.train(data, request.local_steps, request.sample_rate, sigma, "
+             "slot=request.site_slot)\n",
+             "        trainer.rng = torch_generator(self.seed, event.mechanism, 'late', device=trainer.device)\n"
+             "        history = trainer.train(data, request.local_steps, request.sample_rate, sigma, "
+             "slot=request.site_slot)\n"
+             "        position = self._charge(event, request.epsilon)\n",
+             (PRIVACY + "test_the_ledger_is_charged_before_any_mechanism_runs",)),
+    Mutation("single-site fit charged after training", "common/model/gan.py",
+             "            ledger.charge(PrivacyEvent(DP_SGD, noise_multiplier, sample_rate, steps), self.epsilon)\n"
+             "        history = trainer.train(data, steps, sample_rate, noise_multiplier, on_step)\n",
+             "        history = trainer.train(data, steps, sample_rate, noise_multiplier, on_step)\n"
+             "        if noise_multiplier is not None:\n"
+             "            ledger.charge(PrivacyEvent(DP_SGD, noise_multiplier, sample_rate, steps), self.epsilon)\n",
+             (PRIVACY + "test_single_site_fit_charges_before_its_first_step",)),
+    Mutation("marginals noise cut to a quarter", "common/privacy/marginals.py",
+             "std = noise_multiplier * marginals_sensitivity(schema)",
+             "std = noise_multiplier * marginals_sensitivity(schema) / 4",
+             (PRIVACY + "test_marginals_noise_through_the_site_has_std_sigma_times_sensitivity",)),
+    Mutation("marginals sensitivity 1 instead of sqrt(#tables)", "common/privacy/marginals.py",
+             "std = noise_multiplier * marginals_sensitivity(schema)", "std = noise_multiplier * 1.0",
+             (PRIVACY + "test_marginals_noise_through_the_site_has_std_sigma_times_sensitivity",)),
+    Mutation("marginals sensitivity under-counts one table", "common/privacy/marginals.py",
+             "return math.sqrt(len(measured_columns(schema)))",
+             "return math.sqrt(len(measured_columns(schema)) - 1)",
+             (PRIVACY + "test_the_marginals_sensitivity_is_what_one_record_moves",)),
+    Mutation("privacy-event decoding accepts undeclared fields", "common/federation/protocol.py",
+             "    if unknown:\n        raise ReplyError", "    if False:\n        raise ReplyError",
+             ("tests/test_hostile_input.py::test_privacy_event_with_an_undeclared_field_is_rejected",
+              "tests/test_hostile_input.py::test_coordinator_decoding_of_privacy_events_only_raises_reply_errors")),
+    Mutation("ledger's NaN-budget check removed", "common/privacy/accounting.py",
+             "if not is_budget(budget):  # NaN", "if False:  # NaN",
+             ("tests/test_accounting.py::test_nan_budget_or_parameters_are_refused_not_silently_passed",)),
+    Mutation("site's NaN-epsilon check removed", "common/federation/protocol.py",
+             "        if not is_budget(self.epsilon):\n            raise ReplyError(f\"epsilon=",
+             "        if False:\n            raise ReplyError(f\"epsilon=",
+             ("tests/test_hostile_input.py::test_site_decoding_of_coordinator_instructions_refuses_cleanly",)),
+    Mutation("seeded site reuses one training stream every round", "client/site.py",
+             "torch_generator(self.seed, self.ledger.stream_nonce, event.mechanism, position,",
+             "torch_generator(self.seed, self.ledger.stream_nonce, event.mechanism, 0,",
+             (PRIVACY + "test_a_seeded_site_never_reuses_noise_or_batches",)),
+    Mutation("seeded site reuses one marginals stream", "client/site.py",
+             "numpy_generator(self.seed, self.ledger.stream_nonce, event.mechanism, position)",
+             "numpy_generator(self.seed, self.ledger.stream_nonce, event.mechanism, 0)",
+             (PRIVACY + "test_a_seeded_site_never_reuses_noise_or_batches",)),
+    Mutation("ledger not re-read under its lock", "common/privacy/accounting.py",
+             "                self.events = current.events\n", "                pass\n",
+             ("tests/test_accounting.py::test_two_ledger_handles_compose_in_the_file_and_cannot_exceed_the_budget",
+              PRIVACY + "test_two_sites_on_one_policy_share_one_budget")),
+    Mutation("missing ledger silently restarts at epsilon 0", "common/privacy/accounting.py",
+             "        if not path.exists():\n            raise LedgerError(\n",
+             "        if not path.exists():\n            return cls(delta, accountant, path=path)\n"
+             "            raise LedgerError(\n",
+             ("tests/test_accounting.py::test_missing_or_corrupt_ledger_is_refused_never_restarted_at_zero",
+              PRIVACY + "test_a_deleted_or_reset_ledger_is_refused")),
+    Mutation("ledger not cross-checked against the audit trail", "client/site.py",
+             "if len(self.ledger.events) < recorded:", "if False:",
+             (PRIVACY + "test_a_deleted_or_reset_ledger_is_refused",)),
+    Mutation("extract validated only after the charge", "client/site.py",
+             "        frame = self._private_rows()\n        local_marginals = self._own_marginals(",
+             "        self._charge(PrivacyEvent('dp-sgd', sigma, request.sample_rate, 1), request.epsilon)\n"
+             "        frame = self._private_rows()\n        local_marginals = self._own_marginals(",
+             (PRIVACY + "test_refusals_charge_nothing_and_say_nothing_private",)),
+    Mutation("refusal text quotes the exception", "client/site.py",
+             "raise SiteRefusal(ErrorCode.DATA_INVALID, \"the site's extract does not pass validation against the \"",
+             "raise SiteRefusal(ErrorCode.DATA_INVALID, str(exc) + \"\"",
+             (PRIVACY + "test_error_replies_carry_a_code_and_public_text_only",)),
+    Mutation("validation messages quote cell values", "common/data/validation.py",
+             "int(mask.sum()), _examples(mask, numbering))",
+             "int(mask.sum()), [repr(v) for v in series[mask].head(3)])",
+             ("tests/test_private_output.py",)),
+    Mutation("real-data validation report signed into the release", "simulations/workflow.py",
+             'local = out / "local-report"', 'local = out / "release"',
+             ("tests/test_cli.py::test_simulate_writes_a_signed_release_with_report_and_passes_gan_options",)),
+    Mutation("site-level DP allowed with median aggregation", "server/settings.py",
+             'if self.aggregation != "mean":', "if False:",
+             (PRIVACY + "test_invalid_federation_settings_are_refused_at_construction",)),
+    Mutation("coordinator reports epsilon at its own delta", "server/coordinator.py",
+             "delta = site.delta if site.delta is not None else self.settings.delta",
+             "delta = self.settings.delta",
+             (PRIVACY + "test_privacy_report_states_each_sites_own_delta",)),
+    Mutation("numeric grid left out of the schema fingerprint", "common/federation/protocol.py",
+             'hashlib.sha256(f"{NUMERIC_GRID}\\n{canonical}".encode())', "hashlib.sha256(canonical.encode())",
+             (PRIVACY + "test_a_coordinator_binning_numbers_differently_is_refused_before_any_charge",)),
+    # The second audit (issue 19): clipping totality, randomness, limits, what a release holds.
+    Mutation("ghost clipping lets a non-finite record through", "common/privacy/dp_sgd.py",
+             "finite = _finite_rows([*activations, *output_grads], batch)",
+             "finite = torch.ones(batch, dtype=torch.bool, device=inputs[0].device)",
+             (TOTAL + "test_a_record_whose_pass_overflows_contributes_exactly_nothing",
+              TOTAL + "test_an_overflow_trap_on_one_patient_gives_a_finite_reply_with_or_without_them")),
+    Mutation("per-sample clipping lets a non-finite record through", "common/privacy/dp_sgd.py",
+             "finite = _finite_rows(list(per_sample.values()), batch)",
+             "finite = torch.ones(batch, dtype=torch.bool, device=next(iter(per_sample.values())).device)",
+             (TOTAL + "test_a_record_whose_pass_overflows_contributes_exactly_nothing",)),
+    Mutation("clip factors computed in float32 (subnormal)", "common/privacy/dp_sgd.py",
+             "    norms = norms.double()\n", "    norms = norms.float()\n",
+             (TOTAL + "test_one_records_clipped_gradient_never_exceeds_c",)),
+    Mutation("site ignores its request limits", "client/site.py",
+             "        if problems:\n            raise PolicyRefusal(f\"the request exceeds",
+             "        if False:\n            raise PolicyRefusal(f\"the request exceeds",
+             ("tests/test_site_limits.py",)),
+    Mutation("simulate defaults to a seed", "cli/research.py",
+             "\"operating-system entropy\")] = None,", "\"operating-system entropy\")] = 0,",
+             (RANDOM + "test_simulations_are_unseeded_unless_asked",)),
+    Mutation("sweep arms of a seeded simulation share streams", "simulations/run.py",
+             "stream = (run_label, index)", 'stream = ("main", index)',
+             (RANDOM + "test_sweep_arms_of_one_seeded_simulation_draw_independent_noise",)),
+    Mutation("a new ledger's nonce is not random", "common/privacy/accounting.py",
+             "stream_nonce=stream_nonce or secrets.token_hex(16))", "stream_nonce=stream_nonce or 'fixed')",
+             (RANDOM + "test_a_reset_ledger_never_replays_the_old_ledgers_noise",)),
+    Mutation("a seeded fit reuses one stream", "common/model/gan.py",
+             "nonce = self.stream_nonce or secrets.token_hex(16)", "nonce = self.stream_nonce or 'fit'",
+             (RANDOM + "test_two_seeded_fits_never_share_noise_unless_repeated_with_the_nonce",)),
+    Mutation("the release publishes the seed", "server/settings.py",
+             'self.model_dump(mode="json", exclude={"seed"})', 'self.model_dump(mode="json")',
+             ("tests/test_release_contents.py",)),
+    Mutation("the release publishes round seconds", "server/release.py",
+             'PUBLIC_ROUND_FIELDS = ("round", "accepted", "dropped", "generator_loss")',
+             'PUBLIC_ROUND_FIELDS = ("round", "accepted", "dropped", "generator_loss", "seconds")',
+             ("tests/test_release_contents.py",)),
+    Mutation("one out-of-domain record makes the site refuse", "client/policy.py",
+             'default="drop", description="records with a value', 'default="refuse", description="records with a value',
+             ("tests/test_out_of_domain.py::test_by_default_a_dirty_record_is_as_if_absent",)),
+    Mutation("round 0 charged without proving the extract encodes", "client/site.py",
+             "        self._check_encodable(frame)  # training", "        pass  # training",
+             ("tests/test_out_of_domain.py::test_an_extract_the_site_cannot_encode_is_refused_before_round_zero_is_charged",)),
+    Mutation("the dashboard answers any Host", "server/dashboard.py",
+             "if host_allowed(request.headers.get(\"host\", \"\"), hosts):", "if True:",
+             ("tests/test_dashboard.py::test_only_requests_addressed_to_the_view_are_answered",)),
+]
+
+
+
+def table() -> str:
+    """The privacy-critical lines as a Markdown table (what tests/PRIVACY_CRITICAL.md holds)."""
+    rows = ["# Privacy-critical lines", "",
+            "Generated by `python -m tests.mutations > tests/PRIVACY_CRITICAL.md` from the mutation catalogue",
+            "(tests/mutations.py); `pytest -m mutation` breaks each line and checks that its tests fail.", "",
+            "| where | what breaking it means | tests that must fail |", "|---|---|---|"]
+    for mutation in sorted(MUTATIONS, key=lambda m: (m.path, m.where(), m.name)):
+        tests = ", ".join(f"`{test.split('::')[-1] if '::' in test else test}`" for test in mutation.tests)
+        rows.append(f"| `{mutation.path}` `{mutation.where()}` | {mutation.name} | {tests} |")
+    return "\n".join(rows) + "\n"
+
+
+if __name__ == "__main__":
+    sys.stdout.write(table())
