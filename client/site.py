@@ -351,9 +351,9 @@ class Site:
             trainer.real_normaliser = max(1.0, request.sample_rate * local_marginals.total())
         data = torch.as_tensor(trainer.encoder.encode(frame), device=trainer.device)
         position = self._charge(event, request.epsilon)  # before any step runs
-        trainer.rng = torch_generator(self.seed, self.ledger.stream_nonce, event.mechanism, position,
-                                      device=trainer.device)
-        history = trainer.train(data, request.local_steps, request.sample_rate, sigma, slot=request.site_slot)
+        stream = torch_generator(self.seed, self.ledger.stream_nonce, event.mechanism, position, device=trainer.device)
+        history = trainer.train(data, request.local_steps, request.sample_rate, sigma, slot=request.site_slot,
+                                rng=stream)
         metrics = {
             "discriminator_fake_loss": float(np.mean([h.discriminator for h in history])),
             "generator_loss": float(np.mean([h.generator for h in history])),

@@ -62,8 +62,8 @@ MUTATIONS = [
              "summed = clipped_sum(module, loss_of_one, inputs, 1e12)",
              (PRIVACY + "test_one_record_moves_the_training_step_by_at_most_the_clip_norm",)),
     Mutation("fixed-size shuffled batches instead of Poisson sampling", "common/model/training.py",
-             "real = data[poisson_sample(data.shape[0], sample_rate, self.rng, self.device)]",
-             "real = data[torch.randperm(data.shape[0], generator=self.rng)[:round(sample_rate * data.shape[0])]]",
+             "real = data[poisson_sample(data.shape[0], sample_rate, rng, self.device)]",
+             "real = data[torch.randperm(data.shape[0], generator=rng)[:round(sample_rate * data.shape[0])]]",
              (PRIVACY + "test_training_step_uses_poisson_batches",)),
     Mutation("gradient normalised by the private expected batch q*n", "common/model/training.py",
              "normaliser = float(self.real_normaliser or self.config.batch_size)",
@@ -74,13 +74,12 @@ MUTATIONS = [
              (PRIVACY + "test_a_site_normalises_by_its_noisy_count_never_its_row_count",)),
     Mutation("site ledger charged after training instead of before", "client/site.py",
              "        position = self._charge(event, request.epsilon)  # before any step runs\n"
-             "        trainer.rng = torch_generator(self.seed, self.ledger.stream_nonce, event.mechanism, position,\n"
-        "                                      device=trainer.device)\n"
-             "        history = trainer.train(data, request.local_steps, request.sample_rate, sigma, "
-             "slot=request.site_slot)\n",
-             "        trainer.rng = torch_generator(self.seed, event.mechanism, 'late', device=trainer.device)\n"
-             "        history = trainer.train(data, request.local_steps, request.sample_rate, sigma, "
-             "slot=request.site_slot)\n"
+             "        stream = torch_generator(self.seed, self.ledger.stream_nonce, event.mechanism, position, "
+             "device=trainer.device)\n",
+             "        stream = torch_generator(self.seed, self.ledger.stream_nonce, event.mechanism, 'late', "
+             "device=trainer.device)\n"
+             "        trainer.train(data, request.local_steps, request.sample_rate, sigma, slot=request.site_slot, "
+             "rng=stream)\n"
              "        position = self._charge(event, request.epsilon)\n",
              (PRIVACY + "test_the_ledger_is_charged_before_any_mechanism_runs",)),
     Mutation("single-site fit charged after training", "common/model/gan.py",
@@ -113,8 +112,8 @@ MUTATIONS = [
              "        if False:\n            raise ReplyError(f\"epsilon=",
              ("tests/test_hostile_input.py::test_site_decoding_of_coordinator_instructions_refuses_cleanly",)),
     Mutation("seeded site reuses one training stream every round", "client/site.py",
-             "torch_generator(self.seed, self.ledger.stream_nonce, event.mechanism, position,",
-             "torch_generator(self.seed, self.ledger.stream_nonce, event.mechanism, 0,",
+             "torch_generator(self.seed, self.ledger.stream_nonce, event.mechanism, position, device",
+             "torch_generator(self.seed, self.ledger.stream_nonce, event.mechanism, 0, device",
              (PRIVACY + "test_a_seeded_site_never_reuses_noise_or_batches",)),
     Mutation("seeded site reuses one marginals stream", "client/site.py",
              "numpy_generator(self.seed, self.ledger.stream_nonce, event.mechanism, position)",

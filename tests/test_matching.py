@@ -28,7 +28,7 @@ def _matched_release(tables, schema, weight: float, steps: int = 150) -> pd.Data
     trainer = GANTrainer(TableEncoder(schema, tables), replace(TINY, matching_weight=weight),
                          rng=torch_generator(3, "matching-test"))
     for _ in range(steps):
-        loss = trainer._matching_loss()
+        loss = trainer._matching_loss(trainer.rng)
         trainer.generator_optimizer.zero_grad(set_to_none=True)
         loss.backward()
         trainer.generator_optimizer.step()
@@ -96,6 +96,6 @@ def test_release_misfit_is_near_zero_for_the_tables_own_rows_and_grows_when_the_
     assert torch.equal(trainer.rng.get_state(), own_stream)  # the release's own stream is left alone
     scores = []
     for frame in (rows, shuffled):
-        monkeypatch.setattr(trainer, "generate", lambda n, frame=frame: trainer.encoder.encode(frame))
+        monkeypatch.setattr(trainer, "generate", lambda n, rng=None, frame=frame: trainer.encoder.encode(frame))
         scores.append(release_misfit(trainer, torch_generator(1, "misfit")))
     assert scores[0] < 0.005 and scores[1] > 0.05

@@ -179,11 +179,10 @@ class DPTabularGAN(BaseEstimator):  # type: ignore[misc]
         if isinstance(n, bool) or not isinstance(n, int) or n < 0:
             raise ValueError(f"n={n!r}: ask for a whole number of rows, 0 or more")
         trainer = self._fitted()
-        if seed is not None:
-            trainer.rng = torch_generator(seed, "sample", device=trainer.device)
+        rng = torch_generator(seed, "sample", device=trainer.device) if seed is not None else None
         categorical, ranges = self._split_condition(condition or {})
         rules = self.schema.rules if drop_rule_violations else None
-        frame, dropped = trainer.sample_frame(n, categorical or None, rules, ranges)
+        frame, dropped = trainer.sample_frame(n, categorical or None, rules, ranges, rng=rng)
         frame.attrs["dropped_rule_violations"] = dropped
         return frame
 

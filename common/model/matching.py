@@ -139,11 +139,7 @@ def release_misfit(trainer: GANTrainer, rng: torch.Generator, rows: int = 2000) 
     The rows are drawn from ``rng``, not the trainer's own stream (which stays as it was):
     handing every candidate model the same stream compares models, not luck."""
     encoder = trainer.encoder
-    own, trainer.rng = trainer.rng, rng
-    try:
-        produced = exact_counts(encoder.decode(trainer.generate(rows)), encoder.schema)
-    finally:
-        trainer.rng = own
+    produced = exact_counts(encoder.decode(trainer.generate(rows, rng=rng)), encoder.schema)
     split = split_column(encoder.schema)
     distances = []
     for column in encoder.schema.columns:

@@ -40,10 +40,12 @@ class StepLosses:
 class GANTrainer:
     """Owns G, D and their optimisers for one encoder; data lives on ``device`` once.
 
-    ``rng`` is this trainer's own generator: network initialisation, Poisson sampling,
-    DP noise, conditions, latent and Gumbel noise all draw from it, never from PyTorch's
-    global generator. Its owner hands a fresh stream per use (see
-    :mod:`fedsyn.privacy.randomness`); ``None`` draws one from operating-system entropy.
+    ``rng`` is this trainer's own generator: it initialises the networks and is the stream of
+    any call not handed one. Poisson sampling, DP noise, conditions, latent and Gumbel noise
+    draw from the stream of the call (``train(..., rng=...)``, ``generate(..., rng=...)``),
+    never from PyTorch's global generator, and nobody reassigns it: a mechanism's owner hands
+    its fresh stream to the call (see :mod:`fedsyn.privacy.randomness`); ``None`` draws one
+    from operating-system entropy.
     """
 
     def __init__(self, encoder: TableEncoder, config: GANConfig, device: str | torch.device = "cpu",
@@ -103,13 +105,13 @@ class GANTrainer:
             onehot[torch.arange(cond.shape[0], device=cond.device), slots] = 1.0
         return torch.cat([cond, onehot], dim=1)
 
-    def _fake(self, n: int, cond: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        noise = torch.randn((n, self.config.latent_dim), generator=self.rng, device=self.device)
+    def _fake(self, n: int, cond: torch.Tensor, rng: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+        noise = torch.randn((n, self.config.latent_dim), generator=rng, device=self.device)
         raw = self.generator(noise, self._slot_input(cond, self.slot))
-        return raw, self.generator.activate(raw, self.config.gumbel_tau, self.rng)
+        return raw, self.generator.activate(raw, self.config.gumbel_tau, rng)
 
-    def real_gradient(self, data: torch.Tensor, sample_rate: float, noise_multiplier: float | None
-                      ) -> dict[str, torch.Tensor]:
+    def real_gradient(self, data: torch.Tensor, sample_rate: float, noise_multiplier: float | None,
+                      rng: torch.Generator | None = None) -> dict[str, torch.Tensor]:
         """The discriminator's gradient of the real-data loss: the only term that reads records.
 
         A Poisson sample of ``data``; with ``noise_multiplier`` every record's whole gradient is
@@ -118,9 +120,10 @@ class GANTrainer:
         never by anything computed from ``data``: the row count is private, and dividing by
         it would leak it outside the Gaussian mechanism.
         """
+        rng = rng if rng is not None else self.rng
         normaliser = float(self.real_normaliser or self.config.batch_size)
-        real = data[poisson_sample(data.shape[0], sample_rate, self.rng, self.device)]
-        real_cond = self._slot_input(self.conditions.from_real(real, self.rng), self.slot)
+        real = data[poisson_sample(data.shape[0], sample_rate, rng, self.device)]
+        real_cond = self._slot_input(self.conditions.from_real(real, rng), self.slot)
         if noise_multiplier is None:
             params = OrderedDict(self.discriminator.named_parameters())
             real_loss = F.softplus(-self.discriminator(real, real_cond)).sum() / normaliser
@@ -128,16 +131,18 @@ class GANTrainer:
         return private_gradient(
             self.discriminator, lambda score: F.softplus(-score).sum(), (real, real_cond),
             noise_multiplier=noise_multiplier, max_grad_norm=self.config.max_grad_norm,
-            expected_batch_size=normaliser, generator=self.rng,
+            expected_batch_size=normaliser, generator=rng,
         )
 
-    def discriminator_step(self, data: torch.Tensor, sample_rate: float, noise_multiplier: float | None) -> float:
+    def discriminator_step(self, data: torch.Tensor, sample_rate: float, noise_multiplier: float | None,
+                           rng: torch.Generator | None = None) -> float:
         """One discriminator update: the private real-data gradient plus the fake-data term,
         which reads no record (``config.batch_size`` generated rows, a public number)."""
-        real_grads = self.real_gradient(data, sample_rate, noise_multiplier)
-        fake_cond = self.conditions.sample(self.config.batch_size, self.rng)
+        rng = rng if rng is not None else self.rng
+        real_grads = self.real_gradient(data, sample_rate, noise_multiplier, rng)
+        fake_cond = self.conditions.sample(self.config.batch_size, rng)
         with torch.no_grad():
-            _, fake = self._fake(fake_cond.shape[0], fake_cond)
+            _, fake = self._fake(fake_cond.shape[0], fake_cond, rng)
         params = OrderedDict(self.discriminator.named_parameters())
         fake_loss = F.softplus(self.discriminator(fake, self._slot_input(fake_cond, self.slot))).mean()
         fake_grads = torch.autograd.grad(fake_loss, list(params.values()))
@@ -147,13 +152,14 @@ class GANTrainer:
         # Only the fake-data term is reported: the real-data loss is a private statistic.
         return float(fake_loss.detach())
 
-    def generator_step(self) -> float:
-        cond = self.conditions.sample(self.config.batch_size, self.rng)
-        raw, fake = self._fake(cond.shape[0], cond)
+    def generator_step(self, rng: torch.Generator | None = None) -> float:
+        rng = rng if rng is not None else self.rng
+        cond = self.conditions.sample(self.config.batch_size, rng)
+        raw, fake = self._fake(cond.shape[0], cond, rng)
         loss = F.softplus(-self.discriminator(fake, self._slot_input(cond, self.slot))).mean()
         loss = loss + self.conditions.cross_entropy(raw, cond, self._categorical_ranges)
         if self.matcher is not None:
-            loss = loss + self.config.matching_weight * self._matching_loss()
+            loss = loss + self.config.matching_weight * self._matching_loss(rng)
         self.generator_optimizer.zero_grad(set_to_none=True)
         loss.backward()  # type: ignore[no-untyped-call]
         self.generator_optimizer.step()
@@ -161,7 +167,7 @@ class GANTrainer:
         self._update_sampler(self.config.generator_ema)
         return float(loss.detach())
 
-    def _matching_loss(self) -> torch.Tensor:
+    def _matching_loss(self, rng: torch.Generator) -> torch.Tensor:
         """The matching term on a batch drawn as the release draws its rows of each outcome
         class (site slot by the sites' noisy shares of the class): the release, not one
         site's rows, is what must reproduce the summed tables. Classes get equal parts of
@@ -170,14 +176,14 @@ class GANTrainer:
             raise RuntimeError("no matcher: matching_weight is 0")
         outcome = self.conditions.outcome
         if outcome is None:
-            cond, slots = self._release_conditions(self.config.batch_size, None)
+            cond, slots = self._release_conditions(self.config.batch_size, None, rng)
         else:
             values = self.conditions.values[self.conditions.columns.index(outcome)]
             size = max(2, self.config.batch_size // len(values))
-            parts = [self._release_conditions(size, {outcome: value}) for value in values]
+            parts = [self._release_conditions(size, {outcome: value}, rng) for value in values]
             cond = torch.cat([c for c, _ in parts])
             slots = torch.cat([s for _, s in parts if s is not None]) if parts[0][1] is not None else None
-        noise = torch.randn((cond.shape[0], self.config.latent_dim), generator=self.rng, device=self.device)
+        noise = torch.randn((cond.shape[0], self.config.latent_dim), generator=rng, device=self.device)
         return self.matcher.loss(self.generator(noise, self._slot_input(cond, slots)), cond)
 
     @torch.no_grad()
@@ -194,10 +200,13 @@ class GANTrainer:
         noise_multiplier: float | None,
         on_step: Callable[[int, StepLosses], None] | None = None,
         slot: int | None = None,
+        rng: torch.Generator | None = None,
     ) -> list[StepLosses]:
         """Run ``steps`` paired D/G updates. The caller has already checked the budget.
 
-        With ``config.site_slots`` every generated row is generated for site ``slot``."""
+        With ``config.site_slots`` every generated row is generated for site ``slot``. Every draw
+        comes from ``rng`` (a mechanism's own stream; default: the trainer's)."""
+        stream = rng if rng is not None else self.rng
         if self.config.site_slots and not (isinstance(slot, int) and 0 <= slot < self.config.site_slots):
             raise ValueError(f"site slot {slot!r} is not one of the {self.config.site_slots} slots")
         self.slot = slot if self.config.site_slots else None
@@ -205,7 +214,8 @@ class GANTrainer:
         self.generator.train()
         self.discriminator.train()
         for step in range(steps):
-            losses = StepLosses(self.discriminator_step(data, sample_rate, noise_multiplier), self.generator_step())
+            losses = StepLosses(self.discriminator_step(data, sample_rate, noise_multiplier, stream),
+                                self.generator_step(stream))
             history.append(losses)
             if on_step is not None:
                 on_step(step, losses)
@@ -214,21 +224,24 @@ class GANTrainer:
     # -- sampling -------------------------------------------------------------------------
 
     @torch.inference_mode()
-    def generate(self, n: int, condition: dict[str, object] | None = None, chunk: int = 65536) -> np.ndarray:
-        """Encoded synthetic rows; categorical blocks are hard one-hots."""
+    def generate(self, n: int, condition: dict[str, object] | None = None, chunk: int = 65536,
+                 rng: torch.Generator | None = None) -> np.ndarray:
+        """Encoded synthetic rows; categorical blocks are hard one-hots. Draws from ``rng``
+        (default: the trainer's own stream)."""
+        rng = rng if rng is not None else self.rng
         if condition is not None and len(condition) != 1:
             raise ValueError("condition must fix exactly one categorical column, e.g. {'death': 'dead'}")
         parts = []
         for start in range(0, n, chunk):
             size = min(chunk, n - start)
-            cond, slots = self._release_conditions(size, condition)
-            noise = torch.randn((size, self.config.latent_dim), generator=self.rng, device=self.device)
-            rows = self.sampler.sample(self.sampler(noise, self._slot_input(cond, slots)), self.rng)
+            cond, slots = self._release_conditions(size, condition, rng)
+            noise = torch.randn((size, self.config.latent_dim), generator=rng, device=self.device)
+            rows = self.sampler.sample(self.sampler(noise, self._slot_input(cond, slots)), rng)
             # The rest of the row was generated given the condition; the conditioned column
             # itself holds exactly the conditioned value.
             rows = self.conditions.impose(rows, cond)
             if slots is not None and self.site_column is not None and self.site_column not in (condition or {}):
-                rows = self._impose_site_values(rows, slots)
+                rows = self._impose_site_values(rows, slots, rng)
             parts.append(rows)
         return torch.cat(parts).cpu().numpy() if parts else np.zeros((0, self.encoder.dim), dtype=np.float32)
 
@@ -256,7 +269,7 @@ class GANTrainer:
             self.slot_site_values = [torch.as_tensor(m.probabilities(site_column, floor=0.0), dtype=torch.float32,
                                                      device=self.device) for m in marginals]
 
-    def _impose_site_values(self, rows: torch.Tensor, slots: torch.Tensor) -> torch.Tensor:
+    def _impose_site_values(self, rows: torch.Tensor, slots: torch.Tensor, rng: torch.Generator) -> torch.Tensor:
         """Each row's site-column one-hot drawn from its slot's noisy distribution of that column."""
         if self.site_column is None or self.slot_site_values is None:
             return rows
@@ -266,16 +279,16 @@ class GANTrainer:
         for k, probs in enumerate(self.slot_site_values):
             members = (slots == k).nonzero(as_tuple=True)[0]
             if len(members) and probs.sum() > 0:
-                values = torch.multinomial(probs, len(members), replacement=True, generator=self.rng)
+                values = torch.multinomial(probs, len(members), replacement=True, generator=rng)
                 rows[members, span.start + values] = 1.0
             elif len(members):  # nothing left of this slot's noise: the column's global distribution
                 block = self.conditions.columns.index(self.site_column)
                 values = torch.multinomial(self.conditions.block_probs[block], len(members), replacement=True,
-                                           generator=self.rng)
+                                           generator=rng)
                 rows[members, span.start + values] = 1.0
         return rows
 
-    def _release_conditions(self, n: int, condition: dict[str, object] | None
+    def _release_conditions(self, n: int, condition: dict[str, object] | None, rng: torch.Generator
                             ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Conditions and site slots of ``n`` released rows: the slot first (by the sites'
         noisy totals), then the outcome from that slot's noisy marginal (or ``condition``)."""
@@ -284,30 +297,30 @@ class GANTrainer:
             slots = None
             if self.config.site_slots:  # no release slots set: uniform slots, global conditions
                 slots = torch.multinomial(torch.ones(self.config.site_slots, device=self.device), n,
-                                          replacement=True, generator=self.rng)
+                                          replacement=True, generator=rng)
             if column is not None:
                 return self.conditions.fixed(n, column, value), slots
             # Outcome drawn from its noisy marginal, the rest generated given it.
-            return self.conditions.sample(n, self.rng, column=self.conditions.outcome), slots
+            return self.conditions.sample(n, rng, column=self.conditions.outcome), slots
         weights = self.slot_weights
         if column is not None:  # P(slot | value) from each slot's noisy share of that value
             cond = self.conditions.fixed(n, column, value)
             block = self.conditions.columns.index(column)
             index = self.conditions.values[block].index(str(value))
             weights = weights * torch.stack([s.block_probs[block][index] for s in self.slot_conditions])
-            slots = torch.multinomial(weights, n, replacement=True, generator=self.rng)
+            slots = torch.multinomial(weights, n, replacement=True, generator=rng)
             return cond, slots
-        slots = torch.multinomial(weights, n, replacement=True, generator=self.rng)
+        slots = torch.multinomial(weights, n, replacement=True, generator=rng)
         cond = torch.zeros((n, self.conditions.dim), device=self.device)
         for k, sampler in enumerate(self.slot_conditions):
             rows = (slots == k).nonzero(as_tuple=True)[0]
             if len(rows):
-                cond[rows] = sampler.sample(len(rows), self.rng, column=sampler.outcome)
+                cond[rows] = sampler.sample(len(rows), rng, column=sampler.outcome)
         return cond, slots
 
     def sample_frame(self, n: int, condition: dict[str, object] | None = None,
                      rules: list[Rule] | None = None, within: list[Condition] | None = None,
-                     max_rounds: int = 20) -> tuple[pd.DataFrame, int]:
+                     max_rounds: int = 20, rng: torch.Generator | None = None) -> tuple[pd.DataFrame, int]:
         """``n`` decoded rows; with ``rules``, rows breaking any rule are dropped and replaced
         (counted); with ``within``, only rows meeting every condition are kept (e.g. a numeric
         range asked for: not a violation, so not counted). The schema's missing-by-design rules
@@ -321,7 +334,7 @@ class GANTrainer:
             # Draw for the share of rows kept so far, so a narrow range does not need many rounds.
             share = have / drawn if drawn and have else 1.0
             size = min(max(n - have, math.ceil((n - have) / max(share, 1e-3))), 1_000_000)
-            frame = impose_missing_by_design(self.encoder.decode(self.generate(size, condition)),
+            frame = impose_missing_by_design(self.encoder.decode(self.generate(size, condition, rng=rng)),
                                              self.encoder.schema.rules)
             drawn += size
             if rules:
