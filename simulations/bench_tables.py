@@ -11,8 +11,11 @@ can be put beside the peers in ``peers.jsonl``:
 - ``train.csv`` is split by its ``site`` column into one CSV per site (a temporary folder);
 - ``fedsyn simulate --sites ... --schema <table>/schema.json --epsilon E --rows len(train)
   --seed S --out DIR --no-compare`` runs as a subprocess (the real command line);
-- ``DIR/release/synthetic.csv`` is scored by the bench's ``judge.py`` (TSTR with gradient
-  boosting and logistic regression, SDMetrics quality, DCR ratio, excess exact copies).
+- ``DIR/release/synthetic.csv`` is scored by the bench's ``judge.judge_all``: TSTR with gradient
+  boosting and logistic regression on the declared outcome and, averaged, with every other
+  categorical column as the target ("questions"), site structure (mean TV of P(column | site),
+  0 = each site's population kept), detection AUC (0.5 = indistinguishable), SDMetrics quality,
+  DCR ratio, excess exact copies. The table's site column is passed as ``--site-column``.
 
 The judge runs in a subprocess of ``--judge-python`` (default: this interpreter), so that
 sdmetrics, which pins its own pandas, may live in a separate environment. Prints numbers
@@ -35,8 +38,10 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-METRICS = ("tstr_gb", "tstr_lr", "quality", "dcr_ratio", "excess_exact", "seconds")
-HEADERS = ("TSTR GB", "TSTR LR", "quality", "DCR ratio", "excess exact", "seconds")
+METRICS = ("tstr_gb", "tstr_lr", "questions_gb", "questions_lr", "site_tv", "detection", "quality", "dcr_ratio",
+           "excess_exact", "seconds")
+HEADERS = ("TSTR GB", "TSTR LR", "questions GB", "questions LR", "site TV", "detection", "quality", "DCR ratio",
+           "excess exact", "seconds")
 
 # Runs under --judge-python: reads the bench table, scores one synthetic CSV, prints JSON.
 _JUDGE = """
@@ -48,7 +53,13 @@ from load import load
 import judge
 train, test, spec = load(table)
 syn = pd.read_csv(synthetic, dtype={c: str for c in spec["categorical"]})
-print(json.dumps(judge.judge(syn, train, test, spec)))
+scores = judge.judge_all(syn, train, test, spec)
+questions = scores.pop("every_question") or {}
+for model in ("gb", "lr"):  # every other categorical column as the target: the mean TSTR ROC-AUC
+    values = [q[f"tstr_{model}"] for q in questions.values()]
+    scores[f"questions_{model}"] = sum(values) / len(values) if values else None
+scores["site_tv"], scores["detection"] = scores.pop("site_structure_tv"), scores.pop("detection_auc")
+print(json.dumps(scores))
 """
 
 
@@ -127,7 +138,8 @@ def print_rows(rows: Iterable[dict]) -> None:
 def mean_row(table: str, rows: list[dict]) -> dict:
     out = {"table": table, "arm": f"fedsyn federated mean of {len(rows)}", "seed": None}
     for key in (*METRICS, "trtr_gb", "trtr_lr"):
-        out[key] = float(np.mean([r[key] for r in rows]))
+        values = [r[key] for r in rows if r.get(key) is not None]
+        out[key] = float(np.mean(values)) if values else None
     out["tstr_gb_std"] = float(np.std([r["tstr_gb"] for r in rows]))
     out["tstr_lr_std"] = float(np.std([r["tstr_lr"] for r in rows]))
     return out
