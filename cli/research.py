@@ -29,8 +29,9 @@ def fit(
     epsilon: Annotated[float, typer.Option(help="privacy budget of the whole fit")] = 1.0,
     delta: Annotated[float, typer.Option(help="DP delta; must be below 1/rows")] = 1e-5,
     epochs: Annotated[float, typer.Option(help="planned passes over the data (stops earlier at the budget)")] = 30.0,
-    rows: Annotated[int, typer.Option(help="synthetic rows to write; 0: as many as the extract")] = 0,
-    out: Annotated[Path, typer.Option(help="folder for model.pt, synthetic.csv, privacy_report.json")
+    rows: Annotated[int, typer.Option(help="synthetic rows to write; 0: as many as the rows trained on")] = 0,
+    out: Annotated[Path, typer.Option(help="folder for model.pt, synthetic.csv, privacy_report.json, and "
+                                           "local-report/ (computed from real rows: keep it local, never publish it)")
                    ] = Path("fedsyn-model"),
     device: Annotated[str, typer.Option(help="torch device, e.g. cuda")] = "cpu",
     seed: Annotated[int | None, typer.Option(help="secret seed: with the stream nonce the fit prints, repeats it "
@@ -39,27 +40,59 @@ def fit(
                             ] = None,
     allow_unreviewed_schema: Annotated[bool, typer.Option(
         help="train even though the schema has needs_review columns (recorded as a leak)")] = False,
+    held_out: Annotated[Path | None, typer.Option(
+        help="real rows the fit never sees, for the local validation report and its verdict (then every row of "
+             "DATA is trained on)")] = None,
+    hold_out: Annotated[float, typer.Option(
+        min=0.0, max=0.9, help="without --held-out: the share of DATA kept out of training (stratified by the "
+                               "outcome, as simulate --data does) for the local validation report and its verdict; "
+                               "0: train on every row, no report")] = 0.3,
+    fail_below: Annotated[float | None, typer.Option(
+        help="exit with code 3 when the local report's verdict score (0-1) is below this, for pipelines")] = None,
 ) -> None:
-    """Fit a DP tabular GAN on one site's extract; write the model and synthetic rows."""
+    """Fit a DP tabular GAN on one site's extract; write the model and synthetic rows, and a local
+    validation report with its verdict against real rows the fit never saw."""
     from fedsyn.model.gan import DPTabularGAN
 
     try:
         contract = Schema.load(schema)
         frame = read_table(data, contract)
+        require_valid(frame, contract, source=str(data))  # before any split: problems named by the file's lines
+        test = None
+        if held_out is not None:
+            test = read_table(held_out, contract)
+            require_valid(test, contract, source=str(held_out))
+    except (SchemaError, DataFileError, DataValidationError, ValueError) as exc:
+        fail(str(exc))
+    train = frame
+    if held_out is None and hold_out > 0:
+        from sklearn.model_selection import train_test_split
+
+        stratify = frame[contract.outcome] if contract.outcome else None
+        try:
+            train, test = train_test_split(frame, test_size=hold_out, random_state=seed, stratify=stratify)
+        except ValueError as exc:
+            fail(f"cannot hold out {hold_out:.0%} of {data} for the validation report ({exc}). Give real rows the "
+                 "fit never sees with --held-out FILE, or --hold-out 0 to train on every row without a report")
+        train, test = train.reset_index(drop=True), test.reset_index(drop=True)
+    if test is not None and contract.outcome and test[contract.outcome].nunique() < 2:
+        fail(f"the held-out rows hold one value of the outcome '{contract.outcome}' only: the report's utility "
+             "checks need both. Give more held-out rows (--held-out FILE or a larger --hold-out)")
+    try:
         model = DPTabularGAN(contract, epsilon=epsilon, delta=delta, epochs=epochs, device=device, seed=seed,
                              stream_nonce=stream_nonce, allow_unreviewed_schema=allow_unreviewed_schema)
         with console.status("training (DP-SGD)...") as status:
-            model.fit(frame, on_step=lambda step, _: status.update(f"training step {step + 1}"))
+            model.fit(train, on_step=lambda step, _: status.update(f"training step {step + 1}"))
     except (SchemaError, DataFileError, DataValidationError, ValueError) as exc:
         fail(str(exc))
     out.mkdir(parents=True, exist_ok=True)
     model.save(out / "model.pt")
-    write_table(model.sample(rows or len(frame)), out / "synthetic.csv")
+    write_table(model.sample(rows or len(train)), out / "synthetic.csv")
     spent, spent_delta = model.privacy_spent()
     report = {"epsilon": spent, "delta": spent_delta, "seeded": seed is not None,
               "ledger": model.ledger_.to_dict() if model.ledger_ else None,
               "schema_unreviewed_columns": contract.unreviewed_columns,
-              "public_facts": {"rows": len(frame), "why_public": "the published DP-SGD sample rate is batch size / "
+              "public_facts": {"rows": len(train), "why_public": "the published DP-SGD sample rate is batch size / "
                                "rows (ledger and model.pt), so the row count is disclosed"}}
     (out / "privacy_report.json").write_text(json.dumps(report, indent=2) + "\n")
     if contract.unreviewed_columns:
@@ -70,6 +103,24 @@ def fit(
     if seed is not None:  # the terminal only: neither value is in any file written above
         console.print(f"seeded fit: `--seed {seed} --stream-nonce {model.stream_nonce_}` repeats it exactly. Keep both "
                       "private: with them anyone can regenerate this fit's noise")
+    if test is None:
+        console.print("no held-out real rows (--hold-out 0), so no local validation report or verdict: give "
+                      "--held-out FILE, or keep the default --hold-out 0.3")
+        return
+    from fedsyn.simulations.workflow import write_local_report
+
+    local = out / "local-report"
+    ledger = {**report, "max_epsilon_any_site": spent,
+              "sites": [{"site": data.stem, "epsilon_cumulative": spent, "delta": spent_delta}]}
+    settings = {"epsilon": epsilon, "delta": delta, "epochs": epochs, "seeded": seed is not None,
+                "held_out": str(held_out) if held_out is not None else f"{hold_out:.0%} of the extract, stratified"}
+    with console.status("validation report (fidelity, utility, privacy)..."):
+        result = write_local_report(read_table(out / "synthetic.csv", contract), train, test, contract, local,
+                                    ledger, seed or 0, settings=settings)
+        write_table(test, local / "held_out.parquet")
+    console.print(f"validation report (LOCAL: computed from real rows, not for release): {local / 'report.html'}",
+                  soft_wrap=True)
+    print_verdict(result["verdict"], fail_below)
 
 
 def simulate(

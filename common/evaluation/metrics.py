@@ -3,7 +3,9 @@
 Three families of metrics, each computed only against real rows the caller holds:
 
 * fidelity: per-column KS / total-variation distance, pairwise association matrices, a
-  real-vs-synthetic detection AUC;
+  real-vs-synthetic detection AUC, and the structure conclusions rest on: each numeric
+  column's spread, each categorical column's shares, the outcome's main effects and what
+  each column's missingness depends on;
 * utility: train-on-synthetic / train-on-real, tested on a real held-out split only;
 * privacy: exact copies, distance to closest record (DCR) against a held-out baseline, and a
   distance-based membership-inference attack.
@@ -143,6 +145,224 @@ def detection_auc(real: pd.DataFrame, synthetic: pd.DataFrame, schema: Schema, s
     return float(roc_auc_score(y, scores))
 
 
+# -- structure: spread, category shares, main effects, missingness ------------------------------
+#
+# A KS or total-variation distance alone can look moderate while the table misleads: a numeric
+# column squeezed to a quarter of its spread, an outcome whose strongest predictor lost nine
+# tenths of its effect, a value that is missing for every man in the real rows and for half of
+# them in the synthetic ones. These measures are the evidence; verdict.py applies thresholds.
+
+MAIN_EFFECTS = 5  # the strongest associations with the outcome that are judged (one per column)
+MISSINGNESS_LINKS = 3  # per nullable column: the strongest things its missingness depends on
+MIN_ASSOCIATION = 0.1  # |r| on the real rows below this is no main effect / dependence, however many rows
+MIN_ASSOCIATION_Z = 4.0  # nor is one the real rows cannot tell from noise (Fisher z, two-sided p < 1e-4)
+STRUCTURE_ROWS = 20_000  # more rows than this are subsampled (seeded) for main effects and missingness
+_MIN_ROWS = 10
+
+
+def _scaled(column, series: pd.Series) -> np.ndarray:
+    """A numeric column on the schema's modelling scale (log for lab values), NaN where missing."""
+    return forward_transform(column, pd.to_numeric(series, errors="coerce").to_numpy(dtype=float))
+
+
+def spread(real: pd.DataFrame, synthetic: pd.DataFrame, schema: Schema) -> dict[str, dict]:
+    """Standard deviation of each numeric column, real vs synthetic, on the schema's scale (the
+    log for log-transformed columns, so a few extreme lab values do not decide it)."""
+    out = {}
+    for column in schema.columns:
+        if column.is_categorical:
+            continue
+        a, b = _scaled(column, real[column.name]), _scaled(column, synthetic[column.name])
+        a, b = a[~np.isnan(a)], b[~np.isnan(b)]
+        if len(a) < 2 or len(b) < 2:
+            continue
+        sd_real, sd_synthetic = float(np.std(a, ddof=1)), float(np.std(b, ddof=1))
+        out[column.name] = {"scale": column.transform, "sd_real": sd_real, "sd_synthetic": sd_synthetic,
+                            "ratio": sd_synthetic / sd_real if sd_real > 1e-12 else None}
+    return out
+
+
+def category_shares(real: pd.DataFrame, synthetic: pd.DataFrame, schema: Schema) -> dict[str, dict]:
+    """Each category's share of the rows where a categorical column is not missing."""
+    out = {}
+    for column in schema.categorical_columns:
+        shares = {}
+        for label, frame in (("real", real), ("synthetic", synthetic)):
+            values = frame[column.name].dropna().astype(str)
+            counts = values.value_counts(normalize=True).reindex(column.categories, fill_value=0.0)
+            shares[label] = {level: float(share) for level, share in counts.items()}
+        out[column.name] = shares
+    return out
+
+
+@dataclass(frozen=True)
+class _Features:
+    """Every column as numbers a signed correlation can use: numerics on the schema's scale, one
+    0/1 indicator per category (only the last of two), and ``X missing`` for nullable columns;
+    NaN where undefined. ``sources`` names the column each feature comes from."""
+
+    labels: list[str]
+    sources: list[str]
+    indicator: list[bool]  # 0/1: a category or a missing value
+    values: np.ndarray  # rows x features
+
+
+def _subsampled(frame: pd.DataFrame) -> pd.DataFrame:
+    """The rows main effects and missingness are measured on: all, or a seeded sample of
+    :data:`STRUCTURE_ROWS` (the measures need far fewer; the memory grows with rows x features)."""
+    return frame.sample(n=STRUCTURE_ROWS, random_state=0) if len(frame) > STRUCTURE_ROWS else frame
+
+
+def _association_features(frame: pd.DataFrame, schema: Schema) -> _Features:
+    frame = _subsampled(frame)
+    labels, sources, indicator, values = [], [], [], []
+    for column in schema.columns:
+        series = frame[column.name]
+        missing = series.isna().to_numpy()
+        if column.is_categorical:
+            text = series.astype(str).to_numpy()
+            for level in column.categories[1:] if len(column.categories) == 2 else column.categories:
+                labels.append(f"{column.name} = {level}")
+                sources.append(column.name)
+                indicator.append(True)
+                values.append(np.where(missing, np.nan, (text == level) * 1.0))
+        else:
+            labels.append(column.name)
+            sources.append(column.name)
+            indicator.append(False)
+            values.append(_scaled(column, series))
+        if column.nullable:
+            labels.append(f"{column.name} missing")
+            sources.append(f"{column.name} missing")
+            indicator.append(True)
+            values.append(missing.astype(float))
+    return _Features(labels, sources, indicator, np.column_stack(values) if values else np.empty((len(frame), 0)))
+
+
+def _correlations(x: np.ndarray, targets: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Pearson r of each feature (column of ``x``, NaN where undefined) with each target (column
+    of ``targets``, never NaN) over the rows where the feature is defined: point-biserial or phi
+    for 0/1 values. Also how many rows that is. r is NaN under 10 rows, and 0 where either side
+    is constant on those rows (no association can show). One pass for all targets."""
+    valid = ~np.isnan(x)
+    weights = valid.astype(float)
+    n = weights.sum(axis=0)
+    safe = np.maximum(n, 1.0)[:, None]
+    x_centred = np.where(valid, x - np.where(valid, x, 0.0).sum(axis=0) / safe[:, 0], 0.0)  # no cancellation
+    y_centred = targets - targets.mean(axis=0)
+    mean_x = x_centred.sum(axis=0)[:, None] / safe
+    square_x = (x_centred ** 2).sum(axis=0)[:, None] / safe
+    mean_y, square_y = (weights.T @ y_centred) / safe, (weights.T @ y_centred ** 2) / safe
+    var_x, var_y = square_x - mean_x ** 2, square_y - mean_y ** 2
+    covariance = (x_centred.T @ y_centred) / safe - mean_x * mean_y
+    constant = (var_x <= 1e-12 * square_x) | (var_y <= 1e-12 * square_y) | (var_x <= 0) | (var_y <= 0)
+    r = np.clip(covariance / np.sqrt(np.where(constant, 1.0, var_x * var_y)), -1.0, 1.0)
+    return np.where(n[:, None] < _MIN_ROWS, np.nan, np.where(constant, 0.0, r)), n
+
+
+def _fisher(r: float) -> float:
+    return float(np.arctanh(np.clip(r, -0.999, 0.999)))
+
+
+def _comparison(label: str, real: float, n_real: float, synthetic: float, n_synthetic: float) -> dict:
+    """The same association on real and synthetic rows, and how sure the difference is:
+    ``z_weaker`` > 0 when the synthetic rows hold it more weakly in the real direction."""
+    if math.isnan(synthetic):  # too few synthetic rows even hold both values: nothing reproduced
+        synthetic, n_synthetic = 0.0, max(n_synthetic, 4.0)
+    sign = 1.0 if real >= 0 else -1.0
+    noise = math.sqrt(1.0 / (n_real - 3) + 1.0 / max(n_synthetic - 3, 1.0))
+    return {"feature": label, "real": float(real), "synthetic": float(synthetic), "n_real": int(n_real),
+            "n_synthetic": int(n_synthetic), "z_real": abs(_fisher(real)) * math.sqrt(n_real - 3),
+            "ratio": float(synthetic / real),
+            "z_weaker": sign * (_fisher(real) - _fisher(synthetic)) / noise}
+
+
+def _strongest(real: _Features, x_real: np.ndarray, y_real: np.ndarray, x_synthetic: np.ndarray,
+               y_synthetic: np.ndarray, skips: list[tuple[str, ...]], top: int) -> list[list[dict]]:
+    """For each target (a column of ``y_real`` / ``y_synthetic``): the features associated with it
+    clearly on the real rows (|r| >= MIN_ASSOCIATION, z >= MIN_ASSOCIATION_Z), the strongest
+    one per source column, ``top`` at most, each compared with the synthetic rows. Features whose
+    source is in that target's ``skips`` entry (the target's own column) are left out."""
+    r_real, n_real = _correlations(x_real, y_real)
+    r_synthetic, n_synthetic = _correlations(x_synthetic, y_synthetic)
+    strength = np.abs(np.nan_to_num(r_real))
+    z_real = np.arctanh(np.minimum(strength, 0.999)) * np.sqrt(np.maximum(n_real - 3, 0))[:, None]
+    clear = (strength >= MIN_ASSOCIATION) & (z_real >= MIN_ASSOCIATION_Z)
+    out = []
+    for k, skip in enumerate(skips):
+        chosen: dict[str, dict] = {}
+        for j in sorted(np.flatnonzero(clear[:, k]), key=lambda j: -abs(r_real[j, k])):
+            if real.sources[j] not in skip and real.sources[j] not in chosen:
+                chosen[real.sources[j]] = _comparison(real.labels[j], r_real[j, k], n_real[j], r_synthetic[j, k],
+                                                      n_synthetic[j])
+        out.append(list(chosen.values())[:top])
+    return out
+
+
+def _binary(values: pd.Series, positive: str) -> np.ndarray:
+    return np.where(values.isna().to_numpy(), np.nan, (values.astype(str).to_numpy() == positive) * 1.0)
+
+
+def main_effects(real: pd.DataFrame, synthetic: pd.DataFrame, schema: Schema, top: int = MAIN_EFFECTS) -> list[dict]:
+    """The outcome's main effects, defined on the real rows: the ``top`` features (one per column)
+    most associated with it (point-biserial r for numerics, phi for a category or a missing
+    value), kept only where clearly non-zero; each with the same association on the synthetic rows."""
+    if schema.outcome is None:
+        return []
+    positive = schema.column(schema.outcome).categories[-1]
+    real_x, synthetic_x = _association_features(real, schema), _association_features(synthetic, schema)
+    y_real = _binary(_subsampled(real)[schema.outcome], positive)
+    y_synthetic = _binary(_subsampled(synthetic)[schema.outcome], positive)
+    known_real, known_synthetic = ~np.isnan(y_real), ~np.isnan(y_synthetic)  # rows whose outcome is recorded
+    return _strongest(real_x, real_x.values[known_real], y_real[known_real][:, None],
+                      synthetic_x.values[known_synthetic], y_synthetic[known_synthetic][:, None],
+                      [(schema.outcome, f"{schema.outcome} missing")], top)[0]
+
+
+def _missing_share(missing: np.ndarray, x: np.ndarray, value: float) -> float | None:
+    rows = x == value
+    return float(missing[rows].mean()) if rows.any() else None
+
+
+def missingness(real: pd.DataFrame, synthetic: pd.DataFrame, schema: Schema,
+                top: int = MISSINGNESS_LINKS) -> dict[str, dict]:
+    """For each nullable column: its missing share, real and synthetic, and what its being
+    missing depends on in the real rows (the ``top`` clearest links to other columns' values,
+    categories or missingness), each measured again on the synthetic rows. For a category or a
+    missing indicator, the share missing with and without it, e.g. missing for every man."""
+    out: dict[str, dict] = {}
+    judged = []
+    real_rows, synthetic_rows = _subsampled(real), _subsampled(synthetic)
+    for column in schema.columns:
+        if not column.nullable:
+            continue
+        out[column.name] = {"missing_real": float(real[column.name].isna().mean()) if len(real) else 0.0,
+                            "missing_synthetic": float(synthetic[column.name].isna().mean()) if len(synthetic)
+                            else 0.0, "links": []}
+        missing = int(real_rows[column.name].isna().sum())
+        if min(missing, len(real_rows) - missing) >= _MIN_ROWS:  # else (almost) never or always missing: nothing
+            judged.append(column.name)                             # to depend on anything
+    if not judged:
+        return out
+    real_x, synthetic_x = _association_features(real, schema), _association_features(synthetic, schema)
+    m_real = real_rows[judged].isna().to_numpy(dtype=float)
+    m_synthetic = synthetic_rows[judged].isna().to_numpy(dtype=float)
+    links = _strongest(real_x, real_x.values, m_real, synthetic_x.values, m_synthetic,
+                       [(name, f"{name} missing") for name in judged], top)
+    for k, name in enumerate(judged):
+        for link in links[k]:
+            j = real_x.labels.index(link["feature"])
+            if real_x.indicator[j]:
+                x_real, x_synthetic = real_x.values[:, j], synthetic_x.values[:, j]
+                link["missing_share"] = {
+                    "real_with": _missing_share(m_real[:, k], x_real, 1.0),
+                    "real_without": _missing_share(m_real[:, k], x_real, 0.0),
+                    "synthetic_with": _missing_share(m_synthetic[:, k], x_synthetic, 1.0),
+                    "synthetic_without": _missing_share(m_synthetic[:, k], x_synthetic, 0.0)}
+        out[name]["links"] = links[k]
+    return out
+
+
 def fidelity(real: pd.DataFrame, synthetic: pd.DataFrame, schema: Schema, seed: int = 0) -> dict:
     columns = column_distances(real, synthetic, schema)
     real_assoc, synthetic_assoc = association_matrix(real, schema), association_matrix(synthetic, schema)
@@ -158,6 +378,10 @@ def fidelity(real: pd.DataFrame, synthetic: pd.DataFrame, schema: Schema, seed: 
         "association_error": association_error,
         "overall_score": float(1.0 - (marginal_error + association_error) / 2.0),
         "detection_auc": detection_auc(real, synthetic, schema, seed),
+        "spread": spread(real, synthetic, schema),
+        "categories": category_shares(real, synthetic, schema),
+        "main_effects": main_effects(real, synthetic, schema),
+        "missingness": missingness(real, synthetic, schema),
     }
 
 
@@ -304,6 +528,6 @@ def evaluate(synthetic: pd.DataFrame, real_train: pd.DataFrame, real_test: pd.Da
     epsilon = ledger.get("max_epsilon_any_site") if ledger else None
     return Evaluation(
         fidelity=fidelity_, utility=utility_, privacy=privacy_, plausibility=plausibility(synthetic, schema),
-        verdict=judge(fidelity_, utility_, privacy_, majority, epsilon), ledger=ledger,
+        verdict=judge(fidelity_, utility_, privacy_, majority, epsilon, schema.outcome), ledger=ledger,
         rows={"synthetic": len(synthetic), "real_train": len(real_train), "real_test": len(real_test)},
     )

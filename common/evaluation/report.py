@@ -19,7 +19,7 @@ import pandas as pd  # noqa: E402
 from fedsyn import __version__
 from fedsyn.data.schema import Schema  # noqa: E402
 from fedsyn.evaluation.metrics import EMPIRICAL_CAVEAT, Evaluation, pca_projection  # noqa: E402
-from fedsyn.evaluation.verdict import Verdict
+from fedsyn.evaluation.verdict import SCORE_CAP, Verdict
 
 REAL, SYNTHETIC = "#1f77b4", "#ff7f0e"
 
@@ -136,8 +136,43 @@ def _verdict_section(verdict: Verdict) -> str:
     """The headline first: score, level and every flag, coloured."""
     flags = "".join(f"<li class='{flag.level}'><b>{flag.level}</b> ({flag.area}): {html.escape(flag.message)}</li>"
                     for flag in verdict.flags) or "<li class='green'>no flag raised</li>"
+    cap = (f"<p>The score never exceeds {SCORE_CAP[verdict.level]:.1f} while a {verdict.level} flag stands.</p>"
+           if verdict.level != "green" else "")
     return (f"<section id='verdict' class='{verdict.level}'><h2>Verdict: {verdict.level.upper()} "
-            f"(score {verdict.score:.2f} of 1)</h2><p>{html.escape(verdict.summary)}</p><ul>{flags}</ul></section>")
+            f"(score {verdict.score:.2f} of 1)</h2><p>{html.escape(verdict.summary)}</p><ul>{flags}</ul>{cap}"
+            "</section>")
+
+
+def _structure_sections(fidelity: dict) -> list[str]:
+    """The evidence behind the verdict's spread, main-effect and missingness flags."""
+    sections = []
+    if fidelity.get("spread"):
+        sections += ["<h3>Spread of numeric columns</h3>",
+                     "<p>Standard deviation on the schema's scale (the log for log-transformed columns); a ratio "
+                     "under 0.5 or over 2 is a red flag.</p>",
+                     _table([[name, s["scale"], s["sd_real"], s["sd_synthetic"],
+                              "" if s["ratio"] is None else s["ratio"]] for name, s in fidelity["spread"].items()],
+                            ["column", "scale", "sd real", "sd synthetic", "ratio"])]
+    if fidelity.get("main_effects"):
+        sections += ["<h3>Main effects on the outcome</h3>",
+                     "<p>The strongest associations with the outcome in the real rows (correlation: point-biserial "
+                     "for a numeric column, phi for a category or a missing value), and the same on the synthetic "
+                     "rows. Reversed, or under a third of real, is a red flag.</p>",
+                     _table([[e["feature"], e["real"], e["synthetic"], "" if e["ratio"] is None else e["ratio"]]
+                             for e in fidelity["main_effects"]], ["feature", "real", "synthetic", "ratio"])]
+    missing = []
+    for name, entry in fidelity.get("missingness", {}).items():
+        shares = [name, f"{entry['missing_real']:.1%}", f"{entry['missing_synthetic']:.1%}"]
+        missing += [[*shares, link["feature"], link["real"], link["synthetic"]] for link in entry["links"]]
+        missing += [] if entry["links"] else [[*shares, "(nothing clear)", "", ""]]
+    if missing:
+        sections += ["<h3>Missingness</h3>",
+                     "<p>Missing shares, and what being missing depends on in the real rows (correlation of the "
+                     "missing indicator with another column's value, category or missingness), measured again on "
+                     "the synthetic rows.</p>",
+                     _table(missing, ["column", "missing, real", "missing, synthetic", "depends on",
+                                      "correlation, real", "correlation, synthetic"])]
+    return sections
 
 
 def render_html(evaluation: Evaluation, real: pd.DataFrame, synthetic: pd.DataFrame, schema: Schema,
@@ -162,12 +197,14 @@ def render_html(evaluation: Evaluation, real: pd.DataFrame, synthetic: pd.DataFr
                             ["site", "epsilon (cumulative)", "delta"])]
     sections += [
         "<h2>Fidelity</h2>",
-        _table([["overall score (1 is perfect)", fidelity["overall_score"]],
+        _table([["closeness of marginals and associations (1 = identical; one input of the verdict above, "
+                 "not a verdict)", fidelity["overall_score"]],
                 ["mean marginal distance", fidelity["marginal_error"]],
                 ["mean association difference", fidelity["association_error"]],
                 ["detection ROC-AUC (0.5 is ideal)", fidelity["detection_auc"]]], ["measure", "value"]),
         _table([[name, c["metric"], c["value"]] for name, c in fidelity["columns"].items()],
                ["column", "distance", "value"]),
+        *_structure_sections(fidelity),
         "<h3>Marginals</h3>", _img(marginals_plot(real, synthetic, schema), "marginal distributions"),
         "<h3>Associations</h3>", _img(association_plot(evaluation), "association matrices"),
         "<h3>PCA projection</h3>", _img(pca_plot(real, synthetic, schema), "PCA projection"),

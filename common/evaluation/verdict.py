@@ -1,14 +1,46 @@
 """A plain verdict on a synthetic table: a headline score and green / amber / red flags.
 
 Researchers should not have to read forty numbers to learn that a release is useless: a
-synthetic table whose models rank real patients the wrong way round, or whose outcome
-column holds one value, must be called out as such. The flags come from the evaluation
-against real rows, so the verdict is part of the local report, never of a release.
+synthetic table whose models rank real patients the wrong way round, whose outcome column
+holds one value, whose numeric columns are squeezed to a fraction of their spread, whose main
+effects have faded or flipped, or whose missing values no longer follow the real pattern, must
+be called out as such. The flags come from the evaluation against real rows, so the verdict is
+part of the local report, never of a release.
+
+Levels, and why (each threshold is a module constant below):
+
+* red, not usable for conclusions:
+  - a numeric column's standard deviation (on the schema's scale) halved or doubled: every
+    spread, range and tail a researcher reads off it is wrong by at least 2x;
+  - a categorical column collapsed to one value (99 % or more of the synthetic rows) where
+    the real rows hold 5 % or more of other values;
+  - a column's KS / total-variation distance 0.5 or more (half of its mass misplaced);
+  - a main effect on the outcome reversed, shrunk under a third, or inflated over three times,
+    with the difference beyond sampling noise (z >= 3). Main effects are defined on the real
+    rows (metrics.main_effects): the five features, one per column, most correlated with the
+    outcome (point-biserial r for a numeric column on the schema's scale, phi for a category
+    or a missing value), and only those clearly non-zero there (|r| >= 0.1 and z >= 4);
+  - a strong dependence of a column's missingness (|r| >= 0.3 in the real rows between its
+    missing indicator and another column's value, category or missingness, e.g. missing for
+    every patient of one group) reversed or reproduced at under a third;
+  - models trained on the synthetic rows keep under half of the real rows' lift of ROC-AUC
+    over chance on average, any one is no better than chance or reversed, or two or more fall
+    below always predicting the most common outcome (where the real rows' model does not);
+  - a membership attack with ROC-AUC 0.75 or more.
+* amber, usable with care: the same signs, smaller (spread off by 1.5x, a main effect or a
+  missingness dependence at under two thirds, a model at under 90 % of the real rows' AUC, a
+  category with 2 %+ of real rows 5x rarer, a missing share off by 0.15, or by 0.05 and 2x),
+  KS / total variation 0.3-0.5, detectable rows, weaker privacy signals, epsilon above 10.
+* green: none of these.
+
+The headline score is the mean of three components (fidelity, utility, privacy), capped by
+the level: at most 0.7 with an amber flag and 0.4 with a red one, so a score can never read
+better than the flags say.
 """
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from typing import Literal
 
 Level = Literal["green", "amber", "red"]
@@ -18,63 +50,206 @@ SUMMARY = {
     "amber": "usable with care: read the amber flags before drawing conclusions",
     "red": "not usable for conclusions: see the red flags",
 }
+SCORE_CAP: dict[str, float] = {"green": 1.0, "amber": 0.7, "red": 0.4}
+
+DISTANCE_RED, DISTANCE_AMBER = 0.5, 0.3  # KS / total variation of one column
+SPREAD_RED, SPREAD_AMBER = 2.0, 1.5  # synthetic / real sd, either way
+COLLAPSED_SHARE = 0.99  # one category holds this much of the synthetic rows ...
+SEVERAL_SHARE = 0.05  # ... while the real rows hold at least this much outside it
+LOST_CATEGORY_SHARE, LOST_CATEGORY_FACTOR = 0.02, 5.0  # a category this common in real rows, 5x rarer
+EFFECT_RED, EFFECT_AMBER = 3.0, 1.5  # synthetic / real association: under 1/3 or over 3x is red
+EFFECT_Z = 3.0  # and the difference beyond sampling noise
+STRONG_MISSINGNESS = 0.3  # |r| of a missing indicator with another column: a strong dependence
+MISSING_SHARE_GAP = 0.15  # absolute difference of a missing share that is always amber
+LIFT_RED = 0.5  # mean share of the real rows' ROC-AUC lift over 0.5 kept by the synthetic rows
+TSTR_AMBER = 0.9  # one model's TSTR AUC under this share of its TRTR AUC
+MAJORITY_RED = 2  # models below always predicting the most common outcome
+SIGNAL_AUC = 0.55  # a model whose real rows (TRTR) reach no more carries no signal to judge
 
 
 @dataclass(frozen=True)
 class Flag:
-    area: Literal["fidelity", "utility", "privacy"]
+    area: Literal["fidelity", "effects", "missingness", "utility", "privacy"]
     level: Level
     message: str
 
 
 @dataclass(frozen=True)
 class Verdict:
-    score: float  # 0 (useless) .. 1 (as good as the real rows); see :func:`judge`
+    score: float  # 0 (useless) .. 1 (as good as the real rows), capped by the level; see :func:`judge`
     level: Level
     summary: str
     flags: list[Flag]
+    components: dict[str, float] = field(default_factory=dict)  # before the cap: fidelity, utility, privacy
 
     def to_dict(self) -> dict[str, object]:
         return {"score": self.score, "level": self.level, "summary": self.summary,
-                "flags": [asdict(flag) for flag in self.flags]}
+                "flags": [asdict(flag) for flag in self.flags], "components": self.components}
 
+
+def _join(items: list[str]) -> str:
+    return "; ".join(items)
+
+
+# -- utility ----------------------------------------------------------------------------------
 
 def _utility_flags(utility: dict, majority_rate: float | None) -> tuple[list[Flag], float | None]:
     flags: list[Flag] = []
-    ratios = []
+    ratios, below_real, below_majority, judged = [], [], [], 0
     for model, scores in utility.items():
         name = model.replace("_", " ")
         tstr, trtr = scores["tstr"]["roc_auc"], scores["trtr"]["roc_auc"]
-        ratios.append(max(0.0, (tstr - 0.5) / max(trtr - 0.5, 1e-6)))
+        if trtr < SIGNAL_AUC:
+            continue  # the real rows themselves teach this model nothing to compare with
+        judged += 1
+        ratios.append(max(0.0, (tstr - 0.5) / (trtr - 0.5)))
         if tstr < 0.45:
             flags.append(Flag("utility", "red", f"{name}: ROC-AUC {tstr:.2f} < 0.5, a reversed relationship: trained "
                                                 "on the synthetic rows it ranks real patients the wrong way round"))
         elif tstr < 0.55:
             flags.append(Flag("utility", "red", f"{name}: ROC-AUC {tstr:.2f}, no better than chance"))
-        elif tstr < 0.9 * trtr:
-            flags.append(Flag("utility", "amber", f"{name}: ROC-AUC {tstr:.2f} against {trtr:.2f} on real rows"))
-        accuracy = scores["tstr"]["accuracy"]
-        if majority_rate is not None and accuracy < majority_rate - 0.01:
-            flags.append(Flag("utility", "amber", f"{name}: accuracy {accuracy:.2f} is below always predicting the "
-                                                  f"most common outcome ({majority_rate:.2f})"))
-    return flags, (min(1.0, sum(ratios) / len(ratios)) if ratios else None)
+        elif tstr < TSTR_AMBER * trtr:
+            below_real.append(f"{name} {tstr:.2f} against {trtr:.2f}")
+        accuracy, real_accuracy = scores["tstr"]["accuracy"], scores["trtr"]["accuracy"]
+        if majority_rate is not None and accuracy < majority_rate - 0.01 <= real_accuracy:
+            below_majority.append(f"{name} {accuracy:.2f}")
+    if utility and not judged:
+        flags.append(Flag("utility", "amber", "even trained on the real rows no model predicts the outcome better "
+                                              f"than chance (ROC-AUC < {SIGNAL_AUC}): utility cannot be judged"))
+    lift = sum(ratios) / len(ratios) if ratios else None
+    if lift is not None and lift < LIFT_RED:
+        flags.append(Flag("utility", "red", f"models trained on the synthetic rows keep {lift:.0%} of the real rows' "
+                                            "ROC-AUC lift over chance on average (under half): conclusions drawn "
+                                            "from them would not hold on real patients"))
+    if below_real:
+        flags.append(Flag("utility", "amber", f"ROC-AUC under {TSTR_AMBER:.0%} of the real rows' (TSTR against "
+                                              f"TRTR): {_join(below_real)}"))
+    if below_majority:
+        level: Level = "red" if len(below_majority) >= MAJORITY_RED else "amber"
+        flags.append(Flag("utility", level, f"accuracy below always predicting the most common outcome "
+                                            f"({majority_rate:.2f}), where the real rows' model is not: "
+                                            f"{_join(below_majority)}"))
+    return flags, (min(1.0, lift) if lift is not None else None)
 
+
+# -- fidelity: distances, spread, categories --------------------------------------------------
 
 def _fidelity_flags(fidelity: dict) -> list[Flag]:
     flags: list[Flag] = []
-    collapsed = [name for name, c in fidelity["columns"].items() if c["value"] >= 0.8]
-    poor = [name for name, c in fidelity["columns"].items() if 0.4 <= c["value"] < 0.8]
-    if collapsed:
-        flags.append(Flag("fidelity", "red", f"distribution collapsed or shifted (distance >= 0.8): "
-                                             f"{', '.join(collapsed)}"))
+    columns = fidelity["columns"]
+    shifted = [f"{name} {c['value']:.2f}" for name, c in columns.items() if c["value"] >= DISTANCE_RED]
+    poor = [f"{name} {c['value']:.2f}" for name, c in columns.items() if DISTANCE_AMBER <= c["value"] < DISTANCE_RED]
+    if shifted:
+        flags.append(Flag("fidelity", "red", f"distribution collapsed or shifted (KS / total variation >= "
+                                             f"{DISTANCE_RED}: half the mass or more misplaced): {_join(shifted)}"))
     if poor:
-        flags.append(Flag("fidelity", "amber", f"poorly matched columns (distance 0.4-0.8): {', '.join(poor)}"))
+        flags.append(Flag("fidelity", "amber", f"poorly matched columns (KS / total variation {DISTANCE_AMBER}-"
+                                               f"{DISTANCE_RED}): {_join(poor)}"))
+    spread_red, spread_amber = [], []
+    for name, s in fidelity.get("spread", {}).items():
+        ratio = s["ratio"]
+        if ratio is None or ratio <= 0:
+            if ratio is not None:
+                spread_red.append(f"{name} (one value only in the synthetic rows)")
+            continue
+        factor = max(ratio, 1 / ratio)
+        scale = ", log scale" if s["scale"] == "log" else ""
+        how = f"{name} (sd {'shrunk' if ratio < 1 else 'grown'} {factor:.1f}x{scale})"
+        if factor >= SPREAD_RED:
+            spread_red.append(how)
+        elif factor >= SPREAD_AMBER:
+            spread_amber.append(how)
+    if spread_red:
+        flags.append(Flag("fidelity", "red", f"numeric columns squeezed or blown up (standard deviation off by "
+                                             f"{SPREAD_RED:g}x or more): {_join(spread_red)}"))
+    if spread_amber:
+        flags.append(Flag("fidelity", "amber", f"numeric columns with the wrong spread (standard deviation off by "
+                                               f"{SPREAD_AMBER:g}x-{SPREAD_RED:g}x): {_join(spread_amber)}"))
+    collapsed, lost = [], []
+    for name, shares in fidelity.get("categories", {}).items():
+        real, synthetic = shares["real"], shares["synthetic"]
+        top = max(synthetic, key=synthetic.get)
+        if synthetic[top] >= COLLAPSED_SHARE and 1.0 - real[top] >= SEVERAL_SHARE:
+            collapsed.append(f"{name} ('{top}' in {synthetic[top]:.1%} of synthetic rows, {real[top]:.0%} of "
+                             "real ones)")
+            continue
+        lost += [f"{name} = {level} ({share:.0%} of real rows, {synthetic[level]:.1%} of synthetic)"
+                 for level, share in real.items()
+                 if share >= LOST_CATEGORY_SHARE and synthetic[level] < share / LOST_CATEGORY_FACTOR]
+    if collapsed:
+        flags.append(Flag("fidelity", "red", f"categorical columns collapsed to one value: {_join(collapsed)}"))
+    if lost:
+        flags.append(Flag("fidelity", "amber", f"categories at least {LOST_CATEGORY_FACTOR:g}x rarer in the synthetic "
+                                               f"rows: {_join(lost)}"))
     detection = fidelity["detection_auc"]
     if detection >= 0.9:
         flags.append(Flag("fidelity", "amber", f"a classifier tells synthetic from real rows (AUC {detection:.2f}): "
                                                "individual rows do not look real; aggregate use is safer"))
     return flags
 
+
+# -- main effects and missingness -------------------------------------------------------------
+
+def _change(association: dict) -> tuple[Level | None, str]:
+    """How an association of the real rows fares in the synthetic ones: red when reversed,
+    under a third or over three times as strong, amber under two thirds or over 1.5 times;
+    only where the difference is beyond sampling noise."""
+    ratio, z = association["ratio"], association["z_weaker"]
+    if ratio is None:
+        return None, ""
+    if ratio < 1 / EFFECT_AMBER and z >= EFFECT_Z:
+        if ratio < 0 and abs(association["synthetic"]) * (association["n_synthetic"] - 3) ** 0.5 >= 2:
+            return "red", "reversed"
+        return ("red" if ratio < 1 / EFFECT_RED else "amber"), ("lost" if ratio < 0.05 else
+                                                                f"shrunk to {ratio:.0%} of real")
+    if ratio > EFFECT_AMBER and z <= -EFFECT_Z:
+        return ("red" if ratio > EFFECT_RED else "amber"), f"inflated {ratio:.1f}x"
+    return None, ""
+
+
+def _effect_flags(effects: list[dict], outcome: str | None) -> list[Flag]:
+    flags = []
+    for effect in effects:
+        level, how = _change(effect)
+        if level is not None:
+            flags.append(Flag("effects", level, f"main effect of {effect['feature']} on {outcome or 'the outcome'} "
+                                                f"{how}: correlation {effect['real']:+.2f} on real rows, "
+                                                f"{effect['synthetic']:+.2f} on synthetic"))
+    return flags
+
+
+def _missingness_flags(missingness: dict) -> list[Flag]:
+    flags = []
+    for name, entry in missingness.items():
+        real, synthetic = entry["missing_real"], entry["missing_synthetic"]
+        gap = abs(real - synthetic)
+        if gap >= MISSING_SHARE_GAP or (gap >= 0.05 and not real / 2 <= synthetic <= 2 * real):
+            flags.append(Flag("missingness", "amber", f"{name} is missing in {real:.0%} of real rows, "
+                                                      f"{synthetic:.0%} of synthetic"))
+        worst: tuple[int, str] | None = None
+        for link in entry["links"]:
+            level, how = _change(link)
+            if level is None:
+                continue
+            if level == "red" and (how.startswith("inflated") or abs(link["real"]) < STRONG_MISSINGNESS):
+                level = "amber"  # red only where a strong real dependence is lost or turned round
+            shares = link.get("missing_share")
+            if shares and None not in shares.values():
+                detail = (f"missing in {shares['real_with']:.0%} of real rows with {link['feature']} (against "
+                          f"{shares['real_without']:.0%} otherwise), {shares['synthetic_with']:.0%} of synthetic "
+                          f"ones (against {shares['synthetic_without']:.0%})")
+            else:
+                detail = (f"correlation of being missing with {link['feature']} {link['real']:+.2f} on real rows, "
+                          f"{link['synthetic']:+.2f} on synthetic")
+            rank = LEVELS.index(level)
+            if worst is None or rank > worst[0]:
+                worst = (rank, f"the link between {name} being missing and {link['feature']} is {how}: {detail}")
+        if worst is not None:
+            flags.append(Flag("missingness", LEVELS[worst[0]], worst[1]))
+    return flags
+
+
+# -- privacy ----------------------------------------------------------------------------------
 
 def _privacy_flags(privacy: dict, epsilon: float | None) -> tuple[list[Flag], float]:
     flags: list[Flag] = []
@@ -96,12 +271,18 @@ def _privacy_flags(privacy: dict, epsilon: float | None) -> tuple[list[Flag], fl
 
 
 def judge(fidelity: dict, utility: dict, privacy: dict, majority_rate: float | None = None,
-          epsilon: float | None = None) -> Verdict:
+          epsilon: float | None = None, outcome: str | None = None) -> Verdict:
     """Flags per area and a headline score: the mean of the fidelity score, the utility share
-    of the real rows' lift over chance (ROC-AUC), and one minus the attack's advantage."""
+    of the real rows' lift over chance (ROC-AUC) and one minus the attack's advantage, capped
+    by the level (:data:`SCORE_CAP`) so that it never contradicts a flag."""
     utility_flags, utility_score = _utility_flags(utility, majority_rate)
     privacy_flags, privacy_score = _privacy_flags(privacy, epsilon)
-    flags = _fidelity_flags(fidelity) + utility_flags + privacy_flags
-    parts = [fidelity["overall_score"], privacy_score] + ([utility_score] if utility_score is not None else [])
+    flags = (_fidelity_flags(fidelity) + _effect_flags(fidelity.get("main_effects", []), outcome)
+             + _missingness_flags(fidelity.get("missingness", {})) + utility_flags + privacy_flags)
+    components = {"fidelity": float(fidelity["overall_score"]), "privacy": privacy_score}
+    if utility_score is not None:
+        components["utility"] = utility_score
     level = max((flag.level for flag in flags), key=LEVELS.index, default="green")
-    return Verdict(round(float(sum(parts) / len(parts)), 3), level, SUMMARY[level], flags)
+    score = min(sum(components.values()) / len(components), SCORE_CAP[level])
+    return Verdict(round(float(score), 3), level, SUMMARY[level], flags,
+                   {name: round(float(value), 3) for name, value in components.items()})
