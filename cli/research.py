@@ -517,7 +517,7 @@ def evaluate(
     table = Table(title=f"Report: {out / 'report.html'}")
     table.add_column("measure")
     table.add_column("value")
-    table.add_row("fidelity score (1 = perfect)", f"{fidelity['overall_score']:.3f}")
+    table.add_row("fidelity (one input of the verdict below, not a verdict)", f"{fidelity['overall_score']:.3f}")
     table.add_row("detection AUC (0.5 = ideal)", f"{fidelity['detection_auc']:.3f}")
     for name, scores in result["utility"].items():
         table.add_row(f"{name} TSTR / TRTR AUC", f"{scores['tstr']['roc_auc']:.3f} / {scores['trtr']['roc_auc']:.3f}")

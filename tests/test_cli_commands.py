@@ -78,7 +78,8 @@ def test_fit_writes_model_rows_and_a_privacy_report_declaring_the_row_count(tmp_
     data = tmp_path / "cohort.csv"
     demo_frame.head(300).to_csv(data, index=False)
     out = tmp_path / "model"
-    result = _invoke("fit", data, "--schema", demo_schema_path(), "--epochs", "1", "--rows", "50", "--out", out)
+    result = _invoke("fit", data, "--schema", demo_schema_path(), "--epochs", "1", "--rows", "50", "--hold-out", "0",
+                     "--out", out)
     assert result.exit_code == 0, result.output
     report = json.loads((out / "privacy_report.json").read_text())
     assert 0 < report["epsilon"] <= 1.0 and report["public_facts"]["rows"] == 300
