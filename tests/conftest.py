@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import os
 
+# ruff: noqa: E402 - the imports below come after the thread limits, which must precede the libraries
 # One thread per native library (OpenMP in gradient boosting, BLAS): CI has 2 cores, and
 # oversubscribed threads ran the evaluation tests about 15x slower under load.
 for _variable in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
     os.environ.setdefault(_variable, "1")
 
-import pandas as pd  # noqa: E402 - after the thread limits, which must precede the libraries
+import pandas as pd
 import pytest
 import torch
 
