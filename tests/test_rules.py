@@ -72,3 +72,12 @@ def test_sampling_conditioned_on_a_numeric_range_and_a_category(demo_schema, sma
     assert len(rows) == 200 and rows["age"].between(60, 70).all() and (rows["sex"] == "F").all()
     with pytest.raises(ValueError, match="must be a range"):
         model.sample(10, condition={"age": 60})
+
+
+def test_sampled_rows_have_the_dtypes_the_schema_implies(demo_schema, small_frame):
+    """Codes come back as numbers (the researcher's rows.death.mean()), other categories as
+    categoricals in the schema's order, numbers as numbers."""
+    rows = DPTabularGAN(demo_schema, epsilon=1.0, delta=1e-5, epochs=0.2, config=TINY).fit(small_frame).sample(100)
+    assert str(rows["flc_grp"].dtype) == "Int64" and 1 <= rows["flc_grp"].mean() <= 10  # categories '1'..'10'
+    assert list(rows["sex"].cat.categories) == ["F", "M"]
+    assert rows["age"].dtype == "int64" and rows["kappa"].dtype == "float64"

@@ -88,3 +88,26 @@ def write_table(frame: pd.DataFrame, path: str | Path) -> None:
 def _as_text(series: pd.Series) -> pd.Series:
     """Categorical codes as strings, spelled as the schema spells them (see :func:`spell_category`)."""
     return series.map(spell_category).astype(object)
+
+
+def typed_by_schema(frame: pd.DataFrame, schema: Schema) -> pd.DataFrame:
+    """``frame`` with the dtypes its schema implies, for a researcher's own analysis: categories
+    that are all whole numbers (codes such as 0/1) as nullable integers, so ``rows.death.mean()``
+    works; other categories as pandas categoricals in the schema's order; integer columns as
+    (nullable) integers; continuous columns as floats. Derived from the schema alone: the
+    input file's dtypes (which can say whether a column had missing values) are never used."""
+    typed = frame.copy()
+    for column in schema.columns:
+        if column.name not in typed.columns:
+            continue
+        values = typed[column.name]
+        if column.is_categorical:
+            if all(level.lstrip("-").isdigit() for level in column.levels):
+                typed[column.name] = pd.to_numeric(values.map(spell_category), errors="coerce").astype("Int64")
+            else:
+                typed[column.name] = pd.Categorical(values.map(spell_category), categories=column.levels)
+        elif column.kind.value == "integer":
+            typed[column.name] = pd.to_numeric(values, errors="coerce").astype("Int64" if column.nullable else "int64")
+        else:
+            typed[column.name] = pd.to_numeric(values, errors="coerce").astype("float64")
+    return typed

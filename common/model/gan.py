@@ -20,6 +20,7 @@ from sklearn.base import BaseEstimator
 
 from fedsyn.data.rules import Condition
 from fedsyn.data.schema import Schema
+from fedsyn.data.tables import typed_by_schema
 from fedsyn.data.validation import require_valid
 from fedsyn.errors import ConfigurationError
 from fedsyn.model.checkpoint import load_checkpoint, save_checkpoint
@@ -168,7 +169,8 @@ class DPTabularGAN(BaseEstimator):  # type: ignore[misc]
 
     def sample(self, n: int, condition: dict[str, object] | None = None,
                drop_rule_violations: bool = False, seed: int | None = None) -> pd.DataFrame:
-        """``n`` synthetic rows; ``condition`` fixes at most one categorical column
+        """``n`` synthetic rows, typed by the schema (:func:`typed_by_schema`: 0/1 codes as integers,
+        other categories as categoricals); ``condition`` fixes at most one categorical column
         (``{'death': 'dead'}``, generated given it) and any numeric ranges (``{'age': (60, 80)}``,
         rows drawn until enough fall inside).
 
@@ -183,6 +185,7 @@ class DPTabularGAN(BaseEstimator):  # type: ignore[misc]
         categorical, ranges = self._split_condition(condition or {})
         rules = self.schema.rules if drop_rule_violations else None
         frame, dropped = trainer.sample_frame(n, categorical or None, rules, ranges, rng=rng)
+        frame = typed_by_schema(frame, self.schema)
         frame.attrs["dropped_rule_violations"] = dropped
         return frame
 
