@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
 from fedsyn.cli.output import console, fail
+
+if TYPE_CHECKING:
+    from fedsyn.client.policy import SitePolicy
+    from fedsyn.client.supervise import SiteRuntime
 
 client_app = typer.Typer(help="Hospital: the SuperNode daemon next to the private extract.")
 ledger_app = typer.Typer(help="Hospital: the site's privacy ledger (what it has spent, for ever).")
@@ -19,34 +23,57 @@ def client_start(config: Annotated[Path, typer.Option("--config", "-c")] = Path(
     """Validate the local extract, then run this hospital's SuperNode (outbound TLS only).
 
     Exits non-zero when the SuperNode loses the coordinator (75 when it gave up reconnecting,
-    e.g. over a TLS certificate it cannot verify), so the service manager restarts it."""
+    e.g. over a TLS certificate it cannot verify), so the service manager restarts it; 73 when
+    its local port is held by another process. The SuperNode ends with this command, however
+    this command ends, and a SuperNode an earlier start left behind is stopped first."""
     from fedsyn.client.deploy import supernode_launch
-    from fedsyn.client.policy import PolicyError
-    from fedsyn.client.supervise import supervise
+    from fedsyn.client.policy import PolicyError, SitePolicy
+    from fedsyn.client.supervise import supervise, writability_problems
     from fedsyn.data.schema import SchemaError
     from fedsyn.data.tables import DataFileError
     from fedsyn.data.validation import DataValidationError
     from fedsyn.privacy.accounting import LedgerError
 
     try:
+        policy = SitePolicy.load(config)
+        site = site_runtime(policy)
+        problems = writability_problems(site.writes)
+        if problems:  # every round would fail on them, after the coordinator has counted on this site
+            fail("not joining: " + "; ".join(problems) + ". Each round writes the ledger, its lock, the stored "
+                 "replies and the audit trail: give the user running `fedsyn client start` write access to them")
         launch = supernode_launch(config)
     except (PolicyError, SchemaError, DataFileError, DataValidationError, LedgerError) as exc:
         fail(f"not joining: {exc}")
     console.print(f"[dim]$ {' '.join(launch.command)}[/]")
-    raise typer.Exit(supervise(launch.command, launch.environment))
+    raise typer.Exit(supervise(launch.command, launch.environment, site=site))
+
+
+def site_runtime(policy: SitePolicy) -> SiteRuntime:
+    """What the supervisor keeps and checks for this site: its record beside the ledger, its local
+    port and key, and the files a round writes (ledger, lock, stored replies, audit trail)."""
+    from fedsyn.client.supervise import SiteRuntime
+
+    ledger = policy.ledger
+    connection = policy.coordinator
+    return SiteRuntime(folder=ledger.parent, local_port=connection.local_port if connection else None,
+                       key_file=connection.auth_private_key if connection else None,
+                       writes=(ledger, ledger.with_name(ledger.name + ".lock"),
+                               ledger.with_name(ledger.stem + "-replies"), policy.audit_trail))
 
 
 @ledger_app.command("init")
 def ledger_init(
     config: Annotated[Path, typer.Option("--config", "-c", help="the site policy file")] = Path("site.toml"),
     reset_reason: Annotated[str | None, typer.Option(
-        help="start again at epsilon 0 although the site's audit trail records charges (e.g. the extract now "
-             "holds other patients); the reason is kept in the trail")] = None,
+        help="start again at epsilon 0 although the site's audit trail records charges, or stored replies, a "
+             "replaced ledger or the ledger's lock show it spent before (e.g. the extract now holds other "
+             "patients); the reason is kept in the trail")] = None,
 ) -> None:
     """Create the site's empty ledger: once per extract, before the first run.
 
     The site refuses every request while its ledger is missing, so a lost or deleted ledger
-    never silently restarts at epsilon 0.
+    never silently restarts at epsilon 0; nor does deleting the ledger with its audit trail
+    while stored replies, a replaced ledger or the ledger's lock remain.
     """
     from fedsyn.client.policy import PolicyError, SitePolicy
     from fedsyn.client.site import initialise_ledger

@@ -13,81 +13,500 @@ in a process group of its own, passes its output through and forwards stop signa
 group. When Flower logs that it gave up, or the SuperNode itself exits, the whole group is
 stopped and ``fedsyn client start`` exits non-zero (:data:`EXIT_LOST_COORDINATOR` for a
 give-up), which systemd's ``Restart=on-failure`` or a container's restart policy turns into
-a fresh start. Flower's messages for an unregistered key or an unverifiable certificate are
-followed by one line saying what the operator should do. Written to a file or a journal
-rather than a terminal, the output loses Flower's colour codes.
+a fresh start. Written to a file or a journal rather than a terminal, the output loses
+Flower's colour codes.
+
+The group dies with the supervisor. Its leader is a small process of this module (``python -m
+fedsyn.client.supervise --lead``) that the kernel signals when the supervisor ends, however it
+ends (Linux ``prctl(PR_SET_PDEATHSIG)``; SIGKILL included): it then stops the SuperNode and
+whatever the SuperNode started in the group. The SuperNode itself is signalled if the leader
+dies. A record in the site's folder (:class:`SiteRuntime`, ``supernode.json``) names the
+group, so a start that finds one left behind anyway (another platform, an older fedsyn)
+stops it first, and says so; a local port held by something else is named with what to do.
+
+Flower's one-line errors are followed by one line saying what the operator should do. Its
+text for a refused activation (``[code: 2004] Failed to activate SuperNode``) is the same for
+an unregistered key, for a key a copy of this site uses elsewhere and for this site's own
+previous SuperNode, which the SuperLink lists as online for up to a minute after it stopped
+without signing off (Flower 1.41: two missed 30 s heartbeats). The record's last sign of
+life tells them apart as far as the site can: within that minute the supervisor waits for
+the old entry to expire and tries again by itself. A TLS hostname mismatch, an expired
+certificate and a certificate from another CA each get their own line, and a permission
+error in a round (whose text the site's log withholds) is followed by the site's own files
+that this user cannot write.
 """
 
 from __future__ import annotations
 
+import ctypes
+import hashlib
+import json
 import os
 import re
 import signal
+import socket
+import stat
 import subprocess
 import sys
 import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
 from typing import TextIO
 
 GAVE_UP = "Giving up reconnection"
+ACTIVATED = re.compile(r"SuperNode ID: (\d+)")
+ACTIVATION_REFUSED = "Failed to activate SuperNode"
 EXIT_LOST_COORDINATOR = 75  # EX_TEMPFAIL: try again later
+EXIT_CANNOT_START = 73  # EX_CANTCREAT: the site's local port or its SuperNode is held by another process
 FORWARDED = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
 ANSI = re.compile(r"\x1b\[[0-9;]*m")  # Flower colours its log lines; a log file should not hold the codes
-# Flower's words for the usual set-up mistakes, and what the hospital's operator should do.
-HINTS = {
-    "Failed to activate SuperNode": "the coordinator does not know this site's key: send the public key "
-                                    "(auth.pub next to auth_private_key) to the coordinator to register "
-                                    "(`fedsyn server sites add auth.pub`), then start again",
-    "CERTIFICATE_VERIFY_FAILED": "the coordinator's TLS certificate does not verify against this site's "
-                                 "root_certificates (expired, or signed by another CA): ask the coordinator for its "
-                                 "current ca.crt, or to renew its server certificate",
-}
+# Flower 1.41 lists a node as online until two heartbeats (30 s apart) are missed.
+NODE_EXPIRY_S = 60.0
+ALIVE_EVERY_S = 10.0  # how often the record's last sign of life is renewed while the node is connected
+STOP_GRACE_S = 15
+ACTIVATION_RETRIES = 3
+RECORD = "supernode.json"
+PR_SET_PDEATHSIG = 1
+
+# Flower's (and Python's ssl module's) words for the usual set-up mistakes, most specific first,
+# and what the hospital's operator should do. One line per kind, once.
+TLS_HINTS: tuple[tuple[re.Pattern[str], str], ...] = (
+    (re.compile(r"(?:Hostname|IP address) mismatch, certificate is not valid for '([^']*)'"),
+     "the coordinator's TLS certificate does not name the address this site dials ({0}, `superlink` in the "
+     "site policy): use the host name the certificate was issued for (the names given to `fedsyn certs init "
+     "--host` at the coordinator), or ask the coordinator to issue its certificate for {0}. The CA is not the "
+     "problem"),
+    (re.compile(r"certificate has expired"),
+     "the coordinator's TLS certificate has expired: ask the coordinator to renew it (same CA: nothing changes "
+     "here)"),
+    (re.compile(r"CERTIFICATE_VERIFY_FAILED"),
+     "the coordinator's TLS certificate does not verify against this site's root_certificates (signed by another "
+     "CA): ask the coordinator for its current ca.crt, or to renew its server certificate"),
+)
+PERMISSION = re.compile(r"\bPermissionError\b")
+
+
+def _libc() -> ctypes.CDLL | None:
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        return ctypes.CDLL(None, use_errno=True)
+    except OSError:
+        return None
+
+
+def _dies_with_parent(number: int) -> Callable[[], None] | None:
+    """A ``preexec_fn`` asking the kernel to send ``number`` to the child when its parent ends
+    (Linux; None elsewhere). Resolved before the fork: the child only makes the call."""
+    libc = _libc()
+    if libc is None:
+        return None
+    prctl = libc.prctl
+
+    def arm() -> None:
+        prctl(PR_SET_PDEATHSIG, number, 0, 0, 0)
+
+    return arm
+
+
+# -- the site's record of its SuperNode ---------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class SiteRuntime:
+    """What the supervisor knows of the site: the folder its record lives in (the ledger's:
+    writable under systemd), the SuperNode's local port, its key and the files a round writes."""
+
+    folder: Path
+    local_port: int | None = None
+    key_file: Path | None = None
+    writes: tuple[Path, ...] = field(default_factory=tuple)
+
+    @property
+    def record(self) -> Path:
+        return self.folder / RECORD
+
+
+def _start_time(pid: int) -> int | None:
+    """The process's start time in clock ticks since boot (Linux), None if it is gone or a zombie."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except (OSError, IndexError):
+        return None
+    return None if fields[0] == "Z" else int(fields[19])
+
+
+def _group_members(pgid: int, since: int | None) -> list[int]:
+    """Live processes of group ``pgid`` started no earlier than ``since`` (a reused id is not ours)."""
+    if not Path("/proc/self/stat").exists():  # not Linux: the group exists or not
+        try:
+            os.killpg(pgid, 0)
+            return [pgid]
+        except OSError:
+            return []
+    members = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+        except (OSError, IndexError):
+            continue
+        if fields[0] != "Z" and int(fields[2]) == pgid and (since is None or int(fields[19]) >= since):
+            members.append(int(entry.name))
+    return members
+
+
+def _process_alive(pid: int | None, started: int | None) -> bool:
+    if pid is None:
+        return False
+    if Path("/proc/self/stat").exists():
+        return started is not None and _start_time(pid) == started
+    try:
+        os.kill(pid, 0)
+        return True
+    except OSError:
+        return False
+
+
+def _command_line(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace").strip()
+    except OSError:
+        return "?"
+
+
+class NodeRecord:
+    """``supernode.json`` in the site's folder: the process group the SuperNode runs in while it
+    runs, and the node id, key fingerprint and last sign of life the coordinator saw."""
+
+    def __init__(self, site: SiteRuntime | None):
+        self.site = site
+        self.data: dict = {}
+        if site is not None:
+            try:
+                self.data = json.loads(site.record.read_text())
+            except (OSError, ValueError):
+                pass
+        self.connected = False  # this supervisor's node was accepted and has not stopped since
+        self._renewed = 0.0
+
+    def _save(self) -> None:
+        if self.site is None:
+            return
+        try:
+            self.site.folder.mkdir(parents=True, exist_ok=True)
+            temporary = self.site.record.with_name(RECORD + ".tmp")
+            temporary.write_text(json.dumps(self.data, indent=2) + "\n")
+            os.replace(temporary, self.site.record)
+        except OSError:
+            pass  # a read-only folder is reported by the pre-flight check; the node runs regardless
+
+    def _key(self) -> str | None:
+        try:
+            key_file = self.site.key_file if self.site is not None else None
+            return hashlib.sha256(key_file.read_bytes()).hexdigest()[:16] if key_file else None
+        except OSError:
+            return None
+
+    # -- the process group
+
+    def take_over(self, out: TextIO) -> int | None:
+        """Stop a SuperNode group an earlier supervisor of this site left running. Returns an exit
+        code when this start must not go on (another supervisor of this site is alive)."""
+        group = self.data.get("group")
+        if not group:
+            return None
+        supervisor = group.get("supervisor")
+        if supervisor != os.getpid() and _process_alive(supervisor, group.get("supervisor_started")):
+            _say(out, f"another `fedsyn client start` (pid {supervisor}) already runs this site's SuperNode "
+                      f"(process group {group['pgid']}, local port {group.get('local_port')}). Stop it first "
+                      "(`systemctl stop fedsyn-client`, or Ctrl-C in its terminal); two SuperNodes with one key "
+                      "lock each other out")
+            return EXIT_CANNOT_START
+        members = _group_members(group["pgid"], group.get("started"))
+        if members:
+            _say(out, f"a SuperNode left running by an earlier `fedsyn client start` (process group {group['pgid']}: "
+                      f"{', '.join(_command_line(pid)[:80] for pid in members[:3])}) still holds local port "
+                      f"{group.get('local_port')}; stopping it before starting again")
+            _stop_pgid(group["pgid"], group.get("started"))
+        self.data.pop("group", None)
+        self._save()
+        return None
+
+    def started(self, process: subprocess.Popen) -> None:
+        self.data["group"] = {"pgid": process.pid, "started": _start_time(process.pid),
+                              "supervisor": os.getpid(), "supervisor_started": _start_time(os.getpid()),
+                              "local_port": self.site.local_port if self.site is not None else None}
+        self._save()
+
+    def stopped(self) -> None:
+        self.data.pop("group", None)
+        self._save()
+
+    # -- what the coordinator saw
+
+    def activated(self, node_id: str) -> None:
+        self.connected = True
+        self.data.update(node_id=node_id, key=self._key(), activated_at=time.time(), last_alive=time.time())
+        self._renewed = time.monotonic()
+        self._save()
+
+    def renew(self) -> None:
+        """Note that the connected node is alive (at most every :data:`ALIVE_EVERY_S`)."""
+        if self.connected and time.monotonic() - self._renewed >= ALIVE_EVERY_S:
+            self._renewed = time.monotonic()
+            self.data["last_alive"] = time.time()
+            self._save()
+
+    def expiry_wait(self) -> float | None:
+        """Seconds until the SuperLink stops listing this site's previous node as online; None
+        when that node was last alive longer ago than Flower keeps a silent node listed."""
+        last = self.data.get("last_alive")
+        if last is None:
+            return None
+        expires = last + NODE_EXPIRY_S + ALIVE_EVERY_S + 5  # the record may be one renewal behind
+        left = expires - time.time()
+        return left if left > 0 else None
+
+    def explain_refused_activation(self) -> str:
+        """Flower's 'Failed to activate SuperNode', told apart by what this site knows."""
+        node, last = self.data.get("node_id"), self.data.get("last_alive")
+        wait = self.expiry_wait()
+        if wait is not None:
+            return (f"the coordinator's SuperLink still lists this site's previous SuperNode (node {node}, alive "
+                    f"{time.time() - last:.0f} s ago) as online: Flower keeps a node that stopped without signing "
+                    "off listed for about a minute after its last heartbeat. Nothing to do: this supervisor waits "
+                    f"{wait:.0f} s for the old entry to expire and tries again")
+        if node is not None and self.data.get("key") == self._key():
+            return (f"the coordinator accepted this site's key before (node {node}), and now refuses it: another "
+                    "SuperNode using a copy of this key is online (a cloned machine or container image, or a copied "
+                    "site folder), or the coordinator removed node "
+                    f"{node}. Stop the copy and give every site its own key (`fedsyn certs site-key`, then `fedsyn "
+                    "server sites add auth.pub` at the coordinator); if no copy runs, ask the coordinator "
+                    "(`fedsyn server sites list`)")
+        return ("the coordinator does not know this site's key, or another SuperNode using the same key is online "
+                "(a copied site folder or cloned machine): send the public key (auth.pub next to auth_private_key) "
+                "to the coordinator to register (`fedsyn server sites add auth.pub`), then start again; if it is "
+                "registered, ask the coordinator (`fedsyn server sites list`) whether its node is online elsewhere. "
+                "If this site's SuperNode stopped less than a minute ago, wait a minute: the coordinator still "
+                "lists it")
+
+
+def _stop_pgid(pgid: int, since: int | None, grace: float = STOP_GRACE_S) -> None:
+    """SIGTERM the group, then SIGKILL what is left after ``grace`` seconds; wait until it is gone."""
+    for number, wait in ((signal.SIGTERM, grace), (signal.SIGKILL, 5.0)):
+        try:
+            os.killpg(pgid, number)
+        except OSError:
+            return
+        deadline = time.monotonic() + wait
+        while time.monotonic() < deadline:
+            if not _group_members(pgid, since):
+                return
+            time.sleep(0.1)
+
+
+# -- local checks --------------------------------------------------------------------------------
+
+
+def port_in_use(port: int) -> bool:
+    """Whether something listens on ``port`` on this machine (any address): binding it would fail."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # a closed connection's TIME_WAIT is no holder
+        try:
+            probe.bind(("0.0.0.0", port))
+        except OSError:
+            return True
+    return False
+
+
+def _listeners(port: int) -> list[int]:
+    """Processes with a socket listening on ``port`` (Linux; those this user may inspect)."""
+    inodes = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        try:
+            rows = Path(table).read_text().splitlines()[1:]
+        except OSError:
+            continue
+        for row in rows:
+            fields = row.split()
+            if len(fields) > 9 and fields[3] == "0A" and int(fields[1].rsplit(":", 1)[1], 16) == port:
+                inodes.add(fields[9])
+    pids = []
+    for entry in Path("/proc").iterdir() if inodes else ():
+        if not entry.name.isdigit():
+            continue
+        try:
+            descriptors = list((entry / "fd").iterdir())
+        except OSError:  # another user's process, or gone
+            continue
+        for descriptor in descriptors:
+            try:
+                link = os.readlink(descriptor)
+            except OSError:  # closed since the listing
+                continue
+            if link.startswith("socket:[") and link[8:-1] in inodes:
+                pids.append(int(entry.name))
+                break
+    return pids
+
+
+def explain_busy_port(port: int) -> str:
+    holders = _listeners(port)
+    named = "; ".join(f"pid {pid}: {_command_line(pid)[:120]}" for pid in holders)
+    return (f"local port {port} (`local_port` in the site policy's [coordinator] section) is already in use, so the "
+            f"SuperNode would fail with 'address already in use'. Held by {named or 'a process this user cannot see'}"
+            f". If that is an earlier SuperNode of this site, stop it (`kill {holders[0] if holders else 'PID'}`); "
+            f"otherwise choose another local_port. `ss -ltnp 'sport = :{port}'` shows the holder")
+
+
+def writability_problems(paths: tuple[Path, ...] | list[Path]) -> list[str]:
+    """Each of the site's own files (or, for one not yet made, its folder) that this user cannot
+    write, with the owner and mode. Paths on the site's own disk: for its local log only."""
+    problems = []
+    for path in paths:
+        target = path if path.exists() else path.parent
+        if not os.access(target, os.W_OK | (os.X_OK if target.is_dir() else 0)):
+            try:
+                info = target.stat()
+                detail = f"owner uid {info.st_uid}, mode {stat.filemode(info.st_mode)}"
+            except OSError as exc:
+                detail = exc.strerror or type(exc).__name__
+            problems.append(f"{target} is not writable by uid {os.getuid()} ({detail})")
+    return problems
+
+
+# -- the supervisor --------------------------------------------------------------------------------
+
+
+def _say(out: TextIO, text: str) -> None:
+    out.write(f"fedsyn: {text}\n")
+    out.flush()
+
+
+@dataclass
+class _Attempt:
+    gave_up: threading.Event = field(default_factory=threading.Event)
+    refused_activation: bool = False
 
 
 def supervise(command: list[str], environment: dict[str, str], out: TextIO = sys.stdout,
-              poll_seconds: float = 0.5) -> int:
+              poll_seconds: float = 0.5, site: SiteRuntime | None = None) -> int:
     """Run ``command`` until it ends or gives up reconnecting; return its exit code (1 if it
-    exited 0 while its helpers still ran), or :data:`EXIT_LOST_COORDINATOR` for a give-up."""
-    process = subprocess.Popen(command, env={**os.environ, **environment}, stdout=subprocess.PIPE,
-                               stderr=subprocess.STDOUT, text=True, bufsize=1, start_new_session=True)
-    gave_up = threading.Event()
-    reader = threading.Thread(target=_pass_through, args=(process, out, gave_up), daemon=True)
-    reader.start()
-    previous = {number: signal.signal(number, lambda received, _frame: _signal_group(process, received))
-                for number in FORWARDED}
+    exited 0 while its helpers still ran), or :data:`EXIT_LOST_COORDINATOR` for a give-up.
+
+    With ``site``, a SuperNode left running by an earlier supervisor is stopped first, a busy
+    local port is refused (:data:`EXIT_CANNOT_START`) with its holder named, and a refused
+    activation while the SuperLink still lists this site's previous node is retried once it
+    has expired (at most :data:`ACTIVATION_RETRIES` times)."""
+    record = NodeRecord(site)
+    if site is not None:
+        refused = record.take_over(out)
+        if refused is not None:
+            return refused
+        if site.local_port is not None and port_in_use(site.local_port):
+            _say(out, explain_busy_port(site.local_port))
+            return EXIT_CANNOT_START
+    stopping = threading.Event()
+    running: list[subprocess.Popen] = []
+
+    def on_signal(number: int, _frame: object) -> None:
+        stopping.set()
+        for process in running:
+            _signal_group(process, number)
+
+    previous = {number: signal.signal(number, on_signal) for number in FORWARDED}
     try:
-        while process.poll() is None and not gave_up.wait(poll_seconds):
-            pass
-        if gave_up.is_set():
-            out.write("fedsyn: the SuperNode gave up reaching the coordinator (network or TLS certificate); "
-                      f"stopping it and exiting with {EXIT_LOST_COORDINATOR} so the service manager restarts it\n")
-            out.flush()
-            return EXIT_LOST_COORDINATOR
-        return process.returncode
+        attempt = 1
+        while True:
+            code, outcome = _run_once(command, environment, out, poll_seconds, record, running)
+            wait = record.expiry_wait() if outcome.refused_activation else None
+            if wait is None or stopping.is_set() or attempt > ACTIVATION_RETRIES:
+                return code
+            attempt += 1
+            _say(out, f"trying again in {wait:.0f} s (attempt {attempt} of {ACTIVATION_RETRIES + 1})")
+            if stopping.wait(wait):
+                return 0
     finally:
         for number, handler in previous.items():
             signal.signal(number, handler)
+
+
+def _run_once(command: list[str], environment: dict[str, str], out: TextIO, poll_seconds: float,
+              record: NodeRecord, running: list[subprocess.Popen]) -> tuple[int, _Attempt]:
+    """One SuperNode run under its group leader (see :func:`lead`); its code and what it showed."""
+    attempt = _Attempt()
+    leader = [sys.executable, "-m", "fedsyn.client.supervise", "--lead", str(os.getpid()), "--", *command]
+    process = subprocess.Popen(leader, env={**os.environ, **environment}, stdout=subprocess.PIPE,
+                               stderr=subprocess.STDOUT, text=True, bufsize=1, start_new_session=True,
+                               preexec_fn=_dies_with_parent(signal.SIGTERM))
+    running.append(process)
+    record.started(process)
+    reader = threading.Thread(target=_pass_through, args=(process, out, attempt, record), daemon=True)
+    reader.start()
+    try:
+        while process.poll() is None and not attempt.gave_up.wait(poll_seconds):
+            record.renew()
+        if attempt.gave_up.is_set():
+            _say(out, "the SuperNode gave up reaching the coordinator (network or TLS certificate); stopping it and "
+                      f"exiting with {EXIT_LOST_COORDINATOR} so the service manager restarts it")
+    finally:
         _stop_group(process)
+        running.remove(process)
+        record.connected = False
+        record.stopped()
+        reader.join(timeout=5)  # the rest of its output, and what it means, before deciding
+    return (EXIT_LOST_COORDINATOR if attempt.gave_up.is_set() else process.returncode), attempt
 
 
-def _pass_through(process: subprocess.Popen, out: TextIO, gave_up: threading.Event) -> None:
+def _permission_hint(record: NodeRecord) -> str:
+    problems = writability_problems(record.site.writes) if record.site is not None else []
+    if problems:
+        return ("a round failed on a file this site cannot write: " + "; ".join(problems) + ". Give the user "
+                "running `fedsyn client start` write access (the ledger's folder holds the ledger, its lock and "
+                "the stored replies)")
+    return ("a round failed on a file or folder this site may not use (PermissionError): check that the user running "
+            "`fedsyn client start` can write the ledger's folder (ledger, its lock, stored replies) and the audit "
+            "trail; FEDSYN_DEBUG=1 in the SuperNode's environment shows the path")
+
+
+def _pass_through(process: subprocess.Popen, out: TextIO, attempt: _Attempt, record: NodeRecord) -> None:
     """Echo the node's output; flag a give-up, and say once what a known failure means."""
     hinted: set[str] = set()
     plain = not out.isatty()
+
+    def hint(kind: str, text: Callable[[], str]) -> None:
+        if kind not in hinted:
+            hinted.add(kind)
+            out.write(f"fedsyn: {text()}\n")
+
     for line in process.stdout or ():
         out.write(ANSI.sub("", line) if plain else line)
-        for pattern, hint in HINTS.items():
-            if pattern in line and pattern not in hinted:
-                hinted.add(pattern)
-                out.write(f"fedsyn: {hint}\n")
+        activated = ACTIVATED.search(line)
+        if activated:
+            record.activated(activated.group(1))
+        if ACTIVATION_REFUSED in line:
+            attempt.refused_activation = True
+            hint("activation", record.explain_refused_activation)
+        for pattern, text in TLS_HINTS:
+            found = pattern.search(line)
+            if found:
+                hint("tls", lambda text=text, found=found: text.format(*found.groups()))
+                break
+        if PERMISSION.search(line):
+            hint("permission", lambda: _permission_hint(record))
         out.flush()
         if GAVE_UP in line:
-            gave_up.set()
+            attempt.gave_up.set()
 
 
 def _signal_group(process: subprocess.Popen, number: int) -> None:
     try:
         os.killpg(process.pid, number)
-    except ProcessLookupError:
+    except (ProcessLookupError, PermissionError):
         pass
 
 
@@ -95,8 +514,48 @@ def _stop_group(process: subprocess.Popen) -> None:
     """Stop the SuperNode and whatever it left running in its group (e.g. its SuperExec)."""
     _signal_group(process, signal.SIGTERM)
     try:
-        process.wait(timeout=15)
+        process.wait(timeout=STOP_GRACE_S)
     except subprocess.TimeoutExpired:
         pass
     _signal_group(process, signal.SIGKILL)
     process.wait()
+
+
+# -- the group's leader ------------------------------------------------------------------------------
+
+
+def lead(parent: int, command: list[str]) -> int:
+    """Run ``command`` as the process group's leader on behalf of the supervisor ``parent``.
+
+    The supervisor armed this process to receive SIGTERM when it ends. A stop signal while the
+    supervisor lives is the supervisor stopping the group (the SuperNode got it too); once the
+    supervisor is gone, this process stops the whole group (SIGTERM, then SIGKILL after
+    :data:`STOP_GRACE_S`), the SuperNode's own helpers included."""
+    if os.getppid() != parent:  # the supervisor ended before the death signal was armed
+        return 1
+    orphaned = False
+
+    def on_signal(_number: int, _frame: object) -> None:
+        nonlocal orphaned
+        if orphaned or os.getppid() == parent:
+            return
+        orphaned = True
+        signal.signal(signal.SIGALRM, lambda *_: os.killpg(0, signal.SIGKILL))
+        signal.alarm(STOP_GRACE_S)
+        os.killpg(0, signal.SIGTERM)
+
+    for number in FORWARDED:
+        signal.signal(number, on_signal)
+    try:
+        child = subprocess.Popen(command, preexec_fn=_dies_with_parent(signal.SIGTERM))
+    except OSError as exc:
+        print(f"fedsyn: cannot start {command[0]}: {exc.strerror or exc}", flush=True)
+        return 127
+    code = child.wait()
+    if orphaned:
+        os.killpg(0, signal.SIGKILL)  # whatever the SuperNode left in the group; this process too
+    return code if code >= 0 else 128 - code
+
+
+if __name__ == "__main__" and len(sys.argv) > 3 and sys.argv[1] == "--lead" and sys.argv[3] == "--":
+    sys.exit(lead(int(sys.argv[2]), sys.argv[4:]))

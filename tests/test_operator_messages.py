@@ -1,0 +1,128 @@
+"""The operator's second day: Flower's one-line errors at a site, each followed by the line that
+sends the operator the right way. The Flower lines are the ones flower-supernode 1.41 printed
+on loopback (a SuperNode restarted 12 s after a crash, a server certificate issued for another
+name, a site trusting another CA); small Python programs stand in for the SuperNode."""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from fedsyn.cli.main import app
+from fedsyn.client.supervise import RECORD, SiteRuntime, supervise
+from fedsyn.data.demo import demo_schema_path
+from fedsyn.simulations.run import prepare_sites
+
+REFUSED = ("print('ERROR : Exit Code: 305\\nFailed to initialize the connection to the SuperLink.\\n"
+           "[code: 2004] Failed to activate SuperNode.', flush=True)\nraise SystemExit(1)\n")
+MISMATCH = ("[SSL: CERTIFICATE_VERIFY_FAILED] certificate verify failed: IP address mismatch, certificate is not valid "
+            "for '127.0.0.1'. (_ssl.c:1006)")
+OTHER_CA = "[SSL: CERTIFICATE_VERIFY_FAILED] certificate verify failed: certificate signature failure (_ssl.c:1006)"
+EXPIRED = "[SSL: CERTIFICATE_VERIFY_FAILED] certificate verify failed: certificate has expired (_ssl.c:1006)"
+WITHHELD = ("ERROR : request failed with PermissionError\nTraceback (most recent call last):\n"
+            "PermissionError (message withheld: FEDSYN_DEBUG=1 shows it)")
+
+
+def _printing(text: str, code: int = 1) -> list[str]:
+    return [sys.executable, "-c", f"print({text!r}, flush=True)\nraise SystemExit({code})"]
+
+
+def _site(tmp_path: Path, **record: object) -> SiteRuntime:
+    key = tmp_path / "auth.key"
+    key.write_text("-----BEGIN PRIVATE KEY-----\nsite key\n-----END PRIVATE KEY-----\n")
+    if record:
+        (tmp_path / RECORD).write_text(json.dumps(record))
+    return SiteRuntime(tmp_path, key_file=key)
+
+
+def _key_print(site: SiteRuntime) -> str:
+    import hashlib
+
+    return hashlib.sha256(site.key_file.read_bytes()).hexdigest()[:16]
+
+
+def test_a_restart_within_the_minute_flower_lists_the_old_node_waits_and_retries(tmp_path):
+    """The first start is refused (the SuperLink still lists this site's node, alive 72 s ago by
+    the record, i.e. its entry is about to expire); the supervisor waits, starts it again and the
+    second start is accepted."""
+    node = tmp_path / "node.py"
+    node.write_text("import pathlib, sys\nmarker = pathlib.Path(sys.argv[1])\n"
+                    "if not marker.exists():\n    marker.write_text('1')\n    exec(" + repr(REFUSED) + ")\n"
+                    "print('INFO : SuperNode ID: 2234876404430693805', flush=True)\n")
+    site = _site(tmp_path, node_id="2234876404430693805", last_alive=time.time() - 72)
+    site = SiteRuntime(site.folder, key_file=site.key_file)
+    out = io.StringIO()
+    started = time.monotonic()
+    code = supervise([sys.executable, str(node), str(tmp_path / "ran-once")], {}, out, site=site)
+    text = out.getvalue()
+    assert code == 0, text
+    assert "still lists this site's previous SuperNode (node 2234876404430693805" in text
+    assert "trying again in" in text and "does not know this site's key" not in text
+    assert text.count("SuperNode ID") == 1 and time.monotonic() - started < 30
+    record = json.loads((tmp_path / RECORD).read_text())
+    assert record["node_id"] == "2234876404430693805" and record["last_alive"] > time.time() - 30
+
+
+def test_a_key_accepted_before_and_refused_now_points_at_a_copy_of_the_key(tmp_path):
+    site = _site(tmp_path)
+    site = _site(tmp_path, node_id="77", key=_key_print(site), last_alive=time.time() - 3600)
+    out = io.StringIO()
+    code = supervise([sys.executable, "-c", REFUSED], {}, out, site=site)
+    text = out.getvalue()
+    assert code == 1 and "trying again" not in text  # no retry: waiting would not help
+    assert "accepted this site's key before (node 77)" in text and "copy of this key" in text
+    assert "fedsyn certs site-key" in text and "does not know this site's key" not in text
+
+
+def test_a_key_never_accepted_is_told_to_register_or_look_for_a_copy(tmp_path):
+    out = io.StringIO()
+    assert supervise([sys.executable, "-c", REFUSED], {}, out, site=_site(tmp_path)) == 1
+    text = out.getvalue()
+    assert "does not know this site's key" in text and "fedsyn server sites add auth.pub" in text
+    assert "another SuperNode using the same key is online" in text
+
+
+@pytest.mark.parametrize(("line", "said", "not_said"), [
+    (MISMATCH, "does not name the address this site dials (127.0.0.1", "another CA"),
+    (OTHER_CA, "signed by another CA", "does not name"),
+    (EXPIRED, "has expired: ask the coordinator to renew it", "another CA"),
+], ids=["hostname-mismatch", "another-ca", "expired"])
+def test_each_tls_failure_is_told_its_own_way(tmp_path, line, said, not_said):
+    out = io.StringIO()
+    supervise(_printing("ERROR : SSL/TLS handshake error detected.\n" + line), {}, out)
+    hints = [row for row in out.getvalue().splitlines() if row.startswith("fedsyn:")]
+    assert len(hints) == 1 and said in hints[0] and not_said not in hints[0]
+
+
+def test_a_round_that_hit_an_unwritable_file_names_it_at_the_site(tmp_path, monkeypatch):
+    """The site's log withholds the exception's text (it may quote patient values); the supervisor
+    names the site's own file this user cannot write, on the site's terminal. Running as root
+    ignores file modes, so the operating system's answer is simulated."""
+    ledger_folder = tmp_path / "site"
+    ledger_folder.mkdir()
+    site = SiteRuntime(ledger_folder, writes=(ledger_folder / "ledger.json", ledger_folder / "ledger.json.lock"))
+    real_access = os.access
+    monkeypatch.setattr(os, "access", lambda path, mode: real_access(path, mode) and Path(path) != ledger_folder)
+    out = io.StringIO()
+    supervise(_printing(WITHHELD), {}, out, site=site)
+    hint = [row for row in out.getvalue().splitlines() if row.startswith("fedsyn:")]
+    assert len(hint) == 1 and f"{ledger_folder} is not writable by uid {os.getuid()}" in hint[0]
+
+
+def test_client_start_refuses_to_join_with_an_unwritable_ledger_folder(tmp_path, demo_frame, monkeypatch):
+    plan = prepare_sites([demo_frame.head(200)], demo_schema_path(), tmp_path / "sites", 1.0, 1e-5)
+    folder = plan.policies[0].parent
+    real_access = os.access
+    monkeypatch.setattr(os, "access", lambda path, mode: real_access(path, mode) and Path(path) != folder)
+    (folder / "ledger.json.lock").unlink(missing_ok=True)
+    result = CliRunner().invoke(app, ["client", "start", "--config", str(plan.policies[0])])
+    squeezed = "".join(result.output.split())  # the console wraps long paths anywhere
+    assert result.exit_code != 0 and "notjoining" in squeezed
+    assert f"{folder}isnotwritablebyuid{os.getuid()}".replace(" ", "") in squeezed
