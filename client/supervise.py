@@ -39,6 +39,7 @@ that this user cannot write.
 from __future__ import annotations
 
 import ctypes
+import functools
 import hashlib
 import json
 import os
@@ -53,7 +54,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TextIO
+from typing import Any, TextIO
 
 GAVE_UP = "Giving up reconnection"
 ACTIVATED = re.compile(r"SuperNode ID: (\d+)")
@@ -184,7 +185,7 @@ class NodeRecord:
 
     def __init__(self, site: SiteRuntime | None):
         self.site = site
-        self.data: dict = {}
+        self.data: dict[str, Any] = {}
         if site is not None:
             try:
                 self.data = json.loads(site.record.read_text())
@@ -236,7 +237,7 @@ class NodeRecord:
         self._save()
         return None
 
-    def started(self, process: subprocess.Popen) -> None:
+    def started(self, process: subprocess.Popen[str]) -> None:
         self.data["group"] = {"pgid": process.pid, "started": _start_time(process.pid),
                               "supervisor": os.getpid(), "supervisor_started": _start_time(os.getpid()),
                               "local_port": self.site.local_port if self.site is not None else None}
@@ -273,7 +274,7 @@ class NodeRecord:
 
     def explain_refused_activation(self) -> str:
         """Flower's 'Failed to activate SuperNode', told apart by what this site knows."""
-        node, last = self.data.get("node_id"), self.data.get("last_alive")
+        node, last = self.data.get("node_id"), float(self.data.get("last_alive") or 0)
         wait = self.expiry_wait()
         if wait is not None:
             return (f"the coordinator's SuperLink still lists this site's previous SuperNode (node {node}, alive "
@@ -411,7 +412,7 @@ def supervise(command: list[str], environment: dict[str, str], out: TextIO = sys
             _say(out, explain_busy_port(site.local_port))
             return EXIT_CANNOT_START
     stopping = threading.Event()
-    running: list[subprocess.Popen] = []
+    running: list[subprocess.Popen[str]] = []
 
     def on_signal(number: int, _frame: object) -> None:
         stopping.set()
@@ -436,7 +437,7 @@ def supervise(command: list[str], environment: dict[str, str], out: TextIO = sys
 
 
 def _run_once(command: list[str], environment: dict[str, str], out: TextIO, poll_seconds: float,
-              record: NodeRecord, running: list[subprocess.Popen]) -> tuple[int, _Attempt]:
+              record: NodeRecord, running: list[subprocess.Popen[str]]) -> tuple[int, _Attempt]:
     """One SuperNode run under its group leader (see :func:`lead`); its code and what it showed."""
     attempt = _Attempt()
     leader = [sys.executable, "-m", "fedsyn.client.supervise", "--lead", str(os.getpid()), "--", *command]
@@ -473,7 +474,7 @@ def _permission_hint(record: NodeRecord) -> str:
             "trail; FEDSYN_DEBUG=1 in the SuperNode's environment shows the path")
 
 
-def _pass_through(process: subprocess.Popen, out: TextIO, attempt: _Attempt, record: NodeRecord) -> None:
+def _pass_through(process: subprocess.Popen[str], out: TextIO, attempt: _Attempt, record: NodeRecord) -> None:
     """Echo the node's output; flag a give-up, and say once what a known failure means."""
     hinted: set[str] = set()
     plain = not out.isatty()
@@ -494,7 +495,7 @@ def _pass_through(process: subprocess.Popen, out: TextIO, attempt: _Attempt, rec
         for pattern, text in TLS_HINTS:
             found = pattern.search(line)
             if found:
-                hint("tls", lambda text=text, found=found: text.format(*found.groups()))
+                hint("tls", functools.partial(text.format, *found.groups()))
                 break
         if PERMISSION.search(line):
             hint("permission", lambda: _permission_hint(record))
@@ -503,14 +504,14 @@ def _pass_through(process: subprocess.Popen, out: TextIO, attempt: _Attempt, rec
             attempt.gave_up.set()
 
 
-def _signal_group(process: subprocess.Popen, number: int) -> None:
+def _signal_group(process: subprocess.Popen[str], number: int) -> None:
     try:
         os.killpg(process.pid, number)
     except (ProcessLookupError, PermissionError):
         pass
 
 
-def _stop_group(process: subprocess.Popen) -> None:
+def _stop_group(process: subprocess.Popen[str]) -> None:
     """Stop the SuperNode and whatever it left running in its group (e.g. its SuperExec)."""
     _signal_group(process, signal.SIGTERM)
     try:
