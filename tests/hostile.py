@@ -8,6 +8,7 @@ what makes it hostile is where it overflows.
 from __future__ import annotations
 
 import numpy as np
+import pandas as pd
 import torch
 
 from fedsyn.data.schema import Schema
@@ -64,3 +65,31 @@ def overflow_trap(schema: Schema, marginals: Marginals, encoded: np.ndarray, tar
         trainer.generator.head.weight.zero_()
         trainer.generator.head.bias.zero_()
     return dict(trainer.state_arrays())
+
+
+# -- two worlds that differ in one patient, and single-layer tampering ---------------------
+
+CANARY_LIGHT_CHAINS = 29.75  # the target's kappa and lambda: near the public bound (30), far above everyone else's
+
+
+def canary_tables(frame: pd.DataFrame, canary: int = 7) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Two extracts that differ only in one unusual patient: ``(with_them_last, without_them)``.
+
+    Everyone else's light chains are capped at 3 mg/dL and the patient's set near the bound,
+    so the patient is the unique highest row on their own direction (what
+    :func:`overflow_trap` needs). The patient comes last so that a seeded site draws the same
+    Poisson membership for every other row in both worlds."""
+    frame = frame.reset_index(drop=True).copy()
+    for column in ("kappa", "lambda"):
+        frame[column] = frame[column].clip(upper=3.0)
+    frame.loc[canary, ["kappa", "lambda"]] = CANARY_LIGHT_CHAINS
+    without = frame.drop(index=canary).reset_index(drop=True)
+    return pd.concat([without, frame.loc[[canary]]], ignore_index=True), without
+
+
+def with_layer(arrays: dict[str, np.ndarray], name: str, value: float) -> dict[str, np.ndarray]:
+    """``arrays`` with every value of array ``name`` set to ``value`` (as float32, like the wire):
+    the one layer where a hostile model overflows, vanishes or goes subnormal."""
+    changed = dict(arrays)
+    changed[name] = np.full_like(arrays[name], np.float32(value))
+    return changed
