@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 from dataclasses import asdict
 from pathlib import Path
 
@@ -359,7 +360,17 @@ class Site:
             "generator_loss": float(np.mean([h.generator for h in history])),
             "steps": float(len(history)),
         }
-        updated = {k: v.astype(request.transport_dtype) for k, v in trainer.state_arrays().items()}
+        with np.errstate(over="ignore"):  # beyond float16's range becomes inf, refused just below
+            updated = {k: v.astype(request.transport_dtype) for k, v in trainer.state_arrays().items()}
+        if not all(np.isfinite(v).all() for v in updated.values()) or not all(map(math.isfinite, metrics.values())):
+            # Clipping is total, so no record made this non-finite: the model the coordinator sent
+            # overflowed on generated rows or the transport's range, a function of the model and the
+            # DP outputs only. A fixed reply says so; the charge stands (over-counted, never hidden).
+            self.trail.append("update_withheld", privacy=asdict(event), epsilon_spent=self.ledger.epsilon(),
+                              reason="non-finite weights or losses after the local steps")
+            raise SiteRefusal(ErrorCode.SITE_FAILURE, "the global model's weights or losses became non-finite during "
+                              "the local steps (it overflows on generated rows or beyond the transport precision); "
+                              "this round was charged and nothing is sent")
         if request.run_id:
             self.replies.put(request.run_id, request.round, digest, updated, metrics, event)
         self.trail.append("update_sent", privacy=asdict(event), epsilon_spent=self.ledger.epsilon(), metrics=metrics)

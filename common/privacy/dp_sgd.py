@@ -1,6 +1,7 @@
 """DP-SGD building blocks: Poisson sampling, per-sample clipping and noise.
 
-Two interchangeable ways compute the sum of per-record clipped gradients:
+Two interchangeable ways compute the sum of per-record clipped gradients (in float64, see
+:func:`privatize`):
 
 * :func:`clip_and_sum` over :func:`per_sample_gradients` (``torch.func`` vmap over grad)
   works for any per-record loss, a gradient penalty's double backward included, but
@@ -97,7 +98,7 @@ def clip_and_sum(per_sample: dict[str, torch.Tensor], max_grad_norm: float) -> d
     clean = {name: _zero_rows(g, finite) for name, g in per_sample.items()}
     norms = torch.stack([g.flatten(start_dim=1).norm(dim=1) for g in clean.values()]).norm(dim=0)
     factors = torch.where(finite, clip_factors(norms, max_grad_norm), 0.0)
-    return {name: torch.einsum("b,b...->...", factors, g).to(per_sample[name].dtype) for name, g in clean.items()}
+    return {name: torch.einsum("b,b...->...", factors, g) for name, g in clean.items()}
 
 
 def supports_linear_clipping(module: nn.Module) -> bool:
@@ -148,9 +149,9 @@ def linear_clipped_sum(
     for (name, layer), grad_out, activation in zip(layers, clean_grads, clean_activations):
         weighted = grad_out * factors.unsqueeze(1)
         prefix = f"{name}." if name else ""
-        summed[prefix + "weight"] = (weighted.T @ activation).to(layer.weight.dtype)
+        summed[prefix + "weight"] = weighted.T @ activation
         if layer.bias is not None:
-            summed[prefix + "bias"] = weighted.sum(dim=0).to(layer.bias.dtype)
+            summed[prefix + "bias"] = weighted.sum(dim=0)
     return summed
 
 
@@ -176,11 +177,14 @@ def privatize(
     """Add N(0, (sigma*C)^2) to the clipped sum and divide by the *expected* batch size.
 
     Dividing by the expected (public) size rather than the realised (private) one keeps
-    the batch size itself out of the released gradient.
+    the batch size itself out of the released gradient. The clipped sum arrives in float64 and
+    the noise is added there: rounding it to float32 first could let one record move it by
+    more than C when C is tiny. Only the noisy result, a DP output, is rounded to float32.
     """
     std = noise_multiplier * max_grad_norm
-    return {name: (g + torch.normal(0.0, std, g.shape, generator=generator, device=g.device, dtype=g.dtype))
-            / expected_batch_size for name, g in summed.items()}
+    return {name: ((g.double() + torch.normal(0.0, std, g.shape, generator=generator, device=g.device,
+                                              dtype=torch.float64)) / expected_batch_size).float()
+            for name, g in summed.items()}
 
 
 def private_gradient(
@@ -195,7 +199,7 @@ def private_gradient(
 ) -> dict[str, torch.Tensor]:
     """One DP-SGD gradient of the mean per-record loss over a Poisson batch (may be empty)."""
     if inputs[0].shape[0] == 0:
-        summed = {name: torch.zeros_like(p) for name, p in module.named_parameters()}
+        summed = {name: torch.zeros_like(p, dtype=torch.float64) for name, p in module.named_parameters()}
     else:
         summed = clipped_sum(module, loss_of_one, inputs, max_grad_norm)
     return privatize(summed, noise_multiplier, max_grad_norm, expected_batch_size, generator)
