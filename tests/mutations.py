@@ -75,11 +75,15 @@ MUTATIONS = [
     Mutation("site ledger charged after training instead of before", "client/site.py",
              "        position = self._charge(event, request.epsilon)  # before any step runs\n"
              "        stream = torch_generator(self.seed, self.ledger.stream_nonce, event.mechanism, position, "
-             "device=trainer.device)\n",
+             "device=trainer.device)\n"
+             "        history = trainer.train(data, request.local_steps, request.sample_rate, sigma, "
+             "slot=request.site_slot,\n"
+             "                                rng=stream)\n",
              "        stream = torch_generator(self.seed, self.ledger.stream_nonce, event.mechanism, 'late', "
              "device=trainer.device)\n"
-             "        trainer.train(data, request.local_steps, request.sample_rate, sigma, slot=request.site_slot, "
-             "rng=stream)\n"
+             "        history = trainer.train(data, request.local_steps, request.sample_rate, sigma, "
+             "slot=request.site_slot,\n"
+             "                                rng=stream)\n"
              "        position = self._charge(event, request.epsilon)\n",
              (PRIVACY + "test_the_ledger_is_charged_before_any_mechanism_runs",)),
     Mutation("single-site fit charged after training", "common/model/gan.py",

@@ -7,6 +7,7 @@ its own keeps neighbouring extracts neighbours; the counts stay in the site's ow
 
 from __future__ import annotations
 
+import json
 import logging
 
 import numpy as np
@@ -49,9 +50,14 @@ def test_refuse_and_file_level_problems_raise(small_frame, demo_schema):
 
 
 def _site(folder, frame) -> Site:
-    """A seeded simulated site: two of them differing only in their extract share every stream."""
-    return Site(SitePolicy.load(prepare_sites([frame], demo_schema_path(), folder, epsilon=50.0, delta=1e-5,
-                                              seed=4).policies[0]))
+    """A seeded simulated site whose policy file, like a hospital's, does not mention
+    out_of_domain (so the default applies): two of them differing only in their extract share
+    every stream."""
+    path = prepare_sites([frame], demo_schema_path(), folder, epsilon=50.0, delta=1e-5, seed=4).policies[0]
+    raw = json.loads(path.read_text())
+    del raw["out_of_domain"]
+    path.write_text(json.dumps(raw))
+    return Site(SitePolicy.load(path))
 
 
 def test_by_default_a_dirty_record_is_as_if_absent(tmp_path, small_frame, demo_schema, caplog):
