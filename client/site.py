@@ -54,6 +54,7 @@ from fedsyn.trust.audit import AuditLog
 log = logging.getLogger("fedsyn.client")
 
 CHARGED = "privacy_charged"
+WITHHELD = "withheld"  # the stored marker of a round whose update was withheld
 LEDGER_STARTS = ("ledger_created", "ledger_reset")
 
 
@@ -342,6 +343,8 @@ class Site:
         digest = request_digest(dict(request.to_record()), {**arrays, **tables})
         replayed = self._replayed(request.run_id, request.round, digest)
         if replayed is not None:
+            if WITHHELD in replayed[1]:  # the same request again gets the same answer, at no cost
+                raise _withheld()
             return replayed
         sigma = self.plan_noise(request)
         frame = self._private_rows()
@@ -366,11 +369,11 @@ class Site:
             # Clipping is total, so no record made this non-finite: the model the coordinator sent
             # overflowed on generated rows or the transport's range, a function of the model and the
             # DP outputs only. A fixed reply says so; the charge stands (over-counted, never hidden).
+            if request.run_id:
+                self.replies.put(request.run_id, request.round, digest, {}, {WITHHELD: 1.0}, event)
             self.trail.append("update_withheld", privacy=asdict(event), epsilon_spent=self.ledger.epsilon(),
                               reason="non-finite weights or losses after the local steps")
-            raise SiteRefusal(ErrorCode.SITE_FAILURE, "the global model's weights or losses became non-finite during "
-                              "the local steps (it overflows on generated rows or beyond the transport precision); "
-                              "this round was charged and nothing is sent")
+            raise _withheld()
         if request.run_id:
             self.replies.put(request.run_id, request.round, digest, updated, metrics, event)
         self.trail.append("update_sent", privacy=asdict(event), epsilon_spent=self.ledger.epsilon(), metrics=metrics)
@@ -402,6 +405,13 @@ class Site:
             log.warning("the global model does not fit this site's schema: %s", type(exc).__name__)
             raise _model_misfit() from None
         return trainer
+
+
+def _withheld() -> SiteRefusal:
+    """The fixed answer for an update withheld because it became non-finite (see :meth:`Site.train`)."""
+    return SiteRefusal(ErrorCode.SITE_FAILURE, "the global model's weights or losses became non-finite during the "
+                       "local steps (it overflows on generated rows or beyond the transport precision); this round "
+                       "was charged and nothing is sent")
 
 
 def _model_misfit() -> SiteRefusal:
