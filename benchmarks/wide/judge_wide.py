@@ -33,6 +33,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+from rows import emit  # this folder: each script runs by its path
 
 HERE = Path(__file__).resolve().parent
 TABLE = "nhefs_wide"
@@ -135,10 +136,7 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     for path in args.synthetic:
         row = {"table": TABLE, "file": str(path), "label": args.label, **judge_file(path, args.data, args.bench)}
-        print(json.dumps(row), flush=True)
-        if args.json is not None:
-            with args.json.open("a") as handle:
-                handle.write(json.dumps(row) + "\n")
+        emit(row, args.json)
 
 
 if __name__ == "__main__":

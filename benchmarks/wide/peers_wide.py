@@ -33,6 +33,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+from rows import emit  # this folder: each script runs by its path
 
 HERE = Path(__file__).resolve().parent
 TABLE = "nhefs_wide"
@@ -98,10 +99,7 @@ def main(argv: list[str] | None = None) -> None:
         raise RuntimeError(f"judge failed:\n{judged.stderr[-3000:]}")
     row = {**json.loads(judged.stdout.strip().splitlines()[-1]), "method": args.method, "scope": "pooled",
            "eps": args.eps, "seconds": round(seconds, 1)}
-    print(json.dumps(row), flush=True)
-    if args.json is not None:
-        with args.json.open("a") as handle:
-            handle.write(json.dumps(row) + "\n")
+    emit(row, args.json)
 
 
 if __name__ == "__main__":

@@ -27,6 +27,8 @@ import sys
 import time
 from pathlib import Path
 
+from rows import emit  # this folder: each script runs by its path
+
 from fedsyn.simulations.bench_tables import split_by_site
 
 HERE = Path(__file__).resolve().parent
@@ -95,10 +97,7 @@ def main(argv: list[str] | None = None) -> None:
         row = {**json.loads(judged.stdout.strip().splitlines()[-1]), "method": "fedsyn",
                "scope": f"federated:{len(sites)}", "eps": args.epsilon, "seed": seed,
                "simulate_args": args.simulate_args, "seconds": round(seconds, 1)}
-        print(json.dumps(row), flush=True)
-        if args.json is not None:
-            with args.json.open("a") as handle:
-                handle.write(json.dumps(row) + "\n")
+        emit(row, args.json)
 
 
 if __name__ == "__main__":
