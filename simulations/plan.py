@@ -153,8 +153,8 @@ def plan_width(name: str, rows: int, schema: Schema, settings: FederationSetting
                   None)
     keep = None
     if level == "red":
-        cheapest = sorted(columns, key=lambda c: next(x.cell_snr for x in costs if x.column == c.name),
-                          reverse=True)
+        snr = {cost.column: cost.cell_snr for cost in costs}
+        cheapest = sorted(columns, key=lambda c: snr[c.name], reverse=True)
         keep = next((k for k in range(len(columns), 0, -1)
                      if _width_level(_column_costs(rows, schema, cell_noise(settings.epsilon, k), cheapest[:k]))
                      != "red"), None)

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from fedsyn.data.schema import Schema, spell_category
+from fedsyn.data.schema import ColumnKind, Schema, spell_category
 from fedsyn.errors import InputDataError
 
 
@@ -106,7 +106,7 @@ def typed_by_schema(frame: pd.DataFrame, schema: Schema) -> pd.DataFrame:
                 typed[column.name] = pd.to_numeric(values.map(spell_category), errors="coerce").astype("Int64")
             else:
                 typed[column.name] = pd.Categorical(values.map(spell_category), categories=column.levels)
-        elif column.kind.value == "integer":
+        elif column.kind is ColumnKind.INTEGER:
             typed[column.name] = pd.to_numeric(values, errors="coerce").astype("Int64" if column.nullable else "int64")
         else:
             typed[column.name] = pd.to_numeric(values, errors="coerce").astype("float64")

@@ -134,17 +134,20 @@ def _utility_flags(utility: dict, majority_rate: float | None) -> tuple[list[Fla
 
 # -- fidelity: distances, spread, categories --------------------------------------------------
 
+def _columns_flag(level: Level, what: str, columns: list[str]) -> list[Flag]:
+    """One fidelity flag naming every column it concerns; none when no column does."""
+    return [Flag("fidelity", level, f"{what}: {_join(columns)}")] if columns else []
+
+
 def _fidelity_flags(fidelity: dict) -> list[Flag]:
     flags: list[Flag] = []
     columns = fidelity["columns"]
     shifted = [f"{name} {c['value']:.2f}" for name, c in columns.items() if c["value"] >= DISTANCE_RED]
     poor = [f"{name} {c['value']:.2f}" for name, c in columns.items() if DISTANCE_AMBER <= c["value"] < DISTANCE_RED]
-    if shifted:
-        flags.append(Flag("fidelity", "red", f"distribution collapsed or shifted (KS / total variation >= "
-                                             f"{DISTANCE_RED}: half the mass or more misplaced): {_join(shifted)}"))
-    if poor:
-        flags.append(Flag("fidelity", "amber", f"poorly matched columns (KS / total variation {DISTANCE_AMBER}-"
-                                               f"{DISTANCE_RED}): {_join(poor)}"))
+    flags += _columns_flag("red", f"distribution collapsed or shifted (KS / total variation >= {DISTANCE_RED}: "
+                                  "half the mass or more misplaced)", shifted)
+    flags += _columns_flag("amber", f"poorly matched columns (KS / total variation {DISTANCE_AMBER}-{DISTANCE_RED})",
+                           poor)
     spread_red, spread_amber = [], []
     for name, s in fidelity.get("spread", {}).items():
         ratio = s["ratio"]
@@ -159,12 +162,10 @@ def _fidelity_flags(fidelity: dict) -> list[Flag]:
             spread_red.append(how)
         elif factor >= SPREAD_AMBER:
             spread_amber.append(how)
-    if spread_red:
-        flags.append(Flag("fidelity", "red", f"numeric columns squeezed or blown up (standard deviation off by "
-                                             f"{SPREAD_RED:g}x or more): {_join(spread_red)}"))
-    if spread_amber:
-        flags.append(Flag("fidelity", "amber", f"numeric columns with the wrong spread (standard deviation off by "
-                                               f"{SPREAD_AMBER:g}x-{SPREAD_RED:g}x): {_join(spread_amber)}"))
+    flags += _columns_flag("red", f"numeric columns squeezed or blown up (standard deviation off by "
+                                  f"{SPREAD_RED:g}x or more)", spread_red)
+    flags += _columns_flag("amber", f"numeric columns with the wrong spread (standard deviation off by "
+                                    f"{SPREAD_AMBER:g}x-{SPREAD_RED:g}x)", spread_amber)
     collapsed, lost = [], []
     for name, shares in fidelity.get("categories", {}).items():
         real, synthetic = shares["real"], shares["synthetic"]
@@ -176,11 +177,8 @@ def _fidelity_flags(fidelity: dict) -> list[Flag]:
         lost += [f"{name} = {level} ({share:.0%} of real rows, {synthetic[level]:.1%} of synthetic)"
                  for level, share in real.items()
                  if share >= LOST_CATEGORY_SHARE and synthetic[level] < share / LOST_CATEGORY_FACTOR]
-    if collapsed:
-        flags.append(Flag("fidelity", "red", f"categorical columns collapsed to one value: {_join(collapsed)}"))
-    if lost:
-        flags.append(Flag("fidelity", "amber", f"categories at least {LOST_CATEGORY_FACTOR:g}x rarer in the synthetic "
-                                               f"rows: {_join(lost)}"))
+    flags += _columns_flag("red", "categorical columns collapsed to one value", collapsed)
+    flags += _columns_flag("amber", f"categories at least {LOST_CATEGORY_FACTOR:g}x rarer in the synthetic rows", lost)
     detection = fidelity["detection_auc"]
     if detection >= 0.9:
         flags.append(Flag("fidelity", "amber", f"a classifier tells synthetic from real rows (AUC {detection:.2f}): "

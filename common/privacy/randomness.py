@@ -38,9 +38,14 @@ def seed_sequence(seed: int | None, *key: StreamKey) -> np.random.SeedSequence:
     return np.random.SeedSequence(entropy=seed, spawn_key=tuple(_key_word(part) for part in key))
 
 
+def _word63(sequence: np.random.SeedSequence) -> int:
+    """A non-negative 63-bit integer from ``sequence`` (what torch's manual_seed accepts)."""
+    return int(sequence.generate_state(1, dtype=np.uint64)[0] >> np.uint64(1))
+
+
 def derived_seed(seed: int, *key: StreamKey) -> int:
     """A seed for a component of a seeded run (e.g. one simulated site), from the run's seed."""
-    return int(seed_sequence(seed, "derived-seed", *key).generate_state(1, dtype=np.uint64)[0] >> np.uint64(1))
+    return _word63(seed_sequence(seed, "derived-seed", *key))
 
 
 def derived_nonce(seed: int, *key: StreamKey) -> str:
@@ -55,7 +60,6 @@ def numpy_generator(seed: int | None, *key: StreamKey) -> np.random.Generator:
 
 def torch_generator(seed: int | None, *key: StreamKey, device: str | torch.device = "cpu") -> torch.Generator:
     """A PyTorch generator on ``device`` seeded from the stream for ``key``."""
-    state = int(seed_sequence(seed, *key).generate_state(1, dtype=np.uint64)[0] >> np.uint64(1))
     generator = torch.Generator(device=torch.device(device))
-    generator.manual_seed(state)
+    generator.manual_seed(_word63(seed_sequence(seed, *key)))
     return generator
