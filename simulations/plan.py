@@ -21,11 +21,12 @@ import math
 from dataclasses import dataclass
 from typing import Literal
 
+from fedsyn.data.grid import bin_labels
 from fedsyn.data.schema import Column, Schema
 from fedsyn.errors import PrivacyRefusal
 from fedsyn.privacy.accounting import calibrate_noise_multiplier
 from fedsyn.privacy.budget import marginals_noise
-from fedsyn.privacy.marginals import bin_labels, marginals_event, measured_columns, table_shape
+from fedsyn.privacy.marginals import marginals_event, measured_columns, table_shape
 from fedsyn.server.settings import FederationSettings
 
 # Below these, the run is likely to give unusable data (measured: the bench's 303-row site at

@@ -160,7 +160,7 @@ MUTATIONS = [
              "delta = self.settings.delta",
              (PRIVACY + "test_privacy_report_states_each_sites_own_delta",)),
     Mutation("numeric grid left out of the schema fingerprint", "common/federation/protocol.py",
-             'hashlib.sha256(f"{NUMERIC_GRID}\\n{canonical}".encode())', "hashlib.sha256(canonical.encode())",
+             'hashlib.sha256(f"{GRID_VERSION}\\n{canonical}".encode())', "hashlib.sha256(canonical.encode())",
              (PRIVACY + "test_a_coordinator_binning_numbers_differently_is_refused_before_any_charge",)),
     # The second audit (issue 19): clipping totality, randomness, limits, what a release holds.
     Mutation("ghost clipping lets a non-finite record through", "common/privacy/dp_sgd.py",

@@ -5,11 +5,11 @@ import math
 import numpy as np
 import pytest
 
+from fedsyn.data.grid import numeric_edges
 from fedsyn.data.schema import SchemaError, draft_schema
 from fedsyn.data.validation import DataValidationError, validate_frame
 from fedsyn.model.gan import DPTabularGAN
 from fedsyn.privacy.accounting import PrivacyEvent, PrivacyLedger
-from fedsyn.privacy.marginals import numeric_edges
 
 from .helpers import TINY, independent_epsilon
 

@@ -7,8 +7,9 @@ tests pin is that they keep what the data says and invent nothing where it is si
 import numpy as np
 import pytest
 
+from fedsyn.data.grid import numeric_bins, numeric_edges
 from fedsyn.data.schema import Column, Schema
-from fedsyn.privacy.marginals import Marginals, numeric_bins, numeric_edges
+from fedsyn.privacy.marginals import Marginals
 
 VISITS = Column(name="visits", kind="integer", lower=0, upper=365)
 

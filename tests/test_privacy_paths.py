@@ -359,7 +359,7 @@ def test_a_coordinator_binning_numbers_differently_is_refused_before_any_charge(
     """The numeric grid's version is part of the schema fingerprint: a coordinator on another
     fedsyn grid (its tables would have other shapes) is refused at round 0 before the site pays."""
     site = _site(tmp_path, small_frame)
-    monkeypatch.setattr(protocol, "NUMERIC_GRID", "fedsyn-grid/1")
+    monkeypatch.setattr(protocol, "GRID_VERSION", "fedsyn-grid/1")
     other_grid = protocol.schema_fingerprint(site.schema)
     monkeypatch.undo()
     assert other_grid != protocol.schema_fingerprint(site.schema)

@@ -33,12 +33,12 @@ from sklearn.model_selection import cross_val_predict
 from sklearn.neighbors import NearestNeighbors
 from sklearn.neural_network import MLPClassifier
 
+from fedsyn.data.grid import forward_transform, transform_bounds
 from fedsyn.data.rules import violation_mask
 from fedsyn.data.schema import Schema
 from fedsyn.data.validation import validate_frame
 from fedsyn.errors import ConfigurationError
 from fedsyn.evaluation.verdict import Verdict, judge
-from fedsyn.privacy.marginals import forward_transform, transform_bounds
 
 EMPIRICAL_CAVEAT = ("Empirical privacy checks only test particular attacks on particular rows; they cannot show "
                     "that no record is exposed. The formal guarantee is the (epsilon, delta) in the privacy ledger.")

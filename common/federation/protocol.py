@@ -20,6 +20,7 @@ from typing import Any
 import numpy as np
 from flwr.app import Array, ArrayRecord, ConfigRecord, MetricRecord, RecordDict
 
+from fedsyn.data.grid import GRID_VERSION
 from fedsyn.data.schema import Schema
 from fedsyn.errors import FedsynError
 from fedsyn.model.config import TRANSPORT_DTYPES, GANConfig
@@ -65,10 +66,6 @@ def error_reason(code: ErrorCode, public_text: str) -> str:
     return f"{code.name.lower()}: {public_text}"
 
 
-# How numeric columns are binned (fedsyn.privacy.marginals.numeric_edges). It is part of the
-# schema's fingerprint: a site whose fedsyn bins differently refuses before it charges anything,
-# instead of paying for tables the coordinator must then reject for their shape.
-NUMERIC_GRID = "fedsyn-grid/2"
 
 
 def schema_fingerprint(schema: Schema) -> str:
@@ -77,7 +74,7 @@ def schema_fingerprint(schema: Schema) -> str:
     # Fields left at their defaults are omitted, so fedsyn versions that add a field still agree.
     dumped = schema.model_dump(mode="json", exclude_defaults=True)
     canonical = json.dumps(dumped, sort_keys=True, separators=(",", ":"))
-    return hashlib.sha256(f"{NUMERIC_GRID}\n{canonical}".encode()).hexdigest()
+    return hashlib.sha256(f"{GRID_VERSION}\n{canonical}".encode()).hexdigest()
 
 # The only metrics a site reports. None is computed on real rows: the discriminator's loss
 # on generated rows and the generator's loss depend on DP parameters alone.

@@ -16,15 +16,10 @@ from typing import Literal
 import numpy as np
 import pandas as pd
 
+from fedsyn.data.grid import MISSING, forward_transform, inverse_transform, numeric_edges
 from fedsyn.data.schema import Column, ColumnKind, Schema, spell_category
 from fedsyn.errors import ConfigurationError
-from fedsyn.privacy.marginals import (
-    MISSING,
-    Marginals,
-    forward_transform,
-    inverse_transform,
-    numeric_edges,
-)
+from fedsyn.privacy.marginals import Marginals
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,101 @@
+"""The public grid: the bins every histogram of a column uses, from the schema alone.
+
+A numeric column's bins lie between its public bounds in its transformed space (log or
+linear); a categorical column's bins are its categories; a nullable column has one more,
+'missing', at the end. The rows never decide a bin, so the encoder, the noisy tables, the
+evaluation and the release all read the grid from here without touching anything private.
+``GRID_VERSION`` names the grid in the schema's fingerprint (see
+:func:`fedsyn.federation.protocol.schema_fingerprint`): a site that bins differently
+refuses before it charges anything.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pandas as pd
+
+from fedsyn.data.schema import Column, ColumnKind, spell_category
+from fedsyn.errors import ConfigurationError
+
+GRID_VERSION = "fedsyn-grid/2"
+NUMERIC_BINS = 64
+MISSING = "(missing)"
+
+
+def numeric_edges(column: Column) -> np.ndarray:
+    """Public bin edges between the schema's bounds, in the column's transformed space.
+
+    Only the schema decides them (the rows never do), and two public facts shape them:
+
+    - A linear column whose lower bound is 0 is a non-negative measure (a count, a duration,
+      a concentration). Honest public bounds are far wider than such data, which piles up
+      near 0: equal-width bins put most rows in one bin. Its edges are spaced quadratically
+      from 0 (equal steps of the square root), so the bins are fine near 0 and twice the
+      equal width at the upper bound. Measured on the real bench tables (noisy per-class
+      distributions at epsilon 1, KS against the rows): visit counts 0.36-0.48 -> 0.90,
+      lab values 0.72 -> 0.79, length of stay 0.88 -> 0.90; survival times 0.83 -> 0.78.
+    - An integer column's edges fall halfway between integers, so a bin holds whole values
+      and decoding (which rounds) gives them back: a column that is mostly 0 keeps its 0s
+      instead of spreading them over [0, 1) and rounding half of them up. A narrow range
+      gets fewer bins than ``NUMERIC_BINS`` (one per value). Integer columns on a log scale
+      keep the plain grid: some of their low bins hold no integer.
+    """
+    low, high = transform_bounds(column)
+    steps = np.linspace(0.0, 1.0, NUMERIC_BINS + 1)
+    if column.transform == "linear" and low == 0:
+        steps = steps ** 2
+    edges = low + (high - low) * steps
+    if column.kind is ColumnKind.INTEGER and column.transform == "linear":
+        first, last = math.ceil(low) - 0.5, math.floor(high) + 0.5
+        inner = np.unique(np.round(edges[1:-1]) - 0.5)
+        edges = np.concatenate([[first], inner[(inner > first) & (inner < last)], [last]])
+    return np.asarray(edges, dtype=float)
+
+
+def numeric_bins(column: Column) -> int:
+    """Number of bins of a numeric column's public grid."""
+    return len(numeric_edges(column)) - 1
+
+
+def transform_bounds(column: Column) -> tuple[float, float]:
+    if column.lower is None or column.upper is None:  # the schema refuses this; kept for the type checker
+        raise ConfigurationError(f"numeric column '{column.name}' has no public bounds")
+    if column.transform == "log":
+        return math.log(column.lower), math.log(column.upper)
+    return column.lower, column.upper
+
+
+def forward_transform(column: Column, values: np.ndarray) -> np.ndarray:
+    if column.transform == "log":
+        return np.asarray(np.log(np.clip(values, column.lower, None)), dtype=float)
+    return values
+
+
+def inverse_transform(column: Column, values: np.ndarray) -> np.ndarray:
+    if column.transform == "log":
+        return np.asarray(np.exp(values), dtype=float)
+    return values
+
+
+def bin_labels(column: Column) -> int:
+    """Number of bins of a column's histogram (the missing bin included when nullable)."""
+    base = len(column.categories or []) if column.is_categorical else numeric_bins(column)
+    return base + int(column.nullable)
+
+
+def bin_index(column: Column, series: pd.Series) -> np.ndarray:
+    """Each row's bin of ``column`` (the last one for a missing value of a nullable column)."""
+    missing = series.isna().to_numpy()
+    if column.is_categorical:
+        spelled = series.map(spell_category).where(~missing)  # as validation spells it: 1.0 is '1'
+        index = pd.Categorical(spelled, categories=column.categories).codes.astype(int)
+    else:
+        values = forward_transform(column, series.to_numpy(dtype=float, na_value=np.nan))
+        edges = numeric_edges(column)
+        index = np.clip(np.searchsorted(edges, np.where(missing, edges[0], values), side="right") - 1,
+                        0, len(edges) - 2)
+    if column.nullable:
+        index = np.where(missing, bin_labels(column) - 1, index)
+    return np.asarray(index)
