@@ -2,17 +2,19 @@
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from fedsyn.cli.output import console, fail
+from fedsyn.cli.output import console, fail, setup_logging
 
 if TYPE_CHECKING:
     from fedsyn.client.policy import SitePolicy
     from fedsyn.client.supervise import SiteRuntime
 
+log = logging.getLogger("fedsyn.cli")
 client_app = typer.Typer(help="Hospital: the SuperNode daemon next to the private extract.")
 ledger_app = typer.Typer(help="Hospital: the site's privacy ledger (what it has spent, for ever).")
 client_app.add_typer(ledger_app, name="ledger")
@@ -32,8 +34,10 @@ def client_start(config: Annotated[Path, typer.Option("--config", "-c")] = Path(
     from fedsyn.data.schema import SchemaError
     from fedsyn.data.tables import DataFileError
     from fedsyn.data.validation import DataValidationError
+    from fedsyn.logs import RelayStream
     from fedsyn.privacy.accounting import LedgerError
 
+    setup_logging(verbose=True)  # the site's progress (privacy charged, update sent) is what its operator watches
     try:
         policy = SitePolicy.load(config)
         site = site_runtime(policy)
@@ -44,8 +48,9 @@ def client_start(config: Annotated[Path, typer.Option("--config", "-c")] = Path(
         launch = supernode_launch(config)
     except (PolicyError, SchemaError, DataFileError, DataValidationError, LedgerError) as exc:
         fail(f"not joining: {exc}")
-    console.print(f"[dim]$ {' '.join(launch.command)}[/]")
-    raise typer.Exit(supervise(launch.command, launch.environment, site=site))
+    log.info("$ %s", " ".join(launch.command))
+    # The SuperNode's lines and the site's own (its ClientApp writes JSON lines) through this command's handler.
+    raise typer.Exit(supervise(launch.command, launch.environment, out=RelayStream(), site=site))
 
 
 def site_runtime(policy: SitePolicy) -> SiteRuntime:

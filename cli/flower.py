@@ -3,16 +3,20 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
 import re
 import subprocess
 import sys
+from dataclasses import dataclass, field
 
 import typer
 
 from fedsyn.cli.output import console
+from fedsyn.logs import RUN_STOPPED, relay
 
 RUN_STARTED = re.compile(r"Successfully started run (\d+)")
+log = logging.getLogger("fedsyn.cli")
 
 
 def run_flower(command: list[str], env: dict[str, str] | None = None) -> None:
@@ -34,22 +38,33 @@ def become_flower(command: list[str], env: dict[str, str] | None = None) -> None
     os.execvpe(command[0], command, {**os.environ, **(env or {})})
 
 
+@dataclass
+class FollowedRun:
+    """What ``flwr run --stream`` showed: the run id Flower printed (None if no run started) and,
+    when the coordinator stopped the run on a fedsyn error, that error's structured record."""
+
+    run_id: str | None = None
+    stopped: dict[str, object] = field(default_factory=dict)
 
 
-def follow_run(command: list[str], env: dict[str, str] | None = None) -> str | None:
-    """Run ``flwr run ... --stream``, echoing its log; return the run id Flower printed (None if
-    no run started). Exits with Flower's code if ``flwr run`` itself failed."""
-    console.print(f"[dim]$ {' '.join(command)}[/]")
-    run_id = None
+def follow_run(command: list[str], env: dict[str, str] | None = None) -> FollowedRun:
+    """Run ``flwr run ... --stream`` and log its lines here (the ServerApp's JSON lines with their
+    own time and fields, Flower's as Flower records). Exits with Flower's code if ``flwr run``
+    itself failed."""
+    log.info("$ %s", " ".join(command))
+    followed = FollowedRun()
     with subprocess.Popen(command, env={**os.environ, **(env or {})}, stdout=subprocess.PIPE,
                           stderr=subprocess.STDOUT, text=True) as process:
         for line in process.stdout or ():
-            sys.stdout.write(line)
+            record = relay(line)
             started = RUN_STARTED.search(line)
-            run_id = started.group(1) if started else run_id
+            followed.run_id = started.group(1) if started else followed.run_id
+            fields = getattr(record, "fedsyn", {})
+            if fields.get("event") == RUN_STOPPED:
+                followed.stopped = fields
     if process.returncode:
         raise typer.Exit(process.returncode)
-    return run_id
+    return followed
 
 
 def run_status(command: list[str], env: dict[str, str] | None = None) -> str:

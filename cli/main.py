@@ -41,7 +41,7 @@ def _options(
     """Federated, differentially private synthetic health records."""
     if log_format not in output.LOG_FORMATS:
         output.fail(f"--log-format {log_format}: choose text or json")
-    output.log_format = log_format
+    output.use_log_format(log_format)
 
 
 def _inputs_first(command: Callable[..., Any], files: dict[str, str], out: str | None = None) -> Callable[..., Any]:

@@ -6,16 +6,16 @@ wrong and how to fix it, then exits with code 2.
 
 from __future__ import annotations
 
-import json
 import logging
 import sys
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import NoReturn
 
 import typer
 from rich.console import Console
-from rich.logging import RichHandler
+from rich.markup import escape
+
+from fedsyn import logs
 
 console = Console(stderr=True)  # progress, messages, refusals
 results = Console()  # tables and verdicts, on stdout for pipelines
@@ -34,45 +34,28 @@ def print_verdict(verdict: dict, fail_below: float | None = None) -> None:
         fail(f"verdict score {verdict['score']:.2f} is below --fail-below {fail_below:g}", code=3)
 
 
-class _WithoutFlowerNoise(logging.Filter):
-    """fedsyn turns federated evaluation off on purpose; Flower warns about it on every run."""
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        return "fraction_evaluate is set to 0.0" not in record.getMessage()
-
-
-class JsonLines(logging.Formatter):
-    """One JSON object per line: time with zone, level, logger, message, and the structured
-    fields fedsyn attaches (event, run, round, site, ...). No colour codes, ever."""
-
-    def format(self, record: logging.LogRecord) -> str:
-        entry = {"time": datetime.fromtimestamp(record.created, UTC).isoformat(timespec="milliseconds"),
-                 "level": record.levelname.lower(), "logger": record.name, "message": record.getMessage()}
-        entry.update(getattr(record, "fedsyn", {}))
-        return json.dumps(entry, default=str)
-
-
-LOG_FORMATS = ("text", "json")
+LOG_FORMATS = logs.LOG_FORMATS
 log_format = "text"  # set by the root --log-format option
 
 
+def use_log_format(chosen: str) -> None:
+    """Honour the root ``--log-format``. With json, every line on stderr is a JSON object from
+    the first one on: the console's messages and refusals are relayed as log records too (one
+    per line, unwrapped), so a log collector never meets a line it cannot parse."""
+    global log_format
+    log_format = chosen
+    json_lines = chosen == "json"
+    console.file = logs.RelayStream("fedsyn.cli") if json_lines else None  # type: ignore[assignment]
+    console.soft_wrap = json_lines
+    if json_lines:
+        logs.configure("json", logging.WARNING)
+
+
 def setup_logging(verbose: bool) -> None:
-    """Logs on stderr: readable text (rich, no colour when redirected) or JSON lines
-    (``--log-format json``). Flower's lines go through the same handler, once; its per-round
-    INFO lines only with --verbose."""
-    level = logging.INFO if verbose else logging.WARNING
-    if log_format == "json":
-        handler: logging.Handler = logging.StreamHandler(sys.stderr)
-        handler.setFormatter(JsonLines())
-    else:
-        handler = RichHandler(console=console, show_path=False, log_time_format="%Y-%m-%dT%H:%M:%S%z")
-    logging.basicConfig(level=level, format="%(name)s %(message)s", handlers=[handler], force=True)
-    flower = logging.getLogger("flwr")
-    for own in list(flower.handlers):  # Flower prints through its own handler too: every line twice
-        flower.removeHandler(own)
-    flower.setLevel(level)
-    flower.propagate = True
-    flower.addFilter(_WithoutFlowerNoise())
+    """Logs on stderr through one handler, as text or JSON lines (``--log-format``); Flower's
+    lines go through it too, once. INFO records (Flower's per-round lines, fedsyn's progress)
+    only with ``verbose``: long-running commands pass True."""
+    logs.configure(log_format, logging.INFO if verbose else logging.WARNING)
 
 
 def program() -> str:
@@ -88,7 +71,8 @@ def program() -> str:
 
 
 def fail(message: str, code: int = 2) -> NoReturn:
-    console.print(f"[bold red]error:[/] {message}")
+    """Refuse in one line, whatever the terminal's width (a log collector or grep sees it whole)."""
+    console.print(f"[bold red]error:[/] {escape(message)}", soft_wrap=True)  # "[run]" is text, not markup
     raise typer.Exit(code)
 
 

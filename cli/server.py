@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, NoReturn
 
 import typer
 
 from fedsyn.cli.flower import become_flower, follow_run, run_flower, run_status
-from fedsyn.cli.output import console, fail
+from fedsyn.cli.output import console, fail, setup_logging
 
+log = logging.getLogger("fedsyn.cli")
 server_app = typer.Typer(help="Coordinator: SuperLink, registered hospitals, training runs.")
 sites_app = typer.Typer(help="Hospitals allowed to join (their SuperNode public keys).")
 server_app.add_typer(sites_app, name="sites")
@@ -27,6 +29,7 @@ def _coordinator(config: Path):
 @server_app.command("start")
 def server_start(config: Annotated[Path, typer.Option("--config", "-c")] = Path("server.toml")) -> None:
     """Start the SuperLink: TLS, only registered hospitals may join, state kept in a database."""
+    setup_logging(verbose=True)  # e.g. the warning about an expired certificate
     coordinator = _coordinator(config)
     become_flower(coordinator.superlink_command(), coordinator.superlink_environment())
 
@@ -41,21 +44,33 @@ def server_run(config: Annotated[Path, typer.Option("--config", "-c")] = Path("s
     The release lands where the run config says."""
     from fedsyn.server.deploy import CONNECTION
 
+    setup_logging(verbose=True)  # the run's progress is what this command is for
     coordinator = _coordinator(config)
     if resume and not coordinator.run.get("state"):
         fail(f"--resume needs a 'state' folder in the [run] section of {config}, where the run saved its state")
     environment = coordinator.flwr_environment()
     if resume:
         _stop_orphaned_coordinator(coordinator, environment)
-    run_id = follow_run(coordinator.run_command(resume=resume) + ["--stream"], environment)
+    followed = follow_run(coordinator.run_command(resume=resume) + ["--stream"], environment)
+    run_id = followed.run_id
     if run_id is None:
         fail("Flower started no run: see its message above", code=1)
     status = run_status(coordinator.flwr_command("ls", CONNECTION, "--run-id", run_id, "--format", "json"),
                         environment)
     if status != "finished:completed":
-        fail(f"run {run_id} ended as {status}: no release was written by it. Each hospital's ledger holds what "
-             "it spent; the log above says why the run stopped", code=1)
-    console.print(f"[green]run {run_id} completed[/]")
+        _run_failed(run_id, status, followed.stopped)
+    log.info("run %s completed", run_id, extra={"fedsyn": {"event": "run_completed", "flower_run": run_id}})
+
+
+def _run_failed(run_id: str, status: str, stopped: dict[str, object]) -> NoReturn:
+    """One line saying why the run stopped and what to do, with the stopping error's exit code
+    (77 for a privacy refusal); Flower's traceback of it is not shown (see :mod:`fedsyn.logs`)."""
+    if stopped:
+        fix = f" {stopped['fix']}" if stopped.get("fix") else ""
+        code = stopped.get("exit_code")
+        fail(f"run {run_id} stopped: {stopped.get('reason')}.{fix}", code=code if isinstance(code, int) else 1)
+    fail(f"run {run_id} ended as {status}: no release was written by it. Each hospital's ledger holds what "
+         "it spent; the log above says why the run stopped", code=1)
 
 
 def _stop_orphaned_coordinator(coordinator, environment: dict[str, str]) -> None:
@@ -128,6 +143,7 @@ def server_dashboard(
 
     from fedsyn.server.dashboard import create_app, needs_token
 
+    setup_logging(verbose=False)  # its problems only: a line per request would bury them
     coordinator = _coordinator(config)
     run = coordinator.run
     if "audit-log" not in run or "out" not in run:
@@ -144,4 +160,5 @@ def server_dashboard(
     print(f"fedsyn dashboard on {address}")
     app = create_app(base / str(run["audit-log"]), base / str(run["out"]), key, token, coordinator.database,
                      host=host, extra_hosts=allowed_host or ())
-    uvicorn.run(app, host=host, port=port, log_level="warning")
+    # uvicorn's own logging setup would add its handlers beside fedsyn's, ignoring --log-format.
+    uvicorn.run(app, host=host, port=port, log_level="warning", log_config=None)

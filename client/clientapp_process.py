@@ -27,6 +27,7 @@ from flwr.supernode.runtime import run_clientapp as flower_runtime
 
 from fedsyn.client.policy import SitePolicy
 from fedsyn.client.trusted_app import UntrustedAppError, bundle_hash, check_app_bundle
+from fedsyn.logs import configure_child
 from fedsyn.trust.audit import AuditLog
 
 log = logging.getLogger("fedsyn.client")
@@ -51,7 +52,10 @@ def checked_install(policy: SitePolicy, install: Callable[..., Path]) -> Callabl
 
 
 def main() -> None:
-    """Entry point of the launcher: the site policy path comes from the launcher, not the coordinator."""
+    """Entry point of the launcher: the site policy path comes from the launcher, not the coordinator.
+    The site's records (privacy charged, update sent, refusals) go out as JSON lines for ``fedsyn
+    client start`` to relay: with nothing configured here, Python dropped every INFO record."""
+    configure_child()
     policy = SitePolicy.load(os.environ[POLICY_VARIABLE])
     flower_runtime.install_from_fab = checked_install(policy, flower_runtime.install_from_fab)  # type: ignore[attr-defined]
     flwr_clientapp()

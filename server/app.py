@@ -13,7 +13,7 @@ from flwr.serverapp import Grid, ServerApp
 
 from fedsyn.data.schema import Schema
 from fedsyn.errors import ConfigurationError
-from fedsyn.server.coordinator import Coordinator, RoundCallback, RoundSummary
+from fedsyn.server.coordinator import Coordinator, RoundCallback, RoundSummary, SiteStatus
 from fedsyn.server.release import archive_earlier_release, write_release
 from fedsyn.server.resume import holding_run, load_state
 from fedsyn.server.settings import FederationSettings
@@ -82,7 +82,8 @@ def _run(grid: Grid, schema: Schema, settings: FederationSettings, plan: Release
             coordinator.record("release_archived", path=str(earlier), replaced_by_run=fedsyn_run)
         write_release(coordinator, out, plan.rows, plan.drop_rule_violations, key, plan.public_facts)
 
-    def after_round(summary: RoundSummary, sites: dict) -> None:
+    def after_round(summary: RoundSummary, sites: dict[int, SiteStatus]) -> None:
+        _log_round(summary, settings.rounds, {site.name: coordinator.epsilon_of(site) for site in sites.values()})
         if plan.every and summary.round % plan.every == 0 and summary.round < settings.rounds:
             publish(plan.out / f"round-{summary.round:03d}")
         if on_round is not None:
@@ -97,8 +98,19 @@ def _run(grid: Grid, schema: Schema, settings: FederationSettings, plan: Release
         coordinator.wait_for_sites(grid)
     coordinator.train(grid, after_round)
     publish(plan.out)
-    log.info("release written to %s", plan.out)
+    log.info("run %s finished: release written to %s", fedsyn_run, plan.out,
+             extra={"fedsyn": {"event": "run_finished", "run": fedsyn_run, "release": str(plan.out)}})
     return coordinator
+
+
+def _log_round(summary: RoundSummary, rounds: int, epsilon: dict[str, float]) -> None:
+    """The coordinator's progress line: the round, who took part, and each site's epsilon in this
+    run so far as the coordinator recomputes it from the sites' accepted privacy events."""
+    spent = ", ".join(f"{site} {value:.3f}" for site, value in sorted(epsilon.items()))
+    log.info("round %d of %d done: %d site(s) accepted, %d dropped; epsilon spent per site: %s", summary.round,
+             rounds, summary.accepted, summary.dropped, spent,
+             extra={"fedsyn": {"event": "round_done", "round": summary.round, "accepted": summary.accepted,
+                               "dropped": summary.dropped, "epsilon": epsilon}})
 
 
 def make_server_app(schema: Schema, settings: FederationSettings, plan: ReleasePlan,

@@ -7,6 +7,7 @@ coordinator's machine.
 
 from __future__ import annotations
 
+import logging
 import tomllib
 from pathlib import Path
 
@@ -17,27 +18,50 @@ from pydantic import BaseModel, Field
 
 from fedsyn.client.trusted_app import bundle_hash
 from fedsyn.data.schema import Schema
+from fedsyn.errors import FedsynError, PrivacyRefusal
 from fedsyn.federation.flower_programs import flower_program, search_path
+from fedsyn.federation.protocol import ErrorCode
+from fedsyn.logs import RUN_STOPPED, configure_child
 from fedsyn.server.app import ReleasePlan, run_federation
 from fedsyn.server.settings import FederationSettings
+from fedsyn.trust.certs import expired
 
 CONNECTION = "fedsyn"
 RUN_PATHS = ("schema", "out", "signing-key", "audit-log", "state")  # [run] settings that name files
 APP_DIR = Path(__file__).resolve().parent / "flower_app"
+BUDGET_FIX = ("Lower `epsilon` in the [run] section of server.toml to what every site allows (each refusal names "
+              "its limit), or ask those hospitals whether they will raise max_epsilon in their site policy")
+log = logging.getLogger("fedsyn.server")
 
 app = ServerApp()
 
 
 @app.main()
 def main(grid: Grid, context: Context) -> None:
+    configure_child()  # JSON lines that `fedsyn server run` relays, in the operator's format
     config = dict(context.run_config)
     settings = FederationSettings.from_run_config(config)  # unset keys keep the tuned defaults
     plan = ReleasePlan(out=Path(str(config["out"])), rows=int(config["rows"]),
                        signing_key=Path(str(config["signing-key"])) if config.get("signing-key") else None,
                        audit_log=Path(str(config["audit-log"])) if config.get("audit-log") else None,
                        state_dir=Path(str(config["state"])) if config.get("state") else None)
-    run_federation(grid, Schema.load(str(config["schema"])), settings, plan, run_id=str(context.run_id),
-                   resume=bool(config.get("resume", False)))
+    try:
+        run_federation(grid, Schema.load(str(config["schema"])), settings, plan, run_id=str(context.run_id),
+                       resume=bool(config.get("resume", False)))
+    except FedsynError as exc:
+        _log_stopped(exc)
+        raise  # Flower marks the run failed; the handler leaves out its traceback of a fedsyn error
+
+
+def _log_stopped(exc: FedsynError) -> None:
+    """One record saying why the run stopped, what to do and the exit code `fedsyn server run`
+    should end with: 77 when sites refused because the run would exceed their privacy budget."""
+    reason = str(exc)
+    budget = ErrorCode.BUDGET_EXHAUSTED.name.lower() in reason
+    fix = BUDGET_FIX if budget else ""
+    code = PrivacyRefusal.exit_code if budget else exc.exit_code
+    log.error("run stopped: %s", reason, extra={"fedsyn": {
+        "event": RUN_STOPPED, "error": type(exc).__name__, "reason": reason, "fix": fix, "exit_code": code}})
 
 
 def app_bundle_hash() -> str:
@@ -73,12 +97,28 @@ class CoordinatorConfig(BaseModel):
                                          "run": run})
 
     def superlink_command(self) -> list[str]:
+        self._warn_if_expired()
         self.database.parent.mkdir(parents=True, exist_ok=True)
         return [flower_program("flower-superlink"),
                 "--ssl-certfile", str(self.certificate), "--ssl-keyfile", str(self.private_key),
                 "--ssl-ca-certfile", str(self.ca_certificate), "--enable-supernode-auth",
                 "--database", str(self.database), "--host", self.host, "--port", str(self.port),
                 "--disable-runtime-dependency-installation"]
+
+    def _warn_if_expired(self) -> None:
+        """Say so when the SuperLink's certificate or its CA has expired: the SuperLink would start,
+        and every hospital's TLS handshake would fail on it."""
+        for what, path in (("server certificate", self.certificate), ("CA certificate", self.ca_certificate)):
+            try:
+                when = expired(path)
+            except (OSError, ValueError):
+                continue  # missing or unreadable: Flower's own error names it
+            if when is not None:
+                log.warning("the SuperLink's %s %s expired on %s: no hospital can connect until it is renewed "
+                            "(`fedsyn certs init` issues a new CA and server certificate; hospitals then need "
+                            "the new ca.crt)", what, path, when.isoformat(),
+                            extra={"fedsyn": {"event": "certificate_expired", "path": str(path),
+                                              "expired": when.isoformat()}})
 
     def superlink_environment(self) -> dict[str, str]:
         """The SuperLink starts SuperExec and ``flwr-serverapp`` by name: it needs Flower's programs on PATH."""

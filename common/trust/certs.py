@@ -88,6 +88,13 @@ def create_server_certificate(folder: Path, hosts: list[str], ca_folder: Path | 
     return folder / "server.crt", folder / "server.key"
 
 
+def expired(path: Path, now: dt.datetime | None = None) -> dt.datetime | None:
+    """When the PEM certificate at ``path`` expired, or None while it is valid: Flower's SuperLink
+    starts with an expired certificate without a word, and every hospital's handshake then fails."""
+    expiry = x509.load_pem_x509_certificate(path.read_bytes()).not_valid_after_utc
+    return expiry if expiry <= (now or dt.datetime.now(dt.UTC)) else None
+
+
 def create_site_keypair(folder: Path) -> tuple[Path, Path]:
     """``auth.key`` (stays at the hospital) and ``auth.pub`` (sent to the coordinator), OpenSSH
     EC P-384 as Flower's SuperNode authentication expects."""

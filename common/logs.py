@@ -1,0 +1,182 @@
+"""fedsyn's one log handler, and the relay that brings its child processes' lines into it.
+
+Every long-running command logs through one handler on the root logger: fedsyn's records and
+Flower's (whose own console handler is removed, so no line appears twice), each with a
+zone-aware time and never a colour code, as readable text or as JSON lines
+(``--log-format json``).
+
+The processes Flower starts for fedsyn (the coordinator's ServerApp, a hospital's ClientApp)
+cannot know the operator's choice, so they always write JSON lines (:func:`configure_child`);
+the command the operator runs (``fedsyn server run``, ``fedsyn client start``) reads its
+children's output and hands every line to :func:`relay`, which turns it back into a record of
+the process that wrote it, with its time and fields, and logs it here in the chosen format.
+Lines from Flower's own programs (text, coloured) are read as Flower records.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+import sys
+import threading
+from datetime import UTC, datetime
+from typing import TextIO
+
+from fedsyn.errors import FedsynError
+
+LOG_FORMATS = ("text", "json")
+FLOWER = "flwr"
+ANSI = re.compile(r"\x1b\[[0-9;]*m")
+# Flower's console lines (``INFO :      message``, with a time under FLWR_LOG_LEVEL=DEBUG) and uvicorn's.
+LEVELLED = re.compile(r"^(DEBUG|INFO|WARNING|ERROR|CRITICAL)\b[^:]*?:\s*(.*)$")
+# fedsyn's own plain lines: the supervisor's advice (``fedsyn: ...``) and the CLI's refusals (``error: ...``).
+SPEAKER = {"fedsyn: ": logging.WARNING, "error: ": logging.ERROR, "warning: ": logging.WARNING}
+# Flower's lines that say nothing to an operator: fedsyn turns federated evaluation off on purpose.
+FLOWER_NOISE = ("fraction_evaluate is set to 0.0",)
+RUN_STOPPED = "run_stopped"  # the event a fedsyn process logs when one of its own errors stops a run
+
+
+def _fields(record: logging.LogRecord) -> dict[str, object]:
+    fields = getattr(record, "fedsyn", {})
+    return fields if isinstance(fields, dict) else {}
+
+
+def _explained(record: logging.LogRecord) -> bool:
+    """A fedsyn error says what happened and what to do in its own line; its traceback (which
+    Flower logs when a ServerApp raises it) only repeats that, in code paths."""
+    return record.exc_info is not None and isinstance(record.exc_info[1], FedsynError)
+
+
+class JsonLines(logging.Formatter):
+    """One JSON object per line: time with zone, level, logger, message, and the structured
+    fields fedsyn attaches (event, run, round, site, ...). No colour codes, ever."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        message = ANSI.sub("", record.getMessage())
+        if record.exc_info and not _explained(record):
+            message += "\n" + self.formatException(record.exc_info)
+        entry: dict[str, object] = {
+            "time": datetime.fromtimestamp(record.created, UTC).isoformat(timespec="milliseconds"),
+            "level": record.levelname.lower(), "logger": record.name, "message": message}
+        entry.update(_fields(record))
+        return json.dumps(entry, default=str)
+
+
+class TextLines(logging.Formatter):
+    """``2026-02-12T16:03:44.123+01:00 INFO    fedsyn.server: message``: the local time with its
+    offset, so lines from machines in other zones line up; no colour codes."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        when = datetime.fromtimestamp(record.created).astimezone().isoformat(timespec="milliseconds")
+        message = ANSI.sub("", record.getMessage())
+        if record.exc_info and not _explained(record):
+            message += "\n" + self.formatException(record.exc_info)
+        return f"{when} {record.levelname:<7} {record.name}: {message}"
+
+
+def _worth_showing(record: logging.LogRecord) -> bool:
+    message = record.getMessage()
+    if any(noise in message for noise in FLOWER_NOISE):
+        return False
+    return not (record.name == FLOWER and _explained(record))  # fedsyn logged that error in its own words
+
+
+def configure(log_format: str, level: int = logging.INFO, stream: TextIO | None = None) -> logging.Handler:
+    """Make one handler on ``stream`` (stderr) the only one: the root logger's, with Flower's
+    logger passing its records to it instead of printing them itself (Opacus, on import, adds
+    a root handler of its own; Flower keeps a coloured console handler: each doubled every line)."""
+    handler = logging.StreamHandler(stream if stream is not None else sys.stderr)
+    handler.setFormatter(JsonLines() if log_format == "json" else TextLines())
+    handler.addFilter(_worth_showing)
+    logging.basicConfig(level=logging.WARNING, handlers=[handler], force=True)  # other libraries: problems only
+    logging.getLogger("fedsyn").setLevel(level)
+    flower = logging.getLogger(FLOWER)
+    for own in list(flower.handlers):
+        flower.removeHandler(own)
+    flower.setLevel(level)
+    flower.propagate = True
+    return handler
+
+
+def configure_child() -> None:
+    """In a process Flower starts for fedsyn: JSON lines on stderr at INFO, for the fedsyn command
+    that started the run to relay (a ClientApp's INFO records, "privacy charged" among them,
+    were otherwise dropped: nothing had configured logging there)."""
+    import flwr.supercore.logger  # noqa: F401 - Flower adds its console handler on import: remove it after
+
+    configure("json", logging.INFO)
+
+
+def _record(name: str, level: int, message: str, created: float | None = None,
+            fields: dict[str, object] | None = None) -> logging.LogRecord:
+    record = logging.makeLogRecord({"name": name, "msg": message, "levelno": level,
+                                    "levelname": logging.getLevelName(level), "fedsyn": fields or {}})
+    if created is not None:  # the child's own time, not the time its line was read
+        record.created, record.msecs = created, (created % 1) * 1000
+    return record
+
+
+def _from_json(text: str) -> logging.LogRecord | None:
+    """A record a fedsyn child wrote with :class:`JsonLines`, with its own time and fields."""
+    try:
+        entry = json.loads(text)
+        created = datetime.fromisoformat(entry.pop("time")).timestamp()
+        level = logging.getLevelNamesMapping().get(str(entry.pop("level")).upper(), logging.INFO)
+        return _record(str(entry.pop("logger")), level, str(entry.pop("message")), created, entry)
+    except (ValueError, KeyError, TypeError, AttributeError):
+        return None
+
+
+def parse(line: str, source: str) -> logging.LogRecord | None:
+    """The record a child's output ``line`` stands for: a fedsyn child's JSON line, a line of
+    Flower's (or uvicorn's) console, a fedsyn message (``fedsyn:``, ``error:``), else a plain line
+    of ``source``. None for an empty line (Flower logs blank separators)."""
+    text = ANSI.sub("", line).rstrip()
+    if not text.strip():
+        return None
+    record = _from_json(text) if text.startswith("{") else None
+    if record is not None:
+        return record
+    levelled = LEVELLED.match(text)
+    if levelled:
+        message = levelled.group(2)
+        return _record(FLOWER, logging.getLevelNamesMapping()[levelled.group(1)], message) if message else None
+    for prefix, level in SPEAKER.items():
+        if text.startswith(prefix):
+            return _record("fedsyn" if source == FLOWER else source, level, text.removeprefix(prefix))
+    return _record(source, logging.INFO, text)
+
+
+def relay(line: str, source: str = FLOWER) -> logging.LogRecord | None:
+    """Log a child's output ``line`` here (its level permitting); return the record it became."""
+    record = parse(line, source)
+    if record is None:
+        return None
+    logger = logging.getLogger(record.name)
+    if logger.isEnabledFor(record.levelno):
+        logger.handle(record)
+    return record
+
+
+class RelayStream:
+    """A text stream whose every line is :func:`relay`-ed: handed to code that writes a child's
+    output, or its own messages, to a stream (the SuperNode supervisor, a rich console)."""
+
+    def __init__(self, source: str = FLOWER):
+        self.source = source
+        self._partial = ""
+        self._lock = threading.Lock()
+
+    def write(self, text: str) -> int:
+        with self._lock:
+            *lines, self._partial = (self._partial + text).split("\n")
+        for line in lines:
+            relay(line, self.source)
+        return len(text)
+
+    def flush(self) -> None:
+        """Lines are relayed as they end; a partial line waits for its end."""
+
+    def isatty(self) -> bool:
+        return False

@@ -1,0 +1,217 @@
+"""Issue 23, "Logs": one handler for fedsyn's and Flower's lines (zone-aware times, no colour
+codes, no line twice), ``--log-format json`` honoured by the long-running commands, progress
+lines at the coordinator and the sites, an expired SuperLink certificate named, and a budget
+refusal told in one line with its exit code instead of Flower's tracebacks."""
+
+from __future__ import annotations
+
+import datetime as dt
+import io
+import json
+import logging
+import os
+import re
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
+from flwr.app import Context, RecordDict
+from typer.testing import CliRunner
+
+from fedsyn.client.app import make_client_app
+from fedsyn.client.clientapp_process import POLICY_VARIABLE
+from fedsyn.data.demo import demo_schema_path
+from fedsyn.errors import FedsynError
+from fedsyn.logs import RUN_STOPPED, RelayStream, configure
+from fedsyn.simulations.inprocess import InProcessGrid
+from fedsyn.trust.certs import create_ca, create_server_certificate, create_site_keypair
+from tests.helpers import run_in_process
+
+ZONED = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}[+-]\d\d:\d\d ")
+# A hospital's ClientApp process, started by its launcher: what Flower's part does once the launcher hands
+# over is played by `task` (Flower logs, Opacus is imported and adds a root handler, the site charges).
+CHILD = """
+import logging
+from fedsyn.client import clientapp_process
+
+def task():
+    from flwr.common.logger import log
+    import opacus.utils.module_utils  # noqa: F401
+    log(logging.INFO, "Start `flwr-clientapp` process")
+    logging.getLogger("fedsyn.client").info("privacy charged: dp-sgd round 1, epsilon now 0.4100",
+        extra={"fedsyn": {"event": "privacy_charged", "site": "site-0", "round": 1, "epsilon_spent": 0.41}})
+    logging.getLogger("httpx").info("HTTP Request: POST http://127.0.0.1/v1/runtime/push-logs")
+
+clientapp_process.flwr_clientapp = task
+clientapp_process.main()
+"""
+
+
+@pytest.fixture()
+def captured():
+    """Logging configured as a command configures it, into a buffer; restored afterwards."""
+    root, flower = logging.getLogger(), logging.getLogger("flwr")
+    saved = (root.handlers[:], root.level, flower.handlers[:], flower.level, flower.propagate)
+    buffer = io.StringIO()
+
+    def use(log_format: str) -> io.StringIO:
+        configure(log_format, stream=buffer)
+        return buffer
+
+    yield use
+    root.handlers[:], flower.handlers[:] = saved[0], saved[2]
+    root.setLevel(saved[1])
+    flower.setLevel(saved[3])
+    flower.propagate = saved[4]
+
+
+def test_an_in_process_run_logs_progress_at_both_ends_as_json(plan, demo_schema, tmp_path, captured):
+    lines = captured("json")
+    run_in_process(plan, demo_schema, tmp_path)
+    records = [json.loads(line) for line in lines.getvalue().splitlines()]  # every line parses
+    events = [record.get("event") for record in records]
+    assert "run_started" in events
+    rounds = [record for record in records if record.get("event") == "round_done"]
+    assert [record["round"] for record in rounds] == [1, 2, 3]
+    assert all(sorted(record["epsilon"]) == ["site-0", "site-1", "site-2"] for record in rounds)
+    assert all(0 < value <= 1.0 for record in rounds for value in record["epsilon"].values())
+    finished = [record for record in records if record.get("event") == "run_finished"]
+    assert len(finished) == 1 and finished[0]["release"] == str(tmp_path / "release")
+    charged = {record["site"] for record in records if record.get("event") == "privacy_charged"}
+    assert charged == {"site-0", "site-1", "site-2"}
+    assert all(record["time"].endswith("+00:00") for record in records)
+
+
+def test_a_site_child_process_reaches_the_supervisor_once_with_time_zone_and_no_colour(plan, captured):
+    lines = captured("text")
+    child = subprocess.run([sys.executable, "-c", CHILD], capture_output=True, text=True, timeout=120,
+                           env={**os.environ, POLICY_VARIABLE: str(plan.policies[0])})
+    relayed = RelayStream()
+    relayed.write(child.stdout + child.stderr)  # the supervisor reads the two merged
+    text = lines.getvalue()
+    assert text.count("privacy charged: dp-sgd round 1") == 1, text
+    assert text.count("Start `flwr-clientapp` process") == 1, text
+    assert "push-logs" not in text and "\x1b[" not in text
+    assert all(ZONED.match(line) for line in text.splitlines()), text
+    assert "INFO    fedsyn.client: privacy charged" in text
+
+
+def test_flower_lines_are_read_as_flower_records_and_fedsyn_advice_as_fedsyn_s(captured):
+    lines = captured("json")
+    RelayStream().write("\x1b[92mINFO \x1b[0m:      Starting Flower SuperNode\nINFO :      \n"
+                        "fedsyn: the coordinator's TLS certificate has expired\n")
+    records = [json.loads(line) for line in lines.getvalue().splitlines()]
+    assert [(r["logger"], r["level"], r["message"]) for r in records] == [
+        ("flwr", "info", "Starting Flower SuperNode"),
+        ("fedsyn", "warning", "the coordinator's TLS certificate has expired")]
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def test_client_start_with_json_logs_writes_only_json_lines_on_stderr(plan, tmp_path):
+    """A light real process: `fedsyn --log-format json client start` that refuses at once (its local
+    port is taken), so each line it wrote is checked without a SuperLink."""
+    create_ca(tmp_path / "certs")
+    policy_path = plan.policies[0]
+    create_site_keypair(policy_path.parent)
+    with socket.socket() as holder:
+        holder.bind(("0.0.0.0", 0))
+        holder.listen()
+        port = holder.getsockname()[1]
+        policy = json.loads(policy_path.read_text())
+        policy["coordinator"] = {"superlink": f"127.0.0.1:{_free_port()}", "auth_private_key": "auth.key",
+                                 "root_certificates": str(tmp_path / "certs" / "ca.crt"), "local_port": port}
+        policy_path.write_text(json.dumps(policy))
+        fedsyn = str(Path(sys.executable).with_name("fedsyn"))
+        result = subprocess.run([fedsyn, "--log-format", "json", "client", "start", "-c", str(policy_path)],
+                                capture_output=True, text=True, timeout=120,
+                                env={**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}"
+                                                           f"{os.environ['PATH']}"})
+    assert result.returncode == 73, result.stderr
+    records = [json.loads(line) for line in result.stderr.splitlines()]  # every line parses
+    assert any(f"local port {port}" in record["message"] and record["level"] == "warning" for record in records)
+    assert all(record["time"].endswith("+00:00") for record in records)
+
+
+def _expired_certificate(folder: Path) -> Path:
+    key = ec.generate_private_key(ec.SECP384R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "localhost")])
+    now = dt.datetime.now(dt.UTC)
+    certificate = (x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
+                   .serial_number(1).not_valid_before(now - dt.timedelta(days=400))
+                   .not_valid_after(now - dt.timedelta(days=35)).sign(key, hashes.SHA384()))
+    path = folder / "server.crt"
+    path.write_bytes(certificate.public_bytes(serialization.Encoding.PEM))
+    return path
+
+
+def test_starting_a_superlink_with_an_expired_certificate_says_so(tmp_path, caplog):
+    from fedsyn.server.deploy import CoordinatorConfig
+
+    create_ca(tmp_path / "certs")
+    create_server_certificate(tmp_path / "certs", ["localhost"])
+    (tmp_path / "server.toml").write_text("")
+    coordinator = CoordinatorConfig.load(tmp_path / "server.toml")
+    with caplog.at_level(logging.WARNING, logger="fedsyn"):
+        coordinator.superlink_command()
+    assert not caplog.records  # a valid certificate: nothing to say
+    expired = _expired_certificate(tmp_path / "certs")
+    with caplog.at_level(logging.WARNING, logger="fedsyn"):
+        coordinator.superlink_command()
+    [warning] = caplog.records
+    assert str(expired) in warning.getMessage() and "expired on" in warning.getMessage()
+    assert warning.fedsyn["event"] == "certificate_expired"  # type: ignore[attr-defined]
+
+
+def _refused_run(plan, tmp_path, capsys) -> str:
+    """What the deployed ServerApp writes (its own entry point, over in-process sites) when it asks
+    for more epsilon than any site allows, Flower's logging of the error included."""
+    from fedsyn.server.deploy import main
+
+    grid = InProcessGrid(make_client_app(plan.site_policy), len(plan.policies))
+    context = Context(run_id=7, node_id=0, state=RecordDict(), node_config={}, run_config={
+        "schema": str(demo_schema_path()), "out": str(tmp_path / "release"), "rows": 100, "rounds": 1,
+        "local-steps": 1, "sample-rate": 0.2, "min-sites": 2, "epsilon": 50.0})
+    capsys.readouterr()
+    with pytest.raises(FedsynError) as stopped:
+        main(grid, context)
+    logging.getLogger("flwr").error("ServerApp raised an exception", exc_info=stopped.value)  # as Flower does
+    return capsys.readouterr().err
+
+
+def test_a_budget_refusal_is_one_line_naming_the_site_and_the_fix_with_exit_code_77(plan, tmp_path, capsys,
+                                                                                     captured, monkeypatch):
+    from fedsyn.cli import server as server_cli
+    from fedsyn.cli.main import app
+    from fedsyn.server.deploy import CoordinatorConfig
+
+    captured("text")  # restores the logging configuration the ServerApp and the command replace
+    served = _refused_run(plan, tmp_path, capsys)
+    records = [json.loads(line) for line in served.splitlines()]  # the ServerApp writes JSON lines only
+    assert "Traceback" not in served
+    [stopped] = [record for record in records if record.get("event") == RUN_STOPPED]
+    assert stopped["exit_code"] == 77 and "site 'site-0'" in str(stopped["reason"])
+
+    # `fedsyn server run` reading that from `flwr run --stream` (replayed by a stand-in process).
+    replay = tmp_path / "stream.txt"
+    replay.write_text("Successfully started run 7\n" + served)
+    monkeypatch.setattr(CoordinatorConfig, "run_command", lambda self, resume=False: [
+        sys.executable, "-c", f"import sys; sys.stdout.write(open({str(replay)!r}).read())"])
+    monkeypatch.setattr(server_cli, "run_status", lambda command, environment: "finished:failed")
+    (tmp_path / "server.toml").write_text("")
+    result = CliRunner().invoke(app, ["server", "run", "-c", str(tmp_path / "server.toml")])
+    assert result.exit_code == 77, result.output
+    assert "Traceback" not in result.stderr
+    [refusal] = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    assert refusal.startswith("error: run 7 stopped") and "site 'site-0'" in refusal and "max_epsilon" in refusal
+    assert "[run] section of server.toml" in refusal
