@@ -149,6 +149,10 @@ def simulate(
     marginals_share: Annotated[float, typer.Option(help=(
         "share of each site's epsilon spent on the round-0 noisy outcome tables (the rest on DP-SGD)"))
     ] = FederationSettings.model_fields["marginals_share"].default,
+    pairs_share: Annotated[float, typer.Option(help=(
+        "share of that round-0 release each site spends on pair tables of other columns it picks with DP "
+        "(every question beyond the outcome rests on them); 0: outcome tables only"))
+    ] = FederationSettings.model_fields["pairs_share"].default,
     matching_weight: Annotated[float, typer.Option(help=(
         "weight of the generator's term that matches the noisy outcome tables (free post-processing); 0: off"))
     ] = FEDERATED_GAN.matching_weight,
@@ -256,7 +260,8 @@ def simulate(
     def settings_for(budget: float) -> FederationSettings:
         return FederationSettings.checked(
             rounds=rounds, local_steps=local_steps, epsilon=budget, delta=delta, sample_rate=sample_rate,
-            marginals_share=marginals_share, gan_config=config, seed=seed, min_sites=max(1, len(tables) // 2 + 1),
+            marginals_share=marginals_share, pairs_share=pairs_share, gan_config=config, seed=seed,
+            min_sites=max(1, len(tables) // 2 + 1),
             site_column=site_column,
             site_noise_multiplier=site_noise_multiplier, site_clipping_norm=site_clipping_norm,
             transport_dtype=transport_dtype, aggregation=aggregation, max_update_norm=max_update_norm,
@@ -421,11 +426,11 @@ def _show_plan(tables: list[pd.DataFrame], schema: Schema, settings: FederationS
                names: tuple[str, ...]) -> bool:
     """Before training: what each site's budget buys, with a warning where it is too little, and
     what the table's width costs. False when the round-0 tables cannot resolve the columns."""
-    from fedsyn.privacy.marginals import marginals_sensitivity
+    from fedsyn.privacy.marginals import measured_columns
     from fedsyn.simulations.plan import plan_site
 
-    sensitivity = marginals_sensitivity(schema)
-    plans = [plan_site(f"site-{index}", len(table), sensitivity, settings) for index, table in enumerate(tables)]
+    measured = len(measured_columns(schema))
+    plans = [plan_site(f"site-{index}", len(table), measured, settings) for index, table in enumerate(tables)]
     table = Table(title=f"Plan: epsilon {settings.epsilon:g} per site, {settings.rounds} rounds x "
                         f"{settings.local_steps} steps, sample rate {settings.sample_rate:.3g}")
     for column in ("site", "rows", "records per step", "noise multiplier", "records per unit of noise", "outlook"):

@@ -107,9 +107,9 @@ def make_client_app(resolve_policy: PolicyResolver = policy_from_node_config) ->
     def marginals(message: Message, site: Site) -> RecordDict:
         query = _instructions(protocol.MarginalsQuery, message.content.config_records[protocol.CONFIG])
         released, event = site.release_marginals(query.noise_multiplier, query.epsilon, query.schema_sha256,
-                                                 query.run_id)
+                                                 query.run_id, query.pairs_share)
         return RecordDict({
-            protocol.MARGINALS: protocol.to_array_record(released.tables),
+            protocol.MARGINALS: protocol.to_array_record(released.arrays),
             protocol.PRIVACY: _privacy_record(site, event),
         })
 
@@ -123,6 +123,10 @@ def make_client_app(resolve_policy: PolicyResolver = policy_from_node_config) ->
                          protocol.slot_marginals_from_record(content.array_records[protocol.SLOT_MARGINALS])]
                         if protocol.SLOT_MARGINALS in content.array_records else None)
         updated, metrics, event = site.train(request, arrays, marginals, per_slot)
+        spent = site.ledger.epsilon()
+        log.info("round %d: update sent to the coordinator, epsilon now %.4f", request.round, spent,
+                 extra={"fedsyn": {"event": "update_sent", "site": site.policy.site_id, "round": request.round,
+                                   "epsilon_spent": spent}})
         return RecordDict({
             protocol.ARRAYS: protocol.to_array_record(updated),
             protocol.METRICS: protocol.metrics_record(metrics),

@@ -46,8 +46,9 @@ from fedsyn.privacy.accounting import (
     PrivacyLedger,
     calibrate_noise_multiplier,
 )
-from fedsyn.privacy.budget import DP_SGD, is_budget
+from fedsyn.privacy.budget import DP_SGD, is_budget, pairs_allowed
 from fedsyn.privacy.marginals import Marginals, marginals_event, noisy_marginals
+from fedsyn.privacy.pairs import check_pairs
 from fedsyn.privacy.randomness import numpy_generator, torch_generator
 from fedsyn.trust.audit import AuditLog
 
@@ -273,13 +274,18 @@ class Site:
 
     # -- mechanisms ------------------------------------------------------------------------
 
-    def release_marginals(self, noise_multiplier: float, epsilon: float, schema_sha256: str, run_id: str = ""
-                          ) -> tuple[Marginals, PrivacyEvent]:
-        if not (is_budget(noise_multiplier) and is_budget(epsilon)):
+    def release_marginals(self, noise_multiplier: float, epsilon: float, schema_sha256: str, run_id: str = "",
+                          pairs_share: float = 0.0) -> tuple[Marginals, PrivacyEvent]:
+        """Round 0: the noisy outcome tables and, with ``pairs_share``, the pair tables this site
+        chooses (none on a PRV ledger, which cannot carry their selection): one charge of one
+        Gaussian mechanism with ``noise_multiplier`` whatever the share."""
+        if not (is_budget(noise_multiplier) and is_budget(epsilon)) or not 0 <= pairs_share < 1:
             raise PolicyRefusal(f"noise multiplier {noise_multiplier} and epsilon {epsilon} must be positive "
-                                "and finite", ErrorCode.MALFORMED_REQUEST)
+                                f"and finite, pairs share {pairs_share} in [0, 1)", ErrorCode.MALFORMED_REQUEST)
         self._check_schema(schema_sha256)
-        digest = request_digest({"noise_multiplier": noise_multiplier, "epsilon": epsilon, "schema": schema_sha256})
+        pairs_share = pairs_share if pairs_allowed(self.ledger.accountant) else 0.0
+        digest = request_digest({"noise_multiplier": noise_multiplier, "epsilon": epsilon, "schema": schema_sha256,
+                                 "pairs_share": pairs_share})
         replayed = self._replayed(run_id, 0, digest)
         if replayed is not None:
             return Marginals(replayed[0]), replayed[2]
@@ -289,9 +295,10 @@ class Site:
         event = marginals_event(noise_multiplier, round_=0)
         position = self._charge(event, budget)  # before the release is computed
         marginals = noisy_marginals(frame, self.schema, noise_multiplier,
-                                    numpy_generator(self.seed, self.ledger.stream_nonce, event.mechanism, position))
+                                    numpy_generator(self.seed, self.ledger.stream_nonce, event.mechanism, position),
+                                    pairs_share)
         if run_id:
-            self.replies.put(run_id, 0, digest, marginals.tables, {}, event)
+            self.replies.put(run_id, 0, digest, marginals.arrays, {}, event)
         self.trail.append("marginals_sent", privacy=asdict(event), epsilon_spent=self.ledger.epsilon())
         return marginals, event
 
@@ -339,7 +346,7 @@ class Site:
         self._check_slot(request)
         tables = {f"marginals/{k}": v for k, v in marginals.tables.items()}
         for slot, slot_tables in enumerate(slot_marginals or []):
-            tables.update({f"slot{slot}/{k}": v for k, v in slot_tables.tables.items()})
+            tables.update({f"slot{slot}/{k}": v for k, v in slot_tables.arrays.items()})
         digest = request_digest(dict(request.to_record()), {**arrays, **tables})
         replayed = self._replayed(request.run_id, request.round, digest)
         if replayed is not None:
@@ -379,17 +386,21 @@ class Site:
         self.trail.append("update_sent", privacy=asdict(event), epsilon_spent=self.ledger.epsilon(), metrics=metrics)
         return updated, metrics, event
 
-    @staticmethod
-    def _own_marginals(request: TrainInstructions, marginals: Marginals,
+    def _own_marginals(self, request: TrainInstructions, marginals: Marginals,
                        slot_marginals: list[Marginals] | None) -> Marginals | None:
         """This site's round-0 tables among every slot's, once they are checked to be one per
-        slot and shaped like the global ones (before anything is spent)."""
+        slot, shaped like the global ones, with well-formed pair tables (before anything is spent)."""
         if slot_marginals is None:
             return None
         shapes = {k: v.shape for k, v in marginals.tables.items()}
         if len(slot_marginals) != request.gan_config.site_slots \
                 or any({k: v.shape for k, v in m.tables.items()} != shapes for m in slot_marginals):
             raise _model_misfit()
+        try:
+            for slot in slot_marginals:
+                check_pairs(self.schema, slot)
+        except ValueError:
+            raise _model_misfit() from None
         return slot_marginals[request.site_slot] if slot_marginals and request.site_slot is not None else None
 
     def _trainer(self, config: GANConfig, arrays: dict[str, np.ndarray], marginals: Marginals,

@@ -13,6 +13,7 @@ import math
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, replace
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -29,7 +30,8 @@ from fedsyn.model.matching import release_misfit
 from fedsyn.model.training import GANTrainer
 from fedsyn.privacy.accounting import PrivacyEvent, compute_epsilon
 from fedsyn.privacy.budget import DP_SGD, marginals_noise
-from fedsyn.privacy.marginals import Marginals, marginals_event, marginals_sensitivity, table_shape
+from fedsyn.privacy.marginals import Marginals, marginals_event, measured_columns, table_noise_std, table_shape
+from fedsyn.privacy.pairs import check_pair_array
 from fedsyn.privacy.randomness import torch_generator
 from fedsyn.server.resume import SAVED, RunState, save_state
 from fedsyn.server.settings import FederationSettings
@@ -205,7 +207,8 @@ class Coordinator:
                 continue
             try:
                 protocol.check_reply_records(reply.content, payload)
-                arrays = protocol.from_array_record(reply.content.array_records[payload], shapes)
+                pairs = partial(check_pair_array, self.schema) if payload == protocol.MARGINALS else None
+                arrays = protocol.from_array_record(reply.content.array_records[payload], shapes, pairs)
                 if payload == protocol.ARRAYS and reply.content.metric_records[protocol.METRICS].get("steps") != \
                         float(expected.steps):
                     raise protocol.ReplyError("reported steps differ from the requested local steps")
@@ -250,7 +253,7 @@ class Coordinator:
         nodes = self.wait_for_sites(grid)
         sigma = marginals_noise(settings.epsilon, settings.marginals_share, settings.delta, settings.accountant)
         query = protocol.MarginalsQuery(sigma, settings.epsilon, protocol.schema_fingerprint(self.schema),
-                                        self.run_id)
+                                        self.run_id, settings.pairs_share)
         content = RecordDict({protocol.CONFIG: query.to_record()})
         replies = self._exchange(grid, [Message(content, dst_node_id=node, message_type=protocol.QUERY_MARGINALS,
                                                 group_id="0") for node in nodes], 0)
@@ -268,8 +271,9 @@ class Coordinator:
         for part in parts[1:]:
             total = total + part
         if settings.marginals_noise_floor:
-            # A site's table cell carries noise of std sigma*sensitivity; the sum over sites sqrt(#sites) more.
-            cell_std = sigma * marginals_sensitivity(self.schema) * math.sqrt(len(parts))
+            # A site's table cell carries noise of table_noise_std; the sum over sites sqrt(#sites) more.
+            site_std = table_noise_std(len(measured_columns(self.schema)), sigma, settings.pairs_share)
+            cell_std = site_std * math.sqrt(len(parts))
             total = total.without_noise_floor(self.schema, cell_std, settings.marginals_noise_floor)
         self.marginals = total
         self._save(0)
@@ -295,7 +299,7 @@ class Coordinator:
         self.trainer = trainer
         shapes = {k: (v.shape, v.dtype) for k, v in trainer.state_arrays().items()}
         wire_shapes = {k: (shape, np.dtype(settings.transport_dtype)) for k, (shape, _) in shapes.items()}
-        slot_marginals = protocol.slot_marginals_record([m.tables for m in per_slot])
+        slot_marginals = protocol.slot_marginals_record([m.arrays for m in per_slot])
 
         def slot_of(node: int) -> int | None:
             return self.slots[node] if gan_config.site_slots and node in self.slots else None
@@ -376,7 +380,7 @@ class Coordinator:
         state = RunState(
             run_id=self.run_id, round=round_, settings=self.settings.to_dict(),
             schema_sha256=protocol.schema_fingerprint(self.schema), marginals=self.marginals.tables,
-            site_marginals={node: m.tables for node, m in self.site_marginals.items()}, slots=dict(self.slots),
+            site_marginals={node: m.arrays for node, m in self.site_marginals.items()}, slots=dict(self.slots),
             sites=[asdict(site) for site in self.sites.values()], rounds=[asdict(r) for r in self.rounds],
             model=model, sampler=sampler,
             release_choice=None if self.release_choice is None else asdict(self.release_choice))

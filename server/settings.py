@@ -17,7 +17,7 @@ from pydantic import BaseModel, ConfigDict, ValidationError, model_validator
 
 from fedsyn.errors import ConfigurationError
 from fedsyn.model.config import TRANSPORT_DTYPES, GANConfig
-from fedsyn.privacy.budget import is_budget
+from fedsyn.privacy.budget import MARGINALS_SHARE, PAIRS_SHARE, is_budget, pairs_allowed
 
 # Tuned on the demo with bench_federation and its --sweep (3 seeds): 25 rounds x 8 local steps
 # beat 20 x 15 at 5 sites (LR TSTR 0.794 vs 0.760) and stay above pooled GB at 3 sites.
@@ -38,9 +38,15 @@ class FederationSettings(BaseModel):
     sample_rate: float = 0.1
     epsilon: float = 1.0
     delta: float = 1e-5
-    # Measured on the real multi-site bench (bench_tables, 3 seeds, 4 tables): the noisy outcome
-    # tables carry most of the utility; 0.7 beat 0.5 (nwtco GB 0.89 vs 0.78), 0.3 and 0.1.
-    marginals_share: float = 0.7
+    # Measured on the real multi-site bench (bench_tables, 4 tables): the noisy tables carry most of
+    # the utility; 0.7 beat 0.5 (nwtco GB 0.89 vs 0.78), 0.3 and 0.1 (3 seeds, outcome tables only).
+    # With pair tables (pairs_share 0.4), 0.85 beat 0.7 on the outcome of 3 tables of 4 (nmes GB/LR
+    # .66/.73 vs .62/.62, nwtco .91/.93 vs .88/.83) and on every-question LR of all 4 (1 seed); 0.8
+    # leaves a site that joins a second run (or has a smaller delta of its own) more room.
+    marginals_share: float = MARGINALS_SHARE
+    # Of that release, the share each site spends on pair tables of other columns it chooses with
+    # DP (fedsyn.privacy.pairs); the outcome tables get the rest. The RDP accountant only.
+    pairs_share: float = PAIRS_SHARE
     noise_multiplier: float | None = None
     min_sites: int = 1
     site_noise_multiplier: float | None = None
@@ -71,6 +77,10 @@ class FederationSettings(BaseModel):
             problems.append(f"delta={self.delta} must be in (0, 1)")
         if not 0 < self.marginals_share < 1:
             problems.append(f"marginals_share={self.marginals_share} must be in (0, 1)")
+        if not 0 <= self.pairs_share < 1:
+            problems.append(f"pairs_share={self.pairs_share} must be in [0, 1)")
+        if self.pairs_share and not pairs_allowed(self.accountant):
+            problems.append(f"pairs_share={self.pairs_share} needs the rdp accountant: set pairs_share = 0 for prv")
         if not 0 < self.sample_rate <= 1:
             problems.append(f"sample_rate={self.sample_rate} must be in (0, 1]")
         if self.rounds < 1 or self.local_steps < 1 or self.min_sites < 1:

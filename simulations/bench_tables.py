@@ -58,6 +58,8 @@ questions = scores.pop("every_question") or {}
 for model in ("gb", "lr"):  # every other categorical column as the target: the mean TSTR ROC-AUC
     values = [q[f"tstr_{model}"] for q in questions.values()]
     scores[f"questions_{model}"] = sum(values) / len(values) if values else None
+scores["per_question"] = {target: {k: round(v, 4) for k, v in q.items() if isinstance(v, float)}
+                          for target, q in questions.items()}
 scores["site_tv"], scores["detection"] = scores.pop("site_structure_tv"), scores.pop("detection_auc")
 print(json.dumps(scores))
 """
@@ -121,6 +123,34 @@ def peers(bench: Path, table: str) -> list[dict]:
     return chosen
 
 
+def saved_peers(judge_python: str, bench: Path, table: str, folder: Path | None) -> list[dict]:
+    """Peers' synthetic tables kept by the bench's ``peers.py --save`` (``TABLE-METHOD-...csv``),
+    judged here exactly as fedsyn's releases are: every question, site structure, detection."""
+    if folder is None:
+        return []
+    rows = []
+    for path in sorted(folder.glob(f"{table}-*.csv")):
+        scores = judge_release(judge_python, bench, table, path)
+        rows.append({"table": table, "arm": f"{path.stem} (judged here)", "seed": None, "peer": True,
+                     "method": path.stem.split("-")[1], **scores})
+    return rows
+
+
+def print_questions(table: str, rows: list[dict]) -> None:
+    """Every question's TSTR GB / LR, per fedsyn seed and per judged peer, beside the real ceiling."""
+    judged = [r for r in rows if r.get("per_question")]
+    if not judged:
+        return
+    for target in judged[0]["per_question"]:
+        cells = "  ".join(f"{r['arm'].split(' (')[0]}{'' if r.get('seed') is None else ' s' + str(r['seed'])}: "
+                          f"{r['per_question'][target].get('tstr_gb', float('nan')):.3f}/"
+                          f"{r['per_question'][target].get('tstr_lr', float('nan')):.3f}"
+                          for r in judged if target in r["per_question"])
+        real = judged[0]["per_question"][target]
+        print(f"{table:<10} question {target:<16} real {real.get('trtr_gb', float('nan')):.3f}/"
+              f"{real.get('trtr_lr', float('nan')):.3f}  {cells}", flush=True)
+
+
 def _cells(row: dict) -> str:
     values = []
     for key in METRICS:
@@ -157,6 +187,8 @@ def main(argv: list[str] | None = None) -> None:
                         help="the fedsyn command (default: the one beside this Python)")
     parser.add_argument("--judge-python", default=sys.executable,
                         help="a Python with sdmetrics and scikit-learn to run the bench's judge.py")
+    parser.add_argument("--peer-tables", type=Path, default=None,
+                        help="a folder of peers' synthetic tables (peers.py --save) to judge the same way")
     parser.add_argument("--simulate-args", default="",
                         help="more `fedsyn simulate` options for every run, e.g. '--marginals-share 0.3'")
     args = parser.parse_args(argv)
@@ -183,10 +215,12 @@ def main(argv: list[str] | None = None) -> None:
             print_rows([row])
         summary = mean_row(table, runs)
         reference = [{**p, "seed": None} for p in peers(bench, table)]
-        print_rows([summary, *reference])
+        judged = saved_peers(args.judge_python, bench, table, args.peer_tables)
+        print_rows([summary, *reference, *judged])
         print(f"{table:<10} {'real data ceiling (TRTR GB / LR)':<34} {'':>4} "
               f"{runs[0]['trtr_gb']:12.4f} {runs[0]['trtr_lr']:12.4f}", flush=True)
-        results += [*runs, summary, *({**p, "peer": True} for p in reference)]
+        print_questions(table, [*runs, *judged])
+        results += [*runs, summary, *({**p, "peer": True} for p in reference), *judged]
     if args.json is not None:
         args.json.write_text("".join(json.dumps(r) + "\n" for r in results))
         print(f"rows written to {args.json}")

@@ -17,7 +17,6 @@ noise of every cell, so a wide table at a small site can resolve none of its col
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from typing import Literal
 
@@ -26,7 +25,7 @@ from fedsyn.data.schema import Column, Schema
 from fedsyn.errors import PrivacyRefusal
 from fedsyn.privacy.accounting import calibrate_noise_multiplier
 from fedsyn.privacy.budget import marginals_noise
-from fedsyn.privacy.marginals import marginals_event, measured_columns, table_shape
+from fedsyn.privacy.marginals import marginals_event, measured_columns, table_noise_std, table_shape
 from fedsyn.server.settings import FederationSettings
 
 # Below these, the run is likely to give unusable data (measured: the bench's 303-row site at
@@ -49,11 +48,11 @@ class SitePlan:
     advice: str
 
 
-def plan_site(name: str, rows: int, sensitivity: float, settings: FederationSettings) -> SitePlan:
+def plan_site(name: str, rows: int, measured: int, settings: FederationSettings) -> SitePlan:
     """What ``settings`` mean for a site with ``rows`` records (known to the researcher only)
-    whose marginals release has L2 ``sensitivity`` (:func:`marginals_sensitivity` of the schema)."""
+    whose round-0 release measures ``measured`` columns' tables (:func:`measured_columns`)."""
     marginals_sigma = marginals_noise(settings.epsilon, settings.marginals_share, settings.delta, settings.accountant)
-    histogram_noise = marginals_sigma * sensitivity
+    histogram_noise = table_noise_std(measured, marginals_sigma, settings.pairs_share)
     steps = settings.rounds * settings.local_steps
     batch = settings.sample_rate * rows
     try:
@@ -103,7 +102,7 @@ class WidthPlan:
     site: str
     rows: int
     measured_columns: int
-    cell_noise: float  # noise std of every cell: sigma * sqrt(measured columns)
+    cell_noise: float  # noise std of every cell (table_noise_std)
     columns: list[ColumnCost]
     level: Literal["green", "amber", "red"]
     epsilon_needed: float | None  # the smallest epsilon of EPSILON_LADDER at which the site is not red
@@ -144,7 +143,7 @@ def plan_width(name: str, rows: int, schema: Schema, settings: FederationSetting
 
     def cell_noise(epsilon: float, width: int) -> float:
         sigma = marginals_noise(epsilon, settings.marginals_share, settings.delta, settings.accountant)
-        return sigma * math.sqrt(max(width, 1))
+        return table_noise_std(width, sigma, settings.pairs_share)
 
     noise = cell_noise(settings.epsilon, len(columns))
     costs = _column_costs(rows, schema, noise, columns)

@@ -33,10 +33,11 @@ WORKFLOW_SECONDS = 240.0
 
 @pytest.fixture()
 def no_marginals_noise(monkeypatch: pytest.MonkeyPatch) -> None:
-    """The site's round-0 tables released exact, while the ledger charges the requested noise."""
+    """The site's round-0 tables released exact (and no pair tables), while the ledger charges
+    the requested noise."""
     real = site_module.noisy_marginals
     monkeypatch.setattr(site_module, "noisy_marginals",
-                        lambda frame, schema, noise_multiplier, rng: real(frame, schema, 0.0, rng))
+                        lambda frame, schema, noise_multiplier, rng, pairs_share=0.0: real(frame, schema, 0.0, rng))
 
 
 @pytest.fixture()

@@ -14,6 +14,8 @@ from fedsyn.data.tables import read_table
 from fedsyn.data.validation import validate_frame
 from fedsyn.federation import protocol
 from fedsyn.privacy.accounting import PrivacyEvent, PrivacyLedger
+from fedsyn.privacy.marginals import Marginals
+from fedsyn.privacy.pairs import check_pairs
 from fedsyn.server.app import ReleasePlan, run_federation
 from fedsyn.server.coordinator import Coordinator, FederationError
 from fedsyn.server.settings import FederationSettings
@@ -54,8 +56,10 @@ def test_sites_send_only_model_arrays_declared_metrics_and_privacy_events(plan, 
         content = reply.content
         if protocol.MARGINALS in content:
             assert set(content.keys()) == {protocol.MARGINALS, protocol.PRIVACY}
-            assert set(content.array_records[protocol.MARGINALS].keys()) == set(demo_schema.column_names)
             counts = protocol.from_array_record(content.array_records[protocol.MARGINALS])
+            released = Marginals(dict(counts))
+            assert set(released.tables) == set(demo_schema.column_names) and released.pairs  # and its pair tables
+            check_pairs(demo_schema, released)
             assert any(not np.allclose(v, np.round(v)) for v in counts.values())  # noisy, not exact counts
         else:
             assert set(content.keys()) == {protocol.ARRAYS, protocol.METRICS, protocol.PRIVACY}

@@ -1,6 +1,5 @@
 """The pre-flight plan computes what the sites will, and warns where the noise swamps the data."""
 
-import math
 
 from fedsyn.data.schema import Schema
 from fedsyn.privacy.accounting import PrivacyEvent, PrivacyLedger, gaussian_noise_for_epsilon
@@ -11,12 +10,12 @@ from fedsyn.simulations.plan import plan_site, plan_width
 
 def test_plan_matches_the_sites_calibration_and_grades_small_sites():
     settings = FederationSettings(epsilon=1.0, delta=1e-5, sample_rate=0.1)
-    big = plan_site("big", 20_000, math.sqrt(9), settings)  # 9 noisy tables
+    big = plan_site("big", 20_000, 9, settings)  # 9 noisy tables
     assert big.level == "green" and big.steps == settings.rounds * settings.local_steps
     marginals = marginals_event(gaussian_noise_for_epsilon(settings.marginals_share * settings.epsilon, 1e-5))
     spent = PrivacyLedger(1e-5, "rdp", [marginals, PrivacyEvent("dp-sgd", big.noise_multiplier, 0.1, big.steps)])
     assert 0.99 < spent.epsilon() <= 1.0  # the noise a site calibrates for the whole plan
-    tiny = plan_site("tiny", 100, math.sqrt(31), FederationSettings(epsilon=1.0, delta=1e-5, sample_rate=1.0))
+    tiny = plan_site("tiny", 100, 31, FederationSettings(epsilon=1.0, delta=1e-5, sample_rate=1.0))
     assert tiny.level in ("amber", "red") and tiny.records_per_noise < 5
 
 
@@ -34,7 +33,7 @@ def _wide_schema(columns: int) -> Schema:
 def test_the_width_plan_says_a_wide_table_at_a_small_site_cannot_be_resolved_and_what_would_fix_it():
     plan = plan_width("site-0", 380, _wide_schema(52), FederationSettings(epsilon=1.0, delta=1e-5))
     assert plan.level == "red" and plan.measured_columns == 51
-    assert plan.cell_noise > 30  # sigma * sqrt(51): the noise that swamped counts of about 3
+    assert plan.cell_noise > 30  # the noise that swamped counts of about 3
     assert plan.epsilon_needed is not None and plan.epsilon_needed > 1.0
     assert plan.columns_to_keep is not None and plan.columns_to_keep < 51
     assert len(plan.costliest) == 5 and all(name.startswith(("code", "lab")) for name in plan.costliest)

@@ -194,14 +194,19 @@ def test_single_site_fit_charges_before_its_first_step(demo_schema, small_frame,
 
 
 def test_marginals_noise_through_the_site_has_std_sigma_times_sensitivity(tmp_path, small_frame):
+    """Ten releases (5,420 noisy cells, std error about 1 %): tight enough to tell sqrt(8) tables
+    from sqrt(7), 6.5 % apart."""
     site = _site(tmp_path, small_frame)
     sigma = 2.0
-    released, _ = site.release_marginals(sigma, 50.0, protocol.schema_fingerprint(site.schema))
     exact = exact_counts(small_frame, site.schema)
     measured = [c.name for c in measured_columns(site.schema)]
     assert site.schema.outcome not in measured  # its counts are sums of the noisy tables
-    residuals = np.concatenate([(released.tables[c] - exact.tables[c]).ravel() for c in measured])
-    assert residuals.std() == pytest.approx(sigma * math.sqrt(len(measured)), rel=0.12)
+    residuals = []
+    for _ in range(10):
+        released, _ = site.release_marginals(sigma, 50.0, protocol.schema_fingerprint(site.schema))
+        residuals += [(released.tables[c] - exact.tables[c]).ravel() for c in measured]
+    assert np.concatenate(residuals).std() == pytest.approx(sigma * marginals_sensitivity(site.schema), rel=0.04)
+    assert marginals_sensitivity(site.schema) == math.sqrt(len(measured))
 
 
 def test_the_marginals_sensitivity_is_what_one_record_moves(small_frame, demo_schema):
@@ -322,8 +327,9 @@ def test_privacy_report_states_each_sites_own_delta(tmp_path, demo_frame, demo_s
     stricter = stricter.model_copy(update={"delta": 1e-7})
     stricter.save(plan.policies[1])
     initialise_ledger(SitePolicy.load(plan.policies[1]))
+    # round 0 calibrated at the coordinator's delta costs the stricter site more: leave it room
     settings = FederationSettings(rounds=1, local_steps=2, sample_rate=0.2, epsilon=1.0, delta=1e-5,
-                                  gan_config=TINY, seed=0, min_sites=2)
+                                  marginals_share=0.6, gan_config=TINY, seed=0, min_sites=2)
     grid = InProcessGrid(make_client_app(plan.site_policy), 2)
     run_federation(grid, demo_schema, settings, ReleasePlan(tmp_path / "release", rows=50))
     report = json.loads((tmp_path / "release" / "privacy_report.json").read_text())

@@ -11,7 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 from collections import OrderedDict
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from enum import IntEnum
@@ -112,15 +112,27 @@ def slot_marginals_from_record(record: ArrayRecord) -> list[dict[str, np.ndarray
 
 
 def from_array_record(
-    record: ArrayRecord, expected: dict[str, tuple[tuple[int, ...], np.dtype]] | None = None
+    record: ArrayRecord, expected: dict[str, tuple[tuple[int, ...], np.dtype]] | None = None,
+    optional: Callable[[str, np.ndarray], None] | None = None,
 ) -> OrderedDict[str, np.ndarray]:
     """Decode arrays; with ``expected`` the names, shapes and dtypes must match exactly and
-    every value must be finite."""
-    if expected is not None and set(record.keys()) != set(expected):
+    every value must be finite. Names beyond ``expected`` are accepted only where ``optional``
+    (which raises ValueError for a bad one) accepts them."""
+    extra = sorted(set(record.keys()) - set(expected or record.keys()))
+    if expected is not None and (set(expected) - set(record.keys()) or (extra and optional is None)):
         missing = sorted(set(expected) - set(record.keys()))
-        extra = sorted(set(record.keys()) - set(expected))
         raise ReplyError(f"array names differ from the model's: missing {missing[:3]}, unexpected {extra[:3]}")
     out: OrderedDict[str, np.ndarray] = OrderedDict()
+    for name in extra:
+        value = record[name].numpy()
+        if optional is None or value.dtype != np.float64 or int(np.prod(value.shape)) > MAX_ARRAY_ELEMENTS \
+                or not np.isfinite(value).all():
+            raise ReplyError(f"array '{name}' is not a finite float64 array of a sane size")
+        try:
+            optional(name, value)
+        except ValueError as exc:
+            raise ReplyError(str(exc)) from None
+        out[name] = value
     for name in (expected if expected is not None else record.keys()):
         array = record[name]
         if int(np.prod(array.shape)) > MAX_ARRAY_ELEMENTS:
@@ -182,29 +194,34 @@ def decode_event(record: ConfigRecord) -> tuple[PrivacyEvent, float, float, str]
 class MarginalsQuery:
     """Round 0: release noisy outcome tables (every column by the outcome's classes) with this
     noise multiplier, within this budget, for the schema with this fingerprint; ``run_id``
-    lets the site answer the same query of the same run again from its store."""
+    lets the site answer the same query of the same run again from its store. ``pairs_share``
+    of the release goes to pair tables the site chooses (:mod:`fedsyn.privacy.pairs`); the
+    whole costs the one noise multiplier whatever the share."""
 
     noise_multiplier: float
     epsilon: float
     schema_sha256: str
     run_id: str = ""
+    pairs_share: float = 0.0
 
     def __post_init__(self) -> None:
         # NaN compares False with everything: without this a NaN budget would pass every check.
         if not (is_budget(self.noise_multiplier) and is_budget(self.epsilon)):
             raise ReplyError(f"noise multiplier {self.noise_multiplier} and epsilon {self.epsilon} must be "
                              "positive and finite")
+        if not 0 <= self.pairs_share < 1:
+            raise ReplyError(f"pairs share {self.pairs_share} must be in [0, 1)")
         _check_run_id(self.run_id)
 
     def to_record(self) -> ConfigRecord:
         return ConfigRecord({"noise_multiplier": self.noise_multiplier, "epsilon": self.epsilon,
-                             SCHEMA_HASH: self.schema_sha256, RUN_ID: self.run_id})
+                             SCHEMA_HASH: self.schema_sha256, RUN_ID: self.run_id, "pairs_share": self.pairs_share})
 
     @classmethod
     def from_record(cls, record: ConfigRecord) -> MarginalsQuery:
         with _decoding("marginals query"):
             return cls(number(record["noise_multiplier"]), number(record["epsilon"]), str(record[SCHEMA_HASH]),
-                       str(record.get(RUN_ID, "")))
+                       str(record.get(RUN_ID, "")), number(record.get("pairs_share", 0.0)))
 
 
 @dataclass(frozen=True)

@@ -33,8 +33,8 @@ from fedsyn.privacy.accounting import (
     PrivacyLedger,
     calibrate_noise_multiplier,
 )
-from fedsyn.privacy.budget import DP_SGD, is_budget, marginals_noise
-from fedsyn.privacy.marginals import exact_counts, marginals_event, marginals_sensitivity, noisy_marginals
+from fedsyn.privacy.budget import DP_SGD, MARGINALS_SHARE, PAIRS_SHARE, is_budget, marginals_noise, pairs_allowed
+from fedsyn.privacy.marginals import exact_counts, marginals_event, measured_columns, noisy_marginals, table_noise_std
 from fedsyn.privacy.randomness import numpy_generator, torch_generator
 
 
@@ -62,6 +62,9 @@ class DPTabularGAN(BaseEstimator):  # type: ignore[misc]
         budget would otherwise be exceeded.
     marginals_share: fraction of epsilon spent, on its own, on the noisy marginals that
         define the numeric quantile maps and the conditional sampling frequencies.
+    pairs_share: share of the marginals' release spent on pair tables of other columns,
+        chosen with DP (:mod:`fedsyn.privacy.pairs`; 0: outcome tables only). Needs the RDP
+        accountant; with ``accountant="prv"`` no pairs are measured.
     noise_multiplier: fix DP-SGD's noise instead of calibrating it to ``epochs``; training
         then stops at the last step the budget affords (or after ``epochs``).
     marginals_noise_floor: numeric counts are coarsened, per outcome class, until they beat
@@ -89,7 +92,8 @@ class DPTabularGAN(BaseEstimator):  # type: ignore[misc]
         *,
         epochs: float = 30.0,
         config: GANConfig | None = None,
-        marginals_share: float = 0.7,
+        marginals_share: float = MARGINALS_SHARE,
+        pairs_share: float = PAIRS_SHARE,
         noise_multiplier: float | None = None,
         marginals_noise_floor: float = 1.5,
         accountant: AccountantName = "rdp",
@@ -104,6 +108,7 @@ class DPTabularGAN(BaseEstimator):  # type: ignore[misc]
         self.epochs = epochs
         self.config = config or GANConfig()
         self.marginals_share = marginals_share
+        self.pairs_share = pairs_share
         self.noise_multiplier = noise_multiplier
         self.marginals_noise_floor = marginals_noise_floor
         self.accountant = accountant
@@ -122,6 +127,8 @@ class DPTabularGAN(BaseEstimator):  # type: ignore[misc]
     def fit(self, frame: pd.DataFrame, on_step: Callable[[int, StepLosses], None] | None = None) -> DPTabularGAN:
         if self.epsilon is not None and not is_budget(self.epsilon):
             raise ValueError(f"epsilon={self.epsilon} must be a positive number")
+        if not 0 <= self.pairs_share < 1:
+            raise ValueError(f"pairs_share={self.pairs_share} must be in [0, 1)")
         if not (math.isfinite(self.marginals_noise_floor) and self.marginals_noise_floor >= 0):
             raise ValueError(f"marginals_noise_floor={self.marginals_noise_floor} must be 0 (off) or more")
         self.schema.require_reviewed(self.allow_unreviewed_schema)
@@ -135,11 +142,12 @@ class DPTabularGAN(BaseEstimator):  # type: ignore[misc]
         else:
             sigma = marginals_noise(self.epsilon, self.marginals_share, self.delta, self.accountant)
             ledger.charge(marginals_event(sigma), self.epsilon)  # before the histograms are computed
+            pairs_share = self.pairs_share if pairs_allowed(self.accountant) else 0.0
             marginals = noisy_marginals(frame, self.schema, sigma,
-                                        numpy_generator(self.seed, "fit", nonce, "marginals"))
+                                        numpy_generator(self.seed, "fit", nonce, "marginals"), pairs_share)
             if self.marginals_noise_floor:
-                marginals = marginals.without_noise_floor(self.schema, sigma * marginals_sensitivity(self.schema),
-                                                          self.marginals_noise_floor)
+                cell_std = table_noise_std(len(measured_columns(self.schema)), sigma, pairs_share)
+                marginals = marginals.without_noise_floor(self.schema, cell_std, self.marginals_noise_floor)
         encoder = TableEncoder(self.schema, marginals)
         trainer = GANTrainer(encoder, self.config, self.device,
                              torch_generator(self.seed, "fit", nonce, DP_SGD, device=self.device))

@@ -15,6 +15,15 @@ generated rows:
 
 Every outcome class weighs the same, however rare: a synthetic table is mostly used to tell
 the classes apart, and a rare class is where the GAN alone loses its relations first.
+
+A site's pair tables (:mod:`fedsyn.privacy.pairs`, also paid for in round 0) are matched too:
+the rows generated for a site's slot (all rows when there are no slots) against that site's
+table, by the Kullback-Leibler divergence of their soft joint distribution over the table's
+groups (the mean outer product of each row's group memberships: a categorical's softmax, a
+numeric's encoded value between sigmoid steps at the groups' encoded bounds). Rows are
+weighted back from equal class parts to each slot's noisy class shares, since a pair table
+counts the site's rows as they come. The pairs are what carry every question the outcome
+tables do not, and per slot they keep each hospital's own relations.
 """
 
 from __future__ import annotations
@@ -27,12 +36,13 @@ import torch
 
 from fedsyn.model.conditioning import ConditionSampler
 from fedsyn.model.encoder import TableEncoder
-from fedsyn.privacy.marginals import exact_counts, split_column
+from fedsyn.privacy.marginals import Marginals, exact_counts, split_column
 
 if TYPE_CHECKING:
     from fedsyn.model.training import GANTrainer
 
 _EPS = 1e-6
+_STEP = 0.05  # sharpness of a numeric group's soft bounds, in the encoded [-1, 1] space
 
 
 @dataclass(frozen=True)
@@ -47,6 +57,25 @@ class _Numeric:
     index: int
     edges: torch.Tensor  # encoded value at each bin edge (increasing)
     cdf: torch.Tensor  # classes × (bins + 1): P(value <= edge | class)
+
+
+@dataclass(frozen=True)
+class _Groups:
+    """How to read one column's pair-table groups off the generator's raw outputs."""
+
+    start: int  # a categorical's softmax block, or a numeric's tanh output
+    end: int
+    inner: torch.Tensor | None  # a numeric's encoded inner group bounds; None: categorical
+    missing: int | None  # a nullable numeric's present/missing block
+
+
+@dataclass(frozen=True)
+class _Pair:
+    slot: int | None
+    first: _Groups
+    second: _Groups
+    target: torch.Tensor  # groups × groups: the noisy table as a distribution
+    class_probs: torch.Tensor  # the slot's noisy class shares (weights rows back from equal parts)
 
 
 class TableMatcher:
@@ -83,6 +112,28 @@ class TableMatcher:
                 self.numeric.append(_Numeric(span.start, _tensor(2.0 * global_cdf - 1.0, device),
                                              _tensor(np.maximum.accumulate(cdf, axis=1), device)))
         self.terms = len(self.softmax) + len(self.numeric)
+        self.encoder, self.device = encoder, device
+        self.pairs: list[_Pair] = self._pair_terms(encoder.marginals, None)
+
+    def set_slot_pairs(self, per_slot: list[Marginals]) -> None:
+        """Match each slot's rows to its own site's pair tables (instead of the encoder's)."""
+        self.pairs = [term for slot, marginals in enumerate(per_slot) for term in self._pair_terms(marginals, slot)]
+
+    def _pair_terms(self, marginals: Marginals, slot: int | None) -> list[_Pair]:
+        totals = marginals.class_totals()
+        class_probs = _tensor(totals / totals.sum(), self.device)
+        return [_Pair(slot, self._groups(pair[0], marginals), self._groups(pair[1], marginals),
+                      _tensor(marginals.pair_distribution(pair), self.device), class_probs)
+                for pair in marginals.pairs]
+
+    def _groups(self, name: str, marginals: Marginals) -> _Groups:
+        spans = [span for span in self.encoder.spans if span.column == name]
+        if self.encoder.schema.column(name).is_categorical:
+            return _Groups(spans[0].start, spans[0].end, None, None)
+        _, cdf = self.encoder.numeric_map(name)
+        bounds = marginals.pair_bounds[name].astype(int)
+        missing = spans[1].start if len(spans) > 1 else None
+        return _Groups(spans[0].start, spans[0].end, _tensor(2.0 * cdf[bounds[1:-1]] - 1.0, self.device), missing)
 
     def classes(self, cond: torch.Tensor) -> torch.Tensor:
         """Each generated row's outcome class, read from its condition (all zeros: no split)."""
@@ -94,8 +145,33 @@ class TableMatcher:
             raise ValueError("matching needs every generated row conditioned on the outcome")
         return block.argmax(dim=1)
 
-    def loss(self, raw: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
-        """The matching loss of the generator's raw outputs ``raw`` for conditions ``cond``."""
+    def loss(self, raw: torch.Tensor, cond: torch.Tensor, slots: torch.Tensor | None = None) -> torch.Tensor:
+        """The matching loss of the generator's raw outputs ``raw`` for conditions ``cond``
+        (and site ``slots``, which the pair terms of slots need)."""
+        return self._table_loss(raw, cond) + self._pair_loss(raw, cond, slots)
+
+    def _pair_loss(self, raw: torch.Tensor, cond: torch.Tensor, slots: torch.Tensor | None) -> torch.Tensor:
+        total = raw.new_zeros(())
+        if not self.pairs:
+            return total
+        labels = self.classes(cond)
+        terms = 0
+        for term in self.pairs:
+            rows = torch.ones_like(labels, dtype=torch.bool) if term.slot is None or slots is None \
+                else slots == term.slot
+            if int(rows.sum()) < 2:
+                continue
+            members = labels[rows]
+            counts = torch.bincount(members, minlength=term.class_probs.shape[0]).to(raw.dtype)
+            weights = term.class_probs[members] / counts[members]
+            first = _membership(raw[rows], term.first) * weights.unsqueeze(1)
+            joint = (first.T @ _membership(raw[rows], term.second) / weights.sum()).clamp_min(_EPS)
+            target = term.target.clamp_min(_EPS)
+            total = total + (target * (target.log() - joint.log())).sum()
+            terms += 1
+        return total / max(terms, 1)
+
+    def _table_loss(self, raw: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
         total = raw.new_zeros(())
         if self.terms == 0:
             return total
@@ -114,6 +190,20 @@ class TableMatcher:
                 quantiles = _interpolate(levels, numeric.cdf[label], numeric.edges)
                 total = total + share * ((values - quantiles) ** 2).mean()
         return total / self.terms
+
+
+def _membership(raw: torch.Tensor, groups: _Groups) -> torch.Tensor:
+    """Each row's soft membership of a column's pair-table groups (rows × groups, rows sum to 1)."""
+    if groups.inner is None:
+        return torch.softmax(raw[:, groups.start:groups.end], dim=1)
+    value = torch.tanh(raw[:, groups.start:groups.start + 1])
+    above = torch.sigmoid((value - groups.inner.unsqueeze(0)) / _STEP)  # P(above each inner bound)
+    steps = torch.cat([torch.ones_like(value), above, torch.zeros_like(value)], dim=1)
+    present = steps[:, :-1] - steps[:, 1:]
+    if groups.missing is None:
+        return present
+    presence = torch.softmax(raw[:, groups.missing:groups.missing + 2], dim=1)
+    return torch.cat([present * presence[:, :1], presence[:, 1:]], dim=1)
 
 
 def _tensor(values: np.ndarray, device: torch.device) -> torch.Tensor:

@@ -184,7 +184,7 @@ class GANTrainer:
             cond = torch.cat([c for c, _ in parts])
             slots = torch.cat([s for _, s in parts if s is not None]) if parts[0][1] is not None else None
         noise = torch.randn((cond.shape[0], self.config.latent_dim), generator=rng, device=self.device)
-        return self.matcher.loss(self.generator(noise, self._slot_input(cond, slots)), cond)
+        return self.matcher.loss(self.generator(noise, self._slot_input(cond, slots)), cond, slots)
 
     @torch.no_grad()
     def _update_sampler(self, decay: float) -> None:
@@ -261,6 +261,8 @@ class GANTrainer:
         weights = torch.as_tensor(np.clip(np.asarray(totals, dtype=float), 1.0, None), dtype=torch.float32)
         self.slot_weights = (weights / weights.sum()).to(self.device)
         self.slot_conditions = [ConditionSampler(self.encoder, self.device, marginals=m) for m in marginals]
+        if self.matcher is not None:
+            self.matcher.set_slot_pairs(marginals)
         self.site_column = site_column
         self.slot_site_values = None
         if site_column is not None:

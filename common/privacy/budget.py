@@ -16,6 +16,12 @@ from __future__ import annotations
 
 import math
 
+# The share of each site's epsilon the round-0 release takes on its own (DP-SGD gets the rest),
+# and of that release the share that measures pair tables (see fedsyn.privacy.pairs); the
+# outcome tables get the rest. Set from the bench tables (docs/benchmarks.md).
+MARGINALS_SHARE = 0.8
+PAIRS_SHARE = 0.4
+
 # The mechanisms a ledger records (PrivacyEvent.mechanism).
 MARGINALS = "gaussian-marginals"
 DP_SGD = "dp-sgd"
@@ -25,6 +31,12 @@ def is_budget(value: object) -> bool:
     """A usable epsilon (or noise multiplier): a positive, finite number. NaN compares False with
     everything, so a check written as ``value > limit`` alone would let it through."""
     return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value) and value > 0
+
+
+def pairs_allowed(accountant: str) -> bool:
+    """Whether a ledger on ``accountant`` can carry the pair tables' selection: its exponential
+    mechanism is bounded in Renyi DP only (see :mod:`fedsyn.privacy.pairs`)."""
+    return accountant == "rdp"
 
 
 def marginals_noise(epsilon: float, share: float, delta: float, accountant: str = "rdp") -> float:

@@ -14,7 +14,7 @@ outcome gets one-way histograms (tables with one class).
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 import pandas as pd
@@ -23,6 +23,7 @@ from fedsyn.data.grid import bin_index, bin_labels, numeric_edges
 from fedsyn.data.schema import Column, Schema
 from fedsyn.privacy.accounting import PrivacyEvent
 from fedsyn.privacy.budget import MARGINALS
+from fedsyn.privacy.pairs import BOUNDS_PREFIX, Pair, RoundZeroSplit, measure_pairs, pair_key, parse_pair_key
 
 
 def split_column(schema: Schema) -> Column | None:
@@ -58,13 +59,34 @@ class Marginals:
 
     The last bin is 'missing' for nullable columns. One-dimensional arrays are one-way
     histograms (one class). ``counts`` are the one-way marginals, summed over classes.
+
+    A site's own tables may also hold its noisy pair tables (``pairs``) and their numeric
+    groups' bounds (``pair_bounds``), see :mod:`fedsyn.privacy.pairs`. Pairs are per site:
+    sites choose different pairs, so a sum of sites' tables holds none. Built from the wire's
+    flat arrays (``Marginals(arrays)``), the prefixed keys go to ``pairs`` and ``pair_bounds``.
     """
 
     tables: dict[str, np.ndarray]
+    pairs: dict[Pair, np.ndarray] = field(default_factory=dict)
+    pair_bounds: dict[str, np.ndarray] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        self.tables = {name: np.asarray(values, dtype=float).reshape(len(values), -1)
-                       for name, values in self.tables.items()}
+        tables = {}
+        for name, values in self.tables.items():
+            pair = parse_pair_key(name)
+            if pair is not None:
+                self.pairs[pair] = np.asarray(values, dtype=float)
+            elif name.startswith(BOUNDS_PREFIX):
+                self.pair_bounds[name[len(BOUNDS_PREFIX):]] = np.asarray(values, dtype=float)
+            else:
+                tables[name] = np.asarray(values, dtype=float).reshape(len(values), -1)
+        self.tables = tables
+
+    @property
+    def arrays(self) -> dict[str, np.ndarray]:
+        """Every array, flat (the wire's and the store's form): tables, pair tables, group bounds."""
+        return {**self.tables, **{pair_key(pair): table for pair, table in self.pairs.items()},
+                **{f"{BOUNDS_PREFIX}{name}": bounds for name, bounds in self.pair_bounds.items()}}
 
     @property
     def counts(self) -> dict[str, np.ndarray]:
@@ -92,6 +114,13 @@ class Marginals:
         totals = self.class_totals() if table.shape[1] > 1 else np.array([self.total()])
         projected = np.stack([_onto_simplex(table[:, k], totals[k]) for k in range(table.shape[1])], axis=1)
         return np.asarray(projected / projected.sum(axis=0, keepdims=True), dtype=float)
+
+    def pair_distribution(self, pair: Pair) -> np.ndarray:
+        """A noisy pair table made a distribution: projected onto the non-negative tables that
+        sum to the noisy total (as :meth:`conditional` does per class), then normalised."""
+        table = self.pairs[pair]
+        projected = _onto_simplex(table.ravel(), self.total()).reshape(table.shape)
+        return np.asarray(projected / projected.sum(), dtype=float)
 
     def probabilities(self, name: str, floor: float = 1e-3) -> np.ndarray:
         """Noisy counts made a distribution (projected as in :meth:`conditional`), every bin kept possible."""
@@ -121,7 +150,7 @@ class Marginals:
                 present = class_totals[k] - (table[-1, k] if column.nullable else 0.0)
                 body[:, k] = _coarsened(body[:, k], widths, threshold * cell_std, present)
             tables[column.name] = table
-        return Marginals(tables)
+        return replace(self, tables=tables)
 
     def total(self) -> float:
         """The noisy row count: each column's noisy histogram sums to it, so their mean is the
@@ -130,7 +159,7 @@ class Marginals:
         return max(1.0, float(np.mean(sums))) if sums else 1.0
 
     def to_dict(self) -> dict[str, list[list[float]]]:
-        return {name: values.tolist() for name, values in self.tables.items()}
+        return {name: values.tolist() for name, values in self.arrays.items()}
 
     @classmethod
     def from_dict(cls, raw: dict[str, list[list[float]]]) -> Marginals:
@@ -242,22 +271,36 @@ def exact_counts(frame: pd.DataFrame, schema: Schema) -> Marginals:
     return Marginals(tables)
 
 
-def noisy_marginals(frame: pd.DataFrame, schema: Schema, noise_multiplier: float,
-                    rng: np.random.Generator) -> Marginals:
-    """Every measured table with Gaussian noise: the event :func:`marginals_event` describes.
+def table_noise_std(measured: int, noise_multiplier: float, pairs_share: float = 0.0) -> float:
+    """The noise std of one cell of a site's outcome tables when ``measured`` columns are
+    measured, in a round-0 release with ``noise_multiplier`` of which ``pairs_share`` goes to
+    pair tables (none with fewer than two measured columns). Public numbers only."""
+    share = pairs_share if measured >= 2 else 0.0
+    return RoundZeroSplit(noise_multiplier, share).tables * math.sqrt(max(measured, 1))
 
-    ``noise_multiplier`` is relative to the release's L2 sensitivity :func:`marginals_sensitivity`.
-    The outcome's own counts are the mean of the noisy tables' class sums (post-processing).
-    Charge the event before calling this.
+
+def noisy_marginals(frame: pd.DataFrame, schema: Schema, noise_multiplier: float,
+                    rng: np.random.Generator, pairs_share: float = 0.0) -> Marginals:
+    """The round-0 release: the event :func:`marginals_event` describes. Charge it first.
+
+    Every measured table with Gaussian noise, and with ``pairs_share`` > 0 the site's chosen
+    pair tables (:mod:`fedsyn.privacy.pairs`): the tables then get ``1 - pairs_share`` of the
+    release (noise multiplier ``noise_multiplier / sqrt(1 - pairs_share)``), the pairs the rest,
+    and the whole costs exactly one Gaussian mechanism with ``noise_multiplier``. It is relative
+    to the tables' L2 sensitivity :func:`marginals_sensitivity`. The outcome's own counts are
+    the mean of the noisy tables' class sums (post-processing).
     """
-    std = noise_multiplier * marginals_sensitivity(schema)
-    exact = exact_counts(frame, schema)
     measured = measured_columns(schema)
+    share = pairs_share if len(measured) >= 2 else 0.0
+    std = table_noise_std(len(measured), noise_multiplier, share)
+    exact = exact_counts(frame, schema)
     tables = {c.name: exact.tables[c.name] + rng.normal(0.0, std, size=exact.tables[c.name].shape) for c in measured}
     split = split_column(schema)
     if split is not None:
         tables[split.name] = _mean_class_sums(list(tables.values())).reshape(-1, 1)
-    return Marginals({c.name: tables[c.name] for c in schema.columns})
+    outcome_tables = Marginals({c.name: tables[c.name] for c in schema.columns})
+    pairs = measure_pairs(frame, schema, measured, outcome_tables, noise_multiplier, share, rng)
+    return Marginals({**outcome_tables.tables, **pairs})
 
 
 def marginals_event(noise_multiplier: float, round_: int | None = None) -> PrivacyEvent:

@@ -1,0 +1,257 @@
+"""Pair tables: the two-way relations a site measures beside its outcome tables, chosen with DP.
+
+The outcome tables answer questions about the declared outcome. Every other question (sex
+from height and weight, a stage from a lab value) rests on how two other columns move
+together, which the outcome tables never see. So round 0 also measures a few two-way tables
+of other columns, the ones that carry most of the site's structure, chosen privately as MST
+(McKenna et al., 2021) chooses its tree:
+
+1. **Grid.** A numeric column of a pair is cut into at most ``PAIR_GROUPS`` groups of its
+   public bins at the quantiles of the site's own *noisy* one-way counts (post-processing of
+   the outcome tables); a categorical column keeps its levels; 'missing' stays a group. The
+   group bounds travel with the tables (``pairbins:`` arrays): they are DP outputs.
+2. **Selection.** Every candidate pair is scored by the L1 distance between its exact table
+   and the table its own margins would give under independence. One record moves that score
+   by at most 4 (see :func:`independence_score`). The exponential mechanism (Gumbel-max)
+   picks pairs one at a time among those joining two trees of the forest picked so far
+   (Kruskal): a maximum spanning forest, stopped at ``k`` pairs. ``k`` follows from the noisy
+   total and the pair tables' noise (:func:`pair_count`): a table the noise would drown is
+   not worth measuring.
+3. **Measurement.** The ``k`` tables with Gaussian noise; every record adds one count to each,
+   so the L2 sensitivity is sqrt(k).
+
+**One event.** The outcome tables (noise multiplier ``z / sqrt(1 - s)``), the ``k`` picks
+(each ``(2 / z) sqrt(s * SELECTION_PART / k)``-DP) and the pair tables (``z / sqrt(s * (1 -
+SELECTION_PART))``) add up, in Renyi DP, to exactly the curve of one Gaussian mechanism with
+multiplier ``z``: a Gaussian's RDP is ``alpha / (2 z^2)``, and an eps-DP exponential mechanism
+is ``eps^2 / 8``-zCDP (bounded range; Cesar and Rogers, 2021), RDP ``alpha eps^2 / 8``; the
+choices may depend on earlier outputs (adaptive composition). So the ledger's round-0 event is
+unchanged. The bound is an RDP bound: a ledger on the PRV accountant (which reads a Gaussian's
+exact privacy curve) measures no pairs (:func:`fedsyn.privacy.budget.pairs_allowed`).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from itertools import combinations
+from typing import TYPE_CHECKING
+
+import numpy as np
+import pandas as pd
+
+from fedsyn.data.grid import bin_index, bin_labels, numeric_bins
+from fedsyn.data.schema import Column, Schema
+
+if TYPE_CHECKING:
+    from fedsyn.privacy.marginals import Marginals
+
+PAIR_PREFIX = "pair:"
+BOUNDS_PREFIX = "pairbins:"
+PAIR_GROUPS = 5
+SELECTION_PART = 0.25  # of the pairs' share of round 0: the rest measures the chosen tables
+SCORE_SENSITIVITY = 4.0
+# A pair table is measured only while its cells' noise std stays below this share of the
+# site's noisy total (about half a cell's count on a 5 x 5 table).
+PAIR_NOISE_RATIO = 1 / 40
+Pair = tuple[str, str]
+
+
+@dataclass(frozen=True)
+class RoundZeroSplit:
+    """One round-0 Gaussian release (noise multiplier ``noise_multiplier``) shared between the
+    outcome tables and ``pairs_share`` of it for the pairs (a quarter of that to choose them).
+
+    Renyi DP at order alpha: a Gaussian costs ``alpha / (2 z^2)``, the picks ``alpha * rho``;
+    the parts add up to the whole's ``alpha / (2 noise_multiplier^2)`` exactly."""
+
+    noise_multiplier: float
+    pairs_share: float
+
+    @property
+    def tables(self) -> float:
+        """The outcome tables' noise multiplier."""
+        return self.noise_multiplier / math.sqrt(1.0 - self.pairs_share)
+
+    @property
+    def pair_tables(self) -> float:
+        """The pair tables' noise multiplier (per unit of their L2 sensitivity)."""
+        return self.noise_multiplier / math.sqrt(self.pairs_share * (1.0 - SELECTION_PART))
+
+    @property
+    def selection_rho(self) -> float:
+        """zCDP rho of all picks together."""
+        return self.pairs_share * SELECTION_PART / (2.0 * self.noise_multiplier ** 2)
+
+    def epsilon_each(self, count: int) -> float:
+        """Each of ``count`` picks' epsilon: an eps-DP exponential mechanism is eps^2/8-zCDP."""
+        return math.sqrt(8.0 * self.selection_rho / count)
+
+
+def pair_key(pair: Pair) -> str:
+    return f"{PAIR_PREFIX}{pair[0]}|{pair[1]}"
+
+
+def parse_pair_key(key: str) -> Pair | None:
+    """The pair a wire key names, or None when it names no pair."""
+    if not key.startswith(PAIR_PREFIX) or key.count("|") != 1:
+        return None
+    first, second = key[len(PAIR_PREFIX):].split("|")
+    return first, second
+
+
+def candidate_pairs(schema: Schema, columns: list[Column]) -> list[Pair]:
+    """Every pair of ``columns`` (the measured columns: the outcome has its own tables), in schema order."""
+    return [(a.name, b.name) for a, b in combinations(columns, 2)]
+
+
+def group_count(column: Column) -> int:
+    """A column's groups in a pair table (schema only): its levels, or at most ``PAIR_GROUPS``
+    numeric groups; 'missing' included when nullable."""
+    if column.is_categorical:
+        return bin_labels(column)
+    return min(PAIR_GROUPS, numeric_bins(column)) + int(column.nullable)
+
+
+def pair_shape(schema: Schema, pair: Pair) -> tuple[int, int]:
+    return group_count(schema.column(pair[0])), group_count(schema.column(pair[1]))
+
+
+def group_bounds(column: Column, marginals: Marginals) -> np.ndarray:
+    """Bounds (public bin indices, from 0 to the number of bins) of a numeric column's groups:
+    at the quantiles of the noisy one-way counts ``marginals`` holds, at least one bin each."""
+    bins = numeric_bins(column)
+    groups = min(PAIR_GROUPS, bins)
+    probs = marginals.probabilities(column.name, floor=0.0)[:bins]
+    cdf = np.cumsum(probs / probs.sum()) if probs.sum() > 0 else np.arange(1, bins + 1) / bins
+    bounds = [0]
+    for j in range(1, groups):
+        inner = int(np.searchsorted(cdf, j / groups)) + 1
+        bounds.append(min(max(inner, bounds[-1] + 1), bins - (groups - j)))
+    return np.asarray([*bounds, bins], dtype=float)
+
+
+def group_index(column: Column, series: pd.Series, bounds: np.ndarray | None) -> np.ndarray:
+    """Each row's group of ``column`` in a pair table ('missing' last)."""
+    index = bin_index(column, series)
+    if column.is_categorical or bounds is None:
+        return index
+    present = np.searchsorted(bounds[1:-1], index, side="right")
+    if column.nullable:
+        return np.where(index == bin_labels(column) - 1, len(bounds) - 1, present)
+    return np.asarray(present)
+
+
+def exact_pair_table(frame: pd.DataFrame, schema: Schema, pair: Pair, bounds: dict[str, np.ndarray]) -> np.ndarray:
+    """Exact counts of a pair table. Of private rows: only through :func:`measure_pairs`."""
+    first, second = schema.column(pair[0]), schema.column(pair[1])
+    rows, cols = pair_shape(schema, pair)
+    index = (group_index(first, frame[first.name], bounds.get(first.name)) * cols
+             + group_index(second, frame[second.name], bounds.get(second.name)))
+    return np.bincount(index, minlength=rows * cols).astype(float).reshape(rows, cols)
+
+
+def independence_score(table: np.ndarray) -> float:
+    """L1 distance between ``table`` and the outer product of its margins over its total.
+
+    Adding a record at cell (i, j) moves the table by 1 in L1 and the product by
+    ``(n e_i c' + n r e_j' + n e_i e_j' - r c') / (n (n + 1))``, at most ``(3n + 1) / (n + 1)
+    < 3``: the score's sensitivity is below ``SCORE_SENSITIVITY`` = 4."""
+    total = float(table.sum())
+    if total <= 0:
+        return 0.0
+    expected = np.outer(table.sum(axis=1), table.sum(axis=0)) / total
+    return float(np.abs(table - expected).sum())
+
+
+def pair_count(total: float, noise_multiplier: float, columns: int) -> int:
+    """How many pair tables a site measures (public: from its noisy total and the noise).
+
+    Each table's cell noise is ``noise_multiplier * sqrt(k)``; ``k`` is the most that keeps it
+    under ``PAIR_NOISE_RATIO`` of the total, at least 1, at most a spanning tree's edges."""
+    if columns < 2:
+        return 0
+    affordable = math.floor((total * PAIR_NOISE_RATIO / noise_multiplier) ** 2)
+    return int(min(max(affordable, 1), columns - 1))
+
+
+def select_pairs(scores: dict[Pair, float], count: int, epsilon_each: float, rng: np.random.Generator) -> list[Pair]:
+    """``count`` pairs of a maximum spanning forest, each picked by the exponential mechanism
+    (Gumbel-max with scale ``2 * SCORE_SENSITIVITY / epsilon_each``) among the pairs that join
+    two trees."""
+    parent: dict[str, str] = {}
+
+    def root(name: str) -> str:
+        while parent.get(name, name) != name:
+            name = parent[name]
+        return name
+
+    chosen: list[Pair] = []
+    scale = 2.0 * SCORE_SENSITIVITY / epsilon_each
+    for _ in range(count):
+        joining = [pair for pair in scores if root(pair[0]) != root(pair[1])]
+        if not joining:
+            break
+        noisy = np.asarray([scores[pair] for pair in joining]) + rng.gumbel(0.0, scale, size=len(joining))
+        pick = joining[int(np.argmax(noisy))]
+        parent[root(pick[0])] = root(pick[1])
+        chosen.append(pick)
+    return chosen
+
+
+def measure_pairs(frame: pd.DataFrame, schema: Schema, columns: list[Column], outcome_tables: Marginals,
+                  noise_multiplier: float, pairs_share: float, rng: np.random.Generator) -> dict[str, np.ndarray]:
+    """Steps 1-4 of the module: the chosen pair tables with noise and their numeric group bounds,
+    keyed for the wire. ``noise_multiplier`` is the whole round-0 release's (the caller has
+    charged it); ``outcome_tables`` are the site's noisy outcome tables already drawn."""
+    if pairs_share <= 0 or len(columns) < 2:
+        return {}
+    bounds = {c.name: group_bounds(c, outcome_tables) for c in columns if not c.is_categorical}
+    sampling = math.sqrt(2.0 / math.pi * outcome_tables.total())  # an independent table's expected score
+    scores = {}
+    for pair in candidate_pairs(schema, columns):
+        cells = math.prod(pair_shape(schema, pair))
+        scores[pair] = independence_score(exact_pair_table(frame, schema, pair, bounds)) - sampling * math.sqrt(cells)
+    split = RoundZeroSplit(noise_multiplier, pairs_share)
+    count = pair_count(outcome_tables.total(), split.pair_tables, len(columns))
+    chosen = select_pairs(scores, count, split.epsilon_each(count), rng)
+    std = split.pair_tables * math.sqrt(len(chosen))
+    arrays: dict[str, np.ndarray] = {}
+    for pair in chosen:
+        exact = exact_pair_table(frame, schema, pair, bounds)
+        arrays[pair_key(pair)] = exact + rng.normal(0.0, std, size=exact.shape)
+    for name in sorted({name for pair in chosen for name in pair} & set(bounds)):
+        arrays[f"{BOUNDS_PREFIX}{name}"] = bounds[name]
+    return arrays
+
+
+def check_pair_array(schema: Schema, key: str, value: np.ndarray) -> None:
+    """A pair table or group bounds as received: a known pair or numeric column, the shape the
+    schema gives, bounds increasing from 0 to the number of bins. Raises ValueError."""
+    pair = parse_pair_key(key)
+    if pair is not None:
+        names = set(schema.column_names) - ({schema.outcome} if schema.outcome else set())
+        if pair[0] not in names or pair[1] not in names or pair[0] == pair[1]:
+            raise ValueError(f"'{key}' names no pair of measured columns")
+        if value.shape != pair_shape(schema, pair):
+            raise ValueError(f"'{key}' has shape {value.shape}, expected {pair_shape(schema, pair)}")
+        return
+    name = key[len(BOUNDS_PREFIX):] if key.startswith(BOUNDS_PREFIX) else None
+    if name is None or name not in schema.column_names or schema.column(name).is_categorical:
+        raise ValueError(f"'{key}' is neither a pair table nor a numeric column's group bounds")
+    column = schema.column(name)
+    groups = group_count(column) - int(column.nullable)
+    if value.shape != (groups + 1,) or value[0] != 0 or value[-1] != numeric_bins(column) \
+            or not (np.diff(value) >= 1).all() or not np.array_equal(value, np.round(value)):
+        raise ValueError(f"'{key}' are not group bounds of '{name}'")
+
+
+def check_pairs(schema: Schema, marginals: Marginals) -> None:
+    """A site's pair tables as received (every one checked, each numeric column's group bounds
+    present). Raises ValueError."""
+    for key, value in marginals.arrays.items():
+        if key.startswith((PAIR_PREFIX, BOUNDS_PREFIX)):
+            check_pair_array(schema, key, value)
+    numeric = {name for pair in marginals.pairs for name in pair if not schema.column(name).is_categorical}
+    if numeric - set(marginals.pair_bounds):
+        raise ValueError(f"pair tables of {sorted(numeric - set(marginals.pair_bounds))[:3]} come without group bounds")

@@ -1,0 +1,142 @@
+"""Pair tables (fedsyn.privacy.pairs): what round 0 measures beside the outcome tables, through
+the site's own path, and what the split of the one round-0 event costs."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+from opacus.accountants.analysis.rdp import compute_rdp
+
+from fedsyn.client.policy import SitePolicy
+from fedsyn.client.site import Site
+from fedsyn.data.demo import demo_schema_path
+from fedsyn.federation import protocol
+from fedsyn.privacy import pairs as pairs_module
+from fedsyn.privacy.accounting import PrivacyLedger
+from fedsyn.privacy.marginals import Marginals, exact_counts, marginals_sensitivity, measured_columns
+from fedsyn.privacy.pairs import (
+    RoundZeroSplit,
+    check_pair_array,
+    exact_pair_table,
+    independence_score,
+    pair_key,
+    select_pairs,
+)
+from fedsyn.simulations.run import prepare_sites
+
+ORDERS = [1.5, 2.0, 4.0, 8.0, 32.0, 256.0]
+
+
+def _site(tmp_path, frame, accountant: str = "rdp") -> Site:
+    plan = prepare_sites([frame], demo_schema_path(), tmp_path / "sites", epsilon=500.0, delta=1e-5, seed=None)
+    policy = SitePolicy.load(plan.policies[0])
+    if accountant != "rdp":  # a site that chose the PRV accountant before its first charge
+        policy = policy.model_copy(update={"accountant": accountant})
+        policy.ledger.unlink()
+        PrivacyLedger.create(policy.ledger, policy.delta, policy.accountant, protects=str(policy.data.resolve()))
+    return Site(policy)
+
+
+@pytest.mark.parametrize("share", [0.1, 0.4, 0.8])
+@pytest.mark.parametrize("count", [1, 3, 7])
+def test_the_parts_of_round_zero_cost_exactly_one_gaussian(share, count):
+    """Outcome tables + ``count`` exponential-mechanism picks + pair tables = the one Gaussian
+    event the ledger charges, at every Renyi order."""
+    z = 3.0
+    split = RoundZeroSplit(z, share)
+    whole = np.asarray(compute_rdp(q=1.0, noise_multiplier=z, steps=1, orders=ORDERS))
+    parts = (np.asarray(compute_rdp(q=1.0, noise_multiplier=split.tables, steps=1, orders=ORDERS))
+             + np.asarray(compute_rdp(q=1.0, noise_multiplier=split.pair_tables, steps=1, orders=ORDERS))
+             + count * np.asarray(ORDERS) * split.epsilon_each(count) ** 2 / 8)
+    assert parts == pytest.approx(whole, rel=1e-9)
+
+
+def test_round_zero_through_the_site_draws_each_part_at_its_noise(tmp_path, small_frame, monkeypatch):
+    """Through Site.release_marginals: the outcome tables' noise std, the pair tables' (sqrt of
+    the number of pairs times the split's multiplier), and the picks' epsilon."""
+    picks = []
+    real_select = pairs_module.select_pairs
+
+    def spy(scores, count, epsilon_each, rng):
+        picks.append((count, epsilon_each))
+        return real_select(scores, count, epsilon_each, rng)
+
+    monkeypatch.setattr(pairs_module, "select_pairs", spy)
+    sigma, share = 2.0, 0.4
+    site = _site(tmp_path, small_frame)
+    released, _ = site.release_marginals(sigma, 500.0, protocol.schema_fingerprint(site.schema), pairs_share=share)
+    split = RoundZeroSplit(sigma, share)
+    exact = exact_counts(small_frame, site.schema)
+    measured = [c.name for c in measured_columns(site.schema)]
+    tables = np.concatenate([(released.tables[c] - exact.tables[c]).ravel() for c in measured])
+    assert tables.std() == pytest.approx(split.tables * marginals_sensitivity(site.schema), rel=0.12)
+
+    assert len(released.pairs) >= 3 and picks == [(len(released.pairs), split.epsilon_each(len(released.pairs)))]
+    residuals = np.concatenate([(table - exact_pair_table(small_frame, site.schema, pair, released.pair_bounds)).ravel()
+                                for pair, table in released.pairs.items()])
+    assert residuals.std() == pytest.approx(split.pair_tables * math.sqrt(len(released.pairs)), rel=0.15)
+
+
+def test_a_prv_ledger_measures_no_pairs(tmp_path, small_frame):
+    """The picks are bounded in Renyi DP only: a site on the PRV accountant spends the whole
+    release on its outcome tables, whatever the coordinator asks."""
+    site = _site(tmp_path, small_frame, accountant="prv")
+    released, _ = site.release_marginals(2.0, 500.0, protocol.schema_fingerprint(site.schema), pairs_share=0.4)
+    assert released.pairs == {} and released.pair_bounds == {}
+
+
+def test_one_record_moves_an_independence_score_by_less_than_its_sensitivity():
+    """The worst case (all rows in one cell, the new one in the opposite cell) reaches 4n/(n+1):
+    above 3, below the declared 4; random tables never exceed it."""
+    for n in (1, 5, 1000):
+        before = np.array([[n, 0], [0, 0]], dtype=float)
+        after = before + np.array([[0, 0], [0, 1]])
+        assert abs(independence_score(after) - independence_score(before)) == pytest.approx(4 * n / (n + 1))
+    assert 3 < 4 * 1000 / 1001 <= pairs_module.SCORE_SENSITIVITY
+    rng = np.random.default_rng(0)
+    for _ in range(2000):
+        table = rng.integers(0, rng.integers(1, 30), size=tuple(rng.integers(2, 6, size=2))).astype(float)
+        cell = tuple(rng.integers(0, s) for s in table.shape)
+        moved = table.copy()
+        moved[cell] += 1
+        assert abs(independence_score(moved) - independence_score(table)) <= pairs_module.SCORE_SENSITIVITY
+
+
+def test_the_picks_are_random_as_the_exponential_mechanism_draws_them():
+    """With a small epsilon a weaker pair is picked about as often as the exponential mechanism
+    says (exp(eps * gap / (2 * 4)) to 1): neither never nor always."""
+    scores = {("a", "b"): 8.0, ("c", "d"): 0.0}
+    rng = np.random.default_rng(1)
+    first = [select_pairs(scores, 1, 1.0, rng)[0] for _ in range(4000)]
+    share = first.count(("a", "b")) / len(first)
+    assert share == pytest.approx(math.e / (1 + math.e), abs=0.03)
+    assert select_pairs(scores, 5, 1.0, rng) in ([("a", "b"), ("c", "d")], [("c", "d"), ("a", "b")])
+
+
+def test_pair_arrays_are_checked_against_the_schema(demo_schema):
+    good = Marginals.uniform(demo_schema)
+    assert good.pairs == {}
+    check_pair_array(demo_schema, pair_key(("sex", "mgus")), np.ones((2, 2)))
+    check_pair_array(demo_schema, "pairbins:age", np.array([0.0, 4, 9, 15, 24, 55]))
+    for key, value in [(pair_key(("sex", "death")), np.ones((2, 2))),  # the outcome has its own tables
+                       (pair_key(("sex", "mgus")), np.ones((3, 2))),
+                       (pair_key(("sex", "nope")), np.ones((2, 2))),
+                       ("pairbins:sex", np.array([0.0, 1])),
+                       ("pairbins:age", np.array([0.0, 9, 4, 15, 24, 55])),
+                       ("pairbins:age", np.array([0.0, 4, 9, 15, 24, 500])),
+                       ("surprise", np.ones(3))]:
+        with pytest.raises(ValueError):
+            check_pair_array(demo_schema, key, value)
+
+
+def test_pair_tables_travel_with_their_site_and_not_in_a_sum(demo_schema, small_frame):
+    bounds = {"age": np.array([0.0, 4, 9, 15, 24, 55])}
+    table = exact_pair_table(small_frame, demo_schema, ("age", "sex"), bounds)
+    site = Marginals({**exact_counts(small_frame, demo_schema).tables, pair_key(("age", "sex")): table,
+                      "pairbins:age": bounds["age"]})
+    assert table.sum() == len(small_frame) and site.pairs[("age", "sex")] is not None
+    assert Marginals(dict(site.arrays)).pairs.keys() == site.pairs.keys()
+    assert (site + site).pairs == {}
+    assert site.pair_distribution(("age", "sex")).sum() == pytest.approx(1.0)
