@@ -46,7 +46,7 @@ from fedsyn.privacy.accounting import (
     PrivacyLedger,
     calibrate_noise_multiplier,
 )
-from fedsyn.privacy.budget import DP_SGD, is_budget, pairs_allowed
+from fedsyn.privacy.budget import DP_SGD, is_budget, is_pairs_share, pairs_allowed
 from fedsyn.privacy.marginals import Marginals, marginals_event, noisy_marginals
 from fedsyn.privacy.pairs import check_pairs
 from fedsyn.privacy.randomness import numpy_generator, torch_generator
@@ -279,9 +279,9 @@ class Site:
         """Round 0: the noisy outcome tables and, with ``pairs_share``, the pair tables this site
         chooses (none on a PRV ledger, which cannot carry their selection): one charge of one
         Gaussian mechanism with ``noise_multiplier`` whatever the share."""
-        if not (is_budget(noise_multiplier) and is_budget(epsilon)) or not 0 <= pairs_share < 1:
+        if not (is_budget(noise_multiplier) and is_budget(epsilon) and is_pairs_share(pairs_share)):
             raise PolicyRefusal(f"noise multiplier {noise_multiplier} and epsilon {epsilon} must be positive "
-                                f"and finite, pairs share {pairs_share} in [0, 1)", ErrorCode.MALFORMED_REQUEST)
+                                f"and finite, pairs share {pairs_share} 0 or in [0.01, 1)", ErrorCode.MALFORMED_REQUEST)
         self._check_schema(schema_sha256)
         pairs_share = pairs_share if pairs_allowed(self.ledger.accountant) else 0.0
         digest = request_digest({"noise_multiplier": noise_multiplier, "epsilon": epsilon, "schema": schema_sha256,
@@ -412,7 +412,7 @@ class Site:
             if slot_marginals:
                 trainer.set_release_slots([m.total() for m in slot_marginals], slot_marginals)
             trainer.load_state_arrays(arrays)
-        except (KeyError, RuntimeError, ValueError) as exc:
+        except (IndexError, KeyError, RuntimeError, ValueError) as exc:
             log.warning("the global model does not fit this site's schema: %s", type(exc).__name__)
             raise _model_misfit() from None
         return trainer

@@ -209,10 +209,13 @@ def _readme(coordinator: Coordinator, report: dict, synthetic: pd.DataFrame, row
         "",
         "## How it was made",
         "Round 0: each site released Gaussian-noised tables of every column's public bins by the outcome's "
-        "classes (charged to its budget); their sum defines the numeric quantile maps and conditional "
-        "sampling frequencies. Rounds 1..R: each site trained the discriminator with DP-SGD (Poisson "
-        "sampling, per-record clipping, Gaussian noise) and the generator through it and towards the summed "
-        "tables (marginal matching, post-processing); the coordinator averaged the updates with equal "
+        "classes and, with `pairs_share` > 0, a few two-way tables of other columns it picked with the "
+        "exponential mechanism (all of round 0 charged as one Gaussian event, a bound that holds in Renyi DP: "
+        "recompute it with an RDP accountant, not PRV); the sum of the outcome tables defines the numeric "
+        "quantile maps and conditional sampling frequencies. Rounds 1..R: each site trained the "
+        "discriminator with DP-SGD (Poisson sampling, per-record clipping, Gaussian noise) and the generator "
+        "through it and towards the summed tables and each site's own tables and pair tables (marginal "
+        "matching, post-processing); the coordinator averaged the updates with equal "
         "weights. Generator and discriminator are told which site (a public slot) a row is "
         "for, and at each site generated rows follow that site's own noisy marginals; the release picks a "
         "site slot per row in proportion to the sites' noisy row counts from round 0 (post-processing). "

@@ -154,7 +154,9 @@ def test_the_reply_store_keeps_any_column_name(tmp_path):
 def test_a_later_run_moves_the_earlier_release_aside_instead_of_overwriting_it(plan, demo_schema, tmp_path):
     release = ReleasePlan(tmp_path / "release", rows=100, audit_log=tmp_path / "audit.jsonl")
     app = make_client_app(plan.site_policy)
-    short = SETTINGS.model_copy(update={"rounds": 1, "epsilon": 0.4})
+    # epsilon is each site's running total (issue 23 item 2): the second run's round 0 must fit in
+    # the 0.4 the first left, which a smaller round-0 share leaves room for
+    short = SETTINGS.model_copy(update={"rounds": 1, "epsilon": 0.4, "marginals_share": 0.7})
     run_federation(InProcessGrid(app, len(plan.policies)), demo_schema, short, release)
     first = (tmp_path / "release" / "privacy_report.json").read_text()
     run_federation(InProcessGrid(app, len(plan.policies)), demo_schema, short.model_copy(update={"epsilon": 0.8}),

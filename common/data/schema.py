@@ -51,6 +51,10 @@ class Column(BaseModel):
 
     @model_validator(mode="after")
     def _check_kind_fields(self) -> Column:
+        if "|" in self.name or self.name.startswith(("pair:", "pairbins:")):
+            raise ValueError(f"column '{self.name}': '|' and the prefixes 'pair:' and 'pairbins:' are reserved "
+                             "(a pair table is named 'pair:first|second'); rename the column in the schema and "
+                             "the extract")
         if self.kind is ColumnKind.CATEGORICAL:
             if not self.categories:
                 raise ValueError(f"categorical column '{self.name}' needs a non-empty 'categories' list")

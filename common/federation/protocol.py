@@ -25,7 +25,7 @@ from fedsyn.data.schema import Schema
 from fedsyn.errors import FedsynError
 from fedsyn.model.config import TRANSPORT_DTYPES, GANConfig
 from fedsyn.privacy.accounting import PrivacyEvent
-from fedsyn.privacy.budget import is_budget
+from fedsyn.privacy.budget import is_budget, is_pairs_share
 
 ARRAYS = "arrays"
 MARGINALS = "marginals"
@@ -209,8 +209,8 @@ class MarginalsQuery:
         if not (is_budget(self.noise_multiplier) and is_budget(self.epsilon)):
             raise ReplyError(f"noise multiplier {self.noise_multiplier} and epsilon {self.epsilon} must be "
                              "positive and finite")
-        if not 0 <= self.pairs_share < 1:
-            raise ReplyError(f"pairs share {self.pairs_share} must be in [0, 1)")
+        if not is_pairs_share(self.pairs_share):
+            raise ReplyError(f"pairs share {self.pairs_share} must be 0 or in [0.01, 1)")
         _check_run_id(self.run_id)
 
     def to_record(self) -> ConfigRecord:

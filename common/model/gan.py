@@ -33,7 +33,15 @@ from fedsyn.privacy.accounting import (
     PrivacyLedger,
     calibrate_noise_multiplier,
 )
-from fedsyn.privacy.budget import DP_SGD, MARGINALS_SHARE, PAIRS_SHARE, is_budget, marginals_noise, pairs_allowed
+from fedsyn.privacy.budget import (
+    DP_SGD,
+    MARGINALS_SHARE,
+    PAIRS_SHARE,
+    is_budget,
+    is_pairs_share,
+    marginals_noise,
+    pairs_allowed,
+)
 from fedsyn.privacy.marginals import exact_counts, marginals_event, measured_columns, noisy_marginals, table_noise_std
 from fedsyn.privacy.randomness import numpy_generator, torch_generator
 
@@ -127,8 +135,8 @@ class DPTabularGAN(BaseEstimator):  # type: ignore[misc]
     def fit(self, frame: pd.DataFrame, on_step: Callable[[int, StepLosses], None] | None = None) -> DPTabularGAN:
         if self.epsilon is not None and not is_budget(self.epsilon):
             raise ValueError(f"epsilon={self.epsilon} must be a positive number")
-        if not 0 <= self.pairs_share < 1:
-            raise ValueError(f"pairs_share={self.pairs_share} must be in [0, 1)")
+        if not is_pairs_share(self.pairs_share):
+            raise ValueError(f"pairs_share={self.pairs_share} must be 0 (no pair tables) or in [0.01, 1)")
         if not (math.isfinite(self.marginals_noise_floor) and self.marginals_noise_floor >= 0):
             raise ValueError(f"marginals_noise_floor={self.marginals_noise_floor} must be 0 (off) or more")
         self.schema.require_reviewed(self.allow_unreviewed_schema)

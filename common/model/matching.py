@@ -113,11 +113,18 @@ class TableMatcher:
                                              _tensor(np.maximum.accumulate(cdf, axis=1), device)))
         self.terms = len(self.softmax) + len(self.numeric)
         self.encoder, self.device = encoder, device
+        self._categorical = [(span.column, span) for span in encoder.spans if schema.column(span.column).is_categorical
+                             and (split is None or span.column != split.name)]
         self.pairs: list[_Pair] = self._pair_terms(encoder.marginals, None)
+        self.slot_softmax: list[list[_Softmax]] = []
 
-    def set_slot_pairs(self, per_slot: list[Marginals]) -> None:
-        """Match each slot's rows to its own site's pair tables (instead of the encoder's)."""
+    def set_slots(self, per_slot: list[Marginals]) -> None:
+        """Match each slot's rows to its own site's tables too: its pair tables (instead of the
+        encoder's), and each categorical column's P(value | class) beside the summed tables'.
+        So a hospital's own mix (a treatment one period used more) reaches the generator's output."""
         self.pairs = [term for slot, marginals in enumerate(per_slot) for term in self._pair_terms(marginals, slot)]
+        self.slot_softmax = [[_Softmax(span.start, span.end, _tensor(marginals.conditional(name).T, self.device))
+                              for name, span in self._categorical] for marginals in per_slot]
 
     def _pair_terms(self, marginals: Marginals, slot: int | None) -> list[_Pair]:
         totals = marginals.class_totals()
@@ -148,7 +155,25 @@ class TableMatcher:
     def loss(self, raw: torch.Tensor, cond: torch.Tensor, slots: torch.Tensor | None = None) -> torch.Tensor:
         """The matching loss of the generator's raw outputs ``raw`` for conditions ``cond``
         (and site ``slots``, which the pair terms of slots need)."""
-        return self._table_loss(raw, cond) + self._pair_loss(raw, cond, slots)
+        return (self._table_loss(raw, cond) + self._slot_table_loss(raw, cond, slots)
+                + self._pair_loss(raw, cond, slots))
+
+    def _slot_table_loss(self, raw: torch.Tensor, cond: torch.Tensor, slots: torch.Tensor | None) -> torch.Tensor:
+        total, terms = raw.new_zeros(()), 0
+        if slots is None or not self.slot_softmax:
+            return total
+        labels = self.classes(cond)
+        for slot, softmax in enumerate(self.slot_softmax):
+            for label in torch.unique(labels[slots == slot]).tolist():
+                rows = raw[(slots == slot) & (labels == label)]
+                if rows.shape[0] < 2:
+                    continue
+                for term in softmax:
+                    produced = torch.softmax(rows[:, term.start:term.end], dim=1).mean(dim=0).clamp_min(_EPS)
+                    target = term.target[label].clamp_min(_EPS)
+                    total = total + (target * (target.log() - produced.log())).sum()
+                    terms += 1
+        return total / max(terms, 1)
 
     def _pair_loss(self, raw: torch.Tensor, cond: torch.Tensor, slots: torch.Tensor | None) -> torch.Tensor:
         total = raw.new_zeros(())

@@ -262,7 +262,7 @@ class GANTrainer:
         self.slot_weights = (weights / weights.sum()).to(self.device)
         self.slot_conditions = [ConditionSampler(self.encoder, self.device, marginals=m) for m in marginals]
         if self.matcher is not None:
-            self.matcher.set_slot_pairs(marginals)
+            self.matcher.set_slots(marginals)
         self.site_column = site_column
         self.slot_site_values = None
         if site_column is not None:

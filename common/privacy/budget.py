@@ -19,7 +19,7 @@ import math
 # The share of each site's epsilon the round-0 release takes on its own (DP-SGD gets the rest),
 # and of that release the share that measures pair tables (see fedsyn.privacy.pairs); the
 # outcome tables get the rest. Set from the bench tables (docs/benchmarks.md).
-MARGINALS_SHARE = 0.8
+MARGINALS_SHARE = 0.9
 PAIRS_SHARE = 0.4
 
 # The mechanisms a ledger records (PrivacyEvent.mechanism).
@@ -31,6 +31,12 @@ def is_budget(value: object) -> bool:
     """A usable epsilon (or noise multiplier): a positive, finite number. NaN compares False with
     everything, so a check written as ``value > limit`` alone would let it through."""
     return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value) and value > 0
+
+
+def is_pairs_share(value: object) -> bool:
+    """A usable share of round 0 for pair tables: 0 (none) or from 1 % to below 1. A share so
+    small that the picks' epsilon underflows would fail after the charge, so it is refused."""
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and (value == 0 or 0.01 <= value < 1)
 
 
 def pairs_allowed(accountant: str) -> bool:

@@ -49,7 +49,7 @@ if TYPE_CHECKING:
 PAIR_PREFIX = "pair:"
 BOUNDS_PREFIX = "pairbins:"
 PAIR_GROUPS = 5
-SELECTION_PART = 0.25  # of the pairs' share of round 0: the rest measures the chosen tables
+SELECTION_PART = 0.5  # of the pairs' share of round 0: the rest measures the chosen tables
 SCORE_SENSITIVITY = 4.0
 # A pair table is measured only while its cells' noise std stays below this share of the
 # site's noisy total (about half a cell's count on a 5 x 5 table).
@@ -60,7 +60,7 @@ Pair = tuple[str, str]
 @dataclass(frozen=True)
 class RoundZeroSplit:
     """One round-0 Gaussian release (noise multiplier ``noise_multiplier``) shared between the
-    outcome tables and ``pairs_share`` of it for the pairs (a quarter of that to choose them).
+    outcome tables and ``pairs_share`` of it for the pairs (half of that to choose them).
 
     Renyi DP at order alpha: a Gaussian costs ``alpha / (2 z^2)``, the picks ``alpha * rho``;
     the parts add up to the whole's ``alpha / (2 noise_multiplier^2)`` exactly."""
