@@ -179,12 +179,15 @@ def test_coordinator_crash_mid_run_loses_no_spent_privacy_and_a_new_run_respects
             raise CoordinatorCrash("coordinator stopped")
         return reply
 
+    # epsilon is each site's running total (issue 23 item 2): the second run's round 0 must fit in
+    # what the first left, which a smaller round-0 share leaves room for
+    settings = SETTINGS.model_copy(update={"marginals_share": 0.6})
     with pytest.raises(CoordinatorCrash):  # the first run asks for half the budget the second asks for
-        run_in_process(plan, demo_schema, tmp_path / "first", SETTINGS.model_copy(update={"epsilon": 0.5}),
+        run_in_process(plan, demo_schema, tmp_path / "first", settings.model_copy(update={"epsilon": 0.5}),
                        reply_filter=crash_in_round_two)
     spent_before = [PrivacyLedger.load(SitePolicy.load(p).ledger).epsilon() for p in plan.policies]
     assert all(0 < e < 0.5 for e in spent_before)
-    _, coordinator = run_in_process(plan, demo_schema, tmp_path / "second")
+    _, coordinator = run_in_process(plan, demo_schema, tmp_path / "second", settings)
     for policy, before in zip(plan.policies, spent_before):
         ledger = PrivacyLedger.load(SitePolicy.load(policy).ledger)
         assert ledger.epsilon() <= 1.0 + 1e-9
