@@ -153,7 +153,6 @@ FIT_KEYS: dict[str, dict[str, str]] = {
         **CHECKPOINT,
         **_ledger("privacy.ledger."),
         **_declare(SETTING, *(f"params.{p}" for p in ("epsilon", "delta", "epochs", "marginals_share", "pairs_share",
-                                                      "generator_steps",
                                                       "noise_multiplier", "marginals_noise_floor", "accountant"))),
     },
     "synthetic.csv": {},

@@ -75,9 +75,6 @@ class DPTabularGAN(BaseEstimator):  # type: ignore[misc]
         accountant; with ``accountant="prv"`` no pairs are measured.
     noise_multiplier: fix DP-SGD's noise instead of calibrating it to ``epochs``; training
         then stops at the last step the budget affords (or after ``epochs``).
-    generator_steps: at least this many generator updates in all: after the DP-SGD steps the
-        generator keeps training on the discriminator and the noisy tables alone (free
-        post-processing, :meth:`GANTrainer.settle`), so a short fit still reaches its targets.
     marginals_noise_floor: numeric counts are coarsened, per outcome class, until they beat
         this many noise std (:meth:`Marginals.without_noise_floor`, post-processing; 0: off),
         as the federated coordinator does.
@@ -106,7 +103,6 @@ class DPTabularGAN(BaseEstimator):  # type: ignore[misc]
         marginals_share: float = MARGINALS_SHARE,
         pairs_share: float = PAIRS_SHARE,
         noise_multiplier: float | None = None,
-        generator_steps: int = 750,
         marginals_noise_floor: float = 1.5,
         accountant: AccountantName = "rdp",
         device: str = "cpu",
@@ -122,7 +118,6 @@ class DPTabularGAN(BaseEstimator):  # type: ignore[misc]
         self.marginals_share = marginals_share
         self.pairs_share = pairs_share
         self.noise_multiplier = noise_multiplier
-        self.generator_steps = generator_steps
         self.marginals_noise_floor = marginals_noise_floor
         self.accountant = accountant
         self.device = device
@@ -176,8 +171,6 @@ class DPTabularGAN(BaseEstimator):  # type: ignore[misc]
             # Charged in full before the first step runs: a crash mid-training over-counts, never forgets.
             ledger.charge(PrivacyEvent(DP_SGD, noise_multiplier, sample_rate, steps), self.epsilon)
         history = trainer.train(data, steps, sample_rate, noise_multiplier, on_step)
-        trainer.settle(max(0, self.generator_steps - len(history)),
-                       torch_generator(self.seed, "fit", nonce, "settle", device=self.device))
         # Fitted state only once the fit has succeeded: a failed fit leaves the estimator as it was.
         self.noise_multiplier_, self.history_, self.n_rows_ = noise_multiplier, history, n_rows
         self.stream_nonce_, self.trainer_, self.ledger_ = nonce, trainer, ledger

@@ -221,17 +221,6 @@ class GANTrainer:
                 on_step(step, losses)
         return history
 
-    def settle(self, steps: int, rng: torch.Generator | None = None) -> None:
-        """``steps`` generator updates after the last discriminator update. Free post-processing:
-        a generator step reads the discriminator, the noisy tables and generated rows (DP outputs
-        and public noise), never a record. A fit with few DP-SGD steps otherwise releases a
-        generator that has not yet reached its own targets (a column missing in 17 % of the rows
-        and of the noisy table came out missing in 26 %, 17 % after 600 more steps)."""
-        stream = rng if rng is not None else self.rng
-        self.generator.train()
-        for _ in range(steps):
-            self.generator_step(stream)
-
     # -- sampling -------------------------------------------------------------------------
 
     @torch.inference_mode()
