@@ -31,7 +31,7 @@ from fedsyn.model.training import GANTrainer
 from fedsyn.privacy.accounting import PrivacyEvent, compute_epsilon
 from fedsyn.privacy.budget import DP_SGD, marginals_noise
 from fedsyn.privacy.marginals import Marginals, marginals_event, measured_columns, table_noise_std, table_shape
-from fedsyn.privacy.pairs import check_pair_array, check_pairs
+from fedsyn.privacy.pairs import check_pair_array, require_group_bounds
 from fedsyn.privacy.randomness import torch_generator
 from fedsyn.server.resume import SAVED, RunState, save_state
 from fedsyn.server.settings import FederationSettings
@@ -210,8 +210,8 @@ class Coordinator:
                 pairs = partial(check_pair_array, self.schema) if payload == protocol.MARGINALS else None
                 arrays = protocol.from_array_record(reply.content.array_records[payload], shapes, pairs)
                 if payload == protocol.MARGINALS:
-                    try:  # every numeric column of a pair table comes with its groups' bounds
-                        check_pairs(self.schema, Marginals(dict(arrays)))
+                    try:  # each array was checked as it was decoded; the bounds must come too
+                        require_group_bounds(self.schema, Marginals(dict(arrays)))
                     except ValueError as exc:
                         raise protocol.ReplyError(str(exc)) from None
                 if payload == protocol.ARRAYS and reply.content.metric_records[protocol.METRICS].get("steps") != \

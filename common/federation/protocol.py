@@ -66,8 +66,6 @@ def error_reason(code: ErrorCode, public_text: str) -> str:
     return f"{code.name.lower()}: {public_text}"
 
 
-
-
 def schema_fingerprint(schema: Schema) -> str:
     """SHA-256 of the schema's canonical JSON and the numeric grid's version: sites and
     coordinator must agree on it."""

@@ -169,9 +169,7 @@ class TableMatcher:
                 if rows.shape[0] < 2:
                     continue
                 for term in softmax:
-                    produced = torch.softmax(rows[:, term.start:term.end], dim=1).mean(dim=0).clamp_min(_EPS)
-                    target = term.target[label].clamp_min(_EPS)
-                    total = total + (target * (target.log() - produced.log())).sum()
+                    total = total + _softmax_divergence(rows, term, label)
                     terms += 1
         return total / max(terms, 1)
 
@@ -206,15 +204,20 @@ class TableMatcher:
             rows = raw[labels == label]
             share = 1.0 / len(present)
             for term in self.softmax:
-                produced = torch.softmax(rows[:, term.start:term.end], dim=1).mean(dim=0).clamp_min(_EPS)
-                target = term.target[label].clamp_min(_EPS)
-                total = total + share * (target * (target.log() - produced.log())).sum()
+                total = total + share * _softmax_divergence(rows, term, label)
             levels = (torch.arange(rows.shape[0], device=raw.device, dtype=raw.dtype) + 0.5) / rows.shape[0]
             for numeric in self.numeric:
                 values = torch.sort(torch.tanh(rows[:, numeric.index])).values
                 quantiles = _interpolate(levels, numeric.cdf[label], numeric.edges)
                 total = total + share * ((values - quantiles) ** 2).mean()
         return total / self.terms
+
+
+def _softmax_divergence(rows: torch.Tensor, term: _Softmax, label: int) -> torch.Tensor:
+    """KL(table's P(value | class ``label``) || the rows' mean softmax over the column's block)."""
+    produced = torch.softmax(rows[:, term.start:term.end], dim=1).mean(dim=0).clamp_min(_EPS)
+    target = term.target[label].clamp_min(_EPS)
+    return (target * (target.log() - produced.log())).sum()
 
 
 def _membership(raw: torch.Tensor, groups: _Groups) -> torch.Tensor:

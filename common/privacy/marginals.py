@@ -291,15 +291,14 @@ def noisy_marginals(frame: pd.DataFrame, schema: Schema, noise_multiplier: float
     the mean of the noisy tables' class sums (post-processing).
     """
     measured = measured_columns(schema)
-    share = pairs_share if len(measured) >= 2 else 0.0
-    std = table_noise_std(len(measured), noise_multiplier, share)
+    std = table_noise_std(len(measured), noise_multiplier, pairs_share)
     exact = exact_counts(frame, schema)
     tables = {c.name: exact.tables[c.name] + rng.normal(0.0, std, size=exact.tables[c.name].shape) for c in measured}
     split = split_column(schema)
     if split is not None:
         tables[split.name] = _mean_class_sums(list(tables.values())).reshape(-1, 1)
     outcome_tables = Marginals({c.name: tables[c.name] for c in schema.columns})
-    pairs = measure_pairs(frame, schema, measured, outcome_tables, noise_multiplier, share, rng)
+    pairs = measure_pairs(frame, schema, measured, outcome_tables, noise_multiplier, pairs_share, rng)
     return Marginals({**outcome_tables.tables, **pairs})
 
 

@@ -100,7 +100,7 @@ def parse_pair_key(key: str) -> Pair | None:
     return first, second
 
 
-def candidate_pairs(schema: Schema, columns: list[Column]) -> list[Pair]:
+def candidate_pairs(columns: list[Column]) -> list[Pair]:
     """Every pair of ``columns`` (the measured columns: the outcome has its own tables), in schema order."""
     return [(a.name, b.name) for a, b in combinations(columns, 2)]
 
@@ -208,18 +208,15 @@ def measure_pairs(frame: pd.DataFrame, schema: Schema, columns: list[Column], ou
         return {}
     bounds = {c.name: group_bounds(c, outcome_tables) for c in columns if not c.is_categorical}
     sampling = math.sqrt(2.0 / math.pi * outcome_tables.total())  # an independent table's expected score
-    scores = {}
-    for pair in candidate_pairs(schema, columns):
-        cells = math.prod(pair_shape(schema, pair))
-        scores[pair] = independence_score(exact_pair_table(frame, schema, pair, bounds)) - sampling * math.sqrt(cells)
+    exact = {pair: exact_pair_table(frame, schema, pair, bounds) for pair in candidate_pairs(columns)}
+    scores = {pair: independence_score(table) - sampling * math.sqrt(table.size) for pair, table in exact.items()}
     split = RoundZeroSplit(noise_multiplier, pairs_share)
     count = pair_count(outcome_tables.total(), split.pair_tables, len(columns))
     chosen = select_pairs(scores, count, split.epsilon_each(count), rng)
     std = split.pair_tables * math.sqrt(len(chosen))
     arrays: dict[str, np.ndarray] = {}
     for pair in chosen:
-        exact = exact_pair_table(frame, schema, pair, bounds)
-        arrays[pair_key(pair)] = exact + rng.normal(0.0, std, size=exact.shape)
+        arrays[pair_key(pair)] = exact[pair] + rng.normal(0.0, std, size=exact[pair].shape)
     for name in sorted({name for pair in chosen for name in pair} & set(bounds)):
         arrays[f"{BOUNDS_PREFIX}{name}"] = bounds[name]
     return arrays
@@ -252,6 +249,11 @@ def check_pairs(schema: Schema, marginals: Marginals) -> None:
     for key, value in marginals.arrays.items():
         if key.startswith((PAIR_PREFIX, BOUNDS_PREFIX)):
             check_pair_array(schema, key, value)
+    require_group_bounds(schema, marginals)
+
+
+def require_group_bounds(schema: Schema, marginals: Marginals) -> None:
+    """Every numeric column of a pair table comes with its groups' bounds. Raises ValueError."""
     numeric = {name for pair in marginals.pairs for name in pair if not schema.column(name).is_categorical}
     if numeric - set(marginals.pair_bounds):
         raise ValueError(f"pair tables of {sorted(numeric - set(marginals.pair_bounds))[:3]} come without group bounds")
