@@ -56,3 +56,20 @@ def client_reply(policy_path: Path | str, content: RecordDict, message_type: str
     message = Message(content, dst_node_id=5, message_type=message_type, group_id="1")
     message.metadata.__dict__["_message_id"] = "m1"
     return app(message, context)
+
+
+def cut_fits_short(monkeypatch, epochs: float = 0.05) -> None:
+    """Every ``DPTabularGAN`` made from now on (in this test) fits for at most ``epochs``: a few
+    DP-SGD steps, for tests that run examples or benchmarks, not models."""
+    import functools
+
+    from fedsyn.model.gan import DPTabularGAN
+
+    original = DPTabularGAN.__init__
+
+    @functools.wraps(original)
+    def quick(self, *args, **kwargs):
+        original(self, *args, **kwargs)
+        self.epochs = min(self.epochs, epochs)
+
+    monkeypatch.setattr(DPTabularGAN, "__init__", quick)

@@ -29,6 +29,7 @@ import typer
 from typer.testing import CliRunner
 
 from fedsyn.cli.main import app
+from tests.helpers import cut_fits_short
 
 ROOT = Path(__file__).resolve().parent.parent
 DOCS = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
@@ -196,55 +197,79 @@ def test_every_fedsyn_command_and_option_exists() -> None:
     assert not problems, "\n".join(problems)
 
 
-# -- python -m modules, scripts, pytest --------------------------------------------------------
+# -- python -m modules, python scripts, pytest ---------------------------------------------------
 
-_MODULE_HELP = """
+_PROGRAM_HELP = """
 import contextlib, io, json, runpy, sys
 results = {}
-for module in sys.argv[1:]:
-    sys.argv = [module, "--help"]
+for target in sys.argv[1:]:
+    sys.argv = [target, "--help"]
     out = io.StringIO()
     try:
         with contextlib.redirect_stdout(out), contextlib.redirect_stderr(out):
-            runpy.run_module(module, run_name="__main__", alter_sys=True)
+            if target.endswith(".py"):
+                runpy.run_path(target, run_name="__main__")
+            else:
+                runpy.run_module(target, run_name="__main__", alter_sys=True)
         code = 0
     except SystemExit as exc:
         code = exc.code or 0
     except BaseException as exc:
         out.write(f"{type(exc).__name__}: {exc}")
         code = 1
-    results[module] = {"code": code, "help": out.getvalue()}
+    results[target] = {"code": code, "help": out.getvalue()}
 print(json.dumps(results))
 """
 
 
-def _module_commands() -> list[tuple[str, str, list[str]]]:
-    """(where, module, arguments) of every ``python -m MODULE ...`` in shell blocks and inline code."""
+def _python_commands() -> list[tuple[str, str, list[str]]]:
+    """(where, target, arguments) of every ``python -m MODULE ...`` (target: the module) and every
+    ``python PATH.py ...`` (target: the script's path) in shell blocks and inline code."""
     commands = [(block.name, words) for block in _blocks_of(SHELL) for words in _command_lines(block)]
     for doc in DOCS:
         commands += [(f"{doc.relative_to(ROOT)}: `{span}`", shlex.split(span)) for span in _inline_code(doc)
-                     if re.match(r"^\S*python3?(\.\d+)? -m ", span)]
+                     if re.match(r"^\S*python3?(\.\d+)? ", span)]
     found = []
     for where, words in commands:
         program, arguments = _program(words)
-        if re.match(r"^python3?(\.\d+)?$", Path(program).name) and len(arguments) >= 2 and arguments[0] == "-m":
+        if not re.match(r"^python3?(\.\d+)?$", Path(program).name) or not arguments:
+            continue
+        if arguments[0] == "-m" and len(arguments) >= 2:
             found.append((where, arguments[1], arguments[2:]))
+        elif arguments[0].endswith(".py"):
+            found.append((where, arguments[0], arguments[1:]))
     return found
 
 
-def test_every_fedsyn_module_imports_and_takes_its_documented_options() -> None:
-    modules = sorted({module for _, module, _ in _module_commands() if module.startswith("fedsyn.")})
-    assert modules, "no python -m fedsyn... command found"
-    done = subprocess.run([sys.executable, "-c", _MODULE_HELP, *modules], capture_output=True, text=True,
-                          timeout=120, cwd=ROOT)
+def _own_programs() -> list[str]:
+    """The documented fedsyn modules and repository scripts (not pip's, venv's or pytest's)."""
+    return sorted({target for _, target, _ in _python_commands()
+                   if target.startswith("fedsyn.") or target.endswith(".py")})
+
+
+def _program_source(target: str) -> str:
+    if target.endswith(".py"):
+        return (ROOT / target).read_text()
+    return Path(importlib.util.find_spec(target).origin).read_text()  # type: ignore[union-attr]
+
+
+def test_every_documented_program_answers_help_and_takes_its_documented_options() -> None:
+    """``python -m fedsyn....`` and ``python benchmarks/NAME.py`` as the docs write them: each runs
+    its ``--help`` from the checkout's root, and every option the docs pass it is in that help."""
+    targets = _own_programs()
+    assert any(target.startswith("benchmarks/") for target in targets), "no python benchmarks/... command found"
+    missing = [target for target in targets if target.endswith(".py") and not (ROOT / target).is_file()]
+    assert not missing, f"documented scripts that do not exist: {missing}"
+    done = subprocess.run([sys.executable, "-c", _PROGRAM_HELP, *targets], capture_output=True, text=True,
+                          timeout=180, cwd=ROOT)
     assert done.returncode == 0, done.stderr[-3000:]
     results = json.loads(done.stdout.strip().splitlines()[-1])
-    problems = [f"python -m {module} --help: exit {result['code']}: {result['help'][-500:]}"
-                for module, result in results.items() if result["code"] != 0]
-    for where, module, arguments in _module_commands():
-        if module in results:
-            known = _options_in(results[module]["help"])
-            problems += [f"{where}: python -m {module} has no option {option}"
+    problems = [f"python {target} --help: exit {result['code']}: {result['help'][-500:]}"
+                for target, result in results.items() if result["code"] != 0]
+    for where, target, arguments in _python_commands():
+        if target in results:
+            known = _options_in(results[target]["help"])
+            problems += [f"{where}: {target} has no option {option}"
                          for option in _used_options(arguments) if option not in known]
     assert not problems, "\n".join(problems)
 
@@ -253,7 +278,7 @@ def test_pytest_markers_and_test_files_exist() -> None:
     declared = {marker.split(":")[0] for marker in
                 tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["pytest"]["ini_options"]["markers"]}
     problems = []
-    for where, module, arguments in _module_commands():
+    for where, module, arguments in _python_commands():
         if module != "pytest":
             continue
         for index, word in enumerate(arguments):
@@ -283,7 +308,7 @@ def test_scripts_and_repository_paths_exist() -> None:
                 problems += [f"{block.name}: no constraints file {arguments[i + 1]}"
                              for i, word in enumerate(arguments[:-1])
                              if word == "-c" and not (ROOT / arguments[i + 1]).is_file()]
-    tops = ("common/", "server/", "client/", "deploy/", "cli/", "simulations/", "tests/", ".ci/")
+    tops = ("common/", "server/", "client/", "deploy/", "cli/", "simulations/", "benchmarks/", "tests/", ".ci/")
     for doc in DOCS:
         for span in _inline_code(doc):
             if span.startswith(tops) and " " not in span and not (ROOT / span.rstrip("/")).exists():
@@ -293,7 +318,7 @@ def test_scripts_and_repository_paths_exist() -> None:
 
 def test_every_option_named_in_prose_exists_somewhere() -> None:
     """An option quoted alone in prose (`--fail-below 0.6`) is an option of some fedsyn command or
-    benchmark module, or one of the Flower flags the docs discuss."""
+    benchmark script, or one of the Flower flags the docs discuss."""
     known = set(FOREIGN_OPTIONS)
     stack: list[tuple[tuple[str, ...], click.Command]] = [((), _click_root())]
     while stack:
@@ -301,10 +326,8 @@ def test_every_option_named_in_prose_exists_somewhere() -> None:
         known |= _options_in(_help(path))
         if isinstance(command, click.Group):
             stack += [((*path, name), sub) for name, sub in command.commands.items()]
-    modules = sorted({module for _, module, _ in _module_commands() if module.startswith("fedsyn.")})
-    for module in modules:  # argparse declares its options in the source
-        source = Path(importlib.util.find_spec(module).origin).read_text()  # type: ignore[union-attr]
-        known |= set(re.findall(r"add_argument\(\s*\"(--[\w-]+)\"", source))
+    for target in _own_programs():  # argparse declares its options in the source
+        known |= set(re.findall(r"add_argument\(\s*\"(--[\w-]+)\"", _program_source(target)))
     problems = []
     for doc in DOCS:
         for span in _inline_code(doc):
@@ -350,18 +373,10 @@ def demo_workdir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> dict[str, o
     from fedsyn.data.demo import demo_data_path, demo_schema_path
     from fedsyn.data.schema import Schema
     from fedsyn.data.tables import read_table
-    from fedsyn.model.gan import DPTabularGAN
 
     shutil.copy(demo_schema_path(), tmp_path / "schema.json")
     monkeypatch.chdir(tmp_path)
-    original = DPTabularGAN.__init__
-
-    @functools.wraps(original)
-    def quick(self: DPTabularGAN, *args: object, **kwargs: object) -> None:
-        original(self, *args, **kwargs)  # type: ignore[arg-type]
-        self.epochs = min(self.epochs, QUICK_EPOCHS)
-
-    monkeypatch.setattr(DPTabularGAN, "__init__", quick)
+    cut_fits_short(monkeypatch, QUICK_EPOCHS)
     return {"frame": read_table(demo_data_path(), Schema.load(demo_schema_path()))}
 
 

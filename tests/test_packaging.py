@@ -1,5 +1,7 @@
-"""A non-editable wheel installs under the single import name `fedsyn` and works."""
+"""A non-editable wheel installs under the single import name `fedsyn` and works, and ships the
+library only: the benchmark scripts (benchmarks/) and the tests stay in the checkout."""
 
+import shutil
 import subprocess
 import sys
 import zipfile
@@ -8,12 +10,27 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 
 
+def _clean_copy(target: Path) -> Path:
+    """The checkout's files as git sees them (tracked, or new and not ignored), without build/:
+    setuptools packs whatever an earlier build left in build/lib, even modules since removed."""
+    listed = subprocess.run(["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"], cwd=ROOT,
+                            check=True, capture_output=True).stdout.decode().split("\0")
+    for name in filter(None, listed):
+        if (ROOT / name).is_file():
+            (target / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(ROOT / name, target / name)
+    return target
+
+
 def test_wheel_installs_only_the_fedsyn_package(tmp_path):
+    source = _clean_copy(tmp_path / "source")
     subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "-q", "-w", str(tmp_path / "dist"),
-                    str(ROOT)], check=True)
+                    str(source)], check=True)
     wheel = next((tmp_path / "dist").glob("fedsyn-*.whl"))
-    tops = {name.split("/")[0] for name in zipfile.ZipFile(wheel).namelist()}
+    names = zipfile.ZipFile(wheel).namelist()
+    tops = {name.split("/")[0] for name in names}
     assert tops == {"fedsyn", f"fedsyn-{wheel.name.split('-')[1]}.dist-info"}
+    assert not [name for name in names if Path(name).name.startswith("bench")], "benchmark scripts in the wheel"
     target = tmp_path / "site"
     subprocess.run([sys.executable, "-m", "pip", "install", "--no-deps", "-q", "--target", str(target),
                     str(wheel)], check=True)

@@ -4,7 +4,7 @@
         [--out-prefix /tmp/wide-run-] [--judge-python /tmp/judge-venv/bin/python] [--json results.jsonl]
         [--simulate-args=--yes]
 
-Reuses fedsyn.simulations.bench_tables.split_by_site (one CSV per value of train.csv's `site`
+Reuses benchmarks/bench_tables.py's split_by_site (one CSV per value of train.csv's `site`
 column; the schema keeps `site`, so the column stays). Then, per seed, one real command line:
 
     fedsyn simulate --sites midwest.csv --sites northeast.csv --sites south.csv --sites west.csv
@@ -27,11 +27,12 @@ import sys
 import time
 from pathlib import Path
 
-from rows import emit  # this folder: each script runs by its path
-
-from fedsyn.simulations.bench_tables import split_by_site
-
 HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE.parent))  # benchmarks/: bench_tables, as `python benchmarks/bench_tables.py` finds it
+
+from bench_tables import split_by_site  # noqa: E402
+from rows import emit  # noqa: E402  (this folder: each script runs by its path)
+
 TABLE = "nhefs_wide"
 
 

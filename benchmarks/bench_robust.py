@@ -1,6 +1,6 @@
 """Utility under a poisoning site, with and without a robust aggregation rule (prints only).
 
-    python -m fedsyn.simulations.bench_robust [--sites 5] [--scale 50]
+    python benchmarks/bench_robust.py [--sites 5] [--scale 50]
 
 Five IID hospitals from the demo training split, epsilon 1 each; site 0 misbehaves by
 sending its update scaled by ``--scale`` or replaced by random values. Prints TSTR ROC-AUC
@@ -43,12 +43,14 @@ def attack(kind: str, scale: float, rng: np.random.Generator):
     return tamper
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--sites", type=int, default=5)
     parser.add_argument("--scale", type=float, default=50.0)
     parser.add_argument("--attacks", default="none,scaled,random")
-    args = parser.parse_args()
+    parser.add_argument("--rounds", type=int, default=FEDERATED_ROUNDS)
+    parser.add_argument("--local-steps", type=int, default=FEDERATED_LOCAL_STEPS)
+    args = parser.parse_args(argv)
     schema = Schema.load(demo_schema_path())
     frame = read_table(demo_data_path(), schema)
     train, test = train_test_split(frame, test_size=0.3, random_state=0, stratify=frame[schema.outcome])
@@ -59,7 +61,7 @@ def main() -> None:
         for aggregation in ("mean", "median", "trimmed-mean"):
             with tempfile.TemporaryDirectory() as folder:
                 plan = prepare_sites(tables, demo_schema_path(), Path(folder) / "sites", 1.0, 1e-5)
-                settings = FederationSettings(rounds=FEDERATED_ROUNDS, local_steps=FEDERATED_LOCAL_STEPS, epsilon=1.0,
+                settings = FederationSettings(rounds=args.rounds, local_steps=args.local_steps, epsilon=1.0,
                                               delta=1e-5, seed=0, gan_config=FEDERATED_GAN, aggregation=aggregation,
                                               sample_rate=default_sample_rate(tables, FEDERATED_GAN.batch_size)[0])
                 tamper = None if attack_kind == "none" else attack(attack_kind, args.scale, np.random.default_rng(1))

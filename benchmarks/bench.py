@@ -1,11 +1,12 @@
 """Speed and size benchmark of the demo model on the demo data (prints, never asserts).
 
-    python -m fedsyn.simulations.bench [--device cpu|cuda] [--threads 2]
+    python benchmarks/bench.py [--device cpu|cuda] [--threads 2]
 
 Prints: discriminator steps/s and rows/s with DP and without (same network, batch 256)
 and their ratio; a whole D+G step likewise; decoded sampling rows/s; bytes one site sends
-per round; seconds per in-process round with 3 and 10 sites; peak memory of a site
-process training one round.
+per round; seconds per in-process round with 3 and 10 sites (``--sites``); peak memory of a
+site process training one round. ``--repeats``, ``--sample-rows``, ``--rounds`` and
+``--local-steps`` shrink the work (tests/test_benchmarks.py runs it in seconds).
 """
 
 from __future__ import annotations
@@ -106,28 +107,33 @@ from fedsyn.model.training import GANTrainer
 site = Site(SitePolicy.load(sys.argv[1]))
 marginals = Marginals.uniform(site.schema)
 arrays = GANTrainer(TableEncoder(site.schema, marginals), GANConfig()).state_arrays()
-site.train(protocol.TrainInstructions(1, 10, 30, 0.2, 1.0, None, GANConfig(), protocol.schema_fingerprint(site.schema)),
-           arrays, marginals)
+instructions = protocol.TrainInstructions(1, 10, int(sys.argv[2]), 0.2, 1.0, None, GANConfig(),
+                                          protocol.schema_fingerprint(site.schema))
+site.train(instructions, arrays, marginals)
 # VmHWM is this process's own high-water mark; ru_maxrss would carry over the parent's.
 print(next(line.split()[1] for line in open("/proc/self/status") if line.startswith("VmHWM")))
 """
 
 
-def site_memory(train) -> None:
+def site_memory(train, local_steps: int) -> None:
     with tempfile.TemporaryDirectory() as folder:
         plan = prepare_sites([train], demo_schema_path(), Path(folder), 1.0, 1e-5)
-        output = subprocess.run([sys.executable, "-c", SITE_PROBE, str(plan.policies[0])], check=True,
-                                capture_output=True, text=True).stdout
-    print(f"peak memory of a site process:      {int(output.split()[-1]) / 1024:8.0f} MiB (one round, 30 steps)")
+        output = subprocess.run([sys.executable, "-c", SITE_PROBE, str(plan.policies[0]), str(local_steps)],
+                                check=True, capture_output=True, text=True).stdout
+    print(f"peak memory of a site process:      {int(output.split()[-1]) / 1024:8.0f} MiB "
+          f"(one round, {local_steps} steps)")
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--repeats", type=int, default=200)
     parser.add_argument("--sample-rows", type=int, default=1_000_000)
-    args = parser.parse_args()
+    parser.add_argument("--sites", default="3,10", help="site counts of the in-process round timing")
+    parser.add_argument("--rounds", type=int, default=4, help="rounds of each timed in-process federation")
+    parser.add_argument("--local-steps", type=int, default=30, help="DP-SGD steps per round (timing and memory)")
+    args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     schema = Schema.load(demo_schema_path())
     frame = read_table(demo_data_path(), schema)
@@ -142,9 +148,9 @@ def main() -> None:
     sampling_speed(trainer, args.sample_rows)
     bytes_per_round(trainer)
     if args.device == "cpu":
-        round_time(train, schema, 3, 4, 30)
-        round_time(train, schema, 10, 4, 30)
-        site_memory(train)
+        for sites in (int(count) for count in args.sites.split(",")):
+            round_time(train, schema, sites, args.rounds, args.local_steps)
+        site_memory(train, args.local_steps)
     print(f"peak memory of this process:        {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:8.0f} MiB")
 
 

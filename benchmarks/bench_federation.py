@@ -1,7 +1,7 @@
 """Federated vs local-only vs pooled utility on the demo data (prints, never asserts).
 
-    python -m fedsyn.simulations.bench_federation [--sites 3,5] [--epsilon 1] [--seeds 3]
-    python -m fedsyn.simulations.bench_federation --sites 5 --sweep 256:20:15:1e-3 128:20:15:1e-3
+    python benchmarks/bench_federation.py [--sites 3,5] [--epsilon 1] [--seeds 3]
+    python benchmarks/bench_federation.py --sites 5 --sweep 256:20:15:1e-3 128:20:15:1e-3
 
 For each site count and split (IID, skewed by age): TSTR ROC-AUC (gradient boosting,
 logistic regression) of the federated release, of each site's own DP-GAN with the same
@@ -40,15 +40,18 @@ def _cell(auc: dict[str, float]) -> str:
     return " / ".join(f"{auc[m]:.3f}" for m in MODELS)
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--sites", default="3,5")
     parser.add_argument("--epsilon", type=float, default=1.0)
     parser.add_argument("--seeds", type=int, default=3)
     parser.add_argument("--transport-dtype", default="float32", choices=("float32", "float16"))
+    parser.add_argument("--rounds", type=int, default=FEDERATED_ROUNDS, help="federated rounds of the comparison")
+    parser.add_argument("--local-steps", type=int, default=FEDERATED_LOCAL_STEPS,
+                        help="DP-SGD steps per site and round of the comparison")
     parser.add_argument("--sweep", nargs="+", metavar="BATCH:ROUNDS:STEPS:LR",
                         help="federated TSTR of these settings (IID split) instead of the comparison")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     schema = Schema.load(demo_schema_path())
     frame = read_table(demo_data_path(), schema)
     train, test = train_test_split(frame, test_size=0.3, random_state=0, stratify=frame[schema.outcome])
@@ -101,12 +104,13 @@ def _federate(tables, schema, test, config, rounds: int, steps: int, args, seed:
 
 
 def _one_seed(tables, schema, test, config, args, seed: int) -> dict:
-    federated, seconds = _federate(tables, schema, test, config, FEDERATED_ROUNDS, FEDERATED_LOCAL_STEPS, args, seed)
+    federated, seconds = _federate(tables, schema, test, config, args.rounds, args.local_steps, args, seed)
     arms = baseline_arms(tables, test, schema, args.epsilon, 1e-5, seed)
     local = [aucs for arm, aucs in arms.items() if arm.startswith("local-only")]
     return {"federated": federated, "pooled": arms["pooled (centralized DP)"], "seconds": seconds,
             "worst": {m: min(a[m] for a in local) for m in MODELS},
             "best": {m: max(a[m] for a in local) for m in MODELS}}
+
 
 if __name__ == "__main__":
     main()

@@ -1,6 +1,6 @@
 """Federated fedsyn on the real multi-site benchmark tables, judged by the bench's own judge.
 
-    python -m fedsyn.simulations.bench_tables ../shared/bench [--seeds 3] [--tables azpro,nmes]
+    python benchmarks/bench_tables.py BENCH_KIT [--seeds 3] [--tables azpro,nmes]
         [--epsilon 1] [--json rows.jsonl] [--fedsyn PATH] [--judge-python PATH]
 
 Why: on these tables (real hospitals, a ``site`` column, reviewed public bounds) the

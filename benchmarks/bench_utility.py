@@ -1,6 +1,6 @@
 """Utility benchmark of the single-site DP-GAN on the demo data (prints, never asserts).
 
-    python -m fedsyn.simulations.bench_utility [--epsilons 0.5,1,3,10] [--seeds 3]
+    python benchmarks/bench_utility.py [--epsilons 0.5,1,3,10] [--seeds 3]
 
 For each epsilon (and without DP): TSTR ROC-AUC of gradient boosting and logistic
 regression trained on synthetic rows and tested on a real held-out split (mean and
@@ -23,11 +23,11 @@ from fedsyn.evaluation.metrics import tstr_auc
 from fedsyn.model.gan import DPTabularGAN
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--epsilons", default="0.5,1,3,10")
     parser.add_argument("--seeds", type=int, default=3)
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     schema = Schema.load(demo_schema_path())
     frame = read_table(demo_data_path(), schema)
     train, test = train_test_split(frame, test_size=0.3, random_state=0, stratify=frame[schema.outcome])
