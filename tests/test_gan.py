@@ -142,3 +142,15 @@ def test_the_estimator_clones_and_a_failed_fit_leaves_it_as_it_was(demo_schema, 
     with pytest.raises(ValueError):
         model.fit(bad)
     assert (model.trainer_, model.ledger_) == fitted  # the earlier fit is kept whole
+
+
+def test_a_short_fit_samples_from_its_trained_generator_not_its_initial_weights(demo_frame, demo_schema):
+    """The averaged generator a fit samples from is bias-corrected: a short fit released
+    creatinine missing far more often than its own noisy table says (41 % against 17 % after 5
+    epochs on the demo) because the average still held decay**steps of the untrained weights."""
+    frame = demo_frame.sample(n=3000, random_state=4)
+    model = DPTabularGAN(demo_schema, epsilon=1.0, delta=1e-5, epochs=5, config=TINY, seed=0,
+                         stream_nonce="0" * 32).fit(frame)  # one fixed stream: measured 0.003-0.029 over fresh ones
+    tables = model.trainer_.encoder.marginals
+    target = tables.tables["creatinine"][-1].sum() / tables.total()
+    assert abs(float(model.sample(4000)["creatinine"].isna().mean()) - target) < 0.05  # 0.07-0.13 unbiased

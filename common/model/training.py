@@ -83,6 +83,10 @@ class GANTrainer:
         # Sampling uses an exponential moving average of the generator's weights: free
         # post-processing of DP outputs that damps the oscillation of GAN training.
         self.sampler = copy.deepcopy(self.generator).requires_grad_(False)
+        # The weight the average has gathered so far (Adam's bias correction): its first update
+        # replaces the untrained initial weights instead of keeping decay**steps of them (a
+        # 460-step fit kept 10 % and released creatinine missing in 18-21 % of rows, not 17 %).
+        self._sampler_mass = 0.0
         self.generator_optimizer = torch.optim.Adam(self.generator.parameters(), lr=config.generator_lr,
                                                     betas=config.betas)
         self.discriminator_optimizer = torch.optim.Adam(self.discriminator.parameters(),
@@ -188,9 +192,11 @@ class GANTrainer:
 
     @torch.no_grad()
     def _update_sampler(self, decay: float) -> None:
-        """Move the sampling copy towards the generator: an exponential moving average."""
+        """Move the sampling copy towards the generator: an exponential moving average of the
+        generators since the copy started, weighted as if it had started from nothing."""
+        self._sampler_mass = decay * self._sampler_mass + (1.0 - decay)
         for average, current in zip(self.sampler.parameters(), self.generator.parameters()):
-            average.lerp_(current, 1.0 - decay)
+            average.lerp_(current, (1.0 - decay) / self._sampler_mass)
 
     def train(
         self,
@@ -369,6 +375,7 @@ class GANTrainer:
     def load_sampler_arrays(self, arrays: dict[str, np.ndarray]) -> None:
         """Set the sampling copy's weights (as :meth:`sampler_arrays` gave them)."""
         self.sampler.load_state_dict({name: torch.as_tensor(value) for name, value in arrays.items()})
+        self._sampler_mass = 1.0
 
     def load_state_arrays(self, arrays: dict[str, np.ndarray], sampler_decay: float = 0.0) -> None:
         """Load G and D; the sampling copy becomes G (``sampler_decay=0``) or moves towards it
