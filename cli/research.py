@@ -4,23 +4,25 @@ from __future__ import annotations
 
 import json
 import shlex
-import shutil
 import sys
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
-import numpy as np
-import pandas as pd
 import typer
 from rich.table import Table
 
 from fedsyn.cli.output import console, fail, print_verdict, program, results, setup_logging
-from fedsyn.data.demo import demo_data_path, demo_schema_path
 from fedsyn.data.schema import Schema, SchemaError
 from fedsyn.data.tables import DataFileError, read_table, write_table
 from fedsyn.data.validation import DataValidationError, require_valid
 from fedsyn.errors import ConfigurationError
 from fedsyn.server.settings import FEDERATED_GAN, FEDERATED_LOCAL_STEPS, FEDERATED_ROUNDS, FederationSettings
+
+if TYPE_CHECKING:
+    from fedsyn.simulations.plan import WidthPlan
+    from fedsyn.simulations.request import PreparedSimulation
+
+COLOUR = {"green": "green", "amber": "yellow", "red": "red"}  # a plan's outlook, as rich colours
 
 
 def fit(
@@ -195,96 +197,42 @@ def simulate(
     verbose: Annotated[bool, typer.Option(help="also show Flower's and fedsyn's log lines")] = False,
 ) -> None:
     """Simulate K hospitals on this machine. With no arguments: the embedded demo as 3 hospitals."""
-    if (data or sites) and schema is None:
-        fail("--data and --sites need --schema: the schema of your own table (the demo's schema fits only the "
-              "demo). Draft one with `fedsyn schema draft DATA.csv` and review it.")
-    if held_out is not None and not sites:
-        fail("--held-out goes with --sites; with --data the held-out split is made for you")
-    if data and sites:
-        fail("give either --data (one table to split) or --sites (one file per hospital), not both")
-    if skew and dirichlet is not None:
-        fail("--skew and --dirichlet are two ways to split; choose one")
-    if dirichlet is not None and not dirichlet > 0:
-        fail(f"--dirichlet {dirichlet}: the concentration must be positive (0.1 very skewed, 10 nearly IID)")
-    if engine not in ("inprocess", "flower"):
-        fail(f"--engine {engine}: choose inprocess or flower")
     from fedsyn.cli.output import check_out_folder
-
-    check_out_folder(out)
-    setup_logging(verbose)
-    rng = np.random.default_rng(seed)  # the split and the held-out rows only
-    schema_path = schema or demo_schema_path()
-    try:  # the user's own files, checked before torch and Flower load and before any simulated site exists
-        contract = Schema.load(schema_path)
-        if sites:
-            tables = [read_table(p, contract) for p in sites]
-            for path, table in zip(sites, tables):
-                require_valid(table, contract, source=str(path))
-            test = read_table(held_out, contract) if held_out else None
-            if held_out is not None:
-                require_valid(test, contract, source=str(held_out))
-        else:
-            whole = read_table(data or demo_data_path(), contract)
-            require_valid(whole, contract, source=str(data or demo_data_path()))
-    except (SchemaError, DataFileError, ValueError) as exc:
-        fail(str(exc))
-    from sklearn.model_selection import train_test_split
-
-    from fedsyn.client.policy import SitePolicy
-    from fedsyn.model.config import GANConfig
-    from fedsyn.server.coordinator import FederationError
-    from fedsyn.simulations.run import default_sample_rate
-    from fedsyn.simulations.split import split_table
-    from fedsyn.simulations.workflow import Simulation, make_run_folder, privacy_spent_in
-    from fedsyn.simulations.workflow import simulate as simulate_federation
+    from fedsyn.simulations.request import SimulationRequest
 
     try:
-        if sites:
-            train = pd.concat(tables, ignore_index=True)
-        else:
-            stratify = whole[contract.outcome] if contract.outcome else None
-            train, test = train_test_split(whole, test_size=0.3, random_state=seed, stratify=stratify)
-            tables = split_table(train, split, rng, skew=skew, dirichlet=dirichlet, label=contract.outcome)
-    except ValueError as exc:
-        fail(str(exc))
-    try:
-        config = GANConfig(batch_size=batch_size, generator_lr=learning_rate, discriminator_lr=learning_rate,
-                           generator_ema=generator_ema, matching_weight=matching_weight)
-    except ValueError as exc:
-        fail(str(exc))
-    sample_rate, public_facts = default_sample_rate(tables, batch_size)
-    if not rows:  # the default release size is every site's rows together: that total is published
-        public_facts["total_site_rows"] = {"value": sum(len(t) for t in tables),
-                                           "why_public": "--rows 0 releases as many synthetic rows as the sites hold"}
-
-    def settings_for(budget: float) -> FederationSettings:
-        return FederationSettings.checked(
-            rounds=rounds, local_steps=local_steps, epsilon=budget, delta=delta, sample_rate=sample_rate,
-            marginals_share=marginals_share, pairs_share=pairs_share, gan_config=config, seed=seed,
-            min_sites=max(1, len(tables) // 2 + 1),
-            site_column=site_column,
+        budgets = tuple(float(e) for e in sweep_epsilon.split(",")) if sweep_epsilon else ()
+        request = SimulationRequest(
+            sites=tuple(sites or ()), held_out=held_out, data=data, split=split, skew=skew, dirichlet=dirichlet,
+            schema=schema, epsilon=epsilon, delta=delta, rounds=rounds, local_steps=local_steps,
+            batch_size=batch_size, learning_rate=learning_rate, generator_ema=generator_ema,
+            marginals_share=marginals_share, pairs_share=pairs_share, matching_weight=matching_weight, rows=rows,
+            out=out, seed=seed, device=device, release_every=release_every,
             site_noise_multiplier=site_noise_multiplier, site_clipping_norm=site_clipping_norm,
             transport_dtype=transport_dtype, aggregation=aggregation, max_update_norm=max_update_norm,
-            allow_unreviewed_schema=allow_unreviewed_schema)
-
-    try:  # every setting is checked before any simulated site spends anything
-        budgets = [float(e) for e in sweep_epsilon.split(",")] if sweep_epsilon else []
-        for budget in [epsilon, *budgets]:
-            settings_for(budget)
-    except (ValueError, ConfigurationError) as exc:
+            engine=engine, compare=compare, sweep=budgets, drop_rule_violations=drop_rule_violations,
+            allow_unreviewed_schema=allow_unreviewed_schema, site_column=site_column)
+    except (ConfigurationError, ValueError) as exc:
         fail(str(exc))
-    names = _site_names(sites) or tuple(f"site-{index}" for index in range(len(tables)))
-    _check_site_delta(delta, tables, names, SitePolicy)
-    if max([epsilon, *budgets]) > 10:
-        console.print(f"[yellow bold]warning:[/] epsilon up to {max([epsilon, *budgets]):g} per site gives little "
-                      "protection: a formal guarantee this weak is rarely acceptable for patient data")
-    _warn_rare_outcome_classes(tables, contract, names)
-    if out.exists() and any(out.iterdir()):
-        if not overwrite:
-            fail(f"{out} already holds a simulation (its simulated hospitals keep ledgers that are never reset): "
-                 "choose another --out, or pass --overwrite to replace it")
-        shutil.rmtree(out)
-    if not _show_plan(tables, contract, settings_for(epsilon), names) and not yes:
+    check_out_folder(out)
+    setup_logging(verbose)
+    from fedsyn.simulations.request import prepare
+
+    try:  # the researcher's own files first, before torch and Flower load and before any simulated site exists
+        prepared = prepare(request)
+    except ConfigurationError as exc:
+        fail(str(exc))
+    from fedsyn.server.coordinator import FederationError
+    from fedsyn.simulations import workflow
+
+    for warning in prepared.warnings:
+        console.print(f"[yellow bold]warning:[/] {warning}", soft_wrap=True)
+    try:
+        workflow.clear_out_folder(out, overwrite)
+    except ConfigurationError as exc:
+        fail(str(exc))
+    _show_plan(prepared)
+    if not prepared.usable and not yes:
         fail("the plan above says this release cannot be usable (red): follow its suggestion, or pass --yes to "
              "run anyway")
 
@@ -293,29 +241,25 @@ def simulate(
                       f"{summary.dropped} dropped, generator loss {summary.generator_loss:.3f}, "
                       f"{summary.seconds:.1f} s")
 
-    simulation = Simulation(
-        tables=tables, schema=contract, schema_path=schema_path, settings=settings_for(epsilon), out=out,
-        rows=rows or sum(len(t) for t in tables), train=train, test=test, sweep=tuple(budgets),
-        release_every=release_every, drop_rule_violations=drop_rule_violations, engine=engine, device=device,
-        compare=compare, public_facts=public_facts, site_names=_site_names(sites))
+    simulation = prepared.simulation
     try:
-        created = make_run_folder(out)
+        created = workflow.make_run_folder(out)
     except OSError as exc:
         fail(f"--out {out}: cannot make the run folder ({exc.strerror or type(exc).__name__})")
-    console.print(f"[bold]fedsyn simulate[/]: {len(tables)} sites ({', '.join(str(len(t)) for t in tables)} rows), "
-                  f"epsilon={epsilon} per site, delta={delta:g}, {rounds} rounds x {local_steps} local steps, "
-                  f"engine={engine}")
+    console.print(f"[bold]fedsyn simulate[/]: {len(simulation.tables)} sites "
+                  f"({', '.join(str(len(t)) for t in simulation.tables)} rows), epsilon={epsilon} per site, "
+                  f"delta={delta:g}, {rounds} rounds x {local_steps} local steps, engine={engine}")
     try:
         with console.status("starting...") as status:
             try:
-                result = simulate_federation(simulation, on_round, status.update)
+                result = workflow.simulate(simulation, on_round, status.update)
             except (FederationError, SchemaError) as exc:
                 fail(str(exc))
     except KeyboardInterrupt:
-        _stopped_by_user(out, created, privacy_spent_in(out))
+        _stopped_by_user(out, created, workflow.privacy_spent_in(out))
     except BaseException:
-        if not privacy_spent_in(out):  # a failed start: nothing spent, so nothing worth keeping
-            _remove_run(out, created)
+        if not workflow.privacy_spent_in(out):  # a failed start: nothing spent, so nothing worth keeping
+            workflow.remove_run(out, created)
             console.print(f"[yellow]no simulated site spent any budget: removed what this run wrote in {out}[/]")
         raise
     _print_release(result, rounds)
@@ -338,57 +282,12 @@ def simulate(
         print_verdict(result.local_report["verdict"], fail_below)
 
 
-RARE_CLASS_ROWS = 20  # fewer rows of an outcome class at one site: its noisy tables there are mostly noise
-
-
-def _check_site_delta(delta: float, tables, names: tuple[str, ...], site_policy) -> None:
-    """Refuse a delta the simulated sites would refuse, before any of them is set up."""
-    import math
-
-    limit = next(rule.lt for rule in site_policy.model_fields["delta"].metadata if getattr(rule, "lt", None))
-    if not delta < limit:
-        fail(f"--delta {delta:g}: a site accepts a delta below {limit:g} (delta is the chance that the guarantee "
-             "fails outright; 1e-5 or less is usual)")
-    rows, name = min((len(table), name) for table, name in zip(tables, names))
-    if delta * rows >= 1:
-        fail(f"--delta {delta:g} is not below 1/rows of every site: {name} has {rows} rows (1/rows = "
-             f"{1 / rows:.2g}). Choose a smaller delta, e.g. {10 ** math.floor(math.log10(0.1 / rows)):g}")
-
-
-def _warn_rare_outcome_classes(tables, schema: Schema, names: tuple[str, ...]) -> None:
-    """Before training: an outcome class with few rows at a site is mostly noise in that site's
-    tables. The counts are the researcher's own rows on this machine, shown only here."""
-    if schema.outcome is None:
-        return
-    for category in schema.column(schema.outcome).categories or []:
-        few = [(name, int((table[schema.outcome] == category).sum())) for table, name in zip(tables, names)]
-        few = [(name, count) for name, count in few if count < RARE_CLASS_ROWS]
-        if few:
-            where = ", ".join(f"{count} rows at {name}" for name, count in few)
-            console.print(f"[yellow bold]warning:[/] outcome class '{category}' has only {where}: its tables there "
-                          f"will be mostly noise (below {RARE_CLASS_ROWS} rows per site). Use fewer --split sites, "
-                          "more rows, or merge rare classes in the schema", soft_wrap=True)
-
-
-def _remove_run(out: Path, created: bool) -> None:
-    """Remove what this run wrote in ``out``: the folder if this run made it, else its contents
-    (it was empty: --out of a fresh folder, or emptied by --overwrite)."""
-    if created:
-        shutil.rmtree(out, ignore_errors=True)
-        return
-    for entry in out.iterdir():
-        if entry.is_dir() and not entry.is_symlink():
-            shutil.rmtree(entry, ignore_errors=True)
-        else:
-            entry.unlink(missing_ok=True)
-
-
 def _stopped_by_user(out: Path, created: bool, spent: bool) -> None:
     """Ctrl-C: say what is left in ``out`` and how to remove it; always exits 130."""
-    import shlex
+    from fedsyn.simulations.workflow import remove_run
 
     if not spent:
-        _remove_run(out, created)
+        remove_run(out, created)
         console.print(f"[yellow]interrupted before any simulated site spent budget: removed what this run wrote in "
                       f"{out}[/]", soft_wrap=True)
         raise typer.Exit(130)
@@ -416,67 +315,49 @@ def _print_release(result, rounds: int) -> None:
                       f"{report['site_level_dp']['delta']:g}")
 
 
-def _site_names(sites: list[Path] | None) -> tuple[str, ...]:
-    """Each hospital named after its extract's file name (H0.csv: H0), when those are distinct."""
-    names = tuple(path.stem for path in sites or [])
-    return names if len(set(names)) == len(names) else ()
-
-
-def _show_plan(tables: list[pd.DataFrame], schema: Schema, settings: FederationSettings,
-               names: tuple[str, ...]) -> bool:
+def _show_plan(prepared: PreparedSimulation) -> None:
     """Before training: what each site's budget buys, with a warning where it is too little, and
-    what the table's width costs. False when the round-0 tables cannot resolve the columns."""
-    from fedsyn.privacy.marginals import measured_columns
-    from fedsyn.simulations.plan import plan_site
-
-    measured = len(measured_columns(schema))
-    plans = [plan_site(f"site-{index}", len(table), measured, settings) for index, table in enumerate(tables)]
+    what the table's width costs."""
+    settings = prepared.simulation.settings
     table = Table(title=f"Plan: epsilon {settings.epsilon:g} per site, {settings.rounds} rounds x "
                         f"{settings.local_steps} steps, sample rate {settings.sample_rate:.3g}")
     for column in ("site", "rows", "records per step", "noise multiplier", "records per unit of noise", "outlook"):
         table.add_column(column)
-    colour = {"green": "green", "amber": "yellow", "red": "red"}
-    for plan in plans:
+    for plan in prepared.site_plans:
         sigma = f"{plan.noise_multiplier:.2f}" if plan.noise_multiplier else "budget too small"
         table.add_row(plan.site, str(plan.rows), f"{plan.expected_batch:.0f}", sigma, f"{plan.records_per_noise:.1f}",
-                      f"[{colour[plan.level]}]{plan.level}[/]")
+                      f"[{COLOUR[plan.level]}]{plan.level}[/]")
     console.print(table)
-    for plan in plans:
+    for plan in prepared.site_plans:
         if plan.level != "green":
-            console.print(f"[{colour[plan.level]} bold]{plan.level}:[/] {plan.site}: {plan.advice}")
-    return _show_width(tables, schema, settings, names)
+            console.print(f"[{COLOUR[plan.level]} bold]{plan.level}:[/] {plan.site}: {plan.advice}")
+    _show_width(prepared.width_plans, settings.epsilon)
 
 
-def _show_width(tables: list[pd.DataFrame], schema: Schema, settings: FederationSettings,
-                names: tuple[str, ...]) -> bool:
+def _show_width(widths: tuple[WidthPlan, ...], epsilon: float) -> None:
     """Round 0 measures every column by the outcome at once: its noise grows with the square root
     of the number of columns. Shows each site's noise per cell against its rows, the columns that
-    cost most, and what would make the tables usable. False when a site cannot resolve them."""
-    from fedsyn.simulations.plan import plan_width
-
-    widths = [plan_width(name, len(table), schema, settings) for name, table in zip(names, tables)]
+    cost most, and what would make the tables usable."""
     table = Table(title=f"Width: {widths[0].measured_columns} columns measured by the outcome in round 0")
     for column in ("site", "rows", "noise per cell", "columns resolved (green/amber/red)", "outlook"):
         table.add_column(column)
-    colour = {"green": "green", "amber": "yellow", "red": "red"}
     for width in widths:
         counts = [sum(c.level == level for c in width.columns) for level in ("green", "amber", "red")]
         table.add_row(width.site, str(width.rows), f"{width.cell_noise:.1f}", "/".join(map(str, counts)),
-                      f"[{colour[width.level]}]{width.level}[/]")
+                      f"[{COLOUR[width.level]}]{width.level}[/]")
     console.print(table)
     worst = min(widths, key=lambda w: w.rows)
     if worst.level == "green":
-        return True
-    console.print(f"[{colour[worst.level]} bold]{worst.level}:[/] at {worst.site}, each round-0 cell carries noise "
+        return
+    console.print(f"[{COLOUR[worst.level]} bold]{worst.level}:[/] at {worst.site}, each round-0 cell carries noise "
                   f"of {worst.cell_noise:.0f} rows (it grows with the square root of the {worst.measured_columns} "
                   f"columns); the thinnest cells are in {', '.join(worst.costliest)}: drop or merge them first")
-    if worst.epsilon_needed is not None and worst.epsilon_needed > settings.epsilon:
+    if worst.epsilon_needed is not None and worst.epsilon_needed > epsilon:
         console.print(f"  epsilon {worst.epsilon_needed:g} per site would resolve them: "
                       f"{_command_with('--epsilon', f'{worst.epsilon_needed:g}')}")
     if worst.columns_to_keep is not None:
-        console.print(f"  at epsilon {settings.epsilon:g}, keep at most {worst.columns_to_keep} of the "
+        console.print(f"  at epsilon {epsilon:g}, keep at most {worst.columns_to_keep} of the "
                       f"{worst.measured_columns} columns (a schema without the others), or pool small sites")
-    return all(width.level != "red" for width in widths)
 
 
 def _command_with(option: str, value: str) -> str:

@@ -1,7 +1,8 @@
 """A whole simulated federation as one library call: ``simulate(Simulation(...))``.
 
-The command line (``fedsyn simulate``) only parses options, builds a :class:`Simulation`
-and prints the :class:`SimulationResult`; notebooks and benches call the same function.
+The command line (``fedsyn simulate``) only parses options into a request, which
+:func:`fedsyn.simulations.request.prepare` checks and turns into a :class:`Simulation`, and
+prints the :class:`SimulationResult`; notebooks and benchmarks call the same functions.
 What it writes under ``out``:
 
 - ``release/``: the signed release (DP outputs and declared public facts only);
@@ -16,15 +17,18 @@ What it writes under ``out``:
 from __future__ import annotations
 
 import json
+import shutil
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import pandas as pd
 
 from fedsyn.data.schema import Schema
 from fedsyn.data.tables import read_table, write_table
+from fedsyn.errors import ConfigurationError
 from fedsyn.server.app import ReleasePlan
 from fedsyn.server.coordinator import RoundCallback
 from fedsyn.server.settings import FederationSettings
@@ -32,6 +36,7 @@ from fedsyn.simulations.run import baseline_arms, prepare_sites, run_sites
 from fedsyn.trust.signing import generate_keypair
 
 StageCallback = Callable[[str], None]
+JSON = dict[str, Any]  # a report as json.loads reads it back
 
 
 @dataclass(frozen=True)
@@ -60,9 +65,9 @@ class Simulation:
 class SimulationResult:
     release: Path
     keys: Path
-    privacy_report: dict
+    privacy_report: JSON
     seconds: float  # the federation(s), without the local report
-    local_report: dict | None = None  # report.json (with its verdict), when there were held-out rows
+    local_report: JSON | None = None  # report.json (with its verdict), when there were held-out rows
     comparison: dict[str, dict[str, float]] | None = None  # TSTR ROC-AUC per arm, with ``compare``
 
 
@@ -124,6 +129,30 @@ def make_run_folder(out: Path) -> bool:
     return created
 
 
+def clear_out_folder(out: Path, overwrite: bool) -> None:
+    """Empty ``out`` of an earlier simulation when told to; refuse otherwise: its simulated
+    hospitals keep ledgers that must never be reset by accident."""
+    if out.exists() and any(out.iterdir()):
+        if not overwrite:
+            raise ConfigurationError(f"{out} already holds a simulation (its simulated hospitals keep ledgers that "
+                                     "are never reset): choose another --out, or pass --overwrite to replace it")
+        shutil.rmtree(out)
+
+
+def remove_run(out: Path, created: bool) -> None:
+    """Remove what a run wrote in ``out``, for a run that failed before any site spent budget: the
+    folder if the run made it, else its contents (it was empty: a fresh folder, or emptied by
+    :func:`clear_out_folder`)."""
+    if created:
+        shutil.rmtree(out, ignore_errors=True)
+        return
+    for entry in out.iterdir():
+        if entry.is_dir() and not entry.is_symlink():
+            shutil.rmtree(entry, ignore_errors=True)
+        else:
+            entry.unlink(missing_ok=True)
+
+
 def privacy_spent_in(out: Path) -> bool:
     """Whether any simulated site under ``out`` (the main run or a sweep) has a ledger that records
     a charge; a ledger that cannot be read counts as charged, so that it is never deleted unseen."""
@@ -152,7 +181,7 @@ def _federate(simulation: Simulation, settings: FederationSettings, folder: Path
 
 
 def _curve_point(epsilon: float, release: Path, schema: Schema, train: pd.DataFrame, test: pd.DataFrame,
-                 seed: int) -> dict:
+                 seed: int) -> JSON:
     """One point of the privacy-utility curve: TSTR ROC-AUC and the attack's AUC at ``epsilon``."""
     from fedsyn.evaluation.metrics import privacy, tstr_auc
 
@@ -164,8 +193,8 @@ def _curve_point(epsilon: float, release: Path, schema: Schema, train: pd.DataFr
 
 
 def write_local_report(synthetic: pd.DataFrame, train: pd.DataFrame, test: pd.DataFrame, schema: Schema, out: Path,
-                       ledger: dict | None, seed: int, curve: list[dict] | None = None,
-                       comparison: dict[str, dict[str, float]] | None = None, settings: dict | None = None) -> dict:
+                       ledger: JSON | None, seed: int, curve: list[JSON] | None = None,
+                       comparison: dict[str, dict[str, float]] | None = None, settings: JSON | None = None) -> JSON:
     """The validation report against real rows (report.json with its verdict, report.html)."""
     from fedsyn.evaluation.metrics import evaluate
     from fedsyn.evaluation.report import render_html

@@ -1,0 +1,246 @@
+"""From what a researcher asks for to a simulation ready to run: ``prepare(SimulationRequest(...))``.
+
+``fedsyn simulate`` parses its options into a :class:`SimulationRequest`, calls :func:`prepare`
+and prints what comes back; a notebook can do the same and pass ``prepared.simulation`` to
+:func:`fedsyn.simulations.workflow.simulate`. Everything is checked here, before any simulated
+site exists or spends anything: the combination of inputs, the researcher's own files (read and
+validated against the schema before torch and Flower load, so a mistyped path is answered at
+once), the split, the settings of every budget and a delta every site would accept. A refusal
+is a :class:`~fedsyn.errors.ConfigurationError` whose message says what to change.
+
+The row counts read here are the researcher's own, on this machine: they reach the plan and the
+warnings, which only this researcher sees, and the release only as declared public facts.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+import pandas as pd
+
+from fedsyn.data.demo import demo_data_path, demo_schema_path
+from fedsyn.data.schema import Schema, SchemaError
+from fedsyn.data.tables import DataFileError, read_table
+from fedsyn.data.validation import require_valid
+from fedsyn.errors import ConfigurationError
+from fedsyn.server.settings import FEDERATED_GAN, FEDERATED_LOCAL_STEPS, FEDERATED_ROUNDS, FederationSettings
+
+if TYPE_CHECKING:  # both load torch and Flower: imported once the researcher's files are read
+    from fedsyn.model.config import GANConfig
+    from fedsyn.simulations.plan import SitePlan, WidthPlan
+    from fedsyn.simulations.workflow import Simulation
+
+RARE_CLASS_ROWS = 20  # fewer rows of an outcome class at one site: its noisy tables there are mostly noise
+WEAK_EPSILON = 10.0  # above this per site, a formal guarantee is rarely acceptable for patient data
+
+
+@dataclass(frozen=True)
+class SimulationRequest:
+    """One simulated federation as the researcher asks for it: their files and settings, unchecked.
+    Without ``data`` or ``sites``: the embedded demo, split into ``split`` hospitals."""
+
+    sites: tuple[Path, ...] = ()  # one extract per hospital
+    held_out: Path | None = None  # with ``sites``: real rows no site trains on, for the local report
+    data: Path | None = None  # one table to split into ``split`` hospitals (30 % held out)
+    split: int = 3
+    skew: str | None = None  # split sorted by this column (non-IID)
+    dirichlet: float | None = None  # label skew with Dirichlet(alpha)
+    schema: Path | None = None  # required with ``data`` or ``sites``
+    epsilon: float = 1.0
+    delta: float = 1e-5
+    rounds: int = FEDERATED_ROUNDS
+    local_steps: int = FEDERATED_LOCAL_STEPS
+    batch_size: int = FEDERATED_GAN.batch_size
+    learning_rate: float = FEDERATED_GAN.generator_lr
+    generator_ema: float = FEDERATED_GAN.generator_ema
+    marginals_share: float = FederationSettings.model_fields["marginals_share"].default
+    pairs_share: float = FederationSettings.model_fields["pairs_share"].default
+    matching_weight: float = FEDERATED_GAN.matching_weight
+    rows: int = 0  # synthetic rows to release; 0: as many as all sites' training rows
+    out: Path = Path("fedsyn-simulation")
+    seed: int | None = None  # secret; None: operating-system entropy
+    device: str = "cpu"
+    release_every: int = 0
+    site_noise_multiplier: float | None = None
+    site_clipping_norm: float = 10.0
+    transport_dtype: str = "float32"
+    aggregation: str = "mean"
+    max_update_norm: float | None = None
+    engine: str = "inprocess"
+    compare: bool = False
+    sweep: tuple[float, ...] = ()  # more budgets: one more federation each, for the privacy-utility curve
+    drop_rule_violations: bool = False
+    allow_unreviewed_schema: bool = False
+    site_column: str | None = None
+
+    def __post_init__(self) -> None:
+        """Inputs that cannot go together are refused before any file is read."""
+        if (self.data or self.sites) and self.schema is None:
+            raise ConfigurationError(
+                "--data and --sites need --schema: the schema of your own table (the demo's schema fits only the "
+                "demo). Draft one with `fedsyn schema draft DATA.csv` and review it.")
+        if self.held_out is not None and not self.sites:
+            raise ConfigurationError("--held-out goes with --sites; with --data the held-out split is made for you")
+        if self.data and self.sites:
+            raise ConfigurationError("give either --data (one table to split) or --sites (one file per hospital), "
+                                     "not both")
+        if self.skew and self.dirichlet is not None:
+            raise ConfigurationError("--skew and --dirichlet are two ways to split; choose one")
+        if self.dirichlet is not None and not self.dirichlet > 0:
+            raise ConfigurationError(f"--dirichlet {self.dirichlet}: the concentration must be positive (0.1 very "
+                                     "skewed, 10 nearly IID)")
+        if self.engine not in ("inprocess", "flower"):
+            raise ConfigurationError(f"--engine {self.engine}: choose inprocess or flower")
+
+    @property
+    def schema_path(self) -> Path:
+        return self.schema or demo_schema_path()
+
+
+@dataclass(frozen=True)
+class PreparedSimulation:
+    """A checked request: the :class:`Simulation` to run, and what to tell the researcher first."""
+
+    simulation: Simulation
+    site_names: tuple[str, ...]  # each hospital's name in reports: its file's stem, or site-K
+    warnings: tuple[str, ...] = ()  # a weak budget, outcome classes too rare at a site
+    site_plans: tuple[SitePlan, ...] = field(default=())  # what each site's budget buys
+    width_plans: tuple[WidthPlan, ...] = field(default=())  # what the table's width costs each site
+
+    @property
+    def usable(self) -> bool:
+        """False when some site's round-0 tables cannot resolve most columns (the plan is red)."""
+        return all(width.level != "red" for width in self.width_plans)
+
+
+def prepare(request: SimulationRequest) -> PreparedSimulation:
+    """Read, check and split the researcher's rows and build every setting of the simulation."""
+    schema, tables, train, test = _load(request)
+    from fedsyn.model.config import GANConfig
+    from fedsyn.privacy.marginals import measured_columns
+    from fedsyn.simulations.plan import plan_site, plan_width
+    from fedsyn.simulations.run import default_sample_rate
+    from fedsyn.simulations.workflow import Simulation
+
+    try:
+        config = GANConfig(batch_size=request.batch_size, generator_lr=request.learning_rate,
+                           discriminator_lr=request.learning_rate, generator_ema=request.generator_ema,
+                           matching_weight=request.matching_weight)
+    except ValueError as exc:
+        raise ConfigurationError(str(exc)) from exc
+    sample_rate, public_facts = default_sample_rate(tables, request.batch_size)
+    if not request.rows:  # the default release size is every site's rows together: that total is published
+        public_facts["total_site_rows"] = {"value": sum(len(t) for t in tables),
+                                           "why_public": "--rows 0 releases as many synthetic rows as the sites hold"}
+    settings = _settings(request, request.epsilon, sample_rate, len(tables), config)
+    for budget in request.sweep:  # every budget is checked before any simulated site spends anything
+        _settings(request, budget, sample_rate, len(tables), config)
+    file_names = site_names(request.sites)
+    names = file_names or tuple(f"site-{index}" for index in range(len(tables)))
+    _check_site_delta(request.delta, tables, names)
+    simulation = Simulation(
+        tables=tables, schema=schema, schema_path=request.schema_path, settings=settings, out=request.out,
+        rows=request.rows or sum(len(t) for t in tables), train=train, test=test, sweep=request.sweep,
+        release_every=request.release_every, drop_rule_violations=request.drop_rule_violations,
+        engine=request.engine, device=request.device, compare=request.compare, public_facts=public_facts,
+        site_names=file_names)
+    measured = len(measured_columns(schema))
+    return PreparedSimulation(
+        simulation, names, (*_weak_budget(request), *_rare_outcome_classes(tables, schema, names)),
+        tuple(plan_site(f"site-{index}", len(table), measured, settings) for index, table in enumerate(tables)),
+        tuple(plan_width(name, len(table), schema, settings) for name, table in zip(names, tables)))
+
+
+def site_names(sites: tuple[Path, ...]) -> tuple[str, ...]:
+    """Each hospital named after its extract's file name (H0.csv: H0), when those are distinct."""
+    names = tuple(path.stem for path in sites)
+    return names if len(set(names)) == len(names) else ()
+
+
+def _load(request: SimulationRequest) -> tuple[Schema, list[pd.DataFrame], pd.DataFrame, pd.DataFrame | None]:
+    """The schema, one table per hospital, every site's rows together and the held-out rows."""
+    try:
+        schema = Schema.load(request.schema_path)
+        if request.sites:
+            tables = [read_table(path, schema) for path in request.sites]
+            for path, table in zip(request.sites, tables):
+                require_valid(table, schema, source=str(path))
+            test = None
+            if request.held_out is not None:
+                test = read_table(request.held_out, schema)
+                require_valid(test, schema, source=str(request.held_out))
+            return schema, tables, pd.concat(tables, ignore_index=True), test
+        source = request.data or demo_data_path()
+        whole = read_table(source, schema)
+        require_valid(whole, schema, source=str(source))
+    except (SchemaError, DataFileError, ValueError) as exc:
+        raise ConfigurationError(str(exc)) from exc
+    from sklearn.model_selection import train_test_split
+
+    from fedsyn.simulations.split import split_table
+
+    rng = np.random.default_rng(request.seed)  # the split and the held-out rows only
+    stratify = whole[schema.outcome] if schema.outcome else None
+    try:
+        train, test = train_test_split(whole, test_size=0.3, random_state=request.seed, stratify=stratify)
+        tables = split_table(train, request.split, rng, skew=request.skew, dirichlet=request.dirichlet,
+                             label=schema.outcome)
+    except ValueError as exc:
+        raise ConfigurationError(str(exc)) from exc
+    return schema, tables, train, test
+
+
+def _settings(request: SimulationRequest, epsilon: float, sample_rate: float, sites: int, config: GANConfig
+              ) -> FederationSettings:
+    """The federation's settings at ``epsilon`` (the main budget or one of the sweep's)."""
+    return FederationSettings.checked(  # a ConfigurationError that names the setting
+        rounds=request.rounds, local_steps=request.local_steps, epsilon=epsilon, delta=request.delta,
+        sample_rate=sample_rate, marginals_share=request.marginals_share, pairs_share=request.pairs_share,
+        gan_config=config, seed=request.seed, min_sites=max(1, sites // 2 + 1), site_column=request.site_column,
+        site_noise_multiplier=request.site_noise_multiplier, site_clipping_norm=request.site_clipping_norm,
+        transport_dtype=request.transport_dtype, aggregation=request.aggregation,
+        max_update_norm=request.max_update_norm, allow_unreviewed_schema=request.allow_unreviewed_schema)
+
+
+def _check_site_delta(delta: float, tables: list[pd.DataFrame], names: tuple[str, ...]) -> None:
+    """Refuse a delta the simulated sites would refuse, before any of them is set up."""
+    from fedsyn.client.policy import SitePolicy
+
+    limit = next(rule.lt for rule in SitePolicy.model_fields["delta"].metadata if getattr(rule, "lt", None))
+    if not delta < limit:
+        raise ConfigurationError(f"--delta {delta:g}: a site accepts a delta below {limit:g} (delta is the chance "
+                                 "that the guarantee fails outright; 1e-5 or less is usual)")
+    rows, name = min((len(table), name) for table, name in zip(tables, names))
+    if delta * rows >= 1:
+        raise ConfigurationError(
+            f"--delta {delta:g} is not below 1/rows of every site: {name} has {rows} rows (1/rows = {1 / rows:.2g}). "
+            f"Choose a smaller delta, e.g. {10 ** math.floor(math.log10(0.1 / rows)):g}")
+
+
+def _weak_budget(request: SimulationRequest) -> list[str]:
+    largest = max([request.epsilon, *request.sweep])
+    if largest <= WEAK_EPSILON:
+        return []
+    return [f"epsilon up to {largest:g} per site gives little protection: a formal guarantee this weak is rarely "
+            "acceptable for patient data"]
+
+
+def _rare_outcome_classes(tables: list[pd.DataFrame], schema: Schema, names: tuple[str, ...]) -> list[str]:
+    """An outcome class with few rows at a site is mostly noise in that site's tables. The counts
+    are the researcher's own rows on this machine, shown only to them."""
+    if schema.outcome is None:
+        return []
+    said = []
+    for category in schema.column(schema.outcome).categories or []:
+        few = [(name, int((table[schema.outcome] == category).sum())) for table, name in zip(tables, names)]
+        few = [(name, count) for name, count in few if count < RARE_CLASS_ROWS]
+        if few:
+            where = ", ".join(f"{count} rows at {name}" for name, count in few)
+            said.append(f"outcome class '{category}' has only {where}: its tables there will be mostly noise (below "
+                        f"{RARE_CLASS_ROWS} rows per site). Use fewer --split sites, more rows, or merge rare classes "
+                        "in the schema")
+    return said
