@@ -91,12 +91,37 @@ def configure(log_format: str, level: int = logging.INFO, stream: TextIO | None 
     handler.addFilter(_worth_showing)
     logging.basicConfig(level=logging.WARNING, handlers=[handler], force=True)  # other libraries: problems only
     logging.getLogger("fedsyn").setLevel(level)
-    flower = logging.getLogger(FLOWER)
+    flower = _flower_logger()
     for own in list(flower.handlers):
         flower.removeHandler(own)
     flower.setLevel(level)
     flower.propagate = True
     return handler
+
+
+class _RelayedLogger(logging.Logger):
+    """Flower's logger when fedsyn made it first: Flower adds a coloured console handler the
+    moment it is imported, which commands import after their arguments are checked (``fedsyn
+    simulate`` printed every Flower line twice, once in colour). Handlers that write to the
+    console are refused; Flower's others (its log upload to the SuperLink) are kept."""
+
+    def addHandler(self, hdlr: logging.Handler) -> None:  # noqa: N802 - logging's own name
+        if isinstance(hdlr, logging.StreamHandler) and hdlr.stream in (sys.stdout, sys.stderr):
+            return
+        super().addHandler(hdlr)
+
+
+def _flower_logger() -> logging.Logger:
+    """Flower's logger, made a :class:`_RelayedLogger` if Flower has not been imported yet."""
+    if FLOWER not in logging.Logger.manager.loggerDict or isinstance(
+            logging.Logger.manager.loggerDict[FLOWER], logging.PlaceHolder):
+        default = logging.getLoggerClass()
+        logging.setLoggerClass(_RelayedLogger)
+        try:
+            return logging.getLogger(FLOWER)
+        finally:
+            logging.setLoggerClass(default)
+    return logging.getLogger(FLOWER)
 
 
 def configure_child() -> None:

@@ -174,14 +174,21 @@ def test_starting_a_superlink_with_an_expired_certificate_says_so(tmp_path, capl
 
 
 def _refused_run(plan, tmp_path, capsys) -> str:
-    """What the deployed ServerApp writes (its own entry point, over in-process sites) when it asks
-    for more epsilon than any site allows, Flower's logging of the error included."""
+    """What the deployed ServerApp writes (its own entry point, over in-process sites) when every
+    site has spent its whole max_epsilon, Flower's logging of the error included."""
+    from fedsyn.client.policy import SitePolicy
+    from fedsyn.client.site import Site
+    from fedsyn.federation.protocol import schema_fingerprint
     from fedsyn.server.deploy import main
 
+    for path in plan.policies:  # each site spends some epsilon, then allows no more than that
+        site = Site(SitePolicy.load(path))
+        site.release_marginals(5.0, 1.0, schema_fingerprint(site.schema))
+        site.policy.model_copy(update={"max_epsilon": site.ledger.epsilon()}).save(path)
     grid = InProcessGrid(make_client_app(plan.site_policy), len(plan.policies))
     context = Context(run_id=7, node_id=0, state=RecordDict(), node_config={}, run_config={
         "schema": str(demo_schema_path()), "out": str(tmp_path / "release"), "rows": 100, "rounds": 1,
-        "local-steps": 1, "sample-rate": 0.2, "min-sites": 2, "epsilon": 50.0})
+        "local-steps": 1, "sample-rate": 0.2, "min-sites": 2, "epsilon": 1.0})
     capsys.readouterr()
     with pytest.raises(FedsynError) as stopped:
         main(grid, context)
@@ -205,7 +212,7 @@ def test_a_budget_refusal_is_one_line_naming_the_site_and_the_fix_with_exit_code
     # `fedsyn server run` reading that from `flwr run --stream` (replayed by a stand-in process).
     replay = tmp_path / "stream.txt"
     replay.write_text("Successfully started run 7\n" + served)
-    monkeypatch.setattr(CoordinatorConfig, "run_command", lambda self, resume=False: [
+    monkeypatch.setattr(CoordinatorConfig, "run_command", lambda self, resume=False, plan_only=False: [
         sys.executable, "-c", f"import sys; sys.stdout.write(open({str(replay)!r}).read())"])
     monkeypatch.setattr(server_cli, "run_status", lambda command, environment: "finished:failed")
     (tmp_path / "server.toml").write_text("")
@@ -214,4 +221,14 @@ def test_a_budget_refusal_is_one_line_naming_the_site_and_the_fix_with_exit_code
     assert "Traceback" not in result.stderr
     [refusal] = [line for line in result.stderr.splitlines() if line.startswith("error:")]
     assert refusal.startswith("error: run 7 stopped") and "site 'site-0'" in refusal and "max_epsilon" in refusal
-    assert "[run] section of server.toml" in refusal
+    assert "fedsyn server plan" in refusal
+
+
+def test_flower_imported_after_the_handler_is_set_prints_each_line_once_without_colour(tmp_path):
+    """Commands check their arguments before importing Flower, which adds its coloured console
+    handler on import: ``fedsyn simulate`` printed every Flower line twice, once in colour."""
+    code = ("from fedsyn.logs import configure\nconfigure('text')\n"
+            "import logging\nfrom flwr.common.logger import log\nlog(logging.INFO, 'aggregate_train: once')\n")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, cwd=tmp_path)
+    lines = [line for line in result.stderr.splitlines() if "aggregate_train" in line]
+    assert len(lines) == 1 and ZONED.match(lines[0]) and "\x1b[" not in result.stderr, result.stderr
