@@ -41,9 +41,8 @@ def server_run(config: Annotated[Path, typer.Option("--config", "-c")] = Path("s
                    "instead of starting a new one; hospitals answer a round they already ran without paying again"
                ))] = False) -> None:
     """Submit a training run to the SuperLink and follow it; exits 1 unless the run completed.
-    The release lands where the run config says."""
-    from fedsyn.server.deploy import CONNECTION
-
+    The release lands where the run config says. Before round 0 each site's budget plan is
+    logged (as `server plan` shows it)."""
     setup_logging(verbose=True)  # the run's progress is what this command is for
     coordinator = _coordinator(config)
     if resume and not coordinator.run.get("state"):
@@ -51,7 +50,26 @@ def server_run(config: Annotated[Path, typer.Option("--config", "-c")] = Path("s
     environment = coordinator.flwr_environment()
     if resume:
         _stop_orphaned_coordinator(coordinator, environment)
-    followed = follow_run(coordinator.run_command(resume=resume) + ["--stream"], environment)
+    run_id = _follow(coordinator, coordinator.run_command(resume=resume), environment)
+    log.info("run %s completed", run_id, extra={"fedsyn": {"event": "run_completed", "flower_run": run_id}})
+
+
+@server_app.command("plan")
+def server_plan(config: Annotated[Path, typer.Option("--config", "-c")] = Path("server.toml")) -> None:
+    """Ask each connected hospital what it has spent and may still spend (nothing is charged, no
+    row is read) and show, per site, this run's cost and the training rounds that fit. Exits 77
+    when fewer than min-sites have budget left for the run."""
+    setup_logging(verbose=True)
+    coordinator = _coordinator(config)
+    _follow(coordinator, coordinator.run_command(plan_only=True), coordinator.flwr_environment())
+
+
+def _follow(coordinator, command: list[str], environment: dict[str, str]) -> str:
+    """Submit ``command`` (a ``flwr run``), relay its lines, and return Flower's run id once the run
+    completed; otherwise exit with the one line saying why (:func:`_run_failed`)."""
+    from fedsyn.server.deploy import CONNECTION
+
+    followed = follow_run(command + ["--stream"], environment)
     run_id = followed.run_id
     if run_id is None:
         fail("Flower started no run: see its message above", code=1)
@@ -59,7 +77,7 @@ def server_run(config: Annotated[Path, typer.Option("--config", "-c")] = Path("s
                         environment)
     if status != "finished:completed":
         _run_failed(run_id, status, followed.stopped)
-    log.info("run %s completed", run_id, extra={"fedsyn": {"event": "run_completed", "flower_run": run_id}})
+    return run_id
 
 
 def _run_failed(run_id: str, status: str, stopped: dict[str, object]) -> NoReturn:

@@ -113,6 +113,9 @@ def make_client_app(resolve_policy: PolicyResolver = policy_from_node_config) ->
             protocol.PRIVACY: _privacy_record(site, event),
         })
 
+    def budget(_: Message, site: Site) -> RecordDict:
+        return RecordDict({protocol.BUDGET: protocol.budget_record(site.budget(), site.policy.site_id)})
+
     def train(message: Message, site: Site) -> RecordDict:
         content = message.content
         request = _decode_request(content.config_records[protocol.CONFIG])
@@ -134,5 +137,6 @@ def make_client_app(resolve_policy: PolicyResolver = policy_from_node_config) ->
         })
 
     app.query("marginals")(guarded(marginals))
+    app.query("budget")(guarded(budget))
     app.train()(guarded(train))
     return app

@@ -46,7 +46,7 @@ from fedsyn.privacy.accounting import (
     PrivacyLedger,
     calibrate_noise_multiplier,
 )
-from fedsyn.privacy.budget import DP_SGD, is_budget, is_pairs_share, pairs_allowed
+from fedsyn.privacy.budget import DP_SGD, SiteBudget, is_budget, is_pairs_share, pairs_allowed
 from fedsyn.privacy.marginals import Marginals, marginals_event, noisy_marginals
 from fedsyn.privacy.pairs import check_pairs
 from fedsyn.privacy.randomness import numpy_generator, torch_generator
@@ -271,6 +271,13 @@ class Site:
                  extra={"fedsyn": {"event": CHARGED, "site": self.policy.site_id, "round": event.round,
                                    "mechanism": event.mechanism, "epsilon_spent": spent}})
         return position
+
+    def budget(self) -> SiteBudget:
+        """What this site has spent and may spend, for the coordinator's plan: read from the ledger
+        and the policy only (no row is read), so it costs nothing and is declared public."""
+        budget = SiteBudget(self.ledger.epsilon(), self.policy.max_epsilon, self.policy.delta)
+        self.trail.append("budget_reported", epsilon_spent=budget.spent, max_epsilon=budget.max_epsilon)
+        return budget
 
     # -- mechanisms ------------------------------------------------------------------------
 

@@ -47,22 +47,24 @@ class ReleasePlan:
 
 def run_federation(grid: Grid, schema: Schema, settings: FederationSettings, plan: ReleasePlan,
                    on_round: RoundCallback | None = None, run_id: str | None = None,
-                   resume: bool = False) -> Coordinator:
+                   resume: bool = False, plan_only: bool = False) -> Coordinator:
     """The whole coordinator job on any Grid; returns the coordinator with its records.
 
     Every audit entry names fedsyn's own run id (fresh, or the saved run's when resuming),
     so the entries of runs sharing one audit log stay apart; ``run_id`` (Flower's, in a
     deployment) is recorded when the run starts or resumes. With ``resume`` the run saved
     in ``plan.state_dir`` goes on after its last completed round. With a state folder, only
-    one coordinator process drives the run at a time (:func:`holding_run`)."""
+    one coordinator process drives the run at a time (:func:`holding_run`). With ``plan_only``
+    the sites are only asked for their budgets and each one's plan is logged
+    (:meth:`Coordinator.plan_budgets`): nothing is charged or written but the audit entries."""
     with ExitStack() as stack:
         if plan.state_dir is not None:
             stack.enter_context(holding_run(plan.state_dir, run_id))
-        return _run(grid, schema, settings, plan, on_round, run_id, resume)
+        return _run(grid, schema, settings, plan, on_round, run_id, resume, plan_only)
 
 
 def _run(grid: Grid, schema: Schema, settings: FederationSettings, plan: ReleasePlan,
-         on_round: RoundCallback | None, run_id: str | None, resume: bool) -> Coordinator:
+         on_round: RoundCallback | None, run_id: str | None, resume: bool, plan_only: bool) -> Coordinator:
     """:func:`run_federation`'s body, run while the run's lock is held."""
     key = load_private_key(plan.signing_key) if plan.signing_key else None
     state = None
@@ -89,6 +91,11 @@ def _run(grid: Grid, schema: Schema, settings: FederationSettings, plan: Release
         if on_round is not None:
             on_round(summary, sites)
 
+    if plan_only:
+        coordinator.check_run()
+        coordinator.plan_budgets(grid)
+        log.info("budget plan done: nothing was charged", extra={"fedsyn": {"event": "plan_finished"}})
+        return coordinator
     if state is None:
         coordinator.record("run_started", flower_run=run_id)
         coordinator.collect_marginals(grid)

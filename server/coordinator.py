@@ -29,7 +29,7 @@ from fedsyn.model.encoder import TableEncoder
 from fedsyn.model.matching import release_misfit
 from fedsyn.model.training import GANTrainer
 from fedsyn.privacy.accounting import PrivacyEvent, compute_epsilon
-from fedsyn.privacy.budget import DP_SGD, marginals_noise
+from fedsyn.privacy.budget import DP_SGD, SiteRunPlan, plan_site_run
 from fedsyn.privacy.marginals import Marginals, marginals_event, measured_columns, table_noise_std, table_shape
 from fedsyn.privacy.pairs import check_pair_array, require_group_bounds
 from fedsyn.privacy.randomness import torch_generator
@@ -60,11 +60,23 @@ class SiteStatus:
     # Rounds whose request may have been charged at the site with no claim reaching us: no
     # reply, a site failure (possibly after the charge) or an error from Flower in its place.
     unconfirmed: list[int] = field(default_factory=list)
+    # What the site said before round 0 (its ledger's epsilon and its max_epsilon), and the ledger
+    # total this run may bring it to: the epsilon every request of the run carries to it.
+    spent_before: float | None = None
+    max_epsilon: float | None = None
+    epsilon_cap: float | None = None
 
     @property
     def claim_outdated(self) -> bool:
         """True when the site may have spent more than its last claim says."""
         return any(r > max(self.rounds_accepted, default=-1) for r in self.unconfirmed)
+
+    @property
+    def cap(self) -> float:
+        """The ledger total this run may bring the site to; only a planned site is asked to spend."""
+        if self.epsilon_cap is None:
+            raise FederationError(f"{self.name} has no budget planned for this run: it answered no budget query")
+        return self.epsilon_cap
 
     @property
     def name(self) -> str:
@@ -136,8 +148,10 @@ class Coordinator:
                 raise FederationError(f"only {len(nodes)} site(s) connected; at least {self.settings.min_sites} needed")
             time.sleep(1.0)
 
-    def _exchange(self, grid: Grid, messages: list[Message], round_: int) -> list[tuple[SiteStatus, Message]]:
-        """Send and wait; pair every reply with the site it answers for.
+    def _exchange(self, grid: Grid, messages: list[Message], round_: int, charged: bool = True
+                  ) -> list[tuple[SiteStatus, Message]]:
+        """Send and wait; pair every reply with the site it answers for. A request that may be
+        ``charged`` and got no reply is an unconfirmed charge (see :attr:`SiteStatus.unconfirmed`).
 
         A reply is matched through the message it answers, not its sender: when a node has
         gone away, the SuperLink itself answers with an error in the node's place.
@@ -154,14 +168,19 @@ class Coordinator:
         answered = {site.node_id for site, _ in paired}
         for node in asked.values():
             if node not in answered:
-                self.sites[node].unconfirmed.append(round_)
+                if charged:
+                    self.sites[node].unconfirmed.append(round_)
                 self._drop(self.sites[node], round_,
                            f"no reply within {self.settings.timeout:g} s (site stopped or unreachable)")
         return paired
 
-    def record(self, event: str, **fields: object) -> None:
-        """Structured log line and, when configured, a signed audit-trail entry."""
-        log.info("%s %s", event, fields, extra={"fedsyn": {"event": event, **fields}})
+    def record(self, event: str, message: str | None = None, **fields: object) -> None:
+        """Structured log line (``message``, or the event and its fields) and, when configured, a
+        signed audit-trail entry."""
+        if message is None:
+            log.info("%s %s", event, fields, extra={"fedsyn": {"event": event, **fields}})
+        else:
+            log.info("%s", message, extra={"fedsyn": {"event": event, **fields}})
         if self.audit is not None:
             self.audit.append(event, **fields)
 
@@ -191,7 +210,8 @@ class Coordinator:
         site.delta = delta
         site.label = label or site.label
 
-    def _replies(self, replies: list[tuple[SiteStatus, Message]], round_: int, payload: str, expected: PrivacyEvent,
+    def _replies(self, replies: list[tuple[SiteStatus, Message]], round_: int, payload: str,
+                 expected: Callable[[SiteStatus], PrivacyEvent],
                  shapes: dict[str, tuple[tuple[int, ...], np.dtype]],
                  current: dict[str, np.ndarray] | None = None) -> list[Message]:
         """Decode replies; return the valid ones, recording why each invalid one was dropped
@@ -215,7 +235,7 @@ class Coordinator:
                     except ValueError as exc:
                         raise protocol.ReplyError(str(exc)) from None
                 if payload == protocol.ARRAYS and reply.content.metric_records[protocol.METRICS].get("steps") != \
-                        float(expected.steps):
+                        float(expected(site).steps):
                     raise protocol.ReplyError("reported steps differ from the requested local steps")
                 if current is not None and self.settings.max_update_norm is not None:
                     norm = float(np.sqrt(sum(np.sum((arrays[k].astype(np.float64) - current[k]) ** 2)
@@ -223,7 +243,7 @@ class Coordinator:
                     if norm > self.settings.max_update_norm:
                         raise protocol.ReplyError(f"update norm {norm:.3g} exceeds the bound "
                                                   f"{self.settings.max_update_norm:g}")
-                self._accept_event(site, reply.content, expected)
+                self._accept_event(site, reply.content, expected(site))
             except protocol.ReplyError as exc:
                 self._drop(site, round_, f"invalid reply: {exc}")
                 continue
@@ -245,7 +265,8 @@ class Coordinator:
 
     # -- the run --------------------------------------------------------------------------
 
-    def collect_marginals(self, grid: Grid) -> Marginals:
+    def check_run(self) -> None:
+        """What the coordinator refuses on its own, before contacting any site."""
         settings = self.settings
         self.schema.require_reviewed(settings.allow_unreviewed_schema)
         if settings.site_column is not None and (settings.site_column not in self.schema.column_names
@@ -253,18 +274,69 @@ class Coordinator:
                                                  or settings.site_column == self.schema.outcome):
             raise ConfigurationError(f"site_column '{settings.site_column}' must be a categorical column of the "
                                      "schema other than the outcome")
+
+    def plan_budgets(self, grid: Grid) -> dict[int, protocol.MarginalsQuery]:
+        """Ask every site what it has spent and may spend (a query that charges nothing and reads
+        no row), and plan its part of the run before anything is charged: the ledger total the run
+        may bring it to (``settings.epsilon`` more than it has spent, never above its max_epsilon),
+        the round-0 noise for that, and the training rounds that fit (:func:`plan_site_run`). Each
+        site's plan is logged and recorded; a site with nothing usable left is asked nothing more.
+        Returns each planned site's round-0 query."""
+        nodes = self.wait_for_sites(grid)
+        replies = self._exchange(grid, [Message(RecordDict(), dst_node_id=node, message_type=protocol.QUERY_BUDGET,
+                                                group_id="budget") for node in nodes], 0, charged=False)
+        fingerprint = protocol.schema_fingerprint(self.schema)
+        queries = {}
+        for site, reply in replies:
+            if reply.has_error():
+                self._drop(site, 0, reply.error.reason or f"error code {reply.error.code}",
+                           refused=reply.error.code in protocol.FINAL_CODES)
+                continue
+            try:
+                budget, label = protocol.decode_budget(reply.content)
+            except protocol.ReplyError as exc:
+                self._drop(site, 0, f"invalid budget reply: {exc}")
+                continue
+            site.label, site.delta = label or site.label, budget.delta
+            site.spent_before, site.max_epsilon = budget.spent, budget.max_epsilon
+            plan = plan_site_run(budget, self.settings)
+            self._record_plan(site, plan)
+            if plan.marginals_noise is None:
+                self._drop(site, 0, protocol.error_reason(
+                    protocol.ErrorCode.BUDGET_EXHAUSTED, f"site '{site.name}' has spent {budget.spent:.4f} of its "
+                    f"max_epsilon {budget.max_epsilon:g}: too little is left for this run"), refused=True)
+                continue
+            site.epsilon_cap = plan.cap
+            queries[site.node_id] = protocol.MarginalsQuery(plan.marginals_noise, plan.cap, fingerprint, self.run_id,
+                                                            self.settings.pairs_share)
+        self._require_quorum(len(queries), 0)
+        return queries
+
+    def _record_plan(self, site: SiteStatus, plan: SiteRunPlan) -> None:
+        """The operator's line for one site's plan, and its audit entry."""
+        budget, rounds = plan.budget, self.settings.rounds
+        fit = (f"this run may raise it to {plan.cap:.4f} (+{plan.cost:.4f}): round-0 noise {plan.marginals_noise:.3g}, "
+               f"{plan.rounds_fit} of {rounds} training round(s) fit at noise {plan.training_noise:.3g}"
+               if plan.marginals_noise is not None and plan.training_noise is not None
+               else "too little is left for this run: it is asked nothing more")
+        self.record("site_budget", f"budget of {site.name}: spent {budget.spent:.4f} of its max_epsilon "
+                    f"{budget.max_epsilon:g}, {budget.remaining:.4f} left; {fit}", node=site.node_id, site=site.name,
+                    epsilon_spent=budget.spent, max_epsilon=budget.max_epsilon, epsilon_cap=plan.cap,
+                    rounds_fit=plan.rounds_fit, rounds=rounds)
+
+    def collect_marginals(self, grid: Grid) -> Marginals:
+        """Round 0: each planned site's noisy tables, at the noise its own budget allows."""
+        settings = self.settings
+        self.check_run()
         self.record("run_configured", settings=settings.public_dict(),
                     schema=self.schema.name)
-        nodes = self.wait_for_sites(grid)
-        sigma = marginals_noise(settings.epsilon, settings.marginals_share, settings.delta, settings.accountant)
-        query = protocol.MarginalsQuery(sigma, settings.epsilon, protocol.schema_fingerprint(self.schema),
-                                        self.run_id, settings.pairs_share)
-        content = RecordDict({protocol.CONFIG: query.to_record()})
-        replies = self._exchange(grid, [Message(content, dst_node_id=node, message_type=protocol.QUERY_MARGINALS,
-                                                group_id="0") for node in nodes], 0)
+        queries = self.plan_budgets(grid)
+        replies = self._exchange(grid, [Message(RecordDict({protocol.CONFIG: query.to_record()}), dst_node_id=node,
+                                                message_type=protocol.QUERY_MARGINALS, group_id="0")
+                                        for node, query in queries.items()], 0)
         shapes = {c.name: (table_shape(self.schema, c), np.dtype(np.float64)) for c in self.schema.columns}
-        expected = marginals_event(sigma)
-        valid = self._replies(replies, 0, protocol.MARGINALS, expected, shapes)
+        valid = self._replies(replies, 0, protocol.MARGINALS,
+                              lambda site: marginals_event(queries[site.node_id].noise_multiplier), shapes)
         self._require_quorum(len(valid), 0)
         parts = [Marginals(dict(protocol.from_array_record(r.content.array_records[protocol.MARGINALS])))
                  for r in valid]
@@ -276,9 +348,10 @@ class Coordinator:
         for part in parts[1:]:
             total = total + part
         if settings.marginals_noise_floor:
-            # A site's table cell carries noise of table_noise_std; the sum over sites sqrt(#sites) more.
-            site_std = table_noise_std(len(measured_columns(self.schema)), sigma, settings.pairs_share)
-            cell_std = site_std * math.sqrt(len(parts))
+            # A site's table cell carries noise of table_noise_std at its own noise; the sum adds their variances.
+            columns = len(measured_columns(self.schema))
+            cell_std = math.sqrt(sum(table_noise_std(columns, queries[node].noise_multiplier,
+                                                     settings.pairs_share) ** 2 for node in self.site_marginals))
             total = total.without_noise_floor(self.schema, cell_std, settings.marginals_noise_floor)
         self.marginals = total
         self._save(0)
@@ -306,19 +379,24 @@ class Coordinator:
         wire_shapes = {k: (shape, np.dtype(settings.transport_dtype)) for k, (shape, _) in shapes.items()}
         slot_marginals = protocol.slot_marginals_record([m.arrays for m in per_slot])
 
-        def slot_of(node: int) -> int | None:
-            return self.slots[node] if gan_config.site_slots and node in self.slots else None
+        def node_config(node: int) -> dict[str, int | float]:
+            """The site's own part of the instructions: its epsilon cap and, with site slots, its slot."""
+            own: dict[str, int | float] = {"epsilon": self.sites[node].cap}
+            if gan_config.site_slots:
+                own[protocol.SITE_SLOT] = self.slots[node]
+            return own
 
         self.strategy = build_strategy(
             protocol.to_array_record(self.marginals.tables),
-            lambda: [s.node_id for s in self.sites.values() if s.active and self._trainable(s.node_id, gan_config)],
-            len(self.sites), settings.delta, settings.site_noise_multiplier, settings.site_clipping_norm,
-            settings.aggregation, slot_of, slot_marginals)
+            lambda: [s.node_id for s in self.sites.values() if s.active and self._trainable(s, gan_config)],
+            node_config, len(self.sites), settings.delta, settings.site_noise_multiplier, settings.site_clipping_norm,
+            settings.aggregation, slot_marginals)
         instructions = protocol.TrainInstructions(
             round=1, total_rounds=settings.rounds, local_steps=settings.local_steps,
-            sample_rate=settings.sample_rate, epsilon=settings.epsilon, noise_multiplier=settings.noise_multiplier,
-            gan_config=gan_config, schema_sha256=protocol.schema_fingerprint(self.schema),
-            transport_dtype=settings.transport_dtype, run_id=self.run_id)
+            sample_rate=settings.sample_rate, epsilon=settings.epsilon,  # each site's cap replaces it (node_config)
+            noise_multiplier=settings.noise_multiplier, gan_config=gan_config,
+            schema_sha256=protocol.schema_fingerprint(self.schema), transport_dtype=settings.transport_dtype,
+            run_id=self.run_id)
         # Sites may add noise but never less than asked; with none asked they calibrate their own.
         least_noise = settings.noise_multiplier or np.finfo(float).tiny
         expected = PrivacyEvent(DP_SGD, least_noise, settings.sample_rate, settings.local_steps)
@@ -332,7 +410,7 @@ class Coordinator:
                 round_, protocol.to_array_record(current), replace(instructions, round=round_).to_record(), grid))
             self.record("round_started", round=round_, sites=len(messages))
             replies = self._exchange(grid, messages, round_)
-            valid = self._replies(replies, round_, protocol.ARRAYS, expected, wire_shapes, current)
+            valid = self._replies(replies, round_, protocol.ARRAYS, lambda _: expected, wire_shapes, current)
             self._require_quorum(len(valid), round_)
             aggregated, _ = self.strategy.aggregate_train(round_, valid)
             if aggregated is None:
@@ -417,9 +495,10 @@ class Coordinator:
         if state.release_choice is not None:
             self.release_choice = ReleaseChoice(**state.release_choice)
 
-    def _trainable(self, node: int, gan_config: GANConfig) -> bool:
-        """With site slots, only the sites that released valid round-0 marginals (they hold a slot)."""
-        return not gan_config.site_slots or node in self.slots
+    def _trainable(self, site: SiteStatus, gan_config: GANConfig) -> bool:
+        """Only sites planned for this run (they have an epsilon cap), and with site slots only those
+        that released valid round-0 marginals (they hold a slot)."""
+        return site.epsilon_cap is not None and (not gan_config.site_slots or site.node_id in self.slots)
 
     def site_level_privacy(self) -> dict | None:
         """Flower's accountant's (epsilon, delta) for site-level DP, if it was switched on."""

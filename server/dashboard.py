@@ -231,10 +231,11 @@ function renderEpsilon(state) {
   const sites = state.sites.length ? state.sites : ((state.release && state.release.sites) || []).map(
     s => ({name: s.site, node_id: s.node_id, epsilon_claimed: null}));
   if (!sites.length) return;
-  const budget = state.run && state.run.epsilon != null ? state.run.epsilon
-    : (state.release && state.release.sites.length ? state.release.sites[0].budget_epsilon_asked : null);
-  const values = sites.flatMap(s => [s.epsilon_claimed, (released[s.node_id] || {}).epsilon_cumulative]);
-  const top = Math.max(budget || 0, ...values.filter(v => v != null)) * 1.1 || 1;
+  // Each site's own budget: its max_epsilon as it said before the run (or as the release recorded it).
+  const budgetOf = s => s.max_epsilon != null ? s.max_epsilon : (released[s.node_id] || {}).max_epsilon;
+  const values = sites.flatMap(s => [s.epsilon_claimed, (released[s.node_id] || {}).epsilon_cumulative,
+                                     budgetOf(s)]);
+  const top = Math.max(...values.filter(v => v != null), 0) * 1.1 || 1;
   const left = 110, width = 360, band = 34, height = sites.length * band + 28;
   const chart = svg("svg", {viewBox: `0 0 ${left + width + 60} ${height}`, width: "100%", role: "img",
                             "aria-label": "epsilon per site"});
@@ -255,14 +256,13 @@ function renderEpsilon(state) {
       chart.append(svg("rect", {x: left, y: y + dy, width: Math.max(1, x(v) - left), height: 11, fill: colour}));
       chart.append(svg("text", {x: x(v) + 4, y: y + dy + 10, "font-size": 11, fill: "#444"}, fmt(v)));
     }
+    const budget = budgetOf(s);
+    if (budget != null) chart.append(svg("line", {x1: x(budget), x2: x(budget), y1: y - 2, y2: y + 26,
+                                                  stroke: "var(--bad)", "stroke-dasharray": "4 3", "stroke-width": 2}));
   });
   chart.append(svg("line", {x1: left, x2: left, y1: 0, y2: height - 22, stroke: "#999"}));
-  if (budget != null) {
-    chart.append(svg("line", {x1: x(budget), x2: x(budget), y1: 0, y2: height - 22, stroke: "var(--bad)",
-                              "stroke-dasharray": "4 3", "stroke-width": 2}));
-    chart.append(svg("text", {x: x(budget), y: height - 6, "text-anchor": "middle", "font-size": 11,
-                              fill: "var(--bad)"}, "budget " + budget));
-  }
+  chart.append(svg("text", {x: left, y: height - 6, "font-size": 11, fill: "var(--bad)"},
+                            "dashed: each site's max_epsilon"));
   swap("epsilon", chart);
   for (const label of labels) fitLabel(label, left - 12);  // measured once laid out
 }
@@ -321,7 +321,7 @@ function renderRelease(state) {
 function render(state) {
   const run = state.run;
   document.getElementById("run").textContent = run ? `run ${run.run || ""} started ${when(run.started)} \\u00b7 ` +
-    `${run.rounds} rounds \\u00b7 \\u03b5 ${run.epsilon} asked per site \\u00b7 min ${run.min_sites} sites \\u00b7 ` +
+    `${run.rounds} rounds \\u00b7 \\u03b5 ${run.epsilon} per run per site \\u00b7 min ${run.min_sites} sites \\u00b7 ` +
     `${run.aggregation}` + (run.finished ? " \\u00b7 finished" : " \\u00b7 in progress")
     : "no run in the audit log yet";
   const a = state.audit, audit = document.getElementById("audit");

@@ -132,11 +132,14 @@ def site_views(entries: list[dict], names: dict[str, str] | None = None) -> list
             continue
         node = str(entry["node"])
         site = sites.setdefault(node, {"node_id": node, "name": "", "rounds_accepted": [], "dropped": [],
-                                       "refused": [], "epsilon_claimed": None, "last_seen": None})
+                                       "refused": [], "epsilon_claimed": None, "max_epsilon": None,
+                                       "last_seen": None})
         site["name"] = _given_name(entry) or site["name"]
         site["last_seen"] = entry.get("time")
         event = entry.get("event")
-        if event in ("site_joined", "update_accepted"):
+        if event == "site_budget":  # before round 0: its ledger so far, and the most it will ever spend
+            site["epsilon_claimed"], site["max_epsilon"] = entry.get("epsilon_spent"), entry.get("max_epsilon")
+        elif event in ("site_joined", "update_accepted"):
             site["rounds_accepted"].append(entry.get("round"))
             site["epsilon_claimed"] = entry.get("epsilon_claimed")
         elif event == "update_rejected":
@@ -279,7 +282,7 @@ def _one_release(folder: Path, public_key: Path | None) -> dict | None:
             "mean_total_variation": quality.get("mean_total_variation"),
             "max_epsilon_any_site": privacy.get("max_epsilon_any_site"),
             "sites": [{key: site.get(key) for key in ("site", "epsilon_cumulative", "epsilon_this_run",
-                                                       "delta", "budget_epsilon_asked", "within_budget")}
+                                                       "delta", "max_epsilon", "budget_epsilon_asked", "within_budget")}
                       | {"node_id": str(site.get("node_id")),
                          "rounds_accepted": len(site.get("rounds_accepted", [])),
                          "dropped": len(site.get("dropped", []))}

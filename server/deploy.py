@@ -29,8 +29,9 @@ from fedsyn.trust.certs import expired
 CONNECTION = "fedsyn"
 RUN_PATHS = ("schema", "out", "signing-key", "audit-log", "state")  # [run] settings that name files
 APP_DIR = Path(__file__).resolve().parent / "flower_app"
-BUDGET_FIX = ("Lower `epsilon` in the [run] section of server.toml to what every site allows (each refusal names "
-              "its limit), or ask those hospitals whether they will raise max_epsilon in their site policy")
+BUDGET_FIX = ("`fedsyn server plan` shows what each site has left; a site with too little left is asked nothing. "
+              "Run with the sites that have budget (a lower min-sites), or ask those hospitals whether they will "
+              "raise max_epsilon in their site policy")
 log = logging.getLogger("fedsyn.server")
 
 app = ServerApp()
@@ -47,7 +48,7 @@ def main(grid: Grid, context: Context) -> None:
                        state_dir=Path(str(config["state"])) if config.get("state") else None)
     try:
         run_federation(grid, Schema.load(str(config["schema"])), settings, plan, run_id=str(context.run_id),
-                       resume=bool(config.get("resume", False)))
+                       resume=bool(config.get("resume", False)), plan_only=bool(config.get("plan-only", False)))
     except FedsynError as exc:
         _log_stopped(exc)
         raise  # Flower marks the run failed; the handler leaves out its traceback of a fedsyn error
@@ -140,8 +141,11 @@ class CoordinatorConfig(BaseModel):
         """``flwr supernode ACTION ARGUMENTS`` against this SuperLink (register, list, unregister)."""
         return self.flwr_command("supernode", action, *arguments, CONNECTION)
 
-    def run_command(self, resume: bool = False) -> list[str]:
-        overrides = " ".join(f"{key}={_toml_value(value)}" for key, value in {**self.run, "resume": resume}.items())
+    def run_command(self, resume: bool = False, plan_only: bool = False) -> list[str]:
+        """``flwr run`` of fedsyn's App with the [run] settings; ``plan_only`` asks the sites for their
+        budgets and stops there (``fedsyn server plan``)."""
+        overrides = " ".join(f"{key}={_toml_value(value)}"
+                             for key, value in {**self.run, "resume": resume, "plan-only": plan_only}.items())
         return self.flwr_command("run", str(APP_DIR), CONNECTION, *(["--run-config", overrides] if overrides else []))
 
 

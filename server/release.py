@@ -31,6 +31,8 @@ DECLARED_PUBLIC = [
     "privacy event parameters (noise multiplier, sample rate, steps), fixed by public settings "
     "and the site's public policy",
     "the site's delta and its own claim of cumulative epsilon spent, computed from those parameters",
+    "the site's budget before round 0: the epsilon its ledger held and its max_epsilon (what it has left), "
+    "functions of its ledger and its policy, asked at no cost and read from no row",
     "metrics: discriminator loss on generated rows and generator loss, functions of DP parameters only",
     "the sample rate (a public setting; see public_facts for anything it was derived from)",
 ]
@@ -73,11 +75,11 @@ def privacy_report(coordinator: Coordinator, public_facts: dict[str, object] | N
         this_run = coordinator.epsilon_of(site)
         cumulative = max(site.claimed_epsilon, this_run)
         bound = None
-        if site.claim_outdated:  # every charge of this run is checked against the run's epsilon
-            cumulative = max(cumulative, settings.epsilon)
+        if site.claim_outdated:  # every charge of this run is checked against the site's cap for the run
+            cumulative = max(cumulative, site.cap)
             bound = (f"round(s) {', '.join(map(str, site.unconfirmed))} may have been charged at the site without its "
                      "claim reaching the coordinator (no reply, or a failure after the charge); each charge of this "
-                     f"run was capped at epsilon {settings.epsilon:g}, so the site's ledger is at most that. The "
+                     f"run was capped at epsilon {site.cap:g}, so the site's ledger is at most that. The "
                      "site's own ledger has the exact figure")
         sites.append({
             "site": site.name,
@@ -88,8 +90,10 @@ def privacy_report(coordinator: Coordinator, public_facts: dict[str, object] | N
             **({"upper_bound_reason": bound} if bound else {}),
             "epsilon_claimed_by_site": site.claimed_epsilon,
             "delta": site.delta if site.delta is not None else settings.delta,
-            "budget_epsilon_asked": settings.epsilon,
-            "within_budget": cumulative <= settings.epsilon + 1e-9,
+            "epsilon_before_run": site.spent_before,
+            "max_epsilon": site.max_epsilon,
+            "budget_epsilon_asked": site.epsilon_cap,
+            "within_budget": site.epsilon_cap is None or cumulative <= site.epsilon_cap + 1e-9,
             "rounds_accepted": site.rounds_accepted,
             "dropped": site.dropped,
             "ledger": rounds,
@@ -98,7 +102,9 @@ def privacy_report(coordinator: Coordinator, public_facts: dict[str, object] | N
         "guarantee": "record-level (epsilon, delta)-DP per site, add/remove-one-record adjacency, "
                      "composed over all rounds with the accountant below",
         "scope": "epsilon_this_run is recomputed from the privacy events the coordinator received, at each site's "
-                 "own delta; epsilon_cumulative is the site's own ledger over all runs as last claimed, or an upper "
+                 "own delta; budget_epsilon_asked is the most the run let the site's ledger reach (the run's "
+                 "epsilon above epsilon_before_run, never above the site's max_epsilon); epsilon_cumulative is the "
+                 "site's own ledger over all runs as last claimed, or an upper "
                  "bound with its reason when a request may have been charged without a claim reaching the "
                  "coordinator (the site's ledger is authoritative: it also "
                  "counts work whose reply never arrived)",
@@ -199,11 +205,12 @@ def _readme(coordinator: Coordinator, report: dict, synthetic: pd.DataFrame, row
         "## Privacy per site",
         f"Accountant: {report['accountant']}; each site's epsilon is at its own delta (`privacy_report.json`).",
         "",
-        "| site | epsilon spent | budget | training rounds accepted | dropped |",
+        "| site | epsilon spent (all runs) | most this run allowed | training rounds accepted | dropped |",
         "|---|---|---|---|---|",
     ]
     for site in report["sites"]:
-        lines.append(f"| {site['site']} | {site['epsilon_cumulative']:.3f} | {site['budget_epsilon_asked']} | "
+        cap = site["budget_epsilon_asked"]
+        lines.append(f"| {site['site']} | {site['epsilon_cumulative']:.3f} | {'-' if cap is None else f'{cap:.3f}'} | "
                      f"{sum(1 for r in site['rounds_accepted'] if r > 0)} | {len(site['dropped'])} |")
     lines += [
         "",

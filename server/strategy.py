@@ -18,6 +18,8 @@ from flwr.serverapp.strategy import (
 
 from fedsyn.federation import protocol
 
+NodeConfig = Callable[[int], dict[str, int | float]]
+
 
 class SiteMessages:
     """Mixin for Flower's FedAvg family: train messages also carry the public (noisy)
@@ -27,34 +29,26 @@ class SiteMessages:
     requested local steps for every site: an unweighted mean, no row counts involved.
     """
 
-    def __init__(self, marginals: ArrayRecord, active_nodes: Callable[[], list[int]],
-                 slot_of: Callable[[int], int | None] | None = None, slot_marginals: ArrayRecord | None = None,
-                 **options: float):
+    def __init__(self, marginals: ArrayRecord, active_nodes: Callable[[], list[int]], node_config: NodeConfig,
+                 slot_marginals: ArrayRecord | None = None, **options: float):
         super().__init__(fraction_evaluate=0.0, weighted_by_key="steps", arrayrecord_key=protocol.ARRAYS,
                          configrecord_key=protocol.CONFIG, **options)
         self.marginals = marginals
         self.active_nodes = active_nodes
-        self.slot_of = slot_of
+        self.node_config = node_config
         self.slot_marginals = slot_marginals
 
     def configure_train(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
                         ) -> Iterable[Message]:
-        """One message per site; with ``slot_of``, each also names the site's slot and carries every
-        slot's round-0 tables (public slot indices and DP outputs: nothing new is revealed)."""
-        nodes = self.active_nodes()
-        if self.slot_of is None:
-            record = RecordDict({protocol.ARRAYS: arrays, protocol.MARGINALS: self.marginals,
-                                 protocol.CONFIG: config})
-            return [Message(content=record, message_type=MessageType.TRAIN, dst_node_id=node) for node in nodes]
+        """One message per site, its config completed by ``node_config`` (the site's epsilon cap
+        and, with site slots, its slot); a message naming a slot also carries every slot's
+        round-0 tables (public slot indices and DP outputs: nothing new is revealed)."""
         messages = []
-        for node in nodes:
-            record = RecordDict({protocol.ARRAYS: arrays, protocol.MARGINALS: self.marginals,
-                                 protocol.CONFIG: ConfigRecord(dict(config))})
-            slot = self.slot_of(node)
-            if slot is not None:
-                record.config_records[protocol.CONFIG][protocol.SITE_SLOT] = slot
-                if self.slot_marginals is not None:
-                    record.array_records[protocol.SLOT_MARGINALS] = self.slot_marginals
+        for node in self.active_nodes():
+            own = ConfigRecord({**dict(config), **self.node_config(node)})
+            record = RecordDict({protocol.ARRAYS: arrays, protocol.MARGINALS: self.marginals, protocol.CONFIG: own})
+            if protocol.SITE_SLOT in own and self.slot_marginals is not None:
+                record.array_records[protocol.SLOT_MARGINALS] = self.slot_marginals
             messages.append(Message(content=record, message_type=MessageType.TRAIN, dst_node_id=node))
         return messages
 
@@ -74,15 +68,14 @@ class SiteFedTrimmedAvg(SiteMessages, FedTrimmedAvg):
 AGGREGATIONS = {"mean": SiteFedAvg, "median": SiteFedMedian, "trimmed-mean": SiteFedTrimmedAvg}
 
 
-def build_strategy(marginals: ArrayRecord, active_nodes: Callable[[], list[int]], sites: int, delta: float,
-                   site_noise_multiplier: float | None, site_clipping_norm: float, aggregation: str = "mean",
-                   slot_of: Callable[[int], int | None] | None = None,
-                   slot_marginals: ArrayRecord | None = None) -> Strategy:
+def build_strategy(marginals: ArrayRecord, active_nodes: Callable[[], list[int]], node_config: NodeConfig,
+                   sites: int, delta: float, site_noise_multiplier: float | None, site_clipping_norm: float,
+                   aggregation: str = "mean", slot_marginals: ArrayRecord | None = None) -> Strategy:
     """The ``aggregation`` rule over sites, with ``site_noise_multiplier`` wrapped in Flower's
     server-side fixed-clipping DP and its RDP accountant (site-level, no amplification)."""
     if aggregation not in AGGREGATIONS:
         raise ValueError(f"aggregation '{aggregation}' is not one of {sorted(AGGREGATIONS)}")
-    strategy = AGGREGATIONS[aggregation](marginals, active_nodes, slot_of, slot_marginals)
+    strategy = AGGREGATIONS[aggregation](marginals, active_nodes, node_config, slot_marginals)
     if site_noise_multiplier is None:
         return strategy
     accountant = RdpAccountant(PrivacyConfig(

@@ -115,7 +115,7 @@ RELEASE_KEYS: dict[str, dict[str, str]] = {
     },
     "privacy_report.json": {
         **_declare(TEXT, "guarantee", "scope", "declared_public", "never_sent", "release_contents.*", "aggregation"),
-        **_declare(SETTING, "accountant", "seeded", "sites.[].budget_epsilon_asked"),
+        **_declare(SETTING, "accountant", "seeded"),
         **_declare(SCHEMA, "schema_unreviewed_columns"),
         **_declare(ACCOUNTING, "max_epsilon_any_site", "site_level_dp",
                    *(f"site_level_dp.{k}" for k in ("epsilon", "delta", "releases", "noise_multiplier",
@@ -123,6 +123,7 @@ RELEASE_KEYS: dict[str, dict[str, str]] = {
                    *(f"sites.[].{k}" for k in ("site", "node_id", "epsilon_this_run", "epsilon_cumulative",
                                                "epsilon_cumulative_is_upper_bound", "upper_bound_reason",
                                                "epsilon_claimed_by_site", "delta", "within_budget",
+                                               "epsilon_before_run", "max_epsilon", "budget_epsilon_asked",
                                                "rounds_accepted", "dropped")),
                    *(f"sites.[].ledger.[].{k}" for k in (*EVENT, "epsilon_after"))),
         # simulations/run.py default_sample_rate and cli/research.py --rows 0

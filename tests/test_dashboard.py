@@ -16,8 +16,10 @@ from fastapi.testclient import TestClient
 from flwr.app import Context, RecordDict
 
 from fedsyn.client.app import make_client_app
+from fedsyn.client.policy import SitePolicy
 from fedsyn.data.demo import demo_schema_path
 from fedsyn.federation import protocol
+from fedsyn.privacy.accounting import PrivacyLedger
 from fedsyn.server.app import ReleasePlan, run_federation
 from fedsyn.server.coordinator import FederationError
 from fedsyn.server.dashboard import create_app, needs_token
@@ -228,7 +230,7 @@ def _grid_with_big_ids(plan, down: dict[int, set[int]]) -> InProcessGrid:
 @pytest.fixture(scope="module")
 def second_day(demo_frame, demo_schema, tmp_path_factory) -> dict[str, Path]:
     """Day one: five sites join a short run and name themselves; its release is signed.
-    Day two: hospital-b now allows less than is asked and refuses at round 0; hospital-c is
+    Day two: hospital-b now allows no more than it has spent and is left out at round 0; hospital-c is
     down from round 2 on; in round 4 hospital-e is down too, which leaves too few sites, so the
     run fails after its interim releases (``--every 1``) had moved day one's release aside."""
     root = tmp_path_factory.mktemp("second-day")
@@ -238,8 +240,9 @@ def second_day(demo_frame, demo_schema, tmp_path_factory) -> dict[str, Path]:
     out, log = root / "releases" / "latest", root / "audit.jsonl"
     run_federation(_grid_with_big_ids(plan, {}), demo_schema, SETTINGS.model_copy(update={"rounds": 1, "epsilon": 0.5}),
                    ReleasePlan(out, rows=200, signing_key=private, audit_log=log))
-    refusing = plan.policies[1]
-    refusing.write_text(json.dumps({**json.loads(refusing.read_text()), "max_epsilon": 1.0}))
+    refusing = plan.policies[1]  # it allows no more than it has spent
+    spent = PrivacyLedger.load(SitePolicy.load(refusing).ledger).epsilon()
+    refusing.write_text(json.dumps({**json.loads(refusing.read_text()), "max_epsilon": spent}))
     with pytest.raises(FederationError, match="round 4"):
         run_federation(_grid_with_big_ids(plan, {DROPPING: {2, 3, 4}, FAILING: {4}}), demo_schema,
                        SETTINGS.model_copy(update={"rounds": 4, "epsilon": 2.0, "min_sites": 3}),
@@ -261,7 +264,7 @@ def test_a_refused_site_is_named_from_its_earlier_entries_not_node_id(second_day
     refused = sites[str(REFUSING)]
     assert refused["refused"] and refused["name"] == "hospital-b"
     assert not any(s["name"].startswith("node-") for s in sites.values())
-    # Without earlier runs, the refusal's own words name it ("site 'hospital-b' allows at most ...").
+    # Without earlier runs, the refusal's own words name it ("site 'hospital-b' has spent ...").
     entries = latest_run(read_entries(second_day["audit_log"]))
     assert {s["node_id"]: s["name"] for s in site_views(entries, known_names(entries))}[str(REFUSING)] == \
         "hospital-b"

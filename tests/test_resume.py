@@ -154,13 +154,10 @@ def test_the_reply_store_keeps_any_column_name(tmp_path):
 def test_a_later_run_moves_the_earlier_release_aside_instead_of_overwriting_it(plan, demo_schema, tmp_path):
     release = ReleasePlan(tmp_path / "release", rows=100, audit_log=tmp_path / "audit.jsonl")
     app = make_client_app(plan.site_policy)
-    # epsilon is each site's running total (issue 23 item 2): the second run's round 0 must fit in
-    # the 0.4 the first left, which a smaller round-0 share leaves room for
-    short = SETTINGS.model_copy(update={"rounds": 1, "epsilon": 0.4, "marginals_share": 0.7})
+    short = SETTINGS.model_copy(update={"rounds": 1, "epsilon": 0.4})
     run_federation(InProcessGrid(app, len(plan.policies)), demo_schema, short, release)
     first = (tmp_path / "release" / "privacy_report.json").read_text()
-    run_federation(InProcessGrid(app, len(plan.policies)), demo_schema, short.model_copy(update={"epsilon": 0.8}),
-                   release)
+    run_federation(InProcessGrid(app, len(plan.policies)), demo_schema, short, release)
     archived = [p for p in tmp_path.iterdir() if p.name.startswith("release.replaced-")]
     assert len(archived) == 1 and (archived[0] / "privacy_report.json").read_text() == first
     entries = [json.loads(line) for line in (tmp_path / "audit.jsonl").read_text().splitlines()]
@@ -168,16 +165,15 @@ def test_a_later_run_moves_the_earlier_release_aside_instead_of_overwriting_it(p
 
 
 def test_a_refused_run_leaves_the_current_release_in_place(plan, demo_schema, tmp_path):
-    """Issue 23 item 3: a run the sites refuse (more than their budget) publishes nothing, and
-    the release already there stays where pipelines and the dashboard look for it."""
+    """Issue 23 item 3: a run the sites cannot join (their budgets are spent) publishes nothing,
+    and the release already there stays where pipelines and the dashboard look for it."""
     release = ReleasePlan(tmp_path / "release", rows=100, audit_log=tmp_path / "audit.jsonl")
     app = make_client_app(plan.site_policy)
-    run_federation(InProcessGrid(app, len(plan.policies)), demo_schema,
-                   SETTINGS.model_copy(update={"rounds": 1, "epsilon": 0.4}), release)
+    whole = SETTINGS.model_copy(update={"rounds": 1})  # the sites' whole max_epsilon
+    run_federation(InProcessGrid(app, len(plan.policies)), demo_schema, whole, release)
     first = (tmp_path / "release" / "privacy_report.json").read_text()
-    with pytest.raises(FederationError):
-        run_federation(InProcessGrid(app, len(plan.policies)), demo_schema,
-                       SETTINGS.model_copy(update={"epsilon": 5.0}), release)
+    with pytest.raises(FederationError, match="budget_exhausted"):
+        run_federation(InProcessGrid(app, len(plan.policies)), demo_schema, whole, release)
     assert (tmp_path / "release" / "privacy_report.json").read_text() == first
     assert not [p for p in tmp_path.iterdir() if p.name.startswith("release.replaced-")]
 

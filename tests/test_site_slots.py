@@ -131,13 +131,17 @@ def test_per_node_messages_survive_flowers_site_level_dp_wrapper():
     marginals = ArrayRecord({})
     slots = {7: 0, 9: 1}
     per_slot = protocol.slot_marginals_record([{"a": np.ones((2, 1))}, {"a": np.zeros((2, 1))}])
-    strategy = build_strategy(marginals, lambda: [7, 9], 2, 1e-5, 1.0, 10.0, "mean", slots.get, per_slot)
+    caps = {7: 0.5, 9: 0.75}
+    strategy = build_strategy(marginals, lambda: [7, 9], lambda node: {protocol.SITE_SLOT: slots[node],
+                                                                       "epsilon": caps[node]},
+                              2, 1e-5, 1.0, 10.0, "mean", per_slot)
     assert isinstance(strategy, DifferentialPrivacyServerSideFixedClipping)
     messages = list(strategy.configure_train(1, ArrayRecord({}), ConfigRecord({"round": 1}), None))
     assert [m.metadata.dst_node_id for m in messages] == [7, 9]
     for message in messages:
         config = message.content.config_records[protocol.CONFIG]
         assert config[protocol.SITE_SLOT] == slots[message.metadata.dst_node_id]
+        assert config["epsilon"] == caps[message.metadata.dst_node_id]
         assert message.content.array_records[protocol.SLOT_MARGINALS] is per_slot
 
 

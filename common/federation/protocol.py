@@ -3,13 +3,15 @@
 This module is the single definition of the wire format: which record keys exist, what a
 site may send, and the defensive decoding both sides apply. A site's reply holds exactly
 three records: the model arrays (or noisy marginal counts), the declared metrics and the
-privacy event. Anything else is rejected.
+privacy event; its answer to the budget query holds one (:func:`budget_record`). Anything
+else is rejected.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import math
 from collections import OrderedDict
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -25,7 +27,7 @@ from fedsyn.data.schema import Schema
 from fedsyn.errors import FedsynError
 from fedsyn.model.config import TRANSPORT_DTYPES, GANConfig
 from fedsyn.privacy.accounting import PrivacyEvent
-from fedsyn.privacy.budget import is_budget, is_pairs_share
+from fedsyn.privacy.budget import SiteBudget, is_budget, is_pairs_share
 
 ARRAYS = "arrays"
 MARGINALS = "marginals"
@@ -34,8 +36,10 @@ SITE_SLOT = "site_slot"  # train config: the receiving site's public slot in the
 CONFIG = "config"
 METRICS = "metrics"
 PRIVACY = "privacy"
+BUDGET = "budget"  # a budget reply's one record: what the site has spent and may spend (SiteBudget)
 
 QUERY_MARGINALS = "query.marginals"
+QUERY_BUDGET = "query.budget"  # before round 0, at no cost: the site's SiteBudget
 SCHEMA_HASH = "schema_sha256"  # config key: the coordinator's schema, which each site must share
 RUN_ID = "run_id"  # config key: the coordinator's run; a site answers a repeated (run, round) from its store
 
@@ -79,6 +83,7 @@ def schema_fingerprint(schema: Schema) -> str:
 DECLARED_METRICS = frozenset({"discriminator_fake_loss", "generator_loss", "steps"})
 PRIVACY_FIELDS = frozenset({"mechanism", "noise_multiplier", "sample_rate", "steps", "round", "epsilon_spent",
                             "delta", "site"})
+BUDGET_FIELDS = frozenset({"epsilon_spent", "max_epsilon", "delta", "site"})
 MAX_ARRAY_ELEMENTS = 50_000_000
 
 
@@ -188,10 +193,33 @@ def decode_event(record: ConfigRecord) -> tuple[PrivacyEvent, float, float, str]
         return event, number(fields["epsilon_spent"]), delta, str(fields.get("site", ""))[:64]
 
 
+def budget_record(budget: SiteBudget, site: str) -> ConfigRecord:
+    """A site's answer to :data:`QUERY_BUDGET`: its ledger's epsilon, its policy's max_epsilon and
+    delta, and its name (declared public; no row is read to compute any of them)."""
+    return ConfigRecord({"epsilon_spent": float(budget.spent), "max_epsilon": float(budget.max_epsilon),
+                         "delta": float(budget.delta), "site": site})
+
+
+def decode_budget(content: RecordDict) -> tuple[SiteBudget, str]:
+    """A budget reply: exactly one record of :data:`BUDGET_FIELDS`, with a usable budget."""
+    if set(content.keys()) != {BUDGET}:
+        raise ReplyError(f"budget reply records {sorted(content.keys())} differ from the agreed ['{BUDGET}']")
+    fields = dict(content.config_records[BUDGET])
+    if set(fields) != BUDGET_FIELDS:
+        raise ReplyError(f"budget record fields {sorted(fields)} differ from the agreed {sorted(BUDGET_FIELDS)}")
+    with _decoding("budget record"):
+        budget = SiteBudget(number(fields["epsilon_spent"]), number(fields["max_epsilon"]), number(fields["delta"]))
+    if not (is_budget(budget.max_epsilon) and math.isfinite(budget.spent) and budget.spent >= 0
+            and 0 < budget.delta < 1):
+        raise ReplyError(f"budget {budget} is not a spent epsilon >= 0, a positive max_epsilon and a delta in (0, 1)")
+    return budget, str(fields["site"])[:64]
+
+
 @dataclass(frozen=True)
 class MarginalsQuery:
     """Round 0: release noisy outcome tables (every column by the outcome's classes) with this
-    noise multiplier, within this budget, for the schema with this fingerprint; ``run_id``
+    noise multiplier, within this budget (``epsilon``: the most the site's ledger may hold
+    afterwards, the site's cap for the run), for the schema with this fingerprint; ``run_id``
     lets the site answer the same query of the same run again from its store. ``pairs_share``
     of the release goes to pair tables the site chooses (:mod:`fedsyn.privacy.pairs`); the
     whole costs the one noise multiplier whatever the share."""
@@ -224,7 +252,10 @@ class MarginalsQuery:
 
 @dataclass(frozen=True)
 class TrainInstructions:
-    """One training round as the coordinator asks it of a site (public values only)."""
+    """One training round as the coordinator asks it of a site (public values only). ``epsilon``
+    is the most the site's ledger may hold after the round: the site's cap for the run
+    (:meth:`~fedsyn.privacy.budget.SiteBudget.cap_for_run`), which the site checks against its
+    own max_epsilon."""
 
     round: int
     total_rounds: int

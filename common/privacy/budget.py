@@ -8,6 +8,13 @@ fit spends both, and the pre-flight plan predicts both: all through :func:`margi
 and :func:`~fedsyn.privacy.accounting.calibrate_noise_multiplier`, so the plan computes
 exactly what a site will.
 
+Across runs, a federated run's epsilon is an amount per run: it may raise each site's
+ledger by that much, never above the site's own ``max_epsilon`` (:meth:`SiteBudget.cap_for_run`).
+A site says what it has spent and may spend (:class:`SiteBudget`, declared public: its
+ledger's epsilon and its policy's cap, no row enters either) before anything is charged,
+and :func:`plan_site_run` turns that into the site's part of the run: the ledger total the run
+may reach, the round-0 noise, and the training rounds that fit.
+
 Light on purpose (no deep-learning library): settings and the command line check budgets
 with :func:`is_budget` before anything heavy is imported.
 """
@@ -15,6 +22,8 @@ with :func:`is_budget` before anything heavy is imported.
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
+from typing import Literal, Protocol
 
 # The share of each site's epsilon the round-0 release takes on its own (DP-SGD gets the rest),
 # and of that release the share that measures pair tables (see fedsyn.privacy.pairs); the
@@ -52,3 +61,93 @@ def marginals_noise(epsilon: float, share: float, delta: float, accountant: str 
     if not is_budget(epsilon) or not 0 < share < 1:
         raise ValueError(f"epsilon={epsilon} must be a positive number and share={share} in (0, 1)")
     return gaussian_noise_for_epsilon(share * epsilon, delta, accountant)  # type: ignore[arg-type]
+
+
+@dataclass(frozen=True)
+class SiteBudget:
+    """What a site has spent (its ledger's epsilon, at its ``delta``) and the most it will ever
+    spend (its policy's ``max_epsilon``). Declared public: functions of the ledger's privacy
+    events and of the site's policy, never of its rows."""
+
+    spent: float
+    max_epsilon: float
+    delta: float
+
+    @property
+    def remaining(self) -> float:
+        return max(0.0, self.max_epsilon - self.spent)
+
+    def cap_for_run(self, run_epsilon: float) -> float:
+        """The ledger total a run of ``run_epsilon`` may bring this site to: that much more than
+        it has spent, never above its own ``max_epsilon``."""
+        return min(self.spent + run_epsilon, self.max_epsilon)
+
+
+class RunPlanSettings(Protocol):
+    """The coordinator's settings a plan reads (:class:`~fedsyn.server.settings.FederationSettings`)."""
+
+    @property
+    def epsilon(self) -> float: ...
+    @property
+    def marginals_share(self) -> float: ...
+    @property
+    def accountant(self) -> Literal["rdp", "prv"]: ...
+    @property
+    def rounds(self) -> int: ...
+    @property
+    def local_steps(self) -> int: ...
+    @property
+    def sample_rate(self) -> float: ...
+    @property
+    def noise_multiplier(self) -> float | None: ...
+
+
+@dataclass(frozen=True)
+class SiteRunPlan:
+    """One site's part of a run, before anything is charged.
+
+    ``cap`` is the ledger total the run may bring the site to, ``cost`` what that adds.
+    ``marginals_noise`` is the round-0 tables' noise, calibrated for ``marginals_share`` of
+    ``cost`` alone (None: nothing usable is left). ``training_noise`` and ``rounds_fit`` are
+    estimated as if this run were the site's first: the site's own accountant composes the
+    run with its ledger, which is never looser (the noise it calibrates is at most this,
+    unless its ``min_noise_multiplier`` asks for more; with a fixed noise at least these rounds fit).
+    """
+
+    budget: SiteBudget
+    cap: float
+    marginals_noise: float | None
+    training_noise: float | None
+    rounds_fit: int
+
+    @property
+    def cost(self) -> float:
+        return self.cap - self.budget.spent
+
+
+def plan_site_run(budget: SiteBudget, settings: RunPlanSettings) -> SiteRunPlan:
+    """What a run with ``settings`` costs a site with ``budget``, and what fits in it."""
+    from fedsyn.privacy.accounting import (  # the accountant loads Opacus: only when used
+        BudgetExceededError,
+        PrivacyEvent,
+        PrivacyLedger,
+        calibrate_noise_multiplier,
+    )
+
+    cap = budget.cap_for_run(settings.epsilon)
+    cost = cap - budget.spent
+    steps = settings.rounds * settings.local_steps
+    if not is_budget(cost):
+        return SiteRunPlan(budget, cap, None, None, 0)
+    try:
+        sigma = marginals_noise(cost, settings.marginals_share, budget.delta, settings.accountant)
+        tables = [PrivacyEvent(MARGINALS, sigma, 1.0, 1)]
+        if settings.noise_multiplier is not None:
+            ledger = PrivacyLedger(budget.delta, settings.accountant, tables)
+            fit = ledger.affordable_steps(cost, settings.noise_multiplier, settings.sample_rate, steps)
+            return SiteRunPlan(budget, cap, sigma, settings.noise_multiplier, fit // settings.local_steps)
+        training = calibrate_noise_multiplier(cost, budget.delta, settings.sample_rate, steps, tables,
+                                              settings.accountant)
+        return SiteRunPlan(budget, cap, sigma, training, settings.rounds)
+    except BudgetExceededError:  # no noise up to the calibration's limit fits what is left
+        return SiteRunPlan(budget, cap, None, None, 0)

@@ -1,0 +1,122 @@
+"""Issue 23 item 2: budget left over is used. ``[run] epsilon`` is what one run may add to each
+site's ledger, capped by the site's own max_epsilon; each site's round-0 noise is calibrated for
+what that site can still spend; sites say what they have left (a declared-public fact, at no cost)
+and the operator sees each site's plan before anything is charged."""
+
+from __future__ import annotations
+
+import json
+import logging
+
+import pytest
+
+from fedsyn.client.app import make_client_app
+from fedsyn.client.policy import SitePolicy
+from fedsyn.client.site import Site
+from fedsyn.federation import protocol
+from fedsyn.privacy.accounting import PrivacyLedger, gaussian_noise_for_epsilon
+from fedsyn.privacy.budget import SiteBudget, plan_site_run
+from fedsyn.server.app import ReleasePlan, run_federation
+from fedsyn.server.coordinator import FederationError
+from fedsyn.simulations.inprocess import InProcessGrid
+
+from .helpers import SETTINGS, run_in_process
+
+PER_RUN = SETTINGS.model_copy(update={"epsilon": 0.4})  # the sites allow 1.0 each (the plan fixture)
+
+
+def _spent(plan) -> list[float]:
+    return [PrivacyLedger.load(SitePolicy.load(p).ledger).epsilon() for p in plan.policies]
+
+
+def _round_zero_noise(grid: InProcessGrid) -> dict[int, float]:
+    return {m.metadata.dst_node_id: float(m.content.config_records[protocol.CONFIG]["noise_multiplier"])
+            for m in grid.sent if m.metadata.message_type == protocol.QUERY_MARGINALS}
+
+
+def test_three_runs_with_one_config_use_a_sites_whole_cap_and_no_more(plan, demo_schema, tmp_path):
+    """0.4 per run against a cap of 1.0: 0.4, then 0.8, then the 0.2 left; a fourth run finds
+    nothing left and charges nothing. (Before: epsilon was each site's running total, so the
+    second run was refused at round 0 and 0.6 of every cap stayed unused.)"""
+    noise = []
+    for run, expected in enumerate((0.4, 0.8, 1.0)):
+        grid, _ = run_in_process(plan, demo_schema, tmp_path / f"run-{run}", PER_RUN)
+        noise.append(_round_zero_noise(grid))
+        assert all(expected - 2e-3 <= spent <= expected + 1e-9 for spent in _spent(plan)), (run, _spent(plan))
+        report = json.loads((tmp_path / f"run-{run}" / "release" / "privacy_report.json").read_text())
+        for site in report["sites"]:
+            assert site["budget_epsilon_asked"] == pytest.approx(expected) and site["max_epsilon"] == 1.0
+            assert site["epsilon_cumulative"] <= site["budget_epsilon_asked"] + 1e-9 and site["within_budget"]
+    # each run's round 0 is calibrated for what the site can still spend: the last run's 0.2 needs more noise
+    assert all(noise[2][node] > noise[1][node] for node in noise[1])
+    full = _spent(plan)
+    with pytest.raises(FederationError, match="budget_exhausted: site 'site-0' has spent"):
+        run_in_process(plan, demo_schema, tmp_path / "run-3", PER_RUN)
+    assert _spent(plan) == full
+
+
+def test_a_site_that_spent_more_before_gets_noise_for_what_it_has_left(plan, demo_schema, tmp_path):
+    """Issue 23: sites at 1.5 of a 2.0 cap could join no run. Here site-0 has spent 0.75 of its 1.0
+    before the run; it joins, with round-0 noise for its 0.25, and ends at its cap like the others."""
+    site = Site(SitePolicy.load(plan.policies[0]))
+    site.release_marginals(gaussian_noise_for_epsilon(0.75, 1e-5), 0.75, protocol.schema_fingerprint(site.schema))
+    before = site.ledger.epsilon()
+    assert 0.74 < before <= 0.75
+    grid, coordinator = run_in_process(plan, demo_schema, tmp_path, SETTINGS)
+    noise = _round_zero_noise(grid)
+    assert noise[1001] > 2 * noise[1002] and noise[1002] == noise[1003]
+    assert all(1.0 - 2e-3 <= spent <= 1.0 + 1e-9 for spent in _spent(plan))
+    assert coordinator.sites[1001].spent_before == pytest.approx(before)
+    assert [r.accepted for r in coordinator.rounds] == [3] * SETTINGS.rounds
+
+
+def test_the_budget_query_charges_nothing_and_says_only_declared_public_facts(plan, demo_schema, tmp_path, caplog):
+    """``plan_only``: each site answers what it has spent and may spend (its ledger and its policy,
+    no row); the operator's log shows spent, left, this run's cost and the rounds that fit."""
+    grid = InProcessGrid(make_client_app(plan.site_policy), len(plan.policies))
+    audit = tmp_path / "audit.jsonl"
+    with caplog.at_level(logging.INFO, logger="fedsyn.server"):
+        run_federation(grid, demo_schema, PER_RUN, ReleasePlan(tmp_path / "release", 100, audit_log=audit),
+                       plan_only=True)
+    assert {m.metadata.message_type for m in grid.sent} == {protocol.QUERY_BUDGET}
+    for reply in grid.replies:
+        assert set(reply.content.keys()) == {protocol.BUDGET}
+        assert set(reply.content.config_records[protocol.BUDGET].keys()) == protocol.BUDGET_FIELDS
+    assert _spent(plan) == [0.0, 0.0, 0.0] and not (tmp_path / "release").exists()
+    lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith("budget of ")]
+    assert len(lines) == 3 and "budget of site-0: spent 0.0000 of its max_epsilon 1, 1.0000 left; this run may " \
+        "raise it to 0.4000 (+0.4000)" in lines[0] and "3 of 3 training round(s) fit" in lines[0]
+    entries = [json.loads(line) for line in audit.read_text().splitlines()]
+    assert [e["epsilon_cap"] for e in entries if e["event"] == "site_budget"] == [pytest.approx(0.4)] * 3
+    trail = SitePolicy.load(plan.policies[0]).audit_trail.read_text().splitlines()
+    assert json.loads(trail[-1])["event"] == "budget_reported"
+
+
+def test_a_fixed_noise_plan_counts_the_rounds_that_fit():
+    assert SiteBudget(0.9, 1.0, 1e-5).remaining == pytest.approx(0.1)
+    assert SiteBudget(0.9, 1.0, 1e-5).cap_for_run(0.4) == 1.0
+    assert SiteBudget(0.2, 1.0, 1e-5).cap_for_run(0.4) == pytest.approx(0.6)
+    fixed = SETTINGS.model_copy(update={"noise_multiplier": 4.0, "rounds": 50, "marginals_share": 0.5})
+    fits = plan_site_run(SiteBudget(0.0, 1.0, 1e-5), fixed)
+    assert fits.cost == 1.0 and fits.training_noise == 4.0 and 0 < fits.rounds_fit < 50
+    assert plan_site_run(SiteBudget(0.5, 1.0, 1e-5), fixed).rounds_fit < fits.rounds_fit
+    assert plan_site_run(SiteBudget(1.0, 1.0, 1e-5), SETTINGS).marginals_noise is None  # nothing left
+
+
+def test_a_site_refuses_a_cap_above_its_own_max_whatever_the_coordinator_asks(plan, demo_schema, tmp_path,
+                                                                               monkeypatch):
+    """A coordinator that ignores a site's max_epsilon (here: a cap of spent + the run's epsilon)
+    is refused at round 0 by the site, which charges nothing."""
+    monkeypatch.setattr(SiteBudget, "cap_for_run", lambda self, run_epsilon: self.spent + run_epsilon)
+    greedy = SETTINGS.model_copy(update={"epsilon": 5.0})
+    with pytest.raises(FederationError, match="budget_exhausted: site 'site-.' allows at most epsilon=1.0"):
+        run_in_process(plan, demo_schema, tmp_path, greedy)
+    assert _spent(plan) == [0.0, 0.0, 0.0]
+
+
+def test_server_plan_submits_a_run_that_only_asks_for_budgets(tmp_path):
+    from fedsyn.server.deploy import CoordinatorConfig
+
+    (tmp_path / "server.toml").write_text('[run]\nepsilon = 0.4\n')
+    command = CoordinatorConfig.load(tmp_path / "server.toml").run_command(plan_only=True)
+    assert "plan-only=true" in command[-1] and "epsilon=0.4" in command[-1]
