@@ -197,6 +197,60 @@ def test_every_fedsyn_command_and_option_exists() -> None:
     assert not problems, "\n".join(problems)
 
 
+def _shell_fedsyn_commands() -> list[tuple[str, list[str]]]:
+    return [(where, arguments) for where, arguments in _fedsyn_commands() if not where.endswith("`")]
+
+
+def test_every_fedsyn_command_in_a_shell_block_parses() -> None:
+    """A shell block's ``fedsyn ...`` is a whole command line: it parses as the command would parse
+    it (every required argument given, each option with its value, values of the right type and
+    choice), short of running. Inline code names commands and options in passing, so only the
+    names are checked there (above)."""
+    problems = []
+    for where, arguments in _shell_fedsyn_commands():
+        path, rest = _command_path(arguments)
+        command: click.Command = _click_root()
+        for name in path:
+            command = command.commands[name]  # type: ignore[attr-defined]
+        try:
+            command.make_context(" ".join(["fedsyn", *path]), list(rest))
+        except click.ClickException as exc:
+            problems.append(f"{where}: fedsyn {' '.join(arguments)}: {exc.format_message()}")
+    assert not problems, "\n".join(problems)
+
+
+# The shell blocks' commands that take seconds run for real, in a scratch folder where the docs'
+# placeholders name the demo's files. The others parse (above); simulate, fit and evaluate run in
+# tests/test_cli.py and tests/test_cli_commands.py, the daemons in tests/test_operator_processes.py.
+RUN_ON_THE_DEMO = {("schema", "draft"), ("validate",), ("keys", "generate"), ("certs", "init"),
+                   ("certs", "site-key"), ("server", "app-hash")}
+PLACEHOLDERS = {"DATA.csv": "flchain.csv", "COLUMN": "death", "S": "schema.json"}
+
+
+def test_the_quick_shell_commands_run_on_the_demo(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from fedsyn.data.demo import demo_data_path, demo_schema_path
+    from fedsyn.data.schema import Schema
+    from fedsyn.data.tables import read_table, write_table
+
+    shutil.copy(demo_data_path(), tmp_path / "flchain.csv")
+    shutil.copy(demo_schema_path(), tmp_path / "schema.json")
+    write_table(read_table(demo_data_path(), Schema.load(demo_schema_path())), tmp_path / "cohort.parquet")
+    monkeypatch.chdir(tmp_path)
+    ran, problems = set(), []
+    for where, arguments in _shell_fedsyn_commands():
+        path, _ = _command_path(arguments)
+        if path not in RUN_ON_THE_DEMO:
+            continue
+        words = [PLACEHOLDERS.get(word, word) for word in arguments]
+        words = [f"{tmp_path}{word}" if word.startswith("/") else word for word in words]  # /etc/fedsyn: scratch
+        result = CliRunner().invoke(app, words)
+        ran.add(path)
+        if result.exit_code != 0:
+            problems.append(f"{where}: fedsyn {' '.join(arguments)}: exit {result.exit_code}: {result.output[-500:]}")
+    assert not problems, "\n".join(problems)
+    assert ran == RUN_ON_THE_DEMO, f"no longer in the docs: {sorted(RUN_ON_THE_DEMO - ran)}"
+
+
 # -- python -m modules, python scripts, pytest ---------------------------------------------------
 
 _PROGRAM_HELP = """
