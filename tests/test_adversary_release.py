@@ -126,7 +126,7 @@ RELEASE_KEYS: dict[str, dict[str, str]] = {
                                                "epsilon_before_run", "max_epsilon", "budget_epsilon_asked",
                                                "rounds_accepted", "dropped")),
                    *(f"sites.[].ledger.[].{k}" for k in (*EVENT, "epsilon_after"))),
-        # simulations/run.py default_sample_rate and cli/research.py --rows 0
+        # simulations/run.py default_sample_rate and simulations/request.py (--rows 0)
         **_declare(FACT, "public_facts", "public_facts.smallest_site_rows", "public_facts.why_public",
                    "public_facts.total_site_rows.value", "public_facts.total_site_rows.why_public"),
     },
