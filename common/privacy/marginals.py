@@ -24,6 +24,7 @@ from fedsyn.data.schema import Column, Schema
 from fedsyn.privacy.accounting import PrivacyEvent
 from fedsyn.privacy.budget import MARGINALS
 from fedsyn.privacy.pairs import BOUNDS_PREFIX, Pair, RoundZeroSplit, measure_pairs, pair_key, parse_pair_key
+from fedsyn.privacy.postprocessing import coarsened, onto_simplex
 
 
 def split_column(schema: Schema) -> Column | None:
@@ -112,19 +113,19 @@ class Marginals:
         class, so most empty bins return to zero (post-processing, no privacy cost)."""
         table = self.tables[name]
         totals = self.class_totals() if table.shape[1] > 1 else np.array([self.total()])
-        projected = np.stack([_onto_simplex(table[:, k], totals[k]) for k in range(table.shape[1])], axis=1)
+        projected = np.stack([onto_simplex(table[:, k], totals[k]) for k in range(table.shape[1])], axis=1)
         return np.asarray(projected / projected.sum(axis=0, keepdims=True), dtype=float)
 
     def pair_distribution(self, pair: Pair) -> np.ndarray:
         """A noisy pair table made a distribution: projected onto the non-negative tables that
         sum to the noisy total (as :meth:`conditional` does per class), then normalised."""
         table = self.pairs[pair]
-        projected = _onto_simplex(table.ravel(), self.total()).reshape(table.shape)
+        projected = onto_simplex(table.ravel(), self.total()).reshape(table.shape)
         return np.asarray(projected / projected.sum(), dtype=float)
 
     def probabilities(self, name: str, floor: float = 1e-3) -> np.ndarray:
         """Noisy counts made a distribution (projected as in :meth:`conditional`), every bin kept possible."""
-        counts = _onto_simplex(self.counts[name], self.total())
+        counts = onto_simplex(self.counts[name], self.total())
         probs = counts / counts.sum()
         probs = probs + floor / len(probs)
         return np.asarray(probs / probs.sum(), dtype=float)
@@ -132,7 +133,7 @@ class Marginals:
     def without_noise_floor(self, schema: Schema, cell_std: float, threshold: float = 1.5) -> Marginals:
         """Numeric tables coarsened where the noise would drown the counts (post-processing).
 
-        Each outcome class's counts are coarsened on their own (:func:`_coarsened`), at the
+        Each outcome class's counts are coarsened on their own (:func:`fedsyn.privacy.postprocessing.coarsened`), at the
         resolution they support: a cell's noise is ``cell_std`` whatever the class's size, so
         a rare class gets wider bins than a common one, and the noise of a common class's
         cells never lands as invented rows in a rare class. ``cell_std`` follows from public
@@ -148,7 +149,7 @@ class Marginals:
             widths = np.diff(numeric_edges(column))
             for k in range(body.shape[1]):
                 present = class_totals[k] - (table[-1, k] if column.nullable else 0.0)
-                body[:, k] = _coarsened(body[:, k], widths, threshold * cell_std, present)
+                body[:, k] = coarsened(body[:, k], widths, threshold * cell_std, present)
             tables[column.name] = table
         return replace(self, tables=tables)
 
@@ -175,84 +176,6 @@ def _mean_class_sums(tables: list[np.ndarray]) -> np.ndarray:
     """Per outcome class, the mean over ``tables`` of the class's total: every table counts each
     record once, so the mean is the least noisy estimate of the class sizes."""
     return np.asarray(np.mean([table.sum(axis=0) for table in tables], axis=0), dtype=float)
-
-
-def _coarsened(counts: np.ndarray, widths: np.ndarray, floor: float, total: float) -> np.ndarray:
-    """One class's noisy counts over bins of ``widths``, merged where the noise drowns them.
-
-    Adjacent bins are merged until a group's count exceeds ``floor`` times the square root of
-    its number of bins (its noise grows so), and each group is spread evenly over its width
-    (bins may differ in width, see :func:`numeric_edges`). So a sharp peak keeps its bins and
-    a spread-out stretch becomes a coarser histogram instead of noise. Groups grow both ways
-    from an anchor inside the data: the largest bin if it beats the noise by far (3 floors;
-    a noise spike rarely does), else the top bin of the first group from the lower bound. So
-    an empty stretch below the data (short stays of a procedure that needs a week in
-    hospital) is not merged into the data's first group.
-
-    The bins left over at either end never beat the noise: a sparse tail, or the empty
-    reaches of wide public bounds. Their cells are dropped; what the groups miss of the
-    class's noisy ``total`` is shared between the two ends by their own noisy sums, and each
-    end's share becomes a tail that continues the outermost group's density and decays
-    (:func:`_decaying_tail`). So a long sparse tail (the lymph nodes of the patients who
-    died) is kept instead of cut off, and an empty reach stays empty. Counts in which no
-    group beats the noise are returned as they were; where only the first group as a whole
-    does, that group."""
-    first, first_end = _merged_upwards(counts, widths, floor, groups=1)
-    if first_end == 0:
-        return counts.copy()
-    peak = int(np.argmax(counts))
-    anchor = peak if counts[peak] >= 3 * floor else first_end - 1
-    upper, upper_end = _merged_upwards(counts[anchor:], widths[anchor:], floor)
-    lower, lower_end = _merged_upwards(counts[:anchor][::-1], widths[:anchor][::-1], floor)
-    merged = np.concatenate([lower[::-1], upper])
-    low, high = anchor - lower_end, anchor + upper_end  # the groups cover bins [low, high)
-    if low == high:  # only the first group as a whole beats the noise
-        return first
-    missing = max(total - merged[low:high].sum(), 0.0)
-    left_over = np.clip([counts[:low].sum(), counts[high:].sum()], 0.0, None)
-    below, above = missing * left_over / left_over.sum() if left_over.sum() > 0 else (0.0, 0.0)
-    merged[high:] = _decaying_tail(above, merged[high - 1] / widths[high - 1], widths[high:])
-    merged[:low] = _decaying_tail(below, merged[low] / widths[low], widths[:low][::-1])[::-1]
-    return merged
-
-
-def _merged_upwards(counts: np.ndarray, widths: np.ndarray, floor: float, groups: int | None = None
-                    ) -> tuple[np.ndarray, int]:
-    """Greedy groups from the first bin up (see :func:`_coarsened`), at most ``groups`` of
-    them: the merged counts and the index where the groups end (bins from there on are left
-    as they were; 0: no group)."""
-    merged = counts.copy()
-    start, running, made = 0, 0.0, 0
-    for index, count in enumerate(counts):
-        running += count
-        if running >= floor * math.sqrt(index - start + 1):
-            group = slice(start, index + 1)
-            merged[group] = widths[group] / widths[group].sum() * counts[group].sum()
-            start, running, made = index + 1, 0.0, made + 1
-            if made == groups:
-                break
-    return merged, start
-
-
-def _decaying_tail(mass: float, density: float, widths: np.ndarray) -> np.ndarray:
-    """``mass`` over consecutive bins of ``widths``: an exponential density that starts at
-    ``density`` (where the histogram before it ends) and decays with the scale that holds
-    ``mass`` on an unbounded axis, cut at the last bin. Nothing without mass or density."""
-    if mass <= 0 or density <= 0:
-        return np.zeros_like(widths)
-    edges = np.concatenate([[0.0], np.cumsum(widths)])
-    return np.asarray(mass * np.diff(-np.expm1(-edges * density / mass)), dtype=float)
-
-
-def _onto_simplex(values: np.ndarray, total: float) -> np.ndarray:
-    """The closest point (Euclidean) to ``values`` that is non-negative and sums to ``total``:
-    ``max(values - theta, 0)`` for the one ``theta`` that gives that sum."""
-    total = max(float(total), 1e-9)
-    ordered = np.sort(values)[::-1]
-    excess = np.cumsum(ordered) - total
-    ranks = np.arange(1, len(values) + 1)
-    rho = int(np.nonzero(ordered - excess / ranks > 0)[0][-1])
-    return np.asarray(np.clip(values - excess[rho] / (rho + 1), 0.0, None), dtype=float)
 
 
 def exact_counts(frame: pd.DataFrame, schema: Schema) -> Marginals:

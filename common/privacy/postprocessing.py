@@ -1,0 +1,91 @@
+"""Post-processing of noisy tables: what fedsyn does with DP outputs after the mechanism.
+
+Nothing here reads a private row, so none of it costs privacy (the post-processing property
+of DP): it only turns noisy counts into distributions a generator can learn, and it lives
+apart from :mod:`fedsyn.privacy.marginals` (the mechanism that measures the tables) so that
+changing how noise is cleaned up can never touch how it is added.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+
+def coarsened(counts: np.ndarray, widths: np.ndarray, floor: float, total: float) -> np.ndarray:
+    """One class's noisy counts over bins of ``widths``, merged where the noise drowns them.
+
+    Adjacent bins are merged until a group's count exceeds ``floor`` times the square root of
+    its number of bins (its noise grows so), and each group is spread evenly over its width
+    (bins may differ in width, see :func:`fedsyn.data.grid.numeric_edges`). So a sharp peak keeps its bins and
+    a spread-out stretch becomes a coarser histogram instead of noise. Groups grow both ways
+    from an anchor inside the data: the largest bin if it beats the noise by far (3 floors;
+    a noise spike rarely does), else the top bin of the first group from the lower bound. So
+    an empty stretch below the data (short stays of a procedure that needs a week in
+    hospital) is not merged into the data's first group.
+
+    The bins left over at either end never beat the noise: a sparse tail, or the empty
+    reaches of wide public bounds. Their cells are dropped; what the groups miss of the
+    class's noisy ``total`` is shared between the two ends by their own noisy sums, and each
+    end's share becomes a tail that continues the outermost group's density and decays
+    (:func:`_decaying_tail`). So a long sparse tail (the lymph nodes of the patients who
+    died) is kept instead of cut off, and an empty reach stays empty. Counts in which no
+    group beats the noise are returned as they were; where only the first group as a whole
+    does, that group."""
+    first, first_end = _merged_upwards(counts, widths, floor, groups=1)
+    if first_end == 0:
+        return counts.copy()
+    peak = int(np.argmax(counts))
+    anchor = peak if counts[peak] >= 3 * floor else first_end - 1
+    upper, upper_end = _merged_upwards(counts[anchor:], widths[anchor:], floor)
+    lower, lower_end = _merged_upwards(counts[:anchor][::-1], widths[:anchor][::-1], floor)
+    merged = np.concatenate([lower[::-1], upper])
+    low, high = anchor - lower_end, anchor + upper_end  # the groups cover bins [low, high)
+    if low == high:  # only the first group as a whole beats the noise
+        return first
+    missing = max(total - merged[low:high].sum(), 0.0)
+    left_over = np.clip([counts[:low].sum(), counts[high:].sum()], 0.0, None)
+    below, above = missing * left_over / left_over.sum() if left_over.sum() > 0 else (0.0, 0.0)
+    merged[high:] = _decaying_tail(above, merged[high - 1] / widths[high - 1], widths[high:])
+    merged[:low] = _decaying_tail(below, merged[low] / widths[low], widths[:low][::-1])[::-1]
+    return merged
+
+
+def _merged_upwards(counts: np.ndarray, widths: np.ndarray, floor: float, groups: int | None = None
+                    ) -> tuple[np.ndarray, int]:
+    """Greedy groups from the first bin up (see :func:`coarsened`), at most ``groups`` of
+    them: the merged counts and the index where the groups end (bins from there on are left
+    as they were; 0: no group)."""
+    merged = counts.copy()
+    start, running, made = 0, 0.0, 0
+    for index, count in enumerate(counts):
+        running += count
+        if running >= floor * math.sqrt(index - start + 1):
+            group = slice(start, index + 1)
+            merged[group] = widths[group] / widths[group].sum() * counts[group].sum()
+            start, running, made = index + 1, 0.0, made + 1
+            if made == groups:
+                break
+    return merged, start
+
+
+def _decaying_tail(mass: float, density: float, widths: np.ndarray) -> np.ndarray:
+    """``mass`` over consecutive bins of ``widths``: an exponential density that starts at
+    ``density`` (where the histogram before it ends) and decays with the scale that holds
+    ``mass`` on an unbounded axis, cut at the last bin. Nothing without mass or density."""
+    if mass <= 0 or density <= 0:
+        return np.zeros_like(widths)
+    edges = np.concatenate([[0.0], np.cumsum(widths)])
+    return np.asarray(mass * np.diff(-np.expm1(-edges * density / mass)), dtype=float)
+
+
+def onto_simplex(values: np.ndarray, total: float) -> np.ndarray:
+    """The closest point (Euclidean) to ``values`` that is non-negative and sums to ``total``:
+    ``max(values - theta, 0)`` for the one ``theta`` that gives that sum."""
+    total = max(float(total), 1e-9)
+    ordered = np.sort(values)[::-1]
+    excess = np.cumsum(ordered) - total
+    ranks = np.arange(1, len(values) + 1)
+    rho = int(np.nonzero(ordered - excess / ranks > 0)[0][-1])
+    return np.asarray(np.clip(values - excess[rho] / (rho + 1), 0.0, None), dtype=float)
