@@ -21,10 +21,12 @@ from __future__ import annotations
 import itertools
 import math
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 import pandas as pd
 from scipy import stats
+from sklearn.base import ClassifierMixin
 from sklearn.decomposition import PCA
 from sklearn.ensemble import HistGradientBoostingClassifier, RandomForestClassifier
 from sklearn.linear_model import LogisticRegression
@@ -35,7 +37,7 @@ from sklearn.neural_network import MLPClassifier
 
 from fedsyn.data.grid import forward_transform, transform_bounds
 from fedsyn.data.rules import violation_mask
-from fedsyn.data.schema import Schema
+from fedsyn.data.schema import Column, Schema
 from fedsyn.data.validation import validate_frame
 from fedsyn.errors import ConfigurationError
 from fedsyn.evaluation.verdict import Verdict, judge
@@ -56,7 +58,7 @@ def feature_matrix(frame: pd.DataFrame, schema: Schema, exclude: str | None = No
         series = frame[column.name]
         if column.is_categorical:
             codes = pd.Categorical(series.astype(str), categories=column.categories).codes.astype(np.int64)  # not int8
-            one_hot = np.zeros((len(frame), len(column.categories)))
+            one_hot = np.zeros((len(frame), len(column.levels)))
             valid = codes >= 0
             one_hot[np.flatnonzero(valid), codes[valid]] = 1.0
             parts.append(one_hot)
@@ -64,7 +66,7 @@ def feature_matrix(frame: pd.DataFrame, schema: Schema, exclude: str | None = No
         values = pd.to_numeric(series, errors="coerce").to_numpy(dtype=float)
         missing = np.isnan(values)
         low, high = transform_bounds(column)
-        scaled = (forward_transform(column, np.where(missing, column.lower, values)) - low) / (high - low)
+        scaled = (forward_transform(column, np.where(missing, column.bounds[0], values)) - low) / (high - low)
         parts.append(np.where(missing, 0.0, scaled)[:, None])
         if column.nullable:
             parts.append(missing.astype(float)[:, None])
@@ -76,17 +78,17 @@ def outcome_vector(frame: pd.DataFrame, schema: Schema) -> np.ndarray:
     if schema.outcome is None:
         raise ConfigurationError(f"schema '{schema.name}' names no outcome column: utility (TSTR) needs one; "
                                  "set 'outcome' in the schema")
-    positive = schema.column(schema.outcome).categories[-1]
-    return (frame[schema.outcome].astype(str) == positive).to_numpy(dtype=int)
+    positive = schema.column(schema.outcome).levels[-1]
+    return np.asarray((frame[schema.outcome].astype(str) == positive).to_numpy(dtype=int))
 
 
 # -- fidelity ---------------------------------------------------------------------------------
 
-def column_distances(real: pd.DataFrame, synthetic: pd.DataFrame, schema: Schema) -> dict[str, dict]:
+def column_distances(real: pd.DataFrame, synthetic: pd.DataFrame, schema: Schema) -> dict[str, dict[str, Any]]:
     out = {}
     for column in schema.columns:
         if column.is_categorical:
-            levels = [*column.categories, "nan"]
+            levels = [*column.levels, "nan"]
             p = real[column.name].astype(str).value_counts(normalize=True).reindex(levels, fill_value=0)
             q = synthetic[column.name].astype(str).value_counts(normalize=True).reindex(levels, fill_value=0)
             out[column.name] = {"metric": "total_variation", "value": float(0.5 * np.abs(p - q).sum())}
@@ -160,12 +162,12 @@ STRUCTURE_ROWS = 20_000  # more rows than this are subsampled (seeded) for main 
 _MIN_ROWS = 10
 
 
-def _scaled(column, series: pd.Series) -> np.ndarray:
+def _scaled(column: Column, series: pd.Series) -> np.ndarray:
     """A numeric column on the schema's modelling scale (log for lab values), NaN where missing."""
     return forward_transform(column, pd.to_numeric(series, errors="coerce").to_numpy(dtype=float))
 
 
-def spread(real: pd.DataFrame, synthetic: pd.DataFrame, schema: Schema) -> dict[str, dict]:
+def spread(real: pd.DataFrame, synthetic: pd.DataFrame, schema: Schema) -> dict[str, dict[str, Any]]:
     """Standard deviation of each numeric column, real vs synthetic, on the schema's scale (the
     log for log-transformed columns, so a few extreme lab values do not decide it)."""
     out = {}
@@ -182,7 +184,7 @@ def spread(real: pd.DataFrame, synthetic: pd.DataFrame, schema: Schema) -> dict[
     return out
 
 
-def category_shares(real: pd.DataFrame, synthetic: pd.DataFrame, schema: Schema) -> dict[str, dict]:
+def category_shares(real: pd.DataFrame, synthetic: pd.DataFrame, schema: Schema) -> dict[str, dict[str, Any]]:
     """Each category's share of the rows where a categorical column is not missing."""
     out = {}
     for column in schema.categorical_columns:
@@ -221,7 +223,7 @@ def _association_features(frame: pd.DataFrame, schema: Schema) -> _Features:
         missing = series.isna().to_numpy()
         if column.is_categorical:
             text = series.astype(str).to_numpy()
-            for level in column.categories[1:] if len(column.categories) == 2 else column.categories:
+            for level in column.levels[1:] if len(column.levels) == 2 else column.levels:
                 labels.append(f"{column.name} = {level}")
                 sources.append(column.name)
                 indicator.append(True)
@@ -264,7 +266,7 @@ def _fisher(r: float) -> float:
     return float(np.arctanh(np.clip(r, -0.999, 0.999)))
 
 
-def _comparison(label: str, real: float, n_real: float, synthetic: float, n_synthetic: float) -> dict:
+def _comparison(label: str, real: float, n_real: float, synthetic: float, n_synthetic: float) -> dict[str, Any]:
     """The same association on real and synthetic rows, and how sure the difference is:
     ``z_weaker`` > 0 when the synthetic rows hold it more weakly in the real direction."""
     if math.isnan(synthetic):  # too few synthetic rows even hold both values: nothing reproduced
@@ -278,7 +280,7 @@ def _comparison(label: str, real: float, n_real: float, synthetic: float, n_synt
 
 
 def _strongest(real: _Features, x_real: np.ndarray, y_real: np.ndarray, x_synthetic: np.ndarray,
-               y_synthetic: np.ndarray, skips: list[tuple[str, ...]], top: int) -> list[list[dict]]:
+               y_synthetic: np.ndarray, skips: list[tuple[str, ...]], top: int) -> list[list[dict[str, Any]]]:
     """For each target (a column of ``y_real`` / ``y_synthetic``): the features associated with it
     clearly on the real rows (|r| >= MIN_ASSOCIATION, z >= MIN_ASSOCIATION_Z), the strongest
     one per source column, ``top`` at most, each compared with the synthetic rows. Features whose
@@ -290,7 +292,7 @@ def _strongest(real: _Features, x_real: np.ndarray, y_real: np.ndarray, x_synthe
     clear = (strength >= MIN_ASSOCIATION) & (z_real >= MIN_ASSOCIATION_Z)
     out = []
     for k, skip in enumerate(skips):
-        chosen: dict[str, dict] = {}
+        chosen: dict[str, dict[str, Any]] = {}
         for j in sorted(np.flatnonzero(clear[:, k]), key=lambda j: -abs(r_real[j, k])):
             if real.sources[j] not in skip and real.sources[j] not in chosen:
                 chosen[real.sources[j]] = _comparison(real.labels[j], r_real[j, k], n_real[j], r_synthetic[j, k],
@@ -303,13 +305,14 @@ def _binary(values: pd.Series, positive: str) -> np.ndarray:
     return np.where(values.isna().to_numpy(), np.nan, (values.astype(str).to_numpy() == positive) * 1.0)
 
 
-def main_effects(real: pd.DataFrame, synthetic: pd.DataFrame, schema: Schema, top: int = MAIN_EFFECTS) -> list[dict]:
+def main_effects(real: pd.DataFrame, synthetic: pd.DataFrame, schema: Schema,
+                 top: int = MAIN_EFFECTS) -> list[dict[str, Any]]:
     """The outcome's main effects, defined on the real rows: the ``top`` features (one per column)
     most associated with it (point-biserial r for numerics, phi for a category or a missing
     value), kept only where clearly non-zero; each with the same association on the synthetic rows."""
     if schema.outcome is None:
         return []
-    positive = schema.column(schema.outcome).categories[-1]
+    positive = schema.column(schema.outcome).levels[-1]
     real_x, synthetic_x = _association_features(real, schema), _association_features(synthetic, schema)
     y_real = _binary(_subsampled(real)[schema.outcome], positive)
     y_synthetic = _binary(_subsampled(synthetic)[schema.outcome], positive)
@@ -325,12 +328,12 @@ def _missing_share(missing: np.ndarray, x: np.ndarray, value: float) -> float | 
 
 
 def missingness(real: pd.DataFrame, synthetic: pd.DataFrame, schema: Schema,
-                top: int = MISSINGNESS_LINKS) -> dict[str, dict]:
+                top: int = MISSINGNESS_LINKS) -> dict[str, dict[str, Any]]:
     """For each nullable column: its missing share, real and synthetic, and what its being
     missing depends on in the real rows (the ``top`` clearest links to other columns' values,
     categories or missingness), each measured again on the synthetic rows. For a category or a
     missing indicator, the share missing with and without it, e.g. missing for every man."""
-    out: dict[str, dict] = {}
+    out: dict[str, dict[str, Any]] = {}
     judged = []
     real_rows, synthetic_rows = _subsampled(real), _subsampled(synthetic)
     for column in schema.columns:
@@ -363,7 +366,7 @@ def missingness(real: pd.DataFrame, synthetic: pd.DataFrame, schema: Schema,
     return out
 
 
-def fidelity(real: pd.DataFrame, synthetic: pd.DataFrame, schema: Schema, seed: int = 0) -> dict:
+def fidelity(real: pd.DataFrame, synthetic: pd.DataFrame, schema: Schema, seed: int = 0) -> dict[str, Any]:
     columns = column_distances(real, synthetic, schema)
     real_assoc, synthetic_assoc = association_matrix(real, schema), association_matrix(synthetic, schema)
     difference = (real_assoc - synthetic_assoc).abs()
@@ -387,7 +390,7 @@ def fidelity(real: pd.DataFrame, synthetic: pd.DataFrame, schema: Schema, seed: 
 
 # -- utility ----------------------------------------------------------------------------------
 
-def _classifiers(seed: int) -> dict:
+def _classifiers(seed: int) -> dict[str, Any]:
     return {
         "logistic_regression": LogisticRegression(max_iter=2000),
         "random_forest": RandomForestClassifier(n_estimators=200, random_state=seed, n_jobs=1),
@@ -396,7 +399,8 @@ def _classifiers(seed: int) -> dict:
     }
 
 
-def _scores(model, x_train, y_train, x_test, y_test) -> dict[str, float]:
+def _scores(model: ClassifierMixin, x_train: np.ndarray, y_train: np.ndarray, x_test: np.ndarray,
+            y_test: np.ndarray) -> dict[str, float]:
     if len(np.unique(y_train)) < 2:
         return {"roc_auc": 0.5, "f1": 0.0, "accuracy": float(np.mean(y_test == y_train[0]))}
     model.fit(x_train, y_train)
@@ -407,7 +411,7 @@ def _scores(model, x_train, y_train, x_test, y_test) -> dict[str, float]:
 
 
 def utility(synthetic: pd.DataFrame, real_train: pd.DataFrame, real_test: pd.DataFrame, schema: Schema,
-            seed: int = 0, models: tuple[str, ...] | None = None) -> dict:
+            seed: int = 0, models: tuple[str, ...] | None = None) -> dict[str, Any]:
     """TSTR and TRTR, each scored on ``real_test`` only (rows the generator never saw)."""
     x_test, y_test = feature_matrix(real_test, schema, schema.outcome), outcome_vector(real_test, schema)
     x_syn, y_syn = feature_matrix(synthetic, schema, schema.outcome), outcome_vector(synthetic, schema)
@@ -435,7 +439,7 @@ def tstr_auc(train: pd.DataFrame, test: pd.DataFrame, schema: Schema, seed: int 
 # -- privacy ----------------------------------------------------------------------------------
 
 def privacy(synthetic: pd.DataFrame, real_train: pd.DataFrame, real_test: pd.DataFrame, schema: Schema,
-            seed: int = 0) -> dict:
+            seed: int = 0) -> dict[str, Any]:
     """Exact copies, DCR ratio and a distance-based membership-inference attack.
 
     Both copy and distance checks are relative to new patients (the held-out rows): on a
@@ -477,7 +481,7 @@ def privacy(synthetic: pd.DataFrame, real_train: pd.DataFrame, real_test: pd.Dat
     }
 
 
-def plausibility(synthetic: pd.DataFrame, schema: Schema) -> dict:
+def plausibility(synthetic: pd.DataFrame, schema: Schema) -> dict[str, Any]:
     report = validate_frame(synthetic, schema)
     return {
         "schema_problems": [p.describe() for p in report.problems],
@@ -501,22 +505,22 @@ def pca_projection(real: pd.DataFrame, synthetic: pd.DataFrame, schema: Schema, 
 class Evaluation:
     """All results of one evaluation; ``to_dict`` is the report.json content."""
 
-    fidelity: dict
-    utility: dict
-    privacy: dict
-    plausibility: dict
+    fidelity: dict[str, Any]
+    utility: dict[str, Any]
+    privacy: dict[str, Any]
+    plausibility: dict[str, Any]
     verdict: Verdict
-    ledger: dict | None = None
-    rows: dict = field(default_factory=dict)
+    ledger: dict[str, Any] | None = None
+    rows: dict[str, Any] = field(default_factory=dict)
 
-    def to_dict(self) -> dict:
+    def to_dict(self) -> dict[str, Any]:
         return {"verdict": self.verdict.to_dict(), "rows": self.rows, "fidelity": self.fidelity,
                 "utility": self.utility, "privacy": self.privacy, "plausibility": self.plausibility,
                 "ledger": self.ledger}
 
 
 def evaluate(synthetic: pd.DataFrame, real_train: pd.DataFrame, real_test: pd.DataFrame, schema: Schema,
-             ledger: dict | None = None, seed: int = 0) -> Evaluation:
+             ledger: dict[str, Any] | None = None, seed: int = 0) -> Evaluation:
     """Every metric, and the verdict drawn from them (see :mod:`fedsyn.evaluation.verdict`)."""
     fidelity_ = fidelity(real_train, synthetic, schema, seed)
     utility_ = utility(synthetic, real_train, real_test, schema, seed) if schema.outcome else {}

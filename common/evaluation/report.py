@@ -8,6 +8,7 @@ import io
 import json
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import matplotlib
 
@@ -15,6 +16,7 @@ matplotlib.use("Agg")  # headless: no display on hospital servers or CI
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
+from matplotlib.figure import Figure  # noqa: E402
 
 from fedsyn import __version__
 from fedsyn.data.schema import Schema  # noqa: E402
@@ -24,7 +26,7 @@ from fedsyn.evaluation.verdict import SCORE_CAP, Verdict
 REAL, SYNTHETIC = "#1f77b4", "#ff7f0e"
 
 
-def _png(figure: plt.Figure) -> str:
+def _png(figure: Figure) -> str:
     buffer = io.BytesIO()
     figure.savefig(buffer, format="png", dpi=90, bbox_inches="tight")
     plt.close(figure)
@@ -42,7 +44,7 @@ def marginals_plot(real: pd.DataFrame, synthetic: pd.DataFrame, schema: Schema) 
     figure, axes = plt.subplots(rows, width, figsize=(4 * width, 3 * rows), squeeze=False)
     for axis, column in zip(axes.flat, columns):
         if column.is_categorical:
-            levels = column.categories
+            levels = column.levels
             real_share = real[column.name].astype(str).value_counts(normalize=True).reindex(levels, fill_value=0)
             syn_share = synthetic[column.name].astype(str).value_counts(normalize=True).reindex(levels, fill_value=0)
             position = np.arange(len(levels))
@@ -51,8 +53,8 @@ def marginals_plot(real: pd.DataFrame, synthetic: pd.DataFrame, schema: Schema) 
             axis.set_xticks(position, levels, rotation=45, fontsize=7)
             axis.set_ylabel("share of rows", fontsize=7)
         else:
-            edges = (np.geomspace(column.lower, column.upper, 40) if column.transform == "log"
-                     else np.linspace(column.lower, column.upper, 40))
+            low, high = column.bounds
+            edges = np.geomspace(low, high, 40) if column.transform == "log" else np.linspace(low, high, 40)
             for frame, color, label in ((real, REAL, "real"), (synthetic, SYNTHETIC, "synthetic")):
                 values = pd.to_numeric(frame[column.name], errors="coerce").dropna()
                 axis.hist(values, bins=edges, density=True, alpha=0.5, color=color, label=label)
@@ -91,15 +93,15 @@ def association_plot(evaluation: Evaluation) -> str:
 def pca_plot(real: pd.DataFrame, synthetic: pd.DataFrame, schema: Schema) -> str:
     real_points, syn_points = pca_projection(real, synthetic, schema)
     figure, axis = plt.subplots(figsize=(6, 5))
-    axis.scatter(*real_points.T, s=4, alpha=0.4, color=REAL, label="real")
-    axis.scatter(*syn_points.T, s=4, alpha=0.4, color=SYNTHETIC, label="synthetic")
+    axis.scatter(real_points[:, 0], real_points[:, 1], s=4, alpha=0.4, color=REAL, label="real")
+    axis.scatter(syn_points[:, 0], syn_points[:, 1], s=4, alpha=0.4, color=SYNTHETIC, label="synthetic")
     axis.set_xlabel("PC 1 (fitted on real)")
     axis.set_ylabel("PC 2")
     axis.legend()
     return _png(figure)
 
 
-def curve_plot(curve: list[dict], real: dict[str, float] | None = None) -> str:
+def curve_plot(curve: list[dict[str, Any]], real: dict[str, float] | None = None) -> str:
     """Utility (TSTR ROC-AUC) and membership-attack AUC against epsilon, with the real rows'
     own utility (TRTR) as dashed lines: the ceiling the curve approaches."""
     curve = sorted(curve, key=lambda point: point["epsilon"])
@@ -143,7 +145,7 @@ def _verdict_section(verdict: Verdict) -> str:
             "</section>")
 
 
-def _structure_sections(fidelity: dict) -> list[str]:
+def _structure_sections(fidelity: dict[str, Any]) -> list[str]:
     """The evidence behind the verdict's spread, main-effect and missingness flags."""
     sections = []
     if fidelity.get("spread"):
@@ -176,8 +178,9 @@ def _structure_sections(fidelity: dict) -> list[str]:
 
 
 def render_html(evaluation: Evaluation, real: pd.DataFrame, synthetic: pd.DataFrame, schema: Schema,
-                path: Path, curve: list[dict] | None = None, comparison: dict[str, dict[str, float]] | None = None,
-                settings: dict | None = None) -> Path:
+                path: Path, curve: list[dict[str, Any]] | None = None,
+                comparison: dict[str, dict[str, float]] | None = None,
+                settings: dict[str, Any] | None = None) -> Path:
     """The local report page. ``comparison``: TSTR ROC-AUC per arm (federated, each site alone,
     pooled, real rows); ``settings``: the run's public settings, shown at the end."""
     fidelity, privacy, plausibility = evaluation.fidelity, evaluation.privacy, evaluation.plausibility

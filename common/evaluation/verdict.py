@@ -41,7 +41,7 @@ better than the flags say.
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
-from typing import Literal
+from typing import Any, Literal
 
 Level = Literal["green", "amber", "red"]
 LEVELS: tuple[Level, ...] = ("green", "amber", "red")
@@ -93,7 +93,7 @@ def _join(items: list[str]) -> str:
 
 # -- utility ----------------------------------------------------------------------------------
 
-def _utility_flags(utility: dict, majority_rate: float | None) -> tuple[list[Flag], float | None]:
+def _utility_flags(utility: dict[str, Any], majority_rate: float | None) -> tuple[list[Flag], float | None]:
     flags: list[Flag] = []
     ratios, below_real, below_majority, judged = [], [], [], 0
     for model, scores in utility.items():
@@ -139,7 +139,7 @@ def _columns_flag(level: Level, what: str, columns: list[str]) -> list[Flag]:
     return [Flag("fidelity", level, f"{what}: {_join(columns)}")] if columns else []
 
 
-def _fidelity_flags(fidelity: dict) -> list[Flag]:
+def _fidelity_flags(fidelity: dict[str, Any]) -> list[Flag]:
     flags: list[Flag] = []
     columns = fidelity["columns"]
     shifted = [f"{name} {c['value']:.2f}" for name, c in columns.items() if c["value"] >= DISTANCE_RED]
@@ -188,7 +188,7 @@ def _fidelity_flags(fidelity: dict) -> list[Flag]:
 
 # -- main effects and missingness -------------------------------------------------------------
 
-def _change(association: dict) -> tuple[Level | None, str]:
+def _change(association: dict[str, Any]) -> tuple[Level | None, str]:
     """How an association of the real rows fares in the synthetic ones: red when reversed,
     under a third or over three times as strong, amber under two thirds or over 1.5 times;
     only where the difference is beyond sampling noise."""
@@ -205,7 +205,7 @@ def _change(association: dict) -> tuple[Level | None, str]:
     return None, ""
 
 
-def _effect_flags(effects: list[dict], outcome: str | None) -> list[Flag]:
+def _effect_flags(effects: list[dict[str, Any]], outcome: str | None) -> list[Flag]:
     flags = []
     for effect in effects:
         level, how = _change(effect)
@@ -216,7 +216,7 @@ def _effect_flags(effects: list[dict], outcome: str | None) -> list[Flag]:
     return flags
 
 
-def _missingness_flags(missingness: dict) -> list[Flag]:
+def _missingness_flags(missingness: dict[str, Any]) -> list[Flag]:
     flags = []
     for name, entry in missingness.items():
         real, synthetic = entry["missing_real"], entry["missing_synthetic"]
@@ -249,7 +249,7 @@ def _missingness_flags(missingness: dict) -> list[Flag]:
 
 # -- privacy ----------------------------------------------------------------------------------
 
-def _privacy_flags(privacy: dict, epsilon: float | None) -> tuple[list[Flag], float]:
+def _privacy_flags(privacy: dict[str, Any], epsilon: float | None) -> tuple[list[Flag], float]:
     flags: list[Flag] = []
     attack = privacy["membership_attack_auc"]
     if attack >= 0.75:
@@ -268,8 +268,8 @@ def _privacy_flags(privacy: dict, epsilon: float | None) -> tuple[list[Flag], fl
     return flags, max(0.0, 1.0 - 2.0 * max(0.0, attack - 0.5))
 
 
-def judge(fidelity: dict, utility: dict, privacy: dict, majority_rate: float | None = None,
-          epsilon: float | None = None, outcome: str | None = None) -> Verdict:
+def judge(fidelity: dict[str, Any], utility: dict[str, Any], privacy: dict[str, Any],
+          majority_rate: float | None = None, epsilon: float | None = None, outcome: str | None = None) -> Verdict:
     """Flags per area and a headline score: the mean of the fidelity score, the utility share
     of the real rows' lift over chance (ROC-AUC) and one minus the attack's advantage, capped
     by the level (:data:`SCORE_CAP`) so that it never contradicts a flag."""
@@ -280,7 +280,7 @@ def judge(fidelity: dict, utility: dict, privacy: dict, majority_rate: float | N
     components = {"fidelity": float(fidelity["overall_score"]), "privacy": privacy_score}
     if utility_score is not None:
         components["utility"] = utility_score
-    level = max((flag.level for flag in flags), key=LEVELS.index, default="green")
+    level: Level = max((flag.level for flag in flags), key=LEVELS.index, default="green")
     score = min(sum(components.values()) / len(components), SCORE_CAP[level])
     return Verdict(round(float(score), 3), level, SUMMARY[level], flags,
                    {name: round(float(value), 3) for name, value in components.items()})
