@@ -9,7 +9,7 @@ from __future__ import annotations
 import logging
 import sys
 from pathlib import Path
-from typing import NoReturn
+from typing import Any, NoReturn
 
 import typer
 from rich.console import Console
@@ -21,7 +21,7 @@ console = Console(stderr=True)  # progress, messages, refusals
 results = Console()  # tables and verdicts, on stdout for pipelines
 
 
-def print_verdict(verdict: dict, fail_below: float | None = None) -> None:
+def print_verdict(verdict: dict[str, Any], fail_below: float | None = None) -> None:
     """The report's verdict, coloured; exits 3 when its score is below ``fail_below``."""
     colour = {"green": "green", "amber": "yellow", "red": "red"}
     level = verdict["level"]

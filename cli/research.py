@@ -19,8 +19,10 @@ from fedsyn.errors import ConfigurationError
 from fedsyn.server.settings import FEDERATED_GAN, FEDERATED_LOCAL_STEPS, FEDERATED_ROUNDS, FederationSettings
 
 if TYPE_CHECKING:
+    from fedsyn.server.coordinator import RoundSummary, SiteStatus
     from fedsyn.simulations.plan import WidthPlan
     from fedsyn.simulations.request import PreparedSimulation
+    from fedsyn.simulations.workflow import SimulationResult
 
 COLOUR = {"green": "green", "amber": "yellow", "red": "red"}  # a plan's outlook, as rich colours
 
@@ -236,7 +238,7 @@ def simulate(
         fail("the plan above says this release cannot be usable (red): follow its suggestion, or pass --yes to "
              "run anyway")
 
-    def on_round(summary, statuses) -> None:
+    def on_round(summary: RoundSummary, statuses: dict[int, SiteStatus]) -> None:
         console.print(f"round {summary.round}/{rounds}: {summary.accepted} site(s) accepted, "
                       f"{summary.dropped} dropped, generator loss {summary.generator_loss:.3f}, "
                       f"{summary.seconds:.1f} s")
@@ -300,7 +302,7 @@ def _stopped_by_user(out: Path, created: bool, spent: bool) -> None:
     raise typer.Exit(130)
 
 
-def _print_release(result, rounds: int) -> None:
+def _print_release(result: SimulationResult, rounds: int) -> None:
     report = result.privacy_report
     table = Table(title=f"Release: {result.release}  ({result.seconds:.0f} s)")
     for column in ("site", "epsilon spent", "delta", f"training rounds accepted (of {rounds})", "dropped"):
@@ -398,7 +400,8 @@ def evaluate(
     from fedsyn.simulations.workflow import write_local_report
 
     with console.status("evaluating..."):
-        result = write_local_report(*tables, contract, out, ledger, seed)
+        synthetic_rows, train_rows, test_rows = tables
+        result = write_local_report(synthetic_rows, train_rows, test_rows, contract, out, ledger, seed)
     fidelity, privacy_checks = result["fidelity"], result["privacy"]
     table = Table(title=f"Report: {out / 'report.html'}")
     table.add_column("measure")

@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import Annotated, NoReturn
+from typing import TYPE_CHECKING, Annotated, NoReturn
 
 import typer
 
 from fedsyn.cli.flower import become_flower, follow_run, run_flower, run_status
 from fedsyn.cli.output import console, fail, setup_logging
+
+if TYPE_CHECKING:
+    from fedsyn.server.deploy import CoordinatorConfig
 
 log = logging.getLogger("fedsyn.cli")
 server_app = typer.Typer(help="Coordinator: SuperLink, registered hospitals, training runs.")
@@ -17,7 +20,7 @@ sites_app = typer.Typer(help="Hospitals allowed to join (their SuperNode public 
 server_app.add_typer(sites_app, name="sites")
 
 
-def _coordinator(config: Path):
+def _coordinator(config: Path) -> CoordinatorConfig:
     from fedsyn.server.deploy import CoordinatorConfig
 
     try:
@@ -64,7 +67,7 @@ def server_plan(config: Annotated[Path, typer.Option("--config", "-c")] = Path("
     _follow(coordinator, coordinator.run_command(plan_only=True), coordinator.flwr_environment())
 
 
-def _follow(coordinator, command: list[str], environment: dict[str, str]) -> str:
+def _follow(coordinator: CoordinatorConfig, command: list[str], environment: dict[str, str]) -> str:
     """Submit ``command`` (a ``flwr run``), relay its lines, and return Flower's run id once the run
     completed; otherwise exit with the one line saying why (:func:`_run_failed`)."""
     from fedsyn.server.deploy import CONNECTION
@@ -91,7 +94,7 @@ def _run_failed(run_id: str, status: str, stopped: dict[str, object]) -> NoRetur
          "it spent; the log above says why the run stopped", code=1)
 
 
-def _stop_orphaned_coordinator(coordinator, environment: dict[str, str]) -> None:
+def _stop_orphaned_coordinator(coordinator: CoordinatorConfig, environment: dict[str, str]) -> None:
     """A ServerApp cut off by a SuperLink crash comes back when the SuperLink restarts and
     would train beside the resumed run: ask Flower to stop its run (the resumed ServerApp
     waits for the run's lock until it has)."""

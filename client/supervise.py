@@ -54,7 +54,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TextIO
+from typing import Any, Protocol
 
 GAVE_UP = "Giving up reconnection"
 ACTIVATED = re.compile(r"SuperNode ID: (\d+)")
@@ -87,6 +87,17 @@ TLS_HINTS: tuple[tuple[re.Pattern[str], str], ...] = (
      "CA): ask the coordinator for its current ca.crt, or to renew its server certificate"),
 )
 PERMISSION = re.compile(r"\bPermissionError\b")
+
+
+class Console(Protocol):
+    """Where the supervisor writes its child's lines and its own: a terminal stream, or the
+    relay into fedsyn's log handler (:class:`fedsyn.logs.RelayStream`)."""
+
+    def write(self, text: str, /) -> int: ...
+
+    def flush(self) -> None: ...
+
+    def isatty(self) -> bool: ...
 
 
 def _libc() -> ctypes.CDLL | None:
@@ -214,7 +225,7 @@ class NodeRecord:
 
     # -- the process group
 
-    def take_over(self, out: TextIO) -> int | None:
+    def take_over(self, out: Console) -> int | None:
         """Stop a SuperNode group an earlier supervisor of this site left running. Returns an exit
         code when this start must not go on (another supervisor of this site is alive)."""
         group = self.data.get("group")
@@ -383,7 +394,7 @@ def writability_problems(paths: tuple[Path, ...] | list[Path]) -> list[str]:
 # -- the supervisor --------------------------------------------------------------------------------
 
 
-def _say(out: TextIO, text: str) -> None:
+def _say(out: Console, text: str) -> None:
     out.write(f"fedsyn: {text}\n")
     out.flush()
 
@@ -394,7 +405,7 @@ class _Attempt:
     refused_activation: bool = False
 
 
-def supervise(command: list[str], environment: dict[str, str], out: TextIO = sys.stdout,
+def supervise(command: list[str], environment: dict[str, str], out: Console = sys.stdout,
               poll_seconds: float = 0.5, site: SiteRuntime | None = None) -> int:
     """Run ``command`` until it ends or gives up reconnecting; return its exit code (1 if it
     exited 0 while its helpers still ran), or :data:`EXIT_LOST_COORDINATOR` for a give-up.
@@ -436,7 +447,7 @@ def supervise(command: list[str], environment: dict[str, str], out: TextIO = sys
             signal.signal(number, handler)
 
 
-def _run_once(command: list[str], environment: dict[str, str], out: TextIO, poll_seconds: float,
+def _run_once(command: list[str], environment: dict[str, str], out: Console, poll_seconds: float,
               record: NodeRecord, running: list[subprocess.Popen[str]]) -> tuple[int, _Attempt]:
     """One SuperNode run under its group leader (see :func:`lead`); its code and what it showed."""
     attempt = _Attempt()
@@ -474,7 +485,7 @@ def _permission_hint(record: NodeRecord) -> str:
             "trail; FEDSYN_DEBUG=1 in the SuperNode's environment shows the path")
 
 
-def _pass_through(process: subprocess.Popen[str], out: TextIO, attempt: _Attempt, record: NodeRecord) -> None:
+def _pass_through(process: subprocess.Popen[str], out: Console, attempt: _Attempt, record: NodeRecord) -> None:
     """Echo the node's output; flag a give-up, and say once what a known failure means."""
     hinted: set[str] = set()
     plain = not out.isatty()

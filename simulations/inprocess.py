@@ -62,9 +62,8 @@ class InProcessGrid(Grid):
             # Deep copies stand in for the wire: neither side can touch the other's objects,
             # and the logs keep exactly what crossed.
             self.sent.append(copy.deepcopy(message))
-            reply = self.client_app(copy.deepcopy(message), self.contexts[message.metadata.dst_node_id])
-            if self.reply_filter is not None:
-                reply = self.reply_filter(reply)
+            answer = self.client_app(copy.deepcopy(message), self.contexts[message.metadata.dst_node_id])
+            reply = self.reply_filter(answer) if self.reply_filter is not None else answer
             if reply is None:  # lost on the way: the site ran, the coordinator never hears
                 continue
             self.replies.append(copy.deepcopy(reply))

@@ -63,6 +63,7 @@ def plan_site(name: str, rows: int, measured: int, settings: FederationSettings)
         sigma = None
     records_per_noise = batch / sigma if sigma else 0.0
     rows_per_noise = rows / histogram_noise
+    level: Literal["green", "amber", "red"]
     if sigma is None or records_per_noise < RED_RECORDS_PER_NOISE:
         level, advice = "red", ("noise swamps every step: expect an unusable release. Raise epsilon, pool sites, "
                                 "or use fewer rounds x local steps")

@@ -1,9 +1,9 @@
 """mypy --strict where a typing mistake costs privacy: the DP mechanisms and accounting
 (fedsyn.privacy), the wire contract (fedsyn.federation), the error base (fedsyn.errors), the
 site (fedsyn.client), the model and encoder (fedsyn.model), the data contract (fedsyn.data),
-signing and the audit trail (fedsyn.trust), atomic files (fedsyn.files) and the evaluation and
-verdict (fedsyn.evaluation): every module the privacy-critical lines in
-tests/PRIVACY_CRITICAL.md live in, but the coordinator's and CLI's.
+signing and the audit trail (fedsyn.trust), atomic files (fedsyn.files), the evaluation and
+verdict (fedsyn.evaluation), simulations and the CLI: every module the privacy-critical lines
+in tests/PRIVACY_CRITICAL.md live in, but the coordinator's.
 
 pyproject maps the card's folders into one package (common/ is fedsyn, client/ is
 fedsyn.client, ...), which mypy cannot follow from the source tree, so the package is
@@ -22,7 +22,7 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 MAPPED = ("client", "server", "simulations", "cli")
 STRICT = ("fedsyn.privacy", "fedsyn.federation", "fedsyn.errors", "fedsyn.files", "fedsyn.client", "fedsyn.model",
-          "fedsyn.data", "fedsyn.trust", "fedsyn.evaluation")
+          "fedsyn.data", "fedsyn.trust", "fedsyn.evaluation", "fedsyn.simulations", "fedsyn.cli")
 
 
 def test_privacy_and_wire_contract_pass_mypy_strict(tmp_path):
