@@ -81,6 +81,29 @@ def test_count_columns_keep_their_zeros_when_sampled():
     assert abs(zeros - 0.7) < 0.02, zeros
 
 
+def test_a_continuous_columns_bounds_come_back_exactly_in_their_share():
+    """A continuous column bounded 0-6000 whose values are 0 in 20 % of rows and 45 (an assay's
+    upper limit) in 30 %: rows drawn through its encoding keep both atoms exactly, in their
+    shares, and encode them inside their atoms' shares. Before, the zeros came back spread
+    over the first bin ([0, 1.5)) and the limit as 44.5-44.98, never as the bounds."""
+    schema = Schema(name="atoms", outcome="admitted", columns=[
+        Column(name="lab", kind="continuous", lower=0, upper=45),
+        Column(name="admitted", kind="categorical", categories=["no", "yes"])])
+    rng = np.random.default_rng(0)
+    share = rng.random(4000)
+    lab = np.where(share < 0.2, 0.0, np.where(share < 0.5, 45.0, rng.uniform(1, 40, 4000)))
+    frame = pd.DataFrame({"lab": lab, "admitted": rng.choice(["no", "yes"], 4000)})
+    encoder = TableEncoder(schema, exact_counts(frame, schema))
+    start = next(s for s in encoder.spans if s.column == "lab").start
+    encoded = encoder.encode(frame)[:, start]
+    assert np.all(np.abs(encoded[lab == 0] - (0.2 - 1)) < 0.03) and np.all(np.abs(encoded[lab == 45] - 0.7) < 0.03)
+    drawn = np.zeros((20000, encoder.dim), dtype=np.float32)
+    drawn[:, start] = rng.uniform(-1, 1, 20000)
+    values = encoder.decode(drawn)["lab"]
+    assert abs(float((values == 0).mean()) - 0.2) < 0.02 and abs(float((values == 45).mean()) - 0.3) < 0.02
+    assert float(((values > 0) & (values < 0.9)).mean()) < 0.005  # no spread-out zeros
+
+
 def _categorical(name: str, levels: int, nullable: bool = False) -> Column:
     """A categorical column of ``levels`` categories (plus 'missing' if nullable): that many positions."""
     return Column(name=name, kind="categorical", categories=[f"{name}_{i}" for i in range(levels)], nullable=nullable)

@@ -19,9 +19,12 @@ import pandas as pd
 from fedsyn.data.schema import Column, ColumnKind, spell_category
 from fedsyn.errors import ConfigurationError
 
-GRID_VERSION = "fedsyn-grid/2"
+GRID_VERSION = "fedsyn-grid/3"  # 3: a continuous column's bounds are atoms with bins of their own
 NUMERIC_BINS = 64
 MISSING = "(missing)"
+# Width of an atom's bin, as a share of the column's transformed range: wide enough for float
+# error, far narrower than any value a measurement tells apart from the bound.
+ATOM_WIDTH = 1e-9
 
 
 def numeric_edges(column: Column) -> np.ndarray:
@@ -41,6 +44,11 @@ def numeric_edges(column: Column) -> np.ndarray:
       instead of spreading them over [0, 1) and rounding half of them up. A narrow range
       gets fewer bins than ``NUMERIC_BINS`` (one per value). Integer columns on a log scale
       keep the plain grid: some of their low bins hold no integer.
+    - A continuous column's bounds are atoms: values pile up exactly there (a lab value at its
+      assay's limit, a concentration of 0 where 0 is the lower bound: 20 % of one bench
+      table's progesterone values). Each bound gets a bin of its own, ``ATOM_WIDTH`` wide, so
+      the noisy tables measure its mass and decoding gives the bound back exactly
+      (:func:`snap_to_atoms`) instead of spreading it over the first bin.
     """
     low, high = transform_bounds(column)
     steps = np.linspace(0.0, 1.0, NUMERIC_BINS + 1)
@@ -51,7 +59,20 @@ def numeric_edges(column: Column) -> np.ndarray:
         first, last = math.ceil(low) - 0.5, math.floor(high) + 0.5
         inner = np.unique(np.round(edges[1:-1]) - 0.5)
         edges = np.concatenate([[first], inner[(inner > first) & (inner < last)], [last]])
+    elif column.kind is ColumnKind.CONTINUOUS:
+        atom = ATOM_WIDTH * (high - low)
+        edges = np.concatenate([[low, low + atom], edges[1:-1], [high - atom, high]])
     return np.asarray(edges, dtype=float)
+
+
+def snap_to_atoms(column: Column, transformed: np.ndarray, values: np.ndarray) -> np.ndarray:
+    """``values`` (decoded from ``transformed`` positions on the grid) with every position in a
+    bound's atom bin set to that bound exactly (see :func:`numeric_edges`)."""
+    if column.kind is not ColumnKind.CONTINUOUS:
+        return values
+    edges = numeric_edges(column)
+    low, high = column.bounds
+    return np.where(transformed <= edges[1], low, np.where(transformed >= edges[-2], high, values))
 
 
 def numeric_bins(column: Column) -> int:

@@ -23,7 +23,7 @@ from fedsyn.model.encoder import TableEncoder
 from fedsyn.model.training import GANTrainer
 from fedsyn.privacy.marginals import Marginals
 
-FORMAT = "fedsyn-model/4"  # 4: numeric bins on the public grid of fedsyn.data.grid.numeric_edges
+FORMAT = "fedsyn-model/5"  # 5: a continuous column's bounds are atoms of the public grid (fedsyn.data.grid)
 
 
 @dataclass

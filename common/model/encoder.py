@@ -16,7 +16,7 @@ from typing import Literal
 import numpy as np
 import pandas as pd
 
-from fedsyn.data.grid import MISSING, forward_transform, inverse_transform, numeric_edges
+from fedsyn.data.grid import MISSING, forward_transform, inverse_transform, numeric_edges, snap_to_atoms
 from fedsyn.data.schema import Column, ColumnKind, Schema, spell_category
 from fedsyn.errors import ConfigurationError
 from fedsyn.privacy.marginals import Marginals
@@ -98,7 +98,11 @@ class TableEncoder:
             else:
                 values = np.asarray(np.where(missing, column.bounds[0], series.to_numpy(dtype=float, na_value=np.nan)))
                 edges, cdf = self._cdfs[column.name]
-                u = np.interp(forward_transform(column, values), edges, cdf)
+                transformed = forward_transform(column, values)
+                u = np.interp(transformed, edges, cdf)
+                if column.kind is ColumnKind.CONTINUOUS:  # a bound's rows sit mid-way up its atom's share, not at +-1
+                    u = np.where(transformed <= edges[1], cdf[1] / 2,
+                                 np.where(transformed >= edges[-2], (cdf[-2] + 1) / 2, u))
                 out[:, span.start] = np.where(missing, 0.0, 2.0 * u - 1.0)
         return out
 
@@ -118,7 +122,8 @@ class TableEncoder:
                 edges, cdf = self._cdfs[column.name]
                 u = (np.clip(block[:, 0], -1.0, 1.0) + 1.0) / 2.0
                 low, high = column.bounds
-                values = np.clip(inverse_transform(column, np.interp(u, cdf, edges)), low, high)
+                transformed = np.interp(u, cdf, edges)
+                values = snap_to_atoms(column, transformed, np.clip(inverse_transform(column, transformed), low, high))
                 if column.kind is ColumnKind.INTEGER:
                     values = np.clip(np.round(values), np.ceil(low), np.floor(high))
                 columns[column.name] = values
