@@ -14,11 +14,12 @@ from __future__ import annotations
 
 import re
 import secrets
-from collections.abc import Iterable
+from collections.abc import Awaitable, Callable, Iterable
 from pathlib import Path
 
 from fastapi import Depends, FastAPI, HTTPException, Request
 from fastapi.responses import HTMLResponse, JSONResponse, PlainTextResponse
+from starlette.responses import Response
 
 from fedsyn.server.dashboard_state import Sources, StateReader
 
@@ -67,7 +68,7 @@ def host_allowed(header: str, allowed: frozenset[str]) -> bool:
     return match is not None and match["name"] in allowed
 
 
-def _token_check(token: str | None):
+def _token_check(token: str | None) -> Callable[[Request], None]:
     """A dependency that accepts ``Authorization: Bearer TOKEN`` or ``?token=TOKEN`` when a token is set."""
 
     def check(request: Request) -> None:
@@ -96,7 +97,7 @@ def create_app(audit_log: Path, release_dir: Path, public_key: Path | None, toke
                   dependencies=[Depends(_token_check(token))])
 
     @app.middleware("http")
-    async def harden(request: Request, call_next):
+    async def harden(request: Request, call_next: Callable[[Request], Awaitable[Response]]) -> Response:
         if host_allowed(request.headers.get("host", ""), hosts):
             response = await call_next(request)
         else:

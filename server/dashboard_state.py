@@ -16,6 +16,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from fedsyn.trust.audit import verify_log
 from fedsyn.trust.signing import MANIFEST, VerificationError, load_public_key, verify_release
@@ -35,7 +36,7 @@ class Sources:
     database: Path | None = None
 
 
-def read_entries(path: Path) -> list[dict]:
+def read_entries(path: Path) -> list[dict[str, Any]]:
     """Parsed audit entries; a line being written right now (not yet valid JSON) is skipped."""
     if not path.is_file():
         return []
@@ -48,7 +49,7 @@ def read_entries(path: Path) -> list[dict]:
     return entries
 
 
-def latest_run(entries: list[dict]) -> list[dict]:
+def latest_run(entries: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """The entries of the newest run: one log holds every run, each opening with ``run_configured``."""
     starts = [i for i, entry in enumerate(entries) if entry.get("event") == "run_configured"]
     return entries[starts[-1]:] if starts else entries
@@ -64,13 +65,13 @@ _FALLBACK_LABEL = re.compile(r"node-\d+")  # the coordinator's label for a site 
 _NAMED_IN_REASON = re.compile(r"\bsite '([^']{1,200})'")
 
 
-def _given_name(entry: dict) -> str:
+def _given_name(entry: dict[str, Any]) -> str:
     """The name a site gave in this entry ('' for none, or for the coordinator's ``node-ID`` stand-in)."""
     name = str(entry.get("site") or "")
     return "" if _FALLBACK_LABEL.fullmatch(name) else name
 
 
-def known_names(entries: list[dict]) -> dict[str, str]:
+def known_names(entries: list[dict[str, Any]]) -> dict[str, str]:
     """Node id (as text) -> the newest name that node gave in any entry of any run of the log.
 
     A site that refuses at round 0 never sends a privacy record, so the coordinator labels it
@@ -92,7 +93,7 @@ def known_names(entries: list[dict]) -> dict[str, str]:
     return {**quoted, **names}
 
 
-def _rounds_text(rounds: list) -> str:
+def _rounds_text(rounds: list[Any]) -> str:
     """2, 3, 4, 7 -> '2-4, 7' (rounds of one repeated reason, compact however many)."""
     numbers = sorted({r for r in rounds if isinstance(r, int)})
     spans: list[list[int]] = []
@@ -107,9 +108,9 @@ def _rounds_text(rounds: list) -> str:
     return ", ".join(parts)
 
 
-def collapse(items: list[dict]) -> list[dict]:
+def collapse(items: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """Identical reasons as one line each (first-seen order) with the rounds they hit and a count."""
-    grouped: dict[str, dict] = {}
+    grouped: dict[str, dict[str, Any]] = {}
     for item in items:
         line = grouped.setdefault(item["reason"], {**item, "rounds": [], "count": 0})
         line["rounds"].append(item.get("round"))
@@ -120,13 +121,13 @@ def collapse(items: list[dict]) -> list[dict]:
     return list(grouped.values())
 
 
-def site_views(entries: list[dict], names: dict[str, str] | None = None) -> list[dict]:
+def site_views(entries: list[dict[str, Any]], names: dict[str, str] | None = None) -> list[dict[str, Any]]:
     """Per site (by node id): accepted rounds, drops with reasons (identical ones collapsed),
     refusals, last claim and last entry time. ``names`` (see :func:`known_names`) name a site
     whose entries in this run do not. Node ids are text: JavaScript's numbers would round
     Flower's 64-bit ids, and the id shown must be the one ``fedsyn server sites remove`` takes."""
     names = names or {}
-    sites: dict[str, dict] = {}
+    sites: dict[str, dict[str, Any]] = {}
     for entry in entries:
         if "node" not in entry:
             continue
@@ -155,11 +156,11 @@ def site_views(entries: list[dict], names: dict[str, str] | None = None) -> list
     return sorted(sites.values(), key=lambda s: (s["name"], s["node_id"]))
 
 
-def round_views(entries: list[dict]) -> list[dict]:
+def round_views(entries: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """Round 0 (marginals) and every training round: when it started and finished, and who made it."""
-    rounds: dict[int, dict] = {}
+    rounds: dict[int, dict[str, Any]] = {}
 
-    def of(number: int) -> dict:
+    def of(number: int) -> dict[str, Any]:
         return rounds.setdefault(number, {"round": number, "started": None, "finished": None, "sites_asked": None,
                                           "accepted": 0, "dropped": 0, "quarantined": [], "refused": 0})
 
@@ -184,7 +185,7 @@ def round_views(entries: list[dict]) -> list[dict]:
     return [rounds[number] for number in sorted(rounds)]
 
 
-def run_summary(entries: list[dict]) -> dict | None:
+def run_summary(entries: list[dict[str, Any]]) -> dict[str, Any] | None:
     """The newest run's public settings that frame the page: rounds, budget asked, minimum sites."""
     configured = next((e for e in entries if e.get("event") == "run_configured"), None)
     if configured is None:
@@ -211,19 +212,19 @@ def _same_place(recorded: object, folder: Path) -> bool:
 class _StatCache:
     """Recompute an expensive check only when the files it reads have changed (size, mtime)."""
 
-    def __init__(self, check: Callable[[], dict]):
+    def __init__(self, check: Callable[[], dict[str, Any]]):
         self._check = check
-        self._key: tuple | None = None
-        self._value: dict = {}
+        self._key: tuple[Any, ...] | None = None
+        self._value: dict[str, Any] = {}
 
-    def get(self, paths: list[Path]) -> dict:
+    def get(self, paths: list[Path]) -> dict[str, Any]:
         key = tuple((str(p), p.stat().st_size, p.stat().st_mtime_ns) if p.exists() else (str(p),) for p in paths)
         if key != self._key:
             self._value, self._key = self._check(), key
         return self._value
 
 
-def audit_status(sources: Sources) -> dict:
+def audit_status(sources: Sources) -> dict[str, Any]:
     """verify_log over the whole file; with the public key also the signed head.
 
     The head signature is rewritten just after each append, so a check that races an append
@@ -246,11 +247,13 @@ def audit_status(sources: Sources) -> dict:
     return {"ok": False, "entries": None, "signed_head_checked": key is not None, "message": error}
 
 
-def _read_json(path: Path) -> dict | None:
+def _read_json(path: Path) -> dict[str, Any] | None:
+    """A JSON object from ``path``; None when it is missing, unreadable or not an object."""
     try:
-        return json.loads(path.read_text())
+        value = json.loads(path.read_text())
     except (OSError, json.JSONDecodeError):
         return None
+    return value if isinstance(value, dict) else None
 
 
 def release_candidates(out: Path) -> list[Path]:
@@ -261,7 +264,7 @@ def release_candidates(out: Path) -> list[Path]:
     return [out, *archived]
 
 
-def _one_release(folder: Path, public_key: Path | None) -> dict | None:
+def _one_release(folder: Path, public_key: Path | None) -> dict[str, Any] | None:
     """One release folder's public reports and signature status; None without a readable privacy report."""
     privacy = _read_json(folder / "privacy_report.json")
     if privacy is None:
@@ -289,7 +292,7 @@ def _one_release(folder: Path, public_key: Path | None) -> dict | None:
                       for site in privacy.get("sites", [])]}
 
 
-def release_view(sources: Sources) -> dict | None:
+def release_view(sources: Sources) -> dict[str, Any] | None:
     """The newest good release: the release folder's public reports if they are complete (and,
     with the public key, verify), else the newest release moved aside from it that is.
 
@@ -298,8 +301,8 @@ def release_view(sources: Sources) -> dict | None:
     complete one; the view then shows that earlier release and says why, rather than none.
     ``passed_over`` lists each newer folder skipped, with the reason.
     """
-    passed_over: list[dict] = []
-    fallback: dict | None = None
+    passed_over: list[dict[str, Any]] = []
+    fallback: dict[str, Any] | None = None
     for folder in release_candidates(sources.release_dir):
         if not folder.is_dir():
             passed_over.append({"path": str(folder), "why": "does not exist"})
@@ -310,12 +313,12 @@ def release_view(sources: Sources) -> dict | None:
             continue
         if sources.public_key is None or view["signature"] == "verified":
             return {**view, "passed_over": passed_over}
-        fallback = fallback or {**view, "passed_over": list(passed_over)}
+        fallback = fallback or {**view, "passed_over": list[Any](passed_over)}
         passed_over.append({"path": str(folder), "why": view["signature"]})
     return fallback
 
 
-def release_origin(entries: list[dict], path: str, out: Path) -> str | None:
+def release_origin(entries: list[dict[str, Any]], path: str, out: Path) -> str | None:
     """The run that wrote the release now at ``path``: the last run to write ``out`` before
     the release there was moved to ``path`` (or, for ``out`` itself, the last run to write it)."""
     writer = None
@@ -327,7 +330,7 @@ def release_origin(entries: list[dict], path: str, out: Path) -> str | None:
     return writer if Path(path) == out else None
 
 
-def registry_view(database: Path | None) -> dict:
+def registry_view(database: Path | None) -> dict[str, Any]:
     """Registered hospitals and whether they are online, from the SuperLink's ``node`` table.
 
     Read-only (``mode=ro``) and only public columns. The table is Flower's internal schema
@@ -365,7 +368,7 @@ class StateReader:
         out, *archived = release_candidates(self.sources.release_dir)
         return (sorted(out.iterdir()) if out.is_dir() else [out]) + archived
 
-    def state(self) -> dict:
+    def state(self) -> dict[str, Any]:
         log = self.sources.audit_log
         every_run = read_entries(log)
         entries = latest_run(every_run)

@@ -91,8 +91,8 @@ class CoordinatorConfig(BaseModel):
         relative to the file (the ServerApp runs elsewhere and needs absolute paths)."""
         config = cls.model_validate(tomllib.loads(Path(path).read_text()))
         base = Path(path).resolve().parent
-        run = {key: str(base / value) if key in RUN_PATHS and value and not Path(str(value)).is_absolute() else value
-               for key, value in config.run.items()}
+        run = {key: str(base / str(value)) if key in RUN_PATHS and value and not Path(str(value)).is_absolute()
+               else value for key, value in config.run.items()}
         return config.model_copy(update={**{name: base / getattr(config, name) for name in
                                             ("database", "certificate", "private_key", "ca_certificate", "flwr_home")},
                                          "run": run})

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, ValidationError, model_validator
 
@@ -112,11 +112,11 @@ class FederationSettings(BaseModel):
             raise ValueError("invalid federation settings: " + "; ".join(problems))
         return self
 
-    def to_dict(self) -> dict:
+    def to_dict(self) -> dict[str, Any]:
         """Every setting, the seed included: for the coordinator's own saved run state only."""
         return self.model_dump(mode="json")
 
-    def public_dict(self) -> dict:
+    def public_dict(self) -> dict[str, Any]:
         """The settings as releases and audit logs publish them: not the seed (whoever holds it
         can regenerate a simulation's noise), only whether there was one."""
         return {**self.model_dump(mode="json", exclude={"seed"}), "seeded": self.seed is not None}
