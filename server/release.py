@@ -73,7 +73,9 @@ def privacy_report(coordinator: Coordinator, public_facts: dict[str, object] | N
             so_far = [e for e in site.events if (e.round or 0) <= (event.round or 0)]
             rounds.append({**asdict(event), "epsilon_after": coordinator.epsilon_of(site, so_far)})
         this_run = coordinator.epsilon_of(site)
-        cumulative = max(site.claimed_epsilon, this_run)
+        # The site's last word on its ledger: a privacy event's claim, or (a site asked nothing
+        # more after its budget reply) what it said its ledger held before round 0.
+        cumulative = max(site.claimed_epsilon, site.spent_before or 0.0, this_run)
         bound = None
         if site.claim_outdated:  # every charge of this run is checked against the site's cap for the run
             cumulative = max(cumulative, site.cap)

@@ -120,3 +120,25 @@ def test_server_plan_submits_a_run_that_only_asks_for_budgets(tmp_path):
     (tmp_path / "server.toml").write_text('[run]\nepsilon = 0.4\n')
     command = CoordinatorConfig.load(tmp_path / "server.toml").run_command(plan_only=True)
     assert "plan-only=true" in command[-1] and "epsilon=0.4" in command[-1]
+
+
+def _spend_all_of(policy_path) -> float:
+    """Bring a site's ledger to (just under) its max_epsilon 1.0 outside any run."""
+    site = Site(SitePolicy.load(policy_path))
+    site.release_marginals(gaussian_noise_for_epsilon(0.999, 1e-5), 1.0, protocol.schema_fingerprint(site.schema))
+    return site.ledger.epsilon()
+
+
+def test_a_site_left_out_for_its_budget_is_reported_with_what_its_ledger_holds(plan, demo_schema, tmp_path):
+    """A site that said (query.budget) it has spent its whole max_epsilon is asked nothing more;
+    the signed report must still give its cumulative epsilon as at least what it said its ledger
+    holds, never 0 (issue 23 item 1: the release must not understate a site's epsilon)."""
+    spent = _spend_all_of(plan.policies[0])
+    _, coordinator = run_in_process(plan, demo_schema, tmp_path, SETTINGS)
+    assert coordinator.sites[1001].epsilon_cap is None  # left out: nothing usable was left
+    report = json.loads((tmp_path / "release" / "privacy_report.json").read_text())
+    left_out = next(s for s in report["sites"] if s["site"] == "site-0")
+    assert left_out["epsilon_before_run"] == pytest.approx(spent)
+    assert left_out["epsilon_cumulative"] >= spent - 1e-9, left_out
+    assert report["max_epsilon_any_site"] >= spent - 1e-9
+
