@@ -26,7 +26,8 @@ from flwr.supernode.cli.flwr_clientapp import flwr_clientapp
 from flwr.supernode.runtime import run_clientapp as flower_runtime
 
 from fedsyn.client.policy import SitePolicy
-from fedsyn.client.trusted_app import UntrustedAppError, bundle_hash, check_app_bundle
+from fedsyn.client.trusted_app import UntrustedAppError, check_app_bundle
+from fedsyn.federation.app_bundle import bundle_hash
 from fedsyn.logs import configure_child
 from fedsyn.trust.audit import AuditLog
 

@@ -15,12 +15,12 @@ self-hosted open-source SuperLink never does. So the hospital checks the bundle 
 
 from __future__ import annotations
 
-import hashlib
 import io
 import tomllib
 import zipfile
 
 from fedsyn.errors import PrivacyRefusal
+from fedsyn.federation.app_bundle import bundle_hash
 
 GUARD_COMPONENT = "fedsyn.client.deploy:app"
 ALLOWED_FILES = frozenset({"pyproject.toml", ".info/CONTENT"})
@@ -28,11 +28,6 @@ ALLOWED_FILES = frozenset({"pyproject.toml", ".info/CONTENT"})
 
 class UntrustedAppError(PrivacyRefusal, RuntimeError):
     """The coordinator's App bundle could run code other than the site's installed guard."""
-
-
-def bundle_hash(content: bytes) -> str:
-    """SHA-256 of a bundle, as Flower names it (``fab_hash``) and as sites list it to approve it."""
-    return hashlib.sha256(content).hexdigest()
 
 
 def check_app_bundle(content: bytes, approved_hashes: frozenset[str] = frozenset()) -> str:

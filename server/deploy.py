@@ -16,9 +16,9 @@ from flwr.cli.build import build_fab_from_disk
 from flwr.serverapp import Grid, ServerApp
 from pydantic import BaseModel, Field
 
-from fedsyn.client.trusted_app import bundle_hash
 from fedsyn.data.schema import Schema
 from fedsyn.errors import FedsynError, PrivacyRefusal
+from fedsyn.federation.app_bundle import bundle_hash
 from fedsyn.federation.flower_programs import flower_program, search_path
 from fedsyn.federation.protocol import ErrorCode
 from fedsyn.logs import RUN_STOPPED, configure_child

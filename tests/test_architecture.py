@@ -18,7 +18,7 @@ ALLOWED = {
     "trust": set(),
     "federation": {"model", "privacy", "data"},
     "client": {"federation", "model", "privacy", "data", "trust"},
-    "server": {"federation", "model", "privacy", "data", "trust", "client"},
+    "server": {"federation", "model", "privacy", "data", "trust"},
     "simulations": {"server", "client", "federation", "model", "evaluation", "privacy", "data", "trust"},
     "cli": set(FOLDERS) - {"cli"},
 }
