@@ -301,10 +301,9 @@ class Coordinator:
             site.spent_before, site.max_epsilon = budget.spent, budget.max_epsilon
             plan = plan_site_run(budget, self.settings)
             self._record_plan(site, plan)
-            if plan.marginals_noise is None:
-                self._drop(site, 0, protocol.error_reason(
-                    protocol.ErrorCode.BUDGET_EXHAUSTED, f"site '{site.name}' has spent {budget.spent:.4f} of its "
-                    f"max_epsilon {budget.max_epsilon:g}: too little is left for this run"), refused=True)
+            if not plan.usable or plan.marginals_noise is None:
+                self._drop(site, 0, protocol.error_reason(protocol.ErrorCode.BUDGET_EXHAUSTED,
+                                                          self._unusable(site, plan)), refused=True)
                 continue
             site.epsilon_cap = plan.cap
             queries[site.node_id] = protocol.MarginalsQuery(plan.marginals_noise, plan.cap, fingerprint, self.run_id,
@@ -312,13 +311,23 @@ class Coordinator:
         self._require_quorum(len(queries), 0)
         return queries
 
+    def _unusable(self, site: SiteStatus, plan: SiteRunPlan) -> str:
+        """Why a site with this plan is asked nothing, and what the operator can change."""
+        budget = plan.budget
+        if plan.marginals_noise is None:
+            return (f"site '{site.name}' has spent {budget.spent:.4f} of its max_epsilon {budget.max_epsilon:g}: "
+                    "too little is left for this run")
+        return (f"site '{site.name}' may spend {plan.cost:.4f} in this run, and no training round fits that at "
+                f"noise-multiplier {self.settings.noise_multiplier} after round 0: raise noise-multiplier (or "
+                "leave it out so the site calibrates its own), or lower rounds or local-steps in [run]")
+
     def _record_plan(self, site: SiteStatus, plan: SiteRunPlan) -> None:
         """The operator's line for one site's plan, and its audit entry."""
         budget, rounds = plan.budget, self.settings.rounds
         fit = (f"this run may raise it to {plan.cap:.4f} (+{plan.cost:.4f}): round-0 noise {plan.marginals_noise:.3g}, "
                f"{plan.rounds_fit} of {rounds} training round(s) fit at noise {plan.training_noise:.3g}"
-               if plan.marginals_noise is not None and plan.training_noise is not None
-               else "too little is left for this run: it is asked nothing more")
+               if plan.usable and plan.training_noise is not None
+               else f"it is asked nothing more: {self._unusable(site, plan)}")
         self.record("site_budget", f"budget of {site.name}: spent {budget.spent:.4f} of its max_epsilon "
                     f"{budget.max_epsilon:g}, {budget.remaining:.4f} left; {fit}", node=site.node_id, site=site.name,
                     epsilon_spent=budget.spent, max_epsilon=budget.max_epsilon, epsilon_cap=plan.cap,

@@ -92,8 +92,13 @@ def test_malformed_update_is_dropped_and_named(plan, demo_schema, tmp_path):
 
 
 def test_site_refuses_less_noise_than_its_minimum(plan, demo_schema, tmp_path):
-    weak = FederationSettings(**{**SETTINGS.__dict__, "noise_multiplier": 0.1})
-    with pytest.raises(FederationError, match="policy_refused: noise multiplier 0.1 is below this site's minimum"):
+    # Noise that fits the budget (the coordinator's plan asks the sites, 2 of 3 rounds fit) but is below
+    # a minimum the sites raised: the site's own check refuses it, after round 0 was charged.
+    for policy in plan.policies:
+        strict = SitePolicy.load(policy).model_copy(update={"min_noise_multiplier": 8.0})
+        strict.save(policy)
+    weak = FederationSettings(**{**SETTINGS.__dict__, "noise_multiplier": 6.0})
+    with pytest.raises(FederationError, match="policy_refused: noise multiplier 6.0 is below this site's minimum"):
         run_in_process(plan, demo_schema, tmp_path, settings=weak)
     for policy in plan.policies:
         ledger = PrivacyLedger.load(SitePolicy.load(policy).ledger)

@@ -142,3 +142,13 @@ def test_a_site_left_out_for_its_budget_is_reported_with_what_its_ledger_holds(p
     assert left_out["epsilon_cumulative"] >= spent - 1e-9, left_out
     assert report["max_epsilon_any_site"] >= spent - 1e-9
 
+def test_a_fixed_noise_run_whose_training_fits_no_round_charges_nothing(plan, demo_schema, tmp_path):
+    """With a fixed noise multiplier the plan knows how many training rounds fit each site. A site
+    where none fits must not be charged for round 0 either: its round-0 tables would be paid for
+    and the run then refused at round 1 with no release."""
+    fixed = SETTINGS.model_copy(update={"noise_multiplier": 4.0})
+    assert plan_site_run(SiteBudget(0.0, 1.0, 1e-5), fixed).rounds_fit == 0
+    with pytest.raises(FederationError, match="no training round fits that at noise-multiplier 4.0"):
+        run_in_process(plan, demo_schema, tmp_path, fixed)
+    assert _spent(plan) == [0.0, 0.0, 0.0]
+

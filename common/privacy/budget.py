@@ -124,6 +124,13 @@ class SiteRunPlan:
     def cost(self) -> float:
         return self.cap - self.budget.spent
 
+    @property
+    def usable(self) -> bool:
+        """Whether the site takes part: round 0 fits and so does at least one training round. With
+        a fixed noise multiplier too low for what is left, round 0's tables would be paid for and
+        every training round then refused: the site is asked nothing instead."""
+        return self.marginals_noise is not None and self.rounds_fit > 0
+
 
 def plan_site_run(budget: SiteBudget, settings: RunPlanSettings) -> SiteRunPlan:
     """What a run with ``settings`` costs a site with ``budget``, and what fits in it."""
