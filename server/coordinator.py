@@ -495,7 +495,10 @@ class Coordinator:
         self.marginals = Marginals(state.marginals)
         self.site_marginals = {int(node): Marginals(tables) for node, tables in state.site_marginals.items()}
         self.slots = {int(node): slot for node, slot in state.slots.items()}
-        self.sites = {int(raw["node_id"]): SiteStatus(**{**raw, "events": [PrivacyEvent(**e) for e in raw["events"]]})
+        # A run saved before per-site caps asked every site for the run's epsilon: its cap, kept so
+        # that the same requests (and so the sites' stored answers) come again.
+        self.sites = {int(raw["node_id"]): SiteStatus(**{"epsilon_cap": self.settings.epsilon, **raw,
+                                                         "events": [PrivacyEvent(**e) for e in raw["events"]]})
                       for raw in state.sites}
         self.rounds = [RoundSummary(**raw) for raw in state.rounds]
         self.completed_round = state.round

@@ -46,6 +46,28 @@ def run_in_process(plan, schema, folder, settings=SETTINGS, reply_filter=None):
     return grid, coordinator
 
 
+class CoordinatorCrash(Exception):
+    """Stands for the coordinator's process dying."""
+
+
+class CrashingGrid(InProcessGrid):
+    """Delivers every message; dies right after the sites answered the ``crash_at``-th training round."""
+
+    def __init__(self, *args, crash_at: int | None = None, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.crash_at = crash_at
+        self.train_rounds = 0
+
+    def send_and_receive(self, messages, *, timeout=None):
+        messages = list(messages)
+        replies = super().send_and_receive(messages, timeout=timeout)
+        if messages and messages[0].metadata.message_type == "train":
+            self.train_rounds += 1
+            if self.train_rounds == self.crash_at:
+                raise CoordinatorCrash
+        return replies
+
+
 def client_reply(policy_path: Path | str, content: RecordDict, message_type: str) -> Message:
     """What a site's real Flower ClientApp answers to one coordinator message: a Flower
     Message in, a Message out, through the same decoding, guard and refusal handling as a

@@ -20,7 +20,7 @@ from fedsyn.server.app import ReleasePlan, run_federation
 from fedsyn.server.coordinator import FederationError
 from fedsyn.simulations.inprocess import InProcessGrid
 
-from .helpers import SETTINGS, run_in_process
+from .helpers import SETTINGS, CoordinatorCrash, CrashingGrid, run_in_process
 
 PER_RUN = SETTINGS.model_copy(update={"epsilon": 0.4})  # the sites allow 1.0 each (the plan fixture)
 
@@ -142,6 +142,7 @@ def test_a_site_left_out_for_its_budget_is_reported_with_what_its_ledger_holds(p
     assert left_out["epsilon_cumulative"] >= spent - 1e-9, left_out
     assert report["max_epsilon_any_site"] >= spent - 1e-9
 
+
 def test_a_fixed_noise_run_whose_training_fits_no_round_charges_nothing(plan, demo_schema, tmp_path):
     """With a fixed noise multiplier the plan knows how many training rounds fit each site. A site
     where none fits must not be charged for round 0 either: its round-0 tables would be paid for
@@ -152,3 +153,30 @@ def test_a_fixed_noise_run_whose_training_fits_no_round_charges_nothing(plan, de
         run_in_process(plan, demo_schema, tmp_path, fixed)
     assert _spent(plan) == [0.0, 0.0, 0.0]
 
+
+def test_a_run_saved_before_per_site_caps_resumes(plan, demo_schema, tmp_path, monkeypatch):
+    """A state saved before this change has no per-site cap (the run's epsilon was then every
+    site's cap). Resuming it must go on training the sites, not ask nobody and fail the quorum."""
+    import dataclasses
+
+    from fedsyn.server import coordinator as coordinator_module
+    from fedsyn.server.coordinator import SiteStatus
+
+    release = ReleasePlan(tmp_path / "release", rows=300, audit_log=tmp_path / "audit.jsonl",
+                          state_dir=tmp_path / "state")
+
+    def old_asdict(obj):  # what the coordinator saved before it had per-site caps
+        saved = dataclasses.asdict(obj)
+        if isinstance(obj, SiteStatus):
+            for name in ("spent_before", "max_epsilon", "epsilon_cap"):
+                saved.pop(name)
+        return saved
+
+    app = make_client_app(plan.site_policy)
+    with monkeypatch.context() as patched:
+        patched.setattr(coordinator_module, "asdict", old_asdict)
+        with pytest.raises(CoordinatorCrash):
+            run_federation(CrashingGrid(app, len(plan.policies), crash_at=2), demo_schema, SETTINGS, release)
+    coordinator = run_federation(InProcessGrid(app, len(plan.policies)), demo_schema, SETTINGS, release, resume=True)
+    assert [r.accepted for r in coordinator.rounds] == [3] * SETTINGS.rounds
+    assert [len(PrivacyLedger.load(SitePolicy.load(p).ledger).events) for p in plan.policies] == [4] * 3

@@ -25,29 +25,7 @@ from fedsyn.server.resume import STATE_FILE, holding_run, lock_holder
 from fedsyn.simulations.inprocess import InProcessGrid
 from fedsyn.trust.audit import verify_log
 
-from .helpers import SETTINGS
-
-
-class CoordinatorCrash(Exception):
-    """Stands for the coordinator's process dying."""
-
-
-class CrashingGrid(InProcessGrid):
-    """Delivers every message; dies right after the sites answered the ``crash_at``-th training round."""
-
-    def __init__(self, *args, crash_at: int | None = None, **kwargs):
-        super().__init__(*args, **kwargs)
-        self.crash_at = crash_at
-        self.train_rounds = 0
-
-    def send_and_receive(self, messages, *, timeout=None):
-        messages = list(messages)
-        replies = super().send_and_receive(messages, timeout=timeout)
-        if messages and messages[0].metadata.message_type == "train":
-            self.train_rounds += 1
-            if self.train_rounds == self.crash_at:
-                raise CoordinatorCrash
-        return replies
+from .helpers import SETTINGS, CoordinatorCrash, CrashingGrid
 
 
 def _crash_in_round_two(plan, demo_schema, tmp_path):
