@@ -180,3 +180,20 @@ def test_a_run_saved_before_per_site_caps_resumes(plan, demo_schema, tmp_path, m
     coordinator = run_federation(InProcessGrid(app, len(plan.policies)), demo_schema, SETTINGS, release, resume=True)
     assert [r.accepted for r in coordinator.rounds] == [3] * SETTINGS.rounds
     assert [len(PrivacyLedger.load(SitePolicy.load(p).ledger).events) for p in plan.policies] == [4] * 3
+
+
+def test_the_budget_reply_reads_no_row(plan):
+    """What a site says before round 0 is the same whether its extract is there or not: it is
+    computed from its ledger and policy alone (declared public), never from a patient row."""
+    from flwr.app import RecordDict
+
+    from .helpers import client_reply
+
+    def said() -> dict:
+        reply = client_reply(plan.policies[0], RecordDict(), protocol.QUERY_BUDGET)
+        assert not reply.has_error()
+        return dict(reply.content.config_records[protocol.BUDGET])
+
+    with_rows = said()
+    SitePolicy.load(plan.policies[0]).data.unlink()
+    assert said() == with_rows == {"epsilon_spent": 0.0, "max_epsilon": 1.0, "delta": 1e-5, "site": "site-0"}
