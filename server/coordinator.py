@@ -10,11 +10,13 @@ from __future__ import annotations
 
 import logging
 import math
+import secrets
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, replace
 from functools import partial
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from flwr.app import Message, RecordDict
@@ -55,7 +57,7 @@ class SiteStatus:
     claimed_epsilon: float = 0.0
     delta: float | None = None
     rounds_accepted: list[int] = field(default_factory=list)
-    dropped: list[dict] = field(default_factory=list)
+    dropped: list[dict[str, object]] = field(default_factory=list)
     active: bool = True
     # Rounds whose request may have been charged at the site with no claim reaching us: no
     # reply, a site failure (possibly after the charge) or an error from Flower in its place.
@@ -132,7 +134,7 @@ class Coordinator:
         self.strategy: Strategy | None = None
         self.release_choice: ReleaseChoice | None = None
         # Seeds the stream that rows for comparing rounds are drawn from (see _consider_for_release).
-        self.misfit_seed = settings.seed if settings.seed is not None else int(np.random.SeedSequence().entropy % 2**63)
+        self.misfit_seed = settings.seed if settings.seed is not None else secrets.randbits(63)
 
     # -- helpers --------------------------------------------------------------------------
 
@@ -212,7 +214,7 @@ class Coordinator:
 
     def _replies(self, replies: list[tuple[SiteStatus, Message]], round_: int, payload: str,
                  expected: Callable[[SiteStatus], PrivacyEvent],
-                 shapes: dict[str, tuple[tuple[int, ...], np.dtype]],
+                 shapes: dict[str, tuple[tuple[int, ...], np.dtype[Any]]],
                  current: dict[str, np.ndarray] | None = None) -> list[Message]:
         """Decode replies; return the valid ones, recording why each invalid one was dropped
         (quarantined for this round). With ``current`` and ``max_update_norm`` set, an update
@@ -343,7 +345,8 @@ class Coordinator:
         replies = self._exchange(grid, [Message(RecordDict({protocol.CONFIG: query.to_record()}), dst_node_id=node,
                                                 message_type=protocol.QUERY_MARGINALS, group_id="0")
                                         for node, query in queries.items()], 0)
-        shapes = {c.name: (table_shape(self.schema, c), np.dtype(np.float64)) for c in self.schema.columns}
+        shapes: dict[str, tuple[tuple[int, ...], np.dtype[Any]]] = {
+            c.name: (table_shape(self.schema, c), np.dtype(np.float64)) for c in self.schema.columns}
         valid = self._replies(replies, 0, protocol.MARGINALS,
                               lambda site: marginals_event(queries[site.node_id].noise_multiplier), shapes)
         self._require_quorum(len(valid), 0)
@@ -434,8 +437,9 @@ class Coordinator:
             summary = RoundSummary(round_, len(valid), len(messages) - len(valid), float(np.mean(losses)),
                                    time.monotonic() - started)
             self.rounds.append(summary)
-            self.record("round_finished", round=round_, accepted=summary.accepted, dropped=summary.dropped,
-                        **({} if misfit is None else {"misfit": round(misfit, 4)}))
+            misfit_field: dict[str, object] = {} if misfit is None else {"misfit": round(misfit, 4)}
+            self.record("round_finished", None, round=round_, accepted=summary.accepted, dropped=summary.dropped,
+                        **misfit_field)
             self._save(round_)
             if on_round is not None:
                 on_round(summary, self.sites)
@@ -512,7 +516,7 @@ class Coordinator:
         that released valid round-0 marginals (they hold a slot)."""
         return site.epsilon_cap is not None and (not gan_config.site_slots or site.node_id in self.slots)
 
-    def site_level_privacy(self) -> dict | None:
+    def site_level_privacy(self) -> dict[str, float] | None:
         """Flower's accountant's (epsilon, delta) for site-level DP, if it was switched on."""
         spent = getattr(self.strategy, "privacy_spent", lambda: None)()
         if spent is None:

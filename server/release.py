@@ -10,6 +10,7 @@ import json
 from dataclasses import asdict
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -57,16 +58,16 @@ RELEASE_CONTENTS = {
 PUBLIC_ROUND_FIELDS = ("round", "accepted", "dropped", "generator_loss")
 
 
-def public_rounds(rounds: list[RoundSummary]) -> list[dict]:
+def public_rounds(rounds: list[RoundSummary]) -> list[dict[str, Any]]:
     """Each round's :data:`PUBLIC_ROUND_FIELDS`; a field added to RoundSummary stays out until listed."""
     return [{name: getattr(summary, name) for name in PUBLIC_ROUND_FIELDS} for summary in rounds]
 
 
-def privacy_report(coordinator: Coordinator, public_facts: dict[str, object] | None = None) -> dict:
+def privacy_report(coordinator: Coordinator, public_facts: dict[str, object] | None = None) -> dict[str, Any]:
     """Per site: every mechanism it ran in this run, epsilon recomputed at the site's own delta,
     and the site's own cumulative claim (its ledger, all runs), which is what its budget caps."""
     settings = coordinator.settings
-    sites = []
+    sites: list[dict[str, Any]] = []
     for site in coordinator.sites.values():
         rounds = []
         for event in site.events:
@@ -126,7 +127,7 @@ def privacy_report(coordinator: Coordinator, public_facts: dict[str, object] | N
     }
 
 
-def quality_report(synthetic: pd.DataFrame, coordinator: Coordinator) -> dict:
+def quality_report(synthetic: pd.DataFrame, coordinator: Coordinator) -> dict[str, Any]:
     """How far each synthetic column is from the summed noisy marginals (total variation).
 
     Computed from DP outputs only, so it may be published with the release; the full
@@ -193,7 +194,7 @@ def write_release(coordinator: Coordinator, out: Path, rows: int, drop_rule_viol
     return out
 
 
-def _readme(coordinator: Coordinator, report: dict, synthetic: pd.DataFrame, rows: int) -> str:
+def _readme(coordinator: Coordinator, report: dict[str, Any], synthetic: pd.DataFrame, rows: int) -> str:
     lines = [
         f"# Synthetic release: {coordinator.schema.name}",
         "",

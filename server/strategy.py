@@ -31,8 +31,9 @@ class SiteMessages:
 
     def __init__(self, marginals: ArrayRecord, active_nodes: Callable[[], list[int]], node_config: NodeConfig,
                  slot_marginals: ArrayRecord | None = None, **options: float):
-        super().__init__(fraction_evaluate=0.0, weighted_by_key="steps", arrayrecord_key=protocol.ARRAYS,
-                         configrecord_key=protocol.CONFIG, **options)
+        # A mixin of Flower's FedAvg family: mypy reads this super() as object's.
+        super().__init__(fraction_evaluate=0.0, weighted_by_key="steps",  # type: ignore[call-arg]
+                         arrayrecord_key=protocol.ARRAYS, configrecord_key=protocol.CONFIG, **options)
         self.marginals = marginals
         self.active_nodes = active_nodes
         self.node_config = node_config
