@@ -56,9 +56,10 @@ def run_federation(grid: Grid, schema: Schema, settings: FederationSettings, pla
     in ``plan.state_dir`` goes on after its last completed round. With a state folder, only
     one coordinator process drives the run at a time (:func:`holding_run`). With ``plan_only``
     the sites are only asked for their budgets and each one's plan is logged
-    (:meth:`Coordinator.plan_budgets`): nothing is charged or written but the audit entries."""
+    (:meth:`Coordinator.plan_budgets`): nothing is charged or written but the audit entries,
+    under a run id of the plan's own, so it takes no lock and can run beside a training run."""
     with ExitStack() as stack:
-        if plan.state_dir is not None:
+        if plan.state_dir is not None and not plan_only:  # a plan writes no state: it need not wait for a run
             stack.enter_context(holding_run(plan.state_dir, run_id))
         return _run(grid, schema, settings, plan, on_round, run_id, resume, plan_only)
 

@@ -50,9 +50,14 @@ def read_entries(path: Path) -> list[dict[str, Any]]:
 
 
 def latest_run(entries: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """The entries of the newest run: one log holds every run, each opening with ``run_configured``."""
+    """The entries of the newest run: one log holds every run, each opening with ``run_configured``
+    and naming its run in every entry. Entries of another run written since (a budget plan,
+    ``fedsyn server plan``, which charges nothing) are not this run's."""
     starts = [i for i, entry in enumerate(entries) if entry.get("event") == "run_configured"]
-    return entries[starts[-1]:] if starts else entries
+    if not starts:
+        return entries
+    run = entries[starts[-1]].get("run")
+    return [entry for entry in entries[starts[-1]:] if run is None or entry.get("run") in (run, None)]
 
 
 def _is_quarantined(reason: str) -> bool:

@@ -348,3 +348,15 @@ def test_second_day_page_in_headless_chromium(second_day):
     long = next(label for label in labels if label["title"].startswith(LONG_NAME))
     assert long["text"].endswith("\u2026") and len(long["text"]) < len(LONG_NAME)
     assert "latest.replaced-" in release and "earlier release" in release and "verified" in release
+
+
+def test_a_budget_plan_written_after_a_run_is_not_shown_as_part_of_it():
+    """``fedsyn server plan`` writes its site_budget and site_refused entries under its own run id
+    and no run_configured: the view of the newest run leaves them out (it showed a clean run's
+    round-0 refusals that were the plan's)."""
+    entries = [{"event": "run_configured", "run": "a"}, {"event": "round_finished", "run": "a", "round": 1},
+               {"event": "site_budget", "run": "plan", "site": "h1"},
+               {"event": "site_refused", "run": "plan", "round": 0, "site": "h2", "reason": "spent"},
+               {"event": "release_written", "run": "a"}]
+    assert [entry["event"] for entry in latest_run(entries)] == ["run_configured", "round_finished",
+                                                                 "release_written"]
