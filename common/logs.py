@@ -94,21 +94,37 @@ def configure(log_format: str, level: int = logging.INFO, stream: TextIO | None 
     flower = _flower_logger()
     for own in list(flower.handlers):
         flower.removeHandler(own)
-    flower.setLevel(level)
+    if isinstance(flower, _RelayedLogger):
+        flower.choose_level(level)
+    else:
+        flower.setLevel(level)
     flower.propagate = True
     return handler
 
 
 class _RelayedLogger(logging.Logger):
-    """Flower's logger when fedsyn made it first: Flower adds a coloured console handler the
-    moment it is imported, which commands import after their arguments are checked (``fedsyn
-    simulate`` printed every Flower line twice, once in colour). Handlers that write to the
-    console are refused; Flower's others (its log upload to the SuperLink) are kept."""
+    """Flower's logger when fedsyn made it first. Flower, the moment it is imported (which
+    commands do after their arguments are checked), adds a coloured console handler and sets
+    its logger to DEBUG: ``fedsyn simulate`` printed every Flower line twice, once in colour,
+    and with or without ``--verbose``. Handlers that write to the console are refused (Flower's
+    others, its log upload to the SuperLink, are kept), and the level fedsyn chose stays."""
+
+    _chosen = False
 
     def addHandler(self, hdlr: logging.Handler) -> None:  # noqa: N802 - logging's own name
         if isinstance(hdlr, logging.StreamHandler) and hdlr.stream in (sys.stdout, sys.stderr):
             return
         super().addHandler(hdlr)
+
+    def setLevel(self, level: int | str) -> None:  # noqa: N802 - logging's own name
+        if not self._chosen:
+            super().setLevel(level)
+
+    def choose_level(self, level: int) -> None:
+        """fedsyn's level for Flower's lines, which Flower's own setLevel no longer changes."""
+        self._chosen = False
+        self.setLevel(level)
+        self._chosen = True
 
 
 def _flower_logger() -> logging.Logger:

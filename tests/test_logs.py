@@ -225,10 +225,13 @@ def test_a_budget_refusal_is_one_line_naming_the_site_and_the_fix_with_exit_code
 
 
 def test_flower_imported_after_the_handler_is_set_prints_each_line_once_without_colour(tmp_path):
-    """Commands check their arguments before importing Flower, which adds its coloured console
-    handler on import: ``fedsyn simulate`` printed every Flower line twice, once in colour."""
-    code = ("from fedsyn.logs import configure\nconfigure('text')\n"
-            "import logging\nfrom flwr.common.logger import log\nlog(logging.INFO, 'aggregate_train: once')\n")
+    """Commands check their arguments before importing Flower, which on import adds its coloured
+    console handler and sets its logger to DEBUG: ``fedsyn simulate`` printed every Flower line
+    twice, once in colour, and its INFO lines without ``--verbose`` (WARNING) too."""
+    code = ("import logging\nfrom fedsyn.logs import configure\nconfigure('text', logging.WARNING)\n"
+            "from flwr.common.logger import log\nlog(logging.INFO, 'aggregate_train: hidden')\n"
+            "log(logging.WARNING, 'aggregate_train: once')\n")
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, cwd=tmp_path)
     lines = [line for line in result.stderr.splitlines() if "aggregate_train" in line]
-    assert len(lines) == 1 and ZONED.match(lines[0]) and "\x1b[" not in result.stderr, result.stderr
+    assert len(lines) == 1 and "once" in lines[0] and ZONED.match(lines[0]) and "\x1b[" not in result.stderr, \
+        result.stderr
