@@ -248,9 +248,11 @@ def simulate(
         created = workflow.make_run_folder(out)
     except OSError as exc:
         fail(f"--out {out}: cannot make the run folder ({exc.strerror or type(exc).__name__})")
+    held_back = f"; {len(simulation.test)} real rows held out for the local report" if simulation.test is not None \
+        else ""
     console.print(f"[bold]fedsyn simulate[/]: {len(simulation.tables)} sites "
                   f"({', '.join(str(len(t)) for t in simulation.tables)} rows), epsilon={epsilon} per site, "
-                  f"delta={delta:g}, {rounds} rounds x {local_steps} local steps, engine={engine}")
+                  f"delta={delta:g}, {rounds} rounds x {local_steps} local steps, engine={engine}{held_back}")
     try:
         with console.status("starting...") as status:
             try:
@@ -284,6 +286,24 @@ def simulate(
         print_verdict(result.local_report["verdict"], fail_below)
 
 
+def _spent_by_site(out: Path) -> str:
+    """What each simulated site's ledger holds, e.g. 'site-0 spent epsilon 0.908 of 1'."""
+    from fedsyn.privacy.accounting import LedgerError, PrivacyLedger
+    from fedsyn.privacy.budget import is_budget
+
+    spent = []
+    for ledger in sorted((out / "sites").glob("*/ledger.json")):
+        try:
+            epsilon = PrivacyLedger.load(ledger).epsilon()
+        except LedgerError:  # unreadable: the site's own message names it when the folder is used again
+            continue
+        policy = json.loads((ledger.parent / "policy.json").read_text()) if (ledger.parent / "policy.json").exists() \
+            else {}
+        cap = policy.get("max_epsilon")
+        spent.append(f"{ledger.parent.name} spent epsilon {epsilon:.3f}" + (f" of {cap:g}" if is_budget(cap) else ""))
+    return ", ".join(spent) or "no site has spent anything yet"
+
+
 def _stopped_by_user(out: Path, created: bool, spent: bool) -> None:
     """Ctrl-C: say what is left in ``out`` and how to remove it; always exits 130."""
     from fedsyn.simulations.workflow import remove_run
@@ -293,7 +313,7 @@ def _stopped_by_user(out: Path, created: bool, spent: bool) -> None:
         console.print(f"[yellow]interrupted before any simulated site spent budget: removed what this run wrote in "
                       f"{out}[/]", soft_wrap=True)
         raise typer.Exit(130)
-    left = ["sites/ (copies of your real rows and each simulated site's privacy ledger, with the budget it spent)",
+    left = [f"sites/ (copies of your real rows and each simulated site's privacy ledger: {_spent_by_site(out)})",
             "keys/ (the coordinator's private signing key)"]
     if (out / "local-report").exists():
         left.append("local-report/ (computed from real rows, with the held-out rows)")

@@ -112,14 +112,16 @@ def simulate(simulation: Simulation, on_round: RoundCallback | None = None,
     return SimulationResult(release, keys, privacy_report, seconds, report, comparison)
 
 
-RUN_FOLDER_GITIGNORE = ("# Written by fedsyn simulate: this run folder holds copies of real rows (sites/,\n"
-                        "# local-report/) and the coordinator's private signing key (keys/). Keep it out of git.\n*\n")
+RUN_FOLDER_GITIGNORE = ("# Written by fedsyn: this folder holds real rows, or what was computed from them (a\n"
+                        "# simulation's sites/ and local-report/, a validation report, a fitted model), and a\n"
+                        "# simulation's private signing key (keys/). Keep it out of git.\n*\n")
 
 
 def make_run_folder(out: Path) -> bool:
-    """Create ``out`` (and its parents) for a simulation; return whether this call created it.
+    """Create ``out`` (and its parents) for a simulation, a fit or a report; return whether
+    this call created it.
 
-    A run folder holds copies of real rows and a private key, so a new or empty one gets a
+    Such a folder holds real rows or what was computed from them, so a new or empty one gets a
     ``.gitignore`` of ``*``: any git checkout it lies in ignores it. A folder that already
     holds something is left as it is (it may be a folder of the user's own)."""
     created = not out.exists()
@@ -202,7 +204,7 @@ def write_local_report(synthetic: pd.DataFrame, train: pd.DataFrame, test: pd.Da
     evaluation = evaluate(synthetic, train, test, schema, ledger=ledger, seed=seed)
     result = {**evaluation.to_dict(), "privacy_utility_curve": curve or [], "comparison": comparison,
               "settings": settings}
-    out.mkdir(parents=True, exist_ok=True)
+    make_run_folder(out)  # a report of real rows: ignored by git wherever it is written
     (out / "report.json").write_text(json.dumps(result, indent=2, default=str) + "\n")
     render_html(evaluation, train, synthetic, schema, out / "report.html", curve, comparison, settings)
     return result

@@ -9,7 +9,6 @@ tiny run beside the run folder's .gitignore.
 
 from __future__ import annotations
 
-import json
 import subprocess
 import sys
 from pathlib import Path
@@ -22,6 +21,8 @@ from fedsyn.cli.main import app
 from fedsyn.data.demo import demo_schema_path
 from fedsyn.data.tables import DataFileError, read_table
 from fedsyn.data.validation import validate_frame
+from fedsyn.privacy.accounting import PrivacyLedger
+from fedsyn.privacy.marginals import marginals_event
 
 SCHEMA = str(demo_schema_path())
 REPO = Path(__file__).resolve().parents[1]
@@ -178,8 +179,9 @@ def no_federation(monkeypatch):
         site = simulation.out / "sites" / "site-0"
         site.mkdir(parents=True)
         (site / "data.parquet").write_bytes(b"real rows")
-        events = [{"mechanism": "marginals"}] if told.get("charged") else []
-        (site / "ledger.json").write_text(json.dumps({"delta": 1e-5, "events": events}))
+        ledger = PrivacyLedger.create(site / "ledger.json", 1e-5)
+        if told.get("charged"):
+            ledger.charge(marginals_event(8.0), 1.0)
         (simulation.out / "keys").mkdir()
         (simulation.out / "keys" / "coordinator.key").write_text("private")
         raise told.get("raising", RuntimeError("stub federation"))
@@ -197,6 +199,7 @@ def test_ctrl_c_after_a_charge_names_what_is_left_and_how_to_remove_it(tmp_path,
     text = _said(result)
     assert result.exit_code == 130, result.output
     assert "interrupted" in text and "sites/" in text and "keys/" in text and f"rm -rf {out}" in text
+    assert "site-0 spent epsilon 0." in text  # how much of the budget is gone, from the site's own ledger
     assert (out / "sites" / "site-0" / "ledger.json").is_file()  # a spent budget is never forgotten silently
 
 
@@ -272,3 +275,14 @@ def test_a_tiny_run_ignores_itself_and_its_release_still_verifies(tmp_path, demo
     assert not (out / "release" / ".gitignore").exists()
     verified = _invoke("verify", out / "release", "--key", out / "keys" / "coordinator.pub")
     assert verified.exit_code == 0 and "OK" in verified.output, verified.output
+
+
+def test_a_validation_report_of_real_rows_is_ignored_by_git_wherever_it_is_written(tmp_path, demo_frame, demo_schema):
+    """``fedsyn evaluate --out my-eval`` (and a fit's local report) wrote its report of real rows
+    into a folder git would pick up; simulate's run folders already ignored themselves."""
+    from fedsyn.simulations.workflow import write_local_report
+
+    rows = demo_frame.sample(400, random_state=5)
+    out = tmp_path / "my-eval"
+    write_local_report(rows.iloc[:200], rows.iloc[:200], rows.iloc[200:], demo_schema, out, None, 0)
+    assert (out / "report.json").exists() and (out / ".gitignore").read_text().splitlines()[-1] == "*"
