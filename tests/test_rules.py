@@ -72,6 +72,8 @@ def test_sampling_conditioned_on_a_numeric_range_and_a_category(demo_schema, sma
     assert len(rows) == 200 and rows["age"].between(60, 70).all() and (rows["sex"] == "F").all()
     with pytest.raises(ValueError, match="must be a range"):
         model.sample(10, condition={"age": 60})
+    with pytest.raises(ValueError, match=r"public bounds \[50, 105\]"):  # was 20 attempts, then 'widen the range'
+        model.sample(10, condition={"age": (300, 400)})
 
 
 def test_sampled_rows_have_the_dtypes_the_schema_implies(demo_schema, small_frame):

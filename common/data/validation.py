@@ -164,7 +164,7 @@ def _column_masks(series: pd.Series, column: Column) -> list[tuple[str, np.ndarr
     finite = checkable & np.isfinite(numeric)
     out = finite & ((numeric < column.lower) | (numeric > column.upper))
     if out.any():
-        found.append((f"value outside the public bounds [{column.lower}, {column.upper}]", out))
+        found.append((f"value outside the public bounds [{column.bounds[0]:g}, {column.bounds[1]:g}]", out))
     if column.kind is ColumnKind.INTEGER:
         fractional = finite & (numeric != np.round(numeric))
         if fractional.any():

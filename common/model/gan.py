@@ -214,7 +214,13 @@ class DPTabularGAN(BaseEstimator):  # type: ignore[misc]
             if column.is_categorical:
                 categorical[name] = wanted
             elif isinstance(wanted, (tuple, list)) and len(wanted) == 2:
-                ranges.append(Condition(column=name, between=(float(wanted[0]), float(wanted[1]))))
+                low, high = float(wanted[0]), float(wanted[1])
+                lower, upper = column.bounds
+                if not (low <= high and low <= upper and high >= lower):
+                    raise ValueError(f"condition {name}=({wanted[0]}, {wanted[1]}) holds no value between '{name}''s "
+                                     f"public bounds [{lower:g}, {upper:g}]: give a range (low, high) that overlaps "
+                                     "them")
+                ranges.append(Condition(column=name, between=(low, high)))
             else:
                 raise ValueError(f"condition on numeric column '{name}' must be a range (low, high), e.g. (60, 80)")
         if len(categorical) > 1:
