@@ -27,6 +27,7 @@ from fedsyn.data.schema import Schema, SchemaError
 from fedsyn.data.tables import DataFileError, read_table
 from fedsyn.data.validation import require_valid
 from fedsyn.errors import ConfigurationError
+from fedsyn.privacy.budget import is_budget
 from fedsyn.server.settings import FEDERATED_GAN, FEDERATED_LOCAL_STEPS, FEDERATED_ROUNDS, FederationSettings
 
 if TYPE_CHECKING:  # both load torch and Flower: imported once the researcher's files are read
@@ -95,6 +96,10 @@ class SimulationRequest:
                                      "skewed, 10 nearly IID)")
         if self.engine not in ("inprocess", "flower"):
             raise ConfigurationError(f"--engine {self.engine}: choose inprocess or flower")
+        for budget in (self.epsilon, *self.sweep):
+            if not is_budget(budget):
+                raise ConfigurationError(f"epsilon {budget}: a privacy budget is a positive, finite number (1 per "
+                                         "site is a common choice; smaller is more private and noisier)")
 
     @property
     def schema_path(self) -> Path:

@@ -66,7 +66,7 @@ def test_simulate_refuses_inconsistent_options_before_writing_anything(tmp_path,
         (["--data", str(data), "--schema", schema, "--skew", "age", "--dirichlet", "0.5"], "choose one"),
         (["--data", str(data), "--schema", schema, "--dirichlet", "0"], "must be positive"),
         (["--data", str(data), "--schema", schema, "--engine", "foo"], "inprocess or flower"),
-        (["--data", str(data), "--schema", schema, "--epsilon", "-1"], "epsilon=-1.0 must be a positive"),
+        (["--data", str(data), "--schema", schema, "--epsilon", "-1"], "epsilon -1.0: a privacy budget is a positive"),
         (["--data", str(data), "--schema", schema, "--delta", "1.5"], "delta=1.5 must be in"),
         (["--data", str(data), "--schema", schema, "--transport-dtype", "float8"], "transport_dtype"),
     ):
