@@ -65,14 +65,22 @@ def numeric_edges(column: Column) -> np.ndarray:
     return np.asarray(edges, dtype=float)
 
 
-def snap_to_atoms(column: Column, transformed: np.ndarray, values: np.ndarray) -> np.ndarray:
-    """``values`` (decoded from ``transformed`` positions on the grid) with every position in a
-    bound's atom bin set to that bound exactly (see :func:`numeric_edges`)."""
+def atom_bins(column: Column, transformed: np.ndarray, edges: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:
+    """Which ``transformed`` positions lie in the lower and in the upper bound's atom bin, on the
+    column's grid ``edges`` (:func:`numeric_edges`); None for a column without atoms."""
     if column.kind is not ColumnKind.CONTINUOUS:
+        return None
+    return transformed <= edges[1], transformed >= edges[-2]
+
+
+def snap_to_atoms(column: Column, transformed: np.ndarray, edges: np.ndarray, values: np.ndarray) -> np.ndarray:
+    """``values`` (decoded from ``transformed`` positions on the grid ``edges``) with every
+    position in a bound's atom bin set to that bound exactly."""
+    atoms = atom_bins(column, transformed, edges)
+    if atoms is None:
         return values
-    edges = numeric_edges(column)
     low, high = column.bounds
-    return np.where(transformed <= edges[1], low, np.where(transformed >= edges[-2], high, values))
+    return np.where(atoms[0], low, np.where(atoms[1], high, values))
 
 
 def numeric_bins(column: Column) -> int:

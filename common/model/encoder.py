@@ -16,7 +16,7 @@ from typing import Literal
 import numpy as np
 import pandas as pd
 
-from fedsyn.data.grid import MISSING, forward_transform, inverse_transform, numeric_edges, snap_to_atoms
+from fedsyn.data.grid import MISSING, atom_bins, forward_transform, inverse_transform, numeric_edges, snap_to_atoms
 from fedsyn.data.schema import Column, ColumnKind, Schema, spell_category
 from fedsyn.errors import ConfigurationError
 from fedsyn.privacy.marginals import Marginals
@@ -100,9 +100,9 @@ class TableEncoder:
                 edges, cdf = self._cdfs[column.name]
                 transformed = forward_transform(column, values)
                 u = np.interp(transformed, edges, cdf)
-                if column.kind is ColumnKind.CONTINUOUS:  # a bound's rows sit mid-way up its atom's share, not at +-1
-                    u = np.where(transformed <= edges[1], cdf[1] / 2,
-                                 np.where(transformed >= edges[-2], (cdf[-2] + 1) / 2, u))
+                atoms = atom_bins(column, transformed, edges)
+                if atoms is not None:  # a bound's rows sit mid-way up its atom's share, not at +-1
+                    u = np.where(atoms[0], cdf[1] / 2, np.where(atoms[1], (cdf[-2] + 1) / 2, u))
                 out[:, span.start] = np.where(missing, 0.0, 2.0 * u - 1.0)
         return out
 
@@ -123,7 +123,8 @@ class TableEncoder:
                 u = (np.clip(block[:, 0], -1.0, 1.0) + 1.0) / 2.0
                 low, high = column.bounds
                 transformed = np.interp(u, cdf, edges)
-                values = snap_to_atoms(column, transformed, np.clip(inverse_transform(column, transformed), low, high))
+                values = snap_to_atoms(column, transformed, edges,
+                                       np.clip(inverse_transform(column, transformed), low, high))
                 if column.kind is ColumnKind.INTEGER:
                     values = np.clip(np.round(values), np.ceil(low), np.floor(high))
                 columns[column.name] = values
