@@ -32,7 +32,7 @@ from fedsyn.model.matching import release_misfit
 from fedsyn.model.training import GANTrainer
 from fedsyn.privacy.accounting import PrivacyEvent, compute_epsilon
 from fedsyn.privacy.budget import DP_SGD, SiteRunPlan, plan_site_run
-from fedsyn.privacy.marginals import Marginals, marginals_event, measured_columns, table_noise_std, table_shape
+from fedsyn.privacy.marginals import Marginals, marginals_event, received_marginals, table_shape
 from fedsyn.privacy.pairs import check_pair_array, require_group_bounds
 from fedsyn.privacy.randomness import torch_generator
 from fedsyn.server.resume import SAVED, RunState, save_state
@@ -350,21 +350,20 @@ class Coordinator:
         valid = self._replies(replies, 0, protocol.MARGINALS,
                               lambda site: marginals_event(queries[site.node_id].noise_multiplier), shapes)
         self._require_quorum(len(valid), 0)
-        parts = [Marginals(dict(protocol.from_array_record(r.content.array_records[protocol.MARGINALS])))
-                 for r in valid]
         answered = {id(reply): site.node_id for site, reply in replies}
+        # Each site's tables carry the noise std of the release asked of it, never the site's word on it.
+        asked = [queries[answered[id(r)]] for r in valid]
+        parts = [received_marginals(dict(protocol.from_array_record(r.content.array_records[protocol.MARGINALS])),
+                                    self.schema, query.noise_multiplier, query.pairs_share)
+                 for r, query in zip(valid, asked)]
         self.site_marginals = {answered[id(r)]: part for r, part in zip(valid, parts)}
         # Public slots for the sites that answered validly, in node-id order.
         self.slots = {node: slot for slot, node in enumerate(sorted(self.site_marginals))}
         total = parts[0]
         for part in parts[1:]:
             total = total + part
-        if settings.marginals_noise_floor:
-            # A site's table cell carries noise of table_noise_std at its own noise; the sum adds their variances.
-            columns = len(measured_columns(self.schema))
-            cell_std = math.sqrt(sum(table_noise_std(columns, queries[node].noise_multiplier,
-                                                     settings.pairs_share) ** 2 for node in self.site_marginals))
-            total = total.without_noise_floor(self.schema, cell_std, settings.marginals_noise_floor)
+        if settings.marginals_noise_floor:  # the sum's cell std: the sites' variances added
+            total = total.without_noise_floor(self.schema, settings.marginals_noise_floor)
         self.marginals = total
         self._save(0)
         return total

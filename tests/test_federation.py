@@ -14,7 +14,7 @@ from fedsyn.data.tables import read_table
 from fedsyn.data.validation import validate_frame
 from fedsyn.federation import protocol
 from fedsyn.privacy.accounting import PrivacyEvent, PrivacyLedger
-from fedsyn.privacy.marginals import Marginals
+from fedsyn.privacy.marginals import Marginals, measured_columns, table_noise_std
 from fedsyn.privacy.pairs import check_pairs
 from fedsyn.server.app import ReleasePlan, run_federation
 from fedsyn.server.coordinator import Coordinator, FederationError
@@ -70,6 +70,19 @@ def test_sites_send_only_model_arrays_declared_metrics_and_privacy_events(plan, 
             assert set(content.array_records[protocol.ARRAYS].keys()) == model_keys
             assert set(content.metric_records[protocol.METRICS].keys()) <= protocol.DECLARED_METRICS
         assert set(content.config_records[protocol.PRIVACY].keys()) <= protocol.PRIVACY_FIELDS
+
+
+def test_the_coordinator_states_each_sites_noise_from_what_it_asked(plan, demo_schema, tmp_path):
+    """A site's tables carry the cell noise std of the query the coordinator sent it (public),
+    never a figure of the site's; the global tables' std is the root of the sites' variances."""
+    grid, coordinator = run_in_process(plan, demo_schema, tmp_path)
+    asked = {m.metadata.dst_node_id: protocol.MarginalsQuery.from_record(m.content.config_records[protocol.CONFIG])
+             for m in grid.sent if m.metadata.message_type == protocol.QUERY_MARGINALS}
+    columns = len(measured_columns(demo_schema))
+    stds = [table_noise_std(columns, asked[node].noise_multiplier, asked[node].pairs_share)
+            for node in coordinator.site_marginals]
+    assert [m.cell_std for m in coordinator.site_marginals.values()] == stds and len(stds) == 3
+    assert coordinator.marginals.cell_std == pytest.approx(np.sqrt(np.sum(np.square(stds))))
 
 
 def _corrupt_first_site(reply: Message) -> Message:

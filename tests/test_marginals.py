@@ -9,7 +9,14 @@ import pytest
 
 from fedsyn.data.grid import bin_labels, numeric_bins, numeric_edges
 from fedsyn.data.schema import Column, Schema
-from fedsyn.privacy.marginals import Marginals
+from fedsyn.privacy.marginals import (
+    Marginals,
+    exact_counts,
+    measured_columns,
+    noisy_marginals,
+    received_marginals,
+    table_noise_std,
+)
 
 VISITS = Column(name="visits", kind="integer", lower=0, upper=365)
 
@@ -24,7 +31,7 @@ def _coarsen(body: np.ndarray, cell_std: float = 10.0) -> np.ndarray:
     """``body`` (bins x 2 classes) coarsened as the coordinator does, the class totals being
     the table's own class sums."""
     tables = {"visits": body, "admitted": body.sum(axis=0).reshape(-1, 1)}
-    return Marginals(tables).without_noise_floor(_schema(), cell_std=cell_std, threshold=1.5).tables["visits"]
+    return Marginals(tables, cell_std=cell_std).without_noise_floor(_schema(), threshold=1.5).tables["visits"]
 
 
 def test_public_grid_is_fine_near_zero_and_whole_for_integers():
@@ -105,7 +112,7 @@ def test_categorical_tables_and_a_nullable_numeric_s_missing_bin_are_left_as_the
     creatinine[-1] = [40.0, -3.0]  # the missing bin: noisy counts, kept as released
     tables = {"creatinine": creatinine, "sex": np.array([[300.0, 20.0], [-4.0, 35.0]]),
               "admitted": np.array([[300.0], [55.0]])}
-    coarse = Marginals(tables).without_noise_floor(schema, cell_std=5.0).tables
+    coarse = Marginals(tables, cell_std=5.0).without_noise_floor(schema).tables
     np.testing.assert_array_equal(coarse["sex"], tables["sex"])
     np.testing.assert_array_equal(coarse["creatinine"][-1], creatinine[-1])
 
@@ -113,3 +120,33 @@ def test_categorical_tables_and_a_nullable_numeric_s_missing_bin_are_left_as_the
 def test_an_integer_column_without_a_whole_number_between_its_bounds_is_refused():
     with pytest.raises(ValueError, match="no whole number"):
         Column(name="dose", kind="integer", lower=0.2, upper=0.8)
+
+
+def test_the_tables_carry_their_noise_std_and_a_sum_adds_the_variances(demo_frame, demo_schema):
+    """The measurement states its cell noise (as Private-PGM's measurements carry their stddev);
+    sites' noise is independent, so a sum's std is the root of the summed variances."""
+    columns = len(measured_columns(demo_schema))
+    one = noisy_marginals(demo_frame, demo_schema, 2.0, np.random.default_rng(0), pairs_share=0.4)
+    other = noisy_marginals(demo_frame, demo_schema, 3.0, np.random.default_rng(1))
+    assert one.cell_std == table_noise_std(columns, 2.0, 0.4) and other.cell_std == table_noise_std(columns, 3.0)
+    assert (one + other).cell_std == pytest.approx(np.hypot(one.cell_std, other.cell_std))
+    assert (one + exact_counts(demo_frame, demo_schema)).cell_std == one.cell_std
+
+
+def test_exact_counts_carry_no_noise_and_are_never_coarsened_as_if_they_had_some(demo_frame, demo_schema):
+    exact = exact_counts(demo_frame, demo_schema)
+    assert exact.cell_std == 0.0
+    assert exact.without_noise_floor(demo_schema) is exact
+
+
+def test_tables_read_back_without_their_std_refuse_the_noise_floor(demo_frame, demo_schema):
+    """The wire and the store carry arrays only: tables read back know no std until their
+    receiver states it from the release it asked for, so a site's word never sets it."""
+    sent = noisy_marginals(demo_frame, demo_schema, 2.0, np.random.default_rng(0))
+    assert Marginals(dict(sent.arrays)).cell_std is None and Marginals.from_dict(sent.to_dict()).cell_std is None
+    with pytest.raises(ValueError, match="noise std is unknown"):
+        Marginals(dict(sent.arrays)).without_noise_floor(demo_schema)
+    with pytest.raises(ValueError, match="noise std is unknown"):
+        (Marginals(dict(sent.arrays)) + sent).without_noise_floor(demo_schema)
+    received = received_marginals(dict(sent.arrays), demo_schema, 2.0, 0.4)  # asked with pair tables
+    assert received.cell_std == table_noise_std(len(measured_columns(demo_schema)), 2.0, 0.4) > sent.cell_std

@@ -207,6 +207,7 @@ def test_marginals_noise_through_the_site_has_std_sigma_times_sensitivity(tmp_pa
         residuals += [(released.tables[c] - exact.tables[c]).ravel() for c in measured]
     assert np.concatenate(residuals).std() == pytest.approx(sigma * marginals_sensitivity(site.schema), rel=0.04)
     assert marginals_sensitivity(site.schema) == math.sqrt(len(measured))
+    assert released.cell_std == pytest.approx(sigma * marginals_sensitivity(site.schema))  # the noise it states
 
 
 def test_the_marginals_sensitivity_is_what_one_record_moves(small_frame, demo_schema):

@@ -42,7 +42,7 @@ from fedsyn.privacy.budget import (
     marginals_noise,
     pairs_allowed,
 )
-from fedsyn.privacy.marginals import exact_counts, marginals_event, measured_columns, noisy_marginals, table_noise_std
+from fedsyn.privacy.marginals import exact_counts, marginals_event, noisy_marginals
 from fedsyn.privacy.randomness import numpy_generator, torch_generator
 
 
@@ -154,8 +154,7 @@ class DPTabularGAN(BaseEstimator):  # type: ignore[misc]
             marginals = noisy_marginals(frame, self.schema, sigma,
                                         numpy_generator(self.seed, "fit", nonce, "marginals"), pairs_share)
             if self.marginals_noise_floor:
-                cell_std = table_noise_std(len(measured_columns(self.schema)), sigma, pairs_share)
-                marginals = marginals.without_noise_floor(self.schema, cell_std, self.marginals_noise_floor)
+                marginals = marginals.without_noise_floor(self.schema, self.marginals_noise_floor)
         encoder = TableEncoder(self.schema, marginals)
         trainer = GANTrainer(encoder, self.config, self.device,
                              torch_generator(self.seed, "fit", nonce, DP_SGD, device=self.device))

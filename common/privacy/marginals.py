@@ -65,11 +65,21 @@ class Marginals:
     groups' bounds (``pair_bounds``), see :mod:`fedsyn.privacy.pairs`. Pairs are per site:
     sites choose different pairs, so a sum of sites' tables holds none. Built from the wire's
     flat arrays (``Marginals(arrays)``), the prefixed keys go to ``pairs`` and ``pair_bounds``.
+
+    ``cell_std`` is the noise std of one cell of the measured tables, as Private-PGM's
+    measurements carry their ``stddev``: set by the measurement (:func:`noisy_marginals`), 0
+    for exact counts (:func:`exact_counts`: no noise, so nothing DP about them), combined by
+    ``+`` (sites' noise is independent: variances add), and read by the post-processing
+    (:meth:`without_noise_floor`). ``None``: not known, e.g. tables read back from the wire or
+    a store, which carry arrays only (a receiver states it from what it asked for, see
+    :func:`received_marginals`). The pair tables' cells carry their own noise
+    (:class:`fedsyn.privacy.pairs.RoundZeroSplit`).
     """
 
     tables: dict[str, np.ndarray]
     pairs: dict[Pair, np.ndarray] = field(default_factory=dict)
     pair_bounds: dict[str, np.ndarray] = field(default_factory=dict)
+    cell_std: float | None = None
 
     def __post_init__(self) -> None:
         tables = {}
@@ -94,7 +104,9 @@ class Marginals:
         return {name: table.sum(axis=1) for name, table in self.tables.items()}
 
     def __add__(self, other: Marginals) -> Marginals:
-        return Marginals({name: self.tables[name] + other.tables[name] for name in self.tables})
+        """The cell-wise sum (of sites' tables): independent noise, so the variances add."""
+        std = None if self.cell_std is None or other.cell_std is None else math.hypot(self.cell_std, other.cell_std)
+        return Marginals({name: self.tables[name] + other.tables[name] for name in self.tables}, cell_std=std)
 
     def class_totals(self) -> np.ndarray:
         """Noisy row count per outcome class: the mean of every table's class sums, the least
@@ -130,15 +142,21 @@ class Marginals:
         probs = probs + floor / len(probs)
         return np.asarray(probs / probs.sum(), dtype=float)
 
-    def without_noise_floor(self, schema: Schema, cell_std: float, threshold: float = 1.5) -> Marginals:
+    def without_noise_floor(self, schema: Schema, threshold: float = 1.5) -> Marginals:
         """Numeric tables coarsened where the noise would drown the counts (post-processing).
 
         Each outcome class's counts are coarsened on their own (:func:`fedsyn.privacy.postprocessing.coarsened`), at the
-        resolution they support: a cell's noise is ``cell_std`` whatever the class's size, so
+        resolution they support: a cell's noise is :attr:`cell_std` whatever the class's size, so
         a rare class gets wider bins than a common one, and the noise of a common class's
-        cells never lands as invented rows in a rare class. ``cell_std`` follows from public
-        numbers only (the noise multiplier, the number of tables, the number of sites).
+        cells never lands as invented rows in a rare class. :attr:`cell_std` follows from public
+        numbers only (the noise multiplier, the number of tables, the number of sites). Exact
+        counts (std 0) have no noise to drown them and are returned as they are.
         """
+        if self.cell_std is None:
+            raise ValueError("the tables' noise std is unknown: build them with noisy_marginals or received_marginals")
+        if self.cell_std == 0:
+            return self
+        cell_std = self.cell_std
         tables = dict(self.tables)
         class_totals = self.class_totals()
         for column in schema.columns:
@@ -191,7 +209,7 @@ def exact_counts(frame: pd.DataFrame, schema: Schema) -> Marginals:
             continue
         index = bin_index(column, frame[column.name]) * width + classes
         tables[column.name] = np.bincount(index, minlength=bins * width).astype(float).reshape(bins, width)
-    return Marginals(tables)
+    return Marginals(tables, cell_std=0.0)
 
 
 def table_noise_std(measured: int, noise_multiplier: float, pairs_share: float = 0.0) -> float:
@@ -220,9 +238,26 @@ def noisy_marginals(frame: pd.DataFrame, schema: Schema, noise_multiplier: float
     split = split_column(schema)
     if split is not None:
         tables[split.name] = _mean_class_sums(list(tables.values())).reshape(-1, 1)
-    outcome_tables = Marginals({c.name: tables[c.name] for c in schema.columns})
+    outcome_tables = Marginals({c.name: tables[c.name] for c in schema.columns}, cell_std=std)
     pairs = measure_pairs(frame, schema, measured, outcome_tables, noise_multiplier, pairs_share, rng)
-    return Marginals({**outcome_tables.tables, **pairs})
+    return Marginals({**outcome_tables.tables, **pairs}, cell_std=std)
+
+
+def received_marginals(arrays: dict[str, np.ndarray], schema: Schema, noise_multiplier: float,
+                       pairs_share: float) -> Marginals:
+    """A site's round-0 arrays as the coordinator that asked for them holds them: their cell
+    noise std is that of the release it asked for (``noise_multiplier`` and ``pairs_share`` of
+    its own query: public), never anything the site says.
+
+    A site's word on its noise could only mislead the post-processing. Claiming less noise
+    than asked would make :meth:`Marginals.without_noise_floor` keep cells it should merge, so
+    the noise of every site's tables would become invented rows in the shared encoding
+    everyone trains on; claiming more would flatten every site's detail. Neither helps the
+    site's own patients: their protection is the noise the site adds, which no claim
+    changes. The query's std is the most an honest site adds (a site on a PRV ledger
+    measures no pair tables and gives its tables the whole multiplier, less noise than
+    this), so the coarsening errs on the coarse side."""
+    return Marginals(arrays, cell_std=table_noise_std(len(measured_columns(schema)), noise_multiplier, pairs_share))
 
 
 def marginals_event(noise_multiplier: float, round_: int | None = None) -> PrivacyEvent:
