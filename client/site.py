@@ -365,13 +365,13 @@ class Site:
         local_marginals = self._own_marginals(request, marginals, slot_marginals)
         trainer = self._trainer(request.gan_config, arrays, marginals, local_marginals, slot_marginals)
         event = PrivacyEvent(DP_SGD, sigma, request.sample_rate, request.local_steps, round=request.round)
-        if local_marginals is not None:  # expected batch from the site's own noisy count: post-processing
-            trainer.real_normaliser = max(1.0, request.sample_rate * local_marginals.total())
+        # The expected batch from the site's own noisy count (post-processing), else the config's batch size.
+        expected_batch = None if local_marginals is None else max(1.0, request.sample_rate * local_marginals.total())
         data = torch.as_tensor(trainer.encoder.encode(frame), device=trainer.device)
         position = self._charge(event, request.epsilon)  # before any step runs
         stream = torch_generator(self.seed, self.ledger.stream_nonce, event.mechanism, position, device=trainer.device)
         history = trainer.train(data, request.local_steps, request.sample_rate, sigma, slot=request.site_slot,
-                                rng=stream)
+                                rng=stream, expected_batch=expected_batch)
         metrics = {
             "discriminator_fake_loss": float(np.mean([h.discriminator for h in history])),
             "generator_loss": float(np.mean([h.generator for h in history])),

@@ -67,7 +67,7 @@ MUTATIONS = [
              "real = data[torch.randperm(data.shape[0], generator=rng)[:round(sample_rate * data.shape[0])]]",
              (PRIVACY + "test_training_step_uses_poisson_batches",)),
     Mutation("gradient normalised by the private expected batch q*n", "common/model/training.py",
-             "normaliser = float(self.real_normaliser or self.config.batch_size)",
+             "normaliser = float(expected_batch or self.config.batch_size)",
              "normaliser = sample_rate * data.shape[0]",
              (PRIVACY + "test_nothing_in_the_step_depends_on_the_row_count",)),
     Mutation("site normalises by its exact row count", "client/site.py",
@@ -79,12 +79,12 @@ MUTATIONS = [
              "device=trainer.device)\n"
              "        history = trainer.train(data, request.local_steps, request.sample_rate, sigma, "
              "slot=request.site_slot,\n"
-             "                                rng=stream)\n",
+             "                                rng=stream, expected_batch=expected_batch)\n",
              "        stream = torch_generator(self.seed, self.ledger.stream_nonce, event.mechanism, 'late', "
              "device=trainer.device)\n"
              "        history = trainer.train(data, request.local_steps, request.sample_rate, sigma, "
              "slot=request.site_slot,\n"
-             "                                rng=stream)\n"
+             "                                rng=stream, expected_batch=expected_batch)\n"
              "        position = self._charge(event, request.epsilon)\n",
              (PRIVACY + "test_the_ledger_is_charged_before_any_mechanism_runs",)),
     Mutation("single-site fit charged after training", "common/model/gan.py",

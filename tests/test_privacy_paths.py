@@ -353,7 +353,7 @@ def test_a_site_normalises_by_its_noisy_count_never_its_row_count(tmp_path, smal
     real_train = GANTrainer.train
 
     def spy(self, *args, **kwargs):
-        seen.append(self.real_normaliser)
+        seen.append(kwargs.get("expected_batch"))
         return real_train(self, *args, **kwargs)
 
     monkeypatch.setattr(GANTrainer, "train", spy)

@@ -68,6 +68,17 @@ def test_a_site_trains_for_its_own_slot_under_its_own_conditions(demo_frame, dem
     assert trainer.encoder.marginals is total
 
 
+def test_a_training_call_leaves_no_slot_or_divisor_behind(demo_frame, demo_schema):
+    """The slot and the real-data loss's divisor are arguments of the call, not state a caller
+    sets or a call leaves behind: the trainer holds the same attributes before and after."""
+    _, _, total = _two_sites(demo_frame, demo_schema)
+    trainer = GANTrainer(TableEncoder(demo_schema, total), SLOTTED, rng=torch.Generator().manual_seed(0))
+    before = set(vars(trainer))
+    data = torch.as_tensor(trainer.encoder.encode(demo_frame.head(50)))
+    trainer.train(data, 1, 0.5, 1.0, slot=1, expected_batch=40.0)
+    assert set(vars(trainer)) == before and not {"slot", "real_normaliser"} & before
+
+
 def test_training_refuses_a_slot_outside_the_model(demo_frame, demo_schema):
     _, _, total = _two_sites(demo_frame, demo_schema)
     trainer = GANTrainer(TableEncoder(demo_schema, total), SLOTTED, rng=torch.Generator().manual_seed(0))

@@ -46,6 +46,10 @@ class GANTrainer:
     never from PyTorch's global generator, and nobody reassigns it: a mechanism's owner hands
     its fresh stream to the call (see :mod:`fedsyn.privacy.randomness`); ``None`` draws one
     from operating-system entropy.
+
+    What belongs to one training call (the stream, the site slot it generates for, the real-data
+    loss's divisor) is an argument of :meth:`train`, never an attribute a caller sets: the
+    trainer's state is set by its constructor, by loading arrays and by :meth:`set_release_slots`.
     """
 
     def __init__(self, encoder: TableEncoder, config: GANConfig, device: str | torch.device = "cpu",
@@ -61,11 +65,6 @@ class GANTrainer:
         self.conditions = ConditionSampler(encoder, self.device, marginals=condition_marginals)
         self.generator = Generator(config.latent_dim, self.conditions.dim + config.site_slots,
                                    config.generator_hidden, encoder.spans).to(self.device)
-        self.slot: int | None = None  # the site slot that local training generates for
-        # The real-data loss's divisor: public. None: ``config.batch_size``; a federated site sets
-        # its expected Poisson batch from its own noisy row count (a DP output), so the real and
-        # generated terms of the discriminator's loss keep equal weight.
-        self.real_normaliser: float | None = None
         # Release: per-slot draw weights and condition samplers (see :meth:`set_release_slots`).
         self.release_slots: tuple[list[float], list[Marginals]] | None = None
         self.slot_weights: torch.Tensor | None = None
@@ -109,25 +108,29 @@ class GANTrainer:
             onehot[torch.arange(cond.shape[0], device=cond.device), slots] = 1.0
         return torch.cat([cond, onehot], dim=1)
 
-    def _fake(self, n: int, cond: torch.Tensor, rng: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    def _fake(self, n: int, cond: torch.Tensor, rng: torch.Generator, slot: int | None
+              ) -> tuple[torch.Tensor, torch.Tensor]:
         noise = torch.randn((n, self.config.latent_dim), generator=rng, device=self.device)
-        raw = self.generator(noise, self._slot_input(cond, self.slot))
+        raw = self.generator(noise, self._slot_input(cond, slot))
         return raw, self.generator.activate(raw, self.config.gumbel_tau, rng)
 
     def real_gradient(self, data: torch.Tensor, sample_rate: float, noise_multiplier: float | None,
-                      rng: torch.Generator | None = None) -> dict[str, torch.Tensor]:
+                      rng: torch.Generator | None = None, slot: int | None = None,
+                      expected_batch: float | None = None) -> dict[str, torch.Tensor]:
         """The discriminator's gradient of the real-data loss: the only term that reads records.
 
         A Poisson sample of ``data``; with ``noise_multiplier`` every record's whole gradient is
         clipped and Gaussian noise added (DP-SGD), ``None`` trains without DP (baselines
-        only). The sum is divided by the public nominal batch size ``config.batch_size``,
-        never by anything computed from ``data``: the row count is private, and dividing by
-        it would leak it outside the Gaussian mechanism.
+        only). The sum is divided by a public number, never by anything computed from
+        ``data``: the row count is private, and dividing by it would leak it outside the
+        Gaussian mechanism. That number is ``expected_batch`` if given (a federated site's
+        expected Poisson batch from its own noisy row count, a DP output, so the real and
+        generated terms of the loss keep equal weight), else the nominal ``config.batch_size``.
         """
         rng = rng if rng is not None else self.rng
-        normaliser = float(self.real_normaliser or self.config.batch_size)
+        normaliser = float(expected_batch or self.config.batch_size)
         real = data[poisson_sample(data.shape[0], sample_rate, rng, self.device)]
-        real_cond = self._slot_input(self.conditions.from_real(real, rng), self.slot)
+        real_cond = self._slot_input(self.conditions.from_real(real, rng), slot)
         if noise_multiplier is None:
             params = OrderedDict(self.discriminator.named_parameters())
             real_loss = F.softplus(-self.discriminator(real, real_cond)).sum() / normaliser
@@ -139,16 +142,18 @@ class GANTrainer:
         )
 
     def discriminator_step(self, data: torch.Tensor, sample_rate: float, noise_multiplier: float | None,
-                           rng: torch.Generator | None = None) -> float:
-        """One discriminator update: the private real-data gradient plus the fake-data term,
-        which reads no record (``config.batch_size`` generated rows, a public number)."""
+                           rng: torch.Generator | None = None, slot: int | None = None,
+                           expected_batch: float | None = None) -> float:
+        """One discriminator update: the private real-data gradient (:meth:`real_gradient`) plus
+        the fake-data term, which reads no record (``config.batch_size`` generated rows, a
+        public number)."""
         rng = rng if rng is not None else self.rng
-        real_grads = self.real_gradient(data, sample_rate, noise_multiplier, rng)
+        real_grads = self.real_gradient(data, sample_rate, noise_multiplier, rng, slot, expected_batch)
         fake_cond = self.conditions.sample(self.config.batch_size, rng)
         with torch.no_grad():
-            _, fake = self._fake(fake_cond.shape[0], fake_cond, rng)
+            _, fake = self._fake(fake_cond.shape[0], fake_cond, rng, slot)
         params = OrderedDict(self.discriminator.named_parameters())
-        fake_loss = F.softplus(self.discriminator(fake, self._slot_input(fake_cond, self.slot))).mean()
+        fake_loss = F.softplus(self.discriminator(fake, self._slot_input(fake_cond, slot))).mean()
         fake_grads = torch.autograd.grad(fake_loss, list(params.values()))
         for (name, param), fake_grad in zip(params.items(), fake_grads):
             param.grad = real_grads[name] + fake_grad
@@ -156,11 +161,11 @@ class GANTrainer:
         # Only the fake-data term is reported: the real-data loss is a private statistic.
         return float(fake_loss.detach())
 
-    def generator_step(self, rng: torch.Generator | None = None) -> float:
+    def generator_step(self, rng: torch.Generator | None = None, slot: int | None = None) -> float:
         rng = rng if rng is not None else self.rng
         cond = self.conditions.sample(self.config.batch_size, rng)
-        raw, fake = self._fake(cond.shape[0], cond, rng)
-        loss = F.softplus(-self.discriminator(fake, self._slot_input(cond, self.slot))).mean()
+        raw, fake = self._fake(cond.shape[0], cond, rng, slot)
+        loss = F.softplus(-self.discriminator(fake, self._slot_input(cond, slot))).mean()
         loss = loss + self.conditions.cross_entropy(raw, cond, self._categorical_ranges)
         if self.matcher is not None:
             loss = loss + self.config.matching_weight * self._matching_loss(rng)
@@ -207,21 +212,24 @@ class GANTrainer:
         on_step: Callable[[int, StepLosses], None] | None = None,
         slot: int | None = None,
         rng: torch.Generator | None = None,
+        expected_batch: float | None = None,
     ) -> list[StepLosses]:
         """Run ``steps`` paired D/G updates. The caller has already checked the budget.
 
         With ``config.site_slots`` every generated row is generated for site ``slot``. Every draw
-        comes from ``rng`` (a mechanism's own stream; default: the trainer's)."""
+        comes from ``rng`` (a mechanism's own stream; default: the trainer's). ``expected_batch``
+        divides the real-data loss (public; see :meth:`real_gradient`)."""
         stream = rng if rng is not None else self.rng
         if self.config.site_slots and not (isinstance(slot, int) and 0 <= slot < self.config.site_slots):
             raise ValueError(f"site slot {slot!r} is not one of the {self.config.site_slots} slots")
-        self.slot = slot if self.config.site_slots else None
+        slot = slot if self.config.site_slots else None
         history = []
         self.generator.train()
         self.discriminator.train()
         for step in range(steps):
-            losses = StepLosses(self.discriminator_step(data, sample_rate, noise_multiplier, stream),
-                                self.generator_step(stream))
+            losses = StepLosses(self.discriminator_step(data, sample_rate, noise_multiplier, stream, slot,
+                                                        expected_batch),
+                                self.generator_step(stream, slot))
             history.append(losses)
             if on_step is not None:
                 on_step(step, losses)
