@@ -10,6 +10,7 @@ from fedsyn.data.schema import SchemaError, draft_schema
 from fedsyn.data.validation import DataValidationError, validate_frame
 from fedsyn.model.gan import DPTabularGAN
 from fedsyn.privacy.accounting import PrivacyEvent, PrivacyLedger
+from fedsyn.privacy.budget import DP_SGD
 
 from .helpers import TINY, independent_epsilon
 
@@ -142,6 +143,44 @@ def test_the_estimator_clones_and_a_failed_fit_leaves_it_as_it_was(demo_schema, 
     with pytest.raises(ValueError):
         model.fit(bad)
     assert (model.trainer_, model.ledger_) == fitted  # the earlier fit is kept whole
+
+
+def test_the_parameters_are_stored_as_given(demo_schema):
+    """scikit-learn's rule: ``__init__`` stores its arguments untouched (a default of None
+    stays None), so get_params / set_params / clone see what the caller passed."""
+    from sklearn.base import clone
+
+    model = DPTabularGAN(demo_schema)
+    assert model.get_params()["config"] is None and clone(model).get_params()["config"] is None
+    assert model.set_params(config=TINY, epsilon=3.0).get_params()["config"] is TINY and model.epsilon == 3.0
+
+
+def test_a_fit_that_fails_mid_way_leaves_the_estimator_as_it_was(demo_schema, small_frame, monkeypatch):
+    """A failure after the first charge (here DP-SGD's, refused by the ledger) leaves an unfitted
+    estimator unfitted and a fitted one with its earlier fit, whole."""
+    from fedsyn.errors import PrivacyRefusal
+    from fedsyn.model.training import GANTrainer
+
+    model = DPTabularGAN(demo_schema, epsilon=2.0, delta=1e-6, epochs=0.2, config=TINY, seed=3)
+    before = dict(vars(model))
+    real_charge = PrivacyLedger.charge
+
+    def refuse_dp_sgd(self, event, budget):
+        if event.mechanism == DP_SGD:
+            raise PrivacyRefusal("refused mid-fit")
+        return real_charge(self, event, budget)
+
+    with monkeypatch.context() as patched:
+        patched.setattr(PrivacyLedger, "charge", refuse_dp_sgd)
+        with pytest.raises(PrivacyRefusal):
+            model.fit(small_frame)
+    assert vars(model) == before
+    model.fit(small_frame)
+    fitted = dict(vars(model))
+    monkeypatch.setattr(GANTrainer, "train", lambda *args, **kwargs: (_ for _ in ()).throw(RuntimeError("mid-fit")))
+    with pytest.raises(RuntimeError, match="mid-fit"):
+        model.fit(small_frame)
+    assert vars(model) == fitted and all(vars(model)[k] is v for k, v in fitted.items())
 
 
 def test_a_short_fit_samples_from_its_trained_generator_not_its_initial_weights(demo_frame, demo_schema):

@@ -1,10 +1,11 @@
 """``DPTabularGAN``: a record-level differentially private tabular GAN for one site.
 
 Follows scikit-learn's conventions (a ``BaseEstimator``: ``get_params``, ``set_params``,
-``sklearn.clone``): parameters in ``__init__``, state learned in ``fit`` and set only when it
-succeeds, then ``sample`` / ``save`` / ``load``. The whole privacy budget ``epsilon`` covers both
-mechanisms that read private rows: the noisy marginals (a share ``marginals_share``)
-and DP-SGD on the discriminator (the rest, composed with an accountant, not added).
+``sklearn.clone``): parameters in ``__init__``, stored as given (defaults are resolved in
+``fit``), state learned in ``fit`` and set only when it succeeds, then ``sample`` / ``save`` /
+``load``. The whole privacy budget ``epsilon`` covers both mechanisms that read private rows:
+the noisy marginals (a share ``marginals_share``) and DP-SGD on the discriminator (the rest,
+composed with an accountant, not added).
 """
 
 from __future__ import annotations
@@ -68,6 +69,7 @@ class DPTabularGAN(BaseEstimator):  # type: ignore[misc]
     delta: target delta; must be below 1/n.
     epochs: planned passes over the data (in expectation); training stops earlier if the
         budget would otherwise be exceeded.
+    config: the networks and their training (``None``: :class:`GANConfig`'s defaults).
     marginals_share: fraction of epsilon spent, on its own, on the noisy marginals that
         define the numeric quantile maps and the conditional sampling frequencies.
     pairs_share: share of the marginals' release spent on pair tables of other columns,
@@ -114,7 +116,7 @@ class DPTabularGAN(BaseEstimator):  # type: ignore[misc]
         self.epsilon = epsilon
         self.delta = delta
         self.epochs = epochs
-        self.config = config or GANConfig()
+        self.config = config
         self.marginals_share = marginals_share
         self.pairs_share = pairs_share
         self.noise_multiplier = noise_multiplier
@@ -155,11 +157,12 @@ class DPTabularGAN(BaseEstimator):  # type: ignore[misc]
                                         numpy_generator(self.seed, "fit", nonce, "marginals"), pairs_share)
             if self.marginals_noise_floor:
                 marginals = marginals.without_noise_floor(self.schema, self.marginals_noise_floor)
+        config = self.config or GANConfig()
         encoder = TableEncoder(self.schema, marginals)
-        trainer = GANTrainer(encoder, self.config, self.device,
+        trainer = GANTrainer(encoder, config, self.device,
                              torch_generator(self.seed, "fit", nonce, DP_SGD, device=self.device))
         data = torch.as_tensor(encoder.encode(frame), device=trainer.device)
-        sample_rate = min(1.0, self.config.batch_size / n_rows)
+        sample_rate = min(1.0, config.batch_size / n_rows)
         planned = max(1, math.ceil(self.epochs / sample_rate))
         noise_multiplier: float | None = None
         steps = planned
