@@ -67,6 +67,10 @@ class SiteStatus:
     spent_before: float | None = None
     max_epsilon: float | None = None
     epsilon_cap: float | None = None
+    # The training rounds of this run that fit the site's budget (None: all of them). With a
+    # fixed noise multiplier the plan may fit fewer than the run's rounds; the site is not asked
+    # past them, so its refusal cannot fail a round's quorum and leave the run without a release.
+    rounds_planned: int | None = None
 
     @property
     def claim_outdated(self) -> bool:
@@ -130,6 +134,8 @@ class Coordinator:
         # Each valid round-0 site's own noisy marginals (DP outputs), and its generator slot.
         self.site_marginals: dict[int, Marginals] = {}
         self.slots: dict[int, int] = {}
+        # Nodes that connected after the budget query: not part of this run (see _note_late_sites).
+        self.late_nodes: set[int] = set()
         self.trainer: GANTrainer | None = None
         self.strategy: Strategy | None = None
         self.release_choice: ReleaseChoice | None = None
@@ -307,7 +313,7 @@ class Coordinator:
                 self._drop(site, 0, protocol.error_reason(protocol.ErrorCode.BUDGET_EXHAUSTED,
                                                           self._unusable(site, plan)), refused=True)
                 continue
-            site.epsilon_cap = plan.cap
+            site.epsilon_cap, site.rounds_planned = plan.cap, plan.rounds_fit
             queries[site.node_id] = protocol.MarginalsQuery(plan.marginals_noise, plan.cap, fingerprint, self.run_id,
                                                             self.settings.pairs_share)
         self._require_quorum(len(queries), 0)
@@ -413,8 +419,12 @@ class Coordinator:
         expected = PrivacyEvent(DP_SGD, least_noise, settings.sample_rate, settings.local_steps)
         for round_ in range((self.completed_round or 0) + 1, settings.rounds + 1):
             started = time.monotonic()
-            if not any(s.active for s in self.sites.values()):
-                log.info("every site has spent its budget or refused: stopping after round %d", round_ - 1)
+            self._retire_finished_sites(round_)
+            self._note_late_sites(grid, round_)
+            if not any(s.active and self._trainable(s, gan_config) for s in self.sites.values()):
+                self.record("training_stopped", f"no site has budget for round {round_}: training stops after "
+                            f"round {round_ - 1} of {settings.rounds}, and the release uses what was trained",
+                            round=round_ - 1, rounds=settings.rounds)
                 break
             current = trainer.state_arrays()
             messages = list(self.strategy.configure_train(
@@ -447,6 +457,26 @@ class Coordinator:
             trainer.load_sampler_arrays(choice.sampler)
             self.record("release_model_chosen", round=choice.round, misfit=round(choice.misfit, 4))
         return trainer
+
+    def _retire_finished_sites(self, round_: int) -> None:
+        """Sites whose planned rounds are done are asked no more in this run (see
+        :attr:`SiteStatus.rounds_planned`); each is said once."""
+        for site in self.sites.values():
+            if site.active and site.rounds_planned is not None and round_ > site.rounds_planned:
+                site.active = False
+                self.record("site_finished", f"{site.name}: its budget for this run fits {site.rounds_planned} "
+                            f"training round(s), all done; it is asked nothing more in this run",
+                            node=site.node_id, site=site.name, rounds_planned=site.rounds_planned)
+
+    def _note_late_sites(self, grid: Grid, round_: int) -> None:
+        """A site that connected after the budget query was planned nothing, so it is not part of
+        this run (it is asked nothing and charged nothing); the operator hears so, once per site,
+        instead of wondering why it never trains."""
+        for node in sorted(set(grid.get_node_ids()) - set(self.sites) - self.late_nodes):
+            self.late_nodes.add(node)
+            self.record("site_joined_late", f"node {node} connected after this run's budget query (round 0): it "
+                        f"takes no part in this run and is charged nothing; it joins the next run. To wait for "
+                        f"every site, set min-sites to the number of sites", round=round_, node=node)
 
     def _consider_for_release(self, trainer: GANTrainer, round_: int) -> float | None:
         """From the second half of the rounds on, the averaged generator's misfit; the best so far

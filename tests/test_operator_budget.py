@@ -154,6 +154,54 @@ def test_a_fixed_noise_run_whose_training_fits_no_round_charges_nothing(plan, de
     assert _spent(plan) == [0.0, 0.0, 0.0]
 
 
+def test_a_fixed_noise_run_where_some_rounds_fit_trains_those_and_releases(plan, demo_schema, tmp_path, caplog):
+    """At noise-multiplier 6, 2 of the run's 3 training rounds fit each site's 1.0. The sites are
+    asked for those two and no more: the release is written with ledger-equal epsilon. (Before:
+    round 3 was sent, every site refused it for its budget, the quorum failed and the run ended
+    with its budget spent and no release.)"""
+    fixed = SETTINGS.model_copy(update={"noise_multiplier": 6.0})
+    assert plan_site_run(SiteBudget(0.0, 1.0, 1e-5), fixed).rounds_fit == 2
+    with caplog.at_level(logging.INFO, logger="fedsyn.server"):
+        grid, coordinator = run_in_process(plan, demo_schema, tmp_path, fixed)
+    assert [r.round for r in coordinator.rounds] == [1, 2]
+    assert sum(m.metadata.message_type == "train" for m in grid.sent) == 3 * 2
+    report = json.loads((tmp_path / "release" / "privacy_report.json").read_text())
+    spent = dict(zip(["site-0", "site-1", "site-2"], _spent(plan)))
+    for site in report["sites"]:
+        assert site["epsilon_cumulative"] == pytest.approx(spent[site["site"]], abs=1e-6)
+        assert 0.9 < site["epsilon_cumulative"] <= 1.0
+    messages = [r.getMessage() for r in caplog.records]
+    assert sum("fits 2 training round(s), all done" in m for m in messages) == 3
+    assert any("training stops after round 2 of 3" in m for m in messages)
+
+
+class _LateGrid(InProcessGrid):
+    """Its last site connects only after the coordinator's budget query."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.asked = 0
+
+    def get_node_ids(self):
+        self.asked += 1
+        nodes = sorted(super().get_node_ids())
+        return nodes if self.asked > 1 else nodes[:-1]
+
+
+def test_a_site_that_joins_after_the_budget_query_is_told_it_sits_this_run_out(plan, demo_schema, tmp_path,
+                                                                                 caplog):
+    """Finding F: with min-sites below the number of sites, a site that connects late was left out
+    without a word. It is still asked nothing and charged nothing, and the operator hears why."""
+    grid = _LateGrid(make_client_app(plan.site_policy), len(plan.policies))
+    with caplog.at_level(logging.INFO, logger="fedsyn.server"):
+        run_federation(grid, demo_schema, SETTINGS, ReleasePlan(tmp_path / "release", rows=100))
+    late = max(grid.get_node_ids())
+    assert not [m for m in grid.sent if m.metadata.dst_node_id == late]
+    assert _spent(plan)[-1] == 0.0
+    said = [r.getMessage() for r in caplog.records if "connected after this run's budget query" in r.getMessage()]
+    assert len(said) == 1 and f"node {late}" in said[0] and "charged nothing" in said[0]
+
+
 def test_a_run_saved_before_per_site_caps_resumes(plan, demo_schema, tmp_path, monkeypatch):
     """A state saved before this change has no per-site cap (the run's epsilon was then every
     site's cap). Resuming it must go on training the sites, not ask nobody and fail the quorum."""
