@@ -11,8 +11,8 @@ import typer
 from fedsyn.cli.output import console, fail, setup_logging
 
 if TYPE_CHECKING:
+    from fedsyn.client.ops.supervise import SiteRuntime
     from fedsyn.client.policy import SitePolicy
-    from fedsyn.client.supervise import SiteRuntime
 
 log = logging.getLogger("fedsyn.cli")
 client_app = typer.Typer(help="Hospital: the SuperNode daemon next to the private extract.")
@@ -28,9 +28,9 @@ def client_start(config: Annotated[Path, typer.Option("--config", "-c")] = Path(
     e.g. over a TLS certificate it cannot verify), so the service manager restarts it; 73 when
     its local port is held by another process. The SuperNode ends with this command, however
     this command ends, and a SuperNode an earlier start left behind is stopped first."""
-    from fedsyn.client.deploy import supernode_launch
+    from fedsyn.client.ops.launch import supernode_launch
+    from fedsyn.client.ops.supervise import supervise, writability_problems
     from fedsyn.client.policy import PolicyError, SitePolicy
-    from fedsyn.client.supervise import supervise, writability_problems
     from fedsyn.data.schema import SchemaError
     from fedsyn.data.tables import DataFileError
     from fedsyn.data.validation import DataValidationError
@@ -56,7 +56,7 @@ def client_start(config: Annotated[Path, typer.Option("--config", "-c")] = Path(
 def site_runtime(policy: SitePolicy) -> SiteRuntime:
     """What the supervisor keeps and checks for this site: its record beside the ledger, its local
     port and key, and the files a round writes (ledger, lock, stored replies, audit trail)."""
-    from fedsyn.client.supervise import SiteRuntime
+    from fedsyn.client.ops.supervise import SiteRuntime
 
     ledger = policy.ledger
     connection = policy.coordinator

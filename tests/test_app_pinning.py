@@ -8,9 +8,9 @@ import pytest
 import tomli_w
 from flwr.cli.build import build_fab_from_disk, build_fab_from_files
 
-from fedsyn.client.clientapp_process import checked_install
+from fedsyn.client.ops.clientapp_process import checked_install
+from fedsyn.client.ops.trusted_app import UntrustedAppError, check_app_bundle
 from fedsyn.client.policy import SitePolicy
-from fedsyn.client.trusted_app import UntrustedAppError, check_app_bundle
 from fedsyn.federation.app_bundle import bundle_hash
 from fedsyn.server.deploy import APP_DIR, app_bundle_hash
 

@@ -22,24 +22,39 @@ ALLOWED = {
     "simulations": {"server", "client", "federation", "model", "evaluation", "privacy", "data", "trust"},
     "cli": set(FOLDERS) - {"cli"},
 }
+# Operations code (starting and watching daemons, the App-bundle check) has a room of its own on
+# its side; the privacy path beside it and the simulations run without it, so never import it.
+OPERATIONS = {"fedsyn.client.ops": ("client", "simulations")}
+
+
+def _imported_modules(path: Path) -> set[str]:
+    """Every module ``path`` imports, and for ``from a import b`` also ``a.b`` (b may be a module)."""
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.ImportFrom):
+            found |= {node.module or ""} | {f"{node.module}.{alias.name}" for alias in node.names}
+        elif isinstance(node, ast.Import):
+            found |= {alias.name for alias in node.names}
+    return found
 
 
 def _imported_subpackages(path: Path) -> set[str]:
-    found = set()
-    for node in ast.walk(ast.parse(path.read_text())):
-        names = [node.module or ""] if isinstance(node, ast.ImportFrom) else \
-            [alias.name for alias in node.names] if isinstance(node, ast.Import) else []
-        for name in names:
-            parts = name.split(".")
-            if len(parts) >= 2 and parts[0] == "fedsyn" and parts[1] in FOLDERS:
-                found.add(parts[1])
-    return found
+    return {parts[1] for parts in (name.split(".") for name in _imported_modules(path))
+            if len(parts) >= 2 and parts[0] == "fedsyn" and parts[1] in FOLDERS}
 
 
 def test_sub_packages_import_only_downwards():
     violations = []
     for package, folder in FOLDERS.items():
-        for path in sorted((ROOT / folder).glob("*.py")):
+        for path in sorted((ROOT / folder).rglob("*.py")):
             for target in _imported_subpackages(path) - ALLOWED[package] - {package}:
                 violations.append(f"{path.relative_to(ROOT)} imports fedsyn.{target}")
+    assert violations == []
+
+
+def test_the_privacy_path_imports_no_operations_code():
+    violations = [f"{path.relative_to(ROOT)} imports {name}"
+                  for ops, folders in OPERATIONS.items() for folder in folders
+                  for path in sorted((ROOT / folder).glob("*.py"))
+                  for name in sorted(_imported_modules(path)) if name == ops or name.startswith(ops + ".")]
     assert violations == []

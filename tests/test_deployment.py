@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from fedsyn.client.deploy import supernode_launch
+from fedsyn.client.ops.launch import supernode_launch
 from fedsyn.client.policy import SitePolicy
 from fedsyn.data.demo import demo_schema_path
 from fedsyn.data.tables import read_table

@@ -25,7 +25,7 @@ from flwr.app import Context, RecordDict
 from typer.testing import CliRunner
 
 from fedsyn.client.app import make_client_app
-from fedsyn.client.clientapp_process import POLICY_VARIABLE
+from fedsyn.client.ops.clientapp_process import POLICY_VARIABLE
 from fedsyn.data.demo import demo_schema_path
 from fedsyn.errors import FedsynError
 from fedsyn.logs import RUN_STOPPED, RelayStream, configure
@@ -38,7 +38,7 @@ ZONED = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}[+-]\d\d:\d\d ")
 # over is played by `task` (Flower logs, Opacus is imported and adds a root handler, the site charges).
 CHILD = """
 import logging
-from fedsyn.client import clientapp_process
+from fedsyn.client.ops import clientapp_process
 
 def task():
     from flwr.common.logger import log

@@ -16,7 +16,7 @@ import pytest
 from typer.testing import CliRunner
 
 from fedsyn.cli.main import app
-from fedsyn.client.supervise import RECORD, SiteRuntime, supervise
+from fedsyn.client.ops.supervise import RECORD, SiteRuntime, supervise
 from fedsyn.data.demo import demo_schema_path
 from fedsyn.simulations.run import prepare_sites
 

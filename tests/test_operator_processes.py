@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from fedsyn.client.supervise import EXIT_CANNOT_START, RECORD, SiteRuntime, supervise
+from fedsyn.client.ops.supervise import EXIT_CANNOT_START, RECORD, SiteRuntime, supervise
 
 pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="parent-death signals are Linux's")
 
@@ -74,7 +74,7 @@ def _start_supervisor(tmp_path: Path, port: int, listener: str, with_site: bool)
     node = tmp_path / "node.py"
     node.write_text(NODE)
     site = f", site=SiteRuntime(Path({str(tmp_path)!r}), local_port={port})" if with_site else ""
-    script = ("import sys\nfrom pathlib import Path\nfrom fedsyn.client.supervise import SiteRuntime, supervise\n"
+    script = ("import sys\nfrom pathlib import Path\nfrom fedsyn.client.ops.supervise import SiteRuntime, supervise\n"
               f"sys.exit(supervise([sys.executable, {str(node)!r}, '{port}', '{listener}'], {{}}{site}))\n")
     log = tmp_path / "supervisor.log"
     process = subprocess.Popen([sys.executable, "-c", script], stdout=open(log, "w"), stderr=subprocess.STDOUT)
@@ -214,6 +214,6 @@ def test_a_real_site_killed_with_sigkill_rejoins_by_itself(demo_frame, tmp_path)
 
 
 def _listening(port: int) -> bool:
-    from fedsyn.client.supervise import port_in_use
+    from fedsyn.client.ops.supervise import port_in_use
 
     return port_in_use(port)

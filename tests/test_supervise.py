@@ -7,7 +7,7 @@ import os
 import sys
 import time
 
-from fedsyn.client.supervise import EXIT_LOST_COORDINATOR, supervise
+from fedsyn.client.ops.supervise import EXIT_LOST_COORDINATOR, supervise
 
 HANGS_AFTER_GIVING_UP = ("import time\n"
                          "print('WARNING : Giving up reconnection after 3.02 seconds and 2 tries.', flush=True)\n"

@@ -3,7 +3,7 @@
 The SuperNode starts Flower's SuperExec, which starts one ``flwr-clientapp`` process per task and
 finds it on ``PATH``. ``fedsyn client start`` puts a launcher for this module first on the
 SuperNode's ``PATH`` (:func:`install_launcher`), so the process that would install and import
-the coordinator's App bundle first runs :func:`~fedsyn.client.trusted_app.check_app_bundle`.
+the coordinator's App bundle first runs :func:`~fedsyn.client.ops.trusted_app.check_app_bundle`.
 A refused bundle is never unpacked: the coordinator gets Flower's error reply naming the reason,
 and the refusal goes into the site's audit trail.
 
@@ -25,8 +25,8 @@ from pathlib import Path
 from flwr.supernode.cli.flwr_clientapp import flwr_clientapp
 from flwr.supernode.runtime import run_clientapp as flower_runtime
 
+from fedsyn.client.ops.trusted_app import UntrustedAppError, check_app_bundle
 from fedsyn.client.policy import SitePolicy
-from fedsyn.client.trusted_app import UntrustedAppError, check_app_bundle
 from fedsyn.federation.app_bundle import bundle_hash
 from fedsyn.logs import configure_child
 from fedsyn.trust.audit import AuditLog
@@ -71,7 +71,7 @@ def install_launcher(directory: Path, policy_path: Path) -> Path:
     launcher = directory / FLOWER_COMMAND
     launcher.write_text("#!/bin/sh\n"
                         f"{POLICY_VARIABLE}={shlex.quote(str(Path(policy_path).resolve()))} "
-                        f'exec {shlex.quote(sys.executable)} -m fedsyn.client.clientapp_process "$@"\n')
+                        f'exec {shlex.quote(sys.executable)} -m fedsyn.client.ops.clientapp_process "$@"\n')
     launcher.chmod(launcher.stat().st_mode | stat.S_IXUSR | stat.S_IXGRP)
     return directory
 

@@ -1,10 +1,9 @@
-"""Deployment entry points of a hospital: the ClientApp Flower loads, and the SuperNode launch.
+"""The SuperNode launch of a hospital: check the extract, then say how to start ``flower-supernode``.
 
-The Flower App names ``fedsyn.client.deploy:app`` as its ClientApp, so the SuperNode runs
-the privacy guard from the fedsyn package the hospital installed; the launch puts the site's
-own ``flwr-clientapp`` first on the SuperNode's ``PATH`` so that no other App bundle is
-installed or imported (:mod:`fedsyn.client.trusted_app`). The site policy path comes from
-the SuperNode's own ``--node-config``, never from the coordinator.
+The launch puts the site's own ``flwr-clientapp`` first on the SuperNode's ``PATH``
+(:mod:`fedsyn.client.ops.clientapp_process`), so that no App bundle other than the one naming
+the installed guard is installed or imported (:mod:`fedsyn.client.ops.trusted_app`). The site
+policy path goes on the SuperNode's own ``--node-config``, never through the coordinator.
 """
 
 from __future__ import annotations
@@ -12,13 +11,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from fedsyn.client.app import make_client_app, policy_from_node_config
-from fedsyn.client.clientapp_process import install_launcher
+from fedsyn.client.ops.clientapp_process import install_launcher
 from fedsyn.client.policy import PolicyError, SitePolicy
 from fedsyn.client.site import Site
 from fedsyn.federation.flower_programs import flower_program, search_path
-
-app = make_client_app(policy_from_node_config)
 
 
 @dataclass(frozen=True)

@@ -17,7 +17,7 @@ a fresh start. Written to a file or a journal rather than a terminal, the output
 Flower's colour codes.
 
 The group dies with the supervisor. Its leader is a small process of this module (``python -m
-fedsyn.client.supervise --lead``) that the kernel signals when the supervisor ends, however it
+fedsyn.client.ops.supervise --lead``) that the kernel signals when the supervisor ends, however it
 ends (Linux ``prctl(PR_SET_PDEATHSIG)``; SIGKILL included): it then stops the SuperNode and
 whatever the SuperNode started in the group. The SuperNode itself is signalled if the leader
 dies. A record in the site's folder (:class:`SiteRuntime`, ``supernode.json``) names the
@@ -451,7 +451,7 @@ def _run_once(command: list[str], environment: dict[str, str], out: Console, pol
               record: NodeRecord, running: list[subprocess.Popen[str]]) -> tuple[int, _Attempt]:
     """One SuperNode run under its group leader (see :func:`lead`); its code and what it showed."""
     attempt = _Attempt()
-    leader = [sys.executable, "-m", "fedsyn.client.supervise", "--lead", str(os.getpid()), "--", *command]
+    leader = [sys.executable, "-m", "fedsyn.client.ops.supervise", "--lead", str(os.getpid()), "--", *command]
     process = subprocess.Popen(leader, env={**os.environ, **environment}, stdout=subprocess.PIPE,
                                stderr=subprocess.STDOUT, text=True, bufsize=1, start_new_session=True,
                                preexec_fn=_dies_with_parent(signal.SIGTERM))
