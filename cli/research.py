@@ -287,9 +287,10 @@ def simulate(
 
 
 def _spent_by_site(out: Path) -> str:
-    """What each simulated site's ledger holds, e.g. 'site-0 spent epsilon 0.908 of 1'."""
+    """What each simulated site's ledger holds, e.g. 'site-0 spent epsilon 0.908 of 1' (the cap
+    from the site's policy; without a readable policy, what it spent alone)."""
+    from fedsyn.client.policy import PolicyError, SitePolicy
     from fedsyn.privacy.accounting import LedgerError, PrivacyLedger
-    from fedsyn.privacy.budget import is_budget
 
     spent = []
     for ledger in sorted((out / "sites").glob("*/ledger.json")):
@@ -297,10 +298,11 @@ def _spent_by_site(out: Path) -> str:
             epsilon = PrivacyLedger.load(ledger).epsilon()
         except LedgerError:  # unreadable: the site's own message names it when the folder is used again
             continue
-        policy = json.loads((ledger.parent / "policy.json").read_text()) if (ledger.parent / "policy.json").exists() \
-            else {}
-        cap = policy.get("max_epsilon")
-        spent.append(f"{ledger.parent.name} spent epsilon {epsilon:.3f}" + (f" of {cap:g}" if is_budget(cap) else ""))
+        try:
+            cap = f" of {SitePolicy.load(ledger.parent / 'policy.json').max_epsilon:g}"
+        except PolicyError:  # missing or unreadable: the ledger alone still says what was spent
+            cap = ""
+        spent.append(f"{ledger.parent.name} spent epsilon {epsilon:.3f}{cap}")
     return ", ".join(spent) or "no site has spent anything yet"
 
 

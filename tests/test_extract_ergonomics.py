@@ -9,6 +9,7 @@ tiny run beside the run folder's .gitignore.
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -18,6 +19,7 @@ import pytest
 from typer.testing import CliRunner
 
 from fedsyn.cli.main import app
+from fedsyn.client.policy import SitePolicy
 from fedsyn.data.demo import demo_schema_path
 from fedsyn.data.tables import DataFileError, read_table
 from fedsyn.data.validation import validate_frame
@@ -180,6 +182,9 @@ def no_federation(monkeypatch):
         site.mkdir(parents=True)
         (site / "data.parquet").write_bytes(b"real rows")
         ledger = PrivacyLedger.create(site / "ledger.json", 1e-5)
+        if told.get("policy"):
+            SitePolicy(site_id="site-0", data=Path("data.parquet"), schema=Path(SCHEMA), ledger=Path("ledger.json"),
+                       max_epsilon=1.0, delta=1e-5).save(site / "policy.json")
         if told.get("charged"):
             ledger.charge(marginals_event(8.0), 1.0)
         (simulation.out / "keys").mkdir()
@@ -192,14 +197,17 @@ def no_federation(monkeypatch):
 
 # -- 4. Ctrl-C says what is left and how to clean it ---------------------------------------------
 
-def test_ctrl_c_after_a_charge_names_what_is_left_and_how_to_remove_it(tmp_path, cohort, no_federation):
-    no_federation.update(charged=True, raising=KeyboardInterrupt())
+@pytest.mark.parametrize("policy", [True, False], ids=["with-policy", "policy-missing"])
+def test_ctrl_c_after_a_charge_names_what_is_left_and_how_to_remove_it(tmp_path, cohort, no_federation, policy):
+    no_federation.update(charged=True, raising=KeyboardInterrupt(), policy=policy)
     out = tmp_path / "run"
     result = _invoke("simulate", "--data", cohort, "--schema", SCHEMA, "--yes", "--out", out)
     text = _said(result)
     assert result.exit_code == 130, result.output
     assert "interrupted" in text and "sites/" in text and "keys/" in text and f"rm -rf {out}" in text
-    assert "site-0 spent epsilon 0." in text  # how much of the budget is gone, from the site's own ledger
+    # How much of the budget is gone, from the site's own ledger; of what, from its policy when it has one.
+    spent = re.search(r"site-0 spent epsilon 0\.\d+( of 1)?", text)
+    assert spent is not None and bool(spent.group(1)) == policy, text
     assert (out / "sites" / "site-0" / "ledger.json").is_file()  # a spent budget is never forgotten silently
 
 
