@@ -245,3 +245,27 @@ def test_the_budget_reply_reads_no_row(plan):
     with_rows = said()
     SitePolicy.load(plan.policies[0]).data.unlink()
     assert said() == with_rows == {"epsilon_spent": 0.0, "max_epsilon": 1.0, "delta": 1e-5, "site": "site-0"}
+
+
+def test_repeated_budget_queries_do_not_grow_the_sites_audit_trail(plan):
+    """A budget query charges nothing, and anyone who may submit runs may repeat it: each answer
+    was appended to the site's audit trail, so a hostile coordinator could grow it without
+    limit. An answer the trail's newest entry already records is not written again; a new
+    answer (after a charge) is."""
+    from flwr.app import RecordDict
+
+    from .helpers import client_reply
+
+    trail = SitePolicy.load(plan.policies[0]).audit_trail
+
+    def entries() -> list[dict]:
+        return [json.loads(line) for line in trail.read_text().splitlines()]
+
+    client_reply(plan.policies[0], RecordDict(), protocol.QUERY_BUDGET)
+    before = len(entries())
+    for _ in range(5):
+        client_reply(plan.policies[0], RecordDict(), protocol.QUERY_BUDGET)
+    assert len(entries()) == before and entries()[-1]["event"] == "budget_reported"
+    spent = _spend_all_of(plan.policies[0])
+    client_reply(plan.policies[0], RecordDict(), protocol.QUERY_BUDGET)
+    assert entries()[-1]["event"] == "budget_reported" and entries()[-1]["epsilon_spent"] == pytest.approx(spent)

@@ -14,6 +14,7 @@ import json
 import os
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
@@ -45,22 +46,26 @@ class AuditLog:
     def signature_path(self) -> Path:
         return self.path.with_name(self.path.name + ".sig")
 
-    def _head(self) -> tuple[str, int]:
-        """Hash and next sequence number after the newest entry on disk."""
+    def _newest(self) -> dict[str, Any] | None:
+        """The newest entry on disk, if any."""
         if not self.path.exists():
-            return GENESIS, 0
+            return None
         with open(self.path, "rb") as log:
             lines = log.read().splitlines()
-        if not lines:
-            return GENESIS, 0
-        last = json.loads(lines[-1])
-        return last["hash"], last["seq"] + 1
+        return json.loads(lines[-1]) if lines else None
 
-    def append(self, event: str, /, **fields: object) -> dict[str, object]:
+    def append(self, event: str, /, *, unless_repeated: bool = False, **fields: object) -> dict[str, object] | None:
+        """Append ``event`` with ``fields``. With ``unless_repeated``, nothing is written when the
+        newest entry already is this event with these fields (returns None): a query anyone may
+        repeat, such as a budget report, then cannot grow the log without limit."""
         with open(self.path, "a") as out:  # the log is only ever appended to: it can be its own lock
             fcntl.flock(out.fileno(), fcntl.LOCK_EX)
             try:
-                head, seq = self._head()
+                newest = self._newest()
+                if unless_repeated and newest is not None and newest["event"] == event and all(
+                        newest.get(k) == json.loads(json.dumps(v, default=str)) for k, v in fields.items()):
+                    return None
+                head, seq = (GENESIS, 0) if newest is None else (newest["hash"], newest["seq"] + 1)
                 run = {"run": self.run_id} if self.run_id is not None else {}
                 entry = {"seq": seq, "time": datetime.now(UTC).isoformat(timespec="milliseconds"),
                          "event": event, **run, **fields, "prev": head}
