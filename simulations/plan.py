@@ -2,9 +2,11 @@
 
 A site with few rows, many columns and a small epsilon gets so much noise that no
 generator can learn from it; a researcher should hear that before the run, not after a
-signed but useless release. For each site this computes exactly what the site itself
-will: the noise of its marginals release and the DP-SGD noise multiplier calibrated for
-the whole plan of rounds and steps. Two ratios summarise it:
+signed but useless release. A simulated site starts with a new ledger capped at the run's
+epsilon, so what it will calibrate (the noise of its marginals release and the DP-SGD noise
+multiplier for the whole plan of rounds and steps) is the coordinator's own plan of such a
+site, :func:`~fedsyn.privacy.budget.plan_site_run`; this module adds only what a researcher
+reads from it. Two ratios summarise it:
 
 * ``records_per_noise``: expected records per DP-SGD step over the noise multiplier. The
   clipped sum of a step has at most that many units of signal per unit of noise.
@@ -22,10 +24,8 @@ from typing import Literal
 
 from fedsyn.data.grid import bin_labels
 from fedsyn.data.schema import Column, Schema
-from fedsyn.errors import PrivacyRefusal
-from fedsyn.privacy.accounting import calibrate_noise_multiplier
-from fedsyn.privacy.budget import marginals_noise
-from fedsyn.privacy.marginals import marginals_event, measured_columns, table_noise_std, table_shape
+from fedsyn.privacy.budget import SiteBudget, marginals_noise, plan_site_run
+from fedsyn.privacy.marginals import measured_columns, table_noise_std, table_shape
 from fedsyn.server.settings import FederationSettings
 
 # Below these, the run is likely to give unusable data (measured: the bench's 303-row site at
@@ -43,7 +43,7 @@ class SitePlan:
     noise_multiplier: float | None  # None: the budget cannot cover the plan at all
     steps: int
     records_per_noise: float
-    rows_per_histogram_noise: float
+    rows_per_histogram_noise: float  # 0: the budget covers no run at all, so no table is released
     level: Literal["green", "amber", "red"]
     advice: str
 
@@ -51,18 +51,13 @@ class SitePlan:
 def plan_site(name: str, rows: int, measured: int, settings: FederationSettings) -> SitePlan:
     """What ``settings`` mean for a site with ``rows`` records (known to the researcher only)
     whose round-0 release measures ``measured`` columns' tables (:func:`measured_columns`)."""
-    marginals_sigma = marginals_noise(settings.epsilon, settings.marginals_share, settings.delta, settings.accountant)
-    histogram_noise = table_noise_std(measured, marginals_sigma, settings.pairs_share)
+    run = plan_site_run(SiteBudget(spent=0.0, max_epsilon=settings.epsilon, delta=settings.delta), settings)
     steps = settings.rounds * settings.local_steps
     batch = settings.sample_rate * rows
-    try:
-        sigma: float | None = calibrate_noise_multiplier(
-            settings.epsilon, settings.delta, settings.sample_rate, steps, [marginals_event(marginals_sigma)],
-            settings.accountant)
-    except PrivacyRefusal:
-        sigma = None
+    sigma = run.training_noise
     records_per_noise = batch / sigma if sigma else 0.0
-    rows_per_noise = rows / histogram_noise
+    rows_per_noise = rows / table_noise_std(measured, run.marginals_noise, settings.pairs_share) \
+        if run.marginals_noise else 0.0
     level: Literal["green", "amber", "red"]
     if sigma is None or records_per_noise < RED_RECORDS_PER_NOISE:
         level, advice = "red", ("noise swamps every step: expect an unusable release. Raise epsilon, pool sites, "

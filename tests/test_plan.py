@@ -3,7 +3,8 @@
 
 from fedsyn.data.schema import Schema
 from fedsyn.privacy.accounting import PrivacyEvent, PrivacyLedger, gaussian_noise_for_epsilon
-from fedsyn.privacy.marginals import marginals_event
+from fedsyn.privacy.budget import SiteBudget, plan_site_run
+from fedsyn.privacy.marginals import marginals_event, table_noise_std
 from fedsyn.server.settings import FederationSettings
 from fedsyn.simulations.plan import plan_site, plan_width
 
@@ -17,6 +18,18 @@ def test_plan_matches_the_sites_calibration_and_grades_small_sites():
     assert 0.99 < spent.epsilon() <= 1.0  # the noise a site calibrates for the whole plan
     tiny = plan_site("tiny", 100, 31, FederationSettings(epsilon=1.0, delta=1e-5, sample_rate=1.0))
     assert tiny.level in ("amber", "red") and tiny.records_per_noise < 5
+
+
+def test_a_simulated_site_is_planned_as_the_coordinator_plans_a_new_site():
+    """One calibration: a simulated site's new ledger, capped at the run's epsilon, answers the
+    coordinator's budget query with nothing spent, and its plan is that run plan's noise."""
+    settings = FederationSettings(epsilon=0.5, delta=1e-5, sample_rate=0.05, rounds=4, local_steps=3)
+    run = plan_site_run(SiteBudget(spent=0.0, max_epsilon=0.5, delta=1e-5), settings)
+    plan = plan_site("site-0", 900, 9, settings)
+    assert run.training_noise is not None and plan.noise_multiplier == run.training_noise
+    assert plan.rows_per_histogram_noise == 900 / table_noise_std(9, run.marginals_noise, settings.pairs_share)
+    starved = plan_site("site-0", 900, 9, FederationSettings(epsilon=0.001, delta=1e-5, marginals_share=0.5))
+    assert starved.noise_multiplier is None and starved.level == "red" and starved.rows_per_histogram_noise == 0.0
 
 
 def _wide_schema(columns: int) -> Schema:

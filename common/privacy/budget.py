@@ -3,10 +3,10 @@
 A run spends each site's epsilon on two mechanisms: the round-0 noisy tables take
 ``share * epsilon`` on their own, and DP-SGD's noise is then calibrated so that the tables
 composed with every planned step fit the whole epsilon (composed by the accountant, not
-``(1 - share) * epsilon`` added). The coordinator asks for the tables' noise, a single-site
-fit spends both, and the pre-flight plan predicts both: all through :func:`marginals_noise`
-and :func:`~fedsyn.privacy.accounting.calibrate_noise_multiplier`, so the plan computes
-exactly what a site will.
+``(1 - share) * epsilon`` added). A single-site fit spends both through :func:`marginals_noise`
+and :func:`~fedsyn.privacy.accounting.calibrate_noise_multiplier`; the coordinator's plan of a
+site's run and a simulation's pre-flight plan both predict them with :func:`plan_site_run`, so
+either computes what the site will.
 
 Across runs, a federated run's epsilon is an amount per run: it may raise each site's
 ledger by that much, never above the site's own ``max_epsilon`` (:meth:`SiteBudget.cap_for_run`).
