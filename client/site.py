@@ -276,8 +276,8 @@ class Site:
         """What this site has spent and may spend, for the coordinator's plan: read from the ledger
         and the policy only (no row is read), so it costs nothing and is declared public."""
         budget = SiteBudget(self.ledger.epsilon(), self.policy.max_epsilon, self.policy.delta)
-        self.trail.append("budget_reported", unless_repeated=True, epsilon_spent=budget.spent,
-                          max_epsilon=budget.max_epsilon)
+        self.trail.append_unless_repeated("budget_reported", epsilon_spent=budget.spent,
+                                          max_epsilon=budget.max_epsilon)
         return budget
 
     # -- mechanisms ------------------------------------------------------------------------

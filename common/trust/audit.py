@@ -54,10 +54,19 @@ class AuditLog:
             lines = log.read().splitlines()
         return json.loads(lines[-1]) if lines else None
 
-    def append(self, event: str, /, *, unless_repeated: bool = False, **fields: object) -> dict[str, object] | None:
-        """Append ``event`` with ``fields``. With ``unless_repeated``, nothing is written when the
-        newest entry already is this event with these fields (returns None): a query anyone may
-        repeat, such as a budget report, then cannot grow the log without limit."""
+    def append(self, event: str, /, **fields: object) -> dict[str, object]:
+        """Append ``event`` with ``fields``; return the entry written."""
+        entry = self._append(event, fields, unless_repeated=False)
+        assert entry is not None  # only a repeat is skipped, and only when asked to
+        return entry
+
+    def append_unless_repeated(self, event: str, /, **fields: object) -> dict[str, object] | None:
+        """As :meth:`append`, but nothing is written (None) when the newest entry already is this
+        event with these fields: a query anyone may repeat, such as a budget report, then cannot
+        grow the log without limit."""
+        return self._append(event, fields, unless_repeated=True)
+
+    def _append(self, event: str, fields: dict[str, object], unless_repeated: bool) -> dict[str, object] | None:
         with open(self.path, "a") as out:  # the log is only ever appended to: it can be its own lock
             fcntl.flock(out.fileno(), fcntl.LOCK_EX)
             try:
