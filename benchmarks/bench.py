@@ -89,7 +89,7 @@ def round_time(train, schema: Schema, sites: int, rounds: int, local_steps: int)
         started = time.perf_counter()
         coordinator = run_sites(plan, schema, settings, ReleasePlan(Path(folder) / "release", 1000))
         total = time.perf_counter() - started
-    per_round = np.mean([r.seconds for r in coordinator.rounds])
+    per_round = np.mean([r.seconds for r in coordinator.run.rounds])
     print(f"in-process simulation, {sites:2d} sites:    {per_round:6.2f} s per round ({local_steps} local steps), "
           f"{total:6.1f} s for {rounds} rounds incl. marginals round and release")
 

@@ -12,7 +12,7 @@ from fedsyn.cli.flower import become_flower, follow_run, run_flower, run_status
 from fedsyn.cli.output import console, fail, setup_logging
 
 if TYPE_CHECKING:
-    from fedsyn.server.deploy import CoordinatorConfig
+    from fedsyn.server.ops.superlink import CoordinatorConfig
 
 log = logging.getLogger("fedsyn.cli")
 server_app = typer.Typer(help="Coordinator: SuperLink, registered hospitals, training runs.")
@@ -21,7 +21,7 @@ server_app.add_typer(sites_app, name="sites")
 
 
 def _coordinator(config: Path) -> CoordinatorConfig:
-    from fedsyn.server.deploy import CoordinatorConfig
+    from fedsyn.server.ops.superlink import CoordinatorConfig
 
     try:
         return CoordinatorConfig.load(config)
@@ -70,7 +70,7 @@ def server_plan(config: Annotated[Path, typer.Option("--config", "-c")] = Path("
 def _follow(coordinator: CoordinatorConfig, command: list[str], environment: dict[str, str]) -> str:
     """Submit ``command`` (a ``flwr run``), relay its lines, and return Flower's run id once the run
     completed; otherwise exit with the one line saying why (:func:`_run_failed`)."""
-    from fedsyn.server.deploy import CONNECTION
+    from fedsyn.server.ops.superlink import CONNECTION
 
     followed = follow_run(command + ["--stream"], environment)
     run_id = followed.run_id
@@ -98,7 +98,7 @@ def _stop_orphaned_coordinator(coordinator: CoordinatorConfig, environment: dict
     """A ServerApp cut off by a SuperLink crash comes back when the SuperLink restarts and
     would train beside the resumed run: ask Flower to stop its run (the resumed ServerApp
     waits for the run's lock until it has)."""
-    from fedsyn.server.deploy import CONNECTION
+    from fedsyn.server.ops.superlink import CONNECTION
     from fedsyn.server.resume import lock_holder
 
     holder = lock_holder(Path(str(coordinator.run["state"])))
@@ -117,7 +117,7 @@ def _stop_orphaned_coordinator(coordinator: CoordinatorConfig, environment: dict
 @server_app.command("app-hash")
 def server_app_hash() -> None:
     """Print the SHA-256 of the App `server run` submits; hospitals may list it in approved_apps."""
-    from fedsyn.server.deploy import app_bundle_hash
+    from fedsyn.server.ops.superlink import app_bundle_hash
 
     print(app_bundle_hash())
 
@@ -162,7 +162,7 @@ def server_dashboard(
 
     import uvicorn
 
-    from fedsyn.server.dashboard import create_app, needs_token
+    from fedsyn.server.ops.dashboard import create_app, needs_token
 
     setup_logging(verbose=False)  # its problems only: a line per request would bury them
     coordinator = _coordinator(config)

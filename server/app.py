@@ -13,7 +13,8 @@ from flwr.serverapp import Grid, ServerApp
 
 from fedsyn.data.schema import Schema
 from fedsyn.errors import ConfigurationError
-from fedsyn.server.coordinator import Coordinator, RoundCallback, RoundSummary, SiteStatus
+from fedsyn.server.coordinator import Coordinator, RoundCallback
+from fedsyn.server.record import RoundSummary, SiteStatus
 from fedsyn.server.release import archive_earlier_release, write_release
 from fedsyn.server.resume import holding_run, load_state
 from fedsyn.server.settings import FederationSettings
@@ -83,10 +84,13 @@ def _run(grid: Grid, schema: Schema, settings: FederationSettings, plan: Release
         earlier = archive_earlier_release(plan.out)
         if earlier is not None:
             coordinator.record("release_archived", path=str(earlier), replaced_by_run=fedsyn_run)
-        write_release(coordinator, out, plan.rows, plan.drop_rule_violations, key, plan.public_facts)
+        report = write_release(coordinator.run, coordinator.trainer, out, plan.rows, plan.drop_rule_violations, key,
+                               plan.public_facts, coordinator.site_level_privacy())
+        coordinator.record("release_written", path=str(out), rows=plan.rows, signed=key is not None,
+                           max_epsilon=report["max_epsilon_any_site"])
 
     def after_round(summary: RoundSummary, sites: dict[int, SiteStatus]) -> None:
-        _log_round(summary, settings.rounds, {site.name: coordinator.epsilon_of(site) for site in sites.values()})
+        _log_round(summary, settings.rounds, {site.name: coordinator.run.epsilon_of(site) for site in sites.values()})
         if plan.every and summary.round % plan.every == 0 and summary.round < settings.rounds:
             publish(plan.out / f"round-{summary.round:03d}")
         if on_round is not None:

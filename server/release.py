@@ -2,6 +2,9 @@
 
 The privacy report lists, per site and per round, every mechanism that touched the
 site's rows, the epsilon recomputed by the coordinator, and what was treated as public.
+Everything is written from the run's record (:class:`~fedsyn.server.record.RunRecord`: public
+facts and DP outputs only) and the trained generator, never from anything else the coordinator
+holds.
 """
 
 from __future__ import annotations
@@ -20,8 +23,9 @@ from fedsyn.data.tables import write_table
 from fedsyn.data.validation import require_valid
 from fedsyn.errors import ConfigurationError
 from fedsyn.model.checkpoint import save_checkpoint
+from fedsyn.model.training import GANTrainer
 from fedsyn.privacy.marginals import Marginals, exact_counts
-from fedsyn.server.coordinator import Coordinator, RoundSummary
+from fedsyn.server.record import RoundSummary, RunRecord
 from fedsyn.trust.signing import sign_release
 
 # What leaves a site without DP noise, and why that is acceptable; repeated in every report.
@@ -63,17 +67,19 @@ def public_rounds(rounds: list[RoundSummary]) -> list[dict[str, Any]]:
     return [{name: getattr(summary, name) for name in PUBLIC_ROUND_FIELDS} for summary in rounds]
 
 
-def privacy_report(coordinator: Coordinator, public_facts: dict[str, object] | None = None) -> dict[str, Any]:
+def privacy_report(run: RunRecord, public_facts: dict[str, object] | None = None,
+                   site_level_dp: dict[str, float] | None = None) -> dict[str, Any]:
     """Per site: every mechanism it ran in this run, epsilon recomputed at the site's own delta,
-    and the site's own cumulative claim (its ledger, all runs), which is what its budget caps."""
-    settings = coordinator.settings
+    and the site's own cumulative claim (its ledger, all runs), which is what its budget caps;
+    with ``site_level_dp``, Flower's site-level accountant's figures."""
+    settings = run.settings
     sites: list[dict[str, Any]] = []
-    for site in coordinator.sites.values():
+    for site in run.sites.values():
         rounds = []
         for event in site.events:
             so_far = [e for e in site.events if (e.round or 0) <= (event.round or 0)]
-            rounds.append({**asdict(event), "epsilon_after": coordinator.epsilon_of(site, so_far)})
-        this_run = coordinator.epsilon_of(site)
+            rounds.append({**asdict(event), "epsilon_after": run.epsilon_of(site, so_far)})
+        this_run = run.epsilon_of(site)
         # The site's last word on its ledger: a privacy event's claim, or (a site asked nothing
         # more after its budget reply) what it said its ledger held before round 0.
         cumulative = max(site.claimed_epsilon, site.spent_before or 0.0, this_run)
@@ -122,23 +128,23 @@ def privacy_report(coordinator: Coordinator, public_facts: dict[str, object] | N
         "release_contents": RELEASE_CONTENTS,
         "aggregation": f"{settings.aggregation} of site updates (no site row counts used)",
         # Bounds/categories read off private data without DP: a leak the user accepted explicitly.
-        "schema_unreviewed_columns": coordinator.schema.unreviewed_columns,
-        "site_level_dp": coordinator.site_level_privacy(),
+        "schema_unreviewed_columns": run.schema.unreviewed_columns,
+        "site_level_dp": site_level_dp,
     }
 
 
-def quality_report(synthetic: pd.DataFrame, coordinator: Coordinator) -> dict[str, Any]:
+def quality_report(synthetic: pd.DataFrame, run: RunRecord) -> dict[str, Any]:
     """How far each synthetic column is from the summed noisy marginals (total variation).
 
     Computed from DP outputs only, so it may be published with the release; the full
     validation against real rows is a local artefact that never enters a release.
     """
-    if coordinator.marginals is None:
+    if run.marginals is None:
         raise ConfigurationError("no marginals yet: run collect_marginals() before writing a release")
-    synthetic_counts = Marginals(exact_counts(synthetic, coordinator.schema).counts)
+    synthetic_counts = Marginals(exact_counts(synthetic, run.schema).counts)
     distances = {}
-    for column in coordinator.schema.columns:
-        target = coordinator.marginals.probabilities(column.name, floor=0.0)
+    for column in run.schema.columns:
+        target = run.marginals.probabilities(column.name, floor=0.0)
         produced = synthetic_counts.probabilities(column.name, floor=0.0)
         distances[column.name] = round(float(0.5 * np.abs(target - produced).sum()), 4)
     return {
@@ -160,43 +166,41 @@ def archive_earlier_release(out: Path) -> Path | None:
     return earlier
 
 
-def write_release(coordinator: Coordinator, out: Path, rows: int, drop_rule_violations: bool = False,
-                  signing_key: Ed25519PrivateKey | None = None, public_facts: dict[str, object] | None = None
-                  ) -> Path:
-    """Sample ``rows`` synthetic rows from the global generator and write the bundle to ``out``;
-    with ``signing_key`` also the signed manifest of every file in it."""
-    trainer = coordinator.trainer
+def write_release(run: RunRecord, trainer: GANTrainer | None, out: Path, rows: int, drop_rule_violations: bool = False,
+                  signing_key: Ed25519PrivateKey | None = None, public_facts: dict[str, object] | None = None,
+                  site_level_dp: dict[str, float] | None = None) -> dict[str, Any]:
+    """Sample ``rows`` synthetic rows from the global generator ``trainer`` and write the bundle
+    of ``run`` to ``out``; with ``signing_key`` also the signed manifest of every file in it.
+    Returns the privacy report it wrote."""
     if trainer is None:
         raise ConfigurationError("no trained generator yet: run train() before writing a release")
     out.mkdir(parents=True, exist_ok=True)
-    rules = coordinator.schema.rules if drop_rule_violations else None
+    rules = run.schema.rules if drop_rule_violations else None
     synthetic, dropped = trainer.sample_frame(rows, rules=rules)
-    require_valid(synthetic, coordinator.schema, source="synthetic release")
+    require_valid(synthetic, run.schema, source="synthetic release")
     write_table(synthetic, out / "synthetic.csv")
     write_table(synthetic, out / "synthetic.parquet")
-    report = privacy_report(coordinator, public_facts)
+    report = privacy_report(run, public_facts, site_level_dp)
     (out / "privacy_report.json").write_text(json.dumps(report, indent=2) + "\n")
-    (out / "quality_report.json").write_text(json.dumps(quality_report(synthetic, coordinator), indent=2) + "\n")
-    coordinator.schema.save(out / "schema.json")
-    config = {"settings": coordinator.settings.public_dict(), "seeded": report["seeded"], "rows": rows,
+    (out / "quality_report.json").write_text(json.dumps(quality_report(synthetic, run), indent=2) + "\n")
+    run.schema.save(out / "schema.json")
+    config = {"settings": run.settings.public_dict(), "seeded": report["seeded"], "rows": rows,
               "dropped_rule_violations": dropped if drop_rule_violations else None,
-              "rounds": public_rounds(coordinator.rounds)}
+              "rounds": public_rounds(run.rounds)}
     (out / "run_config.json").write_text(json.dumps(config, indent=2, default=str) + "\n")
-    save_checkpoint(out / "generator.pt", coordinator.schema, trainer, privacy={
+    save_checkpoint(out / "generator.pt", run.schema, trainer, privacy={
         "max_epsilon_any_site": report["max_epsilon_any_site"],
-        "delta": max((site["delta"] for site in report["sites"]), default=coordinator.settings.delta),
+        "delta": max((site["delta"] for site in report["sites"]), default=run.settings.delta),
         "scope": "per site, each at its own delta: see privacy_report.json"})
-    (out / "README.md").write_text(_readme(coordinator, report, synthetic, rows))
+    (out / "README.md").write_text(_readme(run, report, synthetic, rows))
     if signing_key is not None:
         sign_release(out, signing_key)
-    coordinator.record("release_written", path=str(out), rows=rows, signed=signing_key is not None,
-                       max_epsilon=report["max_epsilon_any_site"])
-    return out
+    return report
 
 
-def _readme(coordinator: Coordinator, report: dict[str, Any], synthetic: pd.DataFrame, rows: int) -> str:
+def _readme(run: RunRecord, report: dict[str, Any], synthetic: pd.DataFrame, rows: int) -> str:
     lines = [
-        f"# Synthetic release: {coordinator.schema.name}",
+        f"# Synthetic release: {run.schema.name}",
         "",
         f"Written {datetime.now(UTC).isoformat(timespec='seconds')} by fedsyn.",
         "",

@@ -190,7 +190,7 @@ MUTATIONS = [
     Mutation("site-level DP allowed with median aggregation", "server/settings.py",
              'if self.aggregation != "mean":', "if False:",
              (PRIVACY + "test_invalid_federation_settings_are_refused_at_construction",)),
-    Mutation("coordinator reports epsilon at its own delta", "server/coordinator.py",
+    Mutation("coordinator reports epsilon at its own delta", "server/record.py",
              "delta = site.delta if site.delta is not None else self.settings.delta",
              "delta = self.settings.delta",
              (PRIVACY + "test_privacy_report_states_each_sites_own_delta",)),
@@ -248,7 +248,7 @@ MUTATIONS = [
              'summed[prefix + "weight"] = weighted.T @ activation',
              'summed[prefix + "weight"] = (weighted.T @ activation).float()',
              ("tests/test_adversary_coordinator.py::test_a_subnormal_clipping_norm_still_bounds_one_record",)),
-    Mutation("the dashboard answers any Host", "server/dashboard.py",
+    Mutation("the dashboard answers any Host", "server/ops/dashboard.py",
              "if host_allowed(request.headers.get(\"host\", \"\"), hosts):", "if True:",
              ("tests/test_dashboard.py::test_only_requests_addressed_to_the_view_are_answered",)),
 ]

@@ -12,7 +12,7 @@ from fedsyn.client.ops.clientapp_process import checked_install
 from fedsyn.client.ops.trusted_app import UntrustedAppError, check_app_bundle
 from fedsyn.client.policy import SitePolicy
 from fedsyn.federation.app_bundle import bundle_hash
-from fedsyn.server.deploy import APP_DIR, app_bundle_hash
+from fedsyn.server.ops.superlink import APP_DIR, app_bundle_hash
 
 FEDSYN_APP = (APP_DIR / "pyproject.toml").read_bytes()
 

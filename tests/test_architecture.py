@@ -22,9 +22,11 @@ ALLOWED = {
     "simulations": {"server", "client", "federation", "model", "evaluation", "privacy", "data", "trust"},
     "cli": set(FOLDERS) - {"cli"},
 }
-# Operations code (starting and watching daemons, the App-bundle check) has a room of its own on
-# its side; the privacy path beside it and the simulations run without it, so never import it.
-OPERATIONS = {"fedsyn.client.ops": ("client", "simulations")}
+# Operations code (starting and watching daemons, the App-bundle check, the coordinator's live
+# view) has a room of its own on each side; the privacy path beside it (on the coordinator's side:
+# the run's loop, reply screening, the record, release, resume and strategies) and the simulations
+# run without it, so never import it.
+OPERATIONS = {"fedsyn.client.ops": ("client", "simulations"), "fedsyn.server.ops": ("server", "simulations")}
 
 
 def _imported_modules(path: Path) -> set[str]:

@@ -138,7 +138,7 @@ def test_server_app_hash_and_config_errors(tmp_path):
 
 
 def test_server_toml_run_paths_are_relative_to_the_file(tmp_path):
-    from fedsyn.server.deploy import CoordinatorConfig
+    from fedsyn.server.ops.superlink import CoordinatorConfig
 
     (tmp_path / "server.toml").write_text('[run]\nschema = "schema.json"\nout = "releases/latest"\n'
                                           'signing-key = ""\naudit-log = "/var/lib/fedsyn/audit.jsonl"\nrounds = 3\n')

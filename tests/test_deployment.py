@@ -20,7 +20,7 @@ from fedsyn.data.demo import demo_schema_path
 from fedsyn.data.tables import read_table
 from fedsyn.data.validation import validate_frame
 from fedsyn.privacy.accounting import PrivacyLedger
-from fedsyn.server.deploy import APP_DIR, CoordinatorConfig, app_bundle_hash
+from fedsyn.server.ops.superlink import APP_DIR, CoordinatorConfig, app_bundle_hash
 from fedsyn.simulations.run import prepare_sites
 from fedsyn.simulations.split import split_table
 from fedsyn.trust.certs import create_ca, create_server_certificate, create_site_keypair

@@ -41,7 +41,7 @@ def test_release_is_valid_and_ledger_matches_independent_recomputation(plan, dem
         assert len(site["rounds_accepted"]) == 4  # marginals round + 3 training rounds
         local = PrivacyLedger.load(SitePolicy.load(policy_path).ledger)
         assert site["site"] == SitePolicy.load(policy_path).site_id
-        assert local.events == coordinator.sites[site["node_id"]].events
+        assert local.events == coordinator.run.sites[site["node_id"]].events
         assert site["epsilon_this_run"] == pytest.approx(independent_epsilon(local.events, 1e-5, "rdp"), rel=1e-3)
         assert site["epsilon_cumulative"] == pytest.approx(site["epsilon_claimed_by_site"], rel=1e-9)
         assert site["epsilon_cumulative"] == pytest.approx(site["epsilon_this_run"], rel=1e-9)  # first run
@@ -80,9 +80,9 @@ def test_the_coordinator_states_each_sites_noise_from_what_it_asked(plan, demo_s
              for m in grid.sent if m.metadata.message_type == protocol.QUERY_MARGINALS}
     columns = len(measured_columns(demo_schema))
     stds = [table_noise_std(columns, asked[node].noise_multiplier, asked[node].pairs_share)
-            for node in coordinator.site_marginals]
-    assert [m.cell_std for m in coordinator.site_marginals.values()] == stds and len(stds) == 3
-    assert coordinator.marginals.cell_std == pytest.approx(np.sqrt(np.sum(np.square(stds))))
+            for node in coordinator.run.site_marginals]
+    assert [m.cell_std for m in coordinator.run.site_marginals.values()] == stds and len(stds) == 3
+    assert coordinator.run.marginals.cell_std == pytest.approx(np.sqrt(np.sum(np.square(stds))))
 
 
 def _corrupt_first_site(reply: Message) -> Message:
@@ -101,7 +101,7 @@ def test_malformed_update_is_dropped_and_named(plan, demo_schema, tmp_path):
     bad = next(s for s in report["sites"] if s["node_id"] == 1001)
     assert [d["round"] for d in bad["dropped"]] == [1, 2, 3]
     assert "NaN" in bad["dropped"][0]["reason"]
-    assert all(r.accepted == 2 for r in coordinator.rounds)
+    assert all(r.accepted == 2 for r in coordinator.run.rounds)
 
 
 def test_site_refuses_less_noise_than_its_minimum(plan, demo_schema, tmp_path):
@@ -135,7 +135,7 @@ def test_float16_transport_halves_the_update_and_still_validates(plan, demo_sche
     updates = [r for r in grid.replies if protocol.ARRAYS in r.content]
     sent = [a for r in updates for a in r.content.array_records[protocol.ARRAYS].values()]
     assert sent and all(a.dtype == "float16" for a in sent)
-    assert all(r.accepted == 3 for r in coordinator.rounds)
+    assert all(r.accepted == 3 for r in coordinator.run.rounds)
     assert all(v.dtype == np.float32 for v in coordinator.trainer.state_arrays().values())
 
 
@@ -171,10 +171,10 @@ def test_update_norm_bound_quarantines_the_poisoning_site(plan, demo_schema, tmp
     bounded = FederationSettings(**{**SETTINGS.__dict__, "max_update_norm": 50.0})
     _, coordinator = run_in_process(plan, demo_schema, tmp_path, settings=bounded,
                                     reply_filter=_poison_first_site(50.0))
-    poisoned = coordinator.sites[1001]
+    poisoned = coordinator.run.sites[1001]
     assert [d["round"] for d in poisoned.dropped] == [1, 2, 3]
     assert "exceeds the bound" in poisoned.dropped[0]["reason"]
-    assert all(r.accepted == 2 for r in coordinator.rounds)
+    assert all(r.accepted == 2 for r in coordinator.run.rounds)
 
 
 class CoordinatorCrash(RuntimeError):
@@ -233,9 +233,9 @@ def test_a_site_that_stops_is_named_and_the_round_goes_on_above_the_minimum(demo
         release = ReleasePlan(tmp_path / name / "release", rows=100)
         if min_sites == 2:
             coordinator = run_federation(grid, demo_schema, settings, release)
-            assert [r.accepted for r in coordinator.rounds] == [3, 2, 3]
-            assert coordinator.sites[1002].dropped[0]["round"] == 2
-            assert "no reply" in coordinator.sites[1002].dropped[0]["reason"]
+            assert [r.accepted for r in coordinator.run.rounds] == [3, 2, 3]
+            assert coordinator.run.sites[1002].dropped[0]["round"] == 2
+            assert "no reply" in coordinator.run.sites[1002].dropped[0]["reason"]
         else:
             with pytest.raises(FederationError, match=r"round 2: only 2 valid .* minimum 3.*no reply"):
                 run_federation(grid, demo_schema, settings, release)

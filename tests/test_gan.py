@@ -105,7 +105,7 @@ def test_a_federated_release_opens_with_the_single_site_api(plan, demo_schema, t
     rows = model.sample(300, seed=1)
     assert validate_frame(rows, demo_schema).ok
     epsilon, _ = model.privacy_spent()
-    assert epsilon == pytest.approx(max(coordinator.epsilon_of(site) for site in coordinator.sites.values()))
+    assert epsilon == pytest.approx(max(coordinator.run.epsilon_of(site) for site in coordinator.run.sites.values()))
     assert model.trainer_.config.site_slots == 3 and model.trainer_.release_slots is not None
 
 

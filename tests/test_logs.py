@@ -156,7 +156,7 @@ def _expired_certificate(folder: Path) -> Path:
 
 
 def test_starting_a_superlink_with_an_expired_certificate_says_so(tmp_path, caplog):
-    from fedsyn.server.deploy import CoordinatorConfig
+    from fedsyn.server.ops.superlink import CoordinatorConfig
 
     create_ca(tmp_path / "certs")
     create_server_certificate(tmp_path / "certs", ["localhost"])
@@ -200,7 +200,7 @@ def test_a_budget_refusal_is_one_line_naming_the_site_and_the_fix_with_exit_code
                                                                                      captured, monkeypatch):
     from fedsyn.cli import server as server_cli
     from fedsyn.cli.main import app
-    from fedsyn.server.deploy import CoordinatorConfig
+    from fedsyn.server.ops.superlink import CoordinatorConfig
 
     captured("text")  # restores the logging configuration the ServerApp and the command replace
     served = _refused_run(plan, tmp_path, capsys)

@@ -66,8 +66,8 @@ def test_a_site_that_spent_more_before_gets_noise_for_what_it_has_left(plan, dem
     noise = _round_zero_noise(grid)
     assert noise[1001] > 2 * noise[1002] and noise[1002] == noise[1003]
     assert all(1.0 - 2e-3 <= spent <= 1.0 + 1e-9 for spent in _spent(plan))
-    assert coordinator.sites[1001].spent_before == pytest.approx(before)
-    assert [r.accepted for r in coordinator.rounds] == [3] * SETTINGS.rounds
+    assert coordinator.run.sites[1001].spent_before == pytest.approx(before)
+    assert [r.accepted for r in coordinator.run.rounds] == [3] * SETTINGS.rounds
 
 
 def test_the_budget_query_charges_nothing_and_says_only_declared_public_facts(plan, demo_schema, tmp_path, caplog):
@@ -115,7 +115,7 @@ def test_a_site_refuses_a_cap_above_its_own_max_whatever_the_coordinator_asks(pl
 
 
 def test_server_plan_submits_a_run_that_only_asks_for_budgets(tmp_path):
-    from fedsyn.server.deploy import CoordinatorConfig
+    from fedsyn.server.ops.superlink import CoordinatorConfig
 
     (tmp_path / "server.toml").write_text('[run]\nepsilon = 0.4\n')
     command = CoordinatorConfig.load(tmp_path / "server.toml").run_command(plan_only=True)
@@ -135,7 +135,7 @@ def test_a_site_left_out_for_its_budget_is_reported_with_what_its_ledger_holds(p
     holds, never 0 (issue 23 item 1: the release must not understate a site's epsilon)."""
     spent = _spend_all_of(plan.policies[0])
     _, coordinator = run_in_process(plan, demo_schema, tmp_path, SETTINGS)
-    assert coordinator.sites[1001].epsilon_cap is None  # left out: nothing usable was left
+    assert coordinator.run.sites[1001].epsilon_cap is None  # left out: nothing usable was left
     report = json.loads((tmp_path / "release" / "privacy_report.json").read_text())
     left_out = next(s for s in report["sites"] if s["site"] == "site-0")
     assert left_out["epsilon_before_run"] == pytest.approx(spent)
@@ -163,7 +163,7 @@ def test_a_fixed_noise_run_where_some_rounds_fit_trains_those_and_releases(plan,
     assert plan_site_run(SiteBudget(0.0, 1.0, 1e-5), fixed).rounds_fit == 2
     with caplog.at_level(logging.INFO, logger="fedsyn.server"):
         grid, coordinator = run_in_process(plan, demo_schema, tmp_path, fixed)
-    assert [r.round for r in coordinator.rounds] == [1, 2]
+    assert [r.round for r in coordinator.run.rounds] == [1, 2]
     assert sum(m.metadata.message_type == "train" for m in grid.sent) == 3 * 2
     report = json.loads((tmp_path / "release" / "privacy_report.json").read_text())
     spent = dict(zip(["site-0", "site-1", "site-2"], _spent(plan)))
@@ -207,8 +207,8 @@ def test_a_run_saved_before_per_site_caps_resumes(plan, demo_schema, tmp_path, m
     site's cap). Resuming it must go on training the sites, not ask nobody and fail the quorum."""
     import dataclasses
 
-    from fedsyn.server import coordinator as coordinator_module
-    from fedsyn.server.coordinator import SiteStatus
+    from fedsyn.server import record as record_module
+    from fedsyn.server.record import SiteStatus
 
     release = ReleasePlan(tmp_path / "release", rows=300, audit_log=tmp_path / "audit.jsonl",
                           state_dir=tmp_path / "state")
@@ -222,11 +222,11 @@ def test_a_run_saved_before_per_site_caps_resumes(plan, demo_schema, tmp_path, m
 
     app = make_client_app(plan.site_policy)
     with monkeypatch.context() as patched:
-        patched.setattr(coordinator_module, "asdict", old_asdict)
+        patched.setattr(record_module, "asdict", old_asdict)
         with pytest.raises(CoordinatorCrash):
             run_federation(CrashingGrid(app, len(plan.policies), crash_at=2), demo_schema, SETTINGS, release)
     coordinator = run_federation(InProcessGrid(app, len(plan.policies)), demo_schema, SETTINGS, release, resume=True)
-    assert [r.accepted for r in coordinator.rounds] == [3] * SETTINGS.rounds
+    assert [r.accepted for r in coordinator.run.rounds] == [3] * SETTINGS.rounds
     assert [len(PrivacyLedger.load(SitePolicy.load(p).ledger).events) for p in plan.policies] == [4] * 3
 
 

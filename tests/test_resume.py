@@ -62,11 +62,48 @@ def test_a_resumed_run_finishes_and_no_site_pays_twice(plan, demo_schema, tmp_pa
               for p in plan.policies]
     assert all([e["round"] for e in trail if e["event"] == "reply_replayed"] == [2] for trail in trails)
     entries = [json.loads(line) for line in (tmp_path / "audit.jsonl").read_text().splitlines()]
-    assert len({e["run"] for e in entries}) == 1 and coordinator.run_id == entries[0]["run"]
+    assert len({e["run"] for e in entries}) == 1 and coordinator.run.run_id == entries[0]["run"]
     resumed = next(e for e in entries if e["event"] == "run_resumed")
     assert resumed["after_round"] == 1
     assert [e["round"] for e in entries if e["event"] == "round_finished"] == [1, 2, 3]
     verify_log(tmp_path / "audit.jsonl")
+
+
+# What the coordinator wrote in state.pt before its record became a value of its own (issue 21):
+# the file's keys, and each site's and each round's fields, as that code's _save wrote them.
+STATE_KEYS = ("format", "run_id", "round", "settings", "schema_sha256", "marginals", "site_marginals", "slots",
+              "sites", "rounds", "model", "sampler", "release_choice")
+SITE_FIELDS = ("node_id", "label", "events", "claimed_epsilon", "delta", "rounds_accepted", "dropped", "active",
+               "unconfirmed", "spent_before", "max_epsilon", "epsilon_cap", "rounds_planned")
+ROUND_FIELDS = ("round", "accepted", "dropped", "generator_loss", "seconds")
+EVENT_FIELDS = ("mechanism", "noise_multiplier", "sample_rate", "steps", "round")
+
+
+def test_a_state_saved_in_the_earlier_layout_resumes(plan, demo_schema, tmp_path):
+    """A state.pt written in the layout of the code before the run's record (the dict its _save
+    built, field by field) and vouched for by the audit log resumes: no site pays twice and
+    every round is trained."""
+    import torch
+
+    from fedsyn.trust.audit import AuditLog
+    from fedsyn.trust.signing import sha256_file
+
+    release, app = _crash_in_round_two(plan, demo_schema, tmp_path)
+    state = tmp_path / "state" / STATE_FILE
+    saved = torch.load(state, weights_only=True)
+    earlier = {key: saved[key] for key in STATE_KEYS}
+    earlier["sites"] = [{**{name: site[name] for name in SITE_FIELDS},
+                         "events": [{name: event[name] for name in EVENT_FIELDS} for event in site["events"]]}
+                        for site in saved["sites"]]
+    earlier["rounds"] = [{name: summary[name] for name in ROUND_FIELDS} for summary in saved["rounds"]]
+    torch.save(earlier, state)
+    AuditLog(tmp_path / "audit.jsonl", run_id=saved["run_id"]).append(
+        "state_saved", round=saved["round"], path=str(state.resolve()), sha256=sha256_file(state))
+
+    coordinator = run_federation(InProcessGrid(app, len(plan.policies)), demo_schema, SETTINGS, release,
+                                 resume=True)
+    assert [r.round for r in coordinator.run.rounds] == [1, 2, 3] and coordinator.run.run_id == saved["run_id"]
+    assert [len(ledger.events) for ledger in _ledgers(plan)] == [1 + SETTINGS.rounds] * 3
 
 
 def test_a_state_the_audit_log_does_not_vouch_for_is_refused(plan, demo_schema, tmp_path):
@@ -173,6 +210,6 @@ def test_the_release_samples_from_the_closest_round_also_across_a_restart(plan, 
     assert {e["round"]: e["misfit"] for e in entries if e["event"] == "round_finished" and "misfit" in e} == \
         {3: 0.1, 4: 0.2}
     assert [e["round"] for e in entries if e["event"] == "release_model_chosen"] == [3]
-    assert coordinator.release_choice.round == 3
+    assert coordinator.run.release_choice.round == 3
     for name, value in coordinator.trainer.sampler.state_dict().items():
-        np.testing.assert_array_equal(value.numpy(), coordinator.release_choice.sampler[name])
+        np.testing.assert_array_equal(value.numpy(), coordinator.run.release_choice.sampler[name])

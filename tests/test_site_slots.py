@@ -120,21 +120,21 @@ def test_train_messages_carry_each_sites_slot_and_every_slots_marginals(plan, de
     grid, coordinator = run_in_process(plan, demo_schema, tmp_path)
     released = {reply.metadata.src_node_id: protocol.from_array_record(reply.content.array_records[protocol.MARGINALS])
                 for reply in grid.replies if protocol.MARGINALS in reply.content}
-    assert sorted(coordinator.slots) == sorted(released) and sorted(coordinator.slots.values()) == [0, 1, 2]
+    assert sorted(coordinator.run.slots) == sorted(released) and sorted(coordinator.run.slots.values()) == [0, 1, 2]
     assert coordinator.trainer.config.site_slots == 3
     train = [m for m in grid.sent if m.metadata.message_type == "train"]
     assert len(train) == 3 * SETTINGS.rounds
     for message in train:
         node = message.metadata.dst_node_id
         config = message.content.config_records[protocol.CONFIG]
-        assert config[protocol.SITE_SLOT] == coordinator.slots[node]
+        assert config[protocol.SITE_SLOT] == coordinator.run.slots[node]
         per_slot = protocol.slot_marginals_from_record(message.content.array_records[protocol.SLOT_MARGINALS])
-        for other, slot in coordinator.slots.items():  # every slot's tables: exactly what its site released
+        for other, slot in coordinator.run.slots.items():  # every slot's tables: exactly what its site released
             assert set(per_slot[slot]) == set(released[other])
             assert all(np.array_equal(per_slot[slot][k], released[other][k]) for k in released[other])
     # Release: slot weights follow the sites' noisy totals.
-    ordered = sorted(coordinator.slots, key=coordinator.slots.__getitem__)
-    totals = np.array([coordinator.site_marginals[n].total() for n in ordered])
+    ordered = sorted(coordinator.run.slots, key=coordinator.run.slots.__getitem__)
+    totals = np.array([coordinator.run.site_marginals[n].total() for n in ordered])
     assert coordinator.trainer.slot_weights.numpy() == pytest.approx(totals / totals.sum(), rel=1e-5)
 
 

@@ -1,7 +1,7 @@
 """The coordinator's live web view (`fedsyn server dashboard`): one page and the JSON it polls.
 
 Read-only by construction: only GET routes, no API docs, and the state comes from
-:mod:`fedsyn.server.dashboard_state`, which reads public artefacts only. The page is
+:mod:`fedsyn.server.ops.dashboard_state`, which reads public artefacts only. The page is
 self-contained (inline CSS, JS and SVG) because a coordinator's machine may have no
 internet, and a page that loads code from a CDN would hand that CDN the view.
 
@@ -21,7 +21,7 @@ from fastapi import Depends, FastAPI, HTTPException, Request
 from fastapi.responses import HTMLResponse, JSONResponse, PlainTextResponse
 from starlette.responses import Response
 
-from fedsyn.server.dashboard_state import Sources, StateReader
+from fedsyn.server.ops.dashboard_state import Sources, StateReader
 
 LOOPBACK = ("127.0.0.1", "localhost", "::1")
 # Binding these listens on loopback too, so the loopback names reach the view as well.

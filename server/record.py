@@ -1,0 +1,170 @@
+"""The run's record: what the coordinator has established so far, as one value that the release
+and the saved state are written from.
+
+Everything in it is public or a DP output, so it may be saved after every round and a release
+may be written from it: the public settings and schema; per site, what it declared public (that
+it took part and in which rounds, its name, the parameters of its privacy events, its delta and
+its own epsilon claims, its budget before round 0) and what the coordinator decided from those
+(its epsilon cap, the rounds it was planned for, why a reply was dropped); each round's reply
+counts, mean generator loss and duration; the sites' noisy round-0 tables (DP outputs) and their
+public slots; and the release choice (post-processing of DP outputs). A release publishes only
+what :mod:`fedsyn.server.release` lists (not a round's duration: it grows with private row
+counts). What the record may hold is the same list that :mod:`fedsyn.server.resume` declares
+for the state file, and :meth:`RunRecord.to_state` / :meth:`RunRecord.from_state` are the one
+place the two forms are mapped.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import numpy as np
+
+from fedsyn.data.schema import Schema
+from fedsyn.errors import ConfigurationError, FedsynError
+from fedsyn.federation import protocol
+from fedsyn.privacy.accounting import PrivacyEvent, compute_epsilon
+from fedsyn.privacy.marginals import Marginals
+from fedsyn.server.resume import RunState
+from fedsyn.server.settings import FederationSettings
+
+
+class FederationError(FedsynError, RuntimeError):
+    """The run cannot continue (e.g. fewer sites than the configured minimum)."""
+
+
+@dataclass
+class SiteStatus:
+    """The coordinator's view of one site: what it spent (recomputed here) and what happened."""
+
+    node_id: int
+    label: str = ""
+    events: list[PrivacyEvent] = field(default_factory=list)
+    claimed_epsilon: float = 0.0
+    delta: float | None = None
+    rounds_accepted: list[int] = field(default_factory=list)
+    dropped: list[dict[str, object]] = field(default_factory=list)
+    active: bool = True
+    # Rounds whose request may have been charged at the site with no claim reaching us: no
+    # reply, a site failure (possibly after the charge) or an error from Flower in its place.
+    unconfirmed: list[int] = field(default_factory=list)
+    # What the site said before round 0 (its ledger's epsilon and its max_epsilon), and the ledger
+    # total this run may bring it to: the epsilon every request of the run carries to it.
+    spent_before: float | None = None
+    max_epsilon: float | None = None
+    epsilon_cap: float | None = None
+    # The training rounds of this run that fit the site's budget (None: all of them). With a
+    # fixed noise multiplier the plan may fit fewer than the run's rounds; the site is not asked
+    # past them, so its refusal cannot fail a round's quorum and leave the run without a release.
+    rounds_planned: int | None = None
+
+    @property
+    def claim_outdated(self) -> bool:
+        """True when the site may have spent more than its last claim says."""
+        return any(r > max(self.rounds_accepted, default=-1) for r in self.unconfirmed)
+
+    @property
+    def cap(self) -> float:
+        """The ledger total this run may bring the site to; only a planned site is asked to spend."""
+        if self.epsilon_cap is None:
+            raise FederationError(f"{self.name} has no budget planned for this run: it answered no budget query")
+        return self.epsilon_cap
+
+    @property
+    def name(self) -> str:
+        """The name the site publishes in its replies, else its Flower node id."""
+        return self.label or f"node-{self.node_id}"
+
+
+@dataclass
+class RoundSummary:
+    round: int
+    accepted: int
+    dropped: int
+    generator_loss: float
+    seconds: float
+
+
+@dataclass
+class ReleaseChoice:
+    """The averaged generator the release samples from: of the rounds in the run's second half,
+    the one whose rows sit closest to the noisy tables (:func:`fedsyn.model.matching.release_misfit`).
+    The last round is not always the best one (GAN training oscillates), and a seed's luck should
+    not decide what a hospital gets for its budget; choosing by DP outputs only is post-processing."""
+
+    round: int
+    misfit: float
+    sampler: dict[str, np.ndarray]
+
+
+@dataclass
+class RunRecord:
+    """What the run has established, round by round (see the module docstring for why all of it
+    is public or a DP output). The coordinator keeps it; the release and the saved state are
+    written from it."""
+
+    run_id: str
+    schema: Schema
+    settings: FederationSettings
+    completed_round: int | None = None  # None: not even the marginals round
+    sites: dict[int, SiteStatus] = field(default_factory=dict)
+    rounds: list[RoundSummary] = field(default_factory=list)
+    marginals: Marginals | None = None  # the sum of the sites' noisy outcome tables
+    # Each valid round-0 site's own noisy marginals (DP outputs), and its generator slot.
+    site_marginals: dict[int, Marginals] = field(default_factory=dict)
+    slots: dict[int, int] = field(default_factory=dict)
+    release_choice: ReleaseChoice | None = None
+
+    def epsilon_of(self, site: SiteStatus, events: list[PrivacyEvent] | None = None) -> float:
+        """Epsilon of the site's events in this run (or of ``events``), at the delta the site keeps."""
+        delta = site.delta if site.delta is not None else self.settings.delta
+        return compute_epsilon(site.events if events is None else events, delta, self.settings.accountant)
+
+    def to_state(self, model: dict[str, np.ndarray] | None, sampler: dict[str, np.ndarray] | None) -> RunState:
+        """The saved form after the completed round, with the global model and its average."""
+        if self.completed_round is None or self.marginals is None:
+            raise ConfigurationError("nothing to save before the marginals round completed")
+        return RunState(
+            run_id=self.run_id, round=self.completed_round, settings=self.settings.to_dict(),
+            schema_sha256=protocol.schema_fingerprint(self.schema), marginals=self.marginals.tables,
+            site_marginals={node: m.arrays for node, m in self.site_marginals.items()}, slots=dict(self.slots),
+            sites=[asdict(site) for site in self.sites.values()], rounds=[asdict(r) for r in self.rounds],
+            model=model, sampler=sampler,
+            release_choice=None if self.release_choice is None else asdict(self.release_choice))
+
+    @classmethod
+    def from_state(cls, state: RunState, schema: Schema, settings: FederationSettings) -> RunRecord:
+        """The record a saved state holds, if it was saved by a run of the same settings and schema.
+
+        The tables come back as arrays without their cell noise std (``cell_std`` None: unknown).
+        Nothing after round 0 reads it (the sum was coarsened before it was saved), and it cannot
+        be rebuilt from the state: a site's std is that of the query the coordinator sent
+        (:func:`fedsyn.privacy.marginals.received_marginals`), which is not saved, and the site's
+        own event would be its word on its noise. Code that needed it would be refused by
+        :meth:`Marginals.without_noise_floor` rather than given a guess."""
+        saved = settings.to_dict()
+        if state.settings != saved:
+            changed = sorted(k for k in state.settings if state.settings[k] != saved.get(k))
+            raise ConfigurationError(f"the run's settings changed since its state was saved ({', '.join(changed)}); "
+                                     "resume with the settings it started with")
+        if state.schema_sha256 != protocol.schema_fingerprint(schema):
+            raise ConfigurationError("the schema changed since the run's state was saved; resume with the same schema")
+        if settings.site_noise_multiplier is not None:
+            raise ConfigurationError("a run with site-level DP cannot be resumed: Flower's site-level accountant is "
+                                     "not saved, so the report would understate it. Start a new run")
+        return cls(
+            run_id=state.run_id, schema=schema, settings=settings, completed_round=state.round,
+            # A run saved before per-site caps asked every site for the run's epsilon: its cap, kept so
+            # that the same requests (and so the sites' stored answers) come again.
+            sites={int(raw["node_id"]): _site(raw, settings.epsilon) for raw in state.sites},
+            rounds=[RoundSummary(**raw) for raw in state.rounds],
+            marginals=Marginals(state.marginals),
+            site_marginals={int(node): Marginals(tables) for node, tables in state.site_marginals.items()},
+            slots={int(node): slot for node, slot in state.slots.items()},
+            release_choice=None if state.release_choice is None else ReleaseChoice(**state.release_choice))
+
+
+def _site(raw: dict[str, Any], run_epsilon: float) -> SiteStatus:
+    """A saved site's status; one saved before per-site caps gets the run's epsilon as its cap."""
+    return SiteStatus(**{"epsilon_cap": run_epsilon, **raw, "events": [PrivacyEvent(**e) for e in raw["events"]]})

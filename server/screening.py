@@ -1,0 +1,192 @@
+"""Screening what sites reply: each reply is checked before anything in it is used, and a reply
+that fails is dropped for that round with its reason, never aborting the run.
+
+The privacy argument of each check:
+
+- *Paired through the request it answers*, not its sender: when a node has gone away the
+  SuperLink answers in its place, and an unknown node's reply is ignored. A request that may
+  have been charged and got no usable answer is recorded as unconfirmed, so the release states
+  an upper bound for that site's ledger instead of an understated claim.
+- *The privacy event is the mechanism that was asked for* (same mechanism, sample rate and
+  steps; no less noise; a delta that does not change within the run): the coordinator
+  recomputes each site's epsilon from these events, so an event it did not ask for would make
+  the published ledger wrong.
+- *Shapes, dtypes and finiteness* of every array, each round-0 pair table and its group bounds
+  (:func:`fedsyn.privacy.pairs.check_pair_array`, :func:`fedsyn.privacy.pairs.require_group_bounds`):
+  a malformed or non-finite table would reach every site's training as the shared encoding.
+- *The reported steps equal the requested local steps*: updates are averaged unweighted through
+  that metric, so no site's row count is used.
+- *An update's norm* within ``max_update_norm`` when set: a hostile site cannot move the
+  global model further than the bound in one round.
+- *A quorum* of valid replies per round (``min_sites``): fewer, and the run stops with each
+  dropped site's reason.
+
+A policy refusal (a final error code) is final for the run: the site is asked nothing more.
+What is recorded about a reply (its round, the site's name and reason, its epsilon claim) is
+declared public (:data:`fedsyn.server.release.DECLARED_PUBLIC`); exception text of the site is
+never received.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
+from functools import partial
+from typing import Any, Protocol
+
+import numpy as np
+from flwr.app import Message, RecordDict
+
+from fedsyn.data.schema import Schema
+from fedsyn.federation import protocol
+from fedsyn.privacy.accounting import PrivacyEvent
+from fedsyn.privacy.budget import SiteBudget
+from fedsyn.privacy.marginals import Marginals
+from fedsyn.privacy.pairs import check_pair_array, require_group_bounds
+from fedsyn.server.record import FederationError, SiteStatus
+from fedsyn.server.settings import FederationSettings
+
+log = logging.getLogger("fedsyn.server")
+
+Shapes = dict[str, tuple[tuple[int, ...], np.dtype[Any]]]
+
+
+class Recorder(Protocol):
+    """The coordinator's structured log line and audit entry (:meth:`Coordinator.record`)."""
+
+    def __call__(self, event: str, message: str | None = None, **fields: object) -> None: ...
+
+
+@dataclass(frozen=True)
+class ReplyScreen:
+    """The checks every reply passes, for one run's schema and settings; what is decided about
+    a site (accepted rounds, events, drops, unconfirmed charges) is written to its
+    :class:`SiteStatus`, and each decision to ``record``."""
+
+    schema: Schema
+    settings: FederationSettings
+    record: Recorder
+
+    def pair(self, sites: dict[int, SiteStatus], asked: list[Message], replies: Iterable[Message], round_: int,
+             charged: bool = True) -> list[tuple[SiteStatus, Message]]:
+        """Pair every reply with the site it answers for. A request that may be ``charged`` and got
+        no reply is an unconfirmed charge (see :attr:`SiteStatus.unconfirmed`).
+
+        A reply is matched through the message it answers, not its sender: when a node has
+        gone away, the SuperLink itself answers with an error in the node's place.
+        """
+        nodes = {m.metadata.message_id: m.metadata.dst_node_id for m in asked}
+        paired = []
+        for reply in replies:
+            node = nodes.get(reply.metadata.reply_to_message_id, reply.metadata.src_node_id)
+            if node in sites:
+                paired.append((sites[node], reply))
+            else:
+                log.warning("ignored a reply from unknown node %s", node)
+        answered = {site.node_id for site, _ in paired}
+        for node in nodes.values():
+            if node not in answered:
+                if charged:
+                    sites[node].unconfirmed.append(round_)
+                self.drop(sites[node], round_,
+                          f"no reply within {self.settings.timeout:g} s (site stopped or unreachable)")
+        return paired
+
+    def drop(self, site: SiteStatus, round_: int, reason: str, refused: bool = False) -> None:
+        """Quarantine the site for this round with ``reason``; a policy refusal for the whole run."""
+        log.warning("round %d: dropped %s: %s", round_, site.name, reason)
+        site.dropped.append({"round": round_, "reason": reason})
+        self.record("site_refused" if refused else "update_rejected", round=round_, node=site.node_id,
+                    site=site.name, reason=reason)
+        if refused:  # a policy refusal is final for this run: do not ask again
+            site.active = False
+
+    def budgets(self, replies: list[tuple[SiteStatus, Message]]) -> Iterator[tuple[SiteStatus, SiteBudget]]:
+        """The valid budget replies (before round 0), each site's name, delta and budget noted;
+        one at a time, so that what the caller records of each stays in the sites' order."""
+        for site, reply in replies:
+            if reply.has_error():
+                self.drop(site, 0, reply.error.reason or f"error code {reply.error.code}",
+                          refused=reply.error.code in protocol.FINAL_CODES)
+                continue
+            try:
+                budget, label = protocol.decode_budget(reply.content)
+            except protocol.ReplyError as exc:
+                self.drop(site, 0, f"invalid budget reply: {exc}")
+                continue
+            site.label, site.delta = label or site.label, budget.delta
+            site.spent_before, site.max_epsilon = budget.spent, budget.max_epsilon
+            yield site, budget
+
+    def valid(self, replies: list[tuple[SiteStatus, Message]], round_: int, payload: str,
+              expected: Callable[[SiteStatus], PrivacyEvent], shapes: Shapes,
+              current: dict[str, np.ndarray] | None = None) -> list[Message]:
+        """Decode replies; return the valid ones, recording why each invalid one was dropped
+        (quarantined for this round). With ``current`` and ``max_update_norm`` set, an update
+        that moves the model further than the bound is rejected too."""
+        valid = []
+        for site, reply in replies:
+            if reply.has_error():
+                reason = reply.error.reason or f"error code {reply.error.code}"
+                if reply.error.code not in protocol.FINAL_CODES:  # the site may have been charged first
+                    site.unconfirmed.append(round_)
+                self.drop(site, round_, reason, refused=reply.error.code in protocol.FINAL_CODES)
+                continue
+            try:
+                protocol.check_reply_records(reply.content, payload)
+                pairs = partial(check_pair_array, self.schema) if payload == protocol.MARGINALS else None
+                arrays = protocol.from_array_record(reply.content.array_records[payload], shapes, pairs)
+                if payload == protocol.MARGINALS:
+                    try:  # each array was checked as it was decoded; the bounds must come too
+                        require_group_bounds(self.schema, Marginals(dict(arrays)))
+                    except ValueError as exc:
+                        raise protocol.ReplyError(str(exc)) from None
+                if payload == protocol.ARRAYS and reply.content.metric_records[protocol.METRICS].get("steps") != \
+                        float(expected(site).steps):
+                    raise protocol.ReplyError("reported steps differ from the requested local steps")
+                if current is not None and self.settings.max_update_norm is not None:
+                    norm = float(np.sqrt(sum(np.sum((arrays[k].astype(np.float64) - current[k]) ** 2)
+                                             for k in current)))
+                    if norm > self.settings.max_update_norm:
+                        raise protocol.ReplyError(f"update norm {norm:.3g} exceeds the bound "
+                                                  f"{self.settings.max_update_norm:g}")
+                self._accept_event(site, reply.content, expected(site))
+            except protocol.ReplyError as exc:
+                self.drop(site, round_, f"invalid reply: {exc}")
+                continue
+            site.rounds_accepted.append(round_)
+            self.record("site_joined" if round_ == 0 else "update_accepted", round=round_, node=site.node_id,
+                        site=site.name, epsilon_claimed=site.claimed_epsilon)
+            if payload == protocol.ARRAYS:  # aggregate in float32 whatever the transport precision
+                reply.content[payload] = protocol.to_array_record({k: v.astype(np.float32) for k, v in arrays.items()})
+            valid.append(reply)
+        return valid
+
+    def require_quorum(self, sites: Iterable[SiteStatus], accepted: int, round_: int) -> None:
+        """Stop the run when fewer than ``min_sites`` replies of ``round_`` were valid, saying why
+        each dropped site was dropped."""
+        if accepted < self.settings.min_sites:
+            reasons = "; ".join(f"{s.name}: {s.dropped[-1]['reason']}" for s in sites
+                                if s.dropped and s.dropped[-1]["round"] == round_)
+            raise FederationError(
+                f"round {round_}: only {accepted} valid site update(s), fewer than the minimum "
+                f"{self.settings.min_sites}. {reasons}")
+
+    def _accept_event(self, site: SiteStatus, content: RecordDict, expected: PrivacyEvent) -> None:
+        """Record the site's privacy event if it is the mechanism that was asked for.
+
+        ``expected.noise_multiplier`` is the least noise acceptable (sites may add more).
+        """
+        event, claimed, delta, label = protocol.decode_event(content.config_records[protocol.PRIVACY])
+        if (event.mechanism, event.sample_rate, event.steps) != (expected.mechanism, expected.sample_rate,
+                                                                 expected.steps):
+            raise protocol.ReplyError(f"privacy event {event} does not match the request {expected}")
+        if event.noise_multiplier < expected.noise_multiplier:
+            raise protocol.ReplyError(f"site used less noise ({event.noise_multiplier}) than asked")
+        if site.delta is not None and delta != site.delta:
+            raise protocol.ReplyError(f"site changed its delta from {site.delta:g} to {delta:g} within the run")
+        site.events.append(event)
+        site.claimed_epsilon = claimed
+        site.delta = delta
+        site.label = label or site.label
