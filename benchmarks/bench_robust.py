@@ -24,7 +24,7 @@ from fedsyn.data.tables import read_table
 from fedsyn.evaluation.metrics import tstr_auc
 from fedsyn.federation import protocol
 from fedsyn.server.app import ReleasePlan, run_federation
-from fedsyn.server.coordinator import FederationError
+from fedsyn.server.record import FederationError
 from fedsyn.server.settings import FEDERATED_GAN, FEDERATED_LOCAL_STEPS, FEDERATED_ROUNDS, FederationSettings
 from fedsyn.simulations.inprocess import FIRST_NODE_ID, InProcessGrid
 from fedsyn.simulations.run import default_sample_rate, prepare_sites

@@ -19,7 +19,7 @@ from fedsyn.errors import ConfigurationError
 from fedsyn.server.settings import FEDERATED_GAN, FEDERATED_LOCAL_STEPS, FEDERATED_ROUNDS, FederationSettings
 
 if TYPE_CHECKING:
-    from fedsyn.server.coordinator import RoundSummary, SiteStatus
+    from fedsyn.server.record import RoundSummary, SiteStatus
     from fedsyn.simulations.plan import WidthPlan
     from fedsyn.simulations.request import PreparedSimulation
     from fedsyn.simulations.workflow import SimulationResult
@@ -224,7 +224,7 @@ def simulate(
         prepared = prepare(request)
     except ConfigurationError as exc:
         fail(str(exc))
-    from fedsyn.server.coordinator import FederationError
+    from fedsyn.server.record import FederationError
     from fedsyn.simulations import workflow
 
     for warning in prepared.warnings:

@@ -45,7 +45,7 @@ from fedsyn.server.strategy import build_strategy
 from fedsyn.trust.audit import AuditLog
 
 # What a caller of the run meets: the error that stops it, and what each round's callback is given.
-__all__ = ["Coordinator", "FederationError", "RoundCallback", "RoundSummary", "SiteStatus"]
+__all__ = ["Coordinator", "RoundCallback"]
 
 log = logging.getLogger("fedsyn.server")
 
@@ -102,7 +102,7 @@ class Coordinator:
         else:
             log.info("%s", message, extra={"fedsyn": {"event": event, **fields}})
         if self.audit is not None:
-            self.audit.append(event, unless_repeated=False, **fields)  # stated: no field is taken for it
+            self.audit.append(event, **fields)
 
     def _require_quorum(self, accepted: int, round_: int) -> None:
         self.screen.require_quorum(self.run.sites.values(), accepted, round_)

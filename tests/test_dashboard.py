@@ -21,9 +21,9 @@ from fedsyn.data.demo import demo_schema_path
 from fedsyn.federation import protocol
 from fedsyn.privacy.accounting import PrivacyLedger
 from fedsyn.server.app import ReleasePlan, run_federation
-from fedsyn.server.coordinator import FederationError
 from fedsyn.server.ops.dashboard import create_app, needs_token
 from fedsyn.server.ops.dashboard_state import known_names, latest_run, read_entries, site_views
+from fedsyn.server.record import FederationError
 from fedsyn.simulations.inprocess import InProcessGrid
 from fedsyn.simulations.run import prepare_sites
 from fedsyn.simulations.split import split_table

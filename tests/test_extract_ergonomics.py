@@ -91,7 +91,7 @@ def test_a_misspelt_column_gets_a_did_you_mean(demo_frame, demo_schema):
 
 
 def test_simulate_warns_about_an_outcome_class_with_few_rows_at_a_site(tmp_path, demo_frame, no_federation):
-    from fedsyn.server.coordinator import FederationError
+    from fedsyn.server.record import FederationError
 
     no_federation["raising"] = FederationError("stopped by the test")
     dead = demo_frame[demo_frame["death"] == "dead"].head(9)
@@ -221,7 +221,7 @@ def test_ctrl_c_before_any_charge_removes_what_the_start_wrote(tmp_path, cohort,
 # -- 5. a failed start leaves nothing behind ------------------------------------------------------
 
 def test_a_failed_start_removes_the_out_folder_it_created(tmp_path, cohort, no_federation):
-    from fedsyn.server.coordinator import FederationError
+    from fedsyn.server.record import FederationError
 
     no_federation["raising"] = FederationError("a site refused before round 0")
     out = tmp_path / "new" / "run"
@@ -240,7 +240,7 @@ def test_an_unexpected_failure_before_any_charge_also_removes_the_start(tmp_path
 
 
 def test_a_failure_after_a_charge_keeps_the_ledgers(tmp_path, cohort, no_federation):
-    from fedsyn.server.coordinator import FederationError
+    from fedsyn.server.record import FederationError
 
     no_federation.update(charged=True, raising=FederationError("lost every site in round 2"))
     out = tmp_path / "run"

@@ -17,7 +17,8 @@ from fedsyn.privacy.accounting import PrivacyEvent, PrivacyLedger
 from fedsyn.privacy.marginals import Marginals, measured_columns, table_noise_std
 from fedsyn.privacy.pairs import check_pairs
 from fedsyn.server.app import ReleasePlan, run_federation
-from fedsyn.server.coordinator import Coordinator, FederationError
+from fedsyn.server.coordinator import Coordinator
+from fedsyn.server.record import FederationError
 from fedsyn.server.settings import FederationSettings
 from fedsyn.simulations.inprocess import InProcessGrid
 from fedsyn.simulations.run import prepare_sites

@@ -17,7 +17,7 @@ from fedsyn.federation import protocol
 from fedsyn.privacy.accounting import PrivacyLedger, gaussian_noise_for_epsilon
 from fedsyn.privacy.budget import SiteBudget, plan_site_run
 from fedsyn.server.app import ReleasePlan, run_federation
-from fedsyn.server.coordinator import FederationError
+from fedsyn.server.record import FederationError
 from fedsyn.simulations.inprocess import InProcessGrid
 
 from .helpers import SETTINGS, CoordinatorCrash, CrashingGrid, run_in_process

@@ -20,7 +20,7 @@ from fedsyn.errors import ConfigurationError
 from fedsyn.privacy.accounting import PrivacyEvent, PrivacyLedger
 from fedsyn.server import coordinator as coordinator_module
 from fedsyn.server.app import ReleasePlan, run_federation
-from fedsyn.server.coordinator import FederationError
+from fedsyn.server.record import FederationError
 from fedsyn.server.resume import STATE_FILE, holding_run, lock_holder
 from fedsyn.simulations.inprocess import InProcessGrid
 from fedsyn.trust.audit import verify_log
