@@ -140,7 +140,8 @@ class Coordinator:
                 continue
             site.epsilon_cap, site.rounds_planned = plan.cap, plan.rounds_fit
             queries[site.node_id] = protocol.MarginalsQuery(plan.marginals_noise, plan.cap, fingerprint,
-                                                            self.run.run_id, self.settings.pairs_share)
+                                                            self.run.run_id, self.settings.pairs_share,
+                                                            self.settings.site_column)
         self._require_quorum(len(queries), 0)
         return queries
 
