@@ -276,7 +276,7 @@ class Site:
         """What this site has spent and may spend, for the coordinator's plan: read from the ledger
         and the policy only (no row is read), so it costs nothing and is declared public."""
         budget = SiteBudget(self.ledger.epsilon(), self.policy.max_epsilon, self.policy.delta)
-        self.trail.append_unless_repeated("budget_reported", epsilon_spent=budget.spent,
+        self.trail.append_unless_repeated("budget_reported", since=CHARGED, epsilon_spent=budget.spent,
                                           max_epsilon=budget.max_epsilon)
         return budget
 
@@ -323,8 +323,8 @@ class Site:
             return None
         stored = self.replies.get(run_id, round_, digest)
         if stored is not None:
-            self.trail.append("reply_replayed", run=run_id, round=round_, privacy=asdict(stored[2]),
-                              epsilon_spent=self.ledger.epsilon())
+            self.trail.append_unless_repeated("reply_replayed", since=CHARGED, run=run_id, round=round_,
+                                              privacy=asdict(stored[2]), epsilon_spent=self.ledger.epsilon())
             log.info("round %d of run %s asked again: the stored answer is sent, nothing is charged", round_, run_id,
                      extra={"fedsyn": {"event": "reply_replayed", "site": self.policy.site_id, "round": round_}})
         return stored

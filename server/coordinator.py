@@ -247,10 +247,14 @@ class Coordinator:
             started = time.monotonic()
             self._retire_finished_sites(round_)
             self._note_late_sites(grid, round_)
-            if not any(s.active and self._trainable(s, gan_config) for s in run.sites.values()):
-                self.record("training_stopped", f"no site has budget for round {round_}: training stops after "
-                            f"round {round_ - 1} of {settings.rounds}, and the release uses what was trained",
-                            round=round_ - 1, rounds=settings.rounds)
+            ready = sum(s.active and self._trainable(s, gan_config) for s in run.sites.values())
+            if ready < settings.min_sites and (run.rounds or not ready):
+                # Sites whose planned rounds are done (or that refused) leave fewer than the quorum:
+                # asking the rest would fail it and leave the trained rounds without a release.
+                self.record("training_stopped", f"{ready} site(s) can train round {round_}, fewer than min-sites "
+                            f"{settings.min_sites}: training stops after round {round_ - 1} of {settings.rounds}, "
+                            "and the release uses what was trained", round=round_ - 1, rounds=settings.rounds,
+                            sites_ready=ready)
                 break
             current = trainer.state_arrays()
             messages = list(self.strategy.configure_train(
@@ -291,7 +295,7 @@ class Coordinator:
             if site.active and site.rounds_planned is not None and round_ > site.rounds_planned:
                 site.active = False
                 self.record("site_finished", f"{site.name}: its budget for this run fits {site.rounds_planned} "
-                            f"training round(s), all done; it is asked nothing more in this run",
+                            f"training round(s), and each has been asked of it: it is asked nothing more in this run",
                             node=site.node_id, site=site.name, rounds_planned=site.rounds_planned)
 
     def _note_late_sites(self, grid: Grid, round_: int) -> None:

@@ -74,17 +74,22 @@ class ReplyScreen:
         no reply is an unconfirmed charge (see :attr:`SiteStatus.unconfirmed`).
 
         A reply is matched through the message it answers, not its sender: when a node has
-        gone away, the SuperLink itself answers with an error in the node's place.
+        gone away, the SuperLink itself answers with an error in the node's place. One reply per
+        site asked: a second one (which would count its update twice in the aggregate) and one
+        from a site not asked in this exchange are ignored.
         """
         nodes = {m.metadata.message_id: m.metadata.dst_node_id for m in asked}
         paired = []
+        answered: set[int] = set()
         for reply in replies:
             node = nodes.get(reply.metadata.reply_to_message_id, reply.metadata.src_node_id)
-            if node in sites:
-                paired.append((sites[node], reply))
+            if node not in sites or node not in nodes.values():
+                log.warning("ignored a reply from node %s, which this request did not ask", node)
+            elif node in answered:
+                log.warning("ignored a second reply from %s in round %d", sites[node].name, round_)
             else:
-                log.warning("ignored a reply from unknown node %s", node)
-        answered = {site.node_id for site, _ in paired}
+                answered.add(node)
+                paired.append((sites[node], reply))
         for node in nodes.values():
             if node not in answered:
                 if charged:

@@ -264,3 +264,24 @@ def test_a_site_charged_whose_reply_is_lost_is_reported_at_least_at_its_ledger(p
     assert report["max_epsilon_any_site"] >= ledger.epsilon() - 1e-9
     others = [s for s in report["sites"] if s["node_id"] != 1001]
     assert not any(s["epsilon_cumulative_is_upper_bound"] for s in others)
+
+
+class _EchoingGrid(InProcessGrid):
+    """Delivers every training round's first reply twice (a replayed or duplicated message)."""
+
+    def send_and_receive(self, messages, *, timeout=None):
+        messages = list(messages)
+        replies = list(super().send_and_receive(messages, timeout=timeout))
+        if replies and messages[0].metadata.message_type == "train":
+            replies.append(replies[0])
+        return replies
+
+
+def test_a_second_reply_to_one_request_is_ignored_not_counted_twice(plan, demo_schema, tmp_path):
+    """Found in review: a reply was paired with the site its request went to, however many came,
+    so a duplicate counted the site's update twice in the aggregate (and its event twice)."""
+    grid = _EchoingGrid(make_client_app(plan.site_policy), len(plan.policies))
+    coordinator = run_federation(grid, demo_schema, SETTINGS, ReleasePlan(tmp_path / "release", rows=100))
+    assert [r.accepted for r in coordinator.run.rounds] == [3] * SETTINGS.rounds
+    for site in coordinator.run.sites.values():
+        assert len([e for e in site.events if e.mechanism == "dp-sgd"]) == SETTINGS.rounds

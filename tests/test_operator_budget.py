@@ -171,8 +171,25 @@ def test_a_fixed_noise_run_where_some_rounds_fit_trains_those_and_releases(plan,
         assert site["epsilon_cumulative"] == pytest.approx(spent[site["site"]], abs=1e-6)
         assert 0.9 < site["epsilon_cumulative"] <= 1.0
     messages = [r.getMessage() for r in caplog.records]
-    assert sum("fits 2 training round(s), all done" in m for m in messages) == 3
+    assert sum("fits 2 training round(s), and each has been asked of it" in m for m in messages) == 3
     assert any("training stops after round 2 of 3" in m for m in messages)
+
+
+def test_when_sites_plans_differ_training_stops_at_the_quorum_and_releases(plan, demo_schema, tmp_path, caplog):
+    """Review of finding D: site-0 spent 0.2 before, so at noise 6 one training round fits it and
+    two fit the others. With min-sites 3, round 2 would ask two sites and fail the quorum, the
+    budgets spent and no release; training stops after round 1 instead, and the release is
+    written with each site's ledger."""
+    site = Site(SitePolicy.load(plan.policies[0]))
+    site.release_marginals(gaussian_noise_for_epsilon(0.2, 1e-5), 0.2, protocol.schema_fingerprint(site.schema))
+    fixed = SETTINGS.model_copy(update={"noise_multiplier": 6.0, "min_sites": 3})
+    with caplog.at_level(logging.INFO, logger="fedsyn.server"):
+        _, coordinator = run_in_process(plan, demo_schema, tmp_path, fixed)
+    assert [r.round for r in coordinator.run.rounds] == [1]
+    assert any("2 site(s) can train round 2, fewer than min-sites 3" in r.getMessage() for r in caplog.records)
+    report = json.loads((tmp_path / "release" / "privacy_report.json").read_text())
+    spent = dict(zip(["site-0", "site-1", "site-2"], _spent(plan)))
+    assert {s["site"]: s["epsilon_cumulative"] for s in report["sites"]} == pytest.approx(spent, abs=1e-6)
 
 
 class _LateGrid(InProcessGrid):
@@ -247,25 +264,44 @@ def test_the_budget_reply_reads_no_row(plan):
     assert said() == with_rows == {"epsilon_spent": 0.0, "max_epsilon": 1.0, "delta": 1e-5, "site": "site-0"}
 
 
-def test_repeated_budget_queries_do_not_grow_the_sites_audit_trail(plan):
-    """A budget query charges nothing, and anyone who may submit runs may repeat it: each answer
-    was appended to the site's audit trail, so a hostile coordinator could grow it without
-    limit. An answer the trail's newest entry already records is not written again; a new
-    answer (after a charge) is."""
-    from flwr.app import RecordDict
+def test_repeated_free_queries_do_not_grow_the_sites_audit_trail(plan):
+    """A budget query charges nothing, nor does a request the site answers from its store, and a
+    coordinator may repeat both: each answer was appended to the site's audit trail, so a
+    hostile one could grow it without limit, also by alternating the two. An answer already
+    logged since the last charge is not written again; a new answer (after a charge) is."""
+    from flwr.app import ConfigRecord, RecordDict
 
     from .helpers import client_reply
 
-    trail = SitePolicy.load(plan.policies[0]).audit_trail
+    policy = plan.policies[0]
+    trail = SitePolicy.load(policy).audit_trail
+    site = Site(SitePolicy.load(policy))
+    query = protocol.MarginalsQuery(gaussian_noise_for_epsilon(0.5, 1e-5), 1.0,
+                                    protocol.schema_fingerprint(site.schema), "run-a")
 
     def entries() -> list[dict]:
         return [json.loads(line) for line in trail.read_text().splitlines()]
 
-    client_reply(plan.policies[0], RecordDict(), protocol.QUERY_BUDGET)
+    def ask_budget() -> None:
+        assert not client_reply(policy, RecordDict(), protocol.QUERY_BUDGET).has_error()
+
+    def ask_marginals() -> None:
+        content = RecordDict({protocol.CONFIG: ConfigRecord(dict(query.to_record()))})
+        assert not client_reply(policy, content, protocol.QUERY_MARGINALS).has_error()
+
+    ask_budget()
+    ask_marginals()  # charged
+    ask_budget()
+    ask_marginals()  # answered from the store
     before = len(entries())
     for _ in range(5):
-        client_reply(plan.policies[0], RecordDict(), protocol.QUERY_BUDGET)
-    assert len(entries()) == before and entries()[-1]["event"] == "budget_reported"
-    spent = _spend_all_of(plan.policies[0])
-    client_reply(plan.policies[0], RecordDict(), protocol.QUERY_BUDGET)
-    assert entries()[-1]["event"] == "budget_reported" and entries()[-1]["epsilon_spent"] == pytest.approx(spent)
+        ask_budget()
+        ask_marginals()
+    assert len(entries()) == before
+    assert {e["event"] for e in entries()[-2:]} == {"budget_reported", "reply_replayed"}
+    query = protocol.MarginalsQuery(query.noise_multiplier, 1.0, query.schema_sha256, "run-b")
+    ask_marginals()  # another run's request: charged again
+    ask_budget()
+    spent = PrivacyLedger.load(SitePolicy.load(policy).ledger).epsilon()
+    assert spent > 0.5 and entries()[-1]["event"] == "budget_reported"
+    assert entries()[-1]["epsilon_spent"] == pytest.approx(spent)

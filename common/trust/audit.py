@@ -46,34 +46,35 @@ class AuditLog:
     def signature_path(self) -> Path:
         return self.path.with_name(self.path.name + ".sig")
 
-    def _newest(self) -> dict[str, Any] | None:
-        """The newest entry on disk, if any."""
+    def _entries(self) -> list[dict[str, Any]]:
+        """Every entry on disk, oldest first."""
         if not self.path.exists():
-            return None
+            return []
         with open(self.path, "rb") as log:
-            lines = log.read().splitlines()
-        return json.loads(lines[-1]) if lines else None
+            return [json.loads(line) for line in log.read().splitlines()]
 
     def append(self, event: str, /, **fields: object) -> dict[str, object]:
         """Append ``event`` with ``fields``; return the entry written."""
-        entry = self._append(event, fields, unless_repeated=False)
+        entry = self._append(event, fields, None)
         assert entry is not None  # only a repeat is skipped, and only when asked to
         return entry
 
-    def append_unless_repeated(self, event: str, /, **fields: object) -> dict[str, object] | None:
-        """As :meth:`append`, but nothing is written (None) when the newest entry already is this
-        event with these fields: a query anyone may repeat, such as a budget report, then cannot
+    def append_unless_repeated(self, event: str, /, *, since: str, **fields: object) -> dict[str, object] | None:
+        """As :meth:`append`, but nothing is written (None) when this event with these fields is
+        already logged after the newest ``since`` entry. Answers anyone may ask again at no cost
+        (a budget report, a stored reply sent again) then add one line per distinct answer
+        between two ``since`` entries (charges), not one per request: repeating them cannot
         grow the log without limit."""
-        return self._append(event, fields, unless_repeated=True)
+        return self._append(event, fields, since)
 
-    def _append(self, event: str, fields: dict[str, object], unless_repeated: bool) -> dict[str, object] | None:
+    def _append(self, event: str, fields: dict[str, object], unless_since: str | None) -> dict[str, object] | None:
         with open(self.path, "a") as out:  # the log is only ever appended to: it can be its own lock
             fcntl.flock(out.fileno(), fcntl.LOCK_EX)
             try:
-                newest = self._newest()
-                if unless_repeated and newest is not None and newest["event"] == event and all(
-                        newest.get(k) == json.loads(json.dumps(v, default=str)) for k, v in fields.items()):
+                entries = self._entries()
+                if unless_since is not None and _logged_since(entries, unless_since, event, fields):
                     return None
+                newest = entries[-1] if entries else None
                 head, seq = (GENESIS, 0) if newest is None else (newest["hash"], newest["seq"] + 1)
                 run = {"run": self.run_id} if self.run_id is not None else {}
                 entry = {"seq": seq, "time": datetime.now(UTC).isoformat(timespec="milliseconds"),
@@ -88,6 +89,17 @@ class AuditLog:
             finally:
                 fcntl.flock(out.fileno(), fcntl.LOCK_UN)
         return entry
+
+
+def _logged_since(entries: list[dict[str, Any]], since: str, event: str, fields: dict[str, object]) -> bool:
+    """Whether ``event`` with ``fields`` is among ``entries`` after the newest ``since`` entry."""
+    wanted = json.loads(json.dumps(fields, sort_keys=True, default=str))  # as the log stores them
+    for entry in reversed(entries):
+        if entry["event"] == since:
+            return False
+        if entry["event"] == event and all(entry.get(k) == v for k, v in wanted.items()):
+            return True
+    return False
 
 
 def verify_log(path: str | Path, key: Ed25519PublicKey | None = None) -> int:
