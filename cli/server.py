@@ -20,7 +20,7 @@ sites_app = typer.Typer(help="Hospitals allowed to join (their SuperNode public 
 server_app.add_typer(sites_app, name="sites")
 
 
-def _coordinator(config: Path) -> CoordinatorConfig:
+def _server_config(config: Path) -> CoordinatorConfig:
     from fedsyn.server.ops.superlink import CoordinatorConfig
 
     try:
@@ -33,8 +33,8 @@ def _coordinator(config: Path) -> CoordinatorConfig:
 def server_start(config: Annotated[Path, typer.Option("--config", "-c")] = Path("server.toml")) -> None:
     """Start the SuperLink: TLS, only registered hospitals may join, state kept in a database."""
     setup_logging(verbose=True)  # e.g. the warning about an expired certificate
-    coordinator = _coordinator(config)
-    become_flower(coordinator.superlink_command(), coordinator.superlink_environment())
+    server_config = _server_config(config)
+    become_flower(server_config.superlink_command(), server_config.superlink_environment())
 
 
 @server_app.command("run")
@@ -47,13 +47,13 @@ def server_run(config: Annotated[Path, typer.Option("--config", "-c")] = Path("s
     The release lands where the run config says. Before round 0 each site's budget plan is
     logged (as `server plan` shows it)."""
     setup_logging(verbose=True)  # the run's progress is what this command is for
-    coordinator = _coordinator(config)
-    if resume and not coordinator.run.get("state"):
+    server_config = _server_config(config)
+    if resume and not server_config.run.get("state"):
         fail(f"--resume needs a 'state' folder in the [run] section of {config}, where the run saved its state")
-    environment = coordinator.flwr_environment()
+    environment = server_config.flwr_environment()
     if resume:
-        _stop_orphaned_coordinator(coordinator, environment)
-    run_id = _follow(coordinator, coordinator.run_command(resume=resume), environment)
+        _stop_orphaned_coordinator(server_config, environment)
+    run_id = _follow(server_config, server_config.run_command(resume=resume), environment)
     log.info("run %s completed", run_id, extra={"fedsyn": {"event": "run_completed", "flower_run": run_id}})
 
 
@@ -63,11 +63,11 @@ def server_plan(config: Annotated[Path, typer.Option("--config", "-c")] = Path("
     row is read) and show, per site, this run's cost and the training rounds that fit. Exits 77
     when fewer than min-sites have budget left for the run."""
     setup_logging(verbose=True)
-    coordinator = _coordinator(config)
-    _follow(coordinator, coordinator.run_command(plan_only=True), coordinator.flwr_environment())
+    server_config = _server_config(config)
+    _follow(server_config, server_config.run_command(plan_only=True), server_config.flwr_environment())
 
 
-def _follow(coordinator: CoordinatorConfig, command: list[str], environment: dict[str, str]) -> str:
+def _follow(server_config: CoordinatorConfig, command: list[str], environment: dict[str, str]) -> str:
     """Submit ``command`` (a ``flwr run``), relay its lines, and return Flower's run id once the run
     completed; otherwise exit with the one line saying why (:func:`_run_failed`)."""
     from fedsyn.server.ops.superlink import CONNECTION
@@ -76,7 +76,7 @@ def _follow(coordinator: CoordinatorConfig, command: list[str], environment: dic
     run_id = followed.run_id
     if run_id is None:
         fail("Flower started no run: see its message above", code=1)
-    status = run_status(coordinator.flwr_command("ls", CONNECTION, "--run-id", run_id, "--format", "json"),
+    status = run_status(server_config.flwr_command("ls", CONNECTION, "--run-id", run_id, "--format", "json"),
                         environment)
     if status != "finished:completed":
         _run_failed(run_id, status, followed.stopped)
@@ -94,14 +94,14 @@ def _run_failed(run_id: str, status: str, stopped: dict[str, object]) -> NoRetur
          "it spent; the log above says why the run stopped", code=1)
 
 
-def _stop_orphaned_coordinator(coordinator: CoordinatorConfig, environment: dict[str, str]) -> None:
+def _stop_orphaned_coordinator(server_config: CoordinatorConfig, environment: dict[str, str]) -> None:
     """A ServerApp cut off by a SuperLink crash comes back when the SuperLink restarts and
     would train beside the resumed run: ask Flower to stop its run (the resumed ServerApp
     waits for the run's lock until it has)."""
     from fedsyn.server.ops.superlink import CONNECTION
     from fedsyn.server.resume import lock_holder
 
-    holder = lock_holder(Path(str(coordinator.run["state"])))
+    holder = lock_holder(Path(str(server_config.run["state"])))
     if holder is None:
         return
     flower_run = holder.get("flower_run")
@@ -109,7 +109,7 @@ def _stop_orphaned_coordinator(coordinator: CoordinatorConfig, environment: dict
                   f"{flower_run}): stopping that run before resuming[/]")
     if flower_run:
         try:
-            run_flower(coordinator.flwr_command("stop", str(flower_run), CONNECTION), environment)
+            run_flower(server_config.flwr_command("stop", str(flower_run), CONNECTION), environment)
         except typer.Exit:
             console.print(f"[yellow]Flower could not stop run {flower_run}; the resumed run waits for its lock[/]")
 
@@ -125,22 +125,22 @@ def server_app_hash() -> None:
 @sites_app.command("add")
 def sites_add(public_key: Path, config: Annotated[Path, typer.Option("--config", "-c")] = Path("server.toml")) -> None:
     """Register a hospital's auth.pub so its SuperNode may join."""
-    coordinator = _coordinator(config)
-    run_flower(coordinator.supernode_command("register", str(public_key)), coordinator.flwr_environment())
+    server_config = _server_config(config)
+    run_flower(server_config.supernode_command("register", str(public_key)), server_config.flwr_environment())
 
 
 @sites_app.command("list")
 def sites_list(config: Annotated[Path, typer.Option("--config", "-c")] = Path("server.toml")) -> None:
     """Registered hospitals and whether they are online."""
-    coordinator = _coordinator(config)
-    run_flower(coordinator.supernode_command("list"), coordinator.flwr_environment())
+    server_config = _server_config(config)
+    run_flower(server_config.supernode_command("list"), server_config.flwr_environment())
 
 
 @sites_app.command("remove")
 def sites_remove(node_id: str, config: Annotated[Path, typer.Option("--config", "-c")] = Path("server.toml")) -> None:
     """Unregister a hospital's SuperNode by its node id (see `sites list`)."""
-    coordinator = _coordinator(config)
-    run_flower(coordinator.supernode_command("unregister", node_id), coordinator.flwr_environment())
+    server_config = _server_config(config)
+    run_flower(server_config.supernode_command("unregister", node_id), server_config.flwr_environment())
 
 
 @server_app.command("dashboard")
@@ -165,8 +165,8 @@ def server_dashboard(
     from fedsyn.server.ops.dashboard import create_app, needs_token
 
     setup_logging(verbose=False)  # its problems only: a line per request would bury them
-    coordinator = _coordinator(config)
-    run = coordinator.run
+    server_config = _server_config(config)
+    run = server_config.run
     if "audit-log" not in run or "out" not in run:
         fail(f"{config}: [run] needs audit-log and out for the dashboard to read")
     base = config.parent
@@ -179,7 +179,7 @@ def server_dashboard(
         print(f"Bound to {host}: every request needs this token (Authorization: Bearer, or ?token=): {token}")
     address = f"http://{'[' + host + ']' if ':' in host else host}:{port}/" + (f"?token={token}" if token else "")
     print(f"fedsyn dashboard on {address}")
-    app = create_app(base / str(run["audit-log"]), base / str(run["out"]), key, token, coordinator.database,
+    app = create_app(base / str(run["audit-log"]), base / str(run["out"]), key, token, server_config.database,
                      host=host, extra_hosts=allowed_host or ())
     # uvicorn's own logging setup would add its handlers beside fedsyn's, ignoring --log-format.
     uvicorn.run(app, host=host, port=port, log_level="warning", log_config=None)

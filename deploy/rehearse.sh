@@ -149,11 +149,14 @@ from fedsyn.privacy.accounting import PrivacyLedger
 
 out, release, sites = Path(sys.argv[1]), Path(sys.argv[2]), int(sys.argv[3])
 report = {s["site"]: s for s in json.loads((release / "privacy_report.json").read_text())["sites"]}
+different = 0
 for index in range(sites):
     ledger = PrivacyLedger.load(SitePolicy.load(out / f"site-{index}" / "site.json").ledger).epsilon()
     released = report[f"site-{index}"]["epsilon_cumulative"]
     verdict = "equal" if abs(ledger - released) < 1e-9 else "DIFFERENT"
+    different += verdict != "equal"
     print(f"site-{index}: release says epsilon {released:.4f}, its own ledger {ledger:.4f} ({verdict})")
+sys.exit(1 if different else 0)  # the release must state what every ledger holds
 PY
 
 if [ "${KEEP:-0}" = 1 ]; then

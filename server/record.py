@@ -1,17 +1,18 @@
 """The run's record: what the coordinator has established so far, as one value that the release
 and the saved state are written from.
 
-Everything in it is public or a DP output, so it may be saved after every round and a release
-may be written from it: the public settings and schema; per site, what it declared public (that
-it took part and in which rounds, its name, the parameters of its privacy events, its delta and
-its own epsilon claims, its budget before round 0) and what the coordinator decided from those
-(its epsilon cap, the rounds it was planned for, why a reply was dropped); each round's reply
-counts, mean generator loss and duration; the sites' noisy round-0 tables (DP outputs) and their
-public slots; and the release choice (post-processing of DP outputs). A release publishes only
-what :mod:`fedsyn.server.release` lists (not a round's duration: it grows with private row
-counts). What the record may hold is the same list that :mod:`fedsyn.server.resume` declares
-for the state file, and :meth:`RunRecord.to_state` / :meth:`RunRecord.from_state` are the one
-place the two forms are mapped.
+Everything in it is public, a DP output or the coordinator's own timing, so it may be saved
+after every round and a release may be written from it: the public settings and schema; per
+site, what it declared public (that it took part and in which rounds, its name, the parameters
+of its privacy events, its delta and its own epsilon claims, its budget before round 0) and
+what the coordinator decided from those (its epsilon cap, the rounds it was planned for, why a
+reply was dropped); each round's reply counts, mean generator loss and duration (the
+coordinator's local timing: it grows with the sites' row counts, so a release leaves it out,
+see ``PUBLIC_ROUND_FIELDS``); the sites' noisy round-0 tables (DP outputs) and their public
+slots; and the release choice (post-processing of DP outputs). A release publishes only what
+:mod:`fedsyn.server.release` lists. The state file (:mod:`fedsyn.server.resume`) holds this
+record and the global model, and :meth:`RunRecord.to_state` / :meth:`RunRecord.from_state` are
+the one place the two forms are mapped.
 """
 
 from __future__ import annotations

@@ -4,9 +4,9 @@ After round 0 and after every training round the coordinator writes ``state.pt``
 state folder: atomically (temporary file, fsync, rename), so a crash leaves the previous
 state whole. The file's SHA-256 goes into the coordinator's audit log (``state_saved``), so
 ``fedsyn server run --resume`` continues only from a state the chained, signed log vouches
-for, and refuses one that was replaced or edited. Everything in it is public or a DP
-output: the settings, the schema's fingerprint, the sites' noisy round-0 tables and privacy
-events, the global model and its average.
+for, and refuses one that was replaced or edited. It holds the run's record
+(:class:`fedsyn.server.record.RunRecord`: public values, DP outputs and the coordinator's own
+round timings; its docstring lists them), the global model and its average (DP outputs).
 """
 
 from __future__ import annotations

@@ -52,9 +52,9 @@ def plan_site(name: str, rows: int, measured: int, settings: FederationSettings)
     """What ``settings`` mean for a site with ``rows`` records (known to the researcher only)
     whose round-0 release measures ``measured`` columns' tables (:func:`measured_columns`)."""
     run = plan_site_run(SiteBudget(spent=0.0, max_epsilon=settings.epsilon, delta=settings.delta), settings)
-    steps = settings.rounds * settings.local_steps
+    steps = run.rounds_fit * settings.local_steps  # a fixed noise may fit fewer rounds than asked
     batch = settings.sample_rate * rows
-    sigma = run.training_noise
+    sigma = run.training_noise if run.usable else None
     records_per_noise = batch / sigma if sigma else 0.0
     rows_per_noise = rows / table_noise_std(measured, run.marginals_noise, settings.pairs_share) \
         if run.marginals_noise else 0.0

@@ -22,7 +22,14 @@ from fedsyn.federation import protocol
 from fedsyn.privacy.accounting import PrivacyLedger
 from fedsyn.server.app import ReleasePlan, run_federation
 from fedsyn.server.ops.dashboard import create_app, needs_token
-from fedsyn.server.ops.dashboard_state import known_names, latest_run, read_entries, site_views
+from fedsyn.server.ops.dashboard_state import (
+    known_names,
+    latest_run,
+    read_entries,
+    round_views,
+    run_summary,
+    site_views,
+)
 from fedsyn.server.record import FederationError
 from fedsyn.simulations.inprocess import InProcessGrid
 from fedsyn.simulations.run import prepare_sites
@@ -360,3 +367,21 @@ def test_a_budget_plan_written_after_a_run_is_not_shown_as_part_of_it():
                {"event": "release_written", "run": "a"}]
     assert [entry["event"] for entry in latest_run(entries)] == ["run_configured", "round_finished",
                                                                  "release_written"]
+
+
+def test_finished_and_late_sites_and_an_early_stop_are_shown_as_such():
+    """A site whose planned rounds are done, a node that connected after the budget query and
+    training that stopped early: the sites carry a note, no phantom round appears for the
+    round the late node missed, and the run says where training stopped."""
+    entries = [{"event": "run_configured", "run": "a", "settings": {"rounds": 3}},
+               {"event": "round_started", "round": 1, "sites": 2},
+               {"event": "update_accepted", "round": 1, "node": 1, "site": "h1"},
+               {"event": "round_finished", "round": 1, "accepted": 1, "dropped": 0},
+               {"event": "site_finished", "node": 1, "site": "h1", "rounds_planned": 1},
+               {"event": "site_joined_late", "round": 2, "node": 9},
+               {"event": "training_stopped", "round": 1, "rounds": 3, "sites_ready": 0}]
+    notes = {s["name"]: s["notes"] for s in site_views(entries)}
+    assert notes["h1"] == ["its budget fit 1 training round(s): asked no more"]
+    assert notes["node-9"] == ["connected after the budget query: not part of this run"]
+    assert [r["round"] for r in round_views(entries)] == [1]
+    assert run_summary(entries)["stopped_after"] == 1

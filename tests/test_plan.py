@@ -30,6 +30,10 @@ def test_a_simulated_site_is_planned_as_the_coordinator_plans_a_new_site():
     assert plan.rows_per_histogram_noise == 900 / table_noise_std(9, run.marginals_noise, settings.pairs_share)
     starved = plan_site("site-0", 900, 9, FederationSettings(epsilon=0.001, delta=1e-5, marginals_share=0.5))
     assert starved.noise_multiplier is None and starved.level == "red" and starved.rows_per_histogram_noise == 0.0
+    fixed = settings.model_copy(update={"noise_multiplier": 0.5})  # no training round fits at this noise
+    assert plan_site_run(SiteBudget(0.0, 0.5, 1e-5), fixed).rounds_fit == 0
+    unusable = plan_site("site-0", 900, 9, fixed)
+    assert unusable.noise_multiplier is None and unusable.steps == 0 and unusable.level == "red"
 
 
 def _wide_schema(columns: int) -> Schema:

@@ -1,5 +1,5 @@
 """``deploy/rehearse.sh``: the one-command loopback federation operators rehearse with (opt-in:
-``pytest -m slow``; real SuperLink, SuperNodes and ClientApp processes, about 3 minutes)."""
+``pytest -m slow``; real SuperLink, SuperNodes and ClientApp processes, 4-5 minutes on 2 cores)."""
 
 from __future__ import annotations
 

@@ -214,7 +214,8 @@ function fitLabel(text, room) {
 function renderSites(state) {
   if (!state.sites.length) return;
   const rows = state.sites.map(s => [
-    td(s.name), td(el("code", {}, s.node_id)), td(siteStatus(s, state.registry)),
+    td(el("div", {}, s.name, ...s.notes.map(n => el("div", {class: "reason"}, n)))),
+    td(el("code", {}, s.node_id)), td(siteStatus(s, state.registry)),
     td(s.rounds_accepted.join(", ") || "\\u2013"),
     td(reasons(s.dropped_reasons)), td(reasons(s.refused_reasons)),
     td(fmt(s.epsilon_claimed), "num"), td(when(s.last_seen))]);
@@ -323,7 +324,8 @@ function render(state) {
   const run = state.run;
   document.getElementById("run").textContent = run ? `run ${run.run || ""} started ${when(run.started)} \\u00b7 ` +
     `${run.rounds} rounds \\u00b7 \\u03b5 ${run.epsilon} per run per site \\u00b7 min ${run.min_sites} sites \\u00b7 ` +
-    `${run.aggregation}` + (run.finished ? " \\u00b7 finished" : " \\u00b7 in progress")
+    `${run.aggregation}` + (run.stopped_after != null ? ` \\u00b7 training stopped after round ${run.stopped_after}` +
+    " (fewer than min-sites could go on)" : "") + (run.finished ? " \\u00b7 finished" : " \\u00b7 in progress")
     : "no run in the audit log yet";
   const a = state.audit, audit = document.getElementById("audit");
   audit.textContent = a.ok === true ? "OK" : a.ok === false ? "BROKEN" : "no log";

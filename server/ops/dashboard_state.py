@@ -138,7 +138,7 @@ def site_views(entries: list[dict[str, Any]], names: dict[str, str] | None = Non
             continue
         node = str(entry["node"])
         site = sites.setdefault(node, {"node_id": node, "name": "", "rounds_accepted": [], "dropped": [],
-                                       "refused": [], "epsilon_claimed": None, "max_epsilon": None,
+                                       "refused": [], "notes": [], "epsilon_claimed": None, "max_epsilon": None,
                                        "last_seen": None})
         site["name"] = _given_name(entry) or site["name"]
         site["last_seen"] = entry.get("time")
@@ -154,11 +154,19 @@ def site_views(entries: list[dict[str, Any]], names: dict[str, str] | None = Non
                                     "quarantined": _is_quarantined(reason)})
         elif event == "site_refused":
             site["refused"].append({"round": entry.get("round"), "reason": str(entry.get("reason", ""))})
+        elif event == "site_finished":
+            site["notes"].append(f"its budget fit {entry.get('rounds_planned')} training round(s): asked no more")
+        elif event == "site_joined_late":
+            site["notes"].append("connected after the budget query: not part of this run")
     for node, site in sites.items():
         site["name"] = site["name"] or names.get(node) or f"node-{node}"
         site["dropped_reasons"] = collapse(site["dropped"])
         site["refused_reasons"] = collapse(site["refused"])
     return sorted(sites.values(), key=lambda s: (s["name"], s["node_id"]))
+
+
+_ROUND_EVENTS = frozenset({"round_started", "round_finished", "site_joined", "update_accepted", "update_rejected",
+                           "site_refused"})
 
 
 def round_views(entries: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -171,7 +179,7 @@ def round_views(entries: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
     for entry in entries:
         event, number = entry.get("event"), entry.get("round")
-        if number is None:
+        if number is None or event not in _ROUND_EVENTS:  # e.g. a late site names the round it missed
             continue
         current = of(number)
         if event == "round_started":
@@ -196,9 +204,12 @@ def run_summary(entries: list[dict[str, Any]]) -> dict[str, Any] | None:
     if configured is None:
         return None
     settings = configured.get("settings", {})
+    stopped = next((e for e in entries if e.get("event") == "training_stopped"), None)
     return {"started": configured.get("time"), "run": configured.get("run"), "schema": configured.get("schema"),
             "rounds": settings.get("rounds"), "epsilon": settings.get("epsilon"), "delta": settings.get("delta"),
             "min_sites": settings.get("min_sites"), "aggregation": settings.get("aggregation"),
+            # Sites' budgets fitted fewer rounds than asked: the release holds the rounds trained.
+            "stopped_after": None if stopped is None else stopped.get("round"),
             "finished": any(e.get("event") == "release_written" and not _interim(e.get("path")) for e in entries)}
 
 
