@@ -107,7 +107,7 @@ def make_client_app(resolve_policy: PolicyResolver = policy_from_node_config) ->
     def marginals(message: Message, site: Site) -> RecordDict:
         query = _instructions(protocol.MarginalsQuery, message.content.config_records[protocol.CONFIG])
         released, event = site.release_marginals(query.noise_multiplier, query.epsilon, query.schema_sha256,
-                                                 query.run_id, query.pairs_share, query.site_column)
+                                                 query.run_id, query.pairs_share)
         return RecordDict({
             protocol.MARGINALS: protocol.to_array_record(released.arrays),
             protocol.PRIVACY: _privacy_record(site, event),

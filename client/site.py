@@ -283,23 +283,17 @@ class Site:
     # -- mechanisms ------------------------------------------------------------------------
 
     def release_marginals(self, noise_multiplier: float, epsilon: float, schema_sha256: str, run_id: str = "",
-                          pairs_share: float = 0.0, site_column: str | None = None) -> tuple[Marginals, PrivacyEvent]:
+                          pairs_share: float = 0.0) -> tuple[Marginals, PrivacyEvent]:
         """Round 0: the noisy outcome tables and, with ``pairs_share``, the pair tables this site
         chooses (none on a PRV ledger, which cannot carry their selection): one charge of one
-        Gaussian mechanism with ``noise_multiplier`` whatever the share. ``site_column`` (the
-        run's hospital column) is left out of the pair tables."""
+        Gaussian mechanism with ``noise_multiplier`` whatever the share."""
         if not (is_budget(noise_multiplier) and is_budget(epsilon) and is_pairs_share(pairs_share)):
             raise PolicyRefusal(f"noise multiplier {noise_multiplier} and epsilon {epsilon} must be positive "
                                 f"and finite, pairs share {pairs_share} 0 or in [0.01, 1)", ErrorCode.MALFORMED_REQUEST)
-        if site_column is not None and site_column not in self.schema.column_names:
-            raise PolicyRefusal(f"site column '{site_column}' is not a column of this site's schema",
-                                ErrorCode.MALFORMED_REQUEST)
         self._check_schema(schema_sha256)
         pairs_share = pairs_share if pairs_allowed(self.ledger.accountant) else 0.0
-        # The site column joins the digest only when set, so a stored answer of an earlier query matches it.
         digest = request_digest({"noise_multiplier": noise_multiplier, "epsilon": epsilon, "schema": schema_sha256,
-                                 "pairs_share": pairs_share,
-                                 **({} if site_column is None else {"site_column": site_column})})
+                                 "pairs_share": pairs_share})
         replayed = self._replayed(run_id, 0, digest)
         if replayed is not None:
             return Marginals(replayed[0]), replayed[2]
@@ -310,7 +304,7 @@ class Site:
         position = self._charge(event, budget)  # before the release is computed
         marginals = noisy_marginals(frame, self.schema, noise_multiplier,
                                     numpy_generator(self.seed, self.ledger.stream_nonce, event.mechanism, position),
-                                    pairs_share, site_column)
+                                    pairs_share)
         if run_id:
             self.replies.put(run_id, 0, digest, marginals.arrays, {}, event)
         self.trail.append("marginals_sent", privacy=asdict(event), epsilon_spent=self.ledger.epsilon())

@@ -140,8 +140,7 @@ class Coordinator:
                 continue
             site.epsilon_cap, site.rounds_planned = plan.cap, plan.rounds_fit
             queries[site.node_id] = protocol.MarginalsQuery(plan.marginals_noise, plan.cap, fingerprint,
-                                                            self.run.run_id, self.settings.pairs_share,
-                                                            self.settings.site_column)
+                                                            self.run.run_id, self.settings.pairs_share)
         self._require_quorum(len(queries), 0)
         return queries
 

@@ -117,26 +117,6 @@ def test_a_pairs_share_too_small_to_pay_for_its_picks_is_refused_before_any_char
         protocol.MarginalsQuery(2.0, 1.0, "f" * 64, pairs_share=1e-9)
 
 
-def test_the_site_column_takes_no_part_in_a_sites_pair_tables(tmp_path, small_frame):
-    """A table's hospital column holds one value at a site: every pair with it is independent by
-    construction. With the run's site column named, no pair table joins it; without, a forest
-    that spans every column must spend one on it (here sample_yr stands in for the site column)."""
-    frame = small_frame.assign(sample_yr=small_frame["sample_yr"].iloc[0])
-    site = _site(tmp_path, frame)
-    fingerprint = protocol.schema_fingerprint(site.schema)
-    spanning = len(measured_columns(site.schema)) - 1
-    unnamed, _ = site.release_marginals(0.3, 500.0, fingerprint, pairs_share=0.4)
-    assert len(unnamed.pairs) == spanning and any("sample_yr" in pair for pair in unnamed.pairs)
-    named, _ = site.release_marginals(0.3, 500.0, fingerprint, pairs_share=0.4, site_column="sample_yr")
-    assert len(named.pairs) == spanning - 1 and not any("sample_yr" in pair for pair in named.pairs)
-    assert "sample_yr" in named.tables  # it keeps its outcome table
-    with pytest.raises(SiteRefusal, match="site column 'ward' is not a column"):
-        site.release_marginals(0.3, 500.0, fingerprint, pairs_share=0.4, site_column="ward")
-    query = protocol.MarginalsQuery(0.3, 1.0, fingerprint, "r1", 0.4, "sample_yr")
-    assert protocol.MarginalsQuery.from_record(query.to_record()) == query
-    assert "site_column" not in protocol.MarginalsQuery(0.3, 1.0, fingerprint).to_record()
-
-
 def test_a_column_name_that_would_make_two_pairs_one_key_is_refused():
     with pytest.raises(ValueError, match="reserved"):
         Schema.model_validate({"name": "t", "columns": [{"name": "a|b", "kind": "categorical", "categories": ["x"]}]})

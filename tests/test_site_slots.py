@@ -174,17 +174,3 @@ def test_a_released_rows_site_column_is_the_slot_that_generated_it(demo_schema):
     assert (rows["sample_yr"] == "1995").mean() == pytest.approx(0.75, abs=0.04)
     fixed = trainer.encoder.decode(trainer.generate(500, {"sample_yr": "2001"}))
     assert (fixed["sample_yr"] == "2001").all()
-
-
-def test_the_run_tells_each_site_its_site_column_and_no_site_pairs_it(plan, demo_schema, tmp_path):
-    """The coordinator's round-0 query carries the run's site column (public), and no site's
-    pair tables join it (see test_pairs for why a pair with it is wasted)."""
-    settings = SETTINGS.model_copy(update={"site_column": "sample_yr"})
-    grid, _ = run_in_process(plan, demo_schema, tmp_path, settings)
-    queries = [m.content.config_records[protocol.CONFIG] for m in grid.sent
-               if m.metadata.message_type == protocol.QUERY_MARGINALS]
-    assert len(queries) == 3 and all(q["site_column"] == "sample_yr" for q in queries)
-    answers = [r for r in grid.replies if protocol.MARGINALS in r.content.array_records]
-    pairs = [key for r in answers for key in r.content.array_records[protocol.MARGINALS]
-             if key.startswith("pair:")]
-    assert len(answers) == 3 and pairs and not any("sample_yr" in key for key in pairs)

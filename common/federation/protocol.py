@@ -222,16 +222,13 @@ class MarginalsQuery:
     afterwards, the site's cap for the run), for the schema with this fingerprint; ``run_id``
     lets the site answer the same query of the same run again from its store. ``pairs_share``
     of the release goes to pair tables the site chooses (:mod:`fedsyn.privacy.pairs`); the
-    whole costs the one noise multiplier whatever the share. ``site_column`` (public: the run's
-    setting) names the table's hospital column, one value at each site, which takes no part in
-    the site's pair tables."""
+    whole costs the one noise multiplier whatever the share."""
 
     noise_multiplier: float
     epsilon: float
     schema_sha256: str
     run_id: str = ""
     pairs_share: float = 0.0
-    site_column: str | None = None
 
     def __post_init__(self) -> None:
         # NaN compares False with everything: without this a NaN budget would pass every check.
@@ -243,18 +240,14 @@ class MarginalsQuery:
         _check_run_id(self.run_id)
 
     def to_record(self) -> ConfigRecord:
-        site_column = {} if self.site_column is None else {"site_column": self.site_column}
         return ConfigRecord({"noise_multiplier": self.noise_multiplier, "epsilon": self.epsilon,
-                             SCHEMA_HASH: self.schema_sha256, RUN_ID: self.run_id, "pairs_share": self.pairs_share,
-                             **site_column})
+                             SCHEMA_HASH: self.schema_sha256, RUN_ID: self.run_id, "pairs_share": self.pairs_share})
 
     @classmethod
     def from_record(cls, record: ConfigRecord) -> MarginalsQuery:
         with _decoding("marginals query"):
-            site_column = record.get("site_column")
             return cls(number(record["noise_multiplier"]), number(record["epsilon"]), str(record[SCHEMA_HASH]),
-                       str(record.get(RUN_ID, "")), number(record.get("pairs_share", 0.0)),
-                       None if site_column is None else str(site_column))
+                       str(record.get(RUN_ID, "")), number(record.get("pairs_share", 0.0)))
 
 
 @dataclass(frozen=True)

@@ -221,7 +221,7 @@ def table_noise_std(measured: int, noise_multiplier: float, pairs_share: float =
 
 
 def noisy_marginals(frame: pd.DataFrame, schema: Schema, noise_multiplier: float,
-                    rng: np.random.Generator, pairs_share: float = 0.0, site_column: str | None = None) -> Marginals:
+                    rng: np.random.Generator, pairs_share: float = 0.0) -> Marginals:
     """The round-0 release: the event :func:`marginals_event` describes. Charge it first.
 
     Every measured table with Gaussian noise, and with ``pairs_share`` > 0 the site's chosen
@@ -230,11 +230,6 @@ def noisy_marginals(frame: pd.DataFrame, schema: Schema, noise_multiplier: float
     and the whole costs exactly one Gaussian mechanism with ``noise_multiplier``. It is relative
     to the tables' L2 sensitivity :func:`marginals_sensitivity`. The outcome's own counts are
     the mean of the noisy tables' class sums (post-processing).
-
-    ``site_column`` names the table's hospital column (public: the run's setting). It holds one
-    value at a site, so its pair with any column is independent by construction; left among
-    the candidates, the spanning forest would spend a pair table (and widen every table's
-    noise) on joining it. It keeps its outcome table.
     """
     measured = measured_columns(schema)
     std = table_noise_std(len(measured), noise_multiplier, pairs_share)
@@ -244,8 +239,7 @@ def noisy_marginals(frame: pd.DataFrame, schema: Schema, noise_multiplier: float
     if split is not None:
         tables[split.name] = _mean_class_sums(list(tables.values())).reshape(-1, 1)
     outcome_tables = Marginals({c.name: tables[c.name] for c in schema.columns}, cell_std=std)
-    pairs = measure_pairs(frame, schema, [c for c in measured if c.name != site_column], outcome_tables,
-                          noise_multiplier, pairs_share, rng)
+    pairs = measure_pairs(frame, schema, measured, outcome_tables, noise_multiplier, pairs_share, rng)
     return Marginals({**outcome_tables.tables, **pairs}, cell_std=std)
 
 
