@@ -230,7 +230,7 @@ class Coordinator:
 
         self.strategy = build_strategy(
             protocol.to_array_record(run.marginals.tables),
-            lambda: [s.node_id for s in run.sites.values() if s.active and self._trainable(s, gan_config)],
+            lambda: self._ready(gan_config),
             node_config, len(run.sites), settings.delta, settings.site_noise_multiplier, settings.site_clipping_norm,
             settings.aggregation, slot_marginals)
         instructions = protocol.TrainInstructions(
@@ -246,7 +246,7 @@ class Coordinator:
             started = time.monotonic()
             self._retire_finished_sites(round_)
             self._note_late_sites(grid, round_)
-            ready = sum(s.active and self._trainable(s, gan_config) for s in run.sites.values())
+            ready = len(self._ready(gan_config))
             if ready < settings.min_sites and (run.rounds or not ready):
                 # Sites whose planned rounds are done (or that refused) leave fewer than the quorum:
                 # asking the rest would fail it and leave the trained rounds without a release.
@@ -341,10 +341,13 @@ class Coordinator:
         if state.model is not None and state.sampler is not None:
             self._restored_model = (state.model, state.sampler)
 
-    def _trainable(self, site: SiteStatus, gan_config: GANConfig) -> bool:
-        """Only sites planned for this run (they have an epsilon cap), and with site slots only those
+    def _ready(self, gan_config: GANConfig) -> list[int]:
+        """The sites a training round asks: active (neither refused nor done with their planned
+        rounds), planned for this run (they have an epsilon cap), and with site slots only those
         that released valid round-0 marginals (they hold a slot)."""
-        return site.epsilon_cap is not None and (not gan_config.site_slots or site.node_id in self.run.slots)
+        return [site.node_id for site in self.run.sites.values()
+                if site.active and site.epsilon_cap is not None
+                and (not gan_config.site_slots or site.node_id in self.run.slots)]
 
     def site_level_privacy(self) -> dict[str, float] | None:
         """Flower's accountant's (epsilon, delta) for site-level DP, if it was switched on."""

@@ -14,7 +14,6 @@ import json
 import os
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
@@ -46,12 +45,12 @@ class AuditLog:
     def signature_path(self) -> Path:
         return self.path.with_name(self.path.name + ".sig")
 
-    def _entries(self) -> list[dict[str, Any]]:
-        """Every entry on disk, oldest first."""
+    def _lines(self) -> list[bytes]:
+        """Every entry on disk as written, oldest first (parsed only where needed)."""
         if not self.path.exists():
             return []
         with open(self.path, "rb") as log:
-            return [json.loads(line) for line in log.read().splitlines()]
+            return log.read().splitlines()
 
     def append(self, event: str, /, **fields: object) -> dict[str, object]:
         """Append ``event`` with ``fields``; return the entry written."""
@@ -71,10 +70,10 @@ class AuditLog:
         with open(self.path, "a") as out:  # the log is only ever appended to: it can be its own lock
             fcntl.flock(out.fileno(), fcntl.LOCK_EX)
             try:
-                entries = self._entries()
-                if unless_since is not None and _logged_since(entries, unless_since, event, fields):
+                lines = self._lines()
+                if unless_since is not None and _logged_since(lines, unless_since, event, fields):
                     return None
-                newest = entries[-1] if entries else None
+                newest = json.loads(lines[-1]) if lines else None
                 head, seq = (GENESIS, 0) if newest is None else (newest["hash"], newest["seq"] + 1)
                 run = {"run": self.run_id} if self.run_id is not None else {}
                 entry = {"seq": seq, "time": datetime.now(UTC).isoformat(timespec="milliseconds"),
@@ -91,10 +90,11 @@ class AuditLog:
         return entry
 
 
-def _logged_since(entries: list[dict[str, Any]], since: str, event: str, fields: dict[str, object]) -> bool:
-    """Whether ``event`` with ``fields`` is among ``entries`` after the newest ``since`` entry."""
+def _logged_since(lines: list[bytes], since: str, event: str, fields: dict[str, object]) -> bool:
+    """Whether ``event`` with ``fields`` is among the entries after the newest ``since`` entry
+    (parsed newest first, only back to that entry)."""
     wanted = json.loads(json.dumps(fields, sort_keys=True, default=str))  # as the log stores them
-    for entry in reversed(entries):
+    for entry in map(json.loads, reversed(lines)):
         if entry["event"] == since:
             return False
         if entry["event"] == event and all(entry.get(k) == v for k, v in wanted.items()):
