@@ -35,11 +35,12 @@ stop_all() {
 trap stop_all EXIT
 
 say() { printf '\n== %s\n' "$*"; }
+free_port() { "$python" -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
 
 say "coordinator: CA, SuperLink certificate for localhost, release signing key"
 "$fedsyn" certs init --out "$out/coordinator/certs" --host localhost --host 127.0.0.1
 "$fedsyn" keys generate --out "$out/coordinator/keys"
-port=$("$python" -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
+port=$(free_port)
 
 say "hospitals: the demo table split in $sites extracts (stand-ins for private EHR extracts)"
 "$python" - "$out" "$sites" <<'PY'
@@ -78,7 +79,7 @@ for index in $(seq 0 $((sites - 1))); do
     "superlink": "localhost:$port",
     "root_certificates": "$out/coordinator/certs/ca.crt",
     "auth_private_key": "auth.key",
-    "local_port": $("$python" -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
+    "local_port": $(free_port)
   }
 }
 JSON
