@@ -26,9 +26,12 @@ from fedsyn.model.config import GANConfig
 from fedsyn.model.encoder import TableEncoder
 from fedsyn.model.matching import TableMatcher
 from fedsyn.model.networks import Discriminator, Generator, reset_parameters
+from fedsyn.model.raking import POOL_FACTOR, has_pairs, release_weights
 from fedsyn.privacy.dp_sgd import poisson_sample, private_gradient
 from fedsyn.privacy.marginals import Marginals
 from fedsyn.privacy.randomness import torch_generator
+
+RAKED_CHUNK = 8192  # released rows per raked pool (a pool holds POOL_FACTOR times as many)
 
 
 @dataclass
@@ -241,23 +244,56 @@ class GANTrainer:
     def generate(self, n: int, condition: dict[str, object] | None = None, chunk: int = 65536,
                  rng: torch.Generator | None = None) -> np.ndarray:
         """Encoded synthetic rows; categorical blocks are hard one-hots. Draws from ``rng``
-        (default: the trainer's own stream)."""
+        (default: the trainer's own stream).
+
+        Rows not conditioned on a value are drawn from a pool raked to the sites' noisy pair
+        tables (:mod:`fedsyn.model.raking`), in chunks of ``RAKED_CHUNK`` rows so that a pool
+        stays small; a condition changes the mix the tables describe, so conditioned rows are not."""
         rng = rng if rng is not None else self.rng
         if condition is not None and len(condition) != 1:
             raise ValueError("condition must fix exactly one categorical column, e.g. {'death': 'dead'}")
+        targets = self._raking_targets() if condition is None else None
+        if targets is not None:
+            chunk = min(chunk, RAKED_CHUNK)
         parts = []
         for start in range(0, n, chunk):
             size = min(chunk, n - start)
-            cond, slots = self._release_conditions(size, condition, rng)
-            noise = torch.randn((size, self.config.latent_dim), generator=rng, device=self.device)
-            rows = self.sampler.sample(self.sampler(noise, self._slot_input(cond, slots)), rng)
-            # The rest of the row was generated given the condition; the conditioned column
-            # itself holds exactly the conditioned value.
-            rows = self.conditions.impose(rows, cond)
-            if slots is not None and self.site_column is not None and self.site_column not in (condition or {}):
-                rows = self._impose_site_values(rows, slots, rng)
-            parts.append(rows)
+            if targets is None:
+                parts.append(self._draw(size, condition, rng)[0])
+                continue
+            pool, slots = self._draw(size * POOL_FACTOR, None, rng)
+            frame = impose_missing_by_design(self.encoder.decode(pool.cpu().numpy()), self.encoder.schema.rules)
+            shares, marginals = targets
+            in_slot = slots.cpu().numpy() if slots is not None else np.zeros(len(frame), dtype=int)
+            weights = release_weights(frame, self.encoder.schema, in_slot, shares, marginals)
+            pick = torch.multinomial(torch.as_tensor(weights, dtype=torch.float32, device=self.device), size,
+                                     replacement=True, generator=rng)
+            parts.append(pool[pick])
         return torch.cat(parts).cpu().numpy() if parts else np.zeros((0, self.encoder.dim), dtype=np.float32)
+
+    def _draw(self, size: int, condition: dict[str, object] | None, rng: torch.Generator
+              ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """``size`` encoded rows straight from the sampling copy, and their site slots (if any)."""
+        cond, slots = self._release_conditions(size, condition, rng)
+        noise = torch.randn((size, self.config.latent_dim), generator=rng, device=self.device)
+        rows = self.sampler.sample(self.sampler(noise, self._slot_input(cond, slots)), rng)
+        # The rest of the row was generated given the condition; the conditioned column
+        # itself holds exactly the conditioned value.
+        rows = self.conditions.impose(rows, cond)
+        if slots is not None and self.site_column is not None and self.site_column not in (condition or {}):
+            rows = self._impose_site_values(rows, slots, rng)
+        return rows, slots
+
+    def _raking_targets(self) -> tuple[np.ndarray, list[Marginals]] | None:
+        """Each slot's release share and noisy tables when some hold pair tables (no slots: the
+        encoder's tables, a single site's own); None when there is nothing to rake to."""
+        if self.release_slots is not None and self.slot_weights is not None:
+            shares, marginals = self.slot_weights.cpu().numpy().astype(float), self.release_slots[1]
+        elif self.config.site_slots == 0:
+            shares, marginals = np.ones(1), [self.encoder.marginals]
+        else:
+            return None
+        return (shares, marginals) if has_pairs(marginals) else None
 
     def set_release_slots(self, totals: list[float], marginals: list[Marginals], site_column: str | None = None
                           ) -> None:

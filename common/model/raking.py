@@ -1,0 +1,101 @@
+"""Released rows raked to the sites' noisy pair tables: post-processing of DP outputs.
+
+The generator is trained to match each site's pair tables (:mod:`fedsyn.model.matching`), but
+that term compares the *mean* of the rows' soft group memberships with the table, and a
+generator whose outputs hardly depend on its latent noise sits on a saddle there: the mean of
+identical rows' outer products is the product of their margins, and moving away from it is a
+second-order gain. Measured on the bench's nwtco table, five sites' noisy instit × histol tables
+said the two agree in 95 % of rows; the trained generator's rows were independent.
+
+So the release draws ``POOL_FACTOR`` times the rows it needs, as it always has, weights them by
+iterative proportional fitting (raking; Deming and Stephan, 1940) so that each site slot's rows
+reproduce that site's noisy pair tables and outcome class shares, and draws the released rows
+from the pool by those weights. The pool's own joint distribution is kept wherever the tables
+say nothing, as the maximum-entropy fit to the measured margins relative to the generator.
+
+Only the model and the noisy tables are read, with the release's own random stream: no privacy
+cost, nothing new is published.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+
+from fedsyn.data.grid import bin_index
+from fedsyn.data.schema import Schema
+from fedsyn.privacy.marginals import Marginals, split_column
+from fedsyn.privacy.pairs import group_index, pair_shape
+
+POOL_FACTOR = 10  # pool rows drawn per released row
+ITERATIONS = 30  # raking sweeps over every margin
+_TARGET_FLOOR = 1e-4  # a cell the table makes empty keeps a little weight: the table is noisy
+
+
+@dataclass(frozen=True)
+class Margin:
+    """One measured distribution the pool is raked to: ``rows`` (pool indices) fall into
+    ``cells``; ``target`` is the distribution over the cells the table gives."""
+
+    rows: np.ndarray
+    cells: np.ndarray
+    target: np.ndarray
+
+
+def has_pairs(marginals: list[Marginals]) -> bool:
+    """Whether any of ``marginals`` holds a pair table (otherwise there is nothing to rake to)."""
+    return any(m.pairs for m in marginals)
+
+
+def slot_margins(frame: pd.DataFrame, rows: np.ndarray, schema: Schema, marginals: Marginals) -> list[Margin]:
+    """The margins of one slot's pool ``rows`` (positions in ``frame``): each of the site's pair
+    tables, then its outcome class shares (last, so raking ends on the outcome's mix)."""
+    part = frame.iloc[rows]
+    margins = []
+    for pair in marginals.pairs:
+        first, second = schema.column(pair[0]), schema.column(pair[1])
+        _, columns = pair_shape(schema, pair)
+        cells = (group_index(first, part[first.name], marginals.pair_bounds.get(first.name)) * columns
+                 + group_index(second, part[second.name], marginals.pair_bounds.get(second.name)))
+        margins.append(Margin(rows, np.asarray(cells), marginals.pair_distribution(pair).ravel()))
+    split = split_column(schema)
+    if margins and split is not None:
+        classes = marginals.class_totals()
+        margins.append(Margin(rows, np.asarray(bin_index(split, part[split.name])), classes / classes.sum()))
+    return margins
+
+
+def rake(weights: np.ndarray, margins: list[Margin], iterations: int = ITERATIONS) -> np.ndarray:
+    """``weights`` scaled, margin after margin, until each margin's rows are spread over its cells
+    as its target says. A margin's rows keep their total weight (a slot keeps its share); a cell
+    no pool row falls in cannot be reached and is left alone."""
+    weights = np.asarray(weights, dtype=float).copy()
+    for _ in range(iterations):
+        for margin in margins:
+            part = weights[margin.rows]
+            total = part.sum()
+            if total <= 0:
+                continue
+            current = np.bincount(margin.cells, weights=part, minlength=len(margin.target)) / total
+            ratio = np.where(current > 0, np.maximum(margin.target, _TARGET_FLOOR) / np.maximum(current, 1e-300), 1.0)
+            scaled = part * ratio[margin.cells]
+            weights[margin.rows] = scaled * (total / scaled.sum())
+    return weights
+
+
+def release_weights(frame: pd.DataFrame, schema: Schema, slots: np.ndarray, shares: np.ndarray,
+                    marginals: list[Marginals]) -> np.ndarray:
+    """Each pool row's probability of being released: slot ``k``'s rows share ``shares[k]``,
+    raked to ``marginals[k]`` (see the module)."""
+    weights = np.zeros(len(frame))
+    margins: list[Margin] = []
+    for slot, (share, tables) in enumerate(zip(shares, marginals)):
+        rows = np.flatnonzero(slots == slot)
+        if len(rows) == 0:
+            continue
+        weights[rows] = share / len(rows)
+        margins += slot_margins(frame, rows, schema, tables)
+    weights = rake(weights, margins)
+    return np.asarray(weights / weights.sum(), dtype=float)
