@@ -92,3 +92,23 @@ def test_each_slot_is_raked_to_its_own_sites_table_and_keeps_its_share(demo_fram
     second = _pair_distribution(shuffled, demo_schema, bounds, weights[slots == 1] / 0.3)
     assert 0.5 * np.abs(first - _pair_distribution(rows, demo_schema, bounds)).sum() < 0.05
     assert 0.5 * np.abs(second - _pair_distribution(shuffled, demo_schema, bounds)).sum() < 0.05
+
+
+def test_raking_keeps_how_the_pair_columns_depend_on_the_outcome(demo_frame, demo_schema):
+    """A pool in which the outcome was shuffled (kappa tells nothing about it) is raked back to
+    the site's kappa-by-outcome table, not only to its kappa × lambda table."""
+    rows = demo_frame.sample(3000, random_state=3).reset_index(drop=True)
+    measured, _ = _with_pair(rows, demo_schema)
+    outcome = demo_schema.outcome
+    pool = rows.assign(**{outcome: rows[outcome].sample(frac=1.0, random_state=6).to_numpy()})
+    weights = release_weights(pool, demo_schema, np.zeros(len(pool), dtype=int), np.ones(1), [measured])
+
+    def dead_by_kappa(frame: pd.DataFrame, w: np.ndarray | None = None) -> pd.Series:
+        w = np.ones(len(frame)) if w is None else w
+        high = frame["kappa"] > rows["kappa"].median()
+        dead = (frame[outcome] == "dead").to_numpy()
+        return pd.Series([np.sum(w * dead * high) / np.sum(w * high), np.sum(w * dead * ~high) / np.sum(w * ~high)])
+
+    real, raked, shuffled = dead_by_kappa(rows), dead_by_kappa(pool, weights), dead_by_kappa(pool)
+    assert abs(shuffled[0] - shuffled[1]) < 0.03 < 0.5 * abs(real[0] - real[1])  # the pool lost it
+    assert abs((raked[0] - raked[1]) - (real[0] - real[1])) < 0.3 * abs(real[0] - real[1])
