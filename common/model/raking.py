@@ -28,7 +28,7 @@ import pandas as pd
 from fedsyn.data.grid import bin_index
 from fedsyn.data.schema import Schema
 from fedsyn.privacy.marginals import Marginals, split_column
-from fedsyn.privacy.pairs import group_index, pair_shape
+from fedsyn.privacy.pairs import bin_groups, group_index, pair_shape
 
 POOL_FACTOR = 10  # pool rows drawn per released row
 ITERATIONS = 30  # raking sweeps over every margin
@@ -52,7 +52,8 @@ def has_pairs(marginals: list[Marginals]) -> bool:
 
 def slot_margins(frame: pd.DataFrame, rows: np.ndarray, schema: Schema, marginals: Marginals) -> list[Margin]:
     """The margins of one slot's pool ``rows`` (positions in ``frame``), none without pair tables:
-    each pair column's table by outcome class, each pair table, and last the outcome's class
+    each pair column's table by outcome class (a numeric's bins merged into its pair groups: the
+    site's fine bins are too noisy to rake to), each pair table, and last the outcome's class
     shares (so raking ends on the outcome's mix).
 
     The tables by class hold how each pair column depends on the outcome at this site: raked to
@@ -67,9 +68,13 @@ def slot_margins(frame: pd.DataFrame, rows: np.ndarray, schema: Schema, marginal
     shares = totals / totals.sum()
     margins = []
     for name in sorted({name for pair in marginals.pairs for name in pair}):
-        joint = marginals.conditional(name) * shares[None, :]  # bins × classes
-        cells = np.asarray(bin_index(schema.column(name), part[name])) * len(shares) + classes
-        margins.append(Margin(rows, cells, joint.ravel()))
+        column, bounds = schema.column(name), marginals.pair_bounds.get(name)
+        joint = marginals.conditional(name) * shares[None, :]  # public bins × classes
+        groups = bin_groups(column, np.arange(joint.shape[0]), bounds)
+        grouped = np.zeros((int(groups.max()) + 1, len(shares)))
+        np.add.at(grouped, groups, joint)
+        cells = group_index(column, part[name], bounds) * len(shares) + classes
+        margins.append(Margin(rows, np.asarray(cells), grouped.ravel()))
     for pair in marginals.pairs:
         first, second = schema.column(pair[0]), schema.column(pair[1])
         _, columns = pair_shape(schema, pair)

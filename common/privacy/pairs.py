@@ -133,7 +133,11 @@ def group_bounds(column: Column, marginals: Marginals) -> np.ndarray:
 
 def group_index(column: Column, series: pd.Series, bounds: np.ndarray | None) -> np.ndarray:
     """Each row's group of ``column`` in a pair table ('missing' last)."""
-    index = bin_index(column, series)
+    return bin_groups(column, bin_index(column, series), bounds)
+
+
+def bin_groups(column: Column, index: np.ndarray, bounds: np.ndarray | None) -> np.ndarray:
+    """The pair-table group of each public bin ``index`` of ``column`` ('missing' last)."""
     if column.is_categorical or bounds is None:
         return index
     present = np.searchsorted(bounds[1:-1], index, side="right")
