@@ -132,7 +132,8 @@ def simulate(
     held_out: Annotated[Path | None, typer.Option(
         help="with --sites: real rows no site trains on, for the local validation report and verdict")] = None,
     data: Annotated[Path | None, typer.Option(help="one table to split into --split hospitals")] = None,
-    split: Annotated[int, typer.Option(help="how many hospitals to split --data into", min=1)] = 3,
+    split: Annotated[int | None, typer.Option(
+        help="how many hospitals to split --data into (default 3; with --site-column: one per value)", min=1)] = None,
     skew: Annotated[str | None, typer.Option(help="non-IID split sorted by this column")] = None,
     dirichlet: Annotated[float | None, typer.Option(help="label skew with Dirichlet(alpha)")] = None,
     schema: Annotated[Path | None, typer.Option(
@@ -192,7 +193,8 @@ def simulate(
     allow_unreviewed_schema: Annotated[bool, typer.Option(
         help="train even though the schema has needs_review columns (recorded in the privacy report)")] = False,
     site_column: Annotated[str | None, typer.Option(
-        help="your table's column naming each row's hospital: released rows keep the site that generated them")
+        help="your table's column naming each row's hospital: --data is split by it (one hospital per value) "
+             "and released rows keep the site that generated them")
     ] = None,
     yes: Annotated[bool, typer.Option("--yes", help="run even where the plan says the release cannot be usable")
                    ] = False,

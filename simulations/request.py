@@ -14,6 +14,7 @@ warnings, which only this researcher sees, and the release only as declared publ
 
 from __future__ import annotations
 
+import difflib
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -47,7 +48,7 @@ class SimulationRequest:
     sites: tuple[Path, ...] = ()  # one extract per hospital
     held_out: Path | None = None  # with ``sites``: real rows no site trains on, for the local report
     data: Path | None = None  # one table to split into ``split`` hospitals (30 % held out)
-    split: int = 3
+    split: int | None = None  # default 3; with ``site_column``, one hospital per value of that column
     skew: str | None = None  # split sorted by this column (non-IID)
     dirichlet: float | None = None  # label skew with Dirichlet(alpha)
     schema: Path | None = None  # required with ``data`` or ``sites``
@@ -91,6 +92,9 @@ class SimulationRequest:
                                      "not both")
         if self.skew and self.dirichlet is not None:
             raise ConfigurationError("--skew and --dirichlet are two ways to split; choose one")
+        if self.site_column and (self.data or not self.sites) and (self.split or self.skew or self.dirichlet):
+            raise ConfigurationError(f"--site-column {self.site_column} already splits the table: one hospital per "
+                                     "value of that column. Drop --split, --skew and --dirichlet")
         if self.dirichlet is not None and not self.dirichlet > 0:
             raise ConfigurationError(f"--dirichlet {self.dirichlet}: the concentration must be positive (0.1 very "
                                      "skewed, 10 nearly IID)")
@@ -124,7 +128,7 @@ class PreparedSimulation:
 
 def prepare(request: SimulationRequest) -> PreparedSimulation:
     """Read, check and split the researcher's rows and build every setting of the simulation."""
-    schema, tables, train, test = _load(request)
+    schema, tables, train, test, named = _load(request)
     from fedsyn.model.config import GANConfig
     from fedsyn.privacy.marginals import measured_columns
     from fedsyn.simulations.plan import plan_site, plan_width
@@ -144,19 +148,18 @@ def prepare(request: SimulationRequest) -> PreparedSimulation:
     settings = _settings(request, request.epsilon, sample_rate, len(tables), config)
     for budget in request.sweep:  # every budget is checked before any simulated site spends anything
         _settings(request, budget, sample_rate, len(tables), config)
-    file_names = site_names(request.sites)
-    names = file_names or tuple(f"site-{index}" for index in range(len(tables)))
+    names = named or tuple(f"site-{index}" for index in range(len(tables)))
     _check_site_delta(request.delta, tables, names)
     simulation = Simulation(
         tables=tables, schema=schema, schema_path=request.schema_path, settings=settings, out=request.out,
         rows=request.rows or sum(len(t) for t in tables), train=train, test=test, sweep=request.sweep,
         release_every=request.release_every, drop_rule_violations=request.drop_rule_violations,
         engine=request.engine, device=request.device, compare=request.compare, public_facts=public_facts,
-        site_names=file_names)
+        site_names=named)
     measured = len(measured_columns(schema))
     return PreparedSimulation(
         simulation, names, (*_weak_budget(request), *_rare_outcome_classes(tables, schema, names)),
-        tuple(plan_site(f"site-{index}", len(table), measured, settings) for index, table in enumerate(tables)),
+        tuple(plan_site(name, len(table), measured, settings) for name, table in zip(names, tables)),
         tuple(plan_width(name, len(table), schema, settings) for name, table in zip(names, tables)))
 
 
@@ -166,10 +169,13 @@ def site_names(sites: tuple[Path, ...]) -> tuple[str, ...]:
     return names if len(set(names)) == len(names) else ()
 
 
-def _load(request: SimulationRequest) -> tuple[Schema, list[pd.DataFrame], pd.DataFrame, pd.DataFrame | None]:
-    """The schema, one table per hospital, every site's rows together and the held-out rows."""
+def _load(request: SimulationRequest
+          ) -> tuple[Schema, list[pd.DataFrame], pd.DataFrame, pd.DataFrame | None, tuple[str, ...]]:
+    """The schema, one table per hospital, every site's rows together, the held-out rows and the
+    hospitals' names (empty: numbered)."""
     try:
         schema = Schema.load(request.schema_path)
+        _check_site_column(schema, request.site_column)
         if request.sites:
             tables = [read_table(path, schema) for path in request.sites]
             for path, table in zip(request.sites, tables):
@@ -178,7 +184,7 @@ def _load(request: SimulationRequest) -> tuple[Schema, list[pd.DataFrame], pd.Da
             if request.held_out is not None:
                 test = read_table(request.held_out, schema)
                 require_valid(test, schema, source=str(request.held_out))
-            return schema, tables, pd.concat(tables, ignore_index=True), test
+            return schema, tables, pd.concat(tables, ignore_index=True), test, site_names(request.sites)
         source = request.data or demo_data_path()
         whole = read_table(source, schema)
         require_valid(whole, schema, source=str(source))
@@ -189,14 +195,49 @@ def _load(request: SimulationRequest) -> tuple[Schema, list[pd.DataFrame], pd.Da
     from fedsyn.simulations.split import split_table
 
     rng = np.random.default_rng(request.seed)  # the split and the held-out rows only
-    stratify = whole[schema.outcome] if schema.outcome else None
     try:
+        if request.site_column:
+            return (schema, *_split_by_site(whole, schema, request.site_column, request.seed))
+        stratify = whole[schema.outcome] if schema.outcome else None
         train, test = train_test_split(whole, test_size=0.3, random_state=request.seed, stratify=stratify)
-        tables = split_table(train, request.split, rng, skew=request.skew, dirichlet=request.dirichlet,
+        tables = split_table(train, request.split or 3, rng, skew=request.skew, dirichlet=request.dirichlet,
                              label=schema.outcome)
     except ValueError as exc:
         raise ConfigurationError(str(exc)) from exc
-    return schema, tables, train, test
+    return schema, tables, train, test, ()
+
+
+def _check_site_column(schema: Schema, name: str | None) -> None:
+    """A ``--site-column`` names a categorical column of the schema other than the outcome."""
+    if name is None:
+        return
+    if name not in schema.column_names:
+        guess = difflib.get_close_matches(name, schema.column_names, n=1)
+        hint = f" (did you mean '{guess[0]}'?)" if guess else f"; its columns are {', '.join(schema.column_names)}"
+        raise ConfigurationError(f"--site-column {name}: the schema has no such column{hint}")
+    if not schema.column(name).is_categorical or name == schema.outcome:
+        raise ConfigurationError(f"--site-column {name}: the hospital column must be a categorical column of the "
+                                 "schema other than the outcome")
+
+
+def _split_by_site(whole: pd.DataFrame, schema: Schema, column: str, seed: int | None
+                   ) -> tuple[list[pd.DataFrame], pd.DataFrame, pd.DataFrame, tuple[str, ...]]:
+    """One hospital per value of ``column`` (named after it), each holding out 30 % of its rows
+    for the local report (stratified by the outcome where every class allows it)."""
+    from sklearn.model_selection import train_test_split
+
+    trains, tests, names = [], [], []
+    for value, rows in sorted(whole.groupby(whole[column].astype(str), dropna=True), key=lambda item: item[0]):
+        outcome = rows[schema.outcome] if schema.outcome else None
+        stratify = outcome if outcome is not None and outcome.value_counts().min() >= 2 else None
+        train, test = train_test_split(rows, test_size=0.3, random_state=seed, stratify=stratify)
+        trains.append(train.reset_index(drop=True))
+        tests.append(test)
+        names.append(str(value))
+    if len(trains) < 2:
+        raise ValueError(f"--site-column {column} holds {len(trains)} hospital(s) in this table: a federation "
+                         "needs at least 2")
+    return trains, pd.concat(trains, ignore_index=True), pd.concat(tests, ignore_index=True), tuple(names)
 
 
 def _settings(request: SimulationRequest, epsilon: float, sample_rate: float, sites: int, config: GANConfig

@@ -40,3 +40,51 @@ def test_inputs_that_cannot_go_together_are_refused_before_any_file_is_read(requ
 def test_a_delta_the_sites_would_refuse_is_refused_before_any_site_exists(tmp_path):
     with pytest.raises(ConfigurationError, match="1/rows"):
         prepare(SimulationRequest(split=3, delta=9e-4, out=tmp_path / "run"))
+
+
+def _table_with_hospitals(tmp_path: Path) -> tuple[Path, Path]:
+    """The demo's rows with a hospital column (A, B, C by row order) and its schema."""
+    import json
+
+    from fedsyn.data.demo import demo_data_path, demo_schema_path
+
+    schema = json.loads(Path(demo_schema_path()).read_text())
+    schema["columns"].append({"name": "hospital", "kind": "categorical", "categories": ["A", "B", "C"]})
+    frame = __import__("pandas").read_csv(demo_data_path())
+    frame["hospital"] = ["A", "B", "C"] * (len(frame) // 3) + ["A"] * (len(frame) % 3)
+    (tmp_path / "rows.schema.json").write_text(json.dumps(schema))
+    frame.to_csv(tmp_path / "rows.csv", index=False)
+    return tmp_path / "rows.csv", tmp_path / "rows.schema.json"
+
+
+def test_a_table_with_a_site_column_is_split_by_it_one_hospital_per_value(tmp_path):
+    """``--data rows.csv --site-column hospital``: the hospitals are the column's values, each
+    holding out its own share of rows, and the plan names them (a random split would mix them)."""
+    data, schema = _table_with_hospitals(tmp_path)
+    prepared = prepare(SimulationRequest(data=data, schema=schema, site_column="hospital", rounds=1, local_steps=1,
+                                         out=tmp_path / "run", seed=0))
+    simulation = prepared.simulation
+    assert prepared.site_names == ("A", "B", "C") == simulation.site_names
+    assert [set(table["hospital"]) for table in simulation.tables] == [{"A"}, {"B"}, {"C"}]
+    assert [plan.site for plan in prepared.site_plans] == ["A", "B", "C"]
+    assert set(simulation.test["hospital"]) == {"A", "B", "C"}
+    assert simulation.settings.site_column == "hospital"
+
+
+@pytest.mark.parametrize(("request_", "said"), [
+    (dict(split=4), "already splits the table"),
+    (dict(skew="age"), "already splits the table"),
+])
+def test_a_site_column_split_refuses_another_split(tmp_path, request_, said):
+    data, schema = _table_with_hospitals(tmp_path)
+    with pytest.raises(ConfigurationError, match=said):
+        SimulationRequest(data=data, schema=schema, site_column="hospital", **request_)
+
+
+def test_a_misspelt_site_column_is_refused_with_a_guess_before_anything_is_planned(tmp_path):
+    data, schema = _table_with_hospitals(tmp_path)
+    with pytest.raises(ConfigurationError, match="did you mean 'hospital'"):
+        prepare(SimulationRequest(data=data, schema=schema, site_column="hospitl", out=tmp_path / "run"))
+    with pytest.raises(ConfigurationError, match="categorical column of the schema other than the outcome"):
+        prepare(SimulationRequest(data=data, schema=schema, site_column="death", out=tmp_path / "run"))
+    assert not (tmp_path / "run").exists()
