@@ -33,6 +33,12 @@ from fedsyn.server.settings import FederationSettings
 AMBER_RECORDS_PER_NOISE = 5.0
 RED_RECORDS_PER_NOISE = 1.0
 AMBER_ROWS_PER_HISTOGRAM_NOISE = 10.0
+# At or above this sample rate a weak site is told to lower --batch-size: every step then sees
+# (nearly) all of its rows, so subsampling buys DP-SGD no amplification (a newcomer's azpro run,
+# 212 rows at the smallest site: --batch-size 256, rate 1, noise multiplier 136; --batch-size 64,
+# rate 0.3, trained a much better release). The batch size suggested aims at TARGET_SAMPLE_RATE.
+HIGH_SAMPLE_RATE = 0.5
+TARGET_SAMPLE_RATE = 0.25
 
 
 @dataclass(frozen=True)
@@ -67,7 +73,26 @@ def plan_site(name: str, rows: int, measured: int, settings: FederationSettings)
                                   "a larger epsilon help")
     else:
         level, advice = "green", "enough records per unit of noise"
+    if level != "green" and settings.sample_rate >= HIGH_SAMPLE_RATE:
+        advice += f"; {_smaller_batch(rows, settings)}"
     return SitePlan(name, rows, batch, sigma, steps, records_per_noise, rows_per_noise, level, advice)
+
+
+def _smaller_batch(rows: int, settings: FederationSettings) -> str:
+    """The ``--batch-size`` that samples about TARGET_SAMPLE_RATE of the rows per step.
+
+    ``fedsyn simulate`` sets the public rate to the batch size over the smallest site's rows,
+    at most 1. Below 1 that gives the smallest site's rows; at 1 a site of at most the batch
+    size may be the smallest (its suggestion is exact if it is, and the smallest site's is the
+    one to use), while a larger site cannot tell, so it only says which way to go."""
+    batch_size, rate = settings.gan_config.batch_size, settings.sample_rate
+    sampled = (f"each step samples {rate:.0%} of its {rows} rows (the rate is --batch-size over the smallest "
+               "site's rows)")
+    smallest = round(batch_size / rate) if rate < 1 else rows if rows <= batch_size else None
+    if smallest is None:
+        return f"{sampled}: a smaller --batch-size lowers it"
+    suggested = max(1, round(TARGET_SAMPLE_RATE * smallest))
+    return f"{sampled}: --batch-size {suggested} samples about {TARGET_SAMPLE_RATE:.0%}"
 
 
 # -- width: what the round-0 tables can resolve ------------------------------------------------

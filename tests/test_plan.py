@@ -2,6 +2,7 @@
 
 
 from fedsyn.data.schema import Schema
+from fedsyn.model.config import GANConfig
 from fedsyn.privacy.accounting import PrivacyEvent, PrivacyLedger, gaussian_noise_for_epsilon
 from fedsyn.privacy.budget import SiteBudget, plan_site_run
 from fedsyn.privacy.marginals import marginals_event, table_noise_std
@@ -60,3 +61,15 @@ def test_the_width_plan_says_a_wide_table_at_a_small_site_cannot_be_resolved_and
 
 def test_the_width_plan_is_green_for_the_demo_at_its_default_split(demo_schema):
     assert plan_width("site-0", 1837, demo_schema, FederationSettings()).level == "green"
+
+
+def test_a_weak_site_sampled_whole_at_every_step_is_told_the_batch_size_that_samples_a_quarter():
+    """azpro's 212-row site at the default batch 256: rate 1, noise multiplier 136; batch 64 did much better."""
+    whole = FederationSettings(sample_rate=1.0)  # --batch-size 256 over a smallest site of 212 rows
+    smallest, larger = plan_site("H0", 212, 5, whole), plan_site("H2", 650, 5, whole)
+    assert smallest.level != "green" and "212 rows" in smallest.advice and "--batch-size 53 " in smallest.advice
+    assert "a smaller --batch-size" in larger.advice  # at rate 1 it cannot tell the smallest site's rows
+    most = FederationSettings(sample_rate=0.6, gan_config=GANConfig(batch_size=128))  # 128 / 0.6: 213 rows
+    assert "--batch-size 53 " in plan_site("H2", 650, 5, most).advice
+    quarter = FederationSettings(sample_rate=0.3, gan_config=GANConfig(batch_size=64))
+    assert "--batch-size" not in plan_site("H0", 212, 5, quarter).advice
