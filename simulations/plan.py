@@ -114,6 +114,7 @@ class ColumnCost:
     cells: int  # the cells its class distributions need resolved: categories (x classes), or NUMERIC_GROUPS
     cell_snr: float  # expected rows per cell over the cell's noise std
     level: Literal["green", "amber", "red"]
+    mergeable: bool  # more than two categories: merging some thickens its cells; otherwise only dropping helps
 
 
 @dataclass(frozen=True)
@@ -124,15 +125,41 @@ class WidthPlan:
     rows: int
     measured_columns: int
     cell_noise: float  # noise std of every cell (table_noise_std)
-    columns: list[ColumnCost]
+    columns: list[ColumnCost]  # every measured column but the run's site column (constant at a site)
     level: Literal["green", "amber", "red"]
     epsilon_needed: float | None  # the smallest epsilon of EPSILON_LADDER at which the site is not red
     columns_to_keep: int | None  # at this epsilon: keep at most this many measured columns (the cheapest)
 
     @property
     def costliest(self) -> list[str]:
-        """The columns with the thinnest cells: first to drop or merge."""
-        return [c.column for c in sorted(self.columns, key=lambda c: c.cell_snr)[:5]]
+        """The weak (amber or red) columns with the thinnest cells, thinnest first: the ones with
+        the most categories or bins, first to drop or merge."""
+        return [c.column for c in self._thinnest]
+
+    @property
+    def column_advice(self) -> str:
+        """What to do with the thinnest columns: merge the categories of a column that has more
+        than two, drop one that has nothing to merge (two categories, or a numeric column, whose
+        groups the release already coarsens)."""
+        if not self._thinnest:
+            return "every column's cells stand above the noise"
+        merge = [c.column for c in self._thinnest if c.mergeable]
+        drop = [c.column for c in self._thinnest if not c.mergeable]
+        steps = ([f"merge categories of {_listed(merge)} (or drop {'it' if len(merge) == 1 else 'them'})"]
+                 if merge else [])
+        if drop:
+            steps.append(f"drop {drop[0]} if you can spare it" if len(drop) == 1
+                         else f"drop whichever of {_listed(drop)} you can spare")
+        return f"the thinnest cells are in {', '.join(self.costliest)}: {'; '.join(steps)}"
+
+    @property
+    def _thinnest(self) -> list[ColumnCost]:
+        weak = [c for c in self.columns if c.level != "green"]
+        return sorted(weak, key=lambda c: c.cell_snr)[:5]
+
+
+def _listed(names: list[str]) -> str:
+    return names[0] if len(names) == 1 else f"{', '.join(names[:-1])} and {names[-1]}"
 
 
 def _grade(snr: float) -> Literal["green", "amber", "red"]:
@@ -145,7 +172,8 @@ def _column_costs(rows: int, schema: Schema, cell_noise: float, columns: list[Co
     for column in columns:
         cells = bin_labels(column) if column.is_categorical else NUMERIC_GROUPS + int(column.nullable)
         snr = rows / (classes * cells * cell_noise)
-        costs.append(ColumnCost(column.name, cells * classes, snr, _grade(snr)))
+        mergeable = column.is_categorical and len(column.categories or []) > 2
+        costs.append(ColumnCost(column.name, cells * classes, snr, _grade(snr), mergeable))
     return costs
 
 
@@ -159,24 +187,30 @@ def _width_level(costs: list[ColumnCost]) -> Literal["green", "amber", "red"]:
 
 def plan_width(name: str, rows: int, schema: Schema, settings: FederationSettings) -> WidthPlan:
     """The round-0 cost of a site's width: one record adds a count to every measured table, so
-    the noise of every cell grows with the square root of the number of columns."""
-    columns = measured_columns(schema)
+    the noise of every cell grows with the square root of the number of columns.
+
+    The run's site column adds its table's noise like any column but is not graded: at a site it
+    holds one value, which the site's slot already says, so it has nothing to resolve, and it
+    is the one column the researcher cannot drop."""
+    measured = measured_columns(schema)
+    columns = [column for column in measured if column.name != settings.site_column]
+    site = len(measured) - len(columns)  # 1: the site column is measured (its noise counts), 0: it is not
 
     def cell_noise(epsilon: float, width: int) -> float:
         sigma = marginals_noise(epsilon, settings.marginals_share, settings.delta, settings.accountant)
         return table_noise_std(width, sigma, settings.pairs_share)
 
-    noise = cell_noise(settings.epsilon, len(columns))
+    noise = cell_noise(settings.epsilon, len(measured))
     costs = _column_costs(rows, schema, noise, columns)
     level = _width_level(costs)
     needed = next((e for e in EPSILON_LADDER if e >= settings.epsilon
-                   and _width_level(_column_costs(rows, schema, cell_noise(e, len(columns)), columns)) != "red"),
+                   and _width_level(_column_costs(rows, schema, cell_noise(e, len(measured)), columns)) != "red"),
                   None)
     keep = None
     if level == "red":
         snr = {cost.column: cost.cell_snr for cost in costs}
         cheapest = sorted(columns, key=lambda c: snr[c.name], reverse=True)
-        keep = next((k for k in range(len(columns), 0, -1)
-                     if _width_level(_column_costs(rows, schema, cell_noise(settings.epsilon, k), cheapest[:k]))
+        keep = next((k for k in range(len(measured), site, -1)
+                     if _width_level(_column_costs(rows, schema, cell_noise(settings.epsilon, k), cheapest[:k - site]))
                      != "red"), None)
-    return WidthPlan(name, rows, len(columns), noise, costs, level, needed, keep)
+    return WidthPlan(name, rows, len(measured), noise, costs, level, needed, keep)

@@ -73,3 +73,31 @@ def test_a_weak_site_sampled_whole_at_every_step_is_told_the_batch_size_that_sam
     assert "--batch-size 53 " in plan_site("H2", 650, 5, most).advice
     quarter = FederationSettings(sample_rate=0.3, gan_config=GANConfig(batch_size=64))
     assert "--batch-size" not in plan_site("H0", 212, 5, quarter).advice
+
+
+def _azpro_schema(ward: bool = False) -> Schema:
+    """azpro's shape: a binary outcome, three binary columns, length of stay, the hospital (the
+    run's --site-column) and, with ``ward``, a column of six categories."""
+    binary = ["0", "1"]
+    spec = [{"name": name, "kind": "categorical", "categories": binary} for name in ("proc", "sex", "age75", "admit")]
+    spec += [{"name": "hospital", "kind": "categorical", "categories": [f"H{k}" for k in range(5)]},
+             {"name": "los", "kind": "integer", "lower": 0.0, "upper": 365.0}]
+    if ward:
+        spec.append({"name": "ward", "kind": "categorical", "categories": [f"W{k}" for k in range(6)]})
+    return Schema.model_validate({"name": "azpro", "outcome": "proc", "columns": spec})
+
+
+def test_the_width_advice_never_names_the_site_column_and_says_merge_only_where_there_is_something_to_merge():
+    """A newcomer's azpro plan said 'the thinnest cells are in hospital, los, sex, age75, admit: drop
+    or merge them first': hospital was the --site-column (one value per site) and three are binary."""
+    settings = FederationSettings(sample_rate=1.0, site_column="hospital")
+    plan = plan_width("H0", 212, _azpro_schema(), settings)
+    assert plan.measured_columns == 5 and [c.column for c in plan.columns] == ["sex", "age75", "admit", "los"]
+    assert plan.costliest == ["los", "sex", "age75", "admit"]  # the most bins first
+    assert "hospital" not in plan.column_advice and "merge" not in plan.column_advice
+    assert "drop whichever of los, sex, age75 and admit" in plan.column_advice
+    assert plan.cell_noise == plan_width("H0", 212, _azpro_schema(), FederationSettings()).cell_noise  # still measured
+    wider = plan_width("H0", 212, _azpro_schema(ward=True), settings)
+    assert wider.costliest[0] == "ward" and "merge categories of ward (or drop it)" in wider.column_advice
+    assert "hospital" not in wider.costliest
+    assert plan_width("H2", 650, _azpro_schema(), settings).costliest == []  # green: nothing to name
