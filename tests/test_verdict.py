@@ -211,3 +211,20 @@ def test_fit_takes_a_held_out_file_or_no_report_at_all(tmp_path, demo_frame):
     assert result.exit_code == 0, result.output
     assert not (bare / "local-report").exists() and "no local validation report" in result.output
     assert json.loads((bare / "privacy_report.json").read_text())["public_facts"]["rows"] == 300
+
+
+def _distance_flags(**checks: float) -> list[str]:
+    verdict = judge({"overall_score": 0.9, "detection_auc": 0.55, "columns": {}}, {},
+                    {**NO_PRIVACY_SIGNAL, "membership_attack_auc": 0.51, **checks})
+    return [message for message in _flags(verdict, "amber", "privacy") if "closer to training rows" in message]
+
+
+def test_the_distance_flag_needs_synthetic_rows_truly_closer_than_new_patients():
+    """A newcomer's azpro release was flagged at DCR ratio 0.77 with both median distances 0 and
+    fewer synthetic exact copies (75 %) than held-out rows have (78 %): no sign of memorisation."""
+    tied = {"dcr_ratio": 0.77, "dcr_synthetic_median": 0.0, "dcr_holdout_median": 0.0,
+            "exact_copy_share": 0.75, "holdout_copy_share": 0.78, "excess_copy_share": -0.03}
+    assert _distance_flags(**tied) == []
+    assert _distance_flags(**{**tied, "exact_copy_share": 0.83, "excess_copy_share": 0.05})  # more copies: closer
+    assert _distance_flags(**{**tied, "dcr_ratio": 0.4, "dcr_holdout_median": 0.6})  # nearer than new patients
+    assert _distance_flags(**{**tied, "dcr_ratio": 1.1}) == []

@@ -40,7 +40,7 @@ from fedsyn.data.rules import violation_mask
 from fedsyn.data.schema import Column, Schema
 from fedsyn.data.validation import validate_frame
 from fedsyn.errors import ConfigurationError
-from fedsyn.evaluation.verdict import Verdict, judge
+from fedsyn.evaluation.verdict import Verdict, dcr_warns, judge
 
 EMPIRICAL_CAVEAT = ("Empirical privacy checks only test particular attacks on particular rows; they cannot show "
                     "that no record is exposed. The formal guarantee is the (epsilon, delta) in the privacy ledger.")
@@ -467,7 +467,7 @@ def privacy(synthetic: pd.DataFrame, real_train: pd.DataFrame, real_test: pd.Dat
     non_members = test_x[rng.choice(len(test_x), len(members), replace=False)]
     scores = -np.r_[to_synthetic.kneighbors(members)[0][:, 0], to_synthetic.kneighbors(non_members)[0][:, 0]]
     labels = np.r_[np.ones(len(members)), np.zeros(len(non_members))]
-    return {
+    checks = {
         "exact_copies": int(copies),
         "exact_copy_share": float(copies / max(1, len(synthetic))),
         "holdout_copy_share": float(holdout_copies / max(1, len(real_test))),
@@ -475,10 +475,10 @@ def privacy(synthetic: pd.DataFrame, real_train: pd.DataFrame, real_test: pd.Dat
         "dcr_synthetic_median": float(np.median(dcr_synthetic)),
         "dcr_holdout_median": float(np.median(dcr_holdout)),
         "dcr_ratio": ratio,
-        "dcr_warning": ratio < 1.0,
         "membership_attack_auc": float(roc_auc_score(labels, scores)),
         "caveat": EMPIRICAL_CAVEAT,
     }
+    return {**checks, "dcr_warning": dcr_warns(checks)}  # the verdict's own rule, so report and verdict agree
 
 
 def plausibility(synthetic: pd.DataFrame, schema: Schema) -> dict[str, Any]:
