@@ -32,8 +32,9 @@ class Problem:
     examples: list[str] = field(default_factory=list)
 
     def describe(self) -> str:
-        shown = ", ".join(self.examples)
-        return f"column '{self.column}': {self.kind} in {self.rows} row(s)" + (f" (e.g. {shown})" if shown else "")
+        """Where first, then what is wrong: a kind ends with how to fix it, so it ends the line."""
+        shown = f" (e.g. {', '.join(self.examples)})" if self.examples else ""
+        return f"column '{self.column}', {self.rows} row(s){shown}: {self.kind}"
 
 
 @dataclass(frozen=True)
@@ -144,14 +145,17 @@ def _column_masks(series: pd.Series, column: Column) -> list[tuple[str, np.ndarr
     found: list[tuple[str, np.ndarray]] = []
     is_null = series.isna().to_numpy()
     if is_null.any() and not column.nullable:
-        found.append(("missing value where the schema does not allow one", is_null))
+        found.append(("missing value where the schema does not allow one: fill in or remove those rows, or mark "
+                      "the column nullable in the schema if values may really be missing", is_null))
     present = ~is_null
     if column.kind is ColumnKind.CATEGORICAL:
         text = _as_category_text(series)
         unknown = present & ~text.isin(column.categories).to_numpy()
         if unknown.any():
+            hint = _decimal_code_hint(text[unknown], column.levels)
+            fix = "correct those rows, or add the category to the schema's list if it is a real one"
             found.append((f"category not in the schema's list {column.categories}"
-                          + _decimal_code_hint(text[unknown], column.levels), unknown))
+                          + (f"{hint}. Otherwise {fix}" if hint else f": {fix}"), unknown))
         return found
     numeric = pd.to_numeric(series, errors="coerce").to_numpy(dtype=float)
     non_numeric = present & np.isnan(numeric)
@@ -164,7 +168,8 @@ def _column_masks(series: pd.Series, column: Column) -> list[tuple[str, np.ndarr
     finite = checkable & np.isfinite(numeric)
     out = finite & ((numeric < column.lower) | (numeric > column.upper))
     if out.any():
-        found.append((f"value outside the public bounds [{column.bounds[0]:g}, {column.bounds[1]:g}]", out))
+        found.append((f"value outside the public bounds [{column.bounds[0]:g}, {column.bounds[1]:g}]: correct those "
+                      "rows, or widen the schema's public bounds if such values are real", out))
     if column.kind is ColumnKind.INTEGER:
         fractional = finite & (numeric != np.round(numeric))
         if fractional.any():
