@@ -47,8 +47,7 @@ from fedsyn.privacy.accounting import (
     calibrate_noise_multiplier,
 )
 from fedsyn.privacy.budget import DP_SGD, SiteBudget, is_budget, is_pairs_share, pairs_allowed
-from fedsyn.privacy.marginals import Marginals, marginals_event, noisy_marginals
-from fedsyn.privacy.pairs import check_pairs
+from fedsyn.privacy.marginals import Marginals, check_slot_tables, marginals_event, noisy_marginals
 from fedsyn.privacy.randomness import numpy_generator, torch_generator
 from fedsyn.trust.audit import AuditLog
 
@@ -397,16 +396,13 @@ class Site:
     def _own_marginals(self, request: TrainInstructions, marginals: Marginals,
                        slot_marginals: list[Marginals] | None) -> Marginals | None:
         """This site's round-0 tables among every slot's, once they are checked to be one per
-        slot, shaped like the global ones, with well-formed pair tables (before anything is spent)."""
+        slot and well-formed (:func:`check_slot_tables`, before anything is spent)."""
         if slot_marginals is None:
             return None
-        shapes = {k: v.shape for k, v in marginals.tables.items()}
-        if len(slot_marginals) != request.gan_config.site_slots \
-                or any({k: v.shape for k, v in m.tables.items()} != shapes for m in slot_marginals):
+        if len(slot_marginals) != request.gan_config.site_slots:
             raise _model_misfit()
         try:
-            for slot in slot_marginals:
-                check_pairs(self.schema, slot)
+            check_slot_tables(self.schema, marginals, slot_marginals)
         except ValueError:
             raise _model_misfit() from None
         return slot_marginals[request.site_slot] if slot_marginals and request.site_slot is not None else None

@@ -21,7 +21,7 @@ from fedsyn.errors import ConfigurationError
 from fedsyn.model.config import GANConfig
 from fedsyn.model.encoder import TableEncoder
 from fedsyn.model.training import GANTrainer
-from fedsyn.privacy.marginals import Marginals
+from fedsyn.privacy.marginals import Marginals, check_slot_tables
 
 FORMAT = "fedsyn-model/5"  # 5: a continuous column's bounds are atoms of the public grid (fedsyn.data.grid)
 
@@ -70,13 +70,18 @@ def load_checkpoint(path: str | Path, device: str = "cpu") -> Checkpoint:
                                  f"expected {FORMAT!r})")
     schema = Schema.model_validate(raw["schema"])
     config = GANConfig.from_dict(raw["config"])
-    trainer = GANTrainer(TableEncoder(schema, Marginals.from_dict(raw["marginals"])), config, device)
+    marginals = Marginals.from_dict(raw["marginals"])
+    per_slot = [Marginals.from_dict(m) for m in raw["site_slots"]["marginals"]] if raw["site_slots"] is not None else []
+    try:  # the release is drawn by these tables: a malformed one is refused, not misread
+        check_slot_tables(schema, marginals, [marginals, *per_slot])
+    except ValueError as exc:
+        raise ConfigurationError(f"{path} holds malformed noisy tables ({exc}): it was not written by fedsyn "
+                                 "or was changed since; use the release's own generator.pt (fedsyn verify)") from None
+    trainer = GANTrainer(TableEncoder(schema, marginals), config, device)
     trainer.generator.load_state_dict(raw["generator"])
     trainer.sampler.load_state_dict(raw["generator"])
     if raw["discriminator"] is not None:
         trainer.discriminator.load_state_dict(raw["discriminator"])
     if raw["site_slots"] is not None:
-        trainer.set_release_slots(raw["site_slots"]["totals"],
-                                  [Marginals.from_dict(m) for m in raw["site_slots"]["marginals"]],
-                                  raw["site_slots"].get("site_column"))
+        trainer.set_release_slots(raw["site_slots"]["totals"], per_slot, raw["site_slots"].get("site_column"))
     return Checkpoint(schema, trainer, raw["privacy"], raw["params"])

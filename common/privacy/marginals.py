@@ -23,7 +23,15 @@ from fedsyn.data.grid import bin_index, bin_labels, numeric_edges
 from fedsyn.data.schema import Column, Schema
 from fedsyn.privacy.accounting import PrivacyEvent
 from fedsyn.privacy.budget import MARGINALS
-from fedsyn.privacy.pairs import BOUNDS_PREFIX, Pair, RoundZeroSplit, measure_pairs, pair_key, parse_pair_key
+from fedsyn.privacy.pairs import (
+    BOUNDS_PREFIX,
+    Pair,
+    RoundZeroSplit,
+    check_pairs,
+    measure_pairs,
+    pair_key,
+    parse_pair_key,
+)
 from fedsyn.privacy.postprocessing import coarsened, onto_simplex
 
 
@@ -258,6 +266,20 @@ def received_marginals(arrays: dict[str, np.ndarray], schema: Schema, noise_mult
     measures no pair tables and gives its tables the whole multiplier, less noise than
     this), so the coarsening errs on the coarse side."""
     return Marginals(arrays, cell_std=table_noise_std(len(measured_columns(schema)), noise_multiplier, pairs_share))
+
+
+def check_slot_tables(schema: Schema, summed: Marginals, per_slot: list[Marginals]) -> None:
+    """Every site slot's round-0 tables, as a site receives them or a model file holds them:
+    shaped like the summed tables, finite, with well-formed pair tables and group bounds
+    (:func:`fedsyn.privacy.pairs.check_pairs`). The release is drawn by them, so a crafted
+    table must be refused here rather than misread there. Raises ValueError."""
+    shapes = {name: table.shape for name, table in summed.tables.items()}
+    for slot, tables in enumerate(per_slot):
+        if {name: table.shape for name, table in tables.tables.items()} != shapes:
+            raise ValueError(f"slot {slot}'s tables are not shaped like the summed tables")
+        if not all(np.isfinite(values).all() for values in tables.arrays.values()):
+            raise ValueError(f"slot {slot}'s tables hold non-finite counts")
+        check_pairs(schema, tables)
 
 
 def marginals_event(noise_multiplier: float, round_: int | None = None) -> PrivacyEvent:
