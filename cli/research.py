@@ -369,7 +369,10 @@ def _show_width(widths: tuple[WidthPlan, ...], epsilon: float) -> None:
         table.add_column(column)
     for width in widths:
         counts = [sum(c.level == level for c in width.columns) for level in ("green", "amber", "red")]
-        table.add_row(width.site, str(width.rows), f"{width.cell_noise:.1f}", "/".join(map(str, counts)),
+        red = [c.column for c in width.columns if c.level == "red"]
+        resolved = "/".join(map(str, counts)) + (f" (red: {', '.join(red[:4])}{', ...' if len(red) > 4 else ''})"
+                                                 if red else "")
+        table.add_row(width.site, str(width.rows), f"{width.cell_noise:.1f}", resolved,
                       f"[{COLOUR[width.level]}]{width.level}[/]")
     console.print(table)
     worst = min(widths, key=lambda w: w.rows)
@@ -377,7 +380,7 @@ def _show_width(widths: tuple[WidthPlan, ...], epsilon: float) -> None:
         return
     console.print(f"[{COLOUR[worst.level]} bold]{worst.level}:[/] at {worst.site}, each round-0 cell carries noise "
                   f"of {worst.cell_noise:.0f} rows (it grows with the square root of the {worst.measured_columns} "
-                  f"columns); the thinnest cells are in {', '.join(worst.costliest)}: drop or merge them first")
+                  f"columns); {worst.column_advice}")
     if worst.epsilon_needed is not None and worst.epsilon_needed > epsilon:
         console.print(f"  epsilon {worst.epsilon_needed:g} per site would resolve them: "
                       f"{_command_with('--epsilon', f'{worst.epsilon_needed:g}')}")

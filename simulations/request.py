@@ -220,14 +220,24 @@ def _check_site_column(schema: Schema, name: str | None) -> None:
                                  "schema other than the outcome")
 
 
+MIN_SITE_ROWS = 20  # a hospital of --site-column: fewer rows cannot be split into training and held-out rows
+
+
 def _split_by_site(whole: pd.DataFrame, schema: Schema, column: str, seed: int | None
                    ) -> tuple[list[pd.DataFrame], pd.DataFrame, pd.DataFrame, tuple[str, ...]]:
     """One hospital per value of ``column`` (named after it), each holding out 30 % of its rows
     for the local report (stratified by the outcome where every class allows it)."""
     from sklearn.model_selection import train_test_split
 
+    unassigned = int(whole[column].isna().sum())
+    if unassigned:
+        raise ValueError(f"--site-column {column}: {unassigned} rows name no hospital; fill the column in or drop "
+                         "those rows (every row belongs to one hospital)")
     trains, tests, names = [], [], []
-    for value, rows in sorted(whole.groupby(whole[column].astype(str), dropna=True), key=lambda item: item[0]):
+    for value, rows in sorted(whole.groupby(whole[column].astype(str)), key=lambda item: item[0]):
+        if len(rows) < MIN_SITE_ROWS:
+            raise ValueError(f"--site-column {column}: hospital '{value}' has {len(rows)} rows, too few to train on "
+                             f"and hold out from (at least {MIN_SITE_ROWS}); merge it with another or drop it")
         outcome = rows[schema.outcome] if schema.outcome else None
         stratify = outcome if outcome is not None and outcome.value_counts().min() >= 2 else None
         train, test = train_test_split(rows, test_size=0.3, random_state=seed, stratify=stratify)

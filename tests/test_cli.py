@@ -44,7 +44,8 @@ def test_simulate_refuses_a_plan_whose_tables_cannot_resolve_the_columns_unless_
     result = CliRunner().invoke(app, ["simulate", "--data", str(data), "--schema", str(demo_schema_path()),
                                       "--out", str(out)])
     assert result.exit_code == 2 and "--yes" in result.output and not out.exists()
-    assert "noise per cell" in result.output and "drop or merge them first" in result.output
+    assert "noise per cell" in result.output and ("merge categories of" in result.output or "drop " in result.output)
+    assert "(red: " in result.output  # the red columns are named, not only counted
     assert "--epsilon" in result.output.split("would resolve them:")[1]
 
 

@@ -88,3 +88,25 @@ def test_a_misspelt_site_column_is_refused_with_a_guess_before_anything_is_plann
     with pytest.raises(ConfigurationError, match="categorical column of the schema other than the outcome"):
         prepare(SimulationRequest(data=data, schema=schema, site_column="death", out=tmp_path / "run"))
     assert not (tmp_path / "run").exists()
+
+
+def test_a_site_column_with_unassigned_rows_or_a_tiny_hospital_is_refused_by_name(tmp_path):
+    import pandas as pd
+
+    import json
+
+    data, schema = _table_with_hospitals(tmp_path)
+    described = json.loads(schema.read_text())
+    described["columns"][-1]["nullable"] = True  # a hospital column that may be empty
+    schema.write_text(json.dumps(described))
+    frame = pd.read_csv(data)
+    frame.loc[:4, "hospital"] = None
+    frame.to_csv(tmp_path / "unassigned.csv", index=False)
+    with pytest.raises(ConfigurationError, match="5 rows name no hospital"):
+        prepare(SimulationRequest(data=tmp_path / "unassigned.csv", schema=schema, site_column="hospital",
+                                  out=tmp_path / "run"))
+    frame["hospital"] = ["A"] * (len(frame) - 3) + ["C"] * 3
+    frame.to_csv(tmp_path / "tiny.csv", index=False)
+    with pytest.raises(ConfigurationError, match="hospital 'C' has 3 rows"):
+        prepare(SimulationRequest(data=tmp_path / "tiny.csv", schema=schema, site_column="hospital",
+                                  out=tmp_path / "run"))
