@@ -7,10 +7,11 @@ identical rows' outer products is the product of their margins, and moving away 
 second-order gain. Measured on the bench's nwtco table, five sites' noisy instit × histol tables
 said the two agree in 95 % of rows; the trained generator's rows were independent.
 
-So the release draws ``POOL_FACTOR`` times the rows it needs, as it always has, weights them by
+So the release draws ``POOL_FACTOR`` times the rows it needs from the generator, weights them by
 iterative proportional fitting (raking; Deming and Stephan, 1940) so that each site slot's rows
 reproduce that site's noisy pair tables, its tables of those columns by outcome class and its
-outcome class shares, and draws the released rows from the pool by those weights. The pool's
+outcome class shares, and draws the released rows from the pool by those weights (capped, and
+drawn systematically, so that no pool row is released twice). The pool's
 own joint distribution is kept wherever the tables say nothing: raking gives the distribution
 closest to the generator's (in Kullback-Leibler divergence) that has the measured margins.
 
@@ -28,10 +29,11 @@ import pandas as pd
 from fedsyn.data.grid import bin_index
 from fedsyn.data.schema import Schema
 from fedsyn.privacy.marginals import Marginals, split_column
-from fedsyn.privacy.pairs import bin_groups, group_index, pair_shape
+from fedsyn.privacy.pairs import bin_groups, group_index, pair_cells
 
 POOL_FACTOR = 10  # pool rows drawn per released row
-ITERATIONS = 30  # raking sweeps over every margin
+MAX_SWEEPS = 30  # raking sweeps over every margin, at most
+_CONVERGED = 1e-3  # a sweep that moves no weight by more than this share ends the raking
 _TARGET_FLOOR = 1e-4  # a cell the table makes empty keeps a little weight: the table is noisy
 
 
@@ -76,22 +78,23 @@ def slot_margins(frame: pd.DataFrame, rows: np.ndarray, schema: Schema, marginal
         cells = group_index(column, part[name], bounds) * len(shares) + classes
         margins.append(Margin(rows, np.asarray(cells), grouped.ravel()))
     for pair in marginals.pairs:
-        first, second = schema.column(pair[0]), schema.column(pair[1])
-        _, columns = pair_shape(schema, pair)
-        cells = (group_index(first, part[first.name], marginals.pair_bounds.get(first.name)) * columns
-                 + group_index(second, part[second.name], marginals.pair_bounds.get(second.name)))
-        margins.append(Margin(rows, np.asarray(cells), marginals.pair_distribution(pair).ravel()))
+        margins.append(Margin(rows, pair_cells(part, schema, pair, marginals.pair_bounds),
+                              marginals.pair_distribution(pair).ravel()))
     if split is not None:
         margins.append(Margin(rows, classes, shares))
     return margins
 
 
-def rake(weights: np.ndarray, margins: list[Margin], iterations: int = ITERATIONS) -> np.ndarray:
+def rake(weights: np.ndarray, margins: list[Margin], ceiling: np.ndarray | None = None) -> np.ndarray:
     """``weights`` scaled, margin after margin, until each margin's rows are spread over its cells
-    as its target says. A margin's rows keep their total weight (a slot keeps its share); a cell
-    no pool row falls in cannot be reached and is left alone."""
+    as its target says (or a sweep no longer moves them). A margin's rows keep their total weight
+    (a slot keeps its share); a cell no pool row falls in cannot be reached and is left alone.
+
+    ``ceiling`` caps each row's weight after every sweep: noisy, mutually inconsistent tables
+    otherwise pile the weight onto a few rows, which the release would repeat."""
     weights = np.asarray(weights, dtype=float).copy()
-    for _ in range(iterations):
+    for _ in range(MAX_SWEEPS):
+        before = weights.copy()
         for margin in margins:
             part = weights[margin.rows]
             total = part.sum()
@@ -101,20 +104,52 @@ def rake(weights: np.ndarray, margins: list[Margin], iterations: int = ITERATION
             ratio = np.where(current > 0, np.maximum(margin.target, _TARGET_FLOOR) / np.maximum(current, 1e-300), 1.0)
             scaled = part * ratio[margin.cells]
             weights[margin.rows] = scaled * (total / scaled.sum())
+        if ceiling is not None:
+            np.minimum(weights, ceiling, out=weights)
+        if np.max(np.abs(weights - before) / np.maximum(before, 1e-300)) < _CONVERGED:
+            break
     return weights
 
 
 def release_weights(frame: pd.DataFrame, schema: Schema, slots: np.ndarray, shares: np.ndarray,
-                    marginals: list[Marginals]) -> np.ndarray:
-    """Each pool row's probability of being released: slot ``k``'s rows share ``shares[k]``,
-    raked to ``marginals[k]`` (see the module)."""
+                    marginals: list[Marginals], count: int) -> np.ndarray:
+    """Each pool row's probability of being released, for ``count`` released rows: slot ``k``'s
+    rows share ``shares[k]``, raked to ``marginals[k]`` (see the module), none above
+    ``1 / count``, so that drawn systematically (:func:`systematic_picks`) no pool row is
+    released twice (the pool holds ``POOL_FACTOR`` times ``count`` rows: room for that)."""
     weights = np.zeros(len(frame))
     margins: list[Margin] = []
-    for slot, (share, tables) in enumerate(zip(shares, marginals)):
-        rows = np.flatnonzero(slots == slot)
-        if len(rows) == 0:
-            continue
-        weights[rows] = share / len(rows)
-        margins += slot_margins(frame, rows, schema, tables)
-    weights = rake(weights, margins)
+    members = [np.flatnonzero(slots == slot) for slot in range(len(shares))]
+    for rows, share, tables in zip(members, shares, marginals):
+        if len(rows):
+            weights[rows] = share / len(rows)
+            margins += slot_margins(frame, rows, schema, tables)
+    ceiling = (1.0 - 1e-9) / count
+    weights = rake(weights / weights.sum(), margins, ceiling=np.full(len(weights), ceiling))
+    for rows, share in zip(members, shares):  # the weight the cap took back, to the slot's other rows
+        if len(rows):
+            weights[rows] = _capped(weights[rows], ceiling, share / sum(s for r, s in zip(members, shares) if len(r)))
     return np.asarray(weights / weights.sum(), dtype=float)
+
+
+def _capped(weights: np.ndarray, ceiling: float, total: float) -> np.ndarray:
+    """``weights`` scaled to sum to ``total`` with none above ``ceiling``: what the cap takes from
+    the heaviest rows goes to the others in proportion (as far as ``ceiling`` times the rows allows)."""
+    weights = np.minimum(weights * (total / max(weights.sum(), 1e-300)), ceiling)
+    for _ in range(100):
+        deficit = total - weights.sum()
+        free = weights < ceiling
+        if deficit <= total * 1e-9 or not free.any() or weights[free].sum() <= 0:
+            break
+        weights[free] = np.minimum(weights[free] * (1.0 + deficit / weights[free].sum()), ceiling)
+    return weights
+
+
+def systematic_picks(weights: np.ndarray, count: int, offset: float) -> np.ndarray:
+    """``count`` pool rows drawn by systematic resampling: one ``offset`` in [0, 1) shifts
+    ``count`` evenly spaced points over the cumulative weights, so a row is drawn the floor or
+    the ceiling of ``count`` times its weight, never more (multinomial draws repeat rows at random)."""
+    points = (offset + np.arange(count)) / count
+    cumulative = np.cumsum(weights)
+    picks = np.searchsorted(cumulative, points * cumulative[-1], side="right")
+    return np.asarray(np.minimum(picks, len(weights) - 1), dtype=np.int64)

@@ -26,12 +26,18 @@ from fedsyn.model.config import GANConfig
 from fedsyn.model.encoder import TableEncoder
 from fedsyn.model.matching import TableMatcher
 from fedsyn.model.networks import Discriminator, Generator, reset_parameters
-from fedsyn.model.raking import POOL_FACTOR, has_pairs, release_weights
+from fedsyn.model.raking import POOL_FACTOR, has_pairs, release_weights, systematic_picks
 from fedsyn.privacy.dp_sgd import poisson_sample, private_gradient
 from fedsyn.privacy.marginals import Marginals
 from fedsyn.privacy.randomness import torch_generator
 
-RAKED_CHUNK = 8192  # released rows per raked pool (a pool holds POOL_FACTOR times as many)
+RAKED_CHUNK = 8192  # released rows per raked pool at most (a pool holds POOL_FACTOR times as many)
+
+
+def _chunk_sizes(n: int, chunk: int) -> list[int]:
+    """``n`` split into the fewest near-equal parts of at most ``chunk`` (no tiny last pool)."""
+    parts = math.ceil(n / chunk) if n > 0 else 0
+    return [n // parts + (1 if index < n % parts else 0) for index in range(parts)]
 
 
 @dataclass
@@ -256,8 +262,7 @@ class GANTrainer:
         if targets is not None:
             chunk = min(chunk, RAKED_CHUNK)
         parts = []
-        for start in range(0, n, chunk):
-            size = min(chunk, n - start)
+        for size in _chunk_sizes(n, chunk):
             if targets is None:
                 parts.append(self._draw(size, condition, rng)[0])
                 continue
@@ -265,10 +270,9 @@ class GANTrainer:
             frame = impose_missing_by_design(self.encoder.decode(pool.cpu().numpy()), self.encoder.schema.rules)
             shares, marginals = targets
             in_slot = slots.cpu().numpy() if slots is not None else np.zeros(len(frame), dtype=int)
-            weights = release_weights(frame, self.encoder.schema, in_slot, shares, marginals)
-            pick = torch.multinomial(torch.as_tensor(weights, dtype=torch.float32, device=self.device), size,
-                                     replacement=True, generator=rng)
-            parts.append(pool[pick])
+            weights = release_weights(frame, self.encoder.schema, in_slot, shares, marginals, size)
+            offset = float(torch.rand(1, generator=rng, device=self.device))
+            parts.append(pool[torch.as_tensor(systematic_picks(weights, size, offset), device=self.device)])
         return torch.cat(parts).cpu().numpy() if parts else np.zeros((0, self.encoder.dim), dtype=np.float32)
 
     def _draw(self, size: int, condition: dict[str, object] | None, rng: torch.Generator

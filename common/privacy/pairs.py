@@ -146,13 +146,19 @@ def bin_groups(column: Column, index: np.ndarray, bounds: np.ndarray | None) -> 
     return np.asarray(present)
 
 
+def pair_cells(frame: pd.DataFrame, schema: Schema, pair: Pair, bounds: dict[str, np.ndarray]) -> np.ndarray:
+    """Each row's cell of a pair table, row-major over :func:`pair_shape` (the layout of the
+    tables on the wire and of :meth:`Marginals.pair_distribution`)."""
+    first, second = schema.column(pair[0]), schema.column(pair[1])
+    _, cols = pair_shape(schema, pair)
+    return np.asarray(group_index(first, frame[first.name], bounds.get(first.name)) * cols
+                      + group_index(second, frame[second.name], bounds.get(second.name)))
+
+
 def exact_pair_table(frame: pd.DataFrame, schema: Schema, pair: Pair, bounds: dict[str, np.ndarray]) -> np.ndarray:
     """Exact counts of a pair table. Of private rows: only through :func:`measure_pairs`."""
-    first, second = schema.column(pair[0]), schema.column(pair[1])
     rows, cols = pair_shape(schema, pair)
-    index = (group_index(first, frame[first.name], bounds.get(first.name)) * cols
-             + group_index(second, frame[second.name], bounds.get(second.name)))
-    return np.bincount(index, minlength=rows * cols).astype(float).reshape(rows, cols)
+    return np.bincount(pair_cells(frame, schema, pair, bounds), minlength=rows * cols).astype(float).reshape(rows, cols)
 
 
 def independence_score(table: np.ndarray) -> float:
