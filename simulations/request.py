@@ -175,6 +175,7 @@ def _load(request: SimulationRequest
     hospitals' names (empty: numbered)."""
     try:
         schema = Schema.load(request.schema_path)
+        schema.require_reviewed(request.allow_unreviewed_schema)  # before any plan is printed or file read
         _check_site_column(schema, request.site_column)
         if request.sites:
             tables = [read_table(path, schema) for path in request.sites]

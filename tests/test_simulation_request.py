@@ -110,3 +110,18 @@ def test_a_site_column_with_unassigned_rows_or_a_tiny_hospital_is_refused_by_nam
     with pytest.raises(ConfigurationError, match="hospital 'C' has 3 rows"):
         prepare(SimulationRequest(data=tmp_path / "tiny.csv", schema=schema, site_column="hospital",
                                   out=tmp_path / "run"))
+
+
+def test_an_unreviewed_schema_is_refused_before_any_row_is_read_or_plan_made(tmp_path):
+    """A drafted schema still marked needs_review stops the run at once (it used to be refused only
+    after the plan tables were printed), unless --allow-unreviewed-schema says otherwise."""
+    import json
+
+    data, schema = _table_with_hospitals(tmp_path)
+    described = json.loads(schema.read_text())
+    described["columns"][0]["needs_review"] = True
+    schema.write_text(json.dumps(described))
+    (tmp_path / "rows.csv").write_text("not,a,table\n")  # never read: the schema is refused first
+    with pytest.raises(ConfigurationError, match="needs_review"):
+        prepare(SimulationRequest(data=data, schema=schema, out=tmp_path / "run"))
+    assert not (tmp_path / "run").exists()
