@@ -1,6 +1,6 @@
 """Federated fedsyn on the real multi-site benchmark tables, judged by the bench's own judge.
 
-    python benchmarks/bench_tables.py BENCH_KIT [--seeds 3] [--tables azpro,nmes]
+    python benchmarks/bench_tables.py BENCH_KIT [--seeds 3] [--first-seed 0] [--tables azpro,nmes]
         [--epsilon 1] [--json rows.jsonl] [--fedsyn PATH] [--judge-python PATH]
 
 Why: on these tables (real hospitals, a ``site`` column, reviewed public bounds) the
@@ -179,6 +179,8 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("bench", type=Path, help="the bench folder (tables.json, load.py, judge.py, peers.jsonl)")
     parser.add_argument("--seeds", type=int, default=3)
+    parser.add_argument("--first-seed", type=int, default=0,
+                        help="seeds first-seed .. first-seed + seeds - 1 (more seeds for a comparison)")
     parser.add_argument("--tables", default=None, help="comma-separated names (default: all in tables.json)")
     parser.add_argument("--epsilon", type=float, default=1.0, help="budget per site")
     parser.add_argument("--json", type=Path, default=None, help="write the result rows here as JSON lines")
@@ -195,14 +197,15 @@ def main(argv: list[str] | None = None) -> None:
     bench = args.bench.resolve()
     names = args.tables.split(",") if args.tables else list(json.loads((bench / "tables.json").read_text()))
     work = args.work or Path(tempfile.mkdtemp(prefix="fedsyn-bench-"))
-    print(f"fedsyn federated, epsilon={args.epsilon:g} per site, seeds 0..{args.seeds - 1}; work in {work}")
+    last_seed = args.first_seed + args.seeds - 1
+    print(f"fedsyn federated, epsilon={args.epsilon:g} per site, seeds {args.first_seed}..{last_seed}; work in {work}")
     print(f"{'table':<10} {'arm':<34} {'seed':>4} " + " ".join(f"{h:>12}" for h in HEADERS), flush=True)
     results: list[dict] = []
     for table in names:
         sites = split_by_site(bench, table, work / table / "sites")
         train_rows = _train_rows(bench, table)
         runs = []
-        for seed in range(args.seeds):
+        for seed in range(args.first_seed, last_seed + 1):
             out = work / table / f"seed-{seed}"
             site_column = ["--site-column", table_spec(bench, table)["site"]]  # the table's own hospital column
             seconds = run_fedsyn(args.fedsyn, sites, bench / table / "schema.json", args.epsilon,
