@@ -91,9 +91,9 @@ def test_a_misspelt_site_column_is_refused_with_a_guess_before_anything_is_plann
 
 
 def test_a_site_column_with_unassigned_rows_or_a_tiny_hospital_is_refused_by_name(tmp_path):
-    import pandas as pd
-
     import json
+
+    import pandas as pd
 
     data, schema = _table_with_hospitals(tmp_path)
     described = json.loads(schema.read_text())
