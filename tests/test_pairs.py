@@ -18,14 +18,16 @@ from fedsyn.privacy import pairs as pairs_module
 from fedsyn.privacy.accounting import PrivacyLedger
 from fedsyn.privacy.marginals import Marginals, exact_counts, marginals_sensitivity, measured_columns
 from fedsyn.privacy.pairs import (
+    Forest,
+    OutcomeModel,
     RoundZeroSplit,
     check_pair_array,
     exact_pair_table,
     group_bounds,
-    independence_score,
+    misfit_score,
     pair_count,
     pair_key,
-    select_pairs,
+    pick_pair,
 )
 from fedsyn.simulations.run import prepare_sites
 
@@ -60,13 +62,13 @@ def test_round_zero_through_the_site_draws_each_part_at_its_noise(tmp_path, smal
     """Through Site.release_marginals: the outcome tables' noise std, the pair tables' (sqrt of
     the number of pairs times the split's multiplier), and the picks' epsilon."""
     picks = []
-    real_select = pairs_module.select_pairs
+    real_pick = pairs_module.pick_pair
 
-    def spy(scores, count, epsilon_each, rng):
-        picks.append((count, epsilon_each))
-        return real_select(scores, count, epsilon_each, rng)
+    def spy(scores, epsilon, rng):
+        picks.append(epsilon)
+        return real_pick(scores, epsilon, rng)
 
-    monkeypatch.setattr(pairs_module, "select_pairs", spy)
+    monkeypatch.setattr(pairs_module, "pick_pair", spy)
     sigma, share = 2.0, 0.4
     site = _site(tmp_path, small_frame)
     released, _ = site.release_marginals(sigma, 500.0, protocol.schema_fingerprint(site.schema), pairs_share=share)
@@ -76,7 +78,7 @@ def test_round_zero_through_the_site_draws_each_part_at_its_noise(tmp_path, smal
     tables = np.concatenate([(released.tables[c] - exact.tables[c]).ravel() for c in measured])
     assert tables.std() == pytest.approx(split.tables * marginals_sensitivity(site.schema), rel=0.12)
 
-    assert len(released.pairs) >= 3 and picks == [(len(released.pairs), split.epsilon_each(len(released.pairs)))]
+    assert len(released.pairs) >= 3 and picks == [split.epsilon_each(len(released.pairs))] * len(released.pairs)
     # pooled over ten releases (about 2,000 noisy cells): a noise 13 % short of the split's is caught
     standardised = []
     for _ in range(10):
@@ -130,32 +132,88 @@ def test_a_prv_ledger_measures_no_pairs(tmp_path, small_frame):
     assert released.pairs == {} and released.pair_bounds == {}
 
 
-def test_one_record_moves_an_independence_score_by_less_than_its_sensitivity():
-    """The worst case (all rows in one cell, the new one in the opposite cell) reaches 4n/(n+1):
-    above 3, below the declared 4; random tables never exceed it."""
-    for n in (1, 5, 1000):
-        before = np.array([[n, 0], [0, 0]], dtype=float)
-        after = before + np.array([[0, 0], [0, 1]])
-        assert abs(independence_score(after) - independence_score(before)) == pytest.approx(4 * n / (n + 1))
-    assert 3 < 4 * 1000 / 1001 <= pairs_module.SCORE_SENSITIVITY
+def test_the_picks_score_pairs_against_released_outputs_only(tmp_path, small_frame, monkeypatch):
+    """The model each pick is scored against is built from the site's released outcome tables and
+    learns from its released (noisy) pair tables, never from exact counts: only then does one
+    record move a score by at most SCORE_SENSITIVITY."""
+    seen: dict[str, list] = {"tables": [], "learned": []}
+    real_init, real_learn = OutcomeModel.__init__, OutcomeModel.learn
+
+    def init(self, schema, tables, bounds):
+        seen["tables"].append(tables)
+        real_init(self, schema, tables, bounds)
+
+    def learn(self, pair, noisy):
+        seen["learned"].append((pair, noisy.copy()))
+        real_learn(self, pair, noisy)
+
+    monkeypatch.setattr(OutcomeModel, "__init__", init)
+    monkeypatch.setattr(OutcomeModel, "learn", learn)
+    site = _site(tmp_path, small_frame)
+    released, _ = site.release_marginals(2.0, 500.0, protocol.schema_fingerprint(site.schema), pairs_share=0.4)
+    (tables,) = seen["tables"]
+    for name, table in released.tables.items():
+        np.testing.assert_array_equal(tables.tables[name], table)
+    assert [pair for pair, _ in seen["learned"]] == list(released.pairs)
+    for pair, noisy in seen["learned"]:
+        np.testing.assert_array_equal(noisy, released.pairs[pair])
+
+
+def test_one_record_moves_a_misfit_score_by_at_most_its_sensitivity():
+    """Against a fixed expected table a record moves the distance by one and the larger margin
+    distance by at most one: the score by at most 2, reached when the record's cell is above
+    its expectation and both its margins below theirs."""
     rng = np.random.default_rng(0)
     for _ in range(2000):
         table = rng.integers(0, rng.integers(1, 30), size=tuple(rng.integers(2, 6, size=2))).astype(float)
+        expected = rng.uniform(0, 30, size=table.shape)
         cell = tuple(rng.integers(0, s) for s in table.shape)
         moved = table.copy()
         moved[cell] += 1
-        assert abs(independence_score(moved) - independence_score(table)) <= pairs_module.SCORE_SENSITIVITY
+        assert abs(misfit_score(moved, expected, 1.0) - misfit_score(table, expected, 1.0)) \
+            <= pairs_module.SCORE_SENSITIVITY + 1e-9
+    table, expected = np.array([[1.0, 0.0], [0.0, 0.0]]), np.array([[0.0, 5.0], [5.0, 0.0]])
+    moved = misfit_score(table + [[1, 0], [0, 0]], expected, 1.0) - misfit_score(table, expected, 1.0)
+    assert moved == pytest.approx(pairs_module.SCORE_SENSITIVITY)
+
+
+def test_a_misfit_in_one_margin_alone_scores_nothing():
+    """A pair whose table is the expected one with one column's counts moved scores no more than
+    its noise: what it would add is that one-way correction, which the outcome tables give."""
+    expected = np.outer([30.0, 50, 20], [60.0, 40]) / 100
+    shifted = np.outer([50.0, 30, 20], [60.0, 40]) / 100
+    assert misfit_score(shifted, expected, 0.0) == pytest.approx(0.0)
+    dependent = np.array([[30.0, 0], [0, 50], [20, 0]])
+    assert misfit_score(dependent, expected, 0.0) > 50
+
+
+def test_the_model_learns_a_measured_margin_and_predicts_independence_within_a_class(demo_schema, small_frame):
+    exact = exact_counts(small_frame, demo_schema)
+    bounds = {c.name: group_bounds(c, exact) for c in demo_schema.columns if not c.is_categorical}
+    model = OutcomeModel(demo_schema, exact, bounds)
+    table = exact_pair_table(small_frame, demo_schema, ("age", "sex"), bounds)
+    assert model.expected(("age", "sex")).sum() == pytest.approx(len(small_frame))
+    np.testing.assert_allclose(model.expected(("age", "sex")).sum(axis=1), table.sum(axis=1), atol=1e-6)
+    shifted = table[::-1].copy()  # age groups' counts reversed
+    model.learn(("age", "sex"), shifted)
+    np.testing.assert_allclose(model.expected(("age", "sex")).sum(axis=1), shifted.sum(axis=1), rtol=1e-6)
 
 
 def test_the_picks_are_random_as_the_exponential_mechanism_draws_them():
     """With a small epsilon a weaker pair is picked about as often as the exponential mechanism
-    says (exp(eps * gap / (2 * 4)) to 1): neither never nor always."""
-    scores = {("a", "b"): 8.0, ("c", "d"): 0.0}
+    says (exp(eps * gap / (2 * 2)) to 1): neither never nor always."""
+    scores = {("a", "b"): 4.0, ("c", "d"): 0.0}
     rng = np.random.default_rng(1)
-    first = [select_pairs(scores, 1, 1.0, rng)[0] for _ in range(4000)]
+    first = [pick_pair(scores, 1.0, rng) for _ in range(4000)]
     share = first.count(("a", "b")) / len(first)
     assert share == pytest.approx(math.e / (1 + math.e), abs=0.03)
-    assert select_pairs(scores, 5, 1.0, rng) in ([("a", "b"), ("c", "d")], [("c", "d"), ("a", "b")])
+
+
+def test_a_pick_joins_two_trees_of_the_forest():
+    forest = Forest()
+    forest.join(("a", "b"))
+    forest.join(("b", "c"))
+    assert not forest.joins(("a", "c")) and forest.joins(("c", "d"))
 
 
 def test_pair_arrays_are_checked_against_the_schema(demo_schema):

@@ -10,13 +10,20 @@ of other columns, the ones that carry most of the site's structure, chosen priva
    public bins at the quantiles of the site's own *noisy* one-way counts (post-processing of
    the outcome tables); a categorical column keeps its levels; 'missing' stays a group. The
    group bounds travel with the tables (``pairbins:`` arrays): they are DP outputs.
-2. **Selection.** Every candidate pair is scored by the L1 distance between its exact table
-   and the table its own margins would give under independence. One record moves that score
-   by at most 4 (see :func:`independence_score`). The exponential mechanism (Gumbel-max)
-   picks pairs one at a time among those joining two trees of the forest picked so far
-   (Kruskal): a maximum spanning forest, stopped at ``k`` pairs. ``k`` follows from the noisy
-   total and the pair tables' noise (:func:`pair_count`): a table the noise would drown is
-   not worth measuring.
+2. **Selection**, as AIM (McKenna et al., 2022) selects: every candidate pair is scored
+   against what the site's released outputs already say of it (:class:`OutcomeModel`: each
+   outcome class's rows with the two columns independent, as the *noisy* outcome tables give
+   them, and each column re-weighted to the margins of the pair tables measured so far). The
+   score (:func:`misfit_score`) is the L1 distance of the exact table from that prediction,
+   less its larger margin's distance (a one-way error the other tables pin down) and the
+   error the table's own noise would add. So a pair the outcome already explains (both
+   columns follow the outcome) scores low, and one it misses (a stage and a lab value,
+   insurance and medicaid) high. The prediction is post-processing of outputs already drawn,
+   so one record moves a score by at most 2 (:data:`SCORE_SENSITIVITY`). The exponential
+   mechanism (Gumbel-max) picks pairs one at a time among those joining two trees of the
+   forest picked so far (Kruskal), each measured before the next pick: a spanning forest of
+   ``k`` pairs. ``k`` follows from the noisy total and the pair tables' noise
+   (:func:`pair_count`): a table the noise would drown is not worth measuring.
 3. **Measurement.** The ``k`` tables with Gaussian noise; every record adds one count to each,
    so the L2 sensitivity is sqrt(k).
 
@@ -42,6 +49,7 @@ import pandas as pd
 
 from fedsyn.data.grid import bin_index, bin_labels, numeric_bins
 from fedsyn.data.schema import Column, Schema
+from fedsyn.privacy.postprocessing import onto_simplex
 
 if TYPE_CHECKING:
     from fedsyn.privacy.marginals import Marginals
@@ -50,7 +58,8 @@ PAIR_PREFIX = "pair:"
 BOUNDS_PREFIX = "pairbins:"
 PAIR_GROUPS = 5
 SELECTION_PART = 0.5  # of the pairs' share of round 0: the rest measures the chosen tables
-SCORE_SENSITIVITY = 4.0
+LEARN_SWEEPS = 50  # IPF sweeps fitting a column's groups to a measured margin
+SCORE_SENSITIVITY = 2.0  # see misfit_score
 # A pair table is measured only while its cells' noise std stays below this share of the
 # site's noisy total (about half a cell's count on a 5 x 5 table).
 PAIR_NOISE_RATIO = 1 / 40
@@ -161,17 +170,60 @@ def exact_pair_table(frame: pd.DataFrame, schema: Schema, pair: Pair, bounds: di
     return np.bincount(pair_cells(frame, schema, pair, bounds), minlength=rows * cols).astype(float).reshape(rows, cols)
 
 
-def independence_score(table: np.ndarray) -> float:
-    """L1 distance between ``table`` and the outer product of its margins over its total.
+class OutcomeModel:
+    """What the site's noisy round-0 outputs say of a pair table so far: each outcome class's
+    rows with the columns independent, each column's groups as the noisy outcome tables give
+    them, and re-weighted to a measured pair table's margins once one is drawn (AIM's model
+    after each measurement, by IPF; AIM's model learns the whole tables). Built from released
+    outputs only, so a score against it moves by at most :data:`SCORE_SENSITIVITY` when a
+    record does."""
 
-    Adding a record at cell (i, j) moves the table by 1 in L1 and the product by
-    ``(n e_i c' + n r e_j' + n e_i e_j' - r c') / (n (n + 1))``, at most ``(3n + 1) / (n + 1)
-    < 3``: the score's sensitivity is below ``SCORE_SENSITIVITY`` = 4."""
-    total = float(table.sum())
-    if total <= 0:
-        return 0.0
-    expected = np.outer(table.sum(axis=1), table.sum(axis=0)) / total
-    return float(np.abs(table - expected).sum())
+    def __init__(self, schema: Schema, tables: Marginals, bounds: dict[str, np.ndarray]) -> None:
+        self.bounds = bounds
+        self.class_totals = tables.class_totals()
+        self.conditionals = {c.name: self._grouped(c, tables) for c in schema.columns if c.name in tables.tables
+                             and tables.tables[c.name].shape[1] == len(self.class_totals)}
+
+    def _grouped(self, column: Column, tables: Marginals) -> np.ndarray:
+        """P(group | class): the noisy counts summed into the pair groups first and projected
+        after (:func:`onto_simplex`): a sum of noise has mean zero, while projecting dozens of
+        sparse tail bins one by one leaves their positive noise behind."""
+        table = tables.tables[column.name]
+        summed = np.zeros((group_count(column), table.shape[1]))
+        np.add.at(summed, bin_groups(column, np.arange(table.shape[0]), self.bounds.get(column.name)), table)
+        projected = np.stack([onto_simplex(summed[:, k], total) for k, total in enumerate(self.class_totals)], axis=1)
+        return np.asarray(projected / projected.sum(axis=0, keepdims=True), dtype=float)
+
+    def expected(self, pair: Pair) -> np.ndarray:
+        """The pair table this model predicts."""
+        return np.asarray(np.einsum("ik,jk,k->ij", self.conditionals[pair[0]], self.conditionals[pair[1]],
+                                    self.class_totals), dtype=float)
+
+    def learn(self, pair: Pair, noisy: np.ndarray) -> None:
+        """Take both columns' group margins from a measured (noisy) pair table."""
+        measured = onto_simplex(noisy.ravel(), float(self.class_totals.sum())).reshape(noisy.shape)
+        for name, margin in ((pair[0], measured.sum(axis=1)), (pair[1], measured.sum(axis=0))):
+            conditional = self.conditionals[name]
+            for _ in range(LEARN_SWEEPS):  # IPF between the margin and each class summing to one
+                predicted = conditional @ self.class_totals
+                conditional = conditional * np.divide(margin, predicted, out=np.ones_like(margin),
+                                                      where=predicted > 0)[:, None]
+                conditional = conditional / np.clip(conditional.sum(axis=0, keepdims=True), 1e-12, None)
+            self.conditionals[name] = conditional
+
+
+def misfit_score(exact: np.ndarray, expected: np.ndarray, noise_std: float) -> float:
+    """How much measuring a pair would teach about how its columns move together, beyond
+    ``expected``: the L1 distance of the exact table from it, less the larger of its two
+    margins' L1 distances (what the table's one-way counts alone would fix, which the other
+    tables already pin down) and less the expected L1 error of the table measured with
+    ``noise_std`` (sqrt(2 / pi) std per cell). The distance is never below either margin's,
+    so the first part is never negative. ``expected`` does not depend on the private rows, so a
+    record moves the distance by at most 1 and the larger margin distance by at most 1: the
+    score by at most :data:`SCORE_SENSITIVITY` = 2."""
+    margins = max(float(np.abs(exact.sum(axis=1) - expected.sum(axis=1)).sum()),
+                  float(np.abs(exact.sum(axis=0) - expected.sum(axis=0)).sum()))
+    return float(np.abs(exact - expected).sum() - margins - math.sqrt(2.0 / math.pi) * noise_std * exact.size)
 
 
 def pair_count(total: float, noise_multiplier: float, columns: int) -> int:
@@ -185,28 +237,31 @@ def pair_count(total: float, noise_multiplier: float, columns: int) -> int:
     return int(min(max(affordable, 1), columns - 1))
 
 
-def select_pairs(scores: dict[Pair, float], count: int, epsilon_each: float, rng: np.random.Generator) -> list[Pair]:
-    """``count`` pairs of a maximum spanning forest, each picked by the exponential mechanism
-    (Gumbel-max with scale ``2 * SCORE_SENSITIVITY / epsilon_each``) among the pairs that join
-    two trees."""
-    parent: dict[str, str] = {}
+def pick_pair(scores: dict[Pair, float], epsilon: float, rng: np.random.Generator) -> Pair:
+    """One ``epsilon``-DP pick by the exponential mechanism: Gumbel-max with scale
+    ``2 * SCORE_SENSITIVITY / epsilon``."""
+    candidates = list(scores)
+    noisy = np.asarray([scores[pair] for pair in candidates]) + rng.gumbel(0.0, 2.0 * SCORE_SENSITIVITY / epsilon,
+                                                                          size=len(candidates))
+    return candidates[int(np.argmax(noisy))]
 
-    def root(name: str) -> str:
-        while parent.get(name, name) != name:
-            name = parent[name]
+
+class Forest:
+    """The trees the picked pairs form (Kruskal's union-find): a pick must join two of them."""
+
+    def __init__(self) -> None:
+        self.parent: dict[str, str] = {}
+
+    def root(self, name: str) -> str:
+        while self.parent.get(name, name) != name:
+            name = self.parent[name]
         return name
 
-    chosen: list[Pair] = []
-    scale = 2.0 * SCORE_SENSITIVITY / epsilon_each
-    for _ in range(count):
-        joining = [pair for pair in scores if root(pair[0]) != root(pair[1])]
-        if not joining:
-            break
-        noisy = np.asarray([scores[pair] for pair in joining]) + rng.gumbel(0.0, scale, size=len(joining))
-        pick = joining[int(np.argmax(noisy))]
-        parent[root(pick[0])] = root(pick[1])
-        chosen.append(pick)
-    return chosen
+    def joins(self, pair: Pair) -> bool:
+        return self.root(pair[0]) != self.root(pair[1])
+
+    def join(self, pair: Pair) -> None:
+        self.parent[self.root(pair[0])] = self.root(pair[1])
 
 
 def measure_pairs(frame: pd.DataFrame, schema: Schema, columns: list[Column], outcome_tables: Marginals,
@@ -217,16 +272,23 @@ def measure_pairs(frame: pd.DataFrame, schema: Schema, columns: list[Column], ou
     if pairs_share <= 0 or len(columns) < 2:
         return {}
     bounds = {c.name: group_bounds(c, outcome_tables) for c in columns if not c.is_categorical}
-    sampling = math.sqrt(2.0 / math.pi * outcome_tables.total())  # an independent table's expected score
-    exact = {pair: exact_pair_table(frame, schema, pair, bounds) for pair in candidate_pairs(columns)}
-    scores = {pair: independence_score(table) - sampling * math.sqrt(table.size) for pair, table in exact.items()}
     split = RoundZeroSplit(noise_multiplier, pairs_share)
     count = pair_count(outcome_tables.total(), split.pair_tables, len(columns))
-    chosen = select_pairs(scores, count, split.epsilon_each(count), rng)
-    std = split.pair_tables * math.sqrt(len(chosen))
+    std = split.pair_tables * math.sqrt(count)
+    exact = {pair: exact_pair_table(frame, schema, pair, bounds) for pair in candidate_pairs(columns)}
+    model, forest = OutcomeModel(schema, outcome_tables, bounds), Forest()
     arrays: dict[str, np.ndarray] = {}
-    for pair in chosen:
-        arrays[pair_key(pair)] = exact[pair] + rng.normal(0.0, std, size=exact[pair].shape)
+    chosen: list[Pair] = []
+    for _ in range(count):
+        scores = {pair: misfit_score(table, model.expected(pair), std) for pair, table in exact.items()
+                  if forest.joins(pair)}
+        if not scores:
+            break
+        pick = pick_pair(scores, split.epsilon_each(count), rng)
+        arrays[pair_key(pick)] = exact[pick] + rng.normal(0.0, std, size=exact[pick].shape)
+        forest.join(pick)
+        model.learn(pick, arrays[pair_key(pick)])
+        chosen.append(pick)
     for name in sorted({name for pair in chosen for name in pair} & set(bounds)):
         arrays[f"{BOUNDS_PREFIX}{name}"] = bounds[name]
     return arrays
