@@ -137,8 +137,8 @@ MUTATIONS = [
              "SCORE_SENSITIVITY = 2.0", "SCORE_SENSITIVITY = 1.5",
              (PAIRS + "test_one_record_moves_a_misfit_score_by_at_most_its_sensitivity",)),
     Mutation("pair picks scored against a model of exact counts", "common/privacy/pairs.py",
-             "model, forest = OutcomeModel(schema, outcome_tables, bounds), Forest()",
-             "model, forest = OutcomeModel(schema, __import__('fedsyn.privacy.marginals', fromlist=['x'])"
+             "model, forest = OutcomeModel(columns, outcome_tables, bounds), Forest()",
+             "model, forest = OutcomeModel(columns, __import__('fedsyn.privacy.marginals', fromlist=['x'])"
              ".exact_counts(frame, schema), bounds), Forest()",
              (PAIRS + "test_the_picks_score_pairs_against_released_outputs_only",)),
     Mutation("pair picks' model learns exact pair tables", "common/privacy/pairs.py",

@@ -139,9 +139,9 @@ def test_the_picks_score_pairs_against_released_outputs_only(tmp_path, small_fra
     seen: dict[str, list] = {"tables": [], "learned": []}
     real_init, real_learn = OutcomeModel.__init__, OutcomeModel.learn
 
-    def init(self, schema, tables, bounds):
+    def init(self, columns, tables, bounds):
         seen["tables"].append(tables)
-        real_init(self, schema, tables, bounds)
+        real_init(self, columns, tables, bounds)
 
     def learn(self, pair, noisy):
         seen["learned"].append((pair, noisy.copy()))
@@ -190,7 +190,7 @@ def test_a_misfit_in_one_margin_alone_scores_nothing():
 def test_the_model_learns_a_measured_margin_and_predicts_independence_within_a_class(demo_schema, small_frame):
     exact = exact_counts(small_frame, demo_schema)
     bounds = {c.name: group_bounds(c, exact) for c in demo_schema.columns if not c.is_categorical}
-    model = OutcomeModel(demo_schema, exact, bounds)
+    model = OutcomeModel(measured_columns(demo_schema), exact, bounds)
     table = exact_pair_table(small_frame, demo_schema, ("age", "sex"), bounds)
     assert model.expected(("age", "sex")).sum() == pytest.approx(len(small_frame))
     np.testing.assert_allclose(model.expected(("age", "sex")).sum(axis=1), table.sum(axis=1), atol=1e-6)

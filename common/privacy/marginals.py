@@ -124,14 +124,22 @@ class Marginals:
             return np.array([self.total()])
         return np.asarray(np.clip(_mean_class_sums(split), 1.0, None), dtype=float)
 
-    def conditional(self, name: str) -> np.ndarray:
+    def conditional(self, name: str, groups: np.ndarray | None = None, group_count: int = 0) -> np.ndarray:
         """P(bin | class) of a column's table, bins × classes: each class's noisy counts
         projected onto the counts that are non-negative and sum to that class's noisy total.
 
         Clipping negatives instead would leave half the noise in every empty bin and spread a
         wide-bounded numeric over its whole range; the projection subtracts one threshold per
-        class, so most empty bins return to zero (post-processing, no privacy cost)."""
+        class, so most empty bins return to zero (post-processing, no privacy cost).
+
+        With ``groups`` (each bin's group, ``group_count`` groups) the noisy counts are summed
+        into the groups first and projected after: a sum of noise has mean zero, while
+        projecting dozens of sparse tail bins one by one leaves their positive noise behind."""
         table = self.tables[name]
+        if groups is not None:
+            summed = np.zeros((group_count, table.shape[1]))
+            np.add.at(summed, groups, table)
+            table = summed
         totals = self.class_totals() if table.shape[1] > 1 else np.array([self.total()])
         projected = np.stack([onto_simplex(table[:, k], totals[k]) for k in range(table.shape[1])], axis=1)
         return np.asarray(projected / projected.sum(axis=0, keepdims=True), dtype=float)

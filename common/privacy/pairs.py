@@ -3,8 +3,8 @@
 The outcome tables answer questions about the declared outcome. Every other question (sex
 from height and weight, a stage from a lab value) rests on how two other columns move
 together, which the outcome tables never see. So round 0 also measures a few two-way tables
-of other columns, the ones that carry most of the site's structure, chosen privately as MST
-(McKenna et al., 2021) chooses its tree:
+of other columns, the ones that carry most of what the outcome tables miss, chosen privately
+as AIM (McKenna et al., 2022) chooses its marginals, kept to a spanning forest as MST's tree:
 
 1. **Grid.** A numeric column of a pair is cut into at most ``PAIR_GROUPS`` groups of its
    public bins at the quantiles of the site's own *noisy* one-way counts (post-processing of
@@ -24,17 +24,20 @@ of other columns, the ones that carry most of the site's structure, chosen priva
    forest picked so far (Kruskal), each measured before the next pick: a spanning forest of
    ``k`` pairs. ``k`` follows from the noisy total and the pair tables' noise
    (:func:`pair_count`): a table the noise would drown is not worth measuring.
-3. **Measurement.** The ``k`` tables with Gaussian noise; every record adds one count to each,
-   so the L2 sensitivity is sqrt(k).
+3. **Measurement.** Each picked table with Gaussian noise of std ``pair_tables * sqrt(k)``, drawn
+   before the next pick; every record adds one count to each, so the ``k`` tables cost what one
+   release of them all at L2 sensitivity sqrt(k) costs.
 
 **One event.** The outcome tables (noise multiplier ``z / sqrt(1 - s)``), the ``k`` picks
 (each ``(2 / z) sqrt(s * SELECTION_PART / k)``-DP) and the pair tables (``z / sqrt(s * (1 -
 SELECTION_PART))``) add up, in Renyi DP, to exactly the curve of one Gaussian mechanism with
 multiplier ``z``: a Gaussian's RDP is ``alpha / (2 z^2)``, and an eps-DP exponential mechanism
 is ``eps^2 / 8``-zCDP (bounded range; Cesar and Rogers, 2021), RDP ``alpha eps^2 / 8``; the
-choices may depend on earlier outputs (adaptive composition). So the ledger's round-0 event is
-unchanged. The bound is an RDP bound: a ledger on the PRV accountant (which reads a Gaussian's
-exact privacy curve) measures no pairs (:func:`fedsyn.privacy.budget.pairs_allowed`).
+choices may depend on earlier outputs (adaptive composition). ``k`` and each pick's epsilon
+follow from the noisy outcome tables, and the parts add up to the same total whatever ``k``
+is. So the ledger's round-0 event is unchanged. The bound is an RDP bound: a ledger on the PRV
+accountant (which reads a Gaussian's exact privacy curve) measures no pairs
+(:func:`fedsyn.privacy.budget.pairs_allowed`).
 """
 
 from __future__ import annotations
@@ -58,7 +61,7 @@ PAIR_PREFIX = "pair:"
 BOUNDS_PREFIX = "pairbins:"
 PAIR_GROUPS = 5
 SELECTION_PART = 0.5  # of the pairs' share of round 0: the rest measures the chosen tables
-LEARN_SWEEPS = 50  # IPF sweeps fitting a column's groups to a measured margin
+LEARN_SWEEPS = 50  # IPF sweeps fitting a column's groups to a measured margin (a few groups: cheap, converged)
 SCORE_SENSITIVITY = 2.0  # see misfit_score
 # A pair table is measured only while its cells' noise std stays below this share of the
 # site's noisy total (about half a cell's count on a 5 x 5 table).
@@ -178,21 +181,12 @@ class OutcomeModel:
     outputs only, so a score against it moves by at most :data:`SCORE_SENSITIVITY` when a
     record does."""
 
-    def __init__(self, schema: Schema, tables: Marginals, bounds: dict[str, np.ndarray]) -> None:
-        self.bounds = bounds
+    def __init__(self, columns: list[Column], tables: Marginals, bounds: dict[str, np.ndarray]) -> None:
         self.class_totals = tables.class_totals()
-        self.conditionals = {c.name: self._grouped(c, tables) for c in schema.columns if c.name in tables.tables
-                             and tables.tables[c.name].shape[1] == len(self.class_totals)}
-
-    def _grouped(self, column: Column, tables: Marginals) -> np.ndarray:
-        """P(group | class): the noisy counts summed into the pair groups first and projected
-        after (:func:`onto_simplex`): a sum of noise has mean zero, while projecting dozens of
-        sparse tail bins one by one leaves their positive noise behind."""
-        table = tables.tables[column.name]
-        summed = np.zeros((group_count(column), table.shape[1]))
-        np.add.at(summed, bin_groups(column, np.arange(table.shape[0]), self.bounds.get(column.name)), table)
-        projected = np.stack([onto_simplex(summed[:, k], total) for k, total in enumerate(self.class_totals)], axis=1)
-        return np.asarray(projected / projected.sum(axis=0, keepdims=True), dtype=float)
+        self.conditionals = {  # P(group | class) of each measured column, groups × classes
+            c.name: tables.conditional(c.name, bin_groups(c, np.arange(bin_labels(c)), bounds.get(c.name)),
+                                       group_count(c))
+            for c in columns}
 
     def expected(self, pair: Pair) -> np.ndarray:
         """The pair table this model predicts."""
@@ -266,7 +260,7 @@ class Forest:
 
 def measure_pairs(frame: pd.DataFrame, schema: Schema, columns: list[Column], outcome_tables: Marginals,
                   noise_multiplier: float, pairs_share: float, rng: np.random.Generator) -> dict[str, np.ndarray]:
-    """Steps 1-4 of the module: the chosen pair tables with noise and their numeric group bounds,
+    """Steps 1-3 of the module: the chosen pair tables with noise and their numeric group bounds,
     keyed for the wire. ``noise_multiplier`` is the whole round-0 release's (the caller has
     charged it); ``outcome_tables`` are the site's noisy outcome tables already drawn."""
     if pairs_share <= 0 or len(columns) < 2:
@@ -276,14 +270,12 @@ def measure_pairs(frame: pd.DataFrame, schema: Schema, columns: list[Column], ou
     count = pair_count(outcome_tables.total(), split.pair_tables, len(columns))
     std = split.pair_tables * math.sqrt(count)
     exact = {pair: exact_pair_table(frame, schema, pair, bounds) for pair in candidate_pairs(columns)}
-    model, forest = OutcomeModel(schema, outcome_tables, bounds), Forest()
+    model, forest = OutcomeModel(columns, outcome_tables, bounds), Forest()
     arrays: dict[str, np.ndarray] = {}
     chosen: list[Pair] = []
-    for _ in range(count):
+    for _ in range(count):  # count < len(columns) and every pair is a candidate: one always joins two trees
         scores = {pair: misfit_score(table, model.expected(pair), std) for pair, table in exact.items()
                   if forest.joins(pair)}
-        if not scores:
-            break
         pick = pick_pair(scores, split.epsilon_each(count), rng)
         arrays[pair_key(pick)] = exact[pick] + rng.normal(0.0, std, size=exact[pick].shape)
         forest.join(pick)
