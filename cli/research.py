@@ -161,6 +161,10 @@ def simulate(
     matching_weight: Annotated[float, typer.Option(help=(
         "weight of the generator's term that matches the noisy outcome tables (free post-processing); 0: off"))
     ] = FEDERATED_GAN.matching_weight,
+    table_steps: Annotated[int, typer.Option(help=(
+        "generator steps on the noisy tables alone before round 1 (free post-processing): 150 steadied a "
+        "narrow table, and cost a wide one; 0: off"))
+    ] = FederationSettings.model_fields["table_steps"].default,
     rows: Annotated[int, typer.Option(help="synthetic rows to release; 0: as many as all sites' training rows")
                     ] = 0,
     out: Annotated[Path, typer.Option(help="output folder: release/, local-report/, sites/, keys/")
@@ -210,7 +214,8 @@ def simulate(
             sites=tuple(sites or ()), held_out=held_out, data=data, split=split, skew=skew, dirichlet=dirichlet,
             schema=schema, epsilon=epsilon, delta=delta, rounds=rounds, local_steps=local_steps,
             batch_size=batch_size, learning_rate=learning_rate, generator_ema=generator_ema,
-            marginals_share=marginals_share, pairs_share=pairs_share, matching_weight=matching_weight, rows=rows,
+            marginals_share=marginals_share, pairs_share=pairs_share, matching_weight=matching_weight,
+            table_steps=table_steps, rows=rows,
             out=out, seed=seed, device=device, release_every=release_every,
             site_noise_multiplier=site_noise_multiplier, site_clipping_norm=site_clipping_norm,
             transport_dtype=transport_dtype, aggregation=aggregation, max_update_norm=max_update_norm,

@@ -216,6 +216,9 @@ class Coordinator:
         per_slot = [run.site_marginals[node] for node in sorted(run.slots, key=run.slots.__getitem__)]
         if gan_config.site_slots:
             trainer.set_release_slots([m.total() for m in per_slot], per_slot, settings.site_column)
+        if self._restored_model is None and settings.table_steps:
+            trainer.fit_tables(settings.table_steps)
+            self.record("generator_fitted_to_tables", steps=settings.table_steps)
         self.trainer = trainer
         shapes = {k: (v.shape, v.dtype) for k, v in trainer.state_arrays().items()}
         wire_shapes = {k: (shape, np.dtype(settings.transport_dtype)) for k, (shape, _) in shapes.items()}

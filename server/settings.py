@@ -24,6 +24,8 @@ from fedsyn.privacy.budget import MARGINALS_SHARE, PAIRS_SHARE, is_budget, is_pa
 FEDERATED_GAN = GANConfig(batch_size=256, generator_lr=1e-3, discriminator_lr=1e-3)
 FEDERATED_ROUNDS = 25
 FEDERATED_LOCAL_STEPS = 8
+TABLE_STEPS = 0
+MAX_TABLE_STEPS = 100_000
 
 AGGREGATION_RULES = ("mean", "median", "trimmed-mean")
 
@@ -48,6 +50,12 @@ class FederationSettings(BaseModel):
     # Of that release, the share each site spends on pair tables of other columns it chooses with
     # DP (fedsyn.privacy.pairs); the outcome tables get the rest. The RDP accountant only.
     pairs_share: float = PAIRS_SHARE
+    # Generator steps on the summed and per-site noisy tables alone (post-processing) before
+    # round 1; off by default. Measured with bench_tables (4 tables, 6 seeds, eps 1 per site) and
+    # the 63-column wide table (3 seeds): 150 steps took nwtco's outcome TSTR from .866 / .917 (GB
+    # spread .14) to .911 / .936 (.04), but cost rotterdam's outcome .03, nmes's LR .04 and the
+    # wide table's outcome .06 / .10 (docs/benchmarks.md).
+    table_steps: int = TABLE_STEPS
     noise_multiplier: float | None = None
     min_sites: int = 1
     site_noise_multiplier: float | None = None
@@ -86,6 +94,8 @@ class FederationSettings(BaseModel):
             problems.append(f"sample_rate={self.sample_rate} must be in (0, 1]")
         if self.rounds < 1 or self.local_steps < 1 or self.min_sites < 1:
             problems.append("rounds, local_steps and min_sites must each be at least 1")
+        if not 0 <= self.table_steps <= MAX_TABLE_STEPS:
+            problems.append(f"table_steps={self.table_steps} must be in [0, {MAX_TABLE_STEPS}] (0: off)")
         if self.noise_multiplier is not None and not self.noise_multiplier > 0:
             problems.append(f"noise_multiplier={self.noise_multiplier} must be positive")
         if self.aggregation not in AGGREGATION_RULES:

@@ -62,6 +62,7 @@ class SimulationRequest:
     marginals_share: float = FederationSettings.model_fields["marginals_share"].default
     pairs_share: float = FederationSettings.model_fields["pairs_share"].default
     matching_weight: float = FEDERATED_GAN.matching_weight
+    table_steps: int = FederationSettings.model_fields["table_steps"].default
     rows: int = 0  # synthetic rows to release; 0: as many as all sites' training rows
     out: Path = Path("fedsyn-simulation")
     seed: int | None = None  # secret; None: operating-system entropy
@@ -257,7 +258,8 @@ def _settings(request: SimulationRequest, epsilon: float, sample_rate: float, si
     return FederationSettings.checked(  # a ConfigurationError that names the setting
         rounds=request.rounds, local_steps=request.local_steps, epsilon=epsilon, delta=request.delta,
         sample_rate=sample_rate, marginals_share=request.marginals_share, pairs_share=request.pairs_share,
-        gan_config=config, seed=request.seed, min_sites=max(1, sites // 2 + 1), site_column=request.site_column,
+        table_steps=request.table_steps, gan_config=config, seed=request.seed, min_sites=max(1, sites // 2 + 1),
+        site_column=request.site_column,
         site_noise_multiplier=request.site_noise_multiplier, site_clipping_norm=request.site_clipping_norm,
         transport_dtype=request.transport_dtype, aggregation=request.aggregation,
         max_update_norm=request.max_update_norm, allow_unreviewed_schema=request.allow_unreviewed_schema)

@@ -27,12 +27,7 @@ def _matched_release(tables, schema, weight: float, steps: int = 150) -> pd.Data
     """A generator trained on the matching term alone (no rows, no discriminator), then sampled."""
     trainer = GANTrainer(TableEncoder(schema, tables), replace(TINY, matching_weight=weight),
                          rng=torch_generator(3, "matching-test"))
-    for _ in range(steps):
-        loss = trainer._matching_loss(trainer.rng)
-        trainer.generator_optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        trainer.generator_optimizer.step()
-    trainer.sampler.load_state_dict(trainer.generator.state_dict())
+    trainer.fit_tables(steps)
     return trainer.sample_frame(3000)[0]
 
 
@@ -99,6 +94,22 @@ def test_release_misfit_is_near_zero_for_the_tables_own_rows_and_grows_when_the_
         monkeypatch.setattr(trainer, "generate", lambda n, rng=None, frame=frame: trainer.encoder.encode(frame))
         scores.append(release_misfit(trainer, torch_generator(1, "misfit")))
     assert scores[0] < 0.005 and scores[1] > 0.05
+
+
+def test_fit_tables_brings_a_fresh_generator_to_the_tables_and_samples_from_it(demo_frame, demo_schema):
+    """The coordinator's steps before round 1: a fresh generator trained on the tables alone
+    sits far closer to them, and the release samples from what was trained; 0 steps change nothing."""
+    tables = exact_counts(demo_frame.head(2000), demo_schema)
+    fresh, fitted = (GANTrainer(TableEncoder(demo_schema, tables), TINY, rng=torch_generator(6, "fit-tables"))
+                     for _ in range(2))
+    before = {name: value.clone() for name, value in fitted.generator.state_dict().items()}
+    fitted.fit_tables(0)
+    assert all(torch.equal(value, before[name]) for name, value in fitted.generator.state_dict().items())
+    fitted.fit_tables(150)
+    for name, value in fitted.sampler.state_dict().items():
+        assert torch.equal(value, fitted.generator.state_dict()[name])
+    untrained, trained = (release_misfit(t, torch_generator(1, "misfit")) for t in (fresh, fitted))
+    assert trained < 0.3 * untrained  # measured: .06 against .42
 
 
 def _encoded_batch(trainer: GANTrainer, rows: pd.DataFrame) -> tuple[torch.Tensor, torch.Tensor]:

@@ -309,6 +309,7 @@ def test_two_sites_on_one_policy_share_one_budget(tmp_path, small_frame):
     ({"epsilon": float("nan")}, "epsilon"),
     ({"delta": 1.5}, "delta"),
     ({"site_noise_multiplier": 1.0, "aggregation": "median"}, "calibrated for mean"),
+    ({"table_steps": -1}, "table_steps"),
 ])
 def test_invalid_federation_settings_are_refused_at_construction(change, message):
     with pytest.raises(ValueError, match=message):

@@ -110,12 +110,7 @@ def _one_way_generator(marginals: Marginals, schema, site_slots: int = 0) -> GAN
     kappa and lambda only as related as the outcome makes them."""
     learnt = GANTrainer(TableEncoder(schema, marginals), replace(TINY, matching_weight=1.0, site_slots=site_slots),
                         rng=torch_generator(4, "raking-test"))
-    for _ in range(150):
-        loss = learnt._matching_loss(learnt.rng)
-        learnt.generator_optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        learnt.generator_optimizer.step()
-    learnt.sampler.load_state_dict(learnt.generator.state_dict())
+    learnt.fit_tables(150)
     return learnt
 
 

@@ -202,7 +202,7 @@ def test_the_release_samples_from_the_closest_round_also_across_a_restart(plan, 
     release = ReleasePlan(tmp_path / "release", rows=300, audit_log=tmp_path / "audit.jsonl",
                           state_dir=tmp_path / "state")
     app = make_client_app(plan.site_policy)
-    settings = SETTINGS.model_copy(update={"rounds": 4})
+    settings = SETTINGS.model_copy(update={"rounds": 4, "table_steps": 20})
     with pytest.raises(CoordinatorCrash):  # dies once round 4 was answered, after round 3 was saved
         run_federation(CrashingGrid(app, len(plan.policies), crash_at=4), demo_schema, settings, release)
     coordinator = run_federation(InProcessGrid(app, len(plan.policies)), demo_schema, settings, release, resume=True)
@@ -210,6 +210,8 @@ def test_the_release_samples_from_the_closest_round_also_across_a_restart(plan, 
     assert {e["round"]: e["misfit"] for e in entries if e["event"] == "round_finished" and "misfit" in e} == \
         {3: 0.1, 4: 0.2}
     assert [e["round"] for e in entries if e["event"] == "release_model_chosen"] == [3]
+    # Fitted to the tables once, before round 1: the resumed run keeps the trained model.
+    assert [e["steps"] for e in entries if e["event"] == "generator_fitted_to_tables"] == [20]
     assert coordinator.run.release_choice.round == 3
     for name, value in coordinator.trainer.sampler.state_dict().items():
         np.testing.assert_array_equal(value.numpy(), coordinator.run.release_choice.sampler[name])
