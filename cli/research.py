@@ -162,8 +162,8 @@ def simulate(
         "weight of the generator's term that matches the noisy outcome tables (free post-processing); 0: off"))
     ] = FEDERATED_GAN.matching_weight,
     table_steps: Annotated[int, typer.Option(help=(
-        "generator steps on the noisy tables alone before round 1 (free post-processing): 150 steadied a "
-        "narrow table, and cost a wide one; 0: off"))
+        "generator steps on the noisy tables alone before round 1 (free post-processing; what it traded: "
+        "docs/benchmarks.md); 0: off"))
     ] = FederationSettings.model_fields["table_steps"].default,
     rows: Annotated[int, typer.Option(help="synthetic rows to release; 0: as many as all sites' training rows")
                     ] = 0,

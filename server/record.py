@@ -145,8 +145,12 @@ class RunRecord:
         own event would be its word on its noise. Code that needed it would be refused by
         :meth:`Marginals.without_noise_floor` rather than given a guess."""
         saved = settings.to_dict()
-        if state.settings != saved:
-            changed = sorted(k for k in state.settings if state.settings[k] != saved.get(k))
+        # A setting added since the state was saved ran at its default (a new setting's default
+        # keeps the earlier behaviour), so a missing key is compared as that default.
+        defaults = type(settings)().to_dict()
+        recorded = {key: state.settings.get(key, defaults.get(key)) for key in saved.keys() | state.settings.keys()}
+        if recorded != saved:
+            changed = sorted(k for k in recorded if recorded[k] != saved.get(k))
             raise ConfigurationError(f"the run's settings changed since its state was saved ({', '.join(changed)}); "
                                      "resume with the settings it started with")
         if state.schema_sha256 != protocol.schema_fingerprint(schema):

@@ -51,10 +51,8 @@ class FederationSettings(BaseModel):
     # DP (fedsyn.privacy.pairs); the outcome tables get the rest. The RDP accountant only.
     pairs_share: float = PAIRS_SHARE
     # Generator steps on the summed and per-site noisy tables alone (post-processing) before
-    # round 1; off by default. Measured with bench_tables (4 tables, 6 seeds, eps 1 per site) and
-    # the 63-column wide table (3 seeds): 150 steps took nwtco's outcome TSTR from .866 / .917 (GB
-    # spread .14) to .911 / .936 (.04), but cost rotterdam's outcome .03, nmes's LR .04 and the
-    # wide table's outcome .06 / .10 (docs/benchmarks.md).
+    # round 1. Off by default: it steadied one bench table and cost three others and the wide
+    # table their declared outcome (docs/benchmarks.md, "The generator fitted to the tables").
     table_steps: int = TABLE_STEPS
     noise_multiplier: float | None = None
     min_sites: int = 1
@@ -96,6 +94,9 @@ class FederationSettings(BaseModel):
             problems.append("rounds, local_steps and min_sites must each be at least 1")
         if not 0 <= self.table_steps <= MAX_TABLE_STEPS:
             problems.append(f"table_steps={self.table_steps} must be in [0, {MAX_TABLE_STEPS}] (0: off)")
+        if self.table_steps and not self.gan_config.matching_weight:
+            problems.append(f"table_steps={self.table_steps} fits the generator with the matching term, which "
+                            "matching_weight = 0 switches off: set table_steps = 0 or a positive matching_weight")
         if self.noise_multiplier is not None and not self.noise_multiplier > 0:
             problems.append(f"noise_multiplier={self.noise_multiplier} must be positive")
         if self.aggregation not in AGGREGATION_RULES:

@@ -310,6 +310,7 @@ def test_two_sites_on_one_policy_share_one_budget(tmp_path, small_frame):
     ({"delta": 1.5}, "delta"),
     ({"site_noise_multiplier": 1.0, "aggregation": "median"}, "calibrated for mean"),
     ({"table_steps": -1}, "table_steps"),
+    ({"table_steps": 10, "gan_config": GANConfig(matching_weight=0.0)}, "matching_weight = 0 switches off"),
 ])
 def test_invalid_federation_settings_are_refused_at_construction(change, message):
     with pytest.raises(ValueError, match=message):

@@ -17,6 +17,7 @@ from fedsyn.client.app import make_client_app
 from fedsyn.client.policy import SitePolicy
 from fedsyn.client.replies import ReplyStore
 from fedsyn.errors import ConfigurationError
+from fedsyn.model.training import GANTrainer
 from fedsyn.privacy.accounting import PrivacyEvent, PrivacyLedger
 from fedsyn.server import coordinator as coordinator_module
 from fedsyn.server.app import ReleasePlan, run_federation
@@ -81,8 +82,8 @@ EVENT_FIELDS = ("mechanism", "noise_multiplier", "sample_rate", "steps", "round"
 
 def test_a_state_saved_in_the_earlier_layout_resumes(plan, demo_schema, tmp_path):
     """A state.pt written in the layout of the code before the run's record (the dict its _save
-    built, field by field) and vouched for by the audit log resumes: no site pays twice and
-    every round is trained."""
+    built, field by field, its settings without table_steps, which came later) and vouched for
+    by the audit log resumes: no site pays twice and every round is trained."""
     import torch
 
     from fedsyn.trust.audit import AuditLog
@@ -96,6 +97,7 @@ def test_a_state_saved_in_the_earlier_layout_resumes(plan, demo_schema, tmp_path
                          "events": [{name: event[name] for name in EVENT_FIELDS} for event in site["events"]]}
                         for site in saved["sites"]]
     earlier["rounds"] = [{name: summary[name] for name in ROUND_FIELDS} for summary in saved["rounds"]]
+    earlier["settings"] = {name: value for name, value in saved["settings"].items() if name != "table_steps"}
     torch.save(earlier, state)
     AuditLog(tmp_path / "audit.jsonl", run_id=saved["run_id"]).append(
         "state_saved", round=saved["round"], path=str(state.resolve()), sha256=sha256_file(state))
@@ -191,6 +193,26 @@ def test_a_refused_run_leaves_the_current_release_in_place(plan, demo_schema, tm
         run_federation(InProcessGrid(app, len(plan.policies)), demo_schema, whole, release)
     assert (tmp_path / "release" / "privacy_report.json").read_text() == first
     assert not [p for p in tmp_path.iterdir() if p.name.startswith("release.replaced-")]
+
+
+def test_the_coordinator_fits_the_generator_to_every_sites_tables_before_round_one(plan, demo_schema, tmp_path,
+                                                                                    monkeypatch):
+    """With table_steps the coordinator fits the fresh generator once, after the sites' slots and
+    their own tables are set (so their terms are part of the fit), and says so in the audit log."""
+    fitted: list[tuple[int, bool]] = []
+    original = GANTrainer.fit_tables
+
+    def watched(trainer: GANTrainer, steps: int, rng=None) -> None:
+        fitted.append((steps, trainer.slot_weights is not None and bool(trainer.matcher.slot_softmax)))
+        original(trainer, steps, rng)
+
+    monkeypatch.setattr(GANTrainer, "fit_tables", watched)
+    release = ReleasePlan(tmp_path / "release", rows=100, audit_log=tmp_path / "audit.jsonl")
+    settings = SETTINGS.model_copy(update={"rounds": 1, "table_steps": 10})
+    run_federation(InProcessGrid(make_client_app(plan.site_policy), len(plan.policies)), demo_schema, settings, release)
+    assert fitted == [(10, True)]
+    entries = [json.loads(line) for line in (tmp_path / "audit.jsonl").read_text().splitlines()]
+    assert [e["steps"] for e in entries if e["event"] == "generator_fitted_to_tables"] == [10]
 
 
 def test_the_release_samples_from_the_closest_round_also_across_a_restart(plan, demo_schema, tmp_path, monkeypatch):

@@ -213,8 +213,9 @@ class GANTrainer:
         Why: a federated run gives the generator a few hundred adversarial steps, and its
         first rounds are spent far from the tables. On the bench's nwtco table the released
         time to relapse of relapsed patients averaged 842-1766 days where the noisy tables said
-        about 170 (real rows 389), and the declared outcome's TSTR ranged .78-.91 over six
-        seeds; see docs/benchmarks.md."""
+        about 170 (real rows 389). It steadied that table and cost others their declared
+        outcome, so the coordinator runs it only when asked (``table_steps``; docs/benchmarks.md).
+        The sampling copy carries no averaging weight: round 1's aggregate replaces it."""
         if self.matcher is None or steps <= 0:
             return
         rng = rng if rng is not None else self.rng
