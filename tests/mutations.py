@@ -17,6 +17,8 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 TABLE = ROOT / "tests" / "PRIVACY_CRITICAL.md"
+# What a mutation puts where a function reads released tables: the site's exact counts of its rows.
+EXACT_COUNTS = "__import__('fedsyn.privacy.marginals', fromlist=['x']).exact_counts(frame, schema)"
 
 
 @dataclass(frozen=True)
@@ -114,8 +116,7 @@ MUTATIONS = [
              (PAIRS + "test_round_zero_through_the_site_draws_each_part_at_its_noise",)),
     Mutation("pair groups' bounds read off exact counts", "common/privacy/pairs.py",
              "bounds = {c.name: group_bounds(c, outcome_tables) for c in columns if not c.is_categorical}",
-             "bounds = {c.name: group_bounds(c, __import__('fedsyn.privacy.marginals', fromlist=['x'])"
-             ".exact_counts(frame, schema)) for c in columns if not c.is_categorical}",
+             f"bounds = {{c.name: group_bounds(c, {EXACT_COUNTS}) for c in columns if not c.is_categorical}}",
              (PAIRS + "test_what_round_zero_adds_besides_the_tables_follows_from_the_released_tables_alone",)),
     Mutation("number of pairs from the exact row count", "common/privacy/pairs.py",
              "count = pair_count(outcome_tables.total(), split.pair_tables, len(columns))",
@@ -138,8 +139,7 @@ MUTATIONS = [
              (PAIRS + "test_one_record_moves_a_misfit_score_by_at_most_its_sensitivity",)),
     Mutation("pair picks scored against a model of exact counts", "common/privacy/pairs.py",
              "model, forest = OutcomeModel(columns, outcome_tables, bounds), Forest()",
-             "model, forest = OutcomeModel(columns, __import__('fedsyn.privacy.marginals', fromlist=['x'])"
-             ".exact_counts(frame, schema), bounds), Forest()",
+             f"model, forest = OutcomeModel(columns, {EXACT_COUNTS}, bounds), Forest()",
              (PAIRS + "test_the_picks_score_pairs_against_released_outputs_only",)),
     Mutation("pair picks' model learns exact pair tables", "common/privacy/pairs.py",
              "model.learn(pick, arrays[pair_key(pick)])", "model.learn(pick, exact[pick])",
