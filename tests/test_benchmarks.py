@@ -111,3 +111,10 @@ def test_bench_tables_runs(monkeypatch, capsys, tmp_path):
     assert rows[0]["arm"] == "fedsyn federated (2 sites)" and rows[0]["tstr_gb"] == 0.7
     assert (tmp_path / "work" / "demo" / "seed-0" / "release" / "synthetic.csv").is_file()
     assert "question sex" in capsys.readouterr().out
+
+
+def test_bench_site_tables_runs(monkeypatch, capsys, tmp_path):
+    _run(monkeypatch, "bench_site_tables.py", str(_bench_kit(tmp_path / "kit")), "--seeds", "1")
+    line = next(line for line in capsys.readouterr().out.splitlines() if line.startswith("demo"))
+    sent, shrunk, summed = map(float, line.split()[2:])
+    assert 0 < shrunk and 0 < sent and 0 < summed

@@ -14,7 +14,13 @@ from fedsyn.data.tables import read_table
 from fedsyn.data.validation import validate_frame
 from fedsyn.federation import protocol
 from fedsyn.privacy.accounting import PrivacyEvent, PrivacyLedger
-from fedsyn.privacy.marginals import Marginals, measured_columns, table_noise_std
+from fedsyn.privacy.marginals import (
+    Marginals,
+    measured_columns,
+    received_marginals,
+    shrunk_site_tables,
+    table_noise_std,
+)
 from fedsyn.privacy.pairs import check_pairs
 from fedsyn.server.app import ReleasePlan, run_federation
 from fedsyn.server.coordinator import Coordinator
@@ -82,8 +88,28 @@ def test_the_coordinator_states_each_sites_noise_from_what_it_asked(plan, demo_s
     columns = len(measured_columns(demo_schema))
     stds = [table_noise_std(columns, asked[node].noise_multiplier, asked[node].pairs_share)
             for node in coordinator.run.site_marginals]
-    assert [m.cell_std for m in coordinator.run.site_marginals.values()] == stds and len(stds) == 3
-    assert coordinator.run.marginals.cell_std == pytest.approx(np.sqrt(np.sum(np.square(stds))))
+    assert len(stds) == 3 and coordinator.run.marginals.cell_std == pytest.approx(np.sqrt(np.sum(np.square(stds))))
+
+
+def test_the_coordinator_keeps_each_sites_tables_drawn_toward_the_sum(plan, demo_schema, tmp_path):
+    """Each slot's tables are the site's reply shrunk toward the summed tables at the std the
+    coordinator asked for (:func:`shrunk_site_tables`), pair tables as the site sent them."""
+    grid, coordinator = run_in_process(plan, demo_schema, tmp_path)
+    asked = {m.metadata.dst_node_id: protocol.MarginalsQuery.from_record(m.content.config_records[protocol.CONFIG])
+             for m in grid.sent if m.metadata.message_type == protocol.QUERY_MARGINALS}
+    sent = {reply.metadata.src_node_id: received_marginals(
+        dict(protocol.from_array_record(reply.content.array_records[protocol.MARGINALS])), demo_schema,
+        asked[reply.metadata.src_node_id].noise_multiplier, asked[reply.metadata.src_node_id].pairs_share)
+        for reply in grid.replies if protocol.MARGINALS in reply.content}
+    nodes = sorted(coordinator.run.site_marginals)
+    expected = shrunk_site_tables(demo_schema, [sent[node] for node in nodes], coordinator.run.marginals)
+    for node, own in zip(nodes, expected):
+        kept = coordinator.run.site_marginals[node]
+        assert kept.arrays.keys() == own.arrays.keys() and kept.cell_std is None
+        assert all(np.array_equal(kept.arrays[name], own.arrays[name]) for name in own.arrays)
+        assert all(np.array_equal(kept.pairs[pair], sent[node].pairs[pair]) for pair in sent[node].pairs)
+    assert any(not np.array_equal(coordinator.run.site_marginals[node].tables[name], sent[node].tables[name])
+               for node in nodes for name in sent[node].tables)
 
 
 def _corrupt_first_site(reply: Message) -> Message:

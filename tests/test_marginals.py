@@ -15,8 +15,10 @@ from fedsyn.privacy.marginals import (
     measured_columns,
     noisy_marginals,
     received_marginals,
+    shrunk_site_tables,
     table_noise_std,
 )
+from fedsyn.privacy.postprocessing import shrunk_to_pool
 
 VISITS = Column(name="visits", kind="integer", lower=0, upper=365)
 
@@ -150,3 +152,62 @@ def test_tables_read_back_without_their_std_refuse_the_noise_floor(demo_frame, d
         (Marginals(dict(sent.arrays)) + sent).without_noise_floor(demo_schema)
     received = received_marginals(dict(sent.arrays), demo_schema, 2.0, 0.4)  # asked with pair tables
     assert received.cell_std == table_noise_std(len(measured_columns(demo_schema)), 2.0, 0.4) > sent.cell_std
+
+
+def _site_tables(shares: np.ndarray, size: float, std: float, rng: np.random.Generator
+                 ) -> tuple[np.ndarray, np.ndarray]:
+    """Exact and noisy counts of one column at each site (sites × bins × 1 class)."""
+    exact = (shares * size)[:, :, None]
+    return exact, exact + rng.normal(0.0, std, size=exact.shape)
+
+
+def _error(counts: np.ndarray, exact: np.ndarray) -> float:
+    """Mean total variation of each site's counts (clipped, normalised) from its exact shares."""
+    made = np.clip(counts[:, :, 0], 0.0, None)
+    made = made / made.sum(axis=1, keepdims=True)
+    truth = exact[:, :, 0] / exact[:, :, 0].sum(axis=1, keepdims=True)
+    return float(np.mean(0.5 * np.abs(made - truth).sum(axis=1)))
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_sites_that_differ_by_noise_alone_are_drawn_to_the_pool_and_real_differences_are_kept(seed):
+    """Five sites of 300 rows at the noise of a wide release (std 15 per cell): where they share
+    one distribution the shrunk tables are far closer to each site's truth than its own noisy
+    ones; where each site holds its own values (a site's age groups) each keeps its own."""
+    rng = np.random.default_rng(seed)
+    sites, size, std = 5, 300.0, 15.0
+    sizes, stds = np.full((sites, 1), size), np.full(sites, std)
+    alike, alike_noisy = _site_tables(np.tile([0.4, 0.3, 0.2, 0.1], (sites, 1)), size, std, rng)
+    pooled = np.clip(alike_noisy.sum(axis=0), 0, None) / np.clip(alike_noisy.sum(axis=0), 0, None).sum()
+    shrunk = shrunk_to_pool(alike_noisy, sizes, stds, pooled)
+    assert _error(shrunk, alike) < 0.7 * _error(alike_noisy, alike)
+    own, own_noisy = _site_tables(np.eye(sites), size, std, rng)  # each site its own value
+    pooled = np.full((sites, 1), 1.0 / sites)
+    shrunk = shrunk_to_pool(own_noisy, sizes, stds, pooled)
+    assert _error(shrunk, own) < _error(own_noisy, own) + 0.01
+    assert np.all(np.argmax(shrunk[:, :, 0], axis=1) == np.arange(sites))
+
+
+def test_one_site_or_no_noise_leaves_the_counts_as_they_are():
+    counts = np.array([[[10.0], [-2.0], [30.0]]])
+    assert np.array_equal(shrunk_to_pool(counts, np.array([[38.0]]), np.array([5.0]), np.full((3, 1), 1 / 3)), counts)
+    two = np.concatenate([counts, counts[:, ::-1]])
+    exact = shrunk_to_pool(two, np.full((2, 1), 38.0), np.zeros(2), np.full((3, 1), 1 / 3))
+    assert np.allclose(exact, two)
+
+
+def test_site_tables_are_shrunk_per_measured_column_and_keep_their_pairs(demo_frame, demo_schema):
+    """Each measured column's tables are drawn toward the sum's, the outcome's class counts and the
+    pair tables are kept, and the results say their std is no longer known. Tables whose std
+    is unknown are refused."""
+    halves = [demo_frame.iloc[: len(demo_frame) // 2], demo_frame.iloc[len(demo_frame) // 2:]]
+    parts = [noisy_marginals(half, demo_schema, 2.0, np.random.default_rng(k), pairs_share=0.4)
+             for k, half in enumerate(halves)]
+    shrunk = shrunk_site_tables(demo_schema, parts, parts[0] + parts[1])
+    for part, own in zip(parts, shrunk):
+        assert own.cell_std is None and own.pairs.keys() == part.pairs.keys()
+        assert all(np.array_equal(own.pairs[pair], part.pairs[pair]) for pair in part.pairs)
+        assert np.array_equal(own.tables[demo_schema.outcome], part.tables[demo_schema.outcome])
+        assert any(not np.array_equal(own.tables[c.name], part.tables[c.name]) for c in measured_columns(demo_schema))
+    with pytest.raises(ValueError, match="noise std is unknown"):
+        shrunk_site_tables(demo_schema, [Marginals(dict(p.arrays)) for p in parts], parts[0] + parts[1])

@@ -129,9 +129,10 @@ def test_train_messages_carry_each_sites_slot_and_every_slots_marginals(plan, de
         config = message.content.config_records[protocol.CONFIG]
         assert config[protocol.SITE_SLOT] == coordinator.run.slots[node]
         per_slot = protocol.slot_marginals_from_record(message.content.array_records[protocol.SLOT_MARGINALS])
-        for other, slot in coordinator.run.slots.items():  # every slot's tables: exactly what its site released
-            assert set(per_slot[slot]) == set(released[other])
-            assert all(np.array_equal(per_slot[slot][k], released[other][k]) for k in released[other])
+        for other, slot in coordinator.run.slots.items():  # every slot's tables: its site's release, as kept
+            kept = coordinator.run.site_marginals[other].arrays  # (drawn toward the sum: test_federation)
+            assert set(per_slot[slot]) == set(released[other]) == set(kept)
+            assert all(np.array_equal(per_slot[slot][k], kept[k]) for k in kept)
     # Release: slot weights follow the sites' noisy totals.
     ordered = sorted(coordinator.run.slots, key=coordinator.run.slots.__getitem__)
     totals = np.array([coordinator.run.site_marginals[n].total() for n in ordered])

@@ -32,7 +32,7 @@ from fedsyn.privacy.pairs import (
     pair_key,
     parse_pair_key,
 )
-from fedsyn.privacy.postprocessing import coarsened, onto_simplex
+from fedsyn.privacy.postprocessing import coarsened, onto_simplex, shrunk_to_pool
 
 
 def split_column(schema: Schema) -> Column | None:
@@ -274,6 +274,31 @@ def received_marginals(arrays: dict[str, np.ndarray], schema: Schema, noise_mult
     measures no pair tables and gives its tables the whole multiplier, less noise than
     this), so the coarsening errs on the coarse side."""
     return Marginals(arrays, cell_std=table_noise_std(len(measured_columns(schema)), noise_multiplier, pairs_share))
+
+
+def shrunk_site_tables(schema: Schema, parts: list[Marginals], summed: Marginals) -> list[Marginals]:
+    """Each site's outcome tables with their noise drawn toward the federation's ``summed``
+    tables, column by column and class by class, as far as the sites' differences are noise
+    (:func:`fedsyn.privacy.postprocessing.shrunk_to_pool`): post-processing of DP outputs.
+
+    A site's tables say how its own rows depend on the outcome, and the generator matches each
+    slot's rows to them and the release is raked to them. Alone they are noisy: a site of 300
+    rows splits each column's counts over the outcome's classes at the whole release's noise
+    (measured in docs/benchmarks.md). Each site's cell std
+    (:attr:`Marginals.cell_std`, the query's) must be known; pair tables, which only a site
+    measures, are kept as they are. The results are no longer counts plus noise of a known
+    std, so their ``cell_std`` is None."""
+    if any(part.cell_std is None for part in parts):
+        raise ValueError("a site's noise std is unknown: build its tables with received_marginals")
+    stds = np.array([float(part.cell_std or 0.0) for part in parts])
+    sizes = np.stack([part.class_totals() for part in parts])
+    tables: list[dict[str, np.ndarray]] = [dict(part.tables) for part in parts]
+    for column in measured_columns(schema):
+        stacked = np.stack([part.tables[column.name] for part in parts])
+        shrunk = shrunk_to_pool(stacked, sizes, stds, summed.conditional(column.name))
+        for own, table in zip(tables, shrunk):
+            own[column.name] = table
+    return [replace(part, tables=own, cell_std=None) for part, own in zip(parts, tables)]
 
 
 def check_slot_tables(schema: Schema, summed: Marginals, per_slot: list[Marginals]) -> None:

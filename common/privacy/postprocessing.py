@@ -89,3 +89,33 @@ def onto_simplex(values: np.ndarray, total: float) -> np.ndarray:
     ranks = np.arange(1, len(values) + 1)
     rho = int(np.nonzero(ordered - excess / ranks > 0)[0][-1])
     return np.asarray(np.clip(values - excess[rho] / (rho + 1), 0.0, None), dtype=float)
+
+
+def shrunk_to_pool(tables: np.ndarray, sizes: np.ndarray, stds: np.ndarray, pooled: np.ndarray) -> np.ndarray:
+    """Sites' noisy counts of one column (sites × bins × classes), each site's class drawn
+    toward the pooled distribution ``pooled`` (bins × classes, P(bin | class)) as far as its
+    noise outweighs how much sites really differ: an empirical-Bayes (James-Stein) estimate.
+
+    A site's count of a bin in class ``k`` is its class size ``n`` (``sizes``, sites × classes,
+    noisy) times its own share plus noise of std ``s`` (``stds``, one per site). Sites' shares
+    are modelled as the pooled share plus a site effect of variance ``tau²`` per bin, which is
+    estimated by the method of moments (the mean squared distance of the sites' shares from the
+    pooled ones, less what their noise alone explains; at least 0). The best linear estimate of
+    the site's counts is then ``w`` times its counts plus ``1 - w`` times ``n`` times the pooled
+    share, with ``w = n² tau² / (n² tau² + s²)``. So a column whose sites differ by more than
+    their noise (the hospital's own age groups, a site column) keeps each site's own
+    distribution, and one whose site differences are noise gets the federation's, which is
+    far less noisy. A small class of a small site leans on the pool most. With one site there
+    is nothing to pool: the counts are returned as they are."""
+    shrunk = np.array(tables, dtype=float)
+    sites, bins, classes = shrunk.shape
+    if sites < 2:
+        return shrunk
+    for k in range(classes):
+        size = np.clip(sizes[:, k], 1.0, None)
+        shares = shrunk[:, :, k] / size[:, None]
+        explained = bins * (stds / size) ** 2
+        tau2 = max(0.0, float(np.mean(((shares - pooled[None, :, k]) ** 2).sum(axis=1) - explained)) / bins)
+        weight = (size ** 2 * tau2 / (size ** 2 * tau2 + np.maximum(stds, 1e-12) ** 2))[:, None]
+        shrunk[:, :, k] = weight * shrunk[:, :, k] + (1.0 - weight) * size[:, None] * pooled[None, :, k]
+    return shrunk

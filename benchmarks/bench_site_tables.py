@@ -1,0 +1,99 @@
+"""How far each site's noisy tables by outcome class are from its exact ones: as sent, drawn
+toward the sum (what the coordinator keeps, ``shrunk_site_tables``), and the sum's alone.
+
+    python benchmarks/bench_site_tables.py BENCH_KIT [--tables azpro,nmes] [--seeds 5] [--epsilon 1]
+
+Why: each site slot's generated rows are matched, and the release raked, to that site's own
+tables, so their noise becomes the release's. This measures that noise on the bench's real
+site splits without training anything: each site's round-0 release is drawn as a site draws
+it (``noisy_marginals`` at the noise the default settings give ε per site), received and
+summed as the coordinator does (its noise floor included), and every site's P(bin | class) is
+compared with the exact one of its rows: total variation per column, weighted by the site's
+class shares, averaged over columns and sites. Prints numbers only, never asserts.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from fedsyn.data.schema import Schema
+from fedsyn.data.tables import read_table
+from fedsyn.privacy.budget import marginals_noise
+from fedsyn.privacy.marginals import (
+    Marginals,
+    exact_counts,
+    measured_columns,
+    noisy_marginals,
+    received_marginals,
+    shrunk_site_tables,
+)
+from fedsyn.server.settings import FederationSettings
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # bench_tables, also when run by path from elsewhere
+
+from bench_tables import split_by_site  # noqa: E402
+
+
+def site_frames(bench: Path, table: str, schema: Schema, folder: Path) -> list[pd.DataFrame]:
+    """The table's training rows, one frame per site (as ``bench_tables.py`` splits them)."""
+    return [read_table(path, schema) for path in split_by_site(bench, table, folder)]
+
+
+def distance(tables: Marginals, exact: Marginals, schema: Schema) -> float:
+    """Mean over measured columns of the class-weighted total variation of P(bin | class)."""
+    weights = exact.class_totals() / exact.class_totals().sum()
+    distances = []
+    for column in measured_columns(schema):
+        truth = exact.tables[column.name] / np.clip(exact.tables[column.name].sum(axis=0, keepdims=True), 1.0, None)
+        distances.append(float((0.5 * np.abs(tables.conditional(column.name) - truth).sum(axis=0) * weights).sum()))
+    return float(np.mean(distances))
+
+
+def measure(frames: list[pd.DataFrame], schema: Schema, epsilon: float, rng: np.random.Generator) -> dict[str, float]:
+    """One draw of every site's round-0 release: each estimate's mean distance over the sites."""
+    settings = FederationSettings()
+    noise = marginals_noise(epsilon, settings.marginals_share, settings.delta)
+    parts = [received_marginals(noisy_marginals(frame, schema, noise, rng, settings.pairs_share).arrays, schema,
+                                noise, settings.pairs_share) for frame in frames]
+    summed = parts[0]
+    for part in parts[1:]:
+        summed = summed + part
+    summed = summed.without_noise_floor(schema, settings.marginals_noise_floor)
+    shrunk = shrunk_site_tables(schema, parts, summed)
+    exact = [exact_counts(frame, schema) for frame in frames]
+    return {name: float(np.mean([distance(own, truth, schema) for own, truth in zip(estimates, exact)]))
+            for name, estimates in (("as sent", parts), ("drawn toward the sum", shrunk),
+                                    ("the sum's", [summed] * len(parts)))}
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("bench", type=Path, help="the bench folder (tables.json, TABLE/train.csv, TABLE/schema.json)")
+    parser.add_argument("--tables", default=None, help="comma-separated names (default: all in tables.json)")
+    parser.add_argument("--seeds", type=int, default=5, help="draws of the round-0 releases per table")
+    parser.add_argument("--epsilon", type=float, default=1.0, help="each site's epsilon for the run")
+    args = parser.parse_args(argv)
+    names = args.tables.split(",") if args.tables else list(json.loads((args.bench / "tables.json").read_text()))
+    print(f"site tables' distance from their sites' exact P(bin | class), epsilon={args.epsilon:g} per site, "
+          f"{args.seeds} draws")
+    print(f"{'table':10s} {'sites':>5s} {'as sent':>10s} {'drawn toward the sum':>22s} {'the sum':>10s}")
+    with tempfile.TemporaryDirectory() as folder:
+        for table in names:
+            schema = Schema.load(args.bench / table / "schema.json")
+            frames = site_frames(args.bench, table, schema, Path(folder) / table)
+            draws = [measure(frames, schema, args.epsilon, np.random.default_rng(seed)) for seed in range(args.seeds)]
+            mean = {name: np.mean([draw[name] for draw in draws]) for name in draws[0]}
+            print(f"{table:10s} {len(frames):5d} " + " ".join(f"{mean[name]:{width}.3f}" for name, width in
+                                                             (("as sent", 10), ("drawn toward the sum", 22),
+                                                              ("the sum's", 10))))
+
+
+if __name__ == "__main__":
+    main()
