@@ -18,7 +18,7 @@ from fedsyn.privacy.marginals import (
     shrunk_site_tables,
     table_noise_std,
 )
-from fedsyn.privacy.postprocessing import shrunk_to_pool
+from fedsyn.privacy.postprocessing import fitted_to_margins, shrunk_to_pool
 
 VISITS = Column(name="visits", kind="integer", lower=0, upper=365)
 
@@ -211,3 +211,13 @@ def test_site_tables_are_shrunk_per_measured_column_and_keep_their_pairs(demo_fr
         assert any(not np.array_equal(own.tables[c.name], part.tables[c.name]) for c in measured_columns(demo_schema))
     with pytest.raises(ValueError, match="noise std is unknown"):
         shrunk_site_tables(demo_schema, [Marginals(dict(p.arrays)) for p in parts], parts[0] + parts[1])
+
+
+def test_a_joint_fitted_to_other_margins_keeps_its_odds_ratio_and_fills_an_empty_row():
+    joint = np.array([[0.4, 0.1], [0.1, 0.4], [0.0, 0.0]])  # odds ratio 16; nobody in the third row
+    first, second = np.array([0.2, 0.6, 0.2]), np.array([0.7, 0.3])
+    fitted = fitted_to_margins(joint, first, second)
+    assert np.allclose(fitted.sum(axis=1), first, atol=1e-6) and np.allclose(fitted.sum(axis=0), second, atol=1e-6)
+    odds = fitted[0, 0] * fitted[1, 1] / (fitted[0, 1] * fitted[1, 0])
+    assert 12 < odds < 17  # the blend with the margins' product costs a little of it
+    assert np.all(fitted[2] > 0.01)  # the row nobody was in takes its margin's mass over both columns

@@ -14,7 +14,7 @@ import numpy as np
 import pandas as pd
 
 from fedsyn.model.encoder import TableEncoder
-from fedsyn.model.raking import release_weights
+from fedsyn.model.raking import borrowed_pairs, release_weights
 from fedsyn.model.training import GANTrainer
 from fedsyn.privacy.marginals import Marginals, exact_counts
 from fedsyn.privacy.pairs import exact_pair_table, group_bounds, pair_cells, pair_key, pair_shape
@@ -103,6 +103,37 @@ def test_raking_keeps_how_the_pair_columns_depend_on_the_outcome(demo_frame, dem
     assert abs(shuffled[0] - shuffled[1]) < 0.03 < 0.5 * abs(real[0] - real[1])  # the pool lost it
     assert abs((raked[0] - raked[1]) - (real[0] - real[1])) < 0.3 * abs(real[0] - real[1])
 
+
+
+def _sex_and_mgus(demo_frame: pd.DataFrame, men: float, seed: int) -> pd.DataFrame:
+    """2000 rows with ``men`` of them men, and mgus 'yes' for 90 % of men and 10 % of women."""
+    rng = np.random.default_rng(seed)
+    rows = demo_frame.sample(2000, random_state=seed).reset_index(drop=True)
+    male = rng.random(len(rows)) < men
+    agree = rng.random(len(rows)) < 0.9
+    return rows.assign(sex=np.where(male, "M", "F"), mgus=np.where(male == agree, "yes", "no"))
+
+
+def test_a_slot_borrows_how_two_columns_go_together_and_keeps_its_own_mix(demo_frame, demo_schema):
+    """Site A (30 % men) measured sex × mgus; site B (80 % men) did not. B's pool rows, in which
+    mgus tells nothing of sex, are raked to A's association fitted to B's own share of men: the
+    relation comes from the federation, how many men there are stays B's."""
+    pair = ("sex", "mgus")
+    first, second = _sex_and_mgus(demo_frame, 0.3, 1), _sex_and_mgus(demo_frame, 0.8, 2)
+    measured = Marginals({**exact_counts(first, demo_schema).tables,
+                          pair_key(pair): exact_pair_table(first, demo_schema, pair, {})})
+    unmeasured = exact_counts(second, demo_schema)
+    assert list(borrowed_pairs(demo_schema, [measured, unmeasured])[1]) == [pair]
+    assert borrowed_pairs(demo_schema, [measured, unmeasured])[0] == {}  # its own table, not a borrowed one
+    pool = second.assign(mgus=second["mgus"].sample(frac=1.0, random_state=3).to_numpy())
+    pool = pd.concat([pool, pool], ignore_index=True)
+    slots = np.repeat([0, 1], len(second))
+    weights = release_weights(pool, demo_schema, slots, np.array([0.5, 0.5]), [measured, unmeasured], count=300)
+    raked, w = pool[slots == 1], weights[slots == 1] / weights[slots == 1].sum()
+    men, yes = (raked["sex"] == "M").to_numpy(), (raked["mgus"] == "yes").to_numpy()
+    gap = np.sum(w * yes * men) / np.sum(w * men) - np.sum(w * yes * ~men) / np.sum(w * ~men)
+    assert gap > 0.6  # real: .8; the pool's: about 0
+    assert abs(np.sum(w * men) - 0.8) < 0.03  # B's own share of men, not A's .3
 
 
 def _one_way_generator(marginals: Marginals, schema, site_slots: int = 0) -> GANTrainer:

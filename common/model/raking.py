@@ -15,6 +15,12 @@ drawn systematically, so that no pool row is released twice). The pool's
 own joint distribution is kept wherever the tables say nothing: raking gives the distribution
 closest to the generator's (in Kullback-Leibler divergence) that has the measured margins.
 
+A site measures a few pairs, chosen for its own rows; another site's pairs say how those
+columns go together elsewhere. So each slot is also raked to the categorical pairs other sites
+measured and it did not (:func:`borrowed_pairs`): their pooled association, fitted to this
+site's own one-way margins (from its outcome tables). How two columns relate is borrowed from
+the federation; how often each value occurs stays the site's own.
+
 Only the model and the noisy tables are read, with the release's own random stream: no privacy
 cost, nothing new is published.
 """
@@ -29,7 +35,8 @@ import pandas as pd
 from fedsyn.data.grid import bin_index
 from fedsyn.data.schema import Schema
 from fedsyn.privacy.marginals import Marginals, split_column
-from fedsyn.privacy.pairs import bin_groups, group_index, pair_cells
+from fedsyn.privacy.pairs import Pair, bin_groups, group_index, pair_cells
+from fedsyn.privacy.postprocessing import fitted_to_margins, onto_simplex
 
 POOL_FACTOR = 10  # pool rows drawn per released row
 MAX_SWEEPS = 30  # raking sweeps over every margin, at most
@@ -52,16 +59,40 @@ def has_pairs(marginals: list[Marginals]) -> bool:
     return any(m.pairs for m in marginals)
 
 
-def slot_margins(frame: pd.DataFrame, rows: np.ndarray, schema: Schema, marginals: Marginals) -> list[Margin]:
-    """The margins of one slot's pool ``rows`` (positions in ``frame``), none without pair tables:
-    each pair column's table by outcome class (a numeric's bins merged into its pair groups: the
-    site's fine bins are too noisy to rake to), each pair table, and last the outcome's class
-    shares (so raking ends on the outcome's mix).
+def borrowed_pairs(schema: Schema, marginals: list[Marginals]) -> list[dict[Pair, np.ndarray]]:
+    """For each slot, the categorical pairs other slots measured and it did not, as targets over
+    the pair's cells: the measuring slots' tables summed (their noisy counts: one pooled table),
+    made a distribution, and fitted to this slot's own one-way margins of the two columns
+    (:func:`fedsyn.privacy.postprocessing.fitted_to_margins`). Numeric pairs are left out: their
+    groups' bounds are each site's own."""
+    measured: dict[Pair, list[Marginals]] = {}
+    for tables in marginals:
+        for pair in tables.pairs:
+            if all(schema.column(name).is_categorical for name in pair):
+                measured.setdefault(pair, []).append(tables)
+    pooled = {}
+    for pair, sources in measured.items():
+        counts = np.sum([source.pairs[pair] for source in sources], axis=0)
+        total = sum(source.total() for source in sources)
+        pooled[pair] = onto_simplex(counts.ravel(), total).reshape(counts.shape)
+    return [{pair: fitted_to_margins(joint, own.probabilities(pair[0], floor=0.0),
+                                     own.probabilities(pair[1], floor=0.0)).ravel()
+             for pair, joint in pooled.items() if pair not in own.pairs} for own in marginals]
+
+
+def slot_margins(frame: pd.DataFrame, rows: np.ndarray, schema: Schema, marginals: Marginals,
+                 borrowed: dict[Pair, np.ndarray] | None = None) -> list[Margin]:
+    """The margins of one slot's pool ``rows`` (positions in ``frame``), none without pair tables
+    of its own or ``borrowed`` (:func:`borrowed_pairs`): each pair column's table by outcome
+    class (a numeric's bins merged into its pair groups: the site's fine bins are too noisy to
+    rake to), each own and borrowed pair table, and last the outcome's class shares (so raking
+    ends on the outcome's mix).
 
     The tables by class hold how each pair column depends on the outcome at this site: raked to
     the pair tables alone, the pool kept less of it (the bench's declared outcome lost .01-.03
     of ROC-AUC on three tables of four; with them it did not)."""
-    if not marginals.pairs:
+    borrowed = borrowed or {}
+    if not marginals.pairs and not borrowed:
         return []
     part = frame.iloc[rows]
     split = split_column(schema)
@@ -69,7 +100,7 @@ def slot_margins(frame: pd.DataFrame, rows: np.ndarray, schema: Schema, marginal
     totals = marginals.class_totals()
     shares = totals / totals.sum()
     margins = []
-    for name in sorted({name for pair in marginals.pairs for name in pair}):
+    for name in sorted({name for pair in [*marginals.pairs, *borrowed] for name in pair}):
         column, bounds = schema.column(name), marginals.pair_bounds.get(name)
         joint = marginals.conditional(name) * shares[None, :]  # public bins × classes
         groups = bin_groups(column, np.arange(joint.shape[0]), bounds)
@@ -80,6 +111,8 @@ def slot_margins(frame: pd.DataFrame, rows: np.ndarray, schema: Schema, marginal
     for pair in marginals.pairs:
         margins.append(Margin(rows, pair_cells(part, schema, pair, marginals.pair_bounds),
                               marginals.pair_distribution(pair).ravel()))
+    for pair, target in borrowed.items():
+        margins.append(Margin(rows, pair_cells(part, schema, pair, {}), target))
     if split is not None:
         margins.append(Margin(rows, classes, shares))
     return margins
@@ -120,10 +153,10 @@ def release_weights(frame: pd.DataFrame, schema: Schema, slots: np.ndarray, shar
     weights = np.zeros(len(frame))
     margins: list[Margin] = []
     members = [np.flatnonzero(slots == slot) for slot in range(len(shares))]
-    for rows, share, tables in zip(members, shares, marginals):
+    for rows, share, tables, borrowed in zip(members, shares, marginals, borrowed_pairs(schema, marginals)):
         if len(rows):
             weights[rows] = share / len(rows)
-            margins += slot_margins(frame, rows, schema, tables)
+            margins += slot_margins(frame, rows, schema, tables, borrowed)
     ceiling = (1.0 - 1e-9) / count
     weights = rake(weights / weights.sum(), margins, ceiling=np.full(len(weights), ceiling))
     for rows, share in zip(members, shares):  # the weight the cap took back, to the slot's other rows

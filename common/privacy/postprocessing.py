@@ -119,3 +119,18 @@ def shrunk_to_pool(tables: np.ndarray, sizes: np.ndarray, stds: np.ndarray, pool
         weight = (size ** 2 * tau2 / (size ** 2 * tau2 + np.maximum(stds, 1e-12) ** 2))[:, None]
         shrunk[:, :, k] = weight * shrunk[:, :, k] + (1.0 - weight) * size[:, None] * pooled[None, :, k]
     return shrunk
+
+
+def fitted_to_margins(joint: np.ndarray, first: np.ndarray, second: np.ndarray, sweeps: int = 100) -> np.ndarray:
+    """The two-way distribution closest to ``joint`` (in Kullback-Leibler divergence) whose row
+    sums are ``first`` and column sums ``second`` (both distributions): iterative proportional
+    fitting. It keeps ``joint``'s association (its odds ratios) and takes the margins given.
+
+    ``joint`` is blended with a thousandth of the margins' product first, so that a row or
+    column it leaves empty can still take its margin's mass (its cells in the proportions of
+    the margins' product, scaled as its neighbours' are)."""
+    fitted = np.asarray(joint, dtype=float) / max(float(np.sum(joint)), 1e-12) + 1e-3 * np.outer(first, second)
+    for _ in range(sweeps):
+        fitted *= (first / np.maximum(fitted.sum(axis=1), 1e-300))[:, None]
+        fitted *= (second / np.maximum(fitted.sum(axis=0), 1e-300))[None, :]
+    return np.asarray(fitted / max(float(fitted.sum()), 1e-300), dtype=float)
