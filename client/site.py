@@ -345,7 +345,7 @@ class Site:
               slot_marginals: list[Marginals] | None = None
               ) -> tuple[dict[str, np.ndarray], dict[str, float], PrivacyEvent]:
         """One round of local training. ``marginals`` (the sum over sites) define the shared
-        encoding; ``slot_marginals`` (every site slot's round-0 release, DP outputs) say how
+        encoding; ``slot_marginals`` (every site slot's round-0 tables, post-processing of DP outputs) say how
         the release draws its rows, and this site's own entry is what generated rows'
         conditions follow here, so they look like this site's rows."""
         self._check_schema(request.schema_sha256)

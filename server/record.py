@@ -112,7 +112,7 @@ class RunRecord:
     sites: dict[int, SiteStatus] = field(default_factory=dict)
     rounds: list[RoundSummary] = field(default_factory=list)
     marginals: Marginals | None = None  # the sum of the sites' noisy outcome tables
-    # Each valid round-0 site's own noisy marginals (DP outputs), and its generator slot.
+    # Each valid round-0 site's noisy marginals drawn toward the sum (post-processing of DP outputs), and its slot.
     site_marginals: dict[int, Marginals] = field(default_factory=dict)
     slots: dict[int, int] = field(default_factory=dict)
     release_choice: ReleaseChoice | None = None

@@ -18,7 +18,7 @@ from fedsyn.privacy.marginals import (
     shrunk_site_tables,
     table_noise_std,
 )
-from fedsyn.privacy.postprocessing import fitted_to_margins, shrunk_to_pool
+from fedsyn.privacy.postprocessing import shrunk_to_pool
 
 VISITS = Column(name="visits", kind="integer", lower=0, upper=365)
 
@@ -213,11 +213,57 @@ def test_site_tables_are_shrunk_per_measured_column_and_keep_their_pairs(demo_fr
         shrunk_site_tables(demo_schema, [Marginals(dict(p.arrays)) for p in parts], parts[0] + parts[1])
 
 
-def test_a_joint_fitted_to_other_margins_keeps_its_odds_ratio_and_fills_an_empty_row():
-    joint = np.array([[0.4, 0.1], [0.1, 0.4], [0.0, 0.0]])  # odds ratio 16; nobody in the third row
-    first, second = np.array([0.2, 0.6, 0.2]), np.array([0.7, 0.3])
-    fitted = fitted_to_margins(joint, first, second)
-    assert np.allclose(fitted.sum(axis=1), first, atol=1e-6) and np.allclose(fitted.sum(axis=0), second, atol=1e-6)
-    odds = fitted[0, 0] * fitted[1, 1] / (fitted[0, 1] * fitted[1, 0])
-    assert 12 < odds < 17  # the blend with the margins' product costs a little of it
-    assert np.all(fitted[2] > 0.01)  # the row nobody was in takes its margin's mass over both columns
+
+def test_a_site_with_an_empty_class_does_not_pool_the_sites_that_really_differ():
+    """Three sites that hold different value mixes, and a fourth whose class is empty (a rare
+    class at a small site, or a hostile all-zero reply): the three keep their own mixes."""
+    rng = np.random.default_rng(0)
+    own = np.array([[0.7, 0.2, 0.1], [0.1, 0.7, 0.2], [0.2, 0.1, 0.7]])
+    exact = np.concatenate([own * 300.0, np.zeros((1, 3))])[:, :, None]
+    noisy = exact + np.concatenate([rng.normal(0.0, 15.0, size=(3, 3, 1)), np.zeros((1, 3, 1))])
+    sizes = np.array([[300.0], [300.0], [300.0], [1.0]])
+    pooled = (own.mean(axis=0) / own.mean(axis=0).sum())[:, None]
+    shrunk = shrunk_to_pool(noisy, sizes, np.full(4, 15.0), pooled)
+    assert _error(shrunk[:3], exact[:3]) < _error(noisy[:3], exact[:3]) + 0.01
+    assert np.all(np.argmax(shrunk[:3, :, 0], axis=1) == np.arange(3))
+
+
+@pytest.mark.parametrize("spread", [0.02, 0.05])
+def test_sites_that_differ_a_little_keep_the_part_of_their_own_mix_their_noise_allows(spread):
+    """Between the two extremes: sites' shares differ from a common mix by ``spread`` (std per
+    bin) and carry noise of about the same size. The estimate must beat both the sites' own
+    tables and the pool's on average, which only a between-site variance near the truth does
+    (0 pools everything, a large one keeps every site's noise)."""
+    rng = np.random.default_rng(1)
+    sites, bins, size, std = 6, 8, 400.0, 8.0
+    errors = {"own": [], "pooled": [], "shrunk": []}
+    for _ in range(30):
+        shares = np.clip(1.0 / bins + rng.normal(0.0, spread, size=(sites, bins)), 0.001, None)
+        shares /= shares.sum(axis=1, keepdims=True)
+        exact = (shares * size)[:, :, None]
+        noisy = exact + rng.normal(0.0, std, size=exact.shape)
+        pooled = np.clip(noisy.sum(axis=0), 0.0, None) / np.clip(noisy.sum(axis=0), 0.0, None).sum()
+        shrunk = shrunk_to_pool(noisy, np.full((sites, 1), size), np.full(sites, std), pooled)
+        errors["own"].append(_error(noisy, exact))
+        errors["pooled"].append(_error(np.broadcast_to(pooled * size, exact.shape), exact))
+        errors["shrunk"].append(_error(shrunk, exact))
+    own, pooled, shrunk = (float(np.mean(errors[name])) for name in ("own", "pooled", "shrunk"))
+    assert shrunk < min(own, pooled)
+
+
+def test_each_sites_weight_on_its_own_table_follows_the_true_between_site_variance():
+    """Many bins, so the between-site variance is estimated closely: each site's weight on its
+    own counts (read back from the result) is near tau² / (tau² + (s / n)²) with the true tau²,
+    for sites of different sizes."""
+    rng = np.random.default_rng(2)
+    bins, std = 1000, 0.3
+    sizes = np.array([200.0, 400.0, 800.0, 1600.0, 400.0, 800.0])
+    shares = (1.0 + rng.normal(0.0, 0.3, size=(len(sizes), bins))) / bins  # a site effect of std .3 / bins
+    noisy = (shares * sizes[:, None] + rng.normal(0.0, std, size=shares.shape))[:, :, None]
+    pooled = np.full((bins, 1), 1.0 / bins)
+    shrunk = shrunk_to_pool(noisy, sizes[:, None], np.full(len(sizes), std), pooled)
+    toward = sizes[:, None, None] * pooled[None]
+    weights = ((shrunk - toward) / (noisy - toward))[:, :, 0].mean(axis=1)
+    tau2 = (0.3 / bins) ** 2
+    expected = tau2 / (tau2 + (std / sizes) ** 2)
+    assert np.allclose(weights, expected, rtol=0.1), (weights, expected)

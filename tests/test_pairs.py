@@ -223,6 +223,8 @@ def test_pair_arrays_are_checked_against_the_schema(demo_schema):
     check_pair_array(demo_schema, "pairbins:age", np.array([0.0, 4, 9, 15, 24, 55]))
     for key, value in [(pair_key(("sex", "death")), np.ones((2, 2))),  # the outcome has its own tables
                        (pair_key(("sex", "mgus")), np.ones((3, 2))),
+                       (pair_key(("mgus", "sex")), np.ones((2, 2))),  # one pair, one key: schema order
+                       (pair_key(("sex", "sex")), np.ones((2, 2))),
                        (pair_key(("sex", "nope")), np.ones((2, 2))),
                        ("pairbins:sex", np.array([0.0, 1])),
                        ("pairbins:age", np.array([0.0, 9, 4, 15, 24, 55])),

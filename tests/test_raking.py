@@ -14,7 +14,7 @@ import numpy as np
 import pandas as pd
 
 from fedsyn.model.encoder import TableEncoder
-from fedsyn.model.raking import borrowed_pairs, release_weights
+from fedsyn.model.raking import borrowed_pairs, fitted_to_margins, release_weights
 from fedsyn.model.training import GANTrainer
 from fedsyn.privacy.marginals import Marginals, exact_counts
 from fedsyn.privacy.pairs import exact_pair_table, group_bounds, pair_cells, pair_key, pair_shape
@@ -134,6 +134,34 @@ def test_a_slot_borrows_how_two_columns_go_together_and_keeps_its_own_mix(demo_f
     gap = np.sum(w * yes * men) / np.sum(w * men) - np.sum(w * yes * ~men) / np.sum(w * ~men)
     assert gap > 0.6  # real: .8; the pool's: about 0
     assert abs(np.sum(w * men) - 0.8) < 0.03  # B's own share of men, not A's .3
+
+
+def test_numeric_pairs_are_not_borrowed_and_one_site_does_not_dictate_a_relation(demo_frame, demo_schema):
+    """kappa × lambda is grouped at each site's own quantiles, so it is not borrowed. A site
+    claiming a million times the rows for its sex × mgus table weighs no more than the others
+    together."""
+    pair = ("sex", "mgus")
+    sites = [_sex_and_mgus(demo_frame, 0.5, seed) for seed in (1, 2, 3)]
+    numeric = _with_pair(sites[0], demo_schema)[0]
+    honest = Marginals({**exact_counts(sites[1], demo_schema).tables,
+                        pair_key(pair): exact_pair_table(sites[1], demo_schema, pair, {})})
+    reversed_ = sites[2].assign(mgus=np.where(sites[2]["mgus"] == "yes", "no", "yes"))
+    loud = Marginals({name: table * 1e6 for name, table in exact_counts(reversed_, demo_schema).tables.items()}
+                     | {pair_key(pair): exact_pair_table(reversed_, demo_schema, pair, {}) * 1e6})
+    borrowed = borrowed_pairs(demo_schema, [numeric, honest, loud])
+    assert list(borrowed[0]) == [pair] and PAIR not in borrowed[1] and PAIR not in borrowed[2]
+    table = borrowed[0][pair].reshape(2, 2)  # sex (F, M) × mgus (no, yes), half of each
+    assert abs(table[1, 1] / table[1].sum() - 0.5) < 0.1  # the two relations, equal parts: none
+
+
+def test_a_joint_fitted_to_other_margins_keeps_its_odds_ratio_and_fills_an_empty_row():
+    joint = np.array([[0.4, 0.1], [0.1, 0.4], [0.0, 0.0]])  # odds ratio 16; nobody in the third row
+    first, second = np.array([0.2, 0.6, 0.2]), np.array([0.7, 0.3])
+    fitted = fitted_to_margins(joint, first, second)
+    assert np.allclose(fitted.sum(axis=1), first, atol=2e-3) and np.allclose(fitted.sum(axis=0), second, atol=2e-3)
+    odds = fitted[0, 0] * fitted[1, 1] / (fitted[0, 1] * fitted[1, 0])
+    assert 12 < odds < 17  # the blend with the margins' product costs a little of it
+    assert np.all(fitted[2] > 0.01)  # the row nobody was in takes its margin's mass over both columns
 
 
 def _one_way_generator(marginals: Marginals, schema, site_slots: int = 0) -> GANTrainer:

@@ -36,7 +36,6 @@ from fedsyn.data.grid import bin_index
 from fedsyn.data.schema import Schema
 from fedsyn.privacy.marginals import Marginals, split_column
 from fedsyn.privacy.pairs import Pair, bin_groups, group_index, pair_cells
-from fedsyn.privacy.postprocessing import fitted_to_margins, onto_simplex
 
 POOL_FACTOR = 10  # pool rows drawn per released row
 MAX_SWEEPS = 30  # raking sweeps over every margin, at most
@@ -61,10 +60,11 @@ def has_pairs(marginals: list[Marginals]) -> bool:
 
 def borrowed_pairs(schema: Schema, marginals: list[Marginals]) -> list[dict[Pair, np.ndarray]]:
     """For each slot, the categorical pairs other slots measured and it did not, as targets over
-    the pair's cells: the measuring slots' tables summed (their noisy counts: one pooled table),
-    made a distribution, and fitted to this slot's own one-way margins of the two columns
-    (:func:`fedsyn.privacy.postprocessing.fitted_to_margins`). Numeric pairs are left out: their
-    groups' bounds are each site's own."""
+    the pair's cells: the measuring slots' tables as distributions, pooled in proportion to
+    their noisy totals (none weighing more than all the others together, so one site cannot
+    dictate a relation to every slot), and fitted to this slot's own one-way margins of the two
+    columns, those :func:`slot_margins` rakes it to (:func:`fitted_to_margins`). Numeric pairs
+    are left out: their groups' bounds are each site's own."""
     measured: dict[Pair, list[Marginals]] = {}
     for tables in marginals:
         for pair in tables.pairs:
@@ -72,12 +72,32 @@ def borrowed_pairs(schema: Schema, marginals: list[Marginals]) -> list[dict[Pair
                 measured.setdefault(pair, []).append(tables)
     pooled = {}
     for pair, sources in measured.items():
-        counts = np.sum([source.pairs[pair] for source in sources], axis=0)
-        total = sum(source.total() for source in sources)
-        pooled[pair] = onto_simplex(counts.ravel(), total).reshape(counts.shape)
-    return [{pair: fitted_to_margins(joint, own.probabilities(pair[0], floor=0.0),
-                                     own.probabilities(pair[1], floor=0.0)).ravel()
+        totals = np.array([source.total() for source in sources])
+        weights = np.minimum(totals, totals.sum() - totals) if len(sources) > 1 else totals
+        pooled[pair] = sum(w * source.pair_distribution(pair) for w, source in zip(weights, sources)) / weights.sum()
+    return [{pair: fitted_to_margins(joint, _by_class(own, pair[0]).sum(axis=1),
+                                     _by_class(own, pair[1]).sum(axis=1)).ravel()
              for pair, joint in pooled.items() if pair not in own.pairs} for own in marginals]
+
+
+def fitted_to_margins(joint: np.ndarray, first: np.ndarray, second: np.ndarray) -> np.ndarray:
+    """The two-way distribution closest to ``joint`` (in Kullback-Leibler divergence) whose row
+    sums are ``first`` and column sums ``second`` (both distributions), by :func:`rake` over its
+    cells: it keeps ``joint``'s association (its odds ratios) and takes the margins given.
+    ``joint`` is blended with a thousandth of the margins' product first, so that a row or
+    column it leaves empty can still take its margin's mass."""
+    rows, columns = joint.shape
+    blended = np.asarray(joint, dtype=float) / max(float(np.sum(joint)), 1e-12) + 1e-3 * np.outer(first, second)
+    cells = np.arange(rows * columns)
+    fitted = rake(blended.ravel(), [Margin(cells, cells // columns, first), Margin(cells, cells % columns, second)])
+    return np.asarray(fitted.reshape(rows, columns) / fitted.sum(), dtype=float)
+
+
+def _by_class(marginals: Marginals, name: str) -> np.ndarray:
+    """A slot's joint distribution of a column's public bins and the outcome's classes (bins ×
+    classes), from its tables: P(bin | class) times its class shares."""
+    totals = marginals.class_totals()
+    return np.asarray(marginals.conditional(name) * (totals / totals.sum())[None, :], dtype=float)
 
 
 def slot_margins(frame: pd.DataFrame, rows: np.ndarray, schema: Schema, marginals: Marginals,
@@ -102,7 +122,7 @@ def slot_margins(frame: pd.DataFrame, rows: np.ndarray, schema: Schema, marginal
     margins = []
     for name in sorted({name for pair in [*marginals.pairs, *borrowed] for name in pair}):
         column, bounds = schema.column(name), marginals.pair_bounds.get(name)
-        joint = marginals.conditional(name) * shares[None, :]  # public bins × classes
+        joint = _by_class(marginals, name)  # public bins × classes
         groups = bin_groups(column, np.arange(joint.shape[0]), bounds)
         grouped = np.zeros((int(groups.max()) + 1, len(shares)))
         np.add.at(grouped, groups, joint)

@@ -292,8 +292,9 @@ def check_pair_array(schema: Schema, key: str, value: np.ndarray) -> None:
     pair = parse_pair_key(key)
     if pair is not None:
         names = set(schema.column_names) - ({schema.outcome} if schema.outcome else set())
-        if pair[0] not in names or pair[1] not in names or pair[0] == pair[1]:
-            raise ValueError(f"'{key}' names no pair of measured columns")
+        if pair[0] not in names or pair[1] not in names \
+                or schema.column_names.index(pair[0]) >= schema.column_names.index(pair[1]):
+            raise ValueError(f"'{key}' names no pair of measured columns in schema order")
         if value.shape != pair_shape(schema, pair):
             raise ValueError(f"'{key}' has shape {value.shape}, expected {pair_shape(schema, pair)}")
         return

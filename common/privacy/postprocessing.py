@@ -97,40 +97,41 @@ def shrunk_to_pool(tables: np.ndarray, sizes: np.ndarray, stds: np.ndarray, pool
     noise outweighs how much sites really differ: an empirical-Bayes (James-Stein) estimate.
 
     A site's count of a bin in class ``k`` is its class size ``n`` (``sizes``, sites × classes,
-    noisy) times its own share plus noise of std ``s`` (``stds``, one per site). Sites' shares
-    are modelled as the pooled share plus a site effect of variance ``tau²`` per bin, which is
-    estimated by the method of moments (the mean squared distance of the sites' shares from the
-    pooled ones, less what their noise alone explains; at least 0). The best linear estimate of
-    the site's counts is then ``w`` times its counts plus ``1 - w`` times ``n`` times the pooled
-    share, with ``w = n² tau² / (n² tau² + s²)``. So a column whose sites differ by more than
-    their noise (the hospital's own age groups, a site column) keeps each site's own
-    distribution, and one whose site differences are noise gets the federation's, which is
-    far less noisy. A small class of a small site leans on the pool most. With one site there
-    is nothing to pool: the counts are returned as they are."""
+    noisy) times its own share plus noise of std ``s`` (``stds``, one per site), so its share
+    carries noise of variance ``v = (s / n)²``. Sites' shares are modelled as a common share
+    plus a site effect of variance ``tau²`` per bin, estimated as DerSimonian and Laird do in
+    meta-analysis: each site weighted by its precision ``1 / v``, so that a site with a tiny or
+    empty class (or a hostile all-zero reply) counts for almost nothing instead of dragging the
+    estimate to 0 for everyone. The best linear estimate of a site's counts is then ``w`` times
+    its counts plus ``1 - w`` times ``n`` times the pooled share, ``w = tau² / (tau² + v)``. So a
+    column whose sites differ by more than their noise (the hospital's own age groups, a site
+    column) keeps each site's own distribution, and one whose site differences are noise gets
+    the federation's, which is far less noisy. A small class of a small site leans on the pool
+    most. With one site there is nothing to pool: the counts are returned as they are."""
     shrunk = np.array(tables, dtype=float)
     sites, bins, classes = shrunk.shape
     if sites < 2:
         return shrunk
     for k in range(classes):
         size = np.clip(sizes[:, k], 1.0, None)
-        shares = shrunk[:, :, k] / size[:, None]
-        explained = bins * (stds / size) ** 2
-        tau2 = max(0.0, float(np.mean(((shares - pooled[None, :, k]) ** 2).sum(axis=1) - explained)) / bins)
-        weight = (size ** 2 * tau2 / (size ** 2 * tau2 + np.maximum(stds, 1e-12) ** 2))[:, None]
+        variance = (np.maximum(stds, 1e-12) / size) ** 2
+        weight = _pooling_weights(shrunk[:, :, k] / size[:, None], variance)[:, None]
         shrunk[:, :, k] = weight * shrunk[:, :, k] + (1.0 - weight) * size[:, None] * pooled[None, :, k]
     return shrunk
 
 
-def fitted_to_margins(joint: np.ndarray, first: np.ndarray, second: np.ndarray, sweeps: int = 100) -> np.ndarray:
-    """The two-way distribution closest to ``joint`` (in Kullback-Leibler divergence) whose row
-    sums are ``first`` and column sums ``second`` (both distributions): iterative proportional
-    fitting. It keeps ``joint``'s association (its odds ratios) and takes the margins given.
+def _pooling_weights(shares: np.ndarray, variance: np.ndarray) -> np.ndarray:
+    """Each site's weight on its own ``shares`` (sites × bins, noise ``variance`` per site):
+    ``tau² / (tau² + variance)`` with the DerSimonian-Laird ``tau²`` (method of moments on the
+    precision-weighted spread of the sites' shares around their precision-weighted mean)."""
+    sites, bins = shares.shape
+    precision = 1.0 / variance
+    with np.errstate(over="ignore", invalid="ignore"):
+        centre = (precision[:, None] * shares).sum(axis=0) / precision.sum()
+        spread = float((precision[:, None] * (shares - centre) ** 2).sum())
+        scale = precision.sum() - (precision ** 2).sum() / precision.sum()
+        tau2 = max(0.0, (spread - bins * (sites - 1)) / (bins * scale)) if scale > 0 else 0.0
+    if not np.isfinite(tau2):  # shares beyond float range differ by more than any noise
+        return np.ones(sites)
+    return np.asarray(tau2 / (tau2 + variance) if tau2 > 0 else np.zeros(sites), dtype=float)
 
-    ``joint`` is blended with a thousandth of the margins' product first, so that a row or
-    column it leaves empty can still take its margin's mass (its cells in the proportions of
-    the margins' product, scaled as its neighbours' are)."""
-    fitted = np.asarray(joint, dtype=float) / max(float(np.sum(joint)), 1e-12) + 1e-3 * np.outer(first, second)
-    for _ in range(sweeps):
-        fitted *= (first / np.maximum(fitted.sum(axis=1), 1e-300))[:, None]
-        fitted *= (second / np.maximum(fitted.sum(axis=0), 1e-300))[None, :]
-    return np.asarray(fitted / max(float(fitted.sum()), 1e-300), dtype=float)
