@@ -164,3 +164,14 @@ def test_new_real_patients_raise_no_copy_or_distance_alarm(split, demo_schema):
     assert abs(checks["excess_copy_share"]) < 0.01 and checks["dcr_ratio"] == pytest.approx(1.0, abs=0.15)
     duplicated = pd.concat([train.head(1)] * len(test), ignore_index=True)  # the same patient over and over
     assert privacy(duplicated, train, test, demo_schema)["excess_copy_share"] > 0.9
+
+
+def test_a_synthetic_table_with_one_row_of_the_rare_outcome_is_scored_not_a_crash(split, demo_schema):
+    """The MLP's early stopping splits its training rows stratified by class, which one row of a
+    class cannot be: a release with a single 'dead' row failed the whole report (and `fedsyn fit`)."""
+    train, test = split
+    outcome = demo_schema.outcome
+    alive = train[train[outcome] != "dead"].head(99)
+    synthetic = pd.concat([alive, train[train[outcome] == "dead"].head(1)], ignore_index=True)
+    scores = utility(synthetic, train, test, demo_schema, models=("mlp",))
+    assert 0.0 <= scores["mlp"]["tstr"]["roc_auc"] <= 1.0

@@ -26,7 +26,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 from scipy import stats
-from sklearn.base import ClassifierMixin
+from sklearn.base import ClassifierMixin, clone
 from sklearn.decomposition import PCA
 from sklearn.ensemble import HistGradientBoostingClassifier, RandomForestClassifier
 from sklearn.linear_model import LogisticRegression
@@ -401,8 +401,13 @@ def _classifiers(seed: int) -> dict[str, Any]:
 
 def _scores(model: ClassifierMixin, x_train: np.ndarray, y_train: np.ndarray, x_test: np.ndarray,
             y_test: np.ndarray) -> dict[str, float]:
-    if len(np.unique(y_train)) < 2:
+    classes, counts = np.unique(y_train, return_counts=True)
+    if len(classes) < 2:
         return {"roc_auc": 0.5, "f1": 0.0, "accuracy": float(np.mean(y_test == y_train[0]))}
+    if counts.min() < 2 and model.get_params().get("early_stopping") is True:
+        # Its validation split is stratified and needs two rows of each class: a synthetic table
+        # with one row of a rare outcome made the whole report (and `fedsyn fit`) fail.
+        model = clone(model).set_params(early_stopping=False)
     model.fit(x_train, y_train)
     probability = model.predict_proba(x_test)[:, 1]
     predicted = (probability >= 0.5).astype(int)
