@@ -15,6 +15,8 @@ import pytest
 
 import fedsyn.client.site as site_module
 import fedsyn.privacy.dp_sgd as dp_sgd
+import fedsyn.server.coordinator as coordinator_module
+from fedsyn.privacy.marginals import Marginals
 
 from .privacy_audit import (
     AuditResult,
@@ -34,10 +36,15 @@ WORKFLOW_SECONDS = 240.0
 @pytest.fixture()
 def no_marginals_noise(monkeypatch: pytest.MonkeyPatch) -> None:
     """The site's round-0 tables released exact (and no pair tables), while the ledger charges
-    the requested noise."""
+    the requested noise. The coordinator is told so (cell std 0): otherwise it would draw the
+    exact tables toward the sum as if they carried the requested noise (post-processing that
+    dilutes what the release shows of each site), and the audit would measure that, not the
+    missing noise."""
     real = site_module.noisy_marginals
     monkeypatch.setattr(site_module, "noisy_marginals",
                         lambda frame, schema, noise_multiplier, rng, pairs_share=0.0: real(frame, schema, 0.0, rng))
+    monkeypatch.setattr(coordinator_module, "received_marginals",
+                        lambda arrays, schema, noise_multiplier, pairs_share: Marginals(arrays, cell_std=0.0))
 
 
 @pytest.fixture()
