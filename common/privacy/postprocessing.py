@@ -134,4 +134,3 @@ def _pooling_weights(shares: np.ndarray, variance: np.ndarray) -> np.ndarray:
     if not np.isfinite(tau2):  # shares beyond float range differ by more than any noise
         return np.ones(sites)
     return np.asarray(tau2 / (tau2 + variance) if tau2 > 0 else np.zeros(sites), dtype=float)
-
