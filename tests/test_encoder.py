@@ -104,6 +104,32 @@ def test_a_continuous_columns_bounds_come_back_exactly_in_their_share():
     assert float(((values > 0) & (values < 0.9)).mean()) < 0.005  # no spread-out zeros
 
 
+def test_values_come_back_at_their_declared_precision_and_the_bounds_stay_atoms():
+    """Age recorded to one decimal between 6.5 and 11, an integer recorded to the nearest 5, and
+    a lab value to a quarter with a bound (0.03) off the quarters: every decoded value is a
+    multiple of its precision, written without float residue (6.8, not 6.800000000000001),
+    except a value at a bound, which stays the bound."""
+    schema = Schema(name="precision", outcome="admitted", columns=[
+        Column(name="age", kind="continuous", lower=6.5, upper=11, precision=0.1),
+        Column(name="income", kind="integer", lower=0, upper=200, precision=5),
+        Column(name="lab", kind="continuous", lower=0.03, upper=45, precision=0.25),
+        Column(name="admitted", kind="categorical", categories=["no", "yes"])])
+    rng = np.random.default_rng(0)
+    frame = pd.DataFrame({"age": np.round(rng.uniform(6.5, 11, 2000), 1), "income": 5 * rng.integers(0, 41, 2000),
+                          "lab": np.where(rng.random(2000) < 0.2, 0.03, np.round(rng.uniform(0, 45, 2000) * 4) / 4),
+                          "admitted": rng.choice(["no", "yes"], 2000)})
+    frame["lab"] = frame["lab"].clip(0.03, 45)
+    encoder = TableEncoder(schema, exact_counts(frame, schema))
+    drawn = encoder.decode(rng.uniform(-1, 1, size=(5000, encoder.dim)).astype(np.float32))
+    for name, step in (("age", 0.1), ("income", 5), ("lab", 0.25)):
+        values = drawn[name].to_numpy(dtype=float)
+        off = values[(values != schema.column(name).lower) & (values != schema.column(name).upper)]
+        assert np.allclose(off / step, np.round(off / step), atol=1e-9), name
+        assert np.all(off == np.round(off, 2)), name  # no float residue in what is written out
+    assert (drawn["lab"] == 0.03).mean() > 0.1  # the lower bound, off the quarters, is kept as an atom
+    assert set(np.round(drawn["age"].to_numpy(dtype=float) * 10) / 10) <= set(np.round(np.arange(65, 111) / 10, 1))
+
+
 def _categorical(name: str, levels: int, nullable: bool = False) -> Column:
     """A categorical column of ``levels`` categories (plus 'missing' if nullable): that many positions."""
     return Column(name=name, kind="categorical", categories=[f"{name}_{i}" for i in range(levels)], nullable=nullable)

@@ -3,7 +3,7 @@ import json
 import numpy as np
 import pytest
 
-from fedsyn.data.schema import Schema, SchemaError, draft_schema
+from fedsyn.data.schema import Column, Schema, SchemaError, draft_schema
 from fedsyn.data.tables import DataFileError, read_table
 from fedsyn.data.validation import validate_frame
 
@@ -70,6 +70,31 @@ def test_draft_schema_marks_everything_for_review_and_training_refuses_it(demo_f
     with pytest.raises(SchemaError, match="needs_review"):
         draft.require_reviewed(allow_unreviewed=False)
     draft.require_reviewed(allow_unreviewed=True)
+
+
+def test_a_draft_proposes_the_precision_its_values_are_recorded_in():
+    """Values with one decimal, four decimals and full floats: the draft proposes 0.1, 0.0001
+    and nothing (and, like every drafted fact, marks the column for review)."""
+    import pandas as pd
+
+    rng = np.random.default_rng(0)
+    frame = pd.DataFrame({"age": np.round(rng.uniform(6.5, 11, 300), 1),
+                          "income": np.round(rng.uniform(-1, 50, 300), 4),
+                          "ratio": rng.normal(size=300), "visits": rng.integers(0, 40, 300)})
+    draft = draft_schema(frame)
+    assert [draft.column(name).precision for name in frame.columns] == [0.1, 0.0001, None, None]
+    assert set(draft.unreviewed_columns) == set(frame.columns)
+
+
+@pytest.mark.parametrize(("column", "message"), [
+    ({"kind": "continuous", "lower": 0.01, "upper": 0.02, "precision": 1}, "no multiple of its precision"),
+    ({"kind": "integer", "lower": 0, "upper": 10, "precision": 0.5}, "must be a whole number"),
+    ({"kind": "continuous", "lower": 0, "upper": 1, "precision": 0}, "must be a positive number"),
+    ({"kind": "categorical", "categories": ["a"], "precision": 1}, "must not have"),
+])
+def test_a_precision_the_bounds_or_the_kind_cannot_hold_is_refused(column, message):
+    with pytest.raises(ValueError, match=message):
+        Column(name="x", **column)
 
 
 def test_schema_round_trips_through_json(demo_schema, tmp_path):

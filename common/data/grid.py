@@ -83,6 +83,25 @@ def snap_to_atoms(column: Column, transformed: np.ndarray, edges: np.ndarray, va
     return np.where(atoms[0], low, np.where(atoms[1], high, values))
 
 
+def to_precision(column: Column, values: np.ndarray) -> np.ndarray:
+    """``values`` of a numeric column rounded to its declared ``precision`` (none: as they are),
+    kept between its bounds. A value exactly at a bound stays there even off the precision's
+    multiples: the bounds are atoms (:func:`numeric_edges`), public values of their own."""
+    if column.precision is None:
+        return values
+    step = column.precision
+    low, high = column.bounds
+    first, last = math.ceil(low / step - 1e-9) * step, math.floor(high / step + 1e-9) * step
+    rounded = np.clip(np.round(values / step) * step, first, last)
+    rounded = np.round(rounded, _decimals(step))  # 6.800000000000001 is written as 6.8
+    return np.asarray(np.where((values == low) | (values == high), values, rounded), dtype=float)
+
+
+def _decimals(step: float) -> int:
+    """The decimal places a multiple of ``step`` needs (0.25: 2; 5: 0), at most 12."""
+    return next((places for places in range(13) if abs(round(step, places) - step) <= 1e-12 * max(1.0, step)), 12)
+
+
 def numeric_bins(column: Column) -> int:
     """Number of bins of a numeric column's public grid."""
     return len(numeric_edges(column)) - 1

@@ -14,6 +14,7 @@ from enum import Enum
 from pathlib import Path
 from typing import Literal
 
+import numpy as np
 import pandas as pd
 from pydantic import BaseModel, Field, ValidationError, model_validator
 
@@ -46,6 +47,10 @@ class Column(BaseModel):
     unit: str | None = None
     nullable: bool = False
     transform: Literal["linear", "log"] = "linear"
+    # The step a numeric column's values are recorded in (0.1: one decimal; 5: to the nearest
+    # 5): a public fact of the extract's format. Released values are rounded to it, so a
+    # synthetic row does not give itself away by digits no real row has.
+    precision: float | None = None
     needs_review: bool = False
     description: str | None = None
 
@@ -60,8 +65,9 @@ class Column(BaseModel):
                 raise ValueError(f"categorical column '{self.name}' needs a non-empty 'categories' list")
             if len(set(self.categories)) != len(self.categories):
                 raise ValueError(f"categorical column '{self.name}' lists a category twice")
-            if self.lower is not None or self.upper is not None:
-                raise ValueError(f"categorical column '{self.name}' must not have 'lower'/'upper' bounds")
+            if self.lower is not None or self.upper is not None or self.precision is not None:
+                raise ValueError(f"categorical column '{self.name}' must not have 'lower'/'upper' bounds or a "
+                                 "'precision'")
         else:
             if self.lower is None or self.upper is None:
                 raise ValueError(
@@ -77,7 +83,24 @@ class Column(BaseModel):
                                  f"and upper ({self.upper})")
             if self.transform == "log" and self.lower <= 0:
                 raise ValueError(f"column '{self.name}': a 'log' transform needs lower > 0, got {self.lower}")
+            self._check_precision()
         return self
+
+    def _check_precision(self) -> None:
+        """A numeric column's ``precision``: positive, whole for an integer column, and with at
+        least one of its multiples between the bounds."""
+        if self.precision is None:
+            return
+        step = self.precision
+        if not (math.isfinite(step) and step > 0):
+            raise ValueError(f"column '{self.name}': 'precision' must be a positive number (0.1: values recorded "
+                             f"to one decimal), got {step}")
+        if self.kind is ColumnKind.INTEGER and step != round(step):
+            raise ValueError(f"integer column '{self.name}': 'precision' must be a whole number, got {step}")
+        assert self.lower is not None and self.upper is not None  # checked by the caller
+        if math.ceil(self.lower / step - 1e-9) > math.floor(self.upper / step + 1e-9):
+            raise ValueError(f"column '{self.name}': no multiple of its precision ({step}) lies between lower "
+                             f"({self.lower}) and upper ({self.upper})")
 
     @property
     def is_categorical(self) -> bool:
@@ -191,6 +214,17 @@ def spell_category(value: object) -> object:
     return str(value)
 
 
+def recorded_precision(values: np.ndarray) -> float | None:
+    """The coarsest power of ten (down to 10^-6) every value is a multiple of: the decimals an
+    extract records (6.8, 7.5: 0.1). None when the values carry more decimals than that. Read
+    off private rows: for a draft that a person reviews, never for training."""
+    for places in range(7):
+        scaled = values * 10.0 ** places
+        if np.all(np.abs(scaled - np.round(scaled)) <= 1e-6 * np.maximum(1.0, np.abs(scaled))):
+            return float(10.0 ** -places)
+    return None
+
+
 def draft_schema(frame: pd.DataFrame, name: str = "table", outcome: str | None = None) -> Schema:
     """Guess a schema from a local extract; every guessed bound or category list needs review.
 
@@ -215,6 +249,7 @@ def draft_schema(frame: pd.DataFrame, name: str = "table", outcome: str | None =
                     kind=ColumnKind.INTEGER if integral else ColumnKind.CONTINUOUS,
                     lower=lower,
                     upper=upper,
+                    precision=None if integral else recorded_precision(numeric.to_numpy(dtype=float)),
                     nullable=nullable,
                     needs_review=True,
                 )

@@ -16,7 +16,15 @@ from typing import Literal
 import numpy as np
 import pandas as pd
 
-from fedsyn.data.grid import MISSING, atom_bins, forward_transform, inverse_transform, numeric_edges, snap_to_atoms
+from fedsyn.data.grid import (
+    MISSING,
+    atom_bins,
+    forward_transform,
+    inverse_transform,
+    numeric_edges,
+    snap_to_atoms,
+    to_precision,
+)
 from fedsyn.data.schema import Column, ColumnKind, Schema, spell_category
 from fedsyn.errors import ConfigurationError
 from fedsyn.privacy.marginals import Marginals
@@ -127,7 +135,7 @@ class TableEncoder:
                                        np.clip(inverse_transform(column, transformed), low, high))
                 if column.kind is ColumnKind.INTEGER:
                     values = np.clip(np.round(values), np.ceil(low), np.floor(high))
-                columns[column.name] = values
+                columns[column.name] = to_precision(column, values)
         frame = pd.DataFrame(columns, columns=self.schema.column_names)
         for name, missing in missing_numeric.items():
             frame.loc[missing, name] = np.nan
