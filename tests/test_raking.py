@@ -14,7 +14,7 @@ import numpy as np
 import pandas as pd
 
 from fedsyn.model.encoder import TableEncoder
-from fedsyn.model.raking import borrowed_pairs, fitted_to_margins, release_weights
+from fedsyn.model.raking import RakingTargets, borrowed_pairs, fitted_to_margins, release_weights
 from fedsyn.model.training import GANTrainer
 from fedsyn.privacy.marginals import Marginals, exact_counts
 from fedsyn.privacy.pairs import exact_pair_table, group_bounds, pair_cells, pair_key, pair_shape
@@ -75,7 +75,8 @@ def test_each_slot_is_raked_to_its_own_sites_table_and_keeps_its_share(demo_fram
     apart, _ = _with_pair(shuffled, demo_schema, tables)
     pool = pd.concat([shuffled, shuffled], ignore_index=True)
     slots = np.repeat([0, 1], len(rows))
-    weights = release_weights(pool, demo_schema, slots, np.array([0.7, 0.3]), [together, apart], count=400)
+    targets = RakingTargets.of(demo_schema, np.array([0.7, 0.3]), [together, apart])
+    weights = release_weights(pool, demo_schema, slots, targets, count=400)
 
     assert abs(weights[slots == 0].sum() - 0.7) < 1e-9 and abs(weights[slots == 1].sum() - 0.3) < 1e-9
     first = _pair_distribution(shuffled, demo_schema, bounds, weights[slots == 0] / 0.7)
@@ -91,7 +92,8 @@ def test_raking_keeps_how_the_pair_columns_depend_on_the_outcome(demo_frame, dem
     measured, _ = _with_pair(rows, demo_schema)
     outcome = demo_schema.outcome
     pool = rows.assign(**{outcome: rows[outcome].sample(frac=1.0, random_state=6).to_numpy()})
-    weights = release_weights(pool, demo_schema, np.zeros(len(pool), dtype=int), np.ones(1), [measured], count=300)
+    weights = release_weights(pool, demo_schema, np.zeros(len(pool), dtype=int),
+                              RakingTargets.of(demo_schema, np.ones(1), [measured]), count=300)
 
     def dead_by_kappa(frame: pd.DataFrame, w: np.ndarray | None = None) -> pd.Series:
         w = np.ones(len(frame)) if w is None else w
@@ -128,7 +130,8 @@ def test_a_slot_borrows_how_two_columns_go_together_and_keeps_its_own_mix(demo_f
     pool = second.assign(mgus=second["mgus"].sample(frac=1.0, random_state=3).to_numpy())
     pool = pd.concat([pool, pool], ignore_index=True)
     slots = np.repeat([0, 1], len(second))
-    weights = release_weights(pool, demo_schema, slots, np.array([0.5, 0.5]), [measured, unmeasured], count=300)
+    weights = release_weights(pool, demo_schema, slots,
+                              RakingTargets.of(demo_schema, np.array([0.5, 0.5]), [measured, unmeasured]), count=300)
     raked, w = pool[slots == 1], weights[slots == 1] / weights[slots == 1].sum()
     men, yes = (raked["sex"] == "M").to_numpy(), (raked["mgus"] == "yes").to_numpy()
     gap = np.sum(w * yes * men) / np.sum(w * men) - np.sum(w * yes * ~men) / np.sum(w * ~men)

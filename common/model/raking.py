@@ -53,6 +53,21 @@ class Margin:
     target: np.ndarray
 
 
+@dataclass(frozen=True)
+class RakingTargets:
+    """What a release is raked to, per site slot: its share of the released rows, its noisy
+    tables and the pairs it borrows from other slots (:func:`borrowed_pairs`). Built once per
+    set of slot tables (:meth:`of`), not for every raked chunk of a release."""
+
+    shares: np.ndarray
+    marginals: list[Marginals]
+    borrowed: list[dict[Pair, np.ndarray]]
+
+    @classmethod
+    def of(cls, schema: Schema, shares: np.ndarray, marginals: list[Marginals]) -> RakingTargets:
+        return cls(np.asarray(shares, dtype=float), list(marginals), borrowed_pairs(schema, marginals))
+
+
 def has_pairs(marginals: list[Marginals]) -> bool:
     """Whether any of ``marginals`` holds a pair table (otherwise there is nothing to rake to)."""
     return any(m.pairs for m in marginals)
@@ -164,16 +179,17 @@ def rake(weights: np.ndarray, margins: list[Margin], ceiling: np.ndarray | None 
     return weights
 
 
-def release_weights(frame: pd.DataFrame, schema: Schema, slots: np.ndarray, shares: np.ndarray,
-                    marginals: list[Marginals], count: int) -> np.ndarray:
+def release_weights(frame: pd.DataFrame, schema: Schema, slots: np.ndarray, targets: RakingTargets,
+                    count: int) -> np.ndarray:
     """Each pool row's probability of being released, for ``count`` released rows: slot ``k``'s
-    rows share ``shares[k]``, raked to ``marginals[k]`` (see the module), none above
-    ``1 / count``, so that drawn systematically (:func:`systematic_picks`) no pool row is
-    released twice (the pool holds ``POOL_FACTOR`` times ``count`` rows: room for that)."""
+    rows share ``targets.shares[k]``, raked to its tables and borrowed pairs (see the module),
+    none above ``1 / count``, so that drawn systematically (:func:`systematic_picks`) no pool
+    row is released twice (the pool holds ``POOL_FACTOR`` times ``count`` rows: room for that)."""
+    shares = targets.shares
     weights = np.zeros(len(frame))
     margins: list[Margin] = []
     members = [np.flatnonzero(slots == slot) for slot in range(len(shares))]
-    for rows, share, tables, borrowed in zip(members, shares, marginals, borrowed_pairs(schema, marginals)):
+    for rows, share, tables, borrowed in zip(members, shares, targets.marginals, targets.borrowed):
         if len(rows):
             weights[rows] = share / len(rows)
             margins += slot_margins(frame, rows, schema, tables, borrowed)

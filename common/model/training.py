@@ -26,7 +26,7 @@ from fedsyn.model.config import GANConfig
 from fedsyn.model.encoder import TableEncoder
 from fedsyn.model.matching import TableMatcher
 from fedsyn.model.networks import Discriminator, Generator, reset_parameters
-from fedsyn.model.raking import POOL_FACTOR, has_pairs, release_weights, systematic_picks
+from fedsyn.model.raking import POOL_FACTOR, RakingTargets, has_pairs, release_weights, systematic_picks
 from fedsyn.privacy.dp_sgd import poisson_sample, private_gradient
 from fedsyn.privacy.marginals import Marginals
 from fedsyn.privacy.randomness import torch_generator
@@ -290,9 +290,8 @@ class GANTrainer:
                 continue
             pool, slots = self._draw(size * POOL_FACTOR, None, rng)
             frame = impose_missing_by_design(self.encoder.decode(pool.cpu().numpy()), self.encoder.schema.rules)
-            shares, marginals = targets
             in_slot = slots.cpu().numpy() if slots is not None else np.zeros(len(frame), dtype=int)
-            weights = release_weights(frame, self.encoder.schema, in_slot, shares, marginals, size)
+            weights = release_weights(frame, self.encoder.schema, in_slot, targets, size)
             offset = float(torch.rand(1, generator=rng, device=self.device))
             parts.append(pool[torch.as_tensor(systematic_picks(weights, size, offset), device=self.device)])
         return torch.cat(parts).cpu().numpy() if parts else np.zeros((0, self.encoder.dim), dtype=np.float32)
@@ -310,16 +309,16 @@ class GANTrainer:
             rows = self._impose_site_values(rows, slots, rng)
         return rows, slots
 
-    def _raking_targets(self) -> tuple[np.ndarray, list[Marginals]] | None:
-        """Each slot's release share and noisy tables when some hold pair tables (no slots: the
-        encoder's tables, a single site's own); None when there is nothing to rake to."""
+    def _raking_targets(self) -> RakingTargets | None:
+        """Each slot's release share, noisy tables and borrowed pairs when some hold pair tables
+        (no slots: the encoder's tables, a single site's own); None when there is nothing to rake to."""
         if self.release_slots is not None and self.slot_weights is not None:
             shares, marginals = self.slot_weights.cpu().numpy().astype(float), self.release_slots[1]
         elif self.config.site_slots == 0:
             shares, marginals = np.ones(1), [self.encoder.marginals]
         else:
             return None
-        return (shares, marginals) if has_pairs(marginals) else None
+        return RakingTargets.of(self.encoder.schema, shares, marginals) if has_pairs(marginals) else None
 
     def set_release_slots(self, totals: list[float], marginals: list[Marginals], site_column: str | None = None
                           ) -> None:
