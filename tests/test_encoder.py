@@ -4,6 +4,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 
+from fedsyn.data.grid import to_precision
 from fedsyn.data.schema import Column, ColumnKind, Schema
 from fedsyn.data.validation import validate_frame
 from fedsyn.model.encoder import TableEncoder
@@ -105,29 +106,45 @@ def test_a_continuous_columns_bounds_come_back_exactly_in_their_share():
 
 
 def test_values_come_back_at_their_declared_precision_and_the_bounds_stay_atoms():
-    """Age recorded to one decimal between 6.5 and 11, an integer recorded to the nearest 5, and
+    """Age recorded to one decimal between 6.5 and 11, an integer recorded to the nearest 2, and
     a lab value to a quarter with a bound (0.03) off the quarters: every decoded value is a
     multiple of its precision, written without float residue (6.8, not 6.800000000000001),
     except a value at a bound, which stays the bound."""
     schema = Schema(name="precision", outcome="admitted", columns=[
         Column(name="age", kind="continuous", lower=6.5, upper=11, precision=0.1),
-        Column(name="income", kind="integer", lower=0, upper=200, precision=5),
+        Column(name="income", kind="integer", lower=0, upper=200, precision=2),
         Column(name="lab", kind="continuous", lower=0.03, upper=45, precision=0.25),
         Column(name="admitted", kind="categorical", categories=["no", "yes"])])
     rng = np.random.default_rng(0)
-    frame = pd.DataFrame({"age": np.round(rng.uniform(6.5, 11, 2000), 1), "income": 5 * rng.integers(0, 41, 2000),
+    frame = pd.DataFrame({"age": np.round(rng.uniform(6.5, 11, 2000), 1), "income": 2 * rng.integers(0, 101, 2000),
                           "lab": np.where(rng.random(2000) < 0.2, 0.03, np.round(rng.uniform(0, 45, 2000) * 4) / 4),
                           "admitted": rng.choice(["no", "yes"], 2000)})
     frame["lab"] = frame["lab"].clip(0.03, 45)
     encoder = TableEncoder(schema, exact_counts(frame, schema))
     drawn = encoder.decode(rng.uniform(-1, 1, size=(5000, encoder.dim)).astype(np.float32))
-    for name, step in (("age", 0.1), ("income", 5), ("lab", 0.25)):
+    for name, step in (("age", 0.1), ("income", 2), ("lab", 0.25)):
         values = drawn[name].to_numpy(dtype=float)
         off = values[(values != schema.column(name).lower) & (values != schema.column(name).upper)]
         assert np.allclose(off / step, np.round(off / step), atol=1e-9), name
         assert np.all(off == np.round(off, 2)), name  # no float residue in what is written out
     assert (drawn["lab"] == 0.03).mean() > 0.1  # the lower bound, off the quarters, is kept as an atom
+    assert 0.8 < (drawn["income"] % 4 == 0).mean() / (drawn["income"] % 4 == 2).mean() < 1.25  # rounded once
     assert set(np.round(drawn["age"].to_numpy(dtype=float) * 10) / 10) <= set(np.round(np.arange(65, 111) / 10, 1))
+
+
+def test_an_even_step_on_an_integer_column_is_rounded_once_and_its_bounds_are_not_atoms():
+    """An integer column recorded to the nearest 2 between 1 and 99: decoded values are even,
+    every even value equally likely (rounding to whole numbers first, then to the step, gave
+    multiples of 4 three times the mass of the others), and the odd bounds never come back
+    (an integer column has no atoms). A continuous value just below 0 is written as 0.0, not -0.0."""
+    even = Column(name="dose", kind="integer", lower=1, upper=99, precision=2)
+    values = to_precision(even, np.random.default_rng(0).uniform(1, 99, 200_000))
+    assert np.all(values % 2 == 0) and values.min() == 2 and values.max() == 98
+    by_four = np.bincount((values % 4 == 0).astype(int))
+    assert 0.9 < by_four[1] / by_four[0] < 1.1
+    assert to_precision(even, np.array([1.0, 99.0])).tolist() == [2.0, 98.0]
+    signed = Column(name="change", kind="continuous", lower=-5, upper=5, precision=0.25)
+    assert not np.signbit(to_precision(signed, np.array([-0.1]))).any()
 
 
 def _categorical(name: str, levels: int, nullable: bool = False) -> Column:

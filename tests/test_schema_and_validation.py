@@ -3,7 +3,7 @@ import json
 import numpy as np
 import pytest
 
-from fedsyn.data.schema import Column, Schema, SchemaError, draft_schema
+from fedsyn.data.schema import Column, Schema, SchemaError, draft_schema, recorded_precision
 from fedsyn.data.tables import DataFileError, read_table
 from fedsyn.data.validation import validate_frame
 
@@ -83,6 +83,8 @@ def test_a_draft_proposes_the_precision_its_values_are_recorded_in():
                           "ratio": rng.normal(size=300), "visits": rng.integers(0, 40, 300)})
     draft = draft_schema(frame)
     assert [draft.column(name).precision for name in frame.columns] == [0.1, 0.0001, None, None]
+    assert recorded_precision(np.array([0.0, 650000.37, 812345.91])) == 0.01  # large values keep their cents
+    assert recorded_precision(np.array([0.1 + 0.2, 0.7])) == 0.1  # float residue is not a decimal
     assert set(draft.unreviewed_columns) == set(frame.columns)
 
 

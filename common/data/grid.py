@@ -84,16 +84,21 @@ def snap_to_atoms(column: Column, transformed: np.ndarray, edges: np.ndarray, va
 
 
 def to_precision(column: Column, values: np.ndarray) -> np.ndarray:
-    """``values`` of a numeric column rounded to its declared ``precision`` (none: as they are),
-    kept between its bounds. A value exactly at a bound stays there even off the precision's
-    multiples: the bounds are atoms (:func:`numeric_edges`), public values of their own."""
-    if column.precision is None:
+    """``values`` of a numeric column decoded to what it records: rounded once to its declared
+    ``precision``, or to whole numbers for an integer column without one (rounding to whole
+    numbers first and to an even step after would pile mass on every other multiple), and kept
+    between the bounds. A continuous column's value exactly at a bound stays there even off the
+    precision's multiples: its bounds are atoms (:func:`numeric_edges`), public values of their
+    own; an integer column has no atoms."""
+    step = column.precision if column.precision is not None else (1.0 if column.kind is ColumnKind.INTEGER else None)
+    if step is None:
         return values
-    step = column.precision
     low, high = column.bounds
     first, last = math.ceil(low / step - 1e-9) * step, math.floor(high / step + 1e-9) * step
-    rounded = np.clip(np.round(values / step) * step, first, last)
-    rounded = np.round(rounded, _decimals(step))  # 6.800000000000001 is written as 6.8
+    rounded = np.clip(np.floor(values / step + 0.5) * step, max(first, low), min(last, high))
+    rounded = np.round(rounded, _decimals(step)) + 0.0  # 6.800000000000001 is written as 6.8, -0.0 as 0.0
+    if column.kind is ColumnKind.INTEGER:
+        return np.asarray(rounded, dtype=float)
     return np.asarray(np.where((values == low) | (values == high), values, rounded), dtype=float)
 
 

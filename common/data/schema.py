@@ -220,7 +220,7 @@ def recorded_precision(values: np.ndarray) -> float | None:
     off private rows: for a draft that a person reviews, never for training."""
     for places in range(7):
         scaled = values * 10.0 ** places
-        if np.all(np.abs(scaled - np.round(scaled)) <= 1e-6 * np.maximum(1.0, np.abs(scaled))):
+        if np.all(np.abs(scaled - np.round(scaled)) <= 1e-6 + 1e-12 * np.abs(scaled)):
             return float(10.0 ** -places)
     return None
 

@@ -133,8 +133,6 @@ class TableEncoder:
                 transformed = np.interp(u, cdf, edges)
                 values = snap_to_atoms(column, transformed, edges,
                                        np.clip(inverse_transform(column, transformed), low, high))
-                if column.kind is ColumnKind.INTEGER:
-                    values = np.clip(np.round(values), np.ceil(low), np.floor(high))
                 columns[column.name] = to_precision(column, values)
         frame = pd.DataFrame(columns, columns=self.schema.column_names)
         for name, missing in missing_numeric.items():
