@@ -1,5 +1,5 @@
 """How far each site's noisy tables by outcome class are from its exact ones: as sent, drawn
-toward the sum (what the coordinator keeps, ``shrunk_site_tables``), and the sum's alone.
+toward the sum (what the coordinator keeps, ``federation_tables``), and the sum's alone.
 
     python benchmarks/bench_site_tables.py BENCH_KIT [--tables azpro,nmes] [--seeds 5] [--epsilon 1]
 
@@ -29,10 +29,10 @@ from fedsyn.privacy.budget import marginals_noise
 from fedsyn.privacy.marginals import (
     Marginals,
     exact_counts,
+    federation_tables,
     measured_columns,
     noisy_marginals,
     received_marginals,
-    shrunk_site_tables,
 )
 from fedsyn.server.settings import FederationSettings
 
@@ -62,11 +62,7 @@ def measure(frames: list[pd.DataFrame], schema: Schema, epsilon: float, rng: np.
     noise = marginals_noise(epsilon, settings.marginals_share, settings.delta)
     parts = [received_marginals(noisy_marginals(frame, schema, noise, rng, settings.pairs_share).arrays, schema,
                                 noise, settings.pairs_share) for frame in frames]
-    summed = parts[0]
-    for part in parts[1:]:
-        summed = summed + part
-    summed = summed.without_noise_floor(schema, settings.marginals_noise_floor)
-    shrunk = shrunk_site_tables(schema, parts, summed)
+    summed, shrunk = federation_tables(schema, parts, settings.marginals_noise_floor)
     exact = [exact_counts(frame, schema) for frame in frames]
     return {name: float(np.mean([distance(own, truth, schema) for own, truth in zip(estimates, exact)]))
             for name, estimates in (("as sent", parts), ("drawn toward the sum", shrunk),

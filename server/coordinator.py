@@ -37,9 +37,9 @@ from fedsyn.privacy.accounting import PrivacyEvent
 from fedsyn.privacy.budget import DP_SGD, SiteRunPlan, plan_site_run
 from fedsyn.privacy.marginals import (
     Marginals,
+    federation_tables,
     marginals_event,
     received_marginals,
-    shrunk_site_tables,
     table_shape,
 )
 from fedsyn.privacy.randomness import torch_generator
@@ -193,14 +193,9 @@ class Coordinator:
         parts = [received_marginals(dict(protocol.from_array_record(r.content.array_records[protocol.MARGINALS])),
                                     self.schema, query.noise_multiplier, query.pairs_share)
                  for r, query in zip(valid, asked)]
-        total = parts[0]
-        for part in parts[1:]:
-            total = total + part
-        if settings.marginals_noise_floor:  # the sum's cell std: the sites' variances added
-            total = total.without_noise_floor(self.schema, settings.marginals_noise_floor)
+        total, per_site = federation_tables(self.schema, parts, settings.marginals_noise_floor)
         run.marginals = total
-        # Each site's own tables, their noise drawn toward the sum's where sites do not differ.
-        run.site_marginals = dict(zip((answered[id(r)] for r in valid), shrunk_site_tables(self.schema, parts, total)))
+        run.site_marginals = dict(zip((answered[id(r)] for r in valid), per_site))
         # Public slots for the sites that answered validly, in node-id order.
         run.slots = {node: slot for slot, node in enumerate(sorted(run.site_marginals))}
         self._save(0)

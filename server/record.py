@@ -139,7 +139,7 @@ class RunRecord:
         """The record a saved state holds, if it was saved by a run of the same settings and schema.
 
         The tables come back as arrays without their cell noise std (``cell_std`` None: unknown).
-        Nothing after round 0 reads it (the sum was coarsened before it was saved), and it cannot
+        Nothing after round 0 reads it (the sum went through :func:`summed_tables` before it was saved), and it cannot
         be rebuilt from the state: a site's std is that of the query the coordinator sent
         (:func:`fedsyn.privacy.marginals.received_marginals`), which is not saved, and the site's
         own event would be its word on its noise. Code that needed it would be refused by

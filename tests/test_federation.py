@@ -16,9 +16,9 @@ from fedsyn.federation import protocol
 from fedsyn.privacy.accounting import PrivacyEvent, PrivacyLedger
 from fedsyn.privacy.marginals import (
     Marginals,
+    federation_tables,
     measured_columns,
     received_marginals,
-    shrunk_site_tables,
     table_noise_std,
 )
 from fedsyn.privacy.pairs import check_pairs
@@ -92,8 +92,9 @@ def test_the_coordinator_states_each_sites_noise_from_what_it_asked(plan, demo_s
 
 
 def test_the_coordinator_keeps_each_sites_tables_drawn_toward_the_sum(plan, demo_schema, tmp_path):
-    """Each slot's tables are the site's reply shrunk toward the summed tables at the std the
-    coordinator asked for (:func:`shrunk_site_tables`), pair tables as the site sent them."""
+    """The summed tables and each slot's (the site's reply shrunk toward the sum) are
+    :func:`federation_tables` of the replies at the std the coordinator asked for, pair tables
+    as the site sent them."""
     grid, coordinator = run_in_process(plan, demo_schema, tmp_path)
     asked = {m.metadata.dst_node_id: protocol.MarginalsQuery.from_record(m.content.config_records[protocol.CONFIG])
              for m in grid.sent if m.metadata.message_type == protocol.QUERY_MARGINALS}
@@ -102,7 +103,9 @@ def test_the_coordinator_keeps_each_sites_tables_drawn_toward_the_sum(plan, demo
         asked[reply.metadata.src_node_id].noise_multiplier, asked[reply.metadata.src_node_id].pairs_share)
         for reply in grid.replies if protocol.MARGINALS in reply.content}
     nodes = sorted(coordinator.run.site_marginals)
-    expected = shrunk_site_tables(demo_schema, [sent[node] for node in nodes], coordinator.run.marginals)
+    summed, expected = federation_tables(demo_schema, [sent[node] for node in nodes],
+                                         coordinator.settings.marginals_noise_floor)
+    assert all(np.allclose(coordinator.run.marginals.tables[name], summed.tables[name]) for name in summed.tables)
     for node, own in zip(nodes, expected):
         kept = coordinator.run.site_marginals[node]
         assert kept.arrays.keys() == own.arrays.keys() and kept.cell_std is None

@@ -4,6 +4,8 @@ Both are post-processing of the DP release or functions of the schema alone; wha
 tests pin is that they keep what the data says and invent nothing where it is silent.
 """
 
+import math
+
 import numpy as np
 import pytest
 
@@ -12,6 +14,7 @@ from fedsyn.data.schema import Column, Schema
 from fedsyn.privacy.marginals import (
     Marginals,
     exact_counts,
+    federation_tables,
     measured_columns,
     noisy_marginals,
     received_marginals,
@@ -267,3 +270,19 @@ def test_each_sites_weight_on_its_own_table_follows_the_true_between_site_varian
     tau2 = (0.3 / bins) ** 2
     expected = tau2 / (tau2 + (std / sizes) ** 2)
     assert np.allclose(weights, expected, rtol=0.1), (weights, expected)
+
+
+def test_the_federations_tables_are_the_sum_coarsened_and_each_sites_drawn_toward_it(demo_frame, demo_schema):
+    """The coordinator's one recipe: the sites' tables summed (variances added) and coarsened
+    under the sum's noise; each site's own drawn toward that sum."""
+    halves = [demo_frame.iloc[: len(demo_frame) // 2], demo_frame.iloc[len(demo_frame) // 2:]]
+    parts = [noisy_marginals(half, demo_schema, 2.0, np.random.default_rng(k), pairs_share=0.4)
+             for k, half in enumerate(halves)]
+    summed, per_site = federation_tables(demo_schema, parts, 1.5)
+    expected = (parts[0] + parts[1]).without_noise_floor(demo_schema, 1.5)
+    assert summed.cell_std == pytest.approx(math.hypot(parts[0].cell_std, parts[1].cell_std))
+    assert all(np.array_equal(summed.tables[name], expected.tables[name]) for name in expected.tables)
+    for own, made in zip(shrunk_site_tables(demo_schema, parts, expected), per_site):
+        assert all(np.array_equal(own.arrays[name], made.arrays[name]) for name in own.arrays)
+    unfloored, _ = federation_tables(demo_schema, parts, 0.0)
+    assert any(not np.array_equal(unfloored.tables[name], summed.tables[name]) for name in summed.tables)

@@ -43,7 +43,7 @@ from fedsyn.privacy.budget import (
     marginals_noise,
     pairs_allowed,
 )
-from fedsyn.privacy.marginals import exact_counts, marginals_event, noisy_marginals
+from fedsyn.privacy.marginals import exact_counts, marginals_event, noisy_marginals, summed_tables
 from fedsyn.privacy.randomness import numpy_generator, torch_generator
 
 
@@ -155,8 +155,7 @@ class DPTabularGAN(BaseEstimator):  # type: ignore[misc]
             pairs_share = self.pairs_share if pairs_allowed(self.accountant) else 0.0
             marginals = noisy_marginals(frame, self.schema, sigma,
                                         numpy_generator(self.seed, "fit", nonce, "marginals"), pairs_share)
-            if self.marginals_noise_floor:
-                marginals = marginals.without_noise_floor(self.schema, self.marginals_noise_floor)
+            marginals = summed_tables(self.schema, [marginals], self.marginals_noise_floor)
         config = self.config or GANConfig()
         encoder = TableEncoder(self.schema, marginals)
         trainer = GANTrainer(encoder, config, self.device,

@@ -301,6 +301,25 @@ def shrunk_site_tables(schema: Schema, parts: list[Marginals], summed: Marginals
     return [replace(part, tables=own, cell_std=None) for part, own in zip(parts, tables)]
 
 
+def federation_tables(schema: Schema, parts: list[Marginals], noise_floor: float) -> tuple[Marginals, list[Marginals]]:
+    """What the coordinator makes of the sites' round-0 tables (each carrying the std of the
+    query it was asked, :func:`received_marginals`): the summed tables (:func:`summed_tables`)
+    and each site's own tables drawn toward that sum (:func:`shrunk_site_tables`). All
+    post-processing of DP outputs."""
+    summed = summed_tables(schema, parts, noise_floor)
+    return summed, shrunk_site_tables(schema, parts, summed)
+
+
+def summed_tables(schema: Schema, parts: list[Marginals], noise_floor: float) -> Marginals:
+    """The sum of ``parts`` (one or more sites' noisy tables of known std), coarsened under the
+    sum's noise (``noise_floor`` std, 0: not): the tables a generator learns from (a single
+    site's fit is a federation of one). Post-processing of DP outputs."""
+    summed = parts[0]
+    for part in parts[1:]:
+        summed = summed + part  # the sum's cell std: the sites' variances added
+    return summed.without_noise_floor(schema, noise_floor) if noise_floor else summed
+
+
 def check_slot_tables(schema: Schema, summed: Marginals, per_slot: list[Marginals]) -> None:
     """Every site slot's round-0 tables, as a site receives them or a model file holds them:
     shaped like the summed tables, finite, with well-formed pair tables and group bounds
