@@ -18,3 +18,25 @@ def test_each_out_of_domain_problem_ends_with_its_fix_and_prints_no_value(demo_f
     assert lines["kappa"].endswith("or mark the column nullable in the schema if values may really be missing")
     assert lines["age"].startswith("column 'age', 2 row(s) (e.g. line 2, line 3): value outside")
     assert "777" not in report.describe() and "Qx9" not in report.describe()  # patient values stay local
+
+
+def test_values_finer_than_the_declared_precision_are_a_note_not_a_problem(demo_frame, demo_schema):
+    """A site declared kappa to one decimal but two rows hold more: `fedsyn validate` says so
+    (where, never the value) without failing the extract, and a site's record policy keeps them
+    (the release rounds them to the declared step). A value at a continuous bound is not flagged."""
+    from fedsyn.data.validation import screen_records
+
+    column = demo_schema.column("kappa")
+    schema = demo_schema.model_copy(update={"columns": [
+        c.model_copy(update={"precision": 0.1}) if c.name == "kappa" else c for c in demo_schema.columns]})
+    frame = demo_frame.head(30).copy()
+    frame["kappa"] = np.round(frame["kappa"], 1).clip(column.lower, column.upper)
+    frame.loc[[5, 7], "kappa"] = [1.2345, 2.3456]
+    frame.loc[9, "kappa"] = column.lower  # the bound, 0.01: an atom, not a finer value
+    report = validate_frame(frame, schema)
+    assert report.ok and [note.column for note in report.notes] == ["kappa"] and report.notes[0].rows == 2
+    text = report.describe()
+    assert ("note: column 'kappa', 2 row(s) (e.g. line 7, line 9): value recorded finer than the schema's "
+            "precision") in text
+    assert "1.2345" not in text and "2.3456" not in text
+    assert len(screen_records(frame, schema, "drop").frame) == 30

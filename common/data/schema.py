@@ -214,13 +214,20 @@ def spell_category(value: object) -> object:
     return str(value)
 
 
+def off_step(values: np.ndarray, step: float) -> np.ndarray:
+    """Which ``values`` are not multiples of ``step``, allowing for the float error of writing
+    a decimal (0.1 + 0.2) but not for a digit (650000.37 is not a multiple of 1). NaN: False."""
+    scaled = np.asarray(values, dtype=float) / step
+    with np.errstate(invalid="ignore"):
+        return np.asarray(np.abs(scaled - np.round(scaled)) > 1e-6 + 1e-12 * np.abs(scaled))
+
+
 def recorded_precision(values: np.ndarray) -> float | None:
     """The coarsest power of ten (down to 10^-6) every value is a multiple of: the decimals an
     extract records (6.8, 7.5: 0.1). None when the values carry more decimals than that. Read
     off private rows: for a draft that a person reviews, never for training."""
     for places in range(7):
-        scaled = values * 10.0 ** places
-        if np.all(np.abs(scaled - np.round(scaled)) <= 1e-6 + 1e-12 * np.abs(scaled)):
+        if not off_step(values, 10.0 ** -places).any():
             return float(10.0 ** -places)
     return None
 

@@ -15,7 +15,7 @@ from typing import Literal
 import numpy as np
 import pandas as pd
 
-from fedsyn.data.schema import Column, ColumnKind, Schema
+from fedsyn.data.schema import Column, ColumnKind, Schema, off_step
 from fedsyn.errors import InputDataError
 
 _EXAMPLES = 3
@@ -41,6 +41,9 @@ class Problem:
 class ValidationReport:
     problems: list[Problem]
     n_rows: int
+    # What fits the schema but an operator should hear (values finer than the declared
+    # precision): never a reason to refuse or drop a record.
+    notes: list[Problem] = field(default_factory=list)
 
     @property
     def ok(self) -> bool:
@@ -48,9 +51,11 @@ class ValidationReport:
 
     def describe(self) -> str:
         if self.ok:
-            return f"{self.n_rows} rows fit the schema."
-        lines = [f"{len(self.problems)} problem(s) in {self.n_rows} rows:"]
-        lines += [f"  - {p.describe()}" for p in self.problems]
+            lines = [f"{self.n_rows} rows fit the schema."]
+        else:
+            lines = [f"{len(self.problems)} problem(s) in {self.n_rows} rows:"]
+            lines += [f"  - {p.describe()}" for p in self.problems]
+        lines += [f"  note: {note.describe()}" for note in self.notes]
         return "\n".join(lines)
 
 
@@ -70,10 +75,31 @@ def numbering_for(path: str | Path) -> RowNumbering:
 def validate_frame(frame: pd.DataFrame, schema: Schema, numbering: RowNumbering = "line") -> ValidationReport:
     """Every problem of ``frame`` against ``schema``; examples name CSV ``line``s or ``row``s."""
     problems = _file_problems(frame, schema)
+    notes: list[Problem] = []
     for column in schema.columns:
         if column.name in frame.columns:
             problems.extend(_check_column(frame[column.name], column, numbering))
-    return ValidationReport(problems=problems, n_rows=len(frame))
+            finer = _finer_than_precision(frame[column.name].reset_index(drop=True), column)
+            if finer is not None and finer.any():
+                notes.append(Problem(column.name, f"value recorded finer than the schema's precision "
+                                     f"({column.precision:g}): the release rounds to it. If the extract really "
+                                     "records such values, declare a finer precision", int(finer.sum()),
+                                     _examples(finer, numbering)))
+    return ValidationReport(problems=problems, n_rows=len(frame), notes=notes)
+
+
+def _finer_than_precision(series: pd.Series, column: Column) -> np.ndarray | None:
+    """Which in-bound values of a numeric column are not multiples of its declared precision
+    (a continuous column's bounds excepted: they are values of their own); None without one."""
+    if column.precision is None:
+        return None
+    values = pd.to_numeric(series, errors="coerce").to_numpy(dtype=float)
+    low, high = column.bounds
+    with np.errstate(invalid="ignore"):
+        inside = (values >= low) & (values <= high)
+    if column.kind is not ColumnKind.INTEGER:
+        inside &= (values != low) & (values != high)
+    return np.asarray(off_step(values, column.precision) & inside & np.isfinite(values))
 
 
 def _file_problems(frame: pd.DataFrame, schema: Schema) -> list[Problem]:
