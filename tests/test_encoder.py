@@ -136,15 +136,16 @@ def test_an_even_step_on_an_integer_column_is_rounded_once_and_its_bounds_are_no
     """An integer column recorded to the nearest 2 between 1 and 99: decoded values are even,
     every even value equally likely (rounding to whole numbers first, then to the step, gave
     multiples of 4 three times the mass of the others), and the odd bounds never come back
-    (an integer column has no atoms). A continuous value just below 0 is written as 0.0, not -0.0."""
+    (an integer column has no atoms), nor does a value just below a bound that sits a hair above
+    a multiple of the step."""
     even = Column(name="dose", kind="integer", lower=1, upper=99, precision=2)
     values = to_precision(even, np.random.default_rng(0).uniform(1, 99, 200_000))
     assert np.all(values % 2 == 0) and values.min() == 2 and values.max() == 98
     by_four = np.bincount((values % 4 == 0).astype(int))
     assert 0.9 < by_four[1] / by_four[0] < 1.1
     assert to_precision(even, np.array([1.0, 99.0])).tolist() == [2.0, 98.0]
-    signed = Column(name="change", kind="continuous", lower=-5, upper=5, precision=0.25)
-    assert not np.signbit(to_precision(signed, np.array([-0.1]))).any()
+    hair = Column(name="hair", kind="continuous", lower=0.1000000001, upper=5, precision=0.1)
+    assert to_precision(hair, np.array([0.12, 0.5])).min() >= hair.lower
 
 
 def _categorical(name: str, levels: int, nullable: bool = False) -> Column:

@@ -1,7 +1,9 @@
 """Out-of-domain problems say how to fix them, and never print a cell's value."""
 
 import numpy as np
+import pandas as pd
 
+from fedsyn.data.schema import Column, Schema
 from fedsyn.data.validation import validate_frame
 
 
@@ -40,3 +42,16 @@ def test_values_finer_than_the_declared_precision_are_a_note_not_a_problem(demo_
             "precision") in text
     assert "1.2345" not in text and "2.3456" not in text
     assert len(screen_records(frame, schema, "drop").frame) == 30
+
+
+def test_an_integer_columns_note_skips_its_bounds_missing_cells_and_values_already_a_problem():
+    """An integer column recorded to the nearest 5 (bounds 1-99, no atoms): 7 and the bound 1 are
+    noted; a missing cell, 120 (out of bounds) and 5.5 (not whole: a problem of its own) are not."""
+    schema = Schema(name="doses", columns=[Column(name="dose", kind="integer", lower=1, upper=99, precision=5,
+                                                  nullable=True)])
+    frame = pd.DataFrame({"dose": pd.array([5, None, 7, 1, 120, 10], dtype="Int64")})
+    report = validate_frame(frame, schema)
+    assert [(note.column, note.rows) for note in report.notes] == [("dose", 2)]
+    assert [problem.rows for problem in report.problems] == [1]  # 120 only
+    fractional = validate_frame(pd.DataFrame({"dose": [5.5, 10.0]}), schema)
+    assert not fractional.notes and [p.rows for p in fractional.problems] == [1]

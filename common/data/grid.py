@@ -68,7 +68,7 @@ def numeric_edges(column: Column) -> np.ndarray:
 def atom_bins(column: Column, transformed: np.ndarray, edges: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:
     """Which ``transformed`` positions lie in the lower and in the upper bound's atom bin, on the
     column's grid ``edges`` (:func:`numeric_edges`); None for a column without atoms."""
-    if column.kind is not ColumnKind.CONTINUOUS:
+    if not column.has_bound_atoms:
         return None
     return transformed <= edges[1], transformed >= edges[-2]
 
@@ -94,10 +94,13 @@ def to_precision(column: Column, values: np.ndarray) -> np.ndarray:
     if step is None:
         return values
     low, high = column.bounds
-    first, last = math.ceil(low / step - 1e-9) * step, math.floor(high / step + 1e-9) * step
-    rounded = np.clip(np.floor(values / step + 0.5) * step, max(first, low), min(last, high))
-    rounded = np.round(rounded, _decimals(step)) + 0.0  # 6.800000000000001 is written as 6.8, -0.0 as 0.0
-    if column.kind is ColumnKind.INTEGER:
+    places = _decimals(step)
+    first = round(math.ceil(low / step - 1e-9) * step, places)  # the multiples inside the bounds
+    last = round(math.floor(high / step + 1e-9) * step, places)
+    first, last = first + step if first < low else first, last - step if last > high else last
+    # Rounded to the step's decimals, 6.800000000000001 is written as 6.8.
+    rounded = np.clip(np.round(np.floor(values / step + 0.5) * step, places), first, last)
+    if not column.has_bound_atoms:
         return np.asarray(rounded, dtype=float)
     return np.asarray(np.where((values == low) | (values == high), values, rounded), dtype=float)
 

@@ -107,6 +107,13 @@ class Column(BaseModel):
         return self.kind is ColumnKind.CATEGORICAL
 
     @property
+    def has_bound_atoms(self) -> bool:
+        """Whether the bounds are values of their own (a lab value at its assay's limit): a
+        continuous column's are (see :func:`fedsyn.data.grid.numeric_edges`); an integer
+        column's whole numbers are its bins, so it has none."""
+        return self.kind is ColumnKind.CONTINUOUS
+
+    @property
     def levels(self) -> list[str]:
         """A categorical column's categories (the validator guarantees them for that kind)."""
         if self.categories is None:
@@ -219,7 +226,7 @@ def off_step(values: np.ndarray, step: float) -> np.ndarray:
     a decimal (0.1 + 0.2) but not for a digit (650000.37 is not a multiple of 1). NaN: False."""
     scaled = np.asarray(values, dtype=float) / step
     with np.errstate(invalid="ignore"):
-        return np.asarray(np.abs(scaled - np.round(scaled)) > 1e-6 + 1e-12 * np.abs(scaled))
+        return np.asarray(np.abs(scaled - np.round(scaled)) > 1e-6 + 1e-14 * np.abs(scaled))
 
 
 def recorded_precision(values: np.ndarray) -> float | None:

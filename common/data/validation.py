@@ -39,6 +39,9 @@ class Problem:
 
 @dataclass(frozen=True)
 class ValidationReport:
+    """What validating an extract found: ``problems`` (a record or the file does not fit the
+    schema) and ``notes``, by column, with row counts and where to look, never a value."""
+
     problems: list[Problem]
     n_rows: int
     # What fits the schema but an operator should hear (values finer than the declared
@@ -90,15 +93,18 @@ def validate_frame(frame: pd.DataFrame, schema: Schema, numbering: RowNumbering 
 
 def _finer_than_precision(series: pd.Series, column: Column) -> np.ndarray | None:
     """Which in-bound values of a numeric column are not multiples of its declared precision
-    (a continuous column's bounds excepted: they are values of their own); None without one."""
+    (bounds that are atoms excepted: they are values of their own; a fractional value of an
+    integer column is a problem already); None without one."""
     if column.precision is None:
         return None
     values = pd.to_numeric(series, errors="coerce").to_numpy(dtype=float)
     low, high = column.bounds
     with np.errstate(invalid="ignore"):
         inside = (values >= low) & (values <= high)
-    if column.kind is not ColumnKind.INTEGER:
+    if column.has_bound_atoms:
         inside &= (values != low) & (values != high)
+    else:  # a fractional value of an integer column is already a problem of its own
+        inside &= values == np.round(values)
     return np.asarray(off_step(values, column.precision) & inside & np.isfinite(values))
 
 
