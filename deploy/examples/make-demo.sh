@@ -21,7 +21,11 @@ create_ca(coordinator / "certs")
 create_server_certificate(coordinator / "certs", ["coordinator", "localhost", "127.0.0.1"])
 generate_keypair(coordinator / "keys")
 schema = Schema.load(demo_schema_path()); schema.save(coordinator / "schema.json")
-(coordinator / "server.toml").write_text(Path("deploy/examples/server.toml").read_text())
+# The demo's run waits for its three hospitals: with the example's min-sites = 2 it starts as soon
+# as two have connected, and the third, still starting, takes no part in it.
+example = Path("deploy/examples/server.toml").read_text()
+assert "min-sites = 2" in example, "deploy/examples/server.toml no longer sets min-sites = 2: update make-demo.sh"
+(coordinator / "server.toml").write_text(example.replace("min-sites = 2", "min-sites = 3"))
 for index, table in enumerate(split_table(read_table(demo_data_path(), schema), 3, np.random.default_rng(0))):
     site = out / f"site-{index}"; (site / "state").mkdir(parents=True, exist_ok=True)
     write_table(table, site / "data.parquet"); schema.save(site / "schema.json")
