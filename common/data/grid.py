@@ -16,7 +16,7 @@ import math
 import numpy as np
 import pandas as pd
 
-from fedsyn.data.schema import Column, ColumnKind, spell_category
+from fedsyn.data.schema import Column, ColumnKind, spell_category, step_decimals
 from fedsyn.errors import ConfigurationError
 
 GRID_VERSION = "fedsyn-grid/3"  # 3: a continuous column's bounds are atoms with bins of their own
@@ -90,24 +90,16 @@ def to_precision(column: Column, values: np.ndarray) -> np.ndarray:
     between the bounds. A continuous column's value exactly at a bound stays there even off the
     precision's multiples: its bounds are atoms (:func:`numeric_edges`), public values of their
     own; an integer column has no atoms."""
-    step = column.precision if column.precision is not None else (1.0 if column.kind is ColumnKind.INTEGER else None)
+    step = column.recorded_step
     if step is None:
         return values
-    low, high = column.bounds
-    places = _decimals(step)
-    first = round(math.ceil(low / step - 1e-9) * step, places)  # the multiples inside the bounds
-    last = round(math.floor(high / step + 1e-9) * step, places)
-    first, last = first + step if first < low else first, last - step if last > high else last
+    first, last = column.recorded_values()
     # Rounded to the step's decimals, 6.800000000000001 is written as 6.8.
-    rounded = np.clip(np.round(np.floor(values / step + 0.5) * step, places), first, last)
+    rounded = np.clip(np.round(np.floor(values / step + 0.5) * step, step_decimals(step)), first, last)
     if not column.has_bound_atoms:
         return np.asarray(rounded, dtype=float)
+    low, high = column.bounds
     return np.asarray(np.where((values == low) | (values == high), values, rounded), dtype=float)
-
-
-def _decimals(step: float) -> int:
-    """The decimal places a multiple of ``step`` needs (0.25: 2; 5: 0), at most 12."""
-    return next((places for places in range(13) if abs(round(step, places) - step) <= 1e-12 * max(1.0, step)), 12)
 
 
 def numeric_bins(column: Column) -> int:

@@ -97,10 +97,30 @@ class Column(BaseModel):
                              f"to one decimal), got {step}")
         if self.kind is ColumnKind.INTEGER and step != round(step):
             raise ValueError(f"integer column '{self.name}': 'precision' must be a whole number, got {step}")
-        assert self.lower is not None and self.upper is not None  # checked by the caller
-        if math.ceil(self.lower / step - 1e-9) > math.floor(self.upper / step + 1e-9):
+        first, last = self.recorded_values()
+        if first > last:
             raise ValueError(f"column '{self.name}': no multiple of its precision ({step}) lies between lower "
                              f"({self.lower}) and upper ({self.upper})")
+
+    @property
+    def recorded_step(self) -> float | None:
+        """The step a numeric column's values are recorded in: its declared ``precision``, else 1
+        for an integer column; None for a continuous column without one (any value)."""
+        if self.precision is not None:
+            return self.precision
+        return 1.0 if self.kind is ColumnKind.INTEGER else None
+
+    def recorded_values(self) -> tuple[float, float]:
+        """The first and last multiple of :attr:`recorded_step` between the bounds, written to
+        the step's decimals (6.8, not 6.800000000000001); (lower, upper) without a step."""
+        low, high = self.bounds
+        step = self.recorded_step
+        if step is None:
+            return low, high
+        places = step_decimals(step)
+        first = round(math.ceil(low / step - 1e-9) * step, places)
+        last = round(math.floor(high / step + 1e-9) * step, places)
+        return (first + step if first < low else first), (last - step if last > high else last)
 
     @property
     def is_categorical(self) -> bool:
@@ -219,6 +239,11 @@ def spell_category(value: object) -> object:
     if isinstance(value, float) and value.is_integer():
         return str(int(value))
     return str(value)
+
+
+def step_decimals(step: float) -> int:
+    """The decimal places a multiple of ``step`` needs (0.25: 2; 5: 0), at most 12."""
+    return next((places for places in range(13) if abs(round(step, places) - step) <= 1e-12 * max(1.0, step)), 12)
 
 
 def off_step(values: np.ndarray, step: float) -> np.ndarray:
