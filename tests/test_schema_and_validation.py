@@ -41,7 +41,7 @@ def test_validation_names_column_count_and_rows(demo_frame, demo_schema, column,
 def test_validation_reports_missing_and_extra_columns(demo_frame, demo_schema):
     frame = demo_frame.head(10).drop(columns=["mgus"]).assign(patient_id=1)
     kinds = {(p.column, p.kind.split(" (")[0]) for p in validate_frame(frame, demo_schema).problems}
-    assert ("mgus", "column missing from the file") in kinds
+    assert any(name == "mgus" and kind.startswith("column missing from the file") for name, kind in kinds)
     assert ("patient_id", "column not in the schema") in kinds
 
 

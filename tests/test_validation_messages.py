@@ -55,3 +55,40 @@ def test_an_integer_columns_note_skips_its_bounds_missing_cells_and_values_alrea
     assert [problem.rows for problem in report.problems] == [1]  # 120 only
     fractional = validate_frame(pd.DataFrame({"dose": [5.5, 10.0]}), schema)
     assert not fractional.notes and [p.rows for p in fractional.problems] == [1]
+
+
+def test_a_lone_misspelt_column_is_paired_and_non_numbers_say_how_to_fix_them(demo_frame, demo_schema):
+    """A newcomer's schema said 'smoking' and the file 'smoker': no hint, because the names were
+    not close enough for a general guess, though they were the only ones left unmatched."""
+    frame = demo_frame.head(20).rename(columns={"creatinine": "creat_mgdl"})
+    frame["age"] = frame["age"].astype(object).where(frame.index != 2, "<18")
+    lines = {problem.column: problem.describe() for problem in validate_frame(frame, demo_schema).problems}
+    assert "the file has 'creat_mgdl': misspelt?" in lines["creatinine"]
+    assert "did you mean 'creatinine'?" in lines["creat_mgdl"]
+    assert "leave the cell empty and mark the column nullable" in lines["age"] and "<18" not in lines["age"]
+    two_off = demo_frame.head(20).drop(columns=["mgus", "sex"]).assign(patient_id=1, ward="a")
+    lines = {problem.column: problem.describe() for problem in validate_frame(two_off, demo_schema).problems}
+    assert "misspelt" not in lines["mgus"] and "add it to the extract" in lines["mgus"]
+
+
+def test_a_drafts_outcome_typo_and_a_schemas_bad_column_name_the_column_never_a_value(demo_frame, tmp_path):
+    """`fedsyn schema draft --outcome readmit` printed pydantic's error with a repr of the draft
+    (bounds read off private rows); a bad kind was reported as 'columns.2.kind'."""
+    import json
+
+    import pytest
+
+    from fedsyn.data.schema import SchemaError, draft_schema
+
+    frame = demo_frame.head(50).assign(age=demo_frame["age"].head(50) + 0.123)
+    with pytest.raises(SchemaError) as caught:
+        draft_schema(frame, outcome="deaht")
+    assert "did you mean 'death'?" in str(caught.value) and "0.123" not in str(caught.value)
+    raw = {"name": "t", "columns": [{"name": "sex", "kind": "categorical", "categories": [0, 1]},
+                                    {"name": "crp", "kind": "lab value", "lower": 0, "upper": 300}]}
+    (tmp_path / "s.json").write_text(json.dumps(raw))
+    with pytest.raises(SchemaError) as caught:
+        Schema.load(tmp_path / "s.json")
+    assert "column 'crp': kind:" in str(caught.value) and "columns.1" not in str(caught.value)
+    assert 'column \'sex\': categories.0: Input should be a valid string (write each category in quotes' \
+        in str(caught.value)

@@ -8,6 +8,7 @@ the data-derived bounds and categories with public knowledge.
 
 from __future__ import annotations
 
+import difflib
 import json
 import math
 from enum import Enum
@@ -17,6 +18,7 @@ from typing import Literal
 import numpy as np
 import pandas as pd
 from pydantic import BaseModel, Field, ValidationError, model_validator
+from pydantic_core import ErrorDetails
 
 from fedsyn.data.rules import Rule
 from fedsyn.errors import ConfigurationError
@@ -223,10 +225,28 @@ class Schema(BaseModel):
         try:
             return cls.model_validate(raw)
         except ValidationError as exc:
-            problems = "; ".join(
-                f"{'.'.join(str(p) for p in err['loc']) or '(top level)'}: {err['msg']}" for err in exc.errors()
-            )
-            raise SchemaError(f"schema file {path} is invalid: {problems}") from None
+            raise SchemaError(f"schema file {path} is invalid: {validation_problems(exc, raw)}") from None
+
+
+def validation_problems(exc: ValidationError, raw: object) -> str:
+    """A schema's validation errors for a person: where (``columns.2.kind`` named by the
+    column, ``column 'crp': kind``) and what, never the offending input's repr (a draft's
+    values are read off private rows)."""
+    columns = raw.get("columns") if isinstance(raw, dict) else None
+
+    def where(loc: tuple[int | str, ...]) -> str:
+        if len(loc) >= 2 and loc[0] == "columns" and isinstance(loc[1], int) and isinstance(columns, list) \
+                and loc[1] < len(columns) and isinstance(columns[loc[1]], dict) and "name" in columns[loc[1]]:
+            rest = ".".join(str(part) for part in loc[2:])
+            return f"column '{columns[loc[1]]['name']}'" + (f": {rest}" if rest else "")
+        return ".".join(str(part) for part in loc) or "(top level)"
+
+    def hint(err: ErrorDetails) -> str:
+        if "categories" in err["loc"] and err["type"] == "string_type":
+            return ' (write each category in quotes: "0", "1")'
+        return ""
+
+    return "; ".join(f"{where(tuple(err['loc']))}: {err['msg']}{hint(err)}" for err in exc.errors())
 
 
 MANY_CATEGORIES = 50  # above this a drafted categorical column is probably an identifier
@@ -268,37 +288,30 @@ def draft_schema(frame: pd.DataFrame, name: str = "table", outcome: str | None =
     """Guess a schema from a local extract; every guessed bound or category list needs review.
 
     The draft reads min/max and category sets off the private rows, so it is a starting
-    point for a person, never something to train on as it is.
+    point for a person, never something to train on as it is. Errors name columns, never values.
     """
-    columns: list[Column] = []
-    for col in frame.columns:
-        series = frame[col]
-        nullable = bool(series.isna().any())
-        values = series.dropna()
-        numeric = pd.to_numeric(values, errors="coerce")
-        is_numeric = len(values) > 0 and numeric.notna().all() and values.nunique() > 10
-        if is_numeric:
-            integral = bool((numeric == numeric.round()).all())
-            lower, upper = float(numeric.min()), float(numeric.max())
-            if lower == upper:
-                upper = lower + 1.0
-            columns.append(
-                Column(
-                    name=str(col),
-                    kind=ColumnKind.INTEGER if integral else ColumnKind.CONTINUOUS,
-                    lower=lower,
-                    upper=upper,
-                    precision=None if integral else recorded_precision(numeric.to_numpy(dtype=float)),
-                    nullable=nullable,
-                    needs_review=True,
-                )
-            )
-        else:
-            categories = sorted({str(spell_category(v)) for v in values}) or ["(none)"]
-            columns.append(
-                Column(
-                    name=str(col), kind=ColumnKind.CATEGORICAL, categories=categories,
-                    nullable=nullable, needs_review=True,
-                )
-            )
-    return Schema(name=name, columns=columns, outcome=outcome)
+    names = [str(col) for col in frame.columns]
+    if outcome is not None and outcome not in names:
+        guess = difflib.get_close_matches(outcome, names, n=1, cutoff=0.5)
+        hint = f" (did you mean '{guess[0]}'?)" if guess else f"; its columns are {', '.join(names)}"
+        raise SchemaError(f"outcome '{outcome}': the extract has no such column{hint}")
+    try:
+        return Schema(name=name, columns=[_drafted_column(frame[col]) for col in frame.columns], outcome=outcome)
+    except ValidationError as exc:
+        raise SchemaError(f"could not draft a schema: {validation_problems(exc, None)}") from None
+
+
+def _drafted_column(series: pd.Series) -> Column:
+    """One column's guess: numeric with its observed range, or categorical with its observed levels."""
+    name, nullable, values = str(series.name), bool(series.isna().any()), series.dropna()
+    numeric = pd.to_numeric(values, errors="coerce")
+    if len(values) > 0 and numeric.notna().all() and values.nunique() > 10:
+        integral = bool((numeric == numeric.round()).all())
+        lower, upper = float(numeric.min()), float(numeric.max())
+        return Column(name=name, kind=ColumnKind.INTEGER if integral else ColumnKind.CONTINUOUS, lower=lower,
+                      upper=upper if upper > lower else lower + 1.0,
+                      precision=None if integral else recorded_precision(numeric.to_numpy(dtype=float)),
+                      nullable=nullable, needs_review=True)
+    categories = sorted({str(spell_category(v)) for v in values}) or ["(none)"]
+    return Column(name=name, kind=ColumnKind.CATEGORICAL, categories=categories, nullable=nullable,
+                  needs_review=True)

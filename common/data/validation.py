@@ -117,21 +117,26 @@ def _file_problems(frame: pd.DataFrame, schema: Schema) -> list[Problem]:
     missing = [c for c in expected if c not in frame.columns]
     extra = [str(c) for c in frame.columns if c not in expected]
     for name in missing:
-        guess = _close_name(name, extra)
-        hint = f" (the file has '{guess}': misspelt?)" if guess else ""
+        guess = _close_name(name, extra, len(missing) - 1)
+        hint = (f" (the file has '{guess}': misspelt? rename one of them)" if guess
+                else ": add it to the extract, or remove it from the schema if no site records it")
         problems.append(Problem(name, f"column missing from the file{hint}", len(frame)))
     for name in extra:
-        guess = _close_name(name, missing)
+        guess = _close_name(name, missing, len(extra) - 1)
         kind = (f"column not in the schema (did you mean '{guess}'? rename it)" if guess
                 else "column not in the schema (remove it or add it to the schema)")
         problems.append(Problem(name, kind, len(frame)))
     return problems
 
 
-def _close_name(name: str, candidates: list[str]) -> str | None:
-    """The candidate column name ``name`` is most likely a misspelling of, if any (case ignored)."""
+def _close_name(name: str, candidates: list[str], others: int) -> str | None:
+    """The candidate column name ``name`` is most likely a misspelling of, if any (case
+    ignored). When ``name`` and one candidate are the only columns left unmatched on either
+    side (``others``: how many names stand beside ``name``), a looser likeness will do
+    ('smoking' for 'smoker', never 'patient_id' for 'mgus')."""
+    lone = len(candidates) == 1 and others == 0
     lowered = {candidate.lower(): candidate for candidate in candidates}
-    close = difflib.get_close_matches(name.lower(), list(lowered), n=1, cutoff=0.8)
+    close = difflib.get_close_matches(name.lower(), list(lowered), n=1, cutoff=0.5 if lone else 0.8)
     return lowered[close[0]] if close else None
 
 
@@ -192,7 +197,8 @@ def _column_masks(series: pd.Series, column: Column) -> list[tuple[str, np.ndarr
     numeric = pd.to_numeric(series, errors="coerce").to_numpy(dtype=float)
     non_numeric = present & np.isnan(numeric)
     if non_numeric.any():
-        found.append(("value is not a number", non_numeric))
+        found.append(("value is not a number: write the number (a lab's '<0.3' as the public detection limit, "
+                      "0.3), or leave the cell empty and mark the column nullable", non_numeric))
     checkable = present & ~np.isnan(numeric)
     infinite = checkable & ~np.isfinite(numeric)
     if infinite.any():
@@ -205,7 +211,8 @@ def _column_masks(series: pd.Series, column: Column) -> list[tuple[str, np.ndarr
     if column.kind is ColumnKind.INTEGER:
         fractional = finite & (numeric != np.round(numeric))
         if fractional.any():
-            found.append(("value is not a whole number", fractional))
+            found.append(("value is not a whole number: round those values, or declare the column continuous "
+                          "in the schema if fractions are real", fractional))
     return found
 
 
