@@ -73,8 +73,6 @@ class Coordinator:
         self.run = RunRecord(run_id, schema, settings)
         self.screen = ReplyScreen(schema, settings, self.record)
         self._restored_model: tuple[dict[str, np.ndarray], dict[str, np.ndarray]] | None = None
-        # Nodes that connected after the budget query: not part of this run (see _note_late_sites).
-        self.late_nodes: set[int] = set()
         self.trainer: GANTrainer | None = None
         self.strategy: Strategy | None = None
         # Seeds the stream that rows for comparing rounds are drawn from (see _consider_for_release).
@@ -83,15 +81,20 @@ class Coordinator:
     # -- helpers --------------------------------------------------------------------------
 
     def wait_for_sites(self, grid: Grid) -> list[int]:
+        """Wait until ``min_sites`` of the run's sites are connected; return them. A new run's
+        sites are every connected node; a resumed run's are those of its budget query (a node
+        that connected since takes no part: :meth:`_note_late_sites` says so)."""
+        known = set(self.run.sites) if self.run.completed_round is not None else None
         deadline = time.monotonic() + self.settings.timeout
         while True:
-            nodes = sorted(grid.get_node_ids())
+            nodes = [node for node in sorted(grid.get_node_ids()) if known is None or node in known]
             if len(nodes) >= self.settings.min_sites:
                 for node in nodes:
                     self.run.sites.setdefault(node, SiteStatus(node))
                 return nodes
             if time.monotonic() > deadline:
-                raise FederationError(f"only {len(nodes)} site(s) connected; at least {self.settings.min_sites} needed")
+                raise FederationError(f"only {len(nodes)} of the run's site(s) connected; at least "
+                                      f"{self.settings.min_sites} needed")
             time.sleep(1.0)
 
     def _exchange(self, grid: Grid, messages: list[Message], round_: int, charged: bool = True
@@ -250,7 +253,6 @@ class Coordinator:
         for round_ in range((run.completed_round or 0) + 1, settings.rounds + 1):
             started = time.monotonic()
             self._retire_finished_sites(round_)
-            self._note_late_sites(grid, round_)
             ready = len(self._ready(gan_config))
             if ready < settings.min_sites and (run.rounds or not ready):
                 # Sites whose planned rounds are done (or that refused) leave fewer than the quorum:
@@ -283,6 +285,7 @@ class Coordinator:
             misfit_field: dict[str, object] = {} if misfit is None else {"misfit": round(misfit, 4)}
             self.record("round_finished", None, round=round_, accepted=summary.accepted, dropped=summary.dropped,
                         **misfit_field)
+            self._note_late_sites(grid, round_)
             self._save(round_)
             if on_round is not None:
                 on_round(summary, run.sites)
@@ -305,9 +308,10 @@ class Coordinator:
     def _note_late_sites(self, grid: Grid, round_: int) -> None:
         """A site that connected after the budget query was planned nothing, so it is not part of
         this run (it is asked nothing and charged nothing); the operator hears so, once per site,
-        instead of wondering why it never trains."""
-        for node in sorted(set(grid.get_node_ids()) - set(self.run.sites) - self.late_nodes):
-            self.late_nodes.add(node)
+        instead of wondering why it never trains. Said as a round ends, before its state is
+        saved, so a restarted coordinator does not say it again."""
+        for node in sorted(set(grid.get_node_ids()) - set(self.run.sites) - self.run.late_nodes):
+            self.run.late_nodes.add(node)
             self.record("site_joined_late", f"node {node} connected after this run's budget query (round 0): it "
                         f"takes no part in this run and is charged nothing; it joins the next run. To wait for "
                         f"every site, set min-sites to the number of sites", round=round_, node=node)

@@ -116,6 +116,9 @@ class RunRecord:
     site_marginals: dict[int, Marginals] = field(default_factory=dict)
     slots: dict[int, int] = field(default_factory=dict)
     release_choice: ReleaseChoice | None = None
+    # Nodes that connected after the budget query: not part of this run, each said once (saved,
+    # so a restarted coordinator does not say it again).
+    late_nodes: set[int] = field(default_factory=set)
 
     def epsilon_of(self, site: SiteStatus, events: list[PrivacyEvent] | None = None) -> float:
         """Epsilon of the site's events in this run (or of ``events``), at the delta the site keeps."""
@@ -132,7 +135,8 @@ class RunRecord:
             site_marginals={node: m.arrays for node, m in self.site_marginals.items()}, slots=dict(self.slots),
             sites=[asdict(site) for site in self.sites.values()], rounds=[asdict(r) for r in self.rounds],
             model=model, sampler=sampler,
-            release_choice=None if self.release_choice is None else asdict(self.release_choice))
+            release_choice=None if self.release_choice is None else asdict(self.release_choice),
+            late_nodes=sorted(self.late_nodes))
 
     @classmethod
     def from_state(cls, state: RunState, schema: Schema, settings: FederationSettings) -> RunRecord:
@@ -167,7 +171,8 @@ class RunRecord:
             marginals=Marginals(state.marginals),
             site_marginals={int(node): Marginals(tables) for node, tables in state.site_marginals.items()},
             slots={int(node): slot for node, slot in state.slots.items()},
-            release_choice=None if state.release_choice is None else ReleaseChoice(**state.release_choice))
+            release_choice=None if state.release_choice is None else ReleaseChoice(**state.release_choice),
+            late_nodes={int(node) for node in state.late_nodes})
 
 
 def _site(raw: dict[str, Any], run_epsilon: float) -> SiteStatus:

@@ -17,7 +17,7 @@ import os
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -52,6 +52,7 @@ class RunState:
     model: dict[str, np.ndarray] | None = None  # generator and discriminator after the round
     sampler: dict[str, np.ndarray] | None = None  # the release's moving average of the generator
     release_choice: dict[str, Any] | None = None  # the coordinator's ReleaseChoice so far (round, misfit, sampler)
+    late_nodes: list[int] = field(default_factory=list)  # nodes told they joined late (absent in earlier states)
 
 
 def save_state(directory: Path, state: RunState) -> str:
@@ -89,6 +90,7 @@ def load_state(directory: Path, audit_path: Path | None, public_key: Ed25519Publ
     if not isinstance(raw, dict) or raw.get("format") != FORMAT:
         raise ConfigurationError(f"{target} is not a coordinator state of this version (expected {FORMAT})")
     raw = _arrays(raw)
+    raw = {"late_nodes": [], **raw}  # a state saved before late nodes were kept
     return RunState(**{name: raw[name] for name in RunState.__dataclass_fields__})
 
 

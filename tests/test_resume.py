@@ -237,3 +237,29 @@ def test_the_release_samples_from_the_closest_round_also_across_a_restart(plan, 
     assert coordinator.run.release_choice.round == 3
     for name, value in coordinator.trainer.sampler.state_dict().items():
         np.testing.assert_array_equal(value.numpy(), coordinator.run.release_choice.sampler[name])
+
+
+class _LateNodeGrid(CrashingGrid):
+    """A grid on which one more node shows up after the budget query (it is never sent anything)."""
+
+    LATE = 999
+
+    def get_node_ids(self):
+        return [*super().get_node_ids(), *([self.LATE] if self.train_rounds else [])]
+
+
+def test_a_site_that_joined_late_is_said_once_across_a_restart(plan, demo_schema, tmp_path):
+    """A restarted coordinator said 'joined late' again for a node it had already named, and
+    counted it as one of the run's sites (listed in the release, never asked anything)."""
+    release = ReleasePlan(tmp_path / "release", rows=300, audit_log=tmp_path / "audit.jsonl",
+                          state_dir=tmp_path / "state")
+    app = make_client_app(plan.site_policy)
+    with pytest.raises(CoordinatorCrash):
+        run_federation(_LateNodeGrid(app, len(plan.policies), crash_at=2), demo_schema, SETTINGS, release)
+    resumed = _LateNodeGrid(app, len(plan.policies))
+    resumed.train_rounds = 1  # the late node is there from the start
+    coordinator = run_federation(resumed, demo_schema, SETTINGS, release, resume=True)
+    assert _LateNodeGrid.LATE not in coordinator.run.sites  # not made a site of the run by the restart
+    entries = [json.loads(line) for line in (tmp_path / "audit.jsonl").read_text().splitlines()]
+    late = [entry for entry in entries if entry.get("event") == "site_joined_late"]
+    assert [entry.get("node") for entry in late] == [_LateNodeGrid.LATE]
