@@ -387,7 +387,8 @@ def _show_width(widths: tuple[WidthPlan, ...], epsilon: float) -> None:
                   f"of {worst.cell_noise:.0f} rows (it grows with the square root of the {worst.measured_columns} "
                   f"columns); {worst.column_advice}")
     if worst.epsilon_needed is not None and worst.epsilon_needed > epsilon:
-        console.print(f"  epsilon {worst.epsilon_needed:g} per site would resolve them: "
+        console.print(f"  epsilon {worst.epsilon_needed:g} per site would resolve most of them (the site's outlook "
+                      "no longer red; the weakest columns may stay red): "
                       f"{_command_with('--epsilon', f'{worst.epsilon_needed:g}')}")
     if worst.columns_to_keep is not None:
         console.print(f"  at epsilon {epsilon:g}, keep at most {worst.columns_to_keep} of the "

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -39,6 +40,12 @@ class SimulationPlan:
         return SitePolicy.load(self.policies[int(context.node_config["partition-id"])])
 
 
+def site_folder(index: int, name: str | None) -> str:
+    """A simulated hospital's folder: ``site-K``, with its name when it has one (``site-0-east``,
+    any character a path would trip on made '_'), so a researcher can tell which is which."""
+    return f"site-{index}" if name is None else f"site-{index}-{re.sub(r'[^A-Za-z0-9_.-]+', '_', name)[:40]}"
+
+
 def prepare_sites(tables: list[pd.DataFrame], schema_path: Path, root: Path, epsilon: float, delta: float,
                   min_noise_multiplier: float = 0.3, device: str = "cpu", seed: int | None = None,
                   allow_unreviewed_schema: bool = False, names: list[str] | None = None,
@@ -55,7 +62,7 @@ def prepare_sites(tables: list[pd.DataFrame], schema_path: Path, root: Path, eps
     plan = SimulationPlan(root)
     for index, table in enumerate(tables):
         stream = (run_label, index)  # apart from every other site and federation of this simulation
-        folder = root / f"site-{index}"
+        folder = root / site_folder(index, names[index] if names else None)
         folder.mkdir(parents=True, exist_ok=True)
         write_table(table, folder / "data.parquet")
         policy = SitePolicy(site_id=names[index] if names else f"site-{index}", data=Path("data.parquet"),

@@ -46,7 +46,7 @@ def test_simulate_refuses_a_plan_whose_tables_cannot_resolve_the_columns_unless_
     assert result.exit_code == 2 and "--yes" in result.output and not out.exists()
     assert "noise per cell" in result.output and ("merge categories of" in result.output or "drop " in result.output)
     assert "(red: " in result.output  # the red columns are named, not only counted
-    assert "--epsilon" in result.output.split("would resolve them:")[1]
+    assert "--epsilon" in result.output.split("the weakest columns may stay red):")[1]
 
 
 def test_simulate_names_the_problem_when_the_data_does_not_fit_the_schema(tmp_path, demo_frame):

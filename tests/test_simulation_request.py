@@ -125,3 +125,15 @@ def test_an_unreviewed_schema_is_refused_before_any_row_is_read_or_plan_made(tmp
     with pytest.raises(ConfigurationError, match="needs_review"):
         prepare(SimulationRequest(data=data, schema=schema, out=tmp_path / "run"))
     assert not (tmp_path / "run").exists()
+
+
+def test_named_hospitals_folders_say_which_is_which(tmp_path, small_frame):
+    """A newcomer's --site-column run showed east, north, south everywhere but wrote sites/site-0..2."""
+    from fedsyn.data.demo import demo_schema_path
+    from fedsyn.simulations.run import prepare_sites
+
+    halves = [small_frame.iloc[:300], small_frame.iloc[300:]]
+    plan = prepare_sites(halves, demo_schema_path(), tmp_path / "sites", 1.0, 1e-5, names=["east", "St. Mary's/ICU"])
+    assert [p.parent.name for p in plan.policies] == ["site-0-east", "site-1-St._Mary_s_ICU"]
+    unnamed = prepare_sites(halves, demo_schema_path(), tmp_path / "plain", 1.0, 1e-5)
+    assert [p.parent.name for p in unnamed.policies] == ["site-0", "site-1"]
