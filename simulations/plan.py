@@ -92,7 +92,8 @@ def _smaller_batch(rows: int, settings: FederationSettings) -> str:
     if smallest is None:
         return f"{sampled}: a smaller --batch-size lowers it"
     suggested = max(1, round(TARGET_SAMPLE_RATE * smallest))
-    return f"{sampled}: --batch-size {suggested} samples about {TARGET_SAMPLE_RATE:.0%}"
+    return (f"{sampled}: --batch-size {suggested} samples about {TARGET_SAMPLE_RATE:.0%} (one --batch-size for "
+            "all sites: use the smallest site's suggestion)")
 
 
 # -- width: what the round-0 tables can resolve ------------------------------------------------

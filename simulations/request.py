@@ -300,6 +300,6 @@ def _rare_outcome_classes(tables: list[pd.DataFrame], schema: Schema, names: tup
         if few:
             where = ", ".join(f"{count} rows at {name}" for name, count in few)
             said.append(f"outcome class '{category}' has only {where}: its tables there will be mostly noise (below "
-                        f"{RARE_CLASS_ROWS} rows per site). Use fewer --split sites, more rows, or merge rare classes "
-                        "in the schema")
+                        f"{RARE_CLASS_ROWS} rows per site). Use fewer, larger sites (a smaller --split, or hospitals "
+                        "merged in the site column), more rows, or merge rare classes in the schema")
     return said
