@@ -1,5 +1,7 @@
 """Out-of-domain problems say how to fix them, and never print a cell's value."""
 
+import re
+
 import numpy as np
 import pandas as pd
 
@@ -92,3 +94,17 @@ def test_a_drafts_outcome_typo_and_a_schemas_bad_column_name_the_column_never_a_
     assert "column 'crp': kind:" in str(caught.value) and "columns.1" not in str(caught.value)
     assert 'column \'sex\': categories.0: Input should be a valid string (write each category in quotes' \
         in str(caught.value)
+
+
+def test_a_file_without_a_header_line_never_prints_its_first_record(demo_frame, demo_schema, tmp_path):
+    """Regression for the third review's F3: without a header line pandas took the first
+    record for the column names, and every 'column not in the schema' printed one of its values."""
+    from fedsyn.data.tables import read_table
+
+    path = tmp_path / "no_header.csv"
+    demo_frame.head(20).to_csv(path, index=False, header=False)
+    first = [str(value) for value in demo_frame.iloc[0]]
+    report = validate_frame(read_table(path), demo_schema)
+    assert not report.ok and "first line name its columns" in report.describe()
+    printed = set(re.findall(r"[\w.]+", report.describe()))
+    assert not printed & {value for value in first if len(value) > 2}  # 1997, 5.7, 4.86, 1.7, dead
