@@ -171,10 +171,13 @@ def simulate(
                    ] = Path("fedsyn-simulation"),
     overwrite: Annotated[bool, typer.Option(
         help="replace what an earlier simulation left in --out (its simulated sites, ledgers and release)")] = False,
-    seed: Annotated[int | None, typer.Option(help="secret seed of the split and of every simulated site: whoever "
-                                                  "holds it can repeat the run, and regenerate its noise. Never "
-                                                  "written into the release (which says it was seeded); default: "
-                                                  "operating-system entropy")] = None,
+    seed: Annotated[int | None, typer.Option(help="secret seed of the split and of every simulated site: with the "
+                                                  "stream nonce the run prints, whoever holds it can repeat the run "
+                                                  "and regenerate its noise. Never written into the release (which "
+                                                  "says it was seeded); default: operating-system entropy")] = None,
+    stream_nonce: Annotated[str | None, typer.Option(
+        help="repeat an earlier seeded simulation exactly: the nonce it printed (never for a release you publish "
+             "beside that one: two releases of one stream cancel each other's noise)")] = None,
     device: Annotated[str, typer.Option(help="torch device for the sites' training, e.g. cuda")] = "cpu",
     release_every: Annotated[int, typer.Option(help="also write an interim release every K rounds")] = 0,
     site_noise_multiplier: Annotated[float | None, typer.Option(
@@ -216,7 +219,7 @@ def simulate(
             batch_size=batch_size, learning_rate=learning_rate, generator_ema=generator_ema,
             marginals_share=marginals_share, pairs_share=pairs_share, matching_weight=matching_weight,
             table_steps=table_steps, rows=rows,
-            out=out, seed=seed, device=device, release_every=release_every,
+            out=out, seed=seed, stream_nonce=stream_nonce, device=device, release_every=release_every,
             site_noise_multiplier=site_noise_multiplier, site_clipping_norm=site_clipping_norm,
             transport_dtype=transport_dtype, aggregation=aggregation, max_update_norm=max_update_norm,
             engine=engine, compare=compare, sweep=budgets, drop_rule_violations=drop_rule_violations,
@@ -282,6 +285,10 @@ def simulate(
                       "with --sites")
     key = result.keys / "coordinator.pub"
     console.print(f"release signed (check: {program()} verify {result.release} --key {key})", soft_wrap=True)
+    if simulation.stream_nonce is not None:  # the terminal only: neither value is in any file written above
+        console.print(f"seeded simulation: `--seed {seed} --stream-nonce {simulation.stream_nonce}` repeats it "
+                      "exactly. Keep both private, and never publish a release of the same stream beside this one: "
+                      "together they give away the noise", soft_wrap=True)
     if result.comparison is not None:
         table = Table(title="Utility: ROC-AUC on the real held-out split")
         for column in ("arm", "gradient boosting", "logistic regression"):

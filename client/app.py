@@ -18,7 +18,7 @@ from flwr.app import ConfigRecord, Context, Error, Message, RecordDict
 from flwr.clientapp import ClientApp
 
 from fedsyn.client.policy import PolicyError, SitePolicy
-from fedsyn.client.site import PolicyRefusal, Site, SiteRefusal
+from fedsyn.client.site import CHARGED, PolicyRefusal, Site, SiteRefusal
 from fedsyn.data.schema import SchemaError
 from fedsyn.errors import where_it_failed
 from fedsyn.federation import protocol
@@ -85,9 +85,10 @@ def make_client_app(resolve_policy: PolicyResolver = policy_from_node_config) ->
                 return Message(content=handler(message, site), reply_to=message)
             except SiteRefusal as exc:
                 log.warning("refused (%s): %s", exc.code.name, exc.public_reason)
-                if site is not None:
-                    site.trail.append("request_refused", message_type=message.metadata.message_type,
-                                      code=exc.code.name, reason=exc.public_reason)
+                if site is not None:  # once per distinct refusal between charges: asking again cannot grow the trail
+                    site.trail.append_unless_repeated("request_refused", since=CHARGED,
+                                                      message_type=message.metadata.message_type,
+                                                      code=exc.code.name, reason=exc.public_reason)
                 return _error_reply(message, exc.code, exc.public_reason)
             except LedgerError as exc:
                 log.error("ledger unavailable: %s", exc)  # local log: names the site's own files

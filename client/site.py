@@ -258,6 +258,16 @@ class Site:
                               "(SHA-256 mismatch); agree on one schema file before training, and run the same "
                               "fedsyn version (the fingerprint covers how numeric columns are binned)")
 
+    def _check_affordable(self, event: PrivacyEvent, budget: float) -> None:
+        """Refuse ``event`` if the ledger cannot afford it, before any row is read: a refusal
+        that reads the extract first takes longer the more rows it has, so a coordinator could
+        learn the row count, at no cost, by timing refusals. :meth:`_charge` checks again
+        under the ledger's lock."""
+        try:
+            self.ledger.check(event, budget)
+        except BudgetExceededError as exc:
+            raise PolicyRefusal(f"site '{self.policy.site_id}': {exc}", ErrorCode.BUDGET_EXHAUSTED) from None
+
     def _charge(self, event: PrivacyEvent, budget: float) -> int:
         """Charge ``event`` under the ledger's lock; return its ledger position (its stream key)."""
         try:
@@ -297,9 +307,10 @@ class Site:
         if replayed is not None:
             return Marginals(replayed[0]), replayed[2]
         budget = self._check_epsilon(epsilon)
+        event = marginals_event(noise_multiplier, round_=0)
+        self._check_affordable(event, budget)  # before any row is read: see _check_affordable
         frame = self._private_rows()
         self._check_encodable(frame)  # training encodes every round: prove it works before round 0 is paid
-        event = marginals_event(noise_multiplier, round_=0)
         position = self._charge(event, budget)  # before the release is computed
         marginals = noisy_marginals(frame, self.schema, noise_multiplier,
                                     numpy_generator(self.seed, self.ledger.stream_nonce, event.mechanism, position),
@@ -361,10 +372,13 @@ class Site:
                 raise _withheld()
             return replayed
         sigma = self.plan_noise(request)
-        frame = self._private_rows()
+        # Everything that can refuse without the rows first: a refusal that read them would take
+        # longer the more rows there are, and a coordinator could time it for free.
         local_marginals = self._own_marginals(request, marginals, slot_marginals)
         trainer = self._trainer(request.gan_config, arrays, marginals, local_marginals, slot_marginals)
         event = PrivacyEvent(DP_SGD, sigma, request.sample_rate, request.local_steps, round=request.round)
+        self._check_affordable(event, request.epsilon)
+        frame = self._private_rows()
         # The expected batch from the site's own noisy count (post-processing), else the config's batch size.
         expected_batch = None if local_marginals is None else max(1.0, request.sample_rate * local_marginals.total())
         data = torch.as_tensor(trainer.encoder.encode(frame), device=trainer.device)

@@ -16,6 +16,8 @@ from __future__ import annotations
 
 import difflib
 import math
+import re
+import secrets
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -66,6 +68,7 @@ class SimulationRequest:
     rows: int = 0  # synthetic rows to release; 0: as many as all sites' training rows
     out: Path = Path("fedsyn-simulation")
     seed: int | None = None  # secret; None: operating-system entropy
+    stream_nonce: str | None = None  # with seed: repeat an earlier seeded simulation (the nonce it printed)
     device: str = "cpu"
     release_every: int = 0
     site_noise_multiplier: float | None = None
@@ -99,6 +102,10 @@ class SimulationRequest:
         if self.dirichlet is not None and not self.dirichlet > 0:
             raise ConfigurationError(f"--dirichlet {self.dirichlet}: the concentration must be positive (0.1 very "
                                      "skewed, 10 nearly IID)")
+        if self.stream_nonce is not None and (self.seed is None
+                                              or not re.fullmatch(r"[0-9a-f]{32}", self.stream_nonce)):
+            raise ConfigurationError("--stream-nonce repeats an earlier seeded simulation: give it with that run's "
+                                     "--seed, as the 32 hex digits the run printed")
         if self.engine not in ("inprocess", "flower"):
             raise ConfigurationError(f"--engine {self.engine}: choose inprocess or flower")
         for budget in (self.epsilon, *self.sweep):
@@ -156,7 +163,9 @@ def prepare(request: SimulationRequest) -> PreparedSimulation:
         rows=request.rows or sum(len(t) for t in tables), train=train, test=test, sweep=request.sweep,
         release_every=request.release_every, drop_rule_violations=request.drop_rule_violations,
         engine=request.engine, device=request.device, compare=request.compare, public_facts=public_facts,
-        site_names=named)
+        site_names=named,
+        # A fresh stream for every seeded simulation unless it repeats one: never two releases of one stream.
+        stream_nonce=None if request.seed is None else request.stream_nonce or secrets.token_hex(16))
     measured = len(measured_columns(schema))
     return PreparedSimulation(
         simulation, names, (*_weak_budget(request), *_rare_outcome_classes(tables, schema, names)),

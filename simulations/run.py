@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import re
+import secrets
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -34,6 +35,9 @@ class SimulationPlan:
     """Where each simulated hospital's private files live and what its policy allows."""
 
     root: Path
+    # A seeded simulation's stream nonce (None: unseeded): with the seed it repeats the run. Secret,
+    # as the seed is; in no file (each site's ledger holds a nonce derived from it).
+    stream_nonce: str | None = None
     policies: list[Path] = field(default_factory=list)
 
     def site_policy(self, context: Context) -> SitePolicy:
@@ -49,17 +53,20 @@ def site_folder(index: int, name: str | None) -> str:
 def prepare_sites(tables: list[pd.DataFrame], schema_path: Path, root: Path, epsilon: float, delta: float,
                   min_noise_multiplier: float = 0.3, device: str = "cpu", seed: int | None = None,
                   allow_unreviewed_schema: bool = False, names: list[str] | None = None,
-                  run_label: str = "main", out_of_domain: RecordHandling = "drop") -> SimulationPlan:
+                  run_label: str = "main", out_of_domain: RecordHandling = "drop",
+                  stream_nonce: str | None = None) -> SimulationPlan:
     """Write one folder per hospital: its private extract, a policy and its new, empty ledger.
     ``names`` are the hospitals' names in reports (default ``site-0``, ``site-1``, ...);
     ``out_of_domain`` is each site's handling of records the schema does not allow.
 
     Without ``seed`` (the default) every site draws from operating-system entropy. With it,
     each hospital's seed and its ledger's stream nonce are derived from the seed, the
-    ``run_label`` and the site's index: the run is reproducible for whoever holds the seed,
-    and federations of one simulation (the main run, each sweep arm) given distinct labels
-    never share a stream."""
-    plan = SimulationPlan(root)
+    simulation's ``stream_nonce``, the ``run_label`` and the site's index: the run is
+    reproducible for whoever holds the seed and the nonce (:attr:`SimulationPlan.stream_nonce`),
+    federations of one simulation (the main run, each sweep arm) given distinct labels never
+    share a stream, and two simulations with one seed share none either (the nonce is fresh
+    unless given: two releases of one stream would cancel each other's noise)."""
+    plan = SimulationPlan(root, stream_nonce=None if seed is None else stream_nonce or secrets.token_hex(16))
     for index, table in enumerate(tables):
         stream = (run_label, index)  # apart from every other site and federation of this simulation
         folder = root / site_folder(index, names[index] if names else None)
@@ -75,7 +82,8 @@ def prepare_sites(tables: list[pd.DataFrame], schema_path: Path, root: Path, eps
                             seed=None if seed is None else derived_seed(seed, "simulated-site", *stream))
         policy.save(folder / "policy.json")
         initialise_ledger(SitePolicy.load(folder / "policy.json"),
-                          stream_nonce=None if seed is None else derived_nonce(seed, "ledger", *stream))
+                          stream_nonce=None if seed is None else derived_nonce(seed, "ledger", plan.stream_nonce,
+                                                                               *stream))
         plan.policies.append(folder / "policy.json")
     return plan
 

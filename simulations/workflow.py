@@ -59,6 +59,9 @@ class Simulation:
     compare: bool = False  # also each site alone and all rows pooled (centralised DP)
     site_names: tuple[str, ...] = ()  # the hospitals' names in reports (default site-0, site-1, ...)
     public_facts: dict[str, object] = field(default_factory=dict)
+    # With a seed: the simulation's stream nonce (secret, fresh unless given to repeat a run; see
+    # fedsyn.simulations.run.prepare_sites). Every federation of the simulation derives from it.
+    stream_nonce: str | None = None
 
 
 @dataclass(frozen=True)
@@ -174,7 +177,8 @@ def _federate(simulation: Simulation, settings: FederationSettings, folder: Path
     plan = prepare_sites(simulation.tables, simulation.schema_path, folder / "sites", settings.epsilon, settings.delta,
                          device=simulation.device, seed=settings.seed,
                          allow_unreviewed_schema=settings.allow_unreviewed_schema,
-                         names=list(simulation.site_names) or None, run_label=run_label)
+                         names=list(simulation.site_names) or None, run_label=run_label,
+                         stream_nonce=simulation.stream_nonce)
     release = ReleasePlan(folder / "release", simulation.rows, simulation.release_every,
                           simulation.drop_rule_violations, signing_key=keys / "coordinator.key",
                           audit_log=folder / "audit.jsonl", public_facts=simulation.public_facts)

@@ -116,8 +116,11 @@ class World:
 
 
 def make_world(folder: Path, table: pd.DataFrame, limits: RequestLimits | None = None, seed: int = SEED) -> World:
-    """A seeded simulated site for ``table``; ``limits`` replaces the simulation's own limits."""
-    plan = prepare_sites([table], demo_schema_path(), folder, epsilon=BUDGET, delta=1e-5, seed=seed)
+    """A seeded simulated site for ``table``; ``limits`` replaces the simulation's own limits.
+    Worlds of one seed share their stream (a fixed nonce): the attacks compare what two extracts
+    make of the same draws, the strongest position a coordinator could hold."""
+    plan = prepare_sites([table], demo_schema_path(), folder, epsilon=BUDGET, delta=1e-5, seed=seed,
+                         stream_nonce=f"{seed:032x}")
     policy = plan.policies[0]
     if limits is not None:
         raw = json.loads(policy.read_text())

@@ -365,11 +365,14 @@ def simulate(inputs: Inputs, out: Path, *args: str, seeded: bool = True, local_r
     """``fedsyn simulate`` through the real command line; its ``releases`` (main, sweep arms),
     ``interim`` ones inside them."""
     go_ahead = ("--yes",) if _has_option("simulate", "yes") else ()  # a tiny run's plan may be red: run it anyway
-    _cli("simulate", "--schema", demo_schema_path(), *TINY_RUN, *args, *(("--seed", SEED) if seeded else ()),
-         *go_ahead, "--out", out)
+    printed = _cli("simulate", "--schema", demo_schema_path(), *TINY_RUN, *args,
+                   *(("--seed", SEED) if seeded else ()), *go_ahead, "--out", out)
     secrets = Secrets()
     if seeded:
         secrets.add_number("the seed", SEED)
+        nonce = re.search(r"--stream-nonce ([0-9a-f]{32})", printed.replace("\n", ""))
+        if nonce:  # printed by versions that draw a fresh stream per seeded simulation
+            secrets.add_nonce("the simulation's stream nonce", nonce.group(1))
     assert site_secrets(out, secrets, seeded) >= 2
     key_secrets(out / "keys", secrets)
     published = [out / "release", *sorted(out.glob("sweep/*/release"))]
@@ -459,7 +462,7 @@ def test_every_kind_of_published_output_holds_no_secret_and_only_declared_fields
 def test_the_scanner_finds_a_planted_nonce_an_undeclared_field_and_a_stray_file(inputs: Inputs, tmp_path: Path):
     output = LIGHT["simulate --sites"](inputs, tmp_path / "out")
     release = output.published[0]
-    nonce = json.loads(next(tmp_path.glob("out/sites/site-0/ledger.json")).read_text())["stream_nonce"]
+    nonce = json.loads(next(tmp_path.glob("out/sites/site-0*/ledger.json")).read_text())["stream_nonce"]
     config = json.loads((release / "run_config.json").read_text())
     plants: list[Callable[[], None]] = [
         lambda: (release / "README.md").write_text(f"made with nonce {nonce.upper()}\n"),

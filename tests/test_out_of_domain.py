@@ -53,7 +53,8 @@ def _site(folder, frame) -> Site:
     """A seeded simulated site whose policy file, like a hospital's, does not mention
     out_of_domain (so the default applies): two of them differing only in their extract share
     every stream."""
-    path = prepare_sites([frame], demo_schema_path(), folder, epsilon=50.0, delta=1e-5, seed=4).policies[0]
+    path = prepare_sites([frame], demo_schema_path(), folder, epsilon=50.0, delta=1e-5, seed=4,
+                         stream_nonce="4" * 32).policies[0]
     raw = json.loads(path.read_text())
     del raw["out_of_domain"]
     path.write_text(json.dumps(raw))

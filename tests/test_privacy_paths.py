@@ -247,6 +247,37 @@ def test_refusals_charge_nothing_and_say_nothing_private(tmp_path, small_frame):
         is protocol.ErrorCode.BUDGET_EXHAUSTED
 
 
+def test_refusals_that_need_no_rows_read_none(tmp_path, small_frame, monkeypatch):
+    """Regression for the third review's F2: an over-budget query read (and validated) the
+    extract before refusing, so a coordinator timing free refusals learnt the row count (9 ms
+    at 250 rows, 203 ms at 64,000). Refusals that do not depend on the rows now read none."""
+    site = _site(tmp_path, small_frame)
+    arrays, marginals = _global_model(site)
+    monkeypatch.setattr(Site, "load_data", lambda self: pytest.fail("the extract was read before refusing"))
+    fingerprint = protocol.schema_fingerprint(site.schema)
+    assert _refusal(site, lambda: site.release_marginals(0.01, 50.0, fingerprint)).code \
+        is protocol.ErrorCode.BUDGET_EXHAUSTED
+    wrong_shape = {**arrays, "generator.head.bias": np.zeros(3, dtype=np.float32)}
+    assert _refusal(site, lambda: site.train(_request(site), wrong_shape, marginals)).code \
+        is protocol.ErrorCode.MALFORMED_REQUEST
+    assert _refusal(site, lambda: site.train(_request(site, epsilon=1e-4), arrays, marginals)).code \
+        is protocol.ErrorCode.BUDGET_EXHAUSTED
+
+
+def test_a_refusal_asked_again_adds_no_line_to_the_sites_trail(tmp_path, small_frame):
+    """The third review's side note: every refusal appended a line, so a coordinator could grow
+    a site's trail without limit, for free."""
+    site = _site(tmp_path, small_frame)
+    config = ConfigRecord({"noise_multiplier": 0.01, "epsilon": 50.0,
+                           protocol.SCHEMA_HASH: protocol.schema_fingerprint(site.schema)})
+    policy = tmp_path / "sites" / "site-0" / "policy.json"
+    for _ in range(3):
+        reply = client_reply(policy, RecordDict({protocol.CONFIG: config}), protocol.QUERY_MARGINALS)
+        assert reply.has_error() and reply.error.code == protocol.ErrorCode.BUDGET_EXHAUSTED
+    lines = site.policy.audit_trail.read_text().splitlines()
+    assert sum(json.loads(line)["event"] == "request_refused" for line in lines) == 1
+
+
 def test_site_refuses_a_delta_not_below_one_over_n(tmp_path, small_frame):
     site = _site(tmp_path, small_frame.head(50))
     site.policy = site.policy.model_copy(update={"delta": 0.05})

@@ -34,8 +34,9 @@ def _standard_noise(site: Site, frame, sigma: float) -> np.ndarray:
                            for c in measured_columns(site.schema)]) / sigma
 
 
-def _site(folder, frame, seed: int | None, run_label: str = "main") -> Site:
-    plan = prepare_sites([frame], demo_schema_path(), folder, epsilon=50.0, delta=1e-5, seed=seed, run_label=run_label)
+def _site(folder, frame, seed: int | None, run_label: str = "main", stream_nonce: str | None = None) -> Site:
+    plan = prepare_sites([frame], demo_schema_path(), folder, epsilon=50.0, delta=1e-5, seed=seed, run_label=run_label,
+                         stream_nonce=stream_nonce)
     return Site(SitePolicy.load(plan.policies[0]))
 
 
@@ -50,15 +51,29 @@ def test_unseeded_simulated_sites_draw_independent_noise(tmp_path, small_frame):
 
 
 def test_sweep_arms_of_one_seeded_simulation_draw_independent_noise(tmp_path, small_frame):
-    """Two budgets of one simulation: the noise must not be one draw scaled by two sigmas."""
-    main = _standard_noise(_site(tmp_path / "main", small_frame, seed=3, run_label="main"), small_frame, 20.0)
-    arm = _standard_noise(_site(tmp_path / "arm", small_frame, seed=3, run_label="sweep-0"), small_frame, 40.0)
+    """Two budgets of one simulation (one seed, one stream nonce): the noise must not be one draw
+    scaled by two sigmas."""
+    nonce = "5" * 32
+    main = _standard_noise(_site(tmp_path / "main", small_frame, seed=3, run_label="main", stream_nonce=nonce),
+                           small_frame, 20.0)
+    arm = _standard_noise(_site(tmp_path / "arm", small_frame, seed=3, run_label="sweep-0", stream_nonce=nonce),
+                          small_frame, 40.0)
     assert abs(np.corrcoef(main, arm)[0, 1]) < 0.3
 
 
-def test_a_seeded_simulation_repeats_for_whoever_holds_the_seed(tmp_path, small_frame):
-    first, again = (_standard_noise(_site(tmp_path / name, small_frame, seed=3), small_frame, 20.0) for name in "ab")
+def test_a_seeded_simulation_repeats_for_whoever_holds_the_seed_and_its_stream_nonce(tmp_path, small_frame):
+    nonce = "0123456789abcdef" * 2
+    first, again = (_standard_noise(_site(tmp_path / name, small_frame, seed=3, stream_nonce=nonce), small_frame, 20.0)
+                    for name in "ab")
     np.testing.assert_allclose(first, again)
+
+
+def test_two_simulations_with_one_seed_draw_independent_noise(tmp_path, small_frame):
+    """Regression for the third review's F1: two `fedsyn simulate --seed S` runs on the same rows
+    drew the same standard normals, so their two releases (at any two budgets) gave back the
+    exact tables, and two extracts differing by one patient gave back that patient."""
+    first, again = (_standard_noise(_site(tmp_path / name, small_frame, seed=3), small_frame, 20.0) for name in "ab")
+    assert abs(np.corrcoef(first, again)[0, 1]) < 0.3
 
 
 def test_a_reset_ledger_never_replays_the_old_ledgers_noise(tmp_path, small_frame):
@@ -96,3 +111,18 @@ def test_a_saved_model_holds_neither_seed_nor_nonce(demo_schema, small_frame, tm
     model.save(tmp_path / "model.pt")
     secret = "918273645" if name == "seed" else model.stream_nonce_
     assert secret.encode() not in (tmp_path / "model.pt").read_bytes()
+
+
+def test_every_seeded_simulate_gets_a_fresh_stream_unless_it_repeats_one(tmp_path):
+    """What `fedsyn simulate --seed` runs: a fresh nonce per invocation (printed, in no file),
+    the given one with --stream-nonce, and --stream-nonce refused without its seed."""
+    from fedsyn.errors import ConfigurationError
+    from fedsyn.simulations.request import SimulationRequest, prepare
+
+    nonces = {prepare(SimulationRequest(seed=3, out=tmp_path / name)).simulation.stream_nonce for name in "ab"}
+    assert len(nonces) == 2 and all(len(n or "") == 32 for n in nonces)
+    given = "0123456789abcdef" * 2
+    assert prepare(SimulationRequest(seed=3, stream_nonce=given, out=tmp_path / "c")).simulation.stream_nonce == given
+    assert prepare(SimulationRequest(out=tmp_path / "d")).simulation.stream_nonce is None
+    with pytest.raises(ConfigurationError, match="--stream-nonce"):
+        SimulationRequest(stream_nonce=given)

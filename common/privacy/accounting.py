@@ -168,6 +168,19 @@ class PrivacyLedger:
             low, high = (middle, high) if fits(middle) else (low, middle)
         return low
 
+    def check(self, event: PrivacyEvent, budget: float) -> None:
+        """Raise BudgetExceededError unless ``event`` fits ``budget`` on top of the events known
+        here (:meth:`charge` checks again under the lock, with the events on disk)."""
+        if not is_budget(budget):  # NaN would make every comparison pass
+            raise BudgetExceededError(f"the budget {budget} is not a positive finite epsilon")
+        after = self.epsilon([event])
+        if after > budget:
+            raise BudgetExceededError(
+                f"{event.mechanism} ({event.steps} step(s), noise multiplier {event.noise_multiplier:.3f}, "
+                f"sample rate {event.sample_rate:.4f}) would raise epsilon from {self.epsilon():.4f} to "
+                f"{after:.4f}, above the budget {budget:.4f} at delta={self.delta:g}"
+            )
+
     def charge(self, event: PrivacyEvent, budget: float) -> int:
         """Record ``event`` only if the total stays within ``budget``; otherwise raise.
 
@@ -175,16 +188,8 @@ class PrivacyLedger:
         number no other charge of this ledger ever gets, which keys the mechanism's
         random stream.
         """
-        if not is_budget(budget):  # NaN would make every comparison pass
-            raise BudgetExceededError(f"the budget {budget} is not a positive finite epsilon")
         with self._locked():
-            after = self.epsilon([event])
-            if after > budget:
-                raise BudgetExceededError(
-                    f"{event.mechanism} ({event.steps} step(s), noise multiplier {event.noise_multiplier:.3f}, "
-                    f"sample rate {event.sample_rate:.4f}) would raise epsilon from {self.epsilon():.4f} to "
-                    f"{after:.4f}, above the budget {budget:.4f} at delta={self.delta:g}"
-                )
+            self.check(event, budget)
             self.events.append(event)
             if self.path is not None:
                 self.save(self.path)
