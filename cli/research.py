@@ -277,14 +277,14 @@ def simulate(
             console.print(f"[yellow]no simulated site spent any budget: removed what this run wrote in {out}[/]")
         raise
     _print_release(result, rounds)
-    if result.local_report is not None:
-        console.print("validation report (LOCAL: computed from real rows, not for release): "
+    if result.local_report is not None:  # where the results are: stdout, with the release table and verdict
+        results.print("validation report (LOCAL: computed from real rows, not for release): "
                       f"{out / 'local-report' / 'report.html'}", soft_wrap=True)
     else:
         console.print("no held-out real rows, so no local validation report or verdict: give --held-out FILE "
                       "with --sites")
     key = result.keys / "coordinator.pub"
-    console.print(f"release signed (check: {program()} verify {result.release} --key {key})", soft_wrap=True)
+    results.print(f"release signed (check: {program()} verify {result.release} --key {key})", soft_wrap=True)
     if simulation.stream_nonce is not None:  # the terminal only: neither value is in any file written above
         console.print(f"seeded simulation: `--seed {seed} --stream-nonce {simulation.stream_nonce}` repeats it "
                       "exactly. Keep both private, and never publish a release of the same stream beside this one: "
