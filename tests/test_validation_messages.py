@@ -108,3 +108,22 @@ def test_a_file_without_a_header_line_never_prints_its_first_record(demo_frame, 
     assert not report.ok and "first line name its columns" in report.describe()
     printed = set(re.findall(r"[\w.]+", report.describe()))
     assert not printed & {value for value in first if len(value) > 2}  # 1997, 5.7, 4.86, 1.7, dead
+
+
+def test_stray_spaces_around_a_category_are_read_as_it_and_another_letter_case_gets_a_hint(demo_frame, demo_schema,
+                                                                                             tmp_path):
+    """A spreadsheet export wrote 'F ' for 'F' in a third of the rows: every one of them failed
+    validation, and a site's default policy would have dropped a third of its patients."""
+    from fedsyn.data.tables import read_table
+
+    frame = demo_frame.head(30).copy()
+    frame["sex"] = frame["sex"].astype(str)
+    frame.loc[::3, "sex"] = frame.loc[::3, "sex"] + " "
+    for name in ("spaced.csv", "spaced.parquet"):
+        (frame.to_csv if name.endswith("csv") else frame.to_parquet)(tmp_path / name, index=False)
+        read = read_table(tmp_path / name, demo_schema)
+        assert validate_frame(read, demo_schema).ok and set(read["sex"]) <= {"F", "M"}
+    frame["sex"] = frame["sex"].str.strip().str.lower()
+    frame.to_csv(tmp_path / "lower.csv", index=False)
+    text = validate_frame(read_table(tmp_path / "lower.csv", demo_schema), demo_schema).describe()
+    assert "in another letter case" in text and "'f'" not in text and "'m'" not in text

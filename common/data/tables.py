@@ -18,25 +18,24 @@ def read_table(path: str | Path, schema: Schema | None = None) -> pd.DataFrame:
     """Read a CSV or Parquet file.
 
     Categorical columns of ``schema`` are read as text so that codes such as ``"01"`` keep
-    their spelling; everything is otherwise left for :func:`validate_frame` to judge.
+    their spelling, and a value that is one of the schema's categories once its surrounding
+    spaces are removed ('F ' from a spreadsheet export) is read as that category; everything
+    is otherwise left for :func:`validate_frame` to judge.
     """
     path = Path(path)
     if not path.is_file():
         raise DataFileError(f"data file not found: {path}")
     suffix = path.suffix.lower()
+    if suffix not in {".parquet", ".pq", *_TEXT_SEPARATORS}:
+        raise DataFileError(f"unsupported data file type '{suffix}' for {path}: use .csv, .tsv or .parquet")
     if suffix in _TEXT_SEPARATORS:
         _check_text_layout(path, _TEXT_SEPARATORS[suffix])
     try:
-        if suffix in {".parquet", ".pq"}:
-            frame = pd.read_parquet(path)
-            if schema is not None:
-                for column in schema.categorical_columns:
-                    if column.name in frame.columns:
-                        frame[column.name] = _as_text(frame[column.name])
-            return frame
-        if suffix in {".csv", ".txt", ".tsv"}:
+        if suffix in _TEXT_SEPARATORS:
             dtype = {c.name: str for c in schema.categorical_columns} if schema else None
-            return pd.read_csv(path, sep=_TEXT_SEPARATORS[suffix], dtype=dtype, keep_default_na=True)
+            frame = pd.read_csv(path, sep=_TEXT_SEPARATORS[suffix], dtype=dtype, keep_default_na=True)
+        else:
+            frame = pd.read_parquet(path)
     except pd.errors.EmptyDataError:
         raise DataFileError(f"cannot read {path}: the file is empty (no header line, no rows)") from None
     except Exception as exc:  # pandas/pyarrow raise many types; all mean "unreadable file"
@@ -45,7 +44,10 @@ def read_table(path: str | Path, schema: Schema | None = None) -> pd.DataFrame:
         structural = isinstance(exc, pd.errors.ParserError)
         detail = str(exc) if structural else f"{type(exc).__name__}; check the file's format"
         raise DataFileError(f"cannot read {path} as a {suffix.lstrip('.')} table: {detail}") from None
-    raise DataFileError(f"unsupported data file type '{suffix}' for {path}: use .csv, .tsv or .parquet")
+    for column in schema.categorical_columns if schema is not None else []:
+        if column.name in frame.columns:
+            frame[column.name] = _as_category(frame[column.name], set(column.levels))
+    return frame
 
 
 _TEXT_SEPARATORS = {".csv": ",", ".txt": ",", ".tsv": "\t"}
@@ -85,9 +87,16 @@ def write_table(frame: pd.DataFrame, path: str | Path) -> None:
         frame.to_csv(path, index=False)
 
 
-def _as_text(series: pd.Series) -> pd.Series:
-    """Categorical codes as strings, spelled as the schema spells them (see :func:`spell_category`)."""
-    return series.map(spell_category).astype(object)
+def _as_category(series: pd.Series, levels: set[str]) -> pd.Series:
+    """Categorical codes as strings, spelled as the schema spells them (see :func:`spell_category`),
+    a level with stray surrounding spaces read as that level."""
+    def spelled(value: object) -> object:
+        text = spell_category(value)
+        if isinstance(text, str) and text not in levels and text.strip() in levels:
+            return text.strip()
+        return text
+
+    return series.map(spelled).astype(object)
 
 
 def typed_by_schema(frame: pd.DataFrame, schema: Schema) -> pd.DataFrame:

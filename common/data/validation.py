@@ -185,6 +185,18 @@ def _decimal_code_hint(unknown: pd.Series, categories: list[str]) -> str:
             "Write the codes as the schema does (e.g. save the column as text, or as whole numbers)")
 
 
+def _letter_case_hint(unknown: pd.Series, categories: list[str]) -> str:
+    """A hint when unknown values are the schema's categories in another letter case ('f' for
+    'F'): said without any value, since the rows' spelling is theirs."""
+    folded = {category.strip().casefold() for category in categories}
+    matching = unknown.str.strip().str.casefold().isin(folded)
+    if not matching.any():
+        return ""
+    share = "" if matching.all() else f" ({int(matching.sum())} of them)"
+    return (f"; they are the schema's categories in another letter case{share}. Write them exactly as the "
+            "schema does")
+
+
 def _column_masks(series: pd.Series, column: Column) -> list[tuple[str, np.ndarray]]:
     """Each kind of record-level problem in one column, with the rows that have it."""
     found: list[tuple[str, np.ndarray]] = []
@@ -197,7 +209,7 @@ def _column_masks(series: pd.Series, column: Column) -> list[tuple[str, np.ndarr
         text = _as_category_text(series)
         unknown = present & ~text.isin(column.categories).to_numpy()
         if unknown.any():
-            hint = _decimal_code_hint(text[unknown], column.levels)
+            hint = _decimal_code_hint(text[unknown], column.levels) or _letter_case_hint(text[unknown], column.levels)
             fix = "correct those rows, or add the category to the schema's list if it is a real one"
             found.append((f"category not in the schema's list {column.categories}"
                           + (f"{hint}. Otherwise {fix}" if hint else f": {fix}"), unknown))
