@@ -175,3 +175,16 @@ def test_a_synthetic_table_with_one_row_of_the_rare_outcome_is_scored_not_a_cras
     synthetic = pd.concat([alive, train[train[outcome] == "dead"].head(1)], ignore_index=True)
     scores = utility(synthetic, train, test, demo_schema, models=("mlp",))
     assert 0.0 <= scores["mlp"]["tstr"]["roc_auc"] <= 1.0
+
+
+def test_a_numeric_column_empty_on_one_side_is_scored_by_how_much_has_a_value(demo_schema, demo_frame):
+    """An extract's column that is missing in every row was reported 'collapsed' (distance 1)
+    although 85 % of the synthetic rows were missing too."""
+    from fedsyn.evaluation.metrics import column_distances
+
+    real = demo_frame.head(100).assign(creatinine=np.nan)
+    synthetic = demo_frame.iloc[100:200].reset_index(drop=True)
+    synthetic["creatinine"] = np.where(synthetic.index < 15, 1.0, np.nan)  # 15 of 100 synthetic rows have a value
+    assert column_distances(real, synthetic, demo_schema)["creatinine"]["value"] == pytest.approx(0.15)
+    both_empty = column_distances(real, synthetic.assign(creatinine=np.nan), demo_schema)
+    assert both_empty["creatinine"]["value"] == 0.0

@@ -95,7 +95,10 @@ def column_distances(real: pd.DataFrame, synthetic: pd.DataFrame, schema: Schema
         else:
             a = pd.to_numeric(real[column.name], errors="coerce").dropna()
             b = pd.to_numeric(synthetic[column.name], errors="coerce").dropna()
-            value = float(stats.ks_2samp(a, b).statistic) if len(a) and len(b) else 1.0
+            # With no value on one side there is no distribution to compare: the distance is how
+            # much of the mass has a value on one side only (0 when neither has any).
+            value = float(stats.ks_2samp(a, b).statistic) if len(a) and len(b) else \
+                abs(len(a) / max(len(real), 1) - len(b) / max(len(synthetic), 1))
             out[column.name] = {"metric": "ks", "value": value}
     return out
 
