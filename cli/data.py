@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
+from rich.markup import escape
 
 from fedsyn.cli.output import console, fail
 
@@ -56,10 +57,12 @@ def validate(
         report = validate_frame(read_table(data, contract), contract, numbering_for(data))
     except (SchemaError, DataFileError) as exc:
         fail(str(exc))
-    if report.ok:
-        console.print(f"[green]{data}: {report.describe()}[/]")
-        return
-    console.print(f"[red]{data}: {report.describe()}[/]")
-    raise typer.Exit(1)
+    colour = "green" if report.ok else "red"
+    first, *rest = report.describe().splitlines()
+    console.print(f"[{colour}]{escape(f'{data}: {first}')}[/]")
+    for line in rest:  # a note is not a problem: it is not coloured as one, nor as "fits"
+        console.print(f"[{'yellow' if line.lstrip().startswith('note:') else colour}]{escape(line)}[/]")
+    if not report.ok:
+        raise typer.Exit(1)
 
 
