@@ -4,6 +4,7 @@ import re
 
 import numpy as np
 import pandas as pd
+import pytest
 
 from fedsyn.data.schema import Column, Schema
 from fedsyn.data.validation import validate_frame
@@ -108,6 +109,23 @@ def test_a_file_without_a_header_line_never_prints_its_first_record(demo_frame, 
     assert not report.ok and "first line name its columns" in report.describe()
     printed = set(re.findall(r"[\w.]+", report.describe()))
     assert not printed & {value for value in first if len(value) > 2}  # 1997, 5.7, 4.86, 1.7, dead
+    from fedsyn.data.schema import SchemaError, draft_schema
+
+    for outcome in ("death", "outcome_col"):  # the draft's 'did you mean' and column list printed it too
+        with pytest.raises(SchemaError) as caught:
+            draft_schema(read_table(path), outcome=outcome)
+        assert "header line" in str(caught.value)
+        assert not set(re.findall(r"[\w.]+", str(caught.value))) & {value for value in first if len(value) > 2}
+
+
+def test_a_header_in_capitals_is_paired_not_taken_for_a_missing_header_line(demo_frame, demo_schema, tmp_path):
+    """helper-30: the headerless rule fired on AGE, SEX, ... and hid every name (the review of 42a1f65)."""
+    from fedsyn.data.tables import read_table
+
+    path = tmp_path / "upper.csv"
+    demo_frame.head(20).rename(columns=str.upper).to_csv(path, index=False)
+    text = validate_frame(read_table(path, demo_schema), demo_schema).describe()
+    assert "the file has 'AGE': misspelt?" in text and "header line" not in text
 
 
 def test_stray_spaces_around_a_category_are_read_as_it_and_another_letter_case_gets_a_hint(demo_frame, demo_schema,

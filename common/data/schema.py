@@ -11,6 +11,7 @@ from __future__ import annotations
 import difflib
 import json
 import math
+import re
 from enum import Enum
 from pathlib import Path
 from typing import Literal
@@ -284,6 +285,21 @@ def recorded_precision(values: np.ndarray) -> float | None:
     return None
 
 
+def value_like(name: str, categories: frozenset[str] = frozenset()) -> bool:
+    """Whether a file's column name looks like a cell's value (a number, a date or time, one of
+    ``categories``) rather than a name. A file without a header line gives its first record as
+    its column names: messages must never print those (pandas' '.1' suffix on a repeated name
+    is ignored)."""
+    text = re.sub(r"\.\d+$", "", name.strip()) if name.strip() not in categories else name.strip()
+    return bool(re.fullmatch(r"[+-]?\.?\d[\d\s.,:/+-]*", name.strip())) or text in categories
+
+
+def headerless_names(names: list[str], categories: frozenset[str] = frozenset()) -> bool:
+    """Whether most of a file's column names look like values (:func:`value_like`): its first
+    line is probably a record."""
+    return sum(value_like(n, categories) for n in names) * 2 > len(names)
+
+
 def draft_schema(frame: pd.DataFrame, name: str = "table", outcome: str | None = None) -> Schema:
     """Guess a schema from a local extract; every guessed bound or category list needs review.
 
@@ -291,9 +307,13 @@ def draft_schema(frame: pd.DataFrame, name: str = "table", outcome: str | None =
     point for a person, never something to train on as it is. Errors name columns, never values.
     """
     names = [str(col) for col in frame.columns]
+    if headerless_names(names):
+        raise SchemaError("the extract's first line does not look like column names (most are numbers or dates): "
+                          "add a header line naming the columns, then draft again")
     if outcome is not None and outcome not in names:
-        guess = difflib.get_close_matches(outcome, names, n=1, cutoff=0.5)
-        hint = f" (did you mean '{guess[0]}'?)" if guess else f"; its columns are {', '.join(names)}"
+        shown = [n for n in names if not value_like(n)]
+        guess = difflib.get_close_matches(outcome, shown, n=1, cutoff=0.5)
+        hint = f" (did you mean '{guess[0]}'?)" if guess else f"; its columns are {', '.join(shown)}"
         raise SchemaError(f"outcome '{outcome}': the extract has no such column{hint}")
     try:
         return Schema(name=name, columns=[_drafted_column(frame[col]) for col in frame.columns], outcome=outcome)

@@ -15,7 +15,7 @@ from typing import Literal
 import numpy as np
 import pandas as pd
 
-from fedsyn.data.schema import Column, ColumnKind, Schema, off_step
+from fedsyn.data.schema import Column, ColumnKind, Schema, off_step, value_like
 from fedsyn.errors import InputDataError
 
 _EXAMPLES = 3
@@ -115,15 +115,15 @@ def _file_problems(frame: pd.DataFrame, schema: Schema) -> list[Problem]:
     if frame.empty:
         problems.append(Problem("(every column)", "the file has no rows: nothing to train on", 0))
     missing = [c for c in expected if c not in frame.columns]
-    extra = [str(c) for c in frame.columns if c not in expected]
-    if extra and len(missing) * 2 > len(expected):
-        # Most of the schema is missing: the file may have no header line, and then its
-        # "names" are the first patient's values. Say so, and never print them.
-        problems.append(Problem("(header line)", f"{len(missing)} of the schema's {len(expected)} columns are "
-                                f"missing and {len(extra)} of the file's column names are not in the schema (not "
-                                "shown: if the file has no header line they are a record's values). Make the "
-                                "file's first line name its columns as the schema does", len(frame)))
-        return problems
+    unmatched = [str(c) for c in frame.columns if c not in expected]
+    # Without a header line a file's "names" are its first record's values: never printed.
+    categories = frozenset(level for column in schema.categorical_columns for level in column.levels)
+    extra = [name for name in unmatched if not value_like(name, categories)]
+    if len(extra) < len(unmatched):
+        problems.append(Problem("(header line)", f"{len(unmatched) - len(extra)} of the file's column names look "
+                                "like values (numbers, dates or categories; not shown): if the file has no header "
+                                "line, its first record was read as names. Make the file's first line name its "
+                                "columns as the schema does", len(frame)))
     for name in missing:
         guess = _close_name(name, extra, len(missing) - 1)
         hint = (f" (the file has '{guess}': misspelt? rename one of them)" if guess
