@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import TypeVar
@@ -85,10 +86,14 @@ def make_client_app(resolve_policy: PolicyResolver = policy_from_node_config) ->
                 return Message(content=handler(message, site), reply_to=message)
             except SiteRefusal as exc:
                 log.warning("refused (%s): %s", exc.code.name, exc.public_reason)
-                if site is not None:  # once per distinct refusal between charges: asking again cannot grow the trail
+                if site is not None:
+                    # Once per kind of refusal between charges, its numbers (which the coordinator
+                    # chooses) left out: asking again, with any numbers, cannot grow the trail.
+                    # The site's log line above keeps them.
                     site.trail.append_unless_repeated("request_refused", since=CHARGED,
                                                       message_type=message.metadata.message_type,
-                                                      code=exc.code.name, reason=exc.public_reason)
+                                                      code=exc.code.name,
+                                                      reason=re.sub(r"\d+(\.\d+)?(e[+-]?\d+)?", "#", exc.public_reason))
                 return _error_reply(message, exc.code, exc.public_reason)
             except LedgerError as exc:
                 log.error("ledger unavailable: %s", exc)  # local log: names the site's own files

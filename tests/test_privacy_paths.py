@@ -268,10 +268,10 @@ def test_a_refusal_asked_again_adds_no_line_to_the_sites_trail(tmp_path, small_f
     """The third review's side note: every refusal appended a line, so a coordinator could grow
     a site's trail without limit, for free."""
     site = _site(tmp_path, small_frame)
-    config = ConfigRecord({"noise_multiplier": 0.01, "epsilon": 50.0,
-                           protocol.SCHEMA_HASH: protocol.schema_fingerprint(site.schema)})
     policy = tmp_path / "sites" / "site-0" / "policy.json"
-    for _ in range(3):
+    for noise in (0.01, 0.011, 0.012):  # numbers the coordinator chooses, in the refusal's text
+        config = ConfigRecord({"noise_multiplier": noise, "epsilon": 50.0,
+                               protocol.SCHEMA_HASH: protocol.schema_fingerprint(site.schema)})
         reply = client_reply(policy, RecordDict({protocol.CONFIG: config}), protocol.QUERY_MARGINALS)
         assert reply.has_error() and reply.error.code == protocol.ErrorCode.BUDGET_EXHAUSTED
     lines = site.policy.audit_trail.read_text().splitlines()
