@@ -10,7 +10,8 @@ can be put beside the peers in ``peers.jsonl``:
 
 - ``train.csv`` is split by its ``site`` column into one CSV per site (a temporary folder);
 - ``fedsyn simulate --sites ... --schema <table>/schema.json --epsilon E --rows len(train)
-  --seed S --out DIR --no-compare`` runs as a subprocess (the real command line);
+  --seed S --stream-nonce N(S) --out DIR --no-compare`` runs as a subprocess (the real command
+  line; N(S), :func:`bench_nonce`, is fixed per seed so that variants compare paired);
 - ``DIR/release/synthetic.csv`` is scored by the bench's ``judge.judge_all``: TSTR with gradient
   boosting and logistic regression on the declared outcome and, averaged, with every other
   categorical column as the target ("questions"), site structure (mean TV of P(column | site),
@@ -25,6 +26,7 @@ only, never asserts.
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import os
 import shlex
@@ -82,12 +84,21 @@ def split_by_site(bench: Path, table: str, folder: Path) -> list[Path]:
     return paths
 
 
+def bench_nonce(seed: int) -> str:
+    """The stream nonce of bench seed ``seed``: fixed, so two variants run on one seed draw the
+    same noise and their difference is the variant's (paired comparisons on public bench
+    tables; a published release must never share a stream with another, so never do this
+    outside a benchmark)."""
+    return hashlib.sha256(f"fedsyn-bench-{seed}".encode()).hexdigest()[:32]
+
+
 def run_fedsyn(fedsyn: str, sites: list[Path], schema: Path, epsilon: float, rows: int, seed: int,
                out: Path, extra: Iterable[str] = ()) -> float:
     """``fedsyn simulate`` as a reviewer runs it; returns its wall-clock seconds."""
     command = [fedsyn, "simulate", *[arg for path in sites for arg in ("--sites", str(path))],
                "--schema", str(schema), "--epsilon", f"{epsilon:g}", "--rows", str(rows),
-               "--seed", str(seed), "--out", str(out), "--no-compare", "--yes", *extra]
+               "--seed", str(seed), "--stream-nonce", bench_nonce(seed), "--out", str(out), "--no-compare", "--yes",
+               *extra]
     env = {**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1"),
            "MKL_NUM_THREADS": os.environ.get("MKL_NUM_THREADS", "1")}
     started = time.monotonic()

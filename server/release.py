@@ -236,7 +236,8 @@ def _readme(run: RunRecord, report: dict[str, Any], synthetic: pd.DataFrame, row
         "Settings: `run_config.json`; schema: `schema.json`; "
         "generator weights: `generator.pt`.",
         "",
-        "This run was seeded: whoever holds the seed can reproduce it. The seed is in no file of this release."
+        "This run was seeded: whoever holds the seed and the run's stream nonce can reproduce it. Neither is in "
+        "any file of this release."
         if report["seeded"] else
         "This run was not seeded: the coordinator drew its randomness from the operating system.",
         "",

@@ -17,7 +17,6 @@ from __future__ import annotations
 import difflib
 import math
 import re
-import secrets
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -139,6 +138,7 @@ def prepare(request: SimulationRequest) -> PreparedSimulation:
     schema, tables, train, test, named = _load(request)
     from fedsyn.model.config import GANConfig
     from fedsyn.privacy.marginals import measured_columns
+    from fedsyn.privacy.randomness import fresh_nonce
     from fedsyn.simulations.plan import plan_site, plan_width
     from fedsyn.simulations.run import default_sample_rate
     from fedsyn.simulations.workflow import Simulation
@@ -165,7 +165,7 @@ def prepare(request: SimulationRequest) -> PreparedSimulation:
         engine=request.engine, device=request.device, compare=request.compare, public_facts=public_facts,
         site_names=named,
         # A fresh stream for every seeded simulation unless it repeats one: never two releases of one stream.
-        stream_nonce=None if request.seed is None else request.stream_nonce or secrets.token_hex(16))
+        stream_nonce=None if request.seed is None else fresh_nonce(request.stream_nonce))
     measured = len(measured_columns(schema))
     return PreparedSimulation(
         simulation, names, (*_weak_budget(request), *_rare_outcome_classes(tables, schema, names)),

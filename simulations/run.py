@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import logging
 import re
-import secrets
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,7 +19,7 @@ from fedsyn.data.tables import write_table
 from fedsyn.data.validation import RecordHandling
 from fedsyn.evaluation.metrics import tstr_auc
 from fedsyn.model.gan import DPTabularGAN
-from fedsyn.privacy.randomness import derived_nonce, derived_seed
+from fedsyn.privacy.randomness import derived_nonce, derived_seed, fresh_nonce
 from fedsyn.server.app import ReleasePlan, make_server_app, run_federation
 from fedsyn.server.coordinator import Coordinator, RoundCallback
 from fedsyn.server.settings import FederationSettings
@@ -66,7 +65,7 @@ def prepare_sites(tables: list[pd.DataFrame], schema_path: Path, root: Path, eps
     federations of one simulation (the main run, each sweep arm) given distinct labels never
     share a stream, and two simulations with one seed share none either (the nonce is fresh
     unless given: two releases of one stream would cancel each other's noise)."""
-    plan = SimulationPlan(root, stream_nonce=None if seed is None else stream_nonce or secrets.token_hex(16))
+    plan = SimulationPlan(root, stream_nonce=None if seed is None else fresh_nonce(stream_nonce))
     for index, table in enumerate(tables):
         stream = (run_label, index)  # apart from every other site and federation of this simulation
         folder = root / site_folder(index, names[index] if names else None)
@@ -124,22 +123,29 @@ def default_sample_rate(tables: list[pd.DataFrame], batch_size: int) -> tuple[fl
 
 
 def baseline_arms(tables: list[pd.DataFrame], test: pd.DataFrame, schema: Schema, epsilon: float, delta: float,
-                  seed: int = 0, device: str = "cpu", on_arm: Callable[[str], None] | None = None
-                  ) -> dict[str, dict[str, float]]:
+                  seed: int = 0, device: str = "cpu", on_arm: Callable[[str], None] | None = None,
+                  stream_nonce: str | None = None) -> dict[str, dict[str, float]]:
     """TSTR ROC-AUC of the arms a federated release is compared with: each site's own DP-GAN
     with the same budget ("local-only site-K"), one DP-GAN on all rows pooled (centralized
     DP, research only) and the real rows themselves ("real (TRTR)"). Single-site arms use
-    the single-site defaults, so each arm runs with its own best settings."""
+    the single-site defaults, so each arm runs with its own best settings. With a seeded
+    simulation's ``stream_nonce`` each arm's stream derives from it (the simulation repeats
+    whole); without, every arm draws a fresh one."""
+    def arm_nonce(arm: str) -> str | None:
+        return None if stream_nonce is None else derived_nonce(seed, "comparison", stream_nonce, arm)
+
     results: dict[str, dict[str, float]] = {}
     for index, table in enumerate(tables):
         if on_arm is not None:
             on_arm(f"local-only arm, site {index}")
-        model = DPTabularGAN(schema, epsilon, delta, seed=seed, device=device).fit(table)
+        model = DPTabularGAN(schema, epsilon, delta, seed=seed, device=device,
+                             stream_nonce=arm_nonce(f"site-{index}")).fit(table)
         results[f"local-only site-{index}"] = tstr_auc(model.sample(len(table)), test, schema, seed)
     pooled_rows = pd.concat(tables, ignore_index=True)
     if on_arm is not None:
         on_arm("pooled (centralized DP) arm")
-    pooled = DPTabularGAN(schema, epsilon, delta, seed=seed, device=device).fit(pooled_rows)
+    pooled = DPTabularGAN(schema, epsilon, delta, seed=seed, device=device, stream_nonce=arm_nonce("pooled")
+                          ).fit(pooled_rows)
     results["pooled (centralized DP)"] = tstr_auc(pooled.sample(len(pooled_rows)), test, schema, seed)
     results["real (TRTR)"] = tstr_auc(pooled_rows, test, schema, seed)
     return results

@@ -223,6 +223,6 @@ def _compare(simulation: Simulation, test: pd.DataFrame, release: Path, local: P
     results = {"federated": tstr_auc(read_table(release / "synthetic.csv", simulation.schema), test,
                                      simulation.schema, seed)}
     results.update(baseline_arms(simulation.tables, test, simulation.schema, simulation.settings.epsilon,
-                                 simulation.settings.delta, seed, simulation.device, stage))
+                                 simulation.settings.delta, seed, simulation.device, stage, simulation.stream_nonce))
     (local / "utility.json").write_text(json.dumps(results, indent=2) + "\n")
     return results

@@ -371,7 +371,8 @@ def simulate(inputs: Inputs, out: Path, *args: str, seeded: bool = True, local_r
     if seeded:
         secrets.add_number("the seed", SEED)
         nonce = re.search(r"--stream-nonce ([0-9a-f]{32})", printed.replace("\n", ""))
-        if nonce:  # printed by versions that draw a fresh stream per seeded simulation
+        if _has_option("simulate", "stream_nonce"):  # versions that draw a fresh stream per seeded simulation
+            assert nonce, printed
             secrets.add_nonce("the simulation's stream nonce", nonce.group(1))
     assert site_secrets(out, secrets, seeded) >= 2
     key_secrets(out / "keys", secrets)

@@ -8,7 +8,7 @@ Reuses benchmarks/bench_tables.py's split_by_site (one CSV per value of train.cs
 column; the schema keeps `site`, so the column stays). Then, per seed, one real command line:
 
     fedsyn simulate --sites midwest.csv --sites northeast.csv --sites south.csv --sites west.csv
-        --held-out test.csv --schema schema.json --epsilon 1 --rows len(train) --seed S
+        --held-out test.csv --schema schema.json --epsilon 1 --rows len(train) --seed S --stream-nonce N(S)
         --out OUT_PREFIX S --no-compare --overwrite
 
 (as bench_tables.run_fedsyn builds it, plus --held-out for the local report and verdict; its
@@ -30,7 +30,7 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))  # benchmarks/: bench_tables, as `python benchmarks/bench_tables.py` finds it
 
-from bench_tables import split_by_site  # noqa: E402
+from bench_tables import bench_nonce, split_by_site  # noqa: E402
 from rows import emit  # noqa: E402  (this folder: each script runs by its path)
 
 TABLE = "nhefs_wide"
@@ -57,7 +57,8 @@ def simulate(fedsyn: str, sites: list[Path], held_out: Path, epsilon: float, row
              out: Path, extra: list[str] = ()) -> float:
     command = [fedsyn, "simulate", *[arg for path in sites for arg in ("--sites", str(path))],
                "--held-out", str(held_out), "--schema", str(HERE / "schema.json"), "--epsilon", f"{epsilon:g}",
-               "--rows", str(rows), "--seed", str(seed), "--out", str(out), "--no-compare", "--overwrite", *extra]
+               "--rows", str(rows), "--seed", str(seed), "--stream-nonce", bench_nonce(seed), "--out", str(out),
+               "--no-compare", "--overwrite", *extra]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
     print("$ " + " ".join(command), flush=True)
     started = time.monotonic()

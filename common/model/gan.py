@@ -11,7 +11,6 @@ composed with an accountant, not added).
 from __future__ import annotations
 
 import math
-import secrets
 from collections.abc import Callable
 from pathlib import Path
 
@@ -44,7 +43,7 @@ from fedsyn.privacy.budget import (
     pairs_allowed,
 )
 from fedsyn.privacy.marginals import exact_counts, marginals_event, noisy_marginals, summed_tables
-from fedsyn.privacy.randomness import numpy_generator, torch_generator
+from fedsyn.privacy.randomness import fresh_nonce, numpy_generator, torch_generator
 
 
 class NotFittedError(ConfigurationError, RuntimeError):
@@ -146,7 +145,7 @@ class DPTabularGAN(BaseEstimator):  # type: ignore[misc]
         n_rows = len(frame)
         check_delta(self.delta, n_rows)
         ledger = PrivacyLedger(self.delta, self.accountant)
-        nonce = self.stream_nonce or secrets.token_hex(16)  # a fresh stream per fit, even with a seed
+        nonce = fresh_nonce(self.stream_nonce)  # a fresh stream per fit, even with a seed
         if self.epsilon is None:
             marginals = exact_counts(frame, self.schema)  # non-private baseline: exact statistics
         else:

@@ -13,7 +13,6 @@ from __future__ import annotations
 import fcntl
 import json
 import math
-import secrets
 import warnings
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
@@ -29,6 +28,7 @@ from opacus.accountants.analysis.rdp import compute_rdp, get_privacy_spent
 from fedsyn.errors import PrivacyRefusal
 from fedsyn.files import write_atomically
 from fedsyn.privacy.budget import is_budget
+from fedsyn.privacy.randomness import fresh_nonce
 
 AccountantName = Literal["rdp", "prv"]
 LEDGER_FORMAT = "fedsyn-ledger/2"
@@ -259,7 +259,7 @@ class PrivacyLedger:
         if path.exists():
             raise LedgerError(f"ledger {path} already exists; it holds spent privacy and is never overwritten")
         ledger = cls(delta=delta, accountant=accountant, path=path, protects=protects,
-                     stream_nonce=stream_nonce or secrets.token_hex(16))
+                     stream_nonce=fresh_nonce(stream_nonce))
         ledger.save(path)
         return ledger
 

@@ -15,6 +15,7 @@ Nothing here touches PyTorch's or NumPy's global generators.
 from __future__ import annotations
 
 import hashlib
+import secrets
 
 import numpy as np
 import torch
@@ -41,6 +42,13 @@ def seed_sequence(seed: int | None, *key: StreamKey) -> np.random.SeedSequence:
 def _word63(sequence: np.random.SeedSequence) -> int:
     """A non-negative 63-bit integer from ``sequence`` (what torch's manual_seed accepts)."""
     return int(sequence.generate_state(1, dtype=np.uint64)[0] >> np.uint64(1))
+
+
+def fresh_nonce(given: str | None = None) -> str:
+    """A stream nonce for a new ledger, fit or seeded simulation: ``given`` repeats an earlier
+    one exactly; otherwise 128 fresh random bits, so that two runs never share noise even with
+    one seed (two releases of one stream would cancel it)."""
+    return given or secrets.token_hex(16)
 
 
 def derived_seed(seed: int, *key: StreamKey) -> int:
