@@ -93,8 +93,12 @@ class Coordinator:
                     self.run.sites.setdefault(node, SiteStatus(node))
                 return nodes
             if time.monotonic() > deadline:
+                others = len(set(grid.get_node_ids()) - set(nodes))
+                strangers = (f"; {others} other node(s) are connected that took no part in this run's budget "
+                             "query (new node ids, e.g. after the SuperLink lost its database): start a new run "
+                             "for them" if known is not None and others else "")
                 raise FederationError(f"only {len(nodes)} of the run's site(s) connected; at least "
-                                      f"{self.settings.min_sites} needed")
+                                      f"{self.settings.min_sites} needed{strangers}")
             time.sleep(1.0)
 
     def _exchange(self, grid: Grid, messages: list[Message], round_: int, charged: bool = True

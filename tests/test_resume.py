@@ -29,13 +29,13 @@ from fedsyn.trust.audit import verify_log
 from .helpers import SETTINGS, CoordinatorCrash, CrashingGrid
 
 
-def _crash_in_round_two(plan, demo_schema, tmp_path):
+def _crash_in_round_two(plan, demo_schema, tmp_path, settings=SETTINGS):
     """A run with saved state whose coordinator dies once the sites answered round 2."""
     release = ReleasePlan(tmp_path / "release", rows=300, audit_log=tmp_path / "audit.jsonl",
                           state_dir=tmp_path / "state")
     app = make_client_app(plan.site_policy)
     with pytest.raises(CoordinatorCrash):
-        run_federation(CrashingGrid(app, len(plan.policies), crash_at=2), demo_schema, SETTINGS, release)
+        run_federation(CrashingGrid(app, len(plan.policies), crash_at=2), demo_schema, settings, release)
     return release, app
 
 
@@ -147,11 +147,7 @@ def test_a_tampered_audit_log_cannot_vouch_for_a_state(plan, demo_schema, tmp_pa
 def test_a_run_with_site_level_dp_is_not_resumed(plan, demo_schema, tmp_path):
     """Flower's site-level accountant is not part of the saved state: resuming would understate it."""
     settings = SETTINGS.model_copy(update={"site_noise_multiplier": 0.5})
-    release = ReleasePlan(tmp_path / "release", rows=300, audit_log=tmp_path / "audit.jsonl",
-                          state_dir=tmp_path / "state")
-    app = make_client_app(plan.site_policy)
-    with pytest.raises(CoordinatorCrash):
-        run_federation(CrashingGrid(app, len(plan.policies), crash_at=2), demo_schema, settings, release)
+    release, app = _crash_in_round_two(plan, demo_schema, tmp_path, settings)
     with pytest.raises(ConfigurationError, match="site-level DP cannot be resumed"):
         run_federation(InProcessGrid(app, len(plan.policies)), demo_schema, settings, release, resume=True)
 
@@ -263,3 +259,17 @@ def test_a_site_that_joined_late_is_said_once_across_a_restart(plan, demo_schema
     entries = [json.loads(line) for line in (tmp_path / "audit.jsonl").read_text().splitlines()]
     late = [entry for entry in entries if entry.get("event") == "site_joined_late"]
     assert [entry.get("node") for entry in late] == [_LateNodeGrid.LATE]
+
+
+class _RenumberedGrid(InProcessGrid):
+    """The same sites under new node ids (a SuperLink that lost its database)."""
+
+    def get_node_ids(self):
+        return [node + 100 for node in super().get_node_ids()]
+
+
+def test_a_resume_whose_sites_came_back_under_new_ids_says_so(plan, demo_schema, tmp_path):
+    settings = SETTINGS.model_copy(update={"timeout": 1.0})
+    release, app = _crash_in_round_two(plan, demo_schema, tmp_path, settings)
+    with pytest.raises(FederationError, match="3 other node.s. are connected that took no part"):
+        run_federation(_RenumberedGrid(app, len(plan.policies)), demo_schema, settings, release, resume=True)
