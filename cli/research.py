@@ -237,12 +237,12 @@ def simulate(
     from fedsyn.server.record import FederationError
     from fedsyn.simulations import workflow
 
-    for warning in prepared.warnings:
-        console.print(f"[yellow bold]warning:[/] {warning}", soft_wrap=True)
-    try:
+    try:  # a refusal first: warnings about a run that will not happen only confuse
         workflow.clear_out_folder(out, overwrite)
     except ConfigurationError as exc:
         fail(str(exc))
+    for warning in prepared.warnings:
+        console.print(f"[yellow bold]warning:[/] {warning}", soft_wrap=True)
     _show_plan(prepared)
     if not prepared.usable and not yes:
         fail("the plan above says this release cannot be usable (red): follow its suggestion, or pass --yes to "
