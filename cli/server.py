@@ -10,6 +10,7 @@ import typer
 
 from fedsyn.cli.flower import become_flower, follow_run, run_flower, run_status
 from fedsyn.cli.output import console, fail, setup_logging
+from fedsyn.errors import ConfigurationError
 
 if TYPE_CHECKING:
     from fedsyn.server.ops.superlink import CoordinatorConfig
@@ -25,7 +26,9 @@ def _server_config(config: Path) -> CoordinatorConfig:
 
     try:
         return CoordinatorConfig.load(config)
-    except (OSError, ValueError) as exc:
+    except ConfigurationError as exc:
+        fail(str(exc))
+    except OSError as exc:
         fail(f"cannot use {config}: {exc}")
 
 

@@ -12,7 +12,7 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, Field, StringConstraints, ValidationError
 
-from fedsyn.errors import ConfigurationError
+from fedsyn.errors import ConfigurationError, validation_problems
 from fedsyn.model.config import GANConfig
 
 
@@ -115,8 +115,7 @@ class SitePolicy(BaseModel):
         try:
             policy = cls.model_validate(raw)
         except ValidationError as exc:
-            problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
-            raise PolicyError(f"site policy {path} is invalid: {problems}") from None
+            raise PolicyError(f"site policy {path} is invalid: {validation_problems(exc)}") from None
         base = path.parent
         update: dict[str, object] = {"data": base / policy.data, "schema_path": base / policy.schema_path,
                         "ledger": base / policy.ledger}

@@ -7,8 +7,15 @@ other exception is a bug and is reported by type only (see :func:`fedsyn.cli.mai
 
 from __future__ import annotations
 
+import difflib
 import os
 import traceback
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from pydantic import ValidationError
+    from pydantic_core import ErrorDetails
 
 
 class FedsynError(Exception):
@@ -43,3 +50,33 @@ def where_it_failed(exc: BaseException) -> str:
     frames = "".join(traceback.format_tb(exc.__traceback__))
     message = f": {exc}" if os.environ.get("FEDSYN_DEBUG") == "1" else " (message withheld: FEDSYN_DEBUG=1 shows it)"
     return f"Traceback (most recent call last):\n{frames}{type(exc).__name__}{message}"
+
+
+def closest_name(name: str, candidates: Sequence[str], cutoff: float = 0.6) -> str | None:
+    """The candidate ``name`` is most likely a misspelling of (letter case ignored), if any is
+    at least ``cutoff`` alike: the one home of "did you mean" for columns, settings and files."""
+    lowered = {candidate.lower(): candidate for candidate in candidates}
+    close = difflib.get_close_matches(name.lower(), list(lowered), n=1, cutoff=cutoff)
+    return lowered[close[0]] if close else None
+
+
+def did_you_mean(name: str, candidates: Sequence[str], cutoff: float = 0.6, noun: str = "columns") -> str:
+    """The end of an "unknown name" message: the likely intended name, else every one there is.
+    ``candidates`` must be public (a schema's columns, never a private file's values)."""
+    guess = closest_name(name, candidates, cutoff)
+    return f" (did you mean '{guess}'?)" if guess else f"; the {noun} are {', '.join(candidates)}"
+
+
+def validation_problems(exc: ValidationError, place: Callable[[tuple[int | str, ...]], str] | None = None,
+                        hint: Callable[[ErrorDetails], str] | None = None) -> str:
+    """A pydantic validation error as one line for a person: each problem's place (``place``
+    of its location, by default the dotted path) and pydantic's message, never the offending
+    input, whose repr may quote values read off private rows (a drafted schema's bounds)."""
+
+    def one(error: ErrorDetails) -> str:
+        loc = tuple(error["loc"])
+        where = place(loc) if place is not None else ".".join(str(part) for part in loc)
+        message = str(error["msg"]).removeprefix("Value error, ") + (hint(error) if hint is not None else "")
+        return f"{where}: {message}" if where else message
+
+    return "; ".join(one(error) for error in exc.errors())

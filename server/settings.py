@@ -15,7 +15,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, ValidationError, model_validator
 
-from fedsyn.errors import ConfigurationError
+from fedsyn.errors import ConfigurationError, validation_problems
 from fedsyn.model.config import TRANSPORT_DTYPES, GANConfig
 from fedsyn.privacy.budget import MARGINALS_SHARE, PAIRS_SHARE, is_budget, is_pairs_share, pairs_allowed
 
@@ -139,9 +139,7 @@ class FederationSettings(BaseModel):
         try:
             return cls(**values)  # type: ignore[arg-type]
         except ValidationError as exc:
-            problems = [str(error["msg"]).removeprefix("Value error, ") if not error["loc"]
-                        else f"{'.'.join(map(str, error['loc']))}: {error['msg']}" for error in exc.errors()]
-            raise ConfigurationError("; ".join(problems)) from None
+            raise ConfigurationError(validation_problems(exc)) from None
 
     @classmethod
     def from_run_config(cls, config: Mapping[str, object]) -> FederationSettings:

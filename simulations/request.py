@@ -14,7 +14,6 @@ warnings, which only this researcher sees, and the release only as declared publ
 
 from __future__ import annotations
 
-import difflib
 import math
 import re
 from dataclasses import dataclass, field
@@ -28,7 +27,7 @@ from fedsyn.data.demo import demo_data_path, demo_schema_path
 from fedsyn.data.schema import Schema, SchemaError
 from fedsyn.data.tables import DataFileError, read_table
 from fedsyn.data.validation import require_valid
-from fedsyn.errors import ConfigurationError
+from fedsyn.errors import ConfigurationError, did_you_mean
 from fedsyn.privacy.budget import is_budget
 from fedsyn.server.settings import FEDERATED_GAN, FEDERATED_LOCAL_STEPS, FEDERATED_ROUNDS, FederationSettings
 
@@ -223,9 +222,8 @@ def _check_site_column(schema: Schema, name: str | None) -> None:
     if name is None:
         return
     if name not in schema.column_names:
-        guess = difflib.get_close_matches(name, schema.column_names, n=1)
-        hint = f" (did you mean '{guess[0]}'?)" if guess else f"; its columns are {', '.join(schema.column_names)}"
-        raise ConfigurationError(f"--site-column {name}: the schema has no such column{hint}")
+        raise ConfigurationError(f"--site-column {name}: the schema has no such column"
+                                 f"{did_you_mean(name, schema.column_names)}")
     if not schema.column(name).is_categorical or name == schema.outcome:
         raise ConfigurationError(f"--site-column {name}: the hospital column must be a categorical column of the "
                                  "schema other than the outcome")

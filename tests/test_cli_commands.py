@@ -135,6 +135,12 @@ def test_server_app_hash_and_config_errors(tmp_path):
     assert result.exit_code == 0 and re.fullmatch(r"[0-9a-f]{64}", result.output.strip())
     result = _invoke("server", "sites", "list", "--config", tmp_path / "missing.toml")
     assert result.exit_code == 2 and "missing.toml" in result.output
+    for text, says in (("port = 70000\n", "port: Input should be less than or equal to 65535"),
+                       ("port = \n", "cannot be parsed")):
+        (tmp_path / "server.toml").write_text(text)
+        result = _invoke("server", "sites", "list", "--config", tmp_path / "server.toml")
+        assert result.exit_code == 2 and says in " ".join(result.output.split()), result.output
+        assert "Traceback" not in result.output and "pydantic" not in result.output
 
 
 def test_server_toml_run_paths_are_relative_to_the_file(tmp_path):

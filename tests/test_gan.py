@@ -4,6 +4,7 @@ import math
 
 import numpy as np
 import pytest
+import torch
 
 from fedsyn.data.grid import numeric_edges
 from fedsyn.data.schema import SchemaError, draft_schema
@@ -93,6 +94,14 @@ def test_api_refuses_careless_calls_clearly(fitted, tmp_path):
     with pytest.raises(ConfigurationError, match="not a fedsyn model file") as caught:
         DPTabularGAN.load(not_a_model)
     assert "weights_only" not in str(caught.value)
+    crafted = tmp_path / "crafted.pt"
+    fitted.save(crafted)
+    raw = torch.load(crafted, weights_only=True)
+    raw["schema"]["columns"][0]["kind"] = "secret-value-123"
+    torch.save(raw, crafted)
+    with pytest.raises(ConfigurationError, match="malformed schema") as caught:
+        DPTabularGAN.load(crafted)
+    assert "secret-value-123" not in str(caught.value)
     assert fitted.sample(20, seed=3).equals(fitted.sample(20, seed=3))
     assert "fitted" in repr(fitted) and "epsilon=1.0" in repr(fitted)
 

@@ -8,7 +8,6 @@ the data-derived bounds and categories with public knowledge.
 
 from __future__ import annotations
 
-import difflib
 import json
 import math
 import re
@@ -22,7 +21,7 @@ from pydantic import BaseModel, Field, ValidationError, model_validator
 from pydantic_core import ErrorDetails
 
 from fedsyn.data.rules import Rule
-from fedsyn.errors import ConfigurationError
+from fedsyn.errors import ConfigurationError, did_you_mean, validation_problems
 
 
 class SchemaError(ConfigurationError, ValueError):
@@ -226,28 +225,27 @@ class Schema(BaseModel):
         try:
             return cls.model_validate(raw)
         except ValidationError as exc:
-            raise SchemaError(f"schema file {path} is invalid: {validation_problems(exc, raw)}") from None
+            raise SchemaError(f"schema file {path} is invalid: {schema_problems(exc, raw)}") from None
 
 
-def validation_problems(exc: ValidationError, raw: object) -> str:
-    """A schema's validation errors for a person: where (``columns.2.kind`` named by the
-    column, ``column 'crp': kind``) and what, never the offending input's repr (a draft's
-    values are read off private rows)."""
+def schema_problems(exc: ValidationError, raw: object) -> str:
+    """A schema's validation errors for a person (:func:`fedsyn.errors.validation_problems`),
+    each column named (``column 'crp': kind``, not ``columns.2.kind``)."""
     columns = raw.get("columns") if isinstance(raw, dict) else None
 
-    def where(loc: tuple[int | str, ...]) -> str:
+    def place(loc: tuple[int | str, ...]) -> str:
         if len(loc) >= 2 and loc[0] == "columns" and isinstance(loc[1], int) and isinstance(columns, list) \
                 and loc[1] < len(columns) and isinstance(columns[loc[1]], dict) and "name" in columns[loc[1]]:
             rest = ".".join(str(part) for part in loc[2:])
             return f"column '{columns[loc[1]]['name']}'" + (f": {rest}" if rest else "")
-        return ".".join(str(part) for part in loc) or "(top level)"
+        return ".".join(str(part) for part in loc)
 
-    def hint(err: ErrorDetails) -> str:
-        if "categories" in err["loc"] and err["type"] == "string_type":
+    def hint(error: ErrorDetails) -> str:
+        if "categories" in error["loc"] and error["type"] == "string_type":
             return ' (write each category in quotes: "0", "1")'
         return ""
 
-    return "; ".join(f"{where(tuple(err['loc']))}: {err['msg']}{hint(err)}" for err in exc.errors())
+    return validation_problems(exc, place, hint)
 
 
 MANY_CATEGORIES = 50  # above this a drafted categorical column is probably an identifier
@@ -312,13 +310,11 @@ def draft_schema(frame: pd.DataFrame, name: str = "table", outcome: str | None =
                           "add a header line naming the columns, then draft again")
     if outcome is not None and outcome not in names:
         shown = [n for n in names if not value_like(n)]
-        guess = difflib.get_close_matches(outcome, shown, n=1, cutoff=0.5)
-        hint = f" (did you mean '{guess[0]}'?)" if guess else f"; its columns are {', '.join(shown)}"
-        raise SchemaError(f"outcome '{outcome}': the extract has no such column{hint}")
+        raise SchemaError(f"outcome '{outcome}': the extract has no such column{did_you_mean(outcome, shown, 0.5)}")
     try:
         return Schema(name=name, columns=[_drafted_column(frame[col]) for col in frame.columns], outcome=outcome)
     except ValidationError as exc:
-        raise SchemaError(f"could not draft a schema: {validation_problems(exc, None)}") from None
+        raise SchemaError(f"could not draft a schema: {schema_problems(exc, None)}") from None
 
 
 def _drafted_column(series: pd.Series) -> Column:

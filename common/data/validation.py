@@ -6,7 +6,6 @@ row numbers (never the values: they are patient data); nothing is dropped or rep
 
 from __future__ import annotations
 
-import difflib
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -16,7 +15,7 @@ import numpy as np
 import pandas as pd
 
 from fedsyn.data.schema import Column, ColumnKind, Schema, off_step, value_like
-from fedsyn.errors import InputDataError
+from fedsyn.errors import InputDataError, closest_name
 
 _EXAMPLES = 3
 RowNumbering = Literal["line", "row"]
@@ -143,9 +142,7 @@ def _close_name(name: str, candidates: list[str], others: int) -> str | None:
     side (``others``: how many names stand beside ``name``), a looser likeness will do
     ('smoking' for 'smoker', never 'patient_id' for 'mgus')."""
     lone = len(candidates) == 1 and others == 0
-    lowered = {candidate.lower(): candidate for candidate in candidates}
-    close = difflib.get_close_matches(name.lower(), list(lowered), n=1, cutoff=0.5 if lone else 0.8)
-    return lowered[close[0]] if close else None
+    return closest_name(name, candidates, cutoff=0.5 if lone else 0.8)
 
 
 def require_valid(frame: pd.DataFrame, schema: Schema, source: str = "data") -> None:

@@ -15,9 +15,10 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from pydantic import ValidationError
 
 from fedsyn.data.schema import Schema
-from fedsyn.errors import ConfigurationError
+from fedsyn.errors import ConfigurationError, validation_problems
 from fedsyn.model.config import GANConfig
 from fedsyn.model.encoder import TableEncoder
 from fedsyn.model.training import GANTrainer
@@ -68,7 +69,11 @@ def load_checkpoint(path: str | Path, device: str = "cpu") -> Checkpoint:
         found = raw.get("format") if isinstance(raw, dict) else None
         raise ConfigurationError(f"{path} is not a fedsyn model file of this version (format {found!r}, "
                                  f"expected {FORMAT!r})")
-    schema = Schema.model_validate(raw["schema"])
+    try:
+        schema = Schema.model_validate(raw["schema"])
+    except ValidationError as exc:
+        raise ConfigurationError(f"{path} holds a malformed schema ({validation_problems(exc)}): it was not written "
+                                 "by fedsyn or was changed since") from None
     config = GANConfig.from_dict(raw["config"])
     marginals = Marginals.from_dict(raw["marginals"])
     per_slot = [Marginals.from_dict(m) for m in raw["site_slots"]["marginals"]] if raw["site_slots"] is not None else []

@@ -12,8 +12,9 @@ import tomllib
 from pathlib import Path
 
 from flwr.cli.build import build_fab_from_disk
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, ValidationError
 
+from fedsyn.errors import ConfigurationError, validation_problems
 from fedsyn.federation.app_bundle import bundle_hash
 from fedsyn.federation.flower_programs import flower_program, search_path
 from fedsyn.trust.certs import expired
@@ -48,7 +49,14 @@ class CoordinatorConfig(BaseModel):
     def load(cls, path: Path) -> CoordinatorConfig:
         """Read ``server.toml``; every relative path in it, the ``[run]`` ones included, is
         relative to the file (the ServerApp runs elsewhere and needs absolute paths)."""
-        config = cls.model_validate(tomllib.loads(Path(path).read_text()))
+        try:
+            config = cls.model_validate(tomllib.loads(Path(path).read_text()))
+        except FileNotFoundError:
+            raise ConfigurationError(f"coordinator config not found: {path}") from None
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigurationError(f"coordinator config {path} cannot be parsed: {exc}") from None
+        except ValidationError as exc:
+            raise ConfigurationError(f"coordinator config {path} is invalid: {validation_problems(exc)}") from None
         base = Path(path).resolve().parent
         run = {key: str(base / str(value)) if key in RUN_PATHS and value and not Path(str(value)).is_absolute()
                else value for key, value in config.run.items()}
