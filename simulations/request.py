@@ -15,7 +15,6 @@ warnings, which only this researcher sees, and the release only as declared publ
 from __future__ import annotations
 
 import math
-import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -29,6 +28,7 @@ from fedsyn.data.tables import DataFileError, read_table
 from fedsyn.data.validation import require_valid
 from fedsyn.errors import ConfigurationError, did_you_mean
 from fedsyn.privacy.budget import is_budget
+from fedsyn.privacy.randomness import is_stream_nonce
 from fedsyn.server.settings import FEDERATED_GAN, FEDERATED_LOCAL_STEPS, FEDERATED_ROUNDS, FederationSettings
 
 if TYPE_CHECKING:  # both load torch and Flower: imported once the researcher's files are read
@@ -100,8 +100,7 @@ class SimulationRequest:
         if self.dirichlet is not None and not self.dirichlet > 0:
             raise ConfigurationError(f"--dirichlet {self.dirichlet}: the concentration must be positive (0.1 very "
                                      "skewed, 10 nearly IID)")
-        if self.stream_nonce is not None and (self.seed is None
-                                              or not re.fullmatch(r"[0-9a-f]{32}", self.stream_nonce)):
+        if self.stream_nonce is not None and (self.seed is None or not is_stream_nonce(self.stream_nonce)):
             raise ConfigurationError("--stream-nonce repeats an earlier seeded simulation: give it with that run's "
                                      "--seed, as the 32 hex digits the run printed")
         if self.engine not in ("inprocess", "flower"):

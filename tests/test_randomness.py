@@ -18,6 +18,7 @@ from fedsyn.cli.research import simulate as simulate_command
 from fedsyn.client.policy import SitePolicy
 from fedsyn.client.site import Site, initialise_ledger
 from fedsyn.data.demo import demo_schema_path
+from fedsyn.data.schema import Schema
 from fedsyn.federation import protocol
 from fedsyn.model.gan import DPTabularGAN
 from fedsyn.privacy.marginals import exact_counts, measured_columns
@@ -126,6 +127,23 @@ def test_every_seeded_simulate_gets_a_fresh_stream_unless_it_repeats_one(tmp_pat
     assert prepare(SimulationRequest(out=tmp_path / "d")).simulation.stream_nonce is None
     with pytest.raises(ConfigurationError, match="--stream-nonce"):
         SimulationRequest(stream_nonce=given)
+    with pytest.raises(ConfigurationError, match="32 hex digits"):
+        SimulationRequest(seed=3, stream_nonce="1")
+
+
+def test_a_fit_refuses_a_made_up_stream_nonce(small_frame):
+    """A short nonce ('1') is easily chosen twice, and two fits of one stream cancel each other's
+    noise: only a nonce as fedsyn prints them repeats a fit, before anything is drawn."""
+    from fedsyn.privacy.randomness import fresh_nonce
+
+    assert fresh_nonce("") != fresh_nonce(None) and len(fresh_nonce()) == 32
+    for made_up in ("1", "ab" * 15, "AB" * 16, "ab" * 17):
+        with pytest.raises(ValueError, match="32 hex digits"):
+            fresh_nonce(made_up)
+    model = DPTabularGAN(Schema.load(demo_schema_path()), epsilon=1.0, seed=3, stream_nonce="1", config=TINY)
+    with pytest.raises(ValueError, match="32 hex digits"):
+        model.fit(small_frame)
+    assert getattr(model, "ledger_", None) is None  # nothing was charged
 
 
 def test_a_seeded_simulation_given_its_stream_nonce_repeats_its_release(tmp_path):

@@ -15,10 +15,14 @@ Nothing here touches PyTorch's or NumPy's global generators.
 from __future__ import annotations
 
 import hashlib
+import re
 import secrets
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
+
+if TYPE_CHECKING:
+    import torch
 
 StreamKey = int | str | None
 
@@ -44,11 +48,25 @@ def _word63(sequence: np.random.SeedSequence) -> int:
     return int(sequence.generate_state(1, dtype=np.uint64)[0] >> np.uint64(1))
 
 
+NONCE_PATTERN = re.compile(r"[0-9a-f]{32}")
+
+
+def is_stream_nonce(value: str) -> bool:
+    """Whether ``value`` is a stream nonce as fedsyn prints them (32 hex digits)."""
+    return NONCE_PATTERN.fullmatch(value) is not None
+
+
 def fresh_nonce(given: str | None = None) -> str:
     """A stream nonce for a new ledger, fit or seeded simulation: ``given`` repeats an earlier
     one exactly; otherwise 128 fresh random bits, so that two runs never share noise even with
-    one seed (two releases of one stream would cancel it)."""
-    return given or secrets.token_hex(16)
+    one seed (two releases of one stream would cancel it). A given nonce must be one fedsyn
+    printed (32 hex digits): a made-up short one ('1') is easily chosen twice. Raises ValueError."""
+    if not given:
+        return secrets.token_hex(16)
+    if not is_stream_nonce(given):
+        raise ValueError("a stream nonce is the 32 hex digits a seeded run printed (`--stream-nonce` repeats that "
+                         "run); leave it out for a fresh stream")
+    return given
 
 
 def derived_seed(seed: int, *key: StreamKey) -> int:
@@ -68,6 +86,7 @@ def numpy_generator(seed: int | None, *key: StreamKey) -> np.random.Generator:
 
 def torch_generator(seed: int | None, *key: StreamKey, device: str | torch.device = "cpu") -> torch.Generator:
     """A PyTorch generator on ``device`` seeded from the stream for ``key``."""
+    import torch  # here, so that checking a nonce or a seed does not load PyTorch
     generator = torch.Generator(device=torch.device(device))
     generator.manual_seed(_word63(seed_sequence(seed, *key)))
     return generator
