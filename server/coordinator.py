@@ -82,24 +82,40 @@ class Coordinator:
 
     def wait_for_sites(self, grid: Grid) -> list[int]:
         """Wait until ``min_sites`` of the run's sites are connected; return them. A new run's
-        sites are every connected node; a resumed run's are those of its budget query (a node
-        that connected since takes no part: :meth:`_note_late_sites` says so)."""
-        known = set(self.run.sites) if self.run.completed_round is not None else None
+        sites are every connected node. A resumed run waits for those of its budget query that
+        can still train (:meth:`_can_train_next`): a site that was refused or has trained every
+        round its budget fits is asked nothing more, so counting it would start a round the
+        quorum then stops, and the release would lose the rounds a site still on its way back
+        could have trained. When fewer than ``min_sites`` can still train, there is nothing to
+        wait for: training stops and the release is written. A node that connected since the
+        budget query takes no part (:meth:`_note_late_sites` says so)."""
+        resumed = self.run.completed_round is not None
+        known = {node for node, site in self.run.sites.items() if self._can_train_next(site)} if resumed else None
+        needed = self.settings.min_sites if known is None else min(self.settings.min_sites, len(known))
         deadline = time.monotonic() + self.settings.timeout
         while True:
             nodes = [node for node in sorted(grid.get_node_ids()) if known is None or node in known]
-            if len(nodes) >= self.settings.min_sites:
+            if len(nodes) >= needed:
                 for node in nodes:
                     self.run.sites.setdefault(node, SiteStatus(node))
                 return nodes
             if time.monotonic() > deadline:
-                others = len(set(grid.get_node_ids()) - set(nodes))
+                others = len(set(grid.get_node_ids()) - set(self.run.sites)) if resumed else 0
                 strangers = (f"; {others} other node(s) are connected that took no part in this run's budget "
                              "query (new node ids, e.g. after the SuperLink lost its database): start a new run "
-                             "for them" if known is not None and others else "")
-                raise FederationError(f"only {len(nodes)} of the run's site(s) connected; at least "
+                             "for them" if others else "")
+                which = "the run's site(s) that can still train" if resumed else "the run's site(s)"
+                raise FederationError(f"only {len(nodes)} of {which} connected; at least "
                                       f"{self.settings.min_sites} needed{strangers}")
             time.sleep(1.0)
+
+    def _can_train_next(self, site: SiteStatus) -> bool:
+        """Whether a resumed run's next training round would ask ``site``: still active, planned
+        for this run, with a slot where the run has them, and with a planned round left."""
+        next_round = (self.run.completed_round or 0) + 1
+        return (site.active and site.epsilon_cap is not None
+                and (site.rounds_planned is None or next_round <= site.rounds_planned)
+                and (not self.settings.site_conditional or site.node_id in self.run.slots))
 
     def _exchange(self, grid: Grid, messages: list[Message], round_: int, charged: bool = True
                   ) -> list[tuple[SiteStatus, Message]]:

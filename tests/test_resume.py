@@ -16,9 +16,11 @@ import pytest
 from fedsyn.client.app import make_client_app
 from fedsyn.client.policy import SitePolicy
 from fedsyn.client.replies import ReplyStore
+from fedsyn.client.site import Site
 from fedsyn.errors import ConfigurationError
+from fedsyn.federation import protocol
 from fedsyn.model.training import GANTrainer
-from fedsyn.privacy.accounting import PrivacyEvent, PrivacyLedger
+from fedsyn.privacy.accounting import PrivacyEvent, PrivacyLedger, gaussian_noise_for_epsilon
 from fedsyn.server import coordinator as coordinator_module
 from fedsyn.server.app import ReleasePlan, run_federation
 from fedsyn.server.record import FederationError
@@ -273,3 +275,32 @@ def test_a_resume_whose_sites_came_back_under_new_ids_says_so(plan, demo_schema,
     release, app = _crash_in_round_two(plan, demo_schema, tmp_path, settings)
     with pytest.raises(FederationError, match="3 other node.s. are connected that took no part"):
         run_federation(_RenumberedGrid(app, len(plan.policies)), demo_schema, settings, release, resume=True)
+
+
+class _WithoutLastSite(InProcessGrid):
+    """The run's last site has not reconnected yet."""
+
+    def get_node_ids(self):
+        return sorted(super().get_node_ids())[:-1]
+
+
+def test_a_resume_waits_for_the_sites_that_can_still_train(plan, demo_schema, tmp_path):
+    """site-0 spent 0.2 before, so at noise 6 one training round fits it and two fit the others;
+    the coordinator dies once round 2 was answered. Resumed while site-2 is still away, the run
+    used to count site-0 (done with its rounds) toward min-sites 2, ask round 2 of site-1 alone,
+    stop at the quorum and release one round. It waits for site-2 instead and says which sites
+    it waits for; resumed once site-2 is back, it trains round 2 and releases."""
+    site = Site(SitePolicy.load(plan.policies[0]))
+    site.release_marginals(gaussian_noise_for_epsilon(0.2, 1e-5), 0.2, protocol.schema_fingerprint(site.schema))
+    settings = SETTINGS.model_copy(update={"noise_multiplier": 6.0, "timeout": 1.0})
+    release = ReleasePlan(tmp_path / "release", rows=300, audit_log=tmp_path / "audit.jsonl",
+                          state_dir=tmp_path / "state")
+    app = make_client_app(plan.site_policy)
+    with pytest.raises(CoordinatorCrash):
+        run_federation(CrashingGrid(app, len(plan.policies), crash_at=2), demo_schema, settings, release)
+    with pytest.raises(FederationError, match="only 1 of the run's site.s. that can still train connected"):
+        run_federation(_WithoutLastSite(app, len(plan.policies)), demo_schema, settings, release, resume=True)
+    assert not (tmp_path / "release").exists()
+    coordinator = run_federation(InProcessGrid(app, len(plan.policies)), demo_schema, settings, release,
+                                 resume=True)
+    assert [r.round for r in coordinator.run.rounds] == [1, 2]
