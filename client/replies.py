@@ -6,6 +6,11 @@ returns the stored answer: a DP output sent twice is post-processing, so no budg
 twice. The answer is replayed only for the identical request (same run, round and
 request digest: settings and global model); anything else is a new request, checked and
 charged as usual. Stored next to the site's ledger; holds DP outputs and public values only.
+
+Each answer also records where its charge sits in the ledger (the ledger's nonce and the
+charge's position). So the store proves a lower bound on how many charges the ledger holds,
+which a ledger and trail restored together from an older backup cannot hide
+(:meth:`ReplyStore.charges_proven`).
 """
 
 from __future__ import annotations
@@ -57,9 +62,23 @@ class ReplyStore:
         return arrays, meta["metrics"], PrivacyEvent(**meta["event"])
 
     def put(self, run_id: str, round_: int, digest: str, arrays: Mapping[str, np.ndarray],
-            metrics: Mapping[str, float], event: PrivacyEvent) -> None:
+            metrics: Mapping[str, float], event: PrivacyEvent, charge: tuple[str | None, int]) -> None:
+        """Store an answer and its ``charge``: the ledger's nonce and the charge's position in it."""
         names = list(arrays)  # column names may be anything: stored by position, named in the meta
-        meta = json.dumps({"digest": digest, "names": names, "metrics": dict(metrics), "event": asdict(event)})
+        nonce, position = charge
+        meta = json.dumps({"digest": digest, "names": names, "metrics": dict(metrics), "event": asdict(event),
+                           "ledger": {"nonce": nonce, "position": position}})
         stored = {f"a{index}": arrays[name] for index, name in enumerate(names)}
         write_atomically(self._path(run_id, round_),
                          lambda out: np.savez(out, meta=np.array(meta), **stored))  # type: ignore[arg-type]
+
+    def charges_proven(self, nonce: str | None) -> int:
+        """How many charges the ledger with ``nonce`` must hold at least: one more than the
+        highest position of a stored answer charged to it (0 when none is stored)."""
+        proven = 0
+        for path in self.directory.glob("*-round-*.npz") if self.directory.is_dir() else ():
+            with np.load(path, allow_pickle=False) as stored:
+                ledger = json.loads(str(stored["meta"])).get("ledger") or {}
+            if nonce is not None and ledger.get("nonce") == nonce:
+                proven = max(proven, int(ledger.get("position", -1)) + 1)
+        return proven

@@ -47,7 +47,13 @@ from fedsyn.privacy.accounting import (
     calibrate_noise_multiplier,
 )
 from fedsyn.privacy.budget import DP_SGD, SiteBudget, is_budget, is_pairs_share, pairs_allowed
-from fedsyn.privacy.marginals import Marginals, check_slot_tables, marginals_event, noisy_marginals
+from fedsyn.privacy.marginals import (
+    Marginals,
+    check_slot_tables,
+    check_summed_tables,
+    marginals_event,
+    noisy_marginals,
+)
 from fedsyn.privacy.randomness import numpy_generator, torch_generator
 from fedsyn.trust.audit import AuditLog
 
@@ -192,6 +198,16 @@ class Site:
                 f"ledger {policy.ledger} holds {len(self.ledger.events)} event(s) but the audit trail "
                 f"{policy.audit_trail} records {recorded} charges: the ledger was reset or replaced. Restore it "
                 "from backup; the site refuses to spend until the two agree")
+        proven = self.replies.charges_proven(self.ledger.stream_nonce)
+        if len(self.ledger.events) < proven:
+            # Ledger and trail restored together from an older backup: both agree, yet the stored
+            # answers prove later charges. Spending on would under-count, and a seeded site would
+            # draw the same noise again at the same ledger positions.
+            raise LedgerError(
+                f"ledger {policy.ledger} holds {len(self.ledger.events)} event(s) but this site's stored answers "
+                f"({self.replies.directory}) prove {proven} charges: the ledger and its trail were restored from a "
+                "backup older than the last charge. Restore the latest ledger and trail; the site refuses to spend "
+                "until they hold every charge")
 
     # -- checks that run before anything is charged ----------------------------------------
 
@@ -316,7 +332,7 @@ class Site:
                                     numpy_generator(self.seed, self.ledger.stream_nonce, event.mechanism, position),
                                     pairs_share)
         if run_id:
-            self.replies.put(run_id, 0, digest, marginals.arrays, {}, event)
+            self.replies.put(run_id, 0, digest, marginals.arrays, {}, event, (self.ledger.stream_nonce, position))
         self.trail.append("marginals_sent", privacy=asdict(event), epsilon_spent=self.ledger.epsilon())
         return marginals, event
 
@@ -374,6 +390,10 @@ class Site:
         sigma = self.plan_noise(request)
         # Everything that can refuse without the rows first: a refusal that read them would take
         # longer the more rows there are, and a coordinator could time it for free.
+        try:
+            check_summed_tables(self.schema, marginals)
+        except ValueError:
+            raise _model_misfit() from None
         local_marginals = self._own_marginals(request, marginals, slot_marginals)
         trainer = self._trainer(request.gan_config, arrays, marginals, local_marginals, slot_marginals)
         event = PrivacyEvent(DP_SGD, sigma, request.sample_rate, request.local_steps, round=request.round)
@@ -398,12 +418,14 @@ class Site:
             # overflowed on generated rows or the transport's range, a function of the model and the
             # DP outputs only. A fixed reply says so; the charge stands (over-counted, never hidden).
             if request.run_id:
-                self.replies.put(request.run_id, request.round, digest, {}, {WITHHELD: 1.0}, event)
+                self.replies.put(request.run_id, request.round, digest, {}, {WITHHELD: 1.0}, event,
+                                 (self.ledger.stream_nonce, position))
             self.trail.append("update_withheld", privacy=asdict(event), epsilon_spent=self.ledger.epsilon(),
                               reason="non-finite weights or losses after the local steps")
             raise _withheld()
         if request.run_id:
-            self.replies.put(request.run_id, request.round, digest, updated, metrics, event)
+            self.replies.put(request.run_id, request.round, digest, updated, metrics, event,
+                             (self.ledger.stream_nonce, position))
         self.trail.append("update_sent", privacy=asdict(event), epsilon_spent=self.ledger.epsilon(), metrics=metrics)
         return updated, metrics, event
 

@@ -180,6 +180,9 @@ MUTATIONS = [
     Mutation("ledger not cross-checked against the audit trail", "client/site.py",
              "if len(self.ledger.events) < recorded:", "if False:",
              (PRIVACY + "test_a_deleted_or_reset_ledger_is_refused",)),
+    Mutation("a ledger restored from an older backup is taken", "client/site.py",
+             "        if len(self.ledger.events) < proven:", "        if False:",
+             (PRIVACY + "test_a_ledger_and_trail_restored_from_an_older_backup_are_refused",)),
     Mutation("extract validated only after the charge", "client/site.py",
              "        self._check_affordable(event, request.epsilon)\n        frame = self._private_rows()\n",
              "        self._charge(PrivacyEvent('dp-sgd', sigma, request.sample_rate, 1), request.epsilon)\n"
@@ -192,6 +195,11 @@ MUTATIONS = [
     Mutation("training reads the rows before checking the model", "client/site.py",
              "        sigma = self.plan_noise(request)\n",
              "        sigma = self.plan_noise(request)\n        self._private_rows()\n",
+             (PRIVACY + "test_refusals_that_need_no_rows_read_none",)),
+    Mutation("training reads the rows before checking the summed tables", "client/site.py",
+             "            check_summed_tables(self.schema, marginals)\n        except ValueError:\n"
+             "            raise _model_misfit() from None\n",
+             "            pass\n        except ValueError:\n            raise _model_misfit() from None\n",
              (PRIVACY + "test_refusals_that_need_no_rows_read_none",)),
     Mutation("refusal text quotes the exception", "client/site.py",
              "raise SiteRefusal(ErrorCode.DATA_INVALID, \"the site's extract does not pass validation against the \"",

@@ -262,6 +262,14 @@ def test_refusals_that_need_no_rows_read_none(tmp_path, small_frame, monkeypatch
         is protocol.ErrorCode.MALFORMED_REQUEST
     assert _refusal(site, lambda: site.train(_request(site, epsilon=1e-4), arrays, marginals)).code \
         is protocol.ErrorCode.BUDGET_EXHAUSTED
+    # The fourth review's F1: summed tables one bin short passed every check, then failed while
+    # the rows were encoded, as a free 'site failure' whose time grew with the rows.
+    short = Marginals({**marginals.tables, "kappa": marginals.tables["kappa"][:-1]})
+    assert _refusal(site, lambda: site.train(_request(site), arrays, short)).code \
+        is protocol.ErrorCode.MALFORMED_REQUEST
+    infinite = Marginals({**marginals.tables, "kappa": np.full_like(marginals.tables["kappa"], np.inf)})
+    assert _refusal(site, lambda: site.train(_request(site), arrays, infinite)).code \
+        is protocol.ErrorCode.MALFORMED_REQUEST
 
 
 def test_a_refusal_asked_again_adds_no_line_to_the_sites_trail(tmp_path, small_frame):
@@ -317,6 +325,24 @@ def test_a_deleted_or_reset_ledger_is_refused(tmp_path, small_frame):
         Site(site.policy)
     ledger_path.write_text(saved)
     Site(site.policy)  # restored from backup: accepted again
+
+
+def test_a_ledger_and_trail_restored_from_an_older_backup_are_refused(tmp_path, small_frame):
+    """The fourth review's F4: restored together from a backup taken before the last charge, the
+    ledger and its trail agreed, so the site spent on with that charge forgotten (1.71 shown where
+    both releases were spent) and, seeded, drew the same noise again at the same ledger position:
+    the two releases gave back an exact table. The stored answers prove the later charge."""
+    site = _site(tmp_path, small_frame)
+    fingerprint = protocol.schema_fingerprint(site.schema)
+    site.release_marginals(30.0, 50.0, fingerprint, run_id="run-a")
+    ledger, trail = site.policy.ledger, site.policy.audit_trail
+    backup = {path: path.read_text() for path in (ledger, trail)}
+    site.release_marginals(20.0, 50.0, fingerprint, run_id="run-b")
+    Site(site.policy)  # as it is: accepted
+    for path, text in backup.items():
+        path.write_text(text)
+    with pytest.raises(LedgerError, match="stored answers .* prove 2 charges"):
+        Site(site.policy)
 
 
 def test_two_sites_on_one_policy_share_one_budget(tmp_path, small_frame):

@@ -159,8 +159,9 @@ def test_the_reply_store_keeps_any_column_name(tmp_path):
     store = ReplyStore(tmp_path)
     arrays = {"file": np.ones(2), "allow_pickle": np.zeros(3), "meta": np.arange(4.0), "a0": np.full(1, 7.0)}
     event = PrivacyEvent("gaussian-marginals", 3.0, 1.0, 1, round=0)
-    store.put("run-1", 0, "abc", arrays, {}, event)
+    store.put("run-1", 0, "abc", arrays, {}, event, ("nonce", 4))
     got, metrics, replayed = store.get("run-1", 0, "abc")
+    assert store.charges_proven("nonce") == 5 and store.charges_proven("another ledger") == 0
     assert {k: v.tolist() for k, v in got.items()} == {k: v.tolist() for k, v in arrays.items()}
     assert replayed == event and metrics == {}
     assert store.get("run-1", 0, "another request") is None and store.get("run-2", 0, "abc") is None

@@ -320,11 +320,27 @@ def summed_tables(schema: Schema, parts: list[Marginals], noise_floor: float) ->
     return summed.without_noise_floor(schema, noise_floor) if noise_floor else summed
 
 
+def check_summed_tables(schema: Schema, summed: Marginals) -> None:
+    """The summed round-0 tables as a site receives them with a training request or a model file
+    holds them: one table per schema column, of the schema's shape, finite, and pair tables (a
+    federation of one site keeps its own) well-formed. A site checks them before it reads a row:
+    a malformed table that failed only once the rows were encoded would refuse in a time that
+    grows with the rows, and a coordinator could time that for free. Raises ValueError."""
+    expected = {column.name: table_shape(schema, column) for column in schema.columns}
+    if {name: table.shape for name, table in summed.tables.items()} != expected:
+        raise ValueError("the summed tables are not one table per schema column of its shape")
+    if not all(np.isfinite(values).all() for values in summed.arrays.values()):
+        raise ValueError("the summed tables hold non-finite counts")
+    check_pairs(schema, summed)
+
+
 def check_slot_tables(schema: Schema, summed: Marginals, per_slot: list[Marginals]) -> None:
     """Every site slot's round-0 tables, as a site receives them or a model file holds them:
-    shaped like the summed tables, finite, with well-formed pair tables and group bounds
+    shaped like the summed tables (themselves checked against the schema:
+    :func:`check_summed_tables`), finite, with well-formed pair tables and group bounds
     (:func:`fedsyn.privacy.pairs.check_pairs`). The release is drawn by them, so a crafted
     table must be refused here rather than misread there. Raises ValueError."""
+    check_summed_tables(schema, summed)
     shapes = {name: table.shape for name, table in summed.tables.items()}
     for slot, tables in enumerate(per_slot):
         if {name: table.shape for name, table in tables.tables.items()} != shapes:
