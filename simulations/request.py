@@ -151,6 +151,14 @@ def prepare(request: SimulationRequest) -> PreparedSimulation:
     if not request.rows:  # the default release size is every site's rows together: that total is published
         public_facts["total_site_rows"] = {"value": sum(len(t) for t in tables),
                                            "why_public": "--rows 0 releases as many synthetic rows as the sites hold"}
+    if request.sweep:  # every release names the others drawn from the same rows, and what all of them spend
+        budgets = [request.epsilon, *request.sweep]
+        public_facts["releases_from_the_same_rows"] = {
+            "value": {"epsilon_per_release": budgets, "epsilon_if_all_published_at_most": sum(budgets),
+                      "delta_if_all_published_at_most": request.delta * len(budgets)},
+            "why_public": "this simulation writes one release per budget (the main run and each --sweep-epsilon "
+                          "arm), all from the same sites' rows, each arm's sites with a ledger of their own: "
+                          "publishing several spends up to their sum (basic composition), not any one's epsilon"}
     settings = _settings(request, request.epsilon, sample_rate, len(tables), config)
     for budget in request.sweep:  # every budget is checked before any simulated site spends anything
         _settings(request, budget, sample_rate, len(tables), config)
