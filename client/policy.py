@@ -92,6 +92,11 @@ class SitePolicy(BaseModel):
     limits: RequestLimits = Field(default_factory=RequestLimits,
                                   description="the most a coordinator may ask in one training request")
     allow_unreviewed_schema: bool = False
+    reply_quantum_seconds: float = Field(
+        default=1.0, ge=0, le=60, description="every reply leaves at the next whole multiple of this many seconds "
+        "after its request came: how long the site took, which grows with its rows, is seen only to this "
+        "quantum (a timing channel DP does not cover). 0: off (simulations, where coordinator and sites are "
+        "one researcher)")
     device: str = Field(default="cpu", description="torch device for local training, e.g. 'cuda'")
     seed: int | None = Field(default=None, description="fix this site's noise for reproducible simulations; "
                              "leave unset in production (operating-system randomness)")

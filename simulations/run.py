@@ -78,6 +78,7 @@ def prepare_sites(tables: list[pd.DataFrame], schema_path: Path, root: Path, eps
                             allow_unreviewed_schema=allow_unreviewed_schema,
                             # The researcher's own simulated sites: small ones may train on every row each step.
                             limits=RequestLimits(max_sample_rate=1.0), out_of_domain=out_of_domain,
+                            reply_quantum_seconds=0.0,  # no timing to hide from oneself
                             seed=None if seed is None else derived_seed(seed, "simulated-site", *stream))
         policy.save(folder / "policy.json")
         initialise_ledger(SitePolicy.load(folder / "policy.json"),

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import math
+import time
 from dataclasses import replace
 
 import numpy as np
@@ -270,6 +271,24 @@ def test_refusals_that_need_no_rows_read_none(tmp_path, small_frame, monkeypatch
     infinite = Marginals({**marginals.tables, "kappa": np.full_like(marginals.tables["kappa"], np.inf)})
     assert _refusal(site, lambda: site.train(_request(site), arrays, infinite)).code \
         is protocol.ErrorCode.MALFORMED_REQUEST
+
+
+def test_a_sites_replies_leave_on_its_time_quantum(tmp_path, small_frame):
+    """The fourth review's F2: a round-0 request at noise 1e5 costs almost nothing and still took
+    longer the more rows the site holds (22 ms at 2,000 rows, 312 ms at 64,000). A hospital's
+    replies leave at whole multiples of its policy's quantum (1 s by default) after the request
+    came, charged or refused; a simulation's own sites keep none."""
+    site = _site(tmp_path, small_frame)
+    assert site.policy.reply_quantum_seconds == 0 and SitePolicy.model_fields["reply_quantum_seconds"].default == 1.0
+    policy = tmp_path / "sites" / "site-0" / "policy.json"
+    site.policy.model_copy(update={"reply_quantum_seconds": 0.4}).save(policy)
+    fingerprint = protocol.schema_fingerprint(site.schema)
+    for noise, epsilon in ((1e5, 50.0), (0.01, 50.0)):  # charged almost nothing; refused for its budget
+        config = ConfigRecord({"noise_multiplier": noise, "epsilon": epsilon, protocol.SCHEMA_HASH: fingerprint})
+        started = time.monotonic()
+        client_reply(policy, RecordDict({protocol.CONFIG: config}), protocol.QUERY_MARGINALS)
+        elapsed = time.monotonic() - started
+        assert elapsed >= 0.4 and min(elapsed % 0.4, 0.4 - elapsed % 0.4) < 0.1, elapsed
 
 
 def test_a_refusal_asked_again_adds_no_line_to_the_sites_trail(tmp_path, small_frame):
