@@ -118,6 +118,22 @@ def test_a_file_without_a_header_line_never_prints_its_first_record(demo_frame, 
         assert not set(re.findall(r"[\w.]+", str(caught.value))) & {value for value in first if len(value) > 2}
 
 
+def test_a_headerless_first_record_of_words_and_empty_cells_is_not_printed(demo_frame, demo_schema, tmp_path):
+    """helper-31: the first record's cells that looked like names were still printed ('MRN1693486',
+    'Takotsubo cardiomyopathy', 'Unnamed: 42' for an empty lab value): one cell that looks like
+    a value puts the whole line in doubt, and no name of it is shown."""
+    from fedsyn.data.tables import read_table
+
+    rows = demo_frame.head(20).astype(object)
+    rows.iloc[0, 0], rows.iloc[0, 1], rows.iloc[0, 2] = "MRN1693486", "Takotsubo cardiomyopathy", None
+    path = tmp_path / "no_header.csv"
+    rows.assign(ward="Oncology 4B").to_csv(path, index=False, header=False)
+    text = validate_frame(read_table(path), demo_schema).describe()
+    assert "first line name its columns" in text
+    for secret in ("MRN1693486", "Takotsubo", "Oncology", "Unnamed"):
+        assert secret not in text
+
+
 def test_a_header_in_capitals_is_paired_not_taken_for_a_missing_header_line(demo_frame, demo_schema, tmp_path):
     """helper-30: the headerless rule fired on AGE, SEX, ... and hid every name (the review of 42a1f65)."""
     from fedsyn.data.tables import read_table

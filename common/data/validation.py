@@ -115,14 +115,19 @@ def _file_problems(frame: pd.DataFrame, schema: Schema) -> list[Problem]:
         problems.append(Problem("(every column)", "the file has no rows: nothing to train on", 0))
     missing = [c for c in expected if c not in frame.columns]
     unmatched = [str(c) for c in frame.columns if c not in expected]
-    # Without a header line a file's "names" are its first record's values: never printed.
+    # Without a header line a file's "names" are its first record's values: never printed. One
+    # name that looks like a value (a number, a date, a category, or an empty cell, which pandas
+    # names 'Unnamed: 42') puts the whole line in doubt: its other cells are that record's
+    # values too (an ID, a diagnosis, a ward), however name-like they look.
     categories = frozenset(level for column in schema.categorical_columns for level in column.levels)
-    extra = [name for name in unmatched if not value_like(name, categories)]
-    if len(extra) < len(unmatched):
-        problems.append(Problem("(header line)", f"{len(unmatched) - len(extra)} of the file's column names look "
-                                "like values (numbers, dates or categories; not shown): if the file has no header "
-                                "line, its first record was read as names. Make the file's first line name its "
-                                "columns as the schema does", len(frame)))
+    suspect = any(value_like(name, categories) or name.startswith("Unnamed: ") for name in unmatched)
+    extra = [] if suspect else unmatched
+    if suspect:
+        problems.append(Problem("(header line)", f"{len(unmatched)} of the file's column names are not in the "
+                                "schema and some look like values (numbers, dates, categories or empty cells), so "
+                                "none is shown: if the file has no header line, its first record was read as "
+                                "names. Make the file's first line name its columns as the schema does",
+                                len(frame)))
     for name in missing:
         guess = _close_name(name, extra, len(missing) - 1)
         hint = (f" (the file has '{guess}': misspelt? rename one of them)" if guess
