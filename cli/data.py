@@ -28,12 +28,12 @@ def schema_draft(
     except (DataFileError, ValueError) as exc:
         fail(str(exc))
     draft.save(out)
-    from fedsyn.data.schema import MANY_CATEGORIES
+    from fedsyn.data.schema import MANY_CATEGORIES, unlisted_columns
 
-    for column in draft.categorical_columns:
-        if len(column.categories or []) > MANY_CATEGORIES:
-            console.print(f"[yellow]column '{column.name}' has {len(column.categories or [])} categories: if it is an "
-                          "identifier, drop it from the extract; otherwise group rare values before training[/]")
+    for name in unlisted_columns(draft):
+        console.print(f"[yellow]column '{name}' has more than {MANY_CATEGORIES} distinct values, so none was written "
+                      "into the draft: if it is an identifier or a date, drop it from the extract (or turn a date into "
+                      "a year or an age); otherwise list its public levels, grouping rare ones[/]")
     if outcome is None:
         console.print("[yellow]no --outcome given: name the column you will predict (e.g. --outcome death) so that "
                       "utility can be measured and generation conditions on it[/]")

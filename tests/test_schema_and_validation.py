@@ -72,6 +72,24 @@ def test_draft_schema_marks_everything_for_review_and_training_refuses_it(demo_f
     draft.require_reviewed(allow_unreviewed=True)
 
 
+def test_a_draft_writes_no_identifier_and_reads_stray_spaces_as_the_level(demo_frame, tmp_path):
+    """helper-31: a draft wrote all 2,500 record numbers (and 983 dates) into a file meant to be
+    shared, and a fit on the unreviewed draft released real record numbers; it also listed 'F '
+    beside 'F'. A column of more than MANY_CATEGORIES levels gets a placeholder that no row
+    fits, and levels are spelled as an extract is read."""
+    from fedsyn.data.schema import UNLISTED_LEVELS, unlisted_columns
+
+    rows = demo_frame.head(300).assign(mrn=[f"MRN{1000 + i}" for i in range(300)],
+                                       sex=lambda f: np.where(np.arange(len(f)) % 3 == 0, f["sex"] + " ", f["sex"]))
+    draft = draft_schema(rows, outcome="death")
+    assert draft.column("mrn").categories == [UNLISTED_LEVELS] and unlisted_columns(draft) == ["mrn"]
+    assert draft.column("sex").categories == ["F", "M"]
+    draft.save(tmp_path / "draft.json")
+    assert "MRN10" not in (tmp_path / "draft.json").read_text()
+    report = validate_frame(rows, draft)
+    assert not report.ok and any(problem.column == "mrn" for problem in report.problems)
+
+
 def test_a_draft_proposes_the_precision_its_values_are_recorded_in():
     """Values with one decimal, four decimals and full floats: the draft proposes 0.1, 0.0001
     and nothing (and, like every drafted fact, marks the column for review)."""

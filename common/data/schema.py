@@ -249,6 +249,11 @@ def schema_problems(exc: ValidationError, raw: object) -> str:
 
 
 MANY_CATEGORIES = 50  # above this a drafted categorical column is probably an identifier
+# What a draft lists for a column of more levels: an identifier's (a record number's) or a date's
+# values would be patients' own, written into a file meant to be shared, and an unreviewed
+# schema would hand them to the generator. So none is written; every row fails validation on
+# this placeholder until the column is dropped or its public levels are listed.
+UNLISTED_LEVELS = f"REVIEW: more than {MANY_CATEGORIES} levels, none written; list the public ones or drop the column"
 
 
 def spell_category(value: object) -> object:
@@ -328,6 +333,14 @@ def _drafted_column(series: pd.Series) -> Column:
                       upper=upper if upper > lower else lower + 1.0,
                       precision=None if integral else recorded_precision(numeric.to_numpy(dtype=float)),
                       nullable=nullable, needs_review=True)
-    categories = sorted({str(spell_category(v)) for v in values}) or ["(none)"]
+    # Spelled as an extract is read: stray spaces around a level are that level ('F ' is 'F').
+    categories = sorted({str(spell_category(v)).strip() for v in values}) or ["(none)"]
+    if len(categories) > MANY_CATEGORIES:  # an identifier or a date: its values are patients', never written
+        categories = [UNLISTED_LEVELS]
     return Column(name=name, kind=ColumnKind.CATEGORICAL, categories=categories, nullable=nullable,
                   needs_review=True)
+
+
+def unlisted_columns(schema: Schema) -> list[str]:
+    """The columns a draft found too many levels in to list (:data:`UNLISTED_LEVELS`)."""
+    return [column.name for column in schema.categorical_columns if column.categories == [UNLISTED_LEVELS]]
