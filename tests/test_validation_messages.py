@@ -1,5 +1,6 @@
 """Out-of-domain problems say how to fix them, and never print a cell's value."""
 
+import json
 import re
 
 import numpy as np
@@ -161,3 +162,19 @@ def test_stray_spaces_around_a_category_are_read_as_it_and_another_letter_case_g
     frame.to_csv(tmp_path / "lower.csv", index=False)
     text = validate_frame(read_table(tmp_path / "lower.csv", demo_schema), demo_schema).describe()
     assert "in another letter case" in text and "'f'" not in text and "'m'" not in text
+
+
+def test_a_schema_files_outcome_typo_gets_a_guess_and_a_draft_makes_its_folder(demo_frame, demo_schema, tmp_path):
+    """helper-31: an outcome typo in a schema file listed all 71 columns and guessed none, and a
+    draft into a folder that did not exist yet failed with 'No such file or directory'."""
+    from fedsyn.data.schema import Schema, SchemaError
+
+    raw = json.loads(demo_schema.model_dump_json())
+    raw["outcome"] = "deaht"
+    (tmp_path / "typo.json").write_text(json.dumps(raw))
+    with pytest.raises(SchemaError, match="outcome 'deaht' is not a column of the schema .did you mean 'death'") \
+            as caught:
+        Schema.load(tmp_path / "typo.json")
+    assert "kappa" not in str(caught.value)
+    demo_schema.save(tmp_path / "new" / "folder" / "schema.json")
+    assert Schema.load(tmp_path / "new" / "folder" / "schema.json").column_names == demo_schema.column_names

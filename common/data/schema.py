@@ -167,7 +167,8 @@ class Schema(BaseModel):
             raise ValueError(f"column names appear more than once: {duplicated}")
         if self.outcome is not None:
             if self.outcome not in names:
-                raise ValueError(f"outcome '{self.outcome}' is not one of the columns {names}")
+                raise ValueError(f"outcome '{self.outcome}' is not a column of the schema"
+                                 f"{did_you_mean(self.outcome, names)}")
             if not self.column(self.outcome).is_categorical:
                 raise ValueError(f"outcome '{self.outcome}' must be a categorical column")
         for rule in self.rules:
@@ -211,6 +212,7 @@ class Schema(BaseModel):
             )
 
     def save(self, path: str | Path) -> None:
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
         Path(path).write_text(self.model_dump_json(indent=2, exclude_none=True) + "\n")
 
     @classmethod
