@@ -286,3 +286,26 @@ def test_the_federations_tables_are_the_sum_coarsened_and_each_sites_drawn_towar
         assert all(np.array_equal(own.arrays[name], made.arrays[name]) for name in own.arrays)
     unfloored, _ = federation_tables(demo_schema, parts, 0.0)
     assert any(not np.array_equal(unfloored.tables[name], summed.tables[name]) for name in summed.tables)
+
+
+def test_class_sizes_lean_on_the_tables_with_few_bins():
+    """A small site's rare class (46 rows) from two 2-level columns and two numeric columns of 60
+    bins, every cell with noise of std 15: a 60-bin table's class sum carries 60 cells' noise, so
+    weighing the tables equally (as before) left the estimate's error 2.8 times that of the
+    precision-weighted one. On nwtco's tables at epsilon 1 the ratio is 2.4 (std 27.5 against
+    11.6): its smallest site's 46 relapses were 1.7 std from an empty class, and seed 0 emptied
+    it. The estimate must stay unbiased, and the total likewise."""
+    rng = np.random.default_rng(7)
+    sizes, errors, totals = np.array([300.0, 46.0]), [], []
+    for _ in range(400):
+        tables = {}
+        for name, bins in (("a", 2), ("b", 2), ("x", 60), ("y", 60)):
+            exact = np.zeros((bins, 2))
+            exact[0], exact[-1] = sizes / 2, sizes / 2
+            tables[name] = exact + rng.normal(0.0, 15.0, size=exact.shape)
+        marginals = Marginals(tables)
+        errors.append(marginals.class_totals()[1] - sizes[1])
+        totals.append(marginals.total() - sizes.sum())
+    assert abs(np.mean(errors)) < 2.0 and abs(np.mean(totals)) < 3.0  # unbiased
+    assert 12.0 < np.std(errors) < 18.0  # precision-weighted: 15 / sqrt(1 + 1/30) ≈ 14.8; equally weighted ≈ 42
+    assert np.std(totals) < 26.0  # ≈ 20.9; equally weighted ≈ 59
