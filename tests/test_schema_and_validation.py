@@ -43,6 +43,8 @@ def test_validation_reports_missing_and_extra_columns(demo_frame, demo_schema):
     kinds = {(p.column, p.kind.split(" (")[0]) for p in validate_frame(frame, demo_schema).problems}
     assert any(name == "mgus" and kind.startswith("column missing from the file") for name, kind in kinds)
     assert ("patient_id", "column not in the schema") in kinds
+    missing = next(p.kind for p in validate_frame(frame, demo_schema).problems if p.column == "mgus")
+    assert "empty cells if this site does not record it" in missing and "nullable" in missing  # helper-31
 
 
 def test_nullable_column_accepts_missing(demo_frame, demo_schema):

@@ -131,7 +131,8 @@ def _file_problems(frame: pd.DataFrame, schema: Schema) -> list[Problem]:
     for name in missing:
         guess = _close_name(name, extra, len(missing) - 1)
         hint = (f" (the file has '{guess}': misspelt? rename one of them)" if guess
-                else ": add it to the extract, or remove it from the schema if no site records it")
+                else ": add it to the extract (with empty cells if this site does not record it, and the column "
+                     "nullable in the schema), or remove it from the schema if no site records it")
         problems.append(Problem(name, f"column missing from the file{hint}", len(frame)))
     for name in extra:
         guess = _close_name(name, missing, len(extra) - 1)
