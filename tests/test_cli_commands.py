@@ -67,6 +67,8 @@ def test_schema_draft_and_validate(tmp_path, demo_frame):
     assert _invoke("schema", "draft", data, "--out", draft, "--outcome", "death").exit_code == 0
     assert all(column["needs_review"] for column in json.loads(draft.read_text())["columns"])
     assert _invoke("validate", data, "--schema", demo_schema_path()).exit_code == 0
+    drafted = _invoke("validate", data, "--schema", draft)  # helper-31: the raw draft passed without a word
+    assert drafted.exit_code == 0 and "still need review" in " ".join(drafted.output.split())
     bad = demo_frame.head(20).copy()
     bad.loc[2, "age"] = 500
     bad.to_csv(tmp_path / "bad.csv", index=False)
