@@ -133,6 +133,7 @@ def test_a_headerless_first_record_of_words_and_empty_cells_is_not_printed(demo_
     assert "first line name its columns" in text
     for secret in ("MRN1693486", "Takotsubo", "Oncology", "Unnamed"):
         assert secret not in text
+    assert "none of the schema's" in text and "column missing from the file" not in text  # one line, not 12
 
 
 def test_a_header_in_capitals_is_paired_not_taken_for_a_missing_header_line(demo_frame, demo_schema, tmp_path):

@@ -128,6 +128,10 @@ def _file_problems(frame: pd.DataFrame, schema: Schema) -> list[Problem]:
                                 "none is shown: if the file has no header line, its first record was read as "
                                 "names. Make the file's first line name its columns as the schema does",
                                 len(frame)))
+        if len(missing) == len(expected):  # no name matched: one line says it, not one per schema column
+            problems.append(Problem("(every column)", f"none of the schema's {len(expected)} columns is named in "
+                                    "the file's first line", len(frame)))
+            missing = []
     for name in missing:
         guess = _close_name(name, extra, len(missing) - 1)
         hint = (f" (the file has '{guess}': misspelt? rename one of them)" if guess
