@@ -72,13 +72,28 @@ class ReplyStore:
         write_atomically(self._path(run_id, round_),
                          lambda out: np.savez(out, meta=np.array(meta), **stored))  # type: ignore[arg-type]
 
-    def charges_proven(self, nonce: str | None) -> int:
+    def charges_proven(self, nonce: str | None, newest: int = 8) -> int:
         """How many charges the ledger with ``nonce`` must hold at least: one more than the
-        highest position of a stored answer charged to it (0 when none is stored)."""
+        highest position of a stored answer charged to it (0 when none is stored). Answers are
+        stored right after their charge, so the ``newest`` files (by modification time) hold the
+        highest positions; a site asks on every message, and a long-lived store holds hundreds."""
         proven = 0
-        for path in self.directory.glob("*-round-*.npz") if self.directory.is_dir() else ():
-            with np.load(path, allow_pickle=False) as stored:
-                ledger = json.loads(str(stored["meta"])).get("ledger") or {}
+        stored_files = sorted(self.directory.glob("*-round-*.npz"), key=_modified, reverse=True) \
+            if self.directory.is_dir() else []
+        for path in stored_files[:newest]:
+            try:
+                with np.load(path, allow_pickle=False) as stored:
+                    ledger = json.loads(str(stored["meta"])).get("ledger") or {}
+            except OSError:  # moved away meanwhile: it proves nothing here
+                continue
             if nonce is not None and ledger.get("nonce") == nonce:
                 proven = max(proven, int(ledger.get("position", -1)) + 1)
         return proven
+
+
+def _modified(path: Path) -> float:
+    """When ``path`` was last written (0 for a file gone since it was listed)."""
+    try:
+        return path.stat().st_mtime
+    except OSError:
+        return 0.0
