@@ -129,6 +129,10 @@ RELEASE_KEYS: dict[str, dict[str, str]] = {
         # simulations/run.py default_sample_rate and simulations/request.py (--rows 0)
         **_declare(FACT, "public_facts", "public_facts.smallest_site_rows", "public_facts.why_public",
                    "public_facts.total_site_rows.value", "public_facts.total_site_rows.why_public"),
+        # simulations/request.py (--sweep-epsilon): public settings of the simulation
+        **_declare(ACCOUNTING, *(f"public_facts.releases_from_the_same_rows.value.{k}" for k in (
+            "epsilon_per_release", "epsilon_if_all_published_at_most", "delta_if_all_published_at_most"))),
+        **_declare(TEXT, "public_facts.releases_from_the_same_rows.why_public"),
     },
     "quality_report.json": {**_declare(TEXT, "basis"),
                             **_declare(DP_OUTPUT, "total_variation_per_column.*", "mean_total_variation")},
