@@ -309,3 +309,24 @@ def test_class_sizes_lean_on_the_tables_with_few_bins():
     assert abs(np.mean(errors)) < 2.0 and abs(np.mean(totals)) < 3.0  # unbiased
     assert 12.0 < np.std(errors) < 18.0  # precision-weighted: 15 / sqrt(1 + 1/30) ≈ 14.8; equally weighted ≈ 42
     assert np.std(totals) < 26.0  # ≈ 20.9; equally weighted ≈ 59
+
+
+def test_a_class_the_noise_drowns_whole_is_spread_evenly_not_piled_where_noise_spiked():
+    """The wide table's deaths (238 rows over 49 age bins, noise std 90 per cell of the summed
+    tables): the first bins whose noise happened to beat the floor took the class's whole mass,
+    every death at ages 25-27, and the released age gradient was turned round. A class whose
+    bins together cannot beat the noise is spread evenly over the range."""
+    from fedsyn.privacy.postprocessing import coarsened
+
+    rng = np.random.default_rng(3)
+    widths = np.ones(49)
+    exact = np.zeros(49)
+    exact[25:] = 238 / 24  # the old die
+    for _ in range(20):
+        noisy = exact + rng.normal(0.0, 90.0, size=49)
+        spread = coarsened(noisy, widths, 1.5 * 90.0, 238.0)
+        np.testing.assert_allclose(spread, np.full(49, 238.0 / 49))
+    enough = np.zeros(49)
+    enough[25:] = 60_000 / 24
+    kept = coarsened(enough + rng.normal(0.0, 90.0, size=49), widths, 1.5 * 90.0, 60_000.0)
+    assert kept[25:].sum() > 0.95 * 60_000  # where the data beats the noise, it keeps its place
