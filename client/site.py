@@ -390,10 +390,6 @@ class Site:
         sigma = self.plan_noise(request)
         # Everything that can refuse without the rows first: a refusal that read them would take
         # longer the more rows there are, and a coordinator could time it for free.
-        try:
-            check_summed_tables(self.schema, marginals)
-        except ValueError:
-            raise _model_misfit() from None
         local_marginals = self._own_marginals(request, marginals, slot_marginals)
         trainer = self._trainer(request.gan_config, arrays, marginals, local_marginals, slot_marginals)
         event = PrivacyEvent(DP_SGD, sigma, request.sample_rate, request.local_steps, round=request.round)
@@ -431,14 +427,16 @@ class Site:
 
     def _own_marginals(self, request: TrainInstructions, marginals: Marginals,
                        slot_marginals: list[Marginals] | None) -> Marginals | None:
-        """This site's round-0 tables among every slot's, once they are checked to be one per
-        slot and well-formed (:func:`check_slot_tables`, before anything is spent)."""
-        if slot_marginals is None:
-            return None
-        if len(slot_marginals) != request.gan_config.site_slots:
+        """This site's round-0 tables among every slot's, once the summed tables and the slots'
+        are checked to fit the schema, one per slot (:func:`check_summed_tables`,
+        :func:`check_slot_tables`), before any row is read or anything is spent."""
+        if slot_marginals is not None and len(slot_marginals) != request.gan_config.site_slots:
             raise _model_misfit()
         try:
-            check_slot_tables(self.schema, marginals, slot_marginals)
+            if slot_marginals is None:
+                check_summed_tables(self.schema, marginals)
+                return None
+            check_slot_tables(self.schema, marginals, slot_marginals)  # the summed tables' check included
         except ValueError:
             raise _model_misfit() from None
         return slot_marginals[request.site_slot] if slot_marginals and request.site_slot is not None else None

@@ -60,11 +60,11 @@ def closest_name(name: str, candidates: Sequence[str], cutoff: float = 0.6) -> s
     return lowered[close[0]] if close else None
 
 
-def did_you_mean(name: str, candidates: Sequence[str], cutoff: float = 0.6, noun: str = "columns") -> str:
-    """The end of an "unknown name" message: the likely intended name, else every one there is.
+def did_you_mean(name: str, candidates: Sequence[str], cutoff: float = 0.6) -> str:
+    """The end of an "unknown column" message: the likely intended name, else every one there is.
     ``candidates`` must be public (a schema's columns, never a private file's values)."""
     guess = closest_name(name, candidates, cutoff)
-    return f" (did you mean '{guess}'?)" if guess else f"; the {noun} are {', '.join(candidates)}"
+    return f" (did you mean '{guess}'?)" if guess else f"; the columns are {', '.join(candidates)}"
 
 
 def validation_problems(exc: ValidationError, place: Callable[[tuple[int | str, ...]], str] | None = None,

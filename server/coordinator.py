@@ -29,7 +29,6 @@ from flwr.serverapp.strategy import Strategy
 from fedsyn.data.schema import Schema
 from fedsyn.errors import ConfigurationError
 from fedsyn.federation import protocol
-from fedsyn.model.config import GANConfig
 from fedsyn.model.encoder import TableEncoder
 from fedsyn.model.matching import release_misfit
 from fedsyn.model.training import GANTrainer
@@ -83,14 +82,17 @@ class Coordinator:
     def wait_for_sites(self, grid: Grid) -> list[int]:
         """Wait until ``min_sites`` of the run's sites are connected; return them. A new run's
         sites are every connected node. A resumed run waits for those of its budget query that
-        can still train (:meth:`_can_train_next`): a site that was refused or has trained every
-        round its budget fits is asked nothing more, so counting it would start a round the
-        quorum then stops, and the release would lose the rounds a site still on its way back
-        could have trained. When fewer than ``min_sites`` can still train, there is nothing to
-        wait for: training stops and the release is written. A node that connected since the
-        budget query takes no part (:meth:`_note_late_sites` says so)."""
+        the next round would ask (:meth:`_ready`, with a planned round left): a site that was
+        refused or has trained every round its budget fits is asked nothing more, so counting
+        it would start a round the quorum then stops, and the release would lose the rounds a
+        site still on its way back could have trained. When fewer than ``min_sites`` can still
+        train, there is nothing to wait for: training stops and the release is written. A node
+        that connected since the budget query takes no part (:meth:`_note_late_sites` says so)."""
         resumed = self.run.completed_round is not None
-        known = {node for node, site in self.run.sites.items() if self._can_train_next(site)} if resumed else None
+        next_round = (self.run.completed_round or 0) + 1
+        known = {node for node in self._ready(self.settings.site_conditional)
+                 if (planned := self.run.sites[node].rounds_planned) is None or planned >= next_round} \
+            if resumed else None
         needed = self.settings.min_sites if known is None else min(self.settings.min_sites, len(known))
         deadline = time.monotonic() + self.settings.timeout
         while True:
@@ -108,14 +110,6 @@ class Coordinator:
                 raise FederationError(f"only {len(nodes)} of {which} connected; at least "
                                       f"{self.settings.min_sites} needed{strangers}")
             time.sleep(1.0)
-
-    def _can_train_next(self, site: SiteStatus) -> bool:
-        """Whether a resumed run's next training round would ask ``site``: still active, planned
-        for this run, with a slot where the run has them, and with a planned round left."""
-        next_round = (self.run.completed_round or 0) + 1
-        return (site.active and site.epsilon_cap is not None
-                and (site.rounds_planned is None or next_round <= site.rounds_planned)
-                and (not self.settings.site_conditional or site.node_id in self.run.slots))
 
     def _exchange(self, grid: Grid, messages: list[Message], round_: int, charged: bool = True
                   ) -> list[tuple[SiteStatus, Message]]:
@@ -258,7 +252,7 @@ class Coordinator:
 
         self.strategy = build_strategy(
             protocol.to_array_record(run.marginals.tables),
-            lambda: self._ready(gan_config),
+            lambda: self._ready(bool(gan_config.site_slots)),
             node_config, len(run.sites), settings.delta, settings.site_noise_multiplier, settings.site_clipping_norm,
             settings.aggregation, slot_marginals)
         instructions = protocol.TrainInstructions(
@@ -273,7 +267,7 @@ class Coordinator:
         for round_ in range((run.completed_round or 0) + 1, settings.rounds + 1):
             started = time.monotonic()
             self._retire_finished_sites(round_)
-            ready = len(self._ready(gan_config))
+            ready = len(self._ready(bool(gan_config.site_slots)))
             if ready < settings.min_sites and (run.rounds or not ready):
                 # Sites whose planned rounds are done (or that refused) leave fewer than the quorum:
                 # asking the rest would fail it and leave the trained rounds without a release.
@@ -370,13 +364,13 @@ class Coordinator:
         if state.model is not None and state.sampler is not None:
             self._restored_model = (state.model, state.sampler)
 
-    def _ready(self, gan_config: GANConfig) -> list[int]:
+    def _ready(self, slotted: bool) -> list[int]:
         """The sites a training round asks: active (neither refused nor done with their planned
-        rounds), planned for this run (they have an epsilon cap), and with site slots only those
-        that released valid round-0 marginals (they hold a slot)."""
+        rounds), planned for this run (they have an epsilon cap), and in a run with site slots
+        (``slotted``) only those that released valid round-0 marginals (they hold a slot)."""
         return [site.node_id for site in self.run.sites.values()
                 if site.active and site.epsilon_cap is not None
-                and (not gan_config.site_slots or site.node_id in self.run.slots)]
+                and (not slotted or site.node_id in self.run.slots)]
 
     def site_level_privacy(self) -> dict[str, float] | None:
         """Flower's accountant's (epsilon, delta) for site-level DP, if it was switched on."""

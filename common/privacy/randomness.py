@@ -48,12 +48,12 @@ def _word63(sequence: np.random.SeedSequence) -> int:
     return int(sequence.generate_state(1, dtype=np.uint64)[0] >> np.uint64(1))
 
 
-NONCE_PATTERN = re.compile(r"[0-9a-f]{32}")
+_NONCE = re.compile(r"[0-9a-f]{32}")
 
 
 def is_stream_nonce(value: str) -> bool:
     """Whether ``value`` is a stream nonce as fedsyn prints them (32 hex digits)."""
-    return NONCE_PATTERN.fullmatch(value) is not None
+    return _NONCE.fullmatch(value) is not None
 
 
 def fresh_nonce(given: str | None = None) -> str:
