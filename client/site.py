@@ -54,7 +54,7 @@ from fedsyn.privacy.marginals import (
     marginals_event,
     noisy_marginals,
 )
-from fedsyn.privacy.randomness import numpy_generator, torch_generator
+from fedsyn.privacy.randomness import mechanism_stream, numpy_generator, torch_generator
 from fedsyn.trust.audit import AuditLog
 
 log = logging.getLogger("fedsyn.client")
@@ -400,8 +400,9 @@ class Site:
         data = torch.as_tensor(trainer.encoder.encode(frame), device=trainer.device)
         position = self._charge(event, request.epsilon)  # before any step runs
         stream = torch_generator(self.seed, self.ledger.stream_nonce, event.mechanism, position, device=trainer.device)
+        noise = mechanism_stream(self.seed, self.ledger.stream_nonce, event.mechanism, position)
         history = trainer.train(data, request.local_steps, request.sample_rate, sigma, slot=request.site_slot,
-                                rng=stream, expected_batch=expected_batch)
+                                rng=stream, expected_batch=expected_batch, mechanism_rng=noise)
         metrics = {
             "discriminator_fake_loss": float(np.mean([h.discriminator for h in history])),
             "generator_loss": float(np.mean([h.generator for h in history])),

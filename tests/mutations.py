@@ -65,7 +65,7 @@ MUTATIONS = [
              "summed = clipped_sum(module, loss_of_one, inputs, 1e12)",
              (PRIVACY + "test_one_record_moves_the_training_step_by_at_most_the_clip_norm",)),
     Mutation("fixed-size shuffled batches instead of Poisson sampling", "common/model/training.py",
-             "real = data[poisson_sample(data.shape[0], sample_rate, rng, self.device)]",
+             "real = data[poisson_sample(data.shape[0], sample_rate, mechanism_rng, self.device)]",
              "real = data[torch.randperm(data.shape[0], generator=rng)[:round(sample_rate * data.shape[0])]]",
              (PRIVACY + "test_training_step_uses_poisson_batches",)),
     Mutation("gradient normalised by the private expected batch q*n", "common/model/training.py",
@@ -79,22 +79,25 @@ MUTATIONS = [
              "        position = self._charge(event, request.epsilon)  # before any step runs\n"
              "        stream = torch_generator(self.seed, self.ledger.stream_nonce, event.mechanism, position, "
              "device=trainer.device)\n"
+             "        noise = mechanism_stream(self.seed, self.ledger.stream_nonce, event.mechanism, position)\n"
              "        history = trainer.train(data, request.local_steps, request.sample_rate, sigma, "
-             "slot=request.site_slot,\n"
-             "                                rng=stream, expected_batch=expected_batch)\n",
+             "slot=request.site_slot,\n",
              "        stream = torch_generator(self.seed, self.ledger.stream_nonce, event.mechanism, 'late', "
              "device=trainer.device)\n"
+             "        noise = mechanism_stream(self.seed, self.ledger.stream_nonce, event.mechanism, 'late')\n"
              "        history = trainer.train(data, request.local_steps, request.sample_rate, sigma, "
              "slot=request.site_slot,\n"
-             "                                rng=stream, expected_batch=expected_batch)\n"
-             "        position = self._charge(event, request.epsilon)\n",
+             "                                rng=stream, expected_batch=expected_batch, mechanism_rng=noise)\n"
+             "        position = self._charge(event, request.epsilon)\n"
+             "        _ = dict(\n",
              (PRIVACY + "test_the_ledger_is_charged_before_any_mechanism_runs",)),
     Mutation("single-site fit charged after training", "common/model/gan.py",
              "            ledger.charge(PrivacyEvent(DP_SGD, noise_multiplier, sample_rate, steps), self.epsilon)\n"
-             "        history = trainer.train(data, steps, sample_rate, noise_multiplier, on_step)\n",
-             "        history = trainer.train(data, steps, sample_rate, noise_multiplier, on_step)\n"
+             "        history = trainer.train(data, steps, sample_rate, noise_multiplier, on_step,\n",
+             "        trainer.train(data, steps, sample_rate, noise_multiplier, on_step)\n"
              "        if noise_multiplier is not None:\n"
-             "            ledger.charge(PrivacyEvent(DP_SGD, noise_multiplier, sample_rate, steps), self.epsilon)\n",
+             "            ledger.charge(PrivacyEvent(DP_SGD, noise_multiplier, sample_rate, steps), self.epsilon)\n"
+             "        history = trainer.train(data, steps, sample_rate, noise_multiplier, on_step,\n",
              (PRIVACY + "test_single_site_fit_charges_before_its_first_step",)),
     Mutation("marginals noise cut to a quarter", "common/privacy/marginals.py",
              "return RoundZeroSplit(noise_multiplier, share).tables * math.sqrt(max(measured, 1))",
@@ -160,9 +163,21 @@ MUTATIONS = [
              "        if False:\n            raise ReplyError(f\"epsilon=",
              ("tests/test_hostile_input.py::test_site_decoding_of_coordinator_instructions_refuses_cleanly",)),
     Mutation("seeded site reuses one training stream every round", "client/site.py",
-             "torch_generator(self.seed, self.ledger.stream_nonce, event.mechanism, position, device",
-             "torch_generator(self.seed, self.ledger.stream_nonce, event.mechanism, 0, device",
+             "mechanism_stream(self.seed, self.ledger.stream_nonce, event.mechanism, position)",
+             "mechanism_stream(self.seed, self.ledger.stream_nonce, event.mechanism, 0)",
              (PRIVACY + "test_a_seeded_site_never_reuses_noise_or_batches",)),
+    Mutation("DP-SGD noise seeded from the PyTorch stream's seed (32 bits kept)", "client/site.py",
+             "noise = mechanism_stream(self.seed, self.ledger.stream_nonce, event.mechanism, position)",
+             "noise = __import__('numpy').random.default_rng(stream.initial_seed() & 0xFFFFFFFF)",
+             (PRIVACY + "test_a_sites_dp_sgd_noise_has_128_bits_of_entropy",)),
+    Mutation("Poisson sample joins below the rate itself, not its grid point", "common/privacy/dp_sgd.py",
+             "mask = generator.random(n_rows) < inclusion_threshold(sample_rate)",
+             "mask = generator.random(n_rows) < sample_rate",
+             ("tests/test_dp_sgd.py::test_a_record_joins_with_at_most_the_charged_sample_rate",)),
+    Mutation("DP noise drawn from a fresh stream, not the mechanism's", "common/privacy/dp_sgd.py",
+             "stream = generator if generator is not None else np.random.default_rng()",
+             "stream = np.random.default_rng()",
+             ("tests/test_dp_sgd.py::test_the_sample_and_the_noise_come_from_the_mechanism_stream",)),
     Mutation("seeded site reuses one marginals stream", "client/site.py",
              "numpy_generator(self.seed, self.ledger.stream_nonce, event.mechanism, position)",
              "numpy_generator(self.seed, self.ledger.stream_nonce, event.mechanism, 0)",

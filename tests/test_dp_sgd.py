@@ -1,12 +1,17 @@
 """Per-record sensitivity and noise of the DP-SGD step: these fail without clipping or noise."""
 
+import math
+
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
 
 from fedsyn.model.networks import Discriminator
 from fedsyn.privacy.dp_sgd import (
+    UNIFORM_GRID,
     clip_and_sum,
+    inclusion_threshold,
     linear_clipped_sum,
     per_sample_gradients,
     poisson_sample,
@@ -99,9 +104,41 @@ def test_noise_has_the_accountants_standard_deviation():
 
 
 def test_poisson_sampling_draws_each_row_independently():
-    generator = torch.Generator().manual_seed(0)
+    generator = np.random.default_rng(0)
     sizes = [len(poisson_sample(1000, 0.1, generator, torch.device("cpu"))) for _ in range(300)]
     mean = sum(sizes) / len(sizes)
     variance = sum((s - mean) ** 2 for s in sizes) / len(sizes)
     assert mean == pytest.approx(100, rel=0.05)
     assert variance == pytest.approx(1000 * 0.1 * 0.9, rel=0.3)  # binomial, not a fixed batch size
+
+
+class _Draws:
+    """A stand-in for the mechanism's NumPy generator that returns chosen uniform draws."""
+
+    def __init__(self, values: list[float]) -> None:
+        self.values = np.asarray(values)
+
+    def random(self, n: int) -> np.ndarray:
+        return self.values[:n]
+
+
+def test_a_record_joins_with_at_most_the_charged_sample_rate():
+    """A draw on the 2^-53 grid just below a rate that is not on it would join under ``u < q``,
+    making the real rate exceed the charged one; float32 draws (multiples of 2^-24) would
+    sample a rate of 1e-9 at 6e-8. The threshold is the grid point at or below the rate."""
+    rate = 1e-9 + 1e-25  # not on the grid
+    below = math.floor(rate / UNIFORM_GRID) * UNIFORM_GRID
+    assert inclusion_threshold(rate) == below <= rate
+    sample = poisson_sample(3, rate, _Draws([below - UNIFORM_GRID, below, 0.5]), torch.device("cpu"))
+    assert sample.tolist() == [0]
+    assert inclusion_threshold(0.25) == 0.25 and inclusion_threshold(1.0) == 1.0
+
+
+def test_the_sample_and_the_noise_come_from_the_mechanism_stream():
+    """The caller's NumPy stream decides who joins (all draws 0: everyone) and repeats the noise
+    exactly; a PyTorch stream (32 bits of seed kept) is never asked."""
+    assert poisson_sample(4, 0.1, _Draws([0.0] * 4), torch.device("cpu")).tolist() == [0, 1, 2, 3]
+    model, rows, cond = _model_and_batch()
+    noisy = [private_gradient(model, _loss, (rows[:0], cond[:0]), noise_multiplier=1.0, max_grad_norm=C,
+                              expected_batch_size=1.0, generator=np.random.default_rng(7)) for _ in range(2)]
+    assert all(torch.equal(noisy[0][k], noisy[1][k]) for k in noisy[0])

@@ -28,7 +28,7 @@ from fedsyn.model.gan import DPTabularGAN
 from fedsyn.model.training import GANTrainer
 from fedsyn.privacy.accounting import LedgerError, PrivacyLedger, gaussian_noise_for_epsilon
 from fedsyn.privacy.marginals import Marginals, exact_counts, marginals_sensitivity, measured_columns
-from fedsyn.privacy.randomness import torch_generator
+from fedsyn.privacy.randomness import mechanism_stream, torch_generator
 from fedsyn.server.settings import FederationSettings
 from fedsyn.simulations.run import prepare_sites
 
@@ -77,7 +77,9 @@ def test_training_step_noise_has_the_accountants_std(demo_schema, demo_frame):
 
 def _step_shift(demo_schema, rows: torch.Tensor, changed: torch.Tensor, noise_multiplier: float | None) -> float:
     """How far the step moves when ``rows`` become ``changed``: same stream, so same batch and noise."""
-    steps = [_trainer(demo_schema, seed=3).real_gradient(data, 1.0, noise_multiplier) for data in (rows, changed)]
+    steps = [_trainer(demo_schema, seed=3).real_gradient(data, 1.0, noise_multiplier,
+                                                         mechanism_rng=mechanism_stream(3, "t"))
+             for data in (rows, changed)]
     return torch.cat([(steps[0][k] - steps[1][k]).flatten() for k in steps[0]]).norm().item()
 
 
@@ -139,13 +141,28 @@ def test_nothing_in_the_step_depends_on_the_row_count(demo_schema, demo_frame, m
 
 # -- the site: randomness, charge order, refusals ------------------------------------------
 
-def test_a_seeded_site_never_reuses_noise_or_batches(tmp_path, small_frame):
-    """Same seed, same model, same data: two rounds and two marginals requests still differ."""
-    site = _site(tmp_path, small_frame, seed=0)
+def _mechanism_streams(site: Site, monkeypatch, rounds: int) -> list[np.random.Generator]:
+    """The DP-SGD streams (Poisson samples, noise) ``site`` hands its trainer in ``rounds`` rounds."""
     arrays, marginals = _global_model(site)
-    first, _, _ = site.train(_request(site, 1), arrays, marginals)
-    second, _, _ = site.train(_request(site, 2), arrays, marginals)
-    assert any(not np.array_equal(first[k], second[k]) for k in first)
+    streams: list[np.random.Generator] = []
+    real_train = GANTrainer.train
+
+    def spy(self, *args, **kwargs):
+        streams.append(kwargs["mechanism_rng"])
+        return real_train(self, *args, **kwargs)
+
+    monkeypatch.setattr(GANTrainer, "train", spy)
+    for round_ in range(1, rounds + 1):
+        site.train(_request(site, round_), arrays, marginals)
+    monkeypatch.undo()
+    return streams
+
+
+def test_a_seeded_site_never_reuses_noise_or_batches(tmp_path, small_frame, monkeypatch):
+    """Same seed, same model, same data: two rounds' DP streams and two marginals requests still differ."""
+    site = _site(tmp_path, small_frame, seed=0)
+    first, second = _mechanism_streams(site, monkeypatch, 2)
+    assert first.bit_generator.state != second.bit_generator.state
     sigma = 30.0
     one, _ = site.release_marginals(sigma, 50.0, protocol.schema_fingerprint(site.schema))
     two, _ = site.release_marginals(sigma, 50.0, protocol.schema_fingerprint(site.schema))
@@ -449,3 +466,13 @@ def test_a_coordinator_binning_numbers_differently_is_refused_before_any_charge(
     assert other_grid != protocol.schema_fingerprint(site.schema)
     assert _refusal(site, lambda: site.release_marginals(30.0, 50.0, other_grid)).code \
         is protocol.ErrorCode.SCHEMA_MISMATCH
+
+
+def test_a_sites_dp_sgd_noise_has_128_bits_of_entropy(tmp_path, small_frame, monkeypatch):
+    """An unseeded site's Poisson samples and noise come from a NumPy stream on 128 bits of fresh
+    entropy, a new one per charged round. PyTorch's CPU generator keeps 32 bits of its seed: a
+    coordinator that tried the 2^32 seeds against a reply could subtract the noise and read a
+    record back (found by the third privacy review)."""
+    streams = _mechanism_streams(_site(tmp_path, small_frame, seed=None), monkeypatch, 2)
+    entropy = [stream.bit_generator.seed_seq.entropy for stream in streams]
+    assert all(value.bit_length() > 96 for value in entropy) and entropy[0] != entropy[1]

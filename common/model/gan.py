@@ -43,7 +43,7 @@ from fedsyn.privacy.budget import (
     pairs_allowed,
 )
 from fedsyn.privacy.marginals import exact_counts, marginals_event, noisy_marginals, summed_tables
-from fedsyn.privacy.randomness import fresh_nonce, numpy_generator, torch_generator
+from fedsyn.privacy.randomness import fresh_nonce, mechanism_stream, numpy_generator, torch_generator
 
 
 class NotFittedError(ConfigurationError, RuntimeError):
@@ -170,7 +170,8 @@ class DPTabularGAN(BaseEstimator):  # type: ignore[misc]
             steps = ledger.affordable_steps(self.epsilon, noise_multiplier, sample_rate, planned)
             # Charged in full before the first step runs: a crash mid-training over-counts, never forgets.
             ledger.charge(PrivacyEvent(DP_SGD, noise_multiplier, sample_rate, steps), self.epsilon)
-        history = trainer.train(data, steps, sample_rate, noise_multiplier, on_step)
+        history = trainer.train(data, steps, sample_rate, noise_multiplier, on_step,
+                                mechanism_rng=mechanism_stream(self.seed, "fit", nonce, DP_SGD))
         # Fitted state only once the fit has succeeded: a failed fit leaves the estimator as it was.
         self.noise_multiplier_, self.history_, self.n_rows_ = noise_multiplier, history, n_rows
         self.stream_nonce_, self.trainer_, self.ledger_ = nonce, trainer, ledger

@@ -50,11 +50,13 @@ class GANTrainer:
     """Owns G, D and their optimisers for one encoder; data lives on ``device`` once.
 
     ``rng`` is this trainer's own generator: it initialises the networks and is the stream of
-    any call not handed one. Poisson sampling, DP noise, conditions, latent and Gumbel noise
-    draw from the stream of the call (``train(..., rng=...)``, ``generate(..., rng=...)``),
-    never from PyTorch's global generator, and nobody reassigns it: a mechanism's owner hands
-    its fresh stream to the call (see :mod:`fedsyn.privacy.randomness`); ``None`` draws one
-    from operating-system entropy.
+    any call not handed one. Conditions, latent and Gumbel noise draw from the stream of the
+    call (``train(..., rng=...)``, ``generate(..., rng=...)``), never from PyTorch's global
+    generator, and nobody reassigns it. The DP mechanism's Poisson sample and Gaussian noise
+    draw from the call's ``mechanism_rng``, a NumPy generator with 128 bits of entropy (a
+    PyTorch generator keeps 32 of its seed: :mod:`fedsyn.privacy.dp_sgd`). A mechanism's owner
+    hands its fresh streams to the call (see :mod:`fedsyn.privacy.randomness`); ``None`` draws
+    one from operating-system entropy.
 
     What belongs to one training call (the stream, the site slot it generates for, the real-data
     loss's divisor) is an argument of :meth:`train`, never an attribute a caller sets: the
@@ -125,7 +127,8 @@ class GANTrainer:
 
     def real_gradient(self, data: torch.Tensor, sample_rate: float, noise_multiplier: float | None,
                       rng: torch.Generator | None = None, slot: int | None = None,
-                      expected_batch: float | None = None) -> dict[str, torch.Tensor]:
+                      expected_batch: float | None = None, mechanism_rng: np.random.Generator | None = None
+                      ) -> dict[str, torch.Tensor]:
         """The discriminator's gradient of the real-data loss: the only term that reads records.
 
         A Poisson sample of ``data``; with ``noise_multiplier`` every record's whole gradient is
@@ -135,10 +138,12 @@ class GANTrainer:
         Gaussian mechanism. That number is ``expected_batch`` if given (a federated site's
         expected Poisson batch from its own noisy row count, a DP output, so the real and
         generated terms of the loss keep equal weight), else the nominal ``config.batch_size``.
+        The sample and the noise draw from ``mechanism_rng`` (None: fresh entropy).
         """
         rng = rng if rng is not None else self.rng
+        mechanism_rng = mechanism_rng if mechanism_rng is not None else np.random.default_rng()
         normaliser = float(expected_batch or self.config.batch_size)
-        real = data[poisson_sample(data.shape[0], sample_rate, rng, self.device)]
+        real = data[poisson_sample(data.shape[0], sample_rate, mechanism_rng, self.device)]
         real_cond = self._slot_input(self.conditions.from_real(real, rng), slot)
         if noise_multiplier is None:
             params = OrderedDict(self.discriminator.named_parameters())
@@ -147,17 +152,18 @@ class GANTrainer:
         return private_gradient(
             self.discriminator, lambda score: F.softplus(-score).sum(), (real, real_cond),
             noise_multiplier=noise_multiplier, max_grad_norm=self.config.max_grad_norm,
-            expected_batch_size=normaliser, generator=rng,
+            expected_batch_size=normaliser, generator=mechanism_rng,
         )
 
     def discriminator_step(self, data: torch.Tensor, sample_rate: float, noise_multiplier: float | None,
                            rng: torch.Generator | None = None, slot: int | None = None,
-                           expected_batch: float | None = None) -> float:
+                           expected_batch: float | None = None, mechanism_rng: np.random.Generator | None = None
+                           ) -> float:
         """One discriminator update: the private real-data gradient (:meth:`real_gradient`) plus
         the fake-data term, which reads no record (``config.batch_size`` generated rows, a
         public number)."""
         rng = rng if rng is not None else self.rng
-        real_grads = self.real_gradient(data, sample_rate, noise_multiplier, rng, slot, expected_batch)
+        real_grads = self.real_gradient(data, sample_rate, noise_multiplier, rng, slot, expected_batch, mechanism_rng)
         fake_cond = self.conditions.sample(self.config.batch_size, rng)
         with torch.no_grad():
             _, fake = self._fake(fake_cond.shape[0], fake_cond, rng, slot)
@@ -244,13 +250,16 @@ class GANTrainer:
         slot: int | None = None,
         rng: torch.Generator | None = None,
         expected_batch: float | None = None,
+        mechanism_rng: np.random.Generator | None = None,
     ) -> list[StepLosses]:
         """Run ``steps`` paired D/G updates. The caller has already checked the budget.
 
-        With ``config.site_slots`` every generated row is generated for site ``slot``. Every draw
-        comes from ``rng`` (a mechanism's own stream; default: the trainer's). ``expected_batch``
+        With ``config.site_slots`` every generated row is generated for site ``slot``. The Poisson
+        samples and the DP noise come from ``mechanism_rng`` (the mechanism's own stream; None:
+        fresh entropy), every other draw from ``rng`` (default: the trainer's). ``expected_batch``
         divides the real-data loss (public; see :meth:`real_gradient`)."""
         stream = rng if rng is not None else self.rng
+        mechanism = mechanism_rng if mechanism_rng is not None else np.random.default_rng()
         if self.config.site_slots and not (isinstance(slot, int) and 0 <= slot < self.config.site_slots):
             raise ValueError(f"site slot {slot!r} is not one of the {self.config.site_slots} slots")
         slot = slot if self.config.site_slots else None
@@ -259,7 +268,7 @@ class GANTrainer:
         self.discriminator.train()
         for step in range(steps):
             losses = StepLosses(self.discriminator_step(data, sample_rate, noise_multiplier, stream, slot,
-                                                        expected_batch),
+                                                        expected_batch, mechanism),
                                 self.generator_step(stream, slot))
             history.append(losses)
             if on_step is not None:

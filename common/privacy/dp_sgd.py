@@ -20,28 +20,45 @@ exceed C; a record whose forward or backward pass is not finite contributes exac
 in the batch: a membership oracle). Such a record is treated as if it were absent, which
 the add/remove-one-record guarantee already covers.
 
-Noise is Gaussian with standard deviation sigma*C, drawn from the caller's generator, and
-the cost is accounted with Opacus accountants (:mod:`fedsyn.privacy.accounting`): the
-mechanism is exactly the one the accountant models.
+Noise is Gaussian with standard deviation sigma*C and the cost is accounted with Opacus
+accountants (:mod:`fedsyn.privacy.accounting`): the mechanism is exactly the one the accountant
+models. The Poisson sample and the noise come from the mechanism's own NumPy generator (PCG64,
+seeded by a ``SeedSequence``: 128 bits of entropy), never from a PyTorch generator: PyTorch's CPU
+generator keeps only the low 32 bits of its seed, and a coordinator that tried the 2^32 seeds
+against a reply could subtract the noise and read a record back. The sample is drawn in
+float64 against a threshold rounded *down* to the draws' 2^-53 grid, so a record joins with
+probability at most the sample rate charged (float32 draws join at multiples of 2^-24:
+a rate of 1e-9 charged would have sampled at 6e-8).
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 
+import numpy as np
 import torch
 from torch import nn
 from torch.func import functional_call, grad, vmap
 
+UNIFORM_GRID = 2.0 ** -53  # NumPy's uniform draws are multiples of this
 
-def poisson_sample(n_rows: int, sample_rate: float, generator: torch.Generator, device: torch.device) -> torch.Tensor:
-    """Indices of a Poisson sample: each row joins independently with ``sample_rate``.
+
+def inclusion_threshold(sample_rate: float) -> float:
+    """The largest multiple of :data:`UNIFORM_GRID` not above ``sample_rate``: a uniform draw
+    below it has probability exactly that, never more than the rate the accountant charges."""
+    return math.floor(sample_rate / UNIFORM_GRID) * UNIFORM_GRID
+
+
+def poisson_sample(n_rows: int, sample_rate: float, generator: np.random.Generator, device: torch.device
+                   ) -> torch.Tensor:
+    """Indices of a Poisson sample: each row joins independently with ``sample_rate`` (at most).
 
     The batch size varies from step to step; that randomness is what the sub-sampled
     Gaussian accountant assumes, so fixed-size shuffled batches must not be used instead.
     """
-    mask = torch.rand(n_rows, generator=generator, device=device) < sample_rate
-    return mask.nonzero(as_tuple=True)[0]
+    mask = generator.random(n_rows) < inclusion_threshold(sample_rate)
+    return torch.as_tensor(np.flatnonzero(mask), device=device)
 
 
 def per_sample_gradients(
@@ -172,9 +189,10 @@ def privatize(
     noise_multiplier: float,
     max_grad_norm: float,
     expected_batch_size: float,
-    generator: torch.Generator | None,
+    generator: np.random.Generator | None,
 ) -> dict[str, torch.Tensor]:
     """Add N(0, (sigma*C)^2) to the clipped sum and divide by the *expected* batch size.
+    ``generator`` is the mechanism's stream (None: fresh operating-system entropy).
 
     Dividing by the expected (public) size rather than the realised (private) one keeps
     the batch size itself out of the released gradient. The clipped sum arrives in float64 and
@@ -182,8 +200,9 @@ def privatize(
     more than C when C is tiny. Only the noisy result, a DP output, is rounded to float32.
     """
     std = noise_multiplier * max_grad_norm
-    return {name: ((g.double() + torch.normal(0.0, std, g.shape, generator=generator, device=g.device,
-                                              dtype=torch.float64)) / expected_batch_size).float()
+    stream = generator if generator is not None else np.random.default_rng()
+    return {name: ((g.double() + torch.as_tensor(stream.normal(0.0, std, size=tuple(g.shape)), device=g.device))
+                   / expected_batch_size).float()
             for name, g in summed.items()}
 
 
@@ -195,7 +214,7 @@ def private_gradient(
     noise_multiplier: float,
     max_grad_norm: float,
     expected_batch_size: float,
-    generator: torch.Generator | None,
+    generator: np.random.Generator | None,
 ) -> dict[str, torch.Tensor]:
     """One DP-SGD gradient of the mean per-record loss over a Poisson batch (may be empty)."""
     if inputs[0].shape[0] == 0:

@@ -84,8 +84,19 @@ def numpy_generator(seed: int | None, *key: StreamKey) -> np.random.Generator:
     return np.random.default_rng(seed_sequence(seed, *key))
 
 
+def mechanism_stream(seed: int | None, *key: StreamKey) -> np.random.Generator:
+    """The DP-SGD mechanism's own stream for ``key`` (its Poisson samples and Gaussian noise):
+    NumPy's PCG64 under a ``SeedSequence``, 128 bits of entropy when unseeded. Apart from the
+    PyTorch stream of the same key (labelled differently), whose seed is one 64-bit word of which
+    PyTorch's CPU generator keeps 32: trying 2^32 seeds must not give the noise away."""
+    return numpy_generator(seed, *key, "mechanism")
+
+
 def torch_generator(seed: int | None, *key: StreamKey, device: str | torch.device = "cpu") -> torch.Generator:
-    """A PyTorch generator on ``device`` seeded from the stream for ``key``."""
+    """A PyTorch generator on ``device`` seeded from the stream for ``key``: for model
+    initialisation, generated rows and post-processing. Its seed is one 63-bit word (PyTorch's
+    CPU generator keeps 32 bits of it), so it never draws a DP mechanism's noise:
+    :func:`mechanism_stream` does."""
     import torch  # here, so that checking a nonce or a seed does not load PyTorch
     generator = torch.Generator(device=torch.device(device))
     generator.manual_seed(_word63(seed_sequence(seed, *key)))
