@@ -10,7 +10,9 @@ charged as usual. Stored next to the site's ledger; holds DP outputs and public 
 Each answer also records where its charge sits in the ledger (the ledger's nonce and the
 charge's position). So the store proves a lower bound on how many charges the ledger holds,
 which a ledger and trail restored together from an older backup cannot hide
-(:meth:`ReplyStore.charges_proven`).
+(:meth:`ReplyStore.charges_proven`). Every charged answer is stored, a request naming no run
+included (under :data:`UNNAMED_RUN`, never replayed): the run id is the coordinator's word,
+and one that named no run would otherwise leave its charges unproven.
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ from fedsyn.files import write_atomically
 from fedsyn.privacy.accounting import PrivacyEvent
 
 _SAFE = re.compile(r"[^A-Za-z0-9_.-]")
+UNNAMED_RUN = "unnamed-run"  # where the answers to requests naming no run are stored
 
 
 def request_digest(config: Mapping[str, object], arrays: Mapping[str, np.ndarray] | None = None) -> str:
@@ -46,7 +49,7 @@ class ReplyStore:
         self.directory = directory
 
     def _path(self, run_id: str, round_: int) -> Path:
-        return self.directory / f"{_SAFE.sub('_', run_id)}-round-{round_:05d}.npz"
+        return self.directory / f"{_SAFE.sub('_', run_id or UNNAMED_RUN)}-round-{round_:05d}.npz"
 
     def get(self, run_id: str, round_: int, digest: str
             ) -> tuple[dict[str, np.ndarray], dict[str, float], PrivacyEvent] | None:

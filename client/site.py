@@ -331,8 +331,7 @@ class Site:
         marginals = noisy_marginals(frame, self.schema, noise_multiplier,
                                     numpy_generator(self.seed, self.ledger.stream_nonce, event.mechanism, position),
                                     pairs_share)
-        if run_id:
-            self.replies.put(run_id, 0, digest, marginals.arrays, {}, event, (self.ledger.stream_nonce, position))
+        self.replies.put(run_id, 0, digest, marginals.arrays, {}, event, (self.ledger.stream_nonce, position))
         self.trail.append("marginals_sent", privacy=asdict(event), epsilon_spent=self.ledger.epsilon())
         return marginals, event
 
@@ -414,15 +413,13 @@ class Site:
             # Clipping is total, so no record made this non-finite: the model the coordinator sent
             # overflowed on generated rows or the transport's range, a function of the model and the
             # DP outputs only. A fixed reply says so; the charge stands (over-counted, never hidden).
-            if request.run_id:
-                self.replies.put(request.run_id, request.round, digest, {}, {WITHHELD: 1.0}, event,
-                                 (self.ledger.stream_nonce, position))
+            self.replies.put(request.run_id, request.round, digest, {}, {WITHHELD: 1.0}, event,
+                             (self.ledger.stream_nonce, position))
             self.trail.append("update_withheld", privacy=asdict(event), epsilon_spent=self.ledger.epsilon(),
                               reason="non-finite weights or losses after the local steps")
             raise _withheld()
-        if request.run_id:
-            self.replies.put(request.run_id, request.round, digest, updated, metrics, event,
-                             (self.ledger.stream_nonce, position))
+        self.replies.put(request.run_id, request.round, digest, updated, metrics, event,
+                         (self.ledger.stream_nonce, position))
         self.trail.append("update_sent", privacy=asdict(event), epsilon_spent=self.ledger.epsilon(), metrics=metrics)
         return updated, metrics, event
 

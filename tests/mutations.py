@@ -195,6 +195,17 @@ MUTATIONS = [
     Mutation("ledger not cross-checked against the audit trail", "client/site.py",
              "if len(self.ledger.events) < recorded:", "if False:",
              (PRIVACY + "test_a_deleted_or_reset_ledger_is_refused",)),
+    Mutation("a round-0 answer naming no run is not stored", "client/site.py",
+             "        self.replies.put(run_id, 0, digest, marginals.arrays, {}, event, "
+             "(self.ledger.stream_nonce, position))",
+             "        if run_id: self.replies.put(run_id, 0, digest, marginals.arrays, {}, event, "
+             "(self.ledger.stream_nonce, position))",
+             (PRIVACY + "test_a_ledger_and_trail_restored_from_an_older_backup_are_refused",)),
+    Mutation("a training answer naming no run is not stored", "client/site.py",
+             "        self.replies.put(request.run_id, request.round, digest, updated, metrics, event,",
+             "        if request.run_id: self.replies.put(request.run_id, request.round, digest, updated, metrics, "
+             "event,",
+             (PRIVACY + "test_a_ledger_and_trail_restored_from_an_older_backup_are_refused",)),
     Mutation("a ledger restored from an older backup is taken", "client/site.py",
              "        if len(self.ledger.events) < proven:", "        if False:",
              (PRIVACY + "test_a_ledger_and_trail_restored_from_an_older_backup_are_refused",)),

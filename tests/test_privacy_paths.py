@@ -363,17 +363,23 @@ def test_a_deleted_or_reset_ledger_is_refused(tmp_path, small_frame):
     Site(site.policy)  # restored from backup: accepted again
 
 
-def test_a_ledger_and_trail_restored_from_an_older_backup_are_refused(tmp_path, small_frame):
+@pytest.mark.parametrize("last_charge", ["marginals of run-b", "marginals naming no run", "a round naming no run"])
+def test_a_ledger_and_trail_restored_from_an_older_backup_are_refused(tmp_path, small_frame, last_charge):
     """The fourth review's F4: restored together from a backup taken before the last charge, the
     ledger and its trail agreed, so the site spent on with that charge forgotten (1.71 shown where
     both releases were spent) and, seeded, drew the same noise again at the same ledger position:
-    the two releases gave back an exact table. The stored answers prove the later charge."""
+    the two releases gave back an exact table. The stored answers prove the later charge, also
+    when the coordinator named no run (fifth review: nothing was stored then)."""
     site = _site(tmp_path, small_frame)
     fingerprint = protocol.schema_fingerprint(site.schema)
     site.release_marginals(30.0, 50.0, fingerprint, run_id="run-a")
     ledger, trail = site.policy.ledger, site.policy.audit_trail
     backup = {path: path.read_text() for path in (ledger, trail)}
-    site.release_marginals(20.0, 50.0, fingerprint, run_id="run-b")
+    if last_charge == "a round naming no run":
+        arrays, marginals = _global_model(site)
+        site.train(_request(site, run_id=""), arrays, marginals)
+    else:
+        site.release_marginals(20.0, 50.0, fingerprint, run_id="run-b" if "run-b" in last_charge else "")
     Site(site.policy)  # as it is: accepted
     for path, text in backup.items():
         path.write_text(text)
