@@ -97,6 +97,11 @@ class SitePolicy(BaseModel):
         "after its request came: how long the site took, which grows with its rows, is seen only to this "
         "quantum (a timing channel DP does not cover). 0: off (simulations, where coordinator and sites are "
         "one researcher)")
+    max_rows: int | None = Field(
+        default=None, ge=1, description="a public upper bound on the extract's rows (say a round number above "
+        "it): every DP-SGD step samples over this many, those beyond the extract empty, so a training round's "
+        "work, and how long it takes, do not depend on how many patients the extract holds. Unset: the work "
+        "grows with the extract, and a coordinator asking many cheap rounds can time the site's size")
     device: str = Field(default="cpu", description="torch device for local training, e.g. 'cuda'")
     seed: int | None = Field(default=None, description="fix this site's noise for reproducible simulations; "
                              "leave unset in production (operating-system randomness)")

@@ -38,7 +38,7 @@ from fedsyn.errors import PrivacyRefusal, where_it_failed
 from fedsyn.federation.protocol import ErrorCode, TrainInstructions, schema_fingerprint
 from fedsyn.model.config import GANConfig
 from fedsyn.model.encoder import TableEncoder
-from fedsyn.model.training import GANTrainer
+from fedsyn.model.training import GANTrainer, padded
 from fedsyn.privacy.accounting import (
     BudgetExceededError,
     LedgerError,
@@ -237,6 +237,12 @@ class Site:
         if not 0 < self.policy.delta * len(frame) < 1:
             raise PolicyRefusal("the site's delta is not below 1/n for its extract; the site operator must lower "
                                 "delta in its policy")
+        if self.policy.max_rows is not None and len(frame) > self.policy.max_rows:
+            log.error("the extract %s holds %d rows, more than the policy's max_rows %d: raise max_rows (a public "
+                      "upper bound, say a round number above the extract)", self.policy.data, len(frame),
+                      self.policy.max_rows)
+            raise PolicyRefusal("the site's extract is larger than its policy's max_rows; the site operator must "
+                                "raise max_rows")
         return frame
 
     def _check_encodable(self, frame: pd.DataFrame) -> None:
@@ -396,12 +402,12 @@ class Site:
         frame = self._private_rows()
         # The expected batch from the site's own noisy count (post-processing), else the config's batch size.
         expected_batch = None if local_marginals is None else max(1.0, request.sample_rate * local_marginals.total())
-        data = torch.as_tensor(trainer.encoder.encode(frame), device=trainer.device)
+        data = padded(torch.as_tensor(trainer.encoder.encode(frame), device=trainer.device), self.policy.max_rows)
         position = self._charge(event, request.epsilon)  # before any step runs
         stream = torch_generator(self.seed, self.ledger.stream_nonce, event.mechanism, position, device=trainer.device)
         noise = mechanism_stream(self.seed, self.ledger.stream_nonce, event.mechanism, position)
         history = trainer.train(data, request.local_steps, request.sample_rate, sigma, slot=request.site_slot,
-                                rng=stream, expected_batch=expected_batch, mechanism_rng=noise)
+                                rng=stream, expected_batch=expected_batch, mechanism_rng=noise, real_rows=len(frame))
         metrics = {
             "discriminator_fake_loss": float(np.mean([h.discriminator for h in history])),
             "generator_loss": float(np.mean([h.generator for h in history])),

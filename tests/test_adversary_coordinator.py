@@ -259,11 +259,12 @@ class ClipBound:
     errors: list[str] = field(default_factory=list)
 
     def __call__(self, module: nn.Module, loss_of_one: Callable[[torch.Tensor], torch.Tensor],
-                 inputs: tuple[torch.Tensor, ...], max_grad_norm: float) -> dict[str, torch.Tensor]:
-        summed = self.real(module, loss_of_one, inputs, max_grad_norm)
+                 inputs: tuple[torch.Tensor, ...], max_grad_norm: float, present: torch.Tensor | None = None
+                 ) -> dict[str, torch.Tensor]:
+        summed = self.real(module, loss_of_one, inputs, max_grad_norm, present)
         self.calls += 1
         try:
-            self._check(summed, module, loss_of_one, inputs, max_grad_norm)
+            self._check(summed, module, loss_of_one, inputs, max_grad_norm, present)
         except Exception as exc:  # noqa: BLE001 - reported by check_invariants
             self.errors.append(f"{type(exc).__name__}: {exc}")
         return summed
@@ -279,16 +280,17 @@ class ClipBound:
 
     def _check(self, summed: dict[str, torch.Tensor], module: nn.Module,
                loss_of_one: Callable[[torch.Tensor], torch.Tensor], inputs: tuple[torch.Tensor, ...],
-               max_grad_norm: float) -> None:
+               max_grad_norm: float, present: torch.Tensor | None) -> None:
         flat = _flat(summed)
         if not torch.isfinite(flat).all():
             self.violations.append("the clipped sum is not finite")
             return
         for i in self._records(inputs[0]):
             others = tuple(torch.cat([x[:i], x[i + 1:]]) for x in inputs)
+            others_present = None if present is None else torch.cat([present[:i], present[i + 1:]])
             # An empty batch has no clipped sum (private_gradient adds noise to zeros instead).
-            fewer = _flat(self.real(module, loss_of_one, others, max_grad_norm)) if others[0].shape[0] \
-                else torch.zeros_like(flat)
+            fewer = _flat(self.real(module, loss_of_one, others, max_grad_norm, others_present)) \
+                if others[0].shape[0] else torch.zeros_like(flat)
             moved = float((flat - fewer).norm())
             bound = max_grad_norm * (1 + 1e-5) + FLOAT32_ULP * (float(flat.norm()) + float(fewer.norm()))
             self.checked += 1

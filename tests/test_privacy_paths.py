@@ -482,3 +482,43 @@ def test_a_sites_dp_sgd_noise_has_128_bits_of_entropy(tmp_path, small_frame, mon
     streams = _mechanism_streams(_site(tmp_path, small_frame, seed=None), monkeypatch, 2)
     entropy = [stream.bit_generator.seed_seq.entropy for stream in streams]
     assert all(value.bit_length() > 96 for value in entropy) and entropy[0] != entropy[1]
+
+
+def test_a_padded_samples_empty_slots_contribute_nothing(demo_schema, demo_frame):
+    """Empty slots sampled from a padded extract go through the step and add exactly 0: the same
+    streams give the same step whatever the slots hold (here zeros, then extreme values that
+    would move the step if they counted)."""
+    rows = _encoded(demo_schema, demo_frame.head(40))
+    steps = []
+    for filler in (0.0, 1e3):
+        data = torch.cat([rows, torch.full((60, rows.shape[1]), filler)])
+        steps.append(_trainer(demo_schema, seed=3).real_gradient(data, 0.5, 0.7, mechanism_rng=mechanism_stream(3, "t"),
+                                                                 real_rows=40))
+    assert all(torch.equal(steps[0][k], steps[1][k]) for k in steps[0])
+
+
+def test_with_max_rows_a_rounds_work_does_not_depend_on_the_row_count(tmp_path, small_frame, monkeypatch):
+    """The fifth review timed training rounds (3-4 s at 1,000 rows, 10 s at 4,000) to learn a
+    site's size. With the policy's public ``max_rows`` every step samples over that many slots:
+    the batches the discriminator computes have the same size whatever the extract holds, while
+    records still join at the sample rate."""
+    import fedsyn.model.training as training
+
+    batches: dict[int, list[tuple[int, int]]] = {}
+    real_private_gradient = training.private_gradient
+    for rows in (60, 180):
+        site = _site(tmp_path / str(rows), small_frame.head(rows))
+        site = Site(site.policy.model_copy(update={"max_rows": 1000}))
+        arrays, marginals = _global_model(site)
+        seen = batches.setdefault(rows, [])
+
+        def spy(module, loss, inputs, *, present, _seen=seen, **kwargs):
+            _seen.append((inputs[0].shape[0], int(present.sum())))
+            return real_private_gradient(module, loss, inputs, present=present, **kwargs)
+
+        monkeypatch.setattr(training, "private_gradient", spy)
+        site.train(_request(site, local_steps=40), arrays, marginals)
+    for rows, seen in batches.items():
+        sizes, records = np.asarray(seen, dtype=float).T
+        assert sizes.mean() == pytest.approx(0.2 * 1000, rel=0.06)
+        assert records.mean() == pytest.approx(0.2 * rows, rel=0.3)

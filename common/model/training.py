@@ -40,6 +40,14 @@ def _chunk_sizes(n: int, chunk: int) -> list[int]:
     return [n // parts + (1 if index < n % parts else 0) for index in range(parts)]
 
 
+def padded(data: torch.Tensor, rows: int | None) -> torch.Tensor:
+    """``data`` followed by empty slots (zeros) up to ``rows`` rows (as it is when None or not
+    longer): what a site samples over when its policy sets ``max_rows``."""
+    if rows is None or rows <= data.shape[0]:
+        return data
+    return torch.cat([data, data.new_zeros((rows - data.shape[0], data.shape[1]))])
+
+
 @dataclass
 class StepLosses:
     discriminator: float
@@ -127,8 +135,8 @@ class GANTrainer:
 
     def real_gradient(self, data: torch.Tensor, sample_rate: float, noise_multiplier: float | None,
                       rng: torch.Generator | None = None, slot: int | None = None,
-                      expected_batch: float | None = None, mechanism_rng: np.random.Generator | None = None
-                      ) -> dict[str, torch.Tensor]:
+                      expected_batch: float | None = None, mechanism_rng: np.random.Generator | None = None,
+                      real_rows: int | None = None) -> dict[str, torch.Tensor]:
         """The discriminator's gradient of the real-data loss: the only term that reads records.
 
         A Poisson sample of ``data``; with ``noise_multiplier`` every record's whole gradient is
@@ -139,31 +147,41 @@ class GANTrainer:
         expected Poisson batch from its own noisy row count, a DP output, so the real and
         generated terms of the loss keep equal weight), else the nominal ``config.batch_size``.
         The sample and the noise draw from ``mechanism_rng`` (None: fresh entropy).
+
+        With ``real_rows``, ``data`` is padded (:func:`padded`): its first ``real_rows`` rows are
+        records, the rest empty slots. The sample is drawn over every row and the empty slots
+        sampled go through the same computation and contribute 0, so the step's work depends
+        on the padded length only (a site's public ``max_rows``), never on its row count.
         """
         rng = rng if rng is not None else self.rng
         mechanism_rng = mechanism_rng if mechanism_rng is not None else np.random.default_rng()
         normaliser = float(expected_batch or self.config.batch_size)
-        real = data[poisson_sample(data.shape[0], sample_rate, mechanism_rng, self.device)]
+        picks = poisson_sample(data.shape[0], sample_rate, mechanism_rng, self.device)
+        present = None if real_rows is None else picks < real_rows
+        real = data[picks]
         real_cond = self._slot_input(self.conditions.from_real(real, rng), slot)
         if noise_multiplier is None:
             params = OrderedDict(self.discriminator.named_parameters())
-            real_loss = F.softplus(-self.discriminator(real, real_cond)).sum() / normaliser
+            scores = self.discriminator(real, real_cond) if present is None \
+                else self.discriminator(real[present], real_cond[present])
+            real_loss = F.softplus(-scores).sum() / normaliser
             return dict(zip(params, torch.autograd.grad(real_loss, list(params.values()))))
         return private_gradient(
             self.discriminator, lambda score: F.softplus(-score).sum(), (real, real_cond),
             noise_multiplier=noise_multiplier, max_grad_norm=self.config.max_grad_norm,
-            expected_batch_size=normaliser, generator=mechanism_rng,
+            expected_batch_size=normaliser, generator=mechanism_rng, present=present,
         )
 
     def discriminator_step(self, data: torch.Tensor, sample_rate: float, noise_multiplier: float | None,
                            rng: torch.Generator | None = None, slot: int | None = None,
-                           expected_batch: float | None = None, mechanism_rng: np.random.Generator | None = None
-                           ) -> float:
+                           expected_batch: float | None = None, mechanism_rng: np.random.Generator | None = None,
+                           real_rows: int | None = None) -> float:
         """One discriminator update: the private real-data gradient (:meth:`real_gradient`) plus
         the fake-data term, which reads no record (``config.batch_size`` generated rows, a
         public number)."""
         rng = rng if rng is not None else self.rng
-        real_grads = self.real_gradient(data, sample_rate, noise_multiplier, rng, slot, expected_batch, mechanism_rng)
+        real_grads = self.real_gradient(data, sample_rate, noise_multiplier, rng, slot, expected_batch, mechanism_rng,
+                                        real_rows)
         fake_cond = self.conditions.sample(self.config.batch_size, rng)
         with torch.no_grad():
             _, fake = self._fake(fake_cond.shape[0], fake_cond, rng, slot)
@@ -251,13 +269,15 @@ class GANTrainer:
         rng: torch.Generator | None = None,
         expected_batch: float | None = None,
         mechanism_rng: np.random.Generator | None = None,
+        real_rows: int | None = None,
     ) -> list[StepLosses]:
         """Run ``steps`` paired D/G updates. The caller has already checked the budget.
 
         With ``config.site_slots`` every generated row is generated for site ``slot``. The Poisson
         samples and the DP noise come from ``mechanism_rng`` (the mechanism's own stream; None:
         fresh entropy), every other draw from ``rng`` (default: the trainer's). ``expected_batch``
-        divides the real-data loss (public; see :meth:`real_gradient`)."""
+        divides the real-data loss (public; see :meth:`real_gradient`), and ``real_rows`` says
+        where a padded ``data``'s empty slots begin (see :meth:`real_gradient`)."""
         stream = rng if rng is not None else self.rng
         mechanism = mechanism_rng if mechanism_rng is not None else np.random.default_rng()
         if self.config.site_slots and not (isinstance(slot, int) and 0 <= slot < self.config.site_slots):
@@ -268,7 +288,7 @@ class GANTrainer:
         self.discriminator.train()
         for step in range(steps):
             losses = StepLosses(self.discriminator_step(data, sample_rate, noise_multiplier, stream, slot,
-                                                        expected_batch, mechanism),
+                                                        expected_batch, mechanism, real_rows),
                                 self.generator_step(stream, slot))
             history.append(losses)
             if on_step is not None:

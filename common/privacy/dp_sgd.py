@@ -99,6 +99,13 @@ def _finite_rows(tensors: list[torch.Tensor], batch: int) -> torch.Tensor:
     return finite
 
 
+def _present(present: torch.Tensor | None, batch: int, device: torch.device) -> torch.Tensor:
+    """``present`` as a boolean mask of ``batch`` records (all True when None)."""
+    if present is None:
+        return torch.ones(batch, dtype=torch.bool, device=device)
+    return present.to(device=device, dtype=torch.bool)
+
+
 def _zero_rows(tensor: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
     """``tensor`` in float64 with the records outside ``keep`` set to exactly 0 (not ``x * 0``,
     which is NaN for an infinite ``x``)."""
@@ -106,12 +113,15 @@ def _zero_rows(tensor: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
     return torch.where(keep.reshape(shape), tensor.double(), 0.0)
 
 
-def clip_and_sum(per_sample: dict[str, torch.Tensor], max_grad_norm: float) -> dict[str, torch.Tensor]:
+def clip_and_sum(per_sample: dict[str, torch.Tensor], max_grad_norm: float, present: torch.Tensor | None = None
+                 ) -> dict[str, torch.Tensor]:
     """Scale every record's whole gradient (all parameters together) to norm <= C, then sum.
 
-    A record with any non-finite gradient entry contributes 0; the arithmetic is float64."""
+    A record with any non-finite gradient entry contributes 0, and so does one ``present`` marks
+    False (an empty slot of a padded sample); the arithmetic is float64."""
     batch = next(iter(per_sample.values())).shape[0]
     finite = _finite_rows(list(per_sample.values()), batch)
+    finite &= _present(present, batch, finite.device)
     clean = {name: _zero_rows(g, finite) for name, g in per_sample.items()}
     norms = torch.stack([g.flatten(start_dim=1).norm(dim=1) for g in clean.values()]).norm(dim=0)
     factors = torch.where(finite, clip_factors(norms, max_grad_norm), 0.0)
@@ -129,8 +139,10 @@ def linear_clipped_sum(
     loss_of_one: Callable[[torch.Tensor], torch.Tensor],
     inputs: tuple[torch.Tensor, ...],
     max_grad_norm: float,
+    present: torch.Tensor | None = None,
 ) -> dict[str, torch.Tensor]:
-    """Sum of per-record gradients, each clipped to norm <= C, for Linear-only networks.
+    """Sum of per-record gradients, each clipped to norm <= C, for Linear-only networks; a
+    record ``present`` marks False (an empty slot of a padded sample) contributes 0.
 
     ``loss_of_one`` is applied to the batched output; since records do not interact
     (no BatchNorm), the gradient of the summed loss at each layer's output is each
@@ -154,7 +166,7 @@ def linear_clipped_sum(
     output_grads = torch.autograd.grad(loss, outputs, allow_unused=False)
     batch = inputs[0].shape[0]
     activations = [captured[name][0] for name, _ in layers]
-    finite = _finite_rows([*activations, *output_grads], batch)
+    finite = _finite_rows([*activations, *output_grads], batch) & _present(present, batch, inputs[0].device)
     clean_grads = [_zero_rows(g, finite) for g in output_grads]
     clean_activations = [_zero_rows(a, finite) for a in activations]
     squared = torch.zeros(batch, dtype=torch.float64, device=inputs[0].device)
@@ -177,11 +189,13 @@ def clipped_sum(
     loss_of_one: Callable[[torch.Tensor], torch.Tensor],
     inputs: tuple[torch.Tensor, ...],
     max_grad_norm: float,
+    present: torch.Tensor | None = None,
 ) -> dict[str, torch.Tensor]:
-    """Sum of per-record clipped gradients by the fastest exact method the module allows."""
+    """Sum of per-record clipped gradients by the fastest exact method the module allows, over
+    the records ``present`` marks (all when None)."""
     if supports_linear_clipping(module):
-        return linear_clipped_sum(module, loss_of_one, inputs, max_grad_norm)
-    return clip_and_sum(per_sample_gradients(module, loss_of_one, inputs), max_grad_norm)
+        return linear_clipped_sum(module, loss_of_one, inputs, max_grad_norm, present)
+    return clip_and_sum(per_sample_gradients(module, loss_of_one, inputs), max_grad_norm, present)
 
 
 def privatize(
@@ -215,10 +229,12 @@ def private_gradient(
     max_grad_norm: float,
     expected_batch_size: float,
     generator: np.random.Generator | None,
+    present: torch.Tensor | None = None,
 ) -> dict[str, torch.Tensor]:
-    """One DP-SGD gradient of the mean per-record loss over a Poisson batch (may be empty)."""
+    """One DP-SGD gradient of the mean per-record loss over a Poisson batch (may be empty);
+    ``present`` marks the batch's records among the empty slots of a padded sample."""
     if inputs[0].shape[0] == 0:
         summed = {name: torch.zeros_like(p, dtype=torch.float64) for name, p in module.named_parameters()}
     else:
-        summed = clipped_sum(module, loss_of_one, inputs, max_grad_norm)
+        summed = clipped_sum(module, loss_of_one, inputs, max_grad_norm, present)
     return privatize(summed, noise_multiplier, max_grad_norm, expected_batch_size, generator)
