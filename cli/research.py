@@ -170,7 +170,8 @@ def simulate(
     out: Annotated[Path, typer.Option(help="output folder: release/, local-report/, sites/, keys/")
                    ] = Path("fedsyn-simulation"),
     overwrite: Annotated[bool, typer.Option(
-        help="replace what an earlier simulation left in --out (its simulated sites, ledgers and release)")] = False,
+        help="replace what an earlier simulation left in --out (its simulated sites, ledgers and release); a "
+             "folder holding other files, or this run's inputs, is never emptied")] = False,
     seed: Annotated[int | None, typer.Option(help="secret seed of the split and of every simulated site: with the "
                                                   "stream nonce the run prints, whoever holds it can repeat the run "
                                                   "and regenerate its noise. Never written into the release (which "
@@ -238,7 +239,7 @@ def simulate(
     from fedsyn.simulations import workflow
 
     try:  # a refusal first: warnings about a run that will not happen only confuse
-        workflow.clear_out_folder(out, overwrite)
+        workflow.clear_out_folder(out, overwrite, request.input_files)
     except ConfigurationError as exc:
         fail(str(exc))
     for warning in prepared.warnings:

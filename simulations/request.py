@@ -81,6 +81,12 @@ class SimulationRequest:
     allow_unreviewed_schema: bool = False
     site_column: str | None = None
 
+    @property
+    def input_files(self) -> tuple[Path, ...]:
+        """The researcher's own files this request reads (kept out of ``out``'s overwrite)."""
+        named = (*self.sites, self.held_out, self.data, self.schema)
+        return tuple(path for path in named if path is not None)
+
     def __post_init__(self) -> None:
         """Inputs that cannot go together are refused before any file is read."""
         if (self.data or self.sites) and self.schema is None:

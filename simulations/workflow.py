@@ -134,24 +134,45 @@ def make_run_folder(out: Path) -> bool:
     return created
 
 
-def clear_out_folder(out: Path, overwrite: bool) -> None:
+# What a simulation writes in its folder (see the module's docstring): nothing else is ever removed.
+SIMULATION_ENTRIES = frozenset({"release", "local-report", "sites", "keys", "audit.jsonl", "audit.jsonl.sig",
+                                "sweep", ".gitignore"})
+
+
+def clear_out_folder(out: Path, overwrite: bool, inputs: tuple[Path, ...] = ()) -> None:
     """Empty ``out`` of an earlier simulation when told to; refuse otherwise: its simulated
-    hospitals keep ledgers that must never be reset by accident."""
-    if out.exists() and any(out.iterdir()):
-        if not overwrite:
-            raise ConfigurationError(f"{out} already holds a simulation (its simulated hospitals keep ledgers that "
-                                     "are never reset): choose another --out, or pass --overwrite to replace it")
-        shutil.rmtree(out)
+    hospitals keep ledgers that must never be reset by accident. A folder holding anything a
+    simulation does not write (the user's own files), or one of this run's ``inputs``, is never
+    emptied: ``--out .`` beside one's data must not delete it."""
+    if not out.exists() or not any(out.iterdir()):
+        return
+    foreign = sorted(entry.name for entry in out.iterdir() if entry.name not in SIMULATION_ENTRIES)
+    if foreign:
+        raise ConfigurationError(
+            f"{out} holds files that are not an earlier simulation's ({', '.join(foreign[:3])}"
+            f"{', ...' if len(foreign) > 3 else ''}): choose a new or empty folder for --out "
+            "(--overwrite replaces only an earlier simulation's folder, never other files)")
+    resolved = out.resolve()
+    inside = [path for path in inputs if resolved in path.resolve().parents]
+    if inside:
+        raise ConfigurationError(f"{inside[0]} lies inside --out {out}, which --overwrite would empty: "
+                                 "move it out, or choose another --out")
+    if not overwrite:
+        raise ConfigurationError(f"{out} already holds a simulation (its simulated hospitals keep ledgers that "
+                                 "are never reset): choose another --out, or pass --overwrite to replace it")
+    shutil.rmtree(out)
 
 
 def remove_run(out: Path, created: bool) -> None:
     """Remove what a run wrote in ``out``, for a run that failed before any site spent budget: the
-    folder if the run made it, else its contents (it was empty: a fresh folder, or emptied by
-    :func:`clear_out_folder`)."""
+    folder if the run made it, else what a simulation writes in it (it held nothing else: a fresh
+    folder, or emptied by :func:`clear_out_folder`)."""
     if created:
         shutil.rmtree(out, ignore_errors=True)
         return
     for entry in out.iterdir():
+        if entry.name not in SIMULATION_ENTRIES:
+            continue
         if entry.is_dir() and not entry.is_symlink():
             shutil.rmtree(entry, ignore_errors=True)
         else:

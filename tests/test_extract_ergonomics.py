@@ -10,6 +10,7 @@ tiny run beside the run folder's .gitignore.
 from __future__ import annotations
 
 import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -231,6 +232,29 @@ def test_a_failed_start_removes_the_out_folder_it_created(tmp_path, cohort, no_f
     out.mkdir()  # a folder the researcher made: kept, and emptied of what the start wrote
     result = _invoke("simulate", "--data", cohort, "--schema", SCHEMA, "--yes", "--out", out)
     assert result.exit_code == 2 and out.is_dir() and list(out.iterdir()) == []
+
+
+def test_overwrite_never_deletes_the_researchers_own_files(tmp_path, cohort, no_federation):
+    """A newcomer's `--out proj --overwrite`, where proj held the data, the schema and notes,
+    deleted them all and then failed (the run could not read its schema); `--out .` wiped the
+    working folder. Only a folder holding nothing but an earlier simulation's is replaced."""
+    project = tmp_path / "proj"
+    project.mkdir()
+    data, schema = project / "cohort.csv", project / "schema.json"
+    shutil.copy(cohort, data)
+    shutil.copy(SCHEMA, schema)
+    (project / "my_notes.txt").write_text("mine")
+    for overwrite in ((), ("--overwrite",)):
+        result = _invoke("simulate", "--data", data, "--schema", schema, "--yes", "--out", project, *overwrite)
+        assert result.exit_code == 2 and "not an earlier simulation's" in _said(result), result.output
+        assert sorted(p.name for p in project.iterdir()) == ["cohort.csv", "my_notes.txt", "schema.json"]
+    earlier = tmp_path / "earlier"
+    (earlier / "sites").mkdir(parents=True)
+    shutil.copy(cohort, earlier / "sites" / "cohort.csv")
+    result = _invoke("simulate", "--data", earlier / "sites" / "cohort.csv", "--schema", SCHEMA, "--yes",
+                     "--out", earlier, "--overwrite")
+    assert result.exit_code == 2 and "lies inside --out" in _said(result)
+    assert (earlier / "sites" / "cohort.csv").is_file()
 
 
 def test_an_unexpected_failure_before_any_charge_also_removes_the_start(tmp_path, cohort, no_federation):
