@@ -30,6 +30,11 @@ def schema_draft(
     draft.save(out)
     from fedsyn.data.schema import MANY_CATEGORIES, unlisted_columns
 
+    if draft.missing_values:
+        console.print(f"[yellow]cells holding {', '.join(repr(m) for m in draft.missing_values)} were read as missing "
+                      "(the draft's missing_values, in every column): keep each only if the extract uses it for "
+                      "'missing', never as a real value[/]")
+
     for name in unlisted_columns(draft):
         console.print(f"[yellow]column '{name}' has more than {MANY_CATEGORIES} distinct values, so none was written "
                       "into the draft: if it is an identifier or a date, drop it from the extract (or turn a date into "

@@ -92,6 +92,30 @@ def test_a_draft_writes_no_identifier_and_reads_stray_spaces_as_the_level(demo_f
     assert not report.ok and any(problem.column == "mrn" for problem in report.problems)
 
 
+def test_an_extracts_own_missing_markers_are_read_as_empty(demo_frame, tmp_path):
+    """A newcomer's extract wrote "missing" as '?', '-', '.' and 'na': the draft made 26 lab
+    columns categorical ('127.0', '?', ...) and kept '?' as a smoking level. The draft lists the
+    markers in missing_values, drafts the columns without them, and the extract read with that
+    schema validates; a marker that is also a category is refused."""
+    rows = demo_frame.head(300).astype({"creatinine": object, "sex": object})
+    markers = ["?", "-", ".", "na"]
+    for index, marker in enumerate(markers):
+        rows.loc[rows.index[index], "creatinine"] = marker
+        rows.loc[rows.index[10 + index], "sex"] = f" {marker}"
+    draft = draft_schema(rows, outcome="death")
+    assert sorted(draft.missing_values) == sorted(markers)
+    assert not draft.column("creatinine").is_categorical and draft.column("creatinine").nullable
+    assert draft.column("sex").categories == ["F", "M"] and draft.column("sex").nullable
+    rows.to_csv(tmp_path / "extract.csv", index=False)
+    reviewed = draft.model_copy(
+        update={"columns": [column.model_copy(update={"needs_review": False}) for column in draft.columns]})
+    read = read_table(tmp_path / "extract.csv", reviewed)
+    assert read["creatinine"].isna().sum() == rows["creatinine"].isna().sum() + len(markers)
+    assert validate_frame(read, reviewed).ok
+    with pytest.raises(ValueError, match="both in missing_values and a category of 'sex'"):
+        Schema.model_validate({**draft.model_dump(), "missing_values": ["F"]})
+
+
 def test_a_draft_proposes_the_precision_its_values_are_recorded_in():
     """Values with one decimal, four decimals and full floats: the draft proposes 0.1, 0.0001
     and nothing (and, like every drafted fact, marks the column for review)."""

@@ -158,6 +158,8 @@ class Schema(BaseModel):
     outcome: str | None = None
     source: str | None = None
     rules: list[Rule] = Field(default_factory=list)
+    # The extract's own spellings of "missing" ('?', '-', '.'), read as empty cells in every column.
+    missing_values: list[str] = Field(default_factory=list)
 
     @model_validator(mode="after")
     def _check_columns(self) -> Schema:
@@ -171,6 +173,14 @@ class Schema(BaseModel):
                                  f"{did_you_mean(self.outcome, names)}")
             if not self.column(self.outcome).is_categorical:
                 raise ValueError(f"outcome '{self.outcome}' must be a categorical column")
+        for marker in self.missing_values:
+            if not marker.strip() or marker != marker.strip():
+                raise ValueError(f"missing_values {self.missing_values}: each marker is written without surrounding "
+                                 "spaces (cells are compared with their spaces removed), and none is empty")
+            claimed = [c.name for c in self.categorical_columns if marker in (c.categories or [])]
+            if claimed:
+                raise ValueError(f"'{marker}' is both in missing_values and a category of '{claimed[0]}': a cell "
+                                 "holding it would be read as missing; keep it in one of the two")
         for rule in self.rules:
             for condition in (rule.when, rule.require):
                 if condition is None:
@@ -305,11 +315,35 @@ def headerless_names(names: list[str], categories: frozenset[str] = frozenset())
     return sum(value_like(n, categories) for n in names) * 2 > len(names)
 
 
+# Cells that look like an extract's way of writing "missing" (beyond pandas' own 'NA', 'NULL', ...):
+# punctuation alone, or one of these words in any letter case. 'unknown' and 'none' are often real levels.
+_MARKER_PUNCTUATION = re.compile(r"[?.*_/\\-]{1,3}")
+_MARKER_WORDS = frozenset({"na", "n/a", "n.a.", "nan", "null", "missing", "nil", "#n/a"})
+
+
+def is_missing_marker(text: str) -> bool:
+    """Whether ``text`` (spaces removed) looks like a way of writing "missing"."""
+    return bool(_MARKER_PUNCTUATION.fullmatch(text)) or text.lower() in _MARKER_WORDS
+
+
+def missing_markers(frame: pd.DataFrame) -> list[str]:
+    """The missing-value markers an extract's text cells use (see :func:`is_missing_marker`)."""
+    found: set[str] = set()
+    for column in frame.columns:
+        if frame[column].dtype == object or pd.api.types.is_string_dtype(frame[column]):
+            texts = frame[column].dropna().astype(str).str.strip()
+            found |= {text for text in texts.unique() if is_missing_marker(text)}
+    return sorted(found)
+
+
 def draft_schema(frame: pd.DataFrame, name: str = "table", outcome: str | None = None) -> Schema:
     """Guess a schema from a local extract; every guessed bound or category list needs review.
 
     The draft reads min/max and category sets off the private rows, so it is a starting
-    point for a person, never something to train on as it is. Errors name columns, never values.
+    point for a person, never something to train on as it is. Cells that look like a way of
+    writing "missing" ('?', '-', 'na') become the schema's ``missing_values`` and are read as
+    empty, so a lab column with a few '?' is still drafted as a number. Errors name columns,
+    never values.
     """
     names = [str(col) for col in frame.columns]
     if headerless_names(names):
@@ -318,8 +352,11 @@ def draft_schema(frame: pd.DataFrame, name: str = "table", outcome: str | None =
     if outcome is not None and outcome not in names:
         shown = [n for n in names if not value_like(n)]
         raise SchemaError(f"outcome '{outcome}': the extract has no such column{did_you_mean(outcome, shown, 0.5)}")
+    markers = missing_markers(frame)
+    frame = without_markers(frame, markers)
     try:
-        return Schema(name=name, columns=[_drafted_column(frame[col]) for col in frame.columns], outcome=outcome)
+        return Schema(name=name, columns=[_drafted_column(frame[col]) for col in frame.columns], outcome=outcome,
+                      missing_values=markers)
     except ValidationError as exc:
         raise SchemaError(f"could not draft a schema: {schema_problems(exc, None)}") from None
 
@@ -341,6 +378,18 @@ def _drafted_column(series: pd.Series) -> Column:
         categories = [UNLISTED_LEVELS]
     return Column(name=name, kind=ColumnKind.CATEGORICAL, categories=categories, nullable=nullable,
                   needs_review=True)
+
+
+def without_markers(frame: pd.DataFrame, markers: list[str]) -> pd.DataFrame:
+    """``frame`` with every text cell that is one of ``markers`` (spaces removed) made empty."""
+    if not markers:
+        return frame
+    frame = frame.copy()
+    for column in frame.columns:
+        series = frame[column]
+        if series.dtype == object or pd.api.types.is_string_dtype(series):
+            frame[column] = series.mask(series.notna() & series.astype(str).str.strip().isin(markers))
+    return frame
 
 
 def unlisted_columns(schema: Schema) -> list[str]:

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from fedsyn.data.schema import ColumnKind, Schema, spell_category
+from fedsyn.data.schema import ColumnKind, Schema, spell_category, without_markers
 from fedsyn.errors import InputDataError
 
 
@@ -20,7 +20,8 @@ def read_table(path: str | Path, schema: Schema | None = None) -> pd.DataFrame:
     Categorical columns of ``schema`` are read as text so that codes such as ``"01"`` keep
     their spelling, and a value that is one of the schema's categories once its surrounding
     spaces are removed ('F ' from a spreadsheet export) is read as that category; everything
-    is otherwise left for :func:`validate_frame` to judge.
+    is otherwise left for :func:`validate_frame` to judge. A cell holding one of the schema's
+    ``missing_values`` (the extract's own '?' or '-') is read as empty.
     """
     path = Path(path)
     if not path.is_file():
@@ -44,6 +45,8 @@ def read_table(path: str | Path, schema: Schema | None = None) -> pd.DataFrame:
         structural = isinstance(exc, pd.errors.ParserError)
         detail = str(exc) if structural else f"{type(exc).__name__}; check the file's format"
         raise DataFileError(f"cannot read {path} as a {suffix.lstrip('.')} table: {detail}") from None
+    if schema is not None:
+        frame = without_markers(frame, schema.missing_values)
     for column in schema.categorical_columns if schema is not None else []:
         if column.name in frame.columns:
             frame[column.name] = _as_category(frame[column.name], set(column.levels))

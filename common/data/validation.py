@@ -225,7 +225,9 @@ def _column_masks(series: pd.Series, column: Column) -> list[tuple[str, np.ndarr
     non_numeric = present & np.isnan(numeric)
     if non_numeric.any():
         found.append(("value is not a number: write the number (a lab's '<0.3' as the public detection limit, "
-                      "0.3), or leave the cell empty and mark the column nullable", non_numeric))
+                      "0.3, a unit removed), or leave the cell empty and mark the column nullable; an extract that "
+                      "writes 'missing' as '?' or '-' lists that marker in the schema's missing_values",
+                      non_numeric))
     checkable = present & ~np.isnan(numeric)
     infinite = checkable & ~np.isfinite(numeric)
     if infinite.any():
