@@ -74,12 +74,18 @@ def feature_matrix(frame: pd.DataFrame, schema: Schema, exclude: str | None = No
 
 
 def outcome_vector(frame: pd.DataFrame, schema: Schema) -> np.ndarray:
-    """1 for the outcome's last listed category (e.g. 'dead', 'yes'), else 0."""
+    """Each row's outcome class: its category's position in the schema's list (with two, 1 is
+    the last listed, e.g. 'dead', 'yes'); -1 where the outcome is missing."""
     if schema.outcome is None:
         raise ConfigurationError(f"schema '{schema.name}' names no outcome column: utility (TSTR) needs one; "
                                  "set 'outcome' in the schema")
-    positive = schema.column(schema.outcome).levels[-1]
-    return np.asarray((frame[schema.outcome].astype(str) == positive).to_numpy(dtype=int))
+    levels = schema.column(schema.outcome).levels
+    return np.asarray(pd.Categorical(frame[schema.outcome].astype(str), categories=levels).codes, dtype=np.int64)
+
+
+def outcome_classes(schema: Schema) -> int:
+    """How many classes the outcome has (its categories in the schema)."""
+    return len(schema.column(schema.outcome).levels) if schema.outcome else 0
 
 
 # -- fidelity ---------------------------------------------------------------------------------
@@ -406,18 +412,34 @@ def _classifiers(seed: int) -> dict[str, Any]:
 
 
 def _scores(model: ClassifierMixin, x_train: np.ndarray, y_train: np.ndarray, x_test: np.ndarray,
-            y_test: np.ndarray) -> dict[str, float]:
-    classes, counts = np.unique(y_train, return_counts=True)
-    if len(classes) < 2:
-        return {"roc_auc": 0.5, "f1": 0.0, "accuracy": float(np.mean(y_test == y_train[0]))}
+            y_test: np.ndarray, classes: int = 2) -> dict[str, float]:
+    """ROC-AUC, F1 and accuracy on the test rows whose outcome is recorded (class >= 0). With
+    more than two ``classes``: ROC-AUC one class against the rest, averaged over the classes the
+    test rows hold, and macro F1 (scoring one class against all others as "the outcome" judged
+    a 3-class table's own real rows below chance)."""
+    x_train, y_train = x_train[y_train >= 0], y_train[y_train >= 0]
+    x_test, y_test = x_test[y_test >= 0], y_test[y_test >= 0]
+    trained, counts = np.unique(y_train, return_counts=True)
+    if len(trained) < 2 or len(np.unique(y_test)) < 2:
+        return {"roc_auc": 0.5, "f1": 0.0,
+                "accuracy": float(np.mean(y_test == y_train[0])) if len(y_train) and len(y_test) else 0.0}
     if counts.min() < 2 and model.get_params().get("early_stopping") is True:
         # Its validation split is stratified and needs two rows of each class: a synthetic table
         # with one row of a rare outcome made the whole report (and `fedsyn fit`) fail.
         model = clone(model).set_params(early_stopping=False)
     model.fit(x_train, y_train)
-    probability = model.predict_proba(x_test)[:, 1]
-    predicted = (probability >= 0.5).astype(int)
-    return {"roc_auc": float(roc_auc_score(y_test, probability)), "f1": float(f1_score(y_test, predicted)),
+    probability = np.zeros((len(x_test), max(classes, 2)))
+    probability[:, model.classes_] = model.predict_proba(x_test)
+    predicted = probability.argmax(axis=1)
+    present = np.unique(y_test)
+    if len(present) == 2:
+        scores = probability[:, present[1]] / np.clip(probability[:, present].sum(axis=1), 1e-12, None)
+        roc_auc = roc_auc_score(y_test == present[1], scores)
+    else:
+        scores = probability[:, present] / np.clip(probability[:, present].sum(axis=1, keepdims=True), 1e-12, None)
+        roc_auc = roc_auc_score(y_test, scores, multi_class="ovr", average="macro", labels=present)
+    average = "binary" if classes <= 2 else "macro"
+    return {"roc_auc": float(roc_auc), "f1": float(f1_score(y_test, predicted, average=average, zero_division=0)),
             "accuracy": float(accuracy_score(y_test, predicted))}
 
 
@@ -431,8 +453,8 @@ def utility(synthetic: pd.DataFrame, real_train: pd.DataFrame, real_test: pd.Dat
     for name, model in _classifiers(seed).items():
         if models is not None and name not in models:
             continue
-        tstr = _scores(model, x_syn, y_syn, x_test, y_test)
-        trtr = _scores(_classifiers(seed)[name], x_real, y_real, x_test, y_test)
+        tstr = _scores(model, x_syn, y_syn, x_test, y_test, outcome_classes(schema))
+        trtr = _scores(_classifiers(seed)[name], x_real, y_real, x_test, y_test, outcome_classes(schema))
         out[name] = {"tstr": tstr, "trtr": trtr, "auc_ratio": tstr["roc_auc"] / trtr["roc_auc"]}
     return out
 
@@ -443,7 +465,7 @@ def tstr_auc(train: pd.DataFrame, test: pd.DataFrame, schema: Schema, seed: int 
     x_train, y_train = feature_matrix(train, schema, schema.outcome), outcome_vector(train, schema)
     x_test, y_test = feature_matrix(test, schema, schema.outcome), outcome_vector(test, schema)
     models = _classifiers(seed)
-    return {name: _scores(models[name], x_train, y_train, x_test, y_test)["roc_auc"]
+    return {name: _scores(models[name], x_train, y_train, x_test, y_test, outcome_classes(schema))["roc_auc"]
             for name in ("gradient_boosting", "logistic_regression")}
 
 
@@ -538,8 +560,9 @@ def evaluate(synthetic: pd.DataFrame, real_train: pd.DataFrame, real_test: pd.Da
     privacy_ = privacy(synthetic, real_train, real_test, schema, seed)
     majority = None
     if schema.outcome and len(real_test):
-        positive = float(outcome_vector(real_test, schema).mean())
-        majority = max(positive, 1.0 - positive)
+        recorded = outcome_vector(real_test, schema)
+        recorded = recorded[recorded >= 0]
+        majority = float(np.bincount(recorded).max() / len(recorded)) if len(recorded) else None
     epsilon = ledger.get("max_epsilon_any_site") if ledger else None
     return Evaluation(
         fidelity=fidelity_, utility=utility_, privacy=privacy_, plausibility=plausibility(synthetic, schema),
