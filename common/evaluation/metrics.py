@@ -90,13 +90,21 @@ def outcome_classes(schema: Schema) -> int:
 
 # -- fidelity ---------------------------------------------------------------------------------
 
+MISSING_LEVEL = "nan"  # how a missing value counts among a categorical column's levels
+
+
+def level_shares(series: pd.Series, levels: list[str]) -> pd.Series:
+    """Each level's share of all rows, a missing value counted as :data:`MISSING_LEVEL`. (pandas
+    3 keeps a missing value missing through ``astype(str)``, and ``value_counts`` leaves it out:
+    a column missing in every real row was judged 'collapsed' against a release with 2 %.)"""
+    text = series.astype(object).where(series.notna(), MISSING_LEVEL).map(str)
+    return text.value_counts(normalize=True).reindex([*levels, MISSING_LEVEL], fill_value=0.0)
+
 def column_distances(real: pd.DataFrame, synthetic: pd.DataFrame, schema: Schema) -> dict[str, dict[str, Any]]:
     out = {}
     for column in schema.columns:
         if column.is_categorical:
-            levels = [*column.levels, "nan"]
-            p = real[column.name].astype(str).value_counts(normalize=True).reindex(levels, fill_value=0)
-            q = synthetic[column.name].astype(str).value_counts(normalize=True).reindex(levels, fill_value=0)
+            p, q = level_shares(real[column.name], column.levels), level_shares(synthetic[column.name], column.levels)
             out[column.name] = {"metric": "total_variation", "value": float(0.5 * np.abs(p - q).sum())}
         else:
             a = pd.to_numeric(real[column.name], errors="coerce").dropna()

@@ -20,7 +20,7 @@ from matplotlib.figure import Figure  # noqa: E402
 
 from fedsyn import __version__
 from fedsyn.data.schema import Schema  # noqa: E402
-from fedsyn.evaluation.metrics import EMPIRICAL_CAVEAT, Evaluation, pca_projection  # noqa: E402
+from fedsyn.evaluation.metrics import EMPIRICAL_CAVEAT, Evaluation, level_shares, pca_projection  # noqa: E402
 from fedsyn.evaluation.verdict import SCORE_CAP, Verdict
 
 REAL, SYNTHETIC = "#1f77b4", "#ff7f0e"
@@ -45,8 +45,8 @@ def marginals_plot(real: pd.DataFrame, synthetic: pd.DataFrame, schema: Schema) 
     for axis, column in zip(axes.flat, columns):
         if column.is_categorical:
             levels = column.levels
-            real_share = real[column.name].astype(str).value_counts(normalize=True).reindex(levels, fill_value=0)
-            syn_share = synthetic[column.name].astype(str).value_counts(normalize=True).reindex(levels, fill_value=0)
+            real_share = level_shares(real[column.name], levels)[levels]
+            syn_share = level_shares(synthetic[column.name], levels)[levels]
             position = np.arange(len(levels))
             axis.bar(position - 0.2, real_share, 0.4, color=REAL, label="real")
             axis.bar(position + 0.2, syn_share, 0.4, color=SYNTHETIC, label="synthetic")
