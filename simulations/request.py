@@ -180,7 +180,8 @@ def prepare(request: SimulationRequest) -> PreparedSimulation:
         stream_nonce=None if request.seed is None else fresh_nonce(request.stream_nonce))
     measured = len(measured_columns(schema))
     return PreparedSimulation(
-        simulation, names, (*_weak_budget(request), *_rare_outcome_classes(tables, schema, names)),
+        simulation, names,
+        (*_weak_budget(request), *_unreviewed_schema(schema), *_rare_outcome_classes(tables, schema, names)),
         tuple(plan_site(name, len(table), measured, settings) for name, table in zip(names, tables)),
         tuple(plan_width(name, len(table), schema, settings) for name, table in zip(names, tables)))
 
@@ -308,18 +309,30 @@ def _weak_budget(request: SimulationRequest) -> list[str]:
             "acceptable for patient data"]
 
 
+def _unreviewed_schema(schema: Schema) -> list[str]:
+    """Columns run with --allow-unreviewed-schema: their drafted bounds and categories, read off the
+    rows without DP, go into the release's schema.json as they are."""
+    names = schema.unreviewed_columns
+    if not names:
+        return []
+    shown = ", ".join(names[:5]) + (f" and {len(names) - 5} more" if len(names) > 5 else "")
+    return [f"{len(names)} column(s) still need review ({shown}): their bounds and categories, if read off your "
+            "rows by `schema draft`, are published as they are in the release's schema.json, without DP (listed in "
+            "its privacy report). Replace them with public knowledge and set needs_review to false"]
+
+
 def _rare_outcome_classes(tables: list[pd.DataFrame], schema: Schema, names: tuple[str, ...]) -> list[str]:
-    """An outcome class with few rows at a site is mostly noise in that site's tables. The counts
-    are the researcher's own rows on this machine, shown only to them."""
+    """An outcome class with few rows at a site is mostly noise in that site's tables. Said without
+    the counts: a terminal's text ends up in CI logs and bug reports, and the exact number of
+    patients of a class at a hospital is a small-cell count."""
     if schema.outcome is None:
         return []
     said = []
     for category in schema.column(schema.outcome).categories or []:
-        few = [(name, int((table[schema.outcome] == category).sum())) for table, name in zip(tables, names)]
-        few = [(name, count) for name, count in few if count < RARE_CLASS_ROWS]
+        few = [name for table, name in zip(tables, names)
+               if int((table[schema.outcome] == category).sum()) < RARE_CLASS_ROWS]
         if few:
-            where = ", ".join(f"{count} rows at {name}" for name, count in few)
-            said.append(f"outcome class '{category}' has only {where}: its tables there will be mostly noise (below "
-                        f"{RARE_CLASS_ROWS} rows per site). Use fewer, larger sites (a smaller --split, or hospitals "
+            said.append(f"outcome class '{category}' has fewer than {RARE_CLASS_ROWS} rows at {', '.join(few)}: its "
+                        "tables there will be mostly noise. Use fewer, larger sites (a smaller --split, or hospitals "
                         "merged in the site column), more rows, or merge rare classes in the schema")
     return said

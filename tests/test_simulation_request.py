@@ -129,6 +129,13 @@ def test_an_unreviewed_schema_is_refused_before_any_row_is_read_or_plan_made(tmp
     with pytest.raises(ConfigurationError, match="needs_review"):
         prepare(SimulationRequest(data=data, schema=schema, out=tmp_path / "run"))
     assert not (tmp_path / "run").exists()
+    # Allowed, the researcher is told what the release will publish (a newcomer found it silent).
+    (tmp_path / "again").mkdir()
+    data = _table_with_hospitals(tmp_path / "again")[0]
+    prepared = prepare(SimulationRequest(data=data, schema=schema, out=tmp_path / "run", allow_unreviewed_schema=True))
+    name = described["columns"][0]["name"]
+    assert any(f"1 column(s) still need review ({name})" in warning and "without DP" in warning
+               for warning in prepared.warnings)
 
 
 def test_named_hospitals_folders_say_which_is_which(tmp_path, small_frame):
