@@ -167,6 +167,20 @@ def test_read_table_errors(tmp_path):
         read_table(tmp_path / "bad.parquet")
 
 
+def test_a_header_naming_a_column_twice_is_refused_by_position(tmp_path):
+    """A newcomer's file with two 'age' columns was reported as "column 'age.1' ... not in the
+    schema" (pandas renamed it). Said by position: a file without a header line has a patient's
+    values where the names would be."""
+    path = tmp_path / "twice.csv"
+    path.write_text("id,age,sex,age\n1,64,F,65\n")
+    with pytest.raises(DataFileError, match=r"names the same column twice \(columns 2 and 4"):
+        read_table(path)
+    path.write_text("7,81,F,81\n1,64,F,65\n")  # no header: its first record says nothing
+    with pytest.raises(DataFileError) as refused:
+        read_table(path)
+    assert "81" not in str(refused.value)
+
+
 def test_a_draft_from_parquet_float_codes_validates_its_own_source(tmp_path):
     import pandas as pd
 

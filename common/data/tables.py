@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 from pathlib import Path
 
 import pandas as pd
@@ -66,6 +67,14 @@ def _check_text_layout(path: Path, separator: str) -> None:
     if header is None:
         raise DataFileError(f"cannot read {path}: the file is empty (no header line, no rows)")
     if separator in header:
+        names = [name.strip() for name in next(csv.reader([header], delimiter=separator))]
+        again = [index for index, name in enumerate(names) if name in names[:index]]
+        if again:  # pandas would rename a second 'age' to 'age.1', reported as a column the schema lacks
+            first = names.index(names[again[0]])
+            # Positions, not names: a file without a header line has a patient's values there.
+            raise DataFileError(f"cannot read {path}: its header line names the same column twice (columns "
+                                f"{first + 1} and {again[0] + 1}, counting from 1): keep one column of each name, or "
+                                "rename the other, and export again")
         return
     found = next((s for s in (",", ";", "\t", "|") if s != separator and s in header), None)
     if found is None:
