@@ -330,3 +330,26 @@ def test_a_class_the_noise_drowns_whole_is_spread_evenly_not_piled_where_noise_s
     enough[25:] = 60_000 / 24
     kept = coarsened(enough + rng.normal(0.0, 90.0, size=49), widths, 1.5 * 90.0, 60_000.0)
     assert kept[25:].sum() > 0.95 * 60_000  # where the data beats the noise, it keeps its place
+
+
+def test_a_value_piled_at_a_bound_keeps_its_share_when_its_class_is_coarsened(demo_schema, demo_frame):
+    """A newcomer's 54-column table had 32 % of troponin values at the assay's limit (the lower
+    bound) and the release held none: its small classes were spread over the range by width,
+    and the bound's bin, one value wide, got nothing. A bound's bin whose count beats the noise
+    keeps it; without mass there, none is invented."""
+    from fedsyn.privacy.postprocessing import coarsened
+
+    rows = demo_frame.head(4000).copy()
+    at_limit = np.random.default_rng(0).random(len(rows)) < 0.32
+    rows.loc[at_limit, "kappa"] = demo_schema.column("kappa").lower
+    noisy = noisy_marginals(rows, demo_schema, 64.0, np.random.default_rng(1))
+    floored = noisy.without_noise_floor(demo_schema)
+    shares = floored.tables["kappa"][0] / floored.class_totals()
+    truth = [float(at_limit[(rows["death"] == level).to_numpy()].mean())
+             for level in demo_schema.column("death").levels]
+    assert noisy.cell_std * 1.5 * np.sqrt(numeric_bins(demo_schema.column("kappa"))) > floored.class_totals().min()
+    np.testing.assert_allclose(shares, truth, atol=0.2)  # the smaller class was spread evenly, its atom kept
+    assert shares.min() > 0.15  # it was 0
+    widths = np.r_[1e-9, np.ones(47), 1e-9]
+    spread = coarsened(np.random.default_rng(2).normal(0.0, 90.0, size=49), widths, 135.0, 238.0, atoms=(0, 48))
+    assert spread[0] < 1.0 and spread[48] < 1.0  # noise alone at a bound is no atom

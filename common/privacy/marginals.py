@@ -182,9 +182,10 @@ class Marginals:
             table = tables[column.name].copy()
             body = table[:-1] if column.nullable else table
             widths = np.diff(numeric_edges(column))
+            atoms = (0, len(widths) - 1) if column.has_bound_atoms else ()
             for k in range(body.shape[1]):
                 present = class_totals[k] - (table[-1, k] if column.nullable else 0.0)
-                body[:, k] = coarsened(body[:, k], widths, threshold * cell_std, present)
+                body[:, k] = coarsened(body[:, k], widths, threshold * cell_std, present, atoms)
             tables[column.name] = table
         return replace(self, tables=tables)
 

@@ -13,8 +13,18 @@ import math
 import numpy as np
 
 
-def coarsened(counts: np.ndarray, widths: np.ndarray, floor: float, total: float) -> np.ndarray:
+def coarsened(counts: np.ndarray, widths: np.ndarray, floor: float, total: float,
+              atoms: tuple[int, ...] = ()) -> np.ndarray:
     """One class's noisy counts over bins of ``widths``, merged where the noise drowns them.
+
+    ``atoms`` are bins that hold one value (a continuous column's bounds: a lab value at its
+    assay's limit, see :func:`fedsyn.data.grid.numeric_edges`): spread by width, a group takes
+    nothing there. One whose count beats the noise twice over (``2 * floor``, 3 noise std: noise
+    alone does so once in 700 tables, where ``floor`` let one in 15 invent an atom and cost the
+    bench's nmes table .03 of its outcome's ROC-AUC) is a group of its own and keeps its count
+    whatever happens to the others; one that does not is an ordinary bin. (On a newcomer's
+    54-column table 32 % of troponin values sat at the assay's limit, and the release held none:
+    each class was spread evenly over the range, its atom getting its width's share, about 0.)
 
     Adjacent bins are merged until a group's count exceeds ``floor`` times the square root of
     its number of bins (its noise grows so), and each group is spread evenly over its width
@@ -40,6 +50,13 @@ def coarsened(counts: np.ndarray, widths: np.ndarray, floor: float, total: float
     mass went into it. On a 63-column table at epsilon 1 that put every death at ages 25-27
     and turned the age gradient round (docs/benchmarks.md); evenly, the class says nothing
     of the column, which is what its noisy counts support."""
+    kept = [index for index in atoms if counts[index] >= 2 * floor]
+    if kept:
+        rest = np.ones(len(counts), dtype=bool)
+        rest[kept] = False
+        merged = counts.copy()
+        merged[rest] = coarsened(counts[rest], widths[rest], floor, max(total - counts[kept].sum(), 0.0))
+        return merged
     if total < floor * math.sqrt(len(counts)):
         return np.asarray(widths / widths.sum() * max(total, 0.0), dtype=float)
     first, first_end = _merged_upwards(counts, widths, floor, groups=1)
