@@ -83,7 +83,7 @@ FEDERATION_SETTINGS = ("rounds", "local_steps", "sample_rate", "epsilon", "delta
                        "transport_dtype", "max_update_norm", "aggregation", "allow_unreviewed_schema", "accountant",
                        "site_conditional", "marginals_noise_floor", "site_column", "timeout", "seeded")
 CONDITION = ("column", "equals", "one_of", "between", "is_missing", "at_most_column", "at_least_column")
-SCHEMA_PATHS = ("name", "outcome", "source", "rules.[].name",
+SCHEMA_PATHS = ("name", "outcome", "source", "rules.[].name", "missing_values", "missing_values.[]",
                 *(f"columns.[].{name}" for name in ("name", "kind", "categories", "lower", "upper", "unit", "nullable",
                                                     "transform", "precision", "needs_review", "description")),
                 *(f"rules.[].{side}.{name}" for side in ("when", "require") for name in CONDITION))
