@@ -310,7 +310,7 @@ def probe_threshold(probe: Probe, schema: Schema, noise_multiplier: float, confi
     trainer = GANTrainer(TableEncoder(schema, probe.marginals), config, rng=torch_generator(0, "audit-threshold"))
     trainer.load_state_arrays(probe.arrays)
     canary = torch.as_tensor(trainer.encoder.encode(canary_frame()))
-    condition = trainer.conditions.from_real(canary, trainer.rng)
+    condition = trainer.conditions.from_real(canary, np.random.default_rng(0))
     gradient = clipped_sum(trainer.discriminator, lambda score: F.softplus(-score).sum(), (canary, condition),
                            config.max_grad_norm)
     weights = gradient["net.0.weight"].double().numpy()[probe.read]

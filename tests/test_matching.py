@@ -53,7 +53,8 @@ def test_the_loss_is_zero_only_for_the_tables_own_conditionals(demo_frame, demo_
     trainer = GANTrainer(TableEncoder(demo_schema, tables), TINY, rng=torch_generator(0, "t"))
     matcher = TableMatcher(trainer.encoder, trainer.conditions, trainer.device)
     rows = demo_frame.sample(4000, random_state=1)
-    cond = trainer.conditions.from_real(torch.as_tensor(trainer.encoder.encode(rows)), trainer.rng)
+    cond = trainer.conditions.from_real(torch.as_tensor(trainer.encoder.encode(rows)),
+                                       np.random.default_rng(0))
     death = trainer.conditions.columns.index("death")
     start = int(trainer.conditions.block_start[death])
     cond = torch.zeros_like(cond)

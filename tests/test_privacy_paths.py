@@ -522,3 +522,17 @@ def test_with_max_rows_a_rounds_work_does_not_depend_on_the_row_count(tmp_path, 
         sizes, records = np.asarray(seen, dtype=float).T
         assert sizes.mean() == pytest.approx(0.2 * 1000, rel=0.06)
         assert records.mean() == pytest.approx(0.2 * rows, rel=0.3)
+
+
+def test_the_pytorch_stream_never_counts_the_poisson_batch(demo_schema, demo_frame):
+    """Each sampled record's condition column was drawn from the training round's PyTorch stream,
+    which keeps 32 bits of its seed: whoever found the seed read each step's batch size off the
+    draws that followed (review of the fifth review's fix). Extracts one record apart leave the
+    PyTorch stream in the same state; only the mechanism's stream sees the batch."""
+    states = []
+    for rows in (300, 301):
+        trainer, stream = _trainer(demo_schema), torch_generator(5, "round")
+        trainer.train(_encoded(demo_schema, demo_frame.head(rows)), 3, 0.3, 1.0, rng=stream,
+                      mechanism_rng=mechanism_stream(5, "round"))
+        states.append(stream.get_state())
+    assert torch.equal(states[0], states[1])

@@ -13,6 +13,7 @@ discriminator cannot tell them apart by which column is conditioned.
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 
 from fedsyn.model.encoder import TableEncoder
@@ -58,11 +59,16 @@ class ConditionSampler:
     def _choose_columns(self, n: int, generator: torch.Generator) -> torch.Tensor:
         return torch.multinomial(self.column_weights, n, replacement=True, generator=generator)
 
-    def from_real(self, rows: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
-        """Condition each real row on one of its own categorical values, column chosen uniformly."""
+    def from_real(self, rows: torch.Tensor, generator: np.random.Generator) -> torch.Tensor:
+        """Condition each real row on one of its own categorical values, its column drawn by the
+        columns' weights from ``generator``: the DP mechanism's own stream. One draw per sampled
+        record, so a stream that kept going afterwards would count the Poisson batch, which the
+        accountant assumes hidden; a PyTorch stream keeps 32 bits of its seed (fifth review)."""
         if self.dim == 0 or rows.shape[0] == 0:  # a Poisson batch may be empty
             return rows.new_zeros((rows.shape[0], self.dim))
-        chosen = self._choose_columns(rows.shape[0], generator)
+        weights = self.column_weights.double().cpu().numpy()
+        chosen = torch.as_tensor(generator.choice(len(self.columns), size=rows.shape[0], p=weights / weights.sum()),
+                                 device=rows.device)
         mask = self.block_of_dim.unsqueeze(0) == chosen.unsqueeze(1)
         return rows[:, self.encoded_index] * mask
 

@@ -134,9 +134,9 @@ class GANTrainer:
         return raw, self.generator.activate(raw, self.config.gumbel_tau, rng)
 
     def real_gradient(self, data: torch.Tensor, sample_rate: float, noise_multiplier: float | None,
-                      rng: torch.Generator | None = None, slot: int | None = None,
-                      expected_batch: float | None = None, mechanism_rng: np.random.Generator | None = None,
-                      real_rows: int | None = None) -> dict[str, torch.Tensor]:
+                      slot: int | None = None, expected_batch: float | None = None,
+                      mechanism_rng: np.random.Generator | None = None, real_rows: int | None = None
+                      ) -> dict[str, torch.Tensor]:
         """The discriminator's gradient of the real-data loss: the only term that reads records.
 
         A Poisson sample of ``data``; with ``noise_multiplier`` every record's whole gradient is
@@ -146,20 +146,21 @@ class GANTrainer:
         Gaussian mechanism. That number is ``expected_batch`` if given (a federated site's
         expected Poisson batch from its own noisy row count, a DP output, so the real and
         generated terms of the loss keep equal weight), else the nominal ``config.batch_size``.
-        The sample and the noise draw from ``mechanism_rng`` (None: fresh entropy).
+        Every draw here (the sample, each record's condition column, the noise) comes from
+        ``mechanism_rng`` (None: fresh entropy): a draw per sampled record from another stream
+        would leave that stream counting the batch.
 
         With ``real_rows``, ``data`` is padded (:func:`padded`): its first ``real_rows`` rows are
         records, the rest empty slots. The sample is drawn over every row and the empty slots
         sampled go through the same computation and contribute 0, so the step's work depends
         on the padded length only (a site's public ``max_rows``), never on its row count.
         """
-        rng = rng if rng is not None else self.rng
         mechanism_rng = mechanism_rng if mechanism_rng is not None else np.random.default_rng()
         normaliser = float(expected_batch or self.config.batch_size)
         picks = poisson_sample(data.shape[0], sample_rate, mechanism_rng, self.device)
         present = None if real_rows is None else picks < real_rows
         real = data[picks]
-        real_cond = self._slot_input(self.conditions.from_real(real, rng), slot)
+        real_cond = self._slot_input(self.conditions.from_real(real, mechanism_rng), slot)
         if noise_multiplier is None:
             params = OrderedDict(self.discriminator.named_parameters())
             scores = self.discriminator(real, real_cond) if present is None \
@@ -180,7 +181,7 @@ class GANTrainer:
         the fake-data term, which reads no record (``config.batch_size`` generated rows, a
         public number)."""
         rng = rng if rng is not None else self.rng
-        real_grads = self.real_gradient(data, sample_rate, noise_multiplier, rng, slot, expected_batch, mechanism_rng,
+        real_grads = self.real_gradient(data, sample_rate, noise_multiplier, slot, expected_batch, mechanism_rng,
                                         real_rows)
         fake_cond = self.conditions.sample(self.config.batch_size, rng)
         with torch.no_grad():
