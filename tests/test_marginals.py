@@ -353,3 +353,5 @@ def test_a_value_piled_at_a_bound_keeps_its_share_when_its_class_is_coarsened(de
     widths = np.r_[1e-9, np.ones(47), 1e-9]
     spread = coarsened(np.random.default_rng(2).normal(0.0, 90.0, size=49), widths, 135.0, 238.0, atoms=(0, 48))
     assert spread[0] < 1.0 and spread[48] < 1.0  # noise alone at a bound is no atom
+    spike = coarsened(np.r_[400.0, np.zeros(47), 0.0], widths, 135.0, 1.0, atoms=(0, 48))
+    assert spike.sum() == pytest.approx(1.0)  # a spike at a bound never makes the class larger
