@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import math
 import re
+from collections.abc import Collection, Mapping
 from enum import Enum
 from pathlib import Path
 from typing import Literal
@@ -158,7 +159,8 @@ class Schema(BaseModel):
     outcome: str | None = None
     source: str | None = None
     rules: list[Rule] = Field(default_factory=list)
-    # The extract's own spellings of "missing" ('?', '-', '.'), read as empty cells in every column.
+    # The extract's own spellings of "missing" ('?', '-', '.'), read as empty cells in every column
+    # but a categorical one that lists the marker among its categories (a test result's '-').
     missing_values: list[str] = Field(default_factory=list)
 
     @model_validator(mode="after")
@@ -177,10 +179,6 @@ class Schema(BaseModel):
             if not marker.strip() or marker != marker.strip():
                 raise ValueError(f"missing_values {self.missing_values}: each marker is written without surrounding "
                                  "spaces (cells are compared with their spaces removed), and none is empty")
-            claimed = [c.name for c in self.categorical_columns if marker in (c.categories or [])]
-            if claimed:
-                raise ValueError(f"'{marker}' is both in missing_values and a category of '{claimed[0]}': a cell "
-                                 "holding it would be read as missing; keep it in one of the two")
         for rule in self.rules:
             for condition in (rule.when, rule.require):
                 if condition is None:
@@ -318,22 +316,49 @@ def headerless_names(names: list[str], categories: frozenset[str] = frozenset())
 # Cells that look like an extract's way of writing "missing" (beyond pandas' own 'NA', 'NULL', ...):
 # punctuation alone, or one of these words in any letter case. 'unknown' and 'none' are often real levels.
 _MARKER_PUNCTUATION = re.compile(r"[?.*_/\\-]{1,3}")
-_MARKER_WORDS = frozenset({"na", "n/a", "n.a.", "nan", "null", "missing", "nil", "#n/a"})
+# ('nil' is a urine dipstick's level, 'Na' sodium: neither is in the list.)
+_MARKER_WORDS = frozenset({"na", "n/a", "n.a.", "nan", "null", "missing", "#n/a"})
 
 
 def is_missing_marker(text: str) -> bool:
     """Whether ``text`` (spaces removed) looks like a way of writing "missing"."""
-    return bool(_MARKER_PUNCTUATION.fullmatch(text)) or text.lower() in _MARKER_WORDS
+    return bool(_MARKER_PUNCTUATION.fullmatch(text)) or (text.lower() in _MARKER_WORDS and text != "Na")
+
+
+def _text_values(frame: pd.DataFrame) -> dict[str, set[str]]:
+    """Each text column's distinct values, their surrounding spaces removed."""
+    return {str(column): set(frame[column].dropna().astype(str).str.strip().unique()) for column in frame.columns
+            if frame[column].dtype == object or pd.api.types.is_string_dtype(frame[column])}
+
+
+def _is_number(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True
+
+
+def marker_levels(frame: pd.DataFrame) -> dict[str, set[str]]:
+    """Columns whose marker-like values are their levels, never "missing": a column of short
+    symbols with two or more that are not numbers ('+' and '-' of a test result, '1+', '2+'
+    and '-' of a dipstick), or a column holding one value only (a '*' flag, empty otherwise).
+    A '?' among numbers or words stays a marker."""
+    levels = {}
+    for name, values in _text_values(frame).items():
+        symbols = [value for value in values if not _is_number(value)]
+        symbolic = all(len(value) <= 3 and not any(char.isalpha() for char in value) for value in values)
+        if len(values) == 1 or (symbolic and len(symbols) >= 2):
+            levels[name] = values
+    return levels
 
 
 def missing_markers(frame: pd.DataFrame) -> list[str]:
-    """The missing-value markers an extract's text cells use (see :func:`is_missing_marker`)."""
-    found: set[str] = set()
-    for column in frame.columns:
-        if frame[column].dtype == object or pd.api.types.is_string_dtype(frame[column]):
-            texts = frame[column].dropna().astype(str).str.strip()
-            found |= {text for text in texts.unique() if is_missing_marker(text)}
-    return sorted(found)
+    """The missing-value markers an extract's text cells use (see :func:`is_missing_marker`), from
+    the columns that hold other values too (:func:`marker_levels` holds the rest)."""
+    levels = marker_levels(frame)
+    return sorted({value for name, values in _text_values(frame).items() if name not in levels
+                   for value in values if is_missing_marker(value)})
 
 
 def draft_schema(frame: pd.DataFrame, name: str = "table", outcome: str | None = None) -> Schema:
@@ -353,7 +378,7 @@ def draft_schema(frame: pd.DataFrame, name: str = "table", outcome: str | None =
         shown = [n for n in names if not value_like(n)]
         raise SchemaError(f"outcome '{outcome}': the extract has no such column{did_you_mean(outcome, shown, 0.5)}")
     markers = missing_markers(frame)
-    frame = without_markers(frame, markers)
+    frame = without_markers(frame, markers, marker_levels(frame))
     try:
         return Schema(name=name, columns=[_drafted_column(frame[col]) for col in frame.columns], outcome=outcome,
                       missing_values=markers)
@@ -380,16 +405,23 @@ def _drafted_column(series: pd.Series) -> Column:
                   needs_review=True)
 
 
-def without_markers(frame: pd.DataFrame, markers: list[str]) -> pd.DataFrame:
-    """``frame`` with every text cell that is one of ``markers`` (spaces removed) made empty."""
+def without_markers(frame: pd.DataFrame, markers: list[str], levels: Mapping[str, Collection[str]] | None = None
+                    ) -> pd.DataFrame:
+    """``frame`` with every text cell that is one of ``markers`` (spaces removed) made empty,
+    except where it is one of its column's ``levels`` (a categorical column's categories)."""
     if not markers:
         return frame
     frame = frame.copy()
-    for column in frame.columns:
-        series = frame[column]
-        if series.dtype == object or pd.api.types.is_string_dtype(series):
-            frame[column] = series.mask(series.notna() & series.astype(str).str.strip().isin(markers))
+    for name in _text_values(frame):
+        series = frame[name]
+        missing = set(markers) - set((levels or {}).get(name, ()))
+        frame[name] = series.mask(series.notna() & series.astype(str).str.strip().isin(missing))
     return frame
+
+
+def category_levels(schema: Schema) -> dict[str, list[str]]:
+    """Each categorical column's categories: a missing-value marker listed there stays a level."""
+    return {column.name: column.levels for column in schema.categorical_columns}
 
 
 def unlisted_columns(schema: Schema) -> list[str]:

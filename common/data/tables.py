@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from fedsyn.data.schema import ColumnKind, Schema, spell_category, without_markers
+from fedsyn.data.schema import ColumnKind, Schema, category_levels, spell_category, without_markers
 from fedsyn.errors import InputDataError
 
 
@@ -22,7 +22,8 @@ def read_table(path: str | Path, schema: Schema | None = None) -> pd.DataFrame:
     their spelling, and a value that is one of the schema's categories once its surrounding
     spaces are removed ('F ' from a spreadsheet export) is read as that category; everything
     is otherwise left for :func:`validate_frame` to judge. A cell holding one of the schema's
-    ``missing_values`` (the extract's own '?' or '-') is read as empty.
+    ``missing_values`` (the extract's own '?' or '-') is read as empty, unless its column lists
+    it among its categories.
     """
     path = Path(path)
     if not path.is_file():
@@ -47,7 +48,7 @@ def read_table(path: str | Path, schema: Schema | None = None) -> pd.DataFrame:
         detail = str(exc) if structural else f"{type(exc).__name__}; check the file's format"
         raise DataFileError(f"cannot read {path} as a {suffix.lstrip('.')} table: {detail}") from None
     if schema is not None:
-        frame = without_markers(frame, schema.missing_values)
+        frame = without_markers(frame, schema.missing_values, category_levels(schema))
     for column in schema.categorical_columns if schema is not None else []:
         if column.name in frame.columns:
             frame[column.name] = _as_category(frame[column.name], set(column.levels))
