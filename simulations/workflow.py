@@ -11,7 +11,8 @@ What it writes under ``out``:
 - ``sites/``: each simulated hospital's extract, policy, ledger and trail; ``keys/``,
   ``audit.jsonl``: the coordinator's signing keys and signed audit trail;
 - ``sweep/epsilon-E/``: one more federation per budget of ``sweep``;
-- ``.gitignore`` (``*``), when it made the folder: no git checkout picks up real rows or keys.
+- ``.gitignore`` (``*``), when it made the folder: no git checkout picks up real rows or keys;
+- ``.fedsyn-simulation``: the stamp that lets ``--overwrite`` replace the folder, and nothing else.
 """
 
 from __future__ import annotations
@@ -80,6 +81,7 @@ def simulate(simulation: Simulation, on_round: RoundCallback | None = None,
     stage = on_stage or (lambda _: None)
     out = simulation.out
     make_run_folder(out)
+    (out / SIMULATION_STAMP).write_text("written by fedsyn simulate: --overwrite may replace this folder\n")
     keys = out / "keys"
     if not (keys / "coordinator.key").exists():
         generate_keypair(keys)
@@ -134,9 +136,16 @@ def make_run_folder(out: Path) -> bool:
     return created
 
 
-# What a simulation writes in its folder (see the module's docstring): nothing else is ever removed.
+# What a simulation writes in its folder (see the module's docstring): nothing else is ever removed,
+# and only a folder holding the stamp (or an older simulation's simulated sites) is replaced.
+SIMULATION_STAMP = ".fedsyn-simulation"
 SIMULATION_ENTRIES = frozenset({"release", "local-report", "sites", "keys", "audit.jsonl", "audit.jsonl.sig",
-                                "sweep", ".gitignore"})
+                                "sweep", ".gitignore", SIMULATION_STAMP})
+
+
+def _is_simulation_folder(out: Path) -> bool:
+    """Whether ``out`` was written by a simulation: its stamp, or (before stamps) simulated sites' policies."""
+    return (out / SIMULATION_STAMP).is_file() or any((out / "sites").glob("*/policy.json"))
 
 
 def clear_out_folder(out: Path, overwrite: bool, inputs: tuple[Path, ...] = ()) -> None:
@@ -144,9 +153,13 @@ def clear_out_folder(out: Path, overwrite: bool, inputs: tuple[Path, ...] = ()) 
     hospitals keep ledgers that must never be reset by accident. A folder holding anything a
     simulation does not write (the user's own files), or one of this run's ``inputs``, is never
     emptied: ``--out .`` beside one's data must not delete it."""
+    if out.is_symlink():
+        raise ConfigurationError(f"--out {out} is a link to another folder: name the folder itself")
     if not out.exists() or not any(out.iterdir()):
         return
     foreign = sorted(entry.name for entry in out.iterdir() if entry.name not in SIMULATION_ENTRIES)
+    if not foreign and not _is_simulation_folder(out):
+        foreign = sorted(entry.name for entry in out.iterdir())
     if foreign:
         raise ConfigurationError(
             f"{out} holds files that are not an earlier simulation's ({', '.join(foreign[:3])}"

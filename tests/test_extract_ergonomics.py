@@ -252,10 +252,22 @@ def test_overwrite_never_deletes_the_researchers_own_files(tmp_path, cohort, no_
     earlier = tmp_path / "earlier"
     (earlier / "sites").mkdir(parents=True)
     shutil.copy(cohort, earlier / "sites" / "cohort.csv")
+    (earlier / ".fedsyn-simulation").write_text("stamp")
     result = _invoke("simulate", "--data", earlier / "sites" / "cohort.csv", "--schema", SCHEMA, "--yes",
                      "--out", earlier, "--overwrite")
     assert result.exit_code == 2 and "lies inside --out" in _said(result)
     assert (earlier / "sites" / "cohort.csv").is_file()
+    # Names a simulation writes are not enough: the user's own keys/ folder is kept (the review's case).
+    own = tmp_path / "own"
+    (own / "keys").mkdir(parents=True)
+    (own / "keys" / "my-hospital.pem").write_text("mine")
+    result = _invoke("simulate", "--data", cohort, "--schema", SCHEMA, "--yes", "--out", own, "--overwrite")
+    assert result.exit_code == 2 and "not an earlier simulation's" in _said(result)
+    assert (own / "keys" / "my-hospital.pem").is_file()
+    (tmp_path / "link").symlink_to(project)
+    result = _invoke("simulate", "--data", cohort, "--schema", SCHEMA, "--yes", "--out", tmp_path / "link",
+                     "--overwrite")
+    assert result.exit_code == 2 and "is a link" in _said(result) and (project / "cohort.csv").is_file()
 
 
 def test_an_unexpected_failure_before_any_charge_also_removes_the_start(tmp_path, cohort, no_federation):
