@@ -30,7 +30,9 @@ from fedsyn.files import write_atomically
 from fedsyn.privacy.accounting import PrivacyEvent
 
 _SAFE = re.compile(r"[^A-Za-z0-9_.-]")
-UNNAMED_RUN = "unnamed-run"  # where the answers to requests naming no run are stored
+# Where the answers to requests naming no run are stored: '@' never survives _SAFE, so no run a
+# coordinator names can be answered from them.
+UNNAMED_RUN = "@unnamed-run"
 
 
 def request_digest(config: Mapping[str, object], arrays: Mapping[str, np.ndarray] | None = None) -> str:

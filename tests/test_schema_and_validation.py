@@ -180,10 +180,12 @@ def test_a_header_naming_a_column_twice_is_refused_by_position(tmp_path):
     path.write_text("id,age,sex,age\n1,64,F,65\n")
     with pytest.raises(DataFileError, match=r"names the same column twice \(columns 2 and 4"):
         read_table(path)
-    path.write_text("7,81,F,81\n1,64,F,65\n")  # no header: its first record says nothing
-    with pytest.raises(DataFileError) as refused:
-        read_table(path)
+    path.write_text("7,81,F,81\n1,64,F,65\n")  # no header: read, and the draft says so without values
+    with pytest.raises(SchemaError, match="does not look like column names") as refused:
+        draft_schema(read_table(path))
     assert "81" not in str(refused.value)
+    path.write_text("id,age,,\n1,64,,\n")  # empty trailing names are no duplicates
+    assert list(read_table(path).columns[:2]) == ["id", "age"]
 
 
 def test_a_draft_from_parquet_float_codes_validates_its_own_source(tmp_path):

@@ -7,7 +7,14 @@ from pathlib import Path
 
 import pandas as pd
 
-from fedsyn.data.schema import ColumnKind, Schema, category_levels, spell_category, without_markers
+from fedsyn.data.schema import (
+    ColumnKind,
+    Schema,
+    category_levels,
+    headerless_names,
+    spell_category,
+    without_markers,
+)
 from fedsyn.errors import InputDataError
 
 
@@ -69,8 +76,10 @@ def _check_text_layout(path: Path, separator: str) -> None:
         raise DataFileError(f"cannot read {path}: the file is empty (no header line, no rows)")
     if separator in header:
         names = [name.strip() for name in next(csv.reader([header], delimiter=separator))]
-        again = [index for index, name in enumerate(names) if name in names[:index]]
-        if again:  # pandas would rename a second 'age' to 'age.1', reported as a column the schema lacks
+        again = [index for index, name in enumerate(names) if name and name in names[:index]]
+        # pandas would rename a second 'age' to 'age.1', reported as a column the schema lacks. A
+        # first line that is a record (its values may repeat) is left to say "no header line".
+        if again and not headerless_names(names):
             first = names.index(names[again[0]])
             # Positions, not names: a file without a header line has a patient's values there.
             raise DataFileError(f"cannot read {path}: its header line names the same column twice (columns "

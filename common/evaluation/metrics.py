@@ -428,7 +428,7 @@ def _scores(model: ClassifierMixin, x_train: np.ndarray, y_train: np.ndarray, x_
     x_train, y_train = x_train[y_train >= 0], y_train[y_train >= 0]
     x_test, y_test = x_test[y_test >= 0], y_test[y_test >= 0]
     trained, counts = np.unique(y_train, return_counts=True)
-    if len(trained) < 2 or len(np.unique(y_test)) < 2:
+    if len(trained) < 2 or not len(y_test):  # one class to learn: every row is called that class
         return {"roc_auc": 0.5, "f1": 0.0,
                 "accuracy": float(np.mean(y_test == y_train[0])) if len(y_train) and len(y_test) else 0.0}
     if counts.min() < 2 and model.get_params().get("early_stopping") is True:
@@ -440,7 +440,9 @@ def _scores(model: ClassifierMixin, x_train: np.ndarray, y_train: np.ndarray, x_
     probability[:, model.classes_] = model.predict_proba(x_test)
     predicted = probability.argmax(axis=1)
     present = np.unique(y_test)
-    if len(present) == 2:
+    if len(present) < 2:  # a ranking needs two classes among the test rows
+        roc_auc = 0.5
+    elif len(present) == 2:
         scores = probability[:, present[1]] / np.clip(probability[:, present].sum(axis=1), 1e-12, None)
         roc_auc = roc_auc_score(y_test == present[1], scores)
     else:
