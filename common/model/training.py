@@ -280,7 +280,6 @@ class GANTrainer:
         divides the real-data loss (public; see :meth:`real_gradient`), and ``real_rows`` says
         where a padded ``data``'s empty slots begin (see :meth:`real_gradient`)."""
         stream = rng if rng is not None else self.rng
-        mechanism = mechanism_rng if mechanism_rng is not None else np.random.default_rng()
         if self.config.site_slots and not (isinstance(slot, int) and 0 <= slot < self.config.site_slots):
             raise ValueError(f"site slot {slot!r} is not one of the {self.config.site_slots} slots")
         slot = slot if self.config.site_slots else None
@@ -289,7 +288,7 @@ class GANTrainer:
         self.discriminator.train()
         for step in range(steps):
             losses = StepLosses(self.discriminator_step(data, sample_rate, noise_multiplier, stream, slot,
-                                                        expected_batch, mechanism, real_rows),
+                                                        expected_batch, mechanism_rng, real_rows),
                                 self.generator_step(stream, slot))
             history.append(losses)
             if on_step is not None:
