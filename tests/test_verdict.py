@@ -103,6 +103,19 @@ def test_a_reversed_main_effect_is_red(rows, demo_schema):
                for message in _flags(verdict, "red", "effects")), verdict.flags
 
 
+def test_a_relation_between_two_other_columns_turned_round_is_red(rows, demo_schema):
+    """A newcomer's release had height by sex turned round and the verdict, judging the
+    outcome's effects only, said nothing. Kappa handed out in reverse order: its marginal is
+    exact, its relation to lambda (the other light chain) turned round."""
+    train, _, patients = rows
+    synthetic = patients.copy()
+    ranks = synthetic["kappa"].rank(method="first").to_numpy(dtype=int) - 1
+    synthetic["kappa"] = np.sort(synthetic["kappa"].to_numpy())[::-1][ranks]
+    verdict = _structure_verdict(train, synthetic, demo_schema)
+    assert any("kappa" in message and "lambda" in message and "is reversed" in message
+               for message in _flags(verdict, "red", "relations")), verdict.flags
+
+
 @pytest.mark.parametrize("kept, level", [(0.1, "red"), (0.6, "amber")])
 def test_an_attenuated_main_effect_is_red_at_a_tenth_and_amber_at_half(rows, demo_schema, kept, level):
     """Age shuffled among all but ``kept`` of the rows: its marginal is exact and its association

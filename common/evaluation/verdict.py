@@ -20,6 +20,9 @@ Levels, and why (each threshold is a module constant below):
     rows (metrics.main_effects): the five features, one per column, most correlated with the
     outcome (point-biserial r for a numeric column on the schema's scale, phi for a category
     or a missing value), and only those clearly non-zero there (|r| >= 0.1 and z >= 4);
+  - a relation between two other columns turned round (metrics.relations: for the eight
+    strongest pairs of columns, one per pair, the strongest signed correlation between their
+    values or categories, clearly non-zero on the real rows), beyond sampling noise;
   - a strong dependence of a column's missingness (|r| >= 0.3 in the real rows between its
     missing indicator and another column's value, category or missingness, e.g. missing for
     every patient of one group) reversed or reproduced at under a third;
@@ -28,7 +31,8 @@ Levels, and why (each threshold is a module constant below):
     below always predicting the most common outcome (where the real rows' model does not);
   - a membership attack with ROC-AUC 0.75 or more.
 * amber, usable with care: the same signs, smaller (spread off by 1.5x, a main effect or a
-  missingness dependence at under two thirds, a model at under 90 % of the real rows' AUC, a
+  missingness dependence at under two thirds, a relation between two other columns lost, at
+  under two thirds or over 1.5 times, a model at under 90 % of the real rows' AUC, a
   category with 2 %+ of real rows 5x rarer, a missing share off by 0.15, or by 0.05 and 2x),
   KS / total variation 0.3-0.5, detectable rows, weaker privacy signals, epsilon above 10.
 * green: none of these.
@@ -70,7 +74,7 @@ SIGNAL_AUC = 0.55  # a model whose real rows (TRTR) reach no more carries no sig
 
 @dataclass(frozen=True)
 class Flag:
-    area: Literal["fidelity", "effects", "missingness", "utility", "privacy"]
+    area: Literal["fidelity", "effects", "relations", "missingness", "utility", "privacy"]
     level: Level
     message: str
 
@@ -217,6 +221,20 @@ def _effect_flags(effects: list[dict[str, Any]], outcome: str | None) -> list[Fl
     return flags
 
 
+def _relation_flags(relations: list[dict[str, Any]]) -> list[Flag]:
+    """A relation between two columns other than the outcome (metrics.relations): red when turned
+    round, amber when lost, shrunk or inflated. Only a reversal is red: on a wide table at a
+    small epsilon many relations fade, and a fading one still answers its question the right way."""
+    flags = []
+    for relation in relations:
+        level, how = _change(relation)
+        if level is not None:
+            flags.append(Flag("relations", level if how == "reversed" else "amber",
+                              f"the relation between {relation['feature']} is {how}: correlation "
+                              f"{relation['real']:+.2f} on real rows, {relation['synthetic']:+.2f} on synthetic"))
+    return flags
+
+
 def _missingness_flags(missingness: dict[str, Any]) -> list[Flag]:
     flags = []
     for name, entry in missingness.items():
@@ -293,7 +311,8 @@ def judge(fidelity: dict[str, Any], utility: dict[str, Any], privacy: dict[str, 
     utility_flags, utility_score = _utility_flags(utility, majority_rate)
     privacy_flags, privacy_score = _privacy_flags(privacy, epsilon)
     flags = (_fidelity_flags(fidelity) + _effect_flags(fidelity.get("main_effects", []), outcome)
-             + _missingness_flags(fidelity.get("missingness", {})) + utility_flags + privacy_flags)
+             + _relation_flags(fidelity.get("relations", [])) + _missingness_flags(fidelity.get("missingness", {}))
+             + utility_flags + privacy_flags)
     components = {"fidelity": float(fidelity["overall_score"]), "privacy": privacy_score}
     if utility_score is not None:
         components["utility"] = utility_score
