@@ -172,6 +172,15 @@ def test_read_table_errors(tmp_path):
         read_table(tmp_path / "bad.parquet")
 
 
+def test_a_file_not_in_utf8_is_refused_with_how_to_save_it(tmp_path):
+    """A newcomer's Latin-1 file gave 'UnicodeDecodeError; check the file's format'."""
+    path = tmp_path / "latin1.csv"
+    path.write_bytes("name,age\nJos\u00e9,64\n".encode("latin-1"))
+    with pytest.raises(DataFileError, match="not UTF-8 text .*save it as UTF-8") as refused:
+        read_table(path)
+    assert "Jos" not in str(refused.value)
+
+
 def test_a_header_naming_a_column_twice_is_refused_by_position(tmp_path):
     """A newcomer's file with two 'age' columns was reported as "column 'age.1' ... not in the
     schema" (pandas renamed it). Said by position: a file without a header line has a patient's

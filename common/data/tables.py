@@ -48,6 +48,10 @@ def read_table(path: str | Path, schema: Schema | None = None) -> pd.DataFrame:
             frame = pd.read_parquet(path)
     except pd.errors.EmptyDataError:
         raise DataFileError(f"cannot read {path}: the file is empty (no header line, no rows)") from None
+    except UnicodeDecodeError as exc:  # its text quotes bytes of the file: never shown
+        raise DataFileError(f"cannot read {path}: it is not UTF-8 text (byte {exc.start} is not, e.g. an accented "
+                            "letter saved as Latin-1 or Windows-1252): save it as UTF-8 (in Excel: 'CSV UTF-8') "
+                            "and try again") from None
     except Exception as exc:  # pandas/pyarrow raise many types; all mean "unreadable file"
         # A tokenizer error states structure only ("expected 9 fields in line 5"); other readers'
         # texts can quote cells, which are patient data, so only their type is named.
