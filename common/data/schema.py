@@ -325,10 +325,15 @@ def is_missing_marker(text: str) -> bool:
     return bool(_MARKER_PUNCTUATION.fullmatch(text)) or (text.lower() in _MARKER_WORDS and text != "Na")
 
 
+def _text_columns(frame: pd.DataFrame) -> list[str]:
+    """The columns read as text (where a marker can stand)."""
+    return [str(column) for column in frame.columns
+            if frame[column].dtype == object or pd.api.types.is_string_dtype(frame[column])]
+
+
 def _text_values(frame: pd.DataFrame) -> dict[str, set[str]]:
     """Each text column's distinct values, their surrounding spaces removed."""
-    return {str(column): set(frame[column].dropna().astype(str).str.strip().unique()) for column in frame.columns
-            if frame[column].dtype == object or pd.api.types.is_string_dtype(frame[column])}
+    return {name: set(frame[name].dropna().astype(str).str.strip().unique()) for name in _text_columns(frame)}
 
 
 def _is_number(text: str) -> bool:
@@ -339,13 +344,13 @@ def _is_number(text: str) -> bool:
     return True
 
 
-def marker_levels(frame: pd.DataFrame) -> dict[str, set[str]]:
-    """Columns whose marker-like values are their levels, never "missing": a column of short
-    symbols with two or more that are not numbers ('+' and '-' of a test result, '1+', '2+'
-    and '-' of a dipstick), or a column holding one value only (a '*' flag, empty otherwise).
-    A '?' among numbers or words stays a marker."""
+def marker_levels(text_values: Mapping[str, set[str]]) -> dict[str, set[str]]:
+    """Of the text columns' values (:func:`_text_values`), the columns whose marker-like values
+    are their levels, never "missing": a column of short symbols with two or more that are not
+    numbers ('+' and '-' of a test result, '1+', '2+' and '-' of a dipstick), or a column holding
+    one value only (a '*' flag, empty otherwise). A '?' among numbers or words stays a marker."""
     levels = {}
-    for name, values in _text_values(frame).items():
+    for name, values in text_values.items():
         symbols = [value for value in values if not _is_number(value)]
         symbolic = all(len(value) <= 3 and not any(char.isalpha() for char in value) for value in values)
         if len(values) == 1 or (symbolic and len(symbols) >= 2):
@@ -353,11 +358,10 @@ def marker_levels(frame: pd.DataFrame) -> dict[str, set[str]]:
     return levels
 
 
-def missing_markers(frame: pd.DataFrame) -> list[str]:
-    """The missing-value markers an extract's text cells use (see :func:`is_missing_marker`), from
-    the columns that hold other values too (:func:`marker_levels` holds the rest)."""
-    levels = marker_levels(frame)
-    return sorted({value for name, values in _text_values(frame).items() if name not in levels
+def missing_markers(text_values: Mapping[str, set[str]], levels: Mapping[str, set[str]]) -> list[str]:
+    """The missing-value markers the text columns' values use (see :func:`is_missing_marker`),
+    from the columns whose ``levels`` (:func:`marker_levels`) they are not."""
+    return sorted({value for name, values in text_values.items() if name not in levels
                    for value in values if is_missing_marker(value)})
 
 
@@ -377,8 +381,10 @@ def draft_schema(frame: pd.DataFrame, name: str = "table", outcome: str | None =
     if outcome is not None and outcome not in names:
         shown = [n for n in names if not value_like(n)]
         raise SchemaError(f"outcome '{outcome}': the extract has no such column{did_you_mean(outcome, shown, 0.5)}")
-    markers = missing_markers(frame)
-    frame = without_markers(frame, markers, marker_levels(frame))
+    text_values = _text_values(frame)
+    levels = marker_levels(text_values)
+    markers = missing_markers(text_values, levels)
+    frame = without_markers(frame, markers, levels)
     try:
         return Schema(name=name, columns=[_drafted_column(frame[col]) for col in frame.columns], outcome=outcome,
                       missing_values=markers)
@@ -412,7 +418,7 @@ def without_markers(frame: pd.DataFrame, markers: list[str], levels: Mapping[str
     if not markers:
         return frame
     frame = frame.copy()
-    for name in _text_values(frame):
+    for name in _text_columns(frame):
         series = frame[name]
         missing = set(markers) - set((levels or {}).get(name, ()))
         frame[name] = series.mask(series.notna() & series.astype(str).str.strip().isin(missing))
