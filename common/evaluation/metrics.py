@@ -297,6 +297,14 @@ def _comparison(label: str, real: float, n_real: float, synthetic: float, n_synt
             "z_weaker": sign * (_fisher(real) - _fisher(synthetic)) / noise}
 
 
+def _clear(r: np.ndarray, n: np.ndarray) -> np.ndarray:
+    """Which correlations ``r`` (NaN: undefined) over ``n`` rows are clearly non-zero:
+    |r| >= MIN_ASSOCIATION and Fisher z >= MIN_ASSOCIATION_Z."""
+    strength = np.abs(np.nan_to_num(r))
+    z = np.arctanh(np.minimum(strength, 0.999)) * np.sqrt(np.maximum(n - 3, 0))
+    return np.asarray((strength >= MIN_ASSOCIATION) & (z >= MIN_ASSOCIATION_Z))
+
+
 def _strongest(real: _Features, x_real: np.ndarray, y_real: np.ndarray, x_synthetic: np.ndarray,
                y_synthetic: np.ndarray, skips: list[tuple[str, ...]], top: int) -> list[list[dict[str, Any]]]:
     """For each target (a column of ``y_real`` / ``y_synthetic``): the features associated with it
@@ -305,9 +313,7 @@ def _strongest(real: _Features, x_real: np.ndarray, y_real: np.ndarray, x_synthe
     source is in that target's ``skips`` entry (the target's own column) are left out."""
     r_real, n_real = _correlations(x_real, y_real)
     r_synthetic, n_synthetic = _correlations(x_synthetic, y_synthetic)
-    strength = np.abs(np.nan_to_num(r_real))
-    z_real = np.arctanh(np.minimum(strength, 0.999)) * np.sqrt(np.maximum(n_real - 3, 0))[:, None]
-    clear = (strength >= MIN_ASSOCIATION) & (z_real >= MIN_ASSOCIATION_Z)
+    clear = _clear(r_real, n_real[:, None])
     out = []
     for k, skip in enumerate(skips):
         chosen: dict[str, dict[str, Any]] = {}
@@ -360,10 +366,8 @@ def relations(real: pd.DataFrame, synthetic: pd.DataFrame, schema: Schema, top: 
     valid_synthetic = (~np.isnan(synthetic_x.values[:, kept])).astype(float)
     n_real, n_synthetic = valid_real.T @ valid_real, valid_synthetic.T @ valid_synthetic
     strength = np.abs(np.nan_to_num(r_real))
-    z_real = np.arctanh(np.minimum(strength, 0.999)) * np.sqrt(np.maximum(n_real - 3, 0))
-    clear = (strength >= MIN_ASSOCIATION) & (z_real >= MIN_ASSOCIATION_Z)
     chosen: dict[tuple[str, str], dict[str, Any]] = {}
-    for a, b in sorted(zip(*np.nonzero(np.triu(clear, k=1))), key=lambda pair: -strength[pair]):
+    for a, b in sorted(zip(*np.nonzero(np.triu(_clear(r_real, n_real), k=1))), key=lambda pair: -strength[pair]):
         pair = (sources[a], sources[b])
         if pair[0] != pair[1] and pair not in chosen and pair[::-1] not in chosen:
             chosen[pair] = _comparison(f"{labels[a]} and {labels[b]}", r_real[a, b], n_real[a, b],

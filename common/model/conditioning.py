@@ -55,6 +55,9 @@ class ConditionSampler:
             weights[:] = (1.0 - outcome_weight) / others
             weights[self.columns.index(self.outcome)] = outcome_weight
         self.column_weights = (weights / weights.sum()).to(device)
+        # The same weights for NumPy's choice (a real record's column, drawn on the mechanism's stream).
+        probabilities = self.column_weights.double().cpu().numpy()
+        self._column_probabilities = probabilities / probabilities.sum()
 
     def _choose_columns(self, n: int, generator: torch.Generator) -> torch.Tensor:
         return torch.multinomial(self.column_weights, n, replacement=True, generator=generator)
@@ -66,8 +69,7 @@ class ConditionSampler:
         accountant assumes hidden; a PyTorch stream keeps 32 bits of its seed (fifth review)."""
         if self.dim == 0 or rows.shape[0] == 0:  # a Poisson batch may be empty
             return rows.new_zeros((rows.shape[0], self.dim))
-        weights = self.column_weights.double().cpu().numpy()
-        chosen = torch.as_tensor(generator.choice(len(self.columns), size=rows.shape[0], p=weights / weights.sum()),
+        chosen = torch.as_tensor(generator.choice(len(self.columns), size=rows.shape[0], p=self._column_probabilities),
                                  device=rows.device)
         mask = self.block_of_dim.unsqueeze(0) == chosen.unsqueeze(1)
         return rows[:, self.encoded_index] * mask
