@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Annotated
 import typer
 from rich.table import Table
 
-from fedsyn.cli.output import console, fail, print_verdict, program, results, setup_logging
+from fedsyn.cli.output import check_out_folder, console, fail, print_verdict, program, results, setup_logging
 from fedsyn.data.schema import Schema, SchemaError
 from fedsyn.data.tables import DataFileError, read_table, write_table
 from fedsyn.data.validation import DataValidationError, require_valid
@@ -37,6 +37,9 @@ def fit(
     out: Annotated[Path, typer.Option(help="folder for model.pt, synthetic.csv, privacy_report.json, and "
                                            "local-report/ (computed from real rows: keep it local, never publish it)")
                    ] = Path("fedsyn-model"),
+    overwrite: Annotated[bool, typer.Option(
+        help="replace what an earlier fit left in --out (its model, synthetic rows, privacy report and local "
+             "report); a folder holding other files, or this fit's inputs, is never emptied")] = False,
     device: Annotated[str, typer.Option(help="torch device, e.g. cuda")] = "cpu",
     seed: Annotated[int | None, typer.Option(help="secret seed: with the stream nonce the fit prints, repeats it "
                                              "exactly (never saved in the output; default: OS entropy)")] = None,
@@ -57,8 +60,12 @@ def fit(
     """Fit a DP tabular GAN on one site's extract; write the model and synthetic rows, and a local
     validation report with its verdict against real rows the fit never saw."""
     from fedsyn.model.gan import DPTabularGAN
+    from fedsyn.simulations.workflow import FIT_FOLDER, clear_out_folder, make_run_folder
 
-    try:
+    check_out_folder(out)
+    try:  # before any row is read or any budget spent: an earlier fit's privacy report is never lost unasked
+        clear_out_folder(out, overwrite, tuple(path for path in (data, schema, held_out) if path is not None),
+                         FIT_FOLDER)
         contract = Schema.load(schema)
         frame = read_table(data, contract)
         require_valid(frame, contract, source=str(data))  # before any split: problems named by the file's lines
@@ -66,7 +73,7 @@ def fit(
         if held_out is not None:
             test = read_table(held_out, contract)
             require_valid(test, contract, source=str(held_out))
-    except (SchemaError, DataFileError, DataValidationError, ValueError) as exc:
+    except (ConfigurationError, SchemaError, DataFileError, DataValidationError, ValueError) as exc:
         fail(str(exc))
     train = frame
     if held_out is None and hold_out > 0:
@@ -89,7 +96,8 @@ def fit(
             model.fit(train, on_step=lambda step, _: status.update(f"training step {step + 1}"))
     except (SchemaError, DataFileError, DataValidationError, ValueError) as exc:
         fail(str(exc))
-    out.mkdir(parents=True, exist_ok=True)
+    make_run_folder(out)
+    FIT_FOLDER.mark(out)
     model.save(out / "model.pt")
     write_table(model.sample(rows or len(train)), out / "synthetic.csv")
     spent, spent_delta = model.privacy_spent()
@@ -209,7 +217,6 @@ def simulate(
     verbose: Annotated[bool, typer.Option(help="also show Flower's and fedsyn's log lines")] = False,
 ) -> None:
     """Simulate K hospitals on this machine. With no arguments: the embedded demo as 3 hospitals."""
-    from fedsyn.cli.output import check_out_folder
     from fedsyn.simulations.request import SimulationRequest
 
     try:

@@ -81,7 +81,7 @@ def simulate(simulation: Simulation, on_round: RoundCallback | None = None,
     stage = on_stage or (lambda _: None)
     out = simulation.out
     make_run_folder(out)
-    (out / SIMULATION_STAMP).write_text("written by fedsyn simulate: --overwrite may replace this folder\n")
+    SIMULATION_FOLDER.mark(out)
     keys = out / "keys"
     if not (keys / "coordinator.key").exists():
         generate_keypair(keys)
@@ -136,43 +136,63 @@ def make_run_folder(out: Path) -> bool:
     return created
 
 
-# What a simulation writes in its folder (see the module's docstring): nothing else is ever removed,
-# and only a folder holding the stamp (or an older simulation's simulated sites) is replaced.
-SIMULATION_STAMP = ".fedsyn-simulation"
-SIMULATION_ENTRIES = frozenset({"release", "local-report", "sites", "keys", "audit.jsonl", "audit.jsonl.sig",
-                                "sweep", ".gitignore", SIMULATION_STAMP})
+@dataclass(frozen=True)
+class RunFolder:
+    """What one command writes in its ``--out`` folder: ``--overwrite`` replaces a folder holding
+    only these ``entries`` and the command's ``stamp`` (or, before stamps, a file matching
+    ``older``), and nothing else is ever removed. ``kept`` says why such a folder is not replaced
+    without ``--overwrite``."""
+
+    command: str
+    stamp: str
+    entries: frozenset[str]
+    older: str
+    kept: str
+
+    def mark(self, out: Path) -> None:
+        """Stamp ``out`` as this command's folder."""
+        (out / self.stamp).write_text(f"written by {self.command}: --overwrite may replace this folder\n")
+
+    def holds_earlier_run(self, out: Path) -> bool:
+        return (out / self.stamp).is_file() or any(out.glob(self.older))
 
 
-def _is_simulation_folder(out: Path) -> bool:
-    """Whether ``out`` was written by a simulation: its stamp, or (before stamps) simulated sites' policies."""
-    return (out / SIMULATION_STAMP).is_file() or any((out / "sites").glob("*/policy.json"))
+SIMULATION_FOLDER = RunFolder(
+    "fedsyn simulate", ".fedsyn-simulation",
+    frozenset({"release", "local-report", "sites", "keys", "audit.jsonl", "audit.jsonl.sig", "sweep", ".gitignore",
+               ".fedsyn-simulation"}),
+    "sites/*/policy.json", "its simulated hospitals keep ledgers that are never reset")
+FIT_FOLDER = RunFolder(
+    "fedsyn fit", ".fedsyn-fit",
+    frozenset({"model.pt", "synthetic.csv", "privacy_report.json", "local-report", ".gitignore", ".fedsyn-fit"}),
+    "privacy_report.json", "its privacy report is the only record of the budget that fit spent on its extract")
 
 
-def clear_out_folder(out: Path, overwrite: bool, inputs: tuple[Path, ...] = ()) -> None:
-    """Empty ``out`` of an earlier simulation when told to; refuse otherwise: its simulated
-    hospitals keep ledgers that must never be reset by accident. A folder holding anything a
-    simulation does not write (the user's own files), or one of this run's ``inputs``, is never
-    emptied: ``--out .`` beside one's data must not delete it."""
+def clear_out_folder(out: Path, overwrite: bool, inputs: tuple[Path, ...] = (),
+                     kind: RunFolder = SIMULATION_FOLDER) -> None:
+    """Empty ``out`` of an earlier run of ``kind`` when told to; refuse otherwise. A folder
+    holding anything that command does not write (the user's own files), or one of this run's
+    ``inputs``, is never emptied: ``--out .`` beside one's data must not delete it."""
     if out.is_symlink():
         raise ConfigurationError(f"--out {out} is a link to another folder: name the folder itself")
     if not out.exists() or not any(out.iterdir()):
         return
-    foreign = sorted(entry.name for entry in out.iterdir() if entry.name not in SIMULATION_ENTRIES)
-    if not foreign and not _is_simulation_folder(out):
+    foreign = sorted(entry.name for entry in out.iterdir() if entry.name not in kind.entries)
+    if not foreign and not kind.holds_earlier_run(out):
         foreign = sorted(entry.name for entry in out.iterdir())
     if foreign:
         raise ConfigurationError(
-            f"{out} holds files that are not an earlier simulation's ({', '.join(foreign[:3])}"
+            f"{out} holds files that are not from an earlier `{kind.command}` ({', '.join(foreign[:3])}"
             f"{', ...' if len(foreign) > 3 else ''}): choose a new or empty folder for --out "
-            "(--overwrite replaces only an earlier simulation's folder, never other files)")
+            f"(--overwrite replaces only what an earlier `{kind.command}` wrote, never other files)")
     resolved = out.resolve()
     inside = [path for path in inputs if resolved in path.resolve().parents]
     if inside:
         raise ConfigurationError(f"{inside[0]} lies inside --out {out}, which --overwrite would empty: "
                                  "move it out, or choose another --out")
     if not overwrite:
-        raise ConfigurationError(f"{out} already holds a simulation (its simulated hospitals keep ledgers that "
-                                 "are never reset): choose another --out, or pass --overwrite to replace it")
+        raise ConfigurationError(f"{out} already holds the output of an earlier `{kind.command}` ({kind.kept}): "
+                                 "choose another --out, or pass --overwrite to replace it")
     shutil.rmtree(out)
 
 
@@ -184,7 +204,7 @@ def remove_run(out: Path, created: bool) -> None:
         shutil.rmtree(out, ignore_errors=True)
         return
     for entry in out.iterdir():
-        if entry.name not in SIMULATION_ENTRIES:
+        if entry.name not in SIMULATION_FOLDER.entries:
             continue
         if entry.is_dir() and not entry.is_symlink():
             shutil.rmtree(entry, ignore_errors=True)

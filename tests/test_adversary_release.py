@@ -161,6 +161,7 @@ FIT_KEYS: dict[str, dict[str, str]] = {
                                                       "noise_multiplier", "marginals_noise_floor", "accountant"))),
     },
     "synthetic.csv": {},
+    ".fedsyn-fit": {}, ".gitignore": {},  # fixed text (simulations/workflow.py): the fit's stamp, out of git
 }
 TABLES = ("synthetic.csv", "synthetic.parquet")
 INTERIM = re.compile(r"round-\d{3}")  # ReleasePlan(every=K): an interim release in a sub-folder of the release

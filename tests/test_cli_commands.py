@@ -88,6 +88,30 @@ def test_fit_writes_model_rows_and_a_privacy_report_declaring_the_row_count(tmp_
     assert (out / "model.pt").is_file() and len((out / "synthetic.csv").read_text().splitlines()) == 51
 
 
+def test_fit_keeps_an_earlier_fit_and_the_researchers_files_unless_told(tmp_path, demo_frame):
+    """A second fit into the same --out silently replaced the first one's privacy report, the
+    only record of what that fit spent on the extract. Now it is replaced only with --overwrite,
+    before any budget is spent, and a folder of the researcher's own is never emptied."""
+    data = tmp_path / "cohort.csv"
+    demo_frame.head(300).to_csv(data, index=False)
+    out = tmp_path / "model"
+    fit = ("fit", data, "--schema", demo_schema_path(), "--epochs", "0.2", "--rows", "20", "--hold-out", "0",
+           "--out", out)
+    assert _invoke(*fit).exit_code == 0
+    first = (out / "privacy_report.json").read_text()
+    again = _invoke(*fit)
+    assert again.exit_code == 2 and "earlier `fedsyn fit`" in again.output and "--overwrite" in again.output
+    assert (out / "privacy_report.json").read_text() == first
+    assert _invoke(*fit, "--overwrite").exit_code == 0 and (out / ".fedsyn-fit").is_file()
+    own = tmp_path / "project"
+    own.mkdir()
+    (own / "notes.txt").write_text("mine")
+    result = _invoke("fit", data, "--schema", demo_schema_path(), "--epochs", "0.2", "--hold-out", "0",
+                     "--out", own, "--overwrite")
+    assert result.exit_code == 2 and "not from an earlier `fedsyn fit`" in result.output
+    assert [p.name for p in own.iterdir()] == ["notes.txt"]
+
+
 def test_keys_verify_and_audit(tmp_path):
     assert _invoke("keys", "generate", "--out", tmp_path / "keys").exit_code == 0
     assert stat.S_IMODE((tmp_path / "keys" / "coordinator.key").stat().st_mode) == 0o600

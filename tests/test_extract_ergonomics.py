@@ -247,7 +247,7 @@ def test_overwrite_never_deletes_the_researchers_own_files(tmp_path, cohort, no_
     (project / "my_notes.txt").write_text("mine")
     for overwrite in ((), ("--overwrite",)):
         result = _invoke("simulate", "--data", data, "--schema", schema, "--yes", "--out", project, *overwrite)
-        assert result.exit_code == 2 and "not an earlier simulation's" in _said(result), result.output
+        assert result.exit_code == 2 and "not from an earlier `fedsyn simulate`" in _said(result), result.output
         assert sorted(p.name for p in project.iterdir()) == ["cohort.csv", "my_notes.txt", "schema.json"]
     earlier = tmp_path / "earlier"
     (earlier / "sites").mkdir(parents=True)
@@ -262,7 +262,7 @@ def test_overwrite_never_deletes_the_researchers_own_files(tmp_path, cohort, no_
     (own / "keys").mkdir(parents=True)
     (own / "keys" / "my-hospital.pem").write_text("mine")
     result = _invoke("simulate", "--data", cohort, "--schema", SCHEMA, "--yes", "--out", own, "--overwrite")
-    assert result.exit_code == 2 and "not an earlier simulation's" in _said(result)
+    assert result.exit_code == 2 and "not from an earlier `fedsyn simulate`" in _said(result)
     assert (own / "keys" / "my-hospital.pem").is_file()
     (tmp_path / "link").symlink_to(project)
     result = _invoke("simulate", "--data", cohort, "--schema", SCHEMA, "--yes", "--out", tmp_path / "link",

@@ -199,7 +199,8 @@ def test_fit_holds_out_real_rows_and_prints_the_verdict_as_simulate_does(tmp_pat
     assert report["rows"] == {"synthetic": 200, "real_train": 280, "real_test": 120}  # a stratified 30 % held out
     assert json.loads((out / "privacy_report.json").read_text())["public_facts"]["rows"] == 280
     # What the user may publish and what was computed from real rows are kept apart.
-    assert {p.name for p in out.iterdir()} == {"model.pt", "synthetic.csv", "privacy_report.json", "local-report"}
+    assert {p.name for p in out.iterdir()} == {"model.pt", "synthetic.csv", "privacy_report.json", "local-report",
+                                               ".gitignore", ".fedsyn-fit"}  # out of git; --overwrite may replace it
     assert {p.name for p in (out / "local-report").iterdir()} == {"report.json", "report.html", "held_out.parquet",
                                                                   ".gitignore"}  # a report of real rows: out of git
     assert "LOCAL" in result.output
