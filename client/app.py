@@ -32,7 +32,7 @@ log = logging.getLogger("fedsyn.client")
 ErrorCode = protocol.ErrorCode
 
 PolicyResolver = Callable[[Context], SitePolicy]
-Instructions = TypeVar("Instructions", protocol.MarginalsQuery, protocol.TrainInstructions)
+Instructions = TypeVar("Instructions", protocol.MarginalsQuery, protocol.PairTablesQuery, protocol.TrainInstructions)
 
 
 def policy_from_node_config(context: Context) -> SitePolicy:
@@ -131,9 +131,17 @@ def make_client_app(resolve_policy: PolicyResolver = policy_from_node_config) ->
     def marginals(message: Message, site: Site) -> RecordDict:
         query = _instructions(protocol.MarginalsQuery, message.content.config_records[protocol.CONFIG])
         released, event = site.release_marginals(query.noise_multiplier, query.epsilon, query.schema_sha256,
-                                                 query.run_id, query.pairs_share)
+                                                 query.run_id, query.pairs_share, query.sites)
         return RecordDict({
             protocol.MARGINALS: protocol.to_array_record(released.arrays),
+            protocol.PRIVACY: _privacy_record(site, event),
+        })
+
+    def pair_tables(message: Message, site: Site) -> RecordDict:
+        query = _instructions(protocol.PairTablesQuery, message.content.config_records[protocol.CONFIG])
+        tables, event = site.release_pair_tables(query)
+        return RecordDict({
+            protocol.PAIR_TABLES: protocol.to_array_record(tables),
             protocol.PRIVACY: _privacy_record(site, event),
         })
 
@@ -161,6 +169,7 @@ def make_client_app(resolve_policy: PolicyResolver = policy_from_node_config) ->
         })
 
     app.query("marginals")(guarded(marginals))
+    app.query("pair_tables")(guarded(pair_tables))
     app.query("budget")(guarded(budget))
     app.train()(guarded(train))
     return app

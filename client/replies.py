@@ -33,6 +33,8 @@ _SAFE = re.compile(r"[^A-Za-z0-9_.-]")
 # Where the answers to requests naming no run are stored: '@' never survives _SAFE, so no run a
 # coordinator names can be answered from them.
 UNNAMED_RUN = "@unnamed-run"
+# Round 0 has two releases (fedsyn.privacy.pairs): the second is stored under this stage of the round.
+PAIR_TABLES_STAGE = "pair-tables"
 
 
 def request_digest(config: Mapping[str, object], arrays: Mapping[str, np.ndarray] | None = None) -> str:
@@ -45,18 +47,20 @@ def request_digest(config: Mapping[str, object], arrays: Mapping[str, np.ndarray
 
 
 class ReplyStore:
-    """One file per (run, round) under ``directory``, written atomically after the answer is made."""
+    """One file per (run, round, stage) under ``directory``, written atomically after the answer
+    is made; ``stage`` names a round's second release (round 0's pair tables), "" its first."""
 
     def __init__(self, directory: Path):
         self.directory = directory
 
-    def _path(self, run_id: str, round_: int) -> Path:
-        return self.directory / f"{_SAFE.sub('_', run_id or UNNAMED_RUN)}-round-{round_:05d}.npz"
+    def _path(self, run_id: str, round_: int, stage: str = "") -> Path:
+        suffix = f"-{stage}" if stage else ""
+        return self.directory / f"{_SAFE.sub('_', run_id or UNNAMED_RUN)}-round-{round_:05d}{suffix}.npz"
 
-    def get(self, run_id: str, round_: int, digest: str
+    def get(self, run_id: str, round_: int, digest: str, stage: str = ""
             ) -> tuple[dict[str, np.ndarray], dict[str, float], PrivacyEvent] | None:
         """The stored answer to exactly this request, or None."""
-        path = self._path(run_id, round_)
+        path = self._path(run_id, round_, stage)
         if not path.is_file():
             return None
         with np.load(path, allow_pickle=False) as stored:
@@ -67,14 +71,14 @@ class ReplyStore:
         return arrays, meta["metrics"], PrivacyEvent(**meta["event"])
 
     def put(self, run_id: str, round_: int, digest: str, arrays: Mapping[str, np.ndarray],
-            metrics: Mapping[str, float], event: PrivacyEvent, charge: tuple[str | None, int]) -> None:
+            metrics: Mapping[str, float], event: PrivacyEvent, charge: tuple[str | None, int], stage: str = "") -> None:
         """Store an answer and its ``charge``: the ledger's nonce and the charge's position in it."""
         names = list(arrays)  # column names may be anything: stored by position, named in the meta
         nonce, position = charge
         meta = json.dumps({"digest": digest, "names": names, "metrics": dict(metrics), "event": asdict(event),
                            "ledger": {"nonce": nonce, "position": position}})
         stored = {f"a{index}": arrays[name] for index, name in enumerate(names)}
-        write_atomically(self._path(run_id, round_),
+        write_atomically(self._path(run_id, round_, stage),
                          lambda out: np.savez(out, meta=np.array(meta), **stored))  # type: ignore[arg-type]
 
     def charges_proven(self, nonce: str | None, newest: int = 8) -> int:

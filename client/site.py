@@ -30,12 +30,12 @@ import pandas as pd
 import torch
 
 from fedsyn.client.policy import SitePolicy
-from fedsyn.client.replies import ReplyStore, request_digest
+from fedsyn.client.replies import PAIR_TABLES_STAGE, ReplyStore, request_digest
 from fedsyn.data.schema import Schema
 from fedsyn.data.tables import DataFileError, read_table
 from fedsyn.data.validation import DataValidationError, screen_records
 from fedsyn.errors import PrivacyRefusal, where_it_failed
-from fedsyn.federation.protocol import ErrorCode, TrainInstructions, schema_fingerprint
+from fedsyn.federation.protocol import ErrorCode, PairTablesQuery, TrainInstructions, schema_fingerprint
 from fedsyn.model.config import GANConfig
 from fedsyn.model.encoder import TableEncoder
 from fedsyn.model.training import GANTrainer, padded
@@ -51,9 +51,11 @@ from fedsyn.privacy.marginals import (
     Marginals,
     check_slot_tables,
     check_summed_tables,
+    first_release_event,
     marginals_event,
     noisy_marginals,
 )
+from fedsyn.privacy.pairs import check_pair_request, measure_pair_tables
 from fedsyn.privacy.randomness import mechanism_stream, numpy_generator, torch_generator
 from fedsyn.trust.audit import AuditLog
 
@@ -314,39 +316,74 @@ class Site:
     # -- mechanisms ------------------------------------------------------------------------
 
     def release_marginals(self, noise_multiplier: float, epsilon: float, schema_sha256: str, run_id: str = "",
-                          pairs_share: float = 0.0) -> tuple[Marginals, PrivacyEvent]:
-        """Round 0: the noisy outcome tables and, with ``pairs_share``, the pair tables this site
-        chooses (none on a PRV ledger, which cannot carry their selection): one charge of one
-        Gaussian mechanism with ``noise_multiplier`` whatever the share."""
+                          pairs_share: float = 0.0, sites: int = 1) -> tuple[Marginals, PrivacyEvent]:
+        """Round 0's first release: the noisy outcome tables and, with ``pairs_share``, this
+        site's votes for the pairs the ``sites`` sites will measure together (none on a PRV
+        ledger, which cannot carry their selection). The pair tables are the second release
+        (:meth:`release_pair_tables`); the two cost one Gaussian mechanism with
+        ``noise_multiplier`` whatever the share."""
         if not (is_budget(noise_multiplier) and is_budget(epsilon) and is_pairs_share(pairs_share)):
             raise PolicyRefusal(f"noise multiplier {noise_multiplier} and epsilon {epsilon} must be positive "
                                 f"and finite, pairs share {pairs_share} 0 or in [0.01, 1)", ErrorCode.MALFORMED_REQUEST)
         self._check_schema(schema_sha256)
         pairs_share = pairs_share if pairs_allowed(self.ledger.accountant) else 0.0
         digest = request_digest({"noise_multiplier": noise_multiplier, "epsilon": epsilon, "schema": schema_sha256,
-                                 "pairs_share": pairs_share})
+                                 "pairs_share": pairs_share, "sites": sites})
         replayed = self._replayed(run_id, 0, digest)
         if replayed is not None:
             return Marginals(replayed[0]), replayed[2]
         budget = self._check_epsilon(epsilon)
-        event = marginals_event(noise_multiplier, round_=0)
+        event = first_release_event(self.schema, noise_multiplier, pairs_share, round_=0)
         self._check_affordable(event, budget)  # before any row is read: see _check_affordable
         frame = self._private_rows()
         self._check_encodable(frame)  # training encodes every round: prove it works before round 0 is paid
         position = self._charge(event, budget)  # before the release is computed
-        marginals = noisy_marginals(frame, self.schema, noise_multiplier,
-                                    numpy_generator(self.seed, self.ledger.stream_nonce, event.mechanism, position),
-                                    pairs_share)
+        marginals = noisy_marginals(frame, self.schema, noise_multiplier, self._table_stream(event, position),
+                                    pairs_share, sites)
         self.replies.put(run_id, 0, digest, marginals.arrays, {}, event, (self.ledger.stream_nonce, position))
         self.trail.append("marginals_sent", privacy=asdict(event), epsilon_spent=self.ledger.epsilon())
         return marginals, event
 
-    def _replayed(self, run_id: str, round_: int, digest: str
+    def release_pair_tables(self, query: PairTablesQuery) -> tuple[dict[str, np.ndarray], PrivacyEvent]:
+        """Round 0's second release: the tables of the pairs the sites chose, each with Gaussian
+        noise (:func:`fedsyn.privacy.pairs.measure_pair_tables`), one Gaussian mechanism with
+        the query's multiplier. Every pair and group bound is checked against the schema before
+        a row is read; whatever pairs a coordinator names, the noise is that of the charge."""
+        self._check_schema(query.schema_sha256)
+        bounds = {name: np.asarray(values, dtype=float) for name, values in query.bounds.items()}
+        try:
+            check_pair_request(self.schema, list(query.pairs), bounds)
+        except ValueError as exc:  # names schema columns and public bounds only
+            raise PolicyRefusal(f"the pair tables asked for do not fit the schema: {exc}",
+                                ErrorCode.MALFORMED_REQUEST) from None
+        digest = request_digest({"noise_multiplier": query.noise_multiplier, "epsilon": query.epsilon,
+                                 "schema": query.schema_sha256, "pairs": query.pairs, "bounds": query.bounds})
+        replayed = self._replayed(query.run_id, 0, digest, PAIR_TABLES_STAGE)
+        if replayed is not None:
+            return replayed[0], replayed[2]
+        budget = self._check_epsilon(query.epsilon)
+        event = marginals_event(query.noise_multiplier, round_=0)
+        self._check_affordable(event, budget)
+        frame = self._private_rows()
+        position = self._charge(event, budget)  # before the release is computed
+        tables = measure_pair_tables(frame, self.schema, list(query.pairs), bounds, query.noise_multiplier,
+                                     self._table_stream(event, position))
+        self.replies.put(query.run_id, 0, digest, tables, {}, event, (self.ledger.stream_nonce, position),
+                         PAIR_TABLES_STAGE)
+        self.trail.append("pair_tables_sent", privacy=asdict(event), epsilon_spent=self.ledger.epsilon())
+        return tables, event
+
+    def _table_stream(self, event: PrivacyEvent, position: int) -> np.random.Generator:
+        """The random stream of a round-0 release charged at ``position`` of the ledger: a fresh
+        one per charge (:mod:`fedsyn.privacy.randomness`)."""
+        return numpy_generator(self.seed, self.ledger.stream_nonce, event.mechanism, position)
+
+    def _replayed(self, run_id: str, round_: int, digest: str, stage: str = ""
                   ) -> tuple[dict[str, np.ndarray], dict[str, float], PrivacyEvent] | None:
         """This site's stored answer to exactly this request of this run, sent again at no cost."""
         if not run_id:
             return None
-        stored = self.replies.get(run_id, round_, digest)
+        stored = self.replies.get(run_id, round_, digest, stage)
         if stored is not None:
             self.trail.append_unless_repeated("reply_replayed", since=CHARGED, run=run_id, round=round_,
                                               privacy=asdict(stored[2]), epsilon_spent=self.ledger.epsilon())

@@ -31,15 +31,28 @@ from fedsyn.errors import ConfigurationError
 from fedsyn.federation import protocol
 from fedsyn.model.encoder import TableEncoder
 from fedsyn.model.matching import release_misfit
+from fedsyn.model.raking import pooled_pair_tables
 from fedsyn.model.training import GANTrainer
 from fedsyn.privacy.accounting import PrivacyEvent
 from fedsyn.privacy.budget import DP_SGD, SiteRunPlan, plan_site_run
 from fedsyn.privacy.marginals import (
     Marginals,
     federation_tables,
+    first_release_event,
     marginals_event,
+    measured_columns,
     received_marginals,
+    summed_tables,
     table_shape,
+)
+from fedsyn.privacy.pairs import (
+    RoundZeroSplit,
+    affordable_pairs,
+    bounds_arrays,
+    group_bounds,
+    pair_key,
+    pair_shape,
+    shared_pairs,
 )
 from fedsyn.privacy.randomness import torch_generator
 from fedsyn.server.record import FederationError, ReleaseChoice, RoundSummary, RunRecord, SiteStatus
@@ -153,7 +166,7 @@ class Coordinator:
         replies = self._exchange(grid, [Message(RecordDict(), dst_node_id=node, message_type=protocol.QUERY_BUDGET,
                                                 group_id="budget") for node in nodes], 0, charged=False)
         fingerprint = protocol.schema_fingerprint(self.schema)
-        queries = {}
+        queries: dict[int, protocol.MarginalsQuery] = {}
         for site, budget in self.screen.budgets(replies):
             plan = plan_site_run(budget, self.settings)
             self._record_plan(site, plan)
@@ -165,7 +178,7 @@ class Coordinator:
             queries[site.node_id] = protocol.MarginalsQuery(plan.marginals_noise, plan.cap, fingerprint,
                                                             self.run.run_id, self.settings.pairs_share)
         self._require_quorum(len(queries), 0)
-        return queries
+        return {node: replace(query, sites=len(queries)) for node, query in queries.items()}
 
     def _unusable(self, site: SiteStatus, plan: SiteRunPlan) -> str:
         """Why a site with this plan is asked nothing, and what the operator can change."""
@@ -190,7 +203,8 @@ class Coordinator:
                     rounds_fit=plan.rounds_fit, rounds=rounds)
 
     def collect_marginals(self, grid: Grid) -> Marginals:
-        """Round 0: each planned site's noisy tables, at the noise its own budget allows."""
+        """Round 0: each planned site's noisy tables and votes, at the noise its own budget
+        allows, then the tables of the pairs the sites chose together (:meth:`_collect_pair_tables`)."""
         settings, run = self.settings, self.run
         self.check_run()
         self.record("run_configured", settings=settings.public_dict(),
@@ -201,22 +215,60 @@ class Coordinator:
                                         for node, query in queries.items()], 0)
         shapes: dict[str, tuple[tuple[int, ...], np.dtype[Any]]] = {
             c.name: (table_shape(self.schema, c), np.dtype(np.float64)) for c in self.schema.columns}
-        valid = self.screen.valid(replies, 0, protocol.MARGINALS,
-                                  lambda site: marginals_event(queries[site.node_id].noise_multiplier), shapes)
+        valid = self.screen.valid(replies, 0, protocol.MARGINALS, lambda site: first_release_event(
+            self.schema, queries[site.node_id].noise_multiplier, queries[site.node_id].pairs_share), shapes)
         self._require_quorum(len(valid), 0)
         answered = {id(reply): site.node_id for site, reply in replies}
         # Each site's tables carry the noise std of the release asked of it, never the site's word on it.
-        asked = [queries[answered[id(r)]] for r in valid]
-        parts = [received_marginals(dict(protocol.from_array_record(r.content.array_records[protocol.MARGINALS])),
-                                    self.schema, query.noise_multiplier, query.pairs_share)
-                 for r, query in zip(valid, asked)]
-        total, per_site = federation_tables(self.schema, parts, settings.marginals_noise_floor)
+        parts = {answered[id(r)]: received_marginals(
+            dict(protocol.from_array_record(r.content.array_records[protocol.MARGINALS])), self.schema,
+            queries[answered[id(r)]].noise_multiplier, queries[answered[id(r)]].pairs_share) for r in valid}
+        parts = self._collect_pair_tables(grid, queries, parts)
+        total, per_site = federation_tables(self.schema, list(parts.values()), settings.marginals_noise_floor)
         run.marginals = total
-        run.site_marginals = dict(zip((answered[id(r)] for r in valid), per_site))
+        run.site_marginals = dict(zip(parts, pooled_pair_tables(self.schema, per_site)))
         # Public slots for the sites that answered validly, in node-id order.
         run.slots = {node: slot for slot, node in enumerate(sorted(run.site_marginals))}
         self._save(0)
         return total
+
+    def _collect_pair_tables(self, grid: Grid, queries: dict[int, protocol.MarginalsQuery],
+                             parts: dict[int, Marginals]) -> dict[int, Marginals]:
+        """Round 0's second release (:mod:`fedsyn.privacy.pairs`): the pairs most sites voted
+        for, as many as the federation's noisy total affords, numeric columns grouped at the
+        quantiles of the summed noisy tables; each voting site measures them all. A site that
+        fails here keeps its first release (the pooled tables reach it all the same,
+        :func:`~fedsyn.model.raking.pooled_pair_tables`). Returns ``parts`` with each answering
+        site's pair tables and the groups' bounds. Everything chosen is post-processing of the
+        sites' DP outputs."""
+        voters = {node: part for node, part in parts.items() if part.votes}
+        if not voters:  # only the outcome tables: nothing else was asked of the first release
+            return {node: Marginals(part.tables, cell_std=part.cell_std) for node, part in parts.items()}
+        splits = {node: RoundZeroSplit(queries[node].noise_multiplier, queries[node].pairs_share) for node in voters}
+        summed = summed_tables(self.schema, list(parts.values()), 0.0)
+        measured = measured_columns(self.schema)
+        count = affordable_pairs(summed.total(), [split.pair_tables for split in splits.values()], len(measured))
+        chosen = shared_pairs([part.ranked_votes() for part in voters.values()], count)
+        bounds = {c.name: group_bounds(c, summed) for c in measured if not c.is_categorical
+                  and any(c.name in pair for pair in chosen)}
+        self.record("pairs_chosen", pairs=[list(pair) for pair in chosen], voters=len(voters))
+        fingerprint = protocol.schema_fingerprint(self.schema)
+        asked = {node: protocol.PairTablesQuery(splits[node].pair_tables, queries[node].epsilon, fingerprint,
+                                                tuple(chosen), {name: tuple(values.tolist())
+                                                                for name, values in bounds.items()}, self.run.run_id)
+                 for node in voters}
+        replies = self._exchange(grid, [Message(RecordDict({protocol.CONFIG: query.to_record()}), dst_node_id=node,
+                                                message_type=protocol.QUERY_PAIR_TABLES, group_id="0")
+                                        for node, query in asked.items()], 0)
+        shapes: dict[str, tuple[tuple[int, ...], np.dtype[Any]]] = {
+            pair_key(pair): (pair_shape(self.schema, pair), np.dtype(np.float64)) for pair in chosen}
+        valid = self.screen.valid(replies, 0, protocol.PAIR_TABLES,
+                                  lambda site: marginals_event(asked[site.node_id].noise_multiplier), shapes)
+        answered = {id(reply): site.node_id for site, reply in replies}
+        tables = {answered[id(r)]: dict(protocol.from_array_record(r.content.array_records[protocol.PAIR_TABLES]))
+                  for r in valid}
+        return {node: Marginals({**part.tables, **tables.get(node, {}), **bounds_arrays(chosen, bounds)},
+                                cell_std=part.cell_std) for node, part in parts.items()}
 
     def train(self, grid: Grid, on_round: RoundCallback | None = None) -> GANTrainer:
         settings, run = self.settings, self.run

@@ -223,9 +223,11 @@ def _readme(run: RunRecord, report: dict[str, Any], synthetic: pd.DataFrame, row
         "",
         "## How it was made",
         "Round 0: each site released Gaussian-noised tables of every column's public bins by the outcome's "
-        "classes and, with `pairs_share` > 0, a few two-way tables of other columns it picked with the "
-        "exponential mechanism (all of round 0 charged as one Gaussian event, a bound that holds in Renyi DP: "
-        "recompute it with an RDP accountant, not PRV); the sum of the outcome tables defines the numeric "
+        "classes and, with `pairs_share` > 0, its votes for a few two-way tables of other columns (picked with "
+        "the exponential mechanism); the sites then measured the pairs most of them voted for, with Gaussian "
+        "noise (round 0's two releases are charged as two Gaussian events that together cost one, a bound that "
+        "holds in Renyi DP: recompute it with an RDP accountant, not PRV); each site's pair tables were pooled "
+        "over the sites and fitted to its own one-way margins; the sum of the outcome tables defines the numeric "
         "quantile maps and conditional sampling frequencies. Rounds 1..R: each site trained the "
         "discriminator with DP-SGD (Poisson sampling, per-record clipping, Gaussian noise) and the generator "
         "through it and towards the summed tables and each site's own tables and pair tables (marginal "

@@ -160,9 +160,13 @@ class ReplyScreen:
             except protocol.ReplyError as exc:
                 self.drop(site, round_, f"invalid reply: {exc}")
                 continue
-            site.rounds_accepted.append(round_)
-            self.record("site_joined" if round_ == 0 else "update_accepted", round=round_, node=site.node_id,
-                        site=site.name, epsilon_claimed=site.claimed_epsilon)
+            if payload == protocol.PAIR_TABLES:  # round 0's second release: the site joined with its first
+                self.record("pair_tables_accepted", round=round_, node=site.node_id, site=site.name,
+                            epsilon_claimed=site.claimed_epsilon)
+            else:
+                site.rounds_accepted.append(round_)
+                self.record("site_joined" if round_ == 0 else "update_accepted", round=round_, node=site.node_id,
+                            site=site.name, epsilon_claimed=site.claimed_epsilon)
             if payload == protocol.ARRAYS:  # aggregate in float32 whatever the transport precision
                 reply.content[payload] = protocol.to_array_record({k: v.astype(np.float32) for k, v in arrays.items()})
             valid.append(reply)

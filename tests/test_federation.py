@@ -13,6 +13,7 @@ from fedsyn.data.schema import SchemaError, draft_schema
 from fedsyn.data.tables import read_table
 from fedsyn.data.validation import validate_frame
 from fedsyn.federation import protocol
+from fedsyn.model.raking import pooled_pair_tables
 from fedsyn.privacy.accounting import PrivacyEvent, PrivacyLedger
 from fedsyn.privacy.marginals import (
     Marginals,
@@ -21,7 +22,7 @@ from fedsyn.privacy.marginals import (
     received_marginals,
     table_noise_std,
 )
-from fedsyn.privacy.pairs import check_pairs
+from fedsyn.privacy.pairs import bounds_arrays, check_pairs, parse_pair_key
 from fedsyn.server.app import ReleasePlan, run_federation
 from fedsyn.server.coordinator import Coordinator
 from fedsyn.server.record import FederationError
@@ -69,9 +70,15 @@ def test_sites_send_only_model_arrays_declared_metrics_and_privacy_events(plan, 
             assert set(content.keys()) == {protocol.MARGINALS, protocol.PRIVACY}
             counts = protocol.from_array_record(content.array_records[protocol.MARGINALS])
             released = Marginals(dict(counts))
-            assert set(released.tables) == set(demo_schema.column_names) and released.pairs  # and its pair tables
+            assert set(released.tables) == set(demo_schema.column_names) and released.votes  # and its votes
+            assert not released.pairs  # the pair tables are the second release
             check_pairs(demo_schema, released)
             assert any(not np.allclose(v, np.round(v)) for v in counts.values())  # noisy, not exact counts
+        elif protocol.PAIR_TABLES in content:  # round 0's second release: the pairs the sites chose, noisy
+            assert set(content.keys()) == {protocol.PAIR_TABLES, protocol.PRIVACY}
+            tables = protocol.from_array_record(content.array_records[protocol.PAIR_TABLES])
+            assert tables and all(parse_pair_key(key) for key in tables)
+            assert any(not np.allclose(v, np.round(v)) for v in tables.values())
         else:
             assert set(content.keys()) == {protocol.ARRAYS, protocol.METRICS, protocol.PRIVACY}
             assert set(content.array_records[protocol.ARRAYS].keys()) == model_keys
@@ -92,25 +99,34 @@ def test_the_coordinator_states_each_sites_noise_from_what_it_asked(plan, demo_s
 
 
 def test_the_coordinator_keeps_each_sites_tables_drawn_toward_the_sum(plan, demo_schema, tmp_path):
-    """The summed tables and each slot's (the site's reply shrunk toward the sum) are
-    :func:`federation_tables` of the replies at the std the coordinator asked for, pair tables
-    as the site sent them."""
+    """The summed tables and each slot's (the site's first reply shrunk toward the sum, its pair
+    tables from its second reply pooled over the sites) are :func:`federation_tables` and
+    :func:`pooled_pair_tables` of the replies, at the std the coordinator asked for, with the
+    groups it asked for."""
     grid, coordinator = run_in_process(plan, demo_schema, tmp_path)
     asked = {m.metadata.dst_node_id: protocol.MarginalsQuery.from_record(m.content.config_records[protocol.CONFIG])
              for m in grid.sent if m.metadata.message_type == protocol.QUERY_MARGINALS}
-    sent = {reply.metadata.src_node_id: received_marginals(
+    asked_pairs = {m.metadata.dst_node_id: protocol.PairTablesQuery.from_record(
+        m.content.config_records[protocol.CONFIG]) for m in grid.sent
+        if m.metadata.message_type == protocol.QUERY_PAIR_TABLES}
+    first = {reply.metadata.src_node_id: received_marginals(
         dict(protocol.from_array_record(reply.content.array_records[protocol.MARGINALS])), demo_schema,
         asked[reply.metadata.src_node_id].noise_multiplier, asked[reply.metadata.src_node_id].pairs_share)
         for reply in grid.replies if protocol.MARGINALS in reply.content}
+    second = {reply.metadata.src_node_id: dict(protocol.from_array_record(reply.content.array_records[
+        protocol.PAIR_TABLES])) for reply in grid.replies if protocol.PAIR_TABLES in reply.content}
+    assert len(second) == 3 and len({query.pairs for query in asked_pairs.values()}) == 1  # the same pairs
+    sent = {node: Marginals({**part.tables, **second[node], **bounds_arrays(list(asked_pairs[node].pairs), {
+        name: np.asarray(values) for name, values in asked_pairs[node].bounds.items()})}, cell_std=part.cell_std)
+        for node, part in first.items()}
     nodes = sorted(coordinator.run.site_marginals)
-    summed, expected = federation_tables(demo_schema, [sent[node] for node in nodes],
-                                         coordinator.settings.marginals_noise_floor)
+    summed, shrunk = federation_tables(demo_schema, [sent[node] for node in nodes],
+                                       coordinator.settings.marginals_noise_floor)
     assert all(np.allclose(coordinator.run.marginals.tables[name], summed.tables[name]) for name in summed.tables)
-    for node, own in zip(nodes, expected):
+    for node, own in zip(nodes, pooled_pair_tables(demo_schema, shrunk)):
         kept = coordinator.run.site_marginals[node]
-        assert kept.arrays.keys() == own.arrays.keys() and kept.cell_std is None
-        assert all(np.array_equal(kept.arrays[name], own.arrays[name]) for name in own.arrays)
-        assert all(np.array_equal(kept.pairs[pair], sent[node].pairs[pair]) for pair in sent[node].pairs)
+        assert kept.arrays.keys() == own.arrays.keys() and kept.cell_std is None and kept.pairs
+        assert all(np.allclose(kept.arrays[name], own.arrays[name]) for name in own.arrays)
     assert any(not np.array_equal(coordinator.run.site_marginals[node].tables[name], sent[node].tables[name])
                for node in nodes for name in sent[node].tables)
 
@@ -145,7 +161,7 @@ def test_site_refuses_less_noise_than_its_minimum(plan, demo_schema, tmp_path):
         run_in_process(plan, demo_schema, tmp_path, settings=weak)
     for policy in plan.policies:
         ledger = PrivacyLedger.load(SitePolicy.load(policy).ledger)
-        assert [e.mechanism for e in ledger.events] == ["gaussian-marginals"]
+        assert [e.mechanism for e in ledger.events] == ["gaussian-marginals"] * 2  # round 0: two releases
 
 
 def test_site_level_dp_uses_flowers_wrapper_and_accountant(plan, demo_schema, tmp_path):
@@ -219,7 +235,7 @@ def test_coordinator_crash_mid_run_loses_no_spent_privacy_and_a_new_run_respects
 
     def crash_in_round_two(reply: Message) -> Message:
         replies["count"] += 1
-        if replies["count"] > 3 + 3 + 1:  # marginals, round 1, first reply of round 2
+        if replies["count"] > 3 + 3 + 3 + 1:  # round 0's two releases, round 1, first reply of round 2
             raise CoordinatorCrash("coordinator stopped")
         return reply
 
@@ -231,7 +247,7 @@ def test_coordinator_crash_mid_run_loses_no_spent_privacy_and_a_new_run_respects
     for policy, before in zip(plan.policies, spent_before):
         ledger = PrivacyLedger.load(SitePolicy.load(policy).ledger)
         assert before < ledger.epsilon() <= 1.0 + 1e-9  # what the crashed run left, and no more
-        assert [e.mechanism for e in ledger.events].count("gaussian-marginals") == 2
+        assert [e.mechanism for e in ledger.events].count("gaussian-marginals") == 4  # round 0 of each run: two
 
 
 def test_coordinator_refuses_an_unreviewed_schema_before_contacting_any_site(plan, demo_frame):
@@ -280,14 +296,14 @@ def test_a_site_charged_whose_reply_is_lost_is_reported_at_least_at_its_ledger(p
     def lose_first_site_from_round_two(reply):
         if reply.metadata.src_node_id != 1001:
             return reply
-        answered.append(reply)  # round 0's marginals, then rounds 1, 2, 3
-        return None if len(answered) >= 3 else reply
+        answered.append(reply)  # round 0's two releases, then rounds 1, 2, 3
+        return None if len(answered) >= 4 else reply
 
     run_in_process(plan, demo_schema, tmp_path, reply_filter=lose_first_site_from_round_two)
     report = json.loads((tmp_path / "release" / "privacy_report.json").read_text())
     lost = next(s for s in report["sites"] if s["node_id"] == 1001)
     ledger = PrivacyLedger.load(SitePolicy.load(plan.policies[0]).ledger)
-    assert len(ledger.events) == 4  # round 0 and rounds 1-3 were all charged at the site
+    assert len(ledger.events) == 5  # round 0's two releases and rounds 1-3 were all charged at the site
     assert lost["epsilon_cumulative"] >= ledger.epsilon() - 1e-9
     assert lost["epsilon_cumulative_is_upper_bound"] and "2, 3" in lost["upper_bound_reason"]
     assert report["max_epsilon_any_site"] >= ledger.epsilon() - 1e-9

@@ -244,7 +244,7 @@ def test_a_run_saved_before_per_site_caps_resumes(plan, demo_schema, tmp_path, m
             run_federation(CrashingGrid(app, len(plan.policies), crash_at=2), demo_schema, SETTINGS, release)
     coordinator = run_federation(InProcessGrid(app, len(plan.policies)), demo_schema, SETTINGS, release, resume=True)
     assert [r.accepted for r in coordinator.run.rounds] == [3] * SETTINGS.rounds
-    assert [len(PrivacyLedger.load(SitePolicy.load(p).ledger).events) for p in plan.policies] == [4] * 3
+    assert [len(PrivacyLedger.load(SitePolicy.load(p).ledger).events) for p in plan.policies] == [5] * 3
 
 
 def test_the_budget_reply_reads_no_row(plan):

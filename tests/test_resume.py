@@ -49,13 +49,13 @@ def test_a_resumed_run_finishes_and_no_site_pays_twice(plan, demo_schema, tmp_pa
     release, app = _crash_in_round_two(plan, demo_schema, tmp_path)
     assert not (tmp_path / "release").exists()
     charged_at_crash = [len(ledger.events) for ledger in _ledgers(plan)]
-    assert charged_at_crash == [3, 3, 3]  # marginals, round 1, and round 2 (answered, never aggregated)
+    assert charged_at_crash == [4, 4, 4]  # round 0's two releases, round 1, round 2 (answered, never aggregated)
 
     coordinator = run_federation(InProcessGrid(app, len(plan.policies)), demo_schema, SETTINGS, release,
                                  resume=True)
     ledgers = _ledgers(plan)
-    assert [len(ledger.events) for ledger in ledgers] == [1 + SETTINGS.rounds] * 3  # round 2 was not charged again
-    assert [[e.round for e in ledger.events] for ledger in ledgers] == [[0, 1, 2, 3]] * 3
+    assert [len(ledger.events) for ledger in ledgers] == [2 + SETTINGS.rounds] * 3  # round 2 was not charged again
+    assert [[e.round for e in ledger.events] for ledger in ledgers] == [[0, 0, 1, 2, 3]] * 3
     report = json.loads((tmp_path / "release" / "privacy_report.json").read_text())
     for site, ledger in zip(sorted(report["sites"], key=lambda s: s["site"]), ledgers):
         assert site["epsilon_cumulative"] == pytest.approx(ledger.epsilon(), rel=1e-9)
@@ -107,7 +107,7 @@ def test_a_state_saved_in_the_earlier_layout_resumes(plan, demo_schema, tmp_path
     coordinator = run_federation(InProcessGrid(app, len(plan.policies)), demo_schema, SETTINGS, release,
                                  resume=True)
     assert [r.round for r in coordinator.run.rounds] == [1, 2, 3] and coordinator.run.run_id == saved["run_id"]
-    assert [len(ledger.events) for ledger in _ledgers(plan)] == [1 + SETTINGS.rounds] * 3
+    assert [len(ledger.events) for ledger in _ledgers(plan)] == [2 + SETTINGS.rounds] * 3
 
 
 def test_a_state_the_audit_log_does_not_vouch_for_is_refused(plan, demo_schema, tmp_path):
@@ -120,7 +120,7 @@ def test_a_state_the_audit_log_does_not_vouch_for_is_refused(plan, demo_schema, 
         state.write_bytes(state.read_bytes()[:-1])
         run_federation(InProcessGrid(app, len(plan.policies)), demo_schema, SETTINGS.model_copy(update={"rounds": 5}),
                        release, resume=True)
-    assert [len(ledger.events) for ledger in _ledgers(plan)] == [3, 3, 3]  # refusing to resume costs nothing
+    assert [len(ledger.events) for ledger in _ledgers(plan)] == [4, 4, 4]  # refusing to resume costs nothing
 
 
 def test_only_one_coordinator_process_drives_a_run(tmp_path):

@@ -131,8 +131,12 @@ def test_train_messages_carry_each_sites_slot_and_every_slots_marginals(plan, de
         per_slot = protocol.slot_marginals_from_record(message.content.array_records[protocol.SLOT_MARGINALS])
         for other, slot in coordinator.run.slots.items():  # every slot's tables: its site's release, as kept
             kept = coordinator.run.site_marginals[other].arrays  # (drawn toward the sum: test_federation)
-            assert set(per_slot[slot]) == set(released[other]) == set(kept)
+            tables = {key for key in released[other] if not key.startswith("vote:")}  # its votes chose the pairs
+            assert set(per_slot[slot]) == set(kept) and tables <= set(kept)
             assert all(np.array_equal(per_slot[slot][k], kept[k]) for k in kept)
+    pairs = [{key for key in coordinator.run.site_marginals[node].arrays if key.startswith("pair:")}
+             for node in coordinator.run.slots]
+    assert pairs[0] and all(keys == pairs[0] for keys in pairs)  # the pairs the sites chose together
     # Release: slot weights follow the sites' noisy totals.
     ordered = sorted(coordinator.run.slots, key=coordinator.run.slots.__getitem__)
     totals = np.array([coordinator.run.site_marginals[n].total() for n in ordered])

@@ -39,6 +39,10 @@ PRIVACY = "privacy"
 BUDGET = "budget"  # a budget reply's one record: what the site has spent and may spend (SiteBudget)
 
 QUERY_MARGINALS = "query.marginals"
+QUERY_PAIR_TABLES = "query.pair_tables"  # round 0's second release: the tables of the pairs the sites chose
+PAIR_TABLES = "pair_tables"
+MAX_PAIRS = 10_000  # pair tables one query may ask for (a spanning tree of 10,001 columns)
+MAX_SITES = 100_000
 QUERY_BUDGET = "query.budget"  # before round 0, at no cost: the site's SiteBudget
 SCHEMA_HASH = "schema_sha256"  # config key: the coordinator's schema, which each site must share
 RUN_ID = "run_id"  # config key: the coordinator's run; a site answers a repeated (run, round) from its store
@@ -221,14 +225,17 @@ class MarginalsQuery:
     noise multiplier, within this budget (``epsilon``: the most the site's ledger may hold
     afterwards, the site's cap for the run), for the schema with this fingerprint; ``run_id``
     lets the site answer the same query of the same run again from its store. ``pairs_share``
-    of the release goes to pair tables the site chooses (:mod:`fedsyn.privacy.pairs`); the
-    whole costs the one noise multiplier whatever the share."""
+    of the round-0 release goes to the pair tables the ``sites`` sites of the run choose
+    together (:mod:`fedsyn.privacy.pairs`): this query's answer holds the site's votes, and
+    :class:`PairTablesQuery` asks for the tables; the two releases cost the one noise multiplier
+    whatever the share."""
 
     noise_multiplier: float
     epsilon: float
     schema_sha256: str
     run_id: str = ""
     pairs_share: float = 0.0
+    sites: int = 1
 
     def __post_init__(self) -> None:
         # NaN compares False with everything: without this a NaN budget would pass every check.
@@ -237,17 +244,66 @@ class MarginalsQuery:
                              "positive and finite")
         if not is_pairs_share(self.pairs_share):
             raise ReplyError(f"pairs share {self.pairs_share} must be 0 or in [0.01, 1)")
+        if not (isinstance(self.sites, int) and 1 <= self.sites <= MAX_SITES):
+            raise ReplyError(f"sites={self.sites} is not a count of sites in 1..{MAX_SITES}")
         _check_run_id(self.run_id)
 
     def to_record(self) -> ConfigRecord:
         return ConfigRecord({"noise_multiplier": self.noise_multiplier, "epsilon": self.epsilon,
-                             SCHEMA_HASH: self.schema_sha256, RUN_ID: self.run_id, "pairs_share": self.pairs_share})
+                             SCHEMA_HASH: self.schema_sha256, RUN_ID: self.run_id, "pairs_share": self.pairs_share,
+                             "sites": self.sites})
 
     @classmethod
     def from_record(cls, record: ConfigRecord) -> MarginalsQuery:
         with _decoding("marginals query"):
             return cls(number(record["noise_multiplier"]), number(record["epsilon"]), str(record[SCHEMA_HASH]),
-                       str(record.get(RUN_ID, "")), number(record.get("pairs_share", 0.0)))
+                       str(record.get(RUN_ID, "")), number(record.get("pairs_share", 0.0)),
+                       whole(record.get("sites", 1)))
+
+
+@dataclass(frozen=True)
+class PairTablesQuery:
+    """Round 0's second release: the tables of ``pairs`` (the pairs the sites voted for, the
+    same for every site), numeric columns grouped by ``bounds`` (public bin indices, from the
+    sites' summed noisy tables), with Gaussian noise of multiplier ``noise_multiplier`` (times
+    sqrt(#pairs) per cell), within ``epsilon`` as in :class:`MarginalsQuery`. The site checks
+    every pair and bound against the schema before it reads a row."""
+
+    noise_multiplier: float
+    epsilon: float
+    schema_sha256: str
+    pairs: tuple[tuple[str, str], ...]
+    bounds: dict[str, tuple[float, ...]]
+    run_id: str = ""
+
+    def __post_init__(self) -> None:
+        if not (is_budget(self.noise_multiplier) and is_budget(self.epsilon)):
+            raise ReplyError(f"noise multiplier {self.noise_multiplier} and epsilon {self.epsilon} must be "
+                             "positive and finite")
+        if not 1 <= len(self.pairs) <= MAX_PAIRS or len(set(self.pairs)) != len(self.pairs) \
+                or not all(len(pair) == 2 and all(isinstance(name, str) for name in pair) for pair in self.pairs):
+            raise ReplyError(f"pairs must be 1 to {MAX_PAIRS} distinct pairs of column names")
+        if len(self.bounds) > MAX_PAIRS or not all(isinstance(name, str) and len(values) <= MAX_PAIRS
+                                                   for name, values in self.bounds.items()):
+            raise ReplyError("group bounds must be a few lists of bin indices by column name")
+        _check_run_id(self.run_id)
+
+    def to_record(self) -> ConfigRecord:
+        return ConfigRecord({"noise_multiplier": self.noise_multiplier, "epsilon": self.epsilon,
+                             SCHEMA_HASH: self.schema_sha256, RUN_ID: self.run_id,
+                             "pairs": json.dumps([list(pair) for pair in self.pairs]),
+                             "bounds": json.dumps({name: list(values) for name, values in self.bounds.items()})})
+
+    @classmethod
+    def from_record(cls, record: ConfigRecord) -> PairTablesQuery:
+        with _decoding("pair tables query"):
+            pairs = tuple((str(first), str(second)) for first, second in json.loads(str(record["pairs"])))
+            listed = json.loads(str(record["bounds"]))
+            if not isinstance(listed, dict):
+                raise TypeError("group bounds are not a mapping of column names")
+            bounds = {str(name): tuple(number(value) for value in values) for name, values in listed.items()}
+            return cls(number(record["noise_multiplier"]), number(record["epsilon"]), str(record[SCHEMA_HASH]),
+                       pairs, bounds, str(record.get(RUN_ID, "")))
 
 
 @dataclass(frozen=True)

@@ -339,15 +339,16 @@ class GANTrainer:
         return rows, slots
 
     def _raking_targets(self) -> RakingTargets | None:
-        """Each slot's release share, noisy tables and borrowed pairs when some hold pair tables
-        (no slots: the encoder's tables, a single site's own); None when there is nothing to rake to."""
+        """Each slot's release share and noisy tables (their pair tables pooled) when some hold
+        pair tables (no slots: the encoder's tables, a single site's own); None when there is
+        nothing to rake to."""
         if self.release_slots is not None and self.slot_weights is not None:
             shares, marginals = self.slot_weights.cpu().numpy().astype(float), self.release_slots[1]
         elif self.config.site_slots == 0:
             shares, marginals = np.ones(1), [self.encoder.marginals]
         else:
             return None
-        return RakingTargets.of(self.encoder.schema, shares, marginals) if has_pairs(marginals) else None
+        return RakingTargets.of(shares, marginals) if has_pairs(marginals) else None
 
     def set_release_slots(self, totals: list[float], marginals: list[Marginals], site_column: str | None = None
                           ) -> None:

@@ -25,12 +25,16 @@ from fedsyn.privacy.accounting import PrivacyEvent
 from fedsyn.privacy.budget import MARGINALS
 from fedsyn.privacy.pairs import (
     BOUNDS_PREFIX,
+    VOTE_PREFIX,
     Pair,
     RoundZeroSplit,
     check_pairs,
     measure_pairs,
     pair_key,
     parse_pair_key,
+    vote_arrays,
+    vote_count,
+    vote_pairs,
 )
 from fedsyn.privacy.postprocessing import coarsened, onto_simplex, shrunk_to_pool
 
@@ -69,10 +73,12 @@ class Marginals:
     The last bin is 'missing' for nullable columns. One-dimensional arrays are one-way
     histograms (one class). ``counts`` are the one-way marginals, summed over classes.
 
-    A site's own tables may also hold its noisy pair tables (``pairs``) and their numeric
-    groups' bounds (``pair_bounds``), see :mod:`fedsyn.privacy.pairs`. Pairs are per site:
-    sites choose different pairs, so a sum of sites' tables holds none. Built from the wire's
-    flat arrays (``Marginals(arrays)``), the prefixed keys go to ``pairs`` and ``pair_bounds``.
+    A site's own tables may also hold its noisy pair tables (``pairs``), their numeric groups'
+    bounds (``pair_bounds``) and, in a federation's round 0, the site's votes for the pairs to
+    measure (``votes``: each pair's rank), see :mod:`fedsyn.privacy.pairs`. Pairs are per site
+    (each site's own noise, pooled by :func:`pooled_pair_tables`), so a sum of sites' tables
+    holds none. Built from the wire's flat arrays (``Marginals(arrays)``), the prefixed keys go
+    to ``pairs``, ``pair_bounds`` and ``votes``.
 
     ``cell_std`` is the noise std of one cell of the measured tables, as Private-PGM's
     measurements carry their ``stddev``: set by the measurement (:func:`noisy_marginals`), 0
@@ -87,14 +93,17 @@ class Marginals:
     tables: dict[str, np.ndarray]
     pairs: dict[Pair, np.ndarray] = field(default_factory=dict)
     pair_bounds: dict[str, np.ndarray] = field(default_factory=dict)
+    votes: dict[Pair, int] = field(default_factory=dict)
     cell_std: float | None = None
 
     def __post_init__(self) -> None:
         tables = {}
         for name, values in self.tables.items():
-            pair = parse_pair_key(name)
+            pair, vote = parse_pair_key(name), parse_pair_key(name, VOTE_PREFIX)
             if pair is not None:
                 self.pairs[pair] = np.asarray(values, dtype=float)
+            elif vote is not None:
+                self.votes[vote] = int(np.asarray(values, dtype=float).ravel()[0])
             elif name.startswith(BOUNDS_PREFIX):
                 self.pair_bounds[name[len(BOUNDS_PREFIX):]] = np.asarray(values, dtype=float)
             else:
@@ -105,7 +114,12 @@ class Marginals:
     def arrays(self) -> dict[str, np.ndarray]:
         """Every array, flat (the wire's and the store's form): tables, pair tables, group bounds."""
         return {**self.tables, **{pair_key(pair): table for pair, table in self.pairs.items()},
-                **{f"{BOUNDS_PREFIX}{name}": bounds for name, bounds in self.pair_bounds.items()}}
+                **{f"{BOUNDS_PREFIX}{name}": bounds for name, bounds in self.pair_bounds.items()},
+                **vote_arrays(self.ranked_votes())}
+
+    def ranked_votes(self) -> list[Pair]:
+        """The pairs this site voted for (:mod:`fedsyn.privacy.pairs`), its first pick first."""
+        return sorted(self.votes, key=self.votes.__getitem__)
 
     @property
     def counts(self) -> dict[str, np.ndarray]:
@@ -241,6 +255,12 @@ def exact_counts(frame: pd.DataFrame, schema: Schema) -> Marginals:
     return Marginals(tables, cell_std=0.0)
 
 
+def round_zero_split(schema: Schema, noise_multiplier: float, pairs_share: float) -> RoundZeroSplit:
+    """How a round-0 release with ``noise_multiplier`` is shared: ``pairs_share`` for pairs,
+    none with fewer than two measured columns. Public numbers only."""
+    return RoundZeroSplit(noise_multiplier, pairs_share if len(measured_columns(schema)) >= 2 else 0.0)
+
+
 def table_noise_std(measured: int, noise_multiplier: float, pairs_share: float = 0.0) -> float:
     """The noise std of one cell of a site's outcome tables when ``measured`` columns are
     measured, in a round-0 release with ``noise_multiplier`` of which ``pairs_share`` goes to
@@ -250,25 +270,36 @@ def table_noise_std(measured: int, noise_multiplier: float, pairs_share: float =
 
 
 def noisy_marginals(frame: pd.DataFrame, schema: Schema, noise_multiplier: float,
-                    rng: np.random.Generator, pairs_share: float = 0.0) -> Marginals:
-    """The round-0 release: the event :func:`marginals_event` describes. Charge it first.
+                    rng: np.random.Generator, pairs_share: float = 0.0, sites: int = 0) -> Marginals:
+    """The round-0 release: the event :func:`marginals_event` describes (with ``sites``, the
+    first of a federation's two, :func:`first_release_event`). Charge it first.
 
-    Every measured table with Gaussian noise, and with ``pairs_share`` > 0 the site's chosen
-    pair tables (:mod:`fedsyn.privacy.pairs`): the tables then get ``1 - pairs_share`` of the
-    release (noise multiplier ``noise_multiplier / sqrt(1 - pairs_share)``), the pairs the rest,
-    and the whole costs exactly one Gaussian mechanism with ``noise_multiplier``. It is relative
-    to the tables' L2 sensitivity :func:`marginals_sensitivity`. The outcome's own counts are
-    the noisy tables' class sums averaged by their precision (post-processing, :func:`_precise_class_sums`).
+    Every measured table with Gaussian noise, and with ``pairs_share`` > 0 the pairs
+    (:mod:`fedsyn.privacy.pairs`): the tables then get ``1 - pairs_share`` of the release
+    (noise multiplier ``noise_multiplier / sqrt(1 - pairs_share)``), the pairs the rest. A site
+    alone (``sites`` 0) picks its pairs and measures them here: the whole costs exactly one
+    Gaussian mechanism with ``noise_multiplier``. A site of a federation of ``sites`` only
+    votes here; the pair tables the sites choose together are the second release
+    (:func:`fedsyn.privacy.pairs.measure_pair_tables`). The multiplier is relative to the
+    tables' L2 sensitivity :func:`marginals_sensitivity`. The outcome's own counts are the
+    noisy tables' class sums averaged by their precision (post-processing, :func:`_precise_class_sums`).
     """
     measured = measured_columns(schema)
+    split = round_zero_split(schema, noise_multiplier, pairs_share)
     std = table_noise_std(len(measured), noise_multiplier, pairs_share)
     exact = exact_counts(frame, schema)
     tables = {c.name: exact.tables[c.name] + rng.normal(0.0, std, size=exact.tables[c.name].shape) for c in measured}
-    split = split_column(schema)
-    if split is not None:
-        tables[split.name] = _precise_class_sums(list(tables.values())).reshape(-1, 1)
+    outcome = split_column(schema)
+    if outcome is not None:
+        tables[outcome.name] = _precise_class_sums(list(tables.values())).reshape(-1, 1)
     outcome_tables = Marginals({c.name: tables[c.name] for c in schema.columns}, cell_std=std)
-    pairs = measure_pairs(frame, schema, measured, outcome_tables, noise_multiplier, pairs_share, rng)
+    if not split.pairs_share:
+        return outcome_tables
+    if sites:
+        count = vote_count(outcome_tables.total(), split.pair_tables, len(measured), sites)
+        votes = vote_pairs(frame, schema, measured, outcome_tables, split, count, rng)
+        return Marginals({**outcome_tables.tables, **vote_arrays(votes)}, cell_std=std)
+    pairs = measure_pairs(frame, schema, measured, outcome_tables, noise_multiplier, split.pairs_share, rng)
     return Marginals({**outcome_tables.tables, **pairs}, cell_std=std)
 
 
@@ -364,6 +395,16 @@ def check_slot_tables(schema: Schema, summed: Marginals, per_slot: list[Marginal
 
 
 def marginals_event(noise_multiplier: float, round_: int | None = None) -> PrivacyEvent:
-    """The privacy cost of :func:`noisy_marginals`: one full-data Gaussian mechanism."""
+    """The privacy cost of :func:`noisy_marginals` (a site alone) or of a federation's pair
+    tables (:func:`fedsyn.privacy.pairs.measure_pair_tables`): one full-data Gaussian mechanism."""
     return PrivacyEvent(MARGINALS, noise_multiplier=noise_multiplier, sample_rate=1.0, steps=1,
                         round=round_)
+
+
+def first_release_event(schema: Schema, noise_multiplier: float, pairs_share: float,
+                        round_: int | None = None) -> PrivacyEvent:
+    """The privacy cost of a federation's first round-0 release (:func:`noisy_marginals` with
+    ``sites``): the outcome tables and the votes, the whole's multiplier less the pair tables'
+    part (:attr:`fedsyn.privacy.pairs.RoundZeroSplit.first_release`); with the pair tables'
+    release it composes to one Gaussian mechanism with ``noise_multiplier``."""
+    return marginals_event(round_zero_split(schema, noise_multiplier, pairs_share).first_release, round_)

@@ -1,43 +1,48 @@
-"""Pair tables: the two-way relations a site measures beside its outcome tables, chosen with DP.
+"""Pair tables: the two-way relations the sites measure beside their outcome tables, chosen with DP.
 
 The outcome tables answer questions about the declared outcome. Every other question (sex
 from height and weight, a stage from a lab value) rests on how two other columns move
 together, which the outcome tables never see. So round 0 also measures a few two-way tables
 of other columns, the ones that carry most of what the outcome tables miss, chosen privately
-as AIM (McKenna et al., 2022) chooses its marginals, kept to a spanning forest as MST's tree:
+as AIM (McKenna et al., 2022) chooses its marginals, kept to a spanning forest as MST's tree,
+and chosen by the sites together as FLAIM (Maddock et al., KDD 2024) federates AIM's choice:
 
-1. **Grid.** A numeric column of a pair is cut into at most ``PAIR_GROUPS`` groups of its
-   public bins at the quantiles of the site's own *noisy* one-way counts (post-processing of
-   the outcome tables); a categorical column keeps its levels; 'missing' stays a group. The
-   group bounds travel with the tables (``pairbins:`` arrays): they are DP outputs.
-2. **Selection**, as AIM (McKenna et al., 2022) selects: every candidate pair is scored
-   against what the site's released outputs already say of it (:class:`OutcomeModel`: each
-   outcome class's rows with the two columns independent, as the *noisy* outcome tables give
-   them, and each column re-weighted to the margins of the pair tables measured so far). The
-   score (:func:`misfit_score`) is the L1 distance of the exact table from that prediction,
-   less its larger margin's distance (a one-way error the other tables pin down) and the
-   error the table's own noise would add. So a pair the outcome already explains (both
-   columns follow the outcome) scores low, and one it misses (a stage and a lab value,
+1. **Votes.** Every candidate pair is scored against what the site's noisy outcome tables
+   already say of it (:class:`OutcomeModel`: each outcome class's rows with the two columns
+   independent; a numeric column cut into at most ``PAIR_GROUPS`` groups of its public bins
+   at the quantiles of the site's noisy one-way counts). The score (:func:`misfit_score`) is
+   the L1 distance of the exact table from that prediction, less its larger margin's distance
+   (a one-way error the other tables pin down) and the error the table's own noise would add:
+   a pair the outcome already explains scores low, one it misses (a stage and a lab value,
    insurance and medicaid) high. The prediction is post-processing of outputs already drawn,
    so one record moves a score by at most 2 (:data:`SCORE_SENSITIVITY`). The exponential
    mechanism (Gumbel-max) picks pairs one at a time among those joining two trees of the
-   forest picked so far (Kruskal), each measured before the next pick: a spanning forest of
-   ``k`` pairs. ``k`` follows from the noisy total and the pair tables' noise
-   (:func:`pair_count`): a table the noise would drown is not worth measuring.
-3. **Measurement.** Each picked table with Gaussian noise of std ``pair_tables * sqrt(k)``, drawn
-   before the next pick; every record adds one count to each, so the ``k`` tables cost what one
-   release of them all at L2 sensitivity sqrt(k) costs.
+   forest picked so far (Kruskal): the site's ``k`` votes (:func:`vote_pairs`), ``k`` as many as
+   a federation of sites of its noisy size could measure (:func:`vote_count`).
+2. **Choice** (the coordinator, post-processing of the votes): the pairs most sites voted for
+   (:func:`shared_pairs`), as many as the sum of the sites' tables affords
+   (:func:`affordable_pairs`: a table the summed noise would drown is not worth measuring),
+   numeric columns grouped at the quantiles of the sites' summed noisy tables.
+3. **Measurement.** Every site measures the same tables with Gaussian noise of std
+   ``pair_tables * sqrt(k)`` (:func:`measure_pair_tables`): every record adds one count to
+   each, so the ``k`` tables cost what one release of them all at L2 sensitivity sqrt(k) costs.
+   The coordinator pools them (:func:`fedsyn.model.raking.pooled_pair_tables`): one site's
+   table carries its own noise on its few hundred rows, the sum the federation's.
 
-**One event.** The outcome tables (noise multiplier ``z / sqrt(1 - s)``), the ``k`` picks
+A site alone (``fedsyn fit``) votes and measures its own picks in one go (:func:`measure_pairs`).
+
+**What it costs.** The outcome tables (noise multiplier ``z / sqrt(1 - s)``), the ``k`` picks
 (each ``(2 / z) sqrt(s * SELECTION_PART / k)``-DP) and the pair tables (``z / sqrt(s * (1 -
 SELECTION_PART))``) add up, in Renyi DP, to exactly the curve of one Gaussian mechanism with
 multiplier ``z``: a Gaussian's RDP is ``alpha / (2 z^2)``, and an eps-DP exponential mechanism
 is ``eps^2 / 8``-zCDP (bounded range; Cesar and Rogers, 2021), RDP ``alpha eps^2 / 8``; the
 choices may depend on earlier outputs (adaptive composition). ``k`` and each pick's epsilon
 follow from the noisy outcome tables, and the parts add up to the same total whatever ``k``
-is. So the ledger's round-0 event is unchanged. The bound is an RDP bound: a ledger on the PRV
-accountant (which reads a Gaussian's exact privacy curve) measures no pairs
-(:func:`fedsyn.privacy.budget.pairs_allowed`).
+is. A site alone charges that one event; a federation's site charges its two releases as two
+Gaussian events, the first (tables and votes) at :attr:`RoundZeroSplit.first_release`, the
+second (pair tables) at :attr:`RoundZeroSplit.pair_tables`, which compose to the same curve.
+The bound is an RDP bound: a ledger on the PRV accountant (which reads a Gaussian's exact
+privacy curve) measures no pairs (:func:`fedsyn.privacy.budget.pairs_allowed`).
 """
 
 from __future__ import annotations
@@ -52,16 +57,15 @@ import pandas as pd
 
 from fedsyn.data.grid import bin_index, bin_labels, numeric_bins
 from fedsyn.data.schema import Column, Schema
-from fedsyn.privacy.postprocessing import onto_simplex
 
 if TYPE_CHECKING:
     from fedsyn.privacy.marginals import Marginals
 
 PAIR_PREFIX = "pair:"
 BOUNDS_PREFIX = "pairbins:"
+VOTE_PREFIX = "vote:"
 PAIR_GROUPS = 5
 SELECTION_PART = 0.5  # of the pairs' share of round 0: the rest measures the chosen tables
-LEARN_SWEEPS = 50  # IPF sweeps fitting a column's groups to a measured margin (a few groups: cheap, converged)
 SCORE_SENSITIVITY = 2.0  # see misfit_score
 # A pair table is measured only while its cells' noise std stays below this share of the
 # site's noisy total (about half a cell's count on a 5 x 5 table).
@@ -95,20 +99,28 @@ class RoundZeroSplit:
         """zCDP rho of all picks together."""
         return self.pairs_share * SELECTION_PART / (2.0 * self.noise_multiplier ** 2)
 
+    @property
+    def first_release(self) -> float:
+        """A federation's first round-0 release (outcome tables and votes): the whole's
+        multiplier less the pair tables' part, which the second release spends; the two
+        compose to ``noise_multiplier`` exactly (Renyi DP: ``1 / z^2`` adds up)."""
+        return self.noise_multiplier / math.sqrt(1.0 - self.pairs_share * (1.0 - SELECTION_PART))
+
     def epsilon_each(self, count: int) -> float:
         """Each of ``count`` picks' epsilon: an eps-DP exponential mechanism is eps^2/8-zCDP."""
         return math.sqrt(8.0 * self.selection_rho / count)
 
 
-def pair_key(pair: Pair) -> str:
-    return f"{PAIR_PREFIX}{pair[0]}|{pair[1]}"
+def pair_key(pair: Pair, prefix: str = PAIR_PREFIX) -> str:
+    """A pair table's wire key (a vote's with ``VOTE_PREFIX``)."""
+    return f"{prefix}{pair[0]}|{pair[1]}"
 
 
-def parse_pair_key(key: str) -> Pair | None:
-    """The pair a wire key names, or None when it names no pair."""
-    if not key.startswith(PAIR_PREFIX) or key.count("|") != 1:
+def parse_pair_key(key: str, prefix: str = PAIR_PREFIX) -> Pair | None:
+    """The pair a wire key with ``prefix`` names, or None when it names no pair."""
+    if not key.startswith(prefix) or key.count("|") != 1:
         return None
-    first, second = key[len(PAIR_PREFIX):].split("|")
+    first, second = key[len(prefix):].split("|")
     return first, second
 
 
@@ -143,6 +155,11 @@ def group_bounds(column: Column, marginals: Marginals) -> np.ndarray:
     return np.asarray([*bounds, bins], dtype=float)
 
 
+def own_group_bounds(columns: list[Column], outcome_tables: Marginals) -> dict[str, np.ndarray]:
+    """A site's own group bounds of its numeric ``columns``, from its noisy ``outcome_tables``."""
+    return {c.name: group_bounds(c, outcome_tables) for c in columns if not c.is_categorical}
+
+
 def group_index(column: Column, series: pd.Series, bounds: np.ndarray | None) -> np.ndarray:
     """Each row's group of ``column`` in a pair table ('missing' last)."""
     return bin_groups(column, bin_index(column, series), bounds)
@@ -174,12 +191,10 @@ def exact_pair_table(frame: pd.DataFrame, schema: Schema, pair: Pair, bounds: di
 
 
 class OutcomeModel:
-    """What the site's noisy round-0 outputs say of a pair table so far: each outcome class's
-    rows with the columns independent, each column's groups as the noisy outcome tables give
-    them, and re-weighted to a measured pair table's margins once one is drawn (AIM's model
-    after each measurement, by IPF; AIM's model learns the whole tables). Built from released
-    outputs only, so a score against it moves by at most :data:`SCORE_SENSITIVITY` when a
-    record does."""
+    """What the site's noisy outcome tables say of a pair table: each outcome class's rows with
+    the two columns independent, each column's groups as the tables give them. Built from
+    released outputs only, so a score against it moves by at most :data:`SCORE_SENSITIVITY`
+    when a record does."""
 
     def __init__(self, columns: list[Column], tables: Marginals, bounds: dict[str, np.ndarray]) -> None:
         self.class_totals = tables.class_totals()
@@ -192,18 +207,6 @@ class OutcomeModel:
         """The pair table this model predicts."""
         return np.asarray(np.einsum("ik,jk,k->ij", self.conditionals[pair[0]], self.conditionals[pair[1]],
                                     self.class_totals), dtype=float)
-
-    def learn(self, pair: Pair, noisy: np.ndarray) -> None:
-        """Take both columns' group margins from a measured (noisy) pair table."""
-        measured = onto_simplex(noisy.ravel(), float(self.class_totals.sum())).reshape(noisy.shape)
-        for name, margin in ((pair[0], measured.sum(axis=1)), (pair[1], measured.sum(axis=0))):
-            conditional = self.conditionals[name]
-            for _ in range(LEARN_SWEEPS):  # IPF between the margin and each class summing to one
-                predicted = conditional @ self.class_totals
-                conditional = conditional * np.divide(margin, predicted, out=np.ones_like(margin),
-                                                      where=predicted > 0)[:, None]
-                conditional = conditional / np.clip(conditional.sum(axis=0, keepdims=True), 1e-12, None)
-            self.conditionals[name] = conditional
 
 
 def misfit_score(exact: np.ndarray, expected: np.ndarray, noise_std: float) -> float:
@@ -220,15 +223,23 @@ def misfit_score(exact: np.ndarray, expected: np.ndarray, noise_std: float) -> f
     return float(np.abs(exact - expected).sum() - margins - math.sqrt(2.0 / math.pi) * noise_std * exact.size)
 
 
-def pair_count(total: float, noise_multiplier: float, columns: int) -> int:
-    """How many pair tables a site measures (public: from its noisy total and the noise).
+def affordable_pairs(total: float, multipliers: list[float], columns: int) -> int:
+    """How many pair tables a federation measures (public: from noisy totals and the noise).
 
-    Each table's cell noise is ``noise_multiplier * sqrt(k)``; ``k`` is the most that keeps it
-    under ``PAIR_NOISE_RATIO`` of the total, at least 1, at most a spanning tree's edges."""
-    if columns < 2:
+    Each site measures the same ``k`` tables, each cell with noise std ``multiplier * sqrt(k)``
+    (its own ``multipliers`` entry); the sites' tables add up, so a cell of the sum has std
+    ``sqrt(k * sum(multipliers^2))``. ``k`` is the most that keeps it under ``PAIR_NOISE_RATIO``
+    of the summed noisy ``total``: at least 1, at most a spanning tree's edges."""
+    if columns < 2 or not multipliers:
         return 0
-    affordable = math.floor((total * PAIR_NOISE_RATIO / noise_multiplier) ** 2)
+    affordable = math.floor((total * PAIR_NOISE_RATIO) ** 2 / sum(m * m for m in multipliers))
     return int(min(max(affordable, 1), columns - 1))
+
+
+def vote_count(total: float, multiplier: float, columns: int, sites: int) -> int:
+    """How many pairs a site votes for: as many as a federation of ``sites`` sites of its own
+    noisy size could measure (it knows no other site's size)."""
+    return affordable_pairs(total * sites, [multiplier] * max(sites, 1), columns)
 
 
 def pick_pair(scores: dict[Pair, float], epsilon: float, rng: np.random.Generator) -> Pair:
@@ -258,45 +269,94 @@ class Forest:
         self.parent[self.root(pair[0])] = self.root(pair[1])
 
 
+def vote_pairs(frame: pd.DataFrame, schema: Schema, columns: list[Column], outcome_tables: Marginals,
+               split: RoundZeroSplit, count: int, rng: np.random.Generator) -> list[Pair]:
+    """Step 2 of the module: ``count`` picks, each ``split.epsilon_each(count)``-DP, among the
+    pairs joining two trees of the forest picked so far, scored against the site's noisy
+    ``outcome_tables`` (each numeric column grouped at their quantiles). The site's votes."""
+    groups = own_group_bounds(columns, outcome_tables)
+    std = split.pair_tables * math.sqrt(count)
+    model, forest = OutcomeModel(columns, outcome_tables, groups), Forest()
+    scores = {pair: misfit_score(exact_pair_table(frame, schema, pair, groups), model.expected(pair), std)
+              for pair in candidate_pairs(columns)}
+    picks: list[Pair] = []
+    for _ in range(count):  # count < len(columns) and every pair is a candidate: one always joins two trees
+        pick = pick_pair({pair: score for pair, score in scores.items() if forest.joins(pair)},
+                         split.epsilon_each(count), rng)
+        forest.join(pick)
+        picks.append(pick)
+    return picks
+
+
+def measure_pair_tables(frame: pd.DataFrame, schema: Schema, pairs: list[Pair], bounds: dict[str, np.ndarray],
+                        multiplier: float, rng: np.random.Generator) -> dict[str, np.ndarray]:
+    """Step 3 of the module: each of ``pairs`` (numeric columns grouped by ``bounds``) with
+    Gaussian noise of std ``multiplier * sqrt(len(pairs))``: every record adds one count to each
+    table, so this is one Gaussian mechanism with ``multiplier``. Keyed for the wire."""
+    std = multiplier * math.sqrt(len(pairs))
+    arrays = {}
+    for pair in pairs:
+        exact = exact_pair_table(frame, schema, pair, bounds)
+        arrays[pair_key(pair)] = exact + rng.normal(0.0, std, size=exact.shape)
+    return arrays
+
+
 def measure_pairs(frame: pd.DataFrame, schema: Schema, columns: list[Column], outcome_tables: Marginals,
                   noise_multiplier: float, pairs_share: float, rng: np.random.Generator) -> dict[str, np.ndarray]:
-    """Steps 1-3 of the module: the chosen pair tables with noise and their numeric group bounds,
+    """A site alone (``fedsyn fit``): its votes (:func:`vote_pairs`), as many as its noisy
+    total affords, then their tables (:func:`measure_pair_tables`) with their group bounds,
     keyed for the wire. ``noise_multiplier`` is the whole round-0 release's (the caller has
     charged it); ``outcome_tables`` are the site's noisy outcome tables already drawn."""
     if pairs_share <= 0 or len(columns) < 2:
         return {}
-    bounds = {c.name: group_bounds(c, outcome_tables) for c in columns if not c.is_categorical}
     split = RoundZeroSplit(noise_multiplier, pairs_share)
-    count = pair_count(outcome_tables.total(), split.pair_tables, len(columns))
-    std = split.pair_tables * math.sqrt(count)
-    exact = {pair: exact_pair_table(frame, schema, pair, bounds) for pair in candidate_pairs(columns)}
-    model, forest = OutcomeModel(columns, outcome_tables, bounds), Forest()
-    arrays: dict[str, np.ndarray] = {}
-    chosen: list[Pair] = []
-    for _ in range(count):  # count < len(columns) and every pair is a candidate: one always joins two trees
-        scores = {pair: misfit_score(table, model.expected(pair), std) for pair, table in exact.items()
-                  if forest.joins(pair)}
-        pick = pick_pair(scores, split.epsilon_each(count), rng)
-        arrays[pair_key(pick)] = exact[pick] + rng.normal(0.0, std, size=exact[pick].shape)
-        forest.join(pick)
-        model.learn(pick, arrays[pair_key(pick)])
-        chosen.append(pick)
-    for name in sorted({name for pair in chosen for name in pair} & set(bounds)):
-        arrays[f"{BOUNDS_PREFIX}{name}"] = bounds[name]
-    return arrays
+    count = affordable_pairs(outcome_tables.total(), [split.pair_tables], len(columns))
+    picks = vote_pairs(frame, schema, columns, outcome_tables, split, count, rng)
+    bounds = own_group_bounds(columns, outcome_tables)
+    return {**measure_pair_tables(frame, schema, picks, bounds, split.pair_tables, rng),
+            **bounds_arrays(picks, bounds)}
+
+
+def bounds_arrays(pairs: list[Pair], bounds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """The group bounds of the numeric columns of ``pairs``, keyed for the wire."""
+    names = sorted({name for pair in pairs for name in pair} & set(bounds))
+    return {f"{BOUNDS_PREFIX}{name}": bounds[name] for name in names}
+
+
+def vote_arrays(picks: list[Pair]) -> dict[str, np.ndarray]:
+    """A site's votes keyed for the wire: each picked pair with its pick's rank (0 first)."""
+    return {pair_key(pair, VOTE_PREFIX): np.array([float(rank)]) for rank, pair in enumerate(picks)}
+
+
+def shared_pairs(votes: list[list[Pair]], count: int) -> list[Pair]:
+    """The federation's pairs (FLAIM's federated selection, Maddock et al., KDD 2024, by the
+    sites' DP votes): the ``count`` pairs most sites picked, a tie going to the earlier mean
+    rank (a site picks its strongest pairs first), then to schema order. Post-processing of
+    the votes."""
+    tally: dict[Pair, list[int]] = {}
+    for picks in votes:
+        for rank, pair in enumerate(picks):
+            tally.setdefault(pair, []).append(rank)
+    order = sorted(tally, key=lambda pair: (-len(tally[pair]), float(np.mean(tally[pair]))))
+    return order[:count]
 
 
 def check_pair_array(schema: Schema, key: str, value: np.ndarray) -> None:
-    """A pair table or group bounds as received: a known pair or numeric column, the shape the
-    schema gives, bounds increasing from 0 to the number of bins. Raises ValueError."""
+    """A pair table, a vote or group bounds as received: a known pair or numeric column, the
+    shape the schema gives, a vote's rank a whole number below the measured columns' count,
+    bounds increasing from 0 to the number of bins. Raises ValueError."""
     pair = parse_pair_key(key)
     if pair is not None:
-        names = set(schema.column_names) - ({schema.outcome} if schema.outcome else set())
-        if pair[0] not in names or pair[1] not in names \
-                or schema.column_names.index(pair[0]) >= schema.column_names.index(pair[1]):
-            raise ValueError(f"'{key}' names no pair of measured columns in schema order")
+        check_pair(schema, pair)
         if value.shape != pair_shape(schema, pair):
             raise ValueError(f"'{key}' has shape {value.shape}, expected {pair_shape(schema, pair)}")
+        return
+    vote = parse_pair_key(key, VOTE_PREFIX)
+    if vote is not None:
+        check_pair(schema, vote)
+        measured = len(schema.columns) - int(schema.outcome is not None)
+        if value.shape != (1,) or not 0 <= value[0] < measured or value[0] != round(value[0]):
+            raise ValueError(f"'{key}' is not a vote's rank")
         return
     name = key[len(BOUNDS_PREFIX):] if key.startswith(BOUNDS_PREFIX) else None
     if name is None or name not in schema.column_names or schema.column(name).is_categorical:
@@ -308,12 +368,34 @@ def check_pair_array(schema: Schema, key: str, value: np.ndarray) -> None:
         raise ValueError(f"'{key}' are not group bounds of '{name}'")
 
 
+def check_pair(schema: Schema, pair: Pair) -> None:
+    """``pair`` names two measured columns in schema order. Raises ValueError."""
+    names = set(schema.column_names) - ({schema.outcome} if schema.outcome else set())
+    if pair[0] not in names or pair[1] not in names \
+            or schema.column_names.index(pair[0]) >= schema.column_names.index(pair[1]):
+        raise ValueError(f"'{pair[0]}|{pair[1]}' names no pair of measured columns in schema order")
+
+
+def check_pair_request(schema: Schema, pairs: list[Pair], bounds: dict[str, np.ndarray]) -> None:
+    """Pair tables asked of a site: pairs of measured columns in schema order, group bounds of
+    numeric columns only, every numeric column of a pair with its bounds. Raises ValueError."""
+    for pair in pairs:
+        check_pair(schema, pair)
+    for name, values in bounds.items():
+        check_pair_array(schema, f"{BOUNDS_PREFIX}{name}", values)
+    numeric = {name for pair in pairs for name in pair if not schema.column(name).is_categorical}
+    if numeric - set(bounds):
+        raise ValueError(f"pairs of {sorted(numeric - set(bounds))[:3]} are asked without group bounds")
+
+
 def check_pairs(schema: Schema, marginals: Marginals) -> None:
     """A site's pair tables as received (every one checked, each numeric column's group bounds
     present). Raises ValueError."""
     for key, value in marginals.arrays.items():
-        if key.startswith((PAIR_PREFIX, BOUNDS_PREFIX)):
+        if key.startswith((PAIR_PREFIX, BOUNDS_PREFIX, VOTE_PREFIX)):
             check_pair_array(schema, key, value)
+    if sorted(marginals.votes.values()) != list(range(len(marginals.votes))):
+        raise ValueError("the votes' ranks are not 0, 1, 2, ...")
     require_group_bounds(schema, marginals)
 
 
