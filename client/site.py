@@ -35,7 +35,7 @@ from fedsyn.data.schema import Schema
 from fedsyn.data.tables import DataFileError, read_table
 from fedsyn.data.validation import DataValidationError, screen_records
 from fedsyn.errors import PrivacyRefusal, where_it_failed
-from fedsyn.federation.protocol import ErrorCode, PairTablesQuery, TrainInstructions, schema_fingerprint
+from fedsyn.federation.protocol import MAX_SITES, ErrorCode, PairTablesQuery, TrainInstructions, schema_fingerprint
 from fedsyn.model.config import GANConfig
 from fedsyn.model.encoder import TableEncoder
 from fedsyn.model.training import GANTrainer, padded
@@ -322,9 +322,11 @@ class Site:
         ledger, which cannot carry their selection). The pair tables are the second release
         (:meth:`release_pair_tables`); the two cost one Gaussian mechanism with
         ``noise_multiplier`` whatever the share."""
-        if not (is_budget(noise_multiplier) and is_budget(epsilon) and is_pairs_share(pairs_share)):
+        if not (is_budget(noise_multiplier) and is_budget(epsilon) and is_pairs_share(pairs_share)
+                and isinstance(sites, int) and 1 <= sites <= MAX_SITES):
             raise PolicyRefusal(f"noise multiplier {noise_multiplier} and epsilon {epsilon} must be positive "
-                                f"and finite, pairs share {pairs_share} 0 or in [0.01, 1)", ErrorCode.MALFORMED_REQUEST)
+                                f"and finite, pairs share {pairs_share} 0 or in [0.01, 1), sites {sites} in "
+                                f"1..{MAX_SITES}", ErrorCode.MALFORMED_REQUEST)
         self._check_schema(schema_sha256)
         pairs_share = pairs_share if pairs_allowed(self.ledger.accountant) else 0.0
         digest = request_digest({"noise_multiplier": noise_multiplier, "epsilon": epsilon, "schema": schema_sha256,
@@ -349,6 +351,9 @@ class Site:
         noise (:func:`fedsyn.privacy.pairs.measure_pair_tables`), one Gaussian mechanism with
         the query's multiplier. Every pair and group bound is checked against the schema before
         a row is read; whatever pairs a coordinator names, the noise is that of the charge."""
+        if not (is_budget(query.noise_multiplier) and is_budget(query.epsilon)):
+            raise PolicyRefusal(f"noise multiplier {query.noise_multiplier} and epsilon {query.epsilon} must be "
+                                "positive and finite", ErrorCode.MALFORMED_REQUEST)
         self._check_schema(query.schema_sha256)
         bounds = {name: np.asarray(values, dtype=float) for name, values in query.bounds.items()}
         try:

@@ -38,7 +38,6 @@ from fedsyn.privacy.budget import DP_SGD, SiteRunPlan, plan_site_run
 from fedsyn.privacy.marginals import (
     Marginals,
     federation_tables,
-    first_release_event,
     marginals_event,
     measured_columns,
     received_marginals,
@@ -215,8 +214,10 @@ class Coordinator:
                                         for node, query in queries.items()], 0)
         shapes: dict[str, tuple[tuple[int, ...], np.dtype[Any]]] = {
             c.name: (table_shape(self.schema, c), np.dtype(np.float64)) for c in self.schema.columns}
-        valid = self.screen.valid(replies, 0, protocol.MARGINALS, lambda site: first_release_event(
-            self.schema, queries[site.node_id].noise_multiplier, queries[site.node_id].pairs_share), shapes)
+        # At least the whole round 0's noise: a voting site charges its first release at more (its
+        # pair tables are the second), a site on a PRV ledger votes none and charges exactly that.
+        valid = self.screen.valid(replies, 0, protocol.MARGINALS,
+                                  lambda site: marginals_event(queries[site.node_id].noise_multiplier), shapes)
         self._require_quorum(len(valid), 0)
         answered = {id(reply): site.node_id for site, reply in replies}
         # Each site's tables carry the noise std of the release asked of it, never the site's word on it.

@@ -651,6 +651,10 @@ MALFORMED_QUERIES = {
     "noise as text": {"noise_multiplier": "thirty"},
     "no schema": {protocol.SCHEMA_HASH: None},
     "no epsilon": {"epsilon": None},
+    "sites 0": {"sites": 0},  # would make a site alone's release, which costs more than the one charged
+    "sites negative": {"sites": -3},
+    "sites huge": {"sites": 10**9},
+    "sites as text": {"sites": "many"},
 }
 
 

@@ -42,8 +42,8 @@ def no_marginals_noise(monkeypatch: pytest.MonkeyPatch) -> None:
     missing noise."""
     real = site_module.noisy_marginals
     monkeypatch.setattr(site_module, "noisy_marginals",
-                        lambda frame, schema, noise_multiplier, rng, pairs_share=0.0, sites=0: real(frame, schema, 0.0,
-                                                                                                    rng))
+                        lambda frame, schema, noise_multiplier, rng, pairs_share=0.0, sites=None:
+                        real(frame, schema, 0.0, rng))
     monkeypatch.setattr(coordinator_module, "received_marginals",
                         lambda arrays, schema, noise_multiplier, pairs_share: Marginals(arrays, cell_std=0.0))
 

@@ -4,6 +4,7 @@ of round 0 costs."""
 
 from __future__ import annotations
 
+import itertools
 import math
 
 import numpy as np
@@ -152,7 +153,8 @@ def test_the_pair_tables_asked_are_checked_before_any_charge_and_answered_again_
                           ([("mgus", "sex")], {}),  # not in schema order
                           ([("age", "sex")], {}),  # a numeric column without its groups
                           ([("age", "sex")], {"age": (0.0, 9, 4, 15, 24, 55)}),
-                          ([("sex", "mgus")], {"sex": (0.0, 1)})]:
+                          ([("sex", "mgus")], {"sex": (0.0, 1)}),
+                          (list(itertools.combinations(["sex", "mgus", "sample_yr", "flc_grp"], 2)), {})]:  # no tree
         with pytest.raises(SiteRefusal):
             site.release_pair_tables(_pair_tables_query(site, pairs, 2.0, **bounds))
     assert site.ledger.events == []
@@ -161,6 +163,30 @@ def test_the_pair_tables_asked_are_checked_before_any_charge_and_answered_again_
     again, _ = site.release_pair_tables(query)
     assert len(site.ledger.events) == 1 and np.array_equal(first[pair_key(("age", "sex"))],
                                                            again[pair_key(("age", "sex"))])
+
+
+def test_a_site_on_the_prv_accountant_takes_part_without_votes(tmp_path, small_frame):
+    """The votes are bounded in Renyi DP only: a PRV site sends none and charges the whole
+    round-0 multiplier, which the coordinator accepts (it asks no pair tables of it); its slot
+    still gets the pairs the others measured, pooled."""
+    from fedsyn.client.app import make_client_app
+    from fedsyn.server.coordinator import Coordinator
+    from fedsyn.simulations.inprocess import InProcessGrid
+
+    from .helpers import SETTINGS
+
+    frames = [small_frame.iloc[i::3] for i in range(3)]
+    plan = prepare_sites(frames, demo_schema_path(), tmp_path / "sites", epsilon=5.0, delta=1e-5, seed=None)
+    prv = SitePolicy.load(plan.policies[0]).model_copy(update={"accountant": "prv"})
+    prv.ledger.unlink()
+    PrivacyLedger.create(prv.ledger, prv.delta, prv.accountant, protects=str(prv.data.resolve()))
+    prv.save(plan.policies[0])
+    coordinator = Coordinator(Schema.load(demo_schema_path()), SETTINGS.model_copy(update={"epsilon": 5.0}))
+    coordinator.collect_marginals(InProcessGrid(make_client_app(plan.site_policy), 3))
+    assert len(coordinator.run.site_marginals) == 3
+    assert all(tables.pairs for tables in coordinator.run.site_marginals.values())
+    assert len(PrivacyLedger.load(prv.ledger).events) == 1  # no votes, so no pair tables asked
+    assert [len(PrivacyLedger.load(SitePolicy.load(p).ledger).events) for p in plan.policies[1:]] == [2, 2]
 
 
 def test_the_federation_measures_what_most_sites_voted_for_as_many_as_its_noise_affords():
@@ -177,6 +203,9 @@ def test_a_pairs_share_too_small_to_pay_for_its_picks_is_refused_before_any_char
     site = _site(tmp_path, small_frame)
     with pytest.raises(SiteRefusal):
         site.release_marginals(2.0, 500.0, protocol.schema_fingerprint(site.schema), pairs_share=5e-324)
+    for sites in (0, -1, 10**9):  # 0 would be a site alone's release (votes and tables), dearer than the charge
+        with pytest.raises(SiteRefusal):
+            site.release_marginals(2.0, 500.0, protocol.schema_fingerprint(site.schema), pairs_share=0.4, sites=sites)
     assert site.ledger.events == []
     with pytest.raises(protocol.ReplyError):
         protocol.MarginalsQuery(2.0, 1.0, "f" * 64, pairs_share=1e-9)

@@ -275,6 +275,8 @@ def test_refusals_that_need_no_rows_read_none(tmp_path, small_frame, monkeypatch
     fingerprint = protocol.schema_fingerprint(site.schema)
     assert _refusal(site, lambda: site.release_marginals(0.01, 50.0, fingerprint)).code \
         is protocol.ErrorCode.BUDGET_EXHAUSTED
+    pairs = protocol.PairTablesQuery(0.01, 50.0, fingerprint, (("sex", "mgus"),), {})
+    assert _refusal(site, lambda: site.release_pair_tables(pairs)).code is protocol.ErrorCode.BUDGET_EXHAUSTED
     wrong_shape = {**arrays, "generator.head.bias": np.zeros(3, dtype=np.float32)}
     assert _refusal(site, lambda: site.train(_request(site), wrong_shape, marginals)).code \
         is protocol.ErrorCode.MALFORMED_REQUEST

@@ -270,14 +270,14 @@ def table_noise_std(measured: int, noise_multiplier: float, pairs_share: float =
 
 
 def noisy_marginals(frame: pd.DataFrame, schema: Schema, noise_multiplier: float,
-                    rng: np.random.Generator, pairs_share: float = 0.0, sites: int = 0) -> Marginals:
+                    rng: np.random.Generator, pairs_share: float = 0.0, sites: int | None = None) -> Marginals:
     """The round-0 release: the event :func:`marginals_event` describes (with ``sites``, the
     first of a federation's two, :func:`first_release_event`). Charge it first.
 
     Every measured table with Gaussian noise, and with ``pairs_share`` > 0 the pairs
     (:mod:`fedsyn.privacy.pairs`): the tables then get ``1 - pairs_share`` of the release
     (noise multiplier ``noise_multiplier / sqrt(1 - pairs_share)``), the pairs the rest. A site
-    alone (``sites`` 0) picks its pairs and measures them here: the whole costs exactly one
+    alone (``sites`` None) picks its pairs and measures them here: the whole costs exactly one
     Gaussian mechanism with ``noise_multiplier``. A site of a federation of ``sites`` only
     votes here; the pair tables the sites choose together are the second release
     (:func:`fedsyn.privacy.pairs.measure_pair_tables`). The multiplier is relative to the
@@ -295,7 +295,7 @@ def noisy_marginals(frame: pd.DataFrame, schema: Schema, noise_multiplier: float
     outcome_tables = Marginals({c.name: tables[c.name] for c in schema.columns}, cell_std=std)
     if not split.pairs_share:
         return outcome_tables
-    if sites:
+    if sites is not None:
         count = vote_count(outcome_tables.total(), split.pair_tables, len(measured), sites)
         votes = vote_pairs(frame, schema, measured, outcome_tables, split, count, rng)
         return Marginals({**outcome_tables.tables, **vote_arrays(votes)}, cell_std=std)

@@ -41,8 +41,9 @@ follow from the noisy outcome tables, and the parts add up to the same total wha
 is. A site alone charges that one event; a federation's site charges its two releases as two
 Gaussian events, the first (tables and votes) at :attr:`RoundZeroSplit.first_release`, the
 second (pair tables) at :attr:`RoundZeroSplit.pair_tables`, which compose to the same curve.
-The bound is an RDP bound: a ledger on the PRV accountant (which reads a Gaussian's exact
-privacy curve) measures no pairs (:func:`fedsyn.privacy.budget.pairs_allowed`).
+The votes' bound is an RDP bound: a ledger on the PRV accountant (which reads a Gaussian's
+exact privacy curve) sends no votes (:func:`fedsyn.privacy.budget.pairs_allowed`); pair tables
+asked of it anyway are a plain Gaussian event.
 """
 
 from __future__ import annotations
@@ -378,7 +379,13 @@ def check_pair(schema: Schema, pair: Pair) -> None:
 
 def check_pair_request(schema: Schema, pairs: list[Pair], bounds: dict[str, np.ndarray]) -> None:
     """Pair tables asked of a site: pairs of measured columns in schema order, group bounds of
-    numeric columns only, every numeric column of a pair with its bounds. Raises ValueError."""
+    numeric columns only, every numeric column of a pair with its bounds, at most a spanning
+    tree's pairs (what a coordinator chooses; more would only make the site's work, whose time
+    grows with its rows, longer). Raises ValueError."""
+    measured = len(schema.columns) - int(schema.outcome is not None)
+    if len(pairs) > max(measured - 1, 1):
+        raise ValueError(f"{len(pairs)} pairs asked, more than the {measured - 1} a spanning tree of the "
+                         "measured columns has")
     for pair in pairs:
         check_pair(schema, pair)
     for name, values in bounds.items():
