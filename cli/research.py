@@ -60,12 +60,12 @@ def fit(
     """Fit a DP tabular GAN on one site's extract; write the model and synthetic rows, and a local
     validation report with its verdict against real rows the fit never saw."""
     from fedsyn.model.gan import DPTabularGAN
-    from fedsyn.simulations.workflow import FIT_FOLDER, clear_out_folder, make_run_folder
+    from fedsyn.simulations.workflow import FIT_FOLDER, check_out_folder_replaceable, clear_out_folder, make_run_folder
 
     check_out_folder(out)
-    try:  # before any row is read or any budget spent: an earlier fit's privacy report is never lost unasked
-        clear_out_folder(out, overwrite, tuple(path for path in (data, schema, held_out) if path is not None),
-                         FIT_FOLDER)
+    inputs = tuple(path for path in (data, schema, held_out) if path is not None)
+    try:  # refused before any row is read; an earlier fit is removed only once this one succeeded
+        check_out_folder_replaceable(out, overwrite, inputs, FIT_FOLDER)
         contract = Schema.load(schema)
         frame = read_table(data, contract)
         require_valid(frame, contract, source=str(data))  # before any split: problems named by the file's lines
@@ -95,6 +95,10 @@ def fit(
         with console.status("training (DP-SGD)...") as status:
             model.fit(train, on_step=lambda step, _: status.update(f"training step {step + 1}"))
     except (SchemaError, DataFileError, DataValidationError, ValueError) as exc:
+        fail(str(exc))
+    try:
+        clear_out_folder(out, overwrite, inputs, FIT_FOLDER)
+    except ConfigurationError as exc:  # the folder changed while the fit ran
         fail(str(exc))
     make_run_folder(out)
     FIT_FOLDER.mark(out)
@@ -163,7 +167,8 @@ def simulate(
         "share of each site's epsilon spent on the round-0 noisy outcome tables (the rest on DP-SGD)"))
     ] = FederationSettings.model_fields["marginals_share"].default,
     pairs_share: Annotated[float, typer.Option(help=(
-        "share of that round-0 release each site spends on pair tables of other columns it picks with DP "
+        "share of that round-0 release each site spends on pair tables of other columns the sites choose by DP "
+        "votes "
         "(every question beyond the outcome rests on them); 0: outcome tables only"))
     ] = FederationSettings.model_fields["pairs_share"].default,
     matching_weight: Annotated[float, typer.Option(help=(

@@ -248,7 +248,8 @@ class Coordinator:
         splits = {node: RoundZeroSplit(queries[node].noise_multiplier, queries[node].pairs_share) for node in voters}
         summed = summed_tables(self.schema, list(parts.values()), 0.0)
         measured = measured_columns(self.schema)
-        count = affordable_pairs(summed.total(), [split.pair_tables for split in splits.values()], len(measured))
+        voting = summed_tables(self.schema, list(voters.values()), 0.0).total()  # the rows the pair tables count
+        count = affordable_pairs(voting, [split.pair_tables for split in splits.values()], len(measured))
         chosen = shared_pairs([part.ranked_votes() for part in voters.values()], count)
         bounds = {c.name: group_bounds(c, summed) for c in measured if not c.is_categorical
                   and any(c.name in pair for pair in chosen)}

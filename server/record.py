@@ -62,8 +62,10 @@ class SiteStatus:
 
     @property
     def claim_outdated(self) -> bool:
-        """True when the site may have spent more than its last claim says."""
-        return any(r > max(self.rounds_accepted, default=-1) for r in self.unconfirmed)
+        """True when the site may have spent more than its last claim says: a charge unconfirmed
+        in its last accepted round or after it (a round is asked once, but round 0 twice: its
+        second release may be lost after the first was accepted)."""
+        return any(r >= max(self.rounds_accepted, default=-1) for r in self.unconfirmed)
 
     @property
     def cap(self) -> float:

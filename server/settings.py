@@ -47,8 +47,8 @@ class FederationSettings(BaseModel):
     # rotterdam GB/LR .85/.88 vs .82/.86, azpro .89/.93 vs .88/.92, nwtco .91/.93 vs .87/.89; nmes
     # .64/.66 vs .67/.66). DP-SGD keeps the rest. A site that joins a second run has less room left.
     marginals_share: float = MARGINALS_SHARE
-    # Of that release, the share each site spends on pair tables of other columns it chooses with
-    # DP (fedsyn.privacy.pairs); the outcome tables get the rest. The RDP accountant only.
+    # Of that release, the share each site spends on pair tables of other columns the sites choose
+    # together by DP votes (fedsyn.privacy.pairs); the outcome tables get the rest. RDP sites only.
     pairs_share: float = PAIRS_SHARE
     # Generator steps on the summed and per-site noisy tables alone (post-processing) before
     # round 1. Off by default: it steadied one bench table and cost three others and the wide

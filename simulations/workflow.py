@@ -170,13 +170,22 @@ FIT_FOLDER = RunFolder(
 
 def clear_out_folder(out: Path, overwrite: bool, inputs: tuple[Path, ...] = (),
                      kind: RunFolder = SIMULATION_FOLDER) -> None:
-    """Empty ``out`` of an earlier run of ``kind`` when told to; refuse otherwise. A folder
-    holding anything that command does not write (the user's own files), or one of this run's
-    ``inputs``, is never emptied: ``--out .`` beside one's data must not delete it."""
+    """Empty ``out`` of an earlier run of ``kind`` when told to; refuse otherwise
+    (:func:`check_out_folder_replaceable`)."""
+    if check_out_folder_replaceable(out, overwrite, inputs, kind):
+        shutil.rmtree(out)
+
+
+def check_out_folder_replaceable(out: Path, overwrite: bool, inputs: tuple[Path, ...] = (),
+                                 kind: RunFolder = SIMULATION_FOLDER) -> bool:
+    """Whether ``out`` holds an earlier run of ``kind`` that ``overwrite`` lets this run replace;
+    raises ConfigurationError where it may not. A folder holding anything that command does not
+    write (the user's own files), or one of this run's ``inputs``, is never emptied: ``--out .``
+    beside one's data must not delete it."""
     if out.is_symlink():
         raise ConfigurationError(f"--out {out} is a link to another folder: name the folder itself")
     if not out.exists() or not any(out.iterdir()):
-        return
+        return False
     foreign = sorted(entry.name for entry in out.iterdir() if entry.name not in kind.entries)
     if not foreign and not kind.holds_earlier_run(out):
         foreign = sorted(entry.name for entry in out.iterdir())
@@ -193,7 +202,7 @@ def clear_out_folder(out: Path, overwrite: bool, inputs: tuple[Path, ...] = (),
     if not overwrite:
         raise ConfigurationError(f"{out} already holds the output of an earlier `{kind.command}` ({kind.kept}): "
                                  "choose another --out, or pass --overwrite to replace it")
-    shutil.rmtree(out)
+    return True
 
 
 def remove_run(out: Path, created: bool) -> None:

@@ -102,6 +102,8 @@ def test_fit_keeps_an_earlier_fit_and_the_researchers_files_unless_told(tmp_path
     again = _invoke(*fit)
     assert again.exit_code == 2 and "earlier `fedsyn fit`" in again.output and "--overwrite" in again.output
     assert (out / "privacy_report.json").read_text() == first
+    failed = _invoke("fit", data, "--schema", tmp_path / "no-such-schema.json", "--out", out, "--overwrite")
+    assert failed.exit_code != 0 and (out / "privacy_report.json").read_text() == first  # kept until a fit succeeds
     assert _invoke(*fit, "--overwrite").exit_code == 0 and (out / ".fedsyn-fit").is_file()
     own = tmp_path / "project"
     own.mkdir()

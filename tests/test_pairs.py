@@ -329,3 +329,14 @@ def test_pair_tables_travel_with_their_site_and_not_in_a_sum(demo_schema, small_
     assert Marginals(dict(site.arrays)).pairs.keys() == site.pairs.keys()
     assert (site + site).pairs == {}
     assert site.pair_distribution(("age", "sex")).sum() == pytest.approx(1.0)
+
+
+def test_a_lost_second_release_marks_the_sites_claim_as_outdated():
+    """Round 0 is asked twice: a site whose pair tables were asked (and maybe charged) but never
+    came back, after its first release was accepted, may have spent more than its last claim
+    (the diff review of the two releases); its published epsilon must say it is an upper bound."""
+    from fedsyn.server.record import SiteStatus
+
+    assert SiteStatus(1, rounds_accepted=[0], unconfirmed=[0]).claim_outdated
+    assert not SiteStatus(1, rounds_accepted=[0, 1], unconfirmed=[0]).claim_outdated  # round 1's claim covers it
+    assert not SiteStatus(1, rounds_accepted=[0]).claim_outdated

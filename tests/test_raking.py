@@ -159,6 +159,11 @@ def test_noisy_site_tables_are_pooled_and_one_site_does_not_dictate_a_relation(d
                      | {pair_key(pair): exact_pair_table(reversed_, demo_schema, pair, {}) * 1e6})
     table = pooled_pair_tables(demo_schema, [exact_counts(sites[0], demo_schema), honest, loud])[0].pairs[pair]
     assert abs(table[1, 1] / table[1].sum() - 0.5) < 0.1  # the two relations, equal parts: none
+    # the same with only its pair table inflated, its outcome tables (its noisy total) honest (sixth review)
+    loud_pair = Marginals({**exact_counts(reversed_, demo_schema).tables,
+                           pair_key(pair): exact_pair_table(reversed_, demo_schema, pair, {}) * 1e6})
+    table = pooled_pair_tables(demo_schema, [exact_counts(sites[0], demo_schema), honest, loud_pair])[0].pairs[pair]
+    assert table[1, 1] / table[1].sum() > 0.4  # not its reversed relation (.1): at most an equal part
 
 
 def test_a_joint_fitted_to_other_margins_keeps_its_odds_ratio_and_fills_an_empty_row():

@@ -16,14 +16,15 @@ generated rows:
 Every outcome class weighs the same, however rare: a synthetic table is mostly used to tell
 the classes apart, and a rare class is where the GAN alone loses its relations first.
 
-A site's pair tables (:mod:`fedsyn.privacy.pairs`, also paid for in round 0) are matched too:
-the rows generated for a site's slot (all rows when there are no slots) against that site's
-table, by the Kullback-Leibler divergence of their soft joint distribution over the table's
-groups (the mean outer product of each row's group memberships: a categorical's softmax, a
-numeric's encoded value between sigmoid steps at the groups' encoded bounds). Rows are
+A site's pair tables (:mod:`fedsyn.privacy.pairs`, also paid for in round 0; in a federation
+the sites' pooled association fitted to the site's own margins) are matched too: the rows
+generated for a site's slot (all rows when there are no slots) against that site's table,
+by the Kullback-Leibler divergence of their soft joint distribution over the table's groups
+(the mean outer product of each row's group memberships: a categorical's softmax, a numeric's
+encoded value between sigmoid steps at the groups' encoded bounds). Rows are
 weighted back from equal class parts to each slot's noisy class shares, since a pair table
 counts the site's rows as they come. The pairs are what carry every question the outcome
-tables do not, and per slot they keep each hospital's own relations.
+tables do not; per slot they keep each hospital's own mix of values.
 """
 
 from __future__ import annotations

@@ -36,7 +36,6 @@ from fedsyn.data.grid import bin_index
 from fedsyn.data.schema import Schema
 from fedsyn.privacy.marginals import Marginals, split_column
 from fedsyn.privacy.pairs import Pair, bin_groups, group_count, group_index, pair_cells
-from fedsyn.privacy.postprocessing import onto_simplex
 
 POOL_FACTOR = 10  # pool rows drawn per released row
 MAX_SWEEPS = 30  # raking sweeps over every margin, at most
@@ -82,10 +81,12 @@ def pooled_pair_tables(schema: Schema, marginals: list[Marginals]) -> list[Margi
     One site's table of a pair carries that site's whole noise on its few hundred rows; the sum
     over the sites is as precise as the federation (measured on the bench: every question of
     rotterdam and nwtco rose by .02-.10 against each site's own picks). How two columns relate
-    is pooled; how often each value occurs stays the site's own. The sites' noisy tables are
-    summed in proportion to their noisy totals, none weighing more than all the others together
-    (so one site cannot dictate a relation to every slot), then projected onto a distribution.
-    Post-processing of DP outputs."""
+    is pooled; how often each value occurs stays the site's own. Each site's noisy table is made a
+    distribution (:meth:`~fedsyn.privacy.marginals.Marginals.pair_distribution`) and the
+    distributions are averaged in proportion to the sites' noisy totals, none weighing more than
+    all the others together: a site whose table claims a million times its rows still weighs
+    its share, so one site cannot dictate a relation to every slot. The groups' bounds are the
+    coordinator's, the same at every site. Post-processing of DP outputs."""
     measured: dict[Pair, list[Marginals]] = {}
     for tables in marginals:
         for pair in tables.pairs:
@@ -97,9 +98,7 @@ def pooled_pair_tables(schema: Schema, marginals: list[Marginals]) -> list[Margi
     for pair, sources in measured.items():
         totals = np.array([source.total() for source in sources])
         weights = np.minimum(totals, totals.sum() - totals) if len(sources) > 1 else totals
-        summed = sum(w / t * source.pairs[pair] for w, t, source in zip(weights, totals, sources))
-        total = float(weights.sum())  # the pooled table's noisy total: projected at its own scale
-        pooled[pair] = (onto_simplex(np.ravel(summed), total) / total).reshape(summed.shape)
+        pooled[pair] = sum(w * source.pair_distribution(pair) for w, source in zip(weights, sources)) / weights.sum()
     return [replace(own, pairs={pair: own.total() * fitted_to_margins(
                 joint, _group_margin(schema, own, pair[0], bounds), _group_margin(schema, own, pair[1], bounds))
                 for pair, joint in pooled.items()}, pair_bounds=dict(bounds), votes={})

@@ -329,9 +329,9 @@ def shrunk_site_tables(schema: Schema, parts: list[Marginals], summed: Marginals
     slot's rows to them and the release is raked to them. Alone they are noisy: a site of 300
     rows splits each column's counts over the outcome's classes at the whole release's noise
     (measured in docs/benchmarks.md). Each site's cell std
-    (:attr:`Marginals.cell_std`, the query's) must be known; pair tables, which only a site
-    measures, are kept as they are. The results are no longer counts plus noise of a known
-    std, so their ``cell_std`` is None."""
+    (:attr:`Marginals.cell_std`, the query's) must be known; pair tables are kept as they are
+    (the coordinator pools them, :func:`fedsyn.model.raking.pooled_pair_tables`). The results
+    are no longer counts plus noise of a known std, so their ``cell_std`` is None."""
     if any(part.cell_std is None for part in parts):
         raise ValueError("a site's noise std is unknown: build its tables with received_marginals")
     stds = np.array([float(part.cell_std or 0.0) for part in parts])

@@ -4,8 +4,9 @@ The outcome tables answer questions about the declared outcome. Every other ques
 from height and weight, a stage from a lab value) rests on how two other columns move
 together, which the outcome tables never see. So round 0 also measures a few two-way tables
 of other columns, the ones that carry most of what the outcome tables miss, chosen privately
-as AIM (McKenna et al., 2022) chooses its marginals, kept to a spanning forest as MST's tree,
-and chosen by the sites together as FLAIM (Maddock et al., KDD 2024) federates AIM's choice:
+as AIM (McKenna et al., 2022) chooses its marginals (each site's votes kept to a spanning
+forest as MST's tree), and chosen by the sites together as FLAIM (Maddock et al., KDD 2024)
+federates AIM's choice:
 
 1. **Votes.** Every candidate pair is scored against what the site's noisy outcome tables
    already say of it (:class:`OutcomeModel`: each outcome class's rows with the two columns
@@ -186,7 +187,8 @@ def pair_cells(frame: pd.DataFrame, schema: Schema, pair: Pair, bounds: dict[str
 
 
 def exact_pair_table(frame: pd.DataFrame, schema: Schema, pair: Pair, bounds: dict[str, np.ndarray]) -> np.ndarray:
-    """Exact counts of a pair table. Of private rows: only through :func:`measure_pairs`."""
+    """Exact counts of a pair table. Of private rows: only scored for the votes or measured with
+    noise (:func:`vote_pairs`, :func:`measure_pair_tables`)."""
     rows, cols = pair_shape(schema, pair)
     return np.bincount(pair_cells(frame, schema, pair, bounds), minlength=rows * cols).astype(float).reshape(rows, cols)
 
@@ -272,7 +274,7 @@ class Forest:
 
 def vote_pairs(frame: pd.DataFrame, schema: Schema, columns: list[Column], outcome_tables: Marginals,
                split: RoundZeroSplit, count: int, rng: np.random.Generator) -> list[Pair]:
-    """Step 2 of the module: ``count`` picks, each ``split.epsilon_each(count)``-DP, among the
+    """Step 1 of the module: ``count`` picks, each ``split.epsilon_each(count)``-DP, among the
     pairs joining two trees of the forest picked so far, scored against the site's noisy
     ``outcome_tables`` (each numeric column grouped at their quantiles). The site's votes."""
     groups = own_group_bounds(columns, outcome_tables)
@@ -332,13 +334,14 @@ def vote_arrays(picks: list[Pair]) -> dict[str, np.ndarray]:
 def shared_pairs(votes: list[list[Pair]], count: int) -> list[Pair]:
     """The federation's pairs (FLAIM's federated selection, Maddock et al., KDD 2024, by the
     sites' DP votes): the ``count`` pairs most sites picked, a tie going to the earlier mean
-    rank (a site picks its strongest pairs first), then to schema order. Post-processing of
-    the votes."""
+    rank (a site picks its strongest pairs first), then to the names' order, never to the order
+    the replies came in (a coordinator that asks again chooses the same pairs). Post-processing
+    of the votes."""
     tally: dict[Pair, list[int]] = {}
     for picks in votes:
         for rank, pair in enumerate(picks):
             tally.setdefault(pair, []).append(rank)
-    order = sorted(tally, key=lambda pair: (-len(tally[pair]), float(np.mean(tally[pair]))))
+    order = sorted(tally, key=lambda pair: (-len(tally[pair]), float(np.mean(tally[pair])), pair))
     return order[:count]
 
 
