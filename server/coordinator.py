@@ -209,21 +209,14 @@ class Coordinator:
         self.record("run_configured", settings=settings.public_dict(),
                     schema=self.schema.name)
         queries = self.plan_budgets(grid)
-        replies = self._exchange(grid, [Message(RecordDict({protocol.CONFIG: query.to_record()}), dst_node_id=node,
-                                                message_type=protocol.QUERY_MARGINALS, group_id="0")
-                                        for node, query in queries.items()], 0)
-        shapes: dict[str, tuple[tuple[int, ...], np.dtype[Any]]] = {
-            c.name: (table_shape(self.schema, c), np.dtype(np.float64)) for c in self.schema.columns}
         # At least the whole round 0's noise: a voting site charges its first release at more (its
         # pair tables are the second), a site on a PRV ledger votes none and charges exactly that.
-        valid = self.screen.valid(replies, 0, protocol.MARGINALS,
-                                  lambda site: marginals_event(queries[site.node_id].noise_multiplier), shapes)
-        self._require_quorum(len(valid), 0)
-        answered = {id(reply): site.node_id for site, reply in replies}
+        released = self._ask_round_zero(grid, queries, protocol.QUERY_MARGINALS, protocol.MARGINALS,
+                                        {c.name: table_shape(self.schema, c) for c in self.schema.columns})
+        self._require_quorum(len(released), 0)
         # Each site's tables carry the noise std of the release asked of it, never the site's word on it.
-        parts = {answered[id(r)]: received_marginals(
-            dict(protocol.from_array_record(r.content.array_records[protocol.MARGINALS])), self.schema,
-            queries[answered[id(r)]].noise_multiplier, queries[answered[id(r)]].pairs_share) for r in valid}
+        parts = {node: received_marginals(arrays, self.schema, queries[node].noise_multiplier,
+                                          queries[node].pairs_share) for node, arrays in released.items()}
         parts = self._collect_pair_tables(grid, queries, parts)
         total, per_site = federation_tables(self.schema, list(parts.values()), settings.marginals_noise_floor)
         run.marginals = total
@@ -232,6 +225,20 @@ class Coordinator:
         run.slots = {node: slot for slot, node in enumerate(sorted(run.site_marginals))}
         self._save(0)
         return total
+
+    def _ask_round_zero(self, grid: Grid, queries: dict[int, Any], message_type: str, payload: str,
+                        shapes: dict[str, tuple[int, ...]]) -> dict[int, dict[str, np.ndarray]]:
+        """Send each site its round-0 query (either release), screen the replies (each charged
+        at least the query's noise multiplier, float64 arrays of ``shapes``) and return each
+        valid reply's arrays by node."""
+        replies = self._exchange(grid, [Message(RecordDict({protocol.CONFIG: query.to_record()}), dst_node_id=node,
+                                                message_type=message_type, group_id="0")
+                                        for node, query in queries.items()], 0)
+        valid = self.screen.valid(replies, 0, payload,
+                                  lambda site: marginals_event(queries[site.node_id].noise_multiplier),
+                                  {name: (shape, np.dtype(np.float64)) for name, shape in shapes.items()})
+        answered = {id(reply): site.node_id for site, reply in replies}
+        return {answered[id(r)]: dict(protocol.from_array_record(r.content.array_records[payload])) for r in valid}
 
     def _collect_pair_tables(self, grid: Grid, queries: dict[int, protocol.MarginalsQuery],
                              parts: dict[int, Marginals]) -> dict[int, Marginals]:
@@ -259,16 +266,8 @@ class Coordinator:
                                                 tuple(chosen), {name: tuple(values.tolist())
                                                                 for name, values in bounds.items()}, self.run.run_id)
                  for node in voters}
-        replies = self._exchange(grid, [Message(RecordDict({protocol.CONFIG: query.to_record()}), dst_node_id=node,
-                                                message_type=protocol.QUERY_PAIR_TABLES, group_id="0")
-                                        for node, query in asked.items()], 0)
-        shapes: dict[str, tuple[tuple[int, ...], np.dtype[Any]]] = {
-            pair_key(pair): (pair_shape(self.schema, pair), np.dtype(np.float64)) for pair in chosen}
-        valid = self.screen.valid(replies, 0, protocol.PAIR_TABLES,
-                                  lambda site: marginals_event(asked[site.node_id].noise_multiplier), shapes)
-        answered = {id(reply): site.node_id for site, reply in replies}
-        tables = {answered[id(r)]: dict(protocol.from_array_record(r.content.array_records[protocol.PAIR_TABLES]))
-                  for r in valid}
+        tables = self._ask_round_zero(grid, asked, protocol.QUERY_PAIR_TABLES, protocol.PAIR_TABLES,
+                                      {pair_key(pair): pair_shape(self.schema, pair) for pair in chosen})
         return {node: Marginals({**part.tables, **tables.get(node, {}), **bounds_arrays(chosen, bounds)},
                                 cell_std=part.cell_std) for node, part in parts.items()}
 

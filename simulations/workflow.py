@@ -149,6 +149,11 @@ class RunFolder:
     older: str
     kept: str
 
+    @property
+    def written(self) -> frozenset[str]:
+        """Every name the command writes in its folder: its entries and its stamp."""
+        return self.entries | {self.stamp}
+
     def mark(self, out: Path) -> None:
         """Stamp ``out`` as this command's folder."""
         (out / self.stamp).write_text(f"written by {self.command}: --overwrite may replace this folder\n")
@@ -159,12 +164,11 @@ class RunFolder:
 
 SIMULATION_FOLDER = RunFolder(
     "fedsyn simulate", ".fedsyn-simulation",
-    frozenset({"release", "local-report", "sites", "keys", "audit.jsonl", "audit.jsonl.sig", "sweep", ".gitignore",
-               ".fedsyn-simulation"}),
+    frozenset({"release", "local-report", "sites", "keys", "audit.jsonl", "audit.jsonl.sig", "sweep", ".gitignore"}),
     "sites/*/policy.json", "its simulated hospitals keep ledgers that are never reset")
 FIT_FOLDER = RunFolder(
     "fedsyn fit", ".fedsyn-fit",
-    frozenset({"model.pt", "synthetic.csv", "privacy_report.json", "local-report", ".gitignore", ".fedsyn-fit"}),
+    frozenset({"model.pt", "synthetic.csv", "privacy_report.json", "local-report", ".gitignore"}),
     "privacy_report.json", "its privacy report is the only record of the budget that fit spent on its extract")
 
 
@@ -186,7 +190,7 @@ def check_out_folder_replaceable(out: Path, overwrite: bool, inputs: tuple[Path,
         raise ConfigurationError(f"--out {out} is a link to another folder: name the folder itself")
     if not out.exists() or not any(out.iterdir()):
         return False
-    foreign = sorted(entry.name for entry in out.iterdir() if entry.name not in kind.entries)
+    foreign = sorted(entry.name for entry in out.iterdir() if entry.name not in kind.written)
     if not foreign and not kind.holds_earlier_run(out):
         foreign = sorted(entry.name for entry in out.iterdir())
     if foreign:
@@ -213,7 +217,7 @@ def remove_run(out: Path, created: bool) -> None:
         shutil.rmtree(out, ignore_errors=True)
         return
     for entry in out.iterdir():
-        if entry.name not in SIMULATION_FOLDER.entries:
+        if entry.name not in SIMULATION_FOLDER.written:
             continue
         if entry.is_dir() and not entry.is_symlink():
             shutil.rmtree(entry, ignore_errors=True)

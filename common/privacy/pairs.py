@@ -358,8 +358,7 @@ def check_pair_array(schema: Schema, key: str, value: np.ndarray) -> None:
     vote = parse_pair_key(key, VOTE_PREFIX)
     if vote is not None:
         check_pair(schema, vote)
-        measured = len(schema.columns) - int(schema.outcome is not None)
-        if value.shape != (1,) or not 0 <= value[0] < measured or value[0] != round(value[0]):
+        if value.shape != (1,) or not 0 <= value[0] < len(_measured_names(schema)) or value[0] != round(value[0]):
             raise ValueError(f"'{key}' is not a vote's rank")
         return
     name = key[len(BOUNDS_PREFIX):] if key.startswith(BOUNDS_PREFIX) else None
@@ -372,9 +371,14 @@ def check_pair_array(schema: Schema, key: str, value: np.ndarray) -> None:
         raise ValueError(f"'{key}' are not group bounds of '{name}'")
 
 
+def _measured_names(schema: Schema) -> list[str]:
+    """The columns a pair may name: every one but the outcome (which has its own tables)."""
+    return [name for name in schema.column_names if name != schema.outcome]
+
+
 def check_pair(schema: Schema, pair: Pair) -> None:
     """``pair`` names two measured columns in schema order. Raises ValueError."""
-    names = set(schema.column_names) - ({schema.outcome} if schema.outcome else set())
+    names = set(_measured_names(schema))
     if pair[0] not in names or pair[1] not in names \
             or schema.column_names.index(pair[0]) >= schema.column_names.index(pair[1]):
         raise ValueError(f"'{pair[0]}|{pair[1]}' names no pair of measured columns in schema order")
@@ -385,7 +389,7 @@ def check_pair_request(schema: Schema, pairs: list[Pair], bounds: dict[str, np.n
     numeric columns only, every numeric column of a pair with its bounds, at most a spanning
     tree's pairs (what a coordinator chooses; more would only make the site's work, whose time
     grows with its rows, longer). Raises ValueError."""
-    measured = len(schema.columns) - int(schema.outcome is not None)
+    measured = len(_measured_names(schema))
     if len(pairs) > max(measured - 1, 1):
         raise ValueError(f"{len(pairs)} pairs asked, more than the {measured - 1} a spanning tree of the "
                          "measured columns has")
