@@ -107,7 +107,10 @@ def _run(grid: Grid, schema: Schema, settings: FederationSettings, plan: Release
     else:
         coordinator.restore(state)
         coordinator.record("run_resumed", flower_run=run_id, after_round=state.round)
-        coordinator.wait_for_sites(grid)
+        if coordinator.run.marginals is None:  # stopped within round 0: asked again word for word
+            coordinator.collect_marginals(grid)
+        else:
+            coordinator.wait_for_sites(grid)
     coordinator.train(grid, after_round)
     publish(plan.out)
     log.info("run %s finished: release written to %s", fedsyn_run, plan.out,

@@ -54,8 +54,15 @@ from fedsyn.privacy.pairs import (
     shared_pairs,
 )
 from fedsyn.privacy.randomness import torch_generator
-from fedsyn.server.record import FederationError, ReleaseChoice, RoundSummary, RunRecord, SiteStatus
-from fedsyn.server.resume import SAVED, RunState, save_state
+from fedsyn.server.record import (
+    FederationError,
+    ReleaseChoice,
+    RoundSummary,
+    RoundZeroProgress,
+    RunRecord,
+    SiteStatus,
+)
+from fedsyn.server.resume import IN_ROUND_ZERO, SAVED, RunState, save_state
 from fedsyn.server.screening import ReplyScreen
 from fedsyn.server.settings import FederationSettings
 from fedsyn.server.strategy import build_strategy
@@ -99,12 +106,17 @@ class Coordinator:
         it would start a round the quorum then stops, and the release would lose the rounds a
         site still on its way back could have trained. When fewer than ``min_sites`` can still
         train, there is nothing to wait for: training stops and the release is written. A node
-        that connected since the budget query takes no part (:meth:`_note_late_sites` says so)."""
-        resumed = self.run.completed_round is not None
+        that connected since the budget query takes no part (:meth:`_note_late_sites` says so).
+        A run resumed within round 0 waits for the sites it planned."""
+        progress = self.run.round_zero
+        resumed = self.run.completed_round is not None or progress is not None
         next_round = (self.run.completed_round or 0) + 1
-        known = {node for node in self._ready(self.settings.site_conditional)
-                 if (planned := self.run.sites[node].rounds_planned) is None or planned >= next_round} \
-            if resumed else None
+        known: set[int] | None = None
+        if progress is not None:
+            known = set(progress.queries)
+        elif resumed:
+            known = {node for node in self._ready(self.settings.site_conditional)
+                     if (planned := self.run.sites[node].rounds_planned) is None or planned >= next_round}
         needed = self.settings.min_sites if known is None else min(self.settings.min_sites, len(known))
         deadline = time.monotonic() + self.settings.timeout
         while True:
@@ -203,26 +215,38 @@ class Coordinator:
 
     def collect_marginals(self, grid: Grid) -> Marginals:
         """Round 0: each planned site's noisy tables and votes, at the noise its own budget
-        allows, then the tables of the pairs the sites chose together (:meth:`_collect_pair_tables`)."""
+        allows, then the tables of the pairs the sites chose together (:meth:`_collect_pair_tables`).
+
+        Its progress is saved twice (planned, then with the first releases in): a coordinator
+        restarted within round 0 asks the same queries again and each site answers from its
+        store, where planning again would ask new ones that every site charges again."""
         settings, run = self.settings, self.run
-        self.check_run()
-        self.record("run_configured", settings=settings.public_dict(),
-                    schema=self.schema.name)
-        queries = self.plan_budgets(grid)
-        # At least the whole round 0's noise: a voting site charges its first release at more (its
-        # pair tables are the second), a site on a PRV ledger votes none and charges exactly that.
-        released = self._ask_round_zero(grid, queries, protocol.QUERY_MARGINALS, protocol.MARGINALS,
-                                        {c.name: table_shape(self.schema, c) for c in self.schema.columns})
-        self._require_quorum(len(released), 0)
+        progress = run.round_zero
+        if progress is None:
+            self.check_run()
+            self.record("run_configured", settings=settings.public_dict(), schema=self.schema.name)
+            progress = run.round_zero = RoundZeroProgress(self.plan_budgets(grid))
+            self._save(None)
+        else:
+            self.wait_for_sites(grid)
+        queries = progress.queries
+        if progress.first is None:
+            # At least the whole round 0's noise: a voting site charges its first release at more (its
+            # pair tables are the second), a site on a PRV ledger votes none and charges exactly that.
+            progress.first = self._ask_round_zero(grid, queries, protocol.QUERY_MARGINALS, protocol.MARGINALS,
+                                                  {c.name: table_shape(self.schema, c) for c in self.schema.columns})
+            self._require_quorum(len(progress.first), 0)
+            self._save(None)
         # Each site's tables carry the noise std of the release asked of it, never the site's word on it.
         parts = {node: received_marginals(arrays, self.schema, queries[node].noise_multiplier,
-                                          queries[node].pairs_share) for node, arrays in released.items()}
+                                          queries[node].pairs_share) for node, arrays in progress.first.items()}
         parts = self._collect_pair_tables(grid, queries, parts)
         total, per_site = federation_tables(self.schema, list(parts.values()), settings.marginals_noise_floor)
         run.marginals = total
         run.site_marginals = dict(zip(parts, pooled_pair_tables(self.schema, per_site)))
         # Public slots for the sites that answered validly, in node-id order.
         run.slots = {node: slot for slot, node in enumerate(sorted(run.site_marginals))}
+        run.round_zero = None
         self._save(0)
         return total
 
@@ -398,17 +422,20 @@ class Coordinator:
 
     # -- saving and resuming ----------------------------------------------------------------
 
-    def _save(self, round_: int) -> None:
-        """Persist the run after ``round_`` (atomically), vouched for in the audit log."""
-        self.run.completed_round = round_
-        if self.state_dir is None or self.run.marginals is None:
+    def _save(self, round_: int | None) -> None:
+        """Persist the run after ``round_`` (None: round 0 under way) atomically, vouched for in
+        the audit log."""
+        if round_ is not None:
+            self.run.completed_round = round_
+        if self.state_dir is None or (self.run.marginals is None and self.run.round_zero is None):
             return
         model = sampler = None
         if self.trainer is not None:
             model = dict(self.trainer.state_arrays())
             sampler = self.trainer.sampler_arrays()
         digest = save_state(self.state_dir, self.run.to_state(model, sampler))
-        self.record(SAVED, round=round_, path=str((self.state_dir / "state.pt").resolve()), sha256=digest)
+        self.record(SAVED, round=IN_ROUND_ZERO if round_ is None else round_,
+                    path=str((self.state_dir / "state.pt").resolve()), sha256=digest)
 
     def restore(self, state: RunState) -> None:
         """Continue a saved run: same settings and schema, or nothing is resumed

@@ -9,7 +9,8 @@ what the coordinator decided from those (its epsilon cap, the rounds it was plan
 reply was dropped); each round's reply counts, mean generator loss and duration (the
 coordinator's local timing: it grows with the sites' row counts, so a release leaves it out,
 see ``PUBLIC_ROUND_FIELDS``); the sites' noisy round-0 tables (DP outputs) and their public
-slots; and the release choice (post-processing of DP outputs). A release publishes only what
+slots, and while round 0 is under way its queries (public) and first releases (DP outputs); and
+the release choice (post-processing of DP outputs). A release publishes only what
 :mod:`fedsyn.server.release` lists. The state file (:mod:`fedsyn.server.resume`) holds this
 record and the global model, and :meth:`RunRecord.to_state` / :meth:`RunRecord.from_state` are
 the one place the two forms are mapped.
@@ -27,7 +28,7 @@ from fedsyn.errors import ConfigurationError, FedsynError
 from fedsyn.federation import protocol
 from fedsyn.privacy.accounting import PrivacyEvent, compute_epsilon
 from fedsyn.privacy.marginals import Marginals
-from fedsyn.server.resume import RunState
+from fedsyn.server.resume import IN_ROUND_ZERO, RunState
 from fedsyn.server.settings import FederationSettings
 
 
@@ -102,6 +103,31 @@ class ReleaseChoice:
 
 
 @dataclass
+class RoundZeroProgress:
+    """Round 0 under way, kept so that a restarted coordinator asks it again word for word.
+
+    ``queries`` is each planned site's first-release query: a site keeps its answer under the
+    query's digest (:mod:`fedsyn.client.replies`), so the same query is answered from its store
+    at no cost, where planning again (the sites' ledgers have moved) would ask a new one that
+    each site charges again. ``first`` holds the valid first releases once they came (DP
+    outputs): the pair tables asked next follow from them alone
+    (:meth:`fedsyn.server.coordinator.Coordinator.collect_marginals`), so that query comes
+    again word for word too."""
+
+    queries: dict[int, protocol.MarginalsQuery]
+    first: dict[int, dict[str, np.ndarray]] | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"queries": {node: asdict(query) for node, query in self.queries.items()}, "first": self.first}
+
+    @classmethod
+    def from_dict(cls, raw: dict[str, Any]) -> RoundZeroProgress:
+        return cls({int(node): protocol.MarginalsQuery(**query) for node, query in raw["queries"].items()},
+                   None if raw.get("first") is None else {int(node): dict(arrays)
+                                                          for node, arrays in raw["first"].items()})
+
+
+@dataclass
 class RunRecord:
     """What the run has established, round by round (see the module docstring for why all of it
     is public or a DP output). The coordinator keeps it; the release and the saved state are
@@ -121,6 +147,7 @@ class RunRecord:
     # Nodes that connected after the budget query: not part of this run, each said once (saved,
     # so a restarted coordinator does not say it again).
     late_nodes: set[int] = field(default_factory=set)
+    round_zero: RoundZeroProgress | None = None  # while round 0 is under way
 
     def epsilon_of(self, site: SiteStatus, events: list[PrivacyEvent] | None = None) -> float:
         """Epsilon of the site's events in this run (or of ``events``), at the delta the site keeps."""
@@ -128,17 +155,21 @@ class RunRecord:
         return compute_epsilon(site.events if events is None else events, delta, self.settings.accountant)
 
     def to_state(self, model: dict[str, np.ndarray] | None, sampler: dict[str, np.ndarray] | None) -> RunState:
-        """The saved form after the completed round, with the global model and its average."""
-        if self.completed_round is None or self.marginals is None:
-            raise ConfigurationError("nothing to save before the marginals round completed")
+        """The saved form after the completed round, with the global model and its average; or,
+        while round 0 is under way, its progress (round :data:`IN_ROUND_ZERO`)."""
+        under_way = self.marginals is None and self.round_zero is not None
+        if not under_way and (self.completed_round is None or self.marginals is None):
+            raise ConfigurationError("nothing to save before round 0 was planned")
         return RunState(
-            run_id=self.run_id, round=self.completed_round, settings=self.settings.to_dict(),
-            schema_sha256=protocol.schema_fingerprint(self.schema), marginals=self.marginals.tables,
+            run_id=self.run_id, round=IN_ROUND_ZERO if under_way else int(self.completed_round or 0),
+            settings=self.settings.to_dict(), schema_sha256=protocol.schema_fingerprint(self.schema),
+            marginals={} if self.marginals is None else self.marginals.tables,
             site_marginals={node: m.arrays for node, m in self.site_marginals.items()}, slots=dict(self.slots),
             sites=[asdict(site) for site in self.sites.values()], rounds=[asdict(r) for r in self.rounds],
             model=model, sampler=sampler,
             release_choice=None if self.release_choice is None else asdict(self.release_choice),
-            late_nodes=sorted(self.late_nodes))
+            late_nodes=sorted(self.late_nodes),
+            round_zero=self.round_zero.to_dict() if under_way and self.round_zero is not None else None)
 
     @classmethod
     def from_state(cls, state: RunState, schema: Schema, settings: FederationSettings) -> RunRecord:
@@ -164,17 +195,19 @@ class RunRecord:
         if settings.site_noise_multiplier is not None:
             raise ConfigurationError("a run with site-level DP cannot be resumed: Flower's site-level accountant is "
                                      "not saved, so the report would understate it. Start a new run")
+        under_way = state.round == IN_ROUND_ZERO
         return cls(
-            run_id=state.run_id, schema=schema, settings=settings, completed_round=state.round,
+            run_id=state.run_id, schema=schema, settings=settings, completed_round=None if under_way else state.round,
             # A run saved before per-site caps asked every site for the run's epsilon: its cap, kept so
             # that the same requests (and so the sites' stored answers) come again.
             sites={int(raw["node_id"]): _site(raw, settings.epsilon) for raw in state.sites},
             rounds=[RoundSummary(**raw) for raw in state.rounds],
-            marginals=Marginals(state.marginals),
+            marginals=None if under_way else Marginals(state.marginals),
             site_marginals={int(node): Marginals(tables) for node, tables in state.site_marginals.items()},
             slots={int(node): slot for node, slot in state.slots.items()},
             release_choice=None if state.release_choice is None else ReleaseChoice(**state.release_choice),
-            late_nodes={int(node) for node in state.late_nodes})
+            late_nodes={int(node) for node in state.late_nodes},
+            round_zero=RoundZeroProgress.from_dict(state.round_zero) if under_way and state.round_zero else None)
 
 
 def _site(raw: dict[str, Any], run_epsilon: float) -> SiteStatus:

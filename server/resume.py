@@ -1,7 +1,9 @@
 """The coordinator's run state, saved after every completed round so a restart continues the run.
 
 After round 0 and after every training round the coordinator writes ``state.pt`` in its
-state folder: atomically (temporary file, fsync, rename), so a crash leaves the previous
+state folder, and twice within round 0 (once planned, and once the sites' first releases are
+in), so that a restart asks round 0's queries again word for word and the sites answer them
+from their stores: atomically (temporary file, fsync, rename), so a crash leaves the previous
 state whole. The file's SHA-256 goes into the coordinator's audit log (``state_saved``), so
 ``fedsyn server run --resume`` continues only from a state the chained, signed log vouches
 for, and refuses one that was replaced or edited. It holds the run's record
@@ -34,6 +36,7 @@ FORMAT = "fedsyn-coordinator-state/2"  # 2: the release choice
 STATE_FILE = "state.pt"
 LOCK_FILE = "coordinator.lock"
 SAVED = "state_saved"  # the audit event that vouches for a state file
+IN_ROUND_ZERO = -1  # a state's round while round 0 is under way (planned, or its first release in)
 
 
 @dataclass
@@ -41,7 +44,7 @@ class RunState:
     """What a restarted coordinator needs to go on where the run stopped."""
 
     run_id: str
-    round: int  # the last completed round (0: marginals only)
+    round: int  # the last completed round (0: marginals only; IN_ROUND_ZERO: round 0 under way)
     settings: dict[str, Any]
     schema_sha256: str
     marginals: dict[str, np.ndarray]
@@ -53,6 +56,7 @@ class RunState:
     sampler: dict[str, np.ndarray] | None = None  # the release's moving average of the generator
     release_choice: dict[str, Any] | None = None  # the coordinator's ReleaseChoice so far (round, misfit, sampler)
     late_nodes: list[int] = field(default_factory=list)  # nodes told they joined late (absent in earlier states)
+    round_zero: dict[str, Any] | None = None  # round 0's queries and first releases while it is under way
 
 
 def save_state(directory: Path, state: RunState) -> str:
@@ -69,7 +73,7 @@ def load_state(directory: Path, audit_path: Path | None, public_key: Ed25519Publ
     target = directory / STATE_FILE
     if not target.is_file():
         raise ConfigurationError(f"no saved run state in {directory}: nothing to resume (a run saves its state "
-                                 "there after round 0)")
+                                 "there once round 0 is planned)")
     if audit_path is None or not audit_path.is_file():
         raise ConfigurationError("resuming needs the run's audit log (run config 'audit-log'): it is what vouches "
                                  "for the saved state")
@@ -90,7 +94,7 @@ def load_state(directory: Path, audit_path: Path | None, public_key: Ed25519Publ
     if not isinstance(raw, dict) or raw.get("format") != FORMAT:
         raise ConfigurationError(f"{target} is not a coordinator state of this version (expected {FORMAT})")
     raw = _arrays(raw)
-    raw = {"late_nodes": [], **raw}  # a state saved before late nodes were kept
+    raw = {"late_nodes": [], "round_zero": None, **raw}  # a state saved before these were kept
     return RunState(**{name: raw[name] for name in RunState.__dataclass_fields__})
 
 

@@ -51,19 +51,20 @@ class CoordinatorCrash(Exception):
 
 
 class CrashingGrid(InProcessGrid):
-    """Delivers every message; dies right after the sites answered the ``crash_at``-th training round."""
+    """Delivers every message; dies right after the sites answered the ``crash_at``-th request
+    of type ``crash_on`` (a training round unless told otherwise)."""
 
-    def __init__(self, *args, crash_at: int | None = None, **kwargs):
+    def __init__(self, *args, crash_at: int | None = None, crash_on: str = "train", **kwargs):
         super().__init__(*args, **kwargs)
-        self.crash_at = crash_at
-        self.train_rounds = 0
+        self.crash_at, self.crash_on = crash_at, crash_on
+        self.answered = 0
 
     def send_and_receive(self, messages, *, timeout=None):
         messages = list(messages)
         replies = super().send_and_receive(messages, timeout=timeout)
-        if messages and messages[0].metadata.message_type == "train":
-            self.train_rounds += 1
-            if self.train_rounds == self.crash_at:
+        if messages and messages[0].metadata.message_type == self.crash_on:
+            self.answered += 1
+            if self.answered == self.crash_at:
                 raise CoordinatorCrash
         return replies
 

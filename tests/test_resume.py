@@ -72,6 +72,37 @@ def test_a_resumed_run_finishes_and_no_site_pays_twice(plan, demo_schema, tmp_pa
     verify_log(tmp_path / "audit.jsonl")
 
 
+@pytest.mark.parametrize("crash_on", [protocol.QUERY_MARGINALS, protocol.QUERY_PAIR_TABLES])
+def test_a_coordinator_stopped_within_round_zero_resumes_and_no_site_pays_twice(plan, demo_schema, tmp_path,
+                                                                                crash_on):
+    """Stopped once the sites answered round 0's first release (or its second), a resumed run
+    asks that release again word for word (planning again would ask new queries, the sites'
+    ledgers having moved, and every site would charge round 0 twice), and each site answers it
+    from its store."""
+    release = ReleasePlan(tmp_path / "release", rows=300, audit_log=tmp_path / "audit.jsonl",
+                          state_dir=tmp_path / "state")
+    app = make_client_app(plan.site_policy)
+    with pytest.raises(CoordinatorCrash):
+        run_federation(CrashingGrid(app, len(plan.policies), crash_at=1, crash_on=crash_on), demo_schema, SETTINGS,
+                       release)
+    charged = 1 if crash_on == protocol.QUERY_MARGINALS else 2
+    assert [len(ledger.events) for ledger in _ledgers(plan)] == [charged] * 3
+
+    run_federation(InProcessGrid(app, len(plan.policies)), demo_schema, SETTINGS, release, resume=True)
+    ledgers = _ledgers(plan)
+    assert [[e.round for e in ledger.events] for ledger in ledgers] == [[0, 0, 1, 2, 3]] * 3
+    report = json.loads((tmp_path / "release" / "privacy_report.json").read_text())
+    for site, ledger in zip(sorted(report["sites"], key=lambda s: s["site"]), ledgers):
+        assert site["epsilon_this_run"] == pytest.approx(ledger.epsilon(), rel=1e-6)
+        assert site["rounds_accepted"] == [0, 1, 2, 3]
+    trails = [[json.loads(line) for line in SitePolicy.load(p).audit_trail.read_text().splitlines()]
+              for p in plan.policies]
+    # the release the coordinator stopped after, answered from the store: the first release is not
+    # asked again once its answers were saved
+    assert all([e["round"] for e in trail if e["event"] == "reply_replayed"] == [0] for trail in trails)
+    verify_log(tmp_path / "audit.jsonl")
+
+
 # What the coordinator wrote in state.pt before its record became a value of its own (issue 21):
 # the file's keys, and each site's and each round's fields, as that code's _save wrote them.
 STATE_KEYS = ("format", "run_id", "round", "settings", "schema_sha256", "marginals", "site_marginals", "slots",
@@ -244,7 +275,7 @@ class _LateNodeGrid(CrashingGrid):
     LATE = 999
 
     def get_node_ids(self):
-        return [*super().get_node_ids(), *([self.LATE] if self.train_rounds else [])]
+        return [*super().get_node_ids(), *([self.LATE] if self.answered else [])]
 
 
 def test_a_site_that_joined_late_is_said_once_across_a_restart(plan, demo_schema, tmp_path):
@@ -256,7 +287,7 @@ def test_a_site_that_joined_late_is_said_once_across_a_restart(plan, demo_schema
     with pytest.raises(CoordinatorCrash):
         run_federation(_LateNodeGrid(app, len(plan.policies), crash_at=2), demo_schema, SETTINGS, release)
     resumed = _LateNodeGrid(app, len(plan.policies))
-    resumed.train_rounds = 1  # the late node is there from the start
+    resumed.answered = 1  # the late node is there from the start
     coordinator = run_federation(resumed, demo_schema, SETTINGS, release, resume=True)
     assert _LateNodeGrid.LATE not in coordinator.run.sites  # not made a site of the run by the restart
     entries = [json.loads(line) for line in (tmp_path / "audit.jsonl").read_text().splitlines()]
