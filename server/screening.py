@@ -47,6 +47,10 @@ from fedsyn.privacy.pairs import check_pair_array, require_group_bounds
 from fedsyn.server.record import FederationError, SiteStatus
 from fedsyn.server.settings import FederationSettings
 
+# Round 0 is two releases (fedsyn.privacy.pairs); a site that fails only the second has joined with
+# the first, so what is dropped there says so (and the dashboard does not count the site dropped).
+PAIR_TABLES_STAGE = "pair tables"
+
 log = logging.getLogger("fedsyn.server")
 
 Shapes = dict[str, tuple[tuple[int, ...], np.dtype[Any]]]
@@ -79,6 +83,8 @@ class ReplyScreen:
         from a site not asked in this exchange are ignored.
         """
         nodes = {m.metadata.message_id: m.metadata.dst_node_id for m in asked}
+        stage = PAIR_TABLES_STAGE if any(m.metadata.message_type == protocol.QUERY_PAIR_TABLES for m in asked) \
+            else None
         paired = []
         answered: set[int] = set()
         for reply in replies:
@@ -95,15 +101,18 @@ class ReplyScreen:
                 if charged:
                     sites[node].unconfirmed.append(round_)
                 self.drop(sites[node], round_,
-                          f"no reply within {self.settings.timeout:g} s (site stopped or unreachable)")
+                          f"no reply within {self.settings.timeout:g} s (site stopped or unreachable)", stage=stage)
         return paired
 
-    def drop(self, site: SiteStatus, round_: int, reason: str, refused: bool = False) -> None:
-        """Quarantine the site for this round with ``reason``; a policy refusal for the whole run."""
+    def drop(self, site: SiteStatus, round_: int, reason: str, refused: bool = False,
+             stage: str | None = None) -> None:
+        """Quarantine the site for this round with ``reason``; a policy refusal for the whole run.
+        ``stage`` names the part of the round that failed (round 0's :data:`PAIR_TABLES_STAGE`)."""
+        reason = f"{stage}: {reason}" if stage else reason
         log.warning("round %d: dropped %s: %s", round_, site.name, reason)
-        site.dropped.append({"round": round_, "reason": reason})
+        site.dropped.append({"round": round_, "reason": reason, **({"stage": stage} if stage else {})})
         self.record("site_refused" if refused else "update_rejected", round=round_, node=site.node_id,
-                    site=site.name, reason=reason)
+                    site=site.name, reason=reason, **({"stage": stage} if stage else {}))
         if refused:  # a policy refusal is final for this run: do not ask again
             site.active = False
 
@@ -131,12 +140,13 @@ class ReplyScreen:
         (quarantined for this round). With ``current`` and ``max_update_norm`` set, an update
         that moves the model further than the bound is rejected too."""
         valid = []
+        stage = PAIR_TABLES_STAGE if payload == protocol.PAIR_TABLES else None
         for site, reply in replies:
             if reply.has_error():
                 reason = reply.error.reason or f"error code {reply.error.code}"
                 if reply.error.code not in protocol.FINAL_CODES:  # the site may have been charged first
                     site.unconfirmed.append(round_)
-                self.drop(site, round_, reason, refused=reply.error.code in protocol.FINAL_CODES)
+                self.drop(site, round_, reason, refused=reply.error.code in protocol.FINAL_CODES, stage=stage)
                 continue
             try:
                 protocol.check_reply_records(reply.content, payload)
@@ -158,9 +168,9 @@ class ReplyScreen:
                                                   f"{self.settings.max_update_norm:g}")
                 self._accept_event(site, reply.content, expected(site))
             except protocol.ReplyError as exc:
-                self.drop(site, round_, f"invalid reply: {exc}")
+                self.drop(site, round_, f"invalid reply: {exc}", stage=stage)
                 continue
-            if payload == protocol.PAIR_TABLES:  # round 0's second release: the site joined with its first
+            if stage is not None:  # round 0's second release: the site joined with its first
                 self.record("pair_tables_accepted", round=round_, node=site.node_id, site=site.name,
                             epsilon_claimed=site.claimed_epsilon)
             else:

@@ -25,6 +25,7 @@ from fedsyn.privacy.marginals import (
 from fedsyn.privacy.pairs import bounds_arrays, check_pairs, parse_pair_key
 from fedsyn.server.app import ReleasePlan, run_federation
 from fedsyn.server.coordinator import Coordinator
+from fedsyn.server.ops.dashboard_state import round_views
 from fedsyn.server.record import FederationError
 from fedsyn.server.settings import FederationSettings
 from fedsyn.simulations.inprocess import InProcessGrid
@@ -330,3 +331,22 @@ def test_a_second_reply_to_one_request_is_ignored_not_counted_twice(plan, demo_s
     assert [r.accepted for r in coordinator.run.rounds] == [3] * SETTINGS.rounds
     for site in coordinator.run.sites.values():
         assert len([e for e in site.events if e.mechanism == "dp-sgd"]) == SETTINGS.rounds
+
+
+def test_a_site_that_loses_only_its_pair_tables_joined_round_zero_and_its_drop_says_so(plan, demo_schema, tmp_path):
+    """Round 0 is two releases. A site whose second (the pair tables) never arrives joined with
+    its first: the operator reads which release failed, and the dashboard does not count the
+    site dropped from round 0."""
+    def lose_first_sites_pair_tables(reply):
+        return None if reply.metadata.src_node_id == 1001 and protocol.PAIR_TABLES in reply.content else reply
+
+    grid = InProcessGrid(make_client_app(plan.site_policy), len(plan.policies), lose_first_sites_pair_tables)
+    coordinator = run_federation(grid, demo_schema, SETTINGS, ReleasePlan(tmp_path / "release", rows=300,
+                                                                           audit_log=tmp_path / "audit.jsonl"))
+    site = coordinator.run.sites[1001]
+    assert site.rounds_accepted == [0, 1, 2, 3]
+    assert [(d["round"], d["stage"]) for d in site.dropped] == [(0, "pair tables")]
+    assert str(site.dropped[0]["reason"]).startswith("pair tables: no reply")
+    entries = [json.loads(line) for line in (tmp_path / "audit.jsonl").read_text().splitlines()]
+    round_zero = round_views(entries)[0]
+    assert round_zero["round"] == 0 and (round_zero["accepted"], round_zero["dropped"]) == (3, 0)

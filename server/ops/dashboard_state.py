@@ -189,7 +189,7 @@ def round_views(entries: list[dict[str, Any]]) -> list[dict[str, Any]]:
         elif event in ("site_joined", "update_accepted") and number == 0:
             current["accepted"] += 1
         elif event in ("update_rejected", "site_refused"):
-            if number == 0:
+            if number == 0 and not entry.get("stage"):  # a site failing only round 0's pair tables joined
                 current["dropped"] += 1
             if event == "site_refused":
                 current["refused"] += 1
