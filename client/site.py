@@ -22,6 +22,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+from collections.abc import Callable
 from dataclasses import asdict
 from pathlib import Path
 
@@ -53,7 +54,9 @@ from fedsyn.privacy.marginals import (
     check_summed_tables,
     first_release_event,
     marginals_event,
+    measured_columns,
     noisy_marginals,
+    table_noise_std,
 )
 from fedsyn.privacy.pairs import check_pair_request, measure_pair_tables
 from fedsyn.privacy.randomness import mechanism_stream, numpy_generator, torch_generator
@@ -331,20 +334,12 @@ class Site:
         pairs_share = pairs_share if pairs_allowed(self.ledger.accountant) else 0.0
         digest = request_digest({"noise_multiplier": noise_multiplier, "epsilon": epsilon, "schema": schema_sha256,
                                  "pairs_share": pairs_share, "sites": sites})
-        replayed = self._replayed(run_id, 0, digest)
-        if replayed is not None:
-            return Marginals(replayed[0]), replayed[2]
-        budget = self._check_epsilon(epsilon)
-        event = first_release_event(self.schema, noise_multiplier, pairs_share, round_=0)
-        self._check_affordable(event, budget)  # before any row is read: see _check_affordable
-        frame = self._private_rows()
-        self._check_encodable(frame)  # training encodes every round: prove it works before round 0 is paid
-        position = self._charge(event, budget)  # before the release is computed
-        marginals = noisy_marginals(frame, self.schema, noise_multiplier, self._table_stream(event, position),
-                                    pairs_share, sites)
-        self.replies.put(run_id, 0, digest, marginals.arrays, {}, event, (self.ledger.stream_nonce, position))
-        self.trail.append("marginals_sent", privacy=asdict(event), epsilon_spent=self.ledger.epsilon())
-        return marginals, event
+        arrays, event = self._release_round_zero(
+            run_id, digest, "", epsilon, first_release_event(self.schema, noise_multiplier, pairs_share, round_=0),
+            lambda frame, rng: noisy_marginals(frame, self.schema, noise_multiplier, rng, pairs_share, sites).arrays,
+            "marginals_sent")
+        return Marginals(arrays, cell_std=table_noise_std(len(measured_columns(self.schema)), noise_multiplier,
+                                                          pairs_share)), event
 
     def release_pair_tables(self, query: PairTablesQuery) -> tuple[dict[str, np.ndarray], PrivacyEvent]:
         """Round 0's second release: the tables of the pairs the sites chose, each with Gaussian
@@ -363,20 +358,32 @@ class Site:
                                 ErrorCode.MALFORMED_REQUEST) from None
         digest = request_digest({"noise_multiplier": query.noise_multiplier, "epsilon": query.epsilon,
                                  "schema": query.schema_sha256, "pairs": query.pairs, "bounds": query.bounds})
-        replayed = self._replayed(query.run_id, 0, digest, PAIR_TABLES_STAGE)
+        return self._release_round_zero(
+            query.run_id, digest, PAIR_TABLES_STAGE, query.epsilon, marginals_event(query.noise_multiplier, round_=0),
+            lambda frame, rng: measure_pair_tables(frame, self.schema, list(query.pairs), bounds,
+                                                   query.noise_multiplier, rng),
+            "pair_tables_sent")
+
+    def _release_round_zero(self, run_id: str, digest: str, stage: str, epsilon: float, event: PrivacyEvent,
+                            release: Callable[[pd.DataFrame, np.random.Generator], dict[str, np.ndarray]],
+                            sent: str) -> tuple[dict[str, np.ndarray], PrivacyEvent]:
+        """Either round-0 release once its request was checked: the stored answer to the same
+        request, else the budget checked before any row is read (:meth:`_check_affordable`), the
+        rows proven encodable (training encodes them every round) before anything is paid, the
+        ledger charged before ``release`` computes the answer from the rows and the charge's own
+        stream, the answer stored (under ``stage`` of round 0) and the trail told (``sent``)."""
+        replayed = self._replayed(run_id, 0, digest, stage)
         if replayed is not None:
             return replayed[0], replayed[2]
-        budget = self._check_epsilon(query.epsilon)
-        event = marginals_event(query.noise_multiplier, round_=0)
-        self._check_affordable(event, budget)
+        budget = self._check_epsilon(epsilon)
+        self._check_affordable(event, budget)  # before any row is read: see _check_affordable
         frame = self._private_rows()
+        self._check_encodable(frame)
         position = self._charge(event, budget)  # before the release is computed
-        tables = measure_pair_tables(frame, self.schema, list(query.pairs), bounds, query.noise_multiplier,
-                                     self._table_stream(event, position))
-        self.replies.put(query.run_id, 0, digest, tables, {}, event, (self.ledger.stream_nonce, position),
-                         PAIR_TABLES_STAGE)
-        self.trail.append("pair_tables_sent", privacy=asdict(event), epsilon_spent=self.ledger.epsilon())
-        return tables, event
+        arrays = release(frame, self._table_stream(event, position))
+        self.replies.put(run_id, 0, digest, arrays, {}, event, (self.ledger.stream_nonce, position), stage)
+        self.trail.append(sent, privacy=asdict(event), epsilon_spent=self.ledger.epsilon())
+        return arrays, event
 
     def _table_stream(self, event: PrivacyEvent, position: int) -> np.random.Generator:
         """The random stream of a round-0 release charged at ``position`` of the ledger: a fresh

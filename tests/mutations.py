@@ -159,12 +159,8 @@ MUTATIONS = [
     Mutation("a site takes the coordinator's count of sites unchecked", "client/site.py",
              "and isinstance(sites, int) and 1 <= sites <= MAX_SITES):", "and True):",
              (PAIRS + "test_a_pairs_share_too_small_to_pay_for_its_picks_is_refused_before_any_charge",)),
-    Mutation("pair tables read the rows before the budget check", "client/site.py",
-             "        self._check_affordable(event, budget)\n        frame = self._private_rows()\n        position",
-             "        frame = self._private_rows()\n        self._check_affordable(event, budget)\n        position",
-             ("tests/test_privacy_paths.py::test_refusals_that_need_no_rows_read_none",)),
     Mutation("the pair tables asked again are charged again", "client/site.py",
-             "        replayed = self._replayed(query.run_id, 0, digest, PAIR_TABLES_STAGE)\n",
+             "        replayed = self._replayed(run_id, 0, digest, stage)\n",
              "        replayed = None\n",
              (PAIRS + "test_the_pair_tables_asked_are_checked_before_any_charge_and_answered_again_for_free",)),
     Mutation("a PRV site measures pairs", "client/site.py",
@@ -216,10 +212,10 @@ MUTATIONS = [
              "if len(self.ledger.events) < recorded:", "if False:",
              (PRIVACY + "test_a_deleted_or_reset_ledger_is_refused",)),
     Mutation("a round-0 answer naming no run is not stored", "client/site.py",
-             "        self.replies.put(run_id, 0, digest, marginals.arrays, {}, event, "
-             "(self.ledger.stream_nonce, position))",
-             "        if run_id: self.replies.put(run_id, 0, digest, marginals.arrays, {}, event, "
-             "(self.ledger.stream_nonce, position))",
+             "        self.replies.put(run_id, 0, digest, arrays, {}, event, "
+             "(self.ledger.stream_nonce, position), stage)",
+             "        if run_id: self.replies.put(run_id, 0, digest, arrays, {}, event, "
+             "(self.ledger.stream_nonce, position), stage)",
              (PRIVACY + "test_a_ledger_and_trail_restored_from_an_older_backup_are_refused",)),
     Mutation("a training answer naming no run is not stored", "client/site.py",
              "        self.replies.put(request.run_id, request.round, digest, updated, metrics, event,",
@@ -340,7 +336,8 @@ MUTATIONS = [
              'default="drop", description="records with a value', 'default="refuse", description="records with a value',
              ("tests/test_out_of_domain.py::test_by_default_a_dirty_record_is_as_if_absent",)),
     Mutation("round 0 charged without proving the extract encodes", "client/site.py",
-             "        self._check_encodable(frame)  # training", "        pass  # training",
+             "        self._check_encodable(frame)\n        position = self._charge(event, budget)",
+             "        position = self._charge(event, budget)",
              ("tests/test_out_of_domain.py::test_an_extract_the_site_cannot_encode_is_refused_before_round_zero_is_charged",)),
     Mutation("a non-finite update is sent", "client/site.py",
              "        if not all(np.isfinite(v).all() for v in updated.values()) or not all(",
