@@ -19,8 +19,9 @@ from fedsyn.errors import ConfigurationError
 from fedsyn.server.settings import FEDERATED_GAN, FEDERATED_LOCAL_STEPS, FEDERATED_ROUNDS, FederationSettings
 
 if TYPE_CHECKING:
+    from fedsyn.model.gan import DPTabularGAN
     from fedsyn.server.record import RoundSummary, SiteStatus
-    from fedsyn.simulations.plan import WidthPlan
+    from fedsyn.simulations.plan import SitePlan, WidthPlan
     from fedsyn.simulations.request import PreparedSimulation
     from fedsyn.simulations.workflow import SimulationResult
 
@@ -92,6 +93,7 @@ def fit(
     try:
         model = DPTabularGAN(contract, epsilon=epsilon, delta=delta, epochs=epochs, device=device, seed=seed,
                              stream_nonce=stream_nonce, allow_unreviewed_schema=allow_unreviewed_schema)
+        _show_fit_plan(model, data.stem, len(train))
         with console.status("training (DP-SGD)...") as status:
             model.fit(train, on_step=lambda step, _: status.update(f"training step {step + 1}"))
     except (SchemaError, DataFileError, DataValidationError, ValueError) as exc:
@@ -366,23 +368,47 @@ def _print_release(result: SimulationResult, rounds: int) -> None:
                       f"{report['site_level_dp']['delta']:g}")
 
 
+def _show_fit_plan(model: DPTabularGAN, site: str, rows: int) -> None:
+    """Before a fit spends anything: what its budget buys on ``rows`` rows (printed locally: the
+    row count is the site's own), graded as a simulation's sites are, and the width's cost."""
+    from fedsyn.privacy.marginals import measured_columns
+    from fedsyn.simulations.plan import plan_fit, plan_width
+
+    plan, epsilon = model.plan(rows), model.epsilon
+    if epsilon is None:
+        return  # no budget (a non-private baseline): nothing to plan
+    round_zero = FederationSettings(epsilon=epsilon, delta=model.delta, marginals_share=model.marginals_share,
+                                    pairs_share=model.pairs_share, accountant=model.accountant)
+    _show_site_plans(f"Plan: epsilon {epsilon:g}, {plan.steps} DP-SGD steps of {plan.batch_size} expected records "
+                     f"(sample rate {plan.sample_rate:.3g})",
+                     (plan_fit(site, plan, len(measured_columns(model.schema)), model.pairs_share),),
+                     (plan_width(site, rows, model.schema, round_zero),), epsilon)
+
+
 def _show_plan(prepared: PreparedSimulation) -> None:
     """Before training: what each site's budget buys, with a warning where it is too little, and
     what the table's width costs."""
     settings = prepared.simulation.settings
-    table = Table(title=f"Plan: epsilon {settings.epsilon:g} per site, {settings.rounds} rounds x "
-                        f"{settings.local_steps} steps, sample rate {settings.sample_rate:.3g}")
+    _show_site_plans(f"Plan: epsilon {settings.epsilon:g} per site, {settings.rounds} rounds x "
+                     f"{settings.local_steps} steps, sample rate {settings.sample_rate:.3g}",
+                     prepared.site_plans, prepared.width_plans, settings.epsilon)
+
+
+def _show_site_plans(title: str, site_plans: tuple[SitePlan, ...], width_plans: tuple[WidthPlan, ...],
+                     epsilon: float) -> None:
+    """Each site's plan (a fit's one) with its outlook and advice, then the width's cost."""
+    table = Table(title=title)
     for column in ("site", "rows", "records per step", "noise multiplier", "records per unit of noise", "outlook"):
         table.add_column(column)
-    for plan in prepared.site_plans:
+    for plan in site_plans:
         sigma = f"{plan.noise_multiplier:.2f}" if plan.noise_multiplier else "budget too small"
         table.add_row(plan.site, str(plan.rows), f"{plan.expected_batch:.0f}", sigma, f"{plan.records_per_noise:.1f}",
                       f"[{COLOUR[plan.level]}]{plan.level}[/]")
     console.print(table)
-    for plan in prepared.site_plans:
+    for plan in site_plans:
         if plan.level != "green":
             console.print(f"[{COLOUR[plan.level]} bold]{plan.level}:[/] {plan.site}: {plan.advice}")
-    _show_width(prepared.width_plans, settings.epsilon)
+    _show_width(width_plans, epsilon)
 
 
 def _show_width(widths: tuple[WidthPlan, ...], epsilon: float) -> None:

@@ -19,14 +19,17 @@ noise of every cell, so a wide table at a small site can resolve none of its col
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Literal
+from dataclasses import dataclass, replace
+from typing import TYPE_CHECKING, Literal
 
 from fedsyn.data.grid import bin_labels
 from fedsyn.data.schema import Column, Schema
 from fedsyn.privacy.budget import SiteBudget, marginals_noise, plan_site_run
 from fedsyn.privacy.marginals import measured_columns, table_noise_std, table_shape
 from fedsyn.server.settings import FederationSettings
+
+if TYPE_CHECKING:
+    from fedsyn.model.gan import FitPlan
 
 # Below these, the run is likely to give unusable data (measured: the bench's 303-row site at
 # epsilon 1 has 5 records per unit of noise and still learns; ~100-row sites at 1 did not).
@@ -59,11 +62,27 @@ def plan_site(name: str, rows: int, measured: int, settings: FederationSettings)
     whose round-0 release measures ``measured`` columns' tables (:func:`measured_columns`)."""
     run = plan_site_run(SiteBudget(spent=0.0, max_epsilon=settings.epsilon, delta=settings.delta), settings)
     steps = run.rounds_fit * settings.local_steps  # a fixed noise may fit fewer rounds than asked
-    batch = settings.sample_rate * rows
     sigma = run.training_noise if run.usable else None
+    cell_noise = table_noise_std(measured, run.marginals_noise, settings.pairs_share) if run.marginals_noise else None
+    plan = _graded(name, rows, settings.sample_rate * rows, sigma, steps, cell_noise)
+    if plan.level != "green" and settings.sample_rate >= HIGH_SAMPLE_RATE:
+        return replace(plan, advice=f"{plan.advice}; {_smaller_batch(rows, settings)}")
+    return plan
+
+
+def plan_fit(name: str, fit: FitPlan, measured: int, pairs_share: float) -> SitePlan:
+    """What a single-site fit's plan (:meth:`fedsyn.model.gan.DPTabularGAN.plan`) means for its
+    ``fit.rows`` rows, graded as a simulation's site is."""
+    cell_noise = table_noise_std(measured, fit.marginals_noise, pairs_share) if fit.marginals_noise else None
+    return _graded(name, fit.rows, fit.sample_rate * fit.rows, fit.noise_multiplier, fit.steps, cell_noise)
+
+
+def _graded(name: str, rows: int, batch: float, sigma: float | None, steps: int, cell_noise: float | None
+            ) -> SitePlan:
+    """A site's plan with its outlook: ``sigma`` DP-SGD's noise multiplier (None: the budget
+    covers no training), ``cell_noise`` the noise std of one round-0 table cell (None: none)."""
     records_per_noise = batch / sigma if sigma else 0.0
-    rows_per_noise = rows / table_noise_std(measured, run.marginals_noise, settings.pairs_share) \
-        if run.marginals_noise else 0.0
+    rows_per_noise = rows / cell_noise if cell_noise else 0.0
     level: Literal["green", "amber", "red"]
     if sigma is None or records_per_noise < RED_RECORDS_PER_NOISE:
         level, advice = "red", ("noise swamps every step: expect an unusable release. Raise epsilon, pool sites, "
@@ -73,8 +92,6 @@ def plan_site(name: str, rows: int, measured: int, settings: FederationSettings)
                                   "a larger epsilon help")
     else:
         level, advice = "green", "enough records per unit of noise"
-    if level != "green" and settings.sample_rate >= HIGH_SAMPLE_RATE:
-        advice += f"; {_smaller_batch(rows, settings)}"
     return SitePlan(name, rows, batch, sigma, steps, records_per_noise, rows_per_noise, level, advice)
 
 

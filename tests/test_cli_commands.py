@@ -86,6 +86,7 @@ def test_fit_writes_model_rows_and_a_privacy_report_declaring_the_row_count(tmp_
     report = json.loads((out / "privacy_report.json").read_text())
     assert 0 < report["epsilon"] <= 1.0 and report["public_facts"]["rows"] == 300
     assert (out / "model.pt").is_file() and len((out / "synthetic.csv").read_text().splitlines()) == 51
+    assert "Plan: epsilon 1" in result.output and "noise per cell" in result.output  # shown before training
 
 
 def test_fit_keeps_an_earlier_fit_and_the_researchers_files_unless_told(tmp_path, demo_frame):

@@ -32,6 +32,18 @@ def test_spent_epsilon_is_within_budget_and_matches_independent_recomputation(fi
     assert epsilon == pytest.approx(independent_epsilon(fitted.ledger_.events, delta, "rdp"), rel=1e-3)
 
 
+def test_the_plan_a_fit_shows_is_what_it_spends(fitted, demo_frame, demo_schema):
+    """``plan`` (printed by ``fedsyn fit`` before anything is spent) is the fit's exact events,
+    also where the budget ends the planned epochs early."""
+    marginals, sgd = fitted.ledger_.events
+    plan = fitted.plan(600)
+    assert (plan.marginals_noise, plan.noise_multiplier) == (marginals.noise_multiplier, sgd.noise_multiplier)
+    assert (plan.sample_rate, plan.steps, plan.rows) == (sgd.sample_rate, sgd.steps, 600)
+    capped = DPTabularGAN(demo_schema, epsilon=1.0, delta=1e-4, epochs=1e6, noise_multiplier=2.0, marginals_share=0.7,
+                          config=TINY, seed=0)
+    assert 0 < capped.plan(400).steps == capped.fit(demo_frame.head(400)).ledger_.events[1].steps < 1e6
+
+
 def test_training_stops_before_the_step_that_would_exceed_the_budget(demo_frame, demo_schema):
     frame = demo_frame.head(400)
     model = DPTabularGAN(demo_schema, epsilon=1.0, delta=1e-4, epochs=1e6, noise_multiplier=2.0,

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import pandas as pd
@@ -56,6 +57,18 @@ def check_delta(delta: float, n_rows: int) -> None:
             f"delta={delta:g} must be below 1/n = {1.0 / n_rows:.2e} for {n_rows} rows; a larger delta "
             "allows leaking whole records with that probability. Use a smaller delta (e.g. 1e-6)."
         )
+
+
+@dataclass(frozen=True)
+class FitPlan:
+    """What a fit spends its budget on (:meth:`DPTabularGAN.plan`); None where it trains without DP."""
+
+    rows: int
+    batch_size: int
+    marginals_noise: float | None  # the round-0 tables' noise multiplier
+    sample_rate: float
+    steps: int
+    noise_multiplier: float | None  # DP-SGD's
 
 
 class DPTabularGAN(BaseEstimator):  # type: ignore[misc]
@@ -144,12 +157,13 @@ class DPTabularGAN(BaseEstimator):  # type: ignore[misc]
         require_valid(frame, self.schema, source="training data")
         n_rows = len(frame)
         check_delta(self.delta, n_rows)
+        plan = self.plan(n_rows)
         ledger = PrivacyLedger(self.delta, self.accountant)
         nonce = fresh_nonce(self.stream_nonce)  # a fresh stream per fit, even with a seed
-        if self.epsilon is None:
+        sigma = plan.marginals_noise
+        if self.epsilon is None or sigma is None:
             marginals = exact_counts(frame, self.schema)  # non-private baseline: exact statistics
         else:
-            sigma = marginals_noise(self.epsilon, self.marginals_share, self.delta, self.accountant)
             ledger.charge(marginals_event(sigma), self.epsilon)  # before the histograms are computed
             pairs_share = self.pairs_share if pairs_allowed(self.accountant) else 0.0
             marginals = noisy_marginals(frame, self.schema, sigma,
@@ -160,14 +174,8 @@ class DPTabularGAN(BaseEstimator):  # type: ignore[misc]
         trainer = GANTrainer(encoder, config, self.device,
                              torch_generator(self.seed, "fit", nonce, DP_SGD, device=self.device))
         data = torch.as_tensor(encoder.encode(frame), device=trainer.device)
-        sample_rate = min(1.0, config.batch_size / n_rows)
-        planned = max(1, math.ceil(self.epochs / sample_rate))
-        noise_multiplier: float | None = None
-        steps = planned
-        if self.epsilon is not None:
-            noise_multiplier = self.noise_multiplier or calibrate_noise_multiplier(
-                self.epsilon, self.delta, sample_rate, planned, ledger.events, self.accountant)
-            steps = ledger.affordable_steps(self.epsilon, noise_multiplier, sample_rate, planned)
+        sample_rate, steps, noise_multiplier = plan.sample_rate, plan.steps, plan.noise_multiplier
+        if self.epsilon is not None and noise_multiplier is not None:
             # Charged in full before the first step runs: a crash mid-training over-counts, never forgets.
             ledger.charge(PrivacyEvent(DP_SGD, noise_multiplier, sample_rate, steps), self.epsilon)
         history = trainer.train(data, steps, sample_rate, noise_multiplier, on_step,
@@ -176,6 +184,23 @@ class DPTabularGAN(BaseEstimator):  # type: ignore[misc]
         self.noise_multiplier_, self.history_, self.n_rows_ = noise_multiplier, history, n_rows
         self.stream_nonce_, self.trainer_, self.ledger_ = nonce, trainer, ledger
         return self
+
+    def plan(self, n_rows: int) -> FitPlan:
+        """What a fit on ``n_rows`` rows will spend, before anything is: the noise multiplier of
+        its round-0 tables, DP-SGD's sample rate and noise multiplier, and its steps (the planned
+        epochs, or fewer where the budget ends first). :meth:`fit` spends exactly this plan."""
+        config = self.config or GANConfig()
+        sample_rate = min(1.0, config.batch_size / n_rows)
+        planned = max(1, math.ceil(self.epochs / sample_rate))
+        if self.epsilon is None:
+            return FitPlan(n_rows, config.batch_size, None, sample_rate, planned, None)
+        tables = marginals_noise(self.epsilon, self.marginals_share, self.delta, self.accountant)
+        ledger = PrivacyLedger(self.delta, self.accountant)  # as the fit's ledger stands after round 0
+        ledger.charge(marginals_event(tables), self.epsilon)
+        noise = self.noise_multiplier or calibrate_noise_multiplier(self.epsilon, self.delta, sample_rate, planned,
+                                                                    ledger.events, self.accountant)
+        steps = ledger.affordable_steps(self.epsilon, noise, sample_rate, planned)
+        return FitPlan(n_rows, config.batch_size, tables, sample_rate, steps, noise)
 
     # -- using a fitted model ---------------------------------------------------------------
 
