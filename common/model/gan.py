@@ -195,8 +195,7 @@ class DPTabularGAN(BaseEstimator):  # type: ignore[misc]
         if self.epsilon is None:
             return FitPlan(n_rows, config.batch_size, None, sample_rate, planned, None)
         tables = marginals_noise(self.epsilon, self.marginals_share, self.delta, self.accountant)
-        ledger = PrivacyLedger(self.delta, self.accountant)  # as the fit's ledger stands after round 0
-        ledger.charge(marginals_event(tables), self.epsilon)
+        ledger = PrivacyLedger(self.delta, self.accountant, [marginals_event(tables)])  # the fit's after round 0
         noise = self.noise_multiplier or calibrate_noise_multiplier(self.epsilon, self.delta, sample_rate, planned,
                                                                     ledger.events, self.accountant)
         steps = ledger.affordable_steps(self.epsilon, noise, sample_rate, planned)
