@@ -92,12 +92,13 @@ MUTATIONS = [
              "        _ = dict(\n",
              (PRIVACY + "test_the_ledger_is_charged_before_any_mechanism_runs",)),
     Mutation("single-site fit charged after training", "common/model/gan.py",
-             "            ledger.charge(PrivacyEvent(DP_SGD, noise_multiplier, sample_rate, steps), self.epsilon)\n"
-             "        history = trainer.train(data, steps, sample_rate, noise_multiplier, on_step,\n",
+             "        if self.epsilon is not None and noise_multiplier is not None:\n"
+             "            # Charged in full before the first step runs: a crash mid-training over-counts, never "
+             "forgets.\n"
+             "            ledger.charge(PrivacyEvent(DP_SGD, noise_multiplier, sample_rate, steps), self.epsilon)\n",
              "        trainer.train(data, steps, sample_rate, noise_multiplier, on_step)\n"
-             "        if noise_multiplier is not None:\n"
-             "            ledger.charge(PrivacyEvent(DP_SGD, noise_multiplier, sample_rate, steps), self.epsilon)\n"
-             "        history = trainer.train(data, steps, sample_rate, noise_multiplier, on_step,\n",
+             "        if self.epsilon is not None and noise_multiplier is not None:\n"
+             "            ledger.charge(PrivacyEvent(DP_SGD, noise_multiplier, sample_rate, steps), self.epsilon)\n",
              (PRIVACY + "test_single_site_fit_charges_before_its_first_step",)),
     Mutation("marginals noise cut to a quarter", "common/privacy/marginals.py",
              "return RoundZeroSplit(noise_multiplier, share).tables * math.sqrt(max(measured, 1))",
