@@ -43,8 +43,9 @@ def server_start(config: Annotated[Path, typer.Option("--config", "-c")] = Path(
 @server_app.command("run")
 def server_run(config: Annotated[Path, typer.Option("--config", "-c")] = Path("server.toml"),
                resume: Annotated[bool, typer.Option(help=(
-                   "continue the run saved in the run config's 'state' folder after its last completed round, "
-                   "instead of starting a new one; hospitals answer a round they already ran without paying again"
+                   "continue the run saved in the run config's 'state' folder after its last completed round (or "
+                   "within round 0), instead of starting a new one; hospitals answer a round they already ran "
+                   "without paying again"
                ))] = False) -> None:
     """Submit a training run to the SuperLink and follow it; exits 1 unless the run completed.
     The release lands where the run config says. Before round 0 each site's budget plan is

@@ -32,7 +32,7 @@ class ReleasePlan:
     ``signing_key`` (Ed25519, PEM) signs each bundle's manifest and the audit log's head.
     ``public_facts`` names anything published that was derived from private data and
     declared public by whoever set up the run (e.g. a simulation's smallest site size).
-    ``state_dir`` keeps the run's state after every completed round (see
+    ``state_dir`` keeps the run's state after every completed round and within round 0 (see
     :mod:`fedsyn.server.resume`).
     """
 
@@ -54,7 +54,8 @@ def run_federation(grid: Grid, schema: Schema, settings: FederationSettings, pla
     Every audit entry names fedsyn's own run id (fresh, or the saved run's when resuming),
     so the entries of runs sharing one audit log stay apart; ``run_id`` (Flower's, in a
     deployment) is recorded when the run starts or resumes. With ``resume`` the run saved
-    in ``plan.state_dir`` goes on after its last completed round. With a state folder, only
+    in ``plan.state_dir`` goes on after its last completed round (or within round 0, asking its
+    saved queries again). With a state folder, only
     one coordinator process drives the run at a time (:func:`holding_run`). With ``plan_only``
     the sites are only asked for their budgets and each one's plan is logged
     (:meth:`Coordinator.plan_budgets`): nothing is charged or written but the audit entries,
@@ -106,8 +107,10 @@ def _run(grid: Grid, schema: Schema, settings: FederationSettings, plan: Release
         coordinator.collect_marginals(grid)
     else:
         coordinator.restore(state)
-        coordinator.record("run_resumed", flower_run=run_id, after_round=state.round)
-        if coordinator.run.marginals is None:  # stopped within round 0: asked again word for word
+        within_round_zero = coordinator.run.marginals is None  # its queries are asked again word for word
+        coordinator.record("run_resumed", flower_run=run_id, after_round=None if within_round_zero else state.round,
+                           within_round_zero=within_round_zero)
+        if within_round_zero:
             coordinator.collect_marginals(grid)
         else:
             coordinator.wait_for_sites(grid)

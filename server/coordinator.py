@@ -78,7 +78,7 @@ RoundCallback = Callable[[RoundSummary, dict[int, SiteStatus]], None]
 
 class Coordinator:
     """The run, round by round; what it establishes is kept in :attr:`run`. With ``state_dir``
-    its state is saved after every completed round (:mod:`fedsyn.server.resume`), and
+    its state is saved after every completed round and within round 0 (:mod:`fedsyn.server.resume`), and
     :meth:`restore` continues a saved run; ``run_id`` goes to the sites with every request, so
     they answer a repeated round from their store."""
 
@@ -107,13 +107,14 @@ class Coordinator:
         site still on its way back could have trained. When fewer than ``min_sites`` can still
         train, there is nothing to wait for: training stops and the release is written. A node
         that connected since the budget query takes no part (:meth:`_note_late_sites` says so).
-        A run resumed within round 0 waits for the sites it planned."""
+        A run resumed within round 0 waits for the sites it asks next: those it planned, or once
+        their first releases are in, those whose release came."""
         progress = self.run.round_zero
         resumed = self.run.completed_round is not None or progress is not None
         next_round = (self.run.completed_round or 0) + 1
         known: set[int] | None = None
-        if progress is not None:
-            known = set(progress.queries)
+        if progress is not None:  # within round 0: the sites asked next (those whose first release came, once in)
+            known = set(progress.queries if progress.first_releases is None else progress.first_releases)
         elif resumed:
             known = {node for node in self._ready(self.settings.site_conditional)
                      if (planned := self.run.sites[node].rounds_planned) is None or planned >= next_round}
@@ -130,7 +131,8 @@ class Coordinator:
                 strangers = (f"; {others} other node(s) are connected that took no part in this run's budget "
                              "query (new node ids, e.g. after the SuperLink lost its database): start a new run "
                              "for them" if others else "")
-                which = "the run's site(s) that can still train" if resumed else "the run's site(s)"
+                which = ("the site(s) round 0 asks next" if progress is not None
+                         else "the run's site(s) that can still train" if resumed else "the run's site(s)")
                 raise FederationError(f"only {len(nodes)} of {which} connected; at least "
                                       f"{self.settings.min_sites} needed{strangers}")
             time.sleep(1.0)
@@ -230,16 +232,18 @@ class Coordinator:
         else:
             self.wait_for_sites(grid)
         queries = progress.queries
-        if progress.first is None:
+        if progress.first_releases is None:
             # At least the whole round 0's noise: a voting site charges its first release at more (its
             # pair tables are the second), a site on a PRV ledger votes none and charges exactly that.
-            progress.first = self._ask_round_zero(grid, queries, protocol.QUERY_MARGINALS, protocol.MARGINALS,
-                                                  {c.name: table_shape(self.schema, c) for c in self.schema.columns})
-            self._require_quorum(len(progress.first), 0)
+            progress.first_releases = self._ask_round_zero(
+                grid, queries, protocol.QUERY_MARGINALS, protocol.MARGINALS,
+                {c.name: table_shape(self.schema, c) for c in self.schema.columns})
+            self._require_quorum(len(progress.first_releases), 0)
             self._save(None)
         # Each site's tables carry the noise std of the release asked of it, never the site's word on it.
         parts = {node: received_marginals(arrays, self.schema, queries[node].noise_multiplier,
-                                          queries[node].pairs_share) for node, arrays in progress.first.items()}
+                                          queries[node].pairs_share)
+                 for node, arrays in progress.first_releases.items()}
         parts = self._collect_pair_tables(grid, queries, parts)
         total, per_site = federation_tables(self.schema, list(parts.values()), settings.marginals_noise_floor)
         run.marginals = total

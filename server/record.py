@@ -109,22 +109,23 @@ class RoundZeroProgress:
     ``queries`` is each planned site's first-release query: a site keeps its answer under the
     query's digest (:mod:`fedsyn.client.replies`), so the same query is answered from its store
     at no cost, where planning again (the sites' ledgers have moved) would ask a new one that
-    each site charges again. ``first`` holds the valid first releases once they came (DP
+    each site charges again. ``first_releases`` holds the valid ones once they came (DP
     outputs): the pair tables asked next follow from them alone
     (:meth:`fedsyn.server.coordinator.Coordinator.collect_marginals`), so that query comes
     again word for word too."""
 
     queries: dict[int, protocol.MarginalsQuery]
-    first: dict[int, dict[str, np.ndarray]] | None = None
+    first_releases: dict[int, dict[str, np.ndarray]] | None = None
 
     def to_dict(self) -> dict[str, Any]:
-        return {"queries": {node: asdict(query) for node, query in self.queries.items()}, "first": self.first}
+        return {"queries": {node: asdict(query) for node, query in self.queries.items()},
+                "first_releases": self.first_releases}
 
     @classmethod
     def from_dict(cls, raw: dict[str, Any]) -> RoundZeroProgress:
+        first = raw.get("first_releases")
         return cls({int(node): protocol.MarginalsQuery(**query) for node, query in raw["queries"].items()},
-                   None if raw.get("first") is None else {int(node): dict(arrays)
-                                                          for node, arrays in raw["first"].items()})
+                   None if first is None else {int(node): dict(arrays) for node, arrays in first.items()})
 
 
 @dataclass
@@ -157,9 +158,10 @@ class RunRecord:
     def to_state(self, model: dict[str, np.ndarray] | None, sampler: dict[str, np.ndarray] | None) -> RunState:
         """The saved form after the completed round, with the global model and its average; or,
         while round 0 is under way, its progress (round :data:`IN_ROUND_ZERO`)."""
-        under_way = self.marginals is None and self.round_zero is not None
-        if not under_way and (self.completed_round is None or self.marginals is None):
+        if self.marginals is None and self.round_zero is None or self.marginals is not None \
+                and self.completed_round is None:
             raise ConfigurationError("nothing to save before round 0 was planned")
+        under_way = self.marginals is None
         return RunState(
             run_id=self.run_id, round=IN_ROUND_ZERO if under_way else int(self.completed_round or 0),
             settings=self.settings.to_dict(), schema_sha256=protocol.schema_fingerprint(self.schema),
@@ -169,7 +171,7 @@ class RunRecord:
             model=model, sampler=sampler,
             release_choice=None if self.release_choice is None else asdict(self.release_choice),
             late_nodes=sorted(self.late_nodes),
-            round_zero=self.round_zero.to_dict() if under_way and self.round_zero is not None else None)
+            round_zero=self.round_zero.to_dict() if under_way and self.round_zero else None)
 
     @classmethod
     def from_state(cls, state: RunState, schema: Schema, settings: FederationSettings) -> RunRecord:
@@ -196,6 +198,9 @@ class RunRecord:
             raise ConfigurationError("a run with site-level DP cannot be resumed: Flower's site-level accountant is "
                                      "not saved, so the report would understate it. Start a new run")
         under_way = state.round == IN_ROUND_ZERO
+        if under_way and not state.round_zero:
+            raise ConfigurationError("the saved state is within round 0 but holds no round-0 queries: it cannot be "
+                                     "resumed without every site paying round 0 again. Start a new run")
         return cls(
             run_id=state.run_id, schema=schema, settings=settings, completed_round=None if under_way else state.round,
             # A run saved before per-site caps asked every site for the run's epsilon: its cap, kept so

@@ -1,12 +1,12 @@
 """The coordinator's run state, saved after every completed round so a restart continues the run.
 
 After round 0 and after every training round the coordinator writes ``state.pt`` in its
-state folder, and twice within round 0 (once planned, and once the sites' first releases are
-in), so that a restart asks round 0's queries again word for word and the sites answer them
-from their stores: atomically (temporary file, fsync, rename), so a crash leaves the previous
-state whole. The file's SHA-256 goes into the coordinator's audit log (``state_saved``), so
-``fedsyn server run --resume`` continues only from a state the chained, signed log vouches
-for, and refuses one that was replaced or edited. It holds the run's record
+state folder atomically (temporary file, fsync, rename), so a crash leaves the previous state
+whole. It also writes it twice within round 0 (once planned, and once the sites' first
+releases are in), so that a restart asks round 0's queries again word for word and the sites
+answer them from their stores. The file's SHA-256 goes into the coordinator's audit log
+(``state_saved``), so ``fedsyn server run --resume`` continues only from a state the chained,
+signed log vouches for, and refuses one that was replaced or edited. It holds the run's record
 (:class:`fedsyn.server.record.RunRecord`: public values, DP outputs and the coordinator's own
 round timings; its docstring lists them), the global model and its average (DP outputs).
 """
@@ -32,7 +32,8 @@ from fedsyn.files import write_atomically
 from fedsyn.trust.audit import verify_log
 from fedsyn.trust.signing import VerificationError, sha256_file
 
-FORMAT = "fedsyn-coordinator-state/2"  # 2: the release choice
+FORMAT = "fedsyn-coordinator-state/3"  # 2: the release choice; 3: round 0 under way (round IN_ROUND_ZERO)
+READABLE_FORMATS = ("fedsyn-coordinator-state/2", FORMAT)
 STATE_FILE = "state.pt"
 LOCK_FILE = "coordinator.lock"
 SAVED = "state_saved"  # the audit event that vouches for a state file
@@ -91,7 +92,7 @@ def load_state(directory: Path, audit_path: Path | None, public_key: Ed25519Publ
         raw = torch.load(target, weights_only=True)
     except Exception:  # noqa: BLE001 - torch's text would advise unsafe unpickling
         raise ConfigurationError(f"{target} is not a readable coordinator state") from None
-    if not isinstance(raw, dict) or raw.get("format") != FORMAT:
+    if not isinstance(raw, dict) or raw.get("format") not in READABLE_FORMATS:
         raise ConfigurationError(f"{target} is not a coordinator state of this version (expected {FORMAT})")
     raw = _arrays(raw)
     raw = {"late_nodes": [], "round_zero": None, **raw}  # a state saved before these were kept

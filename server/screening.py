@@ -49,7 +49,7 @@ from fedsyn.server.settings import FederationSettings
 
 # Round 0 is two releases (fedsyn.privacy.pairs); a site that fails only the second has joined with
 # the first, so what is dropped there says so (and the dashboard does not count the site dropped).
-PAIR_TABLES_STAGE = "pair tables"
+PAIR_TABLES_DROP_STAGE = "pair tables"
 
 log = logging.getLogger("fedsyn.server")
 
@@ -83,7 +83,7 @@ class ReplyScreen:
         from a site not asked in this exchange are ignored.
         """
         nodes = {m.metadata.message_id: m.metadata.dst_node_id for m in asked}
-        stage = PAIR_TABLES_STAGE if any(m.metadata.message_type == protocol.QUERY_PAIR_TABLES for m in asked) \
+        stage = PAIR_TABLES_DROP_STAGE if any(m.metadata.message_type == protocol.QUERY_PAIR_TABLES for m in asked) \
             else None
         paired = []
         answered: set[int] = set()
@@ -107,7 +107,7 @@ class ReplyScreen:
     def drop(self, site: SiteStatus, round_: int, reason: str, refused: bool = False,
              stage: str | None = None) -> None:
         """Quarantine the site for this round with ``reason``; a policy refusal for the whole run.
-        ``stage`` names the part of the round that failed (round 0's :data:`PAIR_TABLES_STAGE`)."""
+        ``stage`` names the part of the round that failed (round 0's :data:`PAIR_TABLES_DROP_STAGE`)."""
         reason = f"{stage}: {reason}" if stage else reason
         log.warning("round %d: dropped %s: %s", round_, site.name, reason)
         site.dropped.append({"round": round_, "reason": reason, **({"stage": stage} if stage else {})})
@@ -140,7 +140,7 @@ class ReplyScreen:
         (quarantined for this round). With ``current`` and ``max_update_norm`` set, an update
         that moves the model further than the bound is rejected too."""
         valid = []
-        stage = PAIR_TABLES_STAGE if payload == protocol.PAIR_TABLES else None
+        stage = PAIR_TABLES_DROP_STAGE if payload == protocol.PAIR_TABLES else None
         for site, reply in replies:
             if reply.has_error():
                 reason = reply.error.reason or f"error code {reply.error.code}"

@@ -385,3 +385,14 @@ def test_finished_and_late_sites_and_an_early_stop_are_shown_as_such():
     assert notes["node-9"] == ["connected after the budget query: not part of this run"]
     assert [r["round"] for r in round_views(entries)] == [1]
     assert run_summary(entries)["stopped_after"] == 1
+
+
+def test_an_invalid_pair_tables_reply_is_quarantined_and_its_site_joined_round_zero():
+    """Round 0's second release names its stage in the reason; a rejected one is still shown
+    quarantined, and the site is not counted dropped from round 0 (it joined with its first)."""
+    entries = [{"event": "site_joined", "round": 0, "node": 7, "site": "a"},
+               {"event": "update_rejected", "round": 0, "node": 7, "site": "a", "stage": "pair tables",
+                "reason": "pair tables: invalid reply: 'pair:x|y' has shape (2, 2), expected (3, 2)"}]
+    round_zero = round_views(entries)[0]
+    assert (round_zero["accepted"], round_zero["dropped"]) == (1, 0) and len(round_zero["quarantined"]) == 1
+    assert [d["quarantined"] for d in site_views(entries)[0]["dropped"]] == [True]

@@ -23,8 +23,8 @@ from fedsyn.model.training import GANTrainer
 from fedsyn.privacy.accounting import PrivacyEvent, PrivacyLedger, gaussian_noise_for_epsilon
 from fedsyn.server import coordinator as coordinator_module
 from fedsyn.server.app import ReleasePlan, run_federation
-from fedsyn.server.record import FederationError
-from fedsyn.server.resume import STATE_FILE, holding_run, lock_holder
+from fedsyn.server.record import FederationError, RunRecord
+from fedsyn.server.resume import IN_ROUND_ZERO, STATE_FILE, holding_run, load_state, lock_holder
 from fedsyn.simulations.inprocess import InProcessGrid
 from fedsyn.trust.audit import verify_log
 
@@ -103,6 +103,21 @@ def test_a_coordinator_stopped_within_round_zero_resumes_and_no_site_pays_twice(
     verify_log(tmp_path / "audit.jsonl")
 
 
+def test_a_state_within_round_zero_without_its_queries_is_refused(plan, demo_schema, tmp_path):
+    """Resuming it would plan round 0 again under the same run id: every site would pay twice."""
+    release = ReleasePlan(tmp_path / "release", rows=300, audit_log=tmp_path / "audit.jsonl",
+                          state_dir=tmp_path / "state")
+    app = make_client_app(plan.site_policy)
+    with pytest.raises(CoordinatorCrash):
+        run_federation(CrashingGrid(app, len(plan.policies), crash_at=1, crash_on=protocol.QUERY_MARGINALS),
+                       demo_schema, SETTINGS, release)
+    state = load_state(tmp_path / "state", tmp_path / "audit.jsonl")
+    assert state.round == IN_ROUND_ZERO and state.round_zero
+    state.round_zero = None
+    with pytest.raises(ConfigurationError, match="round-0 queries"):
+        RunRecord.from_state(state, demo_schema, SETTINGS)
+
+
 # What the coordinator wrote in state.pt before its record became a value of its own (issue 21):
 # the file's keys, and each site's and each round's fields, as that code's _save wrote them.
 STATE_KEYS = ("format", "run_id", "round", "settings", "schema_sha256", "marginals", "site_marginals", "slots",
@@ -125,7 +140,7 @@ def test_a_state_saved_in_the_earlier_layout_resumes(plan, demo_schema, tmp_path
     release, app = _crash_in_round_two(plan, demo_schema, tmp_path)
     state = tmp_path / "state" / STATE_FILE
     saved = torch.load(state, weights_only=True)
-    earlier = {key: saved[key] for key in STATE_KEYS}
+    earlier = {**{key: saved[key] for key in STATE_KEYS}, "format": "fedsyn-coordinator-state/2"}
     earlier["sites"] = [{**{name: site[name] for name in SITE_FIELDS},
                          "events": [{name: event[name] for name in EVENT_FIELDS} for event in site["events"]]}
                         for site in saved["sites"]]

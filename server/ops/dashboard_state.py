@@ -60,9 +60,12 @@ def latest_run(entries: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return [entry for entry in entries[starts[-1]:] if run is None or entry.get("run") in (run, None)]
 
 
-def _is_quarantined(reason: str) -> bool:
-    """The coordinator words every decoded-but-rejected update as 'invalid reply: ...'."""
-    return reason.startswith("invalid reply")
+def _is_quarantined(entry: dict[str, Any]) -> bool:
+    """The coordinator words every decoded-but-rejected update as 'invalid reply: ...', after
+    the part of the round it was for when that is named ('pair tables: invalid reply: ...')."""
+    stage = entry.get("stage")
+    reason = str(entry.get("reason", ""))
+    return (reason.removeprefix(f"{stage}: ") if stage else reason).startswith("invalid reply")
 
 
 _FALLBACK_LABEL = re.compile(r"node-\d+")  # the coordinator's label for a site that never named itself
@@ -151,7 +154,7 @@ def site_views(entries: list[dict[str, Any]], names: dict[str, str] | None = Non
         elif event == "update_rejected":
             reason = str(entry.get("reason", ""))
             site["dropped"].append({"round": entry.get("round"), "reason": reason,
-                                    "quarantined": _is_quarantined(reason)})
+                                    "quarantined": _is_quarantined(entry)})
         elif event == "site_refused":
             site["refused"].append({"round": entry.get("round"), "reason": str(entry.get("reason", ""))})
         elif event == "site_finished":
@@ -189,11 +192,11 @@ def round_views(entries: list[dict[str, Any]]) -> list[dict[str, Any]]:
         elif event in ("site_joined", "update_accepted") and number == 0:
             current["accepted"] += 1
         elif event in ("update_rejected", "site_refused"):
-            if number == 0 and not entry.get("stage"):  # a site failing only round 0's pair tables joined
+            if number == 0 and not entry.get("stage"):  # a later part of round 0 (its pair tables): joined
                 current["dropped"] += 1
             if event == "site_refused":
                 current["refused"] += 1
-            elif _is_quarantined(str(entry.get("reason", ""))):
+            elif _is_quarantined(entry):
                 current["quarantined"].append({"site": entry.get("site"), "reason": entry.get("reason")})
     return [rounds[number] for number in sorted(rounds)]
 
