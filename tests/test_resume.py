@@ -103,6 +103,37 @@ def test_a_coordinator_stopped_within_round_zero_resumes_and_no_site_pays_twice(
     verify_log(tmp_path / "audit.jsonl")
 
 
+class _WithoutNodeGrid(InProcessGrid):
+    """A grid on which one node is not connected."""
+
+    def __init__(self, *args, absent: int, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.absent = absent
+
+    def get_node_ids(self):
+        return [node for node in super().get_node_ids() if node != self.absent]
+
+
+def test_a_resume_within_round_zero_waits_for_the_sites_it_asks_next(plan, demo_schema, tmp_path):
+    """Stopped with the first releases in, a run asks the pair tables of the sites whose first
+    release came: a site whose first release was lost does not count towards min-sites, so a
+    resume with one of the others away waits for it, and says which sites it waited for."""
+    settings = SETTINGS.model_copy(update={"timeout": 1.0})
+    release = ReleasePlan(tmp_path / "release", rows=300, audit_log=tmp_path / "audit.jsonl",
+                          state_dir=tmp_path / "state")
+    app = make_client_app(plan.site_policy)
+
+    def lose_first_sites_first_release(reply):
+        return None if reply.metadata.src_node_id == 1001 and protocol.MARGINALS in reply.content else reply
+
+    with pytest.raises(CoordinatorCrash):
+        run_federation(CrashingGrid(app, len(plan.policies), lose_first_sites_first_release, crash_at=1,
+                                    crash_on=protocol.QUERY_PAIR_TABLES), demo_schema, settings, release)
+    with pytest.raises(FederationError, match="only 1 of the site\\(s\\) round 0 asks next connected"):
+        run_federation(_WithoutNodeGrid(app, len(plan.policies), absent=1003), demo_schema, settings, release,
+                       resume=True)
+
+
 def test_a_state_within_round_zero_without_its_queries_is_refused(plan, demo_schema, tmp_path):
     """Resuming it would plan round 0 again under the same run id: every site would pay twice."""
     release = ReleasePlan(tmp_path / "release", rows=300, audit_log=tmp_path / "audit.jsonl",
