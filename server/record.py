@@ -158,10 +158,9 @@ class RunRecord:
     def to_state(self, model: dict[str, np.ndarray] | None, sampler: dict[str, np.ndarray] | None) -> RunState:
         """The saved form after the completed round, with the global model and its average; or,
         while round 0 is under way, its progress (round :data:`IN_ROUND_ZERO`)."""
-        if self.marginals is None and self.round_zero is None or self.marginals is not None \
-                and self.completed_round is None:
-            raise ConfigurationError("nothing to save before round 0 was planned")
         under_way = self.marginals is None
+        if (self.round_zero if under_way else self.completed_round) is None:
+            raise ConfigurationError("nothing to save before round 0 was planned")
         return RunState(
             run_id=self.run_id, round=IN_ROUND_ZERO if under_way else int(self.completed_round or 0),
             settings=self.settings.to_dict(), schema_sha256=protocol.schema_fingerprint(self.schema),
