@@ -36,7 +36,7 @@ from fedsyn.privacy.pairs import (
     vote_count,
     vote_pairs,
 )
-from fedsyn.privacy.postprocessing import coarsened, onto_simplex, shrunk_to_pool
+from fedsyn.privacy.postprocessing import beats_noise_alone, coarsened, onto_simplex, shrunk_to_pool
 
 
 def split_column(schema: Schema) -> Column | None:
@@ -179,9 +179,12 @@ class Marginals:
         Each outcome class's counts are coarsened on their own (:func:`fedsyn.privacy.postprocessing.coarsened`), at the
         resolution they support: a cell's noise is :attr:`cell_std` whatever the class's size, so
         a rare class gets wider bins than a common one, and the noise of a common class's
-        cells never lands as invented rows in a rare class. :attr:`cell_std` follows from public
-        numbers only (the noise multiplier, the number of tables, the number of sites). Exact
-        counts (std 0) have no noise to drown them and are returned as they are.
+        cells never lands as invented rows in a rare class. A nullable column's 'missing' cell has
+        no neighbours to merge with: it is kept where it beats the noise alone
+        (:func:`fedsyn.privacy.postprocessing.beats_noise_alone`), else 0, the class's rows all
+        present. :attr:`cell_std` follows from public numbers only (the noise multiplier, the
+        number of tables, the number of sites). Exact counts (std 0) have no noise to drown them
+        and are returned as they are.
         """
         if self.cell_std is None:
             raise ValueError("the tables' noise std is unknown: build them with noisy_marginals or received_marginals")
@@ -198,6 +201,8 @@ class Marginals:
             widths = np.diff(numeric_edges(column))
             atoms = (0, len(widths) - 1) if column.has_bound_atoms else ()
             for k in range(body.shape[1]):
+                if column.nullable and not beats_noise_alone(table[-1, k], threshold * cell_std):
+                    table[-1, k] = 0.0  # noise alone: the class's rows are present (its total goes to the body)
                 present = class_totals[k] - (table[-1, k] if column.nullable else 0.0)
                 body[:, k] = coarsened(body[:, k], widths, threshold * cell_std, present, atoms)
             tables[column.name] = table

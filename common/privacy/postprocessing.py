@@ -13,20 +13,28 @@ import math
 import numpy as np
 
 
+def beats_noise_alone(count: float, floor: float) -> bool:
+    """Whether a cell that stands alone (a continuous column's bound, a numeric column's
+    'missing') holds more than noise: its count beats ``floor`` twice over (3 noise std at the
+    default floor of 1.5). Noise alone passes for one such cell in 700; at ``floor`` itself, one
+    in 15 (every class of every bound and every nullable column: an invented atom, a column
+    missing in 4 % of released rows that no real row lacks)."""
+    return bool(count >= 2 * floor)
+
+
 def coarsened(counts: np.ndarray, widths: np.ndarray, floor: float, total: float,
               atoms: tuple[int, ...] = ()) -> np.ndarray:
     """One class's noisy counts over bins of ``widths``, merged where the noise drowns them.
 
     ``atoms`` are bins that hold one value (a continuous column's bounds: a lab value at its
     assay's limit, see :func:`fedsyn.data.grid.numeric_edges`): spread by width, a group takes
-    nothing there. One whose count beats the noise twice over (``2 * floor``, 3 noise std: noise
-    alone does so for one bound of one class in 700, where ``floor`` let one in 15 invent an
-    atom and cost the bench's nmes table .03 of its outcome's ROC-AUC) is a group of its own and
-    keeps its count (the kept atoms scaled down to the class's ``total`` if they exceed it: a
-    noise spike never makes a class larger) whatever happens to the others; one that does not
-    is an ordinary bin. (On a newcomer's
-    54-column table 32 % of troponin values sat at the assay's limit, and the release held none:
-    each class was spread evenly over the range, its atom getting its width's share, about 0.)
+    nothing there. One whose count beats the noise alone (:func:`beats_noise_alone`; at
+    ``floor`` itself, invented atoms cost the bench's nmes table .03 of its outcome's ROC-AUC)
+    is a group of its own and keeps its count (the kept atoms scaled down to the class's
+    ``total`` if they exceed it: a noise spike never makes a class larger) whatever happens to
+    the others; one that does not is an ordinary bin. (On a newcomer's 54-column table 32 % of
+    troponin values sat at the assay's limit, and the release held none: each class was spread
+    evenly over the range, its atom getting its width's share, about 0.)
 
     Adjacent bins are merged until a group's count exceeds ``floor`` times the square root of
     its number of bins (its noise grows so), and each group is spread evenly over its width
@@ -52,7 +60,7 @@ def coarsened(counts: np.ndarray, widths: np.ndarray, floor: float, total: float
     mass went into it. On a 63-column table at epsilon 1 that put every death at ages 25-27
     and turned the age gradient round (docs/benchmarks.md); evenly, the class says nothing
     of the column, which is what its noisy counts support."""
-    kept = [index for index in atoms if counts[index] >= 2 * floor]
+    kept = [index for index in atoms if beats_noise_alone(counts[index], floor)]
     if kept:
         rest = np.ones(len(counts), dtype=bool)
         rest[kept] = False
