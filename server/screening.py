@@ -6,7 +6,8 @@ The privacy argument of each check:
 - *Paired through the request it answers*, not its sender: when a node has gone away the
   SuperLink answers in its place, and an unknown node's reply is ignored. A request that may
   have been charged and got no usable answer is recorded as unconfirmed, so the release states
-  an upper bound for that site's ledger instead of an understated claim.
+  an upper bound for that site's ledger instead of an understated claim. So is a reply that
+  fails screening: a site sends content only after charging, and its claim is dropped with it.
 - *The privacy event is the mechanism that was asked for* (same mechanism, sample rate and
   steps; no less noise; a delta that does not change within the run): the coordinator
   recomputes each site's epsilon from these events, so an event it did not ask for would make
@@ -168,6 +169,7 @@ class ReplyScreen:
                                                   f"{self.settings.max_update_norm:g}")
                 self._accept_event(site, reply.content, expected(site))
             except protocol.ReplyError as exc:
+                site.unconfirmed.append(round_)  # a site sends content only after it has charged: its claim went too
                 self.drop(site, round_, f"invalid reply: {exc}", stage=stage)
                 continue
             if stage is not None:  # round 0's second release: the site joined with its first

@@ -157,6 +157,11 @@ MUTATIONS = [
              "return any(r >= max(self.rounds_accepted, default=-1) for r in self.unconfirmed)",
              "return any(r > max(self.rounds_accepted, default=-1) for r in self.unconfirmed)",
              (PAIRS + "test_a_lost_second_release_marks_the_sites_claim_as_outdated",)),
+    Mutation("a rejected reply leaves the site's claim marked current", "server/screening.py",
+             "                site.unconfirmed.append(round_)  # a site sends content only after it has charged",
+             "                pass  # a site sends content only after it has charged",
+             ("tests/test_federation.py::"
+              "test_a_site_charged_whose_reply_is_rejected_is_reported_at_least_at_its_ledger",)),
     Mutation("a site takes the coordinator's count of sites unchecked", "client/site.py",
              "and isinstance(sites, int) and 1 <= sites <= MAX_SITES):", "and True):",
              (PAIRS + "test_a_pairs_share_too_small_to_pay_for_its_picks_is_refused_before_any_charge",)),

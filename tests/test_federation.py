@@ -312,6 +312,28 @@ def test_a_site_charged_whose_reply_is_lost_is_reported_at_least_at_its_ledger(p
     assert not any(s["epsilon_cumulative_is_upper_bound"] for s in others)
 
 
+def test_a_site_charged_whose_reply_is_rejected_is_reported_at_least_at_its_ledger(plan, demo_schema, tmp_path):
+    """The second privacy review (F1): site 1001's last update arrives scaled out of the norm bound
+    (a faulty link; the site charged honestly). Its claim travels in the rejected reply, so the
+    release may not take the round before as the site's last word: it states an upper bound."""
+    bounded = FederationSettings(**{**SETTINGS.__dict__, "max_update_norm": 50.0})
+    poison = _poison_first_site(50.0)
+
+    def poison_last_round(reply):
+        if reply.has_error() or protocol.PRIVACY not in reply.content.config_records:
+            return reply
+        return poison(reply) if reply.content.config_records[protocol.PRIVACY]["round"] == bounded.rounds else reply
+
+    run_in_process(plan, demo_schema, tmp_path, settings=bounded, reply_filter=poison_last_round)
+    report = json.loads((tmp_path / "release" / "privacy_report.json").read_text())
+    rejected = next(s for s in report["sites"] if s["node_id"] == 1001)
+    ledger = PrivacyLedger.load(SitePolicy.load(plan.policies[0]).ledger)
+    assert [d["round"] for d in rejected["dropped"]] == [bounded.rounds] and len(ledger.events) == 5
+    assert rejected["epsilon_cumulative"] >= ledger.epsilon() - 1e-9
+    assert rejected["epsilon_cumulative_is_upper_bound"] and "rejected" in rejected["upper_bound_reason"]
+    assert report["max_epsilon_any_site"] >= ledger.epsilon() - 1e-9
+
+
 class _EchoingGrid(InProcessGrid):
     """Delivers every training round's first reply twice (a replayed or duplicated message)."""
 
