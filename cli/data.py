@@ -24,11 +24,12 @@ def schema_draft(
     from fedsyn.data.tables import DataFileError, read_table
 
     try:
-        draft = draft_schema(read_table(data), name=data.stem, outcome=outcome)
+        extract = read_table(data)
+        draft = draft_schema(extract, name=data.stem, outcome=outcome)
     except (DataFileError, ValueError) as exc:
         fail(str(exc))
     draft.save(out)
-    from fedsyn.data.schema import MANY_CATEGORIES, unlisted_columns
+    from fedsyn.data.schema import MANY_CATEGORIES, case_variant_columns, stray_text_cells, unlisted_columns
 
     if draft.missing_values:
         console.print(f"[yellow]cells holding {', '.join(repr(m) for m in draft.missing_values)} were read as missing "
@@ -39,6 +40,14 @@ def schema_draft(
         console.print(f"[yellow]column '{name}' has more than {MANY_CATEGORIES} distinct values, so none was written "
                       "into the draft: if it is an identifier or a date, drop it from the extract (or turn a date into "
                       "a year or an age); otherwise list its public levels, grouping rare ones[/]")
+    for name, count in stray_text_cells(extract, draft).items():
+        console.print(f"[yellow]column '{name}' holds numbers but for {count} cell(s) of text (a unit written beside "
+                      "the value, a '<5' below a detection limit): it was drafted as a number; write those cells as "
+                      f"numbers, or empty them, in the extract (fedsyn validate --schema {out} {data} lists their "
+                      "lines)[/]")
+    for name in case_variant_columns(draft):
+        console.print(f"[yellow]column '{name}' lists levels that differ only in letter case or spaces: if they are "
+                      "one level written two ways, write it one way in the extract and list it once[/]")
     if outcome is None:
         console.print("[yellow]no --outcome given: name the column you will predict (e.g. --outcome death) so that "
                       "utility can be measured and generation conditions on it[/]")

@@ -1,6 +1,7 @@
 import json
 
 import numpy as np
+import pandas as pd
 import pytest
 
 from fedsyn.data.schema import Column, Schema, SchemaError, draft_schema, recorded_precision
@@ -119,6 +120,30 @@ def test_an_extracts_own_missing_markers_are_read_as_empty(demo_frame, tmp_path)
     assert read["creatinine"].isna().sum() == rows["creatinine"].isna().sum() + len(markers)
     assert validate_frame(read, reviewed).ok
     assert (read["test"] == "-").sum() == (rows["test"] == "-").sum()  # its level, not "missing"
+
+
+def test_a_lab_column_with_a_few_units_written_in_is_drafted_as_a_number_and_its_stray_cells_are_counted(
+        demo_frame):
+    """A newcomer's creatinine had 6 cells of 2,400 written '170 umol/L' or '<5': the draft made it
+    a categorical column of 'more than 50 levels' and told them to drop it as an identifier,
+    and validation never pointed at the 6 cells. Drafted as a number, the stray cells are
+    counted (never shown) and validation names their lines. Levels written two ways ('F', 'f')
+    are pointed out."""
+    from fedsyn.data.schema import case_variant_columns, stray_text_cells
+
+    rows = demo_frame.head(300).astype({"creatinine": object})
+    rows.loc[rows.index[[3, 40, 41]], "creatinine"] = ["170 umol/L", "<5", "1.2 mg/dL"]
+    rows.loc[rows.index[7], "sex"] = "f"
+    draft = draft_schema(rows, outcome="death")
+    creatinine = draft.column("creatinine")
+    assert not creatinine.is_categorical and creatinine.nullable
+    assert creatinine.upper == pd.to_numeric(rows["creatinine"], errors="coerce").max()
+    assert stray_text_cells(rows, draft) == {"creatinine": 3}
+    assert case_variant_columns(draft) == ["sex"]
+    lines = [problem for problem in validate_frame(rows, draft).problems if problem.column == "creatinine"]
+    assert lines and "umol" not in str(lines) and "<5" not in str(lines)
+    mostly_text = rows.assign(creatinine=np.where(np.arange(len(rows)) % 10 == 0, "high", rows["creatinine"]))
+    assert draft_schema(mostly_text).column("creatinine").is_categorical  # 10 % text: not a number column
 
 
 def test_a_draft_proposes_the_precision_its_values_are_recorded_in():

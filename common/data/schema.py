@@ -259,6 +259,10 @@ def schema_problems(exc: ValidationError, raw: object) -> str:
 
 
 MANY_CATEGORIES = 50  # above this a drafted categorical column is probably an identifier
+# A column whose values are numbers but for at most this share (a unit written beside a few
+# values, a '<5' below a detection limit) is drafted as a number: as a category it would get
+# hundreds of levels and the placeholder, and validation would never point at the stray cells.
+STRAY_TEXT_SHARE = 0.05
 # What a draft lists for a column of more levels: an identifier's (a record number's) or a date's
 # values would be patients' own, written into a file meant to be shared, and an unreviewed
 # schema would hand them to the generator. So none is written; every row fails validation on
@@ -393,10 +397,13 @@ def draft_schema(frame: pd.DataFrame, name: str = "table", outcome: str | None =
 
 
 def _drafted_column(series: pd.Series) -> Column:
-    """One column's guess: numeric with its observed range, or categorical with its observed levels."""
+    """One column's guess: numeric with its observed range (its stray text cells left for
+    validation to point at, :func:`stray_text_cells`), or categorical with its observed levels."""
     name, nullable, values = str(series.name), bool(series.isna().any()), series.dropna()
     numeric = pd.to_numeric(values, errors="coerce")
-    if len(values) > 0 and numeric.notna().all() and values.nunique() > 10:
+    stray = int(numeric.isna().sum())
+    if len(values) > 0 and stray <= STRAY_TEXT_SHARE * len(values) and numeric.nunique() > 10:
+        numeric = numeric.dropna()
         integral = bool((numeric == numeric.round()).all())
         lower, upper = float(numeric.min()), float(numeric.max())
         return Column(name=name, kind=ColumnKind.INTEGER if integral else ColumnKind.CONTINUOUS, lower=lower,
@@ -423,6 +430,29 @@ def without_markers(frame: pd.DataFrame, markers: list[str], levels: Mapping[str
         missing = set(markers) - set((levels or {}).get(name, ()))
         frame[name] = series.mask(series.notna() & series.astype(str).str.strip().isin(missing))
     return frame
+
+
+def stray_text_cells(frame: pd.DataFrame, schema: Schema) -> dict[str, int]:
+    """Of a draft's numeric columns, how many of the extract's cells are text that is no number
+    (the draft's missing-value markers aside): counts only, never the cells (they are patients')."""
+    frame = without_markers(frame, schema.missing_values, category_levels(schema))
+    counts = {}
+    for column in schema.columns:
+        if column.is_categorical or column.name not in frame.columns:
+            continue
+        values = frame[column.name].dropna()
+        stray = int(pd.to_numeric(values, errors="coerce").isna().sum())
+        if stray:
+            counts[column.name] = stray
+    return counts
+
+
+def case_variant_columns(schema: Schema) -> list[str]:
+    """The categorical columns listing two levels that differ only in letter case or in spaces
+    ('F' and 'f', 'Emergency' and 'emergency'): one level written two ways, to be merged in the
+    extract, or two levels the schema should name apart."""
+    return [column.name for column in schema.categorical_columns
+            if len({level.strip().casefold() for level in column.levels}) < len(column.levels)]
 
 
 def category_levels(schema: Schema) -> dict[str, list[str]]:
