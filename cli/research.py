@@ -260,8 +260,9 @@ def simulate(
         console.print(f"[yellow bold]warning:[/] {warning}", soft_wrap=True)
     _show_plan(prepared)
     if not prepared.usable and not yes:
-        fail("the plan above says this release cannot be usable (red): follow its suggestion, or pass --yes to "
-             "run anyway")
+        fail("the width plan above says this release cannot be usable (red: round 0's tables at some site cannot "
+             "resolve most columns): drop columns or raise --epsilon as it suggests (--batch-size changes DP-SGD "
+             "only, not round 0), or pass --yes to run anyway")
 
     def on_round(summary: RoundSummary, statuses: dict[int, SiteStatus]) -> None:
         console.print(f"round {summary.round}/{rounds}: {summary.accepted} site(s) accepted, "
@@ -438,7 +439,8 @@ def _show_width(widths: tuple[WidthPlan, ...], epsilon: float) -> None:
                       f"{_command_with('--epsilon', f'{worst.epsilon_needed:g}')}")
     if worst.columns_to_keep is not None:
         console.print(f"  at epsilon {epsilon:g}, keep at most {worst.columns_to_keep} of the "
-                      f"{worst.measured_columns} columns (a schema without the others), or pool small sites")
+                      f"{worst.measured_columns} columns (drop the others from the schema and from the data), or "
+                      "pool small sites")
 
 
 def _command_with(option: str, value: str) -> str:

@@ -48,6 +48,8 @@ def test_simulate_refuses_a_plan_whose_tables_cannot_resolve_the_columns_unless_
     assert "noise per cell" in result.output and ("merge categories of" in result.output or "drop " in result.output)
     assert "(red: " in result.output  # the red columns are named, not only counted
     assert "--epsilon" in result.output.split("the weakest columns may stay red):")[1]
+    said = " ".join(result.output.split())
+    assert "--batch-size changes DP-SGD only" in said  # a newcomer lowered it and was refused again
 
 
 def test_simulate_names_the_problem_when_the_data_does_not_fit_the_schema(tmp_path, demo_frame):
