@@ -109,7 +109,8 @@ def test_a_sparse_tail_is_kept_not_cut_off():
 
 def test_categorical_tables_are_left_as_they_were_and_a_missing_bin_keeps_only_what_beats_the_noise():
     """A nullable numeric's 'missing' cell stands alone (no neighbours to merge with): kept where
-    it beats the noise twice over, as a bound's atom is, else its class's rows are all present."""
+    it beats the noise twice over, as a bound's atom is, else the column's share over every
+    class (none where that sum does not beat its noise either)."""
     schema = Schema(name="labs", outcome="admitted", columns=[
         Column(name="creatinine", kind="continuous", lower=0.2, upper=15, nullable=True),
         Column(name="sex", kind="categorical", categories=["F", "M"]),
@@ -117,13 +118,17 @@ def test_categorical_tables_are_left_as_they_were_and_a_missing_bin_keeps_only_w
     rng = np.random.default_rng(0)
     creatinine = np.abs(rng.normal(0, 3, (bin_labels(schema.column("creatinine")), 2)))
     creatinine[-1] = [40.0, 10.0]  # against a floor of 7.5 (1.5 std): 40 beats it twice over, 10 does not
+    # and takes the column's share: the 50 of both classes beat their noise (7.5 * sqrt(2)) twice over
     tables = {"creatinine": creatinine, "sex": np.array([[300.0, 20.0], [-4.0, 35.0]]),
               "admitted": np.array([[300.0], [55.0]])}
     noisy = Marginals(tables, cell_std=5.0)
     floored = noisy.without_noise_floor(schema)
     np.testing.assert_array_equal(floored.tables["sex"], tables["sex"])
-    np.testing.assert_array_equal(floored.tables["creatinine"][-1], [40.0, 0.0])
-    assert floored.tables["creatinine"][:-1, 1].sum() == pytest.approx(noisy.class_totals()[1], rel=1e-3)
+    totals = noisy.class_totals()
+    np.testing.assert_allclose(floored.tables["creatinine"][-1], [40.0, 50.0 / totals.sum() * totals[1]])
+    assert floored.tables["creatinine"][:-1, 1].sum() == pytest.approx(totals[1] * (1 - 50.0 / totals.sum()), rel=1e-3)
+    alone = Marginals({**tables, "creatinine": np.r_[creatinine[:-1], [[10.0, 5.0]]]}, cell_std=5.0)
+    np.testing.assert_array_equal(alone.without_noise_floor(schema).tables["creatinine"][-1], [0.0, 0.0])
 
 
 def test_a_column_no_row_lacks_is_not_released_as_missing(demo_schema, demo_frame):
@@ -139,9 +144,12 @@ def test_a_column_no_row_lacks_is_not_released_as_missing(demo_schema, demo_fram
         floored_positive += int((noisy.without_noise_floor(demo_schema).tables["creatinine"][-1] > 0).sum())
     assert raw_positive >= 10  # the noise: about half of the 40 cells
     assert floored_positive == 0
-    kept = noisy_marginals(demo_frame, demo_schema, 64.0, np.random.default_rng(0)).without_noise_floor(demo_schema)
+    kept = noisy_marginals(demo_frame, demo_schema, 16.0, np.random.default_rng(0)).without_noise_floor(demo_schema)
     share = kept.tables["creatinine"][-1].sum() / kept.class_totals().sum()
     assert share == pytest.approx(demo_frame["creatinine"].isna().mean(), abs=0.03)
+    drowned = noisy_marginals(demo_frame, demo_schema, 64.0, np.random.default_rng(0)).without_noise_floor(demo_schema)
+    shares = drowned.tables["creatinine"][-1] / drowned.class_totals()
+    assert shares.min() > 0.1  # the deaths' count was too noisy to say: the column's share, never "none missing"
 
 
 def test_an_integer_column_without_a_whole_number_between_its_bounds_is_refused():
@@ -352,6 +360,21 @@ def test_a_class_the_noise_drowns_whole_is_spread_evenly_not_piled_where_noise_s
     enough[25:] = 60_000 / 24
     kept = coarsened(enough + rng.normal(0.0, 90.0, size=49), widths, 1.5 * 90.0, 60_000.0)
     assert kept[25:].sum() > 0.95 * 60_000  # where the data beats the noise, it keeps its place
+
+
+def test_a_class_the_noise_drowns_whole_is_spread_like_every_class_not_over_the_public_range():
+    """A newcomer's readmitted patients (277 of 1,986 rows, 3 sites at epsilon 1) were too few
+    for their length of stay (1-13 days, public bounds 1-120) to beat the noise, and were spread
+    evenly over 1-120: the release's stays had 3.8 times the real spread and their effect on
+    readmission 4 times the real one. Spread like the column's counts over every class, the
+    class says nothing of the column (no effect) instead of something false."""
+    body = np.zeros((numeric_bins(VISITS), 2))
+    body[:8, 0] = 2000 / 8  # the data sits in the first bins, far below the upper bound
+    body[:8, 1] = 60 / 8  # 60 rows against a floor of 15 per bin: the noise drowns the class whole
+    coarse = _coarsen(body, cell_std=10.0)
+    small = coarse[:, 1] / coarse[:, 1].sum()
+    assert small[:8].sum() > 0.9  # where every class's rows are (spread by width: under 0.1)
+    np.testing.assert_allclose(small, coarse[:, 0] / coarse[:, 0].sum(), atol=0.05)
 
 
 def test_a_value_piled_at_a_bound_keeps_its_share_when_its_class_is_coarsened(demo_schema, demo_frame):

@@ -179,12 +179,12 @@ class Marginals:
         Each outcome class's counts are coarsened on their own (:func:`fedsyn.privacy.postprocessing.coarsened`), at the
         resolution they support: a cell's noise is :attr:`cell_std` whatever the class's size, so
         a rare class gets wider bins than a common one, and the noise of a common class's
-        cells never lands as invented rows in a rare class. A nullable column's 'missing' cell has
-        no neighbours to merge with: it is kept where it beats the noise alone
-        (:func:`fedsyn.privacy.postprocessing.beats_noise_alone`), else 0, the class's rows all
-        present. :attr:`cell_std` follows from public numbers only (the noise multiplier, the
-        number of tables, the number of sites). Exact counts (std 0) have no noise to drown them
-        and are returned as they are.
+        cells never lands as invented rows in a rare class; a class too small to say anything of
+        the column is spread like the column's counts over every class (coarsened under their
+        own noise), so it shows no effect rather than a false one; so is a nullable column's
+        'missing' cell that the noise drowns (:func:`_missing_beyond_noise`). :attr:`cell_std`
+        follows from public numbers only (the noise multiplier, the number of tables, the number
+        of sites). Exact counts (std 0) have no noise to drown them and are returned as they are.
         """
         if self.cell_std is None:
             raise ValueError("the tables' noise std is unknown: build them with noisy_marginals or received_marginals")
@@ -200,11 +200,14 @@ class Marginals:
             body = table[:-1] if column.nullable else table
             widths = np.diff(numeric_edges(column))
             atoms = (0, len(widths) - 1) if column.has_bound_atoms else ()
-            for k in range(body.shape[1]):
-                if column.nullable and not beats_noise_alone(table[-1, k], threshold * cell_std):
-                    table[-1, k] = 0.0  # noise alone: the class's rows are present (its total goes to the body)
-                present = class_totals[k] - (table[-1, k] if column.nullable else 0.0)
-                body[:, k] = coarsened(body[:, k], widths, threshold * cell_std, present, atoms)
+            classes = body.shape[1]
+            if column.nullable:
+                table[-1] = _missing_beyond_noise(table[-1], class_totals, threshold * cell_std)
+            present = class_totals - (table[-1] if column.nullable else 0.0)
+            every_class = coarsened(body.sum(axis=1), widths, threshold * cell_std * math.sqrt(classes),
+                                    float(present.sum()), atoms)  # a class too small to say more is spread like it
+            for k in range(classes):
+                body[:, k] = coarsened(body[:, k], widths, threshold * cell_std, present[k], atoms, prior=every_class)
             tables[column.name] = table
         return replace(self, tables=tables)
 
@@ -230,6 +233,22 @@ class Marginals:
     def uniform(cls, schema: Schema) -> Marginals:
         """The no-information marginals: used when no statistics are released at all."""
         return cls({c.name: np.ones(table_shape(schema, c)) for c in schema.columns})
+
+
+def _missing_beyond_noise(missing: np.ndarray, class_totals: np.ndarray, floor: float) -> np.ndarray:
+    """A nullable column's noisy 'missing' counts, one per class, where each stands alone (no
+    neighbouring bins to merge with): a class's count that beats the noise alone
+    (:func:`~fedsyn.privacy.postprocessing.beats_noise_alone`) is kept; another takes the
+    column's missing share over every class, itself kept only where their sum beats its noise,
+    else none. So a column no row lacks is not released missing (a newcomer's glucose came
+    back missing in 4 % of rows), and a small class is not made never missing where its count
+    is only too noisy to say (the wide table's 238 deaths would have had every pregnancy count
+    recorded: men's are missing by design)."""
+    pooled = float(missing.sum())
+    share = pooled / max(float(class_totals.sum()), 1.0) \
+        if beats_noise_alone(pooled, floor * math.sqrt(len(missing))) else 0.0
+    return np.asarray([count if beats_noise_alone(count, floor) else share * total
+                       for count, total in zip(missing, class_totals)], dtype=float)
 
 
 def _precise_class_sums(tables: list[np.ndarray]) -> np.ndarray:

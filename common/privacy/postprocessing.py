@@ -23,7 +23,7 @@ def beats_noise_alone(count: float, floor: float) -> bool:
 
 
 def coarsened(counts: np.ndarray, widths: np.ndarray, floor: float, total: float,
-              atoms: tuple[int, ...] = ()) -> np.ndarray:
+              atoms: tuple[int, ...] = (), prior: np.ndarray | None = None) -> np.ndarray:
     """One class's noisy counts over bins of ``widths``, merged where the noise drowns them.
 
     ``atoms`` are bins that hold one value (a continuous column's bounds: a lab value at its
@@ -55,21 +55,26 @@ def coarsened(counts: np.ndarray, widths: np.ndarray, floor: float, total: float
     does, that group.
 
     A class too small for even all its bins together to beat the noise (``total`` below
-    ``floor`` times the square root of their number) is spread evenly over the range
-    instead: any group that beats the noise there is a noise spike, and the class's whole
+    ``floor`` times the square root of their number) is spread like ``prior`` instead (the
+    column's counts over every class, coarsened under their own noise; evenly over the range
+    without one): any group that beats the noise there is a noise spike, and the class's whole
     mass went into it. On a 63-column table at epsilon 1 that put every death at ages 25-27
-    and turned the age gradient round (docs/benchmarks.md); evenly, the class says nothing
-    of the column, which is what its noisy counts support."""
+    and turned the age gradient round (docs/benchmarks.md). Spread like every class, the class
+    says nothing of the column, which is what its noisy counts support; spread evenly, it said
+    something false: a newcomer's readmitted patients' stays (1-13 days), spread over the public
+    1-120, gave the release 3.8 times the real spread and 4 times the real effect."""
     kept = [index for index in atoms if beats_noise_alone(counts[index], floor)]
     if kept:
         rest = np.ones(len(counts), dtype=bool)
         rest[kept] = False
         merged = counts.copy()
         merged[kept] *= min(1.0, max(total, 0.0) / counts[kept].sum())
-        merged[rest] = coarsened(counts[rest], widths[rest], floor, max(total - merged[kept].sum(), 0.0))
+        merged[rest] = coarsened(counts[rest], widths[rest], floor, max(total - merged[kept].sum(), 0.0),
+                                 prior=None if prior is None else prior[rest])
         return merged
     if total < floor * math.sqrt(len(counts)):
-        return np.asarray(widths / widths.sum() * max(total, 0.0), dtype=float)
+        shape = widths if prior is None or prior.sum() <= 0 else prior
+        return np.asarray(shape / shape.sum() * max(total, 0.0), dtype=float)
     first, first_end = _merged_upwards(counts, widths, floor, groups=1)
     if first_end == 0:
         return counts.copy()
