@@ -168,7 +168,9 @@ class WidthPlan:
         if drop:
             steps.append(f"drop {drop[0]} if you can spare it" if len(drop) == 1
                          else f"drop whichever of {_listed(drop)} you can spare")
-        return f"the thinnest cells are in {', '.join(self.costliest)}: {'; '.join(steps)}"
+        others = sum(c.level != "green" for c in self.columns) - len(self._thinnest)
+        more = f" ({others} more weak column{'s' if others > 1 else ''} in the table above)" if others > 0 else ""
+        return f"the thinnest cells are in {', '.join(self.costliest)}{more}: {'; '.join(steps)}"
 
     @property
     def _thinnest(self) -> list[ColumnCost]:

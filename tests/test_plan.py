@@ -101,3 +101,16 @@ def test_the_width_advice_never_names_the_site_column_and_says_merge_only_where_
     assert wider.costliest[0] == "ward" and "merge categories of ward (or drop it)" in wider.column_advice
     assert "hospital" not in wider.costliest
     assert plan_width("H2", 650, _azpro_schema(), settings).costliest == []  # green: nothing to name
+    assert "more weak column" not in plan.column_advice  # every weak column is named
+
+
+def test_the_width_advice_says_how_many_weak_columns_it_does_not_name():
+    """A newcomer's plan listed age among the red columns of the table and not among 'the
+    thinnest cells' (the five thinnest): the advice says how many more there are."""
+    schema = Schema.model_validate({"name": "wide", "outcome": "proc", "columns": [
+        {"name": "proc", "kind": "categorical", "categories": ["0", "1"]},
+        *[{"name": f"lab{k}", "kind": "continuous", "lower": 0, "upper": 10} for k in range(8)]]})
+    plan = plan_width("H0", 200, schema, FederationSettings())
+    weak = sum(c.level != "green" for c in plan.columns)
+    assert weak == 8 and len(plan.costliest) == 5
+    assert "(3 more weak columns in the table above)" in plan.column_advice
