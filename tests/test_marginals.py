@@ -400,3 +400,17 @@ def test_a_value_piled_at_a_bound_keeps_its_share_when_its_class_is_coarsened(de
     assert spread[0] < 1.0 and spread[48] < 1.0  # noise alone at a bound is no atom
     spike = coarsened(np.r_[400.0, np.zeros(47), 0.0], widths, 135.0, 1.0, atoms=(0, 48))
     assert spike.sum() == pytest.approx(1.0)  # a spike at a bound never makes the class larger
+
+
+def test_what_the_noise_drowns_never_gets_negative_counts_or_more_missing_rows_than_its_class():
+    """A review of 822b5b4: a prior left with raw noisy bins (below 0) gave a small class
+    negative counts, and a kept 'missing' count or a pooled share could exceed the class."""
+    from fedsyn.privacy.marginals import _missing_beyond_noise
+    from fedsyn.privacy.postprocessing import coarsened
+
+    spread = coarsened(np.array([0.3, 0.3, 0, 0, 0, 0.06]), np.ones(6), 1.5, 1.67,
+                       prior=np.array([0.9, 0.7, 0.5, -1.3, 0.4, -0.5]))
+    assert spread.min() >= 0 and spread.sum() == pytest.approx(1.67)
+    np.testing.assert_allclose(_missing_beyond_noise(np.array([10.0, 0.0]), np.array([5.0, 50.0]), 1.5),
+                               [5.0, 50.0 * 10.0 / 55.0])
+    np.testing.assert_allclose(_missing_beyond_noise(np.array([4.0, 2.9]), np.array([5.0, 1.0]), 1.5), [4.0, 1.0])

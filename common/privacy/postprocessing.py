@@ -73,7 +73,9 @@ def coarsened(counts: np.ndarray, widths: np.ndarray, floor: float, total: float
                                  prior=None if prior is None else prior[rest])
         return merged
     if total < floor * math.sqrt(len(counts)):
-        shape = widths if prior is None or prior.sum() <= 0 else prior
+        shape = widths if prior is None else np.clip(prior, 0.0, None)  # a prior left raw may hold noise below 0
+        if shape.sum() <= 1e-9 * widths.sum():
+            shape = widths
         return np.asarray(shape / shape.sum() * max(total, 0.0), dtype=float)
     first, first_end = _merged_upwards(counts, widths, floor, groups=1)
     if first_end == 0:
