@@ -248,7 +248,7 @@ def _missing_beyond_noise(missing: np.ndarray, class_totals: np.ndarray, floor: 
     share = min(pooled / max(float(class_totals.sum()), 1.0), 1.0) \
         if beats_noise_alone(pooled, floor * math.sqrt(len(missing))) else 0.0
     kept = [count if beats_noise_alone(count, floor) else share * total for count, total in zip(missing, class_totals)]
-    return np.minimum(np.asarray(kept, dtype=float), class_totals)  # never more missing rows than the class holds
+    return np.asarray(np.minimum(kept, class_totals), dtype=float)  # never more missing rows than the class holds
 
 
 def _precise_class_sums(tables: list[np.ndarray]) -> np.ndarray:
