@@ -401,8 +401,7 @@ def _drafted_column(series: pd.Series) -> Column:
     validation to point at, :func:`stray_text_cells`), or categorical with its observed levels."""
     name, nullable, values = str(series.name), bool(series.isna().any()), series.dropna()
     numeric = pd.to_numeric(values, errors="coerce")
-    stray = int(numeric.isna().sum())
-    if len(values) > 0 and stray <= STRAY_TEXT_SHARE * len(values) and numeric.nunique() > 10:
+    if len(values) > 0 and _text_cells(numeric) <= STRAY_TEXT_SHARE * len(values) and numeric.nunique() > 10:
         numeric = numeric.dropna()
         integral = bool((numeric == numeric.round()).all())
         lower, upper = float(numeric.min()), float(numeric.max())
@@ -440,11 +439,16 @@ def stray_text_cells(frame: pd.DataFrame, schema: Schema) -> dict[str, int]:
     for column in schema.columns:
         if column.is_categorical or column.name not in frame.columns:
             continue
-        values = frame[column.name].dropna()
-        stray = int(pd.to_numeric(values, errors="coerce").isna().sum())
+        stray = _text_cells(pd.to_numeric(frame[column.name].dropna(), errors="coerce"))
         if stray:
             counts[column.name] = stray
     return counts
+
+
+def _text_cells(numeric: pd.Series) -> int:
+    """How many of a column's non-empty cells, read as numbers (``pd.to_numeric(..., errors=
+    "coerce")``), were text that is no number."""
+    return int(numeric.isna().sum())
 
 
 def case_variant_columns(schema: Schema) -> list[str]:
