@@ -6,8 +6,9 @@ import shutil
 import numpy as np
 import pandas as pd
 import pytest
+from scipy import stats
 
-from fedsyn.evaluation.metrics import evaluate, fidelity, plausibility, privacy, utility
+from fedsyn.evaluation.metrics import association_matrix, evaluate, fidelity, plausibility, privacy, utility
 from fedsyn.evaluation.report import render_html
 
 
@@ -64,6 +65,29 @@ def test_shuffled_columns_keep_marginals_but_break_associations(split, demo_sche
     result = fidelity(train, shuffled, demo_schema)
     assert result["marginal_error"] == pytest.approx(0.0, abs=1e-9)
     assert result["association_error"] > 0.1
+
+
+def test_associations_match_their_textbook_definitions_with_missing_values(demo_frame, demo_schema):
+    """The counted associations equal a cross-tabulation's Cramér's V, a group-by's correlation
+    ratio and pandas' Spearman, each over the rows where both columns are present."""
+    frame = demo_frame.iloc[:600].copy()
+    rng = np.random.default_rng(3)
+    for name in frame.columns:
+        frame.loc[rng.random(len(frame)) < 0.1, name] = None
+    matrix = association_matrix(frame, demo_schema)
+    categorical = [c.name for c in demo_schema.columns if c.is_categorical][:2]
+    numeric = [c.name for c in demo_schema.columns if not c.is_categorical][:2]
+    table = pd.crosstab(frame[categorical[0]], frame[categorical[1]])
+    chi2 = stats.chi2_contingency(table, correction=False)[0]
+    assert matrix.loc[categorical[0], categorical[1]] == pytest.approx(
+        np.sqrt(chi2 / (table.to_numpy().sum() * (min(table.shape) - 1))))
+    both = frame[[categorical[0], numeric[0]]].dropna()
+    values = both[numeric[0]].astype(float)
+    means = both.groupby(categorical[0])[numeric[0]].agg(["mean", "count"])
+    eta = np.sqrt((means["count"] * (means["mean"] - values.mean()) ** 2).sum() / ((values - values.mean()) ** 2).sum())
+    assert matrix.loc[categorical[0], numeric[0]] == pytest.approx(eta)
+    rho = frame[numeric[0]].astype(float).corr(frame[numeric[1]].astype(float), method="spearman")
+    assert matrix.loc[numeric[0], numeric[1]] == pytest.approx(abs(rho))
 
 
 def test_rule_violations_are_counted_and_can_be_dropped(split, demo_schema):
