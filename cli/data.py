@@ -29,7 +29,13 @@ def schema_draft(
     except (DataFileError, ValueError) as exc:
         fail(str(exc))
     draft.save(out)
-    from fedsyn.data.schema import MANY_CATEGORIES, case_variant_columns, stray_text_cells, unlisted_columns
+    from fedsyn.data.schema import (
+        MANY_CATEGORIES,
+        case_variant_columns,
+        far_bound_columns,
+        stray_text_cells,
+        unlisted_columns,
+    )
 
     if draft.missing_values:
         console.print(f"[yellow]cells holding {', '.join(repr(m) for m in draft.missing_values)} were read as missing "
@@ -45,6 +51,11 @@ def schema_draft(
                       "the value, a '<5' below a detection limit): it was drafted as a number; write those cells as "
                       f"numbers, or empty them, in the extract (fedsyn validate --schema {out} {data} lists their "
                       "lines)[/]")
+    for name, sides in far_bound_columns(extract, draft).items():
+        console.print(f"[yellow]column '{name}': its drafted {' and '.join(sides)} bound lies far beyond the rest of "
+                      "its values (a typo, or a code such as 999 for 'unknown'): set the public bound (a clinical "
+                      f"limit) instead; fedsyn validate --schema {out} {data} then lists the lines outside it, to "
+                      "correct or empty[/]")
     for name in case_variant_columns(draft):
         console.print(f"[yellow]column '{name}' lists levels that differ only in letter case or spaces: if they are "
                       "one level written two ways, write it one way in the extract and list it once[/]")

@@ -146,6 +146,22 @@ def test_a_lab_column_with_a_few_units_written_in_is_drafted_as_a_number_and_its
     assert draft_schema(mostly_text).column("creatinine").is_categorical  # 10 % text: not a number column
 
 
+def test_a_draft_points_at_a_bound_far_beyond_the_rest_of_its_values_and_not_at_a_long_tail(demo_frame):
+    """An age of 999 (a code for unknown) made the draft's upper bound 999: kept, 64 bins of 15
+    years each. It is pointed out (which side, never the value); a lognormal cost, a count of
+    visits that is mostly 0 and the demo's own columns are not."""
+    from fedsyn.data.schema import far_bound_columns
+
+    rows = demo_frame.head(400).copy()
+    rng = np.random.default_rng(0)
+    rows["cost"] = rng.lognormal(0.0, 2.0, len(rows))
+    rows["visits"] = rng.negative_binomial(1, 0.1, len(rows))
+    assert far_bound_columns(rows, draft_schema(rows)) == {}
+    rows.loc[rows.index[5], "age"] = 999
+    rows.loc[rows.index[9], "cost"] = -1e6
+    assert far_bound_columns(rows, draft_schema(rows)) == {"age": ["upper"], "cost": ["lower"]}
+
+
 def test_a_draft_proposes_the_precision_its_values_are_recorded_in():
     """Values with one decimal, four decimals and full floats: the draft proposes 0.1, 0.0001
     and nothing (and, like every drafted fact, marks the column for review)."""
