@@ -112,7 +112,7 @@ def simulate(simulation: Simulation, on_round: RoundCallback | None = None,
     stage("validation report (fidelity, utility, privacy)...")
     report = write_local_report(read_table(release / "synthetic.csv", simulation.schema), simulation.train,
                                 simulation.test, simulation.schema, local, privacy_report,
-                                simulation.settings.seed or 0, curve, comparison, simulation.settings.to_dict())
+                                simulation.settings.seed or 0, curve, comparison, simulation.settings.public_dict())
     write_table(simulation.test, local / "held_out.parquet")
     return SimulationResult(release, keys, privacy_report, seconds, report, comparison)
 

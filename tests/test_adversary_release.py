@@ -19,8 +19,8 @@ of what is published is read as bytes and must hold:
 The local report (``local-report/``: metrics on real rows, documented as local-only) is not a
 release and is not scanned as one; it must not be inside the release either.
 
-The default suite scans ``simulate --sites`` and ``fit``; ``pytest -m adversary`` scans every kind,
-seeded and not.
+The default suite scans ``simulate --sites --held-out`` (its local report too) and ``fit``;
+``pytest -m adversary`` scans every kind, seeded and not.
 """
 
 from __future__ import annotations
@@ -317,14 +317,19 @@ def check_output(output: Output) -> None:
         if output.declared is FIT_KEYS:
             assert json.loads((folder / "privacy_report.json").read_text())["seeded"] is output.seeded
     if output.local_report is not None:
-        assert_local_only(output.local_report, output.published, output.report_inside)
+        assert_local_only(output.local_report, output.published, output.secrets, output.report_inside)
 
 
-def assert_local_only(local: Path, published: list[Path], inside: bool = False) -> None:
-    """The local report exists, lies outside every published folder (unless ``inside``), and
-    none of its files is published under another name."""
+def assert_local_only(local: Path, published: list[Path], secrets: Secrets, inside: bool = False) -> None:
+    """The local report exists, lies outside every published folder (unless ``inside``), none
+    of its files is published under another name, and none holds a secret: researchers share
+    its verdict and HTML, and a seed there once gave away a simulation's site split."""
     files = [p for p in local.rglob("*") if p.is_file()]
     assert {p.name for p in files} >= {"report.json", "report.html", "held_out.parquet"}, files
+    for path in files:
+        data = path.read_bytes()
+        for what, forms in secrets.forms.items():
+            assert not any(form in data for form in forms), f"{path} holds {what}"
     # Every run folder's .gitignore is the same fixed text (simulations/workflow.py), nothing of the rows.
     digests = {hashlib.sha256(p.read_bytes()).digest() for p in files if p.name != ".gitignore"}
     for folder in published:
@@ -433,7 +438,8 @@ def deployment(inputs: Inputs, out: Path, seeded: bool = True) -> Output:
 
 Job = Callable[[Inputs, Path], Output]
 LIGHT: dict[str, Job] = {
-    "simulate --sites": lambda inputs, out: simulate(inputs, out, *(f"--sites={p}" for p in inputs.sites)),
+    "simulate --sites --held-out": lambda inputs, out: simulate(
+        inputs, out, *(f"--sites={p}" for p in inputs.sites), f"--held-out={inputs.held_out}", local_report=True),
     "fit": fit,
 }
 FULL: dict[str, Job] = {
@@ -467,7 +473,7 @@ def test_every_kind_of_published_output_holds_no_secret_and_only_declared_fields
 # -- the scanner has teeth -------------------------------------------------------------------------
 
 def test_the_scanner_finds_a_planted_nonce_an_undeclared_field_and_a_stray_file(inputs: Inputs, tmp_path: Path):
-    output = LIGHT["simulate --sites"](inputs, tmp_path / "out")
+    output = LIGHT["simulate --sites --held-out"](inputs, tmp_path / "out")
     release = output.published[0]
     nonce = json.loads(next(tmp_path.glob("out/sites/site-0*/ledger.json")).read_text())["stream_nonce"]
     config = json.loads((release / "run_config.json").read_text())
@@ -489,3 +495,10 @@ def test_the_scanner_finds_a_planted_nonce_an_undeclared_field_and_a_stray_file(
         for path, data in originals.items():
             path.write_bytes(data)
     check_output(output)
+    assert output.local_report is not None
+    settings = output.local_report / "report.json"
+    report = settings.read_text()
+    settings.write_text(json.dumps({**json.loads(report), "settings": {"seed": SEED}}))
+    with pytest.raises(AssertionError, match="the seed"):
+        check_output(output)
+    settings.write_text(report)
