@@ -162,6 +162,10 @@ MUTATIONS = [
              "                pass  # a site sends content only after it has charged",
              ("tests/test_federation.py::"
               "test_a_site_charged_whose_reply_is_rejected_is_reported_at_least_at_its_ledger",)),
+    Mutation("a site's claim of a NaN or negative ledger is taken into the report", "common/federation/protocol.py",
+             "        if not (math.isfinite(claimed) and claimed >= 0):",
+             "        if False:",
+             ("tests/test_hostile_input.py::test_a_site_claim_of_no_usable_epsilon_is_a_reply_error",)),
     Mutation("a site takes the coordinator's count of sites unchecked", "client/site.py",
              "and isinstance(sites, int) and 1 <= sites <= MAX_SITES):", "and True):",
              (PAIRS + "test_a_pairs_share_too_small_to_pay_for_its_picks_is_refused_before_any_charge",)),

@@ -97,6 +97,16 @@ def test_coordinator_decoding_of_privacy_events_only_raises_reply_errors(changed
         return
     assert set(fields) <= protocol.PRIVACY_FIELDS
     assert event.noise_multiplier > 0 and 0 < event.sample_rate <= 1 and event.steps >= 0 and 0 < delta < 1
+    assert math.isfinite(claimed) and claimed >= 0  # the signed report's epsilon is built from it
+
+
+@pytest.mark.parametrize("claim", [float("nan"), float("inf"), -5.0])
+def test_a_site_claim_of_no_usable_epsilon_is_a_reply_error(claim):
+    """Found by the session-21 privacy review: a claim of NaN made the site's epsilon_cumulative
+    and max_epsilon_any_site NaN in the signed report (invalid JSON); -5 and inf were taken too.
+    As a ReplyError the reply is unconfirmed, and the site reported at its cap."""
+    with pytest.raises(protocol.ReplyError, match="claims a ledger"):
+        protocol.decode_event(ConfigRecord({**VALID_EVENT, "epsilon_spent": claim}))
 
 
 def test_privacy_event_with_an_undeclared_field_is_rejected():

@@ -194,7 +194,10 @@ def decode_event(record: ConfigRecord) -> tuple[PrivacyEvent, float, float, str]
         delta = number(fields["delta"])
         if not 0 < delta < 1:
             raise ReplyError(f"privacy record has delta {delta}, outside (0, 1)")
-        return event, number(fields["epsilon_spent"]), delta, str(fields.get("site", ""))[:64]
+        claimed = number(fields["epsilon_spent"])
+        if not (math.isfinite(claimed) and claimed >= 0):  # a NaN claim made the signed report's epsilon NaN
+            raise ReplyError(f"privacy record claims a ledger of epsilon {claimed}, not a finite number >= 0")
+        return event, claimed, delta, str(fields.get("site", ""))[:64]
 
 
 def budget_record(budget: SiteBudget, site: str) -> ConfigRecord:
