@@ -45,7 +45,8 @@ def schema_draft(
     for name in unlisted_columns(draft):
         console.print(f"[yellow]column '{name}' has more than {MANY_CATEGORIES} distinct values, so none was written "
                       "into the draft: if it is an identifier or a date, drop it from the extract (or turn a date into "
-                      "a year or an age); otherwise list its public levels, grouping rare ones[/]")
+                      "a year or an age); a measure: make it a number column with public bounds; otherwise list its "
+                      "public levels, grouping rare ones[/]")
     for name, count in stray_text_cells(extract, draft).items():
         console.print(f"[yellow]column '{name}' holds numbers but for {count} cell(s) of text (a unit written beside "
                       "the value, a '<5' below a detection limit): it was drafted as a number; write those cells as "
@@ -62,10 +63,11 @@ def schema_draft(
     if outcome is None:
         console.print("[yellow]no --outcome given: name the column you will predict (e.g. --outcome death) so that "
                       "utility can be measured and generation conditions on it[/]")
-    console.print(f"[yellow bold]Draft written to {out}. Its bounds and categories were read off {data}: "
-                  "that is private information.[/] Replace each with public knowledge (clinical ranges, code "
-                  "lists), set needs_review to false, then train. Training refuses needs_review columns "
-                  "unless --allow-unreviewed-schema is given, which is then written into the privacy report.")
+    console.print(f"[yellow bold]Draft written to {out}. Its kinds, bounds, categories, precisions, nullable "
+                  f"flags and missing-value markers were read off {data}: that is private information.[/] Replace "
+                  "each with public knowledge (clinical ranges, code lists), set needs_review to false, then train. "
+                  "Training refuses needs_review columns unless --allow-unreviewed-schema is given, which is then "
+                  "written into the privacy report.")
 
 
 def validate(

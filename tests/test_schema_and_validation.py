@@ -162,6 +162,45 @@ def test_a_draft_points_at_a_bound_far_beyond_the_rest_of_its_values_and_not_at_
     assert far_bound_columns(rows, draft_schema(rows)) == {"age": ["upper"], "cost": ["lower"]}
 
 
+def test_a_headerless_extract_of_words_is_refused_by_the_draft_and_no_value_is_offered(tmp_path):
+    """Found by the session-21 privacy review: a file without a header line whose first record
+    is words ('F,ICU,sepsis,dead,67') was drafted with that patient's values as column names,
+    and --outcome death answered "did you mean 'dead'?". A name found among its own column's
+    values counts as a value."""
+    rng = np.random.default_rng(0)
+    rows = pd.DataFrame({"sex": rng.choice(["F", "M"], 300), "ward": rng.choice(["ICU", "ward"], 300),
+                         "cause": rng.choice(["sepsis", "stroke", "trauma"], 300),
+                         "death": rng.choice(["dead", "alive"], 300), "age": rng.integers(18, 90, 300)})
+    rows.iloc[0] = ["F", "ICU", "sepsis", "dead", 67]
+    path = tmp_path / "headerless.csv"
+    rows.to_csv(path, index=False, header=False)
+    for outcome in (None, "death"):
+        with pytest.raises(SchemaError, match="does not look like column names") as refused:
+            draft_schema(read_table(path), outcome=outcome)
+        assert "dead" not in str(refused.value) and "sepsis" not in str(refused.value)
+    assert draft_schema(rows, outcome="death").outcome == "death"  # with its header line it drafts
+
+
+def test_record_numbers_and_dates_written_as_numbers_get_no_bounds_in_a_draft():
+    """Found by the session-21 privacy review: since numbers with a few text cells are drafted as
+    numbers, a record number (2.5 % written 'TMP...') and a yyyymmdd date were drafted as integer
+    columns whose bounds were two patients' own. They are drafted as the identifiers they are,
+    no value written; survival times in days (whole, mostly distinct) stay numbers."""
+    from fedsyn.data.schema import unlisted_columns
+
+    rng = np.random.default_rng(0)
+    days = pd.to_datetime("2020-01-01") + pd.to_timedelta(rng.integers(0, 1400, 400), unit="D")
+    rows = pd.DataFrame({"mrn": rng.choice(np.arange(100_000, 999_999), 400, replace=False).astype(object),
+                         "admitted": days.strftime("%Y%m%d").astype(int), "rtime": rng.integers(30, 7000, 400),
+                         "death": rng.choice(["0", "1"], 400)})
+    rows.loc[rows.index[:10], "mrn"] = [f"TMP{i}" for i in range(10)]
+    draft = draft_schema(rows, outcome="death")
+    assert unlisted_columns(draft) == ["mrn", "admitted"]
+    text = draft.model_dump_json()
+    assert not any(str(value) in text for value in (*rows["mrn"][10:], *rows["admitted"]))
+    assert draft.column("rtime").kind.value == "integer"
+
+
 def test_a_draft_proposes_the_precision_its_values_are_recorded_in():
     """Values with one decimal, four decimals and full floats: the draft proposes 0.1, 0.0001
     and nothing (and, like every drafted fact, marks the column for review)."""

@@ -379,11 +379,13 @@ def draft_schema(frame: pd.DataFrame, name: str = "table", outcome: str | None =
     never values.
     """
     names = [str(col) for col in frame.columns]
-    if headerless_names(names):
-        raise SchemaError("the extract's first line does not look like column names (most are numbers or dates): "
-                          "add a header line naming the columns, then draft again")
+    own_values = frozenset(_names_among_own_values(frame))
+    if headerless_names(names, own_values):
+        raise SchemaError("the extract's first line does not look like column names (most are numbers, dates or "
+                          "values found in their own columns): add a header line naming the columns, then draft "
+                          "again")
     if outcome is not None and outcome not in names:
-        shown = [n for n in names if not value_like(n)]
+        shown = [n for n in names if not value_like(n, own_values)]
         raise SchemaError(f"outcome '{outcome}': the extract has no such column{did_you_mean(outcome, shown, 0.5)}")
     text_values = _text_values(frame)
     levels = marker_levels(text_values)
@@ -396,12 +398,21 @@ def draft_schema(frame: pd.DataFrame, name: str = "table", outcome: str | None =
         raise SchemaError(f"could not draft a schema: {schema_problems(exc, None)}") from None
 
 
+def _names_among_own_values(frame: pd.DataFrame) -> list[str]:
+    """The column names that are one of their own column's values ('F' over a column of F and
+    M): a file without a header line gives its first record as names, and the draft must not
+    make a patient's values a schema's column names."""
+    return [str(name) for name in frame.columns
+            if str(name).strip() in set(frame[name].dropna().astype(str).str.strip())]
+
+
 def _drafted_column(series: pd.Series) -> Column:
     """One column's guess: numeric with its observed range (its stray text cells left for
     validation to point at, :func:`stray_text_cells`), or categorical with its observed levels."""
     name, nullable, values = str(series.name), bool(series.isna().any()), series.dropna()
     numeric = pd.to_numeric(values, errors="coerce")
-    if len(values) > 0 and _text_cells(numeric) <= STRAY_TEXT_SHARE * len(values) and numeric.nunique() > 10:
+    if len(values) > 0 and _text_cells(numeric) <= STRAY_TEXT_SHARE * len(values) and numeric.nunique() > 10 \
+            and not _identifier_like(numeric.dropna()):
         numeric = numeric.dropna()
         integral = bool((numeric == numeric.round()).all())
         lower, upper = float(numeric.min()), float(numeric.max())
@@ -412,9 +423,24 @@ def _drafted_column(series: pd.Series) -> Column:
     # Spelled as an extract is read: stray spaces around a level are that level ('F ' is 'F').
     categories = sorted({str(spell_category(v)).strip() for v in values}) or ["(none)"]
     if len(categories) > MANY_CATEGORIES:  # an identifier or a date: its values are patients', never written
+        # (a number column too, :func:`_identifier_like`: its bounds would be two patients' record numbers)
         categories = [UNLISTED_LEVELS]
     return Column(name=name, kind=ColumnKind.CATEGORICAL, categories=categories, nullable=nullable,
                   needs_review=True)
+
+
+def _identifier_like(numbers: pd.Series) -> bool:
+    """Whether a column of numbers is a record number or a date written as one (20210317): whole
+    numbers, every one distinct and six digits or more, or every one distinct and close to
+    consecutive (row numbers); or dates, yyyymmdd with a real month and day. Survival times in
+    days are whole and mostly distinct too, but repeat and stay below 100,000."""
+    if len(numbers) < 50 or not bool((numbers == numbers.round()).all()):
+        return False
+    if numbers.is_unique and (numbers.abs().max() >= 100_000 or numbers.max() - numbers.min() < 1.1 * len(numbers)):
+        return True
+    month, day = (numbers // 100) % 100, numbers % 100
+    return bool(numbers.between(18_000_101, 22_001_231).all() and month.between(1, 12).all()
+                and day.between(1, 31).all())
 
 
 def without_markers(frame: pd.DataFrame, markers: list[str], levels: Mapping[str, Collection[str]] | None = None
