@@ -88,8 +88,9 @@ def privacy_report(run: RunRecord, public_facts: dict[str, object] | None = None
             cumulative = max(cumulative, site.cap)
             bound = (f"round(s) {', '.join(map(str, site.unconfirmed))} may have been charged at the site without its "
                      "claim reaching the coordinator (no reply, a failure after the charge, or a reply the coordinator "
-                     f"rejected); each charge of this run was capped at epsilon {site.cap:g}, so the site's ledger is "
-                     "at most that. The site's own ledger has the exact figure")
+                     f"rejected); each charge of this run was capped at epsilon {site.cap:g}, so this run left the "
+                     "site's ledger at most that (a later run may add to it). The site's own ledger has the exact "
+                     "figure")
         sites.append({
             "site": site.name,
             "node_id": site.node_id,
