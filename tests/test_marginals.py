@@ -221,6 +221,23 @@ def test_sites_that_differ_by_noise_alone_are_drawn_to_the_pool_and_real_differe
     assert np.all(np.argmax(shrunk[:, :, 0], axis=1) == np.arange(sites))
 
 
+def test_where_the_pool_holds_nothing_no_site_holds_anything():
+    """Four sites' emergency visits, 0-12 in the rows, 40 bins of public range at std 5 a cell:
+    the coarsened sum holds nothing past bin 6, and the sites' own noise there (positive half
+    the time, and a release draws rows only where a count is positive) is no site's data. Kept,
+    it gave the bench's nmes sites visits up to 75 and turned the outcome's effect round."""
+    rng = np.random.default_rng(0)
+    sites, bins = 4, 40
+    exact = np.zeros((sites, bins, 1))
+    exact[:, :6, 0] = [600.0, 60.0, 20.0, 8.0, 3.0, 1.0]
+    noisy = exact + rng.normal(0.0, 5.0, size=exact.shape)
+    pooled = np.zeros((bins, 1))
+    pooled[:6, 0] = exact[0, :6, 0] / exact[0, :6, 0].sum()
+    shrunk = shrunk_to_pool(noisy, noisy.sum(axis=1), np.full(sites, 5.0), pooled)
+    assert (noisy[:, 6:] > 5.0).sum() > 5  # the sites' noise alone: a few cells above one std
+    assert np.all(shrunk[:, 6:] == 0.0) and np.all(shrunk[:, :2] > 0.0)
+
+
 def test_one_site_or_no_noise_leaves_the_counts_as_they_are():
     counts = np.array([[[10.0], [-2.0], [30.0]]])
     assert np.array_equal(shrunk_to_pool(counts, np.array([[38.0]]), np.array([5.0]), np.full((3, 1), 1 / 3)), counts)

@@ -151,7 +151,10 @@ def shrunk_to_pool(tables: np.ndarray, sizes: np.ndarray, stds: np.ndarray, pool
     column whose sites differ by more than their noise (the hospital's own age groups, a site
     column) keeps each site's own distribution, and one whose site differences are noise gets
     the federation's, which is far less noisy. A small class of a small site leans on the pool
-    most. With one site there is nothing to pool: the counts are returned as they are."""
+    most. A cell the pool holds nothing of (the coarsened sum's empty reach) is nothing at every
+    site: no site's count there exceeds the sum's, which is noise. Kept, a site's positive noise
+    there became rows (the nmes sites' emergency visits up to 75 where the rows stop at 12).
+    With one site there is nothing to pool: the counts are returned as they are."""
     shrunk = np.array(tables, dtype=float)
     sites, bins, classes = shrunk.shape
     if sites < 2:
@@ -161,6 +164,7 @@ def shrunk_to_pool(tables: np.ndarray, sizes: np.ndarray, stds: np.ndarray, pool
         variance = (np.maximum(stds, 1e-12) / size) ** 2
         weight = _pooling_weights(shrunk[:, :, k] / size[:, None], variance)[:, None]
         shrunk[:, :, k] = weight * shrunk[:, :, k] + (1.0 - weight) * size[:, None] * pooled[None, :, k]
+    shrunk[:, pooled <= 0] = 0.0  # where the federation's sum holds nothing, no site's share of it is more than noise
     return shrunk
 
 
