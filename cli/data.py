@@ -32,7 +32,10 @@ def schema_draft(
     from fedsyn.data.schema import (
         MANY_CATEGORIES,
         case_variant_columns,
+        constant_columns,
+        duplicate_columns,
         far_bound_columns,
+        log_scale_columns,
         stray_text_cells,
         unlisted_columns,
     )
@@ -57,6 +60,16 @@ def schema_draft(
                       "its values (a typo, or a code such as 999 for 'unknown'): set the public bound (a clinical "
                       f"limit) instead; fedsyn validate --schema {out} {data} then lists the lines outside it, to "
                       "correct or empty[/]")
+    for name in constant_columns(extract, draft):
+        console.print(f"[yellow]column '{name}' holds one value in every row: unless it names the hospital (a site "
+                      "column), it tells nothing, and every column shares the budget (the noise grows with the "
+                      "table's width): drop it from the extract and the schema[/]")
+    for name, first in duplicate_columns(extract, draft):
+        console.print(f"[yellow]column '{name}' repeats column '{first}' row for row: drop one of them (every column "
+                      "shares the budget)[/]")
+    for name in log_scale_columns(extract, draft):
+        console.print(f"[yellow]column '{name}' spans more than two orders of magnitude: consider \"transform\": "
+                      "\"log\" with a public lower bound above 0 (docs/schema.md)[/]")
     for name in case_variant_columns(draft):
         console.print(f"[yellow]column '{name}' lists levels that differ only in letter case or spaces: if they are "
                       "one level written two ways, write it one way in the extract and list it once[/]")

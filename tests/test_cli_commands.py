@@ -81,12 +81,14 @@ def test_schema_draft_points_at_stray_text_a_far_bound_and_levels_written_two_wa
     rows.loc[rows.index[[5, 9]], "creatinine"] = ["170 umol/L", "<3"]
     rows.loc[rows.index[3], "sex"] = "f"
     rows.loc[rows.index[7], "age"] = 999
+    rows = rows.assign(source="EHR-export", age_again=rows["age"])
     rows.to_csv(tmp_path / "cohort.csv", index=False)
     result = _invoke("schema", "draft", tmp_path / "cohort.csv", "--out", tmp_path / "draft.json", "--outcome", "death")
     said = " ".join(result.output.split())
     assert result.exit_code == 0 and "column 'creatinine' holds numbers but for 2 cell(s) of text" in said
     assert "column 'sex' lists levels that differ only in letter case" in said
     assert "column 'age': its drafted upper bound lies far beyond the rest of its values" in said
+    assert "column 'source' holds one value in every row" in said and "'age_again' repeats column 'age'" in said
     assert "umol" not in said and "<3" not in said and "999 " not in said.replace("999 for", "")  # never shown
 
 

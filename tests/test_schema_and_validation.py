@@ -201,6 +201,25 @@ def test_record_numbers_and_dates_written_as_numbers_get_no_bounds_in_a_draft():
     assert draft.column("rtime").kind.value == "integer"
 
 
+def test_a_draft_points_at_constant_and_repeated_columns_and_at_columns_for_a_log_scale(demo_frame):
+    """A newcomer's 58 columns held a constant (the export's source), a lab copied under a second
+    name, and a cost and a BNP spanning four orders of magnitude drafted linear: each widened
+    the table or wasted its bins, and the draft said nothing. A flag of one value and empty
+    cells is not a constant."""
+    from fedsyn.data.schema import constant_columns, duplicate_columns, log_scale_columns
+
+    rows = demo_frame.head(300).copy()
+    plain = draft_schema(rows)
+    assert duplicate_columns(rows, plain) == [] and log_scale_columns(rows, plain) == []
+    rng = np.random.default_rng(0)
+    rows = rows.assign(source="EHR-export", copy_of_age=rows["age"], flag=np.where(rng.random(300) < 0.3, "Y", None),
+                       cost=rng.lognormal(8.0, 1.5, 300))
+    draft = draft_schema(rows)
+    assert "source" in constant_columns(rows, draft) and "flag" not in constant_columns(rows, draft)
+    assert duplicate_columns(rows, draft) == [("copy_of_age", "age")]
+    assert log_scale_columns(rows, draft) == ["cost"]
+
+
 def test_a_draft_proposes_the_precision_its_values_are_recorded_in():
     """Values with one decimal, four decimals and full floats: the draft proposes 0.1, 0.0001
     and nothing (and, like every drafted fact, marks the column for review)."""
@@ -290,6 +309,26 @@ def test_a_draft_from_parquet_float_codes_validates_its_own_source(tmp_path):
     reviewed = draft.model_copy(update={"columns": [c.model_copy(update={"needs_review": False})
                                                     for c in draft.columns]})
     assert validate_frame(read_table(tmp_path / "x.parquet", reviewed), reviewed).ok
+
+
+def test_a_parquet_exports_empty_text_cells_are_missing_as_in_a_csv(tmp_path):
+    """A newcomer's Parquet held '' where its CSV held nothing: its ages were drafted as a category
+    ('drop it as an identifier'), a flag got the level '', and validation called every empty cell
+    'not a number'. Read from either file, the draft is the same."""
+    from fedsyn.data.schema import draft_schema
+    from fedsyn.data.tables import read_table
+
+    rng = np.random.default_rng(0)
+    ages = rng.integers(18, 95, 200).astype(str).astype(object)
+    ages[::9] = ""
+    flags = rng.choice(["yes", "no", " "], 200).astype(object)
+    frame = pd.DataFrame({"age": ages, "copd": flags})
+    frame.to_parquet(tmp_path / "x.parquet")
+    frame.to_csv(tmp_path / "x.csv", index=False)
+    from_parquet = draft_schema(read_table(tmp_path / "x.parquet"))
+    assert from_parquet.column("age").kind.value == "integer" and from_parquet.column("age").nullable
+    assert from_parquet.column("copd").categories == ["no", "yes"] and from_parquet.column("copd").nullable
+    assert from_parquet.column("age").upper == draft_schema(read_table(tmp_path / "x.csv")).column("age").upper
 
 
 def test_parquet_problems_are_located_by_row_and_csv_problems_by_line(tmp_path, demo_frame, demo_schema):

@@ -496,6 +496,53 @@ def far_bound_columns(frame: pd.DataFrame, schema: Schema) -> dict[str, list[str
     return far
 
 
+def constant_columns(frame: pd.DataFrame, schema: Schema) -> list[str]:
+    """Of a draft's columns, those holding one value in every row: they tell nothing, and every
+    column shares the budget (its noise grows with the table's width). One value and empty
+    cells is a flag ('Y' or nothing), not a constant."""
+    frame = without_markers(frame, schema.missing_values, category_levels(schema))
+    return [c.name for c in schema.columns
+            if c.name in frame.columns and frame[c.name].nunique(dropna=False) <= 1 and len(frame) > 1]
+
+
+def duplicate_columns(frame: pd.DataFrame, schema: Schema) -> list[tuple[str, str]]:
+    """Of a draft's columns, each that repeats an earlier one row for row (a lab in two units
+    written the same, an export's copy), with the column it repeats: names only."""
+    frame = without_markers(frame, schema.missing_values, category_levels(schema))
+    seen: dict[int, str] = {}
+    repeats = []
+    for column in schema.columns:
+        if column.name not in frame.columns:
+            continue
+        key = int(pd.util.hash_pandas_object(frame[column.name].astype(str), index=False).sum())
+        if key in seen and frame[column.name].astype(str).equals(frame[seen[key]].astype(str)):
+            repeats.append((column.name, seen[key]))
+        else:
+            seen.setdefault(key, column.name)
+    return repeats
+
+
+# A positive column whose 99th percentile is this many times its 1st is drafted linear but reads
+# better on a log scale: its 64 bins would otherwise leave most rows in the first few.
+LOG_SPAN = 100.0
+
+
+def log_scale_columns(frame: pd.DataFrame, schema: Schema) -> list[str]:
+    """Of a draft's linear numeric columns, those of positive values spanning more than two
+    orders of magnitude (:data:`LOG_SPAN`): a cost, a BNP, a CRP, for ``transform: log``."""
+    frame = without_markers(frame, schema.missing_values, category_levels(schema))
+    names = []
+    for column in schema.columns:
+        if column.is_categorical or column.transform != "linear" or column.name not in frame.columns:
+            continue
+        values = pd.to_numeric(frame[column.name], errors="coerce").dropna().to_numpy(dtype=float)
+        if len(values) >= 20 and values.min() > 0:
+            low, high = np.quantile(values, [0.01, 0.99])
+            if high >= LOG_SPAN * low:
+                names.append(column.name)
+    return names
+
+
 def _far(values: np.ndarray) -> bool:
     """Whether ``values``' largest lies far beyond their 99th percentile (:func:`far_bound_columns`)."""
     if len(values) < 20:

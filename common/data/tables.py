@@ -45,7 +45,7 @@ def read_table(path: str | Path, schema: Schema | None = None) -> pd.DataFrame:
             dtype = {c.name: str for c in schema.categorical_columns} if schema else None
             frame = pd.read_csv(path, sep=_TEXT_SEPARATORS[suffix], dtype=dtype, keep_default_na=True)
         else:
-            frame = pd.read_parquet(path)
+            frame = _blank_text_as_missing(pd.read_parquet(path))
     except pd.errors.EmptyDataError:
         raise DataFileError(f"cannot read {path}: the file is empty (no header line, no rows)") from None
     except UnicodeDecodeError as exc:  # its text quotes bytes of the file: never shown
@@ -63,6 +63,17 @@ def read_table(path: str | Path, schema: Schema | None = None) -> pd.DataFrame:
     for column in schema.categorical_columns if schema is not None else []:
         if column.name in frame.columns:
             frame[column.name] = _as_category(frame[column.name], set(column.levels))
+    return frame
+
+
+def _blank_text_as_missing(frame: pd.DataFrame) -> pd.DataFrame:
+    """A Parquet file's empty (or all-space) text cells made missing, as a CSV reader reads an
+    empty field: an export that wrote '' for a missing lab value made the column text ('value
+    is not a number' on every empty cell) and gave a yes/no flag a level ''."""
+    for name in frame.columns:
+        series = frame[name]
+        if series.dtype == object or pd.api.types.is_string_dtype(series):
+            frame[name] = series.mask(series.notna() & (series.astype(str).str.strip() == ""))
     return frame
 
 
