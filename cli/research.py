@@ -409,13 +409,14 @@ def _show_site_plans(title: str, site_plans: tuple[SitePlan, ...], width_plans: 
     for plan in site_plans:
         if plan.level != "green":
             console.print(f"[{COLOUR[plan.level]} bold]{plan.level}:[/] {plan.site}: {plan.advice}")
-    _show_width(width_plans, epsilon)
+    _show_width(width_plans, epsilon, min((plan.batch_size for plan in site_plans if plan.batch_size), default=None))
 
 
-def _show_width(widths: tuple[WidthPlan, ...], epsilon: float) -> None:
+def _show_width(widths: tuple[WidthPlan, ...], epsilon: float, batch_size: int | None = None) -> None:
     """Round 0 measures every column by the outcome at once: its noise grows with the square root
     of the number of columns. Shows each site's noise per cell against its rows, the columns that
-    cost most, and what would make the tables usable."""
+    cost most, and what would make the tables usable; the command it suggests carries the
+    ``batch_size`` the sites' plans advised too (the smallest site's), so one paste does both."""
     table = Table(title=f"Width: {widths[0].measured_columns} columns measured by the outcome in round 0")
     for column in ("site", "rows", "noise per cell", "columns resolved (green/amber/red)", "outlook"):
         table.add_column(column)
@@ -434,26 +435,28 @@ def _show_width(widths: tuple[WidthPlan, ...], epsilon: float) -> None:
                   f"of {worst.cell_noise:.0f} rows (it grows with the square root of the {worst.measured_columns} "
                   f"columns); {worst.column_advice}")
     if worst.epsilon_needed is not None and worst.epsilon_needed > epsilon:
+        batch = [("--batch-size", str(batch_size))] if batch_size else []
         console.print(f"  epsilon {worst.epsilon_needed:g} per site would resolve most of them (the site's outlook "
                       "no longer red; the weakest columns may stay red): "
-                      f"{_command_with('--epsilon', f'{worst.epsilon_needed:g}')}")
+                      f"{_command_with(('--epsilon', f'{worst.epsilon_needed:g}'), *batch)}")
     if worst.columns_to_keep is not None:
         console.print(f"  at epsilon {epsilon:g}, keep at most {worst.columns_to_keep} of the "
                       f"{worst.measured_columns} columns (drop the others from the schema and from the data), or "
                       "pool small sites")
 
 
-def _command_with(option: str, value: str) -> str:
-    """This very command line with ``option`` set to ``value``, ready to paste."""
+def _command_with(*settings: tuple[str, str]) -> str:
+    """This very command line with each option of ``settings`` set to its value, ready to paste."""
+    options = {option for option, _ in settings}
     words, skip = [], False
     for word in sys.argv[1:]:
         if skip:
             skip = False
-        elif word == option:
+        elif word in options:
             skip = True
-        elif not word.startswith(f"{option}="):
+        elif not any(word.startswith(f"{option}=") for option in options):
             words.append(word)
-    return shlex.join(["fedsyn", *words, option, value])
+    return shlex.join(["fedsyn", *words, *(word for setting in settings for word in setting)])
 
 
 def evaluate(

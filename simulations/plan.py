@@ -55,6 +55,7 @@ class SitePlan:
     rows_per_histogram_noise: float  # 0: the budget covers no run at all, so no table is released
     level: Literal["green", "amber", "red"]
     advice: str
+    batch_size: int | None = None  # the --batch-size the advice suggests (None: none suggested)
 
 
 def plan_site(name: str, rows: int, measured: int, settings: FederationSettings) -> SitePlan:
@@ -66,7 +67,8 @@ def plan_site(name: str, rows: int, measured: int, settings: FederationSettings)
     cell_noise = table_noise_std(measured, run.marginals_noise, settings.pairs_share) if run.marginals_noise else None
     plan = _graded(name, rows, settings.sample_rate * rows, sigma, steps, cell_noise)
     if plan.level != "green" and settings.sample_rate >= HIGH_SAMPLE_RATE:
-        return replace(plan, advice=f"{plan.advice}; {_smaller_batch(rows, settings)}")
+        advice, suggested = _smaller_batch(rows, settings)
+        return replace(plan, advice=f"{plan.advice}; {advice}", batch_size=suggested)
     return plan
 
 
@@ -95,8 +97,9 @@ def _graded(name: str, rows: int, batch: float, sigma: float | None, steps: int,
     return SitePlan(name, rows, batch, sigma, steps, records_per_noise, rows_per_noise, level, advice)
 
 
-def _smaller_batch(rows: int, settings: FederationSettings) -> str:
-    """The ``--batch-size`` that samples about TARGET_SAMPLE_RATE of the rows per step.
+def _smaller_batch(rows: int, settings: FederationSettings) -> tuple[str, int | None]:
+    """The ``--batch-size`` that samples about TARGET_SAMPLE_RATE of the rows per step, said,
+    and as a number where it is exact (None where the site can only say which way to go).
 
     ``fedsyn simulate`` sets the public rate to the batch size over the smallest site's rows,
     at most 1. Below 1 that gives the smallest site's rows; at 1 a site of at most the batch
@@ -107,10 +110,10 @@ def _smaller_batch(rows: int, settings: FederationSettings) -> str:
                "site's rows)")
     smallest = round(batch_size / rate) if rate < 1 else rows if rows <= batch_size else None
     if smallest is None:
-        return f"{sampled}: a smaller --batch-size lowers it"
+        return f"{sampled}: a smaller --batch-size lowers it", None
     suggested = max(1, round(TARGET_SAMPLE_RATE * smallest))
     return (f"{sampled}: --batch-size {suggested} samples about {TARGET_SAMPLE_RATE:.0%} (one --batch-size for "
-            "all sites: use the smallest site's suggestion)")
+            "all sites: use the smallest site's suggestion)"), suggested
 
 
 # -- width: what the round-0 tables can resolve ------------------------------------------------

@@ -47,8 +47,10 @@ def test_simulate_refuses_a_plan_whose_tables_cannot_resolve_the_columns_unless_
     assert result.exit_code == 2 and "--yes" in result.output and not out.exists()
     assert "noise per cell" in result.output and ("merge categories of" in result.output or "drop " in result.output)
     assert "(red: " in result.output  # the red columns are named, not only counted
-    assert "--epsilon" in result.output.split("the weakest columns may stay red):")[1]
-    said = " ".join(result.output.split())
+    suggested = " ".join(result.output.split("the weakest columns may stay red):")[1].split("at epsilon")[0].split())
+    assert "--epsilon" in suggested
+    assert "--batch-size" in suggested  # the command carries the batch size the site plans advised (a newcomer's
+    said = " ".join(result.output.split())  # paste of it left that out)
     assert "--batch-size changes DP-SGD only" in said  # a newcomer lowered it and was refused again
 
 

@@ -68,7 +68,8 @@ def test_a_weak_site_sampled_whole_at_every_step_is_told_the_batch_size_that_sam
     whole = FederationSettings(sample_rate=1.0)  # --batch-size 256 over a smallest site of 212 rows
     smallest, larger = plan_site("H0", 212, 5, whole), plan_site("H2", 650, 5, whole)
     assert smallest.level != "green" and "212 rows" in smallest.advice and "--batch-size 53 " in smallest.advice
-    assert "a smaller --batch-size" in larger.advice  # at rate 1 it cannot tell the smallest site's rows
+    assert smallest.batch_size == 53  # what the suggested command carries (cli: _show_width)
+    assert "a smaller --batch-size" in larger.advice and larger.batch_size is None  # it cannot tell the rows
     most = FederationSettings(sample_rate=0.6, gan_config=GANConfig(batch_size=128))  # 128 / 0.6: 213 rows
     assert "--batch-size 53 " in plan_site("H2", 650, 5, most).advice
     quarter = FederationSettings(sample_rate=0.3, gan_config=GANConfig(batch_size=64))
