@@ -71,8 +71,9 @@ def schema_draft(
         console.print(f"[yellow]column '{name}' spans more than two orders of magnitude: consider \"transform\": "
                       "\"log\" with a public lower bound above 0 (docs/schema.md)[/]")
     for name in case_variant_columns(draft):
-        console.print(f"[yellow]column '{name}' lists levels that differ only in letter case or spaces: if they are "
-                      "one level written two ways, write it one way in the extract and list it once[/]")
+        console.print(f"[yellow]column '{name}' lists levels that differ only in letter case or spaces, or a letter "
+                      "and a word it may abbreviate ('F' and 'Female'): if they are one level written two ways, write "
+                      "it one way in the extract and list it once[/]")
     if outcome is None:
         console.print("[yellow]no --outcome given: name the column you will predict (e.g. --outcome death) so that "
                       "utility can be measured and generation conditions on it[/]")

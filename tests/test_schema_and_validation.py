@@ -140,6 +140,10 @@ def test_a_lab_column_with_a_few_units_written_in_is_drafted_as_a_number_and_its
     assert creatinine.upper == pd.to_numeric(rows["creatinine"], errors="coerce").max()
     assert stray_text_cells(rows, draft) == {"creatinine": 3}
     assert case_variant_columns(draft) == ["sex"]
+    rows.loc[rows.index[7], "sex"] = "Female"  # a newcomer's F, M and Female
+    assert case_variant_columns(draft_schema(rows, outcome="death")) == ["sex"]
+    staged = pd.DataFrame({"stage": ["I", "II", "III", "IV"] * 10, "yes": ["Y", "N"] * 20})
+    assert case_variant_columns(draft_schema(staged)) == []
     lines = [problem for problem in validate_frame(rows, draft).problems if problem.column == "creatinine"]
     assert lines and "umol" not in str(lines) and "<5" not in str(lines)
     mostly_text = rows.assign(creatinine=np.where(np.arange(len(rows)) % 10 == 0, "high", rows["creatinine"]))

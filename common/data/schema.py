@@ -564,10 +564,19 @@ def _text_cells(numeric: pd.Series) -> int:
 
 def case_variant_columns(schema: Schema) -> list[str]:
     """The categorical columns listing two levels that differ only in letter case or in spaces
-    ('F' and 'f', 'Emergency' and 'emergency'): one level written two ways, to be merged in the
-    extract, or two levels the schema should name apart."""
-    return [column.name for column in schema.categorical_columns
-            if len({level.strip().casefold() for level in column.levels}) < len(column.levels)]
+    ('F' and 'f', 'Emergency' and 'emergency'), or a letter and a word it abbreviates ('F' and
+    'Female', 'Y' and 'yes'): one level written two ways, to be merged in the extract, or two
+    levels the schema should name apart. (Stage 'I', 'II' and 'III' are not: Roman numerals.)"""
+    return [column.name for column in schema.categorical_columns if _written_two_ways(column.levels)]
+
+
+def _written_two_ways(levels: list[str]) -> bool:
+    spelled = {level.strip().casefold() for level in levels}
+    if len(spelled) < len(levels):
+        return True
+    letters = {level for level in spelled if len(level) == 1 and level.isalpha()}
+    return any(len(level) >= 3 and level.isalpha() and level[0] in letters and set(level) - set("ivxlcdm")
+               for level in spelled)  # a Roman numeral ('iii') abbreviates nothing
 
 
 def category_levels(schema: Schema) -> dict[str, list[str]]:
