@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import math
 import re
-from collections.abc import Collection, Mapping
+from collections.abc import Collection, Iterator, Mapping
 from enum import Enum
 from pathlib import Path
 from typing import Literal
@@ -329,7 +329,7 @@ def is_missing_marker(text: str) -> bool:
     return bool(_MARKER_PUNCTUATION.fullmatch(text)) or (text.lower() in _MARKER_WORDS and text != "Na")
 
 
-def _text_columns(frame: pd.DataFrame) -> list[str]:
+def text_columns(frame: pd.DataFrame) -> list[str]:
     """The columns read as text (where a marker can stand)."""
     return [str(column) for column in frame.columns
             if frame[column].dtype == object or pd.api.types.is_string_dtype(frame[column])]
@@ -337,7 +337,7 @@ def _text_columns(frame: pd.DataFrame) -> list[str]:
 
 def _text_values(frame: pd.DataFrame) -> dict[str, set[str]]:
     """Each text column's distinct values, their surrounding spaces removed."""
-    return {name: set(frame[name].dropna().astype(str).str.strip().unique()) for name in _text_columns(frame)}
+    return {name: set(frame[name].dropna().astype(str).str.strip().unique()) for name in text_columns(frame)}
 
 
 def _is_number(text: str) -> bool:
@@ -450,7 +450,7 @@ def without_markers(frame: pd.DataFrame, markers: list[str], levels: Mapping[str
     if not markers:
         return frame
     frame = frame.copy()
-    for name in _text_columns(frame):
+    for name in text_columns(frame):
         series = frame[name]
         missing = set(markers) - set((levels or {}).get(name, ()))
         frame[name] = series.mask(series.notna() & series.astype(str).str.strip().isin(missing))
@@ -484,12 +484,8 @@ def far_bound_columns(frame: pd.DataFrame, schema: Schema) -> dict[str, list[str
     far beyond the rest of its values (:data:`FAR_BOUND_RATIO`): which side, never the values.
     Kept as a bound, a typo stretches the public grid over nothing (64 bins from 20 to 999 are
     15 years of age each)."""
-    frame = without_markers(frame, schema.missing_values, category_levels(schema))
     far = {}
-    for column in schema.columns:
-        if column.is_categorical or column.name not in frame.columns:
-            continue
-        values = pd.to_numeric(frame[column.name], errors="coerce").dropna().to_numpy(dtype=float)
+    for column, values in _numeric_values(frame, schema):
         sides = [side for side, sign in (("lower", -1.0), ("upper", 1.0)) if _far(sign * values)]
         if sides:
             far[column.name] = sides
@@ -530,17 +526,22 @@ LOG_SPAN = 100.0
 def log_scale_columns(frame: pd.DataFrame, schema: Schema) -> list[str]:
     """Of a draft's linear numeric columns, those of positive values spanning more than two
     orders of magnitude (:data:`LOG_SPAN`): a cost, a BNP, a CRP, for ``transform: log``."""
-    frame = without_markers(frame, schema.missing_values, category_levels(schema))
     names = []
-    for column in schema.columns:
-        if column.is_categorical or column.transform != "linear" or column.name not in frame.columns:
-            continue
-        values = pd.to_numeric(frame[column.name], errors="coerce").dropna().to_numpy(dtype=float)
-        if len(values) >= 20 and values.min() > 0:
+    for column, values in _numeric_values(frame, schema):
+        if column.transform == "linear" and len(values) >= 20 and values.min() > 0:
             low, high = np.quantile(values, [0.01, 0.99])
             if high >= LOG_SPAN * low:
                 names.append(column.name)
     return names
+
+
+def _numeric_values(frame: pd.DataFrame, schema: Schema) -> Iterator[tuple[Column, np.ndarray]]:
+    """Each of a draft's numeric columns in ``frame`` with its cells that are numbers (the
+    draft's missing-value markers, empty cells and stray text left out)."""
+    frame = without_markers(frame, schema.missing_values, category_levels(schema))
+    for column in schema.columns:
+        if not column.is_categorical and column.name in frame.columns:
+            yield column, pd.to_numeric(frame[column.name], errors="coerce").dropna().to_numpy(dtype=float)
 
 
 def _far(values: np.ndarray) -> bool:

@@ -13,6 +13,7 @@ from fedsyn.data.schema import (
     category_levels,
     headerless_names,
     spell_category,
+    text_columns,
     without_markers,
 )
 from fedsyn.errors import InputDataError
@@ -70,10 +71,9 @@ def _blank_text_as_missing(frame: pd.DataFrame) -> pd.DataFrame:
     """A Parquet file's empty (or all-space) text cells made missing, as a CSV reader reads an
     empty field: an export that wrote '' for a missing lab value made the column text ('value
     is not a number' on every empty cell) and gave a yes/no flag a level ''."""
-    for name in frame.columns:
+    for name in text_columns(frame):
         series = frame[name]
-        if series.dtype == object or pd.api.types.is_string_dtype(series):
-            frame[name] = series.mask(series.notna() & (series.astype(str).str.strip() == ""))
+        frame[name] = series.mask(series.notna() & (series.astype(str).str.strip() == ""))
     return frame
 
 
