@@ -144,8 +144,13 @@ def fit(
 def simulate(
     sites: Annotated[list[Path] | None, typer.Option("--sites", help="one extract per hospital")] = None,
     held_out: Annotated[Path | None, typer.Option(
-        help="with --sites: real rows no site trains on, for the local validation report and verdict")] = None,
+        help="real rows no site trains on, for the local validation report and verdict (with --data: then every "
+             "row of DATA trains)")] = None,
     data: Annotated[Path | None, typer.Option(help="one table to split into --split hospitals")] = None,
+    hold_out: Annotated[float | None, typer.Option(
+        help="with --data and no --held-out: the share of DATA kept out of training (stratified by the outcome; "
+             "with --site-column, at each hospital) for the local validation report (default 0.3; 0: train on "
+             "every row, no report)")] = None,
     split: Annotated[int | None, typer.Option(
         help="how many hospitals to split --data into (default 3; with --site-column: one per value)", min=1)] = None,
     skew: Annotated[str | None, typer.Option(help="non-IID split sorted by this column")] = None,
@@ -219,6 +224,10 @@ def simulate(
         help="your table's column naming each row's hospital: --data is split by it (one hospital per value) "
              "and released rows keep the site that generated them")
     ] = None,
+    out_of_domain: Annotated[str, typer.Option(
+        help="records the schema does not allow (unknown category, outside the bounds, missing where not allowed): "
+             "refuse the run and name them, drop them, or clamp numbers onto the bounds (dropping the rest), as a "
+             "site's policy out_of_domain does")] = "refuse",
     yes: Annotated[bool, typer.Option("--yes", help="run even where the plan says the release cannot be usable")
                    ] = False,
     verbose: Annotated[bool, typer.Option(help="also show Flower's and fedsyn's log lines")] = False,
@@ -229,7 +238,8 @@ def simulate(
     try:
         budgets = tuple(float(e) for e in sweep_epsilon.split(",")) if sweep_epsilon else ()
         request = SimulationRequest(
-            sites=tuple(sites or ()), held_out=held_out, data=data, split=split, skew=skew, dirichlet=dirichlet,
+            sites=tuple(sites or ()), held_out=held_out, data=data, hold_out=hold_out, split=split, skew=skew,
+            dirichlet=dirichlet,
             schema=schema, epsilon=epsilon, delta=delta, rounds=rounds, local_steps=local_steps,
             batch_size=batch_size, learning_rate=learning_rate, generator_ema=generator_ema,
             marginals_share=marginals_share, pairs_share=pairs_share, matching_weight=matching_weight,
@@ -238,7 +248,8 @@ def simulate(
             site_noise_multiplier=site_noise_multiplier, site_clipping_norm=site_clipping_norm,
             transport_dtype=transport_dtype, aggregation=aggregation, max_update_norm=max_update_norm,
             engine=engine, compare=compare, sweep=budgets, drop_rule_violations=drop_rule_violations,
-            allow_unreviewed_schema=allow_unreviewed_schema, site_column=site_column)
+            allow_unreviewed_schema=allow_unreviewed_schema, site_column=site_column,
+            out_of_domain=out_of_domain)  # type: ignore[arg-type]  # checked by the request
     except (ConfigurationError, ValueError) as exc:
         fail(str(exc))
     check_out_folder(out)
@@ -298,7 +309,7 @@ def simulate(
                       f"{out / 'local-report' / 'report.html'}", soft_wrap=True)
     else:
         console.print("no held-out real rows, so no local validation report or verdict: give --held-out FILE "
-                      "with --sites")
+                      "(with --data, or a --hold-out share above 0)")
     key = result.keys / "coordinator.pub"
     results.print(f"release signed (check: {program()} verify {result.release} --key {key})", soft_wrap=True)
     if simulation.stream_nonce is not None:  # the terminal only: neither value is in any file written above

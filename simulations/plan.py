@@ -159,18 +159,17 @@ class WidthPlan:
 
     @property
     def column_advice(self) -> str:
-        """What to do with the thinnest columns: merge the categories of a column that has more
-        than two, drop one that has nothing to merge (two categories, or a numeric column, whose
-        groups the release already coarsens)."""
+        """What to do about the thinnest columns: merge the categories of one that has more than two;
+        otherwise drop columns. Which to drop the plan cannot say: it reads no relation between
+        columns, so the thinnest may be the study's main predictor (a newcomer's plan named age).
+        Any column dropped lowers every cell's noise, so the advice is to drop what the question
+        does not need, named by the researcher, not by the plan."""
         if not self._thinnest:
             return "every column's cells stand above the noise"
         merge = [c.column for c in self._thinnest if c.mergeable]
-        drop = [c.column for c in self._thinnest if not c.mergeable]
-        steps = ([f"merge categories of {_listed(merge)} (or drop {'it' if len(merge) == 1 else 'them'})"]
-                 if merge else [])
-        if drop:
-            steps.append(f"drop {drop[0]} if you can spare it" if len(drop) == 1
-                         else f"drop whichever of {_listed(drop)} you can spare")
+        steps = [f"merge categories of {_listed(merge)}"] if merge else []
+        steps.append("drop columns your question does not need, whichever they are: each one dropped lowers every "
+                     "cell's noise (the plan reads no relation between columns, so it cannot tell which matter)")
         others = sum(c.level != "green" for c in self.columns) - len(self._thinnest)
         more = f" ({others} more weak column{'s' if others > 1 else ''} in the table above)" if others > 0 else ""
         return f"the thinnest cells are in {', '.join(self.costliest)}{more}: {'; '.join(steps)}"

@@ -25,7 +25,7 @@ import pandas as pd
 from fedsyn.data.demo import demo_data_path, demo_schema_path
 from fedsyn.data.schema import Schema, SchemaError
 from fedsyn.data.tables import DataFileError, read_table
-from fedsyn.data.validation import require_valid
+from fedsyn.data.validation import OutOfDomainRecords, RecordHandling, screen_records
 from fedsyn.errors import ConfigurationError, did_you_mean
 from fedsyn.privacy.budget import is_budget
 from fedsyn.privacy.randomness import is_stream_nonce
@@ -46,8 +46,9 @@ class SimulationRequest:
     Without ``data`` or ``sites``: the embedded demo, split into ``split`` hospitals."""
 
     sites: tuple[Path, ...] = ()  # one extract per hospital
-    held_out: Path | None = None  # with ``sites``: real rows no site trains on, for the local report
-    data: Path | None = None  # one table to split into ``split`` hospitals (30 % held out)
+    held_out: Path | None = None  # real rows no site trains on, for the local report
+    data: Path | None = None  # one table to split into ``split`` hospitals
+    hold_out: float | None = None  # with ``data`` and no ``held_out``: the share kept for the report (0.3)
     split: int | None = None  # default 3; with ``site_column``, one hospital per value of that column
     skew: str | None = None  # split sorted by this column (non-IID)
     dirichlet: float | None = None  # label skew with Dirichlet(alpha)
@@ -80,6 +81,7 @@ class SimulationRequest:
     drop_rule_violations: bool = False
     allow_unreviewed_schema: bool = False
     site_column: str | None = None
+    out_of_domain: RecordHandling = "refuse"  # records the schema does not allow: as a site's policy handles them
 
     @property
     def input_files(self) -> tuple[Path, ...]:
@@ -93,8 +95,17 @@ class SimulationRequest:
             raise ConfigurationError(
                 "--data and --sites need --schema: the schema of your own table (the demo's schema fits only the "
                 "demo). Draft one with `fedsyn schema draft DATA.csv` and review it.")
-        if self.held_out is not None and not self.sites:
-            raise ConfigurationError("--held-out goes with --sites; with --data the held-out split is made for you")
+        if self.held_out is not None and not (self.sites or self.data):
+            raise ConfigurationError("--held-out goes with --data or --sites: the demo's held-out rows are split "
+                                     "from it for you")
+        if self.hold_out is not None and (self.sites or self.held_out is not None):
+            raise ConfigurationError("--hold-out is the share of --data kept out of training; with --sites or "
+                                     "--held-out FILE the held-out rows are that file's")
+        if self.hold_out is not None and not 0 <= self.hold_out < 1:
+            raise ConfigurationError(f"--hold-out {self.hold_out}: a share of the rows, at least 0 and below 1 "
+                                     "(0.3 is the default; 0: no held-out rows and no local report)")
+        if self.out_of_domain not in ("drop", "clamp", "refuse"):
+            raise ConfigurationError(f"--out-of-domain {self.out_of_domain}: choose drop, clamp or refuse")
         if self.data and self.sites:
             raise ConfigurationError("give either --data (one table to split) or --sites (one file per hospital), "
                                      "not both")
@@ -139,7 +150,8 @@ class PreparedSimulation:
 
 def prepare(request: SimulationRequest) -> PreparedSimulation:
     """Read, check and split the researcher's rows and build every setting of the simulation."""
-    schema, tables, train, test, named = _load(request)
+    loaded = _load(request)
+    schema, tables, named = loaded.schema, loaded.tables, loaded.names
     from fedsyn.model.config import GANConfig
     from fedsyn.privacy.marginals import measured_columns
     from fedsyn.privacy.randomness import fresh_nonce
@@ -172,7 +184,7 @@ def prepare(request: SimulationRequest) -> PreparedSimulation:
     _check_site_delta(request.delta, tables, names)
     simulation = Simulation(
         tables=tables, schema=schema, schema_path=request.schema_path, settings=settings, out=request.out,
-        rows=request.rows or sum(len(t) for t in tables), train=train, test=test, sweep=request.sweep,
+        rows=request.rows or sum(len(t) for t in tables), train=loaded.train, test=loaded.test, sweep=request.sweep,
         release_every=request.release_every, drop_rule_violations=request.drop_rule_violations,
         engine=request.engine, device=request.device, compare=request.compare, public_facts=public_facts,
         site_names=named,
@@ -181,54 +193,91 @@ def prepare(request: SimulationRequest) -> PreparedSimulation:
     measured = len(measured_columns(schema))
     return PreparedSimulation(
         simulation, names,
-        (*_weak_budget(request), *_unreviewed_schema(schema), *_rare_outcome_classes(tables, schema, names)),
+        (*loaded.notes, *_weak_budget(request), *_unreviewed_schema(schema),
+         *_rare_outcome_classes(tables, schema, names)),
         tuple(plan_site(name, len(table), measured, settings) for name, table in zip(names, tables)),
         tuple(plan_width(name, len(table), schema, settings) for name, table in zip(names, tables)))
 
 
-def site_names(sites: tuple[Path, ...]) -> tuple[str, ...]:
-    """Each hospital named after its extract's file name (H0.csv: H0), when those are distinct."""
+def _site_names(sites: tuple[Path, ...], tables: list[pd.DataFrame], site_column: str | None) -> tuple[str, ...]:
+    """Each hospital named after the one value its extract holds in ``site_column`` (the names the
+    release's site column uses), or else after its file name (H0.csv: H0), when those are distinct."""
+    if site_column is not None:
+        values = [table[site_column].dropna().astype(str).unique() for table in tables]
+        if all(len(held) == 1 for held in values) and len({held[0] for held in values}) == len(values):
+            return tuple(str(held[0]) for held in values)
     names = tuple(path.stem for path in sites)
     return names if len(set(names)) == len(names) else ()
 
 
-def _load(request: SimulationRequest
-          ) -> tuple[Schema, list[pd.DataFrame], pd.DataFrame, pd.DataFrame | None, tuple[str, ...]]:
-    """The schema, one table per hospital, every site's rows together, the held-out rows and the
-    hospitals' names (empty: numbered)."""
+@dataclass(frozen=True)
+class _Loaded:
+    """The researcher's rows, read and screened: one table per hospital and the held-out rows."""
+
+    schema: Schema
+    tables: list[pd.DataFrame]
+    train: pd.DataFrame  # every site's rows together
+    test: pd.DataFrame | None
+    names: tuple[str, ...]  # the hospitals' names (empty: numbered)
+    notes: tuple[str, ...]  # what screening dropped or clamped, file by file
+
+
+DEFAULT_HOLD_OUT = 0.3  # the share of --data kept for the local report when no --held-out file is given
+
+
+def _load(request: SimulationRequest) -> _Loaded:
+    """Read, screen and split the researcher's files (or the demo)."""
+    notes: list[str] = []
     try:
         schema = Schema.load(request.schema_path)
         schema.require_reviewed(request.allow_unreviewed_schema)  # before any plan is printed or file read
         _check_site_column(schema, request.site_column)
-        if request.sites:
-            tables = [read_table(path, schema) for path in request.sites]
-            for path, table in zip(request.sites, tables):
-                require_valid(table, schema, source=str(path))
-            test = None
-            if request.held_out is not None:
-                test = read_table(request.held_out, schema)
-                require_valid(test, schema, source=str(request.held_out))
-            return schema, tables, pd.concat(tables, ignore_index=True), test, site_names(request.sites)
-        source = request.data or demo_data_path()
-        whole = read_table(source, schema)
-        require_valid(whole, schema, source=str(source))
+        read = [_screened(path, schema, request.out_of_domain, notes)
+                for path in (request.sites or (request.data or demo_data_path(),))]
+        test = None if request.held_out is None else _screened(request.held_out, schema, request.out_of_domain, notes)
     except (SchemaError, DataFileError, ValueError) as exc:
         raise ConfigurationError(str(exc)) from exc
+    if request.sites:
+        return _Loaded(schema, read, pd.concat(read, ignore_index=True), test,
+                       _site_names(request.sites, read, request.site_column), tuple(notes))
     from sklearn.model_selection import train_test_split
 
     from fedsyn.simulations.split import split_table
 
+    whole = read[0]
+    share = 0.0 if test is not None else DEFAULT_HOLD_OUT if request.hold_out is None else request.hold_out
     rng = np.random.default_rng(request.seed)  # the split and the held-out rows only
     try:
         if request.site_column:
-            return (schema, *_split_by_site(whole, schema, request.site_column, request.seed))
-        stratify = whole[schema.outcome] if schema.outcome else None
-        train, test = train_test_split(whole, test_size=0.3, random_state=request.seed, stratify=stratify)
+            tables, held, names = _split_by_site(whole, schema, request.site_column, share, request.seed)
+            return _Loaded(schema, tables, pd.concat(tables, ignore_index=True),
+                           test if held is None else held, names, tuple(notes))
+        train = whole
+        if share > 0:
+            stratify = whole[schema.outcome] if schema.outcome else None
+            train, test = train_test_split(whole, test_size=share, random_state=request.seed, stratify=stratify)
         tables = split_table(train, request.split or 3, rng, skew=request.skew, dirichlet=request.dirichlet,
                              label=schema.outcome)
     except ValueError as exc:
         raise ConfigurationError(str(exc)) from exc
-    return schema, tables, train, test, ()
+    return _Loaded(schema, tables, train, test, (), tuple(notes))
+
+
+def _screened(path: Path, schema: Schema, handling: RecordHandling, notes: list[str]) -> pd.DataFrame:
+    """``path``'s rows with the records the schema does not allow handled as ``handling`` says, as
+    a site's policy ``out_of_domain`` would (what was changed is noted, by count: the researcher's
+    own rows on their own machine). A refusal says how to drop them instead."""
+    try:
+        screening = screen_records(read_table(path, schema), schema, handling, source=str(path))
+    except OutOfDomainRecords as exc:
+        raise ConfigurationError(f"{exc}\nFix those records, or pass --out-of-domain drop to leave them out (clamp: "
+                                 "move numbers outside the bounds onto them), as a hospital's site does with its "
+                                 "policy's out_of_domain") from exc
+    if screening.dropped or screening.clamped:
+        notes.append(f"{path}: {screening.dropped} record(s) the schema does not allow left out and "
+                     f"{screening.clamped} number(s) moved onto the schema's bounds (--out-of-domain {handling}); "
+                     f"`fedsyn validate {path} --schema SCHEMA` names them")
+    return screening.frame
 
 
 def _check_site_column(schema: Schema, name: str | None) -> None:
@@ -246,10 +295,10 @@ def _check_site_column(schema: Schema, name: str | None) -> None:
 MIN_SITE_ROWS = 20  # a hospital of --site-column: fewer rows cannot be split into training and held-out rows
 
 
-def _split_by_site(whole: pd.DataFrame, schema: Schema, column: str, seed: int | None
-                   ) -> tuple[list[pd.DataFrame], pd.DataFrame, pd.DataFrame, tuple[str, ...]]:
-    """One hospital per value of ``column`` (named after it), each holding out 30 % of its rows
-    for the local report (stratified by the outcome where every class allows it)."""
+def _split_by_site(whole: pd.DataFrame, schema: Schema, column: str, hold_out: float, seed: int | None
+                   ) -> tuple[list[pd.DataFrame], pd.DataFrame | None, tuple[str, ...]]:
+    """One hospital per value of ``column`` (named after it), each holding out ``hold_out`` of its
+    rows for the local report (stratified by the outcome where every class allows it; none at 0)."""
     from sklearn.model_selection import train_test_split
 
     unassigned = int(whole[column].isna().sum())
@@ -261,16 +310,18 @@ def _split_by_site(whole: pd.DataFrame, schema: Schema, column: str, seed: int |
         if len(rows) < MIN_SITE_ROWS:
             raise ValueError(f"--site-column {column}: hospital '{value}' has {len(rows)} rows, too few to train on "
                              f"and hold out from (at least {MIN_SITE_ROWS}); merge it with another or drop it")
-        outcome = rows[schema.outcome] if schema.outcome else None
-        stratify = outcome if outcome is not None and outcome.value_counts().min() >= 2 else None
-        train, test = train_test_split(rows, test_size=0.3, random_state=seed, stratify=stratify)
+        train = rows
+        if hold_out > 0:
+            outcome = rows[schema.outcome] if schema.outcome else None
+            stratify = outcome if outcome is not None and outcome.value_counts().min() >= 2 else None
+            train, test = train_test_split(rows, test_size=hold_out, random_state=seed, stratify=stratify)
+            tests.append(test)
         trains.append(train.reset_index(drop=True))
-        tests.append(test)
         names.append(str(value))
     if len(trains) < 2:
         raise ValueError(f"--site-column {column} holds {len(trains)} hospital(s) in this table: a federation "
                          "needs at least 2")
-    return trains, pd.concat(trains, ignore_index=True), pd.concat(tests, ignore_index=True), tuple(names)
+    return trains, pd.concat(tests, ignore_index=True) if tests else None, tuple(names)
 
 
 def _settings(request: SimulationRequest, epsilon: float, sample_rate: float, sites: int, config: GANConfig

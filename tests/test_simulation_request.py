@@ -148,3 +148,70 @@ def test_named_hospitals_folders_say_which_is_which(tmp_path, small_frame):
     assert [p.parent.name for p in plan.policies] == ["site-0-east", "site-1-St._Mary_s_ICU"]
     unnamed = prepare_sites(halves, demo_schema_path(), tmp_path / "plain", 1.0, 1e-5)
     assert [p.parent.name for p in unnamed.policies] == ["site-0", "site-1"]
+
+
+def test_a_table_with_a_held_out_file_or_share_holds_out_what_it_says(tmp_path):
+    """A newcomer's --data could not take --held-out: 30 % was always held out of it."""
+    import pandas as pd
+
+    data, schema = _table_with_hospitals(tmp_path)
+    rows = len(pd.read_csv(data))
+    pd.read_csv(data).iloc[:200].to_csv(tmp_path / "later.csv", index=False)
+    with_file = prepare(SimulationRequest(data=data, schema=schema, held_out=tmp_path / "later.csv",
+                                          out=tmp_path / "run")).simulation
+    assert len(with_file.train) == rows and len(with_file.test) == 200
+    by_site = prepare(SimulationRequest(data=data, schema=schema, site_column="hospital", hold_out=0.5,
+                                        out=tmp_path / "run", seed=0)).simulation
+    assert len(by_site.test) == pytest.approx(rows / 2, abs=3) and set(by_site.test["hospital"]) == {"A", "B", "C"}
+    every_row = prepare(SimulationRequest(data=data, schema=schema, hold_out=0, out=tmp_path / "run")).simulation
+    assert every_row.test is None and len(every_row.train) == rows
+
+
+@pytest.mark.parametrize(("request_", "said"), [
+    (dict(sites=(Path("a.csv"),), hold_out=0.2), "--hold-out is the share of --data"),
+    (dict(data=Path("a.csv"), held_out=Path("b.csv"), hold_out=0.2), "--hold-out is the share of --data"),
+    (dict(data=Path("a.csv"), hold_out=1.0), "below 1"),
+    (dict(held_out=Path("b.csv")), "goes with --data or --sites"),
+    (dict(data=Path("a.csv"), out_of_domain="ignore"), "choose drop, clamp or refuse"),
+])
+def test_held_out_rows_and_record_handling_that_cannot_be_meant_are_refused(request_, said):
+    with pytest.raises(ConfigurationError, match=said):
+        SimulationRequest(**({"schema": Path("s.json")} | request_))
+
+
+def test_records_the_schema_does_not_allow_are_refused_by_default_or_handled_as_asked(tmp_path):
+    """A newcomer's run was refused whole for 9 out-of-bound cells, with no way to drop them as a
+    hospital's site does (policy out_of_domain)."""
+    import pandas as pd
+
+    data, schema = _table_with_hospitals(tmp_path)
+    frame = pd.read_csv(data)
+    frame.loc[:8, "age"] = 140  # above the public bound 105
+    frame.loc[9, "sex"] = "X"  # no such category
+    frame.to_csv(data, index=False)
+    with pytest.raises(ConfigurationError, match="--out-of-domain drop") as refused:
+        prepare(SimulationRequest(data=data, schema=schema, out=tmp_path / "run"))
+    assert "140" not in str(refused.value)  # where to look, never what is there
+    dropped = prepare(SimulationRequest(data=data, schema=schema, hold_out=0, out_of_domain="drop",
+                                        out=tmp_path / "run"))
+    assert len(dropped.simulation.train) == len(frame) - 10
+    assert any("10 record(s)" in note and "0 number(s)" in note for note in dropped.warnings)
+    clamped = prepare(SimulationRequest(data=data, schema=schema, hold_out=0, out_of_domain="clamp",
+                                        out=tmp_path / "run")).simulation
+    assert len(clamped.train) == len(frame) - 1 and clamped.train["age"].max() == 105
+
+
+def test_hospitals_given_as_files_are_named_by_their_site_column_value(tmp_path):
+    """A newcomer's --sites with --site-column were named by their files (h1, h2) while the
+    release's site column said north and south."""
+    import pandas as pd
+
+    data, schema = _table_with_hospitals(tmp_path)
+    frame = pd.read_csv(data)
+    for value in ("A", "B"):
+        frame[frame["hospital"] == value].to_csv(tmp_path / f"export-{value}.csv", index=False)
+    files = (tmp_path / "export-B.csv", tmp_path / "export-A.csv")
+    named = prepare(SimulationRequest(sites=files, schema=schema, site_column="hospital", out=tmp_path / "run"))
+    assert named.site_names == ("B", "A") == named.simulation.site_names
+    by_file = prepare(SimulationRequest(sites=files, schema=schema, out=tmp_path / "run"))
+    assert by_file.site_names == ("export-B", "export-A")

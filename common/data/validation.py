@@ -69,6 +69,11 @@ class DataValidationError(InputDataError, ValueError):
         super().__init__(f"{source} does not fit the schema.\n{report.describe()}")
 
 
+class OutOfDomainRecords(DataValidationError):
+    """The file fits the schema but some records do not, and the handling says refuse: dropping
+    or clamping those records (``screen_records``) would let the rest through."""
+
+
 def numbering_for(path: str | Path) -> RowNumbering:
     """How a person finds a row of this file: CSV lines (header is line 1) or Parquet rows."""
     return "row" if Path(str(path)).suffix.lower() in {".parquet", ".pq"} else "line"
@@ -279,7 +284,7 @@ def screen_records(frame: pd.DataFrame, schema: Schema, handling: RecordHandling
     if report.ok:
         return Screening(frame, 0, 0, [])
     if handling == "refuse":
-        raise DataValidationError(report, source)
+        raise OutOfDomainRecords(report, source)
     frame = frame.reset_index(drop=True)
     clamped = 0
     if handling == "clamp":
