@@ -263,6 +263,15 @@ MUTATIONS = [
     Mutation("replies leave as soon as they are made", "client/app.py",
              "    if quantum <= 0:\n        return\n", "    return\n",
              (PRIVACY + "test_a_sites_replies_leave_on_its_time_quantum",)),
+    Mutation("a reply is made before the hold (Flower stamps when it was made)", "client/app.py",
+             "            if site is not None:\n"
+             "                _hold_to_quantum(started, site.policy.reply_quantum_seconds)\n",
+             "            early = Message(content=answer, reply_to=message) if isinstance(answer, RecordDict) "
+             "else None\n"
+             "            if site is not None:\n"
+             "                _hold_to_quantum(started, site.policy.reply_quantum_seconds)\n"
+             "            if early is not None:\n                return early\n",
+             (PRIVACY + "test_a_sites_replies_leave_on_its_time_quantum",)),
     Mutation("refusal text quotes the exception", "client/site.py",
              "raise SiteRefusal(ErrorCode.DATA_INVALID, \"the site's extract does not pass validation against the \"",
              "raise SiteRefusal(ErrorCode.DATA_INVALID, str(exc) + \"\"",
