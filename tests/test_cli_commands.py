@@ -200,6 +200,22 @@ def test_server_toml_run_paths_are_relative_to_the_file(tmp_path):
     assert config.run["rounds"] == 3 and config.database == tmp_path / "state" / "superlink.db"
 
 
+def test_a_seed_is_refused_in_a_deployments_run_config(tmp_path):
+    """The fifth review's F3: a [run] seed went with the run to every hospital's SuperNode, into
+    the SuperLink's database and into `flwr run`'s command line, which any local user can list."""
+    from fedsyn.errors import ConfigurationError
+    from fedsyn.server.ops.superlink import CoordinatorConfig
+    from fedsyn.server.settings import FederationSettings
+
+    (tmp_path / "server.toml").write_text('[run]\nschema = "schema.json"\nseed = 1234567\n')
+    with pytest.raises(ConfigurationError, match="'seed' is a secret") as refused:
+        CoordinatorConfig.load(tmp_path / "server.toml")
+    assert "1234567" not in str(refused.value)
+    with pytest.raises(ConfigurationError, match="'seed' is a secret"):  # `flwr run --run-config seed=...` by hand
+        FederationSettings.from_run_config({"rounds": 3, "seed": 1234567})
+    assert FederationSettings.from_run_config({"rounds": 3}).seed is None
+
+
 def test_a_header_only_file_is_named_as_empty(tmp_path, demo_frame):
     demo_frame.head(0).to_csv(tmp_path / "empty.csv", index=False)
     for command in (["validate", tmp_path / "empty.csv"], ["fit", tmp_path / "empty.csv", "--out", tmp_path / "out"]):
