@@ -78,15 +78,12 @@ def fit(
         fail(str(exc))
     train = frame
     if held_out is None and hold_out > 0:
-        from sklearn.model_selection import train_test_split
+        from fedsyn.simulations.split import held_out_split
 
-        stratify = frame[contract.outcome] if contract.outcome else None
         try:
-            train, test = train_test_split(frame, test_size=hold_out, random_state=seed, stratify=stratify)
+            train, test = held_out_split(frame, hold_out, contract.outcome, seed)
         except ValueError as exc:
-            fail(f"cannot hold out {hold_out:.0%} of {data} for the validation report ({exc}). Give real rows the "
-                 "fit never sees with --held-out FILE, or --hold-out 0 to train on every row without a report")
-        train, test = train.reset_index(drop=True), test.reset_index(drop=True)
+            fail(f"{data}: {exc}")
     if test is not None and contract.outcome and test[contract.outcome].nunique() < 2:
         fail(f"the held-out rows hold one value of the outcome '{contract.outcome}' only: the report's utility "
              "checks need both. Give more held-out rows (--held-out FILE or a larger --hold-out)")

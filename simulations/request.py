@@ -240,9 +240,7 @@ def _load(request: SimulationRequest) -> _Loaded:
     if request.sites:
         return _Loaded(schema, read, pd.concat(read, ignore_index=True), test,
                        _site_names(request.sites, read, request.site_column), tuple(notes))
-    from sklearn.model_selection import train_test_split
-
-    from fedsyn.simulations.split import split_table
+    from fedsyn.simulations.split import held_out_split, split_table
 
     whole = read[0]
     share = 0.0 if test is not None else DEFAULT_HOLD_OUT if request.hold_out is None else request.hold_out
@@ -254,8 +252,7 @@ def _load(request: SimulationRequest) -> _Loaded:
                            test if held is None else held, names, tuple(notes))
         train = whole
         if share > 0:
-            stratify = whole[schema.outcome] if schema.outcome else None
-            train, test = train_test_split(whole, test_size=share, random_state=request.seed, stratify=stratify)
+            train, test = held_out_split(whole, share, schema.outcome, request.seed)
         tables = split_table(train, request.split or 3, rng, skew=request.skew, dirichlet=request.dirichlet,
                              label=schema.outcome)
     except ValueError as exc:
@@ -299,7 +296,7 @@ def _split_by_site(whole: pd.DataFrame, schema: Schema, column: str, hold_out: f
                    ) -> tuple[list[pd.DataFrame], pd.DataFrame | None, tuple[str, ...]]:
     """One hospital per value of ``column`` (named after it), each holding out ``hold_out`` of its
     rows for the local report (stratified by the outcome where every class allows it; none at 0)."""
-    from sklearn.model_selection import train_test_split
+    from fedsyn.simulations.split import held_out_split
 
     unassigned = int(whole[column].isna().sum())
     if unassigned:
@@ -313,8 +310,11 @@ def _split_by_site(whole: pd.DataFrame, schema: Schema, column: str, hold_out: f
         train = rows
         if hold_out > 0:
             outcome = rows[schema.outcome] if schema.outcome else None
-            stratify = outcome if outcome is not None and outcome.value_counts().min() >= 2 else None
-            train, test = train_test_split(rows, test_size=hold_out, random_state=seed, stratify=stratify)
+            try:
+                train, test = held_out_split(rows, hold_out, schema.outcome, seed,
+                                             stratify=outcome is not None and outcome.value_counts().min() >= 2)
+            except ValueError as exc:
+                raise ValueError(f"--site-column {column}: hospital '{value}': {exc}") from None
             tests.append(test)
         trains.append(train.reset_index(drop=True))
         names.append(str(value))

@@ -215,3 +215,18 @@ def test_hospitals_given_as_files_are_named_by_their_site_column_value(tmp_path)
     assert named.site_names == ("B", "A") == named.simulation.site_names
     by_file = prepare(SimulationRequest(sites=files, schema=schema, out=tmp_path / "run"))
     assert by_file.site_names == ("export-B", "export-A")
+
+
+def test_a_held_out_split_that_cannot_be_made_says_so_without_a_class_count(tmp_path):
+    """The fifth review's F2: scikit-learn's refusal, passed on, said 'The least populated classes
+    in y have only 1 member' and named the class: a small-cell count, in a terminal's text."""
+    import pandas as pd
+
+    data, schema = _table_with_hospitals(tmp_path)
+    frame = pd.read_csv(data)
+    frame = pd.concat([frame[frame["death"] == "alive"].head(300), frame[frame["death"] == "dead"].head(1)])
+    frame.to_csv(tmp_path / "tiny.csv", index=False)
+    with pytest.raises(ConfigurationError, match="fewer than 2 rows") as refused:
+        prepare(SimulationRequest(data=tmp_path / "tiny.csv", schema=schema, out=tmp_path / "run"))
+    assert "member" not in str(refused.value) and "1" not in str(refused.value).replace("--hold-out 0", "")
+    assert "--held-out FILE" in str(refused.value)
