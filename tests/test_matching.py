@@ -137,6 +137,35 @@ def test_each_slots_rows_are_matched_to_its_own_sites_tables(demo_frame, demo_sc
     assert float(trainer.matcher.loss(raw, cond, slots)) < 0.5 * float(trainer.matcher.loss(raw, cond, 1 - slots))
 
 
+def test_the_slot_term_is_the_mean_divergence_of_every_slot_class_and_column(demo_frame, demo_schema):
+    """The slot term, computed for every block at once, is the textbook mean over slots, classes
+    and categorical columns of KL(the site's P(value | class) || the rows' mean softmax)."""
+    halves = [demo_frame.head(1500), demo_frame.iloc[1500:3000]]
+    sites = [exact_counts(half, demo_schema) for half in halves]
+    trainer = GANTrainer(TableEncoder(demo_schema, sites[0] + sites[1]), replace(TINY, site_slots=2),
+                         rng=torch_generator(0, "t"))
+    trainer.set_release_slots([1500, 1500], sites)
+    raw = torch.randn((400, trainer.encoder.dim), generator=torch.Generator().manual_seed(0))
+    labels = torch.arange(400) % 2
+    death = trainer.conditions.columns.index("death")
+    cond = torch.zeros((400, trainer.conditions.dim))
+    cond[torch.arange(400), int(trainer.conditions.block_start[death]) + labels] = 1
+    slots = (torch.arange(400) // 7) % 2
+    divergences = []
+    for slot, marginals in enumerate(sites):
+        for label in (0, 1):
+            rows = raw[(slots == slot) & (labels == label)]
+            for span in trainer.encoder.spans:
+                if not demo_schema.column(span.column).is_categorical or span.column == "death":
+                    continue
+                produced = torch.softmax(rows[:, span.start:span.end], dim=1).mean(dim=0).clamp_min(1e-6)
+                target = torch.as_tensor(marginals.conditional(span.column)[:, label], dtype=torch.float32)
+                target = target.clamp_min(1e-6)
+                divergences.append(float((target * (target.log() - produced.log())).sum()))
+    assert trainer.matcher is not None
+    assert float(trainer.matcher._slot_table_loss(raw, cond, slots)) == pytest.approx(np.mean(divergences), rel=1e-5)
+
+
 def test_pair_tables_hold_the_generated_rows_to_how_two_columns_move_together(demo_frame, demo_schema):
     """A pair table of kappa and lambda (two light chains that rise together): rows that keep
     the relation match it far better than the same rows with lambda shuffled."""

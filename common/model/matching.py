@@ -46,11 +46,39 @@ _EPS = 1e-6
 _STEP = 0.05  # sharpness of a numeric group's soft bounds, in the encoded [-1, 1] space
 
 
-@dataclass(frozen=True)
-class _Softmax:
-    start: int
-    end: int
-    target: torch.Tensor  # classes × width: P(value | class)
+class _SoftmaxBlocks:
+    """Every softmax block matched against a table of P(value | class), taken together: one
+    gather, one softmax per block and one divergence per group and block for the whole batch
+    (a 63-column table has 55 blocks, 4 slots and 2 classes: term by term, the loss was 440
+    small operations a step and most of a wide run's time)."""
+
+    def __init__(self, spans: list[tuple[int, int]], device: torch.device):
+        self.blocks = len(spans)
+        self.columns = torch.cat([torch.arange(start, end, device=device) for start, end in spans]) if spans \
+            else torch.zeros(0, dtype=torch.long, device=device)
+        self.owner = torch.cat([torch.full((end - start,), block, device=device) for block, (start, end)
+                                in enumerate(spans)]) if spans else torch.zeros(0, dtype=torch.long, device=device)
+
+    @staticmethod
+    def targets(per_block: list[torch.Tensor]) -> torch.Tensor:
+        """Blocks' targets (each classes × width: P(value | class)) side by side, made safe to
+        take logs of: classes × the blocks' widths."""
+        return torch.cat(per_block, dim=1).clamp_min(_EPS) if per_block else torch.zeros(0)
+
+    def softmax(self, raw: torch.Tensor) -> torch.Tensor:
+        """Each row's softmax within every block (rows × the blocks' widths)."""
+        logits = raw[:, self.columns]
+        owner = self.owner.expand_as(logits)
+        peak = logits.new_full((raw.shape[0], self.blocks), -torch.inf).scatter_reduce(
+            1, owner, logits.detach(), reduce="amax", include_self=True)  # a constant per block: softmax is the same
+        exp = torch.exp(logits - peak.gather(1, owner))
+        sums = exp.new_zeros((raw.shape[0], self.blocks)).scatter_add(1, owner, exp)
+        return exp / sums.gather(1, owner)
+
+    def divergences(self, means: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        """KL(target || mean softmax) of every group (rows of ``means``) and block (groups × blocks)."""
+        terms = targets * (targets.log() - means.clamp_min(_EPS).log())
+        return terms.new_zeros((means.shape[0], self.blocks)).index_add(1, self.owner, terms)
 
 
 @dataclass(frozen=True)
@@ -91,7 +119,8 @@ class TableMatcher:
             self.split_block = block
             start = int(conditions.block_start[block])
             self.split_range = (start, start + len(conditions.values[block]))
-        self.softmax: list[_Softmax] = []
+        spans: list[tuple[int, int]] = []
+        targets: list[torch.Tensor] = []  # each classes × width: P(value | class)
         self.numeric: list[_Numeric] = []
         for span in encoder.spans:
             column = schema.column(span.column)
@@ -99,11 +128,12 @@ class TableMatcher:
                 continue  # conditioned on, not generated
             conditional = encoder.marginals.conditional(column.name)  # bins × classes
             if column.is_categorical:
-                self.softmax.append(_Softmax(span.start, span.end, _tensor(conditional.T, device)))
+                spans.append((span.start, span.end))
+                targets.append(_tensor(conditional.T, device))
             elif span.activation == "softmax":  # present / missing of a nullable numeric
                 missing = conditional[-1]
-                self.softmax.append(_Softmax(span.start, span.end,
-                                             _tensor(np.stack([1.0 - missing, missing], axis=1), device)))
+                spans.append((span.start, span.end))
+                targets.append(_tensor(np.stack([1.0 - missing, missing], axis=1), device))
             else:
                 body = conditional[:-1] if column.nullable else conditional
                 body = body / np.clip(body.sum(axis=0, keepdims=True), _EPS, None)
@@ -112,20 +142,26 @@ class TableMatcher:
                 _, global_cdf = encoder.numeric_map(column.name)
                 self.numeric.append(_Numeric(span.start, _tensor(2.0 * global_cdf - 1.0, device),
                                              _tensor(np.maximum.accumulate(cdf, axis=1), device)))
-        self.terms = len(self.softmax) + len(self.numeric)
+        self.softmax = _SoftmaxBlocks(spans, device)
+        self.softmax_target = _SoftmaxBlocks.targets(targets)
+        self.numeric_columns = torch.tensor([numeric.index for numeric in self.numeric], dtype=torch.long,
+                                            device=device)
+        self.terms = self.softmax.blocks + len(self.numeric)
         self.encoder, self.device = encoder, device
         self._categorical = [(span.column, span) for span in encoder.spans if schema.column(span.column).is_categorical
                              and (split is None or span.column != split.name)]
         self.pairs: list[_Pair] = self._pair_terms(encoder.marginals, None)
-        self.slot_softmax: list[list[_Softmax]] = []
+        self.slot_softmax: _SoftmaxBlocks | None = None
+        self.slot_targets: list[torch.Tensor] = []  # per slot: classes × the categorical blocks' widths
 
     def set_slots(self, per_slot: list[Marginals]) -> None:
         """Match each slot's rows to its own site's tables too: its pair tables (instead of the
         encoder's), and each categorical column's P(value | class) beside the summed tables'.
         So a hospital's own mix (a treatment one period used more) reaches the generator's output."""
         self.pairs = [term for slot, marginals in enumerate(per_slot) for term in self._pair_terms(marginals, slot)]
-        self.slot_softmax = [[_Softmax(span.start, span.end, _tensor(marginals.conditional(name).T, self.device))
-                              for name, span in self._categorical] for marginals in per_slot]
+        self.slot_softmax = _SoftmaxBlocks([(span.start, span.end) for _, span in self._categorical], self.device)
+        self.slot_targets = [_SoftmaxBlocks.targets([_tensor(marginals.conditional(name).T, self.device)
+                                                     for name, _ in self._categorical]) for marginals in per_slot]
 
     def _pair_terms(self, marginals: Marginals, slot: int | None) -> list[_Pair]:
         totals = marginals.class_totals()
@@ -160,19 +196,20 @@ class TableMatcher:
                 + self._pair_loss(raw, cond, slots))
 
     def _slot_table_loss(self, raw: torch.Tensor, cond: torch.Tensor, slots: torch.Tensor | None) -> torch.Tensor:
-        total, terms = raw.new_zeros(()), 0
-        if slots is None or not self.slot_softmax:
-            return total
+        if slots is None or self.slot_softmax is None or self.slot_softmax.blocks == 0:
+            return raw.new_zeros(())
         labels = self.classes(cond)
-        for slot, softmax in enumerate(self.slot_softmax):
+        groups, targets = [], []
+        for slot, target in enumerate(self.slot_targets):
             for label in torch.unique(labels[slots == slot]).tolist():
-                rows = raw[(slots == slot) & (labels == label)]
-                if rows.shape[0] < 2:
-                    continue
-                for term in softmax:
-                    total = total + _softmax_divergence(rows, term, label)
-                    terms += 1
-        return total / max(terms, 1)
+                members = (slots == slot) & (labels == label)
+                if int(members.sum()) >= 2:
+                    groups.append(members)
+                    targets.append(target[label])
+        if not groups:
+            return raw.new_zeros(())
+        means = _group_means(torch.stack(groups), self.slot_softmax.softmax(raw))
+        return self.slot_softmax.divergences(means, torch.stack(targets)).mean()
 
     def _pair_loss(self, raw: torch.Tensor, cond: torch.Tensor, slots: torch.Tensor | None) -> torch.Tensor:
         total = raw.new_zeros(())
@@ -196,29 +233,31 @@ class TableMatcher:
         return total / max(terms, 1)
 
     def _table_loss(self, raw: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
-        total = raw.new_zeros(())
         if self.terms == 0:
-            return total
+            return raw.new_zeros(())
         labels = self.classes(cond)
         present = [label for label in torch.unique(labels).tolist() if int((labels == label).sum()) >= 2]
-        for label in present:
-            rows = raw[labels == label]
-            share = 1.0 / len(present)
-            for term in self.softmax:
-                total = total + share * _softmax_divergence(rows, term, label)
-            levels = (torch.arange(rows.shape[0], device=raw.device, dtype=raw.dtype) + 0.5) / rows.shape[0]
-            for numeric in self.numeric:
-                values = torch.sort(torch.tanh(rows[:, numeric.index])).values
-                quantiles = _interpolate(levels, numeric.cdf[label], numeric.edges)
-                total = total + share * ((values - quantiles) ** 2).mean()
-        return total / self.terms
+        if not present:
+            return raw.new_zeros(())
+        members = torch.stack([labels == label for label in present])
+        total = raw.new_zeros(())
+        if self.softmax.blocks:
+            means = _group_means(members, self.softmax.softmax(raw))
+            total = total + self.softmax.divergences(means, self.softmax_target[present]).sum()
+        if self.numeric:
+            for label, rows in zip(present, members):
+                values = torch.sort(torch.tanh(raw[rows][:, self.numeric_columns]), dim=0).values
+                levels = (torch.arange(values.shape[0], device=raw.device, dtype=raw.dtype) + 0.5) / values.shape[0]
+                quantiles = torch.stack([_interpolate(levels, numeric.cdf[label], numeric.edges)
+                                         for numeric in self.numeric], dim=1)
+                total = total + ((values - quantiles) ** 2).mean(dim=0).sum()
+        return total / (len(present) * self.terms)
 
 
-def _softmax_divergence(rows: torch.Tensor, term: _Softmax, label: int) -> torch.Tensor:
-    """KL(table's P(value | class ``label``) || the rows' mean softmax over the column's block)."""
-    produced = torch.softmax(rows[:, term.start:term.end], dim=1).mean(dim=0).clamp_min(_EPS)
-    target = term.target[label].clamp_min(_EPS)
-    return (target * (target.log() - produced.log())).sum()
+def _group_means(members: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
+    """The mean of ``values``' rows in each group (``members``: groups × rows, boolean)."""
+    weights = members.to(values.dtype)
+    return (weights @ values) / weights.sum(dim=1, keepdim=True)
 
 
 def _membership(raw: torch.Tensor, groups: _Groups) -> torch.Tensor:
