@@ -84,6 +84,10 @@ class SitePolicy(BaseModel):
     max_epsilon: float = Field(gt=0, description="total epsilon this site will ever spend on this data")
     delta: float = Field(gt=0, lt=1e-3)
     min_noise_multiplier: float = Field(default=0.5, gt=0, description="refuse any DP-SGD step with less noise")
+    max_epsilon_per_request: float | None = Field(
+        default=None, gt=0, description="the most one request (a round's DP-SGD, round 0's tables, its pair tables) "
+        "may add to this site's epsilon, whatever its noise: a coordinator cannot spend the whole budget in one "
+        "query. Unset: any request the budget affords")
     accountant: Literal["rdp", "prv"] = "rdp"
     out_of_domain: Literal["drop", "clamp", "refuse"] = Field(
         default="drop", description="records with a value the schema does not allow (unknown category, outside the "

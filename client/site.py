@@ -22,7 +22,8 @@ from __future__ import annotations
 import json
 import logging
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import asdict
 from pathlib import Path
 
@@ -45,6 +46,7 @@ from fedsyn.privacy.accounting import (
     LedgerError,
     PrivacyEvent,
     PrivacyLedger,
+    RequestCapExceededError,
     calibrate_noise_multiplier,
 )
 from fedsyn.privacy.budget import DP_SGD, SiteBudget, is_budget, is_pairs_share, pairs_allowed
@@ -290,17 +292,13 @@ class Site:
         that reads the extract first takes longer the more rows it has, so a coordinator could
         learn the row count, at no cost, by timing refusals. :meth:`_charge` checks again
         under the ledger's lock."""
-        try:
-            self.ledger.check(event, budget)
-        except BudgetExceededError as exc:
-            raise PolicyRefusal(f"site '{self.policy.site_id}': {exc}", ErrorCode.BUDGET_EXHAUSTED) from None
+        with _refused_over_budget(self.policy.site_id):
+            self.ledger.check(event, budget, self.policy.max_epsilon_per_request)
 
     def _charge(self, event: PrivacyEvent, budget: float) -> int:
         """Charge ``event`` under the ledger's lock; return its ledger position (its stream key)."""
-        try:
-            position = self.ledger.charge(event, budget)
-        except BudgetExceededError as exc:
-            raise PolicyRefusal(f"site '{self.policy.site_id}': {exc}", ErrorCode.BUDGET_EXHAUSTED) from None
+        with _refused_over_budget(self.policy.site_id):
+            position = self.ledger.charge(event, budget, self.policy.max_epsilon_per_request)
         spent = self.ledger.epsilon()
         self.trail.append(CHARGED, privacy=asdict(event), ledger_events=position + 1, epsilon_spent=spent)
         log.info("privacy charged: %s round %s, epsilon now %.4f", event.mechanism, event.round, spent,
@@ -507,6 +505,19 @@ class Site:
             log.warning("the global model does not fit this site's schema: %s", type(exc).__name__)
             raise _model_misfit() from None
         return trainer
+
+
+@contextmanager
+def _refused_over_budget(site_id: str) -> Iterator[None]:
+    """The ledger's refusal as the coordinator hears it: over the site's budget (it has no more
+    to spend on this run), or over what the site lets one request spend (a policy limit: the
+    same work at more noise, or in smaller rounds, may pass)."""
+    try:
+        yield
+    except RequestCapExceededError as exc:
+        raise PolicyRefusal(f"site '{site_id}': {exc}") from None
+    except BudgetExceededError as exc:
+        raise PolicyRefusal(f"site '{site_id}': {exc}", ErrorCode.BUDGET_EXHAUSTED) from None
 
 
 def _withheld() -> SiteRefusal:

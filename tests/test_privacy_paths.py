@@ -292,6 +292,29 @@ def test_refusals_that_need_no_rows_read_none(tmp_path, small_frame, monkeypatch
         is protocol.ErrorCode.MALFORMED_REQUEST
 
 
+def test_a_site_lets_no_single_request_spend_more_than_its_policy_allows(tmp_path, small_frame, monkeypatch):
+    """The fifth review's F6: min_noise_multiplier bounds DP-SGD only, so a coordinator could put
+    a site's whole budget into one round-0 release at little noise. With max_epsilon_per_request
+    every request (round 0's tables, pair tables, a training round) is refused, before any row
+    is read and at no cost, when it alone would add more than that to the site's epsilon."""
+    site = _site(tmp_path, small_frame)
+    site.policy = site.policy.model_copy(update={"max_epsilon_per_request": 0.5})
+    arrays, marginals = _global_model(site)
+    monkeypatch.setattr(Site, "load_data", lambda self: pytest.fail("the extract was read before refusing"))
+    fingerprint = protocol.schema_fingerprint(site.schema)
+    for call in (lambda: site.release_marginals(0.5, 50.0, fingerprint),
+                 lambda: site.release_pair_tables(protocol.PairTablesQuery(0.5, 50.0, fingerprint, (("sex", "mgus"),),
+                                                                           {})),
+                 lambda: site.train(_request(site, noise_multiplier=0.6, local_steps=50), arrays, marginals)):
+        refusal = _refusal(site, call)
+        assert refusal.code is protocol.ErrorCode.POLICY_REFUSED and "0.5 this site lets one request spend" \
+            in refusal.public_reason
+    monkeypatch.undo()
+    site.release_marginals(20.0, 50.0, fingerprint)  # a request at enough noise passes
+    spent = PrivacyLedger.load(site.policy.ledger).events
+    assert len(spent) == 1 and site.ledger.epsilon() <= 0.5
+
+
 def test_a_sites_replies_leave_on_its_time_quantum(tmp_path, small_frame):
     """The fourth review's F2: a round-0 request at noise 1e5 costs almost nothing and still took
     longer the more rows the site holds (22 ms at 2,000 rows, 312 ms at 64,000). A hospital's

@@ -43,6 +43,11 @@ class BudgetExceededError(PrivacyRefusal, RuntimeError):
     """Running the requested mechanism would spend more privacy than the budget allows."""
 
 
+class RequestCapExceededError(BudgetExceededError):
+    """The budget allows the mechanism, but it would spend more in one request than the site
+    lets any single request spend."""
+
+
 @dataclass(frozen=True)
 class PrivacyEvent:
     """One run of a (sub-sampled) Gaussian mechanism on a site's records.
@@ -168,20 +173,21 @@ class PrivacyLedger:
             low, high = (middle, high) if fits(middle) else (low, middle)
         return low
 
-    def check(self, event: PrivacyEvent, budget: float) -> None:
+    def check(self, event: PrivacyEvent, budget: float, request_cap: float | None = None) -> None:
         """Raise BudgetExceededError unless ``event`` fits ``budget`` on top of the events known
-        here (:meth:`charge` checks again under the lock, with the events on disk)."""
+        here, and RequestCapExceededError if it would add more than ``request_cap`` to epsilon
+        on its own (:meth:`charge` checks again under the lock, with the events on disk)."""
         if not is_budget(budget):  # NaN would make every comparison pass
             raise BudgetExceededError(f"the budget {budget} is not a positive finite epsilon")
-        after = self.epsilon([event])
+        before, after = self.epsilon(), self.epsilon([event])
+        said = (f"{event.mechanism} ({event.steps} step(s), noise multiplier {event.noise_multiplier:.3f}, "
+                f"sample rate {event.sample_rate:.4f}) would raise epsilon from {before:.4f} to {after:.4f}")
         if after > budget:
-            raise BudgetExceededError(
-                f"{event.mechanism} ({event.steps} step(s), noise multiplier {event.noise_multiplier:.3f}, "
-                f"sample rate {event.sample_rate:.4f}) would raise epsilon from {self.epsilon():.4f} to "
-                f"{after:.4f}, above the budget {budget:.4f} at delta={self.delta:g}"
-            )
+            raise BudgetExceededError(f"{said}, above the budget {budget:.4f} at delta={self.delta:g}")
+        if request_cap is not None and not after - before <= request_cap:
+            raise RequestCapExceededError(f"{said}, more than the {request_cap:g} this site lets one request spend")
 
-    def charge(self, event: PrivacyEvent, budget: float) -> int:
+    def charge(self, event: PrivacyEvent, budget: float, request_cap: float | None = None) -> int:
         """Record ``event`` only if the total stays within ``budget``; otherwise raise.
 
         Returns the event's position in the ledger (0 for the first event ever charged): a
@@ -189,7 +195,7 @@ class PrivacyLedger:
         random stream.
         """
         with self._locked():
-            self.check(event, budget)
+            self.check(event, budget, request_cap)
             self.events.append(event)
             if self.path is not None:
                 self.save(self.path)
