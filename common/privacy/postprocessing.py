@@ -41,9 +41,10 @@ def coarsened(counts: np.ndarray, widths: np.ndarray, floor: float, total: float
     (bins may differ in width, see :func:`fedsyn.data.grid.numeric_edges`). So a sharp peak keeps its bins and
     a spread-out stretch becomes a coarser histogram instead of noise. Groups grow both ways
     from an anchor inside the data: the largest bin if it beats the noise by far (3 floors;
-    a noise spike rarely does), else the top bin of the first group from the lower bound. So
-    an empty stretch below the data (short stays of a procedure that needs a week in
-    hospital) is not merged into the data's first group.
+    a noise spike rarely does), else the first bin of the stretch that stands furthest above
+    its noise (:func:`_strongest_stretch`). So an empty stretch below the data (short stays of
+    a procedure that needs a week in hospital) is not merged into the data's first group, and
+    a weak class's groups start among its rows, not on a stretch of noise below them.
 
     The bins left over at either end never beat the noise: a sparse tail, or the empty
     reaches of wide public bounds. Their cells are dropped; what the groups miss of the
@@ -51,8 +52,7 @@ def coarsened(counts: np.ndarray, widths: np.ndarray, floor: float, total: float
     end's share becomes a tail that continues the outermost group's density and decays
     (:func:`_decaying_tail`). So a long sparse tail (the lymph nodes of the patients who
     died) is kept instead of cut off, and an empty reach stays empty. Counts in which no
-    group beats the noise are returned as they were; where only the first group as a whole
-    does, that group.
+    stretch beats the noise are returned as they were.
 
     A class too small for even all its bins together to beat the noise (``total`` below
     ``floor`` times the square root of their number) is spread like ``prior`` instead (the
@@ -77,17 +77,15 @@ def coarsened(counts: np.ndarray, widths: np.ndarray, floor: float, total: float
         if shape.sum() <= 1e-9 * widths.sum():
             shape = widths
         return np.asarray(shape / shape.sum() * max(total, 0.0), dtype=float)
-    first, first_end = _merged_upwards(counts, widths, floor, groups=1)
-    if first_end == 0:
-        return counts.copy()
-    peak = int(np.argmax(counts))
-    anchor = peak if counts[peak] >= 3 * floor else first_end - 1
+    anchor = int(np.argmax(counts))
+    if counts[anchor] < 3 * floor:
+        anchor, score = _strongest_stretch(counts)
+        if score < floor:
+            return counts.copy()
     upper, upper_end = _merged_upwards(counts[anchor:], widths[anchor:], floor)
     lower, lower_end = _merged_upwards(counts[:anchor][::-1], widths[:anchor][::-1], floor)
     merged = np.concatenate([lower[::-1], upper])
     low, high = anchor - lower_end, anchor + upper_end  # the groups cover bins [low, high)
-    if low == high:  # only the first group as a whole beats the noise
-        return first
     missing = max(total - merged[low:high].sum(), 0.0)
     left_over = np.clip([counts[:low].sum(), counts[high:].sum()], 0.0, None)
     below, above = missing * left_over / left_over.sum() if left_over.sum() > 0 else (0.0, 0.0)
@@ -96,22 +94,33 @@ def coarsened(counts: np.ndarray, widths: np.ndarray, floor: float, total: float
     return merged
 
 
-def _merged_upwards(counts: np.ndarray, widths: np.ndarray, floor: float, groups: int | None = None
-                    ) -> tuple[np.ndarray, int]:
-    """Greedy groups from the first bin up (see :func:`coarsened`), at most ``groups`` of
-    them: the merged counts and the index where the groups end (bins from there on are left
-    as they were; 0: no group)."""
+def _merged_upwards(counts: np.ndarray, widths: np.ndarray, floor: float) -> tuple[np.ndarray, int]:
+    """Greedy groups from the first bin up (see :func:`coarsened`): the merged counts and the
+    index where the groups end (bins from there on are left as they were; 0: no group)."""
     merged = counts.copy()
-    start, running, made = 0, 0.0, 0
+    start, running = 0, 0.0
     for index, count in enumerate(counts):
         running += count
         if running >= floor * math.sqrt(index - start + 1):
             group = slice(start, index + 1)
             merged[group] = widths[group] / widths[group].sum() * counts[group].sum()
-            start, running, made = index + 1, 0.0, made + 1
-            if made == groups:
-                break
+            start, running = index + 1, 0.0
     return merged, start
+
+
+def _strongest_stretch(counts: np.ndarray) -> tuple[int, float]:
+    """The first bin of the stretch of bins whose sum stands furthest above its noise, and that
+    sum over the square root of the stretch's length (a scan statistic, in noise units of one
+    bin's). Where no bin beats the noise by far, this is where a weak class's rows are: the
+    first group from the lower bound may be a stretch of noise (one time in three in a class's
+    first 50 bins), and greedy groups grown from there could not cross the negative noise after
+    it to reach the rows (a newcomer's readmitted patients went to ages 26-45; the real ones
+    were 60-90, docs/benchmarks.md)."""
+    sums = np.concatenate([[0.0], np.cumsum(counts)])
+    starts, ends = np.triu_indices(len(sums), k=1)
+    score = (sums[ends] - sums[starts]) / np.sqrt(ends - starts)
+    best = int(np.argmax(score))
+    return int(starts[best]), float(score[best])
 
 
 def _decaying_tail(mass: float, density: float, widths: np.ndarray) -> np.ndarray:
