@@ -232,9 +232,10 @@ def _load(request: SimulationRequest) -> _Loaded:
         schema = Schema.load(request.schema_path)
         schema.require_reviewed(request.allow_unreviewed_schema)  # before any plan is printed or file read
         _check_site_column(schema, request.site_column)
-        read = [_screened(path, schema, request.out_of_domain, notes)
+        read = [_screened(path, schema, request.schema_path, request.out_of_domain, notes)
                 for path in (request.sites or (request.data or demo_data_path(),))]
-        test = None if request.held_out is None else _screened(request.held_out, schema, request.out_of_domain, notes)
+        test = None if request.held_out is None \
+            else _screened(request.held_out, schema, request.schema_path, request.out_of_domain, notes)
     except (SchemaError, DataFileError, ValueError) as exc:
         raise ConfigurationError(str(exc)) from exc
     if request.sites:
@@ -260,7 +261,8 @@ def _load(request: SimulationRequest) -> _Loaded:
     return _Loaded(schema, tables, train, test, (), tuple(notes))
 
 
-def _screened(path: Path, schema: Schema, handling: RecordHandling, notes: list[str]) -> pd.DataFrame:
+def _screened(path: Path, schema: Schema, schema_path: Path, handling: RecordHandling, notes: list[str]
+              ) -> pd.DataFrame:
     """``path``'s rows with the records the schema does not allow handled as ``handling`` says, as
     a site's policy ``out_of_domain`` would (what was changed is noted, by count: the researcher's
     own rows on their own machine). A refusal says how to drop them instead."""
@@ -273,7 +275,8 @@ def _screened(path: Path, schema: Schema, handling: RecordHandling, notes: list[
     if screening.dropped or screening.clamped:
         notes.append(f"{path}: {screening.dropped} record(s) the schema does not allow left out and "
                      f"{screening.clamped} number(s) moved onto the schema's bounds (--out-of-domain {handling}); "
-                     f"`fedsyn validate {path} --schema SCHEMA` names them")
+                     f"`fedsyn validate {path} --schema {schema_path}` names them")
+    notes.extend(f"{path}: {note.describe()}" for note in screening.notes)
     return screening.frame
 
 

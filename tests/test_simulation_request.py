@@ -197,8 +197,10 @@ def test_records_the_schema_does_not_allow_are_refused_by_default_or_handled_as_
     assert len(dropped.simulation.train) == len(frame) - 10
     assert any("10 record(s)" in note and "0 number(s)" in note for note in dropped.warnings)
     clamped = prepare(SimulationRequest(data=data, schema=schema, hold_out=0, out_of_domain="clamp",
-                                        out=tmp_path / "run")).simulation
-    assert len(clamped.train) == len(frame) - 1 and clamped.train["age"].max() == 105
+                                        out=tmp_path / "run"))
+    assert len(clamped.simulation.train) == len(frame) - 1 and clamped.simulation.train["age"].max() == 105
+    # the youngest age is the schema's lower bound (the cohort's inclusion criterion): pointed at by name
+    assert any("age (lower)" in warning and "column(s)" in warning for warning in clamped.warnings)
 
 
 def test_hospitals_given_as_files_are_named_by_their_site_column_value(tmp_path):

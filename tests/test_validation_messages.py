@@ -40,7 +40,8 @@ def test_values_finer_than_the_declared_precision_are_a_note_not_a_problem(demo_
     frame.loc[[5, 7], "kappa"] = [1.2345, 2.3456]
     frame.loc[9, "kappa"] = column.lower  # the bound, 0.01: an atom, not a finer value
     report = validate_frame(frame, schema)
-    assert report.ok and [note.column for note in report.notes] == ["kappa"] and report.notes[0].rows == 2
+    # ... and the bound the frame now reaches is pointed at as its own lowest value (the assay's limit here)
+    assert report.ok and [note.column for note in report.notes] == ["kappa", "(bounds)"] and report.notes[0].rows == 2
     text = report.describe()
     assert ("note: column 'kappa', 2 row(s) (e.g. line 7, line 9): value recorded finer than the schema's "
             "precision") in text
@@ -55,7 +56,7 @@ def test_an_integer_columns_note_skips_its_bounds_missing_cells_and_values_alrea
                                                   nullable=True)])
     frame = pd.DataFrame({"dose": pd.array([5, None, 7, 1, 120, 10], dtype="Int64")})
     report = validate_frame(frame, schema)
-    assert [(note.column, note.rows) for note in report.notes] == [("dose", 2)]
+    assert [(note.column, note.rows) for note in report.notes] == [("dose", 2), ("(bounds)", 1)]  # 1 is the lowest
     assert [problem.rows for problem in report.problems] == [1]  # 120 only
     fractional = validate_frame(pd.DataFrame({"dose": [5.5, 10.0]}), schema)
     assert not fractional.notes and [p.rows for p in fractional.problems] == [1]
@@ -179,3 +180,27 @@ def test_a_schema_files_outcome_typo_gets_a_guess_and_a_draft_makes_its_folder(d
     assert "kappa" not in str(caught.value)
     demo_schema.save(tmp_path / "new" / "folder" / "schema.json")
     assert Schema.load(tmp_path / "new" / "folder" / "schema.json").column_names == demo_schema.column_names
+
+
+def test_bounds_left_as_the_draft_read_them_off_the_rows_are_pointed_at_by_name_never_by_value():
+    """A newcomer set every needs_review of a drafted schema to false and changed nothing else:
+    validate passed, simulate ran without a word, and the signed release's schema.json carried a
+    CRP of 1567.9 and a BNP of 17234 as 'public' bounds. A bound that is exactly the extract's own
+    smallest or largest value is named (not its value); a bound of 0 is not."""
+    from fedsyn.data.schema import draft_schema
+
+    rng = np.random.default_rng(0)
+    frame = pd.DataFrame({"crp": np.round(rng.lognormal(3, 1, 300), 1), "visits": rng.integers(0, 40, 300),
+                          "died": rng.choice(["yes", "no"], 300)})
+    drafted = draft_schema(frame, outcome="died")
+    lazy = drafted.model_copy(update={"columns": [c.model_copy(update={"needs_review": False})
+                                                  for c in drafted.columns]})
+    notes = validate_frame(frame, lazy).notes
+    assert [(note.column, note.rows, note.counted) for note in notes] == [("(bounds)", 2, "column(s)")]
+    assert notes[0].kind.startswith("crp (lower and upper), visits (upper): each is this extract's own")
+    assert str(frame["crp"].max()) not in validate_frame(frame, lazy).describe()
+    public = Schema(name="labs", outcome="died", columns=[
+        Column(name="crp", kind="continuous", lower=0.1, upper=500, transform="log"),
+        Column(name="visits", kind="integer", lower=0, upper=100),
+        Column(name="died", kind="categorical", categories=["no", "yes"])])
+    assert not validate_frame(frame.assign(crp=frame["crp"].clip(0.2, 499)), public).notes

@@ -29,11 +29,12 @@ class Problem:
     kind: str
     rows: int
     examples: list[str] = field(default_factory=list)
+    counted: str = "row(s)"  # what ``rows`` counts
 
     def describe(self) -> str:
         """Where first, then what is wrong: a kind ends with how to fix it, so it ends the line."""
         shown = f" (e.g. {', '.join(self.examples)})" if self.examples else ""
-        return f"column '{self.column}', {self.rows} row(s){shown}: {self.kind}"
+        return f"column '{self.column}', {self.rows} {self.counted}{shown}: {self.kind}"
 
 
 @dataclass(frozen=True)
@@ -85,14 +86,41 @@ def validate_frame(frame: pd.DataFrame, schema: Schema, numbering: RowNumbering 
     notes: list[Problem] = []
     for column in schema.columns:
         if column.name in frame.columns:
-            problems.extend(_check_column(frame[column.name], column, numbering))
-            finer = _finer_than_precision(frame[column.name].reset_index(drop=True), column)
+            series = frame[column.name].reset_index(drop=True)
+            problems.extend(_check_column(series, column, numbering))
+            finer = _finer_than_precision(series, column)
             if finer is not None and finer.any():
                 notes.append(Problem(column.name, f"value recorded finer than the schema's precision "
                                      f"({column.precision:g}): the release rounds to it. If the extract really "
                                      "records such values, declare a finer precision", int(finer.sum()),
                                      _examples(finer, numbering)))
+    extremes = {column.name: _bounds_at_extremes(frame[column.name], column) for column in schema.columns
+                if column.name in frame.columns}
+    named = [f"{name} ({' and '.join(sides)})" for name, sides in extremes.items() if sides]
+    if named:  # one note for them all: a drafted schema left as it was has one for every numeric column
+        notes.append(Problem("(bounds)", f"{', '.join(named)}: each is this extract's own smallest or largest value. "
+                             "A bound read off the rows puts a patient's value in the schema and every release: "
+                             "use public knowledge (a measure's physiological or assay range, a scale's ends), or "
+                             "ignore this where the bound is public (an inclusion criterion, an assay's limit)",
+                             len(named), counted="column(s)"))
     return ValidationReport(problems=problems, n_rows=len(frame), notes=notes)
+
+
+def _bounds_at_extremes(series: pd.Series, column: Column) -> list[str]:
+    """Which bounds ('lower', 'upper') of a numeric column are exactly its extract's smallest or
+    largest value: the mark of bounds drafted from the rows and left as they were (a newcomer's
+    reviewed schema published a CRP of 1567.9 and a BNP of 17234). A bound of 0, a count's or a
+    measure's floor, is public by nature and not pointed at; an assay's limit or an inclusion
+    criterion is, and the note says to ignore it there."""
+    if column.is_categorical:
+        return []
+    values = pd.to_numeric(series, errors="coerce").to_numpy(dtype=float)
+    present = values[np.isfinite(values)]
+    if present.size == 0:
+        return []
+    return [side for side, bound, value in (("lower", column.lower, present.min()), ("upper", column.upper,
+                                                                                       present.max()))
+            if bound is not None and bound != 0 and value == bound]
 
 
 def _finer_than_precision(series: pd.Series, column: Column) -> np.ndarray | None:
@@ -263,6 +291,7 @@ class Screening:
     dropped: int
     clamped: int
     problems: list[Problem]  # the record-level problems found, by column, before handling
+    notes: list[Problem] = field(default_factory=list)  # what fits but its operator should hear
 
 
 def screen_records(frame: pd.DataFrame, schema: Schema, handling: RecordHandling, source: str = "data") -> Screening:
@@ -282,7 +311,7 @@ def screen_records(frame: pd.DataFrame, schema: Schema, handling: RecordHandling
         raise DataValidationError(ValidationReport(file_level, len(frame)), source)
     report = validate_frame(frame, schema, numbering_for(source))
     if report.ok:
-        return Screening(frame, 0, 0, [])
+        return Screening(frame, 0, 0, [], report.notes)
     if handling == "refuse":
         raise OutOfDomainRecords(report, source)
     frame = frame.reset_index(drop=True)
@@ -308,4 +337,4 @@ def screen_records(frame: pd.DataFrame, schema: Schema, handling: RecordHandling
         raise DataValidationError(ValidationReport([Problem("(every column)", "no record fits the schema once "
                                                             "out-of-domain records are dropped", len(frame))],
                                                    len(frame)), source)
-    return Screening(kept, int(bad.sum()), clamped, report.problems)
+    return Screening(kept, int(bad.sum()), clamped, report.problems, report.notes)
