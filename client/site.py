@@ -35,7 +35,7 @@ from fedsyn.client.policy import SitePolicy
 from fedsyn.client.replies import PAIR_TABLES_STAGE, ReplyStore, request_digest
 from fedsyn.data.schema import Schema
 from fedsyn.data.tables import DataFileError, read_table
-from fedsyn.data.validation import DataValidationError, screen_records
+from fedsyn.data.validation import DataValidationError, Screening, screen_records
 from fedsyn.errors import PrivacyRefusal, where_it_failed
 from fedsyn.federation.protocol import MAX_SITES, ErrorCode, PairTablesQuery, TrainInstructions, schema_fingerprint
 from fedsyn.model.config import GANConfig
@@ -223,6 +223,11 @@ class Site:
         policy's ``out_of_domain`` says (raises with a report naming rows for a file-level
         problem, or for any problem under ``refuse``). What screening changed is logged here,
         by column and count, and never sent."""
+        return self.screened().frame
+
+    def screened(self) -> Screening:
+        """:meth:`load_data`'s screening whole: with its notes (bounds that are the extract's own
+        extremes), which the site's operator hears once, when the site starts."""
         screening = screen_records(read_table(self.policy.data, self.schema), self.schema, self.policy.out_of_domain,
                                    source=str(self.policy.data))
         if screening.dropped or screening.clamped:
@@ -230,7 +235,7 @@ class Site:
                         "(policy out_of_domain=%s): %s. `fedsyn validate` names the rows",
                         self.policy.data, screening.dropped, screening.clamped, self.policy.out_of_domain,
                         "; ".join(f"{p.column}: {p.kind} ({p.rows})" for p in screening.problems))
-        return screening.frame
+        return screening
 
     def _private_rows(self) -> pd.DataFrame:
         """The extract for a mechanism; a bad extract is a refusal whose text holds no value."""

@@ -8,6 +8,7 @@ policy path goes on the SuperNode's own ``--node-config``, never through the coo
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -15,6 +16,8 @@ from fedsyn.client.ops.clientapp_process import install_launcher
 from fedsyn.client.policy import PolicyError, SitePolicy
 from fedsyn.client.site import Site
 from fedsyn.federation.flower_programs import flower_program, search_path
+
+log = logging.getLogger("fedsyn.client")
 
 
 @dataclass(frozen=True)
@@ -35,7 +38,9 @@ def supernode_launch(policy_path: Path) -> SupernodeLaunch:
     if policy.coordinator is None:
         raise PolicyError(f"{policy_path} has no [coordinator] section (superlink, root_certificates, "
                           "auth_private_key): add it to join a federation")
-    Site(policy).load_data()  # raises LedgerError without a ledger, DataValidationError naming rows
+    screening = Site(policy).screened()  # raises LedgerError without a ledger, DataValidationError naming rows
+    for note in screening.notes:  # the operator hears them once, here; the site's checks never send them
+        log.warning("extract %s: %s", policy.data, note.describe())
     connection = policy.coordinator
     launchers = install_launcher(policy.ledger.parent / "flower-bin", Path(policy_path))
     path = search_path(launchers)
