@@ -18,11 +18,16 @@ def schema_draft(
     data: Annotated[Path, typer.Argument(help="a local extract (CSV or Parquet) to draft from")],
     out: Annotated[Path, typer.Option("--out", "-o", help="where the draft goes")] = Path("schema.draft.json"),
     outcome: Annotated[str | None, typer.Option(help="the categorical column to predict, e.g. death")] = None,
+    overwrite: Annotated[bool, typer.Option(help="replace the file at --out (a schema reviewed by hand is lost)")
+                         ] = False,
 ) -> None:
     """Draft a schema from a local extract. Every bound and category list is marked needs_review."""
     from fedsyn.data.schema import draft_schema
     from fedsyn.data.tables import DataFileError, read_table
 
+    if out.exists() and not overwrite:  # a newcomer's reviewed schema was replaced by a fresh draft, unasked
+        fail(f"--out {out} already exists (perhaps the schema you reviewed): give another --out, or --overwrite to "
+             "replace it")
     try:
         extract = read_table(data)
         draft = draft_schema(extract, name=data.stem, outcome=outcome)

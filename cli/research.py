@@ -90,7 +90,7 @@ def fit(
     try:
         model = DPTabularGAN(contract, epsilon=epsilon, delta=delta, epochs=epochs, device=device, seed=seed,
                              stream_nonce=stream_nonce, allow_unreviewed_schema=allow_unreviewed_schema)
-        _show_fit_plan(model, data.stem, len(train))
+        _show_fit_plan(model, data.stem, len(train), out)
         with console.status("training (DP-SGD)...") as status:
             model.fit(train, on_step=lambda step, _: status.update(f"training step {step + 1}"))
     except (SchemaError, DataFileError, DataValidationError, ValueError) as exc:
@@ -377,7 +377,7 @@ def _print_release(result: SimulationResult, rounds: int) -> None:
                       f"{report['site_level_dp']['delta']:g}")
 
 
-def _show_fit_plan(model: DPTabularGAN, site: str, rows: int) -> None:
+def _show_fit_plan(model: DPTabularGAN, site: str, rows: int, out: Path) -> None:
     """Before a fit spends anything: what its budget buys on ``rows`` rows (printed locally: the
     row count is the site's own), graded as a simulation's sites are, and the width's cost."""
     from fedsyn.privacy.marginals import measured_columns
@@ -391,7 +391,7 @@ def _show_fit_plan(model: DPTabularGAN, site: str, rows: int) -> None:
     _show_site_plans(f"Plan: epsilon {epsilon:g}, {plan.steps} DP-SGD steps of {plan.batch_size} expected records "
                      f"(sample rate {plan.sample_rate:.3g})",
                      (plan_fit(site, plan, len(measured_columns(model.schema)), model.pairs_share),),
-                     (plan_width(site, rows, model.schema, round_zero),), epsilon)
+                     (plan_width(site, rows, model.schema, round_zero),), epsilon, out)
 
 
 def _show_plan(prepared: PreparedSimulation) -> None:
@@ -400,11 +400,11 @@ def _show_plan(prepared: PreparedSimulation) -> None:
     settings = prepared.simulation.settings
     _show_site_plans(f"Plan: epsilon {settings.epsilon:g} per site, {settings.rounds} rounds x "
                      f"{settings.local_steps} steps, sample rate {settings.sample_rate:.3g}",
-                     prepared.site_plans, prepared.width_plans, settings.epsilon)
+                     prepared.site_plans, prepared.width_plans, settings.epsilon, prepared.simulation.out)
 
 
 def _show_site_plans(title: str, site_plans: tuple[SitePlan, ...], width_plans: tuple[WidthPlan, ...],
-                     epsilon: float) -> None:
+                     epsilon: float, out: Path) -> None:
     """Each site's plan (a fit's one) with its outlook and advice, then the width's cost."""
     table = Table(title=title)
     for column in ("site", "rows", "records per step", "noise multiplier", "records per unit of noise", "outlook"):
@@ -417,14 +417,17 @@ def _show_site_plans(title: str, site_plans: tuple[SitePlan, ...], width_plans: 
     for plan in site_plans:
         if plan.level != "green":
             console.print(f"[{COLOUR[plan.level]} bold]{plan.level}:[/] {plan.site}: {plan.advice}")
-    _show_width(width_plans, epsilon, min((plan.batch_size for plan in site_plans if plan.batch_size), default=None))
+    _show_width(width_plans, epsilon, out,
+                min((plan.batch_size for plan in site_plans if plan.batch_size), default=None))
 
 
-def _show_width(widths: tuple[WidthPlan, ...], epsilon: float, batch_size: int | None = None) -> None:
+def _show_width(widths: tuple[WidthPlan, ...], epsilon: float, out: Path, batch_size: int | None = None) -> None:
     """Round 0 measures every column by the outcome at once: its noise grows with the square root
     of the number of columns. Shows each site's noise per cell against its rows, the columns that
     cost most, and what would make the tables usable; the command it suggests carries the
-    ``batch_size`` the sites' plans advised too (the smallest site's), so one paste does both."""
+    ``batch_size`` the sites' plans advised too (the smallest site's), so one paste does both,
+    and an ``--out`` of its own (this run's, which the paste would be refused, named after the
+    budget)."""
     table = Table(title=f"Width: {widths[0].measured_columns} columns measured by the outcome in round 0")
     for column in ("site", "rows", "noise per cell", "columns resolved (green/amber/red)", "outlook"):
         table.add_column(column)
@@ -444,9 +447,15 @@ def _show_width(widths: tuple[WidthPlan, ...], epsilon: float, batch_size: int |
                   f"columns); {worst.column_advice}")
     if worst.epsilon_needed is not None and worst.epsilon_needed > epsilon:
         batch = [("--batch-size", str(batch_size))] if batch_size else []
-        console.print(f"  epsilon {worst.epsilon_needed:g} per site would resolve most of them (the site's outlook "
-                      "no longer red; the weakest columns may stay red): "
-                      f"{_command_with(('--epsilon', f'{worst.epsilon_needed:g}'), *batch)}")
+        needed = f"{worst.epsilon_needed:g}"
+        console.print(f"  epsilon {needed} per site would resolve most of them (the site's outlook no longer red; the "
+                      "weakest columns may stay red): "
+                      f"{_command_with(('--epsilon', needed), *batch, ('--out', f'{out}-epsilon-{needed}'))}",
+                      soft_wrap=True)
+        if batch:
+            console.print("  (a --batch-size below the smallest site's rows makes that site's row count public: the "
+                          "sample rate is published, and rows = batch size / rate; the privacy report lists it)",
+                          soft_wrap=True)
     if worst.columns_to_keep is not None:
         console.print(f"  at epsilon {epsilon:g}, keep at most {worst.columns_to_keep} of the "
                       f"{worst.measured_columns} columns (drop the others from the schema and from the data), or "

@@ -54,8 +54,13 @@ def where_it_failed(exc: BaseException) -> str:
 
 def closest_name(name: str, candidates: Sequence[str], cutoff: float = 0.6) -> str | None:
     """The candidate ``name`` is most likely a misspelling of (letter case ignored), if any is
-    at least ``cutoff`` alike: the one home of "did you mean" for columns, settings and files."""
+    at least ``cutoff`` alike: the one home of "did you mean" for columns, settings and files.
+    A name that begins exactly one candidate is that one: 'died' is 'died_in_hospital', which
+    spelling likeness alone ranked below 'diabetes'."""
     lowered = {candidate.lower(): candidate for candidate in candidates}
+    begun = [candidate for candidate in lowered if len(name) >= 3 and candidate.startswith(name.lower())]
+    if len(begun) == 1:
+        return lowered[begun[0]]
     close = difflib.get_close_matches(name.lower(), list(lowered), n=1, cutoff=cutoff)
     return lowered[close[0]] if close else None
 

@@ -52,6 +52,9 @@ def test_simulate_refuses_a_plan_whose_tables_cannot_resolve_the_columns_unless_
     assert "--batch-size" in suggested  # the command carries the batch size the site plans advised (a newcomer's
     said = " ".join(result.output.split())  # paste of it left that out)
     assert "--batch-size changes DP-SGD only" in said  # a newcomer lowered it and was refused again
+    # a newcomer's paste was refused: it named this run's own --out, which the run had filled
+    assert suggested.count("--out") == 1 and f"--out {out}-epsilon-" in suggested
+    assert "makes that site's row count public" in said  # what following the batch-size advice publishes
 
 
 def test_simulate_names_the_problem_when_the_data_does_not_fit_the_schema(tmp_path, demo_frame):

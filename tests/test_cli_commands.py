@@ -66,6 +66,12 @@ def test_schema_draft_and_validate(tmp_path, demo_frame):
     draft = tmp_path / "draft.json"
     assert _invoke("schema", "draft", data, "--out", draft, "--outcome", "death").exit_code == 0
     assert all(column["needs_review"] for column in json.loads(draft.read_text())["columns"])
+    # A newcomer's second draft replaced the schema they had reviewed, unasked
+    reviewed = draft.read_text().replace('"needs_review": true', '"needs_review": false')
+    draft.write_text(reviewed)
+    again = _invoke("schema", "draft", data, "--out", draft, "--outcome", "death")
+    assert again.exit_code == 2 and "--overwrite" in again.output and draft.read_text() == reviewed
+    assert _invoke("schema", "draft", data, "--out", draft, "--outcome", "death", "--overwrite").exit_code == 0
     assert _invoke("validate", data, "--schema", demo_schema_path()).exit_code == 0
     drafted = _invoke("validate", data, "--schema", draft)  # helper-31: the raw draft passed without a word
     assert drafted.exit_code == 0 and "still need review" in " ".join(drafted.output.split())

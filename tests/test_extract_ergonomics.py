@@ -89,6 +89,11 @@ def test_a_misspelt_column_gets_a_did_you_mean(demo_frame, demo_schema):
     assert "did you mean 'creatinine'" in problems["creatinin"]
     unrelated = demo_frame.head(10).assign(ward="x")
     assert "did you mean" not in {p.column: p.kind for p in validate_frame(unrelated, demo_schema).problems}["ward"]
+    # A newcomer's `--outcome died` was asked "did you mean 'diabetes'?": a name that begins one column is that one
+    from fedsyn.errors import closest_name
+
+    assert closest_name("died", ["diabetes", "died_in_hospital", "age"]) == "died_in_hospital"
+    assert closest_name("di", ["diabetes", "died_in_hospital"]) is None  # too short to begin anything surely
 
 
 def test_simulate_warns_about_an_outcome_class_with_few_rows_at_a_site(tmp_path, demo_frame, no_federation):
