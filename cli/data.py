@@ -37,6 +37,7 @@ def schema_draft(
     from fedsyn.data.schema import (
         MANY_CATEGORIES,
         case_variant_columns,
+        censored_cells,
         constant_columns,
         duplicate_columns,
         far_bound_columns,
@@ -55,6 +56,12 @@ def schema_draft(
                       "into the draft: if it is an identifier or a date, drop it from the extract (or turn a date into "
                       "a year or an age); a measure: make it a number column with public bounds; otherwise list its "
                       "public levels, grouping rare ones[/]")
+    for name, count in censored_cells(extract, draft).items():
+        console.print(f"[yellow]column '{name}' holds {count} cell(s) written as a limit ('<0.01' below an assay's "
+                      "detection limit, '>89' for a capped age): it was drafted as a number. Write each as the limit "
+                      "itself and make that limit the column's public bound (a bound is a value of its own that the "
+                      "release keeps), "
+                      f"or empty them; fedsyn validate --schema {out} {data} lists their lines[/]")
     for name, count in stray_text_cells(extract, draft).items():
         console.print(f"[yellow]column '{name}' holds numbers but for {count} cell(s) of text (a unit written beside "
                       "the value, a '<5' below a detection limit): it was drafted as a number; write those cells as "

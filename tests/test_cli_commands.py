@@ -83,19 +83,24 @@ def test_schema_draft_and_validate(tmp_path, demo_frame):
 
 
 def test_schema_draft_points_at_stray_text_a_far_bound_and_levels_written_two_ways(tmp_path, demo_frame):
-    rows = demo_frame.head(200).astype({"creatinine": object})
+    rows = demo_frame.head(200).astype({"creatinine": object, "kappa": object})
     rows.loc[rows.index[[5, 9]], "creatinine"] = ["170 umol/L", "<3"]
+    rows.loc[rows.index[:120], "kappa"] = "<0.5"  # a newcomer's troponin: most cells below the detection limit
     rows.loc[rows.index[3], "sex"] = "f"
     rows.loc[rows.index[7], "age"] = 999
     rows = rows.assign(source="EHR-export", age_again=rows["age"])
     rows.to_csv(tmp_path / "cohort.csv", index=False)
     result = _invoke("schema", "draft", tmp_path / "cohort.csv", "--out", tmp_path / "draft.json", "--outcome", "death")
     said = " ".join(result.output.split())
-    assert result.exit_code == 0 and "column 'creatinine' holds numbers but for 2 cell(s) of text" in said
+    assert result.exit_code == 0 and "column 'creatinine' holds numbers but for 1 cell(s) of text" in said
+    assert "column 'creatinine' holds 1 cell(s) written as a limit" in said
+    assert "column 'kappa' holds 120 cell(s) written as a limit" in said  # drafted as a number, not as text
+    assert json.loads((tmp_path / "draft.json").read_text())["columns"][3]["kind"] == "continuous"
     assert "column 'sex' lists levels that differ only in letter case" in said
     assert "column 'age': its drafted upper bound lies far beyond the rest of its values" in said
     assert "column 'source' holds one value in every row" in said and "'age_again' repeats column 'age'" in said
-    assert "umol" not in said and "<3" not in said and "999 " not in said.replace("999 for", "")  # never shown
+    assert "umol" not in said and "<3" not in said and "<0.5" not in said  # never shown
+    assert "999 " not in said.replace("999 for", "")
 
 
 def test_fit_writes_model_rows_and_a_privacy_report_declaring_the_row_count(tmp_path, demo_frame):

@@ -129,7 +129,7 @@ def test_a_lab_column_with_a_few_units_written_in_is_drafted_as_a_number_and_its
     and validation never pointed at the 6 cells. Drafted as a number, the stray cells are
     counted (never shown) and validation names their lines. Levels written two ways ('F', 'f')
     are pointed out."""
-    from fedsyn.data.schema import case_variant_columns, stray_text_cells
+    from fedsyn.data.schema import case_variant_columns, censored_cells, stray_text_cells
 
     rows = demo_frame.head(300).astype({"creatinine": object})
     rows.loc[rows.index[[3, 40, 41]], "creatinine"] = ["170 umol/L", "<5", "1.2 mg/dL"]
@@ -138,7 +138,8 @@ def test_a_lab_column_with_a_few_units_written_in_is_drafted_as_a_number_and_its
     creatinine = draft.column("creatinine")
     assert not creatinine.is_categorical and creatinine.nullable
     assert creatinine.upper == pd.to_numeric(rows["creatinine"], errors="coerce").max()
-    assert stray_text_cells(rows, draft) == {"creatinine": 3}
+    assert stray_text_cells(rows, draft) == {"creatinine": 2}  # '<5' is a value written as a limit
+    assert censored_cells(rows, draft) == {"creatinine": 1}
     assert case_variant_columns(draft) == ["sex"]
     rows.loc[rows.index[7], "sex"] = "Female"  # a newcomer's F, M and Female
     assert case_variant_columns(draft_schema(rows, outcome="death")) == ["sex"]

@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import math
 import re
-from collections.abc import Collection, Iterator, Mapping
+from collections.abc import Callable, Collection, Iterator, Mapping
 from enum import Enum
 from pathlib import Path
 from typing import Literal
@@ -408,10 +408,12 @@ def _names_among_own_values(frame: pd.DataFrame) -> list[str]:
 
 def _drafted_column(series: pd.Series) -> Column:
     """One column's guess: numeric with its observed range (its stray text cells left for
-    validation to point at, :func:`stray_text_cells`), or categorical with its observed levels."""
+    validation to point at, :func:`stray_text_cells`; cells written as a limit, '<0.01', however
+    many, :func:`censored_cells`), or categorical with its observed levels."""
     name, nullable, values = str(series.name), bool(series.isna().any()), series.dropna()
     numeric = pd.to_numeric(values, errors="coerce")
-    if len(values) > 0 and _text_cells(numeric) <= STRAY_TEXT_SHARE * len(values) and numeric.nunique() > 10 \
+    stray = _text_cells(numeric) - int(_censored(values).sum())
+    if len(values) > 0 and stray <= STRAY_TEXT_SHARE * len(values) and numeric.nunique() > 10 \
             and not _identifier_like(numeric.dropna()):
         numeric = numeric.dropna()
         integral = bool((numeric == numeric.round()).all())
@@ -459,16 +461,41 @@ def without_markers(frame: pd.DataFrame, markers: list[str], levels: Mapping[str
 
 def stray_text_cells(frame: pd.DataFrame, schema: Schema) -> dict[str, int]:
     """Of a draft's numeric columns, how many of the extract's cells are text that is no number
-    (the draft's missing-value markers aside): counts only, never the cells (they are patients')."""
+    (the draft's missing-value markers and cells written as a limit aside): counts only, never
+    the cells (they are patients')."""
+    return _numeric_column_counts(frame, schema, lambda cells: _text_cells(pd.to_numeric(cells, errors="coerce"))
+                                  - int(_censored(cells).sum()))
+
+
+def censored_cells(frame: pd.DataFrame, schema: Schema) -> dict[str, int]:
+    """Of a draft's numeric columns, how many cells are written as a limit ('<0.01', '>89'): a
+    lab value below its assay's detection limit, an age capped for privacy. A newcomer's
+    troponin, two thirds '<0.01', was drafted as text with more than 50 levels and the advice to
+    drop an identifier; now it is drafted as a number and these cells are counted."""
+    return _numeric_column_counts(frame, schema, lambda cells: int(_censored(cells).sum()))
+
+
+def _numeric_column_counts(frame: pd.DataFrame, schema: Schema, count: Callable[[pd.Series], int]
+                           ) -> dict[str, int]:
+    """``count`` of each of a draft's numeric columns' non-empty cells (markers read as missing),
+    where it is not 0."""
     frame = without_markers(frame, schema.missing_values, category_levels(schema))
     counts = {}
     for column in schema.columns:
         if column.is_categorical or column.name not in frame.columns:
             continue
-        stray = _text_cells(pd.to_numeric(frame[column.name].dropna(), errors="coerce"))
-        if stray:
-            counts[column.name] = stray
+        found = count(frame[column.name].dropna())
+        if found:
+            counts[column.name] = found
     return counts
+
+
+_CENSORED = re.compile(r"^\s*[<>]=?\s*[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?\s*$")
+
+
+def _censored(cells: pd.Series) -> pd.Series:
+    """Which cells are a number written as a limit: '<0.01', '> 89', '<=5'."""
+    return cells.astype(str).str.match(_CENSORED)
 
 
 # A drafted bound this many times farther from the 99th percentile (the 1st) than that is from
