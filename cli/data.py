@@ -42,6 +42,7 @@ def schema_draft(
         duplicate_columns,
         far_bound_columns,
         log_scale_columns,
+        outcome_proxy_columns,
         stray_text_cells,
         unlisted_columns,
     )
@@ -82,6 +83,11 @@ def schema_draft(
     for name in log_scale_columns(extract, draft):
         console.print(f"[yellow]column '{name}' spans more than two orders of magnitude: consider \"transform\": "
                       "\"log\" with a public lower bound above 0 (docs/schema.md)[/]")
+    for name in outcome_proxy_columns(extract, draft):
+        console.print(f"[yellow]column '{name}' (nearly) determines the outcome '{outcome}': its values (or whether "
+                      "it is empty) pick the outcome class in 95 % of each class's rows. If it records the outcome "
+                      "itself (a discharge to the mortuary, a date of death), drop it: a release keeps such a link "
+                      "more easily than any real relation, and the utility checks would then flatter it[/]")
     for name in case_variant_columns(draft):
         console.print(f"[yellow]column '{name}' lists levels that differ only in letter case or spaces, or a letter "
                       "and a word it may abbreviate ('F' and 'Female'): if they are one level written two ways, write "

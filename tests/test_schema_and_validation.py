@@ -346,3 +346,21 @@ def test_parquet_problems_are_located_by_row_and_csv_problems_by_line(tmp_path, 
         write_table(bad, tmp_path / name)
         report = validate_frame(read_table(tmp_path / name, demo_schema), demo_schema, numbering_for(name))
         assert report.problems[0].examples == [expected]
+
+
+def test_a_column_that_records_the_outcome_is_pointed_at_by_name(demo_frame):
+    """A newcomer's discharge destination 'Deceased' was their in-hospital death written again: the
+    release kept that link and the report's utility (.94) flattered a release that had lost death's
+    relation to age. A column whose values, or whether it is empty, pick the outcome class in 95 %
+    of each class's rows is named by the draft; identifiers and real predictors are not."""
+    from fedsyn.data.schema import outcome_proxy_columns
+
+    rows = demo_frame.head(600).copy()
+    dead = rows["death"] == "dead"
+    rows["discharge"] = np.where(dead, "mortuary", np.where(np.arange(600) % 2, "home", "rehab"))
+    rows.loc[rows.index[:3], "discharge"] = "home"  # a few records disagree: nearly, not exactly
+    rows["days_to_death"] = np.where(dead, np.arange(600) % 300, np.nan)
+    rows["record"] = [f"R{index:06d}" for index in range(600)]
+    draft = draft_schema(rows, outcome="death")
+    assert outcome_proxy_columns(rows, draft) == ["discharge", "days_to_death"]
+    assert outcome_proxy_columns(demo_frame, draft_schema(demo_frame, outcome="death")) == []

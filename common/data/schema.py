@@ -545,6 +545,40 @@ def duplicate_columns(frame: pd.DataFrame, schema: Schema) -> list[tuple[str, st
     return repeats
 
 
+# A column whose values alone tell the outcome's classes apart this well (balanced accuracy of
+# the outcome class most common at each value) records the outcome rather than predicts it.
+OUTCOME_PROXY_ACCURACY = 0.95
+
+
+def outcome_proxy_columns(frame: pd.DataFrame, schema: Schema) -> list[str]:
+    """Of a draft's columns, those that (nearly) determine its outcome: a categorical column's
+    values, or whether a numeric one is empty, pick the outcome class in at least 95 % of each
+    class's rows. A newcomer's discharge destination 'Deceased' was their in-hospital death
+    written again: the release kept that link, and the report's utility check (.94) flattered a
+    release that had lost death's relation to age, SOFA and lactate. Names only."""
+    if schema.outcome is None or schema.outcome not in frame.columns:
+        return []
+    frame = without_markers(frame, schema.missing_values, category_levels(schema))
+    outcome = frame[schema.outcome].astype(str)
+    if outcome.nunique() < 2:
+        return []
+    found = []
+    for column in schema.columns:
+        if column.name == schema.outcome or column.name not in frame.columns:
+            continue
+        if column.is_categorical and column.levels == [UNLISTED_LEVELS]:
+            continue  # an identifier or a date: each value a row of its own, 'determining' anything
+        cells = frame[column.name]
+        values = cells.astype(str) if column.is_categorical else cells.isna().astype(str)
+        if values.nunique() < 2:
+            continue
+        picked = values.map(pd.crosstab(values, outcome).idxmax(axis=1))
+        recall = (picked == outcome).groupby(outcome).mean()
+        if float(recall.mean()) >= OUTCOME_PROXY_ACCURACY:
+            found.append(column.name)
+    return found
+
+
 # A positive column whose 99th percentile is this many times its 1st is drafted linear but reads
 # better on a log scale: its 64 bins would otherwise leave most rows in the first few.
 LOG_SPAN = 100.0
