@@ -264,6 +264,9 @@ def simulate(
         workflow.clear_out_folder(out, overwrite, request.input_files)
     except ConfigurationError as exc:
         fail(str(exc))
+    if fail_below is not None and prepared.simulation.test is None:  # a pipeline's gate that would check nothing
+        fail("--fail-below needs the verdict of held-out rows, and this run has none: give --held-out FILE (or, "
+             "with --data, a --hold-out share above 0)")
     for warning in prepared.warnings:
         console.print(f"[yellow bold]warning:[/] {warning}", soft_wrap=True)
     _show_plan(prepared)
@@ -453,9 +456,9 @@ def _show_width(widths: tuple[WidthPlan, ...], epsilon: float, out: Path, batch_
                       f"{_command_with(('--epsilon', needed), *batch, ('--out', f'{out}-epsilon-{needed}'))}",
                       soft_wrap=True)
         if batch:
-            console.print("  (a --batch-size below the smallest site's rows makes that site's row count public: the "
-                          "sample rate is published, and rows = batch size / rate; the privacy report lists it)",
-                          soft_wrap=True)
+            console.print("  (the sample rate is published: at this --batch-size, below the smallest site's rows, the "
+                          "rate is below 1 and that site's row count, batch size / rate, is public too; the privacy "
+                          "report lists it)", soft_wrap=True)
     if worst.columns_to_keep is not None:
         console.print(f"  at epsilon {epsilon:g}, keep at most {worst.columns_to_keep} of the "
                       f"{worst.measured_columns} columns (drop the others from the schema and from the data), or "

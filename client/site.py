@@ -418,11 +418,13 @@ class Site:
                     f"{self.policy.min_noise_multiplier}")
             return request.noise_multiplier
         remaining = (request.total_rounds - request.round + 1) * request.local_steps
-        try:
+        with _refused_over_budget(self.policy.site_id):
             sigma = calibrate_noise_multiplier(budget, self.policy.delta, request.sample_rate, remaining,
                                                self.ledger.events, self.policy.accountant)
-        except BudgetExceededError as exc:
-            raise PolicyRefusal(f"site '{self.policy.site_id}': {exc}", ErrorCode.BUDGET_EXHAUSTED) from None
+            cap = self.policy.max_epsilon_per_request
+            if cap is not None:  # the site's own choice keeps within its own limit on one request
+                sigma = max(sigma, calibrate_noise_multiplier(cap, self.policy.delta, request.sample_rate,
+                                                              request.local_steps, (), self.policy.accountant))
         return max(sigma, self.policy.min_noise_multiplier)
 
     def train(self, request: TrainInstructions, arrays: dict[str, np.ndarray], marginals: Marginals,

@@ -58,7 +58,7 @@ def closest_name(name: str, candidates: Sequence[str], cutoff: float = 0.6) -> s
     A name that begins exactly one candidate is that one: 'died' is 'died_in_hospital', which
     spelling likeness alone ranked below 'diabetes'."""
     lowered = {candidate.lower(): candidate for candidate in candidates}
-    begun = [candidate for candidate in lowered if len(name) >= 3 and candidate.startswith(name.lower())]
+    begun = [candidate for candidate in lowered if len(name) >= 4 and candidate.startswith(name.lower())]
     if len(begun) == 1:
         return lowered[begun[0]]
     close = difflib.get_close_matches(name.lower(), list(lowered), n=1, cutoff=cutoff)

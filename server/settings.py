@@ -145,14 +145,14 @@ class FederationSettings(BaseModel):
     def from_run_config(cls, config: Mapping[str, object]) -> FederationSettings:
         """Settings from a Flower run config (``[tool.flwr.app.config]``, kebab-case keys);
         keys it does not set keep the tuned defaults. ``round-timeout`` is ``timeout``."""
-        refuse_secrets_in_run_config(config, "the run config")
-        names = {name.replace("_", "-"): name for name in cls.model_fields if name != "gan_config"}
+        refuse_seed_in_run_config(config, "the run config")
+        names = {name.replace("_", "-"): name for name in cls.model_fields if name not in ("gan_config", "seed")}
         names["round-timeout"] = "timeout"
         values = {names[key]: value for key, value in config.items() if key in names}
         return cls.checked(**values)
 
 
-def refuse_secrets_in_run_config(config: Mapping[str, object], where: str) -> None:
+def refuse_seed_in_run_config(config: Mapping[str, object], where: str) -> None:
     """A deployment's run config holds no secret: Flower hands it with the run to every
     hospital's SuperNode, keeps it in the SuperLink's database, and ``flwr run`` shows it to
     anyone who lists the machine's processes. A seed there would be read by all of them (the

@@ -104,6 +104,9 @@ class SimulationRequest:
         if self.hold_out is not None and not 0 <= self.hold_out < 1:
             raise ConfigurationError(f"--hold-out {self.hold_out}: a share of the rows, at least 0 and below 1 "
                                      "(0.3 is the default; 0: no held-out rows and no local report)")
+        if self.held_out is not None and self.data is not None and self.held_out.resolve() == self.data.resolve():
+            raise ConfigurationError("--held-out is --data itself: a report on rows the sites trained on would "
+                                     "flatter the release. Give rows no site trains on, or leave --held-out out")
         if self.out_of_domain not in ("drop", "clamp", "refuse"):
             raise ConfigurationError(f"--out-of-domain {self.out_of_domain}: choose drop, clamp or refuse")
         if self.data and self.sites:
@@ -152,6 +155,9 @@ def prepare(request: SimulationRequest) -> PreparedSimulation:
     """Read, check and split the researcher's rows and build every setting of the simulation."""
     loaded = _load(request)
     schema, tables, named = loaded.schema, loaded.tables, loaded.names
+    if loaded.test is None and (request.compare or request.sweep):
+        raise ConfigurationError("--compare and --sweep-epsilon score releases on held-out rows, and this run has "
+                                 "none: give --held-out FILE (or, with --data, a --hold-out share above 0)")
     from fedsyn.model.config import GANConfig
     from fedsyn.privacy.marginals import measured_columns
     from fedsyn.privacy.randomness import fresh_nonce
@@ -312,10 +318,8 @@ def _split_by_site(whole: pd.DataFrame, schema: Schema, column: str, hold_out: f
                              f"and hold out from (at least {MIN_SITE_ROWS}); merge it with another or drop it")
         train = rows
         if hold_out > 0:
-            outcome = rows[schema.outcome] if schema.outcome else None
             try:
-                train, test = held_out_split(rows, hold_out, schema.outcome, seed,
-                                             stratify=outcome is not None and outcome.value_counts().min() >= 2)
+                train, test = held_out_split(rows, hold_out, schema.outcome, seed, stratify="where_possible")
             except ValueError as exc:
                 raise ValueError(f"--site-column {column}: hospital '{value}': {exc}") from None
             tests.append(test)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Literal
+
 import numpy as np
 import pandas as pd
 
@@ -39,9 +41,10 @@ def split_table(frame: pd.DataFrame, sites: int, rng: np.random.Generator, skew:
 
 
 def held_out_split(frame: pd.DataFrame, share: float, outcome: str | None, seed: int | None,
-                   stratify: bool = True) -> tuple[pd.DataFrame, pd.DataFrame]:
+                   stratify: Literal["always", "where_possible"] = "always") -> tuple[pd.DataFrame, pd.DataFrame]:
     """``frame``'s rows for training and the ``share`` held out for the local report, stratified
-    by ``outcome`` (when given and ``stratify``), both renumbered.
+    by ``outcome`` (when given: ``always``, or ``where_possible``, every class having two rows),
+    both renumbered.
 
     A split that cannot be made says so without a count: scikit-learn's own message names how
     many rows the smallest outcome class holds, a small-cell count that would travel on from a
@@ -50,13 +53,21 @@ def held_out_split(frame: pd.DataFrame, share: float, outcome: str | None, seed:
 
     instead = ("Give real rows the training never sees with --held-out FILE, or --hold-out 0 to train on every "
                "row without a report")
-    labels = frame[outcome] if outcome is not None and stratify else None
-    if labels is not None and labels.value_counts().min() < 2:
-        raise ValueError(f"cannot hold out {share:.0%} of the rows stratified by the outcome: a class of "
-                         f"'{outcome}' has fewer than 2 rows. {instead}")
+    labels = frame[outcome] if outcome is not None else None
+    if labels is not None and not _stratifiable(labels):
+        if stratify == "always":
+            raise ValueError(f"cannot hold out {share:.0%} of the rows stratified by the outcome '{outcome}': "
+                             f"some class has too few rows to stratify. {instead}")
+        labels = None
     try:
         train, test = train_test_split(frame, test_size=share, random_state=seed, stratify=labels)
     except ValueError:
-        raise ValueError(f"cannot hold out {share:.0%} of the rows: too few rows to hold out every outcome class "
-                         f"and keep the rest for training. {instead}") from None
+        raise ValueError(f"cannot hold out {share:.0%} of the rows: too few rows for a held-out part and a "
+                         f"training part. {instead}") from None
     return train.reset_index(drop=True), test.reset_index(drop=True)
+
+
+def _stratifiable(labels: pd.Series) -> bool:
+    """Every class that occurs has at least two rows (a category's unused levels aside)."""
+    counts = labels.value_counts()
+    return bool((counts[counts > 0] >= 2).all())

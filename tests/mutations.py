@@ -264,7 +264,7 @@ MUTATIONS = [
              "    if quantum <= 0:\n        return\n", "    return\n",
              (PRIVACY + "test_a_sites_replies_leave_on_its_time_quantum",)),
     Mutation("a site's per-request epsilon limit is never checked", "common/privacy/accounting.py",
-             "        if request_cap is not None and not after - before <= request_cap:\n",
+             "        if request_cap is not None and not alone <= request_cap:\n",
              "        if False:\n",
              (PRIVACY + "test_a_site_lets_no_single_request_spend_more_than_its_policy_allows",)),
     Mutation("a reply is made before the hold (Flower stamps when it was made)", "client/app.py",

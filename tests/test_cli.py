@@ -54,7 +54,7 @@ def test_simulate_refuses_a_plan_whose_tables_cannot_resolve_the_columns_unless_
     assert "--batch-size changes DP-SGD only" in said  # a newcomer lowered it and was refused again
     # a newcomer's paste was refused: it named this run's own --out, which the run had filled
     assert suggested.count("--out") == 1 and f"--out {out}-epsilon-" in suggested
-    assert "makes that site's row count public" in said  # what following the batch-size advice publishes
+    assert "that site's row count, batch size / rate, is public too" in said  # what following the advice publishes
 
 
 def test_simulate_names_the_problem_when_the_data_does_not_fit_the_schema(tmp_path, demo_frame):
@@ -121,3 +121,12 @@ def test_simulate_with_site_files_and_a_held_out_file_writes_the_local_report(tm
     assert json.loads((out / "local-report" / "report.json").read_text())["rows"]["real_test"] == 300
     report = json.loads((out / "release" / "privacy_report.json").read_text())
     assert sorted(site["site"] for site in report["sites"]) == ["site0", "site1"]  # named after their files
+
+
+def test_a_pipelines_gate_without_held_out_rows_is_refused_not_passed(tmp_path):
+    """The review of the change: with --hold-out 0 there is no verdict, and --fail-below let the
+    pipeline pass without checking anything."""
+    out = tmp_path / "run"
+    result = CliRunner().invoke(app, ["simulate", "--hold-out", "0", "--fail-below", "0.5", "--out", str(out)])
+    assert result.exit_code == 2 and "--fail-below needs the verdict of held-out rows" in " ".join(
+        result.output.split()) and not out.exists()

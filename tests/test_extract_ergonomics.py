@@ -93,7 +93,7 @@ def test_a_misspelt_column_gets_a_did_you_mean(demo_frame, demo_schema):
     from fedsyn.errors import closest_name
 
     assert closest_name("died", ["diabetes", "died_in_hospital", "age"]) == "died_in_hospital"
-    assert closest_name("di", ["diabetes", "died_in_hospital"]) is None  # too short to begin anything surely
+    assert closest_name("los", ["lost_to_followup", "length_of_stay"]) is None  # too short to begin anything surely
 
 
 def test_simulate_warns_about_an_outcome_class_with_few_rows_at_a_site(tmp_path, demo_frame, no_federation):

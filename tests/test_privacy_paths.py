@@ -26,7 +26,14 @@ from fedsyn.model.config import GANConfig
 from fedsyn.model.encoder import TableEncoder
 from fedsyn.model.gan import DPTabularGAN
 from fedsyn.model.training import GANTrainer
-from fedsyn.privacy.accounting import LedgerError, PrivacyLedger, gaussian_noise_for_epsilon
+from fedsyn.privacy.accounting import (
+    LedgerError,
+    PrivacyEvent,
+    PrivacyLedger,
+    compute_epsilon,
+    gaussian_noise_for_epsilon,
+)
+from fedsyn.privacy.budget import MARGINALS as GAUSSIAN_MARGINALS
 from fedsyn.privacy.marginals import Marginals, exact_counts, marginals_sensitivity, measured_columns
 from fedsyn.privacy.randomness import mechanism_stream, torch_generator
 from fedsyn.server.settings import FederationSettings
@@ -237,6 +244,15 @@ def test_the_marginals_sensitivity_is_what_one_record_moves(small_frame, demo_sc
     assert {c.name for c in measured_columns(demo_schema)} | {demo_schema.outcome} == set(demo_schema.column_names)
 
 
+def _refused_now(site: Site, call) -> SiteRefusal:
+    """The refusal ``call`` raises, having charged nothing more."""
+    charged = len(PrivacyLedger.load(site.policy.ledger).events)
+    with pytest.raises(SiteRefusal) as caught:
+        call()
+    assert len(PrivacyLedger.load(site.policy.ledger).events) == charged
+    return caught.value
+
+
 def _refusal(site: Site, call) -> SiteRefusal:
     with pytest.raises(SiteRefusal) as caught:
         call()
@@ -313,6 +329,17 @@ def test_a_site_lets_no_single_request_spend_more_than_its_policy_allows(tmp_pat
     site.release_marginals(20.0, 50.0, fingerprint)  # a request at enough noise passes
     spent = PrivacyLedger.load(site.policy.ledger).events
     assert len(spent) == 1 and site.ledger.epsilon() <= 0.5
+    # The review of the change: composed, a later request adds less than it costs alone, so the cap
+    # is on its own cost. After ten cheap charges, one that adds under 0.5 but costs more is refused.
+    for _ in range(10):
+        site.release_marginals(8.0, 50.0, fingerprint)
+    before = site.ledger.epsilon()
+    costly = compute_epsilon([PrivacyEvent(GAUSSIAN_MARGINALS, 3.5, 1.0, 1)], 1e-5)
+    assert costly > 0.5 and site.ledger.epsilon([PrivacyEvent(GAUSSIAN_MARGINALS, 3.5, 1.0, 1)]) - before < 0.5
+    assert "on its own" in _refused_now(site, lambda: site.release_marginals(3.5, 50.0, fingerprint)).public_reason
+    # The site's own noise, where the coordinator leaves it to the site, keeps within its cap
+    site.train(_request(site, noise_multiplier=None, epsilon=20.0, local_steps=5, total_rounds=1), arrays, marginals)
+    assert compute_epsilon([PrivacyLedger.load(site.policy.ledger).events[-1]], 1e-5) <= 0.5
 
 
 def test_a_sites_replies_leave_on_its_time_quantum(tmp_path, small_frame):

@@ -228,7 +228,24 @@ def test_a_held_out_split_that_cannot_be_made_says_so_without_a_class_count(tmp_
     frame = pd.read_csv(data)
     frame = pd.concat([frame[frame["death"] == "alive"].head(300), frame[frame["death"] == "dead"].head(1)])
     frame.to_csv(tmp_path / "tiny.csv", index=False)
-    with pytest.raises(ConfigurationError, match="fewer than 2 rows") as refused:
+    with pytest.raises(ConfigurationError, match="some class has too few rows to stratify") as refused:
         prepare(SimulationRequest(data=tmp_path / "tiny.csv", schema=schema, out=tmp_path / "run"))
     assert "member" not in str(refused.value) and "1" not in str(refused.value).replace("--hold-out 0", "")
     assert "--held-out FILE" in str(refused.value)
+
+
+@pytest.mark.parametrize(("request_", "said"), [
+    (dict(hold_out=0.0, compare=True), "--compare and --sweep-epsilon score releases on held-out rows"),
+    (dict(hold_out=0.0, sweep=(2.0,)), "--compare and --sweep-epsilon score releases on held-out rows"),
+])
+def test_comparisons_without_held_out_rows_are_refused_not_skipped(tmp_path, request_, said):
+    """The review of the change: --hold-out 0 silently skipped --compare and the sweep's curve."""
+    data, schema = _table_with_hospitals(tmp_path)
+    with pytest.raises(ConfigurationError, match=said):
+        prepare(SimulationRequest(data=data, schema=schema, out=tmp_path / "run", **request_))
+
+
+def test_the_extract_itself_is_refused_as_its_own_held_out_rows(tmp_path):
+    data, schema = _table_with_hospitals(tmp_path)
+    with pytest.raises(ConfigurationError, match="--held-out is --data itself"):
+        SimulationRequest(data=data, schema=schema, held_out=tmp_path / "." / data.name)

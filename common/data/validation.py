@@ -203,7 +203,7 @@ def _examples(mask: np.ndarray, numbering: RowNumbering) -> list[str]:
 
 def _check_column(series: pd.Series, column: Column, numbering: RowNumbering) -> list[Problem]:
     return [Problem(column.name, kind, int(mask.sum()), _examples(mask, numbering))
-            for kind, mask in _column_masks(series.reset_index(drop=True), column)]
+            for kind, mask in _column_masks(series, column)]
 
 
 def _as_category_text(series: pd.Series) -> pd.Series:

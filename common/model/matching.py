@@ -54,16 +54,17 @@ class _SoftmaxBlocks:
 
     def __init__(self, spans: list[tuple[int, int]], device: torch.device):
         self.blocks = len(spans)
-        self.columns = torch.cat([torch.arange(start, end, device=device) for start, end in spans]) if spans \
+        pieces = [(torch.arange(start, end, device=device), torch.full((end - start,), block, device=device))
+                  for block, (start, end) in enumerate(spans)]
+        self.columns = torch.cat([columns for columns, _ in pieces]) if pieces \
             else torch.zeros(0, dtype=torch.long, device=device)
-        self.owner = torch.cat([torch.full((end - start,), block, device=device) for block, (start, end)
-                                in enumerate(spans)]) if spans else torch.zeros(0, dtype=torch.long, device=device)
+        self.owner = torch.cat([owner for _, owner in pieces]) if pieces else self.columns.clone()
 
     @staticmethod
     def targets(per_block: list[torch.Tensor]) -> torch.Tensor:
         """Blocks' targets (each classes × width: P(value | class)) side by side, made safe to
         take logs of: classes × the blocks' widths."""
-        return torch.cat(per_block, dim=1).clamp_min(_EPS) if per_block else torch.zeros(0)
+        return torch.cat(per_block, dim=1).clamp_min(_EPS) if per_block else torch.zeros((0, 0))
 
     def softmax(self, raw: torch.Tensor) -> torch.Tensor:
         """Each row's softmax within every block (rows × the blocks' widths)."""

@@ -175,17 +175,25 @@ class PrivacyLedger:
 
     def check(self, event: PrivacyEvent, budget: float, request_cap: float | None = None) -> None:
         """Raise BudgetExceededError unless ``event`` fits ``budget`` on top of the events known
-        here, and RequestCapExceededError if it would add more than ``request_cap`` to epsilon
-        on its own (:meth:`charge` checks again under the lock, with the events on disk)."""
+        here, and RequestCapExceededError if ``event`` alone costs more than ``request_cap``
+        (:meth:`charge` checks again under the lock, with the events on disk).
+
+        The cap is on the event's own epsilon, not on what it adds to the total: composed, a
+        later event adds less than it costs alone (the conversion's overhead is paid once), so
+        a coordinator that first spent on cheap requests could otherwise have one query at little
+        noise cost over twice the cap (the fifth review of the change, finding 1)."""
         if not is_budget(budget):  # NaN would make every comparison pass
             raise BudgetExceededError(f"the budget {budget} is not a positive finite epsilon")
         before, after = self.epsilon(), self.epsilon([event])
         said = (f"{event.mechanism} ({event.steps} step(s), noise multiplier {event.noise_multiplier:.3f}, "
-                f"sample rate {event.sample_rate:.4f}) would raise epsilon from {before:.4f} to {after:.4f}")
+                f"sample rate {event.sample_rate:.4f})")
         if after > budget:
-            raise BudgetExceededError(f"{said}, above the budget {budget:.4f} at delta={self.delta:g}")
-        if request_cap is not None and not after - before <= request_cap:
-            raise RequestCapExceededError(f"{said}, more than the {request_cap:g} this site lets one request spend")
+            raise BudgetExceededError(f"{said} would raise epsilon from {before:.4f} to {after:.4f}, above the "
+                                      f"budget {budget:.4f} at delta={self.delta:g}")
+        alone = compute_epsilon([event], self.delta, self.accountant)
+        if request_cap is not None and not alone <= request_cap:
+            raise RequestCapExceededError(f"{said} costs epsilon {alone:.4f} on its own, more than the "
+                                          f"{request_cap:g} this site lets one request spend")
 
     def charge(self, event: PrivacyEvent, budget: float, request_cap: float | None = None) -> int:
         """Record ``event`` only if the total stays within ``budget``; otherwise raise.

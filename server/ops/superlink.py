@@ -17,7 +17,7 @@ from pydantic import BaseModel, Field, ValidationError
 from fedsyn.errors import ConfigurationError, validation_problems
 from fedsyn.federation.app_bundle import bundle_hash
 from fedsyn.federation.flower_programs import flower_program, search_path
-from fedsyn.server.settings import refuse_secrets_in_run_config
+from fedsyn.server.settings import refuse_seed_in_run_config
 from fedsyn.trust.certs import expired
 
 CONNECTION = "fedsyn"
@@ -58,7 +58,7 @@ class CoordinatorConfig(BaseModel):
             raise ConfigurationError(f"coordinator config {path} cannot be parsed: {exc}") from None
         except ValidationError as exc:
             raise ConfigurationError(f"coordinator config {path} is invalid: {validation_problems(exc)}") from None
-        refuse_secrets_in_run_config(config.run, f"coordinator config {path} [run]")
+        refuse_seed_in_run_config(config.run, f"coordinator config {path} [run]")
         base = Path(path).resolve().parent
         run = {key: str(base / str(value)) if key in RUN_PATHS and value and not Path(str(value)).is_absolute()
                else value for key, value in config.run.items()}
