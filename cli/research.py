@@ -501,8 +501,15 @@ def evaluate(
         ledger = json.loads(privacy_report.read_text()) if privacy_report else None
     except (SchemaError, DataFileError, OSError, json.JSONDecodeError) as exc:
         fail(str(exc))
+    from fedsyn.data.validation import numbering_for, validate_frame
     from fedsyn.simulations.workflow import write_local_report
 
+    for path, rows in zip((real_train, real_test), tables[1:]):  # a newcomer's 98.6 degree C passed without a word
+        found = validate_frame(rows, contract, numbering_for(path))
+        if not found.ok:
+            console.print(f"[yellow bold]warning:[/] {path} does not fit the schema ({len(found.problems)} "
+                          f"problem(s); `{program()} validate {path} --schema {schema}` names them): the report "
+                          "compares the synthetic rows with these rows as they are", soft_wrap=True)
     with console.status("evaluating..."):
         synthetic_rows, train_rows, test_rows = tables
         result = write_local_report(synthetic_rows, train_rows, test_rows, contract, out, ledger, seed)

@@ -232,3 +232,19 @@ def test_a_header_only_file_is_named_as_empty(tmp_path, demo_frame):
     for command in (["validate", tmp_path / "empty.csv"], ["fit", tmp_path / "empty.csv", "--out", tmp_path / "out"]):
         result = _invoke(*command, "--schema", demo_schema_path())
         assert result.exit_code in (1, 2) and "no rows" in result.output, result.output
+
+
+def test_evaluate_says_when_the_real_rows_do_not_fit_the_schema(tmp_path, demo_frame):
+    """A newcomer's evaluate took real rows with a temperature of 98.6 'degrees C' without a word."""
+    rows = demo_frame.sample(300, random_state=4)
+    rows.iloc[:150].to_csv(tmp_path / "synthetic.csv", index=False)
+    rows.iloc[:150].to_csv(tmp_path / "train.csv", index=False)
+    test = rows.iloc[150:].copy()
+    test.loc[test.index[2], "age"] = 140  # above the public bound
+    test.to_csv(tmp_path / "test.csv", index=False)
+    result = _invoke("evaluate", "--schema", demo_schema_path(), "--synthetic", tmp_path / "synthetic.csv",
+                     "--real-train", tmp_path / "train.csv", "--real-test", tmp_path / "test.csv",
+                     "--out", tmp_path / "report")
+    said = " ".join(result.output.split())
+    assert result.exit_code == 0 and "test.csv does not fit the schema (1 problem(s)" in said
+    assert "train.csv does not fit" not in said and "140" not in said
