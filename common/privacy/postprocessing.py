@@ -144,7 +144,8 @@ def onto_simplex(values: np.ndarray, total: float) -> np.ndarray:
     return np.asarray(np.clip(values - excess[rho] / (rho + 1), 0.0, None), dtype=float)
 
 
-def shrunk_to_pool(tables: np.ndarray, sizes: np.ndarray, stds: np.ndarray, pooled: np.ndarray) -> np.ndarray:
+def shrunk_to_pool(tables: np.ndarray, sizes: np.ndarray, stds: np.ndarray, pooled: np.ndarray,
+                   groups: np.ndarray | None = None) -> np.ndarray:
     """Sites' noisy counts of one column (sites × bins × classes), each site's class drawn
     toward the pooled distribution ``pooled`` (bins × classes, P(bin | class)) as far as its
     noise outweighs how much sites really differ: an empirical-Bayes (James-Stein) estimate.
@@ -163,16 +164,34 @@ def shrunk_to_pool(tables: np.ndarray, sizes: np.ndarray, stds: np.ndarray, pool
     most. A cell the pool holds nothing of (the coarsened sum's empty reach) is nothing at every
     site: no site's count there exceeds the sum's, which is noise. Kept, a site's positive noise
     there became rows (the nmes sites' emergency visits up to 75 where the rows stop at 12).
-    With one site there is nothing to pool: the counts are returned as they are."""
+    With one site there is nothing to pool: the counts are returned as they are.
+
+    ``groups`` (each bin's run of neighbouring bins; None: every bin its own) is the resolution
+    at which a site's departure from the pool is weighed and kept: the site's share of each run
+    is drawn toward the pool's, and spread within the run like the pool's. A site whose whole
+    age distribution is ten years younger than the pool's differs in no one of 64 bins by more
+    than the noise, and in each run of 8 by much more: weighed bin by bin, a newcomer's
+    Northfield (real mean age 52, its own noisy table 51, the pool 61) was drawn to 59; by
+    runs, to 54."""
     shrunk = np.array(tables, dtype=float)
     sites, bins, classes = shrunk.shape
     if sites < 2:
         return shrunk
+    group = np.arange(bins) if groups is None else groups
+    count = int(group.max()) + 1
     for k in range(classes):
         size = np.clip(sizes[:, k], 1.0, None)
+        own = np.zeros((sites, count))
+        np.add.at(own.T, group, (shrunk[:, :, k] / size[:, None]).T)
+        common = np.zeros(count)
+        np.add.at(common, group, pooled[:, k])
+        width = np.bincount(group, minlength=count)
         variance = (np.maximum(stds, 1e-12) / size) ** 2
-        weight = _pooling_weights(shrunk[:, :, k] / size[:, None], variance)[:, None]
-        shrunk[:, :, k] = weight * shrunk[:, :, k] + (1.0 - weight) * size[:, None] * pooled[None, :, k]
+        weight = _pooling_weights(own / np.sqrt(width)[None, :], variance)[:, None]
+        mixed = weight * own + (1.0 - weight) * common[None, :]
+        with np.errstate(invalid="ignore", divide="ignore"):
+            tilt = np.where(common > 0, mixed / common, 0.0)
+        shrunk[:, :, k] = size[:, None] * pooled[None, :, k] * tilt[:, group]
     shrunk[:, pooled <= 0] = 0.0  # where the federation's sum holds nothing, no site's share of it is more than noise
     return shrunk
 
