@@ -225,7 +225,7 @@ class _Loaded:
     train: pd.DataFrame  # every site's rows together
     test: pd.DataFrame | None
     names: tuple[str, ...]  # the hospitals' names (empty: numbered)
-    notes: tuple[str, ...]  # what screening dropped or clamped, file by file
+    notes: tuple[str, ...]  # what screening dropped, clamped or noted (bounds at extremes), file by file
 
 
 DEFAULT_HOLD_OUT = 0.3  # the share of --data kept for the local report when no --held-out file is given

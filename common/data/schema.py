@@ -412,8 +412,7 @@ def _drafted_column(series: pd.Series) -> Column:
     many, :func:`censored_cells`), or categorical with its observed levels."""
     name, nullable, values = str(series.name), bool(series.isna().any()), series.dropna()
     numeric = pd.to_numeric(values, errors="coerce")
-    stray = _text_cells(numeric) - int(_censored(values).sum())
-    if len(values) > 0 and stray <= STRAY_TEXT_SHARE * len(values) and numeric.nunique() > 10 \
+    if len(values) > 0 and _stray_cells(values) <= STRAY_TEXT_SHARE * len(values) and numeric.nunique() > 10 \
             and not _identifier_like(numeric.dropna()):
         numeric = numeric.dropna()
         integral = bool((numeric == numeric.round()).all())
@@ -463,8 +462,7 @@ def stray_text_cells(frame: pd.DataFrame, schema: Schema) -> dict[str, int]:
     """Of a draft's numeric columns, how many of the extract's cells are text that is no number
     (the draft's missing-value markers and cells written as a limit aside): counts only, never
     the cells (they are patients')."""
-    return _numeric_column_counts(frame, schema, lambda cells: _text_cells(pd.to_numeric(cells, errors="coerce"))
-                                  - int(_censored(cells).sum()))
+    return _numeric_column_counts(frame, schema, _stray_cells)
 
 
 def censored_cells(frame: pd.DataFrame, schema: Schema) -> dict[str, int]:
@@ -479,15 +477,8 @@ def _numeric_column_counts(frame: pd.DataFrame, schema: Schema, count: Callable[
                            ) -> dict[str, int]:
     """``count`` of each of a draft's numeric columns' non-empty cells (markers read as missing),
     where it is not 0."""
-    frame = without_markers(frame, schema.missing_values, category_levels(schema))
-    counts = {}
-    for column in schema.columns:
-        if column.is_categorical or column.name not in frame.columns:
-            continue
-        found = count(frame[column.name].dropna())
-        if found:
-            counts[column.name] = found
-    return counts
+    counts = {column.name: count(cells) for column, cells in _numeric_cells(frame, schema)}
+    return {name: found for name, found in counts.items() if found}
 
 
 _CENSORED = re.compile(r"^\s*[<>]=?\s*[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?\s*$")
@@ -496,6 +487,11 @@ _CENSORED = re.compile(r"^\s*[<>]=?\s*[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?\s*$"
 def _censored(cells: pd.Series) -> pd.Series:
     """Which cells are a number written as a limit: '<0.01', '> 89', '<=5'."""
     return cells.astype(str).str.match(_CENSORED)
+
+
+def _stray_cells(cells: pd.Series) -> int:
+    """How many of non-empty ``cells`` are text that is no number, cells written as a limit aside."""
+    return _text_cells(pd.to_numeric(cells, errors="coerce")) - int(_censored(cells).sum())
 
 
 # A drafted bound this many times farther from the 99th percentile (the 1st) than that is from
@@ -599,10 +595,17 @@ def log_scale_columns(frame: pd.DataFrame, schema: Schema) -> list[str]:
 def _numeric_values(frame: pd.DataFrame, schema: Schema) -> Iterator[tuple[Column, np.ndarray]]:
     """Each of a draft's numeric columns in ``frame`` with its cells that are numbers (the
     draft's missing-value markers, empty cells and stray text left out)."""
+    for column, cells in _numeric_cells(frame, schema):
+        yield column, pd.to_numeric(cells, errors="coerce").dropna().to_numpy(dtype=float)
+
+
+def _numeric_cells(frame: pd.DataFrame, schema: Schema) -> Iterator[tuple[Column, pd.Series]]:
+    """Each of a draft's numeric columns in ``frame`` with its non-empty cells as written (the
+    draft's missing-value markers read as empty)."""
     frame = without_markers(frame, schema.missing_values, category_levels(schema))
     for column in schema.columns:
         if not column.is_categorical and column.name in frame.columns:
-            yield column, pd.to_numeric(frame[column.name], errors="coerce").dropna().to_numpy(dtype=float)
+            yield column, frame[column.name].dropna()
 
 
 def _far(values: np.ndarray) -> bool:

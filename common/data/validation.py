@@ -84,6 +84,7 @@ def validate_frame(frame: pd.DataFrame, schema: Schema, numbering: RowNumbering 
     """Every problem of ``frame`` against ``schema``; examples name CSV ``line``s or ``row``s."""
     problems = _file_problems(frame, schema)
     notes: list[Problem] = []
+    named: list[str] = []  # each numeric column whose bounds are its extract's own extremes, with which bounds
     for column in schema.columns:
         if column.name in frame.columns:
             series = frame[column.name].reset_index(drop=True)
@@ -94,9 +95,9 @@ def validate_frame(frame: pd.DataFrame, schema: Schema, numbering: RowNumbering 
                                      f"({column.precision:g}): the release rounds to it. If the extract really "
                                      "records such values, declare a finer precision", int(finer.sum()),
                                      _examples(finer, numbering)))
-    extremes = {column.name: _bounds_at_extremes(frame[column.name], column) for column in schema.columns
-                if column.name in frame.columns}
-    named = [f"{name} ({' and '.join(sides)})" for name, sides in extremes.items() if sides]
+            sides = _bounds_at_extremes(series, column)
+            if sides:
+                named.append(f"{column.name} ({' and '.join(sides)})")
     if named:  # one note for them all: a drafted schema left as it was has one for every numeric column
         notes.append(Problem("(bounds)", f"{', '.join(named)}: each is this extract's own smallest or largest value. "
                              "A bound read off the rows puts a patient's value in the schema and every release: "

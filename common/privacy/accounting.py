@@ -181,7 +181,7 @@ class PrivacyLedger:
         The cap is on the event's own epsilon, not on what it adds to the total: composed, a
         later event adds less than it costs alone (the conversion's overhead is paid once), so
         a coordinator that first spent on cheap requests could otherwise have one query at little
-        noise cost over twice the cap (the fifth review of the change, finding 1)."""
+        noise cost over twice the cap (found by a review of the cap's first version)."""
         if not is_budget(budget):  # NaN would make every comparison pass
             raise BudgetExceededError(f"the budget {budget} is not a positive finite epsilon")
         before, after = self.epsilon(), self.epsilon([event])
