@@ -179,13 +179,13 @@ def shrunk_to_pool(tables: np.ndarray, sizes: np.ndarray, stds: np.ndarray, pool
         return shrunk
     group = np.arange(bins) if groups is None else groups
     count = int(group.max()) + 1
+    width = np.bincount(group, minlength=count)  # bins per run
     for k in range(classes):
         size = np.clip(sizes[:, k], 1.0, None)
         own = np.zeros((sites, count))
         np.add.at(own.T, group, (shrunk[:, :, k] / size[:, None]).T)
         common = np.zeros(count)
         np.add.at(common, group, pooled[:, k])
-        width = np.bincount(group, minlength=count)
         variance = (np.maximum(stds, 1e-12) / size) ** 2
         weight = _pooling_weights(own / np.sqrt(width)[None, :], variance)[:, None]
         mixed = weight * own + (1.0 - weight) * common[None, :]
