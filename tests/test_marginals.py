@@ -246,6 +246,26 @@ def test_a_site_whose_whole_distribution_is_shifted_keeps_its_shift_at_the_resol
         < 0.7 * _error(alike, np.tile(exact[1], (sites, 1, 1)))
 
 
+@pytest.mark.parametrize("nullable", [False, True])
+def test_a_numeric_column_of_few_bins_keeps_a_site_that_really_differs(nullable):
+    """A count of 0-4 has 5 bins, fewer than SITE_GROUPS runs: each bin is its own run, numbered
+    without gaps ('missing' last). Numbered 0, 1, 3, 4, 6, the empty runs 2 and 5 made the sites'
+    spread NaN, read as no spread at all: a site whose counts are the pool's reversed was drawn
+    all the way to the pool."""
+    from fedsyn.privacy.marginals import site_groups
+
+    column = Column(name="visits", kind="integer", lower=0, upper=4, nullable=nullable)
+    groups = site_groups(column)
+    assert groups is not None
+    assert list(groups) == list(range(bin_labels(column)))
+    rising = np.linspace(1.0, 3.0, bin_labels(column))
+    shares = np.stack([rising[::-1], rising, rising, rising, rising]) / rising.sum()
+    exact, noisy = _site_tables(shares, 300.0, 5.0, np.random.default_rng(1))
+    pooled = exact.sum(axis=0) / exact.sum()
+    shrunk = shrunk_to_pool(noisy, np.full((5, 1), 300.0), np.full(5, 5.0), pooled, groups)
+    assert _error(shrunk[:1], exact[:1]) < 0.05  # drawn to the pool: .24
+
+
 def test_where_the_pool_holds_nothing_no_site_holds_anything():
     """Four sites' emergency visits, 0-12 in the rows, 40 bins of public range at std 5 a cell:
     the coarsened sum holds nothing past bin 6, and the sites' own noise there (positive half

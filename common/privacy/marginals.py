@@ -363,7 +363,7 @@ def shrunk_site_tables(schema: Schema, parts: list[Marginals], summed: Marginals
     tables: list[dict[str, np.ndarray]] = [dict(part.tables) for part in parts]
     for column in measured_columns(schema):
         stacked = np.stack([part.tables[column.name] for part in parts])
-        shrunk = shrunk_to_pool(stacked, sizes, stds, summed.conditional(column.name), _site_groups(column))
+        shrunk = shrunk_to_pool(stacked, sizes, stds, summed.conditional(column.name), site_groups(column))
         for own, table in zip(tables, shrunk):
             own[column.name] = table
     return [replace(part, tables=own, cell_std=None) for part, own in zip(parts, tables)]
@@ -372,16 +372,16 @@ def shrunk_site_tables(schema: Schema, parts: list[Marginals], summed: Marginals
 SITE_GROUPS = 8  # a numeric column's bins, in this many runs, for how far a site's own mix departs from the pool
 
 
-def _site_groups(column: Column) -> np.ndarray | None:
-    """A numeric column's bins in SITE_GROUPS runs of neighbours (its 'missing' bin one of its
-    own): a site whose ages are all ten years older than the pool's differs little in any one of
-    64 bins, less than their noise, and much in each run of 8. None for a categorical column: its
-    levels have no neighbours."""
+def site_groups(column: Column) -> np.ndarray | None:
+    """A numeric column's bins in SITE_GROUPS runs of neighbours, numbered from 0 (its 'missing'
+    bin a run of its own, last): a site whose ages are all ten years older than the pool's
+    differs little in any one of 64 bins, less than their noise, and much in each run of 8.
+    None for a categorical column: its levels have no neighbours."""
     if column.is_categorical:
         return None
     body = numeric_bins(column)
-    runs = np.arange(body) * SITE_GROUPS // body
-    return np.concatenate([runs, [SITE_GROUPS]]) if column.nullable else runs
+    runs = np.arange(body) * min(SITE_GROUPS, body) // body
+    return np.concatenate([runs, [runs[-1] + 1]]) if column.nullable else runs
 
 
 def federation_tables(schema: Schema, parts: list[Marginals], noise_floor: float) -> tuple[Marginals, list[Marginals]]:
