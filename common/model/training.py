@@ -26,7 +26,7 @@ from fedsyn.model.config import GANConfig
 from fedsyn.model.encoder import TableEncoder
 from fedsyn.model.matching import TableMatcher
 from fedsyn.model.networks import Discriminator, Generator, reset_parameters
-from fedsyn.model.raking import POOL_FACTOR, RakingTargets, has_pairs, release_weights, systematic_picks
+from fedsyn.model.raking import POOL_FACTOR, RakingTargets, release_weights, systematic_picks
 from fedsyn.privacy.dp_sgd import poisson_sample, private_gradient
 from fedsyn.privacy.marginals import Marginals
 from fedsyn.privacy.randomness import torch_generator
@@ -303,9 +303,11 @@ class GANTrainer:
         """Encoded synthetic rows; categorical blocks are hard one-hots. Draws from ``rng``
         (default: the trainer's own stream).
 
-        Rows not conditioned on a value are drawn from a pool raked to the sites' noisy pair
-        tables (:mod:`fedsyn.model.raking`), in chunks of ``RAKED_CHUNK`` rows so that a pool
-        stays small; a condition changes the mix the tables describe, so conditioned rows are not."""
+        Each slot's numeric values carry its site's departure from the federation
+        (:meth:`~fedsyn.model.matching.TableMatcher.calibrated`). Rows not conditioned on a value
+        are drawn from a pool raked to the sites' noisy tables (:mod:`fedsyn.model.raking`), in
+        chunks of ``RAKED_CHUNK`` rows so that a pool stays small; a condition changes the mix the
+        tables describe, so conditioned rows are not."""
         rng = rng if rng is not None else self.rng
         if condition is not None and len(condition) != 1:
             raise ValueError("condition must fix exactly one categorical column, e.g. {'death': 'dead'}")
@@ -336,19 +338,21 @@ class GANTrainer:
         rows = self.conditions.impose(rows, cond)
         if slots is not None and self.site_column is not None and self.site_column not in (condition or {}):
             rows = self._impose_site_values(rows, slots, rng)
+        if self.matcher is not None:
+            rows = self.matcher.calibrated(rows, slots)
         return rows, slots
 
     def _raking_targets(self) -> RakingTargets | None:
-        """Each slot's release share and noisy tables (their pair tables pooled) when some hold
-        pair tables (no slots: the encoder's tables, a single site's own); None when there is
-        nothing to rake to."""
+        """Each slot's release share and noisy tables (their pair tables pooled; no slots: the
+        encoder's tables, a single site's own); None for a model with slots whose tables were
+        never set."""
         if self.release_slots is not None and self.slot_weights is not None:
             shares, marginals = self.slot_weights.cpu().numpy().astype(float), self.release_slots[1]
         elif self.config.site_slots == 0:
             shares, marginals = np.ones(1), [self.encoder.marginals]
         else:
             return None
-        return RakingTargets.of(shares, marginals) if has_pairs(marginals) else None
+        return RakingTargets.of(shares, marginals)
 
     def set_release_slots(self, totals: list[float], marginals: list[Marginals], site_column: str | None = None
                           ) -> None:
