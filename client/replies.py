@@ -13,12 +13,19 @@ which a ledger and trail restored together from an older backup cannot hide
 (:meth:`ReplyStore.charges_proven`). Every charged answer is stored, a request naming no run
 included (under :data:`UNNAMED_RUN`, never replayed): the run id is the coordinator's word,
 and one that named no run would otherwise leave its charges unproven.
+
+Only a run's newest training rounds can be asked again (a resumed coordinator asks the round it
+had not finished), so an older round's answer keeps its record (request digest, charge, event)
+and drops its model update: a default 5-site simulation kept 140 MB of updates, a long-lived
+site one per round forever. Asked again after all, such a round is a new request, charged.
 """
 
 from __future__ import annotations
 
+import glob
 import hashlib
 import json
+import os
 import re
 from collections.abc import Mapping
 from dataclasses import asdict
@@ -35,6 +42,10 @@ _SAFE = re.compile(r"[^A-Za-z0-9_.-]")
 UNNAMED_RUN = "@unnamed-run"
 # Round 0 has two releases (fedsyn.privacy.pairs): the second is stored under this stage of the round.
 PAIR_TABLES_STAGE = "pair-tables"
+# Training rounds of a run whose answers are kept whole: the one a resumed coordinator asks
+# again, and the one before it (its state may have been saved a round late).
+KEPT_ROUNDS = 2
+_ROUND = re.compile(r"-round-(\d{5})\.npz$")
 
 
 def request_digest(config: Mapping[str, object], arrays: Mapping[str, np.ndarray] | None = None) -> str:
@@ -65,7 +76,7 @@ class ReplyStore:
             return None
         with np.load(path, allow_pickle=False) as stored:
             meta = json.loads(str(stored["meta"]))
-            if meta["digest"] != digest:
+            if meta["digest"] != digest or meta.get("slimmed"):
                 return None
             arrays = {name: stored[f"a{index}"] for index, name in enumerate(meta["names"])}
         return arrays, meta["metrics"], PrivacyEvent(**meta["event"])
@@ -80,6 +91,28 @@ class ReplyStore:
         stored = {f"a{index}": arrays[name] for index, name in enumerate(names)}
         write_atomically(self._path(run_id, round_, stage),
                          lambda out: np.savez(out, meta=np.array(meta), **stored))  # type: ignore[arg-type]
+        if not stage:
+            self._slim_before(run_id, round_ - KEPT_ROUNDS + 1)
+
+    def _slim_before(self, run_id: str, round_: int) -> None:
+        """Drop the model updates of ``run_id``'s training rounds before ``round_`` (round 0's
+        tables are kept whole: a coordinator stopped before round 1 asks for them again)."""
+        prefix = f"{_SAFE.sub('_', run_id or UNNAMED_RUN)}-round-"
+        for path in self.directory.glob(f"{glob.escape(prefix)}*.npz"):
+            match = _ROUND.search(path.name)
+            if match is None or not path.name.startswith(prefix) or not 0 < int(match.group(1)) < round_:
+                continue
+            try:
+                with np.load(path, allow_pickle=False) as stored:
+                    meta = json.loads(str(stored["meta"]))
+            except OSError:  # moved away meanwhile
+                continue
+            if not meta.get("slimmed"):
+                written = path.stat()
+                slim = json.dumps({**meta, "names": [], "slimmed": True})
+                write_atomically(path, lambda out, text=slim: np.savez(out, meta=np.array(text)))  # type: ignore[misc]
+                # Its time stays that of its charge: charges_proven reads the newest files.
+                os.utime(path, ns=(written.st_atime_ns, written.st_mtime_ns))
 
     def charges_proven(self, nonce: str | None, newest: int = 8) -> int:
         """How many charges the ledger with ``nonce`` must hold at least: one more than the

@@ -382,3 +382,23 @@ def test_a_resume_waits_for_the_sites_that_can_still_train(plan, demo_schema, tm
     coordinator = run_federation(InProcessGrid(app, len(plan.policies)), demo_schema, settings, release,
                                  resume=True)
     assert [r.round for r in coordinator.run.rounds] == [1, 2]
+
+
+def test_the_reply_store_keeps_the_newest_rounds_whole_and_the_older_ones_as_records(tmp_path):
+    """A run's older training rounds keep their record (and so the proof of their charge) but not
+    their model update; round 0 and the newest two rounds stay whole, and other runs are untouched.
+    A default 5-site simulation kept 140 MB of updates."""
+    store = ReplyStore(tmp_path)
+    update = {"weights": np.ones(1000)}
+    for round_ in range(4):
+        event = PrivacyEvent("dp-sgd", 1.0, 0.1, 10, round=round_)
+        store.put("run-1", round_, f"digest-{round_}", update, {}, event, ("nonce", round_))
+    store.put("run-2", 1, "digest-1", update, {}, PrivacyEvent("dp-sgd", 1.0, 0.1, 10, round=1), ("nonce", 4))
+    store.put("run-1", 4, "digest-4", update, {}, PrivacyEvent("dp-sgd", 1.0, 0.1, 10, round=4), ("nonce", 5))
+
+    kept = {round_: store.get("run-1", round_, f"digest-{round_}") is not None for round_ in range(5)}
+    assert kept == {0: True, 1: False, 2: False, 3: True, 4: True}
+    assert store.get("run-2", 1, "digest-1") is not None
+    slimmed = tmp_path / "run-1-round-00001.npz"
+    assert slimmed.stat().st_size < 2000 < (tmp_path / "run-1-round-00003.npz").stat().st_size
+    assert store.charges_proven("nonce") == 6
