@@ -15,7 +15,13 @@ import pandas as pd
 import pytest
 
 from fedsyn.model.encoder import TableEncoder
-from fedsyn.model.raking import RakingTargets, fitted_to_margins, pooled_pair_tables, release_weights
+from fedsyn.model.raking import (
+    RakingTargets,
+    fitted_to_margins,
+    pooled_pair_tables,
+    release_weights,
+    systematic_picks,
+)
 from fedsyn.model.training import GANTrainer
 from fedsyn.privacy.marginals import Marginals, exact_counts
 from fedsyn.privacy.pairs import exact_pair_table, group_bounds, pair_cells, pair_key, pair_shape
@@ -237,6 +243,13 @@ def test_a_model_file_with_a_malformed_pair_table_is_refused(demo_frame, demo_sc
         torch.save(crafted, tmp_path / f"{change}.pt")
         with pytest.raises(ConfigurationError, match="malformed noisy tables"):
             load_checkpoint(tmp_path / f"{change}.pt")
+    # Finite but beyond what a distribution can be read from: refused as plainly, not an IndexError.
+    crafted = {**raw, "site_slots": {**raw["site_slots"], "marginals": [dict(raw["site_slots"]["marginals"][0])]}}
+    tables = crafted["site_slots"]["marginals"][0]
+    tables["age"] = [[(1e308 if index % 2 else -1e308) for _ in row] for index, row in enumerate(tables["age"])]
+    torch.save(crafted, tmp_path / "huge.pt")
+    with pytest.raises(ConfigurationError, match="malformed"):
+        load_checkpoint(tmp_path / "huge.pt")
 
 
 def test_what_the_cap_takes_back_stays_in_the_slots_outcome_class(demo_frame, demo_schema):
@@ -257,3 +270,19 @@ def test_what_the_cap_takes_back_stays_in_the_slots_outcome_class(demo_frame, de
         # measured when spread over the slot: old men .43 against .78
         assert share == pytest.approx((rows[demo_schema.outcome] == "dead").mean(), abs=0.005)
         assert weights[slots == slot].sum() == pytest.approx(0.5)
+
+
+def test_a_slot_whose_pool_lacks_a_class_keeps_its_share_and_no_row_is_released_twice(demo_frame, demo_schema):
+    """Slot 0's pool holds no dead patients although its tables count some: their share goes to the
+    slot's other rows instead of being dropped. Dropped, the final normalisation lifted rows above
+    one released row's weight (a row released twice) and moved the slot shares to .42 / .58."""
+    own = [exact_counts(demo_frame.iloc[:2000], demo_schema), exact_counts(demo_frame.iloc[2000:4000], demo_schema)]
+    alive = demo_frame[demo_frame[demo_schema.outcome] == "alive"].head(1000)
+    pool = pd.concat([alive, demo_frame.iloc[4000:5000]], ignore_index=True)
+    slots = np.repeat([0, 1], 1000)
+    count = 300
+    weights = release_weights(pool, demo_schema, slots, RakingTargets.of(np.array([0.5, 0.5]), own), count=count)
+
+    assert weights.max() * count <= 1.0
+    assert len(np.unique(systematic_picks(weights, count, 0.5))) == count
+    assert weights[slots == 0].sum() == pytest.approx(0.5) and weights[slots == 1].sum() == pytest.approx(0.5)

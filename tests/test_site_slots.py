@@ -243,3 +243,34 @@ def test_a_slot_like_the_pool_keeps_the_generators_numbers_not_its_tables_noise(
     top = demo_schema.column("age").upper - 1
     assert (released >= top).mean() == pytest.approx((rows["age"] >= top).mean(), abs=0.01)
     assert abs(released[slots.numpy() == 0].mean() - released[slots.numpy() == 1].mean()) < 1.0
+
+
+def test_a_site_that_never_records_a_value_gives_its_slot_no_departure_and_ranks_are_kept(demo_frame, demo_schema):
+    """One site never records creatinine: its table's present values are noise or nothing, which
+    read as a distribution lifted a slot's creatinine from 1.1 to 9.8 mg/dL. Its slot keeps the
+    drawn values' distribution instead. Within each slot's class the drawn values keep their order,
+    and a missing value stays missing."""
+    rows = demo_frame.sample(3000, random_state=5).reset_index(drop=True)
+    unrecorded = rows.assign(creatinine=np.nan)
+    own = [exact_counts(rows, demo_schema), exact_counts(unrecorded, demo_schema)]
+    trainer = GANTrainer(TableEncoder(demo_schema, own[0] + own[1]), SLOTTED,
+                         rng=torch_generator(6, "calibration-test"))
+    trainer.set_release_slots([m.total() for m in own], own)
+    assert trainer.matcher is not None
+    drawn = torch.as_tensor(trainer.encoder.encode(rows))  # a generator that ignores slots: both like site 0
+    slots = torch.as_tensor(np.arange(len(rows)) % 2)
+    calibrated = trainer.matcher.calibrated(drawn, slots)
+    released = trainer.encoder.decode(calibrated.numpy())
+
+    in_slot = slots.numpy() == 1
+    real = rows["creatinine"].mean()
+    assert released.loc[in_slot, "creatinine"].mean() == pytest.approx(real, rel=0.1)
+    assert (released["creatinine"].isna() == rows["creatinine"].isna()).all()
+    start = next(span.start for span in trainer.encoder.spans if span.column == "creatinine")
+    dead = (rows[demo_schema.outcome] == "dead").to_numpy()
+    for slot in (0, 1):
+        for label in (False, True):
+            kept = (slots.numpy() == slot) & (dead == label) & rows["creatinine"].notna().to_numpy()
+            before, after = drawn[kept, start].numpy(), calibrated[kept, start].numpy()
+            order = np.lexsort((after, before))  # by the drawn value; ties as they came out
+            assert (np.diff(after[order]) >= -1e-6).all()

@@ -88,5 +88,9 @@ def load_checkpoint(path: str | Path, device: str = "cpu") -> Checkpoint:
     if raw["discriminator"] is not None:
         trainer.discriminator.load_state_dict(raw["discriminator"])
     if raw["site_slots"] is not None:
-        trainer.set_release_slots(raw["site_slots"]["totals"], per_slot, raw["site_slots"].get("site_column"))
+        try:  # tables that pass the shape checks can still be beyond what a distribution can be read from
+            trainer.set_release_slots(raw["site_slots"]["totals"], per_slot, raw["site_slots"].get("site_column"))
+        except (ValueError, IndexError):
+            raise ConfigurationError(f"{path} holds malformed site tables: it was not written by fedsyn or was "
+                                     "changed since; use the release's own generator.pt (fedsyn verify)") from None
     return Checkpoint(schema, trainer, raw["privacy"], raw["params"])

@@ -48,6 +48,8 @@ if TYPE_CHECKING:
     from fedsyn.model.training import GANTrainer
 
 _EPS = 1e-6
+MIN_PRESENT = 20.0  # a slot's class with fewer values of a numeric column by its table: no departure
+DEPARTURE_LEVELS = (0.05, 0.95)  # a slot's departure beyond these quantile levels is held at its value there
 _STEP = 0.05  # sharpness of a numeric group's soft bounds, in the encoded [-1, 1] space
 
 
@@ -181,6 +183,7 @@ class TableMatcher:
         self.slot_softmax: _SoftmaxBlocks | None = None
         self.slot_targets: list[torch.Tensor] = []  # per slot: classes × the categorical blocks' widths
         self.slot_quantiles: list[_Quantiles] = []
+        self.slot_present: list[torch.Tensor] = []  # per slot: classes × numeric columns, present values
 
     def set_slots(self, per_slot: list[Marginals]) -> None:
         """Match each slot's rows to its own site's tables too: its pair tables (instead of the
@@ -192,6 +195,15 @@ class TableMatcher:
         self.slot_targets = [_SoftmaxBlocks.targets([_tensor(marginals.conditional(name).T, self.device)
                                                      for name, _ in self._categorical]) for marginals in per_slot]
         self.slot_quantiles = [self._quantiles(marginals) for marginals in per_slot]
+        self.slot_present = [self._present_counts(marginals) for marginals in per_slot]
+
+    def _present_counts(self, marginals: Marginals) -> torch.Tensor:
+        """How many values of each numeric column each outcome class holds by ``marginals``'
+        tables (classes × numeric columns): the class's noisy total, less its noisy missing."""
+        totals = marginals.class_totals()
+        present = [totals * (1.0 - marginals.conditional(column.name)[-1]) if column.nullable else totals
+                   for column in self.numeric]
+        return _tensor(np.stack(present, axis=1) if present else np.zeros((len(totals), 0)), self.device)
 
     def _quantiles(self, marginals: Marginals) -> _Quantiles:
         """The numeric columns' quantile targets from ``marginals``' tables (a nullable column's
@@ -323,11 +335,21 @@ class TableMatcher:
                 for slot in torch.unique(slots[present]).tolist():
                     members = (present & (slots == slot)).nonzero(as_tuple=True)[0]
                     levels = (torch.arange(len(members), device=rows.device, dtype=rows.dtype) + 0.5) / len(members)
-                    departure = self.slot_quantiles[slot].at(label, levels) - self.quantiles.at(label, levels)
                     order = torch.argsort(rows[members, start])
                     rows[members[order], start] = (_empirical_quantiles(pooled, levels)
-                                                     + departure[:, position]).clamp(-1.0, 1.0)
+                                                     + self._departure(slot, label, position, levels)).clamp(-1.0, 1.0)
         return rows
+
+    def _departure(self, slot: int, label: int, position: int, levels: torch.Tensor) -> torch.Tensor:
+        """How far the slot's table quantiles of a numeric column lie from the summed table's, at
+        ``levels``: none where the slot's table holds fewer than :data:`MIN_PRESENT` values of the
+        class (a site that never records a lab test: its noisy counts read as a distribution piled
+        at the top bound lifted a slot's creatinine from 1.1 to 9.8), and held at its value at
+        the :data:`DEPARTURE_LEVELS` beyond them (a table's tails are where its noise lies)."""
+        if float(self.slot_present[slot][label, position]) < MIN_PRESENT:
+            return levels.new_zeros(levels.shape)
+        inner = levels.clamp(*DEPARTURE_LEVELS)
+        return (self.slot_quantiles[slot].at(label, inner) - self.quantiles.at(label, inner))[:, position]
 
     def _drawn_classes(self, rows: torch.Tensor) -> torch.Tensor:
         """Each drawn row's outcome class, read from the row itself (a release conditioned on

@@ -200,7 +200,10 @@ def release_weights(frame: pd.DataFrame, schema: Schema, slots: np.ndarray, targ
 
     The weight the cap takes back goes to the other rows of the same slot and outcome class, so
     that each slot keeps its share and its class shares: spread over the slot's rows instead, it
-    moved a newcomer's death rate from 12 % to 14 % once every column was raked."""
+    moved a newcomer's death rate from 12 % to 14 % once every column was raked. A class the
+    slot's pool lacks has its share spread over the slot's other classes, and what a class's rows
+    cannot take under the cap goes to the slot's other rows: dropped, the final normalisation
+    would lift rows above the cap (a row released twice) and move the slots' shares."""
     shares = targets.shares
     weights = np.zeros(len(frame))
     margins: list[Margin] = []
@@ -214,11 +217,16 @@ def release_weights(frame: pd.DataFrame, schema: Schema, slots: np.ndarray, targ
     weights = rake(weights / weights.sum(), margins, ceiling=np.full(len(weights), ceiling))
     drawn = sum(share for rows, share in zip(members, shares) if len(rows))
     for rows, share, tables in zip(members, shares, targets.marginals):
-        totals = tables.class_totals()
-        for label, class_share in enumerate(totals / totals.sum()):
+        if not len(rows):
+            continue
+        total = share / drawn
+        totals = tables.class_totals() * np.isin(np.arange(len(tables.class_totals())), classes[rows])
+        for label, class_share in enumerate(totals / max(totals.sum(), 1e-300)):
             group = rows[classes[rows] == label]
             if len(group):
-                weights[group] = _capped(weights[group], ceiling, share * class_share / drawn)
+                weights[group] = _capped(weights[group], ceiling, total * class_share)
+        # A class with too few pool rows for its share under the cap: the rest to the slot's others.
+        weights[rows] = _capped(weights[rows], ceiling, total)
     return np.asarray(weights / weights.sum(), dtype=float)
 
 
