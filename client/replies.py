@@ -22,11 +22,12 @@ site one per round forever. Asked again after all, such a round is a new request
 
 from __future__ import annotations
 
-import glob
 import hashlib
 import json
+import logging
 import os
 import re
+import zipfile
 from collections.abc import Mapping
 from dataclasses import asdict
 from pathlib import Path
@@ -35,6 +36,8 @@ import numpy as np
 
 from fedsyn.files import write_atomically
 from fedsyn.privacy.accounting import PrivacyEvent
+
+log = logging.getLogger("fedsyn.client")
 
 _SAFE = re.compile(r"[^A-Za-z0-9_.-]")
 # Where the answers to requests naming no run are stored: '@' never survives _SAFE, so no run a
@@ -45,7 +48,6 @@ PAIR_TABLES_STAGE = "pair-tables"
 # Training rounds of a run whose answers are kept whole: the one a resumed coordinator asks
 # again, and the one before it (its state may have been saved a round late).
 KEPT_ROUNDS = 2
-_ROUND = re.compile(r"-round-(\d{5})\.npz$")
 
 
 def request_digest(config: Mapping[str, object], arrays: Mapping[str, np.ndarray] | None = None) -> str:
@@ -64,9 +66,14 @@ class ReplyStore:
     def __init__(self, directory: Path):
         self.directory = directory
 
+    @staticmethod
+    def _prefix(run_id: str) -> str:
+        """The start of every stored file name of ``run_id``."""
+        return f"{_SAFE.sub('_', run_id or UNNAMED_RUN)}-round-"
+
     def _path(self, run_id: str, round_: int, stage: str = "") -> Path:
         suffix = f"-{stage}" if stage else ""
-        return self.directory / f"{_SAFE.sub('_', run_id or UNNAMED_RUN)}-round-{round_:05d}{suffix}.npz"
+        return self.directory / f"{self._prefix(run_id)}{round_:05d}{suffix}.npz"
 
     def get(self, run_id: str, round_: int, digest: str, stage: str = ""
             ) -> tuple[dict[str, np.ndarray], dict[str, float], PrivacyEvent] | None:
@@ -96,23 +103,27 @@ class ReplyStore:
 
     def _slim_before(self, run_id: str, round_: int) -> None:
         """Drop the model updates of ``run_id``'s training rounds before ``round_`` (round 0's
-        tables are kept whole: a coordinator stopped before round 1 asks for them again)."""
-        prefix = f"{_SAFE.sub('_', run_id or UNNAMED_RUN)}-round-"
-        for path in self.directory.glob(f"{glob.escape(prefix)}*.npz"):
-            match = _ROUND.search(path.name)
-            if match is None or not path.name.startswith(prefix) or not 0 < int(match.group(1)) < round_:
+        tables are kept whole: a coordinator stopped before round 1 asks for them again).
+        Best effort: the answer was stored after its charge, and a file that cannot be slimmed
+        (moved away, foreign, unreadable) is left as it is rather than failing that answer."""
+        own = re.compile(re.escape(self._prefix(run_id)) + r"(\d+)\.npz")
+        for path in self.directory.glob("*-round-*.npz"):
+            match = own.fullmatch(path.name)
+            if match is None or not 0 < int(match.group(1)) < round_:
                 continue
             try:
                 with np.load(path, allow_pickle=False) as stored:
                     meta = json.loads(str(stored["meta"]))
-            except OSError:  # moved away meanwhile
-                continue
-            if not meta.get("slimmed"):
+                if meta.get("slimmed"):
+                    continue
                 written = path.stat()
                 slim = json.dumps({**meta, "names": [], "slimmed": True})
                 write_atomically(path, lambda out, text=slim: np.savez(out, meta=np.array(text)))  # type: ignore[misc]
                 # Its time stays that of its charge: charges_proven reads the newest files.
                 os.utime(path, ns=(written.st_atime_ns, written.st_mtime_ns))
+            except (OSError, ValueError, KeyError, zipfile.BadZipFile):
+                log.warning("a stored reply could not be slimmed; it is kept whole",
+                            extra={"fedsyn": {"event": "reply_not_slimmed", "file": path.name}})
 
     def charges_proven(self, nonce: str | None, newest: int = 8) -> int:
         """How many charges the ledger with ``nonce`` must hold at least: one more than the

@@ -402,3 +402,27 @@ def test_the_reply_store_keeps_the_newest_rounds_whole_and_the_older_ones_as_rec
     slimmed = tmp_path / "run-1-round-00001.npz"
     assert slimmed.stat().st_size < 2000 < (tmp_path / "run-1-round-00003.npz").stat().st_size
     assert store.charges_proven("nonce") == 6
+
+
+def test_a_slimmed_reply_still_proves_its_charge_and_keeps_its_time(tmp_path):
+    """The record a slimmed round keeps is what proves its charge: a ledger restored from before
+    rounds 1-3 (nonce "old") is still caught, and each file keeps the time of its charge (the
+    proof reads the newest files). A run whose id merely starts like another's is not touched."""
+    import os
+
+    store = ReplyStore(tmp_path)
+    update = {"weights": np.ones(1000)}
+    for round_ in range(1, 6):
+        nonce = "old" if round_ <= 3 else "new"
+        store.put("run-1", round_, f"digest-{round_}", update, {}, PrivacyEvent("dp-sgd", 1.0, 0.1, 10, round=round_),
+                  (nonce, round_))
+        path = tmp_path / f"run-1-round-{round_:05d}.npz"
+        os.utime(path, ns=(round_ * 10**9, round_ * 10**9))  # written a second apart
+    lookalike = "run-1-round-00009-b"
+    store.put(lookalike, 1, "digest", update, {}, PrivacyEvent("dp-sgd", 1.0, 0.1, 10, round=1), ("other", 0))
+    store.put("run-1", 6, "digest-6", update, {}, PrivacyEvent("dp-sgd", 1.0, 0.1, 10, round=6), ("new", 6))
+
+    assert store.get("run-1", 3, "digest-3") is None and store.get(lookalike, 1, "digest") is not None
+    assert store.charges_proven("old") == 4 and store.charges_proven("new") == 7
+    times = [(tmp_path / f"run-1-round-{r:05d}.npz").stat().st_mtime_ns for r in (1, 2, 3)]
+    assert times == [r * 10**9 for r in (1, 2, 3)]
