@@ -315,7 +315,8 @@ class Coordinator:
             trainer.load_sampler_arrays(sampler)
         per_slot = [run.site_marginals[node] for node in sorted(run.slots, key=run.slots.__getitem__)]
         if gan_config.site_slots:
-            trainer.set_release_slots([m.total() for m in per_slot], per_slot, settings.site_column)
+            trainer.set_release_slots([m.total() for m in per_slot], per_slot, settings.site_column,
+                                      run.marginals.cell_std)
         if self._restored_model is None and settings.table_steps:
             trainer.fit_tables(settings.table_steps)
             self.record("generator_fitted_to_tables", steps=settings.table_steps)

@@ -170,18 +170,20 @@ class RunRecord:
             model=model, sampler=sampler,
             release_choice=None if self.release_choice is None else asdict(self.release_choice),
             late_nodes=sorted(self.late_nodes),
+            table_noise_std=None if self.marginals is None else self.marginals.cell_std,
             round_zero=self.round_zero.to_dict() if under_way and self.round_zero else None)
 
     @classmethod
     def from_state(cls, state: RunState, schema: Schema, settings: FederationSettings) -> RunRecord:
         """The record a saved state holds, if it was saved by a run of the same settings and schema.
 
-        The tables come back as arrays without their cell noise std (``cell_std`` None: unknown).
-        Nothing after round 0 reads it (the sum went through :func:`summed_tables` before it was saved), and it cannot
-        be rebuilt from the state: a site's std is that of the query the coordinator sent
-        (:func:`fedsyn.privacy.marginals.received_marginals`), which is not saved, and the site's
-        own event would be its word on its noise. Code that needed it would be refused by
-        :meth:`Marginals.without_noise_floor` rather than given a guess."""
+        The summed tables come back with the cell noise std the coordinator computed from its own
+        queries (saved with them; None in a state saved before it was), which the release reads
+        (:meth:`fedsyn.model.matching.TableMatcher.calibrated`). The sites' tables come back
+        without theirs (``cell_std`` None: unknown): it cannot be rebuilt from the state (a site's
+        std is that of the query the coordinator sent,
+        :func:`fedsyn.privacy.marginals.received_marginals`, which is not saved, and the site's own
+        event would be its word on its noise), and nothing after round 0 reads it."""
         saved = settings.to_dict()
         # A setting added since the state was saved ran at its default (a new setting's default
         # keeps the earlier behaviour), so a missing key is compared as that default.
@@ -206,7 +208,7 @@ class RunRecord:
             # that the same requests (and so the sites' stored answers) come again.
             sites={int(raw["node_id"]): _site(raw, settings.epsilon) for raw in state.sites},
             rounds=[RoundSummary(**raw) for raw in state.rounds],
-            marginals=None if under_way else Marginals(state.marginals),
+            marginals=None if under_way else Marginals(state.marginals, cell_std=state.table_noise_std),
             site_marginals={int(node): Marginals(tables) for node, tables in state.site_marginals.items()},
             slots={int(node): slot for node, slot in state.slots.items()},
             release_choice=None if state.release_choice is None else ReleaseChoice(**state.release_choice),

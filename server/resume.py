@@ -58,6 +58,7 @@ class RunState:
     release_choice: dict[str, Any] | None = None  # the coordinator's ReleaseChoice so far (round, misfit, sampler)
     late_nodes: list[int] = field(default_factory=list)  # nodes told they joined late (absent in earlier states)
     round_zero: dict[str, Any] | None = None  # round 0's queries and first releases while it is under way
+    table_noise_std: float | None = None  # the summed tables' cell noise std (absent in earlier states)
 
 
 def save_state(directory: Path, state: RunState) -> str:
@@ -95,7 +96,7 @@ def load_state(directory: Path, audit_path: Path | None, public_key: Ed25519Publ
     if not isinstance(raw, dict) or raw.get("format") not in READABLE_FORMATS:
         raise ConfigurationError(f"{target} is not a coordinator state of this version (expected {FORMAT})")
     raw = _arrays(raw)
-    raw = {"late_nodes": [], "round_zero": None, **raw}  # a state saved before these were kept
+    raw = {"late_nodes": [], "round_zero": None, "table_noise_std": None, **raw}  # a state saved before these were kept
     return RunState(**{name: raw[name] for name in RunState.__dataclass_fields__})
 
 

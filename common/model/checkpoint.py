@@ -10,6 +10,7 @@ plain data are stored and read back (``weights_only``): loading never runs pickl
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -51,10 +52,20 @@ def save_checkpoint(path: str | Path, schema: Schema, trainer: GANTrainer, priva
         "discriminator": trainer.discriminator.state_dict() if with_discriminator else None,
         "site_slots": None if slots is None else {"totals": list(slots[0]),
                                                   "marginals": [m.to_dict() for m in slots[1]],
-                                                  "site_column": trainer.site_column},
+                                                  "site_column": trainer.site_column,
+                                                  "table_noise_std": trainer.table_noise_std},
         "privacy": privacy,
         "params": params,
     }, Path(path))
+
+
+def _noise_std(value: object) -> float | None:
+    """A stored table noise std, if it is one (a file written before it was stored has none)."""
+    if value is None:
+        return None
+    if not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
+        raise ValueError(f"table noise std {value!r} is not a non-negative number")
+    return float(value)
 
 
 def load_checkpoint(path: str | Path, device: str = "cpu") -> Checkpoint:
@@ -89,7 +100,8 @@ def load_checkpoint(path: str | Path, device: str = "cpu") -> Checkpoint:
         trainer.discriminator.load_state_dict(raw["discriminator"])
     if raw["site_slots"] is not None:
         try:  # tables that pass the shape checks can still be beyond what a distribution can be read from
-            trainer.set_release_slots(raw["site_slots"]["totals"], per_slot, raw["site_slots"].get("site_column"))
+            trainer.set_release_slots(raw["site_slots"]["totals"], per_slot, raw["site_slots"].get("site_column"),
+                                      _noise_std(raw["site_slots"].get("table_noise_std")))
         except (ValueError, IndexError):
             raise ConfigurationError(f"{path} holds malformed site tables: it was not written by fedsyn or was "
                                      "changed since; use the release's own generator.pt (fedsyn verify)") from None

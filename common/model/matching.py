@@ -39,6 +39,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 import torch
 
+from fedsyn.data.grid import numeric_bins
 from fedsyn.data.schema import Column
 from fedsyn.model.conditioning import ConditionSampler
 from fedsyn.model.encoder import TableEncoder
@@ -50,6 +51,7 @@ if TYPE_CHECKING:
 _EPS = 1e-6
 MIN_PRESENT = 20.0  # a slot's class with fewer values of a numeric column by its table: no departure
 DEPARTURE_LEVELS = (0.05, 0.95)  # a slot's departure beyond these quantile levels is held at its value there
+TRUST_SCALE = 0.1  # the summed table's relative noise at which the release takes its values half from it
 _STEP = 0.05  # sharpness of a numeric group's soft bounds, in the encoded [-1, 1] space
 
 
@@ -184,18 +186,34 @@ class TableMatcher:
         self.slot_targets: list[torch.Tensor] = []  # per slot: classes × the categorical blocks' widths
         self.slot_quantiles: list[_Quantiles] = []
         self.slot_present: list[torch.Tensor] = []  # per slot: classes × numeric columns, present values
+        self.trust = torch.zeros((0, 0), device=device)  # classes × numeric columns: see _trust
 
-    def set_slots(self, per_slot: list[Marginals]) -> None:
+    def set_slots(self, per_slot: list[Marginals], table_noise_std: float | None = None) -> None:
         """Match each slot's rows to its own site's tables too: its pair tables (instead of the
         encoder's), and each categorical column's P(value | class) beside the summed tables'.
         So a hospital's own mix (a treatment one period used more) reaches the generator's output.
-        Its numeric columns' quantiles reach the release by :meth:`calibrated`."""
+        Its numeric columns' quantiles reach the release by :meth:`calibrated`, which trusts the
+        summed tables as far as their cell noise ``table_noise_std`` allows (None: not at all)."""
         self.pairs = [term for slot, marginals in enumerate(per_slot) for term in self._pair_terms(marginals, slot)]
         self.slot_softmax = _SoftmaxBlocks([(span.start, span.end) for _, span in self._categorical], self.device)
         self.slot_targets = [_SoftmaxBlocks.targets([_tensor(marginals.conditional(name).T, self.device)
                                                      for name, _ in self._categorical]) for marginals in per_slot]
         self.slot_quantiles = [self._quantiles(marginals) for marginals in per_slot]
         self.slot_present = [self._present_counts(marginals) for marginals in per_slot]
+        self.trust = self._trust(table_noise_std)
+
+    def _trust(self, table_noise_std: float | None) -> torch.Tensor:
+        """How far the release takes each class's numeric values from the summed table rather
+        than from the generator (classes × numeric columns, 0 to 1): ``1 / (1 + (r / TRUST_SCALE)²)``
+        with ``r`` the noise of the table's cumulative distribution relative to the class's
+        values, ``std * sqrt(bins) / present values``. A class of 2,600 values at std 18 takes
+        its ages 77 % from the table, one of 370 values 6 %."""
+        present = self._present_counts(self.encoder.marginals)
+        if table_noise_std is None:
+            return torch.zeros_like(present)
+        bins = _tensor(np.array([numeric_bins(column) for column in self.numeric], dtype=float), self.device)
+        relative = table_noise_std * torch.sqrt(bins) / present.clamp_min(1.0)
+        return 1.0 / (1.0 + (relative / TRUST_SCALE) ** 2)
 
     def _present_counts(self, marginals: Marginals) -> torch.Tensor:
         """How many values of each numeric column each outcome class holds by ``marginals``'
@@ -310,7 +328,8 @@ class TableMatcher:
         """Drawn rows (``rows``: activated, numerics in the encoded [-1, 1] space) with each
         numeric column's present values given each slot's own departure from the federation
         (quantile delta mapping): within each outcome class, a value at rank ``u`` among its
-        slot's rows becomes the class's value at ``u`` among all the drawn rows, plus how far the
+        slot's rows becomes the class's value at ``u`` among all the drawn rows (drawn toward the
+        summed table's quantile at ``u`` as far as :meth:`_trust` allows), plus how far the
         slot's table quantile at ``u`` lies from the summed table's. Post-processing of DP outputs
         (the tables and the model). Without slots the rows are returned as they are.
 
@@ -321,8 +340,11 @@ class TableMatcher:
         class's noisy table (dead patients' lactate at 13 against 4.8 real): a slot's table is
         the summed one tilted by the site's departure (:func:`~fedsyn.privacy.marginals.shrunk_site_tables`),
         so the difference of their quantiles carries that departure and none of the shared
-        noise, and the generator keeps the shape. Ranks within a slot's class are kept, and with
-        them every relation the generator made."""
+        noise, and the generator keeps the shape. Where the summed table is precise (a large
+        class) the generator's shape is the worse estimate: its survivors' ages averaged 63.4
+        with the spread shrunk 1.8x where the table said 59.1 (real 59.8); taken from the table
+        as far as its noise allows, 60.6. Ranks within a slot's class are kept, and with them
+        every relation the generator made."""
         if slots is None or not self.slot_quantiles or not self.numeric:
             return rows
         labels = self._drawn_classes(rows)
@@ -336,8 +358,11 @@ class TableMatcher:
                     members = (present & (slots == slot)).nonzero(as_tuple=True)[0]
                     levels = (torch.arange(len(members), device=rows.device, dtype=rows.dtype) + 0.5) / len(members)
                     order = torch.argsort(rows[members, start])
-                    rows[members[order], start] = (_empirical_quantiles(pooled, levels)
-                                                     + self._departure(slot, label, position, levels)).clamp(-1.0, 1.0)
+                    trust = self.trust[label, position]
+                    shape = (1.0 - trust) * _empirical_quantiles(pooled, levels) \
+                        + trust * self.quantiles.at(label, levels)[:, position]
+                    departure = self._departure(slot, label, position, levels)
+                    rows[members[order], start] = (shape + departure).clamp(-1.0, 1.0)
         return rows
 
     def _departure(self, slot: int, label: int, position: int, levels: torch.Tensor) -> torch.Tensor:

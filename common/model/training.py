@@ -86,6 +86,7 @@ class GANTrainer:
                                    config.generator_hidden, encoder.spans).to(self.device)
         # Release: per-slot draw weights and condition samplers (see :meth:`set_release_slots`).
         self.release_slots: tuple[list[float], list[Marginals]] | None = None
+        self.table_noise_std: float | None = None  # the summed tables' cell noise std, if known
         self.slot_weights: torch.Tensor | None = None
         self.slot_conditions: list[ConditionSampler] | None = None
         # The table's own site column, if any: a released row's value is drawn from its slot's
@@ -354,15 +355,19 @@ class GANTrainer:
             return None
         return RakingTargets.of(shares, marginals)
 
-    def set_release_slots(self, totals: list[float], marginals: list[Marginals], site_column: str | None = None
-                          ) -> None:
+    def set_release_slots(self, totals: list[float], marginals: list[Marginals], site_column: str | None = None,
+                          table_noise_std: float | None = None) -> None:
         """How the release picks a site slot per row: with probability proportional to the
         site's noisy total (``totals``, DP outputs), its outcome condition then drawn from that
         site's own noisy marginals (``marginals``): free post-processing of round 0.
 
         ``site_column`` names the table's own column saying which hospital a row comes from: a
         released row's value there is drawn from its slot's noisy distribution of that column, so
-        the column keeps which site generated the row instead of being generated apart from it."""
+        the column keeps which site generated the row instead of being generated apart from it.
+
+        ``table_noise_std`` is the noise std of one cell of the summed tables (public: from the
+        noise the coordinator asked of each site), which says how far the release may trust them
+        (:meth:`~fedsyn.model.matching.TableMatcher.calibrated`); None: not at all."""
         if len(totals) != self.config.site_slots or len(marginals) != self.config.site_slots:
             raise ValueError(f"{len(totals)} totals and {len(marginals)} marginals for "
                              f"{self.config.site_slots} site slots")
@@ -370,8 +375,9 @@ class GANTrainer:
         weights = torch.as_tensor(np.clip(np.asarray(totals, dtype=float), 1.0, None), dtype=torch.float32)
         self.slot_weights = (weights / weights.sum()).to(self.device)
         self.slot_conditions = [ConditionSampler(self.encoder, self.device, marginals=m) for m in marginals]
+        self.table_noise_std = table_noise_std
         if self.matcher is not None:
-            self.matcher.set_slots(marginals)
+            self.matcher.set_slots(marginals, table_noise_std)
         self.site_column = site_column
         self.slot_site_values = None
         if site_column is not None:
