@@ -49,7 +49,8 @@ RELEASE_CONTENTS = {
     "synthetic.csv / synthetic.parquet": "post-processing of DP outputs (sampled from the averaged generator)",
     "generator.pt": "post-processing of DP outputs (the averaged generator's weights of the round closest to the "
                     "noisy tables, the summed noisy outcome tables and, per site slot, that site's noisy round-0 "
-                    "tables and pooled pair tables: post-processing of DP outputs the sites released)",
+                    "tables and pooled pair tables: post-processing of DP outputs the sites released; and the "
+                    "summed tables' cell noise std, computed from the noise multipliers asked of the sites)",
     "privacy_report.json": "the declared-public facts above and the ledger recomputed from them",
     "quality_report.json": "synthetic rows against the summed noisy tables' one-way sums: post-processing of DP "
                            "outputs",

@@ -105,6 +105,8 @@ CHECKPOINT = {
     **_declare(DP_OUTPUT, "generator.*", "marginals.*", "discriminator", "discriminator.*", "site_slots",
                "site_slots.totals", "site_slots.marginals.[].*"),
     **_declare(SETTING, "site_slots.site_column"),  # FederationSettings.site_column: a column's name
+    # the summed tables' cell noise std: a function of the noise multipliers asked of the sites
+    **_declare(ACCOUNTING, "site_slots.table_noise_std"),
 }
 RELEASE_KEYS: dict[str, dict[str, str]] = {
     "run_config.json": {
