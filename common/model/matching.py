@@ -110,15 +110,17 @@ class _Quantiles:
         return cls(_tensor(np.stack(padded_edges) if edges else np.zeros((0, 0)), device),
                    _tensor(np.stack(padded_cdfs, axis=1) if cdfs else np.zeros((0, 0, 0)), device))
 
-    def at(self, label: int, levels: torch.Tensor) -> torch.Tensor:
-        """Every column's quantiles of class ``label`` at probabilities ``levels`` (levels × columns):
-        piecewise-linear between the edges, stepping over empty bins (flat parts of the cdf)."""
-        cdf = self.cdf[label]
+    def at(self, label: int, levels: torch.Tensor, column: int | None = None) -> torch.Tensor:
+        """Every column's quantiles of class ``label`` at probabilities ``levels`` (levels × columns;
+        one ``column``'s only: levels × 1): piecewise-linear between the edges, stepping over empty
+        bins (flat parts of the cdf)."""
+        chosen = slice(None) if column is None else slice(column, column + 1)
+        cdf, edges = self.cdf[label, chosen], self.edges[chosen]
         x = levels.unsqueeze(0).expand(cdf.shape[0], -1).contiguous()
         index = torch.searchsorted(cdf, x).clamp(1, cdf.shape[1] - 1)
         left, right = cdf.gather(1, index - 1), cdf.gather(1, index)
         weight = ((x - left) / (right - left).clamp_min(_EPS)).clamp(0.0, 1.0)
-        low, high = self.edges.gather(1, index - 1), self.edges.gather(1, index)
+        low, high = edges.gather(1, index - 1), edges.gather(1, index)
         return (low + weight * (high - low)).T
 
 
@@ -348,21 +350,20 @@ class TableMatcher:
         if slots is None or not self.slot_quantiles or not self.numeric:
             return rows
         labels = self._drawn_classes(rows)
+        present = self._present(rows)
         rows = rows.clone()
         for label in torch.unique(labels).tolist():
-            in_class = labels == label
-            for position, (column, start) in enumerate(zip(self.numeric, self.numeric_columns.tolist())):
-                present = in_class & self._present(rows, column)
-                pooled = torch.sort(rows[present, start]).values
-                for slot in torch.unique(slots[present]).tolist():
-                    members = (present & (slots == slot)).nonzero(as_tuple=True)[0]
+            for position, start in enumerate(self.numeric_columns.tolist()):
+                in_class = (labels == label) & present[:, position]
+                pooled = torch.sort(rows[in_class, start]).values
+                trust = self.trust[label, position]
+                for slot in torch.unique(slots[in_class]).tolist():
+                    members = (in_class & (slots == slot)).nonzero(as_tuple=True)[0]
                     levels = (torch.arange(len(members), device=rows.device, dtype=rows.dtype) + 0.5) / len(members)
-                    order = torch.argsort(rows[members, start])
-                    trust = self.trust[label, position]
                     shape = (1.0 - trust) * _empirical_quantiles(pooled, levels) \
-                        + trust * self.quantiles.at(label, levels)[:, position]
-                    departure = self._departure(slot, label, position, levels)
-                    rows[members[order], start] = (shape + departure).clamp(-1.0, 1.0)
+                        + trust * self.quantiles.at(label, levels, position)[:, 0]
+                    order = torch.argsort(rows[members, start])
+                    rows[members[order], start] = (shape + self._departure(slot, label, position, levels)).clamp(-1, 1)
         return rows
 
     def _departure(self, slot: int, label: int, position: int, levels: torch.Tensor) -> torch.Tensor:
@@ -374,7 +375,7 @@ class TableMatcher:
         if float(self.slot_present[slot][label, position]) < MIN_PRESENT:
             return levels.new_zeros(levels.shape)
         inner = levels.clamp(*DEPARTURE_LEVELS)
-        return (self.slot_quantiles[slot].at(label, inner) - self.quantiles.at(label, inner))[:, position]
+        return (self.slot_quantiles[slot].at(label, inner, position) - self.quantiles.at(label, inner, position))[:, 0]
 
     def _drawn_classes(self, rows: torch.Tensor) -> torch.Tensor:
         """Each drawn row's outcome class, read from the row itself (a release conditioned on
@@ -385,12 +386,16 @@ class TableMatcher:
         span = next(span for span in self.encoder.spans if span.column == split.name)
         return rows[:, span.start:span.end].argmax(dim=1)
 
-    def _present(self, rows: torch.Tensor, column: Column) -> torch.Tensor:
-        """Which of ``rows`` hold a value of ``column`` (all, unless it is nullable)."""
-        if not column.nullable:
-            return torch.ones(rows.shape[0], dtype=torch.bool, device=rows.device)
-        span = next(span for span in self.encoder.spans if span.column == column.name and span.activation == "softmax")
-        return rows[:, span.start] >= rows[:, span.start + 1]
+    def _present(self, rows: torch.Tensor) -> torch.Tensor:
+        """Which of ``rows`` hold a value of each numeric column (rows × numeric columns): all,
+        except where a nullable column's present/missing block says missing."""
+        present = torch.ones((rows.shape[0], len(self.numeric)), dtype=torch.bool, device=rows.device)
+        for position, column in enumerate(self.numeric):
+            if column.nullable:
+                start = next(span.start for span in self.encoder.spans
+                             if span.column == column.name and span.activation == "softmax")
+                present[:, position] = rows[:, start] >= rows[:, start + 1]
+        return present
 
     def _quantile_misfit(self, raw: torch.Tensor, quantiles: _Quantiles, label: int) -> torch.Tensor:
         """The squared 1-D Wasserstein distance of the rows' encoded numeric values from the
