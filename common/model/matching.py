@@ -359,7 +359,7 @@ class TableMatcher:
                 trust = self.trust[label, position]
                 for slot in torch.unique(slots[in_class]).tolist():
                     members = (in_class & (slots == slot)).nonzero(as_tuple=True)[0]
-                    levels = (torch.arange(len(members), device=rows.device, dtype=rows.dtype) + 0.5) / len(members)
+                    levels = _midpoints(len(members), rows)
                     shape = (1.0 - trust) * _empirical_quantiles(pooled, levels) \
                         + trust * self.quantiles.at(label, levels, position)[:, 0]
                     order = torch.argsort(rows[members, start])
@@ -403,8 +403,13 @@ class TableMatcher:
         if not self.numeric:
             return raw.new_zeros(())
         values = torch.sort(torch.tanh(raw[:, self.numeric_columns]), dim=0).values
-        levels = (torch.arange(values.shape[0], device=raw.device, dtype=raw.dtype) + 0.5) / values.shape[0]
+        levels = _midpoints(values.shape[0], raw)
         return ((values - quantiles.at(label, levels)) ** 2).mean(dim=0).sum()
+
+
+def _midpoints(count: int, like: torch.Tensor) -> torch.Tensor:
+    """The probability levels ``(i + 0.5) / count`` of ``count`` sorted values (as ``like``'s dtype and device)."""
+    return (torch.arange(count, device=like.device, dtype=like.dtype) + 0.5) / count
 
 
 def _empirical_quantiles(ordered: torch.Tensor, levels: torch.Tensor) -> torch.Tensor:

@@ -35,7 +35,7 @@ import pandas as pd
 from fedsyn.data.grid import bin_index, bin_labels
 from fedsyn.data.schema import Schema
 from fedsyn.privacy.marginals import Marginals, measured_columns, split_column
-from fedsyn.privacy.pairs import Pair, bin_groups, group_count, pair_cells
+from fedsyn.privacy.pairs import Pair, bin_groups, group_count, group_index, pair_cells
 
 POOL_FACTOR = 10  # pool rows drawn per released row
 MAX_SWEEPS = 30  # raking sweeps over every margin, at most
@@ -155,7 +155,7 @@ def slot_margins(frame: pd.DataFrame, rows: np.ndarray, classes: np.ndarray, sch
         joint = _by_class(marginals, column.name)  # public bins × classes
         grouped = np.zeros((int(groups.max()) + 1, len(shares)))
         np.add.at(grouped, groups, joint)
-        cells = groups[np.asarray(bin_index(column, part[column.name]))] * len(shares) + classes
+        cells = group_index(column, part[column.name], bounds) * len(shares) + classes
         margins.append(Margin(rows, np.asarray(cells), grouped.ravel()))
     for pair in marginals.pairs:
         margins.append(Margin(rows, pair_cells(part, schema, pair, marginals.pair_bounds),
