@@ -121,7 +121,7 @@ class ReplyStore:
                 write_atomically(path, lambda out, text=slim: np.savez(out, meta=np.array(text)))  # type: ignore[misc]
                 # Its time stays that of its charge: charges_proven reads the newest files.
                 os.utime(path, ns=(written.st_atime_ns, written.st_mtime_ns))
-            except (OSError, ValueError, KeyError, zipfile.BadZipFile):
+            except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile):
                 log.warning("a stored reply could not be slimmed; it is kept whole",
                             extra={"fedsyn": {"event": "reply_not_slimmed", "file": path.name}})
 

@@ -428,3 +428,15 @@ def test_a_slimmed_reply_still_proves_its_charge_and_keeps_its_time(tmp_path):
     assert store.charges_proven("old") == 4 and store.charges_proven("new") == 7
     times = [(tmp_path / f"run-1-round-{r:05d}.npz").stat().st_mtime_ns for r in (1, 2, 3)]
     assert times == [r * 10**9 for r in (1, 2, 3)]
+
+
+@pytest.mark.parametrize("content", [b"", b"not a zip", b"PK\x03\x04 cut short"])
+def test_a_stored_reply_that_cannot_be_read_is_kept_and_the_answer_still_stored(tmp_path, content):
+    """Slimming older rounds is best effort: an empty, foreign or truncated file among them is
+    left as it is, and the answer being stored (already charged) is stored all the same."""
+    store = ReplyStore(tmp_path)
+    (tmp_path / "run-1-round-00001.npz").write_bytes(content)
+    update = {"weights": np.ones(10)}
+    store.put("run-1", 5, "digest-5", update, {}, PrivacyEvent("dp-sgd", 1.0, 0.1, 10, round=5), ("nonce", 5))
+    assert store.get("run-1", 5, "digest-5") is not None
+    assert (tmp_path / "run-1-round-00001.npz").read_bytes() == content
