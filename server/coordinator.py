@@ -244,7 +244,8 @@ class Coordinator:
         parts = {node: received_marginals(arrays, self.schema, queries[node].noise_multiplier,
                                           queries[node].pairs_share)
                  for node, arrays in progress.first_releases.items()}
-        parts = self._collect_pair_tables(grid, queries, parts)
+        # In node-id order, never the replies' order: the sums, and the release, are the same however they came.
+        parts = dict(sorted(self._collect_pair_tables(grid, queries, parts).items()))
         total, per_site = federation_tables(self.schema, list(parts.values()), settings.marginals_noise_floor)
         run.marginals = total
         run.site_marginals = dict(zip(parts, pooled_pair_tables(self.schema, per_site)))
