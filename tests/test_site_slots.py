@@ -17,9 +17,10 @@ from flwr.serverapp.strategy import DifferentialPrivacyServerSideFixedClipping
 
 from fedsyn.client.site import Site, SiteRefusal
 from fedsyn.federation import protocol
+from fedsyn.model.config import GANConfig
 from fedsyn.model.encoder import TableEncoder
 from fedsyn.model.training import GANTrainer
-from fedsyn.privacy.marginals import Marginals, exact_counts
+from fedsyn.privacy.marginals import Marginals, exact_counts, federation_tables, noisy_marginals, received_marginals
 from fedsyn.privacy.randomness import torch_generator
 from fedsyn.server.strategy import build_strategy
 
@@ -195,13 +196,15 @@ def _one_year_each(parts: list[pd.DataFrame], schema) -> list[Marginals]:
     return own
 
 
-def _released_ages(schema, learnt: Marginals, own: list[Marginals]) -> dict[str, pd.Series]:
+def _released_ages(schema, learnt: Marginals, own: list[Marginals], released_with: GANConfig = SLOTTED
+                   ) -> dict[str, pd.Series]:
     """Ages of 4000 released rows, by slot (its site column's year), of a generator fitted to the
-    tables ``learnt`` without slots (its rows do not depend on their slot) and released with the
-    sites' tables ``own``."""
+    tables ``learnt`` without slots (its rows do not depend on their slot) and released, by a
+    trainer with ``released_with``, with the sites' tables ``own``."""
     fitted = GANTrainer(TableEncoder(schema, learnt), SLOTTED, rng=torch_generator(1, "calibration-test"))
     fitted.fit_tables(150)
-    trainer = GANTrainer(TableEncoder(schema, own[0] + own[1]), SLOTTED, rng=torch_generator(2, "calibration-test"))
+    trainer = GANTrainer(TableEncoder(schema, own[0] + own[1]), released_with,
+                         rng=torch_generator(2, "calibration-test"))
     trainer.sampler.load_state_dict(fitted.sampler.state_dict())
     trainer.set_release_slots([m.total() for m in own], own, site_column="sample_yr")
     rows = trainer.encoder.decode(trainer.generate(4000))
@@ -222,6 +225,17 @@ def test_each_slots_numbers_are_released_with_its_sites_departure_from_the_pool(
     assert (ages["1995"] < 65).mean() > 0.8 > (ages["2001"] < 65).mean() + 0.5
 
 
+def test_a_model_trained_without_matching_still_releases_each_sites_departure(demo_frame, demo_schema):
+    """The departure belongs to the release, not to the matching loss: a model trained with
+    ``matching_weight`` 0 (no matcher) still releases each slot with its site's ages (it once
+    released every hospital with the pool's)."""
+    young, old = demo_frame[demo_frame["age"] < 65], demo_frame[demo_frame["age"] >= 65]
+    own = _one_year_each([young, old], demo_schema)
+    ages = _released_ages(demo_schema, own[0] + own[1], own, released_with=replace(SLOTTED, matching_weight=0.0))
+
+    assert ages["2001"].mean() - ages["1995"].mean() > 0.8 * (old["age"].mean() - young["age"].mean())
+
+
 def test_a_slot_like_the_pool_keeps_the_generators_numbers_not_its_tables_noise(demo_frame, demo_schema):
     """Two sites whose tables both hold the same artefact (40 % of every class's ages in the top
     bin, as a weak class's noise can leave): neither departs from the pool, so the drawn ages
@@ -235,10 +249,10 @@ def test_a_slot_like_the_pool_keeps_the_generators_numbers_not_its_tables_noise(
     trainer = GANTrainer(TableEncoder(demo_schema, own[0] + own[1]), SLOTTED,
                          rng=torch_generator(3, "calibration-test"))
     trainer.set_release_slots([m.total() for m in own], own)
-    assert trainer.matcher is not None
+    assert trainer.calibration is not None
     drawn = torch.as_tensor(trainer.encoder.encode(rows))  # what a generator that learnt the real ages draws
     slots = torch.as_tensor(np.arange(len(rows)) % 2)
-    released = trainer.encoder.decode(trainer.matcher.calibrated(drawn, slots).numpy())["age"].astype(float)
+    released = trainer.encoder.decode(trainer.calibration(drawn, slots).numpy())["age"].astype(float)
 
     top = demo_schema.column("age").upper - 1
     assert (released >= top).mean() == pytest.approx((rows["age"] >= top).mean(), abs=0.01)
@@ -256,10 +270,10 @@ def test_a_site_that_never_records_a_value_gives_its_slot_no_departure_and_ranks
     trainer = GANTrainer(TableEncoder(demo_schema, own[0] + own[1]), SLOTTED,
                          rng=torch_generator(6, "calibration-test"))
     trainer.set_release_slots([m.total() for m in own], own)
-    assert trainer.matcher is not None
+    assert trainer.calibration is not None
     drawn = torch.as_tensor(trainer.encoder.encode(rows))  # a generator that ignores slots: both like site 0
     slots = torch.as_tensor(np.arange(len(rows)) % 2)
-    calibrated = trainer.matcher.calibrated(drawn, slots)
+    calibrated = trainer.calibration(drawn, slots)
     released = trainer.encoder.decode(calibrated.numpy())
 
     in_slot = slots.numpy() == 1
@@ -287,15 +301,90 @@ def test_a_precise_summed_table_corrects_the_generators_shape_and_a_noisy_one_do
     trainer = GANTrainer(TableEncoder(demo_schema, own[0] + own[1]), SLOTTED,
                          rng=torch_generator(9, "calibration-test"))
     trainer.set_release_slots([m.total() for m in own], own, table_noise_std=table_noise_std)
-    assert trainer.matcher is not None
+    assert trainer.calibration is not None
     drawn = torch.as_tensor(trainer.encoder.encode(rows))
     start = next(span.start for span in trainer.encoder.spans if span.column == "age")
     drawn[:, start] *= 0.5  # squeezed toward the middle of the encoded range
     slots = torch.as_tensor((np.arange(len(rows)) >= 1500).astype(int))
-    released = trainer.encoder.decode(trainer.matcher.calibrated(drawn, slots).numpy())["age"].astype(float)
+    released = trainer.encoder.decode(trainer.calibration(drawn, slots).numpy())["age"].astype(float)
     squeezed = trainer.encoder.decode(drawn.numpy())["age"].astype(float)
 
     if table_noise_std == 0.0:
         assert released.std() == pytest.approx(rows["age"].std(), rel=0.05)
     else:
         assert released.std() == pytest.approx(squeezed.std(), rel=0.05) and squeezed.std() < 0.8 * rows["age"].std()
+
+
+def _trainer_with_exact_slots(rows: pd.DataFrame, schema, table_noise_std: float | None, *tilted: pd.DataFrame
+                              ) -> GANTrainer:
+    """A release trainer whose two slots hold the exact tables of ``rows``' halves (or of ``tilted``)."""
+    parts = tilted or (rows.iloc[: len(rows) // 2], rows.iloc[len(rows) // 2:])
+    own = [exact_counts(part, schema) for part in parts]
+    trainer = GANTrainer(TableEncoder(schema, own[0] + own[1]), SLOTTED, rng=torch_generator(10, "calibration-test"))
+    trainer.set_release_slots([m.total() for m in own], own, table_noise_std=table_noise_std)
+    return trainer
+
+
+def test_rows_drawn_on_another_condition_keep_their_own_numbers(demo_frame, demo_schema, monkeypatch):
+    """The summed tables describe each outcome class, not the rows of one light-chain group:
+    drawn toward them with full trust, group 10's kappa fell from 2.8 to the class's 1.4. A
+    release conditioned on another column than the outcome is calibrated without the trust."""
+    rows = demo_frame.sample(3000, random_state=11).reset_index(drop=True)
+    trainer = _trainer_with_exact_slots(rows, demo_schema, 0.0)
+    assert trainer.calibration is not None
+    group = rows[rows["flc_grp"] == "10"].reset_index(drop=True)
+    slots = torch.as_tensor(np.arange(len(group)) % 2)
+    kept = trainer.encoder.decode(trainer.calibration(torch.as_tensor(trainer.encoder.encode(group)), slots,
+                                                      trusted=False).numpy())
+    assert kept["kappa"].median() == pytest.approx(group["kappa"].median(), rel=0.05)
+    assert group["kappa"].median() > 1.5 * rows["kappa"].median()
+
+    trusted = []
+    calibration = trainer.calibration
+    monkeypatch.setattr(trainer, "calibration", lambda drawn, in_slot, trusted_=True, **kwargs:
+                        trusted.append(kwargs.get("trusted", trusted_)) or calibration(drawn, in_slot, **kwargs))
+    trainer.generate(50, {"flc_grp": "10"})
+    trainer.generate(50, {demo_schema.outcome: "dead"})
+    trainer.generate(50)
+    assert trusted == [False, True, True]
+
+
+def test_a_class_its_table_holds_no_values_of_takes_nothing_from_it(demo_frame, demo_schema):
+    """A class whose creatinine is never recorded has no shape to give, however exact its table:
+    trusted anyway, its flat distribution put every released value at the column's bound (15.0
+    against 1.2 real)."""
+    rows = demo_frame.sample(3000, random_state=12).reset_index(drop=True)
+    recorded = rows.assign(creatinine=rows["creatinine"].where(rows[demo_schema.outcome] != "dead"))
+    trainer = _trainer_with_exact_slots(recorded, demo_schema, 0.0)
+    assert trainer.calibration is not None
+    dead = (rows[demo_schema.outcome] == "dead").to_numpy() & rows["creatinine"].notna().to_numpy()
+    slots = torch.as_tensor(np.arange(len(rows)) % 2)
+    released = trainer.encoder.decode(trainer.calibration(torch.as_tensor(trainer.encoder.encode(rows)), slots).numpy())
+    assert released.loc[dead, "creatinine"].mean() == pytest.approx(rows.loc[dead, "creatinine"].mean(), rel=0.1)
+
+
+def test_a_tables_noisy_tail_moves_no_value_to_the_columns_bound(demo_frame, demo_schema):
+    """Two like sites' noisy tables (as the federation holds them) differ in their tails by noise.
+    A departure taken in the encoded space, where the global distribution's tail is a sliver,
+    moved dead patients' creatinine from 5-9 to the bound 15.0 (13 of 6,000 rows here, none
+    real); on the grid's scale it moves them by what the tables say, a fraction of a mg/dL."""
+    rows = demo_frame.sample(6000, random_state=1).reset_index(drop=True)
+    rng = np.random.default_rng(1)
+    parts = [received_marginals(noisy_marginals(part, demo_schema, 2.0, rng).arrays, demo_schema, 2.0, 0.0)
+             for part in (rows.iloc[:3000], rows.iloc[3000:])]
+    total, per_site = federation_tables(demo_schema, parts, 1.5)
+    trainer = GANTrainer(TableEncoder(demo_schema, total), SLOTTED, rng=torch_generator(9, "calibration-test"))
+    trainer.set_release_slots([m.total() for m in per_site], per_site)
+    assert trainer.calibration is not None
+    slots = torch.as_tensor((np.arange(len(rows)) >= 3000).astype(int))
+    released = trainer.encoder.decode(trainer.calibration(torch.as_tensor(trainer.encoder.encode(rows)), slots).numpy())
+    for name in ("age", "kappa", "lambda", "creatinine"):
+        upper = demo_schema.column(name).upper
+        assert (released[name].astype(float) >= upper).sum() == (rows[name].astype(float) >= upper).sum() == 0
+
+
+@pytest.mark.parametrize("std", [float("nan"), float("inf"), -1.0, True, "5"])
+def test_a_summed_tables_noise_std_that_is_no_std_is_refused(demo_frame, demo_schema, std):
+    """A NaN would make every calibrated value NaN; the release refuses it before using it."""
+    with pytest.raises(ValueError, match="not a non-negative number"):
+        _trainer_with_exact_slots(demo_frame.head(400), demo_schema, std)

@@ -10,7 +10,6 @@ plain data are stored and read back (``weights_only``): loading never runs pickl
 
 from __future__ import annotations
 
-import math
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -59,15 +58,6 @@ def save_checkpoint(path: str | Path, schema: Schema, trainer: GANTrainer, priva
     }, Path(path))
 
 
-def _noise_std(value: object) -> float | None:
-    """A stored table noise std, if it is one (a file written before it was stored has none)."""
-    if value is None:
-        return None
-    if not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
-        raise ValueError(f"table noise std {value!r} is not a non-negative number")
-    return float(value)
-
-
 def load_checkpoint(path: str | Path, device: str = "cpu") -> Checkpoint:
     """Read any fedsyn model file; anything else is refused with a plain message."""
     try:
@@ -101,7 +91,7 @@ def load_checkpoint(path: str | Path, device: str = "cpu") -> Checkpoint:
     if raw["site_slots"] is not None:
         try:  # tables that pass the shape checks can still be beyond what a distribution can be read from
             trainer.set_release_slots(raw["site_slots"]["totals"], per_slot, raw["site_slots"].get("site_column"),
-                                      _noise_std(raw["site_slots"].get("table_noise_std")))
+                                      raw["site_slots"].get("table_noise_std"))
         except (ValueError, IndexError):
             raise ConfigurationError(f"{path} holds malformed site tables: it was not written by fedsyn or was "
                                      "changed since; use the release's own generator.pt (fedsyn verify)") from None

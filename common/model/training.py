@@ -21,6 +21,7 @@ import torch
 import torch.nn.functional as F
 
 from fedsyn.data.rules import Condition, Rule, impose_missing_by_design, violation_mask
+from fedsyn.model.calibration import SlotCalibration
 from fedsyn.model.conditioning import ConditionSampler
 from fedsyn.model.config import GANConfig
 from fedsyn.model.encoder import TableEncoder
@@ -87,6 +88,7 @@ class GANTrainer:
         # Release: per-slot draw weights and condition samplers (see :meth:`set_release_slots`).
         self.release_slots: tuple[list[float], list[Marginals]] | None = None
         self.table_noise_std: float | None = None  # the summed tables' cell noise std, if known
+        self.calibration: SlotCalibration | None = None  # each slot's departure, once the slots' tables are set
         self.slot_weights: torch.Tensor | None = None
         self.slot_conditions: list[ConditionSampler] | None = None
         # The table's own site column, if any: a released row's value is drawn from its slot's
@@ -305,7 +307,7 @@ class GANTrainer:
         (default: the trainer's own stream).
 
         Each slot's numeric values carry its site's departure from the federation
-        (:meth:`~fedsyn.model.matching.TableMatcher.calibrated`). Rows not conditioned on a value
+        (:mod:`fedsyn.model.calibration`). Rows not conditioned on a value
         are drawn from a pool raked to the sites' noisy tables (:mod:`fedsyn.model.raking`), in
         chunks of ``RAKED_CHUNK`` rows so that a pool stays small; a condition changes the mix the
         tables describe, so conditioned rows are not."""
@@ -339,8 +341,10 @@ class GANTrainer:
         rows = self.conditions.impose(rows, cond)
         if slots is not None and self.site_column is not None and self.site_column not in (condition or {}):
             rows = self._impose_site_values(rows, slots, rng)
-        if self.matcher is not None:
-            rows = self.matcher.calibrated(rows, slots)
+        if slots is not None and self.calibration is not None:
+            # The summed tables describe each outcome class, not the rows of another condition.
+            rows = self.calibration(rows, slots, trusted=condition is None
+                                    or set(condition) == {self.encoder.schema.outcome})
         return rows, slots
 
     def _raking_targets(self) -> RakingTargets | None:
@@ -367,17 +371,19 @@ class GANTrainer:
 
         ``table_noise_std`` is the noise std of one cell of the summed tables (public: from the
         noise the coordinator asked of each site), which says how far the release may trust them
-        (:meth:`~fedsyn.model.matching.TableMatcher.calibrated`); None: not at all."""
+        (:mod:`fedsyn.model.calibration`); None: not at all."""
         if len(totals) != self.config.site_slots or len(marginals) != self.config.site_slots:
             raise ValueError(f"{len(totals)} totals and {len(marginals)} marginals for "
                              f"{self.config.site_slots} site slots")
+        calibration = SlotCalibration(self.encoder, marginals, table_noise_std, self.device)
         self.release_slots = (list(totals), list(marginals))  # kept so a checkpoint can store them
         weights = torch.as_tensor(np.clip(np.asarray(totals, dtype=float), 1.0, None), dtype=torch.float32)
         self.slot_weights = (weights / weights.sum()).to(self.device)
         self.slot_conditions = [ConditionSampler(self.encoder, self.device, marginals=m) for m in marginals]
         self.table_noise_std = table_noise_std
         if self.matcher is not None:
-            self.matcher.set_slots(marginals, table_noise_std)
+            self.matcher.set_slots(marginals)
+        self.calibration = calibration
         self.site_column = site_column
         self.slot_site_values = None
         if site_column is not None:
