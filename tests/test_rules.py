@@ -29,6 +29,13 @@ def test_missingness_and_column_comparisons():
     assert repaired["pregnancies"].isna().tolist() == [False, True, True, True] and FRAME.loc[1, "pregnancies"] == 1
 
 
+def test_a_range_reads_a_nullable_integer_columns_missing_cells_as_outside():
+    """A range asked of a nullable integer column (sample(condition={'prior_admissions': (1, 3)}))
+    once crashed on pandas' NA; a missing cell is outside any range."""
+    counts = pd.DataFrame({"prior": pd.array([1, None, 5, 3], dtype="Int64")})
+    assert Condition(column="prior", between=(1, 3)).holds(counts).tolist() == [True, False, False, True]
+
+
 def test_a_condition_has_exactly_one_test():
     with pytest.raises(ValidationError):
         Condition(column="age", is_missing=True, at_most_column="smokeyrs")

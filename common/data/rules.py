@@ -53,8 +53,10 @@ class Condition(BaseModel):
             compared = mine <= other if self.at_most_column else mine >= other
             return compared | np.isnan(mine) | np.isnan(other)
         if self.between is not None:
-            values = pd.to_numeric(series, errors="coerce")
-            return ((values >= self.between[0]) & (values <= self.between[1])).to_numpy(dtype=bool)
+            # As floats: a nullable integer column's missing cells compare as NaN (outside), not as
+            # pandas' NA, which no boolean array can hold.
+            values = pd.to_numeric(series, errors="coerce").to_numpy(dtype=float, na_value=np.nan)
+            return (values >= self.between[0]) & (values <= self.between[1])
         wanted = [self.equals] if self.equals is not None else list(self.one_of or [])
         as_text = series.astype(str)
         return as_text.isin([str(w) for w in wanted]).to_numpy(dtype=bool)
