@@ -65,9 +65,10 @@ def schema_draft(
                       f"or empty them; fedsyn validate --schema {out} {data} lists their lines[/]")
     for name, count in stray_text_cells(extract, draft).items():
         console.print(f"[yellow]column '{name}' holds numbers but for {count} cell(s) of text (a unit written beside "
-                      "the value, a '<5' below a detection limit): it was drafted as a number; write those cells as "
-                      f"numbers, or empty them, in the extract (fedsyn validate --schema {out} {data} lists their "
-                      "lines)[/]")
+                      "the value, a word for an unknown value): it was drafted as a number. A word the extract "
+                      "writes for 'not known' ('unknown', 'not done'): add it to the schema's missing_values; "
+                      "anything else: write those cells as numbers, or empty them, in the extract (fedsyn validate "
+                      f"--schema {out} {data} lists their lines)[/]")
     for name, sides in far_bound_columns(extract, draft).items():
         console.print(f"[yellow]column '{name}': its drafted {' and '.join(sides)} bound lies far beyond the rest of "
                       "its values (a typo, or a code such as 999 for 'unknown'): set the public bound (a clinical "
