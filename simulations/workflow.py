@@ -112,7 +112,8 @@ def simulate(simulation: Simulation, on_round: RoundCallback | None = None,
     stage("validation report (fidelity, utility, privacy)...")
     report = write_local_report(read_table(release / "synthetic.csv", simulation.schema), simulation.train,
                                 simulation.test, simulation.schema, local, privacy_report,
-                                simulation.settings.seed or 0, curve, comparison, simulation.settings.public_dict())
+                                simulation.settings.seed or 0, curve, comparison, simulation.settings.public_dict(),
+                                simulation.settings.site_column)
     write_table(simulation.test, local / "held_out.parquet")
     return SimulationResult(release, keys, privacy_report, seconds, report, comparison)
 
@@ -267,12 +268,14 @@ def _curve_point(epsilon: float, release: Path, schema: Schema, train: pd.DataFr
 
 def write_local_report(synthetic: pd.DataFrame, train: pd.DataFrame, test: pd.DataFrame, schema: Schema, out: Path,
                        ledger: JSON | None, seed: int, curve: list[JSON] | None = None,
-                       comparison: dict[str, dict[str, float]] | None = None, settings: JSON | None = None) -> JSON:
-    """The validation report against real rows (report.json with its verdict, report.html)."""
+                       comparison: dict[str, dict[str, float]] | None = None, settings: JSON | None = None,
+                       site_column: str | None = None) -> JSON:
+    """The validation report against real rows (report.json with its verdict, report.html);
+    with ``site_column``, each hospital's own fidelity too."""
     from fedsyn.evaluation.metrics import evaluate
     from fedsyn.evaluation.report import render_html
 
-    evaluation = evaluate(synthetic, train, test, schema, ledger=ledger, seed=seed)
+    evaluation = evaluate(synthetic, train, test, schema, ledger=ledger, seed=seed, site_column=site_column)
     result = {**evaluation.to_dict(), "privacy_utility_curve": curve or [], "comparison": comparison,
               "settings": settings}
     make_run_folder(out)  # a report of real rows: ignored by git wherever it is written

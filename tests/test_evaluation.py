@@ -115,7 +115,7 @@ def test_html_report_renders_in_headless_chromium(split, demo_schema, tmp_path, 
     test = _widened(demo_schema, split[1], columns)[1]
     synthetic = _widened(demo_schema, _random_rows(demo_schema, 800), columns)[1]
     result = evaluate(synthetic, train, test, schema, ledger={"sites": [{"site": "a", "epsilon_cumulative": 1.0,
-                                                                        "delta": 1e-5}]})
+                                                                        "delta": 1e-5}]}, site_column="sample_yr")
     curve = [{"epsilon": e, "tstr_gradient_boosting": 0.6, "tstr_logistic_regression": 0.7,
               "membership_attack_auc": 0.5} for e in (0.5, 1.0)]
     comparison = {"federated": {"gradient_boosting": 0.7, "logistic_regression": 0.75},
@@ -132,6 +132,7 @@ def test_html_report_renders_in_headless_chromium(split, demo_schema, tmp_path, 
     assert text.index("id='verdict'") < text.index("<h2>Fidelity</h2>")
     assert "Spread of numeric columns" in text and "Main effects on the outcome" in text and "Missingness" in text
     assert "against the other arms" in text and "real (TRTR)" in text and "Run settings" in text
+    assert "Per hospital" in text
     chromium = shutil.which("chromium") or shutil.which("chromium-browser")
     if chromium is None:
         pytest.skip("chromium is not installed (.ci/run installs it)")
@@ -241,3 +242,22 @@ def test_a_column_missing_in_every_real_row_is_not_judged_collapsed(demo_schema,
     synthetic.loc[synthetic.index[:10], "mgus"] = "yes"
     distance = fidelity(real, synthetic, demo_schema)["columns"]["mgus"]["value"]
     assert distance == pytest.approx(10 / 400)
+
+
+def test_each_hospital_is_compared_with_its_own_real_rows(split, demo_schema):
+    """A release that gives one site (a hospital of the old, its sample year 1995 here) the whole
+    table's mean age shows it per site: that site's own age against the synthetic one; a copy of
+    the real rows shows no difference at all."""
+    from fedsyn.evaluation.metrics import by_site
+
+    years = demo_schema.column("sample_yr").categories
+    site = split[0]["age"] >= 70  # a hospital of the old
+    train = split[0].assign(sample_yr=np.where(site, "1995", years[-1]))
+    shift = train.loc[site, "age"].mean() - train["age"].mean()
+    averaged = train.assign(age=train["age"].where(~site, train["age"] - shift))
+    for synthetic, expected in ((train, 0.0), (averaged, shift)):
+        sites = {entry["site"]: entry for entry in by_site(train, synthetic, demo_schema, "sample_yr")}
+        assert sites["1995"]["share_real"] == pytest.approx(site.mean())
+        age = next(d for d in sites["1995"]["departures"] if d["column"] == "age")
+        assert age["real"] - age["synthetic"] == pytest.approx(expected, abs=1e-6)
+        assert sites["1995"]["outcome_tv"] == pytest.approx(0.0) and sites["1995"]["category_tv"] == pytest.approx(0.0)

@@ -10,6 +10,7 @@ import pytest
 
 from fedsyn.errors import ConfigurationError
 from fedsyn.simulations.request import SimulationRequest, prepare
+from fedsyn.simulations.workflow import simulate
 
 
 def test_the_demo_request_is_split_checked_and_planned_without_writing_anything(tmp_path):
@@ -73,6 +74,8 @@ def test_a_table_with_a_site_column_is_split_by_it_one_hospital_per_value(tmp_pa
     assert [plan.site for plan in prepared.site_plans] == ["A", "B", "C"]
     assert set(simulation.test["hospital"]) == {"A", "B", "C"}
     assert simulation.settings.site_column == "hospital"
+    report = simulate(simulation).local_report  # the local report compares each hospital with its own rows
+    assert report is not None and [site["site"] for site in report["fidelity"]["sites"]] == ["A", "B", "C"]
 
 
 @pytest.mark.parametrize(("request_", "said"), [

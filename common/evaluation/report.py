@@ -177,6 +177,25 @@ def _structure_sections(fidelity: dict[str, Any]) -> list[str]:
     return sections
 
 
+def _site_section(fidelity: dict[str, Any]) -> list[str]:
+    """Each hospital, real against synthetic: the release may keep every column's overall
+    distribution and still average the hospitals away."""
+    if not fidelity.get("sites"):
+        return []
+    rows = []
+    for site in fidelity["sites"]:
+        numbers = "; ".join(f"{d['column']} {d['real']:.4g} real, {d['synthetic']:.4g} synthetic "
+                            f"(all {d['all_real']:.4g})" for d in site.get("departures", []))
+        rows.append([site["site"], f"{site['share_real']:.1%} / {site['share_synthetic']:.1%}",
+                     _fmt(site.get("outcome_tv", "")), _fmt(site.get("category_tv", "")), numbers])
+    return ["<h3>Per hospital</h3>",
+            "<p>Each hospital's share of the rows, how far its synthetic rows are from its real ones (total "
+            "variation of the outcome, and the mean over its other categorical columns: 0 is identical), and "
+            "the numeric columns where its real rows differ most from the whole table, with their means.</p>",
+            _table(rows, ["hospital", "rows, real / synthetic", "outcome TV", "categories TV",
+                          "numbers that set it apart"])]
+
+
 def render_html(evaluation: Evaluation, real: pd.DataFrame, synthetic: pd.DataFrame, schema: Schema,
                 path: Path, curve: list[dict[str, Any]] | None = None,
                 comparison: dict[str, dict[str, float]] | None = None,
@@ -208,6 +227,7 @@ def render_html(evaluation: Evaluation, real: pd.DataFrame, synthetic: pd.DataFr
         _table([[name, c["metric"], c["value"]] for name, c in fidelity["columns"].items()],
                ["column", "distance", "value"]),
         *_structure_sections(fidelity),
+        *_site_section(fidelity),
         "<h3>Marginals</h3>", _img(marginals_plot(real, synthetic, schema), "marginal distributions"),
         "<h3>Associations</h3>", _img(association_plot(evaluation), "association matrices"),
         "<h3>PCA projection</h3>", _img(pca_plot(real, synthetic, schema), "PCA projection"),
