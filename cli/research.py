@@ -223,7 +223,8 @@ def simulate(
     ] = None,
     out_of_domain: Annotated[str, typer.Option(
         help="records the schema does not allow (unknown category, outside the bounds, missing where not allowed): "
-             "refuse the run and name them, drop them, or clamp numbers onto the bounds (dropping the rest), as a "
+             "refuse the run and name them, drop them, clamp numbers onto the bounds, or blank the bad cells of "
+             "nullable columns (clamp and blank drop the rest), as a "
              "site's policy out_of_domain does")] = "refuse",
     yes: Annotated[bool, typer.Option("--yes", help="run even where the plan says the release cannot be usable")
                    ] = False,

@@ -12,6 +12,7 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, Field, StringConstraints, ValidationError
 
+from fedsyn.data.validation import RecordHandling
 from fedsyn.errors import ConfigurationError, validation_problems
 from fedsyn.model.config import GANConfig
 
@@ -89,10 +90,11 @@ class SitePolicy(BaseModel):
         "may add to this site's epsilon, whatever its noise: a coordinator cannot spend the whole budget in one "
         "query. Unset: any request the budget affords")
     accountant: Literal["rdp", "prv"] = "rdp"
-    out_of_domain: Literal["drop", "clamp", "refuse"] = Field(
+    out_of_domain: RecordHandling = Field(
         default="drop", description="records with a value the schema does not allow (unknown category, outside the "
         "public bounds, missing where not allowed): drop them, clamp numbers to the bounds (dropping what cannot be "
-        "clamped), or refuse every request until the extract is fixed. Counts stay in the site's log")
+        "clamped), blank the bad cells of nullable columns (dropping the rest), or refuse every request until the "
+        "extract is fixed. Counts stay in the site's log")
     limits: RequestLimits = Field(default_factory=RequestLimits,
                                   description="the most a coordinator may ask in one training request")
     allow_unreviewed_schema: bool = False

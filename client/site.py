@@ -230,11 +230,10 @@ class Site:
         extremes), which the site's operator hears once, when the site starts."""
         screening = screen_records(read_table(self.policy.data, self.schema), self.schema, self.policy.out_of_domain,
                                    source=str(self.policy.data))
-        if screening.dropped or screening.clamped:
-            log.warning("extract %s: %d record(s) dropped and %d value(s) clamped as out of domain "
-                        "(policy out_of_domain=%s): %s. `fedsyn validate` names the rows",
-                        self.policy.data, screening.dropped, screening.clamped, self.policy.out_of_domain,
-                        "; ".join(f"{p.column}: {p.kind} ({p.rows})" for p in screening.problems))
+        if screening.problems:
+            log.warning("extract %s: out-of-domain records handled (policy out_of_domain=%s): %s: %s. "
+                        "`fedsyn validate` names the rows", self.policy.data, self.policy.out_of_domain,
+                        screening.changed, "; ".join(f"{p.column}: {p.kind} ({p.rows})" for p in screening.problems))
         return screening
 
     def _private_rows(self) -> pd.DataFrame:

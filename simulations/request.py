@@ -107,8 +107,8 @@ class SimulationRequest:
         if self.held_out is not None and self.data is not None and self.held_out.resolve() == self.data.resolve():
             raise ConfigurationError("--held-out is --data itself: a report on rows the sites trained on would "
                                      "flatter the release. Give rows no site trains on, or leave --held-out out")
-        if self.out_of_domain not in ("drop", "clamp", "refuse"):
-            raise ConfigurationError(f"--out-of-domain {self.out_of_domain}: choose drop, clamp or refuse")
+        if self.out_of_domain not in ("drop", "clamp", "blank", "refuse"):
+            raise ConfigurationError(f"--out-of-domain {self.out_of_domain}: choose drop, clamp, blank or refuse")
         if self.data and self.sites:
             raise ConfigurationError("give either --data (one table to split) or --sites (one file per hospital), "
                                      "not both")
@@ -276,11 +276,11 @@ def _screened(path: Path, schema: Schema, schema_path: Path, handling: RecordHan
         screening = screen_records(read_table(path, schema), schema, handling, source=str(path))
     except OutOfDomainRecords as exc:
         raise ConfigurationError(f"{exc}\nFix those records, or pass --out-of-domain drop to leave them out (clamp: "
-                                 "move numbers outside the bounds onto them), as a hospital's site does with its "
-                                 "policy's out_of_domain") from exc
-    if screening.dropped or screening.clamped:
-        notes.append(f"{path}: {screening.dropped} record(s) the schema does not allow left out and "
-                     f"{screening.clamped} number(s) moved onto the schema's bounds (--out-of-domain {handling}); "
+                                 "move numbers outside the bounds onto them; blank: empty the bad cells of columns "
+                                 "that may be empty), as a hospital's site does with its policy's out_of_domain") \
+            from exc
+    if screening.problems:
+        notes.append(f"{path}: records the schema does not allow: {screening.changed} (--out-of-domain {handling}); "
                      f"`fedsyn validate {path} --schema {schema_path}` names them")
     notes.extend(f"{path}: {note.describe()}" for note in screening.notes)
     return screening.frame

@@ -71,7 +71,7 @@ def test_by_default_a_dirty_record_is_as_if_absent(tmp_path, small_frame, demo_s
     expected, _ = _site(tmp_path / "clean", clean).release_marginals(20.0, 50.0, fingerprint)
     for name in expected.tables:
         np.testing.assert_array_equal(released.tables[name], expected.tables[name])
-    assert "3 record(s) dropped" in caplog.text and "31337" not in caplog.text
+    assert "3 record(s) left out" in caplog.text and "31337" not in caplog.text
 
 
 def test_an_unexpected_site_failure_is_located_in_the_sites_log_and_never_in_the_reply(tmp_path, small_frame,
@@ -117,3 +117,18 @@ def test_an_extract_the_site_cannot_encode_is_refused_before_round_zero_is_charg
         site.release_marginals(20.0, 50.0, protocol.schema_fingerprint(demo_schema))
     assert refused.value.code == protocol.ErrorCode.SITE_FAILURE
     assert PrivacyLedger.load(site.policy.ledger).events == []
+
+
+def test_blank_empties_the_bad_cells_of_nullable_columns_and_drops_the_rest(small_frame, demo_schema):
+    """An impossible value in a column that may be empty (an age of 999 for 'unknown') costs the
+    record that cell, not the record: creatinine may be empty, so its bad cells are emptied and
+    their records kept; kappa, sex and age may not, so those records are dropped."""
+    dirty = _dirty(small_frame).astype({"creatinine": object})
+    dirty.loc[11, "creatinine"] = 999.0  # outside [0.2, 15]
+    dirty.loc[12, "creatinine"] = "n/d"  # not a number
+    screening = screen_records(dirty, demo_schema, "blank")
+    assert (screening.dropped, screening.clamped, screening.blanked) == (3, 0, 2)
+    assert len(screening.frame) == len(small_frame) - 3 and screening.frame["creatinine"].max() <= 15
+    kept = screening.frame.set_index(small_frame.drop(index=[3, 5, 8]).index)
+    assert kept.loc[[11, 12], "creatinine"].isna().all() and kept.loc[11, "age"] == small_frame.loc[11, "age"]
+    assert "2 cell(s) emptied" in screening.changed and "999" not in screening.changed

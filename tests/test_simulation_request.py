@@ -175,7 +175,7 @@ def test_a_table_with_a_held_out_file_or_share_holds_out_what_it_says(tmp_path):
     (dict(data=Path("a.csv"), held_out=Path("b.csv"), hold_out=0.2), "--hold-out is the share of --data"),
     (dict(data=Path("a.csv"), hold_out=1.0), "below 1"),
     (dict(held_out=Path("b.csv")), "goes with --data or --sites"),
-    (dict(data=Path("a.csv"), out_of_domain="ignore"), "choose drop, clamp or refuse"),
+    (dict(data=Path("a.csv"), out_of_domain="ignore"), "choose drop, clamp, blank or refuse"),
 ])
 def test_held_out_rows_and_record_handling_that_cannot_be_meant_are_refused(request_, said):
     with pytest.raises(ConfigurationError, match=said):

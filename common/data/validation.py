@@ -281,7 +281,7 @@ def _column_masks(series: pd.Series, column: Column) -> list[tuple[str, np.ndarr
 
 # -- a site's handling of out-of-domain records -------------------------------------------------
 
-RecordHandling = Literal["drop", "clamp", "refuse"]
+RecordHandling = Literal["drop", "clamp", "blank", "refuse"]
 
 
 @dataclass(frozen=True)
@@ -293,6 +293,13 @@ class Screening:
     clamped: int
     problems: list[Problem]  # the record-level problems found, by column, before handling
     notes: list[Problem] = field(default_factory=list)  # what fits but its operator should hear
+    blanked: int = 0  # cells emptied (``blank``)
+
+    @property
+    def changed(self) -> str:
+        """What screening did, by count (never a value): for the operator's log and notes."""
+        return (f"{self.dropped} record(s) left out, {self.clamped} number(s) moved onto the schema's bounds, "
+                f"{self.blanked} cell(s) emptied")
 
 
 def screen_records(frame: pd.DataFrame, schema: Schema, handling: RecordHandling, source: str = "data") -> Screening:
@@ -303,7 +310,9 @@ def screen_records(frame: pd.DataFrame, schema: Schema, handling: RecordHandling
     the public bounds, not a number, not whole, missing where not allowed) are handled per
     record: ``drop`` removes the record, ``clamp`` moves a finite out-of-bounds number to
     the nearest bound and rounds a fractional value of an integer column (a record with any
-    other problem is dropped), ``refuse`` raises. Dropping or repairing each record on its
+    other problem is dropped), ``blank`` empties every cell with a problem in a nullable
+    column (an age of 999 for "unknown": the record stays, without its age; a record with a
+    problem in a column that cannot be empty is dropped), ``refuse`` raises. Dropping or repairing each record on its
     own keeps neighbouring extracts neighbours, so the guarantee is unchanged; a refusal, by
     contrast, is decided by whatever records are out of domain.
     """
@@ -316,7 +325,15 @@ def screen_records(frame: pd.DataFrame, schema: Schema, handling: RecordHandling
     if handling == "refuse":
         raise OutOfDomainRecords(report, source)
     frame = frame.reset_index(drop=True)
-    clamped = 0
+    clamped = blanked = 0
+    if handling == "blank":
+        frame = frame.copy()
+        for column in schema.columns:
+            masks = [mask for _, mask in _column_masks(frame[column.name], column)] if column.nullable else []
+            if masks:
+                cells = np.logical_or.reduce(masks)
+                blanked += int(cells.sum())
+                frame[column.name] = frame[column.name].mask(cells)
     if handling == "clamp":
         frame = frame.copy()
         for column in schema.columns:
@@ -338,4 +355,4 @@ def screen_records(frame: pd.DataFrame, schema: Schema, handling: RecordHandling
         raise DataValidationError(ValidationReport([Problem("(every column)", "no record fits the schema once "
                                                             "out-of-domain records are dropped", len(frame))],
                                                    len(frame)), source)
-    return Screening(kept, int(bad.sum()), clamped, report.problems, report.notes)
+    return Screening(kept, int(bad.sum()), clamped, report.problems, report.notes, blanked)
