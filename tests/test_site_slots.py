@@ -341,8 +341,12 @@ def test_rows_drawn_on_another_condition_keep_their_own_numbers(demo_frame, demo
 
     trusted = []
     calibration = trainer.calibration
-    monkeypatch.setattr(trainer, "calibration", lambda drawn, in_slot, trusted_=True, **kwargs:
-                        trusted.append(kwargs.get("trusted", trusted_)) or calibration(drawn, in_slot, **kwargs))
+
+    def spy(drawn: torch.Tensor, in_slot: torch.Tensor, **kwargs: bool) -> torch.Tensor:
+        trusted.append(kwargs.get("trusted", True))
+        return calibration(drawn, in_slot, **kwargs)
+
+    monkeypatch.setattr(trainer, "calibration", spy)
     trainer.generate(50, {"flc_grp": "10"})
     trainer.generate(50, {demo_schema.outcome: "dead"})
     trainer.generate(50)
@@ -381,6 +385,26 @@ def test_a_tables_noisy_tail_moves_no_value_to_the_columns_bound(demo_frame, dem
     for name in ("age", "kappa", "lambda", "creatinine"):
         upper = demo_schema.column(name).upper
         assert (released[name].astype(float) >= upper).sum() == (rows[name].astype(float) >= upper).sum() == 0
+
+
+def test_values_at_an_assays_limit_stay_at_it_whatever_the_departure(demo_frame, demo_schema):
+    """A fifth of the kappa values sit at the assay's upper limit 30 (a bound: an atom of its
+    own), and one site's other values run higher: the limit's values are released at exactly 30,
+    in the class's drawn share, and the site's departure moves only the others, none of them
+    onto or past the limit. (Taken through float32, the limit's bin had no width: none came
+    out at 30, ten at 29.99863.)"""
+    rows = demo_frame.sample(4000, random_state=14).reset_index(drop=True)
+    rows.loc[rows.sample(frac=0.2, random_state=15).index, "kappa"] = 30.0
+    higher = rows.assign(kappa=np.where(rows["kappa"] < 30, np.minimum(rows["kappa"] * 3, 29.0), 30.0))
+    trainer = _trainer_with_exact_slots(rows, demo_schema, None, rows.iloc[:2000], higher.iloc[2000:])
+    assert trainer.calibration is not None
+    slots = torch.as_tensor((np.arange(len(rows)) >= 2000).astype(int))
+    released = trainer.encoder.decode(trainer.calibration(torch.as_tensor(trainer.encoder.encode(rows)), slots)
+                                      .numpy())["kappa"].astype(float)
+    at_limit, drawn = (released == 30.0).to_numpy(), (rows["kappa"] == 30.0).to_numpy()
+    assert abs(int(at_limit.sum()) - int(drawn.sum())) <= 2
+    assert released[~at_limit].max() < 29.9
+    assert released[2000:][~at_limit[2000:]].mean() > 1.5 * released[:2000][~at_limit[:2000]].mean()
 
 
 @pytest.mark.parametrize("std", [float("nan"), float("inf"), -1.0, True, "5"])

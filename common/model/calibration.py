@@ -26,7 +26,7 @@ import math
 import numpy as np
 import torch
 
-from fedsyn.data.grid import numeric_bins
+from fedsyn.data.grid import numeric_bins, numeric_edges
 from fedsyn.data.schema import Column
 from fedsyn.model.encoder import TableEncoder
 from fedsyn.model.quantiles import QuantileTargets, float_tensor, midpoints, numeric_outputs
@@ -53,6 +53,7 @@ class SlotCalibration:
         self.slot_quantiles = [QuantileTargets.of(encoder, self.numeric, marginals, device) for marginals in per_slot]
         self.slot_present = [self._present_counts(marginals, device) for marginals in per_slot]
         self.trust = self._trust(table_noise_std, device)
+        self.continuous = [_continuous_range(column) for column in self.numeric]
 
     def _trust(self, table_noise_std: float | None, device: torch.device) -> torch.Tensor:
         """How far the release takes each class's numeric values from the summed table rather
@@ -105,15 +106,32 @@ class SlotCalibration:
                     levels = midpoints(len(members), rows)
                     shape = (1.0 - trust) * _empirical_quantiles(pooled, levels) \
                         + trust * self.pooled.column_at(label, levels, position)
-                    drawn = self.pooled.to_grid(torch.stack([shape[0], shape[-1], pooled[0], pooled[-1]]), position)
-                    moved = self.pooled.to_grid(shape, position) + self._departure(slot, label, position, levels)
-                    kept = _within_bounds(torch.sort(moved).values, self.pooled.grid[position, [0, -1]],
-                                          (float(drawn.min()), float(drawn.max())))
+                    name = self.numeric[position].name
+                    moved = self._moved(position, self.encoder.grid_values(name, shape.cpu().double().numpy()),
+                                        self._departure(slot, label, position, levels))
                     order = torch.argsort(rows[members, start])
-                    rows[members[order], start] = self.pooled.to_encoded(kept, position)
+                    rows[members[order], start] = torch.as_tensor(self.encoder.positions(name, moved),
+                                                                  dtype=rows.dtype, device=rows.device)
         return rows
 
-    def _departure(self, slot: int, label: int, position: int, levels: torch.Tensor) -> torch.Tensor:
+    def _moved(self, position: int, shape: np.ndarray, departure: np.ndarray) -> np.ndarray:
+        """``shape`` (sorted, on the grid's scale) moved by ``departure``, a bound's atom kept: a
+        value in a bound's own bin stays at the bound (the atom keeps its share of the class's
+        drawn rows; in float32 its bin, a billionth of the range, had no width and every value
+        at an assay's limit came out just below it), the others move, in order, and stay clear
+        of the atoms, what a departure moved past them scaled into the room left
+        (:func:`_within_bounds`)."""
+        (lower, upper), atoms = self.continuous[position]
+        inside = (shape > atoms[0]) & (shape < atoms[1]) if atoms is not None else np.ones(len(shape), dtype=bool)
+        if not inside.any():
+            return shape
+        moved = shape.copy()
+        values = shape[inside]
+        moved[inside] = _within_bounds(np.sort(values + departure[inside]), (lower, upper),
+                                       (float(values.min()), float(values.max())))
+        return moved
+
+    def _departure(self, slot: int, label: int, position: int, levels: torch.Tensor) -> np.ndarray:
         """How far the slot's table quantiles of a numeric column lie from the summed table's, at
         ``levels``, on the public grid's scale: years of age, or a factor of a lab value on a log
         grid. (In the encoded space the global distribution's tails are squeezed into a sliver,
@@ -124,10 +142,10 @@ class SlotCalibration:
         top bound lifted a slot's creatinine from 1.1 to 9.8), and held at its value at the
         :data:`DEPARTURE_LEVELS` beyond them (a table's tails are where its noise lies)."""
         if float(self.slot_present[slot][label, position]) < MIN_PRESENT:
-            return levels.new_zeros(levels.shape)
+            return np.zeros(len(levels))
         inner = levels.clamp(*DEPARTURE_LEVELS)
-        return (self.slot_quantiles[slot].grid_at(label, inner, position)
-                - self.pooled.grid_at(label, inner, position))
+        return np.asarray(self.slot_quantiles[slot].grid_at(label, inner, position)
+                          - self.pooled.grid_at(label, inner, position), dtype=float)
 
     def _drawn_classes(self, rows: torch.Tensor) -> torch.Tensor:
         """Each drawn row's outcome class, read from the row itself (a release conditioned on
@@ -159,20 +177,30 @@ def check_noise_std(value: object) -> None:
         raise ValueError(f"table noise std {value!r} is not a non-negative number")
 
 
-def _within_bounds(values: torch.Tensor, bounds: torch.Tensor, drawn: tuple[float, float]) -> torch.Tensor:
-    """Sorted ``values`` within the column's ``bounds``, order kept: what a departure moved past
-    a bound is scaled into the room between the ``drawn`` range's end (the values drawn or
-    trusted) and that bound. Clamped instead, it piled at the bound, a public value the real
-    rows may never hold."""
-    (lower, upper), (lowest, highest) = bounds.tolist(), drawn
+def _continuous_range(column: Column) -> tuple[tuple[float, float], tuple[float, float] | None]:
+    """Where a numeric column's values may move on its grid's scale, and its bounds' atom bins'
+    inner edges: clear of the atom bins (a value moved into one would become the bound; the
+    margin, a millionth of the range, outlasts the release's float32 positions), or between its
+    bounds for a column without atoms."""
+    edges = numeric_edges(column)
+    if not column.has_bound_atoms:
+        return (float(edges[0]), float(edges[-1])), None
+    margin = 1e-6 * float(edges[-1] - edges[0])
+    return (float(edges[1]) + margin, float(edges[-2]) - margin), (float(edges[1]), float(edges[-2]))
+
+
+def _within_bounds(values: np.ndarray, bounds: tuple[float, float], drawn: tuple[float, float]) -> np.ndarray:
+    """Sorted ``values`` within ``bounds``, order kept: what a departure moved past a bound is
+    scaled into the room between the ``drawn`` range's end (the values drawn or trusted) and
+    that bound. Clamped instead, it piled at the bound, a public value the real rows may never
+    hold (dead patients' creatinine at 15.0)."""
+    (lower, upper), (lowest, highest) = bounds, drawn
     top, bottom = float(values[-1]), float(values[0])
     if top > upper and highest < upper:
-        values = torch.where(values > highest, highest + (values - highest) * (upper - highest) / (top - highest),
-                             values)
+        values = np.where(values > highest, highest + (values - highest) * (upper - highest) / (top - highest), values)
     if bottom < lower and lowest > lower:
-        values = torch.where(values < lowest, lowest + (values - lowest) * (lower - lowest) / (bottom - lowest),
-                             values)
-    return values.clamp(lower, upper)
+        values = np.where(values < lowest, lowest + (values - lowest) * (lower - lowest) / (bottom - lowest), values)
+    return np.asarray(np.clip(values, lower, upper), dtype=float)
 
 
 def _empirical_quantiles(ordered: torch.Tensor, levels: torch.Tensor) -> torch.Tensor:

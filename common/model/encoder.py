@@ -81,6 +81,24 @@ class TableEncoder:
         """A numeric column's encoding: bin edges (transformed space) and the CDF at each edge."""
         return self._cdfs[name]
 
+    def positions(self, name: str, transformed: np.ndarray) -> np.ndarray:
+        """A numeric column's values on its grid's scale (``transformed``) as encoded positions in
+        [-1, 1]: through the global CDF, a bound's values mid-way up its atom's share, not at +-1
+        (where a generator's tanh can hardly reach)."""
+        column = self.schema.column(name)
+        edges, cdf = self._cdfs[name]
+        u = np.interp(transformed, edges, cdf)
+        atoms = atom_bins(column, transformed, edges)
+        if atoms is not None:
+            u = np.where(atoms[0], cdf[1] / 2, np.where(atoms[1], (cdf[-2] + 1) / 2, u))
+        return np.asarray(2.0 * u - 1.0, dtype=float)
+
+    def grid_values(self, name: str, positions: np.ndarray) -> np.ndarray:
+        """A numeric column's encoded ``positions`` on its grid's scale (the inverse of
+        :meth:`positions` outside the atoms' shares)."""
+        edges, cdf = self._cdfs[name]
+        return np.asarray(np.interp((np.clip(positions, -1.0, 1.0) + 1.0) / 2.0, cdf, edges), dtype=float)
+
     def categorical_spans(self) -> list[tuple[Column, Span]]:
         """The one-hot blocks of categorical columns, used for conditioning."""
         return [(self.schema.column(s.column), s) for s in self.spans
@@ -105,13 +123,8 @@ class TableEncoder:
                 out[rows, span.start + missing.astype(int)] = 1.0
             else:
                 values = np.asarray(np.where(missing, column.bounds[0], series.to_numpy(dtype=float, na_value=np.nan)))
-                edges, cdf = self._cdfs[column.name]
-                transformed = forward_transform(column, values)
-                u = np.interp(transformed, edges, cdf)
-                atoms = atom_bins(column, transformed, edges)
-                if atoms is not None:  # a bound's rows sit mid-way up its atom's share, not at +-1
-                    u = np.where(atoms[0], cdf[1] / 2, np.where(atoms[1], (cdf[-2] + 1) / 2, u))
-                out[:, span.start] = np.where(missing, 0.0, 2.0 * u - 1.0)
+                out[:, span.start] = np.where(missing, 0.0, self.positions(column.name,
+                                                                           forward_transform(column, values)))
         return out
 
     def decode(self, encoded: np.ndarray) -> pd.DataFrame:
@@ -127,10 +140,9 @@ class TableEncoder:
             elif span.activation == "softmax":
                 missing_numeric[column.name] = block.argmax(axis=1) == 1
             else:
-                edges, cdf = self._cdfs[column.name]
-                u = (np.clip(block[:, 0], -1.0, 1.0) + 1.0) / 2.0
+                edges, _ = self._cdfs[column.name]
                 low, high = column.bounds
-                transformed = np.interp(u, cdf, edges)
+                transformed = self.grid_values(column.name, block[:, 0])
                 values = snap_to_atoms(column, transformed, edges,
                                        np.clip(inverse_transform(column, transformed), low, high))
                 columns[column.name] = to_precision(column, values)

@@ -46,7 +46,7 @@ class QuantileTargets:
     probability 1), so that one batched search reads every column's quantiles at once."""
 
     edges: torch.Tensor  # columns × width: encoded value at each bin edge (increasing)
-    grid: torch.Tensor  # columns × width: the same edges on the grid's scale (linear or log)
+    grid: torch.Tensor  # columns × width: the same edges on the grid's scale (float64, on the CPU: see grid_at)
     cdf: torch.Tensor  # classes × columns × width
 
     @classmethod
@@ -68,50 +68,37 @@ class QuantileTargets:
             cdfs.append(np.maximum.accumulate(cdf, axis=1))
         width = max((len(e) for e in edges), default=0)
 
-        def side_by_side(rows: list[np.ndarray]) -> torch.Tensor:
-            return float_tensor(np.stack([np.pad(e, (0, width - len(e)), mode="edge") for e in rows]) if rows
-                                else np.zeros((0, 0)), device)
+        def side_by_side(rows: list[np.ndarray]) -> np.ndarray:
+            return np.stack([np.pad(e, (0, width - len(e)), mode="edge") for e in rows]) if rows else np.zeros((0, 0))
 
         padded_cdfs = [np.pad(c, ((0, 0), (0, width - c.shape[1])), mode="edge") for c in cdfs]
-        return cls(side_by_side(edges), side_by_side(grids),
+        return cls(float_tensor(side_by_side(edges), device),
+                   torch.as_tensor(side_by_side(grids), dtype=torch.float64),
                    float_tensor(np.stack(padded_cdfs, axis=1) if cdfs else np.zeros((0, 0, 0)), device))
 
     def at(self, label: int, levels: torch.Tensor) -> torch.Tensor:
         """Every column's quantiles (encoded) of class ``label`` at probabilities ``levels`` (levels × columns)."""
-        return self._at(label, levels, slice(None), self.edges)
+        return _quantiles(levels, self.cdf[label], self.edges)
 
     def column_at(self, label: int, levels: torch.Tensor, column: int) -> torch.Tensor:
         """One ``column``'s quantiles (encoded) of class ``label`` at probabilities ``levels``."""
-        return self._at(label, levels, slice(column, column + 1), self.edges)[:, 0]
+        return _quantiles(levels, self.cdf[label, column:column + 1], self.edges[column:column + 1])[:, 0]
 
-    def grid_at(self, label: int, levels: torch.Tensor, column: int) -> torch.Tensor:
-        """One ``column``'s quantiles of class ``label`` at probabilities ``levels``, on the grid's scale."""
-        return self._at(label, levels, slice(column, column + 1), self.grid)[:, 0]
-
-    def to_grid(self, encoded: torch.Tensor, column: int) -> torch.Tensor:
-        """One ``column``'s encoded values on the grid's scale (the encoder's map, piecewise-linear)."""
-        return _interpolate(encoded, self.edges[column], self.grid[column])
-
-    def to_encoded(self, grid: torch.Tensor, column: int) -> torch.Tensor:
-        """One ``column``'s values on the grid's scale, encoded (the inverse of :meth:`to_grid`)."""
-        return _interpolate(grid, self.grid[column], self.edges[column])
-
-    def _at(self, label: int, levels: torch.Tensor, chosen: slice, scale: torch.Tensor) -> torch.Tensor:
-        """The ``chosen`` columns' quantiles, edges read off ``scale``: piecewise-linear between
-        the edges, stepping over empty bins (flat parts of the cdf)."""
-        cdf, edges = self.cdf[label, chosen], scale[chosen]
-        x = levels.unsqueeze(0).expand(cdf.shape[0], -1).contiguous()
-        index = torch.searchsorted(cdf, x).clamp(1, cdf.shape[1] - 1)
-        left, right = cdf.gather(1, index - 1), cdf.gather(1, index)
-        weight = ((x - left) / (right - left).clamp_min(EPS)).clamp(0.0, 1.0)
-        low, high = edges.gather(1, index - 1), edges.gather(1, index)
-        return (low + weight * (high - low)).T
+    def grid_at(self, label: int, levels: torch.Tensor, column: int) -> np.ndarray:
+        """One ``column``'s quantiles of class ``label`` at probabilities ``levels``, on the grid's
+        scale, in float64 (in float32 a bound's atom bin, about 1e-9 of the range wide, has no
+        width, and its values fall out of it)."""
+        cdf = self.cdf[label, column:column + 1].cpu().double()
+        return _quantiles(levels.cpu().double(), cdf, self.grid[column:column + 1])[:, 0].numpy()
 
 
-def _interpolate(x: torch.Tensor, knots: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
-    """The piecewise-linear function through (``knots``, ``values``) at ``x`` (``knots``
-    non-decreasing, held flat beyond them; a repeated knot is stepped over)."""
-    index = torch.searchsorted(knots, x.contiguous()).clamp(1, knots.shape[0] - 1)
-    left, right = knots[index - 1], knots[index]
+def _quantiles(levels: torch.Tensor, cdf: torch.Tensor, edges: torch.Tensor) -> torch.Tensor:
+    """Quantiles at ``levels`` (levels × columns) of distributions with cumulative ``cdf`` at
+    ``edges`` (both columns × width): piecewise-linear between the edges, stepping over empty
+    bins (flat parts of the cdf)."""
+    x = levels.unsqueeze(0).expand(cdf.shape[0], -1).contiguous()
+    index = torch.searchsorted(cdf, x).clamp(1, cdf.shape[1] - 1)
+    left, right = cdf.gather(1, index - 1), cdf.gather(1, index)
     weight = ((x - left) / (right - left).clamp_min(EPS)).clamp(0.0, 1.0)
-    return values[index - 1] + weight * (values[index] - values[index - 1])
+    low, high = edges.gather(1, index - 1), edges.gather(1, index)
+    return (low + weight * (high - low)).T
