@@ -179,7 +179,7 @@ class RunRecord:
 
         The summed tables come back with the cell noise std the coordinator computed from its own
         queries (saved with them; None in a state saved before it was), which the release reads
-        (:meth:`fedsyn.model.calibration`). The sites' tables come back
+        (:mod:`fedsyn.model.calibration`). The sites' tables come back
         without theirs (``cell_std`` None: unknown): it cannot be rebuilt from the state (a site's
         std is that of the query the coordinator sent,
         :func:`fedsyn.privacy.marginals.received_marginals`, which is not saved, and the site's own

@@ -17,7 +17,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, get_args
 
 import numpy as np
 import pandas as pd
@@ -107,8 +107,9 @@ class SimulationRequest:
         if self.held_out is not None and self.data is not None and self.held_out.resolve() == self.data.resolve():
             raise ConfigurationError("--held-out is --data itself: a report on rows the sites trained on would "
                                      "flatter the release. Give rows no site trains on, or leave --held-out out")
-        if self.out_of_domain not in ("drop", "clamp", "blank", "refuse"):
-            raise ConfigurationError(f"--out-of-domain {self.out_of_domain}: choose drop, clamp, blank or refuse")
+        if self.out_of_domain not in get_args(RecordHandling):
+            raise ConfigurationError(f"--out-of-domain {self.out_of_domain}: choose "
+                                     f"{', '.join(get_args(RecordHandling)[:-1])} or {get_args(RecordHandling)[-1]}")
         if self.data and self.sites:
             raise ConfigurationError("give either --data (one table to split) or --sites (one file per hospital), "
                                      "not both")

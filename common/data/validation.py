@@ -71,8 +71,8 @@ class DataValidationError(InputDataError, ValueError):
 
 
 class OutOfDomainRecords(DataValidationError):
-    """The file fits the schema but some records do not, and the handling says refuse: dropping
-    or clamping those records (``screen_records``) would let the rest through."""
+    """The file fits the schema but some records do not, and the handling says refuse: dropping,
+    clamping or blanking those records (``screen_records``) would let the rest through."""
 
 
 def numbering_for(path: str | Path) -> RowNumbering:
@@ -325,14 +325,14 @@ def screen_records(frame: pd.DataFrame, schema: Schema, handling: RecordHandling
     if handling == "refuse":
         raise OutOfDomainRecords(report, source)
     frame = frame.reset_index(drop=True)
-    clamped = blanked = 0
+    repaired = np.zeros(len(frame), dtype=int)  # cells clamped or emptied, per record
     if handling == "blank":
         frame = frame.copy()
         for column in schema.columns:
             masks = [mask for _, mask in _column_masks(frame[column.name], column)] if column.nullable else []
             if masks:
                 cells = np.logical_or.reduce(masks)
-                blanked += int(cells.sum())
+                repaired += cells
                 frame[column.name] = frame[column.name].mask(cells)
     if handling == "clamp":
         frame = frame.copy()
@@ -340,12 +340,12 @@ def screen_records(frame: pd.DataFrame, schema: Schema, handling: RecordHandling
             if column.kind is ColumnKind.CATEGORICAL:
                 continue
             numeric = pd.to_numeric(frame[column.name], errors="coerce")
-            repaired = numeric.clip(column.lower, column.upper)
+            clipped = numeric.clip(column.lower, column.upper)
             if column.kind is ColumnKind.INTEGER:
-                repaired = repaired.round()
-            changed = numeric.notna() & np.isfinite(numeric) & (repaired != numeric)
-            clamped += int(changed.sum())
-            frame[column.name] = numeric.where(~changed, repaired) if changed.any() else frame[column.name]
+                clipped = clipped.round()
+            changed = numeric.notna() & np.isfinite(numeric) & (clipped != numeric)
+            repaired += changed.to_numpy(dtype=bool)
+            frame[column.name] = numeric.where(~changed, clipped) if changed.any() else frame[column.name]
     bad = np.zeros(len(frame), dtype=bool)
     for column in schema.columns:
         for _, mask in _column_masks(frame[column.name], column):
@@ -355,4 +355,6 @@ def screen_records(frame: pd.DataFrame, schema: Schema, handling: RecordHandling
         raise DataValidationError(ValidationReport([Problem("(every column)", "no record fits the schema once "
                                                             "out-of-domain records are dropped", len(frame))],
                                                    len(frame)), source)
-    return Screening(kept, int(bad.sum()), clamped, report.problems, report.notes, blanked)
+    kept_repairs = int(repaired[~bad].sum())  # a record left out counts as left out, not repaired too
+    return Screening(kept, int(bad.sum()), kept_repairs if handling == "clamp" else 0, report.problems, report.notes,
+                     kept_repairs if handling == "blank" else 0)

@@ -279,11 +279,16 @@ def by_site(real: pd.DataFrame, synthetic: pd.DataFrame, schema: Schema, site_co
                 continue
             values = [pd.to_numeric(frame[column.name], errors="coerce").mean() for frame in (mine, made, real)]
             departures.append((abs(np.nanmean(own) - np.nanmean(whole)) / np.nanstd(whole), column.name, values))
-        entry["departures"] = [{"column": name, "real": float(values[0]), "synthetic": float(values[1]),
+        entry["departures"] = [{"column": name, "real": float(values[0]), "synthetic": _finite(values[1]),
                                 "all_real": float(values[2]), "departure_sd": float(distance)}
                                for distance, name, values in sorted(departures, reverse=True)[:SITE_DEPARTURES]]
         sites.append(entry)
     return sites
+
+
+def _finite(value: float) -> float | None:
+    """``value``, or None where it is NaN (a column the synthetic rows never filled): report.json stays JSON."""
+    return float(value) if np.isfinite(value) else None
 
 
 def _tv(real: pd.Series, synthetic: pd.Series, levels: list[str]) -> float:

@@ -184,10 +184,11 @@ def _site_section(fidelity: dict[str, Any]) -> list[str]:
         return []
     rows = []
     for site in fidelity["sites"]:
-        numbers = "; ".join(f"{d['column']} {d['real']:.4g} real, {d['synthetic']:.4g} synthetic "
+        numbers = "; ".join(f"{d['column']} {d['real']:.4g} real, "
+                            f"{'none' if d['synthetic'] is None else format(d['synthetic'], '.4g')} synthetic "
                             f"(all {d['all_real']:.4g})" for d in site.get("departures", []))
         rows.append([site["site"], f"{site['share_real']:.1%} / {site['share_synthetic']:.1%}",
-                     _fmt(site.get("outcome_tv", "")), _fmt(site.get("category_tv", "")), numbers])
+                     site.get("outcome_tv", ""), site.get("category_tv", ""), numbers])
     return ["<h3>Per hospital</h3>",
             "<p>Each hospital's share of the rows, how far its synthetic rows are from its real ones (total "
             "variation of the outcome, and the mean over its other categorical columns: 0 is identical), and "

@@ -140,7 +140,7 @@ def slot_margins(frame: pd.DataFrame, rows: np.ndarray, classes: np.ndarray, sch
     pair tables alone, the pool kept less of it (the bench's declared outcome lost .01-.03 of
     ROC-AUC on three tables of four), and a categorical column in no pair kept none of the
     site's own mix. A numeric column in no pair gets its site's departure from the pool when it
-    is drawn (:meth:`fedsyn.model.calibration`); raked to its runs of bins,
+    is drawn (:mod:`fedsyn.model.calibration`); raked to its runs of bins,
     a weak class's noisy tail (a third of dead patients' lactate in its top run) would be
     weighted in."""
     part = frame.iloc[rows]
