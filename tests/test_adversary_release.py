@@ -136,8 +136,10 @@ RELEASE_KEYS: dict[str, dict[str, str]] = {
             "epsilon_per_release", "epsilon_if_all_published_at_most", "delta_if_all_published_at_most"))),
         **_declare(TEXT, "public_facts.releases_from_the_same_rows.why_public"),
     },
-    "quality_report.json": {**_declare(TEXT, "basis"),
-                            **_declare(DP_OUTPUT, "total_variation_per_column.*", "mean_total_variation")},
+    "quality_report.json": {**_declare(TEXT, "basis", "not_measured"),
+                            **_declare(DP_OUTPUT, "total_variation_per_column.*", "mean_total_variation",
+                                       "total_variation_by_outcome_class.*", "mean_total_variation_by_outcome_class",
+                                       "total_variation_per_pair_table.*", "mean_total_variation_per_pair_table")},
     "schema.json": _declare(SCHEMA, *SCHEMA_PATHS),
     "manifest.json": _declare(INTEGRITY, "files.*"),
     "generator.pt": {

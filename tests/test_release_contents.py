@@ -52,3 +52,33 @@ def test_an_unseeded_release_says_so(plan, demo_schema, tmp_path):
     assert config["seeded"] is False and privacy["seeded"] is False
     assert not {"seed", "seconds"} & set(_keys(config))
     assert "This run was not seeded" in (release / "README.md").read_text()
+
+
+def test_the_quality_report_checks_relations_not_only_each_column(demo_frame, demo_schema):
+    """Rows whose columns were shuffled apart keep every one-way distribution and lose every
+    relation: a report of one-way distances read them as perfect. The outcome-class and
+    pair-table distances (against the same DP tables) tell them from the real rows."""
+    import numpy as np
+
+    from fedsyn.privacy.marginals import Marginals, exact_counts
+    from fedsyn.privacy.pairs import bounds_arrays, exact_pair_table, group_bounds, pair_key
+    from fedsyn.server.record import RunRecord
+    from fedsyn.server.release import quality_report
+
+    rows = demo_frame.sample(3000, random_state=1).reset_index(drop=True)
+    tables, pair = exact_counts(rows, demo_schema), ("kappa", "lambda")
+    bounds = {name: group_bounds(demo_schema.column(name), tables) for name in pair}
+    site = Marginals({**tables.tables, pair_key(pair): exact_pair_table(rows, demo_schema, pair, bounds),
+                      **bounds_arrays([pair], bounds)})
+    run = RunRecord("run", demo_schema, SETTINGS, marginals=tables, site_marginals={0: site})
+    shuffled = rows.copy()
+    for seed, name in enumerate(rows.columns):  # each column its own order
+        shuffled[name] = rows[name].sample(frac=1.0, random_state=seed).to_numpy()
+
+    kept, lost = quality_report(rows, run), quality_report(shuffled, run)
+    assert kept["mean_total_variation"] == lost["mean_total_variation"] == 0.0
+    assert kept["total_variation_per_pair_table"]["kappa|lambda"] < 0.01 < 0.2 < \
+        lost["total_variation_per_pair_table"]["kappa|lambda"]
+    assert kept["mean_total_variation_by_outcome_class"] < 0.01 < 0.05 < lost["mean_total_variation_by_outcome_class"]
+    assert "is not" in kept["not_measured"]
+    assert np.isfinite(list(lost["total_variation_by_outcome_class"].values())).all()

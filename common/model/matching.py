@@ -43,7 +43,7 @@ from fedsyn.data.schema import Column
 from fedsyn.model.conditioning import ConditionSampler
 from fedsyn.model.encoder import TableEncoder
 from fedsyn.model.quantiles import EPS, QuantileTargets, float_tensor, midpoints, numeric_outputs
-from fedsyn.privacy.marginals import Marginals, exact_counts, split_column
+from fedsyn.privacy.marginals import Marginals, class_distances, exact_counts, split_column
 
 if TYPE_CHECKING:
     from fedsyn.model.training import GANTrainer
@@ -282,11 +282,5 @@ def release_misfit(trainer: GANTrainer, rng: torch.Generator, rows: int = 2000) 
     handing every candidate model the same stream compares models, not luck."""
     encoder = trainer.encoder
     produced = exact_counts(encoder.decode(trainer.generate(rows, rng=rng)), encoder.schema)
-    split = split_column(encoder.schema)
-    distances = []
-    for column in encoder.schema.columns:
-        if split is not None and column.name == split.name:
-            continue
-        target, made = encoder.marginals.conditional(column.name), produced.conditional(column.name)
-        distances.append(float(np.mean(0.5 * np.abs(target - made).sum(axis=0))))
-    return float(np.mean(distances)) if distances else 0.0
+    distances = class_distances(encoder.marginals, produced, encoder.schema)
+    return float(np.mean(list(distances.values()))) if distances else 0.0

@@ -235,6 +235,17 @@ class Marginals:
         return cls({c.name: np.ones(table_shape(schema, c)) for c in schema.columns})
 
 
+def class_distances(target: Marginals, produced: Marginals, schema: Schema) -> dict[str, float]:
+    """Per column (the split column aside), the total variation between ``produced``'s and
+    ``target``'s P(bin | class), averaged with equal weight per outcome class: how far rows'
+    tables (``produced``) are from the noisy ones in each class, where the outcome's relations
+    live. Post-processing of whatever ``target`` is."""
+    split = split_column(schema)
+    return {column.name: float(np.mean(0.5 * np.abs(target.conditional(column.name)
+                                                     - produced.conditional(column.name)).sum(axis=0)))
+            for column in schema.columns if split is None or column.name != split.name}
+
+
 def _missing_beyond_noise(missing: np.ndarray, class_totals: np.ndarray, floor: float) -> np.ndarray:
     """A nullable column's noisy 'missing' counts, one per class, where each stands alone (no
     neighbouring bins to merge with): a class's count that beats the noise alone
