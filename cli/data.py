@@ -41,6 +41,7 @@ def schema_draft(
         constant_columns,
         duplicate_columns,
         far_bound_columns,
+        far_level_columns,
         log_scale_columns,
         outcome_proxy_columns,
         stray_text_cells,
@@ -74,6 +75,12 @@ def schema_draft(
                       "its values (a typo, or a code such as 999 for 'unknown'): set the public bound (a clinical "
                       f"limit) instead; fedsyn validate --schema {out} {data} then lists the lines outside it, to "
                       "correct or empty[/]")
+    for name, sides in far_level_columns(extract, draft).items():
+        console.print(f"[yellow]column '{name}' was drafted with number levels, and its "
+                      f"{' and '.join('largest' if side == 'upper' else 'smallest' for side in sides)} lies far "
+                      "beyond the others (a code such as 999 for 'unknown'): if it stands for a missing value, "
+                      "add it to the schema's missing_values and drop it from the levels; otherwise correct "
+                      f"those rows (fedsyn validate --schema {out} {data} lists them once it is dropped)[/]")
     for name in constant_columns(extract, draft):
         console.print(f"[yellow]column '{name}' holds one value in every row: unless it names the hospital (a site "
                       "column), it tells nothing, and every column shares the budget (the noise grows with the "

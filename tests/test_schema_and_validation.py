@@ -167,6 +167,20 @@ def test_a_draft_points_at_a_bound_far_beyond_the_rest_of_its_values_and_not_at_
     assert far_bound_columns(rows, draft_schema(rows)) == {"age": ["upper"], "cost": ["lower"]}
 
 
+def test_a_draft_points_at_a_number_level_far_beyond_the_others():
+    """Prior admissions 0-7 and a few 999s for 'unknown' are drafted as levels (few values):
+    the 999 is pointed out (which side, never the value); a count of 0-7 alone and a 1-5 score
+    are not."""
+    from fedsyn.data.schema import far_level_columns
+
+    rng = np.random.default_rng(1)
+    rows = pd.DataFrame({"admissions": rng.poisson(1.2, 2400).clip(0, 7), "score": rng.integers(1, 6, 2400)})
+    assert far_level_columns(rows, draft_schema(rows)) == {}
+    rows.loc[rows.index[:8], "admissions"] = 999
+    draft = draft_schema(rows)
+    assert draft.column("admissions").is_categorical and far_level_columns(rows, draft) == {"admissions": ["upper"]}
+
+
 def test_a_headerless_extract_of_words_is_refused_by_the_draft_and_no_value_is_offered(tmp_path):
     """Found by the session-21 privacy review: a file without a header line whose first record
     is words ('F,ICU,sepsis,dead,67') was drafted with that patient's values as column names,

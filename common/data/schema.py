@@ -515,6 +515,23 @@ def far_bound_columns(frame: pd.DataFrame, schema: Schema) -> dict[str, list[str
     return far
 
 
+def far_level_columns(frame: pd.DataFrame, schema: Schema) -> dict[str, list[str]]:
+    """Of a draft's categorical columns whose levels are all numbers (a count of few values,
+    drafted as levels), those whose largest (smallest) level lies far beyond the rest, as
+    :func:`far_bound_columns` judges a bound: which side, never the value. A newcomer's prior
+    admissions, 0 to 7 and 999 for 'unknown', were drafted with 999 as a level and no word."""
+    frame = without_markers(frame, schema.missing_values, category_levels(schema))
+    far = {}
+    for column in schema.categorical_columns:
+        if column.name not in frame.columns or not all(_is_number(level) for level in column.levels):
+            continue
+        values = pd.to_numeric(frame[column.name], errors="coerce").dropna().to_numpy(dtype=float)
+        sides = [side for side, sign in (("lower", -1.0), ("upper", 1.0)) if _far(sign * values)]
+        if sides:
+            far[column.name] = sides
+    return far
+
+
 def constant_columns(frame: pd.DataFrame, schema: Schema) -> list[str]:
     """Of a draft's columns, those holding one value in every row: they tell nothing, and every
     column shares the budget (its noise grows with the table's width). One value and empty
