@@ -44,6 +44,7 @@ def schema_draft(
         far_level_columns,
         log_scale_columns,
         outcome_proxy_columns,
+        stray_negative_columns,
         stray_text_cells,
         unlisted_columns,
     )
@@ -75,6 +76,12 @@ def schema_draft(
                       "its values (a typo, or a code such as 999 for 'unknown'): set the public bound (a clinical "
                       f"limit) instead; fedsyn validate --schema {out} {data} then lists the lines outside it, to "
                       "correct or empty[/]")
+    for name in stray_negative_columns(extract, draft):
+        console.print(f"[yellow]column '{name}' holds a few values below 0 among values that are otherwise 0 or "
+                      "more (an age of -1 for 'unknown', a length of stay typed with a minus): its drafted lower "
+                      "bound is one of them. If values below 0 are real (an income, a change), keep them; if not, "
+                      "set the public lower bound (0, or a clinical limit), add a code to missing_values and "
+                      f"correct typos (fedsyn validate --schema {out} {data} lists those lines)[/]")
     for name, sides in far_level_columns(extract, draft).items():
         console.print(f"[yellow]column '{name}' was drafted with number levels, and its "
                       f"{' and '.join('largest' if side == 'upper' else 'smallest' for side in sides)} lies far "

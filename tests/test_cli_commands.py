@@ -90,6 +90,8 @@ def test_schema_draft_points_at_stray_text_a_far_bound_and_levels_written_two_wa
     rows.loc[rows.index[7], "age"] = 999
     rows = rows.assign(source="EHR-export", age_again=rows["age"], prior=[i % 4 for i in range(len(rows))])
     rows.loc[rows.index[11], "prior"] = 999  # a code for 'unknown' among a few counts, drafted as levels
+    rows.loc[rows.index[12], "lambda"] = -1.0  # another code for 'unknown'
+
     rows.to_csv(tmp_path / "cohort.csv", index=False)
     result = _invoke("schema", "draft", tmp_path / "cohort.csv", "--out", tmp_path / "draft.json", "--outcome", "death")
     said = " ".join(result.output.split())
@@ -100,6 +102,7 @@ def test_schema_draft_points_at_stray_text_a_far_bound_and_levels_written_two_wa
     assert "column 'sex' lists levels that differ only in letter case" in said
     assert "column 'age': its drafted upper bound lies far beyond the rest of its values" in said
     assert "column 'prior' was drafted with number levels, and its largest lies far beyond the others" in said
+    assert "column 'lambda' holds a few values below 0" in said
     assert "column 'source' holds one value in every row" in said and "'age_again' repeats column 'age'" in said
     assert "umol" not in said and "<3" not in said and "<0.5" not in said  # never shown
     assert "999 " not in said.replace("999 for", "")

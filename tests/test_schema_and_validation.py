@@ -181,6 +181,18 @@ def test_a_draft_points_at_a_number_level_far_beyond_the_others():
     assert draft.column("admissions").is_categorical and far_level_columns(rows, draft) == {"admissions": ["upper"]}
 
 
+def test_a_draft_points_at_a_few_negative_values_among_non_negative_ones(demo_frame):
+    """An age of -1 for 'unknown' made the draft's lower bound -1: named (never the value); a
+    column that really runs below 0 is not."""
+    from fedsyn.data.schema import stray_negative_columns
+
+    rows = demo_frame.head(400).copy()
+    rows["change"] = np.random.default_rng(2).normal(0.0, 1.0, len(rows))  # a change: half below 0
+    assert stray_negative_columns(rows, draft_schema(rows)) == []
+    rows.loc[rows.index[3], "age"] = -1
+    assert stray_negative_columns(rows, draft_schema(rows)) == ["age"]
+
+
 def test_a_headerless_extract_of_words_is_refused_by_the_draft_and_no_value_is_offered(tmp_path):
     """Found by the session-21 privacy review: a file without a header line whose first record
     is words ('F,ICU,sepsis,dead,67') was drafted with that patient's values as column names,

@@ -515,18 +515,39 @@ def far_bound_columns(frame: pd.DataFrame, schema: Schema) -> dict[str, list[str
     return far
 
 
+STRAY_NEGATIVE_SHARE = 0.01  # at most this share of a column's values below 0, the rest not: codes or typos
+
+
+def stray_negative_columns(frame: pd.DataFrame, schema: Schema) -> list[str]:
+    """Of a draft's numeric columns, those with a few values below 0 (at most
+    :data:`STRAY_NEGATIVE_SHARE`) among values that are otherwise all 0 or more: an age of -1
+    for 'unknown', a stay of -2 days typed for 2. The draft made one of them the lower bound.
+    Names only, never the values."""
+    stray = []
+    for column, values in _numeric_values(frame, schema):
+        negative = int((values < 0).sum())
+        if len(values) >= 20 and 0 < negative <= STRAY_NEGATIVE_SHARE * len(values):
+            stray.append(column.name)
+    return stray
+
+
 def far_level_columns(frame: pd.DataFrame, schema: Schema) -> dict[str, list[str]]:
     """Of a draft's categorical columns whose levels are all numbers (a count of few values,
     drafted as levels), those whose largest (smallest) level lies far beyond the rest, as
-    :func:`far_bound_columns` judges a bound: which side, never the value. A newcomer's prior
-    admissions, 0 to 7 and 999 for 'unknown', were drafted with 999 as a level and no word."""
+    :func:`far_bound_columns` judges a bound, and more than :data:`FAR_BOUND_RATIO` times the
+    next level's size (a rare 1 among 0s, a 2 among 0s and 1s, is a rare level, not a code):
+    which side, never the value. A newcomer's prior admissions, 0 to 7 and 999 for 'unknown',
+    were drafted with 999 as a level and no word."""
     frame = without_markers(frame, schema.missing_values, category_levels(schema))
     far = {}
     for column in schema.categorical_columns:
         if column.name not in frame.columns or not all(_is_number(level) for level in column.levels):
             continue
         values = pd.to_numeric(frame[column.name], errors="coerce").dropna().to_numpy(dtype=float)
-        sides = [side for side, sign in (("lower", -1.0), ("upper", 1.0)) if _far(sign * values)]
+        levels = np.unique(values)
+        sides = [side for side, sign, end, next_ in (("lower", -1.0, 0, 1), ("upper", 1.0, -1, -2))
+                 if len(levels) > 1 and _far(sign * values)
+                 and abs(levels[end]) > FAR_BOUND_RATIO * max(1.0, abs(levels[next_]))]
         if sides:
             far[column.name] = sides
     return far
