@@ -122,6 +122,25 @@ def test_an_extracts_own_missing_markers_are_read_as_empty(demo_frame, tmp_path)
     assert (read["test"] == "-").sum() == (rows["test"] == "-").sum()  # its level, not "missing"
 
 
+def test_a_number_marker_empties_the_cells_of_a_column_read_as_numbers(demo_schema, demo_frame, tmp_path):
+    """missing_values ['999', '-1'] empty a number column's 999s and -1s too (a column read as
+    numbers kept them: the marker was compared with text cells only, and validation called them
+    out of bounds); a categorical column listing '999' as a level keeps it."""
+    rows = demo_frame.head(200).copy()
+    rows.loc[rows.index[:3], "creatinine"] = 999
+    rows.loc[rows.index[3:5], "creatinine"] = -1
+    rows.to_csv(tmp_path / "extract.csv", index=False)
+    marked = demo_schema.model_copy(update={"missing_values": ["999", "-1"]})
+    read = read_table(tmp_path / "extract.csv", marked)
+    assert read["creatinine"].isna().sum() == demo_frame.head(200)["creatinine"].isna().sum() + 5
+    assert validate_frame(read, marked).ok
+    coded = rows.assign(sample_yr=np.where(np.arange(len(rows)) < 2, 999, 1995))
+    schema = marked.model_copy(update={"columns": [c.model_copy(update={"categories": ["1995", "999"]})
+                                                   if c.name == "sample_yr" else c for c in marked.columns]})
+    coded.to_csv(tmp_path / "coded.csv", index=False)
+    assert (read_table(tmp_path / "coded.csv", schema)["sample_yr"] == "999").sum() == 2
+
+
 def test_a_lab_column_with_a_few_units_written_in_is_drafted_as_a_number_and_its_stray_cells_are_counted(
         demo_frame):
     """A newcomer's creatinine had 6 cells of 2,400 written '170 umol/L' or '<5': the draft made it

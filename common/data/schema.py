@@ -447,14 +447,20 @@ def _identifier_like(numbers: pd.Series) -> bool:
 def without_markers(frame: pd.DataFrame, markers: list[str], levels: Mapping[str, Collection[str]] | None = None
                     ) -> pd.DataFrame:
     """``frame`` with every text cell that is one of ``markers`` (spaces removed) made empty,
-    except where it is one of its column's ``levels`` (a categorical column's categories)."""
+    and every number cell that a number marker ('999', '-1') equals, except where it is one of
+    its column's ``levels`` (a categorical column's categories). (A column read as numbers once
+    kept its 999s: the marker was compared with text cells only.)"""
     if not markers:
         return frame
     frame = frame.copy()
-    for name in text_columns(frame):
-        series = frame[name]
-        missing = set(markers) - set((levels or {}).get(name, ()))
-        frame[name] = series.mask(series.notna() & series.astype(str).str.strip().isin(missing))
+    texts = text_columns(frame)
+    numbers = {float(marker) for marker in markers if _is_number(marker) and math.isfinite(float(marker))}
+    for name in frame.columns:
+        series, kept = frame[name], set((levels or {}).get(str(name), ()))
+        if name in texts:
+            frame[name] = series.mask(series.notna() & series.astype(str).str.strip().isin(set(markers) - kept))
+        elif numbers and pd.api.types.is_numeric_dtype(series) and not pd.api.types.is_bool_dtype(series):
+            frame[name] = series.mask(series.isin(numbers - {float(level) for level in kept if _is_number(level)}))
     return frame
 
 
