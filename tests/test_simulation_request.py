@@ -198,7 +198,7 @@ def test_records_the_schema_does_not_allow_are_refused_by_default_or_handled_as_
     dropped = prepare(SimulationRequest(data=data, schema=schema, hold_out=0, out_of_domain="drop",
                                         out=tmp_path / "run"))
     assert len(dropped.simulation.train) == len(frame) - 10
-    assert any("10 record(s)" in note and "0 number(s)" in note for note in dropped.warnings)
+    assert any("10 record(s) left out (--out-of-domain drop)" in note for note in dropped.warnings)
     clamped = prepare(SimulationRequest(data=data, schema=schema, hold_out=0, out_of_domain="clamp",
                                         out=tmp_path / "run"))
     assert len(clamped.simulation.train) == len(frame) - 1 and clamped.simulation.train["age"].max() == 105

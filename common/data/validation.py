@@ -297,9 +297,12 @@ class Screening:
 
     @property
     def changed(self) -> str:
-        """What screening did, by count (never a value): for the operator's log and notes."""
-        return (f"{self.dropped} record(s) left out, {self.clamped} number(s) moved onto the schema's bounds, "
-                f"{self.blanked} cell(s) emptied")
+        """What screening did, by count (never a value): for the operator's log and notes. Only
+        what happened is said (a blank run's notes said '0 number(s) moved onto the bounds')."""
+        parts = [f"{self.dropped} record(s) left out" if self.dropped else "",
+                 f"{self.clamped} number(s) moved onto the schema's bounds" if self.clamped else "",
+                 f"{self.blanked} cell(s) emptied" if self.blanked else ""]
+        return ", ".join(part for part in parts if part) or "nothing changed"
 
 
 def screen_records(frame: pd.DataFrame, schema: Schema, handling: RecordHandling, source: str = "data") -> Screening:
