@@ -32,9 +32,12 @@ class Problem:
     counted: str = "row(s)"  # what ``rows`` counts
 
     def describe(self) -> str:
-        """Where first, then what is wrong: a kind ends with how to fix it, so it ends the line."""
+        """Where first, then what is wrong: a kind ends with how to fix it, so it ends the line. A
+        note about several columns ('(bounds)') or the file ('(every column)') is named as such,
+        not as a column ("column '(bounds)'" read as a column of that name)."""
         shown = f" (e.g. {', '.join(self.examples)})" if self.examples else ""
-        return f"column '{self.column}', {self.rows} {self.counted}{shown}: {self.kind}"
+        where = self.column.strip("()") if self.column.startswith("(") else f"column '{self.column}'"
+        return f"{where}, {self.rows} {self.counted}{shown}: {self.kind}"
 
 
 @dataclass(frozen=True)
