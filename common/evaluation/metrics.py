@@ -255,7 +255,10 @@ def by_site(real: pd.DataFrame, synthetic: pd.DataFrame, schema: Schema, site_co
     shows it per hospital (a newcomer's youngest, mean age 34, came out at 42-44, and nothing in
     the report said so)."""
     categorical = [c for c in schema.categorical_columns if c.name not in (site_column, schema.outcome)]
-    numeric = [c for c in schema.columns if not c.is_categorical]
+    # Each numeric column over the whole table, once: its scaled mean and sd, and its plain mean.
+    whole = {c.name: (np.nanmean(scaled), np.nanstd(scaled), pd.to_numeric(real[c.name], errors="coerce").mean())
+             for c in schema.columns if not c.is_categorical
+             for scaled in [_scaled(c, real[c.name])] if np.nanstd(scaled) > 0}
     real_sites, synthetic_sites = real[site_column].astype(str), synthetic[site_column].astype(str)
     sites = []
     for level in schema.column(site_column).levels:
@@ -273,12 +276,12 @@ def by_site(real: pd.DataFrame, synthetic: pd.DataFrame, schema: Schema, site_co
         if categorical:
             entry["category_tv"] = float(np.mean([_tv(mine[c.name], made[c.name], c.levels) for c in categorical]))
         departures = []
-        for column in numeric:
-            whole, own = _scaled(column, real[column.name]), _scaled(column, mine[column.name])
-            if np.isnan(own).all() or not np.nanstd(whole) > 0:
+        for name, (mean, sd, plain_mean) in whole.items():
+            own = _scaled(schema.column(name), mine[name])
+            if np.isnan(own).all():
                 continue
-            values = [pd.to_numeric(frame[column.name], errors="coerce").mean() for frame in (mine, made, real)]
-            departures.append((abs(np.nanmean(own) - np.nanmean(whole)) / np.nanstd(whole), column.name, values))
+            values = [pd.to_numeric(frame[name], errors="coerce").mean() for frame in (mine, made)] + [plain_mean]
+            departures.append((abs(np.nanmean(own) - mean) / sd, name, values))
         entry["departures"] = [{"column": name, "real": float(values[0]), "synthetic": _finite(values[1]),
                                 "all_real": float(values[2]), "departure_sd": float(distance)}
                                for distance, name, values in sorted(departures, reverse=True)[:SITE_DEPARTURES]]
