@@ -362,7 +362,7 @@ def release_statistic(release: Path, site: str, cells: dict[str, np.ndarray]) ->
     if slots is None:
         raise ValueError(f"{release / 'generator.pt'} holds no per-site tables")
     claimed = next(s["epsilon_cumulative"] for s in report["sites"] if s["site"] == site)
-    return cells_statistic(slots[1][slot].tables, cells), float(claimed)
+    return cells_statistic(slots.marginals[slot].tables, cells), float(claimed)
 
 
 @contextmanager

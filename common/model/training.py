@@ -55,6 +55,19 @@ class StepLosses:
     generator: float
 
 
+@dataclass(frozen=True)
+class ReleaseSlots:
+    """What a release draws its site slots by (:meth:`GANTrainer.set_release_slots`), kept as
+    one record so that a checkpoint stores exactly what it was set with: the sites' noisy
+    ``totals`` and tables (DP outputs), the table's own ``site_column`` (if any) and the summed
+    tables' cell noise std (public; None: not known)."""
+
+    totals: list[float]
+    marginals: list[Marginals]
+    site_column: str | None
+    table_noise_std: float | None
+
+
 class GANTrainer:
     """Owns G, D and their optimisers for one encoder; data lives on ``device`` once.
 
@@ -86,14 +99,11 @@ class GANTrainer:
         self.generator = Generator(config.latent_dim, self.conditions.dim + config.site_slots,
                                    config.generator_hidden, encoder.spans).to(self.device)
         # Release: per-slot draw weights and condition samplers (see :meth:`set_release_slots`).
-        self.release_slots: tuple[list[float], list[Marginals]] | None = None
-        self.table_noise_std: float | None = None  # the summed tables' cell noise std, if known
+        self.release_slots: ReleaseSlots | None = None
         self.calibration: SlotCalibration | None = None  # each slot's departure, once the slots' tables are set
         self.slot_weights: torch.Tensor | None = None
         self.slot_conditions: list[ConditionSampler] | None = None
-        # The table's own site column, if any: a released row's value is drawn from its slot's
-        # noisy distribution of that column (see :meth:`set_release_slots`).
-        self.site_column: str | None = None
+        # The table's own site column's values by slot, if it has one (see :meth:`set_release_slots`).
         self.slot_site_values: list[torch.Tensor] | None = None
         # The discriminator is told the slot too: at site k it compares site k's rows with rows
         # generated for site k, so "from another site" is never its cue for "generated".
@@ -352,12 +362,17 @@ class GANTrainer:
         encoder's tables, a single site's own); None for a model with slots whose tables were
         never set."""
         if self.release_slots is not None and self.slot_weights is not None:
-            shares, marginals = self.slot_weights.cpu().numpy().astype(float), self.release_slots[1]
+            shares, marginals = self.slot_weights.cpu().numpy().astype(float), self.release_slots.marginals
         elif self.config.site_slots == 0:
             shares, marginals = np.ones(1), [self.encoder.marginals]
         else:
             return None
         return RakingTargets.of(shares, marginals)
+
+    @property
+    def site_column(self) -> str | None:
+        """The table's own column saying which hospital a row comes from, if the slots name one."""
+        return None if self.release_slots is None else self.release_slots.site_column
 
     def set_release_slots(self, totals: list[float], marginals: list[Marginals], site_column: str | None = None,
                           table_noise_std: float | None = None) -> None:
@@ -375,20 +390,18 @@ class GANTrainer:
         if len(totals) != self.config.site_slots or len(marginals) != self.config.site_slots:
             raise ValueError(f"{len(totals)} totals and {len(marginals)} marginals for "
                              f"{self.config.site_slots} site slots")
+        if site_column is not None and site_column not in self.conditions.columns:
+            raise ValueError(f"site column '{site_column}' is not a categorical column of the schema")
         calibration = SlotCalibration(self.encoder, marginals, table_noise_std, self.device)
-        self.release_slots = (list(totals), list(marginals))  # kept so a checkpoint can store them
+        self.release_slots = ReleaseSlots(list(totals), list(marginals), site_column, table_noise_std)
         weights = torch.as_tensor(np.clip(np.asarray(totals, dtype=float), 1.0, None), dtype=torch.float32)
         self.slot_weights = (weights / weights.sum()).to(self.device)
         self.slot_conditions = [ConditionSampler(self.encoder, self.device, marginals=m) for m in marginals]
-        self.table_noise_std = table_noise_std
         if self.matcher is not None:
             self.matcher.set_slots(marginals)
         self.calibration = calibration
-        self.site_column = site_column
         self.slot_site_values = None
         if site_column is not None:
-            if site_column not in self.conditions.columns:
-                raise ValueError(f"site column '{site_column}' is not a categorical column of the schema")
             self.slot_site_values = [torch.as_tensor(m.probabilities(site_column, floor=0.0), dtype=torch.float32,
                                                      device=self.device) for m in marginals]
 
