@@ -138,7 +138,11 @@ def test_a_number_marker_empties_the_cells_of_a_column_read_as_numbers(demo_sche
     schema = marked.model_copy(update={"columns": [c.model_copy(update={"categories": ["1995", "999"]})
                                                    if c.name == "sample_yr" else c for c in marked.columns]})
     coded.to_csv(tmp_path / "coded.csv", index=False)
-    assert (read_table(tmp_path / "coded.csv", schema)["sample_yr"] == "999").sum() == 2
+    kept = read_table(tmp_path / "coded.csv", schema)
+    assert (kept["sample_yr"] == "999").sum() == 2
+    # kept as a level by design, but said: a drafted level '999' beside a '999' marker went unnoticed
+    note = next(note for note in validate_frame(kept, schema).notes if note.column == "sample_yr")
+    assert note.rows == 2 and "categories" in note.kind and "999" not in note.describe().split(":")[0]
 
 
 def test_a_lab_column_with_a_few_units_written_in_is_drafted_as_a_number_and_its_stray_cells_are_counted(

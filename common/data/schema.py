@@ -340,7 +340,7 @@ def _text_values(frame: pd.DataFrame) -> dict[str, set[str]]:
     return {name: set(frame[name].dropna().astype(str).str.strip().unique()) for name in text_columns(frame)}
 
 
-def _is_number(text: str) -> bool:
+def is_number(text: str) -> bool:
     try:
         float(text)
     except ValueError:
@@ -355,7 +355,7 @@ def marker_levels(text_values: Mapping[str, set[str]]) -> dict[str, set[str]]:
     one value only (a '*' flag, empty otherwise). A '?' among numbers or words stays a marker."""
     levels = {}
     for name, values in text_values.items():
-        symbols = [value for value in values if not _is_number(value)]
+        symbols = [value for value in values if not is_number(value)]
         symbolic = all(len(value) <= 3 and not any(char.isalpha() for char in value) for value in values)
         if len(values) == 1 or (symbolic and len(symbols) >= 2):
             levels[name] = values
@@ -454,13 +454,13 @@ def without_markers(frame: pd.DataFrame, markers: list[str], levels: Mapping[str
         return frame
     frame = frame.copy()
     texts = text_columns(frame)
-    numbers = {float(marker) for marker in markers if _is_number(marker) and math.isfinite(float(marker))}
+    numbers = {float(marker) for marker in markers if is_number(marker) and math.isfinite(float(marker))}
     for name in frame.columns:
         series, kept = frame[name], set((levels or {}).get(str(name), ()))
         if name in texts:
             frame[name] = series.mask(series.notna() & series.astype(str).str.strip().isin(set(markers) - kept))
         elif numbers and pd.api.types.is_numeric_dtype(series) and not pd.api.types.is_bool_dtype(series):
-            frame[name] = series.mask(series.isin(numbers - {float(level) for level in kept if _is_number(level)}))
+            frame[name] = series.mask(series.isin(numbers - {float(level) for level in kept if is_number(level)}))
     return frame
 
 
@@ -547,7 +547,7 @@ def far_level_columns(frame: pd.DataFrame, schema: Schema) -> dict[str, list[str
     frame = without_markers(frame, schema.missing_values, category_levels(schema))
     far = {}
     for column in schema.categorical_columns:
-        if column.name not in frame.columns or not all(_is_number(level) for level in column.levels):
+        if column.name not in frame.columns or not all(is_number(level) for level in column.levels):
             continue
         values = pd.to_numeric(frame[column.name], errors="coerce").dropna().to_numpy(dtype=float)
         levels = np.unique(values)

@@ -14,7 +14,7 @@ from typing import Literal
 import numpy as np
 import pandas as pd
 
-from fedsyn.data.schema import Column, ColumnKind, Schema, off_step, value_like
+from fedsyn.data.schema import Column, ColumnKind, Schema, is_number, off_step, spell_category, value_like
 from fedsyn.errors import InputDataError, closest_name
 
 _EXAMPLES = 3
@@ -101,6 +101,12 @@ def validate_frame(frame: pd.DataFrame, schema: Schema, numbering: RowNumbering 
             sides = _bounds_at_extremes(series, column)
             if sides:
                 named.append(f"{column.name} ({' and '.join(sides)})")
+            listed = _listed_markers(series, column, schema.missing_values)
+            if listed is not None and listed.any():
+                notes.append(Problem(column.name, "cell(s) hold a missing_values marker that this column also lists "
+                                     "among its categories, so they are read as that category, not as missing: "
+                                     "remove it from the column's categories if it means missing here",
+                                     int(listed.sum()), _examples(listed, numbering)))
     if named:  # one note for them all: a drafted schema left as it was has one for every numeric column
         notes.append(Problem("(bounds)", f"{', '.join(named)}: each is this extract's own smallest or largest value. "
                              "A bound read off the rows puts a patient's value in the schema and every release: "
@@ -108,6 +114,20 @@ def validate_frame(frame: pd.DataFrame, schema: Schema, numbering: RowNumbering 
                              "ignore this where the bound is public (an inclusion criterion, an assay's limit)",
                              len(named), counted="column(s)"))
     return ValidationReport(problems=problems, n_rows=len(frame), notes=notes)
+
+
+def _listed_markers(series: pd.Series, column: Column, markers: list[str]) -> np.ndarray | None:
+    """Which cells of a categorical column are a number marker of ``missing_values`` ('999',
+    '-1') that the column lists among its categories. A listed marker is kept as a category by
+    design (a test result's '-'), but a drafted level '999' kept beside a '999' marker for
+    "unknown" was read as a category without a word (a newcomer's finding); None where the
+    column lists no number marker."""
+    numbers = {marker for marker in markers if is_number(marker)}
+    listed = numbers & set(column.categories or []) if column.is_categorical else set()
+    if not listed:
+        return None
+    spelled = series.map(spell_category).where(series.notna())
+    return np.asarray(spelled.astype(str).str.strip().isin(listed) & series.notna(), dtype=bool)
 
 
 def _bounds_at_extremes(series: pd.Series, column: Column) -> list[str]:
