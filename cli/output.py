@@ -34,6 +34,16 @@ def print_verdict(verdict: dict[str, Any], fail_below: float | None = None) -> N
         fail(f"verdict score {verdict['score']:.2f} is below --fail-below {fail_below:g}", code=3)
 
 
+def time_left(round_seconds: list[float], rounds_left: int) -> str:
+    """', about 4 min left' for a progress line: the mean of the last five rounds' seconds times
+    the rounds left (rounds took 3-75 s on a newcomer's loaded machine, so a plain count of
+    rounds said nothing of when the release would come); '' when none is left."""
+    if rounds_left <= 0 or not round_seconds:
+        return ""
+    left = rounds_left * sum(round_seconds[-5:]) / len(round_seconds[-5:])
+    return f", about {max(left, 1):.0f} s left" if left < 90 else f", about {left / 60:.0f} min left"
+
+
 LOG_FORMATS = logs.LOG_FORMATS
 log_format = "text"  # set by the root --log-format option
 

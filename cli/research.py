@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Annotated
 import typer
 from rich.table import Table
 
-from fedsyn.cli.output import check_out_folder, console, fail, print_verdict, program, results, setup_logging
+from fedsyn.cli.output import check_out_folder, console, fail, print_verdict, program, results, setup_logging, time_left
 from fedsyn.data.schema import Schema, SchemaError
 from fedsyn.data.tables import DataFileError, read_table, write_table
 from fedsyn.data.validation import DataValidationError, require_valid
@@ -276,10 +276,13 @@ def simulate(
              "resolve most columns): drop columns or raise --epsilon as it suggests (--batch-size changes DP-SGD "
              "only, not round 0), or pass --yes to run anyway")
 
+    round_seconds: list[float] = []
+
     def on_round(summary: RoundSummary, statuses: dict[int, SiteStatus]) -> None:
+        round_seconds.append(summary.seconds)
         console.print(f"round {summary.round}/{rounds}: {summary.accepted} site(s) accepted, "
                       f"{summary.dropped} dropped, generator loss {summary.generator_loss:.3f}, "
-                      f"{summary.seconds:.1f} s")
+                      f"{summary.seconds:.1f} s{time_left(round_seconds, rounds - summary.round)}")
 
     simulation = prepared.simulation
     try:

@@ -1,6 +1,7 @@
 """The researcher's main job, `fedsyn simulate`, through the real command line (small settings)."""
 
 import json
+import re
 
 from typer.testing import CliRunner
 
@@ -30,6 +31,8 @@ def test_simulate_writes_a_signed_release_with_report_and_passes_gan_options(tmp
     assert report["verdict"]["level"] in ("green", "amber", "red") and report["settings"]["rounds"] == 2
     assert f"verdict: {report['verdict']['level'].upper()}" in result.stdout  # results on stdout
     assert "release signed" in result.stdout and "report.html" in result.stdout  # and where they are
+    first_round = result.output.split("round 1/2:")[1].split("round 2/2")[0]
+    assert re.search(r"about\s+\d+\s+(s|min)\s+left", first_round)  # when the release will come
     assert (out / "local-report" / "held_out.parquet").is_file()
     privacy = json.loads((release / "privacy_report.json").read_text())
     assert len(privacy["sites"]) == 3 and all(site["epsilon_cumulative"] <= 1.0 + 1e-9 for site in privacy["sites"])
