@@ -378,6 +378,11 @@ def test_the_federations_tables_are_the_sum_coarsened_and_each_sites_drawn_towar
         assert all(np.array_equal(own.arrays[name], made.arrays[name]) for name in own.arrays)
     unfloored, _ = federation_tables(demo_schema, parts, 0.0)
     assert any(not np.array_equal(unfloored.tables[name], summed.tables[name]) for name in summed.tables)
+    # One site has nothing to pool: its slot's tables (the release is raked to them) are the sum's,
+    # coarsened, not its raw noise (a glucose no row lacks was raked toward missing in 7 % of a class).
+    alone, (own,) = federation_tables(demo_schema, parts[:1], 1.5)
+    assert all(np.array_equal(own.tables[name], alone.tables[name]) for name in alone.tables)
+    assert any(not np.array_equal(own.tables[name], parts[0].tables[name]) for name in alone.tables)
 
 
 def test_class_sizes_lean_on_the_tables_with_few_bins():
@@ -473,7 +478,7 @@ def test_a_value_piled_at_a_bound_keeps_its_share_when_its_class_is_coarsened(de
     bound) and the release held none: its small classes were spread over the range by width,
     and the bound's bin, one value wide, got nothing. A bound's bin whose count beats the noise
     keeps it; without mass there, none is invented."""
-    from fedsyn.privacy.postprocessing import coarsened
+    from fedsyn.privacy.postprocessing import coarsened, point_mass_beyond_noise
 
     rows = demo_frame.head(4000).copy()
     at_limit = np.random.default_rng(0).random(len(rows)) < 0.32
@@ -486,9 +491,13 @@ def test_a_value_piled_at_a_bound_keeps_its_share_when_its_class_is_coarsened(de
     assert noisy.cell_std * 1.5 * np.sqrt(numeric_bins(demo_schema.column("kappa"))) > floored.class_totals().min()
     np.testing.assert_allclose(shares, truth, atol=0.2)  # the smaller class was spread evenly, its atom kept
     assert shares.min() > 0.15  # it was 0
+    rows = demo_frame.head(4000)
+    noisy = noisy_marginals(rows, demo_schema, 64.0, np.random.default_rng(2))  # nothing at kappa's bounds
+    floored = noisy.without_noise_floor(demo_schema).tables["kappa"]
+    assert (floored[[0, -1]] == 0).all() and (np.abs(noisy.tables["kappa"][[0, -1]]) > 0).all()  # noise is no atom
+    np.testing.assert_allclose(point_mass_beyond_noise(np.array([1000.0, 4.0]), np.array([2500.0, 200.0]), 15.0),
+                               [1000.0, 34.0])  # a class below the noise: the pooled rate, as far as its count allows
     widths = np.r_[1e-9, np.ones(47), 1e-9]
-    spread = coarsened(np.random.default_rng(2).normal(0.0, 90.0, size=49), widths, 135.0, 238.0, atoms=(0, 48))
-    assert spread[0] < 1.0 and spread[48] < 1.0  # noise alone at a bound is no atom
     spike = coarsened(np.r_[400.0, np.zeros(47), 0.0], widths, 135.0, 1.0, atoms=(0, 48))
     assert spike.sum() == pytest.approx(1.0)  # a spike at a bound never makes the class larger
 
@@ -496,12 +505,32 @@ def test_a_value_piled_at_a_bound_keeps_its_share_when_its_class_is_coarsened(de
 def test_what_the_noise_drowns_never_gets_negative_counts_or_more_missing_rows_than_its_class():
     """A review of 822b5b4: a prior left with raw noisy bins (below 0) gave a small class
     negative counts, and a kept 'missing' count or a pooled share could exceed the class."""
-    from fedsyn.privacy.marginals import _missing_beyond_noise
-    from fedsyn.privacy.postprocessing import coarsened
+    from fedsyn.privacy.postprocessing import coarsened, point_mass_beyond_noise
 
     spread = coarsened(np.array([0.3, 0.3, 0, 0, 0, 0.06]), np.ones(6), 1.5, 1.67,
                        prior=np.array([0.9, 0.7, 0.5, -1.3, 0.4, -0.5]))
     assert spread.min() >= 0 and spread.sum() == pytest.approx(1.67)
-    np.testing.assert_allclose(_missing_beyond_noise(np.array([10.0, 0.0]), np.array([5.0, 50.0]), 1.5),
-                               [5.0, 50.0 * 10.0 / 55.0])
-    np.testing.assert_allclose(_missing_beyond_noise(np.array([4.0, 2.9]), np.array([5.0, 1.0]), 1.5), [4.0, 1.0])
+    np.testing.assert_allclose(point_mass_beyond_noise(np.array([10.0, 0.0]), np.array([5.0, 50.0]), 1.5),
+                               [5.0, 3.0])  # the pooled share (9.1 rows) as far as its count (0 + 2 floors) allows
+    np.testing.assert_allclose(point_mass_beyond_noise(np.array([10.0, 2.5]), np.array([50.0, 5.0]), 1.5),
+                               [10.0, 5.0 * 12.5 / 55.0])  # within what its count allows: the pooled share
+    np.testing.assert_allclose(point_mass_beyond_noise(np.array([4.0, 2.9]), np.array([5.0, 1.0]), 1.5), [4.0, 1.0])
+
+
+def test_an_atom_each_class_is_too_noisy_to_hold_takes_the_columns_share(demo_schema, demo_frame):
+    """On the bench's rotterdam table 12-14 % of each class's estrogen receptor values are 0 (its
+    lower bound); one seed's noise put both classes' counts there below their floor, and the
+    release held no 0 at all. The column's count over both classes beats the noise: each class
+    takes its share."""
+    rows = demo_frame.head(4000).copy()
+    at_limit = np.random.default_rng(3).random(len(rows)) < 0.13
+    rows.loc[at_limit, "kappa"] = demo_schema.column("kappa").lower
+    noisy = noisy_marginals(rows, demo_schema, 40.0, np.random.default_rng(1))
+    floor = 1.5 * noisy.cell_std
+    totals = noisy.class_totals()
+    levels = demo_schema.column("death").levels
+    truth = np.array([at_limit[(rows["death"] == level).to_numpy()].sum() for level in levels])
+    assert (truth < 2 * floor).all() and truth.sum() > 2 * floor * np.sqrt(2)  # the case
+    noisy.tables["kappa"][0] = truth  # the cells' noise aside: each class alone stays below its floor
+    shares = noisy.without_noise_floor(demo_schema).tables["kappa"][0] / totals
+    np.testing.assert_allclose(shares, truth.sum() / totals.sum(), rtol=1e-3)  # it was 0 in both classes

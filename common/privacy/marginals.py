@@ -36,7 +36,7 @@ from fedsyn.privacy.pairs import (
     vote_count,
     vote_pairs,
 )
-from fedsyn.privacy.postprocessing import beats_noise_alone, coarsened, onto_simplex, shrunk_to_pool
+from fedsyn.privacy.postprocessing import coarsened, onto_simplex, point_mass_beyond_noise, shrunk_to_pool
 
 
 def split_column(schema: Schema) -> Column | None:
@@ -181,8 +181,9 @@ class Marginals:
         a rare class gets wider bins than a common one, and the noise of a common class's
         cells never lands as invented rows in a rare class; a class too small to say anything of
         the column is spread like the column's counts over every class (coarsened under their
-        own noise), so it shows no effect rather than a false one; so is a nullable column's
-        'missing' cell that the noise drowns (:func:`_missing_beyond_noise`). :attr:`cell_std`
+        own noise), so it shows no effect rather than a false one. A cell that stands alone (a
+        nullable column's 'missing', a continuous column's bound atom) is settled first, class by
+        class (:func:`~fedsyn.privacy.postprocessing.point_mass_beyond_noise`). :attr:`cell_std`
         follows from public numbers only (the noise multiplier, the number of tables, the number
         of sites). Exact counts (std 0) have no noise to drown them and are returned as they are.
         """
@@ -202,8 +203,10 @@ class Marginals:
             atoms = (0, len(widths) - 1) if column.has_bound_atoms else ()
             classes = body.shape[1]
             if column.nullable:
-                table[-1] = _missing_beyond_noise(table[-1], class_totals, threshold * cell_std)
+                table[-1] = point_mass_beyond_noise(table[-1], class_totals, threshold * cell_std)
             present = class_totals - (table[-1] if column.nullable else 0.0)
+            for index in atoms:
+                body[index] = point_mass_beyond_noise(body[index], present, threshold * cell_std)
             every_class = coarsened(body.sum(axis=1), widths, threshold * cell_std * math.sqrt(classes),
                                     float(present.sum()), atoms)  # a class too small to say more is spread like it
             for k in range(classes):
@@ -244,22 +247,6 @@ def class_distances(target: Marginals, produced: Marginals, schema: Schema) -> d
     return {column.name: float(np.mean(0.5 * np.abs(target.conditional(column.name)
                                                      - produced.conditional(column.name)).sum(axis=0)))
             for column in schema.columns if split is None or column.name != split.name}
-
-
-def _missing_beyond_noise(missing: np.ndarray, class_totals: np.ndarray, floor: float) -> np.ndarray:
-    """A nullable column's noisy 'missing' counts, one per class, where each stands alone (no
-    neighbouring bins to merge with): a class's count that beats the noise alone
-    (:func:`~fedsyn.privacy.postprocessing.beats_noise_alone`) is kept; another takes the
-    column's missing share over every class, itself kept only where their sum beats its noise,
-    else none. So a column no row lacks is not released missing (a newcomer's glucose came
-    back missing in 4 % of rows), and a small class is not made never missing where its count
-    is only too noisy to say (the wide table's 238 deaths would have had every pregnancy count
-    recorded: men's are missing by design)."""
-    pooled = float(missing.sum())
-    share = min(pooled / max(float(class_totals.sum()), 1.0), 1.0) \
-        if beats_noise_alone(pooled, floor * math.sqrt(len(missing))) else 0.0
-    kept = [count if beats_noise_alone(count, floor) else share * total for count, total in zip(missing, class_totals)]
-    return np.asarray(np.minimum(kept, class_totals), dtype=float)  # never more missing rows than the class holds
 
 
 def _precise_class_sums(tables: list[np.ndarray]) -> np.ndarray:
@@ -366,9 +353,16 @@ def shrunk_site_tables(schema: Schema, parts: list[Marginals], summed: Marginals
     (measured in docs/benchmarks.md). Each site's cell std
     (:attr:`Marginals.cell_std`, the query's) must be known; pair tables are kept as they are
     (the coordinator pools them, :func:`fedsyn.model.raking.pooled_pair_tables`). The results
-    are no longer counts plus noise of a known std, so their ``cell_std`` is None."""
+    are no longer counts plus noise of a known std, so their ``cell_std`` is None.
+
+    A federation of one site has nothing to pool: its tables are the ``summed`` ones, which are
+    its own post-processed (left raw, a site that no row lacks glucose at was raked toward
+    glucose missing in up to 7 % of a class's rows)."""
     if any(part.cell_std is None for part in parts):
         raise ValueError("a site's noise std is unknown: build its tables with received_marginals")
+    if len(parts) == 1:
+        own = {**parts[0].tables, **{column.name: summed.tables[column.name] for column in measured_columns(schema)}}
+        return [replace(parts[0], tables=own, cell_std=None)]
     stds = np.array([float(part.cell_std or 0.0) for part in parts])
     sizes = np.stack([part.class_totals() for part in parts])
     tables: list[dict[str, np.ndarray]] = [dict(part.tables) for part in parts]

@@ -22,19 +22,42 @@ def beats_noise_alone(count: float, floor: float) -> bool:
     return bool(count >= 2 * floor)
 
 
+def point_mass_beyond_noise(counts: np.ndarray, class_totals: np.ndarray, floor: float) -> np.ndarray:
+    """A cell that stands alone (no neighbouring bins to merge with: a nullable column's
+    'missing', a continuous column's bound atom), one noisy count per outcome class: a class's
+    count that beats the noise alone (:func:`beats_noise_alone`) is kept; another takes the
+    cell's share over every class, itself kept only where their sum beats its noise, else none,
+    and never more than its own count allows (twice ``floor`` above it: where 40 % of survivors
+    and 2 % of deaths sat at an assay's limit, the deaths were otherwise given the survivors'
+    rate); never more than the class's ``class_totals``.
+
+    So a column no row lacks is not released missing (a newcomer's glucose came back missing in
+    4 % of rows), and a class is not made never missing, or never at an assay's limit, where its
+    count is only too noisy to say: the wide table's 238 deaths would have had every pregnancy
+    count recorded (men's are missing by design), and on the bench's rotterdam table, where
+    12-14 % of each class's estrogen receptor values are 0, one seed's noise put both classes'
+    counts below their floor and the release held no 0 at all."""
+    pooled = float(np.sum(counts))
+    share = min(pooled / max(float(np.sum(class_totals)), 1.0), 1.0) \
+        if beats_noise_alone(pooled, floor * math.sqrt(len(counts))) else 0.0
+    kept = [count if beats_noise_alone(count, floor) else min(share * max(total, 0.0), max(count, 0.0) + 2 * floor)
+            for count, total in zip(counts, class_totals)]
+    return np.asarray(np.clip(kept, 0.0, np.maximum(class_totals, 0.0)), dtype=float)
+
+
 def coarsened(counts: np.ndarray, widths: np.ndarray, floor: float, total: float,
               atoms: tuple[int, ...] = (), prior: np.ndarray | None = None) -> np.ndarray:
     """One class's noisy counts over bins of ``widths``, merged where the noise drowns them.
 
     ``atoms`` are bins that hold one value (a continuous column's bounds: a lab value at its
-    assay's limit, see :func:`fedsyn.data.grid.numeric_edges`): spread by width, a group takes
-    nothing there. One whose count beats the noise alone (:func:`beats_noise_alone`; at
-    ``floor`` itself, invented atoms cost the bench's nmes table .03 of its outcome's ROC-AUC)
-    is a group of its own and keeps its count (the kept atoms scaled down to the class's
-    ``total`` if they exceed it: a noise spike never makes a class larger) whatever happens to
-    the others; one that does not is an ordinary bin. (On a newcomer's 54-column table 32 % of
-    troponin values sat at the assay's limit, and the release held none: each class was spread
-    evenly over the range, its atom getting its width's share, about 0.)
+    assay's limit, see :func:`fedsyn.data.grid.numeric_edges`), their counts already settled
+    against the noise (:func:`point_mass_beyond_noise`; at ``floor`` itself, invented atoms
+    cost the bench's nmes table .03 of its outcome's ROC-AUC): spread by width, a group would
+    take nothing there. One with a count is a group of its own and keeps it (the kept atoms
+    scaled down to the class's ``total`` if they exceed it: a noise spike never makes a class
+    larger) whatever happens to the others; an empty one is an ordinary bin. (On a newcomer's
+    54-column table 32 % of troponin values sat at the assay's limit, and the release held
+    none: each class was spread evenly over the range, its atom getting its width's share.)
 
     Adjacent bins are merged until a group's count exceeds ``floor`` times the square root of
     its number of bins (its noise grows so), and each group is spread evenly over its width
@@ -63,7 +86,7 @@ def coarsened(counts: np.ndarray, widths: np.ndarray, floor: float, total: float
     says nothing of the column, which is what its noisy counts support; spread evenly, it said
     something false: a newcomer's readmitted patients' stays (1-13 days), spread over the public
     1-120, gave the release 3.8 times the real spread and 4 times the real effect."""
-    kept = [index for index in atoms if beats_noise_alone(counts[index], floor)]
+    kept = [index for index in atoms if counts[index] > 0]
     if kept:
         rest = np.ones(len(counts), dtype=bool)
         rest[kept] = False
