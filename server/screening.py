@@ -14,7 +14,9 @@ The privacy argument of each check:
   the published ledger wrong.
 - *Shapes, dtypes and finiteness* of every array, each round-0 pair table and its group bounds
   (:func:`fedsyn.privacy.pairs.check_pair_array`, :func:`fedsyn.privacy.pairs.require_group_bounds`):
-  a malformed or non-finite table would reach every site's training as the shared encoding.
+  a malformed or non-finite table would reach every site's training as the shared encoding. A
+  round-0 table's counts lie within ``MAX_SITE_COUNT`` too: every site refuses summed tables
+  beyond :data:`fedsyn.privacy.marginals.MAX_COUNT`, so one site's must not stop them all.
 - *The reported steps equal the requested local steps*: updates are averaged unweighted through
   that metric, so no site's row count is used.
 - *An update's norm* within ``max_update_norm`` when set: a hostile site cannot move the
@@ -43,7 +45,7 @@ from fedsyn.data.schema import Schema
 from fedsyn.federation import protocol
 from fedsyn.privacy.accounting import PrivacyEvent
 from fedsyn.privacy.budget import SiteBudget
-from fedsyn.privacy.marginals import Marginals
+from fedsyn.privacy.marginals import MAX_SITE_COUNT, Marginals, plausible_counts
 from fedsyn.privacy.pairs import check_pair_array, require_group_bounds
 from fedsyn.server.record import FederationError, SiteStatus
 from fedsyn.server.settings import FederationSettings
@@ -158,6 +160,9 @@ class ReplyScreen:
                         require_group_bounds(self.schema, Marginals(dict(arrays)))
                     except ValueError as exc:
                         raise protocol.ReplyError(str(exc)) from None
+                    if not all(plausible_counts(values, MAX_SITE_COUNT) for values in arrays.values()):
+                        # every site refuses summed tables beyond MAX_COUNT: one site must not stop them all
+                        raise protocol.ReplyError(f"noisy tables hold counts beyond {MAX_SITE_COUNT:g}")
                 if payload == protocol.ARRAYS and reply.content.metric_records[protocol.METRICS].get("steps") != \
                         float(expected(site).steps):
                     raise protocol.ReplyError("reported steps differ from the requested local steps")

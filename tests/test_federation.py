@@ -151,6 +151,25 @@ def test_malformed_update_is_dropped_and_named(plan, demo_schema, tmp_path):
     assert all(r.accepted == 2 for r in coordinator.run.rounds)
 
 
+def _inflate_first_sites_tables(reply: Message) -> Message:
+    if reply.metadata.src_node_id == 1001 and protocol.MARGINALS in reply.content:
+        tables = protocol.from_array_record(reply.content.array_records[protocol.MARGINALS])
+        tables = {name: values * 1e12 if name in ("age", "death") else values for name, values in tables.items()}
+        reply.content[protocol.MARGINALS] = protocol.to_array_record(tables)
+    return reply
+
+
+def test_round_zero_tables_beyond_any_sites_size_are_dropped_not_summed(plan, demo_schema, tmp_path):
+    """Every site refuses summed tables beyond MAX_COUNT (a finite 1e308 overflowed into NaN
+    weights), so one site sending such counts would have stopped them all: the coordinator drops
+    its round-0 reply, and the others train and release."""
+    _, coordinator = run_in_process(plan, demo_schema, tmp_path, reply_filter=_inflate_first_sites_tables)
+    report = json.loads((tmp_path / "release" / "privacy_report.json").read_text())
+    bad = next(s for s in report["sites"] if s["node_id"] == 1001)
+    assert bad["dropped"][0]["round"] == 0 and "beyond" in bad["dropped"][0]["reason"]
+    assert all(r.accepted == 2 for r in coordinator.run.rounds)
+
+
 def test_site_refuses_less_noise_than_its_minimum(plan, demo_schema, tmp_path):
     # Noise that fits the budget (the coordinator's plan asks the sites, 2 of 3 rounds fit) but is below
     # a minimum the sites raised: the site's own check refuses it, after round 0 was charged.

@@ -250,6 +250,11 @@ def test_a_model_file_with_a_malformed_pair_table_is_refused(demo_frame, demo_sc
     torch.save(crafted, tmp_path / "huge.pt")
     with pytest.raises(ConfigurationError, match="malformed"):
         load_checkpoint(tmp_path / "huge.pt")
+    # Finite, all positive and beyond any table (a review: the class sums overflowed into NaN weights).
+    tables["age"] = [[1.7e308 for _ in row] for row in tables["age"]]
+    torch.save(crafted, tmp_path / "overflow.pt")
+    with pytest.raises(ConfigurationError, match="malformed noisy tables"):
+        load_checkpoint(tmp_path / "overflow.pt")
 
 
 def test_what_the_cap_takes_back_stays_in_the_slots_outcome_class(demo_frame, demo_schema):

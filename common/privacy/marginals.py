@@ -408,6 +408,15 @@ def summed_tables(schema: Schema, parts: list[Marginals], noise_floor: float) ->
     return summed.without_noise_floor(schema, noise_floor) if noise_floor else summed
 
 
+MAX_SITE_COUNT = 1e9  # beyond any site's rows and noise: the coordinator drops a round-0 reply above it
+MAX_COUNT = 1e12  # the same for a sum over up to a thousand sites (a finite 1e308 overflowed into NaN weights)
+
+
+def plausible_counts(values: np.ndarray, limit: float = MAX_COUNT) -> bool:
+    """Finite counts no larger than ``limit`` either way."""
+    return bool(np.isfinite(values).all() and (np.abs(values) <= limit).all())
+
+
 def check_summed_tables(schema: Schema, summed: Marginals) -> None:
     """The summed round-0 tables as a site receives them with a training request or a model file
     holds them: one table per schema column, of the schema's shape, finite, and pair tables (a
@@ -417,8 +426,8 @@ def check_summed_tables(schema: Schema, summed: Marginals) -> None:
     expected = {column.name: table_shape(schema, column) for column in schema.columns}
     if {name: table.shape for name, table in summed.tables.items()} != expected:
         raise ValueError("the summed tables are not one table per schema column of its shape")
-    if not all(np.isfinite(values).all() for values in summed.arrays.values()):
-        raise ValueError("the summed tables hold non-finite counts")
+    if not all(plausible_counts(values) for values in summed.arrays.values()):
+        raise ValueError(f"the summed tables hold non-finite counts or counts beyond {MAX_COUNT:g}")
     check_pairs(schema, summed)
 
 
@@ -433,8 +442,8 @@ def check_slot_tables(schema: Schema, summed: Marginals, per_slot: list[Marginal
     for slot, tables in enumerate(per_slot):
         if {name: table.shape for name, table in tables.tables.items()} != shapes:
             raise ValueError(f"slot {slot}'s tables are not shaped like the summed tables")
-        if not all(np.isfinite(values).all() for values in tables.arrays.values()):
-            raise ValueError(f"slot {slot}'s tables hold non-finite counts")
+        if not all(plausible_counts(values) for values in tables.arrays.values()):
+            raise ValueError(f"slot {slot}'s tables hold non-finite counts or counts beyond {MAX_COUNT:g}")
         check_pairs(schema, tables)
 
 
