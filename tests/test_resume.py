@@ -69,7 +69,8 @@ def test_a_resumed_run_finishes_and_no_site_pays_twice(plan, demo_schema, tmp_pa
     resumed = next(e for e in entries if e["event"] == "run_resumed")
     assert resumed["after_round"] == 1
     # The summed tables' noise std came back with the state: the release trusts them as a fresh run's does.
-    assert coordinator.trainer is not None and (coordinator.trainer.table_noise_std or 0.0) > 0.0
+    slots = coordinator.trainer.release_slots if coordinator.trainer is not None else None
+    assert slots is not None and (slots.table_noise_std or 0.0) > 0.0
     assert [e["round"] for e in entries if e["event"] == "round_finished"] == [1, 2, 3]
     verify_log(tmp_path / "audit.jsonl")
 
