@@ -14,9 +14,10 @@ The privacy argument of each check:
   the published ledger wrong.
 - *Shapes, dtypes and finiteness* of every array, each round-0 pair table and its group bounds
   (:func:`fedsyn.privacy.pairs.check_pair_array`, :func:`fedsyn.privacy.pairs.require_group_bounds`):
-  a malformed or non-finite table would reach every site's training as the shared encoding. A
-  round-0 table's counts lie within ``MAX_SITE_COUNT`` too: every site refuses summed tables
-  beyond :data:`fedsyn.privacy.marginals.MAX_COUNT`, so one site's must not stop them all.
+  a malformed or non-finite table would reach every site's training as the shared encoding. The
+  counts of both round-0 replies (outcome tables, pair tables) lie within ``MAX_SITE_COUNT``
+  too: every site refuses summed tables beyond :data:`fedsyn.privacy.marginals.MAX_COUNT`, and
+  pooled pair tables of 1e308s crashed the coordinator, so one site's must not stop them all.
 - *The reported steps equal the requested local steps*: updates are averaged unweighted through
   that metric, so no site's row count is used.
 - *An update's norm* within ``max_update_norm`` when set: a hostile site cannot move the
@@ -160,9 +161,11 @@ class ReplyScreen:
                         require_group_bounds(self.schema, Marginals(dict(arrays)))
                     except ValueError as exc:
                         raise protocol.ReplyError(str(exc)) from None
-                    if not all(plausible_counts(values, MAX_SITE_COUNT) for values in arrays.values()):
-                        # every site refuses summed tables beyond MAX_COUNT: one site must not stop them all
-                        raise protocol.ReplyError(f"noisy tables hold counts beyond {MAX_SITE_COUNT:g}")
+                if payload in (protocol.MARGINALS, protocol.PAIR_TABLES) and \
+                        not all(plausible_counts(values, MAX_SITE_COUNT) for values in arrays.values()):
+                    # every site refuses tables beyond MAX_COUNT, and pooling 1e308s crashed the
+                    # coordinator: one site must not stop them all
+                    raise protocol.ReplyError(f"noisy tables hold counts beyond {MAX_SITE_COUNT:g}")
                 if payload == protocol.ARRAYS and reply.content.metric_records[protocol.METRICS].get("steps") != \
                         float(expected(site).steps):
                     raise protocol.ReplyError("reported steps differ from the requested local steps")

@@ -1,6 +1,7 @@
 """Federation end to end on the in-process grid: release, ledger, message contents, bad sites."""
 
 import json
+from collections.abc import Callable
 
 import numpy as np
 import pytest
@@ -151,23 +152,28 @@ def test_malformed_update_is_dropped_and_named(plan, demo_schema, tmp_path):
     assert all(r.accepted == 2 for r in coordinator.run.rounds)
 
 
-def _inflate_first_sites_tables(reply: Message) -> Message:
-    if reply.metadata.src_node_id == 1001 and protocol.MARGINALS in reply.content:
-        tables = protocol.from_array_record(reply.content.array_records[protocol.MARGINALS])
-        tables = {name: values * 1e12 if name in ("age", "death") else values for name, values in tables.items()}
-        reply.content[protocol.MARGINALS] = protocol.to_array_record(tables)
-    return reply
+def _inflated(payload: str, scale: float) -> Callable[[Message], Message]:
+    """A reply filter: the first site's ``payload`` arrays (round 0's tables) times ``scale``."""
+    def inflate(reply: Message) -> Message:
+        if reply.metadata.src_node_id == 1001 and payload in reply.content:
+            tables = protocol.from_array_record(reply.content.array_records[payload])
+            reply.content[payload] = protocol.to_array_record(
+                {name: values if name.startswith("pairbins:") else values * scale for name, values in tables.items()})
+        return reply
+    return inflate
 
 
-def test_round_zero_tables_beyond_any_sites_size_are_dropped_not_summed(plan, demo_schema, tmp_path):
+@pytest.mark.parametrize(("payload", "scale"), [(protocol.MARGINALS, 1e12), (protocol.PAIR_TABLES, -1e306)])
+def test_round_zero_tables_beyond_any_sites_size_are_dropped_not_summed(plan, demo_schema, tmp_path, payload, scale):
     """Every site refuses summed tables beyond MAX_COUNT (a finite 1e308 overflowed into NaN
-    weights), so one site sending such counts would have stopped them all: the coordinator drops
-    its round-0 reply, and the others train and release."""
-    _, coordinator = run_in_process(plan, demo_schema, tmp_path, reply_filter=_inflate_first_sites_tables)
+    weights), so one site sending such counts would have stopped them all, and pair tables of
+    -1e308 crashed the coordinator as it pooled them (a review): the coordinator drops that
+    round-0 reply, and the others train and release."""
+    _, coordinator = run_in_process(plan, demo_schema, tmp_path, reply_filter=_inflated(payload, scale))
     report = json.loads((tmp_path / "release" / "privacy_report.json").read_text())
     bad = next(s for s in report["sites"] if s["node_id"] == 1001)
     assert bad["dropped"][0]["round"] == 0 and "beyond" in bad["dropped"][0]["reason"]
-    assert all(r.accepted == 2 for r in coordinator.run.rounds)
+    assert all(r.accepted == (2 if payload == protocol.MARGINALS else 3) for r in coordinator.run.rounds)
 
 
 def test_site_refuses_less_noise_than_its_minimum(plan, demo_schema, tmp_path):

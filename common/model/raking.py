@@ -176,9 +176,11 @@ def slot_margins(frame: pd.DataFrame, rows: np.ndarray, classes: np.ndarray, sch
 def _within_reach(target: np.ndarray, reach: np.ndarray) -> np.ndarray:
     """``target`` (groups × classes, a distribution) with no cell above its ``reach`` (what its
     pool rows can hold under the cap), what is taken off given to the class's other cells in
-    proportion. Asked for more, the raking piled weight on a point mass's few pool rows within
-    each sweep and the cap cut it after, leaving every other margin bent (a site's 32 % at an
-    assay's limit against the pool's 1 % moved a categorical column's class tables by .2 TV)."""
+    proportion to their targets (to their room left where the class has no other target: a
+    class the table puts wholly in one cell keeps its share). Asked for more, the raking piled
+    weight on a point mass's few pool rows within each sweep and the cap cut it after, leaving
+    every other margin bent (a site's 32 % at an assay's limit against the pool's 1 % moved a
+    categorical column's class tables by .2 TV)."""
     target = np.asarray(target, dtype=float).copy()
     for _ in range(target.shape[0]):
         over = target > reach
@@ -186,8 +188,11 @@ def _within_reach(target: np.ndarray, reach: np.ndarray) -> np.ndarray:
             break
         excess = np.where(over, target - reach, 0.0).sum(axis=0)
         target = np.where(over, reach, target)
-        free = np.where(target < reach, target, 0.0)
-        target += free * (excess / np.maximum(free.sum(axis=0), 1e-300))[None, :]
+        room = np.maximum(reach - target, 0.0)
+        # in proportion to the class's other targets; to what room is left where it has none
+        share = np.where((np.where(room > 0, target, 0.0).sum(axis=0) > 0)[None, :], np.where(room > 0, target, 0.0),
+                         room)
+        target += share * (excess / np.maximum(share.sum(axis=0), 1e-300))[None, :]
     return target
 
 

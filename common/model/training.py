@@ -29,7 +29,7 @@ from fedsyn.model.matching import TableMatcher
 from fedsyn.model.networks import Discriminator, Generator, reset_parameters
 from fedsyn.model.raking import POOL_FACTOR, RakingTargets, release_weights, systematic_picks
 from fedsyn.privacy.dp_sgd import poisson_sample, private_gradient
-from fedsyn.privacy.marginals import Marginals
+from fedsyn.privacy.marginals import Marginals, plausible_counts
 from fedsyn.privacy.randomness import torch_generator
 
 RAKED_CHUNK = 8192  # released rows per raked pool at most (a pool holds POOL_FACTOR times as many)
@@ -392,6 +392,8 @@ class GANTrainer:
                              f"{self.config.site_slots} site slots")
         if site_column is not None and site_column not in self.conditions.columns:
             raise ValueError(f"site column '{site_column}' is not a categorical column of the schema")
+        if not plausible_counts(np.asarray(totals, dtype=float)):  # NaN slot weights failed in torch's sampler
+            raise ValueError("the sites' noisy totals are not finite counts within range")
         calibration = SlotCalibration(self.encoder, marginals, table_noise_std, self.device)
         self.release_slots = ReleaseSlots(list(totals), list(marginals), site_column, table_noise_std)
         weights = torch.as_tensor(np.clip(np.asarray(totals, dtype=float), 1.0, None), dtype=torch.float32)
