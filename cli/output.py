@@ -40,8 +40,8 @@ def time_left(round_seconds: list[float], rounds_left: int) -> str:
     rounds said nothing of when the release would come); '' when none is left."""
     if rounds_left <= 0 or not round_seconds:
         return ""
-    left = rounds_left * sum(round_seconds[-5:]) / len(round_seconds[-5:])
-    return f", about {max(left, 1):.0f} s left" if left < 90 else f", about {left / 60:.0f} min left"
+    left = round(rounds_left * sum(round_seconds[-5:]) / len(round_seconds[-5:]))
+    return f", about {max(left, 1)} s left" if left < 90 else f", about {round(left / 60)} min left"
 
 
 LOG_FORMATS = logs.LOG_FORMATS

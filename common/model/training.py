@@ -394,18 +394,21 @@ class GANTrainer:
             raise ValueError(f"site column '{site_column}' is not a categorical column of the schema")
         if not plausible_counts(np.asarray(totals, dtype=float)):  # NaN slot weights failed in torch's sampler
             raise ValueError("the sites' noisy totals are not finite counts within range")
+        # Everything that reads the tables first, then the trainer's state: tables a distribution
+        # cannot be read from raise here and leave the trainer as it was.
         calibration = SlotCalibration(self.encoder, marginals, table_noise_std, self.device)
-        self.release_slots = ReleaseSlots(list(totals), list(marginals), site_column, table_noise_std)
-        weights = torch.as_tensor(np.clip(np.asarray(totals, dtype=float), 1.0, None), dtype=torch.float32)
-        self.slot_weights = (weights / weights.sum()).to(self.device)
-        self.slot_conditions = [ConditionSampler(self.encoder, self.device, marginals=m) for m in marginals]
+        conditions = [ConditionSampler(self.encoder, self.device, marginals=m) for m in marginals]
+        site_values = None if site_column is None else [
+            torch.as_tensor(m.probabilities(site_column, floor=0.0), dtype=torch.float32, device=self.device)
+            for m in marginals]
         if self.matcher is not None:
             self.matcher.set_slots(marginals)
+        weights = torch.as_tensor(np.clip(np.asarray(totals, dtype=float), 1.0, None), dtype=torch.float32)
+        self.release_slots = ReleaseSlots(list(totals), list(marginals), site_column, table_noise_std)
+        self.slot_weights = (weights / weights.sum()).to(self.device)
+        self.slot_conditions = conditions
         self.calibration = calibration
-        self.slot_site_values = None
-        if site_column is not None:
-            self.slot_site_values = [torch.as_tensor(m.probabilities(site_column, floor=0.0), dtype=torch.float32,
-                                                     device=self.device) for m in marginals]
+        self.slot_site_values = site_values
 
     def _impose_site_values(self, rows: torch.Tensor, slots: torch.Tensor, rng: torch.Generator) -> torch.Tensor:
         """Each row's site-column one-hot drawn from its slot's noisy distribution of that column."""
