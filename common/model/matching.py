@@ -151,10 +151,12 @@ class TableMatcher:
         encoder's), and each categorical column's P(value | class) beside the summed tables'.
         So a hospital's own mix (a treatment one period used more) reaches the generator's output.
         Its numeric columns' quantiles reach the release by :mod:`fedsyn.model.calibration`."""
-        self.pairs = [term for slot, marginals in enumerate(per_slot) for term in self._pair_terms(marginals, slot)]
+        pairs = [term for slot, marginals in enumerate(per_slot) for term in self._pair_terms(marginals, slot)]
+        targets = [_SoftmaxBlocks.targets([float_tensor(marginals.conditional(name).T, self.device)
+                                           for name, _ in self._categorical]) for marginals in per_slot]
+        # Set only once every table was read: a table that cannot be read leaves the matcher as it was.
+        self.pairs, self.slot_targets = pairs, targets
         self.slot_softmax = _SoftmaxBlocks([(span.start, span.end) for _, span in self._categorical], self.device)
-        self.slot_targets = [_SoftmaxBlocks.targets([float_tensor(marginals.conditional(name).T, self.device)
-                                                     for name, _ in self._categorical]) for marginals in per_slot]
 
     def _pair_terms(self, marginals: Marginals, slot: int | None) -> list[_Pair]:
         totals = marginals.class_totals()

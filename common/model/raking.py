@@ -189,9 +189,8 @@ def _within_reach(target: np.ndarray, reach: np.ndarray) -> np.ndarray:
         excess = np.where(over, target - reach, 0.0).sum(axis=0)
         target = np.where(over, reach, target)
         room = np.maximum(reach - target, 0.0)
-        # in proportion to the class's other targets; to what room is left where it has none
-        share = np.where((np.where(room > 0, target, 0.0).sum(axis=0) > 0)[None, :], np.where(room > 0, target, 0.0),
-                         room)
+        free = np.where(room > 0, target, 0.0)  # the class's other targets, where rows can take more
+        share = np.where(free.sum(axis=0) > 0, free, room)  # a class with none: by the room left
         target += share * (excess / np.maximum(share.sum(axis=0), 1e-300))[None, :]
     return target
 
