@@ -83,6 +83,7 @@ def privacy_report(run: RunRecord, public_facts: dict[str, object] | None = None
             so_far = [e for e in site.events if (e.round or 0) <= (event.round or 0)]
             rounds.append({**asdict(event), "epsilon_after": run.epsilon_of(site, so_far)})
         this_run = run.epsilon_of(site)
+        unconfirmed = sorted(set(site.unconfirmed))  # charged perhaps, and not in ``site.events``
         # The site's last word on its ledger: a privacy event's claim, or (a site asked nothing
         # more after its budget reply) what it said its ledger held before round 0.
         cumulative = max(site.claimed_epsilon, site.spent_before or 0.0, this_run)
@@ -98,6 +99,8 @@ def privacy_report(run: RunRecord, public_facts: dict[str, object] | None = None
             "site": site.name,
             "node_id": site.node_id,
             "epsilon_this_run": this_run,
+            "epsilon_this_run_is_lower_bound": bool(unconfirmed),
+            "unconfirmed_rounds": unconfirmed,
             "epsilon_cumulative": cumulative,
             "epsilon_cumulative_is_upper_bound": bound is not None,
             **({"upper_bound_reason": bound} if bound else {}),
@@ -115,7 +118,9 @@ def privacy_report(run: RunRecord, public_facts: dict[str, object] | None = None
         "guarantee": "record-level (epsilon, delta)-DP per site, add/remove-one-record adjacency, "
                      "composed over all rounds with the accountant below",
         "scope": "epsilon_this_run is recomputed from the privacy events the coordinator received, at each site's "
-                 "own delta; budget_epsilon_asked is the most the run let the site's ledger reach (the run's "
+                 "own delta: a lower bound where a round's charge is unconfirmed (unconfirmed_rounds: no reply, "
+                 "a failure after the charge, or a rejected reply), which the ledger list leaves out too; "
+                 "budget_epsilon_asked is the most the run let the site's ledger reach (the run's "
                  "epsilon above epsilon_before_run, never above the site's max_epsilon); epsilon_cumulative is the "
                  "site's own ledger over all runs as last claimed, or an upper "
                  "bound with its reason when a request may have been charged without a claim reaching the "

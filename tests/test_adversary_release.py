@@ -123,6 +123,7 @@ RELEASE_KEYS: dict[str, dict[str, str]] = {
                    *(f"site_level_dp.{k}" for k in ("epsilon", "delta", "releases", "noise_multiplier",
                                                     "clipping_norm")),
                    *(f"sites.[].{k}" for k in ("site", "node_id", "epsilon_this_run", "epsilon_cumulative",
+                                               "epsilon_this_run_is_lower_bound", "unconfirmed_rounds",
                                                "epsilon_cumulative_is_upper_bound", "upper_bound_reason",
                                                "epsilon_claimed_by_site", "delta", "within_budget",
                                                "epsilon_before_run", "max_epsilon", "budget_epsilon_asked",

@@ -314,7 +314,7 @@ def test_a_site_that_stops_is_named_and_the_round_goes_on_above_the_minimum(demo
 
 
 def test_a_site_charged_whose_reply_is_lost_is_reported_at_least_at_its_ledger(plan, demo_schema, tmp_path):
-    """Issue 23 item 1: a site charged for rounds 2 and 3 whose replies never arrive. The release's
+    """Issue 23 item 1: a site charged for rounds 1 to 3 whose replies never arrive. The release's
     cumulative epsilon for it must not be below what its own ledger holds; it is a stated bound."""
 
     answered = []
@@ -322,7 +322,7 @@ def test_a_site_charged_whose_reply_is_lost_is_reported_at_least_at_its_ledger(p
     def lose_first_site_from_round_two(reply):
         if reply.metadata.src_node_id != 1001:
             return reply
-        answered.append(reply)  # round 0's two releases, then rounds 1, 2, 3
+        answered.append(reply)  # the budget query, round 0's two releases, then rounds 1, 2, 3
         return None if len(answered) >= 4 else reply
 
     run_in_process(plan, demo_schema, tmp_path, reply_filter=lose_first_site_from_round_two)
@@ -331,10 +331,14 @@ def test_a_site_charged_whose_reply_is_lost_is_reported_at_least_at_its_ledger(p
     ledger = PrivacyLedger.load(SitePolicy.load(plan.policies[0]).ledger)
     assert len(ledger.events) == 5  # round 0's two releases and rounds 1-3 were all charged at the site
     assert lost["epsilon_cumulative"] >= ledger.epsilon() - 1e-9
-    assert lost["epsilon_cumulative_is_upper_bound"] and "2, 3" in lost["upper_bound_reason"]
+    assert lost["epsilon_cumulative_is_upper_bound"] and "1, 2, 3" in lost["upper_bound_reason"]
     assert report["max_epsilon_any_site"] >= ledger.epsilon() - 1e-9
+    # this run's figure holds only the events that arrived: it says it is a lower bound, and of which rounds
+    assert lost["epsilon_this_run"] < ledger.epsilon() - 1e-6
+    assert lost["epsilon_this_run_is_lower_bound"] and lost["unconfirmed_rounds"] == [1, 2, 3]
     others = [s for s in report["sites"] if s["node_id"] != 1001]
-    assert not any(s["epsilon_cumulative_is_upper_bound"] for s in others)
+    assert not any(s["epsilon_cumulative_is_upper_bound"] or s["epsilon_this_run_is_lower_bound"]
+                   or s["unconfirmed_rounds"] for s in others)
 
 
 def test_a_site_charged_whose_reply_is_rejected_is_reported_at_least_at_its_ledger(plan, demo_schema, tmp_path):
@@ -357,6 +361,9 @@ def test_a_site_charged_whose_reply_is_rejected_is_reported_at_least_at_its_ledg
     assert rejected["epsilon_cumulative"] >= ledger.epsilon() - 1e-9
     assert rejected["epsilon_cumulative_is_upper_bound"] and "rejected" in rejected["upper_bound_reason"]
     assert report["max_epsilon_any_site"] >= ledger.epsilon() - 1e-9
+    # the third privacy review (F1): the charged round is not in this run's figure, which says so
+    assert rejected["epsilon_this_run"] < ledger.epsilon() - 1e-6
+    assert rejected["epsilon_this_run_is_lower_bound"] and rejected["unconfirmed_rounds"] == [bounded.rounds]
 
 
 class _EchoingGrid(InProcessGrid):

@@ -310,7 +310,8 @@ function renderRelease(state) {
   const sites = table(["site", {label: "\\u03b5 cumulative", num: true}, {label: "\\u03b5 this run", num: true},
                        {label: "\\u03b4", num: true}, {label: "budget", num: true}, {label: "rounds", num: true},
                        {label: "dropped", num: true}],
-    r.sites.map(s => [td(s.site), td(fmt(s.epsilon_cumulative), "num"), td(fmt(s.epsilon_this_run), "num"),
+    r.sites.map(s => [td(s.site), td(fmt(s.epsilon_cumulative), "num"),
+                      td((s.epsilon_this_run_is_lower_bound ? "\\u2265 " : "") + fmt(s.epsilon_this_run), "num"),
                       td(s.delta, "num"), td(s.budget_epsilon_asked, "num"), td(s.rounds_accepted, "num"),
                       td(s.dropped, "num")]));
   const notes = [];

@@ -304,6 +304,7 @@ def _one_release(folder: Path, public_key: Path | None) -> dict[str, Any] | None
             "mean_total_variation": quality.get("mean_total_variation"),
             "max_epsilon_any_site": privacy.get("max_epsilon_any_site"),
             "sites": [{key: site.get(key) for key in ("site", "epsilon_cumulative", "epsilon_this_run",
+                                                       "epsilon_this_run_is_lower_bound",
                                                        "delta", "max_epsilon", "budget_epsilon_asked", "within_budget")}
                       | {"node_id": str(site.get("node_id")),
                          "rounds_accepted": len(site.get("rounds_accepted", [])),
