@@ -188,6 +188,11 @@ def test_a_draft_points_at_a_bound_far_beyond_the_rest_of_its_values_and_not_at_
     rows.loc[rows.index[5], "age"] = 999
     rows.loc[rows.index[9], "cost"] = -1e6
     assert far_bound_columns(rows, draft_schema(rows)) == {"age": ["upper"], "cost": ["lower"]}
+    # a newcomer's code in 1 % of rows or more was its own 99th percentile and went unnoticed
+    rows.loc[rows.index[:12], "age"] = 999
+    assert far_bound_columns(rows, draft_schema(rows))["age"] == ["upper"]
+    limited = demo_frame.head(400).assign(kappa=lambda f: f["kappa"].clip(upper=3.0))  # a pile at an assay's limit
+    assert (limited["kappa"] == 3.0).mean() > 0.05 and "kappa" not in far_bound_columns(limited, draft_schema(limited))
 
 
 def test_a_draft_points_at_a_number_level_far_beyond_the_others():
@@ -199,9 +204,10 @@ def test_a_draft_points_at_a_number_level_far_beyond_the_others():
     rng = np.random.default_rng(1)
     rows = pd.DataFrame({"admissions": rng.poisson(1.2, 2400).clip(0, 7), "score": rng.integers(1, 6, 2400)})
     assert far_level_columns(rows, draft_schema(rows)) == {}
-    rows.loc[rows.index[:8], "admissions"] = 999
-    draft = draft_schema(rows)
-    assert draft.column("admissions").is_categorical and far_level_columns(rows, draft) == {"admissions": ["upper"]}
+    for coded in (8, 120):  # 0.3 % and 5 % of rows (at 1 % and more, the code was its own 99th percentile)
+        rows.loc[rows.index[:coded], "admissions"] = 999
+        draft = draft_schema(rows)
+        assert draft.column("admissions").is_categorical and far_level_columns(rows, draft) == {"admissions": ["upper"]}
 
 
 def test_a_draft_points_at_a_few_negative_values_among_non_negative_ones(demo_frame):

@@ -506,6 +506,7 @@ def _stray_cells(cells: pd.Series) -> int:
 # from 0 up must also exceed (a count of visits, mostly 0, reaches 0.9 there).
 FAR_BOUND_RATIO = 10.0
 FAR_BOUND_LOG_RATIO = 2.0
+FAR_CODE_SHARE = 0.25  # a largest value held by more of the cells is a pile (an assay's limit), not a code
 
 
 def far_bound_columns(frame: pd.DataFrame, schema: Schema) -> dict[str, list[str]]:
@@ -653,16 +654,24 @@ def _numeric_cells(frame: pd.DataFrame, schema: Schema) -> Iterator[tuple[Column
 
 
 def _far(values: np.ndarray) -> bool:
-    """Whether ``values``' largest lies far beyond their 99th percentile (:func:`far_bound_columns`)."""
+    """Whether ``values``' largest lies far beyond the 99th percentile of the others (the cells
+    below it: a code for unknown in 1 % of rows or more was its own 99th percentile, and a
+    newcomer's age of 999 in 28 of 2,500 rows was drafted as the upper bound without a word),
+    unless it holds more than :data:`FAR_CODE_SHARE` of them: a pile, such as an assay's limit
+    (:func:`far_bound_columns`)."""
     if len(values) < 20:
         return False
-    middle, high, top = np.quantile(values, [0.5, 0.99, 1.0])
+    top = float(values.max())
+    others = values[values < top]
+    if len(others) < 20 or len(others) < (1.0 - FAR_CODE_SHARE) * len(values):
+        return False
+    middle, high = np.quantile(others, [0.5, 0.99])
     if top - high <= FAR_BOUND_RATIO * max(high - middle, 1e-12):
         return False
     if values.min() < 0:  # not a measure from 0 up: the linear scale alone
         return True
-    middle, high, top = np.quantile(np.log1p(values), [0.5, 0.99, 1.0])
-    return bool(top - high > FAR_BOUND_LOG_RATIO * max(high - middle, 1e-12))
+    middle, high = np.quantile(np.log1p(others), [0.5, 0.99])
+    return bool(math.log1p(top) - high > FAR_BOUND_LOG_RATIO * max(high - middle, 1e-12))
 
 
 def _text_cells(numeric: pd.Series) -> int:
