@@ -76,6 +76,18 @@ def test_a_lone_misspelt_column_is_paired_and_non_numbers_say_how_to_fix_them(de
     assert "misspelt" not in lines["mgus"] and "add it to the extract" in lines["mgus"]
 
 
+def test_numbers_written_with_thousands_separators_are_named_as_such_never_by_value(demo_frame, demo_schema):
+    """A newcomer's costs written '6,994.91' failed in every row as 'not a number', with a hint
+    about detection limits and units and none about the separator."""
+    frame = demo_frame.head(20).astype({"age": object})
+    frame.loc[frame.index[:3], "age"] = ["1,050", "2,000.5", "n/a?"]
+    problems = [p for p in validate_frame(frame, demo_schema).problems if p.column == "age"]
+    grouped = next(p for p in problems if "thousands separators" in p.describe())
+    other = next(p for p in problems if "not a number" in p.describe())
+    assert grouped.rows == 2 and other.rows == 1
+    assert not any(value in p.describe() for p in problems for value in ("1,050", "2,000.5", "n/a?"))
+
+
 def test_a_drafts_outcome_typo_and_a_schemas_bad_column_name_the_column_never_a_value(demo_frame, tmp_path):
     """`fedsyn schema draft --outcome readmit` printed pydantic's error with a repr of the draft
     (bounds read off private rows); a bad kind was reported as 'columns.2.kind'."""

@@ -261,6 +261,9 @@ def _letter_case_hint(unknown: pd.Series, categories: list[str]) -> str:
             "schema does")
 
 
+THOUSANDS_GROUPED = r"[+-]?\d{1,3}(,\d{3})+(\.\d+)?"  # a number written 6,994.91: read as text
+
+
 def _column_masks(series: pd.Series, column: Column) -> list[tuple[str, np.ndarray]]:
     """Each kind of record-level problem in one column, with the rows that have it."""
     found: list[tuple[str, np.ndarray]] = []
@@ -280,6 +283,11 @@ def _column_masks(series: pd.Series, column: Column) -> list[tuple[str, np.ndarr
         return found
     numeric = pd.to_numeric(series, errors="coerce").to_numpy(dtype=float)
     non_numeric = present & np.isnan(numeric)
+    grouped = non_numeric & series.astype(str).str.strip().str.fullmatch(THOUSANDS_GROUPED).to_numpy(dtype=bool)
+    if grouped.any():
+        found.append(("value is written with thousands separators (1,234.5): write it without them (1234.5)",
+                      grouped))
+        non_numeric = non_numeric & ~grouped
     if non_numeric.any():
         found.append(("value is not a number: write the number (a lab's '<0.3' as the public detection limit, "
                       "0.3, a unit removed), or leave the cell empty and mark the column nullable; an extract that "
