@@ -42,22 +42,19 @@ def _said(result) -> str:
 
 # -- 1. CSV hints ------------------------------------------------------------------------------
 
-def test_codes_written_with_a_decimal_point_are_named_as_such(tmp_path, demo_frame, demo_schema):
+def test_codes_written_with_a_decimal_point_are_read_as_the_schemas_levels(tmp_path, demo_frame, demo_schema):
+    """pandas writes a number column with gaps as '2.0'; a newcomer's draft, which read such a
+    column as numbers and named its levels '0'-'7', was refused by validate on its own file.
+    A whole number written with a decimal point is read as the level spelled without it; a
+    code the schema does not list stays a problem."""
     frame = demo_frame.head(40).copy()
     frame["flc_grp"] = frame["flc_grp"].astype(str) + ".0"  # what pandas writes for a float column with gaps
+    frame.loc[frame.index[0], "flc_grp"] = "11.0"
     frame.to_csv(tmp_path / "codes.csv", index=False)
-    report = validate_frame(read_table(tmp_path / "codes.csv", demo_schema), demo_schema)
-    (problem,) = report.problems
-    assert problem.column == "flc_grp" and "decimal point" in problem.kind and "1.0 for '1'" in problem.kind
-    result = _invoke("validate", tmp_path / "codes.csv", "--schema", SCHEMA)
-    assert result.exit_code == 1 and "decimal point" in _said(result)
-
-
-def test_an_unknown_category_that_is_not_a_decimal_code_gets_no_decimal_hint(demo_frame, demo_schema):
-    frame = demo_frame.head(10).copy()
-    frame["flc_grp"] = "11"
-    (problem,) = validate_frame(frame, demo_schema).problems
-    assert "decimal point" not in problem.kind
+    read = read_table(tmp_path / "codes.csv", demo_schema)
+    assert read["flc_grp"].iloc[1:].tolist() == demo_frame["flc_grp"].head(40).astype(str).iloc[1:].tolist()
+    (problem,) = validate_frame(read, demo_schema).problems
+    assert problem.column == "flc_grp" and problem.rows == 1 and "11" not in problem.describe()
 
 
 @pytest.mark.parametrize(("separator", "suffix", "said"), [

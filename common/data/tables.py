@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import re
 from pathlib import Path
 
 import pandas as pd
@@ -126,12 +127,17 @@ def write_table(frame: pd.DataFrame, path: str | Path) -> None:
 
 def _as_category(series: pd.Series, levels: set[str]) -> pd.Series:
     """Categorical codes as strings, spelled as the schema spells them (see :func:`spell_category`),
-    a level with stray surrounding spaces read as that level."""
+    a level with stray surrounding spaces read as that level, and a whole-number level written
+    with a decimal point ('2.0' for '2': pandas writes a number column with gaps so, and a
+    newcomer's draft, which read the column as numbers, was refused by validate on its own file)."""
     def spelled(value: object) -> object:
         text = spell_category(value)
-        if isinstance(text, str) and text not in levels and text.strip() in levels:
+        if not isinstance(text, str) or text in levels:
+            return text
+        if text.strip() in levels:
             return text.strip()
-        return text
+        whole = re.fullmatch(r"\s*([+-]?\d+)\.0+\s*", text)
+        return whole.group(1) if whole and whole.group(1) in levels else text
 
     return series.map(spelled).astype(object)
 

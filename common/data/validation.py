@@ -6,7 +6,6 @@ row numbers (never the values: they are patient data); nothing is dropped or rep
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
@@ -235,20 +234,6 @@ def _as_category_text(series: pd.Series) -> pd.Series:
     return series.map(lambda v: str(int(v)) if isinstance(v, float) and v.is_integer() else str(v))
 
 
-def _decimal_code_hint(unknown: pd.Series, categories: list[str]) -> str:
-    """A hint when unknown codes are the schema's whole-number codes written with a decimal point
-    (19.0 for '19': pandas writes a numeric column with gaps so). Its example comes from the
-    schema, never from the rows."""
-    written = unknown.str.fullmatch(r"[+-]?\d+\.0+")
-    whole = written & unknown.str.replace(r"\.0+$", "", regex=True).isin(categories)
-    example = next((c for c in categories if re.fullmatch(r"[+-]?\d+", c)), None)
-    if example is None or not whole.any():
-        return ""
-    share = "" if whole.all() else f" ({int(whole.sum())} of them)"
-    return (f"; values look like numbers written with a decimal point{share}: {example}.0 for '{example}'. "
-            "Write the codes as the schema does (e.g. save the column as text, or as whole numbers)")
-
-
 def _letter_case_hint(unknown: pd.Series, categories: list[str]) -> str:
     """A hint when unknown values are the schema's categories in another letter case ('f' for
     'F'): said without any value, since the rows' spelling is theirs."""
@@ -276,7 +261,7 @@ def _column_masks(series: pd.Series, column: Column) -> list[tuple[str, np.ndarr
         text = _as_category_text(series)
         unknown = present & ~text.isin(column.categories).to_numpy()
         if unknown.any():
-            hint = _decimal_code_hint(text[unknown], column.levels) or _letter_case_hint(text[unknown], column.levels)
+            hint = _letter_case_hint(text[unknown], column.levels)
             fix = "correct those rows, or add the category to the schema's list if it is a real one"
             found.append((f"category not in the schema's list {column.categories}"
                           + (f"{hint}. Otherwise {fix}" if hint else f": {fix}"), unknown))
