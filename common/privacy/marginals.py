@@ -203,10 +203,10 @@ class Marginals:
             atoms = (0, len(widths) - 1) if column.has_bound_atoms else ()
             classes = body.shape[1]
             if column.nullable:
-                table[-1] = point_mass_beyond_noise(table[-1], class_totals, threshold * cell_std)
+                table[-1] = point_mass_beyond_noise(table[-1], class_totals, threshold * cell_std, cell_std)
             present = class_totals - (table[-1] if column.nullable else 0.0)
             for index in atoms:
-                body[index] = point_mass_beyond_noise(body[index], present, threshold * cell_std)
+                body[index] = point_mass_beyond_noise(body[index], present, threshold * cell_std, cell_std)
             every_class = coarsened(body.sum(axis=1), widths, threshold * cell_std * math.sqrt(classes),
                                     float(present.sum()), atoms)  # a class too small to say more is spread like it
             for k in range(classes):
