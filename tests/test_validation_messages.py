@@ -216,3 +216,14 @@ def test_bounds_left_as_the_draft_read_them_off_the_rows_are_pointed_at_by_name_
         Column(name="visits", kind="integer", lower=0, upper=100),
         Column(name="died", kind="categorical", categories=["no", "yes"])])
     assert not validate_frame(frame.assign(crp=frame["crp"].clip(0.2, 499)), public).notes
+
+
+def test_a_number_marker_a_numeric_column_could_really_hold_is_noted(demo_frame, demo_schema):
+    """A newcomer's '999' for an unknown age also blanked two real BNP values of 999, without a
+    word: every cell equal to a marker is read as missing, in every column. A marker within a
+    numeric column's public bounds is noted (from the schema: the marker, never a value)."""
+    marked = demo_schema.model_copy(update={"missing_values": ["999", "-1", "?", "25"]})
+    notes = {note.column: note.describe() for note in validate_frame(demo_frame.head(50), marked).notes}
+    assert "25" in notes["kappa"] and "lambda" in notes and "999" not in notes["kappa"]  # bounds 0.01-30
+    assert "age" not in notes  # 50-105: neither 999, -1 nor 25
+    assert "sex" not in notes and "creatinine" not in notes  # a category; bounds 0.2-15

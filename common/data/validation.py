@@ -100,6 +100,12 @@ def validate_frame(frame: pd.DataFrame, schema: Schema, numbering: RowNumbering 
             sides = _bounds_at_extremes(series, column)
             if sides:
                 named.append(f"{column.name} ({' and '.join(sides)})")
+            within = _markers_within_bounds(column, schema.missing_values)
+            if within:
+                notes.append(Problem(column.name, f"missing_values marker(s) {', '.join(within)} lie within this "
+                                     "column's public bounds, so a real value equal to one is read as missing: "
+                                     "if the column records such values, write its missing cells another way",
+                                     len(within), counted="marker(s)"))
             listed = _listed_markers(series, column, schema.missing_values)
             if listed is not None and listed.any():
                 notes.append(Problem(column.name, "cell(s) hold a missing_values marker that this column also lists "
@@ -113,6 +119,16 @@ def validate_frame(frame: pd.DataFrame, schema: Schema, numbering: RowNumbering 
                              "ignore this where the bound is public (an inclusion criterion, an assay's limit)",
                              len(named), counted="column(s)"))
     return ValidationReport(problems=problems, n_rows=len(frame), notes=notes)
+
+
+def _markers_within_bounds(column: Column, markers: list[str]) -> list[str]:
+    """The number markers of ``missing_values`` that a numeric column could really hold (within
+    its public bounds): every cell equal to one is read as missing, in every column (a
+    newcomer's '999' for an unknown age also blanked two real BNP values of 999 pg/mL, without a
+    word). From the schema alone."""
+    if column.is_categorical:
+        return []
+    return [marker for marker in markers if is_number(marker) and column.lower <= float(marker) <= column.upper]
 
 
 def _listed_markers(series: pd.Series, column: Column, markers: list[str]) -> np.ndarray | None:
