@@ -27,7 +27,7 @@ import numpy as np
 import torch
 
 from fedsyn.data.grid import numeric_bins, numeric_edges
-from fedsyn.data.schema import Column, ColumnKind
+from fedsyn.data.schema import Column
 from fedsyn.model.encoder import TableEncoder
 from fedsyn.model.quantiles import QuantileTargets, float_tensor, midpoints, numeric_outputs
 from fedsyn.privacy.marginals import Marginals, split_column
@@ -35,7 +35,7 @@ from fedsyn.privacy.marginals import Marginals, split_column
 MIN_PRESENT = 20.0  # a slot's class with fewer values of a numeric column by its table: no departure
 DEPARTURE_LEVELS = (0.05, 0.95)  # a slot's departure beyond these quantile levels is held at its value there
 TRUST_SCALE = 0.1  # the summed table's relative noise at which the release takes its values half from it
-ATOM_BAND = 2.0  # a class's drawn share in a bound's one-value bin is kept this many noise std of the table's
+ATOM_BAND = 2.0  # a class's drawn share at a bound's atom is kept this many noise std of the table's
 
 
 class SlotCalibration:
@@ -72,9 +72,10 @@ class SlotCalibration:
         return torch.where(present < MIN_PRESENT, 0.0, 1.0 / (1.0 + (relative / TRUST_SCALE) ** 2))
 
     def _atom_shares(self, table_noise_std: float | None) -> np.ndarray:
-        """Each class's share of present values in each numeric column's bounds' one-value bins
-        (:func:`single_value_bounds`) by the summed tables (classes × numeric columns × 2: lower,
-        upper); NaN where the release keeps the generator's share: no such bin, a class the
+        """Each class's share of present values at each numeric column's bounds' atoms by the
+        summed tables (classes × numeric columns × 2: lower, upper), each settled against the
+        noise as one cell (:func:`~fedsyn.privacy.postprocessing.point_mass_beyond_noise`); NaN
+        where the release keeps the generator's share: a column without atoms, a class the
         tables hold fewer than :data:`MIN_PRESENT` values of, or tables not trusted over the
         generator (no noise std). Sets :attr:`atom_noise`, such a share's noise std.
 
@@ -89,22 +90,21 @@ class SlotCalibration:
         if table_noise_std is None:
             return shares
         for position, column in enumerate(self.numeric):
-            sides = np.array(single_value_bounds(column))
-            if not sides.any():
+            if not column.has_bound_atoms:
                 continue
             conditional = self.encoder.marginals.conditional(column.name)
             body = conditional[:-1] if column.nullable else conditional
             body = body / np.clip(body.sum(axis=0, keepdims=True), 1e-12, None)
             held = present[:, position] >= MIN_PRESENT
-            shares[held, position] = np.where(sides, body[[0, -1]].T, np.nan)[held]
+            shares[held, position] = body[[0, -1]].T[held]
         return shares
 
     def _atoms_as_tabled(self, values: np.ndarray, label: int, position: int) -> np.ndarray:
-        """A class's sorted ``values`` (on the grid's scale) with its share in each bound's
-        one-value bin kept within :data:`ATOM_BAND` noise std of the summed tables' share
-        (:meth:`_atom_shares`; as drawn where that is NaN), the values between keeping their
-        shape (their quantiles, re-spread over the rows left; the table's own where none was
-        drawn)."""
+        """A class's sorted ``values`` (on the grid's scale) with its share at each bound's atom
+        kept within :data:`ATOM_BAND` noise std of the summed tables' share (:meth:`_atom_shares`;
+        as drawn where that is NaN), the values between keeping their shape (their quantiles,
+        re-spread over the rows left; the table's own where none was drawn). Each slot's own
+        share is the raking's (:func:`fedsyn.model.raking.point_mass_bounds`)."""
         shares = self.atom_shares[label, position]
         (_, _), atoms = self.continuous[position]
         if atoms is None or np.isnan(shares).all() or len(values) == 0:
@@ -239,33 +239,15 @@ def check_noise_std(value: object) -> None:
 
 
 def _continuous_range(column: Column) -> tuple[tuple[float, float], tuple[float, float] | None]:
-    """Where a numeric column's values may move on its grid's scale, and the inner edges of its
-    bounds' bins that hold one value (:func:`single_value_bounds`; the other side's edge at
-    infinity): clear of those bins (a value moved into one would become the bound; the margin,
-    a millionth of the range, outlasts the release's float32 positions), or between its bounds
-    for a column without such bins."""
+    """Where a numeric column's values may move on its grid's scale, and its bounds' atom bins'
+    inner edges: clear of the atom bins (a value moved into one would become the bound; the
+    margin, a millionth of the range, outlasts the release's float32 positions), or between its
+    bounds for a column without atoms."""
     edges = numeric_edges(column)
-    lower_single, upper_single = single_value_bounds(column)
-    if not (lower_single or upper_single):
+    if not column.has_bound_atoms:
         return (float(edges[0]), float(edges[-1])), None
     margin = 1e-6 * float(edges[-1] - edges[0])
-    lower, upper = (float(edges[1]) + margin if lower_single else float(edges[0]),
-                    float(edges[-2]) - margin if upper_single else float(edges[-1]))
-    return (lower, upper), (float(edges[1]) if lower_single else -math.inf,
-                            float(edges[-2]) if upper_single else math.inf)
-
-
-def single_value_bounds(column: Column) -> tuple[bool, bool]:
-    """Whether the bin at each bound holds that bound's value only: a continuous column's atoms
-    (:func:`fedsyn.data.grid.numeric_edges`), and an integer column's bin one whole number
-    wide at a bound (0 hours in intensive care, 87.6 % of a newcomer's rows and 31 % of its
-    release: the values between two quantile functions fall between their piles)."""
-    if column.has_bound_atoms:
-        return True, True
-    if column.kind is not ColumnKind.INTEGER or column.transform != "linear":
-        return False, False
-    widths = np.diff(numeric_edges(column))
-    return bool(widths[0] <= 1.0 + 1e-9), bool(widths[-1] <= 1.0 + 1e-9)
+    return (float(edges[1]) + margin, float(edges[-2]) - margin), (float(edges[1]), float(edges[-2]))
 
 
 def _within_bounds(values: np.ndarray, bounds: tuple[float, float], drawn: tuple[float, float]) -> np.ndarray:

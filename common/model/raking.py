@@ -143,7 +143,8 @@ def slot_margins(frame: pd.DataFrame, rows: np.ndarray, classes: np.ndarray, sch
     is drawn (:mod:`fedsyn.model.calibration`); raked to its runs of bins,
     a weak class's noisy tail (a third of dead patients' lactate in its top run) would be
     weighted in. Its point masses are raked to, though (:func:`point_mass_bounds`): the
-    calibration moves values, not how many sit at a bound or are missing. Each point-mass cell
+    calibration sets a class's share at an atom to the summed table's, never a site's own, and
+    leaves 'missing' as drawn. Each point-mass cell
     is asked no more than its pool rows can hold, ``row_cap`` (the most of the slot's weight one
     row may take) each (:func:`_within_reach`)."""
     part = frame.iloc[rows]
@@ -201,8 +202,8 @@ def point_mass_bounds(column: Column) -> np.ndarray | None:
     atom bin (a continuous column, :func:`fedsyn.data.grid.numeric_edges`) and, in a group of
     its own, 'missing' (a nullable column). None for a column without either.
 
-    The generator under-draws point masses, and the calibration keeps what is drawn but moves
-    no value onto an atom or into 'missing': a newcomer's CRP sat at its assay limit in 7 % of
+    The generator under-draws point masses, and the calibration moves no value into 'missing'
+    and sets the summed table's share at an atom, not a site's: a newcomer's CRP sat at its assay limit in 7 % of
     real rows and 1 % of released ones, glucose was missing in 5 % of real rows and 0.1 % of
     released ones. The tables hold both (their atoms and 'missing' cells kept only where they
     beat the noise, :meth:`~fedsyn.privacy.marginals.Marginals.without_noise_floor`)."""

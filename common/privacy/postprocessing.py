@@ -11,6 +11,7 @@ from __future__ import annotations
 import math
 
 import numpy as np
+from scipy.stats import chi2
 
 
 def beats_noise_alone(count: float, floor: float) -> bool:
@@ -26,30 +27,38 @@ def point_mass_beyond_noise(counts: np.ndarray, class_totals: np.ndarray, floor:
     """A cell that stands alone (no neighbouring bins to merge with: a nullable column's
     'missing', a continuous column's bound atom), one noisy count per outcome class (each
     carrying noise of ``std``): nothing where even their sum does not beat the noise
-    (:func:`beats_noise_alone` at ``floor``); else each class's rate drawn toward the rate over
-    every class as far as its noise outweighs how much the classes' rates really differ (the
-    DerSimonian-Laird weights :func:`shrunk_to_pool` gives sites), never more than the class's
-    ``class_totals``.
+    (:func:`beats_noise_alone` at ``floor``); else the rate over every class, unless the
+    classes' rates differ by more than their noise explains (a chi-square test at 95 %), and
+    then each class's rate drawn toward it as far as its noise outweighs how much they differ
+    (the DerSimonian-Laird weights :func:`shrunk_to_pool` gives sites); never more than two
+    floors above a class's own count, nor more than its ``class_totals``.
 
     So a column no row lacks is not released missing (a newcomer's glucose came back missing in
     4 % of rows), and a class is not made never missing, or never at an assay's limit, where its
     count is only too noisy to say: on the bench's rotterdam table 12-14 % of each class's
     estrogen receptor values are 0, and a class whose count fell below its floor was released
-    with almost none (3 % of rows at 0 on seed 0); classes that differ by that little take the
-    rate over both. Classes that differ by far more than their noise keep their own: where 40 %
-    of survivors and 2 % of deaths sat at an assay's limit the deaths would have had 24 %, and
-    on a COVID test table, where every negative test and 0.5 % of the positives sat at the
-    cycle threshold's limit 45, a cap of two floors above the positives' own count still gave
-    them 18 % (docs/benchmarks.md)."""
+    with almost none (3 % of rows at 0 on seed 0). Classes that differ keep about their own:
+    where 40 % of survivors and 2 % of deaths sat at an assay's limit the deaths would have had
+    24 %, and on a COVID test table, where every negative test and 0.5 % of the positives sat
+    at the cycle threshold's limit 45, the rate over both capped at two floors above the
+    positives' own count still gave them 18 % (docs/benchmarks.md). Without the test, two
+    classes of one rate were told apart one time in three, and a small class kept its noise."""
     pooled = float(np.sum(counts))
     if not beats_noise_alone(pooled, floor * math.sqrt(len(counts))):
         return np.zeros(len(counts))
+    counts = np.asarray(counts, dtype=float)
     totals = np.maximum(np.asarray(class_totals, dtype=float), 0.0)
-    sizes = np.clip(totals, 1.0, None)
-    rate = min(pooled / float(sizes.sum()), 1.0)
-    own = np.asarray(counts, dtype=float) / sizes
-    weight = _pooling_weights(own[:, None], (max(std, 1e-12) / sizes) ** 2)
-    return np.asarray(np.clip(sizes * (weight * own + (1.0 - weight) * rate), 0.0, totals), dtype=float)
+    measured = totals > 1.0  # an empty class's noise says nothing of a rate
+    rate = min(max(float(counts[measured].sum()), 0.0) / max(float(totals[measured].sum()), 1.0), 1.0)
+    own = np.clip(counts / np.clip(totals, 1.0, None), 0.0, 1.0)
+    weight = np.zeros(len(counts))
+    if measured.sum() > 1:
+        variance = (max(std, 1e-12) / totals[measured]) ** 2
+        centre = float(np.sum(own[measured] / variance) / np.sum(1.0 / variance))
+        if float(np.sum((own[measured] - centre) ** 2 / variance)) > chi2.ppf(0.95, int(measured.sum()) - 1):
+            weight[measured] = _pooling_weights(own[measured][:, None], variance)
+    settled = np.minimum(totals * (weight * own + (1.0 - weight) * rate), np.maximum(counts + 2 * floor, 0.0))
+    return np.asarray(np.clip(settled, 0.0, totals), dtype=float)
 
 
 def coarsened(counts: np.ndarray, widths: np.ndarray, floor: float, total: float,
@@ -103,7 +112,8 @@ def coarsened(counts: np.ndarray, widths: np.ndarray, floor: float, total: float
                                  prior=None if prior is None else prior[rest])
         return merged
     if total < floor * math.sqrt(len(counts)):
-        shape = widths if prior is None else np.clip(prior, 0.0, None)  # a prior left raw may hold noise below 0
+        shape = widths.copy() if prior is None else np.clip(prior, 0.0, None)  # a raw prior may hold noise below 0
+        shape[list(atoms)] = 0.0  # settled at none: every class's share there is not this class's
         if shape.sum() <= 1e-9 * widths.sum():
             shape = widths
         return np.asarray(shape / shape.sum() * max(total, 0.0), dtype=float)
