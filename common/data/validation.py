@@ -128,7 +128,8 @@ def _markers_within_bounds(column: Column, markers: list[str]) -> list[str]:
     word). From the schema alone."""
     if column.is_categorical:
         return []
-    return [marker for marker in markers if is_number(marker) and column.lower <= float(marker) <= column.upper]
+    lower, upper = column.bounds
+    return [marker for marker in markers if is_number(marker) and lower <= float(marker) <= upper]
 
 
 def _listed_markers(series: pd.Series, column: Column, markers: list[str]) -> np.ndarray | None:

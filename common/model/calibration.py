@@ -55,7 +55,9 @@ class SlotCalibration:
         self.slot_present = [self._present_counts(marginals, device) for marginals in per_slot]
         self.trust = self._trust(table_noise_std, device)
         self.continuous = [_continuous_range(column) for column in self.numeric]
-        self.atom_shares = self._atom_shares(table_noise_std)
+        present = self._present_counts(encoder.marginals, torch.device("cpu")).numpy()
+        self.atom_noise = (table_noise_std or 0.0) / np.clip(present, 1.0, None)  # one cell's std, as a share
+        self.atom_shares = self._atom_shares(table_noise_std, present)
 
     def _trust(self, table_noise_std: float | None, device: torch.device) -> torch.Tensor:
         """How far the release takes each class's numeric values from the summed table rather
@@ -71,22 +73,20 @@ class SlotCalibration:
         relative = table_noise_std * torch.sqrt(bins) / present.clamp_min(1.0)
         return torch.where(present < MIN_PRESENT, 0.0, 1.0 / (1.0 + (relative / TRUST_SCALE) ** 2))
 
-    def _atom_shares(self, table_noise_std: float | None) -> np.ndarray:
+    def _atom_shares(self, table_noise_std: float | None, present: np.ndarray) -> np.ndarray:
         """Each class's share of present values at each numeric column's bounds' atoms by the
         summed tables (classes × numeric columns × 2: lower, upper), each settled against the
         noise as one cell (:func:`~fedsyn.privacy.postprocessing.point_mass_beyond_noise`); NaN
         where the release keeps the generator's share: a column without atoms, a class the
-        tables hold fewer than :data:`MIN_PRESENT` values of, or tables not trusted over the
-        generator (no noise std). Sets :attr:`atom_noise`, such a share's noise std.
+        tables hold fewer than :data:`MIN_PRESENT` values of (``present``, classes × numeric
+        columns), or tables not trusted over the generator (no noise std).
 
         One cell's noise is that of a single count, not of a whole quantile function (the
         :meth:`_trust` of a class's shape): a class of 600 values is known there to within a
         few percent, where the generator, which draws a pile like any other value, gave a COVID
         table's positive tests the cycle threshold's limit 45 in 28-81 % of rows (0.5 % real,
         every negative test at it; docs/benchmarks.md)."""
-        present = self._present_counts(self.encoder.marginals, torch.device("cpu")).numpy()
         shares = np.full((present.shape[0], len(self.numeric), 2), np.nan)
-        self.atom_noise = (table_noise_std or 0.0) / np.clip(present, 1.0, None)  # one cell's, as a share
         if table_noise_std is None:
             return shares
         for position, column in enumerate(self.numeric):
@@ -106,7 +106,7 @@ class SlotCalibration:
         re-spread over the rows left; the table's own where none was drawn). Each slot's own
         share is the raking's (:func:`fedsyn.model.raking.point_mass_bounds`)."""
         shares = self.atom_shares[label, position]
-        (_, _), atoms = self.continuous[position]
+        movable, atoms = self.continuous[position]
         if atoms is None or np.isnan(shares).all() or len(values) == 0:
             return values
         edges = numeric_edges(self.numeric[position])
@@ -124,7 +124,7 @@ class SlotCalibration:
         else:
             low, high = float(shares[0]), 1.0 - float(shares[1])
             middle = self.pooled.grid_at(label, torch.as_tensor(low + levels * max(high - low, 0.0)), position)
-            middle = np.clip(middle, *self.continuous[position][0])
+            middle = np.clip(middle, *movable)
         return np.concatenate([np.full(at_lower, (edges[0] + edges[1]) / 2.0), middle,
                                np.full(at_upper, (edges[-2] + edges[-1]) / 2.0)])
 
