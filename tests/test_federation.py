@@ -158,7 +158,8 @@ def _inflated(payload: str, scale: float) -> Callable[[Message], Message]:
         if reply.metadata.src_node_id == 1001 and payload in reply.content:
             tables = protocol.from_array_record(reply.content.array_records[payload])
             reply.content[payload] = protocol.to_array_record(
-                {name: values if name.startswith("pairbins:") else values * scale for name, values in tables.items()})
+                {name: values if name.startswith(("pairbins:", "vote:")) else values * scale  # counts only
+                 for name, values in tables.items()})
         return reply
     return inflate
 

@@ -536,6 +536,10 @@ def test_classes_of_one_rate_at_an_atom_share_it_and_a_small_class_settled_at_no
     body = np.r_[np.full(30, 4.0), 0.0]  # 120 positives, their atom settled at none
     spread = coarsened(body, widths, 22.5, 120.0, atoms=(30,), prior=every_class)
     assert spread[30] == 0.0 and spread.sum() == pytest.approx(120.0)
+    # the second review: with its other atom kept, the one settled at none was no atom any more
+    widths, every_class = np.r_[1e-9, widths], np.r_[150.0, every_class]
+    spread = coarsened(np.r_[10.0, body], widths, 22.5, 120.0, atoms=(0, 31), prior=every_class)
+    assert spread[0] == 10.0 and spread[31] == 0.0 and spread.sum() == pytest.approx(120.0)
 
 
 def test_an_atom_each_class_is_too_noisy_to_hold_takes_the_columns_share(demo_schema, demo_frame):

@@ -436,13 +436,41 @@ def test_a_classs_share_at_an_assays_limit_is_the_tables_not_the_generators(demo
     truth, generated = float((rows.loc[died, column] == limit).mean()), float((drawn.loc[died, column] == limit).mean())
     assert generated > 0.75 and truth < 0.05
     assert share_of_deaths_at_limit(1.0) == pytest.approx(truth, abs=0.01)
-    # noise 30 a cell: the deaths' shape is trusted a sixth, their share at the limit to within 2.7 %
+    # noise 30 a cell: the deaths' shape is trusted a sixth, each slot's share at the limit (half
+    # the deaths each) to within 2 * 30 / its deaths
     deaths = float(died.sum())
-    band = ATOM_BAND * 30.0 / deaths
+    band = ATOM_BAND * 30.0 / (deaths / 2)
     assert 30.0 * np.sqrt(numeric_bins(demo_schema.column(column))) / deaths > 0.2
-    assert share_of_deaths_at_limit(30.0) == pytest.approx(truth + band, abs=0.01)  # the edge nearest the drawn
+    assert share_of_deaths_at_limit(30.0) == pytest.approx(truth + band, abs=0.015)  # the edge nearest the drawn
     assert share_of_deaths_at_limit(None) == pytest.approx(generated, abs=0.01)
     assert share_of_deaths_at_limit(1.0, trusted=False) == pytest.approx(generated, abs=0.01)
+
+
+def test_each_slots_share_at_an_assays_limit_is_its_own_and_a_few_rows_are_not_rounded_away(demo_frame,
+                                                                                             demo_schema):
+    """The second review: every slot's share at an atom set to its class's summed share left the
+    raking too little to give a site its own (a site with 30 % at the limit beside one with
+    0.5 % kept 15 %); and rounded slot by slot, a class's 4 % of a dozen rows per slot was 0."""
+    rows = demo_frame.sample(4000, random_state=18).reset_index(drop=True)
+    limit = demo_schema.column("kappa").upper
+    rng = np.random.default_rng(19)
+    first = np.arange(len(rows)) < 1000
+    rows.loc[first & (rng.random(len(rows)) < 0.3), "kappa"] = limit
+    rows.loc[~first & (rng.random(len(rows)) < 0.005), "kappa"] = limit
+    trainer = _trainer_with_exact_slots(rows, demo_schema, 1.0, rows[first], rows[~first])
+    slots = torch.as_tensor((~first).astype(int))
+    released = trainer.encoder.decode(trainer.calibration(torch.as_tensor(trainer.encoder.encode(rows)), slots)
+                                      .numpy())["kappa"].astype(float).to_numpy()
+    for part in (first, ~first):
+        assert (released[part] == limit).mean() == pytest.approx((rows.loc[part, "kappa"] == limit).mean(), abs=0.02)
+
+    few = demo_frame.sample(24, random_state=20).reset_index(drop=True)
+    trainer = _trainer_with_exact_slots(rows.assign(kappa=np.where(rng.random(len(rows)) < 0.04, limit,
+                                                                   rows["kappa"])), demo_schema, 0.0)
+    drawn = few.assign(kappa=few["kappa"].clip(upper=limit - 1))  # none drawn at the limit
+    released = trainer.encoder.decode(trainer.calibration(torch.as_tensor(trainer.encoder.encode(drawn)),
+                                                          torch.as_tensor(np.arange(24) % 2)).numpy())["kappa"]
+    assert (released.astype(float) == limit).sum() >= 1  # about 4 % of 24 rows over both slots
 
 
 @pytest.mark.parametrize("std", [float("nan"), float("inf"), -1.0, True, "5"])

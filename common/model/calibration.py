@@ -55,9 +55,12 @@ class SlotCalibration:
         self.slot_present = [self._present_counts(marginals, device) for marginals in per_slot]
         self.trust = self._trust(table_noise_std, device)
         self.continuous = [_continuous_range(column) for column in self.numeric]
-        present = self._present_counts(encoder.marginals, torch.device("cpu")).numpy()
-        self.atom_noise = (table_noise_std or 0.0) / np.clip(present, 1.0, None)  # one cell's std, as a share
-        self.atom_shares = self._atom_shares(table_noise_std, present)
+        # each class's share at the atoms by the summed tables, then by each slot's, and the
+        # noise std of such a share (one cell's: the summed std is at least any site's own)
+        held = [self._present_counts(tables, torch.device("cpu")).numpy() for tables in [encoder.marginals, *per_slot]]
+        self.atom_shares = [self._atom_shares(table_noise_std, present, tables)
+                            for present, tables in zip(held, [encoder.marginals, *per_slot])]
+        self.atom_noise = [(table_noise_std or 0.0) / np.clip(present, 1.0, None) for present in held]
 
     def _trust(self, table_noise_std: float | None, device: torch.device) -> torch.Tensor:
         """How far the release takes each class's numeric values from the summed table rather
@@ -73,9 +76,9 @@ class SlotCalibration:
         relative = table_noise_std * torch.sqrt(bins) / present.clamp_min(1.0)
         return torch.where(present < MIN_PRESENT, 0.0, 1.0 / (1.0 + (relative / TRUST_SCALE) ** 2))
 
-    def _atom_shares(self, table_noise_std: float | None, present: np.ndarray) -> np.ndarray:
-        """Each class's share of present values at each numeric column's bounds' atoms by the
-        summed tables (classes × numeric columns × 2: lower, upper), each settled against the
+    def _atom_shares(self, table_noise_std: float | None, present: np.ndarray, tables: Marginals) -> np.ndarray:
+        """Each class's share of present values at each numeric column's bounds' atoms by
+        ``tables`` (classes × numeric columns × 2: lower, upper), each settled against the
         noise as one cell (:func:`~fedsyn.privacy.postprocessing.point_mass_beyond_noise`); NaN
         where the release keeps the generator's share: a column without atoms, a class the
         tables hold fewer than :data:`MIN_PRESENT` values of (``present``, classes × numeric
@@ -92,39 +95,50 @@ class SlotCalibration:
         for position, column in enumerate(self.numeric):
             if not column.has_bound_atoms:
                 continue
-            conditional = self.encoder.marginals.conditional(column.name)
+            conditional = tables.conditional(column.name)
             body = conditional[:-1] if column.nullable else conditional
             body = body / np.clip(body.sum(axis=0, keepdims=True), 1e-12, None)
             held = present[:, position] >= MIN_PRESENT
             shares[held, position] = body[[0, -1]].T[held]
         return shares
 
-    def _atoms_as_tabled(self, values: np.ndarray, label: int, position: int) -> np.ndarray:
-        """A class's sorted ``values`` (on the grid's scale) with its share at each bound's atom
-        kept within :data:`ATOM_BAND` noise std of the summed tables' share (:meth:`_atom_shares`;
-        as drawn where that is NaN), the values between keeping their shape (their quantiles,
-        re-spread over the rows left; the table's own where none was drawn). Each slot's own
-        share is the raking's (:func:`fedsyn.model.raking.point_mass_bounds`)."""
-        shares = self.atom_shares[label, position]
+    def _atoms_as_tabled(self, values: np.ndarray, label: int, position: int, slot: int,
+                         carry: np.ndarray) -> np.ndarray:
+        """A slot's class's sorted ``values`` (on the grid's scale) with its share at each bound's
+        atom kept within :data:`ATOM_BAND` noise std of the slot's table share (:meth:`_atom_shares`;
+        the summed tables' where the slot holds too few values, as drawn where neither says), the
+        values between keeping their shape (re-spread over the rows left; the table's own where
+        none was drawn). Each slot's share is the raking's target too
+        (:func:`fedsyn.model.raking.point_mass_bounds`): set to the summed share instead, a site
+        with 30 % at the limit beside one with 0.5 % kept 15 %. ``carry`` (lower, upper) holds
+        the rounding left over from the class's earlier slots, so that a class's few rows at an
+        atom are not rounded away slot by slot (updated in place)."""
         movable, atoms = self.continuous[position]
-        if atoms is None or np.isnan(shares).all() or len(values) == 0:
+        own, summed = self.atom_shares[1 + slot][label, position], self.atom_shares[0][label, position]
+        target = np.where(np.isnan(own), summed, own)
+        if atoms is None or np.isnan(target).all() or len(values) == 0:
             return values
-        edges = numeric_edges(self.numeric[position])
+        noise = np.where(np.isnan(own), self.atom_noise[0][label, position], self.atom_noise[1 + slot][label, position])
         count = len(values)
-        drawn = np.array([np.sum(values <= atoms[0]), np.sum(values >= atoms[1])], dtype=float) / count
-        band = ATOM_BAND * self.atom_noise[label, position]
-        shares = np.where(np.isnan(shares), drawn, np.clip(drawn, shares - band, shares + band))
-        at_lower, at_upper = (int(k) for k in np.round(shares * count))
+        drawn = np.array([np.sum(values <= atoms[0]), np.sum(values >= atoms[1])], dtype=float)
+        band = ATOM_BAND * noise
+        shares = np.where(np.isnan(target), drawn / count, np.clip(drawn / count, target - band, target + band))
+        wanted = shares * count + carry
+        at_lower, at_upper = (int(k) for k in np.round(wanted))
         at_upper = min(at_upper, count - at_lower)
+        carry[:] = wanted - np.array([at_lower, at_upper])
+        if at_lower == drawn[0] and at_upper == drawn[1]:
+            return values
         between = count - at_lower - at_upper
         inside = values[(values > atoms[0]) & (values < atoms[1])]
         levels = (np.arange(between) + 0.5) / max(between, 1)
-        if len(inside):
-            middle = np.quantile(inside, levels)
+        if len(inside):  # the drawn values' own quantiles: themselves where as many are kept
+            middle = np.interp(levels * len(inside) - 0.5, np.arange(len(inside)), inside)
         else:
             low, high = float(shares[0]), 1.0 - float(shares[1])
             middle = self.pooled.grid_at(label, torch.as_tensor(low + levels * max(high - low, 0.0)), position)
             middle = np.clip(middle, *movable)
+        edges = numeric_edges(self.numeric[position])
         return np.concatenate([np.full(at_lower, (edges[0] + edges[1]) / 2.0), middle,
                                np.full(at_upper, (edges[-2] + edges[-1]) / 2.0)])
 
@@ -160,6 +174,7 @@ class SlotCalibration:
                 in_class = (labels == label) & present[:, position]
                 pooled = torch.sort(rows[in_class, start]).values
                 trust = self.trust[label, position] if trusted else 0.0
+                carry = np.zeros(2)
                 for slot in torch.unique(slots[in_class]).tolist():
                     members = (in_class & (slots == slot)).nonzero(as_tuple=True)[0]
                     levels = midpoints(len(members), rows)
@@ -168,7 +183,7 @@ class SlotCalibration:
                     name = self.numeric[position].name
                     values = self.encoder.grid_values(name, shape.cpu().double().numpy())
                     if trusted:
-                        values = self._atoms_as_tabled(values, label, position)
+                        values = self._atoms_as_tabled(values, label, position, slot, carry)
                     moved = self._moved(position, values, self._departure(slot, label, position, levels))
                     order = torch.argsort(rows[members, start])
                     rows[members[order], start] = torch.as_tensor(self.encoder.positions(name, moved),

@@ -31,7 +31,9 @@ def point_mass_beyond_noise(counts: np.ndarray, class_totals: np.ndarray, floor:
     classes' rates differ by more than their noise explains (a chi-square test at 95 %), and
     then each class's rate drawn toward it as far as its noise outweighs how much they differ
     (the DerSimonian-Laird weights :func:`shrunk_to_pool` gives sites); never more than two
-    floors above a class's own count, nor more than its ``class_totals``.
+    floors above a class's own count, nor more than its ``class_totals``, nor, for a count the
+    noise drowns alone, more than the rate over every class (the test itself is noisy where the
+    sum barely beats the noise: a small class of the same rate then kept its noise).
 
     So a column no row lacks is not released missing (a newcomer's glucose came back missing in
     4 % of rows), and a class is not made never missing, or never at an assay's limit, where its
@@ -58,6 +60,8 @@ def point_mass_beyond_noise(counts: np.ndarray, class_totals: np.ndarray, floor:
         if float(np.sum((own[measured] - centre) ** 2 / variance)) > chi2.ppf(0.95, int(measured.sum()) - 1):
             weight[measured] = _pooling_weights(own[measured][:, None], variance)
     settled = np.minimum(totals * (weight * own + (1.0 - weight) * rate), np.maximum(counts + 2 * floor, 0.0))
+    alone = np.array([beats_noise_alone(count, floor) for count in counts])
+    settled = np.where(alone, settled, np.minimum(settled, totals * rate))  # drowned: no more than pooled
     return np.asarray(np.clip(settled, 0.0, totals), dtype=float)
 
 
@@ -108,8 +112,9 @@ def coarsened(counts: np.ndarray, widths: np.ndarray, floor: float, total: float
         rest[kept] = False
         merged = counts.copy()
         merged[kept] *= min(1.0, max(total, 0.0) / counts[kept].sum())
+        empty = tuple(int(np.searchsorted(np.flatnonzero(rest), index)) for index in atoms if index not in kept)
         merged[rest] = coarsened(counts[rest], widths[rest], floor, max(total - merged[kept].sum(), 0.0),
-                                 prior=None if prior is None else prior[rest])
+                                 empty, prior=None if prior is None else prior[rest])  # still atoms: kept at none
         return merged
     if total < floor * math.sqrt(len(counts)):
         shape = widths.copy() if prior is None else np.clip(prior, 0.0, None)  # a raw prior may hold noise below 0
