@@ -52,27 +52,29 @@ class SlotCalibration:
         check_noise_std(table_noise_std)
         self.pooled = QuantileTargets.of(encoder, self.numeric, encoder.marginals, device)
         self.slot_quantiles = [QuantileTargets.of(encoder, self.numeric, marginals, device) for marginals in per_slot]
+        present = self._present_counts(encoder.marginals, device)
         self.slot_present = [self._present_counts(marginals, device) for marginals in per_slot]
-        self.trust = self._trust(table_noise_std, device)
+        self.trust = self._trust(table_noise_std, present)
         self.continuous = [_continuous_range(column) for column in self.numeric]
+        self.atom_values = [_atom_values(column) for column in self.numeric]
         # each class's share at the atoms by the summed tables, then by each slot's, and the
         # noise std of such a share (one cell's: the summed std is at least any site's own)
-        held = [self._present_counts(tables, torch.device("cpu")).numpy() for tables in [encoder.marginals, *per_slot]]
-        self.atom_shares = [self._atom_shares(table_noise_std, present, tables)
-                            for present, tables in zip(held, [encoder.marginals, *per_slot])]
-        self.atom_noise = [(table_noise_std or 0.0) / np.clip(present, 1.0, None) for present in held]
+        held = [counts.cpu().numpy() for counts in (present, *self.slot_present)]
+        self.atom_shares = [self._atom_shares(table_noise_std, counts, tables)
+                            for counts, tables in zip(held, [encoder.marginals, *per_slot])]
+        self.atom_noise = [(table_noise_std or 0.0) / np.clip(counts, 1.0, None) for counts in held]
 
-    def _trust(self, table_noise_std: float | None, device: torch.device) -> torch.Tensor:
+    def _trust(self, table_noise_std: float | None, present: torch.Tensor) -> torch.Tensor:
         """How far the release takes each class's numeric values from the summed table rather
         than from the generator (classes × numeric columns, 0 to 1): ``1 / (1 + (r / TRUST_SCALE)²)``
         with ``r`` the noise of the table's cumulative distribution relative to the class's
         values, ``std * sqrt(bins) / present values``. A class of 2,600 values at std 18 takes
         its ages 77 % from the table, one of 370 values 6 %. None below :data:`MIN_PRESENT`
-        values, whatever the std: a class the table holds no values of has no shape to give."""
-        present = self._present_counts(self.encoder.marginals, device)
+        values, whatever the std: a class the table holds no values of has no shape to give
+        (``present``: the summed tables' values, classes × numeric columns)."""
         if table_noise_std is None:
             return torch.zeros_like(present)
-        bins = float_tensor(np.array([numeric_bins(column) for column in self.numeric], dtype=float), device)
+        bins = float_tensor(np.array([numeric_bins(column) for column in self.numeric], dtype=float), present.device)
         relative = table_noise_std * torch.sqrt(bins) / present.clamp_min(1.0)
         return torch.where(present < MIN_PRESENT, 0.0, 1.0 / (1.0 + (relative / TRUST_SCALE) ** 2))
 
@@ -125,7 +127,8 @@ class SlotCalibration:
         shares = np.where(np.isnan(target), drawn / count, np.clip(drawn / count, target - band, target + band))
         wanted = shares * count + carry
         at_lower, at_upper = (int(k) for k in np.round(wanted))
-        at_upper = min(at_upper, count - at_lower)
+        at_lower = min(max(at_lower, 0), count)  # a carry of half a row must not round past the rows
+        at_upper = min(max(at_upper, 0), count - at_lower)
         carry[:] = wanted - np.array([at_lower, at_upper])
         if at_lower == drawn[0] and at_upper == drawn[1]:
             return values
@@ -138,9 +141,8 @@ class SlotCalibration:
             low, high = float(shares[0]), 1.0 - float(shares[1])
             middle = self.pooled.grid_at(label, torch.as_tensor(low + levels * max(high - low, 0.0)), position)
             middle = np.clip(middle, *movable)
-        edges = numeric_edges(self.numeric[position])
-        return np.concatenate([np.full(at_lower, (edges[0] + edges[1]) / 2.0), middle,
-                               np.full(at_upper, (edges[-2] + edges[-1]) / 2.0)])
+        lower, upper = self.atom_values[position]
+        return np.concatenate([np.full(at_lower, lower), middle, np.full(at_upper, upper)])
 
     def _present_counts(self, marginals: Marginals, device: torch.device) -> torch.Tensor:
         """How many values of each numeric column each outcome class holds by ``marginals``'
@@ -263,6 +265,13 @@ def _continuous_range(column: Column) -> tuple[tuple[float, float], tuple[float,
         return (float(edges[0]), float(edges[-1])), None
     margin = 1e-6 * float(edges[-1] - edges[0])
     return (float(edges[1]) + margin, float(edges[-2]) - margin), (float(edges[1]), float(edges[-2]))
+
+
+def _atom_values(column: Column) -> tuple[float, float]:
+    """The middles of a numeric column's two bound bins on its grid's scale: a continuous
+    column's atoms, where a value decodes to the bound itself."""
+    edges = numeric_edges(column)
+    return float(edges[0] + edges[1]) / 2.0, float(edges[-2] + edges[-1]) / 2.0
 
 
 def _within_bounds(values: np.ndarray, bounds: tuple[float, float], drawn: tuple[float, float]) -> np.ndarray:

@@ -56,8 +56,7 @@ def point_mass_beyond_noise(counts: np.ndarray, class_totals: np.ndarray, floor:
     weight = np.zeros(len(counts))
     if measured.sum() > 1:
         variance = (max(std, 1e-12) / totals[measured]) ** 2
-        centre = float(np.sum(own[measured] / variance) / np.sum(1.0 / variance))
-        if float(np.sum((own[measured] - centre) ** 2 / variance)) > chi2.ppf(0.95, int(measured.sum()) - 1):
+        if _heterogeneity(own[measured][:, None], variance) > chi2.ppf(0.95, int(measured.sum()) - 1):
             weight[measured] = _pooling_weights(own[measured][:, None], variance)
     settled = np.minimum(totals * (weight * own + (1.0 - weight) * rate), np.maximum(counts + 2 * floor, 0.0))
     alone = np.array([beats_noise_alone(count, floor) for count in counts])
@@ -241,6 +240,16 @@ def shrunk_to_pool(tables: np.ndarray, sizes: np.ndarray, stds: np.ndarray, pool
     return shrunk
 
 
+def _heterogeneity(shares: np.ndarray, variance: np.ndarray) -> float:
+    """Cochran's Q: the precision-weighted squared spread of units' ``shares`` (units × bins,
+    noise ``variance`` per unit) around their precision-weighted mean, summed over the bins; a
+    chi-square of ``bins * (units - 1)`` degrees of freedom where the units do not differ."""
+    precision = 1.0 / variance
+    with np.errstate(over="ignore", invalid="ignore"):
+        centre = (precision[:, None] * shares).sum(axis=0) / precision.sum()
+        return float((precision[:, None] * (shares - centre) ** 2).sum())
+
+
 def _pooling_weights(shares: np.ndarray, variance: np.ndarray) -> np.ndarray:
     """Each site's weight on its own ``shares`` (sites × bins, noise ``variance`` per site):
     ``tau² / (tau² + variance)`` with the DerSimonian-Laird ``tau²`` (method of moments on the
@@ -248,8 +257,7 @@ def _pooling_weights(shares: np.ndarray, variance: np.ndarray) -> np.ndarray:
     sites, bins = shares.shape
     precision = 1.0 / variance
     with np.errstate(over="ignore", invalid="ignore"):
-        centre = (precision[:, None] * shares).sum(axis=0) / precision.sum()
-        spread = float((precision[:, None] * (shares - centre) ** 2).sum())
+        spread = _heterogeneity(shares, variance)
         scale = precision.sum() - (precision ** 2).sum() / precision.sum()
         tau2 = max(0.0, (spread - bins * (sites - 1)) / (bins * scale)) if scale > 0 else 0.0
     if not np.isfinite(tau2):  # shares beyond float range differ by more than any noise
