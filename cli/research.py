@@ -526,7 +526,8 @@ def evaluate(
     for name, scores in result["utility"].items():
         table.add_row(f"{name} TSTR / TRTR AUC", f"{scores['tstr']['roc_auc']:.3f} / {scores['trtr']['roc_auc']:.3f}")
     table.add_row("exact copies", str(privacy_checks["exact_copies"]))
-    table.add_row("DCR ratio (< 1 warns)", f"{privacy_checks['dcr_ratio']:.3f}")
+    table.add_row("DCR ratio (warns where its 95 % upper end is < 1)",
+                  f"{privacy_checks['dcr_ratio']:.3f} (≤ {privacy_checks['dcr_ratio_upper']:.3f})")
     table.add_row("membership attack AUC", f"{privacy_checks['membership_attack_auc']:.3f}")
     results.print(table)
     print_verdict(result["verdict"], fail_below)
