@@ -125,9 +125,9 @@ def test_client_start_with_json_logs_writes_only_json_lines_on_stderr(plan, tmp_
     create_ca(tmp_path / "certs")
     policy_path = plan.policies[0]
     create_site_keypair(policy_path.parent)
-    extract = policy_path.parent / "data.parquet"  # one patient at the schema's upper age: noted once, by name
+    extract = policy_path.parent / "data.parquet"  # one patient at creatinine's upper bound: noted once, by name
     rows = pd.read_parquet(extract)
-    rows.loc[rows.index[0], "age"] = 105
+    rows.loc[rows.index[0], "creatinine"] = 15.0
     rows.to_parquet(extract)
     with socket.socket() as holder:
         holder.bind(("0.0.0.0", 0))
@@ -147,7 +147,7 @@ def test_client_start_with_json_logs_writes_only_json_lines_on_stderr(plan, tmp_
     assert any(f"local port {port}" in record["message"] and record["level"] == "warning" for record in records)
     assert all(record["time"].endswith("+00:00") for record in records)
     bounds = [record["message"] for record in records if "bounds, " in record["message"]]
-    assert len(bounds) == 1 and re.search(r"age \((lower and )?upper\)", bounds[0]) and "105" not in bounds[0]
+    assert len(bounds) == 1 and re.search(r"creatinine \((lower and )?upper\)", bounds[0]) and "15" not in bounds[0]
 
 
 def _expired_certificate(folder: Path) -> Path:

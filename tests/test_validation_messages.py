@@ -40,8 +40,8 @@ def test_values_finer_than_the_declared_precision_are_a_note_not_a_problem(demo_
     frame.loc[[5, 7], "kappa"] = [1.2345, 2.3456]
     frame.loc[9, "kappa"] = column.lower  # the bound, 0.01: an atom, not a finer value
     report = validate_frame(frame, schema)
-    # ... and the bound the frame now reaches is pointed at as its own lowest value (the assay's limit here)
-    assert report.ok and [note.column for note in report.notes] == ["kappa", "(bounds)"] and report.notes[0].rows == 2
+    # ... and the bound the frame now reaches, the assay's limit, is not pointed at: the schema says where it comes from
+    assert report.ok and [note.column for note in report.notes] == ["kappa"] and report.notes[0].rows == 2
     text = report.describe()
     assert ("note: column 'kappa', 2 row(s) (e.g. line 7, line 9): value recorded finer than the schema's "
             "precision") in text
@@ -216,6 +216,12 @@ def test_bounds_left_as_the_draft_read_them_off_the_rows_are_pointed_at_by_name_
         Column(name="visits", kind="integer", lower=0, upper=100),
         Column(name="died", kind="categorical", categories=["no", "yes"])])
     assert not validate_frame(frame.assign(crp=frame["crp"].clip(0.2, 499)), public).notes
+    sourced = lazy.model_copy(update={"columns": [
+        c.model_copy(update={"bounds_source": "the assay's reporting range"}) if c.name == "crp" else c
+        for c in lazy.columns]})
+    assert validate_frame(frame, sourced).notes[0].kind.startswith("visits (upper): each is")  # said where from
+    with pytest.raises(ValueError, match="bounds_source"):
+        Column(name="died", kind="categorical", categories=["no", "yes"], bounds_source="the protocol")
 
 
 def test_a_number_marker_a_numeric_column_could_really_hold_is_noted(demo_frame, demo_schema):

@@ -54,6 +54,10 @@ class Column(BaseModel):
     # 5): a public fact of the extract's format. Released values are rounded to it, so a
     # synthetic row does not give itself away by digits no real row has.
     precision: float | None = None
+    # Where a numeric column's bounds come from (an inclusion criterion, an assay's reporting
+    # range, a scale's ends): public knowledge, said where a reader can check it. A column that
+    # says so is not pointed at when a bound equals its extract's own smallest or largest value.
+    bounds_source: str | None = None
     needs_review: bool = False
     description: str | None = None
 
@@ -68,9 +72,9 @@ class Column(BaseModel):
                 raise ValueError(f"categorical column '{self.name}' needs a non-empty 'categories' list")
             if len(set(self.categories)) != len(self.categories):
                 raise ValueError(f"categorical column '{self.name}' lists a category twice")
-            if self.lower is not None or self.upper is not None or self.precision is not None:
-                raise ValueError(f"categorical column '{self.name}' must not have 'lower'/'upper' bounds or a "
-                                 "'precision'")
+            if any(field is not None for field in (self.lower, self.upper, self.precision, self.bounds_source)):
+                raise ValueError(f"categorical column '{self.name}' must not have 'lower'/'upper' bounds, their "
+                                 "'bounds_source' or a 'precision'")
         else:
             if self.lower is None or self.upper is None:
                 raise ValueError(

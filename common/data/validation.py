@@ -115,8 +115,9 @@ def validate_frame(frame: pd.DataFrame, schema: Schema, numbering: RowNumbering 
     if named:  # one note for them all: a drafted schema left as it was has one for every numeric column
         notes.append(Problem("(bounds)", f"{', '.join(named)}: each is this extract's own smallest or largest value. "
                              "A bound read off the rows puts a patient's value in the schema and every release: "
-                             "use public knowledge (a measure's physiological or assay range, a scale's ends), or "
-                             "ignore this where the bound is public (an inclusion criterion, an assay's limit)",
+                             "use public knowledge (a measure's physiological or assay range, a scale's ends), or, "
+                             "where the bound is public (an inclusion criterion, an assay's limit), say so in the "
+                             "column's bounds_source",
                              len(named), counted="column(s)"))
     return ValidationReport(problems=problems, n_rows=len(frame), notes=notes)
 
@@ -150,9 +151,10 @@ def _bounds_at_extremes(series: pd.Series, column: Column) -> list[str]:
     """Which bounds ('lower', 'upper') of a numeric column are exactly its extract's smallest or
     largest value: the mark of bounds drafted from the rows and left as they were (a newcomer's
     reviewed schema published a CRP of 1567.9 and a BNP of 17234). A bound of 0, a count's or a
-    measure's floor, is public by nature and not pointed at; an assay's limit or an inclusion
-    criterion is, and the note says to ignore it there."""
-    if column.is_categorical:
+    measure's floor, is public by nature and not pointed at, nor are the bounds of a column
+    that says where they come from (``bounds_source``: an inclusion criterion, an assay's
+    range; the demo's ages start at its study's 50)."""
+    if column.is_categorical or column.bounds_source:
         return []
     values = pd.to_numeric(series, errors="coerce").to_numpy(dtype=float)
     present = values[np.isfinite(values)]
