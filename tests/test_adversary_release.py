@@ -85,7 +85,8 @@ FEDERATION_SETTINGS = ("rounds", "local_steps", "sample_rate", "epsilon", "delta
 CONDITION = ("column", "equals", "one_of", "between", "is_missing", "at_most_column", "at_least_column")
 SCHEMA_PATHS = ("name", "outcome", "source", "rules.[].name", "missing_values", "missing_values.[]",
                 *(f"columns.[].{name}" for name in ("name", "kind", "categories", "lower", "upper", "unit", "nullable",
-                                                    "transform", "precision", "needs_review", "description")),
+                                                    "transform", "precision", "bounds_source", "needs_review",
+                                                    "description")),
                 *(f"rules.[].{side}.{name}" for side in ("when", "require") for name in CONDITION))
 EVENT = ("mechanism", "noise_multiplier", "sample_rate", "steps", "round")
 
