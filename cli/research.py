@@ -528,6 +528,8 @@ def evaluate(
     table.add_row("exact copies", str(privacy_checks["exact_copies"]))
     table.add_row("DCR ratio (warns where its 95 % upper end is < 1)",
                   f"{privacy_checks['dcr_ratio']:.3f} (≤ {privacy_checks['dcr_ratio_upper']:.3f})")
+    table.add_row("Nearer a training row than 95 % of new patients",
+                  f"{privacy_checks['dcr_near_share']:.1%} (warns above {privacy_checks['dcr_near_share_limit']:.1%})")
     table.add_row("membership attack AUC", f"{privacy_checks['membership_attack_auc']:.3f}")
     results.print(table)
     print_verdict(result["verdict"], fail_below)

@@ -175,7 +175,8 @@ def test_verdict_calls_out_copies_chance_and_reversed_relationships(split, demo_
     good = judge({"overall_score": 0.9, "detection_auc": 0.6, "columns": {"a": {"value": 0.1}}},
                  {"lr": {"tstr": {"roc_auc": 0.8, "accuracy": 0.8}, "trtr": {"roc_auc": 0.82, "accuracy": 0.8}}},
                  {"membership_attack_auc": 0.51, "exact_copy_share": 0.0, "holdout_copy_share": 0.0,
-                  "excess_copy_share": 0.0, "dcr_ratio": 1.3, "dcr_ratio_upper": 1.4}, majority_rate=0.7,
+                  "excess_copy_share": 0.0, "dcr_ratio": 1.3, "dcr_ratio_upper": 1.4,
+                  "dcr_near_share": 0.05, "dcr_near_share_limit": 0.07}, majority_rate=0.7,
                  epsilon=1.0)
     assert good.level == "green" and good.flags == [] and good.score > 0.85
 
@@ -193,6 +194,12 @@ def test_new_real_patients_raise_no_copy_or_distance_alarm(split, demo_schema):
         ratios.append(again["dcr_ratio"])
         assert not again["dcr_warning"] and again["dcr_ratio_upper"] > again["dcr_ratio"]
     assert min(ratios) < 1.0  # the old rule (warn below 1) warned on these
+    near = test.sample(frac=1.0, replace=True, random_state=9).reset_index(drop=True)
+    copied = train.sample(len(near) // 10, random_state=10).reset_index(drop=True)  # a tenth: near-copies
+    near.loc[: len(copied) - 1, :] = copied.assign(kappa=copied["kappa"] * 1.02).to_numpy()
+    checks = privacy(near, train, test, demo_schema)
+    assert checks["exact_copy_share"] < 0.01 and checks["dcr_ratio_upper"] > 1.0  # the ratio alone: no warning
+    assert checks["dcr_near_share"] > checks["dcr_near_share_limit"] and checks["dcr_warning"]
     duplicated = pd.concat([train.head(1)] * len(test), ignore_index=True)  # the same patient over and over
     assert privacy(duplicated, train, test, demo_schema)["excess_copy_share"] > 0.9
 

@@ -24,7 +24,8 @@ from fedsyn.evaluation.metrics import evaluate, fidelity
 from fedsyn.evaluation.verdict import SCORE_CAP, judge
 
 NO_PRIVACY_SIGNAL = {"membership_attack_auc": 0.5, "exact_copy_share": 0.0, "holdout_copy_share": 0.0,
-                     "excess_copy_share": 0.0, "dcr_ratio": 1.0, "dcr_ratio_upper": 1.04}
+                     "excess_copy_share": 0.0, "dcr_ratio": 1.0, "dcr_ratio_upper": 1.04,
+                     "dcr_near_share": 0.05, "dcr_near_share_limit": 0.07}
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -236,7 +237,8 @@ def _distance_flags(**checks: float) -> list[str]:
 def test_the_distance_flag_needs_synthetic_rows_truly_closer_than_new_patients():
     """A newcomer's azpro release was flagged at DCR ratio 0.77 with both median distances 0 and
     fewer synthetic exact copies (75 %) than held-out rows have (78 %): no sign of memorisation."""
-    tied = {"dcr_ratio": 0.77, "dcr_ratio_upper": 0.85, "dcr_synthetic_median": 0.0, "dcr_holdout_median": 0.0,
+    tied = {"dcr_ratio": 0.77, "dcr_ratio_upper": 0.85, "dcr_near_share": 0.0, "dcr_near_share_limit": 0.07,
+            "dcr_synthetic_median": 0.0, "dcr_holdout_median": 0.0,
             "exact_copy_share": 0.75, "holdout_copy_share": 0.78, "excess_copy_share": -0.03}
     assert _distance_flags(**tied) == []
     assert _distance_flags(**{**tied, "exact_copy_share": 0.83, "excess_copy_share": 0.05})  # more copies: closer

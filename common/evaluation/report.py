@@ -247,6 +247,8 @@ def render_html(evaluation: Evaluation, real: pd.DataFrame, synthetic: pd.DataFr
                 ["DCR ratio synthetic / held-out (below 1 beyond its sampling error warns of memorisation)",
                  privacy["dcr_ratio"]],
                 ["DCR ratio's 95 % upper end", privacy["dcr_ratio_upper"]],
+                ["Synthetic rows nearer a training row than 95 % of new patients (share; warns above its limit)",
+                 f"{privacy['dcr_near_share']:.3f} (limit {privacy['dcr_near_share_limit']:.3f})"],
                 ["membership-inference attack ROC-AUC (0.5 is ideal)", privacy["membership_attack_auc"]]],
                ["check", "value"]),
         "<h2>Clinical plausibility</h2>",

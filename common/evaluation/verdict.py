@@ -271,16 +271,20 @@ def _missingness_flags(missingness: dict[str, Any]) -> list[Flag]:
 def dcr_warns(privacy: Mapping[str, Any]) -> bool:
     """Whether synthetic rows lie closer to the training rows than new patients do.
 
-    The DCR ratio (mean distance of synthetic rows to their nearest training row over that of
-    held-out rows) below 1 beyond its sampling error says so (its 95 % upper end,
-    ``dcr_ratio_upper``, below 1: a newcomer's release warned at 0.99, which new patients drawn
-    from the same rows give as often as 1.01), unless both median distances are 0: on a table with few
+    Two signs, each beyond what drawing new patients gives (about 2 std): the DCR ratio (mean
+    distance of synthetic rows to their nearest training row over that of held-out rows) below
+    1, its 95 % upper end (``dcr_ratio_upper``) included: a newcomer's release warned at 0.99,
+    which new patients drawn from the same rows give as often as 1.01; or more synthetic rows
+    than ``dcr_near_share_limit`` nearer a training row than all but 5 % of held-out rows
+    (``dcr_near_share``): near-copies of a fifth of the training rows barely move the mean
+    over every row, and only the ratio warned in half of such releases. Neither warns when
+    both median distances are 0: on a table with few
     distinct rows most synthetic and held-out rows alike match a training row exactly, the
     ratio then compares only the few rows that do not, and the exact matches are what the copy
     shares measure. A synthetic copy share no higher than the held-out rows' is what new
     patients look like (a newcomer's azpro release warned at ratio 0.77 with both medians 0,
     75 % synthetic copies against 78 % of held-out rows and a membership attack AUC of 0.51)."""
-    if privacy["dcr_ratio_upper"] >= 1.0:
+    if privacy["dcr_ratio_upper"] >= 1.0 and privacy["dcr_near_share"] <= privacy["dcr_near_share_limit"]:
         return False
     at_zero = privacy["dcr_synthetic_median"] == 0 and privacy["dcr_holdout_median"] == 0
     return not (at_zero and privacy["excess_copy_share"] <= 0)
@@ -300,7 +304,9 @@ def _privacy_flags(privacy: dict[str, Any], epsilon: float | None) -> tuple[list
     if dcr_warns(privacy):
         flags.append(Flag("privacy", "amber", f"synthetic rows lie closer to training rows than new patients do "
                                               f"(DCR ratio {privacy['dcr_ratio']:.2f}, at most "
-                                              f"{privacy['dcr_ratio_upper']:.2f} within its sampling error)"))
+                                              f"{privacy['dcr_ratio_upper']:.2f} within its sampling error; "
+                                              f"{privacy['dcr_near_share']:.0%} of synthetic rows nearer a training "
+                                              "row than 95 % of new patients)"))
     if epsilon is not None and epsilon > 10:
         flags.append(Flag("privacy", "amber", f"epsilon {epsilon:g} per site is a weak formal guarantee"))
     return flags, max(0.0, 1.0 - 2.0 * max(0.0, attack - 0.5))
