@@ -222,6 +222,8 @@ def test_bounds_left_as_the_draft_read_them_off_the_rows_are_pointed_at_by_name_
     assert validate_frame(frame, sourced).notes[0].kind.startswith("visits (upper): each is")  # said where from
     with pytest.raises(ValueError, match="bounds_source"):
         Column(name="died", kind="categorical", categories=["no", "yes"], bounds_source="the protocol")
+    with pytest.raises(ValueError, match="'bounds_source' is blank"):
+        Column(name="crp", kind="continuous", lower=0.1, upper=500, bounds_source=" ")
 
 
 def test_a_number_marker_a_numeric_column_could_really_hold_is_noted(demo_frame, demo_schema):

@@ -85,6 +85,9 @@ class Column(BaseModel):
                 raise ValueError(f"column '{self.name}': lower ({self.lower}) must be below upper ({self.upper})")
             if self.categories is not None:
                 raise ValueError(f"numeric column '{self.name}' must not list 'categories'")
+            if self.bounds_source is not None and not self.bounds_source.strip():
+                raise ValueError(f"column '{self.name}': 'bounds_source' is blank: say where the bounds come from "
+                                 "(an inclusion criterion, an assay's reporting range), or leave it out")
             if self.kind is ColumnKind.INTEGER and math.ceil(self.lower) > math.floor(self.upper):
                 raise ValueError(f"integer column '{self.name}': no whole number lies between lower ({self.lower}) "
                                  f"and upper ({self.upper})")

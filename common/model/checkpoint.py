@@ -24,7 +24,8 @@ from fedsyn.model.encoder import TableEncoder
 from fedsyn.model.training import GANTrainer
 from fedsyn.privacy.marginals import Marginals, check_slot_tables
 
-FORMAT = "fedsyn-model/5"  # 5: a continuous column's bounds are atoms of the public grid (fedsyn.data.grid)
+# 5: a continuous column's bounds are atoms of the public grid (fedsyn.data.grid); 6: an integer's lower bound too
+FORMAT = "fedsyn-model/6"
 
 
 @dataclass
