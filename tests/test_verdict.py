@@ -179,8 +179,8 @@ def test_the_researchers_table_is_red_and_no_score_reads_better_than_the_flags()
     assert verdict.level == "red" and verdict.score == SCORE_CAP["red"]
     reds = _flags(verdict, "red", "utility")
     assert any("keep 29% of the real rows' ROC-AUC lift" in message for message in reds)
-    assert any("below always predicting" in message and "random forest 0.69; gradient boosting 0.66" in message
-               for message in reds)
+    assert any("below always predicting" in message and "random forest 0.69 (on real rows 0.80); gradient boosting 0.66"
+               in message for message in reds)
     assert verdict.components["fidelity"] == 0.889  # kept for the record, never the headline
     amber_only = judge({**fidelity_, "columns": {"age": {"value": 0.35}}}, {}, NO_PRIVACY_SIGNAL)
     assert amber_only.level == "amber" and amber_only.score == SCORE_CAP["amber"]

@@ -117,7 +117,7 @@ def _utility_flags(utility: dict[str, Any], majority_rate: float | None) -> tupl
             below_real.append(f"{name} {tstr:.2f} against {trtr:.2f}")
         accuracy, real_accuracy = scores["tstr"]["accuracy"], scores["trtr"]["accuracy"]
         if majority_rate is not None and accuracy < majority_rate - 0.01 <= real_accuracy:
-            below_majority.append(f"{name} {accuracy:.2f}")
+            below_majority.append(f"{name} {accuracy:.2f} (on real rows {real_accuracy:.2f})")
     if utility and not judged:
         flags.append(Flag("utility", "amber", "even trained on the real rows no model predicts the outcome better "
                                               f"than chance (ROC-AUC < {SIGNAL_AUC}): utility cannot be judged"))
