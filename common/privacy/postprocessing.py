@@ -92,8 +92,8 @@ def coarsened(counts: np.ndarray, widths: np.ndarray, floor: float, total: float
     reaches of wide public bounds. Their cells are dropped; what the groups miss of the
     class's noisy ``total`` is shared between the two ends by their own noisy sums, and each
     end's share becomes a tail that continues the outermost group's density and decays
-    (:func:`_decaying_tail`). So a long sparse tail (the lymph nodes of the patients who
-    died) is kept instead of cut off, and an empty reach stays empty. Counts in which no
+    (:func:`_tail`; after a pile, spread like ``prior``). So a long sparse tail (the lymph
+    nodes of the patients who died) is kept instead of cut off, and an empty reach stays empty. Counts in which no
     stretch beats the noise are returned as they were.
 
     A class too small for even all its bins together to beat the noise (``total`` below
@@ -133,9 +133,27 @@ def coarsened(counts: np.ndarray, widths: np.ndarray, floor: float, total: float
     missing = max(total - merged[low:high].sum(), 0.0)
     left_over = np.clip([counts[:low].sum(), counts[high:].sum()], 0.0, None)
     below, above = missing * left_over / left_over.sum() if left_over.sum() > 0 else (0.0, 0.0)
-    merged[high:] = _decaying_tail(above, merged[high - 1] / widths[high - 1], widths[high:])
-    merged[:low] = _decaying_tail(below, merged[low] / widths[low], widths[:low][::-1])[::-1]
+    upper_prior, lower_prior = (None, None) if prior is None else (prior[high:], prior[:low][::-1])
+    merged[high:] = _tail(above, merged[high - 1] / widths[high - 1], widths[high:], upper_prior, high - anchor == 1)
+    merged[:low] = _tail(below, merged[low] / widths[low], widths[:low][::-1], lower_prior, low == anchor)[::-1]
     return merged
+
+
+def _tail(mass: float, density: float, widths: np.ndarray, prior: np.ndarray | None, after_pile: bool) -> np.ndarray:
+    """``mass`` left over at one end of a class's groups, over the bins of ``widths`` (from the
+    groups outwards): a tail that continues the outermost group's ``density`` and decays
+    (:func:`_decaying_tail`), unless that group is the anchor's bin alone (``after_pile``).
+
+    A pile's density is no tail's: a newcomer's admissions sat at 0 hours in intensive care in
+    78 % of rows, no group beat the noise over the thin spread of the others' hours (1-336,
+    median 154), and a tail continuing the pile put every stay at 1 hour in 2 runs of 3 (in a
+    third of draws of the tables offline). After a pile, the mass is spread like ``prior``
+    there (every class's counts, coarsened), or evenly by width without one: counts that
+    decay from 0 (every class's visits) keep their decay, a thin spread keeps its spread."""
+    if after_pile and mass > 0:
+        shape = widths if prior is None or np.clip(prior, 0.0, None).sum() <= 0 else np.clip(prior, 0.0, None)
+        return np.asarray(mass * shape / shape.sum(), dtype=float)
+    return _decaying_tail(mass, density, widths)
 
 
 def _merged_upwards(counts: np.ndarray, widths: np.ndarray, floor: float) -> tuple[np.ndarray, int]:
