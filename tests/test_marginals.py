@@ -77,7 +77,22 @@ def test_the_mass_left_over_after_a_pile_is_spread_like_every_class_not_piled_be
     np.testing.assert_allclose(alone[1:], 1.8)  # not 106 rows at 1 hour
     decaying = np.r_[5000.0, 1000.0 * 0.5 ** np.arange(59)]
     shaped = coarsened(counts, widths, 15.0, float(counts.sum()), prior=decaying)
-    np.testing.assert_allclose(shaped[1:] / shaped[1:].sum(), decaying[1:] / decaying[1:].sum())
+    np.testing.assert_allclose(shaped[1:], 59 * 1.8 * decaying[1:] / decaying[1:].sum())
+    mirrored = coarsened(counts[::-1].copy(), widths, 15.0, float(counts.sum()), prior=decaying[::-1].copy())
+    np.testing.assert_allclose(mirrored[::-1], shaped)  # below a pile at the upper bound alike
+    beyond = coarsened(np.r_[700.0, 40.0, np.full(58, 1.8)], widths, 15.0, 846.4, prior=np.r_[5000.0, np.ones(59)])
+    assert beyond[2:12].sum() > 0.9 * beyond[2:].sum()  # after a group beyond the pile: a decaying tail
+    bell = np.zeros(40)
+    bell[14:36] = [3, 4, 5, 6, 7, 8, *[12.0] * 10, 8, 7, 6, 5, 4, 3]  # a weak class: no bin beats the noise by far
+    every = np.r_[np.full(5, 300.0), np.full(35, 5.0)]  # every class piled far below it
+    weak = coarsened(bell, np.ones(40), 15.0, float(bell.sum()), prior=every)
+    flipped = coarsened(bell[::-1].copy(), np.ones(40), 15.0, float(bell.sum()), prior=every[::-1].copy())
+    assert weak[:10].sum() < 0.5 and flipped[-10:].sum() < 0.5  # its left-over stays by it, not in that pile
+    atoms = np.ones(20)
+    atoms[[0, -1]] = 1e-9  # a continuous column's bounds, each settled at none for this class
+    below = np.r_[0.0, 3, 2, 4, 1, 3, 200, 30, 25, 20, np.zeros(10)]
+    spread = coarsened(below, atoms, 15.0, float(below.sum()), (0, 19), prior=np.r_[600.0, np.full(18, 20.0), 400])
+    assert spread[0] == 0.0 and spread[-1] == 0.0  # every class's piles there are not this class's
 
 
 def test_groups_spread_their_counts_by_width():

@@ -122,7 +122,8 @@ def coarsened(counts: np.ndarray, widths: np.ndarray, floor: float, total: float
             shape = widths
         return np.asarray(shape / shape.sum() * max(total, 0.0), dtype=float)
     anchor = int(np.argmax(counts))
-    if counts[anchor] < 3 * floor:
+    pile = counts[anchor] >= 3 * floor  # a bin that beats the noise by far: a group of its own
+    if not pile:
         anchor, score = _strongest_stretch(counts)
         if score < floor:
             return counts.copy()
@@ -133,16 +134,21 @@ def coarsened(counts: np.ndarray, widths: np.ndarray, floor: float, total: float
     missing = max(total - merged[low:high].sum(), 0.0)
     left_over = np.clip([counts[:low].sum(), counts[high:].sum()], 0.0, None)
     below, above = missing * left_over / left_over.sum() if left_over.sum() > 0 else (0.0, 0.0)
+    if prior is not None:  # an atom settled at none holds none of every class's share there
+        prior = np.where(np.isin(np.arange(len(prior)), atoms), 0.0, prior)
     upper_prior, lower_prior = (None, None) if prior is None else (prior[high:], prior[:low][::-1])
-    merged[high:] = _tail(above, merged[high - 1] / widths[high - 1], widths[high:], upper_prior, high - anchor == 1)
-    merged[:low] = _tail(below, merged[low] / widths[low], widths[:low][::-1], lower_prior, low == anchor)[::-1]
+    merged[high:] = _tail(above, merged[high - 1] / widths[high - 1], widths[high:], upper_prior,
+                          pile and high - anchor == 1)
+    merged[:low] = _tail(below, merged[low] / widths[low], widths[:low][::-1], lower_prior,
+                         pile and low == anchor)[::-1]
     return merged
 
 
 def _tail(mass: float, density: float, widths: np.ndarray, prior: np.ndarray | None, after_pile: bool) -> np.ndarray:
     """``mass`` left over at one end of a class's groups, over the bins of ``widths`` (from the
     groups outwards): a tail that continues the outermost group's ``density`` and decays
-    (:func:`_decaying_tail`), unless that group is the anchor's bin alone (``after_pile``).
+    (:func:`_decaying_tail`), unless that group is a pile (``after_pile``: the anchor's bin
+    alone, a bin that beats the noise by far, with no group beyond it on this side).
 
     A pile's density is no tail's: a newcomer's admissions sat at 0 hours in intensive care in
     78 % of rows, no group beat the noise over the thin spread of the others' hours (1-336,
