@@ -473,6 +473,18 @@ def test_each_slots_share_at_an_assays_limit_is_its_own_and_a_few_rows_are_not_r
     assert (released.astype(float) == limit).sum() >= 1  # about 4 % of 24 rows over both slots
 
 
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float32])
+def test_empirical_quantiles_stay_within_the_sample_in_any_precision(dtype):
+    """An independent review: in half precision a position past 2,048 rounded up beyond the last
+    order statistic (IndexError on 2,276 rows)."""
+    from fedsyn.model.calibration import _empirical_quantiles
+    from fedsyn.model.quantiles import midpoints
+
+    ordered = torch.linspace(-1.0, 1.0, 2276).to(dtype)
+    quantiles = _empirical_quantiles(ordered, midpoints(2276, ordered))
+    assert quantiles.dtype == dtype and float(quantiles[-1]) == pytest.approx(1.0, abs=0.01)
+
+
 @pytest.mark.parametrize("std", [float("nan"), float("inf"), -1.0, True, "5"])
 def test_a_summed_tables_noise_std_that_is_no_std_is_refused(demo_frame, demo_schema, std):
     """A NaN would make every calibrated value NaN; the release refuses it before using it."""

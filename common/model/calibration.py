@@ -289,9 +289,12 @@ def _within_bounds(values: np.ndarray, bounds: tuple[float, float], drawn: tuple
 
 
 def _empirical_quantiles(ordered: torch.Tensor, levels: torch.Tensor) -> torch.Tensor:
-    """The quantiles at ``levels`` of the sample ``ordered`` (sorted), between its order statistics."""
-    position = (levels * ordered.shape[0] - 0.5).clamp(0.0, ordered.shape[0] - 1.0)
-    low = position.floor().long()
-    high = (low + 1).clamp_max(ordered.shape[0] - 1)
-    weight = position - low.to(position.dtype)
+    """The quantiles at ``levels`` of the sample ``ordered`` (sorted), between its order statistics.
+    Positions are counted in float64: in half precision a position past 2,048 rounds up beyond
+    the last order statistic."""
+    last = ordered.shape[0] - 1
+    position = (levels.double() * ordered.shape[0] - 0.5).clamp(0.0, float(last))
+    low = position.floor().long().clamp_max(last)
+    high = (low + 1).clamp_max(last)
+    weight = (position - low.double()).to(ordered.dtype)
     return ordered[low] + weight * (ordered[high] - ordered[low])
