@@ -70,7 +70,7 @@ def numeric_edges(column: Column) -> np.ndarray:
         edges = np.concatenate([[first], inner[(inner > first) & (inner < last)], [last]])
     if column.kind is ColumnKind.INTEGER:
         above_lower = forward_transform(column, np.array([math.ceil(column.bounds[0]) + 0.5]))[0]
-        if above_lower < min(edges[1], edges[-1]):
+        if above_lower < edges[1]:
             edges = np.concatenate([edges[:1], [above_lower], edges[1:]])
     elif column.kind is ColumnKind.CONTINUOUS:
         atom = ATOM_WIDTH * (high - low)

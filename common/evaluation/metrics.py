@@ -602,7 +602,7 @@ def tstr_auc(train: pd.DataFrame, test: pd.DataFrame, schema: Schema, seed: int 
 
 # -- privacy ----------------------------------------------------------------------------------
 
-CLOSE_LEVEL = 0.05  # the share of new patients nearer a training row than the DCR tail check's cut
+NEAR_LEVEL = 0.05  # the share of new patients nearer a training row than the DCR tail check's cut
 
 
 def privacy(synthetic: pd.DataFrame, real_train: pd.DataFrame, real_test: pd.DataFrame, schema: Schema,
@@ -631,8 +631,8 @@ def privacy(synthetic: pd.DataFrame, real_train: pd.DataFrame, real_test: pd.Dat
     ratio_upper = ratio + 2.0 * _ratio_std_error(dcr_synthetic, dcr_holdout)
     # The tail: synthetic rows nearer a training row than all but 5 % of new patients are (a
     # few near-copies hardly move a mean over every row), against what new patients give.
-    near = float(np.mean(dcr_synthetic < np.quantile(dcr_holdout, CLOSE_LEVEL)))
-    near_limit = CLOSE_LEVEL + 2.0 * math.sqrt(2.0 * CLOSE_LEVEL * (1.0 - CLOSE_LEVEL) / n)
+    near = float(np.mean(dcr_synthetic < np.quantile(dcr_holdout, NEAR_LEVEL)))
+    near_limit = NEAR_LEVEL + 2.0 * math.sqrt(2.0 * NEAR_LEVEL * (1.0 - NEAR_LEVEL) / n)
     # Attack: a record is called a member when a synthetic row lies unusually close to it.
     to_synthetic = NearestNeighbors(n_neighbors=1).fit(syn_x)
     members = train_x[rng.choice(len(train_x), min(len(train_x), len(test_x), 5000), replace=False)]

@@ -115,8 +115,10 @@ def coarsened(counts: np.ndarray, widths: np.ndarray, floor: float, total: float
         merged[rest] = coarsened(counts[rest], widths[rest], floor, max(total - merged[kept].sum(), 0.0),
                                  empty, prior=None if prior is None else prior[rest])  # still atoms: kept at none
         return merged
+    if prior is not None:  # a raw prior may hold noise below 0; an atom settled at none holds none of its share
+        prior = np.where(np.isin(np.arange(len(prior)), atoms), 0.0, np.clip(prior, 0.0, None))
     if total < floor * math.sqrt(len(counts)):
-        shape = widths.copy() if prior is None else np.clip(prior, 0.0, None)  # a raw prior may hold noise below 0
+        shape = widths.copy() if prior is None else prior.copy()
         shape[list(atoms)] = 0.0  # settled at none: every class's share there is not this class's
         if shape.sum() <= 1e-9 * widths.sum():
             shape = widths
@@ -134,8 +136,6 @@ def coarsened(counts: np.ndarray, widths: np.ndarray, floor: float, total: float
     missing = max(total - merged[low:high].sum(), 0.0)
     left_over = np.clip([counts[:low].sum(), counts[high:].sum()], 0.0, None)
     below, above = missing * left_over / left_over.sum() if left_over.sum() > 0 else (0.0, 0.0)
-    if prior is not None:  # an atom settled at none holds none of every class's share there
-        prior = np.where(np.isin(np.arange(len(prior)), atoms), 0.0, prior)
     upper_prior, lower_prior = (None, None) if prior is None else (prior[high:], prior[:low][::-1])
     merged[high:] = _tail(above, merged[high - 1] / widths[high - 1], widths[high:], upper_prior,
                           pile and high - anchor == 1)
@@ -154,10 +154,10 @@ def _tail(mass: float, density: float, widths: np.ndarray, prior: np.ndarray | N
     78 % of rows, no group beat the noise over the thin spread of the others' hours (1-336,
     median 154), and a tail continuing the pile put every stay at 1 hour in 2 runs of 3 (in a
     third of draws of the tables offline). After a pile, the mass is spread like ``prior``
-    there (every class's counts, coarsened), or evenly by width without one: counts that
+    there (every class's counts, coarsened; none below 0), or evenly by width without one: counts that
     decay from 0 (every class's visits) keep their decay, a thin spread keeps its spread."""
     if after_pile and mass > 0:
-        shape = widths if prior is None or np.clip(prior, 0.0, None).sum() <= 0 else np.clip(prior, 0.0, None)
+        shape = widths if prior is None or prior.sum() <= 0 else prior
         return np.asarray(mass * shape / shape.sum(), dtype=float)
     return _decaying_tail(mass, density, widths)
 
