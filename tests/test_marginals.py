@@ -10,7 +10,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from fedsyn.data.grid import bin_index, bin_labels, numeric_bins, numeric_edges
+from fedsyn.data.grid import bin_index, bin_labels, bound_value_bins, numeric_bins, numeric_edges
 from fedsyn.data.schema import Column, Schema
 from fedsyn.privacy.marginals import (
     Marginals,
@@ -63,6 +63,21 @@ def test_an_integer_columns_lower_bound_is_a_bin_of_its_own():
         lower, upper = column.bounds
         index = bin_index(column, pd.Series([lower, lower + 1, upper]))
         assert index[0] == 0 and index[1] == 1 and index[-1] == numeric_bins(column) - 1, column.name
+
+
+def test_a_bounds_value_with_a_bin_of_its_own_is_known_by_the_grid():
+    """The release keeps a class's share at a bound to its table where the bound's value has a
+    bin of its own (:func:`fedsyn.model.calibration.SlotCalibration`): an assay's limits, 0 hours
+    in intensive care, a coma score of 15; not the top of a wide count (365 visits), nor a log
+    grid's first bin that stops short of halfway to the next whole value (a value on the grid
+    between that edge and halfway decodes to the bound too)."""
+    cases = [(Column(name="icu_hours", kind="integer", lower=0, upper=2000), (True, False)),
+             (Column(name="gcs", kind="integer", lower=3, upper=15), (True, True)),
+             (Column(name="kappa", kind="continuous", lower=0.1, upper=30.0, transform="log"), (True, True)),
+             (Column(name="bnp", kind="integer", lower=10, upper=35000, transform="log"), (True, False)),
+             (Column(name="alt", kind="integer", lower=5, upper=2000, transform="log"), (False, False))]
+    for column, expected in cases:
+        assert bound_value_bins(column) == expected, column.name
 
 
 def test_the_mass_left_over_after_a_pile_is_spread_like_every_class_not_piled_beside_it():

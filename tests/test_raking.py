@@ -315,6 +315,14 @@ def test_a_release_holds_the_tables_share_at_a_bound_and_of_missing_values(demo_
     assert weights[missing & survivors].sum() / weights[survivors].sum() == pytest.approx(real, abs=0.02)  # by class
 
 
+def test_a_release_holds_the_tables_share_at_an_integer_columns_lower_bound(demo_frame, demo_schema):
+    """An integer column's lower bound has a bin of its own (0 hours in intensive care), so its
+    share is a point mass the release is raked to, as an assay limit's is."""
+    site, pool, weights = _raked_at_bound(demo_frame, demo_schema, 5, site_share=0.3, pool_share=0.05, column="age")
+    lowest = demo_schema.column("age").lower
+    assert weights[(pool["age"] == lowest).to_numpy()].sum() == pytest.approx((site["age"] == lowest).mean(), abs=0.03)
+
+
 def test_a_point_mass_the_pool_cannot_hold_bends_no_other_table(demo_frame, demo_schema):
     """A review of the point-mass raking: a site with 32 % of kappa at its lower bound and a pool
     with 1 % there (the cap lets a row weigh 10 times its share: at most 10 %). Asked for 32 %,
@@ -367,16 +375,17 @@ def test_a_class_a_point_mass_cannot_hold_goes_to_its_other_cells():
 
 
 def _raked_at_bound(frame: pd.DataFrame, schema, seed: int, site_share: float, pool_share: float,
-                    pool_missing: float | None = None) -> tuple[pd.DataFrame, pd.DataFrame, np.ndarray]:
-    """One site whose kappa sits at its lower bound in ``site_share`` of its 2,000 rows, a pool
-    of the same rows with ``pool_share`` there (and, given ``pool_missing``, creatinine missing
-    in that share of its rows instead of the site's), and the pool's release weights for 200
-    rows raked to the site's exact tables."""
+                    pool_missing: float | None = None, column: str = "kappa"
+                    ) -> tuple[pd.DataFrame, pd.DataFrame, np.ndarray]:
+    """One site whose ``column`` sits at its lower bound in ``site_share`` of its 2,000 rows, a
+    pool of the same rows with ``pool_share`` there (and, given ``pool_missing``, creatinine
+    missing in that share of its rows instead of the site's), and the pool's release weights for
+    200 rows raked to the site's exact tables."""
     rows = frame.sample(2000, random_state=seed).reset_index(drop=True)
     rng = np.random.default_rng(seed)
     site, pool = rows.copy(), rows.copy()
-    site.loc[rng.random(len(site)) < site_share, "kappa"] = schema.column("kappa").lower
-    pool.loc[rng.random(len(pool)) < pool_share, "kappa"] = schema.column("kappa").lower
+    site.loc[rng.random(len(site)) < site_share, column] = schema.column(column).lower
+    pool.loc[rng.random(len(pool)) < pool_share, column] = schema.column(column).lower
     if pool_missing is not None:
         pool["creatinine"] = pool["creatinine"].fillna(1.0)
         pool.loc[rng.random(len(pool)) < pool_missing, "creatinine"] = np.nan

@@ -78,6 +78,26 @@ def numeric_edges(column: Column) -> np.ndarray:
     return np.asarray(edges, dtype=float)
 
 
+def bound_value_bins(column: Column) -> tuple[bool, bool]:
+    """Whether a numeric column's first and last bins each hold its bound's value alone: a
+    continuous column's atoms, and an integer column's bound where a bin's edge falls halfway to
+    the next whole value (the lower bound on a linear scale always, :func:`numeric_edges`; the
+    upper one on a range narrow enough for a bin per value). Such a bin's table cell counts the
+    rows at that very value (0 hours in intensive care, a coma score of 15), and a value on the
+    grid's scale inside it decodes to the bound."""
+    if column.has_bound_atoms:
+        return True, True
+    if column.kind is not ColumnKind.INTEGER:
+        return False, False
+    edges = numeric_edges(column)
+    low, high = column.bounds
+    tolerance = 1e-9 * float(edges[-1] - edges[0])
+    just_above, just_below = forward_transform(column, np.array([math.ceil(low) + 0.5, math.floor(high) - 0.5]))
+    lower_alone = abs(edges[1] - just_above) <= tolerance
+    upper_alone = len(edges) > 2 and abs(edges[-2] - just_below) <= tolerance
+    return bool(lower_alone), bool(upper_alone)
+
+
 def atom_bins(column: Column, transformed: np.ndarray, edges: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:
     """Which ``transformed`` positions lie in the lower and in the upper bound's atom bin, on the
     column's grid ``edges`` (:func:`numeric_edges`); None for a column without atoms."""

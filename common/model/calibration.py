@@ -26,7 +26,7 @@ import math
 import numpy as np
 import torch
 
-from fedsyn.data.grid import numeric_bins, numeric_edges
+from fedsyn.data.grid import bound_value_bins, numeric_bins, numeric_edges
 from fedsyn.data.schema import Column
 from fedsyn.model.encoder import TableEncoder
 from fedsyn.model.quantiles import QuantileTargets, float_tensor, midpoints, numeric_outputs
@@ -79,10 +79,12 @@ class SlotCalibration:
         return torch.where(present < MIN_PRESENT, 0.0, 1.0 / (1.0 + (relative / TRUST_SCALE) ** 2))
 
     def _atom_shares(self, table_noise_std: float | None, present: np.ndarray, tables: Marginals) -> np.ndarray:
-        """Each class's share of present values at each numeric column's bounds' atoms by
-        ``tables`` (classes × numeric columns × 2: lower, upper), each settled against the
-        noise as one cell (:func:`~fedsyn.privacy.postprocessing.point_mass_beyond_noise`); NaN
-        where the release keeps the generator's share: a column without atoms, a class the
+        """Each class's share of present values at each numeric column's bounds by ``tables``
+        (classes × numeric columns × 2: lower, upper), where a bound's value has a bin of its own
+        (:func:`~fedsyn.data.grid.bound_value_bins`): a continuous column's atoms, each settled
+        against the noise as one cell (:func:`~fedsyn.privacy.postprocessing.point_mass_beyond_noise`),
+        and an integer column's bound as its coarsened table holds it. NaN where the release
+        keeps the generator's share: a bound without such a bin, a class the
         tables hold fewer than :data:`MIN_PRESENT` values of (``present``, classes × numeric
         columns), or tables not trusted over the generator (no noise std).
 
@@ -95,13 +97,15 @@ class SlotCalibration:
         if table_noise_std is None:
             return shares
         for position, column in enumerate(self.numeric):
-            if not column.has_bound_atoms:
+            alone = np.array(bound_value_bins(column))
+            if not alone.any():
                 continue
             conditional = tables.conditional(column.name)
             body = conditional[:-1] if column.nullable else conditional
             body = body / np.clip(body.sum(axis=0, keepdims=True), 1e-12, None)
+            at_bounds = np.where(alone, body[[0, -1]].T, np.nan)
             held = present[:, position] >= MIN_PRESENT
-            shares[held, position] = body[[0, -1]].T[held]
+            shares[held, position] = at_bounds[held]
         return shares
 
     def _atoms_as_tabled(self, values: np.ndarray, label: int, position: int, slot: int,
@@ -256,20 +260,26 @@ def check_noise_std(value: object) -> None:
 
 
 def _continuous_range(column: Column) -> tuple[tuple[float, float], tuple[float, float] | None]:
-    """Where a numeric column's values may move on its grid's scale, and its bounds' atom bins'
-    inner edges: clear of the atom bins (a value moved into one would become the bound; the
-    margin, a millionth of the range, outlasts the release's float32 positions), or between its
-    bounds for a column without atoms."""
+    """Where a numeric column's values may move on its grid's scale, and the inner edges of the
+    bins that hold a bound's value alone (:func:`~fedsyn.data.grid.bound_value_bins`; an
+    infinite edge where a bound has none): clear of those bins (a value moved into one would
+    become the bound; the margin, a millionth of the range, outlasts the release's float32
+    positions), or between the bounds for a column without such bins."""
     edges = numeric_edges(column)
-    if not column.has_bound_atoms:
+    lower_alone, upper_alone = bound_value_bins(column)
+    if not (lower_alone or upper_alone):
         return (float(edges[0]), float(edges[-1])), None
     margin = 1e-6 * float(edges[-1] - edges[0])
-    return (float(edges[1]) + margin, float(edges[-2]) - margin), (float(edges[1]), float(edges[-2]))
+    inner = (float(edges[1]) if lower_alone else -math.inf, float(edges[-2]) if upper_alone else math.inf)
+    movable = (inner[0] + margin if lower_alone else float(edges[0]),
+               inner[1] - margin if upper_alone else float(edges[-1]))
+    return movable, inner
 
 
 def _atom_values(column: Column) -> tuple[float, float]:
-    """The middles of a numeric column's two bound bins on its grid's scale: a continuous
-    column's atoms, where a value decodes to the bound itself."""
+    """The middles of a numeric column's two bound bins on its grid's scale: where a value in a
+    bin holding its bound alone (:func:`~fedsyn.data.grid.bound_value_bins`) decodes to the bound
+    itself."""
     edges = numeric_edges(column)
     return float(edges[0] + edges[1]) / 2.0, float(edges[-2] + edges[-1]) / 2.0
 

@@ -32,7 +32,7 @@ from dataclasses import dataclass, replace
 import numpy as np
 import pandas as pd
 
-from fedsyn.data.grid import bin_index, bin_labels, numeric_bins
+from fedsyn.data.grid import bin_index, bin_labels, bound_value_bins, numeric_bins
 from fedsyn.data.schema import Column, Schema
 from fedsyn.privacy.marginals import Marginals, measured_columns, split_column
 from fedsyn.privacy.pairs import Pair, bin_groups, group_count, group_index, pair_cells
@@ -198,21 +198,21 @@ def _within_reach(target: np.ndarray, reach: np.ndarray) -> np.ndarray:
 
 def point_mass_bounds(column: Column) -> np.ndarray | None:
     """Group bounds (public bin indices, as :func:`fedsyn.privacy.pairs.group_bounds` gives a
-    pair's) that set a numeric column's point masses apart from its other values: each bound's
-    atom bin (a continuous column, :func:`fedsyn.data.grid.numeric_edges`) and, in a group of
-    its own, 'missing' (a nullable column). None for a column without either.
+    pair's) that set a numeric column's point masses apart from its other values: each bin that
+    holds a bound's value alone (a continuous column's atoms, an integer column's lower bound:
+    :func:`fedsyn.data.grid.bound_value_bins`) and, in a group of its own, 'missing' (a
+    nullable column). None for a column without either.
 
     The generator under-draws point masses, and the calibration moves no value into 'missing'
     and sets the summed table's share at an atom, not a site's: a newcomer's CRP sat at its assay limit in 7 % of
     real rows and 1 % of released ones, glucose was missing in 5 % of real rows and 0.1 % of
     released ones. The tables hold both (their atoms and 'missing' cells kept only where they
     beat the noise, :meth:`~fedsyn.privacy.marginals.Marginals.without_noise_floor`)."""
+    lower_alone, upper_alone = bound_value_bins(column)
+    if not (lower_alone or upper_alone or column.nullable):
+        return None
     bins = numeric_bins(column)
-    if column.has_bound_atoms:
-        return np.array([0, 1, bins - 1, bins], dtype=float)
-    if column.nullable:
-        return np.array([0, bins], dtype=float)
-    return None
+    return np.unique(np.array([0, 1 if lower_alone else 0, bins - 1 if upper_alone else bins, bins], dtype=float))
 
 
 def rake(weights: np.ndarray, margins: list[Margin], ceiling: np.ndarray | None = None) -> np.ndarray:
