@@ -69,13 +69,15 @@ def test_a_bounds_value_with_a_bin_of_its_own_is_known_by_the_grid():
     """The release keeps a class's share at a bound to its table where the bound's value has a
     bin of its own (:func:`fedsyn.model.calibration.SlotCalibration`): an assay's limits, 0 hours
     in intensive care, a coma score of 15; not the top of a wide count (365 visits), nor a log
-    grid's first bin that stops short of halfway to the next whole value (a value on the grid
-    between that edge and halfway decodes to the bound too)."""
+    grid's first bin that stops short of halfway to the next whole value, nor a column recorded
+    in steps of 5 (a value on the grid between that edge and halfway, or 2.5 past the bound,
+    decodes to the bound too)."""
     cases = [(Column(name="icu_hours", kind="integer", lower=0, upper=2000), (True, False)),
              (Column(name="gcs", kind="integer", lower=3, upper=15), (True, True)),
              (Column(name="kappa", kind="continuous", lower=0.1, upper=30.0, transform="log"), (True, True)),
              (Column(name="bnp", kind="integer", lower=10, upper=35000, transform="log"), (True, False)),
-             (Column(name="alt", kind="integer", lower=5, upper=2000, transform="log"), (False, False))]
+             (Column(name="alt", kind="integer", lower=5, upper=2000, transform="log"), (False, False)),
+             (Column(name="dose", kind="integer", lower=0, upper=100, precision=5), (False, False))]
     for column, expected in cases:
         assert bound_value_bins(column) == expected, column.name
 

@@ -18,7 +18,7 @@ from flwr.serverapp.strategy import DifferentialPrivacyServerSideFixedClipping
 from fedsyn.client.site import Site, SiteRefusal
 from fedsyn.data.grid import numeric_bins
 from fedsyn.federation import protocol
-from fedsyn.model.calibration import ATOM_BAND
+from fedsyn.model.calibration import ATOM_BAND, PILE_STD
 from fedsyn.model.config import GANConfig
 from fedsyn.model.encoder import TableEncoder
 from fedsyn.model.training import GANTrainer
@@ -473,26 +473,35 @@ def test_each_slots_share_at_an_assays_limit_is_its_own_and_a_few_rows_are_not_r
     assert (released.astype(float) == limit).sum() >= 1  # about 4 % of 24 rows over both slots
 
 
-def test_an_integer_columns_share_at_its_lower_bound_is_the_tables_not_the_generators(demo_frame, demo_schema):
+@pytest.mark.parametrize("dead_at_bound", [0.3, 0.05])
+def test_an_integer_columns_share_at_its_lower_bound_is_the_tables_where_they_kept_it_a_pile(
+        demo_frame, demo_schema, dead_at_bound):
     """A newcomer's ICU hours: 0 in 80 % of the tables' stays, 94 % of the generator's, and the
     averaging of drawn and tabled quantiles put values between the pile and the rest (a median
     stay of 23.5 h against 154 h real). The grid gives an integer column's lower bound a bin of
-    its own, so its share is kept to the tables like an assay limit's atom."""
+    its own, so its share is kept to the tables like an assay limit's atom where they kept it a
+    pile (4.5 noise std); a smaller cell the tables may have spread with its neighbours, and the
+    generator's share stays (a review: 300 values with 20 % at the bound were held to 10 %)."""
     rows = demo_frame.sample(4000, random_state=21).reset_index(drop=True)
     died = (rows["death"] == demo_schema.column("death").levels[1]).to_numpy()
     lowest = demo_schema.column("age").lower
     rng = np.random.default_rng(22)
     rows.loc[~died & (rng.random(len(rows)) < 0.6), "age"] = lowest
-    rows.loc[died & (rng.random(len(rows)) < 0.05), "age"] = lowest
+    rows.loc[died & (rng.random(len(rows)) < dead_at_bound), "age"] = lowest
     drawn = rows.copy()  # a generator that puts most deaths at the bound
     drawn.loc[died & (rng.random(len(rows)) < 0.8), "age"] = lowest
     trainer = _trainer_with_exact_slots(rows, demo_schema, 30.0)
     released = trainer.encoder.decode(trainer.calibration(torch.as_tensor(trainer.encoder.encode(drawn)),
                                                           torch.as_tensor(np.arange(len(rows)) % 2)).numpy())
     truth = float((rows.loc[died, "age"] == lowest).mean())
+    generated = float((drawn.loc[died, "age"] == lowest).mean())
     band = ATOM_BAND * 30.0 / (died.sum() / 2)  # each slot's share kept within 2 noise std, the drawn side
-    assert float((drawn.loc[died, "age"] == lowest).mean()) > 0.75
-    assert float((released.loc[died, "age"].astype(float) == lowest).mean()) == pytest.approx(truth + band, abs=0.015)
+    share = float((released.loc[died, "age"].astype(float) == lowest).mean())
+    assert generated > 0.75
+    if truth * died.sum() / 2 >= PILE_STD * 30.0:
+        assert share == pytest.approx(truth + band, abs=0.015)
+    else:
+        assert share == pytest.approx(generated, abs=0.02)
 
 
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float32])

@@ -82,13 +82,13 @@ def bound_value_bins(column: Column) -> tuple[bool, bool]:
     """Whether a numeric column's first and last bins each hold its bound's value alone: a
     continuous column's atoms, and an integer column's bound where a bin's edge falls halfway to
     the next whole value (the lower bound on a linear scale always, :func:`numeric_edges`; the
-    upper one on a range narrow enough for a bin per value). Such a bin's table cell counts the
-    rows at that very value (0 hours in intensive care, a coma score of 15), and a value on the
-    grid's scale inside it decodes to the bound."""
+    upper one on a range narrow enough for a bin per value; not one recorded in coarser steps).
+    Such a bin's table cell counts the rows at that very value (0 hours in intensive care, a
+    coma score of 15), and a value on the grid's scale inside it decodes to the bound."""
     if column.has_bound_atoms:
         return True, True
-    if column.kind is not ColumnKind.INTEGER:
-        return False, False
+    if column.kind is not ColumnKind.INTEGER or column.recorded_step != 1.0:
+        return False, False  # recorded in steps of 5, values up to 2.5 past a bound decode to it too
     edges = numeric_edges(column)
     low, high = column.bounds
     tolerance = 1e-9 * float(edges[-1] - edges[0])

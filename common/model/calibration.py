@@ -36,6 +36,11 @@ MIN_PRESENT = 20.0  # a slot's class with fewer values of a numeric column by it
 DEPARTURE_LEVELS = (0.05, 0.95)  # a slot's departure beyond these quantile levels is held at its value there
 TRUST_SCALE = 0.1  # the summed table's relative noise at which the release takes its values half from it
 ATOM_BAND = 2.0  # a class's drawn share at a bound's atom is kept this many noise std of the table's
+# An integer bound's cell is one count only where the tables kept it a group of its own, a pile
+# of 3 noise floors of 1.5 std (fedsyn.privacy.postprocessing.coarsened); below, it may be
+# spread with its neighbours, and a band of one cell's noise around that held 300 values with
+# 20 % at the bound to 10 %.
+PILE_STD = 4.5
 
 
 class SlotCalibration:
@@ -83,8 +88,9 @@ class SlotCalibration:
         (classes × numeric columns × 2: lower, upper), where a bound's value has a bin of its own
         (:func:`~fedsyn.data.grid.bound_value_bins`): a continuous column's atoms, each settled
         against the noise as one cell (:func:`~fedsyn.privacy.postprocessing.point_mass_beyond_noise`),
-        and an integer column's bound as its coarsened table holds it. NaN where the release
-        keeps the generator's share: a bound without such a bin, a class the
+        and an integer column's bound where its coarsened table kept it a pile of its own
+        (:data:`PILE_STD`). NaN where the release keeps the generator's share: a bound without
+        such a bin or an integer bound below a pile, a class the
         tables hold fewer than :data:`MIN_PRESENT` values of (``present``, classes × numeric
         columns), or tables not trusted over the generator (no noise std).
 
@@ -102,8 +108,11 @@ class SlotCalibration:
                 continue
             conditional = tables.conditional(column.name)
             body = conditional[:-1] if column.nullable else conditional
+            counts = body[[0, -1]].T * np.clip(tables.class_totals(), 0.0, None)[:, None]
             body = body / np.clip(body.sum(axis=0, keepdims=True), 1e-12, None)
             at_bounds = np.where(alone, body[[0, -1]].T, np.nan)
+            if not column.has_bound_atoms:  # an integer bound: kept where the tables kept it alone
+                at_bounds = np.where(counts >= PILE_STD * table_noise_std, at_bounds, np.nan)
             held = present[:, position] >= MIN_PRESENT
             shares[held, position] = at_bounds[held]
         return shares
@@ -269,7 +278,10 @@ def _continuous_range(column: Column) -> tuple[tuple[float, float], tuple[float,
     lower_alone, upper_alone = bound_value_bins(column)
     if not (lower_alone or upper_alone):
         return (float(edges[0]), float(edges[-1])), None
-    margin = 1e-6 * float(edges[-1] - edges[0])
+    # An integer column's neighbouring values decode whole: a quarter of their bin costs nothing,
+    # where a millionth of the range, through a sparse bin's float32 position, decoded to the bound.
+    margin = 1e-6 * float(edges[-1] - edges[0]) if column.has_bound_atoms else 0.25 * float(
+        min(edges[2] - edges[1], edges[-2] - edges[-3]) if len(edges) > 3 else edges[1] - edges[0])
     inner = (float(edges[1]) if lower_alone else -math.inf, float(edges[-2]) if upper_alone else math.inf)
     movable = (inner[0] + margin if lower_alone else float(edges[0]),
                inner[1] - margin if upper_alone else float(edges[-1]))

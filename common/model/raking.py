@@ -143,7 +143,7 @@ def slot_margins(frame: pd.DataFrame, rows: np.ndarray, classes: np.ndarray, sch
     is drawn (:mod:`fedsyn.model.calibration`); raked to its runs of bins,
     a weak class's noisy tail (a third of dead patients' lactate in its top run) would be
     weighted in. Its point masses are raked to, though (:func:`point_mass_bounds`): the
-    calibration sets a class's share at an atom to the summed table's, never a site's own, and
+    calibration keeps a class's share at an atom only within its noise of the slot's table, and
     leaves 'missing' as drawn. Each point-mass cell
     is asked no more than its pool rows can hold, ``row_cap`` (the most of the slot's weight one
     row may take) each (:func:`_within_reach`)."""
@@ -199,13 +199,13 @@ def _within_reach(target: np.ndarray, reach: np.ndarray) -> np.ndarray:
 def point_mass_bounds(column: Column) -> np.ndarray | None:
     """Group bounds (public bin indices, as :func:`fedsyn.privacy.pairs.group_bounds` gives a
     pair's) that set a numeric column's point masses apart from its other values: each bin that
-    holds a bound's value alone (a continuous column's atoms, an integer column's lower bound:
-    :func:`fedsyn.data.grid.bound_value_bins`) and, in a group of its own, 'missing' (a
-    nullable column). None for a column without either.
+    holds a bound's value alone (a continuous column's atoms, an integer column's bound where its
+    value has a bin of its own: :func:`fedsyn.data.grid.bound_value_bins`) and, in a group of
+    its own, 'missing' (a nullable column). None for a column without either.
 
     The generator under-draws point masses, and the calibration moves no value into 'missing'
-    and sets the summed table's share at an atom, not a site's: a newcomer's CRP sat at its assay limit in 7 % of
-    real rows and 1 % of released ones, glucose was missing in 5 % of real rows and 0.1 % of
+    and keeps a share at an atom only within its noise: a newcomer's CRP sat at its assay limit
+    in 7 % of real rows and 1 % of released ones, glucose was missing in 5 % of real rows and 0.1 % of
     released ones. The tables hold both (their atoms and 'missing' cells kept only where they
     beat the noise, :meth:`~fedsyn.privacy.marginals.Marginals.without_noise_floor`)."""
     lower_alone, upper_alone = bound_value_bins(column)
