@@ -214,7 +214,8 @@ def simulate(
         help="comma-separated budgets, e.g. 0.5,1,3,10: rerun the federation at each and plot the "
              "privacy-utility curve in the report")] = None,
     drop_rule_violations: Annotated[bool, typer.Option(
-        help="drop synthetic rows that break the schema's rules (count reported)")] = False,
+        help="replace synthetic rows that break the schema's rules (without it they are released; "
+             "the count replaced is the release's run_config.json dropped_rule_violations)")] = False,
     allow_unreviewed_schema: Annotated[bool, typer.Option(
         help="train even though the schema has needs_review columns (recorded in the privacy report)")] = False,
     site_column: Annotated[str | None, typer.Option(
