@@ -271,15 +271,15 @@ def check_noise_std(value: object) -> None:
 def _continuous_range(column: Column) -> tuple[tuple[float, float], tuple[float, float] | None]:
     """Where a numeric column's values may move on its grid's scale, and the inner edges of the
     bins that hold a bound's value alone (:func:`~fedsyn.data.grid.bound_value_bins`; an
-    infinite edge where a bound has none): clear of those bins (a value moved into one would
-    become the bound; the margin, a millionth of the range, outlasts the release's float32
-    positions), or between the bounds for a column without such bins."""
+    infinite edge where a bound has none): clear of those bins by a margin (a value moved into
+    one would become the bound), or between the bounds for a column without such bins. The
+    margin is a millionth of a continuous column's range, which a release's float32 position
+    keeps unless the neighbouring bin is nearly empty (a review: then the value came back at the
+    bound), and a quarter of an integer column's neighbouring bin, whose values decode whole."""
     edges = numeric_edges(column)
     lower_alone, upper_alone = bound_value_bins(column)
     if not (lower_alone or upper_alone):
         return (float(edges[0]), float(edges[-1])), None
-    # An integer column's neighbouring values decode whole: a quarter of their bin costs nothing,
-    # where a millionth of the range, through a sparse bin's float32 position, decoded to the bound.
     margin = 1e-6 * float(edges[-1] - edges[0]) if column.has_bound_atoms else 0.25 * float(
         min(edges[2] - edges[1], edges[-2] - edges[-3]) if len(edges) > 3 else edges[1] - edges[0])
     inner = (float(edges[1]) if lower_alone else -math.inf, float(edges[-2]) if upper_alone else math.inf)
