@@ -16,7 +16,7 @@ from flwr.app import ArrayRecord, ConfigRecord
 from flwr.serverapp.strategy import DifferentialPrivacyServerSideFixedClipping
 
 from fedsyn.client.site import Site, SiteRefusal
-from fedsyn.data.grid import numeric_bins
+from fedsyn.data.grid import bound_value_bins, numeric_bins
 from fedsyn.federation import protocol
 from fedsyn.model.calibration import ATOM_BAND, PILE_STD
 from fedsyn.model.config import GANConfig
@@ -502,6 +502,27 @@ def test_an_integer_columns_share_at_its_lower_bound_is_the_tables_where_they_ke
         assert share == pytest.approx(truth + band, abs=0.015)
     else:
         assert share == pytest.approx(generated, abs=0.02)
+
+
+def test_a_wide_integer_columns_top_bin_is_no_atom_and_keeps_its_values(demo_frame, demo_schema):
+    """An integer column's upper bound has no bin of its own on a wide range (365 visits a
+    year): its top bin holds several values, and the release keeps them as drawn. A review's
+    mutants (an upper share taken from the table, a finite upper edge) each put every value of
+    that bin at its middle."""
+    wide = demo_schema.model_copy(update={"columns": [
+        column.model_copy(update={"upper": 300}) if column.name == "age" else column
+        for column in demo_schema.columns]})
+    assert bound_value_bins(wide.column("age")) == (True, False)
+    rows = demo_frame.sample(4000, random_state=23).reset_index(drop=True)
+    rng = np.random.default_rng(24)
+    top = rng.random(len(rows)) < 0.1
+    rows.loc[top, "age"] = rng.integers(297, 301, size=int(top.sum()))
+    trainer = _trainer_with_exact_slots(rows, wide, 1.0)
+    released = trainer.encoder.decode(trainer.calibration(torch.as_tensor(trainer.encoder.encode(rows)),
+                                                          torch.as_tensor(np.arange(len(rows)) % 2)).numpy())
+    in_top = released["age"].astype(float)[released["age"].astype(float) >= 297]
+    assert len(in_top) > 0.5 * int(top.sum())
+    assert in_top.value_counts(normalize=True).max() < 0.5, in_top.value_counts().to_dict()  # real: 297-300 alike
 
 
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float32])
