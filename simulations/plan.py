@@ -159,15 +159,18 @@ class WidthPlan:
 
     @property
     def column_advice(self) -> str:
-        """What to do about the thinnest columns: merge the categories of one that has more than two;
-        otherwise drop columns. Which to drop the plan cannot say: it reads no relation between
-        columns, so the thinnest may be the study's main predictor (a newcomer's plan named age).
-        Any column dropped lowers every cell's noise, so the advice is to drop what the question
-        does not need, named by the researcher, not by the plan."""
+        """What to do about the thinnest columns: merge the categories of one that has more than two,
+        where the question allows (a newcomer's ward was the study's variable, and a ward only some
+        hospitals have is a rule, not a thin cell); otherwise drop columns. Which to drop the plan
+        cannot say: it reads no relation between columns, so the thinnest may be the study's main
+        predictor (a newcomer's plan named age). Any column dropped lowers every cell's noise, so
+        the advice is to drop what the question does not need, named by the researcher, not by
+        the plan."""
         if not self._thinnest:
             return "every column's cells stand above the noise"
         merge = [c.column for c in self._thinnest if c.mergeable]
-        steps = [f"merge categories of {_listed(merge)}"] if merge else []
+        steps = [f"merge categories of {_listed(merge)} where your question allows (a category that only some "
+                 "hospitals have is a schema rule, not noise: docs/researchers.md)"] if merge else []
         steps.append("drop columns your question does not need, whichever they are: each one dropped lowers every "
                      "cell's noise (the plan reads no relation between columns, so it cannot tell which matter)")
         others = sum(c.level != "green" for c in self.columns) - len(self._thinnest)
