@@ -525,6 +525,19 @@ def test_a_wide_integer_columns_top_bin_is_no_atom_and_keeps_its_values(demo_fra
     assert in_top.value_counts(normalize=True).max() < 0.5, in_top.value_counts().to_dict()  # real: 297-300 alike
 
 
+def test_no_departure_moves_an_integer_value_onto_its_lower_bound(demo_frame, demo_schema):
+    """A site whose ages run lower moves the others' values down, never onto the bound's own
+    bin: what passes it is scaled into the room left above it (a review's surviving mutant let
+    the room reach the bound, and the lowest value came back at 50)."""
+    trainer = _trainer_with_exact_slots(demo_frame.sample(2000, random_state=25).reset_index(drop=True),
+                                        demo_schema, 1.0)
+    calibration = trainer.calibration
+    assert calibration is not None
+    position = [column.name for column in calibration.numeric].index("age")
+    moved = calibration._moved(position, np.array([51.0, 53.0, 55.0, 60.0]), np.full(4, -3.0))
+    assert np.floor(moved + 0.5).min() == demo_schema.column("age").lower + 1
+
+
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float32])
 def test_empirical_quantiles_stay_within_the_sample_in_any_precision(dtype):
     """An independent review: in half precision a position past 2,048 rounded up beyond the last
