@@ -18,6 +18,7 @@ from pydantic import BaseModel, ConfigDict, ValidationError, model_validator
 from fedsyn.errors import ConfigurationError, validation_problems
 from fedsyn.model.config import TRANSPORT_DTYPES, GANConfig
 from fedsyn.privacy.budget import MARGINALS_SHARE, PAIRS_SHARE, is_budget, is_pairs_share, pairs_allowed
+from fedsyn.privacy.postprocessing import NOISE_FLOOR
 
 # Tuned on the demo with bench_federation and its --sweep (3 seeds): 25 rounds x 8 local steps
 # beat 20 x 15 at 5 sites (LR TSTR 0.794 vs 0.760) and stay above pooled GB at 3 sites.
@@ -68,7 +69,7 @@ class FederationSettings(BaseModel):
     site_conditional: bool = True
     # Numeric bins merged, per outcome class, until their counts beat this many noise std (0: off).
     # Measured with bench_tables' tables (per-class distributions against the rows, 20 noise draws): 1.5 >= 2 > 2.5 > 3.
-    marginals_noise_floor: float = 1.5
+    marginals_noise_floor: float = NOISE_FLOOR
     # The table's own column naming each row's hospital (categorical, not the outcome): a released
     # row's value there follows the site slot that generated it. Needs site_conditional.
     site_column: str | None = None

@@ -31,16 +31,16 @@ from fedsyn.data.schema import Column
 from fedsyn.model.encoder import TableEncoder
 from fedsyn.model.quantiles import QuantileTargets, float_tensor, midpoints, numeric_outputs
 from fedsyn.privacy.marginals import Marginals, split_column
+from fedsyn.privacy.postprocessing import NOISE_FLOOR, PILE_FLOORS
 
 MIN_PRESENT = 20.0  # a slot's class with fewer values of a numeric column by its table: no departure
 DEPARTURE_LEVELS = (0.05, 0.95)  # a slot's departure beyond these quantile levels is held at its value there
 TRUST_SCALE = 0.1  # the summed table's relative noise at which the release takes its values half from it
 ATOM_BAND = 2.0  # a class's drawn share at a bound's atom is kept this many noise std of the table's
 # An integer bound's cell is one count only where the tables kept it a group of its own, a pile
-# of 3 noise floors of 1.5 std (fedsyn.privacy.postprocessing.coarsened); below, it may be
-# spread with its neighbours, and a band of one cell's noise around that held 300 values with
-# 20 % at the bound to 10 %.
-PILE_STD = 4.5
+# (fedsyn.privacy.postprocessing.coarsened, at the default floor); below, it may be spread with its
+# neighbours, and a band of one cell's noise around that held 300 values with 20 % at the bound to 10 %.
+PILE_STD = PILE_FLOORS * NOISE_FLOOR
 
 
 class SlotCalibration:

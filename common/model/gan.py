@@ -44,6 +44,7 @@ from fedsyn.privacy.budget import (
     pairs_allowed,
 )
 from fedsyn.privacy.marginals import exact_counts, marginals_event, noisy_marginals, summed_tables
+from fedsyn.privacy.postprocessing import NOISE_FLOOR
 from fedsyn.privacy.randomness import fresh_nonce, mechanism_stream, numpy_generator, torch_generator
 
 
@@ -117,7 +118,7 @@ class DPTabularGAN(BaseEstimator):  # type: ignore[misc]
         marginals_share: float = MARGINALS_SHARE,
         pairs_share: float = PAIRS_SHARE,
         noise_multiplier: float | None = None,
-        marginals_noise_floor: float = 1.5,
+        marginals_noise_floor: float = NOISE_FLOOR,
         accountant: AccountantName = "rdp",
         device: str = "cpu",
         seed: int | None = None,

@@ -36,7 +36,7 @@ from fedsyn.privacy.pairs import (
     vote_count,
     vote_pairs,
 )
-from fedsyn.privacy.postprocessing import coarsened, onto_simplex, point_mass_beyond_noise, shrunk_to_pool
+from fedsyn.privacy.postprocessing import NOISE_FLOOR, coarsened, onto_simplex, point_mass_beyond_noise, shrunk_to_pool
 
 
 def split_column(schema: Schema) -> Column | None:
@@ -173,7 +173,7 @@ class Marginals:
         probs = probs + floor / len(probs)
         return np.asarray(probs / probs.sum(), dtype=float)
 
-    def without_noise_floor(self, schema: Schema, threshold: float = 1.5) -> Marginals:
+    def without_noise_floor(self, schema: Schema, threshold: float = NOISE_FLOOR) -> Marginals:
         """Numeric tables coarsened where the noise would drown the counts (post-processing).
 
         Each outcome class's counts are coarsened on their own (:func:`fedsyn.privacy.postprocessing.coarsened`), at the

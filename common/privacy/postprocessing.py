@@ -13,6 +13,9 @@ import math
 import numpy as np
 from scipy.stats import chi2
 
+NOISE_FLOOR = 1.5  # the default floor: a group of noisy counts is kept where it beats this many noise std
+PILE_FLOORS = 3.0  # a bin beating this many floors is a pile: a group of its own
+
 
 def beats_noise_alone(count: float, floor: float) -> bool:
     """Whether a cell that stands alone (a continuous column's bound, a numeric column's
@@ -124,7 +127,7 @@ def coarsened(counts: np.ndarray, widths: np.ndarray, floor: float, total: float
             shape = widths
         return np.asarray(shape / shape.sum() * max(total, 0.0), dtype=float)
     anchor = int(np.argmax(counts))
-    pile = counts[anchor] >= 3 * floor  # a bin that beats the noise by far: a group of its own
+    pile = counts[anchor] >= PILE_FLOORS * floor  # a bin that beats the noise by far: a group of its own
     if not pile:
         anchor, score = _strongest_stretch(counts)
         if score < floor:
