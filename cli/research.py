@@ -44,7 +44,8 @@ def fit(
     device: Annotated[str, typer.Option(help="torch device, e.g. cuda")] = "cpu",
     seed: Annotated[int | None, typer.Option(help="secret seed: with the stream nonce the fit prints, repeats it "
                                              "exactly (never saved in the output; default: OS entropy)")] = None,
-    stream_nonce: Annotated[str | None, typer.Option(help="repeat an earlier seeded fit: the nonce it printed")
+    stream_nonce: Annotated[str | None, typer.Option(help="repeat an earlier seeded fit: the nonce it printed, on "
+                                                          "the same data and settings")
                             ] = None,
     allow_unreviewed_schema: Annotated[bool, typer.Option(
         help="train even though the schema has needs_review columns (recorded as a leak)")] = False,
@@ -194,8 +195,9 @@ def simulate(
                                                   "and regenerate its noise. Never written into the release (which "
                                                   "says it was seeded); default: operating-system entropy")] = None,
     stream_nonce: Annotated[str | None, typer.Option(
-        help="repeat an earlier seeded simulation exactly: the nonce it printed (never for a release you publish "
-             "beside that one: two releases of one stream cancel each other's noise)")] = None,
+        help="repeat an earlier seeded simulation exactly: the nonce it printed, on the same data, schema and "
+             "settings (on any others the noise is unrelated). Never for a release you publish beside that one: "
+             "two releases of one stream cancel each other's noise")] = None,
     device: Annotated[str, typer.Option(help="torch device for the sites' training, e.g. cuda")] = "cpu",
     release_every: Annotated[int, typer.Option(help="also write an interim release every K rounds")] = 0,
     site_noise_multiplier: Annotated[float | None, typer.Option(

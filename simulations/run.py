@@ -15,11 +15,11 @@ from fedsyn.client.app import make_client_app
 from fedsyn.client.policy import RequestLimits, SitePolicy
 from fedsyn.client.site import initialise_ledger
 from fedsyn.data.schema import Schema
-from fedsyn.data.tables import write_table
+from fedsyn.data.tables import rows_digest, write_table
 from fedsyn.data.validation import RecordHandling
 from fedsyn.evaluation.metrics import tstr_auc
 from fedsyn.model.gan import DPTabularGAN
-from fedsyn.privacy.randomness import derived_nonce, derived_seed, fresh_nonce
+from fedsyn.privacy.randomness import bound_to_inputs, derived_nonce, derived_seed, fresh_nonce
 from fedsyn.server.app import ReleasePlan, make_server_app, run_federation
 from fedsyn.server.coordinator import Coordinator, RoundCallback
 from fedsyn.server.settings import FederationSettings
@@ -53,7 +53,7 @@ def prepare_sites(tables: list[pd.DataFrame], schema_path: Path, root: Path, eps
                   min_noise_multiplier: float = 0.3, device: str = "cpu", seed: int | None = None,
                   allow_unreviewed_schema: bool = False, names: list[str] | None = None,
                   run_label: str = "main", out_of_domain: RecordHandling = "drop",
-                  stream_nonce: str | None = None) -> SimulationPlan:
+                  stream_nonce: str | None = None, stream_inputs: tuple[str, ...] = ()) -> SimulationPlan:
     """Write one folder per hospital: its private extract, a policy and its new, empty ledger.
     ``names`` are the hospitals' names in reports (default ``site-0``, ``site-1``, ...);
     ``out_of_domain`` is each site's handling of records the schema does not allow.
@@ -64,8 +64,13 @@ def prepare_sites(tables: list[pd.DataFrame], schema_path: Path, root: Path, eps
     reproducible for whoever holds the seed and the nonce (:attr:`SimulationPlan.stream_nonce`),
     federations of one simulation (the main run, each sweep arm) given distinct labels never
     share a stream, and two simulations with one seed share none either (the nonce is fresh
-    unless given: two releases of one stream would cancel each other's noise)."""
+    unless given: two releases of one stream would cancel each other's noise). A given nonce
+    repeats the run on the same inputs only: each ledger's nonce is bound to its site's rows,
+    the schema, the budget and ``stream_inputs`` (the federation's public settings), so a rerun
+    on an extract one patient apart, or at another epsilon, draws unrelated noise
+    (:func:`~fedsyn.privacy.randomness.bound_to_inputs`)."""
     plan = SimulationPlan(root, stream_nonce=None if seed is None else fresh_nonce(stream_nonce))
+    schema_text = schema_path.read_text()
     for index, table in enumerate(tables):
         stream = (run_label, index)  # apart from every other site and federation of this simulation
         folder = root / site_folder(index, names[index] if names else None)
@@ -82,8 +87,9 @@ def prepare_sites(tables: list[pd.DataFrame], schema_path: Path, root: Path, eps
                             seed=None if seed is None else derived_seed(seed, "simulated-site", *stream))
         policy.save(folder / "policy.json")
         initialise_ledger(SitePolicy.load(folder / "policy.json"),
-                          stream_nonce=None if seed is None else derived_nonce(seed, "ledger", plan.stream_nonce,
-                                                                               *stream))
+                          stream_nonce=None if seed is None or plan.stream_nonce is None else derived_nonce(
+                              seed, "ledger", bound_to_inputs(plan.stream_nonce, rows_digest(table), schema_text,
+                                                              repr((epsilon, delta)), *stream_inputs), *stream))
         plan.policies.append(folder / "policy.json")
     return plan
 

@@ -246,7 +246,8 @@ def _federate(simulation: Simulation, settings: FederationSettings, folder: Path
                          device=simulation.device, seed=settings.seed,
                          allow_unreviewed_schema=settings.allow_unreviewed_schema,
                          names=list(simulation.site_names) or None, run_label=run_label,
-                         stream_nonce=simulation.stream_nonce)
+                         stream_nonce=simulation.stream_nonce,
+                         stream_inputs=(json.dumps(settings.public_dict(), sort_keys=True, default=str),))
     release = ReleasePlan(folder / "release", simulation.rows, simulation.release_every,
                           simulation.drop_rule_violations, signing_key=keys / "coordinator.key",
                           audit_log=folder / "audit.jsonl", public_facts=simulation.public_facts)

@@ -16,6 +16,7 @@ import pytest
 from fedsyn.client.policy import SitePolicy
 from fedsyn.client.site import Site
 from fedsyn.data.demo import demo_schema_path
+from fedsyn.data.tables import write_table
 from fedsyn.data.validation import DataValidationError, screen_records
 from fedsyn.federation import protocol
 from fedsyn.simulations.run import prepare_sites
@@ -49,12 +50,15 @@ def test_refuse_and_file_level_problems_raise(small_frame, demo_schema):
             screen_records(small_frame.drop(columns=["kappa"]), demo_schema, handling)
 
 
-def _site(folder, frame) -> Site:
+def _site(folder, frame, extract=None) -> Site:
     """A seeded simulated site whose policy file, like a hospital's, does not mention
-    out_of_domain (so the default applies): two of them differing only in their extract share
-    every stream."""
+    out_of_domain (so the default applies). Its streams are bound to ``frame`` (a seeded
+    simulation's are bound to its rows); ``extract``, when given, replaces the rows it reads, so
+    two sites differing only in their extract share every stream."""
     path = prepare_sites([frame], demo_schema_path(), folder, epsilon=50.0, delta=1e-5, seed=4,
                          stream_nonce="4" * 32).policies[0]
+    if extract is not None:
+        write_table(extract, path.parent / "data.parquet")
     raw = json.loads(path.read_text())
     del raw["out_of_domain"]
     path.write_text(json.dumps(raw))
@@ -68,7 +72,7 @@ def test_by_default_a_dirty_record_is_as_if_absent(tmp_path, small_frame, demo_s
     fingerprint = protocol.schema_fingerprint(demo_schema)
     with caplog.at_level(logging.WARNING, logger="fedsyn.client"):
         released, _ = _site(tmp_path / "dirty", dirty).release_marginals(20.0, 50.0, fingerprint)
-    expected, _ = _site(tmp_path / "clean", clean).release_marginals(20.0, 50.0, fingerprint)
+    expected, _ = _site(tmp_path / "clean", dirty, extract=clean).release_marginals(20.0, 50.0, fingerprint)
     for name in expected.tables:
         np.testing.assert_array_equal(released.tables[name], expected.tables[name])
     assert "3 record(s) left out" in caplog.text and "31337" not in caplog.text

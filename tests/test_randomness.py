@@ -35,9 +35,10 @@ def _standard_noise(site: Site, frame, sigma: float) -> np.ndarray:
                            for c in measured_columns(site.schema)]) / sigma
 
 
-def _site(folder, frame, seed: int | None, run_label: str = "main", stream_nonce: str | None = None) -> Site:
-    plan = prepare_sites([frame], demo_schema_path(), folder, epsilon=50.0, delta=1e-5, seed=seed, run_label=run_label,
-                         stream_nonce=stream_nonce)
+def _site(folder, frame, seed: int | None, run_label: str = "main", stream_nonce: str | None = None,
+          epsilon: float = 50.0, stream_inputs: tuple[str, ...] = ()) -> Site:
+    plan = prepare_sites([frame], demo_schema_path(), folder, epsilon=epsilon, delta=1e-5, seed=seed,
+                         run_label=run_label, stream_nonce=stream_nonce, stream_inputs=stream_inputs)
     return Site(SitePolicy.load(plan.policies[0]))
 
 
@@ -69,6 +70,25 @@ def test_a_seeded_simulation_repeats_for_whoever_holds_the_seed_and_its_stream_n
     np.testing.assert_allclose(first, again)
 
 
+def test_a_repeated_stream_on_other_rows_or_settings_draws_unrelated_noise(tmp_path, small_frame):
+    """Regression for the sixth review: `--seed S --stream-nonce N` repeated the run's draws
+    whatever the rows or budget, so a rerun on an extract one patient apart gave, subtracted
+    from the first release, that patient's every cell, noise-free. The nonce repeats a run on
+    the same rows, schema and settings only."""
+    nonce = "0123456789abcdef" * 2
+    first = _standard_noise(_site(tmp_path / "first", small_frame, seed=3, stream_nonce=nonce), small_frame, 20.0)
+    fewer = small_frame.drop(small_frame.index[17])
+    reruns = {
+        "one patient fewer": (_site(tmp_path / "fewer", fewer, seed=3, stream_nonce=nonce), fewer),
+        "another budget": (_site(tmp_path / "budget", small_frame, seed=3, stream_nonce=nonce, epsilon=60.0),
+                           small_frame),
+        "other settings": (_site(tmp_path / "settings", small_frame, seed=3, stream_nonce=nonce,
+                                 stream_inputs=("rounds: 30",)), small_frame),
+    }
+    for rerun, (site, frame) in reruns.items():
+        assert abs(np.corrcoef(first, _standard_noise(site, frame, 20.0))[0, 1]) < 0.3, rerun
+
+
 def test_two_simulations_with_one_seed_draw_independent_noise(tmp_path, small_frame):
     """Regression for the third review's F1: two `fedsyn simulate --seed S` runs on the same rows
     drew the same standard normals, so their two releases (at any two budgets) gave back the
@@ -88,8 +108,8 @@ def test_a_reset_ledger_never_replays_the_old_ledgers_noise(tmp_path, small_fram
     assert abs(np.corrcoef(before, after)[0, 1]) < 0.3
 
 
-def _fit_noise(demo_schema, frame, **params) -> tuple[np.ndarray, DPTabularGAN]:
-    model = DPTabularGAN(demo_schema, epsilon=1.0, delta=1e-5, epochs=0.01, config=TINY,
+def _fit_noise(demo_schema, frame, epsilon: float = 1.0, **params) -> tuple[np.ndarray, DPTabularGAN]:
+    model = DPTabularGAN(demo_schema, epsilon=epsilon, delta=1e-5, epochs=0.01, config=TINY,
                          marginals_noise_floor=0.0, **params).fit(frame)
     exact = exact_counts(frame, demo_schema)
     tables = model.trainer_.encoder.marginals.tables
@@ -103,6 +123,17 @@ def test_two_seeded_fits_never_share_noise_unless_repeated_with_the_nonce(demo_s
     assert abs(np.corrcoef(first, second)[0, 1]) < 0.3
     repeated, _ = _fit_noise(demo_schema, small_frame, seed=3, stream_nonce=model.stream_nonce_)
     np.testing.assert_allclose(first, repeated)
+
+
+def test_a_repeated_fit_on_other_rows_or_another_budget_draws_unrelated_noise(demo_schema, small_frame):
+    """The sixth review's repeat through the Python API: a fit given another fit's nonce draws
+    that fit's noise only on the same rows and parameters."""
+    first, model = _fit_noise(demo_schema, small_frame, seed=3)
+    fewer = small_frame.drop(small_frame.index[17])
+    one_less, _ = _fit_noise(demo_schema, fewer, seed=3, stream_nonce=model.stream_nonce_)
+    assert abs(np.corrcoef(first, one_less)[0, 1]) < 0.3
+    budget, _ = _fit_noise(demo_schema, small_frame, epsilon=2.0, seed=3, stream_nonce=model.stream_nonce_)
+    assert abs(np.corrcoef(first, budget)[0, 1]) < 0.3
 
 
 @pytest.mark.parametrize("name", ["seed", "stream_nonce"])

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import hashlib
 import re
 from pathlib import Path
 
@@ -115,6 +116,16 @@ def _check_text_layout(path: Path, separator: str) -> None:
         fix = "save it comma-separated (.csv) or tab-separated (.tsv)"
     raise DataFileError(f"cannot read {path}: the file looks {said}-separated, while a {path.suffix} file is read "
                         f"as {expected}-separated: {fix}")
+
+
+def rows_digest(frame: pd.DataFrame) -> str:
+    """SHA-256 of a table's column names and values, row by row: tells two extracts apart
+    without keeping either (a seeded run's streams are bound to it,
+    :func:`fedsyn.privacy.randomness.bound_to_inputs`). Of private rows: for local use only,
+    never written."""
+    digest = hashlib.sha256("\x1f".join(map(str, frame.columns)).encode())
+    digest.update(pd.util.hash_pandas_object(frame, index=False).to_numpy().tobytes())
+    return digest.hexdigest()
 
 
 def write_table(frame: pd.DataFrame, path: str | Path) -> None:

@@ -21,7 +21,7 @@ from sklearn.base import BaseEstimator
 
 from fedsyn.data.rules import Condition
 from fedsyn.data.schema import Schema
-from fedsyn.data.tables import typed_by_schema
+from fedsyn.data.tables import rows_digest, typed_by_schema
 from fedsyn.data.validation import require_valid
 from fedsyn.errors import ConfigurationError
 from fedsyn.model.checkpoint import load_checkpoint, save_checkpoint
@@ -45,7 +45,13 @@ from fedsyn.privacy.budget import (
 )
 from fedsyn.privacy.marginals import exact_counts, marginals_event, noisy_marginals, summed_tables
 from fedsyn.privacy.postprocessing import NOISE_FLOOR
-from fedsyn.privacy.randomness import fresh_nonce, mechanism_stream, numpy_generator, torch_generator
+from fedsyn.privacy.randomness import (
+    bound_to_inputs,
+    fresh_nonce,
+    mechanism_stream,
+    numpy_generator,
+    torch_generator,
+)
 
 
 class NotFittedError(ConfigurationError, RuntimeError):
@@ -97,7 +103,8 @@ class DPTabularGAN(BaseEstimator):  # type: ignore[misc]
         seed makes a fit reproducible only together with its ``stream_nonce``: each fit draws
         a fresh random nonce (``stream_nonce_``) unless one is given, so two fits with one
         seed never share noise. Neither is ever saved with the model; keep both private.
-    stream_nonce: repeat an earlier seeded fit exactly (its ``stream_nonce_``).
+    stream_nonce: repeat an earlier seeded fit exactly (its ``stream_nonce_``), on the same rows
+        and parameters: on any others the fit draws unrelated noise.
 
     Attributes (set by ``fit`` or ``load``, as in scikit-learn)
     ----------
@@ -161,6 +168,8 @@ class DPTabularGAN(BaseEstimator):  # type: ignore[misc]
         plan = self.plan(n_rows)
         ledger = PrivacyLedger(self.delta, self.accountant)
         nonce = fresh_nonce(self.stream_nonce)  # a fresh stream per fit, even with a seed
+        # A given nonce repeats the fit on these rows and settings only (bound_to_inputs).
+        key = bound_to_inputs(nonce, rows_digest(frame), self.schema.model_dump_json(), repr(self._public_params()))
         sigma = plan.marginals_noise
         if self.epsilon is None or sigma is None:
             marginals = exact_counts(frame, self.schema)  # non-private baseline: exact statistics
@@ -168,23 +177,29 @@ class DPTabularGAN(BaseEstimator):  # type: ignore[misc]
             ledger.charge(marginals_event(sigma), self.epsilon)  # before the histograms are computed
             pairs_share = self.pairs_share if pairs_allowed(self.accountant) else 0.0
             marginals = noisy_marginals(frame, self.schema, sigma,
-                                        numpy_generator(self.seed, "fit", nonce, "marginals"), pairs_share)
+                                        numpy_generator(self.seed, "fit", key, "marginals"), pairs_share)
             marginals = summed_tables(self.schema, [marginals], self.marginals_noise_floor)
         config = self.config or GANConfig()
         encoder = TableEncoder(self.schema, marginals)
         trainer = GANTrainer(encoder, config, self.device,
-                             torch_generator(self.seed, "fit", nonce, DP_SGD, device=self.device))
+                             torch_generator(self.seed, "fit", key, DP_SGD, device=self.device))
         data = torch.as_tensor(encoder.encode(frame), device=trainer.device)
         sample_rate, steps, noise_multiplier = plan.sample_rate, plan.steps, plan.noise_multiplier
         if self.epsilon is not None and noise_multiplier is not None:
             # Charged in full before the first step runs: a crash mid-training over-counts, never forgets.
             ledger.charge(PrivacyEvent(DP_SGD, noise_multiplier, sample_rate, steps), self.epsilon)
         history = trainer.train(data, steps, sample_rate, noise_multiplier, on_step,
-                                mechanism_rng=mechanism_stream(self.seed, "fit", nonce, DP_SGD))
+                                mechanism_rng=mechanism_stream(self.seed, "fit", key, DP_SGD))
         # Fitted state only once the fit has succeeded: a failed fit leaves the estimator as it was.
         self.noise_multiplier_, self.history_, self.n_rows_ = noise_multiplier, history, n_rows
         self.stream_nonce_, self.trainer_, self.ledger_ = nonce, trainer, ledger
         return self
+
+    def _public_params(self) -> list[tuple[str, object]]:
+        """Every parameter that shapes what the fit draws (its budget, plan and networks), the
+        schema, seed, nonce and device aside."""
+        return sorted((name, value) for name, value in self.get_params().items()
+                      if name not in {"schema", "seed", "stream_nonce", "device"})
 
     def plan(self, n_rows: int) -> FitPlan:
         """What a fit on ``n_rows`` rows will spend, before anything is: the noise multiplier of

@@ -69,6 +69,20 @@ def fresh_nonce(given: str | None = None) -> str:
     return given
 
 
+def bound_to_inputs(nonce: str, *inputs: str) -> str:
+    """The key a seeded run's streams are drawn under: its ``nonce`` bound to digests of
+    everything that feeds its mechanisms (each extract's rows, the schema, the budget and the
+    settings). A nonce given to repeat a run repeats it on the same inputs only: rerun on an
+    extract one patient apart, or at another epsilon, the same draws would come back scaled
+    and the two releases' difference would give back that patient, noise-free (the sixth
+    review, through ``--stream-nonce``). Of private rows: keep it as the nonce is kept, in no
+    release and no message."""
+    digest = hashlib.sha256(nonce.encode())
+    for part in inputs:
+        digest.update(len(part).to_bytes(8, "little") + part.encode())
+    return digest.hexdigest()[:32]
+
+
 def derived_seed(seed: int, *key: StreamKey) -> int:
     """A seed for a component of a seeded run (e.g. one simulated site), from the run's seed."""
     return _word63(seed_sequence(seed, "derived-seed", *key))
