@@ -466,10 +466,9 @@ def _show_width(widths: tuple[WidthPlan, ...], epsilon: float, out: Path, batch_
             console.print("  (the sample rate is published: at this --batch-size, below the smallest site's rows, the "
                           "rate is below 1 and that site's row count, batch size / rate, is public too; the privacy "
                           "report lists it)", soft_wrap=True)
-    if worst.columns_to_keep is not None:
-        console.print(f"  at epsilon {epsilon:g}, keep at most {worst.columns_to_keep} of the "
-                      f"{worst.measured_columns} columns (drop the others from the schema and from the data), or "
-                      "pool small sites")
+    if worst.keep_advice:
+        console.print(f"  at epsilon {epsilon:g}, {worst.keep_advice}: drop the others from the schema and from "
+                      "the data, or pool small sites", soft_wrap=True)
 
 
 def _command_with(*settings: tuple[str, str]) -> str:

@@ -149,7 +149,10 @@ class WidthPlan:
     columns: list[ColumnCost]  # every measured column but the run's site column (constant at a site)
     level: Literal["green", "amber", "red"]
     epsilon_needed: float | None  # the smallest epsilon of EPSILON_LADDER at which the site is not red
-    columns_to_keep: int | None  # at this epsilon: keep at most this many measured columns (the cheapest)
+    # At this epsilon, where the site is red: (columns, levels) pairs, each a width that resolves
+    # every column of at most that many levels (a numeric column counts NUMERIC_GROUPS, one more
+    # with missing values), fewest levels first; the run's site column is one of the columns.
+    keep_options: list[tuple[int, int]]
 
     @property
     def costliest(self) -> list[str]:
@@ -176,6 +179,19 @@ class WidthPlan:
         others = sum(c.level != "green" for c in self.columns) - len(self._thinnest)
         more = f" ({others} more weak column{'s' if others > 1 else ''} in the table above)" if others > 0 else ""
         return f"the thinnest cells are in {', '.join(self.costliest)}{more}: {'; '.join(steps)}"
+
+    @property
+    def keep_advice(self) -> str:
+        """How narrow a table this site can resolve at its epsilon, as widths the researcher can
+        follow whichever columns they keep: 'at most 30 columns, each of at most 2 levels'
+        holds for any 30 such columns. Counted for the cheapest columns only, the advice moved as
+        a newcomer followed it (keep 30 of 54, then 21 of 29, then 17 of 21: the columns kept
+        had more levels than the cheapest)."""
+        options = [f"{columns} columns if each has at most {levels} levels" for columns, levels in self.keep_options]
+        if not options:
+            return ""
+        return (f"keep at most {', or '.join(options)} (of the {self.measured_columns} besides the outcome; a numeric "
+                f"column counts as {NUMERIC_GROUPS} levels, and missing values as one more)")
 
     @property
     def _thinnest(self) -> list[ColumnCost]:
@@ -231,11 +247,16 @@ def plan_width(name: str, rows: int, schema: Schema, settings: FederationSetting
     needed = next((e for e in EPSILON_LADDER if e >= settings.epsilon
                    and _width_level(_column_costs(rows, schema, cell_noise(e, len(measured)), columns)) != "red"),
                   None)
-    keep = None
+    keep: list[tuple[int, int]] = []
     if level == "red":
-        snr = {cost.column: cost.cell_snr for cost in costs}
-        cheapest = sorted(columns, key=lambda c: snr[c.name], reverse=True)
-        keep = next((k for k in range(len(measured), site, -1)
-                     if _width_level(_column_costs(rows, schema, cell_noise(settings.epsilon, k), cheapest[:k - site]))
-                     != "red"), None)
+        classes = table_shape(schema, measured[0])[1] if measured else 1
+        for levels in sorted({cost.cells // classes for cost in costs}):
+            width = next((k for k in range(len(measured), site, -1)
+                          if _grade(rows / (classes * levels * cell_noise(settings.epsilon, k))) != "red"), None)
+            if width is None:
+                break
+            if keep and keep[-1][0] == width:  # as many columns with more levels each
+                keep.pop()
+            keep.append((width, levels))
+        keep = keep[:3]
     return WidthPlan(name, rows, len(measured), noise, costs, level, needed, keep)

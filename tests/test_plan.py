@@ -7,7 +7,7 @@ from fedsyn.privacy.accounting import PrivacyEvent, PrivacyLedger, gaussian_nois
 from fedsyn.privacy.budget import SiteBudget, plan_site_run
 from fedsyn.privacy.marginals import marginals_event, table_noise_std
 from fedsyn.server.settings import FederationSettings
-from fedsyn.simulations.plan import plan_site, plan_width
+from fedsyn.simulations.plan import NUMERIC_GROUPS, plan_site, plan_width
 
 
 def test_plan_matches_the_sites_calibration_and_grades_small_sites():
@@ -53,10 +53,31 @@ def test_the_width_plan_says_a_wide_table_at_a_small_site_cannot_be_resolved_and
     assert plan.level == "red" and plan.measured_columns == 51
     assert plan.cell_noise > 30  # the noise that swamped counts of about 3
     assert plan.epsilon_needed is not None and plan.epsilon_needed > 1.0
-    assert plan.columns_to_keep is not None and plan.columns_to_keep < 51
+    assert plan.keep_options and plan.keep_options[-1][0] < 51 and "keep at most" in plan.keep_advice
     assert len(plan.costliest) == 5 and all(name.startswith(("code", "lab")) for name in plan.costliest)
     narrow = plan_width("site-0", 380, _wide_schema(8), FederationSettings(epsilon=1.0, delta=1e-5))
     assert narrow.level != "red" and narrow.cell_noise < plan.cell_noise / 2
+
+
+def test_following_the_width_advice_once_resolves_the_table_whichever_columns_are_kept():
+    """A newcomer's 54 columns at epsilon 1: 'keep at most 30', then at 29 'keep at most 21', then
+    at 21 'keep at most 17': counted for the cheapest columns, the advice moved whenever the
+    columns kept had more levels. Each width it gives now holds for any columns of that many
+    levels, numeric columns included."""
+    settings = FederationSettings(epsilon=1.0, delta=1e-5)
+    plan = plan_width("site-0", 380, _wide_schema(52), settings)
+    assert len(plan.keep_options) >= 2
+    for columns, levels in plan.keep_options:
+        spec = [{"name": "death", "kind": "categorical", "categories": ["0", "1"]}]
+        spec += [{"name": f"code{index}", "kind": "categorical", "categories": [str(v) for v in range(levels)]}
+                 for index in range(columns)]
+        kept = Schema.model_validate({"name": "kept", "outcome": "death", "columns": spec})
+        assert plan_width("site-0", 380, kept, settings).level != "red", (columns, levels)
+        if levels >= NUMERIC_GROUPS:
+            spec[1:] = [{"name": f"lab{index}", "kind": "continuous", "lower": 0.0, "upper": 500.0}
+                        for index in range(columns)]
+            kept = Schema.model_validate({"name": "kept", "outcome": "death", "columns": spec})
+            assert plan_width("site-0", 380, kept, settings).level != "red", (columns, "numeric")
 
 
 def test_the_width_plan_is_green_for_the_demo_at_its_default_split(demo_schema):
