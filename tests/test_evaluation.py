@@ -179,6 +179,14 @@ def test_verdict_calls_out_copies_chance_and_reversed_relationships(split, demo_
                   "dcr_near_share": 0.05, "dcr_near_share_limit": 0.07}, majority_rate=0.7,
                  epsilon=1.0)
     assert good.level == "green" and good.flags == [] and good.score > 0.85
+    # Real rows that predict the outcome perfectly: a column records it (a newcomer's readmission
+    # flag, empty for every death, gave real 1.00 and synthetic .9999, and the verdict said nothing).
+    recorded = judge({"overall_score": 0.9, "detection_auc": 0.6, "columns": {"a": {"value": 0.1}}},
+                     {"lr": {"tstr": {"roc_auc": 0.9999, "accuracy": 0.99}, "trtr": {"roc_auc": 1.0, "accuracy": 1.0}}},
+                     {"membership_attack_auc": 0.51, "exact_copy_share": 0.0, "holdout_copy_share": 0.0,
+                      "excess_copy_share": 0.0, "dcr_ratio": 1.3, "dcr_ratio_upper": 1.4,
+                      "dcr_near_share": 0.05, "dcr_near_share_limit": 0.07}, majority_rate=0.7, epsilon=1.0)
+    assert recorded.level == "amber" and any("records the outcome" in f.message for f in recorded.flags)
 
 
 def test_new_real_patients_raise_no_copy_or_distance_alarm(split, demo_schema):

@@ -416,6 +416,7 @@ def test_a_column_that_records_the_outcome_is_pointed_at_by_name(demo_frame):
     rows.loc[rows.index[:3], "discharge"] = "home"  # a few records disagree: nearly, not exactly
     rows["days_to_death"] = np.where(dead, np.arange(600) % 300, np.nan)
     rows["record"] = [f"R{index:06d}" for index in range(600)]
+    rows["readmitted"] = np.where(dead, None, np.where(np.arange(600) % 3, "no", "yes"))  # empty for every death
     draft = draft_schema(rows, outcome="death")
-    assert outcome_proxy_columns(rows, draft) == ["discharge", "days_to_death"]
+    assert outcome_proxy_columns(rows, draft) == ["discharge", "days_to_death", "readmitted"]
     assert outcome_proxy_columns(demo_frame, draft_schema(demo_frame, outcome="death")) == []

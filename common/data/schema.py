@@ -617,7 +617,10 @@ def outcome_proxy_columns(frame: pd.DataFrame, schema: Schema) -> list[str]:
         if column.is_categorical and column.levels == [UNLISTED_LEVELS]:
             continue  # an identifier or a date: each value a row of its own, 'determining' anything
         cells = frame[column.name]
-        values = cells.astype(str) if column.is_categorical else cells.isna().astype(str)
+        # Empty is a value of its own (text conversion keeps it empty, and a cross-tabulation
+        # drops it): a newcomer's readmission flag, empty exactly for the deaths, went unnamed.
+        values = cells.astype(str).where(cells.notna(), "(empty)") if column.is_categorical \
+            else cells.isna().astype(str)
         if values.nunique() < 2:
             continue
         picked = values.map(pd.crosstab(values, outcome).idxmax(axis=1))

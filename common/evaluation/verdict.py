@@ -70,6 +70,7 @@ LIFT_RED = 0.5  # mean share of the real rows' ROC-AUC lift over 0.5 kept by the
 TSTR_AMBER = 0.9  # one model's TSTR AUC under this share of its TRTR AUC
 MAJORITY_RED = 2  # models below always predicting the most common outcome
 SIGNAL_AUC = 0.55  # a model whose real rows (TRTR) reach no more carries no signal to judge
+RECORDED_AUC = 0.99  # a model whose real rows reach this likely reads a column that records the outcome
 
 
 @dataclass(frozen=True)
@@ -118,6 +119,14 @@ def _utility_flags(utility: dict[str, Any], majority_rate: float | None) -> tupl
         accuracy, real_accuracy = scores["tstr"]["accuracy"], scores["trtr"]["accuracy"]
         if majority_rate is not None and accuracy < majority_rate - 0.01 <= real_accuracy:
             below_majority.append(f"{name} {accuracy:.2f} (on real rows {real_accuracy:.2f})")
+    recorded = [model.replace("_", " ") for model, scores in utility.items()
+                if scores["trtr"]["roc_auc"] >= RECORDED_AUC]
+    if recorded:  # a newcomer's readmission flag, empty for every death: real 1.00, synthetic .9999
+        flags.append(Flag("utility", "amber", f"trained on the real rows, {_join(recorded)} predict the outcome "
+                                              f"almost perfectly (ROC-AUC {RECORDED_AUC} or more): a column likely "
+                                              "records the outcome itself (`fedsyn schema draft` names such columns), "
+                                              "and these utility scores measure that link, not the outcome's "
+                                              "relations; drop the column and run again"))
     if utility and not judged:
         flags.append(Flag("utility", "amber", "even trained on the real rows no model predicts the outcome better "
                                               f"than chance (ROC-AUC < {SIGNAL_AUC}): utility cannot be judged"))
