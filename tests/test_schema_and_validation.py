@@ -4,7 +4,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from fedsyn.data.schema import Column, Schema, SchemaError, draft_schema, recorded_precision
+from fedsyn.data.schema import Column, ColumnKind, Schema, SchemaError, draft_schema, recorded_precision
 from fedsyn.data.tables import DataFileError, read_table
 from fedsyn.data.validation import validate_frame
 
@@ -208,6 +208,30 @@ def test_a_draft_points_at_a_number_level_far_beyond_the_others():
         rows.loc[rows.index[:coded], "admissions"] = 999
         draft = draft_schema(rows)
         assert draft.column("admissions").is_categorical and far_level_columns(rows, draft) == {"admissions": ["upper"]}
+
+
+def test_a_draft_keeps_counts_as_numbers_number_levels_in_order_and_a_limit_as_the_bound():
+    """A newcomer's draft against docs/schema.md's own advice: prior admissions 0-6 and ICU days
+    0-9 drafted as levels (their order and their pile at 0 lost), coma scores in text order
+    ('10' ... '15', '8', '9'), and troponin's lower bound 0.011, the smallest value not written
+    '<0.01', where the limit was the bound the docs ask for."""
+    rng = np.random.default_rng(3)
+    rows = pd.DataFrame({
+        "prior_admissions": rng.poisson(0.8, 3000).clip(0, 6),
+        "icu_days": np.where(rng.random(3000) < 0.84, 0, rng.integers(1, 10, 3000)),
+        "gcs": rng.integers(8, 16, 3000).astype(str),
+        "flag": rng.integers(0, 2, 3000),
+        "code": rng.integers(1, 6, 3000),
+        "troponin": np.where(rng.random(3000) < 0.47, "<0.01", np.round(rng.uniform(0.011, 5.0, 3000), 3).astype(str)),
+        "crp": np.where(rng.random(3000) < 0.05, ">200", np.round(rng.uniform(1.0, 199.0, 3000), 1).astype(str)),
+    })
+    draft = draft_schema(rows)
+    for count in ("prior_admissions", "icu_days"):
+        column = draft.column(count)
+        assert column.kind == ColumnKind.INTEGER and column.lower == 0 and column.upper == rows[count].max()
+    assert draft.column("gcs").categories == [str(level) for level in range(8, 16)]
+    assert draft.column("flag").is_categorical and draft.column("code").is_categorical
+    assert draft.column("troponin").lower == 0.01 and draft.column("crp").upper == 200
 
 
 def test_a_draft_points_at_a_few_negative_values_among_non_negative_ones(demo_frame):

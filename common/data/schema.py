@@ -421,20 +421,51 @@ def _drafted_column(series: pd.Series) -> Column:
     numeric = pd.to_numeric(values, errors="coerce")
     if len(values) > 0 and _stray_cells(values) <= STRAY_TEXT_SHARE * len(values) and numeric.nunique() > 10 \
             and not _identifier_like(numeric.dropna()):
+        limits = _limit_values(values)
         numeric = numeric.dropna()
         integral = bool((numeric == numeric.round()).all())
-        lower, upper = float(numeric.min()), float(numeric.max())
+        # A cell written as a limit ('<0.01') says the limit is a value of the column: drafted as
+        # its bound, the release keeps the cells written as it (docs/schema.md).
+        lower = min([float(numeric.min()), *limits["<"]])
+        upper = max([float(numeric.max()), *limits[">"]])
         return Column(name=name, kind=ColumnKind.INTEGER if integral else ColumnKind.CONTINUOUS, lower=lower,
                       upper=upper if upper > lower else lower + 1.0,
                       precision=None if integral else recorded_precision(numeric.to_numpy(dtype=float)),
                       nullable=nullable, needs_review=True)
+    if _count_like(numeric):
+        return Column(name=name, kind=ColumnKind.INTEGER, lower=0.0, upper=float(numeric.max()), nullable=nullable,
+                      needs_review=True)
     # Spelled as an extract is read: stray spaces around a level are that level ('F ' is 'F').
-    categories = sorted({str(spell_category(v)).strip() for v in values}) or ["(none)"]
+    # Levels that are numbers in their numbers' order (a coma score's 8, 9, 10, not 10, 8, 9).
+    categories = sorted({str(spell_category(v)).strip() for v in values},
+                        key=lambda level: (0, float(level), level) if is_number(level) else (1, 0.0, level)) \
+        or ["(none)"]
     if len(categories) > MANY_CATEGORIES:  # an identifier or a date: its values are patients', never written
         # (a number column too, :func:`_identifier_like`: its bounds would be two patients' record numbers)
         categories = [UNLISTED_LEVELS]
     return Column(name=name, kind=ColumnKind.CATEGORICAL, categories=categories, nullable=nullable,
                   needs_review=True)
+
+
+def _count_like(numbers: pd.Series) -> bool:
+    """Whether a column of few values (10 or fewer, drafted as levels otherwise) is a count:
+    every cell a whole number, from 0, at least 4 values and no wide gaps between them (prior
+    admissions 0-6, ICU days 0-9). docs/schema.md says to keep counts on a linear integer scale,
+    where their tables and the release keep the order and the pile at 0; drafted as levels they
+    lost both (a newcomer's). A code of 1-5, a 0/1 flag and a count with 999 for 'unknown' (its
+    own gap, :func:`far_level_columns`) stay levels."""
+    if len(numbers) == 0 or numbers.isna().any():
+        return False
+    distinct = np.unique(numbers.to_numpy(dtype=float))
+    return bool(len(distinct) >= 4 and distinct[0] == 0 and (distinct == np.round(distinct)).all()
+                and distinct[-1] + 1 <= 2 * len(distinct))
+
+
+def _limit_values(cells: pd.Series) -> dict[str, list[float]]:
+    """The numbers of the cells written as a limit ('<0.01', '>200'), by side."""
+    written = cells[_censored(cells)].astype(str).str.strip()
+    numbers = pd.to_numeric(written.str.lstrip("<>=").str.strip(), errors="coerce")
+    return {side: numbers[written.str.startswith(side)].dropna().astype(float).tolist() for side in "<>"}
 
 
 def _identifier_like(numbers: pd.Series) -> bool:
