@@ -234,6 +234,23 @@ def test_a_draft_keeps_counts_as_numbers_number_levels_in_order_and_a_limit_as_t
     assert draft.column("troponin").lower == 0.01 and draft.column("crp").upper == 200
 
 
+def test_a_cell_written_as_a_limit_at_its_columns_bound_is_read_as_the_bound(tmp_path):
+    """docs/schema.md asks for '<0.01' to be written as the limit 0.01, its column's bound: a
+    newcomer rewrote 47 % of troponin's cells by hand. A limit at the bound is read as it; one
+    that is no bound stays text, for validation to point at (never quoting it)."""
+    schema = Schema.model_validate({"name": "t", "columns": [
+        {"name": "troponin", "kind": "continuous", "lower": 0.01, "upper": 50.0, "nullable": True},
+        {"name": "crp", "kind": "continuous", "lower": 0.0, "upper": 200.0}]})
+    pd.DataFrame({"troponin": ["<0.01", "0.5", "", "<0.01", "1.2"],
+                  "crp": [">200", "3", "5", "7", "> 200"]}).to_csv(tmp_path / "x.csv", index=False)
+    read = read_table(tmp_path / "x.csv", schema)
+    assert read["troponin"].tolist()[:2] == [0.01, 0.5] and read["crp"].tolist() == [200.0, 3.0, 5.0, 7.0, 200.0]
+    assert validate_frame(read, schema).ok
+    pd.DataFrame({"troponin": ["<0.02", "0.5"], "crp": ["3", "<5"]}).to_csv(tmp_path / "y.csv", index=False)
+    problems = validate_frame(read_table(tmp_path / "y.csv", schema), schema).problems
+    assert {problem.column for problem in problems} == {"troponin", "crp"} and "<0.02" not in str(problems)
+
+
 def test_a_draft_points_at_a_few_negative_values_among_non_negative_ones(demo_frame):
     """An age of -1 for 'unknown' made the draft's lower bound -1: named (never the value); a
     column that really runs below 0 is not."""

@@ -461,6 +461,25 @@ def _count_like(numbers: pd.Series) -> bool:
                 and distinct[-1] + 1 <= 2 * len(distinct))
 
 
+def limits_at_bounds(cells: pd.Series, column: Column) -> pd.Series:
+    """``cells`` of a numeric column with each cell written as a limit at one of its public
+    bounds ('<0.01' where 0.01 is the lower bound, '>200' where 200 is the upper) read as that
+    bound: the value docs/schema.md asks such a cell to be written as, which a newcomer did by
+    hand for every troponin '<0.01'. Any other text is left for validation to point at."""
+    if column.is_categorical or cells.dtype.kind in "biuf":
+        return cells
+    written = cells.astype(str).str.strip()
+    limited = _censored(cells) & cells.notna()
+    if not limited.any():
+        return cells
+    numbers = pd.to_numeric(written.str.lstrip("<>=").str.strip(), errors="coerce")
+    below = limited & written.str.startswith("<") & (numbers == column.lower)
+    above = limited & written.str.startswith(">") & (numbers == column.upper)
+    read = cells.where(~below, column.lower).where(~above, column.upper)
+    numbers = pd.to_numeric(read, errors="coerce")
+    return numbers if int(numbers.notna().sum()) == int(read.notna().sum()) else read  # numbers, as a clean file's
+
+
 def _limit_values(cells: pd.Series) -> dict[str, list[float]]:
     """The numbers of the cells written as a limit ('<0.01', '>200'), by side."""
     written = cells[_censored(cells)].astype(str).str.strip()

@@ -14,6 +14,7 @@ from fedsyn.data.schema import (
     Schema,
     category_levels,
     headerless_names,
+    limits_at_bounds,
     spell_category,
     text_columns,
     without_markers,
@@ -33,7 +34,8 @@ def read_table(path: str | Path, schema: Schema | None = None) -> pd.DataFrame:
     spaces are removed ('F ' from a spreadsheet export) is read as that category; everything
     is otherwise left for :func:`validate_frame` to judge. A cell holding one of the schema's
     ``missing_values`` (the extract's own '?' or '-') is read as empty, unless its column lists
-    it among its categories.
+    it among its categories; a numeric cell written as a limit at its column's bound ('<0.01'
+    where 0.01 is the lower bound) is read as the bound.
     """
     path = Path(path)
     if not path.is_file():
@@ -63,6 +65,9 @@ def read_table(path: str | Path, schema: Schema | None = None) -> pd.DataFrame:
         raise DataFileError(f"cannot read {path} as a {suffix.lstrip('.')} table: {detail}") from None
     if schema is not None:
         frame = without_markers(frame, schema.missing_values, category_levels(schema))
+        for column in schema.columns:
+            if not column.is_categorical and column.name in frame.columns:
+                frame[column.name] = limits_at_bounds(frame[column.name], column)
     for column in schema.categorical_columns if schema is not None else []:
         if column.name in frame.columns:
             frame[column.name] = _as_category(frame[column.name], set(column.levels))

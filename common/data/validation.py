@@ -294,7 +294,8 @@ def _column_masks(series: pd.Series, column: Column) -> list[tuple[str, np.ndarr
         non_numeric = non_numeric & ~grouped
     if non_numeric.any():
         found.append(("value is not a number: write the number (a lab's '<0.3' as the public detection limit, "
-                      "0.3, a unit removed), or leave the cell empty and mark the column nullable; an extract that "
+                      "0.3, or make 0.3 the column's bound, where such cells are read as it; a unit removed), or "
+                      "leave the cell empty and mark the column nullable; an extract that "
                       "writes 'missing' as '?' or '-' lists that marker in the schema's missing_values",
                       non_numeric))
     checkable = present & ~np.isnan(numeric)
