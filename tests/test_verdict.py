@@ -244,3 +244,27 @@ def test_the_distance_flag_needs_synthetic_rows_truly_closer_than_new_patients()
     assert _distance_flags(**{**tied, "exact_copy_share": 0.83, "excess_copy_share": 0.05})  # more copies: closer
     assert _distance_flags(**{**tied, "dcr_ratio": 0.4, "dcr_ratio_upper": 0.5, "dcr_holdout_median": 0.6})
     assert _distance_flags(**{**tied, "dcr_ratio": 1.1, "dcr_ratio_upper": 1.2}) == []
+
+
+def test_a_hospital_whose_difference_is_lost_is_flagged_whatever_the_other_relations(rows, demo_schema):
+    """A newcomer's east hospital, 15 years younger than the others, came back at their ages on
+    four runs; the verdict of the widest run, whose eight strongest relations lay elsewhere, said
+    nothing. The site column's own strongest relations are judged too. Here sex stands for the
+    site column (women 8 years older in the real rows, ages shuffled across sexes in the
+    synthetic ones) and two relations are judged, of which neither is sex's."""
+    from fedsyn.evaluation.metrics import relations
+
+    train, _, patients = rows
+    women = (train["sex"] == demo_schema.column("sex").levels[0]).to_numpy()
+    older = np.where(women, train["age"] + 8, train["age"])
+    train = train.assign(age=np.minimum(older, demo_schema.column("age").upper))
+    synthetic = patients.copy()
+    synthetic["age"] = synthetic["age"].sample(frac=1.0, random_state=1).to_numpy()
+    assert not any("sex" in relation["feature"] for relation in relations(train, synthetic, demo_schema, top=2))
+    judged = relations(train, synthetic, demo_schema, top=2, site_column="sex")
+    lost = [relation for relation in judged if "sex" in relation["feature"] and "age" in relation["feature"]]
+    assert lost and lost[0]["ratio"] < 0.5
+    sited = judge(fidelity(train, synthetic, demo_schema, site_column="sex"), {}, NO_PRIVACY_SIGNAL,
+                  outcome=demo_schema.outcome)
+    assert any("sex" in flag.message and "age" in flag.message and flag.area == "relations"
+               and flag.level in ("amber", "red") for flag in sited.flags), sited.flags
