@@ -424,9 +424,12 @@ def _show_site_plans(title: str, site_plans: tuple[SitePlan, ...], width_plans: 
         table.add_row(plan.site, str(plan.rows), f"{plan.expected_batch:.0f}", sigma, f"{plan.records_per_noise:.1f}",
                       f"[{COLOUR[plan.level]}]{plan.level}[/]")
     console.print(table)
+    advised: dict[tuple[str, str], list[str]] = {}  # the same advice for several sites: said once, naming them all
     for plan in site_plans:
         if plan.level != "green":
-            console.print(f"[{COLOUR[plan.level]} bold]{plan.level}:[/] {plan.site}: {plan.advice}")
+            advised.setdefault((plan.level, plan.advice), []).append(plan.site)
+    for (level, advice), sites in advised.items():
+        console.print(f"[{COLOUR[level]} bold]{level}:[/] {', '.join(sites)}: {advice}")
     _show_width(width_plans, epsilon, out,
                 min((plan.batch_size for plan in site_plans if plan.batch_size), default=None))
 

@@ -138,3 +138,16 @@ def test_the_width_advice_says_how_many_weak_columns_it_does_not_name():
     weak = sum(c.level != "green" for c in plan.columns)
     assert weak == 8 and len(plan.costliest) == 5
     assert "(3 more weak columns in the table above)" in plan.column_advice
+
+
+def test_the_same_advice_for_several_sites_is_printed_once_naming_them(capsys, tmp_path):
+    """A newcomer's four hospitals each printed the same amber --batch-size advice."""
+    from fedsyn.cli import research
+
+    whole = FederationSettings(sample_rate=1.0)
+    plans = tuple(plan_site(name, 212, 5, whole) for name in ("north", "south", "east"))
+    assert len({plan.advice for plan in plans}) == 1 and plans[0].level != "green"
+    widths = tuple(plan_width(name, 212, _wide_schema(3), whole) for name in ("north", "south", "east"))
+    research._show_site_plans("plan", plans, widths, 1.0, tmp_path)
+    printed = capsys.readouterr().err
+    assert printed.count(plans[0].advice[:40]) == 1 and "north, south, east" in printed
