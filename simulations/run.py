@@ -70,7 +70,9 @@ def prepare_sites(tables: list[pd.DataFrame], schema_path: Path, root: Path, eps
     on an extract one patient apart, or at another epsilon, draws unrelated noise
     (:func:`~fedsyn.privacy.randomness.bound_to_inputs`)."""
     plan = SimulationPlan(root, stream_nonce=None if seed is None else fresh_nonce(stream_nonce))
-    schema_text = schema_path.read_text()
+    schema = Schema.load(schema_path)
+    # What else a repeat must share: the schema, the budget, each site's policy, the federation's settings.
+    inputs = (schema_path.read_text(), repr((epsilon, delta, min_noise_multiplier, out_of_domain)), *stream_inputs)
     for index, table in enumerate(tables):
         stream = (run_label, index)  # apart from every other site and federation of this simulation
         folder = root / site_folder(index, names[index] if names else None)
@@ -88,8 +90,8 @@ def prepare_sites(tables: list[pd.DataFrame], schema_path: Path, root: Path, eps
         policy.save(folder / "policy.json")
         initialise_ledger(SitePolicy.load(folder / "policy.json"),
                           stream_nonce=None if seed is None or plan.stream_nonce is None else derived_nonce(
-                              seed, "ledger", bound_to_inputs(plan.stream_nonce, rows_digest(table), schema_text,
-                                                              repr((epsilon, delta)), *stream_inputs), *stream))
+                              seed, "ledger", bound_to_inputs(plan.stream_nonce, rows_digest(table, schema), *inputs),
+                              *stream))
         plan.policies.append(folder / "policy.json")
     return plan
 

@@ -89,6 +89,42 @@ def test_a_repeated_stream_on_other_rows_or_settings_draws_unrelated_noise(tmp_p
         assert abs(np.corrcoef(first, _standard_noise(site, frame, 20.0))[0, 1]) < 0.3, rerun
 
 
+def test_a_simulations_settings_reach_its_sites_streams(tmp_path, monkeypatch):
+    """A review: every other test of the binding called prepare_sites itself, and the line that
+    gives it the federation's settings could be deleted unseen; two budgets' shares of round 0
+    would then draw one set of normals at two scales."""
+    from fedsyn.simulations import workflow
+    from fedsyn.simulations.request import SimulationRequest, prepare
+
+    simulation = prepare(SimulationRequest(seed=3, stream_nonce="ab" * 16, out=tmp_path / "run")).simulation
+    bound = []
+
+    def prepared(*args, **kwargs):
+        bound.append(kwargs.get("stream_inputs", ()))
+        raise RuntimeError("the sites' streams are all this test reads")
+
+    monkeypatch.setattr(workflow, "prepare_sites", prepared)
+    for share in (0.9, 0.8):
+        settings = simulation.settings.model_copy(update={"marginals_share": share})
+        with pytest.raises(RuntimeError, match="streams"):
+            workflow._federate(simulation, settings, tmp_path / f"share-{share}", tmp_path / "keys", "main")
+    assert bound[0] and bound[0] != bound[1]
+
+
+def test_the_same_rows_read_from_csv_or_parquet_repeat_one_stream(tmp_path, small_frame, demo_schema):
+    """A review: the rows' digest read the raw frame, so the same extract from a CSV and from a
+    Parquet file, or beside a column the schema lacks, drew unrelated noise where a repeat was
+    promised. It reads the rows as the schema does."""
+    from fedsyn.data.tables import read_table, rows_digest, write_table
+
+    write_table(small_frame.assign(note="x"), tmp_path / "rows.csv")
+    write_table(small_frame, tmp_path / "rows.parquet")
+    digests = {rows_digest(read_table(tmp_path / name, demo_schema), demo_schema)
+               for name in ("rows.csv", "rows.parquet")}
+    assert len(digests) == 1
+    assert rows_digest(small_frame.iloc[1:], demo_schema) not in digests
+
+
 def test_two_simulations_with_one_seed_draw_independent_noise(tmp_path, small_frame):
     """Regression for the third review's F1: two `fedsyn simulate --seed S` runs on the same rows
     drew the same standard normals, so their two releases (at any two budgets) gave back the

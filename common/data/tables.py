@@ -123,13 +123,16 @@ def _check_text_layout(path: Path, separator: str) -> None:
                         f"as {expected}-separated: {fix}")
 
 
-def rows_digest(frame: pd.DataFrame) -> str:
-    """SHA-256 of a table's column names and values, row by row: tells two extracts apart
-    without keeping either (a seeded run's streams are bound to it,
+def rows_digest(frame: pd.DataFrame, schema: Schema) -> str:
+    """SHA-256 of a table's rows as its schema reads them (its columns, in the schema's order and
+    types, :func:`typed_by_schema`): tells two extracts apart without keeping either, and the
+    same rows read from a CSV or a Parquet file, or beside a column the schema lacks, apart
+    from none (a seeded run's streams are bound to it,
     :func:`fedsyn.privacy.randomness.bound_to_inputs`). Of private rows: for local use only,
     never written."""
-    digest = hashlib.sha256("\x1f".join(map(str, frame.columns)).encode())
-    digest.update(pd.util.hash_pandas_object(frame, index=False).to_numpy().tobytes())
+    rows = typed_by_schema(frame[[name for name in schema.column_names if name in frame.columns]], schema)
+    digest = hashlib.sha256("\x1f".join(map(str, rows.columns)).encode())
+    digest.update(pd.util.hash_pandas_object(rows, index=False).to_numpy().tobytes())
     return digest.hexdigest()
 
 

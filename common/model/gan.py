@@ -169,7 +169,8 @@ class DPTabularGAN(BaseEstimator):  # type: ignore[misc]
         ledger = PrivacyLedger(self.delta, self.accountant)
         nonce = fresh_nonce(self.stream_nonce)  # a fresh stream per fit, even with a seed
         # A given nonce repeats the fit on these rows and settings only (bound_to_inputs).
-        key = bound_to_inputs(nonce, rows_digest(frame), self.schema.model_dump_json(), repr(self._public_params()))
+        key = bound_to_inputs(nonce, rows_digest(frame, self.schema), self.schema.model_dump_json(),
+                              repr(self._public_params()))
         sigma = plan.marginals_noise
         if self.epsilon is None or sigma is None:
             marginals = exact_counts(frame, self.schema)  # non-private baseline: exact statistics
