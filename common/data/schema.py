@@ -399,7 +399,8 @@ def draft_schema(frame: pd.DataFrame, name: str = "table", outcome: str | None =
     markers = missing_markers(text_values, levels)
     frame = without_markers(frame, markers, levels)
     try:
-        return Schema(name=name, columns=[_drafted_column(frame[col]) for col in frame.columns], outcome=outcome,
+        return Schema(name=name, columns=[_drafted_column(frame[col], str(col) == outcome) for col in frame.columns],
+                      outcome=outcome,
                       missing_values=markers)
     except ValidationError as exc:
         raise SchemaError(f"could not draft a schema: {schema_problems(exc, None)}") from None
@@ -413,7 +414,7 @@ def _names_among_own_values(frame: pd.DataFrame) -> list[str]:
             if str(name).strip() in set(frame[name].dropna().astype(str).str.strip())]
 
 
-def _drafted_column(series: pd.Series) -> Column:
+def _drafted_column(series: pd.Series, outcome: bool = False) -> Column:
     """One column's guess: numeric with its observed range (its stray text cells left for
     validation to point at, :func:`stray_text_cells`; cells written as a limit, '<0.01', however
     many, :func:`censored_cells`), or categorical with its observed levels."""
@@ -432,7 +433,7 @@ def _drafted_column(series: pd.Series) -> Column:
                       upper=upper if upper > lower else lower + 1.0,
                       precision=None if integral else recorded_precision(numeric.to_numpy(dtype=float)),
                       nullable=nullable, needs_review=True)
-    if _count_like(numeric):
+    if not outcome and _count_like(numeric):  # an outcome is categorical (a Rankin scale's 0-6 too)
         return Column(name=name, kind=ColumnKind.INTEGER, lower=0.0, upper=float(numeric.max()), nullable=nullable,
                       needs_review=True)
     # Spelled as an extract is read: stray spaces around a level are that level ('F ' is 'F').
@@ -452,13 +453,14 @@ def _count_like(numbers: pd.Series) -> bool:
     every cell a whole number, from 0, at least 4 values and no wide gaps between them (prior
     admissions 0-6, ICU days 0-9). docs/schema.md says to keep counts on a linear integer scale,
     where their tables and the release keep the order and the pile at 0; drafted as levels they
-    lost both (a newcomer's). A code of 1-5, a 0/1 flag and a count with 999 for 'unknown' (its
-    own gap, :func:`far_level_columns`) stay levels."""
+    lost both (a newcomer's). Counts pile at 0: 0 is their most common value. A code of 1-5, a
+    0/1 flag, a hospital numbered 0-3 whose hospital 0 is not the largest and a count with 999
+    for 'unknown' (its own gap, :func:`far_level_columns`) stay levels."""
     if len(numbers) == 0 or numbers.isna().any():
         return False
-    distinct = np.unique(numbers.to_numpy(dtype=float))
-    return bool(len(distinct) >= 4 and distinct[0] == 0 and (distinct == np.round(distinct)).all()
-                and distinct[-1] + 1 <= 2 * len(distinct))
+    distinct, counts = np.unique(numbers.to_numpy(dtype=float), return_counts=True)
+    return bool(len(distinct) >= 4 and distinct[0] == 0 and counts[0] == counts.max()
+                and (distinct == np.round(distinct)).all() and distinct[-1] + 1 <= 2 * len(distinct))
 
 
 def limits_at_bounds(cells: pd.Series, column: Column) -> pd.Series:
@@ -468,23 +470,27 @@ def limits_at_bounds(cells: pd.Series, column: Column) -> pd.Series:
     hand for every troponin '<0.01'. Any other text is left for validation to point at."""
     if column.is_categorical or cells.dtype.kind in "biuf":
         return cells
-    written = cells.astype(str).str.strip()
-    limited = _censored(cells) & cells.notna()
-    if not limited.any():
+    sides, limits = _written_limits(cells)
+    if sides.isna().all():
         return cells
-    numbers = pd.to_numeric(written.str.lstrip("<>=").str.strip(), errors="coerce")
-    below = limited & written.str.startswith("<") & (numbers == column.lower)
-    above = limited & written.str.startswith(">") & (numbers == column.upper)
-    read = cells.where(~below, column.lower).where(~above, column.upper)
+    read = cells.where(~((sides == "<") & (limits == column.lower)), column.lower) \
+        .where(~((sides == ">") & (limits == column.upper)), column.upper)
     numbers = pd.to_numeric(read, errors="coerce")
     return numbers if int(numbers.notna().sum()) == int(read.notna().sum()) else read  # numbers, as a clean file's
 
 
 def _limit_values(cells: pd.Series) -> dict[str, list[float]]:
     """The numbers of the cells written as a limit ('<0.01', '>200'), by side."""
-    written = cells[_censored(cells)].astype(str).str.strip()
-    numbers = pd.to_numeric(written.str.lstrip("<>=").str.strip(), errors="coerce")
-    return {side: numbers[written.str.startswith(side)].dropna().astype(float).tolist() for side in "<>"}
+    sides, limits = _written_limits(cells)
+    return {side: limits[sides == side].dropna().astype(float).tolist() for side in "<>"}
+
+
+def _written_limits(cells: pd.Series) -> tuple[pd.Series, pd.Series]:
+    """Each cell written as a limit ('<0.01', '> 200', '<=5'): its side ('<' or '>') and its
+    number; missing for every other cell."""
+    limited = _censored(cells) & cells.notna()
+    written = cells.astype(str).str.strip().where(limited)
+    return written.str[0], pd.to_numeric(written.str.lstrip("<>=").str.strip(), errors="coerce")
 
 
 def _identifier_like(numbers: pd.Series) -> bool:
