@@ -190,8 +190,9 @@ class WidthPlan:
         options = [f"{columns} columns if each has at most {levels} levels" for columns, levels in self.keep_options]
         if not options:
             return ""
-        return (f"keep at most {', or '.join(options)} (of the {self.measured_columns} besides the outcome; a numeric "
-                f"column counts as {NUMERIC_GROUPS} levels, and missing values as one more)")
+        site = ", the site column among them" if self.measured_columns > len(self.columns) else ""
+        return (f"keep at most {', or '.join(options)} (of the {self.measured_columns} besides the outcome{site}; a "
+                f"numeric column counts as {NUMERIC_GROUPS} levels, and missing values as one more)")
 
     @property
     def _thinnest(self) -> list[ColumnCost]:

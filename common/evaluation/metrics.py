@@ -461,11 +461,9 @@ def relations(real: pd.DataFrame, synthetic: pd.DataFrame, schema: Schema, top: 
         if pair[0] != pair[1] and pair not in chosen and pair[::-1] not in chosen:
             chosen[pair] = _comparison(f"{labels[a]} and {labels[b]}", r_real[a, b], n_real[a, b],
                                        r_synthetic[a, b], n_synthetic[a, b])
-    judged = list(chosen.values())[:top]
-    if site_column is not None:
-        judged += [comparison for pair, comparison in chosen.items()
-                   if site_column in pair and comparison not in judged][:SITE_RELATIONS]
-    return judged
+    judged = list(chosen.items())
+    site = [comparison for pair, comparison in judged[top:] if site_column in pair][:SITE_RELATIONS]
+    return [comparison for _, comparison in judged[:top]] + site
 
 
 def _missing_share(missing: np.ndarray, x: np.ndarray, value: float) -> float | None:
