@@ -74,12 +74,16 @@ def test_a_bounds_value_with_a_bin_of_its_own_is_known_by_the_grid():
     decodes to the bound too)."""
     cases = [(Column(name="icu_hours", kind="integer", lower=0, upper=2000), (True, False)),
              (Column(name="gcs", kind="integer", lower=3, upper=15), (True, True)),
+             # an oximeter's 50-100 %: the rounded grid gave 99 and 100 one bin (a newcomer's 14 % at 100)
+             (Column(name="spo2", kind="integer", lower=50, upper=100), (True, True)),
+             (Column(name="nodes", kind="integer", lower=0, upper=60), (True, False)),  # a count: an empty top
              (Column(name="kappa", kind="continuous", lower=0.1, upper=30.0, transform="log"), (True, True)),
              (Column(name="bnp", kind="integer", lower=10, upper=35000, transform="log"), (True, False)),
              (Column(name="alt", kind="integer", lower=5, upper=2000, transform="log"), (False, False)),
              (Column(name="dose", kind="integer", lower=0, upper=100, precision=5), (False, False))]
     for column, expected in cases:
         assert bound_value_bins(column) == expected, column.name
+    assert numeric_bins(Column(name="spo2", kind="integer", lower=50, upper=100)) == 51  # a bin per value
 
 
 def test_the_mass_left_over_after_a_pile_is_spread_like_every_class_not_piled_beside_it():

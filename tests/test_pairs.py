@@ -14,6 +14,7 @@ from opacus.accountants.analysis.rdp import compute_rdp
 from fedsyn.client.policy import SitePolicy
 from fedsyn.client.site import Site, SiteRefusal
 from fedsyn.data.demo import demo_schema_path
+from fedsyn.data.grid import numeric_bins
 from fedsyn.data.schema import Schema
 from fedsyn.federation import protocol
 from fedsyn.privacy import pairs as pairs_module
@@ -148,11 +149,12 @@ def test_the_pair_tables_asked_are_checked_before_any_charge_and_answered_again_
     """A coordinator names the pairs and the groups: the site refuses any that do not fit its
     schema before it reads a row, and answers the same request of the same run from its store."""
     site = _site(tmp_path, small_frame)
-    good = {"age": (0.0, 4, 9, 15, 24, 55)}
+    bins = float(numeric_bins(site.schema.column("age")))  # the groups' last bound: the grid's bins
+    good = {"age": (0.0, 4, 9, 15, 24, bins)}
     for pairs, bounds in [([("sex", "death")], {}),  # the outcome has its own tables
                           ([("mgus", "sex")], {}),  # not in schema order
                           ([("age", "sex")], {}),  # a numeric column without its groups
-                          ([("age", "sex")], {"age": (0.0, 9, 4, 15, 24, 55)}),
+                          ([("age", "sex")], {"age": (0.0, 9, 4, 15, 24, bins)}),
                           ([("sex", "mgus")], {"sex": (0.0, 1)}),
                           (list(itertools.combinations(["sex", "mgus", "sample_yr", "flc_grp"], 2)), {})]:  # no tree
         with pytest.raises(SiteRefusal):
@@ -302,7 +304,8 @@ def test_pair_arrays_are_checked_against_the_schema(demo_schema):
     good = Marginals.uniform(demo_schema)
     assert good.pairs == {}
     check_pair_array(demo_schema, pair_key(("sex", "mgus")), np.ones((2, 2)))
-    check_pair_array(demo_schema, "pairbins:age", np.array([0.0, 4, 9, 15, 24, 55]))
+    bins = numeric_bins(demo_schema.column("age"))
+    check_pair_array(demo_schema, "pairbins:age", np.array([0.0, 4, 9, 15, 24, bins]))
     check_pair_array(demo_schema, "vote:sex|mgus", np.array([2.0]))
     for key, value in [(pair_key(("sex", "death")), np.ones((2, 2))),  # the outcome has its own tables
                        (pair_key(("sex", "mgus")), np.ones((3, 2))),
@@ -310,7 +313,7 @@ def test_pair_arrays_are_checked_against_the_schema(demo_schema):
                        (pair_key(("sex", "sex")), np.ones((2, 2))),
                        (pair_key(("sex", "nope")), np.ones((2, 2))),
                        ("pairbins:sex", np.array([0.0, 1])),
-                       ("pairbins:age", np.array([0.0, 9, 4, 15, 24, 55])),
+                       ("pairbins:age", np.array([0.0, 9, 4, 15, 24, bins])),
                        ("pairbins:age", np.array([0.0, 4, 9, 15, 24, 500])),
                        ("vote:sex|mgus", np.array([0.5])),  # a vote's rank is a whole number
                        ("vote:sex|mgus", np.array([99.0])),  # below the measured columns' count

@@ -24,8 +24,9 @@ from fedsyn.model.encoder import TableEncoder
 from fedsyn.model.training import GANTrainer
 from fedsyn.privacy.marginals import Marginals, check_slot_tables
 
-# 5: a continuous column's bounds are atoms of the public grid (fedsyn.data.grid); 6: an integer's lower bound too
-FORMAT = "fedsyn-model/6"
+# 5: a continuous column's bounds are atoms of the public grid (fedsyn.data.grid); 6: an integer's lower bound too;
+# 7: a narrow integer range's top value a bin of its own
+FORMAT = "fedsyn-model/7"
 
 
 @dataclass
