@@ -208,12 +208,23 @@ def _grade(snr: float) -> Literal["green", "amber", "red"]:
     return "red" if snr < RED_CELL_SNR else "amber" if snr < AMBER_CELL_SNR else "green"
 
 
+def _cell_snr(rows: int, classes: int, levels: int, cell_noise: float) -> float:
+    """Expected rows per cell over the cell's noise std, for a column of ``levels`` levels by
+    ``classes`` outcome classes."""
+    return rows / (classes * levels * cell_noise)
+
+
+def _classes(schema: Schema, columns: list[Column]) -> int:
+    """The outcome's classes: the width of every measured column's table."""
+    return table_shape(schema, columns[0])[1] if columns else 1
+
+
 def _column_costs(rows: int, schema: Schema, cell_noise: float, columns: list[Column]) -> list[ColumnCost]:
-    classes = table_shape(schema, columns[0])[1] if columns else 1
+    classes = _classes(schema, columns)
     costs = []
     for column in columns:
         cells = bin_labels(column) if column.is_categorical else NUMERIC_GROUPS + int(column.nullable)
-        snr = rows / (classes * cells * cell_noise)
+        snr = _cell_snr(rows, classes, cells, cell_noise)
         mergeable = column.is_categorical and len(column.categories or []) > 2
         costs.append(ColumnCost(column.name, cells * classes, snr, _grade(snr), mergeable))
     return costs
@@ -250,10 +261,11 @@ def plan_width(name: str, rows: int, schema: Schema, settings: FederationSetting
                   None)
     keep: list[tuple[int, int]] = []
     if level == "red":
-        classes = table_shape(schema, measured[0])[1] if measured else 1
+        classes = _classes(schema, measured)
         for levels in sorted({cost.cells // classes for cost in costs}):
             width = next((k for k in range(len(measured), site, -1)
-                          if _grade(rows / (classes * levels * cell_noise(settings.epsilon, k))) != "red"), None)
+                          if _grade(_cell_snr(rows, classes, levels, cell_noise(settings.epsilon, k))) != "red"),
+                         None)
             if width is None:
                 break
             if keep and keep[-1][0] == width:  # as many columns with more levels each

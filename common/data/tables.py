@@ -66,7 +66,7 @@ def read_table(path: str | Path, schema: Schema | None = None) -> pd.DataFrame:
     if schema is not None:
         frame = without_markers(frame, schema.missing_values, category_levels(schema))
         for column in schema.columns:
-            if not column.is_categorical and column.name in frame.columns:
+            if column.name in frame.columns:  # a numeric cell at its bound, '<0.01': the bound
                 frame[column.name] = limits_at_bounds(frame[column.name], column)
     for column in schema.categorical_columns if schema is not None else []:
         if column.name in frame.columns:
