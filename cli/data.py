@@ -59,14 +59,16 @@ def schema_draft(
                       "into the draft: if it is an identifier or a date, drop it from the extract (or turn a date into "
                       "a year or an age); a measure: make it a number column with public bounds; otherwise list its "
                       "public levels, grouping rare ones[/]")
-    for name, count in censored_cells(extract, draft).items():
-        console.print(f"[yellow]column '{name}' holds {count} cell(s) written as a limit ('<0.01' below an assay's "
+    # Neither warning counts the cells: one cell below a detection limit is one patient, and a
+    # terminal's text ends up in tickets (validate's line numbers stay on the site's own screen).
+    for name in censored_cells(extract, draft):
+        console.print(f"[yellow]column '{name}' holds cells written as a limit ('<0.01' below an assay's "
                       "detection limit, '>89' for a capped age): it was drafted as a number. Write each as the limit "
                       "itself and make that limit the column's public bound (a bound is a value of its own that the "
                       "release keeps), "
                       f"or empty them; fedsyn validate --schema {out} {data} lists their lines[/]")
-    for name, count in stray_text_cells(extract, draft).items():
-        console.print(f"[yellow]column '{name}' holds numbers but for {count} cell(s) of text (a unit written beside "
+    for name in stray_text_cells(extract, draft):
+        console.print(f"[yellow]column '{name}' holds numbers but for some cells of text (a unit written beside "
                       "the value, a word for an unknown value): it was drafted as a number. A word the extract "
                       "writes for 'not known' ('unknown', 'not done'): add it to the schema's missing_values; "
                       "anything else: write those cells as numbers, or empty them, in the extract (fedsyn validate "

@@ -35,8 +35,9 @@ def fit(
     delta: Annotated[float, typer.Option(help="DP delta; must be below 1/rows")] = 1e-5,
     epochs: Annotated[float, typer.Option(help="planned passes over the data (stops earlier at the budget)")] = 30.0,
     rows: Annotated[int, typer.Option(help="synthetic rows to write; 0: as many as the rows trained on")] = 0,
-    out: Annotated[Path, typer.Option(help="folder for model.pt, synthetic.csv, privacy_report.json, and "
-                                           "local-report/ (computed from real rows: keep it local, never publish it)")
+    out: Annotated[Path, typer.Option(help="output folder: release/ (model.pt, synthetic.csv, privacy_report.json: "
+                                           "what may be shared) and local-report/ (computed from real rows, with the "
+                                           "held-out rows: keep it local, never publish it)")
                    ] = Path("fedsyn-model"),
     overwrite: Annotated[bool, typer.Option(
         help="replace what an earlier fit left in --out (its model, synthetic rows, privacy report and local "
@@ -102,19 +103,21 @@ def fit(
         fail(str(exc))
     make_run_folder(out)
     FIT_FOLDER.mark(out)
-    model.save(out / "model.pt")
-    write_table(model.sample(rows or len(train)), out / "synthetic.csv")
+    release = out / "release"  # apart from local-report/: sharing it never shares a held-out row
+    release.mkdir()
+    model.save(release / "model.pt")
+    write_table(model.sample(rows or len(train)), release / "synthetic.csv")
     spent, spent_delta = model.privacy_spent()
     report = {"epsilon": spent, "delta": spent_delta, "seeded": seed is not None,
               "ledger": model.ledger_.to_dict() if model.ledger_ else None,
               "schema_unreviewed_columns": contract.unreviewed_columns,
               "public_facts": {"rows": len(train), "why_public": "the published DP-SGD sample rate is batch size / "
                                "rows (ledger and model.pt), so the row count is disclosed"}}
-    (out / "privacy_report.json").write_text(json.dumps(report, indent=2) + "\n")
+    (release / "privacy_report.json").write_text(json.dumps(report, indent=2) + "\n")
     if contract.unreviewed_columns:
         console.print(f"[yellow]bounds/categories of {contract.unreviewed_columns} were read off the data without DP; "
                       "recorded in privacy_report.json[/]")
-    console.print(f"model, synthetic.csv and privacy_report.json in {out}; epsilon spent {spent:.3f} "
+    console.print(f"model.pt, synthetic.csv and privacy_report.json in {release}; epsilon spent {spent:.3f} "
                   f"at delta {spent_delta:g}")
     if seed is not None:  # the terminal only: neither value is in any file written above
         console.print(f"seeded fit: `--seed {seed} --stream-nonce {model.stream_nonce_}` repeats it exactly. Keep both "
@@ -131,7 +134,7 @@ def fit(
     settings = {"epsilon": epsilon, "delta": delta, "epochs": epochs, "seeded": seed is not None,
                 "held_out": str(held_out) if held_out is not None else f"{hold_out:.0%} of the extract, stratified"}
     with console.status("validation report (fidelity, utility, privacy)..."):
-        result = write_local_report(read_table(out / "synthetic.csv", contract), train, test, contract, local,
+        result = write_local_report(read_table(release / "synthetic.csv", contract), train, test, contract, local,
                                     ledger, seed or 0, settings=settings)
         write_table(test, local / "held_out.parquet")
     console.print(f"validation report (LOCAL: computed from real rows, not for release): {local / 'report.html'}",
@@ -201,7 +204,8 @@ def simulate(
     device: Annotated[str, typer.Option(help="torch device for the sites' training, e.g. cuda")] = "cpu",
     release_every: Annotated[int, typer.Option(help="also write an interim release every K rounds")] = 0,
     site_noise_multiplier: Annotated[float | None, typer.Option(
-        help="add site-level DP (Flower's server-side fixed clipping) with this noise multiplier")] = None,
+        help="add site-level DP (Flower's server-side fixed clipping) with this noise multiplier, to the "
+             "training updates only: round 0's per-site tables stay record-level")] = None,
     site_clipping_norm: Annotated[float, typer.Option(help="clipping norm of site-level DP")] = 10.0,
     transport_dtype: Annotated[str, typer.Option(help="float32, or float16 to halve the bytes sent")] = "float32",
     aggregation: Annotated[str, typer.Option(help="mean, or the robust median / trimmed-mean")] = "mean",
@@ -383,8 +387,9 @@ def _print_release(result: SimulationResult, rounds: int) -> None:
                       str(len(trained)), str(len(site["dropped"])))
     results.print(table)
     if report["site_level_dp"]:
-        console.print(f"site-level DP (Flower): epsilon {report['site_level_dp']['epsilon']:.3f} at delta "
-                      f"{report['site_level_dp']['delta']:g}")
+        site_level = report["site_level_dp"]
+        console.print(f"site-level DP (Flower): epsilon {site_level['epsilon']:.3f} at delta {site_level['delta']:g}, "
+                      f"covering {site_level['scope']}")
 
 
 def _show_fit_plan(model: DPTabularGAN, site: str, rows: int, out: Path) -> None:

@@ -65,7 +65,7 @@ from fedsyn.server.record import (
 from fedsyn.server.resume import IN_ROUND_ZERO, SAVED, RunState, save_state
 from fedsyn.server.screening import ReplyScreen
 from fedsyn.server.settings import FederationSettings
-from fedsyn.server.strategy import build_strategy
+from fedsyn.server.strategy import SITE_LEVEL_SCOPE, build_strategy
 from fedsyn.trust.audit import AuditLog
 
 # What a caller of the run meets: the error that stops it, and what each round's callback is given.
@@ -458,11 +458,13 @@ class Coordinator:
                 if site.active and site.epsilon_cap is not None
                 and (not slotted or site.node_id in self.run.slots)]
 
-    def site_level_privacy(self) -> dict[str, float] | None:
-        """Flower's accountant's (epsilon, delta) for site-level DP, if it was switched on."""
+    def site_level_privacy(self) -> dict[str, float | str] | None:
+        """Flower's accountant's (epsilon, delta) for site-level DP, if it was switched on, with
+        its :data:`SITE_LEVEL_SCOPE`: the figure covers the averaged training updates only, and
+        read without it, it claimed a hospital-level guarantee the release does not have."""
         spent = getattr(self.strategy, "privacy_spent", lambda: None)()
         if spent is None:
             return None
         return {"epsilon": spent.epsilon, "delta": spent.delta, "releases": spent.num_releases,
                 "noise_multiplier": self.settings.site_noise_multiplier,
-                "clipping_norm": self.settings.site_clipping_norm}
+                "clipping_norm": self.settings.site_clipping_norm, "scope": SITE_LEVEL_SCOPE}

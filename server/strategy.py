@@ -20,6 +20,14 @@ from fedsyn.federation import protocol
 
 NodeConfig = Callable[[int], dict[str, int | float]]
 
+# What Flower's site-level figure covers, written beside it wherever it is shown (privacy
+# report, terminal): the wrapper clips and noises the averaged training updates only. Round 0's
+# noisy tables, each site's noisy row total and the per-slot tables the checkpoint keeps carry
+# record-level noise alone, so the release as a whole has no hospital-level bound.
+SITE_LEVEL_SCOPE = ("the averaged training updates only: each site's round-0 tables and noisy row total, "
+                    "kept per site slot in the release, carry record-level noise alone, so the release as a "
+                    "whole has no site-level epsilon")
+
 
 class SiteMessages:
     """Mixin for Flower's FedAvg family: train messages also carry the public (noisy)

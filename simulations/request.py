@@ -308,15 +308,14 @@ def _split_by_site(whole: pd.DataFrame, schema: Schema, column: str, hold_out: f
     rows for the local report (stratified by the outcome where every class allows it; none at 0)."""
     from fedsyn.simulations.split import held_out_split
 
-    unassigned = int(whole[column].isna().sum())
-    if unassigned:
-        raise ValueError(f"--site-column {column}: {unassigned} rows name no hospital; fill the column in or drop "
-                         "those rows (every row belongs to one hospital)")
+    if whole[column].isna().any():
+        raise ValueError(f"--site-column {column}: some rows name no hospital; fill the column in or drop those rows "
+                         "(every row belongs to one hospital)")
     trains, tests, names = [], [], []
     for value, rows in sorted(whole.groupby(whole[column].astype(str)), key=lambda item: item[0]):
         if len(rows) < MIN_SITE_ROWS:
-            raise ValueError(f"--site-column {column}: hospital '{value}' has {len(rows)} rows, too few to train on "
-                             f"and hold out from (at least {MIN_SITE_ROWS}); merge it with another or drop it")
+            raise ValueError(f"--site-column {column}: hospital '{value}' has fewer than {MIN_SITE_ROWS} rows, too "
+                             "few to train on and hold out from; merge it with another or drop it")  # no small count
         train = rows
         if hold_out > 0:
             try:

@@ -117,7 +117,8 @@ RELEASE_KEYS: dict[str, dict[str, str]] = {
         **_declare(DP_OUTPUT, "rounds.[].generator_loss", "dropped_rule_violations"),
     },
     "privacy_report.json": {
-        **_declare(TEXT, "guarantee", "scope", "declared_public", "never_sent", "release_contents.*", "aggregation"),
+        **_declare(TEXT, "guarantee", "scope", "declared_public", "never_sent", "release_contents.*", "aggregation",
+                   "site_level_dp.scope"),
         **_declare(SETTING, "accountant", "seeded"),
         **_declare(SCHEMA, "schema_unreviewed_columns"),
         **_declare(ACCOUNTING, "max_epsilon_any_site", "site_level_dp",
@@ -262,11 +263,9 @@ def key_secrets(keys: Path, secrets: Secrets) -> None:
     secrets.add_text("the coordinator's signing key", raw, body, base64.b64encode(raw))
 
 
-def scan(folder: Path, declared: dict[str, dict[str, str]], secrets: Secrets, schema: Schema,
-         local: Path | None = None) -> list[Path]:
-    """Read every file under ``folder`` (but the local report ``local``) as bytes and hold it to
-    the rules above."""
-    files = sorted(p for p in folder.rglob("*") if p.is_file() and (local is None or not p.is_relative_to(local)))
+def scan(folder: Path, declared: dict[str, dict[str, str]], secrets: Secrets, schema: Schema) -> list[Path]:
+    """Read every file under ``folder`` as bytes and hold it to the rules above."""
+    files = sorted(p for p in folder.rglob("*") if p.is_file())
     assert files, f"nothing published in {folder}"
     for path in files:
         name = str(path.relative_to(folder))
@@ -303,15 +302,12 @@ class Output:
     secrets: Secrets
     seeded: bool
     local_report: Path | None = None  # where the job's real-data report went (local only)
-    # ``fedsyn fit`` writes its local report into its output folder (see fit()): that folder is
-    # published but for the report, which is then checked as simulate's is, except for where it lies.
-    report_inside: bool = False
 
 
 def check_output(output: Output) -> None:
     schema = Schema.load(demo_schema_path())
     for folder in output.published:
-        scan(folder, output.declared, output.secrets, schema, output.local_report if output.report_inside else None)
+        scan(folder, output.declared, output.secrets, schema)
         for config_file in folder.rglob("run_config.json"):
             config = json.loads(config_file.read_text())
             assert config["seeded"] is config["settings"]["seeded"] is output.seeded, config_file
@@ -323,11 +319,12 @@ def check_output(output: Output) -> None:
         if output.declared is FIT_KEYS:
             assert json.loads((folder / "privacy_report.json").read_text())["seeded"] is output.seeded
     if output.local_report is not None:
-        assert_local_only(output.local_report, output.published, output.secrets, output.report_inside)
+        assert_local_only(output.local_report, output.published, output.secrets)
 
 
-def assert_local_only(local: Path, published: list[Path], secrets: Secrets, inside: bool = False) -> None:
-    """The local report exists, lies outside every published folder (unless ``inside``), none
+def assert_local_only(local: Path, published: list[Path], secrets: Secrets) -> None:
+    """The local report exists, lies outside every published folder (a fit's once lay in the
+    folder beside its shareable files, held-out rows and all: seventh review), none
     of its files is published under another name, and none holds a secret: researchers share
     its verdict and HTML, and a seed there once gave away a simulation's site split."""
     files = [p for p in local.rglob("*") if p.is_file()]
@@ -339,9 +336,9 @@ def assert_local_only(local: Path, published: list[Path], secrets: Secrets, insi
     # Every run folder's .gitignore is the same fixed text (simulations/workflow.py), nothing of the rows.
     digests = {hashlib.sha256(p.read_bytes()).digest() for p in files if p.name != ".gitignore"}
     for folder in published:
-        assert inside or not local.resolve().is_relative_to(folder.resolve()), f"{local} is inside the release {folder}"
+        assert not local.resolve().is_relative_to(folder.resolve()), f"{local} is inside the release {folder}"
         for path in folder.rglob("*"):
-            if path.is_file() and not path.is_relative_to(local):
+            if path.is_file():
                 assert hashlib.sha256(path.read_bytes()).digest() not in digests, f"{path} is a local-report file"
 
 
@@ -424,7 +421,7 @@ def fit(inputs: Inputs, out: Path, seeded: bool = True, report: bool = False) ->
         nonce = re.search(r"--stream-nonce ([0-9a-f]{32})", printed.replace("\n", ""))
         assert nonce, printed
         secrets.add_nonce("the fit's stream nonce", nonce.group(1))
-    return Output([out], FIT_KEYS, secrets, seeded, out / "local-report" if report else None, report_inside=True)
+    return Output([out / "release"], FIT_KEYS, secrets, seeded, out / "local-report" if report else None)
 
 
 def deployment(inputs: Inputs, out: Path, seeded: bool = True) -> Output:

@@ -199,6 +199,7 @@ def test_site_level_dp_uses_flowers_wrapper_and_accountant(plan, demo_schema, tm
     assert site_level["releases"] == SETTINGS.rounds
     independent = independent_epsilon([PrivacyEvent("site-level", 2.0, 1.0, SETTINGS.rounds)], 1e-5, "rdp")
     assert site_level["epsilon"] == pytest.approx(independent, rel=0.02)
+    assert "training updates only" in site_level["scope"] and "no site-level epsilon" in site_level["scope"]
     assert json.loads((tmp_path / "release" / "privacy_report.json").read_text())["sites"][0]["within_budget"]
 
 
