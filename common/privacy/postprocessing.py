@@ -280,10 +280,10 @@ def shrunk_to_pool(tables: np.ndarray, sizes: np.ndarray, stds: np.ndarray, pool
 
 
 def _within_ceiling(shares: np.ndarray, ceiling: np.ndarray) -> np.ndarray:
-    """One site's ``shares`` of a column's runs, none above its ``ceiling`` (nothing below 0):
-    what a capped run loses goes to the others in proportion to their positive shares, so the
-    site's total is kept while any run has room. Shares within every ceiling are returned as
-    they are."""
+    """One site's ``shares`` of a column's runs, none above its ``ceiling``: what a capped run
+    loses goes to the others in proportion to their positive shares (a negative one, noise,
+    then takes nothing and is set to 0), so the site's total is kept while any run has room.
+    Shares within every ceiling are returned as they are."""
     kept = np.asarray(shares, dtype=float).copy()
     ceiling = np.clip(ceiling, 0.0, None)
     total = float(kept.sum())
