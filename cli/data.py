@@ -73,7 +73,8 @@ def schema_draft(
                       "writes for 'not known' ('unknown', 'not done'): add it to the schema's missing_values; "
                       "anything else: write those cells as numbers, or empty them, in the extract (fedsyn validate "
                       f"--schema {out} {data} lists their lines)[/]")
-    for name, sides in far_bound_columns(extract, draft).items():
+    far = far_bound_columns(extract, draft)
+    for name, sides in far.items():
         console.print(f"[yellow]column '{name}': its drafted {' and '.join(sides)} bound lies far beyond the rest of "
                       "its values (a typo, or a code such as 999 for 'unknown'): set the public bound (a clinical "
                       f"limit) instead; fedsyn validate --schema {out} {data} then lists the lines outside it, to "
@@ -97,18 +98,24 @@ def schema_draft(
     for name, first in duplicate_columns(extract, draft):
         console.print(f"[yellow]column '{name}' repeats column '{first}' row for row: drop one of them (every column "
                       "shares the budget)[/]")
-    for name in log_scale_columns(extract, draft):
+    # A far bound's code for 'unknown' (a rate of 999) alone makes a column span orders of magnitude.
+    for name in [name for name in log_scale_columns(extract, draft) if name not in far]:
         console.print(f"[yellow]column '{name}' spans more than two orders of magnitude: consider \"transform\": "
                       "\"log\" with a public lower bound above 0 (docs/schema.md)[/]")
     for name in outcome_proxy_columns(extract, draft):
         console.print(f"[yellow]column '{name}' (nearly) determines the outcome '{outcome}': its values (or whether "
-                      "it is empty) pick the outcome class in 95 % of each class's rows. If it records the outcome "
+                      "it is empty) pick the outcome class in 95 % of each class's rows, or one of its values goes "
+                      "with one outcome class only, in a large part of that class's rows. If it records the outcome "
                       "itself (a discharge to the mortuary, a date of death), drop it: a release keeps such a link "
                       "more easily than any real relation, and the utility checks would then flatter it[/]")
-    for name in case_variant_columns(draft):
-        console.print(f"[yellow]column '{name}' lists levels that differ only in letter case or spaces, or a letter "
-                      "and a word it may abbreviate ('F' and 'Female'): if they are one level written two ways, write "
-                      "it one way in the extract and list it once[/]")
+    variants = case_variant_columns(draft)  # one message naming them all: an extract's eleven yes/no flags
+    if variants:
+        named = ", ".join(f"'{name}'" for name in variants)
+        plural = len(variants) > 1
+        console.print(f"[yellow]column{'s' if plural else ''} {named} list{'' if plural else 's'} levels that "
+                      "differ only in letter case or spaces, or a letter and a word it may abbreviate ('F' and "
+                      "'Female', 'Y' and 'yes'): if they are one level written two ways (a flag written Y, yes and 1 "
+                      "is one level written three), write it one way in the extract and list it once[/]")
     if outcome is None:
         console.print("[yellow]no --outcome given: name the column you will predict (e.g. --outcome death) so that "
                       "utility can be measured and generation conditions on it[/]")

@@ -91,6 +91,8 @@ def test_schema_draft_points_at_stray_text_a_far_bound_and_levels_written_two_wa
     rows = rows.assign(source="EHR-export", age_again=rows["age"], prior=[i % 4 for i in range(len(rows))])
     rows.loc[rows.index[11], "prior"] = 999  # a code for 'unknown' among a few counts, drafted as levels
     rows.loc[rows.index[12], "lambda"] = -1.0  # another code for 'unknown'
+    rows["resp_rate"] = [8 + i % 30 for i in range(len(rows))]
+    rows.loc[rows.index[20:25], "resp_rate"] = 999  # 'unknown' in 2.5 % of rows: past the 99th percentile
 
     rows.to_csv(tmp_path / "cohort.csv", index=False)
     result = _invoke("schema", "draft", tmp_path / "cohort.csv", "--out", tmp_path / "draft.json", "--outcome", "death")
@@ -100,8 +102,10 @@ def test_schema_draft_points_at_stray_text_a_far_bound_and_levels_written_two_wa
     assert "column 'kappa' holds cells written as a limit" in said  # drafted as a number, not as text
     assert "1 cell" not in said and "120 cell" not in said  # how many patients: never said (seventh review)
     assert json.loads((tmp_path / "draft.json").read_text())["columns"][3]["kind"] == "continuous"
-    assert "column 'sex' lists levels that differ only in letter case" in said
+    assert "column 'sex' lists levels that differ only in letter case" in said  # one column: once, by name
     assert "column 'age': its drafted upper bound lies far beyond the rest of its values" in said
+    assert "column 'resp_rate': its drafted upper bound lies far beyond" in said
+    assert "column 'resp_rate' spans more than two orders of magnitude" not in said  # its 999 does, not its rates
     assert "column 'prior' was drafted with number levels, and its largest lies far beyond the others" in said
     assert "column 'lambda' holds a few values below 0" in said
     assert "column 'source' holds one value in every row" in said and "'age_again' repeats column 'age'" in said

@@ -168,6 +168,26 @@ def test_a_lab_column_with_a_few_units_written_in_is_drafted_as_a_number_and_its
     assert case_variant_columns(draft_schema(rows, outcome="death")) == ["sex"]
     staged = pd.DataFrame({"stage": ["I", "II", "III", "IV"] * 10, "yes": ["Y", "N"] * 20})
     assert case_variant_columns(draft_schema(staged)) == []
+
+
+def test_a_lab_column_with_a_word_for_unknown_in_many_cells_is_drafted_as_a_number(demo_frame):
+    """A newcomer's troponin was 'not done' in 35 % of rows and their potassium 'haemolysed' in
+    5 %: both were drafted as categories (or as an identifier), with no word on why. A column of
+    numbers but for a few words written again and again is a number column whose words validation
+    lists; many different texts, or mostly text, stay categorical."""
+    from fedsyn.data.schema import stray_text_cells
+
+    rows = demo_frame.head(300).astype({"creatinine": object, "age": object})
+    rows.loc[rows.index[:105], "creatinine"] = "not done"
+    rows.loc[rows.index[105:120], "creatinine"] = "Not done"
+    rows.loc[rows.index[120:135], "creatinine"] = "haemolysed"
+    draft = draft_schema(rows, outcome="death")
+    assert not draft.column("creatinine").is_categorical
+    assert stray_text_cells(rows, draft) == {"creatinine": 135}
+    rows.loc[rows.index[:160], "age"] = "unknown"  # more than half of the cells: not a number column
+    assert draft_schema(rows, outcome="death").column("age").is_categorical
+    rows["code"] = [f"word{k % 40}" if k % 3 else str(k) for k in range(300)]  # forty words: text
+    assert draft_schema(rows, outcome="death").column("code").is_categorical
     lines = [problem for problem in validate_frame(rows, draft).problems if problem.column == "creatinine"]
     assert lines and "umol" not in str(lines) and "<5" not in str(lines)
     mostly_text = rows.assign(creatinine=np.where(np.arange(len(rows)) % 10 == 0, "high", rows["creatinine"]))
@@ -465,3 +485,12 @@ def test_a_column_that_records_the_outcome_is_pointed_at_by_name(demo_frame):
     draft = draft_schema(rows, outcome="death")
     assert outcome_proxy_columns(rows, draft) == ["discharge", "days_to_death", "readmitted"]
     assert outcome_proxy_columns(demo_frame, draft_schema(demo_frame, outcome="death")) == []
+    # A newcomer's destination 'deceased': 60 % of the deaths and no survivor, under the 95 % rule.
+    some = rows[["death"]].copy()
+    deaths = np.flatnonzero(dead.to_numpy())
+    some["destination"] = np.where(np.arange(600) % 2, "home", "rehab")
+    some.loc[some.index[deaths[: int(0.6 * len(deaths))]], "destination"] = "deceased"
+    assert outcome_proxy_columns(some, draft_schema(some, outcome="death")) == ["destination"]
+    some.loc[some.index[np.flatnonzero(~dead.to_numpy())[0]], "destination"] = "deceased"  # one survivor too
+    some["admitted"] = np.where(dead | (np.arange(600) % 2 == 0), "yes", "no")  # the not admitted all survive
+    assert outcome_proxy_columns(some, draft_schema(some, outcome="death")) == []

@@ -270,6 +270,11 @@ MANY_CATEGORIES = 50  # above this a drafted categorical column is probably an i
 # values, a '<5' below a detection limit) is drafted as a number: as a category it would get
 # hundreds of levels and the placeholder, and validation would never point at the stray cells.
 STRAY_TEXT_SHARE = 0.05
+# Or whose other cells are at most this many words, each written the same way many times, in
+# under half of the cells: a lab's 'not done' in 35 % of troponins, 'haemolysed' in 5 % of
+# potassiums. A newcomer's four such lab columns were drafted as categories of number levels, or
+# as identifiers, with no word on why (docs/schema.md).
+STRAY_WORDS = 3
 # What a draft lists for a column of more levels: an identifier's (a record number's) or a date's
 # values would be patients' own, written into a file meant to be shared, and an unreviewed
 # schema would hand them to the generator. So none is written; every row fails validation on
@@ -420,8 +425,8 @@ def _drafted_column(series: pd.Series, outcome: bool = False) -> Column:
     many, :func:`censored_cells`), or categorical with its observed levels."""
     name, nullable, values = str(series.name), bool(series.isna().any()), series.dropna()
     numeric = pd.to_numeric(values, errors="coerce")
-    if len(values) > 0 and _stray_cells(values) <= STRAY_TEXT_SHARE * len(values) and numeric.nunique() > 10 \
-            and not _identifier_like(numeric.dropna()):
+    if len(values) > 0 and (_stray_cells(values) <= STRAY_TEXT_SHARE * len(values) or _words_for_unknown(values)) \
+            and numeric.nunique() > 10 and not _identifier_like(numeric.dropna()):
         limits = _limit_values(values)
         numeric = numeric.dropna()
         integral = bool((numeric == numeric.round()).all())
@@ -558,6 +563,15 @@ def _censored(cells: pd.Series) -> pd.Series:
     return cells.astype(str).str.match(_CENSORED)
 
 
+def _words_for_unknown(cells: pd.Series) -> bool:
+    """Whether non-empty ``cells`` are numbers (or limits) but for at most :data:`STRAY_WORDS`
+    words, none a number, written in under half of them: a lab's 'not done', 'haemolysed'."""
+    text = cells.astype(str).str.strip()
+    words = text[pd.to_numeric(cells, errors="coerce").isna() & ~_censored(cells)]
+    return 0 < len(words) < len(text) / 2 and words.str.lower().nunique() <= STRAY_WORDS \
+        and bool(words.str.contains("[a-zA-Z]").all())
+
+
 def _stray_cells(cells: pd.Series) -> int:
     """How many of non-empty ``cells`` are text that is no number, cells written as a limit aside."""
     return _text_cells(pd.to_numeric(cells, errors="coerce")) - int(_censored(cells).sum())
@@ -679,11 +693,30 @@ def outcome_proxy_columns(frame: pd.DataFrame, schema: Schema) -> list[str]:
             else cells.isna().astype(str)
         if values.nunique() < 2:
             continue
-        picked = values.map(pd.crosstab(values, outcome).idxmax(axis=1))
+        table = pd.crosstab(values, outcome)
+        picked = values.map(table.idxmax(axis=1))
         recall = (picked == outcome).groupby(outcome).mean()
-        if float(recall.mean()) >= OUTCOME_PROXY_ACCURACY:
+        if float(recall.mean()) >= OUTCOME_PROXY_ACCURACY or _level_only_with_one_class(table):
             found.append(column.name)
     return found
+
+
+# A level every row of which has one outcome class other than the most common, and that holds
+# at least this share of that class's rows (and OUTCOME_PROXY_ROWS of them), says the outcome: a
+# newcomer's discharge destination 'deceased' was 60 % of their deaths and never a survivor's,
+# under the 95 % rule. (A level of the common class alone, 'not admitted' among survivors, is a
+# relation, not the outcome written again.)
+OUTCOME_PROXY_SHARE = 0.2
+OUTCOME_PROXY_ROWS = 10
+
+
+def _level_only_with_one_class(table: pd.DataFrame) -> bool:
+    """Whether a column's levels × outcome classes counts hold a level found with one class only,
+    not the most common, that is a large part of it (:data:`OUTCOME_PROXY_SHARE`)."""
+    rarer = table.drop(columns=table.sum(axis=0).idxmax())
+    pure = (table > 0).sum(axis=1) == 1
+    share = rarer.div(rarer.sum(axis=0), axis=1)
+    return bool(((share.max(axis=1) >= OUTCOME_PROXY_SHARE) & (rarer.max(axis=1) >= OUTCOME_PROXY_ROWS) & pure).any())
 
 
 # A positive column whose 99th percentile is this many times its 1st is drafted linear but reads
