@@ -11,6 +11,7 @@ import sys
 from pathlib import Path
 from typing import Any, NoReturn
 
+import numpy as np
 import typer
 from rich.console import Console
 from rich.markup import escape
@@ -35,12 +36,16 @@ def print_verdict(verdict: dict[str, Any], fail_below: float | None = None) -> N
 
 
 def time_left(round_seconds: list[float], rounds_left: int) -> str:
-    """', about 4 min left' for a progress line: the mean of the last five rounds' seconds times
-    the rounds left (rounds took 3-75 s on a newcomer's loaded machine, so a plain count of
-    rounds said nothing of when the release would come); '' when none is left."""
-    if rounds_left <= 0 or not round_seconds:
+    """', about 4 min left' for a progress line: the median of the last five rounds' seconds
+    times the rounds left (rounds took 3-75 s on a newcomer's loaded machine, so a plain count of
+    rounds said nothing of when the release would come); '' when none is left. The first round
+    warms up (torch, the engine) and is left out, so there is no estimate until a second has
+    ended: a newcomer's took 91 s and said 'about 36 min left' of a run that ended 96 s later.
+    The median keeps one slow round from swinging the estimate."""
+    timed = round_seconds[1:]
+    if rounds_left <= 0 or not timed:
         return ""
-    left = round(rounds_left * sum(round_seconds[-5:]) / len(round_seconds[-5:]))
+    left = round(rounds_left * float(np.median(timed[-5:])))
     return f", about {max(left, 1)} s left" if left < 90 else f", about {round(left / 60)} min left"
 
 

@@ -133,3 +133,14 @@ def test_a_pipelines_gate_without_held_out_rows_is_refused_not_passed(tmp_path):
     result = CliRunner().invoke(app, ["simulate", "--hold-out", "0", "--fail-below", "0.5", "--out", str(out)])
     assert result.exit_code == 2 and "--fail-below needs the verdict of held-out rows" in " ".join(
         result.output.split()) and not out.exists()
+
+
+def test_the_time_left_leaves_out_the_warm_up_round_and_one_slow_round():
+    """A newcomer's first round took 91 s and the line said 'about 36 min left' of a run that
+    ended 96 s later; the first round warms up, and a single slow round must not swing the rest."""
+    from fedsyn.cli.output import time_left
+
+    assert time_left([90.6], 23) == ""  # no estimate from the warm-up alone
+    assert time_left([90.6, 4.0], 22) == ", about 88 s left"
+    assert time_left([90.6, 4.0, 4.2, 60.0, 3.9], 20) == ", about 82 s left"  # the median of 4.0, 4.2, 60, 3.9
+    assert time_left([5.0, 4.0], 0) == ""
