@@ -198,10 +198,11 @@ def test_fit_holds_out_real_rows_and_prints_the_verdict_as_simulate_does(tmp_pat
     assert f"verdict: {verdict['level'].upper()} (score {verdict['score']:.2f} of 1)" in result.stdout
     assert all(flag["message"][:40] in result.stdout for flag in verdict["flags"])
     assert report["rows"] == {"synthetic": 200, "real_train": 280, "real_test": 120}  # a stratified 30 % held out
-    assert json.loads((out / "privacy_report.json").read_text())["public_facts"]["rows"] == 280
+    assert json.loads((out / "release" / "privacy_report.json").read_text())["public_facts"]["rows"] == 280
     # What the user may publish and what was computed from real rows are kept apart.
-    assert {p.name for p in out.iterdir()} == {"model.pt", "synthetic.csv", "privacy_report.json", "local-report",
-                                               ".gitignore", ".fedsyn-fit"}  # out of git; --overwrite may replace it
+    assert {p.name for p in out.iterdir()} == {"release", "local-report", ".gitignore",
+                                               ".fedsyn-fit"}  # out of git; --overwrite may replace it
+    assert {p.name for p in (out / "release").iterdir()} == {"model.pt", "synthetic.csv", "privacy_report.json"}
     assert {p.name for p in (out / "local-report").iterdir()} == {"report.json", "report.html", "held_out.parquet",
                                                                   ".gitignore"}  # a report of real rows: out of git
     assert "LOCAL" in result.output
@@ -218,14 +219,15 @@ def test_fit_takes_a_held_out_file_or_no_report_at_all(tmp_path, demo_frame):
                                       "--out", str(out)])
     assert result.exit_code == 0, result.output
     assert json.loads((out / "local-report" / "report.json").read_text())["rows"]["real_test"] == 150
-    assert json.loads((out / "privacy_report.json").read_text())["public_facts"]["rows"] == 300  # all trained on
+    trained = json.loads((out / "release" / "privacy_report.json").read_text())["public_facts"]["rows"]
+    assert trained == 300  # every row of the cohort
     assert "verdict: " in result.stdout
     bare = tmp_path / "bare"
     result = CliRunner().invoke(app, ["fit", str(tmp_path / "cohort.csv"), "--schema", schema, "--epochs", "1",
                                       "--rows", "100", "--hold-out", "0", "--out", str(bare)])
     assert result.exit_code == 0, result.output
     assert not (bare / "local-report").exists() and "no local validation report" in result.output
-    assert json.loads((bare / "privacy_report.json").read_text())["public_facts"]["rows"] == 300
+    assert json.loads((bare / "release" / "privacy_report.json").read_text())["public_facts"]["rows"] == 300
 
 
 def _distance_flags(**checks: float) -> list[str]:
@@ -268,3 +270,29 @@ def test_a_hospital_whose_difference_is_lost_is_flagged_whatever_the_other_relat
                   outcome=demo_schema.outcome)
     assert any("sex" in flag.message and "age" in flag.message and flag.area == "relations"
                and flag.level in ("amber", "red") for flag in sited.flags), sited.flags
+
+
+def test_an_effect_held_in_a_columns_top_tenth_is_judged_there():
+    """A newcomer's deaths were 37 % of the rows with lactate 4 or more and 2 % below 2; every
+    release kept 3-5 % in both, and the verdict said lactate's correlation had shrunk to 56 %
+    (amber). Each numeric column's top and bottom tenth are features of their own: the effect
+    there is judged, and lost, it is red."""
+    from fedsyn.data.schema import Column, ColumnKind, Schema
+    from fedsyn.evaluation.metrics import main_effects
+
+    schema = Schema(name="ed", outcome="death", columns=[
+        Column(name="lactate", kind=ColumnKind.CONTINUOUS, lower=0.0, upper=20.0),
+        Column(name="death", kind=ColumnKind.CATEGORICAL, categories=["no", "yes"])])
+    rng = np.random.default_rng(0)
+
+    def table(tail_rate: float) -> pd.DataFrame:
+        lactate = np.clip(rng.lognormal(0.4, 0.5, 3000), 0.0, 20.0)
+        rate = np.where(lactate > np.quantile(lactate, 0.9), tail_rate, 0.03)
+        return pd.DataFrame({"lactate": lactate, "death": np.where(rng.random(3000) < rate, "yes", "no")})
+
+    effects = main_effects(table(0.37), table(0.06), schema)
+    assert effects[0]["feature"] == "lactate in its top tenth" and effects[0]["real"] > 0.3
+    verdict = judge({"overall_score": 0.9, "detection_auc": 0.6, "columns": {}, "main_effects": effects}, {},
+                    NO_PRIVACY_SIGNAL, outcome="death")
+    assert any(message.startswith("main effect of lactate in its top tenth on death")
+               for message in _flags(verdict, "red", "effects")), verdict.flags

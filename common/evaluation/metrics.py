@@ -344,6 +344,43 @@ def _association_features(frame: pd.DataFrame, schema: Schema) -> _Features:
     return _Features(labels, sources, indicator, np.column_stack(values) if values else np.empty((len(frame), 0)))
 
 
+TAIL_SHARE = 0.1  # a numeric column's top and bottom tenth, on the real rows, are features of their own
+
+
+def _with_tails(real_x: _Features, synthetic_x: _Features, real: pd.DataFrame, synthetic: pd.DataFrame,
+                schema: Schema) -> tuple[_Features, _Features]:
+    """``real_x`` and ``synthetic_x`` with two 0/1 features per numeric column: in its top tenth,
+    in its bottom tenth (:data:`TAIL_SHARE`, the cuts the real rows' quantiles). An effect held
+    in a tail has a weak correlation with the value itself: a newcomer's deaths were 37 % of
+    the rows with lactate 4 or more and 2 % below 2, every release kept 3-5 % in both, and the
+    verdict said lactate's correlation had shrunk to 56 %, amber. Kept like any feature, the
+    strongest of a column's three judged."""
+    real, synthetic = _subsampled(real), _subsampled(synthetic)
+    labels, sources, real_values, synthetic_values = [], [], [], []
+    for column in schema.columns:
+        if column.is_categorical:
+            continue
+        values = pd.to_numeric(real[column.name], errors="coerce").dropna()
+        if values.nunique() < 3:
+            continue
+        low, high = np.quantile(values, [TAIL_SHARE, 1.0 - TAIL_SHARE])
+        for label, side in ((f"{column.name} in its top tenth", lambda x, cut=high: x > cut),
+                            (f"{column.name} in its bottom tenth", lambda x, cut=low: x < cut)):
+            labels.append(label)
+            sources.append(column.name)
+            for frame, out in ((real, real_values), (synthetic, synthetic_values)):
+                cells = pd.to_numeric(frame[column.name], errors="coerce").to_numpy(dtype=float)
+                out.append(np.where(np.isnan(cells), np.nan, side(cells) * 1.0))
+    if not labels:
+        return real_x, synthetic_x
+
+    def extended(features: _Features, added: list[np.ndarray]) -> _Features:
+        return _Features(features.labels + labels, features.sources + sources,
+                         features.indicator + [True] * len(labels), np.column_stack([features.values, *added]))
+
+    return extended(real_x, real_values), extended(synthetic_x, synthetic_values)
+
+
 def _correlations(x: np.ndarray, targets: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Pearson r of each feature (column of ``x``, NaN where undefined) with each target (column
     of ``targets``, never NaN) over the rows where the feature is defined: point-biserial or phi
@@ -422,7 +459,8 @@ def main_effects(real: pd.DataFrame, synthetic: pd.DataFrame, schema: Schema,
     if schema.outcome is None:
         return []
     positive = schema.column(schema.outcome).levels[-1]
-    real_x, synthetic_x = _association_features(real, schema), _association_features(synthetic, schema)
+    real_x, synthetic_x = _with_tails(_association_features(real, schema), _association_features(synthetic, schema),
+                                      real, synthetic, schema)
     y_real = _binary(_subsampled(real)[schema.outcome], positive)
     y_synthetic = _binary(_subsampled(synthetic)[schema.outcome], positive)
     known_real, known_synthetic = ~np.isnan(y_real), ~np.isnan(y_synthetic)  # rows whose outcome is recorded

@@ -18,8 +18,9 @@ Levels, and why (each threshold is a module constant below):
   - a main effect on the outcome reversed, shrunk under a third, or inflated over three times,
     with the difference beyond sampling noise (z >= 3). Main effects are defined on the real
     rows (metrics.main_effects): the five features, one per column, most correlated with the
-    outcome (point-biserial r for a numeric column on the schema's scale, phi for a category
-    or a missing value), and only those clearly non-zero there (|r| >= 0.1 and z >= 4);
+    outcome (point-biserial r for a numeric column on the schema's scale, or for its top or
+    bottom tenth, where an effect held in a tail shows; phi for a category or a missing
+    value), and only those clearly non-zero there (|r| >= 0.1 and z >= 4);
   - a relation between two other columns turned round (metrics.relations: for the eight
     strongest pairs of columns, one per pair, the strongest signed correlation between their
     values or categories, clearly non-zero on the real rows), beyond sampling noise;
