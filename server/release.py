@@ -71,7 +71,7 @@ def public_rounds(rounds: list[RoundSummary]) -> list[dict[str, Any]]:
 
 
 def privacy_report(run: RunRecord, public_facts: dict[str, object] | None = None,
-                   site_level_dp: dict[str, float] | None = None) -> dict[str, Any]:
+                   site_level_dp: dict[str, float | str] | None = None) -> dict[str, Any]:
     """Per site: every mechanism it ran in this run, epsilon recomputed at the site's own delta,
     and the site's own cumulative claim (its ledger, all runs), which is what its budget caps;
     with ``site_level_dp``, Flower's site-level accountant's figures."""
@@ -216,7 +216,7 @@ def archive_earlier_release(out: Path) -> Path | None:
 
 def write_release(run: RunRecord, trainer: GANTrainer | None, out: Path, rows: int, drop_rule_violations: bool = False,
                   signing_key: Ed25519PrivateKey | None = None, public_facts: dict[str, object] | None = None,
-                  site_level_dp: dict[str, float] | None = None) -> dict[str, Any]:
+                  site_level_dp: dict[str, float | str] | None = None) -> dict[str, Any]:
     """Sample ``rows`` synthetic rows from the global generator ``trainer`` and write the bundle
     of ``run`` to ``out``; with ``signing_key`` also the signed manifest of every file in it.
     Returns the privacy report it wrote."""

@@ -356,7 +356,10 @@ def _with_tails(real_x: _Features, synthetic_x: _Features, real: pd.DataFrame, s
     verdict said lactate's correlation had shrunk to 56 %, amber. Kept like any feature, the
     strongest of a column's three judged."""
     real, synthetic = _subsampled(real), _subsampled(synthetic)
-    labels, sources, real_values, synthetic_values = [], [], [], []
+    labels: list[str] = []
+    sources: list[str] = []
+    real_values: list[np.ndarray] = []
+    synthetic_values: list[np.ndarray] = []
     for column in schema.columns:
         if column.is_categorical:
             continue
@@ -364,13 +367,13 @@ def _with_tails(real_x: _Features, synthetic_x: _Features, real: pd.DataFrame, s
         if values.nunique() < 3:
             continue
         low, high = np.quantile(values, [TAIL_SHARE, 1.0 - TAIL_SHARE])
-        for label, side in ((f"{column.name} in its top tenth", lambda x, cut=high: x > cut),
-                            (f"{column.name} in its bottom tenth", lambda x, cut=low: x < cut)):
-            labels.append(label)
+        for side in ("top", "bottom"):
+            labels.append(f"{column.name} in its {side} tenth")
             sources.append(column.name)
             for frame, out in ((real, real_values), (synthetic, synthetic_values)):
                 cells = pd.to_numeric(frame[column.name], errors="coerce").to_numpy(dtype=float)
-                out.append(np.where(np.isnan(cells), np.nan, side(cells) * 1.0))
+                inside = cells > high if side == "top" else cells < low
+                out.append(np.where(np.isnan(cells), np.nan, inside * 1.0))
     if not labels:
         return real_x, synthetic_x
 
