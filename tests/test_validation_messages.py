@@ -235,3 +235,17 @@ def test_a_number_marker_a_numeric_column_could_really_hold_is_noted(demo_frame,
     assert "25" in notes["kappa"] and "lambda" in notes and "999" not in notes["kappa"]  # bounds 0.01-30
     assert "age" not in notes  # 50-105: neither 999, -1 nor 25
     assert "sex" not in notes and "creatinine" not in notes  # a category; bounds 0.2-15
+
+
+def test_yes_and_no_written_another_way_get_a_hint_without_their_values():
+    """A newcomer's eleven yes/no flags were written Y, yes, 1, No, N and 0: the letter-case hint
+    covered the 'Yes' rows and said nothing of the other three quarters."""
+    from fedsyn.data.schema import ColumnKind
+
+    schema = Schema(name="flags", columns=[Column(name="diabetes", kind=ColumnKind.CATEGORICAL,
+                                                  categories=["no", "yes"])])
+    frame = pd.DataFrame({"diabetes": ["yes", "no", "Yes", "Y", "1", "N", "0", "no"]})
+    text = validate_frame(frame, schema).describe()
+    assert "in another letter case (1 of them)" in text
+    assert "yes or no written another way (Y / N, 1 / 0, true / false) (4 of them)" in text
+    assert "'Y'" not in text and "'1'" not in text

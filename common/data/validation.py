@@ -253,16 +253,30 @@ def _as_category_text(series: pd.Series) -> pd.Series:
     return series.map(lambda v: str(int(v)) if isinstance(v, float) and v.is_integer() else str(v))
 
 
+YES_WORDS = frozenset({"y", "yes", "1", "true", "t"})
+NO_WORDS = frozenset({"n", "no", "0", "false", "f"})
+
+
 def _letter_case_hint(unknown: pd.Series, categories: list[str]) -> str:
     """A hint when unknown values are the schema's categories in another letter case ('f' for
-    'F'): said without any value, since the rows' spelling is theirs."""
+    'F'), or, for a yes/no column, yes or no written another way ('Y', '1', 'true': a newcomer's
+    eleven flags, three quarters of whose bad rows the letter-case hint did not cover): said
+    without any value, since the rows' spelling is theirs."""
     folded = {category.strip().casefold() for category in categories}
-    matching = unknown.str.strip().str.casefold().isin(folded)
-    if not matching.any():
+    text = unknown.str.strip().str.casefold()
+    hints = []
+    matching = text.isin(folded)
+    if matching.any():
+        share = "" if matching.all() else f" ({int(matching.sum())} of them)"
+        hints.append(f"they are the schema's categories in another letter case{share}")
+    if folded & YES_WORDS and folded & NO_WORDS:
+        synonyms = ~matching & text.isin(YES_WORDS | NO_WORDS)
+        if synonyms.any():
+            share = "" if synonyms.all() else f" ({int(synonyms.sum())} of them)"
+            hints.append(f"they are yes or no written another way (Y / N, 1 / 0, true / false){share}")
+    if not hints:
         return ""
-    share = "" if matching.all() else f" ({int(matching.sum())} of them)"
-    return (f"; they are the schema's categories in another letter case{share}. Write them exactly as the "
-            "schema does")
+    return f"; {'; '.join(hints)}. Write them exactly as the schema does"
 
 
 THOUSANDS_GROUPED = r"[+-]?\d{1,3}(,\d{3})+(\.\d+)?"  # a number written 6,994.91: read as text
