@@ -448,7 +448,7 @@ def _show_width(widths: tuple[WidthPlan, ...], epsilon: float, out: Path, batch_
     budget)."""
     table = Table(title=f"Width: {widths[0].measured_columns} columns measured by the outcome in round 0")
     for column in ("site", "rows", "noise per cell", "columns resolved (green/amber/red)", "outlook"):
-        table.add_column(column)
+        table.add_column(column, overflow="fold")  # the red columns' names wrap, never cut off with '...'
     for width in widths:
         counts = [sum(c.level == level for c in width.columns) for level in ("green", "amber", "red")]
         red = [c.column for c in width.columns if c.level == "red"]
