@@ -73,8 +73,7 @@ def schema_draft(
                       "writes for 'not known' ('unknown', 'not done'): add it to the schema's missing_values; "
                       "anything else: write those cells as numbers, or empty them, in the extract (fedsyn validate "
                       f"--schema {out} {data} lists their lines)[/]")
-    far = far_bound_columns(extract, draft)
-    for name, sides in far.items():
+    for name, sides in far_bound_columns(extract, draft).items():
         console.print(f"[yellow]column '{name}': its drafted {' and '.join(sides)} bound lies far beyond the rest of "
                       "its values (a typo, or a code such as 999 for 'unknown'): set the public bound (a clinical "
                       f"limit) instead; fedsyn validate --schema {out} {data} then lists the lines outside it, to "
@@ -98,8 +97,7 @@ def schema_draft(
     for name, first in duplicate_columns(extract, draft):
         console.print(f"[yellow]column '{name}' repeats column '{first}' row for row: drop one of them (every column "
                       "shares the budget)[/]")
-    # A far bound's code for 'unknown' (a rate of 999) alone makes a column span orders of magnitude.
-    for name in [name for name in log_scale_columns(extract, draft) if name not in far]:
+    for name in log_scale_columns(extract, draft):
         console.print(f"[yellow]column '{name}' spans more than two orders of magnitude: consider \"transform\": "
                       "\"log\" with a public lower bound above 0 (docs/schema.md)[/]")
     for name in outcome_proxy_columns(extract, draft):

@@ -7,11 +7,11 @@ wrong and how to fix it, then exits with code 2.
 from __future__ import annotations
 
 import logging
+import statistics
 import sys
 from pathlib import Path
 from typing import Any, NoReturn
 
-import numpy as np
 import typer
 from rich.console import Console
 from rich.markup import escape
@@ -45,7 +45,7 @@ def time_left(round_seconds: list[float], rounds_left: int) -> str:
     timed = round_seconds[1:]
     if rounds_left <= 0 or not timed:
         return ""
-    left = round(rounds_left * float(np.median(timed[-5:])))
+    left = round(rounds_left * statistics.median(timed[-5:]))
     return f", about {max(left, 1)} s left" if left < 90 else f", about {round(left / 60)} min left"
 
 

@@ -16,7 +16,7 @@ def test_simulate_writes_a_signed_release_with_report_and_passes_gan_options(tmp
     out = tmp_path / "run"
     result = CliRunner().invoke(app, [
         "simulate", "--data", str(data), "--schema", str(demo_schema_path()), "--split", "3",
-        "--rounds", "2", "--local-steps", "2", "--rows", "300", "--epsilon", "1.0",
+        "--rounds", "3", "--local-steps", "2", "--rows", "300", "--epsilon", "1.0",
         "--generator-ema", "0.99", "--no-compare", "--yes", "--out", str(out)])
     assert result.exit_code == 0, result.output
     release = out / "release"
@@ -28,11 +28,12 @@ def test_simulate_writes_a_signed_release_with_report_and_passes_gan_options(tmp
         "run_config.json", "schema.json", "README.md", "manifest.json", "manifest.sig"}
     report = json.loads((out / "local-report" / "report.json").read_text())
     assert report["rows"]["synthetic"] == 300
-    assert report["verdict"]["level"] in ("green", "amber", "red") and report["settings"]["rounds"] == 2
+    assert report["verdict"]["level"] in ("green", "amber", "red") and report["settings"]["rounds"] == 3
     assert f"verdict: {report['verdict']['level'].upper()}" in result.stdout  # results on stdout
     assert "release signed" in result.stdout and "report.html" in result.stdout  # and where they are
-    first_round = result.output.split("round 1/2:")[1].split("round 2/2")[0]
-    assert re.search(r"about\s+\d+\s+(s|min)\s+left", first_round)  # when the release will come
+    first_round, second_round = result.output.split("round 1/3:")[1].split("round 2/3:")
+    assert "left" not in first_round  # the warm-up round alone says nothing of the others
+    assert re.search(r"about\s+\d+\s+(s|min)\s+left", second_round.split("round 3/3")[0])  # when the release will come
     assert (out / "local-report" / "held_out.parquet").is_file()
     privacy = json.loads((release / "privacy_report.json").read_text())
     assert len(privacy["sites"]) == 3 and all(site["epsilon_cumulative"] <= 1.0 + 1e-9 for site in privacy["sites"])

@@ -11,6 +11,7 @@ import re
 import stat
 
 import click
+import numpy as np
 import pytest
 import typer
 from typer.testing import CliRunner
@@ -93,6 +94,8 @@ def test_schema_draft_points_at_stray_text_a_far_bound_and_levels_written_two_wa
     rows.loc[rows.index[12], "lambda"] = -1.0  # another code for 'unknown'
     rows["resp_rate"] = [8 + i % 30 for i in range(len(rows))]
     rows.loc[rows.index[20:25], "resp_rate"] = 999  # 'unknown' in 2.5 % of rows: past the 99th percentile
+    rows["crp"] = np.exp(np.linspace(0.0, 6.0, len(rows)))  # a real span of orders of magnitude...
+    rows.loc[rows.index[30], "crp"] = 99999.0  # ...and a typo beyond it
 
     rows.to_csv(tmp_path / "cohort.csv", index=False)
     result = _invoke("schema", "draft", tmp_path / "cohort.csv", "--out", tmp_path / "draft.json", "--outcome", "death")
@@ -106,6 +109,7 @@ def test_schema_draft_points_at_stray_text_a_far_bound_and_levels_written_two_wa
     assert "column 'age': its drafted upper bound lies far beyond the rest of its values" in said
     assert "column 'resp_rate': its drafted upper bound lies far beyond" in said
     assert "column 'resp_rate' spans more than two orders of magnitude" not in said  # its 999 does, not its rates
+    assert "column 'crp' spans more than two orders of magnitude" in said  # its typo changes nothing there
     assert "column 'prior' was drafted with number levels, and its largest lies far beyond the others" in said
     assert "column 'lambda' holds a few values below 0" in said
     assert "column 'source' holds one value in every row" in said and "'age_again' repeats column 'age'" in said
@@ -260,3 +264,24 @@ def test_evaluate_says_when_the_real_rows_do_not_fit_the_schema(tmp_path, demo_f
     said = " ".join(result.output.split())
     assert result.exit_code == 0 and "test.csv does not fit the schema (1 problem(s)" in said
     assert "train.csv does not fit" not in said and "140" not in said
+
+
+def test_fits_older_folder_is_replaced_only_with_overwrite_and_a_simulations_release_never(tmp_path):
+    """A fit from before release/ wrote its three files at the top, and one from before the stamp
+    had no stamp: --overwrite still replaces it. A folder holding a simulation's release (its only
+    record of the budget spent) is never taken for a fit's (review of this layout)."""
+    from fedsyn.errors import ConfigurationError
+    from fedsyn.simulations.workflow import FIT_FOLDER, check_out_folder_replaceable
+
+    older = tmp_path / "older-fit"
+    older.mkdir()
+    for name in ("model.pt", "synthetic.csv", "privacy_report.json"):
+        (older / name).write_text("x")
+    assert check_out_folder_replaceable(older, True, (), FIT_FOLDER)
+    with pytest.raises(ConfigurationError, match="--overwrite"):
+        check_out_folder_replaceable(older, False, (), FIT_FOLDER)
+    copied = tmp_path / "copied-simulation"
+    (copied / "release").mkdir(parents=True)
+    (copied / "release" / "privacy_report.json").write_text("x")
+    with pytest.raises(ConfigurationError, match="not from an earlier `fedsyn fit`"):
+        check_out_folder_replaceable(copied, True, (), FIT_FOLDER)

@@ -168,6 +168,8 @@ def test_a_lab_column_with_a_few_units_written_in_is_drafted_as_a_number_and_its
     assert case_variant_columns(draft_schema(rows, outcome="death")) == ["sex"]
     staged = pd.DataFrame({"stage": ["I", "II", "III", "IV"] * 10, "yes": ["Y", "N"] * 20})
     assert case_variant_columns(draft_schema(staged)) == []
+    flags = pd.DataFrame({"diabetes": ["yes", "no", "1", "0"] * 10})  # yes written 'yes' and '1'
+    assert case_variant_columns(draft_schema(flags)) == ["diabetes"]
 
 
 def test_a_lab_column_with_a_word_for_unknown_in_many_cells_is_drafted_as_a_number(demo_frame):
@@ -183,7 +185,10 @@ def test_a_lab_column_with_a_word_for_unknown_in_many_cells_is_drafted_as_a_numb
     rows.loc[rows.index[120:135], "creatinine"] = "haemolysed"
     draft = draft_schema(rows, outcome="death")
     assert not draft.column("creatinine").is_categorical
+    assert draft.column("creatinine").nullable  # its words, once missing_values, are empty cells
     assert stray_text_cells(rows, draft) == {"creatinine": 135}
+    doses = rows.assign(dose=[f"{5 * (k % 2 + 1)} mg" if k % 5 < 2 else str(k % 40) for k in range(300)])
+    assert draft_schema(doses, outcome="death").column("dose").is_categorical  # '5 mg' is a value, not a word
     rows.loc[rows.index[:160], "age"] = "unknown"  # more than half of the cells: not a number column
     assert draft_schema(rows, outcome="death").column("age").is_categorical
     rows["code"] = [f"word{k % 40}" if k % 3 else str(k) for k in range(300)]  # forty words: text
@@ -485,12 +490,13 @@ def test_a_column_that_records_the_outcome_is_pointed_at_by_name(demo_frame):
     draft = draft_schema(rows, outcome="death")
     assert outcome_proxy_columns(rows, draft) == ["discharge", "days_to_death", "readmitted"]
     assert outcome_proxy_columns(demo_frame, draft_schema(demo_frame, outcome="death")) == []
-    # A newcomer's destination 'deceased': 60 % of the deaths and no survivor, under the 95 % rule.
-    some = rows[["death"]].copy()
-    deaths = np.flatnonzero(dead.to_numpy())
-    some["destination"] = np.where(np.arange(600) % 2, "home", "rehab")
-    some.loc[some.index[deaths[: int(0.6 * len(deaths))]], "destination"] = "deceased"
+    # A newcomer's destination 'deceased': 60 of their 100 deaths and no survivor, under the 95 % rule.
+    died = np.arange(600) % 6 == 0
+    some = pd.DataFrame({"death": np.where(died, "dead", "alive"),
+                         "destination": np.where(np.arange(600) % 2, "home", "rehab")})
+    some.loc[np.flatnonzero(died)[:60], "destination"] = "deceased"
+    some.loc[np.flatnonzero(~died)[0], "destination"] = "deceased"  # one survivor miscoded: still named
+    some["admitted"] = np.where(died | (np.arange(600) % 2 == 0), "yes", "no")  # the not admitted all survive
     assert outcome_proxy_columns(some, draft_schema(some, outcome="death")) == ["destination"]
-    some.loc[some.index[np.flatnonzero(~dead.to_numpy())[0]], "destination"] = "deceased"  # one survivor too
-    some["admitted"] = np.where(dead | (np.arange(600) % 2 == 0), "yes", "no")  # the not admitted all survive
+    some.loc[np.flatnonzero(~died)[:10], "destination"] = "deceased"  # a tenth of them survivors: a relation
     assert outcome_proxy_columns(some, draft_schema(some, outcome="death")) == []

@@ -247,5 +247,5 @@ def test_yes_and_no_written_another_way_get_a_hint_without_their_values():
     frame = pd.DataFrame({"diabetes": ["yes", "no", "Yes", "Y", "1", "N", "0", "no"]})
     text = validate_frame(frame, schema).describe()
     assert "in another letter case (1 of them)" in text
-    assert "yes or no written another way (Y / N, 1 / 0, true / false) (4 of them)" in text
+    assert "yes or no written another way (4 of them), as Y / N, 1 / 0 or true / false" in text
     assert "'Y'" not in text and "'1'" not in text

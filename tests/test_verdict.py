@@ -276,7 +276,8 @@ def test_an_effect_held_in_a_columns_top_tenth_is_judged_there():
     """A newcomer's deaths were 37 % of the rows with lactate 4 or more and 2 % below 2; every
     release kept 3-5 % in both, and the verdict said lactate's correlation had shrunk to 56 %
     (amber). Each numeric column's top and bottom tenth are features of their own: the effect
-    there is judged, and lost, it is red."""
+    there is judged, and lost, it is red. A pile at the cut (a score's top value in 30 % of rows)
+    still gives a tail of about a tenth, or none."""
     from fedsyn.data.schema import Column, ColumnKind, Schema
     from fedsyn.evaluation.metrics import main_effects
 
@@ -291,8 +292,15 @@ def test_an_effect_held_in_a_columns_top_tenth_is_judged_there():
         return pd.DataFrame({"lactate": lactate, "death": np.where(rng.random(3000) < rate, "yes", "no")})
 
     effects = main_effects(table(0.37), table(0.06), schema)
-    assert effects[0]["feature"] == "lactate in its top tenth" and effects[0]["real"] > 0.3
+    assert effects[0]["feature"] == "lactate in its top tail" and effects[0]["real"] > 0.3
     verdict = judge({"overall_score": 0.9, "detection_auc": 0.6, "columns": {}, "main_effects": effects}, {},
                     NO_PRIVACY_SIGNAL, outcome="death")
-    assert any(message.startswith("main effect of lactate in its top tenth on death")
+    assert any(message.startswith("main effect of lactate in its top tail on death")
                for message in _flags(verdict, "red", "effects")), verdict.flags
+    from fedsyn.evaluation.metrics import _tail
+
+    score = np.r_[np.full(300, 15.0), rng.integers(3, 15, 700)]  # 30 % at the top value
+    assert _tail(score, "top") is None  # no tail of about a tenth: not judged, never mislabelled
+    bottom = _tail(score, "bottom")
+    assert bottom is not None and 0.05 <= bottom(score).mean() <= 0.2
+    assert _tail(np.r_[np.zeros(400), rng.uniform(0, 5, 600)], "bottom") is None  # 40 % at 0

@@ -275,6 +275,7 @@ STRAY_TEXT_SHARE = 0.05
 # potassiums. A newcomer's four such lab columns were drafted as categories of number levels, or
 # as identifiers, with no word on why (docs/schema.md).
 STRAY_WORDS = 3
+STRAY_WORD_REPEATS = 5
 # What a draft lists for a column of more levels: an identifier's (a record number's) or a date's
 # values would be patients' own, written into a file meant to be shared, and an unreviewed
 # schema would hand them to the generator. So none is written; every row fails validation on
@@ -425,8 +426,10 @@ def _drafted_column(series: pd.Series, outcome: bool = False) -> Column:
     many, :func:`censored_cells`), or categorical with its observed levels."""
     name, nullable, values = str(series.name), bool(series.isna().any()), series.dropna()
     numeric = pd.to_numeric(values, errors="coerce")
-    if len(values) > 0 and (_stray_cells(values) <= STRAY_TEXT_SHARE * len(values) or _words_for_unknown(values)) \
+    unknown_words = len(values) > 0 and _words_for_unknown(values)
+    if len(values) > 0 and (_stray_cells(values) <= STRAY_TEXT_SHARE * len(values) or unknown_words) \
             and numeric.nunique() > 10 and not _identifier_like(numeric.dropna()):
+        nullable = nullable or unknown_words  # its words, once missing_values, are empty cells
         limits = _limit_values(values)
         numeric = numeric.dropna()
         integral = bool((numeric == numeric.round()).all())
@@ -565,11 +568,15 @@ def _censored(cells: pd.Series) -> pd.Series:
 
 def _words_for_unknown(cells: pd.Series) -> bool:
     """Whether non-empty ``cells`` are numbers (or limits) but for at most :data:`STRAY_WORDS`
-    words, none a number, written in under half of them: a lab's 'not done', 'haemolysed'."""
+    words without a digit ('5 mg' is a value with its unit), each written in
+    :data:`STRAY_WORD_REPEATS` cells or more, together in under half of them: a lab's
+    'not done', 'haemolysed'."""
     text = cells.astype(str).str.strip()
-    words = text[pd.to_numeric(cells, errors="coerce").isna() & ~_censored(cells)]
-    return 0 < len(words) < len(text) / 2 and words.str.lower().nunique() <= STRAY_WORDS \
-        and bool(words.str.contains("[a-zA-Z]").all())
+    words = text[pd.to_numeric(cells, errors="coerce").isna() & ~_censored(cells)].str.casefold()
+    counts = words.value_counts()
+    return 0 < len(words) < len(text) / 2 and len(counts) <= STRAY_WORDS \
+        and int(counts.min()) >= STRAY_WORD_REPEATS and not words.str.contains(r"\d").any() \
+        and bool(words.str.contains(r"[^\W\d_]").all())
 
 
 def _stray_cells(cells: pd.Series) -> int:
@@ -708,13 +715,16 @@ def outcome_proxy_columns(frame: pd.DataFrame, schema: Schema) -> list[str]:
 # relation, not the outcome written again.)
 OUTCOME_PROXY_SHARE = 0.2
 OUTCOME_PROXY_ROWS = 10
+OUTCOME_PROXY_PURITY = 0.98
 
 
 def _level_only_with_one_class(table: pd.DataFrame) -> bool:
-    """Whether a column's levels × outcome classes counts hold a level found with one class only,
-    not the most common, that is a large part of it (:data:`OUTCOME_PROXY_SHARE`)."""
+    """Whether a column's levels × outcome classes counts hold a level found (in
+    :data:`OUTCOME_PROXY_PURITY` of its rows) with one class, not the most common, that is a
+    large part of that class (:data:`OUTCOME_PROXY_SHARE`): a miscoded survivor or two must
+    not hide a discharge to the mortuary."""
     rarer = table.drop(columns=table.sum(axis=0).idxmax())
-    pure = (table > 0).sum(axis=1) == 1
+    pure = rarer.max(axis=1) >= OUTCOME_PROXY_PURITY * table.sum(axis=1)
     share = rarer.div(rarer.sum(axis=0), axis=1)
     return bool(((share.max(axis=1) >= OUTCOME_PROXY_SHARE) & (rarer.max(axis=1) >= OUTCOME_PROXY_ROWS) & pure).any())
 
@@ -729,6 +739,8 @@ def log_scale_columns(frame: pd.DataFrame, schema: Schema) -> list[str]:
     orders of magnitude (:data:`LOG_SPAN`): a cost, a BNP, a CRP, for ``transform: log``."""
     names = []
     for column, values in _numeric_values(frame, schema):
+        if len(values) and _far(values):  # a code for unknown (a rate of 999) is no part of the span
+            values = values[values < values.max()]
         if column.transform == "linear" and len(values) >= 20 and values.min() > 0:
             low, high = np.quantile(values, [0.01, 0.99])
             if high >= LOG_SPAN * low:
@@ -782,14 +794,20 @@ def _text_cells(numeric: pd.Series) -> int:
 def case_variant_columns(schema: Schema) -> list[str]:
     """The categorical columns listing two levels that differ only in letter case or in spaces
     ('F' and 'f', 'Emergency' and 'emergency'), or a letter and a word it abbreviates ('F' and
-    'Female', 'Y' and 'yes'): one level written two ways, to be merged in the extract, or two
-    levels the schema should name apart. (Stage 'I', 'II' and 'III' are not: Roman numerals.)"""
+    'Female', 'Y' and 'yes'), or a yes or a no written two ways ('yes' and '1'): one level written
+    two ways, to be merged in the extract, or two levels the schema should name apart. (Stage
+    'I', 'II' and 'III' are not: Roman numerals.)"""
     return [column.name for column in schema.categorical_columns if _written_two_ways(column.levels)]
+
+
+# Ways an extract writes yes and no (folded): a flag written in two of them is one level written twice.
+YES_WORDS = frozenset({"y", "yes", "1", "true", "t"})
+NO_WORDS = frozenset({"n", "no", "0", "false", "f"})
 
 
 def _written_two_ways(levels: list[str]) -> bool:
     spelled = {level.strip().casefold() for level in levels}
-    if len(spelled) < len(levels):
+    if len(spelled) < len(levels) or len(spelled & YES_WORDS) > 1 or len(spelled & NO_WORDS) > 1:
         return True
     letters = {level for level in spelled if len(level) == 1 and level.isalpha()}
     return any(len(level) >= 3 and level.isalpha() and level[0] in letters and set(level) - set("ivxlcdm")

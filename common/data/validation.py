@@ -13,7 +13,17 @@ from typing import Literal
 import numpy as np
 import pandas as pd
 
-from fedsyn.data.schema import Column, ColumnKind, Schema, is_number, off_step, spell_category, value_like
+from fedsyn.data.schema import (
+    NO_WORDS,
+    YES_WORDS,
+    Column,
+    ColumnKind,
+    Schema,
+    is_number,
+    off_step,
+    spell_category,
+    value_like,
+)
 from fedsyn.errors import InputDataError, closest_name
 
 _EXAMPLES = 3
@@ -253,11 +263,7 @@ def _as_category_text(series: pd.Series) -> pd.Series:
     return series.map(lambda v: str(int(v)) if isinstance(v, float) and v.is_integer() else str(v))
 
 
-YES_WORDS = frozenset({"y", "yes", "1", "true", "t"})
-NO_WORDS = frozenset({"n", "no", "0", "false", "f"})
-
-
-def _letter_case_hint(unknown: pd.Series, categories: list[str]) -> str:
+def _spelling_hint(unknown: pd.Series, categories: list[str]) -> str:
     """A hint when unknown values are the schema's categories in another letter case ('f' for
     'F'), or, for a yes/no column, yes or no written another way ('Y', '1', 'true': a newcomer's
     eleven flags, three quarters of whose bad rows the letter-case hint did not cover): said
@@ -273,7 +279,7 @@ def _letter_case_hint(unknown: pd.Series, categories: list[str]) -> str:
         synonyms = ~matching & text.isin(YES_WORDS | NO_WORDS)
         if synonyms.any():
             share = "" if synonyms.all() else f" ({int(synonyms.sum())} of them)"
-            hints.append(f"they are yes or no written another way (Y / N, 1 / 0, true / false){share}")
+            hints.append(f"they are yes or no written another way{share}, as Y / N, 1 / 0 or true / false")
     if not hints:
         return ""
     return f"; {'; '.join(hints)}. Write them exactly as the schema does"
@@ -294,7 +300,7 @@ def _column_masks(series: pd.Series, column: Column) -> list[tuple[str, np.ndarr
         text = _as_category_text(series)
         unknown = present & ~text.isin(column.categories).to_numpy()
         if unknown.any():
-            hint = _letter_case_hint(text[unknown], column.levels)
+            hint = _spelling_hint(text[unknown], column.levels)
             fix = "correct those rows, or add the category to the schema's list if it is a real one"
             found.append((f"category not in the schema's list {column.categories}"
                           + (f"{hint}. Otherwise {fix}" if hint else f": {fix}"), unknown))

@@ -19,7 +19,7 @@ Levels, and why (each threshold is a module constant below):
     with the difference beyond sampling noise (z >= 3). Main effects are defined on the real
     rows (metrics.main_effects): the five features, one per column, most correlated with the
     outcome (point-biserial r for a numeric column on the schema's scale, or for its top or
-    bottom tenth, where an effect held in a tail shows; phi for a category or a missing
+    bottom tail of about a tenth, where an effect held in a tail shows; phi for a category or a missing
     value), and only those clearly non-zero there (|r| >= 0.1 and z >= 4);
   - a relation between two other columns turned round (metrics.relations: for the eight
     strongest pairs of columns, one per pair, the strongest signed correlation between their

@@ -245,15 +245,17 @@ def shrunk_to_pool(tables: np.ndarray, sizes: np.ndarray, stds: np.ndarray, pool
     Northfield (real mean age 52, its own noisy table 51, the pool 61) was drawn to 59; by
     runs, to 54.
 
-    No site keeps more of a run than the whole federation holds there (the pool's share of the
-    run times the sum of the sites' class sizes): a site's rows are among the federation's, and
-    its noise is not. The sites' real differences in a column's body (the bench's azpro
-    hospitals' stays) set one weight per site for every run, so a site kept its positive noise
-    in the empty reach of a wide bound too, where the pool's decaying tail is thin: spread like
-    the pool within the run, 257 stays of one procedure took 9 % beyond 100 days (the real
-    maximum is 53), and the release's logistic regression fell from .93 to .65
-    (docs/benchmarks.md). What a ceiling takes off goes to the site's other runs by their
-    shares (:func:`_within_ceiling`)."""
+    No site keeps more of a numeric column's run than the whole federation holds there (the
+    pool's share of the run times the sum of the sites' class sizes): a site's rows are among
+    the federation's, and its noise is not. The sites' real differences in a column's body (the
+    bench's azpro hospitals' stays) set one weight per site for every run, so a site kept its
+    positive noise in the empty reach of a wide bound too, where the pool's decaying tail is
+    thin: spread like the pool within the run, 257 stays of one procedure took 9 % beyond 100
+    days (the real maximum is 53), and the release's logistic regression fell from .93 to .65
+    (docs/benchmarks.md). What a ceiling takes off goes to the site's other runs
+    (:func:`_within_ceiling`). A categorical column's levels are left uncapped: where one site
+    holds nearly all of a level (a site's own code), the pool's count binds by noise half the
+    time, and what it took off landed on the levels the site holds none of."""
     shrunk = np.array(tables, dtype=float)
     sites, bins, classes = shrunk.shape
     if sites < 2:
@@ -270,8 +272,9 @@ def shrunk_to_pool(tables: np.ndarray, sizes: np.ndarray, stds: np.ndarray, pool
         variance = (np.maximum(stds, 1e-12) / size) ** 2
         weight = _pooling_weights(own / np.sqrt(width)[None, :], variance)[:, None]
         mixed = weight * own + (1.0 - weight) * common[None, :]
-        federation = common[None, :] * size.sum() / size[:, None]  # the whole pool's count of a run, per site row
-        mixed = np.stack([_within_ceiling(shares, ceiling) for shares, ceiling in zip(mixed, federation)])
+        if groups is not None:  # a numeric column's runs of bins: the whole pool's count of each, per site row
+            federation = common[None, :] * size.sum() / size[:, None]
+            mixed = np.stack([_within_ceiling(shares, ceiling, common) for shares, ceiling in zip(mixed, federation)])
         with np.errstate(invalid="ignore", divide="ignore"):
             tilt = np.where(common > 0, mixed / common, 0.0)
         shrunk[:, :, k] = size[:, None] * pooled[None, :, k] * tilt[:, group]
@@ -279,11 +282,12 @@ def shrunk_to_pool(tables: np.ndarray, sizes: np.ndarray, stds: np.ndarray, pool
     return shrunk
 
 
-def _within_ceiling(shares: np.ndarray, ceiling: np.ndarray) -> np.ndarray:
+def _within_ceiling(shares: np.ndarray, ceiling: np.ndarray, pooled: np.ndarray) -> np.ndarray:
     """One site's ``shares`` of a column's runs, none above its ``ceiling``: what a capped run
-    loses goes to the others in proportion to their positive shares (a negative one, noise,
-    then takes nothing and is set to 0), so the site's total is kept while any run has room.
-    Shares within every ceiling are returned as they are."""
+    loses goes to the runs below theirs in proportion to the site's own positive shares there
+    (the ``pooled`` ones where it has none; a negative share, noise, is then set to 0), so the
+    site's total is kept while any run has room. Shares within every ceiling are returned as
+    they are."""
     kept = np.asarray(shares, dtype=float).copy()
     ceiling = np.clip(ceiling, 0.0, None)
     total = float(kept.sum())
@@ -291,9 +295,14 @@ def _within_ceiling(shares: np.ndarray, ceiling: np.ndarray) -> np.ndarray:
     while (over := ~capped & (kept > ceiling)).any():
         capped |= over
         kept[capped] = ceiling[capped]
-        rest = np.clip(kept[~capped], 0.0, None)
-        room = total - float(kept[capped].sum())
-        kept[~capped] = rest * (room / rest.sum()) if room > 0 and rest.sum() > 0 else 0.0
+        kept[~capped] = np.clip(kept[~capped], 0.0, None)
+        room = total - float(kept.sum())
+        weights = np.where(capped, 0.0, kept)
+        if weights.sum() <= 0:
+            weights = np.where(capped, 0.0, np.clip(pooled, 0.0, None))
+        if room <= 0 or weights.sum() <= 0:
+            break
+        kept += room * weights / weights.sum()
     return kept
 
 
