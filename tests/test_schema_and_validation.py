@@ -193,6 +193,10 @@ def test_a_lab_column_with_a_word_for_unknown_in_many_cells_is_drafted_as_a_numb
     assert draft_schema(rows, outcome="death").column("age").is_categorical
     rows["code"] = [f"word{k % 40}" if k % 3 else str(k) for k in range(300)]  # forty words: text
     assert draft_schema(rows, outcome="death").column("code").is_categorical
+    rows["inr"] = [f"{0.8 + 0.1 * (k % 10):.1f}" if k % 5 else "not done" for k in range(300)]  # ten values
+    assert not draft_schema(rows, outcome="death").column("inr").is_categorical  # a measure to a step of 0.1
+    rows["grade"] = [str(1 + k % 4) for k in range(300)]  # four whole numbers: levels
+    assert draft_schema(rows, outcome="death").column("grade").is_categorical
     lines = [problem for problem in validate_frame(rows, draft).problems if problem.column == "creatinine"]
     assert lines and "umol" not in str(lines) and "<5" not in str(lines)
     mostly_text = rows.assign(creatinine=np.where(np.arange(len(rows)) % 10 == 0, "high", rows["creatinine"]))

@@ -428,7 +428,7 @@ def _drafted_column(series: pd.Series, outcome: bool = False) -> Column:
     numeric = pd.to_numeric(values, errors="coerce")
     unknown_words = len(values) > 0 and _words_for_unknown(values)
     if len(values) > 0 and (_stray_cells(values) <= STRAY_TEXT_SHARE * len(values) or unknown_words) \
-            and numeric.nunique() > 10 and not _identifier_like(numeric.dropna()):
+            and _measure_like(numeric.dropna()) and not _identifier_like(numeric.dropna()):
         nullable = nullable or unknown_words  # its words, once missing_values, are empty cells
         limits = _limit_values(values)
         numeric = numeric.dropna()
@@ -564,6 +564,18 @@ _CENSORED = re.compile(r"^\s*[<>]=?\s*[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?\s*$"
 def _censored(cells: pd.Series) -> pd.Series:
     """Which cells are a number written as a limit: '<0.01', '> 89', '<=5'."""
     return cells.astype(str).str.match(_CENSORED)
+
+
+MEASURE_VALUES = 10  # more distinct numbers than this: a measure; fewer, levels (a scale, a code)
+MEASURE_DECIMALS = 5  # or this many, some with decimals: a measure read to a step (an INR of 0.8-1.7)
+
+
+def _measure_like(numbers: pd.Series) -> bool:
+    """Whether a column's numbers are a measure rather than levels: more than
+    :data:`MEASURE_VALUES` distinct values, or :data:`MEASURE_DECIMALS` with decimals (a
+    newcomer's INR, ten values 0.8-1.7 and 'not done', was drafted as eleven levels)."""
+    distinct = numbers.nunique()
+    return distinct > MEASURE_VALUES or (distinct >= MEASURE_DECIMALS and bool((numbers != numbers.round()).any()))
 
 
 def _words_for_unknown(cells: pd.Series) -> bool:
