@@ -319,7 +319,13 @@ def _subsampled(frame: pd.DataFrame) -> pd.DataFrame:
     return frame.sample(n=STRUCTURE_ROWS, random_state=0) if len(frame) > STRUCTURE_ROWS else frame
 
 
-def _association_features(frame: pd.DataFrame, schema: Schema) -> _Features:
+TailTest = Callable[[np.ndarray], np.ndarray]
+
+
+def _association_features(frame: pd.DataFrame, schema: Schema,
+                          tails: dict[str, list[tuple[str, TailTest]]] | None = None) -> _Features:
+    """The rows' :class:`_Features`; with ``tails`` (:func:`_tail_tests` of the real rows), each
+    numeric column's tails too, 0/1 by the real rows' cuts."""
     frame = _subsampled(frame)
     labels, sources, indicator, values = [], [], [], []
     for column in schema.columns:
@@ -337,6 +343,12 @@ def _association_features(frame: pd.DataFrame, schema: Schema) -> _Features:
             sources.append(column.name)
             indicator.append(False)
             values.append(_scaled(column, series))
+            cells = pd.to_numeric(series, errors="coerce").to_numpy(dtype=float)
+            for label, within in (tails or {}).get(column.name, []):
+                labels.append(label)
+                sources.append(column.name)
+                indicator.append(True)
+                values.append(np.where(np.isnan(cells), np.nan, within(cells) * 1.0))
         if column.nullable:
             labels.append(f"{column.name} missing")
             sources.append(f"{column.name} missing")
@@ -348,43 +360,27 @@ def _association_features(frame: pd.DataFrame, schema: Schema) -> _Features:
 TAIL_SHARE = 0.1  # a numeric column's top and bottom tenth, on the real rows, are features of their own
 
 
-def _with_tails(real_x: _Features, synthetic_x: _Features, real: pd.DataFrame, synthetic: pd.DataFrame,
-                schema: Schema) -> tuple[_Features, _Features]:
-    """``real_x`` and ``synthetic_x`` with two 0/1 features per numeric column: in its top tail,
-    in its bottom tail (about a tenth of the real rows each, :func:`_tail`). An effect held
-    in a tail has a weak correlation with the value itself: a newcomer's deaths were 37 % of
-    the rows with lactate 4 or more and 2 % below 2, every release kept 3-5 % in both, and the
-    verdict said lactate's correlation had shrunk to 56 %, amber. Kept like any feature, the
-    strongest of a column's three judged."""
-    real, synthetic = _subsampled(real), _subsampled(synthetic)
-    labels: list[str] = []
-    sources: list[str] = []
-    real_values: list[np.ndarray] = []
-    synthetic_values: list[np.ndarray] = []
+def _tail_tests(real: pd.DataFrame, schema: Schema) -> dict[str, list[tuple[str, TailTest]]]:
+    """Each numeric column's top and bottom tail of the real rows (about a tenth each,
+    :func:`_tail`), labelled, for :func:`_association_features`. An effect held in a tail has a
+    weak correlation with the value itself: a newcomer's deaths were 37 % of the rows with
+    lactate 4 or more and 2 % below 2, every release kept 3-5 % in both, and the verdict said
+    lactate's correlation had shrunk to 56 %, amber. Kept like any feature, the strongest of a
+    column's three judged."""
+    real = _subsampled(real)
+    tests: dict[str, list[tuple[str, TailTest]]] = {}
     for column in schema.columns:
         if column.is_categorical:
             continue
         values = pd.to_numeric(real[column.name], errors="coerce").dropna().to_numpy(dtype=float)
         for side in ("top", "bottom"):
             within = _tail(values, side)
-            if within is None:
-                continue
-            labels.append(f"{column.name} in its {side} tail")
-            sources.append(column.name)
-            for frame, out in ((real, real_values), (synthetic, synthetic_values)):
-                cells = pd.to_numeric(frame[column.name], errors="coerce").to_numpy(dtype=float)
-                out.append(np.where(np.isnan(cells), np.nan, within(cells) * 1.0))
-    if not labels:
-        return real_x, synthetic_x
-
-    def extended(features: _Features, added: list[np.ndarray]) -> _Features:
-        return _Features(features.labels + labels, features.sources + sources,
-                         features.indicator + [True] * len(labels), np.column_stack([features.values, *added]))
-
-    return extended(real_x, real_values), extended(synthetic_x, synthetic_values)
+            if within is not None:
+                tests.setdefault(column.name, []).append((f"{column.name} in its {side} tail", within))
+    return tests
 
 
-def _tail(values: np.ndarray, side: str) -> Callable[[np.ndarray], np.ndarray] | None:
+def _tail(values: np.ndarray, side: str) -> TailTest | None:
     """Which values are in the ``side`` ('top' or 'bottom') tail of the real ``values``: beyond
     their :data:`TAIL_SHARE` quantile, the cut's own value in or out, whichever holds nearer a
     tenth of them (a pile of equal values at the cut: a lab capped at its limit, a score's top);
@@ -478,8 +474,8 @@ def main_effects(real: pd.DataFrame, synthetic: pd.DataFrame, schema: Schema,
     if schema.outcome is None:
         return []
     positive = schema.column(schema.outcome).levels[-1]
-    real_x, synthetic_x = _with_tails(_association_features(real, schema), _association_features(synthetic, schema),
-                                      real, synthetic, schema)
+    tails = _tail_tests(real, schema)
+    real_x, synthetic_x = _association_features(real, schema, tails), _association_features(synthetic, schema, tails)
     y_real = _binary(_subsampled(real)[schema.outcome], positive)
     y_synthetic = _binary(_subsampled(synthetic)[schema.outcome], positive)
     known_real, known_synthetic = ~np.isnan(y_real), ~np.isnan(y_synthetic)  # rows whose outcome is recorded
