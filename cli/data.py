@@ -54,6 +54,11 @@ def schema_draft(
                       "(the draft's missing_values, in every column): keep each only if the extract uses it for "
                       "'missing', never as a real value[/]")
 
+    for column in draft.columns:
+        if column.missing_values:
+            written = ", ".join(repr(marker) for marker in column.missing_values)
+            console.print(f"[yellow]column '{column.name}': cells written {written} were read as missing in this "
+                          "column only (its own missing_values): keep each only if it says the value is not known[/]")
     for name in unlisted_columns(draft):
         console.print(f"[yellow]column '{name}' has more than {MANY_CATEGORIES} distinct values, so none was written "
                       "into the draft: if it is an identifier or a date, drop it from the extract (or turn a date into "
@@ -70,7 +75,7 @@ def schema_draft(
     for name in stray_text_cells(extract, draft):
         console.print(f"[yellow]column '{name}' holds numbers but for some cells of text (a unit written beside "
                       "the value, a word for an unknown value): it was drafted as a number. A word the extract "
-                      "writes for 'not known' ('unknown', 'not done'): add it to the schema's missing_values; "
+                      "writes for 'not known' ('unknown', 'not done'): add it to the column's own missing_values; "
                       "anything else: write those cells as numbers, or empty them, in the extract (fedsyn validate "
                       f"--schema {out} {data} lists their lines)[/]")
     for name, sides in far_bound_columns(extract, draft).items():
@@ -82,13 +87,14 @@ def schema_draft(
         console.print(f"[yellow]column '{name}' holds a few values below 0 among values that are otherwise 0 or "
                       "more (an age of -1 for 'unknown', a length of stay typed with a minus): its drafted lower "
                       "bound is one of them. If values below 0 are real (an income, a change), keep them; if not, "
-                      "set the public lower bound (0, or a clinical limit), add a code to missing_values and "
+                      "set the public lower bound (0, or a clinical limit), add a code to the column's own "
+                      "missing_values and "
                       f"correct typos (fedsyn validate --schema {out} {data} lists those lines)[/]")
     for name, sides in far_level_columns(extract, draft).items():
         console.print(f"[yellow]column '{name}' was drafted with number levels, and its "
                       f"{' and '.join('largest' if side == 'upper' else 'smallest' for side in sides)} lies far "
                       "beyond the others (a code such as 999 for 'unknown'): if it stands for a missing value, "
-                      "add it to the schema's missing_values and drop it from the levels; otherwise correct "
+                      "add it to the column's own missing_values and drop it from the levels; otherwise correct "
                       f"those rows (fedsyn validate --schema {out} {data} lists them once it is dropped)[/]")
     for name in constant_columns(extract, draft):
         console.print(f"[yellow]column '{name}' holds one value in every row: unless it names the hospital (a site "

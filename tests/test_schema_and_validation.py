@@ -145,6 +145,28 @@ def test_a_number_marker_empties_the_cells_of_a_column_read_as_numbers(demo_sche
     assert note.rows == 2 and "categories" in note.kind and "999" not in note.describe().split(":")[0]
 
 
+def test_a_columns_own_marker_empties_that_column_only(demo_schema, demo_frame, tmp_path):
+    """A newcomer's age wrote 999 for 'unknown' and their BNP had real values of 999 pg/mL: a
+    table-wide '999' blanked both. A column's own missing_values empty its cells only; a
+    categorical column may not list a marker among its categories too."""
+    rows = demo_frame.head(200).copy()
+    rows.loc[rows.index[:3], "age"] = 999
+    rows.loc[rows.index[3:5], "creatinine"] = 999
+    rows.to_csv(tmp_path / "extract.csv", index=False)
+    columns = [c.model_copy(update={"missing_values": ["999"], "nullable": True}) if c.name == "age"
+               else c.model_copy(update={"upper": 1000.0}) if c.name == "creatinine" else c
+               for c in demo_schema.columns]
+    own = Schema.model_validate(demo_schema.model_copy(update={"columns": columns}).model_dump())
+    read = read_table(tmp_path / "extract.csv", own)
+    assert read["age"].isna().sum() == 3 and (read["creatinine"] == 999).sum() == 2
+    assert validate_frame(read, own).ok
+    assert "missing_values" not in json.dumps(demo_schema.column("sex").model_dump(exclude_none=True))
+    with pytest.raises(ValueError, match="both as a category and in its own missing_values"):
+        Column(name="sex", kind=ColumnKind.CATEGORICAL, categories=["F", "M", "U"], missing_values=["U"])
+    with pytest.raises(ValueError, match="without surrounding spaces"):
+        Column(name="age", kind=ColumnKind.INTEGER, lower=0, upper=120, missing_values=[" 999"])
+
+
 def test_a_lab_column_with_a_few_units_written_in_is_drafted_as_a_number_and_its_stray_cells_are_counted(
         demo_frame):
     """A newcomer's creatinine had 6 cells of 2,400 written '170 umol/L' or '<5': the draft made it
@@ -172,11 +194,12 @@ def test_a_lab_column_with_a_few_units_written_in_is_drafted_as_a_number_and_its
     assert case_variant_columns(draft_schema(flags)) == ["diabetes"]
 
 
-def test_a_lab_column_with_a_word_for_unknown_in_many_cells_is_drafted_as_a_number(demo_frame):
+def test_a_lab_column_with_a_word_for_unknown_in_many_cells_is_drafted_as_a_number(demo_frame, tmp_path):
     """A newcomer's troponin was 'not done' in 35 % of rows and their potassium 'haemolysed' in
     5 %: both were drafted as categories (or as an identifier), with no word on why. A column of
-    numbers but for a few words written again and again is a number column whose words validation
-    lists; many different texts, or mostly text, stay categorical."""
+    numbers but for a few words written again and again is a number column whose words are its
+    own missing_values (read as empty there, and nowhere else); many different texts, or mostly
+    text, stay categorical."""
     from fedsyn.data.schema import stray_text_cells
 
     rows = demo_frame.head(300).astype({"creatinine": object, "age": object})
@@ -185,8 +208,10 @@ def test_a_lab_column_with_a_word_for_unknown_in_many_cells_is_drafted_as_a_numb
     rows.loc[rows.index[120:135], "creatinine"] = "haemolysed"
     draft = draft_schema(rows, outcome="death")
     assert not draft.column("creatinine").is_categorical
-    assert draft.column("creatinine").nullable  # its words, once missing_values, are empty cells
-    assert stray_text_cells(rows, draft) == {"creatinine": 135}
+    assert draft.column("creatinine").nullable  # its words are its own missing_values: empty cells
+    assert draft.column("creatinine").missing_values == ["Not done", "haemolysed", "not done"]
+    assert draft.missing_values == [] and draft.column("age").missing_values is None
+    assert stray_text_cells(rows, draft) == {}
     doses = rows.assign(dose=[f"{5 * (k % 2 + 1)} mg" if k % 5 < 2 else str(k % 40) for k in range(300)])
     assert draft_schema(doses, outcome="death").column("dose").is_categorical  # '5 mg' is a value, not a word
     rows.loc[rows.index[:160], "age"] = "unknown"  # more than half of the cells: not a number column
@@ -197,8 +222,12 @@ def test_a_lab_column_with_a_word_for_unknown_in_many_cells_is_drafted_as_a_numb
     assert not draft_schema(rows, outcome="death").column("inr").is_categorical  # a measure to a step of 0.1
     rows["grade"] = [str(1 + k % 4) for k in range(300)]  # four whole numbers: levels
     assert draft_schema(rows, outcome="death").column("grade").is_categorical
-    lines = [problem for problem in validate_frame(rows, draft).problems if problem.column == "creatinine"]
-    assert lines and "umol" not in str(lines) and "<5" not in str(lines)
+    path = tmp_path / "labs.csv"
+    rows.assign(sodium=np.where(np.arange(len(rows)) < 5, "not done", "140")).to_csv(path, index=False)
+    read = read_table(path, draft)
+    emptied = read["creatinine"].isna().sum() - rows["creatinine"].isna().sum()
+    assert emptied == 135 and (read["sodium"] == "not done").sum() == 5  # its own column only
+    assert not [problem for problem in validate_frame(read, draft).problems if problem.column == "creatinine"]
     mostly_text = rows.assign(creatinine=np.where(np.arange(len(rows)) % 10 == 0, "high", rows["creatinine"]))
     assert draft_schema(mostly_text).column("creatinine").is_categorical  # 10 % text: not a number column
 

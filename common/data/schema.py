@@ -29,6 +29,15 @@ class SchemaError(ConfigurationError, ValueError):
     """A schema file is missing, malformed or inconsistent."""
 
 
+def check_markers(markers: list[str], where: str) -> None:
+    """Missing-value markers as a schema lists them: each without surrounding spaces (cells are
+    compared with theirs removed) and none empty. Raises ValueError naming ``where``."""
+    for marker in markers:
+        if not marker.strip() or marker != marker.strip():
+            raise ValueError(f"{where} {markers}: each marker is written without surrounding spaces (cells are "
+                             "compared with their spaces removed), and none is empty")
+
+
 class ColumnKind(str, Enum):  # noqa: UP042 - StrEnum would change str(kind) in messages
     CATEGORICAL = "categorical"
     CONTINUOUS = "continuous"
@@ -58,6 +67,10 @@ class Column(BaseModel):
     # range, a scale's ends): public knowledge, said where a reader can check it. A column that
     # says so is not pointed at when a bound equals its extract's own smallest or largest value.
     bounds_source: str | None = None
+    # This column's own spellings of "missing" ('999' for an unknown age, 'not done' for a lab),
+    # read as empty in this column only: a table-wide marker also blanks another column's real
+    # values equal to it (a BNP of 999 pg/mL). None (left out of a written schema) lists none.
+    missing_values: list[str] | None = None
     needs_review: bool = False
     description: str | None = None
 
@@ -67,7 +80,13 @@ class Column(BaseModel):
             raise ValueError(f"column '{self.name}': '|' and the prefixes 'pair:' and 'pairbins:' are reserved "
                              "(a pair table is named 'pair:first|second'); rename the column in the schema and "
                              "the extract")
+        check_markers(self.missing_values or [], f"column '{self.name}': missing_values")
         if self.kind is ColumnKind.CATEGORICAL:
+            listed = sorted(set(self.missing_values or []) & set(self.categories or []))
+            if listed:
+                raise ValueError(f"categorical column '{self.name}' lists {listed} both as a category and in its own "
+                                 "missing_values: keep it in one of them (a category is a value, a marker is "
+                                 "read as empty)")
             if not self.categories:
                 raise ValueError(f"categorical column '{self.name}' needs a non-empty 'categories' list")
             if len(set(self.categories)) != len(self.categories):
@@ -182,10 +201,7 @@ class Schema(BaseModel):
                                  f"{did_you_mean(self.outcome, names)}")
             if not self.column(self.outcome).is_categorical:
                 raise ValueError(f"outcome '{self.outcome}' must be a categorical column")
-        for marker in self.missing_values:
-            if not marker.strip() or marker != marker.strip():
-                raise ValueError(f"missing_values {self.missing_values}: each marker is written without surrounding "
-                                 "spaces (cells are compared with their spaces removed), and none is empty")
+        check_markers(self.missing_values, "missing_values")
         for rule in self.rules:
             for condition in (rule.when, rule.require):
                 if condition is None:
@@ -426,10 +442,10 @@ def _drafted_column(series: pd.Series, outcome: bool = False) -> Column:
     many, :func:`censored_cells`), or categorical with its observed levels."""
     name, nullable, values = str(series.name), bool(series.isna().any()), series.dropna()
     numeric = pd.to_numeric(values, errors="coerce")
-    unknown_words = len(values) > 0 and _words_for_unknown(values)
+    unknown_words = _words_for_unknown(values) if len(values) > 0 else []
     if len(values) > 0 and (_stray_cells(values) <= STRAY_TEXT_SHARE * len(values) or unknown_words) \
             and _measure_like(numeric.dropna()) and not _identifier_like(numeric.dropna()):
-        nullable = nullable or unknown_words  # its words, once missing_values, are empty cells
+        nullable = nullable or bool(unknown_words)  # its words are its own missing_values: empty cells
         limits = _limit_values(values)
         numeric = numeric.dropna()
         integral = bool((numeric == numeric.round()).all())
@@ -440,7 +456,7 @@ def _drafted_column(series: pd.Series, outcome: bool = False) -> Column:
         return Column(name=name, kind=ColumnKind.INTEGER if integral else ColumnKind.CONTINUOUS, lower=lower,
                       upper=upper if upper > lower else lower + 1.0,
                       precision=None if integral else recorded_precision(numeric.to_numpy(dtype=float)),
-                      nullable=nullable, needs_review=True)
+                      nullable=nullable, missing_values=unknown_words or None, needs_review=True)
     if not outcome and _count_like(numeric):  # an outcome is categorical (a Rankin scale's 0-6 too)
         return Column(name=name, kind=ColumnKind.INTEGER, lower=0.0, upper=float(numeric.max()), nullable=nullable,
                       needs_review=True)
@@ -515,24 +531,34 @@ def _identifier_like(numbers: pd.Series) -> bool:
                 and day.between(1, 31).all())
 
 
-def without_markers(frame: pd.DataFrame, markers: list[str], levels: Mapping[str, Collection[str]] | None = None
-                    ) -> pd.DataFrame:
-    """``frame`` with every text cell that is one of ``markers`` (spaces removed) made empty,
-    and every number cell that a number marker ('999', '-1') equals, except where it is one of
-    its column's ``levels`` (a categorical column's categories). (A column read as numbers once
-    kept its 999s: the marker was compared with text cells only.)"""
-    if not markers:
+def without_markers(frame: pd.DataFrame, markers: list[str], levels: Mapping[str, Collection[str]] | None = None,
+                    own: Mapping[str, Collection[str]] | None = None) -> pd.DataFrame:
+    """``frame`` with every text cell that is one of ``markers`` (spaces removed), or one of its
+    column's ``own`` markers, made empty, and every number cell that such a number marker ('999',
+    '-1') equals, except where it is one of its column's ``levels`` (a categorical column's
+    categories). (A column read as numbers once kept its 999s: the marker was compared with text
+    cells only.)"""
+    if not markers and not any((own or {}).values()):
         return frame
     frame = frame.copy()
     texts = text_columns(frame)
-    numbers = {float(marker) for marker in markers if is_number(marker) and math.isfinite(float(marker))}
     for name in frame.columns:
         series, kept = frame[name], set((levels or {}).get(str(name), ()))
+        spellings = (set(markers) | set((own or {}).get(str(name), ()))) - kept
+        numbers = {float(marker) for marker in spellings if is_number(marker) and math.isfinite(float(marker))}
         if name in texts:
-            frame[name] = series.mask(series.notna() & series.astype(str).str.strip().isin(set(markers) - kept))
+            frame[name] = series.mask(series.notna() & series.astype(str).str.strip().isin(spellings))
         elif numbers and pd.api.types.is_numeric_dtype(series) and not pd.api.types.is_bool_dtype(series):
-            frame[name] = series.mask(series.isin(numbers - {float(level) for level in kept if is_number(level)}))
+            frame[name] = series.mask(series.isin(numbers))
     return frame
+
+
+def without_schema_markers(frame: pd.DataFrame, schema: Schema) -> pd.DataFrame:
+    """``frame`` with the cells ``schema`` writes as missing made empty (:func:`without_markers`):
+    its table-wide ``missing_values`` in every column but a categorical one listing them among
+    its categories, and each column's own ``missing_values`` in that column."""
+    own = {column.name: column.missing_values for column in schema.columns if column.missing_values}
+    return without_markers(frame, schema.missing_values, category_levels(schema), own)
 
 
 def stray_text_cells(frame: pd.DataFrame, schema: Schema) -> dict[str, int]:
@@ -578,17 +604,20 @@ def _measure_like(numbers: pd.Series) -> bool:
     return distinct > MEASURE_VALUES or (distinct >= MEASURE_DECIMALS and bool((numbers != numbers.round()).any()))
 
 
-def _words_for_unknown(cells: pd.Series) -> bool:
-    """Whether non-empty ``cells`` are numbers (or limits) but for at most :data:`STRAY_WORDS`
-    words without a digit ('5 mg' is a value with its unit), each written in
-    :data:`STRAY_WORD_REPEATS` cells or more, together in under half of them: a lab's
-    'not done', 'haemolysed'."""
+def _words_for_unknown(cells: pd.Series) -> list[str]:
+    """The words, as written, of non-empty ``cells`` that are numbers (or limits) but for at most
+    :data:`STRAY_WORDS` words without a digit ('5 mg' is a value with its unit), each written in
+    :data:`STRAY_WORD_REPEATS` cells or more, together in under half of them: a lab's 'not done',
+    'haemolysed'. None found (or other text) gives []. Each is written at least five times, a
+    way of recording the lab's work, never one patient's value."""
     text = cells.astype(str).str.strip()
-    words = text[pd.to_numeric(cells, errors="coerce").isna() & ~_censored(cells)].str.casefold()
+    written = text[pd.to_numeric(cells, errors="coerce").isna() & ~_censored(cells)]
+    words = written.str.casefold()
     counts = words.value_counts()
-    return 0 < len(words) < len(text) / 2 and len(counts) <= STRAY_WORDS \
+    found = 0 < len(words) < len(text) / 2 and len(counts) <= STRAY_WORDS \
         and int(counts.min()) >= STRAY_WORD_REPEATS and not words.str.contains(r"\d").any() \
         and bool(words.str.contains(r"[^\W\d_]").all())
+    return sorted(set(written)) if found else []
 
 
 def _stray_cells(cells: pd.Series) -> int:
@@ -641,7 +670,7 @@ def far_level_columns(frame: pd.DataFrame, schema: Schema) -> dict[str, list[str
     next level's size (a rare 1 among 0s, a 2 among 0s and 1s, is a rare level, not a code):
     which side, never the value. A newcomer's prior admissions, 0 to 7 and 999 for 'unknown',
     were drafted with 999 as a level and no word."""
-    frame = without_markers(frame, schema.missing_values, category_levels(schema))
+    frame = without_schema_markers(frame, schema)
     far = {}
     for column in schema.categorical_columns:
         if column.name not in frame.columns or not all(is_number(level) for level in column.levels):
@@ -660,7 +689,7 @@ def constant_columns(frame: pd.DataFrame, schema: Schema) -> list[str]:
     """Of a draft's columns, those holding one value in every row: they tell nothing, and every
     column shares the budget (its noise grows with the table's width). One value and empty
     cells is a flag ('Y' or nothing), not a constant."""
-    frame = without_markers(frame, schema.missing_values, category_levels(schema))
+    frame = without_schema_markers(frame, schema)
     return [c.name for c in schema.columns
             if c.name in frame.columns and frame[c.name].nunique(dropna=False) <= 1 and len(frame) > 1]
 
@@ -668,7 +697,7 @@ def constant_columns(frame: pd.DataFrame, schema: Schema) -> list[str]:
 def duplicate_columns(frame: pd.DataFrame, schema: Schema) -> list[tuple[str, str]]:
     """Of a draft's columns, each that repeats an earlier one row for row (a lab in two units
     written the same, an export's copy), with the column it repeats: names only."""
-    frame = without_markers(frame, schema.missing_values, category_levels(schema))
+    frame = without_schema_markers(frame, schema)
     seen: dict[int, str] = {}
     repeats = []
     for column in schema.columns:
@@ -695,7 +724,7 @@ def outcome_proxy_columns(frame: pd.DataFrame, schema: Schema) -> list[str]:
     release that had lost death's relation to age, SOFA and lactate. Names only."""
     if schema.outcome is None or schema.outcome not in frame.columns:
         return []
-    frame = without_markers(frame, schema.missing_values, category_levels(schema))
+    frame = without_schema_markers(frame, schema)
     outcome = frame[schema.outcome].astype(str)
     if outcome.nunique() < 2:
         return []
@@ -770,7 +799,7 @@ def _numeric_values(frame: pd.DataFrame, schema: Schema) -> Iterator[tuple[Colum
 def _numeric_cells(frame: pd.DataFrame, schema: Schema) -> Iterator[tuple[Column, pd.Series]]:
     """Each of a draft's numeric columns in ``frame`` with its non-empty cells as written (the
     draft's missing-value markers read as empty)."""
-    frame = without_markers(frame, schema.missing_values, category_levels(schema))
+    frame = without_schema_markers(frame, schema)
     for column in schema.columns:
         if not column.is_categorical and column.name in frame.columns:
             yield column, frame[column.name].dropna()

@@ -12,12 +12,11 @@ import pandas as pd
 from fedsyn.data.schema import (
     ColumnKind,
     Schema,
-    category_levels,
     headerless_names,
     limits_at_bounds,
     spell_category,
     text_columns,
-    without_markers,
+    without_schema_markers,
 )
 from fedsyn.errors import InputDataError
 
@@ -34,7 +33,8 @@ def read_table(path: str | Path, schema: Schema | None = None) -> pd.DataFrame:
     spaces are removed ('F ' from a spreadsheet export) is read as that category; everything
     is otherwise left for :func:`validate_frame` to judge. A cell holding one of the schema's
     ``missing_values`` (the extract's own '?' or '-') is read as empty, unless its column lists
-    it among its categories; a numeric cell written as a limit at its column's bound ('<0.01'
+    it among its categories, and so is a cell holding one of its column's own ``missing_values``
+    ('999' for an unknown age, in that column only); a numeric cell written as a limit at its column's bound ('<0.01'
     where 0.01 is the lower bound) is read as the bound.
     """
     path = Path(path)
@@ -64,7 +64,7 @@ def read_table(path: str | Path, schema: Schema | None = None) -> pd.DataFrame:
         detail = str(exc) if structural else f"{type(exc).__name__}; check the file's format"
         raise DataFileError(f"cannot read {path} as a {suffix.lstrip('.')} table: {detail}") from None
     if schema is not None:
-        frame = without_markers(frame, schema.missing_values, category_levels(schema))
+        frame = without_schema_markers(frame, schema)
         for column in schema.columns:
             if column.name in frame.columns:  # a numeric cell at its bound, '<0.01': the bound
                 frame[column.name] = limits_at_bounds(frame[column.name], column)

@@ -114,7 +114,8 @@ def validate_frame(frame: pd.DataFrame, schema: Schema, numbering: RowNumbering 
             if within:
                 notes.append(Problem(column.name, f"missing_values marker(s) {', '.join(within)} lie within this "
                                      "column's public bounds, so a real value equal to one is read as missing: "
-                                     "if the column records such values, write its missing cells another way",
+                                     "if the column records such values, move the marker from the schema's "
+                                     "missing_values to the own missing_values of the columns where it means missing",
                                      len(within), counted="marker(s)"))
             listed = _listed_markers(series, column, schema.missing_values)
             if listed is not None and listed.any():
@@ -315,8 +316,8 @@ def _column_masks(series: pd.Series, column: Column) -> list[tuple[str, np.ndarr
     if non_numeric.any():
         found.append(("value is not a number: write the number (a lab's '<0.3' as the public detection limit, "
                       "0.3, or make 0.3 the column's bound, where such cells are read as it; a unit removed), or "
-                      "leave the cell empty and mark the column nullable; an extract that "
-                      "writes 'missing' as '?' or '-' lists that marker in the schema's missing_values",
+                      "leave the cell empty and mark the column nullable; an extract that writes 'missing' as "
+                      "'?' or '-' lists that marker in the schema's missing_values (or the column's own)",
                       non_numeric))
     checkable = present & ~np.isnan(numeric)
     infinite = checkable & ~np.isfinite(numeric)
