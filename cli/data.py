@@ -81,7 +81,8 @@ def schema_draft(
     for name, sides in far_bound_columns(extract, draft).items():
         console.print(f"[yellow]column '{name}': its drafted {' and '.join(sides)} bound lies far beyond the rest of "
                       "its values (a typo, or a code such as 999 for 'unknown'): set the public bound (a clinical "
-                      f"limit) instead; fedsyn validate --schema {out} {data} then lists the lines outside it, to "
+                      "limit) instead, and put a code in the column's own missing_values (it means no value); "
+                      f"fedsyn validate --schema {out} {data} then lists the lines outside the bound, to "
                       "correct or empty[/]")
     for name in stray_negative_columns(extract, draft):
         console.print(f"[yellow]column '{name}' holds a few values below 0 among values that are otherwise 0 or "

@@ -251,6 +251,13 @@ def test_a_draft_points_at_a_bound_far_beyond_the_rest_of_its_values_and_not_at_
     assert far_bound_columns(rows, draft_schema(rows))["age"] == ["upper"]
     limited = demo_frame.head(400).assign(kappa=lambda f: f["kappa"].clip(upper=3.0))  # a pile at an assay's limit
     assert (limited["kappa"] == 3.0).mean() > 0.05 and "kappa" not in far_bound_columns(limited, draft_schema(limited))
+    # a newcomer's CRP, 0.5-300 mg/L and 999 in 7 % of rows: on the log scale 999 lies near 300
+    crp = pd.DataFrame({"crp": np.round(rng.lognormal(2.5, 1.2, 3000).clip(0.5, 300), 1)})
+    crp.loc[crp.index[:210], "crp"] = 999.0
+    assert far_bound_columns(crp, draft_schema(crp)) == {"crp": ["upper"]}
+    ages = pd.DataFrame({"age": rng.integers(18, 96, 3000)})
+    ages.loc[ages.index[:20], "age"] = 99  # a real age of 99 beside ages up to 95: no code
+    assert far_bound_columns(ages, draft_schema(ages)) == {}
 
 
 def test_a_draft_points_at_a_number_level_far_beyond_the_others():
