@@ -212,6 +212,19 @@ def test_new_real_patients_raise_no_copy_or_distance_alarm(split, demo_schema):
     assert privacy(duplicated, train, test, demo_schema)["excess_copy_share"] > 0.9
 
 
+def test_no_ratio_is_given_to_a_model_that_learned_nothing_from_the_real_rows(split, demo_schema):
+    """A newcomer's MLP reached ROC-AUC .501 on the real rows, and the report's ratio of 1.015
+    read as a perfect release. Trained on rows that all look alike, the real rows' model is at
+    chance: no ratio; with those rows as the synthetic ones, the ratio is kept."""
+    train, test = split
+    features = [c.name for c in demo_schema.columns if c.name != demo_schema.outcome]
+    alike = train.assign(**{name: train[name].iloc[0] for name in features})
+    scores = utility(train, alike, test, demo_schema, models=("logistic_regression",))["logistic_regression"]
+    assert scores["trtr"]["roc_auc"] < 0.55 and scores["auc_ratio"] is None
+    kept = utility(alike, train, test, demo_schema, models=("logistic_regression",))["logistic_regression"]
+    assert kept["auc_ratio"] == pytest.approx(kept["tstr"]["roc_auc"] / kept["trtr"]["roc_auc"])
+
+
 def test_a_synthetic_table_with_one_row_of_the_rare_outcome_is_scored_not_a_crash(split, demo_schema):
     """The MLP's early stopping splits its training rows stratified by class, which one row of a
     class cannot be: a release with a single 'dead' row failed the whole report (and `fedsyn fit`)."""

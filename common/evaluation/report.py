@@ -235,7 +235,8 @@ def render_html(evaluation: Evaluation, real: pd.DataFrame, synthetic: pd.DataFr
     ]
     if evaluation.utility:
         sections += ["<h2>Utility (tested on real held-out rows only)</h2>", _table(
-            [[name, u["tstr"]["roc_auc"], u["trtr"]["roc_auc"], u["auc_ratio"], u["tstr"]["f1"], u["trtr"]["f1"],
+            [[name, u["tstr"]["roc_auc"], u["trtr"]["roc_auc"],
+              "– (real rows at chance)" if u["auc_ratio"] is None else u["auc_ratio"], u["tstr"]["f1"], u["trtr"]["f1"],
               u["tstr"]["accuracy"], u["trtr"]["accuracy"]] for name, u in evaluation.utility.items()],
             ["model", "TSTR AUC", "TRTR AUC", "ratio", "TSTR F1", "TRTR F1", "TSTR acc.", "TRTR acc."])]
     sections += [
