@@ -43,6 +43,7 @@ def schema_draft(
         far_bound_columns,
         far_level_columns,
         log_scale_columns,
+        marker_columns,
         outcome_proxy_columns,
         stray_negative_columns,
         stray_text_cells,
@@ -50,9 +51,12 @@ def schema_draft(
     )
 
     if draft.missing_values:
+        holding = marker_columns(extract, draft.missing_values)
+        shown = ", ".join(holding[:8]) + (f" and {len(holding) - 8} more" if len(holding) > 8 else "")
         console.print(f"[yellow]cells holding {', '.join(repr(m) for m in draft.missing_values)} were read as missing "
-                      "(the draft's missing_values, in every column): keep each only if the extract uses it for "
-                      "'missing', never as a real value[/]")
+                      f"(the draft's missing_values, in every column; found in {shown}): keep each only if the "
+                      "extract uses it for 'missing', never as a real value (a marker that means missing in one "
+                      "column only goes into that column's own missing_values)[/]")
 
     for column in draft.columns:
         if column.missing_values:

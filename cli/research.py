@@ -480,12 +480,16 @@ def _show_width(widths: tuple[WidthPlan, ...], epsilon: float, out: Path, batch_
 
 
 def _command_with(*settings: tuple[str, str]) -> str:
-    """This very command line with each option of ``settings`` set to its value, ready to paste."""
+    """This very command line with each option of ``settings`` set to its value, ready to paste,
+    without ``--yes``: the plan is checked again at the new settings (a newcomer's pasted
+    suggestion would have skipped it)."""
     options = {option for option, _ in settings}
     words, skip = [], False
     for word in sys.argv[1:]:
         if skip:
             skip = False
+        elif word == "--yes":
+            continue
         elif word in options:
             skip = True
         elif not any(word.startswith(f"{option}=") for option in options):

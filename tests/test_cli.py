@@ -61,6 +61,16 @@ def test_simulate_refuses_a_plan_whose_tables_cannot_resolve_the_columns_unless_
     assert "that site's row count, batch size / rate, is public too" in said  # what following the advice publishes
 
 
+def test_the_suggested_command_checks_the_plan_again(monkeypatch):
+    """A newcomer ran a red plan with --yes; the suggested command copied it, so pasting it would
+    have skipped the check at the new epsilon too."""
+    from fedsyn.cli.research import _command_with
+
+    monkeypatch.setattr("sys.argv", ["fedsyn", "simulate", "--data", "x.csv", "--yes", "--epsilon", "1", "--out", "r"])
+    assert _command_with(("--epsilon", "3"), ("--out", "r-epsilon-3")) == \
+        "fedsyn simulate --data x.csv --epsilon 3 --out r-epsilon-3"
+
+
 def test_simulate_names_the_problem_when_the_data_does_not_fit_the_schema(tmp_path, demo_frame):
     data = tmp_path / "cohort.csv"
     demo_frame.drop(columns=["age"]).head(50).to_csv(data, index=False)

@@ -553,6 +553,13 @@ def without_markers(frame: pd.DataFrame, markers: list[str], levels: Mapping[str
     return frame
 
 
+def marker_columns(frame: pd.DataFrame, markers: list[str]) -> list[str]:
+    """The columns of ``frame`` with a text cell that is one of ``markers`` (spaces removed):
+    names only, for a reader to check that each marker means 'missing' wherever it stands."""
+    return [str(name) for name in text_columns(frame)
+            if frame[name].dropna().astype(str).str.strip().isin(set(markers)).any()]
+
+
 def without_schema_markers(frame: pd.DataFrame, schema: Schema) -> pd.DataFrame:
     """``frame`` with the cells ``schema`` writes as missing made empty (:func:`without_markers`):
     its table-wide ``missing_values`` in every column but a categorical one listing them among

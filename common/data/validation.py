@@ -294,7 +294,8 @@ def _column_masks(series: pd.Series, column: Column) -> list[tuple[str, np.ndarr
     found: list[tuple[str, np.ndarray]] = []
     is_null = series.isna().to_numpy()
     if is_null.any() and not column.nullable:
-        found.append(("missing value where the schema does not allow one: fill in or remove those rows, or mark "
+        found.append(("missing value where the schema does not allow one (an empty cell, or one holding a "
+                      "missing_values marker, which is read as empty): fill in or remove those rows, or mark "
                       "the column nullable in the schema if values may really be missing", is_null))
     present = ~is_null
     if column.kind is ColumnKind.CATEGORICAL:
