@@ -540,3 +540,10 @@ def test_a_column_that_records_the_outcome_is_pointed_at_by_name(demo_frame):
     assert outcome_proxy_columns(some, draft_schema(some, outcome="death")) == ["destination"]
     some.loc[np.flatnonzero(~died)[:10], "destination"] = "deceased"  # a tenth of them survivors: a relation
     assert outcome_proxy_columns(some, draft_schema(some, outcome="death")) == []
+    # Three classes: 'icu' is 98 % deaths, but 49 of 300 deaths; its one transfer is a fifth of the
+    # five transfers. Purity and share must be one class's: none here.
+    three = pd.DataFrame({"outcome": ["alive"] * 500 + ["dead"] * 300 + ["transferred"] * 5,
+                          "ward": ["general"] * 805})
+    three.loc[500:548, "ward"] = "icu"
+    three.loc[800, "ward"] = "icu"
+    assert outcome_proxy_columns(three, draft_schema(three, outcome="outcome")) == []

@@ -772,9 +772,9 @@ def _level_only_with_one_class(table: pd.DataFrame) -> bool:
     large part of that class (:data:`OUTCOME_PROXY_SHARE`): a miscoded survivor or two must
     not hide a discharge to the mortuary."""
     rarer = table.drop(columns=table.sum(axis=0).idxmax())
-    pure = rarer.max(axis=1) >= OUTCOME_PROXY_PURITY * table.sum(axis=1)
-    share = rarer.div(rarer.sum(axis=0), axis=1)
-    return bool(((share.max(axis=1) >= OUTCOME_PROXY_SHARE) & (rarer.max(axis=1) >= OUTCOME_PROXY_ROWS) & pure).any())
+    pure = rarer.ge(OUTCOME_PROXY_PURITY * table.sum(axis=1), axis=0)  # each cell against its level's rows
+    large = rarer.div(rarer.sum(axis=0), axis=1) >= OUTCOME_PROXY_SHARE  # ... and against its class's
+    return bool((pure & large & (rarer >= OUTCOME_PROXY_ROWS)).to_numpy().any())
 
 
 # A positive column whose 99th percentile is this many times its 1st is drafted linear but reads
