@@ -172,6 +172,20 @@ def test_a_sparse_tail_is_kept_not_cut_off():
     assert np.all(np.diff(coarse[5:40] / np.diff(numeric_edges(VISITS))[5:40]) <= 1e-12)  # decaying density
 
 
+def test_what_the_groups_miss_is_kept_where_neither_end_has_a_positive_sum():
+    """The bench's nmes: a hospitalised class's visits (a pile at 0, a thin spread above it)
+    where the noise summed below 0 beyond the groups. What the groups missed of the class's
+    total was dropped, then read back spread evenly up to the public bound. It goes where every
+    class's counts are, like any end's share."""
+    widths = np.ones(60)
+    counts = np.r_[500.0, np.full(59, -1.0)]  # the thin spread's 150 rows under negative noise
+    every = np.r_[3000.0, 800.0 * 0.6 ** np.arange(59)]
+    kept = coarsened(counts, widths, 15.0, 650.0, prior=every)
+    assert kept.sum() == pytest.approx(650.0) and kept[0] == 500.0
+    np.testing.assert_allclose(kept[1:], 150.0 * every[1:] / every[1:].sum())
+    assert coarsened(counts, widths, 15.0, 650.0).sum() == pytest.approx(500.0)  # no prior: nothing to go by
+
+
 def test_categorical_tables_are_left_as_they_were_and_a_missing_bin_beyond_the_noise_is_shared_by_rate():
     """A nullable numeric's 'missing' cell stands alone (no neighbours to merge with): none where
     the classes' sum does not beat the noise twice over, else each class's rate drawn toward the
@@ -370,6 +384,32 @@ def test_no_site_keeps_more_of_a_run_than_the_whole_federation_holds():
     assert np.all(runs <= federation[None, :] + 1e-9)
     assert np.all(shrunk[:, 4:, 0].sum(axis=1) < 0.03 * size)  # the federation's tail: under 1 % of its rows
     assert np.all(shrunk[:, :4, 0].sum(axis=1) > 0.9 * size)  # what the tail lost went to the body
+
+
+def test_a_post_processed_class_holding_less_than_its_total_is_not_spread_over_the_empty_bins():
+    """A slot's post-processed stays table of one procedure held 382 of the 423 rows its class
+    totals said (the other tables hold more): projected at 423, the 41 missing went evenly to all
+    61 bins, 365 days included, the calibration (which reads the tables so) put the slot's 95th
+    percentile at 96 days (real 15), and 6 % of its stays were released beyond 40 days. The
+    summed table each site's is drawn toward was read so too, and gave four of azpro's five
+    slots a procedure's 95th percentile of 141 days (logistic regression .55). Read as
+    post-processed, a table is never added to, and no site's drawn table holds that reach."""
+    table = np.zeros((numeric_bins(VISITS), 2))
+    table[:10, 0], table[:10, 1] = 38.2, 50.0  # class 0: 382 in the table, its totals' 402 above
+    made = Marginals({"visits": table, "other": np.array([[423.0, 500.0]])}, cell_std=1.0)
+    shares = made.conditional("visits", post_processed=True)
+    assert shares[10:, 0].sum() == pytest.approx(0.0)
+    np.testing.assert_allclose(shares[:10, 0], 0.1)
+    schema = Schema(name="stays", outcome="admitted", columns=[
+        VISITS, Column(name="sex", kind="categorical", categories=["F", "M"]),
+        Column(name="admitted", kind="categorical", categories=["no", "yes"])])
+    noise = np.random.default_rng(3).normal(0.0, 1.0, size=(2, *table.shape))
+    parts = [Marginals({"visits": table / 2 + noise[k], "sex": np.array([[211.5, 250.0], [211.5, 250.0]]),
+                        "admitted": np.array([[423.0], [500.0]])}, cell_std=1.0) for k in range(2)]
+    summed = Marginals({"visits": table, "sex": np.array([[423.0, 500.0], [423.0, 500.0]]),
+                        "admitted": np.array([[846.0], [1000.0]])}, cell_std=math.sqrt(2.0))
+    for own in shrunk_site_tables(schema, parts, summed):
+        assert np.abs(own.tables["visits"][10:]).sum() == pytest.approx(0.0)
 
 
 def test_one_site_or_no_noise_leaves_the_counts_as_they_are():

@@ -57,7 +57,7 @@ class QuantileTargets:
         like a categorical)."""
         edges, grids, cdfs = [], [], []
         for column in columns:
-            conditional = marginals.conditional(column.name)  # bins × classes
+            conditional = marginals.conditional(column.name, post_processed=True)  # bins × classes
             body = conditional[:-1] if column.nullable else conditional
             body = body / np.clip(body.sum(axis=0, keepdims=True), EPS, None)
             cdf = np.concatenate([np.zeros((1, body.shape[1])), np.cumsum(body, axis=0)]).T

@@ -93,7 +93,10 @@ def coarsened(counts: np.ndarray, widths: np.ndarray, floor: float, total: float
 
     The bins left over at either end never beat the noise: a sparse tail, or the empty
     reaches of wide public bounds. Their cells are dropped; what the groups miss of the
-    class's noisy ``total`` is shared between the two ends by their own noisy sums, and each
+    class's noisy ``total`` is shared between the two ends by their own noisy sums (where
+    neither is positive, by ``prior``'s mass there: dropped, the missing rows were read back
+    spread evenly over every bin, and the hospitalised patients' visits in the bench's nmes
+    reached the public bound; offline, their W1 fell up to fourfold), and each
     end's share becomes a tail that continues the outermost group's density and decays
     (:func:`_tail`; after a pile, spread like ``prior``). So a long sparse tail (the lymph
     nodes of the patients who died) is kept instead of cut off, and an empty reach stays empty. Counts in which no
@@ -138,6 +141,8 @@ def coarsened(counts: np.ndarray, widths: np.ndarray, floor: float, total: float
     low, high = anchor - lower_end, anchor + upper_end  # the groups cover bins [low, high)
     missing = max(total - merged[low:high].sum(), 0.0)
     left_over = np.clip([counts[:low].sum(), counts[high:].sum()], 0.0, None)
+    if left_over.sum() <= 0 and prior is not None:  # neither end's noise says: where every class's rows lie
+        left_over = np.array([prior[:low].sum(), prior[high:].sum()])
     below, above = missing * left_over / left_over.sum() if left_over.sum() > 0 else (0.0, 0.0)
     upper_prior, lower_prior = (None, None) if prior is None else (prior[high:], prior[:low][::-1])
     merged[high:] = _tail(above, merged[high - 1] / widths[high - 1], widths[high:], upper_prior,
