@@ -37,6 +37,7 @@ def schema_draft(
     from fedsyn.data.schema import (
         MANY_CATEGORIES,
         case_variant_columns,
+        category_levels,
         censored_cells,
         constant_columns,
         duplicate_columns,
@@ -51,7 +52,7 @@ def schema_draft(
     )
 
     if draft.missing_values:
-        holding = marker_columns(extract, draft.missing_values)
+        holding = marker_columns(extract, draft.missing_values, category_levels(draft))
         shown = ", ".join(holding[:8]) + (f" and {len(holding) - 8} more" if len(holding) > 8 else "")
         console.print(f"[yellow]cells holding {', '.join(repr(m) for m in draft.missing_values)} were read as missing "
                       f"(the draft's missing_values, in every column; found in {shown}): keep each only if the "

@@ -87,6 +87,8 @@ def test_schema_draft_points_at_stray_text_a_far_bound_and_levels_written_two_wa
     rows = demo_frame.head(200).astype({"creatinine": object, "kappa": object})
     rows.loc[rows.index[[5, 9]], "creatinine"] = ["170 umol/L", "<3"]
     rows.loc[rows.index[41], "creatinine"] = "?"  # a marker: where it stood is said (names only)
+    rows["flag"] = ["?" if index % 3 else "+" for index in range(len(rows))]  # '?' a level here: not named
+    rows["lab"] = [str(index % 50) if index % 4 else "not done" for index in range(len(rows))]  # its own marker
     rows.loc[rows.index[:120], "kappa"] = "<0.5"  # a newcomer's troponin: most cells below the detection limit
     rows.loc[rows.index[3], "sex"] = "f"
     rows.loc[rows.index[7], "age"] = 999
@@ -116,7 +118,8 @@ def test_schema_draft_points_at_stray_text_a_far_bound_and_levels_written_two_wa
     assert "column 'source' holds one value in every row" in said and "'age_again' repeats column 'age'" in said
     assert "umol" not in said and "<3" not in said and "<0.5" not in said  # never shown
     assert "cells holding '?' were read as missing (the draft's missing_values, in every column; found in " \
-           "creatinine)" in said
+           "creatinine)" in said  # not in a column that keeps '?' as a level
+    assert "column 'lab': cells written 'not done' were read as missing in this column only" in said
     assert "999 " not in said.replace("999 for", "")
 
 

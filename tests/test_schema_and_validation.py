@@ -4,7 +4,15 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from fedsyn.data.schema import Column, ColumnKind, Schema, SchemaError, draft_schema, recorded_precision
+from fedsyn.data.schema import (
+    Column,
+    ColumnKind,
+    Schema,
+    SchemaError,
+    draft_schema,
+    recorded_precision,
+    without_schema_markers,
+)
 from fedsyn.data.tables import DataFileError, read_table
 from fedsyn.data.validation import validate_frame
 
@@ -161,8 +169,19 @@ def test_a_columns_own_marker_empties_that_column_only(demo_schema, demo_frame, 
     assert read["age"].isna().sum() == 3 and (read["creatinine"] == 999).sum() == 2
     assert validate_frame(read, own).ok
     assert "missing_values" not in json.dumps(demo_schema.column("sex").model_dump(exclude_none=True))
+    crp = Column(name="crp", kind="continuous", lower=0, upper=1000, nullable=True, missing_values=["999"])
+    note = validate_frame(pd.DataFrame({"crp": [5.0, None]}), Schema(columns=[crp])).notes[0]
+    assert "lie within this column's public bounds" in note.kind  # its own code could be a real CRP
+    grades = Schema(columns=[Column(name="grade", kind="categorical", categories=["0", "1", "999"])],
+                    missing_values=["999.0"])
+    (tmp_path / "grades.csv").write_text("grade\n0\n999\n1\n")
+    assert list(read_table(tmp_path / "grades.csv", grades)["grade"]) == ["0", "999", "1"]  # its level, as a number
+    assert list(without_schema_markers(pd.DataFrame({"grade": [0, 999, 1]}), grades)["grade"]) == [0, 999, 1]
+    assert Column(name="age", kind="integer", lower=0, upper=120, missing_values=[]).missing_values is None
     with pytest.raises(ValueError, match="both as a category and in its own missing_values"):
         Column(name="sex", kind=ColumnKind.CATEGORICAL, categories=["F", "M", "U"], missing_values=["U"])
+    with pytest.raises(ValueError, match="both as a category and in its own missing_values"):
+        Column(name="grade", kind=ColumnKind.CATEGORICAL, categories=["1", "999"], missing_values=["999.0"])
     with pytest.raises(ValueError, match="without surrounding spaces"):
         Column(name="age", kind=ColumnKind.INTEGER, lower=0, upper=120, missing_values=[" 999"])
 

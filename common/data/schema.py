@@ -81,8 +81,11 @@ class Column(BaseModel):
                              "(a pair table is named 'pair:first|second'); rename the column in the schema and "
                              "the extract")
         check_markers(self.missing_values or [], f"column '{self.name}': missing_values")
+        if self.missing_values == []:  # the same as none listed, and so the same schema fingerprint
+            self.missing_values = None
         if self.kind is ColumnKind.CATEGORICAL:
-            listed = sorted(set(self.missing_values or []) & set(self.categories or []))
+            own, numbers = set(self.missing_values or []), _finite_numbers(self.missing_values or [])
+            listed = [level for level in self.categories or [] if level in own or _finite_numbers([level]) & numbers]
             if listed:
                 raise ValueError(f"categorical column '{self.name}' lists {listed} both as a category and in its own "
                                  "missing_values: keep it in one of them (a category is a value, a marker is "
@@ -545,7 +548,7 @@ def without_markers(frame: pd.DataFrame, markers: list[str], levels: Mapping[str
     for name in frame.columns:
         series, kept = frame[name], set((levels or {}).get(str(name), ()))
         spellings = (set(markers) | set((own or {}).get(str(name), ()))) - kept
-        numbers = {float(marker) for marker in spellings if is_number(marker) and math.isfinite(float(marker))}
+        numbers = _finite_numbers(spellings) - _finite_numbers(kept)  # a level '999' keeps a marker '999.0' too
         if name in texts:
             frame[name] = series.mask(series.notna() & series.astype(str).str.strip().isin(spellings))
         elif numbers and pd.api.types.is_numeric_dtype(series) and not pd.api.types.is_bool_dtype(series):
@@ -553,11 +556,17 @@ def without_markers(frame: pd.DataFrame, markers: list[str], levels: Mapping[str
     return frame
 
 
-def marker_columns(frame: pd.DataFrame, markers: list[str]) -> list[str]:
-    """The columns of ``frame`` with a text cell that is one of ``markers`` (spaces removed):
-    names only, for a reader to check that each marker means 'missing' wherever it stands."""
+def _finite_numbers(spellings: Collection[str]) -> set[float]:
+    """The finite numbers among ``spellings`` ('999', '999.0' and '-1'; not 'nan' or 'inf')."""
+    return {float(text) for text in spellings if is_number(text) and math.isfinite(float(text))}
+
+
+def marker_columns(frame: pd.DataFrame, markers: list[str], levels: Mapping[str, Collection[str]]) -> list[str]:
+    """The columns of ``frame`` with a text cell that is one of ``markers`` (spaces removed) not
+    among the column's ``levels`` (where it stays a level): names only, for a reader to check
+    that each marker means 'missing' wherever it was read so."""
     return [str(name) for name in text_columns(frame)
-            if frame[name].dropna().astype(str).str.strip().isin(set(markers)).any()]
+            if frame[name].dropna().astype(str).str.strip().isin(set(markers) - set(levels.get(str(name), ()))).any()]
 
 
 def without_schema_markers(frame: pd.DataFrame, schema: Schema) -> pd.DataFrame:
@@ -614,9 +623,10 @@ def _measure_like(numbers: pd.Series) -> bool:
 def _words_for_unknown(cells: pd.Series) -> list[str]:
     """The words, as written, of non-empty ``cells`` that are numbers (or limits) but for at most
     :data:`STRAY_WORDS` words without a digit ('5 mg' is a value with its unit), each written in
-    :data:`STRAY_WORD_REPEATS` cells or more, together in under half of them: a lab's 'not done',
-    'haemolysed'. None found (or other text) gives []. Each is written at least five times, a
-    way of recording the lab's work, never one patient's value."""
+    :data:`STRAY_WORD_REPEATS` cells or more in some letter case, together in under half of them:
+    a lab's 'not done', 'haemolysed'. None found (or other text) gives []. Every spelling of such
+    a word is listed ('Not done' beside 'not done'): a way of recording the lab's work, never one
+    patient's value."""
     text = cells.astype(str).str.strip()
     written = text[pd.to_numeric(cells, errors="coerce").isna() & ~_censored(cells)]
     words = written.str.casefold()
@@ -841,7 +851,7 @@ def _nines_code(top: float, values: np.ndarray, others: np.ndarray) -> bool:
     unknown, however many cells hold it. A newcomer's CRP (0.5-300 mg/L, 999 in 7 % of rows)
     was drafted with 999 as its bound: on the log scale 999 lies near 300, and as a pile at the
     bound the release would have kept 7 % of patients at a CRP of 999."""
-    nines = top >= 99 and top == int(top) and set(str(int(top))) == {"9"}
+    nines = math.isfinite(top) and top >= 99 and top == int(top) and set(str(int(top))) == {"9"}
     return bool(nines and len(others) >= 20 and int((values == top).sum()) >= STRAY_WORD_REPEATS
                 and top > 2.0 * float(others.max()))
 

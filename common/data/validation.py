@@ -110,12 +110,13 @@ def validate_frame(frame: pd.DataFrame, schema: Schema, numbering: RowNumbering 
             sides = _bounds_at_extremes(series, column)
             if sides:
                 named.append(f"{column.name} ({' and '.join(sides)})")
-            within = _markers_within_bounds(column, schema.missing_values)
+            within = _markers_within_bounds(column, [*schema.missing_values, *(column.missing_values or [])])
             if within:
                 notes.append(Problem(column.name, f"missing_values marker(s) {', '.join(within)} lie within this "
                                      "column's public bounds, so a real value equal to one is read as missing: "
-                                     "if the column records such values, move the marker from the schema's "
-                                     "missing_values to the own missing_values of the columns where it means missing",
+                                     "if the column records such values, write its missing cells another way, or "
+                                     "list a table-wide marker only in the own missing_values of the columns where "
+                                     "it means missing",
                                      len(within), counted="marker(s)"))
             listed = _listed_markers(series, column, schema.missing_values)
             if listed is not None and listed.any():
