@@ -105,7 +105,7 @@ def test_the_mass_left_over_after_a_pile_is_spread_like_every_class_not_piled_be
     assert beyond[2:12].sum() > 0.9 * beyond[2:].sum()  # after a group beyond the pile: a decaying tail
     bell = np.zeros(40)
     bell[14:36] = [3, 4, 5, 6, 7, 8, *[12.0] * 10, 8, 7, 6, 5, 4, 3]  # a weak class: no bin beats the noise by far
-    every = np.r_[np.full(5, 300.0), np.full(35, 5.0)]  # every class piled far below it
+    every = np.r_[np.full(5, 300.0), np.full(35, 5.0)] + bell  # every class piled far below it (and holding it)
     weak = coarsened(bell, np.ones(40), 15.0, float(bell.sum()), prior=every)
     flipped = coarsened(bell[::-1].copy(), np.ones(40), 15.0, float(bell.sum()), prior=every[::-1].copy())
     assert weak[:10].sum() < 0.5 and flipped[-10:].sum() < 0.5  # its left-over stays by it, not in that pile
@@ -170,6 +170,21 @@ def test_a_sparse_tail_is_kept_not_cut_off():
     assert coarse.sum() == pytest.approx(body[:, 0].sum(), rel=1e-3)  # the tail is cut at the upper bound
     assert coarse[5:].sum() == pytest.approx(105.0, rel=0.01)
     assert np.all(np.diff(coarse[5:40] / np.diff(numeric_edges(VISITS))[5:40]) <= 1e-12)  # decaying density
+
+
+def test_a_weak_class_is_not_anchored_on_noise_where_no_class_has_rows():
+    """nmes seed 5: the hospitalised class's visits (622 rows, 0-20 visits) were released at a
+    median of 281 (bound 365): a stretch of noise near the bound outscored the rows. No class has
+    more rows in a stretch than every class together, which has none there."""
+    widths = np.ones(60)
+    counts = np.zeros(60)
+    counts[:13] = 40.0  # the rows: 520 over 13 bins
+    counts[13:48] = -5.0  # noise below 0 between them: no group grows across
+    counts[48:56] = 60.0  # noise: 480 over 8 bins, a higher scan score than the rows'
+    every = np.r_[np.full(16, 300.0), np.zeros(44)]
+    kept = coarsened(counts, widths, 50.0, 600.0, prior=every)
+    assert kept[:16].sum() > 0.8 * 600.0  # grown from the rows (a group may still reach across: noise)
+    assert coarsened(counts, widths, 50.0, 600.0)[:16].sum() < 0.1 * 600.0  # without it: from the noise
 
 
 def test_what_the_groups_miss_is_kept_where_neither_end_has_a_positive_sum():
