@@ -99,6 +99,8 @@ def test_a_draft_writes_no_identifier_and_reads_stray_spaces_as_the_level(demo_f
     assert "MRN10" not in (tmp_path / "draft.json").read_text()
     report = validate_frame(rows, draft)
     assert not report.ok and any(problem.column == "mrn" for problem in report.problems)
+    said = next(problem.kind for problem in report.problems if problem.column == "mrn")
+    assert "an identifier or a date is dropped" in said and "add the category" not in said  # a newcomer was told to
 
 
 def test_an_extracts_own_missing_markers_are_read_as_empty(demo_frame, tmp_path):

@@ -14,7 +14,9 @@ import numpy as np
 import pandas as pd
 
 from fedsyn.data.schema import (
+    MANY_CATEGORIES,
     NO_WORDS,
+    UNLISTED_LEVELS,
     YES_WORDS,
     Column,
     ColumnKind,
@@ -302,7 +304,11 @@ def _column_masks(series: pd.Series, column: Column) -> list[tuple[str, np.ndarr
     if column.kind is ColumnKind.CATEGORICAL:
         text = _as_category_text(series)
         unknown = present & ~text.isin(column.categories).to_numpy()
-        if unknown.any():
+        if unknown.any() and column.categories == [UNLISTED_LEVELS]:  # a newcomer was told to add an MRN
+            found.append((f"the draft found more than {MANY_CATEGORIES} distinct values here and listed none: "
+                          "an identifier or a date is dropped from the extract and the schema; otherwise list "
+                          "the column's public levels (grouping rare ones), or make it a number column", unknown))
+        elif unknown.any():
             hint = _spelling_hint(text[unknown], column.levels)
             fix = "correct those rows, or add the category to the schema's list if it is a real one"
             found.append((f"category not in the schema's list {column.categories}"
