@@ -562,11 +562,11 @@ def _finite_numbers(spellings: Collection[str]) -> set[float]:
 
 
 def marker_columns(frame: pd.DataFrame, markers: list[str], levels: Mapping[str, Collection[str]]) -> list[str]:
-    """The columns of ``frame`` with a text cell that is one of ``markers`` (spaces removed) not
-    among the column's ``levels`` (where it stays a level): names only, for a reader to check
-    that each marker means 'missing' wherever it was read so."""
-    return [str(name) for name in text_columns(frame)
-            if frame[name].dropna().astype(str).str.strip().isin(set(markers) - set(levels.get(str(name), ()))).any()]
+    """The columns of ``frame`` where :func:`without_markers` empties a cell (a marker not among
+    the column's ``levels``, where it stays a level): names only, for a reader to check that
+    each marker means 'missing' wherever it was read so."""
+    emptied = without_markers(frame, markers, levels).isna() & frame.notna()
+    return [str(name) for name in frame.columns if emptied[name].any()]
 
 
 def without_schema_markers(frame: pd.DataFrame, schema: Schema) -> pd.DataFrame:
