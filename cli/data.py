@@ -36,6 +36,7 @@ def schema_draft(
     draft.save(out)
     from fedsyn.data.schema import (
         MANY_CATEGORIES,
+        RARE_LEVEL_ROWS,
         case_variant_columns,
         category_levels,
         censored_cells,
@@ -46,6 +47,7 @@ def schema_draft(
         log_scale_columns,
         marker_columns,
         outcome_proxy_columns,
+        rare_level_columns,
         stray_negative_columns,
         stray_text_cells,
         unlisted_columns,
@@ -60,15 +62,26 @@ def schema_draft(
                       "column only goes into that column's own missing_values)[/]")
 
     for column in draft.columns:
+        if column.unit is not None:  # only the draft's reading of the cells sets it
+            console.print(f"[yellow]column '{column.name}': some cells are written with the unit "
+                          f"'{escape(column.unit)}' beside the number: the draft made it the column's unit, and "
+                          "cells written so are read as their number (any other unit is listed by validate)[/]")
         if column.missing_values:
             written = ", ".join(repr(marker) for marker in column.missing_values)
             console.print(f"[yellow]column '{column.name}': cells written {written} were read as missing in this "
                           "column only (its own missing_values): keep each only if it says the value is not known[/]")
     for name in unlisted_columns(draft):
-        console.print(f"[yellow]column '{name}' has more than {MANY_CATEGORIES} distinct values, so none was written "
-                      "into the draft: if it is an identifier or a date, drop it from the extract (or turn a date into "
-                      "a year or an age); a measure: make it a number column with public bounds; otherwise list its "
-                      "public levels, grouping rare ones[/]")
+        console.print(f"[yellow]column '{name}': none of its values was written into the draft (it holds dates, "
+                      f"more than {MANY_CATEGORIES} distinct values, or values each held by fewer than "
+                      f"{RARE_LEVEL_ROWS} rows, such as free text): if it is an identifier, a date or a note, drop it "
+                      "from the extract (or turn a date into a year or an age); a measure: make it a number column "
+                      "with public bounds; otherwise list its public levels, grouping rare ones[/]")
+    for name, left_out in rare_level_columns(extract, draft).items():
+        console.print(f"[yellow]column '{name}': {left_out} of its values, each held by fewer than {RARE_LEVEL_ROWS} "
+                      "rows, were not written into the draft (a value that rare may be one patient's: a name or a "
+                      "record number in a note). Add the column's public levels that are missing (from a code list, "
+                      "or a rare class of a flag), group rare values into one level in the extract, or drop free text; "
+                      f"fedsyn validate --schema {out} {data} lists the lines that fit no level[/]")
     # Neither warning counts the cells: one cell below a detection limit is one patient, and a
     # terminal's text ends up in tickets (validate's line numbers stay on the site's own screen).
     for name in censored_cells(extract, draft):
@@ -118,7 +131,7 @@ def schema_draft(
                       "with one outcome class only, in a large part of that class's rows. If it records the outcome "
                       "itself (a discharge to the mortuary, a date of death), drop it: a release keeps such a link "
                       "more easily than any real relation, and the utility checks would then flatter it[/]")
-    variants = case_variant_columns(draft)  # one message naming them all: an extract's eleven yes/no flags
+    variants = case_variant_columns(extract, draft)  # one message naming them all: an extract's eleven yes/no flags
     if variants:
         named = ", ".join(f"'{name}'" for name in variants)
         plural = len(variants) > 1

@@ -4,12 +4,17 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from fedsyn.data.demo import demo_schema_path
 from fedsyn.data.schema import (
+    RARE_LEVEL_ROWS,
+    UNLISTED_LEVELS,
     Column,
     ColumnKind,
     Schema,
     SchemaError,
     draft_schema,
+    outcome_proxy_columns,
+    rare_level_columns,
     recorded_precision,
     without_schema_markers,
 )
@@ -103,6 +108,64 @@ def test_a_draft_writes_no_identifier_and_reads_stray_spaces_as_the_level(demo_f
     assert "an identifier or a date is dropped" in said and "add the category" not in said  # a newcomer was told to
 
 
+def test_a_draft_writes_no_level_held_by_few_rows_and_no_date_as_a_number(demo_frame, tmp_path):
+    """A newcomer's free-text note had 40 levels, 'see chart 200794, PTB risk high' among them: the
+    draft listed them all, and a careless review released the record number in schema.json and
+    in 29 synthetic rows. Their Parquet export's admission dates were drafted as integers bounded
+    by two patients' dates (in microseconds). A level held by fewer than RARE_LEVEL_ROWS rows is
+    not written (the draft says how many were left out), a column of such levels only gets the
+    placeholder, and dates as such are never numbers."""
+    rows = demo_frame.head(200).copy()
+    rows["note"] = [f"see chart {200000 + k}, risk high" if k % 10 == 0 else ("fine", "no concerns")[k % 2]
+                    for k in range(len(rows))]
+    rows["chart"] = [f"see chart {200000 + k}" for k in range(len(rows))]  # 200 levels, every one rare
+    rows["race"] = ["other" if k < RARE_LEVEL_ROWS - 1 else ("a", "b")[k % 2] for k in range(len(rows))]
+    rows["admitted"] = pd.Timestamp("2003-03-02") + pd.to_timedelta(np.arange(len(rows)) % 40, unit="D")
+    rows.to_parquet(tmp_path / "extract.parquet")
+    extract = read_table(tmp_path / "extract.parquet")
+    draft = draft_schema(extract, outcome="death")
+    draft.save(tmp_path / "draft.json")
+    written = (tmp_path / "draft.json").read_text()
+    assert "200010" not in written and "other" not in written and "2003" not in written and "1046" not in written
+    assert draft.column("note").categories == ["fine", "no concerns"]
+    assert draft.column("race").categories == ["a", "b"]
+    assert draft.column("chart").categories == draft.column("admitted").categories == [UNLISTED_LEVELS]
+    assert rare_level_columns(extract, draft)["note"] == 20 and rare_level_columns(extract, draft)["race"] == 1
+    reviewed = draft.model_copy(update={"columns": [c.model_copy(update={"needs_review": False})
+                                                    for c in draft.columns]})
+    assert not validate_frame(extract, reviewed).ok  # the left-out levels' rows fit no level until listed
+
+
+def test_a_number_that_cuts_the_outcome_is_named_by_the_draft():
+    """A newcomer's gestational age below 259 days is a preterm birth by definition: the draft
+    named categorical proxies only, and the verdict later said the draft would have named it.
+    A number that merely relates to the outcome (birth weight) is not named."""
+    rng = np.random.default_rng(0)
+    days = rng.normal(275, 12, 400).round()
+    rows = pd.DataFrame({"gestation": days, "weight": days * 12 + rng.normal(0, 400, 400),
+                         "preterm": np.where(days < 259, "yes", "no")})
+    assert outcome_proxy_columns(rows, draft_schema(rows, outcome="preterm")) == ["gestation"]
+
+
+def test_cells_written_with_the_columns_unit_are_read_as_their_number(demo_frame, tmp_path):
+    """A newcomer's fibrinogen had ' mg/dL' in 5 % of cells (one hospital 5.05 %): drafted as
+    text with the identifier's advice, and validate did not strip a unit the schema declared."""
+    rows = demo_frame.head(200).astype({"kappa": object})
+    rows.loc[rows.index[::10], "kappa"] = [f"{v} mg/L" for v in demo_frame["kappa"].head(200)[::10]]
+    rows.loc[rows.index[1], "kappa"] = f"{demo_frame['kappa'].iloc[1]}MG/l"
+    draft = draft_schema(rows, outcome="death")
+    assert not draft.column("kappa").is_categorical and draft.column("kappa").unit == "mg/L"
+    rows.to_csv(tmp_path / "extract.csv", index=False)
+    schema = Schema.load(demo_schema_path())
+    unitless = read_table(tmp_path / "extract.csv", schema)
+    assert not validate_frame(unitless, schema).ok  # no unit in the schema: the cells are text
+    kappa = schema.column("kappa").model_copy(update={"unit": "mg/L"})
+    with_unit = schema.model_copy(update={"columns": [kappa if c.name == "kappa" else c for c in schema.columns]})
+    read = read_table(tmp_path / "extract.csv", with_unit)
+    assert validate_frame(read, with_unit).ok
+    assert np.allclose(read["kappa"].to_numpy(dtype=float), demo_frame["kappa"].head(200).to_numpy())
+
+
 def test_an_extracts_own_missing_markers_are_read_as_empty(demo_frame, tmp_path):
     """A newcomer's extract wrote "missing" as '?', '-', '.' and 'na': the draft made 26 lab
     columns categorical ('127.0', '?', ...) and kept '?' as a smoking level. The draft lists the
@@ -124,8 +187,11 @@ def test_an_extracts_own_missing_markers_are_read_as_empty(demo_frame, tmp_path)
     assert draft.column("test").categories == ["+", "-"] and not draft.column("test").nullable
     assert draft.column("protein").categories == ["nil", "trace"]
     rows.to_csv(tmp_path / "extract.csv", index=False)
-    reviewed = draft.model_copy(
-        update={"columns": [column.model_copy(update={"needs_review": False}) for column in draft.columns]})
+    assert rare_level_columns(rows, draft) == {"sample_yr": 1}  # 2001 in 3 rows of 300: a reviewer adds it
+    years = draft.column("sample_yr").model_copy(update={"categories": [*draft.column("sample_yr").levels, "2001"]})
+    reviewed = draft.model_copy(update={"columns": [
+        (years if column.name == "sample_yr" else column).model_copy(update={"needs_review": False})
+        for column in draft.columns]})
     read = read_table(tmp_path / "extract.csv", reviewed)
     assert read["creatinine"].isna().sum() == rows["creatinine"].isna().sum() + len(markers)
     assert validate_frame(read, reviewed).ok
@@ -206,13 +272,13 @@ def test_a_lab_column_with_a_few_units_written_in_is_drafted_as_a_number_and_its
     assert creatinine.upper == pd.to_numeric(rows["creatinine"], errors="coerce").max()
     assert stray_text_cells(rows, draft) == {"creatinine": 2}  # '<5' is a value written as a limit
     assert censored_cells(rows, draft) == {"creatinine": 1}
-    assert case_variant_columns(draft) == ["sex"]
+    assert case_variant_columns(rows, draft) == ["sex"]  # 'f' in one row: left out of the draft, still said
     rows.loc[rows.index[7], "sex"] = "Female"  # a newcomer's F, M and Female
-    assert case_variant_columns(draft_schema(rows, outcome="death")) == ["sex"]
+    assert case_variant_columns(rows, draft_schema(rows, outcome="death")) == ["sex"]
     staged = pd.DataFrame({"stage": ["I", "II", "III", "IV"] * 10, "yes": ["Y", "N"] * 20})
-    assert case_variant_columns(draft_schema(staged)) == []
+    assert case_variant_columns(staged, draft_schema(staged)) == []
     flags = pd.DataFrame({"diabetes": ["yes", "no", "1", "0"] * 10})  # yes written 'yes' and '1'
-    assert case_variant_columns(draft_schema(flags)) == ["diabetes"]
+    assert case_variant_columns(flags, draft_schema(flags)) == ["diabetes"]
 
 
 def test_a_lab_column_with_a_word_for_unknown_in_many_cells_is_drafted_as_a_number(demo_frame, tmp_path):
@@ -234,7 +300,8 @@ def test_a_lab_column_with_a_word_for_unknown_in_many_cells_is_drafted_as_a_numb
     assert draft.missing_values == [] and draft.column("age").missing_values is None
     assert stray_text_cells(rows, draft) == {}
     doses = rows.assign(dose=[f"{5 * (k % 2 + 1)} mg" if k % 5 < 2 else str(k % 40) for k in range(300)])
-    assert draft_schema(doses, outcome="death").column("dose").is_categorical  # '5 mg' is a value, not a word
+    dose = draft_schema(doses, outcome="death").column("dose")  # '5 mg' is a value with its unit, not a word
+    assert not dose.is_categorical and dose.unit == "mg" and dose.missing_values is None
     rows.loc[rows.index[:160], "age"] = "unknown"  # more than half of the cells: not a number column
     assert draft_schema(rows, outcome="death").column("age").is_categorical
     rows["code"] = [f"word{k % 40}" if k % 3 else str(k) for k in range(300)]  # forty words: text

@@ -8,9 +8,11 @@ the data-derived bounds and categories with public knowledge.
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 import math
 import re
+from collections import Counter
 from collections.abc import Callable, Collection, Iterator, Mapping
 from enum import Enum
 from pathlib import Path
@@ -295,11 +297,16 @@ STRAY_TEXT_SHARE = 0.05
 # as identifiers, with no word on why (docs/schema.md).
 STRAY_WORDS = 3
 STRAY_WORD_REPEATS = 5
-# What a draft lists for a column of more levels: an identifier's (a record number's) or a date's
-# values would be patients' own, written into a file meant to be shared, and an unreviewed
-# schema would hand them to the generator. So none is written; every row fails validation on
-# this placeholder until the column is dropped or its public levels are listed.
-UNLISTED_LEVELS = f"REVIEW: more than {MANY_CATEGORIES} levels, none written; list the public ones or drop the column"
+# A level held by fewer rows than this is not written into a draft: a level that rare may be one
+# patient's (a newcomer's free-text note 'see chart 200794, PTB risk high' was one of 40 levels,
+# and a careless review released the record number in schema.json and in 29 synthetic rows).
+RARE_LEVEL_ROWS = 5
+# What a draft lists for a column of more levels, or of rare levels only: an identifier's (a
+# record number's), a date's or a note's values would be patients' own, written into a file
+# meant to be shared, and an unreviewed schema would hand them to the generator. So none is
+# written; every row fails validation on this placeholder until the column is dropped or its
+# public levels are listed.
+UNLISTED_LEVELS = "REVIEW: none of the extract's levels written; list the public ones or drop the column"
 
 
 def spell_category(value: object) -> object:
@@ -444,12 +451,18 @@ def _drafted_column(series: pd.Series, outcome: bool = False) -> Column:
     validation to point at, :func:`stray_text_cells`; cells written as a limit, '<0.01', however
     many, :func:`censored_cells`), or categorical with its observed levels."""
     name, nullable, values = str(series.name), bool(series.isna().any()), series.dropna()
+    if _date_like(series):  # a Parquet export's dates read as numbers: their bounds two patients' dates
+        return Column(name=name, kind=ColumnKind.CATEGORICAL, categories=[UNLISTED_LEVELS], nullable=nullable,
+                      needs_review=True)
     numeric = pd.to_numeric(values, errors="coerce")
     unknown_words = _words_for_unknown(values) if len(values) > 0 else []
     if len(values) > 0 and (_stray_cells(values) <= STRAY_TEXT_SHARE * len(values) or unknown_words) \
             and _measure_like(numeric.dropna()) and not _identifier_like(numeric.dropna()):
         nullable = nullable or bool(unknown_words)  # its words are its own missing_values: empty cells
         limits = _limit_values(values)
+        unit = _written_unit(values)  # its cells written with it are read as their numbers
+        if unit is not None:
+            numeric = numeric.fillna(_numbers_with_units(values)[0])
         numeric = numeric.dropna()
         integral = bool((numeric == numeric.round()).all())
         # A cell written as a limit ('<0.01') says the limit is a value of the column: drafted as
@@ -459,20 +472,30 @@ def _drafted_column(series: pd.Series, outcome: bool = False) -> Column:
         return Column(name=name, kind=ColumnKind.INTEGER if integral else ColumnKind.CONTINUOUS, lower=lower,
                       upper=upper if upper > lower else lower + 1.0,
                       precision=None if integral else recorded_precision(numeric.to_numpy(dtype=float)),
-                      nullable=nullable, missing_values=unknown_words or None, needs_review=True)
+                      nullable=nullable, missing_values=unknown_words or None, unit=unit, needs_review=True)
     if not outcome and _count_like(numeric):  # an outcome is categorical (a Rankin scale's 0-6 too)
         return Column(name=name, kind=ColumnKind.INTEGER, lower=0.0, upper=float(numeric.max()), nullable=nullable,
                       needs_review=True)
     # Spelled as an extract is read: stray spaces around a level are that level ('F ' is 'F').
     # Levels that are numbers in their numbers' order (a coma score's 8, 9, 10, not 10, 8, 9).
-    categories = sorted({str(spell_category(v)).strip() for v in values},
-                        key=lambda level: (0, float(level), level) if is_number(level) else (1, 0.0, level)) \
-        or ["(none)"]
-    if len(categories) > MANY_CATEGORIES:  # an identifier or a date: its values are patients', never written
-        # (a number column too, :func:`_identifier_like`: its bounds would be two patients' record numbers)
+    counts = Counter(str(spell_category(v)).strip() for v in values)
+    categories = sorted((level for level, rows in counts.items() if rows >= RARE_LEVEL_ROWS),
+                        key=lambda level: (0, float(level), level) if is_number(level) else (1, 0.0, level))
+    if len(counts) > MANY_CATEGORIES or (counts and not categories):
+        # an identifier, a date or free text: its values are patients', never written (a number
+        # column too, :func:`_identifier_like`: its bounds would be two patients' record numbers)
         categories = [UNLISTED_LEVELS]
+    categories = categories or ["(none)"]
     return Column(name=name, kind=ColumnKind.CATEGORICAL, categories=categories, nullable=nullable,
                   needs_review=True)
+
+
+def _date_like(series: pd.Series) -> bool:
+    """Whether a column holds dates or times as such (a Parquet export's timestamps, dates or
+    durations), not as text."""
+    return bool(pd.api.types.is_datetime64_any_dtype(series) or pd.api.types.is_timedelta64_dtype(series)
+                or (series.dtype == object and len(series.dropna()) > 0
+                    and series.dropna().map(lambda v: isinstance(v, (dt.date, dt.time, dt.timedelta))).all()))
 
 
 def _count_like(numbers: pd.Series) -> bool:
@@ -504,6 +527,55 @@ def limits_at_bounds(cells: pd.Series, column: Column) -> pd.Series:
         .where(~((sides == ">") & (limits == column.upper)), column.upper)
     numbers = pd.to_numeric(read, errors="coerce")
     return numbers if int(numbers.notna().sum()) == int(read.notna().sum()) else read  # numbers, as a clean file's
+
+
+def units_removed(cells: pd.Series, column: Column) -> pd.Series:
+    """``cells`` of a numeric column with each cell written as a number and the column's own
+    ``unit`` ('120 mg/dL' where the unit is mg/dL, in any letter case or spacing) read as the
+    number: a lab system writes the unit into some cells, and a newcomer rewrote 4 % of their
+    fibrinogens by hand. Any other text is left for validation to point at."""
+    if column.is_categorical or column.unit is None or cells.dtype.kind in "biuf":
+        return cells
+    numbers, units = _numbers_with_units(cells)
+    own = units == _folded_unit(column.unit)
+    if not own.any():
+        return cells
+    read = cells.where(~own, numbers)
+    as_numbers = pd.to_numeric(read, errors="coerce")
+    return as_numbers if int(as_numbers.notna().sum()) == int(read.notna().sum()) else read
+
+
+# A number, then a unit that starts with a letter, '%' or a degree sign ('120 mg/dL', '37.2°C').
+_NUMBER_AND_UNIT = re.compile(r"^\s*([-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?)\s*((?:[^\W\d_]|[%°]).*?)\s*$")
+
+
+def _folded_unit(unit: str) -> str:
+    return re.sub(r"\s+", "", unit).casefold()
+
+
+def _numbers_with_units(cells: pd.Series) -> tuple[pd.Series, pd.Series]:
+    """Each cell written as a number and a unit ('120 mg/dL'): its number and its unit (folded:
+    no spaces, any letter case); missing for every other cell."""
+    parts = cells.astype(str).where(cells.notna()).str.extract(_NUMBER_AND_UNIT)
+    return pd.to_numeric(parts[0], errors="coerce"), parts[1].map(_folded_unit, na_action="ignore")
+
+
+def _written_unit(cells: pd.Series) -> str | None:
+    """The unit some of non-empty ``cells`` are written with beside their number, as most of
+    them write it, where those cells all give one unit ('mg/dL', 'mg/dl') and their numbers lie
+    within reach of the cells written as plain numbers (a '170 umol/L' among creatinines of
+    0.4-11 mg/dL is another unit, not the column's); None otherwise."""
+    numbers, units = _numbers_with_units(cells)
+    written = units.dropna()
+    if written.empty or written.nunique() > 1:
+        return None
+    plain = pd.to_numeric(cells, errors="coerce").dropna()
+    if len(plain):
+        slack = (plain.max() - plain.min()) / 2  # a tail's value written with its unit is still in reach
+        if not numbers[units.notna()].between(plain.min() - slack, plain.max() + slack).all():
+            return None
+    spelled = cells[units.notna()].astype(str).str.strip().str.extract(_NUMBER_AND_UNIT)[1]
+    return str(spelled.value_counts().index[0])
 
 
 def _limit_values(cells: pd.Series) -> dict[str, list[float]]:
@@ -638,8 +710,10 @@ def _words_for_unknown(cells: pd.Series) -> list[str]:
 
 
 def _stray_cells(cells: pd.Series) -> int:
-    """How many of non-empty ``cells`` are text that is no number, cells written as a limit aside."""
-    return _text_cells(pd.to_numeric(cells, errors="coerce")) - int(_censored(cells).sum())
+    """How many of non-empty ``cells`` are text that is no number, cells written as a limit aside
+    and cells written with the column's one unit ('120 mg/dL', :func:`_written_unit`)."""
+    with_unit = int(_numbers_with_units(cells)[1].notna().sum()) if _written_unit(cells) else 0
+    return _text_cells(pd.to_numeric(cells, errors="coerce")) - int(_censored(cells).sum()) - with_unit
 
 
 # A drafted bound this many times farther from the 99th percentile (the 1st) than that is from
@@ -756,6 +830,9 @@ def outcome_proxy_columns(frame: pd.DataFrame, schema: Schema) -> list[str]:
         # drops it): a newcomer's readmission flag, empty exactly for the deaths, went unnamed.
         values = cells.astype(str).where(cells.notna(), "(empty)") if column.is_categorical \
             else cells.isna().astype(str)
+        if not column.is_categorical and _threshold_picks_a_class(pd.to_numeric(cells, errors="coerce"), outcome):
+            found.append(column.name)
+            continue
         if values.nunique() < 2:
             continue
         table = pd.crosstab(values, outcome)
@@ -764,6 +841,30 @@ def outcome_proxy_columns(frame: pd.DataFrame, schema: Schema) -> list[str]:
         if float(recall.mean()) >= OUTCOME_PROXY_ACCURACY or _level_only_with_one_class(table):
             found.append(column.name)
     return found
+
+
+def _threshold_picks_a_class(numbers: pd.Series, outcome: pd.Series) -> bool:
+    """Whether one cut of a numeric column tells an outcome class (of at least
+    :data:`OUTCOME_PROXY_ROWS` rows) from the others in :data:`OUTCOME_PROXY_ACCURACY` of the
+    rows of each side, on the rows where it has a value: a newcomer's gestational age below 259
+    days is a preterm birth, by definition, and the draft said nothing of it."""
+    present = numbers.notna()
+    if present.sum() < 2 * OUTCOME_PROXY_ROWS:
+        return False
+    order = np.argsort(numbers[present].to_numpy(dtype=float), kind="stable")
+    values = numbers[present].to_numpy(dtype=float)[order]
+    classes = outcome[present].to_numpy()[order]
+    cuts = np.flatnonzero(np.diff(values) > 0)  # a cut falls between two different values
+    for level in np.unique(classes):
+        inside = classes == level
+        if inside.sum() < OUTCOME_PROXY_ROWS or inside.all():
+            continue
+        below_in = np.cumsum(inside)[cuts] / inside.sum()  # share of the class at or below each cut
+        below_out = np.cumsum(~inside)[cuts] / (~inside).sum()
+        balanced = np.maximum((below_in + 1 - below_out) / 2, (1 - below_in + below_out) / 2)
+        if len(balanced) and float(balanced.max()) >= OUTCOME_PROXY_ACCURACY:
+            return True
+    return False
 
 
 # A level every row of which has one outcome class other than the most common, and that holds
@@ -862,13 +963,16 @@ def _text_cells(numeric: pd.Series) -> int:
     return int(numeric.isna().sum())
 
 
-def case_variant_columns(schema: Schema) -> list[str]:
-    """The categorical columns listing two levels that differ only in letter case or in spaces
-    ('F' and 'f', 'Emergency' and 'emergency'), or a letter and a word it abbreviates ('F' and
+def case_variant_columns(frame: pd.DataFrame, schema: Schema) -> list[str]:
+    """The categorical columns of a draft whose levels in ``frame`` (the rare ones the draft left
+    out included: a 'Y' among 'yes') hold two that differ only in letter case or in spaces ('F'
+    and 'f', 'Emergency' and 'emergency'), or a letter and a word it abbreviates ('F' and
     'Female', 'Y' and 'yes'), or a yes or a no written two ways ('yes' and '1'): one level written
     two ways, to be merged in the extract, or two levels the schema should name apart. (Stage
     'I', 'II' and 'III' are not: Roman numerals.)"""
-    return [column.name for column in schema.categorical_columns if _written_two_ways(column.levels)]
+    frame = without_schema_markers(frame, schema)
+    return [column.name for column in schema.categorical_columns if column.name in frame.columns
+            and _written_two_ways(sorted({str(spell_category(v)) for v in frame[column.name].dropna()}))]
 
 
 # Ways an extract writes yes and no (folded): a flag written in two of them is one level written twice.
@@ -891,5 +995,22 @@ def category_levels(schema: Schema) -> dict[str, list[str]]:
 
 
 def unlisted_columns(schema: Schema) -> list[str]:
-    """The columns a draft found too many levels in to list (:data:`UNLISTED_LEVELS`)."""
+    """The columns a draft listed none of the levels of (:data:`UNLISTED_LEVELS`): too many, or
+    each held by fewer than :data:`RARE_LEVEL_ROWS` rows."""
     return [column.name for column in schema.categorical_columns if column.categories == [UNLISTED_LEVELS]]
+
+
+def rare_level_columns(frame: pd.DataFrame, schema: Schema) -> dict[str, int]:
+    """Each categorical column of a draft that lists some of its levels and left out others,
+    each held by fewer than :data:`RARE_LEVEL_ROWS` rows of ``frame``: how many levels were left
+    out (never which)."""
+    frame = without_schema_markers(frame, schema)
+    left_out = {}
+    for column in schema.categorical_columns:
+        if column.name not in frame.columns or column.categories == [UNLISTED_LEVELS]:
+            continue
+        levels = {str(spell_category(v)).strip() for v in frame[column.name].dropna()}
+        unlisted = len(levels - set(column.levels))
+        if unlisted:
+            left_out[column.name] = unlisted
+    return left_out

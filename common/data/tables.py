@@ -16,6 +16,7 @@ from fedsyn.data.schema import (
     limits_at_bounds,
     spell_category,
     text_columns,
+    units_removed,
     without_schema_markers,
 )
 from fedsyn.errors import InputDataError
@@ -66,8 +67,8 @@ def read_table(path: str | Path, schema: Schema | None = None) -> pd.DataFrame:
     if schema is not None:
         frame = without_schema_markers(frame, schema)
         for column in schema.columns:
-            if column.name in frame.columns:  # a numeric cell at its bound, '<0.01': the bound
-                frame[column.name] = limits_at_bounds(frame[column.name], column)
+            if column.name in frame.columns:  # '<0.01' at its bound: the bound; '120 mg/dL': 120
+                frame[column.name] = limits_at_bounds(units_removed(frame[column.name], column), column)
     for column in schema.categorical_columns if schema is not None else []:
         if column.name in frame.columns:
             frame[column.name] = _as_category(frame[column.name], set(column.levels))

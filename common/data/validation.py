@@ -16,6 +16,7 @@ import pandas as pd
 from fedsyn.data.schema import (
     MANY_CATEGORIES,
     NO_WORDS,
+    RARE_LEVEL_ROWS,
     UNLISTED_LEVELS,
     YES_WORDS,
     Column,
@@ -305,7 +306,8 @@ def _column_masks(series: pd.Series, column: Column) -> list[tuple[str, np.ndarr
         text = _as_category_text(series)
         unknown = present & ~text.isin(column.categories).to_numpy()
         if unknown.any() and column.categories == [UNLISTED_LEVELS]:  # a newcomer was told to add an MRN
-            found.append((f"the draft found more than {MANY_CATEGORIES} distinct values here and listed none: "
+            found.append((f"the draft listed none of this column's values (more than {MANY_CATEGORIES}, or each held "
+                          f"by fewer than {RARE_LEVEL_ROWS} rows: free text, a date, a record number): "
                           "an identifier or a date is dropped from the extract and the schema; otherwise list "
                           "the column's public levels (grouping rare ones), or make it a number column", unknown))
         elif unknown.any():
