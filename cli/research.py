@@ -26,6 +26,7 @@ if TYPE_CHECKING:
     from fedsyn.simulations.workflow import SimulationResult
 
 COLOUR = {"green": "green", "amber": "yellow", "red": "red"}  # a plan's outlook, as rich colours
+RULE_DROP_WARN = 0.05  # above this share of rows replaced for breaking a rule, the release's shares move
 
 
 def fit(
@@ -280,8 +281,8 @@ def simulate(
     _show_plan(prepared)
     if not prepared.usable and not yes:
         fail("the width plan above says this release cannot be usable (red: round 0's tables at some site cannot "
-             "resolve most columns): drop columns or raise --epsilon as it suggests (--batch-size changes DP-SGD "
-             "only, not round 0), or pass --yes to run anyway")
+             "resolve most columns): follow its advice (drop columns, pool small sites, or raise --epsilon where it "
+             "names one; --batch-size changes DP-SGD only, not round 0), or pass --yes to run anyway")
 
     round_seconds: list[float] = []
 
@@ -386,6 +387,16 @@ def _print_release(result: SimulationResult, rounds: int) -> None:
         table.add_row(site["site"], f"{site['epsilon_cumulative']:.3f}", f"{site['delta']:g}",
                       str(len(trained)), str(len(site["dropped"])))
     results.print(table)
+    config = json.loads((result.release / "run_config.json").read_text())
+    dropped = config.get("dropped_rule_violations")
+    if dropped:  # a newcomer's rule replaced 81 of 659 rows and emptied an outcome class unsaid
+        share = dropped / max(int(config["rows"]), 1)
+        console.print(f"[{'yellow' if share > RULE_DROP_WARN else 'default'}]--drop-rule-violations: {dropped} "
+                      f"generated rows ({share:.0%} of {config['rows']}) broke the schema's rules and were drawn "
+                      "again"
+                      + (": a rule that replaces this many changes the release's shares (an outcome class "
+                         "among them); check the rule and the report's outcome shares" if share > RULE_DROP_WARN
+                         else "") + "[/]", soft_wrap=True)
     if report["site_level_dp"]:
         site_level = report["site_level_dp"]
         console.print(f"site-level DP (Flower): epsilon {site_level['epsilon']:.3f} at delta {site_level['delta']:g}, "
@@ -446,6 +457,8 @@ def _show_width(widths: tuple[WidthPlan, ...], epsilon: float, out: Path, batch_
     ``batch_size`` the sites' plans advised too (the smallest site's), so one paste does both,
     and an ``--out`` of its own (this run's, which the paste would be refused, named after the
     budget)."""
+    from fedsyn.simulations.plan import EPSILON_LADDER
+
     table = Table(title=f"Width: {widths[0].measured_columns} columns measured by the outcome in round 0")
     for column in ("site", "rows", "noise per cell", "columns resolved (green/amber/red)", "outlook"):
         table.add_column(column, overflow="fold")  # the red columns' names wrap, never cut off with '...'
@@ -474,6 +487,9 @@ def _show_width(widths: tuple[WidthPlan, ...], epsilon: float, out: Path, batch_
             console.print("  (the sample rate is published: at this --batch-size, below the smallest site's rows, the "
                           "rate is below 1 and that site's row count, batch size / rate, is public too; the privacy "
                           "report lists it)", soft_wrap=True)
+    elif worst.epsilon_needed is None:
+        console.print(f"  no epsilon up to {EPSILON_LADDER[-1]:g} per site resolves this width at {worst.site}'s "
+                      f"{worst.rows} rows: keep fewer columns, or pool the smallest sites", soft_wrap=True)
     if worst.keep_advice:
         console.print(f"  at epsilon {epsilon:g}, {worst.keep_advice}: drop the others from the schema and from "
                       "the data, or pool small sites", soft_wrap=True)

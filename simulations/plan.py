@@ -262,7 +262,7 @@ def plan_width(name: str, rows: int, schema: Schema, settings: FederationSetting
     keep: list[tuple[int, int]] = []
     if level == "red":
         classes = _classes(schema, measured)
-        for levels in sorted({cost.cells // classes for cost in costs}):
+        for levels in sorted({cost.cells // classes for cost in costs} - {1}):  # one level resolves nothing
             width = next((k for k in range(len(measured), site, -1)
                           if _grade(_cell_snr(rows, classes, levels, cell_noise(settings.epsilon, k))) != "red"),
                          None)

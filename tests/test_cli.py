@@ -17,11 +17,15 @@ def test_simulate_writes_a_signed_release_with_report_and_passes_gan_options(tmp
     result = CliRunner().invoke(app, [
         "simulate", "--data", str(data), "--schema", str(demo_schema_path()), "--split", "3",
         "--rounds", "3", "--local-steps", "2", "--rows", "300", "--epsilon", "1.0",
-        "--generator-ema", "0.99", "--no-compare", "--yes", "--out", str(out)])
+        "--generator-ema", "0.99", "--no-compare", "--drop-rule-violations", "--yes", "--out", str(out)])
     assert result.exit_code == 0, result.output
     release = out / "release"
     verify_release(release, load_public_key(out / "keys" / "coordinator.pub"))
-    assert json.loads((release / "run_config.json").read_text())["settings"]["gan_config"]["generator_ema"] == 0.99
+    config = json.loads((release / "run_config.json").read_text())
+    assert config["settings"]["gan_config"]["generator_ema"] == 0.99
+    # a newcomer's rule replaced 81 of 659 rows, said only in run_config.json
+    dropped = config["dropped_rule_violations"]
+    assert dropped is not None and (not dropped or f"{dropped} generated rows" in " ".join(result.output.split()))
     # Nothing computed from real rows without DP is in the release: the validation report is local only.
     assert {p.name for p in release.iterdir()} == {
         "synthetic.csv", "synthetic.parquet", "privacy_report.json", "quality_report.json", "generator.pt",
@@ -59,6 +63,17 @@ def test_simulate_refuses_a_plan_whose_tables_cannot_resolve_the_columns_unless_
     # a newcomer's paste was refused: it named this run's own --out, which the run had filled
     assert suggested.count("--out") == 1 and f"--out {out}-epsilon-" in suggested
     assert "that site's row count, batch size / rate, is public too" in said  # what following the advice publishes
+
+
+def test_a_plan_no_epsilon_resolves_says_so_instead_of_pointing_at_an_epsilon(tmp_path, demo_frame):
+    """A newcomer was told to 'raise --epsilon as it suggests' where the plan suggested none."""
+    data = tmp_path / "cohort.csv"
+    demo_frame.sample(60, random_state=0).to_csv(data, index=False)
+    result = CliRunner().invoke(app, ["simulate", "--data", str(data), "--schema", str(demo_schema_path()),
+                                      "--split", "3", "--out", str(tmp_path / "run")])
+    said = " ".join(result.output.split())
+    assert result.exit_code == 2 and "no epsilon up to 20 per site resolves this width" in said
+    assert "as it suggests" not in said and "--epsilon 20" not in said
 
 
 def test_the_suggested_command_checks_the_plan_again(monkeypatch):

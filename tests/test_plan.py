@@ -80,6 +80,16 @@ def test_following_the_width_advice_once_resolves_the_table_whichever_columns_ar
             assert plan_width("site-0", 380, kept, settings).level != "red", (columns, "numeric")
 
 
+def test_the_width_advice_never_counts_a_column_of_one_level():
+    """A newcomer was told 'keep at most 3 columns if each has at most 1 levels': a column of one
+    level (a category list of one) resolves nothing to keep it for."""
+    spec = _wide_schema(40).model_dump()
+    spec["columns"].append({"name": "flag", "kind": "categorical", "categories": ["x"]})
+    plan = plan_width("site-0", 120, Schema.model_validate(spec), FederationSettings(epsilon=1.0, delta=1e-5))
+    assert plan.level == "red" and plan.keep_options and all(levels >= 2 for _, levels in plan.keep_options)
+    assert " 1 levels" not in plan.keep_advice
+
+
 def test_the_width_plan_is_green_for_the_demo_at_its_default_split(demo_schema):
     assert plan_width("site-0", 1837, demo_schema, FederationSettings()).level == "green"
 
