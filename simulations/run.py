@@ -42,6 +42,15 @@ class SimulationPlan:
     def site_policy(self, context: Context) -> SitePolicy:
         return SitePolicy.load(self.policies[int(context.node_config["partition-id"])])
 
+    def coordinator_settings(self, settings: FederationSettings) -> FederationSettings:
+        """``settings`` with the coordinator's seed (its model's initialisation, the release's
+        draw) derived from the run's seed and this plan's stream nonce, as each site's is: seeded
+        from the seed alone, a release of seed 7 was regenerated bit for bit by trying seeds 0-10
+        (the ninth review). Unseeded: as they are."""
+        if settings.seed is None or self.stream_nonce is None:
+            return settings
+        return settings.model_copy(update={"seed": derived_seed(settings.seed, "coordinator", self.stream_nonce)})
+
 
 def site_folder(index: int, name: str | None) -> str:
     """A simulated hospital's folder: ``site-K``, with its name when it has one (``site-0-east``,
@@ -104,6 +113,7 @@ def run_sites(plan: SimulationPlan, schema: Schema, settings: FederationSettings
     ServerApp/ClientApp objects in separate workers and the release files are the result.
     """
     client_app = make_client_app(plan.site_policy)
+    settings = plan.coordinator_settings(settings)
     if engine == "inprocess":
         grid = InProcessGrid(client_app, len(plan.policies))
         return run_federation(grid, schema, settings, release, on_round)
