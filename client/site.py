@@ -231,9 +231,11 @@ class Site:
         screening = screen_records(read_table(self.policy.data, self.schema), self.schema, self.policy.out_of_domain,
                                    source=str(self.policy.data))
         if screening.problems:
-            log.warning("extract %s: out-of-domain records handled (policy out_of_domain=%s): %s: %s. "
+            # Columns and kinds, never counts: a log line goes to a collector, and "(1)" beside a
+            # stay over 365 days is one patient (ninth review, F2); `fedsyn validate` counts locally.
+            log.warning("extract %s: out-of-domain records handled (policy out_of_domain=%s) in %s. "
                         "`fedsyn validate` names the rows", self.policy.data, self.policy.out_of_domain,
-                        screening.changed, "; ".join(f"{p.column}: {p.kind} ({p.rows})" for p in screening.problems))
+                        "; ".join(f"{p.column}: {p.kind}" for p in screening.problems))
         return screening
 
     def _private_rows(self) -> pd.DataFrame:
@@ -249,9 +251,8 @@ class Site:
             raise PolicyRefusal("the site's delta is not below 1/n for its extract; the site operator must lower "
                                 "delta in its policy")
         if self.policy.max_rows is not None and len(frame) > self.policy.max_rows:
-            log.error("the extract %s holds %d rows, more than the policy's max_rows %d: raise max_rows (a public "
-                      "upper bound, say a round number above the extract)", self.policy.data, len(frame),
-                      self.policy.max_rows)
+            log.error("the extract %s holds more rows than the policy's max_rows %d: raise max_rows (a public "
+                      "upper bound, say a round number above the extract)", self.policy.data, self.policy.max_rows)
             raise PolicyRefusal("the site's extract is larger than its policy's max_rows; the site operator must "
                                 "raise max_rows")
         return frame

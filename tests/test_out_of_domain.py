@@ -75,7 +75,22 @@ def test_by_default_a_dirty_record_is_as_if_absent(tmp_path, small_frame, demo_s
     expected, _ = _site(tmp_path / "clean", dirty, extract=clean).release_marginals(20.0, 50.0, fingerprint)
     for name in expected.tables:
         np.testing.assert_array_equal(released.tables[name], expected.tables[name])
-    assert "3 record(s) left out" in caplog.text and "31337" not in caplog.text
+    # Columns and kinds, never a count (a log line goes to a collector: "(1)" is one patient;
+    # ninth review, F2), and never a value
+    assert "kappa: value outside the public bounds" in caplog.text and "record(s)" not in caplog.text
+    assert "(1)" not in caplog.text and "31337" not in caplog.text
+
+
+def test_a_site_over_its_max_rows_logs_no_row_count(tmp_path, small_frame, demo_schema, caplog):
+    """The ninth review's F2: the log line said 'holds 495 rows, more than max_rows 450'."""
+    from fedsyn.client.site import PolicyRefusal
+
+    path = prepare_sites([small_frame], demo_schema_path(), tmp_path, epsilon=50.0, delta=1e-5).policies[0]
+    policy = SitePolicy.load(path)
+    policy.model_copy(update={"max_rows": len(small_frame) - 7}).save(path)
+    with caplog.at_level(logging.INFO, logger="fedsyn"), pytest.raises(PolicyRefusal):
+        Site(SitePolicy.load(path)).release_marginals(20.0, 50.0, protocol.schema_fingerprint(demo_schema))
+    assert f"max_rows {len(small_frame) - 7}" in caplog.text and str(len(small_frame)) not in caplog.text
 
 
 def test_an_unexpected_site_failure_is_located_in_the_sites_log_and_never_in_the_reply(tmp_path, small_frame,
