@@ -40,8 +40,10 @@ from fedsyn.privacy.accounting import PrivacyEvent
 log = logging.getLogger("fedsyn.client")
 
 _SAFE = re.compile(r"[^A-Za-z0-9_.-]")
-# Where the answers to requests naming no run are stored: '@' never survives _SAFE, so no run a
-# coordinator names can be answered from them.
+# Where the answers to requests naming no run are stored: a run id is ASCII letters, digits, '-'
+# and '_' (fedsyn.federation.protocol), so no run a coordinator names has '@' in its name, and
+# the name is used as it is (sanitised, it was '_unnamed-run', which a run could be named: the
+# ninth review, F4).
 UNNAMED_RUN = "@unnamed-run"
 # Round 0 has two releases (fedsyn.privacy.pairs): the second is stored under this stage of the round.
 PAIR_TABLES_STAGE = "pair-tables"
@@ -69,7 +71,7 @@ class ReplyStore:
     @staticmethod
     def _prefix(run_id: str) -> str:
         """The start of every stored file name of ``run_id``."""
-        return f"{_SAFE.sub('_', run_id or UNNAMED_RUN)}-round-"
+        return f"{_SAFE.sub('_', run_id) if run_id else UNNAMED_RUN}-round-"
 
     def _path(self, run_id: str, round_: int, stage: str = "") -> Path:
         suffix = f"-{stage}" if stage else ""

@@ -247,6 +247,24 @@ def test_the_reply_store_keeps_any_column_name(tmp_path):
     assert store.get("run-1", 0, "another request") is None and store.get("run-2", 0, "abc") is None
 
 
+def test_no_run_a_coordinator_may_name_shares_another_runs_stored_replies(tmp_path):
+    """The ninth review's F4: a run named '_unnamed-run' was answered from the store kept for
+    requests naming no run, and runs 'é1' and 'ü1' shared one file name."""
+    import pytest
+
+    from fedsyn.federation.protocol import ReplyError, _check_run_id
+
+    store = ReplyStore(tmp_path)
+    event = PrivacyEvent("gaussian-marginals", 3.0, 1.0, 1, round=0)
+    store.put("", 0, "abc", {"a": np.ones(1)}, {}, event, ("nonce", 0))
+    _check_run_id("_unnamed-run")  # a run id a coordinator may choose...
+    assert store.get("_unnamed-run", 0, "abc") is None  # ...is not the unnamed store
+    assert store.get("", 0, "abc") is not None
+    for name in ("é1", "ü1"):
+        with pytest.raises(ReplyError):
+            _check_run_id(name)
+
+
 def test_a_later_run_moves_the_earlier_release_aside_instead_of_overwriting_it(plan, demo_schema, tmp_path):
     release = ReleasePlan(tmp_path / "release", rows=100, audit_log=tmp_path / "audit.jsonl")
     app = make_client_app(plan.site_policy)

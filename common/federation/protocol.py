@@ -377,8 +377,9 @@ class TrainInstructions:
 
 
 def _check_run_id(run_id: str) -> None:
-    if len(run_id) > 64 or not all(c.isalnum() or c in "-_" for c in run_id):
-        raise ReplyError("run id must be at most 64 letters, digits, '-' or '_'")
+    # ASCII only: 'é1' and 'ü1' were one stored reply's name (ninth review, F4)
+    if len(run_id) > 64 or not all((c.isascii() and c.isalnum()) or c in "-_" for c in run_id):
+        raise ReplyError("run id must be at most 64 ASCII letters, digits, '-' or '_'")
 
 
 @contextmanager
