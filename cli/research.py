@@ -526,8 +526,9 @@ def evaluate(
 ) -> None:
     """Fidelity, utility and privacy of a synthetic table: writes report.json and report.html.
 
-    Run at a hospital against its own rows, only the aggregate numbers in the report leave;
-    they are not DP-protected, so treat sharing the report as a release of information.
+    Both files are local: report.html plots real rows (a scatter of up to 2,000 of them), so it
+    never leaves; what may leave is report.json's aggregate numbers, which are not DP-protected:
+    treat sharing them as a release of information.
     """
     try:
         contract = Schema.load(schema)

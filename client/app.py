@@ -12,6 +12,7 @@ import json
 import logging
 import math
 import re
+import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -52,7 +53,17 @@ def _hold_to_quantum(started: float, quantum: float) -> None:
     if quantum <= 0:
         return
     elapsed = time.monotonic() - started
+    if elapsed > quantum and not _LONGER_THAN_A_QUANTUM.is_set():
+        # A coordinator that varies the work it asks for finds where replies cross into the next
+        # quantum, and that point moves with the rows read (ninth review, F1): said once.
+        _LONGER_THAN_A_QUANTUM.set()
+        log.warning("a reply took longer than one quantum (%.1f s of reply_quantum_seconds %g): its time says "
+                    "something of the extract's size; raise reply_quantum_seconds above the longest reply, or "
+                    "lower the policy's request limits", elapsed, quantum)
     time.sleep(max(1, math.ceil(elapsed / quantum)) * quantum - elapsed)
+
+
+_LONGER_THAN_A_QUANTUM = threading.Event()  # said once per process
 
 
 def _error_reply(message: Message, code: ErrorCode, public_text: str) -> Message:

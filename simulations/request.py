@@ -176,6 +176,12 @@ def prepare(request: SimulationRequest) -> PreparedSimulation:
     if not request.rows:  # the default release size is every site's rows together: that total is published
         public_facts["total_site_rows"] = {"value": sum(len(t) for t in tables),
                                            "why_public": "--rows 0 releases as many synthetic rows as the sites hold"}
+    if named and request.site_column:  # each hospital is named after its value: which values hold rows is said
+        public_facts["site_names"] = {
+            "value": list(named),
+            "why_public": f"each simulated hospital is named after its value of --site-column {request.site_column} "
+                          f"in this report and the release's README (with --data: one hospital per value holding "
+                          f"at least {MIN_SITE_ROWS} rows)"}
     if request.sweep:  # every release names the others drawn from the same rows, and what all of them spend
         budgets = [request.epsilon, *request.sweep]
         public_facts["releases_from_the_same_rows"] = {

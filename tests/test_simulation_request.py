@@ -70,6 +70,8 @@ def test_a_table_with_a_site_column_is_split_by_it_one_hospital_per_value(tmp_pa
                                          out=tmp_path / "run", seed=0))
     simulation = prepared.simulation
     assert prepared.site_names == ("A", "B", "C") == simulation.site_names
+    # which values hold a hospital's rows is published with their names (ninth review, F6)
+    assert simulation.public_facts["site_names"]["value"] == ["A", "B", "C"]
     assert [set(table["hospital"]) for table in simulation.tables] == [{"A"}, {"B"}, {"C"}]
     assert [plan.site for plan in prepared.site_plans] == ["A", "B", "C"]
     assert set(simulation.test["hospital"]) == {"A", "B", "C"}
