@@ -523,6 +523,11 @@ def evaluate(
     seed: Annotated[int, typer.Option(help="seed of the evaluation's models and samples")] = 0,
     fail_below: Annotated[float | None, typer.Option(
         help="exit with code 3 when the verdict score (0-1) is below this, for pipelines")] = None,
+    site_column: Annotated[str | None, typer.Option(
+        help="the column naming each row's hospital: the report adds each hospital's own fidelity")] = None,
+    site: Annotated[str | None, typer.Option(
+        help="with --site-column: compare only the synthetic rows of this hospital (its value there) with the "
+             "real rows given, a hospital's own")] = None,
 ) -> None:
     """Fidelity, utility and privacy of a synthetic table: writes report.json and report.html.
 
@@ -536,6 +541,19 @@ def evaluate(
         ledger = json.loads(privacy_report.read_text()) if privacy_report else None
     except (SchemaError, DataFileError, OSError, json.JSONDecodeError) as exc:
         fail(str(exc))
+    if site is not None and site_column is None:
+        fail("--site names a hospital by its value in a column: give that column with --site-column")
+    from fedsyn.simulations.request import check_site_column
+
+    try:
+        check_site_column(contract, site_column)
+    except ConfigurationError as exc:
+        fail(str(exc))
+    if site is not None:  # a newcomer compared the whole release with one hospital's rows: 'hospital' collapsed
+        own = tables[0][site_column].astype(str) == site
+        if not own.any():
+            fail(f"--site {site}: the synthetic table holds no row with {site_column} = {site}")
+        tables[0] = tables[0][own].reset_index(drop=True)
     from fedsyn.data.validation import numbering_for, validate_frame
     from fedsyn.simulations.workflow import write_local_report
 
@@ -547,7 +565,8 @@ def evaluate(
                           "compares the synthetic rows with these rows as they are", soft_wrap=True)
     with console.status("evaluating..."):
         synthetic_rows, train_rows, test_rows = tables
-        result = write_local_report(synthetic_rows, train_rows, test_rows, contract, out, ledger, seed)
+        result = write_local_report(synthetic_rows, train_rows, test_rows, contract, out, ledger, seed,
+                                    site_column=None if site is not None else site_column)
     fidelity, privacy_checks = result["fidelity"], result["privacy"]
     table = Table(title=f"Report: {out / 'report.html'}")
     table.add_column("measure")

@@ -244,7 +244,7 @@ def _load(request: SimulationRequest) -> _Loaded:
     try:
         schema = Schema.load(request.schema_path)
         schema.require_reviewed(request.allow_unreviewed_schema)  # before any plan is printed or file read
-        _check_site_column(schema, request.site_column)
+        check_site_column(schema, request.site_column)
         read = [_screened(path, schema, request.schema_path, request.out_of_domain, notes)
                 for path in (request.sites or (request.data or demo_data_path(),))]
         test = None if request.held_out is None \
@@ -293,7 +293,7 @@ def _screened(path: Path, schema: Schema, schema_path: Path, handling: RecordHan
     return screening.frame
 
 
-def _check_site_column(schema: Schema, name: str | None) -> None:
+def check_site_column(schema: Schema, name: str | None) -> None:
     """A ``--site-column`` names a categorical column of the schema other than the outcome."""
     if name is None:
         return

@@ -289,6 +289,27 @@ def test_evaluate_says_when_the_real_rows_do_not_fit_the_schema(tmp_path, demo_f
     assert "train.csv does not fit" not in said and "140" not in said
 
 
+def test_evaluate_at_one_hospital_compares_that_hospitals_synthetic_rows_only(tmp_path, demo_frame):
+    """A newcomer compared a whole release with one hospital's rows: its hospital column was
+    flagged 'collapsed or shifted', with no way to keep that hospital's synthetic rows."""
+    rows = demo_frame.sample(400, random_state=4)
+    rows.to_csv(tmp_path / "synthetic.csv", index=False)
+    own = rows[rows["sex"] == "F"]
+    own.iloc[: len(own) // 2].to_csv(tmp_path / "train.csv", index=False)
+    own.iloc[len(own) // 2:].to_csv(tmp_path / "test.csv", index=False)
+    files = ("--schema", demo_schema_path(), "--synthetic", tmp_path / "synthetic.csv", "--real-train",
+             tmp_path / "train.csv", "--real-test", tmp_path / "test.csv")
+    result = _invoke("evaluate", *files, "--site-column", "sex", "--site", "F", "--out", tmp_path / "report")
+    assert result.exit_code == 0, result.output
+    report = json.loads((tmp_path / "report" / "report.json").read_text())
+    assert report["rows"]["synthetic"] == len(own) and "sex" not in " ".join(
+        flag["message"] for flag in report["verdict"]["flags"])
+    alone = _invoke("evaluate", *files, "--site", "F", "--out", tmp_path / "again")
+    assert alone.exit_code == 2 and "--site-column" in alone.output
+    absent = _invoke("evaluate", *files, "--site-column", "sex", "--site", "X", "--out", tmp_path / "again")
+    assert absent.exit_code == 2 and "no row with sex = X" in " ".join(absent.output.split())
+
+
 def test_fits_older_folder_is_replaced_only_with_overwrite_and_a_simulations_release_never(tmp_path):
     """A fit from before release/ wrote its three files at the top, and one from before the stamp
     had no stamp: --overwrite still replaces it. A folder holding a simulation's release (its only

@@ -776,14 +776,15 @@ def evaluate(synthetic: pd.DataFrame, real_train: pd.DataFrame, real_test: pd.Da
         fidelity_["sites"] = by_site(real_train, synthetic, schema, site_column)
     utility_ = utility(synthetic, real_train, real_test, schema, seed) if schema.outcome else {}
     privacy_ = privacy(synthetic, real_train, real_test, schema, seed)
-    majority = None
+    majority, class_rows = None, None
     if schema.outcome and len(real_test):
         recorded = outcome_vector(real_test, schema)
         recorded = recorded[recorded >= 0]
+        class_rows = np.bincount(recorded).tolist() if len(recorded) else None
         majority = float(np.bincount(recorded).max() / len(recorded)) if len(recorded) else None
     epsilon = ledger.get("max_epsilon_any_site") if ledger else None
     return Evaluation(
         fidelity=fidelity_, utility=utility_, privacy=privacy_, plausibility=plausibility(synthetic, schema),
-        verdict=judge(fidelity_, utility_, privacy_, majority, epsilon, schema.outcome), ledger=ledger,
+        verdict=judge(fidelity_, utility_, privacy_, majority, epsilon, schema.outcome, class_rows), ledger=ledger,
         rows={"synthetic": len(synthetic), "real_train": len(real_train), "real_test": len(real_test)},
     )

@@ -100,14 +100,28 @@ def _join(items: list[str]) -> str:
 
 # -- utility ----------------------------------------------------------------------------------
 
-def _utility_flags(utility: dict[str, Any], majority_rate: float | None) -> tuple[list[Flag], float | None]:
+def chance_resolution(class_rows: list[int]) -> float:
+    """How far from 0.5 a ROC-AUC on held-out rows of ``class_rows`` per outcome class must lie
+    to tell it from chance: twice the standard error of an AUC of 0.5 (Hanley and McNeil, 1982)
+    of the smallest class against the rest. A newcomer's 42 held-out rows held 4 preterm births:
+    an MLP's .29 and a boosted model's .48 were flagged as reversed or at chance, where the real
+    rows' own models reached .51-.56."""
+    present = [rows for rows in class_rows if rows > 0]
+    if len(present) < 2:
+        return 0.5
+    smallest, rest = min(present), sum(present) - min(present)
+    return 2.0 * ((smallest + rest + 1) / (12.0 * smallest * rest)) ** 0.5
+
+
+def _utility_flags(utility: dict[str, Any], majority_rate: float | None, resolution: float = 0.0
+                   ) -> tuple[list[Flag], float | None]:
     flags: list[Flag] = []
     ratios, below_real, below_majority, judged = [], [], [], 0
     for model, scores in utility.items():
         name = model.replace("_", " ")
         tstr, trtr = scores["tstr"]["roc_auc"], scores["trtr"]["roc_auc"]
-        if trtr < SIGNAL_AUC:
-            continue  # the real rows themselves teach this model nothing to compare with
+        if trtr < max(SIGNAL_AUC, 0.5 + resolution):
+            continue  # the real rows themselves teach this model nothing the held-out rows can show
         judged += 1
         ratios.append(max(0.0, (tstr - 0.5) / (trtr - 0.5)))
         if tstr < 0.45:
@@ -129,8 +143,12 @@ def _utility_flags(utility: dict[str, Any], majority_rate: float | None) -> tupl
                                               "and these utility scores measure that link, not the outcome's "
                                               "relations; drop the column and run again"))
     if utility and not judged:
+        threshold = max(SIGNAL_AUC, 0.5 + resolution)
+        few = ", the least that these held-out rows, few of them in the rarest class, tell from chance" \
+            if threshold > SIGNAL_AUC else ""
         flags.append(Flag("utility", "amber", "even trained on the real rows no model predicts the outcome better "
-                                              f"than chance (ROC-AUC < {SIGNAL_AUC}): utility cannot be judged"))
+                                              f"than chance (ROC-AUC < {threshold:.2f}{few}): utility cannot be "
+                                              "judged"))
     lift = sum(ratios) / len(ratios) if ratios else None
     if lift is not None and lift < LIFT_RED:
         flags.append(Flag("utility", "red", f"models trained on the synthetic rows keep {lift:.0%} of the real rows' "
@@ -323,11 +341,15 @@ def _privacy_flags(privacy: dict[str, Any], epsilon: float | None) -> tuple[list
 
 
 def judge(fidelity: dict[str, Any], utility: dict[str, Any], privacy: dict[str, Any],
-          majority_rate: float | None = None, epsilon: float | None = None, outcome: str | None = None) -> Verdict:
+          majority_rate: float | None = None, epsilon: float | None = None, outcome: str | None = None,
+          test_class_rows: list[int] | None = None) -> Verdict:
     """Flags per area and a headline score: the mean of the fidelity score, the utility share
     of the real rows' lift over chance (ROC-AUC) and one minus the attack's advantage, capped
-    by the level (:data:`SCORE_CAP`) so that it never contradicts a flag."""
-    utility_flags, utility_score = _utility_flags(utility, majority_rate)
+    by the level (:data:`SCORE_CAP`) so that it never contradicts a flag. A model is judged
+    only where its real rows' ROC-AUC stands out from chance on the held-out rows
+    (``test_class_rows``: their rows per outcome class, :func:`chance_resolution`)."""
+    resolution = chance_resolution(test_class_rows) if test_class_rows else 0.0
+    utility_flags, utility_score = _utility_flags(utility, majority_rate, resolution)
     privacy_flags, privacy_score = _privacy_flags(privacy, epsilon)
     flags = (_fidelity_flags(fidelity) + _effect_flags(fidelity.get("main_effects", []), outcome)
              + _relation_flags(fidelity.get("relations", [])) + _missingness_flags(fidelity.get("missingness", {}))
