@@ -14,7 +14,7 @@ from rich.table import Table
 from fedsyn.cli.output import check_out_folder, console, fail, print_verdict, program, results, setup_logging, time_left
 from fedsyn.data.schema import Schema, SchemaError
 from fedsyn.data.tables import DataFileError, read_table, write_table
-from fedsyn.data.validation import DataValidationError, require_valid
+from fedsyn.data.validation import DataValidationError, require_valid, schema_columns
 from fedsyn.errors import ConfigurationError
 from fedsyn.server.settings import FEDERATED_GAN, FEDERATED_LOCAL_STEPS, FEDERATED_ROUNDS, FederationSettings
 
@@ -73,10 +73,12 @@ def fit(
         contract = Schema.load(schema)
         frame = read_table(data, contract)
         require_valid(frame, contract, source=str(data))  # before any split: problems named by the file's lines
+        frame = schema_columns(frame, contract)  # a column the schema does not list is never read
         test = None
         if held_out is not None:
             test = read_table(held_out, contract)
             require_valid(test, contract, source=str(held_out))
+            test = schema_columns(test, contract)
     except (ConfigurationError, SchemaError, DataFileError, DataValidationError, ValueError) as exc:
         fail(str(exc))
     train = frame
@@ -491,8 +493,9 @@ def _show_width(widths: tuple[WidthPlan, ...], epsilon: float, out: Path, batch_
         console.print(f"  no epsilon up to {EPSILON_LADDER[-1]:g} per site resolves this width at {worst.site}'s "
                       f"{worst.rows} rows: keep fewer columns, or pool the smallest sites", soft_wrap=True)
     if worst.keep_advice:
-        console.print(f"  at epsilon {epsilon:g}, {worst.keep_advice}: drop the others from the schema and from "
-                      "the data, or pool small sites", soft_wrap=True)
+        console.print(f"  at epsilon {epsilon:g}, {worst.keep_advice}: drop the others from the schema (the "
+                      "extracts may keep them: a column the schema does not list is never read), or pool small "
+                      "sites", soft_wrap=True)
 
 
 def _command_with(*settings: tuple[str, str]) -> str:
@@ -537,7 +540,7 @@ def evaluate(
     """
     try:
         contract = Schema.load(schema)
-        tables = [read_table(p, contract) for p in (synthetic, real_train, real_test)]
+        tables = [schema_columns(read_table(p, contract), contract) for p in (synthetic, real_train, real_test)]
         ledger = json.loads(privacy_report.read_text()) if privacy_report else None
     except (SchemaError, DataFileError, OSError, json.JSONDecodeError) as exc:
         fail(str(exc))

@@ -83,9 +83,8 @@ def test_a_misspelt_column_gets_a_did_you_mean(demo_frame, demo_schema):
     frame = demo_frame.head(10).rename(columns={"creatinine": "creatinin", "sample_yr": "Sample_Yr"})
     problems = {p.column: p.kind for p in validate_frame(frame, demo_schema).problems}
     assert "'creatinin'" in problems["creatinine"] and "'Sample_Yr'" in problems["sample_yr"]
-    assert "did you mean 'creatinine'" in problems["creatinin"]
-    unrelated = demo_frame.head(10).assign(ward="x")
-    assert "did you mean" not in {p.column: p.kind for p in validate_frame(unrelated, demo_schema).problems}["ward"]
+    unrelated = demo_frame.head(10).assign(ward="x")  # a column the schema does not list: left out, noted
+    assert validate_frame(unrelated, demo_schema).ok
     # A newcomer's `--outcome died` was asked "did you mean 'diabetes'?": a name that begins one column is that one
     from fedsyn.errors import closest_name
 

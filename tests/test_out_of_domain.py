@@ -81,6 +81,17 @@ def test_by_default_a_dirty_record_is_as_if_absent(tmp_path, small_frame, demo_s
     assert "(1)" not in caplog.text and "31337" not in caplog.text
 
 
+def test_a_column_the_schema_does_not_list_is_never_read_by_a_site(tmp_path, small_frame, demo_schema):
+    """An extract that keeps an identifier (or a column dropped from the schema) answers exactly
+    as the extract without it: the column is left out before any mechanism reads a row."""
+    fingerprint = protocol.schema_fingerprint(demo_schema)
+    with_id = small_frame.assign(mrn=[f"MRN{k}" for k in range(len(small_frame))])
+    released, _ = _site(tmp_path / "with", small_frame, extract=with_id).release_marginals(20.0, 50.0, fingerprint)
+    expected, _ = _site(tmp_path / "without", small_frame).release_marginals(20.0, 50.0, fingerprint)
+    for name in expected.tables:
+        np.testing.assert_array_equal(released.tables[name], expected.tables[name])
+
+
 def test_a_site_over_its_max_rows_logs_no_row_count(tmp_path, small_frame, demo_schema, caplog):
     """The ninth review's F2: the log line said 'holds 495 rows, more than max_rows 450'."""
     from fedsyn.client.site import PolicyRefusal

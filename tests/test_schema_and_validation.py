@@ -52,13 +52,26 @@ def test_validation_names_column_count_and_rows(demo_frame, demo_schema, column,
     assert problems[0].examples and problems[0].examples[0] == "line 2"
 
 
-def test_validation_reports_missing_and_extra_columns(demo_frame, demo_schema):
+def test_validation_reports_missing_columns_and_notes_the_ones_it_leaves_out(demo_frame, demo_schema, tmp_path):
+    """A missing column is a problem; one the schema does not list is left out, never read, and
+    noted: a newcomer dropped columns from the schema as the plan advised and had to rewrite all
+    six extracts (helper-72). A misspelt header is still caught, as the schema's column missing."""
+    from fedsyn.data.validation import screen_records
+
     frame = demo_frame.head(10).drop(columns=["mgus"]).assign(patient_id=1)
-    kinds = {(p.column, p.kind.split(" (")[0]) for p in validate_frame(frame, demo_schema).problems}
+    report = validate_frame(frame, demo_schema)
+    kinds = {(p.column, p.kind.split(" (")[0]) for p in report.problems}
     assert any(name == "mgus" and kind.startswith("column missing from the file") for name, kind in kinds)
-    assert ("patient_id", "column not in the schema") in kinds
-    missing = next(p.kind for p in validate_frame(frame, demo_schema).problems if p.column == "mgus")
+    assert not any(name == "patient_id" for name, _ in kinds)
+    missing = next(p.kind for p in report.problems if p.column == "mgus")
     assert "empty cells if this site does not record it" in missing and "nullable" in missing  # helper-31
+    extra = demo_frame.head(10).assign(patient_id=range(10), note="x")
+    noted = validate_frame(extra, demo_schema)
+    assert noted.ok and "'patient_id', 'note' not in the schema: left out, never read" in noted.describe()
+    screened = screen_records(extra, demo_schema, "drop")
+    assert list(screened.frame.columns) == demo_schema.column_names  # what a mechanism reads
+    misspelt = demo_frame.head(10).rename(columns={"kappa": "kapa"})
+    assert "the file has 'kapa': misspelt?" in validate_frame(misspelt, demo_schema).describe()
 
 
 def test_nullable_column_accepts_missing(demo_frame, demo_schema):

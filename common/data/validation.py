@@ -127,6 +127,13 @@ def validate_frame(frame: pd.DataFrame, schema: Schema, numbering: RowNumbering 
                                      "among its categories, so they are read as that category, not as missing: "
                                      "remove it from the column's categories if it means missing here",
                                      int(listed.sum()), _examples(listed, numbering)))
+    unlisted = unlisted_columns(frame, schema)
+    if unlisted:
+        shown = ", ".join(f"'{name}'" for name in unlisted[:8]) + (f" and {len(unlisted) - 8} more"
+                                                                   if len(unlisted) > 8 else "")
+        notes.append(Problem("(columns)", f"{shown} not in the schema: left out, never read (an identifier or a "
+                             "column dropped from the schema needs no rewriting of the extract)",
+                             len(unlisted), counted="column(s)"))
     if named:  # one note for them all: a drafted schema left as it was has one for every numeric column
         notes.append(Problem("(bounds)", f"{', '.join(named)}: each is this extract's own smallest or largest value. "
                              "A bound read off the rows puts a patient's value in the schema and every release: "
@@ -205,14 +212,8 @@ def _file_problems(frame: pd.DataFrame, schema: Schema) -> list[Problem]:
         problems.append(Problem("(every column)", "the file has no rows: nothing to train on", 0))
     missing = [c for c in expected if c not in frame.columns]
     unmatched = [str(c) for c in frame.columns if c not in expected]
-    # Without a header line a file's "names" are its first record's values: never printed. One
-    # name that looks like a value (a number, a date, a category, or an empty cell, which pandas
-    # names 'Unnamed: 42') puts the whole line in doubt: its other cells are that record's
-    # values too (an ID, a diagnosis, a ward), however name-like they look.
-    categories = frozenset(level for column in schema.categorical_columns for level in column.levels)
-    suspect = any(value_like(name, categories) or name.startswith("Unnamed: ") for name in unmatched)
-    extra = [] if suspect else unmatched
-    if suspect:
+    extra = unlisted_columns(frame, schema)
+    if unmatched and not extra:  # names that look like a record's values
         problems.append(Problem("(header line)", f"{len(unmatched)} of the file's column names are not in the "
                                 "schema and some look like values (numbers, dates, categories or empty cells), so "
                                 "none is shown: if the file has no header line, its first record was read as "
@@ -228,12 +229,29 @@ def _file_problems(frame: pd.DataFrame, schema: Schema) -> list[Problem]:
                 else ": add it to the extract (with empty cells if this site does not record it, and the column "
                      "nullable in the schema), or remove it from the schema if no site records it")
         problems.append(Problem(name, f"column missing from the file{hint}", len(frame)))
-    for name in extra:
-        guess = _close_name(name, missing, len(extra) - 1)
-        kind = (f"column not in the schema (did you mean '{guess}'? rename it)" if guess
-                else "column not in the schema (remove it or add it to the schema)")
-        problems.append(Problem(name, kind, len(frame)))
+    # A column the schema does not list is left out (unlisted_columns): a newcomer dropped columns
+    # from the schema as the plan advised and had to rewrite six extracts. A misspelt header is
+    # still caught, as the schema's own column missing from the file (with its did-you-mean).
     return problems
+
+
+def unlisted_columns(frame: pd.DataFrame, schema: Schema) -> list[str]:
+    """The file's columns that the schema does not list: left out, never read. None where one
+    of them looks like a value, which :func:`_file_problems` refuses: without a header line a
+    file's "names" are its first record's values, never printed. One name that looks like a
+    value (a number, a date, a category, or an empty cell, which pandas names 'Unnamed: 42')
+    puts the whole line in doubt: its other cells are that record's values too (an ID, a
+    diagnosis, a ward), however name-like they look."""
+    unmatched = [str(c) for c in frame.columns if c not in schema.column_names]
+    categories = frozenset(level for column in schema.categorical_columns for level in column.levels)
+    if any(value_like(name, categories) or name.startswith("Unnamed: ") for name in unmatched):
+        return []
+    return unmatched
+
+
+def schema_columns(frame: pd.DataFrame, schema: Schema) -> pd.DataFrame:
+    """``frame``'s columns that the schema lists, in its order: what any mechanism reads."""
+    return frame[[name for name in schema.column_names if name in frame.columns]]
 
 
 def _close_name(name: str, candidates: list[str], others: int) -> str | None:
@@ -375,7 +393,7 @@ class Screening:
 def screen_records(frame: pd.DataFrame, schema: Schema, handling: RecordHandling, source: str = "data") -> Screening:
     """The extract with its out-of-domain records handled as the site's policy says.
 
-    A file-level problem (missing or extra columns, no rows) always raises
+    A file-level problem (missing columns, no rows) always raises
     :class:`DataValidationError`. Record-level problems (unknown category, a value outside
     the public bounds, not a number, not whole, missing where not allowed) are handled per
     record: ``drop`` removes the record, ``clamp`` moves a finite out-of-bounds number to
@@ -390,6 +408,7 @@ def screen_records(frame: pd.DataFrame, schema: Schema, handling: RecordHandling
     if file_level:
         raise DataValidationError(ValidationReport(file_level, len(frame)), source)
     report = validate_frame(frame, schema, numbering_for(source))
+    frame = schema_columns(frame, schema)
     if report.ok:
         return Screening(frame, 0, 0, [], report.notes)
     if handling == "refuse":
