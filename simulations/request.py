@@ -214,13 +214,16 @@ def prepare(request: SimulationRequest) -> PreparedSimulation:
 
 def _site_names(sites: tuple[Path, ...], tables: list[pd.DataFrame], site_column: str | None) -> tuple[str, ...]:
     """Each hospital named after the one value its extract holds in ``site_column`` (the names the
-    release's site column uses), or else after its file name (H0.csv: H0), when those are distinct."""
+    release's site column uses), a file holding several after its file name (H0.csv: H0), when
+    those are distinct; else every one after its file name (a newcomer's one file of two
+    hospitals renamed the other four after their files)."""
+    stems = tuple(path.stem for path in sites)
     if site_column is not None:
         values = [table[site_column].dropna().astype(str).unique() for table in tables]
-        if all(len(held) == 1 for held in values) and len({held[0] for held in values}) == len(values):
-            return tuple(str(held[0]) for held in values)
-    names = tuple(path.stem for path in sites)
-    return names if len(set(names)) == len(names) else ()
+        names = tuple(str(held[0]) if len(held) == 1 else stem for held, stem in zip(values, stems))
+        if len(set(names)) == len(names):
+            return names
+    return stems if len(set(stems)) == len(stems) else ()
 
 
 @dataclass(frozen=True)

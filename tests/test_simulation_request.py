@@ -223,6 +223,12 @@ def test_hospitals_given_as_files_are_named_by_their_site_column_value(tmp_path)
     assert named.site_names == ("B", "A") == named.simulation.site_names
     by_file = prepare(SimulationRequest(sites=files, schema=schema, out=tmp_path / "run"))
     assert by_file.site_names == ("export-B", "export-A")
+    # helper-72: one file holding two hospitals renamed every other hospital after its file
+    frame[frame["hospital"] == "C"].to_csv(tmp_path / "export-C.csv", index=False)
+    frame[frame["hospital"] != "C"].to_csv(tmp_path / "pooled.csv", index=False)
+    pooled = prepare(SimulationRequest(sites=(tmp_path / "export-C.csv", tmp_path / "pooled.csv"), schema=schema,
+                                       site_column="hospital", out=tmp_path / "run"))
+    assert pooled.site_names == ("C", "pooled")
 
 
 def test_a_held_out_split_that_cannot_be_made_says_so_without_a_class_count(tmp_path):
