@@ -285,7 +285,7 @@ MUTATIONS = [
              "int(mask.sum()), [repr(v) for v in series[mask].head(3)])",
              ("tests/test_private_output.py",)),
     Mutation("a headerless file's first record is printed as names", "common/data/validation.py",
-             "    extra = [] if suspect else unmatched\n", "    extra = unmatched\n",
+             "        return []\n    return unmatched\n", "        pass\n    return unmatched\n",
              ("tests/test_validation_messages.py::test_a_headerless_first_record_of_words_and_empty_cells_is_not_printed",
               "tests/test_validation_messages.py::test_a_file_without_a_header_line_never_prints_its_first_record")),
     Mutation("real-data validation report signed into the release", "simulations/workflow.py",

@@ -45,6 +45,7 @@ better than the flags say.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from typing import Any, Literal
@@ -110,7 +111,7 @@ def chance_resolution(class_rows: list[int]) -> float:
     if len(present) < 2:
         return 0.5
     smallest, rest = min(present), sum(present) - min(present)
-    return 2.0 * ((smallest + rest + 1) / (12.0 * smallest * rest)) ** 0.5
+    return float(2.0 * math.sqrt((smallest + rest + 1) / (12.0 * smallest * rest)))
 
 
 def _utility_flags(utility: dict[str, Any], majority_rate: float | None, resolution: float = 0.0
