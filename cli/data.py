@@ -142,6 +142,8 @@ def schema_draft(
     if outcome is None:
         console.print("[yellow]no --outcome given: name the column you will predict (e.g. --outcome death) so that "
                       "utility can be measured and generation conditions on it[/]")
+    console.print(f"[yellow]the draft's name '{escape(draft.name)}' (the file's) titles every release made with it: "
+                  "rename it to the study's name[/]")
     console.print(f"[yellow bold]Draft written to {out}. Its kinds, bounds, categories, precisions, nullable "
                   f"flags and missing-value markers were read off {data}: that is private information.[/] Replace "
                   "each with public knowledge (clinical ranges, code lists), set needs_review to false, then train. "

@@ -292,7 +292,8 @@ def simulate(
         round_seconds.append(summary.seconds)
         console.print(f"round {summary.round}/{rounds}: {summary.accepted} site(s) accepted, "
                       f"{summary.dropped} dropped, generator loss {summary.generator_loss:.3f}, "
-                      f"{summary.seconds:.1f} s{time_left(round_seconds, rounds - summary.round)}")
+                      f"{summary.seconds:.1f} s{time_left(round_seconds, rounds - summary.round)}",
+                      soft_wrap=True)  # one line per round, also in a log file (helper-72: 'about 25\ns left')
 
     simulation = prepared.simulation
     try:

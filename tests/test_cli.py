@@ -38,6 +38,8 @@ def test_simulate_writes_a_signed_release_with_report_and_passes_gan_options(tmp
     first_round, second_round = result.output.split("round 1/3:")[1].split("round 2/3:")
     assert "left" not in first_round  # the warm-up round alone says nothing of the others
     assert re.search(r"about\s+\d+\s+(s|min)\s+left", second_round.split("round 3/3")[0])  # when the release will come
+    rounds = [line for line in result.output.splitlines() if line.startswith("round ")]
+    assert len(rounds) == 3 and all(line.endswith(("s", "left")) for line in rounds)  # one line each, unwrapped
     assert (out / "local-report" / "held_out.parquet").is_file()
     privacy = json.loads((release / "privacy_report.json").read_text())
     assert len(privacy["sites"]) == 3 and all(site["epsilon_cumulative"] <= 1.0 + 1e-9 for site in privacy["sites"])

@@ -137,6 +137,7 @@ def test_schema_draft_says_which_columns_lost_rare_levels_and_which_carry_a_unit
     said = " ".join(result.output.split())
     assert result.exit_code == 0 and "column 'note': 20 of its values, each held by fewer than 5 rows" in said
     assert "column 'kappa': some cells are written with the unit 'mg/L'" in said
+    assert "the draft's name 'cohort' (the file's) titles every release" in said  # helper-72's 'hennepin'
     assert "200010" not in said and "200010" not in (tmp_path / "draft.json").read_text()
 
 
