@@ -74,11 +74,13 @@ def schema_draft(
         console.print(f"[yellow]column '{name}': none of its values was written into the draft (it holds dates, "
                       f"more than {MANY_CATEGORIES} distinct values, or values each held by fewer than "
                       f"{RARE_LEVEL_ROWS} rows, such as free text): if it is an identifier, a date or a note, drop it "
-                      "from the extract (or turn a date into a year or an age); a measure: make it a number column "
+                      "from the schema (the extract may keep it: a column the schema does not list is never used), or "
+                      "turn a date into a year or an age in the extract; a measure: make it a number column "
                       "with public bounds; otherwise list its public levels, grouping rare ones[/]")
-    for name, left_out in rare_level_columns(extract, draft).items():
-        console.print(f"[yellow]column '{name}': {left_out} of its values, each held by fewer than {RARE_LEVEL_ROWS} "
-                      "rows, were not written into the draft (a value that rare may be one patient's: a name or a "
+    for name in rare_level_columns(extract, draft):
+        outcome_class = " (an outcome class among them: add it)" if name == outcome else ""
+        console.print(f"[yellow]column '{name}': values held by fewer than {RARE_LEVEL_ROWS} rows each were not "
+                      f"written into the draft{outcome_class} (a value that rare may be one patient's: a name or a "
                       "record number in a note). Add the column's public levels that are missing (from a code list, "
                       "or a rare class of a flag), group rare values into one level in the extract, or drop free text; "
                       f"fedsyn validate --schema {out} {data} lists the lines that fit no level[/]")

@@ -73,7 +73,7 @@ def fit(
         contract = Schema.load(schema)
         frame = read_table(data, contract)
         require_valid(frame, contract, source=str(data))  # before any split: problems named by the file's lines
-        frame = schema_columns(frame, contract)  # a column the schema does not list is never read
+        frame = schema_columns(frame, contract)  # a column the schema does not list is never used
         test = None
         if held_out is not None:
             test = read_table(held_out, contract)
@@ -490,12 +490,12 @@ def _show_width(widths: tuple[WidthPlan, ...], epsilon: float, out: Path, batch_
             console.print("  (the sample rate is published: at this --batch-size, below the smallest site's rows, the "
                           "rate is below 1 and that site's row count, batch size / rate, is public too; the privacy "
                           "report lists it)", soft_wrap=True)
-    elif worst.epsilon_needed is None:
+    elif worst.epsilon_needed is None and epsilon < EPSILON_LADDER[-1]:
         console.print(f"  no epsilon up to {EPSILON_LADDER[-1]:g} per site resolves this width at {worst.site}'s "
                       f"{worst.rows} rows: keep fewer columns, or pool the smallest sites", soft_wrap=True)
     if worst.keep_advice:
         console.print(f"  at epsilon {epsilon:g}, {worst.keep_advice}: drop the others from the schema (the "
-                      "extracts may keep them: a column the schema does not list is never read), or pool small "
+                      "extracts may keep them: a column the schema does not list is never used), or pool small "
                       "sites", soft_wrap=True)
 
 

@@ -57,9 +57,9 @@ def _hold_to_quantum(started: float, quantum: float) -> None:
         # A coordinator that varies the work it asks for finds where replies cross into the next
         # quantum, and that point moves with the rows read (ninth review, F1): said once.
         _LONGER_THAN_A_QUANTUM.set()
-        log.warning("a reply took longer than one quantum (%.1f s of reply_quantum_seconds %g): its time says "
-                    "something of the extract's size; raise reply_quantum_seconds above the longest reply, or "
-                    "lower the policy's request limits", elapsed, quantum)
+        log.warning("a reply took longer than one quantum (reply_quantum_seconds %g): its time says something of "
+                    "the extract's size; raise reply_quantum_seconds above the longest reply, or lower the "
+                    "policy's request limits", quantum)  # how long it took is what the quantum hides: not logged
     time.sleep(max(1, math.ceil(elapsed / quantum)) * quantum - elapsed)
 
 

@@ -235,7 +235,7 @@ class Site:
             # stay over 365 days is one patient (ninth review, F2); `fedsyn validate` counts locally.
             log.warning("extract %s: out-of-domain records handled (policy out_of_domain=%s) in %s. "
                         "`fedsyn validate` names the rows", self.policy.data, self.policy.out_of_domain,
-                        "; ".join(f"{p.column}: {p.kind}" for p in screening.problems))
+                        "; ".join(problem.named() for problem in screening.problems))
         return screening
 
     def _private_rows(self) -> pd.DataFrame:

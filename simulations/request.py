@@ -179,9 +179,10 @@ def prepare(request: SimulationRequest) -> PreparedSimulation:
     if named and request.site_column:  # each hospital is named after its value: which values hold rows is said
         public_facts["site_names"] = {
             "value": list(named),
-            "why_public": f"each simulated hospital is named after its value of --site-column {request.site_column} "
-                          f"in this report and the release's README (with --data: one hospital per value holding "
-                          f"at least {MIN_SITE_ROWS} rows)"}
+            "why_public": f"each simulated hospital is named after the one value it holds in --site-column "
+                          f"{request.site_column} (a file holding several: after its file) in this report and the "
+                          f"release's README; with --data, one hospital per value holding at least {MIN_SITE_ROWS} "
+                          "rows"}
     if request.sweep:  # every release names the others drawn from the same rows, and what all of them spend
         budgets = [request.epsilon, *request.sweep]
         public_facts["releases_from_the_same_rows"] = {

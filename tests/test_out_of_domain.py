@@ -92,6 +92,18 @@ def test_a_column_the_schema_does_not_list_is_never_read_by_a_site(tmp_path, sma
         np.testing.assert_array_equal(released.tables[name], expected.tables[name])
 
 
+def test_what_a_site_logs_of_its_extract_names_columns_and_kinds_never_counts_or_lines():
+    """helper-73: the launch logged every validation note whole, with its rows and line numbers."""
+    import inspect
+
+    from fedsyn.client.ops import launch
+    from fedsyn.data.validation import Problem
+
+    note = Problem("kappa", "value recorded finer than the schema's precision", 3, ["line 4", "line 9"])
+    assert note.named() == "column 'kappa': value recorded finer than the schema's precision"
+    assert "note.named()" in inspect.getsource(launch.supernode_launch)
+
+
 def test_a_site_over_its_max_rows_logs_no_row_count(tmp_path, small_frame, demo_schema, caplog):
     """The ninth review's F2: the log line said 'holds 495 rows, more than max_rows 450'."""
     from fedsyn.client.site import PolicyRefusal

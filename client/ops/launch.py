@@ -39,8 +39,8 @@ def supernode_launch(policy_path: Path) -> SupernodeLaunch:
         raise PolicyError(f"{policy_path} has no [coordinator] section (superlink, root_certificates, "
                           "auth_private_key): add it to join a federation")
     screening = Site(policy).screened()  # raises LedgerError without a ledger, DataValidationError naming rows
-    for note in screening.notes:  # the operator hears them once, here; the site's checks never send them
-        log.warning("extract %s: %s", policy.data, note.describe())
+    for note in screening.notes:  # the operator hears them once, here (no counts: `fedsyn validate` has them)
+        log.warning("extract %s: %s", policy.data, note.named())
     connection = policy.coordinator
     launchers = install_launcher(policy.ledger.parent / "flower-bin", Path(policy_path))
     path = search_path(launchers)

@@ -309,6 +309,13 @@ RARE_LEVEL_ROWS = 5
 UNLISTED_LEVELS = "REVIEW: none of the extract's levels written; list the public ones or drop the column"
 
 
+def lists_no_level(column: Column) -> bool:
+    """Whether a column holds only a draft's placeholder (:data:`UNLISTED_LEVELS`, or an earlier
+    version's wording: any single 'REVIEW:' level)."""
+    return column.is_categorical and len(column.categories or []) == 1 \
+        and str((column.categories or [""])[0]).startswith("REVIEW:")
+
+
 def spell_category(value: object) -> object:
     """A category as text, the same from CSV and Parquet: integral floats (1.0) are '1'."""
     if value is None or (isinstance(value, float) and pd.isna(value)):
@@ -494,6 +501,7 @@ def _date_like(series: pd.Series) -> bool:
     """Whether a column holds dates or times as such (a Parquet export's timestamps, dates or
     durations), not as text."""
     return bool(pd.api.types.is_datetime64_any_dtype(series) or pd.api.types.is_timedelta64_dtype(series)
+                or isinstance(series.dtype, pd.PeriodDtype)
                 or (series.dtype == object and len(series.dropna()) > 0
                     and series.dropna().map(lambda v: isinstance(v, (dt.date, dt.time, dt.timedelta))).all()))
 
@@ -540,13 +548,17 @@ def units_removed(cells: pd.Series, column: Column) -> pd.Series:
     own = units == _folded_unit(column.unit)
     if not own.any():
         return cells
-    read = cells.where(~own, numbers)
+    read = cells.astype(object).where(~own, numbers)  # a Parquet category column cannot take a number
     as_numbers = pd.to_numeric(read, errors="coerce")
     return as_numbers if int(as_numbers.notna().sum()) == int(read.notna().sum()) else read
 
 
-# A number, then a unit that starts with a letter, '%' or a degree sign ('120 mg/dL', '37.2°C').
-_NUMBER_AND_UNIT = re.compile(r"^\s*([-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?)\s*((?:[^\W\d_]|[%°]).*?)\s*$")
+# A number (never split inside its exponent: '2e-05' is no 2 in 'e-05'), then a unit: one word
+# without a digit or a space, starting with a letter, '%' or a degree sign ('120 mg/dL',
+# '37.2°C'), at most UNIT_LENGTH characters (a note after a number, 'pt called back', is no unit).
+_NUMBER_AND_UNIT = re.compile(
+    r"^\s*([-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?)(?![eE][-+]?\d)\s*((?:[^\W\d_]|[%°])[^\s\d]*)\s*$")
+UNIT_LENGTH = 10
 
 
 def _folded_unit(unit: str) -> str:
@@ -557,22 +569,28 @@ def _numbers_with_units(cells: pd.Series) -> tuple[pd.Series, pd.Series]:
     """Each cell written as a number and a unit ('120 mg/dL'): its number and its unit (folded:
     no spaces, any letter case); missing for every other cell."""
     parts = cells.astype(str).where(cells.notna()).str.extract(_NUMBER_AND_UNIT)
-    return pd.to_numeric(parts[0], errors="coerce"), parts[1].map(_folded_unit, na_action="ignore")
+    units = parts[1].map(lambda unit: folded if len(folded := _folded_unit(unit)) <= UNIT_LENGTH else None,
+                         na_action="ignore")
+    return pd.to_numeric(parts[0], errors="coerce").where(units.notna()), units
 
 
 def _written_unit(cells: pd.Series) -> str | None:
     """The unit some of non-empty ``cells`` are written with beside their number, as most of
-    them write it, where those cells all give one unit ('mg/dL', 'mg/dl') and their numbers lie
-    within reach of the cells written as plain numbers (a '170 umol/L' among creatinines of
-    0.4-11 mg/dL is another unit, not the column's); None otherwise."""
+    them write it, where those cells all give one unit ('mg/dL', 'mg/dl'), in at least
+    :data:`RARE_LEVEL_ROWS` cells (one cell's words are no unit, and could be a patient's), and
+    their numbers spread as the plain numbers do: nine in ten within the plain numbers' range
+    and their median within the plain numbers' middle 80 % (a '5.5 mmol/L' among glucoses of
+    70-200 mg/dL, a '170 umol/L' among creatinines of 0.4-11 mg/dL, is another unit, not the
+    column's); None otherwise."""
     numbers, units = _numbers_with_units(cells)
     written = units.dropna()
-    if written.empty or written.nunique() > 1:
+    if len(written) < RARE_LEVEL_ROWS or written.nunique() > 1:
         return None
     plain = pd.to_numeric(cells, errors="coerce").dropna()
+    with_unit = numbers[units.notna()]
     if len(plain):
-        slack = (plain.max() - plain.min()) / 2  # a tail's value written with its unit is still in reach
-        if not numbers[units.notna()].between(plain.min() - slack, plain.max() + slack).all():
+        inside = with_unit.between(plain.min(), plain.max()).mean()
+        if inside < 0.9 or not plain.quantile(0.1) <= with_unit.median() <= plain.quantile(0.9):
             return None
     spelled = cells[units.notna()].astype(str).str.strip().str.extract(_NUMBER_AND_UNIT)[1]
     return str(spelled.value_counts().index[0])
@@ -823,7 +841,7 @@ def outcome_proxy_columns(frame: pd.DataFrame, schema: Schema) -> list[str]:
     for column in schema.columns:
         if column.name == schema.outcome or column.name not in frame.columns:
             continue
-        if column.is_categorical and column.levels == [UNLISTED_LEVELS]:
+        if lists_no_level(column):
             continue  # an identifier or a date: each value a row of its own, 'determining' anything
         cells = frame[column.name]
         # Empty is a value of its own (text conversion keeps it empty, and a cross-tabulation
@@ -971,8 +989,9 @@ def case_variant_columns(frame: pd.DataFrame, schema: Schema) -> list[str]:
     two ways, to be merged in the extract, or two levels the schema should name apart. (Stage
     'I', 'II' and 'III' are not: Roman numerals.)"""
     frame = without_schema_markers(frame, schema)
-    return [column.name for column in schema.categorical_columns if column.name in frame.columns
-            and _written_two_ways(sorted({str(spell_category(v)) for v in frame[column.name].dropna()}))]
+    return [column.name for column in schema.categorical_columns
+            if column.name in frame.columns and not lists_no_level(column)
+            and _written_two_ways(sorted({str(spell_category(v)).strip() for v in frame[column.name].dropna()}))]
 
 
 # Ways an extract writes yes and no (folded): a flag written in two of them is one level written twice.
@@ -997,20 +1016,14 @@ def category_levels(schema: Schema) -> dict[str, list[str]]:
 def unlisted_columns(schema: Schema) -> list[str]:
     """The columns a draft listed none of the levels of (:data:`UNLISTED_LEVELS`): too many, or
     each held by fewer than :data:`RARE_LEVEL_ROWS` rows."""
-    return [column.name for column in schema.categorical_columns if column.categories == [UNLISTED_LEVELS]]
+    return [column.name for column in schema.categorical_columns if lists_no_level(column)]
 
 
-def rare_level_columns(frame: pd.DataFrame, schema: Schema) -> dict[str, int]:
-    """Each categorical column of a draft that lists some of its levels and left out others,
-    each held by fewer than :data:`RARE_LEVEL_ROWS` rows of ``frame``: how many levels were left
-    out (never which)."""
+def rare_level_columns(frame: pd.DataFrame, schema: Schema) -> list[str]:
+    """The categorical columns of a draft that list some of their levels and left out others,
+    each held by fewer than :data:`RARE_LEVEL_ROWS` rows of ``frame``: names only (how many
+    levels would say how many patients hold one: 1 to 4 deaths, for an outcome)."""
     frame = without_schema_markers(frame, schema)
-    left_out = {}
-    for column in schema.categorical_columns:
-        if column.name not in frame.columns or column.categories == [UNLISTED_LEVELS]:
-            continue
-        levels = {str(spell_category(v)).strip() for v in frame[column.name].dropna()}
-        unlisted = len(levels - set(column.levels))
-        if unlisted:
-            left_out[column.name] = unlisted
-    return left_out
+    return [column.name for column in schema.categorical_columns
+            if column.name in frame.columns and not lists_no_level(column)
+            and {str(spell_category(v)).strip() for v in frame[column.name].dropna()} - set(column.levels)]

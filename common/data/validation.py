@@ -17,12 +17,12 @@ from fedsyn.data.schema import (
     MANY_CATEGORIES,
     NO_WORDS,
     RARE_LEVEL_ROWS,
-    UNLISTED_LEVELS,
     YES_WORDS,
     Column,
     ColumnKind,
     Schema,
     is_number,
+    lists_no_level,
     off_step,
     spell_category,
     value_like,
@@ -48,8 +48,16 @@ class Problem:
         note about several columns ('(bounds)') or the file ('(every column)') is named as such,
         not as a column ("column '(bounds)'" read as a column of that name)."""
         shown = f" (e.g. {', '.join(self.examples)})" if self.examples else ""
-        where = self.column.strip("()") if self.column.startswith("(") else f"column '{self.column}'"
-        return f"{where}, {self.rows} {self.counted}{shown}: {self.kind}"
+        return f"{self._where}, {self.rows} {self.counted}{shown}: {self.kind}"
+
+    def named(self) -> str:
+        """Where and what, without how many rows or which: for a log that may go to a collector
+        ("(1)" beside a stay over 365 days is one patient; ninth review, F2)."""
+        return f"{self._where}: {self.kind}"
+
+    @property
+    def _where(self) -> str:
+        return self.column.strip("()") if self.column.startswith("(") else f"column '{self.column}'"
 
 
 @dataclass(frozen=True)
@@ -131,7 +139,7 @@ def validate_frame(frame: pd.DataFrame, schema: Schema, numbering: RowNumbering 
     if unlisted:
         shown = ", ".join(f"'{name}'" for name in unlisted[:8]) + (f" and {len(unlisted) - 8} more"
                                                                    if len(unlisted) > 8 else "")
-        notes.append(Problem("(columns)", f"{shown} not in the schema: left out, never read (an identifier or a "
+        notes.append(Problem("(columns)", f"{shown} not in the schema: left out, never used (an identifier or a "
                              "column dropped from the schema needs no rewriting of the extract)",
                              len(unlisted), counted="column(s)"))
     if named:  # one note for them all: a drafted schema left as it was has one for every numeric column
@@ -236,13 +244,15 @@ def _file_problems(frame: pd.DataFrame, schema: Schema) -> list[Problem]:
 
 
 def unlisted_columns(frame: pd.DataFrame, schema: Schema) -> list[str]:
-    """The file's columns that the schema does not list: left out, never read. None where one
+    """The file's columns that the schema does not list: left out, never used. None where one
     of them looks like a value, which :func:`_file_problems` refuses: without a header line a
     file's "names" are its first record's values, never printed. One name that looks like a
     value (a number, a date, a category, or an empty cell, which pandas names 'Unnamed: 42')
     puts the whole line in doubt: its other cells are that record's values too (an ID, a
     diagnosis, a ward), however name-like they look."""
     unmatched = [str(c) for c in frame.columns if c not in schema.column_names]
+    if all(name in frame.columns for name in schema.column_names):
+        return unmatched  # a line naming every schema column is a header: 'Unnamed: 0', a pandas index, too
     categories = frozenset(level for column in schema.categorical_columns for level in column.levels)
     if any(value_like(name, categories) or name.startswith("Unnamed: ") for name in unmatched):
         return []
@@ -323,11 +333,11 @@ def _column_masks(series: pd.Series, column: Column) -> list[tuple[str, np.ndarr
     if column.kind is ColumnKind.CATEGORICAL:
         text = _as_category_text(series)
         unknown = present & ~text.isin(column.categories).to_numpy()
-        if unknown.any() and column.categories == [UNLISTED_LEVELS]:  # a newcomer was told to add an MRN
+        if unknown.any() and lists_no_level(column):  # a newcomer was told to add an MRN
             found.append((f"the draft listed none of this column's values (more than {MANY_CATEGORIES}, or each held "
                           f"by fewer than {RARE_LEVEL_ROWS} rows: free text, a date, a record number): "
-                          "an identifier or a date is dropped from the extract and the schema; otherwise list "
-                          "the column's public levels (grouping rare ones), or make it a number column", unknown))
+                          "an identifier or a date is dropped from the schema (the extract may keep it); otherwise "
+                          "list the column's public levels (grouping rare ones), or make it a number column", unknown))
         elif unknown.any():
             hint = _spelling_hint(text[unknown], column.levels)
             fix = "correct those rows, or add the category to the schema's list if it is a real one"
