@@ -77,7 +77,7 @@ def test_by_default_a_dirty_record_is_as_if_absent(tmp_path, small_frame, demo_s
         np.testing.assert_array_equal(released.tables[name], expected.tables[name])
     # Columns and kinds, never a count (a log line goes to a collector: "(1)" is one patient;
     # ninth review, F2), and never a value
-    assert "kappa: value outside the public bounds" in caplog.text and "record(s)" not in caplog.text
+    assert "column 'kappa': value outside the public bounds" in caplog.text and "record(s)" not in caplog.text
     assert "(1)" not in caplog.text and "31337" not in caplog.text
 
 
