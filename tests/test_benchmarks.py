@@ -118,3 +118,14 @@ def test_bench_site_tables_runs(monkeypatch, capsys, tmp_path):
     line = next(line for line in capsys.readouterr().out.splitlines() if line.startswith("demo"))
     sent, shrunk, summed = map(float, line.split()[2:])
     assert 0 < shrunk and 0 < sent and 0 < summed
+
+
+def test_bench_noise_draws_runs(monkeypatch, capsys, tmp_path):
+    from fedsyn.data.demo import demo_data_path, demo_schema_path
+
+    pd.read_csv(demo_data_path()).head(400).to_csv(tmp_path / "rows.csv", index=False)
+    _run(monkeypatch, "bench_noise_draws.py", str(tmp_path / "rows.csv"), str(demo_schema_path()), "sex", "age",
+         "--draws", "2")
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].startswith("age at epsilon 1, 2 sites, 2 draws") and len(lines) == 3
+    assert all("exact mean" in line and "of draws" in line for line in lines[1:])
