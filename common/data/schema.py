@@ -485,7 +485,7 @@ def _drafted_column(series: pd.Series, outcome: bool = False) -> Column:
                       needs_review=True)
     # Spelled as an extract is read: stray spaces around a level are that level ('F ' is 'F').
     # Levels that are numbers in their numbers' order (a coma score's 8, 9, 10, not 10, 8, 9).
-    counts = Counter(str(spell_category(v)).strip() for v in values)
+    counts = _yes_and_no_together(Counter(str(spell_category(v)).strip() for v in values))
     categories = sorted((level for level, rows in counts.items() if rows >= RARE_LEVEL_ROWS),
                         key=lambda level: (0, float(level), level) if is_number(level) else (1, 0.0, level))
     if len(counts) > MANY_CATEGORIES or (counts and not categories):
@@ -495,6 +495,23 @@ def _drafted_column(series: pd.Series, outcome: bool = False) -> Column:
     categories = categories or ["(none)"]
     return Column(name=name, kind=ColumnKind.CATEGORICAL, categories=categories, nullable=nullable,
                   needs_review=True)
+
+
+def _yes_and_no_together(counts: Counter[str]) -> Counter[str]:
+    """A flag's spellings of yes and of no ('Yes', 'yes', 'Y', '1') counted as one level each,
+    under its most common spelling, where every level is one of them: each spelling alone may be
+    rarer than a level must be to be drafted, and the reader takes the others for it
+    (:func:`yes_no_levels`). Any other column's counts as they are."""
+    folded = {level: level.casefold() for level in counts}
+    if not counts or not all(word in YES_WORDS | NO_WORDS for word in folded.values()) \
+            or not any(word in YES_WORDS for word in folded.values()) \
+            or not any(word in NO_WORDS for word in folded.values()):
+        return counts
+    together: Counter[str] = Counter()
+    for words in (YES_WORDS, NO_WORDS):
+        spellings = [level for level in counts if folded[level] in words]
+        together[max(spellings, key=lambda level: (counts[level], level))] = sum(counts[s] for s in spellings)
+    return together
 
 
 def _date_like(series: pd.Series) -> bool:
@@ -991,12 +1008,25 @@ def case_variant_columns(frame: pd.DataFrame, schema: Schema) -> list[str]:
     frame = without_schema_markers(frame, schema)
     return [column.name for column in schema.categorical_columns
             if column.name in frame.columns and not lists_no_level(column)
+            and yes_no_levels(column.levels) is None  # a flag's other spellings are read as its two levels
             and _written_two_ways(sorted({str(spell_category(v)).strip() for v in frame[column.name].dropna()}))]
 
 
 # Ways an extract writes yes and no (folded): a flag written in two of them is one level written twice.
 YES_WORDS = frozenset({"y", "yes", "1", "true", "t"})
 NO_WORDS = frozenset({"n", "no", "0", "false", "f"})
+
+
+def yes_no_levels(levels: Collection[str]) -> tuple[str, str] | None:
+    """A yes/no column's two levels, its yes first ('yes' and 'no', 'Y' and 'N', '1' and '0'),
+    or None for any other list: a cell written as another spelling of yes or no (any of
+    :data:`YES_WORDS` or :data:`NO_WORDS`, in any letter case) is read as that level. Two
+    newcomers' flags were written Yes, yes, Y and 1 in one column."""
+    if len(levels) != 2:
+        return None
+    yes = [level for level in levels if level.strip().casefold() in YES_WORDS]
+    no = [level for level in levels if level.strip().casefold() in NO_WORDS]
+    return (yes[0], no[0]) if len(yes) == 1 and len(no) == 1 else None
 
 
 def _written_two_ways(levels: list[str]) -> bool:
@@ -1026,4 +1056,5 @@ def rare_level_columns(frame: pd.DataFrame, schema: Schema) -> list[str]:
     frame = without_schema_markers(frame, schema)
     return [column.name for column in schema.categorical_columns
             if column.name in frame.columns and not lists_no_level(column)
+            and yes_no_levels(column.levels) is None  # a flag's other spellings are read as its two levels
             and {str(spell_category(v)).strip() for v in frame[column.name].dropna()} - set(column.levels)]

@@ -10,6 +10,8 @@ from pathlib import Path
 import pandas as pd
 
 from fedsyn.data.schema import (
+    NO_WORDS,
+    YES_WORDS,
     ColumnKind,
     Schema,
     headerless_names,
@@ -18,6 +20,7 @@ from fedsyn.data.schema import (
     text_columns,
     units_removed,
     without_schema_markers,
+    yes_no_levels,
 )
 from fedsyn.errors import InputDataError
 
@@ -149,7 +152,11 @@ def _as_category(series: pd.Series, levels: set[str]) -> pd.Series:
     """Categorical codes as strings, spelled as the schema spells them (see :func:`spell_category`),
     a level with stray surrounding spaces read as that level, and a whole-number level written
     with a decimal point ('2.0' for '2': pandas writes a number column with gaps so, and a
-    newcomer's draft, which read the column as numbers, was refused by validate on its own file)."""
+    newcomer's draft, which read the column as numbers, was refused by validate on its own file),
+    and a yes/no column's other spellings of yes and no ('Y', 'Yes', '1', 'true') read as its
+    two levels (:func:`fedsyn.data.schema.yes_no_levels`)."""
+    flag = yes_no_levels(sorted(levels))
+
     def spelled(value: object) -> object:
         text = spell_category(value)
         if not isinstance(text, str) or text in levels:
@@ -157,7 +164,14 @@ def _as_category(series: pd.Series, levels: set[str]) -> pd.Series:
         if text.strip() in levels:
             return text.strip()
         whole = re.fullmatch(r"\s*([+-]?\d+)\.0+\s*", text)
-        return whole.group(1) if whole and whole.group(1) in levels else text
+        if whole and whole.group(1) in levels:
+            return whole.group(1)
+        folded = (whole.group(1) if whole else text).strip().casefold()
+        if flag is not None and folded in YES_WORDS:  # a flag's 'Y', 'Yes', 'true', '1': its yes
+            return flag[0]
+        if flag is not None and folded in NO_WORDS:
+            return flag[1]
+        return text
 
     return series.map(spelled).astype(object)
 
