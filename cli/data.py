@@ -15,13 +15,17 @@ schema_app = typer.Typer(help="Work with the public schema (the data contract)."
 
 @schema_app.command("draft")
 def schema_draft(
-    data: Annotated[Path, typer.Argument(help="a local extract (CSV or Parquet) to draft from")],
+    data: Annotated[list[Path], typer.Argument(
+        help="a local extract (CSV or Parquet) to draft from; several (a simulation's hospitals, the same columns) "
+             "are drafted as one table")],
     out: Annotated[Path, typer.Option("--out", "-o", help="where the draft goes")] = Path("schema.draft.json"),
     outcome: Annotated[str | None, typer.Option(help="the categorical column to predict, e.g. death")] = None,
     overwrite: Annotated[bool, typer.Option(help="replace the file at --out (a schema reviewed by hand is lost)")
                          ] = False,
 ) -> None:
     """Draft a schema from a local extract. Every bound and category list is marked needs_review."""
+    import pandas as pd
+
     from fedsyn.data.schema import draft_schema
     from fedsyn.data.tables import DataFileError, read_table
 
@@ -29,11 +33,16 @@ def schema_draft(
         fail(f"--out {out} already exists (perhaps the schema you reviewed): give another --out, or --overwrite to "
              "replace it")
     try:
-        extract = read_table(data)
-        draft = draft_schema(extract, name=data.stem, outcome=outcome)
+        extracts = [read_table(path) for path in data]
+        for path, extract in zip(data[1:], extracts[1:]):
+            if set(extract.columns) != set(extracts[0].columns):  # names only: a header names columns
+                fail(f"{path} has other columns than {data[0]}: draft from files of the same columns")
+        extract = pd.concat(extracts, ignore_index=True) if len(extracts) > 1 else extracts[0]
+        draft = draft_schema(extract, name=data[0].stem, outcome=outcome)
     except (DataFileError, ValueError) as exc:
         fail(str(exc))
     draft.save(out)
+    checked = data[0] if len(data) == 1 else Path("FILE")  # what `fedsyn validate` is told to read
     from fedsyn.data.schema import (
         MANY_CATEGORIES,
         RARE_LEVEL_ROWS,
@@ -83,7 +92,7 @@ def schema_draft(
                       f"written into the draft{outcome_class} (a value that rare may be one patient's: a name or a "
                       "record number in a note). Add the column's public levels that are missing (from a code list, "
                       "or a rare class of a flag), group rare values into one level in the extract, or drop free text; "
-                      f"fedsyn validate --schema {out} {data} lists the lines that fit no level[/]")
+                      f"fedsyn validate --schema {out} {checked} lists the lines that fit no level[/]")
     # Neither warning counts the cells: one cell below a detection limit is one patient, and a
     # terminal's text ends up in tickets (validate's line numbers stay on the site's own screen).
     for name in censored_cells(extract, draft):
@@ -91,18 +100,18 @@ def schema_draft(
                       "detection limit, '>89' for a capped age): it was drafted as a number. Write each as the limit "
                       "itself and make that limit the column's public bound (a bound is a value of its own that the "
                       "release keeps), "
-                      f"or empty them; fedsyn validate --schema {out} {data} lists their lines[/]")
+                      f"or empty them; fedsyn validate --schema {out} {checked} lists their lines[/]")
     for name in stray_text_cells(extract, draft):
         console.print(f"[yellow]column '{name}' holds numbers but for some cells of text (a unit written beside "
                       "the value, a word for an unknown value): it was drafted as a number. A word the extract "
                       "writes for 'not known' ('unknown', 'not done'): add it to the column's own missing_values; "
                       "anything else: write those cells as numbers, or empty them, in the extract (fedsyn validate "
-                      f"--schema {out} {data} lists their lines)[/]")
+                      f"--schema {out} {checked} lists their lines)[/]")
     for name, sides in far_bound_columns(extract, draft).items():
         console.print(f"[yellow]column '{name}': its drafted {' and '.join(sides)} bound lies far beyond the rest of "
                       "its values (a typo, or a code such as 999 for 'unknown'): set the public bound (a clinical "
                       "limit) instead, and put a code in the column's own missing_values (it means no value); "
-                      f"fedsyn validate --schema {out} {data} then lists the lines outside the bound, to "
+                      f"fedsyn validate --schema {out} {checked} then lists the lines outside the bound, to "
                       "correct or empty[/]")
     for name in stray_negative_columns(extract, draft):
         console.print(f"[yellow]column '{name}' holds a few values below 0 among values that are otherwise 0 or "
@@ -110,13 +119,13 @@ def schema_draft(
                       "bound is one of them. If values below 0 are real (an income, a change), keep them; if not, "
                       "set the public lower bound (0, or a clinical limit), add a code to the column's own "
                       "missing_values and "
-                      f"correct typos (fedsyn validate --schema {out} {data} lists those lines)[/]")
+                      f"correct typos (fedsyn validate --schema {out} {checked} lists those lines)[/]")
     for name, sides in far_level_columns(extract, draft).items():
         console.print(f"[yellow]column '{name}' was drafted with number levels, and its "
                       f"{' and '.join('largest' if side == 'upper' else 'smallest' for side in sides)} lies far "
                       "beyond the others (a code such as 999 for 'unknown'): if it stands for a missing value, "
                       "add it to the column's own missing_values and drop it from the levels; otherwise correct "
-                      f"those rows (fedsyn validate --schema {out} {data} lists them once it is dropped)[/]")
+                      f"those rows (fedsyn validate --schema {out} {checked} lists them once it is dropped)[/]")
     for name in constant_columns(extract, draft):
         console.print(f"[yellow]column '{name}' holds one value in every row: unless it names the hospital (a site "
                       "column), it tells nothing, and every column shares the budget (the noise grows with the "
@@ -146,8 +155,9 @@ def schema_draft(
                       "utility can be measured and generation conditions on it[/]")
     console.print(f"[yellow]the draft's name '{escape(draft.name)}' (the file's) titles every release made with it: "
                   "rename it to the study's name[/]")
+    read = " ".join(map(str, data))
     console.print(f"[yellow bold]Draft written to {out}. Its kinds, bounds, categories, precisions, nullable "
-                  f"flags and missing-value markers were read off {data}: that is private information.[/] Replace "
+                  f"flags and missing-value markers were read off {read}: that is private information.[/] Replace "
                   "each with public knowledge (clinical ranges, code lists), set needs_review to false, then train. "
                   "Training refuses needs_review columns unless --allow-unreviewed-schema is given, which is then "
                   "written into the privacy report.")

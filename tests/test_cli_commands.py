@@ -140,6 +140,17 @@ def test_schema_draft_says_which_columns_lost_rare_levels_and_which_carry_a_unit
     assert "column 'kappa': some cells are written with the unit 'mg/L'" in said
     assert "the draft's name 'cohort' (the file's) titles every release" in said  # helper-72's 'hennepin'
     assert "200010" not in said and "200010" not in (tmp_path / "draft.json").read_text()
+    # helper-74 drafted from one of its hospitals' files: its hospital column listed two of four
+    rows.iloc[:100].assign(hospital="north").to_csv(tmp_path / "north.csv", index=False)
+    rows.iloc[100:].assign(hospital="south").astype({"kappa": str}).to_parquet(tmp_path / "south.parquet")
+    both = _invoke("schema", "draft", tmp_path / "north.csv", tmp_path / "south.parquet", "--out",
+                   tmp_path / "both.json", "--outcome", "death")
+    assert both.exit_code == 0, both.output
+    columns = {c["name"]: c for c in json.loads((tmp_path / "both.json").read_text())["columns"]}
+    assert columns["hospital"]["categories"] == ["north", "south"]
+    rows.iloc[:50].drop(columns=["age"]).to_csv(tmp_path / "other.csv", index=False)
+    other = _invoke("schema", "draft", tmp_path / "north.csv", tmp_path / "other.csv", "--out", tmp_path / "x.json")
+    assert other.exit_code == 2 and "has other columns than" in other.output
 
 
 def test_fit_writes_model_rows_and_a_privacy_report_declaring_the_row_count(tmp_path, demo_frame):
