@@ -61,9 +61,11 @@ def main() -> None:
     errors = np.abs(np.asarray(errors))
     span = column.upper - column.lower
     print(f"{args.column} at epsilon {args.epsilon:g}, {len(sites)} sites, {args.draws} draws (sigma {sigma:.2f})")
+    classes = schema.column(schema.outcome).levels if schema.outcome else []
     for k, mean in enumerate(truth):
         far = float((errors[:, k] > args.far * span).mean())
-        print(f"  class {k}: exact mean {mean:.1f}; |error| mean {errors[:, k].mean():.1f}, "
+        name = classes[k] if k < len(classes) else "missing"
+        print(f"  class {name}: exact mean {mean:.1f}; |error| mean {errors[:, k].mean():.1f}, "
               f"median {np.median(errors[:, k]):.1f}, worst {errors[:, k].max():.1f}; "
               f"beyond {args.far:.0%} of the range in {far:.0%} of draws")
 

@@ -26,19 +26,22 @@ def schema_draft(
     """Draft a schema from a local extract. Every bound and category list is marked needs_review."""
     import pandas as pd
 
-    from fedsyn.data.schema import draft_schema
+    from fedsyn.data.schema import date_like, draft_schema
     from fedsyn.data.tables import DataFileError, read_table
 
     if out.exists() and not overwrite:  # a newcomer's reviewed schema was replaced by a fresh draft, unasked
         fail(f"--out {out} already exists (perhaps the schema you reviewed): give another --out, or --overwrite to "
              "replace it")
+    if len({path.resolve() for path in data}) < len(data):  # its rows counted twice: a rare level would pass
+        fail("a file is given twice: give each hospital's file once")
     try:
         extracts = [read_table(path) for path in data]
         for path, extract in zip(data[1:], extracts[1:]):
             if set(extract.columns) != set(extracts[0].columns):  # names only: a header names columns
                 fail(f"{path} has other columns than {data[0]}: draft from files of the same columns")
+        dates = {str(name) for extract in extracts for name in extract.columns if date_like(extract[name])}
         extract = pd.concat(extracts, ignore_index=True) if len(extracts) > 1 else extracts[0]
-        draft = draft_schema(extract, name=data[0].stem, outcome=outcome)
+        draft = draft_schema(extract, name=data[0].stem, outcome=outcome, dates=dates)
     except (DataFileError, ValueError) as exc:
         fail(str(exc))
     draft.save(out)

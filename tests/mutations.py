@@ -389,6 +389,19 @@ MUTATIONS = [
     Mutation("the dashboard answers any Host", "server/ops/dashboard.py",
              "if host_allowed(request.headers.get(\"host\", \"\"), hosts):", "if True:",
              ("tests/test_dashboard.py::test_only_requests_addressed_to_the_view_are_answered",)),
+    # Session 32: a newcomer's note with a record number in a draft; the ninth review's seed.
+    Mutation("a draft writes a level one patient holds", "common/data/schema.py",
+             "if rows >= RARE_LEVEL_ROWS),", "if rows >= 1),",
+             ("tests/test_schema_and_validation.py::"
+              "test_a_draft_writes_no_level_held_by_few_rows_and_no_date_as_a_number",
+              "tests/test_cli_commands.py::test_schema_draft_says_which_columns_lost_rare_levels_and_which_carry_a_unit")),
+    Mutation("a column the schema does not list reaches the mechanisms", "common/data/validation.py",
+             "    frame = schema_columns(frame, schema)\n", "",
+             ("tests/test_schema_and_validation.py::"
+              "test_validation_reports_missing_columns_and_notes_the_ones_it_leaves_out",)),
+    Mutation("a seeded simulation's coordinator stream comes from the seed alone", "simulations/run.py",
+             "    settings = plan.coordinator_settings(settings)\n", "",
+             ("tests/test_randomness.py::test_the_coordinators_stream_comes_from_the_seed_and_the_stream_nonce",)),
 ]
 
 

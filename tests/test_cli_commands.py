@@ -12,6 +12,7 @@ import stat
 
 import click
 import numpy as np
+import pandas as pd
 import pytest
 import typer
 from typer.testing import CliRunner
@@ -148,6 +149,15 @@ def test_schema_draft_says_which_columns_lost_rare_levels_and_which_carry_a_unit
     assert both.exit_code == 0, both.output
     columns = {c["name"]: c for c in json.loads((tmp_path / "both.json").read_text())["columns"]}
     assert columns["hospital"]["categories"] == ["north", "south"]
+    twice = _invoke("schema", "draft", tmp_path / "north.csv", tmp_path / ".." / tmp_path.name / "north.csv",
+                    "--out", tmp_path / "twice.json")  # its rows counted twice: a level of 3 rows would pass
+    assert twice.exit_code == 2 and "given twice" in twice.output
+    dated = pd.Timestamp("2021-03-01") + pd.to_timedelta(np.arange(len(rows)) % 7, unit="D")
+    rows.iloc[:100].assign(admitted=dated[:100].strftime("%Y-%m-%d")).to_csv(tmp_path / "d1.csv", index=False)
+    rows.iloc[100:].assign(admitted=dated[100:]).astype({"kappa": str}).to_parquet(tmp_path / "d2.parquet")
+    assert _invoke("schema", "draft", tmp_path / "d1.csv", tmp_path / "d2.parquet", "--out",
+                   tmp_path / "dated.json").exit_code == 0
+    assert "2021" not in (tmp_path / "dated.json").read_text()  # dates in one file: dates in every one
     rows.iloc[:50].drop(columns=["age"]).to_csv(tmp_path / "other.csv", index=False)
     other = _invoke("schema", "draft", tmp_path / "north.csv", tmp_path / "other.csv", "--out", tmp_path / "x.json")
     assert other.exit_code == 2 and "has other columns than" in other.output

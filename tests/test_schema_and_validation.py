@@ -312,6 +312,17 @@ def test_a_lab_column_with_a_few_units_written_in_is_drafted_as_a_number_and_its
                                                       for c in drafted.columns]})
     read = read_table(tmp_path / "flags.csv", reviewed)
     assert read["diabetes"].tolist() == ["yes", "no"] * 12 and validate_frame(read, reviewed).ok
+    # ...but never a letter or a code (helper-75): an 'F' among Y and N is a former smoker, and a
+    # sex coded 0 and 1 is no flag; validate names those lines, and the draft the smoker's column
+    smokers = pd.DataFrame({"smoker": ["Y", "N"] * 10 + ["F"] * 3, "sex": ["0", "1"] * 10 + ["yes"] * 3})
+    drafted = draft_schema(smokers)
+    assert drafted.column("smoker").categories == ["N", "Y"] and rare_level_columns(smokers, drafted) == ["smoker",
+                                                                                                         "sex"]
+    smokers.to_csv(tmp_path / "smokers.csv", index=False)
+    reviewed = drafted.model_copy(update={"columns": [c.model_copy(update={"needs_review": False})
+                                                      for c in drafted.columns]})
+    report = validate_frame(read_table(tmp_path / "smokers.csv", reviewed), reviewed)
+    assert {problem.column: problem.rows for problem in report.problems} == {"smoker": 3, "sex": 3}
 
 
 def test_a_lab_column_with_a_word_for_unknown_in_many_cells_is_drafted_as_a_number(demo_frame, tmp_path):

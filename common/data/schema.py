@@ -318,7 +318,7 @@ def lists_no_level(column: Column) -> bool:
 
 def spell_category(value: object) -> object:
     """A category as text, the same from CSV and Parquet: integral floats (1.0) are '1'."""
-    if value is None or (isinstance(value, float) and pd.isna(value)):
+    if value is None or value is pd.NA or (isinstance(value, float) and pd.isna(value)):
         return None
     if isinstance(value, float) and value.is_integer():
         return str(int(value))
@@ -415,14 +415,16 @@ def missing_markers(text_values: Mapping[str, set[str]], levels: Mapping[str, se
                    for value in values if is_missing_marker(value)})
 
 
-def draft_schema(frame: pd.DataFrame, name: str = "table", outcome: str | None = None) -> Schema:
+def draft_schema(frame: pd.DataFrame, name: str = "table", outcome: str | None = None,
+                 dates: Collection[str] = ()) -> Schema:
     """Guess a schema from a local extract; every guessed bound or category list needs review.
 
     The draft reads min/max and category sets off the private rows, so it is a starting
     point for a person, never something to train on as it is. Cells that look like a way of
     writing "missing" ('?', '-', 'na') become the schema's ``missing_values`` and are read as
-    empty, so a lab column with a few '?' is still drafted as a number. Errors name columns,
-    never values.
+    empty, so a lab column with a few '?' is still drafted as a number. ``dates`` names
+    columns to draft as dates whatever their cells (dates in one of several files: their text in
+    another, concatenated, is no date type). Errors name columns, never values.
     """
     names = [str(col) for col in frame.columns]
     own_values = frozenset(_names_among_own_values(frame))
@@ -438,7 +440,8 @@ def draft_schema(frame: pd.DataFrame, name: str = "table", outcome: str | None =
     markers = missing_markers(text_values, levels)
     frame = without_markers(frame, markers, levels)
     try:
-        return Schema(name=name, columns=[_drafted_column(frame[col], str(col) == outcome) for col in frame.columns],
+        return Schema(name=name, columns=[_drafted_column(frame[col], str(col) == outcome, str(col) in dates)
+                                          for col in frame.columns],
                       outcome=outcome,
                       missing_values=markers)
     except ValidationError as exc:
@@ -453,12 +456,12 @@ def _names_among_own_values(frame: pd.DataFrame) -> list[str]:
             if str(name).strip() in set(frame[name].dropna().astype(str).str.strip())]
 
 
-def _drafted_column(series: pd.Series, outcome: bool = False) -> Column:
+def _drafted_column(series: pd.Series, outcome: bool = False, date: bool = False) -> Column:
     """One column's guess: numeric with its observed range (its stray text cells left for
     validation to point at, :func:`stray_text_cells`; cells written as a limit, '<0.01', however
     many, :func:`censored_cells`), or categorical with its observed levels."""
     name, nullable, values = str(series.name), bool(series.isna().any()), series.dropna()
-    if _date_like(series):  # a Parquet export's dates read as numbers: their bounds two patients' dates
+    if date or date_like(series):  # a Parquet export's dates read as numbers: their bounds two patients' dates
         return Column(name=name, kind=ColumnKind.CATEGORICAL, categories=[UNLISTED_LEVELS], nullable=nullable,
                       needs_review=True)
     numeric = pd.to_numeric(values, errors="coerce")
@@ -503,18 +506,19 @@ def _yes_and_no_together(counts: Counter[str]) -> Counter[str]:
     rarer than a level must be to be drafted, and the reader takes the others for it
     (:func:`yes_no_levels`). Any other column's counts as they are."""
     folded = {level: level.casefold() for level in counts}
-    if not counts or not all(word in YES_WORDS | NO_WORDS for word in folded.values()) \
-            or not any(word in YES_WORDS for word in folded.values()) \
-            or not any(word in NO_WORDS for word in folded.values()):
+    if not counts or not all(word in READ_AS_YES | READ_AS_NO for word in folded.values()):
         return counts
     together: Counter[str] = Counter()
-    for words in (YES_WORDS, NO_WORDS):
-        spellings = [level for level in counts if folded[level] in words]
-        together[max(spellings, key=lambda level: (counts[level], level))] = sum(counts[s] for s in spellings)
+    for read, words in ((READ_AS_YES, FLAG_YES), (READ_AS_NO, FLAG_NO)):
+        spellings = [level for level in counts if folded[level] in read]
+        worded = [level for level in spellings if folded[level] in words]
+        if not worded:  # '1' and '0' alone are codes, kept as they are
+            return counts
+        together[max(worded, key=lambda level: (counts[level], level))] = sum(counts[s] for s in spellings)
     return together
 
 
-def _date_like(series: pd.Series) -> bool:
+def date_like(series: pd.Series) -> bool:
     """Whether a column holds dates or times as such (a Parquet export's timestamps, dates or
     durations), not as text."""
     return bool(pd.api.types.is_datetime64_any_dtype(series) or pd.api.types.is_timedelta64_dtype(series)
@@ -1015,17 +1019,21 @@ def case_variant_columns(frame: pd.DataFrame, schema: Schema) -> list[str]:
 # Ways an extract writes yes and no (folded): a flag written in two of them is one level written twice.
 YES_WORDS = frozenset({"y", "yes", "1", "true", "t"})
 NO_WORDS = frozenset({"n", "no", "0", "false", "f"})
+# What a flag's cells are read as (yes_no_levels): words only for its levels ('0' and '1' may be
+# any two codes: a sex), and never 't' or 'f' ('F' is a former smoker as often as false).
+FLAG_YES, FLAG_NO = frozenset({"y", "yes", "true"}), frozenset({"n", "no", "false"})
+READ_AS_YES, READ_AS_NO = FLAG_YES | {"1"}, FLAG_NO | {"0"}
 
 
 def yes_no_levels(levels: Collection[str]) -> tuple[str, str] | None:
     """A yes/no column's two levels, its yes first ('yes' and 'no', 'Y' and 'N', '1' and '0'),
-    or None for any other list: a cell written as another spelling of yes or no (any of
-    :data:`YES_WORDS` or :data:`NO_WORDS`, in any letter case) is read as that level. Two
-    newcomers' flags were written Yes, yes, Y and 1 in one column."""
+    or None for any other list (codes '0' and '1' among them): a cell written as another
+    spelling of yes or no (:data:`READ_AS_YES`, :data:`READ_AS_NO`, in any letter case; never
+    't' or 'f') is read as that level. Two newcomers' flags were written Yes, yes, Y and 1."""
     if len(levels) != 2:
         return None
-    yes = [level for level in levels if level.strip().casefold() in YES_WORDS]
-    no = [level for level in levels if level.strip().casefold() in NO_WORDS]
+    yes = [level for level in levels if level.strip().casefold() in FLAG_YES]
+    no = [level for level in levels if level.strip().casefold() in FLAG_NO]
     return (yes[0], no[0]) if len(yes) == 1 and len(no) == 1 else None
 
 
@@ -1055,6 +1063,12 @@ def rare_level_columns(frame: pd.DataFrame, schema: Schema) -> list[str]:
     levels would say how many patients hold one: 1 to 4 deaths, for an outcome)."""
     frame = without_schema_markers(frame, schema)
     return [column.name for column in schema.categorical_columns
-            if column.name in frame.columns and not lists_no_level(column)
-            and yes_no_levels(column.levels) is None  # a flag's other spellings are read as its two levels
-            and {str(spell_category(v)).strip() for v in frame[column.name].dropna()} - set(column.levels)]
+            if column.name in frame.columns and not lists_no_level(column) and _left_out(frame[column.name], column)]
+
+
+def _left_out(cells: pd.Series, column: Column) -> set[str]:
+    """The values of ``cells`` that read as none of ``column``'s levels (a flag's other spellings
+    of yes and no are read as its levels: :func:`yes_no_levels`)."""
+    flag = yes_no_levels(column.levels)
+    values = {str(spell_category(v)).strip() for v in cells.dropna()} - set(column.levels)
+    return {v for v in values if flag is None or v.casefold() not in READ_AS_YES | READ_AS_NO}

@@ -10,8 +10,8 @@ from pathlib import Path
 import pandas as pd
 
 from fedsyn.data.schema import (
-    NO_WORDS,
-    YES_WORDS,
+    READ_AS_NO,
+    READ_AS_YES,
     ColumnKind,
     Schema,
     headerless_names,
@@ -167,9 +167,9 @@ def _as_category(series: pd.Series, levels: set[str]) -> pd.Series:
         if whole and whole.group(1) in levels:
             return whole.group(1)
         folded = (whole.group(1) if whole else text).strip().casefold()
-        if flag is not None and folded in YES_WORDS:  # a flag's 'Y', 'Yes', 'true', '1': its yes
+        if flag is not None and folded in READ_AS_YES:  # a flag's 'Y', 'Yes', 'true', '1': its yes
             return flag[0]
-        if flag is not None and folded in NO_WORDS:
+        if flag is not None and folded in READ_AS_NO:
             return flag[1]
         return text
 
