@@ -281,4 +281,7 @@ def test_site_stop_and_coordinator_restart_with_real_processes(demo_frame, demo_
         ledger = PrivacyLedger.load(SitePolicy.load(deployment.plan.policies[index]).ledger)
         assert site["epsilon_cumulative"] == pytest.approx(ledger.epsilon(), rel=1e-9)
         this_run = ledger.events[first_run[index]:]
-        assert [e.round for e in this_run] == [0, 1, 2, 3]  # every round charged once, none twice
+        # every round charged once, none twice: round 0 is two releases (the tables with the
+        # votes, then the pair tables, at a larger multiplier: fedsyn.privacy.pairs), each once
+        assert [e.round for e in this_run] == [0, 0, 1, 2, 3]
+        assert this_run[0].noise_multiplier < this_run[1].noise_multiplier
