@@ -316,6 +316,11 @@ def lists_no_level(column: Column) -> bool:
         and str((column.categories or [""])[0]).startswith("REVIEW:")
 
 
+def _written_level(value: object) -> str:
+    """A non-empty cell as a draft lists it: spelled as a category, stray spaces off ('F ' is 'F')."""
+    return str(spell_category(value)).strip()
+
+
 def spell_category(value: object) -> object:
     """A category as text, the same from CSV and Parquet: integral floats (1.0) are '1'."""
     if value is None or value is pd.NA or (isinstance(value, float) and pd.isna(value)):
@@ -488,7 +493,7 @@ def _drafted_column(series: pd.Series, outcome: bool = False, date: bool = False
                       needs_review=True)
     # Spelled as an extract is read: stray spaces around a level are that level ('F ' is 'F').
     # Levels that are numbers in their numbers' order (a coma score's 8, 9, 10, not 10, 8, 9).
-    counts = _yes_and_no_together(Counter(str(spell_category(v)).strip() for v in values))
+    counts = _yes_and_no_together(Counter(_written_level(v) for v in values))
     categories = sorted((level for level, rows in counts.items() if rows >= RARE_LEVEL_ROWS),
                         key=lambda level: (0, float(level), level) if is_number(level) else (1, 0.0, level))
     if len(counts) > MANY_CATEGORIES or (counts and not categories):
@@ -1013,7 +1018,7 @@ def case_variant_columns(frame: pd.DataFrame, schema: Schema) -> list[str]:
     return [column.name for column in schema.categorical_columns
             if column.name in frame.columns and not lists_no_level(column)
             and yes_no_levels(column.levels) is None  # a flag's other spellings are read as its two levels
-            and _written_two_ways(sorted({str(spell_category(v)).strip() for v in frame[column.name].dropna()}))]
+            and _written_two_ways(sorted({_written_level(v) for v in frame[column.name].dropna()}))]
 
 
 # Ways an extract writes yes and no (folded): a flag written in two of them is one level written twice.
@@ -1070,5 +1075,5 @@ def _left_out(cells: pd.Series, column: Column) -> set[str]:
     """The values of ``cells`` that read as none of ``column``'s levels (a flag's other spellings
     of yes and no are read as its levels: :func:`yes_no_levels`)."""
     flag = yes_no_levels(column.levels)
-    values = {str(spell_category(v)).strip() for v in cells.dropna()} - set(column.levels)
+    values = {_written_level(v) for v in cells.dropna()} - set(column.levels)
     return {v for v in values if flag is None or v.casefold() not in READ_AS_YES | READ_AS_NO}
