@@ -150,17 +150,19 @@ def schema_draft(
         named = ", ".join(f"'{name}'" for name in variants)
         plural = len(variants) > 1
         console.print(f"[yellow]column{'s' if plural else ''} {named} list{'' if plural else 's'} levels that "
-                      "differ only in letter case or spaces, or a letter and a word it may abbreviate ('F' and "
-                      "'Female', 'Y' and 'yes'): if they are one level written two ways (a flag written Y, yes and 1 "
-                      "is one level written three), write it one way in the extract and list it once[/]")
+                      "may be one level written two ways: a letter and a word it may abbreviate ('F' and 'Female'), "
+                      "or yes or no written two ways ('T' and 'yes'). If so, list the level once and its other "
+                      "writings under the column's 'spellings' (docs/schema.md), or write it one way in the "
+                      "extract[/]")
     if outcome is None:
         console.print("[yellow]no --outcome given: name the column you will predict (e.g. --outcome death) so that "
                       "utility can be measured and generation conditions on it[/]")
     console.print(f"[yellow]the draft's name '{escape(draft.name)}' (the file's) titles every release made with it: "
                   "rename it to the study's name[/]")
     read = " ".join(map(str, data))
-    console.print(f"[yellow bold]Draft written to {out}. Its kinds, bounds, categories, precisions, nullable "
-                  f"flags and missing-value markers were read off {read}: that is private information.[/] Replace "
+    console.print(f"[yellow bold]Draft written to {out}. Its kinds, bounds, categories (and their spellings), "
+                  f"precisions, nullable flags and missing-value markers were read off {read}: that is private "
+                  "information.[/] Replace "
                   "each with public knowledge (clinical ranges, code lists), set needs_review to false, then train. "
                   "Training refuses needs_review columns unless --allow-unreviewed-schema is given, which is then "
                   "written into the privacy report.")

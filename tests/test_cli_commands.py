@@ -94,7 +94,7 @@ def test_schema_draft_points_at_stray_text_a_far_bound_and_levels_written_two_wa
     rows["flag"] = ["?" if index % 3 else "+" for index in range(len(rows))]  # '?' a level here: not named
     rows["lab"] = [str(index % 50) if index % 4 else "not done" for index in range(len(rows))]  # its own marker
     rows.loc[rows.index[:120], "kappa"] = "<0.5"  # a newcomer's troponin: most cells below the detection limit
-    rows.loc[rows.index[3], "sex"] = "f"
+    rows.loc[rows.index[3], "sex"] = "Female"
     rows.loc[rows.index[7], "age"] = 999
     rows = rows.assign(source="EHR-export", age_again=rows["age"], prior=[i % 4 for i in range(len(rows))])
     rows.loc[rows.index[11], "prior"] = 999  # a code for 'unknown' among a few counts, drafted as levels
@@ -112,7 +112,7 @@ def test_schema_draft_points_at_stray_text_a_far_bound_and_levels_written_two_wa
     assert "column 'kappa' holds cells written as a limit" in said  # drafted as a number, not as text
     assert "1 cell" not in said and "120 cell" not in said  # how many patients: never said (seventh review)
     assert json.loads((tmp_path / "draft.json").read_text())["columns"][3]["kind"] == "continuous"
-    assert "column 'sex' lists levels that differ only in letter case" in said  # one column: once, by name
+    assert "column 'sex' lists levels that may be one level written two ways" in said  # once, by name
     assert "column 'age': its drafted upper bound lies far beyond the rest of its values" in said
     assert "column 'resp_rate': its drafted upper bound lies far beyond" in said
     assert "column 'resp_rate' spans more than two orders of magnitude" not in said  # its 999 does, not its rates

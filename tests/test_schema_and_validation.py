@@ -297,7 +297,8 @@ def test_a_lab_column_with_a_few_units_written_in_is_drafted_as_a_number_and_its
     assert creatinine.upper == pd.to_numeric(rows["creatinine"], errors="coerce").max()
     assert stray_text_cells(rows, draft) == {"creatinine": 2}  # '<5' is a value written as a limit
     assert censored_cells(rows, draft) == {"creatinine": 1}
-    assert case_variant_columns(rows, draft) == ["sex"]  # 'f' in one row: left out of the draft, still said
+    # 'f' in one row: one level in two letter cases, listed once and read in any letter case
+    assert draft.column("sex").spellings == {"F": ["F"]} and case_variant_columns(rows, draft) == []
     rows.loc[rows.index[7], "sex"] = "Female"  # a newcomer's F, M and Female
     assert case_variant_columns(rows, draft_schema(rows, outcome="death")) == ["sex"]
     staged = pd.DataFrame({"stage": ["I", "II", "III", "IV"] * 10, "yes": ["Y", "N"] * 20})
@@ -679,3 +680,26 @@ def test_a_column_that_records_the_outcome_is_pointed_at_by_name(demo_frame):
     three.loc[500:548, "ward"] = "icu"
     three.loc[800, "ward"] = "icu"
     assert outcome_proxy_columns(three, draft_schema(three, outcome="outcome")) == []
+
+
+def test_a_level_written_in_several_letter_cases_is_drafted_once_and_read_in_any(tmp_path):
+    """An admission type written 'Emergency', 'emergency' and 'EMERGENCY' (each writing but one
+    rarer than a drafted level) was drafted as one level and two left out, and validate asked
+    for the extract to be rewritten: the draft lists it once, read in any letter case."""
+    from fedsyn.data.schema import case_variant_columns, rare_level_columns
+
+    frame = pd.DataFrame({"admission": ["Emergency"] * 10 + ["emergency"] * 3 + ["EMERGENCY"] * 2 + ["Elective"] * 8,
+                          "sex": ["F", "M"] * 10 + ["Female"] * 3})
+    drafted = draft_schema(frame)
+    assert drafted.column("admission").categories == ["Elective", "Emergency"]
+    assert drafted.column("admission").spellings == {"Emergency": ["Emergency"]}
+    assert drafted.column("sex").spellings is None  # an abbreviation is the reviewer's to declare
+    assert rare_level_columns(frame, drafted) == ["sex"] and case_variant_columns(frame, drafted) == ["sex"]
+    frame.to_csv(tmp_path / "admissions.csv", index=False)
+    reviewed = drafted.model_copy(update={"columns": [
+        c.model_copy(update={"needs_review": False, **({"spellings": {"F": ["Female"]}} if c.name == "sex" else {})})
+        for c in drafted.columns]})
+    reviewed = Schema.model_validate(reviewed.model_dump())
+    read = read_table(tmp_path / "admissions.csv", reviewed)
+    assert set(read["admission"]) == {"Emergency", "Elective"} and set(read["sex"]) == {"F", "M"}
+    assert validate_frame(read, reviewed).ok and case_variant_columns(frame, reviewed) == []

@@ -249,3 +249,45 @@ def test_yes_and_no_written_another_way_get_a_hint_without_their_values():
     assert "in another letter case (1 of them)" in text
     assert "yes or no written another way (4 of them), as Y / N, 1 / 0 or true / false" in text
     assert "'Y'" not in text and "'1'" not in text
+
+
+def test_a_levels_declared_spellings_are_read_as_it_in_csv_and_parquet(tmp_path):
+    """Two newcomers rewrote every extract whose test results read 'pos', '+' and 'Positive': the
+    schema now says a level's other spellings once, and every reading of an extract maps them."""
+    from fedsyn.data.tables import read_table
+
+    schema = Schema(name="tests", columns=[
+        Column(name="result", kind="categorical", categories=["negative", "positive"],
+               spellings={"positive": ["pos", "+", "positive"], "negative": ["neg", "-"]}),
+        Column(name="sex", kind="categorical", categories=["F", "M"])])
+    frame = pd.DataFrame({"result": ["pos", " + ", "POSITIVE", "Neg", "-", "negative", "positive", "negativ"],
+                          "sex": ["F", "M", "F", "M", "F", "M", "F", "f"]})
+    for name in ("tests.csv", "tests.parquet"):
+        (frame.to_csv if name.endswith("csv") else frame.to_parquet)(tmp_path / name, index=False)
+        read = read_table(tmp_path / name, schema)
+        assert list(read["result"]) == ["positive", "positive", "positive", "negative", "negative", "negative",
+                                        "positive", "negativ"]
+        report = validate_frame(read, schema)
+        assert {problem.column for problem in report.problems} == {"result", "sex"}  # 'negativ': a typo, refused
+    text = validate_frame(read, schema).describe()
+    assert "under the column's 'spellings'" in text and "'f'" not in text
+
+
+@pytest.mark.parametrize(("column", "error"), [
+    ({"categories": ["no", "yes"], "spellings": {"maybe": ["m"]}}, "not among its categories"),
+    ({"categories": ["no", "yes"], "spellings": {"yes": ["NO"]}}, "would read as both 'yes' and 'no'"),
+    ({"categories": ["no", "yes"], "spellings": {"yes": ["x"], "no": ["X"]}}, "would read as both"),
+    ({"categories": ["no", "yes"], "spellings": {"yes": [" "]}}, "is empty"),
+    ({"categories": ["no", "yes"], "spellings": {"yes": ["unk"]}, "missing_values": ["unk"]}, "missing_values"),
+    ({"kind": "integer", "lower": 0, "upper": 3, "spellings": {"1": ["one"]}}, "must not list"),
+])
+def test_a_spelling_reads_as_one_level_only(column, error):
+    """A spelling that is another level, another level's spelling or a missing marker would make
+    one cell two things: the schema is refused, naming the column."""
+    with pytest.raises(ValueError, match=error):
+        Column(**{"name": "flag", "kind": "categorical", **column})
+    with pytest.raises(ValueError, match="among the schema's missing_values"):
+        Schema(name="t", missing_values=["?"], columns=[
+            Column(name="flag", kind="categorical", categories=["no", "yes"], spellings={"no": ["?"]})])
+    # none listed: left out of a written schema, and so the same fingerprint
+    assert Column(name="flag", kind="categorical", categories=["no"], spellings={}).spellings is None

@@ -73,6 +73,11 @@ class Column(BaseModel):
     # read as empty in this column only: a table-wide marker also blanks another column's real
     # values equal to it (a BNP of 999 pg/mL). None (left out of a written schema) lists none.
     missing_values: list[str] | None = None
+    # A categorical column's other ways of writing a level in the extracts ({"female": ["F",
+    # "woman"]}, {"positive": ["pos", "+"]}), matched without surrounding spaces and in any letter
+    # case: read as that level, so a site keeps its export as it is. Written by the reviewer, as
+    # the categories are; None (left out of a written schema) lists none.
+    spellings: dict[str, list[str]] | None = None
     needs_review: bool = False
     description: str | None = None
 
@@ -85,6 +90,8 @@ class Column(BaseModel):
         check_markers(self.missing_values or [], f"column '{self.name}': missing_values")
         if self.missing_values == []:  # the same as none listed, and so the same schema fingerprint
             self.missing_values = None
+        if self.spellings == {}:
+            self.spellings = None
         if self.kind is ColumnKind.CATEGORICAL:
             own, numbers = set(self.missing_values or []), _finite_numbers(self.missing_values or [])
             listed = [level for level in self.categories or [] if level in own or _finite_numbers([level]) & numbers]
@@ -99,6 +106,7 @@ class Column(BaseModel):
             if any(field is not None for field in (self.lower, self.upper, self.precision, self.bounds_source)):
                 raise ValueError(f"categorical column '{self.name}' must not have 'lower'/'upper' bounds, their "
                                  "'bounds_source' or a 'precision'")
+            self._check_spellings()
         else:
             if self.lower is None or self.upper is None:
                 raise ValueError(
@@ -107,8 +115,8 @@ class Column(BaseModel):
                 )
             if not self.lower < self.upper:
                 raise ValueError(f"column '{self.name}': lower ({self.lower}) must be below upper ({self.upper})")
-            if self.categories is not None:
-                raise ValueError(f"numeric column '{self.name}' must not list 'categories'")
+            if self.categories is not None or self.spellings is not None:
+                raise ValueError(f"numeric column '{self.name}' must not list 'categories' or their 'spellings'")
             if self.bounds_source is not None and not self.bounds_source.strip():
                 raise ValueError(f"column '{self.name}': 'bounds_source' is blank: say where the bounds come from "
                                  "(an inclusion criterion, an assay's reporting range), or leave it out")
@@ -119,6 +127,36 @@ class Column(BaseModel):
                 raise ValueError(f"column '{self.name}': a 'log' transform needs lower > 0, got {self.lower}")
             self._check_precision()
         return self
+
+    def _check_spellings(self) -> None:
+        """Each spelling names a listed level, is not empty, and reads as one level only: not
+        another level, another level's spelling or one of the column's missing-value markers (a
+        cell is read as its level, its spelling or empty: one of them)."""
+        if self.spellings is None:
+            return
+        unknown = [level for level in self.spellings if level not in self.levels]
+        if unknown:
+            raise ValueError(f"column '{self.name}': 'spellings' names {unknown}, not among its categories: each key "
+                             "is a listed level, each value the other ways the extracts write it")
+        reads_as = {level.strip().casefold(): level for level in self.levels}
+        markers = {marker.casefold() for marker in self.missing_values or []}
+        for level, written in self.spellings.items():
+            for spelling in written:
+                folded = spelling.strip().casefold()
+                if not folded:
+                    raise ValueError(f"column '{self.name}': a spelling of '{level}' is empty")
+                if folded in markers:
+                    raise ValueError(f"column '{self.name}': '{spelling}' is both a spelling of '{level}' and one "
+                                     "of the column's missing_values: keep it in one of them")
+                if reads_as.setdefault(folded, level) != level:
+                    raise ValueError(f"column '{self.name}': '{spelling}' (in any letter case) would read as both "
+                                     f"'{level}' and '{reads_as[folded]}': list it for one level only")
+
+    def spelled_levels(self) -> dict[str, str]:
+        """Each declared spelling, its spaces removed and letter case folded, and the level it is
+        read as (empty without ``spellings``)."""
+        return {spelling.strip().casefold(): level for level, written in (self.spellings or {}).items()
+                for spelling in written}
 
     def _check_precision(self) -> None:
         """A numeric column's ``precision``: positive, whole for an integer column, and with at
@@ -207,6 +245,12 @@ class Schema(BaseModel):
             if not self.column(self.outcome).is_categorical:
                 raise ValueError(f"outcome '{self.outcome}' must be a categorical column")
         check_markers(self.missing_values, "missing_values")
+        markers = {marker.casefold() for marker in self.missing_values}
+        for column in self.categorical_columns:
+            blanked = sorted(set(column.spelled_levels()) & markers - {level.casefold() for level in column.levels})
+            if blanked:
+                raise ValueError(f"column '{column.name}': its spellings {blanked} are among the schema's "
+                                 "missing_values, so they would be read as empty: keep each in one of them")
         for rule in self.rules:
             for condition in (rule.when, rule.require):
                 if condition is None:
@@ -493,7 +537,10 @@ def _drafted_column(series: pd.Series, outcome: bool = False, date: bool = False
                       needs_review=True)
     # Spelled as an extract is read: stray spaces around a level are that level ('F ' is 'F').
     # Levels that are numbers in their numbers' order (a coma score's 8, 9, 10, not 10, 8, 9).
-    counts = _yes_and_no_together(Counter(_written_level(v) for v in values))
+    written = Counter(_written_level(v) for v in values)
+    counts = _yes_and_no_together(written)
+    flag = counts is not written
+    counts, any_case = (counts, set()) if flag else _letter_cases_together(counts)
     categories = sorted((level for level, rows in counts.items() if rows >= RARE_LEVEL_ROWS),
                         key=lambda level: (0, float(level), level) if is_number(level) else (1, 0.0, level))
     if len(counts) > MANY_CATEGORIES or (counts and not categories):
@@ -501,8 +548,27 @@ def _drafted_column(series: pd.Series, outcome: bool = False, date: bool = False
         # column too, :func:`_identifier_like`: its bounds would be two patients' record numbers)
         categories = [UNLISTED_LEVELS]
     categories = categories or ["(none)"]
+    spellings = {level: [level] for level in categories if level in any_case}
     return Column(name=name, kind=ColumnKind.CATEGORICAL, categories=categories, nullable=nullable,
-                  needs_review=True)
+                  spellings=spellings or None, needs_review=True)
+
+
+def _letter_cases_together(counts: Counter[str]) -> tuple[Counter[str], set[str]]:
+    """Levels written in several letter cases ('Emergency', 'emergency', 'EMERGENCY') counted as
+    one, under its most common writing, and the levels so merged: the draft lists each once,
+    read in any letter case (its ``spellings`` holding itself), where each writing alone may be
+    rarer than a level must be to be drafted."""
+    groups: dict[str, list[str]] = {}
+    for level in counts:
+        groups.setdefault(level.casefold(), []).append(level)
+    together: Counter[str] = Counter()
+    merged = set()
+    for writings in groups.values():
+        level = max(writings, key=lambda writing: (counts[writing], writing))
+        together[level] = sum(counts[writing] for writing in writings)
+        if len(writings) > 1:
+            merged.add(level)
+    return together, merged
 
 
 def _yes_and_no_together(counts: Counter[str]) -> Counter[str]:
@@ -1009,16 +1075,17 @@ def _text_cells(numeric: pd.Series) -> int:
 
 def case_variant_columns(frame: pd.DataFrame, schema: Schema) -> list[str]:
     """The categorical columns of a draft whose levels in ``frame`` (the rare ones the draft left
-    out included: a 'Y' among 'yes') hold two that differ only in letter case or in spaces ('F'
-    and 'f', 'Emergency' and 'emergency'), or a letter and a word it abbreviates ('F' and
-    'Female', 'Y' and 'yes'), or a yes or a no written two ways ('yes' and '1'): one level written
-    two ways, to be merged in the extract, or two levels the schema should name apart. (Stage
-    'I', 'II' and 'III' are not: Roman numerals.)"""
+    out included: a 'Y' among 'yes'), each read through the column's ``spellings``, hold two that
+    differ only in letter case or in spaces ('F' and 'f', where no spelling reads both), or a
+    letter and a word it abbreviates ('F' and 'Female', 'Y' and 'yes'), or a yes or a no written
+    two ways ('yes' and '1'): one level written two ways, for the schema's ``spellings`` or the
+    extract to merge, or two levels the schema should name apart. (Stage 'I', 'II' and 'III'
+    are not: Roman numerals.)"""
     frame = without_schema_markers(frame, schema)
     return [column.name for column in schema.categorical_columns
             if column.name in frame.columns and not lists_no_level(column)
             and yes_no_levels(column.levels) is None  # a flag's other spellings are read as its two levels
-            and _written_two_ways(sorted({_written_level(v) for v in frame[column.name].dropna()}))]
+            and _written_two_ways(sorted(_read_levels(frame[column.name], column)))]
 
 
 # Ways an extract writes yes and no (folded): a flag written in two of them is one level written twice.
@@ -1075,5 +1142,12 @@ def _left_out(cells: pd.Series, column: Column) -> set[str]:
     """The values of ``cells`` that read as none of ``column``'s levels (a flag's other spellings
     of yes and no are read as its levels: :func:`yes_no_levels`)."""
     flag = yes_no_levels(column.levels)
-    values = {_written_level(v) for v in cells.dropna()} - set(column.levels)
+    values = _read_levels(cells, column) - set(column.levels)
     return {v for v in values if flag is None or v.casefold() not in READ_AS_YES | READ_AS_NO}
+
+
+def _read_levels(cells: pd.Series, column: Column) -> set[str]:
+    """The levels ``cells`` hold as a draft lists them (:func:`_written_level`), a declared
+    spelling read as its level."""
+    declared = column.spelled_levels()
+    return {declared.get(written.casefold(), written) for written in {_written_level(v) for v in cells.dropna()}}

@@ -12,6 +12,7 @@ import pandas as pd
 from fedsyn.data.schema import (
     READ_AS_NO,
     READ_AS_YES,
+    Column,
     ColumnKind,
     Schema,
     headerless_names,
@@ -74,7 +75,7 @@ def read_table(path: str | Path, schema: Schema | None = None) -> pd.DataFrame:
                 frame[column.name] = limits_at_bounds(units_removed(frame[column.name], column), column)
     for column in schema.categorical_columns if schema is not None else []:
         if column.name in frame.columns:
-            frame[column.name] = _as_category(frame[column.name], set(column.levels))
+            frame[column.name] = _as_category(frame[column.name], column)
     return frame
 
 
@@ -148,13 +149,15 @@ def write_table(frame: pd.DataFrame, path: str | Path) -> None:
         frame.to_csv(path, index=False)
 
 
-def _as_category(series: pd.Series, levels: set[str]) -> pd.Series:
+def _as_category(series: pd.Series, column: Column) -> pd.Series:
     """Categorical codes as strings, spelled as the schema spells them (see :func:`spell_category`),
     a level with stray surrounding spaces read as that level, and a whole-number level written
     with a decimal point ('2.0' for '2': pandas writes a number column with gaps so, and a
     newcomer's draft, which read the column as numbers, was refused by validate on its own file),
-    and a yes/no column's other spellings of yes and no ('Y', 'Yes', '1', 'true') read as its
+    a spelling the column declares (``spellings``: 'pos' for 'positive') read as its level, and
+    a yes/no column's other spellings of yes and no ('Y', 'Yes', '1', 'true') read as its
     two levels (:func:`fedsyn.data.schema.yes_no_levels`)."""
+    levels, declared = set(column.levels), column.spelled_levels()
     flag = yes_no_levels(sorted(levels))
 
     def spelled(value: object) -> object:
@@ -167,6 +170,8 @@ def _as_category(series: pd.Series, levels: set[str]) -> pd.Series:
         if whole and whole.group(1) in levels:
             return whole.group(1)
         folded = (whole.group(1) if whole else text).strip().casefold()
+        if folded in declared:
+            return declared[folded]
         if flag is not None and folded in READ_AS_YES:  # a flag's 'Y', 'Yes', 'true', '1': its yes
             return flag[0]
         if flag is not None and folded in READ_AS_NO:

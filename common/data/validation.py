@@ -315,7 +315,8 @@ def _spelling_hint(unknown: pd.Series, categories: list[str]) -> str:
             hints.append(f"they are yes or no written another way{share}, as Y / N, 1 / 0 or true / false")
     if not hints:
         return ""
-    return f"; {'; '.join(hints)}. Write them exactly as the schema does"
+    return (f"; {'; '.join(hints)}. Write them exactly as the schema does, or list them under the column's "
+            "'spellings' in the schema (docs/schema.md), which reads them as their level")
 
 
 THOUSANDS_GROUPED = r"[+-]?\d{1,3}(,\d{3})+(\.\d+)?"  # a number written 6,994.91: read as text
