@@ -79,9 +79,8 @@ def privacy_report(run: RunRecord, public_facts: dict[str, object] | None = None
     sites: list[dict[str, Any]] = []
     for site in run.sites.values():
         rounds = []
-        for event in site.events:
-            so_far = [e for e in site.events if (e.round or 0) <= (event.round or 0)]
-            rounds.append({**asdict(event), "epsilon_after": run.epsilon_of(site, so_far)})
+        for index, event in enumerate(site.events):  # in the order charged: round 0 is two events
+            rounds.append({**asdict(event), "epsilon_after": run.epsilon_of(site, site.events[:index + 1])})
         this_run = run.epsilon_of(site)
         unconfirmed = sorted(set(site.unconfirmed))  # charged perhaps, and not in ``site.events``
         # The site's last word on its ledger: a privacy event's claim, or (a site asked nothing

@@ -38,18 +38,22 @@ class SimulationPlan:
     # as the seed is; in no file (each site's ledger holds a nonce derived from it).
     stream_nonce: str | None = None
     policies: list[Path] = field(default_factory=list)
+    # Which federation of the simulation this is (the main run, a sweep arm): its streams' label.
+    run_label: str = "main"
 
     def site_policy(self, context: Context) -> SitePolicy:
         return SitePolicy.load(self.policies[int(context.node_config["partition-id"])])
 
     def coordinator_settings(self, settings: FederationSettings) -> FederationSettings:
         """``settings`` with the coordinator's seed (its model's initialisation, the release's
-        draw) derived from the run's seed and this plan's stream nonce, as each site's is: seeded
-        from the seed alone, a release of seed 7 was regenerated bit for bit by trying seeds 0-10
-        (the ninth review). Unseeded: as they are."""
+        draw) derived from the run's seed, this plan's stream nonce and its run label, as each
+        site's is: seeded from the seed alone, a release of seed 7 was regenerated bit for bit by
+        trying seeds 0-10 (the ninth review), and without the label a sweep's arms shared one
+        draw. Unseeded: as they are."""
         if settings.seed is None or self.stream_nonce is None:
             return settings
-        return settings.model_copy(update={"seed": derived_seed(settings.seed, "coordinator", self.stream_nonce)})
+        return settings.model_copy(update={"seed": derived_seed(settings.seed, "coordinator", self.stream_nonce,
+                                                                self.run_label)})
 
 
 def site_folder(index: int, name: str | None) -> str:
@@ -78,7 +82,7 @@ def prepare_sites(tables: list[pd.DataFrame], schema_path: Path, root: Path, eps
     the schema, the budget and ``stream_inputs`` (the federation's public settings), so a rerun
     on an extract one patient apart, or at another epsilon, draws unrelated noise
     (:func:`~fedsyn.privacy.randomness.bound_to_inputs`)."""
-    plan = SimulationPlan(root, stream_nonce=None if seed is None else fresh_nonce(stream_nonce))
+    plan = SimulationPlan(root, stream_nonce=None if seed is None else fresh_nonce(stream_nonce), run_label=run_label)
     schema = Schema.load(schema_path)
     # What else a repeat must share: the schema, the budget, each site's policy, the federation's settings.
     inputs = (schema_path.read_text(), repr((epsilon, delta, min_noise_multiplier, out_of_domain)), *stream_inputs)

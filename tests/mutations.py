@@ -325,8 +325,8 @@ MUTATIONS = [
              "stream = (run_label, index)", 'stream = ("main", index)',
              (RANDOM + "test_sweep_arms_of_one_seeded_simulation_draw_independent_noise",)),
     Mutation("seeded simulations share one stream", "simulations/run.py",
-             "stream_nonce=None if seed is None else fresh_nonce(stream_nonce))",
-             "stream_nonce=None if seed is None else stream_nonce or 'simulation')",
+             "stream_nonce=None if seed is None else fresh_nonce(stream_nonce),",
+             "stream_nonce=None if seed is None else stream_nonce or 'simulation',",
              (RANDOM + "test_two_simulations_with_one_seed_draw_independent_noise",)),
     Mutation("every seeded simulate reuses one stream nonce", "simulations/request.py",
              "stream_nonce=None if request.seed is None else fresh_nonce(request.stream_nonce))",
@@ -402,6 +402,10 @@ MUTATIONS = [
     Mutation("a seeded simulation's coordinator stream comes from the seed alone", "simulations/run.py",
              "    settings = plan.coordinator_settings(settings)\n", "",
              ("tests/test_randomness.py::test_the_coordinators_stream_comes_from_the_seed_and_the_stream_nonce",)),
+    Mutation("a validation hint the site logs counts some of a column's bad cells", "common/data/validation.py",
+             'share = "" if matching.all() else " (some of them)"',
+             'share = "" if matching.all() else f" ({int(matching.sum())} of them)"',
+             ("tests/test_out_of_domain.py::test_a_hint_on_some_of_a_columns_bad_cells_logs_no_count",)),
 ]
 
 

@@ -86,7 +86,7 @@ CONDITION = ("column", "equals", "one_of", "between", "is_missing", "at_most_col
 SCHEMA_PATHS = ("name", "outcome", "source", "rules.[].name", "missing_values", "missing_values.[]",
                 *(f"columns.[].{name}" for name in ("name", "kind", "categories", "lower", "upper", "unit", "nullable",
                                                     "transform", "precision", "bounds_source", "needs_review",
-                                                    "description", "missing_values", "missing_values.[]",
+                                                    "description", "missing_values", "missing_values.[]", "spellings",
                                                     "spellings.*")),
                 *(f"rules.[].{side}.{name}" for side in ("when", "require") for name in CONDITION))
 EVENT = ("mechanism", "noise_multiplier", "sample_rate", "steps", "round")

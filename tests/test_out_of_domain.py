@@ -81,6 +81,19 @@ def test_by_default_a_dirty_record_is_as_if_absent(tmp_path, small_frame, demo_s
     assert "(1)" not in caplog.text and "31337" not in caplog.text
 
 
+def test_a_hint_on_some_of_a_columns_bad_cells_logs_no_count(tmp_path, small_frame, demo_schema, caplog):
+    """Tenth review, F1: the letter-case hint said "(1 of them)" inside the problem's kind, which
+    the site logs: one patient's cell, in a log that goes to a collector."""
+    dirty = small_frame.copy()
+    dirty["sex"] = dirty["sex"].astype(object)
+    dirty.loc[[2, 4, 6], "sex"] = "f"
+    dirty.loc[5, "sex"] = "X"
+    with caplog.at_level(logging.WARNING, logger="fedsyn.client"):
+        _site(tmp_path / "dirty", dirty).release_marginals(20.0, 50.0, protocol.schema_fingerprint(demo_schema))
+    assert "in another letter case (some of them)" in caplog.text and "of them)" in caplog.text
+    assert not any(f"({count} of them)" in caplog.text for count in range(1, 10))
+
+
 def test_a_column_the_schema_does_not_list_is_never_read_by_a_site(tmp_path, small_frame, demo_schema):
     """An extract that keeps an identifier (or a column dropped from the schema) answers exactly
     as the extract without it: the column is left out before any mechanism reads a row."""

@@ -232,16 +232,18 @@ def test_a_seeded_simulation_given_its_stream_nonce_repeats_its_release(tmp_path
 def test_the_coordinators_stream_comes_from_the_seed_and_the_stream_nonce(tmp_path, small_frame, monkeypatch):
     """The ninth review regenerated a seed-7 release bit for bit by trying seeds 0-10: the
     coordinator's stream (its model's initialisation, the release's draw) came from the seed
-    alone. It now comes from the seed and the run's secret stream nonce, as each site's does."""
+    alone. It now comes from the seed and the run's secret stream nonce, as each site's does, and
+    from the federation's label: a sweep's arms (one nonce) drew their releases from one stream."""
     from fedsyn.server.settings import FederationSettings
     from fedsyn.simulations import run
 
     seeds = []
     monkeypatch.setattr(run, "run_federation", lambda grid, schema, settings, *_: seeds.append(settings.seed))
-    for name, nonce in (("a", "ab" * 16), ("b", "cd" * 16), ("c", "ab" * 16)):
+    for name, nonce, label in (("a", "ab" * 16, "main"), ("b", "cd" * 16, "main"), ("c", "ab" * 16, "main"),
+                               ("e", "ab" * 16, "arm-1")):
         plan = prepare_sites([small_frame], demo_schema_path(), tmp_path / name, epsilon=1.0, delta=1e-5, seed=7,
-                             stream_nonce=nonce)
+                             stream_nonce=nonce, run_label=label)
         run.run_sites(plan, Schema.load(demo_schema_path()), FederationSettings(seed=7), release=None)
-    assert 7 not in seeds and seeds[0] != seeds[1] and seeds[0] == seeds[2]
+    assert 7 not in seeds and seeds[0] != seeds[1] and seeds[0] == seeds[2] and seeds[3] not in seeds[:3]
     unseeded = prepare_sites([small_frame], demo_schema_path(), tmp_path / "d", epsilon=1.0, delta=1e-5)
     assert unseeded.coordinator_settings(FederationSettings()).seed is None

@@ -50,6 +50,11 @@ def test_an_unseeded_release_says_so(plan, demo_schema, tmp_path):
     config = json.loads((release / "run_config.json").read_text())
     privacy = json.loads((release / "privacy_report.json").read_text())
     assert config["seeded"] is False and privacy["seeded"] is False
+    # Each event's epsilon_after counts the events charged up to it: round 0's first of two
+    # events showed both (tenth review)
+    for site in privacy["sites"]:
+        after = [event["epsilon_after"] for event in site["ledger"]]
+        assert after == sorted(after) and len(set(after)) == len(after) and after[-1] > 0, after
     assert not {"seed", "seconds"} & set(_keys(config))
     assert "This run was not seeded" in (release / "README.md").read_text()
 

@@ -502,6 +502,13 @@ def test_record_numbers_and_dates_written_as_numbers_get_no_bounds_in_a_draft():
     text = draft.model_dump_json()
     assert not any(str(value) in text for value in (*rows["mrn"][10:], *rows["admitted"]))
     assert draft.column("rtime").kind.value == "integer"
+    # Tenth review, F2: under 50 rows a 7-digit MRN and a yyyymmdd date were drafted as integers
+    # bounded by two patients' own; a small measure with distinct values stays a number
+    small = rows.iloc[10:40].assign(mrn=rng.choice(np.arange(1_000_000, 9_999_999), 30, replace=False),
+                                    creatinine=rng.choice(np.arange(40, 400), 30, replace=False))
+    draft = draft_schema(small, outcome="death")
+    assert unlisted_columns(draft) == ["mrn", "admitted"] and draft.column("creatinine").kind.value == "integer"
+    assert not any(str(value) in draft.model_dump_json() for value in (*small["mrn"], *small["admitted"]))
 
 
 def test_a_draft_points_at_constant_and_repeated_columns_and_at_columns_for_a_log_scale(demo_frame):

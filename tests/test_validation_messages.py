@@ -246,8 +246,8 @@ def test_yes_and_no_written_another_way_get_a_hint_without_their_values():
                                                   categories=["no", "yes"])])
     frame = pd.DataFrame({"diabetes": ["yes", "no", "Yes", "Y", "1", "N", "0", "no"]})
     text = validate_frame(frame, schema).describe()
-    assert "in another letter case (1 of them)" in text
-    assert "yes or no written another way (4 of them), as Y / N, 1 / 0 or true / false" in text
+    assert "in another letter case (some of them)" in text
+    assert "yes or no written another way (some of them), as Y / N, 1 / 0 or true / false" in text
     assert "'Y'" not in text and "'1'" not in text
 
 

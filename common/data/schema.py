@@ -706,14 +706,20 @@ def _identifier_like(numbers: pd.Series) -> bool:
     """Whether a column of numbers is a record number or a date written as one (20210317): whole
     numbers, every one distinct and six digits or more, or every one distinct and close to
     consecutive (row numbers); or dates, yyyymmdd with a real month and day. Survival times in
-    days are whole and mostly distinct too, but repeat and stay below 100,000."""
-    if len(numbers) < 50 or not bool((numbers == numbers.round()).all()):
+    days are whole and mostly distinct too, but repeat and stay below 100,000. Under 50 values
+    (a small hospital's extract, tenth review F2: two patients' MRNs drafted as bounds), dates
+    are told as dates, and distinct numbers are a record number only if every one has six
+    digits or more: too few to tell row numbers, or a measure's spread, from one."""
+    if numbers.empty or not bool((numbers == numbers.round()).all()):
         return False
-    if numbers.is_unique and (numbers.abs().max() >= 100_000 or numbers.max() - numbers.min() < 1.1 * len(numbers)):
-        return True
     month, day = (numbers // 100) % 100, numbers % 100
-    return bool(numbers.between(18_000_101, 22_001_231).all() and month.between(1, 12).all()
-                and day.between(1, 31).all())
+    if numbers.between(18_000_101, 22_001_231).all() and month.between(1, 12).all() and day.between(1, 31).all():
+        return True
+    if not numbers.is_unique:
+        return False
+    if len(numbers) < 50:
+        return bool(numbers.abs().min() >= 100_000)
+    return bool(numbers.abs().max() >= 100_000 or numbers.max() - numbers.min() < 1.1 * len(numbers))
 
 
 def without_markers(frame: pd.DataFrame, markers: list[str], levels: Mapping[str, Collection[str]] | None = None,

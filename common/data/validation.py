@@ -300,18 +300,20 @@ def _spelling_hint(unknown: pd.Series, categories: list[str]) -> str:
     """A hint when unknown values are the schema's categories in another letter case ('f' for
     'F'), or, for a yes/no column, yes or no written another way ('Y', '1', 'true': a newcomer's
     eleven flags, three quarters of whose bad rows the letter-case hint did not cover): said
-    without any value, since the rows' spelling is theirs."""
+    without any value, since the rows' spelling is theirs, and without how many: the text is
+    the problem's kind, which the site's log keeps (:meth:`Problem.named`; "(1 of them)" was one
+    patient's outcome, tenth review F1)."""
     folded = {category.strip().casefold() for category in categories}
     text = unknown.str.strip().str.casefold()
     hints = []
     matching = text.isin(folded)
     if matching.any():
-        share = "" if matching.all() else f" ({int(matching.sum())} of them)"
+        share = "" if matching.all() else " (some of them)"
         hints.append(f"they are the schema's categories in another letter case{share}")
     if folded & YES_WORDS and folded & NO_WORDS:
         synonyms = ~matching & text.isin(YES_WORDS | NO_WORDS)
         if synonyms.any():
-            share = "" if synonyms.all() else f" ({int(synonyms.sum())} of them)"
+            share = "" if synonyms.all() else " (some of them)"
             hints.append(f"they are yes or no written another way{share}, as Y / N, 1 / 0 or true / false")
     if not hints:
         return ""
