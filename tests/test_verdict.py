@@ -318,3 +318,12 @@ def test_a_model_the_held_out_rows_cannot_tell_from_chance_is_not_judged():
     assert any("utility cannot be judged" in flag.message for flag in few.flags)
     many = judge(fidelity_, scores, NO_PRIVACY_SIGNAL, test_class_rows=[3800, 400])
     assert any("reversed relationship" in flag.message for flag in many.flags)  # .29 against .62: judged
+    # One model judged, the other not: its number is in the table, and a note says why it is not
+    # judged (a newcomer's small hospital showed a below-chance score without a word), at no cost
+    scores["gradient_boosting"]["trtr"]["roc_auc"] = 0.52
+    mixed = judge(fidelity_, scores, NO_PRIVACY_SIGNAL, test_class_rows=[3800, 400])
+    notes = [flag for flag in mixed.flags if flag.message.startswith("not judged")]
+    assert [(flag.level, flag.message[:36]) for flag in notes] == [("green", "not judged: gradient boosting (0.52)")]
+    assert not any("gradient boosting" in flag.message for flag in mixed.flags if flag.level != "green")
+    assert mixed.level == judge(fidelity_, {"mlp": scores["mlp"]}, NO_PRIVACY_SIGNAL,
+                                test_class_rows=[3800, 400]).level

@@ -117,11 +117,13 @@ def chance_resolution(class_rows: list[int]) -> float:
 def _utility_flags(utility: dict[str, Any], majority_rate: float | None, resolution: float = 0.0
                    ) -> tuple[list[Flag], float | None]:
     flags: list[Flag] = []
-    ratios, below_real, below_majority, judged = [], [], [], 0
+    ratios, below_real, below_majority, unjudged, judged = [], [], [], [], 0
+    threshold = max(SIGNAL_AUC, 0.5 + resolution)
     for model, scores in utility.items():
         name = model.replace("_", " ")
         tstr, trtr = scores["tstr"]["roc_auc"], scores["trtr"]["roc_auc"]
-        if trtr < max(SIGNAL_AUC, 0.5 + resolution):
+        if trtr < threshold:
+            unjudged.append(f"{name} ({trtr:.2f})")
             continue  # the real rows themselves teach this model nothing the held-out rows can show
         judged += 1
         ratios.append(max(0.0, (tstr - 0.5) / (trtr - 0.5)))
@@ -143,13 +145,18 @@ def _utility_flags(utility: dict[str, Any], majority_rate: float | None, resolut
                                               "records the outcome itself (`fedsyn schema draft` names such columns), "
                                               "and these utility scores measure that link, not the outcome's "
                                               "relations; drop the column and run again"))
+    few = ", the least that these held-out rows, few of them in the rarest class, tell from chance" \
+        if threshold > SIGNAL_AUC else ""
     if utility and not judged:
-        threshold = max(SIGNAL_AUC, 0.5 + resolution)
-        few = ", the least that these held-out rows, few of them in the rarest class, tell from chance" \
-            if threshold > SIGNAL_AUC else ""
         flags.append(Flag("utility", "amber", "even trained on the real rows no model predicts the outcome better "
                                               f"than chance (ROC-AUC < {threshold:.2f}{few}): utility cannot be "
                                               "judged"))
+    elif unjudged:  # its synthetic score, shown in the table, says nothing either way: said, not flagged
+        flags.append(Flag("utility", "green", f"not judged: {_join(unjudged)}: trained on the real rows, "
+                                              f"{'it does' if len(unjudged) == 1 else 'they do'} no better than "
+                                              f"chance (ROC-AUC < {threshold:.2f}{few}), so "
+                                              f"{'its' if len(unjudged) == 1 else 'their'} synthetic-row scores "
+                                              "say nothing of the release"))
     lift = sum(ratios) / len(ratios) if ratios else None
     if lift is not None and lift < LIFT_RED:
         flags.append(Flag("utility", "red", f"models trained on the synthetic rows keep {lift:.0%} of the real rows' "
