@@ -497,6 +497,9 @@ def _show_width(widths: tuple[WidthPlan, ...], epsilon: float, out: Path, batch_
         console.print(f"  at epsilon {epsilon:g}, {worst.keep_advice}: drop the others from the schema (the "
                       "extracts may keep them: a column the schema does not list is never used), or pool small "
                       "sites", soft_wrap=True)
+    elif worst.level == "red":  # a newcomer was told to keep fewer columns, and no count of them would do
+        console.print(f"  at epsilon {epsilon:g}, no number of columns resolves at {worst.site}'s {worst.rows} rows, "
+                      "not even one of two levels: pool it with another site, or raise epsilon", soft_wrap=True)
 
 
 def _command_with(*settings: tuple[str, str]) -> str:
