@@ -56,6 +56,7 @@ def schema_draft(
         duplicate_columns,
         far_bound_columns,
         far_level_columns,
+        letter_case_columns,
         log_scale_columns,
         marker_columns,
         outcome_proxy_columns,
@@ -150,10 +151,17 @@ def schema_draft(
         named = ", ".join(f"'{name}'" for name in variants)
         plural = len(variants) > 1
         console.print(f"[yellow]column{'s' if plural else ''} {named} list{'' if plural else 's'} levels that "
-                      "may be one level written two ways: a letter and a word it may abbreviate ('F' and 'Female'), "
-                      "or yes or no written two ways ('T' and 'yes'). If so, list the level once and its other "
-                      "writings under the column's 'spellings' (docs/schema.md), or write it one way in the "
-                      "extract[/]")
+                      "may be one level written two ways: in another letter case ('F' and 'f'), a letter and a word "
+                      "it may abbreviate ('F' and 'Female'), or yes or no written two ways ('T' and 'yes'). If so, "
+                      "list the level once and its other writings under the column's 'spellings' (docs/schema.md; "
+                      "public, like the categories), or write it one way in the extract[/]")
+    merged = letter_case_columns(draft)
+    if merged:
+        named = ", ".join(f"'{name}'" for name in merged)
+        console.print(f"[yellow]{'columns' if len(merged) > 1 else 'column'} {named}: a level written in several "
+                      "letter cases ('Emergency', 'emergency') was drafted once, read in any letter case (the level "
+                      "among its own 'spellings'). Where letter case tells levels apart, list them apart and remove "
+                      "that spelling[/]")
     if outcome is None:
         console.print("[yellow]no --outcome given: name the column you will predict (e.g. --outcome death) so that "
                       "utility can be measured and generation conditions on it[/]")

@@ -498,8 +498,9 @@ def _show_width(widths: tuple[WidthPlan, ...], epsilon: float, out: Path, batch_
                       "extracts may keep them: a column the schema does not list is never used), or pool small "
                       "sites", soft_wrap=True)
     elif worst.level == "red":  # a newcomer was told to keep fewer columns, and no count of them would do
-        console.print(f"  at epsilon {epsilon:g}, no number of columns resolves at {worst.site}'s {worst.rows} rows, "
-                      "not even one of two levels: pool it with another site, or raise epsilon", soft_wrap=True)
+        higher = ", or raise epsilon and keep fewer" if epsilon < EPSILON_LADDER[-1] else ""
+        console.print(f"  at epsilon {epsilon:g}, keeping fewer of this schema's columns resolves none of them at "
+                      f"{worst.site}'s {worst.rows} rows either: pool it with another site{higher}", soft_wrap=True)
 
 
 def _command_with(*settings: tuple[str, str]) -> str:

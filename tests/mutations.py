@@ -403,8 +403,8 @@ MUTATIONS = [
              "    settings = plan.coordinator_settings(settings)\n", "",
              ("tests/test_randomness.py::test_the_coordinators_stream_comes_from_the_seed_and_the_stream_nonce",)),
     Mutation("a validation hint the site logs counts some of a column's bad cells", "common/data/validation.py",
-             'share = "" if matching.all() else " (some of them)"',
-             'share = "" if matching.all() else f" ({int(matching.sum())} of them)"',
+             'return "" if hinted.all() else " (some of them)"',
+             'return "" if hinted.all() else f" ({int(hinted.sum())} of them)"',
              ("tests/test_out_of_domain.py::test_a_hint_on_some_of_a_columns_bad_cells_logs_no_count",)),
 ]
 

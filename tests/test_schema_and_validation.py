@@ -297,8 +297,7 @@ def test_a_lab_column_with_a_few_units_written_in_is_drafted_as_a_number_and_its
     assert creatinine.upper == pd.to_numeric(rows["creatinine"], errors="coerce").max()
     assert stray_text_cells(rows, draft) == {"creatinine": 2}  # '<5' is a value written as a limit
     assert censored_cells(rows, draft) == {"creatinine": 1}
-    # 'f' in one row: one level in two letter cases, listed once and read in any letter case
-    assert draft.column("sex").spellings == {"F": ["F"]} and case_variant_columns(rows, draft) == []
+    assert case_variant_columns(rows, draft) == ["sex"]  # 'f' in one row: left out of the draft, still said
     rows.loc[rows.index[7], "sex"] = "Female"  # a newcomer's F, M and Female
     assert case_variant_columns(rows, draft_schema(rows, outcome="death")) == ["sex"]
     staged = pd.DataFrame({"stage": ["I", "II", "III", "IV"] * 10, "yes": ["Y", "N"] * 20})
@@ -504,7 +503,7 @@ def test_record_numbers_and_dates_written_as_numbers_get_no_bounds_in_a_draft():
     assert draft.column("rtime").kind.value == "integer"
     # Tenth review, F2: under 50 rows a 7-digit MRN and a yyyymmdd date were drafted as integers
     # bounded by two patients' own; a small measure with distinct values stays a number
-    small = rows.iloc[10:40].assign(mrn=rng.choice(np.arange(1_000_000, 9_999_999), 30, replace=False),
+    small = rows.iloc[10:40].assign(mrn=rng.choice(np.arange(60_000, 480_000), 30, replace=False),
                                     creatinine=rng.choice(np.arange(40, 400), 30, replace=False))
     draft = draft_schema(small, outcome="death")
     assert unlisted_columns(draft) == ["mrn", "admitted"] and draft.column("creatinine").kind.value == "integer"
@@ -693,15 +692,20 @@ def test_a_level_written_in_several_letter_cases_is_drafted_once_and_read_in_any
     """An admission type written 'Emergency', 'emergency' and 'EMERGENCY' (each writing but one
     rarer than a drafted level) was drafted as one level and two left out, and validate asked
     for the extract to be rewritten: the draft lists it once, read in any letter case."""
-    from fedsyn.data.schema import case_variant_columns, rare_level_columns
+    from fedsyn.data.schema import case_variant_columns, letter_case_columns, rare_level_columns
 
     frame = pd.DataFrame({"admission": ["Emergency"] * 10 + ["emergency"] * 3 + ["EMERGENCY"] * 2 + ["Elective"] * 8,
-                          "sex": ["F", "M"] * 10 + ["Female"] * 3})
+                          "sex": ["F", "M"] * 10 + ["Female"] * 3,
+                          "genotype": ["AA"] * 9 + ["Aa"] * 8 + ["aa"] * 6})
     drafted = draft_schema(frame)
     assert drafted.column("admission").categories == ["Elective", "Emergency"]
     assert drafted.column("admission").spellings == {"Emergency": ["Emergency"]}
     assert drafted.column("sex").spellings is None  # an abbreviation is the reviewer's to declare
-    assert rare_level_columns(frame, drafted) == ["sex"] and case_variant_columns(frame, drafted) == ["sex"]
+    # helper-79: letter case tells genotypes apart; a short code is never merged
+    assert drafted.column("genotype").categories == ["AA", "Aa", "aa"] and drafted.column("genotype").spellings is None
+    assert letter_case_columns(drafted) == ["admission"]  # the draft names what it merged
+    assert rare_level_columns(frame, drafted) == ["sex"]
+    assert case_variant_columns(frame, drafted) == ["sex", "genotype"]
     frame.to_csv(tmp_path / "admissions.csv", index=False)
     reviewed = drafted.model_copy(update={"columns": [
         c.model_copy(update={"needs_review": False, **({"spellings": {"F": ["Female"]}} if c.name == "sex" else {})})
@@ -709,4 +713,4 @@ def test_a_level_written_in_several_letter_cases_is_drafted_once_and_read_in_any
     reviewed = Schema.model_validate(reviewed.model_dump())
     read = read_table(tmp_path / "admissions.csv", reviewed)
     assert set(read["admission"]) == {"Emergency", "Elective"} and set(read["sex"]) == {"F", "M"}
-    assert validate_frame(read, reviewed).ok and case_variant_columns(frame, reviewed) == []
+    assert validate_frame(read, reviewed).ok and case_variant_columns(frame, reviewed) == ["genotype"]

@@ -277,17 +277,32 @@ def test_a_levels_declared_spellings_are_read_as_it_in_csv_and_parquet(tmp_path)
     ({"categories": ["no", "yes"], "spellings": {"maybe": ["m"]}}, "not among its categories"),
     ({"categories": ["no", "yes"], "spellings": {"yes": ["NO"]}}, "would read as both 'yes' and 'no'"),
     ({"categories": ["no", "yes"], "spellings": {"yes": ["x"], "no": ["X"]}}, "would read as both"),
+    ({"categories": ["no", "yes"], "spellings": {"no": ["Y"]}}, "would read as both"),  # a flag's Y is its yes
+    ({"categories": ["1", "2"], "spellings": {"1": ["2.0"]}}, "would read as both"),  # '2.0' is read as '2'
+    ({"categories": ["no", "yes"], "spellings": {"no": ["N/A"]}}, "read as an empty cell"),  # pandas' NA
     ({"categories": ["no", "yes"], "spellings": {"yes": [" "]}}, "is empty"),
     ({"categories": ["no", "yes"], "spellings": {"yes": ["unk"]}, "missing_values": ["unk"]}, "missing_values"),
     ({"kind": "integer", "lower": 0, "upper": 3, "spellings": {"1": ["one"]}}, "must not list"),
 ])
 def test_a_spelling_reads_as_one_level_only(column, error):
-    """A spelling that is another level, another level's spelling or a missing marker would make
-    one cell two things: the schema is refused, naming the column."""
+    """A spelling that is another level, another level's spelling, a flag's other yes or no, a
+    CSV reader's empty cell or a missing marker would make one cell two things, or never its
+    level: the schema is refused, naming the column."""
     with pytest.raises(ValueError, match=error):
         Column(**{"name": "flag", "kind": "categorical", **column})
+
+
+def test_a_spelling_the_schemas_markers_blank_is_refused_and_none_listed_is_none():
     with pytest.raises(ValueError, match="among the schema's missing_values"):
         Schema(name="t", missing_values=["?"], columns=[
             Column(name="flag", kind="categorical", categories=["no", "yes"], spellings={"no": ["?"]})])
+    # a marker the column lists as a level is kept there exactly: in another letter case it is blanked
+    with pytest.raises(ValueError, match="among the schema's missing_values"):
+        Schema(name="t", missing_values=["unknown"], columns=[
+            Column(name="smoking", kind="categorical", categories=["Never", "Unknown"],
+                   spellings={"Unknown": ["Unknown"]})])
     # none listed: left out of a written schema, and so the same fingerprint
-    assert Column(name="flag", kind="categorical", categories=["no"], spellings={}).spellings is None
+    for empty in ({}, {"no": []}):
+        assert Column(name="flag", kind="categorical", categories=["no"], spellings=empty).spellings is None
+    decimal = Column(name="grade", kind="categorical", categories=["1", "2", "high"], spellings={"high": ["3.0"]})
+    assert decimal.spelled_levels() == {"3": "high"}  # a cell '3.0' or '3' is read as 'high'

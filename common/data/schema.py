@@ -40,6 +40,20 @@ def check_markers(markers: list[str], where: str) -> None:
                              "compared with their spaces removed), and none is empty")
 
 
+def spelling_key(text: str) -> str:
+    """How a cell is compared with a column's declared ``spellings``: its spaces removed, its
+    letter case folded, and a whole number's decimal point dropped ('2.0' is '2', as pandas
+    writes a number column with gaps)."""
+    whole = re.fullmatch(r"\s*([+-]?\d+)\.0+\s*", text)
+    return (whole.group(1) if whole else text).strip().casefold()
+
+
+# What pandas' CSV reader takes for an empty cell (its default NA strings), folded as a spelling is.
+CSV_EMPTY_WORDS = frozenset(word.casefold() for word in (
+    "#N/A", "#N/A N/A", "#NA", "-1.#IND", "-1.#QNAN", "-NaN", "-nan", "1.#IND", "1.#QNAN", "<NA>", "N/A", "NA",
+    "NULL", "NaN", "None", "n/a", "nan", "null"))
+
+
 class ColumnKind(str, Enum):  # noqa: UP042 - StrEnum would change str(kind) in messages
     CATEGORICAL = "categorical"
     CONTINUOUS = "continuous"
@@ -90,8 +104,8 @@ class Column(BaseModel):
         check_markers(self.missing_values or [], f"column '{self.name}': missing_values")
         if self.missing_values == []:  # the same as none listed, and so the same schema fingerprint
             self.missing_values = None
-        if self.spellings == {}:
-            self.spellings = None
+        if self.spellings is not None:  # a level with none listed, or none at all: the same fingerprint as none
+            self.spellings = {level: written for level, written in self.spellings.items() if written} or None
         if self.kind is ColumnKind.CATEGORICAL:
             own, numbers = set(self.missing_values or []), _finite_numbers(self.missing_values or [])
             listed = [level for level in self.categories or [] if level in own or _finite_numbers([level]) & numbers]
@@ -130,32 +144,41 @@ class Column(BaseModel):
 
     def _check_spellings(self) -> None:
         """Each spelling names a listed level, is not empty, and reads as one level only: not
-        another level, another level's spelling or one of the column's missing-value markers (a
-        cell is read as its level, its spelling or empty: one of them)."""
+        another level (a whole number's '2.0' is '2'), another level's spelling, a yes or a no a
+        flag reads as its other level, or one of the column's missing-value markers (a cell is
+        read as its level, its spelling or empty: one of them); nor a word a CSV reader takes for
+        an empty cell ('NA', 'None'), which would never reach its level from a CSV file."""
         if self.spellings is None:
             return
         unknown = [level for level in self.spellings if level not in self.levels]
         if unknown:
             raise ValueError(f"column '{self.name}': 'spellings' names {unknown}, not among its categories: each key "
                              "is a listed level, each value the other ways the extracts write it")
-        reads_as = {level.strip().casefold(): level for level in self.levels}
+        reads_as = {spelling_key(level): level for level in self.levels}
+        flag = yes_no_levels(self.levels)
+        if flag is not None:  # its Y, 1 and true are its yes already: never another level's spelling
+            reads_as |= {word: flag[0] for word in READ_AS_YES} | {word: flag[1] for word in READ_AS_NO}
         markers = {marker.casefold() for marker in self.missing_values or []}
         for level, written in self.spellings.items():
             for spelling in written:
-                folded = spelling.strip().casefold()
-                if not folded:
+                key = spelling_key(spelling)
+                if not key:
                     raise ValueError(f"column '{self.name}': a spelling of '{level}' is empty")
-                if folded in markers:
+                if key in markers:
                     raise ValueError(f"column '{self.name}': '{spelling}' is both a spelling of '{level}' and one "
                                      "of the column's missing_values: keep it in one of them")
-                if reads_as.setdefault(folded, level) != level:
+                if key in CSV_EMPTY_WORDS:
+                    raise ValueError(f"column '{self.name}': a CSV file's '{spelling}' (in any letter case) is read "
+                                     f"as an empty cell, never as '{level}': write it another way in the extract, "
+                                     "or mark the column nullable")
+                if reads_as.setdefault(key, level) != level:
                     raise ValueError(f"column '{self.name}': '{spelling}' (in any letter case) would read as both "
-                                     f"'{level}' and '{reads_as[folded]}': list it for one level only")
+                                     f"'{level}' and '{reads_as[key]}': list it for one level only")
 
     def spelled_levels(self) -> dict[str, str]:
-        """Each declared spelling, its spaces removed and letter case folded, and the level it is
-        read as (empty without ``spellings``)."""
-        return {spelling.strip().casefold(): level for level, written in (self.spellings or {}).items()
+        """Each declared spelling as a cell is compared with it (:func:`spelling_key`) and the
+        level it is read as (empty without ``spellings``)."""
+        return {spelling_key(spelling): level for level, written in (self.spellings or {}).items()
                 for spelling in written}
 
     def _check_precision(self) -> None:
@@ -245,9 +268,9 @@ class Schema(BaseModel):
             if not self.column(self.outcome).is_categorical:
                 raise ValueError(f"outcome '{self.outcome}' must be a categorical column")
         check_markers(self.missing_values, "missing_values")
-        markers = {marker.casefold() for marker in self.missing_values}
-        for column in self.categorical_columns:
-            blanked = sorted(set(column.spelled_levels()) & markers - {level.casefold() for level in column.levels})
+        for column in self.categorical_columns:  # a marker the column lists as a level is kept there, no other
+            markers = {marker.casefold() for marker in self.missing_values if marker not in column.levels}
+            blanked = sorted(set(column.spelled_levels()) & markers)
             if blanked:
                 raise ValueError(f"column '{column.name}': its spellings {blanked} are among the schema's "
                                  "missing_values, so they would be read as empty: keep each in one of them")
@@ -554,21 +577,35 @@ def _drafted_column(series: pd.Series, outcome: bool = False, date: bool = False
 
 
 def _letter_cases_together(counts: Counter[str]) -> tuple[Counter[str], set[str]]:
-    """Levels written in several letter cases ('Emergency', 'emergency', 'EMERGENCY') counted as
-    one, under its most common writing, and the levels so merged: the draft lists each once,
-    read in any letter case (its ``spellings`` holding itself), where each writing alone may be
-    rarer than a level must be to be drafted."""
+    """Words written in several letter cases ('Emergency', 'emergency', 'EMERGENCY') counted as
+    one level, under its most common writing, and the levels so merged: the draft lists each
+    once, read in any letter case (its ``spellings`` holding itself), where each writing alone
+    may be rarer than a level must be to be drafted. Short codes are not merged: letter case
+    tells genotypes ('AA', 'Aa', 'aa') or codes ('F' and 'f') apart as often as not (the
+    draft names them, :func:`case_variant_columns`); the draft names the columns it merged
+    (:func:`letter_case_columns`)."""
     groups: dict[str, list[str]] = {}
     for level in counts:
-        groups.setdefault(level.casefold(), []).append(level)
+        groups.setdefault(level.casefold() if len(level) >= MERGED_CASE_LENGTH else level, []).append(level)
     together: Counter[str] = Counter()
-    merged = set()
+    merged: set[str] = set()
     for writings in groups.values():
         level = max(writings, key=lambda writing: (counts[writing], writing))
         together[level] = sum(counts[writing] for writing in writings)
         if len(writings) > 1:
             merged.add(level)
     return together, merged
+
+
+MERGED_CASE_LENGTH = 3  # the fewest characters of a level the draft reads in any letter case
+
+
+def letter_case_columns(schema: Schema) -> list[str]:
+    """The categorical columns with a level read in any letter case (a level among its own
+    ``spellings``, as the draft writes one it merged): named, for a reviewer to undo where
+    letter case tells levels apart."""
+    return [column.name for column in schema.categorical_columns
+            if any(level in written for level, written in (column.spellings or {}).items())]
 
 
 def _yes_and_no_together(counts: Counter[str]) -> Counter[str]:
@@ -708,8 +745,9 @@ def _identifier_like(numbers: pd.Series) -> bool:
     consecutive (row numbers); or dates, yyyymmdd with a real month and day. Survival times in
     days are whole and mostly distinct too, but repeat and stay below 100,000. Under 50 values
     (a small hospital's extract, tenth review F2: two patients' MRNs drafted as bounds), dates
-    are told as dates, and distinct numbers are a record number only if every one has six
-    digits or more: too few to tell row numbers, or a measure's spread, from one."""
+    and record numbers are told the same way; close to consecutive numbers are not (too few to
+    tell row numbers from a measure's spread). A large measure (a platelet count per µL) may be
+    taken for a record number: the reviewer then writes its bounds, which fails safe."""
     if numbers.empty or not bool((numbers == numbers.round()).all()):
         return False
     month, day = (numbers // 100) % 100, numbers % 100
@@ -717,9 +755,9 @@ def _identifier_like(numbers: pd.Series) -> bool:
         return True
     if not numbers.is_unique:
         return False
-    if len(numbers) < 50:
-        return bool(numbers.abs().min() >= 100_000)
-    return bool(numbers.abs().max() >= 100_000 or numbers.max() - numbers.min() < 1.1 * len(numbers))
+    if numbers.abs().max() >= 100_000:
+        return True
+    return bool(len(numbers) >= 50 and numbers.max() - numbers.min() < 1.1 * len(numbers))
 
 
 def without_markers(frame: pd.DataFrame, markers: list[str], levels: Mapping[str, Collection[str]] | None = None,
@@ -1156,4 +1194,4 @@ def _read_levels(cells: pd.Series, column: Column) -> set[str]:
     """The levels ``cells`` hold as a draft lists them (:func:`_written_level`), a declared
     spelling read as its level."""
     declared = column.spelled_levels()
-    return {declared.get(written.casefold(), written) for written in {_written_level(v) for v in cells.dropna()}}
+    return {declared.get(spelling_key(written), written) for written in {_written_level(v) for v in cells.dropna()}}

@@ -18,6 +18,7 @@ from fedsyn.data.schema import (
     headerless_names,
     limits_at_bounds,
     spell_category,
+    spelling_key,
     text_columns,
     units_removed,
     without_schema_markers,
@@ -40,7 +41,8 @@ def read_table(path: str | Path, schema: Schema | None = None) -> pd.DataFrame:
     ``missing_values`` (the extract's own '?' or '-') is read as empty, unless its column lists
     it among its categories, and so is a cell holding one of its column's own ``missing_values``
     ('999' for an unknown age, in that column only); a numeric cell written as a limit at its column's bound ('<0.01'
-    where 0.01 is the lower bound) is read as the bound.
+    where 0.01 is the lower bound) is read as the bound; a categorical cell written as one of its
+    column's ``spellings`` ('pos' for 'positive') is read as that level.
     """
     path = Path(path)
     if not path.is_file():
@@ -169,7 +171,7 @@ def _as_category(series: pd.Series, column: Column) -> pd.Series:
         whole = re.fullmatch(r"\s*([+-]?\d+)\.0+\s*", text)
         if whole and whole.group(1) in levels:
             return whole.group(1)
-        folded = (whole.group(1) if whole else text).strip().casefold()
+        folded = spelling_key(text)
         if folded in declared:
             return declared[folded]
         if flag is not None and folded in READ_AS_YES:  # a flag's 'Y', 'Yes', 'true', '1': its yes

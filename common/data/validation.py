@@ -308,17 +308,21 @@ def _spelling_hint(unknown: pd.Series, categories: list[str]) -> str:
     hints = []
     matching = text.isin(folded)
     if matching.any():
-        share = "" if matching.all() else " (some of them)"
-        hints.append(f"they are the schema's categories in another letter case{share}")
+        hints.append(f"they are the schema's categories in another letter case{_some(matching)}")
     if folded & YES_WORDS and folded & NO_WORDS:
         synonyms = ~matching & text.isin(YES_WORDS | NO_WORDS)
         if synonyms.any():
-            share = "" if synonyms.all() else " (some of them)"
-            hints.append(f"they are yes or no written another way{share}, as Y / N, 1 / 0 or true / false")
+            hints.append(f"they are yes or no written another way{_some(synonyms)}, as Y / N, 1 / 0 or true / false")
     if not hints:
         return ""
     return (f"; {'; '.join(hints)}. Write them exactly as the schema does, or list them under the column's "
             "'spellings' in the schema (docs/schema.md), which reads them as their level")
+
+
+def _some(hinted: pd.Series) -> str:
+    """Whether a hint covers all the cells it is about or some: never how many (the hint is in
+    the problem's kind, which the site logs)."""
+    return "" if hinted.all() else " (some of them)"
 
 
 THOUSANDS_GROUPED = r"[+-]?\d{1,3}(,\d{3})+(\.\d+)?"  # a number written 6,994.91: read as text
