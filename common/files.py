@@ -1,5 +1,5 @@
-"""Files that must never be left half-written: the privacy ledger, a site's stored replies,
-the coordinator's run state."""
+"""Files that must never be left half-written (the privacy ledger, a site's stored replies,
+the coordinator's run state), and folders no other user may read (real rows)."""
 
 from __future__ import annotations
 
@@ -41,3 +41,13 @@ def _flush_folder(folder: Path) -> None:
         pass
     finally:
         os.close(descriptor)
+
+
+def private_folder(folder: Path) -> Path:
+    """Create ``folder`` (and its parents) readable by its owner only: it holds real rows or
+    what was computed from them (a simulated site's extract, a validation report's held-out
+    rows), which a newcomer found readable by every user of the machine (0644 in a 0755
+    folder). Files written inside keep their mode; the folder's 0700 keeps others out."""
+    folder.mkdir(parents=True, exist_ok=True)
+    folder.chmod(0o700)
+    return folder

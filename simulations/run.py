@@ -18,6 +18,7 @@ from fedsyn.data.schema import Schema
 from fedsyn.data.tables import rows_digest, write_table
 from fedsyn.data.validation import RecordHandling
 from fedsyn.evaluation.metrics import tstr_auc
+from fedsyn.files import private_folder
 from fedsyn.model.gan import DPTabularGAN
 from fedsyn.privacy.randomness import bound_to_inputs, derived_nonce, derived_seed, fresh_nonce
 from fedsyn.server.app import ReleasePlan, make_server_app, run_federation
@@ -88,8 +89,7 @@ def prepare_sites(tables: list[pd.DataFrame], schema_path: Path, root: Path, eps
     inputs = (schema_path.read_text(), repr((epsilon, delta, min_noise_multiplier, out_of_domain)), *stream_inputs)
     for index, table in enumerate(tables):
         stream = (run_label, index)  # apart from every other site and federation of this simulation
-        folder = root / site_folder(index, names[index] if names else None)
-        folder.mkdir(parents=True, exist_ok=True)
+        folder = private_folder(root / site_folder(index, names[index] if names else None))
         write_table(table, folder / "data.parquet")
         policy = SitePolicy(site_id=names[index] if names else f"site-{index}", data=Path("data.parquet"),
                             schema=schema_path.resolve(),

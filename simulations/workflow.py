@@ -30,6 +30,7 @@ import pandas as pd
 from fedsyn.data.schema import Schema
 from fedsyn.data.tables import read_table, write_table
 from fedsyn.errors import ConfigurationError
+from fedsyn.files import private_folder
 from fedsyn.server.app import ReleasePlan
 from fedsyn.server.coordinator import RoundCallback
 from fedsyn.server.settings import FederationSettings
@@ -104,8 +105,7 @@ def simulate(simulation: Simulation, on_round: RoundCallback | None = None,
     result = SimulationResult(release, keys, privacy_report, seconds)
     if simulation.test is None or simulation.train is None:
         return result
-    local = out / "local-report"
-    local.mkdir(parents=True, exist_ok=True)
+    local = private_folder(out / "local-report")
     comparison = None
     if simulation.compare and simulation.schema.outcome:
         comparison = _compare(simulation, simulation.test, release, local, stage)
@@ -282,6 +282,7 @@ def write_local_report(synthetic: pd.DataFrame, train: pd.DataFrame, test: pd.Da
     result = {**evaluation.to_dict(), "privacy_utility_curve": curve or [], "comparison": comparison,
               "settings": settings}
     make_run_folder(out)  # a report of real rows: ignored by git wherever it is written
+    private_folder(out)  # and read by its owner only
     (out / "report.json").write_text(json.dumps(result, indent=2, default=str) + "\n")
     render_html(evaluation, train, synthetic, schema, out / "report.html", curve, comparison, settings)
     return result

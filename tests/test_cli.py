@@ -41,6 +41,10 @@ def test_simulate_writes_a_signed_release_with_report_and_passes_gan_options(tmp
     rounds = [line for line in result.output.splitlines() if line.startswith("round ")]
     assert len(rounds) == 3 and all(line.endswith(("s", "left")) for line in rounds)  # one line each, unwrapped
     assert (out / "local-report" / "held_out.parquet").is_file()
+    # real rows and what was computed from them: their folders kept from other users (a newcomer
+    # found every site's extract and the held-out rows readable by all, 0644 in 0755 folders)
+    private = [out / "local-report", *(out / "sites").iterdir()]
+    assert len(private) == 4 and all(folder.stat().st_mode & 0o777 == 0o700 for folder in private)
     privacy = json.loads((release / "privacy_report.json").read_text())
     assert len(privacy["sites"]) == 3 and all(site["epsilon_cumulative"] <= 1.0 + 1e-9 for site in privacy["sites"])
     assert privacy["public_facts"]["smallest_site_rows"] == "at most 256"  # what the published rate discloses
