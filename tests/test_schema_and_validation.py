@@ -501,6 +501,14 @@ def test_record_numbers_and_dates_written_as_numbers_get_no_bounds_in_a_draft():
     text = draft.model_dump_json()
     assert not any(str(value) in text for value in (*rows["mrn"][10:], *rows["admitted"]))
     assert draft.column("rtime").kind.value == "integer"
+    # A newcomer's comment column repeated each note in hundreds of rows: the rare-level rule kept
+    # them all, a proxy's name and an address among them; one note-like level blanks the column
+    notes = ["wife Mary Johnson is proxy", "moved to 14 Elm St", "DNR discussed", "translator needed (Spanish)"]
+    noted = rows.assign(comment=[notes[i % 4] for i in range(len(rows))],
+                        admission=[["Admit after surgery - inpatient", "Emergency"][i % 2] for i in range(len(rows))])
+    drafted = draft_schema(noted, outcome="death")
+    assert "comment" in unlisted_columns(drafted) and "Mary" not in drafted.model_dump_json()
+    assert drafted.column("admission").categories == ["Admit after surgery - inpatient", "Emergency"]
     # Tenth review, F2: under 50 rows a 7-digit MRN and a yyyymmdd date were drafted as integers
     # bounded by two patients' own; a small measure with distinct values stays a number
     small = rows.iloc[10:40].assign(mrn=rng.choice(np.arange(60_000, 480_000), 30, replace=False),

@@ -566,7 +566,7 @@ def _drafted_column(series: pd.Series, outcome: bool = False, date: bool = False
     counts, any_case = (counts, set()) if flag else _letter_cases_together(counts)
     categories = sorted((level for level, rows in counts.items() if rows >= RARE_LEVEL_ROWS),
                         key=lambda level: (0, float(level), level) if is_number(level) else (1, 0.0, level))
-    if len(counts) > MANY_CATEGORIES or (counts and not categories):
+    if len(counts) > MANY_CATEGORIES or (counts and not categories) or any(map(_note_like, categories)):
         # an identifier, a date or free text: its values are patients', never written (a number
         # column too, :func:`_identifier_like`: its bounds would be two patients' record numbers)
         categories = [UNLISTED_LEVELS]
@@ -574,6 +574,16 @@ def _drafted_column(series: pd.Series, outcome: bool = False, date: bool = False
     spellings = {level: [level] for level in categories if level in any_case}
     return Column(name=name, kind=ColumnKind.CATEGORICAL, categories=categories, nullable=nullable,
                   spellings=spellings or None, needs_review=True)
+
+
+def _note_like(level: str) -> bool:
+    """Whether a level reads as a note rather than a code: longer than 48 characters, of seven
+    words or more, or of five or more with a digit ('moved to 14 Elm St', 'pt called re: bill,
+    see chart 200794'). A newcomer's comment column repeated each note in hundreds of rows (as
+    copied-forward notes do), so the rare-level rule kept them all, names and addresses among
+    them: a column holding one such level gets the placeholder, and its notes are never written."""
+    words = level.split()
+    return len(level) > 48 or len(words) >= 7 or (len(words) >= 5 and any(c.isdigit() for c in level))
 
 
 def _letter_cases_together(counts: Counter[str]) -> tuple[Counter[str], set[str]]:
