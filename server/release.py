@@ -108,7 +108,10 @@ def privacy_report(run: RunRecord, public_facts: dict[str, object] | None = None
             "epsilon_before_run": site.spent_before,
             "max_epsilon": site.max_epsilon,
             "budget_epsilon_asked": site.epsilon_cap,
-            "within_budget": site.epsilon_cap is None or cumulative <= site.epsilon_cap + 1e-9,
+            # Within the cap this run asked for and the site's own max_epsilon: a site whose operator
+            # lowered max_epsilon below its spend was reported within budget (helper-78)
+            "within_budget": all(cumulative <= cap + 1e-9 for cap in (site.epsilon_cap, site.max_epsilon)
+                                 if cap is not None),
             "rounds_accepted": site.rounds_accepted,
             "dropped": site.dropped,
             "ledger": rounds,

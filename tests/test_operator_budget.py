@@ -141,6 +141,20 @@ def test_a_site_left_out_for_its_budget_is_reported_with_what_its_ledger_holds(p
     assert left_out["epsilon_before_run"] == pytest.approx(spent)
     assert left_out["epsilon_cumulative"] >= spent - 1e-9, left_out
     assert report["max_epsilon_any_site"] >= spent - 1e-9
+    assert left_out["within_budget"]  # spent just under its max_epsilon 1.0
+
+
+def test_a_site_whose_max_epsilon_was_lowered_below_its_spend_is_not_within_budget(plan, demo_schema, tmp_path):
+    """helper-78: an operator lowered max_epsilon to 0.8 after spending 0.9999; the report said
+    within_budget true, as the run had asked the site for nothing."""
+    spent = _spend_all_of(plan.policies[0])
+    policy = SitePolicy.load(plan.policies[0])
+    policy.model_copy(update={"max_epsilon": 0.8 * spent}).save(plan.policies[0])
+    run_in_process(plan, demo_schema, tmp_path, SETTINGS)
+    report = json.loads((tmp_path / "release" / "privacy_report.json").read_text())
+    lowered = next(s for s in report["sites"] if s["site"] == "site-0")
+    assert lowered["max_epsilon"] == pytest.approx(0.8 * spent) and not lowered["within_budget"], lowered
+    assert all(s["within_budget"] for s in report["sites"] if s["site"] != "site-0")
 
 
 def test_a_fixed_noise_run_whose_training_fits_no_round_charges_nothing(plan, demo_schema, tmp_path):
