@@ -17,7 +17,16 @@ set -euo pipefail
 
 out=$(realpath -m "${1:-fedsyn-rehearsal}")
 rounds=${ROUNDS:-3}
-fedsyn=${FEDSYN:-fedsyn}          # the fedsyn command of the install to rehearse
+# The fedsyn command of the install to rehearse: FEDSYN, else the checkout's .venv (the README's
+# install; a newcomer's run stopped at "fedsyn: command not found"), else the one on PATH.
+here=$(dirname "$(realpath "$0")")/..
+if [ -n "${FEDSYN:-}" ]; then fedsyn=$FEDSYN
+elif [ -x "$here/.venv/bin/fedsyn" ]; then fedsyn=$(realpath "$here/.venv/bin/fedsyn")
+else fedsyn=fedsyn; fi
+if ! command -v "$fedsyn" >/dev/null; then
+  echo "rehearse: no fedsyn command: install as the README says (.venv), or give FEDSYN=/path/to/fedsyn" >&2
+  exit 2
+fi
 python=${PYTHON:-$(dirname "$(command -v "$fedsyn")")/python}
 sites=3
 if [ -e "$out" ]; then

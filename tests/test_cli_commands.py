@@ -232,6 +232,29 @@ def test_certs(tmp_path):
     assert stat.S_IMODE((tmp_path / "site" / "auth.key").stat().st_mode) == 0o600
 
 
+def test_keys_and_certificates_are_never_replaced_unasked_and_a_server_certificate_renews_with_its_ca(tmp_path):
+    """helper-78: a second `certs init` silently replaced the CA every site trusted, a second `keys
+    generate` the key earlier releases verify against; renewing the server certificate with the
+    same CA, as the docs said to, needed the Python API."""
+    certs, keys, site = tmp_path / "certs", tmp_path / "keys", tmp_path / "site"
+    assert _invoke("certs", "init", "--out", certs).exit_code == 0
+    assert _invoke("keys", "generate", "--out", keys).exit_code == 0
+    assert _invoke("certs", "site-key", "--out", site).exit_code == 0
+    kept = {path: path.read_bytes() for folder in (certs, keys, site) for path in folder.iterdir()}
+    for command in (("certs", "init", "--out", certs), ("keys", "generate", "--out", keys),
+                    ("certs", "site-key", "--out", site)):
+        result = _invoke(*command)
+        assert result.exit_code == 2 and "already exist" in result.output and "--force" in result.output
+    assert all(path.read_bytes() == data for path, data in kept.items())
+    assert _invoke("certs", "init", "--out", certs, "--renew-server", "--host", "coordinator.example.org"
+                   ).exit_code == 0
+    assert (certs / "ca.crt").read_bytes() == kept[certs / "ca.crt"]
+    assert (certs / "server.crt").read_bytes() != kept[certs / "server.crt"]
+    assert _invoke("keys", "generate", "--out", keys, "--force").exit_code == 0
+    assert (keys / "coordinator.pub").read_bytes() != kept[keys / "coordinator.pub"]
+    assert _invoke("certs", "init", "--out", tmp_path / "none", "--renew-server").exit_code == 2
+
+
 def test_client_ledger_init_once_and_never_over_a_trail_with_charges(tmp_path, demo_frame):
     plan = prepare_sites([demo_frame.head(100)], demo_schema_path(), tmp_path / "sites", 1.0, 1e-5)
     policy = plan.policies[0]

@@ -84,9 +84,12 @@ class CoordinatorConfig(BaseModel):
             except (OSError, ValueError):
                 continue  # missing or unreadable: Flower's own error names it
             if when is not None:
+                renew = ("`fedsyn certs init --renew-server` issues a new one with the same CA: hospitals change "
+                         "nothing" if what == "server certificate" else
+                         "`fedsyn certs init --force` issues a new CA and server certificate; hospitals then need "
+                         "the new ca.crt")
                 log.warning("the SuperLink's %s %s expired on %s: no hospital can connect until it is renewed "
-                            "(`fedsyn certs init` issues a new CA and server certificate; hospitals then need "
-                            "the new ca.crt)", what, path, when.isoformat(),
+                            "(%s)", what, path, when.isoformat(), renew,
                             extra={"fedsyn": {"event": "certificate_expired", "path": str(path),
                                               "expired": when.isoformat()}})
 
