@@ -72,6 +72,7 @@ from fedsyn.trust.audit import AuditLog
 __all__ = ["Coordinator", "RoundCallback"]
 
 log = logging.getLogger("fedsyn.server")
+WAITING_SAID_EVERY_S = 30.0  # how often a run waiting for its sites says how many it has
 
 RoundCallback = Callable[[RoundSummary, dict[int, SiteStatus]], None]
 
@@ -119,13 +120,19 @@ class Coordinator:
             known = {node for node in self._ready(self.settings.site_conditional)
                      if (planned := self.run.sites[node].rounds_planned) is None or planned >= next_round}
         needed = self.settings.min_sites if known is None else min(self.settings.min_sites, len(known))
-        deadline = time.monotonic() + self.settings.timeout
+        started = time.monotonic()
+        deadline, said = started + self.settings.timeout, started
         while True:
             nodes = [node for node in sorted(grid.get_node_ids()) if known is None or node in known]
             if len(nodes) >= needed:
                 for node in nodes:
                     self.run.sites.setdefault(node, SiteStatus(node))
                 return nodes
+            if time.monotonic() - said >= WAITING_SAID_EVERY_S:  # a plan waited 5 minutes without a word
+                said = time.monotonic()
+                log.info("waiting for sites: %d of the %d needed connected, giving up in %d s (settings.timeout)",
+                         len(nodes), needed, max(0, round(deadline - said)),
+                         extra={"fedsyn": {"event": "waiting_for_sites", "connected": len(nodes), "needed": needed}})
             if time.monotonic() > deadline:
                 others = len(set(grid.get_node_ids()) - set(self.run.sites)) if resumed else 0
                 strangers = (f"; {others} other node(s) are connected that took no part in this run's budget "

@@ -459,3 +459,17 @@ def test_a_stored_reply_that_cannot_be_read_is_kept_and_the_answer_still_stored(
     store.put("run-1", 5, "digest-5", update, {}, PrivacyEvent("dp-sgd", 1.0, 0.1, 10, round=5), ("nonce", 5))
     assert store.get("run-1", 5, "digest-5") is not None
     assert (tmp_path / "run-1-round-00001.npz").read_bytes() == content
+
+
+def test_a_run_waiting_for_its_sites_says_how_many_it_has(plan, demo_schema, tmp_path, monkeypatch, caplog):
+    """helper-77 and helper-78: `fedsyn server plan` with one site of two online printed nothing
+    for five minutes (it waits up to settings.timeout, an hour by default)."""
+    import logging
+
+    monkeypatch.setattr(coordinator_module, "WAITING_SAID_EVERY_S", 0.4)
+    settings = SETTINGS.model_copy(update={"min_sites": 3, "timeout": 1.5})
+    release = ReleasePlan(tmp_path / "release", rows=300)
+    with caplog.at_level(logging.INFO, logger="fedsyn.server"), pytest.raises(FederationError):
+        run_federation(_WithoutLastSite(make_client_app(plan.site_policy), len(plan.policies)), demo_schema,
+                       settings, release)
+    assert "waiting for sites: 2 of the 3 needed connected, giving up in" in caplog.text
