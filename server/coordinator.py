@@ -72,6 +72,7 @@ from fedsyn.trust.audit import AuditLog
 __all__ = ["Coordinator", "RoundCallback"]
 
 log = logging.getLogger("fedsyn.server")
+CLAIM_TOLERANCE = 1e-6  # epsilon a ledger may read below an earlier claim of it (rounding in the record)
 WAITING_SAID_EVERY_S = 30.0  # how often a run waiting for its sites says how many it has
 
 RoundCallback = Callable[[RoundSummary, dict[int, SiteStatus]], None]
@@ -187,7 +188,18 @@ class Coordinator:
                                                 group_id="budget") for node in nodes], 0, charged=False)
         fingerprint = protocol.schema_fingerprint(self.schema)
         queries: dict[int, protocol.MarginalsQuery] = {}
+        earlier = self._earlier_claims()
         for site, budget in self.screen.budgets(replies):
+            claimed = earlier.get(site.name, 0.0)
+            if budget.spent < claimed - CLAIM_TOLERANCE:  # its ledger went back: lost or restored from an old copy
+                site.claimed_epsilon = max(site.claimed_epsilon, claimed)  # the report never says less
+                self.screen.drop(site, 0, protocol.error_reason(protocol.ErrorCode.LEDGER_UNAVAILABLE, (
+                    f"site '{site.name}' says its ledger holds epsilon {budget.spent:.4f}, less than the "
+                    f"{claimed:.4f} it claimed in an earlier run (this coordinator's audit log): its state folder "
+                    "was lost or restored from an older copy, and what it spent is no longer counted. Its operator "
+                    "restores the whole state folder (docs/site.md); a site that now holds other patients joins "
+                    "under a new site_id")), refused=True)
+                continue
             plan = plan_site_run(budget, self.settings)
             self._record_plan(site, plan)
             if not plan.usable or plan.marginals_noise is None:
@@ -199,6 +211,18 @@ class Coordinator:
                                                             self.run.run_id, self.settings.pairs_share)
         self._require_quorum(len(queries), 0)
         return {node: replace(query, sites=len(queries)) for node, query in queries.items()}
+
+    def _earlier_claims(self) -> dict[str, float]:
+        """The largest epsilon each site (by name) claimed or said it had spent in this
+        coordinator's audit log, every run's: a site whose state folder was lost, and whose
+        ledger was initialised again, said 0 and would have spent its whole budget again unseen
+        (helper-78). Without an audit log, none."""
+        claims: dict[str, float] = {}
+        for entry in self.audit.entries() if self.audit is not None else []:
+            name, said = entry.get("site"), entry.get("epsilon_claimed", entry.get("epsilon_spent"))
+            if isinstance(name, str) and isinstance(said, (int, float)):
+                claims[name] = max(claims.get(name, 0.0), float(said))
+        return claims
 
     def _unusable(self, site: SiteStatus, plan: SiteRunPlan) -> str:
         """Why a site with this plan is asked nothing, and what the operator can change."""

@@ -319,3 +319,34 @@ def test_repeated_free_queries_do_not_grow_the_sites_audit_trail(plan):
     spent = PrivacyLedger.load(SitePolicy.load(policy).ledger).epsilon()
     assert spent > 0.5 and entries()[-1]["event"] == "budget_reported"
     assert entries()[-1]["epsilon_spent"] == pytest.approx(spent)
+
+
+def test_a_site_whose_ledger_went_back_since_an_earlier_run_is_asked_nothing(plan, demo_schema, tmp_path):
+    """helper-78: a site's whole state folder was lost and its ledger initialised again: it said
+    it had spent 0, and the coordinator, whose own audit log held its earlier claims, planned its
+    whole budget again without a word. It now refuses that site, and its report never says less
+    than the site claimed before."""
+    import shutil
+
+    from fedsyn.client.site import initialise_ledger
+
+    audit = tmp_path / "audit.jsonl"
+
+    def run(name):
+        grid = InProcessGrid(make_client_app(plan.site_policy), len(plan.policies))
+        run_federation(grid, demo_schema, PER_RUN, ReleasePlan(tmp_path / name, rows=500, audit_log=audit))
+        return json.loads((tmp_path / name / "privacy_report.json").read_text())
+
+    run("first")
+    before = _spent(plan)
+    folder = plan.policies[0].parent
+    for path in folder.iterdir():  # the state lost: ledger, trail, stored replies; policy and extract kept
+        if path.name not in ("policy.json", "data.parquet"):
+            shutil.rmtree(path) if path.is_dir() else path.unlink()
+    initialise_ledger(SitePolicy.load(plan.policies[0]))
+    report = run("second")
+    lost = next(site for site in report["sites"] if site["site"] == "site-0")
+    assert lost["dropped"][0]["reason"].startswith("ledger_unavailable") and "an earlier run" in \
+        lost["dropped"][0]["reason"]
+    assert lost["epsilon_cumulative"] >= before[0] - 1e-9 and _spent(plan)[0] == 0.0  # nothing charged again
+    assert all(site["rounds_accepted"] for site in report["sites"] if site["site"] != "site-0")

@@ -52,6 +52,10 @@ class AuditLog:
         with open(self.path, "rb") as log:
             return log.read().splitlines()
 
+    def entries(self) -> list[dict[str, object]]:
+        """Every entry, oldest first, as written (check the chain with :func:`verify_log`)."""
+        return [json.loads(line) for line in self._lines() if line.strip()]
+
     def append(self, event: str, /, **fields: object) -> dict[str, object]:
         """Append ``event`` with ``fields``; return the entry written."""
         entry = self._append(event, fields, None)
