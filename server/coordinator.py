@@ -63,7 +63,7 @@ from fedsyn.server.record import (
     SiteStatus,
 )
 from fedsyn.server.resume import IN_ROUND_ZERO, SAVED, RunState, save_state
-from fedsyn.server.screening import ReplyScreen
+from fedsyn.server.screening import ReplyScreen, unconfirmed_in_audit
 from fedsyn.server.settings import FederationSettings
 from fedsyn.server.strategy import SITE_LEVEL_SCOPE, build_strategy
 from fedsyn.trust.audit import AuditLog
@@ -478,6 +478,11 @@ class Coordinator:
         """Continue a saved run: same settings and schema, or nothing is resumed
         (:meth:`RunRecord.from_state`)."""
         self.run = RunRecord.from_state(state, self.schema, self.settings)
+        for node, round_ in unconfirmed_in_audit(self.audit.entries() if self.audit is not None else [],
+                                                 self.run.run_id):
+            site = self.run.sites.get(node)
+            if site is not None and round_ not in site.unconfirmed:  # a charge of a round the state came before
+                site.unconfirmed.append(round_)
         if state.model is not None and state.sampler is not None:
             self._restored_model = (state.model, state.sampler)
 

@@ -391,7 +391,7 @@ def test_a_resume_waits_for_the_sites_that_can_still_train(plan, demo_schema, tm
     it waits for; resumed once site-2 is back, it trains round 2 and releases."""
     site = Site(SitePolicy.load(plan.policies[0]))
     site.release_marginals(gaussian_noise_for_epsilon(0.2, 1e-5), 0.2, protocol.schema_fingerprint(site.schema))
-    settings = SETTINGS.model_copy(update={"noise_multiplier": 6.0, "timeout": 1.0})
+    settings = SETTINGS.model_copy(update={"noise_multiplier": 6.0, "timeout": 3.0})
     release = ReleasePlan(tmp_path / "release", rows=300, audit_log=tmp_path / "audit.jsonl",
                           state_dir=tmp_path / "state")
     app = make_client_app(plan.site_policy)
@@ -473,3 +473,31 @@ def test_a_run_waiting_for_its_sites_says_how_many_it_has(plan, demo_schema, tmp
         run_federation(_WithoutLastSite(make_client_app(plan.site_policy), len(plan.policies)), demo_schema,
                        settings, release)
     assert "waiting for sites: 2 of the 3 needed connected, giving up in" in caplog.text
+
+
+def test_a_resume_after_a_failed_round_reports_that_rounds_possible_charge(plan, demo_schema, tmp_path):
+    """helper-78: a site charged for round 1 failed before its reply left; the round missed its
+    quorum and the run stopped, saved as of round 0. Resumed, the report gave the site's epsilon
+    this run without that charge, and not as a lower bound. The failed round's possible charge is
+    in the audit log, and a resume reads it from there."""
+    settings = SETTINGS.model_copy(update={"min_sites": 3})
+    release = ReleasePlan(tmp_path / "release", rows=300, audit_log=tmp_path / "audit.jsonl",
+                          state_dir=tmp_path / "state")
+    answered = []
+
+    def lose_first_sites_round_one(reply):
+        if reply.metadata.src_node_id == 1001:
+            answered.append(reply)  # the budget query, round 0's two releases, then round 1
+            if len(answered) == 4:
+                return None
+        return reply
+
+    app = make_client_app(plan.site_policy)
+    with pytest.raises(FederationError, match="round 1"):
+        run_federation(InProcessGrid(app, len(plan.policies), lose_first_sites_round_one), demo_schema, settings,
+                       release)
+    run_federation(InProcessGrid(app, len(plan.policies)), demo_schema, settings, release, resume=True)
+    report = json.loads((tmp_path / "release" / "privacy_report.json").read_text())
+    first = next(site for site in report["sites"] if site["node_id"] == 1001)
+    assert first["unconfirmed_rounds"] == [1] and first["epsilon_this_run_is_lower_bound"], first
+    assert all(not site["unconfirmed_rounds"] for site in report["sites"] if site["node_id"] != 1001)
