@@ -44,7 +44,7 @@ def client_start(config: Annotated[Path, typer.Option("--config", "-c")] = Path(
         problems = writability_problems(site.writes)
         if problems:  # every round would fail on them, after the coordinator has counted on this site
             fail("not joining: " + "; ".join(problems) + ". Each round writes the ledger, its lock, the stored "
-                 "replies and the audit trail: give the user running `fedsyn client start` write access to them")
+                 "replies and the audit trail")
         launch = supernode_launch(config)
     except (PolicyError, SchemaError, DataFileError, DataValidationError, LedgerError) as exc:
         fail(f"not joining: {exc}")

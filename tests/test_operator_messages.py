@@ -126,3 +126,24 @@ def test_client_start_refuses_to_join_with_an_unwritable_ledger_folder(tmp_path,
     squeezed = "".join(result.output.split())  # the console wraps long paths anywhere
     assert result.exit_code != 0 and "notjoining" in squeezed
     assert f"{folder}isnotwritablebyuid{os.getuid()}".replace(" ", "") in squeezed
+
+
+def test_a_missing_state_folder_and_a_read_only_one_are_named_for_what_they_are(tmp_path, monkeypatch):
+    """helper-78: a site with no state yet was told four times, identically, that its folder was
+    'not writable (No such file or directory)' and to grant write access; on a read-only mount,
+    owner and mode were fine and the real cause went unnamed."""
+    from fedsyn.client.ops.supervise import writability_problems
+
+    missing = tmp_path / "state"
+    said = writability_problems([missing / "ledger.json", missing / "ledger.json.lock", missing / "audit.jsonl"])
+    assert said == [f"{missing} does not exist: create the site's state with `fedsyn client ledger init`"]
+    missing.mkdir()
+    real_access, real_statvfs = os.access, os.statvfs
+    monkeypatch.setattr(os, "access", lambda path, mode: real_access(path, mode) and Path(path) != missing)
+
+    class ReadOnly:
+        f_flag = os.ST_RDONLY
+
+    monkeypatch.setattr(os, "statvfs", lambda path: ReadOnly() if Path(path) == missing else real_statvfs(path))
+    assert writability_problems([missing / "ledger.json"]) == [f"{missing} is on a read-only file system: mount it "
+                                                                "writable"]

@@ -377,17 +377,26 @@ def explain_busy_port(port: int) -> str:
 
 def writability_problems(paths: tuple[Path, ...] | list[Path]) -> list[str]:
     """Each of the site's own files (or, for one not yet made, its folder) that this user cannot
-    write, with the owner and mode. Paths on the site's own disk: for its local log only."""
-    problems = []
+    write, with the owner and mode, or why not: a folder that does not exist (the site's state
+    never created: four identical 'not writable (No such file or directory)' lines told an
+    operator to change permissions), a read-only file system (owner and mode were fine). Each
+    once. Paths on the site's own disk: for its local log only."""
+    problems: list[str] = []
     for path in paths:
         target = path if path.exists() else path.parent
-        if not os.access(target, os.W_OK | (os.X_OK if target.is_dir() else 0)):
-            try:
+        if not target.exists():
+            said = f"{target} does not exist: create the site's state with `fedsyn client ledger init`"
+        elif not os.access(target, os.W_OK | (os.X_OK if target.is_dir() else 0)):
+            if os.statvfs(target).f_flag & os.ST_RDONLY:
+                said = f"{target} is on a read-only file system: mount it writable"
+            else:
                 info = target.stat()
-                detail = f"owner uid {info.st_uid}, mode {stat.filemode(info.st_mode)}"
-            except OSError as exc:
-                detail = exc.strerror or type(exc).__name__
-            problems.append(f"{target} is not writable by uid {os.getuid()} ({detail})")
+                said = (f"{target} is not writable by uid {os.getuid()} (owner uid {info.st_uid}, mode "
+                        f"{stat.filemode(info.st_mode)}): give this user write access")
+        else:
+            continue
+        if said not in problems:
+            problems.append(said)
     return problems
 
 
@@ -477,9 +486,8 @@ def _run_once(command: list[str], environment: dict[str, str], out: Console, pol
 def _permission_hint(record: NodeRecord) -> str:
     problems = writability_problems(record.site.writes) if record.site is not None else []
     if problems:
-        return ("a round failed on a file this site cannot write: " + "; ".join(problems) + ". Give the user "
-                "running `fedsyn client start` write access (the ledger's folder holds the ledger, its lock and "
-                "the stored replies)")
+        return ("a round failed on a file this site cannot write: " + "; ".join(problems) + " (the ledger's "
+                "folder holds the ledger, its lock and the stored replies)")
     return ("a round failed on a file or folder this site may not use (PermissionError): check that the user running "
             "`fedsyn client start` can write the ledger's folder (ledger, its lock, stored replies) and the audit "
             "trail; FEDSYN_DEBUG=1 in the SuperNode's environment shows the path")
