@@ -8,6 +8,7 @@ quote private cells or paths, never leave the site: they go to its local log by 
 
 from __future__ import annotations
 
+import errno
 import json
 import logging
 import math
@@ -131,8 +132,12 @@ def make_client_app(resolve_policy: PolicyResolver = policy_from_node_config) ->
                 answer = (ErrorCode.POLICY_REFUSED, "the site's policy or schema file is invalid; its operator sees "
                           "the details locally")
             except Exception as exc:  # noqa: BLE001 - whatever it was, its text may hold private values
-                # The site's own log gets where it failed; the reply gets a fixed text.
-                log.error("request failed with %s\n%s", type(exc).__name__, where_it_failed(exc))
+                # The site's own log gets where it failed; the reply gets a fixed text. An OSError on the
+                # site's own files says which and why (helper-78's full disk logged only 'OSError'):
+                # its error number and the path the site itself gave, never the message's other text.
+                system = (f" ({errno.errorcode.get(exc.errno or 0, exc.errno)} on {exc.filename})"
+                          if isinstance(exc, OSError) and exc.errno is not None else "")
+                log.error("request failed with %s%s\n%s", type(exc).__name__, system, where_it_failed(exc))
                 answer = (ErrorCode.SITE_FAILURE, "unexpected failure at the site")
             if site is not None:
                 _hold_to_quantum(started, site.policy.reply_quantum_seconds)

@@ -155,6 +155,17 @@ def test_an_unexpected_site_failure_is_located_in_the_sites_log_and_never_in_the
     assert "31337" not in reply.error.reason and "31337" not in caplog.text
     assert "in release_marginals" in caplog.text and "RuntimeError (message withheld" in caplog.text
 
+    def full(*_args, **_kwargs):  # helper-78's full disk logged 'OSError' alone
+        raise OSError(28, f"No space left on device ({quoted})", str(tmp_path / "ledger-replies" / "r.json"))
+
+    monkeypatch.setattr("fedsyn.client.site.noisy_marginals", full)
+    caplog.clear()
+    config["epsilon"] = 2.0  # the first request was charged before it failed: room for a second
+    with caplog.at_level(logging.ERROR, logger="fedsyn.client"):
+        client_reply(plan.policies[0], RecordDict({protocol.CONFIG: config}), protocol.QUERY_MARGINALS)
+    assert f"OSError (ENOSPC on {tmp_path / 'ledger-replies' / 'r.json'})" in caplog.text
+    assert "31337" not in caplog.text
+
 
 def test_an_extract_the_site_cannot_encode_is_refused_before_round_zero_is_charged(tmp_path, small_frame,
                                                                                    monkeypatch, demo_schema):
