@@ -71,11 +71,12 @@ certs_app = typer.Typer(help="TLS certificates (coordinator) and SuperNode keys 
 def certs_init(out: Path = Path("certs"),
                host: Annotated[list[str] | None, typer.Option(help="name or IP hospitals dial (repeat)")] = None,
                renew_server: Annotated[bool, typer.Option(
-                   "--renew-server", help="keep the CA in OUT and issue a new server certificate (renewal: "
-                                          "nothing changes at the hospitals)")] = False,
+                   "--renew-server", help="keep the CA in OUT and issue a new server certificate, for the old "
+                                          "one's names unless --host is given (nothing changes at the hospitals)")
+               ] = False,
                force: Annotated[bool, FORCE] = False) -> None:
     """Coordinator: create a CA and the SuperLink's server certificate for HOSTs (default localhost)."""
-    from fedsyn.trust.certs import create_ca, create_server_certificate
+    from fedsyn.trust.certs import certificate_hosts, create_ca, create_server_certificate
 
     hosts = list(host or ["localhost", "127.0.0.1"])
     if renew_server:
@@ -83,9 +84,11 @@ def certs_init(out: Path = Path("certs"),
             console.print(f"[red]{out / 'ca.key'} not found[/]: --renew-server signs the new server certificate "
                           "with the CA that `fedsyn certs init` created there")
             raise typer.Exit(2)
+        if not host and (out / "server.crt").is_file():  # the names hospitals dial: kept (helper-80)
+            hosts = certificate_hosts(out / "server.crt")
         create_server_certificate(out, hosts)
-        console.print(f"{out}/server.crt renewed with the same CA (restart the SuperLink; hospitals change "
-                      "nothing), private key server.key (mode 0600)")
+        console.print(f"{out}/server.crt renewed with the same CA for {', '.join(hosts)} (restart the SuperLink; "
+                      "hospitals change nothing), private key server.key (mode 0600)")
         return
     if not force:
         _refuse_to_replace([out / "ca.key", out / "ca.crt"], "every hospital trusts this CA; to renew the server "

@@ -3,7 +3,8 @@
 Refusals (policy, budget, schema, bad data, ledger) become Flower error replies with a
 fixed :class:`~fedsyn.federation.protocol.ErrorCode` and a reason built from public values
 only; anything unexpected is ``SITE_FAILURE`` with no detail. Exception texts, which may
-quote private cells or paths, never leave the site: they go to its local log by type only.
+quote private cells or paths, never leave the site: they go to its local log by type only (an
+OSError with its error number and the site's own path).
 """
 
 from __future__ import annotations
@@ -135,7 +136,8 @@ def make_client_app(resolve_policy: PolicyResolver = policy_from_node_config) ->
                 # The site's own log gets where it failed; the reply gets a fixed text. An OSError on the
                 # site's own files says which and why (helper-78's full disk logged only 'OSError'):
                 # its error number and the path the site itself gave, never the message's other text.
-                system = (f" ({errno.errorcode.get(exc.errno or 0, exc.errno)} on {exc.filename})"
+                system = (f" ({errno.errorcode.get(exc.errno, exc.errno)}"
+                          + (f" on {exc.filename})" if exc.filename is not None else ")")
                           if isinstance(exc, OSError) and exc.errno is not None else "")
                 log.error("request failed with %s%s\n%s", type(exc).__name__, system, where_it_failed(exc))
                 answer = (ErrorCode.SITE_FAILURE, "unexpected failure at the site")

@@ -16,6 +16,7 @@ import logging
 import math
 import secrets
 import time
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
@@ -131,7 +132,7 @@ class Coordinator:
                 return nodes
             if time.monotonic() - said >= WAITING_SAID_EVERY_S:  # a plan waited 5 minutes without a word
                 said = time.monotonic()
-                log.info("waiting for sites: %d of the %d needed connected, giving up in %d s (settings.timeout)",
+                log.info("waiting for sites: %d of the %d needed connected, giving up in %d s (round-timeout)",
                          len(nodes), needed, max(0, round(deadline - said)),
                          extra={"fedsyn": {"event": "waiting_for_sites", "connected": len(nodes), "needed": needed}})
             if time.monotonic() > deadline:
@@ -151,7 +152,7 @@ class Coordinator:
         replies = grid.send_and_receive(messages, timeout=self.settings.timeout)
         return self.screen.pair(self.run.sites, messages, replies, round_, charged)
 
-    def record(self, event: str, message: str | None = None, **fields: object) -> None:
+    def record(self, event: str, message: str | None = None, /, **fields: object) -> None:
         """Structured log line (``message``, or the event and its fields) and, when configured, a
         signed audit-trail entry."""
         if message is None:
@@ -189,16 +190,23 @@ class Coordinator:
         fingerprint = protocol.schema_fingerprint(self.schema)
         queries: dict[int, protocol.MarginalsQuery] = {}
         earlier = self._earlier_claims()
-        for site, budget in self.screen.budgets(replies):
+        budgets = list(self.screen.budgets(replies))
+        names = Counter(site.name for site, _ in budgets)
+        for site, budget in budgets:
             claimed = earlier.get(site.name, 0.0)
-            if budget.spent < claimed - CLAIM_TOLERANCE:  # its ledger went back: lost or restored from an old copy
+            if names[site.name] > 1:  # claims are kept by name: two ledgers under one would mix (helper-80)
+                self.screen.drop(site, 0, protocol.error_reason(protocol.ErrorCode.POLICY_REFUSED, (
+                    f"{names[site.name]} connected sites call themselves '{site.name}': each site's policy needs "
+                    "its own site_id")), refused=True)
+                continue
+            if budget.spent < claimed - CLAIM_TOLERANCE:  # its ledger was started again: reset or lost
                 site.claimed_epsilon = max(site.claimed_epsilon, claimed)  # the report never says less
                 self.screen.drop(site, 0, protocol.error_reason(protocol.ErrorCode.LEDGER_UNAVAILABLE, (
                     f"site '{site.name}' says its ledger holds epsilon {budget.spent:.4f}, less than the "
-                    f"{claimed:.4f} it claimed in an earlier run (this coordinator's audit log): its state folder "
-                    "was lost or restored from an older copy, and what it spent is no longer counted. Its operator "
-                    "restores the whole state folder (docs/site.md); a site that now holds other patients joins "
-                    "under a new site_id")), refused=True)
+                    f"{claimed:.4f} a site of this name claimed in an earlier run (this coordinator's audit log): "
+                    "its ledger was started again (a lost state folder, an old backup, or a reset), and what it "
+                    "spent before is not counted. Its operator restores the whole state folder (docs/site.md); "
+                    "a site whose ledger was reset for other patients joins under a new site_id")), refused=True)
                 continue
             plan = plan_site_run(budget, self.settings)
             self._record_plan(site, plan)
@@ -481,8 +489,8 @@ class Coordinator:
         for node, round_ in unconfirmed_in_audit(self.audit.entries() if self.audit is not None else [],
                                                  self.run.run_id):
             site = self.run.sites.get(node)
-            if site is not None and round_ not in site.unconfirmed:  # a charge of a round the state came before
-                site.unconfirmed.append(round_)
+            if site is not None and round_ not in site.unconfirmed + site.charged_before_resume:
+                site.charged_before_resume.append(round_)  # a charge of a round the state came before
         if state.model is not None and state.sampler is not None:
             self._restored_model = (state.model, state.sampler)
 

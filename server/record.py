@@ -51,6 +51,11 @@ class SiteStatus:
     # Rounds whose request may have been charged at the site with no claim reaching us: no
     # reply, a site failure (possibly after the charge) or an error from Flower in its place.
     unconfirmed: list[int] = field(default_factory=list)
+    # Rounds of this run whose charge the audit log calls possible before a resume (the run was
+    # saved as of the round before): the resumed run asked them again, and the site either
+    # replayed that charge or charged anew (its own claim counts both). Only this run's
+    # recomputed epsilon may then be short: a lower bound, never raising the cumulative figure.
+    charged_before_resume: list[int] = field(default_factory=list)
     # What the site said before round 0 (its ledger's epsilon and its max_epsilon), and the ledger
     # total this run may bring it to: the epsilon every request of the run carries to it.
     spent_before: float | None = None

@@ -89,7 +89,7 @@ def privacy_report(run: RunRecord, public_facts: dict[str, object] | None = None
         bound = None
         if site.claim_outdated:  # every charge of this run is checked against the site's cap for the run
             cumulative = max(cumulative, site.cap)
-            bound = (f"round(s) {', '.join(map(str, site.unconfirmed))} may have been charged at the site without its "
+            bound = (f"round(s) {', '.join(map(str, unconfirmed))} may have been charged at the site without its "
                      "claim reaching the coordinator (no reply, a failure after the charge, or a reply the coordinator "
                      f"rejected); each charge of this run was capped at epsilon {site.cap:g}, so this run left the "
                      "site's ledger at most that (a later run may add to it). The site's own ledger has the exact "
@@ -98,8 +98,9 @@ def privacy_report(run: RunRecord, public_facts: dict[str, object] | None = None
             "site": site.name,
             "node_id": site.node_id,
             "epsilon_this_run": this_run,
-            "epsilon_this_run_is_lower_bound": bool(unconfirmed),
+            "epsilon_this_run_is_lower_bound": bool(unconfirmed or site.charged_before_resume),
             "unconfirmed_rounds": unconfirmed,
+            "possibly_charged_before_resume": sorted(set(site.charged_before_resume)),
             "epsilon_cumulative": cumulative,
             "epsilon_cumulative_is_upper_bound": bound is not None,
             **({"upper_bound_reason": bound} if bound else {}),
@@ -121,7 +122,8 @@ def privacy_report(run: RunRecord, public_facts: dict[str, object] | None = None
                      "composed over all rounds with the accountant below",
         "scope": "epsilon_this_run is recomputed from the privacy events the coordinator received, at each site's "
                  "own delta: a lower bound where a round's charge is unconfirmed (unconfirmed_rounds: no reply, "
-                 "a failure after the charge, or a rejected reply), which the ledger list leaves out too; "
+                 "a failure after the charge, or a rejected reply; possibly_charged_before_resume: such a round of "
+                 "a run that stopped, asked again after its resume), which the ledger list leaves out too; "
                  "budget_epsilon_asked is the most the run let the site's ledger reach (the run's "
                  "epsilon above epsilon_before_run, never above the site's max_epsilon); epsilon_cumulative is the "
                  "site's own ledger over all runs as last claimed, or an upper "

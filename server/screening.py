@@ -63,7 +63,7 @@ Shapes = dict[str, tuple[tuple[int, ...], np.dtype[Any]]]
 class Recorder(Protocol):
     """The coordinator's structured log line and audit entry (:meth:`Coordinator.record`)."""
 
-    def __call__(self, event: str, message: str | None = None, **fields: object) -> None: ...
+    def __call__(self, event: str, message: str | None = None, /, **fields: object) -> None: ...
 
 
 @dataclass(frozen=True)
@@ -119,9 +119,10 @@ class ReplyScreen:
         site.dropped.append({"round": round_, "reason": reason, **({"stage": stage} if stage else {})})
         if possibly_charged:
             site.unconfirmed.append(round_)
+        extra: dict[str, object] = {**({"stage": stage} if stage else {}),
+                                    **({"possibly_charged": True} if possibly_charged else {})}
         self.record("site_refused" if refused else "update_rejected", round=round_, node=site.node_id,
-                    site=site.name, reason=reason, **({"stage": stage} if stage else {}),
-                    **({"possibly_charged": True} if possibly_charged else {}))
+                    site=site.name, reason=reason, **extra)
         if refused:  # a policy refusal is final for this run: do not ask again
             site.active = False
 

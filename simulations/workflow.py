@@ -281,8 +281,8 @@ def write_local_report(synthetic: pd.DataFrame, train: pd.DataFrame, test: pd.Da
     evaluation = evaluate(synthetic, train, test, schema, ledger=ledger, seed=seed, site_column=site_column)
     result = {**evaluation.to_dict(), "privacy_utility_curve": curve or [], "comparison": comparison,
               "settings": settings}
-    make_run_folder(out)  # a report of real rows: ignored by git wherever it is written
-    private_folder(out)  # and read by its owner only
+    if make_run_folder(out):  # a report of real rows: ignored by git wherever it is written,
+        private_folder(out)  # and read by its owner only where it made the folder (not a user's own: helper-80)
     (out / "report.json").write_text(json.dumps(result, indent=2, default=str) + "\n")
     render_html(evaluation, train, synthetic, schema, out / "report.html", curve, comparison, settings)
     return result

@@ -127,6 +127,7 @@ RELEASE_KEYS: dict[str, dict[str, str]] = {
                                                     "clipping_norm")),
                    *(f"sites.[].{k}" for k in ("site", "node_id", "epsilon_this_run", "epsilon_cumulative",
                                                "epsilon_this_run_is_lower_bound", "unconfirmed_rounds",
+                                               "possibly_charged_before_resume",
                                                "epsilon_cumulative_is_upper_bound", "upper_bound_reason",
                                                "epsilon_claimed_by_site", "delta", "within_budget",
                                                "epsilon_before_run", "max_epsilon", "budget_epsilon_asked",

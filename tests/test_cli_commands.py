@@ -236,8 +236,11 @@ def test_keys_and_certificates_are_never_replaced_unasked_and_a_server_certifica
     """helper-78: a second `certs init` silently replaced the CA every site trusted, a second `keys
     generate` the key earlier releases verify against; renewing the server certificate with the
     same CA, as the docs said to, needed the Python API."""
+    from fedsyn.trust.certs import certificate_hosts
+
     certs, keys, site = tmp_path / "certs", tmp_path / "keys", tmp_path / "site"
-    assert _invoke("certs", "init", "--out", certs).exit_code == 0
+    assert _invoke("certs", "init", "--out", certs, "--host", "coordinator.example.org", "--host", "10.0.0.5"
+                   ).exit_code == 0
     assert _invoke("keys", "generate", "--out", keys).exit_code == 0
     assert _invoke("certs", "site-key", "--out", site).exit_code == 0
     kept = {path: path.read_bytes() for folder in (certs, keys, site) for path in folder.iterdir()}
@@ -246,10 +249,10 @@ def test_keys_and_certificates_are_never_replaced_unasked_and_a_server_certifica
         result = _invoke(*command)
         assert result.exit_code == 2 and "already exist" in result.output and "--force" in result.output
     assert all(path.read_bytes() == data for path, data in kept.items())
-    assert _invoke("certs", "init", "--out", certs, "--renew-server", "--host", "coordinator.example.org"
-                   ).exit_code == 0
+    assert _invoke("certs", "init", "--out", certs, "--renew-server").exit_code == 0
     assert (certs / "ca.crt").read_bytes() == kept[certs / "ca.crt"]
     assert (certs / "server.crt").read_bytes() != kept[certs / "server.crt"]
+    assert certificate_hosts(certs / "server.crt") == ["coordinator.example.org", "10.0.0.5"]  # the names kept
     assert _invoke("keys", "generate", "--out", keys, "--force").exit_code == 0
     assert (keys / "coordinator.pub").read_bytes() != kept[keys / "coordinator.pub"]
     assert _invoke("certs", "init", "--out", tmp_path / "none", "--renew-server").exit_code == 2

@@ -350,3 +350,13 @@ def test_a_site_whose_ledger_went_back_since_an_earlier_run_is_asked_nothing(pla
         lost["dropped"][0]["reason"]
     assert lost["epsilon_cumulative"] >= before[0] - 1e-9 and _spent(plan)[0] == 0.0  # nothing charged again
     assert all(site["rounds_accepted"] for site in report["sites"] if site["site"] != "site-0")
+
+
+def test_two_sites_of_one_name_are_both_refused(plan, demo_schema, tmp_path):
+    """helper-80: claims are kept by site name, so a second site reusing a name was refused with the
+    other site's claim as its own. Two connected sites of one site_id now are both refused."""
+    for path in plan.policies[:2]:
+        SitePolicy.load(path).model_copy(update={"site_id": "st-mary"}).save(path)
+    with pytest.raises(FederationError):
+        run_in_process(plan, demo_schema, tmp_path, SETTINGS.model_copy(update={"min_sites": 2}))
+    assert _spent(plan) == [0.0, 0.0, 0.0]  # nothing charged anywhere: the quorum failed before round 0

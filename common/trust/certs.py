@@ -88,6 +88,14 @@ def create_server_certificate(folder: Path, hosts: list[str], ca_folder: Path | 
     return folder / "server.crt", folder / "server.key"
 
 
+def certificate_hosts(path: Path) -> list[str]:
+    """The names and IPs a certificate is valid for (its subject alternative names), in order:
+    what a renewal keeps unless told otherwise."""
+    certificate = x509.load_pem_x509_certificate(path.read_bytes())
+    names = certificate.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    return [str(name.value) for name in names if isinstance(name, (x509.DNSName, x509.IPAddress))]
+
+
 def expired(path: Path, now: dt.datetime | None = None) -> dt.datetime | None:
     """When the PEM certificate at ``path`` expired, or None while it is valid: Flower's SuperLink
     starts with an expired certificate without a word, and every hospital's handshake then fails."""
