@@ -40,11 +40,14 @@ def check_markers(markers: list[str], where: str) -> None:
                              "compared with their spaces removed), and none is empty")
 
 
+# A whole number written with a decimal point ('2.0'), as pandas writes a number column with gaps.
+WHOLE_NUMBER_WITH_POINT = re.compile(r"\s*([+-]?\d+)\.0+\s*")
+
+
 def spelling_key(text: str) -> str:
     """How a cell is compared with a column's declared ``spellings``: its spaces removed, its
-    letter case folded, and a whole number's decimal point dropped ('2.0' is '2', as pandas
-    writes a number column with gaps)."""
-    whole = re.fullmatch(r"\s*([+-]?\d+)\.0+\s*", text)
+    letter case folded, and a whole number's decimal point dropped ('2.0' is '2')."""
+    whole = WHOLE_NUMBER_WITH_POINT.fullmatch(text)
     return (whole.group(1) if whole else text).strip().casefold()
 
 

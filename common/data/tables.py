@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import csv
 import hashlib
-import re
 from pathlib import Path
 
 import pandas as pd
@@ -12,6 +11,7 @@ import pandas as pd
 from fedsyn.data.schema import (
     READ_AS_NO,
     READ_AS_YES,
+    WHOLE_NUMBER_WITH_POINT,
     Column,
     ColumnKind,
     Schema,
@@ -168,7 +168,7 @@ def _as_category(series: pd.Series, column: Column) -> pd.Series:
             return text
         if text.strip() in levels:
             return text.strip()
-        whole = re.fullmatch(r"\s*([+-]?\d+)\.0+\s*", text)
+        whole = WHOLE_NUMBER_WITH_POINT.fullmatch(text)
         if whole and whole.group(1) in levels:
             return whole.group(1)
         folded = spelling_key(text)
