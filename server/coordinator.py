@@ -64,7 +64,7 @@ from fedsyn.server.record import (
     SiteStatus,
 )
 from fedsyn.server.resume import IN_ROUND_ZERO, SAVED, RunState, save_state
-from fedsyn.server.screening import ReplyScreen, unconfirmed_in_audit
+from fedsyn.server.screening import CLAIM_TOLERANCE, ReplyScreen, unconfirmed_in_audit
 from fedsyn.server.settings import FederationSettings
 from fedsyn.server.strategy import SITE_LEVEL_SCOPE, build_strategy
 from fedsyn.trust.audit import AuditLog
@@ -73,7 +73,6 @@ from fedsyn.trust.audit import AuditLog
 __all__ = ["Coordinator", "RoundCallback"]
 
 log = logging.getLogger("fedsyn.server")
-CLAIM_TOLERANCE = 1e-6  # epsilon a ledger may read below an earlier claim of it (rounding in the record)
 WAITING_SAID_EVERY_S = 30.0  # how often a run waiting for its sites says how many it has
 
 RoundCallback = Callable[[RoundSummary, dict[int, SiteStatus]], None]
@@ -189,7 +188,7 @@ class Coordinator:
                                                 group_id="budget") for node in nodes], 0, charged=False)
         fingerprint = protocol.schema_fingerprint(self.schema)
         queries: dict[int, protocol.MarginalsQuery] = {}
-        earlier = self._earlier_claims()
+        earlier = self._earlier_claims(self._audit_entries())
         budgets = list(self.screen.budgets(replies))
         names = Counter(site.name for site, _ in budgets)
         for site, budget in budgets:
@@ -220,13 +219,17 @@ class Coordinator:
         self._require_quorum(len(queries), 0)
         return {node: replace(query, sites=len(queries)) for node, query in queries.items()}
 
-    def _earlier_claims(self) -> dict[str, float]:
-        """The largest epsilon each site (by name) claimed or said it had spent in this
-        coordinator's audit log, every run's: a site whose state folder was lost, and whose
-        ledger was initialised again, said 0 and would have spent its whole budget again unseen
-        (helper-78). Without an audit log, none."""
+    def _audit_entries(self) -> list[dict[str, object]]:
+        """Every entry of this coordinator's audit log, every run's; none without one."""
+        return self.audit.entries() if self.audit is not None else []
+
+    @staticmethod
+    def _earlier_claims(entries: list[dict[str, object]]) -> dict[str, float]:
+        """The largest epsilon each site (by name) claimed or said it had spent in the audit
+        log's ``entries``: a site whose state folder was lost, and whose ledger was initialised
+        again, said 0 and would have spent its whole budget again unseen (helper-78)."""
         claims: dict[str, float] = {}
-        for entry in self.audit.entries() if self.audit is not None else []:
+        for entry in entries:
             name, said = entry.get("site"), entry.get("epsilon_claimed", entry.get("epsilon_spent"))
             if isinstance(name, str) and isinstance(said, (int, float)):
                 claims[name] = max(claims.get(name, 0.0), float(said))
@@ -486,11 +489,14 @@ class Coordinator:
         """Continue a saved run: same settings and schema, or nothing is resumed
         (:meth:`RunRecord.from_state`)."""
         self.run = RunRecord.from_state(state, self.schema, self.settings)
-        for node, round_ in unconfirmed_in_audit(self.audit.entries() if self.audit is not None else [],
-                                                 self.run.run_id):
+        entries = self._audit_entries()
+        for node, round_ in unconfirmed_in_audit(entries, self.run.run_id):
             site = self.run.sites.get(node)
             if site is not None and round_ not in site.unconfirmed + site.charged_before_resume:
                 site.charged_before_resume.append(round_)  # a charge of a round the state came before
+        earlier = self._earlier_claims(entries)
+        for site in self.run.sites.values():  # claims made after the state was saved: every reply is held to them
+            site.claimed_epsilon = max(site.claimed_epsilon, earlier.get(site.name, 0.0))
         if state.model is not None and state.sampler is not None:
             self._restored_model = (state.model, state.sampler)
 

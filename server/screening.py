@@ -54,6 +54,7 @@ from fedsyn.server.settings import FederationSettings
 # Round 0 is two releases (fedsyn.privacy.pairs); a site that fails only the second has joined with
 # the first, so what is dropped there says so (and the dashboard does not count the site dropped).
 PAIR_TABLES_DROP_STAGE = "pair tables"
+CLAIM_TOLERANCE = 1e-6  # epsilon a ledger may read below an earlier claim of it (rounding in the record)
 
 log = logging.getLogger("fedsyn.server")
 
@@ -181,6 +182,10 @@ class ReplyScreen:
                         raise protocol.ReplyError(f"update norm {norm:.3g} exceeds the bound "
                                                   f"{self.settings.max_update_norm:g}")
                 self._accept_event(site, reply.content, expected(site))
+            except LedgerWentBack as exc:  # its budget is no longer enforced: nothing more is asked of it
+                self.drop(site, round_, protocol.error_reason(protocol.ErrorCode.LEDGER_UNAVAILABLE, str(exc)),
+                          refused=True, stage=stage, possibly_charged=True)
+                continue
             except protocol.ReplyError as exc:  # a site sends content only after it has charged: its claim went too
                 self.drop(site, round_, f"invalid reply: {exc}", stage=stage, possibly_charged=True)
                 continue
@@ -219,10 +224,24 @@ class ReplyScreen:
             raise protocol.ReplyError(f"site used less noise ({event.noise_multiplier}) than asked")
         if site.delta is not None and delta != site.delta:
             raise protocol.ReplyError(f"site changed its delta from {site.delta:g} to {delta:g} within the run")
+        earlier = max(site.claimed_epsilon, site.spent_before or 0.0)
+        if claimed < earlier - CLAIM_TOLERANCE:
+            raise LedgerWentBack(
+                f"site '{site.name}' says its ledger holds epsilon {claimed:.4f}, less than the {earlier:.4f} it "
+                "claimed before in this run: its ledger was started again (a state folder lost or restored from "
+                "an old backup between a crash and the resume), and what it spent before is not counted. Its "
+                "operator restores the whole state folder (docs/site.md)")
         site.events.append(event)
         site.claimed_epsilon = claimed
         site.delta = delta
         site.label = label or site.label
+
+
+class LedgerWentBack(protocol.ReplyError):
+    """A site claimed less epsilon than it had claimed before: a ledger only grows, so its state
+    was lost or replaced, and the budget it enforces no longer counts what it spent. The claim
+    checked at the budget query (:meth:`Coordinator.plan_budgets`) is checked at every reply too:
+    a site wiped between a crash and ``--resume`` is never asked that query again (helper-80)."""
 
 
 def unconfirmed_in_audit(entries: Iterable[dict[str, object]], run_id: str) -> set[tuple[int, int]]:

@@ -370,7 +370,7 @@ class _RenumberedGrid(InProcessGrid):
 
 
 def test_a_resume_whose_sites_came_back_under_new_ids_says_so(plan, demo_schema, tmp_path):
-    settings = SETTINGS.model_copy(update={"timeout": 1.0})
+    settings = SETTINGS.model_copy(update={"timeout": 4.0})  # a round fits it on loaded cores
     release, app = _crash_in_round_two(plan, demo_schema, tmp_path, settings)
     with pytest.raises(FederationError, match="3 other node.s. are connected that took no part"):
         run_federation(_RenumberedGrid(app, len(plan.policies)), demo_schema, settings, release, resume=True)
@@ -505,3 +505,28 @@ def test_a_resume_after_a_failed_round_reports_that_rounds_possible_charge(plan,
     assert not first["unconfirmed_rounds"] and not first["epsilon_cumulative_is_upper_bound"], first
     assert all(not site["possibly_charged_before_resume"] and not site["epsilon_this_run_is_lower_bound"]
                for site in report["sites"] if site["node_id"] != 1001)
+
+
+def test_a_site_whose_ledger_went_back_between_a_crash_and_the_resume_is_refused(plan, demo_schema, tmp_path):
+    """helper-80: the claim a ledger went back from was checked at the budget query only, which a
+    resume never asks again: a site whose state folder was lost and its ledger initialised again
+    between the crash and ``--resume`` was charged from a fresh budget and accepted. Every reply's
+    claim is now held to the site's earlier ones, those of the audit log included."""
+    import shutil
+
+    from fedsyn.client.site import initialise_ledger
+
+    release, app = _crash_in_round_two(plan, demo_schema, tmp_path)
+    before = _ledgers(plan)[0].epsilon()
+    folder = plan.policies[0].parent
+    for path in folder.iterdir():  # the state lost: ledger, trail, stored replies; policy and extract kept
+        if path.name not in ("policy.json", "data.parquet"):
+            shutil.rmtree(path) if path.is_dir() else path.unlink()
+    initialise_ledger(SitePolicy.load(plan.policies[0]))
+    run_federation(InProcessGrid(app, len(plan.policies)), demo_schema, SETTINGS, release, resume=True)
+    report = json.loads((tmp_path / "release" / "privacy_report.json").read_text())
+    lost = next(site for site in report["sites"] if site["site"] == "site-0")
+    assert lost["dropped"][-1]["reason"].startswith("ledger_unavailable"), lost["dropped"]
+    assert lost["rounds_accepted"] == [0, 1] and lost["epsilon_cumulative"] >= before - 1e-9
+    assert len(_ledgers(plan)[0].events) == 1  # charged once from its new ledger, then asked nothing more
+    assert all(site["rounds_accepted"] == [0, 1, 2, 3] for site in report["sites"] if site["site"] != "site-0")
