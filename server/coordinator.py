@@ -328,7 +328,7 @@ class Coordinator:
         measured = measured_columns(self.schema)
         voting = summed_tables(self.schema, list(voters.values()), 0.0).total()  # the rows the pair tables count
         count = affordable_pairs(voting, [split.pair_tables for split in splits.values()], len(measured))
-        chosen = shared_pairs([part.ranked_votes() for part in voters.values()], count)
+        chosen = shared_pairs([part.ranked_votes() for part in voters.values()], count, self.settings.site_column)
         bounds = {c.name: group_bounds(c, summed) for c in measured if not c.is_categorical
                   and any(c.name in pair for pair in chosen)}
         self.record("pairs_chosen", pairs=[list(pair) for pair in chosen], voters=len(voters))

@@ -82,15 +82,23 @@ def _pair_tables_query(site: Site, pairs: list, multiplier: float, run_id: str =
 def test_round_zero_through_the_site_draws_each_part_at_its_noise(tmp_path, small_frame, monkeypatch):
     """Through Site.release_marginals and Site.release_pair_tables: the outcome tables' noise
     std, each vote's epsilon, each charge's multiplier, and the pair tables' noise (sqrt of the
-    number of pairs times the multiplier asked)."""
-    picks = []
-    real_pick = pairs_module.pick_pair
+    number of pairs times the multiplier asked). A vote weighs a pair's noise at the site's share of
+    the federation's summed table (counts ``sites`` times, noise ``sqrt(sites)`` times a site's):
+    scored at its own, every table of a numeric column was taken for noise, and azpro's admission
+    type and length of stay was never chosen."""
+    picks, score_stds = [], []
+    real_pick, real_score = pairs_module.pick_pair, pairs_module.misfit_score
 
     def spy(scores, epsilon, rng):
         picks.append(epsilon)
         return real_pick(scores, epsilon, rng)
 
+    def score_spy(exact, expected, noise_std):
+        score_stds.append(noise_std)
+        return real_score(exact, expected, noise_std)
+
     monkeypatch.setattr(pairs_module, "pick_pair", spy)
+    monkeypatch.setattr(pairs_module, "misfit_score", score_spy)
     sigma, share = 2.0, 0.4
     site = _site(tmp_path, small_frame)
     released, event = site.release_marginals(sigma, 500.0, protocol.schema_fingerprint(site.schema),
@@ -102,6 +110,7 @@ def test_round_zero_through_the_site_draws_each_part_at_its_noise(tmp_path, smal
     assert tables.std() == pytest.approx(split.tables * marginals_sensitivity(site.schema), rel=0.12)
     assert event.noise_multiplier == pytest.approx(split.first_release) and released.pairs == {}
     assert len(released.votes) >= 3 and picks == [split.epsilon_each(len(released.votes))] * len(released.votes)
+    assert score_stds == pytest.approx([split.pair_tables * math.sqrt(len(released.votes) / 3)] * len(score_stds))
 
     chosen = [("age", "sex"), ("sex", "mgus"), ("kappa", "lambda")]
     bounds = {name: group_bounds(site.schema.column(name), released) for name in ("age", "kappa", "lambda")}
@@ -199,6 +208,14 @@ def test_the_federation_measures_what_most_sites_voted_for_as_many_as_its_noise_
     assert affordable_pairs(2000.0, [5.0] * 4, 30) == math.floor((2000 / 40) ** 2 / (4 * 25)) == 25
     assert affordable_pairs(10.0, [5.0] * 4, 30) == 1 and affordable_pairs(1e9, [5.0], 30) == 29
     assert vote_count(1000.0, 5.0, 30, 4) == affordable_pairs(4000.0, [5.0] * 4, 30)
+
+
+def test_no_pair_of_the_site_column_is_measured():
+    """The site column is one value at each site: its table with any column is what each site's
+    outcome tables already say, summed. A federation with a site column spends no pair table on it."""
+    votes = [[("site", "a"), ("a", "b")], [("site", "a"), ("c", "d")], [("site", "b"), ("a", "b")]]
+    assert shared_pairs(votes, 2) == [("site", "a"), ("a", "b")]
+    assert shared_pairs(votes, 2, "site") == [("a", "b"), ("c", "d")]
 
 
 def test_a_pairs_share_too_small_to_pay_for_its_picks_is_refused_before_any_charge(tmp_path, small_frame):

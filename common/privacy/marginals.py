@@ -335,7 +335,7 @@ def noisy_marginals(frame: pd.DataFrame, schema: Schema, noise_multiplier: float
         return outcome_tables
     if sites is not None:
         count = vote_count(outcome_tables.total(), split.pair_tables, len(measured), sites)
-        votes = vote_pairs(frame, schema, measured, outcome_tables, split, count, rng)
+        votes = vote_pairs(frame, schema, measured, outcome_tables, split, count, rng, sites)
         return Marginals({**outcome_tables.tables, **vote_arrays(votes)}, cell_std=std)
     pairs = measure_pairs(frame, schema, measured, outcome_tables, noise_multiplier, split.pairs_share, rng)
     return Marginals({**outcome_tables.tables, **pairs}, cell_std=std)

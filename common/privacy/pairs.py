@@ -13,7 +13,8 @@ federates AIM's choice:
    independent; a numeric column cut into at most ``PAIR_GROUPS`` groups of its public bins
    at the quantiles of the site's noisy one-way counts). The score (:func:`misfit_score`) is
    the L1 distance of the exact table from that prediction, less its larger margin's distance
-   (a one-way error the other tables pin down) and the error the table's own noise would add:
+   (a one-way error the other tables pin down) and the error the table's noise would add (in a
+   federation, the site's share of the summed table's: ``1 / sqrt(sites)`` of its own table's):
    a pair the outcome already explains scores low, one it misses (a stage and a lab value,
    insurance and medicaid) high. The prediction is post-processing of outputs already drawn,
    so one record moves a score by at most 2 (:data:`SCORE_SENSITIVITY`). The exponential
@@ -273,12 +274,18 @@ class Forest:
 
 
 def vote_pairs(frame: pd.DataFrame, schema: Schema, columns: list[Column], outcome_tables: Marginals,
-               split: RoundZeroSplit, count: int, rng: np.random.Generator) -> list[Pair]:
+               split: RoundZeroSplit, count: int, rng: np.random.Generator, sites: int = 1) -> list[Pair]:
     """Step 1 of the module: ``count`` picks, each ``split.epsilon_each(count)``-DP, among the
     pairs joining two trees of the forest picked so far, scored against the site's noisy
-    ``outcome_tables`` (each numeric column grouped at their quantiles). The site's votes."""
+    ``outcome_tables`` (each numeric column grouped at their quantiles). The site's votes.
+
+    A table is used as the sum of ``sites`` sites' tables: its counts grow ``sites`` times, its
+    noise ``sqrt(sites)`` times, so a site's share of that noise is its own table's over
+    ``sqrt(sites)``. Scored at a site's own noise, a pair of a numeric column (five groups a
+    column) lost to every 2 x 2 pair: azpro's admission type and length of stay, the one pair
+    that answers the admission question, was never chosen in three runs."""
     groups = own_group_bounds(columns, outcome_tables)
-    std = split.pair_tables * math.sqrt(count)
+    std = split.pair_tables * math.sqrt(count / max(sites, 1))
     model, forest = OutcomeModel(columns, outcome_tables, groups), Forest()
     scores = {pair: misfit_score(exact_pair_table(frame, schema, pair, groups), model.expected(pair), std)
               for pair in candidate_pairs(columns)}
@@ -331,16 +338,21 @@ def vote_arrays(picks: list[Pair]) -> dict[str, np.ndarray]:
     return {pair_key(pair, VOTE_PREFIX): np.array([float(rank)]) for rank, pair in enumerate(picks)}
 
 
-def shared_pairs(votes: list[list[Pair]], count: int) -> list[Pair]:
+def shared_pairs(votes: list[list[Pair]], count: int, site_column: str | None = None) -> list[Pair]:
     """The federation's pairs (FLAIM's federated selection, Maddock et al., KDD 2024, by the
     sites' DP votes): the ``count`` pairs most sites picked, a tie going to the earlier mean
     rank (a site picks its strongest pairs first), then to the names' order, never to the order
     the replies came in (a coordinator that asks again chooses the same pairs). Post-processing
-    of the votes."""
+    of the votes.
+
+    No pair of the federation's ``site_column`` is chosen: that column holds one value at each
+    site, so its table with any column is the sum of what each site's outcome tables already
+    say, measured again (nwtco's runs spent two of their five pair tables on it)."""
     tally: dict[Pair, list[int]] = {}
     for picks in votes:
         for rank, pair in enumerate(picks):
-            tally.setdefault(pair, []).append(rank)
+            if site_column not in pair:
+                tally.setdefault(pair, []).append(rank)
     order = sorted(tally, key=lambda pair: (-len(tally[pair]), float(np.mean(tally[pair])), pair))
     return order[:count]
 
