@@ -64,7 +64,7 @@ from fedsyn.server.record import (
     SiteStatus,
 )
 from fedsyn.server.resume import IN_ROUND_ZERO, SAVED, RunState, save_state
-from fedsyn.server.screening import CLAIM_TOLERANCE, ReplyScreen, unconfirmed_in_audit
+from fedsyn.server.screening import ReplyScreen, ledger_went_back, unconfirmed_in_audit
 from fedsyn.server.settings import FederationSettings
 from fedsyn.server.strategy import SITE_LEVEL_SCOPE, build_strategy
 from fedsyn.trust.audit import AuditLog
@@ -198,14 +198,11 @@ class Coordinator:
                     f"{names[site.name]} connected sites call themselves '{site.name}': each site's policy needs "
                     "its own site_id")), refused=True)
                 continue
-            if budget.spent < claimed - CLAIM_TOLERANCE:  # its ledger was started again: reset or lost
+            went_back = ledger_went_back(site, budget.spent, claimed, "a site of this name claimed in an earlier run "
+                                         "(this coordinator's audit log)")
+            if went_back is not None:
                 site.claimed_epsilon = max(site.claimed_epsilon, claimed)  # the report never says less
-                self.screen.drop(site, 0, protocol.error_reason(protocol.ErrorCode.LEDGER_UNAVAILABLE, (
-                    f"site '{site.name}' says its ledger holds epsilon {budget.spent:.4f}, less than the "
-                    f"{claimed:.4f} a site of this name claimed in an earlier run (this coordinator's audit log): "
-                    "its ledger was started again (a lost state folder, an old backup, or a reset), and what it "
-                    "spent before is not counted. Its operator restores the whole state folder (docs/site.md); "
-                    "a site whose ledger was reset for other patients joins under a new site_id")), refused=True)
+                self.screen.drop(site, 0, went_back, refused=True)
                 continue
             plan = plan_site_run(budget, self.settings)
             self._record_plan(site, plan)

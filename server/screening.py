@@ -183,8 +183,7 @@ class ReplyScreen:
                                                   f"{self.settings.max_update_norm:g}")
                 self._accept_event(site, reply.content, expected(site))
             except LedgerWentBack as exc:  # its budget is no longer enforced: nothing more is asked of it
-                self.drop(site, round_, protocol.error_reason(protocol.ErrorCode.LEDGER_UNAVAILABLE, str(exc)),
-                          refused=True, stage=stage, possibly_charged=True)
+                self.drop(site, round_, str(exc), refused=True, stage=stage, possibly_charged=True)
                 continue
             except protocol.ReplyError as exc:  # a site sends content only after it has charged: its claim went too
                 self.drop(site, round_, f"invalid reply: {exc}", stage=stage, possibly_charged=True)
@@ -224,24 +223,36 @@ class ReplyScreen:
             raise protocol.ReplyError(f"site used less noise ({event.noise_multiplier}) than asked")
         if site.delta is not None and delta != site.delta:
             raise protocol.ReplyError(f"site changed its delta from {site.delta:g} to {delta:g} within the run")
-        earlier = max(site.claimed_epsilon, site.spent_before or 0.0)
-        if claimed < earlier - CLAIM_TOLERANCE:
-            raise LedgerWentBack(
-                f"site '{site.name}' says its ledger holds epsilon {claimed:.4f}, less than the {earlier:.4f} it "
-                "claimed before in this run: its ledger was started again (a state folder lost or restored from "
-                "an old backup between a crash and the resume), and what it spent before is not counted. Its "
-                "operator restores the whole state folder (docs/site.md)")
+        went_back = ledger_went_back(site, claimed, max(site.claimed_epsilon, site.spent_before or 0.0),
+                                     "it claimed before in this run (a state folder lost or restored from an old "
+                                     "backup between a crash and the resume)")
+        if went_back is not None:
+            raise LedgerWentBack(went_back)
         site.events.append(event)
         site.claimed_epsilon = claimed
         site.delta = delta
         site.label = label or site.label
 
 
+def ledger_went_back(site: SiteStatus, said: float, earlier: float, when: str) -> str | None:
+    """Why ``site`` is refused when its ledger says ``said``, less than the ``earlier`` claim of
+    it (``when``: where that claim was made); None while it holds. A ledger only grows, so one
+    below an earlier claim was started again, and the budget the site enforces no longer counts
+    what it spent. Checked at the budget query against every run's claims in the audit log
+    (:meth:`Coordinator.plan_budgets`) and at every reply against the run's own
+    (:meth:`ReplyScreen._accept_event`): a site wiped between a crash and ``--resume`` is never
+    asked that query again (helper-80)."""
+    if said >= earlier - CLAIM_TOLERANCE:
+        return None
+    return protocol.error_reason(protocol.ErrorCode.LEDGER_UNAVAILABLE, (
+        f"site '{site.name}' says its ledger holds epsilon {said:.4f}, less than the {earlier:.4f} {when}: its "
+        "ledger was started again (a lost state folder, an old backup, or a reset), and what it spent before is "
+        "not counted. Its operator restores the whole state folder (docs/site.md); a site whose ledger was reset "
+        "for other patients joins under a new site_id"))
+
+
 class LedgerWentBack(protocol.ReplyError):
-    """A site claimed less epsilon than it had claimed before: a ledger only grows, so its state
-    was lost or replaced, and the budget it enforces no longer counts what it spent. The claim
-    checked at the budget query (:meth:`Coordinator.plan_budgets`) is checked at every reply too:
-    a site wiped between a crash and ``--resume`` is never asked that query again (helper-80)."""
+    """A reply whose claim is below the site's earlier one (:func:`ledger_went_back`, the reason)."""
 
 
 def unconfirmed_in_audit(entries: Iterable[dict[str, object]], run_id: str) -> set[tuple[int, int]]:
