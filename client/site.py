@@ -314,7 +314,8 @@ class Site:
     def budget(self) -> SiteBudget:
         """What this site has spent and may spend, for the coordinator's plan: read from the ledger
         and the policy only (no row is read), so it costs nothing and is declared public."""
-        budget = SiteBudget(self.ledger.epsilon(), self.policy.max_epsilon, self.policy.delta)
+        budget = SiteBudget(self.ledger.epsilon(), self.policy.max_epsilon, self.policy.delta,
+                            self.policy.max_epsilon_per_request)
         self.trail.append_unless_repeated("budget_reported", since=CHARGED, epsilon_spent=budget.spent,
                                           max_epsilon=budget.max_epsilon)
         return budget

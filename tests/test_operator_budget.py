@@ -92,6 +92,24 @@ def test_the_budget_query_charges_nothing_and_says_only_declared_public_facts(pl
     assert json.loads(trail[-1])["event"] == "budget_reported"
 
 
+def test_a_site_that_caps_each_request_gets_round_zero_within_its_cap_and_trains(plan, demo_schema, tmp_path):
+    """A site's max_epsilon_per_request reaches the coordinator's plan with its budget: its round
+    0 comes at noise whose every release costs no more than the cap on its own, and it trains
+    with the others. Planned at the run's share, round 0's first release (about 0.8 of the run's
+    1.0) was refused and the site sat the run out after the others had paid for round 0."""
+    capped = SitePolicy.load(plan.policies[0])
+    capped.model_copy(update={"max_epsilon_per_request": 0.3}).save(plan.policies[0])
+    grid, coordinator = run_in_process(plan, demo_schema, tmp_path, SETTINGS)
+    noise = _round_zero_noise(grid)
+    assert noise[1001] >= gaussian_noise_for_epsilon(0.3, 1e-5) > noise[1002] == noise[1003]
+    assert [r.accepted for r in coordinator.run.rounds] == [3] * SETTINGS.rounds
+    events = PrivacyLedger.load(capped.ledger).events
+    assert len(events) == 2 + SETTINGS.rounds and all(
+        PrivacyLedger(1e-5, "rdp", [event]).epsilon() <= 0.3 for event in events)
+    capped_spent, *others = _spent(plan)  # each of its rounds, too, costs at most 0.3 alone: it spends less
+    assert capped_spent <= 1.0 and all(1.0 - 2e-3 <= spent <= 1.0 + 1e-9 for spent in others)
+
+
 def test_a_fixed_noise_plan_counts_the_rounds_that_fit():
     assert SiteBudget(0.9, 1.0, 1e-5).remaining == pytest.approx(0.1)
     assert SiteBudget(0.9, 1.0, 1e-5).cap_for_run(0.4) == 1.0
@@ -275,7 +293,8 @@ def test_the_budget_reply_reads_no_row(plan):
 
     with_rows = said()
     SitePolicy.load(plan.policies[0]).data.unlink()
-    assert said() == with_rows == {"epsilon_spent": 0.0, "max_epsilon": 1.0, "delta": 1e-5, "site": "site-0"}
+    assert said() == with_rows == {"epsilon_spent": 0.0, "max_epsilon": 1.0, "delta": 1e-5, "site": "site-0",
+                                   "max_epsilon_per_request": protocol.NO_REQUEST_CAP}
 
 
 def test_repeated_free_queries_do_not_grow_the_sites_audit_trail(plan):

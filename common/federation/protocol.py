@@ -87,7 +87,8 @@ def schema_fingerprint(schema: Schema) -> str:
 DECLARED_METRICS = frozenset({"discriminator_fake_loss", "generator_loss", "steps"})
 PRIVACY_FIELDS = frozenset({"mechanism", "noise_multiplier", "sample_rate", "steps", "round", "epsilon_spent",
                             "delta", "site"})
-BUDGET_FIELDS = frozenset({"epsilon_spent", "max_epsilon", "delta", "site"})
+BUDGET_FIELDS = frozenset({"epsilon_spent", "max_epsilon", "delta", "site", "max_epsilon_per_request"})
+NO_REQUEST_CAP = 0.0  # max_epsilon_per_request on the wire when the site's policy sets none
 MAX_ARRAY_ELEMENTS = 50_000_000
 
 
@@ -201,24 +202,32 @@ def decode_event(record: ConfigRecord) -> tuple[PrivacyEvent, float, float, str]
 
 
 def budget_record(budget: SiteBudget, site: str) -> ConfigRecord:
-    """A site's answer to :data:`QUERY_BUDGET`: its ledger's epsilon, its policy's max_epsilon and
-    delta, and its name (declared public; no row is read to compute any of them)."""
+    """A site's answer to :data:`QUERY_BUDGET`: its ledger's epsilon, its policy's max_epsilon,
+    max_epsilon_per_request and delta, and its name (declared public; no row is read to compute
+    any of them)."""
+    cap = budget.max_epsilon_per_request
     return ConfigRecord({"epsilon_spent": float(budget.spent), "max_epsilon": float(budget.max_epsilon),
-                         "delta": float(budget.delta), "site": site})
+                         "delta": float(budget.delta), "site": site,
+                         "max_epsilon_per_request": NO_REQUEST_CAP if cap is None else float(cap)})
 
 
 def decode_budget(content: RecordDict) -> tuple[SiteBudget, str]:
-    """A budget reply: exactly one record of :data:`BUDGET_FIELDS`, with a usable budget."""
+    """A budget reply: exactly one record of :data:`BUDGET_FIELDS`, with a usable budget. A site
+    of an earlier version sends no ``max_epsilon_per_request``: read as none."""
     if set(content.keys()) != {BUDGET}:
         raise ReplyError(f"budget reply records {sorted(content.keys())} differ from the agreed ['{BUDGET}']")
     fields = dict(content.config_records[BUDGET])
-    if set(fields) != BUDGET_FIELDS:
+    if set(fields) not in (BUDGET_FIELDS, BUDGET_FIELDS - {"max_epsilon_per_request"}):
         raise ReplyError(f"budget record fields {sorted(fields)} differ from the agreed {sorted(BUDGET_FIELDS)}")
     with _decoding("budget record"):
-        budget = SiteBudget(number(fields["epsilon_spent"]), number(fields["max_epsilon"]), number(fields["delta"]))
+        cap = number(fields.get("max_epsilon_per_request", NO_REQUEST_CAP))
+        budget = SiteBudget(number(fields["epsilon_spent"]), number(fields["max_epsilon"]), number(fields["delta"]),
+                            None if cap == NO_REQUEST_CAP else cap)
     if not (is_budget(budget.max_epsilon) and math.isfinite(budget.spent) and budget.spent >= 0
-            and 0 < budget.delta < 1):
-        raise ReplyError(f"budget {budget} is not a spent epsilon >= 0, a positive max_epsilon and a delta in (0, 1)")
+            and 0 < budget.delta < 1 and (budget.max_epsilon_per_request is None
+                                          or is_budget(budget.max_epsilon_per_request))):
+        raise ReplyError(f"budget {budget} is not a spent epsilon >= 0, a positive max_epsilon and a delta in "
+                         "(0, 1), with a positive max_epsilon_per_request or none")
     return budget, str(fields["site"])[:64]
 
 

@@ -65,13 +65,15 @@ def marginals_noise(epsilon: float, share: float, delta: float, accountant: str 
 
 @dataclass(frozen=True)
 class SiteBudget:
-    """What a site has spent (its ledger's epsilon, at its ``delta``) and the most it will ever
-    spend (its policy's ``max_epsilon``). Declared public: functions of the ledger's privacy
-    events and of the site's policy, never of its rows."""
+    """What a site has spent (its ledger's epsilon, at its ``delta``), the most it will ever
+    spend (its policy's ``max_epsilon``) and the most one request may cost on its own (its
+    policy's ``max_epsilon_per_request``, None when unset). Declared public: functions of the
+    ledger's privacy events and of the site's policy, never of its rows."""
 
     spent: float
     max_epsilon: float
     delta: float
+    max_epsilon_per_request: float | None = None
 
     @property
     def remaining(self) -> float:
@@ -133,12 +135,20 @@ class SiteRunPlan:
 
 
 def plan_site_run(budget: SiteBudget, settings: RunPlanSettings) -> SiteRunPlan:
-    """What a run with ``settings`` costs a site with ``budget``, and what fits in it."""
+    """What a run with ``settings`` costs a site with ``budget``, and what fits in it.
+
+    A site that caps what one request may cost (``max_epsilon_per_request``) gets round 0 at no
+    less noise than one Gaussian release costing that cap on its own: each of round 0's
+    releases has a multiplier at least the whole's (:class:`fedsyn.privacy.pairs.RoundZeroSplit`),
+    and the Renyi bound used here is never below the PRV accountant's, so the site accepts them
+    whatever its accountant; DP-SGD gets what is left. Planned at the run's share instead, a
+    site whose cap was below round 0's cost refused round 0 after the others had paid for it."""
     from fedsyn.privacy.accounting import (  # the accountant loads Opacus: only when used
         BudgetExceededError,
         PrivacyEvent,
         PrivacyLedger,
         calibrate_noise_multiplier,
+        gaussian_noise_for_epsilon,
     )
 
     cap = budget.cap_for_run(settings.epsilon)
@@ -148,6 +158,8 @@ def plan_site_run(budget: SiteBudget, settings: RunPlanSettings) -> SiteRunPlan:
         return SiteRunPlan(budget, cap, None, None, 0)
     try:
         sigma = marginals_noise(cost, settings.marginals_share, budget.delta, settings.accountant)
+        if budget.max_epsilon_per_request is not None:
+            sigma = max(sigma, gaussian_noise_for_epsilon(budget.max_epsilon_per_request, budget.delta, "rdp"))
         tables = [PrivacyEvent(MARGINALS, sigma, 1.0, 1)]
         if settings.noise_multiplier is not None:
             ledger = PrivacyLedger(budget.delta, settings.accountant, tables)
