@@ -22,6 +22,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import shutil
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import asdict
@@ -78,6 +79,11 @@ class SiteRefusal(PrivacyRefusal, RuntimeError):
         super().__init__(public_reason)
         self.code = code
         self.public_reason = public_reason
+
+
+# Free disk a charge needs beyond its answer (written beside the file it replaces, then moved):
+# the ledger, the audit trail and the log grow by a few kB a request.
+STORE_HEADROOM_BYTES = 16 * 2**20
 
 
 class PolicyRefusal(SiteRefusal):
@@ -300,6 +306,20 @@ class Site:
         with _refused_over_budget(self.policy.site_id):
             self.ledger.check(event, budget, self.policy.max_epsilon_per_request)
 
+    def _check_room(self, answer_bytes: int) -> None:
+        """Refuse, before anything is charged, a request whose answer this site could not store.
+        Charged first, a full disk lost the stored answer, and the same request asked again after
+        a restart was charged again (a training round's epsilon lost for nothing). Free disk is
+        no fact about a patient, and the check reads no row; the amounts stay in the local log
+        and the coordinator hears a retryable failure, so the run asks again once space is freed."""
+        free = shutil.disk_usage(self.policy.ledger.parent).free
+        needed = 2 * answer_bytes + STORE_HEADROOM_BYTES
+        if free < needed:
+            log.error("%.0f MiB free on the disk of %s, where this answer needs %.0f MiB: free some space; nothing "
+                      "was charged", free / 2**20, self.policy.ledger.parent, needed / 2**20)
+            raise SiteRefusal(ErrorCode.SITE_FAILURE, "the site has too little free disk to store its answer; "
+                              "nothing was charged (its operator's log says how much)")
+
     def _charge(self, event: PrivacyEvent, budget: float) -> int:
         """Charge ``event`` under the ledger's lock; return its ledger position (its stream key)."""
         with _refused_over_budget(self.policy.site_id):
@@ -381,6 +401,7 @@ class Site:
             return replayed[0], replayed[2]
         budget = self._check_epsilon(epsilon)
         self._check_affordable(event, budget)  # before any row is read: see _check_affordable
+        self._check_room(0)  # round 0's tables are small beside the headroom
         frame = self._private_rows()
         self._check_encodable(frame)
         position = self._charge(event, budget)  # before the release is computed
@@ -454,6 +475,7 @@ class Site:
         trainer = self._trainer(request.gan_config, arrays, marginals, local_marginals, slot_marginals)
         event = PrivacyEvent(DP_SGD, sigma, request.sample_rate, request.local_steps, round=request.round)
         self._check_affordable(event, request.epsilon)
+        self._check_room(sum(value.size for value in arrays.values()) * np.dtype(request.transport_dtype).itemsize)
         frame = self._private_rows()
         # The expected batch from the site's own noisy count (post-processing), else the config's batch size.
         expected_batch = None if local_marginals is None else max(1.0, request.sample_rate * local_marginals.total())

@@ -612,3 +612,32 @@ def test_the_pytorch_stream_never_counts_the_poisson_batch(demo_schema, demo_fra
                       mechanism_rng=mechanism_stream(5, "round"))
         states.append(stream.get_state())
     assert torch.equal(states[0], states[1])
+
+
+def test_a_request_whose_answer_the_disk_could_not_hold_is_refused_before_its_charge(tmp_path, small_frame,
+                                                                                     monkeypatch):
+    """Charged first, a full disk lost the stored answer, and the round asked again after a
+    restart was charged again. Too little free disk beside the ledger refuses round 0 and a
+    training round before anything is charged or read, as a retryable failure; with room
+    again, the same request is answered."""
+    import shutil
+
+    from fedsyn.client import site as site_module
+
+    site = _site(tmp_path, small_frame)
+    arrays, marginals = _global_model(site)
+    free = {"bytes": site_module.STORE_HEADROOM_BYTES - 1}  # short of the headroom alone
+    real_usage = shutil.disk_usage
+    monkeypatch.setattr(site_module.shutil, "disk_usage",
+                        lambda path: real_usage(path)._replace(free=free["bytes"]))
+    with monkeypatch.context() as reading:
+        reading.setattr(Site, "load_data", lambda self: pytest.fail("the extract was read before refusing"))
+        for call in (lambda: site.release_marginals(20.0, 50.0, protocol.schema_fingerprint(site.schema)),
+                     lambda: site.train(_request(site), arrays, marginals)):
+            refusal = _refusal(site, call)
+            assert refusal.code is protocol.ErrorCode.SITE_FAILURE and "free disk" in refusal.public_reason
+            assert refusal.code not in protocol.FINAL_CODES  # the run asks again once space is freed
+    free["bytes"] = 2 * site_module.STORE_HEADROOM_BYTES
+    site.release_marginals(20.0, 50.0, protocol.schema_fingerprint(site.schema))
+    site.train(_request(site), arrays, marginals)
+    assert len(PrivacyLedger.load(site.policy.ledger).events) == 2
