@@ -60,8 +60,9 @@ from fedsyn.privacy.marginals import (
     measured_columns,
     noisy_marginals,
     table_noise_std,
+    table_shape,
 )
-from fedsyn.privacy.pairs import check_pair_request, measure_pair_tables
+from fedsyn.privacy.pairs import check_pair_request, measure_pair_tables, pair_shape
 from fedsyn.privacy.randomness import mechanism_stream, numpy_generator, torch_generator
 from fedsyn.trust.audit import AuditLog
 
@@ -310,9 +311,13 @@ class Site:
         """Refuse, before anything is charged, a request whose answer this site could not store.
         Charged first, a full disk lost the stored answer, and the same request asked again after
         a restart was charged again (a training round's epsilon lost for nothing). Free disk is
-        no fact about a patient, and the check reads no row; the amounts stay in the local log
-        and the coordinator hears a retryable failure, so the run asks again once space is freed."""
-        free = shutil.disk_usage(self.policy.ledger.parent).free
+        no fact about a patient, and the check reads no row; the amounts stay in the local log.
+        The coordinator hears a site failure, which it counts as possibly charged (over-counted,
+        never hidden) and asks again at the next training round. Space can still run out between
+        this check and the write (another process, a long round): the check narrows the window,
+        it does not close it."""
+        store = self.replies.directory if self.replies.directory.is_dir() else self.policy.ledger.parent
+        free = min(shutil.disk_usage(store).free, shutil.disk_usage(self.policy.ledger.parent).free)
         needed = 2 * answer_bytes + STORE_HEADROOM_BYTES
         if free < needed:
             log.error("%.0f MiB free on the disk of %s, where this answer needs %.0f MiB: free some space; nothing "
@@ -358,10 +363,11 @@ class Site:
         pairs_share = pairs_share if pairs_allowed(self.ledger.accountant) else 0.0
         digest = request_digest({"noise_multiplier": noise_multiplier, "epsilon": epsilon, "schema": schema_sha256,
                                  "pairs_share": pairs_share, "sites": sites})
+        cells = sum(math.prod(table_shape(self.schema, column)) for column in self.schema.columns)
         arrays, event = self._release_round_zero(
             run_id, digest, "", epsilon, first_release_event(self.schema, noise_multiplier, pairs_share, round_=0),
             lambda frame, rng: noisy_marginals(frame, self.schema, noise_multiplier, rng, pairs_share, sites).arrays,
-            "marginals_sent")
+            "marginals_sent", answer_bytes=8 * cells)
         return Marginals(arrays, cell_std=table_noise_std(len(measured_columns(self.schema)), noise_multiplier,
                                                           pairs_share)), event
 
@@ -386,11 +392,11 @@ class Site:
             query.run_id, digest, PAIR_TABLES_STAGE, query.epsilon, marginals_event(query.noise_multiplier, round_=0),
             lambda frame, rng: measure_pair_tables(frame, self.schema, list(query.pairs), bounds,
                                                    query.noise_multiplier, rng),
-            "pair_tables_sent")
+            "pair_tables_sent", answer_bytes=8 * sum(math.prod(pair_shape(self.schema, pair)) for pair in query.pairs))
 
     def _release_round_zero(self, run_id: str, digest: str, stage: str, epsilon: float, event: PrivacyEvent,
                             release: Callable[[pd.DataFrame, np.random.Generator], dict[str, np.ndarray]],
-                            sent: str) -> tuple[dict[str, np.ndarray], PrivacyEvent]:
+                            sent: str, answer_bytes: int) -> tuple[dict[str, np.ndarray], PrivacyEvent]:
         """Either round-0 release once its request was checked: the stored answer to the same
         request, else the budget checked before any row is read (:meth:`_check_affordable`), the
         rows proven encodable (training encodes them every round) before anything is paid, the
@@ -401,7 +407,7 @@ class Site:
             return replayed[0], replayed[2]
         budget = self._check_epsilon(epsilon)
         self._check_affordable(event, budget)  # before any row is read: see _check_affordable
-        self._check_room(0)  # round 0's tables are small beside the headroom
+        self._check_room(answer_bytes)
         frame = self._private_rows()
         self._check_encodable(frame)
         position = self._charge(event, budget)  # before the release is computed

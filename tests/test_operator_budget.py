@@ -110,6 +110,40 @@ def test_a_site_that_caps_each_request_gets_round_zero_within_its_cap_and_trains
     assert capped_spent <= 1.0 and all(1.0 - 2e-3 <= spent <= 1.0 + 1e-9 for spent in others)
 
 
+def test_a_request_cap_sets_each_floor_under_either_accountant_and_rules_out_what_cannot_meet_it():
+    """The coordinator does not know a site's accountant: round 0 and each round are planned at
+    noise that costs no more than the cap alone under RDP or PRV (PRV's figure is the higher for
+    small caps). A fixed noise below a round's floor, or a cap no noise meets, plans no round."""
+    from fedsyn.privacy.accounting import PrivacyEvent, compute_epsilon
+    from fedsyn.privacy.budget import MARGINALS
+
+    for cap in (0.3, 0.03):
+        plan = plan_site_run(SiteBudget(0.0, 1.0, 1e-5, cap), SETTINGS)
+        assert plan.usable
+        for accountant in ("rdp", "prv"):
+            assert compute_epsilon([PrivacyEvent(MARGINALS, plan.marginals_noise, 1.0, 1)], 1e-5, accountant) <= cap
+            assert compute_epsilon([PrivacyEvent("dp-sgd", plan.training_noise, SETTINGS.sample_rate,
+                                                 SETTINGS.local_steps)], 1e-5, accountant) <= cap
+    fixed = SETTINGS.model_copy(update={"noise_multiplier": 3.0, "epsilon": 3.0})  # a round alone costs 0.70
+    assert plan_site_run(SiteBudget(0.0, 3.0, 1e-5), fixed).usable
+    assert not plan_site_run(SiteBudget(0.0, 3.0, 1e-5, 0.3), fixed).usable
+    assert not plan_site_run(SiteBudget(0.0, 1.0, 1e-5, 0.001), SETTINGS).usable
+
+
+def test_a_budget_reply_of_an_earlier_site_without_a_request_cap_reads_as_none():
+    from flwr.app import ConfigRecord, RecordDict
+
+    record = dict(protocol.budget_record(SiteBudget(0.2, 1.0, 1e-5, 0.3), "a"))
+    assert protocol.decode_budget(RecordDict({protocol.BUDGET: ConfigRecord(record)}))[0].max_epsilon_per_request == 0.3
+    del record["max_epsilon_per_request"]
+    assert protocol.decode_budget(RecordDict({protocol.BUDGET: ConfigRecord(record)})) == (
+        SiteBudget(0.2, 1.0, 1e-5, None), "a")
+    for bad in (-0.1, float("nan"), float("inf")):
+        with pytest.raises(protocol.ReplyError):
+            protocol.decode_budget(RecordDict({protocol.BUDGET: ConfigRecord({**record,
+                                                                            "max_epsilon_per_request": bad})}))
+
+
 def test_a_fixed_noise_plan_counts_the_rounds_that_fit():
     assert SiteBudget(0.9, 1.0, 1e-5).remaining == pytest.approx(0.1)
     assert SiteBudget(0.9, 1.0, 1e-5).cap_for_run(0.4) == 1.0

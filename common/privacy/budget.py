@@ -138,11 +138,14 @@ def plan_site_run(budget: SiteBudget, settings: RunPlanSettings) -> SiteRunPlan:
     """What a run with ``settings`` costs a site with ``budget``, and what fits in it.
 
     A site that caps what one request may cost (``max_epsilon_per_request``) gets round 0 at no
-    less noise than one Gaussian release costing that cap on its own: each of round 0's
-    releases has a multiplier at least the whole's (:class:`fedsyn.privacy.pairs.RoundZeroSplit`),
-    and the Renyi bound used here is never below the PRV accountant's, so the site accepts them
-    whatever its accountant; DP-SGD gets what is left. Planned at the run's share instead, a
-    site whose cap was below round 0's cost refused round 0 after the others had paid for it."""
+    less noise than one Gaussian release costing that cap on its own (each of round 0's
+    releases has a multiplier at least the whole's, :class:`fedsyn.privacy.pairs.RoundZeroSplit`),
+    and a training round at no less noise than one round costing it: the site checks each
+    request with its own accountant, which the coordinator does not know, so each floor is the
+    larger of the Renyi and PRV accountants' (PRV's is the higher for small caps). A site whose
+    cap no training round can meet, or below a fixed noise multiplier's round, is planned no
+    rounds and asked nothing. Planned at the run's share instead, a site whose cap was below
+    round 0's cost refused round 0 after the others had paid for it."""
     from fedsyn.privacy.accounting import (  # the accountant loads Opacus: only when used
         BudgetExceededError,
         PrivacyEvent,
@@ -156,17 +159,24 @@ def plan_site_run(budget: SiteBudget, settings: RunPlanSettings) -> SiteRunPlan:
     steps = settings.rounds * settings.local_steps
     if not is_budget(cost):
         return SiteRunPlan(budget, cap, None, None, 0)
+    request_cap = budget.max_epsilon_per_request
     try:
         sigma = marginals_noise(cost, settings.marginals_share, budget.delta, settings.accountant)
-        if budget.max_epsilon_per_request is not None:
-            sigma = max(sigma, gaussian_noise_for_epsilon(budget.max_epsilon_per_request, budget.delta, "rdp"))
+        round_floor = 0.0
+        if request_cap is not None:
+            sigma = max([sigma] + [gaussian_noise_for_epsilon(request_cap, budget.delta, name)
+                                   for name in ("rdp", "prv")])
+            round_floor = max(calibrate_noise_multiplier(request_cap, budget.delta, settings.sample_rate,
+                                                         settings.local_steps, (), name) for name in ("rdp", "prv"))
         tables = [PrivacyEvent(MARGINALS, sigma, 1.0, 1)]
         if settings.noise_multiplier is not None:
+            if settings.noise_multiplier < round_floor:  # every round would cost more than the cap alone
+                return SiteRunPlan(budget, cap, sigma, settings.noise_multiplier, 0)
             ledger = PrivacyLedger(budget.delta, settings.accountant, tables)
             fit = ledger.affordable_steps(cost, settings.noise_multiplier, settings.sample_rate, steps)
             return SiteRunPlan(budget, cap, sigma, settings.noise_multiplier, fit // settings.local_steps)
         training = calibrate_noise_multiplier(cost, budget.delta, settings.sample_rate, steps, tables,
                                               settings.accountant)
-        return SiteRunPlan(budget, cap, sigma, training, settings.rounds)
+        return SiteRunPlan(budget, cap, sigma, max(training, round_floor), settings.rounds)
     except BudgetExceededError:  # no noise up to the calibration's limit fits what is left
         return SiteRunPlan(budget, cap, None, None, 0)
