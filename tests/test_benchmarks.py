@@ -129,3 +129,15 @@ def test_bench_noise_draws_runs(monkeypatch, capsys, tmp_path):
     lines = capsys.readouterr().out.splitlines()
     assert lines[0].startswith("age at epsilon 1, 2 sites, 2 draws") and len(lines) == 3
     assert all("exact mean" in line and "of draws" in line for line in lines[1:])
+
+
+def test_bench_pair_selection_runs(monkeypatch, capsys, tmp_path):
+    from fedsyn.data.demo import demo_data_path, demo_schema_path
+
+    pd.read_csv(demo_data_path()).head(600).to_csv(tmp_path / "rows.csv", index=False)
+    _run(monkeypatch, "bench_pair_selection.py", str(tmp_path / "rows.csv"), str(demo_schema_path()), "sex",
+         "--draws", "2")
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].startswith("2 sites at epsilon 1") and "candidate pairs" in lines[0]
+    assert [line.split(":")[0] for line in lines[1:3]] == ["  draw 0", "  draw 1"]
+    assert lines[3].startswith("chosen in draws: ")
