@@ -252,9 +252,9 @@ MUTATIONS = [
              "        if len(self.ledger.events) < proven:", "        if False:",
              (PRIVACY + "test_a_ledger_and_trail_restored_from_an_older_backup_are_refused",)),
     Mutation("extract validated only after the charge", "client/site.py",
-             "        self._check_affordable(event, request.epsilon)\n        frame = self._private_rows()\n",
+             "        self._check_affordable(event, request.epsilon)\n        self._check_room(",
              "        self._charge(PrivacyEvent('dp-sgd', sigma, request.sample_rate, 1), request.epsilon)\n"
-             "        frame = self._private_rows()\n",
+             "        self._check_room(",
              (PRIVACY + "test_refusals_charge_nothing_and_say_nothing_private",)),
     Mutation("round 0 reads the rows before a budget refusal", "client/site.py",
              "        self._check_affordable(event, budget)  # before any row is read: see _check_affordable\n",
