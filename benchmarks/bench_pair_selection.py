@@ -5,8 +5,8 @@ table's own site split measures, and what they are worth.
 
 Each draw runs every site's first round-0 release on its exact rows with the production
 mechanism (``noisy_marginals`` at the noise a federation at ``--epsilon`` per site gets with the
-default settings, votes included, the site column named as the coordinator names it), then the
-coordinator's choice (``affordable_pairs`` and ``shared_pairs`` of the votes). It prints, for
+default settings, votes included), then the coordinator's choice (``affordable_pairs`` and
+``shared_pairs`` of the votes, no pair of SITE_COLUMN). It prints, for
 the pooled rows, the pairs that carry most (each pair's misfit against the exact outcome
 tables, :func:`fedsyn.privacy.pairs.misfit_score`, less the L1 error the summed table's noise
 would add at the count chosen), then per draw how many tables were chosen and their worth (the
@@ -66,10 +66,11 @@ def main() -> None:
         return {pair: misfit[pair] - math.sqrt(2.0 / math.pi) * std * tables[pair].size for pair in chosen}
 
     afforded = pairs.affordable_pairs(exact.total(), [split.pair_tables] * len(sites), len(measured))
-    strongest = sorted(misfit, key=worth(list(misfit), afforded).__getitem__, reverse=True)[:SHOWN]
+    at_afforded = worth(list(misfit), afforded)
+    strongest = sorted(misfit, key=at_afforded.__getitem__, reverse=True)[:SHOWN]
     print(f"{len(sites)} sites at epsilon {args.epsilon:g} (sigma {sigma:.2f}), {len(tables)} candidate pairs; "
-          f"the strongest at {afforded} tables: " + ", ".join(
-              f"{a}|{b} {worth(strongest, afforded)[(a, b)]:.0f}" for a, b in strongest))
+          f"the strongest at {afforded} tables: "
+          + ", ".join(f"{a}|{b} {at_afforded[(a, b)]:.0f}" for a, b in strongest))
     chosen_times: Counter[pairs.Pair] = Counter()
     for draw in range(args.draws):
         rng = np.random.default_rng(draw)

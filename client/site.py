@@ -316,8 +316,9 @@ class Site:
         never hidden) and asks again at the next training round. Space can still run out between
         this check and the write (another process, a long round): the check narrows the window,
         it does not close it."""
-        store = self.replies.directory if self.replies.directory.is_dir() else self.policy.ledger.parent
-        free = min(shutil.disk_usage(store).free, shutil.disk_usage(self.policy.ledger.parent).free)
+        disks = {self.policy.ledger.parent, self.replies.directory if self.replies.directory.is_dir()
+                 else self.policy.ledger.parent}
+        free = min(shutil.disk_usage(path).free for path in disks)
         needed = 2 * answer_bytes + STORE_HEADROOM_BYTES
         if free < needed:
             log.error("%.0f MiB free on the disk of %s, where this answer needs %.0f MiB: free some space; nothing "

@@ -115,14 +115,14 @@ def test_a_request_cap_sets_each_floor_under_either_accountant_and_rules_out_wha
     noise that costs no more than the cap alone under RDP or PRV (PRV's figure is the higher for
     small caps). A fixed noise below a round's floor, or a cap no noise meets, plans no round."""
     from fedsyn.privacy.accounting import PrivacyEvent, compute_epsilon
-    from fedsyn.privacy.budget import MARGINALS
+    from fedsyn.privacy.budget import DP_SGD, MARGINALS
 
     for cap in (0.3, 0.03):
         plan = plan_site_run(SiteBudget(0.0, 1.0, 1e-5, cap), SETTINGS)
         assert plan.usable
         for accountant in ("rdp", "prv"):
             assert compute_epsilon([PrivacyEvent(MARGINALS, plan.marginals_noise, 1.0, 1)], 1e-5, accountant) <= cap
-            assert compute_epsilon([PrivacyEvent("dp-sgd", plan.training_noise, SETTINGS.sample_rate,
+            assert compute_epsilon([PrivacyEvent(DP_SGD, plan.training_noise, SETTINGS.sample_rate,
                                                  SETTINGS.local_steps)], 1e-5, accountant) <= cap
     fixed = SETTINGS.model_copy(update={"noise_multiplier": 3.0, "epsilon": 3.0})  # a round alone costs 0.70
     assert plan_site_run(SiteBudget(0.0, 3.0, 1e-5), fixed).usable

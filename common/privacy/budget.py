@@ -151,7 +151,6 @@ def plan_site_run(budget: SiteBudget, settings: RunPlanSettings) -> SiteRunPlan:
         PrivacyEvent,
         PrivacyLedger,
         calibrate_noise_multiplier,
-        gaussian_noise_for_epsilon,
     )
 
     cap = budget.cap_for_run(settings.epsilon)
@@ -164,10 +163,8 @@ def plan_site_run(budget: SiteBudget, settings: RunPlanSettings) -> SiteRunPlan:
         sigma = marginals_noise(cost, settings.marginals_share, budget.delta, settings.accountant)
         round_floor = 0.0
         if request_cap is not None:
-            sigma = max([sigma] + [gaussian_noise_for_epsilon(request_cap, budget.delta, name)
-                                   for name in ("rdp", "prv")])
-            round_floor = max(calibrate_noise_multiplier(request_cap, budget.delta, settings.sample_rate,
-                                                         settings.local_steps, (), name) for name in ("rdp", "prv"))
+            sigma = max(sigma, _within_request_cap(request_cap, budget.delta, 1.0, 1))  # a full-data release
+            round_floor = _within_request_cap(request_cap, budget.delta, settings.sample_rate, settings.local_steps)
         tables = [PrivacyEvent(MARGINALS, sigma, 1.0, 1)]
         if settings.noise_multiplier is not None:
             if settings.noise_multiplier < round_floor:  # every round would cost more than the cap alone
@@ -180,3 +177,12 @@ def plan_site_run(budget: SiteBudget, settings: RunPlanSettings) -> SiteRunPlan:
         return SiteRunPlan(budget, cap, sigma, max(training, round_floor), settings.rounds)
     except BudgetExceededError:  # no noise up to the calibration's limit fits what is left
         return SiteRunPlan(budget, cap, None, None, 0)
+
+
+def _within_request_cap(request_cap: float, delta: float, sample_rate: float, steps: int) -> float:
+    """The least noise at which one request (``steps`` steps at ``sample_rate``) costs at most
+    ``request_cap`` on its own under either accountant: the site checks with its own, which the
+    coordinator does not know. Raises BudgetExceededError when no noise does."""
+    from fedsyn.privacy.accounting import calibrate_noise_multiplier
+
+    return max(calibrate_noise_multiplier(request_cap, delta, sample_rate, steps, (), name) for name in ("rdp", "prv"))
