@@ -312,8 +312,8 @@ class Site:
         Charged first, a full disk lost the stored answer, and the same request asked again after
         a restart was charged again (a training round's epsilon lost for nothing). Free disk is
         no fact about a patient, and the check reads no row; the amounts stay in the local log.
-        The coordinator hears a site failure, which it counts as possibly charged (over-counted,
-        never hidden) and asks again at the next training round. Space can still run out between
+        The coordinator hears :attr:`ErrorCode.NO_ROOM`: nothing charged (the release's epsilon
+        stays exact), asked again at the next training round. Space can still run out between
         this check and the write (another process, a long round): the check narrows the window,
         it does not close it."""
         disks = {self.policy.ledger.parent, self.replies.directory if self.replies.directory.is_dir()
@@ -323,7 +323,7 @@ class Site:
         if free < needed:
             log.error("%.0f MiB free on the disk of %s, where this answer needs %.0f MiB: free some space; nothing "
                       "was charged", free / 2**20, self.policy.ledger.parent, needed / 2**20)
-            raise SiteRefusal(ErrorCode.SITE_FAILURE, "the site has too little free disk to store its answer; "
+            raise SiteRefusal(ErrorCode.NO_ROOM, "the site has too little free disk to store its answer; "
                               "nothing was charged (its operator's log says how much)")
 
     def _charge(self, event: PrivacyEvent, budget: float) -> int:

@@ -155,8 +155,8 @@ class ReplyScreen:
         for site, reply in replies:
             if reply.has_error():
                 reason = reply.error.reason or f"error code {reply.error.code}"
-                final = reply.error.code in protocol.FINAL_CODES  # otherwise the site may have been charged first
-                self.drop(site, round_, reason, refused=final, stage=stage, possibly_charged=not final)
+                self.drop(site, round_, reason, refused=reply.error.code in protocol.FINAL_CODES, stage=stage,
+                          possibly_charged=protocol.possibly_charged(reply.error.code))
                 continue
             try:
                 protocol.check_reply_records(reply.content, payload)

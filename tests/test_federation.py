@@ -2,6 +2,7 @@
 
 import json
 from collections.abc import Callable
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -366,6 +367,39 @@ def test_a_site_charged_whose_reply_is_rejected_is_reported_at_least_at_its_ledg
     # the third privacy review (F1): the charged round is not in this run's figure, which says so
     assert rejected["epsilon_this_run"] < ledger.epsilon() - 1e-6
     assert rejected["epsilon_this_run_is_lower_bound"] and rejected["unconfirmed_rounds"] == [bounded.rounds]
+
+
+def test_a_site_whose_disk_is_full_for_a_round_is_asked_again_and_its_epsilon_stays_exact(plan, demo_schema,
+                                                                                             tmp_path, monkeypatch):
+    """Site 1001's disk is full during round 2: it refuses before any charge (``no_room``), is
+    asked again at round 3, and the release states its epsilon exactly: a refusal that cannot
+    follow a charge marks no round as possibly charged."""
+    import shutil
+
+    from fedsyn.client import site as site_module
+
+    folder = SitePolicy.load(plan.policies[0]).ledger.parent
+    full, answered = {"on": False}, []
+    real_usage = shutil.disk_usage
+    monkeypatch.setattr(site_module.shutil, "disk_usage", lambda path: real_usage(path)._replace(free=0)
+                        if full["on"] and Path(path).is_relative_to(folder) else real_usage(path))
+
+    def fill_the_disk_for_round_two(reply):
+        if reply.metadata.src_node_id == 1001:
+            answered.append(reply)  # the budget query, round 0's two releases, then rounds 1, 2, 3
+            full["on"] = len(answered) == 4
+        return reply
+
+    run_in_process(plan, demo_schema, tmp_path, reply_filter=fill_the_disk_for_round_two)
+    assert answered[4].has_error() and answered[4].error.code == protocol.ErrorCode.NO_ROOM
+    report = json.loads((tmp_path / "release" / "privacy_report.json").read_text())
+    site = next(s for s in report["sites"] if s["node_id"] == 1001)
+    ledger = PrivacyLedger.load(SitePolicy.load(plan.policies[0]).ledger)
+    assert [event.round for event in ledger.events] == [0, 0, 1, 3]  # round 2 was not charged
+    assert site["rounds_accepted"] == [0, 1, 3] and [d["round"] for d in site["dropped"]] == [2]
+    assert not site["epsilon_this_run_is_lower_bound"] and not site["unconfirmed_rounds"]
+    assert not site["epsilon_cumulative_is_upper_bound"]
+    assert site["epsilon_this_run"] == pytest.approx(ledger.epsilon(), rel=1e-9)
 
 
 class _EchoingGrid(InProcessGrid):

@@ -635,11 +635,12 @@ def test_a_request_whose_answer_the_disk_could_not_hold_is_refused_before_its_ch
         for call in (lambda: site.release_marginals(20.0, 50.0, protocol.schema_fingerprint(site.schema)),
                      lambda: site.train(_request(site), arrays, marginals)):
             refusal = _refusal(site, call)
-            assert refusal.code is protocol.ErrorCode.SITE_FAILURE and "free disk" in refusal.public_reason
+            assert refusal.code is protocol.ErrorCode.NO_ROOM and "free disk" in refusal.public_reason
             assert refusal.code not in protocol.FINAL_CODES  # the run asks again once space is freed
+            assert not protocol.possibly_charged(refusal.code)  # and the release's epsilon stays exact
     answer = sum(value.size for value in arrays.values()) * 4  # float32 on the wire and in the store
     free["bytes"] = site_module.STORE_HEADROOM_BYTES + answer  # room for the answer, not for its copy
-    assert _refusal(site, lambda: site.train(_request(site), arrays, marginals)).code is protocol.ErrorCode.SITE_FAILURE
+    assert _refusal(site, lambda: site.train(_request(site), arrays, marginals)).code is protocol.ErrorCode.NO_ROOM
     free["bytes"] = 2 * site_module.STORE_HEADROOM_BYTES
     site.release_marginals(20.0, 50.0, protocol.schema_fingerprint(site.schema))
     site.train(_request(site), arrays, marginals)

@@ -51,10 +51,10 @@ RUN_ID = "run_id"  # config key: the coordinator's run; a site answers a repeate
 class ErrorCode(IntEnum):
     """Why a site did not do what it was asked. Sent with a fixed, public reason text only.
 
-    Every code but :attr:`SITE_FAILURE` is final for the run: asking again cannot succeed,
-    so the coordinator stops asking. Nothing was charged for any of them except where the
-    mechanism itself failed after the charge (:attr:`SITE_FAILURE`, over-counted, never
-    under-counted).
+    Every code but :attr:`SITE_FAILURE` and :attr:`NO_ROOM` is final for the run: asking again
+    cannot succeed, so the coordinator stops asking. Nothing was charged for any of them except
+    where the mechanism itself failed after the charge (:attr:`SITE_FAILURE`, counted as possibly
+    charged: over-counted, never under-counted; see :func:`possibly_charged`).
     """
 
     MALFORMED_REQUEST = 400  # the instructions or the global model do not have the agreed form
@@ -64,9 +64,18 @@ class ErrorCode(IntEnum):
     DATA_INVALID = 422  # the site's extract does not pass validation against the schema
     LEDGER_UNAVAILABLE = 423  # the site's ledger is missing, corrupt or inconsistent: nothing can be charged
     SITE_FAILURE = 500  # an unexpected failure at the site (details only in its local log)
+    NO_ROOM = 507  # the site's disk could not hold the answer: refused before any charge, asked again next round
 
 
-FINAL_CODES = frozenset(code for code in ErrorCode if code is not ErrorCode.SITE_FAILURE)
+RETRY_CODES = frozenset({ErrorCode.SITE_FAILURE, ErrorCode.NO_ROOM})
+FINAL_CODES = frozenset(ErrorCode) - RETRY_CODES
+
+
+def possibly_charged(code: int) -> bool:
+    """Whether a site that answered with error ``code`` may have charged its ledger for the
+    request: after an unexpected failure, or a code this version does not know (a newer site's),
+    yes; a final refusal or :attr:`ErrorCode.NO_ROOM` is sent before any charge."""
+    return code not in FINAL_CODES and code != ErrorCode.NO_ROOM
 
 
 def error_reason(code: ErrorCode, public_text: str) -> str:
