@@ -343,7 +343,8 @@ class Site:
         budget = SiteBudget(self.ledger.epsilon(), self.policy.max_epsilon, self.policy.delta,
                             self.policy.max_epsilon_per_request)
         self.trail.append_unless_repeated("budget_reported", since=CHARGED, epsilon_spent=budget.spent,
-                                          max_epsilon=budget.max_epsilon)
+                                          max_epsilon=budget.max_epsilon,
+                                          max_epsilon_per_request=budget.max_epsilon_per_request)
         return budget
 
     # -- mechanisms ------------------------------------------------------------------------

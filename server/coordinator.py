@@ -249,10 +249,13 @@ class Coordinator:
                f"{plan.rounds_fit} of {rounds} training round(s) fit at noise {plan.training_noise:.3g}"
                if plan.usable and plan.training_noise is not None
                else f"it is asked nothing more: {self._unusable(site, plan)}")
+        per_request = budget.max_epsilon_per_request
+        each = f", at most {per_request:g} a request" if per_request is not None else ""
         self.record("site_budget", f"budget of {site.name}: spent {budget.spent:.4f} of its max_epsilon "
-                    f"{budget.max_epsilon:g}, {budget.remaining:.4f} left; {fit}", node=site.node_id, site=site.name,
-                    epsilon_spent=budget.spent, max_epsilon=budget.max_epsilon, epsilon_cap=plan.cap,
-                    rounds_fit=plan.rounds_fit, rounds=rounds)
+                    f"{budget.max_epsilon:g}{each}, {budget.remaining:.4f} left; {fit}", node=site.node_id,
+                    site=site.name, epsilon_spent=budget.spent, max_epsilon=budget.max_epsilon,
+                    max_epsilon_per_request=per_request, epsilon_cap=plan.cap, rounds_fit=plan.rounds_fit,
+                    rounds=rounds)
 
     def collect_marginals(self, grid: Grid) -> Marginals:
         """Round 0: each planned site's noisy tables and votes, at the noise its own budget

@@ -99,7 +99,14 @@ def test_a_site_that_caps_each_request_gets_round_zero_within_its_cap_and_trains
     1.0) was refused and the site sat the run out after the others had paid for round 0."""
     capped = SitePolicy.load(plan.policies[0])
     capped.model_copy(update={"max_epsilon_per_request": 0.3}).save(plan.policies[0])
-    grid, coordinator = run_in_process(plan, demo_schema, tmp_path, SETTINGS)
+    grid = InProcessGrid(make_client_app(plan.site_policy), len(plan.policies))
+    audit = tmp_path / "audit.jsonl"
+    coordinator = run_federation(grid, demo_schema, SETTINGS, ReleasePlan(tmp_path / "release", 100, audit_log=audit))
+    # both sides' audit trails keep the cap the plan was made with
+    assert [e.get("max_epsilon_per_request") for e in map(json.loads, audit.read_text().splitlines())
+            if e["event"] == "site_budget"] == [0.3, None, None]
+    assert [e["max_epsilon_per_request"] for e in map(json.loads, capped.audit_trail.read_text().splitlines())
+            if e["event"] == "budget_reported"] == [0.3]
     noise = _round_zero_noise(grid)
     assert noise[1001] >= gaussian_noise_for_epsilon(0.3, 1e-5) > noise[1002] == noise[1003]
     assert [r.accepted for r in coordinator.run.rounds] == [3] * SETTINGS.rounds
