@@ -103,6 +103,11 @@ class SitePolicy(BaseModel):
         "after its request came: how long the site took, which grows with its rows, is seen only to this "
         "quantum (a timing channel DP does not cover). 0: off (simulations, where coordinator and sites are "
         "one researcher)")
+    disk_reserve_mib: int = Field(
+        default=256, ge=1, description="free disk (MiB) kept beside the ledger and the stored replies: while less is "
+        "free, a request is refused before anything is charged (no_room), and a request whose answer, with the copy "
+        "written beside it, exceeds the reserve is refused by policy. A fixed amount, so a coordinator learns only "
+        "whether less than it is free, never how much")
     max_rows: int | None = Field(
         default=None, ge=1, description="a public upper bound on the extract's rows (say a round number above "
         "it): every DP-SGD step samples over this many, those beyond the extract empty, so a training round's "

@@ -82,11 +82,6 @@ class SiteRefusal(PrivacyRefusal, RuntimeError):
         self.public_reason = public_reason
 
 
-# Free disk a charge needs beyond its answer (written beside the file it replaces, then moved):
-# the ledger, the audit trail and the log grow by a few kB a request.
-STORE_HEADROOM_BYTES = 16 * 2**20
-
-
 class PolicyRefusal(SiteRefusal):
     """The coordinator asked for something this site's policy does not allow."""
 
@@ -310,21 +305,29 @@ class Site:
     def _check_room(self, answer_bytes: int) -> None:
         """Refuse, before anything is charged, a request whose answer this site could not store.
         Charged first, a full disk lost the stored answer, and the same request asked again after
-        a restart was charged again (a training round's epsilon lost for nothing). Free disk is
-        no fact about a patient, and the check reads no row; the amounts stay in the local log.
-        The coordinator hears :attr:`ErrorCode.NO_ROOM`: nothing charged (the release's epsilon
-        stays exact), asked again at the next training round. Space can still run out between
-        this check and the write (another process, a long round): the check narrows the window,
-        it does not close it."""
+        a restart was charged again (a training round's epsilon lost for nothing).
+
+        The test is against the policy's fixed ``disk_reserve_mib``, never against the answer's
+        size: the extract usually shares the disk, so free space moves with the extract's bytes,
+        and a threshold the request set (a padded model) let a coordinator binary-search free
+        space to the byte (helper-82's review). Now it learns one bit, whether less than the
+        reserve is free (:attr:`ErrorCode.NO_ROOM`: nothing charged, asked again next round);
+        an answer that, with the copy written beside it, exceeds the reserve is a policy refusal,
+        decided by the request and the policy alone. The amounts stay in the local log. Space
+        can still run out between this check and the write (another process, a long round)."""
+        reserve = self.policy.disk_reserve_mib * 2**20
+        if 2 * answer_bytes > reserve:
+            raise PolicyRefusal(f"the answer ({answer_bytes / 2**20:.1f} MiB) and the copy written beside it exceed "
+                                f"this site's disk_reserve_mib ({self.policy.disk_reserve_mib}): ask for a smaller "
+                                "model, or the site's operator raises the reserve")
         disks = {self.policy.ledger.parent, self.replies.directory if self.replies.directory.is_dir()
                  else self.policy.ledger.parent}
         free = min(shutil.disk_usage(path).free for path in disks)
-        needed = 2 * answer_bytes + STORE_HEADROOM_BYTES
-        if free < needed:
-            log.error("%.0f MiB free on the disk of %s, where this answer needs %.0f MiB: free some space; nothing "
-                      "was charged", free / 2**20, self.policy.ledger.parent, needed / 2**20)
-            raise SiteRefusal(ErrorCode.NO_ROOM, "the site has too little free disk to store its answer; "
-                              "nothing was charged (its operator's log says how much)")
+        if free < reserve:
+            log.error("%.0f MiB free on the disk of %s, below the policy's disk_reserve_mib %d: free some space; "
+                      "nothing was charged", free / 2**20, self.policy.ledger.parent, self.policy.disk_reserve_mib)
+            raise SiteRefusal(ErrorCode.NO_ROOM, "the site has less free disk than its reserve; nothing was charged "
+                              "(its operator's log says how much)")
 
     def _charge(self, event: PrivacyEvent, budget: float) -> int:
         """Charge ``event`` under the ledger's lock; return its ledger position (its stream key)."""
@@ -483,7 +486,8 @@ class Site:
         trainer = self._trainer(request.gan_config, arrays, marginals, local_marginals, slot_marginals)
         event = PrivacyEvent(DP_SGD, sigma, request.sample_rate, request.local_steps, round=request.round)
         self._check_affordable(event, request.epsilon)
-        self._check_room(sum(value.size for value in arrays.values()) * np.dtype(request.transport_dtype).itemsize)
+        self._check_room(sum(value.size for value in trainer.state_arrays().values())
+                         * np.dtype(request.transport_dtype).itemsize)
         frame = self._private_rows()
         # The expected batch from the site's own noisy count (post-processing), else the config's batch size.
         expected_batch = None if local_marginals is None else max(1.0, request.sample_rate * local_marginals.total())
@@ -542,6 +546,9 @@ class Site:
         except (IndexError, KeyError, RuntimeError, ValueError) as exc:
             log.warning("the global model does not fit this site's schema: %s", type(exc).__name__)
             raise _model_misfit() from None
+        if set(arrays) != set(trainer.state_arrays()):  # arrays the networks ignore are no model's
+            log.warning("the global model holds arrays the requested networks do not have")
+            raise _model_misfit()
         return trainer
 
 

@@ -38,8 +38,8 @@ DECLARED_PUBLIC = [
     "privacy event parameters (noise multiplier, sample rate, steps), fixed by public settings "
     "and the site's public policy",
     "the site's delta and its own claim of cumulative epsilon spent, computed from those parameters",
-    "the site's budget before round 0: the epsilon its ledger held and its max_epsilon (what it has left), "
-    "functions of its ledger and its policy, asked at no cost and read from no row",
+    "the site's budget before round 0: the epsilon its ledger held, its max_epsilon (what it has left) and its "
+    "max_epsilon_per_request, functions of its ledger and its policy, asked at no cost and read from no row",
     "metrics: discriminator loss on generated rows and generator loss, functions of DP parameters only",
     "the sample rate (a public setting; see public_facts for anything it was derived from)",
 ]

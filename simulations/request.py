@@ -174,8 +174,10 @@ def prepare(request: SimulationRequest) -> PreparedSimulation:
         raise ConfigurationError(str(exc)) from exc
     sample_rate, public_facts = default_sample_rate(tables, request.batch_size)
     if not request.rows:  # the default release size is every site's rows together: that total is published
-        public_facts["total_site_rows"] = {"value": sum(len(t) for t in tables),
-                                           "why_public": "--rows 0 releases as many synthetic rows as the sites hold"}
+        public_facts["total_site_rows"] = {
+            "value": sum(len(t) for t in tables),
+            "why_public": "--rows 0 releases as many synthetic rows as the sites hold; with smallest_site_rows, "
+                          "every site's count follows when there are two sites (or the others are equal)"}
     if named and request.site_column:  # each hospital is named after its value: which values hold rows is said
         public_facts["site_names"] = {
             "value": list(named),

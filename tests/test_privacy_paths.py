@@ -56,9 +56,9 @@ def _request(site: Site, round_: int = 1, **changes) -> protocol.TrainInstructio
     return protocol.TrainInstructions(**{**fields, **changes})
 
 
-def _global_model(site: Site) -> tuple[dict[str, np.ndarray], Marginals]:
+def _global_model(site: Site, config: GANConfig = TINY) -> tuple[dict[str, np.ndarray], Marginals]:
     marginals = Marginals.uniform(site.schema)
-    trainer = GANTrainer(TableEncoder(site.schema, marginals), TINY, rng=torch_generator(7, "global"))
+    trainer = GANTrainer(TableEncoder(site.schema, marginals), config, rng=torch_generator(7, "global"))
     return dict(trainer.state_arrays()), marginals
 
 
@@ -614,19 +614,22 @@ def test_the_pytorch_stream_never_counts_the_poisson_batch(demo_schema, demo_fra
     assert torch.equal(states[0], states[1])
 
 
-def test_a_request_whose_answer_the_disk_could_not_hold_is_refused_before_its_charge(tmp_path, small_frame,
-                                                                                     monkeypatch):
+def test_a_site_short_of_its_disk_reserve_refuses_uncharged_at_a_fixed_threshold(tmp_path, small_frame, monkeypatch):
     """Charged first, a full disk lost the stored answer, and the round asked again after a
-    restart was charged again. Too little free disk beside the ledger refuses round 0 and a
-    training round before anything is charged or read, as a retryable failure; with room
-    again, the same request is answered."""
+    restart was charged again. Below the policy's disk reserve, round 0 and a training round
+    are refused before anything is charged or read, as ``no_room``; at the reserve, both are
+    answered. The threshold is the reserve whatever the request: helper-82 padded the global
+    model with arrays the networks ignore to move a threshold set by the answer's size, and
+    read free disk (which moves with the extract's bytes) to 8 bytes by binary search. Padding
+    is now refused as malformed, and an answer too large for the reserve is a policy refusal."""
     import shutil
 
     from fedsyn.client import site as site_module
 
     site = _site(tmp_path, small_frame)
     arrays, marginals = _global_model(site)
-    free = {"bytes": site_module.STORE_HEADROOM_BYTES - 1}  # short of the headroom alone
+    reserve = site.policy.disk_reserve_mib * 2**20
+    free = {"bytes": reserve - 1}
     real_usage = shutil.disk_usage
     monkeypatch.setattr(site_module.shutil, "disk_usage",
                         lambda path: real_usage(path)._replace(free=free["bytes"]))
@@ -638,10 +641,15 @@ def test_a_request_whose_answer_the_disk_could_not_hold_is_refused_before_its_ch
             assert refusal.code is protocol.ErrorCode.NO_ROOM and "free disk" in refusal.public_reason
             assert refusal.code not in protocol.FINAL_CODES  # the run asks again once space is freed
             assert not protocol.possibly_charged(refusal.code)  # and the release's epsilon stays exact
-    answer = sum(value.size for value in arrays.values()) * 4  # float32 on the wire and in the store
-    free["bytes"] = site_module.STORE_HEADROOM_BYTES + answer  # room for the answer, not for its copy
-    assert _refusal(site, lambda: site.train(_request(site), arrays, marginals)).code is protocol.ErrorCode.NO_ROOM
-    free["bytes"] = 2 * site_module.STORE_HEADROOM_BYTES
+        padded = {**arrays, "padding": np.zeros(reserve // 4, dtype=np.float32)}  # would have moved the threshold
+        assert _refusal(site, lambda: site.train(_request(site), padded, marginals)).code \
+            is protocol.ErrorCode.MALFORMED_REQUEST
+        free["bytes"] = reserve
+        widest = replace(TINY, latent_dim=1024, generator_hidden=(1024,) * 4, discriminator_hidden=(1024,) * 4)
+        small = Site(site.policy.model_copy(update={"disk_reserve_mib": 8}))  # the widest model's answer exceeds it
+        refusal = _refusal(small, lambda: small.train(_request(site, gan_config=widest),
+                                                      _global_model(site, widest)[0], marginals))
+        assert refusal.code is protocol.ErrorCode.POLICY_REFUSED and "disk_reserve_mib" in refusal.public_reason
     site.release_marginals(20.0, 50.0, protocol.schema_fingerprint(site.schema))
     site.train(_request(site), arrays, marginals)
     assert len(PrivacyLedger.load(site.policy.ledger).events) == 2
