@@ -425,12 +425,14 @@ def test_python_examples_compile_and_their_imports_resolve() -> None:
 
 @pytest.fixture
 def demo_workdir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> dict[str, object]:
-    """A folder with the demo schema as ``schema.json``, fits cut short, and ``frame``: the demo rows."""
+    """A folder with the demo schema as ``schema.json`` and its rows as ``extract.csv``, fits cut short,
+    and ``frame``: the demo rows."""
     from fedsyn.data.demo import demo_data_path, demo_schema_path
     from fedsyn.data.schema import Schema
     from fedsyn.data.tables import read_table
 
     shutil.copy(demo_schema_path(), tmp_path / "schema.json")
+    shutil.copy(demo_data_path(), tmp_path / "extract.csv")
     monkeypatch.chdir(tmp_path)
     cut_fits_short(monkeypatch, QUICK_EPOCHS)
     return {"frame": read_table(demo_data_path(), Schema.load(demo_schema_path()))}
