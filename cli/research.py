@@ -63,6 +63,10 @@ def fit(
 ) -> None:
     """Fit a DP tabular GAN on one site's extract; write the model and synthetic rows, and a local
     validation report with its verdict against real rows the fit never saw."""
+    from fedsyn.privacy.budget import is_budget, not_a_budget
+
+    if not is_budget(epsilon):  # before torch loads and the extract is read (a newcomer waited 16 s for it)
+        fail(not_a_budget(epsilon))
     from fedsyn.model.gan import DPTabularGAN
     from fedsyn.simulations.workflow import FIT_FOLDER, check_out_folder_replaceable, clear_out_folder, make_run_folder
 

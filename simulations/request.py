@@ -27,7 +27,7 @@ from fedsyn.data.schema import Schema, SchemaError
 from fedsyn.data.tables import DataFileError, read_table
 from fedsyn.data.validation import OutOfDomainRecords, RecordHandling, screen_records
 from fedsyn.errors import ConfigurationError, did_you_mean
-from fedsyn.privacy.budget import is_budget
+from fedsyn.privacy.budget import is_budget, not_a_budget
 from fedsyn.privacy.randomness import is_stream_nonce
 from fedsyn.server.settings import FEDERATED_GAN, FEDERATED_LOCAL_STEPS, FEDERATED_ROUNDS, FederationSettings
 
@@ -128,8 +128,7 @@ class SimulationRequest:
             raise ConfigurationError(f"--engine {self.engine}: choose inprocess or flower")
         for budget in (self.epsilon, *self.sweep):
             if not is_budget(budget):
-                raise ConfigurationError(f"epsilon {budget}: a privacy budget is a positive, finite number (1 per "
-                                         "site is a common choice; smaller is more private and noisier)")
+                raise ConfigurationError(not_a_budget(budget))
 
     @property
     def schema_path(self) -> Path:

@@ -194,6 +194,9 @@ def test_fit_keeps_an_earlier_fit_and_the_researchers_files_unless_told(tmp_path
     assert report.read_text() == first
     failed = _invoke("fit", data, "--schema", tmp_path / "no-such-schema.json", "--out", out, "--overwrite")
     assert failed.exit_code != 0 and report.read_text() == first  # kept until a fit succeeds
+    zero = _invoke(*fit, "--overwrite", "--epsilon", "0")  # as simulate says it, not as "share=0.9 in (0, 1)"
+    assert zero.exit_code == 2 and "a privacy budget is a positive, finite number" in zero.output
+    assert "share" not in zero.output and report.read_text() == first
     assert _invoke(*fit, "--overwrite").exit_code == 0 and (out / ".fedsyn-fit").is_file()
     own = tmp_path / "project"
     own.mkdir()

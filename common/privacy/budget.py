@@ -42,6 +42,12 @@ def is_budget(value: object) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value) and value > 0
 
 
+def not_a_budget(value: object) -> str:
+    """What a researcher reads for an epsilon that is no budget (``fedsyn simulate``, ``fit``)."""
+    return (f"epsilon {value}: a privacy budget is a positive, finite number (1 is a common choice, per site in a "
+            "federation; smaller is more private and noisier)")
+
+
 def is_pairs_share(value: object) -> bool:
     """A usable share of round 0 for pair tables: 0 (none) or from 1 % to below 1. A share so
     small that the picks' epsilon underflows would fail after the charge, so it is refused."""
