@@ -109,6 +109,12 @@ def test_a_drafts_outcome_typo_and_a_schemas_bad_column_name_the_column_never_a_
     assert "column 'crp': kind:" in str(caught.value) and "columns.1" not in str(caught.value)
     assert 'column \'sex\': categories.0: Input should be a valid string (write each category in quotes' \
         in str(caught.value)
+    raw["columns"] = [{"name": "bnp", "kind": "continuous", "lower": 0, "upper": 5000, "transform": "log"}]
+    (tmp_path / "s.json").write_text(json.dumps(raw))
+    with pytest.raises(SchemaError) as caught:  # a newcomer read "column 'bnp': column 'bnp': ..."
+        Schema.load(tmp_path / "s.json")
+    assert str(caught.value).count("'bnp'") == 1 and "column 'bnp': a 'log' transform needs lower > 0" \
+        in str(caught.value)
 
 
 def test_a_file_without_a_header_line_never_prints_its_first_record(demo_frame, demo_schema, tmp_path):
@@ -224,6 +230,25 @@ def test_bounds_left_as_the_draft_read_them_off_the_rows_are_pointed_at_by_name_
         Column(name="died", kind="categorical", categories=["no", "yes"], bounds_source="the protocol")
     with pytest.raises(ValueError, match="'bounds_source' is blank"):
         Column(name="crp", kind="continuous", lower=0.1, upper=500, bounds_source=" ")
+
+
+def test_values_crowded_into_a_few_bins_of_wide_public_bounds_are_noted_by_column_never_by_value():
+    """A newcomer put LDH on its assay's range, 50-5,000 U/L: its patients (100-800) filled 6 of
+    64 bins, and the release's median came back at 2,690 (real 221). Such a column is noted,
+    by name; a count with a bin per value (visits 0-3 on 0-50) is not."""
+    rng = np.random.default_rng(3)
+    ldh = rng.lognormal(5.4, 0.35, 400).round(1)
+    frame = pd.DataFrame({"ldh": ldh, "visits": rng.integers(0, 4, 400), "y": rng.choice(["a", "b"], 400)})
+    schema = Schema(columns=[Column(name="ldh", kind="continuous", lower=50, upper=5000),
+                             Column(name="visits", kind="integer", lower=0, upper=50),
+                             Column(name="y", kind="categorical", categories=["a", "b"])], outcome="y")
+    notes = [note.describe() for note in validate_frame(frame, schema).notes]
+    crowded = [note for note in notes if "middle 98 %" in note]
+    assert len(crowded) == 1 and "ldh" in crowded[0] and "visits" not in crowded[0] and '"log"' in crowded[0]
+    assert str(ldh[0]) not in crowded[0]
+    narrowed = schema.model_copy(update={"columns": [Column(name="ldh", kind="continuous", lower=50, upper=1500,
+                                                            transform="log"), *schema.columns[1:]]})
+    assert not any("middle 98 %" in note.describe() for note in validate_frame(frame, narrowed).notes)
 
 
 def test_a_number_marker_a_numeric_column_could_really_hold_is_noted(demo_frame, demo_schema):

@@ -13,6 +13,7 @@ from typing import Literal
 import numpy as np
 import pandas as pd
 
+from fedsyn.data.grid import bin_index
 from fedsyn.data.schema import (
     MANY_CATEGORIES,
     NO_WORDS,
@@ -108,6 +109,7 @@ def validate_frame(frame: pd.DataFrame, schema: Schema, numbering: RowNumbering 
     problems = _file_problems(frame, schema)
     notes: list[Problem] = []
     named: list[str] = []  # each numeric column whose bounds are its extract's own extremes, with which bounds
+    crowded: list[str] = []  # each numeric column whose values fill only a few of its bins
     for column in schema.columns:
         if column.name in frame.columns:
             series = frame[column.name].reset_index(drop=True)
@@ -121,6 +123,8 @@ def validate_frame(frame: pd.DataFrame, schema: Schema, numbering: RowNumbering 
             sides = _bounds_at_extremes(series, column)
             if sides:
                 named.append(f"{column.name} ({' and '.join(sides)})")
+            if _crowded(series, column):
+                crowded.append(column.name)
             within = _markers_within_bounds(column, [*schema.missing_values, *(column.missing_values or [])])
             if within:
                 notes.append(Problem(column.name, f"missing_values marker(s) {', '.join(within)} lie within this "
@@ -149,7 +153,36 @@ def validate_frame(frame: pd.DataFrame, schema: Schema, numbering: RowNumbering 
                              "where the bound is public (an inclusion criterion, an assay's limit), say so in the "
                              "column's bounds_source",
                              len(named), counted="column(s)"))
+    if crowded:
+        notes.append(Problem("(bounds)", f"{', '.join(crowded)}: the middle 98 % of each column's values fall in "
+                             f"at most {CROWDED_BINS} of its bins, so the release tells them apart no finer, and on a "
+                             "small table the noise in the empty bins beyond can outweigh them: narrow the public "
+                             "bounds to a plausible clinical range, or give a positive measure with a long tail "
+                             "\"transform\": \"log\"", len(crowded), counted="column(s)"))
     return ValidationReport(problems=problems, n_rows=len(frame), notes=notes)
+
+
+# A numeric column whose middle 98 % of values fall in at most this many of its public bins
+# (of 64) is noted: a newcomer's LDH on its assay range 50-5,000 U/L filled 6 bins, and on four
+# sites at epsilon 1 the release's median came back at 2,690 (real 221).
+CROWDED_BINS = 8
+
+
+def _crowded(series: pd.Series, column: Column) -> bool:
+    """Whether the middle 98 % of a numeric column's in-bound values fall in at most
+    :data:`CROWDED_BINS` bins of the public grid while holding more distinct values than those
+    bins (a count with a bin per value, such as visits 0-3, is kept exactly and not noted)."""
+    if column.is_categorical:
+        return False
+    values = pd.to_numeric(series, errors="coerce").to_numpy(dtype=float)
+    values = values[np.isfinite(values) & (values >= column.bounds[0]) & (values <= column.bounds[1])]
+    if values.size < 20:
+        return False
+    low, high = np.quantile(values, [0.01, 0.99])
+    middle = values[(values >= low) & (values <= high)]
+    bins = bin_index(column, pd.Series(middle))
+    spanned = int(bins.max() - bins.min()) + 1
+    return spanned <= CROWDED_BINS and np.unique(middle).size > spanned
 
 
 def _markers_within_bounds(column: Column, markers: list[str]) -> list[str]:
