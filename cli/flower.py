@@ -26,6 +26,17 @@ def run_flower(command: list[str], env: dict[str, str] | None = None) -> None:
         raise typer.Exit(result.returncode)
 
 
+def flower_output(command: list[str], env: dict[str, str] | None = None) -> str:
+    """What a short Flower command printed, for fedsyn to read; when it fails, what it printed
+    (its own error) is shown and its exit code kept."""
+    console.print(f"[dim]$ {' '.join(command)}[/]")
+    result = subprocess.run(command, env={**os.environ, **(env or {})}, capture_output=True, text=True)
+    if result.returncode:
+        console.print(result.stdout + result.stderr, markup=False, highlight=False)
+        raise typer.Exit(result.returncode)
+    return result.stdout
+
+
 def become_flower(command: list[str], env: dict[str, str] | None = None) -> None:
     """Replace this process with a long-running Flower daemon.
 

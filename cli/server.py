@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Annotated, NoReturn
 
 import typer
 
-from fedsyn.cli.flower import become_flower, follow_run, run_flower, run_status
+from fedsyn.cli.flower import become_flower, flower_output, follow_run, run_flower, run_status
 from fedsyn.cli.output import console, fail, setup_logging
 from fedsyn.errors import ConfigurationError
 
@@ -135,9 +135,32 @@ def sites_add(public_key: Path, config: Annotated[Path, typer.Option("--config",
 
 @sites_app.command("list")
 def sites_list(config: Annotated[Path, typer.Option("--config", "-c")] = Path("server.toml")) -> None:
-    """Registered hospitals and whether they are online."""
+    """Registered hospitals, whether they are online, and the name each gave its site (its policy's
+    site_id, from the audit log of [run]): Flower knows a SuperNode by its node id alone."""
+    import json
+
+    from rich.table import Table
+
+    from fedsyn.server.ops.dashboard_state import known_names, read_entries
+
     server_config = _server_config(config)
-    run_flower(server_config.supernode_command("list"), server_config.flwr_environment())
+    printed = flower_output(server_config.supernode_command("list", "--format", "json"),
+                            server_config.flwr_environment())
+    try:
+        listed = json.loads(printed)
+        nodes = [(str(node["node-id"]), str(node["status"]), node.get("online-at") or "")
+                 for node in listed["nodes"]]
+    except (json.JSONDecodeError, KeyError, TypeError):  # not the JSON flwr 1.41 prints: show it as it came
+        console.print(printed, markup=False, highlight=False)
+        return
+    audit = server_config.run.get("audit-log")
+    names = known_names(read_entries(Path(str(audit)))) if audit else {}
+    table = Table("node id", "site", "status", "online since")
+    for node, status, online in nodes:
+        table.add_row(node, names.get(node, "[dim](not seen in a run yet)[/]" if audit else ""), status, str(online))
+    console.print(table)
+    if not audit:
+        console.print(f"[dim]{config} has no [run] audit-log: site names are read from it[/]")
 
 
 @sites_app.command("remove")

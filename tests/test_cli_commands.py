@@ -290,6 +290,35 @@ def test_server_app_hash_and_config_errors(tmp_path):
         assert "Traceback" not in result.output and "pydantic" not in result.output
 
 
+def test_sites_list_names_each_node_by_the_site_id_it_gave(tmp_path, monkeypatch):
+    """Flower lists SuperNodes by node id only; the coordinator's operator knows hospitals by
+    name. `sites list` adds the name each node gave in the run's audit log."""
+    import subprocess
+
+    (tmp_path / "audit.jsonl").write_text("\n".join(json.dumps(entry) for entry in (
+        {"event": "site_budget", "node": 111, "site": "hospital-a"},
+        {"event": "site_refused", "node": 222, "site": "node-222", "reason": "site 'hospital-b' allows at most 1"},
+    )) + "\n")
+    (tmp_path / "server.toml").write_text('[run]\naudit-log = "audit.jsonl"\n')
+    listed = {"success": True, "nodes": [
+        {"node-id": "111", "status": "online", "online-at": "2026-12-06 10:00:00"},
+        {"node-id": "222", "status": "offline", "online-at": ""},
+        {"node-id": "333", "status": "registered", "online-at": ""}]}
+    asked = []
+
+    def flwr(command, **kwargs):
+        asked.append(command)
+        return subprocess.CompletedProcess(command, 0, stdout=json.dumps(listed), stderr="")
+
+    monkeypatch.setattr("fedsyn.cli.flower.subprocess.run", flwr)
+    result = _invoke("server", "sites", "list", "--config", tmp_path / "server.toml")
+    assert result.exit_code == 0 and asked[0][1:5] == ["supernode", "list", "--format", "json"], asked
+    lines = result.output.splitlines()
+    assert any("111" in line and "hospital-a" in line and "online" in line for line in lines), result.output
+    assert any("222" in line and "hospital-b" in line for line in lines), result.output
+    assert any("333" in line and "not seen in a run yet" in line for line in lines), result.output
+
+
 def test_server_toml_run_paths_are_relative_to_the_file(tmp_path):
     from fedsyn.server.ops.superlink import CoordinatorConfig
 
