@@ -23,7 +23,7 @@ from typing import TypeVar
 from flwr.app import ConfigRecord, Context, Error, Message, RecordDict
 from flwr.clientapp import ClientApp
 
-from fedsyn.client.policy import PolicyError, SitePolicy
+from fedsyn.client.policy import SEEDED_DEPLOYMENT, PolicyError, SitePolicy
 from fedsyn.client.site import CHARGED, PolicyRefusal, Site, SiteRefusal
 from fedsyn.data.schema import SchemaError
 from fedsyn.errors import where_it_failed
@@ -43,7 +43,11 @@ def policy_from_node_config(context: Context) -> SitePolicy:
     if "policy" not in context.node_config:
         raise PolicyRefusal("this node was started without node-config 'policy' (path to the site policy file)",
                             ErrorCode.SITE_FAILURE)
-    return SitePolicy.load(str(context.node_config["policy"]))
+    policy = SitePolicy.load(str(context.node_config["policy"]))
+    if policy.seed is not None:
+        raise PolicyRefusal(SEEDED_DEPLOYMENT)
+    return policy
+
 
 
 def _hold_to_quantum(started: float, quantum: float) -> None:
@@ -66,6 +70,22 @@ def _hold_to_quantum(started: float, quantum: float) -> None:
 
 
 _LONGER_THAN_A_QUANTUM = threading.Event()  # said once per process
+
+
+def _record_refusal(site: Site, message: Message, refusal: SiteRefusal) -> None:
+    """The refusal in the site's audit trail: once per kind of refusal between charges, its
+    numbers (which the coordinator chooses) left out, so that asking again, with any numbers,
+    cannot grow the trail (the site's log line keeps them). A trail that cannot be written (a
+    read-only or full disk) is logged here and the refusal still goes out as itself: raised,
+    Flower sent the OSError's text, a path and all, to the coordinator, and the reply skipped
+    its hold (helper-84)."""
+    try:
+        site.trail.append_unless_repeated("request_refused", since=CHARGED, message_type=message.metadata.message_type,
+                                          code=refusal.code.name,
+                                          reason=re.sub(r"\d+(\.\d+)?(e[+-]?\d+)?", "#", refusal.public_reason))
+    except OSError as exc:
+        log.error("the refusal could not be written to the audit trail (%s on %s)",
+                  errno.errorcode.get(exc.errno or 0, exc.errno), exc.filename)
 
 
 def _error_reply(message: Message, code: ErrorCode, public_text: str) -> Message:
@@ -116,13 +136,7 @@ def make_client_app(resolve_policy: PolicyResolver = policy_from_node_config) ->
             except SiteRefusal as exc:
                 log.warning("refused (%s): %s", exc.code.name, exc.public_reason)
                 if site is not None:
-                    # Once per kind of refusal between charges, its numbers (which the coordinator
-                    # chooses) left out: asking again, with any numbers, cannot grow the trail.
-                    # The site's log line above keeps them.
-                    site.trail.append_unless_repeated("request_refused", since=CHARGED,
-                                                      message_type=message.metadata.message_type,
-                                                      code=exc.code.name,
-                                                      reason=re.sub(r"\d+(\.\d+)?(e[+-]?\d+)?", "#", exc.public_reason))
+                    _record_refusal(site, message, exc)
                 answer = (exc.code, exc.public_reason)
             except LedgerError as exc:
                 log.error("ledger unavailable: %s", exc)  # local log: names the site's own files

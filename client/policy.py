@@ -31,6 +31,14 @@ class CoordinatorConnection(BaseModel):
                             description="loopback port of the SuperNode's own API (distinct per node on one host)")
 
 
+# A seeded site keys its noise by (seed, ledger nonce, mechanism, ledger position): after its
+# state folder is restored from an older backup, the next charge takes a position again and
+# draws the same noise, and a coordinator that asks the same mechanism at another noise solves
+# the two answers for the exact counts (helper-84 read every table back to 1e-13).
+SEEDED_DEPLOYMENT = ("the site's policy sets a seed, which is for simulations only: a deployed site draws its noise "
+                     "from fresh entropy; its operator removes the seed")
+
+
 class RequestLimits(BaseModel):
     """The most a coordinator may ask of this site in one training request.
 
@@ -114,8 +122,8 @@ class SitePolicy(BaseModel):
         "work, and how long it takes, do not depend on how many patients the extract holds. Unset: the work "
         "grows with the extract, and a coordinator asking many cheap rounds can time the site's size")
     device: str = Field(default="cpu", description="torch device for local training, e.g. 'cuda'")
-    seed: int | None = Field(default=None, description="fix this site's noise for reproducible simulations; "
-                             "leave unset in production (operating-system randomness)")
+    seed: int | None = Field(default=None, description="fix this site's noise for reproducible simulations; a "
+                             "deployed site refuses to run with one (operating-system randomness)")
     coordinator: CoordinatorConnection | None = None
     approved_apps: list[Annotated[str, StringConstraints(pattern=r"^[0-9a-f]{64}$")]] = Field(
         default_factory=list, description="SHA-256 of the only coordinator App bundles this site runs "

@@ -132,7 +132,7 @@ class ReplyScreen:
         one at a time, so that what the caller records of each stays in the sites' order."""
         for site, reply in replies:
             if reply.has_error():
-                self.drop(site, 0, reply.error.reason or f"error code {reply.error.code}",
+                self.drop(site, 0, protocol.kept_reason(reply.error.code, reply.error.reason),
                           refused=reply.error.code in protocol.FINAL_CODES)
                 continue
             try:
@@ -154,7 +154,7 @@ class ReplyScreen:
         stage = PAIR_TABLES_DROP_STAGE if payload == protocol.PAIR_TABLES else None
         for site, reply in replies:
             if reply.has_error():
-                reason = reply.error.reason or f"error code {reply.error.code}"
+                reason = protocol.kept_reason(reply.error.code, reply.error.reason)
                 self.drop(site, round_, reason, refused=reply.error.code in protocol.FINAL_CODES, stage=stage,
                           possibly_charged=protocol.possibly_charged(reply.error.code))
                 continue

@@ -10,7 +10,7 @@ from flwr.app import Context, Message, RecordDict
 from flwr.common.constant import SUPERLINK_NODE_ID
 from flwr.supercore.task_identity import TaskIdentity
 
-from fedsyn.client.app import make_client_app
+from fedsyn.client.app import make_client_app, policy_from_node_config
 from fedsyn.client.policy import SitePolicy
 from fedsyn.model.config import GANConfig
 from fedsyn.privacy.accounting import rdp_orders
@@ -69,13 +69,15 @@ class CrashingGrid(InProcessGrid):
         return replies
 
 
-def client_reply(policy_path: Path | str, content: RecordDict, message_type: str) -> Message:
+def client_reply(policy_path: Path | str, content: RecordDict, message_type: str, deployed: bool = False) -> Message:
     """What a site's real Flower ClientApp answers to one coordinator message: a Flower
     Message in, a Message out, through the same decoding, guard and refusal handling as a
-    deployment (the site is built afresh from its policy file, as for every message)."""
-    app = make_client_app(lambda _: SitePolicy.load(policy_path))
+    deployment (the site is built afresh from its policy file, as for every message).
+    ``deployed``: the policy is found as a SuperNode finds it, through its node config."""
+    app = make_client_app(policy_from_node_config if deployed else lambda _: SitePolicy.load(policy_path))
     TaskIdentity.run_id, TaskIdentity.node_id, TaskIdentity.task_id = 1, SUPERLINK_NODE_ID, 1  # as a ServerApp
-    context = Context(run_id=1, node_id=5, state=RecordDict(), run_config={}, node_config={})
+    context = Context(run_id=1, node_id=5, state=RecordDict(), run_config={},
+                      node_config={"policy": str(policy_path)} if deployed else {})
     message = Message(content, dst_node_id=5, message_type=message_type, group_id="1")
     message.metadata.__dict__["_message_id"] = "m1"
     return app(message, context)

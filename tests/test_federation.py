@@ -402,6 +402,28 @@ def test_a_site_whose_disk_is_full_for_a_round_is_asked_again_and_its_epsilon_st
     assert site["epsilon_this_run"] == pytest.approx(ledger.epsilon(), rel=1e-9)
 
 
+def test_an_exception_text_flower_sends_for_a_site_is_kept_as_a_fixed_reason(plan, demo_schema, tmp_path):
+    """Flower answers an exception that escapes a site's ClientApp with its type and message (a
+    read-only trail's OSError named a path at the site, helper-84), and the coordinator kept that
+    text in its audit log, dashboard and the signed release. A reason is kept only in the form a
+    fedsyn site writes it (or Flower's own fixed texts); anything else becomes a fixed text."""
+    from flwr.app import Error
+
+    def escape_at_round_two(reply):
+        if reply.metadata.src_node_id == 1001 and protocol.ARRAYS in reply.content \
+                and reply.content.config_records[protocol.PRIVACY]["round"] == 2:
+            reply.__dict__["_content"] = None
+            reply.error = Error(code=2, reason="<class 'OSError'>:<'[Errno 30] Read-only file system: "
+                                                "'/secret-ward/patient-4711/audit.jsonl''>")
+        return reply
+
+    run_in_process(plan, demo_schema, tmp_path, reply_filter=escape_at_round_two)
+    release = tmp_path / "release"
+    site = next(s for s in json.loads((release / "privacy_report.json").read_text())["sites"] if s["node_id"] == 1001)
+    assert [d["round"] for d in site["dropped"]] == [2] and "error code 2" in site["dropped"][0]["reason"]
+    assert not any("secret-ward" in path.read_text(errors="ignore") for path in release.iterdir() if path.is_file())
+
+
 class _EchoingGrid(InProcessGrid):
     """Delivers every training round's first reply twice (a replayed or duplicated message)."""
 

@@ -653,3 +653,52 @@ def test_a_site_short_of_its_disk_reserve_refuses_uncharged_at_a_fixed_threshold
     site.release_marginals(20.0, 50.0, protocol.schema_fingerprint(site.schema))
     site.train(_request(site), arrays, marginals)
     assert len(PrivacyLedger.load(site.policy.ledger).events) == 2
+
+
+def test_a_deployed_site_refuses_to_run_with_a_seed(tmp_path, small_frame):
+    """A seeded site keys its noise by (seed, ledger nonce, mechanism, ledger position): restored
+    from an older backup of its state folder, it drew the same noise at a reused position, and a
+    coordinator that asked the same tables at another noise solved the two answers for the
+    exact counts (helper-84). A seed is for simulations: the deployed ClientApp (its policy
+    found through the SuperNode's node config) and `fedsyn client start` refuse it."""
+    from fedsyn.client.ops.launch import supernode_launch
+    from fedsyn.client.policy import PolicyError
+
+    seeded = _site(tmp_path / "seeded", small_frame, seed=3).policy
+    policy = tmp_path / "seeded" / "sites" / "site-0" / "policy.json"
+    budget = RecordDict({protocol.CONFIG: ConfigRecord({})})
+    refused = client_reply(policy, budget, protocol.QUERY_BUDGET, deployed=True)
+    assert refused.has_error() and refused.error.code == protocol.ErrorCode.POLICY_REFUSED
+    assert "for simulations only" in refused.error.reason and PrivacyLedger.load(seeded.ledger).events == []
+    with pytest.raises(PolicyError, match="for simulations only"):
+        supernode_launch(policy)
+    _site(tmp_path / "fresh", small_frame, seed=None)
+    answered = client_reply(tmp_path / "fresh" / "sites" / "site-0" / "policy.json", budget, protocol.QUERY_BUDGET,
+                            deployed=True)
+    assert not answered.has_error()  # an unseeded deployed site answers
+
+
+def test_a_refusal_whose_trail_cannot_be_written_goes_out_as_itself_after_its_hold(tmp_path, small_frame,
+                                                                                   monkeypatch):
+    """With its audit trail on a read-only disk, a refusal's trail line raised out of the
+    ClientApp: Flower sent the OSError's text (a path at the site) to the coordinator, which kept
+    it in its audit log and the release, and the reply skipped its hold, so every refusal that
+    had read the rows timed them (helper-84). The refusal now goes out as itself, after the hold."""
+    import errno
+
+    from fedsyn.trust.audit import AuditLog
+
+    site = _site(tmp_path, small_frame)
+    policy = tmp_path / "sites" / "site-0" / "policy.json"
+    site.policy.model_copy(update={"reply_quantum_seconds": 0.4}).save(policy)
+
+    def read_only(*_args, **_kwargs):
+        raise OSError(errno.EROFS, "Read-only file system", "/secret-ward/audit.jsonl")
+
+    monkeypatch.setattr(AuditLog, "append_unless_repeated", read_only)
+    config = ConfigRecord({"noise_multiplier": 20.0, "epsilon": 50.0, protocol.SCHEMA_HASH: "0" * 64})
+    started = time.monotonic()
+    reply = client_reply(policy, RecordDict({protocol.CONFIG: config}), protocol.QUERY_MARGINALS)
+    assert time.monotonic() - started >= 0.4
+    assert reply.has_error() and reply.error.code == protocol.ErrorCode.SCHEMA_MISMATCH
+    assert "secret-ward" not in reply.error.reason and "OSError" not in reply.error.reason

@@ -78,6 +78,25 @@ def possibly_charged(code: int) -> bool:
     return code not in FINAL_CODES and code != ErrorCode.NO_ROOM
 
 
+# Flower's own error codes whose reason text Flower writes itself (a message, reply or node
+# unavailable; an App bundle refused): never built from an exception inside a site's ClientApp.
+FLOWER_FIXED_TEXT_CODES = frozenset({3, 4, 5, 7})
+
+
+def kept_reason(code: int, reason: str | None) -> str:
+    """An error reply's reason as the coordinator keeps it (audit log, dashboard, release): a
+    fedsyn code's reason when it has the form :func:`error_reason` gives, Flower's own texts
+    for :data:`FLOWER_FIXED_TEXT_CODES`, and otherwise a fixed text. Flower answers an exception
+    that escapes a ClientApp with its type and message (a read-only trail's OSError: a path at
+    the site and whatever else the message holds, helper-84), which is no public reason."""
+    known = code in {int(c) for c in ErrorCode}
+    if known and reason is not None and reason.startswith(f"{ErrorCode(code).name.lower()}: "):
+        return reason
+    if code in FLOWER_FIXED_TEXT_CODES and reason:
+        return reason
+    return f"the site's ClientApp failed (error code {code}); its operator's log has the details"
+
+
 def error_reason(code: ErrorCode, public_text: str) -> str:
     """The reason string of an error reply: the code's name and a text of public values only."""
     return f"{code.name.lower()}: {public_text}"
