@@ -87,3 +87,15 @@ def test_site_policies_only_take_full_sha256_hashes(tmp_path):
     with pytest.raises(ValueError, match="approved_apps"):
         SitePolicy(site_id="x", data=tmp_path / "d.csv", schema=tmp_path / "s.json", ledger=tmp_path / "l.json",
                    max_epsilon=1.0, delta=1e-5, approved_apps=["2636ddae"])
+
+
+def test_the_coordinator_keeps_a_sites_app_refusal_as_flower_words_it_and_no_other_exception_text():
+    """A site's refusal of the App bundle reaches the coordinator as Flower words an exception
+    ('<class ...>:<'text'>'), and its text names the bundle only: the coordinator keeps it, so the
+    operator is told why. Any other exception text Flower sends for a site is replaced."""
+    from fedsyn.federation import protocol
+
+    refusal = f"{UntrustedAppError}:<'App bundle 0123 is not in this site's approved_apps'>"
+    assert protocol.APP_REFUSED_PREFIX == f"{UntrustedAppError}:"
+    assert protocol.kept_reason(1, refusal) == refusal
+    assert "secret" not in protocol.kept_reason(1, "<class 'OSError'>:<'[Errno 30] /secret/audit.jsonl'>")

@@ -81,18 +81,22 @@ def possibly_charged(code: int) -> bool:
 # Flower's own error codes whose reason text Flower writes itself (a message, reply or node
 # unavailable; an App bundle refused): never built from an exception inside a site's ClientApp.
 FLOWER_FIXED_TEXT_CODES = frozenset({3, 4, 5, 7})
+# How Flower words a site's refusal of the coordinator's App bundle (fedsyn.client.ops.trusted_app,
+# raised where Flower installs the bundle): its text names the bundle's hash and contents only.
+APP_REFUSED_PREFIX = "<class 'fedsyn.client.ops.trusted_app.UntrustedAppError'>:"
 
 
 def kept_reason(code: int, reason: str | None) -> str:
     """An error reply's reason as the coordinator keeps it (audit log, dashboard, release): a
     fedsyn code's reason when it has the form :func:`error_reason` gives, Flower's own texts
-    for :data:`FLOWER_FIXED_TEXT_CODES`, and otherwise a fixed text. Flower answers an exception
+    for :data:`FLOWER_FIXED_TEXT_CODES`, a site's refusal of the App bundle
+    (:data:`APP_REFUSED_PREFIX`), and otherwise a fixed text. Flower answers an exception
     that escapes a ClientApp with its type and message (a read-only trail's OSError: a path at
     the site and whatever else the message holds, helper-84), which is no public reason."""
     known = code in {int(c) for c in ErrorCode}
     if known and reason is not None and reason.startswith(f"{ErrorCode(code).name.lower()}: "):
         return reason
-    if code in FLOWER_FIXED_TEXT_CODES and reason:
+    if reason and (code in FLOWER_FIXED_TEXT_CODES or reason.startswith(APP_REFUSED_PREFIX)):
         return reason
     return f"the site's ClientApp failed (error code {code}); its operator's log has the details"
 
