@@ -140,6 +140,7 @@ def sites_list(config: Annotated[Path, typer.Option("--config", "-c")] = Path("s
     import json
 
     from rich.table import Table
+    from rich.text import Text
 
     from fedsyn.server.ops.dashboard_state import known_names, read_entries
 
@@ -148,16 +149,20 @@ def sites_list(config: Annotated[Path, typer.Option("--config", "-c")] = Path("s
                             server_config.flwr_environment())
     try:
         listed = json.loads(printed)
-        nodes = [(str(node["node-id"]), str(node["status"]), node.get("online-at") or "")
-                 for node in listed["nodes"]]
-    except (json.JSONDecodeError, KeyError, TypeError):  # not the JSON flwr 1.41 prints: show it as it came
+    except json.JSONDecodeError:  # not the JSON flwr 1.41 prints: show it as it came
         console.print(printed, markup=False, highlight=False)
         return
+    if not isinstance(listed, dict) or listed.get("success") is not True:  # flwr's errors exit 0 in JSON
+        why = listed.get("error-message") if isinstance(listed, dict) else listed
+        fail(f"flwr could not list the SuperNodes: {why}")
     audit = server_config.run.get("audit-log")
     names = known_names(read_entries(Path(str(audit)))) if audit else {}
+    unseen = Text("(not seen in a run yet)", style="dim") if audit else Text("")
     table = Table("node id", "site", "status", "online since")
-    for node, status, online in nodes:
-        table.add_row(node, names.get(node, "[dim](not seen in a run yet)[/]" if audit else ""), status, str(online))
+    for node in listed.get("nodes", []):
+        node_id = str(node.get("node-id"))  # every cell as plain text: a site names itself
+        table.add_row(node_id, Text(names[node_id]) if node_id in names else unseen, str(node.get("status")),
+                      str(node.get("online-at") or ""))
     console.print(table)
     if not audit:
         console.print(f"[dim]{config} has no [run] audit-log: site names are read from it[/]")

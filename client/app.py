@@ -23,7 +23,7 @@ from typing import TypeVar
 from flwr.app import ConfigRecord, Context, Error, Message, RecordDict
 from flwr.clientapp import ClientApp
 
-from fedsyn.client.policy import SEEDED_DEPLOYMENT, PolicyError, SitePolicy
+from fedsyn.client.policy import PolicyError, SitePolicy
 from fedsyn.client.site import CHARGED, PolicyRefusal, Site, SiteRefusal
 from fedsyn.data.schema import SchemaError
 from fedsyn.errors import where_it_failed
@@ -44,10 +44,10 @@ def policy_from_node_config(context: Context) -> SitePolicy:
         raise PolicyRefusal("this node was started without node-config 'policy' (path to the site policy file)",
                             ErrorCode.SITE_FAILURE)
     policy = SitePolicy.load(str(context.node_config["policy"]))
-    if policy.seed is not None:
-        raise PolicyRefusal(SEEDED_DEPLOYMENT)
+    problem = policy.deployment_problem()
+    if problem is not None:
+        raise PolicyRefusal(problem)
     return policy
-
 
 
 def _hold_to_quantum(started: float, quantum: float) -> None:
@@ -83,9 +83,10 @@ def _record_refusal(site: Site, message: Message, refusal: SiteRefusal) -> None:
         site.trail.append_unless_repeated("request_refused", since=CHARGED, message_type=message.metadata.message_type,
                                           code=refusal.code.name,
                                           reason=re.sub(r"\d+(\.\d+)?(e[+-]?\d+)?", "#", refusal.public_reason))
-    except OSError as exc:
-        log.error("the refusal could not be written to the audit trail (%s on %s)",
-                  errno.errorcode.get(exc.errno or 0, exc.errno), exc.filename)
+    except Exception as exc:  # noqa: BLE001 - a read-only disk, a full one, a corrupt last line: said locally
+        log.error("the refusal could not be written to the audit trail (%s%s)", type(exc).__name__,
+                  f": {errno.errorcode.get(exc.errno or 0, exc.errno)} on {exc.filename}"
+                  if isinstance(exc, OSError) else "")
 
 
 def _error_reply(message: Message, code: ErrorCode, public_text: str) -> Message:

@@ -31,14 +31,6 @@ class CoordinatorConnection(BaseModel):
                             description="loopback port of the SuperNode's own API (distinct per node on one host)")
 
 
-# A seeded site keys its noise by (seed, ledger nonce, mechanism, ledger position): after its
-# state folder is restored from an older backup, the next charge takes a position again and
-# draws the same noise, and a coordinator that asks the same mechanism at another noise solves
-# the two answers for the exact counts (helper-84 read every table back to 1e-13).
-SEEDED_DEPLOYMENT = ("the site's policy sets a seed, which is for simulations only: a deployed site draws its noise "
-                     "from fresh entropy; its operator removes the seed")
-
-
 class RequestLimits(BaseModel):
     """The most a coordinator may ask of this site in one training request.
 
@@ -161,3 +153,14 @@ class SitePolicy(BaseModel):
 
     def save(self, path: str | Path) -> None:
         Path(path).write_text(self.model_dump_json(by_alias=True, indent=2) + "\n")
+
+    def deployment_problem(self) -> str | None:
+        """Why this policy may not run a deployed site (its ClientApp, ``fedsyn client start``), or
+        None. A seeded site keys its noise by (seed, ledger nonce, mechanism, ledger position):
+        restored whole from an older backup, its state folder takes a ledger position again and
+        drew the same noise there, so a coordinator asking the same tables at another noise
+        solved the two answers for the exact counts (helper-84 read every table back to 1e-13)."""
+        if self.seed is not None:
+            return ("the site's policy sets a seed, which is for simulations only: a deployed site draws its noise "
+                    "from fresh entropy; its operator removes the seed")
+        return None

@@ -127,6 +127,13 @@ class ReplyStore:
                 log.warning("a stored reply could not be slimmed; it is kept whole",
                             extra={"fedsyn": {"event": "reply_not_slimmed", "file": path.name}})
 
+    def stored_bytes(self) -> int:
+        """The bytes the stored answers take on disk: their sizes are what the coordinator's
+        requests chose (the site's disk check counts them as free, see ``Site._check_room``)."""
+        if not self.directory.is_dir():
+            return 0
+        return sum(path.stat().st_size for path in self.directory.glob("*-round-*.npz") if path.is_file())
+
     def charges_proven(self, nonce: str | None, newest: int = 8) -> int:
         """How many charges the ledger with ``nonce`` must hold at least: one more than the
         highest position of a stored answer charged to it (0 when none is stored). Answers are

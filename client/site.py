@@ -310,11 +310,14 @@ class Site:
         The test is against the policy's fixed ``disk_reserve_mib``, never against the answer's
         size: the extract usually shares the disk, so free space moves with the extract's bytes,
         and a threshold the request set (a padded model) let a coordinator binary-search free
-        space to the byte (helper-82's review). Now it learns one bit, whether less than the
-        reserve is free (:attr:`ErrorCode.NO_ROOM`: nothing charged, asked again next round);
+        space to the byte (helper-82's review). The stored answers count as free: their sizes
+        are the coordinator's choice too, and filling the store by chosen amounts moved the
+        same threshold (helper-85). What it learns is one bit, whether less than the reserve is
+        free besides them (:attr:`ErrorCode.NO_ROOM`: nothing charged, asked again next round);
         an answer that, with the copy written beside it, exceeds the reserve is a policy refusal,
         decided by the request and the policy alone. The amounts stay in the local log. Space
-        can still run out between this check and the write (another process, a long round)."""
+        can still run out between this check and the write (another process, a long round, a
+        store grown large)."""
         reserve = self.policy.disk_reserve_mib * 2**20
         if 2 * answer_bytes > reserve:
             raise PolicyRefusal(f"the answer ({answer_bytes / 2**20:.1f} MiB) and the copy written beside it exceed "
@@ -322,10 +325,11 @@ class Site:
                                 "model, or the site's operator raises the reserve")
         disks = {self.policy.ledger.parent, self.replies.directory if self.replies.directory.is_dir()
                  else self.policy.ledger.parent}
-        free = min(shutil.disk_usage(path).free for path in disks)
+        free = min(shutil.disk_usage(path).free for path in disks) + self.replies.stored_bytes()
         if free < reserve:
-            log.error("%.0f MiB free on the disk of %s, below the policy's disk_reserve_mib %d: free some space; "
-                      "nothing was charged", free / 2**20, self.policy.ledger.parent, self.policy.disk_reserve_mib)
+            log.error("%.0f MiB free on the disk of %s (counting its stored answers), below the policy's "
+                      "disk_reserve_mib %d: free some space; nothing was charged", free / 2**20,
+                      self.policy.ledger.parent, self.policy.disk_reserve_mib)
             raise SiteRefusal(ErrorCode.NO_ROOM, "the site has less free disk than its reserve; nothing was charged "
                               "(its operator's log says how much)")
 

@@ -298,12 +298,14 @@ def test_sites_list_names_each_node_by_the_site_id_it_gave(tmp_path, monkeypatch
     (tmp_path / "audit.jsonl").write_text("\n".join(json.dumps(entry) for entry in (
         {"event": "site_budget", "node": 111, "site": "hospital-a"},
         {"event": "site_refused", "node": 222, "site": "node-222", "reason": "site 'hospital-b' allows at most 1"},
+        {"event": "site_budget", "node": 444, "site": "[/]ward[bold]"},  # a site names itself: text, not markup
     )) + "\n")
     (tmp_path / "server.toml").write_text('[run]\naudit-log = "audit.jsonl"\n')
     listed = {"success": True, "nodes": [
         {"node-id": "111", "status": "online", "online-at": "2026-12-06 10:00:00"},
         {"node-id": "222", "status": "offline", "online-at": ""},
-        {"node-id": "333", "status": "registered", "online-at": ""}]}
+        {"node-id": "333", "status": "registered", "online-at": ""},
+        {"node-id": "444", "status": "online", "online-at": ""}]}
     asked = []
 
     def flwr(command, **kwargs):
@@ -317,6 +319,10 @@ def test_sites_list_names_each_node_by_the_site_id_it_gave(tmp_path, monkeypatch
     assert any("111" in line and "hospital-a" in line and "online" in line for line in lines), result.output
     assert any("222" in line and "hospital-b" in line for line in lines), result.output
     assert any("333" in line and "not seen in a run yet" in line for line in lines), result.output
+    assert any("444" in line and "[/]ward[bold]" in line for line in lines), result.output
+    listed = {"success": False, "error-message": "cannot reach the SuperLink at 10.0.0.1:9093"}  # flwr exits 0
+    result = _invoke("server", "sites", "list", "--config", tmp_path / "server.toml")
+    assert result.exit_code == 2 and "cannot reach the SuperLink" in result.output
 
 
 def test_server_toml_run_paths_are_relative_to_the_file(tmp_path):

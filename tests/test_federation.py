@@ -409,18 +409,22 @@ def test_an_exception_text_flower_sends_for_a_site_is_kept_as_a_fixed_reason(pla
     fedsyn site writes it (or Flower's own fixed texts); anything else becomes a fixed text."""
     from flwr.app import Error
 
-    def escape_at_round_two(reply):
-        if reply.metadata.src_node_id == 1001 and protocol.ARRAYS in reply.content \
-                and reply.content.config_records[protocol.PRIVACY]["round"] == 2:
+    def escape(reply):  # site 1001 at round 2, site 1002 at the budget query (the first message)
+        if reply.has_content() and (
+                reply.metadata.src_node_id == 1002 and protocol.BUDGET in reply.content
+                or reply.metadata.src_node_id == 1001 and protocol.ARRAYS in reply.content
+                and reply.content.config_records[protocol.PRIVACY]["round"] == 2):
             reply.__dict__["_content"] = None
             reply.error = Error(code=2, reason="<class 'OSError'>:<'[Errno 30] Read-only file system: "
                                                 "'/secret-ward/patient-4711/audit.jsonl''>")
         return reply
 
-    run_in_process(plan, demo_schema, tmp_path, reply_filter=escape_at_round_two)
+    one_is_enough = FederationSettings(**{**SETTINGS.__dict__, "min_sites": 1})
+    run_in_process(plan, demo_schema, tmp_path, settings=one_is_enough, reply_filter=escape)
     release = tmp_path / "release"
-    site = next(s for s in json.loads((release / "privacy_report.json").read_text())["sites"] if s["node_id"] == 1001)
-    assert [d["round"] for d in site["dropped"]] == [2] and "error code 2" in site["dropped"][0]["reason"]
+    sites = {s["node_id"]: s for s in json.loads((release / "privacy_report.json").read_text())["sites"]}
+    assert [d["round"] for d in sites[1001]["dropped"]] == [2] and "error code 2" in sites[1001]["dropped"][0]["reason"]
+    assert [d["round"] for d in sites[1002]["dropped"]] == [0] and "error code 2" in sites[1002]["dropped"][0]["reason"]
     assert not any("secret-ward" in path.read_text(errors="ignore") for path in release.iterdir() if path.is_file())
 
 

@@ -627,6 +627,7 @@ def test_a_site_short_of_its_disk_reserve_refuses_uncharged_at_a_fixed_threshold
     from fedsyn.client import site as site_module
 
     site = _site(tmp_path, small_frame)
+    site = Site(site.policy.model_copy(update={"disk_reserve_mib": 4}))  # a padding to move it stays small
     arrays, marginals = _global_model(site)
     reserve = site.policy.disk_reserve_mib * 2**20
     free = {"bytes": reserve - 1}
@@ -646,13 +647,21 @@ def test_a_site_short_of_its_disk_reserve_refuses_uncharged_at_a_fixed_threshold
             is protocol.ErrorCode.MALFORMED_REQUEST
         free["bytes"] = reserve
         widest = replace(TINY, latent_dim=1024, generator_hidden=(1024,) * 4, discriminator_hidden=(1024,) * 4)
-        small = Site(site.policy.model_copy(update={"disk_reserve_mib": 8}))  # the widest model's answer exceeds it
-        refusal = _refusal(small, lambda: small.train(_request(site, gan_config=widest),
-                                                      _global_model(site, widest)[0], marginals))
+        refusal = _refusal(site, lambda: site.train(_request(site, gan_config=widest),
+                                                    _global_model(site, widest)[0], marginals))
         assert refusal.code is protocol.ErrorCode.POLICY_REFUSED and "disk_reserve_mib" in refusal.public_reason
     site.release_marginals(20.0, 50.0, protocol.schema_fingerprint(site.schema))
     site.train(_request(site), arrays, marginals)
     assert len(PrivacyLedger.load(site.policy.ledger).events) == 2
+    # The stored answers count as free: their sizes are the coordinator's to choose, and filling
+    # the store by chosen amounts moved the threshold as a padded model had (helper-85).
+    stored = site.replies.stored_bytes()
+    free["bytes"] = reserve - stored
+    site.train(_request(site, round_=2), arrays, marginals)
+    free["bytes"] = reserve - site.replies.stored_bytes() - 1
+    with pytest.raises(SiteRefusal) as caught:
+        site.train(_request(site, round_=3), arrays, marginals)
+    assert caught.value.code is protocol.ErrorCode.NO_ROOM and len(PrivacyLedger.load(site.policy.ledger).events) == 3
 
 
 def test_a_deployed_site_refuses_to_run_with_a_seed(tmp_path, small_frame):

@@ -44,8 +44,11 @@ def checked_install(policy: SitePolicy, install: Callable[..., Path]) -> Callabl
         try:
             check_app_bundle(fab_file, frozenset(policy.approved_apps))
         except UntrustedAppError as refusal:
-            AuditLog(policy.audit_trail).append("app-refused", fab_hash=bundle_hash(fab_file), reason=str(refusal))
             log.error("site %s refused the coordinator's App: %s", policy.site_id, refusal)
+            try:  # a trail that cannot be written must not replace the refusal the coordinator hears
+                AuditLog(policy.audit_trail).append("app-refused", fab_hash=bundle_hash(fab_file), reason=str(refusal))
+            except Exception as exc:  # noqa: BLE001 - a read-only or full disk, a corrupt last line
+                log.error("the App refusal could not be written to the audit trail (%s)", type(exc).__name__)
             raise
         return install(fab_file, *args, **kwargs)
 

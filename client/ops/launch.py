@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from fedsyn.client.ops.clientapp_process import install_launcher
-from fedsyn.client.policy import SEEDED_DEPLOYMENT, PolicyError, SitePolicy
+from fedsyn.client.policy import PolicyError, SitePolicy
 from fedsyn.client.site import Site
 from fedsyn.federation.flower_programs import flower_program, search_path
 
@@ -35,8 +35,9 @@ def supernode_launch(policy_path: Path) -> SupernodeLaunch:
     data it cannot train on.
     """
     policy = SitePolicy.load(policy_path)
-    if policy.seed is not None:
-        raise PolicyError(f"{policy_path}: {SEEDED_DEPLOYMENT}")
+    problem = policy.deployment_problem()
+    if problem is not None:
+        raise PolicyError(f"{policy_path}: {problem}")
     if policy.coordinator is None:
         raise PolicyError(f"{policy_path} has no [coordinator] section (superlink, root_certificates, "
                           "auth_private_key): add it to join a federation")

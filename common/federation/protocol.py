@@ -67,20 +67,21 @@ class ErrorCode(IntEnum):
     NO_ROOM = 507  # the site's disk could not hold the answer: refused before any charge, asked again next round
 
 
-RETRY_CODES = frozenset({ErrorCode.SITE_FAILURE, ErrorCode.NO_ROOM})
-FINAL_CODES = frozenset(ErrorCode) - RETRY_CODES
+FINAL_CODES = frozenset(ErrorCode) - {ErrorCode.SITE_FAILURE, ErrorCode.NO_ROOM}  # the rest are asked again
+UNCHARGED_CODES = FINAL_CODES | {ErrorCode.NO_ROOM}  # sent before any charge
 
 
 def possibly_charged(code: int) -> bool:
     """Whether a site that answered with error ``code`` may have charged its ledger for the
     request: after an unexpected failure, or a code this version does not know (a newer site's),
-    yes; a final refusal or :attr:`ErrorCode.NO_ROOM` is sent before any charge."""
-    return code not in FINAL_CODES and code != ErrorCode.NO_ROOM
+    yes; :data:`UNCHARGED_CODES` are sent before any charge."""
+    return code not in UNCHARGED_CODES
 
 
 # Flower's own error codes whose reason text Flower writes itself (a message, reply or node
-# unavailable; an App bundle refused): never built from an exception inside a site's ClientApp.
-FLOWER_FIXED_TEXT_CODES = frozenset({3, 4, 5, 7})
+# unavailable; an App bundle refused; a ClientApp that stopped responding): never built from an
+# exception inside a site's ClientApp.
+FLOWER_FIXED_TEXT_CODES = frozenset({3, 4, 5, 7, 8})
 # How Flower words a site's refusal of the coordinator's App bundle (fedsyn.client.ops.trusted_app,
 # raised where Flower installs the bundle): its text names the bundle's hash and contents only.
 APP_REFUSED_PREFIX = "<class 'fedsyn.client.ops.trusted_app.UntrustedAppError'>:"
@@ -98,7 +99,7 @@ def kept_reason(code: int, reason: str | None) -> str:
         return reason
     if reason and (code in FLOWER_FIXED_TEXT_CODES or reason.startswith(APP_REFUSED_PREFIX)):
         return reason
-    return f"the site's ClientApp failed (error code {code}); its operator's log has the details"
+    return f"no usable answer from the site (error code {code}); the site's operator log may say why"
 
 
 def error_reason(code: ErrorCode, public_text: str) -> str:
