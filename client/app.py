@@ -72,6 +72,16 @@ def _hold_to_quantum(started: float, quantum: float) -> None:
 _LONGER_THAN_A_QUANTUM = threading.Event()  # said once per process
 
 
+def _system(exc: BaseException) -> str:
+    """' (EROFS on /path)' for an OSError on the site's own files: its error number and the path
+    the site itself gave, never the message's other text (helper-78's full disk logged only
+    'OSError'); '' for anything else."""
+    if not isinstance(exc, OSError) or exc.errno is None:
+        return ""
+    return f" ({errno.errorcode.get(exc.errno, exc.errno)}" + (f" on {exc.filename})" if exc.filename is not None
+                                                                else ")")
+
+
 def _record_refusal(site: Site, message: Message, refusal: SiteRefusal) -> None:
     """The refusal in the site's audit trail: once per kind of refusal between charges, its
     numbers (which the coordinator chooses) left out, so that asking again, with any numbers,
@@ -84,9 +94,7 @@ def _record_refusal(site: Site, message: Message, refusal: SiteRefusal) -> None:
                                           code=refusal.code.name,
                                           reason=re.sub(r"\d+(\.\d+)?(e[+-]?\d+)?", "#", refusal.public_reason))
     except Exception as exc:  # noqa: BLE001 - a read-only disk, a full one, a corrupt last line: said locally
-        log.error("the refusal could not be written to the audit trail (%s%s)", type(exc).__name__,
-                  f": {errno.errorcode.get(exc.errno or 0, exc.errno)} on {exc.filename}"
-                  if isinstance(exc, OSError) else "")
+        log.error("the refusal could not be written to the audit trail (%s%s)", type(exc).__name__, _system(exc))
 
 
 def _error_reply(message: Message, code: ErrorCode, public_text: str) -> Message:
@@ -148,13 +156,9 @@ def make_client_app(resolve_policy: PolicyResolver = policy_from_node_config) ->
                 answer = (ErrorCode.POLICY_REFUSED, "the site's policy or schema file is invalid; its operator sees "
                           "the details locally")
             except Exception as exc:  # noqa: BLE001 - whatever it was, its text may hold private values
-                # The site's own log gets where it failed; the reply gets a fixed text. An OSError on the
-                # site's own files says which and why (helper-78's full disk logged only 'OSError'):
-                # its error number and the path the site itself gave, never the message's other text.
-                system = (f" ({errno.errorcode.get(exc.errno, exc.errno)}"
-                          + (f" on {exc.filename})" if exc.filename is not None else ")")
-                          if isinstance(exc, OSError) and exc.errno is not None else "")
-                log.error("request failed with %s%s\n%s", type(exc).__name__, system, where_it_failed(exc))
+                # The site's own log gets where it failed (and, for its own files, which and why); the
+                # reply gets a fixed text.
+                log.error("request failed with %s%s\n%s", type(exc).__name__, _system(exc), where_it_failed(exc))
                 answer = (ErrorCode.SITE_FAILURE, "unexpected failure at the site")
             if site is not None:
                 _hold_to_quantum(started, site.policy.reply_quantum_seconds)

@@ -550,9 +550,6 @@ class Site:
         except (IndexError, KeyError, RuntimeError, ValueError) as exc:
             log.warning("the global model does not fit this site's schema: %s", type(exc).__name__)
             raise _model_misfit() from None
-        if set(arrays) != set(trainer.state_arrays()):  # arrays the networks ignore are no model's
-            log.warning("the global model holds arrays the requested networks do not have")
-            raise _model_misfit()
         return trainer
 
 

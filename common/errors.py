@@ -82,7 +82,6 @@ def validation_problems(exc: ValidationError, place: Callable[[tuple[int | str, 
         loc = tuple(error["loc"])
         where = place(loc) if place is not None else ".".join(str(part) for part in loc)
         message = str(error["msg"]).removeprefix("Value error, ") + (hint(error) if hint is not None else "")
-        said = message.startswith((f"{where}:", f"numeric {where} ", f"integer {where}:"))  # named once
-        return f"{where}: {message}" if where and not said else message
+        return f"{where}: {message}" if where else message
 
     return "; ".join(one(error) for error in exc.errors())

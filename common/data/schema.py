@@ -344,8 +344,10 @@ def schema_problems(exc: ValidationError, raw: object) -> str:
     def place(loc: tuple[int | str, ...]) -> str:
         if len(loc) >= 2 and loc[0] == "columns" and isinstance(loc[1], int) and isinstance(columns, list) \
                 and loc[1] < len(columns) and isinstance(columns[loc[1]], dict) and "name" in columns[loc[1]]:
+            if len(loc) == 2:  # a Column validator's own error, which names its column (a newcomer read it twice)
+                return ""
             rest = ".".join(str(part) for part in loc[2:])
-            return f"column '{columns[loc[1]]['name']}'" + (f": {rest}" if rest else "")
+            return f"column '{columns[loc[1]]['name']}': {rest}"
         return ".".join(str(part) for part in loc)
 
     def hint(error: ErrorDetails) -> str:

@@ -512,7 +512,12 @@ class GANTrainer:
 
     def load_state_arrays(self, arrays: dict[str, np.ndarray], sampler_decay: float = 0.0) -> None:
         """Load G and D; the sampling copy becomes G (``sampler_decay=0``) or moves towards it
-        as an exponential moving average (the coordinator's average over rounds)."""
+        as an exponential moving average (the coordinator's average over rounds). Arrays these
+        networks do not have are refused (ValueError), not ignored: a site that ignored them let a
+        coordinator pad the global model at will (helper-82)."""
+        stray = [name for name in arrays if not name.startswith(("generator.", "discriminator."))]
+        if stray:
+            raise ValueError(f"{len(stray)} array(s) belong to neither network")
         for prefix, module in (("generator", self.generator), ("discriminator", self.discriminator)):
             state = {name[len(prefix) + 1:]: torch.as_tensor(np.asarray(value))
                      for name, value in arrays.items() if name.startswith(prefix + ".")}
