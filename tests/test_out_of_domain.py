@@ -200,3 +200,36 @@ def test_blank_empties_the_bad_cells_of_nullable_columns_and_drops_the_rest(smal
     assert screening.changed == "3 record(s) left out, 2 cell(s) emptied"  # counts of what happened, no value
     dirty.loc[3, "creatinine"] = 999.0  # in a record left out for its kappa: left out, not emptied too
     assert screen_records(dirty, demo_schema, "blank").blanked == 2
+
+
+def test_a_site_whose_column_changed_form_refuses_to_join_naming_it_and_no_value(tmp_path, small_frame):
+    """helper-78's F4: a new export that wrote kappa with its unit left 90 % of the records out
+    of domain, and `client start` joined with the rest. Now it refuses before joining (the
+    coordinator sees a site that has not come, never a refusal), names the column and the kind,
+    and leaves a few bad records to ``out_of_domain`` as before."""
+    from fedsyn.client.ops.launch import supernode_launch
+    from fedsyn.client.policy import CoordinatorConnection
+    from fedsyn.data.validation import WidespreadProblems
+    from fedsyn.privacy.accounting import PrivacyLedger
+
+    kept = len(small_frame) // 20  # 5 %: below the default share of 10 %
+    changed = small_frame.assign(kappa=[f"{value:.3f}" + (" mg/L" if row >= kept else "")
+                                        for row, value in enumerate(small_frame["kappa"])])
+    path = prepare_sites([changed], demo_schema_path(), tmp_path, epsilon=5.0, delta=1e-5).policies[0]
+    connection = CoordinatorConnection(superlink="127.0.0.1:9092", root_certificates=tmp_path / "ca.crt",
+                                       auth_private_key=tmp_path / "auth.key")
+    SitePolicy.load(path).model_copy(update={"coordinator": connection}).save(path)
+    with pytest.raises(WidespreadProblems) as refused:
+        supernode_launch(path)
+    message = str(refused.value)
+    assert "column 'kappa'" in message and "not a number" in message and "max_problem_share" in message
+    assert "mg/L" not in message and f"{small_frame.loc[kept, 'kappa']:.3f}" not in message
+    assert not PrivacyLedger.load(SitePolicy.load(path).ledger).events
+
+    SitePolicy.load(path).model_copy(update={"max_problem_share": 0.99}).save(path)
+    assert supernode_launch(path).command  # the operator's choice: the records go to out_of_domain
+    few = small_frame.assign(kappa=["n/a" if row < kept else f"{value:.3f}"  # 5 %: handled one by one, as before
+                                    for row, value in enumerate(small_frame["kappa"])])
+    write_table(few, SitePolicy.load(path).data)
+    SitePolicy.load(path).model_copy(update={"max_problem_share": 0.1}).save(path)
+    assert supernode_launch(path).command

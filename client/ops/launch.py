@@ -15,6 +15,7 @@ from pathlib import Path
 from fedsyn.client.ops.clientapp_process import install_launcher
 from fedsyn.client.policy import PolicyError, SitePolicy
 from fedsyn.client.site import Site
+from fedsyn.data.validation import ValidationReport, WidespreadProblems
 from fedsyn.federation.flower_programs import flower_program, search_path
 
 log = logging.getLogger("fedsyn.client")
@@ -32,7 +33,10 @@ def supernode_launch(policy_path: Path) -> SupernodeLaunch:
     """Check the site's data against the schema, then say how to start its SuperNode.
 
     Refuses (raising with a report) when the extract does not fit: a site never joins with
-    data it cannot train on.
+    data it cannot train on, nor with a problem in more of its records than the policy's
+    ``max_problem_share`` leaves to ``out_of_domain`` (a column that changed form). Each request
+    screens the extract again and handles its records one by one, never refusing on a share:
+    a refusal decided by how many records fail would tell the coordinator that share.
     """
     policy = SitePolicy.load(policy_path)
     problem = policy.deployment_problem()
@@ -42,6 +46,10 @@ def supernode_launch(policy_path: Path) -> SupernodeLaunch:
         raise PolicyError(f"{policy_path} has no [coordinator] section (superlink, root_certificates, "
                           "auth_private_key): add it to join a federation")
     screening = Site(policy).screened()  # raises LedgerError without a ledger, DataValidationError naming rows
+    widespread = screening.widespread(policy.max_problem_share)
+    if widespread:  # before joining: the coordinator sees a site that has not come, not a refusal
+        raise WidespreadProblems(ValidationReport(widespread, len(screening.frame) + screening.dropped),
+                                 policy.max_problem_share, str(policy.data))
     for note in screening.notes:  # the operator hears them once, here (no counts: `fedsyn validate` has them)
         log.warning("extract %s: %s", policy.data, note.named())
     connection = policy.coordinator

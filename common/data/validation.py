@@ -99,6 +99,21 @@ class OutOfDomainRecords(DataValidationError):
     clamping or blanking those records (``screen_records``) would let the rest through."""
 
 
+class WidespreadProblems(DataValidationError):
+    """A kind of problem touches more of the extract than its site allows when it starts
+    (:meth:`Screening.widespread`): a column whose form changed in a new export (a unit written
+    beside each number, a code list renamed), which handling record by record would quietly
+    turn into a site training on the few records left."""
+
+    def __init__(self, report: ValidationReport, share: float, source: str = "data"):
+        super().__init__(report, source)
+        self.args = (f"{source}: a problem in more than {share:.0%} of its records, which the site's policy "
+                     "(max_problem_share) does not leave to out_of_domain handling. Did a new export change "
+                     f"these columns' form?\n{report.describe()}\nFix the extract or the schema (`fedsyn validate` "
+                     "checks it again), or raise max_problem_share in the policy if these records should be left "
+                     "to out_of_domain",)
+
+
 def numbering_for(path: str | Path) -> RowNumbering:
     """How a person finds a row of this file: CSV lines (header is line 1) or Parquet rows."""
     return "row" if Path(str(path)).suffix.lower() in {".parquet", ".pq"} else "line"
@@ -439,6 +454,11 @@ class Screening:
                  f"{self.blanked} cell(s) emptied" if self.blanked else ""]
         return ", ".join(part for part in parts if part) or "nothing changed"
 
+    def widespread(self, share: float) -> list[Problem]:
+        """The problems found in more than ``share`` of the extract's records, before handling."""
+        records = len(self.frame) + self.dropped
+        return [problem for problem in self.problems if problem.rows > share * records]
+
 
 def screen_records(frame: pd.DataFrame, schema: Schema, handling: RecordHandling, source: str = "data") -> Screening:
     """The extract with its out-of-domain records handled as the site's policy says.
@@ -491,9 +511,9 @@ def screen_records(frame: pd.DataFrame, schema: Schema, handling: RecordHandling
             bad |= mask
     kept = frame.loc[~bad].reset_index(drop=True)
     if kept.empty:
-        raise DataValidationError(ValidationReport([Problem("(every column)", "no record fits the schema once "
-                                                            "out-of-domain records are dropped", len(frame))],
-                                                   len(frame)), source)
+        raise DataValidationError(ValidationReport([*report.problems, Problem(
+            "(every column)", "no record fits the schema once out-of-domain records are dropped", len(frame))],
+            len(frame)), source)
     kept_repairs = int(repaired[~bad].sum())  # a record left out counts as left out, not repaired too
     return Screening(kept, int(bad.sum()), kept_repairs if handling == "clamp" else 0, report.problems, report.notes,
                      kept_repairs if handling == "blank" else 0)
