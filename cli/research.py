@@ -566,6 +566,14 @@ def evaluate(
         if not own.any():
             fail(f"--site {site}: the synthetic table holds no row with {site_column} = {site}")
         tables[0] = tables[0][own].reset_index(drop=True)
+        for index, path in ((1, real_train), (2, real_test)):  # a file of every hospital: its own rows only
+            hospital = tables[index][site_column].astype(str) == site
+            if not hospital.any():
+                fail(f"--site {site}: {path} holds no row with {site_column} = {site}: give that hospital's rows")
+            if not hospital.all():
+                console.print(f"note: {path} holds rows of other hospitals: compared with its {int(hospital.sum())} "
+                              f"row(s) of {site_column} = {site}", soft_wrap=True)
+                tables[index] = tables[index][hospital].reset_index(drop=True)
     from fedsyn.data.validation import numbering_for, validate_frame
     from fedsyn.simulations.workflow import write_local_report
 

@@ -400,6 +400,13 @@ def test_evaluate_at_one_hospital_compares_that_hospitals_synthetic_rows_only(tm
     assert by_site.exit_code == 0 and "does not fit" not in by_site.output, by_site.output
     sites = json.loads((tmp_path / "by-site" / "report.json").read_text())["fidelity"]["sites"]
     assert sorted(site["site"] for site in sites) == ["F", "M"]
+    mixed = _invoke("evaluate", "--schema", demo_schema_path(), "--synthetic", tmp_path / "synthetic.csv",
+                    "--real-train", tmp_path / "train_all.csv", "--real-test", tmp_path / "test_all.csv",
+                    "--site-column", "sex", "--site", "F", "--out", tmp_path / "mixed")  # files of every hospital
+    assert mixed.exit_code == 0 and "holds rows of other hospitals" in " ".join(mixed.output.split())
+    counted = json.loads((tmp_path / "mixed" / "report.json").read_text())["rows"]
+    assert (counted["real_train"], counted["real_test"]) == (int((everyone.iloc[:200]["sex"] == "F").sum()),
+                                                           int((everyone.iloc[200:]["sex"] == "F").sum()))
     alone = _invoke("evaluate", *files, "--site", "F", "--out", tmp_path / "again")
     assert alone.exit_code == 2 and "--site-column" in alone.output
     absent = _invoke("evaluate", *files, "--site-column", "sex", "--site", "X", "--out", tmp_path / "again")
