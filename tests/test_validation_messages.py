@@ -307,6 +307,7 @@ def test_a_levels_declared_spellings_are_read_as_it_in_csv_and_parquet(tmp_path)
     ({"categories": ["no", "yes"], "spellings": {"no": ["N/A"]}}, "read as an empty cell"),  # pandas' NA
     ({"categories": ["no", "yes"], "spellings": {"yes": [" "]}}, "is empty"),
     ({"categories": ["no", "yes"], "spellings": {"yes": ["unk"]}, "missing_values": ["unk"]}, "missing_values"),
+    ({"categories": ["a", "b"], "spellings": {"b": ["2"]}, "missing_values": ["2.0"]}, "missing_values"),  # blanks 2
     ({"kind": "integer", "lower": 0, "upper": 3, "spellings": {"1": ["one"]}}, "must not list"),
 ])
 def test_a_spelling_reads_as_one_level_only(column, error):
@@ -321,6 +322,9 @@ def test_a_spelling_the_schemas_markers_blank_is_refused_and_none_listed_is_none
     with pytest.raises(ValueError, match="among the schema's missing_values"):
         Schema(name="t", missing_values=["?"], columns=[
             Column(name="flag", kind="categorical", categories=["no", "yes"], spellings={"no": ["?"]})])
+    with pytest.raises(ValueError, match="among the schema's missing_values"):  # a number marker blanks a 2 too
+        Schema(name="t", missing_values=["2.0"], columns=[
+            Column(name="flag", kind="categorical", categories=["a", "b"], spellings={"b": ["2"]})])
     # a marker the column lists as a level is kept there exactly: in another letter case it is blanked
     with pytest.raises(ValueError, match="among the schema's missing_values"):
         Schema(name="t", missing_values=["unknown"], columns=[

@@ -161,7 +161,7 @@ class Column(BaseModel):
         flag = yes_no_levels(self.levels)
         if flag is not None:  # its Y, 1 and true are its yes already: never another level's spelling
             reads_as |= {word: flag[0] for word in READ_AS_YES} | {word: flag[1] for word in READ_AS_NO}
-        markers = {marker.casefold() for marker in self.missing_values or []}
+        markers = {spelling_key(marker) for marker in self.missing_values or []}  # a marker 2.0 blanks a cell 2
         for level, written in self.spellings.items():
             for spelling in written:
                 key = spelling_key(spelling)
@@ -272,7 +272,7 @@ class Schema(BaseModel):
                 raise ValueError(f"outcome '{self.outcome}' must be a categorical column")
         check_markers(self.missing_values, "missing_values")
         for column in self.categorical_columns:  # a marker the column lists as a level is kept there, no other
-            markers = {marker.casefold() for marker in self.missing_values if marker not in column.levels}
+            markers = {spelling_key(marker) for marker in self.missing_values if marker not in column.levels}
             blanked = sorted(set(column.spelled_levels()) & markers)
             if blanked:
                 raise ValueError(f"column '{column.name}': its spellings {blanked} are among the schema's "
