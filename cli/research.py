@@ -543,9 +543,10 @@ def evaluate(
 ) -> None:
     """Fidelity, utility and privacy of a synthetic table: writes report.json and report.html.
 
-    Both files are local: report.html plots real rows (a scatter of up to 2,000 of them), so it
-    never leaves; what may leave is report.json's aggregate numbers, which are not DP-protected:
-    treat sharing them as a release of information.
+    Both files are local, like a simulation's local-report/: report.html plots real rows (a
+    scatter of up to 2,000 of them) and report.json holds exact statistics of the real rows
+    (row counts, each category's share, spreads, missing shares, each hospital's means), none
+    DP-protected: two reports a patient apart give that patient's record away (helper-86).
     """
     try:
         contract = Schema.load(schema)

@@ -517,3 +517,15 @@ def test_links_resolve_inside_the_repository() -> None:
 def test_no_path_outside_the_repository() -> None:
     for doc in DOCS:
         assert "../shared" not in doc.read_text(), f"{doc.relative_to(ROOT)} points at a folder outside the repository"
+
+
+def test_a_report_of_real_rows_is_never_offered_for_sharing() -> None:
+    """helper-86: `fedsyn evaluate`'s help and researchers.md said report.json's numbers 'may
+    leave', yet it holds exact counts, shares and spreads of the real rows: two reports of
+    extracts one patient apart gave that patient's record away. Both are local, and say so."""
+    from fedsyn.cli.research import evaluate
+
+    help_text = " ".join((evaluate.__doc__ or "").split())
+    assert "Both files are local" in help_text and "report.json holds exact statistics" in help_text
+    for text in [help_text, *(" ".join(path.read_text().split()) for path in DOCS)]:
+        assert "may leave is" not in text and "What may leave" not in text
