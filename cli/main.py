@@ -17,6 +17,7 @@ import typer
 
 from fedsyn.cli import client, data, output, research, server, trust
 from fedsyn.cli.output import console
+from fedsyn.federation.flower_programs import NO_TELEMETRY
 
 # Tracebacks are off: rich's would print local variables (patient rows); see main().
 app = typer.Typer(help="Federated, differentially private synthetic health records.", no_args_is_help=True,
@@ -83,6 +84,7 @@ def main() -> None:
 
     if not sys.stdout.isatty():  # help piped or captured: keep option names whole (Typer's default is 80 columns)
         os.environ.setdefault("TERMINAL_WIDTH", "120")
+    os.environ.update(NO_TELEMETRY)  # before Flower loads (it reads this once), here and in every process it starts
     try:
         app()
     except FedsynError as exc:  # fedsyn's own errors speak to the user and quote no patient value

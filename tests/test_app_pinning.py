@@ -1,5 +1,6 @@
 """The hospital's check of the coordinator's App bundle, on bundles Flower itself builds."""
 
+import inspect
 import json
 import tomllib
 from pathlib import Path
@@ -99,3 +100,33 @@ def test_the_coordinator_keeps_a_sites_app_refusal_as_flower_words_it_and_no_oth
     assert protocol.APP_REFUSED_PREFIX == f"{UntrustedAppError}:"
     assert protocol.kept_reason(1, refusal) == refusal
     assert "secret" not in protocol.kept_reason(1, "<class 'OSError'>:<'[Errno 30] /secret/audit.jsonl'>")
+
+
+def test_no_process_fedsyn_starts_for_flower_sends_flowers_telemetry(tmp_path, monkeypatch):
+    """helper-88's F4: Flower posts usage events to telemetry.flower.ai (a machine id, the OS,
+    each ClientApp run's start and exit code) unless FLWR_TELEMETRY_ENABLED=0. Every process
+    fedsyn starts for Flower, the deploy files and the fedsyn command itself turn it off."""
+    import subprocess
+    import sys
+
+    from fedsyn.client.ops.clientapp_process import install_launcher
+    from fedsyn.client.ops.launch import supernode_launch
+    from fedsyn.server.ops.superlink import CoordinatorConfig
+
+    (tmp_path / "server.toml").write_text('[run]\nschema = "schema.json"\n')
+    coordinator = CoordinatorConfig.load(tmp_path / "server.toml")
+    for environment in (coordinator.superlink_environment(), coordinator.flwr_environment()):
+        assert environment["FLWR_TELEMETRY_ENABLED"] == "0"
+    launcher = (install_launcher(tmp_path / "bin", tmp_path / "policy.json") / "flwr-clientapp").read_text()
+    assert "FLWR_TELEMETRY_ENABLED=0 " in launcher.splitlines()[1]
+    assert "NO_TELEMETRY" in inspect.getsource(supernode_launch)
+    root = Path(__file__).resolve().parents[1] / "deploy"
+    for name in ("systemd/fedsyn-client.service", "systemd/fedsyn-server.service", "Dockerfile.client",
+                 "Dockerfile.server", "compose.yaml"):
+        assert "FLWR_TELEMETRY_ENABLED" in (root / name).read_text(), name
+    monkeypatch.setenv("FLWR_TELEMETRY_ENABLED", "1")
+    shown = subprocess.run([sys.executable, "-c", "import os, sys; sys.argv = ['fedsyn', '--version']\n"
+                            "from fedsyn.cli.main import main\ntry:\n    main()\nexcept SystemExit:\n"
+                            "    print(os.environ['FLWR_TELEMETRY_ENABLED'])"],
+                           capture_output=True, text=True, check=True)
+    assert shown.stdout.strip().endswith("0")

@@ -28,6 +28,7 @@ from flwr.supernode.runtime import run_clientapp as flower_runtime
 from fedsyn.client.ops.trusted_app import UntrustedAppError, check_app_bundle
 from fedsyn.client.policy import SitePolicy
 from fedsyn.federation.app_bundle import bundle_hash
+from fedsyn.federation.flower_programs import NO_TELEMETRY
 from fedsyn.logs import configure_child
 from fedsyn.trust.audit import AuditLog
 
@@ -73,7 +74,8 @@ def install_launcher(directory: Path, policy_path: Path) -> Path:
     directory.mkdir(parents=True, exist_ok=True)
     launcher = directory / FLOWER_COMMAND
     launcher.write_text("#!/bin/sh\n"
-                        f"{POLICY_VARIABLE}={shlex.quote(str(Path(policy_path).resolve()))} "
+                        + "".join(f"{name}={value} " for name, value in NO_TELEMETRY.items())
+                        + f"{POLICY_VARIABLE}={shlex.quote(str(Path(policy_path).resolve()))} "
                         f'exec {shlex.quote(sys.executable)} -m fedsyn.client.ops.clientapp_process "$@"\n')
     launcher.chmod(launcher.stat().st_mode | stat.S_IXUSR | stat.S_IXGRP)
     return directory

@@ -16,7 +16,7 @@ from fedsyn.client.ops.clientapp_process import install_launcher
 from fedsyn.client.policy import PolicyError, SitePolicy
 from fedsyn.client.site import Site
 from fedsyn.data.validation import ValidationReport, WidespreadProblems
-from fedsyn.federation.flower_programs import flower_program, search_path
+from fedsyn.federation.flower_programs import NO_TELEMETRY, flower_program, search_path
 
 log = logging.getLogger("fedsyn.client")
 
@@ -63,4 +63,4 @@ def supernode_launch(policy_path: Path) -> SupernodeLaunch:
         "--node-config", f'policy="{Path(policy_path).resolve()}"',
         "--port", str(connection.local_port),
     ]
-    return SupernodeLaunch(command, {"PATH": path})
+    return SupernodeLaunch(command, {"PATH": path, **NO_TELEMETRY})

@@ -13,6 +13,11 @@ import shutil
 import sys
 from pathlib import Path
 
+# Flower posts usage events to telemetry.flower.ai unless this is set: a persistent machine id,
+# the OS and CPU count, and, at a hospital, each ClientApp run's start and exit code, one per
+# coordinator message (helper-88). A site dials its coordinator and nothing else.
+NO_TELEMETRY = {"FLWR_TELEMETRY_ENABLED": "0"}
+
 
 def search_path(*first: Path) -> str:
     """``first`` folders, then this interpreter's scripts folder, then the inherited ``PATH``."""

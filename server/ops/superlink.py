@@ -16,7 +16,7 @@ from pydantic import BaseModel, Field, ValidationError
 
 from fedsyn.errors import ConfigurationError, validation_problems
 from fedsyn.federation.app_bundle import bundle_hash
-from fedsyn.federation.flower_programs import flower_program, search_path
+from fedsyn.federation.flower_programs import NO_TELEMETRY, flower_program, search_path
 from fedsyn.server.settings import refuse_seed_in_run_config
 from fedsyn.trust.certs import expired
 
@@ -95,7 +95,7 @@ class CoordinatorConfig(BaseModel):
 
     def superlink_environment(self) -> dict[str, str]:
         """The SuperLink starts SuperExec and ``flwr-serverapp`` by name: it needs Flower's programs on PATH."""
-        return {"PATH": search_path()}
+        return {"PATH": search_path(), **NO_TELEMETRY}
 
     def flwr_environment(self) -> dict[str, str]:
         """FLWR_HOME with a connection named 'fedsyn' to this SuperLink over TLS."""
@@ -104,7 +104,7 @@ class CoordinatorConfig(BaseModel):
         (self.flwr_home / "config.toml").write_text(
             f'[superlink]\ndefault = "{CONNECTION}"\n\n[superlink.{CONNECTION}]\naddress = "{address}"\n'
             f'root-certificates = "{self.ca_certificate}"\n')
-        return {"FLWR_HOME": str(self.flwr_home)}
+        return {"FLWR_HOME": str(self.flwr_home), **NO_TELEMETRY}
 
     def flwr_command(self, *arguments: str) -> list[str]:
         return [flower_program("flwr"), *arguments]
