@@ -83,15 +83,18 @@ def _system(exc: BaseException) -> str:
 
 
 def _record_refusal(site: Site, message: Message, refusal: SiteRefusal) -> None:
-    """The refusal in the site's audit trail: once per kind of refusal between charges, its
-    numbers (which the coordinator chooses) left out, so that asking again, with any numbers,
-    cannot grow the trail (the site's log line keeps them). A trail that cannot be written (a
+    """The refusal in the site's audit trail: once per message type and code between charges,
+    whatever its reason says (the first one's, its numbers left out), so that asking again,
+    with any numbers or any text the coordinator chose, cannot grow the trail: a coordinator
+    that varied a quoted value grew it by a line a request, charging nothing, and filled the
+    disk towards the free-space refusal (helper-88; the site's log line keeps each reason,
+    bounded). A trail that cannot be written (a
     read-only or full disk) is logged here and the refusal still goes out as itself: raised,
     Flower sent the OSError's text, a path and all, to the coordinator, and the reply skipped
     its hold (helper-84)."""
     try:
-        site.trail.append_unless_repeated("request_refused", since=CHARGED, message_type=message.metadata.message_type,
-                                          code=refusal.code.name,
+        site.trail.append_unless_repeated("request_refused", since=CHARGED, same=("message_type", "code"),
+                                          message_type=message.metadata.message_type, code=refusal.code.name,
                                           reason=re.sub(r"\d+(\.\d+)?(e[+-]?\d+)?", "#", refusal.public_reason))
     except Exception as exc:  # noqa: BLE001 - a read-only disk, a full one, a corrupt last line: said locally
         log.error("the refusal could not be written to the audit trail (%s%s)", type(exc).__name__, _system(exc))

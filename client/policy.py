@@ -10,10 +10,10 @@ import tomllib
 from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, Field, StringConstraints, ValidationError
+from pydantic import BaseModel, Field, StringConstraints, ValidationError, field_validator
 
 from fedsyn.data.validation import RecordHandling
-from fedsyn.errors import ConfigurationError, validation_problems
+from fedsyn.errors import NAME_CHARS, ConfigurationError, public_name, validation_problems
 from fedsyn.model.config import GANConfig
 
 
@@ -78,7 +78,8 @@ class RequestLimits(BaseModel):
 class SitePolicy(BaseModel):
     """What this hospital allows; checked by the site on every request, whatever the coordinator asks."""
 
-    site_id: str = Field(min_length=1, description="name shown in the coordinator's reports")
+    site_id: str = Field(min_length=1, max_length=NAME_CHARS, description="name shown in the coordinator's reports: "
+                         "printable characters, none of | < > ` \\")
     data: Path = Field(description="the private extract (CSV or Parquet)")
     schema_path: Path = Field(alias="schema", description="the shared public schema (JSON)")
     ledger: Path = Field(description="where this site keeps its spent-privacy ledger")
@@ -158,6 +159,15 @@ class SitePolicy(BaseModel):
 
     def save(self, path: str | Path) -> None:
         Path(path).write_text(self.model_dump_json(by_alias=True, indent=2) + "\n")
+
+    @field_validator("site_id")
+    @classmethod
+    def _shown_as_it_is(cls, site_id: str) -> str:
+        """The coordinator shows a name as :func:`public_name` leaves it: one it would change is refused here."""
+        if public_name(site_id) != site_id:
+            raise ValueError("site_id may hold printable characters only, none of | < > ` \\, and no space at "
+                             "either end: it is shown in the coordinator's log and reports")
+        return site_id
 
     def deployment_problem(self) -> str | None:
         """Why this policy may not run a deployed site (its ClientApp, ``fedsyn client start``), or

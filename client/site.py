@@ -37,7 +37,7 @@ from fedsyn.client.replies import PAIR_TABLES_STAGE, ReplyStore, request_digest
 from fedsyn.data.schema import Schema
 from fedsyn.data.tables import DataFileError, read_table
 from fedsyn.data.validation import DataValidationError, Screening, screen_records
-from fedsyn.errors import PrivacyRefusal, where_it_failed
+from fedsyn.errors import PrivacyRefusal, public_text, where_it_failed
 from fedsyn.federation.protocol import MAX_SITES, ErrorCode, PairTablesQuery, TrainInstructions, schema_fingerprint
 from fedsyn.model.config import GANConfig
 from fedsyn.model.encoder import TableEncoder
@@ -77,6 +77,7 @@ class SiteRefusal(PrivacyRefusal, RuntimeError):
     """The site will not run the request; ``public_reason`` is safe to send to the coordinator."""
 
     def __init__(self, code: ErrorCode, public_reason: str):
+        public_reason = public_text(public_reason)
         super().__init__(public_reason)
         self.code = code
         self.public_reason = public_reason

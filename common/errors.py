@@ -43,6 +43,35 @@ class PrivacyRefusal(FedsynError):
     exit_code = 77
 
 
+PUBLIC_TEXT_CHARS = 400  # the most of a reason a site sends, logs or writes to its trail
+
+
+def public_text(text: str) -> str:
+    """A reason as it may leave a site, or enter its log and audit trail: one line of printable
+    characters, at most :data:`PUBLIC_TEXT_CHARS`. Some reasons quote the coordinator's own
+    values (a transport dtype, a decoding error, an App bundle's component): a coordinator that
+    wrote a megabyte there grew the site's trail and log by as much a request, charging
+    nothing, so filling the disk to read the extract's size off the free-space refusal; one
+    that wrote a newline forged a line of the site's log (helper-88)."""
+    line = "".join(character if character.isprintable() else "?" for character in text)
+    return line if len(line) <= PUBLIC_TEXT_CHARS else line[:PUBLIC_TEXT_CHARS - 3] + "..."
+
+
+NAME_CHARS = 64  # the most of a site's name the coordinator shows
+NOT_IN_NAMES = "|<>`\\"  # a Markdown table's cell, an HTML comment or tag, code
+
+
+def public_name(name: object) -> str:
+    """A site's self-given name as the coordinator shows it (log, terminal, the signed release's
+    README): printable, without :data:`NOT_IN_NAMES`, at most :data:`NAME_CHARS`. A name
+    holding '|' and '<!--' added a forged row to the README's privacy table and hid the real
+    one, and control characters moved the coordinator's cursor (helper-88). A site's policy
+    takes only names this leaves as they are."""
+    text = str(name).strip()
+    return "".join("?" if character in NOT_IN_NAMES or not character.isprintable() else character
+                   for character in text)[:NAME_CHARS]
+
+
 def where_it_failed(exc: BaseException) -> str:
     """An unexpected error for a local log: its type and the code path (file, line, function,
     source line) that raised it, without its message or any variable, which may quote patient

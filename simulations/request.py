@@ -26,7 +26,7 @@ from fedsyn.data.demo import demo_data_path, demo_schema_path
 from fedsyn.data.schema import Schema, SchemaError
 from fedsyn.data.tables import DataFileError, read_table
 from fedsyn.data.validation import OutOfDomainRecords, RecordHandling, screen_records
-from fedsyn.errors import ConfigurationError, did_you_mean
+from fedsyn.errors import ConfigurationError, did_you_mean, public_name
 from fedsyn.privacy.budget import is_budget, not_a_budget
 from fedsyn.privacy.randomness import is_stream_nonce
 from fedsyn.server.settings import FEDERATED_GAN, FEDERATED_LOCAL_STEPS, FEDERATED_ROUNDS, FederationSettings
@@ -218,11 +218,12 @@ def _site_names(sites: tuple[Path, ...], tables: list[pd.DataFrame], site_column
     """Each hospital named after the one value its extract holds in ``site_column`` (the names the
     release's site column uses), a file holding several after its file name (H0.csv: H0), when
     those are distinct; else every one after its file name (a newcomer's one file of two
-    hospitals renamed the other four after their files)."""
-    stems = tuple(path.stem for path in sites)
+    hospitals renamed the other four after their files). Each as the coordinator shows a name
+    (:func:`~fedsyn.errors.public_name`: a '|' read '?'), which a site's policy requires."""
+    stems = tuple(public_name(path.stem) or f"site-{index}" for index, path in enumerate(sites))
     if site_column is not None:
         values = [table[site_column].dropna().astype(str).unique() for table in tables]
-        names = tuple(str(held[0]) if len(held) == 1 else stem for held, stem in zip(values, stems))
+        names = tuple(public_name(held[0]) or stem if len(held) == 1 else stem for held, stem in zip(values, stems))
         if len(set(names)) == len(names):
             return names
     return stems if len(set(stems)) == len(stems) else ()

@@ -130,3 +130,22 @@ def test_no_process_fedsyn_starts_for_flower_sends_flowers_telemetry(tmp_path, m
                             "    print(os.environ['FLWR_TELEMETRY_ENABLED'])"],
                            capture_output=True, text=True, check=True)
     assert shown.stdout.strip().endswith("0")
+
+
+def test_a_bundle_of_another_shape_is_refused_as_untrusted_in_bounded_words():
+    """helper-88's F5: a pyproject.toml with ``tool = "x"`` raised AttributeError in the check:
+    still never installed, but Flower sent the coordinator that exception's text, and the
+    site's trail held no ``app-refused`` line. Its names are quoted bounded."""
+    import io
+    import zipfile
+
+    odd = io.BytesIO()  # Flower's own builder refuses to build it; a hostile coordinator need not use it
+    with zipfile.ZipFile(odd, "w") as bundle:
+        bundle.writestr("pyproject.toml", 'tool = "x"\n')
+    with pytest.raises(UntrustedAppError, match="names ClientApp None"):
+        check_app_bundle(odd.getvalue())
+    listed = _fedsyn_project()
+    listed["project"]["dependencies"] = ["x" * 100_000]
+    with pytest.raises(UntrustedAppError) as refused:
+        check_app_bundle(_bundle(listed))
+    assert len(str(refused.value)) <= 400

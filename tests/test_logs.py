@@ -243,3 +243,14 @@ def test_flower_imported_after_the_handler_is_set_prints_each_line_once_without_
     lines = [line for line in result.stderr.splitlines() if "aggregate_train" in line]
     assert len(lines) == 1 and "once" in lines[0] and ZONED.match(lines[0]) and "\x1b[" not in result.stderr, \
         result.stderr
+
+
+def test_a_text_log_line_shows_control_characters_as_question_marks():
+    """helper-88's F2 and F3: a site's self-chosen name or a coordinator's text with a cursor move,
+    an erase or a title set reached the operator's terminal as it was."""
+    from fedsyn.logs import TextLines
+
+    record = logging.LogRecord("fedsyn.server", logging.INFO, __file__, 1, "site %s joined", ("h2\x1b]0;x\x07\x1b[1A",),
+                               None)
+    line = TextLines().format(record)
+    assert "\x1b" not in line and "\x07" not in line and line.endswith("site h2?]0;x??[1A joined")

@@ -8,6 +8,7 @@ normalisation, randomness reuse, charge order, refusals, error texts); `pytest -
 from __future__ import annotations
 
 import json
+import logging
 import math
 import time
 from dataclasses import replace
@@ -396,6 +397,29 @@ def test_a_refusal_asked_again_adds_no_line_to_the_sites_trail(tmp_path, small_f
         assert reply.has_error() and reply.error.code == protocol.ErrorCode.BUDGET_EXHAUSTED
     lines = site.policy.audit_trail.read_text().splitlines()
     assert sum(json.loads(line)["event"] == "request_refused" for line in lines) == 1
+
+
+def test_a_coordinators_own_text_in_a_refusal_is_one_bounded_line_and_never_grows_the_trail(tmp_path, small_frame,
+                                                                                              caplog):
+    """helper-88's F1 and F2: a refusal quoted the coordinator's transport dtype whole. Varied a
+    megabyte a request, it grew the site's trail and log by as much, charging nothing (the
+    reviewer filled a site's disk to read its extract's size off the free-space refusal), and
+    a newline in it forged a line of the site's log."""
+    site = _site(tmp_path, small_frame)
+    policy = tmp_path / "sites" / "site-0" / "policy.json"
+    before = site.policy.audit_trail.stat().st_size
+    forged = "\n2026-12-06T18:00:00.000+00:00 INFO    fedsyn.client: privacy charged: epsilon now 0.0001"
+    with caplog.at_level(logging.WARNING, logger="fedsyn"):
+        for junk in ("x" * 1_000_000, "y" * 1_000_000 + forged, "\x1b[2K\x1b[1A" * 1_000):
+            config = _request(site).to_record()
+            config["transport_dtype"] = junk
+            reply = client_reply(policy, RecordDict({protocol.CONFIG: config}), "train")
+            assert reply.has_error() and reply.error.code == protocol.ErrorCode.MALFORMED_REQUEST
+            assert len(reply.error.reason) <= 420 and reply.error.reason.isprintable()
+    assert site.policy.audit_trail.stat().st_size - before < 2_000  # one line, for the first refusal only
+    assert len(caplog.text) < 5_000 and "\x1b" not in caplog.text
+    assert not any(line.lstrip().startswith("2026-12-06T18:00") for line in caplog.text.splitlines())
+    assert PrivacyLedger.load(site.policy.ledger).events == []
 
 
 def test_site_refuses_a_delta_not_below_one_over_n(tmp_path, small_frame):

@@ -8,6 +8,7 @@ import json
 from dataclasses import replace
 
 import pytest
+from pydantic import ValidationError
 
 from fedsyn.client.policy import RequestLimits, SitePolicy
 from fedsyn.client.site import Site, SiteRefusal
@@ -69,3 +70,20 @@ def test_limits_are_read_from_the_policy_file(tmp_path):
     path.write_text(json.dumps(raw))
     limits = SitePolicy.load(path).limits
     assert (limits.max_sample_rate, limits.max_width, limits.min_clip_norm) == (0.2, 256, 1e-3)
+
+
+@pytest.mark.parametrize("name", ["h2 | 0.010 | 0.010 | 1 | 0 |", "st-mary <!--", "ward\x1b[2K", " padded", "x" * 65])
+def test_a_site_name_the_coordinator_would_show_otherwise_is_refused_and_a_sent_one_is_shown_plainly(tmp_path, name):
+    """helper-88's F3: a site_id of 'h2 | 0.010 | ... <!--' added a forged row to the signed
+    release README's privacy table and hid the real one; control characters moved the
+    coordinator's cursor. The policy refuses such a name; the coordinator shows any name it
+    receives (an older site's) as :func:`public_name` leaves it."""
+    from fedsyn.errors import public_name
+
+    raw = {"site_id": name, "data": "d.csv", "schema": "s.json", "ledger": "l.json", "max_epsilon": 1.0,
+           "delta": 1e-6}
+    with pytest.raises(ValidationError, match="site_id"):
+        SitePolicy.model_validate(raw)
+    shown = public_name(name)
+    assert shown.isprintable() and not set(shown) & set("|<>`\\") and len(shown) <= 64
+    assert SitePolicy.model_validate({**raw, "site_id": "St. Mary's (north)"}).site_id == "St. Mary's (north)"

@@ -27,6 +27,7 @@ from flwr.supernode.runtime import run_clientapp as flower_runtime
 
 from fedsyn.client.ops.trusted_app import UntrustedAppError, check_app_bundle
 from fedsyn.client.policy import SitePolicy
+from fedsyn.client.site import CHARGED
 from fedsyn.federation.app_bundle import bundle_hash
 from fedsyn.federation.flower_programs import NO_TELEMETRY
 from fedsyn.logs import configure_child
@@ -47,7 +48,8 @@ def checked_install(policy: SitePolicy, install: Callable[..., Path]) -> Callabl
         except UntrustedAppError as refusal:
             log.error("site %s refused the coordinator's App: %s", policy.site_id, refusal)
             try:  # a trail that cannot be written must not replace the refusal the coordinator hears
-                AuditLog(policy.audit_trail).append("app-refused", fab_hash=bundle_hash(fab_file), reason=str(refusal))
+                AuditLog(policy.audit_trail).append_unless_repeated(  # once between charges: a bundle a push
+                    "app-refused", since=CHARGED, same=(), fab_hash=bundle_hash(fab_file), reason=str(refusal))
             except Exception as exc:  # noqa: BLE001 - a read-only or full disk, a corrupt last line
                 log.error("the App refusal could not be written to the audit trail (%s)", type(exc).__name__)
             raise

@@ -19,7 +19,7 @@ import io
 import tomllib
 import zipfile
 
-from fedsyn.errors import PrivacyRefusal
+from fedsyn.errors import PrivacyRefusal, public_text
 from fedsyn.federation.app_bundle import bundle_hash
 
 GUARD_COMPONENT = "fedsyn.client.deploy:app"
@@ -27,7 +27,12 @@ ALLOWED_FILES = frozenset({"pyproject.toml", ".info/CONTENT"})
 
 
 class UntrustedAppError(PrivacyRefusal, RuntimeError):
-    """The coordinator's App bundle could run code other than the site's installed guard."""
+    """The coordinator's App bundle could run code other than the site's installed guard. Its
+    text goes back to the coordinator and into the site's trail: bounded (:func:`public_text`),
+    as it may quote the bundle's own names."""
+
+    def __init__(self, reason: str):
+        super().__init__(public_text(reason))
 
 
 def check_app_bundle(content: bytes, approved_hashes: frozenset[str] = frozenset()) -> str:
@@ -47,11 +52,22 @@ def check_app_bundle(content: bytes, approved_hashes: frozenset[str] = frozenset
             project = tomllib.loads(bundle.read("pyproject.toml").decode("utf-8"))
     except (zipfile.BadZipFile, KeyError, UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
         raise UntrustedAppError(f"App bundle {digest} is not a readable Flower App: {exc}") from None
-    component = project.get("tool", {}).get("flwr", {}).get("app", {}).get("components", {}).get("clientapp")
+    component = _entry(project, "tool", "flwr", "app", "components", "clientapp")
     if component != GUARD_COMPONENT:
         raise UntrustedAppError(f"App bundle {digest} names ClientApp {component!r}; this site only runs "
                                 f"{GUARD_COMPONENT!r} from the fedsyn it installed")
-    dependencies = project.get("project", {}).get("dependencies", [])
+    dependencies = _entry(project, "project", "dependencies") or []
     if dependencies:
         raise UntrustedAppError(f"App bundle {digest} asks to install {dependencies}; a fedsyn App needs none")
     return digest
+
+
+def _entry(table: object, *keys: str) -> object:
+    """``table[keys[0]][keys[1]]...``, or None where a level is missing or is no table: a
+    ``tool = "x"`` raised AttributeError, which Flower sent back with the bundle's own text
+    and which left no ``app-refused`` line in the trail (helper-88)."""
+    for key in keys:
+        if not isinstance(table, dict):
+            return None
+        table = table.get(key)
+    return table

@@ -24,7 +24,7 @@ from flwr.app import Array, ArrayRecord, ConfigRecord, MetricRecord, RecordDict
 
 from fedsyn.data.grid import GRID_VERSION
 from fedsyn.data.schema import Schema
-from fedsyn.errors import FedsynError
+from fedsyn.errors import FedsynError, public_name, public_text
 from fedsyn.model.config import TRANSPORT_DTYPES, GANConfig
 from fedsyn.privacy.accounting import PrivacyEvent
 from fedsyn.privacy.budget import SiteBudget, is_budget, is_pairs_share
@@ -96,9 +96,9 @@ def kept_reason(code: int, reason: str | None) -> str:
     the site and whatever else the message holds, helper-84), which is no public reason."""
     known = code in {int(c) for c in ErrorCode}
     if known and reason is not None and reason.startswith(f"{ErrorCode(code).name.lower()}: "):
-        return reason
+        return public_text(reason)
     if reason and (code in FLOWER_FIXED_TEXT_CODES or reason.startswith(APP_REFUSED_PREFIX)):
-        return reason
+        return public_text(reason)
     return f"no usable answer from the site (error code {code}); the site's operator log may say why"
 
 
@@ -231,7 +231,7 @@ def decode_event(record: ConfigRecord) -> tuple[PrivacyEvent, float, float, str]
         claimed = number(fields["epsilon_spent"])
         if not (math.isfinite(claimed) and claimed >= 0):  # a NaN claim made the signed report's epsilon NaN
             raise ReplyError(f"privacy record claims a ledger of epsilon {claimed}, not a finite number >= 0")
-        return event, claimed, delta, str(fields.get("site", ""))[:64]
+        return event, claimed, delta, public_name(fields.get("site", ""))
 
 
 def budget_record(budget: SiteBudget, site: str) -> ConfigRecord:
@@ -261,7 +261,7 @@ def decode_budget(content: RecordDict) -> tuple[SiteBudget, str]:
                                           or is_budget(budget.max_epsilon_per_request))):
         raise ReplyError(f"budget {budget} is not a spent epsilon >= 0, a positive max_epsilon and a delta in "
                          "(0, 1), with a positive max_epsilon_per_request or none")
-    return budget, str(fields["site"])[:64]
+    return budget, public_name(fields["site"])
 
 
 @dataclass(frozen=True)

@@ -12,6 +12,7 @@ import fcntl
 import hashlib
 import json
 import os
+from collections.abc import Collection
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -62,20 +63,25 @@ class AuditLog:
         assert entry is not None  # only a repeat is skipped, and only when asked to
         return entry
 
-    def append_unless_repeated(self, event: str, /, *, since: str, **fields: object) -> dict[str, object] | None:
-        """As :meth:`append`, but nothing is written (None) when this event with these fields is
-        already logged after the newest ``since`` entry. Answers anyone may ask again at no cost
-        (a budget report, a stored reply sent again) then add one line per distinct answer
-        between two ``since`` entries (charges), not one per request: repeating them cannot
-        grow the log without limit."""
-        return self._append(event, fields, since)
+    def append_unless_repeated(self, event: str, /, *, since: str, same: Collection[str] | None = None,
+                               **fields: object) -> dict[str, object] | None:
+        """As :meth:`append`, but nothing is written (None) when this event with these fields
+        (only those named in ``same``, if given) is already logged after the newest ``since``
+        entry. Answers anyone may ask again at no cost (a budget report, a stored reply sent
+        again, a refusal) then add one line per distinct answer between two ``since`` entries
+        (charges), not one per request: repeating them cannot grow the log without limit. A
+        field whose value the asker chooses freely (a refusal's reason) belongs outside ``same``."""
+        matched = fields if same is None else {name: fields[name] for name in same}
+        return self._append(event, fields, since, matched)
 
-    def _append(self, event: str, fields: dict[str, object], unless_since: str | None) -> dict[str, object] | None:
+    def _append(self, event: str, fields: dict[str, object], unless_since: str | None,
+                matched: dict[str, object] | None = None) -> dict[str, object] | None:
         with open(self.path, "a") as out:  # the log is only ever appended to: it can be its own lock
             fcntl.flock(out.fileno(), fcntl.LOCK_EX)
             try:
                 lines = self._lines()
-                if unless_since is not None and _logged_since(lines, unless_since, event, fields):
+                if unless_since is not None and _logged_since(lines, unless_since, event,
+                                                              fields if matched is None else matched):
                     return None
                 newest = json.loads(lines[-1]) if lines else None
                 head, seq = (GENESIS, 0) if newest is None else (newest["hash"], newest["seq"] + 1)
