@@ -51,10 +51,12 @@ def spelling_key(text: str) -> str:
     return (whole.group(1) if whole else text).strip().casefold()
 
 
-# What pandas' CSV reader takes for an empty cell (its default NA strings), folded as a spelling is.
-CSV_EMPTY_WORDS = frozenset(word.casefold() for word in (
+# What pandas' CSV reader takes for an empty cell (its default NA strings); read_table reads a
+# Parquet file's text cells so too. Folded as a spelling is, for the schema's checks.
+CSV_EMPTY_CELLS = frozenset((
     "#N/A", "#N/A N/A", "#NA", "-1.#IND", "-1.#QNAN", "-NaN", "-nan", "1.#IND", "1.#QNAN", "<NA>", "N/A", "NA",
     "NULL", "NaN", "None", "n/a", "nan", "null"))
+CSV_EMPTY_WORDS = frozenset(word.casefold() for word in CSV_EMPTY_CELLS)
 
 
 class ColumnKind(str, Enum):  # noqa: UP042 - StrEnum would change str(kind) in messages
@@ -665,6 +667,17 @@ def _count_like(numbers: pd.Series) -> bool:
                 and (distinct == np.round(distinct)).all() and distinct[-1] + 1 <= 2 * len(distinct))
 
 
+def as_numbers(cells: pd.Series) -> pd.Series:
+    """Text cells of a numeric column as numbers when every one is a number (as a clean file's
+    are read); else as they are, for validation to point at the others. A column whose own
+    missing-value marker ('unknown') made it text stayed text once the marker was blanked:
+    ``read_table(...).tsh.mean()`` failed, and a model took it for 514 categories."""
+    if cells.dtype.kind in "biuf":
+        return cells
+    numbers = pd.to_numeric(cells, errors="coerce")
+    return numbers if int(numbers.notna().sum()) == int(cells.notna().sum()) else cells
+
+
 def limits_at_bounds(cells: pd.Series, column: Column) -> pd.Series:
     """``cells`` of a numeric column with each cell written as a limit at one of its public
     bounds ('<0.01' where 0.01 is the lower bound, '>200' where 200 is the upper) read as that
@@ -675,10 +688,8 @@ def limits_at_bounds(cells: pd.Series, column: Column) -> pd.Series:
     sides, limits = _written_limits(cells)
     if sides.isna().all():
         return cells
-    read = cells.where(~((sides == "<") & (limits == column.lower)), column.lower) \
-        .where(~((sides == ">") & (limits == column.upper)), column.upper)
-    numbers = pd.to_numeric(read, errors="coerce")
-    return numbers if int(numbers.notna().sum()) == int(read.notna().sum()) else read  # numbers, as a clean file's
+    return as_numbers(cells.where(~((sides == "<") & (limits == column.lower)), column.lower)
+                      .where(~((sides == ">") & (limits == column.upper)), column.upper))
 
 
 def units_removed(cells: pd.Series, column: Column) -> pd.Series:
@@ -692,9 +703,7 @@ def units_removed(cells: pd.Series, column: Column) -> pd.Series:
     own = units == _folded_unit(column.unit)
     if not own.any():
         return cells
-    read = cells.astype(object).where(~own, numbers)  # a Parquet category column cannot take a number
-    as_numbers = pd.to_numeric(read, errors="coerce")
-    return as_numbers if int(as_numbers.notna().sum()) == int(read.notna().sum()) else read
+    return as_numbers(cells.astype(object).where(~own, numbers))  # a Parquet category column cannot take a number
 
 
 # A number (never split inside its exponent: '2e-05' is no 2 in 'e-05'), then a unit: one word

@@ -9,12 +9,14 @@ from pathlib import Path
 import pandas as pd
 
 from fedsyn.data.schema import (
+    CSV_EMPTY_CELLS,
     READ_AS_NO,
     READ_AS_YES,
     WHOLE_NUMBER_WITH_POINT,
     Column,
     ColumnKind,
     Schema,
+    as_numbers,
     headerless_names,
     limits_at_bounds,
     spell_category,
@@ -73,8 +75,8 @@ def read_table(path: str | Path, schema: Schema | None = None) -> pd.DataFrame:
     if schema is not None:
         frame = without_schema_markers(frame, schema)
         for column in schema.columns:
-            if column.name in frame.columns:  # '<0.01' at its bound: the bound; '120 mg/dL': 120
-                frame[column.name] = limits_at_bounds(units_removed(frame[column.name], column), column)
+            if column.name in frame.columns and not column.is_categorical:  # '<0.01' at its bound: the bound
+                frame[column.name] = as_numbers(limits_at_bounds(units_removed(frame[column.name], column), column))
     for column in schema.categorical_columns if schema is not None else []:
         if column.name in frame.columns:
             frame[column.name] = _as_category(frame[column.name], column)
@@ -82,12 +84,15 @@ def read_table(path: str | Path, schema: Schema | None = None) -> pd.DataFrame:
 
 
 def _blank_text_as_missing(frame: pd.DataFrame) -> pd.DataFrame:
-    """A Parquet file's empty (or all-space) text cells made missing, as a CSV reader reads an
-    empty field: an export that wrote '' for a missing lab value made the column text ('value
-    is not a number' on every empty cell) and gave a yes/no flag a level ''."""
+    """A Parquet file's text cells that a CSV reader reads as empty made missing: empty (or
+    all-space) ones and pandas' own words for missing (:data:`CSV_EMPTY_CELLS`: 'NA', 'NULL').
+    An export that wrote '' for a missing lab value made the column text ('value is not a
+    number' on every empty cell) and gave a yes/no flag a level ''; one that wrote 'NA' passed
+    as CSV and failed as Parquet on three columns, with no way to tell why (a newcomer)."""
     for name in text_columns(frame):
         series = frame[name]
-        frame[name] = series.mask(series.notna() & (series.astype(str).str.strip() == ""))
+        text = series.astype(str).str.strip()
+        frame[name] = series.mask(series.notna() & ((text == "") | text.isin(CSV_EMPTY_CELLS)))
     return frame
 
 
