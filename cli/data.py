@@ -179,29 +179,37 @@ def schema_draft(
 
 
 def validate(
-    data: Annotated[Path, typer.Argument(help="the extract to check (CSV or Parquet)")],
+    data: Annotated[list[Path], typer.Argument(help="the extract(s) to check (CSV or Parquet): one hospital's, or "
+                                               "each file a simulation's --sites would read")],
     schema: Annotated[Path, typer.Option("--schema", "-s", help="the public schema (JSON)")],
 ) -> None:
-    """Check a hospital extract against the schema; exit code 1 if it does not fit. Writes nothing."""
+    """Check hospital extracts against the schema, each file on its own; exit code 1 if any does
+    not fit. Writes nothing."""
     from fedsyn.data.schema import Schema, SchemaError
     from fedsyn.data.tables import DataFileError, read_table
     from fedsyn.data.validation import numbering_for, validate_frame
 
     try:
         contract = Schema.load(schema)
-        report = validate_frame(read_table(data, contract), contract, numbering_for(data))
-    except (SchemaError, DataFileError) as exc:
+    except SchemaError as exc:
         fail(str(exc))
-    colour = "green" if report.ok else "red"
-    first, *rest = report.describe().splitlines()
-    console.print(f"[{colour}]{escape(f'{data}: {first}')}[/]")
-    for line in rest:  # a note is not a problem: it is not coloured as one, nor as "fits"
-        console.print(f"[{'yellow' if line.lstrip().startswith('note:') else colour}]{escape(line)}[/]")
+    fits = True
+    for path in data:
+        try:
+            report = validate_frame(read_table(path, contract), contract, numbering_for(path))
+        except DataFileError as exc:
+            fail(str(exc))
+        fits = fits and report.ok
+        colour = "green" if report.ok else "red"
+        first, *rest = report.describe().splitlines()
+        console.print(f"[{colour}]{escape(f'{path}: {first}')}[/]")
+        for line in rest:  # a note is not a problem: it is not coloured as one, nor as "fits"
+            console.print(f"[{'yellow' if line.lstrip().startswith('note:') else colour}]{escape(line)}[/]")
     if contract.unreviewed_columns:
         console.print(f"[yellow]note: {len(contract.unreviewed_columns)} column(s) of {schema} still need review "
                       "(needs_review): training refuses them until their bounds and categories are public ones and "
                       "needs_review is false, or --allow-unreviewed-schema is given and recorded[/]")
-    if not report.ok:
+    if not fits:
         raise typer.Exit(1)
 
 

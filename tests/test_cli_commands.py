@@ -85,6 +85,9 @@ def test_schema_draft_and_validate(tmp_path, demo_frame):
     bad.to_csv(tmp_path / "bad.csv", index=False)
     result = _invoke("validate", tmp_path / "bad.csv", "--schema", demo_schema_path())
     assert result.exit_code == 1 and "age" in result.output and "line 4" in result.output
+    both = _invoke("validate", data, tmp_path / "bad.csv", "--schema", demo_schema_path())  # each site's file
+    said = " ".join(both.output.split())
+    assert both.exit_code == 1 and f"{data}: 200 rows fit the schema" in said and "bad.csv: 1 problem(s)" in said
 
 
 def test_schema_draft_points_at_stray_text_a_far_bound_and_levels_written_two_ways(tmp_path, demo_frame):
