@@ -197,8 +197,10 @@ def validate(
     for path in data:
         try:
             report = validate_frame(read_table(path, contract), contract, numbering_for(path))
-        except DataFileError as exc:
-            fail(str(exc))
+        except DataFileError as exc:  # the next file is checked all the same
+            console.print(f"[red]{escape(str(exc))}[/]", soft_wrap=True)
+            fits = False
+            continue
         fits = fits and report.ok
         colour = "green" if report.ok else "red"
         first, *rest = report.describe().splitlines()

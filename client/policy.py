@@ -97,10 +97,10 @@ class SitePolicy(BaseModel):
         "clamped), blank the bad cells of nullable columns (dropping the rest), or refuse every request until the "
         "extract is fixed. Counts stay in the site's log")
     max_problem_share: float = Field(
-        default=0.1, gt=0, le=1, description="when the site starts, the most of the extract's records one kind of "
-        "problem in one column may touch and still be left to out_of_domain: more, and the site refuses to join "
-        "until the extract or the schema is fixed (a column whose form changed in a new export would otherwise "
-        "leave the site training on the few records left). Checked at start, on this machine only; 1: never")
+        default=0.1, gt=0, le=1, description="when the site starts, the most of the extract's records out_of_domain "
+        "may leave out: more, and the site refuses to join until the extract or the schema is fixed (a column whose "
+        "form changed in a new export would otherwise leave the site training on the few records left). Checked at "
+        "start, on this machine only; 1: never")
     limits: RequestLimits = Field(default_factory=RequestLimits,
                                   description="the most a coordinator may ask in one training request")
     allow_unreviewed_schema: bool = False

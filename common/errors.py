@@ -53,8 +53,14 @@ def public_text(text: str) -> str:
     wrote a megabyte there grew the site's trail and log by as much a request, charging
     nothing, so filling the disk to read the extract's size off the free-space refusal; one
     that wrote a newline forged a line of the site's log (helper-88)."""
-    line = "".join(character if character.isprintable() else "?" for character in text)
+    line = printable(text)
     return line if len(line) <= PUBLIC_TEXT_CHARS else line[:PUBLIC_TEXT_CHARS - 3] + "..."
+
+
+def printable(text: str, keep: str = "") -> str:
+    """``text`` with each character that is not printable (a newline, an escape, a right-to-left
+    override) shown as '?', but those in ``keep`` (a log's traceback keeps its newlines)."""
+    return "".join(character if character.isprintable() or character in keep else "?" for character in text)
 
 
 NAME_CHARS = 64  # the most of a site's name the coordinator shows
@@ -67,9 +73,8 @@ def public_name(name: object) -> str:
     holding '|' and '<!--' added a forged row to the README's privacy table and hid the real
     one, and control characters moved the coordinator's cursor (helper-88). A site's policy
     takes only names this leaves as they are."""
-    text = str(name).strip()
-    return "".join("?" if character in NOT_IN_NAMES or not character.isprintable() else character
-                   for character in text)[:NAME_CHARS]
+    return "".join("?" if character in NOT_IN_NAMES else character
+                   for character in printable(str(name).strip()))[:NAME_CHARS]
 
 
 def where_it_failed(exc: BaseException) -> str:

@@ -23,14 +23,11 @@ import threading
 from datetime import UTC, datetime
 from typing import TextIO
 
-from fedsyn.errors import FedsynError
+from fedsyn.errors import FedsynError, printable
 
 LOG_FORMATS = ("text", "json")
 FLOWER = "flwr"
 ANSI = re.compile(r"\x1b\[[0-9;]*m")
-# Other control characters a text line shows as '?': a cursor move, an erase or a title set
-# from a site's self-chosen name reached the coordinator's terminal as they were (helper-88).
-CONTROLS = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")
 # Flower's console lines (``INFO :      message``, with a time under FLWR_LOG_LEVEL=DEBUG) and uvicorn's.
 LEVELLED = re.compile(r"^(DEBUG|INFO|WARNING|ERROR|CRITICAL)\b[^:]*?:\s*(.*)$")
 # fedsyn's own plain lines: the supervisor's advice (``fedsyn: ...``) and the CLI's refusals (``error: ...``).
@@ -72,7 +69,9 @@ class TextLines(logging.Formatter):
 
     def format(self, record: logging.LogRecord) -> str:
         when = datetime.fromtimestamp(record.created).astimezone().isoformat(timespec="milliseconds")
-        message = CONTROLS.sub("?", ANSI.sub("", record.getMessage()))
+        # Other control characters as '?': a cursor move, an erase or a title set from a site's
+        # self-chosen name reached the coordinator's terminal as they were (helper-88).
+        message = printable(ANSI.sub("", record.getMessage()), keep="\n\t")
         if record.exc_info and not _explained(record):
             message += "\n" + self.formatException(record.exc_info)
         return f"{when} {record.levelname:<7} {record.name}: {message}"

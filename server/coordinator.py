@@ -28,7 +28,7 @@ from flwr.serverapp import Grid
 from flwr.serverapp.strategy import Strategy
 
 from fedsyn.data.schema import Schema
-from fedsyn.errors import ConfigurationError
+from fedsyn.errors import ConfigurationError, public_name
 from fedsyn.federation import protocol
 from fedsyn.model.encoder import TableEncoder
 from fedsyn.model.matching import release_misfit
@@ -228,8 +228,8 @@ class Coordinator:
         claims: dict[str, float] = {}
         for entry in entries:
             name, said = entry.get("site"), entry.get("epsilon_claimed", entry.get("epsilon_spent"))
-            if isinstance(name, str) and isinstance(said, (int, float)):
-                claims[name] = max(claims.get(name, 0.0), float(said))
+            if isinstance(name, str) and isinstance(said, (int, float)):  # as names are read now (public_name)
+                claims[public_name(name)] = max(claims.get(public_name(name), 0.0), float(said))
         return claims
 
     def _unusable(self, site: SiteStatus, plan: SiteRunPlan) -> str:

@@ -43,6 +43,7 @@ import numpy as np
 from flwr.app import Message, RecordDict
 
 from fedsyn.data.schema import Schema
+from fedsyn.errors import public_text
 from fedsyn.federation import protocol
 from fedsyn.privacy.accounting import PrivacyEvent
 from fedsyn.privacy.budget import SiteBudget
@@ -115,7 +116,7 @@ class ReplyScreen:
         ``possibly_charged``: the site may have been charged for it (:attr:`SiteStatus.unconfirmed`),
         said in the audit entry too, so that a resume from the round before still knows
         (:func:`unconfirmed_in_audit`)."""
-        reason = f"{stage}: {reason}" if stage else reason
+        reason = public_text(f"{stage}: {reason}" if stage else reason)  # a ReplyError may quote the site's names
         log.warning("round %d: dropped %s: %s", round_, site.name, reason)
         site.dropped.append({"round": round_, "reason": reason, **({"stage": stage} if stage else {})})
         if possibly_charged:

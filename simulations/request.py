@@ -323,7 +323,9 @@ def _split_by_site(whole: pd.DataFrame, schema: Schema, column: str, hold_out: f
     if whole[column].isna().any():
         raise ValueError(f"--site-column {column}: some rows name no hospital; fill the column in or drop those rows "
                          "(every row belongs to one hospital)")
-    trains, tests, names = [], [], []
+    trains: list[pd.DataFrame] = []
+    tests: list[pd.DataFrame] = []
+    names: list[str] = []
     for value, rows in sorted(whole.groupby(whole[column].astype(str)), key=lambda item: item[0]):
         if len(rows) < MIN_SITE_ROWS:
             raise ValueError(f"--site-column {column}: hospital '{value}' has fewer than {MIN_SITE_ROWS} rows, too "
@@ -336,7 +338,7 @@ def _split_by_site(whole: pd.DataFrame, schema: Schema, column: str, hold_out: f
                 raise ValueError(f"--site-column {column}: hospital '{value}': {exc}") from None
             tests.append(test)
         trains.append(train.reset_index(drop=True))
-        names.append(str(value))
+        names.append(public_name(value) or f"site-{len(names)}")  # as a site's policy takes it
     if len(trains) < 2:
         raise ValueError(f"--site-column {column} holds {len(trains)} hospital(s) in this table: a federation "
                          "needs at least 2")

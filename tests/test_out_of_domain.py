@@ -223,6 +223,7 @@ def test_a_site_whose_column_changed_form_refuses_to_join_naming_it_and_no_value
         supernode_launch(path)
     message = str(refused.value)
     assert "column 'kappa'" in message and "not a number" in message and "max_problem_share" in message
+    assert "row(s)" not in message and "row 2" not in message  # a service log's line: no count, no row (helper-89)
     assert "mg/L" not in message and f"{small_frame.loc[kept, 'kappa']:.3f}" not in message
     assert not PrivacyLedger.load(SitePolicy.load(path).ledger).events
 

@@ -598,6 +598,10 @@ def test_a_numeric_column_with_its_own_marker_and_a_parquet_na_read_as_a_clean_c
         assert read["kappa"].dtype.kind == "f" and read["kappa"].isna().sum() == 2, name
         assert read["sex"].isna().sum() == 1 and validate_frame(read, schema).ok, name
     assert read_table(tmp_path / "site.csv", demo_schema)["kappa"].dtype.kind == "O"  # 'unknown' left to validate
+    levels = demo_schema.model_copy(deep=True)  # a level that is one of pandas' words is kept (helper-89)
+    object.__setattr__(levels.column("sex"), "categories", ["F", "M", "None"])
+    rows.assign(sex="None").to_parquet(tmp_path / "none.parquet")
+    assert (read_table(tmp_path / "none.parquet", levels)["sex"] == "None").all()
 
 
 def test_read_table_errors(tmp_path):

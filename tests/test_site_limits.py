@@ -87,3 +87,17 @@ def test_a_site_name_the_coordinator_would_show_otherwise_is_refused_and_a_sent_
     shown = public_name(name)
     assert shown.isprintable() and not set(shown) & set("|<>`\\") and len(shown) <= 64
     assert SitePolicy.model_validate({**raw, "site_id": "St. Mary's (north)"}).site_id == "St. Mary's (north)"
+
+
+def test_a_simulated_hospital_named_after_a_value_no_policy_takes_gets_the_name_the_coordinator_shows(demo_frame,
+                                                                                                   demo_schema):
+    """helper-89: a site column's value holding '|' became a site_id that the policy's check
+    refuses: `fedsyn simulate --data --site-column` ended in an unexpected ValidationError."""
+    from fedsyn.simulations.request import _split_by_site
+
+    rows = demo_frame.head(400).assign(ward=["A|B" if index % 2 else "<north>" for index in range(400)])
+    names = _split_by_site(rows, demo_schema, "ward", 0.0, None)[2]
+    assert names == ("?north?", "A?B")
+    for name in names:
+        SitePolicy.model_validate({"site_id": name, "data": "d.csv", "schema": "s.json", "ledger": "l.json",
+                                   "max_epsilon": 1.0, "delta": 1e-6})

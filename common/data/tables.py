@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import hashlib
+from collections.abc import Collection, Mapping
 from pathlib import Path
 
 import pandas as pd
@@ -17,6 +18,7 @@ from fedsyn.data.schema import (
     ColumnKind,
     Schema,
     as_numbers,
+    category_levels,
     headerless_names,
     limits_at_bounds,
     spell_category,
@@ -59,7 +61,7 @@ def read_table(path: str | Path, schema: Schema | None = None) -> pd.DataFrame:
             dtype = {c.name: str for c in schema.categorical_columns} if schema else None
             frame = pd.read_csv(path, sep=_TEXT_SEPARATORS[suffix], dtype=dtype, keep_default_na=True)
         else:
-            frame = _blank_text_as_missing(pd.read_parquet(path))
+            frame = _blank_text_as_missing(pd.read_parquet(path), category_levels(schema) if schema else {})
     except pd.errors.EmptyDataError:
         raise DataFileError(f"cannot read {path}: the file is empty (no header line, no rows)") from None
     except UnicodeDecodeError as exc:  # its text quotes bytes of the file: never shown
@@ -83,16 +85,18 @@ def read_table(path: str | Path, schema: Schema | None = None) -> pd.DataFrame:
     return frame
 
 
-def _blank_text_as_missing(frame: pd.DataFrame) -> pd.DataFrame:
+def _blank_text_as_missing(frame: pd.DataFrame, levels: Mapping[str, Collection[str]]) -> pd.DataFrame:
     """A Parquet file's text cells that a CSV reader reads as empty made missing: empty (or
     all-space) ones and pandas' own words for missing (:data:`CSV_EMPTY_CELLS`: 'NA', 'NULL').
     An export that wrote '' for a missing lab value made the column text ('value is not a
     number' on every empty cell) and gave a yes/no flag a level ''; one that wrote 'NA' passed
-    as CSV and failed as Parquet on three columns, with no way to tell why (a newcomer)."""
+    as CSV and failed as Parquet on three columns, with no way to tell why (a newcomer). A word
+    its column lists among its ``levels`` (a smoking history 'None') is kept."""
     for name in text_columns(frame):
         series = frame[name]
         text = series.astype(str).str.strip()
-        frame[name] = series.mask(series.notna() & ((text == "") | text.isin(CSV_EMPTY_CELLS)))
+        missing = CSV_EMPTY_CELLS - set(levels.get(str(name), ()))
+        frame[name] = series.mask(series.notna() & ((text == "") | text.isin(missing)))
     return frame
 
 

@@ -107,11 +107,13 @@ class WidespreadProblems(DataValidationError):
 
     def __init__(self, report: ValidationReport, share: float, source: str = "data"):
         super().__init__(report, source)
-        self.args = (f"{source}: a problem in more than {share:.0%} of its records, which the site's policy "
-                     "(max_problem_share) does not leave to out_of_domain handling. Did a new export change "
-                     f"these columns' form?\n{report.describe()}\nFix the extract or the schema (`fedsyn validate` "
-                     "checks it again), or raise max_problem_share in the policy if these records should be left "
-                     "to out_of_domain",)
+        named = "\n".join(f"  - {problem.named()}" for problem in report.problems)
+        # Names and kinds, never counts or lines: `client start` says this on a service log that
+        # may go to a collector, as a site's screening does (`fedsyn validate` counts, on screen).
+        self.args = (f"{source}: out_of_domain would leave out more than {share:.0%} of its records, more than "
+                     "the site's policy allows (max_problem_share). Did a new export change these columns' form?"
+                     f"\n{named}\nFix the extract or the schema (`fedsyn validate` counts and names the lines), or "
+                     "raise max_problem_share in the policy if these records should be left out",)
 
 
 def numbering_for(path: str | Path) -> RowNumbering:
@@ -455,9 +457,14 @@ class Screening:
         return ", ".join(part for part in parts if part) or "nothing changed"
 
     def widespread(self, share: float) -> list[Problem]:
-        """The problems found in more than ``share`` of the extract's records, before handling."""
+        """When screening left out more than ``share`` of the extract's records, the problems
+        found in more than that share (all of them, if none alone is); else none. Records that
+        ``clamp`` or ``blank`` repaired stay in: a site that chose them for a code in many rows
+        (999 for 'unknown') is not refused."""
         records = len(self.frame) + self.dropped
-        return [problem for problem in self.problems if problem.rows > share * records]
+        if self.dropped <= share * records:
+            return []
+        return [problem for problem in self.problems if problem.rows > share * records] or self.problems
 
 
 def screen_records(frame: pd.DataFrame, schema: Schema, handling: RecordHandling, source: str = "data") -> Screening:

@@ -95,9 +95,12 @@ def kept_reason(code: int, reason: str | None) -> str:
     that escapes a ClientApp with its type and message (a read-only trail's OSError: a path at
     the site and whatever else the message holds, helper-84), which is no public reason."""
     known = code in {int(c) for c in ErrorCode}
-    if known and reason is not None and reason.startswith(f"{ErrorCode(code).name.lower()}: "):
-        return public_text(reason)
-    if reason and (code in FLOWER_FIXED_TEXT_CODES or reason.startswith(APP_REFUSED_PREFIX)):
+    prefix = f"{ErrorCode(code).name.lower()}: " if known else None
+    if prefix is not None and reason is not None and reason.startswith(prefix):
+        return prefix + public_text(reason[len(prefix):])  # as long as the site may make it
+    if reason and reason.startswith(APP_REFUSED_PREFIX):
+        return APP_REFUSED_PREFIX + public_text(reason[len(APP_REFUSED_PREFIX):])
+    if reason and code in FLOWER_FIXED_TEXT_CODES:
         return public_text(reason)
     return f"no usable answer from the site (error code {code}); the site's operator log may say why"
 
