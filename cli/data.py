@@ -184,7 +184,7 @@ def validate(
     schema: Annotated[Path, typer.Option("--schema", "-s", help="the public schema (JSON)")],
 ) -> None:
     """Check hospital extracts against the schema, each file on its own; exit code 1 if any does
-    not fit. Writes nothing."""
+    not fit, 2 if any cannot be read. Writes nothing."""
     from fedsyn.data.schema import Schema, SchemaError
     from fedsyn.data.tables import DataFileError, read_table
     from fedsyn.data.validation import numbering_for, validate_frame
@@ -193,13 +193,13 @@ def validate(
         contract = Schema.load(schema)
     except SchemaError as exc:
         fail(str(exc))
-    fits = True
+    fits, unreadable = True, False
     for path in data:
         try:
             report = validate_frame(read_table(path, contract), contract, numbering_for(path))
         except DataFileError as exc:  # the next file is checked all the same
-            console.print(f"[red]{escape(str(exc))}[/]", soft_wrap=True)
-            fits = False
+            console.print(f"[bold red]error:[/] {escape(str(exc))}", soft_wrap=True)
+            unreadable = True
             continue
         fits = fits and report.ok
         colour = "green" if report.ok else "red"
@@ -211,6 +211,8 @@ def validate(
         console.print(f"[yellow]note: {len(contract.unreviewed_columns)} column(s) of {schema} still need review "
                       "(needs_review): training refuses them until their bounds and categories are public ones and "
                       "needs_review is false, or --allow-unreviewed-schema is given and recorded[/]")
+    if unreadable:  # as a single unreadable file always said: exit 2
+        raise typer.Exit(2)
     if not fits:
         raise typer.Exit(1)
 

@@ -90,7 +90,7 @@ def test_schema_draft_and_validate(tmp_path, demo_frame):
     assert both.exit_code == 1 and f"{data}: 200 rows fit the schema" in said and "bad.csv: 1 problem(s)" in said
     unreadable = _invoke("validate", tmp_path / "nope.csv", data, "--schema", demo_schema_path())
     said = " ".join(unreadable.output.split())
-    assert unreadable.exit_code == 1 and "not found" in said and f"{data}: 200 rows fit the schema" in said
+    assert unreadable.exit_code == 2 and "not found" in said and f"{data}: 200 rows fit the schema" in said
 
 
 def test_schema_draft_points_at_stray_text_a_far_bound_and_levels_written_two_ways(tmp_path, demo_frame):
