@@ -604,6 +604,16 @@ def test_a_numeric_column_with_its_own_marker_and_a_parquet_na_read_as_a_clean_c
     assert (read_table(tmp_path / "none.parquet", levels)["sex"] == "None").all()
 
 
+def test_the_words_read_as_missing_are_pandas_own():
+    """A Parquet file's text cells are read as missing where a CSV reader would (helper-89: the
+    list is a copy of pandas' defaults; a pandas that changes them must change it too)."""
+    from pandas._libs.parsers import STR_NA_VALUES
+
+    from fedsyn.data.schema import CSV_EMPTY_CELLS
+
+    assert CSV_EMPTY_CELLS == STR_NA_VALUES - {""}  # the empty cell is read as missing on its own
+
+
 def test_read_table_errors(tmp_path):
     with pytest.raises(DataFileError, match="not found"):
         read_table(tmp_path / "missing.csv")
