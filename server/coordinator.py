@@ -228,8 +228,9 @@ class Coordinator:
         claims: dict[str, float] = {}
         for entry in entries:
             name, said = entry.get("site"), entry.get("epsilon_claimed", entry.get("epsilon_spent"))
-            if isinstance(name, str) and isinstance(said, (int, float)):  # as names are read now (public_name)
-                claims[public_name(name)] = max(claims.get(public_name(name), 0.0), float(said))
+            if isinstance(name, str) and isinstance(said, (int, float)):
+                shown = public_name(name)  # as names are read now
+                claims[shown] = max(claims.get(shown, 0.0), float(said))
         return claims
 
     def _unusable(self, site: SiteStatus, plan: SiteRunPlan) -> str:

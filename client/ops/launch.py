@@ -48,7 +48,7 @@ def supernode_launch(policy_path: Path) -> SupernodeLaunch:
     screening = Site(policy).screened()  # raises LedgerError without a ledger, DataValidationError naming rows
     widespread = screening.widespread(policy.max_problem_share)
     if widespread:  # before joining: the coordinator sees a site that has not come, not a refusal
-        raise WidespreadProblems(ValidationReport(widespread, len(screening.frame) + screening.dropped),
+        raise WidespreadProblems(ValidationReport(widespread, screening.records),
                                  policy.max_problem_share, str(policy.data))
     for note in screening.notes:  # the operator hears them once, here (no counts: `fedsyn validate` has them)
         log.warning("extract %s: %s", policy.data, note.named())

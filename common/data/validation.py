@@ -461,10 +461,14 @@ class Screening:
         found in more than that share (all of them, if none alone is); else none. Records that
         ``clamp`` or ``blank`` repaired stay in: a site that chose them for a code in many rows
         (999 for 'unknown') is not refused."""
-        records = len(self.frame) + self.dropped
-        if self.dropped <= share * records:
+        if self.dropped <= share * self.records:
             return []
-        return [problem for problem in self.problems if problem.rows > share * records] or self.problems
+        return [problem for problem in self.problems if problem.rows > share * self.records] or self.problems
+
+    @property
+    def records(self) -> int:
+        """The extract's records before screening: those kept and those left out."""
+        return len(self.frame) + self.dropped
 
 
 def screen_records(frame: pd.DataFrame, schema: Schema, handling: RecordHandling, source: str = "data") -> Screening:

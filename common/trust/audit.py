@@ -71,17 +71,17 @@ class AuditLog:
         again, a refusal) then add one line per distinct answer between two ``since`` entries
         (charges), not one per request: repeating them cannot grow the log without limit. A
         field whose value the asker chooses freely (a refusal's reason) belongs outside ``same``."""
-        matched = fields if same is None else {name: fields[name] for name in same}
-        return self._append(event, fields, since, matched)
+        return self._append(event, fields, (since, fields if same is None else {name: fields[name] for name in same}))
 
-    def _append(self, event: str, fields: dict[str, object], unless_since: str | None,
-                matched: dict[str, object] | None = None) -> dict[str, object] | None:
+    def _append(self, event: str, fields: dict[str, object],
+                unless: tuple[str, dict[str, object]] | None) -> dict[str, object] | None:
+        """Append ``event`` with ``fields``, unless (``unless``: a ``since`` event and the fields
+        that make a repeat) the same is logged after the newest ``since`` entry."""
         with open(self.path, "a") as out:  # the log is only ever appended to: it can be its own lock
             fcntl.flock(out.fileno(), fcntl.LOCK_EX)
             try:
                 lines = self._lines()
-                if unless_since is not None and _logged_since(lines, unless_since, event,
-                                                              fields if matched is None else matched):
+                if unless is not None and _logged_since(lines, unless[0], event, unless[1]):
                     return None
                 newest = json.loads(lines[-1]) if lines else None
                 head, seq = (GENESIS, 0) if newest is None else (newest["hash"], newest["seq"] + 1)
