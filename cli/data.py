@@ -204,9 +204,10 @@ def validate(
         fits = fits and report.ok
         colour = "green" if report.ok else "red"
         first, *rest = report.describe().splitlines()
-        console.print(f"[{colour}]{escape(f'{path}: {first}')}[/]")
+        console.print(f"[{colour}]{escape(f'{path}: {first}')}[/]", soft_wrap=True)  # a file's line whole, for grep
         for line in rest:  # a note is not a problem: it is not coloured as one, nor as "fits"
-            console.print(f"[{'yellow' if line.lstrip().startswith('note:') else colour}]{escape(line)}[/]")
+            console.print(f"[{'yellow' if line.lstrip().startswith('note:') else colour}]{escape(line)}[/]",
+                          soft_wrap=True)
     if contract.unreviewed_columns:
         console.print(f"[yellow]note: {len(contract.unreviewed_columns)} column(s) of {schema} still need review "
                       "(needs_review): training refuses them until their bounds and categories are public ones and "
