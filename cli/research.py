@@ -568,7 +568,8 @@ def evaluate(
             fail(f"--site {site}: the synthetic table holds no row with {site_column} = {site}")
         tables[0] = tables[0][own].reset_index(drop=True)
         for index, path in ((1, real_train), (2, real_test)):  # a file of every hospital: its own rows only
-            if site_column not in tables[index].columns:  # no hospital column: the hospital's own file
+            if site_column not in tables[index].columns:  # the hospital's own file: its rows are --site's
+                tables[index] = tables[index].assign(**{str(site_column): tables[0][site_column].iloc[0]})
                 continue
             hospital = tables[index][site_column].astype(str) == site
             if not hospital.any():

@@ -10,7 +10,7 @@ import tomllib
 from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, Field, StringConstraints, ValidationError, field_validator
+from pydantic import BaseModel, Field, StringConstraints, ValidationError, field_validator, model_validator
 
 from fedsyn.data.validation import RecordHandling
 from fedsyn.errors import NAME_CHARS, ConfigurationError, public_name, validation_problems
@@ -118,7 +118,8 @@ class SitePolicy(BaseModel):
         default=None, ge=1, description="a public upper bound on the extract's rows (say a round number above "
         "it): every DP-SGD step samples over this many, those beyond the extract empty, so a training round's "
         "work, and how long it takes, do not depend on how many patients the extract holds. Unset: the work "
-        "grows with the extract, and a coordinator asking many cheap rounds can time the site's size")
+        "grows with the extract, and a coordinator asking many cheap rounds can time the site's size. delta must be "
+        "below 1/max_rows")
     device: str = Field(default="cpu", description="torch device for local training, e.g. 'cuda'")
     seed: int | None = Field(default=None, description="fix this site's noise for reproducible simulations; a "
                              "deployed site refuses to run with one (operating-system randomness)")
@@ -159,6 +160,15 @@ class SitePolicy(BaseModel):
 
     def save(self, path: str | Path) -> None:
         Path(path).write_text(self.model_dump_json(by_alias=True, indent=2) + "\n")
+
+    @model_validator(mode="after")
+    def _delta_below_one_over_max_rows(self) -> SitePolicy:
+        """With ``max_rows``, δ must be below 1/``max_rows``: every extract the policy allows then
+        has δ below 1/n, and no request's answer depends on where the row count stands against 1/δ."""
+        if self.max_rows is not None and not self.delta * self.max_rows < 1:
+            raise ValueError(f"delta {self.delta:g} must be below 1/max_rows ({1 / self.max_rows:g}): lower delta, "
+                             "or max_rows if it is far above any extract this site will hold")
+        return self
 
     @field_validator("site_id")
     @classmethod

@@ -250,15 +250,26 @@ class Site:
                       self.policy.data, type(exc).__name__)
             raise SiteRefusal(ErrorCode.DATA_INVALID, "the site's extract does not pass validation against the "
                               "shared schema; the site operator sees the details locally") from None
-        if not 0 < self.policy.delta * len(frame) < 1:
-            raise PolicyRefusal("the site's delta is not below 1/n for its extract; the site operator must lower "
-                                "delta in its policy")
-        if self.policy.max_rows is not None and len(frame) > self.policy.max_rows:
+        refusal = self.row_count_refusal(len(frame))
+        if refusal is not None:
+            raise refusal
+        return frame
+
+    def row_count_refusal(self, rows: int) -> PolicyRefusal | None:
+        """The refusal, if any, of an extract of ``rows`` records: more than the policy's
+        ``max_rows``, or (without ``max_rows``) at least 1/δ. Each flips at one record, a bit
+        outside the DP guarantee, so ``fedsyn client start`` checks both before joining and a
+        request meets one only when the extract grew since. With ``max_rows`` the δ check is
+        the policy's own (δ below 1/``max_rows``), public values only (helper-90 F2)."""
+        if self.policy.max_rows is None and not 0 < self.policy.delta * rows < 1:
+            return PolicyRefusal("the site's delta is not below 1/n for its extract; the site operator must lower "
+                                 "delta in its policy")
+        if self.policy.max_rows is not None and rows > self.policy.max_rows:
             log.error("the extract %s holds more rows than the policy's max_rows %d: raise max_rows (a public "
                       "upper bound, say a round number above the extract)", self.policy.data, self.policy.max_rows)
-            raise PolicyRefusal("the site's extract is larger than its policy's max_rows; the site operator must "
-                                "raise max_rows")
-        return frame
+            return PolicyRefusal("the site's extract is larger than its policy's max_rows; the site operator must "
+                                 "raise max_rows")
+        return None
 
     def _check_encodable(self, frame: pd.DataFrame) -> None:
         """Encode the extract once as training will (the encoding's shape depends on the schema

@@ -35,6 +35,23 @@ def test_affordable_steps_is_the_exact_cut_off():
     assert ledger.epsilon([PrivacyEvent("dp-sgd", 2.0, 0.05, steps + 1)]) > 1.0
 
 
+@pytest.mark.parametrize("accountant", ["rdp", "prv"])
+def test_a_coordinators_extreme_noise_is_refused_at_once_under_either_accountant(tmp_path, accountant):
+    """A hostile coordinator's round 0 at a noise multiplier of 1e-3, or 1,000 full-data steps
+    at 0.5, stalled the PRV accountant for minutes; 0.01 to 0.025 raised from inside it and 1e-300
+    divided by zero (helper-90 F4). Each is refused over budget at once, the ledger unchanged."""
+    import time
+
+    ledger = PrivacyLedger.create(tmp_path / "ledger.json", delta=1e-5, accountant=accountant)
+    for event in (PrivacyEvent("gaussian-marginals", 1e-3, 1.0, 1), PrivacyEvent("dp-sgd", 0.5, 1.0, 1000),
+                  PrivacyEvent("gaussian-marginals", 0.02, 1.0, 1), PrivacyEvent("gaussian-marginals", 1e-300, 1.0, 1)):
+        started = time.monotonic()
+        with pytest.raises(BudgetExceededError):
+            ledger.charge(event, budget=5.0)
+        assert time.monotonic() - started < 5
+    assert PrivacyLedger.open(tmp_path / "ledger.json", delta=1e-5, accountant=accountant).events == []
+
+
 def test_charge_refuses_and_leaves_ledger_unchanged(tmp_path):
     ledger = PrivacyLedger.create(tmp_path / "ledger.json", delta=1e-5)
     ledger.charge(EVENTS[1], budget=5.0)

@@ -413,6 +413,13 @@ def test_evaluate_at_one_hospital_compares_that_hospitals_synthetic_rows_only(tm
     counted = json.loads((tmp_path / "mixed" / "report.json").read_text())["rows"]
     assert (counted["real_train"], counted["real_test"]) == (int((everyone.iloc[:200]["sex"] == "F").sum()),
                                                            int((everyone.iloc[200:]["sex"] == "F").sum()))
+    for name in ("train", "test"):  # the hospital's own extract, with no hospital column (helper-89)
+        pd.read_csv(tmp_path / f"{name}.csv").drop(columns="sex").to_csv(tmp_path / f"{name}_own.csv", index=False)
+    bare = _invoke("evaluate", "--schema", demo_schema_path(), "--synthetic", tmp_path / "synthetic.csv",
+                   "--real-train", tmp_path / "train_own.csv", "--real-test", tmp_path / "test_own.csv",
+                   "--site-column", "sex", "--site", "F", "--out", tmp_path / "bare")
+    assert bare.exit_code == 0 and "does not fit" not in bare.output, bare.output
+    assert json.loads((tmp_path / "bare" / "report.json").read_text())["rows"]["real_train"] == len(own) // 2
     alone = _invoke("evaluate", *files, "--site", "F", "--out", tmp_path / "again")
     assert alone.exit_code == 2 and "--site-column" in alone.output
     absent = _invoke("evaluate", *files, "--site-column", "sex", "--site", "X", "--out", tmp_path / "again")

@@ -11,6 +11,7 @@ import json
 import logging
 
 import numpy as np
+import pandas as pd
 import pytest
 
 from fedsyn.client.policy import SitePolicy
@@ -127,6 +128,31 @@ def test_a_site_over_its_max_rows_logs_no_row_count(tmp_path, small_frame, demo_
     with caplog.at_level(logging.INFO, logger="fedsyn"), pytest.raises(PolicyRefusal):
         Site(SitePolicy.load(path)).release_marginals(20.0, 50.0, protocol.schema_fingerprint(demo_schema))
     assert f"max_rows {len(small_frame) - 7}" in caplog.text and str(len(small_frame)) not in caplog.text
+
+
+def test_a_row_count_refusal_is_met_at_start_and_delta_is_checked_against_max_rows(tmp_path, small_frame):
+    """helper-90 F2: each request checked δ·n < 1 and n <= max_rows on the private row count, so
+    one more patient flipped the reply from tables to a refusal. `client start` now refuses such
+    an extract before joining, and with ``max_rows`` the δ check is the policy's own, on public
+    values: a policy whose δ is not below 1/max_rows does not load."""
+    from fedsyn.client.ops.launch import supernode_launch
+    from fedsyn.client.policy import CoordinatorConnection, PolicyError
+
+    rows = pd.concat([small_frame, small_frame], ignore_index=True)  # 1,200: at least 1/δ for a δ of 9e-4
+    connection = CoordinatorConnection(superlink="127.0.0.1:9092", root_certificates=tmp_path / "ca.crt",
+                                       auth_private_key=tmp_path / "auth.key")
+    for delta, changes, why in ((9e-4, {}, "1/n"), (1e-5, {"max_rows": len(rows) - 1}, "max_rows")):
+        path = prepare_sites([rows], demo_schema_path(), tmp_path / why, epsilon=5.0, delta=delta).policies[0]
+        joining = SitePolicy.load(path).model_copy(update={"coordinator": connection})
+        joining.model_copy(update=changes).save(path)
+        with pytest.raises(PolicyError, match=why) as refused:
+            supernode_launch(path)
+        assert str(len(rows)) not in str(refused.value)
+    joining.model_copy(update={"max_rows": len(rows)}).save(path)
+    assert supernode_launch(path).command
+    joining.model_copy(update={"max_rows": 5000, "delta": 5e-4}).save(path)  # δ·n < 1, but not δ·max_rows
+    with pytest.raises(PolicyError, match="below 1/max_rows"):
+        SitePolicy.load(path)
 
 
 def test_an_unexpected_site_failure_is_located_in_the_sites_log_and_never_in_the_reply(tmp_path, small_frame,

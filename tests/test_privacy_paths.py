@@ -36,7 +36,7 @@ from fedsyn.privacy.accounting import (
 )
 from fedsyn.privacy.budget import MARGINALS as GAUSSIAN_MARGINALS
 from fedsyn.privacy.marginals import Marginals, exact_counts, marginals_sensitivity, measured_columns
-from fedsyn.privacy.randomness import mechanism_stream, torch_generator
+from fedsyn.privacy.randomness import NOISE_GRID, mechanism_stream, torch_generator
 from fedsyn.server.settings import FederationSettings
 from fedsyn.simulations.run import prepare_sites
 
@@ -686,6 +686,40 @@ def test_a_site_short_of_its_disk_reserve_refuses_uncharged_at_a_fixed_threshold
     with pytest.raises(SiteRefusal) as caught:
         site.train(_request(site, round_=3), arrays, marginals)
     assert caught.value.code is protocol.ErrorCode.NO_ROOM and len(PrivacyLedger.load(site.policy.ledger).events) == 3
+
+
+def test_released_counts_lie_on_a_grid_of_their_noise_not_on_raw_floating_point_sums(tmp_path, small_frame):
+    """A float64 count-plus-noise keeps low bits that depend on the exact count (helper-90 F5).
+    Every measured column's released table lies on the grid of std / 1024: the bits are gone,
+    and the grid is a thousandth of the noise."""
+    site = _site(tmp_path, small_frame)
+    released, _ = site.release_marginals(20.0, 50.0, protocol.schema_fingerprint(site.schema))
+    step = released.cell_std * NOISE_GRID
+    for column in measured_columns(site.schema):
+        steps = released.tables[column.name] / step
+        assert np.abs(steps - np.round(steps)).max() < 1e-6, column.name  # off the grid: fractions up to .5
+        assert len(np.unique(steps)) > 1
+
+
+def test_a_global_model_that_would_be_infinite_at_the_site_is_refused_before_any_charge(tmp_path, small_frame):
+    """A weight is checked finite in the dtype the site trains in, not only in the dtype it came
+    in: a float64 1e300 passed the wire's check and became an infinite float32 weight, and a
+    complex inf passed it too (helper-90 F3). Non-finite weights had made a crafted model a
+    membership oracle in an earlier audit; both now are malformed, and nothing is charged."""
+    site = _site(tmp_path, small_frame)
+    arrays, marginals = _global_model(site)
+    name = next(name for name in arrays if name.startswith("discriminator."))
+    for value in (np.full(arrays[name].shape, 1e300), np.full(arrays[name].shape, complex(np.inf, 0.0)),
+                  arrays[name].astype(np.float64)):
+        try:  # as the ClientApp decodes the message
+            hostile = protocol.from_array_record(protocol.to_array_record({**arrays, name: value}))
+        except protocol.ReplyError:
+            continue
+        refusal = _refusal(site, lambda model=hostile: site.train(_request(site), model, marginals))
+        assert refusal.code is protocol.ErrorCode.MALFORMED_REQUEST
+    assert PrivacyLedger.load(site.policy.ledger).events == []
+    site.train(_request(site), arrays, marginals)  # the model as sent by fedsyn's coordinator is taken
+    assert len(PrivacyLedger.load(site.policy.ledger).events) == 1
 
 
 def test_a_deployed_site_refuses_to_run_with_a_seed(tmp_path, small_frame):

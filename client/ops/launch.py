@@ -45,7 +45,11 @@ def supernode_launch(policy_path: Path) -> SupernodeLaunch:
     if policy.coordinator is None:
         raise PolicyError(f"{policy_path} has no [coordinator] section (superlink, root_certificates, "
                           "auth_private_key): add it to join a federation")
-    screening = Site(policy).screened()  # raises LedgerError without a ledger, DataValidationError naming rows
+    site = Site(policy)
+    screening = site.screened()  # raises LedgerError without a ledger, DataValidationError naming rows
+    refusal = site.row_count_refusal(len(screening.frame))
+    if refusal is not None:  # before joining: a request refused on the row count tells it to the coordinator
+        raise PolicyError(f"{policy_path}: {refusal.public_reason}")
     widespread = screening.widespread(policy.max_problem_share)
     if widespread:  # before joining: the coordinator sees a site that has not come, not a refusal
         raise WidespreadProblems(ValidationReport(widespread, screening.records),

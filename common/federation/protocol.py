@@ -188,7 +188,7 @@ def from_array_record(
                 raise ReplyError(f"array '{name}' has shape {tuple(value.shape)}, expected {tuple(shape)}")
             if value.dtype != dtype:
                 raise ReplyError(f"array '{name}' has dtype {value.dtype}, expected {dtype}")
-        if np.issubdtype(value.dtype, np.floating) and not np.isfinite(value).all():
+        if np.issubdtype(value.dtype, np.inexact) and not np.isfinite(value).all():
             raise ReplyError(f"array '{name}' holds NaN or infinite values")
         out[name] = value
     return out

@@ -514,12 +514,23 @@ class GANTrainer:
         """Load G and D; the sampling copy becomes G (``sampler_decay=0``) or moves towards it
         as an exponential moving average (the coordinator's average over rounds). Arrays these
         networks do not have are refused (ValueError), not ignored: a site that ignored them let a
-        coordinator pad the global model at will (helper-82)."""
+        coordinator pad the global model at will (helper-82). Each array must have its tensor's own
+        dtype and be finite in it: a float64 1e300 or a complex inf passed a finiteness check in
+        its own dtype and became an infinite float32 weight here (helper-90 F3)."""
         stray = [name for name in arrays if not name.startswith(("generator.", "discriminator."))]
         if stray:
             raise ValueError(f"{len(stray)} array(s) belong to neither network")
         for prefix, module in (("generator", self.generator), ("discriminator", self.discriminator)):
-            state = {name[len(prefix) + 1:]: torch.as_tensor(np.asarray(value))
-                     for name, value in arrays.items() if name.startswith(prefix + ".")}
+            own = module.state_dict()
+            state = {}
+            for name, value in arrays.items():
+                if not name.startswith(prefix + "."):
+                    continue
+                key, value = name[len(prefix) + 1:], np.asarray(value)
+                if key in own and value.dtype != own[key].cpu().numpy().dtype:
+                    raise ValueError(f"array '{name}' has dtype {value.dtype}, not its network's")
+                if np.issubdtype(value.dtype, np.inexact) and not np.isfinite(value).all():
+                    raise ValueError(f"array '{name}' holds NaN or infinite values")
+                state[key] = torch.as_tensor(value)
             module.load_state_dict(state, strict=True)
         self._update_sampler(sampler_decay)

@@ -83,9 +83,18 @@ def rdp_orders(events: Iterable[PrivacyEvent]) -> list[float]:
     return [order for order in RDP_ORDERS if order <= 256]
 
 
+# Beyond this epsilon the RDP bound is used under the PRV accountant too: it is a valid upper
+# bound, no budget comes near it, and PRV's grid stalls or fails on the mechanisms that reach
+# it (a noise multiplier of 1e-3, or 0.5 at a sample rate of 1 for 1,000 steps: helper-90 F4).
+PRV_LARGEST_EPSILON = 100.0
+
+
 @lru_cache(maxsize=8192)
 def _rdp_curve(sample_rate: float, noise_multiplier: float, orders: tuple[float, ...]) -> np.ndarray:
-    """RDP of one step of the sub-sampled Gaussian at each order (Opacus's analysis)."""
+    """RDP of one step of the sub-sampled Gaussian at each order (Opacus's analysis); infinite
+    where the multiplier's square is 0 in floating point (Opacus divides by it)."""
+    if noise_multiplier**2 == 0:
+        return np.full(len(orders), np.inf)
     return np.asarray(compute_rdp(q=sample_rate, noise_multiplier=noise_multiplier, steps=1, orders=list(orders)))
 
 
@@ -99,12 +108,12 @@ def compute_epsilon(events: Iterable[PrivacyEvent], delta: float, accountant: Ac
     if not merged:
         return 0.0
     history = [(sigma, rate, steps) for (sigma, rate), steps in merged.items()]
-    if accountant == "rdp":
-        orders = tuple(rdp_orders(PrivacyEvent("x", s, q, n) for s, q, n in history))
-        rdp = sum(steps * _rdp_curve(rate, sigma, orders) for sigma, rate, steps in history)
-        with warnings.catch_warnings():  # calibration probes extreme noise levels on purpose
-            warnings.filterwarnings("ignore", message="Optimal order is the (largest|smallest) alpha")
-            epsilon, _ = get_privacy_spent(orders=list(orders), rdp=rdp, delta=delta)
+    orders = tuple(rdp_orders(PrivacyEvent("x", s, q, n) for s, q, n in history))
+    rdp = sum(steps * _rdp_curve(rate, sigma, orders) for sigma, rate, steps in history)
+    with warnings.catch_warnings():  # calibration probes extreme noise levels on purpose
+        warnings.filterwarnings("ignore", message="Optimal order is the (largest|smallest) alpha")
+        epsilon, _ = get_privacy_spent(orders=list(orders), rdp=rdp, delta=delta)
+    if accountant == "rdp" or not epsilon <= PRV_LARGEST_EPSILON:
         return float(epsilon)
     prv = PRVAccountant()
     for sigma, rate, steps in history:  # Opacus's public interface: one call per step (it merges repeats)

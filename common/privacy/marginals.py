@@ -37,6 +37,7 @@ from fedsyn.privacy.pairs import (
     vote_pairs,
 )
 from fedsyn.privacy.postprocessing import NOISE_FLOOR, coarsened, onto_simplex, point_mass_beyond_noise, shrunk_to_pool
+from fedsyn.privacy.randomness import gaussian_counts
 
 
 def split_column(schema: Schema) -> Column | None:
@@ -326,7 +327,7 @@ def noisy_marginals(frame: pd.DataFrame, schema: Schema, noise_multiplier: float
     split = round_zero_split(schema, noise_multiplier, pairs_share)
     std = table_noise_std(len(measured), noise_multiplier, pairs_share)
     exact = exact_counts(frame, schema)
-    tables = {c.name: exact.tables[c.name] + rng.normal(0.0, std, size=exact.tables[c.name].shape) for c in measured}
+    tables = {c.name: gaussian_counts(exact.tables[c.name], std, rng) for c in measured}
     outcome = split_column(schema)
     if outcome is not None:
         tables[outcome.name] = _precise_class_sums(list(tables.values())).reshape(-1, 1)

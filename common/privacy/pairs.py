@@ -60,6 +60,7 @@ import pandas as pd
 
 from fedsyn.data.grid import bin_index, bin_labels, numeric_bins
 from fedsyn.data.schema import Column, Schema
+from fedsyn.privacy.randomness import gaussian_counts
 
 if TYPE_CHECKING:
     from fedsyn.privacy.marginals import Marginals
@@ -307,7 +308,7 @@ def measure_pair_tables(frame: pd.DataFrame, schema: Schema, pairs: list[Pair], 
     arrays = {}
     for pair in pairs:
         exact = exact_pair_table(frame, schema, pair, bounds)
-        arrays[pair_key(pair)] = exact + rng.normal(0.0, std, size=exact.shape)
+        arrays[pair_key(pair)] = gaussian_counts(exact, std, rng)
     return arrays
 
 

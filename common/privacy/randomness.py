@@ -115,3 +115,17 @@ def torch_generator(seed: int | None, *key: StreamKey, device: str | torch.devic
     generator = torch.Generator(device=torch.device(device))
     generator.manual_seed(_word63(seed_sequence(seed, *key)))
     return generator
+
+
+NOISE_GRID = 2.0**-10  # of the noise's standard deviation
+
+
+def gaussian_counts(exact: np.ndarray, std: float, rng: np.random.Generator) -> np.ndarray:
+    """The Gaussian mechanism on counts: ``exact`` plus noise of ``std``, rounded to a grid of
+    ``std / 1024``. A float64 sum's lowest bits depend on the exact count it was added to
+    (floating-point noise is not the real Gaussian: Mironov 2012; Jin et al. 2022), so a reader
+    of the raw sums could tell some neighbouring counts apart (helper-90 F5). The grid is far
+    coarser than those bits and far finer than the noise: rounding to it is post-processing
+    that leaves none of them and changes no table's use."""
+    step = std * NOISE_GRID
+    return np.round((exact + rng.normal(0.0, std, size=exact.shape)) / step) * step
