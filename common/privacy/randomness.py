@@ -126,6 +126,8 @@ def gaussian_counts(exact: np.ndarray, std: float, rng: np.random.Generator) -> 
     (floating-point noise is not the real Gaussian: Mironov 2012; Jin et al. 2022), so a reader
     of the raw sums could tell some neighbouring counts apart (helper-90 F5). The grid is far
     coarser than those bits and far finer than the noise: rounding to it is post-processing
-    that leaves none of them and changes no table's use."""
+    that leaves none of them and changes no table's use. Without noise (a test's exact tables),
+    there is no grid."""
+    noisy = exact + rng.normal(0.0, std, size=exact.shape)
     step = std * NOISE_GRID
-    return np.round((exact + rng.normal(0.0, std, size=exact.shape)) / step) * step
+    return np.round(noisy / step) * step if step > 0 else noisy
