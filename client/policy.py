@@ -166,8 +166,9 @@ class SitePolicy(BaseModel):
         """With ``max_rows``, δ must be below 1/``max_rows``: every extract the policy allows then
         has δ below 1/n, and no request's answer depends on where the row count stands against 1/δ."""
         if self.max_rows is not None and not self.delta * self.max_rows < 1:
-            raise ValueError(f"delta {self.delta:g} must be below 1/max_rows ({1 / self.max_rows:g}): lower delta, "
-                             "or max_rows if it is far above any extract this site will hold")
+            raise ValueError(f"delta {self.delta:g} must be below 1/max_rows ({1 / self.max_rows:g}): lower max_rows "
+                             "(keeping it above the extract), or, for a new ledger only, delta (a ledger keeps its "
+                             "delta)")
         return self
 
     @field_validator("site_id")

@@ -38,13 +38,15 @@ def test_affordable_steps_is_the_exact_cut_off():
 @pytest.mark.parametrize("accountant", ["rdp", "prv"])
 def test_a_coordinators_extreme_noise_is_refused_at_once_under_either_accountant(tmp_path, accountant):
     """A hostile coordinator's round 0 at a noise multiplier of 1e-3, or 1,000 full-data steps
-    at 0.5, stalled the PRV accountant for minutes; 0.01 to 0.025 raised from inside it and 1e-300
-    divided by zero (helper-90 F4). Each is refused over budget at once, the ledger unchanged."""
+    at 0.5, stalled the PRV accountant for minutes; 0.01 to 0.025 raised from inside it, 1e-300
+    divided by zero (helper-90 F4) and 1e-158 at a sample rate of 0.2 never returned under either
+    accountant (helper-91). Each is refused over budget at once, the ledger unchanged."""
     import time
 
     ledger = PrivacyLedger.create(tmp_path / "ledger.json", delta=1e-5, accountant=accountant)
     for event in (PrivacyEvent("gaussian-marginals", 1e-3, 1.0, 1), PrivacyEvent("dp-sgd", 0.5, 1.0, 1000),
-                  PrivacyEvent("gaussian-marginals", 0.02, 1.0, 1), PrivacyEvent("gaussian-marginals", 1e-300, 1.0, 1)):
+                  PrivacyEvent("gaussian-marginals", 0.02, 1.0, 1), PrivacyEvent("gaussian-marginals", 1e-300, 1.0, 1),
+                  PrivacyEvent("dp-sgd", 1e-158, 0.2, 1)):
         started = time.monotonic()
         with pytest.raises(BudgetExceededError):
             ledger.charge(event, budget=5.0)

@@ -169,6 +169,9 @@ def test_tls_superlink_with_node_auth_runs_registered_sites_only(demo_frame, dem
     for index in range(3):
         deployment.start_node(index)
     run = deployment.submit()
+    retried = deployment.start_client(3)  # restarted by its service manager while the run is live
+    deployment.wait_for(lambda: retried.poll() is not None, "the unregistered node to exit again", deadline)
+    assert retried.returncode != 0
     deployment.wait_for(lambda: run.poll() is not None, "the run", deadline)
     assert run.returncode == 0, (root / "run.log").read_text()[-2000:]
     deployment.wait_for((root / "release" / "privacy_report.json").exists, "the release", deadline)

@@ -34,7 +34,8 @@ def supernode_launch(policy_path: Path) -> SupernodeLaunch:
 
     Refuses (raising with a report) when the extract does not fit: a site never joins with
     data it cannot train on, nor with a problem in more of its records than the policy's
-    ``max_problem_share`` leaves to ``out_of_domain`` (a column that changed form). Each request
+    ``max_problem_share`` leaves to ``out_of_domain`` (a column that changed form), nor with a
+    row count a request would refuse (:meth:`Site.row_count_refusal`). Each request
     screens the extract again and handles its records one by one, never refusing on a share:
     a refusal decided by how many records fail would tell the coordinator that share.
     """

@@ -521,13 +521,14 @@ class GANTrainer:
         if stray:
             raise ValueError(f"{len(stray)} array(s) belong to neither network")
         for prefix, module in (("generator", self.generator), ("discriminator", self.discriminator)):
-            own = module.state_dict()
+            dtypes = {key: torch.empty(0, dtype=tensor.dtype).numpy().dtype
+                      for key, tensor in module.state_dict().items()}
             state = {}
             for name, value in arrays.items():
                 if not name.startswith(prefix + "."):
                     continue
                 key, value = name[len(prefix) + 1:], np.asarray(value)
-                if key in own and value.dtype != own[key].cpu().numpy().dtype:
+                if key in dtypes and value.dtype != dtypes[key]:
                     raise ValueError(f"array '{name}' has dtype {value.dtype}, not its network's")
                 if np.issubdtype(value.dtype, np.inexact) and not np.isfinite(value).all():
                     raise ValueError(f"array '{name}' holds NaN or infinite values")

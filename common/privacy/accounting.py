@@ -92,8 +92,10 @@ PRV_LARGEST_EPSILON = 100.0
 @lru_cache(maxsize=8192)
 def _rdp_curve(sample_rate: float, noise_multiplier: float, orders: tuple[float, ...]) -> np.ndarray:
     """RDP of one step of the sub-sampled Gaussian at each order (Opacus's analysis); infinite
-    where the multiplier's square is 0 in floating point (Opacus divides by it)."""
-    if noise_multiplier**2 == 0:
+    (a valid bound) below a multiplier of 1e-100: Opacus divided by a square that is 0 in
+    floating point, and just above that its series never ended (1e-158 at a sample rate of 0.2:
+    helper-91)."""
+    if noise_multiplier < 1e-100:
         return np.full(len(orders), np.inf)
     return np.asarray(compute_rdp(q=sample_rate, noise_multiplier=noise_multiplier, steps=1, orders=list(orders)))
 

@@ -9,7 +9,9 @@ derived from the seed *and* a key that names the use (a nonce created with each 
 fit, the mechanism, the ledger position), through NumPy's ``SeedSequence``, whose children
 are statistically independent.
 
-Nothing here touches PyTorch's or NumPy's global generators.
+Nothing here touches PyTorch's or NumPy's global generators. :func:`gaussian_counts` is the
+one place where a stream's Gaussian noise is added to counts, so that its output's rounding
+(against floating-point leaks) is in one place too.
 """
 
 from __future__ import annotations
