@@ -10,6 +10,12 @@ it (``noisy_marginals`` at the noise the default settings give ε per site), rec
 summed as the coordinator does (its noise floor included), and every site's P(bin | class) is
 compared with the exact one of its rows: total variation per column, weighted by the site's
 class shares, averaged over columns and sites. Prints numbers only, never asserts.
+
+    python benchmarks/bench_site_tables.py BENCH_KIT --tables nwtco --means age,edrel
+
+prints instead each site's mean of those numeric columns: from its rows, its tables as sent,
+drawn toward the sum, the sum's, and four equal-width bins at the same noise per cell (what a
+coarser measurement would keep of a site's difference on a wide table).
 """
 
 from __future__ import annotations
@@ -23,6 +29,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from fedsyn.data.grid import inverse_transform, numeric_edges
 from fedsyn.data.schema import Schema
 from fedsyn.data.tables import read_table
 from fedsyn.privacy.budget import marginals_noise
@@ -33,6 +40,7 @@ from fedsyn.privacy.marginals import (
     measured_columns,
     noisy_marginals,
     received_marginals,
+    table_noise_std,
 )
 from fedsyn.server.settings import FederationSettings
 
@@ -69,14 +77,72 @@ def measure(frames: list[pd.DataFrame], schema: Schema, epsilon: float, rng: np.
                                     ("the sum's", [summed] * len(parts)))}
 
 
+COARSE_BINS = 4
+
+
+def site_means(frames: list[pd.DataFrame], schema: Schema, epsilon: float, column: str,
+               rng: np.random.Generator) -> dict[str, list[float]]:
+    """One draw of round 0: each site's mean of numeric ``column`` from its rows, from its tables
+    as sent, drawn toward the sum, and the sum's; and, for comparison, from a histogram of
+    :data:`COARSE_BINS` equal-width bins carrying the same noise per cell (both classes summed)."""
+    settings = FederationSettings()
+    noise = marginals_noise(epsilon, settings.marginals_share, settings.delta)
+    std = table_noise_std(len(measured_columns(schema)), noise, settings.pairs_share)
+    parts = [received_marginals(noisy_marginals(frame, schema, noise, rng, settings.pairs_share).arrays, schema,
+                                noise, settings.pairs_share) for frame in frames]
+    summed, shrunk = federation_tables(schema, parts, settings.marginals_noise_floor)
+    spec = schema.column(column)
+    edges = numeric_edges(spec)
+    centres = inverse_transform(spec, (edges[:-1] + edges[1:]) / 2)
+
+    def mean(tables: Marginals) -> float:  # the numeric bins only (a nullable column's last bin is 'missing')
+        weights = tables.class_totals() / tables.class_totals().sum()
+        shares = (tables.conditional(column) * weights).sum(axis=1)[:len(centres)]
+        return float((shares * centres).sum() / shares.sum())
+
+    coarse = np.linspace(*spec.bounds, COARSE_BINS + 1)
+    out: dict[str, list[float]] = {"rows": [], "as sent": [], "drawn toward the sum": [], "the sum's": [],
+                                   f"{COARSE_BINS} bins at the same noise": []}
+    for frame, own, drawn in zip(frames, parts, shrunk):
+        counts = np.histogram(frame[column].dropna(), coarse)[0] + rng.normal(0.0, std * np.sqrt(2), COARSE_BINS)
+        counts = np.clip(counts, 0.0, None)
+        for name, value in (("rows", float(frame[column].mean())), ("as sent", mean(own)),
+                            ("drawn toward the sum", mean(drawn)), ("the sum's", mean(summed)),
+                            (f"{COARSE_BINS} bins at the same noise",
+                             float((counts * (coarse[:-1] + coarse[1:]) / 2).sum() / max(counts.sum(), 1e-9)))):
+            out[name].append(value)
+    return out
+
+
+def print_site_means(bench: Path, table: str, columns: list[str], epsilon: float, draws: int) -> None:
+    """Each site's mean of each column, averaged over ``draws`` draws of round 0."""
+    schema = Schema.load(bench / table / "schema.json")
+    with tempfile.TemporaryDirectory() as folder:
+        frames = site_frames(bench, table, schema, Path(folder))
+    print(f"{table}: each site's mean ({', '.join(str(len(frame)) for frame in frames)} rows), {draws} draws")
+    for column in columns:
+        found = [site_means(frames, schema, epsilon, column, np.random.default_rng(seed)) for seed in range(draws)]
+        print(f"  {column}")
+        for name in found[0]:
+            values = np.mean([draw[name] for draw in found], axis=0)
+            print(f"    {name:26s}" + " ".join(f"{value:9.2f}" for value in values))
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("bench", type=Path, help="the bench folder (tables.json, TABLE/train.csv, TABLE/schema.json)")
     parser.add_argument("--tables", default=None, help="comma-separated names (default: all in tables.json)")
     parser.add_argument("--seeds", type=int, default=5, help="draws of the round-0 releases per table")
     parser.add_argument("--epsilon", type=float, default=1.0, help="each site's epsilon for the run")
+    parser.add_argument("--means", default=None, help="comma-separated numeric columns: print each site's mean of "
+                        "each instead (rows, tables as sent, drawn toward the sum, the sum's, and "
+                        f"{COARSE_BINS} equal-width bins at the same noise per cell)")
     args = parser.parse_args(argv)
     names = args.tables.split(",") if args.tables else list(json.loads((args.bench / "tables.json").read_text()))
+    if args.means:
+        for table in names:
+            print_site_means(args.bench, table, args.means.split(","), args.epsilon, args.seeds)
+        return
     print(f"site tables' distance from their sites' exact P(bin | class), epsilon={args.epsilon:g} per site, "
           f"{args.seeds} draws")
     print(f"{'table':10s} {'sites':>5s} {'as sent':>10s} {'drawn toward the sum':>22s} {'the sum':>10s}")

@@ -118,6 +118,9 @@ def test_bench_site_tables_runs(monkeypatch, capsys, tmp_path):
     line = next(line for line in capsys.readouterr().out.splitlines() if line.startswith("demo"))
     sent, shrunk, summed = map(float, line.split()[2:])
     assert 0 < shrunk and 0 < sent and 0 < summed
+    _run(monkeypatch, "bench_site_tables.py", str(tmp_path / "kit"), "--seeds", "1", "--means", "age")
+    rows = next(line for line in capsys.readouterr().out.splitlines() if line.strip().startswith("rows"))
+    assert all(50 < float(mean) < 105 for mean in rows.split()[1:])  # the demo's ages, one mean a site
 
 
 def test_bench_noise_draws_runs(monkeypatch, capsys, tmp_path):
