@@ -40,7 +40,6 @@ from fedsyn.privacy.marginals import (
     measured_columns,
     noisy_marginals,
     received_marginals,
-    table_noise_std,
 )
 from fedsyn.server.settings import FederationSettings
 
@@ -64,13 +63,21 @@ def distance(tables: Marginals, exact: Marginals, schema: Schema) -> float:
     return float(np.mean(distances))
 
 
-def measure(frames: list[pd.DataFrame], schema: Schema, epsilon: float, rng: np.random.Generator) -> dict[str, float]:
-    """One draw of every site's round-0 release: each estimate's mean distance over the sites."""
+def round_zero(frames: list[pd.DataFrame], schema: Schema, epsilon: float, rng: np.random.Generator
+               ) -> tuple[list[Marginals], Marginals, list[Marginals]]:
+    """One draw of every site's round-0 release at the default settings, as the coordinator
+    receives it: each site's tables, their sum, and each site's drawn toward the sum."""
     settings = FederationSettings()
     noise = marginals_noise(epsilon, settings.marginals_share, settings.delta)
     parts = [received_marginals(noisy_marginals(frame, schema, noise, rng, settings.pairs_share).arrays, schema,
                                 noise, settings.pairs_share) for frame in frames]
     summed, shrunk = federation_tables(schema, parts, settings.marginals_noise_floor)
+    return parts, summed, shrunk
+
+
+def measure(frames: list[pd.DataFrame], schema: Schema, epsilon: float, rng: np.random.Generator) -> dict[str, float]:
+    """One draw of every site's round-0 release: each estimate's mean distance over the sites."""
+    parts, summed, shrunk = round_zero(frames, schema, epsilon, rng)
     exact = [exact_counts(frame, schema) for frame in frames]
     return {name: float(np.mean([distance(own, truth, schema) for own, truth in zip(estimates, exact)]))
             for name, estimates in (("as sent", parts), ("drawn toward the sum", shrunk),
@@ -85,12 +92,8 @@ def site_means(frames: list[pd.DataFrame], schema: Schema, epsilon: float, colum
     """One draw of round 0: each site's mean of numeric ``column`` from its rows, from its tables
     as sent, drawn toward the sum, and the sum's; and, for comparison, from a histogram of
     :data:`COARSE_BINS` equal-width bins carrying the same noise per cell (both classes summed)."""
-    settings = FederationSettings()
-    noise = marginals_noise(epsilon, settings.marginals_share, settings.delta)
-    std = table_noise_std(len(measured_columns(schema)), noise, settings.pairs_share)
-    parts = [received_marginals(noisy_marginals(frame, schema, noise, rng, settings.pairs_share).arrays, schema,
-                                noise, settings.pairs_share) for frame in frames]
-    summed, shrunk = federation_tables(schema, parts, settings.marginals_noise_floor)
+    parts, summed, shrunk = round_zero(frames, schema, epsilon, rng)
+    std = parts[0].cell_std or 0.0  # every site's, at the same query
     spec = schema.column(column)
     edges = numeric_edges(spec)
     centres = inverse_transform(spec, (edges[:-1] + edges[1:]) / 2)
