@@ -413,7 +413,7 @@ def _print_release(result: SimulationResult, rounds: int) -> None:
 def _show_fit_plan(model: DPTabularGAN, site: str, rows: int, out: Path) -> None:
     """Before a fit spends anything: what its budget buys on ``rows`` rows (printed locally: the
     row count is the site's own), graded as a simulation's sites are, and the width's cost."""
-    from fedsyn.privacy.marginals import measured_columns
+    from fedsyn.privacy.marginals import tables_weight
     from fedsyn.simulations.plan import plan_fit, plan_width
 
     plan, epsilon = model.plan(rows), model.epsilon
@@ -423,7 +423,7 @@ def _show_fit_plan(model: DPTabularGAN, site: str, rows: int, out: Path) -> None
                                     pairs_share=model.pairs_share, accountant=model.accountant)
     _show_site_plans(f"Plan: epsilon {epsilon:g}, {plan.steps} DP-SGD steps of {plan.batch_size} expected records "
                      f"(sample rate {plan.sample_rate:.3g})",
-                     (plan_fit(site, plan, len(measured_columns(model.schema)), model.pairs_share),),
+                     (plan_fit(site, plan, tables_weight(model.schema), model.pairs_share),),
                      (plan_width(site, rows, model.schema, round_zero),), epsilon, out)
 
 
@@ -482,7 +482,7 @@ def _show_width(widths: tuple[WidthPlan, ...], epsilon: float, out: Path, batch_
         return
     console.print(f"[{COLOUR[worst.level]} bold]{worst.level}:[/] at {worst.site}, each round-0 cell carries noise "
                   f"of {worst.cell_noise:.0f} rows (it grows with the square root of the {worst.measured_columns} "
-                  f"columns); {worst.column_advice}")
+                  f"columns, a numeric one's runs a quarter more); {worst.column_advice}")
     if worst.epsilon_needed is not None and worst.epsilon_needed > epsilon:
         batch = [("--batch-size", str(batch_size))] if batch_size else []
         needed = f"{worst.epsilon_needed:g}"

@@ -57,10 +57,10 @@ from fedsyn.privacy.marginals import (
     check_summed_tables,
     first_release_event,
     marginals_event,
-    measured_columns,
     noisy_marginals,
     table_noise_std,
     table_shape,
+    tables_weight,
 )
 from fedsyn.privacy.pairs import check_pair_request, measure_pair_tables, pair_shape
 from fedsyn.privacy.randomness import mechanism_stream, numpy_generator, torch_generator
@@ -389,7 +389,7 @@ class Site:
             run_id, digest, "", epsilon, first_release_event(self.schema, noise_multiplier, pairs_share, round_=0),
             lambda frame, rng: noisy_marginals(frame, self.schema, noise_multiplier, rng, pairs_share, sites).arrays,
             "marginals_sent", answer_bytes=8 * cells)
-        return Marginals(arrays, cell_std=table_noise_std(len(measured_columns(self.schema)), noise_multiplier,
+        return Marginals(arrays, cell_std=table_noise_std(tables_weight(self.schema), noise_multiplier,
                                                           pairs_share)), event
 
     def release_pair_tables(self, query: PairTablesQuery) -> tuple[dict[str, np.ndarray], PrivacyEvent]:

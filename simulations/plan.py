@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Literal
 from fedsyn.data.grid import bin_labels
 from fedsyn.data.schema import Column, Schema
 from fedsyn.privacy.budget import SiteBudget, marginals_noise, plan_site_run
-from fedsyn.privacy.marginals import measured_columns, table_noise_std, table_shape
+from fedsyn.privacy.marginals import RUN_NOISE, measured_columns, table_noise_std, table_shape, tables_weight
 from fedsyn.server.settings import FederationSettings
 
 if TYPE_CHECKING:
@@ -58,13 +58,13 @@ class SitePlan:
     batch_size: int | None = None  # the --batch-size the advice suggests (None: none suggested)
 
 
-def plan_site(name: str, rows: int, measured: int, settings: FederationSettings) -> SitePlan:
+def plan_site(name: str, rows: int, tables: float, settings: FederationSettings) -> SitePlan:
     """What ``settings`` mean for a site with ``rows`` records (known to the researcher only)
-    whose round-0 release measures ``measured`` columns' tables (:func:`measured_columns`)."""
+    whose round-0 release measures tables of weight ``tables`` (:func:`tables_weight`)."""
     run = plan_site_run(SiteBudget(spent=0.0, max_epsilon=settings.epsilon, delta=settings.delta), settings)
     steps = run.rounds_fit * settings.local_steps  # a fixed noise may fit fewer rounds than asked
     sigma = run.training_noise if run.usable else None
-    cell_noise = table_noise_std(measured, run.marginals_noise, settings.pairs_share) if run.marginals_noise else None
+    cell_noise = table_noise_std(tables, run.marginals_noise, settings.pairs_share) if run.marginals_noise else None
     plan = _graded(name, rows, settings.sample_rate * rows, sigma, steps, cell_noise)
     if plan.level != "green" and settings.sample_rate >= HIGH_SAMPLE_RATE:
         advice, suggested = _smaller_batch(rows, settings)
@@ -72,10 +72,10 @@ def plan_site(name: str, rows: int, measured: int, settings: FederationSettings)
     return plan
 
 
-def plan_fit(name: str, fit: FitPlan, measured: int, pairs_share: float) -> SitePlan:
+def plan_fit(name: str, fit: FitPlan, tables: float, pairs_share: float) -> SitePlan:
     """What a single-site fit's plan (:meth:`fedsyn.model.gan.DPTabularGAN.plan`) means for its
     ``fit.rows`` rows, graded as a simulation's site is."""
-    cell_noise = table_noise_std(measured, fit.marginals_noise, pairs_share) if fit.marginals_noise else None
+    cell_noise = table_noise_std(tables, fit.marginals_noise, pairs_share) if fit.marginals_noise else None
     return _graded(name, fit.rows, fit.sample_rate * fit.rows, fit.noise_multiplier, fit.steps, cell_noise)
 
 
@@ -240,7 +240,10 @@ def _width_level(costs: list[ColumnCost]) -> Literal["green", "amber", "red"]:
 
 def plan_width(name: str, rows: int, schema: Schema, settings: FederationSettings) -> WidthPlan:
     """The round-0 cost of a site's width: one record adds a count to every measured table, so
-    the noise of every cell grows with the square root of the number of columns.
+    the noise of every cell grows with the square root of the tables' weight (one per column,
+    a numeric column's runs a quarter more: :func:`tables_weight`). A width it advises holds
+    whichever columns are kept: where they may be numeric (as many levels as a numeric column
+    counts, ``NUMERIC_GROUPS``), with their runs.
 
     The run's site column adds its table's noise like any column but is not graded: at a site it
     holds one value, which the site's slot already says, so it has nothing to resolve, and it
@@ -249,23 +252,25 @@ def plan_width(name: str, rows: int, schema: Schema, settings: FederationSetting
     columns = [column for column in measured if column.name != settings.site_column]
     site = len(measured) - len(columns)  # 1: the site column is measured (its noise counts), 0: it is not
 
-    def cell_noise(epsilon: float, width: int) -> float:
+    tables = tables_weight(schema)
+
+    def cell_noise(epsilon: float, width: float) -> float:  # tables of weight ``width``
         sigma = marginals_noise(epsilon, settings.marginals_share, settings.delta, settings.accountant)
         return table_noise_std(width, sigma, settings.pairs_share)
 
-    noise = cell_noise(settings.epsilon, len(measured))
+    noise = cell_noise(settings.epsilon, tables)
     costs = _column_costs(rows, schema, noise, columns)
     level = _width_level(costs)
     needed = next((e for e in EPSILON_LADDER if e >= settings.epsilon
-                   and _width_level(_column_costs(rows, schema, cell_noise(e, len(measured)), columns)) != "red"),
+                   and _width_level(_column_costs(rows, schema, cell_noise(e, tables), columns)) != "red"),
                   None)
     keep: list[tuple[int, int]] = []
     if level == "red":
         classes = _classes(schema, measured)
         for levels in sorted({cost.cells // classes for cost in costs} - {1}):  # one level resolves nothing
-            width = next((k for k in range(len(measured), site, -1)
-                          if _grade(_cell_snr(rows, classes, levels, cell_noise(settings.epsilon, k))) != "red"),
-                         None)
+            per_column = 1.0 + RUN_NOISE ** -2 if levels >= NUMERIC_GROUPS else 1.0  # a numeric one's runs
+            width = next((k for k in range(len(measured), site, -1) if _grade(_cell_snr(
+                rows, classes, levels, cell_noise(settings.epsilon, per_column * k))) != "red"), None)
             if width is None:
                 break
             if keep and keep[-1][0] == width:  # as many columns with more levels each

@@ -159,7 +159,7 @@ def prepare(request: SimulationRequest) -> PreparedSimulation:
         raise ConfigurationError("--compare and --sweep-epsilon score releases on held-out rows, and this run has "
                                  "none: give --held-out FILE (or, with --data, a --hold-out share above 0)")
     from fedsyn.model.config import GANConfig
-    from fedsyn.privacy.marginals import measured_columns
+    from fedsyn.privacy.marginals import tables_weight
     from fedsyn.privacy.randomness import fresh_nonce
     from fedsyn.simulations.plan import plan_site, plan_width
     from fedsyn.simulations.run import default_sample_rate
@@ -205,7 +205,7 @@ def prepare(request: SimulationRequest) -> PreparedSimulation:
         site_names=named,
         # A fresh stream for every seeded simulation unless it repeats one: never two releases of one stream.
         stream_nonce=None if request.seed is None else fresh_nonce(request.stream_nonce))
-    measured = len(measured_columns(schema))
+    measured = tables_weight(schema)
     return PreparedSimulation(
         simulation, names,
         (*loaded.notes, *_weak_budget(request), *_unreviewed_schema(schema),

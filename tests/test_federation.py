@@ -20,9 +20,9 @@ from fedsyn.privacy.accounting import PrivacyEvent, PrivacyLedger
 from fedsyn.privacy.marginals import (
     Marginals,
     federation_tables,
-    measured_columns,
     received_marginals,
     table_noise_std,
+    tables_weight,
 )
 from fedsyn.privacy.pairs import bounds_arrays, check_pairs, parse_pair_key
 from fedsyn.server.app import ReleasePlan, run_federation
@@ -95,8 +95,8 @@ def test_the_coordinator_states_each_sites_noise_from_what_it_asked(plan, demo_s
     grid, coordinator = run_in_process(plan, demo_schema, tmp_path)
     asked = {m.metadata.dst_node_id: protocol.MarginalsQuery.from_record(m.content.config_records[protocol.CONFIG])
              for m in grid.sent if m.metadata.message_type == protocol.QUERY_MARGINALS}
-    columns = len(measured_columns(demo_schema))
-    stds = [table_noise_std(columns, asked[node].noise_multiplier, asked[node].pairs_share)
+    weight = tables_weight(demo_schema)
+    stds = [table_noise_std(weight, asked[node].noise_multiplier, asked[node].pairs_share)
             for node in coordinator.run.site_marginals]
     assert len(stds) == 3 and coordinator.run.marginals.cell_std == pytest.approx(np.sqrt(np.sum(np.square(stds))))
 

@@ -35,7 +35,18 @@ from fedsyn.privacy.accounting import (
     gaussian_noise_for_epsilon,
 )
 from fedsyn.privacy.budget import MARGINALS as GAUSSIAN_MARGINALS
-from fedsyn.privacy.marginals import Marginals, exact_counts, marginals_sensitivity, measured_columns
+from fedsyn.privacy.marginals import (
+    RUN_NOISE,
+    Marginals,
+    exact_counts,
+    marginals_sensitivity,
+    measured_columns,
+    numeric_runs,
+    run_measured_columns,
+    run_noise_cells,
+    run_sums,
+    run_tables,
+)
 from fedsyn.privacy.randomness import NOISE_GRID, mechanism_stream, torch_generator
 from fedsyn.server.settings import FederationSettings
 from fedsyn.simulations.run import prepare_sites
@@ -220,27 +231,47 @@ def test_single_site_fit_charges_before_its_first_step(demo_schema, small_frame,
 
 
 def test_marginals_noise_through_the_site_has_std_sigma_times_sensitivity(tmp_path, small_frame):
-    """Ten releases (5,420 noisy cells, std error about 1 %): tight enough to tell sqrt(8) tables
-    from sqrt(7), 6.5 % apart."""
+    """Ten releases (about 5,000 noisy cells, std error about 1 %): tight enough to tell a
+    weight of 9 from 8 (:func:`tables_weight`), 6 % apart. A numeric column's runs are measured
+    once more, at ``RUN_NOISE`` times a cell's noise, and folded into its bins before they leave
+    (:func:`with_run_sums`): a run of ``k`` bins and ``D = k + RUN_NOISE²`` then carries ``(D -
+    1) / D`` of a cell's noise variance in each bin and :func:`run_noise_cells` in its sum, where
+    the runs' measurement without noise would leave the sum far less, and none would leave it
+    ``k``."""
     site = _site(tmp_path, small_frame)
     sigma = 2.0
     exact = exact_counts(small_frame, site.schema)
-    measured = [c.name for c in measured_columns(site.schema)]
-    assert site.schema.outcome not in measured  # its counts are sums of the noisy tables
-    residuals = []
+    measured = measured_columns(site.schema)
+    assert site.schema.outcome not in [c.name for c in measured]  # its counts are sums of the noisy tables
+    folded = {column.name: numeric_runs(column) for column in run_measured_columns(site.schema)}
+    assert folded and len(folded) < len(measured)
+    cells, sums = [], []
     for _ in range(10):
         released, _ = site.release_marginals(sigma, 50.0, protocol.schema_fingerprint(site.schema))
-        residuals += [(released.tables[c] - exact.tables[c]).ravel() for c in measured]
-    assert np.concatenate(residuals).std() == pytest.approx(sigma * marginals_sensitivity(site.schema), rel=0.04)
-    assert marginals_sensitivity(site.schema) == math.sqrt(len(measured))
-    assert released.cell_std == pytest.approx(sigma * marginals_sensitivity(site.schema))  # the noise it states
+        for column in measured:
+            residual = released.tables[column.name] - exact.tables[column.name]
+            if column.name not in folded:
+                cells.append(residual.ravel())
+                continue
+            runs = folded[column.name]
+            across = np.bincount(runs) + RUN_NOISE ** 2
+            cells.append((residual / np.sqrt((across - 1.0) / across)[runs][:, None]).ravel())
+            sums.append((run_sums(residual, runs) / np.sqrt(run_noise_cells(runs))[:, None]).ravel())
+    std = sigma * marginals_sensitivity(site.schema)
+    assert np.concatenate(cells).std() == pytest.approx(std, rel=0.04)
+    assert np.concatenate(sums).std() == pytest.approx(std, rel=0.1)
+    assert marginals_sensitivity(site.schema) == math.sqrt(len(measured) + len(folded) / RUN_NOISE ** 2)
+    assert released.cell_std == pytest.approx(std)  # the noise it states
 
 
 def test_the_marginals_sensitivity_is_what_one_record_moves(small_frame, demo_schema):
-    """Removing one record moves the measured tables by exactly the claimed L2 sensitivity,
-    and the outcome's own counts are not measured on their own (else it would be more)."""
+    """Removing one record moves the measured tables (a numeric column's runs among them, scaled
+    by the ``1 / RUN_NOISE`` of their noise) by exactly the claimed L2 sensitivity, and the
+    outcome's own counts are not measured on their own (else it would be more)."""
     full, fewer = exact_counts(small_frame, demo_schema), exact_counts(small_frame.iloc[1:], demo_schema)
     moved = [full.tables[c.name] - fewer.tables[c.name] for c in measured_columns(demo_schema)]
+    moved += [(table - run_tables(fewer, demo_schema)[name]) / RUN_NOISE  # measured at RUN_NOISE times the noise
+              for name, table in run_tables(full, demo_schema).items()]
     assert math.sqrt(sum(float(np.sum(m ** 2)) for m in moved)) == pytest.approx(marginals_sensitivity(demo_schema))
     assert {c.name for c in measured_columns(demo_schema)} | {demo_schema.outcome} == set(demo_schema.column_names)
 

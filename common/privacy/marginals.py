@@ -2,8 +2,10 @@
 
 For every column but the outcome, a two-way table of counts: the column's public bins (the
 schema's categories, or a fixed grid between the schema's public bounds) by the outcome's
-classes. Every record adds one count to one cell of every table, so the L2 sensitivity of
-the whole release is sqrt(number of tables). Gaussian noise makes it one Gaussian mechanism,
+classes; for a numeric column, a second table of the same counts over runs of neighbouring
+bins (:func:`numeric_runs`), which the site folds into the first before it is sent
+(:func:`with_run_sums`). Every record adds one count to one cell of every table, so the L2
+sensitivity of the whole release is sqrt(number of tables). Gaussian noise makes it one Gaussian mechanism,
 charged to the privacy ledger. The one-way marginals (including the outcome's) are sums of
 the tables, so the outcome's relation to every column comes at the price the one-way
 histograms used to cost alone. Sites' noisy tables add up, which is how the federation
@@ -18,6 +20,7 @@ from dataclasses import dataclass, field, replace
 
 import numpy as np
 import pandas as pd
+from scipy.stats import chi2
 
 from fedsyn.data.grid import bin_index, bin_labels, numeric_bins, numeric_edges
 from fedsyn.data.schema import Column, Schema
@@ -37,7 +40,7 @@ from fedsyn.privacy.pairs import (
     vote_pairs,
 )
 from fedsyn.privacy.postprocessing import NOISE_FLOOR, coarsened, onto_simplex, point_mass_beyond_noise, shrunk_to_pool
-from fedsyn.privacy.randomness import gaussian_counts
+from fedsyn.privacy.randomness import gaussian_counts, on_noise_grid
 
 
 def split_column(schema: Schema) -> Column | None:
@@ -62,9 +65,33 @@ def table_shape(schema: Schema, column: Column) -> tuple[int, int]:
     return bin_labels(column), bin_labels(split)
 
 
+def run_measured_columns(schema: Schema) -> list[Column]:
+    """The measured numeric columns whose tables are also measured over runs of neighbouring
+    bins (:func:`site_groups`): those with more bins than runs. A run's count, measured once at
+    a cell's noise, is as precise as one bin's; summed from its dozen fine bins it carried their
+    dozen noises, and a small site's or a small class's location drowned in them (a newcomer's
+    188-row hospital of mean age 78 came out at 52; docs/benchmarks.md)."""
+    return [column for column in measured_columns(schema)
+            if not column.is_categorical and numeric_bins(column) > SITE_GROUPS]
+
+
+RUN_NOISE = 2.0  # a run table's noise std, in a bin table cell's: a quarter of a column's price for its runs
+
+
+def tables_weight(schema: Schema) -> float:
+    """Round 0's tables counted by their price, the square of their L2 sensitivity relative to
+    a cell's noise: 1 for each measured column's table, ``RUN_NOISE ** -2`` for each table of
+    runs (:func:`run_measured_columns`; measured at ``RUN_NOISE`` times a cell's noise, as one
+    table of counts scaled by ``1 / RUN_NOISE``). Each record adds one count to one cell of
+    each. Measured at a cell's noise, the runs cost a numeric table's whole price: every cell
+    of the others got noisier (22 % on the bench's nmes), and its categorical questions fell."""
+    return len(measured_columns(schema)) + len(run_measured_columns(schema)) / RUN_NOISE ** 2
+
+
 def marginals_sensitivity(schema: Schema) -> float:
-    """L2 sensitivity of the release: one record moves one cell of every measured table by 1."""
-    return math.sqrt(len(measured_columns(schema)))
+    """L2 sensitivity of the release, each table of runs scaled by ``1 / RUN_NOISE``: one record
+    moves one cell of every measured table by 1, and of each table of runs by ``1 / RUN_NOISE``."""
+    return math.sqrt(tables_weight(schema))
 
 
 @dataclass
@@ -209,6 +236,7 @@ class Marginals:
         if self.cell_std == 0:
             return self
         cell_std = self.cell_std
+        runs_measured = run_measured_columns(schema)
         tables = dict(self.tables)
         class_totals = self.class_totals()
         for column in schema.columns:
@@ -226,8 +254,12 @@ class Marginals:
                 body[index] = point_mass_beyond_noise(body[index], present, threshold * cell_std, cell_std)
             every_class = coarsened(body.sum(axis=1), widths, threshold * cell_std * math.sqrt(classes),
                                     float(present.sum()), atoms)  # a class too small to say more is spread like it
+            measured = body.copy()  # the bound atoms settled, the rest as measured
             for k in range(classes):
                 body[:, k] = coarsened(body[:, k], widths, threshold * cell_std, present[k], atoms, prior=every_class)
+            if column in runs_measured:
+                runs = numeric_runs(column)[:len(widths)]
+                body[:] = _held_to_runs(body, measured, runs, widths, cell_std, threshold, present, every_class, atoms)
             tables[column.name] = table
         return replace(self, tables=tables)
 
@@ -300,12 +332,13 @@ def round_zero_split(schema: Schema, noise_multiplier: float, pairs_share: float
     return RoundZeroSplit(noise_multiplier, pairs_share if len(measured_columns(schema)) >= 2 else 0.0)
 
 
-def table_noise_std(measured: int, noise_multiplier: float, pairs_share: float = 0.0) -> float:
-    """The noise std of one cell of a site's outcome tables when ``measured`` columns are
-    measured, in a round-0 release with ``noise_multiplier`` of which ``pairs_share`` goes to
-    pair tables (none with fewer than two measured columns). Public numbers only."""
-    share = pairs_share if measured >= 2 else 0.0
-    return RoundZeroSplit(noise_multiplier, share).tables * math.sqrt(max(measured, 1))
+def table_noise_std(weight: float, noise_multiplier: float, pairs_share: float = 0.0) -> float:
+    """The noise std of one cell of a site's outcome tables when tables of ``weight``
+    (:func:`tables_weight`) are measured, in a round-0 release with ``noise_multiplier`` of
+    which ``pairs_share`` goes to pair tables (none with fewer than two measured columns: a
+    weight below 2). Public numbers only."""
+    share = pairs_share if weight >= 2 else 0.0
+    return RoundZeroSplit(noise_multiplier, share).tables * math.sqrt(max(weight, 1.0))
 
 
 def noisy_marginals(frame: pd.DataFrame, schema: Schema, noise_multiplier: float,
@@ -325,9 +358,13 @@ def noisy_marginals(frame: pd.DataFrame, schema: Schema, noise_multiplier: float
     """
     measured = measured_columns(schema)
     split = round_zero_split(schema, noise_multiplier, pairs_share)
-    std = table_noise_std(len(measured), noise_multiplier, pairs_share)
+    std = table_noise_std(tables_weight(schema), noise_multiplier, pairs_share)
     exact = exact_counts(frame, schema)
     tables = {c.name: gaussian_counts(exact.tables[c.name], std, rng) for c in measured}
+    for name, counts in run_tables(exact, schema).items():  # each run's count once more
+        runs = numeric_runs(schema.column(name))
+        measured_runs = gaussian_counts(counts, RUN_NOISE * std, rng)
+        tables[name] = on_noise_grid(with_run_sums(tables[name], measured_runs, runs), std)
     outcome = split_column(schema)
     if outcome is not None:
         tables[outcome.name] = _precise_class_sums(list(tables.values())).reshape(-1, 1)
@@ -356,7 +393,7 @@ def received_marginals(arrays: dict[str, np.ndarray], schema: Schema, noise_mult
     changes. The query's std is the most an honest site adds (a site on a PRV ledger
     measures no pair tables and gives its tables the whole multiplier, less noise than
     this), so the coarsening errs on the coarse side."""
-    return Marginals(arrays, cell_std=table_noise_std(len(measured_columns(schema)), noise_multiplier, pairs_share))
+    return Marginals(arrays, cell_std=table_noise_std(tables_weight(schema), noise_multiplier, pairs_share))
 
 
 def shrunk_site_tables(schema: Schema, parts: list[Marginals], summed: Marginals) -> list[Marginals]:
@@ -386,7 +423,9 @@ def shrunk_site_tables(schema: Schema, parts: list[Marginals], summed: Marginals
     for column in measured_columns(schema):
         stacked = np.stack([part.tables[column.name] for part in parts])
         pooled = summed.conditional(column.name, post_processed=True)
-        shrunk = shrunk_to_pool(stacked, sizes, stds, pooled, site_groups(column))
+        runs = site_groups(column)
+        run_noise = run_noise_cells(runs) if runs is not None and column in run_measured_columns(schema) else None
+        shrunk = shrunk_to_pool(stacked, sizes, stds, pooled, runs, run_noise)
         for own, table in zip(tables, shrunk):
             own[column.name] = table
     return [replace(part, tables=own, cell_std=None) for part, own in zip(parts, tables)]
@@ -395,13 +434,95 @@ def shrunk_site_tables(schema: Schema, parts: list[Marginals], summed: Marginals
 SITE_GROUPS = 8  # a numeric column's bins, in this many runs, for how far a site's own mix departs from the pool
 
 
+def run_tables(exact: Marginals, schema: Schema) -> dict[str, np.ndarray]:
+    """The second table round 0 measures of each :func:`run_measured_columns` column: its
+    ``exact`` counts over runs of neighbouring bins (:func:`numeric_runs`), runs × classes."""
+    return {column.name: run_sums(exact.tables[column.name], numeric_runs(column))
+            for column in run_measured_columns(schema)}
+
+
+def run_sums(table: np.ndarray, runs: np.ndarray) -> np.ndarray:
+    """A table's counts (bins × classes) summed over each bin's run (``runs``): runs × classes."""
+    sums = np.zeros((int(runs.max()) + 1, table.shape[1]))
+    np.add.at(sums, runs, table)
+    return sums
+
+
+def with_run_sums(bins: np.ndarray, run_counts: np.ndarray, runs: np.ndarray) -> np.ndarray:
+    """Noisy counts of a column's bins (bins × classes, a cell's noise std each) made consistent
+    with the noisy counts of their runs (``run_counts``, runs × classes, ``RUN_NOISE`` times that
+    std; ``runs``: each bin's run): the least-squares estimate of the bins from both, which gives
+    each of a run's ``k`` bins ``1 / (k + RUN_NOISE²)`` of the difference between the run's count
+    and its bins' sum (post-processing). A run's sum then carries ``k RUN_NOISE² / (k +
+    RUN_NOISE²)`` of a cell's noise variance (:func:`run_noise_cells`) instead of ``k``."""
+    width = np.bincount(runs, minlength=len(run_counts)).astype(float)
+    gap = (run_counts - run_sums(bins, runs)) / (width + RUN_NOISE ** 2)[:, None]
+    return np.asarray(bins + gap[runs], dtype=float)
+
+
+def run_noise_cells(runs: np.ndarray) -> np.ndarray:
+    """The noise variance of each run's sum in a table made consistent with its measured runs
+    (:func:`with_run_sums`), in a cell's: ``k RUN_NOISE² / (k + RUN_NOISE²)`` for a run of ``k``
+    bins (under ``RUN_NOISE²``, however long the run; ``k`` bins' sums alone carry ``k``)."""
+    width = np.bincount(runs).astype(float)
+    return np.asarray(width * RUN_NOISE ** 2 / (width + RUN_NOISE ** 2), dtype=float)
+
+
+def _held_to_runs(fine: np.ndarray, measured: np.ndarray, runs: np.ndarray, widths: np.ndarray, cell_std: float,
+                  threshold: float, totals: np.ndarray, every_class: np.ndarray, atoms: tuple[int, ...]) -> np.ndarray:
+    """A numeric column's coarsened body (``fine``, bins × classes), a class's mass per run of
+    neighbouring bins (``runs``) taken from the runs' own counts where ``fine`` contradicts them
+    (post-processing).
+
+    The ``measured`` counts (made consistent with the measured runs, :func:`with_run_sums`)
+    give each run's sum at the noise of a few cells (:func:`run_noise_cells`, under
+    ``RUN_NOISE²``), where its dozen bins carry a dozen cells' (``cell_std`` each). Coarsened bin
+    by bin only, a class whose rows fill two runs beat no group's floor and was spread like
+    every class (nwtco's relapsed patients' time to relapse, 440 rows in 2 runs of 8, spread
+    over all 8 in four draws of six), and a stretch of noise in an empty reach outscored the
+    rows themselves. So where the class's run sums in ``fine`` depart from the measured ones by
+    more than their noise explains (a chi-square test at 95 % over the runs), the measured run
+    sums, coarsened as bins of their own (:func:`~fedsyn.privacy.postprocessing.coarsened` at a
+    run's noise and ``threshold``, never more than the class's total), take their place; a class
+    whose runs agree keeps ``fine`` as it is (counts that pile at 0, whose runs' widths grow
+    fast, kept their tails' decay). The bound ``atoms`` keep what they were settled at; within
+    each run, ``fine`` places the rest of the run's mass, or, where it left the run empty,
+    ``every_class`` does, or the bins' ``widths``."""
+    atom = np.isin(np.arange(len(widths)), atoms)
+    free = np.where(atom[:, None], 0.0, measured)
+    run_widths = run_sums(widths[:, None], runs)[:, 0]
+    noise = cell_std ** 2 * run_noise_cells(runs)  # each run sum's noise variance
+    run_floor = threshold * math.sqrt(float(np.max(noise)))
+    every_run = run_sums(np.where(atom, 0.0, every_class)[:, None], runs)[:, 0]
+    held = fine.copy()
+    for k in range(fine.shape[1]):
+        sums = run_sums(free[:, k:k + 1], runs)[:, 0]
+        placed = run_sums(np.where(atom, 0.0, fine[:, k])[:, None], runs)[:, 0]
+        if float(np.sum((sums - placed) ** 2 / noise)) <= chi2.ppf(0.95, len(noise)):
+            continue
+        rest = max(float(totals[k]) - float(fine[atom, k].sum()), 0.0)
+        targets = np.clip(coarsened(sums, run_widths, run_floor, rest, prior=every_run), 0.0, None)
+        targets *= min(1.0, rest / max(float(targets.sum()), 1e-12))  # noise makes no class larger
+        for run, target in enumerate(targets):
+            inside = (runs == run) & ~atom
+            shape = next((candidate for candidate in (np.clip(fine[inside, k], 0.0, None),
+                                                      np.clip(every_class[inside], 0.0, None), widths[inside])
+                          if candidate.sum() > 0), None)
+            held[inside, k] = 0.0 if shape is None else target * shape / shape.sum()
+    return held
+
+
 def site_groups(column: Column) -> np.ndarray | None:
-    """A numeric column's bins in SITE_GROUPS runs of neighbours, numbered from 0 (its 'missing'
-    bin a run of its own, last): a site whose ages are all ten years older than the pool's
-    differs little in any one of 64 bins, less than their noise, and much in each run of 8.
-    None for a categorical column: its levels have no neighbours."""
-    if column.is_categorical:
-        return None
+    """A numeric column's bins in SITE_GROUPS runs of neighbours (:func:`numeric_runs`): a site
+    whose ages are all ten years older than the pool's differs little in any one of 64 bins,
+    less than their noise, and much in each run of 8. None for a categorical column: its levels
+    have no neighbours."""
+    return None if column.is_categorical else numeric_runs(column)
+
+
+def numeric_runs(column: Column) -> np.ndarray:
+    """Each bin's run of neighbours, numbered from 0: a numeric column's bins in SITE_GROUPS runs
+    (its 'missing' bin a run of its own, last)."""
     body = numeric_bins(column)
     runs = np.arange(body) * min(SITE_GROUPS, body) // body
     return np.concatenate([runs, [runs[-1] + 1]]) if column.nullable else runs

@@ -230,7 +230,7 @@ def onto_simplex(values: np.ndarray, total: float) -> np.ndarray:
 
 
 def shrunk_to_pool(tables: np.ndarray, sizes: np.ndarray, stds: np.ndarray, pooled: np.ndarray,
-                   groups: np.ndarray | None = None) -> np.ndarray:
+                   groups: np.ndarray | None = None, run_noise: np.ndarray | None = None) -> np.ndarray:
     """Sites' noisy counts of one column (sites × bins × classes), each site's class drawn
     toward the pooled distribution ``pooled`` (bins × classes, P(bin | class)) as far as its
     noise outweighs how much sites really differ: an empirical-Bayes (James-Stein) estimate.
@@ -257,7 +257,9 @@ def shrunk_to_pool(tables: np.ndarray, sizes: np.ndarray, stds: np.ndarray, pool
     age distribution is ten years younger than the pool's differs in no one of 64 bins by more
     than the noise, and in each run of 8 by much more: weighed bin by bin, a newcomer's
     Northfield (real mean age 52, its own noisy table 51, the pool 61) was drawn to 59; by
-    runs, to 54.
+    runs, to 54. Where the site measured each run's count as a table of its own
+    (:func:`fedsyn.privacy.marginals.with_run_sums`), a run's share carries less noise than its
+    ``k`` bins': ``run_noise`` gives each run's noise variance in cells' (None: ``k``).
 
     No site keeps more of a numeric column's run than the whole federation holds there (the
     pool's share of the run times the sum of the sites' class sizes): a site's rows are among
@@ -277,6 +279,7 @@ def shrunk_to_pool(tables: np.ndarray, sizes: np.ndarray, stds: np.ndarray, pool
     group = np.arange(bins) if groups is None else groups
     count = int(group.max()) + 1
     width = np.bincount(group, minlength=count)  # bins per run
+    noise_cells = width if run_noise is None else run_noise  # a run's noise variance, in cells'
     for k in range(classes):
         size = np.clip(sizes[:, k], 1.0, None)
         own = np.zeros((sites, count))
@@ -284,7 +287,7 @@ def shrunk_to_pool(tables: np.ndarray, sizes: np.ndarray, stds: np.ndarray, pool
         common = np.zeros(count)
         np.add.at(common, group, pooled[:, k])
         variance = (np.maximum(stds, 1e-12) / size) ** 2
-        weight = _pooling_weights(own / np.sqrt(width)[None, :], variance)[:, None]
+        weight = _pooling_weights(own / np.sqrt(noise_cells)[None, :], variance)[:, None]
         mixed = weight * own + (1.0 - weight) * common[None, :]
         if groups is not None:  # a numeric column's runs of bins: the whole pool's count of each, per site row
             federation = common[None, :] * size.sum() / size[:, None]

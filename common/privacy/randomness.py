@@ -130,6 +130,12 @@ def gaussian_counts(exact: np.ndarray, std: float, rng: np.random.Generator) -> 
     coarser than those bits and far finer than the noise: rounding to it is post-processing
     that leaves none of them and changes no table's use. Without noise (a test's exact tables),
     there is no grid."""
-    noisy = exact + rng.normal(0.0, std, size=exact.shape)
+    return on_noise_grid(exact + rng.normal(0.0, std, size=exact.shape), std)
+
+
+def on_noise_grid(noisy: np.ndarray, std: float) -> np.ndarray:
+    """``noisy`` counts (noise of ``std``) rounded to the grid of ``std / 1024``
+    (:func:`gaussian_counts`): also for counts combined from noisy ones before they leave a
+    site, whose float arithmetic should carry no more low bits than the noise it combines."""
     step = std * NOISE_GRID
-    return np.round(noisy / step) * step if step > 0 else noisy
+    return np.asarray(np.round(noisy / step) * step, dtype=float) if step > 0 else noisy
