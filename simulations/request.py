@@ -205,12 +205,12 @@ def prepare(request: SimulationRequest) -> PreparedSimulation:
         site_names=named,
         # A fresh stream for every seeded simulation unless it repeats one: never two releases of one stream.
         stream_nonce=None if request.seed is None else fresh_nonce(request.stream_nonce))
-    measured = tables_weight(schema)
+    weight = tables_weight(schema)
     return PreparedSimulation(
         simulation, names,
         (*loaded.notes, *_weak_budget(request), *_unreviewed_schema(schema),
          *_rare_outcome_classes(tables, schema, names)),
-        tuple(plan_site(name, len(table), measured, settings) for name, table in zip(names, tables)),
+        tuple(plan_site(name, len(table), weight, settings) for name, table in zip(names, tables)),
         tuple(plan_width(name, len(table), schema, settings) for name, table in zip(names, tables)))
 
 

@@ -264,6 +264,32 @@ def test_marginals_noise_through_the_site_has_std_sigma_times_sensitivity(tmp_pa
     assert released.cell_std == pytest.approx(std)  # the noise it states
 
 
+def test_each_table_of_runs_is_drawn_at_run_noise_times_the_cell_std(tmp_path, small_frame, monkeypatch):
+    """Exactly: every table the site draws in round 0 (through the site, as a coordinator's
+    query reaches it) has the noise the weight prices it at, a cell's std for each column's
+    bins and ``RUN_NOISE`` times it for each table of runs, drawn from the exact counts. The
+    statistical test above lets runs at up to 1.65 times their noise pass (helper-92)."""
+    from fedsyn.privacy import marginals as marginals_module
+
+    drawn: list[tuple[np.ndarray, float]] = []
+    real = marginals_module.gaussian_counts
+
+    def recording(exact: np.ndarray, std: float, rng: np.random.Generator) -> np.ndarray:
+        drawn.append((np.array(exact), std))
+        return real(exact, std, rng)
+
+    monkeypatch.setattr(marginals_module, "gaussian_counts", recording)
+    site = _site(tmp_path, small_frame)
+    released, _ = site.release_marginals(2.0, 50.0, protocol.schema_fingerprint(site.schema))
+    exact = exact_counts(small_frame, site.schema)
+    expected = [(exact.tables[c.name], released.cell_std) for c in measured_columns(site.schema)]
+    expected += [(table, RUN_NOISE * released.cell_std) for table in run_tables(exact, site.schema).values()]
+    assert len(drawn) == len(expected) and len(expected) > len(measured_columns(site.schema))
+    for (counts, std), (truth, claimed) in zip(drawn, expected):
+        np.testing.assert_array_equal(counts, truth)
+        assert std == pytest.approx(claimed, rel=1e-12)
+
+
 def test_the_marginals_sensitivity_is_what_one_record_moves(small_frame, demo_schema):
     """Removing one record moves the measured tables (a numeric column's runs among them, scaled
     by the ``1 / RUN_NOISE`` of their noise) by exactly the claimed L2 sensitivity, and the

@@ -20,8 +20,9 @@ from fedsyn.data.schema import Column, ColumnKind, spell_category, step_decimals
 from fedsyn.errors import ConfigurationError
 
 # 3: a continuous column's bounds are atoms with bins of their own; 4: an integer column's lower bound too;
-# 5: a narrow integer range has a bin per value, its top value included
-GRID_VERSION = "fedsyn-grid/5"
+# 5: a narrow integer range has a bin per value, its top value included; 6: round 0 also measures a
+# numeric column's runs of bins and folds them into its bins (a site of grid 5 sends tables read otherwise)
+GRID_VERSION = "fedsyn-grid/6"
 NUMERIC_BINS = 64
 MISSING = "(missing)"
 # Width of an atom's bin, as a share of the column's transformed range: wide enough for float

@@ -5,8 +5,9 @@ schema's categories, or a fixed grid between the schema's public bounds) by the 
 classes; for a numeric column, a second table of the same counts over runs of neighbouring
 bins (:func:`numeric_runs`), which the site folds into the first before it is sent
 (:func:`with_run_sums`). Every record adds one count to one cell of every table, so the L2
-sensitivity of the whole release is sqrt(number of tables). Gaussian noise makes it one Gaussian mechanism,
-charged to the privacy ledger. The one-way marginals (including the outcome's) are sums of
+sensitivity of the whole release is the square root of the tables' weight (:func:`tables_weight`:
+one per table, a quarter per table of runs, measured at twice the noise). Gaussian noise makes
+it one Gaussian mechanism, charged to the privacy ledger. The one-way marginals (including the outcome's) are sums of
 the tables, so the outcome's relation to every column comes at the price the one-way
 histograms used to cost alone. Sites' noisy tables add up, which is how the federation
 builds one global encoder without any site revealing exact counts. A schema without an
@@ -67,9 +68,9 @@ def table_shape(schema: Schema, column: Column) -> tuple[int, int]:
 
 def run_measured_columns(schema: Schema) -> list[Column]:
     """The measured numeric columns whose tables are also measured over runs of neighbouring
-    bins (:func:`site_groups`): those with more bins than runs. A run's count, measured once at
-    a cell's noise, is as precise as one bin's; summed from its dozen fine bins it carried their
-    dozen noises, and a small site's or a small class's location drowned in them (a newcomer's
+    bins (:func:`numeric_runs`): those with more bins than runs. A run's count, measured once at
+    ``RUN_NOISE`` times a cell's noise, carries four cells' noise variance; summed from its
+    dozen fine bins it carried their dozen, and a small site's or a small class's location drowned in them (a newcomer's
     188-row hospital of mean age 78 came out at 52; docs/benchmarks.md)."""
     return [column for column in measured_columns(schema)
             if not column.is_categorical and numeric_bins(column) > SITE_GROUPS]
@@ -254,12 +255,12 @@ class Marginals:
                 body[index] = point_mass_beyond_noise(body[index], present, threshold * cell_std, cell_std)
             every_class = coarsened(body.sum(axis=1), widths, threshold * cell_std * math.sqrt(classes),
                                     float(present.sum()), atoms)  # a class too small to say more is spread like it
-            measured = body.copy()  # the bound atoms settled, the rest as measured
+            folded = body.copy()  # the bound atoms settled, the rest as measured (and folded, with_run_sums)
             for k in range(classes):
                 body[:, k] = coarsened(body[:, k], widths, threshold * cell_std, present[k], atoms, prior=every_class)
             if column in runs_measured:
                 runs = numeric_runs(column)[:len(widths)]
-                body[:] = _held_to_runs(body, measured, runs, widths, cell_std, threshold, present, every_class, atoms)
+                body[:] = _held_to_runs(body, folded, runs, widths, cell_std, threshold, present, every_class, atoms)
             tables[column.name] = table
         return replace(self, tables=tables)
 
@@ -336,7 +337,8 @@ def table_noise_std(weight: float, noise_multiplier: float, pairs_share: float =
     """The noise std of one cell of a site's outcome tables when tables of ``weight``
     (:func:`tables_weight`) are measured, in a round-0 release with ``noise_multiplier`` of
     which ``pairs_share`` goes to pair tables (none with fewer than two measured columns: a
-    weight below 2). Public numbers only."""
+    weight below 2, since a column's runs weigh less than a column while ``RUN_NOISE`` > 1).
+    Public numbers only."""
     share = pairs_share if weight >= 2 else 0.0
     return RoundZeroSplit(noise_multiplier, share).tables * math.sqrt(max(weight, 1.0))
 
@@ -431,7 +433,8 @@ def shrunk_site_tables(schema: Schema, parts: list[Marginals], summed: Marginals
     return [replace(part, tables=own, cell_std=None) for part, own in zip(parts, tables)]
 
 
-SITE_GROUPS = 8  # a numeric column's bins, in this many runs, for how far a site's own mix departs from the pool
+SITE_GROUPS = 8  # a numeric column's bins, in this many runs: measured as a table of their own, and where a
+# site's own mix is weighed against the pool
 
 
 def run_tables(exact: Marginals, schema: Schema) -> dict[str, np.ndarray]:
@@ -468,13 +471,13 @@ def run_noise_cells(runs: np.ndarray) -> np.ndarray:
     return np.asarray(width * RUN_NOISE ** 2 / (width + RUN_NOISE ** 2), dtype=float)
 
 
-def _held_to_runs(fine: np.ndarray, measured: np.ndarray, runs: np.ndarray, widths: np.ndarray, cell_std: float,
-                  threshold: float, totals: np.ndarray, every_class: np.ndarray, atoms: tuple[int, ...]) -> np.ndarray:
+def _held_to_runs(fine: np.ndarray, folded: np.ndarray, runs: np.ndarray, widths: np.ndarray, cell_std: float,
+                  threshold: float, present: np.ndarray, every_class: np.ndarray, atoms: tuple[int, ...]) -> np.ndarray:
     """A numeric column's coarsened body (``fine``, bins × classes), a class's mass per run of
     neighbouring bins (``runs``) taken from the runs' own counts where ``fine`` contradicts them
     (post-processing).
 
-    The ``measured`` counts (made consistent with the measured runs, :func:`with_run_sums`)
+    The ``folded`` counts (made consistent with the measured runs, :func:`with_run_sums`)
     give each run's sum at the noise of a few cells (:func:`run_noise_cells`, under
     ``RUN_NOISE²``), where its dozen bins carry a dozen cells' (``cell_std`` each). Coarsened bin
     by bin only, a class whose rows fill two runs beat no group's floor and was spread like
@@ -483,13 +486,13 @@ def _held_to_runs(fine: np.ndarray, measured: np.ndarray, runs: np.ndarray, widt
     rows themselves. So where the class's run sums in ``fine`` depart from the measured ones by
     more than their noise explains (a chi-square test at 95 % over the runs), the measured run
     sums, coarsened as bins of their own (:func:`~fedsyn.privacy.postprocessing.coarsened` at a
-    run's noise and ``threshold``, never more than the class's total), take their place; a class
+    run's noise and ``threshold``, never more than the class's total, ``present``), take their place; a class
     whose runs agree keeps ``fine`` as it is (counts that pile at 0, whose runs' widths grow
     fast, kept their tails' decay). The bound ``atoms`` keep what they were settled at; within
     each run, ``fine`` places the rest of the run's mass, or, where it left the run empty,
     ``every_class`` does, or the bins' ``widths``."""
     atom = np.isin(np.arange(len(widths)), atoms)
-    free = np.where(atom[:, None], 0.0, measured)
+    free = np.where(atom[:, None], 0.0, folded)
     run_widths = run_sums(widths[:, None], runs)[:, 0]
     noise = cell_std ** 2 * run_noise_cells(runs)  # each run sum's noise variance
     run_floor = threshold * math.sqrt(float(np.max(noise)))
@@ -500,16 +503,22 @@ def _held_to_runs(fine: np.ndarray, measured: np.ndarray, runs: np.ndarray, widt
         placed = run_sums(np.where(atom, 0.0, fine[:, k])[:, None], runs)[:, 0]
         if float(np.sum((sums - placed) ** 2 / noise)) <= chi2.ppf(0.95, len(noise)):
             continue
-        rest = max(float(totals[k]) - float(fine[atom, k].sum()), 0.0)
+        rest = max(float(present[k]) - float(fine[atom, k].sum()), 0.0)
         targets = np.clip(coarsened(sums, run_widths, run_floor, rest, prior=every_run), 0.0, None)
         targets *= min(1.0, rest / max(float(targets.sum()), 1e-12))  # noise makes no class larger
         for run, target in enumerate(targets):
             inside = (runs == run) & ~atom
-            shape = next((candidate for candidate in (np.clip(fine[inside, k], 0.0, None),
-                                                      np.clip(every_class[inside], 0.0, None), widths[inside])
-                          if candidate.sum() > 0), None)
-            held[inside, k] = 0.0 if shape is None else target * shape / shape.sum()
+            held[inside, k] = target * _shape_within(fine[inside, k], every_class[inside], widths[inside])
     return held
+
+
+def _shape_within(own: np.ndarray, every_class: np.ndarray, widths: np.ndarray) -> np.ndarray:
+    """How a run's mass is spread over its bins: like the class's own coarsened counts there,
+    else like every class's, else by width (shares that sum to 1; none for a run of no width)."""
+    for shape in (np.clip(own, 0.0, None), np.clip(every_class, 0.0, None), widths):
+        if shape.sum() > 0:
+            return np.asarray(shape / shape.sum(), dtype=float)
+    return np.zeros(len(widths))
 
 
 def site_groups(column: Column) -> np.ndarray | None:
