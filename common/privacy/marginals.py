@@ -7,9 +7,9 @@ bins (:func:`numeric_runs`), which the site folds into the first before it is se
 (:func:`with_run_sums`). Every record adds one count to one cell of every table, so the L2
 sensitivity of the whole release is the square root of the tables' weight (:func:`tables_weight`:
 one per table, a quarter per table of runs, measured at twice the noise). Gaussian noise makes
-it one Gaussian mechanism, charged to the privacy ledger. The one-way marginals (including the outcome's) are sums of
-the tables, so the outcome's relation to every column comes at the price the one-way
-histograms used to cost alone. Sites' noisy tables add up, which is how the federation
+it one Gaussian mechanism, charged to the privacy ledger. The one-way marginals (including the
+outcome's) are sums of the tables, so the outcome's relation to every column comes at the price
+the one-way histograms used to cost alone. Sites' noisy tables add up, which is how the federation
 builds one global encoder without any site revealing exact counts. A schema without an
 outcome gets one-way histograms (tables with one class).
 """
@@ -70,8 +70,9 @@ def run_measured_columns(schema: Schema) -> list[Column]:
     """The measured numeric columns whose tables are also measured over runs of neighbouring
     bins (:func:`numeric_runs`): those with more bins than runs. A run's count, measured once at
     ``RUN_NOISE`` times a cell's noise, carries four cells' noise variance; summed from its
-    dozen fine bins it carried their dozen, and a small site's or a small class's location drowned in them (a newcomer's
-    188-row hospital of mean age 78 came out at 52; docs/benchmarks.md)."""
+    dozen fine bins it carried their dozen, and a small site's or a small class's location
+    drowned in them (a newcomer's 188-row hospital of mean age 78 came out at 52;
+    docs/benchmarks.md)."""
     return [column for column in measured_columns(schema)
             if not column.is_categorical and numeric_bins(column) > SITE_GROUPS]
 
@@ -194,9 +195,7 @@ class Marginals:
         projecting dozens of sparse tail bins one by one leaves their positive noise behind."""
         table = self.tables[name]
         if groups is not None:
-            summed = np.zeros((group_count, table.shape[1]))
-            np.add.at(summed, groups, table)
-            table = summed
+            table = run_sums(table, groups, group_count)
         totals = self.class_totals() if table.shape[1] > 1 else np.array([self.total()])
         if post_processed:
             held = table.sum(axis=0)
@@ -422,11 +421,12 @@ def shrunk_site_tables(schema: Schema, parts: list[Marginals], summed: Marginals
     stds = np.array([float(part.cell_std or 0.0) for part in parts])
     sizes = np.stack([part.class_totals() for part in parts])
     tables: list[dict[str, np.ndarray]] = [dict(part.tables) for part in parts]
+    runs_measured = run_measured_columns(schema)
     for column in measured_columns(schema):
         stacked = np.stack([part.tables[column.name] for part in parts])
         pooled = summed.conditional(column.name, post_processed=True)
         runs = site_groups(column)
-        run_noise = run_noise_cells(runs) if runs is not None and column in run_measured_columns(schema) else None
+        run_noise = run_noise_cells(runs) if runs is not None and column in runs_measured else None
         shrunk = shrunk_to_pool(stacked, sizes, stds, pooled, runs, run_noise)
         for own, table in zip(tables, shrunk):
             own[column.name] = table
@@ -444,9 +444,10 @@ def run_tables(exact: Marginals, schema: Schema) -> dict[str, np.ndarray]:
             for column in run_measured_columns(schema)}
 
 
-def run_sums(table: np.ndarray, runs: np.ndarray) -> np.ndarray:
-    """A table's counts (bins × classes) summed over each bin's run (``runs``): runs × classes."""
-    sums = np.zeros((int(runs.max()) + 1, table.shape[1]))
+def run_sums(table: np.ndarray, runs: np.ndarray, count: int | None = None) -> np.ndarray:
+    """A table's counts (bins × classes) summed over each bin's run (``runs``): runs × classes
+    (``count`` runs; None: as many as ``runs`` names)."""
+    sums = np.zeros((int(runs.max()) + 1 if count is None else count, table.shape[1]))
     np.add.at(sums, runs, table)
     return sums
 
@@ -486,8 +487,8 @@ def _held_to_runs(fine: np.ndarray, folded: np.ndarray, runs: np.ndarray, widths
     rows themselves. So where the class's run sums in ``fine`` depart from the measured ones by
     more than their noise explains (a chi-square test at 95 % over the runs), the measured run
     sums, coarsened as bins of their own (:func:`~fedsyn.privacy.postprocessing.coarsened` at a
-    run's noise and ``threshold``, never more than the class's total, ``present``), take their place; a class
-    whose runs agree keeps ``fine`` as it is (counts that pile at 0, whose runs' widths grow
+    run's noise and ``threshold``, never more than the class's total, ``present``), take their
+    place; a class whose runs agree keeps ``fine`` as it is (counts that pile at 0, whose runs' widths grow
     fast, kept their tails' decay). The bound ``atoms`` keep what they were settled at; within
     each run, ``fine`` places the rest of the run's mass, or, where it left the run empty,
     ``every_class`` does, or the bins' ``widths``."""
