@@ -44,9 +44,9 @@ from fedsyn.privacy.marginals import (
     numeric_runs,
     run_measured_columns,
     run_noise_cells,
-    run_sums,
     run_tables,
 )
+from fedsyn.privacy.postprocessing import run_sums
 from fedsyn.privacy.randomness import NOISE_GRID, mechanism_stream, torch_generator
 from fedsyn.server.settings import FederationSettings
 from fedsyn.simulations.run import prepare_sites

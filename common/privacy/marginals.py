@@ -40,7 +40,14 @@ from fedsyn.privacy.pairs import (
     vote_count,
     vote_pairs,
 )
-from fedsyn.privacy.postprocessing import NOISE_FLOOR, coarsened, onto_simplex, point_mass_beyond_noise, shrunk_to_pool
+from fedsyn.privacy.postprocessing import (
+    NOISE_FLOOR,
+    coarsened,
+    onto_simplex,
+    point_mass_beyond_noise,
+    run_sums,
+    shrunk_to_pool,
+)
 from fedsyn.privacy.randomness import gaussian_counts, on_noise_grid
 
 
@@ -442,14 +449,6 @@ def run_tables(exact: Marginals, schema: Schema) -> dict[str, np.ndarray]:
     ``exact`` counts over runs of neighbouring bins (:func:`numeric_runs`), runs × classes."""
     return {column.name: run_sums(exact.tables[column.name], numeric_runs(column))
             for column in run_measured_columns(schema)}
-
-
-def run_sums(table: np.ndarray, runs: np.ndarray, count: int | None = None) -> np.ndarray:
-    """A table's counts (bins × classes) summed over each bin's run (``runs``): runs × classes
-    (``count`` runs; None: as many as ``runs`` names)."""
-    sums = np.zeros((int(runs.max()) + 1 if count is None else count, table.shape[1]))
-    np.add.at(sums, runs, table)
-    return sums
 
 
 def with_run_sums(bins: np.ndarray, run_counts: np.ndarray, runs: np.ndarray) -> np.ndarray:

@@ -229,6 +229,15 @@ def onto_simplex(values: np.ndarray, total: float) -> np.ndarray:
     return np.asarray(np.clip(values - excess[rho] / (rho + 1), 0.0, None), dtype=float)
 
 
+def run_sums(table: np.ndarray, runs: np.ndarray, count: int | None = None) -> np.ndarray:
+    """A table's counts (bins × classes) summed over each bin's run (``runs``): runs × classes
+    (``count`` runs; None: as many as ``runs`` names). The one place bins are summed into runs:
+    the mechanism's fold (:mod:`fedsyn.privacy.marginals`) and the pooling below both read it."""
+    sums = np.zeros((int(runs.max()) + 1 if count is None else count, table.shape[1]))
+    np.add.at(sums, runs, table)
+    return sums
+
+
 def shrunk_to_pool(tables: np.ndarray, sizes: np.ndarray, stds: np.ndarray, pooled: np.ndarray,
                    groups: np.ndarray | None = None, run_noise: np.ndarray | None = None) -> np.ndarray:
     """Sites' noisy counts of one column (sites × bins × classes), each site's class drawn
@@ -282,10 +291,8 @@ def shrunk_to_pool(tables: np.ndarray, sizes: np.ndarray, stds: np.ndarray, pool
     noise_cells = width if run_noise is None else run_noise  # a run's noise variance, in cells'
     for k in range(classes):
         size = np.clip(sizes[:, k], 1.0, None)
-        own = np.zeros((sites, count))
-        np.add.at(own.T, group, (shrunk[:, :, k] / size[:, None]).T)
-        common = np.zeros(count)
-        np.add.at(common, group, pooled[:, k])
+        own = run_sums((shrunk[:, :, k] / size[:, None]).T, group, count).T  # sites × runs
+        common = run_sums(pooled[:, k:k + 1], group, count)[:, 0]
         variance = (np.maximum(stds, 1e-12) / size) ** 2
         weight = _pooling_weights(own / np.sqrt(noise_cells)[None, :], variance)[:, None]
         mixed = weight * own + (1.0 - weight) * common[None, :]
