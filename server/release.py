@@ -59,6 +59,8 @@ RELEASE_CONTENTS = {
     "run_config.json, schema.json, README.md": "public settings (not the seed: only whether the run was seeded), "
                                                "each round's reply counts and mean generator loss, and the public "
                                                "schema",
+    "manifest.json, manifest.sig": "each other file's SHA-256 and the coordinator's Ed25519 signature over the "
+                                   "manifest (fedsyn verify): public",
 }
 # What a release says about each training round. Not its wall-clock seconds: a round lasts
 # longer the more rows the sites train on, and row counts are never published.
