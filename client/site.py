@@ -50,7 +50,15 @@ from fedsyn.privacy.accounting import (
     RequestCapExceededError,
     calibrate_noise_multiplier,
 )
-from fedsyn.privacy.budget import DP_SGD, SiteBudget, is_budget, is_pairs_share, pairs_allowed
+from fedsyn.privacy.budget import (
+    DP_SGD,
+    MAX_NOISE_MULTIPLIER,
+    SiteBudget,
+    is_budget,
+    is_noise_multiplier,
+    is_pairs_share,
+    pairs_allowed,
+)
 from fedsyn.privacy.marginals import (
     Marginals,
     check_slot_tables,
@@ -375,11 +383,11 @@ class Site:
         ledger, which cannot carry their selection). The pair tables are the second release
         (:meth:`release_pair_tables`); the two cost one Gaussian mechanism with
         ``noise_multiplier`` whatever the share."""
-        if not (is_budget(noise_multiplier) and is_budget(epsilon) and is_pairs_share(pairs_share)
+        if not (is_noise_multiplier(noise_multiplier) and is_budget(epsilon) and is_pairs_share(pairs_share)
                 and isinstance(sites, int) and 1 <= sites <= MAX_SITES):
-            raise PolicyRefusal(f"noise multiplier {noise_multiplier} and epsilon {epsilon} must be positive "
-                                f"and finite, pairs share {pairs_share} 0 or in [0.01, 1), sites {sites} in "
-                                f"1..{MAX_SITES}", ErrorCode.MALFORMED_REQUEST)
+            raise PolicyRefusal(f"noise multiplier {noise_multiplier} (at most {MAX_NOISE_MULTIPLIER:g}) and "
+                                f"epsilon {epsilon} must be positive and finite, pairs share {pairs_share} 0 or "
+                                f"in [0.01, 1), sites {sites} in 1..{MAX_SITES}", ErrorCode.MALFORMED_REQUEST)
         self._check_schema(schema_sha256)
         pairs_share = pairs_share if pairs_allowed(self.ledger.accountant) else 0.0
         digest = request_digest({"noise_multiplier": noise_multiplier, "epsilon": epsilon, "schema": schema_sha256,
@@ -397,9 +405,9 @@ class Site:
         noise (:func:`fedsyn.privacy.pairs.measure_pair_tables`), one Gaussian mechanism with
         the query's multiplier. Every pair and group bound is checked against the schema before
         a row is read; whatever pairs a coordinator names, the noise is that of the charge."""
-        if not (is_budget(query.noise_multiplier) and is_budget(query.epsilon)):
-            raise PolicyRefusal(f"noise multiplier {query.noise_multiplier} and epsilon {query.epsilon} must be "
-                                "positive and finite", ErrorCode.MALFORMED_REQUEST)
+        if not (is_noise_multiplier(query.noise_multiplier) and is_budget(query.epsilon)):
+            raise PolicyRefusal(f"noise multiplier {query.noise_multiplier} (at most {MAX_NOISE_MULTIPLIER:g}) and "
+                                f"epsilon {query.epsilon} must be positive and finite", ErrorCode.MALFORMED_REQUEST)
         self._check_schema(query.schema_sha256)
         bounds = {name: np.asarray(values, dtype=float) for name, values in query.bounds.items()}
         try:

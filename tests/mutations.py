@@ -100,6 +100,10 @@ MUTATIONS = [
              "        if self.epsilon is not None and noise_multiplier is not None:\n"
              "            ledger.charge(PrivacyEvent(DP_SGD, noise_multiplier, sample_rate, steps), self.epsilon)\n",
              (PRIVACY + "test_single_site_fit_charges_before_its_first_step",)),
+    Mutation("round 0 at any noise multiplier, charged, then failing in post-processing", "client/site.py",
+             "if not (is_noise_multiplier(noise_multiplier) and is_budget(epsilon)",
+             "if not (is_budget(noise_multiplier) and is_budget(epsilon)",
+             (PRIVACY + "test_a_noise_multiplier_beyond_the_cap_is_refused_as_malformed_before_any_charge",)),
     Mutation("marginals noise cut to a quarter", "common/privacy/marginals.py",
              "return RoundZeroSplit(noise_multiplier, share).tables * math.sqrt(max(weight, 1.0))",
              "return RoundZeroSplit(noise_multiplier, share).tables * math.sqrt(max(weight, 1.0)) / 4",

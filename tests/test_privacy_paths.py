@@ -35,6 +35,7 @@ from fedsyn.privacy.accounting import (
     gaussian_noise_for_epsilon,
 )
 from fedsyn.privacy.budget import MARGINALS as GAUSSIAN_MARGINALS
+from fedsyn.privacy.budget import MAX_NOISE_MULTIPLIER
 from fedsyn.privacy.marginals import (
     RUN_NOISE,
     Marginals,
@@ -364,6 +365,31 @@ def test_refusals_that_need_no_rows_read_none(tmp_path, small_frame, monkeypatch
     infinite = Marginals({**marginals.tables, "kappa": np.full_like(marginals.tables["kappa"], np.inf)})
     assert _refusal(site, lambda: site.train(_request(site), arrays, infinite)).code \
         is protocol.ErrorCode.MALFORMED_REQUEST
+
+
+def test_a_noise_multiplier_beyond_the_cap_is_refused_as_malformed_before_any_charge(tmp_path, small_frame,
+                                                                                       monkeypatch):
+    """helper-94 F1: round 0 at a noise multiplier of about 1e16 charged the site, then failed in
+    its own post-processing (no simplex threshold left in float64), and at 1e308 the accountant
+    overflowed: a coordinator could make a site pay and send nothing. Every request's multiplier
+    is now at most MAX_NOISE_MULTIPLIER, checked before the extract is read or a charge is made;
+    the cap itself is still answered."""
+    site = _site(tmp_path, small_frame)
+    fingerprint = protocol.schema_fingerprint(site.schema)
+    read = Site.load_data
+    monkeypatch.setattr(Site, "load_data", lambda self: pytest.fail("the extract was read before refusing"))
+    for noise in (MAX_NOISE_MULTIPLIER * 10, 1e16, 1e308):
+        assert _refusal(site, lambda noise=noise: site.release_marginals(noise, 50.0, fingerprint, pairs_share=0.4,
+                                                                          sites=3)).code \
+            is protocol.ErrorCode.MALFORMED_REQUEST
+        with pytest.raises(protocol.ReplyError):
+            protocol.PairTablesQuery(noise, 50.0, fingerprint, (("sex", "mgus"),), {})
+        with pytest.raises(protocol.ReplyError):
+            _request(site, noise_multiplier=noise)
+    assert PrivacyLedger.load(site.policy.ledger).events == []
+    monkeypatch.setattr(Site, "load_data", read)
+    site.release_marginals(MAX_NOISE_MULTIPLIER, 50.0, fingerprint, pairs_share=0.4, sites=3)
+    assert len(PrivacyLedger.load(site.policy.ledger).events) == 1
 
 
 def test_a_site_lets_no_single_request_spend_more_than_its_policy_allows(tmp_path, small_frame, monkeypatch):

@@ -27,7 +27,7 @@ from fedsyn.data.schema import Schema
 from fedsyn.errors import FedsynError, public_name, public_text
 from fedsyn.model.config import TRANSPORT_DTYPES, GANConfig
 from fedsyn.privacy.accounting import PrivacyEvent
-from fedsyn.privacy.budget import SiteBudget, is_budget, is_pairs_share
+from fedsyn.privacy.budget import MAX_NOISE_MULTIPLIER, SiteBudget, is_budget, is_noise_multiplier, is_pairs_share
 
 ARRAYS = "arrays"
 MARGINALS = "marginals"
@@ -287,9 +287,9 @@ class MarginalsQuery:
 
     def __post_init__(self) -> None:
         # NaN compares False with everything: without this a NaN budget would pass every check.
-        if not (is_budget(self.noise_multiplier) and is_budget(self.epsilon)):
+        if not (is_noise_multiplier(self.noise_multiplier) and is_budget(self.epsilon)):
             raise ReplyError(f"noise multiplier {self.noise_multiplier} and epsilon {self.epsilon} must be "
-                             "positive and finite")
+                             f"positive and finite, the noise multiplier at most {MAX_NOISE_MULTIPLIER:g}")
         if not is_pairs_share(self.pairs_share):
             raise ReplyError(f"pairs share {self.pairs_share} must be 0 or in [0.01, 1)")
         if not (isinstance(self.sites, int) and 1 <= self.sites <= MAX_SITES):
@@ -325,9 +325,9 @@ class PairTablesQuery:
     run_id: str = ""
 
     def __post_init__(self) -> None:
-        if not (is_budget(self.noise_multiplier) and is_budget(self.epsilon)):
+        if not (is_noise_multiplier(self.noise_multiplier) and is_budget(self.epsilon)):
             raise ReplyError(f"noise multiplier {self.noise_multiplier} and epsilon {self.epsilon} must be "
-                             "positive and finite")
+                             f"positive and finite, the noise multiplier at most {MAX_NOISE_MULTIPLIER:g}")
         if not 1 <= len(self.pairs) <= MAX_PAIRS or len(set(self.pairs)) != len(self.pairs) \
                 or not all(len(pair) == 2 and all(isinstance(name, str) for name in pair) for pair in self.pairs):
             raise ReplyError(f"pairs must be 1 to {MAX_PAIRS} distinct pairs of column names")
@@ -377,8 +377,9 @@ class TrainInstructions:
         # NaN compares False with everything: without this a NaN budget would pass every check.
         if not is_budget(self.epsilon):
             raise ReplyError(f"epsilon={self.epsilon} is not a positive finite budget")
-        if self.noise_multiplier is not None and not is_budget(self.noise_multiplier):
-            raise ReplyError(f"noise_multiplier={self.noise_multiplier} is not a positive finite value")
+        if self.noise_multiplier is not None and not is_noise_multiplier(self.noise_multiplier):
+            raise ReplyError(f"noise_multiplier={self.noise_multiplier} is not a positive finite value at most "
+                             f"{MAX_NOISE_MULTIPLIER:g}")
         if self.transport_dtype not in TRANSPORT_DTYPES:
             raise ReplyError(f"transport dtype '{self.transport_dtype}' is not one of {', '.join(TRANSPORT_DTYPES)}")
         if not 1 <= self.round <= self.total_rounds <= 100_000:

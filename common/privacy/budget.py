@@ -42,6 +42,19 @@ def is_budget(value: object) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value) and value > 0
 
 
+# The largest noise multiplier a site accepts: what a budget of about 1e-8 would need, far beyond
+# any useful release, and low enough that noisy counts stay where float64 still adds a record's
+# count exactly. At about 1e16 the site's post-processing of its own round-0 tables failed after
+# the charge (onto_simplex found no threshold), and at 1e308 the accountant overflowed
+# (helper-94). A coordinator asking for more is refused before anything is charged.
+MAX_NOISE_MULTIPLIER = 1e9
+
+
+def is_noise_multiplier(value: object) -> bool:
+    """A usable noise multiplier: a budget (:func:`is_budget`) no larger than :data:`MAX_NOISE_MULTIPLIER`."""
+    return is_budget(value) and float(value) <= MAX_NOISE_MULTIPLIER  # type: ignore[arg-type]
+
+
 def not_a_budget(value: object) -> str:
     """What a researcher reads for an epsilon that is no budget (``fedsyn simulate``, ``fit``)."""
     return (f"epsilon {value}: a privacy budget is a positive, finite number (1 is a common choice, per site in a "

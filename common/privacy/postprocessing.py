@@ -225,7 +225,8 @@ def onto_simplex(values: np.ndarray, total: float) -> np.ndarray:
     ordered = np.sort(values)[::-1]
     excess = np.cumsum(ordered) - total
     ranks = np.arange(1, len(values) + 1)
-    rho = int(np.nonzero(ordered - excess / ranks > 0)[0][-1])
+    positive = np.nonzero(ordered - excess / ranks > 0)[0]
+    rho = int(positive[-1]) if positive.size else 0  # rank 1 always qualifies but for float rounding at huge values
     return np.asarray(np.clip(values - excess[rho] / (rho + 1), 0.0, None), dtype=float)
 
 
