@@ -86,9 +86,10 @@ def schema_draft(
     for name in unlisted_columns(draft):
         console.print(f"[yellow]column '{name}': none of its values was written into the draft (it holds dates, "
                       f"more than {MANY_CATEGORIES} distinct values, values each held by fewer than "
-                      f"{RARE_LEVEL_ROWS} rows, such as free text, or a value that reads as a note: over 48 "
+                      f"{RARE_LEVEL_ROWS} rows, such as free text, a value that reads as a note: over 48 "
                       "characters, 7 words or more, or 5 or more with a digit, as a drug and its dose or a "
-                      "diagnosis's text may too): if it is an identifier, a date or a note, drop it "
+                      "diagnosis's text may too, or a person's name: 'Dr. ...', 'Surname, Given'): if it is an "
+                      "identifier, a date, a name or a note, drop it "
                       "from the schema (the extract may keep it: a column the schema does not list is never used), or "
                       "turn a date into a year or an age in the extract; a measure: make it a number column "
                       "with public bounds; otherwise list its public levels, grouping rare ones[/]")

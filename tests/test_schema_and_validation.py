@@ -151,6 +151,23 @@ def test_a_draft_writes_no_level_held_by_few_rows_and_no_date_as_a_number(demo_f
     assert not validate_frame(extract, reviewed).ok  # the left-out levels' rows fit no level until listed
 
 
+def test_a_draft_writes_no_persons_name_however_many_rows_hold_it(demo_frame, tmp_path):
+    """helper-95: a newcomer's attending_name column held five clinicians' names, hundreds of rows
+    each, and the draft listed them as public levels: flipping needs_review would have put them
+    in every release's schema.json. A level that reads as a person's name gets the placeholder;
+    capitalised codes of several words stay levels."""
+    rows = demo_frame.head(200).copy()
+    rows["attending"] = [("Dr. José Núñez", "Dr Søren Ødegård", "Mrs Ada Lee")[k % 3] for k in range(len(rows))]
+    rows["contact"] = [("GOMEZ, MARIA", "Smith, John")[k % 2] for k in range(len(rows))]
+    rows["ward"] = [("Emergency Department", "Day Surgery", "MRI, CT")[k % 3] for k in range(len(rows))]
+    draft = draft_schema(rows, outcome="death")
+    draft.save(tmp_path / "draft.json")
+    written = (tmp_path / "draft.json").read_text(encoding="utf-8")
+    assert not any(name in written for name in ("Núñez", "Ødegård", "Lee", "GOMEZ", "Smith"))
+    assert draft.column("attending").categories == draft.column("contact").categories == [UNLISTED_LEVELS]
+    assert draft.column("ward").categories == ["Day Surgery", "Emergency Department", "MRI, CT"]
+
+
 def test_a_number_that_cuts_the_outcome_is_named_by_the_draft():
     """A newcomer's gestational age below 259 days is a preterm birth by definition: the draft
     named categorical proxies only, and the verdict later said the draft would have named it.

@@ -573,7 +573,8 @@ def _drafted_column(series: pd.Series, outcome: bool = False, date: bool = False
     counts, any_case = (counts, set()) if flag else _letter_cases_together(counts)
     categories = sorted((level for level, rows in counts.items() if rows >= RARE_LEVEL_ROWS),
                         key=lambda level: (0, float(level), level) if is_number(level) else (1, 0.0, level))
-    if len(counts) > MANY_CATEGORIES or (counts and not categories) or any(map(_note_like, categories)):
+    if len(counts) > MANY_CATEGORIES or (counts and not categories) \
+            or any(_note_like(level) or _name_like(level) for level in categories):
         # an identifier, a date or free text: its values are patients', never written (a number
         # column too, :func:`_identifier_like`: its bounds would be two patients' record numbers)
         categories = [UNLISTED_LEVELS]
@@ -591,6 +592,22 @@ def _note_like(level: str) -> bool:
     them: a column holding one such level gets the placeholder, and its notes are never written."""
     words = level.split()
     return len(level) > 48 or len(words) >= 7 or (len(words) >= 5 and any(c.isdigit() for c in level))
+
+
+# A person's name as an extract writes it: after a title ('Dr. José Núñez', 'Mrs Gomez'), or as
+# 'Surname, Given' ('Gomez, Maria'). Letters of any script; no digit.
+_TITLED_NAME = re.compile(r"^(?:dr|mr|mrs|ms|mx|miss|prof|sister|nurse)\.?\s+[^\W\d_]", re.IGNORECASE)
+_SURNAME_FIRST = re.compile(r"^[^\W\d_a-z][^\W\d_]*(?:[-'’][^\W\d_]+)*,\s*[^\W\d_a-z][^\W\d_]*\.?"
+                            r"(?:\s+[^\W\d_a-z][^\W\d_]*\.?)?$")
+
+
+def _name_like(level: str) -> bool:
+    """Whether a level reads as a person's name (:data:`_TITLED_NAME`, :data:`_SURNAME_FIRST`). A
+    newcomer's attending clinicians ('Dr. José Núñez', five of them, hundreds of rows each) passed
+    the rare-level and note rules and were drafted as public levels: one review away from every
+    release's schema.json. A column holding one such level gets the placeholder."""
+    acronyms = all(len(word) <= 4 and word.isupper() for word in re.findall(r"[^\W\d_]+", level))  # 'MRI, CT'
+    return bool(_TITLED_NAME.match(level) or (_SURNAME_FIRST.match(level) and not acronyms))
 
 
 def _letter_cases_together(counts: Counter[str]) -> tuple[Counter[str], set[str]]:
