@@ -61,6 +61,7 @@ def schema_draft(
         marker_columns,
         outcome_proxy_columns,
         rare_level_columns,
+        recurring_identifier_columns,
         stray_negative_columns,
         stray_text_cells,
         unlisted_columns,
@@ -93,6 +94,12 @@ def schema_draft(
                       "from the schema (the extract may keep it: a column the schema does not list is never used), or "
                       "turn a date into a year or an age in the extract; a measure: make it a number column "
                       "with public bounds; otherwise list its public levels, grouping rare ones[/]")
+    for name in recurring_identifier_columns(extract):
+        console.print(f"[yellow]column '{name}' reads as a record number, and some of its values recur in several "
+                      "rows: fedsyn protects each row, so a patient with several rows (admissions, visits) is "
+                      "protected at about that many times the site's epsilon. Keep one row per patient in the "
+                      "extract, or set the budget with the most rows one patient holds in mind "
+                      "(docs/privacy.md#one-row-per-patient)[/]")
     for name in rare_level_columns(extract, draft):
         outcome_class = " (an outcome class among them: add it)" if name == outcome else ""
         console.print(f"[yellow]column '{name}': values held by fewer than {RARE_LEVEL_ROWS} rows each were not "

@@ -168,6 +168,26 @@ def test_a_draft_writes_no_persons_name_however_many_rows_hold_it(demo_frame, tm
     assert draft.column("ward").categories == ["Day Surgery", "Emergency Department", "MRI, CT"]
 
 
+def test_a_record_number_that_recurs_is_named_and_never_drafted_as_bounds(demo_frame, tmp_path):
+    """helper-95: a patient_id on two rows per patient went unmentioned, though the guarantee is
+    per row (a patient of k rows is protected at about k epsilon). A record number that recurs is
+    named (names only), and a numeric one is no longer drafted as a number bounded by two
+    patients' numbers (it was not unique, so the identifier rule passed it)."""
+    from fedsyn.data.schema import recurring_identifier_columns
+
+    rows = demo_frame.head(200).copy()
+    rows["mrn"] = [f"MRN{4000 + k // 2:05d}" for k in range(len(rows))]
+    rows["patient"] = [730_001 + k // 2 for k in range(len(rows))]
+    rows["visit"] = [k % 4 for k in range(len(rows))]  # a small count: repeats, but no record number
+    assert recurring_identifier_columns(rows) == ["mrn", "patient"]
+    draft = draft_schema(rows, outcome="death")
+    draft.save(tmp_path / "draft.json")
+    written = (tmp_path / "draft.json").read_text()
+    assert "730001" not in written and "730100" not in written
+    assert draft.column("patient").categories == [UNLISTED_LEVELS]
+    assert recurring_identifier_columns(demo_frame) == []
+
+
 def test_a_number_that_cuts_the_outcome_is_named_by_the_draft():
     """A newcomer's gestational age below 259 days is a preterm birth by definition: the draft
     named categorical proxies only, and the verdict later said the draft would have named it.

@@ -375,6 +375,8 @@ STRAY_WORD_REPEATS = 5
 # patient's (a newcomer's free-text note 'see chart 200794, PTB risk high' was one of 40 levels,
 # and a careless review released the record number in schema.json and in 29 synthetic rows).
 RARE_LEVEL_ROWS = 5
+# A column of record numbers repeats some: at least this share of its values distinct.
+RECURRING_ID_DISTINCT = 0.3
 # What a draft lists for a column of more levels, or of rare levels only: an identifier's (a
 # record number's), a date's or a note's values would be patients' own, written into a file
 # meant to be shared, and an unreviewed schema would hand them to the generator. So none is
@@ -794,6 +796,8 @@ def _identifier_like(numbers: pd.Series) -> bool:
     month, day = (numbers // 100) % 100, numbers % 100
     if numbers.between(18_000_101, 22_001_231).all() and month.between(1, 12).all() and day.between(1, 31).all():
         return True
+    if _recurring_record_numbers(numbers):
+        return True
     if not numbers.is_unique:
         return False
     if numbers.abs().max() >= 100_000:
@@ -1206,6 +1210,40 @@ def _written_two_ways(levels: list[str]) -> bool:
 def category_levels(schema: Schema) -> dict[str, list[str]]:
     """Each categorical column's categories: a missing-value marker listed there stays a level."""
     return {column.name: column.levels for column in schema.categorical_columns}
+
+
+def _recurring_record_numbers(numbers: pd.Series) -> bool:
+    """Whole numbers of six digits or more, mostly distinct but some repeated: a patient's record
+    number on each of their several rows (helper-95's extract held two rows per patient). Such a
+    column was not unique, so it was drafted as a number bounded by two patients' numbers."""
+    return bool(len(numbers) >= 2 and numbers.abs().min() >= 100_000 and not numbers.is_unique
+                and numbers.nunique() >= RECURRING_ID_DISTINCT * len(numbers))
+
+
+def _record_token(cell: str) -> bool:
+    """A cell written as a record number: one token of at most 32 characters holding a digit ('MRN0041', '88-1203')."""
+    return 0 < len(cell) <= 32 and " " not in cell and any(c.isdigit() for c in cell)
+
+
+def recurring_identifier_columns(frame: pd.DataFrame) -> list[str]:
+    """Columns of ``frame`` that read as record numbers and repeat some of their values: names
+    only. fedsyn's guarantee is per row, so a patient with ``k`` rows (admissions, visits) is
+    protected as ``k`` records are, about ``k`` times epsilon (docs/privacy.md)."""
+    names = []
+    for name in frame.columns:
+        cells = frame[name].dropna()
+        if len(cells) < 2 or cells.is_unique:
+            continue
+        numbers = pd.to_numeric(cells, errors="coerce")
+        if numbers.notna().all():  # numbers: a record number's are whole and six digits or more
+            recurring = bool((numbers == numbers.round()).all()) and _recurring_record_numbers(numbers)
+        else:
+            written = cells.astype(str).str.strip()
+            recurring = bool(written.map(_record_token).mean() >= 0.95
+                             and written.nunique() >= RECURRING_ID_DISTINCT * len(written))
+        if recurring:
+            names.append(str(name))
+    return names
 
 
 def unlisted_columns(schema: Schema) -> list[str]:
