@@ -528,7 +528,8 @@ def _command_with(*settings: tuple[str, str]) -> str:
 def evaluate(
     schema: Annotated[Path, typer.Option("--schema", "-s", help="the public schema (JSON)")],
     synthetic: Annotated[Path, typer.Option(help="the synthetic table")],
-    real_train: Annotated[Path, typer.Option(help="real rows the generator was trained on")],
+    real_train: Annotated[list[Path], typer.Option(
+        help="real rows the generator was trained on (repeat it for several files: each site's)")],
     real_test: Annotated[Path, typer.Option(help="real rows the generator never saw")],
     out: Annotated[Path, typer.Option(help="where report.json and report.html go")] = Path("fedsyn-report"),
     privacy_report: Annotated[Path | None, typer.Option(help="the release's privacy_report.json")] = None,
@@ -550,10 +551,17 @@ def evaluate(
     """
     try:
         contract = Schema.load(schema)
-        tables = [schema_columns(read_table(p, contract), contract) for p in (synthetic, real_train, real_test)]
+        read = {path: schema_columns(read_table(path, contract), contract)
+                for path in (synthetic, *real_train, real_test)}
         ledger = json.loads(privacy_report.read_text()) if privacy_report else None
     except (SchemaError, DataFileError, OSError, json.JSONDecodeError) as exc:
         fail(str(exc))
+    import pandas as pd
+
+    from fedsyn.evaluation.metrics import test_rows_among_training
+
+    trained_on = " ".join(map(str, real_train))
+    tables = [read[synthetic], pd.concat([read[path] for path in real_train], ignore_index=True), read[real_test]]
     if site is not None and site_column is None:
         fail("--site names a hospital by its value in a column: give that column with --site-column")
     from fedsyn.simulations.request import check_site_column
@@ -567,7 +575,7 @@ def evaluate(
         if not own.any():
             fail(f"--site {site}: the synthetic table holds no row with {site_column} = {site}")
         tables[0] = tables[0][own].reset_index(drop=True)
-        for index, path in ((1, real_train), (2, real_test)):  # a file of every hospital: its own rows only
+        for index, path in ((1, trained_on), (2, str(real_test))):  # a file of every hospital: its own rows only
             if site_column not in tables[index].columns:  # the hospital's own file: its rows are --site's
                 tables[index] = tables[index].assign(**{str(site_column): tables[0][site_column].iloc[0]})
                 continue
@@ -581,8 +589,14 @@ def evaluate(
     from fedsyn.data.validation import numbering_for, validate_frame
     from fedsyn.simulations.workflow import write_local_report
 
-    for path, rows in zip((real_train, real_test), tables[1:]):  # a newcomer's 98.6 degree C passed without a word
-        found = validate_frame(rows, contract, numbering_for(path))
+    among, repeated = test_rows_among_training(tables[1], tables[2], contract)
+    if among >= 0.99 and repeated < 0.5:
+        fail(f"{among:.0%} of the rows of {real_test} are also in --real-train: the test rows must be rows the "
+             "generator never saw, or every check reads as a copy. After `fedsyn simulate --data`, the training "
+             "rows are each site's OUT/sites/*/data.parquet (repeat --real-train for each) and the held-out "
+             "rows OUT/local-report/held_out.parquet")
+    for path, rows, kind in ((trained_on, tables[1], real_train[0]), (str(real_test), tables[2], real_test)):
+        found = validate_frame(rows, contract, numbering_for(kind))  # a newcomer's 98.6 degree C passed without a word
         if not found.ok:
             console.print(f"[yellow bold]warning:[/] {path} does not fit the schema ({len(found.problems)} "
                           f"problem(s); `{program()} validate {path} --schema {schema}` names them): the report "

@@ -382,6 +382,29 @@ def test_evaluate_says_when_the_real_rows_do_not_fit_the_schema(tmp_path, demo_f
     assert "train.csv does not fit" not in said and "140" not in said
 
 
+def test_evaluate_refuses_test_rows_that_are_training_rows_and_reads_each_sites_file(tmp_path, demo_frame):
+    """helper-95 passed the whole extract as --real-train after a simulation, so every held-out
+    row was a training row: a DCR ratio of 90 million and 'a column records the outcome', with no
+    word on why. Test rows that are all training rows are refused, naming the files a simulation
+    trained on; --real-train repeats for the sites' several files."""
+    rows = demo_frame.sample(400, random_state=4)
+    rows.iloc[:200].to_csv(tmp_path / "synthetic.csv", index=False)
+    rows.iloc[:150].to_csv(tmp_path / "site_a.csv", index=False)
+    rows.iloc[150:300].to_csv(tmp_path / "site_b.csv", index=False)
+    rows.iloc[300:].to_csv(tmp_path / "test.csv", index=False)
+    rows.to_csv(tmp_path / "everything.csv", index=False)
+    files = ("--schema", demo_schema_path(), "--synthetic", tmp_path / "synthetic.csv")
+    inside = _invoke("evaluate", *files, "--real-train", tmp_path / "everything.csv", "--real-test",
+                     tmp_path / "test.csv", "--out", tmp_path / "inside")
+    said = " ".join(inside.output.split())
+    assert inside.exit_code == 2 and "100% of the rows" in said and "data.parquet" in said, said
+    assert not (tmp_path / "inside").exists()
+    both = _invoke("evaluate", *files, "--real-train", tmp_path / "site_a.csv", "--real-train", tmp_path / "site_b.csv",
+                   "--real-test", tmp_path / "test.csv", "--out", tmp_path / "both")
+    assert both.exit_code == 0, both.output
+    assert json.loads((tmp_path / "both" / "report.json").read_text())["rows"]["real_train"] == 300
+
+
 def test_evaluate_at_one_hospital_compares_that_hospitals_synthetic_rows_only(tmp_path, demo_frame):
     """A newcomer compared a whole release with one hospital's rows: its hospital column was
     flagged 'collapsed or shifted', with no way to keep that hospital's synthetic rows."""

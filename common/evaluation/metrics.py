@@ -669,6 +669,24 @@ def tstr_auc(train: pd.DataFrame, test: pd.DataFrame, schema: Schema, seed: int 
 NEAR_LEVEL = 0.05  # the share of new patients nearer a training row than the DCR tail check's cut
 
 
+def _row_keys(features: np.ndarray) -> list[bytes]:
+    """Each row of a feature matrix as a key equal for rows that are equal (to 6 decimals)."""
+    return list(map(bytes, np.round(features, 6).astype(np.float32)))
+
+
+def test_rows_among_training(real_train: pd.DataFrame, real_test: pd.DataFrame, schema: Schema) -> tuple[float, float]:
+    """The share of ``real_test``'s rows equal to a training row, and the share equal to another
+    of its own rows. Held-out rows copy training rows where a table has few distinct rows (they
+    then repeat among themselves too); every one of them among the training rows, while they
+    seldom repeat, says the test file holds the training rows (helper-95 passed the whole
+    extract as --real-train: a DCR ratio of 90 million, and 'a column records the outcome')."""
+    test_keys = _row_keys(feature_matrix(real_test, schema))
+    train_keys = set(_row_keys(feature_matrix(real_train, schema)))
+    among = sum(key in train_keys for key in test_keys) / max(1, len(test_keys))
+    repeated = 1.0 - len(set(test_keys)) / max(1, len(test_keys))
+    return float(among), float(repeated)
+
+
 def privacy(synthetic: pd.DataFrame, real_train: pd.DataFrame, real_test: pd.DataFrame, schema: Schema,
             seed: int = 0) -> dict[str, Any]:
     """Exact copies, DCR ratio and a distance-based membership-inference attack.
@@ -682,9 +700,9 @@ def privacy(synthetic: pd.DataFrame, real_train: pd.DataFrame, real_test: pd.Dat
     train_x = feature_matrix(real_train, schema)
     test_x = feature_matrix(real_test, schema)
     syn_x = feature_matrix(synthetic, schema)
-    train_keys = set(map(bytes, np.round(train_x, 6).astype(np.float32)))
-    copies = sum(bytes(row) in train_keys for row in np.round(syn_x, 6).astype(np.float32))
-    holdout_copies = sum(bytes(row) in train_keys for row in np.round(test_x, 6).astype(np.float32))
+    train_keys = set(_row_keys(train_x))
+    copies = sum(key in train_keys for key in _row_keys(syn_x))
+    holdout_copies = sum(key in train_keys for key in _row_keys(test_x))
     to_train = NearestNeighbors(n_neighbors=1).fit(train_x)
     n = min(len(test_x), len(syn_x), 5000)
     syn_sample = syn_x[rng.choice(len(syn_x), n, replace=False)]
