@@ -235,19 +235,25 @@ def test_bounds_left_as_the_draft_read_them_off_the_rows_are_pointed_at_by_name_
 def test_values_crowded_into_a_few_bins_of_wide_public_bounds_are_noted_by_column_never_by_value():
     """A newcomer put LDH on its assay's range, 50-5,000 U/L: its patients (100-800) filled 6 of
     64 bins, and the release's median came back at 2,690 (real 221). Such a column is noted,
-    by name; a count with a bin per value (visits 0-3 on 0-50) is not."""
+    by name; a count with a bin per value (visits 0-3 on 0-50) is not. helper-95's ALT of 2-51 U/L
+    on 0-1,000 filled 12 of an integer grid's 63 bins (which grow with the value) and was not
+    noted at a limit of 8 bins; the release's mean came back at 448 (real 25)."""
     rng = np.random.default_rng(3)
     ldh = rng.lognormal(5.4, 0.35, 400).round(1)
-    frame = pd.DataFrame({"ldh": ldh, "visits": rng.integers(0, 4, 400), "y": rng.choice(["a", "b"], 400)})
+    frame = pd.DataFrame({"ldh": ldh, "visits": rng.integers(0, 4, 400), "alt": rng.integers(2, 52, 400),
+                          "y": rng.choice(["a", "b"], 400)})
     schema = Schema(columns=[Column(name="ldh", kind="continuous", lower=50, upper=5000),
                              Column(name="visits", kind="integer", lower=0, upper=50),
+                             Column(name="alt", kind="integer", lower=0, upper=1000),
                              Column(name="y", kind="categorical", categories=["a", "b"])], outcome="y")
     notes = [note.describe() for note in validate_frame(frame, schema).notes]
     crowded = [note for note in notes if "middle 98 %" in note]
-    assert len(crowded) == 1 and "ldh" in crowded[0] and "visits" not in crowded[0] and '"log"' in crowded[0]
+    assert len(crowded) == 1 and "ldh, alt" in crowded[0] and "visits" not in crowded[0] and '"log"' in crowded[0]
     assert str(ldh[0]) not in crowded[0]
     narrowed = schema.model_copy(update={"columns": [Column(name="ldh", kind="continuous", lower=50, upper=1500,
-                                                            transform="log"), *schema.columns[1:]]})
+                                                            transform="log"), schema.columns[1],
+                                                     Column(name="alt", kind="integer", lower=0, upper=200),
+                                                     schema.columns[3]]})
     assert not any("middle 98 %" in note.describe() for note in validate_frame(frame, narrowed).notes)
 
 

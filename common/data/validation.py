@@ -13,7 +13,7 @@ from typing import Literal
 import numpy as np
 import pandas as pd
 
-from fedsyn.data.grid import bin_index
+from fedsyn.data.grid import bin_index, numeric_bins
 from fedsyn.data.schema import (
     MANY_CATEGORIES,
     NO_WORDS,
@@ -172,22 +172,24 @@ def validate_frame(frame: pd.DataFrame, schema: Schema, numbering: RowNumbering 
                              len(named), counted="column(s)"))
     if crowded:
         notes.append(Problem("(bounds)", f"{', '.join(crowded)}: the middle 98 % of each column's values fall in "
-                             f"at most {CROWDED_BINS} of its bins, so the release tells them apart no finer, and on a "
+                             f"at most a fifth of its bins, so the release tells them apart no finer, and on a "
                              "small table the noise in the empty bins beyond can outweigh them: narrow the public "
                              "bounds to a plausible clinical range, or give a positive measure with a long tail "
                              "\"transform\": \"log\"", len(crowded), counted="column(s)"))
     return ValidationReport(problems=problems, n_rows=len(frame), notes=notes)
 
 
-# A numeric column whose middle 98 % of values fall in at most this many of its public bins
-# (of 64) is noted: a newcomer's LDH on its assay range 50-5,000 U/L filled 6 bins, and on four
-# sites at epsilon 1 the release's median came back at 2,690 (real 221).
-CROWDED_BINS = 8
+# A numeric column whose middle 98 % of values fall in at most a fifth of its public bins (a
+# count's grid grows its bins with the value, so 12 of 63 were 0-64 of 0-1,000) is noted: a
+# newcomer's LDH on its assay range 50-5,000 U/L filled 6 bins, and on four sites at epsilon 1
+# the release's median came back at 2,690 (real 221); another's ALT on 0-1,000 U/L filled 12 and
+# came back with a mean of 448 (real 25), where a limit of 8 bins had said nothing (helper-95).
+CROWDED_SHARE = 0.2
 
 
 def _crowded(series: pd.Series, column: Column) -> bool:
     """Whether the middle 98 % of a numeric column's in-bound values fall in at most
-    :data:`CROWDED_BINS` bins of the public grid while holding more distinct values than those
+    :data:`CROWDED_SHARE` of the public grid's bins while holding more distinct values than those
     bins (a count with a bin per value, such as visits 0-3, is kept exactly and not noted)."""
     if column.is_categorical:
         return False
@@ -199,7 +201,7 @@ def _crowded(series: pd.Series, column: Column) -> bool:
     middle = values[(values >= low) & (values <= high)]
     bins = bin_index(column, pd.Series(middle))
     spanned = int(bins.max() - bins.min()) + 1
-    return spanned <= CROWDED_BINS and np.unique(middle).size > spanned
+    return spanned <= CROWDED_SHARE * numeric_bins(column) and np.unique(middle).size > spanned
 
 
 def _markers_within_bounds(column: Column, markers: list[str]) -> list[str]:
