@@ -64,10 +64,10 @@ def read_table(path: str | Path, schema: Schema | None = None) -> pd.DataFrame:
             frame = _blank_text_as_missing(pd.read_parquet(path), category_levels(schema) if schema else {})
     except pd.errors.EmptyDataError:
         raise DataFileError(f"cannot read {path}: the file is empty (no header line, no rows)") from None
-    except UnicodeDecodeError as exc:  # its text quotes bytes of the file: never shown
-        raise DataFileError(f"cannot read {path}: it is not UTF-8 text (byte {exc.start} is not, e.g. an accented "
-                            "letter saved as Latin-1 or Windows-1252): save it as UTF-8 (in Excel: 'CSV UTF-8') "
-                            "and try again") from None
+    except UnicodeDecodeError:  # its text quotes bytes of the file: never shown
+        raise DataFileError(f"cannot read {path}: it is not UTF-8 text ({_first_non_utf8(path, suffix)} holds a "
+                            "byte that is not, e.g. an accented letter saved as Latin-1 or Windows-1252): save it as "
+                            "UTF-8 (in Excel: 'CSV UTF-8') and try again") from None
     except Exception as exc:  # pandas/pyarrow raise many types; all mean "unreadable file"
         # A tokenizer error states structure only ("expected 9 fields in line 5"); other readers'
         # texts can quote cells, which are patient data, so only their type is named.
@@ -102,6 +102,26 @@ def _blank_text_as_missing(frame: pd.DataFrame, levels: Mapping[str, Collection[
 
 _TEXT_SEPARATORS = {".csv": ",", ".txt": ",", ".tsv": "\t"}
 _SEPARATOR_NAMES = {",": "comma", ";": "';'", "\t": "tab", "|": "'|'"}
+
+
+def _first_non_utf8(path: Path, suffix: str) -> str:
+    """Where a text file's first byte that is not UTF-8 lies: its line and column, by position
+    and header name (pandas' error gives an offset within the chunk it was decoding: helper-95
+    was told 'byte 7' of a byte at 1,339, line 3). Never the bytes themselves: a patient's."""
+    raw = path.read_bytes()
+    try:
+        raw.decode("utf-8-sig")
+        return "a cell"
+    except UnicodeDecodeError as exc:
+        start = exc.start + (3 if raw.startswith(b"\xef\xbb\xbf") else 0)
+    line_start = raw.rfind(b"\n", 0, start) + 1
+    line = raw.count(b"\n", 0, start) + 1
+    separator = _TEXT_SEPARATORS[suffix].encode()
+    field = raw.count(separator, line_start, start)  # quoted separators aside, the cell's position
+    header = raw.split(b"\n", 1)[0].decode("utf-8-sig", errors="replace").rstrip("\r")
+    names = next(csv.reader([header], delimiter=_TEXT_SEPARATORS[suffix]), [])
+    named = f" ('{names[field].strip()}')" if line > 1 and field < len(names) else ""
+    return f"line {line}, column {field + 1}{named}"
 
 
 def _check_text_layout(path: Path, separator: str) -> None:
