@@ -665,12 +665,13 @@ def test_read_table_errors(tmp_path):
 def test_a_file_not_in_utf8_is_refused_with_how_to_save_it(tmp_path):
     """A newcomer's Latin-1 file gave 'UnicodeDecodeError; check the file's format'; helper-95's
     was told 'byte 7' of a byte at 1,339 (pandas' offset in its chunk). The line and the column,
-    by position and header name, are said; the cell never."""
+    by position, are said; never the cell, nor the header's name (a file without a header line has
+    a patient's values there)."""
     path = tmp_path / "latin1.csv"
     path.write_bytes(("age,name\n" + "70,Ann\n" * 3000 + "64,Jos\u00e9\n").encode("latin-1"))
     with pytest.raises(DataFileError, match="not UTF-8 text .*save it as UTF-8") as refused:
         read_table(path)
-    assert "line 3002, column 2 ('name') holds a byte" in str(refused.value) and "Jos" not in str(refused.value)
+    assert "line 3002, column 2 counting from 1, holds a byte" in str(refused.value) and "Jos" not in str(refused.value)
 
 
 def test_a_header_naming_a_column_twice_is_refused_by_position(tmp_path):

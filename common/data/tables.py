@@ -106,8 +106,9 @@ _SEPARATOR_NAMES = {",": "comma", ";": "';'", "\t": "tab", "|": "'|'"}
 
 def _first_non_utf8(path: Path, suffix: str) -> str:
     """Where a text file's first byte that is not UTF-8 lies: its line and column, by position
-    and header name (pandas' error gives an offset within the chunk it was decoding: helper-95
-    was told 'byte 7' of a byte at 1,339, line 3). Never the bytes themselves: a patient's."""
+    (pandas' error gives an offset within the chunk it was decoding: helper-95 was told 'byte 7'
+    of a byte at 1,339, line 3). Never the bytes, nor the header's name for the column: a file
+    without a header line has a patient's values there."""
     raw = path.read_bytes()
     try:
         raw.decode("utf-8-sig")
@@ -116,12 +117,8 @@ def _first_non_utf8(path: Path, suffix: str) -> str:
         start = exc.start + (3 if raw.startswith(b"\xef\xbb\xbf") else 0)
     line_start = raw.rfind(b"\n", 0, start) + 1
     line = raw.count(b"\n", 0, start) + 1
-    separator = _TEXT_SEPARATORS[suffix].encode()
-    field = raw.count(separator, line_start, start)  # quoted separators aside, the cell's position
-    header = raw.split(b"\n", 1)[0].decode("utf-8-sig", errors="replace").rstrip("\r")
-    names = next(csv.reader([header], delimiter=_TEXT_SEPARATORS[suffix]), [])
-    named = f" ('{names[field].strip()}')" if line > 1 and field < len(names) else ""
-    return f"line {line}, column {field + 1}{named}"
+    field = raw.count(_TEXT_SEPARATORS[suffix].encode(), line_start, start)  # quoted separators aside
+    return f"line {line}, column {field + 1} counting from 1,"
 
 
 def _check_text_layout(path: Path, separator: str) -> None:
