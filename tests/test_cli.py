@@ -129,6 +129,19 @@ def test_simulate_refuses_to_reuse_an_output_folder_unless_told(tmp_path, demo_f
     assert result.exit_code == 2 and "--overwrite" in result.output and (out / "sites").exists()
 
 
+def test_overwrite_says_it_replaced_the_earlier_runs_spent_ledgers(tmp_path):
+    """helper-95: after a killed run had spent 0.91 of each site's budget, --overwrite replaced
+    its ledgers without a word at run time. It now says so, and that publishing both spends both."""
+    out = tmp_path / "run"
+    (out / "sites" / "site-0-a").mkdir(parents=True)
+    (out / "sites" / "site-0-a" / "ledger.json").write_text("{}")
+    (out / ".fedsyn-simulation").write_text("written by fedsyn simulate\n")
+    result = CliRunner().invoke(app, ["simulate", "--out", str(out), "--rounds", "1", "--local-steps", "1",
+                                      "--rows", "50", "--yes", "--overwrite"])
+    said = " ".join(result.output.split())
+    assert result.exit_code == 0 and "replaced" in said and "1 site ledger(s)" in said and "their sum" in said, said
+
+
 def test_json_logs_carry_time_with_zone_and_fedsyn_events(tmp_path, demo_frame):
     data = tmp_path / "cohort.csv"
     demo_frame.sample(600, random_state=1).to_csv(data, index=False)
