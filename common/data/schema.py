@@ -984,6 +984,18 @@ def constant_columns(frame: pd.DataFrame, schema: Schema) -> list[str]:
             if c.name in frame.columns and frame[c.name].nunique(dropna=False) <= 1 and len(frame) > 1]
 
 
+MOSTLY_EMPTY_SHARE = 0.95  # a drafted column empty in more of its rows than this is named
+
+
+def mostly_empty_columns(frame: pd.DataFrame, schema: Schema) -> list[str]:
+    """Of a draft's columns, those empty in more than :data:`MOSTLY_EMPTY_SHARE` of the rows but
+    not in all (helper-95's genetic panel, 99 % empty, went unnamed): they teach the release
+    little beyond how often they are missing, and every column shares the budget. Names only."""
+    frame = without_schema_markers(frame, schema)
+    return [c.name for c in schema.columns if c.name in frame.columns and len(frame) > 1
+            and MOSTLY_EMPTY_SHARE < frame[c.name].isna().mean() < 1.0]
+
+
 def duplicate_columns(frame: pd.DataFrame, schema: Schema) -> list[tuple[str, str]]:
     """Of a draft's columns, each that repeats an earlier one row for row (a lab in two units
     written the same, an export's copy), with the column it repeats: names only."""
