@@ -33,7 +33,9 @@ from fedsyn.trust.signing import sign_release
 # What leaves a site without DP noise, and why that is acceptable; repeated in every report.
 DECLARED_PUBLIC = [
     "participation: that the site took part, and in which rounds (its replies or refusals, with their fixed "
-    "error code and public reason text)",
+    "error code and public reason text), and each round it missed the coordinator's deadline: whether a reply "
+    "came in time can grow with the site's rows (a size, never a record), which its reply_quantum_seconds above "
+    "its longest reply hides",
     "the site's name as set in its own policy (site_id)",
     "privacy event parameters (noise multiplier, sample rate, steps), fixed by public settings "
     "and the site's public policy",
@@ -120,8 +122,9 @@ def privacy_report(run: RunRecord, public_facts: dict[str, object] | None = None
             "ledger": rounds,
         })
     return {
-        "guarantee": "record-level (epsilon, delta)-DP per site, add/remove-one-record adjacency, "
-                     "composed over all rounds with the accountant below",
+        "guarantee": "record-level (epsilon, delta)-DP per site, add/remove-one-record adjacency (a record is a "
+                     "row: a patient with k rows is protected at about k epsilon), composed over all rounds with the "
+                     "accountant below",
         "scope": "epsilon_this_run is recomputed from the privacy events the coordinator received, at each site's "
                  "own delta: a lower bound where a round's charge is unconfirmed (unconfirmed_rounds: no reply, "
                  "a failure after the charge, or a rejected reply; possibly_charged_before_resume: such a round of "
