@@ -1233,8 +1233,9 @@ def _recurring_record_numbers(numbers: pd.Series) -> bool:
 
 
 def _record_token(cell: str) -> bool:
-    """A cell written as a record number: one token of at most 32 characters holding a digit ('MRN0041', '88-1203')."""
-    return 0 < len(cell) <= 32 and " " not in cell and any(c.isdigit() for c in cell)
+    """A cell written as a record number: one token of at most 32 characters holding five digits or
+    more ('MRN0041233', '88-1203'; a diagnosis code, 'I21.4', holds fewer)."""
+    return 0 < len(cell) <= 32 and " " not in cell and sum(c.isdigit() for c in cell) >= 5
 
 
 def recurring_identifier_columns(frame: pd.DataFrame) -> list[str]:
