@@ -675,15 +675,17 @@ def _row_keys(features: np.ndarray) -> list[bytes]:
 
 
 def test_rows_among_training(real_train: pd.DataFrame, real_test: pd.DataFrame, schema: Schema) -> tuple[float, float]:
-    """The share of ``real_test``'s rows equal to a training row, and the share equal to another
-    of its own rows. Held-out rows copy training rows where a table has few distinct rows (they
-    then repeat among themselves too); every one of them among the training rows, while they
-    seldom repeat, says the test file holds the training rows (helper-95 passed the whole
-    extract as --real-train: a DCR ratio of 90 million, and 'a column records the outcome')."""
+    """The share of ``real_test``'s rows equal to a training row, and the share of training rows
+    equal to another training row. Held-out rows copy training rows where a table has few
+    distinct rows (its training rows then repeat among themselves too); every one of them among
+    training rows that seldom repeat says the training file holds the test rows (helper-95
+    passed the whole extract as --real-train: a DCR ratio of 90 million, and 'a column records
+    the outcome')."""
     test_keys = _row_keys(feature_matrix(real_test, schema))
-    train_keys = set(_row_keys(feature_matrix(real_train, schema)))
-    among = sum(key in train_keys for key in test_keys) / max(1, len(test_keys))
-    repeated = 1.0 - len(set(test_keys)) / max(1, len(test_keys))
+    train_keys = _row_keys(feature_matrix(real_train, schema))
+    distinct = set(train_keys)
+    among = sum(key in distinct for key in test_keys) / max(1, len(test_keys))
+    repeated = 1.0 - len(distinct) / max(1, len(train_keys))
     return float(among), float(repeated)
 
 
