@@ -85,6 +85,10 @@ def test_a_misspelt_column_gets_a_did_you_mean(demo_frame, demo_schema):
     assert "'creatinin'" in problems["creatinine"] and "'Sample_Yr'" in problems["sample_yr"]
     unrelated = demo_frame.head(10).assign(ward="x")  # a column the schema does not list: left out, noted
     assert validate_frame(unrelated, demo_schema).ok
+    # helper-95's site file named hemoglobin 'Hgb': an abbreviation, which no spelling likeness finds
+    short = demo_frame.head(10).rename(columns={"creatinine": "Crt"}).assign(ward="x")
+    said = {p.column: p.kind for p in validate_frame(short, demo_schema).problems}["creatinine"]
+    assert "the file has 'Crt': an abbreviation of it?" in said and "ward" not in said
     # A newcomer's `--outcome died` was asked "did you mean 'diabetes'?": a name that begins one column is that one
     from fedsyn.errors import closest_name
 

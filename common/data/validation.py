@@ -285,7 +285,9 @@ def _file_problems(frame: pd.DataFrame, schema: Schema) -> list[Problem]:
             missing = []
     for name in missing:
         guess = _close_name(name, extra, len(missing) - 1)
+        short = None if guess else _abbreviation(name, extra)
         hint = (f" (the file has '{guess}': misspelt? rename one of them)" if guess
+                else f" (the file has '{short}': an abbreviation of it? rename one of them)" if short
                 else ": add it to the extract (with empty cells if this site does not record it, and the column "
                      "nullable in the schema), or remove it from the schema if no site records it")
         problems.append(Problem(name, f"column missing from the file{hint}", len(frame)))
@@ -323,6 +325,21 @@ def _close_name(name: str, candidates: list[str], others: int) -> str | None:
     ('smoking' for 'smoker', never 'patient_id' for 'mgus')."""
     lone = len(candidates) == 1 and others == 0
     return closest_name(name, candidates, cutoff=0.5 if lone else 0.8)
+
+
+def _abbreviation(name: str, candidates: list[str]) -> str | None:
+    """The one candidate whose letters, in order, are an abbreviation of ``name`` (case ignored,
+    its first letter first, at least two letters): helper-95's site file named hemoglobin 'Hgb',
+    which no spelling likeness finds."""
+    def letters(text: str) -> str:
+        return "".join(c for c in text.lower() if c.isalpha())
+
+    def within(short: str, long: str) -> bool:
+        rest = iter(long)
+        return len(short) >= 2 and short[0] == long[:1] and len(short) < len(long) and all(c in rest for c in short)
+
+    found = [c for c in candidates if within(letters(c), letters(name))]
+    return found[0] if len(found) == 1 else None
 
 
 def require_valid(frame: pd.DataFrame, schema: Schema, source: str = "data") -> None:
