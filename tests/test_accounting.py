@@ -8,6 +8,7 @@ from fedsyn.privacy.accounting import (
     PrivacyEvent,
     PrivacyLedger,
     calibrate_noise_multiplier,
+    compute_epsilon,
 )
 
 from .helpers import independent_epsilon
@@ -52,6 +53,23 @@ def test_a_coordinators_extreme_noise_is_refused_at_once_under_either_accountant
             ledger.charge(event, budget=5.0)
         assert time.monotonic() - started < 5
     assert PrivacyLedger.open(tmp_path / "ledger.json", delta=1e-5, accountant=accountant).events == []
+
+
+def test_a_plan_of_many_steps_is_calibrated_at_once_under_prv():
+    """helper-96: PRV's grid grows with the steps it composes, and a coordinator's plan of 100,000
+    rounds of 200 steps made each calibration probe minutes long (2,000,000 steps: 190 s; 1,000
+    rounds, 200,000 steps, 6 s a probe, over a minute a request). Past
+    PRV_LARGEST_STEPS the RDP bound is used under PRV too: valid, and never below PRV."""
+    import time
+
+    from fedsyn.privacy.accounting import PRV_LARGEST_STEPS
+
+    started = time.monotonic()
+    sigma = calibrate_noise_multiplier(5.0, 1e-5, 0.05, 1_000 * 200, accountant="prv")
+    assert time.monotonic() - started < 10
+    assert sigma == calibrate_noise_multiplier(5.0, 1e-5, 0.05, 1_000 * 200, accountant="rdp")
+    within = [PrivacyEvent("dp-sgd", 1.0, 0.05, PRV_LARGEST_STEPS)]
+    assert compute_epsilon(within, 1e-5, "prv") < compute_epsilon(within, 1e-5, "rdp")  # PRV still answers
 
 
 def test_charge_refuses_and_leaves_ledger_unchanged(tmp_path):
