@@ -160,12 +160,16 @@ def test_a_draft_writes_no_persons_name_however_many_rows_hold_it(demo_frame, tm
     rows["attending"] = [("Dr. José Núñez", "Dr Søren Ødegård", "Mrs Ada Lee")[k % 3] for k in range(len(rows))]
     rows["contact"] = [("GOMEZ, MARIA", "Smith, John")[k % 2] for k in range(len(rows))]
     rows["ward"] = [("Emergency Department", "Day Surgery", "MRI, CT")[k % 3] for k in range(len(rows))]
+    # helper-97: codes with a comma or a title-like word are no names
+    rows["race"] = [("White", "Asian", "Black, African American", "Hispanic, Latino")[k % 4] for k in range(len(rows))]
+    rows["service"] = [("Nurse practitioner", "MS relapsing", "Dr referral")[k % 3] for k in range(len(rows))]
     draft = draft_schema(rows, outcome="death")
     draft.save(tmp_path / "draft.json")
     written = (tmp_path / "draft.json").read_text(encoding="utf-8")
     assert not any(name in written for name in ("Núñez", "Ødegård", "Lee", "GOMEZ", "Smith"))
     assert draft.column("attending").categories == draft.column("contact").categories == [UNLISTED_LEVELS]
     assert draft.column("ward").categories == ["Day Surgery", "Emergency Department", "MRI, CT"]
+    assert len(draft.column("race").categories) == 4 and len(draft.column("service").categories) == 3
 
 
 def test_a_record_number_that_recurs_is_named_and_never_drafted_as_bounds(demo_frame, tmp_path):
@@ -186,6 +190,19 @@ def test_a_record_number_that_recurs_is_named_and_never_drafted_as_bounds(demo_f
     assert "730001" not in written and "730100" not in written
     assert draft.column("patient").categories == [UNLISTED_LEVELS]
     assert recurring_identifier_columns(demo_frame) == []
+    # helper-97: five visits per patient, zero-padded numbers read as integers; never measures,
+    # dates or times that repeat
+    rng = np.random.default_rng(1)
+    more = pd.DataFrame({"mrn": [41_233 + k // 5 for k in range(600)],
+                         "visit_mrn": [f"{900_000 + k // 5}" for k in range(600)],
+                         "platelets": rng.integers(150, 450, 600) * 1000,
+                         "cost_yen": rng.lognormal(11, 1.5, 600).round() + 10_000,
+                         "seen": [f"2021-03-{1 + k % 28:02d}" for k in range(600)],
+                         "at": [f"{8 + k % 10}:{k % 60:02d}:15" for k in range(600)]})
+    assert recurring_identifier_columns(more) == ["mrn", "visit_mrn"]
+    drafted = draft_schema(more)
+    assert drafted.column("platelets").kind == "integer"  # a unique cost in yen stays an identifier's (fails safe)
+    assert drafted.column("mrn").categories == [UNLISTED_LEVELS]
 
 
 def test_a_number_that_cuts_the_outcome_is_named_by_the_draft():

@@ -375,8 +375,6 @@ STRAY_WORD_REPEATS = 5
 # patient's (a newcomer's free-text note 'see chart 200794, PTB risk high' was one of 40 levels,
 # and a careless review released the record number in schema.json and in 29 synthetic rows).
 RARE_LEVEL_ROWS = 5
-# A column of record numbers repeats some: at least this share of its values distinct.
-RECURRING_ID_DISTINCT = 0.3
 # What a draft lists for a column of more levels, or of rare levels only: an identifier's (a
 # record number's), a date's or a note's values would be patients' own, written into a file
 # meant to be shared, and an unreviewed schema would hand them to the generator. So none is
@@ -576,7 +574,7 @@ def _drafted_column(series: pd.Series, outcome: bool = False, date: bool = False
     categories = sorted((level for level, rows in counts.items() if rows >= RARE_LEVEL_ROWS),
                         key=lambda level: (0, float(level), level) if is_number(level) else (1, 0.0, level))
     if len(counts) > MANY_CATEGORIES or (counts and not categories) \
-            or any(_note_like(level) or _name_like(level) for level in categories):
+            or any(map(_note_like, categories)) or _names_like(categories):
         # an identifier, a date or free text: its values are patients', never written (a number
         # column too, :func:`_identifier_like`: its bounds would be two patients' record numbers)
         categories = [UNLISTED_LEVELS]
@@ -596,20 +594,25 @@ def _note_like(level: str) -> bool:
     return len(level) > 48 or len(words) >= 7 or (len(words) >= 5 and any(c.isdigit() for c in level))
 
 
-# A person's name as an extract writes it: after a title ('Dr. José Núñez', 'Mrs Gomez'), or as
-# 'Surname, Given' ('Gomez, Maria'). Letters of any script; no digit.
-_TITLED_NAME = re.compile(r"^(?:dr|mr|mrs|ms|mx|miss|prof|sister|nurse)\.?\s+[^\W\d_]", re.IGNORECASE)
+# A person's name as an extract writes it: after a title, the name capitalised ('Dr. José Núñez',
+# 'Mrs Gomez'; never 'MS relapsing', 'Dr referral'), or as 'Surname, Given' ('Gomez, Maria').
+_TITLED_NAME = re.compile(r"^(?:[Dd]r|[Mm]rs?|[Mm]x|[Mm]iss|[Pp]rof|Ms)\.?\s+[^\W\d_a-z]")
 _SURNAME_FIRST = re.compile(r"^[^\W\d_a-z][^\W\d_]*(?:[-'’][^\W\d_]+)*,\s*[^\W\d_a-z][^\W\d_]*\.?"
                             r"(?:\s+[^\W\d_a-z][^\W\d_]*\.?)?$")
 
 
-def _name_like(level: str) -> bool:
-    """Whether a level reads as a person's name (:data:`_TITLED_NAME`, :data:`_SURNAME_FIRST`). A
-    newcomer's attending clinicians ('Dr. José Núñez', five of them, hundreds of rows each) passed
-    the rare-level and note rules and were drafted as public levels: one review away from every
-    release's schema.json. A column holding one such level gets the placeholder."""
-    acronyms = all(len(word) <= 4 and word.isupper() for word in re.findall(r"[^\W\d_]+", level))  # 'MRI, CT'
-    return bool(_TITLED_NAME.match(level) or (_SURNAME_FIRST.match(level) and not acronyms))
+def _names_like(levels: list[str]) -> bool:
+    """Whether a column's levels read as people's names: one after a title (:data:`_TITLED_NAME`),
+    or most of them written 'Surname, Given' (:data:`_SURNAME_FIRST`; one such level among codes
+    is a code, 'Black, African American', 'Fracture, Hip'). A newcomer's attending clinicians
+    ('Dr. José Núñez', five of them, hundreds of rows each) passed the rare-level and note rules
+    and were drafted as public levels: one review away from every release's schema.json."""
+    def acronyms(level: str) -> bool:  # 'MRI, CT'
+        return all(len(word) <= 4 and word.isupper() for word in re.findall(r"[^\W\d_]+", level))
+
+    surname_first = sum(bool(_SURNAME_FIRST.match(level)) and not acronyms(level) for level in levels)
+    return any(_TITLED_NAME.match(level) for level in levels) \
+        or (len(levels) >= 2 and surname_first > len(levels) / 2)
 
 
 def _letter_cases_together(counts: Counter[str]) -> tuple[Counter[str], set[str]]:
@@ -1224,18 +1227,28 @@ def category_levels(schema: Schema) -> dict[str, list[str]]:
     return {column.name: column.levels for column in schema.categorical_columns}
 
 
+# A column named as a record number ('patient_id', 'MRN', 'record no').
+_ID_NAME = re.compile(r"(^|[^a-z])(id|mrn|no|nr|num|number|record|patient)($|[^a-z])", re.IGNORECASE)
+# A cell written as one: an optional letter prefix, then five digits or more, dashes allowed
+# ('MRN0041233', '88-1203'); never a date or a time ('2021-03-04', '10:30:15').
+_RECORD_TOKEN = re.compile(r"^[A-Za-z]{0,5}[-_ ]?\d[\d-]{3,}\d$")
+_DATE_OR_TIME = re.compile(r"^\d{4}-\d{1,2}-\d{1,2}|^\d{1,2}[/.-]\d{1,2}[/.-]\d{2,4}|\d{1,2}:\d{2}")
+
+
 def _recurring_record_numbers(numbers: pd.Series) -> bool:
-    """Whole numbers of six digits or more, mostly distinct but some repeated: a patient's record
-    number on each of their several rows (helper-95's extract held two rows per patient). Such a
-    column was not unique, so it was drafted as a number bounded by two patients' numbers."""
-    return bool(len(numbers) >= 2 and numbers.abs().min() >= 100_000 and not numbers.is_unique
-                and numbers.nunique() >= RECURRING_ID_DISTINCT * len(numbers))
-
-
-def _record_token(cell: str) -> bool:
-    """A cell written as a record number: one token of at most 32 characters holding five digits or
-    more ('MRN0041233', '88-1203'; a diagnosis code, 'I21.4', holds fewer)."""
-    return 0 < len(cell) <= 32 and " " not in cell and sum(c.isdigit() for c in cell) >= 5
+    """Whole numbers that repeat, read as a patient's record number on each of their rows
+    (helper-95's extract held two rows per patient; such a column was not unique, so it was
+    drafted as a number bounded by two patients' numbers): at least 20 distinct and five digits
+    or more, few of them round (platelets per µL rounded to thousands are a measure), and either
+    the column is named as one (``_ID_NAME``) or they are six digits or more, nearly all of one
+    width (a cost in yen spreads over several)."""
+    if len(numbers) < 2 or numbers.is_unique or numbers.nunique() < 20 or numbers.abs().min() < 10_000:
+        return False
+    if float((numbers % 100 == 0).mean()) >= 0.5:
+        return False
+    widths = numbers.abs().astype("int64").astype(str).str.len()
+    named = bool(_ID_NAME.search(str(numbers.name or "")))
+    return named or bool(numbers.abs().min() >= 100_000 and widths.value_counts(normalize=True).iloc[0] >= 0.95)
 
 
 def recurring_identifier_columns(frame: pd.DataFrame) -> list[str]:
@@ -1248,12 +1261,12 @@ def recurring_identifier_columns(frame: pd.DataFrame) -> list[str]:
         if len(cells) < 2 or cells.is_unique:
             continue
         numbers = pd.to_numeric(cells, errors="coerce")
-        if numbers.notna().all():  # numbers: a record number's are whole and six digits or more
+        if numbers.notna().all():
             recurring = bool((numbers == numbers.round()).all()) and _recurring_record_numbers(numbers)
         else:
             written = cells.astype(str).str.strip()
-            recurring = bool(written.map(_record_token).mean() >= 0.95
-                             and written.nunique() >= RECURRING_ID_DISTINCT * len(written))
+            tokens = written.map(lambda cell: bool(_RECORD_TOKEN.match(cell)) and not _DATE_OR_TIME.search(cell))
+            recurring = bool(tokens.mean() >= 0.95 and written.nunique() >= 20)
         if recurring:
             names.append(str(name))
     return names
