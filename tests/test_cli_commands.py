@@ -402,6 +402,10 @@ def test_evaluate_refuses_test_rows_that_are_training_rows_and_reads_each_sites_
     said = " ".join(inside.output.split())
     assert inside.exit_code == 2 and "100% of the rows" in said and "data.parquet" in said, said
     assert not (tmp_path / "inside").exists()
+    for twice in (("everything.csv", "everything.csv"), ("everything.csv", "site_a.csv")):  # helper-97's bypasses
+        again = _invoke("evaluate", *files, *(word for name in twice for word in ("--real-train", tmp_path / name)),
+                        "--real-test", tmp_path / "test.csv", "--out", tmp_path / "twice")
+        assert again.exit_code == 2 and "100% of the rows" in " ".join(again.output.split()), twice
     both = _invoke("evaluate", *files, "--real-train", tmp_path / "site_a.csv", "--real-train", tmp_path / "site_b.csv",
                    "--real-test", tmp_path / "test.csv", "--out", tmp_path / "both")
     assert both.exit_code == 0, both.output

@@ -674,18 +674,21 @@ def _row_keys(features: np.ndarray) -> list[bytes]:
     return list(map(bytes, np.round(features, 6).astype(np.float32)))
 
 
-def test_rows_among_training(real_train: pd.DataFrame, real_test: pd.DataFrame, schema: Schema) -> tuple[float, float]:
-    """The share of ``real_test``'s rows equal to a training row, and the share of training rows
-    equal to another training row. Held-out rows copy training rows where a table has few
-    distinct rows (its training rows then repeat among themselves too); every one of them among
-    training rows that seldom repeat says the training file holds the test rows (helper-95
-    passed the whole extract as --real-train: a DCR ratio of 90 million, and 'a column records
-    the outcome')."""
+def test_rows_among_training(real_train: list[pd.DataFrame], real_test: pd.DataFrame, schema: Schema
+                             ) -> tuple[float, float]:
+    """The share of ``real_test``'s rows equal to a training row, and the least share of any
+    training file's rows equal to another row of that file. Held-out rows copy training rows
+    where a table has few distinct rows (each training file then repeats its own rows too);
+    every one of them among training files whose rows seldom repeat says a training file holds
+    the test rows (helper-95 passed the whole extract as --real-train: a DCR ratio of 90
+    million, and 'a column records the outcome'). Per file, so that a file given twice, or the
+    whole extract beside each site's file, does not pass for a table of repeated rows
+    (helper-97)."""
     test_keys = _row_keys(feature_matrix(real_test, schema))
-    train_keys = _row_keys(feature_matrix(real_train, schema))
-    distinct = set(train_keys)
+    files = [_row_keys(feature_matrix(rows, schema)) for rows in real_train]
+    distinct = set().union(*map(set, files))
     among = sum(key in distinct for key in test_keys) / max(1, len(test_keys))
-    repeated = 1.0 - len(distinct) / max(1, len(train_keys))
+    repeated = min(1.0 - len(set(keys)) / max(1, len(keys)) for keys in files)
     return float(among), float(repeated)
 
 
