@@ -286,10 +286,10 @@ def _file_problems(frame: pd.DataFrame, schema: Schema) -> list[Problem]:
     for name in missing:
         guess = _close_name(name, extra, len(missing) - 1)
         short = None if guess else _abbreviation(name, extra)
+        maybe = f"; the file has '{short}': if that is this column under a short name, rename it" if short else ""
         hint = (f" (the file has '{guess}': misspelt? rename one of them)" if guess
-                else f" (the file has '{short}': an abbreviation of it? rename one of them)" if short
                 else ": add it to the extract (with empty cells if this site does not record it, and the column "
-                     "nullable in the schema), or remove it from the schema if no site records it")
+                     f"nullable in the schema), or remove it from the schema if no site records it{maybe}")
         problems.append(Problem(name, f"column missing from the file{hint}", len(frame)))
     # A column the schema does not list is left out (unlisted_columns): a newcomer dropped columns
     # from the schema as the plan advised and had to rewrite six extracts. A misspelt header is
@@ -328,17 +328,19 @@ def _close_name(name: str, candidates: list[str], others: int) -> str | None:
 
 
 def _abbreviation(name: str, candidates: list[str]) -> str | None:
-    """The one candidate whose letters, in order, are an abbreviation of ``name`` (case ignored,
-    its first letter first, at least two letters): helper-95's site file named hemoglobin 'Hgb',
-    which no spelling likeness finds."""
+    """The one candidate that abbreviates ``name`` as a lab's short name does: three letters or
+    more, its first letter first, then only consonants of ``name`` in their order (case ignored).
+    helper-95's site file named hemoglobin 'Hgb', which no spelling likeness finds; a shorter or
+    vowelled name (bilirubin's 'bun', potassium's 'pt') is another lab's (helper-97)."""
     def letters(text: str) -> str:
         return "".join(c for c in text.lower() if c.isalpha())
 
-    def within(short: str, long: str) -> bool:
-        rest = iter(long)
-        return len(short) >= 2 and short[0] == long[:1] and len(short) < len(long) and all(c in rest for c in short)
+    def abbreviates(short: str, long: str) -> bool:
+        rest = iter(c for c in long[1:] if c not in "aeiou")
+        return 3 <= len(short) < len(long) and short[0] == long[0] and set(short[1:]).isdisjoint("aeiou") \
+            and all(c in rest for c in short[1:])
 
-    found = [c for c in candidates if within(letters(c), letters(name))]
+    found = [c for c in candidates if abbreviates(letters(c), letters(name))]
     return found[0] if len(found) == 1 else None
 
 
