@@ -91,8 +91,8 @@ def test_a_misspelt_column_gets_a_did_you_mean(demo_frame, demo_schema):
     assert "the file has 'Crt': if that is this column under a short name" in said and "ward" not in said
     assert "add it to the extract" in said  # the guess sits beside the advice, never instead of it
     # letters of the name in order, vowels among them: as likely another column (bilirubin's 'bun', helper-97)
-    other = demo_frame.head(10).rename(columns={"creatinine": "cretin"})
-    assert "'cretin'" not in {p.column: p.kind for p in validate_frame(other, demo_schema).problems}["creatinine"]
+    other = demo_frame.head(10).rename(columns={"creatinine": "cane"}).assign(ward="x")
+    assert "'cane'" not in {p.column: p.kind for p in validate_frame(other, demo_schema).problems}["creatinine"]
     # A newcomer's `--outcome died` was asked "did you mean 'diabetes'?": a name that begins one column is that one
     from fedsyn.errors import closest_name
 
