@@ -276,13 +276,14 @@ def simulate(
     from fedsyn.simulations import workflow
 
     try:  # a refusal first: warnings about a run that will not happen only confuse
-        spent = sorted(out.glob("sites/*/ledger.json")) if overwrite else []
+        spent = overwrite and out.is_dir() and workflow.privacy_spent_in(out)  # a sweep's sites too
         workflow.clear_out_folder(out, overwrite, request.input_files)
     except ConfigurationError as exc:
         fail(str(exc))
     if spent:  # helper-95: an interrupted run's spent budget went without a word
-        console.print(f"note: --overwrite replaced {out} and its {len(spent)} site ledger(s): this run spends again "
-                      "on the same rows, and publishing a release of each spends their sum", soft_wrap=True)
+        console.print(f"note: --overwrite replaced {out} and the ledgers of the budget its sites had spent: this run "
+                      "spends again on the same rows, and publishing a release of each spends their sum",
+                      soft_wrap=True)
     if fail_below is not None and prepared.simulation.test is None:  # a pipeline's gate that would check nothing
         fail("--fail-below needs the verdict of held-out rows, and this run has none: give --held-out FILE (or, "
              "with --data, a --hold-out share above 0)")

@@ -134,12 +134,13 @@ def test_overwrite_says_it_replaced_the_earlier_runs_spent_ledgers(tmp_path):
     its ledgers without a word at run time. It now says so, and that publishing both spends both."""
     out = tmp_path / "run"
     (out / "sites" / "site-0-a").mkdir(parents=True)
-    (out / "sites" / "site-0-a" / "ledger.json").write_text("{}")
+    (out / "sites" / "site-0-a" / "ledger.json").write_text('{"events": [{"mechanism": "dp-sgd"}]}')
     (out / ".fedsyn-simulation").write_text("written by fedsyn simulate\n")
     result = CliRunner().invoke(app, ["simulate", "--out", str(out), "--rounds", "1", "--local-steps", "1",
                                       "--rows", "50", "--yes", "--overwrite"])
     said = " ".join(result.output.split())
-    assert result.exit_code == 0 and "replaced" in said and "1 site ledger(s)" in said and "their sum" in said, said
+    assert result.exit_code == 0 and "replaced" in said and "the budget its sites had spent" in said \
+        and "their sum" in said, said
 
 
 def test_json_logs_carry_time_with_zone_and_fedsyn_events(tmp_path, demo_frame):

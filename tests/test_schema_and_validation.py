@@ -689,6 +689,10 @@ def test_a_file_not_in_utf8_is_refused_with_how_to_save_it(tmp_path):
     with pytest.raises(DataFileError, match="not UTF-8 text .*save it as UTF-8") as refused:
         read_table(path)
     assert "line 3002, column 2 counting from 1, holds a byte" in str(refused.value) and "Jos" not in str(refused.value)
+    quoted = tmp_path / "quoted.csv"  # a quoted cell holding the separator is one column (helper-97)
+    quoted.write_bytes("id,ward,name\n1,\"a, b, c\",Jos\u00e9\n".encode("latin-1"))
+    with pytest.raises(DataFileError, match="line 2, column 3 counting from 1, holds a byte"):
+        read_table(quoted)
 
 
 def test_a_header_naming_a_column_twice_is_refused_by_position(tmp_path):

@@ -117,8 +117,9 @@ def _first_non_utf8(path: Path, suffix: str) -> str:
         start = exc.start + (3 if raw.startswith(b"\xef\xbb\xbf") else 0)
     line_start = raw.rfind(b"\n", 0, start) + 1
     line = raw.count(b"\n", 0, start) + 1
-    field = raw.count(_TEXT_SEPARATORS[suffix].encode(), line_start, start)  # quoted separators aside
-    return f"line {line}, column {field + 1} counting from 1,"
+    before = raw[line_start:start].decode("utf-8", errors="replace")  # the line up to that byte, quotes kept
+    fields = next(csv.reader([before], delimiter=_TEXT_SEPARATORS[suffix]), [""])
+    return f"line {line}, column {max(len(fields), 1)} counting from 1,"
 
 
 def _check_text_layout(path: Path, separator: str) -> None:

@@ -173,9 +173,10 @@ def validate_frame(frame: pd.DataFrame, schema: Schema, numbering: RowNumbering 
     if crowded:
         notes.append(Problem("(bounds)", f"{', '.join(crowded)}: the middle 98 % of each column's values fall in "
                              f"at most a fifth of its bins, so the release tells them apart no finer, and on a "
-                             "small table the noise in the empty bins beyond can outweigh them: narrow the public "
-                             "bounds to a plausible clinical range, or give a positive measure with a long tail "
-                             "\"transform\": \"log\"", len(crowded), counted="column(s)"))
+                             "small table the noise in the empty bins beyond can outweigh them: narrower public "
+                             "bounds (a plausible range for these patients, never their own extremes) resolve them "
+                             "better, or give a positive measure with a long tail \"transform\": \"log\"",
+                             len(crowded), counted="column(s)"))
     return ValidationReport(problems=problems, n_rows=len(frame), notes=notes)
 
 
