@@ -28,7 +28,8 @@ log = logging.getLogger("fedsyn.server")
 class ReleasePlan:
     """Where and how the coordinator publishes.
 
-    ``every=K`` also writes an interim bundle every K rounds to ``out/round-NNN``.
+    ``every=K`` also writes an interim bundle every K rounds beside the release
+    (:func:`interim_release_folder`), never inside it.
     ``signing_key`` (Ed25519, PEM) signs each bundle's manifest and the audit log's head.
     ``public_facts`` names anything published that was derived from private data and
     declared public by whoever set up the run (e.g. a simulation's smallest site size).
@@ -44,6 +45,14 @@ class ReleasePlan:
     audit_log: Path | None = None
     public_facts: dict[str, object] = field(default_factory=dict)
     state_dir: Path | None = None  # the run's state after every round, for ``--resume``
+
+
+def interim_release_folder(out: Path, round_: int) -> Path:
+    """Where the interim release after ``round_`` goes: ``OUT.round-NNN``, beside the release.
+    Inside it, the final release's signed bundle carried every interim one, and the files' times
+    told how long each stretch of rounds took, which grows with the sites' rows (helper-99 M1):
+    a bundle holds the files of one release, written together."""
+    return out.with_name(f"{out.name}.round-{round_:03d}")
 
 
 def run_federation(grid: Grid, schema: Schema, settings: FederationSettings, plan: ReleasePlan,
@@ -82,9 +91,10 @@ def _run(grid: Grid, schema: Schema, settings: FederationSettings, plan: Release
     def publish(out: Path) -> None:
         # The earlier release stays where pipelines and the dashboard find it until this run has
         # one of its own to put there: a refused or failed run leaves it in place.
-        earlier = archive_earlier_release(plan.out)
-        if earlier is not None:
-            coordinator.record("release_archived", path=str(earlier), replaced_by_run=fedsyn_run)
+        for folder in dict.fromkeys((plan.out, out)):  # and an earlier run's interim release of this round
+            earlier = archive_earlier_release(folder)
+            if earlier is not None:
+                coordinator.record("release_archived", path=str(earlier), replaced_by_run=fedsyn_run)
         report = write_release(coordinator.run, coordinator.trainer, out, plan.rows, plan.drop_rule_violations, key,
                                plan.public_facts, coordinator.site_level_privacy())
         coordinator.record("release_written", path=str(out), rows=plan.rows, signed=key is not None,
@@ -93,7 +103,7 @@ def _run(grid: Grid, schema: Schema, settings: FederationSettings, plan: Release
     def after_round(summary: RoundSummary, sites: dict[int, SiteStatus]) -> None:
         _log_round(summary, settings.rounds, {site.name: coordinator.run.epsilon_of(site) for site in sites.values()})
         if plan.every and summary.round % plan.every == 0 and summary.round < settings.rounds:
-            publish(plan.out / f"round-{summary.round:03d}")
+            publish(interim_release_folder(plan.out, summary.round))
         if on_round is not None:
             on_round(summary, sites)
 

@@ -37,6 +37,10 @@ DECLARED_PUBLIC = [
     "came in time can grow with the site's rows (a size, never a record), which its reply_quantum_seconds above "
     "its longest reply hides",
     "the site's name as set in its own policy (site_id)",
+    "when the release, and each interim release, was published (their files' times; the release's README "
+    "says no time): with the run's start, how long its rounds took, which can grow with the sites' rows (a "
+    "size, never a record), as a reply's time can; a site's max_rows keeps its DP-SGD work the same whatever "
+    "its rows",
     "privacy event parameters (noise multiplier, sample rate, steps), fixed by public settings "
     "and the site's public policy",
     "the site's delta and its own claim of cumulative epsilon spent, computed from those parameters",
@@ -258,8 +262,6 @@ def write_release(run: RunRecord, trainer: GANTrainer | None, out: Path, rows: i
 def _readme(run: RunRecord, report: dict[str, Any], synthetic: pd.DataFrame, rows: int) -> str:
     lines = [
         f"# Synthetic release: {run.schema.name}",
-        "",
-        f"Written {datetime.now(UTC).isoformat(timespec='seconds')} by fedsyn.",
         "",
         "## What this is",
         f"{rows} synthetic rows (`synthetic.csv`, `synthetic.parquet`) sampled from a generator trained by "

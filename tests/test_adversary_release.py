@@ -173,7 +173,6 @@ FIT_KEYS: dict[str, dict[str, str]] = {
     ".fedsyn-fit": {}, ".gitignore": {},  # fixed text (simulations/workflow.py): the fit's stamp, out of git
 }
 TABLES = ("synthetic.csv", "synthetic.parquet")
-INTERIM = re.compile(r"round-\d{3}")  # ReleasePlan(every=K): an interim release in a sub-folder of the release
 
 
 # -- the scan ----------------------------------------------------------------------------------------
@@ -271,8 +270,7 @@ def scan(folder: Path, declared: dict[str, dict[str, str]], secrets: Secrets, sc
     assert files, f"nothing published in {folder}"
     for path in files:
         name = str(path.relative_to(folder))
-        assert all(INTERIM.fullmatch(part) for part in path.relative_to(folder).parts[:-1]), \
-            f"{name}: an undeclared folder in a published output"
+        assert len(path.relative_to(folder).parts) == 1, f"{name}: a folder in a published output"
         assert path.name in declared, f"{name}: a file nobody declared publishable"
         data = path.read_bytes()
         for what, forms in secrets.forms.items():
@@ -316,6 +314,7 @@ def check_output(output: Output) -> None:
             report = json.loads((config_file.parent / "privacy_report.json").read_text())
             assert report["seeded"] is output.seeded
             readme = (config_file.parent / "README.md").read_text()
+            assert not re.search(r"\d\d:\d\d", readme), f"{config_file.parent}: the README dates the release"
             assert ("This run was seeded" in readme) is output.seeded
             assert ("This run was not seeded" in readme) is not output.seeded
         if output.declared is FIT_KEYS:
@@ -378,8 +377,9 @@ def inputs(tmp_path: Path, demo_frame: pd.DataFrame) -> Inputs:
 
 def simulate(inputs: Inputs, out: Path, *args: str, seeded: bool = True, local_report: bool = False,
              releases: int = 1, interim: bool = False) -> Output:
-    """``fedsyn simulate`` through the real command line; its ``releases`` (main, sweep arms),
-    ``interim`` ones inside them."""
+    """``fedsyn simulate`` through the real command line; its ``releases`` (main, sweep arms) and
+    ``interim`` ones, each beside its release (its README and its files' times would date each
+    stretch of rounds inside the final one's signed bundle: helper-99 M1)."""
     go_ahead = ("--yes",) if _has_option("simulate", "yes") else ()  # a tiny run's plan may be red: run it anyway
     printed = _cli("simulate", "--schema", demo_schema_path(), *TINY_RUN, *args,
                    *(("--seed", SEED) if seeded else ()), *go_ahead, "--out", out)
@@ -394,7 +394,10 @@ def simulate(inputs: Inputs, out: Path, *args: str, seeded: bool = True, local_r
     key_secrets(out / "keys", secrets)
     published = [out / "release", *sorted(out.glob("sweep/*/release"))]
     assert len(published) == releases and all(folder.is_dir() for folder in published), published
-    assert any(out.glob("release/round-*/run_config.json")) is interim
+    interim_releases = sorted(out.glob("release.round-*"))
+    assert all((folder / "run_config.json").is_file() for folder in interim_releases)
+    assert bool(interim_releases) is interim
+    published += interim_releases
     return Output(published, RELEASE_KEYS, secrets, seeded, out / "local-report" if local_report else None)
 
 

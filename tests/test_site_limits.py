@@ -1,5 +1,5 @@
 """A site's policy bounds what a coordinator may ask: clipping norm, sample rate, learning
-rates, width, depth, steps and batch. Each request outside the limits is refused before
+rates, width, depth, steps, batch and site slots. Each request outside the limits is refused before
 anything is charged; the defaults admit fedsyn's own settings."""
 
 from __future__ import annotations
@@ -27,7 +27,8 @@ DEFAULTS = RequestLimits()
 def test_the_documented_defaults():
     assert DEFAULTS.model_dump() == {
         "min_clip_norm": 1e-3, "max_clip_norm": 100.0, "max_sample_rate": 0.5, "max_learning_rate": 0.1,
-        "max_width": 1024, "max_layers": 4, "max_local_steps": 200, "max_batch_size": 8192}
+        "max_width": 1024, "max_layers": 4, "max_local_steps": 200, "max_batch_size": 8192,
+        "max_site_slots": 128}
 
 
 def test_the_defaults_admit_fedsyns_own_settings():
@@ -44,6 +45,7 @@ HOSTILE = {
     "too deep": (replace(TINY, discriminator_hidden=(8,) * 8), 0.2, 3),
     "too many steps": (TINY, 0.2, 10_000),
     "huge batch": (replace(TINY, batch_size=100_000), 0.2, 3),
+    "thousands of site slots": (replace(TINY, site_slots=4096), 0.2, 3),
 }
 
 

@@ -23,7 +23,7 @@ from fedsyn.trust.signing import MANIFEST, VerificationError, load_public_key, v
 
 # Flower keeps its unsigned 64-bit node ids as signed SQLite integers; the audit log has the unsigned ones.
 _UINT64 = 2**64
-_INTERIM = re.compile(r"round-\d+")
+_INTERIM = re.compile(r"(?:.+\.)?round-\d+")  # OUT.round-NNN; an older run's OUT/round-NNN
 
 
 @dataclass(frozen=True)
@@ -217,7 +217,7 @@ def run_summary(entries: list[dict[str, Any]]) -> dict[str, Any] | None:
 
 
 def _interim(path: object) -> bool:
-    """A per-round snapshot (``OUT/round-NNN``, ``--every``) rather than the run's release."""
+    """A per-round snapshot (``OUT.round-NNN``, ``--every``) rather than the run's release."""
     return _INTERIM.fullmatch(Path(str(path or "")).name) is not None
 
 
