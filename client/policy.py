@@ -30,6 +30,8 @@ class CoordinatorConnection(BaseModel):
     local_port: int = Field(default=9094, ge=1024, le=65535,
                             description="loopback port of the SuperNode's own API (distinct per node on one host)")
 
+    model_config = {"extra": "forbid"}  # a misspelled key is named, never silently the default
+
 
 class RequestLimits(BaseModel):
     """The most a coordinator may ask of this site in one training request.
@@ -136,7 +138,9 @@ class SitePolicy(BaseModel):
         default_factory=list, description="SHA-256 of the only coordinator App bundles this site runs "
         "(`fedsyn server app-hash`); empty: any code-free fedsyn App")
 
-    model_config = {"populate_by_name": True}
+    # A misspelled key ('max_epsilon_per_requst') is refused by name: ignored, the cap the
+    # hospital believed it set was never enforced (helper-98 H3).
+    model_config = {"populate_by_name": True, "extra": "forbid"}
 
     @classmethod
     def load(cls, path: str | Path) -> SitePolicy:

@@ -106,6 +106,10 @@ def did_you_mean(name: str, candidates: Sequence[str], cutoff: float = 0.6) -> s
     return f" (did you mean '{guess}'?)" if guess else f"; the columns are {', '.join(candidates)}"
 
 
+# A key no field reads: said plainly, since a misspelled key left unread is a setting never applied.
+EXTRA_KEY = "not a known setting: check its spelling (a key nothing reads is never applied)"
+
+
 def validation_problems(exc: ValidationError, place: Callable[[tuple[int | str, ...]], str] | None = None,
                         hint: Callable[[ErrorDetails], str] | None = None) -> str:
     """A pydantic validation error as one line for a person: each problem's place (``place``
@@ -115,7 +119,8 @@ def validation_problems(exc: ValidationError, place: Callable[[tuple[int | str, 
     def one(error: ErrorDetails) -> str:
         loc = tuple(error["loc"])
         where = place(loc) if place is not None else ".".join(str(part) for part in loc)
-        message = str(error["msg"]).removeprefix("Value error, ") + (hint(error) if hint is not None else "")
+        message = EXTRA_KEY if error["type"] == "extra_forbidden" else str(error["msg"]).removeprefix("Value error, ")
+        message += hint(error) if hint is not None else ""
         return f"{where}: {message}" if where else message
 
     return "; ".join(one(error) for error in exc.errors())

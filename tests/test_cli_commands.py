@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import re
 import stat
+from pathlib import Path
 
 import click
 import numpy as np
@@ -360,6 +361,31 @@ def test_a_seed_is_refused_in_a_deployments_run_config(tmp_path):
     with pytest.raises(ConfigurationError, match="'seed' is a secret"):  # `flwr run --run-config seed=...` by hand
         FederationSettings.from_run_config({"rounds": 3, "seed": 1234567})
     assert FederationSettings.from_run_config({"rounds": 3}).seed is None
+
+
+@pytest.mark.parametrize("text, named", [
+    ('[run]\nroudns = 2\n', "no setting 'roudns'"),  # Flower said "Invalid run configuration", no name
+    ('[run]\nepsilon = "lots"\n', "epsilon"),  # the run started, and stopped in the ServerApp saying nothing
+    ('[run]\nrows = 0\n', "rows = 0"),
+    ('flwr_hmoe = "state/flwr-home"\n', "flwr_hmoe: not a known setting"),
+    ('databse = "other.db"\n', "databse: not a known setting"),  # ignored, the SuperLink started an empty registry
+])
+def test_a_server_toml_mistake_is_named_before_any_run_starts(tmp_path, text, named):
+    """helper-98 M3: a misspelled key or a value the settings refuse is named by `fedsyn server`
+    on the coordinator's own machine, before Flower or the ServerApp sees it."""
+    from fedsyn.errors import ConfigurationError
+    from fedsyn.server.ops.superlink import CoordinatorConfig
+
+    (tmp_path / "server.toml").write_text(text)
+    with pytest.raises(ConfigurationError, match=re.escape(named)):
+        CoordinatorConfig.load(tmp_path / "server.toml")
+
+
+def test_the_example_server_toml_is_accepted():
+    from fedsyn.server.ops.superlink import CoordinatorConfig
+
+    example = Path(__file__).resolve().parents[1] / "deploy" / "examples" / "server.toml"
+    assert CoordinatorConfig.load(example).run["rounds"] == 25
 
 
 def test_a_header_only_file_is_named_as_empty(tmp_path, demo_frame):

@@ -10,7 +10,7 @@ from dataclasses import replace
 import pytest
 from pydantic import ValidationError
 
-from fedsyn.client.policy import RequestLimits, SitePolicy
+from fedsyn.client.policy import PolicyError, RequestLimits, SitePolicy
 from fedsyn.client.site import Site, SiteRefusal
 from fedsyn.data.demo import demo_schema_path
 from fedsyn.federation import protocol
@@ -72,6 +72,22 @@ def test_limits_are_read_from_the_policy_file(tmp_path):
     path.write_text(json.dumps(raw))
     limits = SitePolicy.load(path).limits
     assert (limits.max_sample_rate, limits.max_width, limits.min_clip_norm) == (0.2, 256, 1e-3)
+
+
+@pytest.mark.parametrize("where", ["", "coordinator"])
+def test_a_misspelled_policy_key_is_refused_by_name(tmp_path, where):
+    """helper-98 H3: 'max_epsilon_per_requst' was ignored, so the per-request cap the hospital
+    believed it had set was never enforced."""
+    raw = {"site_id": "a", "data": "d.csv", "schema": "s.json", "ledger": "l.json", "max_epsilon": 1.0, "delta": 1e-6}
+    if where:
+        raw["coordinator"] = {"superlink": "c:9092", "root_certificates": "ca.crt", "auth_private_key": "auth.key",
+                              "local_prot": 9095}
+    else:
+        raw["max_epsilon_per_requst"] = 0.1
+    path = tmp_path / "site.json"
+    path.write_text(json.dumps(raw))
+    with pytest.raises(PolicyError, match="(max_epsilon_per_requst|coordinator.local_prot): not a known setting"):
+        SitePolicy.load(path)
 
 
 @pytest.mark.parametrize("name", ["h2 | 0.010 | 0.010 | 1 | 0 |", "st-mary <!--", "ward\x1b[2K", " padded", "x" * 65])

@@ -17,13 +17,38 @@ from pydantic import BaseModel, Field, ValidationError
 from fedsyn.errors import ConfigurationError, validation_problems
 from fedsyn.federation.app_bundle import bundle_hash
 from fedsyn.federation.flower_programs import NO_TELEMETRY, flower_program, search_path
-from fedsyn.server.settings import refuse_seed_in_run_config
+from fedsyn.server.settings import FederationSettings, refuse_seed_in_run_config
 from fedsyn.trust.certs import expired
 
 CONNECTION = "fedsyn"
 RUN_PATHS = ("schema", "out", "signing-key", "audit-log", "state")  # [run] settings that name files
 APP_DIR = Path(__file__).resolve().parents[1] / "flower_app"
 log = logging.getLogger("fedsyn.server")
+
+
+def app_run_keys() -> frozenset[str]:
+    """The settings a run takes: the App's own run config (``[tool.flwr.app.config]``)."""
+    app = tomllib.loads((APP_DIR / "pyproject.toml").read_text())
+    return frozenset(app["tool"]["flwr"]["app"]["config"])
+
+
+def check_run_config(run: dict[str, str | int | float], where: str) -> None:
+    """``server.toml``'s ``[run]`` checked on the coordinator's machine before any run starts:
+    no seed, no key the App does not take, and values the settings accept. Unchecked, Flower
+    answered a misspelled key with "Invalid run configuration" and no name, and a bad value
+    started a run that stopped in the ServerApp with nothing said of why (helper-98 M3)."""
+    refuse_seed_in_run_config(run, where)
+    known = app_run_keys()
+    unknown = sorted(set(run) - known)
+    if unknown:
+        raise ConfigurationError(f"{where}: no setting {', '.join(map(repr, unknown))}: the run's settings are "
+                                 f"{', '.join(sorted(known))} (docs/coordinator.md)")
+    try:
+        FederationSettings.from_run_config(run)
+    except ConfigurationError as exc:
+        raise ConfigurationError(f"{where}: {exc}") from None
+    if "rows" in run and not (isinstance(run["rows"], int) and run["rows"] > 0):
+        raise ConfigurationError(f"{where}: rows = {run['rows']!r} is not a whole number of rows above 0")
 
 
 def app_bundle_hash() -> str:
@@ -46,6 +71,8 @@ class CoordinatorConfig(BaseModel):
     flwr_home: Path = Path("state/flwr-home")
     run: dict[str, str | int | float] = Field(default_factory=dict, description="run config overrides")
 
+    model_config = {"extra": "forbid"}  # a misspelled 'database' would start an empty registry
+
     @classmethod
     def load(cls, path: Path) -> CoordinatorConfig:
         """Read ``server.toml``; every relative path in it, the ``[run]`` ones included, is
@@ -58,7 +85,7 @@ class CoordinatorConfig(BaseModel):
             raise ConfigurationError(f"coordinator config {path} cannot be parsed: {exc}") from None
         except ValidationError as exc:
             raise ConfigurationError(f"coordinator config {path} is invalid: {validation_problems(exc)}") from None
-        refuse_seed_in_run_config(config.run, f"coordinator config {path} [run]")
+        check_run_config(config.run, f"coordinator config {path} [run]")
         base = Path(path).resolve().parent
         run = {key: str(base / str(value)) if key in RUN_PATHS and value and not Path(str(value)).is_absolute()
                else value for key, value in config.run.items()}
