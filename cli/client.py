@@ -50,7 +50,8 @@ def client_start(config: Annotated[Path, typer.Option("--config", "-c")] = Path(
         fail(f"not joining: {exc}")
     log.info("$ %s", " ".join(launch.command))
     # The SuperNode's lines and the site's own (its ClientApp writes JSON lines) through this command's handler.
-    raise typer.Exit(supervise(launch.command, launch.environment, out=RelayStream(), site=site))
+    raise typer.Exit(supervise(launch.command, launch.environment, out=RelayStream(), site=site,
+                               before_start=launch.install))
 
 
 def site_runtime(policy: SitePolicy) -> SiteRuntime:

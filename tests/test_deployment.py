@@ -97,6 +97,7 @@ class Deployment:
     def start_node(self, index: int) -> None:
         policy = self.plan.policies[index]
         launch = supernode_launch(policy)
+        launch.install()
         self.nodes[index] = self._start(launch.command, policy.parent / "node.log", launch.environment)
 
     def start_client(self, index: int) -> subprocess.Popen:

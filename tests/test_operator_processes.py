@@ -153,14 +153,35 @@ def test_a_live_supervisor_of_the_same_site_is_left_alone(tmp_path):
     other, log = _start_supervisor(tmp_path, port, "node", with_site=True)
     try:
         out = StringIO()
+        launched: list[bool] = []  # helper-98 H2: the refused start rewrote the running one's launcher first
         code = supervise([sys.executable, "-c", BINDS, str(port)], {}, out,
-                         site=SiteRuntime(tmp_path, local_port=port))
+                         site=SiteRuntime(tmp_path, local_port=port), before_start=lambda: launched.append(True))
         assert code == EXIT_CANNOT_START and f"(pid {other.pid}) already runs this site's SuperNode" in out.getvalue()
-        assert other.poll() is None
+        assert other.poll() is None and not launched
     finally:
         other.terminate()
         other.wait(timeout=30)
     assert "ready" in log.read_text()
+
+
+def test_the_launcher_is_written_only_by_a_start_that_goes_ahead(tmp_path, small_frame):
+    """helper-98 H2: checking the extract wrote the site's flwr-clientapp launcher, naming the
+    policy file given, before a duplicate start was refused: the running SuperNode's apps then
+    read the other file. The check writes nothing; the start writes it once it is the only one."""
+    from fedsyn.client.ops.clientapp_process import FLOWER_COMMAND
+    from fedsyn.client.ops.launch import supernode_launch
+    from fedsyn.client.policy import CoordinatorConnection, SitePolicy
+    from fedsyn.data.demo import demo_schema_path
+    from fedsyn.simulations.run import prepare_sites
+
+    path = prepare_sites([small_frame], demo_schema_path(), tmp_path, epsilon=1.0, delta=1e-5).policies[0]
+    connection = CoordinatorConnection(superlink="127.0.0.1:9092", root_certificates=tmp_path / "ca.crt",
+                                       auth_private_key=tmp_path / "auth.key")
+    SitePolicy.load(path).model_copy(update={"coordinator": connection}).save(path)
+    launch = supernode_launch(path)
+    assert launch.command and not (launch.launcher_folder / FLOWER_COMMAND).exists()
+    launch.install()
+    assert str(path.resolve()) in (launch.launcher_folder / FLOWER_COMMAND).read_text()
 
 
 @pytest.mark.slow

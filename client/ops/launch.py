@@ -23,10 +23,20 @@ log = logging.getLogger("fedsyn.client")
 
 @dataclass(frozen=True)
 class SupernodeLaunch:
-    """The ``flower-supernode`` command line and the environment variables it must run with."""
+    """The ``flower-supernode`` command line, the environment variables it must run with, and
+    the site's ``flwr-clientapp`` launcher to write (:meth:`install`) before it starts."""
 
     command: list[str]
     environment: dict[str, str]
+    launcher_folder: Path
+    policy_path: Path
+
+    def install(self) -> None:
+        """Write the launcher naming this start's policy file, which every request of the
+        SuperNode's apps reads. Only once no other start of this site runs: a second start, refused
+        as a duplicate, had rewritten it first, and the running daemon served every later request
+        under the other file's limits and extract (helper-98 H2)."""
+        install_launcher(self.launcher_folder, self.policy_path)
 
 
 def supernode_launch(policy_path: Path) -> SupernodeLaunch:
@@ -58,7 +68,7 @@ def supernode_launch(policy_path: Path) -> SupernodeLaunch:
     for note in screening.notes:  # the operator hears them once, here (no counts: `fedsyn validate` has them)
         log.warning("extract %s: %s", policy.data, note.named())
     connection = policy.coordinator
-    launchers = install_launcher(policy.ledger.parent / "flower-bin", Path(policy_path))
+    launchers = policy.ledger.parent / "flower-bin"
     path = search_path(launchers)
     command = [
         flower_program("flower-supernode", path),
@@ -68,4 +78,4 @@ def supernode_launch(policy_path: Path) -> SupernodeLaunch:
         "--node-config", f'policy="{Path(policy_path).resolve()}"',
         "--port", str(connection.local_port),
     ]
-    return SupernodeLaunch(command, {"PATH": path, **NO_TELEMETRY})
+    return SupernodeLaunch(command, {"PATH": path, **NO_TELEMETRY}, launchers, Path(policy_path))

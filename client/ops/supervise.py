@@ -415,14 +415,16 @@ class _Attempt:
 
 
 def supervise(command: list[str], environment: dict[str, str], out: Console = sys.stdout,
-              poll_seconds: float = 0.5, site: SiteRuntime | None = None) -> int:
+              poll_seconds: float = 0.5, site: SiteRuntime | None = None,
+              before_start: Callable[[], None] | None = None) -> int:
     """Run ``command`` until it ends or gives up reconnecting; return its exit code (1 if it
     exited 0 while its helpers still ran), or :data:`EXIT_LOST_COORDINATOR` for a give-up.
 
     With ``site``, a SuperNode left running by an earlier supervisor is stopped first, a busy
     local port is refused (:data:`EXIT_CANNOT_START`) with its holder named, and a refused
     activation while the SuperLink still lists this site's previous node is retried once it
-    has expired (at most :data:`ACTIVATION_RETRIES` times)."""
+    has expired (at most :data:`ACTIVATION_RETRIES` times). ``before_start`` runs once this start
+    is the site's only one, before the SuperNode starts (the launcher its apps read the policy by)."""
     record = NodeRecord(site)
     if site is not None:
         refused = record.take_over(out)
@@ -431,6 +433,8 @@ def supervise(command: list[str], environment: dict[str, str], out: Console = sy
         if site.local_port is not None and port_in_use(site.local_port):
             _say(out, explain_busy_port(site.local_port))
             return EXIT_CANNOT_START
+    if before_start is not None:
+        before_start()
     stopping = threading.Event()
     running: list[subprocess.Popen[str]] = []
 
