@@ -365,6 +365,12 @@ class Coordinator:
             trainer.fit_tables(settings.table_steps)
             self.record("generator_fitted_to_tables", steps=settings.table_steps)
         self.trainer = trainer
+        if self._restored_model is None:
+            # The model round 1 asks of the sites is saved before it is sent: a run resumed before
+            # round 1 was aggregated asks it again, and a site that answered replays its stored answer.
+            # Drawn afresh instead (an unseeded coordinator's new weights), the request was a new one
+            # and every site paid round 1 twice (helper-98 H1).
+            self._save(run.completed_round or 0)
         shapes = {k: (v.shape, v.dtype) for k, v in trainer.state_arrays().items()}
         wire_shapes = {k: (shape, np.dtype(settings.transport_dtype)) for k, (shape, _) in shapes.items()}
         slot_marginals = protocol.slot_marginals_record([m.arrays for m in per_slot])

@@ -75,6 +75,24 @@ def test_a_resumed_run_finishes_and_no_site_pays_twice(plan, demo_schema, tmp_pa
     verify_log(tmp_path / "audit.jsonl")
 
 
+def test_a_run_resumed_before_round_one_was_aggregated_charges_no_site_twice(plan, demo_schema, tmp_path):
+    """helper-98 H1: a deployed (unseeded) coordinator stopped after the sites answered round 1
+    drew a fresh model when resumed, so round 1's request was a new one and every site paid it
+    again. The model round 1 sends is saved before it is sent; the sites replay their answers."""
+    settings = SETTINGS.model_copy(update={"seed": None})
+    release = ReleasePlan(tmp_path / "release", rows=300, audit_log=tmp_path / "audit.jsonl",
+                          state_dir=tmp_path / "state")
+    app = make_client_app(plan.site_policy)
+    with pytest.raises(CoordinatorCrash):
+        run_federation(CrashingGrid(app, len(plan.policies), crash_at=1), demo_schema, settings, release)
+    assert [[e.round for e in ledger.events] for ledger in _ledgers(plan)] == [[0, 0, 1]] * 3
+    run_federation(InProcessGrid(app, len(plan.policies)), demo_schema, settings, release, resume=True)
+    assert [[e.round for e in ledger.events] for ledger in _ledgers(plan)] == [[0, 0, 1, 2, 3]] * 3
+    trails = [[json.loads(line) for line in SitePolicy.load(p).audit_trail.read_text().splitlines()]
+              for p in plan.policies]
+    assert all([e["round"] for e in trail if e["event"] == "reply_replayed"] == [1] for trail in trails)
+
+
 @pytest.mark.parametrize("crash_on", [protocol.QUERY_MARGINALS, protocol.QUERY_PAIR_TABLES])
 def test_a_coordinator_stopped_within_round_zero_resumes_and_no_site_pays_twice(plan, demo_schema, tmp_path,
                                                                                 crash_on):
