@@ -142,7 +142,8 @@ def sites_list(config: Annotated[Path, typer.Option("--config", "-c")] = Path("s
     from rich.table import Table
     from rich.text import Text
 
-    from fedsyn.server.ops.dashboard_state import known_names, read_entries
+    from fedsyn.server.ops.dashboard_state import read_entries
+    from fedsyn.server.record import known_names
 
     server_config = _server_config(config)
     printed = flower_output(server_config.supernode_command("list", "--format", "json"),

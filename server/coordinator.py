@@ -62,6 +62,7 @@ from fedsyn.server.record import (
     RoundZeroProgress,
     RunRecord,
     SiteStatus,
+    known_names,
 )
 from fedsyn.server.resume import IN_ROUND_ZERO, SAVED, RunState, save_state
 from fedsyn.server.screening import ReplyScreen, ledger_went_back, unconfirmed_in_audit
@@ -188,7 +189,8 @@ class Coordinator:
                                                 group_id="budget") for node in nodes], 0, charged=False)
         fingerprint = protocol.schema_fingerprint(self.schema)
         queries: dict[int, protocol.MarginalsQuery] = {}
-        earlier = self._earlier_claims(self._audit_entries())
+        entries = self._audit_entries()
+        earlier = self._earlier_claims(entries)
         budgets = list(self.screen.budgets(replies))
         names = Counter(site.name for site, _ in budgets)
         for site, budget in budgets:
@@ -213,12 +215,24 @@ class Coordinator:
             site.epsilon_cap, site.rounds_planned = plan.cap, plan.rounds_fit
             queries[site.node_id] = protocol.MarginalsQuery(plan.marginals_noise, plan.cap, fingerprint,
                                                             self.run.run_id, self.settings.pairs_share)
+        self._name_silent_sites(entries, earlier)
         self._require_quorum(len(queries), 0)
         return {node: replace(query, sites=len(queries)) for node, query in queries.items()}
 
     def _audit_entries(self) -> list[dict[str, object]]:
         """Every entry of this coordinator's audit log, every run's; none without one."""
         return self.audit.entries() if self.audit is not None else []
+
+    def _name_silent_sites(self, entries: list[dict[str, object]], earlier: dict[str, float]) -> None:
+        """A site that answered no budget query (it failed, or its reply was lost) is named as it
+        last named itself in this coordinator's audit log, and its claim is its largest there: the
+        release had listed a site that had claimed 1.4 in an earlier run as ``node-ID`` at a
+        cumulative epsilon of 0 (helper-98 M4)."""
+        names = known_names(entries)
+        for site in self.run.sites.values():
+            if not site.label and str(site.node_id) in names:
+                site.label = names[str(site.node_id)]
+                site.claimed_epsilon = max(site.claimed_epsilon, earlier.get(site.label, 0.0))
 
     @staticmethod
     def _earlier_claims(entries: list[dict[str, object]]) -> dict[str, float]:

@@ -18,6 +18,7 @@ the one place the two forms are mapped.
 
 from __future__ import annotations
 
+import re
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -84,6 +85,40 @@ class SiteStatus:
     def name(self) -> str:
         """The name the site publishes in its replies, else its Flower node id."""
         return self.label or f"node-{self.node_id}"
+
+
+FALLBACK_LABEL = re.compile(r"node-\d+")  # the coordinator's label for a site that never named itself
+# A site's refusal names the site in its own words: "site 'hospital-b' allows at most ...".
+_NAMED_IN_REASON = re.compile(r"\bsite '([^']{1,200})'")
+
+
+def given_name(entry: dict[str, Any]) -> str:
+    """The name a site gave in this entry ('' for none, or for the coordinator's ``node-ID`` stand-in)."""
+    name = str(entry.get("site") or "")
+    return "" if FALLBACK_LABEL.fullmatch(name) else name
+
+
+def known_names(entries: list[dict[str, Any]]) -> dict[str, str]:
+    """Node id (as text) -> the newest name that node gave in any entry of any run of the log.
+
+    A site that refuses at round 0 never sends a privacy record, so the coordinator labels it
+    ``node-ID``; the name it gave in an earlier round or run still identifies it (in the
+    dashboard, and in a release that lists a site which answered nothing). Failing that, a
+    refusal that quotes the site's own name (``site 'NAME' allows ...``) does.
+    """
+    names: dict[str, str] = {}
+    quoted: dict[str, str] = {}
+    for entry in entries:
+        if "node" not in entry:
+            continue
+        node = str(entry["node"])
+        if given_name(entry):
+            names[node] = given_name(entry)
+        elif entry.get("event") in ("site_refused", "update_rejected"):
+            found = _NAMED_IN_REASON.search(str(entry.get("reason", "")))
+            if found:
+                quoted[node] = found.group(1)
+    return {**quoted, **names}
 
 
 @dataclass

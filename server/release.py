@@ -113,6 +113,8 @@ def privacy_report(run: RunRecord, public_facts: dict[str, object] | None = None
             "epsilon_cumulative_is_upper_bound": bound is not None,
             **({"upper_bound_reason": bound} if bound else {}),
             "epsilon_claimed_by_site": site.claimed_epsilon,
+            # No budget reply: the site's name and claim are its last ones in this coordinator's audit log.
+            "answered_this_run": site.spent_before is not None,
             "delta": site.delta if site.delta is not None else settings.delta,
             "epsilon_before_run": site.spent_before,
             "max_epsilon": site.max_epsilon,
@@ -138,7 +140,9 @@ def privacy_report(run: RunRecord, public_facts: dict[str, object] | None = None
                  "site's own ledger over all runs as last claimed, or an upper "
                  "bound with its reason when a request may have been charged without a claim reaching the "
                  "coordinator (the site's ledger is authoritative: it also "
-                 "counts work whose reply never arrived)",
+                 "counts work whose reply never arrived); a site that answered nothing in this run "
+                 "(answered_this_run false) is named, and its epsilon_cumulative given, as in its last claim in "
+                 "this coordinator's earlier runs (0 if none)",
         "accountant": settings.accountant,
         # Reproducible by whoever holds the seed; the seed itself is in no release file.
         "seeded": settings.seed is not None,

@@ -129,7 +129,7 @@ RELEASE_KEYS: dict[str, dict[str, str]] = {
                                                "epsilon_this_run_is_lower_bound", "unconfirmed_rounds",
                                                "possibly_charged_before_resume",
                                                "epsilon_cumulative_is_upper_bound", "upper_bound_reason",
-                                               "epsilon_claimed_by_site", "delta", "within_budget",
+                                               "epsilon_claimed_by_site", "answered_this_run", "delta", "within_budget",
                                                "epsilon_before_run", "max_epsilon", "budget_epsilon_asked",
                                                "rounds_accepted", "dropped")),
                    *(f"sites.[].ledger.[].{k}" for k in (*EVENT, "epsilon_after"))),

@@ -23,14 +23,13 @@ from fedsyn.privacy.accounting import PrivacyLedger
 from fedsyn.server.app import ReleasePlan, run_federation
 from fedsyn.server.ops.dashboard import create_app, needs_token
 from fedsyn.server.ops.dashboard_state import (
-    known_names,
     latest_run,
     read_entries,
     round_views,
     run_summary,
     site_views,
 )
-from fedsyn.server.record import FederationError
+from fedsyn.server.record import FederationError, known_names
 from fedsyn.simulations.inprocess import InProcessGrid
 from fedsyn.simulations.run import prepare_sites
 from fedsyn.simulations.split import split_table

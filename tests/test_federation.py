@@ -466,3 +466,28 @@ def test_a_site_that_loses_only_its_pair_tables_joined_round_zero_and_its_drop_s
     entries = [json.loads(line) for line in (tmp_path / "audit.jsonl").read_text().splitlines()]
     round_zero = round_views(entries)[0]
     assert round_zero["round"] == 0 and (round_zero["accepted"], round_zero["dropped"]) == (3, 0)
+
+
+def test_a_site_that_answers_nothing_is_reported_at_its_last_claim_not_at_zero(plan, demo_schema, tmp_path):
+    """helper-98 M4: a site whose budget reply never came (it failed, or the reply was lost) was
+    listed in the release as ``node-ID`` at a cumulative epsilon of 0, though this coordinator's
+    audit log held its name and its claim of an earlier run."""
+    audit = tmp_path / "audit.jsonl"
+    app = make_client_app(plan.site_policy)
+    run_federation(InProcessGrid(app, len(plan.policies)), demo_schema, SETTINGS,
+                   ReleasePlan(tmp_path / "first", rows=200, audit_log=audit))
+    spent = PrivacyLedger.load(SitePolicy.load(plan.policies[0]).ledger).epsilon()
+    for path in plan.policies:  # room for a second run
+        path.write_text(json.dumps({**json.loads(path.read_text()), "max_epsilon": 3.0}))
+
+    def silent_first_site(reply: Message) -> Message | None:
+        return None if reply.metadata.src_node_id == 1001 else reply
+
+    run_federation(InProcessGrid(app, len(plan.policies), silent_first_site), demo_schema, SETTINGS,
+                   ReleasePlan(tmp_path / "second", rows=200, audit_log=audit))
+    report = json.loads((tmp_path / "second" / "privacy_report.json").read_text())
+    silent = next(s for s in report["sites"] if s["node_id"] == 1001)
+    assert silent["site"] == SitePolicy.load(plan.policies[0]).site_id
+    assert silent["answered_this_run"] is False and silent["epsilon_this_run"] == 0
+    assert silent["epsilon_cumulative"] == pytest.approx(spent, rel=1e-6)
+    assert all(s["answered_this_run"] for s in report["sites"] if s["node_id"] != 1001)

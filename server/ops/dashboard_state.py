@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from fedsyn.server.record import given_name, known_names
 from fedsyn.trust.audit import verify_log
 from fedsyn.trust.signing import MANIFEST, VerificationError, load_public_key, verify_release
 
@@ -68,39 +69,6 @@ def _is_quarantined(entry: dict[str, Any]) -> bool:
     return (reason.removeprefix(f"{stage}: ") if stage else reason).startswith("invalid reply")
 
 
-_FALLBACK_LABEL = re.compile(r"node-\d+")  # the coordinator's label for a site that never named itself
-# A site's refusal names the site in its own words: "site 'hospital-b' allows at most ...".
-_NAMED_IN_REASON = re.compile(r"\bsite '([^']{1,200})'")
-
-
-def _given_name(entry: dict[str, Any]) -> str:
-    """The name a site gave in this entry ('' for none, or for the coordinator's ``node-ID`` stand-in)."""
-    name = str(entry.get("site") or "")
-    return "" if _FALLBACK_LABEL.fullmatch(name) else name
-
-
-def known_names(entries: list[dict[str, Any]]) -> dict[str, str]:
-    """Node id (as text) -> the newest name that node gave in any entry of any run of the log.
-
-    A site that refuses at round 0 never sends a privacy record, so the coordinator labels it
-    ``node-ID``; the name it gave in an earlier round or run still identifies it. Failing
-    that, a refusal that quotes the site's own name (``site 'NAME' allows ...``) does.
-    """
-    names: dict[str, str] = {}
-    quoted: dict[str, str] = {}
-    for entry in entries:
-        if "node" not in entry:
-            continue
-        node = str(entry["node"])
-        if _given_name(entry):
-            names[node] = _given_name(entry)
-        elif entry.get("event") in ("site_refused", "update_rejected"):
-            found = _NAMED_IN_REASON.search(str(entry.get("reason", "")))
-            if found:
-                quoted[node] = found.group(1)
-    return {**quoted, **names}
-
-
 def _rounds_text(rounds: list[Any]) -> str:
     """2, 3, 4, 7 -> '2-4, 7' (rounds of one repeated reason, compact however many)."""
     numbers = sorted({r for r in rounds if isinstance(r, int)})
@@ -143,7 +111,7 @@ def site_views(entries: list[dict[str, Any]], names: dict[str, str] | None = Non
         site = sites.setdefault(node, {"node_id": node, "name": "", "rounds_accepted": [], "dropped": [],
                                        "refused": [], "notes": [], "epsilon_claimed": None, "max_epsilon": None,
                                        "last_seen": None})
-        site["name"] = _given_name(entry) or site["name"]
+        site["name"] = given_name(entry) or site["name"]
         site["last_seen"] = entry.get("time")
         event = entry.get("event")
         if event == "site_budget":  # before round 0: its ledger so far, and the most it will ever spend
