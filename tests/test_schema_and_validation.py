@@ -470,6 +470,7 @@ def test_a_draft_keeps_counts_as_numbers_number_levels_in_order_and_a_limit_as_t
     rows = pd.DataFrame({
         "prior_admissions": rng.poisson(0.8, 3000).clip(0, 6),
         "icu_days": np.where(rng.random(3000) < 0.84, 0, rng.integers(1, 10, 3000)),
+        "visits": rng.poisson(2.5, 3000).clip(0, 9),  # most often 2: its rare 8s and 9s were left out as levels
         "gcs": rng.integers(8, 16, 3000).astype(str),
         "flag": rng.integers(0, 2, 3000),
         "code": rng.integers(1, 6, 3000),
@@ -477,7 +478,7 @@ def test_a_draft_keeps_counts_as_numbers_number_levels_in_order_and_a_limit_as_t
         "crp": np.where(rng.random(3000) < 0.05, ">200", np.round(rng.uniform(1.0, 199.0, 3000), 1).astype(str)),
     })
     draft = draft_schema(rows)
-    for count in ("prior_admissions", "icu_days"):
+    for count in ("prior_admissions", "icu_days", "visits"):
         column = draft.column(count)
         assert column.kind == ColumnKind.INTEGER and column.lower == 0 and column.upper == rows[count].max()
     assert draft.column("gcs").categories == [str(level) for level in range(8, 16)]

@@ -679,13 +679,15 @@ def _count_like(numbers: pd.Series) -> bool:
     every cell a whole number, from 0, at least 4 values and no wide gaps between them (prior
     admissions 0-6, ICU days 0-9). docs/schema.md says to keep counts on a linear integer scale,
     where their tables and the release keep the order and the pile at 0; drafted as levels they
-    lost both (a newcomer's). Counts pile at 0: 0 is their most common value. A code of 1-5, a
-    0/1 flag, a hospital numbered 0-3 whose hospital 0 is not the largest and a count with 999
-    for 'unknown' (its own gap, :func:`far_level_columns`) stay levels."""
+    lost both (a newcomer's). Counts pile at 0, 0 their most common value, or run through 8
+    values or more (visits 0-9 most often 2: drafted as levels, the rare top counts were left
+    out of the list, and the extract failed its own draft). A code of 1-5, a 0/1 flag, a hospital
+    numbered 0-3 whose hospital 0 is not the largest and a count with 999 for 'unknown' (its own
+    gap, :func:`far_level_columns`) stay levels."""
     if len(numbers) == 0 or numbers.isna().any():
         return False
     distinct, counts = np.unique(numbers.to_numpy(dtype=float), return_counts=True)
-    return bool(len(distinct) >= 4 and distinct[0] == 0 and counts[0] == counts.max()
+    return bool(len(distinct) >= 4 and distinct[0] == 0 and (counts[0] == counts.max() or len(distinct) >= 8)
                 and (distinct == np.round(distinct)).all() and distinct[-1] + 1 <= 2 * len(distinct))
 
 
