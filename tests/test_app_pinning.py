@@ -84,6 +84,21 @@ def test_a_refused_bundle_is_never_installed_and_the_site_trail_records_it(tmp_p
     assert install(shipped, skip_prompt=True) == tmp_path / "app" and installed == [shipped]
 
 
+def test_a_policy_broken_while_the_site_runs_is_answered_at_once_with_an_error(tmp_path, caplog):
+    """helper-98 M1: a stray comma in a running site's policy crashed every ClientApp with a
+    traceback before Flower could answer, and the coordinator waited its whole round timeout."""
+    from fedsyn.client.ops.clientapp_process import guarded_install
+    from fedsyn.client.policy import PolicyError
+
+    (tmp_path / "site.json").write_text('{"site_id": "st-mary",, }')
+    installed: list[bytes] = []
+    install = guarded_install(str(tmp_path / "site.json"), lambda content, **_: installed.append(content))
+    with pytest.raises(PolicyError, match="its operator sees why in the site's log") as refused:
+        install(build_fab_from_disk(APP_DIR), skip_prompt=True)
+    assert installed == [] and "site.json" not in str(refused.value)
+    assert "cannot be parsed" in caplog.text and "until the file is fixed" in caplog.text
+
+
 def test_site_policies_only_take_full_sha256_hashes(tmp_path):
     with pytest.raises(ValueError, match="approved_apps"):
         SitePolicy(site_id="x", data=tmp_path / "d.csv", schema=tmp_path / "s.json", ledger=tmp_path / "l.json",

@@ -26,7 +26,7 @@ from flwr.supernode.cli.flwr_clientapp import flwr_clientapp
 from flwr.supernode.runtime import run_clientapp as flower_runtime
 
 from fedsyn.client.ops.trusted_app import UntrustedAppError, check_app_bundle
-from fedsyn.client.policy import SitePolicy
+from fedsyn.client.policy import PolicyError, SitePolicy
 from fedsyn.client.site import CHARGED
 from fedsyn.federation.app_bundle import bundle_hash
 from fedsyn.federation.flower_programs import NO_TELEMETRY
@@ -58,13 +58,31 @@ def checked_install(policy: SitePolicy, install: Callable[..., Path]) -> Callabl
     return install_if_trusted
 
 
+def guarded_install(policy_path: str, install: Callable[..., Path]) -> Callable[..., Path]:
+    """:func:`checked_install` under the site's policy or, where the policy file cannot be read (an
+    operator's edit broke it while the site runs), an install that refuses every bundle: Flower
+    then answers the coordinator with an error at once. Loaded outside that path, the policy's
+    error crashed each ClientApp with a traceback, no reply went back, and the coordinator waited
+    its whole round timeout saying nothing (helper-98 M1)."""
+    try:
+        policy = SitePolicy.load(policy_path)
+    except PolicyError as exc:
+        log.error("%s: this site answers every request with an error until the file is fixed", exc)
+
+        def refuse(*_: object, **__: object) -> Path:
+            raise PolicyError("the site's policy file cannot be read; its operator sees why in the site's log")
+
+        return refuse
+    return checked_install(policy, install)
+
+
 def main() -> None:
     """Entry point of the launcher: the site policy path comes from the launcher, not the coordinator.
     The site's records (privacy charged, update sent, refusals) go out as JSON lines for ``fedsyn
     client start`` to relay: with nothing configured here, Python dropped every INFO record."""
     configure_child()
-    policy = SitePolicy.load(os.environ[POLICY_VARIABLE])
-    flower_runtime.install_from_fab = checked_install(policy, flower_runtime.install_from_fab)  # type: ignore[attr-defined]
+    flower_runtime.install_from_fab = guarded_install(  # type: ignore[attr-defined]
+        os.environ[POLICY_VARIABLE], flower_runtime.install_from_fab)  # type: ignore[attr-defined]
     flwr_clientapp()
 
 
