@@ -58,21 +58,33 @@ class FollowedRun:
     stopped: dict[str, object] = field(default_factory=dict)
 
 
+class RunInterrupted(Exception):
+    """Ctrl-C while a run was followed: ``flwr run --stream`` stopped streaming, and Flower's run
+    (``run_id``, None if none had started) goes on at the SuperLink until it is stopped."""
+
+    def __init__(self, run_id: str | None):
+        super().__init__(run_id)
+        self.run_id = run_id
+
+
 def follow_run(command: list[str], env: dict[str, str] | None = None) -> FollowedRun:
     """Run ``flwr run ... --stream`` and log its lines here (the ServerApp's JSON lines with their
     own time and fields, Flower's as Flower records). Exits with Flower's code if ``flwr run``
-    itself failed."""
+    itself failed; raises :class:`RunInterrupted` on Ctrl-C."""
     log.info("$ %s", " ".join(command))
     followed = FollowedRun()
-    with subprocess.Popen(command, env={**os.environ, **(env or {})}, stdout=subprocess.PIPE,
-                          stderr=subprocess.STDOUT, text=True) as process:
-        for line in process.stdout or ():
-            record = relay(line)
-            started = RUN_STARTED.search(line)
-            followed.run_id = started.group(1) if started else followed.run_id
-            fields = getattr(record, "fedsyn", {})
-            if fields.get("event") == RUN_STOPPED:
-                followed.stopped = fields
+    try:
+        with subprocess.Popen(command, env={**os.environ, **(env or {})}, stdout=subprocess.PIPE,
+                              stderr=subprocess.STDOUT, text=True) as process:
+            for line in process.stdout or ():
+                record = relay(line)
+                started = RUN_STARTED.search(line)
+                followed.run_id = started.group(1) if started else followed.run_id
+                fields = getattr(record, "fedsyn", {})
+                if fields.get("event") == RUN_STOPPED:
+                    followed.stopped = fields
+    except KeyboardInterrupt:
+        raise RunInterrupted(followed.run_id) from None
     if process.returncode:
         raise typer.Exit(process.returncode)
     return followed

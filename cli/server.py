@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Annotated, NoReturn
 
 import typer
 
-from fedsyn.cli.flower import become_flower, flower_output, follow_run, run_flower, run_status
+from fedsyn.cli.flower import RunInterrupted, become_flower, flower_output, follow_run, run_flower, run_status
 from fedsyn.cli.output import console, fail, setup_logging
 from fedsyn.errors import ConfigurationError
 
@@ -76,7 +76,10 @@ def _follow(server_config: CoordinatorConfig, command: list[str], environment: d
     completed; otherwise exit with the one line saying why (:func:`_run_failed`)."""
     from fedsyn.server.ops.superlink import CONNECTION
 
-    followed = follow_run(command + ["--stream"], environment)
+    try:
+        followed = follow_run(command + ["--stream"], environment)
+    except RunInterrupted as interrupted:
+        _stop_interrupted(server_config, environment, interrupted.run_id)
     run_id = followed.run_id
     if run_id is None:
         fail("Flower started no run: see its message above", code=1)
@@ -85,6 +88,29 @@ def _follow(server_config: CoordinatorConfig, command: list[str], environment: d
     if status != "finished:completed":
         _run_failed(run_id, status, followed.stopped)
     return run_id
+
+
+EXIT_INTERRUPTED = 130  # a shell's code for a command ended by Ctrl-C
+
+
+def _stop_interrupted(server_config: CoordinatorConfig, environment: dict[str, str], run_id: str | None) -> NoReturn:
+    """Ctrl-C: stop Flower's run too. Left running, it trained, charged every hospital and
+    published a release with no terminal attached and nothing saying so (helper-98 M2)."""
+    from fedsyn.server.ops.superlink import CONNECTION
+
+    if run_id is None:
+        fail("interrupted before Flower said it started a run: `flwr ls` on the SuperLink shows whether one did "
+             "(`flwr stop RUN_ID` stops it)", code=EXIT_INTERRUPTED)
+    try:
+        run_flower(server_config.flwr_command("stop", run_id, CONNECTION), environment)
+    except typer.Exit:
+        fail(f"interrupted; Flower could not stop run {run_id}, which goes on at the SuperLink: stop it with "
+             f"`flwr stop {run_id} {CONNECTION}`", code=EXIT_INTERRUPTED)
+    resume = ("`fedsyn server run --resume` continues it after its last completed round"
+              if server_config.run.get("state") else
+              "with no 'state' folder in [run] it cannot be resumed: a new run starts over")
+    fail(f"run {run_id} stopped at your Ctrl-C, no release written by it; each hospital's ledger holds what it "
+         f"spent, and {resume}", code=EXIT_INTERRUPTED)
 
 
 def _run_failed(run_id: str, status: str, stopped: dict[str, object]) -> NoReturn:

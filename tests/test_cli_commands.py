@@ -335,6 +335,25 @@ def test_sites_list_names_each_node_by_the_site_id_it_gave(tmp_path, monkeypatch
     assert result.exit_code == 2 and "cannot reach the SuperLink" in result.output
 
 
+@pytest.mark.parametrize("state, said", [("state", "--resume` continues it"), ("", "cannot be resumed")])
+def test_ctrl_c_on_server_run_stops_flowers_run_too(tmp_path, monkeypatch, state, said):
+    """helper-98 M2: Ctrl-C ended `fedsyn server run` with no word, and Flower's run went on at
+    the SuperLink: it trained, charged every hospital and published a release unwatched."""
+    from fedsyn.cli.flower import RunInterrupted
+
+    (tmp_path / "server.toml").write_text(f'[run]\nstate = "{state}"\n')
+
+    def interrupted(command, env=None):
+        raise RunInterrupted("4242")
+
+    stopped = []
+    monkeypatch.setattr("fedsyn.cli.server.follow_run", interrupted)
+    monkeypatch.setattr("fedsyn.cli.server.run_flower", lambda command, env=None: stopped.append(command))
+    result = _invoke("server", "run", "--config", tmp_path / "server.toml")
+    assert result.exit_code == 130 and stopped and stopped[0][1:3] == ["stop", "4242"]
+    assert "run 4242 stopped at your Ctrl-C" in result.output and said in result.output
+
+
 def test_server_toml_run_paths_are_relative_to_the_file(tmp_path):
     from fedsyn.server.ops.superlink import CoordinatorConfig
 
