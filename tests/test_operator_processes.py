@@ -173,9 +173,10 @@ def test_the_launcher_is_written_only_by_a_start_that_goes_ahead(tmp_path, small
     from fedsyn.client.policy import CoordinatorConnection, SitePolicy
     from fedsyn.data.demo import demo_schema_path
     from fedsyn.simulations.run import prepare_sites
+    from fedsyn.trust.certs import create_ca
 
     path = prepare_sites([small_frame], demo_schema_path(), tmp_path, epsilon=1.0, delta=1e-5).policies[0]
-    connection = CoordinatorConnection(superlink="127.0.0.1:9092", root_certificates=tmp_path / "ca.crt",
+    connection = CoordinatorConnection(superlink="127.0.0.1:9092", root_certificates=create_ca(tmp_path / "ca")[0],
                                        auth_private_key=tmp_path / "auth.key")
     SitePolicy.load(path).model_copy(update={"coordinator": connection}).save(path)
     launch = supernode_launch(path)

@@ -21,6 +21,7 @@ from fedsyn.data.tables import write_table
 from fedsyn.data.validation import DataValidationError, screen_records
 from fedsyn.federation import protocol
 from fedsyn.simulations.run import prepare_sites
+from fedsyn.trust.certs import create_ca
 
 
 def _dirty(frame):
@@ -139,7 +140,7 @@ def test_a_row_count_refusal_is_met_at_start_and_delta_is_checked_against_max_ro
     from fedsyn.client.policy import CoordinatorConnection, PolicyError
 
     rows = pd.concat([small_frame, small_frame], ignore_index=True)  # 1,200: at least 1/δ for a δ of 9e-4
-    connection = CoordinatorConnection(superlink="127.0.0.1:9092", root_certificates=tmp_path / "ca.crt",
+    connection = CoordinatorConnection(superlink="127.0.0.1:9092", root_certificates=create_ca(tmp_path / "ca")[0],
                                        auth_private_key=tmp_path / "auth.key")
     for delta, changes, why in ((9e-4, {}, "1/n"), (1e-5, {"max_rows": len(rows) - 1}, "max_rows")):
         path = prepare_sites([rows], demo_schema_path(), tmp_path / why, epsilon=5.0, delta=delta).policies[0]
@@ -242,7 +243,7 @@ def test_a_site_whose_column_changed_form_refuses_to_join_naming_it_and_no_value
     changed = small_frame.assign(kappa=[f"{value:.3f}" + (" mg/L" if row >= kept else "")
                                         for row, value in enumerate(small_frame["kappa"])])
     path = prepare_sites([changed], demo_schema_path(), tmp_path, epsilon=5.0, delta=1e-5).policies[0]
-    connection = CoordinatorConnection(superlink="127.0.0.1:9092", root_certificates=tmp_path / "ca.crt",
+    connection = CoordinatorConnection(superlink="127.0.0.1:9092", root_certificates=create_ca(tmp_path / "ca")[0],
                                        auth_private_key=tmp_path / "auth.key")
     SitePolicy.load(path).model_copy(update={"coordinator": connection}).save(path)
     with pytest.raises(WidespreadProblems) as refused:

@@ -17,6 +17,7 @@ from fedsyn.client.policy import PolicyError, SitePolicy
 from fedsyn.client.site import Site
 from fedsyn.data.validation import ValidationReport, WidespreadProblems
 from fedsyn.federation.flower_programs import NO_TELEMETRY, flower_program, search_path
+from fedsyn.trust.certs import expired
 
 log = logging.getLogger("fedsyn.client")
 
@@ -37,6 +38,25 @@ class SupernodeLaunch:
         as a duplicate, had rewritten it first, and the running daemon served every later request
         under the other file's limits and extract (helper-98 H2)."""
         install_launcher(self.launcher_folder, self.policy_path)
+
+
+def _check_root_certificates(path: Path) -> None:
+    """The coordinator's CA certificate this site trusts, present and unexpired: Flower's own
+    error for a missing file names no path, and an expired CA fails every handshake as an
+    expired server certificate does, whose renewal does not help (helper-98 M5)."""
+    if not path.is_file():
+        raise PolicyError(f"root_certificates file not found: {path} (the coordinator's ca.crt, named in the site "
+                          "policy's [coordinator] section)")
+    try:
+        expiry = expired(path)
+    except ValueError:
+        raise PolicyError(f"root_certificates {path} is not a PEM certificate: ask the coordinator for its "
+                          "ca.crt") from None
+    if expiry is not None:
+        raise PolicyError(f"root_certificates {path}: the coordinator's CA certificate expired on "
+                          f"{expiry:%Y-%m-%d}, so no certificate it signed is trusted. The coordinator needs a new CA "
+                          "(`fedsyn certs init`) and sends its ca.crt to every site; renewing only the server "
+                          "certificate does not help")
 
 
 def supernode_launch(policy_path: Path) -> SupernodeLaunch:
@@ -68,6 +88,7 @@ def supernode_launch(policy_path: Path) -> SupernodeLaunch:
     for note in screening.notes:  # the operator hears them once, here (no counts: `fedsyn validate` has them)
         log.warning("extract %s: %s", policy.data, note.named())
     connection = policy.coordinator
+    _check_root_certificates(connection.root_certificates)
     launchers = policy.ledger.parent / "flower-bin"
     path = search_path(launchers)
     command = [

@@ -275,9 +275,11 @@ class NodeRecord:
 
     def expiry_wait(self) -> float | None:
         """Seconds until the SuperLink stops listing this site's previous node as online; None
-        when that node was last alive longer ago than Flower keeps a silent node listed."""
-        last = self.data.get("last_alive")
-        if last is None:
+        when that node was last alive longer ago than Flower keeps a silent node listed, or ran
+        with another key (a site given a new, unregistered key was told to wait for its old node
+        before it was told to register the new one: helper-98 M5)."""
+        last, key = self.data.get("last_alive"), self.data.get("key")
+        if last is None or (key is not None and key != self._key()):
             return None
         expires = last + NODE_EXPIRY_S + ALIVE_EVERY_S + 5  # the record may be one renewal behind
         left = expires - time.time()
