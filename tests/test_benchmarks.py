@@ -144,3 +144,12 @@ def test_bench_pair_selection_runs(monkeypatch, capsys, tmp_path):
     assert lines[0].startswith("2 sites at epsilon 1") and "candidate pairs" in lines[0]
     assert [line.split(":")[0] for line in lines[1:3]] == ["  draw 0", "  draw 1"]
     assert lines[3].startswith("chosen in draws: ")
+
+
+def test_bench_large_runs(monkeypatch, capsys, tmp_path):
+    _run(monkeypatch, "bench_large.py", str(tmp_path / "large"), "--rows", "1500", "--rounds", "1",
+         "--fedsyn", str(Path(sys.executable).with_name("fedsyn")))
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].startswith("schema draft: 1500 rows, 40 columns:") and "GiB" in lines[0]
+    assert any(line.strip().startswith("round 1/1") for line in lines)
+    assert lines[-1].startswith("simulate, 1 rounds, with the local report:")
