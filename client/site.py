@@ -254,8 +254,12 @@ class Site:
         try:
             frame = self.load_data()
         except (DataFileError, DataValidationError) as exc:
-            log.error("the extract %s cannot be used (%s): run `fedsyn validate` here for the details",
-                      self.policy.data, type(exc).__name__)
+            if not self.policy.data.exists():  # said plainly: helper-98's operator read only 'DataFileError'
+                log.error("the extract %s does not exist: restore it, or point the site policy's data at it",
+                          self.policy.data)
+            else:
+                log.error("the extract %s cannot be used (%s): run `fedsyn validate` here for the details",
+                          self.policy.data, type(exc).__name__)
             raise SiteRefusal(ErrorCode.DATA_INVALID, "the site's extract does not pass validation against the "
                               "shared schema; the site operator sees the details locally") from None
         refusal = self.row_count_refusal(len(frame))

@@ -135,8 +135,9 @@ def _log_round(summary: RoundSummary, rounds: int, epsilon: dict[str, float]) ->
     """The coordinator's progress line: the round, who took part, and each site's epsilon in this
     run so far as the coordinator recomputes it from the sites' accepted privacy events."""
     spent = ", ".join(f"{site} {value:.3f}" for site, value in sorted(epsilon.items()))
-    log.info("round %d of %d done: %d site(s) accepted, %d dropped; epsilon spent per site: %s", summary.round,
-             rounds, summary.accepted, summary.dropped, spent,
+    log.info("round %d of %d done: %d site(s) accepted, %d dropped; this run's epsilon per site (alone: "
+             "each site's ledger composes it with its earlier runs'): %s", summary.round, rounds, summary.accepted,
+             summary.dropped, spent,
              extra={"fedsyn": {"event": "round_done", "round": summary.round, "accepted": summary.accepted,
                                "dropped": summary.dropped, "epsilon": epsilon}})
 

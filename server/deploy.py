@@ -20,11 +20,15 @@ from fedsyn.errors import FedsynError, PrivacyRefusal
 from fedsyn.federation.protocol import ErrorCode
 from fedsyn.logs import RUN_STOPPED, configure_child
 from fedsyn.server.app import ReleasePlan, run_federation
+from fedsyn.server.record import FederationError
 from fedsyn.server.settings import FederationSettings
 
 BUDGET_FIX = ("`fedsyn server plan` shows what each site has left; a site with too little left is asked nothing. "
               "Run with the sites that have budget (a lower min-sites), or ask those hospitals whether they will "
               "raise max_epsilon in their site policy")
+RESUME_FIX = ("Bring the sites back (each hospital's log says why it did not answer), then `fedsyn server run "
+              "--resume` continues after the last completed round: a site answers a round it already ran without "
+              "paying again")
 log = logging.getLogger("fedsyn.server")
 
 app = ServerApp()
@@ -43,16 +47,17 @@ def main(grid: Grid, context: Context) -> None:
         run_federation(grid, Schema.load(str(config["schema"])), settings, plan, run_id=str(context.run_id),
                        resume=bool(config.get("resume", False)), plan_only=bool(config.get("plan-only", False)))
     except FedsynError as exc:
-        _log_stopped(exc)
+        _log_stopped(exc, resumable=plan.state_dir is not None)
         raise  # Flower marks the run failed; the handler leaves out its traceback of a fedsyn error
 
 
-def _log_stopped(exc: FedsynError) -> None:
+def _log_stopped(exc: FedsynError, resumable: bool) -> None:
     """One record saying why the run stopped, what to do and the exit code `fedsyn server run`
-    should end with: 77 when sites refused because the run would exceed their privacy budget."""
+    should end with: 77 when sites refused because the run would exceed their privacy budget; a
+    run with a state folder that lost its quorum is told how to go on (helper-98: it was not)."""
     reason = str(exc)
     budget = ErrorCode.BUDGET_EXHAUSTED.name.lower() in reason
-    fix = BUDGET_FIX if budget else ""
+    fix = BUDGET_FIX if budget else RESUME_FIX if resumable and isinstance(exc, FederationError) else ""
     code = PrivacyRefusal.exit_code if budget else exc.exit_code
     log.error("run stopped: %s", reason, extra={"fedsyn": {
         "event": RUN_STOPPED, "error": type(exc).__name__, "reason": reason, "fix": fix, "exit_code": code}})

@@ -254,3 +254,15 @@ def test_a_text_log_line_shows_control_characters_as_question_marks():
                                None)
     line = TextLines().format(record)
     assert "\x1b" not in line and "\x07" not in line and line.endswith("site h2?]0;x??[1A joined")
+
+
+@pytest.mark.parametrize("resumable", [True, False])
+def test_a_run_that_lost_its_quorum_is_told_how_to_go_on(caplog, resumable):
+    """helper-98: 'run stopped: ... fewer than the minimum' said nothing of --resume."""
+    from fedsyn.server.deploy import _log_stopped
+    from fedsyn.server.record import FederationError
+
+    with caplog.at_level(logging.ERROR, logger="fedsyn.server"):
+        _log_stopped(FederationError("round 2: only 1 valid site update(s), fewer than the minimum 2."), resumable)
+    [record] = [r for r in caplog.records if getattr(r, "fedsyn", {}).get("event") == RUN_STOPPED]
+    assert ("fedsyn server run --resume" in record.fedsyn["fix"]) is resumable

@@ -319,6 +319,17 @@ def _refusal(site: Site, call) -> SiteRefusal:
     return caught.value
 
 
+def test_a_deleted_extract_is_named_as_missing_in_the_sites_own_log(tmp_path, small_frame, caplog):
+    """helper-98: the site's log said only 'DataFileError' for an extract that had been deleted;
+    the coordinator still hears the fixed data_invalid text."""
+    site = _site(tmp_path, small_frame)
+    arrays, marginals = _global_model(site)
+    site.policy.data.unlink()
+    refusal = _refusal(site, lambda: site.train(_request(site), arrays, marginals))
+    assert refusal.code is protocol.ErrorCode.DATA_INVALID and str(site.policy.data) not in refusal.public_reason
+    assert f"the extract {site.policy.data} does not exist" in caplog.text
+
+
 def test_refusals_charge_nothing_and_say_nothing_private(tmp_path, small_frame):
     bad = small_frame.copy()
     bad.loc[7, "kappa"] = 31337.25  # outside the public bounds
