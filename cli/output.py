@@ -19,6 +19,7 @@ from rich.markup import escape
 from fedsyn import logs
 
 console = Console(stderr=True)  # progress, messages, refusals
+EXIT_INTERRUPTED = 130  # a shell's code for a command ended by Ctrl-C
 results = Console()  # tables and verdicts, on stdout for pipelines
 
 

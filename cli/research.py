@@ -11,7 +11,17 @@ from typing import TYPE_CHECKING, Annotated
 import typer
 from rich.table import Table
 
-from fedsyn.cli.output import check_out_folder, console, fail, print_verdict, program, results, setup_logging, time_left
+from fedsyn.cli.output import (
+    EXIT_INTERRUPTED,
+    check_out_folder,
+    console,
+    fail,
+    print_verdict,
+    program,
+    results,
+    setup_logging,
+    time_left,
+)
 from fedsyn.data.schema import Schema, SchemaError
 from fedsyn.data.tables import DataFileError, read_table, write_table
 from fedsyn.data.validation import DataValidationError, require_valid, schema_columns
@@ -372,21 +382,21 @@ def _spent_by_site(out: Path) -> str:
 
 
 def _stopped_by_user(out: Path, created: bool, spent: bool) -> None:
-    """Ctrl-C: say what is left in ``out`` and how to remove it; always exits 130."""
+    """Ctrl-C: say what is left in ``out`` and how to remove it; always exits :data:`EXIT_INTERRUPTED`."""
     from fedsyn.simulations.workflow import remove_run
 
     if not spent:
         remove_run(out, created)
         console.print(f"[yellow]interrupted before any simulated site spent budget: removed what this run wrote in "
                       f"{out}[/]", soft_wrap=True)
-        raise typer.Exit(130)
+        raise typer.Exit(EXIT_INTERRUPTED)
     left = [f"sites/ (copies of your real rows and each simulated site's privacy ledger: {_spent_by_site(out)})",
             "keys/ (the coordinator's private signing key)"]
     if (out / "local-report").exists():
         left.append("local-report/ (computed from real rows, with the held-out rows)")
     console.print(f"[yellow bold]interrupted:[/] {out} is left as it is: {'; '.join(left)}. If this was a throwaway "
                   f"simulation, remove it with: rm -rf {shlex.quote(str(out))}", soft_wrap=True)
-    raise typer.Exit(130)
+    raise typer.Exit(EXIT_INTERRUPTED)
 
 
 def _print_release(result: SimulationResult, rounds: int) -> None:

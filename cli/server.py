@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Annotated, NoReturn
 import typer
 
 from fedsyn.cli.flower import RunInterrupted, become_flower, flower_output, follow_run, run_flower, run_status
-from fedsyn.cli.output import console, fail, setup_logging
+from fedsyn.cli.output import EXIT_INTERRUPTED, console, fail, setup_logging
 from fedsyn.errors import ConfigurationError
 
 if TYPE_CHECKING:
@@ -57,7 +57,7 @@ def server_run(config: Annotated[Path, typer.Option("--config", "-c")] = Path("s
     environment = server_config.flwr_environment()
     if resume:
         _stop_orphaned_coordinator(server_config, environment)
-    run_id = _follow(server_config, server_config.run_command(resume=resume), environment)
+    run_id = _follow(server_config, server_config.run_command(resume=resume), environment, plan_only=False)
     log.info("run %s completed", run_id, extra={"fedsyn": {"event": "run_completed", "flower_run": run_id}})
 
 
@@ -68,10 +68,11 @@ def server_plan(config: Annotated[Path, typer.Option("--config", "-c")] = Path("
     when fewer than min-sites have budget left for the run."""
     setup_logging(verbose=True)
     server_config = _server_config(config)
-    _follow(server_config, server_config.run_command(plan_only=True), server_config.flwr_environment())
+    _follow(server_config, server_config.run_command(plan_only=True), server_config.flwr_environment(), plan_only=True)
 
 
-def _follow(server_config: CoordinatorConfig, command: list[str], environment: dict[str, str]) -> str:
+def _follow(server_config: CoordinatorConfig, command: list[str], environment: dict[str, str],
+            plan_only: bool) -> str:
     """Submit ``command`` (a ``flwr run``), relay its lines, and return Flower's run id once the run
     completed; otherwise exit with the one line saying why (:func:`_run_failed`)."""
     from fedsyn.server.ops.superlink import CONNECTION
@@ -79,7 +80,7 @@ def _follow(server_config: CoordinatorConfig, command: list[str], environment: d
     try:
         followed = follow_run(command + ["--stream"], environment)
     except RunInterrupted as interrupted:
-        _stop_interrupted(server_config, environment, interrupted.run_id)
+        _stop_interrupted(server_config, environment, interrupted.run_id, plan_only)
     run_id = followed.run_id
     if run_id is None:
         fail("Flower started no run: see its message above", code=1)
@@ -90,10 +91,8 @@ def _follow(server_config: CoordinatorConfig, command: list[str], environment: d
     return run_id
 
 
-EXIT_INTERRUPTED = 130  # a shell's code for a command ended by Ctrl-C
-
-
-def _stop_interrupted(server_config: CoordinatorConfig, environment: dict[str, str], run_id: str | None) -> NoReturn:
+def _stop_interrupted(server_config: CoordinatorConfig, environment: dict[str, str], run_id: str | None,
+                      plan_only: bool) -> NoReturn:
     """Ctrl-C: stop Flower's run too. Left running, it trained, charged every hospital and
     published a release with no terminal attached and nothing saying so (helper-98 M2)."""
     from fedsyn.server.ops.superlink import CONNECTION
@@ -101,15 +100,20 @@ def _stop_interrupted(server_config: CoordinatorConfig, environment: dict[str, s
     if run_id is None:
         fail("interrupted before Flower said it started a run: `flwr ls` on the SuperLink shows whether one did "
              "(`flwr stop RUN_ID` stops it)", code=EXIT_INTERRUPTED)
+    left = f"run {run_id} may go on at the SuperLink: stop it with `flwr stop {run_id} {CONNECTION}`"
     try:
         run_flower(server_config.flwr_command("stop", run_id, CONNECTION), environment)
     except typer.Exit:
-        fail(f"interrupted; Flower could not stop run {run_id}, which goes on at the SuperLink: stop it with "
-             f"`flwr stop {run_id} {CONNECTION}`", code=EXIT_INTERRUPTED)
+        fail(f"interrupted; Flower did not stop run {run_id} (it may have ended already). If not, {left}",
+             code=EXIT_INTERRUPTED)
+    except KeyboardInterrupt:  # a second Ctrl-C while Flower was stopping it
+        fail(f"interrupted again while Flower stopped it: {left}", code=EXIT_INTERRUPTED)
+    if plan_only:
+        fail(f"budget plan {run_id} stopped at your Ctrl-C; it charged nothing", code=EXIT_INTERRUPTED)
     resume = ("`fedsyn server run --resume` continues it after its last completed round"
               if server_config.run.get("state") else
               "with no 'state' folder in [run] it cannot be resumed: a new run starts over")
-    fail(f"run {run_id} stopped at your Ctrl-C, no release written by it; each hospital's ledger holds what it "
+    fail(f"run {run_id} stopped at your Ctrl-C, its final release unwritten; each hospital's ledger holds what it "
          f"spent, and {resume}", code=EXIT_INTERRUPTED)
 
 

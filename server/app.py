@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import re
 from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -14,7 +15,7 @@ from flwr.serverapp import Grid, ServerApp
 from fedsyn.data.schema import Schema
 from fedsyn.errors import ConfigurationError
 from fedsyn.server.coordinator import Coordinator, RoundCallback
-from fedsyn.server.record import RoundSummary, SiteStatus
+from fedsyn.server.record import FederationError, RoundSummary, SiteStatus
 from fedsyn.server.release import archive_earlier_release, write_release
 from fedsyn.server.resume import holding_run, load_state
 from fedsyn.server.settings import FederationSettings
@@ -55,6 +56,12 @@ def interim_release_folder(out: Path, round_: int) -> Path:
     return out.with_name(f"{out.name}.round-{round_:03d}")
 
 
+def interim_release_folders(out: Path) -> list[Path]:
+    """The interim releases beside ``out`` (:func:`interim_release_folder`), oldest round first."""
+    name = re.compile(re.escape(out.name) + r"\.round-\d{3}")
+    return sorted(path for path in out.parent.glob(f"{out.name}.round-*") if name.fullmatch(path.name))
+
+
 def run_federation(grid: Grid, schema: Schema, settings: FederationSettings, plan: ReleasePlan,
                    on_round: RoundCallback | None = None, run_id: str | None = None,
                    resume: bool = False, plan_only: bool = False) -> Coordinator:
@@ -88,13 +95,19 @@ def _run(grid: Grid, schema: Schema, settings: FederationSettings, plan: Release
     audit = AuditLog(plan.audit_log, key, run_id=fedsyn_run) if plan.audit_log else None
     coordinator = Coordinator(schema, settings, audit, run_id=fedsyn_run, state_dir=plan.state_dir)
 
+    published: list[Path] = []
+
     def publish(out: Path) -> None:
         # The earlier release stays where pipelines and the dashboard find it until this run has
-        # one of its own to put there: a refused or failed run leaves it in place.
-        for folder in dict.fromkeys((plan.out, out)):  # and an earlier run's interim release of this round
+        # one of its own to put there: a refused or failed run leaves it in place. An earlier
+        # run's interim releases beside it go aside at this run's first publication, so that the
+        # interim folders beside the release are one run's (helper-100 M-3).
+        earlier_interims = [] if published else interim_release_folders(plan.out)
+        for folder in dict.fromkeys([*earlier_interims, out]):
             earlier = archive_earlier_release(folder)
             if earlier is not None:
                 coordinator.record("release_archived", path=str(earlier), replaced_by_run=fedsyn_run)
+        published.append(out)
         report = write_release(coordinator.run, coordinator.trainer, out, plan.rows, plan.drop_rule_violations, key,
                                plan.public_facts, coordinator.site_level_privacy())
         coordinator.record("release_written", path=str(out), rows=plan.rows, signed=key is not None,
@@ -112,19 +125,24 @@ def _run(grid: Grid, schema: Schema, settings: FederationSettings, plan: Release
         coordinator.plan_budgets(grid)
         log.info("budget plan done: nothing was charged", extra={"fedsyn": {"event": "plan_finished"}})
         return coordinator
-    if state is None:
-        coordinator.record("run_started", flower_run=run_id)
-        coordinator.collect_marginals(grid)
-    else:
-        coordinator.restore(state)
-        within_round_zero = coordinator.run.marginals is None  # its queries are asked again word for word
-        coordinator.record("run_resumed", flower_run=run_id, after_round=None if within_round_zero else state.round,
-                           within_round_zero=within_round_zero)
-        if within_round_zero:
+    try:
+        if state is None:
+            coordinator.record("run_started", flower_run=run_id)
             coordinator.collect_marginals(grid)
         else:
-            coordinator.wait_for_sites(grid)
-    coordinator.train(grid, after_round)
+            coordinator.restore(state)
+            within_round_zero = coordinator.run.marginals is None  # its queries are asked again word for word
+            coordinator.record("run_resumed", flower_run=run_id,
+                               after_round=None if within_round_zero else state.round,
+                               within_round_zero=within_round_zero)
+            if within_round_zero:
+                coordinator.collect_marginals(grid)
+            else:
+                coordinator.wait_for_sites(grid)
+        coordinator.train(grid, after_round)
+    except FederationError as exc:
+        exc.resumable = coordinator.saved_state or state is not None
+        raise
     publish(plan.out)
     log.info("run %s finished: release written to %s", fedsyn_run, plan.out,
              extra={"fedsyn": {"event": "run_finished", "run": fedsyn_run, "release": str(plan.out)}})

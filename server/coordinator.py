@@ -94,6 +94,7 @@ class Coordinator:
         self.run = RunRecord(run_id, schema, settings)
         self.screen = ReplyScreen(schema, settings, self.record)
         self._restored_model: tuple[dict[str, np.ndarray], dict[str, np.ndarray]] | None = None
+        self.saved_state = False  # whether this run saved a state of its own (what --resume would continue)
         self.trainer: GANTrainer | None = None
         self.strategy: Strategy | None = None
         # Seeds the stream that rows for comparing rounds are drawn from (see _consider_for_release).
@@ -229,8 +230,9 @@ class Coordinator:
         release had listed a site that had claimed 1.4 in an earlier run as ``node-ID`` at a
         cumulative epsilon of 0 (helper-98 M4)."""
         names = known_names(entries)
-        for site in self.run.sites.values():
-            if not site.label and str(site.node_id) in names:
+        answering = {site.label for site in self.run.sites.values() if site.label}
+        for site in self.run.sites.values():  # a site that answered under a new node keeps the name alone
+            if not site.label and names.get(str(site.node_id), "") not in ("", *answering):
                 site.label = names[str(site.node_id)]
                 site.claimed_epsilon = max(site.claimed_epsilon, earlier.get(site.label, 0.0))
 
@@ -254,8 +256,8 @@ class Coordinator:
             return (f"site '{site.name}' has spent {budget.spent:.4f} of its max_epsilon {budget.max_epsilon:g}: "
                     "too little is left for this run")
         return (f"site '{site.name}' may spend {plan.cost:.4f} in this run, and no training round fits that at "
-                f"noise-multiplier {self.settings.noise_multiplier} after round 0: raise noise-multiplier (or "
-                "leave it out so the site calibrates its own), or lower rounds or local-steps in [run]")
+                f"noise multiplier {self.settings.noise_multiplier} after round 0: raise the settings' "
+                "noise_multiplier (or leave it unset so the site calibrates its own), or lower rounds or local-steps")
 
     def _record_plan(self, site: SiteStatus, plan: SiteRunPlan) -> None:
         """The operator's line for one site's plan, and its audit entry."""
@@ -503,6 +505,7 @@ class Coordinator:
             model = dict(self.trainer.state_arrays())
             sampler = self.trainer.sampler_arrays()
         digest = save_state(self.state_dir, self.run.to_state(model, sampler))
+        self.saved_state = True
         self.record(SAVED, round=IN_ROUND_ZERO if round_ is None else round_,
                     path=str((self.state_dir / "state.pt").resolve()), sha256=digest)
 

@@ -47,17 +47,18 @@ def main(grid: Grid, context: Context) -> None:
         run_federation(grid, Schema.load(str(config["schema"])), settings, plan, run_id=str(context.run_id),
                        resume=bool(config.get("resume", False)), plan_only=bool(config.get("plan-only", False)))
     except FedsynError as exc:
-        _log_stopped(exc, resumable=plan.state_dir is not None)
+        _log_stopped(exc)
         raise  # Flower marks the run failed; the handler leaves out its traceback of a fedsyn error
 
 
-def _log_stopped(exc: FedsynError, resumable: bool) -> None:
+def _log_stopped(exc: FedsynError) -> None:
     """One record saying why the run stopped, what to do and the exit code `fedsyn server run`
     should end with: 77 when sites refused because the run would exceed their privacy budget; a
-    run with a state folder that lost its quorum is told how to go on (helper-98: it was not)."""
+    run that saved a state of its own and then lost its quorum is told how to go on (helper-98: it was
+    not; helper-100: a run stopped before it saved anything must not be told to resume another's)."""
     reason = str(exc)
     budget = ErrorCode.BUDGET_EXHAUSTED.name.lower() in reason
-    fix = BUDGET_FIX if budget else RESUME_FIX if resumable and isinstance(exc, FederationError) else ""
+    fix = BUDGET_FIX if budget else RESUME_FIX if isinstance(exc, FederationError) and exc.resumable else ""
     code = PrivacyRefusal.exit_code if budget else exc.exit_code
     log.error("run stopped: %s", reason, extra={"fedsyn": {
         "event": RUN_STOPPED, "error": type(exc).__name__, "reason": reason, "fix": fix, "exit_code": code}})

@@ -34,7 +34,12 @@ from fedsyn.server.settings import FederationSettings
 
 
 class FederationError(FedsynError, RuntimeError):
-    """The run cannot continue (e.g. fewer sites than the configured minimum)."""
+    """The run cannot continue (e.g. fewer sites than the configured minimum). ``resumable``: the
+    run had saved a state of its own before it stopped, so ``--resume`` continues it (set by
+    :func:`fedsyn.server.app.run_federation`; a run stopped before it saved anything would resume
+    an earlier run's state instead)."""
+
+    resumable: bool = False
 
 
 @dataclass
@@ -87,7 +92,7 @@ class SiteStatus:
         return self.label or f"node-{self.node_id}"
 
 
-FALLBACK_LABEL = re.compile(r"node-\d+")  # the coordinator's label for a site that never named itself
+_FALLBACK_LABEL = re.compile(r"node-\d+")  # the coordinator's label for a site that never named itself
 # A site's refusal names the site in its own words: "site 'hospital-b' allows at most ...".
 _NAMED_IN_REASON = re.compile(r"\bsite '([^']{1,200})'")
 
@@ -95,7 +100,7 @@ _NAMED_IN_REASON = re.compile(r"\bsite '([^']{1,200})'")
 def given_name(entry: dict[str, Any]) -> str:
     """The name a site gave in this entry ('' for none, or for the coordinator's ``node-ID`` stand-in)."""
     name = str(entry.get("site") or "")
-    return "" if FALLBACK_LABEL.fullmatch(name) else name
+    return "" if _FALLBACK_LABEL.fullmatch(name) else name
 
 
 def known_names(entries: list[dict[str, Any]]) -> dict[str, str]:

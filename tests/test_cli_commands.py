@@ -352,6 +352,16 @@ def test_ctrl_c_on_server_run_stops_flowers_run_too(tmp_path, monkeypatch, state
     result = _invoke("server", "run", "--config", tmp_path / "server.toml")
     assert result.exit_code == 130 and stopped and stopped[0][1:3] == ["stop", "4242"]
     assert "run 4242 stopped at your Ctrl-C" in result.output and said in result.output
+    # helper-100 M-2: a budget plan charged nothing and resumes nothing; a second Ctrl-C names the run
+    result = _invoke("server", "plan", "--config", tmp_path / "server.toml")
+    assert result.exit_code == 130 and "budget plan 4242 stopped" in result.output and "resume" not in result.output
+
+    def interrupted_again(command, env=None):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr("fedsyn.cli.server.run_flower", interrupted_again)
+    result = _invoke("server", "run", "--config", tmp_path / "server.toml")
+    assert result.exit_code == 130 and "flwr stop 4242" in result.output
 
 
 def test_server_toml_run_paths_are_relative_to_the_file(tmp_path):
@@ -388,6 +398,7 @@ def test_a_seed_is_refused_in_a_deployments_run_config(tmp_path):
     ('[run]\nrows = 0\n', "rows = 0"),
     ('flwr_hmoe = "state/flwr-home"\n', "flwr_hmoe: not a known setting"),
     ('databse = "other.db"\n', "databse: not a known setting"),  # ignored, the SuperLink started an empty registry
+    ('[run]\nresume = true\n', "resume is set by the command"),  # the command overrode it silently (helper-100)
 ])
 def test_a_server_toml_mistake_is_named_before_any_run_starts(tmp_path, text, named):
     """helper-98 M3: a misspelled key or a value the settings refuse is named by `fedsyn server`

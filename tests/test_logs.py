@@ -262,7 +262,9 @@ def test_a_run_that_lost_its_quorum_is_told_how_to_go_on(caplog, resumable):
     from fedsyn.server.deploy import _log_stopped
     from fedsyn.server.record import FederationError
 
+    stopped = FederationError("round 2: only 1 valid site update(s), fewer than the minimum 2.")
+    stopped.resumable = resumable  # run_federation sets it where the run saved a state of its own
     with caplog.at_level(logging.ERROR, logger="fedsyn.server"):
-        _log_stopped(FederationError("round 2: only 1 valid site update(s), fewer than the minimum 2."), resumable)
+        _log_stopped(stopped)
     [record] = [r for r in caplog.records if getattr(r, "fedsyn", {}).get("event") == RUN_STOPPED]
     assert ("fedsyn server run --resume" in record.fedsyn["fix"]) is resumable

@@ -222,7 +222,7 @@ def test_a_fixed_noise_run_whose_training_fits_no_round_charges_nothing(plan, de
     and the run then refused at round 1 with no release."""
     fixed = SETTINGS.model_copy(update={"noise_multiplier": 4.0})
     assert plan_site_run(SiteBudget(0.0, 1.0, 1e-5), fixed).rounds_fit == 0
-    with pytest.raises(FederationError, match="no training round fits that at noise-multiplier 4.0"):
+    with pytest.raises(FederationError, match="no training round fits that at noise multiplier 4.0"):
         run_in_process(plan, demo_schema, tmp_path, fixed)
     assert _spent(plan) == [0.0, 0.0, 0.0]
 

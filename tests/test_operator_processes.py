@@ -185,6 +185,39 @@ def test_the_launcher_is_written_only_by_a_start_that_goes_ahead(tmp_path, small
     assert str(path.resolve()) in (launch.launcher_folder / FLOWER_COMMAND).read_text()
 
 
+def test_client_start_writes_the_launcher_before_the_supernode_starts(tmp_path, small_frame, monkeypatch):
+    """The launcher is what puts the App check (approved_apps) in front of every bundle: a start
+    that never wrote it would run the venv's own flwr-clientapp, unchecked (helper-100 M-6)."""
+    from typer.testing import CliRunner
+
+    from fedsyn.cli.main import app
+    from fedsyn.client.ops import supervise as supervise_module
+    from fedsyn.client.ops.clientapp_process import FLOWER_COMMAND
+    from fedsyn.client.policy import CoordinatorConnection, SitePolicy
+    from fedsyn.data.demo import demo_schema_path
+    from fedsyn.simulations.run import prepare_sites
+    from fedsyn.trust.certs import create_ca
+
+    path = prepare_sites([small_frame], demo_schema_path(), tmp_path, epsilon=1.0, delta=1e-5).policies[0]
+    connection = CoordinatorConnection(superlink="127.0.0.1:9092", root_certificates=create_ca(tmp_path / "ca")[0],
+                                       auth_private_key=tmp_path / "auth.key")
+    policy = SitePolicy.load(path).model_copy(update={"coordinator": connection})
+    policy.save(path)
+    launcher = policy.ledger.parent / "flower-bin" / FLOWER_COMMAND
+    seen: list[bool] = []
+
+    def started(command, environment, out=None, poll_seconds=0.5, site=None, before_start=None):
+        if before_start is not None:
+            before_start()
+        seen.append(launcher.exists())  # as the SuperNode would find it, first on its PATH
+        return 0
+
+    monkeypatch.setattr(supervise_module, "supervise", started)
+    result = CliRunner().invoke(app, ["client", "start", "-c", str(path)])
+    assert result.exit_code == 0, result.output
+    assert seen == [True] and str(path.resolve()) in launcher.read_text()
+
+
 @pytest.mark.slow
 def test_a_real_site_killed_with_sigkill_rejoins_by_itself(demo_frame, tmp_path):
     """Real Flower on loopback. `fedsyn client start` is killed with SIGKILL once its SuperNode

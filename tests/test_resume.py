@@ -310,6 +310,23 @@ def test_a_refused_run_leaves_the_current_release_in_place(plan, demo_schema, tm
     assert not [p for p in tmp_path.iterdir() if p.name.startswith("release.replaced-")]
 
 
+def test_a_failed_runs_interim_releases_leave_the_earlier_release_and_no_mix_of_runs(plan, demo_schema, tmp_path):
+    """helper-100 M-3: with interim releases beside the release, a later run that failed after its
+    first interim had moved the finished release aside, and left the earlier run's round-002 beside
+    its own round-001."""
+    release = ReleasePlan(tmp_path / "release", rows=100, every=1, audit_log=tmp_path / "audit.jsonl")
+    app = make_client_app(plan.site_policy)
+    three = SETTINGS.model_copy(update={"epsilon": 0.3})  # rounds 1-3, interims after rounds 1 and 2
+    run_federation(InProcessGrid(app, len(plan.policies)), demo_schema, three, release)
+    first = (tmp_path / "release" / "privacy_report.json").read_text()
+    assert sorted(p.name for p in tmp_path.glob("release.round-*")) == ["release.round-001", "release.round-002"]
+    with pytest.raises(CoordinatorCrash):
+        run_federation(CrashingGrid(app, len(plan.policies), crash_at=2), demo_schema, three, release)
+    assert (tmp_path / "release" / "privacy_report.json").read_text() == first  # still where it was
+    assert sorted(p.name for p in tmp_path.glob("release.round-???")) == ["release.round-001"]  # the failed run's
+    assert len([p for p in tmp_path.iterdir() if p.name.startswith("release.round-") and ".replaced-" in p.name]) == 2
+
+
 def test_the_coordinator_fits_the_generator_to_every_sites_tables_before_round_one(plan, demo_schema, tmp_path,
                                                                                     monkeypatch):
     """With table_steps the coordinator fits the fresh generator once, after the sites' slots and
@@ -548,3 +565,28 @@ def test_a_site_whose_ledger_went_back_between_a_crash_and_the_resume_is_refused
     assert lost["rounds_accepted"] == [0, 1] and lost["epsilon_cumulative"] >= before - 1e-9
     assert len(_ledgers(plan)[0].events) == 1  # charged once from its new ledger, then asked nothing more
     assert all(site["rounds_accepted"] == [0, 1, 2, 3] for site in report["sites"] if site["site"] != "site-0")
+
+
+def test_only_a_run_that_saved_a_state_of_its_own_is_called_resumable(plan, demo_schema, tmp_path):
+    """helper-100 M-1: a run that stopped before it saved anything was told to `--resume`, which
+    would continue (and publish again) an earlier run's state in the same folder."""
+    release = ReleasePlan(tmp_path / "release", rows=300, audit_log=tmp_path / "audit.jsonl",
+                          state_dir=tmp_path / "state")
+    app = make_client_app(plan.site_policy)
+    too_many = SETTINGS.model_copy(update={"min_sites": 4, "timeout": 1.0})  # three sites: stopped before it saved
+    with pytest.raises(FederationError) as stopped:
+        run_federation(InProcessGrid(app, len(plan.policies)), demo_schema, too_many, release)
+    assert not stopped.value.resumable
+
+    trained: list[int] = []  # the training replies so far: round 1's three, then round 2's
+
+    def lose_two_sites_from_round_two(reply):
+        if reply.metadata.message_type != "train":
+            return reply
+        trained.append(reply.metadata.src_node_id)
+        return None if len(trained) > 3 and reply.metadata.src_node_id != 1001 else reply
+
+    with pytest.raises(FederationError, match="round 2") as stopped:
+        run_federation(InProcessGrid(app, len(plan.policies), lose_two_sites_from_round_two), demo_schema, SETTINGS,
+                       release)
+    assert stopped.value.resumable

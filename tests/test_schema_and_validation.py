@@ -485,9 +485,11 @@ def test_a_draft_keeps_counts_as_numbers_number_levels_in_order_and_a_limit_as_t
     assert draft.column("flag").is_categorical and draft.column("code").is_categorical
     assert draft.column("troponin").lower == 0.01 and draft.column("crp").upper == 200
     # an outcome coded 0-4 (a Rankin scale) and a hospital numbered 0-3 stay levels (a review)
-    coded = rows.assign(rankin=rng.integers(0, 5, 3000), hospital=rng.choice(4, 3000, p=[0.1, 0.3, 0.3, 0.3]))
+    coded = rows.assign(rankin=rng.integers(0, 5, 3000), hospital=rng.choice(4, 3000, p=[0.1, 0.3, 0.3, 0.3]),
+                        ward=rng.choice(10, 3000, p=[0.05, 0.1, 0.08, 0.12, 0.2, 0.1, 0.1, 0.1, 0.1, 0.05]))
     drafted = draft_schema(coded, outcome="rankin")
     assert drafted.column("rankin").is_categorical and drafted.column("hospital").is_categorical
+    assert drafted.column("ward").is_categorical  # ten wards numbered 0-9, ward 4 the largest (helper-100 M-4)
 
 
 def test_a_cell_written_as_a_limit_at_its_columns_bound_is_read_as_the_bound(tmp_path):

@@ -45,8 +45,8 @@ def _check_root_certificates(path: Path) -> None:
     error for a missing file names no path, and an expired CA fails every handshake as an
     expired server certificate does, whose renewal does not help (helper-98 M5)."""
     if not path.is_file():
-        raise PolicyError(f"root_certificates file not found: {path} (the coordinator's ca.crt, named in the site "
-                          "policy's [coordinator] section)")
+        raise PolicyError(f"root_certificates file not found: {path}. Copy the coordinator's ca.crt there, or point "
+                          "root_certificates in the site policy's coordinator section at it")
     try:
         expiry = expired(path)
     except ValueError:

@@ -680,15 +680,25 @@ def _count_like(numbers: pd.Series) -> bool:
     admissions 0-6, ICU days 0-9). docs/schema.md says to keep counts on a linear integer scale,
     where their tables and the release keep the order and the pile at 0; drafted as levels they
     lost both (a newcomer's). Counts pile at 0, 0 their most common value, or run through 8
-    values or more (visits 0-9 most often 2: drafted as levels, the rare top counts were left
-    out of the list, and the extract failed its own draft). A code of 1-5, a 0/1 flag, a hospital
-    numbered 0-3 whose hospital 0 is not the largest and a count with 999 for 'unknown' (its own
-    gap, :func:`far_level_columns`) stay levels."""
+    values or more shaped as counts are (:func:`_count_shaped`: visits 0-9 most often 2, drafted
+    as levels, lost their rare top counts from the list, and the extract failed its own draft).
+    A code of 1-5, a 0/1 flag, hospitals numbered 0-3 or 0-9 whose hospital 0 is not the largest
+    and a count with 999 for 'unknown' (its own gap, :func:`far_level_columns`) stay levels."""
     if len(numbers) == 0 or numbers.isna().any():
         return False
     distinct, counts = np.unique(numbers.to_numpy(dtype=float), return_counts=True)
-    return bool(len(distinct) >= 4 and distinct[0] == 0 and (counts[0] == counts.max() or len(distinct) >= 8)
+    return bool(len(distinct) >= 4 and distinct[0] == 0
+                and (counts[0] == counts.max() or (len(distinct) >= 8 and _count_shaped(counts)))
                 and (distinct == np.round(distinct)).all() and distinct[-1] + 1 <= 2 * len(distinct))
+
+
+def _count_shaped(counts: np.ndarray) -> bool:
+    """Whether frequencies rise to their most common value in the lower third of the values and
+    fall after it, as a count's do (a little sampling noise allowed); hospitals or codes numbered
+    0-9 seldom do (helper-100 M-4)."""
+    mode = int(np.argmax(counts))
+    tail = counts[mode:].astype(float)
+    return bool(mode <= len(counts) // 3 and np.all(tail[1:] <= 1.1 * tail[:-1] + 2))
 
 
 def as_numbers(cells: pd.Series) -> pd.Series:

@@ -22,6 +22,7 @@ from fedsyn.trust.certs import expired
 
 CONNECTION = "fedsyn"
 RUN_PATHS = ("schema", "out", "signing-key", "audit-log", "state")  # [run] settings that name files
+COMMAND_RUN_KEYS = frozenset({"resume", "plan-only"})  # the App's run keys `fedsyn server` sets itself
 APP_DIR = Path(__file__).resolve().parents[1] / "flower_app"
 log = logging.getLogger("fedsyn.server")
 
@@ -38,7 +39,11 @@ def check_run_config(run: dict[str, str | int | float], where: str) -> None:
     answered a misspelled key with "Invalid run configuration" and no name, and a bad value
     started a run that stopped in the ServerApp with nothing said of why (helper-98 M3)."""
     refuse_seed_in_run_config(run, where)
-    known = app_run_keys()
+    set_by_the_command = sorted(set(run) & COMMAND_RUN_KEYS)
+    if set_by_the_command:
+        raise ConfigurationError(f"{where}: {', '.join(set_by_the_command)} is set by the command (`fedsyn server run "
+                                 "--resume`, `fedsyn server plan`), never in [run]: remove it")
+    known = app_run_keys() - COMMAND_RUN_KEYS
     unknown = sorted(set(run) - known)
     if unknown:
         raise ConfigurationError(f"{where}: no setting {', '.join(map(repr, unknown))}: the run's settings are "
