@@ -1,5 +1,6 @@
-"""A bench kit of four tables tuned on by no one: the shared bench's judge, run on real tables
-with sites that fedsyn was never measured on.
+"""A bench kit of real tables beyond the shared bench's four: the shared bench's judge, run on
+tables with sites that fedsyn was never measured on (covid, medpar and healthins were tuned on by
+no one; flchain is the embedded demo's own source, split into sites here for the first time).
 
     JUDGE_VENV/bin/python benchmarks/unseen/build.py OUT BENCH_KIT
     python benchmarks/bench_tables.py OUT --seeds 3 --judge-python JUDGE_VENV/bin/python
@@ -16,8 +17,10 @@ with sites that fedsyn was never measured on.
 - ``healthins``: AER ``HealthInsurance`` (the 1996 US Medical Expenditure Panel Survey's
   working-age adults), sites = the four census regions, outcome ``insurance``: 8,802 rows,
   nine categorical columns of eleven, so `judge.py --all` asks eight other questions of it.
-- ``flchain``: survival ``flchain`` (free light chains in a Minnesota county's residents aged 50
-  and over, sampled 1995-2003, followed for death), sites = the sample's year (1995, 1996, 1997,
+- ``flchain``: survival ``flchain``, the embedded demo's source, on which fedsyn was developed
+  (so no test of tables never tuned on): free light chains in a Minnesota county's residents aged
+  50 and over, sampled 1995-2003, followed for death, here with the follow-up time the demo
+  leaves out and sites = the sample's year (1995, 1996, 1997,
   1998-2003: later years follow up less), outcome ``death``: 6,524 rows with a creatinine
   value, a ten-level FLC group and a rare MGUS flag (1.5 %) to predict; its three lab values on a
   log scale, as `fedsyn validate` advises for creatinine. The cause of death
