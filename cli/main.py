@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import typer
+from rich.markup import escape
 
 from fedsyn.cli import client, data, output, research, server, trust
 from fedsyn.cli.output import console
@@ -88,7 +89,7 @@ def main() -> None:
     try:
         app()
     except FedsynError as exc:  # fedsyn's own errors speak to the user and quote no patient value
-        console.print(f"[bold red]error:[/] {exc}")
+        console.print(f"[bold red]error:[/] {escape(str(exc))}", soft_wrap=True)  # "[run]" is text, not markup
         sys.exit(exc.exit_code)
     except Exception as exc:  # noqa: BLE001 - the last line of defence for private values
         if os.environ.get("FEDSYN_DEBUG") == "1":

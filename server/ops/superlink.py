@@ -34,7 +34,7 @@ def app_run_keys() -> frozenset[str]:
 
 
 def check_run_config(run: dict[str, str | int | float], where: str) -> None:
-    """``server.toml``'s ``[run]`` checked on the coordinator's machine before any run starts:
+    """``server.toml``'s ``[run]`` checked on the coordinator's machine before a run is submitted:
     no seed, no key the App does not take, and values the settings accept. Unchecked, Flower
     answered a misspelled key with "Invalid run configuration" and no name, and a bad value
     started a run that stopped in the ServerApp with nothing said of why (helper-98 M3)."""
@@ -90,7 +90,7 @@ class CoordinatorConfig(BaseModel):
             raise ConfigurationError(f"coordinator config {path} cannot be parsed: {exc}") from None
         except ValidationError as exc:
             raise ConfigurationError(f"coordinator config {path} is invalid: {validation_problems(exc)}") from None
-        check_run_config(config.run, f"coordinator config {path} [run]")
+        refuse_seed_in_run_config(config.run, f"coordinator config {path} [run]")
         base = Path(path).resolve().parent
         run = {key: str(base / str(value)) if key in RUN_PATHS and value and not Path(str(value)).is_absolute()
                else value for key, value in config.run.items()}
@@ -146,8 +146,11 @@ class CoordinatorConfig(BaseModel):
         return self.flwr_command("supernode", action, *arguments, CONNECTION)
 
     def run_command(self, resume: bool = False, plan_only: bool = False) -> list[str]:
-        """``flwr run`` of fedsyn's App with the [run] settings; ``plan_only`` asks the sites for their
-        budgets and stops there (``fedsyn server plan``)."""
+        """``flwr run`` of fedsyn's App with the [run] settings, checked first (:func:`check_run_config`:
+        here, not when the file is read, so that a [run] mistake never keeps the SuperLink or the
+        site list down); ``plan_only`` asks the sites for their budgets and stops there (``fedsyn
+        server plan``)."""
+        check_run_config(self.run, "the coordinator config's [run]")
         overrides = " ".join(f"{key}={_toml_value(value)}"
                              for key, value in {**self.run, "resume": resume, "plan-only": plan_only}.items())
         return self.flwr_command("run", str(APP_DIR), CONNECTION, *(["--run-config", overrides] if overrides else []))
