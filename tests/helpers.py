@@ -98,3 +98,23 @@ def cut_fits_short(monkeypatch, epochs: float = 0.05) -> None:
         self.epochs = min(self.epochs, epochs)
 
     monkeypatch.setattr(DPTabularGAN, "__init__", quick)
+
+
+def expired_certificate(path: Path) -> Path:
+    """A self-signed PEM certificate at ``path`` whose validity ended 35 days ago (a server's, or
+    a CA a site trusts)."""
+    import datetime as dt
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP384R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "localhost")])
+    now = dt.datetime.now(dt.UTC)
+    certificate = (x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
+                   .serial_number(1).not_valid_before(now - dt.timedelta(days=400))
+                   .not_valid_after(now - dt.timedelta(days=35)).sign(key, hashes.SHA384()))
+    path.write_bytes(certificate.public_bytes(serialization.Encoding.PEM))
+    return path

@@ -5,7 +5,6 @@ refusal told in one line with its exit code instead of Flower's tracebacks."""
 
 from __future__ import annotations
 
-import datetime as dt
 import io
 import json
 import logging
@@ -18,10 +17,6 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import NameOID
 from flwr.app import Context, RecordDict
 from typer.testing import CliRunner
 
@@ -32,7 +27,7 @@ from fedsyn.errors import FedsynError
 from fedsyn.logs import RUN_STOPPED, RelayStream, configure
 from fedsyn.simulations.inprocess import InProcessGrid
 from fedsyn.trust.certs import create_ca, create_server_certificate, create_site_keypair
-from tests.helpers import run_in_process
+from tests.helpers import expired_certificate, run_in_process
 
 ZONED = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}[+-]\d\d:\d\d ")
 # A hospital's ClientApp process, started by its launcher: what Flower's part does once the launcher hands
@@ -151,18 +146,6 @@ def test_client_start_with_json_logs_writes_only_json_lines_on_stderr(plan, tmp_
     assert "column(s)" not in bounds[0]  # named, never counted (helper-73)
 
 
-def _expired_certificate(folder: Path) -> Path:
-    key = ec.generate_private_key(ec.SECP384R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "localhost")])
-    now = dt.datetime.now(dt.UTC)
-    certificate = (x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
-                   .serial_number(1).not_valid_before(now - dt.timedelta(days=400))
-                   .not_valid_after(now - dt.timedelta(days=35)).sign(key, hashes.SHA384()))
-    path = folder / "server.crt"
-    path.write_bytes(certificate.public_bytes(serialization.Encoding.PEM))
-    return path
-
-
 def test_starting_a_superlink_with_an_expired_certificate_says_so(tmp_path, caplog):
     from fedsyn.server.ops.superlink import CoordinatorConfig
 
@@ -173,7 +156,7 @@ def test_starting_a_superlink_with_an_expired_certificate_says_so(tmp_path, capl
     with caplog.at_level(logging.WARNING, logger="fedsyn"):
         coordinator.superlink_command()
     assert not caplog.records  # a valid certificate: nothing to say
-    expired = _expired_certificate(tmp_path / "certs")
+    expired = expired_certificate(tmp_path / "certs" / "server.crt")
     with caplog.at_level(logging.WARNING, logger="fedsyn"):
         coordinator.superlink_command()
     [warning] = caplog.records

@@ -19,6 +19,7 @@ from fedsyn.cli.main import app
 from fedsyn.client.ops.supervise import RECORD, SiteRuntime, supervise
 from fedsyn.data.demo import demo_schema_path
 from fedsyn.simulations.run import prepare_sites
+from tests.helpers import expired_certificate
 
 REFUSED = ("print('ERROR : Exit Code: 305\\nFailed to initialize the connection to the SuperLink.\\n"
            "[code: 2004] Failed to activate SuperNode.', flush=True)\nraise SystemExit(1)\n")
@@ -85,15 +86,12 @@ def test_a_new_key_refused_is_told_to_register_not_to_wait_for_the_old_node(tmp_
 def test_an_expired_or_missing_ca_certificate_is_named_before_joining(tmp_path, small_frame):
     """helper-98 M5: an expired root_certificates was told as the coordinator's expired server
     certificate, whose renewal does not help; a missing one in Flower's words, without its path."""
-
     from fedsyn.client.ops.launch import supernode_launch
     from fedsyn.client.policy import CoordinatorConnection, PolicyError, SitePolicy
-    from fedsyn.trust.certs import create_ca
 
     path = prepare_sites([small_frame], demo_schema_path(), tmp_path, epsilon=1.0, delta=1e-5).policies[0]
-    ca, _ = create_ca(tmp_path / "ca")
     for root, said in ((tmp_path / "nowhere" / "ca.crt", "root_certificates file not found"),
-                       (_expired_copy(ca, tmp_path / "old-ca.crt"), "CA certificate expired on")):
+                       (expired_certificate(tmp_path / "old-ca.crt"), "CA certificate expired on")):
         connection = CoordinatorConnection(superlink="127.0.0.1:9092", root_certificates=root,
                                            auth_private_key=tmp_path / "auth.key")
         SitePolicy.load(path).model_copy(update={"coordinator": connection}).save(path)
@@ -101,24 +99,6 @@ def test_an_expired_or_missing_ca_certificate_is_named_before_joining(tmp_path, 
             supernode_launch(path)
         assert str(root) in str(refused.value)
     assert "renewing only the server certificate does not help" in str(refused.value)
-
-
-def _expired_copy(ca: Path, out: Path) -> Path:
-    """A self-signed certificate like ``ca`` whose validity ended yesterday."""
-    import datetime as dt
-
-    from cryptography import x509
-    from cryptography.hazmat.primitives import hashes, serialization
-    from cryptography.hazmat.primitives.asymmetric import ec
-
-    key = ec.generate_private_key(ec.SECP384R1())
-    name = x509.load_pem_x509_certificate(ca.read_bytes()).subject
-    now = dt.datetime.now(dt.UTC)
-    certificate = (x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
-                   .serial_number(x509.random_serial_number()).not_valid_before(now - dt.timedelta(days=400))
-                   .not_valid_after(now - dt.timedelta(days=1)).sign(key, hashes.SHA256()))
-    out.write_bytes(certificate.public_bytes(serialization.Encoding.PEM))
-    return out
 
 
 def test_a_key_accepted_before_and_refused_now_points_at_a_copy_of_the_key(tmp_path):
