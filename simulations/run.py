@@ -87,6 +87,9 @@ def prepare_sites(tables: list[pd.DataFrame], schema_path: Path, root: Path, eps
     schema = Schema.load(schema_path)
     # What else a repeat must share: the schema, the budget, each site's policy, the federation's settings.
     inputs = (schema_path.read_text(), repr((epsilon, delta, min_noise_multiplier, out_of_domain)), *stream_inputs)
+    # The researcher's own simulated sites: small ones may train on every row each step, and a
+    # federation of as many hospitals as the table has has a slot for each.
+    limits = RequestLimits(max_sample_rate=1.0, max_site_slots=max(len(tables), RequestLimits().max_site_slots))
     for index, table in enumerate(tables):
         stream = (run_label, index)  # apart from every other site and federation of this simulation
         folder = private_folder(root / site_folder(index, names[index] if names else None))
@@ -96,11 +99,7 @@ def prepare_sites(tables: list[pd.DataFrame], schema_path: Path, root: Path, eps
                             ledger=Path("ledger.json"), max_epsilon=epsilon, delta=delta,
                             min_noise_multiplier=min_noise_multiplier, device=device,
                             allow_unreviewed_schema=allow_unreviewed_schema,
-                            # The researcher's own simulated sites: small ones may train on every row each step,
-                            # and a federation of as many hospitals as the table has has a slot for each.
-                            limits=RequestLimits(max_sample_rate=1.0,
-                                                 max_site_slots=max(len(tables), RequestLimits().max_site_slots)),
-                            out_of_domain=out_of_domain,
+                            limits=limits, out_of_domain=out_of_domain,
                             reply_quantum_seconds=0.0,  # no timing to hide from oneself
                             seed=None if seed is None else derived_seed(seed, "simulated-site", *stream))
         policy.save(folder / "policy.json")
