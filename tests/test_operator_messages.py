@@ -100,6 +100,18 @@ def test_an_expired_or_missing_ca_certificate_is_named_before_joining(tmp_path, 
         assert str(root) in str(refused.value)
     assert "renewing only the server certificate does not help" in str(refused.value)
 
+    # helper-100: while the coordinator rotates its CA a site trusts the old and the new one;
+    # the old one's expiry first in the bundle is no reason to refuse
+    from fedsyn.trust.certs import create_ca
+
+    new_ca, _ = create_ca(tmp_path / "new-ca")
+    bundle = tmp_path / "bundle.crt"
+    bundle.write_bytes(expired_certificate(tmp_path / "old.crt").read_bytes() + new_ca.read_bytes())
+    connection = CoordinatorConnection(superlink="127.0.0.1:9092", root_certificates=bundle,
+                                       auth_private_key=tmp_path / "auth.key")
+    SitePolicy.load(path).model_copy(update={"coordinator": connection}).save(path)
+    assert supernode_launch(path).command[:1]
+
 
 def test_a_key_accepted_before_and_refused_now_points_at_a_copy_of_the_key(tmp_path):
     site = _site(tmp_path)

@@ -48,7 +48,7 @@ def _check_root_certificates(path: Path) -> None:
         raise PolicyError(f"root_certificates file not found: {path}. Copy the coordinator's ca.crt there, or point "
                           "root_certificates in the site policy's coordinator section at it")
     try:
-        expiry = expired(path)
+        expiry = expired(path, bundle=True)
     except ValueError:
         raise PolicyError(f"root_certificates {path} is not a PEM certificate: ask the coordinator for its "
                           "ca.crt") from None

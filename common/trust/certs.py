@@ -96,10 +96,16 @@ def certificate_hosts(path: Path) -> list[str]:
     return [str(name.value) for name in names if isinstance(name, (x509.DNSName, x509.IPAddress))]
 
 
-def expired(path: Path, now: dt.datetime | None = None) -> dt.datetime | None:
+def expired(path: Path, now: dt.datetime | None = None, *, bundle: bool = False) -> dt.datetime | None:
     """When the PEM certificate at ``path`` expired, or None while it is valid: Flower's SuperLink
-    starts with an expired certificate without a word, and every hospital's handshake then fails."""
-    expiry = x509.load_pem_x509_certificate(path.read_bytes()).not_valid_after_utc
+    starts with an expired certificate without a word, and every hospital's handshake then fails.
+
+    A certificate file's first certificate is the one presented, so it alone counts. A
+    ``bundle`` of trusted CAs is expired only when every one is (then: when the last one did):
+    a site trusting the old and the new CA while the coordinator rotates was refused on the
+    old one's date (helper-100)."""
+    certificates = x509.load_pem_x509_certificates(path.read_bytes())
+    expiry = max(c.not_valid_after_utc for c in certificates) if bundle else certificates[0].not_valid_after_utc
     return expiry if expiry <= (now or dt.datetime.now(dt.UTC)) else None
 
 
