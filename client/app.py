@@ -14,10 +14,10 @@ import json
 import logging
 import math
 import re
-import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from pathlib import Path
 from typing import TypeVar
 
 from flwr.app import ConfigRecord, Context, Error, Message, RecordDict
@@ -50,26 +50,42 @@ def policy_from_node_config(context: Context) -> SitePolicy:
     return policy
 
 
-def _hold_to_quantum(started: float, quantum: float) -> None:
+def _hold_to_quantum(started: float, quantum: float, state: Path) -> None:
     """Hold a reply until the next whole multiple of ``quantum`` seconds since its request came
     (at least one): how long the site took, which grows with its rows even for a request that
     costs almost no epsilon (round 0 at noise 1e5: 22 ms at 2,000 rows, 312 ms at 64,000;
     fourth review, F2), is then seen only to the quantum. Timing is a channel differential
-    privacy does not cover; this bounds it. 0: off."""
+    privacy does not cover; this bounds it. 0: off.
+
+    A reply that outlasted its quantum is said to the site's operator (:func:`_say_outlasted`);
+    the hold is measured after that, so the saying takes none of the time it reveals."""
     if quantum <= 0:
         return
+    if time.monotonic() - started > quantum:
+        _say_outlasted(quantum, state)
     elapsed = time.monotonic() - started
-    if elapsed > quantum and not _LONGER_THAN_A_QUANTUM.is_set():
-        # A coordinator that varies the work it asks for finds where replies cross into the next
-        # quantum, and that point moves with the rows read (ninth review, F1): said once.
-        _LONGER_THAN_A_QUANTUM.set()
-        log.warning("a reply took longer than one quantum (reply_quantum_seconds %g): its time says something of "
-                    "the extract's size; raise reply_quantum_seconds above the longest reply, or lower the "
-                    "policy's request limits", quantum)  # how long it took is what the quantum hides: not logged
     time.sleep(max(1, math.ceil(elapsed / quantum)) * quantum - elapsed)
 
 
-_LONGER_THAN_A_QUANTUM = threading.Event()  # said once per process
+OUTLASTED_QUANTUM = "reply-outlasted-quantum"  # in the site's state folder: the quantum last said
+
+
+def _say_outlasted(quantum: float, state: Path) -> None:
+    """Warn, once per quantum setting, that a reply took longer than the quantum: a coordinator
+    that varies the work it asks for finds where replies cross into the next quantum, and that
+    point moves with the rows read (ninth review, F1). Once per *setting*, kept in the site's
+    state folder: each reply runs in a process of its own, and said once per process it was said
+    on every reply (helper-98)."""
+    said, setting = state / OUTLASTED_QUANTUM, f"{quantum:g}"
+    try:
+        if said.is_file() and said.read_text() == setting:
+            return
+        said.write_text(setting)
+    except OSError:
+        pass  # a read-only state folder: said every time rather than never
+    log.warning("a reply took longer than one quantum (reply_quantum_seconds %g): its time says something of "
+                "the extract's size; raise reply_quantum_seconds above the longest reply, or lower the "
+                "policy's request limits", quantum)  # how long it took is what the quantum hides: not logged
 
 
 def _system(exc: BaseException) -> str:
@@ -164,7 +180,7 @@ def make_client_app(resolve_policy: PolicyResolver = policy_from_node_config) ->
                 log.error("request failed with %s%s\n%s", type(exc).__name__, _system(exc), where_it_failed(exc))
                 answer = (ErrorCode.SITE_FAILURE, "unexpected failure at the site")
             if site is not None:
-                _hold_to_quantum(started, site.policy.reply_quantum_seconds)
+                _hold_to_quantum(started, site.policy.reply_quantum_seconds, site.policy.ledger.parent)
             # The reply is made only now: Flower stamps a message's created_at, and its ttl, when
             # it is made, and both reach the coordinator (the fifth review's F1: made before the
             # hold, they told it how long the site worked, to the millisecond).

@@ -349,11 +349,13 @@ MUTATIONS = [
              (PRIVACY + "test_a_site_lets_no_single_request_spend_more_than_its_policy_allows",)),
     Mutation("a reply is made before the hold (Flower stamps when it was made)", "client/app.py",
              "            if site is not None:\n"
-             "                _hold_to_quantum(started, site.policy.reply_quantum_seconds)\n",
+             "                _hold_to_quantum(started, site.policy.reply_quantum_seconds, "
+             "site.policy.ledger.parent)\n",
              "            early = Message(content=answer, reply_to=message) if isinstance(answer, RecordDict) "
              "else None\n"
              "            if site is not None:\n"
-             "                _hold_to_quantum(started, site.policy.reply_quantum_seconds)\n"
+             "                _hold_to_quantum(started, site.policy.reply_quantum_seconds, "
+             "site.policy.ledger.parent)\n"
              "            if early is not None:\n                return early\n",
              (PRIVACY + "test_a_sites_replies_leave_on_its_time_quantum",)),
     Mutation("refusal text quotes the exception", "client/site.py",
