@@ -62,6 +62,14 @@ def interim_release_folders(out: Path) -> list[Path]:
     return sorted(path for path in out.parent.glob(f"{out.name}.round-*") if name.fullmatch(path.name))
 
 
+def _written_by(audit: AuditLog | None, fedsyn_run: str) -> set[Path]:
+    """The release folders run ``fedsyn_run`` wrote, by its audit entries (none without a log)."""
+    if audit is None:
+        return set()
+    return {Path(str(entry["path"])).resolve() for entry in audit.entries()
+            if entry.get("event") == "release_written" and entry.get("run") == fedsyn_run}
+
+
 def run_federation(grid: Grid, schema: Schema, settings: FederationSettings, plan: ReleasePlan,
                    on_round: RoundCallback | None = None, run_id: str | None = None,
                    resume: bool = False, plan_only: bool = False) -> Coordinator:
@@ -96,13 +104,16 @@ def _run(grid: Grid, schema: Schema, settings: FederationSettings, plan: Release
     coordinator = Coordinator(schema, settings, audit, run_id=fedsyn_run, state_dir=plan.state_dir)
 
     published: list[Path] = []
+    own_interims = _written_by(audit, fedsyn_run) if state is not None else set()
 
     def publish(out: Path) -> None:
         # The earlier release stays where pipelines and the dashboard find it until this run has
         # one of its own to put there: a refused or failed run leaves it in place. An earlier
         # run's interim releases beside it go aside at this run's first publication, so that the
-        # interim folders beside the release are one run's (helper-100 M-3).
-        earlier_interims = [] if published else interim_release_folders(plan.out)
+        # interim folders beside the release are one run's (helper-100 M-3); a resumed run's own,
+        # written before it stopped, stay.
+        earlier_interims = [] if published else [folder for folder in interim_release_folders(plan.out)
+                                                 if folder.resolve() not in own_interims]
         for folder in dict.fromkeys([*earlier_interims, out]):
             earlier = archive_earlier_release(folder)
             if earlier is not None:

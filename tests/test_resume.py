@@ -327,6 +327,20 @@ def test_a_failed_runs_interim_releases_leave_the_earlier_release_and_no_mix_of_
     assert len([p for p in tmp_path.iterdir() if p.name.startswith("release.round-") and ".replaced-" in p.name]) == 2
 
 
+def test_a_resumed_run_keeps_the_interim_releases_it_wrote_before_it_stopped(plan, demo_schema, tmp_path):
+    """helper-100 Low: resumed, a run moved its own round-001 aside as an earlier run's, so the
+    folders beside the release no longer held the run's every interim release."""
+    release = ReleasePlan(tmp_path / "release", rows=100, every=1, audit_log=tmp_path / "audit.jsonl",
+                          state_dir=tmp_path / "state")
+    app = make_client_app(plan.site_policy)
+    with pytest.raises(CoordinatorCrash):
+        run_federation(CrashingGrid(app, len(plan.policies), crash_at=2), demo_schema, SETTINGS, release)
+    before = (tmp_path / "release.round-001" / "privacy_report.json").read_text()
+    run_federation(InProcessGrid(app, len(plan.policies)), demo_schema, SETTINGS, release, resume=True)
+    assert (tmp_path / "release.round-001" / "privacy_report.json").read_text() == before
+    assert sorted(p.name for p in tmp_path.glob("release.round-*")) == ["release.round-001", "release.round-002"]
+
+
 def test_the_coordinator_fits_the_generator_to_every_sites_tables_before_round_one(plan, demo_schema, tmp_path,
                                                                                     monkeypatch):
     """With table_steps the coordinator fits the fresh generator once, after the sites' slots and
