@@ -50,6 +50,8 @@ PAIR_TABLES_STAGE = "pair-tables"
 # Training rounds of a run whose answers are kept whole: the one a resumed coordinator asks
 # again, and the one before it (its state may have been saved a round late).
 KEPT_ROUNDS = 2
+# What reading a stored reply raises when the file is truncated, foreign or not an answer.
+UNREADABLE = (OSError, ValueError, KeyError, TypeError, EOFError, zipfile.BadZipFile)
 
 
 def request_digest(config: Mapping[str, object], arrays: Mapping[str, np.ndarray] | None = None) -> str:
@@ -77,18 +79,27 @@ class ReplyStore:
         suffix = f"-{stage}" if stage else ""
         return self.directory / f"{self._prefix(run_id)}{round_:05d}{suffix}.npz"
 
-    def get(self, run_id: str, round_: int, digest: str, stage: str = ""
+    def get(self, run_id: str, round_: int, digest: str, nonce: str | None, stage: str = ""
             ) -> tuple[dict[str, np.ndarray], dict[str, float], PrivacyEvent] | None:
-        """The stored answer to exactly this request, or None."""
+        """The stored answer to exactly this request, charged to the ledger with ``nonce``, or
+        None. An answer charged to an earlier ledger (reset for another cohort) is that cohort's,
+        not this one's (helper-101 L3). A file that cannot be read is no answer: the request is
+        charged again, which over-counts and never under-counts (helper-101 L2: it failed every
+        request, budget queries included)."""
         path = self._path(run_id, round_, stage)
         if not path.is_file():
             return None
-        with np.load(path, allow_pickle=False) as stored:
-            meta = json.loads(str(stored["meta"]))
-            if meta["digest"] != digest or meta.get("slimmed"):
-                return None
-            arrays = {name: stored[f"a{index}"] for index, name in enumerate(meta["names"])}
-        return arrays, meta["metrics"], PrivacyEvent(**meta["event"])
+        try:
+            with np.load(path, allow_pickle=False) as stored:
+                meta = json.loads(str(stored["meta"]))
+                if (meta["digest"] != digest or meta.get("slimmed")
+                        or (meta.get("ledger") or {}).get("nonce") != nonce):
+                    return None
+                arrays = {name: stored[f"a{index}"] for index, name in enumerate(meta["names"])}
+            return arrays, meta["metrics"], PrivacyEvent(**meta["event"])
+        except UNREADABLE as exc:
+            _unreadable(path, exc)
+            return None
 
     def put(self, run_id: str, round_: int, digest: str, arrays: Mapping[str, np.ndarray],
             metrics: Mapping[str, float], event: PrivacyEvent, charge: tuple[str | None, int], stage: str = "") -> None:
@@ -123,7 +134,7 @@ class ReplyStore:
                 write_atomically(path, lambda out, text=slim: np.savez(out, meta=np.array(text)))  # type: ignore[misc]
                 # Its time stays that of its charge: charges_proven reads the newest files.
                 os.utime(path, ns=(written.st_atime_ns, written.st_mtime_ns))
-            except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile):
+            except UNREADABLE:
                 log.warning("a stored reply could not be slimmed; it is kept whole",
                             extra={"fedsyn": {"event": "reply_not_slimmed", "file": path.name}})
 
@@ -146,11 +157,21 @@ class ReplyStore:
             try:
                 with np.load(path, allow_pickle=False) as stored:
                     ledger = json.loads(str(stored["meta"])).get("ledger") or {}
-            except OSError:  # moved away meanwhile: it proves nothing here
+            except FileNotFoundError:  # moved away meanwhile: it proves nothing here
+                continue
+            except UNREADABLE as exc:  # proves nothing either; the ledger and trail checks still hold
+                _unreadable(path, exc)
                 continue
             if nonce is not None and ledger.get("nonce") == nonce:
                 proven = max(proven, int(ledger.get("position", -1)) + 1)
         return proven
+
+
+def _unreadable(path: Path, exc: BaseException) -> None:
+    """Say which stored reply could not be read, and why, in the site's own log."""
+    log.warning("stored reply %s cannot be read (%s): it is ignored, and a request it answered is charged "
+                "again. Move it out of %s if it stays unreadable", path.name, type(exc).__name__, path.parent,
+                extra={"fedsyn": {"event": "reply_unreadable", "file": path.name}})
 
 
 def _modified(path: Path) -> float:

@@ -180,17 +180,19 @@ def _free_name(path: Path) -> Path:
 
 
 def charges_in_trail(trail_path: Path) -> int:
-    """The highest ledger size the site's trail recorded since the ledger last (re)started."""
+    """How many charges the ledger must hold by the site's trail since the ledger last
+    (re)started: the highest ledger size a charge recorded, or the charges recorded, whichever
+    is more (two charges that read the same ledger both record the same size: helper-101 L1)."""
     if not trail_path.exists():
         return 0
-    highest = 0
+    highest = charges = 0
     for line in trail_path.read_text().splitlines():
         entry = json.loads(line)
         if entry.get("event") in LEDGER_STARTS:
-            highest = 0
+            highest = charges = 0
         elif entry.get("event") == CHARGED:
-            highest = max(highest, int(entry.get("ledger_events", 0)))
-    return highest
+            highest, charges = max(highest, int(entry.get("ledger_events", 0))), charges + 1
+    return max(highest, charges)
 
 
 class Site:
@@ -459,7 +461,7 @@ class Site:
         """This site's stored answer to exactly this request of this run, sent again at no cost."""
         if not run_id:
             return None
-        stored = self.replies.get(run_id, round_, digest, stage)
+        stored = self.replies.get(run_id, round_, digest, self.ledger.stream_nonce, stage)
         if stored is not None:
             self.trail.append_unless_repeated("reply_replayed", since=CHARGED, run=run_id, round=round_,
                                               privacy=asdict(stored[2]), epsilon_spent=self.ledger.epsilon())

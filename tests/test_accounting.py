@@ -143,6 +143,44 @@ def test_concurrent_processes_cannot_overspend_one_ledger(tmp_path):
     assert PrivacyLedger.load(path).epsilon() <= budget
 
 
+def test_a_lock_file_deleted_while_a_charge_holds_it_loses_no_charge(tmp_path, monkeypatch):
+    """helper-101 L1: the lock file deleted (a cleaner's "stale .lock") while one charge held it
+    let a second charge lock a new file and read the same ledger: both wrote one event, and one
+    charge was lost. Now a charge whose lock left the path writes nothing and says so."""
+    import threading
+    import time
+
+    path = tmp_path / "ledger.json"
+    PrivacyLedger.create(path, delta=1e-5)
+    event = PrivacyEvent("dp-sgd", 1.0, 0.1, 400)
+    original, slowed = PrivacyLedger.check, threading.Event()
+
+    def slow_check(self, *args, **kwargs):
+        if not slowed.is_set():  # the first charge only
+            slowed.set()
+            time.sleep(1.0)
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(PrivacyLedger, "check", slow_check)
+    outcomes: list[str] = []
+
+    def charge() -> None:
+        try:
+            PrivacyLedger.open(path, 1e-5).charge(event, 100.0)
+            outcomes.append("charged")
+        except LedgerError as exc:
+            outcomes.append("lock" if "was deleted while a charge held it" in str(exc) else repr(exc))
+
+    first = threading.Thread(target=charge)
+    first.start()
+    time.sleep(0.3)
+    (tmp_path / "ledger.json.lock").unlink()
+    charge()
+    first.join(10)
+    assert sorted(outcomes) == ["charged", "lock"]
+    assert len(PrivacyLedger.load(path).events) == outcomes.count("charged")
+
+
 def test_calibrated_noise_meets_budget_tightly():
     sigma = calibrate_noise_multiplier(1.0, 1e-5, 0.05, 500, prior=EVENTS[:1])
     ledger = PrivacyLedger(1e-5, "rdp", EVENTS[:1])

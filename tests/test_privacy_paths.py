@@ -559,6 +559,22 @@ def test_a_deleted_or_reset_ledger_is_refused(tmp_path, small_frame):
     Site(site.policy)  # restored from backup: accepted again
 
 
+def test_two_charges_that_read_the_same_ledger_are_both_counted_from_the_trail(tmp_path, small_frame):
+    """helper-101 L1's second half: two charges that read the same ledger (its lock deleted under
+    them) both record the same ledger size in the trail; the trail's count of charges still
+    says one was lost, and the site spends nothing until its ledger holds both."""
+    import json
+
+    site = _site(tmp_path, small_frame)
+    site.release_marginals(30.0, 50.0, protocol.schema_fingerprint(site.schema))
+    trail = site.policy.audit_trail
+    charged = next(line for line in trail.read_text().splitlines() if json.loads(line)["event"] == "privacy_charged")
+    site.trail.append("privacy_charged", **{k: v for k, v in json.loads(charged).items()
+                                            if k in ("privacy", "ledger_events", "epsilon_spent")})
+    with pytest.raises(LedgerError, match="audit trail .* records 2 charges"):
+        Site(site.policy)
+
+
 @pytest.mark.parametrize("last_charge", ["marginals of run-b", "marginals naming no run", "a round naming no run"])
 def test_a_ledger_and_trail_restored_from_an_older_backup_are_refused(tmp_path, small_frame, last_charge):
     """The fourth review's F4: restored together from a backup taken before the last charge, the

@@ -258,11 +258,12 @@ def test_the_reply_store_keeps_any_column_name(tmp_path):
     arrays = {"file": np.ones(2), "allow_pickle": np.zeros(3), "meta": np.arange(4.0), "a0": np.full(1, 7.0)}
     event = PrivacyEvent("gaussian-marginals", 3.0, 1.0, 1, round=0)
     store.put("run-1", 0, "abc", arrays, {}, event, ("nonce", 4))
-    got, metrics, replayed = store.get("run-1", 0, "abc")
+    got, metrics, replayed = store.get("run-1", 0, "abc", "nonce")
     assert store.charges_proven("nonce") == 5 and store.charges_proven("another ledger") == 0
     assert {k: v.tolist() for k, v in got.items()} == {k: v.tolist() for k, v in arrays.items()}
     assert replayed == event and metrics == {}
-    assert store.get("run-1", 0, "another request") is None and store.get("run-2", 0, "abc") is None
+    assert store.get("run-1", 0, "another request", "nonce") is None and store.get("run-2", 0, "abc", "nonce") is None
+    assert store.get("run-1", 0, "abc", "another ledger") is None  # helper-101 L3: another cohort's answer
 
 
 def test_no_run_a_coordinator_may_name_shares_another_runs_stored_replies(tmp_path):
@@ -276,8 +277,8 @@ def test_no_run_a_coordinator_may_name_shares_another_runs_stored_replies(tmp_pa
     event = PrivacyEvent("gaussian-marginals", 3.0, 1.0, 1, round=0)
     store.put("", 0, "abc", {"a": np.ones(1)}, {}, event, ("nonce", 0))
     _check_run_id("_unnamed-run")  # a run id a coordinator may choose...
-    assert store.get("_unnamed-run", 0, "abc") is None  # ...is not the unnamed store
-    assert store.get("", 0, "abc") is not None
+    assert store.get("_unnamed-run", 0, "abc", "nonce") is None  # ...is not the unnamed store
+    assert store.get("", 0, "abc", "nonce") is not None
     for name in ("é1", "ü1"):
         with pytest.raises(ReplyError):
             _check_run_id(name)
@@ -466,9 +467,9 @@ def test_the_reply_store_keeps_the_newest_rounds_whole_and_the_older_ones_as_rec
     store.put("run-2", 1, "digest-1", update, {}, PrivacyEvent("dp-sgd", 1.0, 0.1, 10, round=1), ("nonce", 4))
     store.put("run-1", 4, "digest-4", update, {}, PrivacyEvent("dp-sgd", 1.0, 0.1, 10, round=4), ("nonce", 5))
 
-    kept = {round_: store.get("run-1", round_, f"digest-{round_}") is not None for round_ in range(5)}
+    kept = {round_: store.get("run-1", round_, f"digest-{round_}", "nonce") is not None for round_ in range(5)}
     assert kept == {0: True, 1: False, 2: False, 3: True, 4: True}
-    assert store.get("run-2", 1, "digest-1") is not None
+    assert store.get("run-2", 1, "digest-1", "nonce") is not None
     slimmed = tmp_path / "run-1-round-00001.npz"
     assert slimmed.stat().st_size < 2000 < (tmp_path / "run-1-round-00003.npz").stat().st_size
     assert store.charges_proven("nonce") == 6
@@ -492,7 +493,7 @@ def test_a_slimmed_reply_still_proves_its_charge_and_keeps_its_time(tmp_path):
     store.put(lookalike, 1, "digest", update, {}, PrivacyEvent("dp-sgd", 1.0, 0.1, 10, round=1), ("other", 0))
     store.put("run-1", 6, "digest-6", update, {}, PrivacyEvent("dp-sgd", 1.0, 0.1, 10, round=6), ("new", 6))
 
-    assert store.get("run-1", 3, "digest-3") is None and store.get(lookalike, 1, "digest") is not None
+    assert store.get("run-1", 3, "digest-3", "old") is None and store.get(lookalike, 1, "digest", "other") is not None
     assert store.charges_proven("old") == 4 and store.charges_proven("new") == 7
     times = [(tmp_path / f"run-1-round-{r:05d}.npz").stat().st_mtime_ns for r in (1, 2, 3)]
     assert times == [r * 10**9 for r in (1, 2, 3)]
@@ -506,8 +507,49 @@ def test_a_stored_reply_that_cannot_be_read_is_kept_and_the_answer_still_stored(
     (tmp_path / "run-1-round-00001.npz").write_bytes(content)
     update = {"weights": np.ones(10)}
     store.put("run-1", 5, "digest-5", update, {}, PrivacyEvent("dp-sgd", 1.0, 0.1, 10, round=5), ("nonce", 5))
-    assert store.get("run-1", 5, "digest-5") is not None
+    assert store.get("run-1", 5, "digest-5", "nonce") is not None
     assert (tmp_path / "run-1-round-00001.npz").read_bytes() == content
+
+
+@pytest.mark.parametrize("content", [b"", b"not a zip", b"PK\x03\x04 cut short"])
+def test_an_unreadable_stored_reply_is_charged_again_and_stops_no_request(tmp_path, small_frame, content, caplog):
+    """helper-101 L2: one truncated stored reply failed every request of the site, budget queries
+    included, each as a possible charge at the coordinator. It is now no answer (asked again, the
+    request is charged again: an over-count, never an under-count), and the site's log names it."""
+    import logging
+
+    from fedsyn.data.demo import demo_schema_path
+    from fedsyn.simulations.run import prepare_sites
+
+    plan = prepare_sites([small_frame], demo_schema_path(), tmp_path / "sites", epsilon=50.0, delta=1e-5)
+    site = Site(SitePolicy.load(plan.policies[0]))
+    fingerprint = protocol.schema_fingerprint(site.schema)
+    site.release_marginals(30.0, 50.0, fingerprint, run_id="run-a")
+    stored = next(site.replies.directory.glob("run-a-round-*.npz"))
+    stored.write_bytes(content)
+    with caplog.at_level(logging.WARNING, logger="fedsyn.client"):
+        site = Site(site.policy)  # the proof of charges reads it
+        assert site.budget().spent > 0
+        site.release_marginals(30.0, 50.0, fingerprint, run_id="run-a")
+    assert len(site.ledger.events) == 2 and stored.name in caplog.text
+
+
+def test_a_reset_ledger_is_not_answered_with_the_earlier_cohorts_stored_tables(tmp_path, small_frame):
+    """helper-101 L3: after `ledger init --reset-reason` (the extract holds other patients), the
+    earlier cohort's stored round-0 tables were replayed as the site's answer, uncharged."""
+    from fedsyn.client.site import initialise_ledger
+    from fedsyn.data.demo import demo_schema_path
+    from fedsyn.simulations.run import prepare_sites
+
+    plan = prepare_sites([small_frame], demo_schema_path(), tmp_path / "sites", epsilon=50.0, delta=1e-5)
+    site = Site(SitePolicy.load(plan.policies[0]))
+    fingerprint = protocol.schema_fingerprint(site.schema)
+    before, _ = site.release_marginals(30.0, 50.0, fingerprint, run_id="run-a")
+    initialise_ledger(site.policy, reset_reason="new cohort")
+    site = Site(site.policy)
+    after, _ = site.release_marginals(30.0, 50.0, fingerprint, run_id="run-a")
+    assert len(site.ledger.events) == 1  # charged to the new ledger
+    assert any(not np.array_equal(before.arrays[k], after.arrays[k]) for k in before.arrays)
 
 
 def test_a_run_waiting_for_its_sites_says_how_many_it_has(plan, demo_schema, tmp_path, monkeypatch, caplog):

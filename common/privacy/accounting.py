@@ -13,13 +13,14 @@ from __future__ import annotations
 import fcntl
 import json
 import math
+import os
 import warnings
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from functools import lru_cache
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, TextIO
 
 import numpy as np
 from opacus.accountants import PRVAccountant
@@ -134,6 +135,39 @@ class LedgerError(PrivacyRefusal, RuntimeError):
     """The on-disk ledger is missing, corrupt, locked by a foreign format or bound elsewhere."""
 
 
+@contextmanager
+def _held_lock(lock_path: Path) -> Iterator[TextIO]:
+    """The lock file at ``lock_path``, open and exclusively locked. A lock file deleted while
+    another process held it (a cleaner removing a "stale" ``.lock``) leaves that process locking
+    a file no longer at the path, and the next one would lock a new file beside it: both
+    charged from the same count and one charge was lost (helper-101 L1). So a lock is held only
+    once the locked file is still the one at the path, and a charge checks it again right before
+    it writes (:meth:`PrivacyLedger._locked`)."""
+    while True:
+        lock = open(lock_path, "a")
+        try:
+            fcntl.flock(lock.fileno(), fcntl.LOCK_EX)
+            if _is_at(lock, lock_path):
+                break
+        except BaseException:
+            lock.close()
+            raise
+        lock.close()  # unlinked or replaced meanwhile: lock the file now at the path
+    try:
+        yield lock
+    finally:
+        fcntl.flock(lock.fileno(), fcntl.LOCK_UN)
+        lock.close()
+
+
+def _is_at(opened: TextIO, path: Path) -> bool:
+    """Whether the open file ``opened`` is the file at ``path`` now."""
+    try:
+        return os.path.samestat(os.fstat(opened.fileno()), os.stat(path))
+    except FileNotFoundError:
+        return False
+
+
 class PrivacyLedger:
     """The cumulative record of a site's spent privacy, optionally persisted to disk.
 
@@ -219,30 +253,35 @@ class PrivacyLedger:
         number no other charge of this ledger ever gets, which keys the mechanism's
         random stream.
         """
-        with self._locked():
+        with self._locked() as still_locked:
             self.check(event, budget, request_cap)
             self.events.append(event)
             if self.path is not None:
+                still_locked()
                 self.save(self.path)
             return len(self.events) - 1
 
     @contextmanager
-    def _locked(self) -> Iterator[None]:
-        """Hold the ledger's exclusive lock and bring :attr:`events` up to date from disk."""
+    def _locked(self) -> Iterator[Callable[[], None]]:
+        """Hold the ledger's exclusive lock and bring :attr:`events` up to date from disk. Yields
+        a check to call right before writing: it raises if the lock file is no longer the one
+        at its path (deleted while held: another process may be charging from the same count)."""
         if self.path is None:
-            yield
+            yield lambda: None
             return
         lock_path = self.path.with_name(self.path.name + ".lock")
-        with open(lock_path, "a") as lock:
-            fcntl.flock(lock.fileno(), fcntl.LOCK_EX)
-            try:
-                current = self.load(self.path)
-                if (current.delta, current.accountant) != (self.delta, self.accountant):
-                    raise LedgerError(f"ledger {self.path} changed its delta or accountant while in use")
-                self.events = current.events
-                yield
-            finally:
-                fcntl.flock(lock.fileno(), fcntl.LOCK_UN)
+        with _held_lock(lock_path) as lock:
+            current = self.load(self.path)
+            if (current.delta, current.accountant) != (self.delta, self.accountant):
+                raise LedgerError(f"ledger {self.path} changed its delta or accountant while in use")
+            self.events = current.events
+
+            def still_locked() -> None:
+                if not _is_at(lock, lock_path):
+                    raise LedgerError(f"the ledger's lock {lock_path} was deleted while a charge held it, so another "
+                                      "charge may have read the same ledger: nothing was charged. Leave the .lock "
+                                      "file in place (it is not stale while the site runs)")
+            yield still_locked
 
     def to_dict(self) -> dict[str, Any]:
         return {
