@@ -343,7 +343,9 @@ class PrivacyLedger:
         if not path.exists():
             raise LedgerError(
                 f"no privacy ledger at {path}. If this site has never spent privacy on this extract, create it "
-                "with `fedsyn client ledger init --config SITE_POLICY`; if it existed, restore it from backup")
+                "with `fedsyn client ledger init --config SITE_POLICY`; if it existed, restore it from backup. A "
+                "policy for another federation on an extract that already has a ledger points `ledger` at that "
+                "file: one extract, one ledger, one budget")
         ledger = cls.load(path)
         if ledger.delta != delta or ledger.accountant != accountant:
             raise LedgerError(
