@@ -729,6 +729,24 @@ def test_a_draft_from_parquet_float_codes_validates_its_own_source(tmp_path):
     assert validate_frame(read_table(tmp_path / "x.parquet", reviewed), reviewed).ok
 
 
+def test_a_draft_from_a_csv_keeps_zero_padded_codes_as_written(tmp_path):
+    """helper-102: a CSV's 3-digit postcodes '018' and '021' were read as the numbers 18 and 21;
+    the draft listed '18' and '21', and the file then failed its own draft on every row. A
+    number column written without padding stays a number."""
+    from fedsyn.data.schema import draft_schema
+    from fedsyn.data.tables import read_table
+
+    rng = np.random.default_rng(0)
+    (tmp_path / "x.csv").write_text("zip3,age\n" + "".join(
+        f"{rng.choice(['018', '021', '022', '105'])},{rng.integers(18, 90)}\n" for _ in range(200)))
+    draft = draft_schema(read_table(tmp_path / "x.csv"), outcome=None)
+    assert draft.column("zip3").categories == ["018", "021", "022", "105"]
+    assert draft.column("age").kind == ColumnKind.INTEGER
+    reviewed = draft.model_copy(update={"columns": [c.model_copy(update={"needs_review": False})
+                                                    for c in draft.columns]})
+    assert validate_frame(read_table(tmp_path / "x.csv", reviewed), reviewed).ok
+
+
 def test_a_parquet_exports_empty_text_cells_are_missing_as_in_a_csv(tmp_path):
     """A newcomer's Parquet held '' where its CSV held nothing: its ages were drafted as a category
     ('drop it as an identifier'), a flag got the level '', and validation called every empty cell

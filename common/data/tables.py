@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import hashlib
+import re
 from collections.abc import Collection, Mapping
 from pathlib import Path
 
@@ -60,6 +61,8 @@ def read_table(path: str | Path, schema: Schema | None = None) -> pd.DataFrame:
         if suffix in _TEXT_SEPARATORS:
             dtype = {c.name: str for c in schema.categorical_columns} if schema else None
             frame = pd.read_csv(path, sep=_TEXT_SEPARATORS[suffix], dtype=dtype, keep_default_na=True)
+            if schema is None:
+                frame = _codes_as_written(frame, path, _TEXT_SEPARATORS[suffix])
         else:
             frame = _blank_text_as_missing(pd.read_parquet(path), category_levels(schema) if schema else {})
     except pd.errors.EmptyDataError:
@@ -82,6 +85,24 @@ def read_table(path: str | Path, schema: Schema | None = None) -> pd.DataFrame:
     for column in schema.categorical_columns if schema is not None else []:
         if column.name in frame.columns:
             frame[column.name] = _as_category(frame[column.name], column)
+    return frame
+
+
+_ZERO_PADDED = re.compile(r"0\d+")  # '021', '007': a code, not the number 21 or 7
+
+
+def _codes_as_written(frame: pd.DataFrame, path: Path, separator: str) -> pd.DataFrame:
+    """``frame`` (read without a schema, its types guessed) with each number column that the file
+    writes zero-padded ('021' for a 3-digit postcode, '007' for a ward) read as its text again:
+    read as numbers, a draft listed '18' and '21' for a file's '018' and '021', and the file then
+    failed its own draft on every row (a newcomer's zip3)."""
+    numeric = [name for name in frame.columns if pd.api.types.is_numeric_dtype(frame[name])]
+    if not numeric:
+        return frame
+    text = pd.read_csv(path, sep=separator, dtype=str, usecols=numeric, keep_default_na=True)
+    for name in numeric:
+        if text[name].dropna().str.strip().str.fullmatch(_ZERO_PADDED).any():
+            frame[name] = text[name]
     return frame
 
 
