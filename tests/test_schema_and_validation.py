@@ -747,6 +747,24 @@ def test_a_draft_from_a_csv_keeps_zero_padded_codes_as_written(tmp_path):
     assert validate_frame(read_table(tmp_path / "x.csv", reviewed), reviewed).ok
 
 
+def test_a_draft_reads_decimal_commas_and_thousands_separators_as_numbers_and_validate_names_them(tmp_path):
+    """helper-102: temperatures 30 % written '37,2' and costs written '20,532.98' were drafted as
+    free text ('none of its values written'), and validate said only "not a number"."""
+    from fedsyn.data.schema import draft_schema
+    from fedsyn.data.tables import read_table
+
+    rng = np.random.default_rng(0)
+    temps = [f"{t:.1f}".replace(".", "," if i % 3 == 0 else ".") for i, t in enumerate(rng.normal(37, 0.5, 300))]
+    costs = [f"{c:,.2f}" if i % 2 else f"{c:.2f}" for i, c in enumerate(rng.lognormal(9, 0.6, 300))]
+    pd.DataFrame({"temp_c": temps, "cost": costs}).to_csv(tmp_path / "x.csv", index=False)
+    draft = draft_schema(read_table(tmp_path / "x.csv"), outcome=None)
+    assert draft.column("temp_c").kind == ColumnKind.CONTINUOUS and draft.column("cost").kind == ColumnKind.CONTINUOUS
+    reviewed = draft.model_copy(update={"columns": [c.model_copy(update={"needs_review": False})
+                                                    for c in draft.columns]})
+    said = {p.column: p.describe() for p in validate_frame(read_table(tmp_path / "x.csv", reviewed), reviewed).problems}
+    assert "decimal comma" in said["temp_c"] and "thousands separators" in said["cost"]
+
+
 def test_a_parquet_exports_empty_text_cells_are_missing_as_in_a_csv(tmp_path):
     """A newcomer's Parquet held '' where its CSV held nothing: its ages were drafted as a category
     ('drop it as an identifier'), a flag got the level '', and validation called every empty cell

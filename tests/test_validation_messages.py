@@ -80,12 +80,13 @@ def test_numbers_written_with_thousands_separators_are_named_as_such_never_by_va
     """A newcomer's costs written '6,994.91' failed in every row as 'not a number', with a hint
     about detection limits and units and none about the separator."""
     frame = demo_frame.head(20).astype({"age": object})
-    frame.loc[frame.index[:3], "age"] = ["1,050", "2,000.5", "n/a?"]
+    frame.loc[frame.index[:5], "age"] = ["1,050", "2,000.5", "n/a?", "38,1", "0,89"]
     problems = [p for p in validate_frame(frame, demo_schema).problems if p.column == "age"]
     grouped = next(p for p in problems if "thousands separators" in p.describe())
+    comma = next(p for p in problems if "decimal comma" in p.describe())  # helper-102: only "not a number"
     other = next(p for p in problems if "not a number" in p.describe())
-    assert grouped.rows == 2 and other.rows == 1
-    assert not any(value in p.describe() for p in problems for value in ("1,050", "2,000.5", "n/a?"))
+    assert grouped.rows == 2 and comma.rows == 2 and other.rows == 1
+    assert not any(value in p.describe() for p in problems for value in ("1,050", "2,000.5", "n/a?", "38,1", "0,89"))
 
 
 def test_a_drafts_outcome_typo_and_a_schemas_bad_column_name_the_column_never_a_value(demo_frame, tmp_path):

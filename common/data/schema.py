@@ -543,6 +543,7 @@ def _drafted_column(series: pd.Series, outcome: bool = False, date: bool = False
     if date or date_like(series):  # a Parquet export's dates read as numbers: their bounds two patients' dates
         return Column(name=name, kind=ColumnKind.CATEGORICAL, categories=[UNLISTED_LEVELS], nullable=nullable,
                       needs_review=True)
+    values = _separators_read(values)
     numeric = pd.to_numeric(values, errors="coerce")
     unknown_words = _words_for_unknown(values) if len(values) > 0 else []
     if len(values) > 0 and (_stray_cells(values) <= STRAY_TEXT_SHARE * len(values) or unknown_words) \
@@ -921,6 +922,25 @@ def _words_for_unknown(cells: pd.Series) -> list[str]:
         and int(counts.min()) >= STRAY_WORD_REPEATS and not words.str.contains(r"\d").any() \
         and bool(words.str.contains(r"[^\W\d_]").all())
     return sorted(set(written)) if found else []
+
+
+DECIMAL_COMMA = r"[+-]?\d+,(\d{1,2}|\d{4,})"  # 37,2 or 0,89 (three digits after it would be thousands)
+THOUSANDS_GROUPED = r"[+-]?\d{1,3}(,\d{3})+(\.\d+)?"  # 6,994.91
+
+
+def _separators_read(cells: pd.Series) -> pd.Series:
+    """``cells`` with each one written with a decimal comma ('37,2') or thousands separators
+    ('20,532.98') as its number: a newcomer's temperatures (30 % written so) and costs were
+    drafted as free text. Validation still names those cells in the file, so that its export is
+    fixed rather than guessed at each read."""
+    if pd.api.types.is_numeric_dtype(cells):
+        return cells
+    text = cells.astype(str).str.strip()
+    comma, grouped = text.str.fullmatch(DECIMAL_COMMA), text.str.fullmatch(THOUSANDS_GROUPED)
+    if not (comma.any() or grouped.any()):
+        return cells
+    return cells.mask(comma, text.str.replace(",", ".", regex=False)).mask(
+        grouped, text.str.replace(",", "", regex=False))
 
 
 def _stray_cells(cells: pd.Series) -> int:

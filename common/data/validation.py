@@ -15,9 +15,11 @@ import pandas as pd
 
 from fedsyn.data.grid import bin_index, numeric_bins
 from fedsyn.data.schema import (
+    DECIMAL_COMMA,
     MANY_CATEGORIES,
     NO_WORDS,
     RARE_LEVEL_ROWS,
+    THOUSANDS_GROUPED,
     YES_WORDS,
     Column,
     ColumnKind,
@@ -397,7 +399,6 @@ def _some(hinted: pd.Series) -> str:
     return "" if hinted.all() else " (some of them)"
 
 
-THOUSANDS_GROUPED = r"[+-]?\d{1,3}(,\d{3})+(\.\d+)?"  # a number written 6,994.91: read as text
 
 
 def _column_masks(series: pd.Series, column: Column) -> list[tuple[str, np.ndarray]]:
@@ -430,6 +431,11 @@ def _column_masks(series: pd.Series, column: Column) -> list[tuple[str, np.ndarr
         found.append(("value is written with thousands separators (1,234.5): write it without them (1234.5)",
                       grouped))
         non_numeric = non_numeric & ~grouped
+    comma = non_numeric & series.astype(str).str.strip().str.fullmatch(DECIMAL_COMMA).to_numpy(dtype=bool)
+    if comma.any():  # a newcomer's temperatures, 30 % written 37,2, were told only "not a number"
+        found.append(("value is written with a decimal comma (37,2): write it with a decimal point (37.2), e.g. "
+                      "export the file with '.' as the decimal separator", comma))
+        non_numeric = non_numeric & ~comma
     if non_numeric.any():
         found.append(("value is not a number: write the number (a lab's '<0.3' as the public detection limit, "
                       "0.3, or make 0.3 the column's bound, where such cells are read as it; a unit removed), or "
