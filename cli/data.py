@@ -141,9 +141,10 @@ def schema_draft(
                       "beyond the others (a code such as 999 for 'unknown'): if it stands for a missing value, "
                       "add it to the column's own missing_values and drop it from the levels; otherwise correct "
                       f"those rows (fedsyn validate --schema {out} {checked} lists them once it is dropped)[/]")
-    for name in mostly_empty_columns(extract, draft):
-        console.print(f"[yellow]column '{name}' is empty in nearly every row: it teaches the release little beyond "
-                      "how often it is missing, and every column shares the budget (the noise grows with the "
+    for name, empty in mostly_empty_columns(extract, draft).items():
+        said = ("is empty in every row: it teaches the release nothing" if empty else
+                "is empty in nearly every row: it teaches the release little beyond how often it is missing")
+        console.print(f"[yellow]column '{name}' {said}, and every column shares the budget (the noise grows with the "
                       "table's width): drop it unless a question needs it[/]")
     for name in constant_columns(extract, draft):
         console.print(f"[yellow]column '{name}' holds one value in every row: unless it names the hospital (a site "

@@ -1013,22 +1013,25 @@ def far_level_columns(frame: pd.DataFrame, schema: Schema) -> dict[str, list[str
 def constant_columns(frame: pd.DataFrame, schema: Schema) -> list[str]:
     """Of a draft's columns, those holding one value in every row: they tell nothing, and every
     column shares the budget (its noise grows with the table's width). One value and empty
-    cells is a flag ('Y' or nothing), not a constant."""
+    cells is a flag ('Y' or nothing), not a constant; an empty column is
+    :func:`mostly_empty_columns`'."""
     frame = without_schema_markers(frame, schema)
-    return [c.name for c in schema.columns
-            if c.name in frame.columns and frame[c.name].nunique(dropna=False) <= 1 and len(frame) > 1]
+    return [c.name for c in schema.columns if c.name in frame.columns and len(frame) > 1
+            and frame[c.name].nunique(dropna=False) <= 1 and frame[c.name].notna().any()]
 
 
 MOSTLY_EMPTY_SHARE = 0.95  # a drafted column empty in more of its rows than this is named
 
 
-def mostly_empty_columns(frame: pd.DataFrame, schema: Schema) -> list[str]:
-    """Of a draft's columns, those empty in more than :data:`MOSTLY_EMPTY_SHARE` of the rows but
-    not in all (helper-95's genetic panel, 99 % empty, went unnamed): they teach the release
-    little beyond how often they are missing, and every column shares the budget. Names only."""
+def mostly_empty_columns(frame: pd.DataFrame, schema: Schema) -> dict[str, bool]:
+    """Of a draft's columns, those empty in more than :data:`MOSTLY_EMPTY_SHARE` of the rows
+    (helper-95's genetic panel, 99 % empty, went unnamed), each with whether it is empty in every
+    row (helper-102's was called a column of one value): they teach the release little beyond
+    how often they are missing, and every column shares the budget. Names only."""
     frame = without_schema_markers(frame, schema)
-    return [c.name for c in schema.columns if c.name in frame.columns and len(frame) > 1
-            and MOSTLY_EMPTY_SHARE < frame[c.name].isna().mean() < 1.0]
+    shares = {c.name: float(frame[c.name].isna().mean()) for c in schema.columns
+              if c.name in frame.columns and len(frame) > 1}
+    return {name: share == 1.0 for name, share in shares.items() if share > MOSTLY_EMPTY_SHARE}
 
 
 def duplicate_columns(frame: pd.DataFrame, schema: Schema) -> list[tuple[str, str]]:
