@@ -187,11 +187,13 @@ class WidthPlan:
         holds for any 30 such columns. Counted for the cheapest columns only, the advice moved as
         a newcomer followed it (keep 30 of 54, then 21 of 29, then 17 of 21: the columns kept
         had more levels than the cheapest)."""
-        options = [f"{columns} columns if each has at most {levels} levels" for columns, levels in self.keep_options]
+        # 'all': fewer levels would do, not fewer columns ('at most 11' of 11 read as 'at the limit')
+        options = [f"{'all' if columns >= self.measured_columns else 'at most'} {columns} columns if each has at most "
+                   f"{levels} levels" for columns, levels in self.keep_options]
         if not options:
             return ""
         site = ", the site column among them" if self.measured_columns > len(self.columns) else ""
-        return (f"keep at most {', or '.join(options)} (of the {self.measured_columns} besides the outcome{site}; a "
+        return (f"keep {', or '.join(options)} (of the {self.measured_columns} besides the outcome{site}; a "
                 f"numeric column counts as {NUMERIC_GROUPS} levels, and missing values as one more)")
 
     @property

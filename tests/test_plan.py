@@ -53,7 +53,7 @@ def test_the_width_plan_says_a_wide_table_at_a_small_site_cannot_be_resolved_and
     assert plan.level == "red" and plan.measured_columns == 51
     assert plan.cell_noise > 30  # the noise that swamped counts of about 3
     assert plan.epsilon_needed is not None and plan.epsilon_needed > 1.0
-    assert plan.keep_options and plan.keep_options[-1][0] < 51 and "keep at most" in plan.keep_advice
+    assert plan.keep_options and plan.keep_options[-1][0] < 51 and "or at most 13 columns" in plan.keep_advice
     assert len(plan.costliest) == 5 and all(name.startswith(("code", "lab")) for name in plan.costliest)
     narrow = plan_width("site-0", 380, _wide_schema(8), FederationSettings(epsilon=1.0, delta=1e-5))
     assert narrow.level != "red" and narrow.cell_noise < plan.cell_noise / 2
@@ -78,6 +78,19 @@ def test_following_the_width_advice_once_resolves_the_table_whichever_columns_ar
                         for index in range(columns)]
             kept = Schema.model_validate({"name": "kept", "outcome": "death", "columns": spec})
             assert plan_width("site-0", 380, kept, settings).level != "red", (columns, "numeric")
+
+
+def test_a_width_as_wide_as_the_table_is_said_to_be_all_of_it():
+    """helper-102: at 11 columns the plan said 'keep at most 11 columns if each has at most 3
+    levels', which read as 'you are at the limit'; it meant that fewer levels, not fewer
+    columns, would do."""
+    import re
+
+    plan = plan_width("site-0", 150, _wide_schema(8), FederationSettings(epsilon=1.0, delta=1e-5))
+    assert plan.keep_options[0][0] == plan.measured_columns and plan.keep_options[-1][0] < plan.measured_columns
+    for columns, _ in plan.keep_options:
+        said = re.search(rf"(all|at most) {columns} columns if each", plan.keep_advice)
+        assert said is not None and (said.group(1) == "all") == (columns >= plan.measured_columns)
 
 
 def test_the_width_advice_never_counts_a_column_of_one_level():
