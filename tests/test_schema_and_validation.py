@@ -859,3 +859,20 @@ def test_a_level_written_in_several_letter_cases_is_drafted_once_and_read_in_any
     read = read_table(tmp_path / "admissions.csv", reviewed)
     assert set(read["admission"]) == {"Emergency", "Elective"} and set(read["sex"]) == {"F", "M"}
     assert validate_frame(read, reviewed).ok and case_variant_columns(frame, reviewed) == ["genotype"]
+
+
+def test_typed_rows_set_a_value_the_schema_does_not_list_to_missing_without_a_pandas_warning():
+    """helper-102's test run warned (Pandas4Warning) that a categorical built with values outside
+    its categories will raise in a future pandas: such a value is made missing first."""
+    import warnings
+
+    from fedsyn.data.tables import typed_by_schema
+
+    schema = Schema.model_validate({"name": "x", "outcome": "o", "columns": [
+        {"name": "o", "kind": "categorical", "categories": ["a", "b"]},
+        {"name": "c", "kind": "categorical", "categories": ["x", "y"], "nullable": True}]})
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        typed = typed_by_schema(pd.DataFrame({"o": ["a", "b", "zz"], "c": ["x", "q", None]}), schema)
+    assert typed["o"].tolist()[:2] == ["a", "b"] and typed["o"].isna().tolist() == [False, False, True]
+    assert typed["c"].isna().tolist() == [False, True, True]

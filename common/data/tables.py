@@ -246,7 +246,9 @@ def typed_by_schema(frame: pd.DataFrame, schema: Schema) -> pd.DataFrame:
             if all(level.lstrip("-").isdigit() for level in column.levels):
                 typed[column.name] = pd.to_numeric(values.map(spell_category), errors="coerce").astype("Int64")
             else:
-                typed[column.name] = pd.Categorical(values.map(spell_category), categories=column.levels)
+                spelled = values.map(spell_category)  # a value the schema does not list: missing
+                typed[column.name] = pd.Categorical(spelled.where(spelled.isin(column.levels)),
+                                                    categories=column.levels)  # (pandas 4 will raise on it)
         elif column.kind is ColumnKind.INTEGER:
             typed[column.name] = pd.to_numeric(values, errors="coerce").astype("Int64" if column.nullable else "int64")
         else:
