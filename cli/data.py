@@ -85,8 +85,12 @@ def schema_draft(
             written = ", ".join(repr(marker) for marker in column.missing_values)
             console.print(f"[yellow]column '{column.name}': cells written {written} were read as missing in this "
                           "column only (its own missing_values): keep each only if it says the value is not known[/]")
-    for name in unlisted_columns(draft):
-        console.print(f"[yellow]column '{name}': none of its values was written into the draft (it holds dates, "
+    unlisted = unlisted_columns(draft)
+    if unlisted:  # one paragraph for all (helper-102: the same nine lines for ten columns)
+        named = ", ".join(f"'{name}'" for name in unlisted)
+        console.print(f"[yellow]column{'s' if len(unlisted) > 1 else ''} {named}: none of "
+                      f"{'their' if len(unlisted) > 1 else 'its'} values was written into the draft "
+                      f"({'each' if len(unlisted) > 1 else 'it'} holds dates, "
                       f"more than {MANY_CATEGORIES} distinct values, values each held by fewer than "
                       f"{RARE_LEVEL_ROWS} rows, such as free text, a value that reads as a note: over 48 "
                       "characters, 7 words or more, or 5 or more with a digit, as a drug and its dose or a "

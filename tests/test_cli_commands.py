@@ -139,6 +139,17 @@ def test_schema_draft_points_at_stray_text_a_far_bound_and_levels_written_two_wa
     assert "999 " not in said.replace("999 for", "")
 
 
+def test_schema_draft_explains_columns_it_wrote_no_values_of_once_for_all(tmp_path, demo_frame):
+    """helper-102: the same nine-line paragraph came once per free-text column, ten times."""
+    rows = demo_frame.head(300).assign(mrn=[f"MRN{i:06d}" for i in range(300)],
+                                       note=[f"seen on ward {i} with pain" for i in range(300)])
+    rows.to_csv(tmp_path / "cohort.csv", index=False)
+    result = _invoke("schema", "draft", tmp_path / "cohort.csv", "--out", tmp_path / "draft.json", "--outcome", "death")
+    said = " ".join(result.output.split())
+    assert result.exit_code == 0 and said.count("was written into the draft") == 1
+    assert "columns 'mrn', 'note': none of their values was written into the draft (each holds" in said
+
+
 def test_schema_draft_says_which_columns_lost_rare_levels_and_which_carry_a_unit(tmp_path, demo_frame):
     """A newcomer's note 'see chart 200794' reached a release through a careless review; their
     fibrinogen's ' mg/dL' cells got the identifier's advice."""
