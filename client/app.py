@@ -81,8 +81,8 @@ def _say_outlasted(quantum: float, state: Path) -> None:
         if said.is_file() and said.read_text() == setting:
             return
         said.write_text(setting)
-    except OSError:
-        pass  # a read-only state folder: said every time rather than never
+    except (OSError, ValueError):
+        pass  # a read-only state folder, a marker not of its writing: said every time rather than never
     log.warning("a reply took longer than one quantum (reply_quantum_seconds %g): its time says something of "
                 "the extract's size; raise reply_quantum_seconds above the longest reply, or lower the "
                 "policy's request limits", quantum)  # how long it took is what the quantum hides: not logged

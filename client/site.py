@@ -216,8 +216,9 @@ class Site:
         if len(self.ledger.events) < recorded:
             raise LedgerError(
                 f"ledger {policy.ledger} holds {len(self.ledger.events)} event(s) but the audit trail "
-                f"{policy.audit_trail} records {recorded} charges: the ledger was reset or replaced. Restore it "
-                "from backup; the site refuses to spend until the two agree")
+                f"{policy.audit_trail} records {recorded} charges: the ledger was reset or replaced (restore it "
+                "from backup), or a charge was lost (its lock file deleted under it: add the trail's missing "
+                "privacy_charged events to it, docs/site.md); the site refuses to spend until the two agree")
         proven = self.replies.charges_proven(self.ledger.stream_nonce)
         if len(self.ledger.events) < proven:
             # Ledger and trail restored together from an older backup: both agree, yet the stored

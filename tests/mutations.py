@@ -246,7 +246,7 @@ MUTATIONS = [
              ("tests/test_accounting.py::test_two_ledger_handles_compose_in_the_file_and_cannot_exceed_the_budget",
               PRIVACY + "test_two_sites_on_one_policy_share_one_budget")),
     Mutation("a charge writes though its lock was deleted under it", "common/privacy/accounting.py",
-             "                still_locked()\n", "",
+             "            still_locked()\n", "",
              ("tests/test_accounting.py::test_a_lock_file_deleted_while_a_charge_holds_it_loses_no_charge",)),
     Mutation("the trail's charges are not counted, only the ledger size they recorded", "client/site.py",
              "    return max(highest, charges)\n", "    return highest\n",

@@ -181,6 +181,19 @@ def test_a_lock_file_deleted_while_a_charge_holds_it_loses_no_charge(tmp_path, m
     assert len(PrivacyLedger.load(path).events) == outcomes.count("charged")
 
 
+def test_a_lock_that_is_never_the_same_file_twice_is_refused_not_retried_forever(tmp_path, monkeypatch):
+    """helper-103 M1: on a file system whose files change identity between two looks, the lock's
+    retry spun forever and every request of the site hung."""
+    from fedsyn.privacy import accounting
+
+    path = tmp_path / "ledger.json"
+    PrivacyLedger.create(path, delta=1e-5)
+    monkeypatch.setattr(accounting.os.path, "samestat", lambda a, b: False)
+    with pytest.raises(LedgerError, match="never the same file twice"):
+        PrivacyLedger.open(path, 1e-5).charge(PrivacyEvent("dp-sgd", 1.0, 0.1, 400), 100.0)
+    assert PrivacyLedger.load(path).events == []
+
+
 def test_calibrated_noise_meets_budget_tightly():
     sigma = calibrate_noise_multiplier(1.0, 1e-5, 0.05, 500, prior=EVENTS[:1])
     ledger = PrivacyLedger(1e-5, "rdp", EVENTS[:1])

@@ -105,7 +105,7 @@ def test_schema_draft_points_at_stray_text_a_far_bound_and_levels_written_two_wa
     rows.loc[rows.index[7], "age"] = 999
     rows = rows.assign(source="EHR-export", age_again=rows["age"], prior=[i % 4 for i in range(len(rows))],
                        panel=["BRCA1" if i == 17 else None for i in range(len(rows))],  # 99.5 % empty (helper-95)
-                       legacy=None)  # empty in every row: no column of one value (helper-102)
+                       legacy=None, legacy2=None)  # empty in every row: no column of one value (helper-102)
     rows.loc[rows.index[11], "prior"] = 999  # a code for 'unknown' among a few counts, drafted as levels
     rows.loc[rows.index[12], "lambda"] = -1.0  # another code for 'unknown'
     rows["resp_rate"] = [8 + i % 30 for i in range(len(rows))]
@@ -131,6 +131,7 @@ def test_schema_draft_points_at_stray_text_a_far_bound_and_levels_written_two_wa
     assert "column 'source' holds one value in every row" in said and "'age_again' repeats column 'age'" in said
     assert "column 'panel' is empty in nearly every row" in said and "BRCA1" not in said
     assert "column 'legacy' is empty in every row" in said and "column 'legacy' holds one value" not in said
+    assert "'legacy2' repeats" not in said  # two empty columns are not copies of each other (helper-103)
     assert "column 'creatinine' is empty" not in said
     assert "umol" not in said and "<3" not in said and "<0.5" not in said  # never shown
     assert "cells holding '?' were read as missing (the draft's missing_values, in every column; found in " \

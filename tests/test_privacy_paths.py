@@ -479,6 +479,9 @@ def test_a_reply_longer_than_its_quantum_is_said_to_the_sites_operator_once(monk
         app._hold_to_quantum(time.monotonic() - 0.9, 0.5, tmp_path)  # a new setting, still too short: said
     assert len(caplog.records) == 2 and "(reply_quantum_seconds 0.5)" in caplog.records[1].getMessage()
     assert 1.15 < slept[1] + 0.9 < 1.25  # still held to the next quantum
+    (tmp_path / app.OUTLASTED_QUANTUM).write_bytes(b"\xff\xfe")  # helper-103 M2: it raised, and skipped the hold
+    app._hold_to_quantum(time.monotonic() - 0.9, 0.4, tmp_path)
+    assert 1.15 < slept[-1] + 0.9 < 1.25
 
 
 def test_a_refusal_asked_again_adds_no_line_to_the_sites_trail(tmp_path, small_frame):

@@ -763,6 +763,13 @@ def test_a_draft_reads_decimal_commas_and_thousands_separators_as_numbers_and_va
                                                     for c in draft.columns]})
     said = {p.column: p.describe() for p in validate_frame(read_table(tmp_path / "x.csv", reviewed), reviewed).problems}
     assert "decimal comma" in said["temp_c"] and "thousands separators" in said["cost"]
+    # helper-103: codes with a comma ('1,2': a bed, or answers 1 and 2) stay codes, as written
+    codes = pd.DataFrame({"room": rng.choice(["1,2", "1,5", "2,1", "3,4"], 300),
+                          "sympt": rng.choice(["1", "2", "3", "1,2", "2,3", "1,3"], 300)})
+    codes.to_csv(tmp_path / "codes.csv", index=False)
+    draft = draft_schema(read_table(tmp_path / "codes.csv"), outcome=None)
+    assert draft.column("room").categories == ["1,2", "1,5", "2,1", "3,4"]
+    assert draft.column("sympt").kind == ColumnKind.CATEGORICAL and "1,2" in (draft.column("sympt").categories or [])
 
 
 def test_a_parquet_exports_empty_text_cells_are_missing_as_in_a_csv(tmp_path):

@@ -543,7 +543,7 @@ def _drafted_column(series: pd.Series, outcome: bool = False, date: bool = False
     if date or date_like(series):  # a Parquet export's dates read as numbers: their bounds two patients' dates
         return Column(name=name, kind=ColumnKind.CATEGORICAL, categories=[UNLISTED_LEVELS], nullable=nullable,
                       needs_review=True)
-    values = _separators_read(values)
+    written_values, values = values, _separators_read(values)  # the text stays the levels if it is no number
     numeric = pd.to_numeric(values, errors="coerce")
     unknown_words = _words_for_unknown(values) if len(values) > 0 else []
     if len(values) > 0 and (_stray_cells(values) <= STRAY_TEXT_SHARE * len(values) or unknown_words) \
@@ -566,6 +566,7 @@ def _drafted_column(series: pd.Series, outcome: bool = False, date: bool = False
     if not outcome and _count_like(numeric):  # an outcome is categorical (a Rankin scale's 0-6 too)
         return Column(name=name, kind=ColumnKind.INTEGER, lower=0.0, upper=float(numeric.max()), nullable=nullable,
                       needs_review=True)
+    values = written_values
     # Spelled as an extract is read: stray spaces around a level are that level ('F ' is 'F').
     # Levels that are numbers in their numbers' order (a coma score's 8, 9, 10, not 10, 8, 9).
     written = Counter(_written_level(v) for v in values)
@@ -931,12 +932,16 @@ THOUSANDS_GROUPED = r"[+-]?\d{1,3}(,\d{3})+(\.\d+)?"  # 6,994.91
 def _separators_read(cells: pd.Series) -> pd.Series:
     """``cells`` with each one written with a decimal comma ('37,2') or thousands separators
     ('20,532.98') as its number: a newcomer's temperatures (30 % written so) and costs were
-    drafted as free text. Validation still names those cells in the file, so that its export is
+    drafted as free text. A decimal comma only where the column is a measure: some of its cells
+    have a decimal point, or its comma values are too many for codes ('1,2' may be a code, or
+    answers 1 and 2). Validation still names those cells in the file, so that its export is
     fixed rather than guessed at each read."""
     if pd.api.types.is_numeric_dtype(cells):
         return cells
     text = cells.astype(str).str.strip()
     comma, grouped = text.str.fullmatch(DECIMAL_COMMA), text.str.fullmatch(THOUSANDS_GROUPED)
+    if not (text.str.fullmatch(r"[+-]?\d*\.\d+").any() or text[comma].nunique() > MANY_CATEGORIES):
+        comma = pd.Series(False, index=text.index)  # '1,2' among codes, no decimal point: a code or a list
     if not (comma.any() or grouped.any()):
         return cells
     return cells.mask(comma, text.str.replace(",", ".", regex=False)).mask(
@@ -1041,7 +1046,7 @@ def duplicate_columns(frame: pd.DataFrame, schema: Schema) -> list[tuple[str, st
     seen: dict[int, str] = {}
     repeats = []
     for column in schema.columns:
-        if column.name not in frame.columns:
+        if column.name not in frame.columns or frame[column.name].isna().all():  # an empty one is said so
             continue
         key = int(pd.util.hash_pandas_object(frame[column.name].astype(str), index=False).sum())
         if key in seen and frame[column.name].astype(str).equals(frame[seen[key]].astype(str)):

@@ -88,7 +88,7 @@ def read_table(path: str | Path, schema: Schema | None = None) -> pd.DataFrame:
     return frame
 
 
-_ZERO_PADDED = re.compile(r"0\d+")  # '021', '007': a code, not the number 21 or 7
+_ZERO_PADDED = re.compile(r"[+-]?0\d+")  # '021', '007', '-05': a code, not the number 21, 7 or -5
 
 
 def _codes_as_written(frame: pd.DataFrame, path: Path, separator: str) -> pd.DataFrame:

@@ -135,6 +135,9 @@ class LedgerError(PrivacyRefusal, RuntimeError):
     """The on-disk ledger is missing, corrupt, locked by a foreign format or bound elsewhere."""
 
 
+LOCK_ATTEMPTS = 50  # a lock file replaced this many times in a row is not a cleaner's doing
+
+
 @contextmanager
 def _held_lock(lock_path: Path) -> Iterator[TextIO]:
     """The lock file at ``lock_path``, open and exclusively locked. A lock file deleted while
@@ -143,7 +146,7 @@ def _held_lock(lock_path: Path) -> Iterator[TextIO]:
     charged from the same count and one charge was lost (helper-101 L1). So a lock is held only
     once the locked file is still the one at the path, and a charge checks it again right before
     it writes (:meth:`PrivacyLedger._locked`)."""
-    while True:
+    for _ in range(LOCK_ATTEMPTS):
         lock = open(lock_path, "a")
         try:
             fcntl.flock(lock.fileno(), fcntl.LOCK_EX)
@@ -153,6 +156,9 @@ def _held_lock(lock_path: Path) -> Iterator[TextIO]:
             lock.close()
             raise
         lock.close()  # unlinked or replaced meanwhile: lock the file now at the path
+    else:  # a file system whose files change identity between two looks at them (helper-103)
+        raise LedgerError(f"the ledger's lock {lock_path} was never the same file twice in {LOCK_ATTEMPTS} attempts: "
+                          "keep the ledger's folder on a local file system, where a file keeps its identity")
     try:
         yield lock
     finally:
@@ -255,9 +261,9 @@ class PrivacyLedger:
         """
         with self._locked() as still_locked:
             self.check(event, budget, request_cap)
+            still_locked()
             self.events.append(event)
             if self.path is not None:
-                still_locked()
                 self.save(self.path)
             return len(self.events) - 1
 
