@@ -83,7 +83,9 @@ def test_a_new_key_refused_is_told_to_register_not_to_wait_for_the_old_node(tmp_
     assert "trying again" not in text and time.monotonic() - started < 20
 
 
-def test_an_expired_or_missing_ca_certificate_is_named_before_joining(tmp_path, small_frame):
+def test_an_expired_or_missing_ca_certificate_is_named_before_joining(tmp_path, small_frame, caplog):
+    import logging
+
     """helper-98 M5: an expired root_certificates was told as the coordinator's expired server
     certificate, whose renewal does not help; a missing one in Flower's words, without its path."""
     from fedsyn.client.ops.launch import supernode_launch
@@ -110,7 +112,9 @@ def test_an_expired_or_missing_ca_certificate_is_named_before_joining(tmp_path, 
     connection = CoordinatorConnection(superlink="127.0.0.1:9092", root_certificates=bundle,
                                        auth_private_key=tmp_path / "auth.key")
     SitePolicy.load(path).model_copy(update={"coordinator": connection}).save(path)
-    assert supernode_launch(path).command[:1]
+    with caplog.at_level(logging.WARNING, logger="fedsyn.client"):
+        assert supernode_launch(path).command[:1]
+    assert "a CA certificate in it expired on" in caplog.text  # said, not refused (helper-103)
 
 
 def test_a_key_accepted_before_and_refused_now_points_at_a_copy_of_the_key(tmp_path):

@@ -52,6 +52,11 @@ def _check_root_certificates(path: Path) -> None:
     except ValueError:
         raise PolicyError(f"root_certificates {path} is not a PEM certificate: ask the coordinator for its "
                           "ca.crt") from None
+    some = expired(path)  # the first in the bundle (helper-103: an expired one beside a valid one passed unsaid)
+    if expiry is None and some is not None:
+        log.warning("root_certificates %s: a CA certificate in it expired on %s; another is valid, as while the "
+                    "coordinator changes its CA. If the coordinator has not changed its CA, ask it for its ca.crt",
+                    path, f"{some:%Y-%m-%d}")
     if expiry is not None:
         raise PolicyError(f"root_certificates {path}: the coordinator's CA certificate expired on "
                           f"{expiry:%Y-%m-%d}, so no certificate it signed is trusted. The coordinator needs a new CA "
