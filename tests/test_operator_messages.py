@@ -84,10 +84,10 @@ def test_a_new_key_refused_is_told_to_register_not_to_wait_for_the_old_node(tmp_
 
 
 def test_an_expired_or_missing_ca_certificate_is_named_before_joining(tmp_path, small_frame, caplog):
-    import logging
-
     """helper-98 M5: an expired root_certificates was told as the coordinator's expired server
     certificate, whose renewal does not help; a missing one in Flower's words, without its path."""
+    import logging
+
     from fedsyn.client.ops.launch import supernode_launch
     from fedsyn.client.policy import CoordinatorConnection, PolicyError, SitePolicy
 
