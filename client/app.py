@@ -9,7 +9,6 @@ OSError with its error number and the site's own path).
 
 from __future__ import annotations
 
-import errno
 import json
 import logging
 import math
@@ -26,7 +25,7 @@ from flwr.clientapp import ClientApp
 from fedsyn.client.policy import PolicyError, SitePolicy
 from fedsyn.client.site import CHARGED, PolicyRefusal, Site, SiteRefusal
 from fedsyn.data.schema import SchemaError
-from fedsyn.errors import where_it_failed
+from fedsyn.errors import os_error_said, where_it_failed
 from fedsyn.federation import protocol
 from fedsyn.privacy.accounting import LedgerError, PrivacyEvent
 from fedsyn.privacy.marginals import Marginals
@@ -88,16 +87,6 @@ def _say_outlasted(quantum: float, state: Path) -> None:
                 "policy's request limits", quantum)  # how long it took is what the quantum hides: not logged
 
 
-def _system(exc: BaseException) -> str:
-    """' (EROFS on /path)' for an OSError on the site's own files: its error number and the path
-    the site itself gave, never the message's other text (helper-78's full disk logged only
-    'OSError'); '' for anything else."""
-    if not isinstance(exc, OSError) or exc.errno is None:
-        return ""
-    return f" ({errno.errorcode.get(exc.errno, exc.errno)}" + (f" on {exc.filename})" if exc.filename is not None
-                                                                else ")")
-
-
 def _record_refusal(site: Site, message: Message, refusal: SiteRefusal) -> None:
     """The refusal in the site's audit trail: once per message type and code between charges,
     whatever its reason says (the first one's, its numbers left out), so that asking again,
@@ -113,7 +102,7 @@ def _record_refusal(site: Site, message: Message, refusal: SiteRefusal) -> None:
                                           message_type=message.metadata.message_type, code=refusal.code.name,
                                           reason=re.sub(r"\d+(\.\d+)?(e[+-]?\d+)?", "#", refusal.public_reason))
     except Exception as exc:  # noqa: BLE001 - a read-only disk, a full one, a corrupt last line: said locally
-        log.error("the refusal could not be written to the audit trail (%s%s)", type(exc).__name__, _system(exc))
+        log.error("the refusal could not be written to the audit trail (%s%s)", type(exc).__name__, os_error_said(exc))
 
 
 def _error_reply(message: Message, code: ErrorCode, public_text: str) -> Message:
@@ -177,7 +166,7 @@ def make_client_app(resolve_policy: PolicyResolver = policy_from_node_config) ->
             except Exception as exc:  # noqa: BLE001 - whatever it was, its text may hold private values
                 # The site's own log gets where it failed (and, for its own files, which and why); the
                 # reply gets a fixed text.
-                log.error("request failed with %s%s\n%s", type(exc).__name__, _system(exc), where_it_failed(exc))
+                log.error("request failed with %s%s\n%s", type(exc).__name__, os_error_said(exc), where_it_failed(exc))
                 answer = (ErrorCode.SITE_FAILURE, "unexpected failure at the site")
             if site is not None:
                 _hold_to_quantum(started, site.policy.reply_quantum_seconds, site.policy.ledger.parent)

@@ -8,6 +8,7 @@ other exception is a bug and is reported by type only (see :func:`fedsyn.cli.mai
 from __future__ import annotations
 
 import difflib
+import errno
 import os
 import traceback
 from collections.abc import Callable, Sequence
@@ -75,6 +76,16 @@ def public_name(name: object) -> str:
     takes only names this leaves as they are."""
     return "".join("?" if character in NOT_IN_NAMES else character
                    for character in printable(str(name).strip()))[:NAME_CHARS]
+
+
+def os_error_said(exc: BaseException) -> str:
+    """' (EROFS on /path)' for an OSError on the program's own files: its error number and the
+    path the program itself gave, never the message's other text (helper-78's full disk logged
+    only 'OSError'); '' for anything else."""
+    if not isinstance(exc, OSError) or exc.errno is None:
+        return ""
+    return f" ({errno.errorcode.get(exc.errno, exc.errno)}" + (f" on {exc.filename})" if exc.filename is not None
+                                                                else ")")
 
 
 def where_it_failed(exc: BaseException) -> str:

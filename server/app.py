@@ -4,16 +4,19 @@ from __future__ import annotations
 
 import logging
 import re
+import shutil
+from collections.abc import Callable
 from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 from uuid import uuid4
 
 from flwr.app import Context
 from flwr.serverapp import Grid, ServerApp
 
 from fedsyn.data.schema import Schema
-from fedsyn.errors import ConfigurationError
+from fedsyn.errors import ConfigurationError, os_error_said
 from fedsyn.server.coordinator import Coordinator, RoundCallback
 from fedsyn.server.record import FederationError, RoundSummary, SiteStatus
 from fedsyn.server.release import archive_earlier_release, write_release
@@ -70,6 +73,35 @@ def _written_by(audit: AuditLog | None, fedsyn_run: str) -> set[Path]:
             if entry.get("event") == "release_written" and entry.get("run") == fedsyn_run}
 
 
+@dataclass(frozen=True)
+class _StagedRelease:
+    folder: Path
+    report: dict[str, Any]
+
+
+def _written_aside(out: Path, write: Callable[[Path], dict[str, Any]], resumable: bool) -> _StagedRelease:
+    """The release ``write`` makes, written whole in a hidden folder beside ``out`` first: only a
+    release written whole takes the earlier one's place. A disk that filled while
+    ``generator.pt`` was written had left a cut release at the published path, the good one moved
+    aside, and the run said no release was written (helper-104 H1). A failure to write removes
+    the partial folder and says what to do."""
+    staged = out.with_name(f".{out.name}.writing")
+    shutil.rmtree(staged, ignore_errors=True)  # left by a coordinator killed while writing
+    try:
+        return _StagedRelease(staged, write(staged))
+    except (OSError, RuntimeError) as exc:
+        if not isinstance(exc, OSError) and "inline_container" not in str(exc):  # torch's writer on a full disk
+            raise
+        shutil.rmtree(staged, ignore_errors=True)
+        how = ("free space, then `fedsyn server run --resume`: it writes the release from the saved model and charges "
+               "no site again" if resumable else "free space and run again (a new run charges every site again)")
+        error = FederationError(f"the release could not be written beside {out} ({type(exc).__name__}"
+                                f"{os_error_said(exc)}): is the disk full or read-only? The earlier release is where "
+                                f"it was. {how}")
+        error.resumable = resumable
+        raise error from None
+
+
 def run_federation(grid: Grid, schema: Schema, settings: FederationSettings, plan: ReleasePlan,
                    on_round: RoundCallback | None = None, run_id: str | None = None,
                    resume: bool = False, plan_only: bool = False) -> Coordinator:
@@ -114,13 +146,17 @@ def _run(grid: Grid, schema: Schema, settings: FederationSettings, plan: Release
         # written before it stopped, stay.
         earlier_interims = [] if published else [folder for folder in interim_release_folders(plan.out)
                                                  if folder.resolve() not in own_interims]
+        staged = _written_aside(out, lambda folder: write_release(
+            coordinator.run, coordinator.trainer, folder, plan.rows, plan.drop_rule_violations, key,
+            plan.public_facts, coordinator.site_level_privacy()),
+            resumable=coordinator.saved_state or state is not None)
         for folder in dict.fromkeys([*earlier_interims, out]):
             earlier = archive_earlier_release(folder)
             if earlier is not None:
                 coordinator.record("release_archived", path=str(earlier), replaced_by_run=fedsyn_run)
         published.append(out)
-        report = write_release(coordinator.run, coordinator.trainer, out, plan.rows, plan.drop_rule_violations, key,
-                               plan.public_facts, coordinator.site_level_privacy())
+        staged.folder.rename(out)
+        report = staged.report
         coordinator.record("release_written", path=str(out), rows=plan.rows, signed=key is not None,
                            max_epsilon=report["max_epsilon_any_site"])
 

@@ -311,6 +311,41 @@ def test_a_refused_run_leaves_the_current_release_in_place(plan, demo_schema, tm
     assert not [p for p in tmp_path.iterdir() if p.name.startswith("release.replaced-")]
 
 
+def test_a_release_the_disk_could_not_hold_leaves_the_earlier_one_in_place_and_resumes(plan, demo_schema, tmp_path,
+                                                                                      monkeypatch):
+    """helper-104 H1: a disk that filled while generator.pt was written left a cut release at the
+    published path, the good one moved aside, and the run said no release was written. The release
+    is now written whole beside it first; the run says what happened and `--resume` writes it
+    without charging any site again."""
+    import errno
+
+    from fedsyn.server import release as release_module
+
+    release = ReleasePlan(tmp_path / "release", rows=100, audit_log=tmp_path / "audit.jsonl",
+                          state_dir=tmp_path / "state")
+    app = make_client_app(plan.site_policy)
+    short = SETTINGS.model_copy(update={"rounds": 1, "epsilon": 0.4})
+    run_federation(InProcessGrid(app, len(plan.policies)), demo_schema, short, release)
+    first = (tmp_path / "release" / "privacy_report.json").read_text()
+    original = release_module.save_checkpoint
+
+    def full_disk(*args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(release_module, "save_checkpoint", full_disk)
+    with pytest.raises(FederationError, match=r"ENOSPC\)\): is the disk full or read-only") as failed:
+        run_federation(InProcessGrid(app, len(plan.policies)), demo_schema, short, release)
+    assert failed.value.resumable and "--resume" in str(failed.value)
+    assert (tmp_path / "release" / "privacy_report.json").read_text() == first  # untouched, in place
+    assert sorted(p.name for p in tmp_path.iterdir() if "release" in p.name and p.name != "release") == []
+    charged = [len(ledger.events) for ledger in _ledgers(plan)]
+    monkeypatch.setattr(release_module, "save_checkpoint", original)
+    run_federation(InProcessGrid(app, len(plan.policies)), demo_schema, short, release, resume=True)
+    assert [len(ledger.events) for ledger in _ledgers(plan)] == charged  # written, nothing charged again
+    assert (tmp_path / "release" / "generator.pt").is_file()
+    assert len([p for p in tmp_path.iterdir() if p.name.startswith("release.replaced-")]) == 1
+
+
 def test_a_failed_runs_interim_releases_leave_the_earlier_release_and_no_mix_of_runs(plan, demo_schema, tmp_path):
     """helper-100 M-3: with interim releases beside the release, a later run that failed after its
     first interim had moved the finished release aside, and left the earlier run's round-002 beside
