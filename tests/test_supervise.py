@@ -50,3 +50,19 @@ def test_known_failures_are_explained_once_to_the_operator():
     script = "for _ in range(3): print('[code: 2004] Failed to activate SuperNode.')\nraise SystemExit(49)"
     assert supervise([sys.executable, "-c", script], {}, out) == 49
     assert out.getvalue().count("fedsyn server sites add auth.pub") == 1
+
+
+def test_a_node_refused_for_its_clock_is_explained_and_ends_as_a_failure():
+    """helper-104 H2: with the coordinator's clock 30 s off, Flower refused the sites' signed
+    heartbeats (401), the SuperNodes stopped 'gracefully' with exit 0, and a service manager that
+    restarts failures only left every site down, with no word of the clock."""
+    out = io.StringIO()
+    refused = ("print(\"httpx.HTTPStatusError: Client error '401 Unauthorized' for url 'https://x/v1/fleet/"
+               "send-node-heartbeat'\")\nprint('INFO : SuperNode terminated gracefully.')\n")
+    assert supervise([sys.executable, "-c", refused], {}, out) == EXIT_LOST_COORDINATOR
+    said = " ".join(out.getvalue().split())
+    assert said.count("network time (NTP") == 1 and "stopped on its own; exiting with 75" in said
+    out = io.StringIO()  # a fresh start refused at activation: Flower says nothing but that it stopped
+    assert supervise([sys.executable, "-c", "print('INFO : SuperNode terminated gracefully.')"], {}, out) \
+        == EXIT_LOST_COORDINATOR
+    assert "stopped on its own without saying why" in out.getvalue() and "NTP" in out.getvalue()

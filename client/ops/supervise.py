@@ -57,6 +57,12 @@ from pathlib import Path
 from typing import Any, Protocol
 
 GAVE_UP = "Giving up reconnection"
+UNAUTHORIZED = "401 Unauthorized"  # the SuperLink refused a request this node signed
+ENDED = "SuperNode terminated gracefully"  # said when it stops, asked to or not
+CLOCK_FIX = ("Flower's site authentication signs the time, so a clock a few seconds off here or at the coordinator "
+             "is refused as a replayed request: set both machines to network time (NTP, e.g. `timedatectl set-ntp "
+             "true`) and start again. If both clocks are right, ask the coordinator whether it still lists this "
+             "site's key (`fedsyn server sites list`)")
 ACTIVATED = re.compile(r"SuperNode ID: (\d+)")
 ACTIVATION_REFUSED = "Failed to activate SuperNode"
 EXIT_LOST_COORDINATOR = 75  # EX_TEMPFAIL: try again later
@@ -414,6 +420,8 @@ def _say(out: Console, text: str) -> None:
 class _Attempt:
     gave_up: threading.Event = field(default_factory=threading.Event)
     refused_activation: bool = False
+    unauthorized: bool = False
+    ended: bool = False  # it said it stopped (the supervisor may not have asked)
 
 
 def supervise(command: list[str], environment: dict[str, str], out: Console = sys.stdout,
@@ -450,6 +458,14 @@ def supervise(command: list[str], environment: dict[str, str], out: Console = sy
         attempt = 1
         while True:
             code, outcome = _run_once(command, environment, out, poll_seconds, record, running)
+            if code == 0 and not stopping.is_set() and (outcome.unauthorized or outcome.ended):
+                # It stopped itself, exit 0: a service manager restarts only a failure (helper-104 H2: a
+                # clock 30 s off stopped every site for good, silently)
+                why = "" if outcome.unauthorized else (" without saying why; where the coordinator's SuperLink log "
+                                                        f"shows 401 for this site: {CLOCK_FIX}")
+                _say(out, f"the SuperNode stopped on its own{why}; exiting with {EXIT_LOST_COORDINATOR} so the "
+                          "service manager restarts it")
+                return EXIT_LOST_COORDINATOR
             wait = record.expiry_wait() if outcome.refused_activation else None
             if wait is None or stopping.is_set() or attempt > ACTIVATION_RETRIES:
                 return code
@@ -524,6 +540,10 @@ def _pass_through(process: subprocess.Popen[str], out: Console, attempt: _Attemp
                 break
         if PERMISSION.search(line):
             hint("permission", lambda: _permission_hint(record))
+        if UNAUTHORIZED in line:
+            attempt.unauthorized = True
+            hint("unauthorized", lambda: f"the coordinator refused this site's signed request (401): {CLOCK_FIX}")
+        attempt.ended = attempt.ended or ENDED in line
         out.flush()
         if GAVE_UP in line:
             attempt.gave_up.set()
