@@ -56,6 +56,7 @@ class FollowedRun:
 
     run_id: str | None = None
     stopped: dict[str, object] = field(default_factory=dict)
+    superlink_lost: bool = False  # Flower said the SuperLink stopped answering
 
 
 class RunInterrupted(Exception):
@@ -67,10 +68,23 @@ class RunInterrupted(Exception):
         self.run_id = run_id
 
 
+SUPERLINK_LOST = "Connection to the SuperLink is unavailable"  # what `flwr run` says when it stops answering
+
+
+class SuperLinkLost(Exception):
+    """``flwr run --stream`` ended because the SuperLink stopped answering (killed, restarted, its
+    machine down): the run ``run_id`` (None if none had started) went with it."""
+
+    def __init__(self, run_id: str | None):
+        super().__init__(run_id)
+        self.run_id = run_id
+
+
 def follow_run(command: list[str], env: dict[str, str] | None = None) -> FollowedRun:
     """Run ``flwr run ... --stream`` and log its lines here (the ServerApp's JSON lines with their
     own time and fields, Flower's as Flower records). Exits with Flower's code if ``flwr run``
-    itself failed; raises :class:`RunInterrupted` on Ctrl-C."""
+    itself failed; raises :class:`RunInterrupted` on Ctrl-C and :class:`SuperLinkLost` when the
+    SuperLink stopped answering."""
     log.info("$ %s", " ".join(command))
     followed = FollowedRun()
     try:
@@ -83,8 +97,11 @@ def follow_run(command: list[str], env: dict[str, str] | None = None) -> Followe
                 fields = getattr(record, "fedsyn", {})
                 if fields.get("event") == RUN_STOPPED:
                     followed.stopped = fields
+                followed.superlink_lost = followed.superlink_lost or SUPERLINK_LOST in line
     except KeyboardInterrupt:
         raise RunInterrupted(followed.run_id) from None
+    if process.returncode and followed.superlink_lost:
+        raise SuperLinkLost(followed.run_id)
     if process.returncode:
         raise typer.Exit(process.returncode)
     return followed

@@ -8,7 +8,15 @@ from typing import TYPE_CHECKING, Annotated, NoReturn
 
 import typer
 
-from fedsyn.cli.flower import RunInterrupted, become_flower, flower_output, follow_run, run_flower, run_status
+from fedsyn.cli.flower import (
+    RunInterrupted,
+    SuperLinkLost,
+    become_flower,
+    flower_output,
+    follow_run,
+    run_flower,
+    run_status,
+)
 from fedsyn.cli.output import EXIT_INTERRUPTED, console, fail, setup_logging
 from fedsyn.errors import ConfigurationError
 
@@ -81,6 +89,8 @@ def _follow(server_config: CoordinatorConfig, command: list[str], environment: d
         followed = follow_run(command + ["--stream"], environment)
     except RunInterrupted as interrupted:
         _stop_interrupted(server_config, environment, interrupted.run_id, plan_only)
+    except SuperLinkLost as lost:
+        _superlink_lost(server_config, lost.run_id, plan_only)
     run_id = followed.run_id
     if run_id is None:
         fail("Flower started no run: see its message above", code=1)
@@ -115,6 +125,21 @@ def _stop_interrupted(server_config: CoordinatorConfig, environment: dict[str, s
               "with no 'state' folder in [run] it cannot be resumed: a new run starts over")
     fail(f"run {run_id} stopped at your Ctrl-C, its final release unwritten; each hospital's ledger holds what it "
          f"spent, and {resume}", code=EXIT_INTERRUPTED)
+
+
+def _superlink_lost(server_config: CoordinatorConfig, run_id: str | None, plan_only: bool) -> NoReturn:
+    """The SuperLink stopped answering mid-run: say how to go on (helper-104 M2: Flower's box about
+    the connection was all the operator saw)."""
+    start = "start the SuperLink again (`fedsyn server start`)"
+    if plan_only:
+        fail(f"the SuperLink stopped answering; the budget plan charged nothing: {start} and plan again", code=1)
+    which = f"run {run_id}" if run_id else "the run"
+    resume = ("then `fedsyn server run --resume` continues it after its last completed round; a hospital answers a "
+              "round it already ran from its store, paying nothing again" if server_config.run.get("state") else
+              "then run again: with no 'state' folder in [run] the run cannot be resumed, and a new run charges "
+              "every hospital again")
+    fail(f"the SuperLink stopped answering, and {which} stopped with it, its release unwritten: {start}, {resume}",
+         code=1)
 
 
 def _run_failed(run_id: str, status: str, stopped: dict[str, object]) -> NoReturn:

@@ -378,6 +378,32 @@ def test_ctrl_c_on_server_run_stops_flowers_run_too(tmp_path, monkeypatch, state
     assert result.exit_code == 130 and "flwr stop 4242" in result.output
 
 
+@pytest.mark.parametrize("state, said", [("state", "`fedsyn server run --resume` continues it"),
+                                         ("", "cannot be resumed")])
+def test_a_superlink_that_stopped_answering_is_said_with_the_way_forward(tmp_path, monkeypatch, state, said):
+    """helper-104 M2: a SuperLink killed mid-run ended `server run` with Flower's box about the
+    connection only; nothing said to start it again and resume."""
+    import sys
+
+    from fedsyn.cli.flower import SuperLinkLost, follow_run
+
+    box = "print('│ Connection to the SuperLink is unavailable. Please check your network │'); raise SystemExit(1)"
+    with pytest.raises(SuperLinkLost):
+        follow_run([sys.executable, "-c", box])
+    (tmp_path / "server.toml").write_text(f'[run]\nstate = "{state}"\n')
+
+    def lost(command, env=None):
+        raise SuperLinkLost("4242")
+
+    monkeypatch.setattr("fedsyn.cli.server.follow_run", lost)
+    result = _invoke("server", "run", "--config", tmp_path / "server.toml")
+    text = " ".join(result.output.split())
+    assert result.exit_code == 1 and "the SuperLink stopped answering, and run 4242 stopped" in text
+    assert "`fedsyn server start`" in text and said in text
+    result = _invoke("server", "plan", "--config", tmp_path / "server.toml")
+    assert result.exit_code == 1 and "charged nothing" in result.output and "resume" not in result.output
+
+
 def test_server_toml_run_paths_are_relative_to_the_file(tmp_path):
     from fedsyn.server.ops.superlink import CoordinatorConfig
 
