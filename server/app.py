@@ -17,6 +17,7 @@ from flwr.serverapp import Grid, ServerApp
 
 from fedsyn.data.schema import Schema
 from fedsyn.errors import ConfigurationError, os_error_said
+from fedsyn.logs import RUN_STOPPED
 from fedsyn.server.coordinator import Coordinator, RoundCallback
 from fedsyn.server.record import FederationError, RoundSummary, SiteStatus
 from fedsyn.server.release import archive_earlier_release, write_release
@@ -189,11 +190,22 @@ def _run(grid: Grid, schema: Schema, settings: FederationSettings, plan: Release
         coordinator.train(grid, after_round)
     except FederationError as exc:
         exc.resumable = coordinator.saved_state or state is not None
+        _record_stopped(coordinator, exc)
         raise
-    publish(plan.out)
+    try:
+        publish(plan.out)
+    except FederationError as exc:
+        _record_stopped(coordinator, exc)
+        raise
     log.info("run %s finished: release written to %s", fedsyn_run, plan.out,
              extra={"fedsyn": {"event": "run_finished", "run": fedsyn_run, "release": str(plan.out)}})
     return coordinator
+
+
+def _record_stopped(coordinator: Coordinator, exc: FederationError) -> None:
+    """Say in the audit log that the run stopped, and why: without it the dashboard showed a run
+    that had lost its quorum as in progress, its round running (helper-104 M3)."""
+    coordinator.record(RUN_STOPPED, reason=str(exc), resumable=exc.resumable)
 
 
 def _log_round(summary: RoundSummary, rounds: int, epsilon: dict[str, float]) -> None:

@@ -309,6 +309,14 @@ def test_a_refused_run_leaves_the_current_release_in_place(plan, demo_schema, tm
         run_federation(InProcessGrid(app, len(plan.policies)), demo_schema, whole, release)
     assert (tmp_path / "release" / "privacy_report.json").read_text() == first
     assert not [p for p in tmp_path.iterdir() if p.name.startswith("release.replaced-")]
+    # helper-104 M3: the audit log says the run stopped, and why, and the dashboard shows it
+    from fedsyn.server.ops.dashboard_state import latest_run, run_summary
+
+    entries = [json.loads(line) for line in (tmp_path / "audit.jsonl").read_text().splitlines()]
+    stopped = [e for e in entries if e["event"] == "run_stopped"]
+    assert len(stopped) == 1 and "budget_exhausted" in stopped[0]["reason"] and stopped[0]["resumable"] is False
+    summary = run_summary(latest_run(entries))
+    assert summary is not None and not summary["finished"] and "budget_exhausted" in summary["failed"]["reason"]
 
 
 def test_a_release_the_disk_could_not_hold_leaves_the_earlier_one_in_place_and_resumes(plan, demo_schema, tmp_path,

@@ -326,7 +326,9 @@ function render(state) {
   document.getElementById("run").textContent = run ? `run ${run.run || ""} started ${when(run.started)} \\u00b7 ` +
     `${run.rounds} rounds \\u00b7 \\u03b5 ${run.epsilon} per run per site \\u00b7 min ${run.min_sites} sites \\u00b7 ` +
     `${run.aggregation}` + (run.stopped_after != null ? ` \\u00b7 training stopped after round ${run.stopped_after}` +
-    " (fewer than min-sites could go on)" : "") + (run.finished ? " \\u00b7 finished" : " \\u00b7 in progress")
+    " (fewer than min-sites could go on)" : "") + (run.finished ? " \\u00b7 finished" : run.failed ?
+    ` \\u00b7 stopped: ${run.failed.reason}` + (run.failed.resumable ? " (`fedsyn server run --resume` goes on)" : "")
+    : " \\u00b7 in progress")
     : "no run in the audit log yet";
   const a = state.audit, audit = document.getElementById("audit");
   audit.textContent = a.ok === true ? "OK" : a.ok === false ? "BROKEN" : "no log";

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from fedsyn.logs import RUN_STOPPED
 from fedsyn.server.record import given_name, known_names
 from fedsyn.trust.audit import verify_log
 from fedsyn.trust.signing import MANIFEST, VerificationError, load_public_key, verify_release
@@ -176,12 +177,16 @@ def run_summary(entries: list[dict[str, Any]]) -> dict[str, Any] | None:
         return None
     settings = configured.get("settings", {})
     stopped = next((e for e in entries if e.get("event") == "training_stopped"), None)
+    failed = next((e for e in entries if e.get("event") == RUN_STOPPED), None)
     return {"started": configured.get("time"), "run": configured.get("run"), "schema": configured.get("schema"),
             "rounds": settings.get("rounds"), "epsilon": settings.get("epsilon"), "delta": settings.get("delta"),
             "min_sites": settings.get("min_sites"), "aggregation": settings.get("aggregation"),
             # Sites' budgets fitted fewer rounds than asked: the release holds the rounds trained.
             "stopped_after": None if stopped is None else stopped.get("round"),
-            "finished": any(e.get("event") == "release_written" and not _interim(e.get("path")) for e in entries)}
+            "finished": any(e.get("event") == "release_written" and not _interim(e.get("path")) for e in entries),
+            # The run stopped on an error (its quorum lost, its release unwritten): why, and whether it resumes.
+            "failed": None if failed is None else {"reason": failed.get("reason"),
+                                                   "resumable": failed.get("resumable")}}
 
 
 def _interim(path: object) -> bool:
