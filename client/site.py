@@ -365,11 +365,32 @@ class Site:
         with _refused_over_budget(self.policy.site_id):
             position = self.ledger.charge(event, budget, self.policy.max_epsilon_per_request)
         spent = self.ledger.epsilon()
-        self.trail.append(CHARGED, privacy=asdict(event), ledger_events=position + 1, epsilon_spent=spent)
+        extract = self._extract_changed()
+        self.trail.append(CHARGED, privacy=asdict(event), ledger_events=position + 1, epsilon_spent=spent,
+                          extract=extract)
         log.info("privacy charged: %s round %s, epsilon now %.4f", event.mechanism, event.round, spent,
                  extra={"fedsyn": {"event": CHARGED, "site": self.policy.site_id, "round": event.round,
                                    "mechanism": event.mechanism, "epsilon_spent": spent}})
         return position
+
+    def _extract_changed(self) -> str:
+        """The extract file's size and modification time (local: the trail never leaves the
+        site), said in the site's log when they differ from the last charge's. A run's round-0
+        tables describe the extract they were measured on; training on a replaced one went
+        unsaid (helper-104 M7)."""
+        try:
+            stat = self.policy.data.stat()
+        except OSError:
+            return ""
+        now = f"{stat.st_size}:{stat.st_mtime_ns}"
+        last = next((str(entry.get("extract", "")) for entry in reversed(self.trail.entries())
+                     if entry.get("event") == CHARGED), "")
+        if last and last != now:
+            log.warning("the extract %s changed since this site's last charge: a run under way measured its round-0 "
+                        "tables on the earlier one and now trains on this one. If that is not meant, stop the run "
+                        "and start a new one once the extract is final", self.policy.data,
+                        extra={"fedsyn": {"event": "extract_changed", "site": self.policy.site_id}})
+        return now
 
     def budget(self) -> SiteBudget:
         """What this site has spent and may spend, for the coordinator's plan: read from the ledger
