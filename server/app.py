@@ -17,9 +17,8 @@ from flwr.serverapp import Grid, ServerApp
 
 from fedsyn.data.schema import Schema
 from fedsyn.errors import ConfigurationError, os_error_said
-from fedsyn.logs import RUN_STOPPED
 from fedsyn.server.coordinator import Coordinator, RoundCallback
-from fedsyn.server.record import FederationError, RoundSummary, SiteStatus
+from fedsyn.server.record import RUN_FAILED, FederationError, RoundSummary, SiteStatus
 from fedsyn.server.release import archive_earlier_release, write_release
 from fedsyn.server.resume import holding_run, load_state
 from fedsyn.server.settings import FederationSettings
@@ -162,7 +161,8 @@ def _run(grid: Grid, schema: Schema, settings: FederationSettings, plan: Release
                            max_epsilon=report["max_epsilon_any_site"])
 
     def after_round(summary: RoundSummary, sites: dict[int, SiteStatus]) -> None:
-        _log_round(summary, settings.rounds, {site.name: coordinator.run.epsilon_of(site) for site in sites.values()})
+        _log_round(summary, settings.rounds, {site.name: coordinator.run.epsilon_of(site) for site in sites.values()},
+                   {site.name: site.claimed_epsilon for site in sites.values()})
         if plan.every and summary.round % plan.every == 0 and summary.round < settings.rounds:
             publish(interim_release_folder(plan.out, summary.round))
         if on_round is not None:
@@ -205,18 +205,22 @@ def _run(grid: Grid, schema: Schema, settings: FederationSettings, plan: Release
 def _record_stopped(coordinator: Coordinator, exc: FederationError) -> None:
     """Say in the audit log that the run stopped, and why: without it the dashboard showed a run
     that had lost its quorum as in progress, its round running (helper-104 M3)."""
-    coordinator.record(RUN_STOPPED, reason=str(exc), resumable=exc.resumable)
+    coordinator.record(RUN_FAILED, reason=str(exc), resumable=exc.resumable)
 
 
-def _log_round(summary: RoundSummary, rounds: int, epsilon: dict[str, float]) -> None:
-    """The coordinator's progress line: the round, who took part, and each site's epsilon in this
-    run so far as the coordinator recomputes it from the sites' accepted privacy events."""
-    spent = ", ".join(f"{site} {value:.3f}" for site, value in sorted(epsilon.items()))
-    log.info("round %d of %d done: %d site(s) accepted, %d dropped; this run's epsilon per site (alone: "
-             "each site's ledger composes it with its earlier runs'): %s", summary.round, rounds, summary.accepted,
-             summary.dropped, spent,
+def _log_round(summary: RoundSummary, rounds: int, epsilon: dict[str, float], ledgers: dict[str, float]) -> None:
+    """The coordinator's progress line: the round, who took part, and each site's epsilon: its
+    ledger's, all runs composed (what its budget caps, as the site last said), and this run's
+    alone as the coordinator recomputes it from the accepted privacy events. This run's alone
+    can be far above what it added to the ledger (a small budget left on top of earlier runs buys
+    noise that is cheap composed, dear alone), and shown without the ledger's figure it read as
+    overspending (helper-104 M8)."""
+    spent = ", ".join(f"{site} {ledgers.get(site, 0.0):.3f} (this run alone {value:.3f})"
+                      for site, value in sorted(epsilon.items()))
+    log.info("round %d of %d done: %d site(s) accepted, %d dropped; epsilon per site, all runs composed in its "
+             "ledger: %s", summary.round, rounds, summary.accepted, summary.dropped, spent,
              extra={"fedsyn": {"event": "round_done", "round": summary.round, "accepted": summary.accepted,
-                               "dropped": summary.dropped, "epsilon": epsilon}})
+                               "dropped": summary.dropped, "epsilon": epsilon, "epsilon_ledger": ledgers}})
 
 
 def make_server_app(schema: Schema, settings: FederationSettings, plan: ReleasePlan,

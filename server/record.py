@@ -32,6 +32,8 @@ from fedsyn.privacy.marginals import Marginals
 from fedsyn.server.resume import IN_ROUND_ZERO, RunState
 from fedsyn.server.settings import FederationSettings
 
+RUN_FAILED = "run_failed"  # the audit entry of a run its error stopped (the dashboard shows why)
+
 
 class FederationError(FedsynError, RuntimeError):
     """The run cannot continue (e.g. fewer sites than the configured minimum). ``resumable``: the

@@ -77,6 +77,9 @@ def test_an_in_process_run_logs_progress_at_both_ends_as_json(plan, demo_schema,
     assert [record["round"] for record in rounds] == [1, 2, 3]
     assert all(sorted(record["epsilon"]) == ["site-0", "site-1", "site-2"] for record in rounds)
     assert all(0 < value <= 1.0 for record in rounds for value in record["epsilon"].values())
+    # helper-104 M8: each site's ledger (all runs) beside this run's alone, which read as overspending
+    assert all(sorted(record["epsilon_ledger"]) == sorted(record["epsilon"]) for record in rounds)
+    assert all(0 < value <= 1.0 for record in rounds for value in record["epsilon_ledger"].values())
     finished = [record for record in records if record.get("event") == "run_finished"]
     assert len(finished) == 1 and finished[0]["release"] == str(tmp_path / "release")
     charged = {record["site"] for record in records if record.get("event") == "privacy_charged"}

@@ -313,7 +313,7 @@ def test_a_refused_run_leaves_the_current_release_in_place(plan, demo_schema, tm
     from fedsyn.server.ops.dashboard_state import latest_run, run_summary
 
     entries = [json.loads(line) for line in (tmp_path / "audit.jsonl").read_text().splitlines()]
-    stopped = [e for e in entries if e["event"] == "run_stopped"]
+    stopped = [e for e in entries if e["event"] == "run_failed"]
     assert len(stopped) == 1 and "budget_exhausted" in stopped[0]["reason"] and stopped[0]["resumable"] is False
     summary = run_summary(latest_run(entries))
     assert summary is not None and not summary["finished"] and "budget_exhausted" in summary["failed"]["reason"]

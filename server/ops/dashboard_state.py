@@ -18,8 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from fedsyn.logs import RUN_STOPPED
-from fedsyn.server.record import given_name, known_names
+from fedsyn.server.record import RUN_FAILED, given_name, known_names
 from fedsyn.trust.audit import verify_log
 from fedsyn.trust.signing import MANIFEST, VerificationError, load_public_key, verify_release
 
@@ -177,7 +176,7 @@ def run_summary(entries: list[dict[str, Any]]) -> dict[str, Any] | None:
         return None
     settings = configured.get("settings", {})
     stopped = next((e for e in entries if e.get("event") == "training_stopped"), None)
-    failed = next((e for e in entries if e.get("event") == RUN_STOPPED), None)
+    failed = next((e for e in entries if e.get("event") == RUN_FAILED), None)
     return {"started": configured.get("time"), "run": configured.get("run"), "schema": configured.get("schema"),
             "rounds": settings.get("rounds"), "epsilon": settings.get("epsilon"), "delta": settings.get("delta"),
             "min_sites": settings.get("min_sites"), "aggregation": settings.get("aggregation"),
