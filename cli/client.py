@@ -54,6 +54,45 @@ def client_start(config: Annotated[Path, typer.Option("--config", "-c")] = Path(
                                before_start=launch.install))
 
 
+@client_app.command("status")
+def client_status(config: Annotated[Path, typer.Option("--config", "-c")] = Path("site.toml")) -> None:
+    """What this site has spent and may spend, its last charge, reply and refusal, and whether its
+    SuperNode runs: from the site's own files, no row read. Exits 1 when the site would refuse to
+    spend (its ledger missing, or holding fewer charges than its trail or stored replies prove)."""
+    from rich.table import Table
+
+    from fedsyn.client.ops.status import site_view
+    from fedsyn.client.policy import PolicyError, SitePolicy
+
+    try:
+        view = site_view(SitePolicy.load(config))
+    except PolicyError as exc:
+        fail(str(exc))
+
+    def said(entry: dict[str, object] | None, *fields: str) -> str:
+        if entry is None:
+            return "none"
+        shown = ", ".join(f"{name} {entry[name]}" for name in fields if entry.get(name) is not None)
+        return f"{entry.get('time', '?')}: {entry.get('event')}" + (f" ({shown})" if shown else "")
+
+    table = Table(title=f"site {view.site_id}", show_header=False)
+    spent = "unknown (no readable ledger)" if view.epsilon_spent is None else f"{view.epsilon_spent:.4f}"
+    table.add_row("epsilon spent (all runs)", f"{spent} of {view.max_epsilon:g} (delta {view.delta:g})")
+    table.add_row("most one request may cost", "no cap" if view.per_request is None else f"{view.per_request:g}")
+    table.add_row("charges in the ledger", "?" if view.charges is None else str(view.charges))
+    charge = view.last_charge
+    privacy = charge.get("privacy") if charge is not None else None
+    table.add_row("last charge", "none" if charge is None else f"{charge.get('time')}: "
+                  + (f"{privacy.get('mechanism')} round {privacy.get('round')}" if isinstance(privacy, dict) else "")
+                  + f", epsilon then {float(str(charge.get('epsilon_spent', 'nan'))):.4f}")
+    table.add_row("last reply sent", said(view.last_sent, "round"))
+    table.add_row("last refusal", said(view.last_refusal, "message_type", "code"))
+    table.add_row("SuperNode", view.supernode)
+    console.print(table)
+    if view.problem is not None:
+        fail(f"this site refuses to spend: {view.problem}", code=1)
+
+
 def site_runtime(policy: SitePolicy) -> SiteRuntime:
     """What the supervisor keeps and checks for this site: its record beside the ledger, its local
     port and key, and the files a round writes (ledger, lock, stored replies, audit trail)."""

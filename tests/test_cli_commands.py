@@ -586,3 +586,26 @@ def test_an_error_naming_a_toml_section_keeps_it_through_the_command(tmp_path):
     done = subprocess.run([fedsyn, "server", "run", "-c", str(tmp_path / "server.toml")], capture_output=True,
                           text=True, timeout=120)
     assert done.returncode == 78 and "config's [run]: no setting 'roudns'" in done.stderr, done.stderr
+
+
+def test_client_status_shows_the_sites_budget_and_last_charge_and_a_ledger_it_would_refuse(tmp_path, demo_frame):
+    """helper-104 M6: hospital IT had no view of its site but the SuperNode's log."""
+    from fedsyn.client.policy import SitePolicy
+    from fedsyn.client.site import Site
+    from fedsyn.data.demo import demo_schema_path
+    from fedsyn.federation import protocol
+    from fedsyn.privacy.accounting import PrivacyLedger
+    from fedsyn.simulations.run import prepare_sites
+
+    policy = prepare_sites([demo_frame.head(600)], demo_schema_path(), tmp_path / "sites", 5.0, 1e-5).policies[0]
+    site = Site(SitePolicy.load(policy))
+    site.release_marginals(6.0, 5.0, protocol.schema_fingerprint(site.schema), run_id="run-a")
+    result = _invoke("client", "status", "--config", policy)
+    text = " ".join(result.output.split())
+    assert result.exit_code == 0 and f"{site.ledger.epsilon():.4f} of 5" in text
+    assert "gaussian-marginals round 0" in text and "marginals_sent" in text and "last refusal │ none" in text
+    site.policy.ledger.unlink()
+    PrivacyLedger.create(site.policy.ledger, site.policy.delta, protects=str(site.policy.data.resolve()))
+    result = _invoke("client", "status", "--config", policy)
+    assert result.exit_code == 1 and "this site refuses to spend" in result.output and "records 1 charges" in \
+        " ".join(result.output.split())

@@ -177,7 +177,7 @@ def _group_members(pgid: int, since: int | None) -> list[int]:
     return members
 
 
-def _process_alive(pid: int | None, started: int | None) -> bool:
+def process_alive(pid: int | None, started: int | None) -> bool:
     if pid is None:
         return False
     if Path("/proc/self/stat").exists():
@@ -238,7 +238,7 @@ class NodeRecord:
         if not group:
             return None
         supervisor = group.get("supervisor")
-        if supervisor != os.getpid() and _process_alive(supervisor, group.get("supervisor_started")):
+        if supervisor != os.getpid() and process_alive(supervisor, group.get("supervisor_started")):
             _say(out, f"another `fedsyn client start` (pid {supervisor}) already runs this site's SuperNode "
                       f"(process group {group['pgid']}, local port {group.get('local_port')}). Stop it first "
                       "(`systemctl stop fedsyn-client`, or Ctrl-C in its terminal); two SuperNodes with one key "

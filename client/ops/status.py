@@ -1,0 +1,81 @@
+"""What a hospital's IT sees of its site with ``fedsyn client status``: the budget, the last
+charge and refusal, and whether its SuperNode runs. Read from the site's own files (policy,
+ledger, audit trail, ``supernode.json``); no row of the extract is read.
+
+The checks a request runs first (ledger against trail and stored replies) run here too, so a
+site that would refuse to spend says so before the coordinator asks (helper-104 M6: the
+operator had no view of the site but its log)."""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from fedsyn.client.ops.supervise import RECORD, process_alive
+from fedsyn.client.policy import SitePolicy
+from fedsyn.client.site import CHARGED, Site
+from fedsyn.privacy.accounting import LedgerError, PrivacyLedger
+
+SENT = ("marginals_sent", "pair_tables_sent", "update_sent")
+
+
+@dataclass
+class SiteView:
+    """One site as its operator sees it: every figure local, none computed from the rows."""
+
+    site_id: str
+    epsilon_spent: float | None
+    max_epsilon: float
+    per_request: float | None
+    delta: float
+    charges: int | None
+    last_charge: dict[str, Any] | None = None
+    last_sent: dict[str, Any] | None = None
+    last_refusal: dict[str, Any] | None = None
+    problem: str | None = None  # why the site refuses to spend, if it does
+    supernode: str = "not started by `fedsyn client start` here"
+
+
+def site_view(policy: SitePolicy) -> SiteView:
+    """The site's state from its files; a ledger the site would refuse is named, not raised."""
+    problem, ledger = None, None
+    try:
+        Site(policy)  # the same checks every request runs before anything is charged
+    except LedgerError as exc:
+        problem = str(exc)
+    try:
+        ledger = PrivacyLedger.load(policy.ledger)
+    except LedgerError as exc:
+        problem = problem or str(exc)
+    entries = _trail(policy)
+    view = SiteView(policy.site_id, ledger.epsilon() if ledger is not None else None, policy.max_epsilon,
+                    policy.max_epsilon_per_request, policy.delta, len(ledger.events) if ledger is not None else None,
+                    problem=problem)
+    view.last_charge = next((e for e in reversed(entries) if e.get("event") == CHARGED), None)
+    view.last_sent = next((e for e in reversed(entries) if e.get("event") in SENT), None)
+    view.last_refusal = next((e for e in reversed(entries) if e.get("event") == "request_refused"), None)
+    view.supernode = _supernode(policy)
+    return view
+
+
+def _trail(policy: SitePolicy) -> list[dict[str, Any]]:
+    try:
+        return [json.loads(line) for line in policy.audit_trail.read_text().splitlines() if line.strip()]
+    except (OSError, ValueError):
+        return []
+
+
+def _supernode(policy: SitePolicy) -> str:
+    """Whether a SuperNode this site's `client start` runs is alive, its node id and last sign of life."""
+    try:
+        record = json.loads((policy.ledger.parent / RECORD).read_text())
+    except (OSError, ValueError):
+        return "not started by `fedsyn client start` here"
+    group = record.get("group") or {}
+    running = process_alive(group.get("supervisor"), group.get("supervisor_started")) if group else False
+    node = f"node {record['node_id']}" if record.get("node_id") else "no node id yet"
+    last = record.get("last_alive")
+    seen = f", last connected {time.time() - float(last):.0f} s ago" if last else ""
+    return f"{'running' if running else 'stopped'} ({node}{seen})"
