@@ -16,6 +16,7 @@ from typing import Any
 from fedsyn.client.ops.supervise import RECORD, process_alive
 from fedsyn.client.policy import SitePolicy
 from fedsyn.client.site import CHARGED, Site
+from fedsyn.data.schema import SchemaError
 from fedsyn.privacy.accounting import LedgerError, PrivacyLedger
 
 SENT = ("marginals_sent", "pair_tables_sent", "update_sent")
@@ -43,7 +44,7 @@ def site_view(policy: SitePolicy) -> SiteView:
     problem, ledger = None, None
     try:
         Site(policy)  # the same checks every request runs before anything is charged
-    except LedgerError as exc:
+    except (LedgerError, SchemaError) as exc:
         problem = str(exc)
     try:
         ledger = PrivacyLedger.load(policy.ledger)
