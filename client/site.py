@@ -383,8 +383,11 @@ class Site:
         except OSError:
             return ""
         now = f"{stat.st_size}:{stat.st_mtime_ns}"
-        last = next((str(entry.get("extract", "")) for entry in reversed(self.trail.entries())
-                     if entry.get("event") == CHARGED), "")
+        try:  # said after the charge: nothing here may stop the answer it paid for
+            last = next((str(entry.get("extract", "")) for entry in reversed(self.trail.entries())
+                         if entry.get("event") == CHARGED), "")
+        except (OSError, ValueError):
+            return now
         if last and last != now:
             log.warning("the extract %s changed since this site's last charge: a run under way measured its round-0 "
                         "tables on the earlier one and now trains on this one. If that is not meant, stop the run "
