@@ -131,6 +131,9 @@ def _superlink_lost(server_config: CoordinatorConfig, run_id: str | None, plan_o
     """The SuperLink stopped answering mid-run: say how to go on (helper-104 M2: Flower's box about
     the connection was all the operator saw)."""
     start = "start the SuperLink again (`fedsyn server start`)"
+    if run_id is None:  # it never answered: nothing was submitted (helper-105 M2)
+        fail("Flower could not reach the SuperLink, so no run was submitted and nothing was charged: check that it "
+             "runs (`fedsyn server start`) and that server.toml's superlink address is its own", code=1)
     if plan_only:
         fail(f"the SuperLink stopped answering; the budget plan charged nothing: {start} and plan again", code=1)
     which = f"run {run_id}" if run_id else "the run"

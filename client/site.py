@@ -365,7 +365,7 @@ class Site:
         with _refused_over_budget(self.policy.site_id):
             position = self.ledger.charge(event, budget, self.policy.max_epsilon_per_request)
         spent = self.ledger.epsilon()
-        extract = self._extract_changed()
+        extract = self._extract_changed(within_run=(event.round or 0) > 0)
         self.trail.append(CHARGED, privacy=asdict(event), ledger_events=position + 1, epsilon_spent=spent,
                           extract=extract)
         log.info("privacy charged: %s round %s, epsilon now %.4f", event.mechanism, event.round, spent,
@@ -373,11 +373,13 @@ class Site:
                                    "mechanism": event.mechanism, "epsilon_spent": spent}})
         return position
 
-    def _extract_changed(self) -> str:
+    def _extract_changed(self, within_run: bool) -> str:
         """The extract file's size and modification time (local: the trail never leaves the
-        site), said in the site's log when they differ from the last charge's. A run's round-0
-        tables describe the extract they were measured on; training on a replaced one went
-        unsaid (helper-104 M7)."""
+        site; the size tells about how many rows it has, so a trail shown to an auditor says
+        that too), said in the site's log when they differ from the last charge's ``within_run``
+        (a training round: a new run's round 0 may well read a new export, helper-105 L2). A
+        run's round-0 tables describe the extract they were measured on; training on a replaced
+        one went unsaid (helper-104 M7)."""
         try:
             stat = self.policy.data.stat()
         except OSError:
@@ -388,7 +390,7 @@ class Site:
                          if entry.get("event") == CHARGED), "")
         except (OSError, ValueError):
             return now
-        if last and last != now:
+        if within_run and last and last != now:
             log.warning("the extract %s changed since this site's last charge: a run under way measured its round-0 "
                         "tables on the earlier one and now trains on this one. If that is not meant, stop the run "
                         "and start a new one once the extract is final", self.policy.data,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import re
 import shutil
 from collections.abc import Callable
@@ -102,6 +103,31 @@ def _written_aside(out: Path, write: Callable[[Path], dict[str, Any]], resumable
         raise error from None
 
 
+def _put_in_place(staged: Path, out: Path, resumable: bool) -> None:
+    """Move the release written whole in ``staged`` to ``out``. Where the earlier release was
+    moved aside, or none was there, the folder is renamed (one step). Where ``out`` stays (a
+    symlink, a mount point, or a folder holding other files: helper-105 H1, where the rename
+    failed after every site had paid), its files are moved into it one by one, as the release
+    was written there before. A failure says where the new release and the earlier one are."""
+    try:
+        if out.is_dir() and not out.is_symlink() and not os.path.ismount(out) and not any(out.iterdir()):
+            out.rmdir()  # an empty plain folder: the release takes its place
+        if not os.path.lexists(out):
+            staged.rename(out)
+            return
+        for path in sorted(staged.iterdir()):
+            shutil.move(str(path), str(out / path.name))
+        staged.rmdir()
+    except OSError as exc:
+        error = FederationError(f"the release was written whole to {staged} but could not be moved to {out} "
+                                f"({type(exc).__name__}{os_error_said(exc)}); an earlier release there was moved "
+                                "aside first (OUT.replaced-<time>, in the audit log). Move the new one to "
+                                + str(out) + " by hand, or fix the path and "
+                                + ("`fedsyn server run --resume`" if resumable else "run again"))
+        error.resumable = resumable
+        raise error from None
+
+
 def run_federation(grid: Grid, schema: Schema, settings: FederationSettings, plan: ReleasePlan,
                    on_round: RoundCallback | None = None, run_id: str | None = None,
                    resume: bool = False, plan_only: bool = False) -> Coordinator:
@@ -155,7 +181,7 @@ def _run(grid: Grid, schema: Schema, settings: FederationSettings, plan: Release
             if earlier is not None:
                 coordinator.record("release_archived", path=str(earlier), replaced_by_run=fedsyn_run)
         published.append(out)
-        staged.folder.rename(out)
+        _put_in_place(staged.folder, out, resumable=coordinator.saved_state or state is not None)
         report = staged.report
         coordinator.record("release_written", path=str(out), rows=plan.rows, signed=key is not None,
                            max_epsilon=report["max_epsilon_any_site"])

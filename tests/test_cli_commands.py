@@ -403,6 +403,14 @@ def test_a_superlink_that_stopped_answering_is_said_with_the_way_forward(tmp_pat
     result = _invoke("server", "plan", "--config", tmp_path / "server.toml")
     assert result.exit_code == 1 and "charged nothing" in result.output and "resume" not in result.output
 
+    def never_reached(command, env=None):  # helper-105 M2: a SuperLink never started, or a wrong address
+        raise SuperLinkLost(None)
+
+    monkeypatch.setattr("fedsyn.cli.server.follow_run", never_reached)
+    result = _invoke("server", "run", "--config", tmp_path / "server.toml")
+    text = " ".join(result.output.split())
+    assert result.exit_code == 1 and "no run was submitted and nothing was charged" in text and "resume" not in text
+
 
 def test_server_toml_run_paths_are_relative_to_the_file(tmp_path):
     from fedsyn.server.ops.superlink import CoordinatorConfig
@@ -609,3 +617,7 @@ def test_client_status_shows_the_sites_budget_and_last_charge_and_a_ledger_it_wo
     result = _invoke("client", "status", "--config", policy)
     assert result.exit_code == 1 and "this site refuses to spend" in result.output and "records 1 charges" in \
         " ".join(result.output.split())
+    for damaged in ("[]", '{"last_alive": "yesterday", "group": 7}'):  # helper-105 L3: it crashed on these
+        (site.policy.ledger.parent / "supernode.json").write_text(damaged)
+        result = _invoke("client", "status", "--config", policy)
+        assert result.exit_code == 1 and "SuperNode" in result.output

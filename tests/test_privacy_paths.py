@@ -889,18 +889,26 @@ def test_a_refusal_whose_trail_cannot_be_written_goes_out_as_itself_after_its_ho
 def test_an_extract_replaced_between_charges_is_said_in_the_sites_log(tmp_path, small_frame, caplog):
     """helper-104 M7: an extract replaced mid-run (round 0 measured on the old file, training on
     the new one) went unsaid. The trail keeps the file's size and time with each charge (local),
-    and the site's log says when they changed."""
+    and the site's log says when they changed before a training round; a new run's round 0 on a
+    new export is no news (helper-105 L2)."""
     import logging
     import os
 
     site = _site(tmp_path, small_frame)
     fingerprint = protocol.schema_fingerprint(site.schema)
+    data = site.policy.data
+
+    def newer_export() -> None:
+        stat = data.stat()
+        os.utime(data, ns=(stat.st_atime_ns, stat.st_mtime_ns + 10**9))
+
+    arrays, marginals = _global_model(site)
     with caplog.at_level(logging.WARNING, logger="fedsyn.client"):
         site.release_marginals(30.0, 50.0, fingerprint, run_id="run-a")
-        site.release_marginals(30.0, 50.0, fingerprint, run_id="run-b")  # the same file: nothing said
+        newer_export()
+        site.release_marginals(30.0, 50.0, fingerprint, run_id="run-b")  # a new run's round 0: nothing said
+        site.train(_request(site), arrays, marginals)  # the same file: nothing said
         assert "changed since this site's last charge" not in caplog.text
-        data = site.policy.data
-        stat = data.stat()
-        os.utime(data, ns=(stat.st_atime_ns, stat.st_mtime_ns + 10**9))  # a newer export
-        site.release_marginals(30.0, 50.0, fingerprint, run_id="run-c")
+        newer_export()
+        site.train(_request(site, round_=2), arrays, marginals)
     assert caplog.text.count("changed since this site's last charge") == 1 and str(data) in caplog.text

@@ -354,6 +354,43 @@ def test_a_release_the_disk_could_not_hold_leaves_the_earlier_one_in_place_and_r
     assert len([p for p in tmp_path.iterdir() if p.name.startswith("release.replaced-")]) == 1
 
 
+@pytest.mark.parametrize("layout", ["other files", "symlink", "empty folder"])
+def test_a_release_reaches_an_out_that_holds_other_files_or_is_a_link(plan, demo_schema, tmp_path, layout):
+    """helper-105 H1: the release written whole beside OUT was renamed onto it, which failed, after
+    every site had paid, where OUT held other files or was a symlink (or a mount point): the
+    release is moved into such an OUT file by file, as it was written there before."""
+    target = tmp_path / "volume"
+    target.mkdir()
+    out = tmp_path / "release"
+    if layout == "symlink":
+        out.symlink_to(target, target_is_directory=True)
+    else:
+        out.mkdir()
+        if layout == "other files":
+            (out / "NOTES.txt").write_text("the team's own notes")
+    short = SETTINGS.model_copy(update={"rounds": 1, "epsilon": 0.4})
+    run_federation(InProcessGrid(make_client_app(plan.site_policy), len(plan.policies)), demo_schema, short,
+                   ReleasePlan(out, rows=100, audit_log=tmp_path / "audit.jsonl"))
+    assert (out / "privacy_report.json").is_file() and (out / "generator.pt").is_file()
+    assert not [p for p in tmp_path.iterdir() if p.name.endswith(".writing")]
+    if layout == "symlink":
+        assert out.is_symlink() and (target / "synthetic.csv").is_file()
+    if layout == "other files":
+        assert (out / "NOTES.txt").read_text() == "the team's own notes"
+
+
+def test_the_dashboard_shows_a_resumed_run_as_running_not_as_stopped():
+    """helper-105 M1: a run resumed after its failure showed 'stopped' for its whole resumed life."""
+    from fedsyn.server.ops.dashboard_state import run_summary
+
+    failed = [{"event": "run_configured", "run": "a", "settings": {}},
+              {"event": "run_failed", "run": "a", "reason": "the release could not be written", "resumable": True}]
+    assert run_summary(failed)["failed"]["reason"] == "the release could not be written"
+    assert run_summary([*failed, {"event": "run_resumed", "run": "a"}])["failed"] is None
+    again = [*failed, {"event": "run_resumed", "run": "a"}, {"event": "run_failed", "run": "a", "reason": "quorum"}]
+    assert run_summary(again)["failed"]["reason"] == "quorum"
+
+
 def test_a_failed_runs_interim_releases_leave_the_earlier_release_and_no_mix_of_runs(plan, demo_schema, tmp_path):
     """helper-100 M-3: with interim releases beside the release, a later run that failed after its
     first interim had moved the finished release aside, and left the earlier run's round-002 beside

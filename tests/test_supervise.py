@@ -66,3 +66,12 @@ def test_a_node_refused_for_its_clock_is_explained_and_ends_as_a_failure():
     assert supervise([sys.executable, "-c", "print('INFO : SuperNode terminated gracefully.')"], {}, out) \
         == EXIT_LOST_COORDINATOR
     assert "stopped on its own without saying why" in out.getvalue() and "NTP" in out.getvalue()
+
+
+def test_a_node_stopped_after_it_joined_is_not_taken_for_a_refusal():
+    """helper-105 L1: the operator's own SIGTERM to the SuperNode alone (it says it stopped,
+    exit 0) must not become a failure that a service manager restarts with a clock hint."""
+    out = io.StringIO()
+    joined = "print('INFO : SuperNode ID: 77', flush=True)\nprint('INFO : SuperNode terminated gracefully.')\n"
+    assert supervise([sys.executable, "-c", joined], {}, out) == 0
+    assert "NTP" not in out.getvalue()

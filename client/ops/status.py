@@ -73,10 +73,12 @@ def _supernode(policy: SitePolicy) -> str:
     try:
         record = json.loads((policy.ledger.parent / RECORD).read_text())
     except (OSError, ValueError):
-        return "not started by `fedsyn client start` here"
-    group = record.get("group") or {}
-    running = process_alive(group.get("supervisor"), group.get("supervisor_started")) if group else False
+        record = None
+    if not isinstance(record, dict):
+        return f"not started by `fedsyn client start` here (no readable {RECORD})"
+    group = record.get("group")
+    running = isinstance(group, dict) and process_alive(group.get("supervisor"), group.get("supervisor_started"))
     node = f"node {record['node_id']}" if record.get("node_id") else "no node id yet"
     last = record.get("last_alive")
-    seen = f", last connected {time.time() - float(last):.0f} s ago" if last else ""
+    seen = f", last connected {time.time() - last:.0f} s ago" if isinstance(last, (int, float)) else ""
     return f"{'running' if running else 'stopped'} ({node}{seen})"

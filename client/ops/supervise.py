@@ -422,6 +422,7 @@ class _Attempt:
     refused_activation: bool = False
     unauthorized: bool = False
     ended: bool = False  # it said it stopped (the supervisor may not have asked)
+    activated: bool = False
 
 
 def supervise(command: list[str], environment: dict[str, str], out: Console = sys.stdout,
@@ -458,7 +459,9 @@ def supervise(command: list[str], environment: dict[str, str], out: Console = sy
         attempt = 1
         while True:
             code, outcome = _run_once(command, environment, out, poll_seconds, record, running)
-            if code == 0 and not stopping.is_set() and (outcome.unauthorized or outcome.ended):
+            # An end after activation, unrefused, may be the operator's own stop of the SuperNode (helper-105 L1)
+            refused = outcome.unauthorized or (outcome.ended and not outcome.activated)
+            if code == 0 and not stopping.is_set() and refused:
                 # It stopped itself, exit 0: a service manager restarts only a failure (helper-104 H2: a
                 # clock 30 s off stopped every site for good, silently)
                 why = "" if outcome.unauthorized else (" without saying why; where the coordinator's SuperLink log "
@@ -530,6 +533,7 @@ def _pass_through(process: subprocess.Popen[str], out: Console, attempt: _Attemp
         activated = ACTIVATED.search(line)
         if activated:
             record.activated(activated.group(1))
+            attempt.activated = True
         if ACTIVATION_REFUSED in line:
             attempt.refused_activation = True
             hint("activation", record.explain_refused_activation)

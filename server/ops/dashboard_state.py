@@ -176,7 +176,9 @@ def run_summary(entries: list[dict[str, Any]]) -> dict[str, Any] | None:
         return None
     settings = configured.get("settings", {})
     stopped = next((e for e in entries if e.get("event") == "training_stopped"), None)
-    failed = next((e for e in entries if e.get("event") == RUN_FAILED), None)
+    # the newest failure, unless the run was resumed since (helper-105 M1: a resumed run showed as stopped)
+    failed = next((e for e in reversed(entries) if e.get("event") in (RUN_FAILED, "run_resumed")), None)
+    failed = failed if failed is not None and failed.get("event") == RUN_FAILED else None
     return {"started": configured.get("time"), "run": configured.get("run"), "schema": configured.get("schema"),
             "rounds": settings.get("rounds"), "epsilon": settings.get("epsilon"), "delta": settings.get("delta"),
             "min_sites": settings.get("min_sites"), "aggregation": settings.get("aggregation"),
