@@ -391,6 +391,15 @@ def test_the_dashboard_shows_a_resumed_run_as_running_not_as_stopped():
     assert run_summary(again)["failed"]["reason"] == "quorum"
 
 
+def test_the_dashboard_counts_a_round_accepted_again_after_a_resume_once():
+    """helper-104 Low: a site's accepted rounds read [0, 1, 1, 2, 3] after a resume."""
+    from fedsyn.server.ops.dashboard_state import site_views
+
+    entries = [{"event": "run_configured", "run": "a", "settings": {}},
+               *({"event": "update_accepted", "run": "a", "round": r, "node": 1, "site": "h1"} for r in (0, 1, 1, 2))]
+    assert site_views(entries)[0]["rounds_accepted"] == [0, 1, 2]
+
+
 def test_a_failed_runs_interim_releases_leave_the_earlier_release_and_no_mix_of_runs(plan, demo_schema, tmp_path):
     """helper-100 M-3: with interim releases beside the release, a later run that failed after its
     first interim had moved the finished release aside, and left the earlier run's round-002 beside

@@ -117,7 +117,8 @@ def site_views(entries: list[dict[str, Any]], names: dict[str, str] | None = Non
         if event == "site_budget":  # before round 0: its ledger so far, and the most it will ever spend
             site["epsilon_claimed"], site["max_epsilon"] = entry.get("epsilon_spent"), entry.get("max_epsilon")
         elif event in ("site_joined", "update_accepted"):
-            site["rounds_accepted"].append(entry.get("round"))
+            if entry.get("round") not in site["rounds_accepted"]:  # a round in flight at a crash, again on resume
+                site["rounds_accepted"].append(entry.get("round"))
             site["epsilon_claimed"] = entry.get("epsilon_claimed")
         elif event == "update_rejected":
             reason = str(entry.get("reason", ""))
