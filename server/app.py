@@ -144,7 +144,8 @@ def run_federation(grid: Grid, schema: Schema, settings: FederationSettings, pla
     under a run id of the plan's own, so it takes no lock and can run beside a training run."""
     with ExitStack() as stack:
         if plan.state_dir is not None and not plan_only:  # a plan writes no state: it need not wait for a run
-            stack.enter_context(holding_run(plan.state_dir, run_id))
+            # a resumed run waits for the process it replaces to stop; a new one refuses at once
+            stack.enter_context(holding_run(plan.state_dir, run_id, wait=120.0 if resume else 0.0))
         return _run(grid, schema, settings, plan, on_round, run_id, resume, plan_only)
 
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import fcntl
 import json
+import logging
 import os
 import time
 from collections.abc import Iterator
@@ -31,6 +32,8 @@ from fedsyn.errors import ConfigurationError
 from fedsyn.files import write_atomically
 from fedsyn.trust.audit import verify_log
 from fedsyn.trust.signing import VerificationError, sha256_file
+
+log = logging.getLogger("fedsyn.server")
 
 FORMAT = "fedsyn-coordinator-state/3"  # 2: the release choice; 3: round 0 under way (round IN_ROUND_ZERO)
 READABLE_FORMATS = ("fedsyn-coordinator-state/2", FORMAT)
@@ -106,23 +109,30 @@ def holding_run(directory: Path, flower_run: str | None, wait: float = 120.0) ->
     for the whole run, naming the process and its Flower run.
 
     A ServerApp cut off by a SuperLink crash keeps retrying and comes back when the SuperLink
-    restarts; a resumed run would then train beside it. So a new holder waits up to ``wait``
+    restarts; a resumed run would then train beside it. So a resumed run waits up to ``wait``
     seconds for the old one to stop (``fedsyn server run --resume`` asks Flower to stop it),
-    and refuses to run beside it."""
+    saying so, and refuses to run beside it. A new run gets ``wait`` 0: a second `server run` on
+    one state folder waited two minutes in silence, then started and charged every site again
+    if the first had ended meanwhile (helper-104 M5)."""
     directory.mkdir(parents=True, exist_ok=True)
     with open(directory / LOCK_FILE, "a+") as handle:
-        deadline = time.monotonic() + wait
+        deadline, said = time.monotonic() + wait, False
         while True:
             try:
                 fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
                 break
             except BlockingIOError:
+                holder = _read_holder(handle)
+                held = (f"another coordinator process drives the run in {directory} (pid {holder.get('pid')}, "
+                        f"Flower run {holder.get('flower_run')})")
                 if time.monotonic() > deadline:
-                    holder = _read_holder(handle)
                     raise ConfigurationError(
-                        f"another coordinator process still drives the run in {directory} (pid {holder.get('pid')}, "
-                        f"Flower run {holder.get('flower_run')}); stop it (`flwr stop RUN_ID`) before resuming"
-                    ) from None
+                        f"{held}: let it finish, or stop it (`flwr stop {holder.get('flower_run')}` with the "
+                        "coordinator's connection, as `fedsyn server run` does on Ctrl-C); nothing was charged by "
+                        "this one") from None
+                if not said:
+                    log.info("%s: waiting up to %.0f s for it to stop", held, wait)
+                    said = True
                 time.sleep(1.0)
         try:
             handle.seek(0)

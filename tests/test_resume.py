@@ -232,6 +232,28 @@ def test_only_one_coordinator_process_drives_a_run(tmp_path):
     assert lock_holder(tmp_path) is None
 
 
+def test_a_second_new_run_on_a_state_folder_in_use_is_refused_at_once(plan, demo_schema, tmp_path, caplog):
+    """helper-104 M5: a second `server run` on one state folder waited two minutes in silence and,
+    had the first ended meanwhile, started and charged every site again. A new run refuses at
+    once; a resumed run waits for the process it replaces, saying so."""
+    import logging
+    import time
+
+    release = ReleasePlan(tmp_path / "release", rows=100, audit_log=tmp_path / "audit.jsonl",
+                          state_dir=tmp_path / "state")
+    app = make_client_app(plan.site_policy)
+    with holding_run(tmp_path / "state", "4242"):
+        started = time.monotonic()
+        with pytest.raises(ConfigurationError, match="let it finish, or stop it .`flwr stop 4242`"):
+            run_federation(InProcessGrid(app, len(plan.policies)), demo_schema, SETTINGS, release)
+        assert time.monotonic() - started < 5
+        with caplog.at_level(logging.INFO, logger="fedsyn.server"), pytest.raises(ConfigurationError):
+            with holding_run(tmp_path / "state", "5151", wait=1.5):
+                pass
+    assert "waiting up to 2 s for it to stop" in caplog.text
+    assert [len(ledger.events) for ledger in _ledgers(plan)] == [0, 0, 0]  # nothing charged
+
+
 def test_a_tampered_audit_log_cannot_vouch_for_a_state(plan, demo_schema, tmp_path):
     release, app = _crash_in_round_two(plan, demo_schema, tmp_path)
     audit = tmp_path / "audit.jsonl"
