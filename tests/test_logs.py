@@ -165,6 +165,14 @@ def test_starting_a_superlink_with_an_expired_certificate_says_so(tmp_path, capl
     [warning] = caplog.records
     assert str(expired) in warning.getMessage() and "expired on" in warning.getMessage()
     assert warning.fedsyn["event"] == "certificate_expired"  # type: ignore[attr-defined]
+    # helper-103 L5: a CA file holding an expired old CA before the valid one is no expired CA
+    create_server_certificate(tmp_path / "certs", ["localhost"])
+    ca = tmp_path / "certs" / "ca.crt"
+    ca.write_bytes(expired_certificate(tmp_path / "old-ca.crt").read_bytes() + ca.read_bytes())
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="fedsyn"):
+        coordinator.superlink_command()
+    assert not caplog.records
 
 
 def _refused_run(plan, tmp_path, capsys) -> str:

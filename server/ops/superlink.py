@@ -111,8 +111,8 @@ class CoordinatorConfig(BaseModel):
         """Say so when the SuperLink's certificate or its CA has expired: the SuperLink would start,
         and every hospital's TLS handshake would fail on it."""
         for what, path in (("server certificate", self.certificate), ("CA certificate", self.ca_certificate)):
-            try:
-                when = expired(path)
+            try:  # a CA file may hold the old and the new CA while they rotate: expired only when all are
+                when = expired(path, bundle=what == "CA certificate")
             except (OSError, ValueError):
                 continue  # missing or unreadable: Flower's own error names it
             if when is not None:
