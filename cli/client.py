@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from fedsyn.cli.output import console, fail, setup_logging
+from fedsyn.cli.output import console, fail, results, setup_logging
 
 if TYPE_CHECKING:
     from fedsyn.client.ops.supervise import SiteRuntime
@@ -88,7 +88,7 @@ def client_status(config: Annotated[Path, typer.Option("--config", "-c")] = Path
     table.add_row("last reply sent", said(view.last_sent, "round"))
     table.add_row("last refusal", said(view.last_refusal, "message_type", "code"))
     table.add_row("SuperNode", view.supernode)
-    console.print(table)
+    results.print(table)
     if view.problem is not None:
         fail(f"this site refuses to spend: {view.problem}", code=1)
 

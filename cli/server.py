@@ -17,7 +17,7 @@ from fedsyn.cli.flower import (
     run_flower,
     run_status,
 )
-from fedsyn.cli.output import EXIT_INTERRUPTED, console, fail, setup_logging
+from fedsyn.cli.output import EXIT_INTERRUPTED, console, fail, results, setup_logging
 from fedsyn.errors import ConfigurationError
 
 if TYPE_CHECKING:
@@ -209,7 +209,7 @@ def sites_list(config: Annotated[Path, typer.Option("--config", "-c")] = Path("s
     try:
         listed = json.loads(printed)
     except json.JSONDecodeError:  # not the JSON flwr 1.41 prints: show it as it came
-        console.print(printed, markup=False, highlight=False)
+        results.print(printed, markup=False, highlight=False)
         return
     if not isinstance(listed, dict) or listed.get("success") is not True:  # flwr's errors exit 0 in JSON
         why = listed.get("error-message") if isinstance(listed, dict) else listed
@@ -222,7 +222,7 @@ def sites_list(config: Annotated[Path, typer.Option("--config", "-c")] = Path("s
         node_id = str(node.get("node-id"))  # every cell as plain text: a site names itself
         table.add_row(node_id, Text(names[node_id]) if node_id in names else unseen, str(node.get("status")),
                       str(node.get("online-at") or ""))
-    console.print(table)
+    results.print(table)  # on stdout, for a pipeline (helper-104: it went to stderr)
     if not audit:
         console.print(f"[dim]{config} has no [run] audit-log: site names are read from it[/]")
 

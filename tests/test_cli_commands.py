@@ -341,6 +341,7 @@ def test_sites_list_names_each_node_by_the_site_id_it_gave(tmp_path, monkeypatch
     assert result.exit_code == 0 and asked[0][1:5] == ["supernode", "list", "--format", "json"], asked
     lines = result.output.splitlines()
     assert any("111" in line and "hospital-a" in line and "online" in line for line in lines), result.output
+    assert "hospital-a" in result.stdout  # the table on stdout, for a pipeline (helper-104: it was on stderr)
     assert any("222" in line and "hospital-b" in line for line in lines), result.output
     assert any("333" in line and "not seen in a run yet" in line for line in lines), result.output
     assert any("444" in line and "[/]ward[bold]" in line for line in lines), result.output
@@ -610,7 +611,7 @@ def test_client_status_shows_the_sites_budget_and_last_charge_and_a_ledger_it_wo
     site.release_marginals(6.0, 5.0, protocol.schema_fingerprint(site.schema), run_id="run-a")
     result = _invoke("client", "status", "--config", policy)
     text = " ".join(result.output.split())
-    assert result.exit_code == 0 and f"{site.ledger.epsilon():.4f} of 5" in text
+    assert result.exit_code == 0 and f"{site.ledger.epsilon():.4f} of 5" in text and "of 5" in result.stdout
     assert "gaussian-marginals round 0" in text and "marginals_sent" in text and "last refusal │ none" in text
     site.policy.ledger.unlink()
     PrivacyLedger.create(site.policy.ledger, site.policy.delta, protects=str(site.policy.data.resolve()))
