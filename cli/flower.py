@@ -59,25 +59,25 @@ class FollowedRun:
     superlink_lost: bool = False  # Flower said the SuperLink stopped answering
 
 
-class RunInterrupted(Exception):
-    """Ctrl-C while a run was followed: ``flwr run --stream`` stopped streaming, and Flower's run
-    (``run_id``, None if none had started) goes on at the SuperLink until it is stopped."""
+class FollowingEnded(Exception):
+    """``flwr run --stream`` ended before the run did; ``run_id`` is the run Flower had named (None
+    if none had started)."""
 
     def __init__(self, run_id: str | None):
         super().__init__(run_id)
         self.run_id = run_id
+
+
+class RunInterrupted(FollowingEnded):
+    """Ctrl-C while a run was followed: Flower's run goes on at the SuperLink until it is stopped."""
 
 
 SUPERLINK_LOST = "Connection to the SuperLink is unavailable"  # what `flwr run` says when it stops answering
 
 
-class SuperLinkLost(Exception):
-    """``flwr run --stream`` ended because the SuperLink stopped answering (killed, restarted, its
-    machine down): the run ``run_id`` (None if none had started) went with it."""
-
-    def __init__(self, run_id: str | None):
-        super().__init__(run_id)
-        self.run_id = run_id
+class SuperLinkLost(FollowingEnded):
+    """The SuperLink stopped answering (killed, restarted, its machine down), and the run with it;
+    with no ``run_id`` it never answered (not started, or a wrong address)."""
 
 
 def follow_run(command: list[str], env: dict[str, str] | None = None) -> FollowedRun:

@@ -200,8 +200,8 @@ def sites_list(config: Annotated[Path, typer.Option("--config", "-c")] = Path("s
     from rich.table import Table
     from rich.text import Text
 
-    from fedsyn.server.ops.dashboard_state import read_entries
     from fedsyn.server.record import known_names
+    from fedsyn.trust.audit import read_entries
 
     server_config = _server_config(config)
     printed = flower_output(server_config.supernode_command("list", "--format", "json"),

@@ -74,22 +74,21 @@ def _written_by(audit: AuditLog | None, fedsyn_run: str) -> set[Path]:
             if entry.get("event") == "release_written" and entry.get("run") == fedsyn_run}
 
 
-@dataclass(frozen=True)
-class _StagedRelease:
-    folder: Path
-    report: dict[str, Any]
+def _staged(out: Path) -> Path:
+    """Where the release bound for ``out`` is written whole first (:func:`_written_aside`)."""
+    return out.with_name(f".{out.name}.writing")
 
 
-def _written_aside(out: Path, write: Callable[[Path], dict[str, Any]], resumable: bool) -> _StagedRelease:
-    """The release ``write`` makes, written whole in a hidden folder beside ``out`` first: only a
-    release written whole takes the earlier one's place. A disk that filled while
-    ``generator.pt`` was written had left a cut release at the published path, the good one moved
-    aside, and the run said no release was written (helper-104 H1). A failure to write removes
-    the partial folder and says what to do."""
-    staged = out.with_name(f".{out.name}.writing")
+def _written_aside(out: Path, write: Callable[[Path], dict[str, Any]], resumable: bool) -> dict[str, Any]:
+    """The privacy report of the release ``write`` makes, written whole in a hidden folder beside
+    ``out`` first (:func:`_staged`): only a release written whole takes the earlier one's place. A
+    disk that filled while ``generator.pt`` was written had left a cut release at the published
+    path, the good one moved aside, and the run said no release was written (helper-104 H1). A
+    failure to write removes the partial folder and says what to do."""
+    staged = _staged(out)
     shutil.rmtree(staged, ignore_errors=True)  # left by a coordinator killed while writing
     try:
-        return _StagedRelease(staged, write(staged))
+        return write(staged)
     except (OSError, RuntimeError) as exc:
         if not isinstance(exc, OSError) and "inline_container" not in str(exc):  # torch's writer on a full disk
             raise
@@ -103,12 +102,13 @@ def _written_aside(out: Path, write: Callable[[Path], dict[str, Any]], resumable
         raise error from None
 
 
-def _put_in_place(staged: Path, out: Path, resumable: bool) -> None:
-    """Move the release written whole in ``staged`` to ``out``. Where the earlier release was
+def _put_in_place(out: Path, resumable: bool) -> None:
+    """Move the release written whole beside ``out`` (:func:`_staged`) to ``out``. Where the earlier release was
     moved aside, or none was there, the folder is renamed (one step). Where ``out`` stays (a
     symlink, a mount point, or a folder holding other files: helper-105 H1, where the rename
     failed after every site had paid), its files are moved into it one by one, as the release
     was written there before. A failure says where the new release and the earlier one are."""
+    staged = _staged(out)
     try:
         if out.is_dir() and not out.is_symlink() and not os.path.ismount(out) and not any(out.iterdir()):
             out.rmdir()  # an empty plain folder: the release takes its place
@@ -165,6 +165,9 @@ def _run(grid: Grid, schema: Schema, settings: FederationSettings, plan: Release
     published: list[Path] = []
     own_interims = _written_by(audit, fedsyn_run) if state is not None else set()
 
+    def resumable() -> bool:  # a state of this run's own is saved, so `--resume` continues it
+        return coordinator.saved_state or state is not None
+
     def publish(out: Path) -> None:
         # The earlier release stays where pipelines and the dashboard find it until this run has
         # one of its own to put there: a refused or failed run leaves it in place. An earlier
@@ -173,17 +176,15 @@ def _run(grid: Grid, schema: Schema, settings: FederationSettings, plan: Release
         # written before it stopped, stay.
         earlier_interims = [] if published else [folder for folder in interim_release_folders(plan.out)
                                                  if folder.resolve() not in own_interims]
-        staged = _written_aside(out, lambda folder: write_release(
+        report = _written_aside(out, lambda folder: write_release(
             coordinator.run, coordinator.trainer, folder, plan.rows, plan.drop_rule_violations, key,
-            plan.public_facts, coordinator.site_level_privacy()),
-            resumable=coordinator.saved_state or state is not None)
+            plan.public_facts, coordinator.site_level_privacy()), resumable=resumable())
         for folder in dict.fromkeys([*earlier_interims, out]):
             earlier = archive_earlier_release(folder)
             if earlier is not None:
                 coordinator.record("release_archived", path=str(earlier), replaced_by_run=fedsyn_run)
         published.append(out)
-        _put_in_place(staged.folder, out, resumable=coordinator.saved_state or state is not None)
-        report = staged.report
+        _put_in_place(out, resumable=resumable())
         coordinator.record("release_written", path=str(out), rows=plan.rows, signed=key is not None,
                            max_epsilon=report["max_epsilon_any_site"])
 
@@ -215,13 +216,9 @@ def _run(grid: Grid, schema: Schema, settings: FederationSettings, plan: Release
             else:
                 coordinator.wait_for_sites(grid)
         coordinator.train(grid, after_round)
-    except FederationError as exc:
-        exc.resumable = coordinator.saved_state or state is not None
-        _record_stopped(coordinator, exc)
-        raise
-    try:
         publish(plan.out)
     except FederationError as exc:
+        exc.resumable = resumable()
         _record_stopped(coordinator, exc)
         raise
     log.info("run %s finished: release written to %s", fedsyn_run, plan.out,

@@ -24,7 +24,6 @@ from fedsyn.server.app import ReleasePlan, run_federation
 from fedsyn.server.ops.dashboard import create_app, needs_token
 from fedsyn.server.ops.dashboard_state import (
     latest_run,
-    read_entries,
     round_views,
     run_summary,
     site_views,
@@ -33,6 +32,7 @@ from fedsyn.server.record import FederationError, known_names
 from fedsyn.simulations.inprocess import InProcessGrid
 from fedsyn.simulations.run import prepare_sites
 from fedsyn.simulations.split import split_table
+from fedsyn.trust.audit import read_entries
 from fedsyn.trust.signing import generate_keypair
 from tests.helpers import SETTINGS
 

@@ -18,6 +18,7 @@ from fedsyn.client.policy import SitePolicy
 from fedsyn.client.site import CHARGED, Site
 from fedsyn.data.schema import SchemaError
 from fedsyn.privacy.accounting import LedgerError, PrivacyLedger
+from fedsyn.trust.audit import read_entries
 
 SENT = ("marginals_sent", "pair_tables_sent", "update_sent")
 
@@ -43,14 +44,14 @@ def site_view(policy: SitePolicy) -> SiteView:
     """The site's state from its files; a ledger the site would refuse is named, not raised."""
     problem, ledger = None, None
     try:
-        Site(policy)  # the same checks every request runs before anything is charged
+        ledger = Site(policy).ledger  # the same checks every request runs before anything is charged
     except (LedgerError, SchemaError) as exc:
         problem = str(exc)
-    try:
-        ledger = PrivacyLedger.load(policy.ledger)
-    except LedgerError as exc:
-        problem = problem or str(exc)
-    entries = _trail(policy)
+        try:
+            ledger = PrivacyLedger.load(policy.ledger)  # what it holds, refused or not
+        except LedgerError:
+            pass
+    entries = read_entries(policy.audit_trail)
     view = SiteView(policy.site_id, ledger.epsilon() if ledger is not None else None, policy.max_epsilon,
                     policy.max_epsilon_per_request, policy.delta, len(ledger.events) if ledger is not None else None,
                     problem=problem)
@@ -59,13 +60,6 @@ def site_view(policy: SitePolicy) -> SiteView:
     view.last_refusal = next((e for e in reversed(entries) if e.get("event") == "request_refused"), None)
     view.supernode = _supernode(policy)
     return view
-
-
-def _trail(policy: SitePolicy) -> list[dict[str, Any]]:
-    try:
-        return [json.loads(line) for line in policy.audit_trail.read_text().splitlines() if line.strip()]
-    except (OSError, ValueError):
-        return []
 
 
 def _supernode(policy: SitePolicy) -> str:

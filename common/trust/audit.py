@@ -15,6 +15,7 @@ import os
 from collections.abc import Collection
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
@@ -110,6 +111,20 @@ def _logged_since(lines: list[bytes], since: str, event: str, fields: dict[str, 
         if entry["event"] == event and all(entry.get(k) == v for k, v in wanted.items()):
             return True
     return False
+
+
+def read_entries(path: Path) -> list[dict[str, Any]]:
+    """Parsed audit entries, for a reader beside the writer (the dashboard, `client status`): a
+    line being written right now (not yet valid JSON) is skipped."""
+    if not path.is_file():
+        return []
+    entries = []
+    for line in path.read_text().splitlines():
+        try:
+            entries.append(json.loads(line))
+        except json.JSONDecodeError:
+            continue
+    return entries
 
 
 def verify_log(path: str | Path, key: Ed25519PublicKey | None = None) -> int:

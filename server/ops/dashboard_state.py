@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from fedsyn.server.record import RUN_FAILED, given_name, known_names
-from fedsyn.trust.audit import verify_log
+from fedsyn.trust.audit import read_entries, verify_log
 from fedsyn.trust.signing import MANIFEST, VerificationError, load_public_key, verify_release
 
 # Flower keeps its unsigned 64-bit node ids as signed SQLite integers; the audit log has the unsigned ones.
@@ -35,19 +35,6 @@ class Sources:
     release_dir: Path
     public_key: Path | None = None
     database: Path | None = None
-
-
-def read_entries(path: Path) -> list[dict[str, Any]]:
-    """Parsed audit entries; a line being written right now (not yet valid JSON) is skipped."""
-    if not path.is_file():
-        return []
-    entries = []
-    for line in path.read_text().splitlines():
-        try:
-            entries.append(json.loads(line))
-        except json.JSONDecodeError:
-            continue
-    return entries
 
 
 def latest_run(entries: list[dict[str, Any]]) -> list[dict[str, Any]]:
