@@ -15,7 +15,7 @@ import pandas as pd
 import pytest
 
 from fedsyn.client.policy import SitePolicy
-from fedsyn.client.site import Site
+from fedsyn.client.site import Site, initialise_ledger
 from fedsyn.data.demo import demo_schema_path
 from fedsyn.data.tables import write_table
 from fedsyn.data.validation import DataValidationError, screen_records
@@ -261,3 +261,36 @@ def test_a_site_whose_column_changed_form_refuses_to_join_naming_it_and_no_value
     write_table(few, SitePolicy.load(path).data)
     SitePolicy.load(path).model_copy(update={"max_problem_share": 0.1}).save(path)
     assert supernode_launch(path).command
+
+
+@pytest.mark.parametrize("handling", ["drop", "clamp", "blank"])
+def test_one_record_never_changes_how_the_others_are_read(tmp_path, small_frame, handling):
+    """Reading is row-wise: an extract read with one more record is the extract read without it,
+    plus (at most) that record. helper-106 F1: the schema's marker '99' matched a float export's
+    '99.0' while the column was read as numbers, and one text cell anywhere in it (the marker
+    '?', 'pending') made it text, where '99.0' no longer matched: 30 other records were then
+    dropped or clamped, 15 times the tables' charged sensitivity."""
+    schema = json.loads(demo_schema_path().read_text())
+    schema["missing_values"] = ["?", "99"]
+    (tmp_path / "schema.json").write_text(json.dumps(schema))
+    written = small_frame.astype(str).copy()
+    written.loc[:29, "creatinine"] = "99.0"  # unknown, as a float export writes the marker
+
+    def read(cells: pd.DataFrame, name: str) -> pd.DataFrame:
+        path = prepare_sites([small_frame], tmp_path / "schema.json", tmp_path / name, epsilon=50.0,
+                             delta=1e-5).policies[0]
+        cells.to_csv(path.parent / "data.csv", index=False)
+        raw = json.loads(path.read_text())
+        raw.update(data="data.csv", out_of_domain=handling)
+        path.write_text(json.dumps(raw))
+        (path.parent / raw["ledger"]).unlink()  # no charge yet: a ledger for the CSV extract instead
+        initialise_ledger(SitePolicy.load(path))
+        return Site(SitePolicy.load(path)).load_data()
+
+    alone = read(written, "alone")
+    assert int(alone["creatinine"].isna().sum()) >= 30
+    for k, cell in enumerate(["?", "pending", "1,2", "099", " 99 ", "", "0.9 mg/dL"]):
+        record = written.iloc[[200]].assign(creatinine=cell)
+        beside = read(pd.concat([written, record], ignore_index=True), f"beside-{k}")
+        assert len(beside) - len(alone) in (0, 1), cell
+        pd.testing.assert_frame_equal(beside.iloc[:len(alone)].astype(str), alone.astype(str), obj=repr(cell))

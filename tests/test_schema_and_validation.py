@@ -714,6 +714,25 @@ def test_a_header_naming_a_column_twice_is_refused_by_position(tmp_path):
     assert list(read_table(path).columns[:2]) == ["id", "age"]
 
 
+def test_one_record_cannot_change_how_the_records_after_it_are_read(tmp_path):
+    """helper-106 F2. An exporter that leaves quotes unescaped: one added note opening a quote
+    ('"pt refused') made the reader take every line up to an earlier note's quote as one cell,
+    and 40 records vanished. A record over several lines is refused, by its line, with no cell
+    quoted. A first record with one field too many (a trailing comma) made pandas read the first
+    column as the index and shifted every column of every record; its extra field is dropped."""
+    body = "".join(f"{70 + k},F,ok\n" for k in range(40))
+    path = tmp_path / "notes.csv"
+    path.write_text("age,sex,note\n" + body + '63,M,height 5\'2"\n')
+    assert len(read_table(path)) == 41
+    path.write_text("age,sex,note\n61,M,\"pt refused\n" + body + '63,M,height 5\'2"\n')
+    with pytest.raises(DataFileError, match="the record at line 2 runs over several lines") as refused:
+        read_table(path)
+    assert "refused" not in str(refused.value).split(":", 1)[1] and "height" not in str(refused.value)
+    path.write_text("age,sex,note\n61,M,a,\n" + body)
+    read = read_table(path)
+    assert list(read.columns) == ["age", "sex", "note"] and read["age"].tolist()[:2] == [61, 70]
+
+
 def test_a_draft_from_parquet_float_codes_validates_its_own_source(tmp_path):
     import pandas as pd
 

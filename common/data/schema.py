@@ -825,10 +825,15 @@ def _identifier_like(numbers: pd.Series) -> bool:
 def without_markers(frame: pd.DataFrame, markers: list[str], levels: Mapping[str, Collection[str]] | None = None,
                     own: Mapping[str, Collection[str]] | None = None) -> pd.DataFrame:
     """``frame`` with every text cell that is one of ``markers`` (spaces removed), or one of its
-    column's ``own`` markers, made empty, and every number cell that such a number marker ('999',
-    '-1') equals, except where it is one of its column's ``levels`` (a categorical column's
-    categories). (A column read as numbers once kept its 999s: the marker was compared with text
-    cells only.)"""
+    column's ``own`` markers, made empty, and every cell whose number such a number marker ('999',
+    '-1') equals ('999.0' and '0999' too, whether the column was read as text or as numbers),
+    except where it is one of its column's ``levels`` (a categorical column's categories).
+
+    Each cell is judged on its own: a '99.0' matched the marker '99' while its column was read as
+    numbers and stopped matching once one other cell ('pending', or the marker '?') made the
+    column text; one record then changed how 30 others were read, 15 times the tables' charged
+    sensitivity (helper-106 F1). (A column read as numbers once kept its 999s: the marker was
+    compared with text cells only.)"""
     if not markers and not any((own or {}).values()):
         return frame
     frame = frame.copy()
@@ -838,7 +843,11 @@ def without_markers(frame: pd.DataFrame, markers: list[str], levels: Mapping[str
         spellings = (set(markers) | set((own or {}).get(str(name), ()))) - kept
         numbers = _finite_numbers(spellings) - _finite_numbers(kept)  # a level '999' keeps a marker '999.0' too
         if name in texts:
-            frame[name] = series.mask(series.notna() & series.astype(str).str.strip().isin(spellings))
+            text = series.astype(str).str.strip()
+            marked = text.isin(spellings)
+            if numbers:
+                marked |= pd.to_numeric(text.where(series.notna()), errors="coerce").isin(numbers)
+            frame[name] = series.mask(series.notna() & marked)
         elif numbers and pd.api.types.is_numeric_dtype(series) and not pd.api.types.is_bool_dtype(series):
             frame[name] = series.mask(series.isin(numbers))
     return frame

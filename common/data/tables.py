@@ -60,7 +60,10 @@ def read_table(path: str | Path, schema: Schema | None = None) -> pd.DataFrame:
     try:
         if suffix in _TEXT_SEPARATORS:
             dtype = {c.name: str for c in schema.categorical_columns} if schema else None
-            frame = pd.read_csv(path, sep=_TEXT_SEPARATORS[suffix], dtype=dtype, keep_default_na=True)
+            # index_col=False: a first record with one field too many (a trailing comma) made pandas
+            # read the first column as the index and shifted every column of every record.
+            frame = pd.read_csv(path, sep=_TEXT_SEPARATORS[suffix], dtype=dtype, keep_default_na=True,
+                                index_col=False)
             if schema is None:
                 frame = _codes_as_written(frame, path, _TEXT_SEPARATORS[suffix])
         else:
@@ -77,6 +80,8 @@ def read_table(path: str | Path, schema: Schema | None = None) -> pd.DataFrame:
         structural = isinstance(exc, pd.errors.ParserError)
         detail = str(exc) if structural else f"{type(exc).__name__}; check the file's format"
         raise DataFileError(f"cannot read {path} as a {suffix.lstrip('.')} table: {detail}") from None
+    if suffix in _TEXT_SEPARATORS:
+        _check_one_record_per_line(path, _TEXT_SEPARATORS[suffix], len(frame))
     if schema is not None:
         frame = without_schema_markers(frame, schema)
         for column in schema.columns:
@@ -99,7 +104,7 @@ def _codes_as_written(frame: pd.DataFrame, path: Path, separator: str) -> pd.Dat
     numeric = [name for name in frame.columns if pd.api.types.is_numeric_dtype(frame[name])]
     if not numeric:
         return frame
-    text = pd.read_csv(path, sep=separator, dtype=str, usecols=numeric, keep_default_na=True)
+    text = pd.read_csv(path, sep=separator, dtype=str, usecols=numeric, keep_default_na=True, index_col=False)
     for name in numeric:
         if text[name].dropna().str.strip().str.fullmatch(_ZERO_PADDED).any():
             frame[name] = text[name]
@@ -176,6 +181,29 @@ def _check_text_layout(path: Path, separator: str) -> None:
         fix = "save it comma-separated (.csv) or tab-separated (.tsv)"
     raise DataFileError(f"cannot read {path}: the file looks {said}-separated, while a {path.suffix} file is read "
                         f"as {expected}-separated: {fix}")
+
+
+def _check_one_record_per_line(path: Path, separator: str, records: int) -> None:
+    """Refuse a text file where a record runs over several lines: a quoted cell holding a line
+    break, or a quote an exporter left open. One open quote ('"pt refused', from an exporter that
+    does not escape quotes) made the reader take every line up to the next quote as one cell, so
+    one record changed whether 40 others were read (helper-106 F2). Only the line is named, never
+    a cell: the cells are patients'."""
+    with path.open(encoding="utf-8-sig", errors="replace", newline="") as handle:
+        lines = sum(1 for line in handle if line.strip())
+    if lines == records + 1:
+        return
+    with path.open(encoding="utf-8-sig", errors="replace", newline="") as handle:
+        reader, previous, where = csv.reader(handle, delimiter=separator), 0, "a record"
+        for _ in reader:
+            if reader.line_num - previous > 1:
+                where = f"the record at line {previous + 1}"
+                break
+            previous = reader.line_num
+    raise DataFileError(f"cannot read {path}: {where} runs over several lines (a text cell holding a line break, or "
+                        "a quote left open). fedsyn reads one record per line, so that no record can change how "
+                        "others are read: remove line breaks from text cells, or export without free-text columns "
+                        "(a schema uses none)")
 
 
 def rows_digest(frame: pd.DataFrame, schema: Schema) -> str:
