@@ -209,7 +209,7 @@ def make_client_app(resolve_policy: PolicyResolver = policy_from_node_config) ->
                         if protocol.SLOT_MARGINALS in content.array_records else None)
         updated, metrics, event = site.train(request, arrays, marginals, per_slot)
         spent = site.ledger.epsilon()
-        log.info("round %d: update sent to the coordinator, epsilon now %.4f", request.round, spent,
+        log.info("round %d: update handed to the SuperNode to send, epsilon now %.4f", request.round, spent,
                  extra={"fedsyn": {"event": "update_sent", "site": site.policy.site_id, "round": request.round,
                                    "epsilon_spent": spent}})
         return RecordDict({

@@ -75,3 +75,16 @@ def test_a_node_stopped_after_it_joined_is_not_taken_for_a_refusal():
     joined = "print('INFO : SuperNode ID: 77', flush=True)\nprint('INFO : SuperNode terminated gracefully.')\n"
     assert supervise([sys.executable, "-c", joined], {}, out) == 0
     assert "NTP" not in out.getvalue()
+
+
+def test_a_node_whose_clientapp_ran_out_of_memory_is_restarted_not_left_deaf():
+    """helper-108 H1: a ClientApp that hit a MemoryError while Flower sent its reply hung, and its
+    SuperNode answered nothing more while `client status` and `sites list` said it was online.
+    The supervisor stops it and exits for its service manager to restart it."""
+    out = io.StringIO()
+    hung = ("import time\nprint('ERROR : MemoryError: ', flush=True)\n"
+            "print('INFO : Sending: train message (ID: 42fc)', flush=True)\ntime.sleep(600)\n")
+    started = time.monotonic()
+    assert supervise([sys.executable, "-c", hung], {}, out) == EXIT_LOST_COORDINATOR
+    assert time.monotonic() - started < 30
+    assert "ran out of memory" in out.getvalue() and "network or TLS" not in out.getvalue()

@@ -93,6 +93,10 @@ TLS_HINTS: tuple[tuple[re.Pattern[str], str], ...] = (
      "CA): ask the coordinator for its current ca.crt, or to renew its server certificate"),
 )
 PERMISSION = re.compile(r"\bPermissionError\b")
+# Flower's own line for a ClientApp that ran out of memory while sending a reply: that ClientApp
+# then hangs, and the SuperNode waits on it and answers nothing more (helper-108 H1). fedsyn's
+# handlers catch a MemoryError of their own and answer with an error; this one is past them.
+OUT_OF_MEMORY = re.compile(r"\bMemoryError\b")
 
 
 class Console(Protocol):
@@ -418,7 +422,8 @@ def _say(out: Console, text: str) -> None:
 
 @dataclass
 class _Attempt:
-    gave_up: threading.Event = field(default_factory=threading.Event)
+    gave_up: threading.Event = field(default_factory=threading.Event)  # set to stop this run of the SuperNode
+    out_of_memory: bool = False  # why it was set, when not a give-up
     refused_activation: bool = False
     unauthorized: bool = False
     ended: bool = False  # it said it stopped (the supervisor may not have asked)
@@ -496,7 +501,13 @@ def _run_once(command: list[str], environment: dict[str, str], out: Console, pol
     try:
         while process.poll() is None and not attempt.gave_up.wait(poll_seconds):
             record.renew()
-        if attempt.gave_up.is_set():
+        if attempt.out_of_memory:
+            _say(out, "a ClientApp of this site ran out of memory (MemoryError) and the SuperNode would wait on it "
+                      "for ever, answering nothing more; stopping it and exiting with "
+                      f"{EXIT_LOST_COORDINATOR} so the service manager restarts it. If it happens again, give "
+                      "`fedsyn client start` more memory (its service's memory limit), or ask the coordinator for a "
+                      "smaller model or batch")
+        elif attempt.gave_up.is_set():
             _say(out, "the SuperNode gave up reaching the coordinator (network or TLS certificate); stopping it and "
                       f"exiting with {EXIT_LOST_COORDINATOR} so the service manager restarts it")
     finally:
@@ -550,6 +561,9 @@ def _pass_through(process: subprocess.Popen[str], out: Console, attempt: _Attemp
         attempt.ended = attempt.ended or ENDED in line
         out.flush()
         if GAVE_UP in line:
+            attempt.gave_up.set()
+        if OUT_OF_MEMORY.search(line):
+            attempt.out_of_memory = True
             attempt.gave_up.set()
 
 
