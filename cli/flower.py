@@ -8,6 +8,7 @@ import os
 import re
 import subprocess
 import sys
+import threading
 from dataclasses import dataclass, field
 
 import typer
@@ -16,6 +17,11 @@ from fedsyn.cli.output import console
 from fedsyn.logs import RUN_STOPPED, relay
 
 RUN_STARTED = re.compile(r"Successfully started run (\d+)")
+SERVERAPP_STARTED = "Start `flwr-serverapp` process"  # the SuperLink's SuperExec, streamed with the run
+# A SuperLink frozen for minutes came back with its SuperExec dead: it took runs and started no
+# ServerApp, and `server run` followed an empty log for ever (helper-108 H2). A ServerApp starts
+# within seconds, so a run without one after this long is said to have none.
+SERVERAPP_START_S = 120.0
 log = logging.getLogger("fedsyn.cli")
 
 
@@ -87,12 +93,19 @@ def follow_run(command: list[str], env: dict[str, str] | None = None) -> Followe
     SuperLink stopped answering."""
     log.info("$ %s", " ".join(command))
     followed = FollowedRun()
+    no_serverapp: threading.Timer | None = None
     try:
         with subprocess.Popen(command, env={**os.environ, **(env or {})}, stdout=subprocess.PIPE,
                               stderr=subprocess.STDOUT, text=True) as process:
             for line in process.stdout or ():
                 record = relay(line)
                 started = RUN_STARTED.search(line)
+                if started and no_serverapp is None:
+                    no_serverapp = threading.Timer(SERVERAPP_START_S, _say_no_serverapp, (started.group(1),))
+                    no_serverapp.daemon = True
+                    no_serverapp.start()
+                if no_serverapp is not None and SERVERAPP_STARTED in line:
+                    no_serverapp.cancel()
                 followed.run_id = started.group(1) if started else followed.run_id
                 fields = getattr(record, "fedsyn", {})
                 if fields.get("event") == RUN_STOPPED:
@@ -100,11 +113,22 @@ def follow_run(command: list[str], env: dict[str, str] | None = None) -> Followe
                 followed.superlink_lost = followed.superlink_lost or SUPERLINK_LOST in line
     except KeyboardInterrupt:
         raise RunInterrupted(followed.run_id) from None
+    finally:
+        if no_serverapp is not None:
+            no_serverapp.cancel()
     if process.returncode and followed.superlink_lost:
         raise SuperLinkLost(followed.run_id)
     if process.returncode:
         raise typer.Exit(process.returncode)
     return followed
+
+
+def _say_no_serverapp(run_id: str) -> None:
+    log.warning("the SuperLink took run %s but has started no ServerApp for it in %.0f s: its SuperExec may have "
+                "stopped (a SuperLink frozen or short of memory keeps taking runs without one). Press Ctrl-C, "
+                "restart the SuperLink (`fedsyn server start`) and submit the run again (`fedsyn server run`, with "
+                "--resume to go on with a run saved in the state folder): this run has asked no site anything",
+                run_id, SERVERAPP_START_S)
 
 
 def run_status(command: list[str], env: dict[str, str] | None = None) -> str:

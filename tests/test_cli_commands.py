@@ -379,6 +379,26 @@ def test_ctrl_c_on_server_run_stops_flowers_run_too(tmp_path, monkeypatch, state
     assert result.exit_code == 130 and "flwr stop 4242" in result.output
 
 
+def test_a_run_the_superlink_starts_no_serverapp_for_is_said_with_the_way_forward(monkeypatch, caplog):
+    """helper-108 H2: a SuperLink frozen for 150 s came back with its SuperExec dead; it took the
+    run and started no ServerApp, and `server run` followed an empty log for ever, saying nothing."""
+    import logging
+    import sys
+
+    from fedsyn.cli import flower
+
+    monkeypatch.setattr(flower, "SERVERAPP_START_S", 0.5)
+    taken = "import time; print('Successfully started run 4242', flush=True); time.sleep(2)"
+    with caplog.at_level(logging.WARNING, logger="fedsyn.cli"):
+        flower.follow_run([sys.executable, "-c", taken])
+    assert "started no ServerApp for it" in caplog.text and "restart the SuperLink" in caplog.text
+    caplog.clear()
+    served = taken.replace("flush=True);", "flush=True); print('Start `flwr-serverapp` process', flush=True);")
+    with caplog.at_level(logging.WARNING, logger="fedsyn.cli"):
+        flower.follow_run([sys.executable, "-c", served])
+    assert "ServerApp" not in caplog.text
+
+
 @pytest.mark.parametrize("state, said", [("state", "`fedsyn server run --resume` continues it"),
                                          ("", "cannot be resumed")])
 def test_a_superlink_that_stopped_answering_is_said_with_the_way_forward(tmp_path, monkeypatch, state, said):
