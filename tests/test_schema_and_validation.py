@@ -764,6 +764,15 @@ def test_a_draft_from_a_csv_keeps_zero_padded_codes_as_written(tmp_path):
     reviewed = draft.model_copy(update={"columns": [c.model_copy(update={"needs_review": False})
                                                     for c in draft.columns]})
     assert validate_frame(read_table(tmp_path / "x.csv", reviewed), reviewed).ok
+    # helper-107 M1: more codes than a scale has levels, from a CSV or as a Parquet file's text,
+    # were drafted as the integers 52-7802
+    codes = [f"{code:04d}" for code in (52, 71, 120, 250, 401, 410, 428, 486, 496, 584, 599, 714, 780, 786, 7802)]
+    frame = pd.DataFrame({"icd": [codes[k % len(codes)] for k in range(300)]})
+    frame.to_csv(tmp_path / "icd.csv", index=False)
+    frame.to_parquet(tmp_path / "icd.parquet")
+    for name in ("icd.csv", "icd.parquet"):
+        drafted = draft_schema(read_table(tmp_path / name), outcome=None).column("icd")
+        assert drafted.kind == ColumnKind.CATEGORICAL and drafted.categories == codes, name
 
 
 def test_a_draft_reads_decimal_commas_and_thousands_separators_as_numbers_and_validate_names_them(tmp_path):

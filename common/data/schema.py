@@ -545,8 +545,11 @@ def _drafted_column(series: pd.Series, outcome: bool = False, date: bool = False
                       needs_review=True)
     written_values, values = values, _separators_read(values)  # the text stays the levels if it is no number
     numeric = pd.to_numeric(values, errors="coerce")
+    # A code written zero-padded ('0052' for an ICD code) is a code however many there are: a
+    # newcomer's 300 diagnosis codes were drafted as the integers 52-7802 (helper-107 M1).
+    coded = bool(written_values.astype(str).str.strip().str.fullmatch(ZERO_PADDED).any())
     unknown_words = _words_for_unknown(values) if len(values) > 0 else []
-    if len(values) > 0 and (_stray_cells(values) <= STRAY_TEXT_SHARE * len(values) or unknown_words) \
+    if len(values) > 0 and not coded and (_stray_cells(values) <= STRAY_TEXT_SHARE * len(values) or unknown_words) \
             and _measure_like(numeric.dropna()) and not _identifier_like(numeric.dropna()):
         nullable = nullable or bool(unknown_words)  # its words are its own missing_values: empty cells
         limits = _limit_values(values)
@@ -563,7 +566,7 @@ def _drafted_column(series: pd.Series, outcome: bool = False, date: bool = False
                       upper=upper if upper > lower else lower + 1.0,
                       precision=None if integral else recorded_precision(numeric.to_numpy(dtype=float)),
                       nullable=nullable, missing_values=unknown_words or None, unit=unit, needs_review=True)
-    if not outcome and _count_like(numeric):  # an outcome is categorical (a Rankin scale's 0-6 too)
+    if not outcome and not coded and _count_like(numeric):  # an outcome is categorical (a Rankin scale's 0-6 too)
         return Column(name=name, kind=ColumnKind.INTEGER, lower=0.0, upper=float(numeric.max()), nullable=nullable,
                       needs_review=True)
     values = written_values
@@ -905,6 +908,7 @@ def _censored(cells: pd.Series) -> pd.Series:
     return cells.astype(str).str.match(_CENSORED)
 
 
+ZERO_PADDED = re.compile(r"[+-]?0\d+")  # '021', '007', '-05': a code, not the number 21, 7 or -5
 MEASURE_VALUES = 10  # more distinct numbers than this: a measure; fewer, levels (a scale, a code)
 MEASURE_DECIMALS = 5  # or this many, some with decimals: a measure read to a step (an INR of 0.8-1.7)
 

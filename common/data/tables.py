@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import csv
 import hashlib
-import re
 from collections.abc import Collection, Mapping
 from pathlib import Path
 
@@ -15,6 +14,7 @@ from fedsyn.data.schema import (
     READ_AS_NO,
     READ_AS_YES,
     WHOLE_NUMBER_WITH_POINT,
+    ZERO_PADDED,
     Column,
     ColumnKind,
     Schema,
@@ -93,9 +93,6 @@ def read_table(path: str | Path, schema: Schema | None = None) -> pd.DataFrame:
     return frame
 
 
-_ZERO_PADDED = re.compile(r"[+-]?0\d+")  # '021', '007', '-05': a code, not the number 21, 7 or -5
-
-
 def _codes_as_written(frame: pd.DataFrame, path: Path, separator: str) -> pd.DataFrame:
     """``frame`` (read without a schema, its types guessed) with each number column that the file
     writes zero-padded ('021' for a 3-digit postcode, '007' for a ward) read as its text again:
@@ -106,7 +103,7 @@ def _codes_as_written(frame: pd.DataFrame, path: Path, separator: str) -> pd.Dat
         return frame
     text = pd.read_csv(path, sep=separator, dtype=str, usecols=numeric, keep_default_na=True, index_col=False)
     for name in numeric:
-        if text[name].dropna().str.strip().str.fullmatch(_ZERO_PADDED).any():
+        if text[name].dropna().str.strip().str.fullmatch(ZERO_PADDED).any():
             frame[name] = text[name]
     return frame
 
