@@ -344,7 +344,14 @@ class Site:
         an answer that, with the copy written beside it, exceeds the reserve is a policy refusal,
         decided by the request and the policy alone. The amounts stay in the local log. Space
         can still run out between this check and the write (another process, a long round, a
-        store grown large)."""
+        store grown large).
+
+        The audit trail is opened for appending first: the ledger is saved before the trail
+        records the charge, so a trail that could not be written (read-only, immutable) left a
+        charge in the ledger that no trail entry held, and a ledger rebuilt from the trail would
+        have lost it (helper-108 M3). Its error goes to the site's log as any failure's does."""
+        with self.policy.audit_trail.open("a"):
+            pass
         reserve = self.policy.disk_reserve_mib * 2**20
         if 2 * answer_bytes > reserve:
             raise PolicyRefusal(f"the answer ({answer_bytes / 2**20:.1f} MiB) and the copy written beside it exceed "

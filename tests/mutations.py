@@ -507,6 +507,10 @@ MUTATIONS = [
              'return "" if hinted.all() else " (some of them)"',
              'return "" if hinted.all() else f" ({int(hinted.sum())} of them)"',
              ("tests/test_out_of_domain.py::test_a_hint_on_some_of_a_columns_bad_cells_logs_no_count",)),
+    # Session 43: helper-108 M3, a charge the ledger held and the trail did not.
+    Mutation("a charge is made though the audit trail cannot take its entry", "client/site.py",
+             '        with self.policy.audit_trail.open("a"):\n            pass\n', "",
+             (PRIVACY + "test_a_site_whose_audit_trail_cannot_be_written_charges_nothing",)),
     # Session 43: helper-106 F1, one text cell changed how a column's other cells were read.
     Mutation("a number marker matches a text cell by its spelling only", "common/data/schema.py",
              "            if numbers:\n                marked |=", "            if False:\n                marked |=",

@@ -753,6 +753,27 @@ def test_the_pytorch_stream_never_counts_the_poisson_batch(demo_schema, demo_fra
     assert torch.equal(states[0], states[1])
 
 
+def test_a_site_whose_audit_trail_cannot_be_written_charges_nothing(tmp_path, small_frame):
+    """helper-108 M3: with the trail made immutable mid-run, the ledger was saved with a charge and
+    the trail's append then failed, so the trail held one charge fewer than the ledger, silently.
+    The trail is opened for appending before anything is charged or read."""
+    site = _site(tmp_path, small_frame)
+    arrays, marginals = _global_model(site)
+    trail = site.policy.audit_trail
+    entries = trail.read_text()
+    trail.unlink()
+    trail.mkdir()  # a trail this process cannot append to, as root too
+    for call in (lambda: site.release_marginals(20.0, 50.0, protocol.schema_fingerprint(site.schema)),
+                 lambda: site.train(_request(site), arrays, marginals)):
+        with pytest.raises(OSError):
+            call()
+        assert PrivacyLedger.load(site.policy.ledger).events == []
+    trail.rmdir()
+    trail.write_text(entries)
+    site.release_marginals(20.0, 50.0, protocol.schema_fingerprint(site.schema))
+    assert len(PrivacyLedger.load(site.policy.ledger).events) == 1
+
+
 def test_a_site_short_of_its_disk_reserve_refuses_uncharged_at_a_fixed_threshold(tmp_path, small_frame, monkeypatch):
     """Charged first, a full disk lost the stored answer, and the round asked again after a
     restart was charged again. Below the policy's disk reserve, round 0 and a training round
