@@ -88,6 +88,13 @@ def os_error_said(exc: BaseException) -> str:
                                                                 else ")")
 
 
+def failed_to_write(exc: BaseException) -> bool:
+    """Whether ``exc`` is a file the program could not write: an OSError, or torch's
+    RuntimeError for a file it could not finish (its writer on a full disk says
+    'inline_container', not ENOSPC)."""
+    return isinstance(exc, OSError) or (isinstance(exc, RuntimeError) and "inline_container" in str(exc))
+
+
 def where_it_failed(exc: BaseException) -> str:
     """An unexpected error for a local log: its type and the code path (file, line, function,
     source line) that raised it, without its message or any variable, which may quote patient

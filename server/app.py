@@ -17,7 +17,7 @@ from flwr.app import Context
 from flwr.serverapp import Grid, ServerApp
 
 from fedsyn.data.schema import Schema
-from fedsyn.errors import ConfigurationError, os_error_said
+from fedsyn.errors import ConfigurationError, failed_to_write, os_error_said
 from fedsyn.server.coordinator import Coordinator, RoundCallback
 from fedsyn.server.record import RUN_FAILED, FederationError, RoundSummary, SiteStatus
 from fedsyn.server.release import archive_earlier_release, write_release
@@ -90,7 +90,7 @@ def _written_aside(out: Path, write: Callable[[Path], dict[str, Any]], resumable
     try:
         return write(staged)
     except (OSError, RuntimeError) as exc:
-        if not isinstance(exc, OSError) and "inline_container" not in str(exc):  # torch's writer on a full disk
+        if not failed_to_write(exc):
             raise
         shutil.rmtree(staged, ignore_errors=True)
         how = ("free space, then `fedsyn server run --resume`: it writes the release from the saved model and charges "

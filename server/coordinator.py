@@ -28,7 +28,7 @@ from flwr.serverapp import Grid
 from flwr.serverapp.strategy import Strategy
 
 from fedsyn.data.schema import Schema
-from fedsyn.errors import ConfigurationError, public_name
+from fedsyn.errors import ConfigurationError, failed_to_write, os_error_said, public_name
 from fedsyn.federation import protocol
 from fedsyn.model.encoder import TableEncoder
 from fedsyn.model.matching import release_misfit
@@ -504,7 +504,16 @@ class Coordinator:
         if self.trainer is not None:
             model = dict(self.trainer.state_arrays())
             sampler = self.trainer.sampler_arrays()
-        digest = save_state(self.state_dir, self.run.to_state(model, sampler))
+        try:
+            digest = save_state(self.state_dir, self.run.to_state(model, sampler))
+        except (OSError, RuntimeError) as exc:  # a full disk gave Flower a 40-line traceback (helper-108 M8)
+            if not failed_to_write(exc):
+                raise
+            how = ("free space, then `fedsyn server run --resume`: it goes on after the last round whose state was "
+                   "saved, and each site answers a round it already ran from its store, at no cost"
+                   if self.saved_state else "free space and run again (a new run charges every site again)")
+            raise FederationError(f"the run's state could not be saved in {self.state_dir} ({type(exc).__name__}"
+                                  f"{os_error_said(exc)}): is the disk full or read-only? {how}") from None
         self.saved_state = True
         self.record(SAVED, round=IN_ROUND_ZERO if round_ is None else round_,
                     path=str((self.state_dir / "state.pt").resolve()), sha256=digest)
@@ -513,6 +522,7 @@ class Coordinator:
         """Continue a saved run: same settings and schema, or nothing is resumed
         (:meth:`RunRecord.from_state`)."""
         self.run = RunRecord.from_state(state, self.schema, self.settings)
+        self.saved_state = True  # the state it continues is this run's own
         entries = self._audit_entries()
         for node, round_ in unconfirmed_in_audit(entries, self.run.run_id):
             site = self.run.sites.get(node)

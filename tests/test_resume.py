@@ -376,6 +376,35 @@ def test_a_release_the_disk_could_not_hold_leaves_the_earlier_one_in_place_and_r
     assert len([p for p in tmp_path.iterdir() if p.name.startswith("release.replaced-")]) == 1
 
 
+def test_a_state_the_disk_could_not_hold_stops_the_run_with_its_way_forward(plan, demo_schema, tmp_path,
+                                                                            monkeypatch):
+    """helper-108 M8: a full disk under the state folder gave Flower a 40-line traceback, no
+    `run_failed` entry and no word of `--resume`. The run now stops on a FederationError naming
+    the folder and the errno, recorded as resumable, and `--resume` finishes it."""
+    import errno
+
+    release = ReleasePlan(tmp_path / "release", rows=100, audit_log=tmp_path / "audit.jsonl",
+                          state_dir=tmp_path / "state")
+    app = make_client_app(plan.site_policy)
+    original, saves = coordinator_module.save_state, []
+
+    def fills_the_disk(directory, state):
+        saves.append(directory)
+        if len(saves) == 4:
+            raise OSError(errno.ENOSPC, "No space left on device", str(directory / STATE_FILE))
+        return original(directory, state)
+
+    monkeypatch.setattr(coordinator_module, "save_state", fills_the_disk)
+    with pytest.raises(FederationError, match=r"state could not be saved in .*ENOSPC on .*: is the disk full") as stop:
+        run_federation(InProcessGrid(app, len(plan.policies)), demo_schema, SETTINGS, release)
+    assert stop.value.resumable and "--resume" in str(stop.value)
+    entries = [json.loads(line) for line in (tmp_path / "audit.jsonl").read_text().splitlines()]
+    assert [e["resumable"] for e in entries if e["event"] == "run_failed"] == [True]
+    monkeypatch.setattr(coordinator_module, "save_state", original)
+    run_federation(InProcessGrid(app, len(plan.policies)), demo_schema, SETTINGS, release, resume=True)
+    assert (tmp_path / "release" / "generator.pt").is_file()
+
+
 @pytest.mark.parametrize("layout", ["other files", "symlink", "empty folder"])
 def test_a_release_reaches_an_out_that_holds_other_files_or_is_a_link(plan, demo_schema, tmp_path, layout):
     """helper-105 H1: the release written whole beside OUT was renamed onto it, which failed, after
