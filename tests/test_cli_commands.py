@@ -633,6 +633,12 @@ def test_client_status_shows_the_sites_budget_and_last_charge_and_a_ledger_it_wo
     text = " ".join(result.output.split())
     assert result.exit_code == 0 and f"{site.ledger.epsilon():.4f} of 5" in text and "of 5" in result.stdout
     assert "gaussian-marginals round 0" in text and "marginals_sent" in text and "last refusal │ none" in text
+    lowered = json.loads(policy.read_text())  # helper-108 L3: max_epsilon lowered below what was spent
+    policy.write_text(json.dumps({**lowered, "max_epsilon": 0.1}))
+    result = _invoke("client", "status", "--config", policy)
+    assert result.exit_code == 1 and "refuses every request until the policy allows more" in \
+        " ".join(result.output.split())
+    policy.write_text(json.dumps(lowered))
     site.policy.ledger.unlink()
     PrivacyLedger.create(site.policy.ledger, site.policy.delta, protects=str(site.policy.data.resolve()))
     result = _invoke("client", "status", "--config", policy)

@@ -51,6 +51,11 @@ def site_view(policy: SitePolicy) -> SiteView:
             ledger = PrivacyLedger.load(policy.ledger)  # what it holds, refused or not
         except LedgerError:
             pass
+    if problem is None and ledger is not None and ledger.epsilon() >= policy.max_epsilon:
+        # Spent past a max_epsilon lowered since (helper-108 L3): every request is refused
+        problem = (f"it has spent epsilon {ledger.epsilon():.4f} of its max_epsilon {policy.max_epsilon:g}: it "
+                   "refuses every request until the policy allows more (a new cohort: `fedsyn client ledger init "
+                   "--reset-reason`)")
     entries = read_entries(policy.audit_trail)
     view = SiteView(policy.site_id, ledger.epsilon() if ledger is not None else None, policy.max_epsilon,
                     policy.max_epsilon_per_request, policy.delta, len(ledger.events) if ledger is not None else None,
