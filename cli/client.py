@@ -106,6 +106,26 @@ def site_runtime(policy: SitePolicy) -> SiteRuntime:
                                ledger.with_name(ledger.stem + "-replies"), policy.audit_trail))
 
 
+@ledger_app.command("move")
+def ledger_move(
+    config: Annotated[Path, typer.Option("--config", "-c", help="the site policy file")] = Path("site.toml"),
+) -> None:
+    """Carry the site's ledger, and all it has spent, to the extract the policy's `data` now names:
+    the same patients' extract, moved to other storage or renamed. (Other patients: `ledger init
+    --reset-reason`.)"""
+    from fedsyn.client.policy import PolicyError, SitePolicy
+    from fedsyn.client.site import move_ledger
+    from fedsyn.privacy.accounting import LedgerError
+
+    try:
+        policy = SitePolicy.load(config)
+        before, now = move_ledger(policy)
+    except (PolicyError, LedgerError) as exc:
+        fail(str(exc))
+    console.print(f"ledger {policy.ledger} now protects {now} (was {before}); everything it has spent stays spent; "
+                  f"recorded in {policy.audit_trail}")
+
+
 @ledger_app.command("init")
 def ledger_init(
     config: Annotated[Path, typer.Option("--config", "-c", help="the site policy file")] = Path("site.toml"),

@@ -148,6 +148,20 @@ def _initialise_ledger(policy: SitePolicy, reset_reason: str | None, stream_nonc
     return ledger
 
 
+def move_ledger(policy: SitePolicy) -> tuple[str, str]:
+    """Point the site's ledger at the extract its policy now names (the same patients, moved), in
+    the trail too; return the extract it protected before and the one it protects now. Refused
+    where the new extract is missing: a ledger follows an extract, it never waits for one."""
+    if not policy.data.is_file():
+        raise LedgerError(f"the policy's extract {policy.data} does not exist: move the extract first, then the "
+                          "ledger")
+    ledger = PrivacyLedger.load(policy.ledger)
+    now = str(policy.data.resolve())
+    before = ledger.move_to(now)
+    AuditLog(policy.audit_trail).append("ledger_moved", ledger=str(policy.ledger), protected=before, protects=now)
+    return before, now
+
+
 def replies_folder(ledger: Path) -> Path:
     """Where a site keeps its stored replies (:class:`ReplyStore`): ``<ledger stem>-replies`` beside it."""
     return ledger.with_name(ledger.stem + "-replies")

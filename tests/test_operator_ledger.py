@@ -95,3 +95,28 @@ def test_an_unwritable_ledger_folder_is_named_with_the_reason(tmp_path, demo_fra
     squeezed = "".join(result.output.split())  # the console wraps long paths anywhere
     assert result.exit_code != 0 and "withheld" not in squeezed
     assert f"cannotwrite{policy.ledger}:Permissiondenied" in squeezed
+
+
+def test_a_moved_extract_takes_its_ledger_and_everything_spent_with_it(tmp_path, demo_frame):
+    """helper-108 M5: a policy whose `data` was pointed at the extract's new place was refused
+    ('each extract keeps its own ledger'), and the only way on the docs gave was a new ledger at
+    epsilon 0 for the same patients. `ledger move` carries the ledger, audited."""
+    plan = prepare_sites([demo_frame.head(300)], demo_schema_path(), tmp_path / "sites", 5.0, 1e-5)
+    site = Site(SitePolicy.load(plan.policies[0]))
+    site.release_marginals(8.0, 1.0, schema_fingerprint(site.schema), run_id="3f2a9c")
+    spent = site.ledger.epsilon()
+    moved = tmp_path / "new-storage" / "extract.parquet"
+    moved.parent.mkdir()
+    raw = json.loads(plan.policies[0].read_text())
+    plan.policies[0].write_text(json.dumps({**raw, "data": str(moved)}))
+    with pytest.raises(LedgerError, match="ledger move"):
+        Site(SitePolicy.load(plan.policies[0]))
+    refused = runner.invoke(app, ["client", "ledger", "move", "--config", str(plan.policies[0])])
+    assert refused.exit_code == 2 and "move the extract first" in refused.output
+    site.policy.data.rename(moved)
+    result = runner.invoke(app, ["client", "ledger", "move", "--config", str(plan.policies[0])])
+    assert result.exit_code == 0, result.output
+    assert Site(SitePolicy.load(plan.policies[0])).ledger.epsilon() == spent
+    [entry] = [json.loads(line) for line in site.policy.audit_trail.read_text().splitlines()
+               if json.loads(line)["event"] == "ledger_moved"]
+    assert entry["protects"] == str(moved.resolve()) and entry["protected"] != entry["protects"]

@@ -361,8 +361,22 @@ class PrivacyLedger:
             )
         if protects is not None and ledger.protects not in (None, protects):
             raise LedgerError(f"ledger {path} protects the extract {ledger.protects}, not {protects}: each "
-                              "extract keeps its own ledger")
+                              "extract keeps its own ledger. If the same patients' extract was moved there, "
+                              "`fedsyn client ledger move --config SITE_POLICY` carries the ledger, and all it "
+                              "has spent, to it")
         return ledger
+
+    def move_to(self, protects: str) -> str:
+        """Name ``protects`` as the extract this ledger protects, under its lock; return the
+        extract it named before. Everything spent stays spent: a site whose storage moved had
+        no way on but a new ledger at epsilon 0 (helper-108 M5)."""
+        with self._locked() as still_locked:
+            before = str(self.load(self.path).protects) if self.path is not None else str(self.protects)
+            still_locked()
+            self.protects = protects
+            if self.path is not None:
+                self.save(self.path)
+        return before
 
 
 def calibrate_noise_multiplier(
