@@ -194,6 +194,7 @@ class Coordinator:
         earlier = self._earlier_claims(entries)
         budgets = list(self.screen.budgets(replies))
         names = Counter(site.name for site, _ in budgets)
+        self._say_renamed([site for site, _ in budgets], known_names(entries))
         for site, budget in budgets:
             claimed = earlier.get(site.name, 0.0)
             if names[site.name] > 1:  # claims are kept by name: two ledgers under one would mix (helper-80)
@@ -219,6 +220,19 @@ class Coordinator:
         self._name_silent_sites(entries, earlier)
         self._require_quorum(len(queries), 0)
         return {node: replace(query, sites=len(queries)) for node, query in queries.items()}
+
+    def _say_renamed(self, sites: list[SiteStatus], known: dict[str, str]) -> None:
+        """Say, and record, each node that now gives another name than it gave before: the same
+        hospital renamed, or another one holding a copy of its key. Both were adopted in silence,
+        and the release then named the new name for the registered node (helper-108 M4)."""
+        for site in sites:
+            before = known.get(str(site.node_id))
+            if before and site.label and before != site.label:
+                log.warning("node %s, which called itself '%s' in this coordinator's earlier entries, now calls "
+                            "itself '%s': if that is not the same hospital (another holding a copy of its auth key), "
+                            "stop the run and remove the node (`fedsyn server sites remove`); its ledger is its own "
+                            "either way", site.node_id, before, site.label)
+                self.record("site_renamed", node=site.node_id, site=site.label, before=before)
 
     def _audit_entries(self) -> list[dict[str, object]]:
         """Every entry of this coordinator's audit log, every run's; none without one."""

@@ -405,6 +405,24 @@ def test_a_state_the_disk_could_not_hold_stops_the_run_with_its_way_forward(plan
     assert (tmp_path / "release" / "generator.pt").is_file()
 
 
+def test_a_node_that_comes_back_under_another_name_is_said_and_recorded(plan, demo_schema, tmp_path, caplog):
+    """helper-108 M4: a fourth hospital holding a copy of site 1's auth key, and a site renamed
+    between runs, were adopted in silence; the release named the new name for the registered node."""
+    import logging
+
+    release = ReleasePlan(tmp_path / "release", rows=100, audit_log=tmp_path / "audit.jsonl")
+    app = make_client_app(plan.site_policy)
+    short = SETTINGS.model_copy(update={"rounds": 1, "epsilon": 0.4})
+    run_federation(InProcessGrid(app, len(plan.policies)), demo_schema, short, release)
+    raw = json.loads(plan.policies[1].read_text())
+    plan.policies[1].write_text(json.dumps({**raw, "site_id": "hosp-3"}))
+    with caplog.at_level(logging.WARNING, logger="fedsyn.server"):
+        run_federation(InProcessGrid(app, len(plan.policies)), demo_schema, short, release)
+    assert f"called itself '{raw['site_id']}'" in caplog.text and "now calls itself 'hosp-3'" in caplog.text
+    entries = [json.loads(line) for line in (tmp_path / "audit.jsonl").read_text().splitlines()]
+    assert [(e["before"], e["site"]) for e in entries if e["event"] == "site_renamed"] == [(raw["site_id"], "hosp-3")]
+
+
 @pytest.mark.parametrize("layout", ["other files", "symlink", "empty folder"])
 def test_a_release_reaches_an_out_that_holds_other_files_or_is_a_link(plan, demo_schema, tmp_path, layout):
     """helper-105 H1: the release written whole beside OUT was renamed onto it, which failed, after
