@@ -773,6 +773,10 @@ def test_a_draft_from_a_csv_keeps_zero_padded_codes_as_written(tmp_path):
     for name in ("icd.csv", "icd.parquet"):
         drafted = draft_schema(read_table(tmp_path / name), outcome=None).column("icd")
         assert drafted.kind == ColumnKind.CATEGORICAL and drafted.categories == codes, name
+    # helper-107 M3: a postcode was drafted as a measure, its bounds two patients' postcodes
+    pd.DataFrame({"Postcode": rng.integers(10_000, 99_999, 300)}).to_csv(tmp_path / "pc.csv", index=False)
+    drafted = draft_schema(read_table(tmp_path / "pc.csv"), outcome=None).column("Postcode")
+    assert drafted.kind == ColumnKind.CATEGORICAL and drafted.lower is None and drafted.categories == [UNLISTED_LEVELS]
 
 
 def test_a_draft_reads_decimal_commas_and_thousands_separators_as_numbers_and_validate_names_them(tmp_path):

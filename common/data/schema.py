@@ -540,7 +540,9 @@ def _drafted_column(series: pd.Series, outcome: bool = False, date: bool = False
     validation to point at, :func:`stray_text_cells`; cells written as a limit, '<0.01', however
     many, :func:`censored_cells`), or categorical with its observed levels."""
     name, nullable, values = str(series.name), bool(series.isna().any()), series.dropna()
-    if date or date_like(series):  # a Parquet export's dates read as numbers: their bounds two patients' dates
+    if date or date_like(series) or POSTCODE_NAME.fullmatch(name.strip().casefold()):
+        # a Parquet export's dates read as numbers: their bounds two patients' dates; a postcode
+        # drafted as a measure had its bounds at two patients' postcodes (helper-107 M3)
         return Column(name=name, kind=ColumnKind.CATEGORICAL, categories=[UNLISTED_LEVELS], nullable=nullable,
                       needs_review=True)
     written_values, values = values, _separators_read(values)  # the text stays the levels if it is no number
@@ -908,6 +910,7 @@ def _censored(cells: pd.Series) -> pd.Series:
     return cells.astype(str).str.match(_CENSORED)
 
 
+POSTCODE_NAME = re.compile(r"(post(al)?[ _-]?code|zip([ _-]?code)?|zip5|plz)")  # a street (zip3: a region)
 ZERO_PADDED = re.compile(r"[+-]?0\d+")  # '021', '007', '-05': a code, not the number 21, 7 or -5
 MEASURE_VALUES = 10  # more distinct numbers than this: a measure; fewer, levels (a scale, a code)
 MEASURE_DECIMALS = 5  # or this many, some with decimals: a measure read to a step (an INR of 0.8-1.7)
