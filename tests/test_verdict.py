@@ -135,17 +135,17 @@ def test_an_attenuated_main_effect_is_red_at_a_tenth_and_amber_at_half(rows, dem
         assert _reds(verdict) == []
 
 
-def test_models_below_always_predicting_the_majority_are_red(rows, demo_schema):
+def test_models_below_always_predicting_the_majority_are_flagged(rows, demo_schema):
     """Dead patients five times over: models still rank patients well (ROC-AUC near the real
-    rows') but call most of them dead, so two of them are less accurate than always saying
-    'alive', where the same models trained on real rows are not."""
+    rows') but call many of them dead, so logistic regression is less accurate than always saying
+    'alive' by more than chance on the 300 held-out rows moves an accuracy, where the same model
+    trained on real rows is not. Two such models make the flag red (the researchers' table below)."""
     train, test, patients = rows
     dead = patients[patients["death"] == "dead"]
     synthetic = pd.concat([patients, *[dead] * 4], ignore_index=True).sample(frac=1.0, random_state=2)
     verdict = evaluate(synthetic.reset_index(drop=True), train, test, demo_schema).verdict
-    assert verdict.level == "red"
-    [message] = _flags(verdict, "red", "utility")
-    assert "below always predicting the most common outcome" in message and message.count(";") >= 1  # two or more
+    [message] = [flag.message for flag in verdict.flags if "most common outcome" in flag.message]
+    assert "logistic regression 0.6" in message
 
 
 def test_an_accuracy_a_patient_or_two_below_the_majority_is_no_flag():
