@@ -126,8 +126,8 @@ def follow_run(command: list[str], env: dict[str, str] | None = None) -> Followe
 def _say_no_serverapp(run_id: str) -> None:
     log.warning("the SuperLink took run %s but has started no ServerApp for it in %.0f s: its SuperExec may have "
                 "stopped (a SuperLink frozen or short of memory keeps taking runs without one). Press Ctrl-C, "
-                "restart the SuperLink (`fedsyn server start`) and submit the run again (`fedsyn server run`, with "
-                "--resume to go on with a run saved in the state folder): this run has asked no site anything",
+                "restart the SuperLink (`fedsyn server start`) and give the same command again (`server run` "
+                "takes --resume to go on with a run saved in the state folder): this run has asked no site anything",
                 run_id, SERVERAPP_START_S)
 
 

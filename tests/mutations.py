@@ -512,6 +512,11 @@ MUTATIONS = [
     Mutation("a charge is made though the audit trail cannot take its entry", "client/site.py",
              '        with self.policy.audit_trail.open("a"):\n            pass\n', "",
              (PRIVACY + "test_a_site_whose_audit_trail_cannot_be_written_charges_nothing",)),
+    # Session 43: helper-109 H1, one clamped record kept records with text cells it did not touch.
+    Mutation("clamping writes back the whole parsed column", "common/data/validation.py",
+             "frame[column.name] = frame[column.name].astype(object).where(~changed, clipped)",
+             "frame[column.name] = numeric.where(~changed, clipped)",
+             ("tests/test_out_of_domain.py::test_no_cell_in_any_column_changes_how_the_other_records_are_read",)),
     # Session 43: helper-106 F1, one text cell changed how a column's other cells were read.
     Mutation("a number marker matches a text cell by its spelling only", "common/data/schema.py",
              "            if numbers:\n                marked |=", "            if False:\n                marked |=",

@@ -636,7 +636,7 @@ def test_client_status_shows_the_sites_budget_and_last_charge_and_a_ledger_it_wo
     lowered = json.loads(policy.read_text())  # helper-108 L3: max_epsilon lowered below what was spent
     policy.write_text(json.dumps({**lowered, "max_epsilon": 0.1}))
     result = _invoke("client", "status", "--config", policy)
-    assert result.exit_code == 1 and "refuses every request until the policy allows more" in \
+    assert result.exit_code == 1 and "more than its max_epsilon 0.1" in \
         " ".join(result.output.split())
     policy.write_text(json.dumps(lowered))
     site.policy.ledger.unlink()

@@ -306,6 +306,8 @@ def test_no_cell_in_any_column_changes_how_the_other_records_are_read(tmp_path, 
     schema = Schema.load(schema_file)
     written = small_frame.astype(str).copy()
     written.loc[:29, "creatinine"] = "99.0"
+    written.loc[30:34, "creatinine"] = "pending"  # dirty cells already there, beside a record that needs a clamp
+    written.loc[35:37, "age"] = ""
     path = tmp_path / "extract.csv"
 
     def read(cells: pd.DataFrame, handling: str) -> pd.DataFrame:
@@ -315,7 +317,8 @@ def test_no_cell_in_any_column_changes_how_the_other_records_are_read(tmp_path, 
     for handling in ("drop", "clamp", "blank"):
         alone = read(written, handling)
         for column in schema.column_names:
-            for cell in ["?", "-", "pending", "1,2", "099", "99.00", "", "<0.01", "NA", "1e400", "F ", "2.5 mg/dL"]:
+            for cell in ["?", "-", "pending", "1,2", "099", "99.00", "", "<0.01", "NA", "1e400", "F ", "2.5 mg/dL",
+                         "1e5", ".5", "12345678901234567890", "TRUE"]:
                 record = written.iloc[[7]].assign(**{column: cell})
                 beside = read(pd.concat([written, record], ignore_index=True), handling)
                 where = f"{handling}: {column} = {cell!r}"

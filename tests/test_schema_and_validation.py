@@ -731,6 +731,13 @@ def test_one_record_cannot_change_how_the_records_after_it_are_read(tmp_path):
     path.write_text("age,sex,note\n61,M,a,\n" + body)
     read = read_table(path)
     assert list(read.columns) == ["age", "sex", "note"] and read["age"].tolist()[:2] == [61, 70]
+    # helper-109 M4: a row of tabs (Excel's empty formatted row) is a record, not a refusal; an open
+    # quote swallowing more than the csv module's 128 KiB is refused, not a crash
+    (tmp_path / "rows.tsv").write_text("age\tsex\n61\tM\n\t\n62\tF\n")
+    assert len(read_table(tmp_path / "rows.tsv")) == 3
+    path.write_text("age,sex,note\n61,M,\"pt refused\n" + body * 4000 + '63,M,height 5\'2"\n')
+    with pytest.raises(DataFileError, match="the record at line 2 runs over several lines"):
+        read_table(path)
 
 
 def test_a_draft_from_parquet_float_codes_validates_its_own_source(tmp_path):
@@ -773,6 +780,10 @@ def test_a_draft_from_a_csv_keeps_zero_padded_codes_as_written(tmp_path):
     for name in ("icd.csv", "icd.parquet"):
         drafted = draft_schema(read_table(tmp_path / name), outcome=None).column("icd")
         assert drafted.kind == ColumnKind.CATEGORICAL and drafted.categories == codes, name
+    # helper-109 M3: one zero-padded cell ('065' among ages) is a typo, not a column of codes
+    ages = pd.DataFrame({"age": [str(a) for a in rng.integers(50, 99, 300)] + ["065"]})
+    ages.to_csv(tmp_path / "ages.csv", index=False)
+    assert draft_schema(read_table(tmp_path / "ages.csv"), outcome=None).column("age").kind == ColumnKind.INTEGER
     # helper-107 M3: a postcode was drafted as a measure, its bounds two patients' postcodes
     pd.DataFrame({"Postcode": rng.integers(10_000, 99_999, 300)}).to_csv(tmp_path / "pc.csv", index=False)
     drafted = draft_schema(read_table(tmp_path / "pc.csv"), outcome=None).column("Postcode")
@@ -915,3 +926,13 @@ def test_typed_rows_set_a_value_the_schema_does_not_list_to_missing_without_a_pa
         typed = typed_by_schema(pd.DataFrame({"o": ["a", "b", "zz"], "c": ["x", "q", None]}), schema)
     assert typed["o"].tolist()[:2] == ["a", "b"] and typed["o"].isna().tolist() == [False, False, True]
     assert typed["c"].isna().tolist() == [False, True, True]
+
+
+def test_a_declared_spelling_equal_in_value_to_a_marker_stays_its_level(tmp_path):
+    """helper-109 L1: with the marker '9', the declared spelling '09' of level 'A' was emptied once
+    markers were compared by value; a column's own spellings stay what they spell."""
+    schema = Schema.model_validate({"name": "t", "missing_values": ["9"], "columns": [
+        {"name": "grade", "kind": "categorical", "categories": ["A", "B"], "spellings": {"A": ["09"]}}]})
+    (tmp_path / "x.csv").write_text("grade\n09\nB\nA\n9\n")
+    assert read_table(tmp_path / "x.csv", schema)["grade"].tolist()[:3] == ["A", "B", "A"]
+    assert pd.isna(read_table(tmp_path / "x.csv", schema)["grade"].iloc[3])

@@ -88,3 +88,9 @@ def test_a_node_whose_clientapp_ran_out_of_memory_is_restarted_not_left_deaf():
     assert supervise([sys.executable, "-c", hung], {}, out) == EXIT_LOST_COORDINATOR
     assert time.monotonic() - started < 30
     assert "ran out of memory" in out.getvalue() and "network or TLS" not in out.getvalue()
+    # helper-109 M2: fedsyn's own handled MemoryError (its ClientApp answered with an error) is no hang
+    out = io.StringIO()
+    handled = ('import time\nprint(\'{"level": "error", "logger": "fedsyn.client", "message": "request failed with '
+               'MemoryError"}\', flush=True)\nprint("INFO : Sent reply", flush=True)\nraise SystemExit(3)\n')
+    assert supervise([sys.executable, "-c", handled], {}, out) == 3
+    assert "ran out of memory" not in out.getvalue()

@@ -40,6 +40,9 @@ class SiteView:
     supernode: str = "not started by `fedsyn client start` here"
 
 
+SPENT_TOLERANCE = 1e-9  # a ledger at its max_epsilon up to rounding has nothing left to spend
+
+
 def site_view(policy: SitePolicy) -> SiteView:
     """The site's state from its files; a ledger the site would refuse is named, not raised."""
     problem, ledger = None, None
@@ -51,11 +54,12 @@ def site_view(policy: SitePolicy) -> SiteView:
             ledger = PrivacyLedger.load(policy.ledger)  # what it holds, refused or not
         except LedgerError:
             pass
-    if problem is None and ledger is not None and ledger.epsilon() >= policy.max_epsilon:
-        # Spent past a max_epsilon lowered since (helper-108 L3): every request is refused
-        problem = (f"it has spent epsilon {ledger.epsilon():.4f} of its max_epsilon {policy.max_epsilon:g}: it "
-                   "refuses every request until the policy allows more (a new cohort: `fedsyn client ledger init "
-                   "--reset-reason`)")
+    if problem is None and ledger is not None and ledger.epsilon() >= policy.max_epsilon - SPENT_TOLERANCE:
+        # Spent all, or past a max_epsilon lowered since (helper-108 L3): it showed '0.4828 of 0.4', exit 0
+        how = "more than" if ledger.epsilon() > policy.max_epsilon + SPENT_TOLERANCE else "all of"
+        problem = (f"it has spent epsilon {ledger.epsilon():.4f}, {how} its max_epsilon {policy.max_epsilon:g}: it "
+                   "refuses every request that would spend until the policy allows more (it still answers budget "
+                   "queries and replays answers it paid for)")
     entries = read_entries(policy.audit_trail)
     view = SiteView(policy.site_id, ledger.epsilon() if ledger is not None else None, policy.max_epsilon,
                     policy.max_epsilon_per_request, policy.delta, len(ledger.events) if ledger is not None else None,

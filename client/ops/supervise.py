@@ -95,8 +95,11 @@ TLS_HINTS: tuple[tuple[re.Pattern[str], str], ...] = (
 PERMISSION = re.compile(r"\bPermissionError\b")
 # Flower's own line for a ClientApp that ran out of memory while sending a reply: that ClientApp
 # then hangs, and the SuperNode waits on it and answers nothing more (helper-108 H1). fedsyn's
-# handlers catch a MemoryError of their own and answer with an error; this one is past them.
-OUT_OF_MEMORY = re.compile(r"\bMemoryError\b")
+# handlers catch a MemoryError of their own, log it and answer with an error: their lines (JSON,
+# from a fedsyn logger) are not this one, and stopping the node on them lost that answer
+# (helper-109 M2). NumPy's _ArrayMemoryError is one too.
+OUT_OF_MEMORY = re.compile(r"MemoryError\b")
+FEDSYN_LINE = re.compile(r'"logger":\s*"fedsyn')
 
 
 class Console(Protocol):
@@ -562,7 +565,7 @@ def _pass_through(process: subprocess.Popen[str], out: Console, attempt: _Attemp
         out.flush()
         if GAVE_UP in line:
             attempt.gave_up.set()
-        if OUT_OF_MEMORY.search(line):
+        if OUT_OF_MEMORY.search(line) and not FEDSYN_LINE.search(line):
             attempt.out_of_memory = True
             attempt.gave_up.set()
 

@@ -549,7 +549,7 @@ def _drafted_column(series: pd.Series, outcome: bool = False, date: bool = False
     numeric = pd.to_numeric(values, errors="coerce")
     # A code written zero-padded ('0052' for an ICD code) is a code however many there are: a
     # newcomer's 300 diagnosis codes were drafted as the integers 52-7802 (helper-107 M1).
-    coded = bool(written_values.astype(str).str.strip().str.fullmatch(ZERO_PADDED).any())
+    coded = zero_padded_codes(written_values)
     unknown_words = _words_for_unknown(values) if len(values) > 0 else []
     if len(values) > 0 and not coded and (_stray_cells(values) <= STRAY_TEXT_SHARE * len(values) or unknown_words) \
             and _measure_like(numeric.dropna()) and not _identifier_like(numeric.dropna()):
@@ -912,6 +912,16 @@ def _censored(cells: pd.Series) -> pd.Series:
 
 POSTCODE_NAME = re.compile(r"(post(al)?[ _-]?code|zip([ _-]?code)?|zip5|plz)")  # a street (zip3: a region)
 ZERO_PADDED = re.compile(r"[+-]?0\d+")  # '021', '007', '-05': a code, not the number 21, 7 or -5
+PADDED_SHARE = 0.1  # of a column's distinct values zero-padded: codes (one '065' among 50 ages: a typo)
+
+
+def zero_padded_codes(cells: pd.Series) -> bool:
+    """Whether a column writes codes zero-padded ('021', '0052'): a tenth or more of its distinct
+    values are. One such cell made a whole column of ages or creatinines codes (helper-109 M3)."""
+    written = pd.Series(cells.dropna().astype(str).str.strip().unique())
+    return bool(len(written)) and float(written.str.fullmatch(ZERO_PADDED).mean()) >= PADDED_SHARE
+
+
 MEASURE_VALUES = 10  # more distinct numbers than this: a measure; fewer, levels (a scale, a code)
 MEASURE_DECIMALS = 5  # or this many, some with decimals: a measure read to a step (an INR of 0.8-1.7)
 
@@ -1279,8 +1289,12 @@ def _written_two_ways(levels: list[str]) -> bool:
 
 
 def category_levels(schema: Schema) -> dict[str, list[str]]:
-    """Each categorical column's categories: a missing-value marker listed there stays a level."""
-    return {column.name: column.levels for column in schema.categorical_columns}
+    """Each categorical column's categories and their declared spellings: a missing-value marker
+    listed there, or equal in value to one ('09' for a marker '9'), stays what it spells
+    (helper-109 L1: a spelling '09' of a level was emptied by the marker '9')."""
+    return {column.name: [*column.levels, *(spelling for written in (column.spellings or {}).values()
+                                            for spelling in written)]
+            for column in schema.categorical_columns}
 
 
 # A column named as a record number ('patient_id', 'MRN', 'record no').

@@ -14,7 +14,6 @@ from fedsyn.data.schema import (
     READ_AS_NO,
     READ_AS_YES,
     WHOLE_NUMBER_WITH_POINT,
-    ZERO_PADDED,
     Column,
     ColumnKind,
     Schema,
@@ -28,6 +27,7 @@ from fedsyn.data.schema import (
     units_removed,
     without_schema_markers,
     yes_no_levels,
+    zero_padded_codes,
 )
 from fedsyn.errors import InputDataError
 
@@ -59,7 +59,10 @@ def read_table(path: str | Path, schema: Schema | None = None) -> pd.DataFrame:
         _check_text_layout(path, _TEXT_SEPARATORS[suffix])
     try:
         if suffix in _TEXT_SEPARATORS:
-            dtype = {c.name: str for c in schema.categorical_columns} if schema else None
+            # Every schema column as text, each cell then read on its own: pandas types a column
+            # from all its cells, so one record ('?', a 20-digit number) made a column of TRUE/FALSE
+            # or of numbers with gaps text, and changed how the others were read (helper-109 M1)
+            dtype = {c.name: str for c in schema.columns} if schema else None
             # index_col=False: a first record with one field too many (a trailing comma) made pandas
             # read the first column as the index and shifted every column of every record.
             frame = pd.read_csv(path, sep=_TEXT_SEPARATORS[suffix], dtype=dtype, keep_default_na=True,
@@ -81,7 +84,7 @@ def read_table(path: str | Path, schema: Schema | None = None) -> pd.DataFrame:
         detail = str(exc) if structural else f"{type(exc).__name__}; check the file's format"
         raise DataFileError(f"cannot read {path} as a {suffix.lstrip('.')} table: {detail}") from None
     if suffix in _TEXT_SEPARATORS:
-        _check_one_record_per_line(path, _TEXT_SEPARATORS[suffix], len(frame))
+        _check_one_record_per_line(path, _TEXT_SEPARATORS[suffix])
     if schema is not None:
         frame = without_schema_markers(frame, schema)
         for column in schema.columns:
@@ -103,7 +106,7 @@ def _codes_as_written(frame: pd.DataFrame, path: Path, separator: str) -> pd.Dat
         return frame
     text = pd.read_csv(path, sep=separator, dtype=str, usecols=numeric, keep_default_na=True, index_col=False)
     for name in numeric:
-        if text[name].dropna().str.strip().str.fullmatch(ZERO_PADDED).any():
+        if zero_padded_codes(text[name]):
             frame[name] = text[name]
     return frame
 
@@ -180,27 +183,29 @@ def _check_text_layout(path: Path, separator: str) -> None:
                         f"as {expected}-separated: {fix}")
 
 
-def _check_one_record_per_line(path: Path, separator: str, records: int) -> None:
+def _check_one_record_per_line(path: Path, separator: str) -> None:
     """Refuse a text file where a record runs over several lines: a quoted cell holding a line
     break, or a quote an exporter left open. One open quote ('"pt refused', from an exporter that
     does not escape quotes) made the reader take every line up to the next quote as one cell, so
-    one record changed whether 40 others were read (helper-106 F2). Only the line is named, never
-    a cell: the cells are patients'."""
+    one record changed whether 40 others were read (helper-106 F2). Every record is walked: a
+    count of lines against records let a line pandas reads and this walk skips (a row of tabs)
+    refuse a sound file, or hide a swallowed one (helper-109 M4). Only the line is named, never a
+    cell: the cells are patients'."""
     with path.open(encoding="utf-8-sig", errors="replace", newline="") as handle:
-        lines = sum(1 for line in handle if line.strip())
-    if lines == records + 1:
-        return
-    with path.open(encoding="utf-8-sig", errors="replace", newline="") as handle:
-        reader, previous, where = csv.reader(handle, delimiter=separator), 0, "a record"
-        for _ in reader:
-            if reader.line_num - previous > 1:
-                where = f"the record at line {previous + 1}"
-                break
-            previous = reader.line_num
-    raise DataFileError(f"cannot read {path}: {where} runs over several lines (a text cell holding a line break, or "
-                        "a quote left open). fedsyn reads one record per line, so that no record can change how "
-                        "others are read: remove line breaks from text cells, or export without free-text columns "
-                        "(a schema uses none)")
+        reader, previous = csv.reader(handle, delimiter=separator), 0
+        try:
+            for _ in reader:
+                if reader.line_num - previous > 1:
+                    break
+                previous = reader.line_num
+            else:
+                return
+        except csv.Error:  # a cell past the csv module's 128 KiB: an open quote swallowing the records after it
+            pass
+    raise DataFileError(f"cannot read {path}: the record at line {previous + 1} runs over several lines (a text cell "
+                        "holding a line break, or a quote left open). fedsyn reads one record per line, so that no "
+                        "record can change how others are read: remove line breaks from text cells, or export "
+                        "without free-text columns (a schema uses none)")
 
 
 def rows_digest(frame: pd.DataFrame, schema: Schema) -> str:

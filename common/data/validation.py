@@ -24,6 +24,7 @@ from fedsyn.data.schema import (
     Column,
     ColumnKind,
     Schema,
+    as_numbers,
     is_number,
     lists_no_level,
     off_step,
@@ -543,7 +544,10 @@ def screen_records(frame: pd.DataFrame, schema: Schema, handling: RecordHandling
                 clipped = clipped.round()
             changed = numeric.notna() & np.isfinite(numeric) & (clipped != numeric)
             repaired += changed.to_numpy(dtype=bool)
-            frame[column.name] = numeric.where(~changed, clipped) if changed.any() else frame[column.name]
+            # Only the clamped cells change: writing back the whole parsed column emptied every
+            # other record's text cell ('pending'), which then passed as missing, so one record
+            # needing a clamp kept records that were otherwise dropped (helper-109 H1)
+            frame[column.name] = frame[column.name].astype(object).where(~changed, clipped)
     bad = np.zeros(len(frame), dtype=bool)
     for column in schema.columns:
         for _, mask in _column_masks(frame[column.name], column):
@@ -554,5 +558,8 @@ def screen_records(frame: pd.DataFrame, schema: Schema, handling: RecordHandling
             "(every column)", "no record fits the schema once out-of-domain records are dropped", len(frame))],
             len(frame)), source)
     kept_repairs = int(repaired[~bad].sum())  # a record left out counts as left out, not repaired too
+    for column in schema.columns:  # every cell left is a number or empty: numbers, as a clean file's are read
+        if not column.is_categorical:
+            kept[column.name] = as_numbers(kept[column.name])
     return Screening(kept, int(bad.sum()), kept_repairs if handling == "clamp" else 0, report.problems, report.notes,
                      kept_repairs if handling == "blank" else 0)
