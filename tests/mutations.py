@@ -515,7 +515,7 @@ MUTATIONS = [
     # Session 43: helper-109 H1, one clamped record kept records with text cells it did not touch.
     Mutation("clamping writes back the whole parsed column", "common/data/validation.py",
              "frame[column.name] = frame[column.name].astype(object).where(~changed, clipped)",
-             "frame[column.name] = numeric.where(~changed, clipped)",
+             "frame[column.name] = numeric.where(~changed, clipped) if changed.any() else frame[column.name]",
              ("tests/test_out_of_domain.py::test_no_cell_in_any_column_changes_how_the_other_records_are_read",)),
     # Session 43: helper-106 F1, one text cell changed how a column's other cells were read.
     Mutation("a number marker matches a text cell by its spelling only", "common/data/schema.py",
