@@ -54,14 +54,15 @@ def site_view(policy: SitePolicy) -> SiteView:
             ledger = PrivacyLedger.load(policy.ledger)  # what it holds, refused or not
         except LedgerError:
             pass
-    if problem is None and ledger is not None and ledger.epsilon() >= policy.max_epsilon - SPENT_TOLERANCE:
+    spent = ledger.epsilon() if ledger is not None else None  # composed over every event: once
+    if problem is None and spent is not None and spent >= policy.max_epsilon - SPENT_TOLERANCE:
         # Spent all, or past a max_epsilon lowered since (helper-108 L3): it showed '0.4828 of 0.4', exit 0
-        how = "more than" if ledger.epsilon() > policy.max_epsilon + SPENT_TOLERANCE else "all of"
-        problem = (f"it has spent epsilon {ledger.epsilon():.4f}, {how} its max_epsilon {policy.max_epsilon:g}: it "
+        how = "more than" if spent > policy.max_epsilon + SPENT_TOLERANCE else "all of"
+        problem = (f"it has spent epsilon {spent:.4f}, {how} its max_epsilon {policy.max_epsilon:g}: it "
                    "refuses every request that would spend until the policy allows more (it still answers budget "
                    "queries and replays answers it paid for)")
     entries = read_entries(policy.audit_trail)
-    view = SiteView(policy.site_id, ledger.epsilon() if ledger is not None else None, policy.max_epsilon,
+    view = SiteView(policy.site_id, spent, policy.max_epsilon,
                     policy.max_epsilon_per_request, policy.delta, len(ledger.events) if ledger is not None else None,
                     problem=problem)
     view.last_charge = next((e for e in reversed(entries) if e.get("event") == CHARGED), None)
