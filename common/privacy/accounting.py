@@ -269,9 +269,10 @@ class PrivacyLedger:
 
     @contextmanager
     def _locked(self) -> Iterator[Callable[[], None]]:
-        """Hold the ledger's exclusive lock and bring :attr:`events` up to date from disk. Yields
-        a check to call right before writing: it raises if the lock file is no longer the one
-        at its path (deleted while held: another process may be charging from the same count)."""
+        """Hold the ledger's exclusive lock and bring :attr:`events` and :attr:`protects` up to date
+        from disk. Yields a check to call right before writing: it raises if the lock file is no
+        longer the one at its path (deleted while held: another process may be charging from the
+        same count)."""
         if self.path is None:
             yield lambda: None
             return
@@ -280,7 +281,7 @@ class PrivacyLedger:
             current = self.load(self.path)
             if (current.delta, current.accountant) != (self.delta, self.accountant):
                 raise LedgerError(f"ledger {self.path} changed its delta or accountant while in use")
-            self.events = current.events
+            self.events, self.protects = current.events, current.protects
 
             def still_locked() -> None:
                 if not _is_at(lock, lock_path):
@@ -371,7 +372,7 @@ class PrivacyLedger:
         extract it named before. Everything spent stays spent: a site whose storage moved had
         no way on but a new ledger at epsilon 0 (helper-108 M5)."""
         with self._locked() as still_locked:
-            before = str(self.load(self.path).protects) if self.path is not None else str(self.protects)
+            before = str(self.protects)  # as the file holds it: the lock brought the ledger up to date
             still_locked()
             self.protects = protects
             if self.path is not None:
