@@ -145,8 +145,9 @@ def test_client_start_with_json_logs_writes_only_json_lines_on_stderr(plan, tmp_
     assert any(f"local port {port}" in record["message"] and record["level"] == "warning" for record in records)
     assert all(record["time"].endswith("+00:00") for record in records)
     bounds = [record["message"] for record in records if "bounds: " in record["message"]]
-    assert len(bounds) == 1 and re.search(r"creatinine \((lower and )?upper\)", bounds[0]) and "15" not in bounds[0]
-    assert "column(s)" not in bounds[0]  # named, never counted (helper-73)
+    said = bounds[0].replace(str(extract), "EXTRACT") if bounds else ""  # the temporary path may hold a 15
+    assert len(bounds) == 1 and re.search(r"creatinine \((lower and )?upper\)", said) and "15" not in said
+    assert "column(s)" not in said  # named, never counted (helper-73)
 
 
 def test_starting_a_superlink_with_an_expired_certificate_says_so(tmp_path, caplog):
