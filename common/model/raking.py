@@ -11,9 +11,10 @@ So the release draws ``POOL_FACTOR`` times the rows it needs from the generator,
 iterative proportional fitting (raking; Deming and Stephan, 1940) so that each site slot's rows
 reproduce that site's noisy pair tables, its tables of those columns by outcome class and its
 outcome class shares, and draws the released rows from the pool by those weights (capped, and
-drawn systematically, so that no pool row is released twice). The pool's
-own joint distribution is kept wherever the tables say nothing: raking gives the distribution
-closest to the generator's (in Kullback-Leibler divergence) that has the measured margins.
+drawn systematically, so that no pool row is released twice). Raking gives the distribution
+closest to the pool's (in Kullback-Leibler divergence) that has the measured margins: where the
+tables say nothing, the pool's own relations are kept, those of its numeric columns made
+independent given the tables first (:mod:`fedsyn.model.max_entropy`).
 
 The sites measure the same pairs, chosen together; one site's table is noisy, so each slot
 is raked to the pooled association of every site's table of the pair, fitted to this site's own
@@ -257,7 +258,7 @@ def release_weights(frame: pd.DataFrame, schema: Schema, slots: np.ndarray, targ
     shares = targets.shares
     weights = np.zeros(len(frame))
     margins: list[Margin] = []
-    classes = _classes(frame, schema)
+    classes = outcome_classes(frame, schema)
     members = [np.flatnonzero(slots == slot) for slot in range(len(shares))]
     ceiling = (1.0 - 1e-9) / count
     drawn = sum(share for rows, share in zip(members, shares) if len(rows))
@@ -281,7 +282,7 @@ def release_weights(frame: pd.DataFrame, schema: Schema, slots: np.ndarray, targ
     return np.asarray(weights / weights.sum(), dtype=float)
 
 
-def _classes(frame: pd.DataFrame, schema: Schema) -> np.ndarray:
+def outcome_classes(frame: pd.DataFrame, schema: Schema) -> np.ndarray:
     """Each row's outcome class (all 0 without an outcome)."""
     split = split_column(schema)
     return np.asarray(bin_index(split, frame[split.name])) if split is not None else np.zeros(len(frame), dtype=int)
