@@ -17,6 +17,8 @@ can be put beside the peers in ``peers.jsonl``:
   categorical column as the target ("questions"), site structure (mean TV of P(column | site),
   0 = each site's population kept), detection AUC (0.5 = indistinguishable), SDMetrics quality,
   DCR ratio, excess exact copies. The table's site column is passed as ``--site-column``.
+  Beside the judge, every pair of numeric columns: how far its Spearman correlation is from the
+  held-out real rows', and how many clear relations are turned round or made up.
 
 The judge runs in a subprocess of ``--judge-python`` (default: this interpreter), so that
 sdmetrics, which pins its own pandas, may live in a separate environment. Prints numbers
@@ -63,6 +65,23 @@ for model in ("gb", "lr"):  # every other categorical column as the target: the 
 scores["per_question"] = {target: {k: round(v, 4) for k, v in q.items() if isinstance(v, float)}
                           for target, q in questions.items()}
 scores["site_tv"], scores["detection"] = scores.pop("site_structure_tv"), scores.pop("detection_auc")
+pairs = []  # every pair of numeric columns: Spearman on the held-out real rows, then on the synthetic ones
+numeric = spec.get("continuous", [])
+for i, first in enumerate(numeric):
+    for second in numeric[i + 1:]:
+        real = pd.to_numeric(test[first], errors="coerce").corr(pd.to_numeric(test[second], errors="coerce"),
+                                                                method="spearman")
+        made = pd.to_numeric(syn[first], errors="coerce").corr(pd.to_numeric(syn[second], errors="coerce"),
+                                                               method="spearman")
+        if real == real and made == made:
+            pairs.append((float(real), float(made)))
+scores["numeric_pairs"] = {
+    "pairs": len(pairs),
+    "rho_error": sum(abs(r - m) for r, m in pairs) / len(pairs) if pairs else None,
+    "reversed": sum(int(abs(r) >= 0.15 and abs(m) >= 0.05 and (r > 0) != (m > 0)) for r, m in pairs),
+    "strong": sum(int(abs(r) >= 0.15) for r, m in pairs),
+    "invented": sum(int(abs(r) < 0.05 and abs(m) >= 0.2) for r, m in pairs),
+}
 print(json.dumps(scores))
 """
 
@@ -162,6 +181,20 @@ def print_questions(table: str, rows: list[dict]) -> None:
               f"{real.get('trtr_lr', float('nan')):.3f}  {cells}", flush=True)
 
 
+def print_numeric_pairs(table: str, rows: list[dict]) -> None:
+    """How the numeric columns relate, per fedsyn seed and judged peer: the mean absolute error
+    of every pair's Spearman correlation against the held-out real rows, the clear ones (|rho| of
+    .15 or more there) turned round, and the pairs made related (|rho| .2 or more) that are not
+    (under .05)."""
+    judged = [r for r in rows if r.get("numeric_pairs", {}).get("pairs")]
+    if not judged:
+        return
+    cells = "  ".join(f"{r['arm'].split(' (')[0]}{'' if r.get('seed') is None else ' s' + str(r['seed'])}: "
+                      f"|drho| {r['numeric_pairs']['rho_error']:.3f}, reversed {r['numeric_pairs']['reversed']}"
+                      f"/{r['numeric_pairs']['strong']}, invented {r['numeric_pairs']['invented']}" for r in judged)
+    print(f"{table:<10} numeric pairs ({judged[0]['numeric_pairs']['pairs']})  {cells}", flush=True)
+
+
 def _cells(row: dict) -> str:
     values = []
     for key in METRICS:
@@ -234,6 +267,7 @@ def main(argv: list[str] | None = None) -> None:
         print(f"{table:<10} {'real data ceiling (TRTR GB / LR)':<34} {'':>4} "
               f"{runs[0]['trtr_gb']:12.4f} {runs[0]['trtr_lr']:12.4f}", flush=True)
         print_questions(table, [*runs, *judged])
+        print_numeric_pairs(table, [*runs, *judged])
         results += [*runs, summary, *({**p, "peer": True} for p in reference), *judged]
     if args.json is not None:
         args.json.write_text("".join(json.dumps(r) + "\n" for r in results))

@@ -85,7 +85,9 @@ def _bench_kit(folder: Path) -> Path:
     rows.to_csv(table / "train.csv", index=False)
     (table / "schema.json").write_text(json.dumps(schema))
     categorical = [c["name"] for c in schema["columns"] if c["kind"] == "categorical"]
-    (folder / "tables.json").write_text(json.dumps({"demo": {"site": "site", "categorical": categorical}}))
+    numeric = [c["name"] for c in schema["columns"] if c["kind"] != "categorical"]
+    (folder / "tables.json").write_text(json.dumps({"demo": {"site": "site", "categorical": categorical,
+                                                              "continuous": numeric}}))
     (folder / "load.py").write_text(
         "import json, pathlib\nimport pandas as pd\n"
         "def load(table):\n"
@@ -110,7 +112,9 @@ def test_bench_tables_runs(monkeypatch, capsys, tmp_path):
     rows = [json.loads(line) for line in (tmp_path / "rows.jsonl").read_text().splitlines()]
     assert rows[0]["arm"] == "fedsyn federated (2 sites)" and rows[0]["tstr_gb"] == 0.7
     assert (tmp_path / "work" / "demo" / "seed-0" / "release" / "synthetic.csv").is_file()
-    assert "question sex" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "question sex" in out and "demo       numeric pairs (6)  fedsyn federated s0: |drho| 0." in out
+    assert rows[0]["numeric_pairs"]["pairs"] == 6
 
 
 def test_bench_site_tables_runs(monkeypatch, capsys, tmp_path):
