@@ -105,8 +105,10 @@ def load_state(directory: Path, audit_path: Path | None, public_key: Ed25519Publ
 
 @contextmanager
 def holding_run(directory: Path, flower_run: str | None, wait: float = 120.0) -> Iterator[None]:
-    """Only one coordinator process drives a run: an exclusive lock on the state folder, held
-    for the whole run, naming the process and its Flower run.
+    """Only one coordinator process drives a run: an exclusive lock on the state folder itself,
+    held for the whole run; ``LOCK_FILE`` in it names the process and its Flower run. The folder
+    is locked, not the file: an operator who deleted a file lock they took for stale let a second
+    coordinator lock a new file and drive the same run beside the first (helper-108 M1).
 
     A ServerApp cut off by a SuperLink crash keeps retrying and comes back when the SuperLink
     restarts; a resumed run would then train beside it. So a resumed run waits up to ``wait``
@@ -115,14 +117,15 @@ def holding_run(directory: Path, flower_run: str | None, wait: float = 120.0) ->
     one state folder waited two minutes in silence, then started and charged every site again
     if the first had ended meanwhile (helper-104 M5)."""
     directory.mkdir(parents=True, exist_ok=True)
-    with open(directory / LOCK_FILE, "a+") as handle:
+    folder = os.open(directory, os.O_RDONLY)
+    try:
         deadline, said = time.monotonic() + wait, False
         while True:
             try:
-                fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+                fcntl.flock(folder, fcntl.LOCK_EX | fcntl.LOCK_NB)
                 break
             except BlockingIOError:
-                holder = _read_holder(handle)
+                holder = _holder(directory)
                 held = (f"another coordinator process drives the run in {directory} (pid {holder.get('pid')}, "
                         f"Flower run {holder.get('flower_run')})")
                 if time.monotonic() > deadline:
@@ -135,35 +138,35 @@ def holding_run(directory: Path, flower_run: str | None, wait: float = 120.0) ->
                     said = True
                 time.sleep(1.0)
         try:
-            handle.seek(0)
-            handle.truncate()
-            handle.write(json.dumps({"pid": os.getpid(), "flower_run": flower_run}))
-            handle.flush()
+            (directory / LOCK_FILE).write_text(json.dumps({"pid": os.getpid(), "flower_run": flower_run}))
             yield
         finally:
-            fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
+            fcntl.flock(folder, fcntl.LOCK_UN)
+    finally:
+        os.close(folder)
 
 
 def lock_holder(directory: Path) -> dict[str, Any] | None:
     """Who holds the run's lock (pid, Flower run), or None when no live process does."""
-    path = directory / LOCK_FILE
-    if not path.is_file():
+    if not directory.is_dir():
         return None
-    with open(path, "a+") as handle:
-        try:
-            fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            return _read_holder(handle)
-        fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
-        return None
-
-
-def _read_holder(handle: Any) -> dict[str, Any]:
-    """What the lock's holder wrote about itself (empty when unreadable)."""
-    handle.seek(0)
+    folder = os.open(directory, os.O_RDONLY)
     try:
-        holder = json.loads(handle.read() or "{}")
-    except json.JSONDecodeError:
+        try:
+            fcntl.flock(folder, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return _holder(directory)
+        fcntl.flock(folder, fcntl.LOCK_UN)
+        return None
+    finally:
+        os.close(folder)
+
+
+def _holder(directory: Path) -> dict[str, Any]:
+    """What the lock's holder wrote about itself in ``LOCK_FILE`` (empty when gone or unreadable)."""
+    try:
+        holder = json.loads((directory / LOCK_FILE).read_text() or "{}")
+    except (OSError, json.JSONDecodeError):
         return {}
     return holder if isinstance(holder, dict) else {}
 

@@ -804,3 +804,17 @@ def test_only_a_run_that_saved_a_state_of_its_own_is_called_resumable(plan, demo
         run_federation(InProcessGrid(app, len(plan.policies), lose_two_sites_from_round_two), demo_schema, SETTINGS,
                        release)
     assert stopped.value.resumable
+
+
+def test_deleting_the_lock_file_lets_no_second_coordinator_drive_the_run(tmp_path):
+    """helper-108 M1: an operator who took `coordinator.lock` for stale and deleted it let a
+    second `server run --resume` lock a new file and drive the run beside the first. The lock is
+    the state folder's own."""
+    with holding_run(tmp_path, "4242"):
+        (tmp_path / "coordinator.lock").unlink()
+        assert lock_holder(tmp_path) == {}  # held, its holder's note gone
+        with pytest.raises(ConfigurationError, match="another coordinator process drives the run"):
+            with holding_run(tmp_path, "5151", wait=0.5):
+                pass
+    with holding_run(tmp_path, "6161"):
+        assert lock_holder(tmp_path) == {"pid": os.getpid(), "flower_run": "6161"}
