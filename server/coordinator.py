@@ -212,7 +212,8 @@ class Coordinator:
             self._record_plan(site, plan)
             if not plan.usable or plan.marginals_noise is None:
                 self.screen.drop(site, 0, protocol.error_reason(protocol.ErrorCode.BUDGET_EXHAUSTED,
-                                                                self._unusable(site, plan)), refused=True)
+                                                                self._unusable(site, plan)), refused=True,
+                                 code=protocol.ErrorCode.BUDGET_EXHAUSTED)
                 continue
             site.epsilon_cap, site.rounds_planned = plan.cap, plan.rounds_fit
             queries[site.node_id] = protocol.MarginalsQuery(plan.marginals_noise, plan.cap, fingerprint,

@@ -17,7 +17,6 @@ from flwr.serverapp import Grid, ServerApp
 
 from fedsyn.data.schema import Schema
 from fedsyn.errors import FedsynError, PrivacyRefusal
-from fedsyn.federation.protocol import ErrorCode
 from fedsyn.logs import RUN_STOPPED, configure_child
 from fedsyn.server.app import ReleasePlan, run_federation
 from fedsyn.server.record import FederationError
@@ -57,7 +56,7 @@ def _log_stopped(exc: FedsynError) -> None:
     run that saved a state of its own and then lost its quorum is told how to go on (helper-98: it was
     not; helper-100: a run stopped before it saved anything must not be told to resume another's)."""
     reason = str(exc)
-    budget = ErrorCode.BUDGET_EXHAUSTED.name.lower() in reason
+    budget = isinstance(exc, FederationError) and exc.budget_spent
     fix = BUDGET_FIX if budget else RESUME_FIX if isinstance(exc, FederationError) and exc.resumable else ""
     code = PrivacyRefusal.exit_code if budget else exc.exit_code
     log.error("run stopped: %s", reason, extra={"fedsyn": {

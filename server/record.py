@@ -39,9 +39,11 @@ class FederationError(FedsynError, RuntimeError):
     """The run cannot continue (e.g. fewer sites than the configured minimum). ``resumable``: the
     run had saved a state of its own before it stopped, so ``--resume`` continues it (set by
     :func:`fedsyn.server.app.run_federation`; a run stopped before it saved anything would resume
-    an earlier run's state instead)."""
+    an earlier run's state instead). ``budget_spent``: it stopped because every site it lost in
+    the round refused for its privacy budget, which no resume restores (set by the quorum check)."""
 
     resumable: bool = False
+    budget_spent: bool = False
 
 
 @dataclass

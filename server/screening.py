@@ -110,15 +110,17 @@ class ReplyScreen:
         return paired
 
     def drop(self, site: SiteStatus, round_: int, reason: str, refused: bool = False,
-             stage: str | None = None, possibly_charged: bool = False) -> None:
+             stage: str | None = None, possibly_charged: bool = False, code: int | None = None) -> None:
         """Quarantine the site for this round with ``reason``; a policy refusal for the whole run.
         ``stage`` names the part of the round that failed (round 0's :data:`PAIR_TABLES_DROP_STAGE`).
         ``possibly_charged``: the site may have been charged for it (:attr:`SiteStatus.unconfirmed`),
         said in the audit entry too, so that a resume from the round before still knows
-        (:func:`unconfirmed_in_audit`)."""
+        (:func:`unconfirmed_in_audit`). ``code``: the error code the site answered, or the
+        coordinator's own refusal's (whether the run stopped for the sites' budgets reads it)."""
         reason = public_text(f"{stage}: {reason}" if stage else reason)  # a ReplyError may quote the site's names
         log.warning("round %d: dropped %s: %s", round_, site.name, reason)
-        site.dropped.append({"round": round_, "reason": reason, **({"stage": stage} if stage else {})})
+        site.dropped.append({"round": round_, "reason": reason, **({"stage": stage} if stage else {}),
+                             **({"code": int(code)} if code is not None else {})})
         if possibly_charged:
             site.unconfirmed.append(round_)
         extra: dict[str, object] = {**({"stage": stage} if stage else {}),
@@ -134,7 +136,7 @@ class ReplyScreen:
         for site, reply in replies:
             if reply.has_error():
                 self.drop(site, 0, protocol.kept_reason(reply.error.code, reply.error.reason),
-                          refused=reply.error.code in protocol.FINAL_CODES)
+                          refused=reply.error.code in protocol.FINAL_CODES, code=reply.error.code)
                 continue
             try:
                 budget, label = protocol.decode_budget(reply.content)
@@ -157,7 +159,7 @@ class ReplyScreen:
             if reply.has_error():
                 reason = protocol.kept_reason(reply.error.code, reply.error.reason)
                 self.drop(site, round_, reason, refused=reply.error.code in protocol.FINAL_CODES, stage=stage,
-                          possibly_charged=protocol.possibly_charged(reply.error.code))
+                          possibly_charged=protocol.possibly_charged(reply.error.code), code=reply.error.code)
                 continue
             try:
                 protocol.check_reply_records(reply.content, payload)
@@ -205,11 +207,13 @@ class ReplyScreen:
         """Stop the run when fewer than ``min_sites`` replies of ``round_`` were valid, saying why
         each dropped site was dropped."""
         if accepted < self.settings.min_sites:
-            reasons = "; ".join(f"{s.name}: {s.dropped[-1]['reason']}" for s in sites
-                                if s.dropped and s.dropped[-1]["round"] == round_)
-            raise FederationError(
-                f"round {round_}: only {accepted} valid site update(s), fewer than the minimum "
-                f"{self.settings.min_sites}. {reasons}")
+            dropped = [(s.name, s.dropped[-1]) for s in sites if s.dropped and s.dropped[-1]["round"] == round_]
+            reasons = "; ".join(f"{name}: {entry['reason']}" for name, entry in dropped)
+            error = FederationError(f"round {round_}: only {accepted} valid site update(s), fewer than the minimum "
+                                    f"{self.settings.min_sites}. {reasons}")
+            error.budget_spent = bool(dropped) and all(
+                entry.get("code") == protocol.ErrorCode.BUDGET_EXHAUSTED for _, entry in dropped)
+            raise error
 
     def _accept_event(self, site: SiteStatus, content: RecordDict, expected: PrivacyEvent) -> None:
         """Record the site's privacy event if it is the mechanism that was asked for.

@@ -263,3 +263,35 @@ def test_a_run_that_lost_its_quorum_is_told_how_to_go_on(caplog, resumable):
         _log_stopped(stopped)
     [record] = [r for r in caplog.records if getattr(r, "fedsyn", {}).get("event") == RUN_STOPPED]
     assert ("fedsyn server run --resume" in record.fedsyn["fix"]) is resumable
+
+
+def test_a_run_that_lost_one_site_to_its_budget_and_one_to_silence_is_told_to_resume(caplog, demo_schema):
+    """helper-108 L1: any quorum failure whose reasons named budget_exhausted ended with exit 77 and
+    the budget advice, even where the other lost site had only stopped answering and the run had
+    saved a state that `--resume` continues. The budget advice is for a run every lost site
+    refused for its budget."""
+    from fedsyn.federation import protocol
+    from fedsyn.server.deploy import _log_stopped
+    from fedsyn.server.record import FederationError, SiteStatus
+    from fedsyn.server.screening import ReplyScreen
+    from fedsyn.server.settings import FederationSettings
+
+    def stopped(*codes: int | None) -> FederationError:
+        sites = [SiteStatus(node_id=i, label=f"site-{i}") for i in range(len(codes))]
+        screen = ReplyScreen(demo_schema, FederationSettings(min_sites=2), record=lambda *args, **kwargs: None)
+        for site, code in zip(sites, codes):
+            reason = protocol.error_reason(protocol.ErrorCode(code), "spent") if code else "no reply within 60 s"
+            screen.drop(site, 3, reason, code=code)
+        with pytest.raises(FederationError) as raised:
+            screen.require_quorum(sites, 0, 3)
+        raised.value.resumable = True
+        return raised.value
+
+    for error, budget in ((stopped(protocol.ErrorCode.BUDGET_EXHAUSTED, None), False),
+                          (stopped(protocol.ErrorCode.BUDGET_EXHAUSTED, protocol.ErrorCode.BUDGET_EXHAUSTED), True)):
+        caplog.clear()
+        with caplog.at_level(logging.ERROR, logger="fedsyn.server"):
+            _log_stopped(error)
+        [record] = [r for r in caplog.records if getattr(r, "fedsyn", {}).get("event") == RUN_STOPPED]
+        assert (record.fedsyn["exit_code"] == 77) is budget
+        assert ("fedsyn server run --resume" in record.fedsyn["fix"]) is not budget
