@@ -523,6 +523,35 @@ MUTATIONS = [
              "            if numbers:\n                marked |=", "            if False:\n                marked |=",
              ("tests/test_out_of_domain.py::test_one_record_never_changes_how_the_others_are_read",
               "tests/test_out_of_domain.py::test_no_cell_in_any_column_changes_how_the_other_records_are_read")),
+    # Session 44: helper-110's hunt for privacy-critical lines no mutation covered.
+    Mutation("a site trains at less noise than its ledger charges", "client/site.py",
+             "history = trainer.train(data, request.local_steps, request.sample_rate, sigma, slot=request.site_slot,",
+             "history = trainer.train(data, request.local_steps, request.sample_rate, sigma / 1.5, "
+             "slot=request.site_slot,",
+             (PRIVACY + "test_a_sites_training_round_draws_the_noise_and_runs_the_steps_its_ledger_charged",)),
+    Mutation("a site's own noise not raised to its policy's minimum", "client/site.py",
+             "        return max(sigma, self.policy.min_noise_multiplier)\n", "        return sigma\n",
+             (PRIVACY + "test_a_sites_training_round_draws_the_noise_and_runs_the_steps_its_ledger_charged",)),
+    Mutation("the PRV accountant composes one step too few per entry", "common/privacy/accounting.py",
+             "        for _ in range(steps):\n            prv.step",
+             "        for _ in range(max(steps - 1, 1)):\n            prv.step",
+             ("tests/test_accounting.py::test_a_prv_ledger_composes_every_step_of_rounds_at_varying_noise",)),
+    Mutation("released counts rounded far below their noise (floating-point low bits kept)",
+             "common/privacy/randomness.py", "NOISE_GRID = 2.0**-10", "NOISE_GRID = 2.0**-60",
+             (PRIVACY + "test_released_counts_lie_on_a_grid_of_their_noise_not_on_raw_floating_point_sums",)),
+    Mutation("the release's headline epsilon is the least-spent site's", "server/release.py",
+             '"max_epsilon_any_site": max((site["epsilon_cumulative"] for site in sites), default=0.0),',
+             '"max_epsilon_any_site": min((site["epsilon_cumulative"] for site in sites), default=0.0),',
+             (PRIVACY + "test_privacy_report_states_each_sites_own_delta",)),
+    Mutation("generator.pt states the smallest delta of the sites", "server/release.py",
+             '"delta": max((site["delta"] for site in report["sites"]), default=run.settings.delta),',
+             '"delta": min((site["delta"] for site in report["sites"]), default=run.settings.delta),',
+             (PRIVACY + "test_privacy_report_states_each_sites_own_delta",)),
+    Mutation("a slot's non-finite tables pass the site's checks", "common/privacy/marginals.py",
+             "        if not all(plausible_counts(values) for values in tables.arrays.values()):\n"
+             "            raise ValueError(f\"slot {slot}'s",
+             "        if False:\n            raise ValueError(f\"slot {slot}'s",
+             (PRIVACY + "test_a_slots_non_finite_or_overflowing_tables_are_refused_before_any_row_or_charge",)),
 ]
 
 

@@ -23,6 +23,16 @@ def test_ledger_epsilon_matches_independent_accountant(accountant, tolerance):
     assert ledger.epsilon() == pytest.approx(independent_epsilon(EVENTS, 1e-5, accountant), rel=tolerance)
 
 
+def test_a_prv_ledger_composes_every_step_of_rounds_at_varying_noise():
+    """A coordinator may ask every round at its own noise, so each round is its own entry of a
+    few steps. Under PRV every step of each is composed, as the independent accountant does; one
+    step lost per entry stays within the tolerance above on EVENTS' long entries, and here would
+    understate epsilon by a third (helper-110)."""
+    events = [PrivacyEvent("dp-sgd", 1.0 + 0.05 * index, 0.2, 2, round=index + 1) for index in range(6)]
+    assert PrivacyLedger(1e-5, "prv", events).epsilon() == pytest.approx(independent_epsilon(events, 1e-5, "prv"),
+                                                                          rel=0.02)
+
+
 def test_a_wrong_epsilon_would_be_caught():
     """Dropping one round from the history must change epsilon beyond the tolerance above."""
     assert PrivacyLedger(1e-5, "rdp", EVENTS[:-1]).epsilon() < independent_epsilon(EVENTS, 1e-5, "rdp") * 0.99

@@ -48,7 +48,7 @@ from fedsyn.privacy.marginals import (
     run_tables,
 )
 from fedsyn.privacy.postprocessing import run_sums
-from fedsyn.privacy.randomness import NOISE_GRID, mechanism_stream, torch_generator
+from fedsyn.privacy.randomness import mechanism_stream, torch_generator
 from fedsyn.server.settings import FederationSettings
 from fedsyn.simulations.run import prepare_sites
 
@@ -210,6 +210,35 @@ def test_the_ledger_is_charged_before_any_mechanism_runs(tmp_path, small_frame, 
     arrays, marginals = _global_model(site)
     site.train(_request(site), arrays, marginals)
     assert seen == {"marginals": ["gaussian-marginals"], "train": ["gaussian-marginals", "dp-sgd"]}
+
+
+def test_a_sites_training_round_draws_the_noise_and_runs_the_steps_its_ledger_charged(tmp_path, small_frame,
+                                                                                       monkeypatch):
+    """Every DP-SGD step a site's training round runs adds noise of the multiplier its ledger
+    charged, at the request's clipping norm, and the round runs no more steps than charged:
+    whether the coordinator names the noise or the site calibrates it (and raises it to its
+    minimum). A site that trained at less noise than it charged, or for a step more, would
+    release more than its ledger says (helper-110)."""
+    from fedsyn.privacy import dp_sgd
+
+    site = _site(tmp_path, small_frame)
+    site.policy = site.policy.model_copy(update={"min_noise_multiplier": 1.7})
+    arrays, marginals = _global_model(site)
+    drawn: list[tuple[float, float]] = []
+    real_privatize = dp_sgd.privatize
+
+    def privatize_spy(summed, noise_multiplier, max_grad_norm, expected_batch_size, generator):
+        drawn.append((noise_multiplier, max_grad_norm))
+        return real_privatize(summed, noise_multiplier, max_grad_norm, expected_batch_size, generator)
+
+    monkeypatch.setattr(dp_sgd, "privatize", privatize_spy)
+    for round_, noise in ((1, 2.5), (2, None)):  # the coordinator's noise, then the site's own (below its minimum)
+        drawn.clear()
+        _, _, event = site.train(_request(site, round_=round_, noise_multiplier=noise), arrays, marginals)
+        charged = PrivacyLedger.load(site.policy.ledger).events[-1]
+        assert charged == event and charged.mechanism == "dp-sgd" and charged.steps == 3
+        assert charged.noise_multiplier >= site.policy.min_noise_multiplier
+        assert drawn == [(charged.noise_multiplier, TINY.max_grad_norm)] * charged.steps
 
 
 def test_single_site_fit_charges_before_its_first_step(demo_schema, small_frame, monkeypatch):
@@ -633,6 +662,7 @@ def test_invalid_federation_settings_are_refused_at_construction(change, message
 
 def test_privacy_report_states_each_sites_own_delta(tmp_path, demo_frame, demo_schema):
     from fedsyn.client.site import initialise_ledger
+    from fedsyn.model.checkpoint import load_checkpoint
     from fedsyn.server.app import ReleasePlan, run_federation
     from fedsyn.simulations.inprocess import InProcessGrid
 
@@ -654,6 +684,12 @@ def test_privacy_report_states_each_sites_own_delta(tmp_path, demo_frame, demo_s
     for site, policy in zip(sorted(report["sites"], key=lambda s: s["site"]), plan.policies):
         ledger = PrivacyLedger.load(SitePolicy.load(policy).ledger)
         assert site["epsilon_this_run"] == pytest.approx(ledger.epsilon(), rel=1e-6)
+    # The headline figures are the weakest guarantee of any site: the larger epsilon (the stricter
+    # delta's site here) and the larger delta, in the report and in the model file (helper-110).
+    cumulative = [site["epsilon_cumulative"] for site in report["sites"]]
+    assert min(cumulative) < max(cumulative) == report["max_epsilon_any_site"]
+    stored = load_checkpoint(tmp_path / "release" / "generator.pt").privacy
+    assert stored["max_epsilon_any_site"] == max(cumulative) and stored["delta"] == 1e-5
 
 
 def test_a_site_normalises_by_its_noisy_count_never_its_row_count(tmp_path, small_frame, monkeypatch):
@@ -675,6 +711,29 @@ def test_a_site_normalises_by_its_noisy_count_never_its_row_count(tmp_path, smal
     monkeypatch.setattr(GANTrainer, "train", spy)
     site.train(_request(site, gan_config=one_slot, site_slot=0), arrays, marginals, [own])
     assert seen == [pytest.approx(0.2 * 1000.0)] and len(small_frame) != 1000
+
+
+def test_a_slots_non_finite_or_overflowing_tables_are_refused_before_any_row_or_charge(tmp_path, small_frame,
+                                                                                       monkeypatch):
+    """The slots' tables come with every training request and steer the generated rows: one
+    slot's table of NaN, inf or 1e308 (finite, and overflowing once summed) is malformed, refused
+    before a row is read or anything is charged, as the summed tables are (helper-110). Taken, the
+    round was charged and its update withheld, or trained on rows drawn from garbage."""
+    site = _site(tmp_path, small_frame)
+    one_slot = replace(TINY, site_slots=1)
+    marginals = Marginals.uniform(site.schema)
+    arrays = dict(GANTrainer(TableEncoder(site.schema, marginals), one_slot,
+                             rng=torch_generator(7, "global")).state_arrays())
+    read = Site.load_data
+    monkeypatch.setattr(Site, "load_data", lambda self: pytest.fail("the extract was read before refusing"))
+    for value in (np.nan, np.inf, 1e308):
+        hostile = Marginals({name: np.full_like(table, value) for name, table in marginals.tables.items()})
+        refusal = _refusal(site, lambda slot=hostile: site.train(_request(site, gan_config=one_slot, site_slot=0),
+                                                                 arrays, marginals, [slot]))
+        assert refusal.code is protocol.ErrorCode.MALFORMED_REQUEST
+    assert PrivacyLedger.load(site.policy.ledger).events == []
+    monkeypatch.setattr(Site, "load_data", read)
+    site.train(_request(site, gan_config=one_slot, site_slot=0), arrays, marginals, [marginals])  # well-formed: taken
 
 
 def test_a_coordinator_binning_numbers_differently_is_refused_before_any_charge(tmp_path, small_frame, monkeypatch):
@@ -830,7 +889,7 @@ def test_released_counts_lie_on_a_grid_of_their_noise_not_on_raw_floating_point_
     and the grid is a thousandth of the noise."""
     site = _site(tmp_path, small_frame)
     released, _ = site.release_marginals(20.0, 50.0, protocol.schema_fingerprint(site.schema))
-    step = released.cell_std * NOISE_GRID
+    step = released.cell_std / 1024  # std / 1024 as said, not the constant: a finer grid keeps the low bits
     for column in measured_columns(site.schema):
         steps = released.tables[column.name] / step
         assert np.abs(steps - np.round(steps)).max() < 1e-6, column.name  # off the grid: fractions up to .5
