@@ -15,14 +15,16 @@ import pandas as pd
 import pytest
 import torch
 
-from fedsyn.data.rules import Condition, Rule
+from fedsyn.data.rules import Condition, Rule, impose_missing_by_design
 from fedsyn.model.encoder import TableEncoder
-from fedsyn.model.max_entropy import independent_where_unmeasured
+from fedsyn.model.max_entropy import numbers_as_measured
 from fedsyn.model.raking import (
     RakingTargets,
     fitted_to_margins,
+    outcome_classes,
     pooled_pair_tables,
     release_weights,
+    slot_margins,
     systematic_picks,
 )
 from fedsyn.model.training import GANTrainer
@@ -438,13 +440,50 @@ def test_numbers_a_rule_ties_move_together_and_keep_the_rule(demo_schema):
                           "flc_grp": rng.choice(list("123"), size), "death": rng.choice(["alive", "dead"], size)})
     frame.loc[frame["flc_grp"] == "1", "lambda"] = 1.0
     strata = rng.integers(0, 3, size)
-    orders = independent_where_unmeasured(frame, schema, strata, Marginals({}), fixed=["death"], rng=rng)
+    moved, orders = numbers_as_measured(frame, schema, strata, [], {}, rng)
     assert set(orders) == {"age", "kappa", "creatinine", "lambda"}
     assert np.array_equal(orders["kappa"], orders["creatinine"])
     assert not np.array_equal(orders["kappa"], orders["age"])
-    moved = frame.assign(**{name: frame[name].to_numpy()[order] for name, order in orders.items()})
+    assert moved.equals(frame.assign(**{name: frame[name].to_numpy()[order] for name, order in orders.items()}))
     assert (moved["creatinine"] <= moved["kappa"]).all()
     assert (moved.loc[moved["flc_grp"] == "1", "lambda"] == 1.0).all()
     for name, order in orders.items():
         assert np.array_equal(strata[order], strata)
         assert sorted(moved[name]) == sorted(frame[name])
+
+
+def test_the_pool_moves_as_its_decoded_rows_and_every_table_the_raking_reads_stays(demo_frame, demo_schema):
+    """helper-111 M1 and M4: with a measured pair of numbers (age × creatinine, creatinine
+    nullable) and a rule that empties creatinine for men, the moved pool decodes (missing cells
+    imposed) to the moved rows exactly, and every margin the raking reads of each slot holds the
+    same counts as before the move."""
+    schema = demo_schema.model_copy(update={"rules": [
+        *demo_schema.rules,
+        Rule(name="no creatinine for men", when=Condition(column="sex", equals="M"),
+             require=Condition(column="creatinine", is_missing=True))]})
+    rows = demo_frame.sample(3000, random_state=5)
+    tables = exact_counts(rows, schema)
+    pair = ("age", "creatinine")
+    bounds = {name: group_bounds(schema.column(name), tables) for name in pair}
+    measured = Marginals({**tables.tables, pair_key(pair): exact_pair_table(rows, schema, pair, bounds),
+                          **{f"pairbins:{name}": value for name, value in bounds.items()}})
+    trainer = GANTrainer(TableEncoder(schema, measured), replace(TINY, site_slots=2),
+                         rng=torch_generator(8, "raking-test"))
+    trainer.set_release_slots([1500.0, 1500.0], [measured, measured])
+    targets = trainer._raking_targets()
+    pool, slots = trainer._draw(6000, None, torch_generator(9, "raking-test"))
+    frame = impose_missing_by_design(trainer.encoder.decode(pool.cpu().numpy()), schema.rules)  # as drawn
+    in_slot = slots.cpu().numpy()
+
+    def counts(rows: pd.DataFrame) -> list[np.ndarray]:
+        classes = outcome_classes(rows, schema)
+        return [np.bincount(margin.cells, minlength=len(margin.target))
+                for slot in range(2) for margin in slot_margins(rows, np.flatnonzero(in_slot == slot),
+                                                                classes[in_slot == slot], schema, measured)]
+
+    before = counts(frame)
+    moved = trainer._raked_pool(pool, in_slot, targets, torch_generator(10, "raking-test"))
+    assert not moved["age"].equals(frame["age"])  # it did move
+    assert all(np.array_equal(a, b) for a, b in zip(before, counts(moved)))
+    decoded = impose_missing_by_design(trainer.encoder.decode(pool.cpu().numpy()), schema.rules)
+    pd.testing.assert_frame_equal(decoded, moved, check_dtype=False)

@@ -16,14 +16,17 @@ categorical column a schema rule ties it to. A permutation within those strata k
 column's values per slot and class and its table with every partner exactly, so everything the
 raking reads, and leaves it independent of every other column given them: the maximum-entropy
 answer where the tables are silent, as Private-PGM's graphical model gives (McKenna et al.,
-2019). A column whose pair is not measured comes out unrelated, never reversed. Numeric columns
-a rule ties together (one value at most another, one missing when another is in a range) move
-as one block.
+2019). Every relation of a numeric column that no table or rule covers comes out that way: with
+another numeric column (none invented, none reversed beyond what shared partners and the outcome
+imply), with a categorical column, and its missing cells' pattern. With a partner, the relation
+is kept at the pair table's groups, not within them. Numeric columns a rule ties together (one
+value at most another, one missing when another is in a range) move as one block, and so keep
+whatever the generator put between them.
 
 Categorical columns keep the generator's relations. Moved too, they cost the bench's other
 questions .016–.020 of ROC-AUC on nwtco and rotterdam (seed 0), where the numeric columns alone
 moved them within the seeds' spread. A numeric column keeps the generator's relation with its
-partners (the raking then holds their groups to the table): moved apart from them too, and
+partners' groups (the raking then holds them to the table): moved apart from them too, and
 raked back to the tables' groups, nwtco's outcome lost .03 and nmes' quality .03 (seed 0).
 
 Only the pool, the pair tables' keys and their group bounds are read, with the release's own
@@ -38,8 +41,31 @@ import numpy as np
 import pandas as pd
 
 from fedsyn.data.schema import Schema
-from fedsyn.privacy.marginals import Marginals
-from fedsyn.privacy.pairs import group_index
+from fedsyn.privacy.pairs import Pair, group_index
+
+
+def numbers_as_measured(frame: pd.DataFrame, schema: Schema, strata: np.ndarray, pairs: Sequence[Pair],
+                        bounds: dict[str, np.ndarray], rng: np.random.Generator
+                        ) -> tuple[pd.DataFrame, dict[str, np.ndarray]]:
+    """``frame`` (a decoded pool, its missing-by-design cells imposed) with each numeric column
+    permuted as the module says, and each moved column's permutation (row ``i`` took the value of
+    row ``order[i]``), to move the encoded pool alike. ``strata`` holds each row's slot and
+    outcome class; ``pairs`` are the measured pairs, ``bounds`` their numeric groups' bounds.
+    Blocks move one after another, in schema order, each reading its partners as already moved,
+    so that every measured pair's joint groups survive every later move."""
+    movable = [column.name for column in schema.columns if not column.is_categorical and column.name in frame.columns
+               and column.name != schema.outcome]
+    moved = frame.copy()
+    orders: dict[str, np.ndarray] = {}
+    for block in _blocks(schema, movable):
+        keys = [np.asarray(strata)]
+        for name in _anchors(schema, pairs, block, movable):
+            keys.append(np.asarray(group_index(schema.column(name), moved[name], bounds.get(name))))
+        order = _within(_combined(keys), rng)
+        for name in block:
+            orders[name] = order
+            moved[name] = moved[name].take(order).set_axis(moved.index)
+    return moved, orders
 
 
 def _rule_columns(schema: Schema) -> list[set[str]]:
@@ -53,9 +79,9 @@ def _rule_columns(schema: Schema) -> list[set[str]]:
     return tied
 
 
-def moving_blocks(schema: Schema, movable: Sequence[str]) -> list[list[str]]:
-    """``movable`` columns grouped into the blocks that move together: those a schema rule ties
-    (directly or through another movable column), each block in ``movable``'s order."""
+def _blocks(schema: Schema, movable: Sequence[str]) -> list[list[str]]:
+    """``movable`` grouped into the blocks that move together: those a schema rule ties (directly
+    or through another movable column), each block in ``movable``'s order."""
     parent = {name: name for name in movable}
 
     def root(name: str) -> str:
@@ -73,42 +99,28 @@ def moving_blocks(schema: Schema, movable: Sequence[str]) -> list[list[str]]:
     return list(blocks.values())
 
 
-def anchors(schema: Schema, tables: Marginals, block: Sequence[str], movable: Sequence[str]) -> list[str]:
-    """The columns a ``block`` keeps its relation with: its partners in ``tables``' pairs and the
-    columns a rule ties it to that do not move themselves."""
+def _anchors(schema: Schema, pairs: Sequence[Pair], block: Sequence[str], movable: Sequence[str]) -> list[str]:
+    """The columns a ``block`` keeps its relation with: its partners in ``pairs`` and the columns
+    a rule ties it to that do not move themselves."""
     inside = set(block)
-    found = {b if a in inside else a for a, b in tables.pairs if (a in inside) != (b in inside)}
+    found = {b if a in inside else a for a, b in pairs if (a in inside) != (b in inside)}
     for names in _rule_columns(schema):
         if names & inside:
             found |= names - set(movable)
     return sorted(found)
 
 
-def independent_where_unmeasured(frame: pd.DataFrame, schema: Schema, strata: np.ndarray, tables: Marginals,
-                                 fixed: Sequence[str], rng: np.random.Generator) -> dict[str, np.ndarray]:
-    """Per numeric column of ``frame`` (a decoded pool) not in ``fixed``, the row permutation it
-    takes: row ``i`` gets the value of row ``order[i]``, a row of the same ``strata`` (slot and
-    outcome class) and the same groups of its :func:`anchors`. Applied block after block in
-    schema order, reading partners already moved as moved, so that every measured pair's joint
-    groups survive every later move."""
-    movable = [column.name for column in schema.columns
-               if not column.is_categorical and column.name in frame.columns and column.name not in fixed]
-    moved = frame.copy()
-    orders: dict[str, np.ndarray] = {}
-    for block in moving_blocks(schema, movable):
-        keys = [np.asarray(strata, dtype=np.int64)]
-        for name in anchors(schema, tables, block, movable):
-            keys.append(np.asarray(group_index(schema.column(name), moved[name], tables.pair_bounds.get(name)),
-                                   dtype=np.int64))
-        stratum = np.unique(np.stack(keys, axis=1), axis=0, return_inverse=True)[1].ravel()
-        order = within_strata(stratum, rng)
-        for name in block:
-            orders[name] = order
-            moved[name] = moved[name].to_numpy()[order]
-    return orders
+def _combined(keys: list[np.ndarray]) -> np.ndarray:
+    """One stratum number per row for the rows' tuples of ``keys`` (mixed radix, renumbered after
+    each key so that it never overflows)."""
+    stratum = np.zeros(len(keys[0]), dtype=np.int64)
+    for key in keys:
+        values = np.unique(key, return_inverse=True)[1].ravel()
+        stratum = np.unique(stratum * (int(values.max(initial=0)) + 1) + values, return_inverse=True)[1].ravel()
+    return stratum
 
 
-def within_strata(stratum: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+def _within(stratum: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     """A uniformly random permutation that sends each row to a row of its own stratum."""
     order = np.arange(len(stratum))
     by_stratum = np.argsort(stratum, kind="stable")

@@ -26,12 +26,12 @@ from fedsyn.model.conditioning import ConditionSampler
 from fedsyn.model.config import GANConfig
 from fedsyn.model.encoder import TableEncoder
 from fedsyn.model.matching import TableMatcher
-from fedsyn.model.max_entropy import independent_where_unmeasured
+from fedsyn.model.max_entropy import numbers_as_measured
 from fedsyn.model.networks import Discriminator, Generator, reset_parameters
 from fedsyn.model.raking import POOL_FACTOR, RakingTargets, outcome_classes, release_weights, systematic_picks
 from fedsyn.privacy.dp_sgd import poisson_sample, private_gradient
 from fedsyn.privacy.marginals import Marginals, plausible_counts
-from fedsyn.privacy.randomness import torch_generator
+from fedsyn.privacy.randomness import numpy_from_torch, torch_generator
 
 RAKED_CHUNK = 8192  # released rows per raked pool at most (a pool holds POOL_FACTOR times as many)
 
@@ -335,34 +335,33 @@ class GANTrainer:
                 parts.append(self._draw(size, condition, rng)[0])
                 continue
             pool, slots = self._draw(size * POOL_FACTOR, None, rng)
-            decoded = self.encoder.decode(pool.cpu().numpy())
-            in_slot = slots.cpu().numpy() if slots is not None else np.zeros(len(decoded), dtype=int)
-            pool, decoded = self._numbers_as_measured(pool, decoded, in_slot, targets, rng)
-            frame = impose_missing_by_design(decoded, self.encoder.schema.rules)
+            in_slot = slots.cpu().numpy() if slots is not None else np.zeros(len(pool), dtype=int)
+            frame = self._raked_pool(pool, in_slot, targets, rng)
             weights = release_weights(frame, self.encoder.schema, in_slot, targets, size)
             offset = float(torch.rand(1, generator=rng, device=self.device))
             parts.append(pool[torch.as_tensor(systematic_picks(weights, size, offset), device=self.device)])
         return torch.cat(parts).cpu().numpy() if parts else np.zeros((0, self.encoder.dim), dtype=np.float32)
 
-    def _numbers_as_measured(self, pool: torch.Tensor, frame: pd.DataFrame, slots: np.ndarray,
-                             targets: RakingTargets, rng: torch.Generator) -> tuple[torch.Tensor, pd.DataFrame]:
-        """The pool (encoded and decoded) with each numeric column related to the others only as
-        the sites' tables say (:mod:`fedsyn.model.max_entropy`); its permutations drawn from a
-        stream of the release's own ``rng``."""
+    def _raked_pool(self, pool: torch.Tensor, slots: np.ndarray, targets: RakingTargets,
+                    rng: torch.Generator) -> pd.DataFrame:
+        """The rows the raking reads of ``pool`` (this draw's own, in slots ``slots``): decoded,
+        their missing-by-design cells imposed, then each numeric column related to the others
+        only as the sites' tables say (:mod:`fedsyn.model.max_entropy`), ``pool``'s blocks moved
+        alike in place. The permutations are drawn from the release's ``rng``; they read the
+        imposed cells, as the raking does (moved before, a pair with a column a rule empties
+        lost its table: helper-111)."""
         schema = self.encoder.schema
+        frame = impose_missing_by_design(self.encoder.decode(pool.cpu().numpy()), schema.rules)
         classes = outcome_classes(frame, schema)
         strata = slots.astype(np.int64) * (int(classes.max(initial=0)) + 1) + classes
-        stream = np.random.default_rng(int(torch.randint(0, 2 ** 62, (1,), generator=rng, device=self.device)))
-        fixed = [name for name in (schema.outcome, self.site_column) if name is not None]
-        orders = independent_where_unmeasured(frame, schema, strata, targets.marginals[0], fixed, stream)
-        pool, frame = pool.clone(), frame.copy()
+        pairs = sorted({pair for tables in targets.marginals for pair in tables.pairs})
+        bounds = {name: values for tables in reversed(targets.marginals) for name, values in tables.pair_bounds.items()}
+        frame, orders = numbers_as_measured(frame, schema, strata, pairs, bounds, numpy_from_torch(rng))
         for span in self.encoder.spans:
             if span.column in orders:
                 pool[:, span.start:span.end] = pool[torch.as_tensor(orders[span.column], device=self.device),
                                                     span.start:span.end]
-        for name, order in orders.items():
-            frame[name] = frame[name].to_numpy()[order]
-        return pool, frame
+        return frame
 
     def _draw(self, size: int, condition: dict[str, object] | None, rng: torch.Generator
               ) -> tuple[torch.Tensor, torch.Tensor | None]:

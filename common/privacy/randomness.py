@@ -119,6 +119,15 @@ def torch_generator(seed: int | None, *key: StreamKey, device: str | torch.devic
     return generator
 
 
+def numpy_from_torch(generator: torch.Generator) -> np.random.Generator:
+    """A NumPy generator drawn from ``generator``'s stream (one 62-bit word of it): NumPy work in
+    a component whose stream is a PyTorch generator (the release's permutations), never a DP
+    mechanism's noise."""
+    import torch
+    return np.random.default_rng(int(torch.randint(0, 2**62, (1,), generator=generator,
+                                                   device=generator.device)))
+
+
 NOISE_GRID = 2.0**-10  # of the noise's standard deviation
 
 
