@@ -60,6 +60,7 @@ class SimulationRequest:
     batch_size: int = FEDERATED_GAN.batch_size
     learning_rate: float = FEDERATED_GAN.generator_lr
     generator_ema: float = FEDERATED_GAN.generator_ema
+    numbers_as_measured: bool = FEDERATED_GAN.numbers_as_measured
     marginals_share: float = FederationSettings.model_fields["marginals_share"].default
     pairs_share: float = FederationSettings.model_fields["pairs_share"].default
     matching_weight: float = FEDERATED_GAN.matching_weight
@@ -168,7 +169,7 @@ def prepare(request: SimulationRequest) -> PreparedSimulation:
     try:
         config = GANConfig(batch_size=request.batch_size, generator_lr=request.learning_rate,
                            discriminator_lr=request.learning_rate, generator_ema=request.generator_ema,
-                           matching_weight=request.matching_weight)
+                           matching_weight=request.matching_weight, numbers_as_measured=request.numbers_as_measured)
     except ValueError as exc:
         raise ConfigurationError(str(exc)) from exc
     sample_rate, public_facts = default_sample_rate(tables, request.batch_size)

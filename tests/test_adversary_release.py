@@ -77,7 +77,8 @@ def _declare(why: str, *paths: str, under: str = "") -> dict[str, str]:
 
 
 GAN_CONFIG = ("latent_dim", "generator_hidden", "discriminator_hidden", "generator_lr", "discriminator_lr",
-              "batch_size", "max_grad_norm", "gumbel_tau", "generator_ema", "betas", "matching_weight", "site_slots")
+              "batch_size", "max_grad_norm", "gumbel_tau", "generator_ema", "betas", "matching_weight", "site_slots",
+              "numbers_as_measured")
 FEDERATION_SETTINGS = ("rounds", "local_steps", "sample_rate", "epsilon", "delta", "marginals_share", "pairs_share",
                        "table_steps", "noise_multiplier", "min_sites", "site_noise_multiplier", "site_clipping_norm",
                        "transport_dtype", "max_update_norm", "aggregation", "allow_unreviewed_schema", "accountant",

@@ -25,6 +25,9 @@ def test_the_demo_request_is_split_checked_and_planned_without_writing_anything(
     assert [plan.site for plan in prepared.width_plans] == ["site-0", "site-1"] and prepared.usable
     assert any("little protection" in warning for warning in prepared.warnings)
     assert "total_site_rows" in simulation.public_facts
+    assert simulation.settings.gan_config.numbers_as_measured  # the default; the request's option below
+    assert not prepare(SimulationRequest(split=2, rounds=1, out=out, numbers_as_measured=False)
+                       ).simulation.settings.gan_config.numbers_as_measured
     # The fourth review's F3: a sweep's releases come from the same rows, and each says so
     same_rows = simulation.public_facts["releases_from_the_same_rows"]["value"]
     assert same_rows == {"epsilon_per_release": [20, 1.0], "epsilon_if_all_published_at_most": 21.0,

@@ -30,6 +30,10 @@ class GANConfig:
     # Federated runs: one public slot per site. The generator is told which site it generates
     # for, so the global model is a union of the sites' distributions, not their average.
     site_slots: int = 0
+    # The release relates each numeric column to the others only as the noisy tables say
+    # (fedsyn.model.max_entropy); False keeps what the generator drew, which at a high epsilon
+    # holds relations it learnt and at a low one relations it invented.
+    numbers_as_measured: bool = True
 
     def __post_init__(self) -> None:
         def whole(value: object, low: int, high: int) -> bool:
@@ -49,6 +53,7 @@ class GANConfig:
             "generator_ema": real(self.generator_ema, -1e-12, 1) and self.generator_ema < 1,
             "betas": isinstance(self.betas, tuple) and len(self.betas) == 2
             and all(real(b, -1e-12, 1) for b in self.betas),
+            "numbers_as_measured": isinstance(self.numbers_as_measured, bool),
         }
         bad = [name for name, ok in checks.items() if not ok]
         if bad:

@@ -352,6 +352,8 @@ class GANTrainer:
         lost its table: helper-111)."""
         schema = self.encoder.schema
         frame = impose_missing_by_design(self.encoder.decode(pool.cpu().numpy()), schema.rules)
+        if not self.config.numbers_as_measured:
+            return frame
         classes = outcome_classes(frame, schema)
         strata = slots.astype(np.int64) * (int(classes.max(initial=0)) + 1) + classes
         pairs = sorted({pair for tables in targets.marginals for pair in tables.pairs})
