@@ -364,6 +364,8 @@ class Coordinator:
         bounds = {c.name: group_bounds(c, summed) for c in measured if not c.is_categorical
                   and any(c.name in pair for pair in chosen)}
         self.record("pairs_chosen", pairs=[list(pair) for pair in chosen], voters=len(voters))
+        if not chosen:  # every vote named the site column: nothing to measure (a query of no pairs is malformed)
+            return {node: Marginals(part.tables, cell_std=part.cell_std) for node, part in parts.items()}
         fingerprint = protocol.schema_fingerprint(self.schema)
         asked = {node: protocol.PairTablesQuery(splits[node].pair_tables, queries[node].epsilon, fingerprint,
                                                 tuple(chosen), {name: tuple(values.tolist())

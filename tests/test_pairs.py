@@ -362,3 +362,26 @@ def test_a_lost_second_release_marks_the_sites_claim_as_outdated():
     assert SiteStatus(1, rounds_accepted=[0], unconfirmed=[0]).claim_outdated
     assert not SiteStatus(1, rounds_accepted=[0, 1], unconfirmed=[0]).claim_outdated  # round 1's claim covers it
     assert not SiteStatus(1, rounds_accepted=[0]).claim_outdated
+
+
+def test_votes_all_naming_the_site_column_leave_round_zero_without_pair_tables(tmp_path, small_frame, monkeypatch):
+    """No pair of the site column is chosen; a run whose every vote named it asked its sites for
+    pair tables of no pair, a query the protocol refuses as malformed, and stopped (the bench
+    test's two sites of 150 rows, one vote each, once their draws changed). It goes on with the
+    outcome tables, and no site is charged for a second release."""
+    from fedsyn.client.app import make_client_app
+    from fedsyn.privacy import marginals as marginals_module
+    from fedsyn.server.coordinator import Coordinator
+    from fedsyn.simulations.inprocess import InProcessGrid
+
+    from .helpers import SETTINGS
+
+    monkeypatch.setattr(marginals_module, "vote_pairs", lambda *args, **kwargs: [("sex", "sample_yr")])
+    frames = [small_frame.iloc[i::3] for i in range(3)]
+    plan = prepare_sites(frames, demo_schema_path(), tmp_path / "sites", epsilon=5.0, delta=1e-5, seed=None)
+    settings = SETTINGS.model_copy(update={"epsilon": 5.0, "site_column": "sample_yr"})
+    coordinator = Coordinator(Schema.load(demo_schema_path()), settings)
+    coordinator.collect_marginals(InProcessGrid(make_client_app(plan.site_policy), 3))
+    assert len(coordinator.run.site_marginals) == 3
+    assert not any(tables.pairs for tables in coordinator.run.site_marginals.values())
+    assert all(len(PrivacyLedger.load(SitePolicy.load(path).ledger).events) == 1 for path in plan.policies)
