@@ -117,6 +117,24 @@ def test_a_relation_between_two_other_columns_turned_round_is_red(rows, demo_sch
                for message in _flags(verdict, "red", "relations")), verdict.flags
 
 
+def test_a_relation_the_real_rows_do_not_hold_is_red_when_strong(rows, demo_schema):
+    """helper-112: a researcher's release held haemoglobin × albumin at -.65 (real +.03), and the
+    verdict, which judges the real rows' strongest relations, said nothing. Here the 1997 sample's
+    patients are handed the highest kappas: each column's own values are exact, the made-up
+    relation is red; new real patients show none."""
+    train, _, patients = rows
+    synthetic = patients.copy()
+    in_1997 = (synthetic["sample_yr"] == "1997").to_numpy()
+    order = np.argsort(np.where(in_1997, 1.0, 0.0) + np.random.default_rng(0).uniform(0, 0.5, len(synthetic)))
+    kappas = np.sort(synthetic["kappa"].to_numpy())
+    synthetic.loc[synthetic.index[order], "kappa"] = kappas
+    verdict = _structure_verdict(train, synthetic, demo_schema)
+    assert any("kappa" in message and "sample_yr" in message and "made up" in message
+               for message in _flags(verdict, "red", "relations")), verdict.flags
+    faithful = _structure_verdict(train, patients, demo_schema)
+    assert not any("made up" in flag.message for flag in faithful.flags), faithful.flags
+
+
 @pytest.mark.parametrize("kept, level", [(0.1, "red"), (0.6, "amber")])
 def test_an_attenuated_main_effect_is_red_at_a_tenth_and_amber_at_half(rows, demo_schema, kept, level):
     """Age shuffled among all but ``kept`` of the rows: its marginal is exact and its association

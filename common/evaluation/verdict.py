@@ -24,6 +24,9 @@ Levels, and why (each threshold is a module constant below):
   - a relation between two other columns turned round (metrics.relations: for the eight
     strongest pairs of columns, one per pair, the strongest signed correlation between their
     values or categories, clearly non-zero on the real rows), beyond sampling noise;
+  - a relation between two other columns made up: |r| >= 0.3 on the synthetic rows where the
+    real rows hold under 0.1, beyond sampling noise (metrics.made_up_relations: the five
+    strongest; amber from 0.1);
   - a strong dependence of a column's missingness (|r| >= 0.3 in the real rows between its
     missing indicator and another column's value, category or missingness, e.g. missing for
     every patient of one group) reversed or reproduced at under a third;
@@ -67,6 +70,7 @@ LOST_CATEGORY_SHARE, LOST_CATEGORY_FACTOR = 0.02, 5.0  # a category this common 
 EFFECT_RED, EFFECT_AMBER = 3.0, 1.5  # synthetic / real association: under 1/3 or over 3x is red
 EFFECT_Z = 3.0  # and the difference beyond sampling noise
 STRONG_MISSINGNESS = 0.3  # |r| of a missing indicator with another column: a strong dependence
+MADE_UP_RED = 0.3  # |r| of a relation the synthetic rows hold and the real rows do not: red from here
 MISSING_SHARE_GAP = 0.15  # absolute difference of a missing share that is always amber
 LIFT_RED = 0.5  # mean share of the real rows' ROC-AUC lift over 0.5 kept by the synthetic rows
 TSTR_AMBER = 0.9  # one model's TSTR AUC under this share of its TRTR AUC
@@ -284,6 +288,15 @@ def _relation_flags(relations: list[dict[str, Any]]) -> list[Flag]:
     return flags
 
 
+def _made_up_flags(made_up: list[dict[str, Any]]) -> list[Flag]:
+    """A relation the synthetic rows hold and the real rows do not (metrics.made_up_relations):
+    red from |r| of MADE_UP_RED on, which a researcher would report as a finding; amber below."""
+    return [Flag("relations", "red" if abs(relation["synthetic"]) >= MADE_UP_RED else "amber",
+                 f"a relation between {relation['feature']} that the real rows do not hold is made up: correlation "
+                 f"{relation['real']:+.2f} on real rows, {relation['synthetic']:+.2f} on synthetic")
+            for relation in made_up]
+
+
 def _missingness_flags(missingness: dict[str, Any]) -> list[Flag]:
     flags = []
     for name, entry in missingness.items():
@@ -374,7 +387,9 @@ def judge(fidelity: dict[str, Any], utility: dict[str, Any], privacy: dict[str, 
                                                   sum(test_class_rows) if test_class_rows else None)
     privacy_flags, privacy_score = _privacy_flags(privacy, epsilon)
     flags = (_fidelity_flags(fidelity) + _effect_flags(fidelity.get("main_effects", []), outcome)
-             + _relation_flags(fidelity.get("relations", [])) + _missingness_flags(fidelity.get("missingness", {}))
+             + _relation_flags(fidelity.get("relations", []))
+             + _made_up_flags(fidelity.get("relations_made_up", []))
+             + _missingness_flags(fidelity.get("missingness", {}))
              + utility_flags + privacy_flags)
     components = {"fidelity": float(fidelity["overall_score"]), "privacy": privacy_score}
     if utility_score is not None:
