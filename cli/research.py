@@ -417,6 +417,12 @@ def _print_release(result: SimulationResult, rounds: int) -> None:
                       str(len(trained)), str(len(site["dropped"])))
     results.print(table)
     config = json.loads((result.release / "run_config.json").read_text())
+    measured = json.loads((result.release / "quality_report.json").read_text())["total_variation_per_pair_table"]
+    as_measured = config["settings"]["gan_config"].get("numbers_as_measured", True)
+    results.print("pairs of columns the sites measured together: "  # helper-112: said nowhere but the audit log
+                  + (", ".join(key.replace("|", " x ") for key in measured) or "none")
+                  + ("; a numeric column's relations that no table measured come out as none beyond what the "
+                     "tables imply (--numbers-as-measured)" if as_measured else ""), soft_wrap=True)
     dropped = config.get("dropped_rule_violations")
     if dropped:  # a newcomer's rule replaced 81 of 659 rows and emptied an outcome class unsaid
         share = dropped / max(int(config["rows"]), 1)

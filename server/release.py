@@ -263,6 +263,20 @@ def write_release(run: RunRecord, trainer: GANTrainer | None, out: Path, rows: i
     return report
 
 
+def _measured_pairs_note(run: RunRecord) -> str:
+    """Which pairs of columns the release's relations rest on, and what became of the others:
+    a reader took an unmeasured pair's near-zero correlation for a finding (helper-112)."""
+    sites = list(run.site_marginals.values())
+    pairs = [f"`{a}` × `{b}`" for a, b in (sites[0].pairs if sites else {})]
+    said = f"Pairs of columns the sites measured together: {', '.join(pairs) if pairs else 'none'}. "
+    if run.settings.gan_config.numbers_as_measured:
+        return said + ("A numeric column relates to the other columns only as these tables, the tables by outcome "
+                       "class and the schema's rules say: a relation no table measured comes out as none beyond "
+                       "what they imply, never made up, so a near-zero correlation of such a pair is no finding.")
+    return said + ("Numeric columns keep the relations the generator drew (`numbers_as_measured` off): beyond these "
+                   "tables, some may be learnt and some made up.")
+
+
 def _readme(run: RunRecord, report: dict[str, Any], synthetic: pd.DataFrame, rows: int) -> str:
     lines = [
         f"# Synthetic release: {run.schema.name}",
@@ -300,6 +314,8 @@ def _readme(run: RunRecord, report: dict[str, Any], synthetic: pd.DataFrame, row
         "site slot per row in proportion to the sites' noisy row counts from round 0 (post-processing). "
         "Settings: `run_config.json`; schema: `schema.json`; "
         "generator weights: `generator.pt`.",
+        "",
+        _measured_pairs_note(run),
         "",
         "This run was seeded: whoever holds the seed and the run's stream nonce can reproduce it. Neither is in "
         "any file of this release."

@@ -23,6 +23,12 @@ def test_simulate_writes_a_signed_release_with_report_and_passes_gan_options(tmp
     verify_release(release, load_public_key(out / "keys" / "coordinator.pub"))
     config = json.loads((release / "run_config.json").read_text())
     assert config["settings"]["gan_config"]["generator_ema"] == 0.99
+    # which pairs the relations rest on, said where the researcher reads (helper-112)
+    measured = json.loads((release / "quality_report.json").read_text())["total_variation_per_pair_table"]
+    said = " ".join(result.stdout.split())
+    assert "pairs of columns the sites measured together: " in said
+    assert all(key.replace("|", " x ") in said for key in measured)
+    assert "Pairs of columns the sites measured together" in (release / "README.md").read_text()
     # a newcomer's rule replaced 81 of 659 rows, said only in run_config.json
     dropped = config["dropped_rule_violations"]
     assert dropped is not None and (not dropped or f"{dropped} generated rows" in " ".join(result.output.split()))
