@@ -202,6 +202,9 @@ def simulate(
         "votes "
         "(every question beyond the outcome rests on them); 0: outcome tables only"))
     ] = FederationSettings.model_fields["pairs_share"].default,
+    pairs_asked: Annotated[str, typer.Option(help=(
+        "pairs of columns your study needs measured, e.g. 'creatinine:urea,age:albumin': measured before any pair "
+        "the sites vote for (public: they go into run_config.json)"))] = "",
     matching_weight: Annotated[float, typer.Option(help=(
         "weight of the generator's term that matches the noisy outcome tables (free post-processing); 0: off"))
     ] = FEDERATED_GAN.matching_weight,
@@ -271,6 +274,7 @@ def simulate(
             schema=schema, epsilon=epsilon, delta=delta, rounds=rounds, local_steps=local_steps,
             batch_size=batch_size, learning_rate=learning_rate, generator_ema=generator_ema,
             numbers_as_measured=numbers_as_measured, marginals_share=marginals_share, pairs_share=pairs_share,
+            pairs_asked=tuple(pair for pair in pairs_asked.split(",") if pair.strip()),
             matching_weight=matching_weight,
             table_steps=table_steps, rows=rows,
             out=out, seed=seed, stream_nonce=stream_nonce, device=device, release_every=release_every,

@@ -48,11 +48,12 @@ from fedsyn.privacy.marginals import (
 from fedsyn.privacy.pairs import (
     RoundZeroSplit,
     affordable_pairs,
+    asked_pairs,
     bounds_arrays,
+    chosen_pairs,
     group_bounds,
     pair_key,
     pair_shape,
-    shared_pairs,
 )
 from fedsyn.privacy.randomness import torch_generator
 from fedsyn.server.record import (
@@ -177,6 +178,10 @@ class Coordinator:
                                                  or settings.site_column == self.schema.outcome):
             raise ConfigurationError(f"site_column '{settings.site_column}' must be a categorical column of the "
                                      "schema other than the outcome")
+        try:
+            asked_pairs(self.schema, settings.pairs_asked, settings.site_column)
+        except ValueError as exc:
+            raise ConfigurationError(f"pairs_asked: {exc}") from None
 
     def plan_budgets(self, grid: Grid) -> dict[int, protocol.MarginalsQuery]:
         """Ask every site what it has spent and may spend (a query that charges nothing and reads
@@ -360,7 +365,8 @@ class Coordinator:
         measured = measured_columns(self.schema)
         voting = summed_tables(self.schema, list(voters.values()), 0.0).total()  # the rows the pair tables count
         count = affordable_pairs(voting, [split.pair_tables for split in splits.values()], len(measured))
-        chosen = shared_pairs([part.ranked_votes() for part in voters.values()], count, self.settings.site_column)
+        chosen = chosen_pairs(asked_pairs(self.schema, self.settings.pairs_asked, self.settings.site_column),
+                              [part.ranked_votes() for part in voters.values()], count, self.settings.site_column)
         bounds = {c.name: group_bounds(c, summed) for c in measured if not c.is_categorical
                   and any(c.name in pair for pair in chosen)}
         self.record("pairs_chosen", pairs=[list(pair) for pair in chosen], voters=len(voters))

@@ -13,7 +13,7 @@ import math
 from collections.abc import Mapping
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from fedsyn.errors import ConfigurationError, validation_problems
 from fedsyn.model.config import TRANSPORT_DTYPES, GANConfig
@@ -51,6 +51,9 @@ class FederationSettings(BaseModel):
     # Of that release, the share each site spends on pair tables of other columns the sites choose
     # together by DP votes (fedsyn.privacy.pairs); the outcome tables get the rest. RDP sites only.
     pairs_share: float = PAIRS_SHARE
+    # Pairs of columns the study needs measured, 'first:second' each (public: the researchers'
+    # questions), before any the sites vote for (fedsyn.privacy.pairs.asked_pairs). Needs pairs_share.
+    pairs_asked: list[str] = Field(default_factory=list)
     # Generator steps on the summed and per-site noisy tables alone (post-processing) before
     # round 1. Off by default: it steadied one bench table and cost three others and the wide
     # table their declared outcome (docs/benchmarks.md, "The generator fitted to the tables").
@@ -87,6 +90,8 @@ class FederationSettings(BaseModel):
             problems.append(f"marginals_share={self.marginals_share} must be in (0, 1)")
         if not is_pairs_share(self.pairs_share):
             problems.append(f"pairs_share={self.pairs_share} must be 0 (no pair tables) or in [0.01, 1)")
+        if self.pairs_asked and not self.pairs_share:
+            problems.append("pairs_asked needs pairs_share above 0: the pair tables are part of round 0's release")
         if self.pairs_share and not pairs_allowed(self.accountant):
             problems.append(f"pairs_share={self.pairs_share} needs the rdp accountant: set pairs_share = 0 for prv")
         if not 0 < self.sample_rate <= 1:
@@ -150,6 +155,8 @@ class FederationSettings(BaseModel):
         names = {name.replace("_", "-"): name for name in cls.model_fields if name not in ("gan_config", "seed")}
         names["round-timeout"] = "timeout"
         values = {names[key]: value for key, value in config.items() if key in names}
+        if isinstance(values.get("pairs_asked"), str):  # a run config holds no list: 'first:second,...'
+            values["pairs_asked"] = [pair for pair in str(values["pairs_asked"]).split(",") if pair.strip()]
         return cls.checked(**values)
 
 

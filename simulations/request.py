@@ -63,6 +63,7 @@ class SimulationRequest:
     numbers_as_measured: bool = FEDERATED_GAN.numbers_as_measured
     marginals_share: float = FederationSettings.model_fields["marginals_share"].default
     pairs_share: float = FederationSettings.model_fields["pairs_share"].default
+    pairs_asked: tuple[str, ...] = ()
     matching_weight: float = FEDERATED_GAN.matching_weight
     table_steps: int = FederationSettings.model_fields["table_steps"].default
     rows: int = 0  # synthetic rows to release; 0: as many as all sites' training rows
@@ -161,11 +162,16 @@ def prepare(request: SimulationRequest) -> PreparedSimulation:
                                  "none: give --held-out FILE (or, with --data, a --hold-out share above 0)")
     from fedsyn.model.config import GANConfig
     from fedsyn.privacy.marginals import tables_weight
+    from fedsyn.privacy.pairs import asked_pairs
     from fedsyn.privacy.randomness import fresh_nonce
     from fedsyn.simulations.plan import plan_site, plan_width
     from fedsyn.simulations.run import default_sample_rate
     from fedsyn.simulations.workflow import Simulation
 
+    try:
+        asked_pairs(schema, list(request.pairs_asked), request.site_column)
+    except ValueError as exc:
+        raise ConfigurationError(f"--pairs-asked: {exc}") from None
     try:
         config = GANConfig(batch_size=request.batch_size, generator_lr=request.learning_rate,
                            discriminator_lr=request.learning_rate, generator_ema=request.generator_ema,
@@ -352,6 +358,7 @@ def _settings(request: SimulationRequest, epsilon: float, sample_rate: float, si
     return FederationSettings.checked(  # a ConfigurationError that names the setting
         rounds=request.rounds, local_steps=request.local_steps, epsilon=epsilon, delta=request.delta,
         sample_rate=sample_rate, marginals_share=request.marginals_share, pairs_share=request.pairs_share,
+        pairs_asked=list(request.pairs_asked),
         table_steps=request.table_steps, gan_config=config, seed=request.seed, min_sites=max(1, sites // 2 + 1),
         site_column=request.site_column,
         site_noise_multiplier=request.site_noise_multiplier, site_clipping_norm=request.site_clipping_norm,

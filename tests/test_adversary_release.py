@@ -80,6 +80,7 @@ GAN_CONFIG = ("latent_dim", "generator_hidden", "discriminator_hidden", "generat
               "batch_size", "max_grad_norm", "gumbel_tau", "generator_ema", "betas", "matching_weight", "site_slots",
               "numbers_as_measured")
 FEDERATION_SETTINGS = ("rounds", "local_steps", "sample_rate", "epsilon", "delta", "marginals_share", "pairs_share",
+                       "pairs_asked",
                        "table_steps", "noise_multiplier", "min_sites", "site_noise_multiplier", "site_clipping_norm",
                        "transport_dtype", "max_update_norm", "aggregation", "allow_unreviewed_schema", "accountant",
                        "site_conditional", "marginals_noise_floor", "site_column", "timeout", "seeded")

@@ -385,3 +385,39 @@ def test_votes_all_naming_the_site_column_leave_round_zero_without_pair_tables(t
     assert len(coordinator.run.site_marginals) == 3
     assert not any(tables.pairs for tables in coordinator.run.site_marginals.values())
     assert all(len(PrivacyLedger.load(SitePolicy.load(path).ledger).events) == 1 for path in plan.policies)
+
+
+def test_pairs_a_study_asks_for_are_measured_first_and_bad_ones_refused_before_any_site(tmp_path, small_frame):
+    """helper-112: the votes missed a study's strongest relations (creatinine × urea, age ×
+    albumin), which came back as none, and nothing let the researcher name them. Pairs asked are
+    measured before the voted ones, at no cost of choosing them; a pair the schema cannot hold is
+    refused before any site is asked anything."""
+    from fedsyn.client.app import make_client_app
+    from fedsyn.errors import ConfigurationError
+    from fedsyn.server.coordinator import Coordinator
+    from fedsyn.simulations.inprocess import InProcessGrid
+
+    from .helpers import SETTINGS
+
+    schema = Schema.load(demo_schema_path())
+    assert pairs_module.asked_pairs(schema, ["creatinine:age", " kappa : sex"]) == [("age", "creatinine"),
+                                                                                    ("sex", "kappa")]
+    for bad in (["age"], ["age:age"], ["age:death"], ["age:nope"], ["age:sex", "sex:age"], ["age:sample_yr"]):
+        with pytest.raises(ValueError):
+            pairs_module.asked_pairs(schema, bad, site_column="sample_yr")
+    assert pairs_module.chosen_pairs([("age", "creatinine")], [[("sex", "mgus"), ("age", "creatinine")]], 2) \
+        == [("age", "creatinine"), ("sex", "mgus")]
+
+    frames = [small_frame.iloc[i::3] for i in range(3)]
+    plan = prepare_sites(frames, demo_schema_path(), tmp_path / "sites", epsilon=5.0, delta=1e-5, seed=None)
+    settings = SETTINGS.model_copy(update={"epsilon": 5.0, "pairs_asked": ["creatinine:age"]})
+    coordinator = Coordinator(schema, settings)
+    coordinator.collect_marginals(InProcessGrid(make_client_app(plan.site_policy), 3))
+    assert all(list(tables.pairs)[0] == ("age", "creatinine") for tables in coordinator.run.site_marginals.values())
+    from fedsyn.server.settings import FederationSettings
+
+    from_server_toml = FederationSettings.from_run_config({"pairs-asked": "creatinine:age, kappa:sex"})
+    assert from_server_toml.pairs_asked == ["creatinine:age", " kappa:sex"]  # a run config holds no list
+    refused = Coordinator(schema, SETTINGS.model_copy(update={"pairs_asked": ["age:death"]}))
+    with pytest.raises(ConfigurationError, match="pairs_asked: pair 'age:death'"):
+        refused.check_run()
