@@ -240,6 +240,17 @@ def privacy_spent_in(out: Path) -> bool:
     return False
 
 
+def stream_inputs(settings: FederationSettings) -> str:
+    """The settings a seeded simulation's streams are bound to (:func:`~fedsyn.privacy.randomness.bound_to_inputs`):
+    every public one but how the release is drawn from the trained model
+    (``gan_config.numbers_as_measured``). Two runs that differ only there release two
+    post-processings of the same DP outputs, which together tell no more than those outputs; bound,
+    they drew unrelated noise and could not be compared (helper-112)."""
+    public = settings.public_dict()
+    public["gan_config"] = {key: value for key, value in public["gan_config"].items() if key != "numbers_as_measured"}
+    return json.dumps(public, sort_keys=True, default=str)
+
+
 def _federate(simulation: Simulation, settings: FederationSettings, folder: Path, keys: Path, run_label: str,
               on_round: RoundCallback | None = None) -> Path:
     """One federation with fresh simulated hospitals under ``folder``; returns its release.
@@ -249,7 +260,7 @@ def _federate(simulation: Simulation, settings: FederationSettings, folder: Path
                          allow_unreviewed_schema=settings.allow_unreviewed_schema,
                          names=list(simulation.site_names) or None, run_label=run_label,
                          stream_nonce=simulation.stream_nonce,
-                         stream_inputs=(json.dumps(settings.public_dict(), sort_keys=True, default=str),))
+                         stream_inputs=(stream_inputs(settings),))
     release = ReleasePlan(folder / "release", simulation.rows, simulation.release_every,
                           simulation.drop_rule_violations, signing_key=keys / "coordinator.key",
                           audit_log=folder / "audit.jsonl", public_facts=simulation.public_facts)

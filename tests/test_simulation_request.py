@@ -264,3 +264,18 @@ def test_the_extract_itself_is_refused_as_its_own_held_out_rows(tmp_path):
     data, schema = _table_with_hospitals(tmp_path)
     with pytest.raises(ConfigurationError, match="--held-out is --data itself"):
         SimulationRequest(data=data, schema=schema, held_out=tmp_path / "." / data.name)
+
+
+def test_a_seeded_run_draws_the_same_noise_whichever_way_its_release_is_drawn(tmp_path):
+    """helper-112: the stream nonce was bound to every public setting, --numbers-as-generated
+    among them, so two runs that differed only in how the release is drawn from the trained model
+    drew unrelated noise and could not be compared. That setting is post-processing of the same DP
+    outputs and is left out of the binding; a setting that changes a mechanism (pairs_share) is not."""
+    from dataclasses import replace
+
+    from fedsyn.simulations.workflow import stream_inputs
+
+    settings = prepare(SimulationRequest(split=2, rounds=1, out=tmp_path / "run", seed=0)).simulation.settings
+    generated = settings.model_copy(update={"gan_config": replace(settings.gan_config, numbers_as_measured=False)})
+    assert stream_inputs(generated) == stream_inputs(settings)
+    assert stream_inputs(settings.model_copy(update={"pairs_share": 0.2})) != stream_inputs(settings)
