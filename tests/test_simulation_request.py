@@ -279,3 +279,4 @@ def test_a_seeded_run_draws_the_same_noise_whichever_way_its_release_is_drawn(tm
     generated = settings.model_copy(update={"gan_config": replace(settings.gan_config, numbers_as_measured=False)})
     assert stream_inputs(generated) == stream_inputs(settings)
     assert stream_inputs(settings.model_copy(update={"pairs_share": 0.2})) != stream_inputs(settings)
+    assert stream_inputs(settings.model_copy(update={"pairs_asked": ["age:kappa"]})) != stream_inputs(settings)
