@@ -191,8 +191,9 @@ def simulate(
     numbers_as_measured: Annotated[bool, typer.Option(
         "--numbers-as-measured/--numbers-as-generated", help=(
             "relate each numeric column to the others in the release only as the sites' noisy tables say: no "
-            "invented relation, and the ones no table measured shrink; --numbers-as-generated keeps what the "
-            "generator drew, which at a high epsilon may hold relations it learnt"))
+            "invented relation, and the ones no table measured shrink (the choice for studying associations); "
+            "--numbers-as-generated keeps what the generator drew: some relations learnt at a high epsilon, "
+            "others made up at any"))
     ] = FEDERATED_GAN.numbers_as_measured,
     marginals_share: Annotated[float, typer.Option(help=(
         "share of each site's epsilon spent on the round-0 noisy outcome tables (the rest on DP-SGD)"))
