@@ -457,7 +457,7 @@ MUTATIONS = [
              "*stream_inputs)",
              (RANDOM + "test_a_repeated_stream_on_other_rows_or_settings_draws_unrelated_noise",)),
     Mutation("a repeated simulation's streams are not bound to its settings", "simulations/workflow.py",
-             "stream_inputs=(json.dumps(settings.public_dict(), sort_keys=True, default=str),))", ")",
+             "stream_inputs=(stream_inputs(settings),))", ")",
              (RANDOM + "test_a_simulations_settings_reach_its_sites_streams",)),
     Mutation("a repeated fit's streams are not bound to its rows and parameters", "common/model/gan.py",
              "key = bound_to_inputs(nonce, rows_digest(frame, self.schema), self.schema.model_dump_json(),\n"
