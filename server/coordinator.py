@@ -365,8 +365,13 @@ class Coordinator:
         measured = measured_columns(self.schema)
         voting = summed_tables(self.schema, list(voters.values()), 0.0).total()  # the rows the pair tables count
         count = affordable_pairs(voting, [split.pair_tables for split in splits.values()], len(measured))
-        chosen = chosen_pairs(asked_pairs(self.schema, self.settings.pairs_asked, self.settings.site_column),
-                              [part.ranked_votes() for part in voters.values()], count, self.settings.site_column)
+        study = asked_pairs(self.schema, self.settings.pairs_asked, self.settings.site_column)
+        if len(study) > count:
+            log.warning("%d pairs asked, and the sites' noisy totals afford %d pair table(s) at the noise a table is "
+                        "worth measuring at: all are measured, each with more noise (it grows with the square root "
+                        "of the number of tables); ask fewer pairs or a larger epsilon", len(study), count)
+        chosen = chosen_pairs(study, [part.ranked_votes() for part in voters.values()], count,
+                              self.settings.site_column)
         bounds = {c.name: group_bounds(c, summed) for c in measured if not c.is_categorical
                   and any(c.name in pair for pair in chosen)}
         self.record("pairs_chosen", pairs=[list(pair) for pair in chosen], voters=len(voters))

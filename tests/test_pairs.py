@@ -387,11 +387,14 @@ def test_votes_all_naming_the_site_column_leave_round_zero_without_pair_tables(t
     assert all(len(PrivacyLedger.load(SitePolicy.load(path).ledger).events) == 1 for path in plan.policies)
 
 
-def test_pairs_a_study_asks_for_are_measured_first_and_bad_ones_refused_before_any_site(tmp_path, small_frame):
+def test_pairs_a_study_asks_for_are_measured_first_and_bad_ones_refused_before_any_site(tmp_path, small_frame,
+                                                                                        caplog):
     """helper-112: the votes missed a study's strongest relations (creatinine × urea, age ×
     albumin), which came back as none, and nothing let the researcher name them. Pairs asked are
     measured before the voted ones, at no cost of choosing them; a pair the schema cannot hold is
     refused before any site is asked anything."""
+    import logging
+
     from fedsyn.client.app import make_client_app
     from fedsyn.errors import ConfigurationError
     from fedsyn.server.coordinator import Coordinator
@@ -418,6 +421,13 @@ def test_pairs_a_study_asks_for_are_measured_first_and_bad_ones_refused_before_a
 
     from_server_toml = FederationSettings.from_run_config({"pairs-asked": "creatinine:age, kappa:sex"})
     assert from_server_toml.pairs_asked == ["creatinine:age", " kappa:sex"]  # a run config holds no list
+    many = Coordinator(schema, SETTINGS.model_copy(update={"epsilon": 0.5, "pairs_asked": [
+        "age:sex", "age:kappa", "age:lambda", "age:creatinine", "age:mgus", "sex:kappa", "sex:lambda"]}))
+    plan = prepare_sites(frames, demo_schema_path(), tmp_path / "more-sites", epsilon=5.0, delta=1e-5, seed=None)
+    with caplog.at_level(logging.WARNING, logger="fedsyn.server"):
+        many.collect_marginals(InProcessGrid(make_client_app(plan.site_policy), 3))
+    assert "7 pairs asked, and the sites' noisy totals afford" in caplog.text  # said, then all measured
+    assert all(len(tables.pairs) == 7 for tables in many.run.site_marginals.values())
     refused = Coordinator(schema, SETTINGS.model_copy(update={"pairs_asked": ["age:death"]}))
     with pytest.raises(ConfigurationError, match="pairs_asked: pair 'age:death'"):
         refused.check_run()
