@@ -359,7 +359,7 @@ class Coordinator:
         sites' DP outputs."""
         voters = {node: part for node, part in parts.items() if part.votes}
         if not voters:  # only the outcome tables: nothing else was asked of the first release
-            return {node: Marginals(part.tables, cell_std=part.cell_std) for node, part in parts.items()}
+            return _outcome_tables_only(parts)
         splits = {node: RoundZeroSplit(queries[node].noise_multiplier, queries[node].pairs_share) for node in voters}
         summed = summed_tables(self.schema, list(parts.values()), 0.0)
         measured = measured_columns(self.schema)
@@ -376,7 +376,7 @@ class Coordinator:
                   and any(c.name in pair for pair in chosen)}
         self.record("pairs_chosen", pairs=[list(pair) for pair in chosen], voters=len(voters))
         if not chosen:  # every vote named the site column: nothing to measure (a query of no pairs is malformed)
-            return {node: Marginals(part.tables, cell_std=part.cell_std) for node, part in parts.items()}
+            return _outcome_tables_only(parts)
         fingerprint = protocol.schema_fingerprint(self.schema)
         asked = {node: protocol.PairTablesQuery(splits[node].pair_tables, queries[node].epsilon, fingerprint,
                                                 tuple(chosen), {name: tuple(values.tolist())
@@ -580,3 +580,9 @@ class Coordinator:
         return {"epsilon": spent.epsilon, "delta": spent.delta, "releases": spent.num_releases,
                 "noise_multiplier": self.settings.site_noise_multiplier,
                 "clipping_norm": self.settings.site_clipping_norm, "scope": SITE_LEVEL_SCOPE}
+
+
+def _outcome_tables_only(parts: dict[int, Marginals]) -> dict[int, Marginals]:
+    """Each site's first round-0 release without its votes: what a round 0 that measured no pair
+    table leaves."""
+    return {node: Marginals(part.tables, cell_std=part.cell_std) for node, part in parts.items()}

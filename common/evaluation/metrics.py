@@ -485,8 +485,11 @@ def main_effects(real: pd.DataFrame, synthetic: pd.DataFrame, schema: Schema,
                       [(schema.outcome, f"{schema.outcome} missing")], top)[0]
 
 
+PairCorrelations = tuple[list[str], list[str], np.ndarray, np.ndarray, np.ndarray, np.ndarray]
+
+
 def _pair_correlations(real: pd.DataFrame, synthetic: pd.DataFrame, schema: Schema
-                       ) -> tuple[list[str], list[str], np.ndarray, np.ndarray, np.ndarray, np.ndarray] | None:
+                       ) -> PairCorrelations | None:
     """Every pair of features of columns other than the outcome (numbers on the schema's scale,
     category indicators; no missing indicator): their labels, source columns, correlations and
     row counts on the real rows, then on the synthetic ones. None with fewer than two features."""
@@ -504,7 +507,7 @@ def _pair_correlations(real: pd.DataFrame, synthetic: pd.DataFrame, schema: Sche
 
 
 def relations(real: pd.DataFrame, synthetic: pd.DataFrame, schema: Schema, top: int = RELATIONS,
-              site_column: str | None = None) -> list[dict[str, Any]]:
+              site_column: str | None = None, pairs: PairCorrelations | None = None) -> list[dict[str, Any]]:
     """The strongest relations between two columns other than the outcome, defined on the real
     rows: for each pair of columns the strongest signed correlation between their features
     (numbers on the schema's scale, category indicators), kept where clearly non-zero, the
@@ -514,8 +517,8 @@ def relations(real: pd.DataFrame, synthetic: pd.DataFrame, schema: Schema, top: 
     With ``site_column``, its own ``SITE_RELATIONS`` strongest relations are judged too: how a
     hospital differs (a newcomer's east, 15 years younger, came back at the others' ages on four
     runs, and the verdict of the widest one, whose eight strongest pairs lay elsewhere, said
-    nothing)."""
-    pairs = _pair_correlations(real, synthetic, schema)
+    nothing). ``pairs``: :func:`_pair_correlations` of the same rows, when already computed."""
+    pairs = pairs if pairs is not None else _pair_correlations(real, synthetic, schema)
     if pairs is None:
         return []
     labels, sources, r_real, n_real, r_synthetic, n_synthetic = pairs
@@ -532,13 +535,14 @@ def relations(real: pd.DataFrame, synthetic: pd.DataFrame, schema: Schema, top: 
 
 
 def made_up_relations(real: pd.DataFrame, synthetic: pd.DataFrame, schema: Schema,
-                      top: int = MADE_UP_RELATIONS) -> list[dict[str, Any]]:
+                      top: int = MADE_UP_RELATIONS, pairs: PairCorrelations | None = None) -> list[dict[str, Any]]:
     """The strongest relations between two columns other than the outcome that the synthetic
     rows hold clearly and the real rows do not (|r| under MIN_ASSOCIATION there), the difference
     beyond sampling noise: ``top`` pairs at most, one per pair of columns. :func:`relations`
     starts from the real rows and never sees them: a researcher's release held haemoglobin ×
-    albumin at -.65 (real +.03) and its verdict said nothing (helper-112)."""
-    pairs = _pair_correlations(real, synthetic, schema)
+    albumin at -.65 (real +.03) and its verdict said nothing (helper-112). ``pairs`` as in
+    :func:`relations`."""
+    pairs = pairs if pairs is not None else _pair_correlations(real, synthetic, schema)
     if pairs is None:
         return []
     labels, sources, r_real, n_real, r_synthetic, n_synthetic = pairs
@@ -613,6 +617,7 @@ def fidelity(real: pd.DataFrame, synthetic: pd.DataFrame, schema: Schema, seed: 
     upper = np.triu_indices(len(schema.columns), k=1)
     association_error = float(difference.to_numpy()[upper].mean()) if len(schema.columns) > 1 else 0.0
     marginal_error = float(np.mean([c["value"] for c in columns.values()]))
+    pair_correlations = _pair_correlations(real, synthetic, schema)  # relations and made-up ones read them
     return {
         "columns": columns,
         "marginal_error": marginal_error,
@@ -624,8 +629,8 @@ def fidelity(real: pd.DataFrame, synthetic: pd.DataFrame, schema: Schema, seed: 
         "spread": spread(real, synthetic, schema),
         "categories": category_shares(real, synthetic, schema),
         "main_effects": main_effects(real, synthetic, schema),
-        "relations": relations(real, synthetic, schema, site_column=site_column),
-        "relations_made_up": made_up_relations(real, synthetic, schema),
+        "relations": relations(real, synthetic, schema, site_column=site_column, pairs=pair_correlations),
+        "relations_made_up": made_up_relations(real, synthetic, schema, pairs=pair_correlations),
         "missingness": missingness(real, synthetic, schema),
     }
 

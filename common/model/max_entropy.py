@@ -41,7 +41,7 @@ import numpy as np
 import pandas as pd
 
 from fedsyn.data.schema import Schema
-from fedsyn.privacy.pairs import Pair, group_index
+from fedsyn.privacy.pairs import Forest, Pair, group_index
 
 
 def numbers_as_measured(frame: pd.DataFrame, schema: Schema, strata: np.ndarray, pairs: Sequence[Pair],
@@ -55,11 +55,12 @@ def numbers_as_measured(frame: pd.DataFrame, schema: Schema, strata: np.ndarray,
     so that every measured pair's joint groups survive every later move."""
     movable = [column.name for column in schema.columns if not column.is_categorical and column.name in frame.columns
                and column.name != schema.outcome]
+    tied = _rule_columns(schema)
     moved = frame.copy()
     orders: dict[str, np.ndarray] = {}
-    for block in _blocks(schema, movable):
+    for block in _blocks(tied, movable):
         keys = [np.asarray(strata)]
-        for name in _anchors(schema, pairs, block, movable):
+        for name in _anchors(tied, pairs, block, movable):
             keys.append(np.asarray(group_index(schema.column(name), moved[name], bounds.get(name))))
         order = _within(_combined(keys), rng)
         for name in block:
@@ -79,32 +80,27 @@ def _rule_columns(schema: Schema) -> list[set[str]]:
     return tied
 
 
-def _blocks(schema: Schema, movable: Sequence[str]) -> list[list[str]]:
-    """``movable`` grouped into the blocks that move together: those a schema rule ties (directly
-    or through another movable column), each block in ``movable``'s order."""
-    parent = {name: name for name in movable}
-
-    def root(name: str) -> str:
-        while parent[name] != name:
-            name = parent[name]
-        return name
-
-    for names in _rule_columns(schema):
+def _blocks(tied: list[set[str]], movable: Sequence[str]) -> list[list[str]]:
+    """``movable`` grouped into the blocks that move together: those a rule (``tied``: each rule's
+    columns) ties, directly or through another movable column, each block in ``movable``'s order."""
+    forest = Forest()
+    for names in tied:
         present = [name for name in movable if name in names]
         for name in present[1:]:
-            parent[root(name)] = root(present[0])
+            if forest.joins((name, present[0])):
+                forest.join((name, present[0]))
     blocks: dict[str, list[str]] = {}
     for name in movable:
-        blocks.setdefault(root(name), []).append(name)
+        blocks.setdefault(forest.root(name), []).append(name)
     return list(blocks.values())
 
 
-def _anchors(schema: Schema, pairs: Sequence[Pair], block: Sequence[str], movable: Sequence[str]) -> list[str]:
+def _anchors(tied: list[set[str]], pairs: Sequence[Pair], block: Sequence[str], movable: Sequence[str]) -> list[str]:
     """The columns a ``block`` keeps its relation with: its partners in ``pairs`` and the columns
-    a rule ties it to that do not move themselves."""
+    a rule (``tied``) ties it to that do not move themselves."""
     inside = set(block)
     found = {b if a in inside else a for a, b in pairs if (a in inside) != (b in inside)}
-    for names in _rule_columns(schema):
+    for names in tied:
         if names & inside:
             found |= names - set(movable)
     return sorted(found)
