@@ -246,6 +246,29 @@ def category_shares(real: pd.DataFrame, synthetic: pd.DataFrame, schema: Schema)
     return out
 
 
+def bound_piles(real: pd.DataFrame, synthetic: pd.DataFrame, schema: Schema) -> dict[str, dict[str, Any]]:
+    """Each numeric column's share of rows (where not missing) exactly at each of its schema
+    bounds, in the real and in the synthetic rows. A bound is public, and a pile there is often
+    the measurement's own (an assay's reporting limit, a saturation at 100 %): a release that
+    spreads it over the range, or piles rows there by clipping, changes every analysis that
+    counts it. A newcomer's CRP at its assay limit, 3.8 % of real rows, came out at 0.0 %, and
+    no flag said so (helper-114)."""
+    out: dict[str, dict[str, Any]] = {}
+    for column in schema.columns:
+        if column.is_categorical:
+            continue
+        for side, bound in (("lower", column.lower), ("upper", column.upper)):
+            if bound is None:
+                continue
+            tolerance = 1e-9 * max(abs(bound), 1.0)
+            shares = {}
+            for label, frame in (("real", real), ("synthetic", synthetic)):
+                values = pd.to_numeric(frame[column.name], errors="coerce").dropna().to_numpy(dtype=float)
+                shares[label] = float(np.mean(np.abs(values - bound) <= tolerance)) if len(values) else 0.0
+            out.setdefault(column.name, {})[side] = {"value": float(bound), **shares}
+    return out
+
+
 SITE_DEPARTURES = 3  # numeric columns shown per site: those where the site departs most from the whole table
 
 
@@ -628,6 +651,7 @@ def fidelity(real: pd.DataFrame, synthetic: pd.DataFrame, schema: Schema, seed: 
         "detection_auc": detection_auc(real, synthetic, schema, seed),
         "spread": spread(real, synthetic, schema),
         "categories": category_shares(real, synthetic, schema),
+        "bound_piles": bound_piles(real, synthetic, schema),
         "main_effects": main_effects(real, synthetic, schema),
         "relations": relations(real, synthetic, schema, site_column=site_column, pairs=pair_correlations),
         "relations_made_up": made_up_relations(real, synthetic, schema, pairs=pair_correlations),
