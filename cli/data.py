@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.markup import escape
 
 from fedsyn.cli.output import console, fail
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 schema_app = typer.Typer(help="Work with the public schema (the data contract).")
 
@@ -38,7 +41,8 @@ def schema_draft(
         extracts = [read_table(path) for path in data]
         for path, extract in zip(data[1:], extracts[1:]):
             if set(extract.columns) != set(extracts[0].columns):  # names only: a header names columns
-                fail(f"{path} has other columns than {data[0]}: draft from files of the same columns")
+                fail(f"{path} has other columns than {data[0]}{_column_difference(extracts[0], extract)}: draft "
+                     "from files of the same columns")
         dates = {str(name) for extract in extracts for name in extract.columns if date_like(extract[name])}
         extract = pd.concat(extracts, ignore_index=True) if len(extracts) > 1 else extracts[0]
         draft = draft_schema(extract, name=data[0].stem, outcome=outcome, dates=dates)
@@ -116,10 +120,10 @@ def schema_draft(
     # terminal's text ends up in tickets (validate's line numbers stay on the site's own screen).
     for name in censored_cells(extract, draft):
         console.print(f"[yellow]column '{name}' holds cells written as a limit ('<0.01' below an assay's "
-                      "detection limit, '>89' for a capped age): it was drafted as a number. Write each as the limit "
-                      "itself and make that limit the column's public bound (a bound is a value of its own that the "
-                      "release keeps), "
-                      f"or empty them; fedsyn validate --schema {out} {checked} lists their lines[/]")
+                      "detection limit, '>89' for a capped age): it was drafted as a number. Make that limit the "
+                      "column's public bound: such a cell at its column's bound is read as the bound (a value of its "
+                      "own that the release keeps), as it is; any other limit ('<0.02' where the bound is 0.01), "
+                      f"write as a number or empty: fedsyn validate --schema {out} {checked} lists their lines[/]")
     for name in stray_text_cells(extract, draft):
         console.print(f"[yellow]column '{name}' holds numbers but for some cells of text (a unit written beside "
                       "the value, a word for an unknown value): it was drafted as a number. A word the extract "
@@ -187,6 +191,15 @@ def schema_draft(
                       "utility can be measured and generation conditions on it[/]")
     console.print(f"[yellow]the draft's name '{escape(draft.name)}' (the file's) titles every release made with it: "
                   "rename it to the study's name[/]")
+    for path, extract_of_site in zip(data, extracts):
+        unmeasured = [str(name) for name in extract_of_site.columns
+                      if extract_of_site[name].isna().all() and len(extract_of_site) and not extract[name].isna().all()]
+        if unmeasured and len(data) > 1:
+            console.print(f"[yellow]{path}: {', '.join(repr(name) for name in unmeasured[:5])}"
+                          f"{' and more' if len(unmeasured) > 5 else ''} empty in every row (a measure that hospital "
+                          "does not take): drafted nullable. The release draws each site's missing share with "
+                          "noise, so a small site may still get values there: name the site column (--site-column) "
+                          "and check the report's sites[/]")
     read = " ".join(map(str, data))
     console.print(f"[yellow bold]Draft written to {out}. Its kinds, bounds, categories (and their spellings), "
                   f"precisions, nullable flags and missing-value markers were read off {read}: that is private "
@@ -194,6 +207,20 @@ def schema_draft(
                   "each with public knowledge (clinical ranges, code lists), set needs_review to false, then train. "
                   "Training refuses needs_review columns unless --allow-unreviewed-schema is given, which is then "
                   "written into the privacy report.")
+
+
+def _column_difference(first: pd.DataFrame, other: pd.DataFrame) -> str:
+    """Which columns two files' headers do not share, where both headers look like names: a
+    file without a header line has a patient's values there, and then none are named."""
+    from fedsyn.data.schema import headerless_names
+
+    names, others = [str(n) for n in first.columns], [str(n) for n in other.columns]
+    if headerless_names(names) or headerless_names(others):
+        return ""
+    missing, extra = [n for n in names if n not in others], [n for n in others if n not in names]
+    parts = [f"{label} {', '.join(repr(n) for n in found[:5])}{' and more' if len(found) > 5 else ''}"
+             for label, found in (("it lacks", missing), ("it adds", extra)) if found]
+    return f" ({'; '.join(parts)})"
 
 
 def validate(

@@ -185,6 +185,11 @@ def test_schema_draft_says_which_columns_lost_rare_levels_and_which_carry_a_unit
     rows.iloc[:50].drop(columns=["age"]).to_csv(tmp_path / "other.csv", index=False)
     other = _invoke("schema", "draft", tmp_path / "north.csv", tmp_path / "other.csv", "--out", tmp_path / "x.json")
     assert other.exit_code == 2 and "has other columns than" in other.output
+    assert "(it lacks 'age', 'hospital')" in " ".join(other.output.split())  # helper-114: names are public, say which
+    one_empty = rows.iloc[:50].assign(creatinine=np.nan, hospital="east")  # a hospital that takes no creatinine
+    one_empty.to_csv(tmp_path / "none.csv", index=False)
+    said = _invoke("schema", "draft", tmp_path / "north.csv", tmp_path / "none.csv", "--out", tmp_path / "e.json")
+    assert said.exit_code == 0 and "'creatinine' empty in every row" in " ".join(said.output.split())
 
 
 def test_fit_writes_model_rows_and_a_privacy_report_declaring_the_row_count(tmp_path, demo_frame):

@@ -706,6 +706,10 @@ def test_a_header_naming_a_column_twice_is_refused_by_position(tmp_path):
     path.write_text("id,age,sex,age\n1,64,F,65\n")
     with pytest.raises(DataFileError, match=r"names the same column twice \(columns 2 and 4"):
         read_table(path)
+    parquet = tmp_path / "twice.parquet"  # helper-114 M3: Parquet names ' potassium' beside 'potassium'
+    pd.DataFrame({"id": [1], "potassium": [4.1], " potassium": [4.2]}).to_parquet(parquet)
+    with pytest.raises(DataFileError, match=r"same column twice but for surrounding spaces \(columns 2 and 3"):
+        read_table(parquet)
     path.write_text("7,81,F,81\n1,64,F,65\n")  # no header: read, and the draft says so without values
     with pytest.raises(SchemaError, match="does not look like column names") as refused:
         draft_schema(read_table(path))

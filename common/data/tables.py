@@ -71,6 +71,9 @@ def read_table(path: str | Path, schema: Schema | None = None) -> pd.DataFrame:
                 frame = _codes_as_written(frame, path, _TEXT_SEPARATORS[suffix])
         else:
             frame = _blank_text_as_missing(pd.read_parquet(path), category_levels(schema) if schema else {})
+            _check_parquet_names(path, [str(name) for name in frame.columns])
+    except DataFileError:
+        raise
     except pd.errors.EmptyDataError:
         raise DataFileError(f"cannot read {path}: the file is empty (no header line, no rows)") from None
     except UnicodeDecodeError:  # its text quotes bytes of the file: never shown
@@ -181,6 +184,19 @@ def _check_text_layout(path: Path, separator: str) -> None:
         fix = "save it comma-separated (.csv) or tab-separated (.tsv)"
     raise DataFileError(f"cannot read {path}: the file looks {said}-separated, while a {path.suffix} file is read "
                         f"as {expected}-separated: {fix}")
+
+
+def _check_parquet_names(path: Path, names: list[str]) -> None:
+    """Refuse a Parquet file naming one column twice but for surrounding spaces (`potassium` and
+    ` potassium`), as a CSV header is refused: a draft wrote the second as a column of its own,
+    which validate and simulate then took (helper-114 M3). Positions only, as for a CSV."""
+    stripped = [name.strip() for name in names]
+    again = [index for index, name in enumerate(stripped) if name in stripped[:index]]
+    if again:
+        first = stripped.index(stripped[again[0]])
+        raise DataFileError(f"cannot read {path}: it names the same column twice but for surrounding spaces (columns "
+                            f"{first + 1} and {again[0] + 1}, counting from 1): keep one column of each name, or "
+                            "rename the other, and export again")
 
 
 def _check_one_record_per_line(path: Path, separator: str) -> None:
