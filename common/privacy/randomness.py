@@ -122,7 +122,9 @@ def torch_generator(seed: int | None, *key: StreamKey, device: str | torch.devic
 def numpy_from_torch(generator: torch.Generator) -> np.random.Generator:
     """A NumPy generator drawn from ``generator``'s stream (one 62-bit word of it): NumPy work in
     a component whose stream is a PyTorch generator (the release's permutations), never a DP
-    mechanism's noise."""
+    mechanism's noise. Its states are no more than ``generator``'s, 2^32 on the CPU (see
+    :func:`torch_generator`; helper-113): whoever guessed one would regenerate only a draw
+    that reads DP outputs already in the release (post-processing), never a noise draw."""
     import torch
     return np.random.default_rng(int(torch.randint(0, 2**62, (1,), generator=generator,
                                                    device=generator.device)))
