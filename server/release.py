@@ -268,7 +268,10 @@ def _measured_pairs_note(run: RunRecord) -> str:
     a reader took an unmeasured pair's near-zero correlation for a finding (helper-112)."""
     sites = list(run.site_marginals.values())
     pairs = [f"`{a}` × `{b}`" for a, b in (sites[0].pairs if sites else {})]
-    said = f"Pairs of columns the sites measured together: {', '.join(pairs) if pairs else 'none'}. "
+    said = f"Pairs of columns the sites measured together: {', '.join(pairs) if pairs else 'none'}. " + (
+        "Each measured table carries its noise (it grows with the number of tables), and the sites chose them by "
+        "noisy votes: a weak relation of a measured pair may be that noise, and a strong one may come out weaker. "
+        if pairs else "")
     if run.settings.gan_config.numbers_as_measured:
         return said + ("A numeric column relates to the other columns only as these tables, the tables by outcome "
                        "class and the schema's rules say: a relation no table measured comes out as none beyond "
