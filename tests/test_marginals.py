@@ -756,3 +756,30 @@ def test_onto_simplex_answers_even_where_float_rounding_leaves_no_threshold():
     for scale in (1e10, 1e16, 1e20):
         projected = onto_simplex(rng.normal(0.0, scale, 50), 1.0)
         assert np.isfinite(projected).all() and projected.min() >= 0.0
+
+
+@pytest.mark.parametrize("kind", ["continuous", "categorical"])
+def test_a_site_that_never_takes_a_measure_keeps_it_missing(kind):
+    """helper-114's 300-row clinic takes no BNP: empty in every real row, 27 % empty in the
+    release. Its body is no different from the others' (it has none), so one weight for the
+    whole column drew its missing share to the pool's; weighed on its own it stays."""
+    from fedsyn.privacy.marginals import site_groups
+
+    column = (Column(name="bnp", kind=kind, lower=1, upper=5000, transform="log", nullable=True)
+              if kind == "continuous" else Column(name="bnp", kind=kind, categories=["low", "high"], nullable=True))
+    bins = bin_labels(column)
+    body = np.exp(-0.5 * ((np.arange(bins - 1) - (bins - 1) / 2) / max(bins / 6, 0.5)) ** 2)
+    taking = np.concatenate([body / body.sum() * 0.95, [0.05]])
+    shares = np.stack([np.eye(bins)[-1], taking, taking, taking])
+    sizes, stds = np.array([[300.0], [1500.0], [1200.0], [1000.0]]), np.full(4, 15.0)
+    exact = shares[:, :, None] * sizes[:, None, :]
+    rng = np.random.default_rng(0)
+    noisy = exact + rng.normal(0, 15.0, exact.shape)
+    pooled = exact.sum(axis=0) / exact.sum()
+    shrunk = shrunk_to_pool(noisy, sizes, stds, pooled, site_groups(column), missing_last=True)
+    missing_share = shrunk[:, -1, 0] / shrunk[:, :, 0].sum(axis=1)
+    assert missing_share[0] > 0.9 and np.all(np.abs(missing_share[1:] - 0.05) < 0.03)
+    np.testing.assert_allclose(shrunk[:, :, 0].sum(axis=1), sizes[:, 0])  # each class keeps its (noisy) size
+    if kind == "continuous":  # one weight for 64 bins and 'missing': drawn toward the pool's 13 %
+        one_weight = shrunk_to_pool(noisy, sizes, stds, pooled, site_groups(column))
+        assert one_weight[0, -1, 0] / one_weight[0, :, 0].sum() < 0.6

@@ -434,7 +434,7 @@ def shrunk_site_tables(schema: Schema, parts: list[Marginals], summed: Marginals
         pooled = summed.conditional(column.name, post_processed=True)
         runs = site_groups(column)
         run_noise = run_noise_cells(runs) if runs is not None and column in runs_measured else None
-        shrunk = shrunk_to_pool(stacked, sizes, stds, pooled, runs, run_noise)
+        shrunk = shrunk_to_pool(stacked, sizes, stds, pooled, runs, run_noise, missing_last=column.nullable)
         for own, table in zip(tables, shrunk):
             own[column.name] = table
     return [replace(part, tables=own, cell_std=None) for part, own in zip(parts, tables)]
