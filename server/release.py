@@ -28,6 +28,7 @@ from fedsyn.privacy.marginals import Marginals, class_distances, exact_counts
 from fedsyn.privacy.pairs import pair_cells, pair_key
 from fedsyn.privacy.postprocessing import onto_simplex
 from fedsyn.server.record import RoundSummary, RunRecord
+from fedsyn.server.settings import AGGREGATION_RULES
 from fedsyn.trust.signing import sign_release
 
 # What leaves a site without DP noise, and why that is acceptable; repeated in every report.
@@ -311,8 +312,9 @@ def _readme(run: RunRecord, report: dict[str, Any], synthetic: pd.DataFrame, row
         "quantile maps and conditional sampling frequencies. Rounds 1..R: each site trained the "
         "discriminator with DP-SGD (Poisson sampling, per-record clipping, Gaussian noise) and the generator "
         "through it and towards the summed tables and each site's own tables and pair tables (marginal "
-        "matching, post-processing); the coordinator averaged the updates with equal "
-        "weights. Generator and discriminator are told which site (a public slot) a row is "
+        "matching, post-processing); the coordinator combined the updates by their "
+        f"{AGGREGATION_RULES[run.settings.aggregation]}, each site's with equal weight (whatever its rows). "
+        "Generator and discriminator are told which site (a public slot) a row is "
         "for, and at each site generated rows follow that site's own noisy marginals; the release picks a "
         "site slot per row in proportion to the sites' noisy row counts from round 0 (post-processing). "
         "Settings: `run_config.json`; schema: `schema.json`; "

@@ -28,7 +28,10 @@ FEDERATED_LOCAL_STEPS = 8
 TABLE_STEPS = 0
 MAX_TABLE_STEPS = 100_000
 
-AGGREGATION_RULES = ("mean", "median", "trimmed-mean")
+# Each rule the coordinator may combine the sites' updates by, as a release's README says it
+# (fedsyn.server.strategy.AGGREGATIONS implements them)
+AGGREGATION_RULES = {"mean": "mean", "median": "coordinate-wise median",
+                     "trimmed-mean": "coordinate-wise mean after dropping the highest and lowest"}
 
 
 class FederationSettings(BaseModel):
@@ -154,7 +157,9 @@ class FederationSettings(BaseModel):
         refuse_seed_in_run_config(config, "the run config")
         names = {name.replace("_", "-"): name for name in cls.model_fields if name not in ("gan_config", "seed")}
         names["round-timeout"] = "timeout"
-        values = {names[key]: value for key, value in config.items() if key in names}
+        # A run config has no None: an optional setting left "" is unset (the App's own default)
+        values = {names[key]: value for key, value in config.items()
+                  if key in names and not (value == "" and cls.model_fields[names[key]].default is None)}
         if isinstance(values.get("pairs_asked"), str):  # a run config holds no list: 'first:second,...'
             values["pairs_asked"] = [pair for pair in str(values["pairs_asked"]).split(",") if pair.strip()]
         return cls.checked(**values)

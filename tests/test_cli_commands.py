@@ -466,6 +466,30 @@ def test_a_seed_is_refused_in_a_deployments_run_config(tmp_path):
     assert FederationSettings.from_run_config({"rounds": 3}).seed is None
 
 
+def test_a_deployments_run_takes_every_documented_setting_at_the_simulations_defaults():
+    """helper-115: `pairs-asked`, which docs/coordinator.md tells a coordinator to set in [run],
+    was refused there (the App's run config did not list it), as were the shares, the site column
+    and max-update-norm; and the App's copy of the defaults can drift from FederationSettings'."""
+    from fedsyn.server.ops.superlink import app_run_keys, check_run_config
+    from fedsyn.server.settings import FederationSettings
+
+    check_run_config({"pairs-asked": "age:kappa,sex:mgus", "pairs-share": 0.3, "marginals-share": 0.8,
+                      "site-column": "hospital", "max-update-norm": 5.0}, "server.toml [run]")
+    app = FederationSettings.from_run_config(_app_run_config()).model_dump()
+    defaults = FederationSettings().model_dump()
+    names = {key.replace("-", "_") for key in app_run_keys()} | {"timeout"}
+    differ = {name: (app[name], defaults[name]) for name in names & set(defaults) if app[name] != defaults[name]}
+    assert differ == {"min_sites": (2, 1)}  # a deployment waits for two hospitals; a simulation may have one
+
+
+def _app_run_config() -> dict[str, object]:
+    import tomllib
+
+    from fedsyn.server.ops.superlink import APP_DIR
+
+    return dict(tomllib.loads((APP_DIR / "pyproject.toml").read_text())["tool"]["flwr"]["app"]["config"])
+
+
 @pytest.mark.parametrize("text, named", [
     ('[run]\nroudns = 2\n', "no setting 'roudns'"),  # Flower said "Invalid run configuration", no name
     ('[run]\nepsilon = "lots"\n', "epsilon"),  # the run started, and stopped in the ServerApp saying nothing
