@@ -21,7 +21,7 @@ client_app.add_typer(ledger_app, name="ledger")
 
 
 @client_app.command("start")
-def client_start(config: Annotated[Path, typer.Option("--config", "-c")] = Path("site.toml")) -> None:
+def client_start(config: Annotated[Path, typer.Option("--config", "-c")] = Path("site.json")) -> None:
     """Validate the local extract, then run this hospital's SuperNode (outbound TLS only).
 
     Exits non-zero when the SuperNode loses the coordinator (75 when it gave up reconnecting,
@@ -55,7 +55,7 @@ def client_start(config: Annotated[Path, typer.Option("--config", "-c")] = Path(
 
 
 @client_app.command("status")
-def client_status(config: Annotated[Path, typer.Option("--config", "-c")] = Path("site.toml")) -> None:
+def client_status(config: Annotated[Path, typer.Option("--config", "-c")] = Path("site.json")) -> None:
     """What this site has spent and may spend, its last charge, reply and refusal, and whether its
     SuperNode runs: from the site's own files, no row read. Exits 1 when the site would refuse to
     spend (its ledger missing, or holding fewer charges than its trail or stored replies prove)."""
@@ -108,7 +108,7 @@ def site_runtime(policy: SitePolicy) -> SiteRuntime:
 
 @ledger_app.command("move")
 def ledger_move(
-    config: Annotated[Path, typer.Option("--config", "-c", help="the site policy file")] = Path("site.toml"),
+    config: Annotated[Path, typer.Option("--config", "-c", help="the site policy file")] = Path("site.json"),
 ) -> None:
     """Carry the site's ledger, and all it has spent, to the extract the policy's `data` now names:
     the same patients' extract, moved to other storage or renamed. (Other patients: `ledger init
@@ -128,7 +128,7 @@ def ledger_move(
 
 @ledger_app.command("init")
 def ledger_init(
-    config: Annotated[Path, typer.Option("--config", "-c", help="the site policy file")] = Path("site.toml"),
+    config: Annotated[Path, typer.Option("--config", "-c", help="the site policy file")] = Path("site.json"),
     reset_reason: Annotated[str | None, typer.Option(
         help="start again at epsilon 0 although the site's audit trail records charges, or stored replies, a "
              "replaced ledger or the ledger's lock show it spent before (e.g. the extract now holds other "

@@ -196,7 +196,8 @@ def simulate(
             "others made up at any"))
     ] = FEDERATED_GAN.numbers_as_measured,
     marginals_share: Annotated[float, typer.Option(help=(
-        "share of each site's epsilon spent on the round-0 noisy outcome tables (the rest on DP-SGD)"))
+        "share of each site's epsilon spent on round 0 (the noisy outcome tables, the votes and the pair "
+        "tables; the rest on DP-SGD)"))
     ] = FederationSettings.model_fields["marginals_share"].default,
     pairs_share: Annotated[float, typer.Option(help=(
         "share of that round-0 release each site spends on pair tables of other columns the sites choose by DP "

@@ -1,6 +1,6 @@
 """fedsyn: federated, differentially private synthetic health records.
 
-Sub-packages by concern (see README, "Architecture"):
+Sub-packages by concern (see docs/architecture.md):
 
 - :mod:`fedsyn.data`: the public data contract (schema, rules), validation, table files;
 - :mod:`fedsyn.privacy`: DP mechanisms (DP-SGD, noisy marginals), accounting and randomness;

@@ -1,4 +1,5 @@
-"""The Flower ServerApp: marginals round, training rounds, release bundle."""
+"""The coordinator's run: marginals round, training rounds and the release bundle (the Flower ServerApp that
+runs it is :mod:`fedsyn.server.deploy`)."""
 
 from __future__ import annotations
 

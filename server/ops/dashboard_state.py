@@ -179,7 +179,7 @@ def run_summary(entries: list[dict[str, Any]]) -> dict[str, Any] | None:
 
 
 def _interim(path: object) -> bool:
-    """A per-round snapshot (``OUT.round-NNN``, ``--every``) rather than the run's release."""
+    """A per-round snapshot (``OUT.round-NNN``, ``--release-every``) rather than the run's release."""
     return _INTERIM.fullmatch(Path(str(path or "")).name) is not None
 
 
