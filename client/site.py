@@ -66,9 +66,8 @@ from fedsyn.privacy.marginals import (
     first_release_event,
     marginals_event,
     noisy_marginals,
-    table_noise_std,
+    received_marginals,
     table_shape,
-    tables_weight,
 )
 from fedsyn.privacy.pairs import check_pair_request, measure_pair_tables, pair_shape
 from fedsyn.privacy.randomness import mechanism_stream, numpy_generator, torch_generator
@@ -451,8 +450,7 @@ class Site:
             run_id, digest, "", epsilon, first_release_event(self.schema, noise_multiplier, pairs_share, round_=0),
             lambda frame, rng: noisy_marginals(frame, self.schema, noise_multiplier, rng, pairs_share, sites).arrays,
             "marginals_sent", answer_bytes=8 * cells)
-        return Marginals(arrays, cell_std=table_noise_std(tables_weight(self.schema), noise_multiplier,
-                                                          pairs_share)), event
+        return received_marginals(arrays, self.schema, noise_multiplier, pairs_share), event  # the std its query asked
 
     def release_pair_tables(self, query: PairTablesQuery) -> tuple[dict[str, np.ndarray], PrivacyEvent]:
         """Round 0's second release: the tables of the pairs the sites chose, each with Gaussian
