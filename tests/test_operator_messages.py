@@ -117,6 +117,33 @@ def test_an_expired_or_missing_ca_certificate_is_named_before_joining(tmp_path, 
     assert "a CA certificate in it expired on" in caplog.text  # said, not refused (helper-103)
 
 
+def test_a_site_trusting_the_old_and_the_new_ca_reaches_either_server_whatever_their_order(tmp_path):
+    """Rotating the CA was a cut-over: `certs init --force` named every CA alike, and TLS checked a
+    server against the first CA of its issuer's name in a site's bundle, so the new CA first
+    refused the old server (helper-115 found the docs and the launch check at odds). Named apart
+    and with key identifiers, both orders reach both servers over gRPC, as a SuperNode connects."""
+    from concurrent import futures
+
+    import grpc
+
+    from fedsyn.trust.certs import create_ca, create_server_certificate
+
+    cas = {label: create_ca(tmp_path / label)[0].read_bytes() for label in ("old", "new")}
+    for label in ("old", "new"):
+        crt, key = create_server_certificate(tmp_path / label, ["127.0.0.1"])
+        server = grpc.server(futures.ThreadPoolExecutor(1))
+        port = server.add_secure_port("127.0.0.1:0", grpc.ssl_server_credentials([(key.read_bytes(),
+                                                                                    crt.read_bytes())]))
+        server.start()
+        try:
+            for bundle in (cas["old"] + cas["new"], cas["new"] + cas["old"]):
+                channel = grpc.secure_channel(f"127.0.0.1:{port}", grpc.ssl_channel_credentials(bundle))
+                grpc.channel_ready_future(channel).result(timeout=10)  # raises if the handshake fails
+                channel.close()
+        finally:
+            server.stop(0)
+
+
 def test_a_key_accepted_before_and_refused_now_points_at_a_copy_of_the_key(tmp_path):
     site = _site(tmp_path)
     site = _site(tmp_path, node_id="77", key=_key_print(site), last_alive=time.time() - 3600)

@@ -40,12 +40,21 @@ def _name(common_name: str) -> x509.Name:
 
 
 def create_ca(folder: Path, name: str = "fedsyn coordinator CA") -> tuple[Path, Path]:
-    """``ca.crt`` (give to every hospital) and ``ca.key`` (keep on the coordinator, offline if possible)."""
+    """``ca.crt`` (give to every hospital) and ``ca.key`` (keep on the coordinator, offline if possible).
+
+    Each CA is named apart (``name``, its creation time and serial) and carries its key's
+    identifier, which the server certificates it signs name: so a site can trust the old and
+    the new CA at once while the coordinator rotates, in either order. Two CAs of one name in a
+    site's bundle made TLS check the server against the first of that name only (the new CA
+    first refused the old server certificate: measured with gRPC, helper-115)."""
     key = ec.generate_private_key(ec.SECP384R1())
     now = dt.datetime.now(dt.UTC)
+    serial = x509.random_serial_number()
+    own_name = _name(f"{name} {now:%Y-%m-%d %H:%M:%S} {serial % 16 ** 8:08x}")
     certificate = (
-        x509.CertificateBuilder().subject_name(_name(name)).issuer_name(_name(name))
-        .public_key(key.public_key()).serial_number(x509.random_serial_number())
+        x509.CertificateBuilder().subject_name(own_name).issuer_name(own_name)
+        .public_key(key.public_key()).serial_number(serial)
+        .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
         .not_valid_before(now - dt.timedelta(minutes=5)).not_valid_after(now + dt.timedelta(days=VALIDITY_DAYS * 5))
         .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
         .add_extension(x509.KeyUsage(digital_signature=True, key_cert_sign=True, crl_sign=True,
@@ -81,6 +90,7 @@ def create_server_certificate(folder: Path, hosts: list[str], ca_folder: Path | 
         .add_extension(x509.SubjectAlternativeName(alternative_names), critical=False)
         .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
         .add_extension(x509.ExtendedKeyUsage([x509.oid.ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
+        .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()), critical=False)
         .sign(ca_key, hashes.SHA384())
     )
     (folder / "server.crt").write_bytes(certificate.public_bytes(serialization.Encoding.PEM))
