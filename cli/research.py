@@ -413,6 +413,10 @@ def _stopped_by_user(out: Path, created: bool, spent: bool) -> None:
 
 
 def _print_release(result: SimulationResult, rounds: int) -> None:
+    from rich.markup import escape
+
+    from fedsyn.server.release import measured_pairs_note
+
     report = result.privacy_report
     # The validation report's time is not in it: a newcomer read "(21 s)" against 44 s of wall time (helper-114)
     table = Table(title=f"Release: {result.release}  (written in {result.seconds:.0f} s, before the validation report)")
@@ -425,11 +429,9 @@ def _print_release(result: SimulationResult, rounds: int) -> None:
     results.print(table)
     config = json.loads((result.release / "run_config.json").read_text())
     measured = json.loads((result.release / "quality_report.json").read_text())["total_variation_per_pair_table"]
-    as_measured = config["settings"]["gan_config"].get("numbers_as_measured", True)
-    results.print("pairs of columns the sites measured together: "  # helper-112: said nowhere but the audit log
-                  + (", ".join(key.replace("|", " x ") for key in measured) or "none")
-                  + ("; a numeric column's relations that no table measured come out as none beyond what the "
-                     "tables imply (--numbers-as-measured)" if as_measured else ""), soft_wrap=True)
+    results.print(escape(measured_pairs_note(  # helper-112: said nowhere but the audit log
+        [(first, second) for first, second in (key.split("|") for key in measured)],
+        config["settings"]["gan_config"].get("numbers_as_measured", True))), soft_wrap=True)
     dropped = config.get("dropped_rule_violations")
     if dropped:  # a newcomer's rule replaced 81 of 659 rows and emptied an outcome class unsaid
         share = dropped / max(int(config["rows"]), 1)

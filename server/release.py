@@ -264,21 +264,27 @@ def write_release(run: RunRecord, trainer: GANTrainer | None, out: Path, rows: i
     return report
 
 
-def _measured_pairs_note(run: RunRecord) -> str:
-    """Which pairs of columns the release's relations rest on, and what became of the others:
-    a reader took an unmeasured pair's near-zero correlation for a finding (helper-112)."""
-    sites = list(run.site_marginals.values())
-    pairs = [f"`{a}` × `{b}`" for a, b in (sites[0].pairs if sites else {})]
+def measured_pairs_note(measured: list[tuple[str, str]], numbers_as_measured: bool) -> str:
+    """Which pairs of columns a release's relations rest on (``measured``), and what became of
+    the others: a reader took an unmeasured pair's near-zero correlation for a finding
+    (helper-112). The release README says it, and ``fedsyn simulate`` prints it."""
+    pairs = [f"`{a}` × `{b}`" for a, b in measured]
     said = f"Pairs of columns the sites measured together: {', '.join(pairs) if pairs else 'none'}. " + (
         "Each measured table carries its noise (it grows with the number of tables), and the sites chose them by "
         "noisy votes: a weak relation of a measured pair may be that noise, and a strong one may come out weaker. "
         if pairs else "")
-    if run.settings.gan_config.numbers_as_measured:
+    if numbers_as_measured:
         return said + ("A numeric column relates to the other columns only as these tables, the tables by outcome "
                        "class and the schema's rules say: a relation no table measured comes out as none beyond "
                        "what they imply, never made up, so a near-zero correlation of such a pair is no finding.")
     return said + ("Numeric columns keep the relations the generator drew (`numbers_as_measured` off): beyond these "
                    "tables, some may be learnt and some made up.")
+
+
+def _measured_pairs(run: RunRecord) -> list[tuple[str, str]]:
+    """The pairs every site measured (the federation's choice: the same at each site)."""
+    sites = list(run.site_marginals.values())
+    return list(sites[0].pairs) if sites else []
 
 
 def _readme(run: RunRecord, report: dict[str, Any], synthetic: pd.DataFrame, rows: int) -> str:
@@ -320,7 +326,7 @@ def _readme(run: RunRecord, report: dict[str, Any], synthetic: pd.DataFrame, row
         "Settings: `run_config.json`; schema: `schema.json`; "
         "generator weights: `generator.pt`.",
         "",
-        _measured_pairs_note(run),
+        measured_pairs_note(_measured_pairs(run), run.settings.gan_config.numbers_as_measured),
         "",
         "This run was seeded: whoever holds the seed and the run's stream nonce can reproduce it. Neither is in "
         "any file of this release."

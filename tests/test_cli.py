@@ -26,9 +26,10 @@ def test_simulate_writes_a_signed_release_with_report_and_passes_gan_options(tmp
     # which pairs the relations rest on, said where the researcher reads (helper-112)
     measured = json.loads((release / "quality_report.json").read_text())["total_variation_per_pair_table"]
     said = " ".join(result.stdout.split())
-    assert "pairs of columns the sites measured together: " in said
-    assert all(key.replace("|", " x ") in said for key in measured)
-    assert "Pairs of columns the sites measured together" in (release / "README.md").read_text()
+    readme = " ".join((release / "README.md").read_text().split())
+    assert "Pairs of columns the sites measured together: " in said  # the README's words, in one home
+    assert all("`{}` × `{}`".format(*key.split("|")) in said and "`{}` × `{}`".format(*key.split("|")) in readme
+               for key in measured)
     # a newcomer's rule replaced 81 of 659 rows, said only in run_config.json
     dropped = config["dropped_rule_violations"]
     assert dropped is not None and (not dropped or f"{dropped} generated rows" in " ".join(result.output.split()))
