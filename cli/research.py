@@ -27,6 +27,7 @@ from fedsyn.data.tables import DataFileError, read_table, write_table
 from fedsyn.data.validation import DataValidationError, require_valid, schema_columns
 from fedsyn.errors import ConfigurationError
 from fedsyn.server.settings import FEDERATED_GAN, FEDERATED_LOCAL_STEPS, FEDERATED_ROUNDS, FederationSettings
+from fedsyn.simulations.request import DEFAULT_HOLD_OUT
 
 if TYPE_CHECKING:
     from fedsyn.model.gan import DPTabularGAN
@@ -67,7 +68,7 @@ def fit(
     hold_out: Annotated[float, typer.Option(
         min=0.0, max=0.9, help="without --held-out: the share of DATA kept out of training (stratified by the "
                                "outcome, as simulate --data does) for the local validation report and its verdict; "
-                               "0: train on every row, no report")] = 0.3,
+                               "0: train on every row, no report")] = DEFAULT_HOLD_OUT,
     fail_below: Annotated[float | None, typer.Option(
         help="exit with code 3 when the local report's verdict score (0-1) is below this, for pipelines")] = None,
 ) -> None:
@@ -175,8 +176,10 @@ def simulate(
     dirichlet: Annotated[float | None, typer.Option(help="label skew with Dirichlet(alpha)")] = None,
     schema: Annotated[Path | None, typer.Option(
         help="the public schema (JSON) of your data; required with --data or --sites")] = None,
-    epsilon: Annotated[float, typer.Option(help="privacy budget (epsilon) each site spends in total")] = 1.0,
-    delta: Annotated[float, typer.Option(help="DP delta per site; must be below 1/rows of every site")] = 1e-5,
+    epsilon: Annotated[float, typer.Option(help="privacy budget (epsilon) each site spends in total")
+                       ] = FederationSettings.model_fields["epsilon"].default,
+    delta: Annotated[float, typer.Option(help="DP delta per site; must be below 1/rows of every site")
+                     ] = FederationSettings.model_fields["delta"].default,
     rounds: Annotated[int, typer.Option(help="federated training rounds after the marginals round")
                       ] = FEDERATED_ROUNDS,
     local_steps: Annotated[int, typer.Option(help="DP-SGD steps each site runs per round")] = FEDERATED_LOCAL_STEPS,
@@ -234,9 +237,12 @@ def simulate(
     site_noise_multiplier: Annotated[float | None, typer.Option(
         help="add site-level DP (Flower's server-side fixed clipping) with this noise multiplier, to the "
              "training updates only: round 0's per-site tables stay record-level")] = None,
-    site_clipping_norm: Annotated[float, typer.Option(help="clipping norm of site-level DP")] = 10.0,
-    transport_dtype: Annotated[str, typer.Option(help="float32, or float16 to halve the bytes sent")] = "float32",
-    aggregation: Annotated[str, typer.Option(help="mean, or the robust median / trimmed-mean")] = "mean",
+    site_clipping_norm: Annotated[float, typer.Option(help="clipping norm of site-level DP")
+                                  ] = FederationSettings.model_fields["site_clipping_norm"].default,
+    transport_dtype: Annotated[str, typer.Option(help="float32, or float16 to halve the bytes sent")
+                               ] = FederationSettings.model_fields["transport_dtype"].default,
+    aggregation: Annotated[str, typer.Option(help="mean, or the robust median / trimmed-mean")
+                           ] = FederationSettings.model_fields["aggregation"].default,
     max_update_norm: Annotated[float | None, typer.Option(
         help="quarantine a site's update that moves the model further than this")] = None,
     engine: Annotated[str, typer.Option(help="inprocess (fast) or flower (Ray simulation engine)")] = "inprocess",

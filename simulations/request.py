@@ -53,8 +53,8 @@ class SimulationRequest:
     skew: str | None = None  # split sorted by this column (non-IID)
     dirichlet: float | None = None  # label skew with Dirichlet(alpha)
     schema: Path | None = None  # required with ``data`` or ``sites``
-    epsilon: float = 1.0
-    delta: float = 1e-5
+    epsilon: float = FederationSettings.model_fields["epsilon"].default
+    delta: float = FederationSettings.model_fields["delta"].default
     rounds: int = FEDERATED_ROUNDS
     local_steps: int = FEDERATED_LOCAL_STEPS
     batch_size: int = FEDERATED_GAN.batch_size
@@ -73,9 +73,9 @@ class SimulationRequest:
     device: str = "cpu"
     release_every: int = 0
     site_noise_multiplier: float | None = None
-    site_clipping_norm: float = 10.0
-    transport_dtype: str = "float32"
-    aggregation: str = "mean"
+    site_clipping_norm: float = FederationSettings.model_fields["site_clipping_norm"].default
+    transport_dtype: str = FederationSettings.model_fields["transport_dtype"].default
+    aggregation: str = FederationSettings.model_fields["aggregation"].default
     max_update_norm: float | None = None
     engine: str = "inprocess"
     compare: bool = False
