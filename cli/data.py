@@ -56,6 +56,7 @@ def schema_draft(
         case_variant_columns,
         category_levels,
         censored_cells,
+        columns_without_levels,
         constant_columns,
         duplicate_columns,
         far_bound_columns,
@@ -69,7 +70,6 @@ def schema_draft(
         recurring_identifier_columns,
         stray_negative_columns,
         stray_text_cells,
-        unlisted_columns,
     )
 
     if draft.missing_values:
@@ -89,7 +89,7 @@ def schema_draft(
             written = ", ".join(repr(marker) for marker in column.missing_values)
             console.print(f"[yellow]column '{column.name}': cells written {written} were read as missing in this "
                           "column only (its own missing_values): keep each only if it says the value is not known[/]")
-    unlisted = unlisted_columns(draft)
+    unlisted = columns_without_levels(draft)
     if unlisted:  # one paragraph for all (helper-102: the same nine lines for ten columns)
         named = ", ".join(f"'{name}'" for name in unlisted)
         console.print(f"[yellow]column{'s' if len(unlisted) > 1 else ''} {named}: none of "

@@ -108,12 +108,12 @@ def test_a_draft_writes_no_identifier_and_reads_stray_spaces_as_the_level(demo_f
     shared, and a fit on the unreviewed draft released real record numbers; it also listed 'F '
     beside 'F'. A column of more than MANY_CATEGORIES levels gets a placeholder that no row
     fits, and levels are spelled as an extract is read."""
-    from fedsyn.data.schema import UNLISTED_LEVELS, unlisted_columns
+    from fedsyn.data.schema import UNLISTED_LEVELS, columns_without_levels
 
     rows = demo_frame.head(300).assign(mrn=[f"MRN{1000 + i}" for i in range(300)],
                                        sex=lambda f: np.where(np.arange(len(f)) % 3 == 0, f["sex"] + " ", f["sex"]))
     draft = draft_schema(rows, outcome="death")
-    assert draft.column("mrn").categories == [UNLISTED_LEVELS] and unlisted_columns(draft) == ["mrn"]
+    assert draft.column("mrn").categories == [UNLISTED_LEVELS] and columns_without_levels(draft) == ["mrn"]
     assert draft.column("sex").categories == ["F", "M"]
     draft.save(tmp_path / "draft.json")
     assert "MRN10" not in (tmp_path / "draft.json").read_text()
@@ -545,7 +545,7 @@ def test_record_numbers_and_dates_written_as_numbers_get_no_bounds_in_a_draft():
     numbers, a record number (2.5 % written 'TMP...') and a yyyymmdd date were drafted as integer
     columns whose bounds were two patients' own. They are drafted as the identifiers they are,
     no value written; survival times in days (whole, mostly distinct) stay numbers."""
-    from fedsyn.data.schema import unlisted_columns
+    from fedsyn.data.schema import columns_without_levels
 
     rng = np.random.default_rng(0)
     days = pd.to_datetime("2020-01-01") + pd.to_timedelta(rng.integers(0, 1400, 400), unit="D")
@@ -554,7 +554,7 @@ def test_record_numbers_and_dates_written_as_numbers_get_no_bounds_in_a_draft():
                          "death": rng.choice(["0", "1"], 400)})
     rows.loc[rows.index[:10], "mrn"] = [f"TMP{i}" for i in range(10)]
     draft = draft_schema(rows, outcome="death")
-    assert unlisted_columns(draft) == ["mrn", "admitted"]
+    assert columns_without_levels(draft) == ["mrn", "admitted"]
     text = draft.model_dump_json()
     assert not any(str(value) in text for value in (*rows["mrn"][10:], *rows["admitted"]))
     assert draft.column("rtime").kind.value == "integer"
@@ -564,14 +564,14 @@ def test_record_numbers_and_dates_written_as_numbers_get_no_bounds_in_a_draft():
     noted = rows.assign(comment=[notes[i % 4] for i in range(len(rows))],
                         admission=[["Admit after surgery - inpatient", "Emergency"][i % 2] for i in range(len(rows))])
     drafted = draft_schema(noted, outcome="death")
-    assert "comment" in unlisted_columns(drafted) and "Mary" not in drafted.model_dump_json()
+    assert "comment" in columns_without_levels(drafted) and "Mary" not in drafted.model_dump_json()
     assert drafted.column("admission").categories == ["Admit after surgery - inpatient", "Emergency"]
     # Tenth review, F2: under 50 rows a 7-digit MRN and a yyyymmdd date were drafted as integers
     # bounded by two patients' own; a small measure with distinct values stays a number
     small = rows.iloc[10:40].assign(mrn=rng.choice(np.arange(60_000, 480_000), 30, replace=False),
                                     creatinine=rng.choice(np.arange(40, 400), 30, replace=False))
     draft = draft_schema(small, outcome="death")
-    assert unlisted_columns(draft) == ["mrn", "admitted"] and draft.column("creatinine").kind.value == "integer"
+    assert columns_without_levels(draft) == ["mrn", "admitted"] and draft.column("creatinine").kind.value == "integer"
     assert not any(str(value) in draft.model_dump_json() for value in (*small["mrn"], *small["admitted"]))
 
 

@@ -1342,7 +1342,7 @@ def recurring_identifier_columns(frame: pd.DataFrame) -> list[str]:
     return names
 
 
-def unlisted_columns(schema: Schema) -> list[str]:
+def columns_without_levels(schema: Schema) -> list[str]:
     """The columns a draft listed none of the levels of (:data:`UNLISTED_LEVELS`): too many, or
     each held by fewer than :data:`RARE_LEVEL_ROWS` rows."""
     return [column.name for column in schema.categorical_columns if lists_no_level(column)]

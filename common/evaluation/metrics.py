@@ -84,7 +84,7 @@ def outcome_vector(frame: pd.DataFrame, schema: Schema) -> np.ndarray:
     return np.asarray(pd.Categorical(frame[schema.outcome].astype(str), categories=levels).codes, dtype=np.int64)
 
 
-def outcome_classes(schema: Schema) -> int:
+def outcome_class_count(schema: Schema) -> int:
     """How many classes the outcome has (its categories in the schema)."""
     return len(schema.column(schema.outcome).levels) if schema.outcome else 0
 
@@ -717,8 +717,8 @@ def utility(synthetic: pd.DataFrame, real_train: pd.DataFrame, real_test: pd.Dat
     for name, model in _classifiers(seed).items():
         if models is not None and name not in models:
             continue
-        tstr = _scores(model, x_syn, y_syn, x_test, y_test, outcome_classes(schema))
-        trtr = _scores(_classifiers(seed)[name], x_real, y_real, x_test, y_test, outcome_classes(schema))
+        tstr = _scores(model, x_syn, y_syn, x_test, y_test, outcome_class_count(schema))
+        trtr = _scores(_classifiers(seed)[name], x_real, y_real, x_test, y_test, outcome_class_count(schema))
         # no ratio to a baseline that learned nothing: a newcomer's MLP at .501 on real rows read 1.015
         ratio = tstr["roc_auc"] / trtr["roc_auc"] if trtr["roc_auc"] >= SIGNAL_AUC else None
         out[name] = {"tstr": tstr, "trtr": trtr, "auc_ratio": ratio}
@@ -731,7 +731,7 @@ def tstr_auc(train: pd.DataFrame, test: pd.DataFrame, schema: Schema, seed: int 
     x_train, y_train = feature_matrix(train, schema, schema.outcome), outcome_vector(train, schema)
     x_test, y_test = feature_matrix(test, schema, schema.outcome), outcome_vector(test, schema)
     models = _classifiers(seed)
-    return {name: _scores(models[name], x_train, y_train, x_test, y_test, outcome_classes(schema))["roc_auc"]
+    return {name: _scores(models[name], x_train, y_train, x_test, y_test, outcome_class_count(schema))["roc_auc"]
             for name in ("gradient_boosting", "logistic_regression")}
 
 
