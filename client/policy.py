@@ -15,6 +15,7 @@ from pydantic import BaseModel, Field, StringConstraints, ValidationError, field
 from fedsyn.data.validation import RecordHandling
 from fedsyn.errors import NAME_CHARS, ConfigurationError, public_name, validation_problems
 from fedsyn.model.config import GANConfig
+from fedsyn.privacy.budget import delta_fits
 
 
 class PolicyError(ConfigurationError, ValueError):
@@ -177,7 +178,7 @@ class SitePolicy(BaseModel):
     def _delta_below_one_over_max_rows(self) -> SitePolicy:
         """With ``max_rows``, δ must be below 1/``max_rows``: every extract the policy allows then
         has δ below 1/n, and no request's answer depends on where the row count stands against 1/δ."""
-        if self.max_rows is not None and not self.delta * self.max_rows < 1:
+        if self.max_rows is not None and not delta_fits(self.delta, self.max_rows):
             raise ValueError(f"delta {self.delta:g} must be below 1/max_rows ({1 / self.max_rows:g}): lower max_rows "
                              "(keeping it above the extract), or, for a new ledger only, delta (a ledger keeps its "
                              "delta)")

@@ -54,6 +54,7 @@ from fedsyn.privacy.budget import (
     DP_SGD,
     MAX_NOISE_MULTIPLIER,
     SiteBudget,
+    delta_fits,
     is_budget,
     is_noise_multiplier,
     is_pairs_share,
@@ -289,7 +290,7 @@ class Site:
         outside the DP guarantee, so ``fedsyn client start`` checks both before joining and a
         request meets one only when the extract grew since. With ``max_rows`` the δ check is
         the policy's own (δ below 1/``max_rows``), public values only (helper-90 F2)."""
-        if self.policy.max_rows is None and not 0 < self.policy.delta * rows < 1:
+        if self.policy.max_rows is None and not delta_fits(self.policy.delta, rows):
             return PolicyRefusal("the site's delta is not below 1/n for its extract; the site operator must lower "
                                  "delta in its policy")
         if self.policy.max_rows is not None and rows > self.policy.max_rows:

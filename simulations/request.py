@@ -27,7 +27,7 @@ from fedsyn.data.schema import Schema, SchemaError
 from fedsyn.data.tables import DataFileError, read_table
 from fedsyn.data.validation import OutOfDomainRecords, RecordHandling, screen_records
 from fedsyn.errors import ConfigurationError, did_you_mean, public_name
-from fedsyn.privacy.budget import is_budget, not_a_budget
+from fedsyn.privacy.budget import delta_fits, is_budget, not_a_budget
 from fedsyn.privacy.randomness import is_stream_nonce
 from fedsyn.server.settings import FEDERATED_GAN, FEDERATED_LOCAL_STEPS, FEDERATED_ROUNDS, FederationSettings
 
@@ -375,7 +375,7 @@ def _check_site_delta(delta: float, tables: list[pd.DataFrame], names: tuple[str
         raise ConfigurationError(f"--delta {delta:g}: a site accepts a delta below {limit:g} (delta is the chance "
                                  "that the guarantee fails outright; 1e-5 or less is usual)")
     rows, name = min((len(table), name) for table, name in zip(tables, names))
-    if delta * rows >= 1:
+    if not delta_fits(delta, rows):
         raise ConfigurationError(
             f"--delta {delta:g} is not below 1/rows of every site: {name} has {rows} rows (1/rows = {1 / rows:.2g}). "
             f"Choose a smaller delta, e.g. {10 ** math.floor(math.log10(0.1 / rows)):g}")

@@ -157,6 +157,22 @@ def test_a_row_count_refusal_is_met_at_start_and_delta_is_checked_against_max_ro
         SitePolicy.load(path)
 
 
+def test_delta_at_exactly_one_over_the_rows_is_refused_by_the_site_and_the_policy(tmp_path, small_frame):
+    """delta = 1/n allows leaking one whole record of n with that probability: the rule is
+    'below', at the boundary too (helper-110 S15: off by one and untested). 1/1024 is exact in
+    floating point, so the product is exactly 1."""
+    from fedsyn.client.policy import PolicyError
+
+    path = prepare_sites([small_frame], demo_schema_path(), tmp_path, epsilon=5.0, delta=1 / 1024).policies[0]
+    site = Site(SitePolicy.load(path))
+    assert site.row_count_refusal(1024) is not None and site.row_count_refusal(1023) is None
+    SitePolicy.load(path).model_copy(update={"max_rows": 1023}).save(path)
+    assert SitePolicy.load(path).max_rows == 1023
+    SitePolicy.load(path).model_copy(update={"max_rows": 1024}).save(path)
+    with pytest.raises(PolicyError, match="below 1/max_rows"):
+        SitePolicy.load(path)
+
+
 def test_an_unexpected_site_failure_is_located_in_the_sites_log_and_never_in_the_reply(tmp_path, small_frame,
                                                                                      monkeypatch, caplog):
     """A crash inside a mechanism: the operator's log shows where (file, line, function); the

@@ -38,6 +38,7 @@ from fedsyn.privacy.budget import (
     DP_SGD,
     MARGINALS_SHARE,
     PAIRS_SHARE,
+    delta_fits,
     is_budget,
     is_pairs_share,
     marginals_noise,
@@ -59,7 +60,7 @@ class NotFittedError(ConfigurationError, RuntimeError):
 
 
 def check_delta(delta: float, n_rows: int) -> None:
-    if not 0 < delta < 1.0 / n_rows:
+    if not delta_fits(delta, n_rows):
         raise ValueError(
             f"delta={delta:g} must be below 1/n = {1.0 / n_rows:.2e} for {n_rows} rows; a larger delta "
             "allows leaking whole records with that probability. Use a smaller delta (e.g. 1e-6)."

@@ -50,6 +50,13 @@ def is_budget(value: object) -> bool:
 MAX_NOISE_MULTIPLIER = 1e9
 
 
+def delta_fits(delta: float, rows: int) -> bool:
+    """Whether ``delta`` is below 1/``rows``: at or above it, a mechanism may leak a whole record
+    with that probability and still meet (epsilon, delta). The one rule behind a site's, a
+    simulation's and a single-site fit's checks, each said in its own reader's words."""
+    return 0 < delta * rows < 1
+
+
 def is_noise_multiplier(value: object) -> bool:
     """A usable noise multiplier: a budget (:func:`is_budget`) no larger than :data:`MAX_NOISE_MULTIPLIER`."""
     return is_budget(value) and float(value) <= MAX_NOISE_MULTIPLIER  # type: ignore[arg-type]
