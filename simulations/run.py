@@ -57,14 +57,19 @@ class SimulationPlan:
                                                                 self.run_label)})
 
 
+_PATH_UNSAFE = re.compile(r"[^\w.-]+")  # a folder name keeps letters and digits of any script, '_', '.', '-'
+
+
 def site_folder(index: int, name: str | None) -> str:
     """A simulated hospital's folder: ``site-K``, with its name when it has one (``site-0-east``,
-    any character a path would trip on made '_'), so a researcher can tell which is which."""
-    return f"site-{index}" if name is None else f"site-{index}-{re.sub(r'[^A-Za-z0-9_.-]+', '_', name)[:40]}"
+    any character a path would trip on made '_', letters of any script kept: 'Hôpital Nord' was
+    'H_pital_Nord', helper-114), so a researcher can tell which is which."""
+    return f"site-{index}" if name is None else f"site-{index}-{_PATH_UNSAFE.sub('_', name)[:40]}"
 
 
 def prepare_sites(tables: list[pd.DataFrame], schema_path: Path, root: Path, epsilon: float, delta: float,
-                  min_noise_multiplier: float = 0.3, device: str = "cpu", seed: int | None = None,
+                  min_noise_multiplier: float = 0.3, device: str = "cpu", seed: int | None = None,  # below a
+                  # hospital policy's 0.5: a researcher's sweep reaches epsilon 10 and more on a few hundred rows
                   allow_unreviewed_schema: bool = False, names: list[str] | None = None,
                   run_label: str = "main", out_of_domain: RecordHandling = "drop",
                   stream_nonce: str | None = None, stream_inputs: tuple[str, ...] = ()) -> SimulationPlan:

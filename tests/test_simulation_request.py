@@ -280,3 +280,12 @@ def test_a_seeded_run_draws_the_same_noise_whichever_way_its_release_is_drawn(tm
     assert stream_inputs(generated) == stream_inputs(settings)
     assert stream_inputs(settings.model_copy(update={"pairs_share": 0.2})) != stream_inputs(settings)
     assert stream_inputs(settings.model_copy(update={"pairs_asked": ["age:kappa"]})) != stream_inputs(settings)
+
+
+def test_a_hospitals_folder_keeps_its_name_in_any_script():
+    """helper-114's 'Hôpital Nord' became site-0-H_pital_Nord; only what a path trips on is replaced."""
+    from fedsyn.simulations.run import site_folder
+
+    assert site_folder(0, "Hôpital Nord") == "site-0-Hôpital_Nord"
+    assert site_folder(2, "St. Ōshima/../Clinic") == "site-2-St._Ōshima_.._Clinic"
+    assert site_folder(1, None) == "site-1"
