@@ -78,8 +78,9 @@ def fit(
 
     if not is_budget(epsilon):  # before torch loads and the extract is read (a newcomer waited 16 s for it)
         fail(not_a_budget(epsilon))
+    from fedsyn.files import make_run_folder
     from fedsyn.model.gan import DPTabularGAN
-    from fedsyn.simulations.workflow import FIT_FOLDER, check_out_folder_replaceable, clear_out_folder, make_run_folder
+    from fedsyn.simulations.workflow import FIT_FOLDER, check_out_folder_replaceable, clear_out_folder
 
     check_out_folder(out)
     inputs = tuple(path for path in (data, schema, held_out) if path is not None)
@@ -144,7 +145,7 @@ def fit(
         console.print("no held-out real rows (--hold-out 0), so no local validation report or verdict: give "
                       "--held-out FILE, or keep the default --hold-out 0.3")
         return
-    from fedsyn.simulations.workflow import write_local_report
+    from fedsyn.evaluation.report import write_local_report
 
     local = out / "local-report"
     ledger = {**report, "max_epsilon_any_site": spent,
@@ -301,6 +302,7 @@ def simulate(
         prepared = prepare(request)
     except ConfigurationError as exc:
         fail(str(exc))
+    from fedsyn.files import make_run_folder
     from fedsyn.server.record import FederationError
     from fedsyn.simulations import workflow
 
@@ -335,7 +337,7 @@ def simulate(
 
     simulation = prepared.simulation
     try:
-        created = workflow.make_run_folder(out)
+        created = make_run_folder(out)
     except OSError as exc:
         fail(f"--out {out}: cannot make the run folder ({exc.strerror or type(exc).__name__})")
     held_back = f"; {len(simulation.test)} real rows held out for the local report" if simulation.test is not None \
@@ -636,7 +638,7 @@ def evaluate(
                               f"row(s) of {site_column} = {site}", soft_wrap=True)
                 tables[index] = tables[index][hospital].reset_index(drop=True)
     from fedsyn.data.validation import numbering_for, validate_frame
-    from fedsyn.simulations.workflow import write_local_report
+    from fedsyn.evaluation.report import write_local_report
 
     files = [rows.drop(columns=TRAIN_FILE) for _, rows in tables[1].groupby(TRAIN_FILE)]
     tables[1] = tables[1].drop(columns=TRAIN_FILE)

@@ -51,3 +51,22 @@ def private_folder(folder: Path) -> Path:
     folder.mkdir(parents=True, exist_ok=True)
     folder.chmod(0o700)
     return folder
+
+
+RUN_FOLDER_GITIGNORE = ("# Written by fedsyn: this folder holds real rows, or what was computed from them (a\n"
+                        "# simulation's sites/ and local-report/, a validation report, a fitted model), and a\n"
+                        "# simulation's private signing key (keys/). Keep it out of git.\n*\n")
+
+
+def make_run_folder(out: Path) -> bool:
+    """Create ``out`` (and its parents) for a simulation, a fit or a report; return whether
+    this call created it.
+
+    Such a folder holds real rows or what was computed from them, so a new or empty one gets a
+    ``.gitignore`` of ``*``: any git checkout it lies in ignores it. A folder that already
+    holds something is left as it is (it may be a folder of the user's own)."""
+    created = not out.exists()
+    out.mkdir(parents=True, exist_ok=True)
+    if created or not any(out.iterdir()):
+        (out / ".gitignore").write_text(RUN_FOLDER_GITIGNORE)
+    return created

@@ -30,7 +30,8 @@ import pandas as pd
 from fedsyn.data.schema import Schema
 from fedsyn.data.tables import read_table, write_table
 from fedsyn.errors import ConfigurationError
-from fedsyn.files import private_folder
+from fedsyn.evaluation.report import write_local_report
+from fedsyn.files import make_run_folder, private_folder
 from fedsyn.server.app import ReleasePlan
 from fedsyn.server.coordinator import RoundCallback
 from fedsyn.server.settings import FederationSettings
@@ -116,25 +117,6 @@ def simulate(simulation: Simulation, on_round: RoundCallback | None = None,
                                 simulation.settings.site_column)
     write_table(simulation.test, local / "held_out.parquet")
     return SimulationResult(release, keys, privacy_report, seconds, report, comparison)
-
-
-RUN_FOLDER_GITIGNORE = ("# Written by fedsyn: this folder holds real rows, or what was computed from them (a\n"
-                        "# simulation's sites/ and local-report/, a validation report, a fitted model), and a\n"
-                        "# simulation's private signing key (keys/). Keep it out of git.\n*\n")
-
-
-def make_run_folder(out: Path) -> bool:
-    """Create ``out`` (and its parents) for a simulation, a fit or a report; return whether
-    this call created it.
-
-    Such a folder holds real rows or what was computed from them, so a new or empty one gets a
-    ``.gitignore`` of ``*``: any git checkout it lies in ignores it. A folder that already
-    holds something is left as it is (it may be a folder of the user's own)."""
-    created = not out.exists()
-    out.mkdir(parents=True, exist_ok=True)
-    if created or not any(out.iterdir()):
-        (out / ".gitignore").write_text(RUN_FOLDER_GITIGNORE)
-    return created
 
 
 @dataclass(frozen=True)
@@ -280,25 +262,6 @@ def _curve_point(epsilon: float, release: Path, schema: Schema, train: pd.DataFr
     attack = privacy(synthetic, train, test, schema, seed)["membership_attack_auc"]
     return {"epsilon": epsilon, "tstr_gradient_boosting": auc["gradient_boosting"],
             "tstr_logistic_regression": auc["logistic_regression"], "membership_attack_auc": attack}
-
-
-def write_local_report(synthetic: pd.DataFrame, train: pd.DataFrame, test: pd.DataFrame, schema: Schema, out: Path,
-                       ledger: JSON | None, seed: int, curve: list[JSON] | None = None,
-                       comparison: dict[str, dict[str, float]] | None = None, settings: JSON | None = None,
-                       site_column: str | None = None) -> JSON:
-    """The validation report against real rows (report.json with its verdict, report.html);
-    with ``site_column``, each hospital's own fidelity too."""
-    from fedsyn.evaluation.metrics import evaluate
-    from fedsyn.evaluation.report import render_html
-
-    evaluation = evaluate(synthetic, train, test, schema, ledger=ledger, seed=seed, site_column=site_column)
-    result = {**evaluation.to_dict(), "privacy_utility_curve": curve or [], "comparison": comparison,
-              "settings": settings}
-    if make_run_folder(out):  # a report of real rows: ignored by git wherever it is written,
-        private_folder(out)  # and read by its owner only where it made the folder (not a user's own: helper-80)
-    (out / "report.json").write_text(json.dumps(result, indent=2, default=str) + "\n")
-    render_html(evaluation, train, synthetic, schema, out / "report.html", curve, comparison, settings)
-    return result
 
 
 def _compare(simulation: Simulation, test: pd.DataFrame, release: Path, local: Path, stage: StageCallback

@@ -184,11 +184,12 @@ def no_federation(monkeypatch):
     """simulate's federation replaced by a stub: it sets up one site as the real one does (a copy
     of real rows, a ledger), charges it if told, then raises what it is told to."""
     import fedsyn.simulations.workflow as workflow
+    from fedsyn.files import make_run_folder
 
     told: dict[str, object] = {}
 
     def stub(simulation, on_round=None, on_stage=None):
-        workflow.make_run_folder(simulation.out)
+        make_run_folder(simulation.out)
         site = simulation.out / "sites" / "site-0"
         site.mkdir(parents=True)
         (site / "data.parquet").write_bytes(b"real rows")
@@ -304,7 +305,7 @@ def test_the_checkout_ignores_the_default_and_demo_run_folders():
 
 
 def test_a_run_folder_is_ignored_by_any_git_checkout_it_is_made_in(tmp_path):
-    from fedsyn.simulations.workflow import make_run_folder
+    from fedsyn.files import make_run_folder
 
     subprocess.run(["git", "init", "-q", str(tmp_path)], check=True)
     assert make_run_folder(tmp_path / "runs" / "today") is True
@@ -334,7 +335,7 @@ def test_a_tiny_run_ignores_itself_and_its_release_still_verifies(tmp_path, demo
 def test_a_validation_report_of_real_rows_is_ignored_by_git_wherever_it_is_written(tmp_path, demo_frame, demo_schema):
     """``fedsyn evaluate --out my-eval`` (and a fit's local report) wrote its report of real rows
     into a folder git would pick up; simulate's run folders already ignored themselves."""
-    from fedsyn.simulations.workflow import write_local_report
+    from fedsyn.evaluation.report import write_local_report
 
     rows = demo_frame.sample(400, random_state=5)
     out = tmp_path / "my-eval"

@@ -21,8 +21,9 @@ from matplotlib.figure import Figure  # noqa: E402
 
 from fedsyn import __version__
 from fedsyn.data.schema import Schema  # noqa: E402
-from fedsyn.evaluation.metrics import EMPIRICAL_CAVEAT, Evaluation, level_shares, pca_projection  # noqa: E402
+from fedsyn.evaluation.metrics import EMPIRICAL_CAVEAT, Evaluation, evaluate, level_shares, pca_projection  # noqa: E402
 from fedsyn.evaluation.verdict import SCORE_CAP, Verdict
+from fedsyn.files import make_run_folder, private_folder
 
 REAL, SYNTHETIC = "#1f77b4", "#ff7f0e"
 
@@ -289,3 +290,19 @@ def render_html(evaluation: Evaluation, real: pd.DataFrame, synthetic: pd.DataFr
             f"{html.escape(schema.name)}</title><style>{style}</style></head><body>{''.join(sections)}</body></html>")
     path.write_text(page)
     return path
+
+
+def write_local_report(synthetic: pd.DataFrame, train: pd.DataFrame, test: pd.DataFrame, schema: Schema, out: Path,
+                       ledger: dict[str, Any] | None, seed: int, curve: list[dict[str, Any]] | None = None,
+                       comparison: dict[str, dict[str, float]] | None = None, settings: dict[str, Any] | None = None,
+                       site_column: str | None = None) -> dict[str, Any]:
+    """The validation report against real rows (report.json with its verdict, report.html);
+    with ``site_column``, each hospital's own fidelity too."""
+    evaluation = evaluate(synthetic, train, test, schema, ledger=ledger, seed=seed, site_column=site_column)
+    result = {**evaluation.to_dict(), "privacy_utility_curve": curve or [], "comparison": comparison,
+              "settings": settings}
+    if make_run_folder(out):  # a report of real rows: ignored by git wherever it is written,
+        private_folder(out)  # and read by its owner only where it made the folder (not a user's own: helper-80)
+    (out / "report.json").write_text(json.dumps(result, indent=2, default=str) + "\n")
+    render_html(evaluation, train, synthetic, schema, out / "report.html", curve, comparison, settings)
+    return result
