@@ -127,11 +127,7 @@ def fit(
     model.save(release / "model.pt")
     write_table(model.sample(rows or len(train)), release / "synthetic.csv")
     spent, spent_delta = model.privacy_spent()
-    report = {"epsilon": spent, "delta": spent_delta, "seeded": seed is not None,
-              "ledger": model.ledger_.to_dict() if model.ledger_ else None,
-              "schema_unreviewed_columns": contract.unreviewed_columns,
-              "public_facts": {"rows": len(train), "why_public": "the published DP-SGD sample rate is batch size / "
-                               "rows (ledger and model.pt), so the row count is disclosed"}}
+    report = model.privacy_report(seeded=seed is not None)
     (release / "privacy_report.json").write_text(json.dumps(report, indent=2) + "\n")
     if contract.unreviewed_columns:
         console.print(f"[yellow]bounds/categories of {contract.unreviewed_columns} were read off the data without DP; "

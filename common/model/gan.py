@@ -14,6 +14,7 @@ import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pandas as pd
 import torch
@@ -282,6 +283,19 @@ class DPTabularGAN(BaseEstimator):  # type: ignore[misc]
         if getattr(self, "trainer_", None) is not None:  # a federated release
             return float(self.epsilon), self.delta
         raise NotFittedError("nothing spent yet: the model is not fitted")
+
+    def privacy_report(self, seeded: bool) -> dict[str, Any]:
+        """What a single-site fit publishes beside its model (``fedsyn fit`` writes it as
+        ``privacy_report.json``): its (epsilon, delta), its ledger, the schema's columns read off
+        the data without review, and the row count, public because the ledger's DP-SGD sample
+        rate is batch size / rows. A federated release's report is
+        :func:`fedsyn.server.release.privacy_report`'s."""
+        spent, spent_delta = self.privacy_spent()
+        return {"epsilon": spent, "delta": spent_delta, "seeded": seeded,
+                "ledger": self.ledger_.to_dict() if getattr(self, "ledger_", None) else None,
+                "schema_unreviewed_columns": self.schema.unreviewed_columns,
+                "public_facts": {"rows": self.n_rows_, "why_public": "the published DP-SGD sample rate is batch "
+                                 "size / rows (ledger and model.pt), so the row count is disclosed"}}
 
     def save(self, path: str | Path) -> None:
         """Write the fitted model in fedsyn's one checkpoint format (see :mod:`fedsyn.model.checkpoint`)."""
