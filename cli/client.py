@@ -4,15 +4,11 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated
+from typing import Annotated
 
 import typer
 
 from fedsyn.cli.output import console, fail, results, setup_logging
-
-if TYPE_CHECKING:
-    from fedsyn.client.ops.supervise import SiteRuntime
-    from fedsyn.client.policy import SitePolicy
 
 log = logging.getLogger("fedsyn.cli")
 client_app = typer.Typer(help="Hospital: the SuperNode daemon next to the private extract.")
@@ -28,7 +24,7 @@ def client_start(config: Annotated[Path, typer.Option("--config", "-c")] = Path(
     e.g. over a TLS certificate it cannot verify), so the service manager restarts it; 73 when
     its local port is held by another process. The SuperNode ends with this command, however
     this command ends, and a SuperNode an earlier start left behind is stopped first."""
-    from fedsyn.client.ops.launch import supernode_launch
+    from fedsyn.client.ops.launch import site_runtime, supernode_launch
     from fedsyn.client.ops.supervise import supervise, writability_problems
     from fedsyn.client.policy import PolicyError, SitePolicy
     from fedsyn.data.schema import SchemaError
@@ -91,19 +87,6 @@ def client_status(config: Annotated[Path, typer.Option("--config", "-c")] = Path
     results.print(table)
     if view.problem is not None:
         fail(f"this site refuses to spend: {view.problem}", code=1)
-
-
-def site_runtime(policy: SitePolicy) -> SiteRuntime:
-    """What the supervisor keeps and checks for this site: its record beside the ledger, its local
-    port and key, and the files a round writes (ledger, lock, stored replies, audit trail)."""
-    from fedsyn.client.ops.supervise import SiteRuntime
-
-    ledger = policy.ledger
-    connection = policy.coordinator
-    return SiteRuntime(folder=ledger.parent, local_port=connection.local_port if connection else None,
-                       key_file=connection.auth_private_key if connection else None,
-                       writes=(ledger, ledger.with_name(ledger.name + ".lock"),
-                               ledger.with_name(ledger.stem + "-replies"), policy.audit_trail))
 
 
 @ledger_app.command("move")

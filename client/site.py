@@ -49,6 +49,7 @@ from fedsyn.privacy.accounting import (
     PrivacyLedger,
     RequestCapExceededError,
     calibrate_noise_multiplier,
+    ledger_lock,
 )
 from fedsyn.privacy.budget import (
     DP_SGD,
@@ -178,7 +179,7 @@ def spending_traces(ledger: Path) -> list[str]:
                       f"{replies_folder(ledger)}, each sent after a charge")
     replaced = sorted(ledger.parent.glob(ledger.name + ".replaced*")) if ledger.parent.is_dir() else []
     traces += [f"an earlier ledger {path}" for path in replaced]
-    lock = ledger.with_name(ledger.name + ".lock")
+    lock = ledger_lock(ledger)
     if lock.exists():
         traces.append(f"its lock file {lock}, which only a charge creates")
     return traces
@@ -217,7 +218,7 @@ class Site:
         self.schema = Schema.load(policy.schema_path)
         self.schema.require_reviewed(policy.allow_unreviewed_schema)
         self.trail = AuditLog(policy.audit_trail)
-        self.replies = ReplyStore(policy.ledger.with_name(policy.ledger.stem + "-replies"))
+        self.replies = ReplyStore(replies_folder(policy.ledger))
         try:
             self.ledger = PrivacyLedger.open(policy.ledger, policy.delta, policy.accountant,
                                               protects=str(policy.data.resolve()))

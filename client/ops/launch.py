@@ -13,10 +13,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from fedsyn.client.ops.clientapp_process import install_launcher
+from fedsyn.client.ops.supervise import SiteRuntime
 from fedsyn.client.policy import PolicyError, SitePolicy
-from fedsyn.client.site import Site
+from fedsyn.client.site import Site, replies_folder
 from fedsyn.data.validation import ValidationReport, WidespreadProblems
 from fedsyn.federation.flower_programs import NO_TELEMETRY, flower_program, search_path
+from fedsyn.privacy.accounting import ledger_lock
 from fedsyn.trust.certs import expired
 
 log = logging.getLogger("fedsyn.client")
@@ -105,3 +107,15 @@ def supernode_launch(policy_path: Path) -> SupernodeLaunch:
         "--port", str(connection.local_port),
     ]
     return SupernodeLaunch(command, {"PATH": path, **NO_TELEMETRY}, launchers, Path(policy_path))
+
+
+def site_runtime(policy: SitePolicy) -> SiteRuntime:
+    """What the supervisor keeps and checks for this site: its record beside the ledger, its local
+    port and key, and the files a round writes (ledger, lock, stored replies, audit trail)."""
+    from fedsyn.client.ops.supervise import SiteRuntime
+
+    ledger = policy.ledger
+    connection = policy.coordinator
+    return SiteRuntime(folder=ledger.parent, local_port=connection.local_port if connection else None,
+                       key_file=connection.auth_private_key if connection else None,
+                       writes=(ledger, ledger_lock(ledger), replies_folder(ledger), policy.audit_trail))

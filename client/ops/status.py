@@ -8,12 +8,12 @@ operator had no view of the site but its log)."""
 
 from __future__ import annotations
 
-import json
 import time
 from dataclasses import dataclass
 from typing import Any
 
-from fedsyn.client.ops.supervise import RECORD, process_alive
+from fedsyn.client.ops.launch import site_runtime
+from fedsyn.client.ops.supervise import RECORD, NodeRecord, process_alive
 from fedsyn.client.policy import SitePolicy
 from fedsyn.client.site import CHARGED, Site
 from fedsyn.data.schema import SchemaError
@@ -74,11 +74,8 @@ def site_view(policy: SitePolicy) -> SiteView:
 
 def _supernode(policy: SitePolicy) -> str:
     """Whether a SuperNode this site's `client start` runs is alive, its node id and last sign of life."""
-    try:
-        record = json.loads((policy.ledger.parent / RECORD).read_text())
-    except (OSError, ValueError):
-        record = None
-    if not isinstance(record, dict):
+    record = NodeRecord(site_runtime(policy)).data  # {} where unreadable
+    if not isinstance(record, dict) or not record:
         return f"not started by `fedsyn client start` here (no readable {RECORD})"
     group = record.get("group")
     running = isinstance(group, dict) and process_alive(group.get("supervisor"), group.get("supervisor_started"))

@@ -138,6 +138,12 @@ class LedgerError(PrivacyRefusal, RuntimeError):
 LOCK_ATTEMPTS = 50  # a lock file replaced this many times in a row is not a cleaner's doing
 
 
+def ledger_lock(ledger: Path) -> Path:
+    """The lock file a charge to ``ledger`` holds (``<ledger name>.lock`` beside it): only a charge
+    creates it, so it is also a trace that privacy was spent there."""
+    return ledger.with_name(ledger.name + ".lock")
+
+
 @contextmanager
 def _held_lock(lock_path: Path) -> Iterator[TextIO]:
     """The lock file at ``lock_path``, open and exclusively locked. A lock file deleted while
@@ -276,7 +282,7 @@ class PrivacyLedger:
         if self.path is None:
             yield lambda: None
             return
-        lock_path = self.path.with_name(self.path.name + ".lock")
+        lock_path = ledger_lock(self.path)
         with _held_lock(lock_path) as lock:
             current = self.load(self.path)
             if (current.delta, current.accountant) != (self.delta, self.accountant):
