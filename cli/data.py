@@ -210,14 +210,20 @@ def schema_draft(
 
 
 def _column_difference(first: pd.DataFrame, other: pd.DataFrame) -> str:
-    """Which columns two files' headers do not share, where both headers look like names: a
-    file without a header line has a patient's values there, and then none are named."""
-    from fedsyn.data.schema import headerless_names
+    """Which columns two files' headers do not share, where every name of both looks like a name:
+    a file without a header line gives a patient's values as its names, so where any differing
+    name looks like a value (:func:`~fedsyn.data.schema.value_like`) or is a cell of either file
+    (a level, a code, a ward), only how many differ is said (helper-117: a headerless file's
+    first record was printed whole)."""
+    from fedsyn.data.schema import value_like
 
     names, others = [str(n) for n in first.columns], [str(n) for n in other.columns]
-    if headerless_names(names) or headerless_names(others):
-        return ""
     missing, extra = [n for n in names if n not in others], [n for n in others if n not in names]
+    differing = set(missing) | set(extra)
+    cells = {str(value).strip() for frame in (first, other) for name in frame.columns
+             for value in frame[name].dropna().unique()}
+    if any(value_like(name) or name.strip() in cells for name in differing):
+        return f" ({len(missing)} of its columns missing, {len(extra)} added)"
     parts = [f"{label} {', '.join(repr(n) for n in found[:5])}{' and more' if len(found) > 5 else ''}"
              for label, found in (("it lacks", missing), ("it adds", extra)) if found]
     return f" ({'; '.join(parts)})"

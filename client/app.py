@@ -38,7 +38,7 @@ Instructions = TypeVar("Instructions", protocol.MarginalsQuery, protocol.PairTab
 
 
 def policy_from_node_config(context: Context) -> SitePolicy:
-    """Deployment: the SuperNode is started with ``--node-config 'policy="/etc/fedsyn/site.toml"'``."""
+    """Deployment: the SuperNode is started with ``--node-config 'policy="/etc/fedsyn/site.json"'``."""
     if "policy" not in context.node_config:
         raise PolicyRefusal("this node was started without node-config 'policy' (path to the site policy file)",
                             ErrorCode.SITE_FAILURE)

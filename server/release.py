@@ -270,8 +270,9 @@ def measured_pairs_note(measured: list[tuple[str, str]], numbers_as_measured: bo
     (helper-112). The release README says it, and ``fedsyn simulate`` prints it."""
     pairs = [f"`{a}` × `{b}`" for a, b in measured]
     said = f"Pairs of columns the sites measured together: {', '.join(pairs) if pairs else 'none'}. " + (
-        "Each measured table carries its noise (it grows with the number of tables), and the sites chose them by "
-        "noisy votes: a weak relation of a measured pair may be that noise, and a strong one may come out weaker. "
+        "Each measured table carries its noise (it grows with the number of tables), and the sites chose those "
+        "the study did not ask for by noisy votes: a weak relation of a measured pair may be that noise, and a "
+        "strong one may come out weaker. "
         if pairs else "")
     if numbers_as_measured:
         return said + ("A numeric column relates to the other columns only as these tables, the tables by outcome "

@@ -186,6 +186,10 @@ def test_schema_draft_says_which_columns_lost_rare_levels_and_which_carry_a_unit
     other = _invoke("schema", "draft", tmp_path / "north.csv", tmp_path / "other.csv", "--out", tmp_path / "x.json")
     assert other.exit_code == 2 and "has other columns than" in other.output
     assert "(it lacks 'age', 'hospital')" in " ".join(other.output.split())  # helper-114: names are public, say which
+    (tmp_path / "headerless.csv").write_text("64,F,I21.4,Nord,12.5\n71,M,I50.0,Sud,3.3\n")  # a patient's record
+    for files in (("north.csv", "headerless.csv"), ("headerless.csv", "north.csv")):  # where names would be
+        said = _invoke("schema", "draft", *(tmp_path / name for name in files), "--out", tmp_path / "h.json").output
+        assert "has other columns than" in said and "I21.4" not in said and "Nord" not in said  # helper-117
     one_empty = rows.iloc[:50].assign(creatinine=np.nan, hospital="east")  # a hospital that takes no creatinine
     one_empty.to_csv(tmp_path / "none.csv", index=False)
     said = _invoke("schema", "draft", tmp_path / "north.csv", tmp_path / "none.csv", "--out", tmp_path / "e.json")

@@ -780,6 +780,15 @@ def test_a_site_that_never_takes_a_measure_keeps_it_missing(kind):
     missing_share = shrunk[:, -1, 0] / shrunk[:, :, 0].sum(axis=1)
     assert missing_share[0] > 0.9 and np.all(np.abs(missing_share[1:] - 0.05) < 0.03)
     np.testing.assert_allclose(shrunk[:, :, 0].sum(axis=1), sizes[:, 0])  # each class keeps its (noisy) size
+    # helper-117: the site's values are noise summing to about 0 (and its noisy class size is not its
+    # table's sum): scaled up they became one level at 100 % and 'missing' 0 %; they take the pool's shape
+    hollow = noisy.copy()
+    hollow[0, :, 0] = 0.0
+    hollow[0, :2, 0], hollow[0, -1, 0] = [-13.7, -29.5], 280.0
+    shrunk = shrunk_to_pool(hollow, sizes + [[10.0], [0], [0], [0]], stds, pooled, site_groups(column),
+                            missing_last=True)
+    assert (shrunk[0] >= 0).all() and shrunk[0, -1, 0] / shrunk[0, :, 0].sum() > 0.8  # was [227, -174, 257]
+    np.testing.assert_allclose(shrunk[0, :, 0].sum(), 310.0)
     if kind == "continuous":  # one weight for 64 bins and 'missing': drawn toward the pool's 13 %
         one_weight = shrunk_to_pool(noisy, sizes, stds, pooled, site_groups(column))
         assert one_weight[0, -1, 0] / one_weight[0, :, 0].sum() < 0.6

@@ -162,10 +162,12 @@ def test_delta_at_exactly_one_over_the_rows_is_refused_by_the_site_and_the_polic
     'below', at the boundary too (helper-110 S15: off by one and untested). 1/1024 is exact in
     floating point, so the product is exactly 1."""
     from fedsyn.client.policy import PolicyError
+    from fedsyn.privacy.budget import delta_fits
 
     path = prepare_sites([small_frame], demo_schema_path(), tmp_path, epsilon=5.0, delta=1 / 1024).policies[0]
     site = Site(SitePolicy.load(path))
     assert site.row_count_refusal(1024) is not None and site.row_count_refusal(1023) is None
+    assert not delta_fits(1 / 49, 49)  # (1/49) * 49 rounds to below 1: the quotient says no (helper-117)
     SitePolicy.load(path).model_copy(update={"max_rows": 1023}).save(path)
     assert SitePolicy.load(path).max_rows == 1023
     SitePolicy.load(path).model_copy(update={"max_rows": 1024}).save(path)

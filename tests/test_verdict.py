@@ -375,6 +375,20 @@ def test_a_rare_category_made_common_is_flagged(rows, demo_schema):
                 if m.startswith("categories made common")]
 
 
+def test_shares_of_a_handful_of_rows_with_a_value_raise_no_such_flag(rows, demo_schema):
+    """helper-117: a column empty in all but a few real rows made its one synthetic level 'made
+    common' from 0 %; shares of fewer than SHARE_ROWS rows say too little to flag."""
+    train, _, patients = rows
+    sparse = train.copy()
+    sparse.loc[sparse.index[10:], "sample_yr"] = np.nan  # 10 real rows with a value
+    synthetic = patients.copy()
+    synthetic.loc[synthetic.sample(frac=0.08, random_state=2).index, "sample_yr"] = "2002"
+    messages = _flags(_structure_verdict(sparse, synthetic, demo_schema), "amber", "fidelity")
+    assert not [m for m in messages if m.startswith("categories made common")]
+    assert [m for m in _flags(_structure_verdict(train, synthetic, demo_schema), "amber", "fidelity")
+            if m.startswith("categories made common")]
+
+
 def test_a_pile_at_a_schema_bound_lost_or_made_up_is_flagged(rows, demo_schema):
     """Age 50 (the schema's lower bound, an inclusion criterion) holds about 4 % of real rows:
     moved to 51 it is lost. Kappa at its lower bound 0.01 (one real row in 8,000) for a tenth of

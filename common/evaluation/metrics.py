@@ -234,25 +234,27 @@ def spread(real: pd.DataFrame, synthetic: pd.DataFrame, schema: Schema) -> dict[
 
 
 def category_shares(real: pd.DataFrame, synthetic: pd.DataFrame, schema: Schema) -> dict[str, dict[str, Any]]:
-    """Each category's share of the rows where a categorical column is not missing."""
+    """Each category's share of the rows where a categorical column is not missing, and how many
+    rows those are (``rows``: a share of a handful says little)."""
     out = {}
     for column in schema.categorical_columns:
-        shares = {}
+        shares: dict[str, Any] = {"rows": {}}
         for label, frame in (("real", real), ("synthetic", synthetic)):
             values = frame[column.name].dropna().astype(str)
             counts = values.value_counts(normalize=True).reindex(column.categories, fill_value=0.0)
             shares[label] = {level: float(share) for level, share in counts.items()}
+            shares["rows"][label] = len(values)
         out[column.name] = shares
     return out
 
 
 def bound_piles(real: pd.DataFrame, synthetic: pd.DataFrame, schema: Schema) -> dict[str, dict[str, Any]]:
-    """Each numeric column's share of rows (where not missing) exactly at each of its schema
-    bounds, in the real and in the synthetic rows. A bound is public, and a pile there is often
-    the measurement's own (an assay's reporting limit, a saturation at 100 %): a release that
-    spreads it over the range, or piles rows there by clipping, changes every analysis that
-    counts it. A newcomer's CRP at its assay limit, 3.8 % of real rows, came out at 0.0 %, and
-    no flag said so (helper-114)."""
+    """Each numeric column's share of rows (where not missing, and how many those are: ``rows``)
+    exactly at each of its schema bounds, in the real and in the synthetic rows. A bound is
+    public, and a pile there is often the measurement's own (an assay's reporting limit, a
+    saturation at 100 %): a release that spreads it over the range, or piles rows there by
+    clipping, changes every analysis that counts it. A newcomer's CRP at its assay limit, 3.8 %
+    of real rows, came out at 0.0 %, and no flag said so (helper-114)."""
     out: dict[str, dict[str, Any]] = {}
     for column in schema.columns:
         if column.is_categorical:
@@ -261,10 +263,11 @@ def bound_piles(real: pd.DataFrame, synthetic: pd.DataFrame, schema: Schema) -> 
             if bound is None:
                 continue
             tolerance = 1e-9 * max(abs(bound), 1.0)
-            shares = {}
+            shares: dict[str, Any] = {"rows": {}}
             for label, frame in (("real", real), ("synthetic", synthetic)):
                 values = pd.to_numeric(frame[column.name], errors="coerce").dropna().to_numpy(dtype=float)
                 shares[label] = float(np.mean(np.abs(values - bound) <= tolerance)) if len(values) else 0.0
+                shares["rows"][label] = len(values)
             out.setdefault(column.name, {})[side] = {"value": float(bound), **shares}
     return out
 

@@ -70,6 +70,7 @@ SEVERAL_SHARE = 0.05  # ... while the real rows hold at least this much outside 
 LOST_CATEGORY_SHARE, LOST_CATEGORY_FACTOR = 0.02, 5.0  # a category this common in real rows, 5x rarer
 RARE_CATEGORY_SHARE = 0.01  # a category under this share of real rows is rare; the rare ones together ...
 INFLATED_GAP = 0.02  # ... or one category 5x more common, by at least this share of the rows, is made common
+SHARE_ROWS = 50  # a share of rows with a value judged only where each side has this many
 EFFECT_RED, EFFECT_AMBER = 3.0, 1.5  # synthetic / real association: under 1/3 or over 3x is red
 EFFECT_Z = 3.0  # and the difference beyond sampling noise
 STRONG_MISSINGNESS = 0.3  # |r| of a missing indicator with another column: a strong dependence
@@ -243,12 +244,14 @@ def _fidelity_flags(fidelity: dict[str, Any]) -> list[Flag]:
     flags += _columns_flag("amber", f"categories made common (at least {LOST_CATEGORY_FACTOR:g}x and "
                                     f"{INFLATED_GAP:.0%} of the rows more: the noise of many levels' counts, "
                                     "which a rare level cannot beat)",
-                           [how for name, shares in fidelity.get("categories", {}).items()
+                           [how for name, shares in fidelity.get("categories", {}).items() if _enough_rows(shares)
                             for how in _made_common(name, shares["real"], shares["synthetic"])])
     lost_piles, made_piles = [], []
     for name, sides in fidelity.get("bound_piles", {}).items():
         for side, pile in sides.items():
-            how = f"{name} = {pile['value']:g}, its {side} bound ({pile['real']:.1%} of real rows, " \
+            if not _enough_rows(pile):
+                continue
+            how = f"{name} = {pile['value']:g}, its {side} bound ({pile['real']:.1%} of real rows with a value, " \
                   f"{pile['synthetic']:.1%} of synthetic)"
             if pile["real"] >= LOST_CATEGORY_SHARE and pile["synthetic"] < pile["real"] / LOST_CATEGORY_FACTOR:
                 lost_piles.append(how)
@@ -266,6 +269,14 @@ def _fidelity_flags(fidelity: dict[str, Any]) -> list[Flag]:
     return flags
 
 
+def _enough_rows(shares: dict[str, Any]) -> bool:
+    """Whether the real and the synthetic shares each rest on :data:`SHARE_ROWS` rows with a value
+    or more (helper-117: a column empty in every real row, beside one synthetic value, was 'made
+    common' from 0 % to 100 %). Reports without counts are judged as before."""
+    rows = shares.get("rows", {})
+    return all(rows.get(label, SHARE_ROWS) >= SHARE_ROWS for label in ("real", "synthetic"))
+
+
 def _made_common(name: str, real: dict[str, float], synthetic: dict[str, float]) -> list[str]:
     """A column's categories the synthetic rows hold far more often than the real ones: the
     rare ones (each under :data:`RARE_CATEGORY_SHARE` of real rows) together, and any other
@@ -279,9 +290,9 @@ def _made_common(name: str, real: dict[str, float], synthetic: dict[str, float])
     out = []
     real_rare, synthetic_rare = sum(real[level] for level in rare), sum(synthetic[level] for level in rare)
     if len(rare) > 1 and inflated(real_rare, synthetic_rare):
-        out.append(f"{name}: {len(rare)} levels each under {RARE_CATEGORY_SHARE:.0%} of real rows ({real_rare:.1%} "
-                   f"of real rows together, {synthetic_rare:.1%} of synthetic)")
-    out += [f"{name} = {level} ({real[level]:.1%} of real rows, {synthetic[level]:.1%} of synthetic)"
+        out.append(f"{name}: {len(rare)} levels each under {RARE_CATEGORY_SHARE:.0%} of real rows with a value "
+                   f"({real_rare:.1%} of them together, {synthetic_rare:.1%} of synthetic)")
+    out += [f"{name} = {level} ({real[level]:.1%} of real rows with a value, {synthetic[level]:.1%} of synthetic)"
             for level in real if (level not in rare or len(rare) == 1) and inflated(real[level], synthetic[level])]
     return out
 

@@ -54,7 +54,7 @@ def delta_fits(delta: float, rows: int) -> bool:
     """Whether ``delta`` is below 1/``rows``: at or above it, a mechanism may leak a whole record
     with that probability and still meet (epsilon, delta). The one rule behind a site's, a
     simulation's and a single-site fit's checks, each said in its own reader's words."""
-    return 0 < delta * rows < 1
+    return 0 < delta < 1 / rows and delta * rows < 1  # both: (1/49) * 49 rounds to below 1
 
 
 def is_noise_multiplier(value: object) -> bool:

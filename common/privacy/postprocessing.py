@@ -284,11 +284,11 @@ def shrunk_to_pool(tables: np.ndarray, sizes: np.ndarray, stds: np.ndarray, pool
     holds nearly all of a level (a site's own code), the pool's count binds by noise half the
     time, and what it took off landed on the levels the site holds none of.
 
-    With ``missing_last`` (a nullable column: its last run is 'missing') the missing share is
-    weighed on its own and the rest as a distribution of its own: a hospital that does not take a
-    measure differs from the others there alone, and weighed with every run of the column it was
-    drawn to the pool's share (a 300-row site's BNP, empty in every real row, 27 % empty in the
-    release; helper-114)."""
+    With ``missing_last`` (a nullable column: its last run is 'missing') the missing share keeps
+    the larger of the column's weight and its own (:func:`_mixed`): a hospital that does not take
+    a measure differs from the others there alone, and weighed with every run of the column it
+    was drawn to the pool's share (a 300-row site's BNP, empty in every real row, 21 % empty in
+    the release; helper-114)."""
     shrunk = np.array(tables, dtype=float)
     sites, bins, classes = shrunk.shape
     if sites < 2:
@@ -313,6 +313,9 @@ def shrunk_to_pool(tables: np.ndarray, sizes: np.ndarray, stds: np.ndarray, pool
     return shrunk
 
 
+MIN_HELD_SHARE = 0.01  # a site's values holding less of its class than this are noise: they take the pool's shape
+
+
 def _mixed(own: np.ndarray, common: np.ndarray, noise_cells: np.ndarray, variance: np.ndarray,
            missing_last: bool) -> np.ndarray:
     """Each site's shares of a column's runs (``own``, sites × runs) drawn toward ``common`` by
@@ -330,11 +333,16 @@ def _mixed(own: np.ndarray, common: np.ndarray, noise_cells: np.ndarray, varianc
     every = weight(slice(None))
     if not missing_last or own.shape[1] < 2:
         return drawn(slice(None), every)
-    body = drawn(slice(None, -1), every)
+    body = np.clip(drawn(slice(None, -1), every), 0.0, None)
     missing = np.clip(drawn(slice(-1, None), np.maximum(every, weight(slice(-1, None)))), 0.0, 1.0)
-    held = body.sum(axis=1, keepdims=True)  # the present values' distribution, holding what 'missing' leaves
+    # The present values' distribution, holding what 'missing' leaves. A site that takes no such
+    # value holds only noise there, summing to about 0: scaled up, it became any shape at all
+    # (helper-117: a no-BNP site's [-14, -30] came out 100 % one level), so it takes the pool's.
+    pool = np.clip(common[:-1], 0.0, None)
+    shape = pool / pool.sum() if pool.sum() > 0 else np.full(len(pool), 1.0 / len(pool))
+    held = body.sum(axis=1, keepdims=True)
     with np.errstate(invalid="ignore", divide="ignore"):
-        body = np.where(held > 0, body * (1.0 - missing) / held, body)
+        body = np.where(held > MIN_HELD_SHARE, body / held, shape[None, :]) * (1.0 - missing)
     return np.concatenate([body, missing], axis=1)
 
 
