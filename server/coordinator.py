@@ -67,7 +67,7 @@ from fedsyn.server.record import (
 )
 from fedsyn.server.resume import IN_ROUND_ZERO, SAVED, RunState, save_state
 from fedsyn.server.screening import ReplyScreen, ledger_went_back, unconfirmed_in_audit
-from fedsyn.server.settings import FederationSettings
+from fedsyn.server.settings import FederationSettings, check_against_schema
 from fedsyn.server.strategy import SITE_LEVEL_SCOPE, build_strategy
 from fedsyn.trust.audit import AuditLog
 
@@ -171,17 +171,7 @@ class Coordinator:
 
     def check_run(self) -> None:
         """What the coordinator refuses on its own, before contacting any site."""
-        settings = self.settings
-        self.schema.require_reviewed(settings.allow_unreviewed_schema)
-        if settings.site_column is not None and (settings.site_column not in self.schema.column_names
-                                                 or not self.schema.column(settings.site_column).is_categorical
-                                                 or settings.site_column == self.schema.outcome):
-            raise ConfigurationError(f"site_column '{settings.site_column}' must be a categorical column of the "
-                                     "schema other than the outcome")
-        try:
-            asked_pairs(self.schema, settings.pairs_asked, settings.site_column)
-        except ValueError as exc:
-            raise ConfigurationError(f"pairs_asked: {exc}") from None
+        check_against_schema(self.settings, self.schema)
 
     def plan_budgets(self, grid: Grid) -> dict[int, protocol.MarginalsQuery]:
         """Ask every site what it has spent and may spend (a query that charges nothing and reads

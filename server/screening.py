@@ -145,6 +145,9 @@ class ReplyScreen:
                 continue
             site.label, site.delta = label or site.label, budget.delta
             site.spent_before, site.max_epsilon = budget.spent, budget.max_epsilon
+            # its ledger as it says: its claim, also where it is then refused (helper-116: a refused site's
+            # rounds logged 0.000 "all runs composed in its ledger", its ledger at 1.0773)
+            site.claimed_epsilon = max(site.claimed_epsilon, budget.spent)
             yield site, budget
 
     def valid(self, replies: list[tuple[SiteStatus, Message]], round_: int, payload: str,

@@ -15,9 +15,11 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from fedsyn.data.schema import Schema
 from fedsyn.errors import ConfigurationError, validation_problems
 from fedsyn.model.config import TRANSPORT_DTYPES, GANConfig
 from fedsyn.privacy.budget import MARGINALS_SHARE, PAIRS_SHARE, is_budget, is_pairs_share, pairs_allowed
+from fedsyn.privacy.pairs import asked_pairs
 from fedsyn.privacy.postprocessing import NOISE_FLOOR
 
 # Tuned on the demo with bench_federation and its --sweep (3 seeds): 25 rounds x 8 local steps
@@ -164,6 +166,25 @@ class FederationSettings(BaseModel):
         if isinstance(values.get("pairs_asked"), str):  # a run config holds no list: 'first:second,...'
             values["pairs_asked"] = [pair for pair in str(values["pairs_asked"]).split(",") if pair.strip()]
         return cls.checked(**values)
+
+
+def check_against_schema(settings: FederationSettings, schema: Schema) -> None:
+    """What the settings must agree with in the schema: a reviewed schema (or the settings' leave),
+    a site column that is one of its categorical columns other than the outcome, pairs asked of
+    its measured columns. The coordinator checks it before contacting any site, and `fedsyn server
+    run` before it submits a run to Flower (helper-116: a bad pair was refused only inside the
+    ServerApp, after Flower had created the run and printed its own exit code). Raises
+    ConfigurationError."""
+    schema.require_reviewed(settings.allow_unreviewed_schema)
+    if settings.site_column is not None and (settings.site_column not in schema.column_names
+                                             or not schema.column(settings.site_column).is_categorical
+                                             or settings.site_column == schema.outcome):
+        raise ConfigurationError(f"site_column '{settings.site_column}' must be a categorical column of the "
+                                 "schema other than the outcome")
+    try:
+        asked_pairs(schema, settings.pairs_asked, settings.site_column)
+    except ValueError as exc:
+        raise ConfigurationError(f"pairs_asked: {exc}") from None
 
 
 def refuse_seed_in_run_config(config: Mapping[str, object], where: str) -> None:

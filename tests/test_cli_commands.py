@@ -477,8 +477,15 @@ def test_a_deployments_run_takes_every_documented_setting_at_the_simulations_def
     from fedsyn.server.ops.superlink import app_run_keys, check_run_config
     from fedsyn.server.settings import FederationSettings
 
-    check_run_config({"pairs-asked": "age:kappa,sex:mgus", "pairs-share": 0.3, "marginals-share": 0.8,
-                      "site-column": "hospital", "max-update-norm": 5.0}, "server.toml [run]")
+    check_run_config({"pairs-asked": "age:kappa,flc_grp:mgus", "pairs-share": 0.3, "marginals-share": 0.8,
+                      "site-column": "sex", "max-update-norm": 5.0, "schema": str(demo_schema_path())},
+                     "server.toml [run]")
+    from fedsyn.errors import ConfigurationError
+
+    for bad, said in (({"pairs-asked": "age:urea"}, "pairs_asked: pair 'age:urea'"),
+                      ({"site-column": "hospital"}, "site_column 'hospital'")):  # helper-116 M4: refused inside
+        with pytest.raises(ConfigurationError, match=said):  # Flower's run before; now before it is submitted
+            check_run_config({**bad, "schema": str(demo_schema_path())}, "server.toml [run]")
     app = FederationSettings.from_run_config(_app_run_config()).model_dump()
     defaults = FederationSettings().model_dump()
     names = {key.replace("-", "_") for key in app_run_keys()} | {"timeout"}

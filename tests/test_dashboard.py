@@ -397,3 +397,13 @@ def test_an_invalid_pair_tables_reply_is_quarantined_and_its_site_joined_round_z
     round_zero = round_views(entries)[0]
     assert (round_zero["accepted"], round_zero["dropped"]) == (1, 0) and len(round_zero["quarantined"]) == 1
     assert [d["quarantined"] for d in site_views(entries)[0]["dropped"]] == [True]
+
+
+def test_a_sites_claim_after_its_pair_tables_is_the_one_shown():
+    """helper-116: a site killed in round 1 showed its round-0 claim (0.6224) while its last one,
+    sent with its pair tables, was 0.6501: the live view understated what it had spent."""
+    entries = [{"event": "site_budget", "node": 7, "site": "a", "epsilon_spent": 0.0, "max_epsilon": 1.0},
+               {"event": "site_joined", "round": 0, "node": 7, "site": "a", "epsilon_claimed": 0.6224},
+               {"event": "pair_tables_accepted", "round": 0, "node": 7, "site": "a", "epsilon_claimed": 0.6501}]
+    (site,) = site_views(entries)
+    assert site["epsilon_claimed"] == 0.6501 and site["rounds_accepted"] == [0]

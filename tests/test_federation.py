@@ -505,3 +505,24 @@ def test_a_silent_node_is_not_named_after_a_site_that_answered_under_a_new_node(
     coordinator._name_silent_sites(entries, {"site-0": 0.9, "site-1": 0.5})
     assert [coordinator.run.sites[node].name for node in (1001, 1002, 1004)] == ["node-1001", "site-1", "site-0"]
     assert coordinator.run.sites[1002].claimed_epsilon == 0.5 and coordinator.run.sites[1001].claimed_epsilon == 0
+
+
+def test_a_site_refused_for_its_budget_is_reported_and_logged_at_its_ledger(plan, demo_schema, tmp_path, caplog):
+    """helper-116 M1: a site with no room left, whose budget reply said 1.0, was logged each round
+    as "0.000 ... all runs composed in its ledger" and reported with epsilon_claimed_by_site 0."""
+    import logging
+
+    app = make_client_app(plan.site_policy)
+    run_federation(InProcessGrid(app, len(plan.policies)), demo_schema, SETTINGS,
+                   ReleasePlan(tmp_path / "first", rows=200))
+    spent = PrivacyLedger.load(SitePolicy.load(plan.policies[0]).ledger).epsilon()
+    for path in plan.policies[1:]:  # room for a second run at the others; none at the first
+        path.write_text(json.dumps({**json.loads(path.read_text()), "max_epsilon": 3.0}))
+    with caplog.at_level(logging.INFO, logger="fedsyn.server"):
+        run_federation(InProcessGrid(app, len(plan.policies)), demo_schema, SETTINGS,
+                       ReleasePlan(tmp_path / "second", rows=200))
+    report = json.loads((tmp_path / "second" / "privacy_report.json").read_text())
+    refused = next(s for s in report["sites"] if s["site"] == SitePolicy.load(plan.policies[0]).site_id)
+    assert refused["epsilon_this_run"] == 0 and refused["epsilon_claimed_by_site"] == pytest.approx(spent, rel=1e-9)
+    rounds = [r for r in caplog.records if r.getMessage().startswith("round 3 of 3 done")]
+    assert rounds and f"{refused['site']} {spent:.3f} (this run alone 0.000)" in rounds[-1].getMessage()

@@ -107,6 +107,8 @@ def site_views(entries: list[dict[str, Any]], names: dict[str, str] | None = Non
             if entry.get("round") not in site["rounds_accepted"]:  # a round in flight at a crash, again on resume
                 site["rounds_accepted"].append(entry.get("round"))
             site["epsilon_claimed"] = entry.get("epsilon_claimed")
+        elif event == "pair_tables_accepted":  # round 0's second release: charged, its claim went up (helper-116)
+            site["epsilon_claimed"] = entry.get("epsilon_claimed")
         elif event == "update_rejected":
             reason = str(entry.get("reason", ""))
             site["dropped"].append({"round": entry.get("round"), "reason": reason,

@@ -14,10 +14,11 @@ from pathlib import Path
 from flwr.cli.build import build_fab_from_disk
 from pydantic import BaseModel, Field, ValidationError
 
+from fedsyn.data.schema import Schema
 from fedsyn.errors import ConfigurationError, validation_problems
 from fedsyn.federation.app_bundle import bundle_hash
 from fedsyn.federation.flower_programs import NO_TELEMETRY, flower_program, search_path
-from fedsyn.server.settings import FederationSettings, refuse_seed_in_run_config
+from fedsyn.server.settings import FederationSettings, check_against_schema, refuse_seed_in_run_config
 from fedsyn.trust.certs import expired
 
 CONNECTION = "fedsyn"
@@ -49,8 +50,11 @@ def check_run_config(run: dict[str, str | int | float], where: str) -> None:
         raise ConfigurationError(f"{where}: no setting {', '.join(map(repr, unknown))}: the run's settings are "
                                  f"{', '.join(sorted(known))} (docs/coordinator.md)")
     try:
-        FederationSettings.from_run_config(run)
-    except ConfigurationError as exc:
+        settings = FederationSettings.from_run_config(run)
+        schema = Path(str(run.get("schema", "")))
+        if run.get("schema") and schema.is_file():  # a missing schema file is the ServerApp's to name
+            check_against_schema(settings, Schema.load(schema))
+    except ConfigurationError as exc:  # a SchemaError is one
         raise ConfigurationError(f"{where}: {exc}") from None
     if "rows" in run and not (isinstance(run["rows"], int) and run["rows"] > 0):
         raise ConfigurationError(f"{where}: rows = {run['rows']!r} is not a whole number of rows above 0")
