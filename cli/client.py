@@ -54,14 +54,18 @@ def client_start(config: Annotated[Path, typer.Option("--config", "-c")] = Path(
 def client_status(config: Annotated[Path, typer.Option("--config", "-c")] = Path("site.json")) -> None:
     """What this site has spent and may spend, its last charge, reply and refusal, and whether its
     SuperNode runs: from the site's own files, no row read. Exits 1 when the site would refuse to
-    spend (its ledger missing, or holding fewer charges than its trail or stored replies prove)."""
+    spend (its ledger missing, or holding fewer charges than its trail or stored replies prove)
+    or could not write what a round writes (a read-only state folder)."""
     from rich.table import Table
 
+    from fedsyn.client.ops.launch import site_runtime
     from fedsyn.client.ops.status import site_view
+    from fedsyn.client.ops.supervise import writability_problems
     from fedsyn.client.policy import PolicyError, SitePolicy
 
     try:
-        view = site_view(SitePolicy.load(config))
+        policy = SitePolicy.load(config)
+        view = site_view(policy)
     except PolicyError as exc:
         fail(str(exc))
 
@@ -87,6 +91,10 @@ def client_status(config: Annotated[Path, typer.Option("--config", "-c")] = Path
     results.print(table)
     if view.problem is not None:
         fail(f"this site refuses to spend: {view.problem}", code=1)
+    unwritable = writability_problems(site_runtime(policy).writes)
+    if unwritable:  # helper-116 M3: every request then failed at the site while status said all was well
+        fail("every request fails at this site: " + "; ".join(unwritable) + ". Each round writes the ledger, its "
+             "lock, the stored replies and the audit trail", code=1)
 
 
 @ledger_app.command("move")

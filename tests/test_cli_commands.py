@@ -7,6 +7,7 @@
 from __future__ import annotations
 
 import json
+import os
 import re
 import stat
 from pathlib import Path
@@ -673,6 +674,21 @@ def test_client_status_shows_the_sites_budget_and_last_charge_and_a_ledger_it_wo
     text = " ".join(result.output.split())
     assert result.exit_code == 0 and f"{site.ledger.epsilon():.4f} of 5" in text and "of 5" in result.stdout
     assert "gaussian-marginals round 0" in text and "marginals_sent" in text and "last refusal │ none" in text
+    folder = site.policy.ledger.parent  # helper-116 M3: a read-only state folder, every request failing there
+    with pytest.MonkeyPatch.context() as patch:
+        real_access, real_statvfs = os.access, os.statvfs
+
+        class ReadOnly:
+            f_flag = os.ST_RDONLY
+
+        patch.setattr(os, "access", lambda path, mode: real_access(path, mode) and not (
+            mode & os.W_OK and folder in (Path(path), Path(path).parent)))
+        patch.setattr(os, "statvfs", lambda path: ReadOnly() if folder in (Path(path), Path(path).parent)
+                      else real_statvfs(path))
+        result = _invoke("client", "status", "--config", policy)
+    said = " ".join(result.output.split())
+    assert result.exit_code == 1 and "every request fails at this site" in said, said
+    assert "read-only file system" in said
     lowered = json.loads(policy.read_text())  # helper-108 L3: max_epsilon lowered below what was spent
     policy.write_text(json.dumps({**lowered, "max_epsilon": 0.1}))
     result = _invoke("client", "status", "--config", policy)
