@@ -453,6 +453,8 @@ def test_server_toml_run_paths_are_relative_to_the_file(tmp_path):
     assert config.run["out"] == str(tmp_path / "releases" / "latest")
     assert config.run["signing-key"] == "" and config.run["audit-log"] == "/var/lib/fedsyn/audit.jsonl"
     assert config.run["rounds"] == 3 and config.database == tmp_path / "state" / "superlink.db"
+    (tmp_path / "server.toml").write_text('[run]\npairs-asked = ["age:kappa", "flc_grp:mgus"]\n')  # a TOML list:
+    assert CoordinatorConfig.load(tmp_path / "server.toml").run["pairs-asked"] == "age:kappa,flc_grp:mgus"  # helper-116
 
 
 def test_a_seed_is_refused_in_a_deployments_run_config(tmp_path):

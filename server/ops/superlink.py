@@ -87,7 +87,12 @@ class CoordinatorConfig(BaseModel):
         """Read ``server.toml``; every relative path in it, the ``[run]`` ones included, is
         relative to the file (the ServerApp runs elsewhere and needs absolute paths)."""
         try:
-            config = cls.model_validate(tomllib.loads(Path(path).read_text()))
+            raw = tomllib.loads(Path(path).read_text())
+            run = raw.get("run")
+            if isinstance(run, dict) and isinstance(run.get("pairs-asked"), list):  # Flower's run config holds
+                # no list: a TOML list of pairs was refused in pydantic's words (helper-116 M5)
+                run["pairs-asked"] = ",".join(str(pair) for pair in run["pairs-asked"])
+            config = cls.model_validate(raw)
         except FileNotFoundError:
             raise ConfigurationError(f"coordinator config not found: {path}") from None
         except tomllib.TOMLDecodeError as exc:
