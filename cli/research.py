@@ -435,7 +435,8 @@ def _print_release(result: SimulationResult, rounds: int) -> None:
     measured = json.loads((result.release / "quality_report.json").read_text())["total_variation_per_pair_table"]
     results.print(escape(measured_pairs_note(  # helper-112: said nowhere but the audit log
         [(first, second) for first, second in (key.split("|") for key in measured)],
-        config["settings"]["gan_config"].get("numbers_as_measured", True))), soft_wrap=True)
+        config["settings"]["gan_config"].get("numbers_as_measured", True),
+        config["settings"].get("pairs_asked", []))), soft_wrap=True)
     dropped = config.get("dropped_rule_violations")
     if dropped:  # a newcomer's rule replaced 81 of 659 rows and emptied an outcome class unsaid
         share = dropped / max(int(config["rows"]), 1)

@@ -264,11 +264,14 @@ def write_release(run: RunRecord, trainer: GANTrainer | None, out: Path, rows: i
     return report
 
 
-def measured_pairs_note(measured: list[tuple[str, str]], numbers_as_measured: bool) -> str:
-    """Which pairs of columns a release's relations rest on (``measured``), and what became of
-    the others: a reader took an unmeasured pair's near-zero correlation for a finding
-    (helper-112). The release README says it, and ``fedsyn simulate`` prints it."""
-    pairs = [f"`{a}` × `{b}`" for a, b in measured]
+def measured_pairs_note(measured: list[tuple[str, str]], numbers_as_measured: bool,
+                        asked: tuple[str, ...] | list[str] = ()) -> str:
+    """Which pairs of columns a release's relations rest on (``measured``, those the study
+    ``asked`` for marked so), and what became of the others: a reader took an unmeasured pair's
+    near-zero correlation for a finding (helper-112). The release README says it, and
+    ``fedsyn simulate`` prints it."""
+    wanted = {frozenset(part.strip() for part in str(pair).split(":")) for pair in asked}
+    pairs = [f"`{a}` × `{b}`" + (" (asked)" if frozenset((a, b)) in wanted else "") for a, b in measured]
     said = f"Pairs of columns the sites measured together: {', '.join(pairs) if pairs else 'none'}. " + (
         "Each measured table carries its noise (it grows with the number of tables), and the sites chose those "
         "the study did not ask for by noisy votes: a weak relation of a measured pair may be that noise, and a "
@@ -327,7 +330,8 @@ def _readme(run: RunRecord, report: dict[str, Any], synthetic: pd.DataFrame, row
         "Settings: `run_config.json`; schema: `schema.json`; "
         "generator weights: `generator.pt`.",
         "",
-        measured_pairs_note(_measured_pairs(run), run.settings.gan_config.numbers_as_measured),
+        measured_pairs_note(_measured_pairs(run), run.settings.gan_config.numbers_as_measured,
+                            run.settings.pairs_asked),
         "",
         "This run was seeded: whoever holds the seed and the run's stream nonce can reproduce it. Neither is in "
         "any file of this release."

@@ -417,6 +417,10 @@ def test_pairs_a_study_asks_for_are_measured_first_and_bad_ones_refused_before_a
     coordinator = Coordinator(schema, settings)
     coordinator.collect_marginals(InProcessGrid(make_client_app(plan.site_policy), 3))
     assert all(list(tables.pairs)[0] == ("age", "creatinine") for tables in coordinator.run.site_marginals.values())
+    from fedsyn.server.release import measured_pairs_note  # helper-116 L4: the release said which, not why
+
+    note = measured_pairs_note(list(coordinator.run.site_marginals[1001].pairs), True, settings.pairs_asked)
+    assert "`age` × `creatinine` (asked)" in note and note.count("(asked)") == 1
     from fedsyn.server.settings import FederationSettings
 
     from_server_toml = FederationSettings.from_run_config({"pairs-asked": "creatinine:age, kappa:sex"})
