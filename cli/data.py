@@ -191,9 +191,10 @@ def schema_draft(
                       "utility can be measured and generation conditions on it[/]")
     console.print(f"[yellow]the draft's name '{escape(draft.name)}' (the file's) titles every release made with it: "
                   "rename it to the study's name[/]")
+    taken = {name for name in extract.columns if extract[name].notna().any()}  # by some hospital
     for path, extract_of_site in zip(data, extracts):
         unmeasured = [str(name) for name in extract_of_site.columns
-                      if extract_of_site[name].isna().all() and len(extract_of_site) and not extract[name].isna().all()]
+                      if name in taken and len(extract_of_site) and extract_of_site[name].isna().all()]
         if unmeasured and len(data) > 1:
             console.print(f"[yellow]{path}: {', '.join(repr(name) for name in unmeasured[:5])}"
                           f"{' and more' if len(unmeasured) > 5 else ''} empty in every row (a measure that hospital "

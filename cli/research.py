@@ -269,6 +269,7 @@ def simulate(
     verbose: Annotated[bool, typer.Option(help="also show Flower's and fedsyn's log lines")] = False,
 ) -> None:
     """Simulate K hospitals on this machine. With no arguments: the embedded demo as 3 hospitals."""
+    from fedsyn.privacy.pairs import split_pairs_text
     from fedsyn.simulations.request import SimulationRequest
 
     try:
@@ -279,7 +280,7 @@ def simulate(
             schema=schema, epsilon=epsilon, delta=delta, rounds=rounds, local_steps=local_steps,
             batch_size=batch_size, learning_rate=learning_rate, generator_ema=generator_ema,
             numbers_as_measured=numbers_as_measured, marginals_share=marginals_share, pairs_share=pairs_share,
-            pairs_asked=tuple(pair for pair in pairs_asked.split(",") if pair.strip()),
+            pairs_asked=tuple(split_pairs_text(pairs_asked)),
             matching_weight=matching_weight,
             table_steps=table_steps, rows=rows,
             out=out, seed=seed, stream_nonce=stream_nonce, device=device, release_every=release_every,
@@ -419,6 +420,7 @@ def _stopped_by_user(out: Path, created: bool, spent: bool) -> None:
 def _print_release(result: SimulationResult, rounds: int) -> None:
     from rich.markup import escape
 
+    from fedsyn.privacy.pairs import asked_pairs
     from fedsyn.server.release import measured_pairs_note
 
     report = result.privacy_report
@@ -433,10 +435,12 @@ def _print_release(result: SimulationResult, rounds: int) -> None:
     results.print(table)
     config = json.loads((result.release / "run_config.json").read_text())
     measured = json.loads((result.release / "quality_report.json").read_text())["total_variation_per_pair_table"]
+    settings = config["settings"]
     results.print(escape(measured_pairs_note(  # helper-112: said nowhere but the audit log
         [(first, second) for first, second in (key.split("|") for key in measured)],
-        config["settings"]["gan_config"].get("numbers_as_measured", True),
-        config["settings"].get("pairs_asked", []))), soft_wrap=True)
+        settings["gan_config"].get("numbers_as_measured", True),
+        asked_pairs(Schema.load(result.release / "schema.json"), settings.get("pairs_asked", []),
+                    settings.get("site_column")))), soft_wrap=True)
     dropped = config.get("dropped_rule_violations")
     if dropped:  # a newcomer's rule replaced 81 of 659 rows and emptied an outcome class unsaid
         share = dropped / max(int(config["rows"]), 1)

@@ -25,7 +25,7 @@ from fedsyn.errors import ConfigurationError
 from fedsyn.model.checkpoint import save_checkpoint
 from fedsyn.model.training import GANTrainer
 from fedsyn.privacy.marginals import Marginals, class_distances, exact_counts
-from fedsyn.privacy.pairs import pair_cells, pair_key
+from fedsyn.privacy.pairs import Pair, asked_pairs, pair_cells, pair_key
 from fedsyn.privacy.postprocessing import onto_simplex
 from fedsyn.server.record import RoundSummary, RunRecord
 from fedsyn.server.settings import AGGREGATION_RULES
@@ -264,14 +264,12 @@ def write_release(run: RunRecord, trainer: GANTrainer | None, out: Path, rows: i
     return report
 
 
-def measured_pairs_note(measured: list[tuple[str, str]], numbers_as_measured: bool,
-                        asked: tuple[str, ...] | list[str] = ()) -> str:
+def measured_pairs_note(measured: list[Pair], numbers_as_measured: bool, asked: list[Pair] | None = None) -> str:
     """Which pairs of columns a release's relations rest on (``measured``, those the study
     ``asked`` for marked so), and what became of the others: a reader took an unmeasured pair's
     near-zero correlation for a finding (helper-112). The release README says it, and
     ``fedsyn simulate`` prints it."""
-    wanted = {frozenset(part.strip() for part in str(pair).split(":")) for pair in asked}
-    pairs = [f"`{a}` × `{b}`" + (" (asked)" if frozenset((a, b)) in wanted else "") for a, b in measured]
+    pairs = [f"`{a}` × `{b}`" + (" (asked)" if (a, b) in (asked or []) else "") for a, b in measured]
     said = f"Pairs of columns the sites measured together: {', '.join(pairs) if pairs else 'none'}. " + (
         "Each measured table carries its noise (it grows with the number of tables), and the sites chose those "
         "the study did not ask for by noisy votes: a weak relation of a measured pair may be that noise, and a "
@@ -285,7 +283,7 @@ def measured_pairs_note(measured: list[tuple[str, str]], numbers_as_measured: bo
                    "tables, some may be learnt and some made up.")
 
 
-def _measured_pairs(run: RunRecord) -> list[tuple[str, str]]:
+def _measured_pairs(run: RunRecord) -> list[Pair]:
     """The pairs every site measured (the federation's choice: the same at each site)."""
     sites = list(run.site_marginals.values())
     return list(sites[0].pairs) if sites else []
@@ -331,7 +329,7 @@ def _readme(run: RunRecord, report: dict[str, Any], synthetic: pd.DataFrame, row
         "generator weights: `generator.pt`.",
         "",
         measured_pairs_note(_measured_pairs(run), run.settings.gan_config.numbers_as_measured,
-                            run.settings.pairs_asked),
+                            asked_pairs(run.schema, run.settings.pairs_asked, run.settings.site_column)),
         "",
         "This run was seeded: whoever holds the seed and the run's stream nonce can reproduce it. Neither is in "
         "any file of this release."

@@ -19,7 +19,7 @@ from fedsyn.data.schema import Schema
 from fedsyn.errors import ConfigurationError, validation_problems
 from fedsyn.model.config import TRANSPORT_DTYPES, GANConfig
 from fedsyn.privacy.budget import MARGINALS_SHARE, PAIRS_SHARE, is_budget, is_pairs_share, pairs_allowed
-from fedsyn.privacy.pairs import asked_pairs
+from fedsyn.privacy.pairs import asked_pairs, split_pairs_text
 from fedsyn.privacy.postprocessing import NOISE_FLOOR
 
 # Tuned on the demo with bench_federation and its --sweep (3 seeds): 25 rounds x 8 local steps
@@ -164,7 +164,7 @@ class FederationSettings(BaseModel):
         values = {names[key]: value for key, value in config.items()
                   if key in names and not (value == "" and cls.model_fields[names[key]].default is None)}
         if isinstance(values.get("pairs_asked"), str):  # a run config holds no list: 'first:second,...'
-            values["pairs_asked"] = [pair for pair in str(values["pairs_asked"]).split(",") if pair.strip()]
+            values["pairs_asked"] = split_pairs_text(str(values["pairs_asked"]))
         return cls.checked(**values)
 
 

@@ -419,7 +419,8 @@ def test_pairs_a_study_asks_for_are_measured_first_and_bad_ones_refused_before_a
     assert all(list(tables.pairs)[0] == ("age", "creatinine") for tables in coordinator.run.site_marginals.values())
     from fedsyn.server.release import measured_pairs_note  # helper-116 L4: the release said which, not why
 
-    note = measured_pairs_note(list(coordinator.run.site_marginals[1001].pairs), True, settings.pairs_asked)
+    note = measured_pairs_note(list(coordinator.run.site_marginals[1001].pairs), True,
+                               pairs_module.asked_pairs(schema, settings.pairs_asked))
     assert "`age` × `creatinine` (asked)" in note and note.count("(asked)") == 1
     from fedsyn.server.settings import FederationSettings
 

@@ -259,16 +259,16 @@ def bound_piles(real: pd.DataFrame, synthetic: pd.DataFrame, schema: Schema) -> 
     for column in schema.columns:
         if column.is_categorical:
             continue
+        values = {label: pd.to_numeric(frame[column.name], errors="coerce").dropna().to_numpy(dtype=float)
+                  for label, frame in (("real", real), ("synthetic", synthetic))}
         for side, bound in (("lower", column.lower), ("upper", column.upper)):
             if bound is None:
                 continue
             tolerance = 1e-9 * max(abs(bound), 1.0)
-            shares: dict[str, Any] = {"rows": {}}
-            for label, frame in (("real", real), ("synthetic", synthetic)):
-                values = pd.to_numeric(frame[column.name], errors="coerce").dropna().to_numpy(dtype=float)
-                shares[label] = float(np.mean(np.abs(values - bound) <= tolerance)) if len(values) else 0.0
-                shares["rows"][label] = len(values)
-            out.setdefault(column.name, {})[side] = {"value": float(bound), **shares}
+            shares = {label: float(np.mean(np.abs(held - bound) <= tolerance)) if len(held) else 0.0
+                      for label, held in values.items()}
+            out.setdefault(column.name, {})[side] = {"value": float(bound), **shares,
+                                                     "rows": {label: len(held) for label, held in values.items()}}
     return out
 
 

@@ -405,6 +405,12 @@ def check_pair(schema: Schema, pair: Pair) -> None:
         raise ValueError(f"'{pair[0]}|{pair[1]}' names no pair of measured columns in schema order")
 
 
+def split_pairs_text(text: str) -> list[str]:
+    """Pairs written 'first:second,third:fourth' (on the command line, in a run config, which
+    holds no list), each pair's text as :func:`asked_pairs` reads it."""
+    return [pair for pair in str(text).split(",") if pair.strip()]
+
+
 def asked_pairs(schema: Schema, asked: list[str], site_column: str | None = None) -> list[Pair]:
     """The pairs a study asks to be measured (``'first:second'`` each, public: the researchers'
     questions), each in schema order. They are measured before any pair the sites vote for, at no
