@@ -16,7 +16,7 @@ import pytest
 from typer.testing import CliRunner
 
 from fedsyn.cli.main import app
-from fedsyn.client.ops.supervise import RECORD, SiteRuntime, supervise
+from fedsyn.client.ops.supervise import EXIT_LOST_COORDINATOR, RECORD, SiteRuntime, supervise
 from fedsyn.data.demo import demo_schema_path
 from fedsyn.simulations.run import prepare_sites
 from tests.helpers import expired_certificate
@@ -169,8 +169,11 @@ def test_a_key_never_accepted_is_told_to_register_or_look_for_a_copy(tmp_path):
     (EXPIRED, "has expired: ask the coordinator to renew it", "another CA"),
 ], ids=["hostname-mismatch", "another-ca", "expired"])
 def test_each_tls_failure_is_told_its_own_way(tmp_path, line, said, not_said):
+    """Said once, and the SuperNode's exit on it is the lost coordinator's 75 that `client start
+    --help` documents (Flower's own code is 1), so a service manager retries it."""
     out = io.StringIO()
-    supervise(_printing("ERROR : SSL/TLS handshake error detected.\n" + line), {}, out)
+    code = supervise(_printing("ERROR : SSL/TLS handshake error detected.\n" + line), {}, out)
+    assert code == EXIT_LOST_COORDINATOR
     hints = [row for row in out.getvalue().splitlines() if row.startswith("fedsyn:")]
     assert len(hints) == 1 and said in hints[0] and not_said not in hints[0]
 

@@ -431,6 +431,7 @@ class _Attempt:
     unauthorized: bool = False
     ended: bool = False  # it said it stopped (the supervisor may not have asked)
     activated: bool = False
+    tls_failed: bool = False  # a handshake failed on the coordinator's certificate (TLS_HINTS)
 
 
 def supervise(command: list[str], environment: dict[str, str], out: Console = sys.stdout,
@@ -519,7 +520,11 @@ def _run_once(command: list[str], environment: dict[str, str], out: Console, pol
         record.connected = False
         record.stopped()
         reader.join(timeout=5)  # the rest of its output, and what it means, before deciding
-    return (EXIT_LOST_COORDINATOR if attempt.gave_up.is_set() else process.returncode), attempt
+    # A SuperNode that exits on a certificate it cannot verify lost the coordinator as surely as one
+    # that gave up reconnecting: the same code, so the service manager retries once the certificate
+    # is fixed (its own code was 1, where `client start --help` documents 75; helper-116 M5).
+    lost = attempt.gave_up.is_set() or (attempt.tls_failed and process.returncode != 0)
+    return (EXIT_LOST_COORDINATOR if lost else process.returncode), attempt
 
 
 def _permission_hint(record: NodeRecord) -> str:
@@ -554,6 +559,7 @@ def _pass_through(process: subprocess.Popen[str], out: Console, attempt: _Attemp
         for pattern, text in TLS_HINTS:
             found = pattern.search(line)
             if found:
+                attempt.tls_failed = True
                 hint("tls", functools.partial(text.format, *found.groups()))
                 break
         if PERMISSION.search(line):
