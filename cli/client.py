@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
+from rich.markup import escape
 
 from fedsyn.cli.output import console, fail, results, setup_logging
 
@@ -89,6 +90,8 @@ def client_status(config: Annotated[Path, typer.Option("--config", "-c")] = Path
     table.add_row("last refusal", said(view.last_refusal, "message_type", "code"))
     table.add_row("SuperNode", view.supernode)
     results.print(table)
+    if view.note is not None:
+        console.print(f"[bold yellow]note:[/] {escape(view.note)}", soft_wrap=True)
     if view.problem is not None:
         fail(f"this site refuses to spend: {view.problem}", code=1)
     unwritable = writability_problems(site_runtime(policy).writes)

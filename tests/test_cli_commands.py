@@ -697,6 +697,12 @@ def test_client_status_shows_the_sites_budget_and_last_charge_and_a_ledger_it_wo
     assert result.exit_code == 1 and "more than its max_epsilon 0.1" in \
         " ".join(result.output.split())
     policy.write_text(json.dumps(lowered))
+    stored = json.loads(site.policy.ledger.read_text())  # helper-116 L3: the summary field set to 0, status silent
+    site.policy.ledger.write_text(json.dumps({**stored, "epsilon": 0}))
+    result = _invoke("client", "status", "--config", policy)
+    said = " ".join(result.output.split())
+    assert result.exit_code == 0 and f"{site.ledger.epsilon():.4f} of 5" in said
+    assert "`epsilon` field says 0, but its 1 charge(s) compose to" in said and "changed nothing" in said
     site.policy.ledger.unlink()
     PrivacyLedger.create(site.policy.ledger, site.policy.delta, protects=str(site.policy.data.resolve()))
     result = _invoke("client", "status", "--config", policy)

@@ -37,6 +37,7 @@ class SiteView:
     last_sent: dict[str, Any] | None = None
     last_refusal: dict[str, Any] | None = None
     problem: str | None = None  # why the site refuses to spend, if it does
+    note: str | None = None  # what the operator may have meant that the site does not do
     supernode: str = "not started by `fedsyn client start` here"
 
 
@@ -65,6 +66,13 @@ def site_view(policy: SitePolicy) -> SiteView:
     view = SiteView(policy.site_id, spent, policy.max_epsilon,
                     policy.max_epsilon_per_request, policy.delta, len(ledger.events) if ledger is not None else None,
                     problem=problem)
+    if ledger is not None and ledger.stated_epsilon is not None and spent is not None \
+            and abs(ledger.stated_epsilon - spent) > SPENT_TOLERANCE:
+        # helper-116 L3: an operator set the field to 0 to give the site its budget back, and status was silent
+        view.note = (f"the ledger's `epsilon` field says {ledger.stated_epsilon:g}, but its {len(ledger.events)} "
+                     f"charge(s) compose to {spent:.4f}: the field is a summary rewritten at every charge and never "
+                     "read, so editing it changed nothing. Spent privacy is never given back; to allow more, raise "
+                     "max_epsilon in the site policy")
     view.last_charge = next((e for e in reversed(entries) if e.get("event") == CHARGED), None)
     view.last_sent = next((e for e in reversed(entries) if e.get("event") in SENT), None)
     view.last_refusal = next((e for e in reversed(entries) if e.get("event") == "request_refused"), None)

@@ -212,6 +212,9 @@ class PrivacyLedger:
         self.path = Path(path) if path is not None else None
         self.protects = protects
         self.stream_nonce = stream_nonce
+        # The file's ``epsilon`` field as read: a summary for people, rewritten at every charge and
+        # never read back into the budget (the events are); ``client status`` names an edited one.
+        self.stated_epsilon: float | None = None
 
     def epsilon(self, extra: Sequence[PrivacyEvent] = ()) -> float:
         """Epsilon spent so far, or that would be spent after also running ``extra``."""
@@ -315,8 +318,11 @@ class PrivacyLedger:
     @classmethod
     def from_dict(cls, raw: dict[str, Any], path: str | Path | None = None) -> PrivacyLedger:
         events = [PrivacyEvent(**e) for e in raw["events"]]
-        return cls(delta=raw["delta"], accountant=raw["accountant"], events=events, path=path,
-                   protects=raw.get("protects"), stream_nonce=raw.get("stream_nonce"))
+        ledger = cls(delta=raw["delta"], accountant=raw["accountant"], events=events, path=path,
+                     protects=raw.get("protects"), stream_nonce=raw.get("stream_nonce"))
+        stated = raw.get("epsilon")
+        ledger.stated_epsilon = float(stated) if isinstance(stated, (int, float)) else None
+        return ledger
 
     @classmethod
     def load(cls, path: str | Path) -> PrivacyLedger:
