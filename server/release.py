@@ -136,6 +136,8 @@ def privacy_report(run: RunRecord, public_facts: dict[str, object] | None = None
                  "own delta: a lower bound where a round's charge is unconfirmed (unconfirmed_rounds: no reply, "
                  "a failure after the charge, or a rejected reply; possibly_charged_before_resume: such a round of "
                  "a run that stopped, asked again after its resume), which the ledger list leaves out too; "
+                 "max_epsilon is the site's own limit as it answered before round 0 (one its operator changed "
+                 "during the run is not seen before the next run; the site enforces its current one either way); "
                  "budget_epsilon_asked is the most the run let the site's ledger reach (the run's "
                  "epsilon above epsilon_before_run, never above the site's max_epsilon); epsilon_cumulative is the "
                  "site's own ledger over all runs as last claimed, or an upper "
