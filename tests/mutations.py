@@ -72,6 +72,16 @@ MUTATIONS = [
              "normaliser = float(expected_batch or self.config.batch_size)",
              "normaliser = sample_rate * data.shape[0]",
              (PRIVACY + "test_nothing_in_the_step_depends_on_the_row_count",)),
+    Mutation("the reported discriminator loss reads the real rows", "common/model/training.py",
+             "return float(fake_loss.detach())",
+             "return float(fake_loss.detach()) + float(F.softplus(-self.discriminator(data[:, :fake.shape[1]], "
+             "self._slot_input(self.conditions.sample(data.shape[0], rng), slot))).mean())",
+             (PRIVACY + "test_the_losses_a_training_reply_reports_read_no_record",)),
+    Mutation("the site reports a loss its steps did not", "client/site.py",
+             '"discriminator_fake_loss": float(np.mean([h.discriminator for h in history])),',
+             '"discriminator_fake_loss": float(np.mean([h.discriminator for h in history])) '
+             '+ float(len(frame)) * 1e-9,',
+             (PRIVACY + "test_the_losses_a_training_reply_reports_read_no_record",)),
     Mutation("site normalises by its exact row count", "client/site.py",
              "request.sample_rate * local_marginals.total()", "request.sample_rate * len(frame)",
              (PRIVACY + "test_a_site_normalises_by_its_noisy_count_never_its_row_count",)),
@@ -322,6 +332,11 @@ MUTATIONS = [
              "    if noise_multiplier < 1e-100:\n",
              "    if False:\n",
              ("tests/test_accounting.py::test_a_coordinators_extreme_noise_is_refused_at_once_under_either_accountant",)),
+    Mutation("an unexpected failure's text goes into the reply", "client/app.py",
+             'answer = (ErrorCode.SITE_FAILURE, "unexpected failure at the site")',
+             'answer = (ErrorCode.SITE_FAILURE, f"unexpected failure at the site: {exc}")',
+             ("tests/test_out_of_domain.py::"
+              "test_an_unexpected_site_failure_is_located_in_the_sites_log_and_never_in_the_reply",)),
     Mutation("a deployed site runs with a seed", "client/app.py",
              "    if problem is not None:\n        raise PolicyRefusal(problem)",
              "    if False:\n        raise PolicyRefusal(problem)",

@@ -159,6 +159,39 @@ def test_nothing_in_the_step_depends_on_the_row_count(demo_schema, demo_frame, m
     assert fake_sizes == [TINY.batch_size] * 2
 
 
+def test_the_losses_a_training_reply_reports_read_no_record(tmp_path, demo_schema, demo_frame, small_frame,
+                                                            monkeypatch):
+    """A training reply's ``discriminator_fake_loss`` is each step's fake-data term, computed
+    before that step's private update reads a record: one step's, with and without an extreme
+    extra record on the same streams, is the same number. A loss over the real rows would be a
+    statistic of them without noise (helper-118 M2: adding one survived 215 tests). The site
+    reports the steps' own losses and nothing else."""
+    rows = _encoded(demo_schema, demo_frame.head(200))
+    extreme = torch.cat([rows, torch.full((1, rows.shape[1]), 1e3)])
+    fake_losses = []
+    for data in (rows, extreme):
+        history = _trainer(demo_schema, seed=3).train(data, 1, 0.5, 1.0, rng=torch_generator(3, "fake"),
+                                                      mechanism_rng=mechanism_stream(3, "dp"))
+        fake_losses.append(history[0].discriminator)
+    assert fake_losses[0] == fake_losses[1]
+
+    site = _site(tmp_path, small_frame)
+    arrays, marginals = _global_model(site)
+    histories = []
+    real_train = GANTrainer.train
+
+    def spy(self, *args, **kwargs):
+        histories.append(real_train(self, *args, **kwargs))
+        return histories[-1]
+
+    monkeypatch.setattr(GANTrainer, "train", spy)
+    _, metrics, _ = site.train(_request(site), arrays, marginals)
+    assert set(metrics) == {"discriminator_fake_loss", "generator_loss", "steps"}
+    assert metrics["discriminator_fake_loss"] == float(np.mean([step.discriminator for step in histories[0]]))
+    assert metrics["generator_loss"] == float(np.mean([step.generator for step in histories[0]]))
+    assert metrics["steps"] == len(histories[0])
+
+
 # -- the site: randomness, charge order, refusals ------------------------------------------
 
 def _mechanism_streams(site: Site, monkeypatch, rounds: int) -> list[np.random.Generator]:
