@@ -84,6 +84,65 @@ def test_a_refused_bundle_is_never_installed_and_the_site_trail_records_it(tmp_p
     assert install(shipped, skip_prompt=True) == tmp_path / "app" and installed == [shipped]
 
 
+def test_a_run_naming_another_app_than_its_bundle_is_refused_before_install(tmp_path):
+    """helper-118 M1: Flower loads the ClientApp from the folder the run's fab_id and fab_version
+    name, the coordinator's word, not from the bundle it checked: a run naming
+    '1.0.0.<hash>/../../elsewhere/someapp' loaded another App on the site's machine, unguarded."""
+    from fedsyn.client.ops.clientapp_process import RunNames
+
+    policy = SitePolicy(site_id="st-mary", data=tmp_path / "d.csv", schema=tmp_path / "s.json",
+                        ledger=tmp_path / "ledger.json", max_epsilon=1.0, delta=1e-5)
+    installed: list[bytes] = []
+    run = RunNames()
+    install = checked_install(policy, lambda content, **_: installed.append(content) or tmp_path / "app", run)
+    shipped = build_fab_from_disk(APP_DIR)
+    project = _fedsyn_project()
+    own = (f"{project['tool']['flwr']['app']['publisher']}/{project['project']['name']}", project["project"]["version"])
+    elsewhere = f"{own[1]}.{bundle_hash(shipped)[:8]}/../../elsewhere/someapp"
+    for names in (None, (own[0], elsewhere), ("other/app", own[1])):
+        run.names = names
+        with pytest.raises(UntrustedAppError):
+            install(shipped, skip_prompt=True)
+    assert installed == [] and "app-refused" in policy.audit_trail.read_text()
+    run.names = own
+    assert install(shipped, skip_prompt=True) == tmp_path / "app" and installed == [shipped]
+
+
+@pytest.mark.parametrize("field", ["version", "publisher"])  # Flower itself refuses such a [project] name
+def test_a_bundle_whose_names_would_leave_the_flower_home_is_refused(field):
+    """helper-118: a '..' in the bundle's version made Flower install it outside its home."""
+    project = _fedsyn_project()
+    if field == "publisher":
+        project["tool"]["flwr"]["app"]["publisher"] = "../../outside"
+    else:
+        project["project"]["version"] = "0.1.0/../../outside"
+    with pytest.raises(UntrustedAppError, match="plain names"):
+        check_app_bundle(_bundle(project))
+
+
+def test_the_sites_clientapp_process_wires_both_checks_and_never_installs_dependencies(tmp_path, monkeypatch):
+    """The launcher's process wraps Flower's pull (the run's App names) and install (the bundle),
+    and drops the SuperNode's switch for Flower's runtime dependency install (helper-118 L2)."""
+    import sys
+
+    from flwr.supernode.runtime import run_clientapp as flower_runtime
+
+    from fedsyn.client.ops import clientapp_process
+
+    seen: list[list[str]] = []
+    monkeypatch.setattr(clientapp_process, "flwr_clientapp", lambda: seen.append(list(sys.argv)))
+    monkeypatch.setattr(clientapp_process, "configure_child", lambda: None)
+    monkeypatch.setattr(flower_runtime, "pull_task_input", flower_runtime.pull_task_input)
+    monkeypatch.setattr(flower_runtime, "install_from_fab", flower_runtime.install_from_fab)
+    monkeypatch.setenv(clientapp_process.POLICY_VARIABLE, str(tmp_path / "site.json"))
+    monkeypatch.setattr(sys, "argv", ["flwr-clientapp", "--allow-runtime-dependency-installation", "--insecure"])
+    pull, install = flower_runtime.pull_task_input, flower_runtime.install_from_fab
+    clientapp_process.main()
+    assert seen == [["flwr-clientapp", "--insecure"]]
+    assert flower_runtime.pull_task_input is not pull and flower_runtime.install_from_fab is not install
+    assert flower_runtime.pull_task_input.__qualname__.startswith("RunNames.recording")
+
+
 def test_a_policy_broken_while_the_site_runs_is_answered_at_once_with_an_error(tmp_path, caplog):
     """helper-98 M1: a stray comma in a running site's policy crashed every ClientApp with a
     traceback before Flower could answer, and the coordinator waited its whole round timeout."""

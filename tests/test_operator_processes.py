@@ -181,6 +181,8 @@ def test_the_launcher_is_written_only_by_a_start_that_goes_ahead(tmp_path, small
     SitePolicy.load(path).model_copy(update={"coordinator": connection}).save(path)
     launch = supernode_launch(path)
     assert launch.command and not (launch.launcher_folder / FLOWER_COMMAND).exists()
+    # helper-118 M1: a shared ~/.flwr held other Apps a run could name; the site's Flower home is its own
+    assert launch.environment["FLWR_HOME"] == str((launch.launcher_folder.parent / "flower-home").resolve())
     launch.install()
     assert str(path.resolve()) in (launch.launcher_folder / FLOWER_COMMAND).read_text()
 

@@ -9,7 +9,9 @@ and the refusal goes into the site's audit trail.
 
 The check wraps ``install_from_fab`` inside Flower's runtime (pinned ``flwr==1.41``): it is the
 one step that every bundle passes before its code could be imported, and it runs after the task
-message is pulled, so Flower still answers the coordinator with an error reply.
+message is pulled, so Flower still answers the coordinator with an error reply. Flower then
+loads the ClientApp from the folder the run's ``fab_id`` and ``fab_version`` name, so the pull
+is wrapped too (:class:`RunNames`): a run naming another App than its bundle is refused.
 """
 
 from __future__ import annotations
@@ -21,11 +23,12 @@ import stat
 import sys
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from flwr.supernode.cli.flwr_clientapp import flwr_clientapp
 from flwr.supernode.runtime import run_clientapp as flower_runtime
 
-from fedsyn.client.ops.trusted_app import UntrustedAppError, check_app_bundle
+from fedsyn.client.ops.trusted_app import UntrustedAppError, check_app_bundle, check_run_names
 from fedsyn.client.policy import PolicyError, SitePolicy
 from fedsyn.client.site import CHARGED
 from fedsyn.federation.app_bundle import bundle_hash
@@ -39,12 +42,18 @@ POLICY_VARIABLE = "FEDSYN_SITE_POLICY"
 FLOWER_COMMAND = "flwr-clientapp"
 
 
-def checked_install(policy: SitePolicy, install: Callable[..., Path]) -> Callable[..., Path]:
-    """``install`` (Flower's ``install_from_fab``) that first refuses bundles the site does not trust."""
+def checked_install(policy: SitePolicy, install: Callable[..., Path], run: RunNames | None = None
+                    ) -> Callable[..., Path]:
+    """``install`` (Flower's ``install_from_fab``) that first refuses bundles the site does not
+    trust, and a ``run`` that names another App than its bundle."""
 
     def install_if_trusted(fab_file: bytes, *args: object, **kwargs: object) -> Path:
         try:
             check_app_bundle(fab_file, frozenset(policy.approved_apps))
+            if run is not None:
+                if run.names is None:
+                    raise UntrustedAppError("the run's App names were not seen before its bundle; refused")
+                check_run_names(fab_file, *run.names)
         except UntrustedAppError as refusal:
             log.error("site %s refused the coordinator's App: %s", policy.site_id, refusal)
             try:  # a trail that cannot be written must not replace the refusal the coordinator hears
@@ -58,7 +67,28 @@ def checked_install(policy: SitePolicy, install: Callable[..., Path]) -> Callabl
     return install_if_trusted
 
 
-def guarded_install(policy_path: str, install: Callable[..., Path]) -> Callable[..., Path]:
+class RunNames:
+    """The App names (``fab_id``, ``fab_version``) of the run this process pulled: Flower loads
+    the ClientApp from the folder they name, so the install check holds them to the bundle's own
+    (:func:`~fedsyn.client.ops.trusted_app.check_run_names`). Checked at the install, not at the
+    pull: Flower answers the coordinator with an error reply only once the task is pulled."""
+
+    def __init__(self) -> None:
+        self.names: tuple[str, str] | None = None
+
+    def recording(self, pull: Callable[..., tuple[Any, Any, Any, Any]]) -> Callable[..., tuple[Any, Any, Any, Any]]:
+        """``pull`` (Flower's ``pull_task_input``) that keeps its run's App names."""
+
+        def pull_recorded(*args: object, **kwargs: object) -> tuple[Any, Any, Any, Any]:
+            message, context, run, fab = pull(*args, **kwargs)
+            self.names = (run.fab_id, run.fab_version)
+            return message, context, run, fab
+
+        return pull_recorded
+
+
+def guarded_install(policy_path: str, install: Callable[..., Path], run: RunNames | None = None
+                    ) -> Callable[..., Path]:
     """:func:`checked_install` under the site's policy or, where the policy file cannot be read (an
     operator's edit broke it while the site runs), an install that refuses every bundle: Flower
     then answers the coordinator with an error at once. Loaded outside that path, the policy's
@@ -73,16 +103,28 @@ def guarded_install(policy_path: str, install: Callable[..., Path]) -> Callable[
             raise PolicyError("the site's policy file cannot be read; its operator sees why in the site's log")
 
         return refuse
-    return checked_install(policy, install)
+    return checked_install(policy, install, run)
+
+
+RUNTIME_INSTALL_FLAG = "--allow-runtime-dependency-installation"
 
 
 def main() -> None:
     """Entry point of the launcher: the site policy path comes from the launcher, not the coordinator.
     The site's records (privacy charged, update sent, refusals) go out as JSON lines for ``fedsyn
-    client start`` to relay: with nothing configured here, Python dropped every INFO record."""
+    client start`` to relay: with nothing configured here, Python dropped every INFO record.
+
+    Flower's runtime dependency install (``uv sync`` in the bundle's folder, which builds its
+    project from whatever ``[build-system]`` it names) never runs here, whatever the SuperNode
+    was started with: a fedsyn App needs nothing installed (helper-118 L2)."""
     configure_child()
+    if RUNTIME_INSTALL_FLAG in sys.argv:
+        log.warning("this site never installs an App's dependencies at run time: %s ignored", RUNTIME_INSTALL_FLAG)
+        sys.argv = [argument for argument in sys.argv if argument != RUNTIME_INSTALL_FLAG]
+    run = RunNames()
+    flower_runtime.pull_task_input = run.recording(flower_runtime.pull_task_input)
     flower_runtime.install_from_fab = guarded_install(  # type: ignore[attr-defined]
-        os.environ[POLICY_VARIABLE], flower_runtime.install_from_fab)  # type: ignore[attr-defined]
+        os.environ[POLICY_VARIABLE], flower_runtime.install_from_fab, run)  # type: ignore[attr-defined]
     flwr_clientapp()
 
 

@@ -2,8 +2,9 @@
 
 The launch puts the site's own ``flwr-clientapp`` first on the SuperNode's ``PATH``
 (:mod:`fedsyn.client.ops.clientapp_process`), so that no App bundle other than the one naming
-the installed guard is installed or imported (:mod:`fedsyn.client.ops.trusted_app`). The site
-policy path goes on the SuperNode's own ``--node-config``, never through the coordinator.
+the installed guard is installed or imported (:mod:`fedsyn.client.ops.trusted_app`), and gives it
+a Flower home of its own (``flower-home/`` beside the ledger). The site policy path goes on the
+SuperNode's own ``--node-config``, never through the coordinator.
 """
 
 from __future__ import annotations
@@ -106,7 +107,10 @@ def supernode_launch(policy_path: Path) -> SupernodeLaunch:
         "--node-config", f'policy="{Path(policy_path).resolve()}"',
         "--port", str(connection.local_port),
     ]
-    return SupernodeLaunch(command, {"PATH": path, **NO_TELEMETRY}, launchers, Path(policy_path))
+    # The site's own Flower home: Flower installs each App bundle under it and loads the ClientApp from
+    # there, so no App another Flower user installed in a shared ~/.flwr can be loaded in its place.
+    home = str((policy.ledger.parent / "flower-home").resolve())
+    return SupernodeLaunch(command, {"PATH": path, "FLWR_HOME": home, **NO_TELEMETRY}, launchers, Path(policy_path))
 
 
 def site_runtime(policy: SitePolicy) -> SiteRuntime:
