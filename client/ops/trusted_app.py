@@ -69,13 +69,16 @@ def check_app_bundle(content: bytes, approved_hashes: frozenset[str] = frozenset
     dependencies = _entry(project, "project", "dependencies") or []
     if dependencies:
         raise UntrustedAppError(f"App bundle {digest} asks to install {dependencies}; a fedsyn App needs none")
-    names = bundle_names(project)
-    unsafe = [name for name in names if not isinstance(name, str) or not _PLAIN_NAME.fullmatch(name)]
+    unsafe = [name for name in bundle_names(project) if not _plain(name)]
     if unsafe:
         raise UntrustedAppError(f"App bundle {digest}: its publisher, name and version must be plain names (letters, "
                                 f"digits, '.', '_', '+', '-'; no '/' or '..'), not {unsafe[0]!r}: Flower installs "
                                 "the bundle into a folder named after them")
     return digest
+
+
+def _plain(name: object) -> bool:
+    return isinstance(name, str) and _PLAIN_NAME.fullmatch(name) is not None
 
 
 def bundle_names(project: dict[str, object]) -> tuple[object, object, object]:
