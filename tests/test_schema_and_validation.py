@@ -878,6 +878,11 @@ def test_a_column_that_records_the_outcome_is_pointed_at_by_name(demo_frame):
     assert outcome_proxy_columns(some, draft_schema(some, outcome="death")) == ["destination"]
     some.loc[np.flatnonzero(~died)[:10], "destination"] = "deceased"  # a tenth of them survivors: a relation
     assert outcome_proxy_columns(some, draft_schema(some, outcome="death")) == []
+    # helper-119: hospitals writing the outcome as Y/N, 1/0 and yes/no: one outcome, and its proxy still named
+    flags = pd.DataFrame({"death": np.where(died, "Y", "N"), "destination": np.where(died, "deceased", "home")})
+    flags.loc[300:, "death"] = np.where(died[300:], "1", "0")
+    flags.loc[450:, "death"] = np.where(died[450:], "yes", "no")
+    assert outcome_proxy_columns(flags, draft_schema(flags, outcome="death")) == ["destination"]
     # Three classes: 'icu' is 98 % deaths, but 49 of 300 deaths; its one transfer is a fifth of the
     # five transfers. Purity and share must be one class's: none here.
     three = pd.DataFrame({"outcome": ["alive"] * 500 + ["dead"] * 300 + ["transferred"] * 5,

@@ -1082,6 +1082,39 @@ def duplicate_columns(frame: pd.DataFrame, schema: Schema) -> list[tuple[str, st
     return repeats
 
 
+def read_as_levels(series: pd.Series, column: Column) -> pd.Series:
+    """A categorical column's cells as its levels, as every reader of an extract takes them:
+    codes as strings, spelled as the schema spells them (see :func:`spell_category`), a level
+    with stray surrounding spaces read as that level, and a whole-number level written with a
+    decimal point ('2.0' for '2': pandas writes a number column with gaps so, and a newcomer's
+    draft, which read the column as numbers, was refused by validate on its own file), a
+    spelling the column declares (``spellings``: 'pos' for 'positive') read as its level, and a
+    yes/no column's other spellings of yes and no ('Y', 'Yes', '1', 'true') read as its two
+    levels (:func:`yes_no_levels`)."""
+    levels, declared = set(column.levels), column.spelled_levels()
+    flag = yes_no_levels(sorted(levels))
+
+    def spelled(value: object) -> object:
+        text = spell_category(value)
+        if not isinstance(text, str) or text in levels:
+            return text
+        if text.strip() in levels:
+            return text.strip()
+        whole = WHOLE_NUMBER_WITH_POINT.fullmatch(text)
+        if whole and whole.group(1) in levels:
+            return whole.group(1)
+        folded = spelling_key(text)
+        if folded in declared:
+            return declared[folded]
+        if flag is not None and folded in READ_AS_YES:  # a flag's 'Y', 'Yes', 'true', '1': its yes
+            return flag[0]
+        if flag is not None and folded in READ_AS_NO:
+            return flag[1]
+        return text
+
+    return series.map(spelled).astype(object)
+
+
 # A column whose values alone tell the outcome's classes apart this well (balanced accuracy of
 # the outcome class most common at each value) records the outcome rather than predicts it.
 OUTCOME_PROXY_ACCURACY = 0.95
@@ -1096,6 +1129,9 @@ def outcome_proxy_columns(frame: pd.DataFrame, schema: Schema) -> list[str]:
     if schema.outcome is None or schema.outcome not in frame.columns:
         return []
     frame = without_schema_markers(frame, schema)
+    for column in schema.categorical_columns:  # hospitals' 'Y', '1', 'yes' and True: one level, as fedsyn reads them
+        if column.name in frame.columns:
+            frame[column.name] = read_as_levels(frame[column.name], column)
     outcome = frame[schema.outcome].astype(str)
     if outcome.nunique() < 2:
         return []

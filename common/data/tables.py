@@ -11,22 +11,17 @@ import pandas as pd
 
 from fedsyn.data.schema import (
     CSV_EMPTY_CELLS,
-    READ_AS_NO,
-    READ_AS_YES,
-    WHOLE_NUMBER_WITH_POINT,
-    Column,
     ColumnKind,
     Schema,
     as_numbers,
     category_levels,
     headerless_names,
     limits_at_bounds,
+    read_as_levels,
     spell_category,
-    spelling_key,
     text_columns,
     units_removed,
     without_schema_markers,
-    yes_no_levels,
     zero_padded_codes,
 )
 from fedsyn.errors import InputDataError
@@ -95,7 +90,7 @@ def read_table(path: str | Path, schema: Schema | None = None) -> pd.DataFrame:
                 frame[column.name] = as_numbers(limits_at_bounds(units_removed(frame[column.name], column), column))
     for column in schema.categorical_columns if schema is not None else []:
         if column.name in frame.columns:
-            frame[column.name] = _as_category(frame[column.name], column)
+            frame[column.name] = read_as_levels(frame[column.name], column)
     return frame
 
 
@@ -243,38 +238,6 @@ def write_table(frame: pd.DataFrame, path: str | Path) -> None:
         frame.to_parquet(path, index=False)
     else:
         frame.to_csv(path, index=False)
-
-
-def _as_category(series: pd.Series, column: Column) -> pd.Series:
-    """Categorical codes as strings, spelled as the schema spells them (see :func:`spell_category`),
-    a level with stray surrounding spaces read as that level, and a whole-number level written
-    with a decimal point ('2.0' for '2': pandas writes a number column with gaps so, and a
-    newcomer's draft, which read the column as numbers, was refused by validate on its own file),
-    a spelling the column declares (``spellings``: 'pos' for 'positive') read as its level, and
-    a yes/no column's other spellings of yes and no ('Y', 'Yes', '1', 'true') read as its
-    two levels (:func:`fedsyn.data.schema.yes_no_levels`)."""
-    levels, declared = set(column.levels), column.spelled_levels()
-    flag = yes_no_levels(sorted(levels))
-
-    def spelled(value: object) -> object:
-        text = spell_category(value)
-        if not isinstance(text, str) or text in levels:
-            return text
-        if text.strip() in levels:
-            return text.strip()
-        whole = WHOLE_NUMBER_WITH_POINT.fullmatch(text)
-        if whole and whole.group(1) in levels:
-            return whole.group(1)
-        folded = spelling_key(text)
-        if folded in declared:
-            return declared[folded]
-        if flag is not None and folded in READ_AS_YES:  # a flag's 'Y', 'Yes', 'true', '1': its yes
-            return flag[0]
-        if flag is not None and folded in READ_AS_NO:
-            return flag[1]
-        return text
-
-    return series.map(spelled).astype(object)
 
 
 def typed_by_schema(frame: pd.DataFrame, schema: Schema) -> pd.DataFrame:
