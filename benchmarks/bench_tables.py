@@ -10,7 +10,7 @@ can be put beside the peers in ``peers.jsonl``:
 
 - ``train.csv`` is split by its ``site`` column into one CSV per site (a temporary folder);
 - ``fedsyn simulate --sites ... --schema <table>/schema.json --epsilon E --rows len(train)
-  --seed S --stream-nonce N(S) --out DIR --no-compare`` runs as a subprocess (the real command
+  --seed S --stream-nonce N(S) --out DIR --no-compare --hold-out 0`` runs as a subprocess (the real command
   line; N(S), :func:`bench_nonce`, is fixed per seed so that variants compare paired);
 - ``DIR/release/synthetic.csv`` is scored by the bench's ``judge.judge_all``: TSTR with gradient
   boosting and logistic regression on the declared outcome and, averaged, with every other
@@ -117,7 +117,7 @@ def run_fedsyn(fedsyn: str, sites: list[Path], schema: Path, epsilon: float, row
     command = [fedsyn, "simulate", *[arg for path in sites for arg in ("--sites", str(path))],
                "--schema", str(schema), "--epsilon", f"{epsilon:g}", "--rows", str(rows),
                "--seed", str(seed), "--stream-nonce", bench_nonce(seed), "--out", str(out), "--no-compare", "--yes",
-               *extra]
+               "--hold-out", "0", *extra]  # every site row trains; the bench's judge holds its own test rows
     env = {**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1"),
            "MKL_NUM_THREADS": os.environ.get("MKL_NUM_THREADS", "1")}
     started = time.monotonic()

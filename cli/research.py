@@ -40,6 +40,9 @@ COLOUR = {"green": "green", "amber": "yellow", "red": "red"}  # a plan's outlook
 RULE_DROP_WARN = 0.05  # above this share of rows replaced for breaking a rule, the release's shares move
 
 
+NO_HELD_OUT = ("no held-out real rows (--hold-out 0), so no local validation report or verdict: give --held-out FILE, "
+               "or keep the default --hold-out 0.3")
+
 def fit(
     data: Annotated[Path, typer.Argument(help="the extract to train on (CSV or Parquet)")],
     schema: Annotated[Path, typer.Option("--schema", "-s", help="its public schema (JSON)")],
@@ -138,8 +141,7 @@ def fit(
         console.print(f"seeded fit: `--seed {seed} --stream-nonce {model.stream_nonce_}` repeats it exactly. Keep both "
                       "private: with them anyone can regenerate this fit's noise")
     if test is None:
-        console.print("no held-out real rows (--hold-out 0), so no local validation report or verdict: give "
-                      "--held-out FILE, or keep the default --hold-out 0.3")
+        console.print(NO_HELD_OUT)
         return
     from fedsyn.evaluation.report import write_local_report
 
@@ -164,9 +166,9 @@ def simulate(
              "row of DATA trains)")] = None,
     data: Annotated[Path | None, typer.Option(help="one table to split into --split hospitals")] = None,
     hold_out: Annotated[float | None, typer.Option(
-        help="with --data and no --held-out: the share of DATA kept out of training (stratified by the outcome; "
-             "with --site-column, at each hospital) for the local validation report (default 0.3; 0: train on "
-             "every row, no report)")] = None,
+        help="without --held-out: the share of the rows kept out of training (stratified by the outcome; with "
+             "--sites or --site-column, at each hospital) for the local validation report (default 0.3; 0: train "
+             "on every row, no report)")] = None,
     split: Annotated[int | None, typer.Option(
         help="how many hospitals to split --data into (default 3; with --site-column: one per value)", min=1)] = None,
     skew: Annotated[str | None, typer.Option(help="non-IID split sorted by this column")] = None,
@@ -313,8 +315,8 @@ def simulate(
                       "spends again on the same rows, and publishing a release of each spends their sum",
                       soft_wrap=True)
     if fail_below is not None and prepared.simulation.test is None:  # a pipeline's gate that would check nothing
-        fail("--fail-below needs the verdict of held-out rows, and this run has none: give --held-out FILE (or, "
-             "with --data, a --hold-out share above 0)")
+        fail("--fail-below needs the verdict of held-out rows, and this run has none: give --held-out FILE or a "
+             "--hold-out share above 0")
     for warning in prepared.warnings:
         console.print(f"[yellow bold]warning:[/] {warning}", soft_wrap=True)
     _show_plan(prepared)
@@ -360,8 +362,7 @@ def simulate(
         results.print("validation report (LOCAL: computed from real rows, not for release): "
                       f"{out / 'local-report' / 'report.html'}", soft_wrap=True)
     else:
-        console.print("no held-out real rows, so no local validation report or verdict: give --held-out FILE "
-                      "(with --data, or a --hold-out share above 0)")
+        console.print(NO_HELD_OUT)
     key = result.keys / "coordinator.pub"
     results.print(f"release signed (check: {program()} verify {result.release} --key {key})", soft_wrap=True)
     if simulation.stream_nonce is not None:  # the terminal only: neither value is in any file written above

@@ -100,8 +100,8 @@ class SimulationRequest:
         if self.held_out is not None and not (self.sites or self.data):
             raise ConfigurationError("--held-out goes with --data or --sites: the demo's held-out rows are split "
                                      "from it for you")
-        if self.hold_out is not None and (self.sites or self.held_out is not None):
-            raise ConfigurationError("--hold-out is the share of --data kept out of training; with --sites or "
+        if self.hold_out is not None and self.held_out is not None:
+            raise ConfigurationError("--hold-out is the share of each hospital's rows kept out of training; with "
                                      "--held-out FILE the held-out rows are that file's")
         if self.hold_out is not None and not 0 <= self.hold_out < 1:
             raise ConfigurationError(f"--hold-out {self.hold_out}: a share of the rows, at least 0 and below 1 "
@@ -264,13 +264,22 @@ def _load(request: SimulationRequest) -> _Loaded:
             else _screened(request.held_out, schema, request.schema_path, request.out_of_domain, notes)
     except (SchemaError, DataFileError, ValueError) as exc:
         raise ConfigurationError(str(exc)) from exc
+    share = 0.0 if test is not None else DEFAULT_HOLD_OUT if request.hold_out is None else request.hold_out
     if request.sites:
-        return _Loaded(schema, read, pd.concat(read, ignore_index=True), test,
-                       _site_names(request.sites, read, request.site_column), tuple(notes))
+        # Each file keeps its share for the report, as a --site-column split does: with none kept, a
+        # newcomer with four hospitals' files learnt only after the budget was spent that no verdict
+        # would come, and built a held-out file of four spellings by hand (helper-119 #3).
+        names = _site_names(request.sites, read, request.site_column)
+        try:
+            tables, held = _held_out_of_each(read, names or tuple(str(path) for path in request.sites), schema,
+                                             share, request.seed, "--sites")
+        except ValueError as exc:
+            raise ConfigurationError(str(exc)) from exc
+        return _Loaded(schema, tables, pd.concat(tables, ignore_index=True), test if held is None else held, names,
+                       tuple(notes))
     from fedsyn.simulations.split import held_out_split, split_table
 
     whole = read[0]
-    share = 0.0 if test is not None else DEFAULT_HOLD_OUT if request.hold_out is None else request.hold_out
     rng = np.random.default_rng(request.seed)  # the split and the held-out rows only
     try:
         if request.site_column:
@@ -325,31 +334,43 @@ def _split_by_site(whole: pd.DataFrame, schema: Schema, column: str, hold_out: f
                    ) -> tuple[list[pd.DataFrame], pd.DataFrame | None, tuple[str, ...]]:
     """One hospital per value of ``column`` (named after it), each holding out ``hold_out`` of its
     rows for the local report (stratified by the outcome where every class allows it; none at 0)."""
-    from fedsyn.simulations.split import held_out_split
 
     if whole[column].isna().any():
         raise ValueError(f"--site-column {column}: some rows name no hospital; fill the column in or drop those rows "
                          "(every row belongs to one hospital)")
-    trains: list[pd.DataFrame] = []
-    tests: list[pd.DataFrame] = []
-    names: list[str] = []
-    for value, rows in sorted(whole.groupby(whole[column].astype(str)), key=lambda item: item[0]):
+    groups = sorted(whole.groupby(whole[column].astype(str)), key=lambda item: item[0])
+    for value, rows in groups:
         if len(rows) < MIN_SITE_ROWS:
             raise ValueError(f"--site-column {column}: hospital '{value}' has fewer than {MIN_SITE_ROWS} rows, too "
                              "few to train on and hold out from; merge it with another or drop it")  # no small count
-        train = rows
-        if hold_out > 0:
-            try:
-                train, test = held_out_split(rows, hold_out, schema.outcome, seed, stratify="where_possible")
-            except ValueError as exc:
-                raise ValueError(f"--site-column {column}: hospital '{value}': {exc}") from None
-            tests.append(test)
-        trains.append(train.reset_index(drop=True))
-        names.append(public_name(value) or f"site-{len(names)}")  # as a site's policy takes it
-    if len(trains) < 2:
-        raise ValueError(f"--site-column {column} holds {len(trains)} hospital(s) in this table: a federation "
+    if len(groups) < 2:
+        raise ValueError(f"--site-column {column} holds {len(groups)} hospital(s) in this table: a federation "
                          "needs at least 2")
-    return trains, pd.concat(tests, ignore_index=True) if tests else None, tuple(names)
+    trains, test = _held_out_of_each([rows for _, rows in groups], tuple(value for value, _ in groups), schema,
+                                     hold_out, seed, f"--site-column {column}: hospital")
+    names = tuple(public_name(value) or f"site-{index}" for index, (value, _) in enumerate(groups))
+    return trains, test, names  # named as a site's policy takes them
+
+
+def _held_out_of_each(tables: list[pd.DataFrame], names: tuple[str, ...], schema: Schema, hold_out: float,
+                      seed: int | None, what: str) -> tuple[list[pd.DataFrame], pd.DataFrame | None]:
+    """Each hospital's rows less ``hold_out`` of them (stratified by the outcome where every class
+    allows it), and those held-out rows together for the local report (None at 0): every hospital
+    is in the report as it is in the release."""
+    from fedsyn.simulations.split import held_out_split
+
+    if hold_out <= 0:
+        return [table.reset_index(drop=True) for table in tables], None
+    trains: list[pd.DataFrame] = []
+    tests: list[pd.DataFrame] = []
+    for name, rows in zip(names, tables):
+        try:
+            train, test = held_out_split(rows, hold_out, schema.outcome, seed, stratify="where_possible")
+        except ValueError as exc:
+            raise ValueError(f"{what} '{name}': {exc}") from None
+        trains.append(train.reset_index(drop=True))
+        tests.append(test)
+    return trains, pd.concat(tests, ignore_index=True)
 
 
 def _settings(request: SimulationRequest, epsilon: float, sample_rate: float, sites: int, config: GANConfig

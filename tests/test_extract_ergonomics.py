@@ -130,10 +130,10 @@ def test_a_delta_sites_refuse_is_a_clear_error_before_anything_is_written(tmp_pa
     result = _invoke("simulate", "--data", cohort, "--schema", SCHEMA, "--delta", "0.1", "--out", out)
     assert result.exit_code == 2 and "--delta 0.1" in _said(result) and "unexpected" not in result.output
     assert not out.exists()
-    for index in range(2):  # 1/1500 = 6.7e-4: below what sites accept, above 1/rows
+    for index in range(2):  # 1,050 rows train at each after the hold-out: 9.8e-4 is above 1/rows
         demo_frame.iloc[index * 1500:(index + 1) * 1500].to_csv(tmp_path / f"s{index}.csv", index=False)
     result = _invoke("simulate", "--sites", tmp_path / "s0.csv", "--sites", tmp_path / "s1.csv", "--schema", SCHEMA,
-                     "--delta", "9e-4", "--out", out)
+                     "--delta", "9.8e-4", "--out", out)
     assert result.exit_code == 2 and "1/rows" in _said(result) and not out.exists(), result.output
 
 

@@ -173,11 +173,22 @@ def test_a_table_with_a_held_out_file_or_share_holds_out_what_it_says(tmp_path):
     assert len(by_site.test) == pytest.approx(rows / 2, abs=3) and set(by_site.test["hospital"]) == {"A", "B", "C"}
     every_row = prepare(SimulationRequest(data=data, schema=schema, hold_out=0, out=tmp_path / "run")).simulation
     assert every_row.test is None and len(every_row.train) == rows
+    # helper-119 #3: hospitals' own files kept nothing for the report, and the run said so only after spending
+    frame = pd.read_csv(data)
+    files = []
+    for value in ("A", "B", "C"):
+        frame[frame["hospital"] == value].to_csv(tmp_path / f"{value}.csv", index=False)
+        files.append(tmp_path / f"{value}.csv")
+    per_file = prepare(SimulationRequest(sites=tuple(files), schema=schema, out=tmp_path / "run", seed=0)).simulation
+    assert len(per_file.test) == pytest.approx(0.3 * rows, abs=4) and set(per_file.test["hospital"]) == {"A", "B", "C"}
+    assert len(per_file.train) + len(per_file.test) == rows and per_file.site_names == ("A", "B", "C")
+    whole_files = prepare(SimulationRequest(sites=tuple(files), schema=schema, hold_out=0, out=tmp_path / "run"))
+    assert whole_files.simulation.test is None and len(whole_files.simulation.train) == rows
 
 
 @pytest.mark.parametrize(("request_", "said"), [
-    (dict(sites=(Path("a.csv"),), hold_out=0.2), "--hold-out is the share of --data"),
-    (dict(data=Path("a.csv"), held_out=Path("b.csv"), hold_out=0.2), "--hold-out is the share of --data"),
+    (dict(sites=(Path("a.csv"),), held_out=Path("b.csv"), hold_out=0.2), "the held-out rows are that file's"),
+    (dict(data=Path("a.csv"), held_out=Path("b.csv"), hold_out=0.2), "the held-out rows are that file's"),
     (dict(data=Path("a.csv"), hold_out=1.0), "below 1"),
     (dict(held_out=Path("b.csv")), "goes with --data or --sites"),
     (dict(data=Path("a.csv"), out_of_domain="ignore"), "choose drop, clamp, blank or refuse"),
