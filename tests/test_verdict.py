@@ -305,6 +305,33 @@ def test_a_hospital_whose_difference_is_lost_is_flagged_whatever_the_other_relat
                and flag.level in ("amber", "red") for flag in sited.flags), sited.flags
 
 
+def test_a_small_hospitals_own_difference_turned_round_is_judged_beside_the_large_ones(rows, demo_schema):
+    """helper-119: a small hospital 10.6 years older than the others came back 4.5 years younger;
+    the verdict judged the site column's three strongest relations, all the large hospitals',
+    and said nothing. Each hospital's own strongest are judged. Here sample years stand for
+    hospitals: 1995's rows hold much higher kappa, lambda and creatinine than 1996's (the large
+    ones' differences; 2003's lie between), 2003's are 12 years older in the real rows and 12 younger in the
+    synthetic ones."""
+    from fedsyn.evaluation.metrics import relations
+
+    def hospitals(frame: pd.DataFrame, small_shift: float) -> pd.DataFrame:
+        year = np.where(np.arange(len(frame)) % 10 == 0, "2003",
+                        np.where(np.arange(len(frame)) % 2 == 0, "1995", "1996"))
+        large = {name: np.where(year == "1995", 25.0, np.where(year == "1996", 2.0, 13.5))
+                 for name in ("kappa", "lambda", "creatinine")}  # three relations stronger than the small one's
+        age = np.clip(np.where(year == "2003", frame["age"] + small_shift, frame["age"]), 50, 105)
+        return frame.assign(sample_yr=year, age=age, **large)
+
+    train, _, patients = rows
+    real, synthetic = hospitals(train, 12.0), hospitals(patients, -12.0)
+    judged = relations(real, synthetic, demo_schema, top=2, site_column="sample_yr")  # the large ones' lie beyond
+    small = [relation for relation in judged if "2003" in relation["feature"] and "age" in relation["feature"]]
+    assert small and small[0]["real"] > 0 > small[0]["synthetic"], judged
+    verdict = judge(fidelity(real, synthetic, demo_schema, site_column="sample_yr"), {}, NO_PRIVACY_SIGNAL,
+                    outcome=demo_schema.outcome)
+    assert any("2003" in flag.message and "age" in flag.message and flag.level == "red" for flag in verdict.flags)
+
+
 def test_an_effect_held_in_a_columns_top_tenth_is_judged_there():
     """A newcomer's deaths were 37 % of the rows with lactate 4 or more and 2 % below 2; every
     release kept 3-5 % in both, and the verdict said lactate's correlation had shrunk to 56 %
