@@ -308,3 +308,22 @@ def test_a_label_the_font_cannot_draw_warns_nobody():
         warnings.simplefilter("always")
         assert _png(figure)
     assert not [w for w in caught if "Glyph" in str(w.message)]
+
+
+def test_a_model_stopped_at_its_iteration_cap_is_scored_without_a_warning():
+    """helper-119: scikit-learn's ConvergenceWarning, with its install path, printed in the middle
+    of a run's results."""
+    import warnings
+
+    from sklearn.exceptions import ConvergenceWarning
+    from sklearn.neural_network import MLPClassifier
+
+    from fedsyn.evaluation.metrics import _scores
+
+    rng = np.random.default_rng(0)
+    x, y = rng.normal(size=(200, 4)), rng.integers(0, 2, 200)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        scores = _scores(MLPClassifier(max_iter=1, random_state=0), x, y, x, y)
+    assert 0 <= scores["roc_auc"] <= 1
+    assert not [warning for warning in caught if issubclass(warning.category, ConvergenceWarning)]

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import itertools
 import math
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -30,6 +31,7 @@ from scipy import stats
 from sklearn.base import ClassifierMixin, clone
 from sklearn.decomposition import PCA
 from sklearn.ensemble import HistGradientBoostingClassifier, RandomForestClassifier
+from sklearn.exceptions import ConvergenceWarning
 from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import accuracy_score, f1_score, roc_auc_score
 from sklearn.model_selection import cross_val_predict
@@ -706,7 +708,10 @@ def _scores(model: ClassifierMixin, x_train: np.ndarray, y_train: np.ndarray, x_
         # Its validation split is stratified and needs two rows of each class: a synthetic table
         # with one row of a rare outcome made the whole report (and `fedsyn fit`) fail.
         model = clone(model).set_params(early_stopping=False)
-    model.fit(x_train, y_train)
+    with warnings.catch_warnings():  # a model stopped at its iteration cap is scored as it stands; its
+        # warning, with scikit-learn's install path, landed in the middle of a run's results (helper-119)
+        warnings.filterwarnings("ignore", category=ConvergenceWarning)
+        model.fit(x_train, y_train)
     probability = np.zeros((len(x_test), max(classes, 2)))
     probability[:, model.classes_] = model.predict_proba(x_test)
     predicted = probability.argmax(axis=1)
