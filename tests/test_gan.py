@@ -64,6 +64,8 @@ def test_samples_always_fit_the_schema(fitted, demo_schema):
 def test_conditional_sampling_fixes_the_column(fitted):
     rare = fitted.sample(300, condition={"mgus": "yes"})
     assert (rare["mgus"] == "yes").all()
+    # helper-119: a spelling the extract may use ('Y' for a flag's yes) asks for its level, as it reads there
+    assert (fitted.sample(50, condition={"mgus": "Y"})["mgus"] == "yes").all()
     with pytest.raises(ValueError, match="not a category"):
         fitted.sample(5, condition={"mgus": "maybe"})
     with pytest.raises(ValueError, match="must be a range"):

@@ -21,7 +21,7 @@ import torch
 from sklearn.base import BaseEstimator
 
 from fedsyn.data.rules import Condition
-from fedsyn.data.schema import Schema
+from fedsyn.data.schema import Schema, read_as_levels
 from fedsyn.data.tables import rows_digest, typed_by_schema
 from fedsyn.data.validation import require_valid
 from fedsyn.errors import ConfigurationError
@@ -255,8 +255,8 @@ class DPTabularGAN(BaseEstimator):  # type: ignore[misc]
         ranges: list[Condition] = []
         for name, wanted in condition.items():
             column = self.schema.column(name)  # KeyError names an unknown column
-            if column.is_categorical:
-                categorical[name] = wanted
+            if column.is_categorical:  # a declared spelling ('F' for 'female') asks for its level, as in an extract
+                categorical[name] = read_as_levels(pd.Series([wanted], dtype=object), column).iloc[0]
             elif isinstance(wanted, (tuple, list)) and len(wanted) == 2:
                 low, high = float(wanted[0]), float(wanted[1])
                 lower, upper = column.bounds
