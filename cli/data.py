@@ -68,6 +68,7 @@ def schema_draft(
         outcome_proxy_columns,
         rare_level_columns,
         recurring_identifier_columns,
+        separator_cells,
         stray_negative_columns,
         stray_text_cells,
     )
@@ -124,6 +125,11 @@ def schema_draft(
                       "column's public bound: such a cell at its column's bound is read as the bound (a value of its "
                       "own that the release keeps), as it is; any other limit ('<0.02' where the bound is 0.01), "
                       f"write as a number or empty: fedsyn validate --schema {out} {checked} lists their lines[/]")
+    for name in separator_cells(extract, draft):
+        console.print(f"[yellow]column '{name}' holds numbers written with a decimal comma (37,2) or thousands "
+                      "separators (6,994.91): the draft read them as numbers, so it was drafted as one. Fix the "
+                      "export (a decimal point, no separators): fedsyn validate, which reads the file as written, "
+                      f"lists their lines (fedsyn validate --schema {out} {checked})[/]")
     for name in stray_text_cells(extract, draft):
         console.print(f"[yellow]column '{name}' holds numbers but for some cells of text (a unit written beside "
                       "the value, a word for an unknown value): it was drafted as a number. A word the extract "

@@ -806,6 +806,11 @@ def test_a_draft_reads_decimal_commas_and_thousands_separators_as_numbers_and_va
     pd.DataFrame({"temp_c": temps, "cost": costs}).to_csv(tmp_path / "x.csv", index=False)
     draft = draft_schema(read_table(tmp_path / "x.csv"), outcome=None)
     assert draft.column("temp_c").kind == ColumnKind.CONTINUOUS and draft.column("cost").kind == ColumnKind.CONTINUOUS
+    # helper-119 #4: the draft's note said 'a unit or a word' for such cells; it names them as written
+    from fedsyn.data.schema import separator_cells, stray_text_cells
+    extract = read_table(tmp_path / "x.csv")
+    written = separator_cells(extract, draft)
+    assert written["temp_c"] == 100 and written["cost"] > 100 and stray_text_cells(extract, draft) == {}
     reviewed = draft.model_copy(update={"columns": [c.model_copy(update={"needs_review": False})
                                                     for c in draft.columns]})
     said = {p.column: p.describe() for p in validate_frame(read_table(tmp_path / "x.csv", reviewed), reviewed).problems}

@@ -975,10 +975,24 @@ def _separators_read(cells: pd.Series) -> pd.Series:
 
 
 def _stray_cells(cells: pd.Series) -> int:
-    """How many of non-empty ``cells`` are text that is no number, cells written as a limit aside
-    and cells written with the column's one unit ('120 mg/dL', :func:`_written_unit`)."""
+    """How many of non-empty ``cells`` are text that is no number, cells written as a limit aside,
+    cells written with the column's one unit ('120 mg/dL', :func:`_written_unit`) and numbers
+    written with a decimal comma or thousands separators (:func:`separator_cells`)."""
     with_unit = int(_numbers_with_units(cells)[1].notna().sum()) if _written_unit(cells) else 0
-    return _text_cells(pd.to_numeric(cells, errors="coerce")) - int(_censored(cells).sum()) - with_unit
+    return (_text_cells(pd.to_numeric(_separators_read(cells), errors="coerce")) - int(_censored(cells).sum())
+            - with_unit)
+
+
+def separator_cells(frame: pd.DataFrame, schema: Schema) -> dict[str, int]:
+    """Of a draft's numeric columns, how many cells the draft read as numbers written with a
+    decimal comma ('37,2') or thousands separators ('6,994.91') (:func:`_separators_read`): a
+    newcomer's semicolon export, converted, was told its lab values held 'a unit or a word' in
+    some cells. Counts only."""
+    def written_so(cells: pd.Series) -> int:
+        read = _separators_read(cells)
+        return int((read.astype(str) != cells.astype(str)).sum()) if read is not cells else 0
+
+    return _numeric_column_counts(frame, schema, written_so)
 
 
 # A drafted bound this many times farther from the 99th percentile (the 1st) than that is from
