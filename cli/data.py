@@ -40,9 +40,16 @@ def schema_draft(
     try:
         extracts = [read_table(path) for path in data]
         for path, extract in zip(data[1:], extracts[1:]):
-            if set(extract.columns) != set(extracts[0].columns):  # names only: a header names columns
-                fail(f"{path} has other columns than {data[0]}{_column_difference(extracts[0], extract)}: draft "
-                     "from files of the same columns")
+            # names only: a header names columns. Where they look like a record's values, no draft.
+            if set(extract.columns) != set(extracts[0].columns) and _difference_unshown(extracts[0], extract):
+                missing = len(set(extracts[0].columns) - set(extract.columns))
+                fail(f"{path} has other columns than {data[0]} ({missing} of its columns missing, "
+                     f"{len(set(extract.columns) - set(extracts[0].columns))} added), and some of their names look "
+                     "like a record's values (a file without a header line?): give each file the same header line")
+        every = list(dict.fromkeys(name for extract in extracts for name in extract.columns))
+        lacking = {path: [str(name) for name in every if name not in extract.columns]
+                   for path, extract in zip(data, extracts)}
+        extracts = [extract.reindex(columns=every) for extract in extracts]  # empty where a hospital has none
         dates = {str(name) for extract in extracts for name in extract.columns if date_like(extract[name])}
         extract = pd.concat(extracts, ignore_index=True) if len(extracts) > 1 else extracts[0]
         draft = draft_schema(extract, name=data[0].stem, outcome=outcome, dates=dates)
@@ -50,6 +57,11 @@ def schema_draft(
         fail(str(exc))
     draft.save(out)
     checked = data[0] if len(data) == 1 else Path("FILE")  # what `fedsyn validate` is told to read
+    for path, names in lacking.items():  # helper-119 #5: a column one hospital never records stopped the draft
+        if names:
+            console.print(f"[yellow]{path} has no column {', '.join(repr(name) for name in names)}: drafted as empty "
+                          "in its rows (a measure that hospital does not take). Add the column, with empty cells, to "
+                          "that extract: a site's extract holds every column of the schema[/]")
     from fedsyn.data.schema import (
         MANY_CATEGORIES,
         RARE_LEVEL_ROWS,
@@ -216,24 +228,17 @@ def schema_draft(
                   "written into the privacy report.")
 
 
-def _column_difference(first: pd.DataFrame, other: pd.DataFrame) -> str:
-    """Which columns two files' headers do not share, where every name of both looks like a name:
-    a file without a header line gives a patient's values as its names, so where any differing
-    name looks like a value (:func:`~fedsyn.data.schema.value_like`) or is a cell of either file
-    (a level, a code, a ward), only how many differ is said (helper-117: a headerless file's
-    first record was printed whole)."""
+def _difference_unshown(first: pd.DataFrame, other: pd.DataFrame) -> bool:
+    """Whether a name two files' headers do not share looks like a value
+    (:func:`~fedsyn.data.schema.value_like`) or is a cell of either file (a level, a code, a
+    ward): a file without a header line gives a patient's values as its names, so such names are
+    never shown nor drafted from (helper-117: a headerless file's first record was printed whole)."""
     from fedsyn.data.schema import value_like
 
-    names, others = [str(n) for n in first.columns], [str(n) for n in other.columns]
-    missing, extra = [n for n in names if n not in others], [n for n in others if n not in names]
-    differing = set(missing) | set(extra)
+    names, others = {str(n) for n in first.columns}, {str(n) for n in other.columns}
     cells = {str(value).strip() for frame in (first, other) for name in frame.columns
              for value in frame[name].dropna().unique()}
-    if any(value_like(name) or name.strip() in cells for name in differing):
-        return f" ({len(missing)} of its columns missing, {len(extra)} added)"
-    parts = [f"{label} {', '.join(repr(n) for n in found[:5])}{' and more' if len(found) > 5 else ''}"
-             for label, found in (("it lacks", missing), ("it adds", extra)) if found]
-    return f" ({'; '.join(parts)})"
+    return any(value_like(name) or name.strip() in cells for name in names ^ others)
 
 
 def validate(
