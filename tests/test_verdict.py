@@ -431,3 +431,20 @@ def test_a_pile_at_a_schema_bound_lost_or_made_up_is_flagged(rows, demo_schema):
     assert len(made) == 1 and "kappa = 0.01, its lower bound (" in made[0]
     assert not [m for m in _flags(_structure_verdict(train, patients, demo_schema), "amber", "fidelity")
                 if "schema bound" in m]
+
+
+def test_a_tail_cut_or_made_up_is_amber_where_enough_rows_say_so(demo_schema, demo_frame):
+    """helper-114: a length of stay's longest 1 % (21-535 h) came back cut at 10.6 h, and no flag
+    said so: the spread, driven by the body, was about right."""
+    real = demo_frame.head(3000).reset_index(drop=True)
+    top = real["creatinine"].quantile(0.99)
+    cut = real.assign(creatinine=real["creatinine"].clip(upper=top))
+    verdict = judge(fidelity(real, cut, demo_schema), {}, NO_PRIVACY_SIGNAL, outcome=demo_schema.outcome)
+    assert any("tails cut" in flag.message and "creatinine, upper" in flag.message for flag in verdict.flags)
+    heavy = real.assign(creatinine=np.where(np.arange(3000) % 10 == 0, demo_schema.column("creatinine").upper,
+                                            real["creatinine"]))
+    verdict = judge(fidelity(real, heavy, demo_schema), {}, NO_PRIVACY_SIGNAL, outcome=demo_schema.outcome)
+    assert any("tails made up" in flag.message and "creatinine, upper" in flag.message for flag in verdict.flags)
+    small = judge(fidelity(real.head(500), cut.head(500), demo_schema), {}, NO_PRIVACY_SIGNAL,
+                  outcome=demo_schema.outcome)
+    assert not any("tails" in flag.message for flag in small.flags)  # 5 rows of a tail say little

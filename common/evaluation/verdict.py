@@ -38,7 +38,8 @@ Levels, and why (each threshold is a module constant below):
   missingness dependence at under two thirds, a relation between two other columns lost, at
   under two thirds or over 1.5 times, a model at under 90 % of the real rows' AUC, a
   category with 2 %+ of real rows 5x rarer, or rare categories made common, a pile at a schema
-  bound lost or made up, a missing share off by 0.15, or by 0.05 and 2x),
+  bound lost or made up, a tail beyond the real 1st or 99th percentile cut or made up (5x, on
+  1,000 rows a side), a missing share off by 0.15, or by 0.05 and 2x),
   KS / total variation 0.3-0.5, detectable rows, weaker privacy signals, epsilon above 10.
 * green: none of these.
 
@@ -71,6 +72,8 @@ LOST_CATEGORY_SHARE, LOST_CATEGORY_FACTOR = 0.02, 5.0  # a category this common 
 RARE_CATEGORY_SHARE = 0.01  # a category under this share of real rows is rare; the rare ones together ...
 INFLATED_GAP = 0.02  # ... or one category 5x more common, by at least this share of the rows, is made common
 SHARE_ROWS = 50  # a share of rows with a value judged only where each side has this many
+TAIL_ROWS = 1000  # a tail (1 % of the rows) judged only where each side has this many rows with a value
+TAIL_SHARE_JUDGED = 0.005  # ... and the real rows hold at least this share beyond the percentile
 EFFECT_RED, EFFECT_AMBER = 3.0, 1.5  # synthetic / real association: under 1/3 or over 3x is red
 EFFECT_Z = 3.0  # and the difference beyond sampling noise
 STRONG_MISSINGNESS = 0.3  # |r| of a missing indicator with another column: a strong dependence
@@ -262,6 +265,23 @@ def _fidelity_flags(fidelity: dict[str, Any]) -> list[Flag]:
                            lost_piles)
     flags += _columns_flag("amber", f"values piled at a schema bound at least {LOST_CATEGORY_FACTOR:g}x more often "
                                     "than in the real rows", made_piles)
+    cut, made = [], []
+    for name, sides in fidelity.get("tails", {}).items():
+        for side, tail in sides.items():
+            if tail["real"] < TAIL_SHARE_JUDGED or not all(tail["rows"].get(label, 0) >= TAIL_ROWS
+                                                          for label in ("real", "synthetic")):
+                continue  # ties at the percentile can leave a row or two beyond it: no tail to judge
+            how = f"{name}, {side} ({tail['real']:.1%} of real rows with a value, {tail['synthetic']:.1%} of synthetic)"
+            if tail["synthetic"] < tail["real"] / LOST_CATEGORY_FACTOR:
+                cut.append(how)
+            elif tail["synthetic"] > tail["real"] * LOST_CATEGORY_FACTOR and \
+                    tail["synthetic"] - tail["real"] >= INFLATED_GAP:
+                made.append(how)
+    flags += _columns_flag("amber", f"tails cut: beyond the real rows' 1st or 99th percentile at least "
+                                    f"{LOST_CATEGORY_FACTOR:g}x rarer in the synthetic rows (long stays, extreme "
+                                    "labs: the sparse ends sit below the tables' noise)", cut)
+    flags += _columns_flag("amber", f"tails made up: beyond the real rows' 1st or 99th percentile at least "
+                                    f"{LOST_CATEGORY_FACTOR:g}x more often in the synthetic rows", made)
     detection = fidelity["detection_auc"]
     if detection >= 0.9:
         flags.append(Flag("fidelity", "amber", f"a classifier tells synthetic from real rows (AUC {detection:.2f}): "
