@@ -29,7 +29,7 @@ def schema_draft(
     """Draft a schema from a local extract. Every bound and category list is marked needs_review."""
     import pandas as pd
 
-    from fedsyn.data.schema import date_like, draft_schema
+    from fedsyn.data.draft import date_like, draft_schema
     from fedsyn.data.tables import DataFileError, read_table
 
     if out.exists() and not overwrite:  # a newcomer's reviewed schema was replaced by a fresh draft, unasked
@@ -62,11 +62,8 @@ def schema_draft(
             console.print(f"[yellow]{path} has no column {', '.join(repr(name) for name in names)}: drafted as empty "
                           "in its rows (a measure that hospital does not take). Add the column, with empty cells, to "
                           "that extract: a site's extract holds every column of the schema[/]")
-    from fedsyn.data.schema import (
-        MANY_CATEGORIES,
-        RARE_LEVEL_ROWS,
+    from fedsyn.data.draft import (
         case_variant_columns,
-        category_levels,
         censored_cells,
         columns_without_levels,
         constant_columns,
@@ -84,6 +81,7 @@ def schema_draft(
         stray_negative_columns,
         stray_text_cells,
     )
+    from fedsyn.data.schema import MANY_CATEGORIES, RARE_LEVEL_ROWS, category_levels
 
     if draft.missing_values:
         holding = marker_columns(extract, draft.missing_values, category_levels(draft))

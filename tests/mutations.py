@@ -520,7 +520,7 @@ MUTATIONS = [
              "if host_allowed(request.headers.get(\"host\", \"\"), hosts):", "if True:",
              ("tests/test_dashboard.py::test_only_requests_addressed_to_the_view_are_answered",)),
     # Session 32: a newcomer's note with a record number in a draft; the ninth review's seed.
-    Mutation("a draft writes a level one patient holds", "common/data/schema.py",
+    Mutation("a draft writes a level one patient holds", "common/data/draft.py",
              "if rows >= RARE_LEVEL_ROWS),", "if rows >= 1),",
              ("tests/test_schema_and_validation.py::"
               "test_a_draft_writes_no_level_held_by_few_rows_and_no_date_as_a_number",

@@ -11,7 +11,8 @@ from flwr.app import Message
 from fedsyn.client.app import make_client_app
 from fedsyn.client.policy import SitePolicy
 from fedsyn.data.demo import demo_schema_path
-from fedsyn.data.schema import SchemaError, draft_schema
+from fedsyn.data.draft import draft_schema
+from fedsyn.data.schema import SchemaError
 from fedsyn.data.tables import read_table
 from fedsyn.data.validation import validate_frame
 from fedsyn.federation import protocol

@@ -6,8 +6,9 @@ import numpy as np
 import pytest
 import torch
 
+from fedsyn.data.draft import draft_schema
 from fedsyn.data.grid import numeric_edges
-from fedsyn.data.schema import SchemaError, draft_schema
+from fedsyn.data.schema import SchemaError
 from fedsyn.data.validation import DataValidationError, validate_frame
 from fedsyn.model.gan import DPTabularGAN
 from fedsyn.privacy.accounting import PrivacyEvent, PrivacyLedger

@@ -5,19 +5,14 @@ import pandas as pd
 import pytest
 
 from fedsyn.data.demo import demo_schema_path
-from fedsyn.data.schema import (
-    RARE_LEVEL_ROWS,
+from fedsyn.data.draft import (
     UNLISTED_LEVELS,
-    Column,
-    ColumnKind,
-    Schema,
-    SchemaError,
     draft_schema,
     outcome_proxy_columns,
     rare_level_columns,
     recorded_precision,
-    without_schema_markers,
 )
+from fedsyn.data.schema import RARE_LEVEL_ROWS, Column, ColumnKind, Schema, SchemaError, without_schema_markers
 from fedsyn.data.tables import DataFileError, read_table
 from fedsyn.data.validation import validate_frame
 
@@ -108,7 +103,7 @@ def test_a_draft_writes_no_identifier_and_reads_stray_spaces_as_the_level(demo_f
     shared, and a fit on the unreviewed draft released real record numbers; it also listed 'F '
     beside 'F'. A column of more than MANY_CATEGORIES levels gets a placeholder that no row
     fits, and levels are spelled as an extract is read."""
-    from fedsyn.data.schema import UNLISTED_LEVELS, columns_without_levels
+    from fedsyn.data.draft import UNLISTED_LEVELS, columns_without_levels
 
     rows = demo_frame.head(300).assign(mrn=[f"MRN{1000 + i}" for i in range(300)],
                                        sex=lambda f: np.where(np.arange(len(f)) % 3 == 0, f["sex"] + " ", f["sex"]))
@@ -177,7 +172,7 @@ def test_a_record_number_that_recurs_is_named_and_never_drafted_as_bounds(demo_f
     per row (a patient of k rows is protected at about k epsilon). A record number that recurs is
     named (names only), and a numeric one is no longer drafted as a number bounded by two
     patients' numbers (it was not unique, so the identifier rule passed it)."""
-    from fedsyn.data.schema import recurring_identifier_columns
+    from fedsyn.data.draft import recurring_identifier_columns
 
     rows = demo_frame.head(200).copy()
     rows["mrn"] = [f"MRN{4000 + k // 2:05d}" for k in range(len(rows))]
@@ -340,7 +335,7 @@ def test_a_lab_column_with_a_few_units_written_in_is_drafted_as_a_number_and_its
     and validation never pointed at the 6 cells. Drafted as a number, the stray cells are
     counted (never shown) and validation names their lines. Levels written two ways ('F', 'f')
     are pointed out."""
-    from fedsyn.data.schema import case_variant_columns, censored_cells, stray_text_cells
+    from fedsyn.data.draft import case_variant_columns, censored_cells, stray_text_cells
 
     rows = demo_frame.head(300).astype({"creatinine": object})
     rows.loc[rows.index[[3, 40, 41]], "creatinine"] = ["170 umol/L", "<5", "1.2 mg/dL"]
@@ -385,7 +380,7 @@ def test_a_lab_column_with_a_word_for_unknown_in_many_cells_is_drafted_as_a_numb
     numbers but for a few words written again and again is a number column whose words are its
     own missing_values (read as empty there, and nowhere else); many different texts, or mostly
     text, stay categorical."""
-    from fedsyn.data.schema import stray_text_cells
+    from fedsyn.data.draft import stray_text_cells
 
     rows = demo_frame.head(300).astype({"creatinine": object, "age": object})
     rows.loc[rows.index[:105], "creatinine"] = "not done"
@@ -422,7 +417,7 @@ def test_a_draft_points_at_a_bound_far_beyond_the_rest_of_its_values_and_not_at_
     """An age of 999 (a code for unknown) made the draft's upper bound 999: kept, 64 bins of 15
     years each. It is pointed out (which side, never the value); a lognormal cost, a count of
     visits that is mostly 0 and the demo's own columns are not."""
-    from fedsyn.data.schema import far_bound_columns
+    from fedsyn.data.draft import far_bound_columns
 
     rows = demo_frame.head(400).copy()
     rng = np.random.default_rng(0)
@@ -450,7 +445,7 @@ def test_a_draft_points_at_a_number_level_far_beyond_the_others():
     """Prior admissions 0-7 and a few 999s for 'unknown' are drafted as levels (few values):
     the 999 is pointed out (which side, never the value); a count of 0-7 alone and a 1-5 score
     are not."""
-    from fedsyn.data.schema import far_level_columns
+    from fedsyn.data.draft import far_level_columns
 
     rng = np.random.default_rng(1)
     rows = pd.DataFrame({"admissions": rng.poisson(1.2, 2400).clip(0, 7), "score": rng.integers(1, 6, 2400)})
@@ -512,7 +507,7 @@ def test_a_cell_written_as_a_limit_at_its_columns_bound_is_read_as_the_bound(tmp
 def test_a_draft_points_at_a_few_negative_values_among_non_negative_ones(demo_frame):
     """An age of -1 for 'unknown' made the draft's lower bound -1: named (never the value); a
     column that really runs below 0 is not."""
-    from fedsyn.data.schema import stray_negative_columns
+    from fedsyn.data.draft import stray_negative_columns
 
     rows = demo_frame.head(400).copy()
     rows["change"] = np.random.default_rng(2).normal(0.0, 1.0, len(rows))  # a change: half below 0
@@ -545,7 +540,7 @@ def test_record_numbers_and_dates_written_as_numbers_get_no_bounds_in_a_draft():
     numbers, a record number (2.5 % written 'TMP...') and a yyyymmdd date were drafted as integer
     columns whose bounds were two patients' own. They are drafted as the identifiers they are,
     no value written; survival times in days (whole, mostly distinct) stay numbers."""
-    from fedsyn.data.schema import columns_without_levels
+    from fedsyn.data.draft import columns_without_levels
 
     rng = np.random.default_rng(0)
     days = pd.to_datetime("2020-01-01") + pd.to_timedelta(rng.integers(0, 1400, 400), unit="D")
@@ -580,7 +575,7 @@ def test_a_draft_points_at_constant_and_repeated_columns_and_at_columns_for_a_lo
     name, and a cost and a BNP spanning four orders of magnitude drafted linear: each widened
     the table or wasted its bins, and the draft said nothing. A flag of one value and empty
     cells is not a constant."""
-    from fedsyn.data.schema import constant_columns, duplicate_columns, log_scale_columns
+    from fedsyn.data.draft import constant_columns, duplicate_columns, log_scale_columns
 
     rows = demo_frame.head(300).copy()
     plain = draft_schema(rows)
@@ -747,7 +742,7 @@ def test_one_record_cannot_change_how_the_records_after_it_are_read(tmp_path):
 def test_a_draft_from_parquet_float_codes_validates_its_own_source(tmp_path):
     import pandas as pd
 
-    from fedsyn.data.schema import draft_schema
+    from fedsyn.data.draft import draft_schema
     from fedsyn.data.tables import read_table, write_table
 
     frame = pd.DataFrame({"grade": [1.0, 2.0, 3.0, 1.0] * 5})  # a category stored as float by the exporter
@@ -763,7 +758,7 @@ def test_a_draft_from_a_csv_keeps_zero_padded_codes_as_written(tmp_path):
     """helper-102: a CSV's 3-digit postcodes '018' and '021' were read as the numbers 18 and 21;
     the draft listed '18' and '21', and the file then failed its own draft on every row. A
     number column written without padding stays a number."""
-    from fedsyn.data.schema import draft_schema
+    from fedsyn.data.draft import draft_schema
     from fedsyn.data.tables import read_table
 
     rng = np.random.default_rng(0)
@@ -797,7 +792,7 @@ def test_a_draft_from_a_csv_keeps_zero_padded_codes_as_written(tmp_path):
 def test_a_draft_reads_decimal_commas_and_thousands_separators_as_numbers_and_validate_names_them(tmp_path):
     """helper-102: temperatures 30 % written '37,2' and costs written '20,532.98' were drafted as
     free text ('none of its values written'), and validate said only "not a number"."""
-    from fedsyn.data.schema import draft_schema
+    from fedsyn.data.draft import draft_schema
     from fedsyn.data.tables import read_table
 
     rng = np.random.default_rng(0)
@@ -807,7 +802,7 @@ def test_a_draft_reads_decimal_commas_and_thousands_separators_as_numbers_and_va
     draft = draft_schema(read_table(tmp_path / "x.csv"), outcome=None)
     assert draft.column("temp_c").kind == ColumnKind.CONTINUOUS and draft.column("cost").kind == ColumnKind.CONTINUOUS
     # helper-119 #4: the draft's note said 'a unit or a word' for such cells; it names them as written
-    from fedsyn.data.schema import separator_cells, stray_text_cells
+    from fedsyn.data.draft import separator_cells, stray_text_cells
     extract = read_table(tmp_path / "x.csv")
     written = separator_cells(extract, draft)
     assert written["temp_c"] == 100 and written["cost"] > 100 and stray_text_cells(extract, draft) == {}
@@ -828,7 +823,7 @@ def test_a_parquet_exports_empty_text_cells_are_missing_as_in_a_csv(tmp_path):
     """A newcomer's Parquet held '' where its CSV held nothing: its ages were drafted as a category
     ('drop it as an identifier'), a flag got the level '', and validation called every empty cell
     'not a number'. Read from either file, the draft is the same."""
-    from fedsyn.data.schema import draft_schema
+    from fedsyn.data.draft import draft_schema
     from fedsyn.data.tables import read_table
 
     rng = np.random.default_rng(0)
@@ -861,7 +856,7 @@ def test_a_column_that_records_the_outcome_is_pointed_at_by_name(demo_frame):
     release kept that link and the report's utility (.94) flattered a release that had lost death's
     relation to age. A column whose values, or whether it is empty, pick the outcome class in 95 %
     of each class's rows is named by the draft; identifiers and real predictors are not."""
-    from fedsyn.data.schema import outcome_proxy_columns
+    from fedsyn.data.draft import outcome_proxy_columns
 
     rows = demo_frame.head(600).copy()
     dead = rows["death"] == "dead"
@@ -901,7 +896,7 @@ def test_a_level_written_in_several_letter_cases_is_drafted_once_and_read_in_any
     """An admission type written 'Emergency', 'emergency' and 'EMERGENCY' (each writing but one
     rarer than a drafted level) was drafted as one level and two left out, and validate asked
     for the extract to be rewritten: the draft lists it once, read in any letter case."""
-    from fedsyn.data.schema import case_variant_columns, letter_case_columns, rare_level_columns
+    from fedsyn.data.draft import case_variant_columns, letter_case_columns, rare_level_columns
 
     frame = pd.DataFrame({"admission": ["Emergency"] * 10 + ["emergency"] * 3 + ["EMERGENCY"] * 2 + ["Elective"] * 8,
                           "sex": ["F", "M"] * 10 + ["Female"] * 3,

@@ -5,7 +5,8 @@ from typing import get_args
 
 import pytest
 
-from fedsyn.data.schema import Column, SchemaError, draft_schema
+from fedsyn.data.draft import draft_schema
+from fedsyn.data.schema import Column, SchemaError
 
 SCHEMA_DOC = (Path(__file__).resolve().parent.parent / "docs" / "schema.md").read_text()
 

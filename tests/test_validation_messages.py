@@ -96,7 +96,8 @@ def test_a_drafts_outcome_typo_and_a_schemas_bad_column_name_the_column_never_a_
 
     import pytest
 
-    from fedsyn.data.schema import SchemaError, draft_schema
+    from fedsyn.data.draft import draft_schema
+    from fedsyn.data.schema import SchemaError
 
     frame = demo_frame.head(50).assign(age=demo_frame["age"].head(50) + 0.123)
     with pytest.raises(SchemaError) as caught:
@@ -130,7 +131,8 @@ def test_a_file_without_a_header_line_never_prints_its_first_record(demo_frame, 
     assert not report.ok and "first line name its columns" in report.describe()
     printed = set(re.findall(r"[\w.]+", report.describe()))
     assert not printed & {value for value in first if len(value) > 2}  # 1997, 5.7, 4.86, 1.7, dead
-    from fedsyn.data.schema import SchemaError, draft_schema
+    from fedsyn.data.draft import draft_schema
+    from fedsyn.data.schema import SchemaError
 
     for outcome in ("death", "outcome_col"):  # the draft's 'did you mean' and column list printed it too
         with pytest.raises(SchemaError) as caught:
@@ -206,7 +208,7 @@ def test_bounds_left_as_the_draft_read_them_off_the_rows_are_pointed_at_by_name_
     validate passed, simulate ran without a word, and the signed release's schema.json carried a
     CRP of 1567.9 and a BNP of 17234 as 'public' bounds. A bound that is exactly the extract's own
     smallest or largest value is named (not its value); a bound of 0 is not."""
-    from fedsyn.data.schema import draft_schema
+    from fedsyn.data.draft import draft_schema
 
     rng = np.random.default_rng(0)
     frame = pd.DataFrame({"crp": np.round(rng.lognormal(3, 1, 300), 1), "visits": rng.integers(0, 40, 300),
