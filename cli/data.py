@@ -80,6 +80,7 @@ def schema_draft(
         separator_cells,
         stray_negative_columns,
         stray_text_cells,
+        unknown_level_columns,
     )
     from fedsyn.data.schema import MANY_CATEGORIES, RARE_LEVEL_ROWS, category_levels
 
@@ -170,6 +171,12 @@ def schema_draft(
                 "is empty in nearly every row: it teaches the release little beyond how often it is missing")
         console.print(f"[yellow]column '{name}' {said}, and every column shares the budget (the noise grows with the "
                       "table's width): drop it unless a question needs it[/]")
+    for name, levels in unknown_level_columns(draft).items():
+        said = ", ".join(repr(level) for level in levels)
+        console.print(f"[yellow]column '{name}' has the level {said}: if it means that nothing was recorded, move it "
+                      "from the column's categories to its own missing_values and make the column nullable (it is "
+                      "then read as an empty cell, and the release learns how often it is missing); keep it as a "
+                      "level if it is an answer your questions count[/]")
     for name in constant_columns(extract, draft):
         console.print(f"[yellow]column '{name}' holds one value in every row: unless it names the hospital (a site "
                       "column), it tells nothing, and every column shares the budget (the noise grows with the "

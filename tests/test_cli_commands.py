@@ -194,6 +194,12 @@ def test_schema_draft_says_which_columns_lost_rare_levels_and_which_carry_a_unit
     for files in (("north.csv", "headerless.csv"), ("headerless.csv", "north.csv")):  # where names would be
         said = _invoke("schema", "draft", *(tmp_path / name for name in files), "--out", tmp_path / "h.json").output
         assert "has other columns than" in said and "I21.4" not in said and "Nord" not in said  # helper-117
+    smokers = rows.iloc[:60].assign(smoking=np.where(np.arange(60) % 3 == 0, "Unknown",
+                                                      np.where(np.arange(60) % 3 == 1, "never", "current")))
+    smokers.to_csv(tmp_path / "smoking.csv", index=False)  # helper-119 #9: 'unknown' stayed a level, unsaid
+    said = " ".join(_invoke("schema", "draft", tmp_path / "smoking.csv", "--out", tmp_path / "s.json").output.split())
+    assert "column 'smoking' has the level 'Unknown': if it means that nothing was recorded" in said
+    assert "column 'hospital' has the level" not in said
     one_empty = rows.iloc[:50].assign(creatinine=np.nan, hospital="east")  # a hospital that takes no creatinine
     one_empty.to_csv(tmp_path / "none.csv", index=False)
     said = _invoke("schema", "draft", tmp_path / "north.csv", tmp_path / "none.csv", "--out", tmp_path / "e.json")

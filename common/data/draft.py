@@ -566,6 +566,21 @@ def constant_columns(frame: pd.DataFrame, schema: Schema) -> list[str]:
             and frame[c.name].nunique(dropna=False) <= 1 and frame[c.name].notna().any()]
 
 
+# Levels that usually record that nothing was known rather than an answer (casefolded, spaces squeezed).
+UNKNOWN_LEVELS = frozenset({"unknown", "unk", "unkn", "not known", "n/k", "nk", "not recorded", "not stated",
+                            "not specified", "unspecified", "not available", "no data", "undetermined"})
+
+
+def unknown_level_columns(schema: Schema) -> dict[str, list[str]]:
+    """Of a draft's categorical columns, the levels (as drafted) that read as 'not known': a
+    newcomer's 'unknown' stayed a level of three columns with no word, where '-' had been read
+    as empty (helper-119). Either may be right (an 'unknown' smoking status is an answer some
+    studies count); the draft says which, and the reviewer decides."""
+    found = {column.name: [level for level in column.levels if " ".join(level.casefold().split()) in UNKNOWN_LEVELS]
+             for column in schema.categorical_columns}
+    return {name: levels for name, levels in found.items() if levels}
+
+
 MOSTLY_EMPTY_SHARE = 0.95  # a drafted column empty in more of its rows than this is named
 
 
