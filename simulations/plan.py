@@ -113,7 +113,9 @@ def _smaller_batch(rows: int, settings: FederationSettings) -> tuple[str, int | 
         return f"{sampled}: a smaller --batch-size lowers it", None
     suggested = max(1, round(TARGET_SAMPLE_RATE * smallest))
     return (f"{sampled}: --batch-size {suggested} samples about {TARGET_SAMPLE_RATE:.0%} (one --batch-size for "
-            "all sites: use the smallest site's suggestion)"), suggested
+            "all sites: use the smallest site's suggestion; the records per unit of noise barely move, as the batch "
+            "and its noise shrink together, but each step then sees a fresh sample of the rows: docs/researchers.md)"
+            ), suggested
 
 
 # -- width: what the round-0 tables can resolve ------------------------------------------------
