@@ -49,6 +49,13 @@ def schema_draft(
         every = list(dict.fromkeys(name for extract in extracts for name in extract.columns))
         lacking = {path: [str(name) for name in every if name not in extract.columns]
                    for path, extract in zip(data, extracts)}
+        for path, extract in zip(data, extracts):
+            renamed = _renamed_column(lacking[path], [str(name) for name in extract.columns if name not in
+                                                      set.intersection(*(set(map(str, e.columns)) for e in extracts))])
+            if renamed is not None:  # helper-122: 'crp' beside 'CRP' was drafted as two columns, each half empty
+                fail(f"{path} names a column '{renamed[1]}' where another file names '{renamed[0]}': one measure "
+                     "under two names? Give it one name in every file (a column named differently is drafted as "
+                     "two, each empty in the other files' rows)")
         extracts = [extract.reindex(columns=every) for extract in extracts]  # empty where a hospital has none
         dates = {str(name) for extract in extracts for name in extract.columns if date_like(extract[name])}
         extract = pd.concat(extracts, ignore_index=True) if len(extracts) > 1 else extracts[0]
@@ -216,8 +223,8 @@ def schema_draft(
                   "rename it to the study's name[/]")
     taken = {name for name in extract.columns if extract[name].notna().any()}  # by some hospital
     for path, extract_of_site in zip(data, extracts):
-        unmeasured = [str(name) for name in extract_of_site.columns
-                      if name in taken and len(extract_of_site) and extract_of_site[name].isna().all()]
+        unmeasured = [str(name) for name in extract_of_site.columns if name in taken and len(extract_of_site)
+                      and extract_of_site[name].isna().all() and str(name) not in lacking[path]]  # said above
         if unmeasured and len(data) > 1:
             console.print(f"[yellow]{path}: {', '.join(repr(name) for name in unmeasured[:5])}"
                           f"{' and more' if len(unmeasured) > 5 else ''} empty in every row (a measure that hospital "
@@ -231,6 +238,23 @@ def schema_draft(
                   "each with public knowledge (clinical ranges, code lists), set needs_review to false, then train. "
                   "Training refuses needs_review columns unless --allow-unreviewed-schema is given, which is then "
                   "written into the privacy report.")
+
+
+def _renamed_column(lacking: list[str], own: list[str]) -> tuple[str, str] | None:
+    """A column a file lacks (``lacking``) that it seems to hold under another name of its own
+    that not every file shares (``own``): the same but for letter case, spaces, '-' or '_', or
+    spelled nearly alike ('creatinin'). The pair (the others' name, this file's), or None."""
+    from fedsyn.errors import closest_name
+
+    def folded(name: str) -> str:
+        return "".join(character for character in name.casefold() if character.isalnum())
+
+    for name in lacking:
+        same = [candidate for candidate in own if folded(candidate) == folded(name)]
+        close = same[0] if same else closest_name(name, own, cutoff=0.85)
+        if close is not None:
+            return name, close
+    return None
 
 
 def _difference_unshown(first: pd.DataFrame, other: pd.DataFrame) -> bool:

@@ -162,8 +162,8 @@ def fit(
 def simulate(
     sites: Annotated[list[Path] | None, typer.Option("--sites", help="one extract per hospital")] = None,
     held_out: Annotated[Path | None, typer.Option(
-        help="real rows no site trains on, for the local validation report and verdict (with --data: then every "
-             "row of DATA trains)")] = None,
+        help="real rows no site trains on, for the local validation report and verdict (then every row of DATA "
+             "or of the --sites files trains)")] = None,
     data: Annotated[Path | None, typer.Option(help="one table to split into --split hospitals")] = None,
     hold_out: Annotated[float | None, typer.Option(
         help="without --held-out: the share of the rows kept out of training (stratified by the outcome; with "

@@ -53,7 +53,7 @@ def held_out_split(frame: pd.DataFrame, share: float, outcome: str | None, seed:
 
     instead = ("Give real rows the training never sees with --held-out FILE, or --hold-out 0 to train on every "
                "row without a report")
-    labels = frame[outcome] if outcome is not None else None
+    labels = _strata(frame[outcome]) if outcome is not None else None
     if labels is not None and not _stratifiable(labels):
         if stratify == "always":
             raise ValueError(f"cannot hold out {share:.0%} of the rows stratified by the outcome '{outcome}': "
@@ -65,6 +65,19 @@ def held_out_split(frame: pd.DataFrame, share: float, outcome: str | None, seed:
         raise ValueError(f"cannot hold out {share:.0%} of the rows: too few rows for a held-out part and a "
                          f"training part. {instead}") from None
     return train.reset_index(drop=True), test.reset_index(drop=True)
+
+
+def _strata(outcome: pd.Series) -> pd.Series:
+    """The outcome's classes to stratify by, a row whose outcome is not recorded (a nullable
+    outcome) in a stratum of its own, or with the most common class where it is alone: a
+    hospital's file with one blank outcome cell stopped `simulate --sites` (helper-122)."""
+    labels = outcome.astype(object).where(outcome.notna(), None)
+    missing = labels.isna()
+    if not missing.any():
+        return outcome
+    common = labels[~missing].mode()
+    filler = "(not recorded)" if missing.sum() >= 2 or common.empty else common.iloc[0]
+    return labels.where(~missing, filler).astype(str)
 
 
 def _stratifiable(labels: pd.Series) -> bool:

@@ -338,9 +338,14 @@ MUTATIONS = [
              ("tests/test_out_of_domain.py::"
               "test_an_unexpected_site_failure_is_located_in_the_sites_log_and_never_in_the_reply",)),
     Mutation("a run's App names are not held to its bundle's", "client/ops/clientapp_process.py",
-             "                check_run_names(fab_file, *run.names)",
-             "                pass",
+             "            check_run_names(fab_file, *run.names)",
+             "            pass  # check_run_names skipped",
              ("tests/test_app_pinning.py::test_a_run_naming_another_app_than_its_bundle_is_refused_before_install",)),
+    Mutation("the launcher's install is not given the run's names", "client/ops/clientapp_process.py",
+             "os.environ[POLICY_VARIABLE], flower_runtime.install_from_fab, run)",
+             "os.environ[POLICY_VARIABLE], flower_runtime.install_from_fab, RunNames())",
+             ("tests/test_app_pinning.py::"
+              "test_the_sites_clientapp_process_wires_both_checks_and_never_installs_dependencies",)),
     Mutation("a bundle's version may leave the Flower home", "client/ops/trusted_app.py",
              "    return isinstance(name, str) and _PLAIN_NAME.fullmatch(name) is not None",
              "    return isinstance(name, str)",

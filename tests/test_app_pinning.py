@@ -4,12 +4,13 @@ import inspect
 import json
 import tomllib
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import tomli_w
 from flwr.cli.build import build_fab_from_disk, build_fab_from_files
 
-from fedsyn.client.ops.clientapp_process import checked_install
+from fedsyn.client.ops.clientapp_process import RunNames, checked_install
 from fedsyn.client.ops.trusted_app import UntrustedAppError, check_app_bundle
 from fedsyn.client.policy import SitePolicy
 from fedsyn.federation.app_bundle import bundle_hash
@@ -74,7 +75,9 @@ def test_a_refused_bundle_is_never_installed_and_the_site_trail_records_it(tmp_p
         installed.append(content)
         return tmp_path / "app"
 
-    install = checked_install(policy, flower_install)
+    run = RunNames()
+    run.names = ("fedsyn/fedsyn-federation", _fedsyn_project()["project"]["version"])
+    install = checked_install(policy, flower_install, run)
     with pytest.raises(UntrustedAppError):
         install(_bundle(**{"evil.py": b"import os\n"}), skip_prompt=True)
     assert installed == []
@@ -88,8 +91,6 @@ def test_a_run_naming_another_app_than_its_bundle_is_refused_before_install(tmp_
     """helper-118 M1: Flower loads the ClientApp from the folder the run's fab_id and fab_version
     name, the coordinator's word, not from the bundle it checked: a run naming
     '1.0.0.<hash>/../../elsewhere/someapp' loaded another App on the site's machine, unguarded."""
-    from fedsyn.client.ops.clientapp_process import RunNames
-
     policy = SitePolicy(site_id="st-mary", data=tmp_path / "d.csv", schema=tmp_path / "s.json",
                         ledger=tmp_path / "ledger.json", max_epsilon=1.0, delta=1e-5)
     installed: list[bytes] = []
@@ -132,15 +133,23 @@ def test_the_sites_clientapp_process_wires_both_checks_and_never_installs_depend
     seen: list[list[str]] = []
     monkeypatch.setattr(clientapp_process, "flwr_clientapp", lambda: seen.append(list(sys.argv)))
     monkeypatch.setattr(clientapp_process, "configure_child", lambda: None)
-    monkeypatch.setattr(flower_runtime, "pull_task_input", flower_runtime.pull_task_input)
-    monkeypatch.setattr(flower_runtime, "install_from_fab", flower_runtime.install_from_fab)
     monkeypatch.setenv(clientapp_process.POLICY_VARIABLE, str(tmp_path / "site.json"))
     monkeypatch.setattr(sys, "argv", ["flwr-clientapp", "--allow-runtime-dependency-installation", "--insecure"])
-    pull, install = flower_runtime.pull_task_input, flower_runtime.install_from_fab
+    policy = SitePolicy(site_id="st-mary", data=tmp_path / "d.csv", schema=tmp_path / "s.json",
+                        ledger=tmp_path / "ledger.json", max_epsilon=1.0, delta=1e-5)
+    policy.save(tmp_path / "site.json")
+    shipped = build_fab_from_disk(APP_DIR)
+    installed: list[bytes] = []
+    monkeypatch.setattr(flower_runtime, "pull_task_input", lambda client: (
+        None, None, SimpleNamespace(fab_id="other/app", fab_version="1.0.0"), SimpleNamespace(content=shipped)))
+    monkeypatch.setattr(flower_runtime, "install_from_fab",
+                        lambda content, **_: installed.append(content) or tmp_path / "app")
     clientapp_process.main()
     assert seen == [["flwr-clientapp", "--insecure"]]
-    assert flower_runtime.pull_task_input is not pull and flower_runtime.install_from_fab is not install
-    assert flower_runtime.pull_task_input.__qualname__.startswith("RunNames.recording")
+    _, _, run, fab = flower_runtime.pull_task_input(None)  # the run names another App than its bundle
+    with pytest.raises(UntrustedAppError, match="the run names App 'other/app'"):
+        flower_runtime.install_from_fab(fab.content, skip_prompt=True)
+    assert installed == []
 
 
 def test_a_policy_broken_while_the_site_runs_is_answered_at_once_with_an_error(tmp_path, caplog):
@@ -151,7 +160,7 @@ def test_a_policy_broken_while_the_site_runs_is_answered_at_once_with_an_error(t
 
     (tmp_path / "site.json").write_text('{"site_id": "st-mary",, }')
     installed: list[bytes] = []
-    install = guarded_install(str(tmp_path / "site.json"), lambda content, **_: installed.append(content))
+    install = guarded_install(str(tmp_path / "site.json"), lambda content, **_: installed.append(content), RunNames())
     with pytest.raises(PolicyError, match="its operator sees why in the site's log") as refused:
         install(build_fab_from_disk(APP_DIR), skip_prompt=True)
     assert installed == [] and "site.json" not in str(refused.value)

@@ -190,6 +190,12 @@ def test_schema_draft_says_which_columns_lost_rare_levels_and_which_carry_a_unit
     assert other.exit_code == 0 and "other.csvhasnocolumn'age','hospital':draftedasemptyinitsrows" in squeezed
     columns = {c["name"]: c for c in json.loads((tmp_path / "x.json").read_text())["columns"]}
     assert columns["age"]["kind"] == "integer" and columns["age"]["nullable"]
+    assert squeezed.count("'age'") == 1  # said once, not again as a measure that hospital does not take
+    rows.iloc[:50].rename(columns={"kappa": "KAPPA"}).assign(hospital="west").to_csv(tmp_path / "w.csv", index=False)
+    renamed = _invoke("schema", "draft", tmp_path / "north.csv", tmp_path / "w.csv", "--out", tmp_path / "r.json")
+    refused = " ".join(renamed.output.split())  # helper-122: drafted as two columns, each half empty
+    assert renamed.exit_code == 2 and "one measure under two names" in refused
+    assert "'KAPPA'" in refused and "'kappa'" in refused
     (tmp_path / "headerless.csv").write_text("64,F,I21.4,Nord,12.5\n71,M,I50.0,Sud,3.3\n")  # a patient's record
     for files in (("north.csv", "headerless.csv"), ("headerless.csv", "north.csv")):  # where names would be
         said = _invoke("schema", "draft", *(tmp_path / name for name in files), "--out", tmp_path / "h.json").output
@@ -711,7 +717,7 @@ def test_client_status_shows_the_sites_budget_and_last_charge_and_a_ledger_it_wo
     result = _invoke("client", "status", "--config", policy)
     said = " ".join(result.output.split())
     assert result.exit_code == 0 and f"{site.ledger.epsilon():.4f} of 5" in said
-    assert "`epsilon` field says 0, but its 1 charge(s) compose to" in said and "changed nothing" in said
+    assert "`epsilon` field says 0, but its 1 charge(s) compose to" in said and "changes nothing" in said
     site.policy.ledger.unlink()
     PrivacyLedger.create(site.policy.ledger, site.policy.delta, protects=str(site.policy.data.resolve()))
     result = _invoke("client", "status", "--config", policy)

@@ -300,3 +300,20 @@ def test_a_hospitals_folder_keeps_its_name_in_any_script():
     assert site_folder(0, "Hôpital Nord") == "site-0-Hôpital_Nord"
     assert site_folder(2, "St. Ōshima/../Clinic") == "site-2-St._Ōshima_.._Clinic"
     assert site_folder(1, None) == "site-1"
+
+
+def test_rows_whose_outcome_is_not_recorded_are_held_out_like_the_others():
+    """helper-122: a hospital's file with one blank cell in a nullable outcome stopped `simulate
+    --sites` ('too few rows'), once --sites held out rows too; several blank ones are a stratum."""
+    import pandas as pd
+
+    from fedsyn.simulations.split import held_out_split
+
+    frame = pd.DataFrame({"death": ["alive", "dead"] * 150, "age": range(300)})
+    frame.loc[7, "death"] = None
+    train, test = held_out_split(frame, 0.3, "death", seed=0)
+    assert len(train) + len(test) == 300 and train["death"].isna().sum() + test["death"].isna().sum() == 1
+    frame.loc[[9, 11, 13, 15], "death"] = None
+    train, test = held_out_split(frame, 0.5, "death", seed=0)
+    assert train["death"].isna().sum() + test["death"].isna().sum() == 5
+    assert set(test["death"].dropna()) == {"alive", "dead"}

@@ -42,18 +42,16 @@ POLICY_VARIABLE = "FEDSYN_SITE_POLICY"
 FLOWER_COMMAND = "flwr-clientapp"
 
 
-def checked_install(policy: SitePolicy, install: Callable[..., Path], run: RunNames | None = None
-                    ) -> Callable[..., Path]:
+def checked_install(policy: SitePolicy, install: Callable[..., Path], run: RunNames) -> Callable[..., Path]:
     """``install`` (Flower's ``install_from_fab``) that first refuses bundles the site does not
     trust, and a ``run`` that names another App than its bundle."""
 
     def install_if_trusted(fab_file: bytes, *args: object, **kwargs: object) -> Path:
         try:
             check_app_bundle(fab_file, frozenset(policy.approved_apps))
-            if run is not None:
-                if run.names is None:
-                    raise UntrustedAppError("the run's App names were not seen before its bundle; refused")
-                check_run_names(fab_file, *run.names)
+            if run.names is None:
+                raise UntrustedAppError("the run's App names were not seen before its bundle; refused")
+            check_run_names(fab_file, *run.names)
         except UntrustedAppError as refusal:
             log.error("site %s refused the coordinator's App: %s", policy.site_id, refusal)
             try:  # a trail that cannot be written must not replace the refusal the coordinator hears
@@ -87,8 +85,7 @@ class RunNames:
         return pull_recorded
 
 
-def guarded_install(policy_path: str, install: Callable[..., Path], run: RunNames | None = None
-                    ) -> Callable[..., Path]:
+def guarded_install(policy_path: str, install: Callable[..., Path], run: RunNames) -> Callable[..., Path]:
     """:func:`checked_install` under the site's policy or, where the policy file cannot be read (an
     operator's edit broke it while the site runs), an install that refuses every bundle: Flower
     then answers the coordinator with an error at once. Loaded outside that path, the policy's

@@ -42,6 +42,7 @@ class SiteView:
 
 
 SPENT_TOLERANCE = 1e-9  # a ledger at its max_epsilon up to rounding has nothing left to spend
+SUMMARY_TOLERANCE = 1e-6  # relative: a ledger summary off by more was edited, or composed by another accountant
 
 
 def site_view(policy: SitePolicy) -> SiteView:
@@ -67,12 +68,13 @@ def site_view(policy: SitePolicy) -> SiteView:
                     policy.max_epsilon_per_request, policy.delta, len(ledger.events) if ledger is not None else None,
                     problem=problem)
     if ledger is not None and ledger.stated_epsilon is not None and spent is not None \
-            and abs(ledger.stated_epsilon - spent) > SPENT_TOLERANCE:
+            and abs(ledger.stated_epsilon - spent) > SUMMARY_TOLERANCE * max(spent, 1.0):
         # helper-116 L3: an operator set the field to 0 to give the site its budget back, and status was silent
         view.note = (f"the ledger's `epsilon` field says {ledger.stated_epsilon:g}, but its {len(ledger.events)} "
-                     f"charge(s) compose to {spent:.4f}: the field is a summary rewritten at every charge and never "
-                     "read, so editing it changed nothing. Spent privacy is never given back; to allow more, raise "
-                     "max_epsilon in the site policy")
+                     f"charge(s) compose to {spent:.4f} (edited by hand, or written by another version's "
+                     "accountant): the field is a summary rewritten at every charge and never read, so it changes "
+                     "nothing. Spent privacy is never given back; to allow more, raise max_epsilon in the site "
+                     "policy")
     view.last_charge = next((e for e in reversed(entries) if e.get("event") == CHARGED), None)
     view.last_sent = next((e for e in reversed(entries) if e.get("event") in SENT), None)
     view.last_refusal = next((e for e in reversed(entries) if e.get("event") == "request_refused"), None)

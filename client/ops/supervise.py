@@ -468,6 +468,12 @@ def supervise(command: list[str], environment: dict[str, str], out: Console = sy
         attempt = 1
         while True:
             code, outcome = _run_once(command, environment, out, poll_seconds, record, running)
+            if outcome.tls_failed and code != 0 and not stopping.is_set():
+                # A SuperNode that exits on a certificate it cannot verify lost the coordinator as surely
+                # as one that gave up reconnecting: the same code, so the service manager retries once the
+                # certificate is fixed (Flower's own is 1, where `client start --help` documents 75;
+                # helper-116 M5). The operator's own stop keeps its code (helper-122).
+                code = EXIT_LOST_COORDINATOR
             # An end after activation, unrefused, may be the operator's own stop of the SuperNode (helper-105 L1)
             refused = outcome.unauthorized or (outcome.ended and not outcome.activated)
             if code == 0 and not stopping.is_set() and refused:
@@ -520,11 +526,7 @@ def _run_once(command: list[str], environment: dict[str, str], out: Console, pol
         record.connected = False
         record.stopped()
         reader.join(timeout=5)  # the rest of its output, and what it means, before deciding
-    # A SuperNode that exits on a certificate it cannot verify lost the coordinator as surely as one
-    # that gave up reconnecting: the same code, so the service manager retries once the certificate
-    # is fixed (its own code was 1, where `client start --help` documents 75; helper-116 M5).
-    lost = attempt.gave_up.is_set() or (attempt.tls_failed and process.returncode != 0)
-    return (EXIT_LOST_COORDINATOR if lost else process.returncode), attempt
+    return (EXIT_LOST_COORDINATOR if attempt.gave_up.is_set() else process.returncode), attempt
 
 
 def _permission_hint(record: NodeRecord) -> str:

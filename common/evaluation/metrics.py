@@ -277,7 +277,7 @@ def bound_piles(real: pd.DataFrame, synthetic: pd.DataFrame, schema: Schema) -> 
 EXTREME_SHARE = 0.01  # a numeric column's tails: the rows beyond the real rows' 1st and 99th percentiles
 
 
-def tails(real: pd.DataFrame, synthetic: pd.DataFrame, schema: Schema) -> dict[str, dict[str, Any]]:
+def extreme_tails(real: pd.DataFrame, synthetic: pd.DataFrame, schema: Schema) -> dict[str, dict[str, Any]]:
     """Each numeric column's share of rows (where not missing; ``rows``: how many those are)
     beyond the real rows' 1st and 99th percentiles, in the real and in the synthetic rows. A
     spread can be right where a tail is gone: a newcomer's length of stay, its 99th percentile
@@ -582,8 +582,9 @@ def relations(real: pd.DataFrame, synthetic: pd.DataFrame, schema: Schema, top: 
         return []
     labels, sources, r_real, n_real, r_synthetic, n_synthetic = pairs
     strength = np.abs(np.nan_to_num(r_real))
+    clear = sorted(zip(*np.nonzero(np.triu(_clear(r_real, n_real), k=1))), key=lambda pair: -strength[pair])
     chosen: dict[tuple[str, str], dict[str, Any]] = {}
-    for a, b in sorted(zip(*np.nonzero(np.triu(_clear(r_real, n_real), k=1))), key=lambda pair: -strength[pair]):
+    for a, b in clear:
         pair = (sources[a], sources[b])
         if pair[0] != pair[1] and pair not in chosen and pair[::-1] not in chosen:
             chosen[pair] = _comparison(f"{labels[a]} and {labels[b]}", r_real[a, b], n_real[a, b],
@@ -593,7 +594,7 @@ def relations(real: pd.DataFrame, synthetic: pd.DataFrame, schema: Schema, top: 
         return kept
     said = {comparison["feature"] for comparison in kept}
     each: dict[str, set[str]] = {}  # the other columns judged so far with each hospital (its indicator's label)
-    for a, b in sorted(zip(*np.nonzero(np.triu(_clear(r_real, n_real), k=1))), key=lambda pair: -strength[pair]):
+    for a, b in clear:
         if (sources[a] == site_column) == (sources[b] == site_column):
             continue
         hospital, other = (labels[a], sources[b]) if sources[a] == site_column else (labels[b], sources[a])
@@ -700,7 +701,7 @@ def fidelity(real: pd.DataFrame, synthetic: pd.DataFrame, schema: Schema, seed: 
         "spread": spread(real, synthetic, schema),
         "categories": category_shares(real, synthetic, schema),
         "bound_piles": bound_piles(real, synthetic, schema),
-        "tails": tails(real, synthetic, schema),
+        "extreme_tails": extreme_tails(real, synthetic, schema),
         "main_effects": main_effects(real, synthetic, schema),
         "relations": relations(real, synthetic, schema, site_column=site_column, pairs=pair_correlations),
         "relations_made_up": made_up_relations(real, synthetic, schema, pairs=pair_correlations),

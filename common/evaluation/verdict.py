@@ -266,7 +266,7 @@ def _fidelity_flags(fidelity: dict[str, Any]) -> list[Flag]:
     flags += _columns_flag("amber", f"values piled at a schema bound at least {LOST_CATEGORY_FACTOR:g}x more often "
                                     "than in the real rows", made_piles)
     cut, made = [], []
-    for name, sides in fidelity.get("tails", {}).items():
+    for name, sides in fidelity.get("extreme_tails", {}).items():
         for side, tail in sides.items():
             if tail["real"] < TAIL_SHARE_JUDGED or not all(tail["rows"].get(label, 0) >= TAIL_ROWS
                                                           for label in ("real", "synthetic")):
