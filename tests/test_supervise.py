@@ -66,15 +66,24 @@ def test_a_node_refused_for_its_clock_is_explained_and_ends_as_a_failure():
     assert supervise([sys.executable, "-c", "print('INFO : SuperNode terminated gracefully.')"], {}, out) \
         == EXIT_LOST_COORDINATOR
     assert "stopped on its own without saying why" in out.getvalue() and "NTP" in out.getvalue()
+    out = io.StringIO()  # helper-120 H1: joined, then a drifted clock or a removal ended it, no 401 line, exit 0
+    joined = "print('INFO : SuperNode ID: 7231253610239500838')\nprint('INFO : SuperNode terminated gracefully.')"
+    assert supervise([sys.executable, "-c", joined], {}, out) == EXIT_LOST_COORDINATOR
+    said = " ".join(out.getvalue().split())
+    assert "after it had joined" in said and "fedsyn server sites list" in said and "NTP" in said
 
 
-def test_a_node_stopped_after_it_joined_is_not_taken_for_a_refusal():
-    """helper-105 L1: the operator's own SIGTERM to the SuperNode alone (it says it stopped,
-    exit 0) must not become a failure that a service manager restarts with a clock hint."""
+def test_a_node_that_stopped_by_itself_after_it_joined_is_restarted_and_told_every_cause():
+    """helper-120 H1: a clock that drifted after the site joined, or the coordinator removing the
+    site, ended the SuperNode with exit 0 and no 401 line, and under Restart=on-failure the site
+    stayed offline for good, silently. helper-105 L1's case, the operator's SIGTERM to the
+    SuperNode alone, now restarts too, and the message names it; stopping `fedsyn client start`
+    itself (the service) still ends with 0 (``stopping``)."""
     out = io.StringIO()
     joined = "print('INFO : SuperNode ID: 77', flush=True)\nprint('INFO : SuperNode terminated gracefully.')\n"
-    assert supervise([sys.executable, "-c", joined], {}, out) == 0
-    assert "NTP" not in out.getvalue()
+    assert supervise([sys.executable, "-c", joined], {}, out) == EXIT_LOST_COORDINATOR
+    said = " ".join(out.getvalue().split())
+    assert "after it had joined" in said and "stopped by hand" in said
 
 
 def test_a_node_whose_clientapp_ran_out_of_memory_is_restarted_not_left_deaf():

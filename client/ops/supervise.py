@@ -474,13 +474,22 @@ def supervise(command: list[str], environment: dict[str, str], out: Console = sy
                 # certificate is fixed (Flower's own is 1, where `client start --help` documents 75;
                 # helper-116 M5). The operator's own stop keeps its code (helper-122).
                 code = EXIT_LOST_COORDINATOR
-            # An end after activation, unrefused, may be the operator's own stop of the SuperNode (helper-105 L1)
-            refused = outcome.unauthorized or (outcome.ended and not outcome.activated)
+            refused = outcome.unauthorized or outcome.ended
             if code == 0 and not stopping.is_set() and refused:
                 # It stopped itself, exit 0: a service manager restarts only a failure (helper-104 H2: a
-                # clock 30 s off stopped every site for good, silently)
-                why = "" if outcome.unauthorized else (" without saying why; where the coordinator's SuperLink log "
-                                                        f"shows 401 for this site: {CLOCK_FIX}")
+                # clock 30 s off stopped every site for good, silently). After it had joined too: a clock
+                # that drifted, or a site the coordinator removed, ended it without a 401 line (helper-120
+                # H1). The operator's stop comes through this supervisor (``stopping``) and keeps its 0.
+                if outcome.unauthorized:
+                    why = ""
+                elif outcome.activated:
+                    why = (" after it had joined, without saying why: the coordinator may have removed this site "
+                           "(`fedsyn server sites list` there), or refused its signed requests, or it was stopped by "
+                           "hand (to stop the site, stop `fedsyn client start` itself, e.g. its service). "
+                           f"{CLOCK_FIX}")
+                else:
+                    why = (" without saying why; where the coordinator's SuperLink log shows 401 for this site: "
+                           f"{CLOCK_FIX}")
                 _say(out, f"the SuperNode stopped on its own{why}; exiting with {EXIT_LOST_COORDINATOR} so the "
                           "service manager restarts it")
                 return EXIT_LOST_COORDINATOR
