@@ -187,9 +187,12 @@ class Coordinator:
         queries: dict[int, protocol.MarginalsQuery] = {}
         entries = self._audit_entries()
         earlier = self._earlier_claims(entries)
+        known = known_names(entries)
+        for site in self.run.sites.values():  # for the operator's messages until the site names itself
+            site.last_known = site.last_known or known.get(str(site.node_id), "")
         budgets = list(self.screen.budgets(replies))
         names = Counter(site.name for site, _ in budgets)
-        self._say_renamed([site for site, _ in budgets], known_names(entries))
+        self._say_renamed([site for site, _ in budgets], known)
         for site, budget in budgets:
             claimed = earlier.get(site.name, 0.0)
             if names[site.name] > 1:  # claims are kept by name: two ledgers under one would mix (helper-80)

@@ -75,6 +75,15 @@ class SiteStatus:
     # fixed noise multiplier the plan may fit fewer than the run's rounds; the site is not asked
     # past them, so its refusal cannot fail a round's quorum and leave the run without a release.
     rounds_planned: int | None = None
+    # The name this node last gave in this coordinator's audit log, for the operator's messages
+    # only (never a claim's key): a site refusing before it names itself was logged as node-ID
+    # while `sites list` and the audit log knew it (helper-120 M6).
+    last_known: str = ""
+
+    @property
+    def shown(self) -> str:
+        """:attr:`name`, and for a node that has not named itself in this run, its last name."""
+        return f"{self.name} (last named '{self.last_known}')" if not self.label and self.last_known else self.name
 
     @property
     def claim_outdated(self) -> bool:

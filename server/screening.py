@@ -118,7 +118,7 @@ class ReplyScreen:
         (:func:`unconfirmed_in_audit`). ``code``: the error code the site answered, or the
         coordinator's own refusal's (whether the run stopped for the sites' budgets reads it)."""
         reason = public_text(f"{stage}: {reason}" if stage else reason)  # a ReplyError may quote the site's names
-        log.warning("round %d: dropped %s: %s", round_, site.name, reason)
+        log.warning("round %d: dropped %s: %s", round_, site.shown, reason)
         site.dropped.append({"round": round_, "reason": reason, **({"stage": stage} if stage else {}),
                              **({"code": int(code)} if code is not None else {})})
         if possibly_charged:

@@ -423,6 +423,23 @@ def test_a_node_that_comes_back_under_another_name_is_said_and_recorded(plan, de
     assert [(e["before"], e["site"]) for e in entries if e["event"] == "site_renamed"] == [(raw["site_id"], "hosp-3")]
 
 
+def test_a_site_refusing_before_it_names_itself_is_logged_by_its_last_name(plan, demo_schema, tmp_path, caplog):
+    """helper-120 M6: a site whose ledger was corrupt refused the budget query and was logged as
+    node-ID, while `sites list` and the audit log knew it by name."""
+    import logging
+
+    release = ReleasePlan(tmp_path / "release", rows=100, audit_log=tmp_path / "audit.jsonl")
+    app = make_client_app(plan.site_policy)
+    short = SETTINGS.model_copy(update={"rounds": 1, "epsilon": 0.4, "min_sites": 2})
+    run_federation(InProcessGrid(app, len(plan.policies)), demo_schema, short, release)
+    name = json.loads(plan.policies[1].read_text())["site_id"]
+    ledger = plan.policies[1].parent / json.loads(plan.policies[1].read_text())["ledger"]
+    ledger.write_text("{ not a ledger")
+    with caplog.at_level(logging.WARNING, logger="fedsyn.server"):
+        run_federation(InProcessGrid(app, len(plan.policies)), demo_schema, short, release)
+    assert f"(last named '{name}'): ledger_unavailable" in caplog.text, caplog.text
+
+
 @pytest.mark.parametrize("layout", ["other files", "symlink", "empty folder"])
 def test_a_release_reaches_an_out_that_holds_other_files_or_is_a_link(plan, demo_schema, tmp_path, layout):
     """helper-105 H1: the release written whole beside OUT was renamed onto it, which failed, after
