@@ -308,8 +308,14 @@ def _readme(run: RunRecord, report: dict[str, Any], synthetic: pd.DataFrame, row
     ]
     for site in report["sites"]:
         cap = site["budget_epsilon_asked"]
-        lines.append(f"| {site['site']} | {site['epsilon_cumulative']:.3f} | {'-' if cap is None else f'{cap:.3f}'} | "
+        spent = f"{'at most ' if site['epsilon_cumulative_is_upper_bound'] else ''}{site['epsilon_cumulative']:.3f}"
+        lines.append(f"| {site['site']} | {spent} | {'-' if cap is None else f'{cap:.3f}'} | "
                      f"{sum(1 for r in site['rounds_accepted'] if r > 0)} | {len(site['dropped'])} |")
+    if any(site["epsilon_cumulative_is_upper_bound"] for site in report["sites"]):
+        # helper-120 M2: a bound read as the amount spent, where a read-only site had charged nothing
+        lines += ["", "\"At most\": a round may have been charged at that site without its claim reaching the "
+                      "coordinator, so the figure is the most its ledger can hold; the site's own ledger has the "
+                      "exact one (`upper_bound_reason` in `privacy_report.json`)."]
     lines += [
         "",
         "## How it was made",

@@ -336,6 +336,8 @@ def test_a_site_charged_whose_reply_is_lost_is_reported_at_least_at_its_ledger(p
     assert len(ledger.events) == 5  # round 0's two releases and rounds 1-3 were all charged at the site
     assert lost["epsilon_cumulative"] >= ledger.epsilon() - 1e-9
     assert lost["epsilon_cumulative_is_upper_bound"] and "1, 2, 3" in lost["upper_bound_reason"]
+    readme = (tmp_path / "release" / "README.md").read_text()  # helper-120 M2: the bound read as the amount spent
+    assert f"| {lost['site']} | at most {lost['epsilon_cumulative']:.3f} |" in readme and '"At most"' in readme
     assert report["max_epsilon_any_site"] >= ledger.epsilon() - 1e-9
     # this run's figure holds only the events that arrived: it says it is a lower bound, and of which rounds
     assert lost["epsilon_this_run"] < ledger.epsilon() - 1e-6
