@@ -372,15 +372,20 @@ class Site:
             raise PolicyRefusal(f"the answer ({answer_bytes / 2**20:.1f} MiB) and the copy written beside it exceed "
                                 f"this site's disk_reserve_mib ({self.policy.disk_reserve_mib}): ask for a smaller "
                                 "model, or the site's operator raises the reserve")
-        disks = {self.policy.ledger.parent, self.replies.directory if self.replies.directory.is_dir()
-                 else self.policy.ledger.parent}
-        free = min(shutil.disk_usage(path).free for path in disks) + self.replies.stored_bytes()
+        free = self.free_bytes()
         if free < reserve:
             log.error("%.0f MiB free on the disk of %s (counting its stored answers), below the policy's "
                       "disk_reserve_mib %d: free some space; nothing was charged", free / 2**20,
                       self.policy.ledger.parent, self.policy.disk_reserve_mib)
             raise SiteRefusal(ErrorCode.NO_ROOM, "the site has less free disk than its reserve; nothing was charged "
                               "(its operator's log says how much)")
+
+    def free_bytes(self) -> int:
+        """The free space a round may use: the least free on the disks of the ledger and the stored
+        replies, the stored replies counted as free (see :meth:`_check_room`)."""
+        disks = {self.policy.ledger.parent, self.replies.directory if self.replies.directory.is_dir()
+                 else self.policy.ledger.parent}
+        return min(shutil.disk_usage(path).free for path in disks) + self.replies.stored_bytes()
 
     def _charge(self, event: PrivacyEvent, budget: float) -> int:
         """Charge ``event`` under the ledger's lock; return its ledger position (its stream key)."""

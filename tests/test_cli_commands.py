@@ -697,6 +697,7 @@ def test_client_status_shows_the_sites_budget_and_last_charge_and_a_ledger_it_wo
 
         class ReadOnly:
             f_flag = os.ST_RDONLY
+            f_frsize, f_blocks, f_bfree, f_bavail = 4096, 2**21, 2**20, 2**20  # 4 GiB free: room enough
 
         patch.setattr(os, "access", lambda path, mode: real_access(path, mode) and not (
             mode & os.W_OK and folder in (Path(path), Path(path).parent)))
@@ -706,6 +707,13 @@ def test_client_status_shows_the_sites_budget_and_last_charge_and_a_ledger_it_wo
     said = " ".join(result.output.split())
     assert result.exit_code == 1 and "every request fails at this site" in said, said
     assert "read-only file system" in said
+    with pytest.MonkeyPatch.context() as patch:  # helper-120 M3: a disk below the reserve, status exited 0
+        import shutil
+        from types import SimpleNamespace
+        patch.setattr(shutil, "disk_usage", lambda path: SimpleNamespace(total=2**34, used=2**34 - 2**20, free=2**20))
+        result = _invoke("client", "status", "--config", policy)
+    said = " ".join(result.output.split())
+    assert result.exit_code == 1 and "below the policy's disk_reserve_mib" in said, said
     lowered = json.loads(policy.read_text())  # helper-108 L3: max_epsilon lowered below what was spent
     policy.write_text(json.dumps({**lowered, "max_epsilon": 0.1}))
     result = _invoke("client", "status", "--config", policy)

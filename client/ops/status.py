@@ -47,9 +47,10 @@ SUMMARY_TOLERANCE = 1e-6  # relative: a ledger summary off by more was edited, o
 
 def site_view(policy: SitePolicy) -> SiteView:
     """The site's state from its files; a ledger the site would refuse is named, not raised."""
-    problem, ledger = None, None
+    problem, ledger, site = None, None, None
     try:
-        ledger = Site(policy).ledger  # the same checks every request runs before anything is charged
+        site = Site(policy)
+        ledger = site.ledger  # the same checks every request runs before anything is charged
     except (LedgerError, SchemaError) as exc:
         problem = str(exc)
         try:
@@ -63,6 +64,15 @@ def site_view(policy: SitePolicy) -> SiteView:
         problem = (f"it has spent epsilon {spent:.4f}, {how} its max_epsilon {policy.max_epsilon:g}: it "
                    "refuses every request that would spend until the policy allows more (it still answers budget "
                    "queries and replays answers it paid for)")
+    if problem is None and site is not None:
+        try:
+            free = site.free_bytes()
+        except OSError:
+            free = None
+        if free is not None and free < policy.disk_reserve_mib * 2**20:  # helper-120 M3: status said nothing
+            problem = (f"{free / 2**20:.0f} MiB free on its state folder's disk (its stored answers counted), "
+                       f"below the policy's disk_reserve_mib {policy.disk_reserve_mib}: it refuses every request "
+                       "that would spend until space is freed")
     entries = read_entries(policy.audit_trail)
     view = SiteView(policy.site_id, spent, policy.max_epsilon,
                     policy.max_epsilon_per_request, policy.delta, len(ledger.events) if ledger is not None else None,
