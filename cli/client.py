@@ -55,8 +55,9 @@ def client_start(config: Annotated[Path, typer.Option("--config", "-c")] = Path(
 def client_status(config: Annotated[Path, typer.Option("--config", "-c")] = Path("site.json")) -> None:
     """What this site has spent and may spend, its last charge, reply and refusal, and whether its
     SuperNode runs: from the site's own files, no row read. Exits 1 when the site would refuse to
-    spend (its ledger missing, or holding fewer charges than its trail or stored replies prove)
-    or could not write what a round writes (a read-only state folder)."""
+    spend (its ledger missing, or holding fewer charges than its trail or stored replies prove,
+    its budget spent, its disk below disk_reserve_mib) or could not write what a round writes (a
+    read-only state folder)."""
     from rich.table import Table
 
     from fedsyn.client.ops.launch import site_runtime
