@@ -165,6 +165,11 @@ def _run(grid: Grid, schema: Schema, settings: FederationSettings, plan: Release
 
     published: list[Path] = []
     own_interims = _written_by(audit, fedsyn_run) if state is not None else set()
+    if state is not None and plan.out.resolve() in own_interims:
+        # helper-120 M5: a finished run resumed drew a second, different table under its run id
+        raise ConfigurationError(f"run {fedsyn_run} finished and wrote its release to {plan.out}: there is nothing "
+                                 "to resume. Start a new run (without --resume; its sites spend again) for another "
+                                 "release")
 
     def resumable() -> bool:  # a state of this run's own is saved, so `--resume` continues it
         return coordinator.saved_state or state is not None

@@ -73,6 +73,11 @@ def test_a_resumed_run_finishes_and_no_site_pays_twice(plan, demo_schema, tmp_pa
     assert slots is not None and (slots.table_noise_std or 0.0) > 0.0
     assert [e["round"] for e in entries if e["event"] == "round_finished"] == [1, 2, 3]
     verify_log(tmp_path / "audit.jsonl")
+    published = (tmp_path / "release" / "synthetic.csv").read_bytes()  # helper-120 M5: a finished run resumed
+    with pytest.raises(ConfigurationError, match="finished and wrote its release .* nothing to resume"):
+        run_federation(InProcessGrid(app, len(plan.policies)), demo_schema, SETTINGS, release, resume=True)
+    assert (tmp_path / "release" / "synthetic.csv").read_bytes() == published
+    assert [len(ledger.events) for ledger in _ledgers(plan)] == [2 + SETTINGS.rounds] * 3
 
 
 def test_a_run_resumed_before_round_one_was_aggregated_charges_no_site_twice(plan, demo_schema, tmp_path):
