@@ -315,7 +315,9 @@ class Site:
         if requested > self.policy.max_epsilon:
             raise PolicyRefusal(
                 f"site '{self.policy.site_id}' allows at most epsilon={self.policy.max_epsilon} in total; "
-                f"the coordinator asked for {requested}", ErrorCode.BUDGET_EXHAUSTED)
+                f"the coordinator asked for {requested:.4g} (the most this run may bring its ledger to, planned from "
+                "the max_epsilon the site gave before round 0: where the site lowered it since, a new run plans "
+                "with the new one)", ErrorCode.BUDGET_EXHAUSTED)
         return requested
 
     @staticmethod
