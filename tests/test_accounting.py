@@ -234,3 +234,17 @@ def test_a_failed_save_keeps_the_old_file_whole_and_leaves_no_temporary(tmp_path
     with pytest.raises(OSError, match="disk full"):
         write_atomically(path, fails_half_way)
     assert path.read_bytes() == b"old" and [p.name for p in tmp_path.iterdir()] == ["ledger.json"]
+
+
+def test_the_prv_accountant_answers_without_warnings():
+    """helper-120 L1: a coordinator's plan printed some 108 lines of Opacus warnings (a log of 0 in
+    the PRV grid, the inner RDP bound's order search at its edge), burying the five that mattered."""
+    import warnings
+
+    from fedsyn.privacy.accounting import PrivacyEvent, compute_epsilon
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        epsilon = compute_epsilon([PrivacyEvent("dp-sgd", 30.0, 0.3, 50), PrivacyEvent("gaussian-marginals", 5.0,
+                                                                                        1.0, 1)], 1e-5, "prv")
+    assert 0 < epsilon < 10 and not caught
