@@ -151,7 +151,8 @@ def _run_failed(run_id: str, status: str, stopped: dict[str, object]) -> NoRetur
     if stopped:
         fix = f" {stopped['fix']}" if stopped.get("fix") else ""
         code = stopped.get("exit_code")
-        fail(f"run {run_id} stopped: {stopped.get('reason')}.{fix}", code=code if isinstance(code, int) else 1)
+        reason = str(stopped.get("reason")).rstrip(".")  # a reason may end with a sentence's own '.'
+        fail(f"run {run_id} stopped: {reason}.{fix}", code=code if isinstance(code, int) else 1)
     fail(f"run {run_id} ended as {status}: no release was written by it. Each hospital's ledger holds what "
          "it spent; the log above says why the run stopped", code=1)
 
