@@ -219,6 +219,8 @@ def sites_list(config: Annotated[Path, typer.Option("--config", "-c")] = Path("s
     names = known_names(read_entries(Path(str(audit)))) if audit else {}
     unseen = Text("(not seen in a run yet)", style="dim") if audit else Text("")
     table = Table("node id", "site", "status", "online since")
+    table.columns[0].no_wrap = True  # whole, however narrow the terminal or pipe: `sites remove` takes it
+    table.columns[0].min_width = max((len(str(node.get("node-id"))) for node in listed.get("nodes", [])), default=7)
     for node in listed.get("nodes", []):
         node_id = str(node.get("node-id"))  # every cell as plain text: a site names itself
         table.add_row(node_id, Text(names[node_id]) if node_id in names else unseen, str(node.get("status")),

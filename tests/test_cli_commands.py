@@ -353,7 +353,7 @@ def test_sites_list_names_each_node_by_the_site_id_it_gave(tmp_path, monkeypatch
     listed = {"success": True, "nodes": [
         {"node-id": "111", "status": "online", "online-at": "2026-12-06 10:00:00"},
         {"node-id": "222", "status": "offline", "online-at": ""},
-        {"node-id": "333", "status": "registered", "online-at": ""},
+        {"node-id": "10023042031457406871", "status": "registered", "online-at": ""},
         {"node-id": "444", "status": "online", "online-at": ""}]}
     asked = []
 
@@ -368,7 +368,8 @@ def test_sites_list_names_each_node_by_the_site_id_it_gave(tmp_path, monkeypatch
     assert any("111" in line and "hospital-a" in line and "online" in line for line in lines), result.output
     assert "hospital-a" in result.stdout  # the table on stdout, for a pipeline (helper-104: it was on stderr)
     assert any("222" in line and "hospital-b" in line for line in lines), result.output
-    assert any("333" in line and "not seen in a run yet" in line for line in lines), result.output
+    # helper-120 L3: a long node id was cut ('10023042031457406…') on an 80-column pipe, as `sites remove` needs it
+    assert any("10023042031457406871" in line and "not seen in a run" in line for line in lines), result.output
     assert any("444" in line and "[/]ward[bold]" in line for line in lines), result.output
     listed = {"success": False, "error-message": "cannot reach the SuperLink at 10.0.0.1:9093"}  # flwr exits 0
     result = _invoke("server", "sites", "list", "--config", tmp_path / "server.toml")
