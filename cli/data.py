@@ -49,9 +49,9 @@ def schema_draft(
         every = list(dict.fromkeys(name for extract in extracts for name in extract.columns))
         lacking = {path: [str(name) for name in every if name not in extract.columns]
                    for path, extract in zip(data, extracts)}
+        shared = set.intersection(*(set(map(str, extract.columns)) for extract in extracts))
         for path, extract in zip(data, extracts):
-            renamed = _renamed_column(lacking[path], [str(name) for name in extract.columns if name not in
-                                                      set.intersection(*(set(map(str, e.columns)) for e in extracts))])
+            renamed = _renamed_column(lacking[path], [str(name) for name in extract.columns if str(name) not in shared])
             if renamed is not None:  # helper-122: 'crp' beside 'CRP' was drafted as two columns, each half empty
                 fail(f"{path} names a column '{renamed[1]}' where another file names '{renamed[0]}': one measure "
                      "under two names? Give it one name in every file (a column named differently is drafted as "

@@ -216,7 +216,7 @@ class Coordinator:
             site.epsilon_cap, site.rounds_planned = plan.cap, plan.rounds_fit
             queries[site.node_id] = protocol.MarginalsQuery(plan.marginals_noise, plan.cap, fingerprint,
                                                             self.run.run_id, self.settings.pairs_share)
-        self._name_silent_sites(entries, earlier)
+        self._name_silent_sites(known, earlier)
         self._require_quorum(len(queries), 0)
         return {node: replace(query, sites=len(queries)) for node, query in queries.items()}
 
@@ -237,12 +237,12 @@ class Coordinator:
         """Every entry of this coordinator's audit log, every run's; none without one."""
         return self.audit.entries() if self.audit is not None else []
 
-    def _name_silent_sites(self, entries: list[dict[str, object]], earlier: dict[str, float]) -> None:
+    def _name_silent_sites(self, names: dict[str, str], earlier: dict[str, float]) -> None:
         """A site that answered no budget query (it failed, or its reply was lost) is named as it
         last named itself in this coordinator's audit log, and its claim is its largest there: the
         release had listed a site that had claimed 1.4 in an earlier run as ``node-ID`` at a
-        cumulative epsilon of 0 (helper-98 M4)."""
-        names = known_names(entries)
+        cumulative epsilon of 0 (helper-98 M4). ``names``: each node id's last name there
+        (:func:`known_names`)."""
         answering = {site.label for site in self.run.sites.values() if site.label}
         for site in self.run.sites.values():  # a site that answered under a new node keeps the name alone
             if not site.label and names.get(str(site.node_id), "") not in ("", *answering):

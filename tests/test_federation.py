@@ -499,13 +499,13 @@ def test_a_site_that_answers_nothing_is_reported_at_its_last_claim_not_at_zero(p
 def test_a_silent_node_is_not_named_after_a_site_that_answered_under_a_new_node(demo_schema):
     """helper-100 L-1: a hospital that re-keyed answered under a new node while Flower still
     listed its old one; the silent old node took its name too, and the README listed it twice."""
-    from fedsyn.server.record import SiteStatus
+    from fedsyn.server.record import SiteStatus, known_names
 
     coordinator = Coordinator(demo_schema, SETTINGS, None)
     coordinator.run.sites = {1001: SiteStatus(1001), 1002: SiteStatus(1002), 1004: SiteStatus(1004, label="site-0")}
     entries: list[dict[str, object]] = [{"event": "site_budget", "node": 1001, "site": "site-0"},
                                         {"event": "site_budget", "node": 1002, "site": "site-1"}]
-    coordinator._name_silent_sites(entries, {"site-0": 0.9, "site-1": 0.5})
+    coordinator._name_silent_sites(known_names(entries), {"site-0": 0.9, "site-1": 0.5})
     assert [coordinator.run.sites[node].name for node in (1001, 1002, 1004)] == ["node-1001", "site-1", "site-0"]
     assert coordinator.run.sites[1002].claimed_epsilon == 0.5 and coordinator.run.sites[1001].claimed_epsilon == 0
 

@@ -21,7 +21,7 @@ from __future__ import annotations
 import itertools
 import math
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -258,20 +258,31 @@ def bound_piles(real: pd.DataFrame, synthetic: pd.DataFrame, schema: Schema) -> 
     clipping, changes every analysis that counts it. A newcomer's CRP at its assay limit, 3.8 %
     of real rows, came out at 0.0 %, and no flag said so (helper-114)."""
     out: dict[str, dict[str, Any]] = {}
-    for column in schema.columns:
-        if column.is_categorical:
-            continue
-        values = {label: pd.to_numeric(frame[column.name], errors="coerce").dropna().to_numpy(dtype=float)
-                  for label, frame in (("real", real), ("synthetic", synthetic))}
+    for column, values in _numeric_values(real, synthetic, schema):
         for side, bound in (("lower", column.lower), ("upper", column.upper)):
             if bound is None:
                 continue
             tolerance = 1e-9 * max(abs(bound), 1.0)
-            shares = {label: float(np.mean(np.abs(held - bound) <= tolerance)) if len(held) else 0.0
-                      for label, held in values.items()}
-            out.setdefault(column.name, {})[side] = {"value": float(bound), **shares,
-                                                     "rows": {label: len(held) for label, held in values.items()}}
+            out.setdefault(column.name, {})[side] = {
+                "value": float(bound), **_shares({label: np.abs(held - bound) <= tolerance
+                                                  for label, held in values.items()})}
     return out
+
+
+def _numeric_values(real: pd.DataFrame, synthetic: pd.DataFrame, schema: Schema
+                    ) -> Iterator[tuple[Column, dict[str, np.ndarray]]]:
+    """Each numeric column with its values (missing ones left out) in the real and the synthetic rows."""
+    for column in schema.columns:
+        if not column.is_categorical:
+            yield column, {label: pd.to_numeric(frame[column.name], errors="coerce").dropna().to_numpy(dtype=float)
+                           for label, frame in (("real", real), ("synthetic", synthetic))}
+
+
+def _shares(picked: dict[str, np.ndarray]) -> dict[str, Any]:
+    """The share of each side's values ``picked`` (a mask per side; 0 for none), and how many
+    values each side has (``rows``): a share is judged only on enough of them."""
+    return {**{label: float(np.mean(mask)) if len(mask) else 0.0 for label, mask in picked.items()},
+            "rows": {label: len(mask) for label, mask in picked.items()}}
 
 
 EXTREME_SHARE = 0.01  # a numeric column's tails: the rows beyond the real rows' 1st and 99th percentiles
@@ -285,20 +296,14 @@ def extreme_tails(real: pd.DataFrame, synthetic: pd.DataFrame, schema: Schema) -
     nothing (helper-114). Ends where the real rows pile (a bound, an assay's limit) hold no
     rows beyond the percentile and are left out. The percentiles themselves are not returned."""
     out: dict[str, dict[str, Any]] = {}
-    for column in schema.columns:
-        if column.is_categorical:
-            continue
-        values = {label: pd.to_numeric(frame[column.name], errors="coerce").dropna().to_numpy(dtype=float)
-                  for label, frame in (("real", real), ("synthetic", synthetic))}
+    for column, values in _numeric_values(real, synthetic, schema):
         if not len(values["real"]):
             continue
         low, high = np.quantile(values["real"], [EXTREME_SHARE, 1.0 - EXTREME_SHARE])
         for side, sign, limit in (("lower", -1.0, low), ("upper", 1.0, high)):
-            shares = {label: float(np.mean(sign * held > sign * limit)) if len(held) else 0.0
-                      for label, held in values.items()}
+            shares = _shares({label: sign * held > sign * limit for label, held in values.items()})
             if shares["real"] > 0:
-                out.setdefault(column.name, {})[side] = {**shares,
-                                                         "rows": {label: len(held) for label, held in values.items()}}
+                out.setdefault(column.name, {})[side] = shares
     return out
 
 
