@@ -62,7 +62,7 @@ def schema_draft(
         draft = draft_schema(extract, name=data[0].stem, outcome=outcome, dates=dates)
     except (DataFileError, ValueError) as exc:
         fail(str(exc))
-    draft.save(out)
+    draft.save(out, private=True)
     checked = data[0] if len(data) == 1 else Path("FILE")  # what `fedsyn validate` is told to read
     for path, names in lacking.items():  # helper-119 #5: a column one hospital never records stopped the draft
         if names:

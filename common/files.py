@@ -14,7 +14,9 @@ def write_atomically(path: Path, write: Callable[[BinaryIO], object]) -> None:
     """Write ``path`` through ``write`` into a temporary file beside it, flushed to disk, then
     renamed over it: a crash leaves the old file or the new one, never half of either, and a
     failed write leaves no temporary file behind. The folder is flushed after the rename too, so
-    that a power cut cannot bring back the old file (a site's ledger from before a charge)."""
+    that a power cut cannot bring back the old file (a site's ledger from before a charge). The
+    file is its owner's only (0600, as :func:`tempfile.mkstemp` makes it), whatever the umask: what
+    is written so is private (a ledger, a site's stored replies, a schema draft)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
     try:

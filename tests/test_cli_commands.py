@@ -95,6 +95,19 @@ def test_schema_draft_and_validate(tmp_path, demo_frame):
     assert unreadable.exit_code == 2 and "not found" in said and f"{data}: 200 rows fit the schema" in said
 
 
+def test_a_schema_draft_is_readable_by_its_owner_only(tmp_path, demo_frame):
+    """helper-123 F3: a draft holds bounds, levels and names read off a site's private rows, and
+    was written 0644, readable by every user of the machine; an --overwrite kept that too."""
+    data = tmp_path / "cohort.csv"
+    demo_frame.head(200).to_csv(data, index=False)
+    draft = tmp_path / "draft.json"
+    assert _invoke("schema", "draft", data, "--out", draft).exit_code == 0
+    assert stat.S_IMODE(draft.stat().st_mode) == 0o600
+    draft.chmod(0o644)
+    assert _invoke("schema", "draft", data, "--out", draft, "--overwrite").exit_code == 0
+    assert stat.S_IMODE(draft.stat().st_mode) == 0o600
+
+
 def test_schema_draft_points_at_stray_text_a_far_bound_and_levels_written_two_ways(tmp_path, demo_frame):
     rows = demo_frame.head(200).astype({"creatinine": object, "kappa": object})
     rows.loc[rows.index[[5, 9]], "creatinine"] = ["170 umol/L", "<3"]

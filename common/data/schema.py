@@ -24,6 +24,7 @@ from pydantic_core import ErrorDetails
 
 from fedsyn.data.rules import Rule
 from fedsyn.errors import ConfigurationError, did_you_mean, validation_problems
+from fedsyn.files import write_atomically
 
 
 class SchemaError(ConfigurationError, ValueError):
@@ -318,9 +319,17 @@ class Schema(BaseModel):
                 "--allow-unreviewed-schema (this is then written into the privacy report)."
             )
 
-    def save(self, path: str | Path) -> None:
+    def save(self, path: str | Path, private: bool = False) -> None:
+        """Write the schema as JSON. A ``private`` one (a draft: its bounds, levels and names were
+        read off a site's rows) is readable by its owner only (0600), as the site's other private
+        files are (:func:`fedsyn.files.write_atomically`); a draft written 0644 was readable by
+        every user of the hospital's machine (helper-123 F3)."""
+        text = self.model_dump_json(indent=2, exclude_none=True) + "\n"
+        if private:
+            write_atomically(Path(path), lambda out: out.write(text.encode()))
+            return
         Path(path).parent.mkdir(parents=True, exist_ok=True)
-        Path(path).write_text(self.model_dump_json(indent=2, exclude_none=True) + "\n")
+        Path(path).write_text(text)
 
     @classmethod
     def load(cls, path: str | Path) -> Schema:
