@@ -108,6 +108,25 @@ def test_a_schema_draft_is_readable_by_its_owner_only(tmp_path, demo_frame):
     assert stat.S_IMODE(draft.stat().st_mode) == 0o600
 
 
+def test_a_bound_drafted_from_a_cell_written_with_separators_is_named_as_the_extracts_own(tmp_path):
+    """helper-123 F2: the draft reads '35,1' and '23,532.98' as numbers and made them bounds, but
+    validate read them as no number, so its note on bounds that are the extract's own smallest or
+    largest value missed exactly those (docs/schema.md promises every one is named)."""
+    rng = np.random.default_rng(0)
+    temps = [f"{t:.1f}" for t in rng.uniform(36.0, 40.0, 300)]
+    costs = [f"{c:.2f}" for c in rng.uniform(1_000.0, 9_000.0, 300)]
+    temps[7], temps[9], costs[11] = "35,1", "41,2", "23,532.98"  # each column's extremes, written so
+    pd.DataFrame({"temp_c": temps, "cost": costs}).to_csv(tmp_path / "x.csv", index=False)
+    draft = tmp_path / "draft.json"
+    assert _invoke("schema", "draft", tmp_path / "x.csv", "--out", draft).exit_code == 0
+    drafted = {column["name"]: column for column in json.loads(draft.read_text())["columns"]}
+    assert drafted["temp_c"]["lower"] == 35.1 and drafted["cost"]["upper"] == 23532.98
+    draft.write_text(draft.read_text().replace('"needs_review": true', '"needs_review": false'))
+    said = " ".join(_invoke("validate", tmp_path / "x.csv", "--schema", draft).output.split())
+    assert "temp_c (lower and upper), cost (lower and upper): each is this extract's own smallest or largest" in said
+    assert "35,1" not in said and "35.1" not in said and "23532" not in said and "23,532" not in said
+
+
 def test_schema_draft_points_at_stray_text_a_far_bound_and_levels_written_two_ways(tmp_path, demo_frame):
     rows = demo_frame.head(200).astype({"creatinine": object, "kappa": object})
     rows.loc[rows.index[[5, 9]], "creatinine"] = ["170 umol/L", "<3"]

@@ -22,7 +22,6 @@ import pandas as pd
 from pydantic import ValidationError
 
 from fedsyn.data.schema import (
-    DECIMAL_COMMA,
     FLAG_NO,
     FLAG_YES,
     MANY_CATEGORIES,
@@ -31,7 +30,6 @@ from fedsyn.data.schema import (
     RARE_LEVEL_ROWS,
     READ_AS_NO,
     READ_AS_YES,
-    THOUSANDS_GROUPED,
     YES_WORDS,
     Column,
     ColumnKind,
@@ -45,6 +43,7 @@ from fedsyn.data.schema import (
     off_step,
     read_as_levels,
     schema_problems,
+    separators_read,
     spell_category,
     spelling_key,
     text_columns,
@@ -179,7 +178,7 @@ def _drafted_column(series: pd.Series, outcome: bool = False, date: bool = False
         # drafted as a measure had its bounds at two patients' postcodes (helper-107 M3)
         return Column(name=name, kind=ColumnKind.CATEGORICAL, categories=[UNLISTED_LEVELS], nullable=nullable,
                       needs_review=True)
-    written_values, values = values, _separators_read(values)  # the text stays the levels if it is no number
+    written_values, values = values, separators_read(values)  # the text stays the levels if it is no number
     numeric = pd.to_numeric(values, errors="coerce")
     # A code written zero-padded ('0052' for an ICD code) is a code however many there are: a
     # newcomer's 300 diagnosis codes were drafted as the integers 52-7802 (helper-107 M1).
@@ -456,41 +455,22 @@ def _words_for_unknown(cells: pd.Series) -> list[str]:
     return sorted(set(written)) if found else []
 
 
-def _separators_read(cells: pd.Series) -> pd.Series:
-    """``cells`` with each one written with a decimal comma ('37,2') or thousands separators
-    ('20,532.98') as its number: a newcomer's temperatures (30 % written so) and costs were
-    drafted as free text. A decimal comma only where the column is a measure: some of its cells
-    have a decimal point, or its comma values are too many for codes ('1,2' may be a code, or
-    answers 1 and 2). Validation still names those cells in the file, so that its export is
-    fixed rather than guessed at each read."""
-    if pd.api.types.is_numeric_dtype(cells):
-        return cells
-    text = cells.astype(str).str.strip()
-    comma, grouped = text.str.fullmatch(DECIMAL_COMMA), text.str.fullmatch(THOUSANDS_GROUPED)
-    if not (text.str.fullmatch(r"[+-]?\d*\.\d+").any() or text[comma].nunique() > MANY_CATEGORIES):
-        comma = pd.Series(False, index=text.index)  # '1,2' among codes, no decimal point: a code or a list
-    if not (comma.any() or grouped.any()):
-        return cells
-    return cells.mask(comma, text.str.replace(",", ".", regex=False)).mask(
-        grouped, text.str.replace(",", "", regex=False))
-
-
 def _stray_cells(cells: pd.Series) -> int:
     """How many of non-empty ``cells`` are text that is no number, cells written as a limit aside,
     cells written with the column's one unit ('120 mg/dL', :func:`_written_unit`) and numbers
     written with a decimal comma or thousands separators (:func:`separator_cells`)."""
     with_unit = int(numbers_with_units(cells)[1].notna().sum()) if _written_unit(cells) else 0
-    return (_text_cells(pd.to_numeric(_separators_read(cells), errors="coerce")) - int(censored(cells).sum())
+    return (_text_cells(pd.to_numeric(separators_read(cells), errors="coerce")) - int(censored(cells).sum())
             - with_unit)
 
 
 def separator_cells(frame: pd.DataFrame, schema: Schema) -> dict[str, int]:
     """Of a draft's numeric columns, how many cells the draft read as numbers written with a
-    decimal comma ('37,2') or thousands separators ('6,994.91') (:func:`_separators_read`): a
+    decimal comma ('37,2') or thousands separators ('6,994.91') (:func:`separators_read`): a
     newcomer's semicolon export, converted, was told its lab values held 'a unit or a word' in
     some cells. Counts only."""
     def written_so(cells: pd.Series) -> int:
-        read = _separators_read(cells)
+        read = separators_read(cells)
         return int((read.astype(str) != cells.astype(str)).sum()) if read is not cells else 0
 
     return _numeric_column_counts(frame, schema, written_so)

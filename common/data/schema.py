@@ -568,6 +568,26 @@ DECIMAL_COMMA = r"[+-]?\d+,(\d{1,2}|\d{4,})"  # 37,2 or 0,89 (three digits after
 THOUSANDS_GROUPED = r"[+-]?\d{1,3}(,\d{3})+(\.\d+)?"  # 6,994.91
 
 
+def separators_read(cells: pd.Series) -> pd.Series:
+    """``cells`` with each one written with a decimal comma ('37,2') or thousands separators
+    ('20,532.98') as its number: a newcomer's temperatures (30 % written so) and costs were
+    drafted as free text. A decimal comma only where the column is a measure: some of its cells
+    have a decimal point, or its comma values are too many for codes ('1,2' may be a code, or
+    answers 1 and 2). Validation still names those cells in the file, so that its export is
+    fixed rather than guessed at each read, and reads them so where it compares a column's bounds
+    with its values: a bound drafted from '40,3' is the extract's own value too (helper-123 F2)."""
+    if pd.api.types.is_numeric_dtype(cells):
+        return cells
+    text = cells.astype(str).str.strip()
+    comma, grouped = text.str.fullmatch(DECIMAL_COMMA), text.str.fullmatch(THOUSANDS_GROUPED)
+    if not (text.str.fullmatch(r"[+-]?\d*\.\d+").any() or text[comma].nunique() > MANY_CATEGORIES):
+        comma = pd.Series(False, index=text.index)  # '1,2' among codes, no decimal point: a code or a list
+    if not (comma.any() or grouped.any()):
+        return cells
+    return cells.mask(comma, text.str.replace(",", ".", regex=False)).mask(
+        grouped, text.str.replace(",", "", regex=False))
+
+
 def read_as_levels(series: pd.Series, column: Column) -> pd.Series:
     """A categorical column's cells as its levels, as every reader of an extract takes them:
     codes as strings, spelled as the schema spells them (see :func:`spell_category`), a level

@@ -28,6 +28,7 @@ from fedsyn.data.schema import (
     is_number,
     lists_no_level,
     off_step,
+    separators_read,
     spell_category,
     value_like,
 )
@@ -242,7 +243,8 @@ def _bounds_at_extremes(series: pd.Series, column: Column) -> list[str]:
     range; the demo's ages start at its study's 50)."""
     if column.is_categorical or column.bounds_source:
         return []
-    values = pd.to_numeric(series, errors="coerce").to_numpy(dtype=float)
+    # read as the draft read them: a bound drafted from a cell written '40,3' is its own value (helper-123 F2)
+    values = pd.to_numeric(separators_read(series), errors="coerce").to_numpy(dtype=float)
     present = values[np.isfinite(values)]
     if present.size == 0:
         return []
