@@ -63,10 +63,19 @@ def schema_draft(
     except (DataFileError, ValueError) as exc:
         fail(str(exc))
     draft.save(out, private=True)
+    from fedsyn.data.schema import names_like_values
+
+    like_values = names_like_values(extract)  # fewer than half of them, or the draft was refused
+    label = _column_labels([str(name) for name in extract.columns], doubtful=bool(like_values))
+    if like_values:
+        console.print("[yellow]some of the file's column names look like values (a number, a date, a record number, "
+                      "a value of their own column or written as those are): is its first line a header line? If it "
+                      "is a patient's record, add a header line and draft again. Names are never shown then: the "
+                      "notes below name each column by its place in the file (#1 is the first)[/]")
     checked = data[0] if len(data) == 1 else Path("FILE")  # what `fedsyn validate` is told to read
     for path, names in lacking.items():  # helper-119 #5: a column one hospital never records stopped the draft
         if names:
-            console.print(f"[yellow]{path} has no column {', '.join(repr(name) for name in names)}: drafted as empty "
+            console.print(f"[yellow]{path} has no column {', '.join(label[name] for name in names)}: drafted as empty "
                           "in its rows (a measure that hospital does not take). Add the column, with empty cells, to "
                           "that extract: a site's extract holds every column of the schema[/]")
     from fedsyn.data.draft import (
@@ -93,7 +102,8 @@ def schema_draft(
 
     if draft.missing_values:
         holding = marker_columns(extract, draft.missing_values, category_levels(draft))
-        shown = ", ".join(holding[:8]) + (f" and {len(holding) - 8} more" if len(holding) > 8 else "")
+        shown = ", ".join(label[name] for name in holding[:8]) + (f" and {len(holding) - 8} more"
+                                                                    if len(holding) > 8 else "")
         console.print(f"[yellow]cells holding {', '.join(repr(m) for m in draft.missing_values)} were read as missing "
                       f"(the draft's missing_values, in every column; found in {shown}): keep each only if the "
                       "extract uses it for 'missing', never as a real value (a marker that means missing in one "
@@ -101,16 +111,16 @@ def schema_draft(
 
     for column in draft.columns:
         if column.unit is not None:  # only the draft's reading of the cells sets it
-            console.print(f"[yellow]column '{column.name}': some cells are written with the unit "
+            console.print(f"[yellow]column {label[column.name]}: some cells are written with the unit "
                           f"'{escape(column.unit)}' beside the number: the draft made it the column's unit, and "
                           "cells written so are read as their number (any other unit is listed by validate)[/]")
         if column.missing_values:
             written = ", ".join(repr(marker) for marker in column.missing_values)
-            console.print(f"[yellow]column '{column.name}': cells written {written} were read as missing in this "
+            console.print(f"[yellow]column {label[column.name]}: cells written {written} were read as missing in this "
                           "column only (its own missing_values): keep each only if it says the value is not known[/]")
     unlisted = columns_without_levels(draft)
     if unlisted:  # one paragraph for all (helper-102: the same nine lines for ten columns)
-        named = ", ".join(f"'{name}'" for name in unlisted)
+        named = ", ".join(label[name] for name in unlisted)
         console.print(f"[yellow]column{'s' if len(unlisted) > 1 else ''} {named}: none of "
                       f"{'their' if len(unlisted) > 1 else 'its'} values was written into the draft "
                       f"({'each' if len(unlisted) > 1 else 'it'} holds dates, "
@@ -123,14 +133,14 @@ def schema_draft(
                       "turn a date into a year or an age in the extract; a measure: make it a number column "
                       "with public bounds; otherwise list its public levels, grouping rare ones[/]")
     for name in recurring_identifier_columns(extract):
-        console.print(f"[yellow]column '{name}' reads as a record number, and some of its values recur in several "
+        console.print(f"[yellow]column {label[name]} reads as a record number, and some of its values recur in several "
                       "rows: fedsyn protects each row, so a patient with several rows (admissions, visits) is "
                       "protected at about that many times the site's epsilon. Keep one row per patient in the "
                       "extract, or set the budget with the most rows one patient holds in mind "
                       "(docs/privacy.md#one-row-per-patient)[/]")
     for name in rare_level_columns(extract, draft):
         outcome_class = " (an outcome class among them: add it)" if name == outcome else ""
-        console.print(f"[yellow]column '{name}': values held by fewer than {RARE_LEVEL_ROWS} rows each were not "
+        console.print(f"[yellow]column {label[name]}: values held by fewer than {RARE_LEVEL_ROWS} rows each were not "
                       f"written into the draft{outcome_class} (a value that rare may be one patient's: a name or a "
                       "record number in a note). Add the column's public levels that are missing (from a code list, "
                       "or a rare class of a flag), group rare values into one level in the extract, or drop free text; "
@@ -138,37 +148,37 @@ def schema_draft(
     # Neither warning counts the cells: one cell below a detection limit is one patient, and a
     # terminal's text ends up in tickets (validate's line numbers stay on the site's own screen).
     for name in censored_cells(extract, draft):
-        console.print(f"[yellow]column '{name}' holds cells written as a limit ('<0.01' below an assay's "
+        console.print(f"[yellow]column {label[name]} holds cells written as a limit ('<0.01' below an assay's "
                       "detection limit, '>89' for a capped age): it was drafted as a number. Make that limit the "
                       "column's public bound: such a cell at its column's bound is read as the bound (a value of its "
                       "own that the release keeps), as it is; any other limit ('<0.02' where the bound is 0.01), "
                       f"write as a number or empty: fedsyn validate --schema {out} {checked} lists their lines[/]")
     for name in separator_cells(extract, draft):
-        console.print(f"[yellow]column '{name}' holds numbers written with a decimal comma (37,2) or thousands "
+        console.print(f"[yellow]column {label[name]} holds numbers written with a decimal comma (37,2) or thousands "
                       "separators (6,994.91): the draft read them as numbers, so it was drafted as one. Fix the "
                       "export (a decimal point, no separators): fedsyn validate, which reads the file as written, "
                       f"lists their lines (fedsyn validate --schema {out} {checked})[/]")
     for name in stray_text_cells(extract, draft):
-        console.print(f"[yellow]column '{name}' holds numbers but for some cells of text (a unit written beside "
+        console.print(f"[yellow]column {label[name]} holds numbers but for some cells of text (a unit written beside "
                       "the value, a word for an unknown value): it was drafted as a number. A word the extract "
                       "writes for 'not known' ('unknown', 'not done'): add it to the column's own missing_values; "
                       "anything else: write those cells as numbers, or empty them, in the extract (fedsyn validate "
                       f"--schema {out} {checked} lists their lines)[/]")
     for name, sides in far_bound_columns(extract, draft).items():
-        console.print(f"[yellow]column '{name}': its drafted {' and '.join(sides)} bound lies far beyond the rest of "
-                      "its values (a typo, or a code such as 999 for 'unknown'): set the public bound (a clinical "
+        console.print(f"[yellow]column {label[name]}: its drafted {' and '.join(sides)} bound lies far beyond the rest "
+                      "of its values (a typo, or a code such as 999 for 'unknown'): set the public bound (a clinical "
                       "limit) instead, and put a code in the column's own missing_values (it means no value); "
                       f"fedsyn validate --schema {out} {checked} then lists the lines outside the bound, to "
                       "correct or empty[/]")
     for name in stray_negative_columns(extract, draft):
-        console.print(f"[yellow]column '{name}' holds a few values below 0 among values that are otherwise 0 or "
+        console.print(f"[yellow]column {label[name]} holds a few values below 0 among values that are otherwise 0 or "
                       "more (an age of -1 for 'unknown', a length of stay typed with a minus): its drafted lower "
                       "bound is one of them. If values below 0 are real (an income, a change), keep them; if not, "
                       "set the public lower bound (0, or a clinical limit), add a code to the column's own "
                       "missing_values and "
                       f"correct typos (fedsyn validate --schema {out} {checked} lists those lines)[/]")
     for name, sides in far_level_columns(extract, draft).items():
-        console.print(f"[yellow]column '{name}' was drafted with number levels, and its "
+        console.print(f"[yellow]column {label[name]} was drafted with number levels, and its "
                       f"{' and '.join('largest' if side == 'upper' else 'smallest' for side in sides)} lies far "
                       "beyond the others (a code such as 999 for 'unknown'): if it stands for a missing value, "
                       "add it to the column's own missing_values and drop it from the levels; otherwise correct "
@@ -176,33 +186,33 @@ def schema_draft(
     for name, empty in mostly_empty_columns(extract, draft).items():
         said = ("is empty in every row: it teaches the release nothing" if empty else
                 "is empty in nearly every row: it teaches the release little beyond how often it is missing")
-        console.print(f"[yellow]column '{name}' {said}, and every column shares the budget (the noise grows with the "
-                      "table's width): drop it unless a question needs it[/]")
+        console.print(f"[yellow]column {label[name]} {said}, and every column shares the budget (the noise grows with "
+                      "the table's width): drop it unless a question needs it[/]")
     for name, levels in unknown_level_columns(draft).items():
         said = ", ".join(repr(level) for level in levels)
-        console.print(f"[yellow]column '{name}' has the level {said}: if it means that nothing was recorded, move it "
-                      "from the column's categories to its own missing_values and make the column nullable (it is "
+        console.print(f"[yellow]column {label[name]} has the level {said}: if it means that nothing was recorded, move "
+                      "it from the column's categories to its own missing_values and make the column nullable (it is "
                       "then read as an empty cell, and the release learns how often it is missing); keep it as a "
                       "level if it is an answer your questions count[/]")
     for name in constant_columns(extract, draft):
-        console.print(f"[yellow]column '{name}' holds one value in every row: unless it names the hospital (a site "
-                      "column), it tells nothing, and every column shares the budget (the noise grows with the "
+        console.print(f"[yellow]column {label[name]} holds one value in every row: unless it names the hospital (a "
+                      "site column), it tells nothing, and every column shares the budget (the noise grows with the "
                       "table's width): drop it from the extract and the schema[/]")
     for name, first in duplicate_columns(extract, draft):
-        console.print(f"[yellow]column '{name}' repeats column '{first}' row for row: drop one of them (every column "
-                      "shares the budget)[/]")
+        console.print(f"[yellow]column {label[name]} repeats column {label[first]} row for row: drop one of them "
+                      "(every column shares the budget)[/]")
     for name in log_scale_columns(extract, draft):
-        console.print(f"[yellow]column '{name}' spans more than two orders of magnitude: consider \"transform\": "
+        console.print(f"[yellow]column {label[name]} spans more than two orders of magnitude: consider \"transform\": "
                       "\"log\" with a public lower bound above 0 (docs/schema.md)[/]")
     for name in outcome_proxy_columns(extract, draft):
-        console.print(f"[yellow]column '{name}' (nearly) determines the outcome '{outcome}': its values (or whether "
-                      "it is empty) pick the outcome class in 95 % of each class's rows, or one of its values goes "
-                      "with one outcome class only, in a large part of that class's rows. If it records the outcome "
-                      "itself (a discharge to the mortuary, a date of death), drop it: a release keeps such a link "
-                      "more easily than any real relation, and the utility checks would then flatter it[/]")
+        console.print(f"[yellow]column {label[name]} (nearly) determines the outcome '{outcome}': its values (or "
+                      "whether it is empty) pick the outcome class in 95 % of each class's rows, or one of its values "
+                      "goes with one outcome class only, in a large part of that class's rows. If it records the "
+                      "outcome itself (a discharge to the mortuary, a date of death), drop it: a release keeps such a "
+                      "link more easily than any real relation, and the utility checks would then flatter it[/]")
     variants = case_variant_columns(extract, draft)  # one message naming them all: an extract's eleven yes/no flags
     if variants:
-        named = ", ".join(f"'{name}'" for name in variants)
+        named = ", ".join(label[name] for name in variants)
         plural = len(variants) > 1
         console.print(f"[yellow]column{'s' if plural else ''} {named} list{'' if plural else 's'} levels that "
                       "may be one level written two ways: in another letter case ('F' and 'f'), a letter and a word "
@@ -211,7 +221,7 @@ def schema_draft(
                       "public, like the categories), or write it one way in the extract[/]")
     merged = letter_case_columns(draft)
     if merged:
-        named = ", ".join(f"'{name}'" for name in merged)
+        named = ", ".join(label[name] for name in merged)
         console.print(f"[yellow]{'columns' if len(merged) > 1 else 'column'} {named}: a level written in several "
                       "letter cases ('Emergency', 'emergency') was drafted once, read in any letter case (the level "
                       "among its own 'spellings'). Where letter case tells levels apart, list them apart and remove "
@@ -226,18 +236,28 @@ def schema_draft(
         unmeasured = [str(name) for name in extract_of_site.columns if name in taken and len(extract_of_site)
                       and extract_of_site[name].isna().all() and str(name) not in lacking[path]]  # said above
         if unmeasured and len(data) > 1:
-            console.print(f"[yellow]{path}: {', '.join(repr(name) for name in unmeasured[:5])}"
+            console.print(f"[yellow]{path}: {', '.join(label[name] for name in unmeasured[:5])}"
                           f"{' and more' if len(unmeasured) > 5 else ''} empty in every row (a measure that hospital "
                           "does not take): drafted nullable. The release draws each site's missing share with "
                           "noise, so a small site may still get values there: name the site column (--site-column) "
                           "and check the report's sites[/]")
     read = " ".join(map(str, data))
-    console.print(f"[yellow bold]Draft written to {out}. Its kinds, bounds, categories (and their spellings), "
-                  f"precisions, nullable flags and missing-value markers were read off {read}: that is private "
-                  "information.[/] Replace "
+    console.print(f"[yellow bold]Draft written to {out}. Its column names, kinds, bounds, categories (and their "
+                  f"spellings), precisions, nullable flags and missing-value markers were read off {read}: that is "
+                  "private information.[/] Check that each column name is a name, never a patient's value (a file "
+                  "without a header line gives its first record as names). Replace "
                   "each with public knowledge (clinical ranges, code lists), set needs_review to false, then train. "
                   "Training refuses needs_review columns unless --allow-unreviewed-schema is given, which is then "
                   "written into the privacy report.")
+
+
+def _column_labels(names: list[str], doubtful: bool) -> dict[str, str]:
+    """How the draft's notes name each column: quoted, or by its place in the file ('#3') where
+    the header line is ``doubtful`` (a name looks like a value,
+    :func:`~fedsyn.data.schema.names_like_values`): one such name puts the whole line in doubt, as
+    validate holds, since its other names would be the same record's values (helper-123 F1: a
+    patient's name, record number and address were printed as three columns' names)."""
+    return {name: f"#{place}" if doubtful else f"'{name}'" for place, name in enumerate(names, 1)}
 
 
 def _renamed_column(lacking: list[str], own: list[str]) -> tuple[str, str] | None:
@@ -259,15 +279,16 @@ def _renamed_column(lacking: list[str], own: list[str]) -> tuple[str, str] | Non
 
 def _difference_unshown(first: pd.DataFrame, other: pd.DataFrame) -> bool:
     """Whether a name two files' headers do not share looks like a value
-    (:func:`~fedsyn.data.schema.value_like`) or is a cell of either file (a level, a code, a
-    ward): a file without a header line gives a patient's values as its names, so such names are
-    never shown nor drafted from (helper-117: a headerless file's first record was printed whole)."""
-    from fedsyn.data.schema import value_like
+    (:func:`~fedsyn.data.schema.names_like_values`) or is a cell of either file (a level, a code,
+    a ward): a file without a header line gives a patient's values as its names, so such names
+    are never shown nor drafted from (helper-117: a headerless file's first record was printed whole)."""
+    from fedsyn.data.schema import names_like_values
 
     names, others = {str(n) for n in first.columns}, {str(n) for n in other.columns}
+    like_values = {*names_like_values(first), *names_like_values(other)}
     cells = {str(value).strip() for frame in (first, other) for name in frame.columns
              for value in frame[name].dropna().unique()}
-    return any(value_like(name) or name.strip() in cells for name in names ^ others)
+    return any(name in like_values or name.strip() in cells for name in names ^ others)
 
 
 def validate(

@@ -127,6 +127,55 @@ def test_a_bound_drafted_from_a_cell_written_with_separators_is_named_as_the_ext
     assert "35,1" not in said and "35.1" not in said and "23532" not in said and "23,532" not in said
 
 
+def test_a_headerless_file_whose_first_record_is_half_identifiers_is_refused_and_never_printed(tmp_path):
+    """helper-123 F1: a file without a header line whose first record is a patient's name, record
+    number, address, sex, age and outcome was drafted: half its names looked like values (a
+    strict majority was needed), the name, record number and address did not (each is written
+    as its own column's values are), and the draft printed them as columns' names. validate
+    already said "none is shown" of such a file; both judge it by one rule now."""
+    rng = np.random.default_rng(0)
+    given, family = ["Ana", "Luis", "John", "Wei", "Priya", "Omar", "Eva", "Ken", "Sara", "Tom"], \
+        ["Smith", "Chen", "Patel", "Khan", "Novak", "Ito", "Berg", "Rossi", "Diaz", "Silva"]
+    people = [f"{first} {last}" for first in given for last in family]
+    people += [f"{first} {last}-{other}" for first in given for last in family for other in family[:2]]  # 300
+    rows = ["Maria Gomez,MRN0041233,12 Elm St,F,54,yes"] + [
+        f"{person},MRN{41234 + i:07d},{13 + i} Oak Ave,{rng.choice(['F', 'M'])},{rng.integers(20, 90)},"
+        f"{rng.choice(['yes', 'no'])}" for i, person in enumerate(people[:299])]
+    private = ("Maria", "Gomez", "MRN0041233", "Elm", "'F'", "'54'", "'yes'")
+    (tmp_path / "headerless.csv").write_text("\n".join(rows) + "\n")
+    (tmp_path / "three.csv").write_text("\n".join(",".join(row.split(",")[i] for i in (0, 2, 4)) for row in rows))
+    for name in ("headerless.csv", "three.csv"):  # three: the name and address alone look like names
+        for outcome in ((), ("--outcome", "death")):
+            result = _invoke("schema", "draft", tmp_path / name, "--out", tmp_path / "hl.json", *outcome)
+            said = " ".join(result.output.split())
+            assert result.exit_code == 2 and "seems to lack a header line: add one" in said, said
+            assert not (tmp_path / "hl.json").exists() and not any(value in said for value in private)
+    header = "name,mrn,address,sex,age,death\n"  # with its header line it drafts, names said as they are
+    (tmp_path / "named.csv").write_text(header + "\n".join(rows) + "\n")
+    named = _invoke("schema", "draft", tmp_path / "named.csv", "--out", tmp_path / "named.json", "--outcome", "death")
+    said = " ".join(named.output.split())
+    assert named.exit_code == 0 and "columns 'name', 'mrn', 'address': none of their values" in said
+    assert "Its column names, kinds, bounds" in said  # the reviewer checks the names too
+    checked = " ".join(_invoke("validate", tmp_path / "headerless.csv", "--schema", tmp_path / "named.json")
+                       .output.split())  # validate's rule is the draft's
+    assert "header line" in checked and "none is shown" in checked and not any(v in checked for v in private)
+
+
+def test_a_doubtful_header_line_is_never_printed_by_the_drafts_notes(tmp_path, demo_frame):
+    """helper-123 F1: one name that looks like a value puts the whole first line in doubt (its
+    other names would be the same record's values), as validate holds: the draft's notes then
+    name each column by its place in the file, never by its name."""
+    rows = demo_frame.head(200).assign(**{"2019": [i % 7 for i in range(200)]})
+    rows.loc[rows.index[7], "age"] = 999  # a note on age's bound
+    rows.to_csv(tmp_path / "cohort.csv", index=False)
+    result = _invoke("schema", "draft", tmp_path / "cohort.csv", "--out", tmp_path / "draft.json")
+    said = " ".join(result.output.split())
+    place = list(rows.columns).index("age") + 1
+    assert result.exit_code == 0 and "name each column by its place in the file (#1 is the first)" in said
+    assert f"column #{place}: its drafted upper bound lies far beyond" in said
+    assert not any(f"'{name}'" in said for name in rows.columns)
+
+
 def test_schema_draft_points_at_stray_text_a_far_bound_and_levels_written_two_ways(tmp_path, demo_frame):
     rows = demo_frame.head(200).astype({"creatinine": object, "kappa": object})
     rows.loc[rows.index[[5, 9]], "creatinine"] = ["170 umol/L", "<3"]
@@ -168,7 +217,7 @@ def test_schema_draft_points_at_stray_text_a_far_bound_and_levels_written_two_wa
     assert "column 'creatinine' is empty" not in said
     assert "umol" not in said and "<3" not in said and "<0.5" not in said  # never shown
     assert "cells holding '?' were read as missing (the draft's missing_values, in every column; found in " \
-           "creatinine)" in said  # not in a column that keeps '?' as a level
+           "'creatinine')" in said  # not in a column that keeps '?' as a level
     assert "column 'lab': cells written 'not done' were read as missing in this column only" in said
     assert "999 " not in said.replace("999 for", "")
 

@@ -30,6 +30,7 @@ from fedsyn.data.schema import (
     RARE_LEVEL_ROWS,
     READ_AS_NO,
     READ_AS_YES,
+    RECORD_TOKEN,
     YES_WORDS,
     Column,
     ColumnKind,
@@ -39,6 +40,7 @@ from fedsyn.data.schema import (
     headerless_names,
     is_number,
     lists_no_level,
+    names_like_values,
     numbers_with_units,
     off_step,
     read_as_levels,
@@ -47,7 +49,6 @@ from fedsyn.data.schema import (
     spell_category,
     spelling_key,
     text_columns,
-    value_like,
     without_markers,
     without_schema_markers,
     written_limits,
@@ -139,13 +140,14 @@ def draft_schema(frame: pd.DataFrame, name: str = "table", outcome: str | None =
     another, concatenated, is no date type). Errors name columns, never values.
     """
     names = [str(col) for col in frame.columns]
-    own_values = frozenset(_names_among_own_values(frame))
-    if headerless_names(names, own_values):
-        raise SchemaError("the extract's first line does not look like column names (most are numbers, dates or "
-                          "values found in their own columns): add a header line naming the columns, then draft "
+    like_values = names_like_values(frame)
+    if headerless_names(names, like_values):
+        raise SchemaError("the extract's first line does not look like column names (half of them or more look like "
+                          "values: numbers, dates, record numbers, values of their own columns or written as those "
+                          "are), so the file seems to lack a header line: add one naming the columns, then draft "
                           "again")
     if outcome is not None and outcome not in names:
-        shown = [n for n in names if not value_like(n, own_values)]
+        shown = [] if like_values else names  # one name like a value puts the whole line in doubt
         raise SchemaError(f"outcome '{outcome}': the extract has no such column{did_you_mean(outcome, shown, 0.5)}")
     text_values = _text_values(frame)
     levels = marker_levels(text_values)
@@ -158,14 +160,6 @@ def draft_schema(frame: pd.DataFrame, name: str = "table", outcome: str | None =
                       missing_values=markers)
     except ValidationError as exc:
         raise SchemaError(f"could not draft a schema: {schema_problems(exc, None)}") from None
-
-
-def _names_among_own_values(frame: pd.DataFrame) -> list[str]:
-    """The column names that are one of their own column's values ('F' over a column of F and
-    M): a file without a header line gives its first record as names, and the draft must not
-    make a patient's values a schema's column names."""
-    return [str(name) for name in frame.columns
-            if str(name).strip() in set(frame[name].dropna().astype(str).str.strip())]
 
 
 def _drafted_column(series: pd.Series, outcome: bool = False, date: bool = False) -> Column:
@@ -782,9 +776,7 @@ def _written_two_ways(levels: list[str]) -> bool:
 
 # A column named as a record number ('patient_id', 'MRN', 'record no').
 _ID_NAME = re.compile(r"(^|[^a-z])(id|mrn|no|nr|num|number|record|patient)($|[^a-z])", re.IGNORECASE)
-# A cell written as one: an optional letter prefix, then five digits or more, dashes allowed
-# ('MRN0041233', '88-1203'); never a date or a time ('2021-03-04', '10:30:15').
-_RECORD_TOKEN = re.compile(r"^[A-Za-z]{0,5}[-_ ]?\d[\d-]{3,}\d$")
+# A cell written as a record number (:data:`RECORD_TOKEN`) is never a date or a time ('2021-03-04', '10:30:15').
 _DATE_OR_TIME = re.compile(r"^\d{4}-\d{1,2}-\d{1,2}|^\d{1,2}[/.-]\d{1,2}[/.-]\d{2,4}|\d{1,2}:\d{2}")
 
 
@@ -818,7 +810,7 @@ def recurring_identifier_columns(frame: pd.DataFrame) -> list[str]:
             recurring = bool((numbers == numbers.round()).all()) and _recurring_record_numbers(numbers)
         else:
             written = cells.astype(str).str.strip()
-            tokens = written.map(lambda cell: bool(_RECORD_TOKEN.match(cell)) and not _DATE_OR_TIME.search(cell))
+            tokens = written.map(lambda cell: bool(RECORD_TOKEN.match(cell)) and not _DATE_OR_TIME.search(cell))
             recurring = bool(tokens.mean() >= 0.95 and written.nunique() >= 20)
         if recurring:
             names.append(str(name))

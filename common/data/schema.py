@@ -408,15 +408,67 @@ def value_like(name: str, categories: frozenset[str] = frozenset()) -> bool:
     """Whether a file's column name looks like a cell's value (a number, a date or time, one of
     ``categories``) rather than a name. A file without a header line gives its first record as
     its column names: messages must never print those (pandas' '.1' suffix on a repeated name
-    is ignored)."""
+    is ignored). :func:`names_like_values` also reads the names beside their columns."""
     text = re.sub(r"\.\d+$", "", name.strip()) if name.strip() not in categories else name.strip()
     return bool(re.fullmatch(r"[+-]?\.?\d[\d\s.,:/+-]*", name.strip())) or text in categories
 
 
-def headerless_names(names: list[str], categories: frozenset[str] = frozenset()) -> bool:
-    """Whether most of a file's column names look like values (:func:`value_like`): its first
-    line is probably a record."""
-    return sum(value_like(n, categories) for n in names) * 2 > len(names)
+# A cell written as a record number: an optional letter prefix, then five digits or more, dashes
+# allowed ('MRN0041233', '88-1203').
+RECORD_TOKEN = re.compile(r"^[A-Za-z]{0,5}[-_ ]?\d[\d-]{3,}\d$")
+# A column of text with at least this many cells, every one distinct (patients' names, addresses),
+# whose name is written as at least SHAPE_SHARE of them are, is headed by one of its own values.
+SHAPE_ROWS = 20
+SHAPE_SHARE = 0.2
+
+
+def names_like_values(frame: pd.DataFrame, categories: frozenset[str] = frozenset()) -> list[str]:
+    """The column names of ``frame`` that look like a cell's value rather than a name: a number,
+    a date or one of ``categories`` (:func:`value_like`), an empty cell (which pandas names
+    'Unnamed: 3'), a record number (:data:`RECORD_TOKEN`), one of its own column's values ('F'
+    over a column of F and M), or written as its own column's values are where those are free
+    text, every one distinct (:func:`_written_alike`: 'Maria Gomez' over patients' names, '12 Elm
+    St' over addresses). A file without a header line gives its first record as its names; the
+    draft and validation judge that line by this one rule, and print none of it where a name is
+    found here (helper-123 F1: a record of name, record number, address, sex, age and outcome
+    became a draft's column names, three of them printed)."""
+    found = []
+    for column in frame.columns:
+        name = str(column)
+        cells = frame[column].dropna()
+        written = cells.astype(str).str.strip()
+        if value_like(name, categories) or name.startswith("Unnamed: ") or RECORD_TOKEN.match(name.strip()) \
+                or name.strip() in set(written) or _written_alike(name.strip(), written):
+            found.append(name)
+    return found
+
+
+def _written_alike(name: str, written: pd.Series) -> bool:
+    """Whether ``name`` is written as the text cells ``written`` of its column are, where they are
+    at least :data:`SHAPE_ROWS`, every one distinct: its words in the same order of capitalised
+    and lower-case words, numbers and punctuation (:func:`_shape`) as :data:`SHAPE_SHARE` of the
+    cells or more. A lone word is as likely a header's as a value ('Surname' over 'Gomez'), and
+    is not judged; a header 'Patient Name' over patients' names is taken for one of them, which
+    costs a name shown, never a value."""
+    if len(written) < SHAPE_ROWS or not written.is_unique or re.fullmatch(r"[^\W\d_]+", name):
+        return False
+    return bool((written.map(_shape) == _shape(name)).mean() >= SHAPE_SHARE)
+
+
+def _shape(text: str) -> str:
+    """How ``text`` is written, its letters and digits left out: 'Maria Gomez' is 'A A', '12 Elm
+    St' '9 A A', 'patient_name' 'a_a'."""
+    return re.sub(r"[^\W\d_]+", lambda word: "A" if word.group()[0].isupper() else "a", re.sub(r"\d+", "9", text))
+
+
+def headerless_names(names: list[str], like_values: Collection[str] | None = None) -> bool:
+    """Whether at least half of a file's column names look like values (``like_values``, as
+    :func:`names_like_values` found them; where the cells are not read yet, as
+    :func:`value_like` finds them): its first line is probably a record. Half is enough: a first
+    record of name, record number, address, sex, age and outcome gave three names that look like
+    values on their own (helper-123 F1)."""
+    like = [name for name in names if (name in like_values if like_values is not None else value_like(name))]
+    return bool(names) and len(like) * 2 >= len(names)
 
 
 def text_columns(frame: pd.DataFrame) -> list[str]:

@@ -27,10 +27,10 @@ from fedsyn.data.schema import (
     as_numbers,
     is_number,
     lists_no_level,
+    names_like_values,
     off_step,
     separators_read,
     spell_category,
-    value_like,
 )
 from fedsyn.errors import InputDataError, closest_name
 
@@ -307,14 +307,15 @@ def unlisted_columns(frame: pd.DataFrame, schema: Schema) -> list[str]:
     """The file's columns that the schema does not list: left out, never used. None where one
     of them looks like a value, which :func:`_file_problems` refuses: without a header line a
     file's "names" are its first record's values, never printed. One name that looks like a
-    value (a number, a date, a category, or an empty cell, which pandas names 'Unnamed: 42')
-    puts the whole line in doubt: its other cells are that record's values too (an ID, a
-    diagnosis, a ward), however name-like they look."""
+    value (a number, a date, a category, an empty cell, which pandas names 'Unnamed: 42', or
+    one written as its column's values are: :func:`~fedsyn.data.schema.names_like_values`, the
+    draft's rule too) puts the whole line in doubt: its other cells are that record's values too
+    (an ID, a diagnosis, a ward), however name-like they look."""
     unmatched = [str(c) for c in frame.columns if c not in schema.column_names]
     if all(name in frame.columns for name in schema.column_names):
         return unmatched  # a line naming every schema column is a header: 'Unnamed: 0', a pandas index, too
     categories = frozenset(level for column in schema.categorical_columns for level in column.levels)
-    if any(value_like(name, categories) or name.startswith("Unnamed: ") for name in unmatched):
+    if set(unmatched) & set(names_like_values(frame, categories)):
         return []
     return unmatched
 
