@@ -98,7 +98,8 @@ def schema_draft(
         stray_text_cells,
         unknown_level_columns,
     )
-    from fedsyn.data.schema import MANY_CATEGORIES, RARE_LEVEL_ROWS, category_levels
+    from fedsyn.data.schema import MANY_CATEGORIES, RARE_LEVEL_ROWS, category_levels, without_schema_markers
+    from fedsyn.data.validation import FEW_RECORDS, few_record_columns
 
     if draft.missing_values:
         holding = marker_columns(extract, draft.missing_values, category_levels(draft))
@@ -132,6 +133,13 @@ def schema_draft(
                       "from the schema (the extract may keep it: a column the schema does not list is never used), or "
                       "turn a date into a year or an age in the extract; a measure: make it a number column "
                       "with public bounds; otherwise list its public levels, grouping rare ones[/]")
+    decided = few_record_columns(without_schema_markers(extract, draft), draft)
+    if decided:  # helper-123 F4: only the bounds were checked after review
+        named = ", ".join(f"{label[name]} ({' and '.join(parts)})" for name, parts in decided.items())
+        console.print(f"[yellow]column{'s' if len(decided) > 1 else ''} {named}: each rests on a few of the extract's "
+                      f"records ({FEW_RECORDS}). A few records decided it, and once reviewed it enters every release's "
+                      "schema.json: set it from public knowledge (an instrument's resolution, whole numbers by "
+                      "nature, a value missing by design), never from the rows[/]")
     for name in recurring_identifier_columns(extract):
         console.print(f"[yellow]column {label[name]} reads as a record number, and some of its values recur in several "
                       "rows: fedsyn protects each row, so a patient with several rows (admissions, visits) is "

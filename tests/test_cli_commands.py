@@ -176,6 +176,30 @@ def test_a_doubtful_header_line_is_never_printed_by_the_drafts_notes(tmp_path, d
     assert not any(f"'{name}'" in said for name in rows.columns)
 
 
+def test_a_precision_kind_or_nullable_flag_one_record_decides_is_named_by_the_draft_and_validate(tmp_path):
+    """helper-123 F4: after review only the bounds were checked, yet one record decided a column's
+    precision (one temperature of 36.555 among tenths), its kind (one age of 54.5 among whole
+    years) and its nullable flag (three weights left empty), each entering every release's
+    schema.json once needs_review is false. The draft and validate name them, never a value."""
+    rng = np.random.default_rng(0)
+    rows = pd.DataFrame({"temp": np.round(rng.uniform(36.0, 39.0, 300), 1), "age": rng.integers(20, 90, 300),
+                         "weight": rng.integers(50, 110, 300).astype(float), "hr": rng.integers(50, 120, 300)})
+    rows = rows.astype({"temp": object, "age": object})
+    rows.loc[4, "temp"], rows.loc[9, "age"] = "36.555", "54.5"
+    rows.loc[[3, 8, 20], "weight"] = np.nan
+    rows.to_csv(tmp_path / "x.csv", index=False)
+    draft = tmp_path / "draft.json"
+    drafted = _invoke("schema", "draft", tmp_path / "x.csv", "--out", draft)
+    said = " ".join(drafted.output.split())
+    named = "'temp' (precision), 'age' (precision and continuous), 'weight' (nullable): each rests on a few"
+    assert drafted.exit_code == 0 and f"columns {named} of the extract's records" in said
+    draft.write_text(draft.read_text().replace('"needs_review": true', '"needs_review": false'))
+    checked = " ".join(_invoke("validate", tmp_path / "x.csv", "--schema", draft).output.split())
+    assert "schema, 3 column(s): temp (precision), age (precision and continuous), weight (nullable): each rests " \
+           "on a few" in checked  # hr's precision, kind and flag rest on all of its records
+    assert not any(value in text for value in ("36.555", "54.5", "0.001") for text in (said, checked))
+
+
 def test_schema_draft_points_at_stray_text_a_far_bound_and_levels_written_two_ways(tmp_path, demo_frame):
     rows = demo_frame.head(200).astype({"creatinine": object, "kappa": object})
     rows.loc[rows.index[[5, 9]], "creatinine"] = ["170 umol/L", "<3"]

@@ -6,6 +6,7 @@ row numbers (never the values: they are patient data); nothing is dropped or rep
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
@@ -160,6 +161,13 @@ def validate_frame(frame: pd.DataFrame, schema: Schema, numbering: RowNumbering 
                                      "among its categories, so they are read as that category, not as missing: "
                                      "remove it from the column's categories if it means missing here",
                                      int(listed.sum()), _examples(listed, numbering)))
+    decided = [f"{name} ({' and '.join(parts)})" for name, parts in few_record_columns(frame, schema).items()]
+    if decided:  # one note for them all, as for the bounds: a draft's form is read off the rows too (helper-123 F4)
+        notes.append(Problem("(schema)", f"{', '.join(decided)}: each rests on a few of this extract's records "
+                             f"({FEW_RECORDS}). One record can decide it, and it enters every release's schema.json: "
+                             "set it from public knowledge (an instrument's resolution, whole numbers by nature, a "
+                             "value missing by design), never from the rows",
+                             len(decided), counted="column(s)"))
     unlisted = unlisted_columns(frame, schema)
     if unlisted:
         shown = ", ".join(f"'{name}'" for name in unlisted[:8]) + (f" and {len(unlisted) - 8} more"
@@ -251,6 +259,47 @@ def _bounds_at_extremes(series: pd.Series, column: Column) -> list[str]:
     return [side for side, bound, value in (("lower", column.lower, present.min()), ("upper", column.upper,
                                                                                        present.max()))
             if bound is not None and bound != 0 and value == bound]
+
+
+# A column's precision, continuous kind or nullable flag that fewer of an extract's records than
+# RARE_LEVEL_ROWS call for (or, for the first two, under this share of its values) rests on them.
+FEW_RECORDS_SHARE = 0.1
+FEW_RECORDS = (f"a precision that fewer than {RARE_LEVEL_ROWS} values, or under {FEW_RECORDS_SHARE * 100:g} % of them, "
+               f"are recorded to; continuous for that few values with a fraction; nullable for fewer than "
+               f"{RARE_LEVEL_ROWS} empty cells")
+
+
+def few_record_columns(frame: pd.DataFrame, schema: Schema) -> dict[str, list[str]]:
+    """Of ``schema``'s columns, those whose ``precision``, continuous kind or ``nullable`` flag
+    rests on a few of ``frame``'s records (:data:`FEW_RECORDS`), with which ('precision',
+    'continuous', 'nullable'): names only. A draft reads each off the rows, as it reads the
+    bounds (:func:`_bounds_at_extremes`), and one patient's third decimal, fraction or empty cell
+    decides it; once reviewed it enters every release's schema.json, where only the bounds were
+    checked (helper-123 F4). Cells are read as the draft reads them (:func:`separators_read`);
+    ``frame``'s missing-value markers are empty already, as an extract is read."""
+    found = {}
+    for column in schema.columns:
+        if column.name not in frame.columns:
+            continue
+        cells = frame[column.name]
+        values = pd.to_numeric(separators_read(cells.dropna()), errors="coerce").to_numpy(dtype=float)
+        values = values[np.isfinite(values)]
+        # how many values need the precision (are off the next coarser power of ten), and have a fraction
+        precise = int(off_step(values, _coarser(column.precision)).sum()) if column.precision is not None else 0
+        fractional = int((values != np.round(values)).sum()) if column.kind is ColumnKind.CONTINUOUS else 0
+        few = max(RARE_LEVEL_ROWS, FEW_RECORDS_SHARE * len(values))
+        parts = [part for part, count in (("precision", precise), ("continuous", fractional)) if 0 < count < few]
+        if column.nullable and 0 < int(cells.isna().sum()) < RARE_LEVEL_ROWS:
+            parts.append("nullable")
+        if parts:
+            found[column.name] = parts
+    return found
+
+
+def _coarser(step: float) -> float:
+    """The smallest power of ten coarser than ``step`` (0.01: 0.1; 5 and 1: 10; 0.25: 1): what a
+    value not recorded to ``step`` would be recorded to."""
+    return float(10.0 ** (math.floor(math.log10(step) + 1e-9) + 1))
 
 
 def _finer_than_precision(series: pd.Series, column: Column) -> np.ndarray | None:
