@@ -23,7 +23,7 @@ from flwr.app import ConfigRecord, Context, Error, Message, RecordDict
 from flwr.clientapp import ClientApp
 
 from fedsyn.client.policy import PolicyError, SitePolicy
-from fedsyn.client.site import CHARGED, PolicyRefusal, Site, SiteRefusal
+from fedsyn.client.site import CHARGED, PolicyRefusal, Site, SiteRefusal, note_refusal
 from fedsyn.data.schema import SchemaError
 from fedsyn.errors import os_error_said, where_it_failed
 from fedsyn.federation import protocol
@@ -96,13 +96,15 @@ def _record_refusal(site: Site, message: Message, refusal: SiteRefusal) -> None:
     bounded). A trail that cannot be written (a
     read-only or full disk) is logged here and the refusal still goes out as itself: raised,
     Flower sent the OSError's text, a path and all, to the coordinator, and the reply skipped
-    its hold (helper-84)."""
+    its hold (helper-84). The newest refusal is kept beside the ledger too (:func:`note_refusal`),
+    for ``fedsyn client status``."""
     try:
         site.trail.append_unless_repeated("request_refused", since=CHARGED, same=("message_type", "code"),
                                           message_type=message.metadata.message_type, code=refusal.code.name,
                                           reason=re.sub(r"\d+(\.\d+)?(e[+-]?\d+)?", "#", refusal.public_reason))
     except Exception as exc:  # noqa: BLE001 - a read-only disk, a full one, a corrupt last line: said locally
         log.error("the refusal could not be written to the audit trail (%s%s)", type(exc).__name__, os_error_said(exc))
+    note_refusal(site.policy.ledger, message.metadata.message_type, refusal.code.name)
 
 
 def _error_reply(message: Message, code: ErrorCode, public_text: str) -> Message:

@@ -168,6 +168,39 @@ def replies_folder(ledger: Path) -> Path:
     return ledger.with_name(ledger.stem + "-replies")
 
 
+LAST_REFUSAL = "last-refusal.json"  # beside the ledger: the newest refusal (:func:`note_refusal`)
+
+
+def note_refusal(ledger: Path, message_type: str, code: str) -> None:
+    """Keep the newest refusal beside ``ledger``, one small file rewritten each time, for
+    ``fedsyn client status``: the trail records a refusal only the first time between two
+    charges (:func:`fedsyn.client.app._record_refusal`), so its newest entry was the first refusal
+    since the last charge, shown as the last (operator finding L6). Its size does not grow with
+    requests, and it holds no reason (a coordinator's text). A folder that cannot take it is
+    left as it is: the site's log names every refusal."""
+    from datetime import UTC, datetime
+
+    note = {"time": datetime.now(UTC).isoformat(timespec="milliseconds"), "event": "request_refused",
+            "message_type": public_text(message_type), "code": code}
+    path = ledger.with_name(LAST_REFUSAL)
+    written = path.with_name(f".{LAST_REFUSAL}.writing")
+    try:
+        written.write_text(json.dumps(note))
+        written.replace(path)
+    except OSError:
+        pass
+
+
+def last_refusal(ledger: Path) -> dict[str, object] | None:
+    """The refusal :func:`note_refusal` kept beside ``ledger``; None where there is none or it
+    cannot be read."""
+    try:
+        note = json.loads(ledger.with_name(LAST_REFUSAL).read_text())
+    except (OSError, ValueError):
+        return None
+    return note if isinstance(note, dict) else None
+
+
 def spending_traces(ledger: Path) -> list[str]:
     """What beside ``ledger`` shows that privacy was spent from a ledger there: replies stored
     after a charge, a ledger set aside by an earlier reset, the lock only a charge takes."""

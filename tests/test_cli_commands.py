@@ -841,3 +841,29 @@ def test_client_status_shows_the_sites_budget_and_last_charge_and_a_ledger_it_wo
         (site.policy.ledger.parent / "supernode.json").write_text(damaged)
         result = _invoke("client", "status", "--config", policy)
         assert result.exit_code == 1 and "SuperNode" in result.output
+
+
+def test_client_status_shows_the_newest_refusal_not_the_first_since_the_last_charge(tmp_path, demo_frame):
+    """Operator finding L6: the trail keeps a refusal once per kind between charges, so status showed
+    the first refusal since the last charge as the last one, however many came after it."""
+    import time
+
+    from flwr.app import ConfigRecord, RecordDict
+
+    from fedsyn.client.policy import SitePolicy
+    from fedsyn.client.site import Site
+    from fedsyn.federation import protocol
+    from tests.helpers import client_reply
+
+    policy = prepare_sites([demo_frame.head(600)], demo_schema_path(), tmp_path / "sites", 5.0, 1e-5).policies[0]
+    site = Site(SitePolicy.load(policy))
+    config = ConfigRecord({"noise_multiplier": 0.01, "epsilon": 50.0,
+                           protocol.SCHEMA_HASH: protocol.schema_fingerprint(site.schema)})
+    for _ in range(2):  # the same refusal twice: the trail records the first only
+        assert client_reply(policy, RecordDict({protocol.CONFIG: config}), protocol.QUERY_MARGINALS).has_error()
+        time.sleep(0.01)
+    first = [entry for entry in map(json.loads, site.policy.audit_trail.read_text().splitlines())
+             if entry["event"] == "request_refused"]
+    shown = re.search(r"last refusal\s*│\s*(\S+): request_refused", _invoke("client", "status", "--config",
+                                                                         policy).output)
+    assert len(first) == 1 and shown is not None and shown.group(1) > first[0]["time"], shown

@@ -15,7 +15,7 @@ from typing import Any
 from fedsyn.client.ops.launch import site_runtime
 from fedsyn.client.ops.supervise import RECORD, NodeRecord, process_alive
 from fedsyn.client.policy import SitePolicy
-from fedsyn.client.site import CHARGED, Site
+from fedsyn.client.site import CHARGED, Site, last_refusal
 from fedsyn.data.schema import SchemaError
 from fedsyn.privacy.accounting import LedgerError, PrivacyLedger
 from fedsyn.trust.audit import read_entries
@@ -87,7 +87,9 @@ def site_view(policy: SitePolicy) -> SiteView:
                      "policy")
     view.last_charge = next((e for e in reversed(entries) if e.get("event") == CHARGED), None)
     view.last_sent = next((e for e in reversed(entries) if e.get("event") in SENT), None)
-    view.last_refusal = next((e for e in reversed(entries) if e.get("event") == "request_refused"), None)
+    # The trail keeps only the first refusal of a kind between charges; the newest is kept beside the ledger.
+    view.last_refusal = last_refusal(policy.ledger) or next(
+        (e for e in reversed(entries) if e.get("event") == "request_refused"), None)
     view.supernode = _supernode(policy)
     return view
 
