@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 import typer
 
 from fedsyn.cli.output import console
-from fedsyn.logs import RUN_STOPPED, relay
+from fedsyn.logs import PLAN_FINISHED, RUN_STOPPED, relay
 
 RUN_STARTED = re.compile(r"Successfully started run (\d+)")
 SERVERAPP_STARTED = "Start `flwr-serverapp` process"  # the SuperLink's SuperExec, streamed with the run
@@ -57,11 +57,13 @@ def become_flower(command: list[str], env: dict[str, str] | None = None) -> None
 
 @dataclass
 class FollowedRun:
-    """What ``flwr run --stream`` showed: the run id Flower printed (None if no run started) and,
-    when the coordinator stopped the run on a fedsyn error, that error's structured record."""
+    """What ``flwr run --stream`` showed: the run id Flower printed (None if no run started),
+    when the coordinator stopped the run on a fedsyn error, that error's structured record, and a
+    budget plan's answer (its record)."""
 
     run_id: str | None = None
     stopped: dict[str, object] = field(default_factory=dict)
+    planned: dict[str, object] = field(default_factory=dict)
     superlink_lost: bool = False  # Flower said the SuperLink stopped answering
 
 
@@ -110,6 +112,8 @@ def follow_run(command: list[str], env: dict[str, str] | None = None) -> Followe
                 fields = getattr(record, "fedsyn", {})
                 if fields.get("event") == RUN_STOPPED:
                     followed.stopped = fields
+                if fields.get("event") == PLAN_FINISHED:
+                    followed.planned = fields
                 followed.superlink_lost = followed.superlink_lost or SUPERLINK_LOST in line
     except KeyboardInterrupt:
         raise RunInterrupted(followed.run_id) from None

@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, Annotated, NoReturn
 import typer
 
 from fedsyn.cli.flower import (
+    FollowedRun,
     RunInterrupted,
     SuperLinkLost,
     become_flower,
@@ -65,7 +66,7 @@ def server_run(config: Annotated[Path, typer.Option("--config", "-c")] = Path("s
     environment = server_config.flwr_environment()
     if resume:
         _stop_orphaned_coordinator(server_config, environment)
-    run_id = _follow(server_config, server_config.run_command(resume=resume), environment, plan_only=False)
+    run_id = _follow(server_config, server_config.run_command(resume=resume), environment, plan_only=False).run_id
     log.info("run %s completed", run_id, extra={"fedsyn": {"event": "run_completed", "flower_run": run_id}})
 
 
@@ -73,16 +74,27 @@ def server_run(config: Annotated[Path, typer.Option("--config", "-c")] = Path("s
 def server_plan(config: Annotated[Path, typer.Option("--config", "-c")] = Path("server.toml")) -> None:
     """Ask each connected hospital what it has spent and may still spend (nothing is charged, no
     row is read) and show, per site, this run's cost and the training rounds that fit. Exits 77
-    when fewer than min-sites have budget left for the run."""
+    when fewer than min-sites have budget left for the run (1 when some of the sites missing
+    failed or refused for another reason), naming each site that cannot take part and why."""
     setup_logging(verbose=True)
     server_config = _server_config(config)
-    _follow(server_config, server_config.run_command(plan_only=True), server_config.flwr_environment(), plan_only=True)
+    followed = _follow(server_config, server_config.run_command(plan_only=True), server_config.flwr_environment(),
+                       plan_only=True)
+    answer = followed.planned
+    if not answer:
+        fail(f"the answer of budget plan {followed.run_id} did not reach this command; nothing was charged. `flwr log "
+             f"{followed.run_id}` on the SuperLink shows the plan's lines", code=1)
+    code = answer.get("exit_code")
+    if code:
+        fix = f" {answer['fix']}." if answer.get("fix") else ""
+        fail(f"budget plan {followed.run_id}: {str(answer.get('reason')).rstrip('.')}.{fix} Nothing was charged",
+             code=code if isinstance(code, int) else 1)
 
 
 def _follow(server_config: CoordinatorConfig, command: list[str], environment: dict[str, str],
-            plan_only: bool) -> str:
-    """Submit ``command`` (a ``flwr run``), relay its lines, and return Flower's run id once the run
-    completed; otherwise exit with the one line saying why (:func:`_run_failed`)."""
+            plan_only: bool) -> FollowedRun:
+    """Submit ``command`` (a ``flwr run``), relay its lines, and return what it showed, its run id
+    set, once the run completed; otherwise exit with the one line saying why (:func:`_run_failed`)."""
     from fedsyn.server.ops.superlink import CONNECTION
 
     try:
@@ -98,7 +110,7 @@ def _follow(server_config: CoordinatorConfig, command: list[str], environment: d
                         environment)
     if status != "finished:completed":
         _run_failed(run_id, status, followed.stopped)
-    return run_id
+    return followed
 
 
 def _stop_interrupted(server_config: CoordinatorConfig, environment: dict[str, str], run_id: str | None,

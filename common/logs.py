@@ -35,6 +35,7 @@ SPEAKER = {"fedsyn: ": logging.WARNING, "error: ": logging.ERROR, "warning: ": l
 # Flower's lines that say nothing to an operator: fedsyn turns federated evaluation off on purpose.
 FLOWER_NOISE = ("fraction_evaluate is set to 0.0",)
 RUN_STOPPED = "run_stopped"  # the event a fedsyn process logs when one of its own errors stops a run
+PLAN_FINISHED = "plan_finished"  # the event of a budget plan's answer, with the exit code `server plan` ends with
 
 
 def _fields(record: logging.LogRecord) -> dict[str, object]:
@@ -174,13 +175,14 @@ def _from_json(text: str) -> logging.LogRecord | None:
 def parse(line: str, source: str) -> logging.LogRecord | None:
     """The record a child's output ``line`` stands for: a fedsyn child's JSON line, a line of
     Flower's (or uvicorn's) console, a fedsyn message (``fedsyn:``, ``error:``), else a plain line
-    of ``source``. None for an empty line (Flower logs blank separators)."""
+    of ``source``. None for an empty line or message (Flower logs blank separators; a ServerApp
+    that ends well logs an empty exit message)."""
     text = ANSI.sub("", line).rstrip()
     if not text.strip():
         return None
     record = _from_json(text) if text.startswith("{") else None
-    if record is not None:
-        return record
+    if record is not None:  # Flower's blank separators come as JSON lines too, from a fedsyn child
+        return record if record.getMessage().strip() else None
     levelled = LEVELLED.match(text)
     if levelled:
         message = levelled.group(2)

@@ -142,7 +142,8 @@ def run_federation(grid: Grid, schema: Schema, settings: FederationSettings, pla
     one coordinator process drives the run at a time (:func:`holding_run`). With ``plan_only``
     the sites are only asked for their budgets and each one's plan is logged
     (:meth:`Coordinator.plan_budgets`): nothing is charged or written but the audit entries,
-    under a run id of the plan's own, so it takes no lock and can run beside a training run."""
+    under a run id of the plan's own, so it takes no lock and can run beside a training run; too
+    few sites able to take part raise :class:`~fedsyn.server.record.QuorumError`, the plan's answer."""
     with ExitStack() as stack:
         if plan.state_dir is not None and not plan_only:  # a plan writes no state: it need not wait for a run
             # a resumed run waits for the process it replaces to stop; a new one refuses at once
@@ -202,10 +203,9 @@ def _run(grid: Grid, schema: Schema, settings: FederationSettings, plan: Release
         if on_round is not None:
             on_round(summary, sites)
 
-    if plan_only:
+    if plan_only:  # its answer is the ServerApp's to log (fedsyn.server.deploy), too few sites included
         coordinator.check_run()
         coordinator.plan_budgets(grid)
-        log.info("budget plan done: nothing was charged", extra={"fedsyn": {"event": "plan_finished"}})
         return coordinator
     try:
         if state is None:

@@ -46,6 +46,16 @@ class FederationError(FedsynError, RuntimeError):
     budget_spent: bool = False
 
 
+class QuorumError(FederationError):
+    """Fewer than ``needed`` (min-sites) sites gave a valid answer in a round: ``accepted`` did,
+    and ``lost`` names each site lost in it with its reason. Found by the budget query, it is
+    what a budget plan answers (:mod:`fedsyn.server.deploy`), not a failure of the plan."""
+
+    def __init__(self, message: str, accepted: int, needed: int, lost: list[tuple[str, str]]):
+        super().__init__(message)
+        self.accepted, self.needed, self.lost = accepted, needed, lost
+
+
 @dataclass
 class SiteStatus:
     """The coordinator's view of one site: what it spent (recomputed here) and what happened."""

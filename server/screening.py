@@ -49,7 +49,7 @@ from fedsyn.privacy.accounting import PrivacyEvent
 from fedsyn.privacy.budget import SiteBudget
 from fedsyn.privacy.marginals import MAX_SITE_COUNT, Marginals, plausible_counts
 from fedsyn.privacy.pairs import check_pair_array, require_group_bounds
-from fedsyn.server.record import FederationError, SiteStatus
+from fedsyn.server.record import QuorumError, SiteStatus
 from fedsyn.server.settings import FederationSettings
 
 # Round 0 is two releases (fedsyn.privacy.pairs); a site that fails only the second has joined with
@@ -118,7 +118,10 @@ class ReplyScreen:
         (:func:`unconfirmed_in_audit`). ``code``: the error code the site answered, or the
         coordinator's own refusal's (whether the run stopped for the sites' budgets reads it)."""
         reason = public_text(f"{stage}: {reason}" if stage else reason)  # a ReplyError may quote the site's names
-        log.warning("round %d: dropped %s: %s", round_, site.shown, reason)
+        if refused:  # final for the run, not this round alone (a budget query's refusal is no dropped round)
+            log.warning("round %d: left out of this run, asked nothing more: %s: %s", round_, site.shown, reason)
+        else:
+            log.warning("round %d: dropped %s: %s", round_, site.shown, reason)
         site.dropped.append({"round": round_, "reason": reason, **({"stage": stage} if stage else {}),
                              **({"code": int(code)} if code is not None else {})})
         if possibly_charged:
@@ -211,9 +214,10 @@ class ReplyScreen:
         each dropped site was dropped."""
         if accepted < self.settings.min_sites:
             dropped = [(s.name, s.dropped[-1]) for s in sites if s.dropped and s.dropped[-1]["round"] == round_]
-            reasons = "; ".join(f"{name}: {entry['reason']}" for name, entry in dropped)
-            error = FederationError(f"round {round_}: only {accepted} valid site update(s), fewer than the minimum "
-                                    f"{self.settings.min_sites}. {reasons}")
+            lost = [(name, str(entry["reason"])) for name, entry in dropped]
+            reasons = "; ".join(f"{name}: {reason}" for name, reason in lost)
+            error = QuorumError(f"round {round_}: only {accepted} valid site update(s), fewer than the minimum "
+                                f"{self.settings.min_sites}. {reasons}", accepted, self.settings.min_sites, lost)
             error.budget_spent = bool(dropped) and all(
                 entry.get("code") == protocol.ErrorCode.BUDGET_EXHAUSTED for _, entry in dropped)
             raise error

@@ -176,35 +176,57 @@ def test_starting_a_superlink_with_an_expired_certificate_says_so(tmp_path, capl
     assert not caplog.records
 
 
-def _refused_run(plan, tmp_path, capsys) -> str:
-    """What the deployed ServerApp writes (its own entry point, over in-process sites) when every
-    site has spent its whole max_epsilon, Flower's logging of the error included."""
+def _spend_every_sites_budget(plan) -> None:
+    """Each site spends some epsilon, then allows no more than that."""
     from fedsyn.client.policy import SitePolicy
     from fedsyn.client.site import Site
     from fedsyn.federation.protocol import schema_fingerprint
-    from fedsyn.server.deploy import main
 
-    for path in plan.policies:  # each site spends some epsilon, then allows no more than that
+    for path in plan.policies:
         site = Site(SitePolicy.load(path))
         site.release_marginals(5.0, 1.0, schema_fingerprint(site.schema))
         site.policy.model_copy(update={"max_epsilon": site.ledger.epsilon()}).save(path)
-    grid = InProcessGrid(make_client_app(plan.site_policy), len(plan.policies))
-    context = Context(run_id=7, node_id=0, state=RecordDict(), node_config={}, run_config={
+
+
+def _served_context(tmp_path, **run_config: object) -> Context:
+    """The run config `fedsyn server run` (or `server plan`) submits, over in-process sites."""
+    return Context(run_id=7, node_id=0, state=RecordDict(), node_config={}, run_config={
         "schema": str(demo_schema_path()), "out": str(tmp_path / "release"), "rows": 100, "rounds": 1,
-        "local-steps": 1, "sample-rate": 0.2, "min-sites": 2, "epsilon": 1.0})
+        "local-steps": 1, "sample-rate": 0.2, "min-sites": 2, "epsilon": 1.0, **run_config})
+
+
+def _replayed(tmp_path, monkeypatch, served: str, status: str, *command: str):
+    """`fedsyn server run` or `server plan` reading ``served`` from `flwr run --stream` (replayed by a
+    stand-in process), Flower recording the run as ``status``."""
+    from fedsyn.cli import server as server_cli
+    from fedsyn.cli.main import app
+    from fedsyn.server.ops.superlink import CoordinatorConfig
+
+    replay = tmp_path / "stream.txt"
+    replay.write_text("Successfully started run 7\n" + served)
+    monkeypatch.setattr(CoordinatorConfig, "run_command", lambda self, resume=False, plan_only=False: [
+        sys.executable, "-c", f"import sys; sys.stdout.write(open({str(replay)!r}).read())"])
+    monkeypatch.setattr(server_cli, "run_status", lambda command, environment: status)
+    (tmp_path / "server.toml").write_text("")
+    return CliRunner().invoke(app, ["server", *command, "-c", str(tmp_path / "server.toml")])
+
+
+def _refused_run(plan, tmp_path, capsys) -> str:
+    """What the deployed ServerApp writes (its own entry point, over in-process sites) when every
+    site has spent its whole max_epsilon, Flower's logging of the error included."""
+    from fedsyn.server.deploy import main
+
+    _spend_every_sites_budget(plan)
+    grid = InProcessGrid(make_client_app(plan.site_policy), len(plan.policies))
     capsys.readouterr()
     with pytest.raises(FedsynError) as stopped:
-        main(grid, context)
+        main(grid, _served_context(tmp_path))
     logging.getLogger("flwr").error("ServerApp raised an exception", exc_info=stopped.value)  # as Flower does
     return capsys.readouterr().err
 
 
 def test_a_budget_refusal_is_one_line_naming_the_site_and_the_fix_with_exit_code_77(plan, tmp_path, capsys,
                                                                                      captured, monkeypatch):
-    from fedsyn.cli import server as server_cli
-    from fedsyn.cli.main import app
-    from fedsyn.server.ops.superlink import CoordinatorConfig
-
     captured("text")  # restores the logging configuration the ServerApp and the command replace
     served = _refused_run(plan, tmp_path, capsys)
     records = [json.loads(line) for line in served.splitlines()]  # the ServerApp writes JSON lines only
@@ -212,19 +234,48 @@ def test_a_budget_refusal_is_one_line_naming_the_site_and_the_fix_with_exit_code
     [stopped] = [record for record in records if record.get("event") == RUN_STOPPED]
     assert stopped["exit_code"] == 77 and "site 'site-0'" in str(stopped["reason"])
 
-    # `fedsyn server run` reading that from `flwr run --stream` (replayed by a stand-in process).
-    replay = tmp_path / "stream.txt"
-    replay.write_text("Successfully started run 7\n" + served)
-    monkeypatch.setattr(CoordinatorConfig, "run_command", lambda self, resume=False, plan_only=False: [
-        sys.executable, "-c", f"import sys; sys.stdout.write(open({str(replay)!r}).read())"])
-    monkeypatch.setattr(server_cli, "run_status", lambda command, environment: "finished:failed")
-    (tmp_path / "server.toml").write_text("")
-    result = CliRunner().invoke(app, ["server", "run", "-c", str(tmp_path / "server.toml")])
+    result = _replayed(tmp_path, monkeypatch, served, "finished:failed", "run")
     assert result.exit_code == 77, result.output
     assert "Traceback" not in result.stderr
     [refusal] = [line for line in result.stderr.splitlines() if line.startswith("error:")]
     assert refusal.startswith("error: run 7 stopped") and "site 'site-0'" in refusal and "max_epsilon" in refusal
     assert "fedsyn server plan" in refusal
+
+
+def test_a_budget_plan_that_finds_too_few_sites_says_so_as_its_answer_with_exit_code_77(plan, tmp_path, capsys,
+                                                                                        captured, monkeypatch):
+    """Operator finding L2: a plan whose sites have no budget left was logged as a dropped round 0 and
+    a stopped run, then Flower's "Exit Code: 201 ... unhandled exception occurred in the ServerApp".
+    Too few sites is the plan's answer: the ServerApp ends normally, and `server plan` names each
+    site, why, and what to do, with the documented 77."""
+    from fedsyn.server.deploy import main
+
+    captured("text")  # restores the logging configuration the ServerApp and the command replace
+    _spend_every_sites_budget(plan)
+    capsys.readouterr()
+    main(InProcessGrid(make_client_app(plan.site_policy), len(plan.policies)), _served_context(
+        tmp_path, **{"plan-only": True}))  # no exception: Flower records the plan completed and adds nothing
+    served = capsys.readouterr().err
+    records = [json.loads(line) for line in served.splitlines()]
+    [answer] = [record for record in records if record.get("event") == "plan_finished"]
+    assert answer["exit_code"] == 77 and "site 'site-0'" in answer["reason"] and "max_epsilon" in answer["fix"]
+    assert not any(record.get("event") == RUN_STOPPED or "dropped" in record["message"] for record in records)
+
+    ended = '{"time": "2026-12-07T22:51:33.786+00:00", "level": "info", "logger": "flwr", "message": ""}\n'
+    result = _replayed(tmp_path, monkeypatch, served + ended, "finished:completed", "plan")  # Flower's exit(0)
+    assert result.exit_code == 77, result.output
+    assert not any(line.rstrip().endswith("flwr:") for line in result.stderr.splitlines()), result.stderr
+    [refusal] = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    assert refusal.startswith("error: budget plan 7: a run now would stop before round 0: 0 site(s) can take part, "
+                              "fewer than min-sites 2") and "site 'site-1'" in refusal, refusal
+    assert "raise max_epsilon in their site policy" in refusal and refusal.endswith("Nothing was charged")
+
+
+def test_a_budget_plan_whose_answer_never_came_is_no_success(tmp_path, monkeypatch):
+    """A plan is a success only when its answer reached the command (a log line lost on the way
+    must not read as "enough sites")."""
+    result = _replayed(tmp_path, monkeypatch, "", "finished:completed", "plan")
+    assert result.exit_code == 1 and "did not reach this command" in result.stderr
 
 
 def test_flower_imported_after_the_handler_is_set_prints_each_line_once_without_colour(tmp_path):
