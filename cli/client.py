@@ -31,12 +31,13 @@ def client_start(config: Annotated[Path, typer.Option("--config", "-c")] = Path(
     from fedsyn.data.schema import SchemaError
     from fedsyn.data.tables import DataFileError
     from fedsyn.data.validation import DataValidationError
-    from fedsyn.logs import RelayStream
+    from fedsyn.logs import RelayStream, known
     from fedsyn.privacy.accounting import LedgerError
 
     setup_logging(verbose=True)  # the site's progress (privacy charged, update sent) is what its operator watches
     try:
         policy = SitePolicy.load(config)
+        known(site=policy.site_id)  # the SuperNode's lines and the supervisor's are this site's
         site = site_runtime(policy)
         problems = writability_problems(site.writes)
         if problems:  # every round would fail on them, after the coordinator has counted on this site

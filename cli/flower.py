@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 import typer
 
 from fedsyn.cli.output import console
-from fedsyn.logs import PLAN_FINISHED, RUN_STOPPED, relay
+from fedsyn.logs import PLAN_FINISHED, RUN_STOPPED, known, relay
 
 RUN_STARTED = re.compile(r"Successfully started run (\d+)")
 SERVERAPP_STARTED = "Start `flwr-serverapp` process"  # the SuperLink's SuperExec, streamed with the run
@@ -110,6 +110,8 @@ def follow_run(command: list[str], env: dict[str, str] | None = None) -> Followe
                     no_serverapp.cancel()
                 followed.run_id = started.group(1) if started else followed.run_id
                 fields = getattr(record, "fedsyn", {})
+                if fields.get("run"):  # the coordinator's run id: this command's own lines are that run's too
+                    known(run=fields["run"])
                 if fields.get("event") == RUN_STOPPED:
                     followed.stopped = fields
                 if fields.get("event") == PLAN_FINISHED:

@@ -16,6 +16,7 @@ from typing import Any
 import typer
 from rich.markup import escape
 
+from fedsyn import logs
 from fedsyn.cli import client, data, output, research, server, trust
 from fedsyn.cli.output import console
 from fedsyn.federation.flower_programs import NO_TELEMETRY
@@ -38,7 +39,8 @@ def _options(
     version: bool = typer.Option(False, "--version", callback=_version, is_eager=True,
                                  help="print the installed fedsyn version and exit"),
     log_format: str = typer.Option("text", "--log-format", help="logs on stderr as readable text or as json lines "
-                                   "(time with zone, level, event, run, round, site)"),
+                                   f"(time with zone, level, logger, message, {', '.join(logs.FIELDS)}: each null "
+                                   "where a line has none, e.g. before a run exists)"),
 ) -> None:
     """Federated, differentially private synthetic health records."""
     if log_format not in output.LOG_FORMATS:
@@ -86,21 +88,22 @@ def main() -> None:
     if not sys.stdout.isatty():  # help piped or captured: keep option names whole (Typer's default is 80 columns)
         os.environ.setdefault("TERMINAL_WIDTH", "120")
     os.environ.update(NO_TELEMETRY)  # before Flower loads (it reads this once), here and in every process it starts
-    try:
-        app()
-    except FedsynError as exc:  # fedsyn's own errors speak to the user and quote no patient value
-        console.print(f"[bold red]error:[/] {escape(str(exc))}", soft_wrap=True)  # "[run]" is text, not markup
-        sys.exit(exc.exit_code)
-    except Exception as exc:  # noqa: BLE001 - the last line of defence for private values
-        if os.environ.get("FEDSYN_DEBUG") == "1":
-            raise
-        if isinstance(exc, OSError) and exc.errno is not None and exc.strerror:
-            # The operating system's own words and the path it names (a disk full, a folder one may
-            # not write in): no cell of any table, so they are shown.
-            where = f": {exc.filename}" if exc.filename else ""
-            console.print(f"[bold red]error:[/] {exc.strerror}{where}", soft_wrap=True)
-            sys.exit(74)  # EX_IOERR
-        console.print(f"[bold red]error:[/] fedsyn stopped on an unexpected {type(exc).__name__}. Its details are "
-                      "withheld because they may quote private data; rerun with FEDSYN_DEBUG=1 in a private "
-                      "terminal to see them.")
-        sys.exit(70)
+    with logs.about():  # the command's lines carry the run or site it comes to know (logs.known)
+        try:
+            app()
+        except FedsynError as exc:  # fedsyn's own errors speak to the user and quote no patient value
+            console.print(f"[bold red]error:[/] {escape(str(exc))}", soft_wrap=True)  # "[run]" is text, not markup
+            sys.exit(exc.exit_code)
+        except Exception as exc:  # noqa: BLE001 - the last line of defence for private values
+            if os.environ.get("FEDSYN_DEBUG") == "1":
+                raise
+            if isinstance(exc, OSError) and exc.errno is not None and exc.strerror:
+                # The operating system's own words and the path it names (a disk full, a folder one may
+                # not write in): no cell of any table, so they are shown.
+                where = f": {exc.filename}" if exc.filename else ""
+                console.print(f"[bold red]error:[/] {exc.strerror}{where}", soft_wrap=True)
+                sys.exit(74)  # EX_IOERR
+            console.print(f"[bold red]error:[/] fedsyn stopped on an unexpected {type(exc).__name__}. Its details "
+                          "are withheld because they may quote private data; rerun with FEDSYN_DEBUG=1 in a private "
+                          "terminal to see them.")
+            sys.exit(70)

@@ -27,6 +27,7 @@ from fedsyn.client.site import CHARGED, PolicyRefusal, Site, SiteRefusal, note_r
 from fedsyn.data.schema import SchemaError
 from fedsyn.errors import os_error_said, where_it_failed
 from fedsyn.federation import protocol
+from fedsyn.logs import about, known
 from fedsyn.privacy.accounting import LedgerError, PrivacyEvent
 from fedsyn.privacy.marginals import Marginals
 
@@ -145,12 +146,17 @@ def make_client_app(resolve_policy: PolicyResolver = policy_from_node_config) ->
     app = ClientApp()
 
     def guarded(handler: Callable[[Message, Site], RecordDict]) -> Callable[[Message, Context], Message]:
+        def scoped(message: Message, context: Context) -> Message:
+            with about():  # this message's lines carry its site, run and round (logs.known)
+                return run(message, context)
+
         def run(message: Message, context: Context) -> Message:
             started = time.monotonic()
             site: Site | None = None
             answer: RecordDict | tuple[ErrorCode, str]
             try:
                 site = Site(resolve_policy(context))
+                known(site=site.policy.site_id)
                 answer = handler(message, site)
             except SiteRefusal as exc:
                 log.warning("refused (%s): %s", exc.code.name, exc.public_reason)
@@ -178,10 +184,11 @@ def make_client_app(resolve_policy: PolicyResolver = policy_from_node_config) ->
             if isinstance(answer, RecordDict):
                 return Message(content=answer, reply_to=message)
             return _error_reply(message, *answer)
-        return run
+        return scoped
 
     def marginals(message: Message, site: Site) -> RecordDict:
         query = _instructions(protocol.MarginalsQuery, message.content.config_records[protocol.CONFIG])
+        known(run=query.run_id or None, round=0)
         released, event = site.release_marginals(query.noise_multiplier, query.epsilon, query.schema_sha256,
                                                  query.run_id, query.pairs_share, query.sites)
         return RecordDict({
@@ -191,6 +198,7 @@ def make_client_app(resolve_policy: PolicyResolver = policy_from_node_config) ->
 
     def pair_tables(message: Message, site: Site) -> RecordDict:
         query = _instructions(protocol.PairTablesQuery, message.content.config_records[protocol.CONFIG])
+        known(run=query.run_id or None, round=0)
         tables, event = site.release_pair_tables(query)
         return RecordDict({
             protocol.PAIR_TABLES: protocol.to_array_record(tables),
@@ -203,6 +211,7 @@ def make_client_app(resolve_policy: PolicyResolver = policy_from_node_config) ->
     def train(message: Message, site: Site) -> RecordDict:
         content = message.content
         request = _decode_request(content.config_records[protocol.CONFIG])
+        known(run=request.run_id or None, round=request.round)
         with _coordinator_instructions():
             arrays = protocol.from_array_record(content.array_records[protocol.ARRAYS])
             marginals = _decode_marginals(content)

@@ -20,6 +20,9 @@ import logging
 import re
 import sys
 import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
 from datetime import UTC, datetime
 from typing import TextIO
 
@@ -34,6 +37,10 @@ LEVELLED = re.compile(r"^(DEBUG|INFO|WARNING|ERROR|CRITICAL)\b[^:]*?:\s*(.*)$")
 SPEAKER = {"fedsyn: ": logging.WARNING, "error: ": logging.ERROR, "warning: ": logging.WARNING}
 # Flower's lines that say nothing to an operator: fedsyn turns federated evaluation off on purpose.
 FLOWER_NOISE = ("fraction_evaluate is set to 0.0",)
+# The fields every JSON line carries after its time, level, logger and message: null where the line has
+# none (a line before any run, one of a command that serves no site). `--log-format`'s help names these.
+FIELDS = ("event", "run", "round", "site")
+_ABOUT: ContextVar[dict[str, object] | None] = ContextVar("fedsyn_log_about", default=None)
 RUN_STOPPED = "run_stopped"  # the event a fedsyn process logs when one of its own errors stops a run
 PLAN_FINISHED = "plan_finished"  # the event of a budget plan's answer, with the exit code `server plan` ends with
 
@@ -49,9 +56,30 @@ def _explained(record: logging.LogRecord) -> bool:
     return record.exc_info is not None and isinstance(record.exc_info[1], FedsynError)
 
 
+@contextmanager
+def about() -> Iterator[None]:
+    """A scope whose lines carry what :func:`known` says of it (the run, the site) in the
+    :data:`FIELDS` they leave unset: most lines (Flower's, fedsyn's warnings) name no run or
+    site, and only a few had said which they belonged to (operator finding L5)."""
+    token = _ABOUT.set(dict(_ABOUT.get() or {}))  # within another scope: what that one knows, to begin with
+    try:
+        yield
+    finally:
+        _ABOUT.reset(token)
+
+
+def known(**fields: object) -> None:
+    """Say, within :func:`about`, what the lines from here on are about (e.g. ``run=``, once
+    read); nothing outside one. A thread sees it when started in a copy of this context."""
+    scope = _ABOUT.get()
+    if scope is not None:
+        scope.update(fields)
+
+
 class JsonLines(logging.Formatter):
-    """One JSON object per line: time with zone, level, logger, message, and the structured
-    fields fedsyn attaches (event, run, round, site, ...). No colour codes, ever."""
+    """One JSON object per line: time with zone, level, logger, message, every one of
+    :data:`FIELDS` (the record's own, else what its scope is :func:`known` to be about, else
+    null), then any other structured field fedsyn attaches. No colour codes, ever."""
 
     def format(self, record: logging.LogRecord) -> str:
         message = ANSI.sub("", record.getMessage())
@@ -60,7 +88,9 @@ class JsonLines(logging.Formatter):
         entry: dict[str, object] = {
             "time": datetime.fromtimestamp(record.created, UTC).isoformat(timespec="milliseconds"),
             "level": record.levelname.lower(), "logger": record.name, "message": message}
-        entry.update(_fields(record))
+        fields, scope = _fields(record), _ABOUT.get() or {}
+        entry.update({name: fields[name] if fields.get(name) is not None else scope.get(name) for name in FIELDS})
+        entry.update({name: value for name, value in fields.items() if name not in FIELDS})
         return json.dumps(entry, default=str)
 
 

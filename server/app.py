@@ -19,6 +19,7 @@ from flwr.serverapp import Grid, ServerApp
 
 from fedsyn.data.schema import Schema
 from fedsyn.errors import ConfigurationError, failed_to_write, os_error_said
+from fedsyn.logs import about, known
 from fedsyn.server.coordinator import Coordinator, RoundCallback
 from fedsyn.server.record import RUN_FAILED, FederationError, RoundSummary, SiteStatus
 from fedsyn.server.release import archive_earlier_release, write_release
@@ -161,6 +162,7 @@ def _run(grid: Grid, schema: Schema, settings: FederationSettings, plan: Release
             raise ConfigurationError("--resume needs the run's state folder (run config 'state')")
         state = load_state(plan.state_dir, plan.audit_log, key.public_key() if key is not None else None)
     fedsyn_run = state.run_id if state is not None else uuid4().hex[:16]
+    known(run=fedsyn_run)  # every line from here on is this run's, Flower's too
     audit = AuditLog(plan.audit_log, key, run_id=fedsyn_run) if plan.audit_log else None
     coordinator = Coordinator(schema, settings, audit, run_id=fedsyn_run, state_dir=plan.state_dir)
 
@@ -259,7 +261,8 @@ def make_server_app(schema: Schema, settings: FederationSettings, plan: ReleaseP
 
     @app.main()
     def main(grid: Grid, context: Context) -> None:
-        run_federation(grid, schema, settings, plan, on_round, run_id=str(context.run_id),
-                       resume=bool(context.run_config.get("resume", False)))
+        with about():  # the run's lines carry its id (known in run_federation)
+            run_federation(grid, schema, settings, plan, on_round, run_id=str(context.run_id),
+                           resume=bool(context.run_config.get("resume", False)))
 
     return app

@@ -17,7 +17,7 @@ from flwr.serverapp import Grid, ServerApp
 
 from fedsyn.data.schema import Schema
 from fedsyn.errors import FedsynError, PrivacyRefusal
-from fedsyn.logs import PLAN_FINISHED, RUN_STOPPED, configure_child
+from fedsyn.logs import PLAN_FINISHED, RUN_STOPPED, about, configure_child
 from fedsyn.server.app import ReleasePlan, run_federation
 from fedsyn.server.record import FederationError, QuorumError
 from fedsyn.server.settings import FederationSettings
@@ -37,6 +37,12 @@ app = ServerApp()
 @app.main()
 def main(grid: Grid, context: Context) -> None:
     configure_child()  # JSON lines that `fedsyn server run` relays, in the operator's format
+    with about():  # the run stopped and the plan's answer carry the run id too (logs.known)
+        _serve(grid, context)
+
+
+def _serve(grid: Grid, context: Context) -> None:
+    """The run (or budget plan) the run config describes, and the line saying how it ended."""
     config = dict(context.run_config)
     settings = FederationSettings.from_run_config(config)  # unset keys keep the tuned defaults
     plan = ReleasePlan(out=Path(str(config["out"])), rows=int(config["rows"]),

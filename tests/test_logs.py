@@ -24,7 +24,7 @@ from fedsyn.client.app import make_client_app
 from fedsyn.client.ops.clientapp_process import POLICY_VARIABLE
 from fedsyn.data.demo import demo_schema_path
 from fedsyn.errors import FedsynError
-from fedsyn.logs import RUN_STOPPED, RelayStream, configure
+from fedsyn.logs import FIELDS, RUN_STOPPED, RelayStream, about, configure
 from fedsyn.simulations.inprocess import InProcessGrid
 from fedsyn.trust.certs import create_ca, create_server_certificate, create_site_keypair
 from tests.helpers import expired_certificate, run_in_process
@@ -87,6 +87,28 @@ def test_an_in_process_run_logs_progress_at_both_ends_as_json(plan, demo_schema,
     assert all(record["time"].endswith("+00:00") for record in records)
 
 
+def test_every_json_line_of_a_run_carries_the_fields_the_help_names_and_its_run(plan, demo_schema, tmp_path,
+                                                                                 captured):
+    """Operator finding L5: most lines (Flower's, fedsyn's warnings, the coordinator's progress) had
+    no `run`, and many no `event`, `site` or `round`, though `--log-format`'s help promised them.
+    Each is there on every line, null where the line has none; a run's lines name the run, a site's
+    lines the site, as the ServerApp and the ClientApp set them up (fedsyn.logs.about)."""
+    from fedsyn.cli.main import app
+
+    lines = captured("json")
+    logging.getLogger("fedsyn.cli").info("before any run")
+    with about():
+        run_in_process(plan, demo_schema, tmp_path)
+    records = [json.loads(line) for line in lines.getvalue().splitlines()]
+    assert all(list(record)[4:8] == list(FIELDS) for record in records)  # after time, level, logger, message
+    assert records[0]["run"] is None and records[0]["event"] is None
+    [run_id] = {record["run"] for record in records if record.get("event") == "run_finished"}
+    assert all(record["run"] == run_id for record in records[1:] if record["logger"] == "fedsyn.server")
+    charged = [record for record in records if record.get("event") == "privacy_charged"]
+    assert charged and all(record["run"] == run_id and record["site"] for record in charged)
+    assert all(field in CliRunner().invoke(app, ["--help"]).output for field in FIELDS)
+
+
 def test_a_site_child_process_reaches_the_supervisor_once_with_time_zone_and_no_colour(plan, captured):
     lines = captured("text")
     child = subprocess.run([sys.executable, "-c", CHILD], capture_output=True, text=True, timeout=120,
@@ -142,6 +164,8 @@ def test_client_start_with_json_logs_writes_only_json_lines_on_stderr(plan, tmp_
                                                            f"{os.environ['PATH']}"})
     assert result.returncode == 73, result.stderr
     records = [json.loads(line) for line in result.stderr.splitlines()]  # every line parses
+    # operator finding L5: every line carries the fields --log-format's help names, the site's name its own
+    assert all(set(FIELDS) <= set(record) and record["site"] == "site-0" for record in records), records
     assert any(f"local port {port}" in record["message"] and record["level"] == "warning" for record in records)
     assert all(record["time"].endswith("+00:00") for record in records)
     bounds = [record["message"] for record in records if "bounds: " in record["message"]]

@@ -38,6 +38,7 @@ that this user cannot write.
 
 from __future__ import annotations
 
+import contextvars
 import ctypes
 import functools
 import hashlib
@@ -515,7 +516,9 @@ def _run_once(command: list[str], environment: dict[str, str], out: Console, pol
                                preexec_fn=_dies_with_parent(signal.SIGTERM))
     running.append(process)
     record.started(process)
-    reader = threading.Thread(target=_pass_through, args=(process, out, attempt, record), daemon=True)
+    # in a copy of this context: what the command knows its lines are about (fedsyn.logs.known) holds there too
+    reader = threading.Thread(target=contextvars.copy_context().run,
+                              args=(_pass_through, process, out, attempt, record), daemon=True)
     reader.start()
     try:
         while process.poll() is None and not attempt.gave_up.wait(poll_seconds):
