@@ -6,9 +6,12 @@ import json
 import logging
 import os
 import re
+import signal
 import subprocess
 import sys
 import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 import typer
@@ -30,6 +33,12 @@ def run_flower(command: list[str], env: dict[str, str] | None = None) -> None:
     result = subprocess.run(command, env={**os.environ, **(env or {})})
     if result.returncode:
         raise typer.Exit(result.returncode)
+
+
+def flower_quietly(command: list[str], env: dict[str, str] | None = None) -> bool:
+    """Whether a short Flower command succeeded, run with its output kept off this terminal, which
+    may be gone (a hangup stops `server run`: echoing the command there failed before it ran)."""
+    return subprocess.run(command, env={**os.environ, **(env or {})}, capture_output=True).returncode == 0
 
 
 def flower_output(command: list[str], env: dict[str, str] | None = None) -> str:
@@ -77,7 +86,35 @@ class FollowingEnded(Exception):
 
 
 class RunInterrupted(FollowingEnded):
-    """Ctrl-C while a run was followed: Flower's run goes on at the SuperLink until it is stopped."""
+    """Ctrl-C, or a stop signal (``signal_number``), while a run was followed: Flower's run goes on
+    at the SuperLink until it is stopped."""
+
+    def __init__(self, run_id: str | None, signal_number: int | None = None):
+        super().__init__(run_id)
+        self.signal_number = signal_number
+
+
+# Signals that end `server run` as Ctrl-C does, the run at the SuperLink stopped with it, and what
+# each means to the operator. Left to Python's default, a hangup ended the command with 129 and no
+# word while the run went on unwatched (operator finding L9). A signal ignored when the command
+# started (``nohup``) stays ignored.
+STOP_SIGNALS = {
+    signal.SIGHUP: "a hangup (SIGHUP: the terminal it ran in closed; to keep a run going without one, start "
+                   "`fedsyn server run` under nohup, tmux or screen)",
+    signal.SIGTERM: "a stop request (SIGTERM: a service manager, a container's stop, `kill`)",
+}
+
+
+class _StopSignal(BaseException):
+    """Raised in the main thread by a stop signal, as Python raises KeyboardInterrupt for SIGINT."""
+
+    def __init__(self, number: int):
+        super().__init__(number)
+        self.number = number
+
+
+def _raise_stop(number: int, _frame: object) -> None:
+    raise _StopSignal(number)
 
 
 SUPERLINK_LOST = "Connection to the SuperLink is unavailable"  # what `flwr run` says when it stops answering
@@ -93,22 +130,24 @@ def follow_run(command: list[str], env: dict[str, str] | None = None) -> Followe
     own time and fields, Flower's as Flower records). Exits with Flower's code if ``flwr run``
     itself failed; raises :class:`RunInterrupted` on Ctrl-C and :class:`SuperLinkLost` when the
     SuperLink stopped answering."""
-    log.info("$ %s", " ".join(command))
     followed = FollowedRun()
     no_serverapp: threading.Timer | None = None
+    caught = {number: signal.signal(number, _raise_stop) for number in STOP_SIGNALS
+              if signal.getsignal(number) is not signal.SIG_IGN}
     try:
+        log.info("$ %s", " ".join(command))
         with subprocess.Popen(command, env={**os.environ, **(env or {})}, stdout=subprocess.PIPE,
-                              stderr=subprocess.STDOUT, text=True) as process:
+                              stderr=subprocess.STDOUT, text=True) as process, _ended_with(process):
             for line in process.stdout or ():
-                record = relay(line)
                 started = RUN_STARTED.search(line)
+                followed.run_id = started.group(1) if started else followed.run_id  # before a stop can come
+                record = relay(line)
                 if started and no_serverapp is None:
                     no_serverapp = threading.Timer(SERVERAPP_START_S, _say_no_serverapp, (started.group(1),))
                     no_serverapp.daemon = True
                     no_serverapp.start()
                 if no_serverapp is not None and SERVERAPP_STARTED in line:
                     no_serverapp.cancel()
-                followed.run_id = started.group(1) if started else followed.run_id
                 fields = getattr(record, "fedsyn", {})
                 if fields.get("run"):  # the coordinator's run id: this command's own lines are that run's too
                     known(run=fields["run"])
@@ -119,7 +158,11 @@ def follow_run(command: list[str], env: dict[str, str] | None = None) -> Followe
                 followed.superlink_lost = followed.superlink_lost or SUPERLINK_LOST in line
     except KeyboardInterrupt:
         raise RunInterrupted(followed.run_id) from None
+    except _StopSignal as stopped:
+        raise RunInterrupted(followed.run_id, stopped.number) from None
     finally:
+        for number, handler in caught.items():
+            signal.signal(number, handler)
         if no_serverapp is not None:
             no_serverapp.cancel()
     if process.returncode and followed.superlink_lost:
@@ -127,6 +170,17 @@ def follow_run(command: list[str], env: dict[str, str] | None = None) -> Followe
     if process.returncode:
         raise typer.Exit(process.returncode)
     return followed
+
+
+@contextmanager
+def _ended_with(process: subprocess.Popen[str]) -> Iterator[None]:
+    """End ``flwr run --stream`` when following it ends early: a stop signal reaches this process
+    alone, and leaving the ``with`` would wait for a stream that lasts as long as the run."""
+    try:
+        yield
+    except BaseException:
+        process.terminate()
+        raise
 
 
 def _say_no_serverapp(run_id: str) -> None:

@@ -87,8 +87,12 @@ def program() -> str:
 
 
 def fail(message: str, code: int = 2) -> NoReturn:
-    """Refuse in one line, whatever the terminal's width (a log collector or grep sees it whole)."""
-    console.print(f"[bold red]error:[/] {escape(message)}", soft_wrap=True)  # "[run]" is text, not markup
+    """Refuse in one line, whatever the terminal's width (a log collector or grep sees it whole).
+    A terminal that is gone (its hangup stopped the command) takes no line; the code still says it."""
+    try:
+        console.print(f"[bold red]error:[/] {escape(message)}", soft_wrap=True)  # "[run]" is text, not markup
+    except OSError:
+        pass
     raise typer.Exit(code)
 
 

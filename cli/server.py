@@ -3,17 +3,20 @@
 from __future__ import annotations
 
 import logging
+import signal
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, NoReturn
 
 import typer
 
 from fedsyn.cli.flower import (
+    STOP_SIGNALS,
     FollowedRun,
     RunInterrupted,
     SuperLinkLost,
     become_flower,
     flower_output,
+    flower_quietly,
     follow_run,
     run_flower,
     run_status,
@@ -58,7 +61,8 @@ def server_run(config: Annotated[Path, typer.Option("--config", "-c")] = Path("s
                ))] = False) -> None:
     """Submit a training run to the SuperLink and follow it; exits 1 unless the run completed.
     The release lands where the run config says. Before round 0 each site's budget plan is
-    logged (as `server plan` shows it)."""
+    logged (as `server plan` shows it). Ctrl-C, a hangup (SIGHUP) or SIGTERM stops Flower's
+    run too and says how to resume it (exit 130, 129, 143)."""
     setup_logging(verbose=True)  # the run's progress is what this command is for
     server_config = _server_config(config)
     if resume and not server_config.run.get("state"):
@@ -100,7 +104,7 @@ def _follow(server_config: CoordinatorConfig, command: list[str], environment: d
     try:
         followed = follow_run(command + ["--stream"], environment)
     except RunInterrupted as interrupted:
-        _stop_interrupted(server_config, environment, interrupted.run_id, plan_only)
+        _stop_interrupted(server_config, environment, interrupted, plan_only)
     except SuperLinkLost as lost:
         _superlink_lost(server_config, lost.run_id, plan_only)
     run_id = followed.run_id
@@ -113,30 +117,35 @@ def _follow(server_config: CoordinatorConfig, command: list[str], environment: d
     return followed
 
 
-def _stop_interrupted(server_config: CoordinatorConfig, environment: dict[str, str], run_id: str | None,
+def _stop_interrupted(server_config: CoordinatorConfig, environment: dict[str, str], interrupted: RunInterrupted,
                       plan_only: bool) -> NoReturn:
-    """Ctrl-C: stop Flower's run too. Left running, it trained, charged every hospital and
-    published a release with no terminal attached and nothing saying so (helper-98 M2)."""
+    """Ctrl-C, a hangup or a stop request: stop Flower's run too, then say so and how to go on.
+    Left running, it trained, charged every hospital and published a release with no terminal
+    attached and nothing saying so (helper-98 M2; a hangup, operator finding L9). The run is
+    stopped before a word is written: after a hangup the terminal may be gone."""
     from fedsyn.server.ops.superlink import CONNECTION
 
+    run_id, number = interrupted.run_id, interrupted.signal_number
+    code = EXIT_INTERRUPTED if number is None else 128 + number  # a shell's code for a command a signal ended
+    cause = "your Ctrl-C" if number is None else STOP_SIGNALS[signal.Signals(number)]
     if run_id is None:
-        fail("interrupted before Flower said it started a run: `flwr ls` on the SuperLink shows whether one did "
-             "(`flwr stop RUN_ID` stops it)", code=EXIT_INTERRUPTED)
+        fail(f"stopped at {cause} before Flower said it started a run: `flwr ls` on the SuperLink shows whether one "
+             "did (`flwr stop RUN_ID` stops it)", code=code)
     left = f"run {run_id} may go on at the SuperLink: stop it with `flwr stop {run_id} {CONNECTION}`"
     try:
-        run_flower(server_config.flwr_command("stop", run_id, CONNECTION), environment)
-    except typer.Exit:
-        fail(f"interrupted; Flower did not stop run {run_id} (it may have ended already). If not, {left}",
-             code=EXIT_INTERRUPTED)
+        stopped = flower_quietly(server_config.flwr_command("stop", run_id, CONNECTION), environment)
     except KeyboardInterrupt:  # a second Ctrl-C while Flower was stopping it
-        fail(f"interrupted again while Flower stopped it: {left}", code=EXIT_INTERRUPTED)
+        fail(f"interrupted again while Flower stopped it: {left}", code=code)
+    if not stopped:
+        fail(f"stopped at {cause}; Flower did not stop run {run_id} (it may have ended already). If not, {left}",
+             code=code)
     if plan_only:
-        fail(f"budget plan {run_id} stopped at your Ctrl-C; it charged nothing", code=EXIT_INTERRUPTED)
+        fail(f"budget plan {run_id} stopped at {cause}; it charged nothing", code=code)
     resume = ("`fedsyn server run --resume` continues it after its last completed round"
               if server_config.run.get("state") else
               "with no 'state' folder in [run] it cannot be resumed: a new run starts over")
-    fail(f"run {run_id} stopped at your Ctrl-C, its final release unwritten; each hospital's ledger holds what it "
-         f"spent, and {resume}", code=EXIT_INTERRUPTED)
+    fail(f"run {run_id} stopped at {cause}, its final release unwritten; each hospital's ledger holds what it "
+         f"spent, and {resume}", code=code)
 
 
 def _superlink_lost(server_config: CoordinatorConfig, run_id: str | None, plan_only: bool) -> NoReturn:

@@ -494,7 +494,7 @@ def test_ctrl_c_on_server_run_stops_flowers_run_too(tmp_path, monkeypatch, state
 
     stopped = []
     monkeypatch.setattr("fedsyn.cli.server.follow_run", interrupted)
-    monkeypatch.setattr("fedsyn.cli.server.run_flower", lambda command, env=None: stopped.append(command))
+    monkeypatch.setattr("fedsyn.cli.server.flower_quietly", lambda command, env=None: stopped.append(command) or True)
     result = _invoke("server", "run", "--config", tmp_path / "server.toml")
     assert result.exit_code == 130 and stopped and stopped[0][1:3] == ["stop", "4242"]
     assert "run 4242 stopped at your Ctrl-C" in result.output and said in result.output
@@ -505,9 +505,52 @@ def test_ctrl_c_on_server_run_stops_flowers_run_too(tmp_path, monkeypatch, state
     def interrupted_again(command, env=None):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr("fedsyn.cli.server.run_flower", interrupted_again)
+    monkeypatch.setattr("fedsyn.cli.server.flower_quietly", interrupted_again)
     result = _invoke("server", "run", "--config", tmp_path / "server.toml")
     assert result.exit_code == 130 and "flwr stop 4242" in result.output
+
+
+# `fedsyn server run` whose Flower is a stand-in: `flwr run` says it started run 4242 and streams on
+# for a minute; `flwr stop` writes what it was asked to a file.
+FOLLOWING = """
+import sys
+from fedsyn.server.ops.superlink import CoordinatorConfig
+asked, config = sys.argv[1:3]
+stream = "import time; print('Successfully started run 4242', flush=True); time.sleep(60)"
+CoordinatorConfig.run_command = lambda self, resume=False, plan_only=False: [sys.executable, "-c", stream]
+CoordinatorConfig.flwr_command = lambda self, *arguments: [
+    sys.executable, "-c", "import sys; open(sys.argv[1], 'w').write(' '.join(sys.argv[2:]))", asked, *arguments]
+sys.argv = ["fedsyn", "server", "run", "-c", config]
+from fedsyn.cli.main import main
+main()
+"""
+
+
+@pytest.mark.parametrize("number, cause", [(1, "a hangup (SIGHUP"), (15, "a stop request (SIGTERM")])
+def test_a_hangup_or_stop_request_to_server_run_stops_flowers_run_and_says_how_to_go_on(tmp_path, number, cause):
+    """Operator finding L9: SIGHUP (the terminal closed) ended `fedsyn server run` with 129 and no
+    word, and Flower's run went on at the SuperLink, unwatched; SIGTERM did the same with 143. Each
+    now ends it as Ctrl-C does: Flower's run stopped, what happened and how to resume said, the
+    shell's code for the signal kept."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    (tmp_path / "server.toml").write_text('[run]\nstate = "state"\n')
+    asked = tmp_path / "flwr-asked"
+    command = [sys.executable, "-c", FOLLOWING, str(asked), str(tmp_path / "server.toml")]
+    with subprocess.Popen(command, stderr=subprocess.PIPE, text=True) as run:
+        for line in run.stderr or ():
+            if "flwr: Successfully started run 4242" in line:  # relayed: not the command line quoting it
+                break
+        started = time.monotonic()
+        run.send_signal(signal.Signals(number))
+        said = (run.stderr.read() if run.stderr else "").replace("\n", " ")
+        assert run.wait(timeout=30) == 128 + number, said
+    assert time.monotonic() - started < 30  # the stand-in stream (a minute long) was ended, not waited for
+    assert asked.read_text().startswith("stop 4242")
+    assert f"run 4242 stopped at {cause}" in said and "server run --resume` continues it" in said, said
 
 
 def test_a_run_the_superlink_starts_no_serverapp_for_is_said_with_the_way_forward(monkeypatch, caplog):
