@@ -4,10 +4,17 @@ disconnected node alive."""
 
 import io
 import os
+import socket
+import ssl
 import sys
+import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
 
 from fedsyn.client.ops.supervise import EXIT_LOST_COORDINATOR, supervise
+from fedsyn.client.ops.tls_probe import Probe
 
 HANGS_AFTER_GIVING_UP = ("import time\n"
                          "print('WARNING : Giving up reconnection after 3.02 seconds and 2 tries.', flush=True)\n"
@@ -103,3 +110,75 @@ def test_a_node_whose_clientapp_ran_out_of_memory_is_restarted_not_left_deaf():
                'MemoryError"}\', flush=True)\nprint("INFO : Sent reply", flush=True)\nraise SystemExit(3)\n')
     assert supervise([sys.executable, "-c", handled], {}, out) == 3
     assert "ran out of memory" not in out.getvalue()
+
+
+@contextmanager
+def _tls_server(certs: Path) -> Iterator[int]:
+    """A TLS server on loopback with ``certs``' server.crt and server.key; yields its port."""
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(certs / "server.crt", certs / "server.key")
+    listener = socket.create_server(("127.0.0.1", 0))
+    listener.settimeout(0.2)
+    stop = threading.Event()
+
+    def serve() -> None:
+        while not stop.is_set():
+            try:
+                connection, _ = listener.accept()
+            except TimeoutError:
+                continue
+            try:
+                with context.wrap_socket(connection, server_side=True):
+                    pass
+            except OSError:  # the client refused the certificate: an alert, here
+                pass
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    try:
+        yield listener.getsockname()[1]
+    finally:
+        stop.set()
+        thread.join()
+        listener.close()
+
+
+def test_the_tls_probe_names_what_is_wrong_with_the_coordinators_certificate(tmp_path):
+    """Operator finding M4: the probe shakes hands as the SuperNode does, with the site's CA file."""
+    from fedsyn.client.ops.supervise import tls_hint
+    from fedsyn.client.ops.tls_probe import probe
+    from fedsyn.trust.certs import create_ca, create_server_certificate
+
+    create_ca(tmp_path / "certs")
+    create_ca(tmp_path / "other", name="another coordinator CA")
+    ca, other = tmp_path / "certs" / "ca.crt", tmp_path / "other" / "ca.crt"
+    create_server_certificate(tmp_path / "certs", ["127.0.0.1"])
+    with _tls_server(tmp_path / "certs") as port:
+        assert probe(f"127.0.0.1:{port}", ca) == Probe()
+        refused = probe(f"127.0.0.1:{port}", other).refused
+        assert refused is not None and "signed by another CA" in str(tls_hint(refused))
+    create_server_certificate(tmp_path / "certs", ["localhost"])
+    with _tls_server(tmp_path / "certs") as port:
+        refused = probe(f"127.0.0.1:{port}", ca).refused
+        assert refused is not None and "does not name the address this site dials (127.0.0.1" in str(tls_hint(refused))
+    assert probe(f"127.0.0.1:{port}", ca).unreachable  # nothing listens there now
+
+
+def test_a_give_up_before_flowers_ssl_line_is_diagnosed_by_a_handshake_of_its_own(tmp_path):
+    """Operator finding M4: a give-up could stop the SuperNode before Flower printed its [SSL] line,
+    and the site's message said only "network or TLS certificate". The supervisor now shakes hands
+    itself with the site's root_certificates and names the problem and the file."""
+    from fedsyn.client.ops.supervise import SiteRuntime
+    from fedsyn.trust.certs import create_ca, create_server_certificate
+
+    create_ca(tmp_path / "certs")
+    create_ca(tmp_path / "other", name="another coordinator CA")
+    create_server_certificate(tmp_path / "certs", ["127.0.0.1"])
+    out = io.StringIO()
+    with _tls_server(tmp_path / "certs") as port:
+        site = SiteRuntime(folder=tmp_path, superlink=f"127.0.0.1:{port}",
+                           root_certificates=tmp_path / "other" / "ca.crt")
+        code = supervise([sys.executable, "-c", HANGS_AFTER_GIVING_UP], {}, out, site=site)
+    said = out.getvalue()
+    assert code == EXIT_LOST_COORDINATOR and "network or TLS certificate" not in said, said
+    assert "signed by another CA" in said and f"root_certificates: {tmp_path / 'other' / 'ca.crt'}" in said, said

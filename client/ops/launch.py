@@ -122,4 +122,6 @@ def site_runtime(policy: SitePolicy) -> SiteRuntime:
     connection = policy.coordinator
     return SiteRuntime(folder=ledger.parent, local_port=connection.local_port if connection else None,
                        key_file=connection.auth_private_key if connection else None,
-                       writes=(ledger, ledger_lock(ledger), replies_folder(ledger), policy.audit_trail))
+                       writes=(ledger, ledger_lock(ledger), replies_folder(ledger), policy.audit_trail),
+                       superlink=connection.superlink if connection else None,
+                       root_certificates=connection.root_certificates if connection else None)

@@ -31,7 +31,8 @@ previous SuperNode, which the SuperLink lists as online for up to a minute after
 without signing off (Flower 1.41: two missed 30 s heartbeats). The record's last sign of
 life tells them apart as far as the site can: within that minute the supervisor waits for
 the old entry to expire and tries again by itself. A TLS hostname mismatch, an expired
-certificate and a certificate from another CA each get their own line, and a permission
+certificate and a certificate from another CA each get their own line (at a give-up, from a
+handshake of the supervisor's own where Flower has not said it: :mod:`fedsyn.client.ops.tls_probe`), and a permission
 error in a round (whose text the site's log withholds) is followed by the site's own files
 that this user cannot write.
 """
@@ -56,6 +57,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
+
+from fedsyn.client.ops.tls_probe import probe
 
 GAVE_UP = "Giving up reconnection"
 UNAUTHORIZED = "401 Unauthorized"  # the SuperLink refused a request this node signed
@@ -143,12 +146,15 @@ def _dies_with_parent(number: int) -> Callable[[], None] | None:
 @dataclass(frozen=True)
 class SiteRuntime:
     """What the supervisor knows of the site: the folder its record lives in (the ledger's:
-    writable under systemd), the SuperNode's local port, its key and the files a round writes."""
+    writable under systemd), the SuperNode's local port, its key, the files a round writes, and
+    the coordinator's address and the CA file the site trusts it by (:func:`_unreached`)."""
 
     folder: Path
     local_port: int | None = None
     key_file: Path | None = None
     writes: tuple[Path, ...] = field(default_factory=tuple)
+    superlink: str | None = None
+    root_certificates: Path | None = None
 
     @property
     def record(self) -> Path:
@@ -530,8 +536,8 @@ def _run_once(command: list[str], environment: dict[str, str], out: Console, pol
                       "`fedsyn client start` more memory (its service's memory limit), or ask the coordinator for a "
                       "smaller model or batch")
         elif attempt.gave_up.is_set():
-            _say(out, "the SuperNode gave up reaching the coordinator (network or TLS certificate); stopping it and "
-                      f"exiting with {EXIT_LOST_COORDINATOR} so the service manager restarts it")
+            _say(out, f"the SuperNode gave up reaching the coordinator{_unreached(record.site, attempt)}; stopping it "
+                      f"and exiting with {EXIT_LOST_COORDINATOR} so the service manager restarts it")
     finally:
         _stop_group(process)
         running.remove(process)
@@ -539,6 +545,38 @@ def _run_once(command: list[str], environment: dict[str, str], out: Console, pol
         record.stopped()
         reader.join(timeout=5)  # the rest of its output, and what it means, before deciding
     return (EXIT_LOST_COORDINATOR if attempt.gave_up.is_set() else process.returncode), attempt
+
+
+def tls_hint(said: str) -> str | None:
+    """What the operator should do about the TLS failure ``said`` names (a line of Flower's, or the
+    ssl module's words), None where it names none of :data:`TLS_HINTS`."""
+    for pattern, text in TLS_HINTS:
+        found = pattern.search(said)
+        if found:
+            return text.format(*found.groups())
+    return None
+
+
+def _unreached(site: SiteRuntime | None, attempt: _Attempt) -> str:
+    """Why the SuperNode could not reach the coordinator, from a handshake of the supervisor's own
+    (:mod:`fedsyn.client.ops.tls_probe`): Flower's ``[SSL]`` line, when it says the certificate,
+    may come after the give-up or not at all, and the message then said only "network or TLS
+    certificate" (operator finding M4)."""
+    if attempt.tls_failed:
+        return ": its TLS certificate (the line above says what to do)"
+    if site is None or site.superlink is None or site.root_certificates is None:
+        return " (network or TLS certificate)"
+    found = probe(site.superlink, site.root_certificates)
+    if found.refused is not None:
+        what = tls_hint(found.refused) or (f"the TLS handshake with {site.superlink} failed ({found.refused}): ask "
+                                           "the coordinator whether its SuperLink's certificate or address changed")
+        return f": {what} (root_certificates: {site.root_certificates})"
+    if found.unreachable is not None:
+        return (f": {site.superlink} (`superlink` in the site policy) cannot be reached now ({found.unreachable}): "
+                "check that the coordinator's SuperLink runs at that address and that no firewall is in between")
+    return (f": a TLS handshake with {site.superlink} against root_certificates {site.root_certificates} succeeds "
+            "now, so the certificates are fine: the SuperLink stopped answering for a while (restarted, or the "
+            "network dropped)")
 
 
 def _permission_hint(record: NodeRecord) -> str:
@@ -570,12 +608,10 @@ def _pass_through(process: subprocess.Popen[str], out: Console, attempt: _Attemp
         if ACTIVATION_REFUSED in line:
             attempt.refused_activation = True
             hint("activation", record.explain_refused_activation)
-        for pattern, text in TLS_HINTS:
-            found = pattern.search(line)
-            if found:
-                attempt.tls_failed = True
-                hint("tls", functools.partial(text.format, *found.groups()))
-                break
+        tls = tls_hint(line)
+        if tls is not None:
+            attempt.tls_failed = True
+            hint("tls", functools.partial(str, tls))
         if PERMISSION.search(line):
             hint("permission", lambda: _permission_hint(record))
         if UNAUTHORIZED in line:
