@@ -13,6 +13,7 @@ import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from typing import Any
 
 import typer
 
@@ -35,10 +36,21 @@ def run_flower(command: list[str], env: dict[str, str] | None = None) -> None:
         raise typer.Exit(result.returncode)
 
 
+# How long `flwr stop` may take once `server run` is ending: a SuperLink that does not answer
+# leaves the operator the command to give by hand instead of a command that never ends.
+FLOWER_QUIETLY_S = 60.0
+
+
 def flower_quietly(command: list[str], env: dict[str, str] | None = None) -> bool:
-    """Whether a short Flower command succeeded, run with its output kept off this terminal, which
-    may be gone (a hangup stops `server run`: echoing the command there failed before it ran)."""
-    return subprocess.run(command, env={**os.environ, **(env or {})}, capture_output=True).returncode == 0
+    """Whether a short Flower command succeeded within ``FLOWER_QUIETLY_S``, run with its output
+    kept off this terminal, which may be gone (a hangup stops `server run`: echoing the command
+    there failed before it ran). It runs in a session of its own: the terminal's hangup, sent to
+    its whole process group, would otherwise kill it halfway (helper-127 H1)."""
+    try:
+        return subprocess.run(command, env={**os.environ, **(env or {})}, capture_output=True,
+                              start_new_session=True, timeout=FLOWER_QUIETLY_S).returncode == 0
+    except subprocess.TimeoutExpired:
+        return False
 
 
 def flower_output(command: list[str], env: dict[str, str] | None = None) -> str:
@@ -114,7 +126,35 @@ class _StopSignal(BaseException):
 
 
 def _raise_stop(number: int, _frame: object) -> None:
+    """The first stop signal ends following the run; any later one is ignored while the command
+    stops Flower's run and says so, which it could otherwise kill halfway (closing a terminal
+    sends two hangups: the shell's to its jobs, the kernel's to the foreground group;
+    helper-127 H1)."""
+    ignore_stop_signals()
     raise _StopSignal(number)
+
+
+def ignore_stop_signals() -> None:
+    """Ignore the stop signals from now until :func:`stop_signals_caught` ends: the command is
+    ending (a Ctrl-C or a first stop signal came) and stops Flower's run first."""
+    for stop in STOP_SIGNALS:
+        signal.signal(stop, signal.SIG_IGN)
+
+
+@contextmanager
+def stop_signals_caught() -> Iterator[None]:
+    """Within it, a stop signal ends :func:`follow_run` as Ctrl-C does (:class:`RunInterrupted`),
+    and later ones are ignored, so that the caller can stop Flower's run and say so; the
+    handlers before it come back when it ends. A signal ignored when the command started
+    (``nohup``) stays ignored."""
+    caught: dict[int, Any] = {}
+    try:
+        caught.update({number: signal.signal(number, _raise_stop) for number in STOP_SIGNALS
+                       if signal.getsignal(number) is not signal.SIG_IGN})
+        yield
+    finally:
+        for number, handler in caught.items():
+            signal.signal(number, handler)
 
 
 SUPERLINK_LOST = "Connection to the SuperLink is unavailable"  # what `flwr run` says when it stops answering
@@ -128,12 +168,11 @@ class SuperLinkLost(FollowingEnded):
 def follow_run(command: list[str], env: dict[str, str] | None = None) -> FollowedRun:
     """Run ``flwr run ... --stream`` and log its lines here (the ServerApp's JSON lines with their
     own time and fields, Flower's as Flower records). Exits with Flower's code if ``flwr run``
-    itself failed; raises :class:`RunInterrupted` on Ctrl-C and :class:`SuperLinkLost` when the
-    SuperLink stopped answering."""
+    itself failed; raises :class:`RunInterrupted` on Ctrl-C (and, within
+    :func:`stop_signals_caught`, on a stop signal) and :class:`SuperLinkLost` when the SuperLink
+    stopped answering."""
     followed = FollowedRun()
     no_serverapp: threading.Timer | None = None
-    caught = {number: signal.signal(number, _raise_stop) for number in STOP_SIGNALS
-              if signal.getsignal(number) is not signal.SIG_IGN}
     try:
         log.info("$ %s", " ".join(command))
         with subprocess.Popen(command, env={**os.environ, **(env or {})}, stdout=subprocess.PIPE,
@@ -161,8 +200,6 @@ def follow_run(command: list[str], env: dict[str, str] | None = None) -> Followe
     except _StopSignal as stopped:
         raise RunInterrupted(followed.run_id, stopped.number) from None
     finally:
-        for number, handler in caught.items():
-            signal.signal(number, handler)
         if no_serverapp is not None:
             no_serverapp.cancel()
     if process.returncode and followed.superlink_lost:

@@ -18,8 +18,10 @@ from fedsyn.cli.flower import (
     flower_output,
     flower_quietly,
     follow_run,
+    ignore_stop_signals,
     run_flower,
     run_status,
+    stop_signals_caught,
 )
 from fedsyn.cli.output import EXIT_INTERRUPTED, console, fail, results, setup_logging
 from fedsyn.errors import ConfigurationError
@@ -59,10 +61,12 @@ def server_run(config: Annotated[Path, typer.Option("--config", "-c")] = Path("s
                    "within round 0), instead of starting a new one; hospitals answer a round they already ran "
                    "without paying again"
                ))] = False) -> None:
-    """Submit a training run to the SuperLink and follow it; exits 1 unless the run completed.
-    The release lands where the run config says. Before round 0 each site's budget plan is
-    logged (as `server plan` shows it). Ctrl-C, a hangup (SIGHUP) or SIGTERM stops Flower's
-    run too and says how to resume it (exit 130, 129, 143)."""
+    """Submit a training run to the SuperLink and follow it. The release lands where the run
+    config says. Before round 0 each site's budget plan is logged (as `server plan` shows it).
+    Ctrl-C, a hangup (SIGHUP) or SIGTERM stops Flower's run too and says how to resume it.
+    Exits 0 when the run completed, 77 when the sites' budgets stopped it, 78 when the settings
+    in server.toml are wrong (2 when it cannot be read), 130, 129 or 143 when stopped by Ctrl-C,
+    a hangup or SIGTERM, 1 otherwise."""
     setup_logging(verbose=True)  # the run's progress is what this command is for
     server_config = _server_config(config)
     if resume and not server_config.run.get("state"):
@@ -79,7 +83,9 @@ def server_plan(config: Annotated[Path, typer.Option("--config", "-c")] = Path("
     """Ask each connected hospital what it has spent and may still spend (nothing is charged, no
     row is read) and show, per site, this run's cost and the training rounds that fit. Exits 77
     when fewer than min-sites have budget left for the run (1 when some of the sites missing
-    failed or refused for another reason), naming each site that cannot take part and why."""
+    failed or refused for another reason), naming each site that cannot take part and why; 78
+    when the settings in server.toml are wrong (2 when it cannot be read); 130, 129 or 143 when
+    stopped by Ctrl-C, a hangup or SIGTERM (Flower's plan stopped too)."""
     setup_logging(verbose=True)
     server_config = _server_config(config)
     followed = _follow(server_config, server_config.run_command(plan_only=True), server_config.flwr_environment(),
@@ -101,12 +107,14 @@ def _follow(server_config: CoordinatorConfig, command: list[str], environment: d
     set, once the run completed; otherwise exit with the one line saying why (:func:`_run_failed`)."""
     from fedsyn.server.ops.superlink import CONNECTION
 
-    try:
-        followed = follow_run(command + ["--stream"], environment)
-    except RunInterrupted as interrupted:
-        _stop_interrupted(server_config, environment, interrupted, plan_only)
-    except SuperLinkLost as lost:
-        _superlink_lost(server_config, lost.run_id, plan_only)
+    with stop_signals_caught():
+        try:
+            followed = follow_run(command + ["--stream"], environment)
+        except RunInterrupted as interrupted:
+            ignore_stop_signals()
+            _stop_interrupted(server_config, environment, interrupted, plan_only)
+        except SuperLinkLost as lost:
+            _superlink_lost(server_config, lost.run_id, plan_only)
     run_id = followed.run_id
     if run_id is None:
         fail("Flower started no run: see its message above", code=1)

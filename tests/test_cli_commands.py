@@ -511,15 +511,16 @@ def test_ctrl_c_on_server_run_stops_flowers_run_too(tmp_path, monkeypatch, state
 
 
 # `fedsyn server run` whose Flower is a stand-in: `flwr run` says it started run 4242 and streams on
-# for a minute; `flwr stop` writes what it was asked to a file.
+# for a minute; `flwr stop` takes the seconds given (a SuperLink's answer), then writes what it was
+# asked to a file.
 FOLLOWING = """
 import sys
 from fedsyn.server.ops.superlink import CoordinatorConfig
-asked, config = sys.argv[1:3]
+asked, config, stopping = sys.argv[1:4]
 stream = "import time; print('Successfully started run 4242', flush=True); time.sleep(60)"
+stop = "import sys, time; time.sleep(float(sys.argv[2])); open(sys.argv[1], 'w').write(' '.join(sys.argv[3:]))"
 CoordinatorConfig.run_command = lambda self, resume=False, plan_only=False: [sys.executable, "-c", stream]
-CoordinatorConfig.flwr_command = lambda self, *arguments: [
-    sys.executable, "-c", "import sys; open(sys.argv[1], 'w').write(' '.join(sys.argv[2:]))", asked, *arguments]
+CoordinatorConfig.flwr_command = lambda self, *arguments: [sys.executable, "-c", stop, asked, stopping, *arguments]
 sys.argv = ["fedsyn", "server", "run", "-c", config]
 from fedsyn.cli.main import main
 main()
@@ -539,7 +540,7 @@ def test_a_hangup_or_stop_request_to_server_run_stops_flowers_run_and_says_how_t
 
     (tmp_path / "server.toml").write_text('[run]\nstate = "state"\n')
     asked = tmp_path / "flwr-asked"
-    command = [sys.executable, "-c", FOLLOWING, str(asked), str(tmp_path / "server.toml")]
+    command = [sys.executable, "-c", FOLLOWING, str(asked), str(tmp_path / "server.toml"), "0"]
     with subprocess.Popen(command, stderr=subprocess.PIPE, text=True) as run:
         for line in run.stderr or ():
             if "flwr: Successfully started run 4242" in line:  # relayed: not the command line quoting it
@@ -551,6 +552,34 @@ def test_a_hangup_or_stop_request_to_server_run_stops_flowers_run_and_says_how_t
     assert time.monotonic() - started < 30  # the stand-in stream (a minute long) was ended, not waited for
     assert asked.read_text().startswith("stop 4242")
     assert f"run 4242 stopped at {cause}" in said and "server run --resume` continues it" in said, said
+
+
+def test_a_terminal_closed_stops_flowers_run_though_its_hangup_comes_twice(tmp_path):
+    """helper-127 H1: closing a terminal sends two hangups (the shell's to its jobs, then the
+    kernel's to the whole foreground group). The second killed `server run` while `flwr stop`
+    waited for the SuperLink, and killed `flwr stop` with it: exit 129, no word, the run going
+    on. Later stop signals are now ignored while the run is stopped, and `flwr stop` runs in a
+    session of its own."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    (tmp_path / "server.toml").write_text('[run]\nstate = "state"\n')
+    asked = tmp_path / "flwr-asked"
+    command = [sys.executable, "-c", FOLLOWING, str(asked), str(tmp_path / "server.toml"), "2"]
+    with subprocess.Popen(command, stderr=subprocess.PIPE, text=True, start_new_session=True) as run:
+        for line in run.stderr or ():
+            if "flwr: Successfully started run 4242" in line:
+                break
+        run.send_signal(signal.SIGHUP)
+        time.sleep(0.5)  # `flwr stop` is under way, waiting for its SuperLink
+        os.killpg(run.pid, signal.SIGHUP)
+        said = (run.stderr.read() if run.stderr else "").replace("\n", " ")
+        assert run.wait(timeout=30) == 129, said
+    assert asked.read_text().startswith("stop 4242")
+    assert "run 4242 stopped at a hangup (SIGHUP" in said, said
 
 
 def test_a_run_the_superlink_starts_no_serverapp_for_is_said_with_the_way_forward(monkeypatch, caplog):
