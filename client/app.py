@@ -22,8 +22,9 @@ from typing import TypeVar
 from flwr.app import ConfigRecord, Context, Error, Message, RecordDict
 from flwr.clientapp import ClientApp
 
+from fedsyn.client.audit_events import CHARGED, REQUEST_REFUSED, UPDATE_SENT
 from fedsyn.client.policy import PolicyError, SitePolicy
-from fedsyn.client.site import CHARGED, PolicyRefusal, Site, SiteRefusal, note_refusal
+from fedsyn.client.site import PolicyRefusal, Site, SiteRefusal, note_refusal
 from fedsyn.data.schema import SchemaError
 from fedsyn.errors import os_error_said, where_it_failed
 from fedsyn.federation import protocol
@@ -100,7 +101,7 @@ def _record_refusal(site: Site, message: Message, refusal: SiteRefusal) -> None:
     its hold (helper-84). The newest refusal is kept beside the ledger too (:func:`note_refusal`),
     for ``fedsyn client status``."""
     try:
-        site.trail.append_unless_repeated("request_refused", since=CHARGED, same=("message_type", "code"),
+        site.trail.append_unless_repeated(REQUEST_REFUSED, since=CHARGED, same=("message_type", "code"),
                                           message_type=message.metadata.message_type, code=refusal.code.name,
                                           reason=re.sub(r"\d+(\.\d+)?(e[+-]?\d+)?", "#", refusal.public_reason))
     except Exception as exc:  # noqa: BLE001 - a read-only disk, a full one, a corrupt last line: said locally
@@ -221,7 +222,7 @@ def make_client_app(resolve_policy: PolicyResolver = policy_from_node_config) ->
         updated, metrics, event = site.train(request, arrays, marginals, per_slot)
         spent = site.ledger.epsilon()
         log.info("round %d: update handed to the SuperNode to send, epsilon now %.4f", request.round, spent,
-                 extra={"fedsyn": {"event": "update_sent", "site": site.policy.site_id, "round": request.round,
+                 extra={"fedsyn": {"event": UPDATE_SENT, "site": site.policy.site_id, "round": request.round,
                                    "epsilon_spent": spent}})
         return RecordDict({
             protocol.ARRAYS: protocol.to_array_record(updated),

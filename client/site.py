@@ -32,6 +32,20 @@ import numpy as np
 import pandas as pd
 import torch
 
+from fedsyn.client.audit_events import (
+    BUDGET_REPORTED,
+    CHARGED,
+    LEDGER_CREATED,
+    LEDGER_MOVED,
+    LEDGER_RESET,
+    LEDGER_STARTS,
+    MARGINALS_SENT,
+    PAIR_TABLES_SENT,
+    REPLY_REPLAYED,
+    REQUEST_REFUSED,
+    UPDATE_SENT,
+    UPDATE_WITHHELD,
+)
 from fedsyn.client.policy import SitePolicy
 from fedsyn.client.replies import PAIR_TABLES_STAGE, ReplyStore, request_digest
 from fedsyn.data.schema import Schema
@@ -77,9 +91,7 @@ from fedsyn.trust.audit import AuditLog
 
 log = logging.getLogger("fedsyn.client")
 
-CHARGED = "privacy_charged"
 WITHHELD = "withheld"  # the stored marker of a round whose update was withheld
-LEDGER_STARTS = ("ledger_created", "ledger_reset")
 
 
 class SiteRefusal(PrivacyRefusal, RuntimeError):
@@ -142,9 +154,9 @@ def _initialise_ledger(policy: SitePolicy, reset_reason: str | None, stream_nonc
     ledger = PrivacyLedger.create(policy.ledger, policy.delta, policy.accountant, protects=str(policy.data.resolve()),
                                   stream_nonce=stream_nonce)
     if reset_reason is None:
-        trail.append("ledger_created", ledger=str(policy.ledger), protects=ledger.protects)
+        trail.append(LEDGER_CREATED, ledger=str(policy.ledger), protects=ledger.protects)
     else:
-        trail.append("ledger_reset", ledger=str(policy.ledger), protects=ledger.protects, reason=reset_reason,
+        trail.append(LEDGER_RESET, ledger=str(policy.ledger), protects=ledger.protects, reason=reset_reason,
                      charges_forgotten=charged, traces=traces)
     return ledger
 
@@ -159,7 +171,7 @@ def move_ledger(policy: SitePolicy) -> tuple[str, str]:
     ledger = PrivacyLedger.load(policy.ledger)
     now = str(policy.data.resolve())
     before = ledger.move_to(now)
-    AuditLog(policy.audit_trail).append("ledger_moved", ledger=str(policy.ledger), protected=before, protects=now)
+    AuditLog(policy.audit_trail).append(LEDGER_MOVED, ledger=str(policy.ledger), protected=before, protects=now)
     return before, now
 
 
@@ -180,7 +192,7 @@ def note_refusal(ledger: Path, message_type: str, code: str) -> None:
     left as it is: the site's log names every refusal."""
     from datetime import UTC, datetime
 
-    note = {"time": datetime.now(UTC).isoformat(timespec="milliseconds"), "event": "request_refused",
+    note = {"time": datetime.now(UTC).isoformat(timespec="milliseconds"), "event": REQUEST_REFUSED,
             "message_type": public_text(message_type), "code": code}
     path = ledger.with_name(LAST_REFUSAL)
     written = path.with_name(f".{LAST_REFUSAL}.writing")
@@ -464,7 +476,7 @@ class Site:
         and the policy only (no row is read), so it costs nothing and is declared public."""
         budget = SiteBudget(self.ledger.epsilon(), self.policy.max_epsilon, self.policy.delta,
                             self.policy.max_epsilon_per_request)
-        self.trail.append_unless_repeated("budget_reported", since=CHARGED, epsilon_spent=budget.spent,
+        self.trail.append_unless_repeated(BUDGET_REPORTED, since=CHARGED, epsilon_spent=budget.spent,
                                           max_epsilon=budget.max_epsilon,
                                           max_epsilon_per_request=budget.max_epsilon_per_request)
         return budget
@@ -491,7 +503,7 @@ class Site:
         arrays, event = self._release_round_zero(
             run_id, digest, "", epsilon, first_release_event(self.schema, noise_multiplier, pairs_share, round_=0),
             lambda frame, rng: noisy_marginals(frame, self.schema, noise_multiplier, rng, pairs_share, sites).arrays,
-            "marginals_sent", answer_bytes=8 * cells)
+            MARGINALS_SENT, answer_bytes=8 * cells)
         return received_marginals(arrays, self.schema, noise_multiplier, pairs_share), event  # the std its query asked
 
     def release_pair_tables(self, query: PairTablesQuery) -> tuple[dict[str, np.ndarray], PrivacyEvent]:
@@ -515,7 +527,7 @@ class Site:
             query.run_id, digest, PAIR_TABLES_STAGE, query.epsilon, marginals_event(query.noise_multiplier, round_=0),
             lambda frame, rng: measure_pair_tables(frame, self.schema, list(query.pairs), bounds,
                                                    query.noise_multiplier, rng),
-            "pair_tables_sent", answer_bytes=8 * sum(math.prod(pair_shape(self.schema, pair)) for pair in query.pairs))
+            PAIR_TABLES_SENT, answer_bytes=8 * sum(math.prod(pair_shape(self.schema, pair)) for pair in query.pairs))
 
     def _release_round_zero(self, run_id: str, digest: str, stage: str, epsilon: float, event: PrivacyEvent,
                             release: Callable[[pd.DataFrame, np.random.Generator], dict[str, np.ndarray]],
@@ -551,10 +563,10 @@ class Site:
             return None
         stored = self.replies.get(run_id, round_, digest, self.ledger.stream_nonce, stage)
         if stored is not None:
-            self.trail.append_unless_repeated("reply_replayed", since=CHARGED, run=run_id, round=round_,
+            self.trail.append_unless_repeated(REPLY_REPLAYED, since=CHARGED, run=run_id, round=round_,
                                               privacy=asdict(stored[2]), epsilon_spent=self.ledger.epsilon())
             log.info("round %d of run %s asked again: the stored answer is sent, nothing is charged", round_, run_id,
-                     extra={"fedsyn": {"event": "reply_replayed", "site": self.policy.site_id, "round": round_}})
+                     extra={"fedsyn": {"event": REPLY_REPLAYED, "site": self.policy.site_id, "round": round_}})
         return stored
 
     def plan_noise(self, request: TrainInstructions) -> float:
@@ -628,12 +640,12 @@ class Site:
             # DP outputs only. A fixed reply says so; the charge stands (over-counted, never hidden).
             self.replies.put(request.run_id, request.round, digest, {}, {WITHHELD: 1.0}, event,
                              (self.ledger.stream_nonce, position))
-            self.trail.append("update_withheld", privacy=asdict(event), epsilon_spent=self.ledger.epsilon(),
+            self.trail.append(UPDATE_WITHHELD, privacy=asdict(event), epsilon_spent=self.ledger.epsilon(),
                               reason="non-finite weights or losses after the local steps")
             raise _withheld()
         self.replies.put(request.run_id, request.round, digest, updated, metrics, event,
                          (self.ledger.stream_nonce, position))
-        self.trail.append("update_sent", privacy=asdict(event), epsilon_spent=self.ledger.epsilon(), metrics=metrics)
+        self.trail.append(UPDATE_SENT, privacy=asdict(event), epsilon_spent=self.ledger.epsilon(), metrics=metrics)
         return updated, metrics, event
 
     def _own_marginals(self, request: TrainInstructions, marginals: Marginals,

@@ -20,8 +20,9 @@ from flwr.serverapp import Grid, ServerApp
 from fedsyn.data.schema import Schema
 from fedsyn.errors import ConfigurationError, failed_to_write, os_error_said
 from fedsyn.logs import about, known
+from fedsyn.server.audit_events import RELEASE_ARCHIVED, RELEASE_WRITTEN, RUN_FAILED, RUN_RESUMED, RUN_STARTED
 from fedsyn.server.coordinator import Coordinator, RoundCallback
-from fedsyn.server.record import RUN_FAILED, FederationError, RoundSummary, SiteStatus
+from fedsyn.server.record import FederationError, RoundSummary, SiteStatus
 from fedsyn.server.release import archive_earlier_release, write_release
 from fedsyn.server.resume import holding_run, load_state
 from fedsyn.server.settings import FederationSettings
@@ -73,7 +74,7 @@ def _written_by(audit: AuditLog | None, fedsyn_run: str) -> set[Path]:
     if audit is None:
         return set()
     return {Path(str(entry["path"])).resolve() for entry in audit.entries()
-            if entry.get("event") == "release_written" and entry.get("run") == fedsyn_run}
+            if entry.get("event") == RELEASE_WRITTEN and entry.get("run") == fedsyn_run}
 
 
 def _staged(out: Path) -> Path:
@@ -191,10 +192,10 @@ def _run(grid: Grid, schema: Schema, settings: FederationSettings, plan: Release
         for folder in dict.fromkeys([*earlier_interims, out]):
             earlier = archive_earlier_release(folder)
             if earlier is not None:
-                coordinator.record("release_archived", path=str(earlier), replaced_by_run=fedsyn_run)
+                coordinator.record(RELEASE_ARCHIVED, path=str(earlier), replaced_by_run=fedsyn_run)
         published.append(out)
         _put_in_place(out, resumable=resumable())
-        coordinator.record("release_written", path=str(out), rows=plan.rows, signed=key is not None,
+        coordinator.record(RELEASE_WRITTEN, path=str(out), rows=plan.rows, signed=key is not None,
                            max_epsilon=report["max_epsilon_any_site"])
 
     def after_round(summary: RoundSummary, sites: dict[int, SiteStatus]) -> None:
@@ -211,12 +212,12 @@ def _run(grid: Grid, schema: Schema, settings: FederationSettings, plan: Release
         return coordinator
     try:
         if state is None:
-            coordinator.record("run_started", flower_run=run_id)
+            coordinator.record(RUN_STARTED, flower_run=run_id)
             coordinator.collect_marginals(grid)
         else:
             coordinator.restore(state)
             within_round_zero = coordinator.run.marginals is None  # its queries are asked again word for word
-            coordinator.record("run_resumed", flower_run=run_id,
+            coordinator.record(RUN_RESUMED, flower_run=run_id,
                                after_round=None if within_round_zero else state.round,
                                within_round_zero=within_round_zero)
             if within_round_zero:

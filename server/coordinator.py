@@ -56,6 +56,20 @@ from fedsyn.privacy.pairs import (
     pair_shape,
 )
 from fedsyn.privacy.randomness import torch_generator
+from fedsyn.server.audit_events import (
+    GENERATOR_FITTED_TO_TABLES,
+    PAIRS_CHOSEN,
+    RELEASE_MODEL_CHOSEN,
+    ROUND_FINISHED,
+    ROUND_STARTED,
+    RUN_CONFIGURED,
+    SAVED,
+    SITE_BUDGET,
+    SITE_FINISHED,
+    SITE_JOINED_LATE,
+    SITE_RENAMED,
+    TRAINING_STOPPED,
+)
 from fedsyn.server.record import (
     FederationError,
     ReleaseChoice,
@@ -65,7 +79,7 @@ from fedsyn.server.record import (
     SiteStatus,
     known_names,
 )
-from fedsyn.server.resume import IN_ROUND_ZERO, SAVED, RunState, save_state
+from fedsyn.server.resume import IN_ROUND_ZERO, RunState, save_state
 from fedsyn.server.screening import ReplyScreen, ledger_went_back, unconfirmed_in_audit
 from fedsyn.server.settings import FederationSettings, check_against_schema
 from fedsyn.server.strategy import SITE_LEVEL_SCOPE, build_strategy
@@ -231,7 +245,7 @@ class Coordinator:
                             "itself '%s': if that is not the same hospital (another holding a copy of its auth key), "
                             "stop the run and remove the node (`fedsyn server sites remove`); its ledger is its own "
                             "either way", site.node_id, before, site.label)
-                self.record("site_renamed", node=site.node_id, site=site.label, before=before)
+                self.record(SITE_RENAMED, node=site.node_id, site=site.label, before=before)
 
     def _audit_entries(self) -> list[dict[str, object]]:
         """Every entry of this coordinator's audit log, every run's; none without one."""
@@ -281,7 +295,7 @@ class Coordinator:
                else f"it is asked nothing more: {self._unusable(site, plan)}")
         per_request = budget.max_epsilon_per_request
         each = f", at most {per_request:g} a request" if per_request is not None else ""
-        self.record("site_budget", f"budget of {site.name}: spent {budget.spent:.4f} of its max_epsilon "
+        self.record(SITE_BUDGET, f"budget of {site.name}: spent {budget.spent:.4f} of its max_epsilon "
                     f"{budget.max_epsilon:g}{each}, {budget.remaining:.4f} left; {fit}", node=site.node_id,
                     site=site.name, epsilon_spent=budget.spent, max_epsilon=budget.max_epsilon,
                     max_epsilon_per_request=per_request, epsilon_cap=plan.cap, rounds_fit=plan.rounds_fit,
@@ -298,7 +312,7 @@ class Coordinator:
         progress = run.round_zero
         if progress is None:
             self.check_run()
-            self.record("run_configured", settings=settings.public_dict(), schema=self.schema.name)
+            self.record(RUN_CONFIGURED, settings=settings.public_dict(), schema=self.schema.name)
             progress = run.round_zero = RoundZeroProgress(self.plan_budgets(grid))
             self._save(None)
         else:
@@ -367,7 +381,7 @@ class Coordinator:
                               self.settings.site_column)
         bounds = {c.name: group_bounds(c, summed) for c in measured if not c.is_categorical
                   and any(c.name in pair for pair in chosen)}
-        self.record("pairs_chosen", pairs=[list(pair) for pair in chosen], voters=len(voters))
+        self.record(PAIRS_CHOSEN, pairs=[list(pair) for pair in chosen], voters=len(voters))
         if not chosen:  # every vote named the site column: nothing to measure (a query of no pairs is malformed)
             return _outcome_tables_only(parts)
         fingerprint = protocol.schema_fingerprint(self.schema)
@@ -400,7 +414,7 @@ class Coordinator:
                                       run.marginals.cell_std)
         if self._restored_model is None and settings.table_steps:
             trainer.fit_tables(settings.table_steps)
-            self.record("generator_fitted_to_tables", steps=settings.table_steps)
+            self.record(GENERATOR_FITTED_TO_TABLES, steps=settings.table_steps)
         self.trainer = trainer
         if self._restored_model is None:
             # The model round 1 asks of the sites is saved before it is sent: a run resumed before
@@ -440,7 +454,7 @@ class Coordinator:
             if ready < settings.min_sites and (run.rounds or not ready):
                 # Sites whose planned rounds are done (or that refused) leave fewer than the quorum:
                 # asking the rest would fail it and leave the trained rounds without a release.
-                self.record("training_stopped", f"{ready} site(s) can train round {round_}, fewer than min-sites "
+                self.record(TRAINING_STOPPED, f"{ready} site(s) can train round {round_}, fewer than min-sites "
                             f"{settings.min_sites}: training stops after round {round_ - 1} of {settings.rounds}, "
                             "and the release uses what was trained", round=round_ - 1, rounds=settings.rounds,
                             sites_ready=ready)
@@ -448,7 +462,7 @@ class Coordinator:
             current = trainer.state_arrays()
             messages = list(self.strategy.configure_train(
                 round_, protocol.to_array_record(current), replace(instructions, round=round_).to_record(), grid))
-            self.record("round_started", round=round_, sites=len(messages))
+            self.record(ROUND_STARTED, round=round_, sites=len(messages))
             replies = self._exchange(grid, messages, round_)
             valid = self.screen.valid(replies, round_, protocol.ARRAYS, lambda _: expected, wire_shapes, current)
             self._require_quorum(len(valid), round_)
@@ -466,7 +480,7 @@ class Coordinator:
                                    time.monotonic() - started)
             run.rounds.append(summary)
             misfit_field: dict[str, object] = {} if misfit is None else {"misfit": round(misfit, 4)}
-            self.record("round_finished", None, round=round_, accepted=summary.accepted, dropped=summary.dropped,
+            self.record(ROUND_FINISHED, None, round=round_, accepted=summary.accepted, dropped=summary.dropped,
                         **misfit_field)
             self._note_late_sites(grid, round_)
             self._save(round_)
@@ -475,7 +489,7 @@ class Coordinator:
         if run.release_choice is not None:
             choice = run.release_choice
             trainer.load_sampler_arrays(choice.sampler)
-            self.record("release_model_chosen", round=choice.round, misfit=round(choice.misfit, 4))
+            self.record(RELEASE_MODEL_CHOSEN, round=choice.round, misfit=round(choice.misfit, 4))
         return trainer
 
     def _retire_finished_sites(self, round_: int) -> None:
@@ -484,7 +498,7 @@ class Coordinator:
         for site in self.run.sites.values():
             if site.active and site.rounds_planned is not None and round_ > site.rounds_planned:
                 site.active = False
-                self.record("site_finished", f"{site.name}: its budget for this run fits {site.rounds_planned} "
+                self.record(SITE_FINISHED, f"{site.name}: its budget for this run fits {site.rounds_planned} "
                             f"training round(s), and each has been asked of it: it is asked nothing more in this run",
                             node=site.node_id, site=site.name, rounds_planned=site.rounds_planned)
 
@@ -495,7 +509,7 @@ class Coordinator:
         saved, so a restarted coordinator does not say it again."""
         for node in sorted(set(grid.get_node_ids()) - set(self.run.sites) - self.run.late_nodes):
             self.run.late_nodes.add(node)
-            self.record("site_joined_late", f"node {node} connected after this run's budget query (round 0): it "
+            self.record(SITE_JOINED_LATE, f"node {node} connected after this run's budget query (round 0): it "
                         f"takes no part in this run and is charged nothing; it joins the next run. To wait for "
                         f"every site, set min-sites to the number of sites", round=round_, node=node)
 

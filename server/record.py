@@ -29,10 +29,9 @@ from fedsyn.errors import ConfigurationError, FedsynError
 from fedsyn.federation import protocol
 from fedsyn.privacy.accounting import PrivacyEvent, compute_epsilon
 from fedsyn.privacy.marginals import Marginals
+from fedsyn.server.audit_events import DROPS
 from fedsyn.server.resume import IN_ROUND_ZERO, RunState
 from fedsyn.server.settings import FederationSettings
-
-RUN_FAILED = "run_failed"  # the audit entry of a run its error stopped (the dashboard shows why)
 
 
 class FederationError(FedsynError, RuntimeError):
@@ -142,7 +141,7 @@ def known_names(entries: list[dict[str, Any]]) -> dict[str, str]:
         node = str(entry["node"])
         if given_name(entry):
             names[node] = given_name(entry)
-        elif entry.get("event") in ("site_refused", "update_rejected"):
+        elif entry.get("event") in DROPS:
             found = _NAMED_IN_REASON.search(str(entry.get("reason", "")))
             if found:
                 quoted[node] = found.group(1)

@@ -30,6 +30,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from fedsyn.errors import ConfigurationError
 from fedsyn.files import write_atomically
+from fedsyn.server.audit_events import SAVED
 from fedsyn.trust.audit import verify_log
 from fedsyn.trust.signing import VerificationError, sha256_file
 
@@ -39,7 +40,6 @@ FORMAT = "fedsyn-coordinator-state/3"  # 2: the release choice; 3: round 0 under
 READABLE_FORMATS = ("fedsyn-coordinator-state/2", FORMAT)
 STATE_FILE = "state.pt"
 LOCK_FILE = "coordinator.lock"
-SAVED = "state_saved"  # the audit event that vouches for a state file
 IN_ROUND_ZERO = -1  # a state's round while round 0 is under way (planned, or its first release in)
 
 

@@ -49,6 +49,13 @@ from fedsyn.privacy.accounting import PrivacyEvent
 from fedsyn.privacy.budget import SiteBudget
 from fedsyn.privacy.marginals import MAX_SITE_COUNT, Marginals, plausible_counts
 from fedsyn.privacy.pairs import check_pair_array, require_group_bounds
+from fedsyn.server.audit_events import (
+    PAIR_TABLES_ACCEPTED,
+    SITE_JOINED,
+    SITE_REFUSED,
+    UPDATE_ACCEPTED,
+    UPDATE_REJECTED,
+)
 from fedsyn.server.record import QuorumError, SiteStatus
 from fedsyn.server.settings import FederationSettings
 
@@ -128,7 +135,7 @@ class ReplyScreen:
             site.unconfirmed.append(round_)
         extra: dict[str, object] = {**({"stage": stage} if stage else {}),
                                     **({"possibly_charged": True} if possibly_charged else {})}
-        self.record("site_refused" if refused else "update_rejected", round=round_, node=site.node_id,
+        self.record(SITE_REFUSED if refused else UPDATE_REJECTED, round=round_, node=site.node_id,
                     site=site.name, reason=reason, **extra)
         if refused:  # a policy refusal is final for this run: do not ask again
             site.active = False
@@ -198,11 +205,11 @@ class ReplyScreen:
                 self.drop(site, round_, f"invalid reply: {exc}", stage=stage, possibly_charged=True)
                 continue
             if stage is not None:  # round 0's second release: the site joined with its first
-                self.record("pair_tables_accepted", round=round_, node=site.node_id, site=site.name,
+                self.record(PAIR_TABLES_ACCEPTED, round=round_, node=site.node_id, site=site.name,
                             epsilon_claimed=site.claimed_epsilon)
             else:
                 site.rounds_accepted.append(round_)
-                self.record("site_joined" if round_ == 0 else "update_accepted", round=round_, node=site.node_id,
+                self.record(SITE_JOINED if round_ == 0 else UPDATE_ACCEPTED, round=round_, node=site.node_id,
                             site=site.name, epsilon_claimed=site.claimed_epsilon)
             if payload == protocol.ARRAYS:  # aggregate in float32 whatever the transport precision
                 reply.content[payload] = protocol.to_array_record({k: v.astype(np.float32) for k, v in arrays.items()})

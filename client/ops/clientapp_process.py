@@ -28,9 +28,9 @@ from typing import Any
 from flwr.supernode.cli.flwr_clientapp import flwr_clientapp
 from flwr.supernode.runtime import run_clientapp as flower_runtime
 
+from fedsyn.client.audit_events import APP_REFUSED, CHARGED
 from fedsyn.client.ops.trusted_app import UntrustedAppError, check_app_bundle, check_run_names
 from fedsyn.client.policy import PolicyError, SitePolicy
-from fedsyn.client.site import CHARGED
 from fedsyn.federation.app_bundle import bundle_hash
 from fedsyn.federation.flower_programs import NO_TELEMETRY
 from fedsyn.logs import configure_child
@@ -56,7 +56,7 @@ def checked_install(policy: SitePolicy, install: Callable[..., Path], run: RunNa
             log.error("site %s refused the coordinator's App: %s", policy.site_id, refusal)
             try:  # a trail that cannot be written must not replace the refusal the coordinator hears
                 AuditLog(policy.audit_trail).append_unless_repeated(  # once between charges: a bundle a push
-                    "app-refused", since=CHARGED, same=(), fab_hash=bundle_hash(fab_file), reason=str(refusal))
+                    APP_REFUSED, since=CHARGED, same=(), fab_hash=bundle_hash(fab_file), reason=str(refusal))
             except Exception as exc:  # noqa: BLE001 - a read-only or full disk, a corrupt last line
                 log.error("the App refusal could not be written to the audit trail (%s)", type(exc).__name__)
             raise

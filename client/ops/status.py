@@ -12,15 +12,14 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
+from fedsyn.client.audit_events import CHARGED, REQUEST_REFUSED, SENT
 from fedsyn.client.ops.launch import site_runtime
 from fedsyn.client.ops.supervise import RECORD, NodeRecord, process_alive
 from fedsyn.client.policy import SitePolicy
-from fedsyn.client.site import CHARGED, Site, last_refusal
+from fedsyn.client.site import Site, last_refusal
 from fedsyn.data.schema import SchemaError
 from fedsyn.privacy.accounting import LedgerError, PrivacyLedger
 from fedsyn.trust.audit import read_entries
-
-SENT = ("marginals_sent", "pair_tables_sent", "update_sent")
 
 
 @dataclass
@@ -89,7 +88,7 @@ def site_view(policy: SitePolicy) -> SiteView:
     view.last_sent = next((e for e in reversed(entries) if e.get("event") in SENT), None)
     # The trail keeps only the first refusal of a kind between charges; the newest is kept beside the ledger.
     view.last_refusal = last_refusal(policy.ledger) or next(
-        (e for e in reversed(entries) if e.get("event") == "request_refused"), None)
+        (e for e in reversed(entries) if e.get("event") == REQUEST_REFUSED), None)
     view.supernode = _supernode(policy)
     return view
 

@@ -18,7 +18,25 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from fedsyn.server.record import RUN_FAILED, given_name, known_names
+from fedsyn.server.audit_events import (
+    DROPS,
+    JOINS,
+    PAIR_TABLES_ACCEPTED,
+    RELEASE_ARCHIVED,
+    RELEASE_WRITTEN,
+    ROUND_FINISHED,
+    ROUND_STARTED,
+    RUN_CONFIGURED,
+    RUN_FAILED,
+    RUN_RESUMED,
+    SITE_BUDGET,
+    SITE_FINISHED,
+    SITE_JOINED_LATE,
+    SITE_REFUSED,
+    TRAINING_STOPPED,
+    UPDATE_REJECTED,
+)
+from fedsyn.server.record import given_name, known_names
 from fedsyn.trust.audit import read_entries, verify_log
 from fedsyn.trust.signing import MANIFEST, VerificationError, load_public_key, verify_release
 
@@ -41,7 +59,7 @@ def latest_run(entries: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """The entries of the newest run: one log holds every run, each opening with ``run_configured``
     and naming its run in every entry. Entries of another run written since (a budget plan,
     ``fedsyn server plan``, which charges nothing) are not this run's."""
-    starts = [i for i, entry in enumerate(entries) if entry.get("event") == "run_configured"]
+    starts = [i for i, entry in enumerate(entries) if entry.get("event") == RUN_CONFIGURED]
     if not starts:
         return entries
     run = entries[starts[-1]].get("run")
@@ -101,23 +119,23 @@ def site_views(entries: list[dict[str, Any]], names: dict[str, str] | None = Non
         site["name"] = given_name(entry) or site["name"]
         site["last_seen"] = entry.get("time")
         event = entry.get("event")
-        if event == "site_budget":  # before round 0: its ledger so far, and the most it will ever spend
+        if event == SITE_BUDGET:  # before round 0: its ledger so far, and the most it will ever spend
             site["epsilon_claimed"], site["max_epsilon"] = entry.get("epsilon_spent"), entry.get("max_epsilon")
-        elif event in ("site_joined", "update_accepted"):
+        elif event in JOINS:
             if entry.get("round") not in site["rounds_accepted"]:  # a round in flight at a crash, again on resume
                 site["rounds_accepted"].append(entry.get("round"))
             site["epsilon_claimed"] = entry.get("epsilon_claimed")
-        elif event == "pair_tables_accepted":  # round 0's second release: charged, its claim went up (helper-116)
+        elif event == PAIR_TABLES_ACCEPTED:  # round 0's second release: charged, its claim went up (helper-116)
             site["epsilon_claimed"] = entry.get("epsilon_claimed")
-        elif event == "update_rejected":
+        elif event == UPDATE_REJECTED:
             reason = str(entry.get("reason", ""))
             site["dropped"].append({"round": entry.get("round"), "reason": reason,
                                     "quarantined": _is_quarantined(entry)})
-        elif event == "site_refused":
+        elif event == SITE_REFUSED:
             site["refused"].append({"round": entry.get("round"), "reason": str(entry.get("reason", ""))})
-        elif event == "site_finished":
+        elif event == SITE_FINISHED:
             site["notes"].append(f"its budget fit {entry.get('rounds_planned')} training round(s): asked no more")
-        elif event == "site_joined_late":
+        elif event == SITE_JOINED_LATE:
             site["notes"].append("connected after the budget query: not part of this run")
     for node, site in sites.items():
         site["name"] = site["name"] or names.get(node) or f"node-{node}"
@@ -126,8 +144,7 @@ def site_views(entries: list[dict[str, Any]], names: dict[str, str] | None = Non
     return sorted(sites.values(), key=lambda s: (s["name"], s["node_id"]))
 
 
-_ROUND_EVENTS = frozenset({"round_started", "round_finished", "site_joined", "update_accepted", "update_rejected",
-                           "site_refused"})
+_ROUND_EVENTS = frozenset({ROUND_STARTED, ROUND_FINISHED, *JOINS, *DROPS})
 
 
 def round_views(entries: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -143,16 +160,16 @@ def round_views(entries: list[dict[str, Any]]) -> list[dict[str, Any]]:
         if number is None or event not in _ROUND_EVENTS:  # e.g. a late site names the round it missed
             continue
         current = of(number)
-        if event == "round_started":
+        if event == ROUND_STARTED:
             current.update(started=entry.get("time"), sites_asked=entry.get("sites"))
-        elif event == "round_finished":
+        elif event == ROUND_FINISHED:
             current.update(finished=entry.get("time"), accepted=entry.get("accepted"), dropped=entry.get("dropped"))
-        elif event in ("site_joined", "update_accepted") and number == 0:
+        elif event in JOINS and number == 0:
             current["accepted"] += 1
-        elif event in ("update_rejected", "site_refused"):
+        elif event in DROPS:
             if number == 0 and not entry.get("stage"):  # a later part of round 0 (its pair tables): joined
                 current["dropped"] += 1
-            if event == "site_refused":
+            if event == SITE_REFUSED:
                 current["refused"] += 1
             elif _is_quarantined(entry):
                 current["quarantined"].append({"site": entry.get("site"), "reason": entry.get("reason")})
@@ -161,20 +178,20 @@ def round_views(entries: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 def run_summary(entries: list[dict[str, Any]]) -> dict[str, Any] | None:
     """The newest run's public settings that frame the page: rounds, budget asked, minimum sites."""
-    configured = next((e for e in entries if e.get("event") == "run_configured"), None)
+    configured = next((e for e in entries if e.get("event") == RUN_CONFIGURED), None)
     if configured is None:
         return None
     settings = configured.get("settings", {})
-    stopped = next((e for e in entries if e.get("event") == "training_stopped"), None)
+    stopped = next((e for e in entries if e.get("event") == TRAINING_STOPPED), None)
     # the newest failure, unless the run was resumed since (helper-105 M1: a resumed run showed as stopped)
-    failed = next((e for e in reversed(entries) if e.get("event") in (RUN_FAILED, "run_resumed")), None)
+    failed = next((e for e in reversed(entries) if e.get("event") in (RUN_FAILED, RUN_RESUMED)), None)
     failed = failed if failed is not None and failed.get("event") == RUN_FAILED else None
     return {"started": configured.get("time"), "run": configured.get("run"), "schema": configured.get("schema"),
             "rounds": settings.get("rounds"), "epsilon": settings.get("epsilon"), "delta": settings.get("delta"),
             "min_sites": settings.get("min_sites"), "aggregation": settings.get("aggregation"),
             # Sites' budgets fitted fewer rounds than asked: the release holds the rounds trained.
             "stopped_after": None if stopped is None else stopped.get("round"),
-            "finished": any(e.get("event") == "release_written" and not _interim(e.get("path")) for e in entries),
+            "finished": any(e.get("event") == RELEASE_WRITTEN and not _interim(e.get("path")) for e in entries),
             # The run stopped on an error (its quorum lost, its release unwritten): why, and whether it resumes.
             "failed": None if failed is None else {"reason": failed.get("reason"),
                                                    "resumable": failed.get("resumable")}}
@@ -307,9 +324,9 @@ def release_origin(entries: list[dict[str, Any]], path: str, out: Path) -> str |
     the release there was moved to ``path`` (or, for ``out`` itself, the last run to write it)."""
     writer = None
     for entry in entries:
-        if entry.get("event") == "release_written" and _same_place(entry.get("path"), out):
+        if entry.get("event") == RELEASE_WRITTEN and _same_place(entry.get("path"), out):
             writer = entry.get("run")
-        elif entry.get("event") == "release_archived" and _same_place(entry.get("path"), Path(path)):
+        elif entry.get("event") == RELEASE_ARCHIVED and _same_place(entry.get("path"), Path(path)):
             return writer
     return writer if Path(path) == out else None
 
