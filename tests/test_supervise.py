@@ -164,6 +164,21 @@ def test_the_tls_probe_names_what_is_wrong_with_the_coordinators_certificate(tmp
     assert probe(f"127.0.0.1:{port}", ca).unreachable  # nothing listens there now
 
 
+def test_the_tls_probe_names_an_unreadable_ca_file_or_address_as_the_sites_own_not_a_network_fault(tmp_path):
+    """helper-127 M1: a CA file replaced by junk or gone (rotated while the site ran), or an address
+    without a port, was said as "cannot be reached", with firewall advice."""
+    from fedsyn.client.ops.tls_probe import probe
+
+    junk = tmp_path / "ca.crt"
+    junk.write_text("not a certificate\n")
+    for ca in (junk, tmp_path / "gone.crt"):
+        found = probe("127.0.0.1:9", ca)
+        assert found.unreachable is None and found.unusable is not None, found
+        assert f"root_certificates {ca} cannot be read as a CA certificate" in found.unusable, found
+    found = probe("localhost", junk)
+    assert found.unreachable is None and "`superlink` in the site policy" in str(found.unusable), found
+
+
 def test_a_give_up_before_flowers_ssl_line_is_diagnosed_by_a_handshake_of_its_own(tmp_path):
     """Operator finding M4: a give-up could stop the SuperNode before Flower printed its [SSL] line,
     and the site's message said only "network or TLS certificate". The supervisor now shakes hands

@@ -89,6 +89,9 @@ TLS_HINTS: tuple[tuple[re.Pattern[str], str], ...] = (
      "site policy): use the host name the certificate was issued for (the names given to `fedsyn certs init "
      "--host` at the coordinator), or ask the coordinator to issue its certificate for {0}. The CA is not the "
      "problem"),
+    (re.compile(r"certificate is not yet valid"),
+     "the coordinator's TLS certificate is not valid yet by this machine's clock: check that the clock is right "
+     "(NTP) here, and at the coordinator that the certificate was not issued with a future start"),
     (re.compile(r"certificate has expired"),
      "the coordinator's TLS certificate has expired: ask the coordinator to renew it (same CA: nothing changes "
      "here)"),
@@ -96,6 +99,10 @@ TLS_HINTS: tuple[tuple[re.Pattern[str], str], ...] = (
      "the coordinator's TLS certificate does not verify against this site's root_certificates (signed by another "
      "CA): ask the coordinator for its current ca.crt, or to renew its server certificate"),
 )
+# The probe dials the SuperLink directly; Flower's gRPC goes through a proxy these name.
+PROXY_VARIABLES = ("grpc_proxy", "https_proxy", "HTTPS_PROXY", "all_proxy", "ALL_PROXY")
+_PROXY_NOTE = (" (this check dialled it directly, while the SuperNode goes through the proxy this machine's "
+               "environment names: check the proxy too)")
 PERMISSION = re.compile(r"\bPermissionError\b")
 # Flower's own line for a ClientApp that ran out of memory while sending a reply: that ClientApp
 # then hangs, and the SuperNode waits on it and answers nothing more (helper-108 H1). fedsyn's
@@ -567,13 +574,16 @@ def _unreached(site: SiteRuntime | None, attempt: _Attempt) -> str:
     if site is None or site.superlink is None or site.root_certificates is None:
         return " (network or TLS certificate)"
     found = probe(site.superlink, site.root_certificates)
+    if found.unusable is not None:
+        return f": {found.unusable}"
     if found.refused is not None:
         what = tls_hint(found.refused) or (f"the TLS handshake with {site.superlink} failed ({found.refused}): ask "
                                            "the coordinator whether its SuperLink's certificate or address changed")
         return f": {what} (root_certificates: {site.root_certificates})"
     if found.unreachable is not None:
         return (f": {site.superlink} (`superlink` in the site policy) cannot be reached now ({found.unreachable}): "
-                "check that the coordinator's SuperLink runs at that address and that no firewall is in between")
+                "check that the coordinator's SuperLink runs at that address and that no firewall is in between"
+                f"{_PROXY_NOTE if any(os.environ.get(name) for name in PROXY_VARIABLES) else ''}")
     return (f": a TLS handshake with {site.superlink} against root_certificates {site.root_certificates} succeeds "
             "now, so the certificates are fine: the SuperLink stopped answering for a while (restarted, or the "
             "network dropped)")

@@ -15,6 +15,8 @@ import ssl
 from dataclasses import dataclass
 from pathlib import Path
 
+# Each of the connection and the handshake may take this long (each resolved address its own
+# connection): a give-up's message may come some 20 s after the SuperNode ended.
 PROBE_TIMEOUT_S = 10.0
 
 
@@ -22,10 +24,12 @@ PROBE_TIMEOUT_S = 10.0
 class Probe:
     """What one handshake found: ``refused`` holds the TLS library's words when it refused the
     coordinator's certificate; ``unreachable`` the operating system's when no connection was made;
-    neither, when the handshake succeeded."""
+    ``unusable`` what is wrong with the site's own ``root_certificates`` file or ``superlink``
+    address, so that no handshake was tried; none, when the handshake succeeded."""
 
     refused: str | None = None
     unreachable: str | None = None
+    unusable: str | None = None
 
 
 def split_address(superlink: str) -> tuple[str, int]:
@@ -41,9 +45,14 @@ def probe(superlink: str, root_certificates: Path, timeout: float = PROBE_TIMEOU
     name checked against the certificate, HTTP/2 offered)."""
     try:
         host, port = split_address(superlink)
+    except ValueError as exc:
+        return Probe(unusable=f"`superlink` in the site policy: {exc}")
+    try:  # a CA file replaced or rotated while the site runs: the start's check saw the old one
         context = ssl.create_default_context(cafile=str(root_certificates))
-    except (ValueError, OSError) as exc:  # the policy's own address or CA file: said as they are
-        return Probe(unreachable=str(exc))
+    except (ssl.SSLError, OSError) as exc:
+        reason = getattr(exc, "reason", None) or getattr(exc, "strerror", None) or type(exc).__name__
+        return Probe(unusable=f"root_certificates {root_certificates} cannot be read as a CA certificate ({reason}): "
+                              "ask the coordinator for its current ca.crt")
     context.set_alpn_protocols(["h2"])
     try:
         with socket.create_connection((host, port), timeout=timeout) as connection, \
