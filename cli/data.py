@@ -29,7 +29,8 @@ def schema_draft(
     """Draft a schema from a local extract. Every bound and category list is marked needs_review."""
     import pandas as pd
 
-    from fedsyn.data.draft import date_like, draft_schema
+    from fedsyn.data.draft import column_labels, date_like, draft_schema
+    from fedsyn.data.schema import names_like_values
     from fedsyn.data.tables import DataFileError, read_table
 
     if out.exists() and not overwrite:  # a newcomer's reviewed schema was replaced by a fresh draft, unasked
@@ -59,14 +60,12 @@ def schema_draft(
         extracts = [extract.reindex(columns=every) for extract in extracts]  # empty where a hospital has none
         dates = {str(name) for extract in extracts for name in extract.columns if date_like(extract[name])}
         extract = pd.concat(extracts, ignore_index=True) if len(extracts) > 1 else extracts[0]
-        draft = draft_schema(extract, name=data[0].stem, outcome=outcome, dates=dates)
+        like_values = names_like_values(extract)
+        draft = draft_schema(extract, name=data[0].stem, outcome=outcome, dates=dates, like_values=like_values)
     except (DataFileError, ValueError) as exc:
         fail(str(exc))
     draft.save(out, private=True)
-    from fedsyn.data.schema import names_like_values
-
-    like_values = names_like_values(extract)  # fewer than half of them, or the draft was refused
-    label = _column_labels([str(name) for name in extract.columns], doubtful=bool(like_values))
+    label = column_labels([str(name) for name in extract.columns], doubtful=bool(like_values))  # fewer than half
     if like_values:
         console.print("[yellow]some of the file's column names look like values (a number, a date, a record number, "
                       "a value of their own column or written as those are): is its first line a header line? If it "
@@ -257,15 +256,6 @@ def schema_draft(
                   "each with public knowledge (clinical ranges, code lists), set needs_review to false, then train. "
                   "Training refuses needs_review columns unless --allow-unreviewed-schema is given, which is then "
                   "written into the privacy report.")
-
-
-def _column_labels(names: list[str], doubtful: bool) -> dict[str, str]:
-    """How the draft's notes name each column: quoted, or by its place in the file ('#3') where
-    the header line is ``doubtful`` (a name looks like a value,
-    :func:`~fedsyn.data.schema.names_like_values`): one such name puts the whole line in doubt, as
-    validate holds, since its other names would be the same record's values (helper-123 F1: a
-    patient's name, record number and address were printed as three columns' names)."""
-    return {name: f"#{place}" if doubtful else f"'{name}'" for place, name in enumerate(names, 1)}
 
 
 def _renamed_column(lacking: list[str], own: list[str]) -> tuple[str, str] | None:

@@ -176,6 +176,21 @@ def test_a_doubtful_header_line_is_never_printed_by_the_drafts_notes(tmp_path, d
     assert not any(f"'{name}'" in said for name in rows.columns)
 
 
+def test_a_draft_that_fails_under_a_doubtful_header_names_the_column_by_its_place(tmp_path):
+    """helper-127 M2: under a doubtful header line a name the schema forbids ('|' is reserved) made
+    the draft fail quoting it, a cell of the record the first line may be."""
+    rng = np.random.default_rng(0)
+    rows = pd.DataFrame({"54": rng.integers(20, 90, 300), "I10|E11": rng.choice(["I10|E11", "E11", "I10"], 300),
+                         "ward": rng.choice(["A", "B"], 300), "sex": rng.choice(["F", "M"], 300),
+                         "weight": np.round(rng.uniform(50, 110, 300), 1),
+                         "height": np.round(rng.uniform(150, 200, 300), 1)})
+    rows.to_csv(tmp_path / "cohort.csv", index=False)
+    result = _invoke("schema", "draft", tmp_path / "cohort.csv", "--out", tmp_path / "draft.json")
+    said = " ".join(result.output.split())
+    assert result.exit_code != 0 and "could not draft a schema: column #2:" in said, said
+    assert "I10|E11" not in said and "'54'" not in said, said
+
+
 def test_a_precision_kind_or_nullable_flag_one_record_decides_is_named_by_the_draft_and_validate(tmp_path):
     """helper-123 F4: after review only the bounds were checked, yet one record decided a column's
     precision (one temperature of 36.555 among tenths), its kind (one age of 54.5 among whole

@@ -128,8 +128,17 @@ def missing_markers(text_values: Mapping[str, set[str]], levels: Mapping[str, se
                    for value in values if is_missing_marker(value)})
 
 
+def column_labels(names: list[str], doubtful: bool) -> dict[str, str]:
+    """How a draft's notes and errors name each column: quoted, or by its place in the file ('#3')
+    where the header line is ``doubtful`` (a name looks like a value, :func:`names_like_values`):
+    one such name puts the whole line in doubt, as validate holds, since its other names would be
+    the same record's values (helper-123 F1: a patient's name, record number and address were
+    printed as three columns' names)."""
+    return {name: f"#{place}" if doubtful else f"'{name}'" for place, name in enumerate(names, 1)}
+
+
 def draft_schema(frame: pd.DataFrame, name: str = "table", outcome: str | None = None,
-                 dates: Collection[str] = ()) -> Schema:
+                 dates: Collection[str] = (), like_values: list[str] | None = None) -> Schema:
     """Guess a schema from a local extract; every guessed bound or category list needs review.
 
     The draft reads min/max and category sets off the private rows, so it is a starting
@@ -137,10 +146,12 @@ def draft_schema(frame: pd.DataFrame, name: str = "table", outcome: str | None =
     writing "missing" ('?', '-', 'na') become the schema's ``missing_values`` and are read as
     empty, so a lab column with a few '?' is still drafted as a number. ``dates`` names
     columns to draft as dates whatever their cells (dates in one of several files: their text in
-    another, concatenated, is no date type). Errors name columns, never values.
+    another, concatenated, is no date type). ``like_values``: the names that look like values
+    (:func:`names_like_values`), when the caller has them already. Errors name columns, never
+    values, and by their place where the header line is in doubt.
     """
     names = [str(col) for col in frame.columns]
-    like_values = names_like_values(frame)
+    like_values = names_like_values(frame) if like_values is None else like_values
     if headerless_names(names, like_values):
         raise SchemaError("the extract's first line does not look like column names (half of them or more look like "
                           "values: numbers, dates, record numbers, values of their own columns or written as those "
@@ -159,7 +170,11 @@ def draft_schema(frame: pd.DataFrame, name: str = "table", outcome: str | None =
                       outcome=outcome,
                       missing_values=markers)
     except ValidationError as exc:
-        raise SchemaError(f"could not draft a schema: {schema_problems(exc, None)}") from None
+        problems = schema_problems(exc, None)
+        if like_values:  # a column validator quotes its column's name: here a record's value (helper-127 M2)
+            for quoted, label in column_labels(names, doubtful=True).items():
+                problems = problems.replace(f"'{quoted}'", label)
+        raise SchemaError(f"could not draft a schema: {problems}") from None
 
 
 def _drafted_column(series: pd.Series, outcome: bool = False, date: bool = False) -> Column:
