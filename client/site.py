@@ -53,6 +53,7 @@ from fedsyn.data.tables import DataFileError, read_table
 from fedsyn.data.validation import DataValidationError, Screening, screen_records
 from fedsyn.errors import PrivacyRefusal, public_text, where_it_failed
 from fedsyn.federation.protocol import MAX_SITES, ErrorCode, PairTablesQuery, TrainInstructions, schema_fingerprint
+from fedsyn.files import write_atomically
 from fedsyn.model.config import GANConfig
 from fedsyn.model.encoder import TableEncoder
 from fedsyn.model.training import GANTrainer, padded
@@ -180,7 +181,10 @@ def replies_folder(ledger: Path) -> Path:
     return ledger.with_name(ledger.stem + "-replies")
 
 
-LAST_REFUSAL = "last-refusal.json"  # beside the ledger: the newest refusal (:func:`note_refusal`)
+def last_refusal_path(ledger: Path) -> Path:
+    """Where a site keeps its newest refusal (:func:`note_refusal`): ``<ledger stem>-last-refusal.json``
+    beside the ledger, tied to it as its stored replies are."""
+    return ledger.with_name(ledger.stem + "-last-refusal.json")
 
 
 def note_refusal(ledger: Path, message_type: str, code: str) -> None:
@@ -188,17 +192,15 @@ def note_refusal(ledger: Path, message_type: str, code: str) -> None:
     ``fedsyn client status``: the trail records a refusal only the first time between two
     charges (:func:`fedsyn.client.app._record_refusal`), so its newest entry was the first refusal
     since the last charge, shown as the last (operator finding L6). Its size does not grow with
-    requests, and it holds no reason (a coordinator's text). A folder that cannot take it is
+    requests, and it holds no reason (a coordinator's text). Written as the ledger is (owner
+    only, atomically: two refusals at once leave one whole note). A folder that cannot take it is
     left as it is: the site's log names every refusal."""
     from datetime import UTC, datetime
 
     note = {"time": datetime.now(UTC).isoformat(timespec="milliseconds"), "event": REQUEST_REFUSED,
             "message_type": public_text(message_type), "code": code}
-    path = ledger.with_name(LAST_REFUSAL)
-    written = path.with_name(f".{LAST_REFUSAL}.writing")
     try:
-        written.write_text(json.dumps(note))
-        written.replace(path)
+        write_atomically(last_refusal_path(ledger), lambda out: out.write(json.dumps(note).encode()))
     except OSError:
         pass
 
@@ -207,7 +209,7 @@ def last_refusal(ledger: Path) -> dict[str, object] | None:
     """The refusal :func:`note_refusal` kept beside ``ledger``; None where there is none or it
     cannot be read."""
     try:
-        note = json.loads(ledger.with_name(LAST_REFUSAL).read_text())
+        note = json.loads(last_refusal_path(ledger).read_text())
     except (OSError, ValueError):
         return None
     return note if isinstance(note, dict) else None

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Any
 
 from fedsyn.client.audit_events import CHARGED, REQUEST_REFUSED, SENT
@@ -86,9 +87,12 @@ def site_view(policy: SitePolicy) -> SiteView:
                      "policy")
     view.last_charge = next((e for e in reversed(entries) if e.get("event") == CHARGED), None)
     view.last_sent = next((e for e in reversed(entries) if e.get("event") in SENT), None)
-    # The trail keeps only the first refusal of a kind between charges; the newest is kept beside the ledger.
-    view.last_refusal = last_refusal(policy.ledger) or next(
-        (e for e in reversed(entries) if e.get("event") == REQUEST_REFUSED), None)
+    # The trail keeps only the first refusal of a kind between charges; the newest is kept beside the ledger
+    # (unless that note could not be written: then the trail's may be the newer).
+    noted = [note for note in (last_refusal(policy.ledger),
+                               next((e for e in reversed(entries) if e.get("event") == REQUEST_REFUSED), None))
+             if note is not None]
+    view.last_refusal = max(noted, key=_when, default=None)
     view.supernode = _supernode(policy)
     return view
 
@@ -104,3 +108,12 @@ def _supernode(policy: SitePolicy) -> str:
     last = record.get("last_alive")
     seen = f", last connected {time.time() - last:.0f} s ago" if isinstance(last, (int, float)) else ""
     return f"{'running' if running else 'stopped'} ({node}{seen})"
+
+
+def _when(entry: dict[str, Any]) -> datetime:
+    """An entry's time (the trail's and the refusal note's ISO times, with their offsets); the
+    earliest time where it has none or it cannot be read."""
+    try:
+        return datetime.fromisoformat(str(entry.get("time")))
+    except ValueError:
+        return datetime.min.replace(tzinfo=UTC)
