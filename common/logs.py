@@ -70,10 +70,12 @@ def about() -> Iterator[None]:
 
 def known(**fields: object) -> None:
     """Say, within :func:`about`, what the lines from here on are about (e.g. ``run=``, once
-    read); nothing outside one. A thread sees it when started in a copy of this context."""
+    read); nothing outside one. A thread sees it when started in a copy of this context, and
+    what the thread says is its own: each scope's fields are a new dict, never one shared
+    between contexts and changed in place."""
     scope = _ABOUT.get()
     if scope is not None:
-        scope.update(fields)
+        _ABOUT.set({**scope, **fields})
 
 
 class JsonLines(logging.Formatter):

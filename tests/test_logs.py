@@ -109,6 +109,32 @@ def test_every_json_line_of_a_run_carries_the_fields_the_help_names_and_its_run(
     assert all(field in CliRunner().invoke(app, ["--help"]).output for field in FIELDS)
 
 
+def test_a_site_message_s_lines_name_its_site_run_and_round_from_the_clientapp_alone(plan, captured):
+    """helper-127 M3: in process the ClientApp ran inside the coordinator's scope, so its lines
+    named the run even with the ClientApp's own scope removed. Here it answers one round-0 query in
+    a context of its own, as in its own process: its lines must name site, run and round."""
+    import contextvars
+
+    from fedsyn.client.policy import SitePolicy
+    from fedsyn.data.schema import Schema
+    from fedsyn.federation import protocol
+    from fedsyn.privacy.accounting import gaussian_noise_for_epsilon
+    from tests.helpers import client_reply
+
+    lines = captured("json")
+    policy = plan.policies[0]
+    schema = Schema.load(SitePolicy.load(policy).schema_path)
+    query = protocol.MarginalsQuery(gaussian_noise_for_epsilon(0.5, 1e-5), 1.0, protocol.schema_fingerprint(schema),
+                                    "run-m3")
+    content = RecordDict({protocol.CONFIG: query.to_record()})
+    reply = contextvars.Context().run(client_reply, policy, content, protocol.QUERY_MARGINALS)
+    assert not reply.has_error()
+    records = [json.loads(line) for line in lines.getvalue().splitlines()]
+    site = [record for record in records if record["logger"] == "fedsyn.client"]
+    assert site and all(record["site"] == "site-0" and record["run"] == "run-m3" and record["round"] == 0
+                        for record in site), site
+
+
 def test_a_site_child_process_reaches_the_supervisor_once_with_time_zone_and_no_colour(plan, captured):
     lines = captured("text")
     child = subprocess.run([sys.executable, "-c", CHILD], capture_output=True, text=True, timeout=120,
