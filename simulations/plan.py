@@ -150,7 +150,8 @@ class WidthPlan:
     cell_noise: float  # noise std of every cell (table_noise_std)
     columns: list[ColumnCost]  # every measured column but the run's site column (constant at a site)
     level: Literal["green", "amber", "red"]
-    epsilon_needed: float | None  # the smallest epsilon of EPSILON_LADDER at which the site is not red
+    # This epsilon where the site is not red; else the smallest of EPSILON_LADDER above it where it is not.
+    epsilon_needed: float | None
     # At this epsilon, where the site is red: (columns, levels) pairs, each a width that resolves
     # every column of at most that many levels (a numeric column counts NUMERIC_GROUPS, one more
     # with missing values), fewest levels first; the run's site column is one of the columns.
@@ -212,10 +213,10 @@ def _grade(snr: float) -> Literal["green", "amber", "red"]:
     return "red" if snr < RED_CELL_SNR else "amber" if snr < AMBER_CELL_SNR else "green"
 
 
-def _cell_snr(rows: int, classes: int, levels: int, cell_noise: float) -> float:
-    """Expected rows per cell over the cell's noise std, for a column of ``levels`` levels by
-    ``classes`` outcome classes."""
-    return rows / (classes * levels * cell_noise)
+def _cell_snr(class_rows: float, levels: int, cell_noise: float) -> float:
+    """Expected rows per cell over the cell's noise std, for a column of ``levels`` levels in an
+    outcome class of ``class_rows`` rows."""
+    return class_rows / (levels * cell_noise)
 
 
 def _classes(schema: Schema, columns: list[Column]) -> int:
@@ -223,12 +224,12 @@ def _classes(schema: Schema, columns: list[Column]) -> int:
     return table_shape(schema, columns[0])[1] if columns else 1
 
 
-def _column_costs(rows: int, schema: Schema, cell_noise: float, columns: list[Column]) -> list[ColumnCost]:
+def _column_costs(class_rows: float, schema: Schema, cell_noise: float, columns: list[Column]) -> list[ColumnCost]:
     classes = _classes(schema, columns)
     costs = []
     for column in columns:
         cells = bin_labels(column) if column.is_categorical else NUMERIC_GROUPS + int(column.nullable)
-        snr = _cell_snr(rows, classes, cells, cell_noise)
+        snr = _cell_snr(class_rows, cells, cell_noise)
         mergeable = column.is_categorical and len(column.categories or []) > 2
         costs.append(ColumnCost(column.name, cells * classes, snr, _grade(snr), mergeable))
     return costs
@@ -242,12 +243,19 @@ def _width_level(costs: list[ColumnCost]) -> Literal["green", "amber", "red"]:
     return "amber" if red or any(c.level == "amber" for c in costs) else "green"
 
 
-def plan_width(name: str, rows: int, schema: Schema, settings: FederationSettings) -> WidthPlan:
+def plan_width(name: str, rows: int, schema: Schema, settings: FederationSettings,
+               rarest_class_rows: int | None = None) -> WidthPlan:
     """The round-0 cost of a site's width: one record adds a count to every measured table, so
     the noise of every cell grows with the square root of the tables' weight (one per column,
     a numeric column's runs a quarter more: :func:`tables_weight`). A width it advises holds
     whichever columns are kept: where they may be numeric (as many levels as a numeric column
     counts, ``NUMERIC_GROUPS``), with their runs.
+
+    Cells are graded in the outcome's rarest class, of ``rarest_class_rows`` rows where the
+    caller holds the rows (a simulation's own extracts, printed on its own terminal), else of an
+    equal share of ``rows``: a 9 % outcome's class holds a fifth of what an equal share says, and
+    a newcomer's plan graded amber a width whose outcome effects the release then lost
+    (helper-124 #1).
 
     The run's site column adds its table's noise like any column but is not graded: at a site it
     holds one value, which the site's slot already says, so it has nothing to resolve, and it
@@ -262,19 +270,21 @@ def plan_width(name: str, rows: int, schema: Schema, settings: FederationSetting
         sigma = marginals_noise(epsilon, settings.marginals_share, settings.delta, settings.accountant)
         return table_noise_std(width, sigma, settings.pairs_share)
 
+    classes = _classes(schema, measured)
+    class_rows = rows / classes if rarest_class_rows is None else min(rarest_class_rows, rows / classes)
     noise = cell_noise(settings.epsilon, tables)
-    costs = _column_costs(rows, schema, noise, columns)
+    costs = _column_costs(class_rows, schema, noise, columns)
     level = _width_level(costs)
-    needed = next((e for e in EPSILON_LADDER if e >= settings.epsilon
-                   and _width_level(_column_costs(rows, schema, cell_noise(e, tables), columns)) != "red"),
-                  None)
+    # Not red: this epsilon is what it needs (a ladder's next rung above it was offered as needed).
+    needed = settings.epsilon if level != "red" else next(
+        (e for e in EPSILON_LADDER if e > settings.epsilon
+         and _width_level(_column_costs(class_rows, schema, cell_noise(e, tables), columns)) != "red"), None)
     keep: list[tuple[int, int]] = []
     if level == "red":
-        classes = _classes(schema, measured)
         for levels in sorted({cost.cells // classes for cost in costs} - {1}):  # one level resolves nothing
             per_column = 1.0 + RUN_NOISE ** -2 if levels >= NUMERIC_GROUPS else 1.0  # a numeric one's runs
             width = next((k for k in range(len(measured), site, -1) if _grade(_cell_snr(
-                rows, classes, levels, cell_noise(settings.epsilon, per_column * k))) != "red"), None)
+                class_rows, levels, cell_noise(settings.epsilon, per_column * k))) != "red"), None)
             if width is None:
                 break
             if keep and keep[-1][0] == width:  # as many columns with more levels each

@@ -218,7 +218,8 @@ def prepare(request: SimulationRequest) -> PreparedSimulation:
         (*loaded.notes, *_weak_budget(request), *_unreviewed_schema(schema),
          *_rare_outcome_classes(tables, schema, names)),
         tuple(plan_site(name, len(table), weight, settings) for name, table in zip(names, tables)),
-        tuple(plan_width(name, len(table), schema, settings) for name, table in zip(names, tables)))
+        tuple(plan_width(name, len(table), schema, settings, _rarest_class_rows(table, schema))
+              for name, table in zip(names, tables)))
 
 
 def _site_names(sites: tuple[Path, ...], tables: list[pd.DataFrame], site_column: str | None) -> tuple[str, ...]:
@@ -420,6 +421,17 @@ def _unreviewed_schema(schema: Schema) -> list[str]:
     return [f"{len(names)} column(s) still need review ({shown}): their bounds and categories, if read off your "
             "rows by `schema draft`, are published as they are in the release's schema.json, without DP (listed in "
             "its privacy report). Replace them with public knowledge and set needs_review to false"]
+
+
+def _rarest_class_rows(table: pd.DataFrame, schema: Schema) -> int | None:
+    """The rows of the outcome's rarest class at a site, among those with at least
+    ``RARE_CLASS_ROWS`` (a rarer one is named by :func:`_rare_outcome_classes`, with its own
+    advice); None without an outcome or such a class. For the plan, on this terminal only."""
+    if schema.outcome is None:
+        return None
+    counts = [int((table[schema.outcome] == category).sum()) for category in schema.column(schema.outcome).categories
+              or []]
+    return min((count for count in counts if count >= RARE_CLASS_ROWS), default=None)
 
 
 def _rare_outcome_classes(tables: list[pd.DataFrame], schema: Schema, names: tuple[str, ...]) -> list[str]:

@@ -174,3 +174,22 @@ def test_the_same_advice_for_several_sites_is_printed_once_naming_them(capsys, t
     research._show_site_plans("plan", plans, widths, 1.0, tmp_path)
     printed = capsys.readouterr().err
     assert printed.count(plans[0].advice[:40]) == 1 and "north, south, east" in printed
+
+
+def test_a_rare_outcome_grades_the_width_in_its_rarest_class():
+    """helper-124 #1: a 9 % outcome's class holds a fifth of an equal share of the rows; graded as
+    an equal share, a newcomer's plan said amber for a width whose outcome effects the release
+    then lost, and suggested no epsilon."""
+    settings = FederationSettings(epsilon=1.0, delta=1e-5)
+    even = plan_width("site-0", 1600, _wide_schema(30), settings)
+    rare = plan_width("site-0", 1600, _wide_schema(30), settings, rarest_class_rows=144)
+    assert even.level != "red" and rare.level == "red", (even.level, rare.level)
+    assert rare.epsilon_needed is not None and rare.epsilon_needed > 1.0
+    assert min(c.cell_snr for c in rare.columns) < min(c.cell_snr for c in even.columns) / 5
+
+
+def test_a_site_not_red_needs_no_more_epsilon_than_it_has():
+    """helper-124 #2: at epsilon 4, with no site red, the plan offered epsilon 5 (the ladder's
+    next rung) as what would resolve the width."""
+    plan = plan_width("site-0", 1600, _wide_schema(30), FederationSettings(epsilon=4.0, delta=1e-5))
+    assert plan.level != "red" and plan.epsilon_needed == 4.0
