@@ -93,6 +93,7 @@ def schema_draft(
         rare_level_columns,
         recurring_identifier_columns,
         separator_cells,
+        spread_limit_piles,
         stray_negative_columns,
         stray_text_cells,
         unknown_level_columns,
@@ -154,12 +155,17 @@ def schema_draft(
                       f"fedsyn validate --schema {out} {checked} lists the lines that fit no level[/]")
     # Neither warning counts the cells: one cell below a detection limit is one patient, and a
     # terminal's text ends up in tickets (validate's line numbers stay on the site's own screen).
+    spread = spread_limit_piles(extract, draft)
     for name in censored_cells(extract, draft):
+        pile = (f" On this whole-number scale its {' and '.join(spread[name])} bound shares a bin with the values "
+                "next to it, so the release would spread those cells over them: declare the column \"kind\": "
+                "\"continuous\" with \"precision\": 1 (still whole numbers, each bound a value of its own)."
+                if name in spread else "")
         console.print(f"[yellow]column {label[name]} holds cells written as a limit ('<0.01' below an assay's "
                       "detection limit, '>89' for a capped age): it was drafted as a number. Make that limit the "
-                      "column's public bound: such a cell at its column's bound is read as the bound (a value of its "
-                      "own that the release keeps), as it is; any other limit ('<0.02' where the bound is 0.01), "
-                      f"write as a number or empty: fedsyn validate --schema {out} {checked} lists their lines[/]")
+                      "column's public bound: such a cell at its column's bound is read as the bound, as it is; any "
+                      "other limit ('<0.02' where the bound is 0.01), write as a number or empty: fedsyn validate "
+                      f"--schema {out} {checked} lists their lines.{pile}[/]")
     for name in separator_cells(extract, draft):
         console.print(f"[yellow]column {label[name]} holds numbers written with a decimal comma (37,2) or thousands "
                       "separators (6,994.91): the draft read them as numbers, so it was drafted as one. Fix the "

@@ -21,6 +21,7 @@ import numpy as np
 import pandas as pd
 from pydantic import ValidationError
 
+from fedsyn.data.grid import bound_value_bins
 from fedsyn.data.schema import (
     FLAG_NO,
     FLAG_YES,
@@ -422,6 +423,26 @@ def censored_cells(frame: pd.DataFrame, schema: Schema) -> dict[str, int]:
     troponin, two thirds '<0.01', was drafted as text with more than 50 levels and the advice to
     drop an identifier; now it is drafted as a number and these cells are counted."""
     return _numeric_column_counts(frame, schema, lambda cells: int(censored(cells).sum()))
+
+
+def spread_limit_piles(frame: pd.DataFrame, schema: Schema) -> dict[str, list[str]]:
+    """Of a draft's integer columns with cells written as a limit, the bounds ('lower', 'upper')
+    those cells sit at that get no bin of their own on the column's public grid
+    (:func:`fedsyn.data.grid.bound_value_bins`: an integer column's upper bound has one only on a
+    scale of at most 64 values), so the release spreads their pile over the neighbouring values:
+    a newcomer's eGFR, 35 % '>90' on 0-90, came back 7 % at 90. A continuous column's bounds are
+    values of their own whatever the scale."""
+    spread = {}
+    for column, cells in _numeric_cells(frame, schema):
+        if column.kind is not ColumnKind.INTEGER:
+            continue
+        limits = cells.astype(str).str.strip()[censored(cells)]
+        alone = dict(zip(("lower", "upper"), bound_value_bins(column), strict=True))
+        sides = [side for side, mark in (("lower", "<"), ("upper", ">"))
+                 if limits.str.startswith(mark).any() and not alone[side]]
+        if sides:
+            spread[column.name] = sides
+    return spread
 
 
 def _numeric_column_counts(frame: pd.DataFrame, schema: Schema, count: Callable[[pd.Series], int]
