@@ -63,11 +63,15 @@ def _serve(grid: Grid, context: Context) -> None:
         _log_plan(None)
 
 
+def _budget_spent(exc: FedsynError) -> bool:
+    """Whether every site the run lost refused for its privacy budget."""
+    return isinstance(exc, FederationError) and exc.budget_spent
+
+
 def _exit_code(exc: FedsynError) -> int:
     """The code `fedsyn server run` or `server plan` ends with for ``exc``: 77 when every site the
     run lost refused for its privacy budget, else the error's own."""
-    budget = isinstance(exc, FederationError) and exc.budget_spent
-    return PrivacyRefusal.exit_code if budget else exc.exit_code
+    return PrivacyRefusal.exit_code if _budget_spent(exc) else exc.exit_code
 
 
 def _log_plan(short: QuorumError | None) -> None:
@@ -93,7 +97,6 @@ def _log_stopped(exc: FedsynError) -> None:
     run that saved a state of its own and then lost its quorum is told how to go on (helper-98: it was
     not; helper-100: a run stopped before it saved anything must not be told to resume another's)."""
     reason = str(exc)
-    budget = isinstance(exc, FederationError) and exc.budget_spent
-    fix = BUDGET_FIX if budget else RESUME_FIX if isinstance(exc, FederationError) and exc.resumable else ""
+    fix = BUDGET_FIX if _budget_spent(exc) else RESUME_FIX if isinstance(exc, FederationError) and exc.resumable else ""
     log.error("run stopped: %s", reason, extra={"fedsyn": {
         "event": RUN_STOPPED, "error": type(exc).__name__, "reason": reason, "fix": fix, "exit_code": _exit_code(exc)}})
