@@ -945,3 +945,15 @@ def test_a_declared_spelling_equal_in_value_to_a_marker_stays_its_level(tmp_path
     (tmp_path / "x.csv").write_text("grade\n09\nB\nA\n9\n")
     assert read_table(tmp_path / "x.csv", schema)["grade"].tolist()[:3] == ["A", "B", "A"]
     assert pd.isna(read_table(tmp_path / "x.csv", schema)["grade"].iloc[3])
+
+
+def test_a_draft_lists_a_flag_as_yes_and_no_and_a_whole_number_once_however_the_hospitals_wrote_them():
+    """helper-124 #8: hospitals writing a flag Y/N and yes/no drafted ['Y', 'no'], and a CSV with
+    gaps ('2.0') beside a Parquet file of whole numbers drafted 16 levels for 8 values."""
+    from fedsyn.data.draft import draft_schema
+
+    rows = pd.DataFrame({"prior_mi": ["Y", "N"] * 150 + ["yes", "no"] * 100,
+                         "weeks": [f"{value}.0" for value in [2, 4, 6, 8] * 75] + ["2", "4", "6", "8"] * 50})
+    draft = draft_schema(rows)
+    assert draft.column("prior_mi").categories == ["no", "yes"]
+    assert draft.column("weeks").categories == ["2", "4", "6", "8"]

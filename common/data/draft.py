@@ -32,6 +32,7 @@ from fedsyn.data.schema import (
     READ_AS_NO,
     READ_AS_YES,
     RECORD_TOKEN,
+    WHOLE_NUMBER_WITH_POINT,
     YES_WORDS,
     Column,
     ColumnKind,
@@ -77,8 +78,13 @@ UNLISTED_LEVELS = "REVIEW: none of the extract's levels written; list the public
 
 
 def _written_level(value: object) -> str:
-    """A non-empty cell as a draft lists it: spelled as a category, stray spaces off ('F ' is 'F')."""
-    return str(spell_category(value)).strip()
+    """A non-empty cell as a draft lists it: spelled as a category, stray spaces off ('F ' is 'F'),
+    a whole number written with a decimal point as the whole number ('2.0' is '2', as every reader
+    takes it: :func:`~fedsyn.data.schema.read_as_levels`; a newcomer's CSV with gaps beside a
+    Parquet file of whole numbers drafted 16 levels for 8 values)."""
+    text = str(spell_category(value)).strip()
+    whole = WHOLE_NUMBER_WITH_POINT.fullmatch(text)
+    return whole.group(1) if whole else text
 
 
 def recorded_precision(values: np.ndarray) -> float | None:
@@ -305,13 +311,18 @@ def _yes_and_no_together(counts: Counter[str]) -> Counter[str]:
     folded = {level: level.casefold() for level in counts}
     if not counts or not all(word in READ_AS_YES | READ_AS_NO for word in folded.values()):
         return counts
+    sides = [([level for level in counts if folded[level] in read], words)
+             for read, words in ((READ_AS_YES, FLAG_YES), (READ_AS_NO, FLAG_NO))]
+    worded = [[level for level in spellings if folded[level] in words] for spellings, words in sides]
+    if not all(worded):  # '1' and '0' alone are codes, kept as they are
+        return counts
+    # Words on both sides where both have one ('yes' and 'no', not 'Y' beside 'no': hospitals
+    # writing Y/N and yes/no drafted a newcomer's flag as ['Y', 'no']).
+    full = [[level for level in side if len(level) > 1] for side in worded]
+    worded = full if all(full) else worded
     together: Counter[str] = Counter()
-    for read, words in ((READ_AS_YES, FLAG_YES), (READ_AS_NO, FLAG_NO)):
-        spellings = [level for level in counts if folded[level] in read]
-        worded = [level for level in spellings if folded[level] in words]
-        if not worded:  # '1' and '0' alone are codes, kept as they are
-            return counts
-        together[max(worded, key=lambda level: (counts[level], level))] = sum(counts[s] for s in spellings)
+    for (spellings, _), side in zip(sides, worded, strict=True):
+        together[max(side, key=lambda level: (counts[level], level))] = sum(counts[s] for s in spellings)
     return together
 
 
