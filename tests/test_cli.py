@@ -174,7 +174,7 @@ def test_simulate_with_site_files_and_a_held_out_file_writes_the_local_report(tm
     out = tmp_path / "run"
     result = CliRunner().invoke(app, ["simulate", *files, "--held-out", str(tmp_path / "held_out.csv"),
                                       "--schema", str(demo_schema_path()), "--rounds", "1", "--local-steps", "1",
-                                      "--rows", "100", "--out", str(out)])
+                                      "--rows", "100", "--yes", "--out", str(out)])  # 300 rows a site: the plan is red
     assert result.exit_code == 0, result.output
     assert json.loads((out / "local-report" / "report.json").read_text())["rows"]["real_test"] == 300
     report = json.loads((out / "release" / "privacy_report.json").read_text())
