@@ -447,10 +447,9 @@ def spread_limit_piles(frame: pd.DataFrame, schema: Schema) -> dict[str, list[st
     for column, cells in _numeric_cells(frame, schema):
         if column.kind is not ColumnKind.INTEGER:
             continue
-        limits = cells.astype(str).str.strip()[censored(cells)]
+        written = set(written_limits(cells)[0].dropna())
         alone = dict(zip(("lower", "upper"), bound_value_bins(column), strict=True))
-        sides = [side for side, mark in (("lower", "<"), ("upper", ">"))
-                 if limits.str.startswith(mark).any() and not alone[side]]
+        sides = [side for side, mark in (("lower", "<"), ("upper", ">")) if mark in written and not alone[side]]
         if sides:
             spread[column.name] = sides
     return spread
