@@ -360,11 +360,12 @@ def unlisted_columns(frame: pd.DataFrame, schema: Schema) -> list[str]:
     one written as its column's values are: :func:`~fedsyn.data.schema.names_like_values`, the
     draft's rule too) puts the whole line in doubt: its other cells are that record's values too
     (an ID, a diagnosis, a ward), however name-like they look."""
-    unmatched = [str(c) for c in frame.columns if c not in schema.column_names]
+    outside = [c for c in frame.columns if c not in schema.column_names]
+    unmatched = [str(c) for c in outside]
     if all(name in frame.columns for name in schema.column_names):
         return unmatched  # a line naming every schema column is a header: 'Unnamed: 0', a pandas index, too
     categories = frozenset(level for column in schema.categorical_columns for level in column.levels)
-    if set(unmatched) & set(names_like_values(frame, categories)):
+    if names_like_values(frame.loc[:, outside], categories):  # only these names are in question
         return []
     return unmatched
 
